@@ -1,0 +1,519 @@
+/*  kim_config.c — reads and validates the broker's ZPL configuration.
+
+    One table (KIM_SETTINGS) lists every numeric setting with its path, bounds
+    and default, so that parsing, validation and the error text come from one
+    place. Organisations are the children of "orgs"; each child's name is the
+    organisation id.
+*/
+#include <czmq.h>
+#include <errno.h>
+#include <stdarg.h>
+
+#include "kim_config.h"
+
+//  X(field, path, min, max, default, scale): the file holds value/scale units.
+#define KIM_SETTINGS(X)                                                                 \
+    X(heartbeat_ms,    "broker/heartbeat_ms",   100,  600000,         5000,   1)       \
+    X(max_payload,     "broker/max_payload",    0,    KIM_PAYLOAD_MAX, 1048576, 1)     \
+    X(window_max,      "broker/window_max",     1,    4096,           1024,   1)       \
+    X(redeliver_ms,    "broker/redeliver_ms",   100,  86400000,       60000,  1)       \
+    X(batch_max,       "broker/batch_max",      1,    8192,           2048,   1)       \
+    X(mailbox_quota,   "broker/mailbox_quota",  1,    1000000000,     2000000, 1)      \
+    X(dedup_window_ms, "broker/dedup_window_s", 1,    31536000,       604800, 1000)    \
+    X(map_size,        "store/map_size_mb",     1,    1048576,        64,     1048576) \
+    X(map_max,         "store/map_max_mb",      1,    16777216,       65536,  1048576)
+
+#define KIM_ERR_BUF 256
+
+static void
+s_set_error (char *error, size_t error_size, const char *format, ...)
+{
+    if (!error || error_size == 0)
+        return;
+    va_list args;
+    va_start (args, format);
+    vsnprintf (error, error_size, format, args);
+    va_end (args);
+}
+
+static void
+s_defaults (kim_config_t *self)
+{
+    snprintf (self->name, sizeof self->name, "kim.local");
+    snprintf (self->data, sizeof self->data, "%s", KIM_DEFAULT_DATA);
+    self->endpoint_count = 1;
+    snprintf (self->endpoints [0], sizeof self->endpoints [0], "%s", KIM_DEFAULT_ENDPOINT);
+#define KIM_X_DEFAULT(field, path, min, max, def, scale) self->field = (uint64_t) (def) * (scale);
+    KIM_SETTINGS (KIM_X_DEFAULT)
+#undef KIM_X_DEFAULT
+    self->sync = true;
+    self->verbose = false;
+}
+
+kim_config_t *
+kim_config_new (void)
+{
+    kim_config_t *self = (kim_config_t *) calloc (1, sizeof (kim_config_t));
+    if (self)
+        s_defaults (self);
+    return self;
+}
+
+void
+kim_config_destroy (kim_config_t **self_p)
+{
+    if (self_p && *self_p) {
+        free ((*self_p)->orgs);
+        free (*self_p);
+        *self_p = NULL;
+    }
+}
+
+//  Parses an unsigned decimal with bounds. Returns 0 or -1.
+static int
+s_parse_uint (const char *text, uint64_t min, uint64_t max, uint64_t *value)
+{
+    if (!text || !*text)
+        return -1;
+    for (const char *p = text; *p; p++)
+        if (*p < '0' || *p > '9')
+            return -1;
+    errno = 0;
+    unsigned long long parsed = strtoull (text, NULL, 10);
+    if (errno || parsed < min || parsed > max)
+        return -1;
+    *value = parsed;
+    return 0;
+}
+
+static int
+s_parse_bool (const char *text, bool *value)
+{
+    if (streq (text, "1") || streq (text, "true") || streq (text, "yes"))
+        *value = true;
+    else
+    if (streq (text, "0") || streq (text, "false") || streq (text, "no"))
+        *value = false;
+    else
+        return -1;
+    return 0;
+}
+
+//  Copies a string setting, refusing values that do not fit.
+static int
+s_copy (char *dest, size_t dest_size, const char *value)
+{
+    if (strlen (value) >= dest_size)
+        return -1;
+    memcpy (dest, value, strlen (value) + 1);
+    return 0;
+}
+
+static int
+s_parse_endpoints (kim_config_t *self, const char *value, char *error, size_t error_size)
+{
+    self->endpoint_count = 0;
+    const char *start = value;
+    while (*start) {
+        const char *end = strchr (start, ',');
+        size_t len = end? (size_t) (end - start): strlen (start);
+        while (len && (*start == ' ')) {
+            start++;
+            len--;
+        }
+        while (len && start [len - 1] == ' ')
+            len--;
+        if (len == 0 || len > KIM_ENDPOINT_MAX
+        || self->endpoint_count == KIM_ENDPOINTS_MAX
+        || (strncmp (start, "tcp://", 6) && strncmp (start, "ipc://", 6))) {
+            s_set_error (error, error_size,
+                         "broker/bind: '%s' is not a list of up to %d tcp:// or ipc:// endpoints",
+                         value, KIM_ENDPOINTS_MAX);
+            return -1;
+        }
+        memcpy (self->endpoints [self->endpoint_count], start, len);
+        self->endpoints [self->endpoint_count][len] = 0;
+        self->endpoint_count++;
+        if (!end)
+            break;
+        start = end + 1;
+    }
+    if (self->endpoint_count == 0) {
+        s_set_error (error, error_size, "broker/bind: no endpoint given");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+s_parse_role (const char *text, kim_role_t *role)
+{
+    if (streq (text, "agency"))
+        *role = KIM_ROLE_AGENCY;
+    else
+    if (streq (text, "auditor"))
+        *role = KIM_ROLE_AUDITOR;
+    else
+    if (streq (text, "operator"))
+        *role = KIM_ROLE_OPERATOR;
+    else
+        return -1;
+    return 0;
+}
+
+const char *
+kim_role_name (kim_role_t role)
+{
+    switch (role) {
+        case KIM_ROLE_AGENCY: return "agency";
+        case KIM_ROLE_AUDITOR: return "auditor";
+        case KIM_ROLE_OPERATOR: return "operator";
+    }
+    return "unknown";
+}
+
+static bool
+s_z85_key_valid (const char *key)
+{
+    if (strlen (key) != 40)
+        return false;
+    uint8_t raw [32];
+    return zmq_z85_decode (raw, key) != NULL;
+}
+
+static int
+s_parse_org (kim_config_t *self, zconfig_t *node, char *error, size_t error_size)
+{
+    const char *id = zconfig_name (node);
+    kim_org_t *org = &self->orgs [self->org_count];
+    memset (org, 0, sizeof *org);
+    if (!kim_org_valid (id) || s_copy (org->id, sizeof org->id, id)) {
+        s_set_error (error, error_size,
+                     "orgs/%s: not a valid organisation id (<type>.<place>[.<unit>], "
+                     "lowercase letters, digits, '_' and '-')", id);
+        return -1;
+    }
+    if (kim_config_org (self, id)) {
+        s_set_error (error, error_size, "orgs/%s: registered twice", id);
+        return -1;
+    }
+    //  The agency type defaults to the id's first part, which is how ids are made.
+    const char *dot = strchr (id, '.');
+    char type [KIM_CODE_MAX + 1];
+    snprintf (type, sizeof type, "%.*s", (int) (dot - id), id);
+
+    const char *name = zconfig_get (node, "name", id);
+    const char *type_value = zconfig_get (node, "type", type);
+    const char *public_body = zconfig_get (node, "public_body", "1");
+    const char *role = zconfig_get (node, "role", "agency");
+    const char *key = zconfig_get (node, "public_key", "");
+    const char *revoked = zconfig_get (node, "revoked", "0");
+
+    if (s_copy (org->name, sizeof org->name, name)
+    ||  !kim_utf8_valid ((const uint8_t *) name, strlen (name))) {
+        s_set_error (error, error_size, "orgs/%s/name: must be UTF-8 of at most %d bytes",
+                     id, KIM_NAME_MAX);
+        return -1;
+    }
+    if (!kim_code_valid (type_value) || s_copy (org->type, sizeof org->type, type_value)) {
+        s_set_error (error, error_size, "orgs/%s/type: '%s' is not an agency type code",
+                     id, type_value);
+        return -1;
+    }
+    if (s_parse_bool (public_body, &org->public_body)) {
+        s_set_error (error, error_size, "orgs/%s/public_body: must be 0 or 1", id);
+        return -1;
+    }
+    if (s_parse_role (role, &org->role)) {
+        s_set_error (error, error_size,
+                     "orgs/%s/role: '%s' is not one of agency, auditor, operator", id, role);
+        return -1;
+    }
+    if (!s_z85_key_valid (key)) {
+        s_set_error (error, error_size,
+                     "orgs/%s/public_key: must be a 40-character Z85 CURVE public key "
+                     "(see `kim keygen`)", id);
+        return -1;
+    }
+    memcpy (org->public_key, key, 41);
+    if (s_parse_bool (revoked, &org->revoked)) {
+        s_set_error (error, error_size, "orgs/%s/revoked: must be 0 or 1", id);
+        return -1;
+    }
+    if (!org->revoked && kim_config_org_by_key (self, key)) {
+        s_set_error (error, error_size,
+                     "orgs/%s/public_key: the key is registered for another organisation", id);
+        return -1;
+    }
+    self->org_count++;
+    return 0;
+}
+
+//  Keys that may appear in each section; anything else is a typo we report.
+static const char *s_broker_keys [] = {
+    "name", "data", "bind", "verbose",
+#define KIM_X_KEY(field, path, min, max, def, scale) path,
+    KIM_SETTINGS (KIM_X_KEY)
+#undef KIM_X_KEY
+    "store/sync", NULL
+};
+
+static bool
+s_known_key (const char *section, const char *name)
+{
+    char path [128];
+    snprintf (path, sizeof path, "%s/%s", section, name);
+    for (int i = 0; s_broker_keys [i]; i++)
+        if (streq (s_broker_keys [i], path) || streq (s_broker_keys [i], name))
+            return true;
+    return false;
+}
+
+static int
+s_apply (kim_config_t *self, zconfig_t *root, char *error, size_t error_size)
+{
+    //  Unknown sections and keys are errors: a misspelt key silently falling
+    //  back to a default is the kind of surprise nobody wants at 3 a.m.
+    for (zconfig_t *section = zconfig_child (root); section; section = zconfig_next (section)) {
+        const char *sname = zconfig_name (section);
+        if (streq (sname, "orgs") || streq (sname, "policy") || streq (sname, "lifecycle")
+        ||  streq (sname, "audit") || streq (sname, "retention"))
+            continue;
+        if (!streq (sname, "broker") && !streq (sname, "store")) {
+            s_set_error (error, error_size,
+                         "%s: unknown section (expected broker, store, orgs)", sname);
+            return -1;
+        }
+        for (zconfig_t *key = zconfig_child (section); key; key = zconfig_next (key))
+            if (!s_known_key (sname, zconfig_name (key))
+            ||  (streq (sname, "broker") && strchr (zconfig_name (key), '/'))) {
+                s_set_error (error, error_size, "%s/%s: unknown key", sname, zconfig_name (key));
+                return -1;
+            }
+    }
+    const char *value = zconfig_get (root, "broker/name", NULL);
+    if (value && (!kim_org_valid (value) && !kim_id_valid (value))) {
+        s_set_error (error, error_size, "broker/name: '%s' is not a valid name", value);
+        return -1;
+    }
+    if (value)
+        s_copy (self->name, sizeof self->name, value);
+    value = zconfig_get (root, "broker/data", NULL);
+    if (value && (!*value || s_copy (self->data, sizeof self->data, value))) {
+        s_set_error (error, error_size, "broker/data: must be a folder path of at most %d bytes",
+                     KIM_ENDPOINT_MAX);
+        return -1;
+    }
+    value = zconfig_get (root, "broker/bind", NULL);
+    if (value && s_parse_endpoints (self, value, error, error_size))
+        return -1;
+
+#define KIM_X_PARSE(field, path, min, max, def, scale)                                   \
+    value = zconfig_get (root, path, NULL);                                              \
+    if (value) {                                                                         \
+        uint64_t parsed;                                                                 \
+        if (s_parse_uint (value, (min), (max), &parsed)) {                               \
+            s_set_error (error, error_size, "%s: '%s' must be a whole number from %llu to %llu", \
+                         path, value, (unsigned long long) (min), (unsigned long long) (max)); \
+            return -1;                                                                   \
+        }                                                                                \
+        self->field = parsed * (scale);                                                  \
+    }
+    KIM_SETTINGS (KIM_X_PARSE)
+#undef KIM_X_PARSE
+    if (self->map_size > self->map_max) {
+        s_set_error (error, error_size, "store/map_size_mb: larger than store/map_max_mb");
+        return -1;
+    }
+    if (self->window_max > 4096 || self->max_payload > KIM_PAYLOAD_MAX)
+        return -1;
+    value = zconfig_get (root, "store/sync", NULL);
+    if (value && s_parse_bool (value, &self->sync)) {
+        s_set_error (error, error_size, "store/sync: must be 0 or 1");
+        return -1;
+    }
+    value = zconfig_get (root, "broker/verbose", NULL);
+    if (value && s_parse_bool (value, &self->verbose)) {
+        s_set_error (error, error_size, "broker/verbose: must be 0 or 1");
+        return -1;
+    }
+
+    zconfig_t *orgs = zconfig_locate (root, "orgs");
+    size_t count = 0;
+    for (zconfig_t *node = orgs? zconfig_child (orgs): NULL; node; node = zconfig_next (node))
+        count++;
+    if (count) {
+        self->orgs = (kim_org_t *) calloc (count, sizeof (kim_org_t));
+        if (!self->orgs) {
+            s_set_error (error, error_size, "out of memory");
+            return -1;
+        }
+        for (zconfig_t *node = zconfig_child (orgs); node; node = zconfig_next (node))
+            if (s_parse_org (self, node, error, error_size))
+                return -1;
+    }
+    return 0;
+}
+
+static kim_config_t *
+s_from_zconfig (zconfig_t *root, char *error, size_t error_size, int *err)
+{
+    kim_config_t *self = kim_config_new ();
+    if (!self) {
+        *err = -KIM_E_NOMEM;
+        return NULL;
+    }
+    if (s_apply (self, root, error, error_size)) {
+        kim_config_destroy (&self);
+        *err = -KIM_E_CONFIG;
+    }
+    return self;
+}
+
+kim_config_t *
+kim_config_load (const char *path, char *error, size_t error_size, int *err)
+{
+    if (!zsys_file_exists (path)) {
+        s_set_error (error, error_size, "%s: no such file", path);
+        *err = -KIM_E_CONFIG;
+        return NULL;
+    }
+    zconfig_t *root = zconfig_load (path);
+    if (!root) {
+        s_set_error (error, error_size, "%s: not a valid ZPL file (indent with 4 spaces, "
+                     "'name = value' per line)", path);
+        *err = -KIM_E_CONFIG;
+        return NULL;
+    }
+    kim_config_t *self = s_from_zconfig (root, error, error_size, err);
+    zconfig_destroy (&root);
+    return self;
+}
+
+kim_config_t *
+kim_config_parse (const char *text, char *error, size_t error_size, int *err)
+{
+    zconfig_t *root = zconfig_str_load (text);
+    if (!root) {
+        s_set_error (error, error_size, "not valid ZPL text");
+        *err = -KIM_E_CONFIG;
+        return NULL;
+    }
+    kim_config_t *self = s_from_zconfig (root, error, error_size, err);
+    zconfig_destroy (&root);
+    return self;
+}
+
+const kim_org_t *
+kim_config_org (const kim_config_t *self, const char *id)
+{
+    for (size_t i = 0; i < self->org_count; i++)
+        if (streq (self->orgs [i].id, id))
+            return &self->orgs [i];
+    return NULL;
+}
+
+const kim_org_t *
+kim_config_org_by_key (const kim_config_t *self, const char *public_key)
+{
+    for (size_t i = 0; i < self->org_count; i++)
+        if (!self->orgs [i].revoked && streq (self->orgs [i].public_key, public_key))
+            return &self->orgs [i];
+    return NULL;
+}
+
+//  --------------------------------------------------------------------------
+//  Self-test
+
+static void
+s_expect_error (const char *text, const char *fragment)
+{
+    char error [KIM_ERR_BUF] = "";
+    int err = 0;
+    kim_config_t *config = kim_config_parse (text, error, sizeof error, &err);
+    if (config || err != -KIM_E_CONFIG || !strstr (error, fragment)) {
+        fprintf (stderr, "expected error containing '%s', got '%s'\n", fragment, error);
+        assert (false);
+    }
+}
+
+void
+kim_config_test (bool verbose)
+{
+    kim_config_t *config = kim_config_new ();
+    assert (config);
+    assert (config->endpoint_count == 1);
+    assert (streq (config->endpoints [0], KIM_DEFAULT_ENDPOINT));
+    assert (config->heartbeat_ms == 5000);
+    assert (config->dedup_window_ms == 604800ull * 1000);
+    assert (config->map_size == 64ull << 20);
+    assert (config->sync);
+    kim_config_destroy (&config);
+    assert (config == NULL);
+    kim_config_destroy (&config);
+
+    zcert_t *cert = zcert_new ();
+    char text [2048];
+    snprintf (text, sizeof text,
+              "broker\n"
+              "    name = kim.rheine\n"
+              "    bind = \"tcp://127.0.0.1:7999, ipc:///tmp/kim-test.sock\"\n"
+              "    heartbeat_ms = 1000\n"
+              "store\n"
+              "    map_size_mb = 8\n"
+              "    sync = 0\n"
+              "orgs\n"
+              "    jc.rheine\n"
+              "        name = \"Jobcenter Rheine\"\n"
+              "        public_key = \"%s\"\n"
+              "    mbe.rheine.caritas\n"
+              "        public_body = 0\n"
+              "        public_key = \"%s\"\n",
+              zcert_public_txt (cert), "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7");
+    char error [KIM_ERR_BUF] = "";
+    int err = 0;
+    config = kim_config_parse (text, error, sizeof error, &err);
+    if (!config)
+        fprintf (stderr, "config: %s\n", error);
+    assert (config);
+    assert (streq (config->name, "kim.rheine"));
+    assert (config->endpoint_count == 2);
+    assert (streq (config->endpoints [1], "ipc:///tmp/kim-test.sock"));
+    assert (config->heartbeat_ms == 1000);
+    assert (config->map_size == 8ull << 20);
+    assert (!config->sync);
+    assert (config->org_count == 2);
+    const kim_org_t *org = kim_config_org (config, "jc.rheine");
+    assert (org && streq (org->type, "jc") && org->public_body && org->role == KIM_ROLE_AGENCY);
+    assert (streq (org->name, "Jobcenter Rheine"));
+    assert (kim_config_org_by_key (config, zcert_public_txt (cert)) == org);
+    org = kim_config_org (config, "mbe.rheine.caritas");
+    assert (org && streq (org->type, "mbe") && !org->public_body);
+    assert (kim_config_org (config, "jc.other") == NULL);
+    kim_config_destroy (&config);
+
+    //  Every error names the key path.
+    s_expect_error ("broker\n    heartbeat_ms = 5\n", "broker/heartbeat_ms");
+    s_expect_error ("broker\n    heartbeat_ms = 5x\n", "broker/heartbeat_ms");
+    s_expect_error ("broker\n    bind = http://x\n", "broker/bind");
+    s_expect_error ("broker\n    hartbeat_ms = 5\n", "broker/hartbeat_ms: unknown key");
+    s_expect_error ("brokr\n    name = x\n", "brokr: unknown section");
+    s_expect_error ("store\n    sync = maybe\n", "store/sync");
+    s_expect_error ("store\n    map_size_mb = 100\n    map_max_mb = 10\n", "store/map_size_mb");
+    s_expect_error ("orgs\n    JC.Rheine\n        public_key = x\n", "orgs/JC.Rheine");
+    s_expect_error ("orgs\n    jc.rheine\n        public_key = short\n", "orgs/jc.rheine/public_key");
+    snprintf (text, sizeof text, "orgs\n    jc.rheine\n        role = king\n"
+              "        public_key = \"%s\"\n", zcert_public_txt (cert));
+    s_expect_error (text, "orgs/jc.rheine/role");
+    snprintf (text, sizeof text, "orgs\n    jc.a\n        public_key = \"%s\"\n"
+              "    jc.b\n        public_key = \"%s\"\n",
+              zcert_public_txt (cert), zcert_public_txt (cert));
+    s_expect_error (text, "orgs/jc.b/public_key: the key is registered for another");
+
+    error [0] = 0;
+    config = kim_config_load ("/nonexistent/kim.cfg", error, sizeof error, &err);
+    assert (!config && err == -KIM_E_CONFIG && strstr (error, "no such file"));
+    zcert_destroy (&cert);
+    if (verbose)
+        printf ("kim_config: all checks passed\n");
+}

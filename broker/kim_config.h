@@ -1,0 +1,98 @@
+/*  kim_config.h — the broker's settings and organisation registry, read from
+    a ZPL file (czmq zconfig) over embedded defaults.
+
+    Every key is validated here, once; a bad value is an error that names the
+    key path ("broker/heartbeat_ms: must be 100..600000"). The rest of the
+    broker reads plain fields and never sees zconfig. deploy/kim.cfg
+    documents every key.
+*/
+#ifndef KIM_CONFIG_H_INCLUDED
+#define KIM_CONFIG_H_INCLUDED
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kim/kim_msg.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KIM_DEFAULT_ENDPOINT    "tcp://127.0.0.1:7470"
+#define KIM_DEFAULT_DATA        "./kim-data"
+#define KIM_ENDPOINTS_MAX       8
+#define KIM_ENDPOINT_MAX        255
+#define KIM_NAME_MAX            128
+
+typedef enum {
+    KIM_ROLE_AGENCY = 1,        //  sends and answers referrals, reads its own mailbox
+    KIM_ROLE_AUDITOR = 2,       //  reads and replays the log; changes nothing
+    KIM_ROLE_OPERATOR = 3       //  manages registry and policy; never reads payloads
+} kim_role_t;
+
+//  One registered organisation.
+typedef struct {
+    char id [KIM_ORG_MAX + 1];          //  <type>.<place>[.<unit>]
+    char name [KIM_NAME_MAX + 1];       //  display name
+    char type [KIM_CODE_MAX + 1];       //  agency type (jc, ja, aba, ...)
+    bool public_body;                   //  public authority (true) or private carrier
+    kim_role_t role;
+    char public_key [41];               //  CURVE public key, Z85
+    bool revoked;                       //  key revoked: refused at ZAP, sessions closed
+} kim_org_t;
+
+typedef struct {
+    char name [KIM_ORG_MAX + 1];                        //  broker/name
+    char data [KIM_ENDPOINT_MAX + 1];                   //  broker/data: data folder
+    size_t endpoint_count;                              //  broker/bind: comma-separated
+    char endpoints [KIM_ENDPOINTS_MAX][KIM_ENDPOINT_MAX + 1];
+    uint32_t heartbeat_ms;                              //  broker/heartbeat_ms
+    uint32_t max_payload;                               //  broker/max_payload
+    uint32_t window_max;                                //  broker/window_max
+    uint32_t redeliver_ms;                              //  broker/redeliver_ms
+    uint32_t batch_max;                                 //  broker/batch_max
+    uint64_t mailbox_quota;                             //  broker/mailbox_quota
+    uint64_t dedup_window_ms;                           //  broker/dedup_window_s (seconds in the file)
+    uint64_t map_size;                                  //  store/map_size_mb
+    uint64_t map_max;                                   //  store/map_max_mb
+    bool sync;                                          //  store/sync (0: benchmarks only)
+    bool verbose;                                       //  broker/verbose
+    size_t org_count;                                   //  orgs/<id>/...
+    kim_org_t *orgs;                                    //  owned array
+} kim_config_t;
+
+//  Embedded defaults (no file). Returns NULL on out-of-memory only.
+kim_config_t *
+    kim_config_new (void);
+
+//  Defaults overlaid with the ZPL file at `path`. Returns NULL with *err and
+//  `error` (a message naming the key path) filled in on any invalid value.
+kim_config_t *
+    kim_config_load (const char *path, char *error, size_t error_size, int *err);
+
+//  Same, from ZPL text (for tests and `kim policy lint`-style tools).
+kim_config_t *
+    kim_config_parse (const char *text, char *error, size_t error_size, int *err);
+
+void
+    kim_config_destroy (kim_config_t **self_p);
+
+//  Registry lookups (linear: registries hold tens to hundreds of orgs and
+//  lookups happen at HELLO and when a recipient is first seen, not per byte).
+const kim_org_t *
+    kim_config_org (const kim_config_t *self, const char *id);
+const kim_org_t *
+    kim_config_org_by_key (const kim_config_t *self, const char *public_key);
+
+const char *
+    kim_role_name (kim_role_t role);
+
+void
+    kim_config_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

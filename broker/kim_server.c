@@ -1,0 +1,1015 @@
+/*  kim_server.c — the broker's reactor: sessions, group commit, delivery.
+
+    One thread owns everything: the ROUTER socket, the ZAP socket, the store
+    and all session state, so nothing here needs a lock. The loop's turn is:
+
+        read up to batch_max commands -> handle session commands at once,
+        gather SEND and ACK into a batch -> one write transaction, one sync
+        -> RECEIPTs -> deliveries that the batch made possible.
+
+    A RECEIPT therefore always follows a synced commit. If the store fails,
+    the server stops serving: it can no longer promise anything.
+
+    Delivery: each organisation has at most one receiving session (the most
+    recent HELLO with a window wins). The organisation's state keeps a cursor
+    (highest seq handed out) and the deliveries in flight; deliveries read
+    the mailbox in seq order, so a recipient sees each referral's messages in
+    log order. When the receiving session ends, its deliveries in flight go
+    back to the mailbox (cursor reset) and are delivered again, same seq.
+*/
+#include <czmq.h>
+#include <sodium.h>
+
+#include "kim_keys.h"
+#include "kim_server.h"
+#include "kim_store.h"
+#include "kim_zap.h"
+
+#define KIM_RID_MAX         256     //  ROUTER routing ids are 5 bytes unless a peer sets one
+#define KIM_HOUSEKEEP_MS    200     //  timer for expiry and redelivery checks
+#define KIM_DEDUP_EXPIRE_MS 10000   //  how often old msg_ids are forgotten
+#define KIM_STATS_MS        60000   //  how often traffic figures are logged
+#define KIM_SCAN_CHUNK      64      //  mailbox entries read per scan
+
+typedef struct _org_state_t org_state_t;
+typedef struct _session_t session_t;
+
+typedef struct {
+    uint64_t seq;
+    uint64_t sent_ms;
+} flight_t;
+
+struct _org_state_t {
+    const kim_org_t *org;
+    session_t *receiver;            //  the session deliveries go to, or NULL
+    uint64_t cursor;                //  highest seq handed to the receiver
+    flight_t *flights;              //  in flight, ascending seq; window_max slots
+    size_t flight_count;
+    bool dirty;                     //  listed in the server's dirty list
+    org_state_t *next_dirty;
+};
+
+struct _session_t {
+    char key [2 * KIM_RID_MAX + 1]; //  hex of the routing id: the hash key
+    uint8_t rid [KIM_RID_MAX];
+    size_t rid_size;
+    org_state_t *org;
+    uint32_t window;
+    uint64_t last_seen_ms;
+    char agent [KIM_AGENT_MAX + 1];
+};
+
+//  A SEND or ACK waiting for the batch's commit.
+typedef struct {
+    kim_cmd_t cmd;
+    uint8_t rid [KIM_RID_MAX];
+    size_t rid_size;
+    org_state_t *org;               //  the sending organisation
+    zmq_msg_t payload;
+    bool has_payload;
+    //  Outcome of the last apply (reset when a batch is replayed).
+    int code;
+    char path [KIM_PATH_MAX + 1];
+    uint64_t seq;
+    bool dup;
+} item_t;
+
+struct _kim_server_t {
+    kim_config_t *config;
+    kim_store_t *store;
+    zcert_t *cert;
+    zsock_t *router;
+    zsock_t *zap;
+    zloop_t *loop;
+    zhashx_t *sessions;             //  routing id hex -> session_t (owned)
+    zhashx_t *orgs;                 //  org id -> org_state_t (owned)
+    item_t *items;                  //  batch_max slots
+    size_t item_count;
+    org_state_t *dirty;             //  orgs whose mailbox or window changed
+    kim_buf_t buf;                  //  encoder scratch
+    kim_buf_t hdr_buf;              //  canonical header scratch
+    kim_cmd_t reply;                //  reply scratch
+    uint64_t started_ms;
+    uint64_t last_dedup_expire_ms;
+    uint64_t last_stats_ms;
+    bool failed;
+    //  Figures since start.
+    uint64_t receipted, duplicates, rejected, delivered, redelivered, acked, batches;
+};
+
+static uint64_t
+s_now (void)
+{
+    return (uint64_t) zclock_time ();
+}
+
+static void
+s_hex (const uint8_t *data, size_t size, char *out)
+{
+    static const char digits [] = "0123456789abcdef";
+    for (size_t i = 0; i < size; i++) {
+        out [2 * i] = digits [data [i] >> 4];
+        out [2 * i + 1] = digits [data [i] & 15];
+    }
+    out [2 * size] = 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Sending
+
+//  Sends [rid][buf] or [rid][buf][payload]. Failures (a vanished peer, a full
+//  queue) drop the message: every message the broker sends is either
+//  regenerated on request (replies) or redelivered (deliveries).
+static void
+s_send_frames (kim_server_t *self, const uint8_t *rid, size_t rid_size,
+               const uint8_t *payload, size_t payload_size, bool with_payload)
+{
+    void *router = zsock_resolve (self->router);
+    if (zmq_send (router, rid, rid_size, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1)
+        return;
+    if (zmq_send (router, self->buf.data, self->buf.size,
+                  (with_payload? ZMQ_SNDMORE: 0) | ZMQ_DONTWAIT) == -1)
+        return;
+    if (with_payload)
+        zmq_send (router, payload, payload_size, ZMQ_DONTWAIT);
+}
+
+static void
+s_send_cmd (kim_server_t *self, const uint8_t *rid, size_t rid_size, const kim_cmd_t *cmd)
+{
+    kim_buf_reset (&self->buf);
+    int rc = kim_cmd_encode (cmd, &self->buf);
+    if (rc) {
+        zsys_error ("server: cannot encode %s: %s", kim_cmd_name (cmd->id), kim_strerror (rc));
+        return;
+    }
+    s_send_frames (self, rid, rid_size, NULL, 0, false);
+}
+
+static void
+s_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
+          const char *msg_id, const char *path, const char *format, ...)
+{
+    kim_cmd_t *reply = &self->reply;
+    kim_cmd_init (reply, KIM_CMD_REJECT);
+    reply->code = code < 0? -code: code;
+    if (msg_id)
+        snprintf (reply->msg_id, sizeof reply->msg_id, "%s", msg_id);
+    if (path)
+        snprintf (reply->path, sizeof reply->path, "%s", path);
+    if (format) {
+        va_list args;
+        va_start (args, format);
+        vsnprintf (reply->text, sizeof reply->text, format, args);
+        va_end (args);
+    }
+    else
+        snprintf (reply->text, sizeof reply->text, "%s", kim_strerror (code));
+    self->rejected++;
+    s_send_cmd (self, rid, rid_size, reply);
+}
+
+//  --------------------------------------------------------------------------
+//  Organisations and sessions
+
+static void
+s_org_state_destroy (void **item)
+{
+    org_state_t *state = (org_state_t *) *item;
+    if (state) {
+        free (state->flights);
+        free (state);
+        *item = NULL;
+    }
+}
+
+static void
+s_mark_dirty (kim_server_t *self, org_state_t *state)
+{
+    if (!state->dirty) {
+        state->dirty = true;
+        state->next_dirty = self->dirty;
+        self->dirty = state;
+    }
+}
+
+//  The receiving session is gone: what was in flight returns to the mailbox.
+static void
+s_release_receiver (kim_server_t *self, org_state_t *state)
+{
+    state->receiver = NULL;
+    state->flight_count = 0;
+    state->cursor = 0;
+}
+
+static void
+s_session_destroy (kim_server_t *self, session_t *session, const char *why)
+{
+    org_state_t *state = session->org;
+    if (state->receiver == session) {
+        if (state->flight_count)
+            zsys_info ("server: %s: %zu deliveries in flight return to the mailbox (%s)",
+                       state->org->id, state->flight_count, why);
+        s_release_receiver (self, state);
+    }
+    if (self->config->verbose)
+        zsys_debug ("server: session %s of %s ended: %s", session->key, state->org->id, why);
+    zhashx_delete (self->sessions, session->key);
+}
+
+static void
+s_session_free (void **item)
+{
+    free (*item);
+    *item = NULL;
+}
+
+static bool
+s_has_version (const kim_cmd_t *cmd, uint32_t version)
+{
+    for (size_t i = 0; i < cmd->version_count; i++)
+        if (cmd->versions [i] == version)
+            return true;
+    return false;
+}
+
+static void
+s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *key,
+         const char *user_id, const kim_cmd_t *cmd)
+{
+    org_state_t *state = user_id? (org_state_t *) zhashx_lookup (self->orgs, user_id): NULL;
+    if (!state || state->org->revoked) {
+        s_reject (self, rid, rid_size, KIM_E_UNKNOWN_ORG, NULL, NULL,
+                  "the connection's key belongs to no registered organisation");
+        return;
+    }
+    if (!s_has_version (cmd, KIM_PROTOCOL_VERSION)) {
+        s_reject (self, rid, rid_size, KIM_E_VERSION, NULL, "versions",
+                  "this broker speaks protocol version %d only", KIM_PROTOCOL_VERSION);
+        return;
+    }
+    //  A second HELLO on a connection restarts its session.
+    session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
+    if (session)
+        s_session_destroy (self, session, "new HELLO");
+
+    session = (session_t *) calloc (1, sizeof (session_t));
+    if (!session) {
+        s_reject (self, rid, rid_size, KIM_E_BUSY, NULL, NULL, "out of memory");
+        return;
+    }
+    snprintf (session->key, sizeof session->key, "%s", key);
+    memcpy (session->rid, rid, rid_size);
+    session->rid_size = rid_size;
+    session->org = state;
+    session->window = cmd->window < self->config->window_max? cmd->window: self->config->window_max;
+    session->last_seen_ms = s_now ();
+    snprintf (session->agent, sizeof session->agent, "%s", cmd->agent);
+    zhashx_insert (self->sessions, key, session);
+
+    if (session->window > 0) {
+        if (state->receiver)
+            zsys_info ("server: %s: a new session takes over deliveries", state->org->id);
+        s_release_receiver (self, state);
+        state->receiver = session;
+        s_mark_dirty (self, state);
+    }
+    kim_cmd_t *reply = &self->reply;
+    kim_cmd_init (reply, KIM_CMD_WELCOME);
+    reply->version = KIM_PROTOCOL_VERSION;
+    snprintf (reply->org, sizeof reply->org, "%s", state->org->id);
+    snprintf (reply->broker, sizeof reply->broker, "%s", self->config->name);
+    reply->heartbeat_ms = self->config->heartbeat_ms;
+    reply->max_payload = self->config->max_payload;
+    reply->window = session->window;
+    s_send_cmd (self, rid, rid_size, reply);
+    zsys_info ("server: %s connected (%s, window %u)", state->org->id,
+               session->agent [0]? session->agent: "no agent name", session->window);
+}
+
+static void
+s_status (kim_server_t *self, session_t *session)
+{
+    kim_cmd_t *reply = &self->reply;
+    kim_cmd_init (reply, KIM_CMD_STATUS_REPLY);
+    org_state_t *state = session->org;
+    reply->status.log_head = kim_store_head (self->store);
+    reply->status.mailbox = kim_store_mailbox_count (self->store, state->org->id);
+    reply->status.in_flight = state->flight_count;
+    reply->status.sessions = zhashx_size (self->sessions);
+    reply->status.uptime_ms = s_now () - self->started_ms;
+    reply->status.store_bytes = kim_store_bytes (self->store);
+    s_send_cmd (self, session->rid, session->rid_size, reply);
+}
+
+//  --------------------------------------------------------------------------
+//  Delivery
+
+static int
+s_send_delivery (kim_server_t *self, session_t *session, uint64_t seq)
+{
+    kim_record_t record;
+    int rc = kim_store_read (self->store, seq, &record);
+    if (rc == 0 && record.kind != KIM_RECORD_MESSAGE)
+        rc = -KIM_E_INTERNAL;
+    if (rc) {
+        zsys_error ("server: mailbox of %s names seq %" PRIu64 " which cannot be read: %s",
+                    session->org->org->id, seq, kim_strerror (rc));
+        return rc;
+    }
+    const uint8_t *payload = NULL;
+    size_t payload_size = 0;
+    rc = kim_store_payload_get (self->store, seq, &payload, &payload_size);
+    if (rc)
+        return rc;
+    kim_buf_reset (&self->buf);
+    rc = kim_cmd_encode_deliver (seq, record.body, record.body_size, &self->buf);
+    if (rc)
+        return rc;
+    s_send_frames (self, session->rid, session->rid_size, payload, payload_size, true);
+    return 0;
+}
+
+//  Fills the receiver's window from the mailbox, in seq order.
+static void
+s_deliver (kim_server_t *self, org_state_t *state, uint64_t now)
+{
+    session_t *session = state->receiver;
+    while (session && state->flight_count < session->window) {
+        uint64_t seqs [KIM_SCAN_CHUNK];
+        size_t room = session->window - state->flight_count;
+        int want = room < KIM_SCAN_CHUNK? (int) room: KIM_SCAN_CHUNK;
+        int count = kim_store_mailbox_scan (self->store, state->org->id, state->cursor, seqs, want);
+        if (count <= 0)
+            break;
+        for (int i = 0; i < count; i++) {
+            state->cursor = seqs [i];
+            if (s_send_delivery (self, session, seqs [i]))
+                continue;
+            state->flights [state->flight_count].seq = seqs [i];
+            state->flights [state->flight_count].sent_ms = now;
+            state->flight_count++;
+            self->delivered++;
+        }
+        if (count < want)
+            break;
+    }
+}
+
+static void
+s_deliver_dirty (kim_server_t *self)
+{
+    if (!self->dirty)
+        return;
+    uint64_t now = s_now ();
+    if (kim_store_read_begin (self->store) == 0) {
+        while (self->dirty) {
+            org_state_t *state = self->dirty;
+            self->dirty = state->next_dirty;
+            state->dirty = false;
+            s_deliver (self, state, now);
+        }
+        kim_store_read_end (self->store);
+    }
+}
+
+//  Index of `seq` among the flights, or -1.
+static ssize_t
+s_flight_find (const org_state_t *state, uint64_t seq)
+{
+    size_t low = 0, high = state->flight_count;
+    while (low < high) {
+        size_t mid = (low + high) / 2;
+        if (state->flights [mid].seq < seq)
+            low = mid + 1;
+        else
+            high = mid;
+    }
+    return low < state->flight_count && state->flights [low].seq == seq? (ssize_t) low: -1;
+}
+
+static void
+s_flight_remove (org_state_t *state, uint64_t seq)
+{
+    ssize_t index = s_flight_find (state, seq);
+    if (index >= 0) {
+        memmove (&state->flights [index], &state->flights [index + 1],
+                 (state->flight_count - (size_t) index - 1) * sizeof (flight_t));
+        state->flight_count--;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  The write batch
+
+static int
+s_apply_send (kim_server_t *self, item_t *item, uint64_t now)
+{
+    kim_msg_t *msg = &item->cmd.msg;
+    const char *sender = item->org->org->id;
+
+    //  Identity comes from the key: a header may only repeat it.
+    if (msg->sender [0] && strcmp (msg->sender, sender) != 0) {
+        snprintf (item->path, sizeof item->path, "hdr.sender");
+        return -KIM_E_SENDER_MISMATCH;
+    }
+    uint64_t seq;
+    int rc = kim_store_dedup_get (self->store, sender, msg->msg_id, &seq);
+    if (rc < 0)
+        return rc;
+    if (rc == 1) {
+        item->seq = seq;
+        item->dup = true;
+        return 0;
+    }
+    org_state_t *recipient = NULL;
+    if (msg->recipient [0]) {
+        recipient = (org_state_t *) zhashx_lookup (self->orgs, msg->recipient);
+        if (!recipient || recipient->org->revoked || recipient->org->role != KIM_ROLE_AGENCY) {
+            snprintf (item->path, sizeof item->path, "hdr.recipient");
+            return -KIM_E_UNKNOWN_RECIPIENT;
+        }
+        if (kim_store_mailbox_count (self->store, recipient->org->id) >= self->config->mailbox_quota)
+            return -KIM_E_QUOTA;
+    }
+    const uint8_t *payload = NULL;
+    size_t payload_size = 0;
+    if (item->has_payload) {
+        payload = (const uint8_t *) zmq_msg_data (&item->payload);
+        payload_size = zmq_msg_size (&item->payload);
+    }
+    snprintf (msg->sender, sizeof msg->sender, "%s", sender);
+    msg->payload_len = (uint32_t) payload_size;
+    msg->has_payload_hash = true;
+    crypto_generichash (msg->payload_hash, KIM_HASH_SIZE, payload, payload_size, NULL, 0);
+
+    kim_buf_reset (&self->hdr_buf);
+    rc = kim_msg_encode (msg, &self->hdr_buf);
+    if (rc == 0)
+        rc = kim_store_append (self->store, KIM_RECORD_MESSAGE, now,
+                               self->hdr_buf.data, self->hdr_buf.size, &seq);
+    if (rc == 0 && payload_size)
+        rc = kim_store_payload_put (self->store, seq, payload, payload_size);
+    if (rc == 0 && recipient)
+        rc = kim_store_mailbox_put (self->store, recipient->org->id, seq);
+    if (rc == 0)
+        rc = kim_store_dedup_put (self->store, sender, msg->msg_id, seq, now);
+    if (rc == 0)
+        item->seq = seq;
+    return rc;
+}
+
+//  Removes acked deliveries from the mailbox. In-memory flights change only
+//  after the commit, so that a replayed batch sees the same state.
+static int
+s_apply_ack (kim_server_t *self, item_t *item)
+{
+    org_state_t *state = item->org;
+    for (size_t i = 0; i < item->cmd.ack_count; i++) {
+        int rc = kim_store_mailbox_del (self->store, state->org->id, item->cmd.acks [i]);
+        if (rc == -KIM_E_NOT_FOUND) {
+            if (!item->code) {
+                item->code = -KIM_E_BAD_ACK;
+                snprintf (item->path, sizeof item->path, "seqs[%zu]", i);
+                item->seq = item->cmd.acks [i];
+            }
+        }
+        else
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int
+s_apply_batch (kim_server_t *self, uint64_t now)
+{
+    int rc = kim_store_begin (self->store);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < self->item_count; i++) {
+        item_t *item = &self->items [i];
+        item->code = 0;
+        item->path [0] = 0;
+        item->seq = 0;
+        item->dup = false;
+        if (item->cmd.id == KIM_CMD_SEND)
+            item->code = s_apply_send (self, item, now);
+        else
+            rc = s_apply_ack (self, item);
+        //  A full map poisons the whole transaction: stop and let commit grow it.
+        if (item->code == -KIM_E_STORE_FULL || rc == -KIM_E_STORE_FULL)
+            break;
+        if (rc) {
+            kim_store_abort (self->store);
+            return rc;
+        }
+        if (item->code && item->code != -KIM_E_QUOTA && item->code != -KIM_E_UNKNOWN_RECIPIENT
+        &&  item->code != -KIM_E_SENDER_MISMATCH && item->code != -KIM_E_BAD_ACK) {
+            kim_store_abort (self->store);
+            return item->code;
+        }
+    }
+    if (now - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS) {
+        kim_store_dedup_expire (self->store, now, 1000);
+        self->last_dedup_expire_ms = now;
+    }
+    bool retry = false;
+    rc = kim_store_commit (self->store, &retry);
+    if (rc == -KIM_E_STORE_FULL && retry)
+        return 1;                       //  the map grew: replay
+    return rc;
+}
+
+static void
+s_finish_batch (kim_server_t *self, int rc)
+{
+    for (size_t i = 0; i < self->item_count; i++) {
+        item_t *item = &self->items [i];
+        int code = rc? rc: item->code;
+        if (item->cmd.id == KIM_CMD_SEND) {
+            if (code == 0) {
+                kim_cmd_t *reply = &self->reply;
+                kim_cmd_init (reply, KIM_CMD_RECEIPT);
+                snprintf (reply->msg_id, sizeof reply->msg_id, "%s", item->cmd.msg.msg_id);
+                reply->seq = item->seq;
+                reply->dup = item->dup;
+                s_send_cmd (self, item->rid, item->rid_size, reply);
+                if (item->dup)
+                    self->duplicates++;
+                else {
+                    self->receipted++;
+                    org_state_t *recipient = item->cmd.msg.recipient [0]
+                        ? (org_state_t *) zhashx_lookup (self->orgs, item->cmd.msg.recipient): NULL;
+                    if (recipient)
+                        s_mark_dirty (self, recipient);
+                }
+            }
+            else
+                s_reject (self, item->rid, item->rid_size, code, item->cmd.msg.msg_id,
+                          item->path [0]? item->path: NULL, NULL);
+        }
+        else {
+            if (rc == 0) {
+                org_state_t *state = item->org;
+                for (size_t a = 0; a < item->cmd.ack_count; a++)
+                    s_flight_remove (state, item->cmd.acks [a]);
+                self->acked += item->cmd.ack_count;
+                s_mark_dirty (self, state);
+            }
+            if (code)
+                s_reject (self, item->rid, item->rid_size, code, NULL, item->path,
+                          code == -KIM_E_BAD_ACK
+                          ? "seq %" PRIu64 " is not in your mailbox": NULL, item->seq);
+        }
+        if (item->has_payload) {
+            zmq_msg_close (&item->payload);
+            item->has_payload = false;
+        }
+    }
+    self->item_count = 0;
+}
+
+static void
+s_commit_batch (kim_server_t *self)
+{
+    if (self->item_count == 0)
+        return;
+    uint64_t now = s_now ();
+    int rc;
+    //  Each replay follows a map growth, which at most doubles towards
+    //  map_max, so this ends; the bound is a guard, not a policy.
+    for (int attempt = 0; (rc = s_apply_batch (self, now)) == 1 && attempt < 64; attempt++)
+        zsys_notice ("server: store map grew to %" PRIu64 " bytes; replaying the batch",
+                     kim_store_bytes (self->store));
+    if (rc == 1)
+        rc = -KIM_E_STORE_FULL;
+    if (rc == -KIM_E_STORE_FULL)
+        zsys_error ("server: store is full at store/map_max_mb; refusing %zu commands",
+                    self->item_count);
+    else
+    if (rc) {
+        zsys_error ("server: write batch failed: %s", kim_strerror (rc));
+        if (kim_store_failed (self->store))
+            self->failed = true;
+    }
+    self->batches++;
+    s_finish_batch (self, rc);
+}
+
+//  --------------------------------------------------------------------------
+//  Reading commands
+
+static bool
+s_recv_part (void *router, zmq_msg_t *msg)
+{
+    zmq_msg_init (msg);
+    return zmq_msg_recv (msg, router, 0) != -1;
+}
+
+//  Reads one [rid][frame 0][payload] message and handles or queues it.
+//  Returns false when the socket has nothing more to read.
+static bool
+s_read_one (kim_server_t *self)
+{
+    void *router = zsock_resolve (self->router);
+    zmq_msg_t rid_msg, frame;
+    zmq_msg_init (&rid_msg);
+    if (zmq_msg_recv (&rid_msg, router, ZMQ_DONTWAIT) == -1) {
+        zmq_msg_close (&rid_msg);
+        return false;
+    }
+    uint8_t rid [KIM_RID_MAX];
+    size_t rid_size = zmq_msg_size (&rid_msg);
+    bool rid_ok = rid_size > 0 && rid_size <= KIM_RID_MAX && zmq_msg_more (&rid_msg);
+    if (rid_ok)
+        memcpy (rid, zmq_msg_data (&rid_msg), rid_size);
+    bool more = zmq_msg_more (&rid_msg);
+    zmq_msg_close (&rid_msg);
+    if (!rid_ok) {
+        //  Drain whatever belongs to this message; nobody to answer.
+        while (more && s_recv_part (router, &frame)) {
+            more = zmq_msg_more (&frame);
+            zmq_msg_close (&frame);
+        }
+        return true;
+    }
+    if (!s_recv_part (router, &frame)) {
+        zmq_msg_close (&frame);
+        return true;
+    }
+    item_t *item = &self->items [self->item_count];
+    bool has_payload = false;
+    int frames = 1;
+    if (zmq_msg_more (&frame)) {
+        has_payload = s_recv_part (router, &item->payload);
+        frames++;
+        more = has_payload && zmq_msg_more (&item->payload);
+        while (more) {
+            zmq_msg_t extra;
+            if (!s_recv_part (router, &extra))
+                break;
+            more = zmq_msg_more (&extra);
+            zmq_msg_close (&extra);
+            frames++;
+        }
+    }
+    char key [2 * KIM_RID_MAX + 1];
+    s_hex (rid, rid_size, key);
+    //  The User-Id (set by our ZAP handler) lives in the frame's metadata,
+    //  which dies with the frame: copy it.
+    const char *meta_user_id = zmq_msg_gets (&frame, "User-Id");
+    char user_id_copy [KIM_ORG_MAX + 1] = "";
+    if (meta_user_id)
+        snprintf (user_id_copy, sizeof user_id_copy, "%s", meta_user_id);
+    const char *user_id = meta_user_id? user_id_copy: NULL;
+
+    kim_cmd_t *cmd = &item->cmd;
+    kim_decode_error_t error = { 0, "" };
+    int rc = zmq_msg_size (&frame) > KIM_FRAME_MAX
+        ? -KIM_E_TOO_LARGE
+        : kim_cmd_decode (cmd, (const uint8_t *) zmq_msg_data (&frame), zmq_msg_size (&frame), &error);
+    zmq_msg_close (&frame);
+    bool queued = false;
+
+    session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
+    const char *msg_id = rc == 0 && cmd->id == KIM_CMD_SEND? cmd->msg.msg_id: NULL;
+    if (rc)
+        s_reject (self, rid, rid_size, rc, NULL, error.path [0]? error.path: NULL,
+                  "%s%s%s", kim_strerror (rc), error.path [0]? " at ": "", error.path);
+    else
+    if (frames > (cmd->id == KIM_CMD_SEND? 2: 1))
+        s_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, msg_id, NULL,
+                  "%s takes %s frame%s, got %d", kim_cmd_name (cmd->id),
+                  cmd->id == KIM_CMD_SEND? "one or two": "one",
+                  cmd->id == KIM_CMD_SEND? "s": "", frames);
+    else
+    if (cmd->id == KIM_CMD_HELLO)
+        s_hello (self, rid, rid_size, key, user_id, cmd);
+    else
+    if (!session)
+        s_reject (self, rid, rid_size, KIM_E_NO_SESSION, msg_id, NULL,
+                  "send HELLO first (the broker may have restarted)");
+    else
+    if (!user_id || strcmp (user_id, session->org->org->id) != 0)
+        //  Cannot happen with libzmq's per-connection routing ids; refuse
+        //  loudly if it ever does rather than act for the wrong org.
+        s_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, msg_id, NULL,
+                  "connection identity changed");
+    else {
+        session->last_seen_ms = s_now ();
+        switch (cmd->id) {
+            case KIM_CMD_SEND:
+                if (session->org->org->role != KIM_ROLE_AGENCY)
+                    s_reject (self, rid, rid_size, KIM_E_FORBIDDEN, msg_id, NULL,
+                              "role %s may not send messages",
+                              kim_role_name (session->org->org->role));
+                else
+                if (has_payload && zmq_msg_size (&item->payload) > self->config->max_payload)
+                    s_reject (self, rid, rid_size, KIM_E_TOO_LARGE, msg_id, "payload",
+                              "payload of %zu bytes exceeds max_payload %u",
+                              zmq_msg_size (&item->payload), self->config->max_payload);
+                else
+                if (cmd->msg.type == KIM_TYPE_OUTCOME && has_payload && zmq_msg_size (&item->payload))
+                    s_reject (self, rid, rid_size, KIM_E_BAD_VALUE, msg_id, "payload",
+                              "an OUTCOME carries an outcome code only, never a payload");
+                else
+                    queued = true;
+                break;
+            case KIM_CMD_ACK:
+                queued = true;
+                break;
+            case KIM_CMD_PING: {
+                kim_cmd_t *reply = &self->reply;
+                kim_cmd_init (reply, KIM_CMD_PONG);
+                s_send_cmd (self, rid, rid_size, reply);
+                break;
+            }
+            case KIM_CMD_STATUS:
+                s_status (self, session);
+                break;
+            case KIM_CMD_BYE:
+                s_session_destroy (self, session, "BYE");
+                break;
+            case KIM_CMD_SUBSCRIBE:
+            case KIM_CMD_UNSUBSCRIBE:
+            case KIM_CMD_QUERY:
+                s_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+                          "%s is not served by this broker version", kim_cmd_name (cmd->id));
+                break;
+            default:
+                s_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+                          "%s is sent by the broker, not to it", kim_cmd_name (cmd->id));
+        }
+    }
+    if (queued) {
+        memcpy (item->rid, rid, rid_size);
+        item->rid_size = rid_size;
+        item->org = session->org;
+        item->has_payload = has_payload;
+        self->item_count++;
+    }
+    else
+    if (has_payload)
+        zmq_msg_close (&item->payload);
+    return true;
+}
+
+static int
+s_router_ready (zloop_t *loop, zsock_t *reader, void *arg)
+{
+    kim_server_t *self = (kim_server_t *) arg;
+    //  Read what is waiting, up to a batch, then commit it as one.
+    size_t read = 0;
+    while (self->item_count < self->config->batch_max && read < 4 * self->config->batch_max
+    &&     s_read_one (self))
+        read++;
+    s_commit_batch (self);
+    s_deliver_dirty (self);
+    return self->failed? -1: 0;
+}
+
+static int
+s_zap_ready (zloop_t *loop, zsock_t *reader, void *arg)
+{
+    kim_server_t *self = (kim_server_t *) arg;
+    kim_zap_handle (self->zap, self->config);
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Housekeeping: silent sessions, overdue acks, figures.
+
+static int
+s_housekeep (zloop_t *loop, int timer_id, void *arg)
+{
+    kim_server_t *self = (kim_server_t *) arg;
+    uint64_t now = s_now ();
+    uint64_t silence = 3ull * self->config->heartbeat_ms;
+
+    zlistx_t *expired = zlistx_new ();
+    for (session_t *session = (session_t *) zhashx_first (self->sessions); session;
+         session = (session_t *) zhashx_next (self->sessions))
+        if (now - session->last_seen_ms > silence)
+            zlistx_add_end (expired, session);
+    for (session_t *session = (session_t *) zlistx_first (expired); session;
+         session = (session_t *) zlistx_next (expired)) {
+        zsys_info ("server: %s silent for %" PRIu64 " ms; session expired",
+                   session->org->org->id, now - session->last_seen_ms);
+        s_reject (self, session->rid, session->rid_size, KIM_E_SESSION_EXPIRED, NULL, NULL, NULL);
+        org_state_t *state = session->org;
+        s_session_destroy (self, session, "expired");
+        s_mark_dirty (self, state);
+    }
+    zlistx_destroy (&expired);
+
+    //  Redeliver what waited too long for an ack, oldest first, same seq.
+    if (kim_store_read_begin (self->store) == 0) {
+        for (org_state_t *state = (org_state_t *) zhashx_first (self->orgs); state;
+             state = (org_state_t *) zhashx_next (self->orgs)) {
+            if (!state->receiver)
+                continue;
+            for (size_t i = 0; i < state->flight_count; i++) {
+                flight_t *flight = &state->flights [i];
+                if (now - flight->sent_ms >= self->config->redeliver_ms
+                &&  s_send_delivery (self, state->receiver, flight->seq) == 0) {
+                    flight->sent_ms = now;
+                    self->redelivered++;
+                }
+            }
+        }
+        kim_store_read_end (self->store);
+    }
+    s_deliver_dirty (self);
+    //  Old msg_ids are forgotten even when no traffic comes to do it.
+    if (now - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS && self->item_count == 0) {
+        bool retry;
+        if (kim_store_begin (self->store) == 0) {
+            kim_store_dedup_expire (self->store, now, 10000);
+            if (kim_store_commit (self->store, &retry) && kim_store_failed (self->store))
+                self->failed = true;
+        }
+        self->last_dedup_expire_ms = now;
+    }
+    if (now - self->last_stats_ms >= KIM_STATS_MS) {
+        if (self->receipted || self->delivered)
+            zsys_info ("server: %" PRIu64 " receipted, %" PRIu64 " duplicates, %" PRIu64
+                       " rejected, %" PRIu64 " delivered, %" PRIu64 " redelivered, %" PRIu64
+                       " acked, %" PRIu64 " batches, %zu sessions, log head %" PRIu64,
+                       self->receipted, self->duplicates, self->rejected, self->delivered,
+                       self->redelivered, self->acked, self->batches,
+                       zhashx_size (self->sessions), kim_store_head (self->store));
+        self->last_stats_ms = now;
+    }
+    return self->failed? -1: 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Construction
+
+static int
+s_bind (kim_server_t *self, char *error, size_t error_size)
+{
+    void *router = zsock_resolve (self->router);
+    int64_t max_size = (int64_t) self->config->max_payload + KIM_FRAME_MAX;
+    int hwm = 0;                        //  windows bound what we queue
+    zmq_setsockopt (router, ZMQ_MAXMSGSIZE, &max_size, sizeof max_size);
+    zmq_setsockopt (router, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    zmq_setsockopt (router, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    int heartbeat = (int) self->config->heartbeat_ms;
+    int heartbeat_timeout = 3 * heartbeat;
+    zmq_setsockopt (router, ZMQ_HEARTBEAT_IVL, &heartbeat, sizeof heartbeat);
+    zmq_setsockopt (router, ZMQ_HEARTBEAT_TIMEOUT, &heartbeat_timeout, sizeof heartbeat_timeout);
+    zsock_set_zap_domain (self->router, "kim");
+    zcert_apply (self->cert, self->router);
+    zsock_set_curve_server (self->router, 1);
+    for (size_t i = 0; i < self->config->endpoint_count; i++) {
+        const char *endpoint = self->config->endpoints [i];
+        if (zsock_bind (self->router, "%s", endpoint) == -1) {
+            snprintf (error, error_size, "broker/bind: cannot bind %s: %s", endpoint,
+                      zmq_strerror (zmq_errno ()));
+            return -1;
+        }
+        //  An ipc socket file is reachable by whoever may open it: the
+        //  owner only; CURVE still authenticates every connection.
+        if (strncmp (endpoint, "ipc://", 6) == 0)
+            chmod (endpoint + 6, 0600);
+    }
+    return 0;
+}
+
+kim_server_t *
+kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
+{
+    kim_server_t *self = (kim_server_t *) calloc (1, sizeof (kim_server_t));
+    if (!self) {
+        snprintf (error, error_size, "out of memory");
+        return NULL;
+    }
+    self->config = *config_p;
+    *config_p = NULL;
+    kim_config_t *config = self->config;
+    kim_buf_init (&self->buf);
+    kim_buf_init (&self->hdr_buf);
+    self->started_ms = self->last_stats_ms = self->last_dedup_expire_ms = s_now ();
+
+    if (sodium_init () < 0) {
+        snprintf (error, error_size, "libsodium failed to initialise");
+        kim_server_destroy (&self);
+        return NULL;
+    }
+    if (zsys_dir_create ("%s", config->data) != 0) {
+        snprintf (error, error_size, "broker/data: cannot create %s: %s", config->data,
+                  strerror (errno));
+        kim_server_destroy (&self);
+        return NULL;
+    }
+    char path [PATH_MAX];
+    snprintf (path, sizeof path, "%s/keys", config->data);
+    self->cert = kim_keys_broker_cert (path, config->name, error, error_size);
+    if (!self->cert) {
+        kim_server_destroy (&self);
+        return NULL;
+    }
+    snprintf (path, sizeof path, "%s/store", config->data);
+    kim_store_config_t store_config = {
+        .path = path,
+        .map_size = config->map_size,
+        .map_max = config->map_max,
+        .nosync = !config->sync,
+        .dedup_window_ms = config->dedup_window_ms,
+    };
+    int rc = 0;
+    self->store = kim_store_new (&store_config, &rc);
+    if (!self->store) {
+        snprintf (error, error_size, "%s: cannot open the store: %s", path, kim_strerror (rc));
+        kim_server_destroy (&self);
+        return NULL;
+    }
+    self->sessions = zhashx_new ();
+    self->orgs = zhashx_new ();
+    self->items = (item_t *) calloc (config->batch_max, sizeof (item_t));
+    if (!self->sessions || !self->orgs || !self->items) {
+        snprintf (error, error_size, "out of memory");
+        kim_server_destroy (&self);
+        return NULL;
+    }
+    zhashx_set_destructor (self->sessions, s_session_free);
+    zhashx_set_destructor (self->orgs, s_org_state_destroy);
+    for (size_t i = 0; i < config->org_count; i++) {
+        org_state_t *state = (org_state_t *) calloc (1, sizeof (org_state_t));
+        if (state)
+            state->flights = (flight_t *) calloc (config->window_max, sizeof (flight_t));
+        if (!state || !state->flights) {
+            free (state);
+            snprintf (error, error_size, "out of memory");
+            kim_server_destroy (&self);
+            return NULL;
+        }
+        state->org = &config->orgs [i];
+        zhashx_insert (self->orgs, state->org->id, state);
+        //  Mail that waited while the broker was down goes out on HELLO.
+    }
+    self->zap = kim_zap_new ();
+    self->router = zsock_new (ZMQ_ROUTER);
+    if (!self->zap || !self->router) {
+        snprintf (error, error_size, "cannot create sockets (is another broker in this process?)");
+        kim_server_destroy (&self);
+        return NULL;
+    }
+    if (s_bind (self, error, error_size)) {
+        kim_server_destroy (&self);
+        return NULL;
+    }
+    self->loop = zloop_new ();
+    zloop_reader (self->loop, self->zap, s_zap_ready, self);
+    zloop_reader (self->loop, self->router, s_router_ready, self);
+    zloop_timer (self->loop, KIM_HOUSEKEEP_MS, 0, s_housekeep, self);
+    return self;
+}
+
+void
+kim_server_destroy (kim_server_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    kim_server_t *self = *self_p;
+    zloop_destroy (&self->loop);
+    zsock_destroy (&self->router);
+    zsock_destroy (&self->zap);
+    zhashx_destroy (&self->sessions);
+    zhashx_destroy (&self->orgs);
+    free (self->items);
+    kim_store_destroy (&self->store);
+    zcert_destroy (&self->cert);
+    kim_buf_free (&self->buf);
+    kim_buf_free (&self->hdr_buf);
+    kim_config_destroy (&self->config);
+    free (self);
+    *self_p = NULL;
+}
+
+int
+kim_server_run (kim_server_t *self)
+{
+    kim_config_t *config = self->config;
+    char endpoints [KIM_ENDPOINTS_MAX * (KIM_ENDPOINT_MAX + 2)] = "";
+    for (size_t i = 0; i < config->endpoint_count; i++) {
+        strcat (endpoints, i? ", ": "");
+        strcat (endpoints, config->endpoints [i]);
+    }
+    zsys_notice ("kim-broker %s serving on %s; data in %s; %zu organisations; "
+                 "log head %" PRIu64 "; broker public key %s",
+                 config->name, endpoints, config->data, config->org_count,
+                 kim_store_head (self->store), zcert_public_txt (self->cert));
+    if (config->org_count == 0)
+        zsys_warning ("no organisations are registered: nobody can connect. Add them under "
+                      "'orgs' in a config file (see deploy/kim.cfg) and pass --config");
+    if (!config->sync)
+        zsys_warning ("store/sync = 0: receipts are NOT synced to disk (benchmarks only)");
+    zloop_start (self->loop);
+    zsys_notice ("kim-broker stopping: %" PRIu64 " receipted, %" PRIu64 " delivered, %" PRIu64
+                 " acked; log head %" PRIu64, self->receipted, self->delivered, self->acked,
+                 kim_store_head (self->store));
+    return self->failed? -1: 0;
+}

@@ -1,0 +1,1783 @@
+/*  kim_store.c — the broker's durable store on LMDB.
+
+    Owns the LMDB environment: the hash-chained log, payloads kept apart from
+    the log (so they can be purged while the chain still verifies), the
+    mailboxes, and the de-duplication index. It exists so that everything the
+    broker promises about durability is decided in one place: a write batch
+    is one LMDB write transaction, committed and synced once per turn of the
+    server loop (group commit), and a commit that fails for any reason but a
+    full map fails the store closed.
+
+    Layout of a log record value (key: seq as u64 big-endian):
+        [u8 format = 1][u8 kind][u64 time_ms BE][32-byte hash][body...]
+    hash = BLAKE2b-256 (prev_hash || format || kind || seq BE || time_ms BE
+    || body); the first record's prev_hash is 32 zero bytes.
+
+    One writer process: the writer holds an exclusive flock() on
+    <path>/broker.lock for as long as the store is open. LMDB itself allows
+    only one write transaction at a time, but two brokers appending in turn
+    would each keep their own idea of the head and interleave two chains.
+*/
+#include <czmq.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kim/kim_error.h"
+#include "kim_store.h"
+
+#define S_FORMAT            1           //  record format byte and store format
+#define S_RECORD_FIXED      (1 + 1 + 8 + KIM_HASH_SIZE)
+#define S_KEY_BUF           512         //  LMDB's default maximum key is 511 bytes
+#define S_MAXDBS            32          //  room for modules added later
+#define S_MAP_DEFAULT       ((size_t) 64 << 20)
+#define S_MAP_MAX_DEFAULT   ((size_t) 64 << 30)
+#define S_WINDOW_DEFAULT    ((uint64_t) 7 * 24 * 3600 * 1000)
+#define S_LOCK_NAME         "broker.lock"
+
+//  One organisation's mailbox size. `delta` is the open batch's change, kept
+//  apart so that an abort can forget it.
+typedef struct {
+    uint64_t count;
+    int64_t delta;
+    bool touched;               //  listed in self->touched
+    char org [];                //  also the key in self->mailboxes
+} s_mailbox_t;
+
+struct _kim_store_t {
+    char *path;
+    MDB_env *env;
+    MDB_dbi dbi [KIM_DB_COUNT];
+    int lock_fd;                //  holds the flock; -1 when read-only
+    bool read_only;
+    bool failed;                //  fail closed: no writes until reopened
+    size_t map_size;            //  current map size
+    size_t map_max;
+    size_t page_size;           //  OS page: map sizes are multiples of it
+    size_t key_max;             //  LMDB's maximum key size
+    uint64_t dedup_window_ms;
+
+    //  The open write batch, if any
+    MDB_txn *txn;
+    bool batch_full;            //  MDB_MAP_FULL or MDB_TXN_FULL seen
+    bool batch_growable;        //  false once MDB_TXN_FULL was seen
+    uint64_t batch_head;
+    uint8_t batch_hash [KIM_HASH_SIZE];
+
+    //  The reusable read snapshot; `rtxn_live` while it is not reset
+    MDB_txn *rtxn;
+    bool rtxn_live;
+
+    //  Committed head of the log
+    uint64_t head;
+    uint8_t head_hash [KIM_HASH_SIZE];
+
+    //  Mailbox sizes: org -> s_mailbox_t; `touched` lists the entries the
+    //  open batch changed, so commit and abort visit only those.
+    zhashx_t *mailboxes;
+    s_mailbox_t **touched;
+    size_t touched_size;
+    size_t touched_max;
+};
+
+static const char *s_db_names [KIM_DB_COUNT] = {
+#define KIM_X_NAME(name, str) str,
+    KIM_STORE_DBS (KIM_X_NAME)
+#undef KIM_X_NAME
+};
+
+
+//  --------------------------------------------------------------------------
+//  Small helpers
+
+static void
+s_put_be64 (uint8_t *dest, uint64_t value)
+{
+    for (int i = 7; i >= 0; i--) {
+        dest [i] = (uint8_t) value;
+        value >>= 8;
+    }
+}
+
+static uint64_t
+s_get_be64 (const uint8_t *src)
+{
+    uint64_t value = 0;
+    for (int i = 0; i < 8; i++)
+        value = (value << 8) | src [i];
+    return value;
+}
+
+static size_t
+s_round_up (size_t size, size_t unit)
+{
+    if (size % unit == 0)
+        return size;
+    if (size > SIZE_MAX - unit)
+        return SIZE_MAX - SIZE_MAX % unit;
+    return size + unit - size % unit;
+}
+
+//  An LMDB failure while reading: logged, reported, the store stays usable.
+static int
+s_read_error (kim_store_t *self, int rc, const char *what)
+{
+    zsys_error ("kim_store: %s: %s: %s", self->path, what, mdb_strerror (rc));
+    return rc == ENOMEM? -KIM_E_NOMEM: -KIM_E_IO;
+}
+
+//  An LMDB failure inside a write batch. A full map or transaction is an
+//  expected event: the batch is marked full and kim_store_commit grows the
+//  map. Anything else (I/O error, corruption, LMDB panic) leaves the write
+//  transaction unusable and may mean the disk is failing, so the store
+//  fails closed.
+static int
+s_write_error (kim_store_t *self, int rc, const char *what)
+{
+    if (rc == MDB_MAP_FULL) {
+        if (!self->batch_full)
+            zsys_warning ("kim_store: %s: map full at %zu bytes (%s)",
+                          self->path, self->map_size, what);
+        self->batch_full = true;
+        return -KIM_E_STORE_FULL;
+    }
+    if (rc == MDB_TXN_FULL) {
+        zsys_error ("kim_store: %s: %s: %s (batch too large)",
+                    self->path, what, mdb_strerror (rc));
+        self->batch_full = true;
+        self->batch_growable = false;
+        return -KIM_E_STORE_FULL;
+    }
+    zsys_error ("kim_store: %s: %s: %s; store fails closed",
+                self->path, what, mdb_strerror (rc));
+    self->failed = true;
+    return -KIM_E_STORE_FAILED;
+}
+
+//  Checks that a write may go into the open batch.
+static int
+s_writable (kim_store_t *self, const char *what)
+{
+    if (!self->txn) {
+        zsys_error ("kim_store: %s: %s outside a write batch", self->path, what);
+        return -KIM_E_ARGS;
+    }
+    if (self->failed)
+        return -KIM_E_STORE_FAILED;
+    if (self->batch_full)
+        return -KIM_E_STORE_FULL;
+    return 0;
+}
+
+//  Builds `org` NUL seq(BE) into `key`; returns the key size or 0 if the
+//  org is empty or too long for an LMDB key.
+static size_t
+s_mailbox_key (kim_store_t *self, const char *org, uint64_t seq, uint8_t *key)
+{
+    size_t org_size = org? strlen (org): 0;
+    if (org_size == 0 || org_size + 9 > self->key_max)
+        return 0;
+    memcpy (key, org, org_size);
+    key [org_size] = 0;
+    s_put_be64 (key + org_size + 1, seq);
+    return org_size + 9;
+}
+
+//  Builds sender NUL msg_id into `key`; returns the key size or 0.
+static size_t
+s_dedup_key (kim_store_t *self, const char *sender, const char *msg_id, uint8_t *key)
+{
+    size_t sender_size = sender? strlen (sender): 0;
+    size_t msg_id_size = msg_id? strlen (msg_id): 0;
+    if (sender_size == 0 || msg_id_size == 0
+    ||  sender_size + 1 + msg_id_size > self->key_max)
+        return 0;
+    memcpy (key, sender, sender_size);
+    key [sender_size] = 0;
+    memcpy (key + sender_size + 1, msg_id, msg_id_size);
+    return sender_size + 1 + msg_id_size;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Read snapshot
+
+//  Makes the reusable read transaction current. When a writer in another
+//  process grew the map past ours, LMDB says MDB_MAP_RESIZED: adopt the new
+//  size and try once more.
+static int
+s_snapshot_start (kim_store_t *self)
+{
+    if (self->rtxn_live)
+        return 0;
+    int rc = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (self->rtxn)
+            rc = mdb_txn_renew (self->rtxn);
+        else
+            rc = mdb_txn_begin (self->env, NULL, MDB_RDONLY, &self->rtxn);
+        if (rc != MDB_MAP_RESIZED)
+            break;
+        int rc2 = mdb_env_set_mapsize (self->env, 0);
+        if (rc2)
+            return s_read_error (self, rc2, "adopting the grown map");
+    }
+    if (rc)
+        return s_read_error (self, rc, "starting a read snapshot");
+    self->rtxn_live = true;
+    return 0;
+}
+
+static void
+s_snapshot_end (kim_store_t *self)
+{
+    if (self->rtxn_live) {
+        mdb_txn_reset (self->rtxn);
+        self->rtxn_live = false;
+    }
+}
+
+//  The transaction reads go through: the batch when one is open (so reads
+//  see its writes), else the read snapshot, started if need be.
+static int
+s_reader (kim_store_t *self, MDB_txn **txn_p)
+{
+    if (self->txn) {
+        *txn_p = self->txn;
+        return 0;
+    }
+    int rc = s_snapshot_start (self);
+    if (rc)
+        return rc;
+    *txn_p = self->rtxn;
+    return 0;
+}
+
+//  Parses a record value; never trusts its size.
+static int
+s_parse_record (kim_store_t *self, uint64_t seq, const MDB_val *value, kim_record_t *record)
+{
+    const uint8_t *bytes = (const uint8_t *) value->mv_data;
+    if (value->mv_size < S_RECORD_FIXED) {
+        zsys_error ("kim_store: %s: record %" PRIu64 " is malformed (%zu bytes)",
+                    self->path, seq, value->mv_size);
+        return -KIM_E_IO;
+    }
+    if (bytes [0] != S_FORMAT) {
+        zsys_error ("kim_store: %s: record %" PRIu64 " has unknown format %u",
+                    self->path, seq, (unsigned) bytes [0]);
+        return -KIM_E_IO;
+    }
+    record->seq = seq;
+    record->kind = bytes [1];
+    record->time_ms = s_get_be64 (bytes + 2);
+    memcpy (record->hash, bytes + 10, KIM_HASH_SIZE);
+    record->body_size = value->mv_size - S_RECORD_FIXED;
+    record->body = record->body_size? bytes + S_RECORD_FIXED: NULL;
+    return 0;
+}
+
+//  Finds the head (last seq and its hash) in `txn`.
+static int
+s_load_head (kim_store_t *self, MDB_txn *txn)
+{
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, self->dbi [KIM_DB_LOG], &cursor);
+    if (rc)
+        return s_read_error (self, rc, "opening a log cursor");
+    MDB_val key, value;
+    rc = mdb_cursor_get (cursor, &key, &value, MDB_LAST);
+    if (rc == MDB_NOTFOUND) {
+        mdb_cursor_close (cursor);
+        self->head = 0;
+        memset (self->head_hash, 0, KIM_HASH_SIZE);
+        return 0;
+    }
+    if (rc) {
+        mdb_cursor_close (cursor);
+        return s_read_error (self, rc, "reading the last log record");
+    }
+    if (key.mv_size != 8) {
+        mdb_cursor_close (cursor);
+        zsys_error ("kim_store: %s: last log key is malformed (%zu bytes)",
+                    self->path, key.mv_size);
+        return -KIM_E_IO;
+    }
+    uint64_t seq = s_get_be64 ((const uint8_t *) key.mv_data);
+    kim_record_t record;
+    rc = s_parse_record (self, seq, &value, &record);
+    mdb_cursor_close (cursor);
+    if (rc)
+        return rc;
+    self->head = seq;
+    memcpy (self->head_hash, record.hash, KIM_HASH_SIZE);
+    return 0;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Mailbox sizes
+
+static void
+s_mailbox_free (void **item_p)
+{
+    free (*item_p);
+    *item_p = NULL;
+}
+
+static s_mailbox_t *
+s_mailbox_lookup (kim_store_t *self, const char *org, bool create)
+{
+    s_mailbox_t *mailbox = (s_mailbox_t *) zhashx_lookup (self->mailboxes, org);
+    if (mailbox || !create)
+        return mailbox;
+    size_t org_size = strlen (org);
+    mailbox = (s_mailbox_t *) calloc (1, sizeof (s_mailbox_t) + org_size + 1);
+    if (!mailbox)
+        return NULL;
+    memcpy (mailbox->org, org, org_size + 1);
+    //  The entry's own copy of the name is the key (no key duplicator)
+    if (zhashx_insert (self->mailboxes, mailbox->org, mailbox)) {
+        free (mailbox);
+        return NULL;
+    }
+    return mailbox;
+}
+
+static uint64_t
+s_mailbox_size (const s_mailbox_t *mailbox)
+{
+    if (mailbox->delta < 0 && (uint64_t) -mailbox->delta > mailbox->count)
+        return 0;
+    return mailbox->count + (uint64_t) mailbox->delta;
+}
+
+//  Finds or creates org's entry and makes room to list it as touched, so
+//  that the LMDB write that follows cannot be left uncounted.
+static int
+s_mailbox_prepare (kim_store_t *self, const char *org, s_mailbox_t **mailbox_p)
+{
+    s_mailbox_t *mailbox = s_mailbox_lookup (self, org, true);
+    if (!mailbox)
+        return -KIM_E_NOMEM;
+    if (!mailbox->touched && self->touched_size == self->touched_max) {
+        size_t max = self->touched_max? self->touched_max * 2: 64;
+        s_mailbox_t **touched = (s_mailbox_t **) realloc (self->touched, max * sizeof (*touched));
+        if (!touched)
+            return -KIM_E_NOMEM;
+        self->touched = touched;
+        self->touched_max = max;
+    }
+    *mailbox_p = mailbox;
+    return 0;
+}
+
+static void
+s_mailbox_change (kim_store_t *self, s_mailbox_t *mailbox, int64_t delta)
+{
+    if (!mailbox->touched) {
+        mailbox->touched = true;
+        self->touched [self->touched_size++] = mailbox;
+    }
+    mailbox->delta += delta;
+}
+
+//  Ends the batch for the mailbox sizes: applies (commit) or forgets
+//  (abort) its changes; empty mailboxes leave the table.
+static void
+s_mailbox_settle (kim_store_t *self, bool apply)
+{
+    for (size_t i = 0; i < self->touched_size; i++) {
+        s_mailbox_t *mailbox = self->touched [i];
+        if (apply)
+            mailbox->count = s_mailbox_size (mailbox);
+        mailbox->delta = 0;
+        mailbox->touched = false;
+        if (mailbox->count == 0)
+            zhashx_delete (self->mailboxes, mailbox->org);
+    }
+    self->touched_size = 0;
+}
+
+//  Counts every mailbox at open: one pass over the mailbox DB.
+static int
+s_mailbox_count_all (kim_store_t *self, MDB_txn *txn)
+{
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, self->dbi [KIM_DB_MAILBOX], &cursor);
+    if (rc)
+        return s_read_error (self, rc, "opening a mailbox cursor");
+    s_mailbox_t *mailbox = NULL;
+    size_t malformed = 0;
+    MDB_val key, value;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST);
+         rc == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        const uint8_t *bytes = (const uint8_t *) key.mv_data;
+        size_t org_size = key.mv_size >= 10? key.mv_size - 9: 0;
+        if (org_size == 0 || bytes [org_size] != 0
+        ||  memchr (bytes, 0, org_size) || org_size >= S_KEY_BUF) {
+            malformed++;
+            continue;
+        }
+        //  Keys are sorted, so one org's entries come together
+        if (!mailbox || strlen (mailbox->org) != org_size
+        ||  memcmp (mailbox->org, bytes, org_size) != 0) {
+            char org [S_KEY_BUF];
+            memcpy (org, bytes, org_size);
+            org [org_size] = 0;
+            mailbox = s_mailbox_lookup (self, org, true);
+            if (!mailbox) {
+                mdb_cursor_close (cursor);
+                return -KIM_E_NOMEM;
+            }
+        }
+        mailbox->count++;
+    }
+    mdb_cursor_close (cursor);
+    if (rc != MDB_NOTFOUND)
+        return s_read_error (self, rc, "counting mailboxes");
+    if (malformed)
+        zsys_warning ("kim_store: %s: %zu malformed mailbox keys ignored",
+                      self->path, malformed);
+    return 0;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Opening and closing
+
+//  Takes the writer's lock: a second broker on the same store would chain
+//  its own records to a head it does not share.
+static int
+s_lock (kim_store_t *self)
+{
+    char *lock_path = zsys_sprintf ("%s/%s", self->path, S_LOCK_NAME);
+    if (!lock_path)
+        return -KIM_E_NOMEM;
+    self->lock_fd = open (lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (self->lock_fd == -1) {
+        zsys_error ("kim_store: cannot open %s: %s", lock_path, strerror (errno));
+        zstr_free (&lock_path);
+        return -KIM_E_IO;
+    }
+    if (flock (self->lock_fd, LOCK_EX | LOCK_NB) == -1) {
+        int err = errno;
+        if (err == EWOULDBLOCK)
+            zsys_error ("kim_store: %s is in use: another broker holds %s",
+                        self->path, lock_path);
+        else
+            zsys_error ("kim_store: cannot lock %s: %s", lock_path, strerror (err));
+        zstr_free (&lock_path);
+        return err == EWOULDBLOCK? -KIM_E_BUSY: -KIM_E_IO;
+    }
+    zstr_free (&lock_path);
+    return 0;
+}
+
+//  Opens (writer: creates) the named DBs and checks the store's format.
+static int
+s_open_dbs (kim_store_t *self)
+{
+    MDB_txn *txn;
+    int rc = mdb_txn_begin (self->env, NULL, self->read_only? MDB_RDONLY: 0, &txn);
+    if (rc)
+        return s_read_error (self, rc, "starting the opening transaction");
+    for (int db = 0; db < KIM_DB_COUNT; db++) {
+        rc = mdb_dbi_open (txn, s_db_names [db], self->read_only? 0: MDB_CREATE,
+                           &self->dbi [db]);
+        if (rc) {
+            mdb_txn_abort (txn);
+            if (rc == MDB_NOTFOUND) {
+                zsys_error ("kim_store: %s: database '%s' missing: not a kim store "
+                            "or one from an older version", self->path, s_db_names [db]);
+                return -KIM_E_NOT_FOUND;
+            }
+            return s_read_error (self, rc, "opening a database");
+        }
+    }
+    uint8_t format [4];
+    format [0] = 0; format [1] = 0; format [2] = 0; format [3] = S_FORMAT;
+    MDB_val key = { 6, (void *) "format" };
+    MDB_val value;
+    rc = mdb_get (txn, self->dbi [KIM_DB_META], &key, &value);
+    if (rc == MDB_NOTFOUND && !self->read_only) {
+        value.mv_size = sizeof (format);
+        value.mv_data = format;
+        rc = mdb_put (txn, self->dbi [KIM_DB_META], &key, &value, 0);
+    }
+    else
+    if (rc == 0 && (value.mv_size != sizeof (format)
+                ||  memcmp (value.mv_data, format, sizeof (format)) != 0)) {
+        mdb_txn_abort (txn);
+        zsys_error ("kim_store: %s: unsupported store format", self->path);
+        return -KIM_E_CONFIG;
+    }
+    else
+    if (rc == MDB_NOTFOUND)
+        rc = 0;                 //  read-only on a store that never committed
+    if (rc) {
+        mdb_txn_abort (txn);
+        return s_read_error (self, rc, "recording the store format");
+    }
+    //  Commit also for the read-only txn: it keeps the DB handles
+    rc = mdb_txn_commit (txn);
+    if (rc)
+        return s_read_error (self, rc, "committing the opening transaction");
+    return 0;
+}
+
+kim_store_t *
+kim_store_new (const kim_store_config_t *config, int *err)
+{
+    int dummy;
+    if (!err)
+        err = &dummy;
+    *err = 0;
+    if (!config || !config->path || !*config->path) {
+        zsys_error ("kim_store: no path configured");
+        *err = -KIM_E_CONFIG;
+        return NULL;
+    }
+    kim_store_t *self = (kim_store_t *) calloc (1, sizeof (kim_store_t));
+    if (!self) {
+        *err = -KIM_E_NOMEM;
+        return NULL;
+    }
+    self->lock_fd = -1;
+    self->path = strdup (config->path);
+    self->mailboxes = zhashx_new ();
+    if (!self->path || !self->mailboxes) {
+        *err = -KIM_E_NOMEM;
+        goto fail;
+    }
+    zhashx_set_key_duplicator (self->mailboxes, NULL);
+    zhashx_set_key_destructor (self->mailboxes, NULL);
+    zhashx_set_destructor (self->mailboxes, s_mailbox_free);
+
+    self->read_only = config->read_only;
+    long page = sysconf (_SC_PAGESIZE);
+    self->page_size = page > 0? (size_t) page: 4096;
+    size_t map_size = s_round_up (config->map_size? config->map_size: S_MAP_DEFAULT,
+                                  self->page_size);
+    self->map_max = config->map_max? config->map_max: S_MAP_MAX_DEFAULT;
+    self->map_max -= self->map_max % self->page_size;
+    if (self->map_max < map_size) {
+        zsys_error ("kim_store: %s: map_max (%zu) below map_size (%zu)",
+                    self->path, config->map_max, map_size);
+        *err = -KIM_E_CONFIG;
+        goto fail;
+    }
+    self->dedup_window_ms = config->dedup_window_ms? config->dedup_window_ms: S_WINDOW_DEFAULT;
+
+    //  Personal data: the directory and files are the broker's alone
+    if (!self->read_only && mkdir (self->path, 0700) == -1 && errno != EEXIST) {
+        zsys_error ("kim_store: cannot create %s: %s", self->path, strerror (errno));
+        *err = -KIM_E_IO;
+        goto fail;
+    }
+    struct stat st;
+    int stat_rc = stat (self->path, &st);
+    if (stat_rc == -1 || !S_ISDIR (st.st_mode)) {
+        zsys_error ("kim_store: %s: %s", self->path,
+                    stat_rc == -1? strerror (errno): "not a directory");
+        *err = -KIM_E_NOT_FOUND;
+        goto fail;
+    }
+    if (!self->read_only && (*err = s_lock (self)))
+        goto fail;
+
+    int rc = mdb_env_create (&self->env);
+    if (rc) {
+        self->env = NULL;
+        *err = s_read_error (self, rc, "creating the environment");
+        goto fail;
+    }
+    //  MDB_NOTLS: the reusable read txn lives beside the write txn in one
+    //  thread. No MDB_WRITEMAP: a stray pointer could then scribble on the
+    //  log, and it measured half as fast here (msync of the whole map). No
+    //  MDB_NOMEMINIT: it would write stale heap bytes into page slack.
+    unsigned int flags = MDB_NOTLS;
+    if (config->nosync)
+        flags |= MDB_NOSYNC;
+    if (self->read_only)
+        flags |= MDB_RDONLY;
+    rc = mdb_env_set_maxdbs (self->env, S_MAXDBS);
+    if (rc == 0)
+        rc = mdb_env_open (self->env, self->path, flags, 0600);
+    if (rc) {
+        *err = s_read_error (self, rc, "opening the environment");
+        if (rc == ENOENT)
+            *err = -KIM_E_NOT_FOUND;
+        goto fail;
+    }
+    int key_max = mdb_env_get_maxkeysize (self->env);
+    self->key_max = key_max > 0 && key_max < S_KEY_BUF? (size_t) key_max: S_KEY_BUF - 1;
+
+    //  No mapsize was set before opening, so LMDB took the size the file
+    //  records (a map grown in an earlier run stays grown); a writer then
+    //  raises it to the configured initial size if that is larger.
+    MDB_envinfo info;
+    mdb_env_info (self->env, &info);
+    self->map_size = info.me_mapsize;
+    if (!self->read_only && self->map_size < map_size) {
+        rc = mdb_env_set_mapsize (self->env, map_size);
+        if (rc) {
+            *err = s_read_error (self, rc, "setting the map size");
+            goto fail;
+        }
+        self->map_size = map_size;
+    }
+    if ((*err = s_open_dbs (self)))
+        goto fail;
+
+    //  The head and the mailbox sizes come from one snapshot
+    if ((*err = s_snapshot_start (self)))
+        goto fail;
+    *err = s_load_head (self, self->rtxn);
+    if (*err == 0)
+        *err = s_mailbox_count_all (self, self->rtxn);
+    s_snapshot_end (self);
+    if (*err)
+        goto fail;
+    return self;
+
+fail:
+    kim_store_destroy (&self);
+    return NULL;
+}
+
+void
+kim_store_destroy (kim_store_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    kim_store_t *self = *self_p;
+    if (self->txn)
+        kim_store_abort (self);
+    if (self->rtxn)
+        mdb_txn_abort (self->rtxn);
+    if (self->env)
+        mdb_env_close (self->env);
+    if (self->lock_fd != -1)
+        close (self->lock_fd);  //  releases the flock
+    zhashx_destroy (&self->mailboxes);
+    free (self->touched);
+    free (self->path);
+    free (self);
+    *self_p = NULL;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Write batches
+
+int
+kim_store_begin (kim_store_t *self)
+{
+    if (self->read_only) {
+        zsys_error ("kim_store: %s: opened read-only, no writes", self->path);
+        return -KIM_E_ARGS;
+    }
+    if (self->failed)
+        return -KIM_E_STORE_FAILED;
+    if (self->txn)
+        return -KIM_E_BUSY;
+    //  A live snapshot would pin old pages and make the file grow
+    s_snapshot_end (self);
+    int rc = mdb_txn_begin (self->env, NULL, 0, &self->txn);
+    if (rc) {
+        self->txn = NULL;
+        return s_read_error (self, rc, "starting a write batch");
+    }
+    self->batch_full = false;
+    self->batch_growable = true;
+    self->batch_head = self->head;
+    memcpy (self->batch_hash, self->head_hash, KIM_HASH_SIZE);
+    return 0;
+}
+
+void
+kim_store_record_hash (const uint8_t prev [KIM_HASH_SIZE], uint8_t kind, uint64_t seq,
+                       uint64_t time_ms, const uint8_t *body, size_t body_size,
+                       uint8_t out [KIM_HASH_SIZE])
+{
+    uint8_t fields [1 + 1 + 8 + 8];
+    fields [0] = S_FORMAT;
+    fields [1] = kind;
+    s_put_be64 (fields + 2, seq);
+    s_put_be64 (fields + 10, time_ms);
+    crypto_generichash_state state;
+    crypto_generichash_init (&state, NULL, 0, KIM_HASH_SIZE);
+    crypto_generichash_update (&state, prev, KIM_HASH_SIZE);
+    crypto_generichash_update (&state, fields, sizeof (fields));
+    if (body_size)
+        crypto_generichash_update (&state, body, body_size);
+    crypto_generichash_final (&state, out, KIM_HASH_SIZE);
+}
+
+int
+kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
+                  const uint8_t *body, size_t body_size, uint64_t *seq)
+{
+    int rc = s_writable (self, "append");
+    if (rc)
+        return rc;
+    if ((!body && body_size) || body_size > UINT32_MAX - S_RECORD_FIXED)
+        return -KIM_E_ARGS;
+    uint64_t next = self->batch_head + 1;
+    uint8_t hash [KIM_HASH_SIZE];
+    kim_store_record_hash (self->batch_hash, kind, next, time_ms, body, body_size, hash);
+
+    uint8_t key_bytes [8];
+    s_put_be64 (key_bytes, next);
+    MDB_val key = { sizeof (key_bytes), key_bytes };
+    MDB_val value = { S_RECORD_FIXED + body_size, NULL };
+    //  MDB_RESERVE: the record is built in place, no copy through a buffer
+    rc = mdb_put (self->txn, self->dbi [KIM_DB_LOG], &key, &value, MDB_APPEND | MDB_RESERVE);
+    if (rc == MDB_KEYEXIST) {
+        //  The log holds a seq beyond our head: someone wrote behind our back
+        zsys_error ("kim_store: %s: log already holds seq %" PRIu64 "; store fails closed",
+                    self->path, next);
+        self->failed = true;
+        return -KIM_E_STORE_FAILED;
+    }
+    if (rc)
+        return s_write_error (self, rc, "appending a record");
+    uint8_t *bytes = (uint8_t *) value.mv_data;
+    bytes [0] = S_FORMAT;
+    bytes [1] = kind;
+    s_put_be64 (bytes + 2, time_ms);
+    memcpy (bytes + 10, hash, KIM_HASH_SIZE);
+    if (body_size)
+        memcpy (bytes + S_RECORD_FIXED, body, body_size);
+
+    self->batch_head = next;
+    memcpy (self->batch_hash, hash, KIM_HASH_SIZE);
+    if (seq)
+        *seq = next;
+    return 0;
+}
+
+//  Puts in key order when it can: MDB_APPEND fills pages instead of
+//  splitting them in half. Falls back to a plain put when the key is not
+//  the largest (a clock step back, a late payload).
+static int
+s_put_appending (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value)
+{
+    MDB_val copy = *value;
+    int rc = mdb_put (self->txn, self->dbi [db], key, &copy, MDB_APPEND);
+    if (rc == MDB_KEYEXIST)
+        rc = mdb_put (self->txn, self->dbi [db], key, value, 0);
+    return rc;
+}
+
+int
+kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, size_t size)
+{
+    int rc = s_writable (self, "payload_put");
+    if (rc)
+        return rc;
+    if (!data && size)
+        return -KIM_E_ARGS;
+    uint8_t key_bytes [8];
+    s_put_be64 (key_bytes, seq);
+    MDB_val key = { sizeof (key_bytes), key_bytes };
+    if (size == 0) {
+        //  Nothing stored for an empty payload; drop an older one, if any
+        rc = mdb_del (self->txn, self->dbi [KIM_DB_PAYLOAD], &key, NULL);
+        if (rc == MDB_NOTFOUND)
+            rc = 0;
+        return rc? s_write_error (self, rc, "removing a payload"): 0;
+    }
+    MDB_val value = { size, (void *) data };
+    rc = s_put_appending (self, KIM_DB_PAYLOAD, &key, &value);
+    return rc? s_write_error (self, rc, "storing a payload"): 0;
+}
+
+int
+kim_store_mailbox_put (kim_store_t *self, const char *org, uint64_t seq)
+{
+    int rc = s_writable (self, "mailbox_put");
+    if (rc)
+        return rc;
+    uint8_t key_bytes [S_KEY_BUF];
+    size_t key_size = s_mailbox_key (self, org, seq, key_bytes);
+    if (key_size == 0)
+        return -KIM_E_ARGS;
+    s_mailbox_t *mailbox;
+    if ((rc = s_mailbox_prepare (self, org, &mailbox)))
+        return rc;
+    MDB_val key = { key_size, key_bytes };
+    MDB_val value = { 0, NULL };
+    rc = mdb_put (self->txn, self->dbi [KIM_DB_MAILBOX], &key, &value, MDB_NOOVERWRITE);
+    if (rc == MDB_KEYEXIST)
+        return 0;               //  there already: the count stays right
+    if (rc)
+        return s_write_error (self, rc, "putting into a mailbox");
+    s_mailbox_change (self, mailbox, 1);
+    return 0;
+}
+
+int
+kim_store_mailbox_del (kim_store_t *self, const char *org, uint64_t seq)
+{
+    int rc = s_writable (self, "mailbox_del");
+    if (rc)
+        return rc;
+    uint8_t key_bytes [S_KEY_BUF];
+    size_t key_size = s_mailbox_key (self, org, seq, key_bytes);
+    if (key_size == 0)
+        return -KIM_E_ARGS;
+    s_mailbox_t *mailbox;
+    if ((rc = s_mailbox_prepare (self, org, &mailbox)))
+        return rc;
+    MDB_val key = { key_size, key_bytes };
+    rc = mdb_del (self->txn, self->dbi [KIM_DB_MAILBOX], &key, NULL);
+    if (rc == MDB_NOTFOUND)
+        return -KIM_E_NOT_FOUND;
+    if (rc)
+        return s_write_error (self, rc, "deleting from a mailbox");
+    s_mailbox_change (self, mailbox, -1);
+    return 0;
+}
+
+int
+kim_store_dedup_get (kim_store_t *self, const char *sender, const char *msg_id, uint64_t *seq)
+{
+    uint8_t key_bytes [S_KEY_BUF];
+    size_t key_size = s_dedup_key (self, sender, msg_id, key_bytes);
+    if (key_size == 0)
+        return -KIM_E_ARGS;
+    MDB_txn *txn;
+    int rc = s_reader (self, &txn);
+    if (rc)
+        return rc;
+    MDB_val key = { key_size, key_bytes };
+    MDB_val value;
+    rc = mdb_get (txn, self->dbi [KIM_DB_DEDUP], &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return s_read_error (self, rc, "looking up a msg_id");
+    if (value.mv_size != 16) {
+        zsys_error ("kim_store: %s: malformed de-duplication entry for %s/%s",
+                    self->path, sender, msg_id);
+        return -KIM_E_IO;
+    }
+    if (seq)
+        *seq = s_get_be64 ((const uint8_t *) value.mv_data);
+    return 1;
+}
+
+int
+kim_store_dedup_put (kim_store_t *self, const char *sender, const char *msg_id,
+                     uint64_t seq, uint64_t time_ms)
+{
+    int rc = s_writable (self, "dedup_put");
+    if (rc)
+        return rc;
+    uint8_t key_bytes [S_KEY_BUF];
+    size_t key_size = s_dedup_key (self, sender, msg_id, key_bytes);
+    if (key_size == 0)
+        return -KIM_E_ARGS;
+    uint8_t value_bytes [16];
+    s_put_be64 (value_bytes, seq);
+    s_put_be64 (value_bytes + 8, time_ms);
+    MDB_val key = { key_size, key_bytes };
+    MDB_val value = { sizeof (value_bytes), value_bytes };
+    rc = mdb_put (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value, MDB_NOOVERWRITE);
+    if (rc == MDB_KEYEXIST) {
+        //  Rare: the msg_id is re-recorded. Its old age entry must go, or
+        //  expiry would remove the new entry at the old entry's time.
+        if (value.mv_size == 16) {
+            uint8_t old_age [16];
+            s_put_be64 (old_age, s_get_be64 ((const uint8_t *) value.mv_data + 8));
+            s_put_be64 (old_age + 8, s_get_be64 ((const uint8_t *) value.mv_data));
+            MDB_val age_key = { sizeof (old_age), old_age };
+            rc = mdb_del (self->txn, self->dbi [KIM_DB_DEDUP_AGE], &age_key, NULL);
+            if (rc && rc != MDB_NOTFOUND)
+                return s_write_error (self, rc, "replacing a msg_id");
+        }
+        value.mv_size = sizeof (value_bytes);
+        value.mv_data = value_bytes;
+        rc = mdb_put (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value, 0);
+    }
+    if (rc)
+        return s_write_error (self, rc, "recording a msg_id");
+
+    uint8_t age_bytes [16];
+    s_put_be64 (age_bytes, time_ms);
+    s_put_be64 (age_bytes + 8, seq);
+    MDB_val age_key = { sizeof (age_bytes), age_bytes };
+    MDB_val age_value = { key_size, key_bytes };
+    rc = s_put_appending (self, KIM_DB_DEDUP_AGE, &age_key, &age_value);
+    return rc? s_write_error (self, rc, "recording a msg_id's age"): 0;
+}
+
+int
+kim_store_dedup_expire (kim_store_t *self, uint64_t now_ms, size_t limit)
+{
+    int rc = s_writable (self, "dedup_expire");
+    if (rc)
+        return rc;
+    if (now_ms <= self->dedup_window_ms || limit == 0)
+        return 0;
+    uint64_t cutoff = now_ms - self->dedup_window_ms;
+    MDB_cursor *cursor;
+    rc = mdb_cursor_open (self->txn, self->dbi [KIM_DB_DEDUP_AGE], &cursor);
+    if (rc)
+        return s_write_error (self, rc, "opening a msg_id age cursor");
+    size_t removed = 0;
+    while (removed < limit) {
+        MDB_val age_key, age_value;
+        //  Always the first: we delete what we visit, oldest first
+        rc = mdb_cursor_get (cursor, &age_key, &age_value, MDB_FIRST);
+        if (rc == MDB_NOTFOUND) {
+            rc = 0;
+            break;
+        }
+        if (rc)
+            break;
+        if (age_key.mv_size == 16) {
+            const uint8_t *age = (const uint8_t *) age_key.mv_data;
+            if (s_get_be64 (age) >= cutoff)
+                break;
+            uint64_t age_seq = s_get_be64 (age + 8);
+            if (age_value.mv_size > 0 && age_value.mv_size < S_KEY_BUF) {
+                uint8_t key_bytes [S_KEY_BUF];
+                memcpy (key_bytes, age_value.mv_data, age_value.mv_size);
+                MDB_val key = { age_value.mv_size, key_bytes };
+                MDB_val value;
+                rc = mdb_get (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value);
+                //  Remove the entry only if it is the one this age names
+                if (rc == 0 && value.mv_size == 16
+                &&  s_get_be64 ((const uint8_t *) value.mv_data) == age_seq)
+                    rc = mdb_del (self->txn, self->dbi [KIM_DB_DEDUP], &key, NULL);
+                if (rc && rc != MDB_NOTFOUND)
+                    break;
+            }
+        }
+        else
+            zsys_warning ("kim_store: %s: removing a malformed msg_id age entry", self->path);
+        rc = mdb_cursor_del (cursor, 0);
+        if (rc)
+            break;
+        removed++;
+    }
+    mdb_cursor_close (cursor);
+    return rc? s_write_error (self, rc, "expiring msg_ids"): 0;
+}
+
+//  The batch ran out of room: grow the map for the caller's replay.
+//  mdb_env_set_mapsize needs no transaction of ours open, so the read
+//  snapshot ends first (the write txn is gone already).
+static int
+s_grow (kim_store_t *self, bool growable, bool *retry)
+{
+    s_snapshot_end (self);
+    if (!growable)
+        return -KIM_E_STORE_FULL;
+    if (self->map_size >= self->map_max) {
+        zsys_error ("kim_store: %s: store full at its maximum of %zu bytes",
+                    self->path, self->map_max);
+        return -KIM_E_STORE_FULL;
+    }
+    size_t size = self->map_size > self->map_max / 2? self->map_max: self->map_size * 2;
+    int rc = mdb_env_set_mapsize (self->env, size);
+    if (rc) {
+        //  LMDB may have unmapped the old map already: nothing is safe now
+        zsys_error ("kim_store: %s: growing the map to %zu bytes: %s; store fails closed",
+                    self->path, size, mdb_strerror (rc));
+        self->failed = true;
+        return -KIM_E_STORE_FAILED;
+    }
+    zsys_info ("kim_store: %s: map grown from %zu to %zu bytes",
+               self->path, self->map_size, size);
+    self->map_size = size;
+    *retry = true;
+    return -KIM_E_STORE_FULL;
+}
+
+int
+kim_store_commit (kim_store_t *self, bool *retry)
+{
+    bool dummy;
+    if (!retry)
+        retry = &dummy;
+    *retry = false;
+    if (!self->txn) {
+        zsys_error ("kim_store: %s: commit without a write batch", self->path);
+        return -KIM_E_ARGS;
+    }
+    if (self->failed || self->batch_full) {
+        mdb_txn_abort (self->txn);
+        self->txn = NULL;
+        s_mailbox_settle (self, false);
+        if (self->failed)
+            return -KIM_E_STORE_FAILED;
+        return s_grow (self, self->batch_growable, retry);
+    }
+    //  The snapshot ends with the batch (see the header's lifetime rules)
+    s_snapshot_end (self);
+    int rc = mdb_txn_commit (self->txn);
+    self->txn = NULL;           //  freed by LMDB, whatever the outcome
+    if (rc == 0) {
+        self->head = self->batch_head;
+        memcpy (self->head_hash, self->batch_hash, KIM_HASH_SIZE);
+        s_mailbox_settle (self, true);
+        return 0;
+    }
+    s_mailbox_settle (self, false);
+    if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
+        //  Saving the free list can need pages too; nothing was written
+        zsys_warning ("kim_store: %s: commit: %s", self->path, mdb_strerror (rc));
+        return s_grow (self, rc == MDB_MAP_FULL, retry);
+    }
+    zsys_error ("kim_store: %s: commit failed: %s; store fails closed",
+                self->path, mdb_strerror (rc));
+    self->failed = true;
+    return -KIM_E_STORE_FAILED;
+}
+
+void
+kim_store_abort (kim_store_t *self)
+{
+    if (!self->txn)
+        return;
+    mdb_txn_abort (self->txn);
+    self->txn = NULL;
+    s_mailbox_settle (self, false);
+}
+
+bool
+kim_store_failed (kim_store_t *self)
+{
+    return self->failed;
+}
+
+MDB_txn *
+kim_store_txn (kim_store_t *self)
+{
+    return self->txn;
+}
+
+MDB_dbi
+kim_store_dbi (kim_store_t *self, kim_db_t db)
+{
+    assert ((unsigned) db < KIM_DB_COUNT);
+    return self->dbi [db];
+}
+
+int
+kim_store_error (kim_store_t *self, int mdb_rc, const char *what)
+{
+    if (mdb_rc == 0)
+        return 0;
+    if (mdb_rc == MDB_NOTFOUND)
+        return -KIM_E_NOT_FOUND;
+    if (self->txn)
+        return s_write_error (self, mdb_rc, what? what: "writing");
+    return s_read_error (self, mdb_rc, what? what: "reading");
+}
+
+
+//  --------------------------------------------------------------------------
+//  Reads
+
+int
+kim_store_read_begin (kim_store_t *self)
+{
+    if (self->txn)
+        return 0;               //  reads go through the batch
+    s_snapshot_end (self);
+    int rc = s_snapshot_start (self);
+    if (rc == 0 && self->read_only)
+        //  A writer elsewhere moves the head on: report where this snapshot
+        //  ends. A failure is logged and leaves the old head in place.
+        s_load_head (self, self->rtxn);
+    return rc;
+}
+
+void
+kim_store_read_end (kim_store_t *self)
+{
+    s_snapshot_end (self);
+}
+
+int
+kim_store_read (kim_store_t *self, uint64_t seq, kim_record_t *record)
+{
+    MDB_txn *txn;
+    int rc = s_reader (self, &txn);
+    if (rc)
+        return rc;
+    uint8_t key_bytes [8];
+    s_put_be64 (key_bytes, seq);
+    MDB_val key = { sizeof (key_bytes), key_bytes };
+    MDB_val value;
+    rc = mdb_get (txn, self->dbi [KIM_DB_LOG], &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return -KIM_E_NOT_FOUND;
+    if (rc)
+        return s_read_error (self, rc, "reading a record");
+    return s_parse_record (self, seq, &value, record);
+}
+
+int
+kim_store_payload_get (kim_store_t *self, uint64_t seq, const uint8_t **data, size_t *size)
+{
+    *data = NULL;
+    *size = 0;
+    MDB_txn *txn;
+    int rc = s_reader (self, &txn);
+    if (rc)
+        return rc;
+    uint8_t key_bytes [8];
+    s_put_be64 (key_bytes, seq);
+    MDB_val key = { sizeof (key_bytes), key_bytes };
+    MDB_val value;
+    rc = mdb_get (txn, self->dbi [KIM_DB_PAYLOAD], &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return s_read_error (self, rc, "reading a payload");
+    if (value.mv_size) {
+        *data = (const uint8_t *) value.mv_data;
+        *size = value.mv_size;
+    }
+    return 0;
+}
+
+int
+kim_store_mailbox_scan (kim_store_t *self, const char *org, uint64_t after,
+                        uint64_t *seqs, int max)
+{
+    if (max < 0 || (max > 0 && !seqs))
+        return -KIM_E_ARGS;
+    uint8_t key_bytes [S_KEY_BUF];
+    size_t key_size = s_mailbox_key (self, org, after + 1, key_bytes);
+    if (key_size == 0)
+        return -KIM_E_ARGS;
+    if (max == 0 || after == UINT64_MAX)
+        return 0;
+    size_t prefix_size = key_size - 8;      //  org and its NUL
+    MDB_txn *txn;
+    int rc = s_reader (self, &txn);
+    if (rc)
+        return rc;
+    MDB_cursor *cursor;
+    rc = mdb_cursor_open (txn, self->dbi [KIM_DB_MAILBOX], &cursor);
+    if (rc)
+        return s_read_error (self, rc, "opening a mailbox cursor");
+    int count = 0;
+    MDB_val key = { key_size, key_bytes };
+    MDB_val value;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
+         rc == 0 && count < max;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        //  The NUL in the prefix keeps "jc.a" out of "jc.ab"'s entries
+        if (key.mv_size != key_size || memcmp (key.mv_data, key_bytes, prefix_size) != 0)
+            break;
+        seqs [count++] = s_get_be64 ((const uint8_t *) key.mv_data + prefix_size);
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND)
+        return s_read_error (self, rc, "scanning a mailbox");
+    return count;
+}
+
+uint64_t
+kim_store_mailbox_count (kim_store_t *self, const char *org)
+{
+    if (!org)
+        return 0;
+    s_mailbox_t *mailbox = s_mailbox_lookup (self, org, false);
+    return mailbox? s_mailbox_size (mailbox): 0;
+}
+
+uint64_t
+kim_store_head (kim_store_t *self)
+{
+    return self->txn? self->batch_head: self->head;
+}
+
+const uint8_t *
+kim_store_head_hash (kim_store_t *self)
+{
+    return self->txn? self->batch_hash: self->head_hash;
+}
+
+uint64_t
+kim_store_bytes (kim_store_t *self)
+{
+    MDB_envinfo info;
+    MDB_stat stat;
+    if (mdb_env_info (self->env, &info) || mdb_env_stat (self->env, &stat))
+        return 0;
+    return ((uint64_t) info.me_last_pgno + 1) * stat.ms_psize;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Self test
+
+static void
+s_test_remove (const char *dir)
+{
+    const char *names [] = { "data.mdb", "lock.mdb", S_LOCK_NAME };
+    for (size_t i = 0; i < sizeof (names) / sizeof (names [0]); i++) {
+        char *file = zsys_sprintf ("%s/%s", dir, names [i]);
+        assert (file);
+        unlink (file);
+        zstr_free (&file);
+    }
+    rmdir (dir);
+}
+
+//  Appends a record and checks it reads back; returns its seq
+static uint64_t
+s_test_append (kim_store_t *store, uint8_t kind, uint64_t time_ms, const char *body)
+{
+    uint64_t seq = 0;
+    int rc = kim_store_append (store, kind, time_ms, (const uint8_t *) body,
+                               strlen (body), &seq);
+    assert (rc == 0);
+    assert (seq == kim_store_head (store));
+    return seq;
+}
+
+//  Checks records from..to read back and chain onto `prev`
+static void
+s_test_chain (kim_store_t *store, uint64_t from, uint64_t to, const uint8_t *prev_hash)
+{
+    uint8_t prev [KIM_HASH_SIZE];
+    memcpy (prev, prev_hash, KIM_HASH_SIZE);
+    for (uint64_t seq = from; seq <= to; seq++) {
+        kim_record_t record;
+        assert (kim_store_read (store, seq, &record) == 0);
+        assert (record.seq == seq);
+        uint8_t hash [KIM_HASH_SIZE];
+        kim_store_record_hash (prev, record.kind, seq, record.time_ms,
+                               record.body, record.body_size, hash);
+        assert (memcmp (hash, record.hash, KIM_HASH_SIZE) == 0);
+        memcpy (prev, hash, KIM_HASH_SIZE);
+    }
+}
+
+static void
+s_test_pipe_write (int fd, char c)
+{
+    ssize_t n = write (fd, &c, 1);
+    assert (n == 1);
+}
+
+static char
+s_test_pipe_read (int fd)
+{
+    char c = 0;
+    ssize_t n = read (fd, &c, 1);
+    assert (n == 1);
+    return c;
+}
+
+//  A reader in another process, as an audit tool would be: sees what the
+//  writer committed, and after a new snapshot what it committed since.
+static int
+s_test_reader (const char *path, uint64_t head, const uint8_t *head_hash,
+               int ready_fd, int go_fd)
+{
+    kim_store_config_t config = { .path = path, .read_only = true };
+    int err;
+    kim_store_t *reader = kim_store_new (&config, &err);
+    if (!reader)
+        return 1;
+    if (kim_store_head (reader) != head
+    ||  memcmp (kim_store_head_hash (reader), head_hash, KIM_HASH_SIZE) != 0)
+        return 2;
+    kim_record_t record;
+    if (kim_store_read (reader, head, &record) || record.body_size != 4
+    ||  memcmp (record.body, "last", 4) != 0)
+        return 3;
+    if (kim_store_mailbox_count (reader, "jc.a") != 2)
+        return 4;
+    if (kim_store_begin (reader) != -KIM_E_ARGS)
+        return 5;
+    kim_store_read_end (reader);
+    s_test_pipe_write (ready_fd, 'r');
+    if (s_test_pipe_read (go_fd) != 'g')
+        return 6;
+    if (kim_store_read_begin (reader) || kim_store_head (reader) != head + 1)
+        return 7;
+    if (kim_store_read (reader, head + 1, &record) || record.body_size != 5
+    ||  memcmp (record.body, "later", 5) != 0)
+        return 8;
+    kim_store_read_end (reader);
+    kim_store_destroy (&reader);
+    return 0;
+}
+
+//  Opens read-only while the map is small, then reads everything the
+//  writer committed after growing it.
+static int
+s_test_growth_reader (const char *path, size_t payload_size, int ready_fd, int go_fd)
+{
+    kim_store_config_t config = { .path = path, .read_only = true };
+    int err;
+    kim_store_t *reader = kim_store_new (&config, &err);
+    if (!reader)
+        return 1;
+    s_test_pipe_write (ready_fd, 'r');
+    uint8_t head_bytes [8];
+    if (read (go_fd, head_bytes, 8) != 8)
+        return 2;
+    uint64_t head = s_get_be64 (head_bytes);
+    if (kim_store_read_begin (reader) || kim_store_head (reader) != head)
+        return 3;
+    for (uint64_t seq = 1; seq <= head; seq++) {
+        const uint8_t *data;
+        size_t size;
+        if (kim_store_payload_get (reader, seq, &data, &size) || size != payload_size
+        ||  data [size - 1] != (uint8_t) (seq & 0xff))
+            return 4;
+    }
+    kim_store_read_end (reader);
+    kim_store_destroy (&reader);
+    return 0;
+}
+
+//  Map growth: 64 KiB payloads into a 1 MiB map that may grow to 4 MiB
+static void
+s_test_map_growth (const char *path, bool verbose)
+{
+    kim_store_config_t config = {
+        .path = path, .map_size = 1 << 20, .map_max = 4 << 20, .nosync = true
+    };
+    //  Create the store, so that a reader in another process can open it
+    //  at the small map; it must then follow the writer's growth (LMDB
+    //  tells it MDB_MAP_RESIZED). The child is forked with no store open.
+    int err;
+    kim_store_t *store = kim_store_new (&config, &err);
+    assert (store);
+    kim_store_destroy (&store);
+    size_t payload_size = 64 * 1024;
+    int ready [2], go [2];
+    assert (pipe (ready) == 0 && pipe (go) == 0);
+    fflush (stdout);
+    fflush (stderr);
+    pid_t pid = fork ();
+    assert (pid >= 0);
+    if (pid == 0) {
+        close (ready [0]);
+        close (go [1]);
+        _exit (s_test_growth_reader (path, payload_size, ready [1], go [0]));
+    }
+    close (ready [1]);
+    close (go [0]);
+    assert (s_test_pipe_read (ready [0]) == 'r');
+    store = kim_store_new (&config, &err);
+    assert (store);
+    uint8_t *payload = (uint8_t *) malloc (payload_size);
+    assert (payload);
+
+    uint64_t committed = 0;
+    int grown = 0;
+    bool at_max = false;
+    while (!at_max) {
+        //  One batch: four records with payloads; replayed after growth
+        assert (kim_store_begin (store) == 0);
+        int rc = 0;
+        for (int i = 0; i < 4 && rc == 0; i++) {
+            uint64_t seq;
+            rc = kim_store_append (store, KIM_RECORD_MESSAGE, 1000, (const uint8_t *) "big", 3, &seq);
+            if (rc == 0) {
+                assert (seq == committed + (uint64_t) i + 1);
+                memset (payload, (int) (seq & 0xff), payload_size);
+                rc = kim_store_payload_put (store, seq, payload, payload_size);
+            }
+            assert (rc == 0 || rc == -KIM_E_STORE_FULL);
+        }
+        if (rc == -KIM_E_STORE_FULL) {
+            //  Once full, the batch refuses everything until commit
+            uint64_t seq;
+            assert (kim_store_append (store, 1, 1, NULL, 0, &seq) == -KIM_E_STORE_FULL);
+            assert (kim_store_mailbox_put (store, "jc.a", 1) == -KIM_E_STORE_FULL);
+        }
+        bool retry = true;
+        rc = kim_store_commit (store, &retry);
+        if (rc == 0) {
+            assert (kim_store_head (store) == committed + 4);
+            committed += 4;
+            continue;
+        }
+        assert (rc == -KIM_E_STORE_FULL);
+        assert (!kim_store_failed (store));
+        assert (kim_store_head (store) == committed);
+        if (retry)
+            grown++;
+        else
+            at_max = true;
+    }
+    if (verbose)
+        zsys_info ("kim_store_test: map grew %d times, %" PRIu64 " records at the maximum",
+                   grown, committed);
+    assert (grown == 2);
+    assert (committed >= 40);           //  4 MiB holds some 60 such records
+    assert (!kim_store_failed (store));
+    assert (kim_store_bytes (store) <= (uint64_t) 4 << 20);
+
+    uint8_t head_bytes [8];
+    s_put_be64 (head_bytes, committed);
+    assert (write (go [1], head_bytes, 8) == 8);
+    int status = 0;
+    assert (waitpid (pid, &status, 0) == pid);
+    if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
+        zsys_error ("kim_store_test: growth reader failed with status %d", status);
+    assert (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+    close (ready [0]);
+    close (go [1]);
+
+    //  Everything committed reads back, also after reopening at a smaller
+    //  configured size: the grown map is kept.
+    for (int round = 0; round < 2; round++) {
+        assert (kim_store_read_begin (store) == 0);
+        for (uint64_t seq = 1; seq <= committed; seq++) {
+            kim_record_t record;
+            assert (kim_store_read (store, seq, &record) == 0);
+            const uint8_t *data;
+            size_t size;
+            assert (kim_store_payload_get (store, seq, &data, &size) == 0);
+            assert (size == payload_size);
+            assert (data [0] == (uint8_t) (seq & 0xff) && data [size - 1] == data [0]);
+        }
+        kim_store_read_end (store);
+        //  A small batch still fits or is refused cleanly; never fails
+        assert (kim_store_begin (store) == 0);
+        assert (kim_store_commit (store, NULL) == 0);
+        assert (!kim_store_failed (store));
+        kim_store_destroy (&store);
+        store = kim_store_new (&config, &err);
+        assert (store);
+        assert (kim_store_head (store) == committed);
+    }
+    kim_store_destroy (&store);
+    free (payload);
+}
+
+void
+kim_store_test (bool verbose)
+{
+    printf (" * kim_store: ");
+    if (verbose)
+        printf ("\n");
+
+    char template_ [] = "/tmp/kim_store_test.XXXXXX";
+    char *dir = mkdtemp (template_);
+    assert (dir);
+    char *path = zsys_sprintf ("%s/store", dir);
+    char *path2 = zsys_sprintf ("%s/grow", dir);
+    char *path3 = zsys_sprintf ("%s/bad", dir);
+    assert (path && path2 && path3);
+
+    kim_store_config_t config = { .path = path, .dedup_window_ms = 1000 };
+    int err = 0;
+    kim_store_t *store = kim_store_new (&config, &err);
+    assert (store);
+    assert (err == 0);
+    assert (kim_store_head (store) == 0);
+    uint8_t zero [KIM_HASH_SIZE] = { 0 };
+    assert (memcmp (kim_store_head_hash (store), zero, KIM_HASH_SIZE) == 0);
+    assert (kim_store_txn (store) == NULL);
+
+    //  Writes outside a batch are refused
+    assert (kim_store_append (store, 1, 1, NULL, 0, NULL) == -KIM_E_ARGS);
+
+    //  Append, commit, read back; the chain starts at zero
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_begin (store) == -KIM_E_BUSY);
+    assert (kim_store_txn (store) != NULL);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1001, "alpha") == 1);
+    assert (s_test_append (store, KIM_RECORD_DECISION, 1002, "") == 2);
+    assert (s_test_append (store, KIM_RECORD_STATE, 1003, "gamma") == 3);
+    //  Reads inside the batch see it
+    kim_record_t record;
+    assert (kim_store_read (store, 3, &record) == 0);
+    assert (record.kind == KIM_RECORD_STATE);
+    bool retry = true;
+    assert (kim_store_commit (store, &retry) == 0);
+    assert (!retry);
+    assert (kim_store_head (store) == 3);
+
+    assert (kim_store_read_begin (store) == 0);
+    assert (kim_store_read (store, 1, &record) == 0);
+    assert (record.seq == 1 && record.kind == KIM_RECORD_MESSAGE && record.time_ms == 1001);
+    assert (record.body_size == 5 && memcmp (record.body, "alpha", 5) == 0);
+    assert (kim_store_read (store, 2, &record) == 0);
+    assert (record.kind == KIM_RECORD_DECISION && record.body_size == 0);
+    assert (kim_store_read (store, 3, &record) == 0);
+    assert (record.time_ms == 1003 && memcmp (record.body, "gamma", 5) == 0);
+    assert (memcmp (record.hash, kim_store_head_hash (store), KIM_HASH_SIZE) == 0);
+    s_test_chain (store, 1, 3, zero);
+    assert (kim_store_read (store, 0, &record) == -KIM_E_NOT_FOUND);
+    assert (kim_store_read (store, 4, &record) == -KIM_E_NOT_FOUND);
+    kim_store_read_end (store);
+    //  Reads work without read_begin too (implicit snapshot)
+    assert (kim_store_read (store, 2, &record) == 0);
+
+    //  Abort forgets records; their seqs are used again
+    uint8_t head_hash [KIM_HASH_SIZE];
+    memcpy (head_hash, kim_store_head_hash (store), KIM_HASH_SIZE);
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1004, "lost") == 4);
+    kim_store_abort (store);
+    assert (kim_store_head (store) == 3);
+    assert (memcmp (kim_store_head_hash (store), head_hash, KIM_HASH_SIZE) == 0);
+    assert (kim_store_read (store, 4, &record) == -KIM_E_NOT_FOUND);
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1005, "kept") == 4);
+
+    //  Payloads, including an empty one
+    assert (kim_store_payload_put (store, 1, (const uint8_t *) "data", 4) == 0);
+    assert (kim_store_payload_put (store, 2, NULL, 0) == 0);
+    const uint8_t *data;
+    size_t size;
+    assert (kim_store_payload_get (store, 1, &data, &size) == 0);
+    assert (size == 4 && memcmp (data, "data", 4) == 0);
+
+    //  Mailboxes; "jc.ab" shares a prefix with "jc.a"
+    assert (kim_store_mailbox_put (store, "jc.a", 1) == 0);
+    assert (kim_store_mailbox_put (store, "jc.a", 2) == 0);
+    assert (kim_store_mailbox_put (store, "jc.ab", 3) == 0);
+    assert (kim_store_mailbox_put (store, "jc.a", 4) == 0);
+    assert (kim_store_mailbox_put (store, "jc.a", 1) == 0);      //  again: no change
+    assert (kim_store_mailbox_put (store, "", 1) == -KIM_E_ARGS);
+    assert (kim_store_mailbox_count (store, "jc.a") == 3);
+    assert (kim_store_mailbox_count (store, "jc.ab") == 1);
+
+    //  De-duplication sees its own batch
+    uint64_t seq = 0;
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 0);
+    assert (kim_store_dedup_put (store, "jc.a", "m1", 1, 1000) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 1 && seq == 1);
+    assert (kim_store_dedup_get (store, "jc.a", "", &seq) == -KIM_E_ARGS);
+    assert (kim_store_commit (store, &retry) == 0);
+
+    assert (kim_store_read_begin (store) == 0);
+    assert (kim_store_payload_get (store, 1, &data, &size) == 0);
+    assert (size == 4 && memcmp (data, "data", 4) == 0);
+    assert (kim_store_payload_get (store, 2, &data, &size) == 0);
+    assert (data == NULL && size == 0);
+    assert (kim_store_payload_get (store, 99, &data, &size) == 0);
+    assert (data == NULL && size == 0);
+
+    uint64_t seqs [8];
+    assert (kim_store_mailbox_scan (store, "jc.a", 0, seqs, 8) == 3);
+    assert (seqs [0] == 1 && seqs [1] == 2 && seqs [2] == 4);
+    assert (kim_store_mailbox_scan (store, "jc.a", 2, seqs, 8) == 1 && seqs [0] == 4);
+    assert (kim_store_mailbox_scan (store, "jc.a", 0, seqs, 2) == 2 && seqs [1] == 2);
+    assert (kim_store_mailbox_scan (store, "jc.a", 4, seqs, 8) == 0);
+    assert (kim_store_mailbox_scan (store, "jc.a", UINT64_MAX, seqs, 8) == 0);
+    assert (kim_store_mailbox_scan (store, "jc.ab", 0, seqs, 8) == 1 && seqs [0] == 3);
+    assert (kim_store_mailbox_scan (store, "jc", 0, seqs, 8) == 0);
+    assert (kim_store_mailbox_scan (store, "jc.abc", 0, seqs, 8) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 1 && seq == 1);
+    assert (kim_store_dedup_get (store, "jc.a", "m2", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.ab", "m1", &seq) == 0);
+    kim_store_read_end (store);
+
+    //  Mailbox deletes: counted in the batch, forgotten on abort
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_mailbox_del (store, "jc.a", 2) == 0);
+    assert (kim_store_mailbox_del (store, "jc.a", 2) == -KIM_E_NOT_FOUND);
+    assert (kim_store_mailbox_del (store, "jc.zz", 2) == -KIM_E_NOT_FOUND);
+    assert (kim_store_mailbox_count (store, "jc.a") == 2);
+    assert (kim_store_mailbox_scan (store, "jc.a", 0, seqs, 8) == 2);
+    kim_store_abort (store);
+    assert (kim_store_mailbox_count (store, "jc.a") == 3);
+    assert (kim_store_mailbox_count (store, "jc.zz") == 0);
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_mailbox_put (store, "jc.x", 5) == 0);
+    assert (kim_store_mailbox_count (store, "jc.x") == 1);
+    kim_store_abort (store);
+    assert (kim_store_mailbox_count (store, "jc.x") == 0);
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_mailbox_del (store, "jc.a", 2) == 0);
+    assert (kim_store_mailbox_put (store, "jc.y", 9) == 0);
+    assert (kim_store_mailbox_del (store, "jc.y", 9) == 0);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_mailbox_count (store, "jc.a") == 2);
+    assert (kim_store_mailbox_count (store, "jc.y") == 0);
+
+    //  A second writer is refused while this one is open
+    kim_store_t *second = kim_store_new (&config, &err);
+    assert (second == NULL);
+    assert (err == -KIM_E_BUSY);
+
+    //  Close and reopen: seqs continue, head hash and counts survive
+    memcpy (head_hash, kim_store_head_hash (store), KIM_HASH_SIZE);
+    kim_store_destroy (&store);
+    kim_store_destroy (&store);                 //  idempotent
+    store = kim_store_new (&config, &err);
+    assert (store);
+    assert (kim_store_head (store) == 4);
+    assert (memcmp (kim_store_head_hash (store), head_hash, KIM_HASH_SIZE) == 0);
+    assert (kim_store_mailbox_count (store, "jc.a") == 2);
+    assert (kim_store_mailbox_count (store, "jc.ab") == 1);
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 1 && seq == 1);
+    s_test_chain (store, 1, 4, zero);
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1006, "last") == 5);
+    assert (kim_store_commit (store, NULL) == 0);
+    s_test_chain (store, 5, 5, head_hash);
+    kim_store_read_end (store);
+
+    //  A read-only opener in another process sees what was committed,
+    //  and after a new snapshot what was committed while it was open
+    int ready [2], go [2];
+    assert (pipe (ready) == 0 && pipe (go) == 0);
+    fflush (stdout);
+    fflush (stderr);
+    pid_t pid = fork ();
+    assert (pid >= 0);
+    if (pid == 0) {
+        close (ready [0]);
+        close (go [1]);
+        _exit (s_test_reader (path, 5, kim_store_head_hash (store), ready [1], go [0]));
+    }
+    close (ready [1]);
+    close (go [0]);
+    assert (s_test_pipe_read (ready [0]) == 'r');
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1007, "later") == 6);
+    assert (kim_store_commit (store, NULL) == 0);
+    s_test_pipe_write (go [1], 'g');
+    int status = 0;
+    assert (waitpid (pid, &status, 0) == pid);
+    if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
+        zsys_error ("kim_store_test: reader failed with status %d", status);
+    assert (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+    close (ready [0]);
+    close (go [1]);
+
+    //  De-duplication expires oldest first, at most `limit` per call. The
+    //  window is 1000 ms: at 5500, entries older than 4500 go.
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_dedup_put (store, "jc.a", "m2", 2, 2000) == 0);
+    assert (kim_store_dedup_put (store, "jc.a", "m3", 3, 3000) == 0);
+    assert (kim_store_dedup_put (store, "jc.a", "m4", 4, 4000) == 0);
+    assert (kim_store_dedup_put (store, "jc.a", "m5", 5, 5000) == 0);
+    //  Recorded again later: its old age entry (1500) must not linger
+    assert (kim_store_dedup_put (store, "jc.b", "x", 9, 1500) == 0);
+    assert (kim_store_dedup_put (store, "jc.b", "x", 10, 4800) == 0);
+    assert (kim_store_dedup_expire (store, 500, 100) == 0);     //  before the window
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 1);
+    assert (kim_store_dedup_expire (store, 5500, 2) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m2", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m3", &seq) == 1 && seq == 3);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_dedup_expire (store, 5500, 100) == 0);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m3", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m4", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m5", &seq) == 1 && seq == 5);
+    assert (kim_store_dedup_get (store, "jc.b", "x", &seq) == 1 && seq == 10);
+    kim_store_read_end (store);
+    //  Across a reopen, too
+    kim_store_destroy (&store);
+    store = kim_store_new (&config, &err);
+    assert (store);
+    assert (kim_store_dedup_get (store, "jc.b", "x", &seq) == 1 && seq == 10);
+    assert (kim_store_dedup_get (store, "jc.a", "m4", &seq) == 0);
+    assert (kim_store_bytes (store) > 0);
+
+    //  A malformed record (3 bytes) written with LMDB directly is reported,
+    //  not trusted; its neighbours still read
+    assert (kim_store_begin (store) == 0);
+    uint8_t key_bytes [8];
+    s_put_be64 (key_bytes, 2);
+    MDB_val key = { 8, key_bytes };
+    MDB_val value = { 3, (void *) "bad" };
+    assert (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_LOG),
+                     &key, &value, 0) == 0);
+    assert (kim_store_read (store, 2, &record) == -KIM_E_IO);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_read (store, 2, &record) == -KIM_E_IO);
+    assert (kim_store_read (store, 3, &record) == 0);
+    assert (kim_store_error (store, MDB_NOTFOUND, "test") == -KIM_E_NOT_FOUND);
+    assert (!kim_store_failed (store));
+
+    //  A raw writer's MDB_MAP_FULL makes the batch full: commit grows
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_error (store, MDB_MAP_FULL, "test") == -KIM_E_STORE_FULL);
+    assert (kim_store_append (store, 1, 1, NULL, 0, NULL) == -KIM_E_STORE_FULL);
+    assert (kim_store_commit (store, &retry) == -KIM_E_STORE_FULL && retry);
+    assert (!kim_store_failed (store));
+    //  ... MDB_TXN_FULL too, but growing would not help
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_error (store, MDB_TXN_FULL, "test") == -KIM_E_STORE_FULL);
+    assert (kim_store_commit (store, &retry) == -KIM_E_STORE_FULL && !retry);
+    assert (!kim_store_failed (store));
+
+    //  Any other write failure fails the store closed, until reopened
+    uint64_t head = kim_store_head (store);
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1008, "doomed") == head + 1);
+    assert (kim_store_error (store, EIO, "test") == -KIM_E_STORE_FAILED);
+    assert (kim_store_failed (store));
+    assert (kim_store_append (store, 1, 1, NULL, 0, NULL) == -KIM_E_STORE_FAILED);
+    assert (kim_store_commit (store, &retry) == -KIM_E_STORE_FAILED && !retry);
+    assert (kim_store_begin (store) == -KIM_E_STORE_FAILED);
+    assert (kim_store_head (store) == head);
+    assert (kim_store_read (store, head, &record) == 0);   //  reads still work
+    kim_store_destroy (&store);
+    store = kim_store_new (&config, &err);
+    assert (store && !kim_store_failed (store));
+    assert (kim_store_head (store) == head);
+    assert (kim_store_read (store, head + 1, &record) == -KIM_E_NOT_FOUND);
+    kim_store_destroy (&store);
+
+    //  A store whose last record is malformed does not open for writing
+    kim_store_config_t bad_config = { .path = path3, .nosync = true };
+    store = kim_store_new (&bad_config, &err);
+    assert (store);
+    assert (kim_store_begin (store) == 0);
+    s_put_be64 (key_bytes, 1);
+    assert (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_LOG),
+                     &key, &value, 0) == 0);
+    assert (kim_store_commit (store, NULL) == 0);
+    kim_store_destroy (&store);
+    store = kim_store_new (&bad_config, &err);
+    assert (store == NULL);
+    assert (err == -KIM_E_IO);
+
+    //  Read-only on a missing store fails cleanly
+    char *path4 = zsys_sprintf ("%s/missing", dir);
+    assert (path4);
+    kim_store_config_t missing = { .path = path4, .read_only = true };
+    assert (kim_store_new (&missing, &err) == NULL && err == -KIM_E_NOT_FOUND);
+    zstr_free (&path4);
+    //  Nor does a configuration whose maximum is below its start
+    kim_store_config_t small = { .path = path2, .map_size = 8 << 20, .map_max = 4 << 20 };
+    assert (kim_store_new (&small, &err) == NULL && err == -KIM_E_CONFIG);
+
+    s_test_map_growth (path2, verbose);
+
+    s_test_remove (path);
+    s_test_remove (path2);
+    s_test_remove (path3);
+    rmdir (dir);
+    zstr_free (&path);
+    zstr_free (&path2);
+    zstr_free (&path3);
+    printf ("OK\n");
+}

@@ -1,0 +1,238 @@
+/*  kim_store.h — the broker's durable store: one LMDB environment holding the
+    append-only log, payloads, mailboxes and the de-duplication index.
+
+    Everything the broker promises rests here. A write batch is one LMDB write
+    transaction: the server appends every message it read in one turn of its
+    loop, then commits once, and only after kim_store_commit() returned 0 (the
+    data is synced) does it send RECEIPTs. A failed commit makes the store
+    refuse all further writes (fail closed): the broker must never confirm
+    what may not be on disk.
+
+    Thread and lifetime rules: a store belongs to one thread. At most one
+    write batch is open at a time. Pointers into records (kim_record_t.body)
+    point into LMDB's map and stay valid only until the next call that starts
+    or ends a transaction on this store (kim_store_read_begin/_end, _begin,
+    _commit, _abort); copy what must outlive that. Inside a batch, reads go
+    through the write transaction, and LMDB may move what they point at on
+    the batch's next write: copy before writing.
+
+    The log's records are hash-chained: each record's hash covers its format,
+    kind, sequence number, time, the previous record's hash and its body, so
+    that altering, removing or reordering a record breaks the chain.
+*/
+#ifndef KIM_STORE_H_INCLUDED
+#define KIM_STORE_H_INCLUDED
+
+#include <lmdb.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kim/kim_msg.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct _kim_store_t kim_store_t;
+
+//  Record kinds in the log. Numbers are stable and never reused.
+#define KIM_RECORD_MESSAGE      1   //  body: canonical header (kim_msg_encode)
+#define KIM_RECORD_CHECKPOINT   2   //  body: signed checkpoint (audit)
+#define KIM_RECORD_DECISION     3   //  body: policy decision, also denials
+#define KIM_RECORD_AUDIT_READ   4   //  body: who read the log with which filter
+#define KIM_RECORD_PURGE        5   //  body: payloads purged and why
+#define KIM_RECORD_STATE        6   //  body: referral/case state change
+
+//  Named databases inside the environment. Modules that keep state next to
+//  the log (life cycle, consent, subscriptions) write it in the same write
+//  transaction as the log append, through kim_store_txn()/kim_store_dbi().
+#define KIM_STORE_DBS(X)                                                    \
+    X(LOG,       "log")       /* seq (u64 BE) -> record                   */ \
+    X(PAYLOAD,   "payload")   /* seq (u64 BE) -> payload bytes            */ \
+    X(MAILBOX,   "mailbox")   /* org NUL seq (u64 BE) -> empty            */ \
+    X(DEDUP,     "dedup")     /* sender NUL msg_id -> seq u64 BE, time u64 BE */ \
+    X(DEDUP_AGE, "dedup_age") /* time (u64 BE) seq (u64 BE) -> dedup key  */ \
+    X(META,      "meta")      /* name -> value (head, format version)     */ \
+    X(REFERRAL,  "referral")  /* referral_id -> referral state            */ \
+    X(CASE,      "case")      /* case_id -> case state                    */ \
+    X(CONSENT,   "consent")   /* consent id -> consent                    */ \
+    X(SUB,       "sub")       /* org NUL name -> subscription cursor      */ \
+    X(TIMER,     "timer")     /* due (u64 BE) referral_id -> kind         */
+
+typedef enum {
+#define KIM_X_ENUM(name, str) KIM_DB_##name,
+    KIM_STORE_DBS(KIM_X_ENUM)
+#undef KIM_X_ENUM
+    KIM_DB_COUNT
+} kim_db_t;
+
+typedef struct {
+    const char *path;           //  directory; created (mode 0700) when missing
+    size_t map_size;            //  initial map size in bytes (0: 64 MiB)
+    size_t map_max;             //  the map grows up to this (0: 64 GiB)
+    bool nosync;                //  do not sync on commit: benchmarks (W3) only
+    bool read_only;             //  open for readers (audit tools); no writes
+    uint64_t dedup_window_ms;   //  keep msg_ids this long (0: 7 days)
+} kim_store_config_t;
+
+//  A log record as read back. `body` is borrowed (see the lifetime rules).
+typedef struct {
+    uint64_t seq;
+    uint64_t time_ms;           //  broker's clock when appended
+    uint8_t kind;               //  KIM_RECORD_*
+    uint8_t hash [KIM_HASH_SIZE];
+    const uint8_t *body;
+    size_t body_size;
+} kim_record_t;
+
+//  Opens (creating if needed) the store. Returns NULL and sets *err to
+//  -KIM_E_* on failure; the log names the cause.
+kim_store_t *
+    kim_store_new (const kim_store_config_t *config, int *err);
+
+void
+    kim_store_destroy (kim_store_t **self_p);
+
+//  --- write batches -------------------------------------------------------
+
+//  Starts a write batch. Fails with -KIM_E_STORE_FAILED once the store has
+//  failed, -KIM_E_BUSY if a batch is open already, -KIM_E_ARGS on a
+//  read-only store. Write calls outside a batch return -KIM_E_ARGS.
+int
+    kim_store_begin (kim_store_t *self);
+
+//  Appends a record with the next sequence number; *seq is set to it. The
+//  record is chained to the previous one. Returns 0, -KIM_E_STORE_FULL when
+//  the map is full (the batch is then aborted: see kim_store_commit), or
+//  another -KIM_E_*.
+int
+    kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
+                      const uint8_t *body, size_t body_size, uint64_t *seq);
+
+//  Stores the payload of record `seq` apart from the log, so that it can be
+//  purged later while the log stays whole.
+int
+    kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, size_t size);
+
+//  Puts record `seq` into `org`'s mailbox (already there: no change).
+int
+    kim_store_mailbox_put (kim_store_t *self, const char *org, uint64_t seq);
+
+//  Removes record `seq` from `org`'s mailbox (the recipient acked it).
+//  Returns 0, or -KIM_E_NOT_FOUND if it was not there.
+int
+    kim_store_mailbox_del (kim_store_t *self, const char *org, uint64_t seq);
+
+//  Looks up (sender, msg_id) in the de-duplication index, including records
+//  of the open batch. Returns 1 and sets *seq if found, 0 if not, or -KIM_E_*.
+//  Works inside a batch (sees its writes) and outside one.
+int
+    kim_store_dedup_get (kim_store_t *self, const char *sender, const char *msg_id, uint64_t *seq);
+
+//  Records (sender, msg_id) -> seq in the de-duplication index; recording
+//  a msg_id again replaces the entry and its age.
+int
+    kim_store_dedup_put (kim_store_t *self, const char *sender, const char *msg_id,
+                         uint64_t seq, uint64_t time_ms);
+
+//  Forgets msg_ids older than the window (time < now_ms - window), oldest
+//  first. Call inside a batch; removes at most `limit` entries, so a long
+//  backlog is spread over many batches. Returns 0 or -KIM_E_*.
+int
+    kim_store_dedup_expire (kim_store_t *self, uint64_t now_ms, size_t limit);
+
+//  Commits and (unless nosync) syncs the batch. Returns 0 when the data is
+//  durable. On MDB_MAP_FULL the batch is lost: the map is grown (if below
+//  map_max) and -KIM_E_STORE_FULL returned with *retry set to true, so the
+//  caller replays the batch; at map_max, *retry is false. Any other failure
+//  fails the store closed (-KIM_E_STORE_FAILED for this and every later batch).
+int
+    kim_store_commit (kim_store_t *self, bool *retry);
+
+//  Abandons the open batch. Appended records and their sequence numbers are
+//  forgotten.
+void
+    kim_store_abort (kim_store_t *self);
+
+//  True once a write failed; the store then refuses writes until reopened.
+bool
+    kim_store_failed (kim_store_t *self);
+
+//  Raw access for modules that keep state next to the log in the same
+//  write transaction. NULL when no batch is open.
+MDB_txn *
+    kim_store_txn (kim_store_t *self);
+MDB_dbi
+    kim_store_dbi (kim_store_t *self, kim_db_t db);
+
+//  Modules writing through kim_store_txn() hand every LMDB failure here:
+//  it is logged with `what` and the path, and treated as the store's own
+//  writes are (MDB_MAP_FULL/MDB_TXN_FULL mark the batch full, so commit
+//  grows the map; other failures fail the store closed). Returns 0 for 0,
+//  -KIM_E_NOT_FOUND for MDB_NOTFOUND, else the -KIM_E_* code. Outside a
+//  batch, failures are only logged and returned.
+int
+    kim_store_error (kim_store_t *self, int mdb_rc, const char *what);
+
+//  --- reads ---------------------------------------------------------------
+
+//  Starts / ends a read snapshot for the calls below when no batch is open.
+//  Inside a batch, reads see the batch. Cheap: the read txn is reused.
+//  read_begin always takes a fresh snapshot (a read-only store also moves
+//  its head to the snapshot's last record). Reads called without
+//  read_begin start a snapshot implicitly; it lasts until read_end,
+//  kim_store_begin or kim_store_commit. End snapshots promptly: an open
+//  one keeps LMDB from reusing pages and the file grows.
+int
+    kim_store_read_begin (kim_store_t *self);
+void
+    kim_store_read_end (kim_store_t *self);
+
+//  Reads record `seq`. Returns 0, -KIM_E_NOT_FOUND, or another -KIM_E_*
+//  (-KIM_E_IO for a malformed record, which is logged).
+int
+    kim_store_read (kim_store_t *self, uint64_t seq, kim_record_t *record);
+
+//  Reads the payload of record `seq` (borrowed; *data NULL, size 0 if purged
+//  or empty). Returns 0 or -KIM_E_*.
+int
+    kim_store_payload_get (kim_store_t *self, uint64_t seq, const uint8_t **data, size_t *size);
+
+//  Fills `seqs` with up to `max` sequence numbers from `org`'s mailbox that
+//  are greater than `after`, ascending. Returns how many, or -KIM_E_*.
+int
+    kim_store_mailbox_scan (kim_store_t *self, const char *org, uint64_t after,
+                            uint64_t *seqs, int max);
+
+//  Number of entries in `org`'s mailbox (counted at open, kept current),
+//  including the open batch's changes. Read-only stores count at open only.
+uint64_t
+    kim_store_mailbox_count (kim_store_t *self, const char *org);
+
+//  Last sequence number in the log (0 when empty) and its hash. Inside a
+//  batch: the batch's last record (abort reverts it). The hash is borrowed
+//  until the next append, commit, abort or read_begin.
+uint64_t
+    kim_store_head (kim_store_t *self);
+const uint8_t *
+    kim_store_head_hash (kim_store_t *self);
+
+//  Bytes of the map in use.
+uint64_t
+    kim_store_bytes (kim_store_t *self);
+
+//  Hash of a record as the chain defines it (for verifiers).
+void
+    kim_store_record_hash (const uint8_t prev [KIM_HASH_SIZE], uint8_t kind, uint64_t seq,
+                           uint64_t time_ms, const uint8_t *body, size_t body_size,
+                           uint8_t out [KIM_HASH_SIZE]);
+
+void
+    kim_store_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

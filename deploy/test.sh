@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# deploy/test.sh — install what is missing, build with sanitizers, run the
+# whole test suite (unit, integration, fault, fuzz corpus), then fuzz each
+# libFuzzer target for a bounded time when clang's libFuzzer is available.
+#
+#   KIM_FUZZ_SECONDS   seconds per fuzz target (default 60; 0 skips fuzzing)
+#   KIM_TEST_REGEX     run only the CTest tests matching this regex
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+kim_install clang
+build="$KIM_ROOT/build/test"
+kim_say "building with ASan and UBSan in $build"
+kim_build "$build" -DKIM_SANITIZE=ON -DKIM_WERROR=ON
+
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:strict_string_checks=1"
+export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
+kim_say "running the test suite"
+ctest_args=(--test-dir "$build" --output-on-failure -j "$(nproc)" --timeout 300)
+[ -n "${KIM_TEST_REGEX:-}" ] && ctest_args+=(-R "$KIM_TEST_REGEX")
+ctest "${ctest_args[@]}"
+
+seconds=${KIM_FUZZ_SECONDS:-60}
+if [ "$seconds" -gt 0 ] && command -v clang >/dev/null; then
+    fuzz="$KIM_ROOT/build/fuzz"
+    kim_say "building libFuzzer targets in $fuzz"
+    CC=clang kim_build "$fuzz" -DKIM_FUZZ=ON -DKIM_TESTS=ON
+    for target in "$fuzz"/tests/fuzz/fuzz_*; do
+        [ -x "$target" ] || continue
+        name=$(basename "$target")
+        corpus="$KIM_ROOT/tests/fuzz/corpus/${name#fuzz_}"
+        work=$(mktemp -d)
+        kim_say "fuzzing $name for ${seconds}s"
+        "$target" -max_total_time="$seconds" -max_len=70000 -timeout=10 -rss_limit_mb=2048 \
+            -artifact_prefix="$work/" -print_final_stats=1 "$work" "$corpus" \
+            2>"$work/log" || { tail -50 "$work/log"; kim_say "$name found a crash"; exit 1; }
+        grep -E '^(stat::number_of_executed_units|Done)' "$work/log" | tr '\n' ' ' >&2; echo >&2
+        rm -rf "$work"
+    done
+fi
+kim_say "all tests passed"

@@ -1,0 +1,2690 @@
+/*  kim_msg.c — the wire codec: canonical MessagePack encoding and strict
+    decoding of kim's commands and message headers, and the per-type rules.
+
+    Why a hand-written reader: msgpack-c's unpacker allocates count * sizeof
+    (msgpack_object) for whatever count a map or array header claims, so five
+    hostile bytes could demand gigabytes. Decoding here walks the bytes with a
+    bounds-checked cursor instead, in two passes: the first checks the
+    structure (every length within the input, depth, entry counts, no trailing
+    bytes) and finds "cmd"; the second reads the fields straight into the
+    fixed-size structs. Nothing is allocated per message.
+
+    Encoding uses msgpack-c's packer, which writes the smallest encoding of
+    every integer; with the fixed field order of the tables below and absent
+    fields omitted, equal values encode to equal bytes.
+
+    One table per map (command, header, legal basis, status) describes each
+    field once — key, kind, place in the struct, limits — and drives decoding,
+    checking, presence and encoding, so the four cannot disagree.
+*/
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack.h>
+
+#include "kim/kim_msg.h"
+
+//  --------------------------------------------------------------------------
+//  Buffers
+
+void
+kim_buf_init (kim_buf_t *self)
+{
+    self->data = NULL;
+    self->size = 0;
+    self->capacity = 0;
+}
+
+void
+kim_buf_reset (kim_buf_t *self)
+{
+    self->size = 0;
+}
+
+void
+kim_buf_free (kim_buf_t *self)
+{
+    free (self->data);
+    kim_buf_init (self);
+}
+
+int
+kim_buf_reserve (kim_buf_t *self, size_t extra)
+{
+    if (extra <= self->capacity - self->size)
+        return 0;
+    if (extra > SIZE_MAX / 2 - self->size)
+        return -KIM_E_NOMEM;
+    size_t capacity = self->capacity? self->capacity: 256;
+    while (capacity - self->size < extra)
+        capacity *= 2;
+    uint8_t *data = realloc (self->data, capacity);
+    if (!data)
+        return -KIM_E_NOMEM;
+    self->data = data;
+    self->capacity = capacity;
+    return 0;
+}
+
+int
+kim_buf_append (kim_buf_t *self, const void *data, size_t size)
+{
+    if (size == 0)
+        return 0;               //  memcpy from NULL is undefined even for 0 bytes
+    int rc = kim_buf_reserve (self, size);
+    if (rc)
+        return rc;
+    memcpy (self->data + self->size, data, size);
+    self->size += size;
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Names and formats
+
+const char *
+kim_type_name (kim_type_t type)
+{
+    switch (type) {
+#define KIM_X_CASE(name, wire, num, flags) case KIM_TYPE_##name: return wire;
+        KIM_TYPES (KIM_X_CASE)
+#undef KIM_X_CASE
+        default: return NULL;
+    }
+}
+
+unsigned
+kim_type_flags (kim_type_t type)
+{
+    switch (type) {
+#define KIM_X_CASE(name, wire, num, flags) case KIM_TYPE_##name: return flags;
+        KIM_TYPES (KIM_X_CASE)
+#undef KIM_X_CASE
+        default: return 0;
+    }
+}
+
+static kim_type_t
+s_type_lookup (const uint8_t *name, size_t len)
+{
+#define KIM_X_CMP(tname, wire, num, flags) \
+    if (len == sizeof wire - 1 && memcmp (name, wire, len) == 0) return KIM_TYPE_##tname;
+    KIM_TYPES (KIM_X_CMP)
+#undef KIM_X_CMP
+    return KIM_TYPE_NONE;
+}
+
+kim_type_t
+kim_type_from_name (const char *name)
+{
+    return name? s_type_lookup ((const uint8_t *) name, strlen (name)): KIM_TYPE_NONE;
+}
+
+const char *
+kim_cmd_name (kim_cmd_id_t id)
+{
+    switch (id) {
+#define KIM_X_CASE(name, wire, num, dir) case KIM_CMD_##name: return wire;
+        KIM_CMDS (KIM_X_CASE)
+#undef KIM_X_CASE
+        default: return NULL;
+    }
+}
+
+static kim_cmd_id_t
+s_cmd_lookup (const uint8_t *name, size_t len)
+{
+#define KIM_X_CMP(cname, wire, num, dir) \
+    if (len == sizeof wire - 1 && memcmp (name, wire, len) == 0) return KIM_CMD_##cname;
+    KIM_CMDS (KIM_X_CMP)
+#undef KIM_X_CMP
+    return KIM_CMD_NONE;
+}
+
+const char *
+kim_category_name (uint32_t bit)
+{
+    switch (bit) {
+#define KIM_X_CASE(name, wire, cbit) case cbit: return wire;
+        KIM_CATEGORIES (KIM_X_CASE)
+#undef KIM_X_CASE
+        default: return NULL;
+    }
+}
+
+#define S_CATEGORIES_ALL (0u KIM_CATEGORIES (S_X_OR))
+#define S_X_OR(name, wire, bit) | bit
+
+static uint32_t
+s_category_lookup (const uint8_t *name, size_t len)
+{
+#define KIM_X_CMP(cname, wire, bit) \
+    if (len == sizeof wire - 1 && memcmp (name, wire, len) == 0) return bit;
+    KIM_CATEGORIES (KIM_X_CMP)
+#undef KIM_X_CMP
+    return 0;
+}
+
+static const char *s_priority_names [] = { "normal", "low", "high" };
+static const char *s_basis_names [] = { NULL, "consent", "statute" };
+
+bool
+kim_utf8_valid (const uint8_t *data, size_t size)
+{
+    if (!data)
+        return size == 0;
+    size_t i = 0;
+    while (i < size) {
+        uint8_t c = data [i];
+        if (c < 0x80) {
+            if (c == 0)
+                return false;
+            i++;
+            continue;
+        }
+        //  Second-byte ranges exclude overlong forms (E0, F0), surrogates
+        //  (ED) and code points above U+10FFFF (F4).
+        size_t need;
+        uint8_t lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf)
+            need = 1;
+        else
+        if (c == 0xe0) {
+            need = 2;
+            lo = 0xa0;
+        }
+        else
+        if ((c >= 0xe1 && c <= 0xec) || c == 0xee || c == 0xef)
+            need = 2;
+        else
+        if (c == 0xed) {
+            need = 2;
+            hi = 0x9f;
+        }
+        else
+        if (c == 0xf0) {
+            need = 3;
+            lo = 0x90;
+        }
+        else
+        if (c >= 0xf1 && c <= 0xf3)
+            need = 3;
+        else
+        if (c == 0xf4) {
+            need = 3;
+            hi = 0x8f;
+        }
+        else
+            return false;
+        if (size - i - 1 < need)
+            return false;
+        if (data [i + 1] < lo || data [i + 1] > hi)
+            return false;
+        for (size_t k = 2; k <= need; k++)
+            if ((data [i + k] & 0xc0) != 0x80)
+                return false;
+        i += need + 1;
+    }
+    return true;
+}
+
+static bool
+s_id_ok (const char *s, size_t len)
+{
+    if (len < 1 || len > KIM_ID_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s [i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')
+        ||    c == '.' || c == '_' || c == ':' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+static bool
+s_org_ok (const char *s, size_t len)
+{
+    if (len < 3 || len > KIM_ORG_MAX)
+        return false;
+    size_t parts = 1, part_len = 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s [i];
+        if (c == '.') {
+            if (part_len == 0)
+                return false;
+            parts++;
+            part_len = 0;
+        }
+        else
+        if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')
+            part_len++;
+        else
+            return false;
+    }
+    return part_len > 0 && (parts == 2 || parts == 3);
+}
+
+static bool
+s_code_ok (const char *s, size_t len)
+{
+    if (len < 1 || len > KIM_CODE_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s [i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'))
+            return false;
+    }
+    return true;
+}
+
+bool
+kim_id_valid (const char *id)
+{
+    return id && s_id_ok (id, strnlen (id, KIM_ID_MAX + 1));
+}
+
+bool
+kim_org_valid (const char *org)
+{
+    return org && s_org_ok (org, strnlen (org, KIM_ORG_MAX + 1));
+}
+
+bool
+kim_code_valid (const char *code)
+{
+    return code && s_code_ok (code, strnlen (code, KIM_CODE_MAX + 1));
+}
+
+//  --------------------------------------------------------------------------
+//  Field tables
+
+typedef enum {
+    S_K_CMD,            //  the command name (decoded before the fields)
+    S_K_ID,             //  char []: id format
+    S_K_ORG,            //  char []: org id format
+    S_K_CODE,           //  char []: code format
+    S_K_TEXT,           //  char []: UTF-8 without NUL; empty = absent
+    S_K_U32,            //  uint32_t in [lo, hi]; 0 = absent
+    S_K_U64,            //  uint64_t in [lo, hi]; 0 = absent
+    S_K_SCHEMA,         //  uint32_t, always written
+    S_K_BOOL,           //  bool; false = absent
+    S_K_BIN,            //  uint8_t [size]; aux: bool has_ flag (aux == offset: always)
+    S_K_TYPE,           //  kim_type_t by wire name
+    S_K_PRIORITY,       //  kim_priority_t by name; normal = absent
+    S_K_BASIS,          //  legal_basis map: kim_msg_t basis, consent_id, citation
+    S_K_BASIS_KIND,     //  kim_basis_t by name
+    S_K_CATEGORIES,     //  uint32_t KIM_CAT_ bits as an array of names
+    S_K_ID_LIST,        //  char [max][size / max]; aux: size_t count
+    S_K_ORG_LIST,
+    S_K_CODE_LIST,
+    S_K_U32_LIST,       //  uint32_t [max], elements in [lo, hi]
+    S_K_U64_LIST,       //  uint64_t [max], elements in [lo, hi]
+    S_K_TYPE_LIST,      //  kim_type_t [max]
+    S_K_ERRCODE,        //  int in [lo, hi]
+    S_K_REASON,         //  written from the code (offset: code); checked on decode
+    S_K_HDR,            //  kim_msg_t
+    S_K_STATUS,         //  kim_status_t
+    S_K_BODY            //  const uint8_t *; aux: size_t size (borrowed)
+} s_kind_t;
+
+typedef struct {
+    const char *key;
+    uint32_t key_len;
+    uint32_t kind;
+    uint32_t offset;            //  of the value in its struct
+    uint32_t size;              //  of the value (whole array for lists)
+    uint32_t aux;               //  see s_kind_t
+    uint32_t max;               //  lists: entries
+    uint64_t lo, hi;            //  numbers: allowed range
+} s_field_t;
+
+#define S_FIELD(T, key, kind, member, auxm, max, lo, hi) \
+    { key, sizeof key - 1, kind, offsetof (T, member), sizeof (((T *) 0)->member), \
+      offsetof (T, auxm), max, lo, hi },
+
+//  Times in headers are ms since the epoch; capped at 2^53 - 1 so that every
+//  JSON reader (the kim tool, JavaScript, jansson) holds them exactly.
+#define S_TIME_MAX ((1ull << 53) - 1)
+
+//  Header fields in canonical order: X(NAME, key, kind, member, aux member, max, lo, hi)
+#define S_HDR_FIELDS(X) \
+    X (TYPE,          "type",               S_K_TYPE,       type,          type,             0, 0, 0) \
+    X (SCHEMA,        "schema",             S_K_SCHEMA,     schema,        schema,           0, 1, UINT32_MAX) \
+    X (MSG_ID,        "msg_id",             S_K_ID,         msg_id,        msg_id,           0, 0, 0) \
+    X (CREATED_AT,    "created_at",         S_K_U64,        created_at,    created_at,       0, 0, S_TIME_MAX) \
+    X (SENDER,        "sender",             S_K_ORG,        sender,        sender,           0, 0, 0) \
+    X (RECIPIENT,     "recipient",          S_K_ORG,        recipient,     recipient,        0, 0, 0) \
+    X (REFERRAL_ID,   "referral_id",        S_K_ID,         referral_id,   referral_id,      0, 0, 0) \
+    X (REF_MSG_ID,    "ref_msg_id",         S_K_ID,         ref_msg_id,    ref_msg_id,       0, 0, 0) \
+    X (CASE_ID,       "case_id",            S_K_ID,         case_id,       case_id,          0, 0, 0) \
+    X (SENDER_REF,    "sender_case_ref",    S_K_TEXT,       sender_ref,    sender_ref,       0, 0, 0) \
+    X (RECIPIENT_REF, "recipient_case_ref", S_K_TEXT,       recipient_ref, recipient_ref,    0, 0, 0) \
+    X (SUBJECT,       "subject",            S_K_ID,         subject,       subject,          0, 0, 0) \
+    X (PURPOSE,       "purpose",            S_K_CODE,       purpose,       purpose,          0, 0, 0) \
+    X (LEGAL_BASIS,   "legal_basis",        S_K_BASIS,      basis,         basis,            0, 0, 0) \
+    X (CATEGORIES,    "categories",         S_K_CATEGORIES, categories,    categories,       KIM_LIST_MAX, 0, 0) \
+    X (DEADLINE,      "deadline",           S_K_U64,        deadline,      deadline,         0, 0, S_TIME_MAX) \
+    X (PRIORITY,      "priority",           S_K_PRIORITY,   priority,      priority,         0, 0, 0) \
+    X (CODE,          "code",               S_K_CODE,       code,          code,             0, 0, 0) \
+    X (ORG,           "org",                S_K_ORG,        org,           org,              0, 0, 0) \
+    X (NOTE,          "note",               S_K_TEXT,       note,          note,             0, 0, 0) \
+    X (REFERRALS,     "referrals",          S_K_ID_LIST,    referrals,     referral_count,   KIM_REFERRALS_MAX, 0, 0) \
+    X (CONSENT,       "consent",            S_K_ID,         grant_id,      grant_id,         0, 0, 0) \
+    X (RECIPIENTS,    "recipients",         S_K_ORG_LIST,   recipients,    recipient_count,  KIM_LIST_MAX, 0, 0) \
+    X (PURPOSES,      "purposes",           S_K_CODE_LIST,  purposes,      purpose_count,    KIM_LIST_MAX, 0, 0) \
+    X (EXPLICIT,      "explicit",           S_K_BOOL,       explicit_art9, explicit_art9,    0, 0, 0) \
+    X (VALID_UNTIL,   "valid_until",        S_K_U64,        valid_until,   valid_until,      0, 0, S_TIME_MAX) \
+    X (PAYLOAD_LEN,   "payload_len",        S_K_U32,        payload_len,   payload_len,      0, 0, KIM_PAYLOAD_MAX) \
+    X (PAYLOAD_HASH,  "payload_hash",       S_K_BIN,        payload_hash,  has_payload_hash, 0, 0, 0) \
+    X (SIG,           "sig",                S_K_BIN,        sig,           has_sig,          0, 0, 0)
+
+#define S_BASIS_FIELDS(X) \
+    X (KIND,          "kind",               S_K_BASIS_KIND, basis,         basis,            0, 0, 0) \
+    X (CONSENT_ID,    "consent_id",         S_K_ID,         consent_id,    consent_id,       0, 0, 0) \
+    X (CITATION,      "citation",           S_K_TEXT,       citation,      citation,         0, 0, 0)
+
+#define S_STATUS_FIELDS(X) \
+    X (LOG_HEAD,      "log_head",           S_K_U64,        log_head,      log_head,         0, 0, UINT64_MAX) \
+    X (MAILBOX,       "mailbox",            S_K_U64,        mailbox,       mailbox,          0, 0, UINT64_MAX) \
+    X (IN_FLIGHT,     "in_flight",          S_K_U64,        in_flight,     in_flight,        0, 0, UINT64_MAX) \
+    X (SESSIONS,      "sessions",           S_K_U64,        sessions,      sessions,         0, 0, UINT64_MAX) \
+    X (UPTIME_MS,     "uptime_ms",          S_K_U64,        uptime_ms,     uptime_ms,        0, 0, UINT64_MAX) \
+    X (STORE_BYTES,   "store_bytes",        S_K_U64,        store_bytes,   store_bytes,      0, 0, UINT64_MAX)
+
+//  Command fields, one canonical order for all commands; it agrees with the
+//  field order of every command in PROTOCOL.md.
+#define S_CMD_FIELDS(X) \
+    X (CMD,           "cmd",                S_K_CMD,        id,            id,               0, 0, 0) \
+    X (VERSIONS,      "versions",           S_K_U32_LIST,   versions,      version_count,    KIM_LIST_MAX, 1, UINT32_MAX) \
+    X (AGENT,         "agent",              S_K_TEXT,       agent,         agent,            0, 0, 0) \
+    X (VERSION,       "version",            S_K_U32,        version,       version,          0, 1, UINT32_MAX) \
+    X (SUB_ID,        "sub_id",             S_K_ID,         sub_id,        sub_id,           0, 0, 0) \
+    X (QUERY_ID,      "query_id",           S_K_ID,         query_id,      query_id,         0, 0, 0) \
+    X (FROM_SEQ,      "from_seq",           S_K_U64,        from_seq,      from_seq,         0, 0, UINT64_MAX) \
+    X (TO_SEQ,        "to_seq",             S_K_U64,        to_seq,        to_seq,           0, 0, UINT64_MAX) \
+    X (FROM_TIME,     "from_time",          S_K_U64,        from_time,     from_time,        0, 0, UINT64_MAX) \
+    X (TO_TIME,       "to_time",            S_K_U64,        to_time,       to_time,          0, 0, UINT64_MAX) \
+    X (CASE_ID,       "case_id",            S_K_ID,         case_id,       case_id,          0, 0, 0) \
+    X (ORG,           "org",                S_K_ORG,        org,           org,              0, 0, 0) \
+    X (BROKER,        "broker",             S_K_ORG,        broker,        broker,           0, 0, 0) \
+    X (HEARTBEAT_MS,  "heartbeat_ms",       S_K_U32,        heartbeat_ms,  heartbeat_ms,     0, 1, UINT32_MAX) \
+    X (MAX_PAYLOAD,   "max_payload",        S_K_U32,        max_payload,   max_payload,      0, 1, KIM_PAYLOAD_MAX) \
+    X (TYPE,          "type",               S_K_TYPE,       type,          type,             0, 0, 0) \
+    X (TYPES,         "types",              S_K_TYPE_LIST,  types,         type_count,       KIM_LIST_MAX, 0, 0) \
+    X (WINDOW,        "window",             S_K_U32,        window,        window,           0, 0, KIM_WINDOW_MAX) \
+    X (COUNT,         "count",              S_K_U64,        count,         count,            0, 0, UINT64_MAX) \
+    X (CODE,          "code",               S_K_ERRCODE,    code,          code,             0, 0, 999) \
+    X (REASON,        "reason",             S_K_REASON,     code,          code,             0, 0, 0) \
+    X (TEXT,          "text",               S_K_TEXT,       text,          text,             0, 0, 0) \
+    X (MSG_ID,        "msg_id",             S_K_ID,         msg_id,        msg_id,           0, 0, 0) \
+    X (SEQ,           "seq",                S_K_U64,        seq,           seq,              0, 0, UINT64_MAX) \
+    X (TIME,          "time",               S_K_U64,        time,          time,             0, 0, UINT64_MAX) \
+    X (KIND,          "kind",               S_K_U32,        kind,          kind,             0, 1, 255) \
+    X (HASH,          "hash",               S_K_BIN,        hash,          hash,             0, 0, 0) \
+    X (BODY,          "body",               S_K_BODY,       body,          body_size,        0, 0, 0) \
+    X (DUP,           "dup",                S_K_BOOL,       dup,           dup,              0, 0, 0) \
+    X (PATH,          "path",               S_K_TEXT,       path,          path,             0, 0, 0) \
+    X (SEQS,          "seqs",               S_K_U64_LIST,   acks,          ack_count,        KIM_ACKS_MAX, 0, UINT64_MAX) \
+    X (HDR,           "hdr",                S_K_HDR,        msg,           msg,              0, 0, 0) \
+    X (STATUS,        "status",             S_K_STATUS,     status,        status,           0, 0, 0)
+
+#define S_X_HDR(NAME, key, kind, m, a, max, lo, hi) S_FIELD (kim_msg_t, key, kind, m, a, max, lo, hi)
+#define S_X_CMD(NAME, key, kind, m, a, max, lo, hi) S_FIELD (kim_cmd_t, key, kind, m, a, max, lo, hi)
+#define S_X_STATUS(NAME, key, kind, m, a, max, lo, hi) S_FIELD (kim_status_t, key, kind, m, a, max, lo, hi)
+
+static const s_field_t s_hdr_fields [] = { S_HDR_FIELDS (S_X_HDR) };
+static const s_field_t s_basis_fields [] = { S_BASIS_FIELDS (S_X_HDR) };
+static const s_field_t s_status_fields [] = { S_STATUS_FIELDS (S_X_STATUS) };
+static const s_field_t s_cmd_fields [] = { S_CMD_FIELDS (S_X_CMD) };
+
+#define S_COUNT(table) (sizeof table / sizeof table [0])
+
+enum {
+#define S_X_ENUM(NAME, ...) S_H_##NAME,
+    S_HDR_FIELDS (S_X_ENUM)
+#undef S_X_ENUM
+    S_H_END
+};
+enum {
+#define S_X_ENUM(NAME, ...) S_B_##NAME,
+    S_BASIS_FIELDS (S_X_ENUM)
+#undef S_X_ENUM
+    S_B_END
+};
+enum {
+#define S_X_ENUM(NAME, ...) S_C_##NAME,
+    S_CMD_FIELDS (S_X_ENUM)
+#undef S_X_ENUM
+    S_C_END
+};
+
+#define H(NAME) (1ull << S_H_##NAME)
+#define C(NAME) (1ull << S_C_##NAME)
+
+//  Per-command fields: X(NAME, required, optional).
+#define S_CMD_RULES(X) \
+    X (HELLO,        C (VERSIONS) | C (AGENT) | C (WINDOW), 0) \
+    X (WELCOME,      C (VERSION) | C (ORG) | C (BROKER) | C (HEARTBEAT_MS) | C (MAX_PAYLOAD) \
+                     | C (WINDOW), 0) \
+    X (SEND,         C (HDR), 0) \
+    X (RECEIPT,      C (MSG_ID) | C (SEQ), C (DUP)) \
+    X (REJECT,       C (CODE) | C (REASON) | C (TEXT), C (MSG_ID) | C (PATH)) \
+    X (DELIVER,      C (SEQ) | C (HDR), 0) \
+    X (ACK,          C (SEQS), 0) \
+    X (PING,         0, 0) \
+    X (PONG,         0, 0) \
+    X (SUBSCRIBE,    C (SUB_ID), C (CASE_ID) | C (TYPES)) \
+    X (UNSUBSCRIBE,  C (SUB_ID), 0) \
+    X (STATUS,       0, 0) \
+    X (STATUS_REPLY, C (STATUS), 0) \
+    X (QUERY,        C (QUERY_ID) | C (WINDOW), C (FROM_SEQ) | C (TO_SEQ) | C (FROM_TIME) \
+                     | C (TO_TIME) | C (CASE_ID) | C (ORG) | C (TYPE)) \
+    X (RECORD,       C (QUERY_ID) | C (SEQ) | C (TIME) | C (KIND) | C (HASH) | C (BODY), 0) \
+    X (QUERY_END,    C (QUERY_ID) | C (COUNT) | C (CODE), 0) \
+    X (BYE,          0, 0)
+
+typedef struct {
+    kim_cmd_id_t id;
+    uint64_t required;
+    uint64_t optional;
+} s_cmd_rule_t;
+
+static const s_cmd_rule_t s_cmd_rules [] = {
+#define S_X_RULE(NAME, req, opt) { KIM_CMD_##NAME, C (CMD) | (req), (opt) },
+    S_CMD_RULES (S_X_RULE)
+#undef S_X_RULE
+};
+
+//  Per-type header fields: every type requires type, schema and msg_id and
+//  may carry the fields in S_COMMON_OPT; the rest is per type. A field
+//  neither required nor optional must be absent.
+#define S_COMMON_REQ (H (TYPE) | H (SCHEMA) | H (MSG_ID))
+#define S_COMMON_OPT (H (CREATED_AT) | H (SENDER) | H (PRIORITY) | H (PAYLOAD_LEN) \
+                    | H (PAYLOAD_HASH) | H (SIG))
+#define S_ANSWER_REQ (H (RECIPIENT) | H (REFERRAL_ID))
+#define S_ANSWER_OPT (H (REF_MSG_ID) | H (SENDER_REF) | H (RECIPIENT_REF) | H (CATEGORIES) \
+                    | H (NOTE))
+
+static const char *s_decline_codes [] = { "capacity", "not_eligible", "person_declined", "other", NULL };
+static const char *s_status_codes [] = { "in_progress", "appointment_set", "no_show", NULL };
+
+//  X(TYPE, required, optional, allowed codes or NULL)
+#define S_TYPE_RULES(X) \
+    X (REFERRAL,         H (RECIPIENT) | H (REFERRAL_ID) | H (CASE_ID) | H (SUBJECT) | H (PURPOSE) \
+                         | H (LEGAL_BASIS), \
+                         H (SENDER_REF) | H (RECIPIENT_REF) | H (CATEGORIES) | H (DEADLINE) | H (NOTE), NULL) \
+    X (ACCEPT,           S_ANSWER_REQ, S_ANSWER_OPT, NULL) \
+    X (DECLINE,          S_ANSWER_REQ | H (CODE), S_ANSWER_OPT, s_decline_codes) \
+    X (NOT_COMPETENT,    S_ANSWER_REQ, S_ANSWER_OPT | H (ORG), NULL) \
+    X (FORWARD,          S_ANSWER_REQ | H (ORG) | H (PURPOSE) | H (LEGAL_BASIS), \
+                         S_ANSWER_OPT | H (SUBJECT) | H (DEADLINE), NULL) \
+    X (STATUS,           S_ANSWER_REQ | H (CODE), S_ANSWER_OPT, s_status_codes) \
+    X (OUTCOME,          S_ANSWER_REQ | H (CODE), S_ANSWER_OPT & ~H (NOTE), NULL) \
+    X (WITHDRAW,         S_ANSWER_REQ, S_ANSWER_OPT, NULL) \
+    X (INFO_REQUEST,     S_ANSWER_REQ, S_ANSWER_OPT, NULL) \
+    X (INFO_RESPONSE,    S_ANSWER_REQ, S_ANSWER_OPT, NULL) \
+    X (HANDOVER_OFFER,   H (RECIPIENT) | H (CASE_ID) | H (LEGAL_BASIS), \
+                         H (REFERRALS) | H (SUBJECT) | H (PURPOSE) | H (CATEGORIES) | H (DEADLINE) \
+                         | H (SENDER_REF) | H (NOTE), NULL) \
+    X (HANDOVER_ACCEPT,  H (RECIPIENT) | H (CASE_ID) | H (REF_MSG_ID), \
+                         H (SENDER_REF) | H (RECIPIENT_REF) | H (NOTE), NULL) \
+    X (HANDOVER_DECLINE, H (RECIPIENT) | H (CASE_ID) | H (REF_MSG_ID), \
+                         H (CODE) | H (SENDER_REF) | H (RECIPIENT_REF) | H (NOTE), NULL) \
+    X (CASE_CLOSED,      H (CASE_ID), H (RECIPIENT) | H (SENDER_REF) | H (NOTE), NULL) \
+    X (CONSENT_GRANT,    H (CASE_ID) | H (CONSENT) | H (SUBJECT) | H (RECIPIENTS) | H (PURPOSES) \
+                         | H (VALID_UNTIL), H (CATEGORIES) | H (EXPLICIT), NULL) \
+    X (CONSENT_REVOKE,   H (CONSENT), H (RECIPIENT) | H (CASE_ID), NULL) \
+    X (ERASURE,          H (SUBJECT), H (RECIPIENT) | H (CASE_ID), NULL) \
+    X (ACCESS_REPORT,    H (SUBJECT), H (RECIPIENT) | H (CASE_ID), NULL) \
+    X (DELIVERED,        H (RECIPIENT) | H (REF_MSG_ID), H (REFERRAL_ID) | H (CASE_ID), NULL) \
+    X (REMINDER,         H (RECIPIENT) | H (REFERRAL_ID) | H (DEADLINE), \
+                         H (REF_MSG_ID) | H (CASE_ID), NULL) \
+    X (EXPIRED,          H (RECIPIENT) | H (REFERRAL_ID) | H (DEADLINE), \
+                         H (REF_MSG_ID) | H (CASE_ID), NULL)
+
+typedef struct {
+    kim_type_t type;
+    uint64_t required;
+    uint64_t optional;
+    const char **codes;
+} s_type_rule_t;
+
+static const s_type_rule_t s_type_rules [] = {
+#define S_X_RULE(NAME, req, opt, codes) { KIM_TYPE_##NAME, S_COMMON_REQ | (req), S_COMMON_OPT | (opt), codes },
+    S_TYPE_RULES (S_X_RULE)
+#undef S_X_RULE
+};
+
+static const s_cmd_rule_t *
+s_cmd_rule (kim_cmd_id_t id)
+{
+    for (size_t i = 0; i < S_COUNT (s_cmd_rules); i++)
+        if (s_cmd_rules [i].id == id)
+            return &s_cmd_rules [i];
+    return NULL;
+}
+
+static const s_type_rule_t *
+s_type_rule (kim_type_t type)
+{
+    for (size_t i = 0; i < S_COUNT (s_type_rules); i++)
+        if (s_type_rules [i].type == type)
+            return &s_type_rules [i];
+    return NULL;
+}
+
+static int
+s_field_find (const s_field_t *table, size_t count, const uint8_t *key, size_t len)
+{
+    for (size_t i = 0; i < count; i++)
+        if (table [i].key_len == len && memcmp (table [i].key, key, len) == 0)
+            return (int) i;
+    return -1;
+}
+
+static int
+s_lowest_bit (uint64_t mask)
+{
+    int i = 0;
+    while (!(mask & 1)) {
+        mask >>= 1;
+        i++;
+    }
+    return i;
+}
+
+//  --------------------------------------------------------------------------
+//  Errors and paths
+
+static void
+s_path_add (char *path, const char *text, size_t len, bool sanitize)
+{
+    size_t at = strlen (path);
+    for (size_t i = 0; i < len && at < KIM_PATH_MAX; i++) {
+        char c = text [i];
+        //  Keys from the wire may be anything; a path stays printable ASCII.
+        if (sanitize && (c < 0x21 || c > 0x7e))
+            c = '?';
+        path [at++] = c;
+    }
+    path [at] = 0;
+}
+
+static void
+s_path_index (char *path, uint64_t index)
+{
+    char tmp [24];
+    snprintf (tmp, sizeof tmp, "[%" PRIu64 "]", index);
+    s_path_add (path, tmp, strlen (tmp), false);
+}
+
+//  Fills err with code and the path prefix.key[index] (key may be NULL,
+//  index < 0 for none). Returns -code.
+static int
+s_fail_raw (kim_decode_error_t *err, int code, const char *prefix,
+            const char *key, size_t key_len, bool sanitize, int64_t index)
+{
+    err->code = code;
+    err->path [0] = 0;
+    s_path_add (err->path, prefix, strlen (prefix), false);
+    if (key && key_len) {
+        if (*prefix)
+            s_path_add (err->path, ".", 1, false);
+        s_path_add (err->path, key, key_len, sanitize);
+    }
+    if (index >= 0)
+        s_path_index (err->path, (uint64_t) index);
+    return -code;
+}
+
+static int
+s_fail (kim_decode_error_t *err, int code, const char *prefix, const char *key, int64_t index)
+{
+    return s_fail_raw (err, code, prefix, key, key? strlen (key): 0, false, index);
+}
+
+static void
+s_join (char *out, const char *prefix, const char *key)
+{
+    out [0] = 0;
+    s_path_add (out, prefix, strlen (prefix), false);
+    if (*prefix)
+        s_path_add (out, ".", 1, false);
+    s_path_add (out, key, strlen (key), false);
+}
+
+//  --------------------------------------------------------------------------
+//  Checks on values in the structs (shared by decode, encode and validate)
+
+static int
+s_check_string (int kind, const char *s, size_t len, kim_decode_error_t *err,
+                const char *prefix, const char *key, int64_t index)
+{
+    if (!kim_utf8_valid ((const uint8_t *) s, len))
+        return s_fail (err, KIM_E_BAD_UTF8, prefix, key, index);
+    if (kind == S_K_ID && !s_id_ok (s, len))
+        return s_fail (err, KIM_E_BAD_ID, prefix, key, index);
+    if (kind == S_K_ORG && !s_org_ok (s, len))
+        return s_fail (err, KIM_E_BAD_ID, prefix, key, index);
+    if (kind == S_K_CODE && !s_code_ok (s, len))
+        return s_fail (err, KIM_E_BAD_VALUE, prefix, key, index);
+    return 0;
+}
+
+static int
+s_check_basis (const kim_msg_t *msg, const char *prefix, kim_decode_error_t *err)
+{
+    char sub [KIM_PATH_MAX + 1];
+    s_join (sub, prefix, "legal_basis");
+    size_t clen = strnlen (msg->consent_id, sizeof msg->consent_id);
+    size_t tlen = strnlen (msg->citation, sizeof msg->citation);
+    if (clen == sizeof msg->consent_id)
+        return s_fail (err, KIM_E_TOO_LONG, sub, "consent_id", -1);
+    if (tlen == sizeof msg->citation)
+        return s_fail (err, KIM_E_TOO_LONG, sub, "citation", -1);
+    if (clen && s_check_string (S_K_ID, msg->consent_id, clen, err, sub, "consent_id", -1))
+        return -err->code;
+    if (tlen && s_check_string (S_K_TEXT, msg->citation, tlen, err, sub, "citation", -1))
+        return -err->code;
+    switch (msg->basis) {
+        case KIM_BASIS_NONE:
+            return s_fail (err, KIM_E_MISSING_FIELD, sub, "kind", -1);
+        case KIM_BASIS_CONSENT:
+            if (!clen)
+                return s_fail (err, KIM_E_MISSING_FIELD, sub, "consent_id", -1);
+            if (tlen)
+                return s_fail (err, KIM_E_BAD_VALUE, sub, "citation", -1);
+            return 0;
+        case KIM_BASIS_STATUTE:
+            if (!tlen)
+                return s_fail (err, KIM_E_MISSING_FIELD, sub, "citation", -1);
+            if (clen)
+                return s_fail (err, KIM_E_BAD_VALUE, sub, "consent_id", -1);
+            return 0;
+        default:
+            return s_fail (err, KIM_E_BAD_VALUE, sub, "kind", -1);
+    }
+}
+
+static bool
+s_present (const s_field_t *f, const void *base)
+{
+    const uint8_t *v = (const uint8_t *) base + f->offset;
+    switch (f->kind) {
+        case S_K_ID: case S_K_ORG: case S_K_CODE: case S_K_TEXT:
+            return v [0] != 0;
+        case S_K_U32:
+            return *(const uint32_t *) v != 0;
+        case S_K_U64:
+            return *(const uint64_t *) v != 0;
+        case S_K_BOOL:
+            return *(const bool *) v;
+        case S_K_BIN:
+            return f->aux == f->offset || *((const bool *) ((const uint8_t *) base + f->aux));
+        case S_K_TYPE:
+            return *(const kim_type_t *) v != KIM_TYPE_NONE;
+        case S_K_PRIORITY:
+            return *(const kim_priority_t *) v != KIM_PRIORITY_NORMAL;
+        case S_K_BASIS: {
+            const kim_msg_t *msg = base;
+            return msg->basis != KIM_BASIS_NONE || msg->consent_id [0] || msg->citation [0];
+        }
+        case S_K_CATEGORIES:
+            return *(const uint32_t *) v != 0;
+        case S_K_ID_LIST: case S_K_ORG_LIST: case S_K_CODE_LIST:
+        case S_K_U32_LIST: case S_K_U64_LIST: case S_K_TYPE_LIST:
+            return *(const size_t *) ((const uint8_t *) base + f->aux) != 0;
+        case S_K_ERRCODE:
+            return *(const int *) v != 0;
+        case S_K_BODY:
+            return *(const size_t *) ((const uint8_t *) base + f->aux) != 0;
+        default:        //  SCHEMA, CMD, REASON, HDR, STATUS: always
+            return true;
+    }
+}
+
+static uint64_t
+s_msg_presence (const kim_msg_t *msg)
+{
+    uint64_t mask = 0;
+    for (size_t i = 0; i < S_COUNT (s_hdr_fields); i++)
+        if (s_present (&s_hdr_fields [i], msg))
+            mask |= 1ull << i;
+    return mask;
+}
+
+static int s_msg_check_fields (const kim_msg_t *msg, const char *prefix, kim_decode_error_t *err);
+
+//  Checks the value of one field as it is in the struct: format, range,
+//  list counts, duplicates. Counts are checked before any element is read,
+//  so a corrupt count cannot make us read past an array.
+static int
+s_check_field (const s_field_t *f, const void *base, const char *prefix, kim_decode_error_t *err)
+{
+    const uint8_t *v = (const uint8_t *) base + f->offset;
+    switch (f->kind) {
+        case S_K_ID: case S_K_ORG: case S_K_CODE: case S_K_TEXT: {
+            size_t len = strnlen ((const char *) v, f->size);
+            if (len == f->size)
+                return s_fail (err, KIM_E_TOO_LONG, prefix, f->key, -1);
+            return s_check_string ((int) f->kind, (const char *) v, len, err, prefix, f->key, -1);
+        }
+        case S_K_U32: case S_K_SCHEMA: {
+            uint32_t x = *(const uint32_t *) v;
+            if (x < f->lo || x > f->hi)
+                return s_fail (err, KIM_E_BAD_VALUE, prefix, f->key, -1);
+            return 0;
+        }
+        case S_K_U64: {
+            uint64_t x = *(const uint64_t *) v;
+            if (x < f->lo || x > f->hi)
+                return s_fail (err, KIM_E_BAD_VALUE, prefix, f->key, -1);
+            return 0;
+        }
+        case S_K_ERRCODE: {
+            int x = *(const int *) v;
+            if (x < (int) f->lo || x > (int) f->hi)
+                return s_fail (err, KIM_E_BAD_VALUE, prefix, f->key, -1);
+            return 0;
+        }
+        case S_K_TYPE:
+            if (!kim_type_name (*(const kim_type_t *) v))
+                return s_fail (err, KIM_E_UNKNOWN_TYPE, prefix, f->key, -1);
+            return 0;
+        case S_K_PRIORITY: {
+            kim_priority_t x = *(const kim_priority_t *) v;
+            if (x != KIM_PRIORITY_NORMAL && x != KIM_PRIORITY_LOW && x != KIM_PRIORITY_HIGH)
+                return s_fail (err, KIM_E_BAD_VALUE, prefix, f->key, -1);
+            return 0;
+        }
+        case S_K_BASIS:
+            return s_check_basis (base, prefix, err);
+        case S_K_CATEGORIES:
+            if (*(const uint32_t *) v & ~S_CATEGORIES_ALL)
+                return s_fail (err, KIM_E_BAD_VALUE, prefix, f->key, -1);
+            return 0;
+        case S_K_ID_LIST: case S_K_ORG_LIST: case S_K_CODE_LIST: {
+            size_t count = *(const size_t *) ((const uint8_t *) base + f->aux);
+            size_t esize = f->size / f->max;
+            if (count > f->max)
+                return s_fail (err, KIM_E_TOO_MANY, prefix, f->key, -1);
+            int kind = f->kind == S_K_ID_LIST? S_K_ID: f->kind == S_K_ORG_LIST? S_K_ORG: S_K_CODE;
+            for (size_t i = 0; i < count; i++) {
+                const char *s = (const char *) v + i * esize;
+                size_t len = strnlen (s, esize);
+                if (len == esize)
+                    return s_fail (err, KIM_E_TOO_LONG, prefix, f->key, (int64_t) i);
+                if (s_check_string (kind, s, len, err, prefix, f->key, (int64_t) i))
+                    return -err->code;
+                for (size_t j = 0; j < i; j++)
+                    if (strcmp (s, (const char *) v + j * esize) == 0)
+                        return s_fail (err, KIM_E_BAD_VALUE, prefix, f->key, (int64_t) i);
+            }
+            return 0;
+        }
+        case S_K_U32_LIST: case S_K_U64_LIST: {
+            size_t count = *(const size_t *) ((const uint8_t *) base + f->aux);
+            if (count > f->max)
+                return s_fail (err, KIM_E_TOO_MANY, prefix, f->key, -1);
+            for (size_t i = 0; i < count; i++) {
+                uint64_t x = f->kind == S_K_U32_LIST? ((const uint32_t *) v) [i]
+                                                    : ((const uint64_t *) v) [i];
+                if (x < f->lo || x > f->hi)
+                    return s_fail (err, KIM_E_BAD_VALUE, prefix, f->key, (int64_t) i);
+            }
+            return 0;
+        }
+        case S_K_TYPE_LIST: {
+            size_t count = *(const size_t *) ((const uint8_t *) base + f->aux);
+            const kim_type_t *types = (const kim_type_t *) v;
+            if (count > f->max)
+                return s_fail (err, KIM_E_TOO_MANY, prefix, f->key, -1);
+            for (size_t i = 0; i < count; i++) {
+                if (!kim_type_name (types [i]))
+                    return s_fail (err, KIM_E_UNKNOWN_TYPE, prefix, f->key, (int64_t) i);
+                for (size_t j = 0; j < i; j++)
+                    if (types [j] == types [i])
+                        return s_fail (err, KIM_E_BAD_VALUE, prefix, f->key, (int64_t) i);
+            }
+            return 0;
+        }
+        case S_K_BODY: {
+            const kim_cmd_t *cmd = base;
+            if (cmd->body_size > KIM_FRAME_MAX || (cmd->body_size && !cmd->body))
+                return s_fail (err, KIM_E_BAD_VALUE, prefix, f->key, -1);
+            return 0;
+        }
+        case S_K_HDR: {
+            char sub [KIM_PATH_MAX + 1];
+            s_join (sub, prefix, f->key);
+            return s_msg_check_fields ((const kim_msg_t *) v, sub, err);
+        }
+        default:        //  BOOL, BIN, CMD, REASON, STATUS (plain numbers)
+            return 0;
+    }
+}
+
+static int
+s_msg_check_fields (const kim_msg_t *msg, const char *prefix, kim_decode_error_t *err)
+{
+    for (size_t i = 0; i < S_COUNT (s_hdr_fields); i++) {
+        const s_field_t *f = &s_hdr_fields [i];
+        if (s_present (f, msg) && s_check_field (f, msg, prefix, err))
+            return -err->code;
+    }
+    return 0;
+}
+
+//  The per-type rules, on a header whose fields are each valid.
+static int
+s_msg_rules (const kim_msg_t *msg, const char *prefix, kim_decode_error_t *err)
+{
+    if (msg->type == KIM_TYPE_NONE)
+        return s_fail (err, KIM_E_MISSING_FIELD, prefix, "type", -1);
+    const s_type_rule_t *rule = s_type_rule (msg->type);
+    if (!rule)
+        return s_fail (err, KIM_E_UNKNOWN_TYPE, prefix, "type", -1);
+    uint64_t mask = s_msg_presence (msg);
+    uint64_t missing = rule->required & ~mask;
+    if (missing)
+        return s_fail (err, KIM_E_MISSING_FIELD, prefix, s_hdr_fields [s_lowest_bit (missing)].key, -1);
+    uint64_t extra = mask & ~(rule->required | rule->optional);
+    if (extra)
+        return s_fail (err, KIM_E_BAD_VALUE, prefix, s_hdr_fields [s_lowest_bit (extra)].key, -1);
+    if (msg->schema != KIM_SCHEMA_VERSION)
+        return s_fail (err, KIM_E_BAD_VALUE, prefix, "schema", -1);
+    if (rule->codes) {
+        size_t i = 0;
+        while (rule->codes [i] && strcmp (rule->codes [i], msg->code) != 0)
+            i++;
+        if (!rule->codes [i])
+            return s_fail (err, KIM_E_BAD_VALUE, prefix, "code", -1);
+    }
+    return 0;
+}
+
+int
+kim_msg_validate (const kim_msg_t *self, kim_decode_error_t *err)
+{
+    kim_decode_error_t dummy;
+    if (!err)
+        err = &dummy;
+    err->code = 0;
+    err->path [0] = 0;
+    if (!self)
+        return s_fail (err, KIM_E_ARGS, "", NULL, -1);
+    if (s_msg_check_fields (self, "", err))
+        return -err->code;
+    return s_msg_rules (self, "", err);
+}
+
+static bool
+s_wire_code (int code)
+{
+    return code >= 100 && code <= 899;
+}
+
+//  Rules of a command beyond its single fields. `self` has valid fields.
+static int
+s_cmd_check_rules (const kim_cmd_t *self, kim_decode_error_t *err)
+{
+    switch (self->id) {
+        case KIM_CMD_HELLO:
+            if (self->version_count == 0)
+                return s_fail (err, KIM_E_BAD_VALUE, "", "versions", -1);
+            for (size_t i = 1; i < self->version_count; i++)
+                if (self->versions [i] <= self->versions [i - 1])
+                    return s_fail (err, KIM_E_BAD_VALUE, "", "versions", (int64_t) i);
+            return 0;
+        case KIM_CMD_ACK:
+            if (self->ack_count == 0)
+                return s_fail (err, KIM_E_BAD_VALUE, "", "seqs", -1);
+            return 0;
+        case KIM_CMD_REJECT:
+            if (!s_wire_code (self->code))
+                return s_fail (err, KIM_E_BAD_VALUE, "", "code", -1);
+            return 0;
+        case KIM_CMD_QUERY_END:
+            if (self->code != 0 && !s_wire_code (self->code))
+                return s_fail (err, KIM_E_BAD_VALUE, "", "code", -1);
+            return 0;
+        case KIM_CMD_QUERY:
+            if (self->window == 0)
+                return s_fail (err, KIM_E_BAD_VALUE, "", "window", -1);
+            if (self->from_seq && self->to_seq && self->from_seq > self->to_seq)
+                return s_fail (err, KIM_E_BAD_VALUE, "", "to_seq", -1);
+            if (self->from_time && self->to_time && self->from_time > self->to_time)
+                return s_fail (err, KIM_E_BAD_VALUE, "", "to_time", -1);
+            return 0;
+        case KIM_CMD_SEND: {
+            const kim_msg_t *msg = &self->msg;
+            if (msg->type == KIM_TYPE_NONE)
+                return s_fail (err, KIM_E_MISSING_FIELD, "hdr", "type", -1);
+            unsigned flags = kim_type_flags (msg->type);
+            //  Broker-made types cannot be sent: the check lives here so no
+            //  broker code path can forget it.
+            if (!(flags & KIM_MSG_FROM_AGENCY))
+                return s_fail (err, KIM_E_FORBIDDEN, "hdr", "type", -1);
+            if (s_msg_rules (msg, "hdr", err))
+                return -err->code;
+            //  Registry messages go to the broker; it sets recipient when it
+            //  tells earlier recipients.
+            if ((flags & KIM_MSG_FROM_BROKER) && msg->recipient [0])
+                return s_fail (err, KIM_E_BAD_VALUE, "hdr", "recipient", -1);
+            return 0;
+        }
+        case KIM_CMD_DELIVER:
+            if (s_msg_rules (&self->msg, "hdr", err))
+                return -err->code;
+            if (!self->msg.sender [0])
+                return s_fail (err, KIM_E_MISSING_FIELD, "hdr", "sender", -1);
+            if (!self->msg.has_payload_hash)
+                return s_fail (err, KIM_E_MISSING_FIELD, "hdr", "payload_hash", -1);
+            return 0;
+        default:
+            return 0;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Decoding: a bounds-checked cursor over MessagePack
+
+typedef enum {
+    S_T_NIL, S_T_BOOL, S_T_UINT, S_T_NINT, S_T_FLOAT, S_T_STR, S_T_BIN,
+    S_T_ARRAY, S_T_MAP, S_T_EXT
+} s_tag_t;
+
+typedef struct {
+    s_tag_t tag;
+    uint64_t u;                 //  UINT value, BOOL value, ARRAY/MAP count
+    const uint8_t *ptr;         //  STR/BIN/EXT bytes
+    size_t len;
+} s_obj_t;
+
+typedef struct {
+    const uint8_t *p;
+    const uint8_t *end;
+} s_cur_t;
+
+static uint64_t
+s_be (const uint8_t *p, int n)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++)
+        v = (v << 8) | p [i];
+    return v;
+}
+
+//  Reads the next object's header; for STR, BIN and EXT also its bytes.
+//  Returns 0, or -1 when the input ends early or the byte is never used.
+static int
+s_next (s_cur_t *c, s_obj_t *o)
+{
+    if (c->p >= c->end)
+        return -1;
+    uint8_t b = *c->p++;
+    size_t avail = (size_t) (c->end - c->p);
+    int n = 0;                  //  bytes of the length or value that follow
+    o->u = 0;
+    o->ptr = NULL;
+    o->len = 0;
+    if (b <= 0x7f) {
+        o->tag = S_T_UINT;
+        o->u = b;
+        return 0;
+    }
+    if (b >= 0xe0) {
+        o->tag = S_T_NINT;
+        return 0;
+    }
+    if (b <= 0x8f) {
+        o->tag = S_T_MAP;
+        o->u = b & 0x0f;
+        return 0;
+    }
+    if (b <= 0x9f) {
+        o->tag = S_T_ARRAY;
+        o->u = b & 0x0f;
+        return 0;
+    }
+    if (b <= 0xbf) {
+        o->tag = S_T_STR;
+        o->len = b & 0x1f;
+        goto bytes;
+    }
+    switch (b) {
+        case 0xc0: o->tag = S_T_NIL; return 0;
+        case 0xc2: case 0xc3: o->tag = S_T_BOOL; o->u = b & 1; return 0;
+        case 0xc4: o->tag = S_T_BIN; n = 1; goto length;
+        case 0xc5: o->tag = S_T_BIN; n = 2; goto length;
+        case 0xc6: o->tag = S_T_BIN; n = 4; goto length;
+        case 0xc7: o->tag = S_T_EXT; n = 1; goto ext_length;
+        case 0xc8: o->tag = S_T_EXT; n = 2; goto ext_length;
+        case 0xc9: o->tag = S_T_EXT; n = 4; goto ext_length;
+        case 0xca: o->tag = S_T_FLOAT; o->len = 4; goto bytes;
+        case 0xcb: o->tag = S_T_FLOAT; o->len = 8; goto bytes;
+        case 0xcc: case 0xcd: case 0xce: case 0xcf:
+            n = 1 << (b - 0xcc);
+            if (avail < (size_t) n)
+                return -1;
+            o->tag = S_T_UINT;
+            o->u = s_be (c->p, n);
+            c->p += n;
+            return 0;
+        case 0xd0: case 0xd1: case 0xd2: case 0xd3:
+            n = 1 << (b - 0xd0);
+            if (avail < (size_t) n)
+                return -1;
+            //  A signed encoding of a non-negative value is still a valid uint.
+            o->tag = (c->p [0] & 0x80)? S_T_NINT: S_T_UINT;
+            o->u = o->tag == S_T_UINT? s_be (c->p, n): 0;
+            c->p += n;
+            return 0;
+        case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+            o->tag = S_T_EXT;
+            o->len = ((size_t) 1 << (b - 0xd4)) + 1;
+            goto bytes;
+        case 0xd9: o->tag = S_T_STR; n = 1; goto length;
+        case 0xda: o->tag = S_T_STR; n = 2; goto length;
+        case 0xdb: o->tag = S_T_STR; n = 4; goto length;
+        case 0xdc: case 0xdd: case 0xde: case 0xdf:
+            n = (b & 1)? 4: 2;
+            if (avail < (size_t) n)
+                return -1;
+            o->tag = b <= 0xdd? S_T_ARRAY: S_T_MAP;
+            o->u = s_be (c->p, n);
+            c->p += n;
+            return 0;
+        default:        //  0xc1, never used
+            return -1;
+    }
+ext_length:
+    if (avail < (size_t) n)
+        return -1;
+    o->len = (size_t) s_be (c->p, n) + 1;       //  + the ext type byte
+    c->p += n;
+    goto bytes;
+length:
+    if (avail < (size_t) n)
+        return -1;
+    o->len = (size_t) s_be (c->p, n);
+    c->p += n;
+bytes:
+    if ((size_t) (c->end - c->p) < o->len)
+        return -1;
+    o->ptr = c->p;
+    c->p += o->len;
+    return 0;
+}
+
+typedef struct {
+    const uint8_t *key;         //  map key, or NULL for an array index
+    size_t key_len;
+    uint64_t index;
+} s_comp_t;
+
+typedef struct {
+    s_cur_t c;
+    kim_decode_error_t *err;
+    //  Structure pass: where we are, for error paths
+    int base_depth;             //  depth of the outermost map (command 1, header 2)
+    bool find_cmd;
+    s_comp_t comp [KIM_DEPTH_MAX + 2];
+    const uint8_t *cmd_value;   //  the first top-level "cmd" value
+    //  Field pass
+    const uint8_t *reason;
+    size_t reason_len;
+} s_dec_t;
+
+static int
+s_scan_fail (s_dec_t *d, int code, int upto)
+{
+    kim_decode_error_t *err = d->err;
+    err->code = code;
+    err->path [0] = 0;
+    for (int level = d->base_depth; level <= upto; level++) {
+        s_comp_t *comp = &d->comp [level];
+        if (comp->key) {
+            if (err->path [0])
+                s_path_add (err->path, ".", 1, false);
+            s_path_add (err->path, (const char *) comp->key, comp->key_len, true);
+        }
+        else
+            s_path_index (err->path, comp->index);
+    }
+    return -code;
+}
+
+static int s_scan_value (s_dec_t *d, s_obj_t *o, int depth);
+
+static int
+s_scan (s_dec_t *d, int depth)
+{
+    s_obj_t o;
+    if (s_next (&d->c, &o))
+        return s_scan_fail (d, KIM_E_MALFORMED, depth - 1);
+    return s_scan_value (d, &o, depth);
+}
+
+//  Checks the contents of an object whose header was read. `depth` is the
+//  depth the object has if it is a map or array; recursion stops at
+//  KIM_DEPTH_MAX + 1, so hostile nesting cannot exhaust the stack.
+static int
+s_scan_value (s_dec_t *d, s_obj_t *o, int depth)
+{
+    if (o->tag != S_T_MAP && o->tag != S_T_ARRAY)
+        return 0;
+    if (depth > KIM_DEPTH_MAX)
+        return s_scan_fail (d, KIM_E_TOO_DEEP, depth - 1);
+    if (o->u > (o->tag == S_T_MAP? KIM_MAP_MAX: KIM_ARRAY_MAX))
+        return s_scan_fail (d, KIM_E_TOO_MANY, depth - 1);
+    s_comp_t *comp = &d->comp [depth];
+    for (uint64_t i = 0; i < o->u; i++) {
+        comp->key = NULL;
+        comp->key_len = 0;
+        comp->index = i;
+        if (o->tag == S_T_MAP) {
+            s_obj_t k;
+            if (s_next (&d->c, &k))
+                return s_scan_fail (d, KIM_E_MALFORMED, depth);
+            if (k.tag == S_T_STR) {
+                comp->key = k.ptr;
+                comp->key_len = k.len;
+            }
+            else {
+                comp->key = (const uint8_t *) "?";
+                comp->key_len = 1;
+                if (s_scan_value (d, &k, depth + 1))
+                    return -d->err->code;
+            }
+            if (d->find_cmd && depth == d->base_depth && !d->cmd_value
+            &&  k.tag == S_T_STR && k.len == 3 && memcmp (k.ptr, "cmd", 3) == 0)
+                d->cmd_value = d->c.p;
+        }
+        if (s_scan (d, depth + 1))
+            return -d->err->code;
+    }
+    return 0;
+}
+
+//  Skips one object of a structure that passed the scan.
+static int
+s_skip (s_cur_t *c, int depth)
+{
+    s_obj_t o;
+    if (s_next (c, &o) || depth > KIM_DEPTH_MAX + 1)
+        return -1;
+    if (o.tag == S_T_ARRAY || o.tag == S_T_MAP) {
+        uint64_t n = o.tag == S_T_MAP? o.u * 2: o.u;
+        for (uint64_t i = 0; i < n; i++)
+            if (s_skip (c, depth + 1))
+                return -1;
+    }
+    return 0;
+}
+
+//  First pass over a whole frame: the structure only.
+static int
+s_scan_frame (s_dec_t *d, const uint8_t *data, size_t size, int base_depth, bool find_cmd)
+{
+    d->c.p = data;
+    d->c.end = data + size;
+    d->base_depth = base_depth;
+    d->find_cmd = find_cmd;
+    d->cmd_value = NULL;
+    d->reason = NULL;
+    d->reason_len = 0;
+    s_obj_t o;
+    if (s_next (&d->c, &o) || o.tag != S_T_MAP)
+        return s_fail (d->err, KIM_E_MALFORMED, "", NULL, -1);
+    if (s_scan_value (d, &o, base_depth))
+        return -d->err->code;
+    if (d->c.p != d->c.end)
+        return s_fail (d->err, KIM_E_MALFORMED, "", NULL, -1);
+    d->c.p = data;              //  rewind for the field pass
+    return 0;
+}
+
+static int
+s_read_str (s_dec_t *d, s_obj_t *o, const char *prefix, const char *key, int64_t index)
+{
+    if (s_next (&d->c, o))
+        return s_fail (d->err, KIM_E_MALFORMED, prefix, key, index);
+    if (o->tag != S_T_STR)
+        return s_fail (d->err, KIM_E_BAD_TYPE, prefix, key, index);
+    return 0;
+}
+
+//  Reads a str into a char buffer. Type, length and UTF-8 are checked here;
+//  the format is checked on the copy (s_check_field), as for encoding.
+static int
+s_read_str_into (s_dec_t *d, char *buf, size_t size, const char *prefix, const char *key, int64_t index)
+{
+    s_obj_t o;
+    if (s_read_str (d, &o, prefix, key, index))
+        return -d->err->code;
+    if (o.len > size - 1)
+        return s_fail (d->err, KIM_E_TOO_LONG, prefix, key, index);
+    //  Before copying: a NUL would silently cut the C string short.
+    if (!kim_utf8_valid (o.ptr, o.len))
+        return s_fail (d->err, KIM_E_BAD_UTF8, prefix, key, index);
+    if (o.len)
+        memcpy (buf, o.ptr, o.len);
+    buf [o.len] = 0;
+    return 0;
+}
+
+static int
+s_read_uint (s_dec_t *d, uint64_t *value, uint64_t max, const char *prefix, const char *key, int64_t index)
+{
+    s_obj_t o;
+    if (s_next (&d->c, &o))
+        return s_fail (d->err, KIM_E_MALFORMED, prefix, key, index);
+    if (o.tag == S_T_NINT)
+        return s_fail (d->err, KIM_E_BAD_VALUE, prefix, key, index);
+    if (o.tag != S_T_UINT)
+        return s_fail (d->err, KIM_E_BAD_TYPE, prefix, key, index);
+    if (o.u > max)
+        return s_fail (d->err, KIM_E_BAD_VALUE, prefix, key, index);
+    *value = o.u;
+    return 0;
+}
+
+static int
+s_read_array (s_dec_t *d, s_obj_t *o, uint64_t max, const char *prefix, const char *key)
+{
+    if (s_next (&d->c, o))
+        return s_fail (d->err, KIM_E_MALFORMED, prefix, key, -1);
+    if (o->tag != S_T_ARRAY)
+        return s_fail (d->err, KIM_E_BAD_TYPE, prefix, key, -1);
+    if (o->u > max)
+        return s_fail (d->err, KIM_E_TOO_MANY, prefix, key, -1);
+    return 0;
+}
+
+static int s_decode_map (s_dec_t *d, const s_field_t *table, size_t count, uint64_t allowed,
+                         void *base, const char *prefix, uint64_t *seen_p);
+
+static int
+s_decode_field (s_dec_t *d, const s_field_t *f, void *base, const char *prefix)
+{
+    uint8_t *v = (uint8_t *) base + f->offset;
+    const char *key = f->key;
+    s_obj_t o;
+    uint64_t x;
+    switch (f->kind) {
+        case S_K_CMD:
+            if (s_skip (&d->c, 0))
+                return s_fail (d->err, KIM_E_MALFORMED, prefix, key, -1);
+            return 0;
+        case S_K_ID: case S_K_ORG: case S_K_CODE: case S_K_TEXT:
+            if (s_read_str_into (d, (char *) v, f->size, prefix, key, -1))
+                return -d->err->code;
+            break;
+        case S_K_U32: case S_K_SCHEMA:
+            if (s_read_uint (d, &x, UINT32_MAX, prefix, key, -1))
+                return -d->err->code;
+            *(uint32_t *) v = (uint32_t) x;
+            break;
+        case S_K_U64:
+            if (s_read_uint (d, &x, UINT64_MAX, prefix, key, -1))
+                return -d->err->code;
+            *(uint64_t *) v = x;
+            break;
+        case S_K_ERRCODE:
+            if (s_read_uint (d, &x, f->hi, prefix, key, -1))
+                return -d->err->code;
+            *(int *) v = (int) x;
+            break;
+        case S_K_BOOL:
+            if (s_next (&d->c, &o))
+                return s_fail (d->err, KIM_E_MALFORMED, prefix, key, -1);
+            if (o.tag != S_T_BOOL)
+                return s_fail (d->err, KIM_E_BAD_TYPE, prefix, key, -1);
+            *(bool *) v = o.u != 0;
+            break;
+        case S_K_BIN: case S_K_BODY:
+            if (s_next (&d->c, &o))
+                return s_fail (d->err, KIM_E_MALFORMED, prefix, key, -1);
+            if (o.tag != S_T_BIN)
+                return s_fail (d->err, KIM_E_BAD_TYPE, prefix, key, -1);
+            if (f->kind == S_K_BODY) {
+                *(const uint8_t **) v = o.len? o.ptr: NULL;
+                *(size_t *) ((uint8_t *) base + f->aux) = o.len;
+                break;
+            }
+            if (o.len != f->size)
+                return s_fail (d->err, KIM_E_BAD_VALUE, prefix, key, -1);
+            memcpy (v, o.ptr, o.len);
+            if (f->aux != f->offset)
+                *(bool *) ((uint8_t *) base + f->aux) = true;
+            break;
+        case S_K_TYPE: {
+            if (s_read_str (d, &o, prefix, key, -1))
+                return -d->err->code;
+            kim_type_t type = s_type_lookup (o.ptr, o.len);
+            if (type == KIM_TYPE_NONE)
+                return s_fail (d->err, KIM_E_UNKNOWN_TYPE, prefix, key, -1);
+            *(kim_type_t *) v = type;
+            break;
+        }
+        case S_K_PRIORITY: case S_K_BASIS_KIND: {
+            if (s_read_str (d, &o, prefix, key, -1))
+                return -d->err->code;
+            const char **names = f->kind == S_K_PRIORITY? s_priority_names: s_basis_names;
+            int found = -1;
+            for (int i = 0; i < 3; i++)
+                if (names [i] && o.len == strlen (names [i]) && memcmp (o.ptr, names [i], o.len) == 0)
+                    found = i;
+            if (found < 0)
+                return s_fail (d->err, KIM_E_BAD_VALUE, prefix, key, -1);
+            //  Both enums are plain ints numbered as their name tables.
+            if (f->kind == S_K_PRIORITY)
+                *(kim_priority_t *) v = (kim_priority_t) found;
+            else
+                *(kim_basis_t *) v = (kim_basis_t) found;
+            return 0;
+        }
+        case S_K_BASIS: {
+            char sub [KIM_PATH_MAX + 1];
+            s_join (sub, prefix, key);
+            uint64_t seen;
+            if (s_decode_map (d, s_basis_fields, S_COUNT (s_basis_fields), ~0ull, base, sub, &seen))
+                return -d->err->code;
+            if (!(seen & (1ull << S_B_KIND)))
+                return s_fail (d->err, KIM_E_MISSING_FIELD, sub, "kind", -1);
+            return s_check_basis (base, prefix, d->err);
+        }
+        case S_K_CATEGORIES: {
+            if (s_read_array (d, &o, f->max, prefix, key))
+                return -d->err->code;
+            uint32_t bits = 0;
+            for (uint64_t i = 0; i < o.u; i++) {
+                s_obj_t name;
+                if (s_read_str (d, &name, prefix, key, (int64_t) i))
+                    return -d->err->code;
+                uint32_t bit = s_category_lookup (name.ptr, name.len);
+                if (!bit || (bits & bit))
+                    return s_fail (d->err, KIM_E_BAD_VALUE, prefix, key, (int64_t) i);
+                bits |= bit;
+            }
+            *(uint32_t *) v = bits;
+            return 0;
+        }
+        case S_K_ID_LIST: case S_K_ORG_LIST: case S_K_CODE_LIST: {
+            if (s_read_array (d, &o, f->max, prefix, key))
+                return -d->err->code;
+            size_t esize = f->size / f->max;
+            for (uint64_t i = 0; i < o.u; i++)
+                if (s_read_str_into (d, (char *) v + i * esize, esize, prefix, key, (int64_t) i))
+                    return -d->err->code;
+            *(size_t *) ((uint8_t *) base + f->aux) = (size_t) o.u;
+            break;
+        }
+        case S_K_U32_LIST: case S_K_U64_LIST: {
+            if (s_read_array (d, &o, f->max, prefix, key))
+                return -d->err->code;
+            uint64_t max = f->kind == S_K_U32_LIST? UINT32_MAX: UINT64_MAX;
+            for (uint64_t i = 0; i < o.u; i++) {
+                if (s_read_uint (d, &x, max, prefix, key, (int64_t) i))
+                    return -d->err->code;
+                if (f->kind == S_K_U32_LIST)
+                    ((uint32_t *) v) [i] = (uint32_t) x;
+                else
+                    ((uint64_t *) v) [i] = x;
+            }
+            *(size_t *) ((uint8_t *) base + f->aux) = (size_t) o.u;
+            break;
+        }
+        case S_K_TYPE_LIST: {
+            if (s_read_array (d, &o, f->max, prefix, key))
+                return -d->err->code;
+            for (uint64_t i = 0; i < o.u; i++) {
+                s_obj_t name;
+                if (s_read_str (d, &name, prefix, key, (int64_t) i))
+                    return -d->err->code;
+                kim_type_t type = s_type_lookup (name.ptr, name.len);
+                if (type == KIM_TYPE_NONE)
+                    return s_fail (d->err, KIM_E_UNKNOWN_TYPE, prefix, key, (int64_t) i);
+                ((kim_type_t *) v) [i] = type;
+            }
+            *(size_t *) ((uint8_t *) base + f->aux) = (size_t) o.u;
+            break;
+        }
+        case S_K_REASON: {
+            if (s_read_str (d, &o, prefix, key, -1))
+                return -d->err->code;
+            if (o.len > KIM_REASON_MAX)
+                return s_fail (d->err, KIM_E_TOO_LONG, prefix, key, -1);
+            if (o.len == 0)
+                return s_fail (d->err, KIM_E_BAD_VALUE, prefix, key, -1);
+            for (size_t i = 0; i < o.len; i++) {
+                uint8_t c = o.ptr [i];
+                if (!((c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_'))
+                    return s_fail (d->err, KIM_E_BAD_VALUE, prefix, key, -1);
+            }
+            d->reason = o.ptr;
+            d->reason_len = o.len;
+            return 0;
+        }
+        case S_K_HDR: {
+            char sub [KIM_PATH_MAX + 1];
+            s_join (sub, prefix, key);
+            uint64_t seen;
+            return s_decode_map (d, s_hdr_fields, S_COUNT (s_hdr_fields), ~0ull, v, sub, &seen);
+        }
+        case S_K_STATUS: {
+            char sub [KIM_PATH_MAX + 1];
+            s_join (sub, prefix, key);
+            uint64_t seen, all = (1ull << S_COUNT (s_status_fields)) - 1;
+            if (s_decode_map (d, s_status_fields, S_COUNT (s_status_fields), all, v, sub, &seen))
+                return -d->err->code;
+            if (seen != all)
+                return s_fail (d->err, KIM_E_MISSING_FIELD, sub,
+                               s_status_fields [s_lowest_bit (all & ~seen)].key, -1);
+            return 0;
+        }
+        default:
+            return s_fail (d->err, KIM_E_INTERNAL, prefix, key, -1);
+    }
+    //  The key was present, so its value is checked even when it reads as
+    //  "absent" (an empty id is a bad id, not a missing one).
+    return s_check_field (f, base, prefix, d->err);
+}
+
+//  Decodes one map of known fields. Keys may come in any order; `allowed`
+//  says which table entries this map may hold, anything else is unknown
+//  unless it starts with "x-" (ignored). *seen_p gets the fields present.
+static int
+s_decode_map (s_dec_t *d, const s_field_t *table, size_t count, uint64_t allowed,
+              void *base, const char *prefix, uint64_t *seen_p)
+{
+    s_obj_t m;
+    if (s_next (&d->c, &m))
+        return s_fail (d->err, KIM_E_MALFORMED, prefix, NULL, -1);
+    if (m.tag != S_T_MAP)
+        return s_fail (d->err, KIM_E_BAD_TYPE, prefix, NULL, -1);
+    //  Extension keys are remembered to refuse duplicates among them too.
+    struct { const uint8_t *ptr; size_t len; } ext [KIM_MAP_MAX];
+    size_t ext_count = 0;
+    uint64_t seen = 0;
+    for (uint64_t i = 0; i < m.u; i++) {
+        s_obj_t k;
+        if (s_next (&d->c, &k))
+            return s_fail (d->err, KIM_E_MALFORMED, prefix, NULL, -1);
+        if (k.tag != S_T_STR)
+            return s_fail (d->err, KIM_E_BAD_TYPE, prefix, NULL, -1);
+        int idx = s_field_find (table, count, k.ptr, k.len);
+        if (idx < 0 || !(allowed & (1ull << idx))) {
+            if (k.len < 2 || k.ptr [0] != 'x' || k.ptr [1] != '-')
+                return s_fail_raw (d->err, KIM_E_UNKNOWN_FIELD, prefix,
+                                   (const char *) k.ptr, k.len, true, -1);
+            if (!kim_utf8_valid (k.ptr, k.len))
+                return s_fail_raw (d->err, KIM_E_BAD_UTF8, prefix,
+                                   (const char *) k.ptr, k.len, true, -1);
+            for (size_t j = 0; j < ext_count; j++)
+                if (ext [j].len == k.len && memcmp (ext [j].ptr, k.ptr, k.len) == 0)
+                    return s_fail_raw (d->err, KIM_E_DUPLICATE_FIELD, prefix,
+                                       (const char *) k.ptr, k.len, true, -1);
+            if (ext_count < KIM_MAP_MAX) {
+                ext [ext_count].ptr = k.ptr;
+                ext [ext_count].len = k.len;
+                ext_count++;
+            }
+            if (s_skip (&d->c, 0))
+                return s_fail (d->err, KIM_E_MALFORMED, prefix, NULL, -1);
+            continue;
+        }
+        if (seen & (1ull << idx))
+            return s_fail (d->err, KIM_E_DUPLICATE_FIELD, prefix, table [idx].key, -1);
+        seen |= 1ull << idx;
+        if (s_decode_field (d, &table [idx], base, prefix))
+            return -d->err->code;
+    }
+    *seen_p = seen;
+    return 0;
+}
+
+//  Callers may pass no err; errors then go to a local dummy.
+static void
+s_begin (kim_decode_error_t **err_p, kim_decode_error_t *dummy)
+{
+    if (!*err_p)
+        *err_p = dummy;
+    (*err_p)->code = 0;
+    (*err_p)->path [0] = 0;
+}
+
+int
+kim_msg_decode (kim_msg_t *self, const uint8_t *data, size_t size, kim_decode_error_t *err)
+{
+    kim_decode_error_t dummy;
+    s_begin (&err, &dummy);
+    if (!self)
+        return s_fail (err, KIM_E_ARGS, "", NULL, -1);
+    kim_msg_init (self);
+    if (!data || size == 0)
+        return s_fail (err, KIM_E_MALFORMED, "", NULL, -1);
+    if (size > KIM_FRAME_MAX)
+        return s_fail (err, KIM_E_TOO_LARGE, "", NULL, -1);
+    s_dec_t d;
+    d.err = err;
+    //  A header alone is as deep as it is inside a command, so the limits
+    //  are the same whichever way it is read.
+    if (s_scan_frame (&d, data, size, 2, false))
+        return -err->code;
+    uint64_t seen;
+    if (s_decode_map (&d, s_hdr_fields, S_COUNT (s_hdr_fields), ~0ull, self, "", &seen))
+        return -err->code;
+    return 0;
+}
+
+int
+kim_cmd_decode (kim_cmd_t *self, const uint8_t *data, size_t size, kim_decode_error_t *err)
+{
+    kim_decode_error_t dummy;
+    s_begin (&err, &dummy);
+    if (!self)
+        return s_fail (err, KIM_E_ARGS, "", NULL, -1);
+    kim_cmd_init (self, KIM_CMD_NONE);
+    if (!data || size == 0)
+        return s_fail (err, KIM_E_MALFORMED, "", NULL, -1);
+    if (size > KIM_FRAME_MAX)
+        return s_fail (err, KIM_E_TOO_LARGE, "", NULL, -1);
+    s_dec_t d;
+    d.err = err;
+    if (s_scan_frame (&d, data, size, 1, true))
+        return -err->code;
+
+    //  The command decides which keys are known, so it is read first.
+    if (!d.cmd_value)
+        return s_fail (err, KIM_E_MISSING_FIELD, "", "cmd", -1);
+    s_cur_t c = { d.cmd_value, data + size };
+    s_obj_t o;
+    if (s_next (&c, &o) || o.tag != S_T_STR)
+        return s_fail (err, KIM_E_BAD_TYPE, "", "cmd", -1);
+    kim_cmd_id_t id = s_cmd_lookup (o.ptr, o.len);
+    const s_cmd_rule_t *rule = s_cmd_rule (id);
+    if (!rule)
+        return s_fail (err, KIM_E_UNKNOWN_CMD, "", "cmd", -1);
+    self->id = id;
+
+    uint64_t seen;
+    if (s_decode_map (&d, s_cmd_fields, S_COUNT (s_cmd_fields), rule->required | rule->optional,
+                      self, "", &seen))
+        return -err->code;
+    uint64_t missing = rule->required & ~seen;
+    if (missing)
+        return s_fail (err, KIM_E_MISSING_FIELD, "", s_cmd_fields [s_lowest_bit (missing)].key, -1);
+    //  The reason must name the code, unless the code is newer than this
+    //  build (then any well-formed name passes).
+    if (id == KIM_CMD_REJECT && strcmp (kim_errname (self->code), "UNKNOWN") != 0) {
+        const char *name = kim_errname (self->code);
+        if (d.reason_len != strlen (name) || memcmp (d.reason, name, d.reason_len) != 0)
+            return s_fail (err, KIM_E_BAD_VALUE, "", "reason", -1);
+    }
+    return s_cmd_check_rules (self, err);
+}
+
+//  --------------------------------------------------------------------------
+//  Encoding
+
+typedef struct {
+    msgpack_packer pk;
+    kim_buf_t *out;
+    bool failed;
+} s_pack_t;
+
+static int
+s_pack_write (void *data, const char *buf, size_t len)
+{
+    s_pack_t *self = data;
+    if (kim_buf_append (self->out, buf, len)) {
+        self->failed = true;
+        return -1;
+    }
+    return 0;
+}
+
+static void
+s_pack_init (s_pack_t *self, kim_buf_t *out)
+{
+    self->out = out;
+    self->failed = false;
+    msgpack_packer_init (&self->pk, self, s_pack_write);
+}
+
+static void
+s_pack_str (s_pack_t *self, const char *s, size_t len)
+{
+    msgpack_pack_str (&self->pk, len);
+    msgpack_pack_str_body (&self->pk, s, len);
+}
+
+static void
+s_pack_cstr (s_pack_t *self, const char *s)
+{
+    s_pack_str (self, s, strlen (s));
+}
+
+static void s_pack_msg (s_pack_t *self, const kim_msg_t *msg);
+
+static void
+s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
+{
+    const uint8_t *v = (const uint8_t *) base + f->offset;
+    msgpack_packer *pk = &self->pk;
+    s_pack_str (self, f->key, f->key_len);
+    switch (f->kind) {
+        case S_K_CMD:
+            s_pack_cstr (self, kim_cmd_name (*(const kim_cmd_id_t *) v));
+            break;
+        case S_K_ID: case S_K_ORG: case S_K_CODE: case S_K_TEXT:
+            s_pack_str (self, (const char *) v, strnlen ((const char *) v, f->size));
+            break;
+        case S_K_U32: case S_K_SCHEMA:
+            msgpack_pack_uint32 (pk, *(const uint32_t *) v);
+            break;
+        case S_K_U64:
+            msgpack_pack_uint64 (pk, *(const uint64_t *) v);
+            break;
+        case S_K_ERRCODE:
+            msgpack_pack_uint32 (pk, (uint32_t) *(const int *) v);
+            break;
+        case S_K_REASON:
+            s_pack_cstr (self, kim_errname (*(const int *) v));
+            break;
+        case S_K_BOOL:
+            if (*(const bool *) v)
+                msgpack_pack_true (pk);
+            else
+                msgpack_pack_false (pk);
+            break;
+        case S_K_BIN:
+            msgpack_pack_bin (pk, f->size);
+            msgpack_pack_bin_body (pk, v, f->size);
+            break;
+        case S_K_BODY: {
+            const kim_cmd_t *cmd = base;
+            msgpack_pack_bin (pk, cmd->body_size);
+            if (cmd->body_size)
+                msgpack_pack_bin_body (pk, cmd->body, cmd->body_size);
+            break;
+        }
+        case S_K_TYPE:
+            s_pack_cstr (self, kim_type_name (*(const kim_type_t *) v));
+            break;
+        case S_K_PRIORITY:
+            s_pack_cstr (self, s_priority_names [*(const kim_priority_t *) v]);
+            break;
+        case S_K_BASIS: {
+            const kim_msg_t *msg = base;
+            msgpack_pack_map (pk, 1 + (msg->consent_id [0] != 0) + (msg->citation [0] != 0));
+            for (size_t i = 0; i < S_COUNT (s_basis_fields); i++)
+                if (i == S_B_KIND || s_present (&s_basis_fields [i], msg)) {
+                    if (i == S_B_KIND) {
+                        s_pack_str (self, "kind", 4);
+                        s_pack_cstr (self, s_basis_names [msg->basis]);
+                    }
+                    else
+                        s_pack_field (self, &s_basis_fields [i], msg);
+                }
+            break;
+        }
+        case S_K_CATEGORIES: {
+            uint32_t bits = *(const uint32_t *) v;
+            msgpack_pack_array (pk, (size_t) __builtin_popcount (bits));
+            for (uint32_t bit = 1; bit && bit <= bits; bit <<= 1)
+                if (bits & bit)
+                    s_pack_cstr (self, kim_category_name (bit));
+            break;
+        }
+        case S_K_ID_LIST: case S_K_ORG_LIST: case S_K_CODE_LIST: {
+            size_t count = *(const size_t *) ((const uint8_t *) base + f->aux);
+            size_t esize = f->size / f->max;
+            msgpack_pack_array (pk, count);
+            for (size_t i = 0; i < count; i++) {
+                const char *s = (const char *) v + i * esize;
+                s_pack_str (self, s, strnlen (s, esize));
+            }
+            break;
+        }
+        case S_K_U32_LIST: case S_K_U64_LIST: {
+            size_t count = *(const size_t *) ((const uint8_t *) base + f->aux);
+            msgpack_pack_array (pk, count);
+            for (size_t i = 0; i < count; i++)
+                msgpack_pack_uint64 (pk, f->kind == S_K_U32_LIST? ((const uint32_t *) v) [i]
+                                                                : ((const uint64_t *) v) [i]);
+            break;
+        }
+        case S_K_TYPE_LIST: {
+            size_t count = *(const size_t *) ((const uint8_t *) base + f->aux);
+            msgpack_pack_array (pk, count);
+            for (size_t i = 0; i < count; i++)
+                s_pack_cstr (self, kim_type_name (((const kim_type_t *) v) [i]));
+            break;
+        }
+        case S_K_HDR:
+            s_pack_msg (self, (const kim_msg_t *) v);
+            break;
+        case S_K_STATUS:
+            msgpack_pack_map (pk, S_COUNT (s_status_fields));
+            for (size_t i = 0; i < S_COUNT (s_status_fields); i++)
+                s_pack_field (self, &s_status_fields [i], v);
+            break;
+        default:
+            self->failed = true;
+            break;
+    }
+}
+
+static void
+s_pack_msg (s_pack_t *self, const kim_msg_t *msg)
+{
+    uint64_t mask = s_msg_presence (msg);
+    msgpack_pack_map (&self->pk, (size_t) __builtin_popcountll (mask));
+    for (size_t i = 0; i < S_COUNT (s_hdr_fields); i++)
+        if (mask & (1ull << i))
+            s_pack_field (self, &s_hdr_fields [i], msg);
+}
+
+static int
+s_pack_finish (s_pack_t *pack, size_t start)
+{
+    if (pack->failed) {
+        pack->out->size = start;
+        return -KIM_E_NOMEM;
+    }
+    if (pack->out->size - start > KIM_FRAME_MAX) {
+        pack->out->size = start;
+        return -KIM_E_TOO_LARGE;
+    }
+    return 0;
+}
+
+int
+kim_msg_encode (const kim_msg_t *self, kim_buf_t *out)
+{
+    if (!self || !out)
+        return -KIM_E_ARGS;
+    kim_decode_error_t err;
+    if (s_msg_check_fields (self, "", &err))
+        return -err.code;
+    size_t start = out->size;
+    s_pack_t pack;
+    s_pack_init (&pack, out);
+    s_pack_msg (&pack, self);
+    return s_pack_finish (&pack, start);
+}
+
+//  The fields a command writes: the required ones, and the optional ones
+//  that are present.
+static uint64_t
+s_cmd_mask (const kim_cmd_t *self, const s_cmd_rule_t *rule)
+{
+    uint64_t mask = rule->required;
+    for (size_t i = 0; i < S_COUNT (s_cmd_fields); i++)
+        if ((rule->optional & (1ull << i)) && s_present (&s_cmd_fields [i], self))
+            mask |= 1ull << i;
+    return mask;
+}
+
+int
+kim_cmd_encode (const kim_cmd_t *self, kim_buf_t *out)
+{
+    if (!self || !out)
+        return -KIM_E_ARGS;
+    const s_cmd_rule_t *rule = s_cmd_rule (self->id);
+    if (!rule)
+        return -KIM_E_UNKNOWN_CMD;
+    uint64_t mask = s_cmd_mask (self, rule);
+    kim_decode_error_t err;
+    for (size_t i = 1; i < S_COUNT (s_cmd_fields); i++)
+        if ((mask & (1ull << i)) && s_check_field (&s_cmd_fields [i], self, "", &err))
+            return -err.code;
+    if (s_cmd_check_rules (self, &err))
+        return -err.code;
+
+    size_t start = out->size;
+    s_pack_t pack;
+    s_pack_init (&pack, out);
+    msgpack_pack_map (&pack.pk, (size_t) __builtin_popcountll (mask));
+    for (size_t i = 0; i < S_COUNT (s_cmd_fields); i++)
+        if (mask & (1ull << i))
+            s_pack_field (&pack, &s_cmd_fields [i], self);
+    return s_pack_finish (&pack, start);
+}
+
+int
+kim_cmd_encode_deliver (uint64_t seq, const uint8_t *hdr, size_t hdr_size, kim_buf_t *out)
+{
+    //  The header comes from our own log, canonical already; only its
+    //  outer shape is checked here.
+    if (!hdr || !out || hdr_size == 0 || hdr_size > KIM_FRAME_MAX
+    ||  !((hdr [0] >= 0x80 && hdr [0] <= 0x8f) || hdr [0] == 0xde || hdr [0] == 0xdf))
+        return -KIM_E_ARGS;
+    size_t start = out->size;
+    s_pack_t pack;
+    s_pack_init (&pack, out);
+    msgpack_pack_map (&pack.pk, 3);
+    s_pack_str (&pack, "cmd", 3);
+    s_pack_str (&pack, "DELIVER", 7);
+    s_pack_str (&pack, "seq", 3);
+    msgpack_pack_uint64 (&pack.pk, seq);
+    s_pack_str (&pack, "hdr", 3);
+    if (kim_buf_append (out, hdr, hdr_size))
+        pack.failed = true;
+    return s_pack_finish (&pack, start);
+}
+
+void
+kim_msg_init (kim_msg_t *self)
+{
+    memset (self, 0, sizeof *self);
+    self->schema = KIM_SCHEMA_VERSION;
+}
+
+void
+kim_cmd_init (kim_cmd_t *self, kim_cmd_id_t id)
+{
+    memset (self, 0, sizeof *self);
+    self->id = id;
+    kim_msg_init (&self->msg);
+}
+
+//  --------------------------------------------------------------------------
+//  Self-test
+
+//  The self-test checks with assert, which release builds (NDEBUG) would
+//  compile away; <assert.h> follows NDEBUG anew each time it is included.
+#undef NDEBUG
+#include <assert.h>
+
+//  A valid header of each type, with some optional fields too.
+static void
+s_test_msg (kim_msg_t *msg, kim_type_t type)
+{
+    kim_msg_init (msg);
+    msg->type = type;
+    snprintf (msg->msg_id, sizeof msg->msg_id, "m-%d", (int) type);
+    msg->created_at = 1718000000000;
+    unsigned flags = kim_type_flags (type);
+    if (flags & KIM_MSG_REFERRAL_ANSWER) {
+        strcpy (msg->recipient, "kim.rheine");
+        strcpy (msg->referral_id, "r-1");
+        strcpy (msg->ref_msg_id, "m-1");
+    }
+    switch (type) {
+        case KIM_TYPE_REFERRAL:
+            strcpy (msg->recipient, "jc.rheine");
+            strcpy (msg->referral_id, "r-1");
+            strcpy (msg->case_id, "c-1");
+            strcpy (msg->sender_ref, "KIM-2024/17");
+            strcpy (msg->subject, "p-3f9a");
+            strcpy (msg->purpose, "employment");
+            msg->basis = KIM_BASIS_STATUTE;
+            strcpy (msg->citation, "SGB X \xc2\xa7" "69(1)1");
+            msg->categories = KIM_CAT_RESIDENCE_STATUS;
+            msg->deadline = 1719000000000;
+            msg->priority = KIM_PRIORITY_HIGH;
+            break;
+        case KIM_TYPE_ACCEPT:
+            strcpy (msg->recipient_ref, "JC-0815");
+            break;
+        case KIM_TYPE_DECLINE:
+            strcpy (msg->code, "capacity");
+            strcpy (msg->note, "Keine Pl\xc3\xa4tze bis M\xc3\xa4rz");
+            break;
+        case KIM_TYPE_NOT_COMPETENT:
+            strcpy (msg->org, "ikt.rheine");
+            break;
+        case KIM_TYPE_FORWARD:
+            strcpy (msg->org, "ikt.rheine");
+            strcpy (msg->purpose, "language_course");
+            msg->basis = KIM_BASIS_CONSENT;
+            strcpy (msg->consent_id, "g-1");
+            break;
+        case KIM_TYPE_STATUS:
+            strcpy (msg->code, "appointment_set");
+            break;
+        case KIM_TYPE_OUTCOME:
+            strcpy (msg->code, "completed");
+            break;
+        case KIM_TYPE_HANDOVER_OFFER:
+            strcpy (msg->recipient, "kim.coesfeld");
+            strcpy (msg->case_id, "c-1");
+            msg->basis = KIM_BASIS_STATUTE;
+            strcpy (msg->citation, "SGB VIII \xc2\xa7" "86c");
+            msg->referral_count = 2;
+            strcpy (msg->referrals [0], "r-1");
+            strcpy (msg->referrals [1], "r-2");
+            break;
+        case KIM_TYPE_HANDOVER_ACCEPT:
+        case KIM_TYPE_HANDOVER_DECLINE:
+            strcpy (msg->recipient, "kim.rheine");
+            strcpy (msg->case_id, "c-1");
+            strcpy (msg->ref_msg_id, "m-20");
+            if (type == KIM_TYPE_HANDOVER_DECLINE)
+                strcpy (msg->code, "not_competent");
+            break;
+        case KIM_TYPE_CASE_CLOSED:
+            strcpy (msg->case_id, "c-1");
+            break;
+        case KIM_TYPE_CONSENT_GRANT:
+            strcpy (msg->case_id, "c-1");
+            strcpy (msg->grant_id, "g-1");
+            strcpy (msg->subject, "p-3f9a");
+            msg->recipient_count = 2;
+            strcpy (msg->recipients [0], "jc.rheine");
+            strcpy (msg->recipients [1], "mbe.rheine.caritas");
+            msg->purpose_count = 1;
+            strcpy (msg->purposes [0], "employment");
+            msg->categories = KIM_CAT_ART9;
+            msg->explicit_art9 = true;
+            msg->valid_until = 1750000000000;
+            break;
+        case KIM_TYPE_CONSENT_REVOKE:
+            strcpy (msg->grant_id, "g-1");
+            break;
+        case KIM_TYPE_ERASURE:
+        case KIM_TYPE_ACCESS_REPORT:
+            strcpy (msg->subject, "p-3f9a");
+            break;
+        case KIM_TYPE_DELIVERED:
+            strcpy (msg->recipient, "kim.rheine");
+            strcpy (msg->ref_msg_id, "m-1");
+            break;
+        case KIM_TYPE_REMINDER:
+        case KIM_TYPE_EXPIRED:
+            strcpy (msg->recipient, "kim.rheine");
+            strcpy (msg->referral_id, "r-1");
+            msg->deadline = 1719000000000;
+            break;
+        default:
+            break;
+    }
+}
+
+static const uint8_t s_test_body [] = { 0x81, 0xa1, 'a', 0x01 };
+
+//  A valid command of each kind.
+static void
+s_test_cmd (kim_cmd_t *cmd, kim_cmd_id_t id)
+{
+    kim_cmd_init (cmd, id);
+    switch (id) {
+        case KIM_CMD_HELLO:
+            cmd->version_count = 2;
+            cmd->versions [0] = 1;
+            cmd->versions [1] = 2;
+            strcpy (cmd->agent, "kim-agent/0.1");
+            cmd->window = 64;
+            break;
+        case KIM_CMD_WELCOME:
+            cmd->version = 1;
+            strcpy (cmd->org, "kim.rheine");
+            strcpy (cmd->broker, "broker.steinfurt");
+            cmd->heartbeat_ms = 5000;
+            cmd->max_payload = KIM_PAYLOAD_DEFAULT;
+            cmd->window = 64;
+            break;
+        case KIM_CMD_SEND:
+            s_test_msg (&cmd->msg, KIM_TYPE_REFERRAL);
+            break;
+        case KIM_CMD_RECEIPT:
+            strcpy (cmd->msg_id, "m-1");
+            cmd->seq = 70000;
+            cmd->dup = true;
+            break;
+        case KIM_CMD_REJECT:
+            cmd->code = KIM_E_POLICY_DENY;
+            strcpy (cmd->text, kim_strerror (cmd->code));
+            strcpy (cmd->msg_id, "m-1");
+            strcpy (cmd->path, "hdr.categories[0]");
+            break;
+        case KIM_CMD_DELIVER:
+            cmd->seq = 42;
+            s_test_msg (&cmd->msg, KIM_TYPE_REFERRAL);
+            strcpy (cmd->msg.sender, "kim.rheine");
+            cmd->msg.payload_len = 300;
+            cmd->msg.has_payload_hash = true;
+            memset (cmd->msg.payload_hash, 0xab, KIM_HASH_SIZE);
+            break;
+        case KIM_CMD_ACK:
+            cmd->ack_count = 3;
+            cmd->acks [0] = 42;
+            cmd->acks [1] = 300;
+            cmd->acks [2] = 5000000000ull;
+            break;
+        case KIM_CMD_STATUS_REPLY:
+            cmd->status.log_head = 1000;
+            cmd->status.mailbox = 3;
+            cmd->status.in_flight = 1;
+            cmd->status.sessions = 2;
+            cmd->status.uptime_ms = 86400000;
+            cmd->status.store_bytes = 1 << 20;
+            break;
+        case KIM_CMD_SUBSCRIBE:
+            strcpy (cmd->sub_id, "s-1");
+            strcpy (cmd->case_id, "c-1");
+            cmd->type_count = 2;
+            cmd->types [0] = KIM_TYPE_ACCEPT;
+            cmd->types [1] = KIM_TYPE_OUTCOME;
+            break;
+        case KIM_CMD_UNSUBSCRIBE:
+            strcpy (cmd->sub_id, "s-1");
+            break;
+        case KIM_CMD_QUERY:
+            strcpy (cmd->query_id, "q-1");
+            cmd->from_seq = 1;
+            cmd->to_seq = 1000;
+            cmd->from_time = 1;
+            cmd->to_time = 2;
+            strcpy (cmd->case_id, "c-1");
+            strcpy (cmd->org, "jc.rheine");
+            cmd->type = KIM_TYPE_REFERRAL;
+            cmd->window = 100;
+            break;
+        case KIM_CMD_RECORD:
+            strcpy (cmd->query_id, "q-1");
+            cmd->seq = 7;
+            cmd->time = 1718000000000;
+            cmd->kind = 1;
+            memset (cmd->hash, 0x5a, KIM_HASH_SIZE);
+            cmd->body = s_test_body;
+            cmd->body_size = sizeof s_test_body;
+            break;
+        case KIM_CMD_QUERY_END:
+            strcpy (cmd->query_id, "q-1");
+            cmd->count = 7;
+            break;
+        default:
+            break;
+    }
+}
+
+//  Compares two decoded commands; the body is compared by content.
+static bool
+s_test_same (const kim_cmd_t *a, const kim_cmd_t *b)
+{
+    if (a->body_size != b->body_size
+    ||  (a->body_size && memcmp (a->body, b->body, a->body_size) != 0))
+        return false;
+    kim_cmd_t *x = malloc (2 * sizeof (kim_cmd_t));
+    assert (x);
+    memcpy (&x [0], a, sizeof *a);
+    memcpy (&x [1], b, sizeof *b);
+    x [0].body = x [1].body = NULL;
+    bool same = memcmp (&x [0], &x [1], sizeof *a) == 0;
+    free (x);
+    return same;
+}
+
+//  encode -> decode -> same value -> encode -> same bytes
+static void
+s_test_roundtrip (const kim_cmd_t *cmd, bool verbose)
+{
+    kim_buf_t buf, again;
+    kim_buf_init (&buf);
+    kim_buf_init (&again);
+    kim_cmd_t *back = malloc (sizeof *back);
+    assert (back);
+    kim_decode_error_t err;
+    int rc = kim_cmd_encode (cmd, &buf);
+    if (rc)
+        fprintf (stderr, "  encode %s: %s\n", kim_cmd_name (cmd->id), kim_errname (rc));
+    assert (rc == 0);
+    rc = kim_cmd_decode (back, buf.data, buf.size, &err);
+    if (rc || verbose)
+        fprintf (rc? stderr: stdout, "  %s %s: %zu bytes, %s %s\n", kim_cmd_name (cmd->id),
+                kim_type_name (cmd->msg.type)? kim_type_name (cmd->msg.type): "",
+                buf.size, kim_errname (rc), err.path);
+    assert (rc == 0);
+    assert (s_test_same (cmd, back));
+    assert (kim_cmd_encode (back, &again) == 0);
+    assert (again.size == buf.size && memcmp (again.data, buf.data, buf.size) == 0);
+    if (cmd->id == KIM_CMD_DELIVER) {
+        kim_buf_t hdr;
+        kim_buf_init (&hdr);
+        assert (kim_msg_encode (&cmd->msg, &hdr) == 0);
+        kim_buf_reset (&again);
+        assert (kim_cmd_encode_deliver (cmd->seq, hdr.data, hdr.size, &again) == 0);
+        assert (again.size == buf.size && memcmp (again.data, buf.data, buf.size) == 0);
+        kim_buf_free (&hdr);
+    }
+    //  Every strict prefix is truncated input; anything appended is trailing.
+    for (size_t len = 0; len < buf.size; len++)
+        assert (kim_cmd_decode (back, buf.data, len, &err) == -KIM_E_MALFORMED);
+    assert (kim_buf_append (&buf, "", 1) == 0);
+    assert (kim_cmd_decode (back, buf.data, buf.size, &err) == -KIM_E_MALFORMED);
+    assert (err.path [0] == 0);
+    free (back);
+    kim_buf_free (&buf);
+    kim_buf_free (&again);
+}
+
+//  Test JSON uses ' for " to stay readable; %s etc. as printf.
+static void
+s_test_mp (kim_buf_t *buf, const char *fmt, va_list args)
+{
+    char json [8192];
+    vsnprintf (json, sizeof json, fmt, args);
+    for (char *p = json; *p; p++)
+        if (*p == '\'')
+            *p = '"';
+    kim_buf_reset (buf);
+    int rc = kim_json_to_msgpack (json, strlen (json), buf);
+    if (rc)
+        fprintf (stderr, "  bad test JSON: %s\n", json);
+    assert (rc == 0);
+}
+
+static void
+s_test_expect_bytes (const uint8_t *data, size_t size, int code, const char *path,
+                     const char *what, bool verbose)
+{
+    kim_cmd_t *cmd = malloc (sizeof *cmd);
+    assert (cmd);
+    kim_decode_error_t err;
+    int rc = kim_cmd_decode (cmd, data, size, &err);
+    bool ok = code? rc == -code && err.code == code && (!path || strcmp (err.path, path) == 0)
+                  : rc == 0;
+    if (verbose || !ok)
+        fprintf (ok? stdout: stderr, "  %-60.60s -> %s '%s'%s\n", what,
+                 rc? kim_errname (err.code): "OK", err.path, ok? "": " UNEXPECTED");
+    assert (ok);
+    //  What decodes, encodes and decodes again to the same.
+    if (rc == 0) {
+        kim_buf_t buf;
+        kim_buf_init (&buf);
+        kim_cmd_t *back = malloc (sizeof *back);
+        assert (back);
+        assert (kim_cmd_encode (cmd, &buf) == 0);
+        assert (kim_cmd_decode (back, buf.data, buf.size, &err) == 0);
+        assert (s_test_same (cmd, back));
+        free (back);
+        kim_buf_free (&buf);
+    }
+    free (cmd);
+}
+
+static void
+s_test_expect (bool verbose, int code, const char *path, const char *fmt, ...)
+{
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    va_list args;
+    va_start (args, fmt);
+    s_test_mp (&buf, fmt, args);
+    va_end (args);
+    s_test_expect_bytes (buf.data, buf.size, code, path, fmt, verbose);
+    kim_buf_free (&buf);
+}
+
+//  As s_test_expect, after replacing the bytes `from` (first occurrence) by
+//  `to`, of the same length: for what JSON cannot say (bad UTF-8,
+//  duplicate keys).
+static void
+s_test_patched (bool verbose, int code, const char *path, const char *from, const char *to,
+                const char *fmt, ...)
+{
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    va_list args;
+    va_start (args, fmt);
+    s_test_mp (&buf, fmt, args);
+    va_end (args);
+    size_t len = strlen (from);
+    assert (strlen (to) == len);
+    uint8_t *at = NULL;
+    for (size_t i = 0; i + len <= buf.size && !at; i++)
+        if (memcmp (buf.data + i, from, len) == 0)
+            at = buf.data + i;
+    assert (at);
+    memcpy (at, to, len);
+    s_test_expect_bytes (buf.data, buf.size, code, path, fmt, verbose);
+    kim_buf_free (&buf);
+}
+
+//  A valid SEND REFERRAL in test JSON; %s adds header fields.
+#define S_REFERRAL "{'cmd':'SEND','hdr':{'type':'REFERRAL','msg_id':'m-1','recipient':'jc.rheine'," \
+    "'referral_id':'r-1','case_id':'c-1','subject':'p-1','purpose':'employment'," \
+    "'legal_basis':{'kind':'statute','citation':'SGB II'}%s}}"
+#define S_ANSWER "{'cmd':'SEND','hdr':{'type':'%s','msg_id':'m-2','recipient':'kim.rheine'," \
+    "'referral_id':'r-1'%s}}"
+#define S_HELLO "{'cmd':'HELLO','versions':[1],'agent':'a','window':%s}"
+
+static void
+s_test_negative (bool verbose)
+{
+    //  Frame shape
+    s_test_expect_bytes ((const uint8_t *) "", 0, KIM_E_MALFORMED, "", "empty", verbose);
+    s_test_expect (verbose, KIM_E_MALFORMED, "", "['cmd','PING']");
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "cmd", "{}");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "cmd", "{'cmd':1}");
+    s_test_expect (verbose, KIM_E_UNKNOWN_CMD, "cmd", "{'cmd':'FETCH'}");
+    s_test_expect (verbose, KIM_E_UNKNOWN_CMD, "cmd", "{'cmd':'ping'}");
+    s_test_patched (verbose, KIM_E_DUPLICATE_FIELD, "cmd", "cmc", "cmd", "{'cmd':'PING','cmc':'PONG'}");
+    s_test_expect (verbose, 0, NULL, "{'x-trace':'abc','cmd':'PING'}");
+    s_test_expect (verbose, KIM_E_UNKNOWN_FIELD, "seq", "{'cmd':'PING','seq':1}");
+    s_test_expect (verbose, KIM_E_UNKNOWN_FIELD, "X-trace", "{'cmd':'PING','X-trace':1}");
+    s_test_patched (verbose, KIM_E_DUPLICATE_FIELD, "x-a", "x-b", "x-a",
+                    "{'cmd':'PING','x-a':1,'x-b':2}");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "x-?", "x-a", "x-\xff", "{'cmd':'PING','x-a':1}");
+    s_test_patched (verbose, KIM_E_BAD_TYPE, "", "\xa3" "x-a\x01", "\x93\x01\x02\x03\x01",
+                    "{'cmd':'PING','x-a':1}");
+    s_test_patched (verbose, KIM_E_MALFORMED, "x-a.x", "\xa1x\x01", "\xa1x\xc1",
+                    "{'cmd':'PING','x-a':{'x':1}}");
+    //  0xc1 is never used
+    s_test_patched (verbose, KIM_E_MALFORMED, "x-a", "\x01", "\xc1", "{'cmd':'PING','x-a':1}");
+    //  Claims far more than the input holds: refused before anything is allocated
+    const uint8_t huge_map [] = { 0xdf, 0xff, 0xff, 0xff, 0xff };
+    s_test_expect_bytes (huge_map, sizeof huge_map, KIM_E_TOO_MANY, "", "map32 4G", verbose);
+    const uint8_t huge_array [] = { 0x81, 0xa3, 'x', '-', 'a', 0xdd, 0xff, 0xff, 0xff, 0xff };
+    s_test_expect_bytes (huge_array, sizeof huge_array, KIM_E_TOO_MANY, "x-a", "array32 4G", verbose);
+    const uint8_t long_str [] = { 0x81, 0xa3, 'c', 'm', 'd', 0xdb, 0xff, 0xff, 0xff, 0xff, 'P' };
+    s_test_expect_bytes (long_str, sizeof long_str, KIM_E_MALFORMED, "cmd", "str32 4G", verbose);
+    const uint8_t long_array [] = { 0x81, 0xa3, 'x', '-', 'a', 0xdc, 0x00, 0x05, 0x01 };
+    s_test_expect_bytes (long_array, sizeof long_array, KIM_E_MALFORMED, "x-a[1]", "array short", verbose);
+    //  Trailing bytes after a complete command
+    const uint8_t trailing [] = { 0x81, 0xa3, 'c', 'm', 'd', 0xa4, 'P', 'I', 'N', 'G', 0xc0 };
+    s_test_expect_bytes (trailing, sizeof trailing, KIM_E_MALFORMED, "", "trailing", verbose);
+    s_test_expect_bytes (trailing, sizeof trailing - 1, 0, NULL, "PING", verbose);
+    //  Too large
+    uint8_t *big = calloc (1, KIM_FRAME_MAX + 1);
+    assert (big);
+    s_test_expect_bytes (big, KIM_FRAME_MAX + 1, KIM_E_TOO_LARGE, "", "65537 bytes", verbose);
+    free (big);
+
+    //  Depth and counts
+    s_test_expect (verbose, 0, NULL, "{'cmd':'PING','x-a':[[[1]]]}");
+    s_test_expect (verbose, KIM_E_TOO_DEEP, "x-a[0][0][0]", "{'cmd':'PING','x-a':[[[[1]]]]}");
+    s_test_expect (verbose, KIM_E_TOO_DEEP, "hdr.x-a[0][0]", S_REFERRAL, ",'x-a':[[[1]]]");
+    s_test_expect (verbose, KIM_E_TOO_DEEP, "hdr.legal_basis.x-a.b",
+                   "{'cmd':'SEND','hdr':{'legal_basis':{'x-a':{'b':{}}}}}");
+    {
+        char json [8192];
+        size_t at = (size_t) snprintf (json, sizeof json, "{'cmd':'PING'");
+        for (int i = 0; i < 64; i++)
+            at += (size_t) snprintf (json + at, sizeof json - at, ",'x-%d':%d", i, i);
+        snprintf (json + at, sizeof json - at, "}");
+        s_test_expect (verbose, KIM_E_TOO_MANY, "", "%s", json);
+        at = (size_t) snprintf (json, sizeof json, "{'cmd':'ACK','seqs':[1");
+        for (int i = 2; i <= 1025; i++)
+            at += (size_t) snprintf (json + at, sizeof json - at, ",%d", i);
+        snprintf (json + at, sizeof json - at, "]}");
+        s_test_expect (verbose, KIM_E_TOO_MANY, "seqs", "%s", json);
+        json [at - 5] = 0;      //  1024 entries: the limit
+        strcat (json, "]}");
+        s_test_expect (verbose, 0, NULL, "%s", json);
+        at = (size_t) snprintf (json, sizeof json, "{'cmd':'SEND','hdr':{'referrals':[");
+        for (int i = 0; i < 33; i++)
+            at += (size_t) snprintf (json + at, sizeof json - at, "%s'r-%d'", i? ",": "", i);
+        snprintf (json + at, sizeof json - at, "]}}");
+        s_test_expect (verbose, KIM_E_TOO_MANY, "hdr.referrals", "%s", json);
+    }
+    s_test_expect (verbose, KIM_E_TOO_MANY, "versions",
+                   "{'cmd':'HELLO','versions':[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17]}");
+
+    //  Types and integers
+    s_test_expect (verbose, 0, NULL, S_HELLO, "4096");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "window", S_HELLO, "4097");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "window", S_HELLO, "-1");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "window", S_HELLO, "1.0");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "window", S_HELLO, "'1'");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "window", S_HELLO, "true");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "window", S_HELLO, "null");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "versions", "{'cmd':'HELLO','versions':1}");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "versions[0]", "{'cmd':'HELLO','versions':['1']}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "versions[0]",
+                   "{'cmd':'HELLO','versions':[0],'agent':'a','window':1}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "versions[1]",
+                   "{'cmd':'HELLO','versions':[2,1],'agent':'a','window':1}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "versions",
+                   "{'cmd':'HELLO','versions':[],'agent':'a','window':1}");
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "agent", "{'cmd':'HELLO','versions':[1],'window':1}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "versions[0]",
+                   "{'cmd':'HELLO','versions':[4294967296],'agent':'a','window':1}");
+    //  Every integer encoding of a non-negative value is accepted.
+    const uint8_t wide [] = { 0x84, 0xa3, 'c', 'm', 'd', 0xa5, 'H', 'E', 'L', 'L', 'O',
+        0xa8, 'v', 'e', 'r', 's', 'i', 'o', 'n', 's', 0x92, 0xd0, 0x01, 0xcf, 0, 0, 0, 0, 0, 0, 0, 2,
+        0xa5, 'a', 'g', 'e', 'n', 't', 0xd9, 0x01, 'a',
+        0xa6, 'w', 'i', 'n', 'd', 'o', 'w', 0xd3, 0, 0, 0, 0, 0, 0, 0x10, 0 };
+    s_test_expect_bytes (wide, sizeof wide, 0, NULL, "wide ints", verbose);
+
+    //  Strings
+    char long_agent [KIM_AGENT_MAX + 2];
+    memset (long_agent, 'a', sizeof long_agent - 1);
+    long_agent [sizeof long_agent - 1] = 0;
+    s_test_expect (verbose, KIM_E_TOO_LONG, "agent",
+                   "{'cmd':'HELLO','versions':[1],'agent':'%s','window':1}", long_agent);
+    long_agent [KIM_AGENT_MAX] = 0;
+    s_test_expect (verbose, 0, NULL, "{'cmd':'HELLO','versions':[1],'agent':'%s','window':1}", long_agent);
+    s_test_expect (verbose, KIM_E_BAD_UTF8, "agent",
+                   "{'cmd':'HELLO','versions':[1],'agent':'a\\u0000b','window':1}");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "agent", "@@", "\xc0\xaf",
+                    "{'cmd':'HELLO','versions':[1],'agent':'@@','window':1}");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "hdr.note", "@@@", "\xed\xa0\x80", S_ANSWER, "ACCEPT",
+                    ",'note':'@@@'");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "hdr.note", "@@@@", "\xf4\x90\x80\x80", S_ANSWER,
+                    "ACCEPT", ",'note':'@@@@'");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "hdr.note", "@@", "\xc3(", S_ANSWER, "ACCEPT",
+                    ",'note':'@@'");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "hdr.msg_id", "m-2", "m\xff" "2", S_ANSWER, "ACCEPT", "");
+    s_test_expect (verbose, KIM_E_BAD_UTF8, "hdr.note", S_ANSWER, "ACCEPT", ",'note':'a\\u0000'");
+    s_test_expect (verbose, 0, NULL, S_ANSWER, "ACCEPT", ",'note':'\xf0\x9f\x98\x80 \xe2\x82\xac'");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "hdr.note", S_ANSWER, "ACCEPT", ",'note':['a']");
+
+    //  Identifier formats
+    s_test_expect (verbose, KIM_E_BAD_ID, "sub_id", "{'cmd':'SUBSCRIBE','sub_id':'a b'}");
+    s_test_expect (verbose, KIM_E_BAD_ID, "sub_id", "{'cmd':'SUBSCRIBE','sub_id':''}");
+    s_test_expect (verbose, KIM_E_BAD_ID, "hdr.recipient", "{'cmd':'SEND','hdr':{'recipient':'JC.Rheine'}}");
+    s_test_expect (verbose, KIM_E_BAD_ID, "hdr.recipient", "{'cmd':'SEND','hdr':{'recipient':'jc'}}");
+    s_test_expect (verbose, KIM_E_BAD_ID, "hdr.recipient", "{'cmd':'SEND','hdr':{'recipient':'jc..x'}}");
+    s_test_expect (verbose, KIM_E_BAD_ID, "hdr.recipient", "{'cmd':'SEND','hdr':{'recipient':'a.b.c.d'}}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.purpose", "{'cmd':'SEND','hdr':{'purpose':'Job'}}");
+    s_test_expect (verbose, KIM_E_BAD_ID, "hdr.referrals[1]",
+                   "{'cmd':'SEND','hdr':{'referrals':['r-1','r 2']}}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.referrals[1]",
+                   "{'cmd':'SEND','hdr':{'referrals':['r-1','r-1']}}");
+    s_test_expect (verbose, KIM_E_BAD_ID, "hdr.recipients[0]",
+                   "{'cmd':'SEND','hdr':{'recipients':['jc']}}");
+
+    //  Header fields and enums
+    s_test_expect (verbose, 0, NULL, S_REFERRAL, "");
+    s_test_patched (verbose, KIM_E_DUPLICATE_FIELD, "hdr.msg_id", "msg_ie", "msg_id", S_REFERRAL,
+                    ",'msg_ie':'m-2'");
+    s_test_expect (verbose, KIM_E_UNKNOWN_FIELD, "hdr.name", S_REFERRAL, ",'name':'Max'");
+    s_test_expect (verbose, 0, NULL, S_REFERRAL, ",'x-local':{'a':[1]}");
+    s_test_expect (verbose, KIM_E_UNKNOWN_TYPE, "hdr.type", "{'cmd':'SEND','hdr':{'type':'REFERAL'}}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.priority", S_REFERRAL, ",'priority':'urgent'");
+    s_test_expect (verbose, 0, NULL, S_REFERRAL, ",'priority':'normal'");
+    s_test_expect (verbose, 0, NULL, S_REFERRAL, ",'created_at':9007199254740991");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.created_at", S_REFERRAL, ",'created_at':9007199254740992");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.categories[1]", S_REFERRAL,
+                   ",'categories':['art9','health']");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.categories[1]", S_REFERRAL,
+                   ",'categories':['art9','art9']");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.legal_basis.kind",
+                   "{'cmd':'SEND','hdr':{'legal_basis':{'kind':'contract'}}}");
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "hdr.legal_basis.kind",
+                   "{'cmd':'SEND','hdr':{'legal_basis':{'citation':'x'}}}");
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "hdr.legal_basis.citation",
+                   "{'cmd':'SEND','hdr':{'legal_basis':{'kind':'statute'}}}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.legal_basis.consent_id",
+                   "{'cmd':'SEND','hdr':{'legal_basis':{'kind':'statute','citation':'x','consent_id':'g'}}}");
+    s_test_expect (verbose, KIM_E_UNKNOWN_FIELD, "hdr.legal_basis.note",
+                   "{'cmd':'SEND','hdr':{'legal_basis':{'note':'x'}}}");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "hdr.legal_basis", "{'cmd':'SEND','hdr':{'legal_basis':'x'}}");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "hdr", "{'cmd':'SEND','hdr':[]}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.payload_len",
+                   "{'cmd':'SEND','hdr':{'payload_len':16777217}}");
+    s_test_patched (verbose, KIM_E_BAD_TYPE, "hdr.payload_hash", "@@", "\xc4\x01", S_REFERRAL,
+                    ",'payload_hash':'@@'");
+    s_test_patched (verbose, KIM_E_BAD_VALUE, "hdr.sig", "\xa2@@", "\xc4\x01@", S_REFERRAL,
+                    ",'sig':'@@'");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "hdr.sig", S_REFERRAL, ",'sig':'ab'");
+
+    //  Per-type rules
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "hdr.type", "{'cmd':'SEND','hdr':{'msg_id':'m-1'}}");
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "hdr.msg_id", "{'cmd':'SEND','hdr':{'type':'WITHDRAW',"
+                   "'recipient':'jc.rheine','referral_id':'r-1'}}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.schema", S_REFERRAL, ",'schema':2");
+    s_test_expect (verbose, 0, NULL, S_REFERRAL, ",'schema':1");
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "hdr.legal_basis",
+                   "{'cmd':'SEND','hdr':{'type':'REFERRAL','msg_id':'m-1','recipient':'jc.rheine',"
+                   "'referral_id':'r-1','case_id':'c-1','subject':'p-1','purpose':'employment'}}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.subject", S_ANSWER, "ACCEPT", ",'subject':'p-1'");
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "hdr.code", S_ANSWER, "DECLINE", "");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.code", S_ANSWER, "DECLINE", ",'code':'busy'");
+    s_test_expect (verbose, 0, NULL, S_ANSWER, "DECLINE", ",'code':'person_declined'");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.code", S_ANSWER, "STATUS", ",'code':'completed'");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.note", S_ANSWER, "OUTCOME",
+                   ",'code':'completed','note':'Beratung zu ...'");
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "hdr.org", S_ANSWER, "FORWARD",
+                   ",'purpose':'x','legal_basis':{'kind':'consent','consent_id':'g-1'}");
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "hdr.recipients",
+                   "{'cmd':'SEND','hdr':{'type':'CONSENT_GRANT','msg_id':'m-1','case_id':'c-1',"
+                   "'consent':'g-1','subject':'p-1','purposes':['x'],'valid_until':1}}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.recipient",
+                   "{'cmd':'SEND','hdr':{'type':'ERASURE','msg_id':'m-1','subject':'p-1',"
+                   "'recipient':'jc.rheine'}}");
+    s_test_expect (verbose, KIM_E_FORBIDDEN, "hdr.type",
+                   "{'cmd':'SEND','hdr':{'type':'DELIVERED','msg_id':'m-1','recipient':'jc.rheine',"
+                   "'ref_msg_id':'m-0'}}");
+    s_test_expect (verbose, KIM_E_FORBIDDEN, "hdr.type", "{'cmd':'SEND','hdr':{'type':'REMINDER'}}");
+    s_test_expect (verbose, 0, NULL, S_REFERRAL, ",'sender':'kim.rheine'");
+    //  DELIVER needs what the broker sets
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "hdr.sender",
+                   "{'cmd':'DELIVER','seq':1,'hdr':{'type':'CASE_CLOSED','msg_id':'m-1','case_id':'c'}}");
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "seq",
+                   "{'cmd':'DELIVER','hdr':{'type':'CASE_CLOSED','msg_id':'m-1','case_id':'c'}}");
+
+    //  Commands
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "seqs", "{'cmd':'ACK','seqs':[]}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "seqs[1]", "{'cmd':'ACK','seqs':[1,-2]}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "reason",
+                   "{'cmd':'REJECT','code':500,'reason':'QUOTA','text':''}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "reason",
+                   "{'cmd':'REJECT','code':500,'reason':'policy_deny','text':''}");
+    s_test_expect (verbose, 0, NULL, "{'cmd':'REJECT','code':500,'reason':'POLICY_DENY','text':''}");
+    s_test_expect (verbose, 0, NULL, "{'cmd':'REJECT','code':599,'reason':'SOMETHING_NEW','text':''}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "code", "{'cmd':'REJECT','code':901,'reason':'IO','text':''}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "code", "{'cmd':'REJECT','code':1000,'reason':'X','text':''}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "code", "{'cmd':'REJECT','code':0,'reason':'OK','text':''}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "code",
+                   "{'cmd':'QUERY_END','query_id':'q','count':0,'code':42}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "window", "{'cmd':'QUERY','query_id':'q','window':0}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "to_seq",
+                   "{'cmd':'QUERY','query_id':'q','window':1,'from_seq':5,'to_seq':4}");
+    s_test_expect (verbose, KIM_E_UNKNOWN_TYPE, "type", "{'cmd':'QUERY','query_id':'q','window':1,'type':'X'}");
+    s_test_expect (verbose, KIM_E_UNKNOWN_TYPE, "types[1]",
+                   "{'cmd':'SUBSCRIBE','sub_id':'s','types':['ACCEPT','X']}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "types[1]",
+                   "{'cmd':'SUBSCRIBE','sub_id':'s','types':['ACCEPT','ACCEPT']}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "kind",
+                   "{'cmd':'RECORD','query_id':'q','seq':1,'time':1,'kind':256}");
+    s_test_expect (verbose, KIM_E_BAD_VALUE, "max_payload",
+                   "{'cmd':'WELCOME','version':1,'org':'a.b','broker':'a.b','heartbeat_ms':1,"
+                   "'max_payload':16777217,'window':0}");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "status.mailbox", "{'cmd':'STATUS_REPLY','status':{"
+                   "'log_head':1,'mailbox':'3'}}");
+    s_test_expect (verbose, KIM_E_MISSING_FIELD, "status.store_bytes", "{'cmd':'STATUS_REPLY','status':{"
+                   "'log_head':1,'mailbox':0,'in_flight':0,'sessions':0,'uptime_ms':0}}");
+    s_test_expect (verbose, 0, NULL, "{'cmd':'RECEIPT','msg_id':'m','seq':0,'dup':false}");
+    s_test_expect (verbose, KIM_E_BAD_TYPE, "dup", "{'cmd':'RECEIPT','msg_id':'m','seq':0,'dup':1}");
+}
+
+static void
+s_test_encode_errors (void)
+{
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    assert (kim_buf_append (&buf, "keep", 4) == 0);
+    kim_cmd_t *cmd = malloc (sizeof *cmd);
+    assert (cmd);
+
+    kim_cmd_init (cmd, KIM_CMD_NONE);
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_UNKNOWN_CMD);
+    kim_cmd_init (cmd, (kim_cmd_id_t) 99);
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_UNKNOWN_CMD);
+    s_test_cmd (cmd, KIM_CMD_ACK);
+    cmd->ack_count = KIM_ACKS_MAX + 1;
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_TOO_MANY);
+    cmd->ack_count = 0;
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_BAD_VALUE);
+    s_test_cmd (cmd, KIM_CMD_WELCOME);
+    cmd->org [0] = 0;
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_BAD_ID);
+    s_test_cmd (cmd, KIM_CMD_HELLO);
+    memset (cmd->agent, 'a', sizeof cmd->agent);        //  no terminating NUL
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_TOO_LONG);
+    s_test_cmd (cmd, KIM_CMD_SEND);
+    cmd->msg.type = KIM_TYPE_EXPIRED;
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_FORBIDDEN);
+    s_test_cmd (cmd, KIM_CMD_SEND);
+    cmd->msg.referral_count = 1000;
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_TOO_MANY);
+    s_test_cmd (cmd, KIM_CMD_SEND);
+    cmd->msg.priority = (kim_priority_t) 7;
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_BAD_VALUE);
+    s_test_cmd (cmd, KIM_CMD_SEND);
+    cmd->msg.categories = 0x100;
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_BAD_VALUE);
+    s_test_cmd (cmd, KIM_CMD_SEND);
+    cmd->msg.schema = 0;
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_BAD_VALUE);
+    s_test_cmd (cmd, KIM_CMD_REJECT);
+    cmd->code = KIM_E_NOMEM;
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_BAD_VALUE);
+    s_test_cmd (cmd, KIM_CMD_RECORD);
+    uint8_t *body = calloc (1, KIM_FRAME_MAX);
+    assert (body);
+    cmd->body = body;
+    cmd->body_size = KIM_FRAME_MAX;
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_TOO_LARGE);
+    free (body);
+    assert (buf.size == 4 && memcmp (buf.data, "keep", 4) == 0);
+
+    //  Headers alone: field checks on encode, rules in kim_msg_validate,
+    //  paths relative to the header.
+    kim_msg_t msg;
+    kim_decode_error_t err;
+    s_test_msg (&msg, KIM_TYPE_OUTCOME);
+    assert (kim_msg_validate (&msg, &err) == 0);
+    strcpy (msg.note, "x");
+    assert (kim_msg_encode (&msg, &buf) == 0);
+    assert (kim_msg_validate (&msg, &err) == -KIM_E_BAD_VALUE);
+    assert (strcmp (err.path, "note") == 0);
+    s_test_msg (&msg, KIM_TYPE_FORWARD);
+    msg.citation [0] = 'x';
+    assert (kim_msg_validate (&msg, &err) == -KIM_E_BAD_VALUE);
+    assert (strcmp (err.path, "legal_basis.citation") == 0);
+    assert (kim_msg_encode (&msg, &buf) == -KIM_E_BAD_VALUE);
+    msg.citation [0] = 0;
+    msg.consent_id [0] = 0;
+    assert (kim_msg_validate (&msg, &err) == -KIM_E_MISSING_FIELD);
+    assert (strcmp (err.path, "legal_basis.consent_id") == 0);
+    s_test_msg (&msg, KIM_TYPE_REFERRAL);
+    kim_buf_reset (&buf);
+    assert (kim_msg_encode (&msg, &buf) == 0);
+    kim_msg_t back;
+    assert (kim_msg_decode (&back, buf.data, buf.size, &err) == 0);
+    assert (memcmp (&msg, &back, sizeof msg) == 0);
+    assert (kim_msg_decode (&back, buf.data, buf.size - 1, &err) == -KIM_E_MALFORMED);
+    //  The deliver shortcut wants a map
+    assert (kim_cmd_encode_deliver (1, (const uint8_t *) "\x91\x01", 2, &buf) == -KIM_E_ARGS);
+
+    free (cmd);
+    kim_buf_free (&buf);
+}
+
+//  Random damage to valid frames: whatever decodes must round-trip.
+static void
+s_test_mutations (bool verbose)
+{
+    uint64_t state = 0x9e3779b97f4a7c15ull;
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    kim_cmd_t *cmd = malloc (sizeof *cmd);
+    assert (cmd);
+    size_t decoded = 0, total = 0;
+    for (int id = KIM_CMD_HELLO; id <= KIM_CMD_BYE; id++) {
+        s_test_cmd (cmd, (kim_cmd_id_t) id);
+        kim_buf_reset (&buf);
+        assert (kim_cmd_encode (cmd, &buf) == 0);
+        for (int round = 0; round < 400; round++) {
+            uint8_t frame [2048];
+            size_t size = buf.size;
+            memcpy (frame, buf.data, size);
+            for (int k = 0; k < 1 + round % 3; k++) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                frame [state % size] = (uint8_t) (state >> 32);
+            }
+            kim_decode_error_t err;
+            total++;
+            if (kim_cmd_decode (cmd, frame, size, &err) == 0) {
+                decoded++;
+                s_test_expect_bytes (frame, size, 0, NULL, "mutation", false);
+            }
+            else
+                assert (err.code >= 100 && err.code < 900 && strlen (err.path) <= KIM_PATH_MAX);
+        }
+    }
+    if (verbose)
+        printf ("  mutations: %zu of %zu still decode\n", decoded, total);
+    free (cmd);
+    kim_buf_free (&buf);
+}
+
+void
+kim_msg_test (bool verbose)
+{
+    //  Names and formats
+#define KIM_X_CHECK(name, wire, num, flags) \
+    assert (kim_type_from_name (kim_type_name (KIM_TYPE_##name)) == KIM_TYPE_##name);
+    KIM_TYPES (KIM_X_CHECK)
+#undef KIM_X_CHECK
+    assert (kim_type_name (KIM_TYPE_NONE) == NULL && kim_type_from_name ("referral") == KIM_TYPE_NONE);
+    assert (kim_type_flags (KIM_TYPE_DELIVERED) == KIM_MSG_FROM_BROKER);
+    assert (strcmp (kim_cmd_name (KIM_CMD_QUERY_END), "QUERY_END") == 0 && !kim_cmd_name (0));
+    assert (strcmp (kim_category_name (KIM_CAT_SGB8_S65), "sgb8_s65") == 0 && !kim_category_name (3));
+    assert (kim_id_valid ("REF:2024-17_a.b") && !kim_id_valid ("") && !kim_id_valid ("a/b"));
+    char id [KIM_ID_MAX + 2];
+    memset (id, 'a', sizeof id - 1);
+    id [sizeof id - 1] = 0;
+    assert (!kim_id_valid (id));
+    id [KIM_ID_MAX] = 0;
+    assert (kim_id_valid (id));
+    assert (kim_org_valid ("jc.rheine") && kim_org_valid ("ja.kreis-coesfeld.team_2"));
+    assert (!kim_org_valid ("jc") && !kim_org_valid ("jc.") && !kim_org_valid (".jc")
+         && !kim_org_valid ("Jc.rheine") && !kim_org_valid ("a.b.c.d") && !kim_org_valid (NULL));
+    assert (kim_code_valid ("no_show") && !kim_code_valid ("no-show") && !kim_code_valid (""));
+    const char *good [] = { "", "a", "\xc3\xa4", "\xe2\x82\xac", "\xef\xbf\xbf", "\xf0\x9f\x98\x80",
+                            "\xf4\x8f\xbf\xbf", "\xed\x9f\xbf", "\xee\x80\x80" };
+    const char *bad [] = { "\x80", "\xc0\xaf", "\xc1\xbf", "\xe0\x80\xaf", "\xe0\x9f\xbf", "\xed\xa0\x80",
+                           "\xed\xbf\xbf", "\xf0\x80\x80\xaf", "\xf4\x90\x80\x80", "\xf5\x80\x80\x80",
+                           "\xff", "\xc3", "\xe2\x82", "\xf0\x9f\x98", "\xc3\x28", "\xe2\x28\xa1" };
+    for (size_t i = 0; i < sizeof good / sizeof good [0]; i++)
+        assert (kim_utf8_valid ((const uint8_t *) good [i], strlen (good [i])));
+    for (size_t i = 0; i < sizeof bad / sizeof bad [0]; i++)
+        assert (!kim_utf8_valid ((const uint8_t *) bad [i], strlen (bad [i])));
+    assert (!kim_utf8_valid ((const uint8_t *) "a\0b", 3));
+
+    //  Every type, as SEND (if agencies send it) and as DELIVER
+    kim_cmd_t *cmd = malloc (sizeof *cmd);
+    assert (cmd);
+#define KIM_X_TYPE(name, wire, num, flags) \
+    if ((flags) & KIM_MSG_FROM_AGENCY) { \
+        kim_cmd_init (cmd, KIM_CMD_SEND); \
+        s_test_msg (&cmd->msg, KIM_TYPE_##name); \
+        s_test_roundtrip (cmd, verbose); \
+    } \
+    kim_cmd_init (cmd, KIM_CMD_DELIVER); \
+    cmd->seq = num; \
+    s_test_msg (&cmd->msg, KIM_TYPE_##name); \
+    strcpy (cmd->msg.sender, ((flags) & KIM_MSG_FROM_AGENCY)? "jc.rheine": "broker.steinfurt"); \
+    cmd->msg.has_payload_hash = true; \
+    s_test_roundtrip (cmd, verbose);
+    KIM_TYPES (KIM_X_TYPE)
+#undef KIM_X_TYPE
+
+    //  Every command
+#define KIM_X_CMD(name, wire, num, dir) \
+    s_test_cmd (cmd, KIM_CMD_##name); \
+    s_test_roundtrip (cmd, verbose);
+    KIM_CMDS (KIM_X_CMD)
+#undef KIM_X_CMD
+    free (cmd);
+
+    s_test_negative (verbose);
+    s_test_encode_errors ();
+    s_test_mutations (verbose);
+    kim_msg_json_test (verbose);
+}

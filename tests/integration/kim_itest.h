@@ -1,0 +1,221 @@
+/*  kim_itest.h — helpers shared by the integration and fault tests.
+
+    Header-only (static functions) so that each test stays one binary built
+    from one file. Every wait here is bounded: helpers poll with timeouts and
+    fail the test (KIM_CHECK style: file:line, exit 1) when a deadline passes.
+
+    Test brokers registered with s_itest_track() are killed at exit, also when
+    a check fails in the middle of a test, so that no broker outlives its test.
+*/
+#ifndef KIM_ITEST_H_INCLUDED
+#define KIM_ITEST_H_INCLUDED
+
+#include <czmq.h>
+#include <signal.h>
+#include <sodium.h>
+#include <sys/wait.h>
+
+#include "kim_testbroker.h"
+
+#define ITEST_BROKERS_MAX 4
+
+static kim_testbroker_t *s_itest_brokers [ITEST_BROKERS_MAX];
+
+static inline void
+s_itest_cleanup (void)
+{
+    for (int i = 0; i < ITEST_BROKERS_MAX; i++)
+        if (s_itest_brokers [i])
+            kim_testbroker_destroy (&s_itest_brokers [i]);
+}
+
+//  Makes a test broker that is killed and removed at exit whatever happens.
+static inline kim_testbroker_t *
+s_itest_broker (const char *orgs [], const char *extra)
+{
+    static bool registered = false;
+    if (!registered) {
+        atexit (s_itest_cleanup);
+        registered = true;
+    }
+    kim_testbroker_t *broker = kim_testbroker_new (orgs, extra);
+    KIM_CHECK (broker);
+    for (int i = 0; i < ITEST_BROKERS_MAX; i++)
+        if (!s_itest_brokers [i]) {
+            s_itest_brokers [i] = broker;
+            return broker;
+        }
+    KIM_CHECK (!"too many test brokers");
+    return NULL;
+}
+
+static inline void
+s_itest_broker_destroy (kim_testbroker_t **broker_p)
+{
+    for (int i = 0; i < ITEST_BROKERS_MAX; i++)
+        if (s_itest_brokers [i] == *broker_p)
+            s_itest_brokers [i] = NULL;
+    kim_testbroker_destroy (broker_p);
+}
+
+//  Checks a return code and names both codes when they differ.
+#define ITEST_RC(rc, expected) \
+    s_itest_rc (__FILE__, __LINE__, (rc), (expected), #rc)
+
+static inline void
+s_itest_rc (const char *file, int line, int rc, int expected, const char *what)
+{
+    if (rc != expected) {
+        fprintf (stderr, "%s:%d: %s returned %d (%s), expected %d (%s)\n", file, line, what,
+                 rc, kim_errname (rc), expected, kim_errname (expected));
+        exit (1);
+    }
+}
+
+static inline int64_t
+s_itest_now (void)
+{
+    return zclock_mono ();
+}
+
+static inline void
+s_itest_print_event (const char *who, const kim_event_t *event)
+{
+    switch (event->type) {
+        case KIM_EVENT_RECEIPT:
+            fprintf (stderr, "%s: RECEIPT msg_id=%s seq=%" PRIu64 " dup=%d\n", who,
+                     event->msg_id, event->seq, event->dup);
+            break;
+        case KIM_EVENT_REJECT:
+            fprintf (stderr, "%s: REJECT %s (%d) msg_id=%s path=%s text=%s\n", who,
+                     kim_errname (event->code), event->code, event->msg_id, event->path,
+                     event->text);
+            break;
+        case KIM_EVENT_DELIVER:
+            fprintf (stderr, "%s: DELIVER seq=%" PRIu64 " msg_id=%s sender=%s size=%zu\n", who,
+                     event->seq, event->msg.msg_id, event->msg.sender, event->payload_size);
+            break;
+        default:
+            fprintf (stderr, "%s: event of unknown type %d\n", who, (int) event->type);
+    }
+}
+
+//  Deterministic payload bytes for a msg_id, so that a receiver can check
+//  what it got without keeping copies of everything sent.
+static inline void
+s_itest_payload (uint8_t *data, size_t size, const char *msg_id)
+{
+    uint8_t key [crypto_generichash_KEYBYTES];
+    crypto_generichash (key, sizeof key, (const uint8_t *) msg_id, strlen (msg_id), NULL, 0);
+    randombytes_buf_deterministic (data, size, key);
+}
+
+static inline bool
+s_itest_payload_ok (const uint8_t *data, size_t size, size_t expected_size, const char *msg_id)
+{
+    if (size != expected_size)
+        return false;
+    if (size == 0)
+        return true;
+    uint8_t *expected = (uint8_t *) malloc (size);
+    KIM_CHECK (expected);
+    s_itest_payload (expected, size, msg_id);
+    bool ok = data && memcmp (data, expected, size) == 0;
+    free (expected);
+    return ok;
+}
+
+//  A REFERRAL with an explicit msg_id and creation time.
+static inline void
+s_itest_msg (kim_msg_t *msg, const char *to, const char *referral_id, const char *msg_id)
+{
+    kim_test_referral (msg, to, referral_id);
+    snprintf (msg->msg_id, sizeof msg->msg_id, "%s", msg_id);
+    msg->created_at = (uint64_t) zclock_time ();
+}
+
+//  Sends one message with a deterministic payload and waits for its outcome.
+static inline int
+s_itest_send (kim_client_t *client, const char *to, const char *referral_id,
+              const char *msg_id, size_t payload_size, uint64_t *seq, bool *dup)
+{
+    kim_msg_t msg;
+    s_itest_msg (&msg, to, referral_id, msg_id);
+    uint8_t *payload = (uint8_t *) malloc (payload_size? payload_size: 1);
+    KIM_CHECK (payload);
+    s_itest_payload (payload, payload_size, msg_id);
+    uint64_t seq_local = 0;
+    bool dup_local = false;
+    int rc = kim_client_send (client, &msg, payload, payload_size,
+                              seq? seq: &seq_local, dup? dup: &dup_local, 10000);
+    free (payload);
+    return rc;
+}
+
+//  Next event, which must be a DELIVER; returns 0 or -KIM_E_TIMEOUT.
+//  Any other event fails the test (a recipient that sends nothing gets none).
+#define ITEST_DELIVER(client, event, timeout_ms) \
+    s_itest_deliver (__FILE__, __LINE__, (client), (event), (timeout_ms))
+
+static inline int
+s_itest_deliver (const char *file, int line, kim_client_t *client, kim_event_t *event,
+                 int timeout_ms)
+{
+    int rc = kim_client_recv (client, event, timeout_ms);
+    if (rc == -KIM_E_TIMEOUT)
+        return rc;
+    if (rc != 0) {
+        fprintf (stderr, "%s:%d: kim_client_recv failed: %s (%s)\n", file, line,
+                 kim_errname (rc), kim_client_error (client));
+        exit (1);
+    }
+    if (event->type != KIM_EVENT_DELIVER) {
+        fprintf (stderr, "%s:%d: expected a DELIVER, got:\n", file, line);
+        s_itest_print_event ("recipient", event);
+        exit (1);
+    }
+    return 0;
+}
+
+//  Polls STATUS until the org's mailbox (and, unless in_flight is -1, its
+//  deliveries in flight) reach the given figures. Fails after timeout_ms.
+#define ITEST_WAIT_MAILBOX(client, mailbox, in_flight, timeout_ms) \
+    s_itest_wait_mailbox (__FILE__, __LINE__, (client), (mailbox), (in_flight), (timeout_ms))
+
+static inline kim_status_t
+s_itest_wait_mailbox (const char *file, int line, kim_client_t *client, uint64_t mailbox,
+                      int64_t in_flight, int timeout_ms)
+{
+    int64_t deadline = s_itest_now () + timeout_ms;
+    kim_status_t status = { 0 };
+    while (true) {
+        //  Acks go out at the latest with the next call; make sure they did.
+        kim_client_flush (client, 1000);
+        int rc = kim_client_status (client, &status, 2000);
+        if (rc == 0 && status.mailbox == mailbox
+        &&  (in_flight < 0 || status.in_flight == (uint64_t) in_flight))
+            return status;
+        if (s_itest_now () > deadline) {
+            fprintf (stderr, "%s:%d: mailbox did not reach %" PRIu64 " (in flight %" PRId64
+                     ") within %d ms: status rc=%s mailbox=%" PRIu64 " in_flight=%" PRIu64 "\n",
+                     file, line, mailbox, in_flight, timeout_ms, kim_errname (rc),
+                     status.mailbox, status.in_flight);
+            exit (1);
+        }
+        zclock_sleep (10);          //  poll interval, not synchronisation
+    }
+}
+
+//  Receives events until none arrives for quiet_ms; every one must be a
+//  DELIVER. Returns how many arrived (they are not acked).
+static inline size_t
+s_itest_drain (kim_client_t *client, int quiet_ms)
+{
+    kim_event_t event;
+    size_t count = 0;
+    while (ITEST_DELIVER (client, &event, quiet_ms) == 0)
+        count++;
+    return count;
+}
+
+#endif

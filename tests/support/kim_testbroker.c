@@ -1,0 +1,248 @@
+/*  kim_testbroker.c — a real broker process per test. */
+#include <czmq.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+
+#include "kim_testbroker.h"
+
+#define KIM_TEST_ORGS_MAX 32
+
+typedef struct {
+    char id [KIM_ORG_MAX + 1];
+    char role [16];
+    char public_key [41];
+    char secret_key [41];
+} test_org_t;
+
+//  Test folders live under /tmp with short names; ipc paths must stay
+//  below the 107-byte limit of a Unix socket path anyway.
+#define KIM_TEST_DIR_MAX 64
+
+struct _kim_testbroker_t {
+    char dir [KIM_TEST_DIR_MAX];
+    char config_path [KIM_TEST_DIR_MAX + 16];
+    char ipc [KIM_TEST_DIR_MAX + 32];
+    char tcp [64];
+    char broker_key [41];
+    test_org_t orgs [KIM_TEST_ORGS_MAX];
+    size_t org_count;
+    pid_t pid;
+};
+
+static int
+s_free_port (void)
+{
+    //  Bind to port 0 and let the kernel choose; the broker binds it a moment
+    //  later. Ports come from the ephemeral range, so collisions are rare.
+    int fd = socket (AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = 0 };
+    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    int port = -1;
+    if (fd >= 0 && bind (fd, (struct sockaddr *) &addr, sizeof addr) == 0
+    &&  getsockname (fd, (struct sockaddr *) &addr, &len) == 0)
+        port = ntohs (addr.sin_port);
+    if (fd >= 0)
+        close (fd);
+    return port;
+}
+
+kim_testbroker_t *
+kim_testbroker_new (const char *orgs [], const char *extra)
+{
+    kim_testbroker_t *self = (kim_testbroker_t *) calloc (1, sizeof (kim_testbroker_t));
+    if (!self)
+        return NULL;
+    snprintf (self->dir, sizeof self->dir, "/tmp/kim-test-XXXXXX");
+    if (!mkdtemp (self->dir)) {
+        free (self);
+        return NULL;
+    }
+    snprintf (self->config_path, sizeof self->config_path, "%s/kim.cfg", self->dir);
+    snprintf (self->ipc, sizeof self->ipc, "ipc://%s/kim.sock", self->dir);
+    snprintf (self->tcp, sizeof self->tcp, "tcp://127.0.0.1:%d", s_free_port ());
+
+    FILE *file = fopen (self->config_path, "w");
+    if (!file) {
+        kim_testbroker_destroy (&self);
+        return NULL;
+    }
+    fprintf (file, "broker\n    name = kim.test\n    data = \"%s/data\"\n"
+             "    bind = \"%s, %s\"\n%s", self->dir, self->ipc, self->tcp, extra? extra: "");
+    fprintf (file, "orgs\n");
+    for (size_t i = 0; orgs [i] && i < KIM_TEST_ORGS_MAX; i++) {
+        test_org_t *org = &self->orgs [self->org_count++];
+        const char *colon = strchr (orgs [i], ':');
+        snprintf (org->id, sizeof org->id, "%.*s",
+                  (int) (colon? (size_t) (colon - orgs [i]): strlen (orgs [i])), orgs [i]);
+        snprintf (org->role, sizeof org->role, "%s", colon? colon + 1: "agency");
+        zcert_t *cert = zcert_new ();
+        memcpy (org->public_key, zcert_public_txt (cert), 41);
+        memcpy (org->secret_key, zcert_secret_txt (cert), 41);
+        zcert_destroy (&cert);
+        fprintf (file, "    %s\n        name = \"Test %s\"\n        role = %s\n"
+                 "        public_key = \"%s\"\n", org->id, org->id, org->role, org->public_key);
+    }
+    fclose (file);
+    return self;
+}
+
+static const char *
+s_broker_binary (void)
+{
+    const char *path = getenv ("KIM_BROKER");
+    return path? path: KIM_BROKER_PATH;
+}
+
+int
+kim_testbroker_start (kim_testbroker_t *self)
+{
+    if (self->pid)
+        return -1;
+    pid_t pid = fork ();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        //  A test that dies without cleaning up must not leave its broker behind.
+        prctl (PR_SET_PDEATHSIG, SIGKILL);
+        //  The broker's log goes to a file in its folder, for post-mortems.
+        char log_path [PATH_MAX + 16];
+        snprintf (log_path, sizeof log_path, "%s/broker.log", self->dir);
+        FILE *log = fopen (log_path, "a");
+        if (log)
+            dup2 (fileno (log), STDERR_FILENO);
+        execl (s_broker_binary (), "kim-broker", "--config", self->config_path, (char *) NULL);
+        _exit (127);
+    }
+    self->pid = pid;
+    //  Ready when the key exists and a HELLO gets a WELCOME.
+    char key_path [PATH_MAX + 32];
+    snprintf (key_path, sizeof key_path, "%s/data/keys/broker.cert", self->dir);
+    for (int attempt = 0; attempt < 200; attempt++) {
+        int status;
+        if (waitpid (pid, &status, WNOHANG) == pid) {
+            fprintf (stderr, "testbroker: kim-broker exited at start (see %s/broker.log)\n",
+                     self->dir);
+            self->pid = 0;
+            return -1;
+        }
+        if (!self->broker_key [0] && zsys_file_exists (key_path)) {
+            zcert_t *cert = zcert_load (key_path);
+            if (cert) {
+                memcpy (self->broker_key, zcert_public_txt (cert), 41);
+                zcert_destroy (&cert);
+            }
+        }
+        if (self->broker_key [0] && self->org_count) {
+            kim_client_config_t config =
+                kim_testbroker_client_config (self, self->orgs [0].id, 0, false);
+            config.timeout_ms = 500;
+            int err = 0;
+            kim_client_t *client = kim_client_new (&config, &err);
+            if (client) {
+                kim_client_destroy (&client);
+                return 0;
+            }
+        }
+        else
+        if (self->broker_key [0])
+            return 0;
+        zclock_sleep (25);
+    }
+    fprintf (stderr, "testbroker: kim-broker did not start serving (see %s/broker.log)\n",
+             self->dir);
+    return -1;
+}
+
+int
+kim_testbroker_stop (kim_testbroker_t *self, int signal)
+{
+    if (!self->pid)
+        return -1;
+    kill (self->pid, signal);
+    int status = 0;
+    waitpid (self->pid, &status, 0);
+    self->pid = 0;
+    return status;
+}
+
+pid_t
+kim_testbroker_pid (kim_testbroker_t *self)
+{
+    return self->pid;
+}
+
+kim_client_config_t
+kim_testbroker_client_config (kim_testbroker_t *self, const char *org, uint32_t window, bool tcp)
+{
+    kim_client_config_t config = { 0 };
+    config.endpoint = tcp? self->tcp: self->ipc;
+    config.broker_key = self->broker_key;
+    config.window = window;
+    config.agent = "kim-test";
+    config.timeout_ms = 5000;
+    for (size_t i = 0; i < self->org_count; i++)
+        if (streq (self->orgs [i].id, org)) {
+            config.public_key = self->orgs [i].public_key;
+            config.secret_key = self->orgs [i].secret_key;
+        }
+    return config;
+}
+
+kim_client_t *
+kim_testbroker_client (kim_testbroker_t *self, const char *org, uint32_t window, bool tcp)
+{
+    kim_client_config_t config = kim_testbroker_client_config (self, org, window, tcp);
+    int err = 0;
+    kim_client_t *client = kim_client_new (&config, &err);
+    if (!client)
+        fprintf (stderr, "testbroker: %s cannot connect: %s\n", org, kim_strerror (err));
+    return client;
+}
+
+const char *
+kim_testbroker_dir (kim_testbroker_t *self)
+{
+    return self->dir;
+}
+
+const char *
+kim_testbroker_endpoint (kim_testbroker_t *self, bool tcp)
+{
+    return tcp? self->tcp: self->ipc;
+}
+
+void
+kim_testbroker_destroy (kim_testbroker_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    kim_testbroker_t *self = *self_p;
+    if (self->pid)
+        kim_testbroker_stop (self, SIGKILL);
+    //  Keep the folder of a failed run when asked, for post-mortems.
+    if (!getenv ("KIM_TEST_KEEP")) {
+        char command [PATH_MAX + 16];
+        snprintf (command, sizeof command, "rm -rf '%s'", self->dir);
+        if (system (command) != 0)
+            fprintf (stderr, "testbroker: could not remove %s\n", self->dir);
+    }
+    free (self);
+    *self_p = NULL;
+}
+
+void
+kim_test_referral (kim_msg_t *msg, const char *to, const char *referral_id)
+{
+    kim_msg_init (msg);
+    msg->type = KIM_TYPE_REFERRAL;
+    msg->schema = KIM_SCHEMA_VERSION;
+    snprintf (msg->recipient, sizeof msg->recipient, "%s", to);
+    snprintf (msg->referral_id, sizeof msg->referral_id, "%s", referral_id);
+    snprintf (msg->case_id, sizeof msg->case_id, "case-%s", referral_id);
+    snprintf (msg->subject, sizeof msg->subject, "subj-%s", referral_id);
+    snprintf (msg->purpose, sizeof msg->purpose, "integration");
+    msg->basis = KIM_BASIS_STATUTE;
+    snprintf (msg->citation, sizeof msg->citation, "SGB X §69(1)1");
+}

@@ -1,0 +1,75 @@
+/*  kim_testbroker.h — runs a real kim-broker process for integration tests.
+
+    Each test broker gets a fresh data folder under /tmp, a key pair per
+    organisation, a generated ZPL config and an ipc endpoint inside its
+    folder (plus a tcp endpoint on a free loopback port). Tests talk to it
+    through the real client library; fault tests kill it with SIGKILL and
+    start it again on the same folder.
+*/
+#ifndef KIM_TESTBROKER_H_INCLUDED
+#define KIM_TESTBROKER_H_INCLUDED
+
+#include <stdbool.h>
+#include <sys/types.h>
+
+#include "kim/kim_client.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct _kim_testbroker_t kim_testbroker_t;
+
+//  Makes the folder, keys and config. `orgs` is a NULL-terminated list of
+//  "id" or "id:role" (role agency, auditor or operator). `extra` is ZPL text
+//  appended under the broker section (lines like "    mailbox_quota = 5\n"),
+//  or NULL. Does not start the broker.
+kim_testbroker_t *
+    kim_testbroker_new (const char *orgs [], const char *extra);
+
+//  Starts kim-broker and waits until it serves. Returns 0 or -1.
+int
+    kim_testbroker_start (kim_testbroker_t *self);
+
+//  Sends `signal` (SIGTERM for a clean stop, SIGKILL for a crash) and waits
+//  for the process. Returns its exit status as waitpid reports it.
+int
+    kim_testbroker_stop (kim_testbroker_t *self, int signal);
+
+//  Pid of the running broker, or 0.
+pid_t
+    kim_testbroker_pid (kim_testbroker_t *self);
+
+//  A client of organisation `org`, connected (HELLO done) with the given
+//  receive window; NULL on failure. Use tcp when `tcp` is true, else ipc.
+kim_client_t *
+    kim_testbroker_client (kim_testbroker_t *self, const char *org, uint32_t window, bool tcp);
+
+//  The client config for `org` (keys, endpoint) for tests that tweak it.
+//  Strings point into the test broker and live as long as it does.
+kim_client_config_t
+    kim_testbroker_client_config (kim_testbroker_t *self, const char *org, uint32_t window, bool tcp);
+
+const char *
+    kim_testbroker_dir (kim_testbroker_t *self);
+const char *
+    kim_testbroker_endpoint (kim_testbroker_t *self, bool tcp);
+
+//  Stops the broker if it runs (SIGKILL) and removes the folder.
+void
+    kim_testbroker_destroy (kim_testbroker_t **self_p);
+
+//  A header with the fields a REFERRAL needs, for `to`.
+void
+    kim_test_referral (kim_msg_t *msg, const char *to, const char *referral_id);
+
+//  Fails the test with a message (prints file:line and exits 1).
+#define KIM_CHECK(cond) \
+    do { if (!(cond)) { fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+         exit (1); } } while (0)
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,31 @@
+/*  selftest.c — runs one module's self-test by name, for CTest. */
+#include <stdio.h>
+#include <string.h>
+
+#include "kim/kim_msg.h"
+#include "kim_config.h"
+#include "kim_store.h"
+
+typedef struct {
+    const char *name;
+    void (*test) (bool verbose);
+} selftest_t;
+
+static const selftest_t s_tests [] = {
+    { "msg", kim_msg_test },
+    { "store", kim_store_test },
+    { "config", kim_config_test },
+};
+
+int
+main (int argc, char *argv [])
+{
+    bool verbose = argc > 2 && strcmp (argv [2], "-v") == 0;
+    for (size_t i = 0; i < sizeof s_tests / sizeof s_tests [0]; i++)
+        if (argc < 2 || strcmp (argv [1], s_tests [i].name) == 0) {
+            printf ("self-test %s...\n", s_tests [i].name);
+            s_tests [i].test (verbose);
+            printf ("self-test %s: OK\n", s_tests [i].name);
+        }
+    return 0;
+}
