@@ -20,6 +20,7 @@
 #include <czmq.h>
 #include <sodium.h>
 
+#include "kim_hook.h"
 #include "kim_keys.h"
 #include "kim_server.h"
 #include "kim_store.h"
@@ -30,6 +31,7 @@
 #define KIM_DEDUP_EXPIRE_MS 10000   //  how often old msg_ids are forgotten
 #define KIM_STATS_MS        60000   //  how often traffic figures are logged
 #define KIM_SCAN_CHUNK      64      //  mailbox entries read per scan
+#define KIM_HOOKS_MAX       8
 
 typedef struct _org_state_t org_state_t;
 typedef struct _session_t session_t;
@@ -47,6 +49,8 @@ struct _org_state_t {
     size_t flight_count;
     bool dirty;                     //  listed in the server's dirty list
     org_state_t *next_dirty;
+    bool touched;                   //  the open batch added to its mailbox
+    org_state_t *next_touched;
 };
 
 struct _session_t {
@@ -70,9 +74,15 @@ typedef struct {
     //  Outcome of the last apply (reset when a batch is replayed).
     int code;
     char path [KIM_PATH_MAX + 1];
+    char text [KIM_TEXT_MAX + 1];
     uint64_t seq;
     bool dup;
 } item_t;
+
+struct _kim_ctx_t {
+    kim_server_t *server;
+    uint64_t now;
+};
 
 struct _kim_server_t {
     kim_config_t *config;
@@ -86,6 +96,14 @@ struct _kim_server_t {
     item_t *items;                  //  batch_max slots
     size_t item_count;
     org_state_t *dirty;             //  orgs whose mailbox or window changed
+    org_state_t *touched;           //  orgs the open batch wrote mail for
+    kim_hook_t hooks [KIM_HOOKS_MAX];
+    size_t hook_count;
+    kim_ctx_t ctx;
+    int (*module_fn) (void *arg, kim_ctx_t *ctx);   //  the batch kim_ctx_batch runs
+    void *module_arg;
+    const char *clock_file;         //  KIM_CLOCK_FILE: tests move time forward
+    int64_t clock_offset_ms;
     kim_buf_t buf;                  //  encoder scratch
     kim_buf_t hdr_buf;              //  canonical header scratch
     kim_cmd_t reply;                //  reply scratch
@@ -97,10 +115,28 @@ struct _kim_server_t {
     uint64_t receipted, duplicates, rejected, delivered, redelivered, acked, batches;
 };
 
+//  The broker's clock. Tests of deadlines set KIM_CLOCK_FILE to a file that
+//  holds an offset in ms; it is re-read every housekeeping turn, so a test
+//  moves time forward without sleeping.
 static uint64_t
-s_now (void)
+s_now (kim_server_t *self)
 {
-    return (uint64_t) zclock_time ();
+    return (uint64_t) ((int64_t) zclock_time () + self->clock_offset_ms);
+}
+
+static void
+s_clock_update (kim_server_t *self)
+{
+    if (!self->clock_file)
+        return;
+    FILE *file = fopen (self->clock_file, "r");
+    long long offset;
+    if (file && fscanf (file, "%lld", &offset) == 1 && offset != self->clock_offset_ms) {
+        zsys_notice ("server: test clock moves by %lld ms", offset - (long long) self->clock_offset_ms);
+        self->clock_offset_ms = offset;
+    }
+    if (file)
+        fclose (file);
 }
 
 static void
@@ -263,7 +299,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     session->rid_size = rid_size;
     session->org = state;
     session->window = cmd->window < self->config->window_max? cmd->window: self->config->window_max;
-    session->last_seen_ms = s_now ();
+    session->last_seen_ms = s_now (self);
     snprintf (session->agent, sizeof session->agent, "%s", cmd->agent);
     zhashx_insert (self->sessions, key, session);
 
@@ -297,7 +333,7 @@ s_status (kim_server_t *self, session_t *session)
     reply->status.mailbox = kim_store_mailbox_count (self->store, state->org->id);
     reply->status.in_flight = state->flight_count;
     reply->status.sessions = zhashx_size (self->sessions);
-    reply->status.uptime_ms = s_now () - self->started_ms;
+    reply->status.uptime_ms = s_now (self) - self->started_ms;
     reply->status.store_bytes = kim_store_bytes (self->store);
     s_send_cmd (self, session->rid, session->rid_size, reply);
 }
@@ -361,7 +397,7 @@ s_deliver_dirty (kim_server_t *self)
 {
     if (!self->dirty)
         return;
-    uint64_t now = s_now ();
+    uint64_t now = s_now (self);
     if (kim_store_read_begin (self->store) == 0) {
         while (self->dirty) {
             org_state_t *state = self->dirty;
@@ -400,21 +436,134 @@ s_flight_remove (org_state_t *state, uint64_t seq)
 }
 
 //  --------------------------------------------------------------------------
+//  What hooks may do inside a write batch
+
+//  Mail written in the open batch becomes deliverable only after the commit.
+static void
+s_touch (kim_server_t *self, org_state_t *state)
+{
+    if (!state->touched) {
+        state->touched = true;
+        state->next_touched = self->touched;
+        self->touched = state;
+    }
+}
+
+static void
+s_touched_settle (kim_server_t *self, bool committed)
+{
+    while (self->touched) {
+        org_state_t *state = self->touched;
+        self->touched = state->next_touched;
+        state->touched = false;
+        if (committed)
+            s_mark_dirty (self, state);
+    }
+}
+
+kim_store_t *
+kim_ctx_store (kim_ctx_t *ctx)
+{
+    return ctx->server->store;
+}
+
+const kim_config_t *
+kim_ctx_config (kim_ctx_t *ctx)
+{
+    return ctx->server->config;
+}
+
+uint64_t
+kim_ctx_now (kim_ctx_t *ctx)
+{
+    return ctx->now;
+}
+
+const kim_org_t *
+kim_ctx_org (kim_ctx_t *ctx, const char *id)
+{
+    org_state_t *state = (org_state_t *) zhashx_lookup (ctx->server->orgs, id);
+    return state? state->org: NULL;
+}
+
+int
+kim_ctx_deliver_also (kim_ctx_t *ctx, const char *org, uint64_t seq)
+{
+    kim_server_t *self = ctx->server;
+    org_state_t *state = (org_state_t *) zhashx_lookup (self->orgs, org);
+    if (!state)
+        return -KIM_E_UNKNOWN_RECIPIENT;
+    int rc = kim_store_mailbox_put (self->store, org, seq);
+    if (rc == 0)
+        s_touch (self, state);
+    return rc;
+}
+
+int
+kim_ctx_record (kim_ctx_t *ctx, uint8_t kind, const uint8_t *body, size_t size, uint64_t *seq)
+{
+    uint64_t ignored;
+    return kim_store_append (ctx->server->store, kind, ctx->now, body, size, seq? seq: &ignored);
+}
+
+int
+kim_ctx_emit (kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient, uint64_t *seq)
+{
+    kim_server_t *self = ctx->server;
+    if (!msg->msg_id [0])
+        //  Broker-made ids name the seq they get: unique, and easy to trace.
+        snprintf (msg->msg_id, sizeof msg->msg_id, "broker-%" PRIu64,
+                  kim_store_head (self->store) + 1);
+    snprintf (msg->sender, sizeof msg->sender, "%s", self->config->name);
+    if (recipient)
+        snprintf (msg->recipient, sizeof msg->recipient, "%s", recipient);
+    if (!msg->schema)
+        msg->schema = KIM_SCHEMA_VERSION;
+    if (!msg->created_at)
+        msg->created_at = ctx->now;
+    msg->payload_len = 0;
+    msg->has_payload_hash = true;
+    crypto_generichash (msg->payload_hash, KIM_HASH_SIZE, NULL, 0, NULL, 0);
+    kim_buf_reset (&self->hdr_buf);
+    uint64_t appended;
+    int rc = kim_msg_encode (msg, &self->hdr_buf);
+    if (rc == 0)
+        rc = kim_store_append (self->store, KIM_RECORD_MESSAGE, ctx->now,
+                               self->hdr_buf.data, self->hdr_buf.size, &appended);
+    if (rc == 0 && recipient)
+        rc = kim_ctx_deliver_also (ctx, recipient, appended);
+    if (rc == 0 && seq)
+        *seq = appended;
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
 //  The write batch
 
+static void
+s_item_refuse (item_t *item, int code, const char *path, const char *text)
+{
+    item->code = code < 0? -code: code;
+    snprintf (item->path, sizeof item->path, "%s", path? path: "");
+    snprintf (item->text, sizeof item->text, "%s", text? text: kim_strerror (code));
+}
+
+//  Runs one SEND through the pipeline. Refusals land in item->code; the
+//  return value is for failures that doom the whole batch (store errors).
 static int
-s_apply_send (kim_server_t *self, item_t *item, uint64_t now)
+s_apply_send (kim_server_t *self, item_t *item)
 {
     kim_msg_t *msg = &item->cmd.msg;
-    const char *sender = item->org->org->id;
+    const kim_org_t *sender = item->org->org;
 
     //  Identity comes from the key: a header may only repeat it.
-    if (msg->sender [0] && strcmp (msg->sender, sender) != 0) {
-        snprintf (item->path, sizeof item->path, "hdr.sender");
-        return -KIM_E_SENDER_MISMATCH;
+    if (msg->sender [0] && strcmp (msg->sender, sender->id) != 0) {
+        s_item_refuse (item, KIM_E_SENDER_MISMATCH, "hdr.sender",
+                       "the header names another sender than the connection's key");
+        return 0;
     }
     uint64_t seq;
-    int rc = kim_store_dedup_get (self->store, sender, msg->msg_id, &seq);
+    int rc = kim_store_dedup_get (self->store, sender->id, msg->msg_id, &seq);
     if (rc < 0)
         return rc;
     if (rc == 1) {
@@ -426,11 +575,13 @@ s_apply_send (kim_server_t *self, item_t *item, uint64_t now)
     if (msg->recipient [0]) {
         recipient = (org_state_t *) zhashx_lookup (self->orgs, msg->recipient);
         if (!recipient || recipient->org->revoked || recipient->org->role != KIM_ROLE_AGENCY) {
-            snprintf (item->path, sizeof item->path, "hdr.recipient");
-            return -KIM_E_UNKNOWN_RECIPIENT;
+            s_item_refuse (item, KIM_E_UNKNOWN_RECIPIENT, "hdr.recipient", NULL);
+            return 0;
         }
-        if (kim_store_mailbox_count (self->store, recipient->org->id) >= self->config->mailbox_quota)
-            return -KIM_E_QUOTA;
+        if (kim_store_mailbox_count (self->store, recipient->org->id) >= self->config->mailbox_quota) {
+            s_item_refuse (item, KIM_E_QUOTA, "hdr.recipient", NULL);
+            return 0;
+        }
     }
     const uint8_t *payload = NULL;
     size_t payload_size = 0;
@@ -438,22 +589,45 @@ s_apply_send (kim_server_t *self, item_t *item, uint64_t now)
         payload = (const uint8_t *) zmq_msg_data (&item->payload);
         payload_size = zmq_msg_size (&item->payload);
     }
-    snprintf (msg->sender, sizeof msg->sender, "%s", sender);
+    snprintf (msg->sender, sizeof msg->sender, "%s", sender->id);
     msg->payload_len = (uint32_t) payload_size;
     msg->has_payload_hash = true;
     crypto_generichash (msg->payload_hash, KIM_HASH_SIZE, payload, payload_size, NULL, 0);
 
+    kim_route_t route = {
+        .sender = sender,
+        .recipient = recipient? recipient->org: NULL,
+        .msg = msg,
+        .payload_size = payload_size,
+    };
+    for (size_t i = 0; i < self->hook_count; i++) {
+        kim_hook_t *hook = &self->hooks [i];
+        if (!hook->check)
+            continue;
+        kim_verdict_t verdict = { 0, "", "", "" };
+        rc = hook->check (hook->state, &self->ctx, &route, &verdict);
+        if (rc && verdict.code) {
+            s_item_refuse (item, verdict.code, verdict.path, verdict.text [0]? verdict.text: NULL);
+            return 0;
+        }
+        if (rc)
+            return rc;
+    }
     kim_buf_reset (&self->hdr_buf);
     rc = kim_msg_encode (msg, &self->hdr_buf);
     if (rc == 0)
-        rc = kim_store_append (self->store, KIM_RECORD_MESSAGE, now,
+        rc = kim_store_append (self->store, KIM_RECORD_MESSAGE, self->ctx.now,
                                self->hdr_buf.data, self->hdr_buf.size, &seq);
     if (rc == 0 && payload_size)
         rc = kim_store_payload_put (self->store, seq, payload, payload_size);
     if (rc == 0 && recipient)
-        rc = kim_store_mailbox_put (self->store, recipient->org->id, seq);
+        rc = kim_ctx_deliver_also (&self->ctx, recipient->org->id, seq);
     if (rc == 0)
-        rc = kim_store_dedup_put (self->store, sender, msg->msg_id, seq, now);
+        rc = kim_store_dedup_put (self->store, sender->id, msg->msg_id, seq, self->ctx.now);
+    route.seq = seq;
+    for (size_t i = 0; rc == 0 && i < self->hook_count; i++)
+        if (self->hooks [i].applied)
+            rc = self->hooks [i].applied (self->hooks [i].state, &self->ctx, &route);
     if (rc == 0)
         item->seq = seq;
     return rc;
@@ -466,59 +640,89 @@ s_apply_ack (kim_server_t *self, item_t *item)
 {
     org_state_t *state = item->org;
     for (size_t i = 0; i < item->cmd.ack_count; i++) {
-        int rc = kim_store_mailbox_del (self->store, state->org->id, item->cmd.acks [i]);
+        uint64_t seq = item->cmd.acks [i];
+        int rc = kim_store_mailbox_del (self->store, state->org->id, seq);
         if (rc == -KIM_E_NOT_FOUND) {
             if (!item->code) {
-                item->code = -KIM_E_BAD_ACK;
-                snprintf (item->path, sizeof item->path, "seqs[%zu]", i);
-                item->seq = item->cmd.acks [i];
+                char path [KIM_PATH_MAX + 1], text [KIM_TEXT_MAX + 1];
+                snprintf (path, sizeof path, "seqs[%zu]", i);
+                snprintf (text, sizeof text, "seq %" PRIu64 " is not in your mailbox", seq);
+                s_item_refuse (item, KIM_E_BAD_ACK, path, text);
             }
+            continue;
         }
-        else
         if (rc)
             return rc;
+        for (size_t h = 0; h < self->hook_count; h++)
+            if (self->hooks [h].acked
+            &&  (rc = self->hooks [h].acked (self->hooks [h].state, &self->ctx, state->org, seq)))
+                return rc;
     }
     return 0;
 }
 
+static void
+s_hooks_settle (kim_server_t *self, bool committed)
+{
+    for (size_t i = 0; i < self->hook_count; i++) {
+        kim_hook_t *hook = &self->hooks [i];
+        if (committed && hook->committed)
+            hook->committed (hook->state);
+        else
+        if (!committed && hook->aborted)
+            hook->aborted (hook->state);
+    }
+    s_touched_settle (self, committed);
+}
+
+//  Commits the open batch. Returns 0, 1 when the map grew and the batch must
+//  be replayed, or -KIM_E_*.
 static int
-s_apply_batch (kim_server_t *self, uint64_t now)
+s_commit (kim_server_t *self)
+{
+    bool retry = false;
+    int rc = kim_store_commit (self->store, &retry);
+    s_hooks_settle (self, rc == 0);
+    if (rc == -KIM_E_STORE_FULL && retry)
+        return 1;
+    if (rc && kim_store_failed (self->store))
+        self->failed = true;
+    return rc;
+}
+
+static void
+s_abort (kim_server_t *self)
+{
+    kim_store_abort (self->store);
+    s_hooks_settle (self, false);
+}
+
+static int
+s_apply_batch (kim_server_t *self)
 {
     int rc = kim_store_begin (self->store);
     if (rc)
         return rc;
-    for (size_t i = 0; i < self->item_count; i++) {
+    for (size_t i = 0; i < self->item_count && rc == 0; i++) {
         item_t *item = &self->items [i];
         item->code = 0;
-        item->path [0] = 0;
+        item->path [0] = item->text [0] = 0;
         item->seq = 0;
         item->dup = false;
-        if (item->cmd.id == KIM_CMD_SEND)
-            item->code = s_apply_send (self, item, now);
-        else
-            rc = s_apply_ack (self, item);
-        //  A full map poisons the whole transaction: stop and let commit grow it.
-        if (item->code == -KIM_E_STORE_FULL || rc == -KIM_E_STORE_FULL)
-            break;
-        if (rc) {
-            kim_store_abort (self->store);
-            return rc;
-        }
-        if (item->code && item->code != -KIM_E_QUOTA && item->code != -KIM_E_UNKNOWN_RECIPIENT
-        &&  item->code != -KIM_E_SENDER_MISMATCH && item->code != -KIM_E_BAD_ACK) {
-            kim_store_abort (self->store);
-            return item->code;
-        }
+        rc = item->cmd.id == KIM_CMD_SEND
+            ? s_apply_send (self, item)
+            : s_apply_ack (self, item);
     }
-    if (now - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS) {
-        kim_store_dedup_expire (self->store, now, 1000);
-        self->last_dedup_expire_ms = now;
+    //  A full map poisons the whole transaction; commit grows the map.
+    if (rc && rc != -KIM_E_STORE_FULL) {
+        s_abort (self);
+        return rc;
     }
-    bool retry = false;
-    rc = kim_store_commit (self->store, &retry);
-    if (rc == -KIM_E_STORE_FULL && retry)
-        return 1;                       //  the map grew: replay
-    return rc;
+    if (self->ctx.now - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS) {
+        kim_store_dedup_expire (self->store, self->ctx.now, 1000);
+        self->last_dedup_expire_ms = self->ctx.now;
+    }
+    return s_commit (self);
 }
 
 static void
@@ -526,9 +730,10 @@ s_finish_batch (kim_server_t *self, int rc)
 {
     for (size_t i = 0; i < self->item_count; i++) {
         item_t *item = &self->items [i];
-        int code = rc? rc: item->code;
+        if (rc)
+            s_item_refuse (item, rc, NULL, NULL);
         if (item->cmd.id == KIM_CMD_SEND) {
-            if (code == 0) {
+            if (item->code == 0) {
                 kim_cmd_t *reply = &self->reply;
                 kim_cmd_init (reply, KIM_CMD_RECEIPT);
                 snprintf (reply->msg_id, sizeof reply->msg_id, "%s", item->cmd.msg.msg_id);
@@ -537,17 +742,12 @@ s_finish_batch (kim_server_t *self, int rc)
                 s_send_cmd (self, item->rid, item->rid_size, reply);
                 if (item->dup)
                     self->duplicates++;
-                else {
+                else
                     self->receipted++;
-                    org_state_t *recipient = item->cmd.msg.recipient [0]
-                        ? (org_state_t *) zhashx_lookup (self->orgs, item->cmd.msg.recipient): NULL;
-                    if (recipient)
-                        s_mark_dirty (self, recipient);
-                }
             }
             else
-                s_reject (self, item->rid, item->rid_size, code, item->cmd.msg.msg_id,
-                          item->path [0]? item->path: NULL, NULL);
+                s_reject (self, item->rid, item->rid_size, item->code, item->cmd.msg.msg_id,
+                          item->path [0]? item->path: NULL, "%s", item->text);
         }
         else {
             if (rc == 0) {
@@ -557,10 +757,9 @@ s_finish_batch (kim_server_t *self, int rc)
                 self->acked += item->cmd.ack_count;
                 s_mark_dirty (self, state);
             }
-            if (code)
-                s_reject (self, item->rid, item->rid_size, code, NULL, item->path,
-                          code == -KIM_E_BAD_ACK
-                          ? "seq %" PRIu64 " is not in your mailbox": NULL, item->seq);
+            if (item->code)
+                s_reject (self, item->rid, item->rid_size, item->code, NULL,
+                          item->path [0]? item->path: NULL, "%s", item->text);
         }
         if (item->has_payload) {
             zmq_msg_close (&item->payload);
@@ -570,31 +769,89 @@ s_finish_batch (kim_server_t *self, int rc)
     self->item_count = 0;
 }
 
-static void
-s_commit_batch (kim_server_t *self)
+//  Runs `apply` in a write batch, replaying it while the map grows. Each
+//  replay follows a growth that at most doubles towards map_max, so this
+//  ends; the bound is a guard, not a policy.
+static int
+s_batch_run (kim_server_t *self, int (*apply) (kim_server_t *self))
 {
-    if (self->item_count == 0)
-        return;
-    uint64_t now = s_now ();
+    self->ctx.now = s_now (self);
     int rc;
-    //  Each replay follows a map growth, which at most doubles towards
-    //  map_max, so this ends; the bound is a guard, not a policy.
-    for (int attempt = 0; (rc = s_apply_batch (self, now)) == 1 && attempt < 64; attempt++)
+    for (int attempt = 0; (rc = apply (self)) == 1 && attempt < 64; attempt++)
         zsys_notice ("server: store map grew to %" PRIu64 " bytes; replaying the batch",
                      kim_store_bytes (self->store));
     if (rc == 1)
         rc = -KIM_E_STORE_FULL;
     if (rc == -KIM_E_STORE_FULL)
-        zsys_error ("server: store is full at store/map_max_mb; refusing %zu commands",
-                    self->item_count);
+        zsys_error ("server: store is full at store/map_max_mb; refusing the batch");
     else
-    if (rc) {
+    if (rc)
         zsys_error ("server: write batch failed: %s", kim_strerror (rc));
-        if (kim_store_failed (self->store))
-            self->failed = true;
-    }
+    return rc;
+}
+
+static void
+s_commit_batch (kim_server_t *self)
+{
+    if (self->item_count == 0)
+        return;
+    int rc = s_batch_run (self, s_apply_batch);
     self->batches++;
     s_finish_batch (self, rc);
+}
+
+//  Timers of the hooks (deadlines, retention) run in a batch of their own.
+static int
+s_apply_ticks (kim_server_t *self)
+{
+    int rc = kim_store_begin (self->store);
+    if (rc)
+        return rc;
+    //  Old msg_ids are forgotten even when no traffic comes to do it.
+    if (self->ctx.now - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS) {
+        rc = kim_store_dedup_expire (self->store, self->ctx.now, 10000);
+        self->last_dedup_expire_ms = self->ctx.now;
+    }
+    for (size_t i = 0; rc == 0 && i < self->hook_count; i++)
+        if (self->hooks [i].tick)
+            rc = self->hooks [i].tick (self->hooks [i].state, &self->ctx);
+    if (rc && rc != -KIM_E_STORE_FULL) {
+        s_abort (self);
+        return rc;
+    }
+    return s_commit (self);
+}
+
+void
+kim_ctx_send (kim_ctx_t *ctx, const uint8_t *rid, size_t rid_size, const kim_cmd_t *cmd)
+{
+    s_send_cmd (ctx->server, rid, rid_size, cmd);
+}
+
+static int
+s_apply_module_batch (kim_server_t *self)
+{
+    int rc = kim_store_begin (self->store);
+    if (rc)
+        return rc;
+    rc = self->module_fn (self->module_arg, &self->ctx);
+    if (rc && rc != -KIM_E_STORE_FULL) {
+        s_abort (self);
+        return rc;
+    }
+    return s_commit (self);
+}
+
+int
+kim_ctx_batch (kim_ctx_t *ctx, int (*fn) (void *arg, kim_ctx_t *ctx), void *arg)
+{
+    kim_server_t *self = ctx->server;
+    self->module_fn = fn;
+    self->module_arg = arg;
+    int rc = s_batch_run (self, s_apply_module_batch);
+    self->module_fn = NULL;
+    self->module_arg = NULL;
+    return rc;
 }
 
 //  --------------------------------------------------------------------------
@@ -605,6 +862,40 @@ s_recv_part (void *router, zmq_msg_t *msg)
 {
     zmq_msg_init (msg);
     return zmq_msg_recv (msg, router, 0) != -1;
+}
+
+//  Commands the core does not serve go to the modules, in order.
+static void
+s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
+{
+    kim_peer_t peer = { session->org->org, session->rid, session->rid_size };
+    unsigned direction = 0;
+#define KIM_X_DIR(name, wire, num, dir) if (cmd->id == KIM_CMD_##name) direction = dir;
+    KIM_CMDS (KIM_X_DIR)
+#undef KIM_X_DIR
+    if (direction == KIM_CMD_TO_BROKER) {
+        self->ctx.now = s_now (self);
+        for (size_t i = 0; i < self->hook_count; i++) {
+            kim_hook_t *hook = &self->hooks [i];
+            if (!hook->command)
+                continue;
+            kim_verdict_t verdict = { 0, "", "", "" };
+            int rc = hook->command (hook->state, &self->ctx, &peer, cmd, &verdict);
+            if (rc == -KIM_E_UNKNOWN_CMD)
+                continue;
+            if (rc)
+                s_reject (self, session->rid, session->rid_size, verdict.code? verdict.code: rc,
+                          NULL, verdict.path [0]? verdict.path: NULL, "%s",
+                          verdict.text [0]? verdict.text: kim_strerror (rc));
+            //  What the command wrote may be deliverable now.
+            s_deliver_dirty (self);
+            return;
+        }
+    }
+    s_reject (self, session->rid, session->rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+              direction == KIM_CMD_TO_BROKER
+              ? "%s is not served by this broker version"
+              : "%s is sent by the broker, not to it", kim_cmd_name (cmd->id));
 }
 
 //  Reads one [rid][frame 0][payload] message and handles or queues it.
@@ -697,7 +988,7 @@ s_read_one (kim_server_t *self)
         s_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, msg_id, NULL,
                   "connection identity changed");
     else {
-        session->last_seen_ms = s_now ();
+        session->last_seen_ms = s_now (self);
         switch (cmd->id) {
             case KIM_CMD_SEND:
                 if (session->org->org->role != KIM_ROLE_AGENCY)
@@ -731,15 +1022,8 @@ s_read_one (kim_server_t *self)
             case KIM_CMD_BYE:
                 s_session_destroy (self, session, "BYE");
                 break;
-            case KIM_CMD_SUBSCRIBE:
-            case KIM_CMD_UNSUBSCRIBE:
-            case KIM_CMD_QUERY:
-                s_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
-                          "%s is not served by this broker version", kim_cmd_name (cmd->id));
-                break;
             default:
-                s_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
-                          "%s is sent by the broker, not to it", kim_cmd_name (cmd->id));
+                s_module_command (self, session, cmd);
         }
     }
     if (queued) {
@@ -784,7 +1068,8 @@ static int
 s_housekeep (zloop_t *loop, int timer_id, void *arg)
 {
     kim_server_t *self = (kim_server_t *) arg;
-    uint64_t now = s_now ();
+    s_clock_update (self);
+    uint64_t now = s_now (self);
     uint64_t silence = 3ull * self->config->heartbeat_ms;
 
     zlistx_t *expired = zlistx_new ();
@@ -820,17 +1105,12 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
         }
         kim_store_read_end (self->store);
     }
+    bool ticking = now - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS;
+    for (size_t i = 0; i < self->hook_count; i++)
+        ticking |= self->hooks [i].tick != NULL;
+    if (ticking && s_batch_run (self, s_apply_ticks) && self->failed)
+        return -1;
     s_deliver_dirty (self);
-    //  Old msg_ids are forgotten even when no traffic comes to do it.
-    if (now - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS && self->item_count == 0) {
-        bool retry;
-        if (kim_store_begin (self->store) == 0) {
-            kim_store_dedup_expire (self->store, now, 10000);
-            if (kim_store_commit (self->store, &retry) && kim_store_failed (self->store))
-                self->failed = true;
-        }
-        self->last_dedup_expire_ms = now;
-    }
     if (now - self->last_stats_ms >= KIM_STATS_MS) {
         if (self->receipted || self->delivered)
             zsys_info ("server: %" PRIu64 " receipted, %" PRIu64 " duplicates, %" PRIu64
@@ -891,7 +1171,10 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     kim_config_t *config = self->config;
     kim_buf_init (&self->buf);
     kim_buf_init (&self->hdr_buf);
-    self->started_ms = self->last_stats_ms = self->last_dedup_expire_ms = s_now ();
+    self->ctx.server = self;
+    self->clock_file = getenv ("KIM_CLOCK_FILE");
+    s_clock_update (self);
+    self->started_ms = self->last_stats_ms = self->last_dedup_expire_ms = s_now (self);
 
     if (sodium_init () < 0) {
         snprintf (error, error_size, "libsodium failed to initialise");
