@@ -63,6 +63,8 @@ void
 kim_config_destroy (kim_config_t **self_p)
 {
     if (self_p && *self_p) {
+        zconfig_t *tree = (zconfig_t *) (*self_p)->tree;
+        zconfig_destroy (&tree);
         free ((*self_p)->orgs);
         free (*self_p);
         *self_p = NULL;
@@ -386,7 +388,12 @@ kim_config_load (const char *path, char *error, size_t error_size, int *err)
         return NULL;
     }
     kim_config_t *self = s_from_zconfig (root, error, error_size, err);
-    zconfig_destroy (&root);
+    if (self) {
+        self->tree = root;
+        snprintf (self->path, sizeof self->path, "%s", path);
+    }
+    else
+        zconfig_destroy (&root);
     return self;
 }
 
@@ -400,8 +407,17 @@ kim_config_parse (const char *text, char *error, size_t error_size, int *err)
         return NULL;
     }
     kim_config_t *self = s_from_zconfig (root, error, error_size, err);
-    zconfig_destroy (&root);
+    if (self)
+        self->tree = root;
+    else
+        zconfig_destroy (&root);
     return self;
+}
+
+void *
+kim_config_tree (const kim_config_t *self)
+{
+    return self->tree;
 }
 
 const kim_org_t *

@@ -60,6 +60,8 @@ typedef struct {
     bool verbose;                                       //  broker/verbose
     size_t org_count;                                   //  orgs/<id>/...
     kim_org_t *orgs;                                    //  owned array
+    char path [KIM_ENDPOINT_MAX + 1];                   //  the file read, "" for defaults
+    void *tree;                                         //  zconfig_t of the file, or NULL
 } kim_config_t;
 
 //  Embedded defaults (no file). Returns NULL on out-of-memory only.
@@ -87,6 +89,13 @@ const kim_org_t *
 
 const char *
     kim_role_name (kim_role_t role);
+
+//  The parsed ZPL tree (zconfig_t *), for modules that own a section of
+//  their own (lifecycle, policy, audit, retention) and validate it
+//  themselves, naming the key path in every error. NULL for the embedded
+//  defaults. Borrowed: lives as long as the config.
+void *
+    kim_config_tree (const kim_config_t *self);
 
 void
     kim_config_test (bool verbose);

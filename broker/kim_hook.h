@@ -73,6 +73,8 @@ typedef struct {
     void (*committed) (void *state);
     //  The batch was abandoned: forget what `check`/`applied` cached.
     void (*aborted) (void *state);
+    //  Frees `state` at shutdown.
+    void (*destroy) (void **state_p);
     void *state;
 } kim_hook_t;
 

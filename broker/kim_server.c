@@ -22,6 +22,7 @@
 
 #include "kim_hook.h"
 #include "kim_keys.h"
+#include "kim_modules.h"
 #include "kim_server.h"
 #include "kim_store.h"
 #include "kim_zap.h"
@@ -1233,6 +1234,14 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
         zhashx_insert (self->orgs, state->org->id, state);
         //  Mail that waited while the broker was down goes out on HELLO.
     }
+    kim_module_env_t env = { config, self->store, path };
+    snprintf (path, sizeof path, "%s/keys", config->data);
+    int hooks = kim_modules_new (&env, self->hooks, KIM_HOOKS_MAX, error, error_size);
+    if (hooks < 0) {
+        kim_server_destroy (&self);
+        return NULL;
+    }
+    self->hook_count = (size_t) hooks;
     self->zap = kim_zap_new ();
     self->router = zsock_new (ZMQ_ROUTER);
     if (!self->zap || !self->router) {
@@ -1262,6 +1271,7 @@ kim_server_destroy (kim_server_t **self_p)
     zsock_destroy (&self->zap);
     zhashx_destroy (&self->sessions);
     zhashx_destroy (&self->orgs);
+    kim_modules_destroy (self->hooks, self->hook_count);
     free (self->items);
     kim_store_destroy (&self->store);
     zcert_destroy (&self->cert);

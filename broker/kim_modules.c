@@ -1,0 +1,40 @@
+/*  kim_modules.c — the list of broker modules. Add a module here: one line. */
+#include <stdio.h>
+
+#include "kim_modules.h"
+
+//  Order matters: a message is first checked against the referral's life
+//  cycle (is this move allowed at all?), then against the law (may this
+//  data pass?), and recorded for audit last.
+static kim_module_new_fn *s_modules [] = {
+    NULL
+};
+
+int
+kim_modules_new (const kim_module_env_t *env, kim_hook_t *hooks, size_t max,
+                 char *error, size_t error_size)
+{
+    size_t count = 0;
+    for (size_t i = 0; s_modules [i]; i++) {
+        if (count == max) {
+            snprintf (error, error_size, "too many broker modules");
+            kim_modules_destroy (hooks, count);
+            return -1;
+        }
+        hooks [count] = (kim_hook_t) { 0 };
+        if (s_modules [i] (env, &hooks [count], error, error_size) != 0) {
+            kim_modules_destroy (hooks, count);
+            return -1;
+        }
+        count++;
+    }
+    return (int) count;
+}
+
+void
+kim_modules_destroy (kim_hook_t *hooks, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        if (hooks [i].destroy)
+            hooks [i].destroy (&hooks [i].state);
+}
