@@ -20,6 +20,9 @@
     X(batch_max,       "broker/batch_max",      1,    8192,           2048,   1)       \
     X(mailbox_quota,   "broker/mailbox_quota",  1,    1000000000,     2000000, 1)      \
     X(dedup_window_ms, "broker/dedup_window_s", 1,    31536000,       604800, 1000)    \
+    X(rate_limit,      "broker/rate_limit",     1,    10000000,       50000,  1)       \
+    X(rate_burst,      "broker/rate_burst",     1,    10000000,       20000,  1)       \
+    X(clock_skew_ms,   "broker/clock_skew_s",   1,    86400,          300,    1000)    \
     X(map_size,        "store/map_size_mb",     1,    1048576,        64,     1048576) \
     X(map_max,         "store/map_max_mb",      1,    16777216,       65536,  1048576)
 

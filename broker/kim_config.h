@@ -54,6 +54,9 @@ typedef struct {
     uint32_t batch_max;                                 //  broker/batch_max
     uint64_t mailbox_quota;                             //  broker/mailbox_quota
     uint64_t dedup_window_ms;                           //  broker/dedup_window_s (seconds in the file)
+    uint64_t rate_limit;                                //  broker/rate_limit: commands/s per session
+    uint64_t rate_burst;                                //  broker/rate_burst
+    uint64_t clock_skew_ms;                             //  broker/clock_skew_s (seconds in the file)
     uint64_t map_size;                                  //  store/map_size_mb
     uint64_t map_max;                                   //  store/map_max_mb
     bool sync;                                          //  store/sync (0: benchmarks only)

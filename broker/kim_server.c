@@ -18,7 +18,9 @@
     back to the mailbox (cursor reset) and are delivered again, same seq.
 */
 #include <czmq.h>
+#include <signal.h>
 #include <sodium.h>
+#include <sys/signalfd.h>
 
 #include "kim_hook.h"
 #include "kim_keys.h"
@@ -52,6 +54,7 @@ struct _org_state_t {
     org_state_t *next_dirty;
     bool touched;                   //  the open batch added to its mailbox
     org_state_t *next_touched;
+    bool removed;                   //  dropped from the registry by a reload
 };
 
 struct _session_t {
@@ -62,6 +65,8 @@ struct _session_t {
     uint32_t window;
     uint64_t last_seen_ms;
     char agent [KIM_AGENT_MAX + 1];
+    double tokens;                  //  rate limit: commands it may still send now
+    uint64_t refilled_ms;
 };
 
 //  A SEND or ACK waiting for the batch's commit.
@@ -103,6 +108,8 @@ struct _kim_server_t {
     kim_ctx_t ctx;
     int (*module_fn) (void *arg, kim_ctx_t *ctx);   //  the batch kim_ctx_batch runs
     void *module_arg;
+    zlistx_t *retired;              //  configs replaced by reloads; modules may hold them
+    int signal_fd;                  //  SIGHUP arrives here: reload the registry
     const char *clock_file;         //  KIM_CLOCK_FILE: tests move time forward
     int64_t clock_offset_ms;
     kim_buf_t buf;                  //  encoder scratch
@@ -275,7 +282,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
          const char *user_id, const kim_cmd_t *cmd)
 {
     org_state_t *state = user_id? (org_state_t *) zhashx_lookup (self->orgs, user_id): NULL;
-    if (!state || state->org->revoked) {
+    if (!state || state->org->revoked || state->removed) {
         s_reject (self, rid, rid_size, KIM_E_UNKNOWN_ORG, NULL, NULL,
                   "the connection's key belongs to no registered organisation");
         return;
@@ -300,7 +307,12 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     session->rid_size = rid_size;
     session->org = state;
     session->window = cmd->window < self->config->window_max? cmd->window: self->config->window_max;
-    session->last_seen_ms = s_now (self);
+    //  Only agencies have mailboxes: auditors read the log, operators
+    //  never see payloads.
+    if (state->org->role != KIM_ROLE_AGENCY)
+        session->window = 0;
+    session->last_seen_ms = session->refilled_ms = s_now (self);
+    session->tokens = (double) self->config->rate_burst;
     snprintf (session->agent, sizeof session->agent, "%s", cmd->agent);
     zhashx_insert (self->sessions, key, session);
 
@@ -575,7 +587,8 @@ s_apply_send (kim_server_t *self, item_t *item)
     org_state_t *recipient = NULL;
     if (msg->recipient [0]) {
         recipient = (org_state_t *) zhashx_lookup (self->orgs, msg->recipient);
-        if (!recipient || recipient->org->revoked || recipient->org->role != KIM_ROLE_AGENCY) {
+        if (!recipient || recipient->org->revoked || recipient->removed
+        ||  recipient->org->role != KIM_ROLE_AGENCY) {
             s_item_refuse (item, KIM_E_UNKNOWN_RECIPIENT, "hdr.recipient", NULL);
             return 0;
         }
@@ -590,10 +603,21 @@ s_apply_send (kim_server_t *self, item_t *item)
         payload = (const uint8_t *) zmq_msg_data (&item->payload);
         payload_size = zmq_msg_size (&item->payload);
     }
+    //  A sender may state the payload's length and hash; they must be true.
+    uint8_t hash [KIM_HASH_SIZE];
+    crypto_generichash (hash, KIM_HASH_SIZE, payload, payload_size, NULL, 0);
+    bool bad_len = msg->payload_len && msg->payload_len != payload_size;
+    if (bad_len || (msg->has_payload_hash && sodium_memcmp (msg->payload_hash, hash, KIM_HASH_SIZE))) {
+        s_item_refuse (item, KIM_E_BAD_VALUE, bad_len? "hdr.payload_len": "hdr.payload_hash",
+                       "the header's payload length or hash does not describe frame 1");
+        return 0;
+    }
     snprintf (msg->sender, sizeof msg->sender, "%s", sender->id);
+    if (!msg->created_at)
+        msg->created_at = self->ctx.now;
     msg->payload_len = (uint32_t) payload_size;
     msg->has_payload_hash = true;
-    crypto_generichash (msg->payload_hash, KIM_HASH_SIZE, payload, payload_size, NULL, 0);
+    memcpy (msg->payload_hash, hash, KIM_HASH_SIZE);
 
     kim_route_t route = {
         .sender = sender,
@@ -865,6 +889,176 @@ s_recv_part (void *router, zmq_msg_t *msg)
     return zmq_msg_recv (msg, router, 0) != -1;
 }
 
+//  Token bucket per session: a flooding agent gets RATE_LIMITED answers
+//  while the others keep their share of the loop.
+static bool
+s_rate_ok (kim_server_t *self, session_t *session)
+{
+    uint64_t now = s_now (self);
+    session->last_seen_ms = now;
+    if (now > session->refilled_ms) {
+        session->tokens += (double) (now - session->refilled_ms) * (double) self->config->rate_limit / 1000.0;
+        if (session->tokens > (double) self->config->rate_burst)
+            session->tokens = (double) self->config->rate_burst;
+        session->refilled_ms = now;
+    }
+    if (session->tokens < 1.0)
+        return false;
+    session->tokens -= 1.0;
+    return true;
+}
+
+//  A message older than the de-duplication window could be replayed
+//  without the broker recognising it, so it is refused as stale; so is one
+//  from a clock too far ahead.
+static bool
+s_stale (kim_server_t *self, const kim_msg_t *msg)
+{
+    if (!msg->created_at)
+        return false;
+    uint64_t now = s_now (self);
+    return msg->created_at + self->config->dedup_window_ms < now
+        || msg->created_at > now + self->config->clock_skew_ms;
+}
+
+//  Ends every session of an organisation whose key is no longer valid.
+static size_t
+s_drop_sessions (kim_server_t *self, org_state_t *state, const char *why)
+{
+    zlistx_t *doomed = zlistx_new ();
+    for (session_t *session = (session_t *) zhashx_first (self->sessions); session;
+         session = (session_t *) zhashx_next (self->sessions))
+        if (session->org == state)
+            zlistx_add_end (doomed, session);
+    size_t count = zlistx_size (doomed);
+    for (session_t *session = (session_t *) zlistx_first (doomed); session;
+         session = (session_t *) zlistx_next (doomed)) {
+        s_reject (self, session->rid, session->rid_size, KIM_E_REVOKED, NULL, NULL,
+                  "%s: %s", state->org->id, why);
+        s_session_destroy (self, session, why);
+    }
+    zlistx_destroy (&doomed);
+    return count;
+}
+
+//  Re-reads the registry from the config file: keys added, rotated and
+//  revoked take effect at once; a revoked or rotated key's sessions end
+//  now. Settings that shape memory or sockets need a restart and keep
+//  their running values. Returns 0 and a summary, or -1 with the error.
+static int
+s_reload (kim_server_t *self, char *summary, size_t summary_size)
+{
+    kim_config_t *old = self->config;
+    if (!old->path [0]) {
+        snprintf (summary, summary_size, "the broker runs on its embedded defaults: "
+                  "no config file to reload");
+        return -1;
+    }
+    int rc = 0;
+    kim_config_t *fresh = kim_config_load (old->path, summary, summary_size, &rc);
+    if (!fresh)
+        return -1;
+    //  These sized arrays and bound sockets at start.
+    if (fresh->window_max != old->window_max || fresh->batch_max != old->batch_max
+    ||  strcmp (fresh->data, old->data) || fresh->endpoint_count != old->endpoint_count
+    ||  fresh->max_payload != old->max_payload || fresh->map_max != old->map_max)
+        zsys_warning ("reload: changes to data, bind, window_max, batch_max, max_payload "
+                      "or the store need a restart; they keep their running values");
+    fresh->window_max = old->window_max;
+    fresh->batch_max = old->batch_max;
+    fresh->max_payload = old->max_payload;
+    fresh->map_size = old->map_size;
+    fresh->map_max = old->map_max;
+    memcpy (fresh->data, old->data, sizeof fresh->data);
+    fresh->endpoint_count = old->endpoint_count;
+    memcpy (fresh->endpoints, old->endpoints, sizeof fresh->endpoints);
+
+    size_t added = 0, rotated = 0, revoked = 0, removed = 0, dropped = 0;
+    for (size_t i = 0; i < fresh->org_count; i++) {
+        const kim_org_t *org = &fresh->orgs [i];
+        org_state_t *state = (org_state_t *) zhashx_lookup (self->orgs, org->id);
+        if (!state) {
+            state = (org_state_t *) calloc (1, sizeof (org_state_t));
+            if (state)
+                state->flights = (flight_t *) calloc (fresh->window_max, sizeof (flight_t));
+            if (!state || !state->flights) {
+                free (state);
+                kim_config_destroy (&fresh);
+                snprintf (summary, summary_size, "out of memory");
+                return -1;
+            }
+            state->org = org;
+            zhashx_insert (self->orgs, org->id, state);
+            added++;
+            continue;
+        }
+        bool key_changed = strcmp (state->org->public_key, org->public_key) != 0;
+        bool now_revoked = org->revoked && !state->org->revoked;
+        bool role_changed = state->org->role != org->role;
+        state->org = org;
+        state->removed = false;
+        if (now_revoked)
+            revoked++;
+        else
+        if (key_changed)
+            rotated++;
+        if (now_revoked || key_changed || role_changed)
+            dropped += s_drop_sessions (self, state, now_revoked? "key revoked":
+                                        key_changed? "key rotated": "role changed");
+    }
+    for (org_state_t *state = (org_state_t *) zhashx_first (self->orgs); state;
+         state = (org_state_t *) zhashx_next (self->orgs))
+        if (!state->removed && !kim_config_org (fresh, state->org->id)) {
+            state->removed = true;
+            removed++;
+        }
+    //  Sessions of removed orgs end after the iteration above (dropping
+    //  edits the session table, not the org table).
+    for (org_state_t *state = (org_state_t *) zhashx_first (self->orgs); state;
+         state = (org_state_t *) zhashx_next (self->orgs))
+        if (state->removed)
+            dropped += s_drop_sessions (self, state, "removed from the registry");
+    //  Modules and org states may still point into the old config.
+    zlistx_add_end (self->retired, old);
+    self->config = fresh;
+    snprintf (summary, summary_size, "%zu organisations: %zu added, %zu keys rotated, "
+              "%zu revoked, %zu removed; %zu sessions ended",
+              fresh->org_count, added, rotated, revoked, removed, dropped);
+    zsys_notice ("reload of %s: %s", fresh->path, summary);
+    return 0;
+}
+
+static void
+s_reload_command (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *by)
+{
+    char summary [KIM_TEXT_MAX + 1];
+    zsys_notice ("reload asked by %s", by);
+    if (s_reload (self, summary, sizeof summary)) {
+        zsys_error ("reload refused, the registry is unchanged: %s", summary);
+        s_reject (self, rid, rid_size, KIM_E_RELOAD_FAILED, NULL, NULL, "%s", summary);
+        return;
+    }
+    kim_cmd_t *reply = &self->reply;
+    kim_cmd_init (reply, KIM_CMD_RELOADED);
+    reply->count = self->config->org_count;
+    snprintf (reply->text, sizeof reply->text, "%s", summary);
+    s_send_cmd (self, rid, rid_size, reply);
+}
+
+static int
+s_signal_ready (zloop_t *loop, zmq_pollitem_t *item, void *arg)
+{
+    kim_server_t *self = (kim_server_t *) arg;
+    struct signalfd_siginfo info;
+    if (read (self->signal_fd, &info, sizeof info) != (ssize_t) sizeof info)
+        return 0;
+    char summary [KIM_TEXT_MAX + 1];
+    zsys_notice ("SIGHUP: reloading the registry");
+    if (s_reload (self, summary, sizeof summary))
+        zsys_error ("reload refused, the registry is unchanged: %s", summary);
+    return 0;
+}
+
 //  Commands the core does not serve go to the modules, in order.
 static void
 s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
@@ -988,8 +1182,12 @@ s_read_one (kim_server_t *self)
         //  loudly if it ever does rather than act for the wrong org.
         s_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, msg_id, NULL,
                   "connection identity changed");
+    else
+    if (!s_rate_ok (self, session))
+        s_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, msg_id, NULL,
+                  "more than %" PRIu64 " commands/s from this session; slow down",
+                  self->config->rate_limit);
     else {
-        session->last_seen_ms = s_now (self);
         switch (cmd->id) {
             case KIM_CMD_SEND:
                 if (session->org->org->role != KIM_ROLE_AGENCY)
@@ -1001,6 +1199,11 @@ s_read_one (kim_server_t *self)
                     s_reject (self, rid, rid_size, KIM_E_TOO_LARGE, msg_id, "payload",
                               "payload of %zu bytes exceeds max_payload %u",
                               zmq_msg_size (&item->payload), self->config->max_payload);
+                else
+                if (s_stale (self, &cmd->msg))
+                    s_reject (self, rid, rid_size, KIM_E_STALE, msg_id, "hdr.created_at",
+                              "created_at is outside the accepted window (de-duplication "
+                              "window in the past, clock skew in the future)");
                 else
                 if (cmd->msg.type == KIM_TYPE_OUTCOME && has_payload && zmq_msg_size (&item->payload))
                     s_reject (self, rid, rid_size, KIM_E_BAD_VALUE, msg_id, "payload",
@@ -1022,6 +1225,13 @@ s_read_one (kim_server_t *self)
                 break;
             case KIM_CMD_BYE:
                 s_session_destroy (self, session, "BYE");
+                break;
+            case KIM_CMD_RELOAD:
+                if (session->org->org->role != KIM_ROLE_OPERATOR)
+                    s_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                              "only an operator may reload the registry");
+                else
+                    s_reload_command (self, rid, rid_size, session->org->org->id);
                 break;
             default:
                 s_module_command (self, session, cmd);
@@ -1173,6 +1383,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     kim_buf_init (&self->buf);
     kim_buf_init (&self->hdr_buf);
     self->ctx.server = self;
+    self->signal_fd = -1;
     self->clock_file = getenv ("KIM_CLOCK_FILE");
     s_clock_update (self);
     self->started_ms = self->last_stats_ms = self->last_dedup_expire_ms = s_now (self);
@@ -1253,7 +1464,19 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
         kim_server_destroy (&self);
         return NULL;
     }
+    self->retired = zlistx_new ();
+    zlistx_set_destructor (self->retired, (czmq_destructor *) kim_config_destroy);
+    //  SIGHUP reloads the registry. main() blocked it in every thread, so
+    //  it arrives here, in the loop, and never interrupts a write.
+    sigset_t signals;
+    sigemptyset (&signals);
+    sigaddset (&signals, SIGHUP);
+    self->signal_fd = signalfd (-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC);
     self->loop = zloop_new ();
+    if (self->signal_fd >= 0) {
+        zmq_pollitem_t item = { NULL, self->signal_fd, ZMQ_POLLIN, 0 };
+        zloop_poller (self->loop, &item, s_signal_ready, self);
+    }
     zloop_reader (self->loop, self->zap, s_zap_ready, self);
     zloop_reader (self->loop, self->router, s_router_ready, self);
     zloop_timer (self->loop, KIM_HOUSEKEEP_MS, 0, s_housekeep, self);
@@ -1272,6 +1495,9 @@ kim_server_destroy (kim_server_t **self_p)
     zhashx_destroy (&self->sessions);
     zhashx_destroy (&self->orgs);
     kim_modules_destroy (self->hooks, self->hook_count);
+    zlistx_destroy (&self->retired);
+    if (self->signal_fd >= 0)
+        close (self->signal_fd);
     free (self->items);
     kim_store_destroy (&self->store);
     zcert_destroy (&self->cert);

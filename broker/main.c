@@ -1,6 +1,8 @@
 /*  main.c — kim-broker: flags, configuration, signals; the server does the rest. */
 #include <czmq.h>
 #include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
 
 #include "kim_config.h"
 #include "kim_server.h"
@@ -27,7 +29,9 @@ s_usage (FILE *out)
         "  -h, --help           this help\n"
         "      --version        print the version\n"
         "\n"
-        "Stops cleanly on SIGINT or SIGTERM. Example:\n"
+        "Stops cleanly on SIGINT or SIGTERM. SIGHUP (or `kim admin reload` by an operator)\n"
+        "re-reads the registry: keys added, rotated or revoked take effect at once.\n"
+        "Example:\n"
         "  kim-broker --config deploy/kim.cfg\n");
 }
 
@@ -64,6 +68,12 @@ main (int argc, char *argv [])
         s_usage (stderr);
         return 2;
     }
+    //  SIGHUP reloads the registry through the server's signalfd; block it
+    //  before any thread exists so that no thread takes it instead.
+    sigset_t signals;
+    sigemptyset (&signals);
+    sigaddset (&signals, SIGHUP);
+    pthread_sigmask (SIG_BLOCK, &signals, NULL);
     zsys_init ();
     zsys_set_logident ("kim-broker");
     zsys_set_logstream (stderr);

@@ -485,7 +485,9 @@ enum {
                      | C (TO_TIME) | C (CASE_ID) | C (ORG) | C (TYPE)) \
     X (RECORD,       C (QUERY_ID) | C (SEQ) | C (TIME) | C (KIND) | C (HASH) | C (BODY), 0) \
     X (QUERY_END,    C (QUERY_ID) | C (COUNT) | C (CODE), 0) \
-    X (BYE,          0, 0)
+    X (BYE,          0, 0) \
+    X (RELOAD,       0, 0) \
+    X (RELOADED,     C (COUNT) | C (TEXT), 0)
 
 typedef struct {
     kim_cmd_id_t id;

@@ -48,6 +48,7 @@ extern "C" {
     X(REVOKED,          210, "the organisation's key was revoked")                     \
     X(BAD_SIGNATURE,    211, "sender signature does not verify")                       \
     X(STALE,            212, "message is too old or too far in the future")           \
+    X(RELOAD_FAILED,    213, "the registry file is invalid; nothing changed")          \
     /* 3xx: store and limits */                                                        \
     X(QUOTA,            300, "recipient mailbox is full")                              \
     X(STORE_FULL,       301, "store has reached its maximum size")                     \

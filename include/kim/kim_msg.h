@@ -182,7 +182,9 @@ typedef struct {
     X(QUERY,        "QUERY",        14, KIM_CMD_TO_BROKER)      \
     X(RECORD,       "RECORD",       15, KIM_CMD_TO_CLIENT)      \
     X(QUERY_END,    "QUERY_END",    16, KIM_CMD_TO_CLIENT)      \
-    X(BYE,          "BYE",          17, KIM_CMD_TO_BROKER)
+    X(BYE,          "BYE",          17, KIM_CMD_TO_BROKER)      \
+    X(RELOAD,       "RELOAD",       40, KIM_CMD_TO_BROKER)      \
+    X(RELOADED,     "RELOADED",     41, KIM_CMD_TO_CLIENT)
 
 typedef enum {
     KIM_CMD_NONE = 0,
