@@ -24,6 +24,16 @@ static const kim_cli_command_t s_commands [] = {
       kim_cmd_status_usage, true },
     { "keygen", kim_cmd_keygen, "make an organisation's CURVE key pair (certificate files)",
       kim_cmd_keygen_usage, false },
+    { "referral", kim_cmd_referral, "show one referral's state, or list ours (open, overdue, by org)",
+      kim_cmd_referral_usage, true },
+    { "admin", kim_cmd_admin, "operator commands: reload the broker's registry",
+      kim_cmd_admin_usage, true },
+    { "audit", kim_cmd_audit, "verify, replay, export the log or show a case (offline or as auditor)",
+      kim_cmd_audit_usage, true },
+    { "policy", kim_cmd_policy, "lint a policy file, or check offline why a transfer passes or not",
+      kim_cmd_policy_usage, false },
+    { "subject", kim_cmd_subject, "a data subject's rights: access report, erasure of payloads",
+      kim_cmd_subject_usage, true },
 };
 #define S_COMMAND_COUNT (sizeof s_commands / sizeof s_commands [0])
 

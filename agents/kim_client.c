@@ -44,6 +44,7 @@
 
 #include "kim/kim_client.h"
 #include "kim_cli.h"
+#include "kim_client_seal.h"
 
 #define S_DEFAULT_SEND_WINDOW   256
 #define S_DEFAULT_TIMEOUT_MS    5000
@@ -134,11 +135,14 @@ struct _kim_client_t {
     uint64_t sync_seq;
     bool sync_dup;
 
-    //  kim_client_status waits for a STATUS_REPLY
+    //  kim_client_request waits for the broker's answer to one command;
+    //  the request is kept to send it again after a reconnect.
+    kim_cmd_t *request;
+    kim_cmd_t *reply;
     bool status_waiting;
     bool status_done;
     int status_code;
-    kim_status_t status;
+    kim_buf_t reply_body;           //  a reply's body (REFERRAL_INFO), copied out of its frame
 
     //  Events for kim_client_recv
     s_node_t *queue_head;
@@ -152,11 +156,15 @@ struct _kim_client_t {
     size_t ack_count;
 
     //  Scratch, reused to keep the hot path free of allocations
-    kim_buf_t buf;
+    kim_buf_t buf;                      //  commands we send at once
+    kim_buf_t send_buf;                 //  a SEND being queued (survives pumping)
     zmq_msg_t frame;
     kim_cmd_t tx;
     kim_cmd_t rx;
     char error [KIM_TEXT_MAX + 256];
+
+    //  Sealed payloads and signatures (kim_client_seal.c)
+    kim_seal_t seal;
 };
 
 static void s_session_lost (kim_client_t *self, int code, const char *format, ...)
@@ -581,6 +589,14 @@ s_send_simple (kim_client_t *self, kim_cmd_id_t id)
 }
 
 static void
+s_send_request (kim_client_t *self)
+{
+    self->tx = *self->request;
+    if (s_send_tx (self) == -KIM_E_CLOSED)
+        s_session_lost (self, KIM_E_CLOSED, "%s", self->error);
+}
+
+static void
 s_send_acks (kim_client_t *self)
 {
     if (self->state != S_ACTIVE || self->ack_count == 0)
@@ -709,6 +725,8 @@ s_on_welcome (kim_client_t *self, const kim_cmd_t *welcome)
     if (self->welcomed)
         self->reconnects++;
     self->welcomed = true;
+    //  Keys may have rotated while we were away: ask the directory again.
+    kim_seal_forget (&self->seal);
     if (self->verbose)
         zsys_debug ("kim_client: session open as %s at %s (heartbeat %u ms, %zu to resend)",
                     self->org, self->broker, self->heartbeat_ms, self->pending_count);
@@ -716,7 +734,7 @@ s_on_welcome (kim_client_t *self, const kim_cmd_t *welcome)
     //  Resend what the last session left unreceipted, then what waited
     s_send_unsent (self);
     if (self->state == S_ACTIVE && self->status_waiting)
-        s_send_simple (self, KIM_CMD_STATUS);
+        s_send_request (self);
     s_send_acks (self);
 }
 
@@ -839,6 +857,11 @@ s_read_one (kim_client_t *self)
     kim_decode_error_t derr;
     int rc = kim_cmd_decode (&self->rx, (const uint8_t *) zmq_msg_data (&self->frame),
                              zmq_msg_size (&self->frame), &derr);
+    if (rc == 0 && self->rx.id == KIM_CMD_DIRECTORY_REPLY)
+        //  Again, now keeping the entries (the frame is reused below).
+        rc = kim_cmd_decode_directory (&self->rx, (const uint8_t *) zmq_msg_data (&self->frame),
+                                       zmq_msg_size (&self->frame), self->seal.entries,
+                                       KIM_DIRECTORY_MAX, &derr);
     if (rc) {
         zsys_warning ("kim_client: dropped an undecodable command from the broker: %s at '%s'",
                       kim_errname (derr.code), derr.path);
@@ -890,16 +913,30 @@ s_read_one (kim_client_t *self)
         case KIM_CMD_REJECT:
             s_on_reject (self, &self->rx);
             break;
-        case KIM_CMD_STATUS_REPLY:
-            if (self->status_waiting && !self->status_done) {
-                self->status = self->rx.status;
-                self->status_done = true;
-                self->status_code = 0;
-            }
-            break;
         case KIM_CMD_PONG:
             break;
         default:
+            //  Any other command answers the request that waits, if any.
+            //  (Commands with a payload of pointers into the frame, RECORD,
+            //  are streamed by their own tools, not through this call.)
+            if (self->status_waiting && !self->status_done && self->rx.id != KIM_CMD_RECORD) {
+                *self->reply = self->rx;
+                self->reply->body = NULL;
+                self->reply->body_size = 0;
+                //  Directory entries were copied into self->seal.entries
+                //  (s_read_one); the frame they came in is gone.
+                self->reply->dir_raw = NULL;
+                self->reply->dir_raw_size = 0;
+                kim_buf_reset (&self->reply_body);
+                if (self->rx.body && self->rx.body_size
+                &&  kim_buf_append (&self->reply_body, self->rx.body, self->rx.body_size) == 0) {
+                    self->reply->body = self->reply_body.data;
+                    self->reply->body_size = self->reply_body.size;
+                }
+                self->status_done = true;
+                self->status_code = 0;
+            }
+            else
             if (self->verbose)
                 zsys_debug ("kim_client: ignored %s from the broker",
                             kim_cmd_name (self->rx.id));
@@ -1124,7 +1161,15 @@ kim_client_new_explain (const kim_client_config_t *config, int *err, char *why, 
     const char *debug = getenv ("KIM_DEBUG");
     self->verbose = debug && *debug && !streq (debug, "0");
     kim_buf_init (&self->buf);
+    kim_buf_init (&self->send_buf);
     zmq_msg_init (&self->frame);
+    int seal_rc = kim_seal_init (&self->seal, config, why, why_size);
+    if (seal_rc) {
+        *err = seal_rc;
+        self->state = S_FAILED;
+        kim_client_destroy (&self);
+        return NULL;
+    }
 
     s_connect (self);
     int rc = s_wait_for (self, -1, s_is_settled);
@@ -1184,8 +1229,12 @@ kim_client_destroy (kim_client_t **self_p)
     }
     zmq_msg_close (&self->frame);
     kim_buf_free (&self->buf);
+    kim_buf_free (&self->send_buf);
+    kim_buf_free (&self->reply_body);
+    kim_seal_fini (&self->seal);
     sodium_memzero (self->secret_key, sizeof self->secret_key);
     free (self->endpoint);
+    free (self->request);
     free (self);
     *self_p = NULL;
 }
@@ -1200,6 +1249,28 @@ uint32_t
 kim_client_max_payload (kim_client_t *self)
 {
     return self? self->max_payload: 0;
+}
+
+//  Makes sure the sealing key of `org` is cached, asking the directory.
+static int
+s_seal_lookup (kim_client_t *self, const char *org)
+{
+    if (kim_seal_key (&self->seal, org))
+        return 0;
+    const kim_dir_entry_t *entries;
+    size_t count;
+    int rc = kim_client_directory (self, org, &entries, &count, self->timeout_ms);
+    if (rc == 0 && !kim_seal_key (&self->seal, org)) {
+        s_set_error (self, "%s is not in the broker's directory: no key to seal the payload "
+                     "to (unregistered or revoked organisation)", org);
+        return -KIM_E_UNKNOWN_RECIPIENT;
+    }
+    if (rc) {
+        char why [sizeof self->error];
+        snprintf (why, sizeof why, "%s", self->error);
+        s_set_error (self, "cannot get the sealing key of %s from the directory: %s", org, why);
+    }
+    return rc;
 }
 
 int
@@ -1226,17 +1297,50 @@ kim_client_send_async (kim_client_t *self, kim_msg_t *msg, const void *payload, 
     if (msg->created_at == 0)
         msg->created_at = (uint64_t) zclock_time ();
 
-    //  Refuse here what the broker would refuse anyway, with the same code
-    kim_decode_error_t derr;
-    int rc = kim_msg_validate (msg, &derr);
-    if (rc) {
-        s_set_error (self, "%s (%d) %s%s%s", kim_errname (rc), -rc, kim_strerror (rc),
-                     derr.path [0]? " at ": "", derr.path);
-        return rc;
-    }
     if (zhashx_lookup (self->pending, msg->msg_id)) {
         s_set_error (self, "msg_id '%s' is already waiting for its receipt", msg->msg_id);
         return -KIM_E_ARGS;
+    }
+    //  Seal to the organisation the payload is for; the broker sees
+    //  ciphertext only. From here on, payload/size are what goes on the wire.
+    const char *target = kim_seal_target (msg);
+    if (!self->seal.plaintext && size > 0 && target [0]) {
+        int rc = s_seal_lookup (self, target);
+        if (rc)
+            return rc;
+        rc = kim_seal_payload (&self->seal, kim_seal_key (&self->seal, target), payload, size);
+        if (rc) {
+            s_set_error (self, "cannot seal the payload to %s: %s", target, kim_strerror (rc));
+            return rc;
+        }
+        payload = self->seal.sealed.data;
+        size = self->seal.sealed.size;
+        if (size > limit) {
+            s_set_error (self, "sealed payload of %zu bytes exceeds the broker's limit of %u "
+                         "bytes", size, limit);
+            return -KIM_E_TOO_LARGE;
+        }
+    }
+    if (self->seal.signing) {
+        int rc = kim_seal_sign (&self->seal, msg, self->org, payload, size);
+        if (rc) {
+            s_set_error (self, "cannot sign %s: %s", msg->msg_id, kim_strerror (rc));
+            return rc;
+        }
+    }
+    //  Encode once, now: the encoder applies the broker's own header rules,
+    //  so we refuse here what the broker would refuse anyway, with the same
+    //  code. Resends reuse these bytes.
+    self->tx.id = KIM_CMD_SEND;         //  only SEND's fields matter: no full init
+    self->tx.msg = *msg;
+    kim_buf_reset (&self->send_buf);
+    int rc = kim_cmd_encode (&self->tx, &self->send_buf);
+    if (rc) {
+        kim_decode_error_t derr = { 0, "" };
+        bool located = kim_msg_validate (msg, &derr) == rc && derr.path [0];
+        s_set_error (self, "%s (%d) %s%s%s", kim_errname (rc), -rc, kim_strerror (rc),
+                     located? " at ": "", located? derr.path: "");
+        return rc;
     }
 
     //  Wait for room. Give up when the broker has answered nothing for
@@ -1258,26 +1362,18 @@ kim_client_send_async (kim_client_t *self, kim_msg_t *msg, const void *payload, 
             stall_deadline = zclock_mono () + self->timeout_ms;
     }
 
-    //  Encode once; resends reuse these bytes
-    self->tx.id = KIM_CMD_SEND;
-    self->tx.msg = *msg;
-    kim_buf_reset (&self->buf);
-    rc = kim_cmd_encode (&self->tx, &self->buf);
-    if (rc) {
-        s_set_error (self, "cannot encode SEND: %s", kim_strerror (rc));
-        return rc;
-    }
-    s_entry_t *entry = (s_entry_t *) malloc (sizeof (s_entry_t) + self->buf.size + size);
+    kim_buf_t *frame = &self->send_buf;
+    s_entry_t *entry = (s_entry_t *) malloc (sizeof (s_entry_t) + frame->size + size);
     if (!entry) {
         s_set_error (self, "out of memory queueing a message");
         return -KIM_E_NOMEM;
     }
     memcpy (entry->msg_id, msg->msg_id, sizeof entry->msg_id);
-    entry->frame_size = self->buf.size;
+    entry->frame_size = frame->size;
     entry->payload_size = size;
-    memcpy (entry->data, self->buf.data, self->buf.size);
+    memcpy (entry->data, frame->data, frame->size);
     if (size)
-        memcpy (entry->data + self->buf.size, payload, size);
+        memcpy (entry->data + frame->size, payload, size);
     if (zhashx_insert (self->pending, entry->msg_id, entry)) {
         free (entry);
         s_set_error (self, "msg_id '%s' is already waiting for its receipt", msg->msg_id);
@@ -1354,10 +1450,27 @@ kim_client_recv (kim_client_t *self, kim_event_t *event, int timeout_ms)
     event->code = node->code;
     memcpy (event->text, node->text, sizeof event->text);
     memcpy (event->path, node->path, sizeof event->path);
+    event->sealed_error = false;
     if (node->type == KIM_EVENT_DELIVER) {
         event->msg = *node->msg;
         event->payload = (const uint8_t *) zmq_msg_data (&node->payload);
         event->payload_size = zmq_msg_size (&node->payload);
+        //  Payloads from organisations are sealed to us; the broker's own
+        //  messages (reports made from metadata) are not.
+        if (!self->seal.plaintext && event->payload_size > 0
+        &&  !streq (event->msg.sender, self->broker)) {
+            if (kim_seal_open (&self->seal, event->payload, event->payload_size) == 0) {
+                event->payload = self->seal.opened.data;
+                event->payload_size = self->seal.opened.size;
+            }
+            else {
+                event->sealed_error = true;
+                zsys_warning ("kim_client: the payload of seq %" PRIu64 " (%s from %s, %zu "
+                              "bytes) does not open with our key: delivered as received, "
+                              "flagged sealed_error", event->seq, event->msg.msg_id,
+                              event->msg.sender, event->payload_size);
+            }
+        }
     }
     else {
         kim_msg_init (&event->msg);
@@ -1407,28 +1520,118 @@ kim_client_pending (kim_client_t *self)
 }
 
 int
-kim_client_status (kim_client_t *self, kim_status_t *status, int timeout_ms)
+kim_client_request (kim_client_t *self, const kim_cmd_t *request, kim_cmd_t *reply, int timeout_ms)
 {
-    if (!self || !status)
+    if (!self || !request || !reply)
         return -KIM_E_ARGS;
     s_release_lent (self);
     if (self->fatal)
         return -self->fatal;
+    if (!self->request)
+        self->request = (kim_cmd_t *) malloc (sizeof (kim_cmd_t));
+    if (!self->request)
+        return -KIM_E_NOMEM;
+    *self->request = *request;
+    self->reply = reply;
     self->status_waiting = true;
     self->status_done = false;
     if (self->state == S_ACTIVE)
-        s_send_simple (self, KIM_CMD_STATUS);
+        s_send_request (self);
     int rc = s_wait_for (self, timeout_ms, s_status_done);
     self->status_waiting = false;
+    self->reply = NULL;
     if (rc) {
         if (rc == -KIM_E_TIMEOUT)
-            s_set_error (self, "no STATUS_REPLY within %d ms", timeout_ms);
+            s_set_error (self, "no answer to %s within %d ms", kim_cmd_name (request->id),
+                         timeout_ms);
         return rc;
     }
-    if (self->status_code)
-        return -self->status_code;
-    *status = self->status;
-    return 0;
+    return self->status_code? -self->status_code: 0;
+}
+
+int
+kim_client_directory (kim_client_t *self, const char *org, const kim_dir_entry_t **entries,
+                      size_t *count, int timeout_ms)
+{
+    if (!self || !entries || !count || (org && !kim_org_valid (org)))
+        return -KIM_E_ARGS;
+    kim_cmd_t *request = (kim_cmd_t *) malloc (2 * sizeof (kim_cmd_t));
+    if (!request)
+        return -KIM_E_NOMEM;
+    kim_cmd_t *reply = request + 1;
+    kim_cmd_init (request, KIM_CMD_DIRECTORY);
+    if (org)
+        s_copy (request->org, sizeof request->org, org);
+    int rc = kim_client_request (self, request, reply, timeout_ms);
+    if (rc == 0 && reply->id != KIM_CMD_DIRECTORY_REPLY) {
+        s_set_error (self, "the broker answered DIRECTORY with %s", kim_cmd_name (reply->id));
+        rc = -KIM_E_MALFORMED;
+    }
+    if (rc == 0) {
+        *entries = self->seal.entries;
+        *count = reply->dir_count;
+        kim_seal_learn (&self->seal, self->seal.entries, reply->dir_count);
+    }
+    free (request);
+    return rc;
+}
+
+int
+kim_client_load_sign_key (const char *path, char public_key [41], char secret_key [41])
+{
+    char why [PATH_MAX + 200];
+    int rc = -KIM_E_KEY;
+    zconfig_t *root = public_key && secret_key? s_load_zpl (path, true, why, sizeof why): NULL;
+    if (!root && public_key && secret_key)
+        zsys_error ("kim_client: %s", why);
+    if (!root)
+        return rc;
+    char *secret_text = zconfig_get (root, "/sign/secret-key", NULL);
+    const char *public_text = zconfig_get (root, "/sign/public-key", NULL);
+    uint8_t seed [crypto_sign_SEEDBYTES], pk [crypto_sign_PUBLICKEYBYTES],
+            sk [crypto_sign_SECRETKEYBYTES], stated [crypto_sign_PUBLICKEYBYTES];
+    if (!s_z85_key_valid (secret_text) || !s_z85_key_valid (public_text))
+        zsys_error ("kim_client: %s: sign/secret-key and sign/public-key must be 40-character "
+                    "Z85 keys (see `kim keygen --sign`)", path);
+    else {
+        zmq_z85_decode (seed, secret_text);
+        zmq_z85_decode (stated, public_text);
+        crypto_sign_seed_keypair (pk, sk, seed);
+        if (sodium_memcmp (pk, stated, sizeof pk) != 0)
+            zsys_error ("kim_client: %s: sign/public-key does not belong to sign/secret-key", path);
+        else {
+            memcpy (public_key, public_text, 41);
+            memcpy (secret_key, secret_text, 41);
+            rc = 0;
+        }
+    }
+    sodium_memzero (seed, sizeof seed);
+    sodium_memzero (sk, sizeof sk);
+    if (secret_text)
+        sodium_memzero (secret_text, strlen (secret_text));
+    zconfig_destroy (&root);
+    return rc;
+}
+
+int
+kim_client_status (kim_client_t *self, kim_status_t *status, int timeout_ms)
+{
+    if (!self || !status)
+        return -KIM_E_ARGS;
+    kim_cmd_t *request = (kim_cmd_t *) malloc (2 * sizeof (kim_cmd_t));
+    if (!request)
+        return -KIM_E_NOMEM;
+    kim_cmd_t *reply = request + 1;
+    kim_cmd_init (request, KIM_CMD_STATUS);
+    int rc = kim_client_request (self, request, reply, timeout_ms);
+    if (rc == 0 && reply->id != KIM_CMD_STATUS_REPLY) {
+        s_set_error (self, "the broker answered STATUS with %s", kim_cmd_name (reply->id));
+        rc = -KIM_E_INTERNAL;
+    }
+    if (rc == 0)
+        *status = reply->status;
+    free (request);
+    return rc;
 }
 
 const char *

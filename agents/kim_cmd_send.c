@@ -65,8 +65,8 @@ const char kim_cmd_send_usage [] =
     "  kim send --cert kim.rheine.cert_secret --type REFERRAL --to jc.rheine \\\n"
     "      --referral r-2026-001 --case c-17 --subject p-7f3a --purpose job_placement \\\n"
     "      --statute 'SGB X §69(1)1' --payload sealed.bin\n"
-    "  echo '{\"type\":\"ACCEPT\",\"recipient\":\"kim.rheine\",\"referral_id\":\"r-2026-001\"}' \\\n"
-    "      | kim send --json\n";
+    "  echo '{\"type\":\"ACCEPT\",\"recipient\":\"kim.rheine\",' \\\n"
+    "       '\"referral_id\":\"r-2026-001\"}' | kim send --json\n";
 
 //  Header options that set one string field.
 typedef struct {

@@ -213,6 +213,7 @@ s_parse_org (kim_config_t *self, zconfig_t *node, char *error, size_t error_size
     const char *role = zconfig_get (node, "role", "agency");
     const char *key = zconfig_get (node, "public_key", "");
     const char *revoked = zconfig_get (node, "revoked", "0");
+    const char *sign_key = zconfig_get (node, "sign_key", "");
 
     if (s_copy (org->name, sizeof org->name, name)
     ||  !kim_utf8_valid ((const uint8_t *) name, strlen (name))) {
@@ -241,6 +242,14 @@ s_parse_org (kim_config_t *self, zconfig_t *node, char *error, size_t error_size
         return -1;
     }
     memcpy (org->public_key, key, 41);
+    //  Optional: with it, every SEND from this org must carry a valid hdr.sig.
+    if (*sign_key && !s_z85_key_valid (sign_key)) {
+        s_set_error (error, error_size,
+                     "orgs/%s/sign_key: must be a 40-character Z85 Ed25519 public key "
+                     "(see `kim keygen --sign`)", id);
+        return -1;
+    }
+    snprintf (org->sign_key, sizeof org->sign_key, "%s", sign_key);
     if (s_parse_bool (revoked, &org->revoked)) {
         s_set_error (error, error_size, "orgs/%s/revoked: must be 0 or 1", id);
         return -1;

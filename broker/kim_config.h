@@ -39,6 +39,7 @@ typedef struct {
     bool public_body;                   //  public authority (true) or private carrier
     kim_role_t role;
     char public_key [41];               //  CURVE public key, Z85
+    char sign_key [41];                 //  Ed25519 signing public key, Z85; "" = none
     bool revoked;                       //  key revoked: refused at ZAP, sessions closed
 } kim_org_t;
 

@@ -73,6 +73,9 @@ typedef struct {
     void (*committed) (void *state);
     //  The batch was abandoned: forget what `check`/`applied` cached.
     void (*aborted) (void *state);
+    //  A session ended (BYE, a new HELLO, expiry, revocation): forget what
+    //  was kept for that routing id (open queries, ...).
+    void (*session_end) (void *state, const uint8_t *rid, size_t rid_size);
     //  Frees `state` at shutdown.
     void (*destroy) (void **state_p);
     void *state;
@@ -99,9 +102,17 @@ int
 int
     kim_ctx_record (kim_ctx_t *ctx, uint8_t kind, const uint8_t *body, size_t size, uint64_t *seq);
 
-//  Also puts an existing record into `org`'s mailbox (fan-out to subscribers).
+//  Also puts an existing record into `org`'s mailbox (fan-out to subscribers):
+//  delivered with its header and an empty payload (the payload is sealed to
+//  the message's own recipient).
 int
     kim_ctx_deliver_also (kim_ctx_t *ctx, const char *org, uint64_t seq);
+
+//  Puts an existing record into `org`'s mailbox with its payload: for a
+//  message whose payload is meant for `org` although the header's recipient
+//  is another (a FORWARD's payload goes to the organisation it names).
+int
+    kim_ctx_deliver_payload (kim_ctx_t *ctx, const char *org, uint64_t seq);
 
 //  Sends a command to a peer (a reply, a RECORD of a query...).
 void

@@ -42,6 +42,7 @@ typedef struct _session_t session_t;
 typedef struct {
     uint64_t seq;
     uint64_t sent_ms;
+    bool copy;                      //  header only (KIM_MAILBOX_COPY)
 } flight_t;
 
 struct _org_state_t {
@@ -196,7 +197,16 @@ s_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
 {
     kim_cmd_t *reply = &self->reply;
     kim_cmd_init (reply, KIM_CMD_REJECT);
-    reply->code = code < 0? -code: code;
+    code = code < 0? -code: code;
+    //  Local failures (9xx) never travel: the peer learns that the broker
+    //  failed, and the broker's log says how.
+    if (code >= 900) {
+        zsys_error ("server: refusing a command because of a local failure: %s",
+                    kim_strerror (code));
+        code = KIM_E_INTERNAL;
+        format = NULL;
+    }
+    reply->code = code;
     if (msg_id)
         snprintf (reply->msg_id, sizeof reply->msg_id, "%s", msg_id);
     if (path)
@@ -258,6 +268,9 @@ s_session_destroy (kim_server_t *self, session_t *session, const char *why)
     }
     if (self->config->verbose)
         zsys_debug ("server: session %s of %s ended: %s", session->key, state->org->id, why);
+    for (size_t i = 0; i < self->hook_count; i++)
+        if (self->hooks [i].session_end)
+            self->hooks [i].session_end (self->hooks [i].state, session->rid, session->rid_size);
     zhashx_delete (self->sessions, session->key);
 }
 
@@ -355,7 +368,7 @@ s_status (kim_server_t *self, session_t *session)
 //  Delivery
 
 static int
-s_send_delivery (kim_server_t *self, session_t *session, uint64_t seq)
+s_send_delivery (kim_server_t *self, session_t *session, uint64_t seq, bool copy)
 {
     kim_record_t record;
     int rc = kim_store_read (self->store, seq, &record);
@@ -368,8 +381,7 @@ s_send_delivery (kim_server_t *self, session_t *session, uint64_t seq)
     }
     const uint8_t *payload = NULL;
     size_t payload_size = 0;
-    rc = kim_store_payload_get (self->store, seq, &payload, &payload_size);
-    if (rc)
+    if (!copy && (rc = kim_store_payload_get (self->store, seq, &payload, &payload_size)))
         return rc;
     kim_buf_reset (&self->buf);
     rc = kim_cmd_encode_deliver (seq, record.body, record.body_size, &self->buf);
@@ -386,16 +398,20 @@ s_deliver (kim_server_t *self, org_state_t *state, uint64_t now)
     session_t *session = state->receiver;
     while (session && state->flight_count < session->window) {
         uint64_t seqs [KIM_SCAN_CHUNK];
+        uint8_t flags [KIM_SCAN_CHUNK];
         size_t room = session->window - state->flight_count;
         int want = room < KIM_SCAN_CHUNK? (int) room: KIM_SCAN_CHUNK;
-        int count = kim_store_mailbox_scan (self->store, state->org->id, state->cursor, seqs, want);
+        int count = kim_store_mailbox_scan (self->store, state->org->id, state->cursor, seqs,
+                                            flags, want);
         if (count <= 0)
             break;
         for (int i = 0; i < count; i++) {
             state->cursor = seqs [i];
-            if (s_send_delivery (self, session, seqs [i]))
+            bool copy = (flags [i] & KIM_MAILBOX_COPY) != 0;
+            if (s_send_delivery (self, session, seqs [i], copy))
                 continue;
             state->flights [state->flight_count].seq = seqs [i];
+            state->flights [state->flight_count].copy = copy;
             state->flights [state->flight_count].sent_ms = now;
             state->flight_count++;
             self->delivered++;
@@ -499,17 +515,30 @@ kim_ctx_org (kim_ctx_t *ctx, const char *id)
     return state? state->org: NULL;
 }
 
-int
-kim_ctx_deliver_also (kim_ctx_t *ctx, const char *org, uint64_t seq)
+static int
+s_mailbox_add (kim_server_t *self, const char *org, uint64_t seq, bool copy)
 {
-    kim_server_t *self = ctx->server;
     org_state_t *state = (org_state_t *) zhashx_lookup (self->orgs, org);
     if (!state)
         return -KIM_E_UNKNOWN_RECIPIENT;
-    int rc = kim_store_mailbox_put (self->store, org, seq);
+    int rc = copy
+        ? kim_store_mailbox_put_copy (self->store, org, seq)
+        : kim_store_mailbox_put (self->store, org, seq);
     if (rc == 0)
         s_touch (self, state);
     return rc;
+}
+
+int
+kim_ctx_deliver_also (kim_ctx_t *ctx, const char *org, uint64_t seq)
+{
+    return s_mailbox_add (ctx->server, org, seq, true);
+}
+
+int
+kim_ctx_deliver_payload (kim_ctx_t *ctx, const char *org, uint64_t seq)
+{
+    return s_mailbox_add (ctx->server, org, seq, false);
 }
 
 int
@@ -544,7 +573,7 @@ kim_ctx_emit (kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient, uint64_t *s
         rc = kim_store_append (self->store, KIM_RECORD_MESSAGE, ctx->now,
                                self->hdr_buf.data, self->hdr_buf.size, &appended);
     if (rc == 0 && recipient)
-        rc = kim_ctx_deliver_also (ctx, recipient, appended);
+        rc = s_mailbox_add (self, recipient, appended, false);
     if (rc == 0 && seq)
         *seq = appended;
     return rc;
@@ -646,7 +675,7 @@ s_apply_send (kim_server_t *self, item_t *item)
     if (rc == 0 && payload_size)
         rc = kim_store_payload_put (self->store, seq, payload, payload_size);
     if (rc == 0 && recipient)
-        rc = kim_ctx_deliver_also (&self->ctx, recipient->org->id, seq);
+        rc = s_mailbox_add (self, recipient->org->id, seq, false);
     if (rc == 0)
         rc = kim_store_dedup_put (self->store, sender->id, msg->msg_id, seq, self->ctx.now);
     route.seq = seq;
@@ -1308,7 +1337,7 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
             for (size_t i = 0; i < state->flight_count; i++) {
                 flight_t *flight = &state->flights [i];
                 if (now - flight->sent_ms >= self->config->redeliver_ms
-                &&  s_send_delivery (self, state->receiver, flight->seq) == 0) {
+                &&  s_send_delivery (self, state->receiver, flight->seq, flight->copy) == 0) {
                     flight->sent_ms = now;
                     self->redelivered++;
                 }

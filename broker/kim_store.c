@@ -11,7 +11,9 @@
     Layout of a log record value (key: seq as u64 big-endian):
         [u8 format = 1][u8 kind][u64 time_ms BE][32-byte hash][body...]
     hash = BLAKE2b-256 (prev_hash || format || kind || seq BE || time_ms BE
-    || body); the first record's prev_hash is 32 zero bytes.
+    || body); the first record's prev_hash is 32 zero bytes. The one definition
+    of this format is include/kim/kim_log.h (proto/kim_log.c), which the
+    audit tools read with; the store writes through it.
 
     One writer process: the writer holds an exclusive flock() on
     <path>/broker.lock for as long as the store is open. LMDB itself allows
@@ -32,10 +34,11 @@
 #include <unistd.h>
 
 #include "kim/kim_error.h"
+#include "kim/kim_log.h"
 #include "kim_store.h"
 
-#define S_FORMAT            1           //  record format byte and store format
-#define S_RECORD_FIXED      (1 + 1 + 8 + KIM_HASH_SIZE)
+#define S_FORMAT            KIM_LOG_FORMAT          //  record format byte and store format
+#define S_RECORD_FIXED      KIM_LOG_RECORD_FIXED
 #define S_KEY_BUF           512         //  LMDB's default maximum key is 511 bytes
 #define S_MAXDBS            32          //  room for modules added later
 #define S_MAP_DEFAULT       ((size_t) 64 << 20)
@@ -266,22 +269,18 @@ static int
 s_parse_record (kim_store_t *self, uint64_t seq, const MDB_val *value, kim_record_t *record)
 {
     const uint8_t *bytes = (const uint8_t *) value->mv_data;
-    if (value->mv_size < S_RECORD_FIXED) {
-        zsys_error ("kim_store: %s: record %" PRIu64 " is malformed (%zu bytes)",
-                    self->path, seq, value->mv_size);
-        return -KIM_E_IO;
-    }
-    if (bytes [0] != S_FORMAT) {
-        zsys_error ("kim_store: %s: record %" PRIu64 " has unknown format %u",
-                    self->path, seq, (unsigned) bytes [0]);
+    kim_log_record_t parsed;
+    if (kim_log_record_parse (seq, bytes, value->mv_size, &parsed)) {
+        zsys_error ("kim_store: %s: record %" PRIu64 " is malformed (%zu bytes, format %u)",
+                    self->path, seq, value->mv_size, value->mv_size? (unsigned) bytes [0]: 0);
         return -KIM_E_IO;
     }
     record->seq = seq;
-    record->kind = bytes [1];
-    record->time_ms = s_get_be64 (bytes + 2);
-    memcpy (record->hash, bytes + 10, KIM_HASH_SIZE);
-    record->body_size = value->mv_size - S_RECORD_FIXED;
-    record->body = record->body_size? bytes + S_RECORD_FIXED: NULL;
+    record->kind = parsed.kind;
+    record->time_ms = parsed.time_ms;
+    memcpy (record->hash, parsed.hash, KIM_HASH_SIZE);
+    record->body_size = parsed.body_size;
+    record->body = parsed.body;
     return 0;
 }
 
@@ -710,18 +709,8 @@ kim_store_record_hash (const uint8_t prev [KIM_HASH_SIZE], uint8_t kind, uint64_
                        uint64_t time_ms, const uint8_t *body, size_t body_size,
                        uint8_t out [KIM_HASH_SIZE])
 {
-    uint8_t fields [1 + 1 + 8 + 8];
-    fields [0] = S_FORMAT;
-    fields [1] = kind;
-    s_put_be64 (fields + 2, seq);
-    s_put_be64 (fields + 10, time_ms);
-    crypto_generichash_state state;
-    crypto_generichash_init (&state, NULL, 0, KIM_HASH_SIZE);
-    crypto_generichash_update (&state, prev, KIM_HASH_SIZE);
-    crypto_generichash_update (&state, fields, sizeof (fields));
-    if (body_size)
-        crypto_generichash_update (&state, body, body_size);
-    crypto_generichash_final (&state, out, KIM_HASH_SIZE);
+    //  One definition of the format: the public log module's (kim_log.h)
+    kim_log_record_hash (prev, kind, seq, time_ms, body, body_size, out);
 }
 
 int
@@ -752,13 +741,7 @@ kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
     }
     if (rc)
         return s_write_error (self, rc, "appending a record");
-    uint8_t *bytes = (uint8_t *) value.mv_data;
-    bytes [0] = S_FORMAT;
-    bytes [1] = kind;
-    s_put_be64 (bytes + 2, time_ms);
-    memcpy (bytes + 10, hash, KIM_HASH_SIZE);
-    if (body_size)
-        memcpy (bytes + S_RECORD_FIXED, body, body_size);
+    kim_log_record_put ((uint8_t *) value.mv_data, kind, time_ms, hash, body, body_size);
 
     self->batch_head = next;
     memcpy (self->batch_hash, hash, KIM_HASH_SIZE);
@@ -804,7 +787,14 @@ kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, siz
 }
 
 int
-kim_store_mailbox_put (kim_store_t *self, const char *org, uint64_t seq)
+kim_store_payload_del (kim_store_t *self, uint64_t seq)
+{
+    //  Storing an empty payload removes the stored one.
+    return kim_store_payload_put (self, seq, NULL, 0);
+}
+
+int
+s_mailbox_put (kim_store_t *self, const char *org, uint64_t seq, uint8_t flags)
 {
     int rc = s_writable (self, "mailbox_put");
     if (rc)
@@ -817,7 +807,8 @@ kim_store_mailbox_put (kim_store_t *self, const char *org, uint64_t seq)
     if ((rc = s_mailbox_prepare (self, org, &mailbox)))
         return rc;
     MDB_val key = { key_size, key_bytes };
-    MDB_val value = { 0, NULL };
+    //  Full entries (the common case) store no value at all.
+    MDB_val value = { flags? 1: 0, flags? &flags: NULL };
     rc = mdb_put (self->txn, self->dbi [KIM_DB_MAILBOX], &key, &value, MDB_NOOVERWRITE);
     if (rc == MDB_KEYEXIST)
         return 0;               //  there already: the count stays right
@@ -825,6 +816,18 @@ kim_store_mailbox_put (kim_store_t *self, const char *org, uint64_t seq)
         return s_write_error (self, rc, "putting into a mailbox");
     s_mailbox_change (self, mailbox, 1);
     return 0;
+}
+
+int
+kim_store_mailbox_put (kim_store_t *self, const char *org, uint64_t seq)
+{
+    return s_mailbox_put (self, org, seq, 0);
+}
+
+int
+kim_store_mailbox_put_copy (kim_store_t *self, const char *org, uint64_t seq)
+{
+    return s_mailbox_put (self, org, seq, KIM_MAILBOX_COPY);
 }
 
 int
@@ -1159,7 +1162,7 @@ kim_store_payload_get (kim_store_t *self, uint64_t seq, const uint8_t **data, si
 
 int
 kim_store_mailbox_scan (kim_store_t *self, const char *org, uint64_t after,
-                        uint64_t *seqs, int max)
+                        uint64_t *seqs, uint8_t *flags, int max)
 {
     if (max < 0 || (max > 0 && !seqs))
         return -KIM_E_ARGS;
@@ -1187,6 +1190,8 @@ kim_store_mailbox_scan (kim_store_t *self, const char *org, uint64_t after,
         //  The NUL in the prefix keeps "jc.a" out of "jc.ab"'s entries
         if (key.mv_size != key_size || memcmp (key.mv_data, key_bytes, prefix_size) != 0)
             break;
+        if (flags)
+            flags [count] = value.mv_size? *(const uint8_t *) value.mv_data: 0;
         seqs [count++] = s_get_be64 ((const uint8_t *) key.mv_data + prefix_size);
     }
     mdb_cursor_close (cursor);
@@ -1579,15 +1584,15 @@ kim_store_test (bool verbose)
     assert (data == NULL && size == 0);
 
     uint64_t seqs [8];
-    assert (kim_store_mailbox_scan (store, "jc.a", 0, seqs, 8) == 3);
+    assert (kim_store_mailbox_scan (store, "jc.a", 0, seqs, NULL, 8) == 3);
     assert (seqs [0] == 1 && seqs [1] == 2 && seqs [2] == 4);
-    assert (kim_store_mailbox_scan (store, "jc.a", 2, seqs, 8) == 1 && seqs [0] == 4);
-    assert (kim_store_mailbox_scan (store, "jc.a", 0, seqs, 2) == 2 && seqs [1] == 2);
-    assert (kim_store_mailbox_scan (store, "jc.a", 4, seqs, 8) == 0);
-    assert (kim_store_mailbox_scan (store, "jc.a", UINT64_MAX, seqs, 8) == 0);
-    assert (kim_store_mailbox_scan (store, "jc.ab", 0, seqs, 8) == 1 && seqs [0] == 3);
-    assert (kim_store_mailbox_scan (store, "jc", 0, seqs, 8) == 0);
-    assert (kim_store_mailbox_scan (store, "jc.abc", 0, seqs, 8) == 0);
+    assert (kim_store_mailbox_scan (store, "jc.a", 2, seqs, NULL, 8) == 1 && seqs [0] == 4);
+    assert (kim_store_mailbox_scan (store, "jc.a", 0, seqs, NULL, 2) == 2 && seqs [1] == 2);
+    assert (kim_store_mailbox_scan (store, "jc.a", 4, seqs, NULL, 8) == 0);
+    assert (kim_store_mailbox_scan (store, "jc.a", UINT64_MAX, seqs, NULL, 8) == 0);
+    assert (kim_store_mailbox_scan (store, "jc.ab", 0, seqs, NULL, 8) == 1 && seqs [0] == 3);
+    assert (kim_store_mailbox_scan (store, "jc", 0, seqs, NULL, 8) == 0);
+    assert (kim_store_mailbox_scan (store, "jc.abc", 0, seqs, NULL, 8) == 0);
     assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 1 && seq == 1);
     assert (kim_store_dedup_get (store, "jc.a", "m2", &seq) == 0);
     assert (kim_store_dedup_get (store, "jc.ab", "m1", &seq) == 0);
@@ -1599,7 +1604,7 @@ kim_store_test (bool verbose)
     assert (kim_store_mailbox_del (store, "jc.a", 2) == -KIM_E_NOT_FOUND);
     assert (kim_store_mailbox_del (store, "jc.zz", 2) == -KIM_E_NOT_FOUND);
     assert (kim_store_mailbox_count (store, "jc.a") == 2);
-    assert (kim_store_mailbox_scan (store, "jc.a", 0, seqs, 8) == 2);
+    assert (kim_store_mailbox_scan (store, "jc.a", 0, seqs, NULL, 8) == 2);
     kim_store_abort (store);
     assert (kim_store_mailbox_count (store, "jc.a") == 3);
     assert (kim_store_mailbox_count (store, "jc.zz") == 0);

@@ -58,7 +58,8 @@ typedef struct _kim_store_t kim_store_t;
     X(CASE,      "case")      /* case_id -> case state                    */ \
     X(CONSENT,   "consent")   /* consent id -> consent                    */ \
     X(SUB,       "sub")       /* org NUL name -> subscription cursor      */ \
-    X(TIMER,     "timer")     /* due (u64 BE) referral_id -> kind         */
+    X(TIMER,     "timer")     /* due (u64 BE) referral_id -> kind         */ \
+    X(CASE_SEQ,  "case_seq")  /* case_id NUL seq (u64 BE) -> empty: payloads of a case */
 
 typedef enum {
 #define KIM_X_ENUM(name, str) KIM_DB_##name,
@@ -115,9 +116,22 @@ int
 int
     kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, size_t size);
 
+//  Purges the payload of record `seq` (retention, erasure); the log record
+//  and its payload hash stay, so the chain still verifies. No payload: 0.
+int
+    kim_store_payload_del (kim_store_t *self, uint64_t seq);
+
 //  Puts record `seq` into `org`'s mailbox (already there: no change).
 int
     kim_store_mailbox_put (kim_store_t *self, const char *org, uint64_t seq);
+
+//  Puts a copy of record `seq` into `org`'s mailbox: delivered with its
+//  header and an empty payload, for organisations that follow a case
+//  (subscriptions) but are not the message's recipient; the payload is
+//  sealed to the recipient alone.
+#define KIM_MAILBOX_COPY 0x01
+int
+    kim_store_mailbox_put_copy (kim_store_t *self, const char *org, uint64_t seq);
 
 //  Removes record `seq` from `org`'s mailbox (the recipient acked it).
 //  Returns 0, or -KIM_E_NOT_FOUND if it was not there.
@@ -200,10 +214,11 @@ int
     kim_store_payload_get (kim_store_t *self, uint64_t seq, const uint8_t **data, size_t *size);
 
 //  Fills `seqs` with up to `max` sequence numbers from `org`'s mailbox that
-//  are greater than `after`, ascending. Returns how many, or -KIM_E_*.
+//  are greater than `after`, ascending, and `flags` (if not NULL) with each
+//  entry's KIM_MAILBOX_* flags. Returns how many, or -KIM_E_*.
 int
     kim_store_mailbox_scan (kim_store_t *self, const char *org, uint64_t after,
-                            uint64_t *seqs, int max);
+                            uint64_t *seqs, uint8_t *flags, int max);
 
 //  Number of entries in `org`'s mailbox (counted at open, kept current),
 //  including the open batch's changes. Read-only stores count at open only.

@@ -328,7 +328,9 @@ typedef enum {
     S_K_REASON,         //  written from the code (offset: code); checked on decode
     S_K_HDR,            //  kim_msg_t
     S_K_STATUS,         //  kim_status_t
-    S_K_BODY            //  const uint8_t *; aux: size_t size (borrowed)
+    S_K_BODY,           //  const uint8_t *; aux: size_t size (borrowed)
+    S_K_KEY,            //  char [41]: a Z85-encoded 32-byte key, exactly 40 characters
+    S_K_DIR             //  const kim_dir_entry_t *; aux: size_t count (DIRECTORY_REPLY)
 } s_kind_t;
 
 typedef struct {
@@ -378,6 +380,7 @@ typedef struct {
     X (PURPOSES,      "purposes",           S_K_CODE_LIST,  purposes,      purpose_count,    KIM_LIST_MAX, 0, 0) \
     X (EXPLICIT,      "explicit",           S_K_BOOL,       explicit_art9, explicit_art9,    0, 0, 0) \
     X (VALID_UNTIL,   "valid_until",        S_K_U64,        valid_until,   valid_until,      0, 0, S_TIME_MAX) \
+    X (RULE,          "rule",               S_K_ID,         rule,          rule,             0, 0, 0) \
     X (PAYLOAD_LEN,   "payload_len",        S_K_U32,        payload_len,   payload_len,      0, 0, KIM_PAYLOAD_MAX) \
     X (PAYLOAD_HASH,  "payload_hash",       S_K_BIN,        payload_hash,  has_payload_hash, 0, 0, 0) \
     X (SIG,           "sig",                S_K_BIN,        sig,           has_sig,          0, 0, 0)
@@ -430,7 +433,18 @@ typedef struct {
     X (PATH,          "path",               S_K_TEXT,       path,          path,             0, 0, 0) \
     X (SEQS,          "seqs",               S_K_U64_LIST,   acks,          ack_count,        KIM_ACKS_MAX, 0, UINT64_MAX) \
     X (HDR,           "hdr",                S_K_HDR,        msg,           msg,              0, 0, 0) \
-    X (STATUS,        "status",             S_K_STATUS,     status,        status,           0, 0, 0)
+    X (STATUS,        "status",             S_K_STATUS,     status,        status,           0, 0, 0) \
+    X (REFERRAL_ID,   "referral_id",        S_K_ID,         referral_id,   referral_id,      0, 0, 0) \
+    X (ORGS,          "orgs",               S_K_DIR,        dir,           dir_count,        KIM_DIRECTORY_MAX, 0, 0)
+
+//  One DIRECTORY_REPLY entry; sign_key is the only optional one.
+#define S_DIR_FIELDS(X) \
+    X (ID,            "id",                 S_K_ORG,        id,            id,               0, 0, 0) \
+    X (NAME,          "name",               S_K_TEXT,       name,          name,             0, 0, 0) \
+    X (TYPE,          "type",               S_K_CODE,       type,          type,             0, 0, 0) \
+    X (PUBLIC_BODY,   "public_body",        S_K_BOOL,       public_body,   public_body,      0, 0, 0) \
+    X (PUBLIC_KEY,    "public_key",         S_K_KEY,        public_key,    public_key,       0, 0, 0) \
+    X (SIGN_KEY,      "sign_key",           S_K_KEY,        sign_key,      sign_key,         0, 0, 0)
 
 #define S_X_HDR(NAME, key, kind, m, a, max, lo, hi) S_FIELD (kim_msg_t, key, kind, m, a, max, lo, hi)
 #define S_X_CMD(NAME, key, kind, m, a, max, lo, hi) S_FIELD (kim_cmd_t, key, kind, m, a, max, lo, hi)
@@ -440,6 +454,9 @@ static const s_field_t s_hdr_fields [] = { S_HDR_FIELDS (S_X_HDR) };
 static const s_field_t s_basis_fields [] = { S_BASIS_FIELDS (S_X_HDR) };
 static const s_field_t s_status_fields [] = { S_STATUS_FIELDS (S_X_STATUS) };
 static const s_field_t s_cmd_fields [] = { S_CMD_FIELDS (S_X_CMD) };
+#define S_X_DIR(NAME, key, kind, m, a, max, lo, hi) S_FIELD (kim_dir_entry_t, key, kind, m, a, max, lo, hi)
+static const s_field_t s_dir_fields [] = { S_DIR_FIELDS (S_X_DIR) };
+#define S_DIR_REQUIRED ((1ull << (S_COUNT (s_dir_fields) - 1)) - 1)     //  all but sign_key
 
 #define S_COUNT(table) (sizeof table / sizeof table [0])
 
@@ -487,7 +504,11 @@ enum {
     X (QUERY_END,    C (QUERY_ID) | C (COUNT) | C (CODE), 0) \
     X (BYE,          0, 0) \
     X (RELOAD,       0, 0) \
-    X (RELOADED,     C (COUNT) | C (TEXT), 0)
+    X (RELOADED,     C (COUNT) | C (TEXT), 0) \
+    X (REFERRAL_QUERY, C (QUERY_ID), C (CASE_ID) | C (ORG) | C (REFERRAL_ID)) \
+    X (REFERRAL_INFO,  C (QUERY_ID) | C (COUNT) | C (BODY), 0) \
+    X (DIRECTORY,      0, C (ORG)) \
+    X (DIRECTORY_REPLY, C (COUNT) | C (ORGS), 0)
 
 typedef struct {
     kim_cmd_id_t id;
@@ -506,7 +527,7 @@ static const s_cmd_rule_t s_cmd_rules [] = {
 //  neither required nor optional must be absent.
 #define S_COMMON_REQ (H (TYPE) | H (SCHEMA) | H (MSG_ID))
 #define S_COMMON_OPT (H (CREATED_AT) | H (SENDER) | H (PRIORITY) | H (PAYLOAD_LEN) \
-                    | H (PAYLOAD_HASH) | H (SIG))
+                    | H (PAYLOAD_HASH) | H (SIG) | H (RULE))
 #define S_ANSWER_REQ (H (RECIPIENT) | H (REFERRAL_ID))
 #define S_ANSWER_OPT (H (REF_MSG_ID) | H (SENDER_REF) | H (RECIPIENT_REF) | H (CATEGORIES) \
                     | H (NOTE))
@@ -717,7 +738,7 @@ s_present (const s_field_t *f, const void *base)
 {
     const uint8_t *v = (const uint8_t *) base + f->offset;
     switch (f->kind) {
-        case S_K_ID: case S_K_ORG: case S_K_CODE: case S_K_TEXT:
+        case S_K_ID: case S_K_ORG: case S_K_CODE: case S_K_TEXT: case S_K_KEY:
             return v [0] != 0;
         case S_K_U32:
             return *(const uint32_t *) v != 0;
@@ -760,6 +781,45 @@ s_msg_presence (const kim_msg_t *msg)
 }
 
 static int s_msg_check_fields (const kim_msg_t *msg, const char *prefix, kim_decode_error_t *err);
+static int s_check_field (const s_field_t *f, const void *base, const char *prefix, kim_decode_error_t *err);
+
+//  Z85 (ZeroMQ RFC 32) alphabet only; the length is checked by the caller.
+static bool
+s_z85_ok (const char *s, size_t len)
+{
+    static const char alphabet [] = "0123456789abcdefghijklmnopqrstuvwxyz"
+                                    "ABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#";
+    for (size_t i = 0; i < len; i++)
+        if (!s [i] || !strchr (alphabet, s [i]))
+            return false;
+    return true;
+}
+
+//  "orgs[i]" as the prefix of an entry's fields.
+static void
+s_dir_prefix (char *sub, const char *prefix, const char *key, size_t index)
+{
+    s_join (sub, prefix, key);
+    s_path_index (sub, (uint64_t) index);
+}
+
+//  One directory entry: every field valid, the required ones present.
+static int
+s_dir_entry_check (const kim_dir_entry_t *entry, const char *prefix, const char *key,
+                   size_t index, kim_decode_error_t *err)
+{
+    char sub [KIM_PATH_MAX + 1];
+    s_dir_prefix (sub, prefix, key, index);
+    for (size_t i = 0; i < S_COUNT (s_dir_fields); i++) {
+        const s_field_t *f = &s_dir_fields [i];
+        bool present = f->kind == S_K_BOOL || s_present (f, entry);
+        if (!present && (S_DIR_REQUIRED & (1ull << i)))
+            return s_fail (err, KIM_E_MISSING_FIELD, sub, f->key, -1);
+        if (present && s_check_field (f, entry, sub, err))
+            return -err->code;
+    }
+    return 0;
+}
 
 //  Checks the value of one field as it is in the struct: format, range,
 //  list counts, duplicates. Counts are checked before any element is read,
@@ -864,6 +924,25 @@ s_check_field (const s_field_t *f, const void *base, const char *prefix, kim_dec
             char sub [KIM_PATH_MAX + 1];
             s_join (sub, prefix, f->key);
             return s_msg_check_fields ((const kim_msg_t *) v, sub, err);
+        }
+        case S_K_KEY: {
+            size_t len = strnlen ((const char *) v, f->size);
+            if (len == f->size)
+                return s_fail (err, KIM_E_TOO_LONG, prefix, f->key, -1);
+            if (len != KIM_KEY_TEXT_MAX || !s_z85_ok ((const char *) v, len))
+                return s_fail (err, KIM_E_BAD_VALUE, prefix, f->key, -1);
+            return 0;
+        }
+        case S_K_DIR: {
+            const kim_cmd_t *cmd = base;
+            if (cmd->dir_count > KIM_DIRECTORY_MAX)
+                return s_fail (err, KIM_E_TOO_MANY, prefix, f->key, -1);
+            if (cmd->dir_count && !cmd->dir && !(cmd->dir_raw && cmd->dir_raw_size))
+                return s_fail (err, KIM_E_BAD_VALUE, prefix, f->key, -1);
+            for (size_t i = 0; cmd->dir && i < cmd->dir_count; i++)
+                if (s_dir_entry_check (&cmd->dir [i], prefix, f->key, i, err))
+                    return -err->code;
+            return 0;
         }
         default:        //  BOOL, BIN, CMD, REASON, STATUS (plain numbers)
             return 0;
@@ -1140,6 +1219,8 @@ typedef struct {
     //  Field pass
     const uint8_t *reason;
     size_t reason_len;
+    kim_dir_entry_t *dir_out;   //  DIRECTORY_REPLY entries go here, if not NULL
+    size_t dir_max;
 } s_dec_t;
 
 static int
@@ -1323,10 +1404,36 @@ s_decode_field (s_dec_t *d, const s_field_t *f, void *base, const char *prefix)
             if (s_skip (&d->c, 0))
                 return s_fail (d->err, KIM_E_MALFORMED, prefix, key, -1);
             return 0;
-        case S_K_ID: case S_K_ORG: case S_K_CODE: case S_K_TEXT:
+        case S_K_ID: case S_K_ORG: case S_K_CODE: case S_K_TEXT: case S_K_KEY:
             if (s_read_str_into (d, (char *) v, f->size, prefix, key, -1))
                 return -d->err->code;
             break;
+        case S_K_DIR: {
+            kim_cmd_t *cmd = base;
+            const uint8_t *start = d->c.p;
+            if (s_read_array (d, &o, KIM_DIRECTORY_MAX, prefix, key))
+                return -d->err->code;
+            if (d->dir_out && o.u > d->dir_max)
+                return s_fail (d->err, KIM_E_TOO_MANY, prefix, key, -1);
+            for (uint64_t i = 0; i < o.u; i++) {
+                kim_dir_entry_t scratch, *entry = d->dir_out? &d->dir_out [i]: &scratch;
+                memset (entry, 0, sizeof *entry);
+                char sub [KIM_PATH_MAX + 1];
+                s_dir_prefix (sub, prefix, key, (size_t) i);
+                uint64_t seen;
+                if (s_decode_map (d, s_dir_fields, S_COUNT (s_dir_fields), ~0ull, entry, sub, &seen))
+                    return -d->err->code;
+                if (S_DIR_REQUIRED & ~seen)
+                    return s_fail (d->err, KIM_E_MISSING_FIELD, sub,
+                                   s_dir_fields [s_lowest_bit (S_DIR_REQUIRED & ~seen)].key, -1);
+                //  The fields were checked one by one as they were read.
+            }
+            cmd->dir_count = (size_t) o.u;
+            cmd->dir = d->dir_out;
+            cmd->dir_raw = start;
+            cmd->dir_raw_size = (size_t) (d->c.p - start);
+            return 0;
+        }
         case S_K_U32: case S_K_SCHEMA:
             if (s_read_uint (d, &x, UINT32_MAX, prefix, key, -1))
                 return -d->err->code;
@@ -1585,8 +1692,31 @@ kim_msg_decode (kim_msg_t *self, const uint8_t *data, size_t size, kim_decode_er
     return 0;
 }
 
+static int
+s_cmd_decode (kim_cmd_t *self, const uint8_t *data, size_t size, kim_dir_entry_t *entries,
+              size_t max, kim_decode_error_t *err);
+
 int
 kim_cmd_decode (kim_cmd_t *self, const uint8_t *data, size_t size, kim_decode_error_t *err)
+{
+    return s_cmd_decode (self, data, size, NULL, 0, err);
+}
+
+int
+kim_cmd_decode_directory (kim_cmd_t *self, const uint8_t *data, size_t size,
+                          kim_dir_entry_t *entries, size_t max, kim_decode_error_t *err)
+{
+    kim_decode_error_t dummy;
+    if (!entries) {
+        s_begin (&err, &dummy);
+        return s_fail (err, KIM_E_ARGS, "", NULL, -1);
+    }
+    return s_cmd_decode (self, data, size, entries, max, err);
+}
+
+static int
+s_cmd_decode (kim_cmd_t *self, const uint8_t *data, size_t size, kim_dir_entry_t *entries,
+              size_t max, kim_decode_error_t *err)
 {
     kim_decode_error_t dummy;
     s_begin (&err, &dummy);
@@ -1601,6 +1731,8 @@ kim_cmd_decode (kim_cmd_t *self, const uint8_t *data, size_t size, kim_decode_er
     d.err = err;
     if (s_scan_frame (&d, data, size, 1, true))
         return -err->code;
+    d.dir_out = entries;
+    d.dir_max = max;
 
     //  The command decides which keys are known, so it is read first.
     if (!d.cmd_value)
@@ -1685,9 +1817,28 @@ s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
         case S_K_CMD:
             s_pack_cstr (self, kim_cmd_name (*(const kim_cmd_id_t *) v));
             break;
-        case S_K_ID: case S_K_ORG: case S_K_CODE: case S_K_TEXT:
+        case S_K_ID: case S_K_ORG: case S_K_CODE: case S_K_TEXT: case S_K_KEY:
             s_pack_str (self, (const char *) v, strnlen ((const char *) v, f->size));
             break;
+        case S_K_DIR: {
+            const kim_cmd_t *cmd = base;
+            if (!cmd->dir && cmd->dir_raw && cmd->dir_raw_size) {
+                //  Re-encoding a decoded reply: the array was checked then.
+                if (kim_buf_append (self->out, cmd->dir_raw, cmd->dir_raw_size))
+                    self->failed = true;
+                break;
+            }
+            msgpack_pack_array (pk, cmd->dir_count);
+            for (size_t i = 0; i < cmd->dir_count; i++) {
+                const kim_dir_entry_t *entry = &cmd->dir [i];
+                bool sign = entry->sign_key [0] != 0;
+                msgpack_pack_map (pk, S_COUNT (s_dir_fields) - (sign? 0: 1));
+                for (size_t j = 0; j < S_COUNT (s_dir_fields); j++)
+                    if (j < S_COUNT (s_dir_fields) - 1 || sign)
+                        s_pack_field (self, &s_dir_fields [j], entry);
+            }
+            break;
+        }
         case S_K_U32: case S_K_SCHEMA:
             msgpack_pack_uint32 (pk, *(const uint32_t *) v);
             break;
@@ -2104,6 +2255,18 @@ s_test_cmd (kim_cmd_t *cmd, kim_cmd_id_t id)
             strcpy (cmd->query_id, "q-1");
             cmd->count = 7;
             break;
+        case KIM_CMD_REFERRAL_QUERY:
+            strcpy (cmd->query_id, "rq-1");
+            strcpy (cmd->case_id, "c-1");
+            strcpy (cmd->org, "jc.rheine");
+            strcpy (cmd->referral_id, "r-1");
+            break;
+        case KIM_CMD_REFERRAL_INFO:
+            strcpy (cmd->query_id, "rq-1");
+            cmd->count = 1;
+            cmd->body = s_test_body;
+            cmd->body_size = sizeof s_test_body;
+            break;
         default:
             break;
     }
@@ -2121,6 +2284,8 @@ s_test_same (const kim_cmd_t *a, const kim_cmd_t *b)
     memcpy (&x [0], a, sizeof *a);
     memcpy (&x [1], b, sizeof *b);
     x [0].body = x [1].body = NULL;
+    x [0].dir_raw = x [1].dir_raw = NULL;       //  borrowed from each one's frame
+    x [0].dir_raw_size = x [1].dir_raw_size = 0;
     bool same = memcmp (&x [0], &x [1], sizeof *a) == 0;
     free (x);
     return same;

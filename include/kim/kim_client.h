@@ -32,6 +32,22 @@ typedef struct {
     uint32_t window;            //  deliveries in flight this client accepts (0: send only)
     uint32_t send_window;       //  unreceipted sends in flight (0: 256)
     int timeout_ms;             //  how long kim_client_new waits for WELCOME (0: 5000)
+    //  Sealing (PROTOCOL.md 13.2). By default every non-empty payload is
+    //  sealed (libsodium crypto_box_seal) to the X25519 key of the
+    //  organisation it is for (`recipient`; `org` for FORWARD), taken from
+    //  the broker's directory (DIRECTORY, fetched per organisation on first
+    //  use and cached for the session), and every delivery from another
+    //  organisation is opened with our own CURVE key pair. A payload for an
+    //  organisation the directory does not list is refused before it leaves
+    //  (-KIM_E_UNKNOWN_RECIPIENT); messages without a recipient (to the
+    //  broker itself) and broker-made deliveries are not sealed.
+    //  true: send and deliver payloads as they are (tests, benchmarks).
+    bool plaintext;
+    //  Signing (PROTOCOL.md 13.4): our Ed25519 key as the Z85 text of its
+    //  32-byte seed (40 chars; `kim keygen --sign` writes it). When set,
+    //  every SEND carries hdr.sig, with sender, created_at, payload_len and
+    //  payload_hash set by us. Required when the registry has our sign_key.
+    const char *sign_secret_key;
 } kim_client_config_t;
 
 typedef enum {
@@ -50,7 +66,12 @@ typedef struct {
     char path [KIM_PATH_MAX + 1];
     kim_msg_t msg;                      //  DELIVER: the header as the broker logged it
     const uint8_t *payload;             //  DELIVER: borrowed until the next kim_client_ call
-    size_t payload_size;
+    size_t payload_size;                //  (opened: the plaintext; see sealed_error)
+    //  DELIVER: the payload should have been sealed to us but does not open
+    //  (wrong key, rotated key, corrupted, or sent in plaintext). `payload`
+    //  is then the bytes as received. The event is still delivered, never
+    //  dropped: ack it once handled, or the broker redelivers it.
+    bool sealed_error;
 } kim_event_t;
 
 //  Reads a CURVE key pair from a czmq certificate file (the secret file
@@ -115,6 +136,33 @@ size_t
 //  Asks the broker for its figures for our organisation.
 int
     kim_client_status (kim_client_t *self, kim_status_t *status, int timeout_ms);
+
+//  Sends a command the library has no call of its own for (RELOAD, ...) and
+//  waits for the broker's answer: the next command that is not a delivery,
+//  a receipt of a queued send or a PONG. After a reconnect the request is
+//  sent again. Returns 0 with *reply filled, the negated code of a REJECT
+//  (kim_client_error has its text), or -KIM_E_TIMEOUT. For single-answer
+//  commands; QUERY streams RECORDs and has its own reader in `kim audit`.
+//  A reply's `body` (REFERRAL_INFO) is a copy owned by the client: it lives
+//  until the next kim_client_request or kim_client_destroy; so are the
+//  entries of a DIRECTORY_REPLY (`dir`).
+int
+    kim_client_request (kim_client_t *self, const kim_cmd_t *request, kim_cmd_t *reply,
+                        int timeout_ms);
+
+//  Looks organisations up in the broker's directory (DIRECTORY): `org` for
+//  one, NULL for all (up to KIM_DIRECTORY_MAX). *entries points into the
+//  client and lives until the next kim_client_directory/_request call.
+//  Returns 0 with *count set, or -KIM_E_*.
+int
+    kim_client_directory (kim_client_t *self, const char *org, const kim_dir_entry_t **entries,
+                          size_t *count, int timeout_ms);
+
+//  Reads an Ed25519 signing key file written by `kim keygen --sign` (ZPL,
+//  mode 0600): sign/secret_key (Z85 seed) and sign/public_key. Returns 0
+//  or -KIM_E_KEY.
+int
+    kim_client_load_sign_key (const char *path, char public_key [41], char secret_key [41]);
 
 //  Text of the last error or reject (never NULL).
 const char *

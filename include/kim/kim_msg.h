@@ -152,6 +152,8 @@ typedef struct {
     char purposes [KIM_LIST_MAX][KIM_CODE_MAX + 1];
     bool explicit_art9;                         //  "explicit": consent covers art9 data
     uint64_t valid_until;                       //  "valid_until": consent expiry
+    char rule [KIM_ID_MAX + 1];                 //  "rule": set by the broker: the policy
+                                                //  rule that allowed a checked transfer
 
     //  Payload description: set by the broker from frame 1.
     uint32_t payload_len;                       //  "payload_len"
@@ -184,7 +186,11 @@ typedef struct {
     X(QUERY_END,    "QUERY_END",    16, KIM_CMD_TO_CLIENT)      \
     X(BYE,          "BYE",          17, KIM_CMD_TO_BROKER)      \
     X(RELOAD,       "RELOAD",       40, KIM_CMD_TO_BROKER)      \
-    X(RELOADED,     "RELOADED",     41, KIM_CMD_TO_CLIENT)
+    X(RELOADED,     "RELOADED",     41, KIM_CMD_TO_CLIENT)      \
+    X(REFERRAL_QUERY, "REFERRAL_QUERY", 50, KIM_CMD_TO_BROKER)  \
+    X(REFERRAL_INFO,  "REFERRAL_INFO",  51, KIM_CMD_TO_CLIENT)  \
+    X(DIRECTORY,      "DIRECTORY",      60, KIM_CMD_TO_BROKER)  \
+    X(DIRECTORY_REPLY, "DIRECTORY_REPLY", 61, KIM_CMD_TO_CLIENT)
 
 typedef enum {
     KIM_CMD_NONE = 0,
@@ -202,6 +208,21 @@ typedef struct {
     uint64_t uptime_ms;         //  "uptime_ms"
     uint64_t store_bytes;       //  "store_bytes": size of the store's map in use
 } kim_status_t;
+
+//  One organisation in a DIRECTORY_REPLY: what a client needs to seal to it
+//  and to check its signatures. Keys are Z85 text (40 characters).
+#define KIM_DIRECTORY_MAX   128     //  entries in one DIRECTORY_REPLY (fits KIM_FRAME_MAX)
+#define KIM_DIR_NAME_MAX    128     //  display name, UTF-8 bytes
+#define KIM_KEY_TEXT_MAX    40      //  Z85 of a 32-byte key
+
+typedef struct {
+    char id [KIM_ORG_MAX + 1];                  //  "id"
+    char name [KIM_DIR_NAME_MAX + 1];           //  "name"
+    char type [KIM_CODE_MAX + 1];               //  "type": agency type code
+    bool public_body;                           //  "public_body"
+    char public_key [KIM_KEY_TEXT_MAX + 1];     //  "public_key": CURVE = X25519 sealing key
+    char sign_key [KIM_KEY_TEXT_MAX + 1];       //  "sign_key": Ed25519, "" when none
+} kim_dir_entry_t;
 
 //  One wire command. Only the fields of `id` are meaningful.
 typedef struct {
@@ -240,6 +261,7 @@ typedef struct {
     //  QUERY, RECORD, QUERY_END (QUERY also uses org and window, RECORD seq,
     //  QUERY_END code)
     char query_id [KIM_ID_MAX + 1];             //  "query_id"
+    char referral_id [KIM_ID_MAX + 1];          //  "referral_id": REFERRAL_QUERY filter
     uint64_t from_seq;                          //  "from_seq": QUERY filter, inclusive
     uint64_t to_seq;                            //  "to_seq": inclusive
     uint64_t from_time;                         //  "from_time": ms, inclusive
@@ -251,6 +273,17 @@ typedef struct {
     const uint8_t *body;                        //  "body": RECORD body. After decoding it
     size_t body_size;                           //  points into the decoded frame (borrowed)
     uint64_t count;                             //  "count": QUERY_END, records sent
+    //  DIRECTORY_REPLY (DIRECTORY filters with `org`; the reply's `count` is
+    //  how many organisations matched, more than dir_count if cut at
+    //  KIM_DIRECTORY_MAX). Encoding reads dir [0..dir_count) (borrowed).
+    //  kim_cmd_decode checks every entry but copies none: dir = NULL and
+    //  dir_raw/_size point at the array's bytes in the decoded frame
+    //  (borrowed), which an encode with dir = NULL writes back as they are.
+    //  kim_cmd_decode_directory also copies them into the caller's array.
+    size_t dir_count;                           //  "orgs": array of maps
+    const kim_dir_entry_t *dir;
+    const uint8_t *dir_raw;
+    size_t dir_raw_size;
 } kim_cmd_t;
 
 //  Where a decode failed: the error code and the dotted path of the field.
@@ -328,6 +361,13 @@ int
 //  A SEND or DELIVER header is decoded and validated (kim_msg_validate).
 int
     kim_cmd_decode (kim_cmd_t *self, const uint8_t *data, size_t size, kim_decode_error_t *err);
+
+//  kim_cmd_decode, and for a DIRECTORY_REPLY also copies up to `max` entries
+//  into `entries` (self->dir then points there). A reply with more entries
+//  than `max` fails with -KIM_E_TOO_MANY.
+int
+    kim_cmd_decode_directory (kim_cmd_t *self, const uint8_t *data, size_t size,
+                              kim_dir_entry_t *entries, size_t max, kim_decode_error_t *err);
 
 //  Identifier formats. An id (msg_id, referral_id, case_id, consent id) is
 //  1..64 of [A-Za-z0-9._:-]; an org id is <type>.<place>[.<unit>] with each

@@ -1219,12 +1219,27 @@ s_print_ceilings_json (const ceilings_t *ceil)
     fflush (stdout);
 }
 
+//  The 1-minute load average: other work on the machine skews every figure.
+static double
+s_load_average (void)
+{
+    double load = -1;
+    FILE *file = fopen ("/proc/loadavg", "r");
+    if (file) {
+        if (fscanf (file, "%lf", &load) != 1)
+            load = -1;
+        fclose (file);
+    }
+    return load;
+}
+
 static void
 s_print_table (const options_t *opt, const result_t results [], size_t count,
-               const ceilings_t *ceil)
+               const ceilings_t *ceil, double load_before)
 {
-    printf ("\nkim-bench (%s, %s)\n", opt->tcp? "tcp loopback": "ipc",
-            opt->smoke? "smoke counts": "full counts");
+    printf ("\nkim-bench (%s, %s; %ld CPUs, 1-min load average %.2f before, %.2f after)\n",
+            opt->tcp? "tcp loopback": "ipc", opt->smoke? "smoke counts": "full counts",
+            sysconf (_SC_NPROCESSORS_ONLN), load_before, s_load_average ());
     printf ("%-5s %-4s %9s %8s %12s %12s %9s %9s %9s %10s\n", "", "ok", "messages", "seconds",
             "receipted/s", "acked/s", "p50 µs", "p99 µs", "max µs", "RSS kB");
     for (size_t i = 0; i < count; i++) {
@@ -1417,6 +1432,7 @@ main (int argc, char *argv [])
     }
     signal (SIGPIPE, SIG_IGN);
 
+    double load_before = s_load_average ();
     ceilings_t ceil = { 0 };
     if (opt.ceilings && (all || s_streq (opt.workload, "W1") || s_streq (opt.workload, "W3"))) {
         if (!opt.json)
@@ -1447,7 +1463,7 @@ main (int argc, char *argv [])
         s_print_json (&opt, &results [w], &ceil);
     }
     if (!opt.json)
-        s_print_table (&opt, results, 4, &ceil);
+        s_print_table (&opt, results, 4, &ceil, load_before);
     bool ok = true;
     for (int w = 0; w < 4; w++)
         if (results [w].ran && !results [w].ok)

@@ -125,11 +125,22 @@ s_itest_payload_ok (const uint8_t *data, size_t size, size_t expected_size, cons
     return ok;
 }
 
-//  A REFERRAL with an explicit msg_id and creation time.
+//  A REFERRAL with an explicit msg_id and creation time. A REFERRAL opens
+//  a new referral (the broker refuses a known referral_id with
+//  REFERRAL_EXISTS), so tests that send many messages "of one referral"
+//  get the referral_id once and then "<id>.<msg_id>" (same case_id).
 static inline void
 s_itest_msg (kim_msg_t *msg, const char *to, const char *referral_id, const char *msg_id)
 {
+    static zhashx_t *seen = NULL;
+    if (!seen)
+        seen = zhashx_new ();
     kim_test_referral (msg, to, referral_id);
+    if (seen && zhashx_lookup (seen, referral_id))
+        snprintf (msg->referral_id, sizeof msg->referral_id, "%.24s.%.39s", referral_id, msg_id);
+    else
+    if (seen)
+        zhashx_insert (seen, referral_id, (void *) 1);
     snprintf (msg->msg_id, sizeof msg->msg_id, "%s", msg_id);
     msg->created_at = (uint64_t) zclock_time ();
 }

@@ -146,10 +146,15 @@ s_test_send (kim_testbroker_t *broker)
     const int count = 1000;
     zhashx_t *ids = zhashx_new ();
     for (int i = 0; i < count; i++) {
-        kim_test_referral (&msg, "jc.rheine", "r-pipe");
+        char referral [KIM_ID_MAX + 1];
+        snprintf (referral, sizeof referral, "r-pipe-%d", i);  //  each REFERRAL opens one
+        kim_test_referral (&msg, "jc.rheine", referral);
         char payload [32];
         int size = snprintf (payload, sizeof payload, "payload %d", i);
-        KIM_CHECK (kim_client_send_async (a, &msg, payload, (size_t) size) == 0);
+        rc = kim_client_send_async (a, &msg, payload, (size_t) size);
+        if (rc)
+            fprintf (stderr, "send_async %d: %s\n", i, kim_client_error (a));
+        KIM_CHECK (rc == 0);
         KIM_CHECK (zhashx_insert (ids, msg.msg_id, (void *) 1) == 0);
     }
     KIM_CHECK (kim_client_flush (a, 10000) == 0);
@@ -209,7 +214,9 @@ s_test_broker_crash (kim_testbroker_t *broker)
     zhashx_t *ids = zhashx_new ();
     kim_msg_t msg;
     for (int i = 0; i < count; i++) {
-        kim_test_referral (&msg, "jc.rheine", "r-crash");
+        char referral [KIM_ID_MAX + 1];
+        snprintf (referral, sizeof referral, "r-crash-%d", i);
+        kim_test_referral (&msg, "jc.rheine", referral);
         KIM_CHECK (kim_client_send_async (a, &msg, "x", 1) == 0);
         zhashx_insert (ids, msg.msg_id, (void *) 1);
     }
@@ -236,7 +243,7 @@ s_test_broker_crash (kim_testbroker_t *broker)
     int delivered = 0;
     while (kim_client_recv (b, &event, 1000) == 0) {
         KIM_CHECK (event.type == KIM_EVENT_DELIVER);
-        KIM_CHECK (streq (event.msg.referral_id, "r-crash"));
+        KIM_CHECK (strncmp (event.msg.referral_id, "r-crash-", 8) == 0);
         kim_client_ack (b, event.seq);
         delivered++;
     }
@@ -287,7 +294,9 @@ s_test_redelivery (kim_testbroker_t *broker)
     uint64_t seqs [3];
     bool dup;
     for (int i = 0; i < 3; i++) {
-        kim_test_referral (&msg, "jc.rheine", "r-redeliver");
+        char referral [KIM_ID_MAX + 1];
+        snprintf (referral, sizeof referral, "r-redeliver-%d", i);
+        kim_test_referral (&msg, "jc.rheine", referral);
         KIM_CHECK (kim_client_send (a, &msg, NULL, 0, &seqs [i], &dup, 5000) == 0);
     }
     kim_client_destroy (&a);

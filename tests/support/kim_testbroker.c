@@ -48,8 +48,24 @@ s_free_port (void)
     return port;
 }
 
+//  The policy tests of other features run under: every transfer passes,
+//  its legal basis unchecked. Test-only; the broker warns when it loads it.
+static const char s_test_policy [] =
+    "#   TEST-ONLY policy written by tests/support/kim_testbroker.c: every transfer\n"
+    "#   passes and its legal basis is NOT checked. Never use it in a real broker.\n"
+    "policy\n    checks = \"REFERRAL, FORWARD, HANDOVER_OFFER\"\n"
+    "rules\n    test_allow_all\n        law = \"none: test-only policy\"\n"
+    "        from = *\n        to = *\n        decision = allow\n        basis = unchecked\n"
+    "        categories = \"art9, sgb8_s65, stgb203, residence_status\"\n";
+
 kim_testbroker_t *
 kim_testbroker_new (const char *orgs [], const char *extra)
+{
+    return kim_testbroker_new_policy (orgs, extra, KIM_TESTBROKER_TEST_POLICY);
+}
+
+kim_testbroker_t *
+kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *policy_file)
 {
     kim_testbroker_t *self = (kim_testbroker_t *) calloc (1, sizeof (kim_testbroker_t));
     if (!self)
@@ -70,6 +86,23 @@ kim_testbroker_new (const char *orgs [], const char *extra)
     }
     fprintf (file, "broker\n    name = kim.test\n    data = \"%s/data\"\n"
              "    bind = \"%s, %s\"\n%s", self->dir, self->ipc, self->tcp, extra? extra: "");
+    if (policy_file == KIM_TESTBROKER_TEST_POLICY) {
+        char policy_path [KIM_TEST_DIR_MAX + 32];
+        snprintf (policy_path, sizeof policy_path, "%s/test-policy.cfg", self->dir);
+        FILE *policy = fopen (policy_path, "w");
+        if (!policy || fputs (s_test_policy, policy) < 0) {
+            if (policy)
+                fclose (policy);
+            fclose (file);
+            kim_testbroker_destroy (&self);
+            return NULL;
+        }
+        fclose (policy);
+        fprintf (file, "policy\n    file = \"%s\"\n", policy_path);
+    }
+    else
+    if (policy_file)
+        fprintf (file, "policy\n    file = \"%s\"\n", policy_file);
     fprintf (file, "orgs\n");
     for (size_t i = 0; orgs [i] && i < KIM_TEST_ORGS_MAX; i++) {
         test_org_t *org = &self->orgs [self->org_count++];

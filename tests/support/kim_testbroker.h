@@ -27,6 +27,15 @@ typedef struct _kim_testbroker_t kim_testbroker_t;
 kim_testbroker_t *
     kim_testbroker_new (const char *orgs [], const char *extra);
 
+//  Like kim_testbroker_new, which gives the broker a permissive TEST-ONLY
+//  policy (every transfer allowed, its legal basis unchecked) so that tests
+//  of other features need not register consents. Here `policy_file` becomes
+//  the broker's policy/file (e.g. the path of deploy/policy.cfg);
+//  NULL writes no policy/file at all (the broker's built-in default deny).
+#define KIM_TESTBROKER_TEST_POLICY ((const char *) 1)
+kim_testbroker_t *
+    kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *policy_file);
+
 //  Starts kim-broker and waits until it serves. Returns 0 or -1.
 int
     kim_testbroker_start (kim_testbroker_t *self);

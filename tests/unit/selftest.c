@@ -5,6 +5,12 @@
 #include "kim/kim_msg.h"
 #include "kim_config.h"
 #include "kim_store.h"
+#include "kim/kim_log.h"
+#include "kim_audit.h"
+#include "kim_lifecycle.h"
+#include "kim/kim_policy.h"
+#include "kim_consent.h"
+#include "kim_directory.h"
 
 typedef struct {
     const char *name;
@@ -12,9 +18,15 @@ typedef struct {
 } selftest_t;
 
 static const selftest_t s_tests [] = {
+    { "log", kim_log_test },
+    { "directory", kim_directory_test },
+    { "audit", kim_audit_test },
     { "msg", kim_msg_test },
     { "store", kim_store_test },
     { "config", kim_config_test },
+    { "lifecycle", kim_lifecycle_test },
+    { "policy", kim_policy_test },
+    { "consent", kim_consent_test },
 };
 
 int

@@ -1,0 +1,607 @@
+/*  kim_case.c — cases, handovers, case-event subscriptions and retention
+    (part of the life-cycle module; see kim_lifecycle.h).
+
+    A case has one lead organisation at any time: the sender of its first
+    REFERRAL (or CONSENT_GRANT), then whoever accepts a HANDOVER_OFFER. The
+    lead changes in the write transaction that logs the HANDOVER_ACCEPT, so a
+    crash leaves either the old lead or the new one, never both or none.
+    Participants are the senders and recipients of the case's messages; only
+    they receive the case's events, and only they refer within the case.
+
+    Subscriptions are filters (case, types) per organisation. An event is
+    put into the subscriber's durable mailbox in the transaction that logs
+    it, so a subscriber that was offline gets every event later, in log
+    order, once (the mailbox is a set).
+*/
+#include <czmq.h>
+
+#include "kim_lifecycle_int.h"
+
+#define S_CASE_FIXED    offsetof (kim_case_t, participants)
+#define S_CASE_SIZE(n)  (S_CASE_FIXED + (size_t) (n) * (KIM_ORG_MAX + 1))
+
+int
+kim_lc_case_get (kim_store_t *store, const char *id, kim_case_t *kcase)
+{
+    if (!id [0])
+        return -KIM_E_NOT_FOUND;
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn)
+        return -KIM_E_ARGS;
+    MDB_val key = { strlen (id), (void *) id }, value;
+    int rc = mdb_get (txn, kim_store_dbi (store, KIM_DB_CASE), &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return -KIM_E_NOT_FOUND;
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: reading a case");
+    memset (kcase, 0, sizeof *kcase);
+    if (value.mv_size >= S_CASE_FIXED && value.mv_size <= sizeof *kcase)
+        memcpy (kcase, value.mv_data, value.mv_size);
+    if (kcase->version != S_CASE_VERSION || kcase->participant_count > S_PARTICIPANTS_MAX
+    ||  value.mv_size != S_CASE_SIZE (kcase->participant_count)) {
+        zsys_error ("lifecycle: case %s is stored in a form this broker does not know "
+                    "(%zu bytes)", id, value.mv_size);
+        return -KIM_E_IO;
+    }
+    return 0;
+}
+
+static int
+s_case_put (kim_store_t *store, const kim_case_t *kcase)
+{
+    return kim_lc_put (store, KIM_DB_CASE, kcase->id, strlen (kcase->id), kcase,
+                       S_CASE_SIZE (kcase->participant_count), "lifecycle: storing a case");
+}
+
+static bool
+s_participant (const kim_case_t *kcase, const char *org)
+{
+    for (uint32_t i = 0; i < kcase->participant_count; i++)
+        if (streq (kcase->participants [i], org))
+            return true;
+    return false;
+}
+
+static void
+s_participant_add (kim_case_t *kcase, const char *org)
+{
+    if (!org [0] || s_participant (kcase, org))
+        return;
+    if (kcase->participant_count == S_PARTICIPANTS_MAX) {
+        zsys_warning ("lifecycle: case %s has %d participants already; %s is not added and "
+                      "gets no case events", kcase->id, S_PARTICIPANTS_MAX, org);
+        return;
+    }
+    snprintf (kcase->participants [kcase->participant_count++], KIM_ORG_MAX + 1, "%s", org);
+}
+
+static int
+s_refuse (kim_verdict_t *verdict, int code, const char *path, const char *format, ...)
+{
+    verdict->code = code;
+    snprintf (verdict->path, sizeof verdict->path, "%s", path? path: "");
+    snprintf (verdict->rule, sizeof verdict->rule, "lifecycle");
+    va_list args;
+    va_start (args, format);
+    vsnprintf (verdict->text, sizeof verdict->text, format, args);
+    va_end (args);
+    return -code;
+}
+
+int
+kim_lc_case_check (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
+                   kim_verdict_t *verdict)
+{
+    const kim_msg_t *msg = route->msg;
+    const char *who = route->sender->id;
+    kim_store_t *store = kim_ctx_store (ctx);
+    kim_case_t kcase;
+    int rc = kim_lc_case_get (store, msg->case_id, &kcase);
+    if (rc == -KIM_E_NOT_FOUND)
+        return s_refuse (verdict, KIM_E_UNKNOWN_CASE, "hdr.case_id",
+                         "no case %s is known to this broker", msg->case_id);
+    if (rc)
+        return rc;
+    if (kcase.closed)
+        return s_refuse (verdict, KIM_E_BAD_STATE, "hdr.case_id",
+                         "case %s was closed by %s", kcase.id, kcase.lead);
+    switch (msg->type) {
+        case KIM_TYPE_HANDOVER_OFFER:
+        case KIM_TYPE_CASE_CLOSED:
+            if (!streq (who, kcase.lead))
+                return s_refuse (verdict, KIM_E_NOT_LEAD, "hdr.case_id",
+                                 "%s is not the lead of case %s; %s is", who, kcase.id, kcase.lead);
+            if (msg->type == KIM_TYPE_CASE_CLOSED)
+                return 0;
+            if (streq (msg->recipient, who))
+                return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.recipient",
+                                 "%s leads case %s already", who, kcase.id);
+            for (size_t i = 0; i < msg->referral_count; i++) {
+                kim_referral_t referral;
+                char path [KIM_PATH_MAX + 1];
+                snprintf (path, sizeof path, "hdr.referrals[%zu]", i);
+                rc = kim_lc_referral_get (store, msg->referrals [i], &referral);
+                if (rc == -KIM_E_NOT_FOUND || (rc == 0 && !streq (referral.case_id, kcase.id)))
+                    return s_refuse (verdict, KIM_E_UNKNOWN_REFERRAL, path,
+                                     "referral %s is not part of case %s", msg->referrals [i],
+                                     kcase.id);
+                if (rc)
+                    return rc;
+            }
+            return 0;
+        case KIM_TYPE_HANDOVER_ACCEPT:
+        case KIM_TYPE_HANDOVER_DECLINE:
+            if (!kcase.offer_msg_id [0] || !streq (kcase.offer_to, who)
+            ||  !streq (kcase.offer_msg_id, msg->ref_msg_id))
+                return s_refuse (verdict, KIM_E_BAD_STATE, "hdr.ref_msg_id",
+                                 "case %s has no open handover offer %s to %s%s%s%s", kcase.id,
+                                 msg->ref_msg_id, who,
+                                 kcase.offer_msg_id [0]? " (the open offer is ": "",
+                                 kcase.offer_msg_id [0]? kcase.offer_msg_id: "",
+                                 kcase.offer_msg_id [0]? ")": "");
+            if (!streq (msg->recipient, kcase.lead))
+                return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.recipient",
+                                 "the answer to a handover offer goes to the lead, %s", kcase.lead);
+            return 0;
+        default:
+            return 0;
+    }
+}
+
+//  The lead accepted a handover: the open referrals it listed move with it.
+static int
+s_hand_over (kim_ctx_t *ctx, kim_case_t *kcase, const char *to, uint64_t seq)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    char from [KIM_ORG_MAX + 1];
+    snprintf (from, sizeof from, "%s", kcase->lead);
+    //  The offer's log record lists the referrals handed over.
+    kim_msg_t *offer = (kim_msg_t *) calloc (1, sizeof (kim_msg_t));
+    if (!offer)
+        return -KIM_E_NOMEM;
+    kim_record_t record;
+    kim_decode_error_t error;
+    int rc = kim_store_read (store, kcase->offer_seq, &record);
+    if (rc == 0 && (record.kind != KIM_RECORD_MESSAGE
+                ||  kim_msg_decode (offer, record.body, record.body_size, &error)
+                ||  offer->type != KIM_TYPE_HANDOVER_OFFER)) {
+        zsys_error ("lifecycle: case %s: record %" PRIu64 " is not the HANDOVER_OFFER it "
+                    "should be", kcase->id, kcase->offer_seq);
+        rc = -KIM_E_INTERNAL;
+    }
+    for (size_t i = 0; rc == 0 && i < offer->referral_count; i++) {
+        kim_referral_t referral;
+        rc = kim_lc_referral_get (store, offer->referrals [i], &referral);
+        if (rc == -KIM_E_NOT_FOUND) {
+            rc = 0;
+            continue;
+        }
+        if (rc || !kim_lc_state_open (referral.state) || !streq (referral.sender, from))
+            continue;
+        snprintf (referral.sender, sizeof referral.sender, "%s", to);
+        referral.last_seq = seq;
+        rc = kim_lc_referral_put (store, &referral);
+        char json [512];
+        snprintf (json, sizeof json, "{\"referral_id\":\"%s\",\"case_id\":\"%s\",\"from\":\"%s\","
+                  "\"to\":\"%s\",\"sender_from\":\"%s\",\"sender_to\":\"%s\",\"seq\":%" PRIu64 "}",
+                  referral.id, kcase->id, kim_lc_state_name (referral.state),
+                  kim_lc_state_name (referral.state), from, to, seq);
+        if (rc == 0)
+            rc = kim_lc_record (ctx, json);
+    }
+    free (offer);
+    snprintf (kcase->lead, sizeof kcase->lead, "%s", to);
+    kcase->offer_msg_id [0] = kcase->offer_to [0] = 0;
+    kcase->offer_seq = 0;
+    char json [512];
+    snprintf (json, sizeof json, "{\"case_id\":\"%s\",\"lead_from\":\"%s\",\"lead_to\":\"%s\","
+              "\"seq\":%" PRIu64 "}", kcase->id, from, to, seq);
+    if (rc == 0)
+        rc = kim_lc_record (ctx, json);
+    if (rc == 0)
+        zsys_info ("lifecycle: case %s handed over from %s to %s", kcase->id, from, to);
+    return rc;
+}
+
+static bool
+s_sub_matches (const kim_sub_t *sub, const char *case_id, kim_type_t type)
+{
+    if (sub->case_id [0] && !streq (sub->case_id, case_id))
+        return false;
+    if (sub->type_count == 0)
+        return true;
+    for (uint32_t i = 0; i < sub->type_count && i < KIM_LIST_MAX; i++)
+        if (sub->types [i] == (uint32_t) type)
+            return true;
+    return false;
+}
+
+//  Does `org` hold a subscription matching (case, type)? 1, 0 or -KIM_E_*.
+static int
+s_subscribed (kim_store_t *store, const char *org, const char *case_id, kim_type_t type)
+{
+    MDB_txn *txn = kim_store_txn (store);
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_SUB), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: reading subscriptions");
+    size_t prefix = strlen (org) + 1;
+    MDB_val key = { prefix, (void *) org }, value;
+    int found = 0;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE); rc == 0 && !found;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        if (key.mv_size < prefix || memcmp (key.mv_data, org, prefix) != 0)
+            break;
+        if (value.mv_size == sizeof (kim_sub_t)) {
+            kim_sub_t sub;          //  copied: LMDB does not align values
+            memcpy (&sub, value.mv_data, sizeof sub);
+            found = s_sub_matches (&sub, case_id, type);
+        }
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND && !found)
+        return kim_store_error (store, rc, "lifecycle: reading subscriptions");
+    return found;
+}
+
+int
+kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
+                     const char *case_id)
+{
+    const kim_msg_t *msg = route->msg;
+    kim_type_t type = msg->type;
+    bool ours = type == KIM_TYPE_REFERRAL || (kim_type_flags (type) & KIM_MSG_REFERRAL_ANSWER)
+             || type == KIM_TYPE_HANDOVER_OFFER || type == KIM_TYPE_HANDOVER_ACCEPT
+             || type == KIM_TYPE_HANDOVER_DECLINE || type == KIM_TYPE_CASE_CLOSED;
+    if (!case_id [0] || (!ours && type != KIM_TYPE_CONSENT_GRANT))
+        return 0;
+    kim_store_t *store = kim_ctx_store (ctx);
+    kim_case_t kcase;
+    int rc = kim_lc_case_get (store, case_id, &kcase);
+    if (rc == -KIM_E_NOT_FOUND) {
+        //  The first REFERRAL (or consent) of a case opens it; its sender leads.
+        if (type != KIM_TYPE_REFERRAL && type != KIM_TYPE_CONSENT_GRANT)
+            return 0;
+        memset (&kcase, 0, sizeof kcase);
+        kcase.version = S_CASE_VERSION;
+        snprintf (kcase.id, sizeof kcase.id, "%s", case_id);
+        snprintf (kcase.lead, sizeof kcase.lead, "%s", msg->sender);
+        kcase.created_seq = route->seq;
+        s_participant_add (&kcase, msg->sender);
+        //  No state record: the message that opens the case shows it.
+        rc = 0;
+    }
+    else
+    if (rc == 0 && !ours)
+        return 0;           //  a consent in a known case changes nothing here
+    if (rc)
+        return rc;
+    s_participant_add (&kcase, msg->sender);
+    s_participant_add (&kcase, msg->recipient);
+    if (type == KIM_TYPE_FORWARD)
+        s_participant_add (&kcase, msg->org);
+    if (type == KIM_TYPE_HANDOVER_OFFER) {
+        snprintf (kcase.offer_msg_id, sizeof kcase.offer_msg_id, "%s", msg->msg_id);
+        snprintf (kcase.offer_to, sizeof kcase.offer_to, "%s", msg->recipient);
+        kcase.offer_seq = route->seq;
+    }
+    else
+    if (type == KIM_TYPE_HANDOVER_ACCEPT)
+        rc = s_hand_over (ctx, &kcase, msg->sender, route->seq);
+    else
+    if (type == KIM_TYPE_HANDOVER_DECLINE) {
+        kcase.offer_msg_id [0] = kcase.offer_to [0] = 0;
+        kcase.offer_seq = 0;
+    }
+    else
+    if (type == KIM_TYPE_CASE_CLOSED) {
+        kcase.closed = 1;
+        kcase.closed_at = kim_ctx_now (ctx);
+        char json [256];
+        snprintf (json, sizeof json, "{\"case_id\":\"%s\",\"from\":\"OPEN\",\"to\":\"CLOSED\","
+                  "\"seq\":%" PRIu64 "}", kcase.id, route->seq);
+        rc = kim_lc_record (ctx, json);
+        if (rc == 0)
+            rc = kim_lc_timer_put (store, kcase.closed_at + self->payload_ms, kcase.id,
+                                   S_TIMER_PURGE);
+        //  Without a recipient, every participant is told.
+        for (uint32_t i = 0; rc == 0 && !msg->recipient [0] && i < kcase.participant_count; i++)
+            if (!streq (kcase.participants [i], msg->sender))
+                rc = kim_ctx_deliver_also (ctx, kcase.participants [i], route->seq);
+        zsys_info ("lifecycle: case %s closed by %s", kcase.id, msg->sender);
+    }
+    if (rc == 0)
+        rc = s_case_put (store, &kcase);
+    //  The seq index lets retention find the case's payloads.
+    if (rc == 0 && route->payload_size) {
+        uint8_t key [KIM_ID_MAX + 1 + 8];
+        size_t size = strlen (kcase.id) + 1;
+        memcpy (key, kcase.id, size);
+        for (int i = 0; i < 8; i++)
+            key [size + i] = (uint8_t) (route->seq >> (56 - 8 * i));
+        rc = kim_lc_put (store, KIM_DB_CASE_SEQ, key, size + 8, "", 0,
+                         "lifecycle: indexing a case's payload");
+    }
+    //  Fan-out to subscribed participants (never to outsiders).
+    for (uint32_t i = 0; rc == 0 && i < kcase.participant_count; i++) {
+        const char *org = kcase.participants [i];
+        if (streq (org, msg->sender) || streq (org, msg->recipient)
+        ||  (type == KIM_TYPE_FORWARD && streq (org, msg->org)))
+            continue;
+        int found = s_subscribed (store, org, kcase.id, type);
+        rc = found < 0? found: found? kim_ctx_deliver_also (ctx, org, route->seq): 0;
+    }
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  Retention: payloads of a closed case are purged after retention/payload_days.
+
+int
+kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    MDB_txn *txn = kim_store_txn (store);
+    MDB_dbi dbi = kim_store_dbi (store, KIM_DB_CASE_SEQ);
+    size_t prefix = strlen (case_id) + 1;
+    uint64_t seqs [256];
+    size_t count = 0;
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, dbi, &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: reading a case's payload index");
+    MDB_val key = { prefix, (void *) case_id }, value;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
+         rc == 0 && count < sizeof seqs / sizeof seqs [0];
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        if (key.mv_size != prefix + 8 || memcmp (key.mv_data, case_id, prefix) != 0)
+            break;
+        const uint8_t *bytes = (const uint8_t *) key.mv_data + prefix;
+        uint64_t seq = 0;
+        for (int i = 0; i < 8; i++)
+            seq = (seq << 8) | bytes [i];
+        seqs [count++] = seq;
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND && count < sizeof seqs / sizeof seqs [0])
+        return kim_store_error (store, rc, "lifecycle: reading a case's payload index");
+    rc = 0;
+    char json [256 * 22 + 256];
+    size_t used = (size_t) snprintf (json, sizeof json,
+                                     "{\"case_id\":\"%s\",\"reason\":\"retention\","
+                                     "\"retention_s\":%" PRIu64 ",\"seqs\":[",
+                                     case_id, self->payload_ms / 1000);
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        rc = kim_store_payload_del (store, seqs [i]);
+        uint8_t index_key [KIM_ID_MAX + 1 + 8];
+        memcpy (index_key, case_id, prefix);
+        for (int b = 0; b < 8; b++)
+            index_key [prefix + b] = (uint8_t) (seqs [i] >> (56 - 8 * b));
+        MDB_val k = { prefix + 8, index_key };
+        if (rc == 0 && (rc = mdb_del (txn, dbi, &k, NULL)) != 0)
+            rc = kim_store_error (store, rc, "lifecycle: removing a payload index entry");
+        used += (size_t) snprintf (json + used, sizeof json - used, "%s%" PRIu64, i? ",": "",
+                                   seqs [i]);
+    }
+    snprintf (json + used, sizeof json - used, "]}");
+    if (rc == 0 && count) {
+        kim_buf_t buf;
+        kim_buf_init (&buf);
+        rc = kim_json_to_msgpack (json, strlen (json), &buf);
+        if (rc == 0)
+            rc = kim_ctx_record (ctx, KIM_RECORD_PURGE, buf.data, buf.size, NULL);
+        kim_buf_free (&buf);
+        zsys_info ("lifecycle: purged %zu payloads of closed case %s (retention)", count, case_id);
+    }
+    //  A very large case continues in the next tick.
+    if (rc == 0 && count == sizeof seqs / sizeof seqs [0])
+        rc = kim_lc_timer_put (store, kim_ctx_now (ctx), case_id, S_TIMER_PURGE);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  SUBSCRIBE / UNSUBSCRIBE
+
+typedef struct {
+    const kim_peer_t *peer;
+    const kim_cmd_t *cmd;
+} s_sub_arg_t;
+
+static int
+s_sub_write (void *arg, kim_ctx_t *ctx)
+{
+    s_sub_arg_t *sub_arg = (s_sub_arg_t *) arg;
+    kim_store_t *store = kim_ctx_store (ctx);
+    const char *org = sub_arg->peer->org->id;
+    const kim_cmd_t *cmd = sub_arg->cmd;
+    uint8_t key [KIM_ORG_MAX + 1 + KIM_ID_MAX];
+    size_t org_size = strlen (org) + 1, id_size = strlen (cmd->sub_id);
+    memcpy (key, org, org_size);
+    memcpy (key + org_size, cmd->sub_id, id_size);
+    if (cmd->id == KIM_CMD_UNSUBSCRIBE) {
+        MDB_val k = { org_size + id_size, key };
+        int rc = mdb_del (kim_store_txn (store), kim_store_dbi (store, KIM_DB_SUB), &k, NULL);
+        return rc && rc != MDB_NOTFOUND? kim_store_error (store, rc, "lifecycle: unsubscribing"): 0;
+    }
+    kim_sub_t sub;
+    memset (&sub, 0, sizeof sub);
+    sub.version = S_SUB_VERSION;
+    snprintf (sub.case_id, sizeof sub.case_id, "%s", cmd->case_id);
+    sub.type_count = (uint32_t) cmd->type_count;
+    for (size_t i = 0; i < cmd->type_count && i < KIM_LIST_MAX; i++)
+        sub.types [i] = (uint32_t) cmd->types [i];
+    return kim_lc_put (store, KIM_DB_SUB, key, org_size + id_size, &sub, sizeof sub,
+                       "lifecycle: storing a subscription");
+}
+
+//  --------------------------------------------------------------------------
+//  REFERRAL_QUERY: an organisation reads the referrals it takes part in.
+
+#define S_INFO_MAX  (KIM_FRAME_MAX - 1024)     //  room for the rest of frame 0
+
+typedef struct {
+    const kim_peer_t *peer;
+    const kim_cmd_t *cmd;
+    kim_buf_t body;                 //  JSON lines, one per referral
+    uint64_t count;
+    bool more;
+} s_query_arg_t;
+
+static bool
+s_query_match (const s_query_arg_t *arg, const kim_referral_t *referral)
+{
+    const char *me = arg->peer->org->id;
+    const kim_cmd_t *cmd = arg->cmd;
+    if (!streq (referral->sender, me) && !streq (referral->recipient, me))
+        return false;
+    if (cmd->referral_id [0] && !streq (cmd->referral_id, referral->id))
+        return false;
+    if (cmd->case_id [0] && !streq (cmd->case_id, referral->case_id))
+        return false;
+    if (cmd->org [0] && !streq (cmd->org, referral->sender) && !streq (cmd->org, referral->recipient))
+        return false;
+    return true;
+}
+
+//  One referral as a JSON line (ids and codes need no escaping).
+static int
+s_query_line (const kim_referral_t *referral, char *line, size_t size)
+{
+    return snprintf (line, size,
+        "{\"referral_id\":\"%s\",\"state\":\"%s\",\"sender\":\"%s\",\"recipient\":\"%s\","
+        "\"case_id\":\"%s\",\"purpose\":\"%s\",\"deadline\":%" PRIu64 ",\"forwarded_from\":\"%s\","
+        "\"consent_id\":\"%s\",\"created_seq\":%" PRIu64 ",\"last_seq\":%" PRIu64 "}\n",
+        referral->id, kim_lc_state_name (referral->state), referral->sender, referral->recipient,
+        referral->case_id, referral->purpose, referral->deadline, referral->parent,
+        referral->consent_id, referral->created_seq, referral->last_seq);
+}
+
+static int
+s_query_read (void *varg, kim_ctx_t *ctx)
+{
+    s_query_arg_t *arg = (s_query_arg_t *) varg;
+    kim_store_t *store = kim_ctx_store (ctx);
+    kim_buf_reset (&arg->body);
+    arg->count = 0;
+    arg->more = false;
+    kim_referral_t referral;
+    if (arg->cmd->referral_id [0]) {
+        //  One referral: a point read.
+        int rc = kim_lc_referral_get (store, arg->cmd->referral_id, &referral);
+        if (rc == -KIM_E_NOT_FOUND)
+            return 0;
+        if (rc)
+            return rc;
+        if (s_query_match (arg, &referral)) {
+            char line [1024];
+            int size = s_query_line (&referral, line, sizeof line);
+            arg->count = 1;
+            return kim_buf_append (&arg->body, line, (size_t) size);
+        }
+        return 0;
+    }
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: listing referrals");
+    MDB_val key, value;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        if (value.mv_size != sizeof referral)
+            continue;
+        memcpy (&referral, value.mv_data, sizeof referral);
+        if (!s_query_match (arg, &referral))
+            continue;
+        char line [1024];
+        int size = s_query_line (&referral, line, sizeof line);
+        if (arg->body.size + (size_t) size > S_INFO_MAX) {
+            arg->more = true;
+            break;
+        }
+        if (kim_buf_append (&arg->body, line, (size_t) size)) {
+            mdb_cursor_close (cursor);
+            return -KIM_E_NOMEM;
+        }
+        arg->count++;
+    }
+    mdb_cursor_close (cursor);
+    return rc && rc != MDB_NOTFOUND? kim_store_error (store, rc, "lifecycle: listing referrals"): 0;
+}
+
+static int
+s_referral_query (kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t *cmd,
+                  kim_verdict_t *verdict)
+{
+    if (peer->org->role != KIM_ROLE_AGENCY)
+        return s_refuse (verdict, KIM_E_FORBIDDEN, "cmd", "role %s takes part in no referral",
+                         kim_role_name (peer->org->role));
+    //  A batch of its own gives a consistent view through the store's
+    //  transaction; it writes nothing.
+    s_query_arg_t arg = { peer, cmd, { 0 }, 0, false };
+    kim_buf_init (&arg.body);
+    int rc = kim_ctx_batch (ctx, s_query_read, &arg);
+    if (rc == 0 && arg.more)
+        rc = kim_buf_append (&arg.body, "{\"more\":true}\n", 14);
+    if (rc) {
+        kim_buf_free (&arg.body);
+        return s_refuse (verdict, rc < 0? -rc: rc, NULL, "referrals not read: %s", kim_strerror (rc));
+    }
+    kim_cmd_t *reply = (kim_cmd_t *) calloc (1, sizeof (kim_cmd_t));
+    if (!reply) {
+        kim_buf_free (&arg.body);
+        return s_refuse (verdict, KIM_E_BUSY, NULL, "out of memory");
+    }
+    kim_cmd_init (reply, KIM_CMD_REFERRAL_INFO);
+    snprintf (reply->query_id, sizeof reply->query_id, "%s", cmd->query_id);
+    reply->count = arg.count;
+    reply->body = arg.body.data? arg.body.data: (const uint8_t *) "";
+    reply->body_size = arg.body.size;
+    kim_ctx_send (ctx, peer->rid, peer->rid_size, reply);
+    free (reply);
+    kim_buf_free (&arg.body);
+    return 0;
+}
+
+int
+kim_lc_command (void *state, kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t *cmd,
+                kim_verdict_t *verdict)
+{
+    if (cmd->id == KIM_CMD_REFERRAL_QUERY)
+        return s_referral_query (ctx, peer, cmd, verdict);
+    if (cmd->id != KIM_CMD_SUBSCRIBE && cmd->id != KIM_CMD_UNSUBSCRIBE)
+        return -KIM_E_UNKNOWN_CMD;
+    if (peer->org->role != KIM_ROLE_AGENCY)
+        return s_refuse (verdict, KIM_E_FORBIDDEN, "cmd", "role %s does not subscribe to "
+                         "case events", kim_role_name (peer->org->role));
+    s_sub_arg_t arg = { peer, cmd };
+    int rc = kim_ctx_batch (ctx, s_sub_write, &arg);
+    if (rc)
+        return s_refuse (verdict, rc < 0? -rc: rc, NULL, "subscription not stored: %s",
+                         kim_strerror (rc));
+    kim_cmd_t reply;
+    kim_cmd_init (&reply, KIM_CMD_RECEIPT);
+    snprintf (reply.msg_id, sizeof reply.msg_id, "%s", cmd->sub_id);
+    reply.seq = kim_store_head (kim_ctx_store (ctx));
+    kim_ctx_send (ctx, peer->rid, peer->rid_size, &reply);
+    zsys_info ("lifecycle: %s %s %s", peer->org->id,
+               cmd->id == KIM_CMD_SUBSCRIBE? "subscribed": "unsubscribed", cmd->sub_id);
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  For the consent module
+
+int
+kim_lifecycle_case_lead (kim_ctx_t *ctx, const char *case_id, char lead [KIM_ORG_MAX + 1])
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    if (!kim_store_txn (store) || !case_id)
+        return -KIM_E_ARGS;
+    kim_case_t kcase;
+    int rc = kim_lc_case_get (store, case_id, &kcase);
+    if (rc == -KIM_E_NOT_FOUND)
+        return -KIM_E_UNKNOWN_CASE;
+    if (rc == 0)
+        snprintf (lead, KIM_ORG_MAX + 1, "%s", kcase.lead);
+    return rc;
+}

@@ -1,0 +1,553 @@
+/*  kim_consent.c — lawful by default: every checked transfer (policy/checks:
+    REFERRAL, FORWARD, HANDOVER_OFFER by default) is decided by the policy
+    engine against the consent registry kept here; CONSENT_GRANT and
+    CONSENT_REVOKE maintain that registry. kim_subject.c serves ACCESS_REPORT
+    and ERASURE from the subject index this module writes.
+
+    The decision is made in `check` and leaves a trace either way: a denial
+    appends a KIM_RECORD_DECISION record (the message itself gets no MESSAGE
+    record) and REJECTs naming the rule, the law and what is missing; an
+    allowed transfer carries the deciding rule in its header's `rule` field,
+    so the MESSAGE record and the delivery say why it passed. The hot path
+    costs a hash lookup, a few comparisons per rule tried, and two small
+    index writes; no allocation.
+*/
+#include <czmq.h>
+
+#include "kim_consent.h"
+#include "kim_consent_int.h"
+#include "kim_lifecycle.h"
+
+#define S_TEST_POLICY \
+    "policy\n    checks = \"REFERRAL, FORWARD, HANDOVER_OFFER\"\nrules\n"
+
+//  --------------------------------------------------------------------------
+//  JSON helpers (decision records and reports; the broker has no JSON library)
+
+int
+kim_consent_json (kim_buf_t *buf, const char *format, ...)
+{
+    char text [1024];
+    va_list args;
+    va_start (args, format);
+    int size = vsnprintf (text, sizeof text, format, args);
+    va_end (args);
+    if (size < 0 || (size_t) size >= sizeof text)
+        return -KIM_E_INTERNAL;
+    return kim_buf_append (buf, text, (size_t) size);
+}
+
+int
+kim_consent_json_str (kim_buf_t *buf, const char *text)
+{
+    int rc = kim_buf_append (buf, "\"", 1);
+    for (const char *c = text; rc == 0 && *c; c++) {
+        unsigned char byte = (unsigned char) *c;
+        if (byte == '"' || byte == '\\') {
+            char escaped [2] = { '\\', (char) byte };
+            rc = kim_buf_append (buf, escaped, 2);
+        }
+        else
+        if (byte < 0x20) {
+            char escaped [8];
+            snprintf (escaped, sizeof escaped, "\\u%04x", byte);
+            rc = kim_buf_append (buf, escaped, 6);
+        }
+        else
+            rc = kim_buf_append (buf, c, 1);
+    }
+    return rc? rc: kim_buf_append (buf, "\"", 1);
+}
+
+//  --------------------------------------------------------------------------
+//  The consent registry
+
+static size_t
+s_consent_key (const char *id, uint8_t *key)
+{
+    size_t size = strlen (id);
+    key [0] = KIM_CONSENT_KEY_CONSENT;
+    memcpy (key + 1, id, size);
+    return size + 1;
+}
+
+//  kim_policy_consent_fn over the store: `arg` is the kim_ctx_t.
+static int
+s_consent_get (void *arg, const char *id, kim_consent_t *consent)
+{
+    kim_store_t *store = kim_ctx_store ((kim_ctx_t *) arg);
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn || !id [0])
+        return -KIM_E_NOT_FOUND;
+    uint8_t bytes [KIM_ID_MAX + 2];
+    MDB_val key = { s_consent_key (id, bytes), bytes }, value;
+    int rc = mdb_get (txn, kim_store_dbi (store, KIM_DB_CONSENT), &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return -KIM_E_NOT_FOUND;
+    if (rc)
+        return kim_store_error (store, rc, "consent: reading a consent");
+    if (value.mv_size != sizeof (kim_consent_t)) {
+        zsys_error ("consent: record of consent %s has %zu bytes, expected %zu: "
+                    "store from another build?", id, value.mv_size, sizeof (kim_consent_t));
+        return -KIM_E_INTERNAL;
+    }
+    memcpy (consent, value.mv_data, sizeof *consent);
+    return 0;
+}
+
+static int
+s_consent_put (kim_ctx_t *ctx, const kim_consent_t *consent)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    uint8_t bytes [KIM_ID_MAX + 2];
+    MDB_val key = { s_consent_key (consent->id, bytes), bytes };
+    MDB_val value = { sizeof *consent, (void *) consent };
+    int rc = mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &key, &value, 0);
+    return rc? kim_store_error (store, rc, "consent: storing a consent"): 0;
+}
+
+//  Notes that `org` received data under consent `id` (first seq kept).
+static int
+s_recipient_put (kim_ctx_t *ctx, const char *id, const char *org, uint64_t seq)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    uint8_t bytes [1 + KIM_ID_MAX + 1 + KIM_ORG_MAX];
+    size_t id_size = strlen (id), org_size = strlen (org);
+    bytes [0] = KIM_CONSENT_KEY_RECIPIENT;
+    memcpy (bytes + 1, id, id_size + 1);
+    memcpy (bytes + 2 + id_size, org, org_size);
+    uint8_t seq_bytes [8];
+    for (int i = 0; i < 8; i++)
+        seq_bytes [i] = (uint8_t) (seq >> (56 - 8 * i));
+    MDB_val key = { 2 + id_size + org_size, bytes }, value = { 8, seq_bytes };
+    int rc = mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &key, &value,
+                      MDB_NOOVERWRITE);
+    return rc && rc != MDB_KEYEXIST? kim_store_error (store, rc, "consent: noting a recipient"): 0;
+}
+
+//  Who may grant and revoke: the lead organisation of the case. A consent
+//  in a case the broker does not know yet opens that case (the life cycle
+//  makes the granting organisation its lead).
+static int
+s_check_lead (kim_ctx_t *ctx, const char *case_id, const char *sender, const char *granted_by,
+              kim_verdict_t *verdict)
+{
+    char lead [KIM_ORG_MAX + 1] = "";
+    int rc = case_id [0]? kim_lifecycle_case_lead (ctx, case_id, lead): -KIM_E_UNKNOWN_CASE;
+    if (rc == -KIM_E_UNKNOWN_CASE || rc == -KIM_E_NOT_FOUND) {
+        if (!granted_by || streq (granted_by, sender))
+            return 0;
+        snprintf (lead, sizeof lead, "%s", granted_by);
+    }
+    else
+    if (rc)
+        return rc;
+    if (streq (lead, sender))
+        return 0;
+    verdict->code = KIM_E_NOT_LEAD;
+    snprintf (verdict->path, sizeof verdict->path, "hdr.case_id");
+    snprintf (verdict->text, sizeof verdict->text, "only the case's lead organisation (%s) "
+              "grants and revokes consents in case %s", lead, case_id);
+    return -KIM_E_NOT_LEAD;
+}
+
+static int
+s_refuse (kim_verdict_t *verdict, int code, const char *path, const char *format, ...)
+{
+    verdict->code = code;
+    snprintf (verdict->path, sizeof verdict->path, "%s", path);
+    va_list args;
+    va_start (args, format);
+    vsnprintf (verdict->text, sizeof verdict->text, format, args);
+    va_end (args);
+    return -code;
+}
+
+static int
+s_grant_check (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
+{
+    const kim_msg_t *msg = route->msg;
+    kim_consent_t consent;
+    int rc = s_consent_get (ctx, msg->grant_id, &consent);
+    if (rc == 0)
+        return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.consent", "consent %s is registered "
+                         "already; a changed scope is a new consent with a new id", msg->grant_id);
+    if (rc != -KIM_E_NOT_FOUND)
+        return rc;
+    if (msg->valid_until <= kim_ctx_now (ctx))
+        return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.valid_until",
+                         "valid_until lies in the past: consent %s would never be valid",
+                         msg->grant_id);
+    return s_check_lead (ctx, msg->case_id, msg->sender, NULL, verdict);
+}
+
+static int
+s_grant_applied (kim_ctx_t *ctx, kim_route_t *route)
+{
+    const kim_msg_t *msg = route->msg;
+    kim_consent_t consent;
+    memset (&consent, 0, sizeof consent);
+    snprintf (consent.id, sizeof consent.id, "%s", msg->grant_id);
+    snprintf (consent.subject, sizeof consent.subject, "%s", msg->subject);
+    snprintf (consent.case_id, sizeof consent.case_id, "%s", msg->case_id);
+    snprintf (consent.granted_by, sizeof consent.granted_by, "%s", msg->sender);
+    consent.recipient_count = msg->recipient_count;
+    memcpy (consent.recipients, msg->recipients, sizeof consent.recipients);
+    consent.purpose_count = msg->purpose_count;
+    memcpy (consent.purposes, msg->purposes, sizeof consent.purposes);
+    consent.categories = msg->categories;
+    consent.explicit_art9 = msg->explicit_art9;
+    consent.valid_until = msg->valid_until;
+    zsys_info ("consent: %s granted by %s for case %s (%zu recipients, %zu purposes, until %"
+               PRIu64 ")", consent.id, consent.granted_by, consent.case_id,
+               consent.recipient_count, consent.purpose_count, consent.valid_until);
+    return s_consent_put (ctx, &consent);
+}
+
+static int
+s_revoke_check (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
+{
+    const kim_msg_t *msg = route->msg;
+    kim_consent_t consent;
+    int rc = s_consent_get (ctx, msg->grant_id, &consent);
+    if (rc == -KIM_E_NOT_FOUND)
+        return s_refuse (verdict, KIM_E_CONSENT_UNKNOWN, "hdr.consent",
+                         "consent %s is not registered", msg->grant_id);
+    if (rc)
+        return rc;
+    if (consent.revoked_at)
+        return s_refuse (verdict, KIM_E_CONSENT_REVOKED, "hdr.consent",
+                         "consent %s was revoked already (at %" PRIu64 ")", msg->grant_id,
+                         consent.revoked_at);
+    return s_check_lead (ctx, consent.case_id, msg->sender, consent.granted_by, verdict);
+}
+
+//  Revocation: blocks new transfers at once (the registry says revoked),
+//  suspends open referrals relying on it (life cycle), and tells every
+//  organisation that received data under it.
+static int
+s_revoke_applied (kim_ctx_t *ctx, kim_route_t *route)
+{
+    const kim_msg_t *msg = route->msg;
+    kim_consent_t consent;
+    int rc = s_consent_get (ctx, msg->grant_id, &consent);
+    if (rc)
+        return rc;
+    consent.revoked_at = kim_ctx_now (ctx);
+    if ((rc = s_consent_put (ctx, &consent)))
+        return rc;
+    int suspended = kim_lifecycle_suspend_consent (ctx, consent.id);
+    if (suspended < 0)
+        return suspended;
+
+    //  Collect the recipients first: emitting writes to the store.
+    kim_store_t *store = kim_ctx_store (ctx);
+    char orgs [64][KIM_ORG_MAX + 1];
+    size_t count = 0;
+    uint8_t prefix [KIM_ID_MAX + 2];
+    size_t prefix_size = strlen (consent.id) + 2;
+    prefix [0] = KIM_CONSENT_KEY_RECIPIENT;
+    memcpy (prefix + 1, consent.id, prefix_size - 1);
+    MDB_cursor *cursor;
+    rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "consent: listing recipients");
+    MDB_val key = { prefix_size, prefix }, value;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
+         rc == 0 && count < sizeof orgs / sizeof orgs [0];
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        if (key.mv_size <= prefix_size || memcmp (key.mv_data, prefix, prefix_size) != 0
+        ||  key.mv_size - prefix_size > KIM_ORG_MAX)
+            break;
+        snprintf (orgs [count++], KIM_ORG_MAX + 1, "%.*s", (int) (key.mv_size - prefix_size),
+                  (const char *) key.mv_data + prefix_size);
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND && count < sizeof orgs / sizeof orgs [0])
+        return kim_store_error (store, rc, "consent: listing recipients");
+    if (count == sizeof orgs / sizeof orgs [0])
+        zsys_warning ("consent: %s: more than %zu recipients; only the first are told",
+                      consent.id, count);
+    rc = 0;
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        if (streq (orgs [i], msg->sender) || !kim_ctx_org (ctx, orgs [i]))
+            continue;
+        kim_msg_t notice;
+        kim_msg_init (&notice);
+        notice.type = KIM_TYPE_CONSENT_REVOKE;
+        snprintf (notice.grant_id, sizeof notice.grant_id, "%s", consent.id);
+        snprintf (notice.case_id, sizeof notice.case_id, "%s", consent.case_id);
+        rc = kim_ctx_emit (ctx, &notice, orgs [i], NULL);
+    }
+    zsys_info ("consent: %s revoked by %s: %d referrals suspended, %zu earlier recipients told",
+               consent.id, msg->sender, suspended, count);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  Checking transfers
+
+//  Appends the DECISION record of a denial: the header's metadata, the
+//  rule, the decision and the reason (MessagePack, like every record body).
+static int
+s_decision_record (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg,
+                   const char *recipient, const kim_policy_decision_t *decision)
+{
+    kim_buf_t *json = &self->json;
+    kim_buf_reset (json);
+    int rc = kim_consent_json (json, "{\"decision\":\"deny\",\"code\":\"%s\",\"rule\":",
+                               kim_errname (decision->code));
+    rc = rc? rc: kim_consent_json_str (json, decision->rule);
+    rc = rc? rc: kim_consent_json (json, ",\"law\":");
+    rc = rc? rc: kim_consent_json_str (json, decision->law);
+    rc = rc? rc: kim_consent_json (json, ",\"reason\":");
+    rc = rc? rc: kim_consent_json_str (json, decision->text);
+    rc = rc? rc: kim_consent_json (json, ",\"msg_id\":\"%s\",\"type\":\"%s\",\"sender\":\"%s\","
+                                   "\"recipient\":\"%s\",\"referral_id\":\"%s\",\"case_id\":\"%s\","
+                                   "\"subject\":\"%s\",\"purpose\":\"%s\",\"categories\":[",
+                                   msg->msg_id, kim_type_name (msg->type), msg->sender, recipient,
+                                   msg->referral_id, msg->case_id, msg->subject, msg->purpose);
+    bool first = true;
+    for (uint32_t bit = 1; rc == 0 && bit <= KIM_CAT_RESIDENCE_STATUS; bit <<= 1)
+        if (msg->categories & bit) {
+            rc = kim_consent_json (json, "%s\"%s\"", first? "": ",", kim_category_name (bit));
+            first = false;
+        }
+    rc = rc? rc: kim_consent_json (json, "],\"basis\":\"%s\"",
+                                   msg->basis == KIM_BASIS_STATUTE? "statute"
+                                   : msg->basis == KIM_BASIS_CONSENT? "consent": "none");
+    if (rc == 0 && msg->basis == KIM_BASIS_STATUTE) {
+        rc = kim_consent_json (json, ",\"citation\":");
+        rc = rc? rc: kim_consent_json_str (json, msg->citation);
+    }
+    if (rc == 0 && msg->basis == KIM_BASIS_CONSENT)
+        rc = kim_consent_json (json, ",\"consent_id\":\"%s\"", msg->consent_id);
+    rc = rc? rc: kim_consent_json (json, "}");
+    kim_buf_reset (&self->pack);
+    rc = rc? rc: kim_json_to_msgpack ((const char *) json->data, json->size, &self->pack);
+    return rc? rc: kim_ctx_record (ctx, KIM_RECORD_DECISION, self->pack.data, self->pack.size, NULL);
+}
+
+//  Where the data go: FORWARD passes the referral on to `org`.
+static const char *
+s_data_recipient (const kim_route_t *route)
+{
+    return route->msg->type == KIM_TYPE_FORWARD? route->msg->org
+         : route->recipient? route->recipient->id: "";
+}
+
+static int
+s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
+                  kim_verdict_t *verdict)
+{
+    kim_msg_t *msg = route->msg;
+    const char *recipient_id = s_data_recipient (route);
+    const kim_org_t *recipient = kim_ctx_org (ctx, recipient_id);
+    if (!recipient)
+        return s_refuse (verdict, KIM_E_UNKNOWN_RECIPIENT,
+                         msg->type == KIM_TYPE_FORWARD? "hdr.org": "hdr.recipient",
+                         "%s is not a registered organisation", recipient_id);
+    kim_policy_facts_t facts = {
+        .msg = msg,
+        .sender_type = route->sender->type,
+        .sender_public = route->sender->public_body,
+        .recipient = recipient->id,
+        .recipient_type = recipient->type,
+        .now = kim_ctx_now (ctx),
+    };
+    kim_policy_decision_t decision;
+    int rc = kim_policy_decide (self->policy, &facts, s_consent_get, ctx, &decision, NULL);
+    if (rc)
+        return rc;
+    if (decision.code == 0) {
+        //  A test policy's unchecked rule decided nothing: it claims no rule.
+        if (!decision.unchecked)
+            snprintf (msg->rule, sizeof msg->rule, "%s", decision.rule);
+        self->allowed = true;
+        return 0;
+    }
+    rc = s_decision_record (self, ctx, msg, recipient->id, &decision);
+    if (rc)
+        return rc;
+    zsys_info ("consent: %s %s from %s to %s refused: %s", kim_type_name (msg->type),
+               msg->msg_id, msg->sender, recipient->id, decision.text);
+    const char *path = decision.code == KIM_E_POLICY_DENY? "hdr.recipient"
+                     : decision.code == KIM_E_NO_BASIS? "hdr.legal_basis"
+                     : "hdr.legal_basis.consent_id";
+    snprintf (verdict->rule, sizeof verdict->rule, "%s", decision.rule);
+    return s_refuse (verdict, decision.code, path, "%s", decision.text);
+}
+
+//  --------------------------------------------------------------------------
+//  The hook
+
+static int
+s_check_type (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict);
+
+//  Failures that are no verdict (store errors) doom the batch: say where.
+static int
+s_check (void *state, kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
+{
+    int rc = s_check_type ((kim_consent_mod_t *) state, ctx, route, verdict);
+    if (rc && !verdict->code)
+        zsys_error ("consent: checking %s %s from %s failed: %s",
+                    kim_type_name (route->msg->type), route->msg->msg_id, route->msg->sender,
+                    kim_strerror (rc));
+    return rc;
+}
+
+static int
+s_check_type (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
+{
+    kim_msg_t *msg = route->msg;
+    //  `rule` is the broker's word: a client cannot claim one.
+    msg->rule [0] = 0;
+    self->allowed = false;
+    if (kim_policy_checks (self->policy, msg->type))
+        return s_transfer_check (self, ctx, route, verdict);
+    switch (msg->type) {
+        case KIM_TYPE_CONSENT_GRANT:
+            return s_grant_check (ctx, route, verdict);
+        case KIM_TYPE_CONSENT_REVOKE:
+            return s_revoke_check (ctx, route, verdict);
+        case KIM_TYPE_ACCESS_REPORT:
+        case KIM_TYPE_ERASURE:
+            return kim_subject_check (self, ctx, route, verdict);
+        default:
+            return 0;
+    }
+}
+
+static int
+s_applied_type (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route);
+
+static int
+s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
+{
+    int rc = s_applied_type ((kim_consent_mod_t *) state, ctx, route);
+    if (rc)
+        zsys_error ("consent: recording %s %s (seq %" PRIu64 ") failed: %s",
+                    kim_type_name (route->msg->type), route->msg->msg_id, route->seq,
+                    kim_strerror (rc));
+    return rc;
+}
+
+static int
+s_applied_type (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route)
+{
+    const kim_msg_t *msg = route->msg;
+    if (self->allowed) {
+        //  An allowed, checked transfer (its `applied` follows its `check`
+        //  with no other message's check between): remember who got what
+        //  about whom.
+        self->allowed = false;
+        int rc = msg->subject [0]? kim_subject_index (ctx, msg->subject, route->seq): 0;
+        if (rc == 0 && msg->basis == KIM_BASIS_CONSENT)
+            rc = s_recipient_put (ctx, msg->consent_id, s_data_recipient (route), route->seq);
+        return rc;
+    }
+    switch (msg->type) {
+        case KIM_TYPE_CONSENT_GRANT:
+            return s_grant_applied (ctx, route);
+        case KIM_TYPE_CONSENT_REVOKE:
+            return s_revoke_applied (ctx, route);
+        case KIM_TYPE_ACCESS_REPORT:
+        case KIM_TYPE_ERASURE:
+            return kim_subject_applied (self, ctx, route);
+        default:
+            return 0;
+    }
+}
+
+static void
+s_destroy (void **state_p)
+{
+    kim_consent_mod_t *self = (kim_consent_mod_t *) *state_p;
+    if (self) {
+        kim_policy_destroy (&self->policy);
+        kim_buf_free (&self->json);
+        kim_buf_free (&self->pack);
+        kim_buf_free (&self->hdr);
+        free (self->scratch);
+        free (self);
+        *state_p = NULL;
+    }
+}
+
+int
+kim_consent_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size)
+{
+    zconfig_t *tree = (zconfig_t *) kim_config_tree (env->config);
+    zconfig_t *section = tree? zconfig_locate (tree, "policy"): NULL;
+    for (zconfig_t *key = section? zconfig_child (section): NULL; key; key = zconfig_next (key))
+        if (!streq (zconfig_name (key), "file")) {
+            snprintf (error, error_size, "policy/%s: unknown key (expected file)", zconfig_name (key));
+            return -KIM_E_CONFIG;
+        }
+    const char *path = section? zconfig_get (section, "file", NULL): NULL;
+    kim_consent_mod_t *self = (kim_consent_mod_t *) calloc (1, sizeof (kim_consent_mod_t));
+    if (self)
+        self->scratch = (kim_msg_t *) calloc (1, sizeof (kim_msg_t));
+    if (!self || !self->scratch) {
+        free (self);
+        snprintf (error, error_size, "out of memory");
+        return -KIM_E_NOMEM;
+    }
+    kim_buf_init (&self->json);
+    kim_buf_init (&self->pack);
+    kim_buf_init (&self->hdr);
+    //  A relative path is relative to the config file's folder, so a
+    //  config and its policy travel together.
+    char resolved [PATH_MAX];
+    const char *config_path = env->config->path;
+    const char *slash = config_path? strrchr (config_path, '/'): NULL;
+    if (path && *path && *path != '/' && slash
+    &&  snprintf (resolved, sizeof resolved, "%.*s/%s", (int) (slash - config_path),
+                  config_path, path) < (int) sizeof resolved)
+        path = resolved;
+    char policy_error [KIM_POLICY_ERROR_MAX] = "";
+    if (path && *path)
+        self->policy = kim_policy_load (path, policy_error, sizeof policy_error);
+    else
+        self->policy = kim_policy_parse (S_TEST_POLICY, "built-in default deny",
+                                         policy_error, sizeof policy_error);
+    if (!self->policy) {
+        snprintf (error, error_size, "policy/file: %s", policy_error);
+        void *state = self;
+        s_destroy (&state);
+        return -KIM_E_CONFIG;
+    }
+    if (!path || !*path)
+        zsys_warning ("consent: no policy/file configured: every REFERRAL, FORWARD and "
+                      "HANDOVER_OFFER is denied (default deny); see deploy/policy.cfg");
+    else
+    if (kim_policy_unchecked (self->policy))
+        zsys_warning ("consent: policy %s allows transfers WITHOUT checking their legal basis "
+                      "(basis = unchecked): for test brokers only", path);
+    else
+        zsys_notice ("consent: policy %s: %zu rules, default deny", path,
+                     kim_policy_rule_count (self->policy));
+    *hook = (kim_hook_t) {
+        .name = "consent",
+        .check = s_check,
+        .applied = s_applied,
+        .destroy = s_destroy,
+        .state = self,
+    };
+    return 0;
+}
+
+void
+kim_consent_test (bool verbose)
+{
+    //  JSON escaping is what the decision records rely on.
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    assert (kim_consent_json_str (&buf, "a\"b\\c\n§") == 0);
+    assert (buf.size == strlen ("\"a\\\"b\\\\c\\u000a§\"")
+         && memcmp (buf.data, "\"a\\\"b\\\\c\\u000a§\"", buf.size) == 0);
+    kim_buf_free (&buf);
+    if (verbose)
+        printf ("  consent: JSON escaping OK (the module is tested over a real broker in "
+                "tests/integration/test_policy.c)\n");
+}

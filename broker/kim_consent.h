@@ -1,0 +1,41 @@
+/*  kim_consent.h — lawful by default: the broker module that checks every
+    transfer against the policy (include/kim/kim_policy.h), keeps the
+    consent registry, and serves the data subject's rights.
+
+    Owns (in the store's CONSENT database, keys prefixed by one byte, all
+    written in the batch's transaction next to the log append):
+        'C' consent_id               -> kim_consent_t (the registered consent)
+        'R' consent_id NUL org       -> seq (u64 BE): org received data under it
+        'S' subject NUL seq (u64 BE) -> empty: a checked transfer about subject
+
+    Why here and not in the life cycle: the life cycle asks "may this move
+    happen in this referral?", this module asks "may this data pass to that
+    office, and on what legal basis?" (brief §5 "Lawful by default").
+
+    Config: `policy/file` in the broker's config names the policy file
+    (deploy/policy.cfg is the shipped default). Without it every checked
+    transfer is denied (default deny) and the broker says so at start.
+*/
+#ifndef KIM_CONSENT_H_INCLUDED
+#define KIM_CONSENT_H_INCLUDED
+
+#include "kim_hook.h"
+#include "kim_modules.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+//  The module constructor (kim_module_new_fn). Registered after the life
+//  cycle in kim_modules.c.
+int
+    kim_consent_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size);
+
+void
+    kim_consent_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

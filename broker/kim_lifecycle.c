@@ -1,0 +1,782 @@
+/*  kim_lifecycle.c — the referral life cycle (brief §4) and its deadlines.
+
+    Owns every referral's state: which answer is allowed in which state and
+    from whom (only the recipient answers, only the sender withdraws), the
+    deadline timers that turn an unanswered referral OVERDUE and then
+    EXPIRED, and the DELIVERED notice when a recipient acks a referral. This
+    is kim's reason to exist: a referral is tracked until it is answered.
+
+    Every state change is written in the same write transaction as the log
+    record that caused it and is itself logged (KIM_RECORD_STATE), so the
+    audit timeline shows it and a crash cannot separate state and log.
+    Timers live in the store (KIM_DB_TIMER), so they survive restarts.
+    Cases, handovers and subscriptions are in kim_case.c.
+*/
+#include <czmq.h>
+
+#include "kim_lifecycle_int.h"
+
+//  --------------------------------------------------------------------------
+//  Store helpers: everything goes through the open batch's transaction.
+
+int
+kim_lc_get (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
+            void *value, size_t value_size)
+{
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn)
+        return -KIM_E_ARGS;
+    MDB_val k = { key_size, (void *) key }, v;
+    int rc = mdb_get (txn, kim_store_dbi (store, db), &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return -KIM_E_NOT_FOUND;
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: reading its state");
+    //  LMDB does not align values: copy before looking inside.
+    uint32_t version = 0;
+    if (v.mv_size >= sizeof version)
+        memcpy (&version, v.mv_data, sizeof version);
+    if (v.mv_size != value_size || version == 0) {
+        zsys_error ("lifecycle: a stored value of %zu bytes where %zu were expected (key %.*s): "
+                    "the store was written by another version", v.mv_size, value_size,
+                    (int) key_size, (const char *) key);
+        return -KIM_E_IO;
+    }
+    memcpy (value, v.mv_data, value_size);
+    return 0;
+}
+
+int
+kim_lc_put (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
+            const void *value, size_t value_size, const char *what)
+{
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn)
+        return -KIM_E_ARGS;
+    MDB_val k = { key_size, (void *) key }, v = { value_size, (void *) value };
+    int rc = mdb_put (txn, kim_store_dbi (store, db), &k, &v, 0);
+    return rc? kim_store_error (store, rc, what): 0;
+}
+
+int
+kim_lc_timer_put (kim_store_t *store, uint64_t due, const char *id, uint8_t kind)
+{
+    uint8_t key [8 + KIM_ID_MAX];
+    for (int i = 0; i < 8; i++)
+        key [i] = (uint8_t) (due >> (56 - 8 * i));
+    size_t size = strlen (id);
+    memcpy (key + 8, id, size);
+    return kim_lc_put (store, KIM_DB_TIMER, key, 8 + size, &kind, 1, "lifecycle: storing a timer");
+}
+
+int
+kim_lc_referral_get (kim_store_t *store, const char *id, kim_referral_t *referral)
+{
+    return kim_lc_get (store, KIM_DB_REFERRAL, id, strlen (id), referral, sizeof *referral);
+}
+
+int
+kim_lc_referral_put (kim_store_t *store, const kim_referral_t *referral)
+{
+    return kim_lc_put (store, KIM_DB_REFERRAL, referral->id, strlen (referral->id), referral,
+                       sizeof *referral, "lifecycle: storing a referral");
+}
+
+const char *
+kim_lc_state_name (uint32_t state)
+{
+#define KIM_X_NAME(name, num) if (state == num) return #name;
+    KIM_REFERRAL_STATES (KIM_X_NAME)
+#undef KIM_X_NAME
+    return "NONE";
+}
+
+bool
+kim_lc_state_open (uint32_t state)
+{
+    return state == KIM_REFERRAL_SENT || state == KIM_REFERRAL_DELIVERED
+        || state == KIM_REFERRAL_ACCEPTED || state == KIM_REFERRAL_IN_PROGRESS
+        || state == KIM_REFERRAL_OVERDUE;
+}
+
+int
+kim_lc_record (kim_ctx_t *ctx, const char *json)
+{
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    int rc = kim_json_to_msgpack (json, strlen (json), &buf);
+    if (rc == 0)
+        rc = kim_ctx_record (ctx, KIM_RECORD_STATE, buf.data, buf.size, NULL);
+    else
+        zsys_error ("lifecycle: cannot encode a state record (%s): %s", kim_strerror (rc), json);
+    kim_buf_free (&buf);
+    return rc;
+}
+
+int
+kim_lc_referral_move (kim_ctx_t *ctx, kim_referral_t *referral, uint32_t to, uint64_t seq)
+{
+    uint32_t from = referral->state;
+    referral->state = to;
+    if (seq > referral->last_seq)
+        referral->last_seq = seq;
+    int rc = kim_lc_referral_put (kim_ctx_store (ctx), referral);
+    if (rc)
+        return rc;
+    char json [512];
+    snprintf (json, sizeof json,
+              "{\"referral_id\":\"%s\",\"case_id\":\"%s\",\"from\":\"%s\",\"to\":\"%s\",\"seq\":%" PRIu64 "}",
+              referral->id, referral->case_id, kim_lc_state_name (from), kim_lc_state_name (to), seq);
+    return kim_lc_record (ctx, json);
+}
+
+//  --------------------------------------------------------------------------
+//  The moves: which answer, from whom, in which states, to which state.
+
+#define S_BY_RECIPIENT  1
+#define S_BY_SENDER     2
+#define S_BIT(state)    (1u << KIM_REFERRAL_##state)
+#define S_UNANSWERED    (S_BIT (SENT) | S_BIT (DELIVERED) | S_BIT (OVERDUE))
+#define S_TAKEN_UP      (S_BIT (ACCEPTED) | S_BIT (IN_PROGRESS))
+#define S_OPEN          (S_UNANSWERED | S_TAKEN_UP)
+
+typedef struct {
+    kim_type_t type;
+    unsigned by;                //  S_BY_* bits
+    uint32_t from;              //  S_BIT of the states it is allowed in
+    uint32_t to;                //  new state, 0 = unchanged
+} s_move_t;
+
+static const s_move_t s_moves [] = {
+    { KIM_TYPE_ACCEPT,        S_BY_RECIPIENT, S_UNANSWERED, KIM_REFERRAL_ACCEPTED },
+    { KIM_TYPE_DECLINE,       S_BY_RECIPIENT, S_UNANSWERED, KIM_REFERRAL_DECLINED },
+    { KIM_TYPE_NOT_COMPETENT, S_BY_RECIPIENT, S_UNANSWERED, KIM_REFERRAL_NOT_COMPETENT },
+    //  A recipient may also pass on what it took up (§ 86c SGB VIII).
+    { KIM_TYPE_FORWARD,       S_BY_RECIPIENT, S_OPEN, KIM_REFERRAL_FORWARDED },
+    { KIM_TYPE_STATUS,        S_BY_RECIPIENT, S_TAKEN_UP, KIM_REFERRAL_IN_PROGRESS },
+    { KIM_TYPE_OUTCOME,       S_BY_RECIPIENT, S_TAKEN_UP, KIM_REFERRAL_COMPLETED },
+    { KIM_TYPE_WITHDRAW,      S_BY_SENDER, S_OPEN | S_BIT (SUSPENDED), KIM_REFERRAL_WITHDRAWN },
+    { KIM_TYPE_INFO_REQUEST,  S_BY_RECIPIENT | S_BY_SENDER, S_OPEN, 0 },
+    { KIM_TYPE_INFO_RESPONSE, S_BY_RECIPIENT | S_BY_SENDER, S_OPEN, 0 },
+};
+#define S_MOVE_COUNT (sizeof s_moves / sizeof s_moves [0])
+
+static const s_move_t *
+s_move (kim_type_t type)
+{
+    for (size_t i = 0; i < S_MOVE_COUNT; i++)
+        if (s_moves [i].type == type)
+            return &s_moves [i];
+    return NULL;
+}
+
+//  "STATUS, OUTCOME" for what `by` may send in `state`, or "nothing".
+static void
+s_moves_text (uint32_t state, unsigned by, char *out, size_t size)
+{
+    out [0] = 0;
+    size_t used = 0;
+    for (size_t i = 0; i < S_MOVE_COUNT; i++)
+        if ((s_moves [i].by & by) && (s_moves [i].from & (1u << state)))
+            used += (size_t) snprintf (out + used, used < size? size - used: 0, "%s%s",
+                                       used? ", ": "", kim_type_name (s_moves [i].type));
+    if (!out [0])
+        snprintf (out, size, "nothing");
+}
+
+static int
+s_refuse (kim_verdict_t *verdict, int code, const char *path, const char *format, ...)
+{
+    verdict->code = code;
+    snprintf (verdict->path, sizeof verdict->path, "%s", path? path: "");
+    snprintf (verdict->rule, sizeof verdict->rule, "lifecycle");
+    va_list args;
+    va_start (args, format);
+    vsnprintf (verdict->text, sizeof verdict->text, format, args);
+    va_end (args);
+    return -code;
+}
+
+static int
+s_bad_state (kim_verdict_t *verdict, const kim_referral_t *referral, kim_type_t type)
+{
+    char by_recipient [128], by_sender [128];
+    s_moves_text (referral->state, S_BY_RECIPIENT, by_recipient, sizeof by_recipient);
+    s_moves_text (referral->state, S_BY_SENDER, by_sender, sizeof by_sender);
+    if (streq (by_recipient, "nothing") && streq (by_sender, "nothing"))
+        return s_refuse (verdict, KIM_E_BAD_STATE, "hdr.type",
+                         "referral %s is %s: it is closed and takes no %s", referral->id,
+                         kim_lc_state_name (referral->state), kim_type_name (type));
+    return s_refuse (verdict, KIM_E_BAD_STATE, "hdr.type",
+                     "referral %s is %s; the recipient may send %s; the sender may send %s",
+                     referral->id, kim_lc_state_name (referral->state), by_recipient, by_sender);
+}
+
+//  --------------------------------------------------------------------------
+//  check
+
+static uint64_t
+s_deadline (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_msg_t *msg)
+{
+    if (msg->deadline)
+        return msg->deadline;
+    for (size_t i = 0; i < self->purpose_count; i++)
+        if (streq (self->purposes [i], msg->purpose))
+            return kim_ctx_now (ctx) + self->purpose_deadline_ms [i];
+    return kim_ctx_now (ctx) + self->deadline_ms;
+}
+
+static int
+s_check_referral (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
+                  kim_verdict_t *verdict)
+{
+    const kim_msg_t *msg = route->msg;
+    kim_store_t *store = kim_ctx_store (ctx);
+    kim_referral_t referral;
+    int rc = kim_lc_referral_get (store, msg->referral_id, &referral);
+    if (rc == 0)
+        return s_refuse (verdict, KIM_E_REFERRAL_EXISTS, "hdr.referral_id",
+                         "referral %s exists already (%s, from %s to %s)", referral.id,
+                         kim_lc_state_name (referral.state), referral.sender, referral.recipient);
+    if (rc != -KIM_E_NOT_FOUND)
+        return rc;
+    if (streq (msg->recipient, route->sender->id))
+        return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.recipient",
+                         "%s cannot refer to itself", route->sender->id);
+    kim_case_t kcase;
+    rc = kim_lc_case_get (store, msg->case_id, &kcase);
+    if (rc == -KIM_E_NOT_FOUND)
+        return 0;
+    if (rc)
+        return rc;
+    if (kcase.closed)
+        return s_refuse (verdict, KIM_E_BAD_STATE, "hdr.case_id",
+                         "case %s was closed by %s; open a new case", kcase.id, kcase.lead);
+    for (uint32_t i = 0; i < kcase.participant_count; i++)
+        if (streq (kcase.participants [i], route->sender->id))
+            return 0;
+    return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.case_id",
+                     "%s takes no part in case %s; only its participants refer within it",
+                     route->sender->id, kcase.id);
+}
+
+static int
+s_check_answer (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
+                kim_verdict_t *verdict)
+{
+    const kim_msg_t *msg = route->msg;
+    const char *who = route->sender->id;
+    kim_store_t *store = kim_ctx_store (ctx);
+    kim_referral_t referral;
+    int rc = kim_lc_referral_get (store, msg->referral_id, &referral);
+    if (rc == -KIM_E_NOT_FOUND)
+        return s_refuse (verdict, KIM_E_UNKNOWN_REFERRAL, "hdr.referral_id",
+                         "no referral %s is known to this broker", msg->referral_id);
+    if (rc)
+        return rc;
+    bool is_sender = streq (who, referral.sender);
+    bool is_recipient = streq (who, referral.recipient);
+    if (!is_sender && !is_recipient)
+        return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.referral_id",
+                         "%s takes no part in referral %s (from %s to %s)", who, referral.id,
+                         referral.sender, referral.recipient);
+    const char *other = is_sender? referral.recipient: referral.sender;
+    if (!streq (msg->recipient, other))
+        return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.recipient",
+                         "messages of referral %s from %s go to its other party, %s",
+                         referral.id, who, other);
+    const s_move_t *move = s_move (msg->type);
+    if (!move)
+        return 0;
+    if (!(move->from & (1u << referral.state))
+    ||  !(move->by & (is_sender? S_BY_SENDER: S_BY_RECIPIENT)))
+        return s_bad_state (verdict, &referral, msg->type);
+    if (msg->type == KIM_TYPE_FORWARD) {
+        const kim_org_t *org = kim_ctx_org (ctx, msg->org);
+        if (!org || org->revoked || org->role != KIM_ROLE_AGENCY)
+            return s_refuse (verdict, KIM_E_UNKNOWN_RECIPIENT, "hdr.org",
+                             "%s is not a registered agency", msg->org);
+        if (streq (msg->org, who) || streq (msg->org, referral.sender))
+            return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.org",
+                             "a FORWARD goes to a third organisation, not to %s", msg->org);
+        kim_referral_t existing;
+        rc = kim_lc_referral_get (store, msg->msg_id, &existing);
+        if (rc == 0)
+            return s_refuse (verdict, KIM_E_REFERRAL_EXISTS, "hdr.msg_id",
+                             "the forwarded referral takes the FORWARD's msg_id %s as its id, "
+                             "and a referral %s exists already", msg->msg_id, msg->msg_id);
+        if (rc != -KIM_E_NOT_FOUND)
+            return rc;
+    }
+    return 0;
+}
+
+static int
+s_check (void *state, kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
+{
+    kim_lifecycle_t *self = (kim_lifecycle_t *) state;
+    kim_type_t type = route->msg->type;
+    if (type == KIM_TYPE_REFERRAL)
+        return s_check_referral (self, ctx, route, verdict);
+    if (kim_type_flags (type) & KIM_MSG_REFERRAL_ANSWER)
+        return s_check_answer (self, ctx, route, verdict);
+    if (type == KIM_TYPE_HANDOVER_OFFER || type == KIM_TYPE_HANDOVER_ACCEPT
+    ||  type == KIM_TYPE_HANDOVER_DECLINE || type == KIM_TYPE_CASE_CLOSED)
+        return kim_lc_case_check (self, ctx, route, verdict);
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  applied
+
+//  Opens a referral in state SENT with its deadline timer.
+static int
+s_open (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, const char *id,
+        const char *recipient, const char *case_id, const char *parent, uint64_t seq)
+{
+    kim_referral_t referral;
+    memset (&referral, 0, sizeof referral);
+    referral.version = S_REFERRAL_VERSION;
+    referral.state = KIM_REFERRAL_NONE;
+    snprintf (referral.id, sizeof referral.id, "%s", id);
+    snprintf (referral.msg_id, sizeof referral.msg_id, "%s", msg->msg_id);
+    snprintf (referral.sender, sizeof referral.sender, "%s", msg->sender);
+    snprintf (referral.recipient, sizeof referral.recipient, "%s", recipient);
+    snprintf (referral.case_id, sizeof referral.case_id, "%s", case_id);
+    snprintf (referral.parent, sizeof referral.parent, "%s", parent);
+    snprintf (referral.purpose, sizeof referral.purpose, "%s", msg->purpose);
+    if (msg->basis == KIM_BASIS_CONSENT)
+        snprintf (referral.consent_id, sizeof referral.consent_id, "%s", msg->consent_id);
+    referral.deadline = s_deadline (self, ctx, msg);
+    referral.created_seq = referral.last_seq = seq;
+    referral.state = KIM_REFERRAL_SENT;
+    //  No state record for SENT: the REFERRAL (or FORWARD) record opens it.
+    int rc = kim_lc_timer_put (kim_ctx_store (ctx), referral.deadline, referral.id,
+                               S_TIMER_DEADLINE);
+    if (rc == 0)
+        rc = kim_lc_referral_put (kim_ctx_store (ctx), &referral);
+    return rc;
+}
+
+static int
+s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
+{
+    kim_lifecycle_t *self = (kim_lifecycle_t *) state;
+    const kim_msg_t *msg = route->msg;
+    char case_id [KIM_ID_MAX + 1];
+    snprintf (case_id, sizeof case_id, "%s", msg->case_id);
+    int rc = 0;
+    if (msg->type == KIM_TYPE_REFERRAL)
+        rc = s_open (self, ctx, msg, msg->referral_id, msg->recipient, msg->case_id, "",
+                     route->seq);
+    else
+    if (kim_type_flags (msg->type) & KIM_MSG_REFERRAL_ANSWER) {
+        kim_referral_t referral;
+        rc = kim_lc_referral_get (kim_ctx_store (ctx), msg->referral_id, &referral);
+        if (rc)
+            return rc;             //  check saw it: a failure here is the store's
+        snprintf (case_id, sizeof case_id, "%s", referral.case_id);
+        const s_move_t *move = s_move (msg->type);
+        uint32_t to = move && move->to? move->to: referral.state;
+        if (to != referral.state)
+            rc = kim_lc_referral_move (ctx, &referral, to, route->seq);
+        else {
+            referral.last_seq = route->seq;
+            rc = kim_lc_referral_put (kim_ctx_store (ctx), &referral);
+        }
+        if (rc == 0 && msg->type == KIM_TYPE_FORWARD) {
+            rc = s_open (self, ctx, msg, msg->msg_id, msg->org, referral.case_id, referral.id,
+                         route->seq);
+            if (rc == 0)
+                rc = kim_ctx_deliver_also (ctx, msg->org, route->seq);
+        }
+    }
+    if (rc == 0)
+        rc = kim_lc_case_applied (self, ctx, route, case_id);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  acked: a recipient has the referral -> DELIVERED, and its sender is told.
+
+static int
+s_acked (void *state, kim_ctx_t *ctx, const kim_org_t *org, uint64_t seq)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    kim_record_t record;
+    int rc = kim_store_read (store, seq, &record);
+    if (rc || record.kind != KIM_RECORD_MESSAGE)
+        return rc == -KIM_E_NOT_FOUND? 0: rc;
+    kim_msg_t msg;
+    kim_decode_error_t error;
+    if (kim_msg_decode (&msg, record.body, record.body_size, &error))
+        return 0;
+    const char *id = NULL;
+    if (msg.type == KIM_TYPE_REFERRAL && streq (org->id, msg.recipient))
+        id = msg.referral_id;
+    else
+    if (msg.type == KIM_TYPE_FORWARD && streq (org->id, msg.org))
+        id = msg.msg_id;
+    if (!id)
+        return 0;
+    kim_referral_t referral;
+    rc = kim_lc_referral_get (store, id, &referral);
+    if (rc || referral.state != KIM_REFERRAL_SENT)
+        return rc == -KIM_E_NOT_FOUND? 0: rc;
+    kim_msg_t notice;
+    kim_msg_init (&notice);
+    notice.type = KIM_TYPE_DELIVERED;
+    snprintf (notice.referral_id, sizeof notice.referral_id, "%s", referral.id);
+    snprintf (notice.ref_msg_id, sizeof notice.ref_msg_id, "%s", referral.msg_id);
+    snprintf (notice.case_id, sizeof notice.case_id, "%s", referral.case_id);
+    rc = kim_ctx_emit (ctx, &notice, referral.sender, NULL);
+    if (rc == 0)
+        rc = kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_DELIVERED, seq);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  tick: deadline, expiry and retention timers that are due.
+
+#define S_TIMERS_PER_TICK 64
+
+typedef struct {
+    uint8_t kind;
+    char id [KIM_ID_MAX + 1];
+    uint8_t key [8 + KIM_ID_MAX];
+    size_t key_size;
+} s_due_t;
+
+static int
+s_notify (kim_ctx_t *ctx, const kim_referral_t *referral, kim_type_t type, const char *to)
+{
+    kim_msg_t notice;
+    kim_msg_init (&notice);
+    notice.type = type;
+    snprintf (notice.referral_id, sizeof notice.referral_id, "%s", referral->id);
+    snprintf (notice.ref_msg_id, sizeof notice.ref_msg_id, "%s", referral->msg_id);
+    snprintf (notice.case_id, sizeof notice.case_id, "%s", referral->case_id);
+    notice.deadline = referral->deadline;
+    return kim_ctx_emit (ctx, &notice, to, NULL);
+}
+
+static int
+s_fire (kim_lifecycle_t *self, kim_ctx_t *ctx, const s_due_t *due)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    if (due->kind == S_TIMER_PURGE)
+        return kim_lc_purge (self, ctx, due->id);
+    kim_referral_t referral;
+    int rc = kim_lc_referral_get (store, due->id, &referral);
+    if (rc)
+        return rc == -KIM_E_NOT_FOUND? 0: rc;
+    if (due->kind == S_TIMER_DEADLINE
+    &&  (referral.state == KIM_REFERRAL_SENT || referral.state == KIM_REFERRAL_DELIVERED)) {
+        zsys_info ("lifecycle: referral %s from %s to %s is OVERDUE; reminding both",
+                   referral.id, referral.sender, referral.recipient);
+        rc = s_notify (ctx, &referral, KIM_TYPE_REMINDER, referral.sender);
+        if (rc == 0)
+            rc = s_notify (ctx, &referral, KIM_TYPE_REMINDER, referral.recipient);
+        if (rc == 0)
+            rc = kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_OVERDUE,
+                                       kim_store_head (store));
+        if (rc == 0)
+            rc = kim_lc_timer_put (store, referral.deadline + self->expire_ms, referral.id,
+                                   S_TIMER_EXPIRY);
+    }
+    else
+    if (due->kind == S_TIMER_EXPIRY && referral.state == KIM_REFERRAL_OVERDUE) {
+        zsys_info ("lifecycle: referral %s from %s to %s EXPIRED unanswered; alerting %s",
+                   referral.id, referral.sender, referral.recipient, referral.sender);
+        rc = s_notify (ctx, &referral, KIM_TYPE_EXPIRED, referral.sender);
+        if (rc == 0)
+            rc = kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_EXPIRED,
+                                       kim_store_head (store));
+    }
+    return rc;
+}
+
+static int
+s_tick (void *state, kim_ctx_t *ctx)
+{
+    kim_lifecycle_t *self = (kim_lifecycle_t *) state;
+    kim_store_t *store = kim_ctx_store (ctx);
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn)
+        return -KIM_E_ARGS;
+    uint64_t now = kim_ctx_now (ctx);
+    s_due_t due [S_TIMERS_PER_TICK];
+    size_t count = 0;
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_TIMER), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: opening the timers");
+    MDB_val key, value;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST);
+         rc == 0 && count < S_TIMERS_PER_TICK;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        if (key.mv_size < 8 || key.mv_size > 8 + KIM_ID_MAX || value.mv_size != 1)
+            continue;           //  not ours to judge; never fires
+        const uint8_t *bytes = (const uint8_t *) key.mv_data;
+        uint64_t when = 0;
+        for (int i = 0; i < 8; i++)
+            when = (when << 8) | bytes [i];
+        if (when > now)
+            break;
+        s_due_t *entry = &due [count++];
+        entry->kind = *(const uint8_t *) value.mv_data;
+        entry->key_size = key.mv_size;
+        memcpy (entry->key, key.mv_data, key.mv_size);
+        memcpy (entry->id, bytes + 8, key.mv_size - 8);
+        entry->id [key.mv_size - 8] = 0;
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND)
+        return kim_store_error (store, rc, "lifecycle: reading the timers");
+    rc = 0;
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        MDB_val k = { due [i].key_size, due [i].key };
+        rc = mdb_del (txn, kim_store_dbi (store, KIM_DB_TIMER), &k, NULL);
+        rc = rc && rc != MDB_NOTFOUND? kim_store_error (store, rc, "lifecycle: removing a timer"): 0;
+        if (rc == 0)
+            rc = s_fire (self, ctx, &due [i]);
+    }
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  For the consent module
+
+int
+kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn || !consent_id || !consent_id [0])
+        return -KIM_E_ARGS;
+    //  Collect first: the cursor must not see our own writes.
+    zlistx_t *ids = zlistx_new ();
+    if (!ids)
+        return -KIM_E_NOMEM;
+    zlistx_set_destructor (ids, (zlistx_destructor_fn *) zstr_free);
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_REFERRAL), &cursor);
+    if (rc) {
+        zlistx_destroy (&ids);
+        return kim_store_error (store, rc, "lifecycle: scanning referrals");
+    }
+    MDB_val key, value;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        if (value.mv_size != sizeof (kim_referral_t))
+            continue;
+        kim_referral_t referral;        //  copied: LMDB does not align values
+        memcpy (&referral, value.mv_data, sizeof referral);
+        if (kim_lc_state_open (referral.state) && streq (referral.consent_id, consent_id))
+            zlistx_add_end (ids, strdup (referral.id));
+    }
+    mdb_cursor_close (cursor);
+    rc = rc == MDB_NOTFOUND? 0: kim_store_error (store, rc, "lifecycle: scanning referrals");
+    char told [KIM_LIST_MAX * 4][KIM_ORG_MAX + 1];
+    size_t told_count = 0;
+    int suspended = 0;
+    for (char *id = (char *) zlistx_first (ids); rc == 0 && id; id = (char *) zlistx_next (ids)) {
+        kim_referral_t referral;
+        rc = kim_lc_referral_get (store, id, &referral);
+        if (rc == 0)
+            rc = kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_SUSPENDED,
+                                       kim_store_head (store));
+        const char *parties [2] = { referral.sender, referral.recipient };
+        for (int p = 0; rc == 0 && p < 2; p++) {
+            bool done = false;
+            for (size_t t = 0; t < told_count && !done; t++)
+                done = streq (told [t], parties [p]);
+            if (done)
+                continue;
+            kim_msg_t notice;
+            kim_msg_init (&notice);
+            notice.type = KIM_TYPE_CONSENT_REVOKE;
+            snprintf (notice.grant_id, sizeof notice.grant_id, "%s", consent_id);
+            snprintf (notice.case_id, sizeof notice.case_id, "%s", referral.case_id);
+            rc = kim_ctx_emit (ctx, &notice, parties [p], NULL);
+            if (told_count < sizeof told / sizeof told [0])
+                snprintf (told [told_count++], KIM_ORG_MAX + 1, "%s", parties [p]);
+        }
+        if (rc == 0) {
+            suspended++;
+            zsys_info ("lifecycle: referral %s SUSPENDED: consent %s was revoked", id, consent_id);
+        }
+    }
+    zlistx_destroy (&ids);
+    return rc? rc: suspended;
+}
+
+//  --------------------------------------------------------------------------
+//  Construction
+
+//  Reads a whole number in [min, max] at `path`; absent keeps *value.
+static int
+s_config_number (zconfig_t *tree, const char *path, uint64_t min, uint64_t max,
+                 uint64_t *value, char *error, size_t error_size)
+{
+    const char *text = tree? zconfig_get (tree, path, NULL): NULL;
+    if (!text)
+        return 0;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long number = strtoull (text, &end, 10);
+    if (!*text || *end || errno || text [0] == '-' || number < min || number > max) {
+        snprintf (error, error_size, "%s: '%s' must be a whole number %" PRIu64 "..%" PRIu64,
+                  path, text, min, max);
+        return -KIM_E_CONFIG;
+    }
+    *value = number;
+    return 0;
+}
+
+static int
+s_configure (kim_lifecycle_t *self, zconfig_t *tree, char *error, size_t error_size)
+{
+    const uint64_t day = 24ull * 3600 * 1000;
+    uint64_t deadline_days = 14, expire_days = 14, payload_days = 1095;
+    uint64_t deadline_s = 0, expire_s = 0, payload_s = 0;
+    static const char *lifecycle_keys [] = {
+        "deadline_days", "expire_days", "deadline_seconds", "expire_seconds", "purpose", NULL
+    };
+    static const char *retention_keys [] = { "payload_days", "payload_seconds", NULL };
+    const char *sections [] = { "lifecycle", "retention" };
+    const char **keys [] = { lifecycle_keys, retention_keys };
+    for (int s = 0; tree && s < 2; s++) {
+        zconfig_t *section = zconfig_locate (tree, sections [s]);
+        for (zconfig_t *key = section? zconfig_child (section): NULL; key; key = zconfig_next (key)) {
+            bool known = false;
+            for (int k = 0; keys [s][k] && !known; k++)
+                known = streq (keys [s][k], zconfig_name (key));
+            if (!known) {
+                snprintf (error, error_size, "%s/%s: unknown key", sections [s], zconfig_name (key));
+                return -KIM_E_CONFIG;
+            }
+        }
+    }
+    if (s_config_number (tree, "lifecycle/deadline_days", 1, 3650, &deadline_days, error, error_size)
+    ||  s_config_number (tree, "lifecycle/expire_days", 1, 3650, &expire_days, error, error_size)
+    ||  s_config_number (tree, "lifecycle/deadline_seconds", 0, 315360000, &deadline_s, error, error_size)
+    ||  s_config_number (tree, "lifecycle/expire_seconds", 0, 315360000, &expire_s, error, error_size)
+    ||  s_config_number (tree, "retention/payload_days", 1, 36500, &payload_days, error, error_size)
+    ||  s_config_number (tree, "retention/payload_seconds", 0, 3153600000ull, &payload_s, error, error_size))
+        return -KIM_E_CONFIG;
+    self->deadline_ms = deadline_s? deadline_s * 1000: deadline_days * day;
+    self->expire_ms = expire_s? expire_s * 1000: expire_days * day;
+    self->payload_ms = payload_s? payload_s * 1000: payload_days * day;
+    zconfig_t *purposes = tree? zconfig_locate (tree, "lifecycle/purpose"): NULL;
+    for (zconfig_t *purpose = purposes? zconfig_child (purposes): NULL; purpose;
+         purpose = zconfig_next (purpose)) {
+        const char *name = zconfig_name (purpose);
+        if (!kim_code_valid (name) || self->purpose_count == 16) {
+            snprintf (error, error_size, "lifecycle/purpose/%s: not a purpose code, or more "
+                      "than 16 purposes", name);
+            return -KIM_E_CONFIG;
+        }
+        char path [128];
+        snprintf (path, sizeof path, "lifecycle/purpose/%s/deadline_days", name);
+        uint64_t days = 0;
+        if (s_config_number (tree, path, 1, 3650, &days, error, error_size))
+            return -KIM_E_CONFIG;
+        if (!days) {
+            snprintf (error, error_size, "%s: missing", path);
+            return -KIM_E_CONFIG;
+        }
+        snprintf (self->purposes [self->purpose_count], KIM_CODE_MAX + 1, "%s", name);
+        self->purpose_deadline_ms [self->purpose_count++] = days * day;
+    }
+    return 0;
+}
+
+static void
+s_destroy (void **state_p)
+{
+    free (*state_p);
+    *state_p = NULL;
+}
+
+int
+kim_lifecycle_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size)
+{
+    kim_lifecycle_t *self = (kim_lifecycle_t *) calloc (1, sizeof (kim_lifecycle_t));
+    if (!self) {
+        snprintf (error, error_size, "lifecycle: out of memory");
+        return -KIM_E_NOMEM;
+    }
+    int rc = s_configure (self, (zconfig_t *) kim_config_tree (env->config), error, error_size);
+    if (rc) {
+        free (self);
+        return rc;
+    }
+    zsys_info ("lifecycle: referrals are due after %" PRIu64 " s and expire %" PRIu64
+               " s later; payloads of closed cases are kept %" PRIu64 " s",
+               self->deadline_ms / 1000, self->expire_ms / 1000, self->payload_ms / 1000);
+    hook->name = "lifecycle";
+    hook->command = kim_lc_command;
+    hook->check = s_check;
+    hook->applied = s_applied;
+    hook->acked = s_acked;
+    hook->tick = s_tick;
+    hook->destroy = s_destroy;
+    hook->state = self;
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Self-test: the move table and the config section. The behaviour over
+//  real sockets is tested in tests/integration/test_{lifecycle,deadlines,
+//  cases,subscriptions}.c.
+
+static void
+s_test_config (const char *text, const char *expected_error)
+{
+    char error [256] = "";
+    int err = 0;
+    kim_config_t *config = kim_config_parse (text, error, sizeof error, &err);
+    assert (config);
+    kim_lifecycle_t self;
+    memset (&self, 0, sizeof self);
+    int rc = s_configure (&self, (zconfig_t *) kim_config_tree (config), error, sizeof error);
+    if (expected_error) {
+        assert (rc == -KIM_E_CONFIG);
+        if (!strstr (error, expected_error)) {
+            fprintf (stderr, "expected '%s', got '%s'\n", expected_error, error);
+            assert (false);
+        }
+    }
+    else
+        assert (rc == 0);
+    kim_config_destroy (&config);
+}
+
+void
+kim_lifecycle_test (bool verbose)
+{
+    char text [128];
+    s_moves_text (KIM_REFERRAL_ACCEPTED, S_BY_RECIPIENT, text, sizeof text);
+    if (verbose)
+        printf ("ACCEPTED, recipient: %s\n", text);
+    assert (streq (text, "FORWARD, STATUS, OUTCOME, INFO_REQUEST, INFO_RESPONSE"));
+    s_moves_text (KIM_REFERRAL_ACCEPTED, S_BY_SENDER, text, sizeof text);
+    assert (streq (text, "WITHDRAW, INFO_REQUEST, INFO_RESPONSE"));
+    s_moves_text (KIM_REFERRAL_COMPLETED, S_BY_SENDER | S_BY_RECIPIENT, text, sizeof text);
+    assert (streq (text, "nothing"));
+    s_moves_text (KIM_REFERRAL_SUSPENDED, S_BY_SENDER, text, sizeof text);
+    assert (streq (text, "WITHDRAW"));
+    assert (streq (kim_lc_state_name (KIM_REFERRAL_NOT_COMPETENT), "NOT_COMPETENT"));
+    assert (kim_lc_state_open (KIM_REFERRAL_OVERDUE));
+    assert (!kim_lc_state_open (KIM_REFERRAL_EXPIRED));
+
+    s_test_config ("lifecycle\n    deadline_days = 7\n", NULL);
+    s_test_config ("lifecycle\n    purpose\n        employment\n            deadline_days = 3\n", NULL);
+    s_test_config ("lifecycle\n    deadline_days = 0\n", "lifecycle/deadline_days");
+    s_test_config ("lifecycle\n    deadline_days = x\n", "lifecycle/deadline_days");
+    s_test_config ("lifecycle\n    dedline_days = 3\n", "lifecycle/dedline_days: unknown key");
+    s_test_config ("retention\n    payload_days = -1\n", "retention/payload_days");
+    s_test_config ("lifecycle\n    purpose\n        employment\n            deadline_days = 9999\n",
+                   "lifecycle/purpose/employment/deadline_days");
+}

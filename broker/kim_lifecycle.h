@@ -1,0 +1,49 @@
+/*  kim_lifecycle.h — the closed loop: referral life cycle, deadlines, cases,
+    handovers, case-event subscriptions and payload retention.
+
+    One broker module (registered first in kim_modules.c, so a move is
+    checked against the life cycle before policy looks at it). Its state
+    lives in the store's named DBs (REFERRAL, CASE, CASE_SEQ, SUB, TIMER) and
+    changes in the same write transaction as the log append, so a crash
+    never leaves a referral's state and the log apart.
+
+    The two calls below are for other modules (consent). Both must be called
+    inside a write batch (from a hook's check/applied/tick or a kim_ctx_batch
+    function): they read and write through the batch's transaction.
+*/
+#ifndef KIM_LIFECYCLE_H_INCLUDED
+#define KIM_LIFECYCLE_H_INCLUDED
+
+#include "kim_hook.h"
+#include "kim_modules.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+//  The module constructor (kim_module_new_fn). Reads the `lifecycle` and
+//  `retention` config sections.
+int
+    kim_lifecycle_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size);
+
+//  Copies the lead organisation of `case_id` into `lead`. Returns 0,
+//  -KIM_E_UNKNOWN_CASE, -KIM_E_ARGS outside a write batch, or -KIM_E_*.
+int
+    kim_lifecycle_case_lead (kim_ctx_t *ctx, const char *case_id, char lead [KIM_ORG_MAX + 1]);
+
+//  Consent `consent_id` was revoked: every open referral that relies on it
+//  (legal_basis consent_id of its REFERRAL or FORWARD) becomes SUSPENDED,
+//  with a state record in the log; both parties of each suspended referral
+//  get one broker-made CONSENT_REVOKE notice (consent, case_id) per org.
+//  Returns how many referrals were suspended, or -KIM_E_*.
+int
+    kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id);
+
+void
+    kim_lifecycle_test (bool verbose);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

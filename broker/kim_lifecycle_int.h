@@ -1,0 +1,135 @@
+/*  kim_lifecycle_int.h — what the life-cycle module's files share
+    (kim_lifecycle.c: referrals, deadlines, the hook; kim_case.c: cases,
+    handovers, subscriptions, retention). Private to the module.
+
+    Stored values are fixed-size structs with a version number first: the
+    store belongs to one broker on one machine, and a changed layout gets a
+    new version that the reader refuses loudly rather than misreads.
+*/
+#ifndef KIM_LIFECYCLE_INT_H_INCLUDED
+#define KIM_LIFECYCLE_INT_H_INCLUDED
+
+#include "kim_lifecycle.h"
+
+#define S_REFERRAL_VERSION  1
+#define S_CASE_VERSION      1
+#define S_SUB_VERSION       1
+#define S_PARTICIPANTS_MAX  32
+
+//  Referral states (brief §4). Numbers are stored: never reuse one.
+#define KIM_REFERRAL_STATES(X)  \
+    X(SENT,           1)        \
+    X(DELIVERED,      2)        \
+    X(ACCEPTED,       3)        \
+    X(IN_PROGRESS,    4)        \
+    X(COMPLETED,      5)        \
+    X(DECLINED,       6)        \
+    X(NOT_COMPETENT,  7)        \
+    X(FORWARDED,      8)        \
+    X(OVERDUE,        9)        \
+    X(EXPIRED,       10)        \
+    X(WITHDRAWN,     11)        \
+    X(SUSPENDED,     12)
+
+typedef enum {
+    KIM_REFERRAL_NONE = 0,
+#define KIM_X_ENUM(name, num) KIM_REFERRAL_##name = num,
+    KIM_REFERRAL_STATES (KIM_X_ENUM)
+#undef KIM_X_ENUM
+} kim_referral_state_t;
+
+//  Timer kinds (KIM_DB_TIMER value).
+#define S_TIMER_DEADLINE    1       //  key id: a referral; SENT/DELIVERED -> OVERDUE
+#define S_TIMER_EXPIRY      2       //  key id: a referral; OVERDUE -> EXPIRED
+#define S_TIMER_PURGE       3       //  key id: a closed case; purge its payloads
+
+typedef struct {
+    uint32_t version;
+    uint32_t state;                         //  kim_referral_state_t
+    char id [KIM_ID_MAX + 1];
+    char msg_id [KIM_ID_MAX + 1];           //  the REFERRAL (or FORWARD) that opened it
+    char sender [KIM_ORG_MAX + 1];
+    char recipient [KIM_ORG_MAX + 1];
+    char case_id [KIM_ID_MAX + 1];
+    char consent_id [KIM_ID_MAX + 1];       //  legal basis, if consent
+    char parent [KIM_ID_MAX + 1];           //  forwarded from this referral
+    char purpose [KIM_CODE_MAX + 1];
+    uint64_t deadline;                      //  ms
+    uint64_t created_seq;
+    uint64_t last_seq;
+} kim_referral_t;
+
+typedef struct {
+    uint32_t version;
+    uint32_t closed;                        //  1 after CASE_CLOSED
+    char id [KIM_ID_MAX + 1];
+    char lead [KIM_ORG_MAX + 1];            //  exactly one, always
+    char offer_msg_id [KIM_ID_MAX + 1];     //  open HANDOVER_OFFER, "" when none
+    char offer_to [KIM_ORG_MAX + 1];
+    uint64_t offer_seq;                     //  its log record: lists the referrals
+    uint64_t created_seq;
+    uint64_t closed_at;                     //  ms
+    uint32_t participant_count;
+    //  Stored up to participant_count only: most cases have a handful.
+    char participants [S_PARTICIPANTS_MAX][KIM_ORG_MAX + 1];
+} kim_case_t;
+
+typedef struct {
+    uint32_t version;
+    uint32_t type_count;                    //  0: every type
+    char case_id [KIM_ID_MAX + 1];          //  "": every case
+    uint32_t types [KIM_LIST_MAX];
+} kim_sub_t;
+
+//  The module's settings and per-batch scratch.
+typedef struct {
+    uint64_t deadline_ms;                   //  default answer period
+    uint64_t expire_ms;                     //  grace period after the deadline
+    uint64_t payload_ms;                    //  retention of payloads after CASE_CLOSED
+    size_t purpose_count;                   //  per-purpose deadline overrides
+    char purposes [16][KIM_CODE_MAX + 1];
+    uint64_t purpose_deadline_ms [16];
+} kim_lifecycle_t;
+
+//  Store access through the open batch (kim_lifecycle.c).
+int
+    kim_lc_get (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
+                void *value, size_t value_size);
+int
+    kim_lc_put (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
+                const void *value, size_t value_size, const char *what);
+int
+    kim_lc_timer_put (kim_store_t *store, uint64_t due, const char *id, uint8_t kind);
+int
+    kim_lc_referral_get (kim_store_t *store, const char *id, kim_referral_t *referral);
+int
+    kim_lc_referral_put (kim_store_t *store, const kim_referral_t *referral);
+const char *
+    kim_lc_state_name (uint32_t state);
+bool
+    kim_lc_state_open (uint32_t state);
+//  Appends a KIM_RECORD_STATE record: a msgpack map built from `json`.
+int
+    kim_lc_record (kim_ctx_t *ctx, const char *json);
+//  Moves a referral to `to`, writes it and records the change (cause: seq).
+int
+    kim_lc_referral_move (kim_ctx_t *ctx, kim_referral_t *referral, uint32_t to, uint64_t seq);
+
+//  Cases, subscriptions, retention (kim_case.c).
+int
+    kim_lc_case_get (kim_store_t *store, const char *id, kim_case_t *kcase);
+int
+    kim_lc_case_check (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
+                       kim_verdict_t *verdict);
+//  Updates the case of a message (participants, lead, seq index) and fans
+//  it out to subscribers. `case_id` is the message's case ("" for none).
+int
+    kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
+                         const char *case_id);
+int
+    kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id);
+int
+    kim_lc_command (void *state, kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t *cmd,
+                    kim_verdict_t *verdict);
+
+#endif

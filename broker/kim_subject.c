@@ -1,0 +1,341 @@
+/*  kim_subject.c — the data subject's rights, served from the log.
+
+    ACCESS_REPORT {subject}: which organisations received which categories
+    of that subject's data, when, on which basis and under which rule
+    (Art. 15 DSGVO, § 83 SGB X). The broker answers with a broker-made
+    ACCESS_REPORT to the asker whose payload is a JSON report built from
+    the log records the subject index points at: metadata only.
+
+    ERASURE {subject}: purges the payloads of the asker's transfers about
+    the subject (Art. 17 DSGVO, § 84 SGB X), tells every organisation that
+    received one (Art. 19 DSGVO) with a broker-made ERASURE, and appends a
+    KIM_RECORD_PURGE record. Log records keep their payload hashes, so the
+    hash chain still verifies.
+
+    Who may ask: an organisation that sent data about the subject (it is
+    the controller of those transfers), or the lead organisation of the
+    case named in `case_id`. A report covers the asker's own transfers and,
+    for a case lead, every transfer in that case; an erasure covers the
+    asker's own transfers (in `case_id` when given).
+*/
+#include <czmq.h>
+#include <sodium.h>
+
+#include "kim_consent_int.h"
+#include "kim_lifecycle.h"
+
+#define S_ENTRIES_MAX 4096      //  transfers one report or erasure covers
+
+//  One transfer as the report shows it, copied out of the log record.
+typedef struct {
+    uint64_t seq;
+    uint64_t time;
+    kim_type_t type;
+    char sender [KIM_ORG_MAX + 1];
+    char recipient [KIM_ORG_MAX + 1];
+    char case_id [KIM_ID_MAX + 1];
+    char purpose [KIM_CODE_MAX + 1];
+    uint32_t categories;
+    kim_basis_t basis;
+    char consent_id [KIM_ID_MAX + 1];
+    char citation [KIM_CITATION_MAX + 1];
+    char rule [KIM_ID_MAX + 1];
+    bool payload;
+} s_entry_t;
+
+int
+kim_subject_index (kim_ctx_t *ctx, const char *subject, uint64_t seq)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    uint8_t bytes [1 + KIM_SUBJECT_MAX + 1 + 8];
+    size_t size = strlen (subject);
+    bytes [0] = KIM_CONSENT_KEY_SUBJECT;
+    memcpy (bytes + 1, subject, size + 1);
+    for (int i = 0; i < 8; i++)
+        bytes [2 + size + i] = (uint8_t) (seq >> (56 - 8 * i));
+    MDB_val key = { size + 10, bytes }, value = { 0, NULL };
+    int rc = mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &key, &value, 0);
+    return rc? kim_store_error (store, rc, "consent: indexing a subject"): 0;
+}
+
+//  Collects the transfers about `subject` that `asker` may see: its own
+//  (in `case_id` when given), and unless `own`, every transfer of
+//  `lead_case` (when the asker leads that case). Returns how many, or -KIM_E_*.
+static int
+s_collect (kim_consent_mod_t *self, kim_ctx_t *ctx, const char *subject, const char *asker,
+           const char *case_id, const char *lead_case, bool own, s_entry_t *entries)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    uint8_t prefix [1 + KIM_SUBJECT_MAX + 1];
+    size_t prefix_size = strlen (subject) + 2;
+    prefix [0] = KIM_CONSENT_KEY_SUBJECT;
+    memcpy (prefix + 1, subject, prefix_size - 1);
+    uint64_t seqs [S_ENTRIES_MAX];
+    size_t seq_count = 0;
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "consent: reading the subject index");
+    MDB_val key = { prefix_size, prefix }, value;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
+         rc == 0 && seq_count < S_ENTRIES_MAX;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        if (key.mv_size != prefix_size + 8 || memcmp (key.mv_data, prefix, prefix_size) != 0)
+            break;
+        const uint8_t *bytes = (const uint8_t *) key.mv_data + prefix_size;
+        uint64_t seq = 0;
+        for (int i = 0; i < 8; i++)
+            seq = (seq << 8) | bytes [i];
+        seqs [seq_count++] = seq;
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND && seq_count < S_ENTRIES_MAX)
+        return kim_store_error (store, rc, "consent: reading the subject index");
+    if (seq_count == S_ENTRIES_MAX)
+        zsys_warning ("consent: subject %s: more than %d transfers; the answer covers the first",
+                      subject, S_ENTRIES_MAX);
+    int count = 0;
+    for (size_t i = 0; i < seq_count; i++) {
+        kim_record_t record;
+        rc = kim_store_read (store, seqs [i], &record);
+        if (rc == -KIM_E_NOT_FOUND || (rc == 0 && record.kind != KIM_RECORD_MESSAGE))
+            continue;
+        if (rc)
+            return rc;
+        kim_msg_t *msg = self->scratch;
+        kim_decode_error_t error;
+        if (kim_msg_decode (msg, record.body, record.body_size, &error)) {
+            zsys_error ("consent: log record %" PRIu64 " of subject %s does not decode: %s at %s",
+                        seqs [i], subject, kim_strerror (error.code), error.path);
+            continue;
+        }
+        bool mine = streq (msg->sender, asker) && (!case_id [0] || streq (msg->case_id, case_id));
+        bool led = !own && lead_case [0] && streq (msg->case_id, lead_case);
+        if (!mine && !led)
+            continue;
+        s_entry_t *entry = &entries [count++];
+        entry->seq = record.seq;
+        entry->time = record.time_ms;
+        entry->type = msg->type;
+        snprintf (entry->sender, sizeof entry->sender, "%s", msg->sender);
+        snprintf (entry->recipient, sizeof entry->recipient, "%s",
+                  msg->type == KIM_TYPE_FORWARD? msg->org: msg->recipient);
+        snprintf (entry->case_id, sizeof entry->case_id, "%s", msg->case_id);
+        snprintf (entry->purpose, sizeof entry->purpose, "%s", msg->purpose);
+        entry->categories = msg->categories;
+        entry->basis = msg->basis;
+        snprintf (entry->consent_id, sizeof entry->consent_id, "%s", msg->consent_id);
+        snprintf (entry->citation, sizeof entry->citation, "%s", msg->citation);
+        snprintf (entry->rule, sizeof entry->rule, "%s", msg->rule);
+        const uint8_t *payload = NULL;
+        size_t payload_size = 0;
+        if ((rc = kim_store_payload_get (store, seqs [i], &payload, &payload_size)))
+            return rc;
+        entry->payload = payload_size > 0;
+    }
+    return count;
+}
+
+//  The case the asker leads, when it names one; "" otherwise.
+static int
+s_lead_case (kim_ctx_t *ctx, const kim_msg_t *msg, char lead_case [KIM_ID_MAX + 1])
+{
+    lead_case [0] = 0;
+    if (!msg->case_id [0])
+        return 0;
+    char lead [KIM_ORG_MAX + 1] = "";
+    int rc = kim_lifecycle_case_lead (ctx, msg->case_id, lead);
+    if (rc == -KIM_E_UNKNOWN_CASE || rc == -KIM_E_NOT_FOUND)
+        return 0;
+    if (rc)
+        return rc;
+    if (streq (lead, msg->sender))
+        snprintf (lead_case, KIM_ID_MAX + 1, "%s", msg->case_id);
+    return 0;
+}
+
+static s_entry_t *
+s_entries_new (void)
+{
+    return (s_entry_t *) calloc (S_ENTRIES_MAX, sizeof (s_entry_t));
+}
+
+int
+kim_subject_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
+                   kim_verdict_t *verdict)
+{
+    const kim_msg_t *msg = route->msg;
+    char lead_case [KIM_ID_MAX + 1];
+    int rc = s_lead_case (ctx, msg, lead_case);
+    if (rc || lead_case [0])
+        return rc;
+    s_entry_t *entries = s_entries_new ();
+    if (!entries)
+        return -KIM_E_NOMEM;
+    rc = s_collect (self, ctx, msg->subject, msg->sender, msg->case_id, "", true, entries);
+    free (entries);
+    if (rc < 0)
+        return rc;
+    if (rc > 0)
+        return 0;
+    verdict->code = KIM_E_NOT_PARTY;
+    snprintf (verdict->path, sizeof verdict->path, "hdr.subject");
+    if (snprintf (verdict->text, sizeof verdict->text, "%s sent no data about subject %s%s%s; "
+                  "only an organisation that sent data, or the lead of the case named in "
+                  "case_id, may ask", msg->sender, msg->subject,
+                  msg->case_id [0]? " in case ": "", msg->case_id) < 0)
+        verdict->text [0] = 0;
+    return -KIM_E_NOT_PARTY;
+}
+
+static const char *
+s_basis_name (kim_basis_t basis)
+{
+    return basis == KIM_BASIS_STATUTE? "statute": basis == KIM_BASIS_CONSENT? "consent": "none";
+}
+
+//  Appends a broker-made message with a payload (kim_ctx_emit makes empty
+//  ones): header with the payload's length and hash, the log record, the
+//  payload beside it, and the recipient's mailbox.
+static int
+s_emit_payload (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient,
+                const uint8_t *payload, size_t size)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    snprintf (msg->msg_id, sizeof msg->msg_id, "broker-%" PRIu64, kim_store_head (store) + 1);
+    snprintf (msg->sender, sizeof msg->sender, "%s", kim_ctx_config (ctx)->name);
+    snprintf (msg->recipient, sizeof msg->recipient, "%s", recipient);
+    msg->created_at = kim_ctx_now (ctx);
+    msg->payload_len = (uint32_t) size;
+    msg->has_payload_hash = true;
+    crypto_generichash (msg->payload_hash, KIM_HASH_SIZE, payload, size, NULL, 0);
+    kim_buf_reset (&self->hdr);
+    uint64_t seq;
+    int rc = kim_msg_encode (msg, &self->hdr);
+    if (rc == 0)
+        rc = kim_store_append (store, KIM_RECORD_MESSAGE, kim_ctx_now (ctx), self->hdr.data,
+                               self->hdr.size, &seq);
+    if (rc == 0)
+        rc = kim_store_payload_put (store, seq, payload, size);
+    if (rc == 0)
+        rc = kim_ctx_deliver_payload (ctx, recipient, seq);
+    return rc;
+}
+
+static int
+s_report (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, s_entry_t *entries,
+          int count)
+{
+    kim_buf_t *json = &self->json;
+    kim_buf_reset (json);
+    int rc = kim_consent_json (json, "{\"subject\":\"%s\",\"requested_by\":\"%s\",\"case_id\":\"%s\","
+                               "\"generated_at\":%" PRIu64 ",\"truncated\":%s,\"transfers\":[",
+                               msg->subject, msg->sender, msg->case_id, kim_ctx_now (ctx),
+                               count == S_ENTRIES_MAX? "true": "false");
+    for (int i = 0; rc == 0 && i < count; i++) {
+        const s_entry_t *entry = &entries [i];
+        rc = kim_consent_json (json, "%s{\"seq\":%" PRIu64 ",\"time\":%" PRIu64 ",\"type\":\"%s\","
+                               "\"from\":\"%s\",\"to\":\"%s\",\"case_id\":\"%s\",\"purpose\":\"%s\","
+                               "\"categories\":[", i? ",": "", entry->seq, entry->time,
+                               kim_type_name (entry->type), entry->sender, entry->recipient,
+                               entry->case_id, entry->purpose);
+        bool first = true;
+        for (uint32_t bit = 1; rc == 0 && bit <= KIM_CAT_RESIDENCE_STATUS; bit <<= 1)
+            if (entry->categories & bit) {
+                rc = kim_consent_json (json, "%s\"%s\"", first? "": ",", kim_category_name (bit));
+                first = false;
+            }
+        rc = rc? rc: kim_consent_json (json, "],\"basis\":\"%s\",", s_basis_name (entry->basis));
+        if (rc == 0 && entry->basis == KIM_BASIS_CONSENT)
+            rc = kim_consent_json (json, "\"consent_id\":\"%s\",", entry->consent_id);
+        if (rc == 0 && entry->basis == KIM_BASIS_STATUTE) {
+            rc = kim_consent_json (json, "\"citation\":");
+            rc = rc? rc: kim_consent_json_str (json, entry->citation);
+            rc = rc? rc: kim_consent_json (json, ",");
+        }
+        rc = rc? rc: kim_consent_json (json, "\"rule\":\"%s\",\"payload\":\"%s\"}", entry->rule,
+                                       entry->payload? "kept": "erased");
+    }
+    rc = rc? rc: kim_consent_json (json, "]}\n");
+    if (rc)
+        return rc;
+    kim_msg_t report;
+    kim_msg_init (&report);
+    report.type = KIM_TYPE_ACCESS_REPORT;
+    snprintf (report.subject, sizeof report.subject, "%s", msg->subject);
+    snprintf (report.case_id, sizeof report.case_id, "%s", msg->case_id);
+    rc = s_emit_payload (self, ctx, &report, msg->sender, json->data, json->size);
+    if (rc == 0)
+        zsys_info ("consent: access report on subject %s for %s: %d transfers", msg->subject,
+                   msg->sender, count);
+    return rc;
+}
+
+static int
+s_erase (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, uint64_t request_seq,
+         s_entry_t *entries, int count)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    kim_buf_t *json = &self->json;
+    kim_buf_reset (json);
+    int rc = kim_consent_json (json, "{\"reason\":\"erasure\",\"subject\":\"%s\",\"requested_by\":"
+                               "\"%s\",\"msg_id\":\"%s\",\"request_seq\":%" PRIu64 ",\"case_id\":"
+                               "\"%s\",\"seqs\":[", msg->subject, msg->sender, msg->msg_id,
+                               request_seq, msg->case_id);
+    char told [KIM_LIST_MAX * 4][KIM_ORG_MAX + 1];
+    size_t told_count = 0, purged = 0;
+    for (int i = 0; rc == 0 && i < count; i++) {
+        const s_entry_t *entry = &entries [i];
+        if (entry->payload) {
+            rc = kim_store_payload_del (store, entry->seq);
+            rc = rc? rc: kim_consent_json (json, "%s%" PRIu64, purged? ",": "", entry->seq);
+            purged++;
+        }
+        bool done = streq (entry->recipient, msg->sender);
+        for (size_t t = 0; t < told_count && !done; t++)
+            done = streq (told [t], entry->recipient);
+        if (rc == 0 && !done && kim_ctx_org (ctx, entry->recipient)) {
+            kim_msg_t notice;
+            kim_msg_init (&notice);
+            notice.type = KIM_TYPE_ERASURE;
+            snprintf (notice.subject, sizeof notice.subject, "%s", msg->subject);
+            snprintf (notice.case_id, sizeof notice.case_id, "%s", entry->case_id);
+            rc = kim_ctx_emit (ctx, &notice, entry->recipient, NULL);
+            if (told_count < sizeof told / sizeof told [0])
+                snprintf (told [told_count++], KIM_ORG_MAX + 1, "%s", entry->recipient);
+        }
+    }
+    rc = rc? rc: kim_consent_json (json, "],\"told\":[");
+    for (size_t t = 0; rc == 0 && t < told_count; t++)
+        rc = kim_consent_json (json, "%s\"%s\"", t? ",": "", told [t]);
+    rc = rc? rc: kim_consent_json (json, "]}");
+    kim_buf_reset (&self->pack);
+    rc = rc? rc: kim_json_to_msgpack ((const char *) json->data, json->size, &self->pack);
+    rc = rc? rc: kim_ctx_record (ctx, KIM_RECORD_PURGE, self->pack.data, self->pack.size, NULL);
+    if (rc == 0)
+        zsys_info ("consent: erasure of subject %s for %s: %zu payloads purged, %zu recipients told",
+                   msg->subject, msg->sender, purged, told_count);
+    return rc;
+}
+
+int
+kim_subject_applied (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route)
+{
+    const kim_msg_t *msg = route->msg;
+    char lead_case [KIM_ID_MAX + 1];
+    int rc = s_lead_case (ctx, msg, lead_case);
+    if (rc)
+        return rc;
+    s_entry_t *entries = s_entries_new ();
+    if (!entries)
+        return -KIM_E_NOMEM;
+    bool erase = msg->type == KIM_TYPE_ERASURE;
+    //  The request's own copy is kept: `msg` points at the batch's item,
+    //  not into the store, so emitting below cannot move it.
+    rc = s_collect (self, ctx, msg->subject, msg->sender, msg->case_id, lead_case, erase, entries);
+    if (rc >= 0)
+        rc = erase? s_erase (self, ctx, msg, route->seq, entries, rc)
+                  : s_report (self, ctx, msg, entries, rc);
+    free (entries);
+    return rc;
+}

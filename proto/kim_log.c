@@ -1,0 +1,628 @@
+/*  kim_log.c — the log's record format, signed checkpoints, a read-only
+    reader of a broker's store and a streaming chain verifier.
+
+    It exists so that there is one definition of the log format that the
+    broker's store writes with and that auditors' tools read with, and so
+    that `kim audit` can verify a log from the LMDB folder alone, linking
+    only the protocol library: no broker internals. See include/kim/kim_log.h
+    for the layout. Bodies as JSON live in kim_log_json.c.
+*/
+#include <errno.h>
+#include <stdarg.h>
+#include <inttypes.h>
+#include <lmdb.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kim/kim_log.h"
+
+#define S_MAXDBS    32          //  as the store opens its environment
+
+static const uint8_t s_zero_hash [KIM_HASH_SIZE];
+
+static void
+s_put_be64 (uint8_t *dest, uint64_t value)
+{
+    for (int i = 7; i >= 0; i--) {
+        dest [i] = (uint8_t) value;
+        value >>= 8;
+    }
+}
+
+static uint64_t
+s_get_be64 (const uint8_t *src)
+{
+    uint64_t value = 0;
+    for (int i = 0; i < 8; i++)
+        value = (value << 8) | src [i];
+    return value;
+}
+
+static void
+s_hex (const uint8_t *data, size_t size, char *out)
+{
+    static const char digits [] = "0123456789abcdef";
+    for (size_t i = 0; i < size; i++) {
+        out [2 * i] = digits [data [i] >> 4];
+        out [2 * i + 1] = digits [data [i] & 15];
+    }
+    out [2 * size] = 0;
+}
+
+static int
+s_unhex_digit (int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+//  Decodes exactly `size` bytes of hex from `text`; false if malformed.
+static bool
+s_unhex (const char *text, uint8_t *out, size_t size)
+{
+    for (size_t i = 0; i < size; i++) {
+        int high = s_unhex_digit (text [2 * i]);
+        int low = high < 0? -1: s_unhex_digit (text [2 * i + 1]);
+        if (low < 0)
+            return false;
+        out [i] = (uint8_t) (high << 4 | low);
+    }
+    return true;
+}
+
+
+//  --------------------------------------------------------------------------
+//  The format
+
+const char *
+kim_log_kind_name (unsigned kind)
+{
+#define KIM_X_NAME(name, str, num) if (kind == num) return str;
+    KIM_LOG_KINDS (KIM_X_NAME)
+#undef KIM_X_NAME
+    return NULL;
+}
+
+unsigned
+kim_log_kind_from_name (const char *name)
+{
+#define KIM_X_NUM(kname, str, num) if (name && strcmp (name, str) == 0) return num;
+    KIM_LOG_KINDS (KIM_X_NUM)
+#undef KIM_X_NUM
+    return 0;
+}
+
+void
+kim_log_record_hash (const uint8_t prev [KIM_HASH_SIZE], uint8_t kind, uint64_t seq,
+                     uint64_t time_ms, const uint8_t *body, size_t body_size,
+                     uint8_t out [KIM_HASH_SIZE])
+{
+    uint8_t fields [1 + 1 + 8 + 8];
+    fields [0] = KIM_LOG_FORMAT;
+    fields [1] = kind;
+    s_put_be64 (fields + 2, seq);
+    s_put_be64 (fields + 10, time_ms);
+    crypto_generichash_state state;
+    crypto_generichash_init (&state, NULL, 0, KIM_HASH_SIZE);
+    crypto_generichash_update (&state, prev, KIM_HASH_SIZE);
+    crypto_generichash_update (&state, fields, sizeof (fields));
+    if (body_size)
+        crypto_generichash_update (&state, body, body_size);
+    crypto_generichash_final (&state, out, KIM_HASH_SIZE);
+}
+
+void
+kim_log_record_put (uint8_t *dest, uint8_t kind, uint64_t time_ms,
+                    const uint8_t hash [KIM_HASH_SIZE], const uint8_t *body, size_t body_size)
+{
+    dest [0] = KIM_LOG_FORMAT;
+    dest [1] = kind;
+    s_put_be64 (dest + 2, time_ms);
+    memcpy (dest + 10, hash, KIM_HASH_SIZE);
+    if (body_size)
+        memcpy (dest + KIM_LOG_RECORD_FIXED, body, body_size);
+}
+
+int
+kim_log_record_parse (uint64_t seq, const uint8_t *value, size_t size, kim_log_record_t *record)
+{
+    record->seq = seq;
+    if (!value || size < KIM_LOG_RECORD_FIXED || value [0] != KIM_LOG_FORMAT)
+        return -KIM_E_IO;
+    record->kind = value [1];
+    record->time_ms = s_get_be64 (value + 2);
+    memcpy (record->hash, value + 10, KIM_HASH_SIZE);
+    record->body_size = size - KIM_LOG_RECORD_FIXED;
+    record->body = record->body_size? value + KIM_LOG_RECORD_FIXED: NULL;
+    return 0;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Checkpoints
+
+void
+kim_log_key_id (const uint8_t public_key [32], char key_id [KIM_LOG_KEY_ID_SIZE + 1])
+{
+    uint8_t hash [KIM_HASH_SIZE];
+    crypto_generichash (hash, sizeof hash, public_key, 32, NULL, 0);
+    s_hex (hash, KIM_LOG_KEY_ID_SIZE / 2, key_id);
+}
+
+void
+kim_log_checkpoint_message (const kim_log_checkpoint_t *self, uint8_t out [KIM_LOG_SIGNED_SIZE])
+{
+    memcpy (out, "kim-checkpoint-1", 16);
+    s_put_be64 (out + 16, self->seq);
+    memcpy (out + 24, self->head, KIM_HASH_SIZE);
+    s_put_be64 (out + 56 - 8, self->time_ms);
+}
+
+void
+kim_log_checkpoint_sign (kim_log_checkpoint_t *self, const uint8_t secret_key [64])
+{
+    //  libsodium's Ed25519 secret key holds the public key in its second half
+    kim_log_key_id (secret_key + 32, self->key_id);
+    uint8_t message [KIM_LOG_SIGNED_SIZE];
+    kim_log_checkpoint_message (self, message);
+    crypto_sign_detached (self->sig, NULL, message, sizeof message, secret_key);
+}
+
+//  The fixed shape of a checkpoint body: key strings and value markers.
+#define S_CP_SEQ    1
+#define S_CP_HEAD   (S_CP_SEQ + 4 + 9)
+#define S_CP_TIME   (S_CP_HEAD + 5 + 34)
+#define S_CP_KEYID  (S_CP_TIME + 5 + 9)
+#define S_CP_SIG    (S_CP_KEYID + 7 + 17)
+#define S_CP_END    (S_CP_SIG + 4 + 66)
+
+static void
+s_checkpoint_frame (uint8_t *out)
+{
+    out [0] = 0x85;
+    memcpy (out + S_CP_SEQ, "\xa3" "seq" "\xcf", 5);
+    memcpy (out + S_CP_HEAD, "\xa4" "head" "\xc4\x20", 7);
+    memcpy (out + S_CP_TIME, "\xa4" "time" "\xcf", 6);
+    memcpy (out + S_CP_KEYID, "\xa6" "key_id" "\xb0", 8);
+    memcpy (out + S_CP_SIG, "\xa3" "sig" "\xc4\x40", 6);
+}
+
+void
+kim_log_checkpoint_encode (const kim_log_checkpoint_t *self, uint8_t out [KIM_LOG_CHECKPOINT_SIZE])
+{
+    _Static_assert (S_CP_END == KIM_LOG_CHECKPOINT_SIZE, "checkpoint layout");
+    s_checkpoint_frame (out);
+    s_put_be64 (out + S_CP_SEQ + 5, self->seq);
+    memcpy (out + S_CP_HEAD + 7, self->head, KIM_HASH_SIZE);
+    s_put_be64 (out + S_CP_TIME + 6, self->time_ms);
+    memcpy (out + S_CP_KEYID + 8, self->key_id, KIM_LOG_KEY_ID_SIZE);
+    memcpy (out + S_CP_SIG + 6, self->sig, KIM_SIG_SIZE);
+}
+
+int
+kim_log_checkpoint_decode (kim_log_checkpoint_t *self, const uint8_t *body, size_t size)
+{
+    uint8_t frame [KIM_LOG_CHECKPOINT_SIZE];
+    memset (frame, 0, sizeof frame);
+    s_checkpoint_frame (frame);
+    if (!body || size != KIM_LOG_CHECKPOINT_SIZE || body [0] != frame [0]
+    ||  memcmp (body + S_CP_SEQ, frame + S_CP_SEQ, 5) != 0
+    ||  memcmp (body + S_CP_HEAD, frame + S_CP_HEAD, 7) != 0
+    ||  memcmp (body + S_CP_TIME, frame + S_CP_TIME, 6) != 0
+    ||  memcmp (body + S_CP_KEYID, frame + S_CP_KEYID, 8) != 0
+    ||  memcmp (body + S_CP_SIG, frame + S_CP_SIG, 6) != 0)
+        return -KIM_E_MALFORMED;
+    self->seq = s_get_be64 (body + S_CP_SEQ + 5);
+    memcpy (self->head, body + S_CP_HEAD + 7, KIM_HASH_SIZE);
+    self->time_ms = s_get_be64 (body + S_CP_TIME + 6);
+    memcpy (self->key_id, body + S_CP_KEYID + 8, KIM_LOG_KEY_ID_SIZE);
+    self->key_id [KIM_LOG_KEY_ID_SIZE] = 0;
+    memcpy (self->sig, body + S_CP_SIG + 6, KIM_SIG_SIZE);
+    return 0;
+}
+
+bool
+kim_log_checkpoint_verify (const kim_log_checkpoint_t *self, const uint8_t public_key [32])
+{
+    uint8_t message [KIM_LOG_SIGNED_SIZE];
+    kim_log_checkpoint_message (self, message);
+    return crypto_sign_verify_detached (self->sig, message, sizeof message, public_key) == 0;
+}
+
+//  Reads the first line of a small text file into `line` (without newline).
+static int
+s_read_line (const char *path, char *line, size_t size)
+{
+    FILE *file = fopen (path, "r");
+    if (!file)
+        return errno == ENOENT? -KIM_E_NOT_FOUND: -KIM_E_IO;
+    bool ok = fgets (line, (int) size, file) != NULL;
+    fclose (file);
+    if (!ok)
+        return -KIM_E_IO;
+    line [strcspn (line, "\r\n")] = 0;
+    return 0;
+}
+
+int
+kim_log_load_public_key (const char *path, uint8_t public_key [32], char *why, size_t why_size)
+{
+    char line [160];
+    int rc = s_read_line (path, line, sizeof line);
+    if (rc) {
+        snprintf (why, why_size, "%s: cannot read the broker's public signing key: %s",
+                  path, rc == -KIM_E_NOT_FOUND? "no such file": "unreadable");
+        return -KIM_E_KEY;
+    }
+    if (strlen (line) != 64 || !s_unhex (line, public_key, 32)) {
+        snprintf (why, why_size, "%s: not a public signing key (expected 64 hex characters)",
+                  path);
+        return -KIM_E_KEY;
+    }
+    return 0;
+}
+
+int
+kim_log_load_checkpoint_file (const char *path, kim_log_checkpoint_t *checkpoint)
+{
+    char line [2 * KIM_LOG_CHECKPOINT_SIZE + 8];
+    int rc = s_read_line (path, line, sizeof line);
+    if (rc)
+        return rc;
+    uint8_t body [KIM_LOG_CHECKPOINT_SIZE];
+    if (strlen (line) != 2 * KIM_LOG_CHECKPOINT_SIZE
+    ||  !s_unhex (line, body, sizeof body)
+    ||  kim_log_checkpoint_decode (checkpoint, body, sizeof body))
+        return -KIM_E_IO;
+    return 0;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Reading a store
+
+struct _kim_log_t {
+    MDB_env *env;
+    MDB_dbi dbi;
+    MDB_txn *txn;               //  the snapshot, reset between uses
+    bool txn_live;
+    MDB_cursor *cursor;
+    bool positioned;            //  the cursor sits on the next record to return
+    bool at_end;                //  the seek found nothing: next returns 0
+    char path [4096];
+};
+
+kim_log_t *
+kim_log_open (const char *data_dir, char *why, size_t why_size)
+{
+    kim_log_t *self = (kim_log_t *) calloc (1, sizeof (kim_log_t));
+    if (!self) {
+        snprintf (why, why_size, "out of memory");
+        return NULL;
+    }
+    snprintf (self->path, sizeof self->path, "%s/" KIM_LOG_STORE_DIR, data_dir);
+    const char *what = "creating the environment";
+    int rc = mdb_env_create (&self->env);
+    if (rc == 0) {
+        what = "opening the store";
+        rc = mdb_env_set_maxdbs (self->env, S_MAXDBS);
+    }
+    if (rc == 0)
+        rc = mdb_env_open (self->env, self->path, MDB_RDONLY | MDB_NOTLS, 0600);
+    MDB_txn *txn = NULL;
+    if (rc == 0) {
+        what = "starting a read transaction";
+        rc = mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn);
+    }
+    if (rc == 0) {
+        what = "opening the log table";
+        rc = mdb_dbi_open (txn, "log", 0, &self->dbi);
+        if (rc == 0)
+            rc = mdb_txn_commit (txn);      //  keeps the handle
+        else
+            mdb_txn_abort (txn);
+    }
+    if (rc) {
+        snprintf (why, why_size, "%s: %s: %s%s", self->path, what, mdb_strerror (rc),
+                  rc == MDB_NOTFOUND? " (not a kim store)": "");
+        kim_log_close (&self);
+        return NULL;
+    }
+    return self;
+}
+
+void
+kim_log_close (kim_log_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    kim_log_t *self = *self_p;
+    if (self->cursor)
+        mdb_cursor_close (self->cursor);
+    if (self->txn)
+        mdb_txn_abort (self->txn);
+    if (self->env)
+        mdb_env_close (self->env);
+    free (self);
+    *self_p = NULL;
+}
+
+void
+kim_log_release (kim_log_t *self)
+{
+    if (self->txn_live) {
+        mdb_txn_reset (self->txn);
+        self->txn_live = false;
+    }
+    self->positioned = false;
+    self->at_end = false;
+}
+
+//  A fresh snapshot; adopts a map the broker grew meanwhile.
+static int
+s_snapshot (kim_log_t *self)
+{
+    kim_log_release (self);
+    int rc = 0;
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if (self->txn)
+            rc = mdb_txn_renew (self->txn);
+        else
+            rc = mdb_txn_begin (self->env, NULL, MDB_RDONLY, &self->txn);
+        if (rc != MDB_MAP_RESIZED)
+            break;
+        if (self->txn) {
+            mdb_txn_abort (self->txn);
+            self->txn = NULL;
+            if (self->cursor) {
+                mdb_cursor_close (self->cursor);
+                self->cursor = NULL;
+            }
+        }
+        mdb_env_set_mapsize (self->env, 0);
+    }
+    if (rc)
+        return -KIM_E_IO;
+    self->txn_live = true;
+    rc = self->cursor? mdb_cursor_renew (self->txn, self->cursor)
+                     : mdb_cursor_open (self->txn, self->dbi, &self->cursor);
+    return rc? -KIM_E_IO: 0;
+}
+
+static int
+s_parse (const MDB_val *key, const MDB_val *value, kim_log_record_t *record)
+{
+    if (key->mv_size != 8) {
+        record->seq = 0;
+        return -KIM_E_IO;
+    }
+    return kim_log_record_parse (s_get_be64 ((const uint8_t *) key->mv_data),
+                                 (const uint8_t *) value->mv_data, value->mv_size, record);
+}
+
+int
+kim_log_seek (kim_log_t *self, uint64_t seq, uint64_t *head)
+{
+    int rc = s_snapshot (self);
+    if (rc)
+        return rc;
+    MDB_val key, value;
+    if (head) {
+        rc = mdb_cursor_get (self->cursor, &key, &value, MDB_LAST);
+        *head = rc == 0 && key.mv_size == 8? s_get_be64 ((const uint8_t *) key.mv_data): 0;
+        if (rc && rc != MDB_NOTFOUND)
+            return -KIM_E_IO;
+    }
+    uint8_t bytes [8];
+    s_put_be64 (bytes, seq);
+    key.mv_size = sizeof bytes;
+    key.mv_data = bytes;
+    rc = mdb_cursor_get (self->cursor, &key, &value, MDB_SET_RANGE);
+    if (rc && rc != MDB_NOTFOUND)
+        return -KIM_E_IO;
+    self->positioned = rc == 0;
+    self->at_end = rc == MDB_NOTFOUND;     //  past the end until the next seek
+    return 0;
+}
+
+int
+kim_log_next (kim_log_t *self, kim_log_record_t *record)
+{
+    if (!self->txn_live)
+        return -KIM_E_ARGS;
+    if (self->at_end)
+        return 0;
+    MDB_val key, value;
+    int rc;
+    if (self->positioned) {
+        rc = mdb_cursor_get (self->cursor, &key, &value, MDB_GET_CURRENT);
+        self->positioned = false;
+    }
+    else
+        rc = mdb_cursor_get (self->cursor, &key, &value, MDB_NEXT);
+    if (rc == MDB_NOTFOUND) {
+        self->at_end = true;
+        return 0;
+    }
+    if (rc)
+        return -KIM_E_IO;
+    rc = s_parse (&key, &value, record);
+    return rc? rc: 1;
+}
+
+int
+kim_log_get (kim_log_t *self, uint64_t seq, kim_log_record_t *record)
+{
+    if (!self->txn_live) {
+        int rc = s_snapshot (self);
+        if (rc)
+            return rc;
+    }
+    uint8_t bytes [8];
+    s_put_be64 (bytes, seq);
+    MDB_val key = { sizeof bytes, bytes }, value;
+    int rc = mdb_get (self->txn, self->dbi, &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return -KIM_E_NOT_FOUND;
+    if (rc)
+        return -KIM_E_IO;
+    return s_parse (&key, &value, record);
+}
+
+
+//  --------------------------------------------------------------------------
+//  Verifying
+
+static int
+s_fail (kim_log_verify_t *self, uint64_t seq, const char *format, ...)
+    __attribute__ ((format (printf, 3, 4)));
+
+static int
+s_fail (kim_log_verify_t *self, uint64_t seq, const char *format, ...)
+{
+    self->failed = true;
+    self->bad_seq = seq;
+    va_list args;
+    va_start (args, format);
+    vsnprintf (self->why, sizeof self->why, format, args);
+    va_end (args);
+    return -KIM_E_VERIFY_FAILED;
+}
+
+void
+kim_log_verify_init (kim_log_verify_t *self, const uint8_t *public_key, uint64_t from_seq,
+                     const uint8_t *prev)
+{
+    memset (self, 0, sizeof *self);
+    if (public_key) {
+        self->have_key = true;
+        memcpy (self->public_key, public_key, 32);
+    }
+    if (from_seq < 1)
+        from_seq = 1;
+    self->first = from_seq;
+    self->last = from_seq - 1;
+    self->anchored = prev || from_seq == 1;
+    memcpy (self->prev, prev? prev: s_zero_hash, KIM_HASH_SIZE);
+}
+
+int
+kim_log_verify_step (kim_log_verify_t *self, const kim_log_record_t *record)
+{
+    if (self->failed)
+        return -KIM_E_VERIFY_FAILED;
+    uint64_t expected = self->last + 1;
+    bool trust_first = !self->anchored && self->records == 0;
+    if (trust_first && record->seq >= self->first)
+        expected = record->seq;
+    if (record->seq > expected)
+        return s_fail (self, expected, "record %" PRIu64 " is missing (the log jumps from %"
+                       PRIu64 " to %" PRIu64 ")", expected, self->last, record->seq);
+    if (record->seq < expected)
+        return s_fail (self, expected, "records out of order: %" PRIu64 " follows %" PRIu64,
+                       record->seq, self->last);
+    if (!trust_first) {
+        uint8_t hash [KIM_HASH_SIZE];
+        kim_log_record_hash (self->prev, record->kind, record->seq, record->time_ms,
+                             record->body, record->body_size, hash);
+        if (memcmp (hash, record->hash, KIM_HASH_SIZE) != 0)
+            return s_fail (self, record->seq, "hash mismatch: record %" PRIu64 " was altered, "
+                           "or records before it were removed or reordered", record->seq);
+    }
+    if (record->kind == KIM_LOG_CHECKPOINT) {
+        kim_log_checkpoint_t checkpoint;
+        if (kim_log_checkpoint_decode (&checkpoint, record->body, record->body_size))
+            return s_fail (self, record->seq, "checkpoint %" PRIu64 " is malformed", record->seq);
+        if (trust_first)
+            ;   //  the head it covers is before our anchor: the signature still counts
+        else
+        if (checkpoint.seq != record->seq - 1
+        ||  memcmp (checkpoint.head, self->prev, KIM_HASH_SIZE) != 0)
+            return s_fail (self, record->seq, "checkpoint %" PRIu64 " covers seq %" PRIu64
+                           " with a head hash the log does not have", record->seq,
+                           checkpoint.seq);
+        if (self->have_key) {
+            char key_id [KIM_LOG_KEY_ID_SIZE + 1];
+            kim_log_key_id (self->public_key, key_id);
+            if (strcmp (key_id, checkpoint.key_id) != 0)
+                return s_fail (self, record->seq, "checkpoint %" PRIu64 " is signed by key %s, "
+                               "not by the broker's key %s", record->seq, checkpoint.key_id,
+                               key_id);
+            if (!kim_log_checkpoint_verify (&checkpoint, self->public_key))
+                return s_fail (self, record->seq, "checkpoint %" PRIu64 " has a bad signature",
+                               record->seq);
+            self->sealed = checkpoint.seq;
+        }
+        self->checkpoints++;
+    }
+    memcpy (self->prev, record->hash, KIM_HASH_SIZE);
+    self->last = record->seq;
+    self->records++;
+    return 0;
+}
+
+int
+kim_log_verify_end (kim_log_verify_t *self, const kim_log_checkpoint_t *outside,
+                    const uint8_t *hash_at_seq)
+{
+    if (self->failed || !outside)
+        return self->failed? -KIM_E_VERIFY_FAILED: 0;
+    if (self->have_key && !kim_log_checkpoint_verify (outside, self->public_key))
+        return s_fail (self, outside->seq, "the checkpoint held outside the log (seq %" PRIu64
+                       ") has a bad signature", outside->seq);
+    if (outside->seq > self->last)
+        return s_fail (self, self->last + 1, "the log ends at seq %" PRIu64 " but a signed "
+                       "checkpoint covers up to seq %" PRIu64 ": records %" PRIu64 "..%" PRIu64
+                       " were cut off", self->last, outside->seq, self->last + 1, outside->seq);
+    if (hash_at_seq && memcmp (hash_at_seq, outside->head, KIM_HASH_SIZE) != 0)
+        return s_fail (self, outside->seq, "record %" PRIu64 " differs from the signed "
+                       "checkpoint held outside the log", outside->seq);
+    if (self->have_key && outside->seq > self->sealed)
+        self->sealed = outside->seq;
+    return 0;
+}
+
+int
+kim_log_verify_store (const char *data_dir, const uint8_t *public_key, kim_log_verify_t *result)
+{
+    kim_log_verify_init (result, public_key, 1, NULL);
+    char why [300];
+    kim_log_t *log = kim_log_open (data_dir, why, sizeof why);
+    if (!log) {
+        snprintf (result->why, sizeof result->why, "%.190s", why);
+        result->failed = true;
+        return -KIM_E_IO;
+    }
+    int rc = kim_log_seek (log, 1, NULL);
+    kim_log_record_t record;
+    while (rc == 0) {
+        int more = kim_log_next (log, &record);
+        if (more == 0)
+            break;
+        if (more < 0) {
+            rc = s_fail (result, record.seq, "record %" PRIu64 " is malformed", record.seq);
+            break;
+        }
+        rc = kim_log_verify_step (result, &record);
+    }
+    if (rc == 0) {
+        char path [4200];
+        snprintf (path, sizeof path, "%s/" KIM_LOG_CHECKPOINT_FILE, data_dir);
+        kim_log_checkpoint_t outside;
+        if (kim_log_load_checkpoint_file (path, &outside) == 0) {
+            uint8_t *hash = NULL;
+            if (outside.seq <= result->last && kim_log_get (log, outside.seq, &record) == 0)
+                hash = record.hash;
+            rc = kim_log_verify_end (result, &outside, hash);
+        }
+    }
+    kim_log_close (&log);
+    return rc;
+}
