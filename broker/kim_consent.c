@@ -474,17 +474,38 @@ s_destroy (void **state_p)
     }
 }
 
-int
-kim_consent_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size)
+kim_policy_t *
+kim_consent_policy_open (const kim_config_t *config, char *path, size_t path_size,
+                         char *error, size_t error_size)
 {
-    zconfig_t *tree = (zconfig_t *) kim_config_tree (env->config);
+    zconfig_t *tree = (zconfig_t *) kim_config_tree (config);
     zconfig_t *section = tree? zconfig_locate (tree, "policy"): NULL;
     for (zconfig_t *key = section? zconfig_child (section): NULL; key; key = zconfig_next (key))
         if (!streq (zconfig_name (key), "file")) {
             snprintf (error, error_size, "policy/%s: unknown key (expected file)", zconfig_name (key));
-            return -KIM_E_CONFIG;
+            return NULL;
         }
-    const char *path = section? zconfig_get (section, "file", NULL): NULL;
+    const char *file = section? zconfig_get (section, "file", ""): "";
+    //  A relative path is relative to the config file's folder, so a
+    //  config and its policy travel together.
+    const char *slash = strrchr (config->path, '/');
+    if (*file && *file != '/' && slash)
+        snprintf (path, path_size, "%.*s/%s", (int) (slash - config->path), config->path, file);
+    else
+        snprintf (path, path_size, "%s", file);
+    char policy_error [KIM_POLICY_ERROR_MAX] = "";
+    kim_policy_t *policy = *path
+        ? kim_policy_load (path, policy_error, sizeof policy_error)
+        : kim_policy_parse (S_TEST_POLICY, "built-in default deny",
+                            policy_error, sizeof policy_error);
+    if (!policy)
+        snprintf (error, error_size, "policy/file: %s", policy_error);
+    return policy;
+}
+
+int
+kim_consent_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size)
+{
     kim_consent_mod_t *self = (kim_consent_mod_t *) calloc (1, sizeof (kim_consent_mod_t));
     if (self)
         self->scratch = (kim_msg_t *) calloc (1, sizeof (kim_msg_t));
@@ -496,28 +517,14 @@ kim_consent_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, siz
     kim_buf_init (&self->json);
     kim_buf_init (&self->pack);
     kim_buf_init (&self->hdr);
-    //  A relative path is relative to the config file's folder, so a
-    //  config and its policy travel together.
-    char resolved [PATH_MAX];
-    const char *config_path = env->config->path;
-    const char *slash = config_path? strrchr (config_path, '/'): NULL;
-    if (path && *path && *path != '/' && slash
-    &&  snprintf (resolved, sizeof resolved, "%.*s/%s", (int) (slash - config_path),
-                  config_path, path) < (int) sizeof resolved)
-        path = resolved;
-    char policy_error [KIM_POLICY_ERROR_MAX] = "";
-    if (path && *path)
-        self->policy = kim_policy_load (path, policy_error, sizeof policy_error);
-    else
-        self->policy = kim_policy_parse (S_TEST_POLICY, "built-in default deny",
-                                         policy_error, sizeof policy_error);
+    char path [PATH_MAX];
+    self->policy = kim_consent_policy_open (env->config, path, sizeof path, error, error_size);
     if (!self->policy) {
-        snprintf (error, error_size, "policy/file: %s", policy_error);
         void *state = self;
         s_destroy (&state);
         return -KIM_E_CONFIG;
     }
-    if (!path || !*path)
+    if (!*path)
         zsys_warning ("consent: no policy/file configured: every REFERRAL, FORWARD and "
                       "HANDOVER_OFFER is denied (default deny); see deploy/policy.cfg");
     else

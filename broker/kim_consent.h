@@ -20,6 +20,7 @@
 #define KIM_CONSENT_H_INCLUDED
 
 #include "kim_hook.h"
+#include "kim/kim_policy.h"
 #include "kim_modules.h"
 
 #ifdef __cplusplus
@@ -30,6 +31,15 @@ extern "C" {
 //  cycle in kim_modules.c.
 int
     kim_consent_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size);
+
+//  Opens the policy the config names (policy/file, relative to the config
+//  file's folder; the built-in default deny without one), as the module
+//  does at start: `kim-broker --check` uses it to validate a policy file
+//  before a broker runs with it. Fills `path` with the file used ("" for
+//  none). Returns NULL with `error` naming file, line and key.
+kim_policy_t *
+    kim_consent_policy_open (const kim_config_t *config, char *path, size_t path_size,
+                             char *error, size_t error_size);
 
 void
     kim_consent_test (bool verbose);

@@ -5,6 +5,7 @@
 #include <signal.h>
 
 #include "kim_config.h"
+#include "kim_consent.h"
 #include "kim_server.h"
 
 static void
@@ -106,8 +107,19 @@ main (int argc, char *argv [])
     if (verbose)
         config->verbose = true;
     if (check) {
-        printf ("configuration OK: broker %s, %zu endpoint(s), data %s, %zu organisation(s)\n",
-                config->name, config->endpoint_count, config->data, config->org_count);
+        char policy_path [PATH_MAX];
+        kim_policy_t *policy = kim_consent_policy_open (config, policy_path, sizeof policy_path,
+                                                        error, sizeof error);
+        if (!policy) {
+            fprintf (stderr, "kim-broker: %s\n", error);
+            kim_config_destroy (&config);
+            return 2;
+        }
+        printf ("configuration OK: broker %s, %zu endpoint(s), data %s, %zu organisation(s), "
+                "policy %s (%zu rules)\n", config->name, config->endpoint_count, config->data,
+                config->org_count, policy_path [0]? policy_path: "built-in default deny",
+                kim_policy_rule_count (policy));
+        kim_policy_destroy (&policy);
         for (size_t i = 0; i < config->org_count; i++)
             printf ("  %-28s %-9s %-8s %s%s\n", config->orgs [i].id,
                     kim_role_name (config->orgs [i].role),
