@@ -74,17 +74,6 @@ typedef struct {
 //  --------------------------------------------------------------------------
 //  The signing key
 
-static void
-s_hex (const uint8_t *data, size_t size, char *out)
-{
-    static const char digits [] = "0123456789abcdef";
-    for (size_t i = 0; i < size; i++) {
-        out [2 * i] = digits [data [i] >> 4];
-        out [2 * i + 1] = digits [data [i] & 15];
-    }
-    out [2 * size] = 0;
-}
-
 //  Writes `text` to `path` atomically: temp file (mode), fsync, rename,
 //  fsync the folder.
 static int
@@ -161,7 +150,7 @@ kim_audit_signing_key (const char *keys_dir, uint8_t secret_key [64], char *erro
     }
     else {
         crypto_sign_keypair (public_key, secret_key);
-        s_hex (secret_key, 64, line);
+        sodium_bin2hex (line, sizeof line, secret_key, 64);
         strcat (line, "\n");
         int rc = s_write_file (secret_path, line, 0600);
         sodium_memzero (line, sizeof line);
@@ -172,7 +161,7 @@ kim_audit_signing_key (const char *keys_dir, uint8_t secret_key [64], char *erro
         }
         zsys_info ("audit: made the broker's signing key %s", secret_path);
     }
-    s_hex (public_key, 32, line);
+    sodium_bin2hex (line, sizeof line, public_key, 32);
     strcat (line, "\n");
     if (s_write_file (public_path, line, 0644)) {
         snprintf (error, error_size, "%s: cannot write the public signing key: %s",
@@ -221,7 +210,7 @@ s_save_checkpoint (s_audit_t *self)
     uint8_t body [KIM_LOG_CHECKPOINT_SIZE];
     kim_log_checkpoint_encode (&self->pending_checkpoint, body);
     char text [2 * KIM_LOG_CHECKPOINT_SIZE + 2];
-    s_hex (body, sizeof body, text);
+    sodium_bin2hex (text, sizeof text, body, sizeof body);
     strcat (text, "\n");
     if (s_write_file (self->checkpoint_path, text, 0644))
         zsys_error ("audit: %s: cannot save the latest checkpoint (seq %" PRIu64 "): %s",

@@ -148,17 +148,6 @@ s_clock_update (kim_server_t *self)
         fclose (file);
 }
 
-static void
-s_hex (const uint8_t *data, size_t size, char *out)
-{
-    static const char digits [] = "0123456789abcdef";
-    for (size_t i = 0; i < size; i++) {
-        out [2 * i] = digits [data [i] >> 4];
-        out [2 * i + 1] = digits [data [i] & 15];
-    }
-    out [2 * size] = 0;
-}
-
 //  --------------------------------------------------------------------------
 //  Sending
 
@@ -1170,7 +1159,7 @@ s_read_one (kim_server_t *self)
         }
     }
     char key [2 * KIM_RID_MAX + 1];
-    s_hex (rid, rid_size, key);
+    sodium_bin2hex (key, sizeof key, rid, rid_size);
     //  The User-Id (set by our ZAP handler) lives in the frame's metadata,
     //  which dies with the frame: copy it.
     const char *meta_user_id = zmq_msg_gets (&frame, "User-Id");

@@ -101,24 +101,6 @@ static const char *s_db_names [KIM_DB_COUNT] = {
 //  --------------------------------------------------------------------------
 //  Small helpers
 
-static void
-s_put_be64 (uint8_t *dest, uint64_t value)
-{
-    for (int i = 7; i >= 0; i--) {
-        dest [i] = (uint8_t) value;
-        value >>= 8;
-    }
-}
-
-static uint64_t
-s_get_be64 (const uint8_t *src)
-{
-    uint64_t value = 0;
-    for (int i = 0; i < 8; i++)
-        value = (value << 8) | src [i];
-    return value;
-}
-
 static size_t
 s_round_up (size_t size, size_t unit)
 {
@@ -190,7 +172,7 @@ s_mailbox_key (kim_store_t *self, const char *org, uint64_t seq, uint8_t *key)
         return 0;
     memcpy (key, org, org_size);
     key [org_size] = 0;
-    s_put_be64 (key + org_size + 1, seq);
+    kim_log_put_be64 (key + org_size + 1, seq);
     return org_size + 9;
 }
 
@@ -310,7 +292,7 @@ s_load_head (kim_store_t *self, MDB_txn *txn)
                     self->path, key.mv_size);
         return -KIM_E_IO;
     }
-    uint64_t seq = s_get_be64 ((const uint8_t *) key.mv_data);
+    uint64_t seq = kim_log_get_be64 ((const uint8_t *) key.mv_data);
     kim_record_t record;
     rc = s_parse_record (self, seq, &value, &record);
     mdb_cursor_close (cursor);
@@ -727,7 +709,7 @@ kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
     kim_store_record_hash (self->batch_hash, kind, next, time_ms, body, body_size, hash);
 
     uint8_t key_bytes [8];
-    s_put_be64 (key_bytes, next);
+    kim_log_put_be64 (key_bytes, next);
     MDB_val key = { sizeof (key_bytes), key_bytes };
     MDB_val value = { S_RECORD_FIXED + body_size, NULL };
     //  MDB_RESERVE: the record is built in place, no copy through a buffer
@@ -772,7 +754,7 @@ kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, siz
     if (!data && size)
         return -KIM_E_ARGS;
     uint8_t key_bytes [8];
-    s_put_be64 (key_bytes, seq);
+    kim_log_put_be64 (key_bytes, seq);
     MDB_val key = { sizeof (key_bytes), key_bytes };
     if (size == 0) {
         //  Nothing stored for an empty payload; drop an older one, if any
@@ -877,7 +859,7 @@ kim_store_dedup_get (kim_store_t *self, const char *sender, const char *msg_id, 
         return -KIM_E_IO;
     }
     if (seq)
-        *seq = s_get_be64 ((const uint8_t *) value.mv_data);
+        *seq = kim_log_get_be64 ((const uint8_t *) value.mv_data);
     return 1;
 }
 
@@ -893,8 +875,8 @@ kim_store_dedup_put (kim_store_t *self, const char *sender, const char *msg_id,
     if (key_size == 0)
         return -KIM_E_ARGS;
     uint8_t value_bytes [16];
-    s_put_be64 (value_bytes, seq);
-    s_put_be64 (value_bytes + 8, time_ms);
+    kim_log_put_be64 (value_bytes, seq);
+    kim_log_put_be64 (value_bytes + 8, time_ms);
     MDB_val key = { key_size, key_bytes };
     MDB_val value = { sizeof (value_bytes), value_bytes };
     rc = mdb_put (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value, MDB_NOOVERWRITE);
@@ -903,8 +885,8 @@ kim_store_dedup_put (kim_store_t *self, const char *sender, const char *msg_id,
         //  expiry would remove the new entry at the old entry's time.
         if (value.mv_size == 16) {
             uint8_t old_age [16];
-            s_put_be64 (old_age, s_get_be64 ((const uint8_t *) value.mv_data + 8));
-            s_put_be64 (old_age + 8, s_get_be64 ((const uint8_t *) value.mv_data));
+            kim_log_put_be64 (old_age, kim_log_get_be64 ((const uint8_t *) value.mv_data + 8));
+            kim_log_put_be64 (old_age + 8, kim_log_get_be64 ((const uint8_t *) value.mv_data));
             MDB_val age_key = { sizeof (old_age), old_age };
             rc = mdb_del (self->txn, self->dbi [KIM_DB_DEDUP_AGE], &age_key, NULL);
             if (rc && rc != MDB_NOTFOUND)
@@ -918,8 +900,8 @@ kim_store_dedup_put (kim_store_t *self, const char *sender, const char *msg_id,
         return s_write_error (self, rc, "recording a msg_id");
 
     uint8_t age_bytes [16];
-    s_put_be64 (age_bytes, time_ms);
-    s_put_be64 (age_bytes + 8, seq);
+    kim_log_put_be64 (age_bytes, time_ms);
+    kim_log_put_be64 (age_bytes + 8, seq);
     MDB_val age_key = { sizeof (age_bytes), age_bytes };
     MDB_val age_value = { key_size, key_bytes };
     rc = s_put_appending (self, KIM_DB_DEDUP_AGE, &age_key, &age_value);
@@ -952,9 +934,9 @@ kim_store_dedup_expire (kim_store_t *self, uint64_t now_ms, size_t limit)
             break;
         if (age_key.mv_size == 16) {
             const uint8_t *age = (const uint8_t *) age_key.mv_data;
-            if (s_get_be64 (age) >= cutoff)
+            if (kim_log_get_be64 (age) >= cutoff)
                 break;
-            uint64_t age_seq = s_get_be64 (age + 8);
+            uint64_t age_seq = kim_log_get_be64 (age + 8);
             if (age_value.mv_size > 0 && age_value.mv_size < S_KEY_BUF) {
                 uint8_t key_bytes [S_KEY_BUF];
                 memcpy (key_bytes, age_value.mv_data, age_value.mv_size);
@@ -963,7 +945,7 @@ kim_store_dedup_expire (kim_store_t *self, uint64_t now_ms, size_t limit)
                 rc = mdb_get (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value);
                 //  Remove the entry only if it is the one this age names
                 if (rc == 0 && value.mv_size == 16
-                &&  s_get_be64 ((const uint8_t *) value.mv_data) == age_seq)
+                &&  kim_log_get_be64 ((const uint8_t *) value.mv_data) == age_seq)
                     rc = mdb_del (self->txn, self->dbi [KIM_DB_DEDUP], &key, NULL);
                 if (rc && rc != MDB_NOTFOUND)
                     break;
@@ -1124,7 +1106,7 @@ kim_store_read (kim_store_t *self, uint64_t seq, kim_record_t *record)
     if (rc)
         return rc;
     uint8_t key_bytes [8];
-    s_put_be64 (key_bytes, seq);
+    kim_log_put_be64 (key_bytes, seq);
     MDB_val key = { sizeof (key_bytes), key_bytes };
     MDB_val value;
     rc = mdb_get (txn, self->dbi [KIM_DB_LOG], &key, &value);
@@ -1145,7 +1127,7 @@ kim_store_payload_get (kim_store_t *self, uint64_t seq, const uint8_t **data, si
     if (rc)
         return rc;
     uint8_t key_bytes [8];
-    s_put_be64 (key_bytes, seq);
+    kim_log_put_be64 (key_bytes, seq);
     MDB_val key = { sizeof (key_bytes), key_bytes };
     MDB_val value;
     rc = mdb_get (txn, self->dbi [KIM_DB_PAYLOAD], &key, &value);
@@ -1192,7 +1174,7 @@ kim_store_mailbox_scan (kim_store_t *self, const char *org, uint64_t after,
             break;
         if (flags)
             flags [count] = value.mv_size? *(const uint8_t *) value.mv_data: 0;
-        seqs [count++] = s_get_be64 ((const uint8_t *) key.mv_data + prefix_size);
+        seqs [count++] = kim_log_get_be64 ((const uint8_t *) key.mv_data + prefix_size);
     }
     mdb_cursor_close (cursor);
     if (rc && rc != MDB_NOTFOUND)
@@ -1344,7 +1326,7 @@ s_test_growth_reader (const char *path, size_t payload_size, int ready_fd, int g
     uint8_t head_bytes [8];
     if (read (go_fd, head_bytes, 8) != 8)
         return 2;
-    uint64_t head = s_get_be64 (head_bytes);
+    uint64_t head = kim_log_get_be64 (head_bytes);
     if (kim_store_read_begin (reader) || kim_store_head (reader) != head)
         return 3;
     for (uint64_t seq = 1; seq <= head; seq++) {
@@ -1440,7 +1422,7 @@ s_test_map_growth (const char *path, bool verbose)
     assert (kim_store_bytes (store) <= (uint64_t) 4 << 20);
 
     uint8_t head_bytes [8];
-    s_put_be64 (head_bytes, committed);
+    kim_log_put_be64 (head_bytes, committed);
     assert (write (go [1], head_bytes, 8) == 8);
     int status = 0;
     assert (waitpid (pid, &status, 0) == pid);
@@ -1709,7 +1691,7 @@ kim_store_test (bool verbose)
     //  not trusted; its neighbours still read
     assert (kim_store_begin (store) == 0);
     uint8_t key_bytes [8];
-    s_put_be64 (key_bytes, 2);
+    kim_log_put_be64 (key_bytes, 2);
     MDB_val key = { 8, key_bytes };
     MDB_val value = { 3, (void *) "bad" };
     assert (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_LOG),
@@ -1756,7 +1738,7 @@ kim_store_test (bool verbose)
     store = kim_store_new (&bad_config, &err);
     assert (store);
     assert (kim_store_begin (store) == 0);
-    s_put_be64 (key_bytes, 1);
+    kim_log_put_be64 (key_bytes, 1);
     assert (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_LOG),
                      &key, &value, 0) == 0);
     assert (kim_store_commit (store, NULL) == 0);

@@ -22,35 +22,6 @@
 
 static const uint8_t s_zero_hash [KIM_HASH_SIZE];
 
-static void
-s_put_be64 (uint8_t *dest, uint64_t value)
-{
-    for (int i = 7; i >= 0; i--) {
-        dest [i] = (uint8_t) value;
-        value >>= 8;
-    }
-}
-
-static uint64_t
-s_get_be64 (const uint8_t *src)
-{
-    uint64_t value = 0;
-    for (int i = 0; i < 8; i++)
-        value = (value << 8) | src [i];
-    return value;
-}
-
-static void
-s_hex (const uint8_t *data, size_t size, char *out)
-{
-    static const char digits [] = "0123456789abcdef";
-    for (size_t i = 0; i < size; i++) {
-        out [2 * i] = digits [data [i] >> 4];
-        out [2 * i + 1] = digits [data [i] & 15];
-    }
-    out [2 * size] = 0;
-}
-
 static int
 s_unhex_digit (int c)
 {
@@ -107,8 +78,8 @@ kim_log_record_hash (const uint8_t prev [KIM_HASH_SIZE], uint8_t kind, uint64_t 
     uint8_t fields [1 + 1 + 8 + 8];
     fields [0] = KIM_LOG_FORMAT;
     fields [1] = kind;
-    s_put_be64 (fields + 2, seq);
-    s_put_be64 (fields + 10, time_ms);
+    kim_log_put_be64 (fields + 2, seq);
+    kim_log_put_be64 (fields + 10, time_ms);
     crypto_generichash_state state;
     crypto_generichash_init (&state, NULL, 0, KIM_HASH_SIZE);
     crypto_generichash_update (&state, prev, KIM_HASH_SIZE);
@@ -124,7 +95,7 @@ kim_log_record_put (uint8_t *dest, uint8_t kind, uint64_t time_ms,
 {
     dest [0] = KIM_LOG_FORMAT;
     dest [1] = kind;
-    s_put_be64 (dest + 2, time_ms);
+    kim_log_put_be64 (dest + 2, time_ms);
     memcpy (dest + 10, hash, KIM_HASH_SIZE);
     if (body_size)
         memcpy (dest + KIM_LOG_RECORD_FIXED, body, body_size);
@@ -137,7 +108,7 @@ kim_log_record_parse (uint64_t seq, const uint8_t *value, size_t size, kim_log_r
     if (!value || size < KIM_LOG_RECORD_FIXED || value [0] != KIM_LOG_FORMAT)
         return -KIM_E_IO;
     record->kind = value [1];
-    record->time_ms = s_get_be64 (value + 2);
+    record->time_ms = kim_log_get_be64 (value + 2);
     memcpy (record->hash, value + 10, KIM_HASH_SIZE);
     record->body_size = size - KIM_LOG_RECORD_FIXED;
     record->body = record->body_size? value + KIM_LOG_RECORD_FIXED: NULL;
@@ -153,16 +124,16 @@ kim_log_key_id (const uint8_t public_key [32], char key_id [KIM_LOG_KEY_ID_SIZE 
 {
     uint8_t hash [KIM_HASH_SIZE];
     crypto_generichash (hash, sizeof hash, public_key, 32, NULL, 0);
-    s_hex (hash, KIM_LOG_KEY_ID_SIZE / 2, key_id);
+    sodium_bin2hex (key_id, KIM_LOG_KEY_ID_SIZE + 1, hash, KIM_LOG_KEY_ID_SIZE / 2);
 }
 
 void
 kim_log_checkpoint_message (const kim_log_checkpoint_t *self, uint8_t out [KIM_LOG_SIGNED_SIZE])
 {
     memcpy (out, "kim-checkpoint-1", 16);
-    s_put_be64 (out + 16, self->seq);
+    kim_log_put_be64 (out + 16, self->seq);
     memcpy (out + 24, self->head, KIM_HASH_SIZE);
-    s_put_be64 (out + 56 - 8, self->time_ms);
+    kim_log_put_be64 (out + 56 - 8, self->time_ms);
 }
 
 void
@@ -199,9 +170,9 @@ kim_log_checkpoint_encode (const kim_log_checkpoint_t *self, uint8_t out [KIM_LO
 {
     _Static_assert (S_CP_END == KIM_LOG_CHECKPOINT_SIZE, "checkpoint layout");
     s_checkpoint_frame (out);
-    s_put_be64 (out + S_CP_SEQ + 5, self->seq);
+    kim_log_put_be64 (out + S_CP_SEQ + 5, self->seq);
     memcpy (out + S_CP_HEAD + 7, self->head, KIM_HASH_SIZE);
-    s_put_be64 (out + S_CP_TIME + 6, self->time_ms);
+    kim_log_put_be64 (out + S_CP_TIME + 6, self->time_ms);
     memcpy (out + S_CP_KEYID + 8, self->key_id, KIM_LOG_KEY_ID_SIZE);
     memcpy (out + S_CP_SIG + 6, self->sig, KIM_SIG_SIZE);
 }
@@ -219,9 +190,9 @@ kim_log_checkpoint_decode (kim_log_checkpoint_t *self, const uint8_t *body, size
     ||  memcmp (body + S_CP_KEYID, frame + S_CP_KEYID, 8) != 0
     ||  memcmp (body + S_CP_SIG, frame + S_CP_SIG, 6) != 0)
         return -KIM_E_MALFORMED;
-    self->seq = s_get_be64 (body + S_CP_SEQ + 5);
+    self->seq = kim_log_get_be64 (body + S_CP_SEQ + 5);
     memcpy (self->head, body + S_CP_HEAD + 7, KIM_HASH_SIZE);
-    self->time_ms = s_get_be64 (body + S_CP_TIME + 6);
+    self->time_ms = kim_log_get_be64 (body + S_CP_TIME + 6);
     memcpy (self->key_id, body + S_CP_KEYID + 8, KIM_LOG_KEY_ID_SIZE);
     self->key_id [KIM_LOG_KEY_ID_SIZE] = 0;
     memcpy (self->sig, body + S_CP_SIG + 6, KIM_SIG_SIZE);
@@ -403,7 +374,7 @@ s_parse (const MDB_val *key, const MDB_val *value, kim_log_record_t *record)
         record->seq = 0;
         return -KIM_E_IO;
     }
-    return kim_log_record_parse (s_get_be64 ((const uint8_t *) key->mv_data),
+    return kim_log_record_parse (kim_log_get_be64 ((const uint8_t *) key->mv_data),
                                  (const uint8_t *) value->mv_data, value->mv_size, record);
 }
 
@@ -416,12 +387,12 @@ kim_log_seek (kim_log_t *self, uint64_t seq, uint64_t *head)
     MDB_val key, value;
     if (head) {
         rc = mdb_cursor_get (self->cursor, &key, &value, MDB_LAST);
-        *head = rc == 0 && key.mv_size == 8? s_get_be64 ((const uint8_t *) key.mv_data): 0;
+        *head = rc == 0 && key.mv_size == 8? kim_log_get_be64 ((const uint8_t *) key.mv_data): 0;
         if (rc && rc != MDB_NOTFOUND)
             return -KIM_E_IO;
     }
     uint8_t bytes [8];
-    s_put_be64 (bytes, seq);
+    kim_log_put_be64 (bytes, seq);
     key.mv_size = sizeof bytes;
     key.mv_data = bytes;
     rc = mdb_cursor_get (self->cursor, &key, &value, MDB_SET_RANGE);
@@ -466,7 +437,7 @@ kim_log_get (kim_log_t *self, uint64_t seq, kim_log_record_t *record)
             return rc;
     }
     uint8_t bytes [8];
-    s_put_be64 (bytes, seq);
+    kim_log_put_be64 (bytes, seq);
     MDB_val key = { sizeof bytes, bytes }, value;
     int rc = mdb_get (self->txn, self->dbi, &key, &value);
     if (rc == MDB_NOTFOUND)

@@ -36,6 +36,26 @@
 extern "C" {
 #endif
 
+//  Sequence numbers and times are 8-byte big-endian in keys and records, so
+//  that LMDB's byte order is their numeric order.
+static inline void
+kim_log_put_be64 (uint8_t *dest, uint64_t value)
+{
+    for (int i = 7; i >= 0; i--) {
+        dest [i] = (uint8_t) value;
+        value >>= 8;
+    }
+}
+
+static inline uint64_t
+kim_log_get_be64 (const uint8_t *src)
+{
+    uint64_t value = 0;
+    for (int i = 0; i < 8; i++)
+        value = (value << 8) | src [i];
+    return value;
+}
+
 #define KIM_LOG_FORMAT          1
 #define KIM_LOG_RECORD_FIXED    (1 + 1 + 8 + KIM_HASH_SIZE)
 #define KIM_LOG_KEY_ID_SIZE     16      //  hex chars of the signing key's id

@@ -243,7 +243,11 @@ s_test_flood (void)
         else
             s_itest_print_event ("flooder", &event);
     }
-    KIM_CHECK (limited > 0 && receipted >= 20);
+    //  The burst (20 commands, less what the library itself sent, such as a
+    //  key-directory request) passes; far from all 200 do.
+    if (!(limited >= 150 && receipted >= 15))
+        fprintf (stderr, "flood: %zu receipted, %zu rate-limited\n", receipted, limited);
+    KIM_CHECK (limited >= 150 && receipted >= 15);
     //  Another agent is served meanwhile.
     ITEST_RC (s_itest_send (calm, "jc.rheine", "R-calm-1", "m-calm-1", 8, NULL, NULL), 0);
     kim_client_destroy (&calm);
