@@ -337,9 +337,29 @@ kim_cli_connect (const char *cmd, const kim_cli_conn_t *self, uint32_t window)
         kim_cli_error (cmd, "certificate: %s", why);
         return NULL;
     }
+    //  A signing key beside the certificate (`kim keygen NAME --sign`):
+    //  NAME.sign_secret next to NAME.cert_secret. With it, every SEND is signed.
+    char sign_path [PATH_MAX], sign_public [41], sign_secret [41];
+    bool signing = false;
+    size_t cert_len = strlen (self->cert);
+    const char *suffix = cert_len >= 12 && streq (self->cert + cert_len - 12, ".cert_secret")
+                       ? ".cert_secret": ".cert";
+    size_t stem = cert_len - (cert_len >= strlen (suffix)
+                              && streq (self->cert + cert_len - strlen (suffix), suffix)
+                              ? strlen (suffix): 0);
+    if (snprintf (sign_path, sizeof sign_path, "%.*s.sign_secret", (int) stem, self->cert)
+            < (int) sizeof sign_path
+    &&  access (sign_path, F_OK) == 0) {
+        if (kim_client_load_sign_key (sign_path, sign_public, sign_secret)) {
+            kim_cli_error (cmd, "signing key %s cannot be used (see the log above)", sign_path);
+            return NULL;
+        }
+        signing = true;
+    }
     char agent [KIM_AGENT_MAX + 1];
     snprintf (agent, sizeof agent, "kim/%s %s", KIM_VERSION, cmd);
     kim_client_config_t config = {
+        .sign_secret_key = signing? sign_secret: NULL,
         .endpoint = self->endpoint,
         .broker_key = broker_key,
         .public_key = public_key,
@@ -351,6 +371,7 @@ kim_cli_connect (const char *cmd, const kim_cli_conn_t *self, uint32_t window)
     int err = 0;
     kim_client_t *client = kim_client_new_explain (&config, &err, why, sizeof why);
     memset (secret_key, 0, sizeof secret_key);
+    memset (sign_secret, 0, sizeof sign_secret);
     if (!client)
         kim_cli_error (cmd, "%s", why [0]? why: kim_strerror (err));
     return client;

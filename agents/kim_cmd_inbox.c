@@ -24,6 +24,8 @@ const char kim_cmd_inbox_usage [] =
     "Receives the messages waiting for our organisation, prints each as one JSON line\n"
     "  {\"seq\":42,\"hdr\":{...},\"payload_base64\":\"...\",\"payload\":\"...\"}\n"
     "(\"payload\" only when the payload is valid UTF-8), and acks it once printed.\n"
+    "Payloads are opened with our key; one that does not open is printed as received\n"
+    "with \"sealed_error\":true (and acked like any other).\n"
     "A message redelivered after a reconnect is printed once per run.\n"
     "\n"
     "Options:\n"
@@ -118,6 +120,8 @@ s_print_delivery (const kim_event_t *event, kim_buf_t *buf, char **base64, size_
     json_object_set_new (line, "seq", json_integer ((json_int_t) event->seq));
     json_object_set_new (line, "hdr", hdr);
     json_object_set_new (line, "payload_base64", json_string (*base64));
+    if (event->sealed_error)
+        json_object_set_new (line, "sealed_error", json_true ());
     if (kim_utf8_valid (event->payload, event->payload_size))
         json_object_set_new (line, "payload",
                              json_stringn ((const char *) event->payload, event->payload_size));

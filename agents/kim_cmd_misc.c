@@ -16,6 +16,7 @@
 
 #include <czmq.h>
 #include <jansson.h>
+#include <sodium.h>
 
 #include "kim_cli.h"
 
@@ -32,7 +33,7 @@ const char kim_cmd_status_usage [] =
     "  kim status --cert ./kim-data/keys/jc.rheine.cert_secret\n";
 
 const char kim_cmd_keygen_usage [] =
-    "Usage: kim keygen NAME [--dir DIR] [--force]\n"
+    "Usage: kim keygen NAME [--dir DIR] [--force] [--sign]\n"
     "\n"
     "Makes a CURVE key pair for an organisation (or the broker) and writes it in\n"
     "czmq's certificate format:\n"
@@ -45,6 +46,11 @@ const char kim_cmd_keygen_usage [] =
     "  --dir DIR       where to write (default " KIM_DEFAULT_KEY_DIR ", made if missing)\n"
     "  --force         replace existing files (the old key stops working once the\n"
     "                  broker's registry has the new one)\n"
+    "  --sign          make an Ed25519 signing key pair instead (sender signatures):\n"
+    "                  DIR/NAME.sign         public key (sign/public-key): registered as\n"
+    "                                        orgs/<id>/sign_key\n"
+    "                  DIR/NAME.sign_secret  both, mode 0600; kim finds it beside\n"
+    "                                        NAME.cert_secret and signs every SEND\n"
     "\n"
     "Example:\n"
     "  kim keygen jc.rheine --dir ./kim-data/keys\n";
@@ -157,12 +163,117 @@ s_make_dir (const char *dir)
     return 0;
 }
 
+//  Writes `text` to `path` through a temp file in the same folder: mode
+//  `mode` from the first byte, fsynced, renamed into place.
+static int
+s_write_file (const char *path, const char *text, mode_t mode, bool force)
+{
+    char temp [PATH_MAX + 32];
+    snprintf (temp, sizeof temp, "%s.%d.tmp", path, (int) getpid ());
+    int fd = open (temp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    if (fd == -1)
+        return -1;
+    size_t size = strlen (text), done = 0;
+    while (done < size) {
+        ssize_t wrote = write (fd, text + done, size - done);
+        if (wrote == -1 && errno == EINTR)
+            continue;
+        if (wrote <= 0)
+            break;
+        done += (size_t) wrote;
+    }
+    int saved = errno;
+    if (done < size || fchmod (fd, mode) || fsync (fd)) {
+        saved = errno;
+        close (fd);
+        unlink (temp);
+        errno = saved;
+        return -1;
+    }
+    close (fd);
+    if (!force && access (path, F_OK) == 0) {
+        unlink (temp);
+        errno = EEXIST;
+        return -1;
+    }
+    if (rename (temp, path)) {
+        saved = errno;
+        unlink (temp);
+        errno = saved;
+        return -1;
+    }
+    return 0;
+}
+
+//  kim keygen NAME --sign: an Ed25519 pair for sender signatures.
+static int
+s_keygen_sign (const char *cmd, const char *name, const char *dir, bool force)
+{
+    char public_path [PATH_MAX], secret_path [PATH_MAX + 8];
+    if (snprintf (public_path, sizeof public_path, "%s/%s.sign", dir, name)
+            >= (int) sizeof public_path - 32)
+        return kim_cli_usage_error (cmd, "--dir path is too long");
+    snprintf (secret_path, sizeof secret_path, "%s_secret", public_path);
+    if (!force) {
+        const char *existing = access (public_path, F_OK) == 0? public_path
+                             : access (secret_path, F_OK) == 0? secret_path: NULL;
+        if (existing)
+            return kim_cli_error (cmd, "%s exists already: keep it, or pass --force to replace "
+                                  "the signing key pair", existing);
+    }
+    if (s_make_dir (dir))
+        return kim_cli_error (cmd, "cannot create %s: %s", dir, strerror (errno));
+    if (sodium_init () < 0)
+        return kim_cli_error (cmd, "libsodium failed to initialise");
+    uint8_t seed [crypto_sign_SEEDBYTES], pk [crypto_sign_PUBLICKEYBYTES],
+            sk [crypto_sign_SECRETKEYBYTES];
+    char seed_txt [41], pk_txt [41], text [512];
+    randombytes_buf (seed, sizeof seed);
+    crypto_sign_seed_keypair (pk, sk, seed);
+    zmq_z85_encode (seed_txt, seed, sizeof seed);
+    zmq_z85_encode (pk_txt, pk, sizeof pk);
+    sodium_memzero (seed, sizeof seed);
+    sodium_memzero (sk, sizeof sk);
+
+    snprintf (text, sizeof text,
+              "#   kim signing key (Ed25519) of %s: register sign/public-key as\n"
+              "#   orgs/%s/sign_key in the broker config.\nsign\n    public-key = \"%s\"\n",
+              name, name, pk_txt);
+    int rc = s_write_file (public_path, text, 0644, force);
+    int saved = errno;
+    if (rc == 0) {
+        snprintf (text, sizeof text,
+                  "#   kim SECRET signing key (Ed25519) of %s: never share this file.\n"
+                  "sign\n    public-key = \"%s\"\n    secret-key = \"%s\"\n",
+                  name, pk_txt, seed_txt);
+        rc = s_write_file (secret_path, text, 0600, force);
+        saved = errno;
+        if (rc)
+            unlink (public_path);
+    }
+    sodium_memzero (text, sizeof text);
+    sodium_memzero (seed_txt, sizeof seed_txt);
+    if (rc)
+        return kim_cli_error (cmd, "cannot write the signing key pair to %s: %s", dir,
+                              strerror (saved));
+    s_fsync_path (dir, O_RDONLY | O_DIRECTORY);
+    json_t *out = json_pack ("{s:s, s:s, s:s, s:s}", "name", name, "sign_key", pk_txt,
+                             "sign", public_path, "secret", secret_path);
+    if (!out || json_dumpf (out, stdout, JSON_COMPACT) || fputc ('\n', stdout) == EOF
+    ||  fflush (stdout)) {
+        json_decref (out);
+        return kim_cli_error (cmd, "cannot write to stdout");
+    }
+    json_decref (out);
+    return KIM_EXIT_OK;
+}
+
 int
 kim_cmd_keygen (int argc, char *argv [])
 {
     const char *cmd = "keygen";
     const char *name = NULL, *dir = KIM_DEFAULT_KEY_DIR;
-    bool force = false;
+    bool force = false, sign = false;
     kim_cli_args_t args;
     kim_cli_args_init (&args, argc, argv);
     while (kim_cli_args_next (&args)) {
@@ -180,6 +291,9 @@ kim_cmd_keygen (int argc, char *argv [])
         if (kim_cli_args_is (&args, "--force"))
             force = true;
         else
+        if (kim_cli_args_is (&args, "--sign"))
+            sign = true;
+        else
         if (args.positional && !name)
             name = args.arg;
         else
@@ -192,6 +306,9 @@ kim_cmd_keygen (int argc, char *argv [])
     if (!s_name_valid (name))
         return kim_cli_usage_error (cmd, "NAME '%s' must be 1..%d of A-Z a-z 0-9 . _ - "
                                     "and not start with a dot", name, KIM_ID_MAX);
+
+    if (sign)
+        return s_keygen_sign (cmd, name, dir, force);
 
     char public_path [PATH_MAX], secret_path [PATH_MAX + 8];
     char temp_public [PATH_MAX + 32], temp_secret [PATH_MAX + 40];

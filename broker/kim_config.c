@@ -537,6 +537,14 @@ kim_config_test (bool verbose)
               "    jc.b\n        public_key = \"%s\"\n",
               zcert_public_txt (cert), zcert_public_txt (cert));
     s_expect_error (text, "orgs/jc.b/public_key: the key is registered for another");
+    snprintf (text, sizeof text, "orgs\n    jc.a\n        public_key = \"%s\"\n"
+              "        sign_key = \"not-a-key\"\n", zcert_public_txt (cert));
+    s_expect_error (text, "orgs/jc.a/sign_key: must be a 40-character Z85 Ed25519");
+    snprintf (text, sizeof text, "orgs\n    jc.a\n        public_key = \"%s\"\n"
+              "        sign_key = \"%s\"\n", zcert_public_txt (cert), zcert_public_txt (cert));
+    config = kim_config_parse (text, error, sizeof error, &err);
+    assert (config && streq (config->orgs [0].sign_key, zcert_public_txt (cert)));
+    kim_config_destroy (&config);
 
     error [0] = 0;
     config = kim_config_load ("/nonexistent/kim.cfg", error, sizeof error, &err);

@@ -387,8 +387,16 @@ s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
         if (rc == 0 && msg->type == KIM_TYPE_FORWARD) {
             rc = s_open (self, ctx, msg, msg->msg_id, msg->org, referral.case_id, referral.id,
                          route->seq);
+            //  The FORWARD's payload is sealed to `org`, the new recipient;
+            //  the original sender learns of the forward from the header.
             if (rc == 0)
-                rc = kim_ctx_deliver_also (ctx, msg->org, route->seq);
+                rc = kim_ctx_deliver_payload (ctx, msg->org, route->seq);
+            if (rc == 0 && msg->recipient [0]) {
+                rc = kim_store_mailbox_del (kim_ctx_store (ctx), msg->recipient, route->seq);
+                if (rc == 0)
+                    rc = kim_store_mailbox_put_copy (kim_ctx_store (ctx), msg->recipient,
+                                                     route->seq);
+            }
         }
     }
     if (rc == 0)

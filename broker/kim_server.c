@@ -116,6 +116,7 @@ struct _kim_server_t {
     kim_buf_t buf;                  //  encoder scratch
     kim_buf_t hdr_buf;              //  canonical header scratch
     kim_cmd_t reply;                //  reply scratch
+    kim_cmd_t receipt;              //  RECEIPT, prepared once
     uint64_t started_ms;
     uint64_t last_dedup_expire_ms;
     uint64_t last_stats_ms;
@@ -131,6 +132,14 @@ static uint64_t
 s_now (kim_server_t *self)
 {
     return (uint64_t) ((int64_t) zclock_time () + self->clock_offset_ms);
+}
+
+//  Session liveness, rate limits and redelivery run on real elapsed time,
+//  which a test's clock jump must not disturb.
+static uint64_t
+s_mono (void)
+{
+    return (uint64_t) zclock_mono ();
 }
 
 static void
@@ -313,7 +322,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     //  never see payloads.
     if (state->org->role != KIM_ROLE_AGENCY)
         session->window = 0;
-    session->last_seen_ms = session->refilled_ms = s_now (self);
+    session->last_seen_ms = session->refilled_ms = s_mono ();
     session->tokens = (double) self->config->rate_burst;
     snprintf (session->agent, sizeof session->agent, "%s", cmd->agent);
     zhashx_insert (self->sessions, key, session);
@@ -348,7 +357,7 @@ s_status (kim_server_t *self, session_t *session)
     reply->status.mailbox = kim_store_mailbox_count (self->store, state->org->id);
     reply->status.in_flight = state->flight_count;
     reply->status.sessions = zhashx_size (self->sessions);
-    reply->status.uptime_ms = s_now (self) - self->started_ms;
+    reply->status.uptime_ms = s_mono () - self->started_ms;
     reply->status.store_bytes = kim_store_bytes (self->store);
     s_send_cmd (self, session->rid, session->rid_size, reply);
 }
@@ -415,7 +424,7 @@ s_deliver_dirty (kim_server_t *self)
 {
     if (!self->dirty)
         return;
-    uint64_t now = s_now (self);
+    uint64_t now = s_mono ();
     if (kim_store_read_begin (self->store) == 0) {
         while (self->dirty) {
             org_state_t *state = self->dirty;
@@ -777,12 +786,13 @@ s_finish_batch (kim_server_t *self, int rc)
             s_item_refuse (item, rc, NULL, NULL);
         if (item->cmd.id == KIM_CMD_SEND) {
             if (item->code == 0) {
-                kim_cmd_t *reply = &self->reply;
-                kim_cmd_init (reply, KIM_CMD_RECEIPT);
-                snprintf (reply->msg_id, sizeof reply->msg_id, "%s", item->cmd.msg.msg_id);
-                reply->seq = item->seq;
-                reply->dup = item->dup;
-                s_send_cmd (self, item->rid, item->rid_size, reply);
+                //  One receipt per message: reuse a prepared command rather
+                //  than clearing a whole kim_cmd_t each time.
+                kim_cmd_t *receipt = &self->receipt;
+                memcpy (receipt->msg_id, item->cmd.msg.msg_id, sizeof receipt->msg_id);
+                receipt->seq = item->seq;
+                receipt->dup = item->dup;
+                s_send_cmd (self, item->rid, item->rid_size, receipt);
                 if (item->dup)
                     self->duplicates++;
                 else
@@ -912,7 +922,7 @@ s_recv_part (void *router, zmq_msg_t *msg)
 static bool
 s_rate_ok (kim_server_t *self, session_t *session)
 {
-    uint64_t now = s_now (self);
+    uint64_t now = s_mono ();
     session->last_seen_ms = now;
     if (now > session->refilled_ms) {
         session->tokens += (double) (now - session->refilled_ms) * (double) self->config->rate_limit / 1000.0;
@@ -1298,7 +1308,7 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
 {
     kim_server_t *self = (kim_server_t *) arg;
     s_clock_update (self);
-    uint64_t now = s_now (self);
+    uint64_t now = s_mono ();
     uint64_t silence = 3ull * self->config->heartbeat_ms;
 
     zlistx_t *expired = zlistx_new ();
@@ -1334,7 +1344,7 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
         }
         kim_store_read_end (self->store);
     }
-    bool ticking = now - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS;
+    bool ticking = s_now (self) - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS;
     for (size_t i = 0; i < self->hook_count; i++)
         ticking |= self->hooks [i].tick != NULL;
     if (ticking && s_batch_run (self, s_apply_ticks) && self->failed)
@@ -1401,10 +1411,12 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     kim_buf_init (&self->buf);
     kim_buf_init (&self->hdr_buf);
     self->ctx.server = self;
+    kim_cmd_init (&self->receipt, KIM_CMD_RECEIPT);
     self->signal_fd = -1;
     self->clock_file = getenv ("KIM_CLOCK_FILE");
     s_clock_update (self);
-    self->started_ms = self->last_stats_ms = self->last_dedup_expire_ms = s_now (self);
+    self->started_ms = self->last_stats_ms = s_mono ();
+    self->last_dedup_expire_ms = s_now (self);
 
     if (sodium_init () < 0) {
         snprintf (error, error_size, "libsodium failed to initialise");

@@ -102,7 +102,10 @@ uint32_t
 //  The library copies header and payload. If msg_id is empty, a fresh random
 //  one is set (written back into *msg). Blocks only while the send window is
 //  full (processing events meanwhile; deliveries are kept for
-//  kim_client_recv). Returns 0 or -KIM_E_*.
+//  kim_client_recv), and, when sealing, for the directory lookup of a
+//  recipient not yet looked up in this session (one round trip, at most
+//  timeout_ms). The payload is sealed (and the header signed) before it is
+//  queued: resends reuse those bytes. Returns 0 or -KIM_E_*.
 int
     kim_client_send_async (kim_client_t *self, kim_msg_t *msg, const void *payload, size_t size);
 

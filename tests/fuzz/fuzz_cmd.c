@@ -10,8 +10,9 @@
 
 #include "kim/kim_msg.h"
 
-//  Decoded commands are compared field by field through memcmp; the RECORD
-//  body is borrowed from the input, so it is compared by content.
+//  Decoded commands are compared through memcmp; the RECORD body and the
+//  directory are borrowed from the input, so the body is compared by
+//  content, and ACK numbers past ack_count mean nothing.
 static int
 s_same (const kim_cmd_t *a, const kim_cmd_t *b, kim_cmd_t *tmp)
 {
@@ -21,6 +22,11 @@ s_same (const kim_cmd_t *a, const kim_cmd_t *b, kim_cmd_t *tmp)
     memcpy (&tmp [0], a, sizeof *a);
     memcpy (&tmp [1], b, sizeof *b);
     tmp [0].body = tmp [1].body = NULL;
+    tmp [0].dir_raw = tmp [1].dir_raw = NULL;       //  borrowed, like the body
+    tmp [0].dir_raw_size = tmp [1].dir_raw_size = 0;
+    for (int i = 0; i < 2; i++)                     //  entries past the count are undefined
+        memset (tmp [i].acks + tmp [i].ack_count, 0,
+                (KIM_ACKS_MAX - tmp [i].ack_count) * sizeof tmp [i].acks [0]);
     return memcmp (&tmp [0], &tmp [1], sizeof *a) == 0;
 }
 

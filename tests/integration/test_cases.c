@@ -57,6 +57,7 @@ main (void)
     KIM_CHECK (sodium_init () >= 0);
     const char *orgs [] = { KIM, COE, BOR, JC, JA, ABA, NULL };
     kim_testbroker_t *broker = s_itest_broker (orgs, "retention\n    payload_seconds = 3600\n");
+    kim_testbroker_plaintext (broker, true);    //  reads payload sizes from the store
     char clock_path [PATH_MAX];
     snprintf (clock_path, sizeof clock_path, "%s/clock", kim_testbroker_dir (broker));
     FILE *file = fopen (clock_path, "w");

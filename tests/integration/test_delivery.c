@@ -56,6 +56,7 @@ main (void)
     KIM_CHECK (sodium_init () >= 0);
     const char *orgs [] = { SENDER, RECIPIENT, OTHER, NULL };
     kim_testbroker_t *broker = s_itest_broker (orgs, NULL);
+    kim_testbroker_plaintext (broker, true);    //  checks payload sizes and hashes as logged
     KIM_CHECK (kim_testbroker_start (broker) == 0);
 
     kim_client_t *sender = kim_testbroker_client (broker, SENDER, 0, false);

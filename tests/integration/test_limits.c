@@ -23,6 +23,7 @@ s_quota_and_sizes (void)
     const char *orgs [] = { RECIPIENT, SENDER, OTHER, AUDITOR ":auditor", NULL };
     kim_testbroker_t *broker = s_itest_broker (orgs,
         "    mailbox_quota = 5\n    max_payload = 1024\n");
+    kim_testbroker_plaintext (broker, true);    //  max_payload counts bytes on the wire
     KIM_CHECK (kim_testbroker_start (broker) == 0);
     kim_client_t *sender = kim_testbroker_client (broker, SENDER, 0, false);
     KIM_CHECK (sender);

@@ -122,6 +122,30 @@ s_set_clock (const char *path, long long offset_ms)
     KIM_CHECK (rename (temp, path) == 0);
 }
 
+//  Waits until the broker's log says it applied a clock jump.
+static void
+s_await_clock (kim_testbroker_t *broker, const char *line)
+{
+    char path [256];
+    snprintf (path, sizeof path, "%s/broker.log", kim_testbroker_dir (broker));
+    int64_t deadline = s_itest_now () + 10000;
+    while (s_itest_now () < deadline) {
+        FILE *file = fopen (path, "r");
+        bool seen = false;
+        if (file) {
+            char buffer [1024];
+            while (!seen && fgets (buffer, sizeof buffer, file))
+                seen = strstr (buffer, line) != NULL;
+            fclose (file);
+        }
+        if (seen)
+            return;
+        zclock_sleep (50);
+    }
+    fprintf (stderr, "the broker did not log '%s' within 10 s\n", line);
+    KIM_CHECK (false);
+}
+
 //  A malformed policy file: the broker refuses to start and says where.
 static void
 s_test_malformed (const char *orgs [])
@@ -266,16 +290,9 @@ main (int argc, char *argv [])
     ITEST_RC (s_send (kim, &msg, NULL, NULL), 0);
     s_referral (&msg, JC, "r-2", "employment", "C-2", 0);
     ITEST_RC (s_send (kim, &msg, "x", NULL), 0);
-    //  The broker re-reads the clock file every 200 ms; its uptime shows
-    //  when the jump arrived.
-    kim_status_t status = { 0 };
-    ITEST_RC (kim_client_status (sch, &status, 5000), 0);
-    uint64_t uptime = status.uptime_ms;
+    //  The broker re-reads the clock file every 200 ms and logs each jump.
     s_set_clock (clock_path, 120 * 1000);
-    int64_t deadline = s_itest_now () + 10000;
-    while (status.uptime_ms < uptime + 120 * 1000 && s_itest_now () < deadline)
-        kim_client_status (sch, &status, 2000);
-    KIM_CHECK (status.uptime_ms >= uptime + 120 * 1000);
+    s_await_clock (broker, "test clock moves by 120000 ms");
     s_referral (&msg, JC, "r-3", "employment", "C-2", 0);
     int rc = s_send (kim, &msg, "x", NULL);
     EXPECT_REFUSED (rc, KIM_E_CONSENT_EXPIRED, "consent C-2 expired");

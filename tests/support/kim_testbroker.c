@@ -1,6 +1,7 @@
 /*  kim_testbroker.c — a real broker process per test. */
 #include <czmq.h>
 #include <signal.h>
+#include <sodium.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 
@@ -13,6 +14,8 @@ typedef struct {
     char role [16];
     char public_key [41];
     char secret_key [41];
+    char sign_public [41];              //  "" unless the org was given as id:role+sign
+    char sign_secret [41];              //  Z85 of the Ed25519 seed
 } test_org_t;
 
 //  Test folders live under /tmp with short names; ipc paths must stay
@@ -28,6 +31,7 @@ struct _kim_testbroker_t {
     test_org_t orgs [KIM_TEST_ORGS_MAX];
     size_t org_count;
     pid_t pid;
+    bool plaintext;                     //  clients do not seal (kim_testbroker_plaintext)
 };
 
 static int
@@ -110,12 +114,24 @@ kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *p
         snprintf (org->id, sizeof org->id, "%.*s",
                   (int) (colon? (size_t) (colon - orgs [i]): strlen (orgs [i])), orgs [i]);
         snprintf (org->role, sizeof org->role, "%s", colon? colon + 1: "agency");
+        char *plus = strchr (org->role, '+');
+        if (plus && streq (plus, "+sign")) {
+            *plus = 0;
+            uint8_t seed [crypto_sign_SEEDBYTES], pk [crypto_sign_PUBLICKEYBYTES],
+                    sk [crypto_sign_SECRETKEYBYTES];
+            randombytes_buf (seed, sizeof seed);
+            crypto_sign_seed_keypair (pk, sk, seed);
+            zmq_z85_encode (org->sign_secret, seed, sizeof seed);
+            zmq_z85_encode (org->sign_public, pk, sizeof pk);
+        }
         zcert_t *cert = zcert_new ();
         memcpy (org->public_key, zcert_public_txt (cert), 41);
         memcpy (org->secret_key, zcert_secret_txt (cert), 41);
         zcert_destroy (&cert);
         fprintf (file, "    %s\n        name = \"Test %s\"\n        role = %s\n"
                  "        public_key = \"%s\"\n", org->id, org->id, org->role, org->public_key);
+        if (org->sign_public [0])
+            fprintf (file, "        sign_key = \"%s\"\n", org->sign_public);
     }
     fclose (file);
     return self;
@@ -219,8 +235,35 @@ kim_testbroker_client_config (kim_testbroker_t *self, const char *org, uint32_t 
         if (streq (self->orgs [i].id, org)) {
             config.public_key = self->orgs [i].public_key;
             config.secret_key = self->orgs [i].secret_key;
+            if (self->orgs [i].sign_secret [0])
+                config.sign_secret_key = self->orgs [i].sign_secret;
         }
+    config.plaintext = self->plaintext;
     return config;
+}
+
+void
+kim_testbroker_plaintext (kim_testbroker_t *self, bool plaintext)
+{
+    self->plaintext = plaintext;
+}
+
+const char *
+kim_testbroker_sign_secret (kim_testbroker_t *self, const char *org)
+{
+    for (size_t i = 0; i < self->org_count; i++)
+        if (streq (self->orgs [i].id, org))
+            return self->orgs [i].sign_secret [0]? self->orgs [i].sign_secret: NULL;
+    return NULL;
+}
+
+const char *
+kim_testbroker_sign_public (kim_testbroker_t *self, const char *org)
+{
+    for (size_t i = 0; i < self->org_count; i++)
+        if (streq (self->orgs [i].id, org))
+            return self->orgs [i].sign_public [0]? self->orgs [i].sign_public: NULL;
+    return NULL;
 }
 
 kim_client_t *

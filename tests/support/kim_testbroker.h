@@ -59,6 +59,20 @@ kim_client_t *
 kim_client_config_t
     kim_testbroker_client_config (kim_testbroker_t *self, const char *org, uint32_t window, bool tcp);
 
+//  Clients made from now on send and deliver payloads in plaintext
+//  (kim_client_config_t.plaintext), for tests that check payload bytes or
+//  sizes at the broker. Default: sealed, as in production.
+void
+    kim_testbroker_plaintext (kim_testbroker_t *self, bool plaintext);
+
+//  An org given as "id:role+sign" (e.g. "jc.a:agency+sign") gets an Ed25519
+//  signing key: its sign_key is registered, and its clients sign. This
+//  returns the Z85 seed (client side) and public key, or NULL without one.
+const char *
+    kim_testbroker_sign_secret (kim_testbroker_t *self, const char *org);
+const char *
+    kim_testbroker_sign_public (kim_testbroker_t *self, const char *org);
+
 const char *
     kim_testbroker_dir (kim_testbroker_t *self);
 const char *
