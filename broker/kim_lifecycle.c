@@ -585,8 +585,8 @@ kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id)
     }
     mdb_cursor_close (cursor);
     rc = rc == MDB_NOTFOUND? 0: kim_store_error (store, rc, "lifecycle: scanning referrals");
-    char told [KIM_LIST_MAX * 4][KIM_ORG_MAX + 1];
-    size_t told_count = 0;
+    //  The parties hear of the revocation from the consent module, which
+    //  tells every earlier recipient once; here the referrals only stop.
     int suspended = 0;
     for (char *id = (char *) zlistx_first (ids); rc == 0 && id; id = (char *) zlistx_next (ids)) {
         kim_referral_t referral;
@@ -594,22 +594,6 @@ kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id)
         if (rc == 0)
             rc = kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_SUSPENDED,
                                        kim_store_head (store));
-        const char *parties [2] = { referral.sender, referral.recipient };
-        for (int p = 0; rc == 0 && p < 2; p++) {
-            bool done = false;
-            for (size_t t = 0; t < told_count && !done; t++)
-                done = streq (told [t], parties [p]);
-            if (done)
-                continue;
-            kim_msg_t notice;
-            kim_msg_init (&notice);
-            notice.type = KIM_TYPE_CONSENT_REVOKE;
-            snprintf (notice.grant_id, sizeof notice.grant_id, "%s", consent_id);
-            snprintf (notice.case_id, sizeof notice.case_id, "%s", referral.case_id);
-            rc = kim_ctx_emit (ctx, &notice, parties [p], NULL);
-            if (told_count < sizeof told / sizeof told [0])
-                snprintf (told [told_count++], KIM_ORG_MAX + 1, "%s", parties [p]);
-        }
         if (rc == 0) {
             suspended++;
             zsys_info ("lifecycle: referral %s SUSPENDED: consent %s was revoked", id, consent_id);

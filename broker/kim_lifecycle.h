@@ -33,8 +33,8 @@ int
 
 //  Consent `consent_id` was revoked: every open referral that relies on it
 //  (legal_basis consent_id of its REFERRAL or FORWARD) becomes SUSPENDED,
-//  with a state record in the log; both parties of each suspended referral
-//  get one broker-made CONSENT_REVOKE notice (consent, case_id) per org.
+//  with a state record in the log. The parties are told by the consent
+//  module, which sends each earlier recipient one CONSENT_REVOKE notice.
 //  Returns how many referrals were suspended, or -KIM_E_*.
 int
     kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id);
