@@ -11,6 +11,7 @@
 #define KIM_ITEST_H_INCLUDED
 
 #include <czmq.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sodium.h>
 #include <sys/wait.h>
@@ -132,15 +133,19 @@ s_itest_payload_ok (const uint8_t *data, size_t size, size_t expected_size, cons
 static inline void
 s_itest_msg (kim_msg_t *msg, const char *to, const char *referral_id, const char *msg_id)
 {
+    //  Producer threads of the fault tests call this at once.
+    static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     static zhashx_t *seen = NULL;
+    kim_test_referral (msg, to, referral_id);
+    pthread_mutex_lock (&lock);
     if (!seen)
         seen = zhashx_new ();
-    kim_test_referral (msg, to, referral_id);
     if (seen && zhashx_lookup (seen, referral_id))
         snprintf (msg->referral_id, sizeof msg->referral_id, "%.24s.%.39s", referral_id, msg_id);
     else
     if (seen)
         zhashx_insert (seen, referral_id, (void *) 1);
+    pthread_mutex_unlock (&lock);
     snprintf (msg->msg_id, sizeof msg->msg_id, "%s", msg_id);
     msg->created_at = (uint64_t) zclock_time ();
 }

@@ -1,6 +1,8 @@
 /*  test_sealed.c — issue 7: the key directory, sealed payloads (the broker
     stores ciphertext only) and sender signatures (required, verified,
-    refused, kept in the log), over a real broker and its real LMDB file.
+    refused, kept in the log), over a real broker and its real LMDB file;
+    a sign_key registered by RELOAD takes effect at once; `kim send` and
+    `kim inbox` seal, sign and open by themselves. Usage: test_sealed KIM
 */
 #include "kim_itest.h"
 #include "kim_store.h"
@@ -31,6 +33,43 @@ s_config_insert (kim_testbroker_t *broker, const char *needle, const char *line)
     snprintf (edited, sizeof edited, "%.*s%s%s", (int) (eol + 1 - text), text, line, eol + 1);
     file = fopen (path, "w");
     KIM_CHECK (file && fputs (edited, file) >= 0 && fclose (file) == 0);
+}
+
+static const char *s_kim = NULL;       //  the kim binary (argv [1])
+
+//  Runs `kim ARGS`; returns its exit code, stdout+stderr in `out`.
+static int
+s_run_kim (const char *args, char *out, size_t out_size)
+{
+    char command [4096];
+    snprintf (command, sizeof command, "%s %s 2>&1", s_kim, args);
+    FILE *pipe = popen (command, "r");
+    KIM_CHECK (pipe);
+    size_t used = 0, got;
+    while ((got = fread (out + used, 1, out_size - 1 - used, pipe)) > 0)
+        used += got;
+    out [used] = 0;
+    int status = pclose (pipe);
+    return WIFEXITED (status)? WEXITSTATUS (status): -1;
+}
+
+//  Writes `org`'s key pair as NAME.cert + NAME.cert_secret (0600) into the
+//  broker's folder, as `kim keygen` would; returns the secret file's path.
+static void
+s_write_cert (kim_testbroker_t *broker, const char *org, char *path, size_t path_size)
+{
+    kim_client_config_t config = kim_testbroker_client_config (broker, org, 0, false);
+    uint8_t public_key [32], secret_key [32];
+    KIM_CHECK (zmq_z85_decode (public_key, config.public_key)
+               && zmq_z85_decode (secret_key, config.secret_key));
+    zcert_t *cert = zcert_new_from (public_key, secret_key);
+    KIM_CHECK (cert);
+    char public_path [200];
+    snprintf (public_path, sizeof public_path, "%s/%s.cert", kim_testbroker_dir (broker), org);
+    KIM_CHECK (zcert_save (cert, public_path) == 0);
+    zcert_destroy (&cert);
+    snprintf (path, path_size, "%s_secret", public_path);
+    KIM_CHECK (chmod (path, 0600) == 0);
 }
 
 //  An operator's RELOAD; must succeed.
@@ -83,9 +122,11 @@ s_send_text (kim_client_t *client, const char *to, const char *msg_id, const cha
 }
 
 int
-main (void)
+main (int argc, char *argv [])
 {
     KIM_CHECK (sodium_init () >= 0);
+    KIM_CHECK (argc == 2);
+    s_kim = argv [1];
     const char *orgs [] = { SENDER, RECIPIENT, SIGNER ":agency+sign", AUDITOR ":auditor",
                             OPERATOR ":operator", NULL };
     kim_testbroker_t *broker = s_itest_broker (orgs, NULL);
@@ -206,15 +247,52 @@ main (void)
     kim_client_flush (recipient, 5000);
     kim_client_destroy (&resigned);
 
-    kim_client_destroy (&sender);
+    //  6. `kim send` and `kim inbox` seal, sign and open without extra
+    //  steps: kim finds NAME.sign_secret beside NAME.cert_secret.
+    char signer_cert [256], recipient_cert [256], path [256];
+    s_write_cert (broker, SIGNER, signer_cert, sizeof signer_cert);
+    s_write_cert (broker, RECIPIENT, recipient_cert, sizeof recipient_cert);
+    snprintf (path, sizeof path, "%s/%s.sign_secret", kim_testbroker_dir (broker), SIGNER);
+    FILE *file = fopen (path, "w");
+    KIM_CHECK (file && fprintf (file, "sign\n    public-key = \"%s\"\n    secret-key = \"%s\"\n",
+                                kim_testbroker_sign_public (broker, SIGNER),
+                                kim_testbroker_sign_secret (broker, SIGNER)) > 0);
+    KIM_CHECK (fclose (file) == 0 && chmod (path, 0600) == 0);
+    snprintf (path, sizeof path, "%s/cli-payload.txt", kim_testbroker_dir (broker));
+    file = fopen (path, "w");
+    KIM_CHECK (file && fputs ("Termin am Montag, bitte Unterlagen mitbringen", file) >= 0);
+    KIM_CHECK (fclose (file) == 0);
+    char connection [512], args [2048], out [16384];
+    snprintf (connection, sizeof connection, "--endpoint '%s' --broker-key '%s/data/keys/broker.cert'",
+              kim_testbroker_endpoint (broker, false), kim_testbroker_dir (broker));
+    snprintf (args, sizeof args, "send %s --cert '%s' --type REFERRAL --to %s --referral cli-1 "
+              "--msg-id cli-1 --case case-cli-1 --subject subj-cli --purpose integration "
+              "--statute 'SGB X 69' --payload '%s'", connection, signer_cert, RECIPIENT, path);
+    int rc = s_run_kim (args, out, sizeof out);
+    if (rc != 0 || !strstr (out, "\"msg_id\":\"cli-1\""))
+        fprintf (stderr, "kim send: exit %d: %s\n", rc, out);
+    KIM_CHECK (rc == 0);
+    //  The recipient's client of the test is still connected: let it go, so
+    //  that kim inbox gets the delivery.
     kim_client_destroy (&recipient);
+    snprintf (args, sizeof args, "inbox %s --cert '%s' --count 1 --idle 5000", connection,
+              recipient_cert);
+    rc = s_run_kim (args, out, sizeof out);
+    if (rc != 0 || !strstr (out, "Termin am Montag"))
+        fprintf (stderr, "kim inbox: exit %d: %s\n", rc, out);
+    KIM_CHECK (rc == 0);
+    KIM_CHECK (strstr (out, "\"payload\":\"Termin am Montag, bitte Unterlagen mitbringen\""));
+    KIM_CHECK (strstr (out, "\"sig\":"));
+    KIM_CHECK (!strstr (out, "sealed_error"));
+
+    kim_client_destroy (&sender);
     KIM_CHECK (kim_testbroker_stop (broker, SIGTERM) != -1);
 
     //  4. At rest: the store has ciphertext, never the plaintext; the signed
     //  header in the log verifies against the registered key.
-    char path [PATH_MAX];
-    snprintf (path, sizeof path, "%s/data/store", kim_testbroker_dir (broker));
-    kim_store_config_t config = { .path = path, .read_only = true };
+    char store_path [PATH_MAX];
+    snprintf (store_path, sizeof store_path, "%s/data/store", kim_testbroker_dir (broker));
+    kim_store_config_t config = { .path = store_path, .read_only = true };
     int err = 0;
     kim_store_t *store = kim_store_new (&config, &err);
     KIM_CHECK (store);
