@@ -110,8 +110,9 @@ sendj() {
     local from=$1 json=$2
     local what
     what="case $(field case_id <<<"$json")"
-    [ -z "$(field consent <<<"$json")" ] || \
-        what="consent $(field consent <<<"$json") of $(field subject <<<"$json"): $(sed -n \
+    [ -z "$(field consent <<<"$json")" ] || what="consent $(field consent <<<"$json")"
+    [ -z "$(field subject <<<"$json")" ] || [ -z "$(field consent <<<"$json")" ] || \
+        what="$what of $(field subject <<<"$json"): $(sed -n \
             's/.*"recipients":\[\([^]]*\)\].*"purposes":\[\([^]]*\)\].*/to \1 for \2/p' <<<"$json" | tr -d '"')"
     [ -z "$(sed -n 's/.*"referrals":\[\([^]]*\)\].*/x/p' <<<"$json")" ] || \
         what="$what, open referrals $(sed -n 's/.*"referrals":\[\([^]]*\)\].*/\1/p' <<<"$json" | tr -d '"')"
@@ -227,6 +228,24 @@ send ja.coesfeld ACCEPT ja.rheine --referral "$(R son)-86c"
 send ja.coesfeld OUTCOME ja.rheine --referral "$(R son)-86c" --code completed
 state ja.rheine "$(R son)-86c"
 
+step "9. The father revokes his consent"
+note "Coesfeld leads the case now, so it records the revocation; it blocks new transfers at once."
+sendj kim.coesfeld "{\"type\":\"CONSENT_REVOKE\",\"msg_id\":\"V-$run\",\"case_id\":\"$case_id\",\"consent\":\"G-$run-father\"}"
+state kim.coesfeld "$(R father)"
+send kim.coesfeld REFERRAL aba.rheine --referral "$(R residence2)" --case "$case_id" \
+    --subject p-father --purpose residence --consent "G-$run-father"
+note "The job centre received data under that consent, so it is told:"
+inbox jc.rheine
+
+step "10. The data-protection officer audits the case"
+note "An auditor's key reads the log through the broker; each read is itself logged."
+as dsb.steinfurt audit verify --sign-key "$data/keys/broker.sign.pub" 2>&1 | sed 's/^/   /'
+as dsb.steinfurt audit case "$case_id" --sign-key "$data/keys/broker.sign.pub" 2>&1 \
+    | head -14 | cut -c1-140 | sed 's/^/   /'
+note "(the whole timeline: kim audit case $case_id --cert .../dsb.steinfurt.cert_secret)"
+note "The access report for the father: who received which of his data, when, on what basis:"
+as kim.coesfeld subject report p-father --case "$case_id" 2>&1 | cut -c1-400 | sed 's/^/   /'
+
 step "Where the case manager in Coesfeld stands"
 as kim.coesfeld referral list --case "$case_id" | while IFS= read -r line; do
     printf '   %-28s %-14s %s -> %s\n' "$(field referral_id <<<"$line")" \
@@ -243,6 +262,7 @@ Look around with the kim tool:
     $kim referral list --open --cert $demo/keys/kim.coesfeld.cert_secret
     $kim referral show $(R father) --cert $demo/keys/jc.rheine.cert_secret
     $kim inbox  --cert $demo/keys/kim.rheine.cert_secret
+    $kim audit verify --data $data
     $kim status --cert $demo/keys/kim.rheine.cert_secret
 
 Every demo organisation has its key in $demo/keys/; the registry is $config.
