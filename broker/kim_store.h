@@ -36,6 +36,10 @@ extern "C" {
 
 typedef struct _kim_store_t kim_store_t;
 
+//  The file in the store's folder that one writing broker holds locked.
+#define KIM_STORE_LOCK_NAME "broker.lock"
+
+
 //  Record kinds in the log. Numbers are stable and never reused.
 #define KIM_RECORD_MESSAGE      1   //  body: canonical header (kim_msg_encode)
 #define KIM_RECORD_CHECKPOINT   2   //  body: signed checkpoint (audit)

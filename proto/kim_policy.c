@@ -205,7 +205,8 @@ s_add_code (s_ctx_t *ctx, const s_entry_t *entry, const char *item, void *arg)
                        entry->name, item);
     if (*codes->count == S_LIST_MAX)
         return s_fail (ctx, entry->line, "%s: more than %d entries", entry->name, S_LIST_MAX);
-    snprintf (codes->items [(*codes->count)++], KIM_CODE_MAX + 1, "%s", item);
+    //  kim_code_valid bounded it to KIM_CODE_MAX bytes.
+    snprintf (codes->items [(*codes->count)++], KIM_CODE_MAX + 1, "%.32s", item);
     return 0;
 }
 
@@ -298,7 +299,7 @@ s_rule_key (s_ctx_t *ctx, s_rule_t *rule, const s_entry_t *entry)
     if (strcmp (key, "from_public") == 0)
         return s_bool (ctx, entry, &rule->from_public);
     if (strcmp (key, "if_subject") == 0) {
-        int value;
+        int value = 0;
         if (s_bool (ctx, entry, &value))
             return -1;
         rule->if_subject = value? 1: -1;

@@ -1,0 +1,577 @@
+/*  kim_store_test.c — the store's self-test (kim_store_test) on real LMDB
+    files in a temporary folder: appends and the hash chain, abort, reopen,
+    mailboxes, de-duplication and its expiry, a second writer refused, a
+    read-only reader in another process, map growth up to the maximum, a
+    failed write closing the store, and malformed records read safely.
+*/
+#include <czmq.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kim/kim_error.h"
+#include "kim/kim_log.h"
+#include "kim_store.h"
+
+//  --------------------------------------------------------------------------
+//  Self test
+
+static void
+s_test_remove (const char *dir)
+{
+    const char *names [] = { "data.mdb", "lock.mdb", KIM_STORE_LOCK_NAME };
+    for (size_t i = 0; i < sizeof (names) / sizeof (names [0]); i++) {
+        char *file = zsys_sprintf ("%s/%s", dir, names [i]);
+        assert (file);
+        unlink (file);
+        zstr_free (&file);
+    }
+    rmdir (dir);
+}
+
+//  Appends a record and checks it reads back; returns its seq
+static uint64_t
+s_test_append (kim_store_t *store, uint8_t kind, uint64_t time_ms, const char *body)
+{
+    uint64_t seq = 0;
+    int rc = kim_store_append (store, kind, time_ms, (const uint8_t *) body,
+                               strlen (body), &seq);
+    assert (rc == 0);
+    assert (seq == kim_store_head (store));
+    return seq;
+}
+
+//  Checks records from..to read back and chain onto `prev`
+static void
+s_test_chain (kim_store_t *store, uint64_t from, uint64_t to, const uint8_t *prev_hash)
+{
+    uint8_t prev [KIM_HASH_SIZE];
+    memcpy (prev, prev_hash, KIM_HASH_SIZE);
+    for (uint64_t seq = from; seq <= to; seq++) {
+        kim_record_t record;
+        assert (kim_store_read (store, seq, &record) == 0);
+        assert (record.seq == seq);
+        uint8_t hash [KIM_HASH_SIZE];
+        kim_store_record_hash (prev, record.kind, seq, record.time_ms,
+                               record.body, record.body_size, hash);
+        assert (memcmp (hash, record.hash, KIM_HASH_SIZE) == 0);
+        memcpy (prev, hash, KIM_HASH_SIZE);
+    }
+}
+
+static void
+s_test_pipe_write (int fd, char c)
+{
+    ssize_t n = write (fd, &c, 1);
+    assert (n == 1);
+}
+
+static char
+s_test_pipe_read (int fd)
+{
+    char c = 0;
+    ssize_t n = read (fd, &c, 1);
+    assert (n == 1);
+    return c;
+}
+
+//  A reader in another process, as an audit tool would be: sees what the
+//  writer committed, and after a new snapshot what it committed since.
+static int
+s_test_reader (const char *path, uint64_t head, const uint8_t *head_hash,
+               int ready_fd, int go_fd)
+{
+    kim_store_config_t config = { .path = path, .read_only = true };
+    int err;
+    kim_store_t *reader = kim_store_new (&config, &err);
+    if (!reader)
+        return 1;
+    if (kim_store_head (reader) != head
+    ||  memcmp (kim_store_head_hash (reader), head_hash, KIM_HASH_SIZE) != 0)
+        return 2;
+    kim_record_t record;
+    if (kim_store_read (reader, head, &record) || record.body_size != 4
+    ||  memcmp (record.body, "last", 4) != 0)
+        return 3;
+    if (kim_store_mailbox_count (reader, "jc.a") != 2)
+        return 4;
+    if (kim_store_begin (reader) != -KIM_E_ARGS)
+        return 5;
+    kim_store_read_end (reader);
+    s_test_pipe_write (ready_fd, 'r');
+    if (s_test_pipe_read (go_fd) != 'g')
+        return 6;
+    if (kim_store_read_begin (reader) || kim_store_head (reader) != head + 1)
+        return 7;
+    if (kim_store_read (reader, head + 1, &record) || record.body_size != 5
+    ||  memcmp (record.body, "later", 5) != 0)
+        return 8;
+    kim_store_read_end (reader);
+    kim_store_destroy (&reader);
+    return 0;
+}
+
+//  Opens read-only while the map is small, then reads everything the
+//  writer committed after growing it.
+static int
+s_test_growth_reader (const char *path, size_t payload_size, int ready_fd, int go_fd)
+{
+    kim_store_config_t config = { .path = path, .read_only = true };
+    int err;
+    kim_store_t *reader = kim_store_new (&config, &err);
+    if (!reader)
+        return 1;
+    s_test_pipe_write (ready_fd, 'r');
+    uint8_t head_bytes [8];
+    if (read (go_fd, head_bytes, 8) != 8)
+        return 2;
+    uint64_t head = kim_log_get_be64 (head_bytes);
+    if (kim_store_read_begin (reader) || kim_store_head (reader) != head)
+        return 3;
+    for (uint64_t seq = 1; seq <= head; seq++) {
+        const uint8_t *data;
+        size_t size;
+        if (kim_store_payload_get (reader, seq, &data, &size) || size != payload_size
+        ||  data [size - 1] != (uint8_t) (seq & 0xff))
+            return 4;
+    }
+    kim_store_read_end (reader);
+    kim_store_destroy (&reader);
+    return 0;
+}
+
+//  Map growth: 64 KiB payloads into a 1 MiB map that may grow to 4 MiB
+static void
+s_test_map_growth (const char *path, bool verbose)
+{
+    kim_store_config_t config = {
+        .path = path, .map_size = 1 << 20, .map_max = 4 << 20, .nosync = true
+    };
+    //  Create the store, so that a reader in another process can open it
+    //  at the small map; it must then follow the writer's growth (LMDB
+    //  tells it MDB_MAP_RESIZED). The child is forked with no store open.
+    int err;
+    kim_store_t *store = kim_store_new (&config, &err);
+    assert (store);
+    kim_store_destroy (&store);
+    size_t payload_size = 64 * 1024;
+    int ready [2], go [2];
+    assert (pipe (ready) == 0 && pipe (go) == 0);
+    fflush (stdout);
+    fflush (stderr);
+    pid_t pid = fork ();
+    assert (pid >= 0);
+    if (pid == 0) {
+        close (ready [0]);
+        close (go [1]);
+        _exit (s_test_growth_reader (path, payload_size, ready [1], go [0]));
+    }
+    close (ready [1]);
+    close (go [0]);
+    assert (s_test_pipe_read (ready [0]) == 'r');
+    store = kim_store_new (&config, &err);
+    assert (store);
+    uint8_t *payload = (uint8_t *) malloc (payload_size);
+    assert (payload);
+
+    uint64_t committed = 0;
+    int grown = 0;
+    bool at_max = false;
+    while (!at_max) {
+        //  One batch: four records with payloads; replayed after growth
+        assert (kim_store_begin (store) == 0);
+        int rc = 0;
+        for (int i = 0; i < 4 && rc == 0; i++) {
+            uint64_t seq;
+            rc = kim_store_append (store, KIM_RECORD_MESSAGE, 1000, (const uint8_t *) "big", 3, &seq);
+            if (rc == 0) {
+                assert (seq == committed + (uint64_t) i + 1);
+                memset (payload, (int) (seq & 0xff), payload_size);
+                rc = kim_store_payload_put (store, seq, payload, payload_size);
+            }
+            assert (rc == 0 || rc == -KIM_E_STORE_FULL);
+        }
+        if (rc == -KIM_E_STORE_FULL) {
+            //  Once full, the batch refuses everything until commit
+            uint64_t seq;
+            assert (kim_store_append (store, 1, 1, NULL, 0, &seq) == -KIM_E_STORE_FULL);
+            assert (kim_store_mailbox_put (store, "jc.a", 1) == -KIM_E_STORE_FULL);
+        }
+        bool retry = true;
+        rc = kim_store_commit (store, &retry);
+        if (rc == 0) {
+            assert (kim_store_head (store) == committed + 4);
+            committed += 4;
+            continue;
+        }
+        assert (rc == -KIM_E_STORE_FULL);
+        assert (!kim_store_failed (store));
+        assert (kim_store_head (store) == committed);
+        if (retry)
+            grown++;
+        else
+            at_max = true;
+    }
+    if (verbose)
+        zsys_info ("kim_store_test: map grew %d times, %" PRIu64 " records at the maximum",
+                   grown, committed);
+    assert (grown == 2);
+    assert (committed >= 40);           //  4 MiB holds some 60 such records
+    assert (!kim_store_failed (store));
+    assert (kim_store_bytes (store) <= (uint64_t) 4 << 20);
+
+    uint8_t head_bytes [8];
+    kim_log_put_be64 (head_bytes, committed);
+    assert (write (go [1], head_bytes, 8) == 8);
+    int status = 0;
+    assert (waitpid (pid, &status, 0) == pid);
+    if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
+        zsys_error ("kim_store_test: growth reader failed with status %d", status);
+    assert (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+    close (ready [0]);
+    close (go [1]);
+
+    //  Everything committed reads back, also after reopening at a smaller
+    //  configured size: the grown map is kept.
+    for (int round = 0; round < 2; round++) {
+        assert (kim_store_read_begin (store) == 0);
+        for (uint64_t seq = 1; seq <= committed; seq++) {
+            kim_record_t record;
+            assert (kim_store_read (store, seq, &record) == 0);
+            const uint8_t *data;
+            size_t size;
+            assert (kim_store_payload_get (store, seq, &data, &size) == 0);
+            assert (size == payload_size);
+            assert (data [0] == (uint8_t) (seq & 0xff) && data [size - 1] == data [0]);
+        }
+        kim_store_read_end (store);
+        //  A small batch still fits or is refused cleanly; never fails
+        assert (kim_store_begin (store) == 0);
+        assert (kim_store_commit (store, NULL) == 0);
+        assert (!kim_store_failed (store));
+        kim_store_destroy (&store);
+        store = kim_store_new (&config, &err);
+        assert (store);
+        assert (kim_store_head (store) == committed);
+    }
+    kim_store_destroy (&store);
+    free (payload);
+}
+
+void
+kim_store_test (bool verbose)
+{
+    printf (" * kim_store: ");
+    if (verbose)
+        printf ("\n");
+
+    char template_ [] = "/tmp/kim_store_test.XXXXXX";
+    char *dir = mkdtemp (template_);
+    assert (dir);
+    char *path = zsys_sprintf ("%s/store", dir);
+    char *path2 = zsys_sprintf ("%s/grow", dir);
+    char *path3 = zsys_sprintf ("%s/bad", dir);
+    assert (path && path2 && path3);
+
+    kim_store_config_t config = { .path = path, .dedup_window_ms = 1000 };
+    int err = 0;
+    kim_store_t *store = kim_store_new (&config, &err);
+    assert (store);
+    assert (err == 0);
+    assert (kim_store_head (store) == 0);
+    uint8_t zero [KIM_HASH_SIZE] = { 0 };
+    assert (memcmp (kim_store_head_hash (store), zero, KIM_HASH_SIZE) == 0);
+    assert (kim_store_txn (store) == NULL);
+
+    //  Writes outside a batch are refused
+    assert (kim_store_append (store, 1, 1, NULL, 0, NULL) == -KIM_E_ARGS);
+
+    //  Append, commit, read back; the chain starts at zero
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_begin (store) == -KIM_E_BUSY);
+    assert (kim_store_txn (store) != NULL);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1001, "alpha") == 1);
+    assert (s_test_append (store, KIM_RECORD_DECISION, 1002, "") == 2);
+    assert (s_test_append (store, KIM_RECORD_STATE, 1003, "gamma") == 3);
+    //  Reads inside the batch see it
+    kim_record_t record;
+    assert (kim_store_read (store, 3, &record) == 0);
+    assert (record.kind == KIM_RECORD_STATE);
+    bool retry = true;
+    assert (kim_store_commit (store, &retry) == 0);
+    assert (!retry);
+    assert (kim_store_head (store) == 3);
+
+    assert (kim_store_read_begin (store) == 0);
+    assert (kim_store_read (store, 1, &record) == 0);
+    assert (record.seq == 1 && record.kind == KIM_RECORD_MESSAGE && record.time_ms == 1001);
+    assert (record.body_size == 5 && memcmp (record.body, "alpha", 5) == 0);
+    assert (kim_store_read (store, 2, &record) == 0);
+    assert (record.kind == KIM_RECORD_DECISION && record.body_size == 0);
+    assert (kim_store_read (store, 3, &record) == 0);
+    assert (record.time_ms == 1003 && memcmp (record.body, "gamma", 5) == 0);
+    assert (memcmp (record.hash, kim_store_head_hash (store), KIM_HASH_SIZE) == 0);
+    s_test_chain (store, 1, 3, zero);
+    assert (kim_store_read (store, 0, &record) == -KIM_E_NOT_FOUND);
+    assert (kim_store_read (store, 4, &record) == -KIM_E_NOT_FOUND);
+    kim_store_read_end (store);
+    //  Reads work without read_begin too (implicit snapshot)
+    assert (kim_store_read (store, 2, &record) == 0);
+
+    //  Abort forgets records; their seqs are used again
+    uint8_t head_hash [KIM_HASH_SIZE];
+    memcpy (head_hash, kim_store_head_hash (store), KIM_HASH_SIZE);
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1004, "lost") == 4);
+    kim_store_abort (store);
+    assert (kim_store_head (store) == 3);
+    assert (memcmp (kim_store_head_hash (store), head_hash, KIM_HASH_SIZE) == 0);
+    assert (kim_store_read (store, 4, &record) == -KIM_E_NOT_FOUND);
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1005, "kept") == 4);
+
+    //  Payloads, including an empty one
+    assert (kim_store_payload_put (store, 1, (const uint8_t *) "data", 4) == 0);
+    assert (kim_store_payload_put (store, 2, NULL, 0) == 0);
+    const uint8_t *data;
+    size_t size;
+    assert (kim_store_payload_get (store, 1, &data, &size) == 0);
+    assert (size == 4 && memcmp (data, "data", 4) == 0);
+
+    //  Mailboxes; "jc.ab" shares a prefix with "jc.a"
+    assert (kim_store_mailbox_put (store, "jc.a", 1) == 0);
+    assert (kim_store_mailbox_put (store, "jc.a", 2) == 0);
+    assert (kim_store_mailbox_put (store, "jc.ab", 3) == 0);
+    assert (kim_store_mailbox_put (store, "jc.a", 4) == 0);
+    assert (kim_store_mailbox_put (store, "jc.a", 1) == 0);      //  again: no change
+    assert (kim_store_mailbox_put (store, "", 1) == -KIM_E_ARGS);
+    assert (kim_store_mailbox_count (store, "jc.a") == 3);
+    assert (kim_store_mailbox_count (store, "jc.ab") == 1);
+
+    //  De-duplication sees its own batch
+    uint64_t seq = 0;
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 0);
+    assert (kim_store_dedup_put (store, "jc.a", "m1", 1, 1000) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 1 && seq == 1);
+    assert (kim_store_dedup_get (store, "jc.a", "", &seq) == -KIM_E_ARGS);
+    assert (kim_store_commit (store, &retry) == 0);
+
+    assert (kim_store_read_begin (store) == 0);
+    assert (kim_store_payload_get (store, 1, &data, &size) == 0);
+    assert (size == 4 && memcmp (data, "data", 4) == 0);
+    assert (kim_store_payload_get (store, 2, &data, &size) == 0);
+    assert (data == NULL && size == 0);
+    assert (kim_store_payload_get (store, 99, &data, &size) == 0);
+    assert (data == NULL && size == 0);
+
+    uint64_t seqs [8];
+    assert (kim_store_mailbox_scan (store, "jc.a", 0, seqs, NULL, 8) == 3);
+    assert (seqs [0] == 1 && seqs [1] == 2 && seqs [2] == 4);
+    assert (kim_store_mailbox_scan (store, "jc.a", 2, seqs, NULL, 8) == 1 && seqs [0] == 4);
+    assert (kim_store_mailbox_scan (store, "jc.a", 0, seqs, NULL, 2) == 2 && seqs [1] == 2);
+    assert (kim_store_mailbox_scan (store, "jc.a", 4, seqs, NULL, 8) == 0);
+    assert (kim_store_mailbox_scan (store, "jc.a", UINT64_MAX, seqs, NULL, 8) == 0);
+    assert (kim_store_mailbox_scan (store, "jc.ab", 0, seqs, NULL, 8) == 1 && seqs [0] == 3);
+    assert (kim_store_mailbox_scan (store, "jc", 0, seqs, NULL, 8) == 0);
+    assert (kim_store_mailbox_scan (store, "jc.abc", 0, seqs, NULL, 8) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 1 && seq == 1);
+    assert (kim_store_dedup_get (store, "jc.a", "m2", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.ab", "m1", &seq) == 0);
+    kim_store_read_end (store);
+
+    //  Mailbox deletes: counted in the batch, forgotten on abort
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_mailbox_del (store, "jc.a", 2) == 0);
+    assert (kim_store_mailbox_del (store, "jc.a", 2) == -KIM_E_NOT_FOUND);
+    assert (kim_store_mailbox_del (store, "jc.zz", 2) == -KIM_E_NOT_FOUND);
+    assert (kim_store_mailbox_count (store, "jc.a") == 2);
+    assert (kim_store_mailbox_scan (store, "jc.a", 0, seqs, NULL, 8) == 2);
+    kim_store_abort (store);
+    assert (kim_store_mailbox_count (store, "jc.a") == 3);
+    assert (kim_store_mailbox_count (store, "jc.zz") == 0);
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_mailbox_put (store, "jc.x", 5) == 0);
+    assert (kim_store_mailbox_count (store, "jc.x") == 1);
+    kim_store_abort (store);
+    assert (kim_store_mailbox_count (store, "jc.x") == 0);
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_mailbox_del (store, "jc.a", 2) == 0);
+    assert (kim_store_mailbox_put (store, "jc.y", 9) == 0);
+    assert (kim_store_mailbox_del (store, "jc.y", 9) == 0);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_mailbox_count (store, "jc.a") == 2);
+    assert (kim_store_mailbox_count (store, "jc.y") == 0);
+
+    //  A second writer is refused while this one is open
+    kim_store_t *second = kim_store_new (&config, &err);
+    assert (second == NULL);
+    assert (err == -KIM_E_BUSY);
+
+    //  Close and reopen: seqs continue, head hash and counts survive
+    memcpy (head_hash, kim_store_head_hash (store), KIM_HASH_SIZE);
+    kim_store_destroy (&store);
+    kim_store_destroy (&store);                 //  idempotent
+    store = kim_store_new (&config, &err);
+    assert (store);
+    assert (kim_store_head (store) == 4);
+    assert (memcmp (kim_store_head_hash (store), head_hash, KIM_HASH_SIZE) == 0);
+    assert (kim_store_mailbox_count (store, "jc.a") == 2);
+    assert (kim_store_mailbox_count (store, "jc.ab") == 1);
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 1 && seq == 1);
+    s_test_chain (store, 1, 4, zero);
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1006, "last") == 5);
+    assert (kim_store_commit (store, NULL) == 0);
+    s_test_chain (store, 5, 5, head_hash);
+    kim_store_read_end (store);
+
+    //  A read-only opener in another process sees what was committed,
+    //  and after a new snapshot what was committed while it was open
+    int ready [2], go [2];
+    assert (pipe (ready) == 0 && pipe (go) == 0);
+    fflush (stdout);
+    fflush (stderr);
+    pid_t pid = fork ();
+    assert (pid >= 0);
+    if (pid == 0) {
+        close (ready [0]);
+        close (go [1]);
+        _exit (s_test_reader (path, 5, kim_store_head_hash (store), ready [1], go [0]));
+    }
+    close (ready [1]);
+    close (go [0]);
+    assert (s_test_pipe_read (ready [0]) == 'r');
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1007, "later") == 6);
+    assert (kim_store_commit (store, NULL) == 0);
+    s_test_pipe_write (go [1], 'g');
+    int status = 0;
+    assert (waitpid (pid, &status, 0) == pid);
+    if (!WIFEXITED (status) || WEXITSTATUS (status) != 0)
+        zsys_error ("kim_store_test: reader failed with status %d", status);
+    assert (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+    close (ready [0]);
+    close (go [1]);
+
+    //  De-duplication expires oldest first, at most `limit` per call. The
+    //  window is 1000 ms: at 5500, entries older than 4500 go.
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_dedup_put (store, "jc.a", "m2", 2, 2000) == 0);
+    assert (kim_store_dedup_put (store, "jc.a", "m3", 3, 3000) == 0);
+    assert (kim_store_dedup_put (store, "jc.a", "m4", 4, 4000) == 0);
+    assert (kim_store_dedup_put (store, "jc.a", "m5", 5, 5000) == 0);
+    //  Recorded again later: its old age entry (1500) must not linger
+    assert (kim_store_dedup_put (store, "jc.b", "x", 9, 1500) == 0);
+    assert (kim_store_dedup_put (store, "jc.b", "x", 10, 4800) == 0);
+    assert (kim_store_dedup_expire (store, 500, 100) == 0);     //  before the window
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 1);
+    assert (kim_store_dedup_expire (store, 5500, 2) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m2", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m3", &seq) == 1 && seq == 3);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_dedup_expire (store, 5500, 100) == 0);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m3", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m4", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m5", &seq) == 1 && seq == 5);
+    assert (kim_store_dedup_get (store, "jc.b", "x", &seq) == 1 && seq == 10);
+    kim_store_read_end (store);
+    //  Across a reopen, too
+    kim_store_destroy (&store);
+    store = kim_store_new (&config, &err);
+    assert (store);
+    assert (kim_store_dedup_get (store, "jc.b", "x", &seq) == 1 && seq == 10);
+    assert (kim_store_dedup_get (store, "jc.a", "m4", &seq) == 0);
+    assert (kim_store_bytes (store) > 0);
+
+    //  A malformed record (3 bytes) written with LMDB directly is reported,
+    //  not trusted; its neighbours still read
+    assert (kim_store_begin (store) == 0);
+    uint8_t key_bytes [8];
+    kim_log_put_be64 (key_bytes, 2);
+    MDB_val key = { 8, key_bytes };
+    MDB_val value = { 3, (void *) "bad" };
+    assert (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_LOG),
+                     &key, &value, 0) == 0);
+    assert (kim_store_read (store, 2, &record) == -KIM_E_IO);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_read (store, 2, &record) == -KIM_E_IO);
+    assert (kim_store_read (store, 3, &record) == 0);
+    assert (kim_store_error (store, MDB_NOTFOUND, "test") == -KIM_E_NOT_FOUND);
+    assert (!kim_store_failed (store));
+
+    //  A raw writer's MDB_MAP_FULL makes the batch full: commit grows
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_error (store, MDB_MAP_FULL, "test") == -KIM_E_STORE_FULL);
+    assert (kim_store_append (store, 1, 1, NULL, 0, NULL) == -KIM_E_STORE_FULL);
+    assert (kim_store_commit (store, &retry) == -KIM_E_STORE_FULL && retry);
+    assert (!kim_store_failed (store));
+    //  ... MDB_TXN_FULL too, but growing would not help
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_error (store, MDB_TXN_FULL, "test") == -KIM_E_STORE_FULL);
+    assert (kim_store_commit (store, &retry) == -KIM_E_STORE_FULL && !retry);
+    assert (!kim_store_failed (store));
+
+    //  Any other write failure fails the store closed, until reopened
+    uint64_t head = kim_store_head (store);
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1008, "doomed") == head + 1);
+    assert (kim_store_error (store, EIO, "test") == -KIM_E_STORE_FAILED);
+    assert (kim_store_failed (store));
+    assert (kim_store_append (store, 1, 1, NULL, 0, NULL) == -KIM_E_STORE_FAILED);
+    assert (kim_store_commit (store, &retry) == -KIM_E_STORE_FAILED && !retry);
+    assert (kim_store_begin (store) == -KIM_E_STORE_FAILED);
+    assert (kim_store_head (store) == head);
+    assert (kim_store_read (store, head, &record) == 0);   //  reads still work
+    kim_store_destroy (&store);
+    store = kim_store_new (&config, &err);
+    assert (store && !kim_store_failed (store));
+    assert (kim_store_head (store) == head);
+    assert (kim_store_read (store, head + 1, &record) == -KIM_E_NOT_FOUND);
+    kim_store_destroy (&store);
+
+    //  A store whose last record is malformed does not open for writing
+    kim_store_config_t bad_config = { .path = path3, .nosync = true };
+    store = kim_store_new (&bad_config, &err);
+    assert (store);
+    assert (kim_store_begin (store) == 0);
+    kim_log_put_be64 (key_bytes, 1);
+    assert (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_LOG),
+                     &key, &value, 0) == 0);
+    assert (kim_store_commit (store, NULL) == 0);
+    kim_store_destroy (&store);
+    store = kim_store_new (&bad_config, &err);
+    assert (store == NULL);
+    assert (err == -KIM_E_IO);
+
+    //  Read-only on a missing store fails cleanly
+    char *path4 = zsys_sprintf ("%s/missing", dir);
+    assert (path4);
+    kim_store_config_t missing = { .path = path4, .read_only = true };
+    assert (kim_store_new (&missing, &err) == NULL && err == -KIM_E_NOT_FOUND);
+    zstr_free (&path4);
+    //  Nor does a configuration whose maximum is below its start
+    kim_store_config_t small = { .path = path2, .map_size = 8 << 20, .map_max = 4 << 20 };
+    assert (kim_store_new (&small, &err) == NULL && err == -KIM_E_CONFIG);
+
+    s_test_map_growth (path2, verbose);
+
+    s_test_remove (path);
+    s_test_remove (path2);
+    s_test_remove (path3);
+    rmdir (dir);
+    zstr_free (&path);
+    zstr_free (&path2);
+    zstr_free (&path3);
+    printf ("OK\n");
+}
