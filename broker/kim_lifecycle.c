@@ -14,6 +14,7 @@
 */
 #include <czmq.h>
 
+#include "kim/kim_log.h"
 #include "kim_lifecycle_int.h"
 
 //  --------------------------------------------------------------------------
@@ -113,6 +114,21 @@ kim_lc_record (kim_ctx_t *ctx, const char *json)
     return rc;
 }
 
+//  Packs a MessagePack str of at most 255 bytes (ids, state names, keys).
+static uint8_t *
+s_pack_str (uint8_t *p, const char *text)
+{
+    size_t size = strnlen (text, 255);
+    if (size < 32)
+        *p++ = (uint8_t) (0xa0 | size);
+    else {
+        *p++ = 0xd9;
+        *p++ = (uint8_t) size;
+    }
+    memcpy (p, text, size);
+    return p + size;
+}
+
 int
 kim_lc_referral_move (kim_ctx_t *ctx, kim_referral_t *referral, uint32_t to, uint64_t seq)
 {
@@ -123,11 +139,25 @@ kim_lc_referral_move (kim_ctx_t *ctx, kim_referral_t *referral, uint32_t to, uin
     int rc = kim_lc_referral_put (kim_ctx_store (ctx), referral);
     if (rc)
         return rc;
-    char json [512];
-    snprintf (json, sizeof json,
-              "{\"referral_id\":\"%s\",\"case_id\":\"%s\",\"from\":\"%s\",\"to\":\"%s\",\"seq\":%" PRIu64 "}",
-              referral->id, referral->case_id, kim_lc_state_name (from), kim_lc_state_name (to), seq);
-    return kim_lc_record (ctx, json);
+    //  A state change happens for nearly every message (DELIVERED on each
+    //  ack), so its record is packed here directly, on the stack:
+    //  {referral_id, case_id, from, to, seq}.
+    uint8_t body [4 * (2 + KIM_ID_MAX) + 64];
+    uint8_t *p = body;
+    *p++ = 0x85;
+    p = s_pack_str (p, "referral_id");
+    p = s_pack_str (p, referral->id);
+    p = s_pack_str (p, "case_id");
+    p = s_pack_str (p, referral->case_id);
+    p = s_pack_str (p, "from");
+    p = s_pack_str (p, kim_lc_state_name (from));
+    p = s_pack_str (p, "to");
+    p = s_pack_str (p, kim_lc_state_name (to));
+    p = s_pack_str (p, "seq");
+    *p++ = 0xcf;
+    kim_log_put_be64 (p, seq);
+    p += 8;
+    return kim_ctx_record (ctx, KIM_RECORD_STATE, body, (size_t) (p - body), NULL);
 }
 
 //  --------------------------------------------------------------------------
