@@ -244,10 +244,11 @@ s_test_flood (void)
             s_itest_print_event ("flooder", &event);
     }
     //  The burst (20 commands, less what the library itself sent, such as a
-    //  key-directory request) passes; far from all 200 do.
-    if (!(limited >= 150 && receipted >= 15))
+    //  key-directory request) passes, and what refills at 20/s while the
+    //  flood arrives; most of the 200 are refused, even on a slow machine.
+    if (!(limited >= 100 && receipted >= 15))
         fprintf (stderr, "flood: %zu receipted, %zu rate-limited\n", receipted, limited);
-    KIM_CHECK (limited >= 150 && receipted >= 15);
+    KIM_CHECK (limited >= 100 && receipted >= 15);
     //  Another agent is served meanwhile.
     ITEST_RC (s_itest_send (calm, "jc.rheine", "R-calm-1", "m-calm-1", 8, NULL, NULL), 0);
     kim_client_destroy (&calm);
