@@ -283,6 +283,39 @@ kim_cli_conn_init (kim_cli_conn_t *self)
 }
 
 int
+kim_cli_args_common (const char *cmd, kim_cli_conn_t *conn, kim_cli_args_t *args, int *exit_code)
+{
+    //  Nested commands (subject report, admin reload) start their arguments
+    //  at the action; messages should still name the command.
+    args->cmd = cmd;
+    if (kim_cli_args_help (args)) {
+        kim_cli_help (stdout, cmd);
+        *exit_code = KIM_EXIT_OK;
+        return -1;
+    }
+    int rc = kim_cli_conn_option (conn, args);
+    if (rc < 0)
+        *exit_code = KIM_EXIT_USAGE;
+    return rc;
+}
+
+int
+kim_cli_conn_only (const char *cmd, kim_cli_conn_t *conn, int argc, char *argv [])
+{
+    kim_cli_args_t args;
+    kim_cli_args_init (&args, argc, argv);
+    while (kim_cli_args_next (&args)) {
+        int exit_code;
+        int taken = kim_cli_args_common (cmd, conn, &args, &exit_code);
+        if (taken < 0)
+            return exit_code;
+        if (taken == 0)
+            return kim_cli_args_unknown (&args);
+    }
+    return args.failed? KIM_EXIT_USAGE: -1;
+}
+
+int
 kim_cli_conn_option (kim_cli_conn_t *self, kim_cli_args_t *args)
 {
     const char **target = NULL;

@@ -158,6 +158,17 @@ void
 //  returns 0 if it is another option, or -1 after printing a usage error.
 int
     kim_cli_conn_option (kim_cli_conn_t *self, kim_cli_args_t *args);
+//  What every connecting subcommand accepts at the cursor: --help (prints
+//  the command's help) and the connection options. Returns 1 when it took
+//  the argument, 0 when the caller must look at it, or -1 when the command
+//  ends now with *exit_code.
+int
+    kim_cli_args_common (const char *cmd, kim_cli_conn_t *conn, kim_cli_args_t *args,
+                         int *exit_code);
+//  Parses the arguments of a command that takes connection options only.
+//  Returns -1 to go on, or the exit code the command ends with.
+int
+    kim_cli_conn_only (const char *cmd, kim_cli_conn_t *conn, int argc, char *argv []);
 //  Loads the keys and opens a session; on failure prints why and returns NULL.
 kim_client_t *
     kim_cli_connect (const char *cmd, const kim_cli_conn_t *self, uint32_t window);

@@ -29,21 +29,9 @@ kim_cmd_admin (int argc, char *argv [])
         return kim_cli_usage_error (cmd, "expected a subcommand: reload");
     kim_cli_conn_t conn;
     kim_cli_conn_init (&conn);
-    kim_cli_args_t args;
-    kim_cli_args_init (&args, argc - 1, argv + 1);
-    while (kim_cli_args_next (&args)) {
-        if (kim_cli_args_help (&args)) {
-            kim_cli_help (stdout, cmd);
-            return KIM_EXIT_OK;
-        }
-        int rc = kim_cli_conn_option (&conn, &args);
-        if (rc < 0)
-            return KIM_EXIT_USAGE;
-        if (rc == 0)
-            return kim_cli_args_unknown (&args);
-    }
-    if (args.failed)
-        return KIM_EXIT_USAGE;
+    int parsed = kim_cli_conn_only (cmd, &conn, argc - 1, argv + 1);
+    if (parsed >= 0)
+        return parsed;
     if (strcmp (argv [1], "reload")) {
         kim_cli_help (stdout, cmd);
         return KIM_EXIT_OK;

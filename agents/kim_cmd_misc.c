@@ -65,21 +65,9 @@ kim_cmd_status (int argc, char *argv [])
     const char *cmd = "status";
     kim_cli_conn_t conn;
     kim_cli_conn_init (&conn);
-    kim_cli_args_t args;
-    kim_cli_args_init (&args, argc, argv);
-    while (kim_cli_args_next (&args)) {
-        if (kim_cli_args_help (&args)) {
-            kim_cli_help (stdout, cmd);
-            return KIM_EXIT_OK;
-        }
-        int rc = kim_cli_conn_option (&conn, &args);
-        if (rc < 0)
-            return KIM_EXIT_USAGE;
-        if (rc == 0)
-            return kim_cli_args_unknown (&args);
-    }
-    if (args.failed)
-        return KIM_EXIT_USAGE;
+    int parsed = kim_cli_conn_only (cmd, &conn, argc, argv);
+    if (parsed >= 0)
+        return parsed;
 
     kim_client_t *client = kim_cli_connect (cmd, &conn, 0);
     if (!client)

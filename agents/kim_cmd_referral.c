@@ -61,14 +61,11 @@ kim_cmd_referral (int argc, char *argv [])
     const char *action = NULL, *id = NULL, *org = NULL, *case_id = NULL;
     bool only_open = false, only_overdue = false;
     while (kim_cli_args_next (&args)) {
-        if (kim_cli_args_help (&args)) {
-            kim_cli_help (stdout, cmd);
-            return KIM_EXIT_OK;
-        }
-        int rc = kim_cli_conn_option (&conn, &args);
-        if (rc < 0)
-            return KIM_EXIT_USAGE;
-        if (rc > 0)
+        int exit_code;
+        int taken = kim_cli_args_common (cmd, &conn, &args, &exit_code);
+        if (taken < 0)
+            return exit_code;
+        if (taken)
             continue;
         if (args.positional && !action)
             action = args.arg;

@@ -51,10 +51,12 @@ kim_cmd_subject (int argc, char *argv [])
     kim_cli_args_t args;
     kim_cli_args_init (&args, argc - 1, argv + 1);
     while (kim_cli_args_next (&args)) {
-        if (kim_cli_args_help (&args)) {
-            kim_cli_help (stdout, cmd);
-            return KIM_EXIT_OK;
-        }
+        int exit_code;
+        int taken = kim_cli_args_common (cmd, &conn, &args, &exit_code);
+        if (taken < 0)
+            return exit_code;
+        if (taken)
+            continue;
         if (kim_cli_args_is (&args, "--case")) {
             case_id = kim_cli_args_value (&args);
             continue;
@@ -63,11 +65,7 @@ kim_cmd_subject (int argc, char *argv [])
             subject = args.arg;
             continue;
         }
-        int rc = kim_cli_conn_option (&conn, &args);
-        if (rc < 0)
-            return KIM_EXIT_USAGE;
-        if (rc == 0)
-            return kim_cli_args_unknown (&args);
+        return kim_cli_args_unknown (&args);
     }
     if (args.failed)
         return KIM_EXIT_USAGE;
