@@ -101,8 +101,9 @@ typedef struct {
 } result_t;
 
 typedef struct {
-    bool zmq_ran, lmdb_ran, lmdb1_ran;
+    bool zmq_ran, curve_ran, lmdb_ran, lmdb1_ran;
     double zmq_ack_rate, zmq_confirm_rate, zmq_p50_us, zmq_p99_us;
+    double curve_ack_rate, curve_confirm_rate, curve_p50_us, curve_p99_us;   //  ZeroMQ + CURVE
     double lmdb_rate, lmdb_commit_us;       //  batch 256
     double lmdb1_rate, lmdb1_commit_us;     //  batch 1
 } ceilings_t;
@@ -999,7 +1000,8 @@ s_workload_rss (const options_t *opt, result_t *result)
 }
 
 //  --------------------------------------------------------------------------
-//  Ceilings: the tools of ../shared/bench, built next to kim-bench.
+//  Ceilings: the tools of ../shared/bench and our kim-ceiling-curve, built
+//  next to kim-bench.
 
 static bool
 s_tool_path (const char *name, char *path, size_t size)
@@ -1008,7 +1010,7 @@ s_tool_path (const char *name, char *path, size_t size)
     snprintf (env, sizeof env, "%s", name);
     for (char *c = env; *c; c++)
         *c = *c == '-'? '_': (char) (*c >= 'a' && *c <= 'z'? *c - 32: *c);
-    const char *from_env = getenv (env);           //  KIM_CEILING_ZMQ, KIM_CEILING_LMDB
+    const char *from_env = getenv (env);    //  KIM_CEILING_ZMQ, _CURVE, _LMDB
     if (from_env) {
         snprintf (path, size, "%s", from_env);
         return access (path, X_OK) == 0;
@@ -1130,6 +1132,32 @@ s_ceilings (const options_t *opt, ceilings_t *ceil)
     else
         fprintf (stderr, "ceiling: kim-ceiling-zmq not built (needs ../shared/bench); skipped\n");
 
+    //  The same shape with CurveZMQ on every socket, as kim always runs: one
+    //  process that forks its own forwarder and bounds its own waits.
+    if (s_tool_path ("kim-ceiling-curve", path, sizeof path)) {
+        char producers [16], messages [16], window [16], payload [16];
+        snprintf (producers, sizeof producers, "%u", opt->producers);
+        snprintf (messages, sizeof messages, "%u", opt->messages);
+        snprintf (window, sizeof window, "%u", opt->send_window);
+        snprintf (payload, sizeof payload, "%u", opt->payload);
+        char *curve_argv [] = { path, "--producers", producers, "--messages", messages,
+                                "--window", window, "--payload", payload, "--limit", "60",
+                                NULL };
+        if (s_run_tool (curve_argv, 90, line, sizeof line)
+        &&  s_json_number (line, "ack_rate", &ceil->curve_ack_rate)
+        &&  ceil->curve_ack_rate > 0) {
+            ceil->curve_ran = true;
+            s_json_number (line, "confirm_rate", &ceil->curve_confirm_rate);
+            s_json_number (line, "p50_us", &ceil->curve_p50_us);
+            s_json_number (line, "p99_us", &ceil->curve_p99_us);
+        }
+        else
+            fprintf (stderr, "ceiling: ZeroMQ+CURVE run failed\n");
+    }
+    else
+        fprintf (stderr, "ceiling: kim-ceiling-curve not found beside kim-bench "
+                 "(or KIM_CEILING_CURVE); skipped\n");
+
     if (s_tool_path ("kim-ceiling-lmdb", path, sizeof path)) {
         char folder [] = "/tmp/kim-ceiling-XXXXXX";
         if (mkdtemp (folder)) {
@@ -1185,6 +1213,9 @@ s_print_json (const options_t *opt, const result_t *r, const ceilings_t *ceil)
     if (s_streq (r->name, "W1") && ceil->zmq_ran && r->acked_per_s > 0)
         printf (",\"zmq_ack_rate\":%.0f,\"zmq_ratio\":%.3f", ceil->zmq_ack_rate,
                 r->acked_per_s / ceil->zmq_ack_rate);
+    if (s_streq (r->name, "W1") && ceil->curve_ran && r->acked_per_s > 0)
+        printf (",\"zmq_curve_ack_rate\":%.0f,\"zmq_curve_ratio\":%.3f", ceil->curve_ack_rate,
+                r->acked_per_s / ceil->curve_ack_rate);
     if (s_streq (r->name, "RSS")) {
         printf (",\"fill_marks\":[");
         for (int i = 0; i < KIM_BENCH_RSS_POINTS; i++)
@@ -1215,6 +1246,10 @@ s_print_ceilings_json (const ceilings_t *ceil)
         printf ("{\"workload\":\"ceiling_zmq\",\"ack_rate\":%.0f,\"confirm_rate\":%.0f,"
                 "\"p50_us\":%.1f,\"p99_us\":%.1f}\n", ceil->zmq_ack_rate,
                 ceil->zmq_confirm_rate, ceil->zmq_p50_us, ceil->zmq_p99_us);
+    if (ceil->curve_ran)
+        printf ("{\"workload\":\"ceiling_zmq_curve\",\"ack_rate\":%.0f,\"confirm_rate\":%.0f,"
+                "\"p50_us\":%.1f,\"p99_us\":%.1f}\n", ceil->curve_ack_rate,
+                ceil->curve_confirm_rate, ceil->curve_p50_us, ceil->curve_p99_us);
     if (ceil->lmdb_ran)
         printf ("{\"workload\":\"ceiling_lmdb\",\"batch\":256,\"records_per_s\":%.0f,"
                 "\"commit_us\":%.1f}\n", ceil->lmdb_rate, ceil->lmdb_commit_us);
@@ -1289,11 +1324,19 @@ s_print_table (const options_t *opt, const result_t results [], size_t count,
             printf ("      W1 / ZeroMQ ceiling: %.1f %% (acked %.0f / %.0f)\n",
                     100.0 * r->acked_per_s / ceil->zmq_ack_rate, r->acked_per_s,
                     ceil->zmq_ack_rate);
+        if (s_streq (r->name, "W1") && ceil->curve_ran && r->acked_per_s > 0)
+            printf ("      W1 / ZeroMQ+CURVE ceiling: %.1f %% (acked %.0f / %.0f)\n",
+                    100.0 * r->acked_per_s / ceil->curve_ack_rate, r->acked_per_s,
+                    ceil->curve_ack_rate);
     }
     if (ceil->zmq_ran)
         printf ("ceiling ZeroMQ forward (W1 shape): %.0f acked/s, %.0f confirmed/s, "
                 "p50 %.0f µs, p99 %.0f µs\n", ceil->zmq_ack_rate, ceil->zmq_confirm_rate,
                 ceil->zmq_p50_us, ceil->zmq_p99_us);
+    if (ceil->curve_ran)
+        printf ("ceiling ZeroMQ+CURVE forward (W1 shape): %.0f acked/s, %.0f confirmed/s, "
+                "p50 %.0f µs, p99 %.0f µs\n", ceil->curve_ack_rate, ceil->curve_confirm_rate,
+                ceil->curve_p50_us, ceil->curve_p99_us);
     if (ceil->lmdb_ran)
         printf ("ceiling LMDB append, sync per 256: %.0f records/s (%.0f µs per commit)\n",
                 ceil->lmdb_rate, ceil->lmdb_commit_us);
@@ -1318,7 +1361,8 @@ s_usage (void)
         "  RSS 1,000,000 undelivered 64-byte messages in one mailbox; broker RSS sampled\n"
         "  --sealed  seal payloads end to end as agencies do (default: plaintext, like the\n"
         "            peers the brief compares with)\n"
-        "  KIM_BROKER names the broker binary; KIM_CEILING_ZMQ/_LMDB the ceiling tools.\n");
+        "  KIM_BROKER names the broker binary; KIM_CEILING_ZMQ/_CURVE/_LMDB the ceiling\n"
+        "  tools (default: beside kim-bench).\n");
 }
 
 static bool
@@ -1447,7 +1491,8 @@ main (int argc, char *argv [])
     ceilings_t ceil = { 0 };
     if (opt.ceilings && (all || s_streq (opt.workload, "W1") || s_streq (opt.workload, "W3"))) {
         if (!opt.json)
-            printf ("running the ceilings (ZeroMQ forward, LMDB append)...\n");
+            printf ("running the ceilings (ZeroMQ forward, ZeroMQ+CURVE forward, "
+                    "LMDB append)...\n");
         fflush (stdout);
         s_ceilings (&opt, &ceil);
         s_print_ceilings_json (&ceil);
