@@ -1267,7 +1267,7 @@ s_seal_lookup (kim_client_t *self, const char *org)
     }
     if (rc) {
         char why [sizeof self->error];
-        snprintf (why, sizeof why, "%s", self->error);
+        kim_str_copy (why, sizeof why, self->error);
         s_set_error (self, "cannot get the sealing key of %s from the directory: %s", org, why);
     }
     return rc;

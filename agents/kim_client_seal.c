@@ -142,7 +142,7 @@ kim_seal_sign (kim_seal_t *self, kim_msg_t *msg, const char *org, const void *pa
 {
     //  What the broker will log, minus sig and rule: so the signature
     //  verifies against the logged header as it stands.
-    snprintf (msg->sender, sizeof msg->sender, "%s", org);
+    kim_str_copy (msg->sender, sizeof msg->sender, org);
     msg->payload_len = (uint32_t) size;
     msg->has_payload_hash = true;
     crypto_generichash (msg->payload_hash, KIM_HASH_SIZE, (const uint8_t *) payload, size, NULL, 0);

@@ -258,14 +258,14 @@ s_each_online (s_audit_t *self, s_record_fn *fn)
     char query_id [KIM_ID_MAX + 1];
     snprintf (query_id, sizeof query_id, "audit-%08x", randombytes_random ());
     kim_cmd_init (cmd, KIM_CMD_QUERY);
-    snprintf (cmd->query_id, sizeof cmd->query_id, "%s", query_id);
+    kim_str_copy (cmd->query_id, sizeof cmd->query_id, query_id);
     const kim_log_filter_t *f = &self->filter;
     cmd->from_seq = f->from_seq;
     cmd->to_seq = f->to_seq;
     cmd->from_time = f->from_time;
     cmd->to_time = f->to_time;
-    snprintf (cmd->case_id, sizeof cmd->case_id, "%s", f->case_id);
-    snprintf (cmd->org, sizeof cmd->org, "%s", f->org);
+    kim_str_copy (cmd->case_id, sizeof cmd->case_id, f->case_id);
+    kim_str_copy (cmd->org, sizeof cmd->org, f->org);
     cmd->type = kim_type_from_name (f->type);
     cmd->window = self->window;
     if ((rc = s_send (sock, cmd)) != 0) {
@@ -311,7 +311,7 @@ s_each_online (s_audit_t *self, s_record_fn *fn)
             if (!more)
                 break;
             kim_cmd_init (more, KIM_CMD_QUERY);
-            snprintf (more->query_id, sizeof more->query_id, "%s", query_id);
+            kim_str_copy (more->query_id, sizeof more->query_id, query_id);
             more->window = self->window - outstanding;
             rc = s_send (sock, more);
             free (more);
@@ -425,7 +425,7 @@ s_do_verify (s_audit_t *self)
     if (!self->sign_key && self->data)
         snprintf (path, sizeof path, "%s/" KIM_LOG_SIGN_PUBLIC, self->data);
     else
-        snprintf (path, sizeof path, "%s", self->sign_key? self->sign_key
+        kim_str_copy (path, sizeof path, self->sign_key? self->sign_key
                                            : KIM_DEFAULT_KEY_DIR "/broker.sign.pub");
     uint8_t public_key [32];
     char why [4400];
@@ -521,7 +521,7 @@ s_case_record (s_audit_t *self, const kim_log_record_t *record)
                 snprintf (who, sizeof who, "?");
             if (!S_STR ("type", a))
                 snprintf (a, sizeof a, "?");
-            snprintf (what, sizeof what, "%s", a);
+            kim_str_copy (what, sizeof what, a);
             if (S_STR ("recipient", b))
                 snprintf (what + strlen (what), sizeof what - strlen (what), " to %s", b);
             if (S_STR ("referral_id", c))
@@ -550,9 +550,9 @@ s_case_record (s_audit_t *self, const kim_log_record_t *record)
         default: {
             const char *kind = kim_log_kind_name (record->kind);
             snprintf (who, sizeof who, "(broker)");
-            snprintf (what, sizeof what, "%s", kind? kind: "record");
+            kim_str_copy (what, sizeof what, kind? kind: "record");
             if (S_STR ("reason", a))
-                snprintf (state, sizeof state, "%s", a);
+                kim_str_copy (state, sizeof state, a);
         }
     }
 #undef S_STR
@@ -676,19 +676,19 @@ kim_cmd_audit (int argc, char *argv [])
         if (kim_cli_args_is (&args, "--case")) {
             if (!kim_id_valid (value))
                 return kim_cli_usage_error (self->cmd, "--case: '%s' is not an id", value);
-            snprintf (f->case_id, sizeof f->case_id, "%s", value);
+            kim_str_copy (f->case_id, sizeof f->case_id, value);
         }
         else
         if (kim_cli_args_is (&args, "--org")) {
             if (!kim_org_valid (value))
                 return kim_cli_usage_error (self->cmd, "--org: '%s' is not an org id", value);
-            snprintf (f->org, sizeof f->org, "%s", value);
+            kim_str_copy (f->org, sizeof f->org, value);
         }
         else
         if (kim_cli_args_is (&args, "--type")) {
             f->kind = kim_log_kind_from_name (value);
             if (kim_type_from_name (value) != KIM_TYPE_NONE) {
-                snprintf (f->type, sizeof f->type, "%s", value);
+                kim_str_copy (f->type, sizeof f->type, value);
                 f->kind = KIM_LOG_MESSAGE;
             }
             else
@@ -725,7 +725,7 @@ kim_cmd_audit (int argc, char *argv [])
     if (streq (self->action, "case")) {
         if (!self->case_id || !kim_id_valid (self->case_id))
             return kim_cli_usage_error (self->cmd, "case needs a case id: kim audit case ID");
-        snprintf (f->case_id, sizeof f->case_id, "%s", self->case_id);
+        kim_str_copy (f->case_id, sizeof f->case_id, self->case_id);
         rc = s_do_case (self);
     }
     else

@@ -64,13 +64,13 @@ s_lookup (void *arg, const char *id, kim_consent_t *consent)
         return -KIM_E_NOT_FOUND;
     //  A consent made to measure: it covers exactly this transfer.
     memset (consent, 0, sizeof *consent);
-    snprintf (consent->id, sizeof consent->id, "%s", id);
-    snprintf (consent->subject, sizeof consent->subject, "%s", registry->msg->subject);
+    kim_str_copy (consent->id, sizeof consent->id, id);
+    kim_str_copy (consent->subject, sizeof consent->subject, registry->msg->subject);
     snprintf (consent->granted_by, sizeof consent->granted_by, "(assumed)");
     consent->recipient_count = 1;
-    snprintf (consent->recipients [0], sizeof consent->recipients [0], "%s", registry->recipient);
+    kim_str_copy (consent->recipients [0], sizeof consent->recipients [0], registry->recipient);
     consent->purpose_count = 1;
-    snprintf (consent->purposes [0], sizeof consent->purposes [0], "%s", registry->msg->purpose);
+    kim_str_copy (consent->purposes [0], sizeof consent->purposes [0], registry->msg->purpose);
     consent->categories = registry->msg->categories;
     consent->explicit_art9 = true;
     consent->valid_until = UINT64_MAX;
@@ -116,7 +116,7 @@ static int
 s_categories (const char *list, uint32_t *bits)
 {
     char copy [256];
-    snprintf (copy, sizeof copy, "%s", list);
+    kim_str_copy (copy, sizeof copy, list);
     for (char *item = strtok (copy, ", "); item; item = strtok (NULL, ", ")) {
         uint32_t bit = 1;
         for (; bit <= KIM_CAT_RESIDENCE_STATUS; bit <<= 1)
@@ -256,10 +256,10 @@ s_check (const char *cmd, int argc, char *argv [])
                                   kim_strerror (rc? rc: KIM_E_BAD_VALUE), error.path);
         }
         kim_consent_t *consent = &registry.consent;
-        snprintf (consent->id, sizeof consent->id, "%s", grant->grant_id);
-        snprintf (consent->subject, sizeof consent->subject, "%s", grant->subject);
-        snprintf (consent->case_id, sizeof consent->case_id, "%s", grant->case_id);
-        snprintf (consent->granted_by, sizeof consent->granted_by, "%s", grant->sender);
+        kim_str_copy (consent->id, sizeof consent->id, grant->grant_id);
+        kim_str_copy (consent->subject, sizeof consent->subject, grant->subject);
+        kim_str_copy (consent->case_id, sizeof consent->case_id, grant->case_id);
+        kim_str_copy (consent->granted_by, sizeof consent->granted_by, grant->sender);
         consent->recipient_count = grant->recipient_count;
         memcpy (consent->recipients, grant->recipients, sizeof consent->recipients);
         consent->purpose_count = grant->purpose_count;

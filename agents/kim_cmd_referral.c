@@ -114,11 +114,11 @@ kim_cmd_referral (int argc, char *argv [])
     kim_cmd_init (request, KIM_CMD_REFERRAL_QUERY);
     snprintf (request->query_id, sizeof request->query_id, "rq-%d", (int) getpid ());
     if (id)
-        snprintf (request->referral_id, sizeof request->referral_id, "%s", id);
+        kim_str_copy (request->referral_id, sizeof request->referral_id, id);
     if (org)
-        snprintf (request->org, sizeof request->org, "%s", org);
+        kim_str_copy (request->org, sizeof request->org, org);
     if (case_id)
-        snprintf (request->case_id, sizeof request->case_id, "%s", case_id);
+        kim_str_copy (request->case_id, sizeof request->case_id, case_id);
     int exit_code = KIM_EXIT_OK;
     int rc = kim_client_request (client, request, reply, conn.timeout_ms);
     if (rc) {

@@ -84,9 +84,9 @@ kim_cmd_subject (int argc, char *argv [])
     snprintf (msg->msg_id, sizeof msg->msg_id, "%s-%s", report? "report": "erase",
               uuid? zuuid_str_canonical (uuid): "x");
     zuuid_destroy (&uuid);
-    snprintf (msg->subject, sizeof msg->subject, "%s", subject);
+    kim_str_copy (msg->subject, sizeof msg->subject, subject);
     if (case_id)
-        snprintf (msg->case_id, sizeof msg->case_id, "%s", case_id);
+        kim_str_copy (msg->case_id, sizeof msg->case_id, case_id);
 
     kim_client_t *client = kim_cli_connect (cmd, &conn, report? 16: 0);
     if (!client) {

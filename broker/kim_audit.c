@@ -93,7 +93,7 @@ s_write_file (const char *path, const char *text, mode_t mode)
         return -1;
     }
     char dir [PATH_MAX];
-    snprintf (dir, sizeof dir, "%s", path);
+    kim_str_copy (dir, sizeof dir, path);
     char *slash = strrchr (dir, '/');
     if (slash)
         *slash = 0;
@@ -253,9 +253,9 @@ s_reject (kim_ctx_t *ctx, const kim_peer_t *peer, const char *query_id, int code
         return;
     kim_cmd_init (reply, KIM_CMD_REJECT);
     reply->code = code;
-    snprintf (reply->msg_id, sizeof reply->msg_id, "%s", query_id);
-    snprintf (reply->path, sizeof reply->path, "%s", path? path: "");
-    snprintf (reply->text, sizeof reply->text, "%s", text);
+    kim_str_copy (reply->msg_id, sizeof reply->msg_id, query_id);
+    kim_str_copy (reply->path, sizeof reply->path, path? path: "");
+    kim_str_copy (reply->text, sizeof reply->text, text);
     kim_ctx_send (ctx, peer->rid, peer->rid_size, reply);
     free (reply);
 }
@@ -265,7 +265,7 @@ s_query_end (s_audit_t *self, kim_ctx_t *ctx, size_t index, int code)
 {
     s_query_t *query = self->queries [index];
     kim_cmd_init (&self->out, KIM_CMD_QUERY_END);
-    snprintf (self->out.query_id, sizeof self->out.query_id, "%s", query->query_id);
+    kim_str_copy (self->out.query_id, sizeof self->out.query_id, query->query_id);
     self->out.count = query->count;
     self->out.code = code;
     kim_ctx_send (ctx, query->rid, query->rid_size, &self->out);
@@ -290,7 +290,7 @@ s_pump (s_audit_t *self, kim_ctx_t *ctx, size_t index)
     int code = 0;
     kim_cmd_t *out = &self->out;
     kim_cmd_init (out, KIM_CMD_RECORD);
-    snprintf (out->query_id, sizeof out->query_id, "%s", query->query_id);
+    kim_str_copy (out->query_id, sizeof out->query_id, query->query_id);
     for (size_t scanned = 0; query->credit && query->next_seq <= query->end_seq
                              && scanned < KIM_AUDIT_SCAN_MAX; scanned++) {
         kim_record_t record;
@@ -413,19 +413,19 @@ s_command (void *state, kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t 
         s_reject (ctx, peer, cmd->query_id, KIM_E_BUSY, NULL, "out of memory");
         return 0;
     }
-    snprintf (query->query_id, sizeof query->query_id, "%s", cmd->query_id);
+    kim_str_copy (query->query_id, sizeof query->query_id, cmd->query_id);
     memcpy (query->rid, peer->rid, peer->rid_size);
     query->rid_size = peer->rid_size;
-    snprintf (query->reader, sizeof query->reader, "%s", peer->org->id);
+    kim_str_copy (query->reader, sizeof query->reader, peer->org->id);
     kim_log_filter_t *f = &query->filter;
     f->from_seq = cmd->from_seq;
     f->to_seq = cmd->to_seq;
     f->from_time = cmd->from_time;
     f->to_time = cmd->to_time;
-    snprintf (f->case_id, sizeof f->case_id, "%s", cmd->case_id);
-    snprintf (f->org, sizeof f->org, "%s", cmd->org);
+    kim_str_copy (f->case_id, sizeof f->case_id, cmd->case_id);
+    kim_str_copy (f->org, sizeof f->org, cmd->org);
     if (cmd->type != KIM_TYPE_NONE)
-        snprintf (f->type, sizeof f->type, "%s", kim_type_name (cmd->type));
+        kim_str_copy (f->type, sizeof f->type, kim_type_name (cmd->type));
     query->credit = cmd->window;
     query->next_seq = cmd->from_seq? cmd->from_seq: 1;
     query->last_active_ms = kim_ctx_now (ctx);

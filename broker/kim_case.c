@@ -79,7 +79,7 @@ static int
 s_refuse (kim_verdict_t *verdict, int code, const char *path, const char *format, ...)
 {
     verdict->code = code;
-    snprintf (verdict->path, sizeof verdict->path, "%s", path? path: "");
+    kim_str_copy (verdict->path, sizeof verdict->path, path? path: "");
     snprintf (verdict->rule, sizeof verdict->rule, "lifecycle");
     va_list args;
     va_start (args, format);
@@ -154,7 +154,7 @@ s_hand_over (kim_ctx_t *ctx, kim_case_t *kcase, const char *to, uint64_t seq)
 {
     kim_store_t *store = kim_ctx_store (ctx);
     char from [KIM_ORG_MAX + 1];
-    snprintf (from, sizeof from, "%s", kcase->lead);
+    kim_str_copy (from, sizeof from, kcase->lead);
     //  The offer's log record lists the referrals handed over.
     kim_msg_t *offer = (kim_msg_t *) calloc (1, sizeof (kim_msg_t));
     if (!offer)
@@ -178,7 +178,7 @@ s_hand_over (kim_ctx_t *ctx, kim_case_t *kcase, const char *to, uint64_t seq)
         }
         if (rc || !kim_lc_state_open (referral.state) || !streq (referral.sender, from))
             continue;
-        snprintf (referral.sender, sizeof referral.sender, "%s", to);
+        kim_str_copy (referral.sender, sizeof referral.sender, to);
         referral.last_seq = seq;
         rc = kim_lc_referral_put (store, &referral);
         char json [512];
@@ -190,7 +190,7 @@ s_hand_over (kim_ctx_t *ctx, kim_case_t *kcase, const char *to, uint64_t seq)
             rc = kim_lc_record (ctx, json);
     }
     free (offer);
-    snprintf (kcase->lead, sizeof kcase->lead, "%s", to);
+    kim_str_copy (kcase->lead, sizeof kcase->lead, to);
     kcase->offer_msg_id [0] = kcase->offer_to [0] = 0;
     kcase->offer_seq = 0;
     char json [512];
@@ -264,8 +264,8 @@ kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
             return 0;
         memset (&kcase, 0, sizeof kcase);
         kcase.version = S_CASE_VERSION;
-        snprintf (kcase.id, sizeof kcase.id, "%s", case_id);
-        snprintf (kcase.lead, sizeof kcase.lead, "%s", msg->sender);
+        kim_str_copy (kcase.id, sizeof kcase.id, case_id);
+        kim_str_copy (kcase.lead, sizeof kcase.lead, msg->sender);
         kcase.created_seq = route->seq;
         s_participant_add (&kcase, msg->sender);
         //  No state record: the message that opens the case shows it.
@@ -281,8 +281,8 @@ kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     if (type == KIM_TYPE_FORWARD)
         s_participant_add (&kcase, msg->org);
     if (type == KIM_TYPE_HANDOVER_OFFER) {
-        snprintf (kcase.offer_msg_id, sizeof kcase.offer_msg_id, "%s", msg->msg_id);
-        snprintf (kcase.offer_to, sizeof kcase.offer_to, "%s", msg->recipient);
+        kim_str_copy (kcase.offer_msg_id, sizeof kcase.offer_msg_id, msg->msg_id);
+        kim_str_copy (kcase.offer_to, sizeof kcase.offer_to, msg->recipient);
         kcase.offer_seq = route->seq;
     }
     else
@@ -426,7 +426,7 @@ s_sub_write (void *arg, kim_ctx_t *ctx)
     kim_sub_t sub;
     memset (&sub, 0, sizeof sub);
     sub.version = S_SUB_VERSION;
-    snprintf (sub.case_id, sizeof sub.case_id, "%s", cmd->case_id);
+    kim_str_copy (sub.case_id, sizeof sub.case_id, cmd->case_id);
     sub.type_count = (uint32_t) cmd->type_count;
     for (size_t i = 0; i < cmd->type_count && i < KIM_LIST_MAX; i++)
         sub.types [i] = (uint32_t) cmd->types [i];
@@ -552,7 +552,7 @@ s_referral_query (kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t *cmd,
         return s_refuse (verdict, KIM_E_BUSY, NULL, "out of memory");
     }
     kim_cmd_init (reply, KIM_CMD_REFERRAL_INFO);
-    snprintf (reply->query_id, sizeof reply->query_id, "%s", cmd->query_id);
+    kim_str_copy (reply->query_id, sizeof reply->query_id, cmd->query_id);
     reply->count = arg.count;
     reply->body = arg.body.data? arg.body.data: (const uint8_t *) "";
     reply->body_size = arg.body.size;
@@ -580,7 +580,7 @@ kim_lc_command (void *state, kim_ctx_t *ctx, const kim_peer_t *peer, const kim_c
                          kim_strerror (rc));
     kim_cmd_t reply;
     kim_cmd_init (&reply, KIM_CMD_RECEIPT);
-    snprintf (reply.msg_id, sizeof reply.msg_id, "%s", cmd->sub_id);
+    kim_str_copy (reply.msg_id, sizeof reply.msg_id, cmd->sub_id);
     reply.seq = kim_store_head (kim_ctx_store (ctx));
     kim_ctx_send (ctx, peer->rid, peer->rid_size, &reply);
     zsys_info ("lifecycle: %s %s %s", peer->org->id,

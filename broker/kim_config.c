@@ -43,9 +43,9 @@ static void
 s_defaults (kim_config_t *self)
 {
     snprintf (self->name, sizeof self->name, "kim.local");
-    snprintf (self->data, sizeof self->data, "%s", KIM_DEFAULT_DATA);
+    kim_str_copy (self->data, sizeof self->data, KIM_DEFAULT_DATA);
     self->endpoint_count = 1;
-    snprintf (self->endpoints [0], sizeof self->endpoints [0], "%s", KIM_DEFAULT_ENDPOINT);
+    kim_str_copy (self->endpoints [0], sizeof self->endpoints [0], KIM_DEFAULT_ENDPOINT);
 #define KIM_X_DEFAULT(field, path, min, max, def, scale) self->field = (uint64_t) (def) * (scale);
     KIM_SETTINGS (KIM_X_DEFAULT)
 #undef KIM_X_DEFAULT
@@ -249,7 +249,7 @@ s_parse_org (kim_config_t *self, zconfig_t *node, char *error, size_t error_size
                      "(see `kim keygen --sign`)", id);
         return -1;
     }
-    snprintf (org->sign_key, sizeof org->sign_key, "%s", sign_key);
+    kim_str_copy (org->sign_key, sizeof org->sign_key, sign_key);
     if (s_parse_bool (revoked, &org->revoked)) {
         s_set_error (error, error_size, "orgs/%s/revoked: must be 0 or 1", id);
         return -1;
@@ -402,7 +402,7 @@ kim_config_load (const char *path, char *error, size_t error_size, int *err)
     kim_config_t *self = s_from_zconfig (root, error, error_size, err);
     if (self) {
         self->tree = root;
-        snprintf (self->path, sizeof self->path, "%s", path);
+        kim_str_copy (self->path, sizeof self->path, path);
     }
     else
         zconfig_destroy (&root);

@@ -137,7 +137,7 @@ s_check_lead (kim_ctx_t *ctx, const char *case_id, const char *sender, const cha
     if (rc == -KIM_E_UNKNOWN_CASE || rc == -KIM_E_NOT_FOUND) {
         if (!granted_by || streq (granted_by, sender))
             return 0;
-        snprintf (lead, sizeof lead, "%s", granted_by);
+        kim_str_copy (lead, sizeof lead, granted_by);
     }
     else
     if (rc)
@@ -155,7 +155,7 @@ static int
 s_refuse (kim_verdict_t *verdict, int code, const char *path, const char *format, ...)
 {
     verdict->code = code;
-    snprintf (verdict->path, sizeof verdict->path, "%s", path);
+    kim_str_copy (verdict->path, sizeof verdict->path, path);
     va_list args;
     va_start (args, format);
     vsnprintf (verdict->text, sizeof verdict->text, format, args);
@@ -187,10 +187,10 @@ s_grant_applied (kim_ctx_t *ctx, kim_route_t *route)
     const kim_msg_t *msg = route->msg;
     kim_consent_t consent;
     memset (&consent, 0, sizeof consent);
-    snprintf (consent.id, sizeof consent.id, "%s", msg->grant_id);
-    snprintf (consent.subject, sizeof consent.subject, "%s", msg->subject);
-    snprintf (consent.case_id, sizeof consent.case_id, "%s", msg->case_id);
-    snprintf (consent.granted_by, sizeof consent.granted_by, "%s", msg->sender);
+    kim_str_copy (consent.id, sizeof consent.id, msg->grant_id);
+    kim_str_copy (consent.subject, sizeof consent.subject, msg->subject);
+    kim_str_copy (consent.case_id, sizeof consent.case_id, msg->case_id);
+    kim_str_copy (consent.granted_by, sizeof consent.granted_by, msg->sender);
     consent.recipient_count = msg->recipient_count;
     memcpy (consent.recipients, msg->recipients, sizeof consent.recipients);
     consent.purpose_count = msg->purpose_count;
@@ -275,8 +275,8 @@ s_revoke_applied (kim_ctx_t *ctx, kim_route_t *route)
         kim_msg_t notice;
         kim_msg_init (&notice);
         notice.type = KIM_TYPE_CONSENT_REVOKE;
-        snprintf (notice.grant_id, sizeof notice.grant_id, "%s", consent.id);
-        snprintf (notice.case_id, sizeof notice.case_id, "%s", consent.case_id);
+        kim_str_copy (notice.grant_id, sizeof notice.grant_id, consent.id);
+        kim_str_copy (notice.case_id, sizeof notice.case_id, consent.case_id);
         rc = kim_ctx_emit (ctx, &notice, orgs [i], NULL);
     }
     zsys_info ("consent: %s revoked by %s: %d referrals suspended, %zu earlier recipients told",
@@ -362,7 +362,7 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
     if (decision.code == 0) {
         //  A test policy's unchecked rule decided nothing: it claims no rule.
         if (!decision.unchecked)
-            snprintf (msg->rule, sizeof msg->rule, "%s", decision.rule);
+            kim_str_copy (msg->rule, sizeof msg->rule, decision.rule);
         self->allowed = true;
         return 0;
     }
@@ -374,7 +374,7 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
     const char *path = decision.code == KIM_E_POLICY_DENY? "hdr.recipient"
                      : decision.code == KIM_E_NO_BASIS? "hdr.legal_basis"
                      : "hdr.legal_basis.consent_id";
-    snprintf (verdict->rule, sizeof verdict->rule, "%s", decision.rule);
+    kim_str_copy (verdict->rule, sizeof verdict->rule, decision.rule);
     return s_refuse (verdict, decision.code, path, "%s", decision.text);
 }
 

@@ -96,7 +96,7 @@ s_check (void *state, kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict
     zsys_warning ("directory: refused %s from %s: %s", msg->msg_id, sender->id, why);
     verdict->code = KIM_E_BAD_SIGNATURE;
     snprintf (verdict->path, sizeof verdict->path, "hdr.sig");
-    snprintf (verdict->text, sizeof verdict->text, "%s", why);
+    kim_str_copy (verdict->text, sizeof verdict->text, why);
     return -KIM_E_BAD_SIGNATURE;
 }
 
@@ -107,12 +107,12 @@ static void
 s_entry_from_org (kim_dir_entry_t *entry, const kim_org_t *org)
 {
     memset (entry, 0, sizeof *entry);
-    snprintf (entry->id, sizeof entry->id, "%s", org->id);
-    snprintf (entry->name, sizeof entry->name, "%s", org->name);
-    snprintf (entry->type, sizeof entry->type, "%s", org->type);
+    kim_str_copy (entry->id, sizeof entry->id, org->id);
+    kim_str_copy (entry->name, sizeof entry->name, org->name);
+    kim_str_copy (entry->type, sizeof entry->type, org->type);
     entry->public_body = org->public_body;
-    snprintf (entry->public_key, sizeof entry->public_key, "%s", org->public_key);
-    snprintf (entry->sign_key, sizeof entry->sign_key, "%s", org->sign_key);
+    kim_str_copy (entry->public_key, sizeof entry->public_key, org->public_key);
+    kim_str_copy (entry->sign_key, sizeof entry->sign_key, org->sign_key);
 }
 
 //  Agencies are the organisations one seals to; revoked keys are left out

@@ -7,6 +7,9 @@
     the log (referral states, consents, subscriptions) therefore changes it
     atomically with the log, and a batch that is replayed after a map growth
     replays the hooks too, so hooks keep no in-memory effects until `committed`.
+    The recipient's mailbox entry is written after every `applied`, so that
+    a hook may put its own entry for the recipient first (a header-only
+    copy) and leave a note with the mail.
 
     Hooks may emit broker-made messages (REMINDER, DELIVERED, notices to
     earlier recipients...) through kim_ctx_emit(): they are appended to the
@@ -42,6 +45,9 @@ typedef struct {
     kim_msg_t *msg;                         //  hooks may set broker-made fields
     uint64_t seq;                           //  set before `applied` is called
     size_t payload_size;
+    //  `applied` may leave a note with the recipient's mail (the referral
+    //  id): `acked` gets it back without reading the record again.
+    char note [KIM_MAILBOX_NOTE_MAX + 1];
 } kim_route_t;
 
 //  Who sent a command, and where answers go. Borrowed for the call: copy
@@ -65,8 +71,10 @@ typedef struct {
     int (*check) (void *state, kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict);
     //  The message has its seq, in the same transaction: update state, emit.
     int (*applied) (void *state, kim_ctx_t *ctx, kim_route_t *route);
-    //  `org` acknowledged the delivery of record `seq` (in the batch's transaction).
-    int (*acked) (void *state, kim_ctx_t *ctx, const kim_org_t *org, uint64_t seq);
+    //  `org` acknowledged the delivery of record `seq` (in the batch's
+    //  transaction); `note` is what `applied` left with the mail, or "".
+    int (*acked) (void *state, kim_ctx_t *ctx, const kim_org_t *org, uint64_t seq,
+                  const char *note);
     //  Called about every 200 ms inside a write transaction: timers, retention.
     int (*tick) (void *state, kim_ctx_t *ctx);
     //  The batch is durable: in-memory caches may follow now.

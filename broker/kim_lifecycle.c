@@ -218,7 +218,7 @@ static int
 s_refuse (kim_verdict_t *verdict, int code, const char *path, const char *format, ...)
 {
     verdict->code = code;
-    snprintf (verdict->path, sizeof verdict->path, "%s", path? path: "");
+    kim_str_copy (verdict->path, sizeof verdict->path, path? path: "");
     snprintf (verdict->rule, sizeof verdict->rule, "lifecycle");
     va_list args;
     va_start (args, format);
@@ -368,15 +368,15 @@ s_open (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, const char 
     memset (&referral, 0, sizeof referral);
     referral.version = S_REFERRAL_VERSION;
     referral.state = KIM_REFERRAL_NONE;
-    snprintf (referral.id, sizeof referral.id, "%s", id);
-    snprintf (referral.msg_id, sizeof referral.msg_id, "%s", msg->msg_id);
-    snprintf (referral.sender, sizeof referral.sender, "%s", msg->sender);
-    snprintf (referral.recipient, sizeof referral.recipient, "%s", recipient);
-    snprintf (referral.case_id, sizeof referral.case_id, "%s", case_id);
-    snprintf (referral.parent, sizeof referral.parent, "%s", parent);
-    snprintf (referral.purpose, sizeof referral.purpose, "%s", msg->purpose);
+    kim_str_copy (referral.id, sizeof referral.id, id);
+    kim_str_copy (referral.msg_id, sizeof referral.msg_id, msg->msg_id);
+    kim_str_copy (referral.sender, sizeof referral.sender, msg->sender);
+    kim_str_copy (referral.recipient, sizeof referral.recipient, recipient);
+    kim_str_copy (referral.case_id, sizeof referral.case_id, case_id);
+    kim_str_copy (referral.parent, sizeof referral.parent, parent);
+    kim_str_copy (referral.purpose, sizeof referral.purpose, msg->purpose);
     if (msg->basis == KIM_BASIS_CONSENT)
-        snprintf (referral.consent_id, sizeof referral.consent_id, "%s", msg->consent_id);
+        kim_str_copy (referral.consent_id, sizeof referral.consent_id, msg->consent_id);
     referral.deadline = s_deadline (self, ctx, msg);
     referral.created_seq = referral.last_seq = seq;
     referral.state = KIM_REFERRAL_SENT;
@@ -394,18 +394,21 @@ s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
     kim_lifecycle_t *self = (kim_lifecycle_t *) state;
     const kim_msg_t *msg = route->msg;
     char case_id [KIM_ID_MAX + 1];
-    snprintf (case_id, sizeof case_id, "%s", msg->case_id);
+    kim_str_copy (case_id, sizeof case_id, msg->case_id);
     int rc = 0;
-    if (msg->type == KIM_TYPE_REFERRAL)
+    if (msg->type == KIM_TYPE_REFERRAL) {
         rc = s_open (self, ctx, msg, msg->referral_id, msg->recipient, msg->case_id, "",
                      route->seq);
+        //  The recipient's ack of this mail makes the referral DELIVERED.
+        memcpy (route->note, msg->referral_id, sizeof route->note);
+    }
     else
     if (kim_type_flags (msg->type) & KIM_MSG_REFERRAL_ANSWER) {
         kim_referral_t referral;
         rc = kim_lc_referral_get (kim_ctx_store (ctx), msg->referral_id, &referral);
         if (rc)
             return rc;             //  check saw it: a failure here is the store's
-        snprintf (case_id, sizeof case_id, "%s", referral.case_id);
+        kim_str_copy (case_id, sizeof case_id, referral.case_id);
         const s_move_t *move = s_move (msg->type);
         uint32_t to = move && move->to? move->to: referral.state;
         if (to != referral.state)
@@ -421,12 +424,11 @@ s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
             //  the original sender learns of the forward from the header.
             if (rc == 0)
                 rc = kim_ctx_deliver_payload (ctx, msg->org, route->seq);
-            if (rc == 0 && msg->recipient [0]) {
-                rc = kim_store_mailbox_del (kim_ctx_store (ctx), msg->recipient, route->seq);
-                if (rc == 0)
-                    rc = kim_store_mailbox_put_copy (kim_ctx_store (ctx), msg->recipient,
-                                                     route->seq);
-            }
+            //  Put before the server puts the recipient's full entry, which
+            //  then finds this one and leaves it.
+            if (rc == 0 && msg->recipient [0])
+                rc = kim_store_mailbox_put_copy (kim_ctx_store (ctx), msg->recipient,
+                                                 route->seq);
         }
     }
     if (rc == 0)
@@ -437,10 +439,17 @@ s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
 //  --------------------------------------------------------------------------
 //  acked: a recipient has the referral -> DELIVERED, and its sender is told.
 
+//  The referral that an ack of record `seq` by `org` delivers, if any:
+//  the mail's note names it; mail without one (a FORWARD's, or put by an
+//  older broker) is read back.
 static int
-s_acked (void *state, kim_ctx_t *ctx, const kim_org_t *org, uint64_t seq)
+s_acked_referral (kim_store_t *store, const kim_org_t *org, uint64_t seq, const char *note,
+                  char *id)
 {
-    kim_store_t *store = kim_ctx_store (ctx);
+    if (note && note [0]) {
+        memcpy (id, note, KIM_ID_MAX + 1);
+        return 1;
+    }
     kim_record_t record;
     int rc = kim_store_read (store, seq, &record);
     if (rc || record.kind != KIM_RECORD_MESSAGE)
@@ -449,24 +458,34 @@ s_acked (void *state, kim_ctx_t *ctx, const kim_org_t *org, uint64_t seq)
     kim_decode_error_t error;
     if (kim_msg_decode (&msg, record.body, record.body_size, &error))
         return 0;
-    const char *id = NULL;
     if (msg.type == KIM_TYPE_REFERRAL && streq (org->id, msg.recipient))
-        id = msg.referral_id;
+        memcpy (id, msg.referral_id, KIM_ID_MAX + 1);
     else
     if (msg.type == KIM_TYPE_FORWARD && streq (org->id, msg.org))
-        id = msg.msg_id;
-    if (!id)
+        memcpy (id, msg.msg_id, KIM_ID_MAX + 1);
+    else
         return 0;
+    return 1;
+}
+
+static int
+s_acked (void *state, kim_ctx_t *ctx, const kim_org_t *org, uint64_t seq, const char *note)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    char id [KIM_ID_MAX + 1];
+    int rc = s_acked_referral (store, org, seq, note, id);
+    if (rc <= 0)
+        return rc;
     kim_referral_t referral;
     rc = kim_lc_referral_get (store, id, &referral);
-    if (rc || referral.state != KIM_REFERRAL_SENT)
+    if (rc || referral.state != KIM_REFERRAL_SENT || !streq (referral.recipient, org->id))
         return rc == -KIM_E_NOT_FOUND? 0: rc;
     kim_msg_t notice;
     kim_msg_init (&notice);
     notice.type = KIM_TYPE_DELIVERED;
-    snprintf (notice.referral_id, sizeof notice.referral_id, "%s", referral.id);
-    snprintf (notice.ref_msg_id, sizeof notice.ref_msg_id, "%s", referral.msg_id);
-    snprintf (notice.case_id, sizeof notice.case_id, "%s", referral.case_id);
+    kim_str_copy (notice.referral_id, sizeof notice.referral_id, referral.id);
+    kim_str_copy (notice.ref_msg_id, sizeof notice.ref_msg_id, referral.msg_id);
+    kim_str_copy (notice.case_id, sizeof notice.case_id, referral.case_id);
     rc = kim_ctx_emit (ctx, &notice, referral.sender, NULL);
     if (rc == 0)
         rc = kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_DELIVERED, seq);
@@ -491,9 +510,9 @@ s_notify (kim_ctx_t *ctx, const kim_referral_t *referral, kim_type_t type, const
     kim_msg_t notice;
     kim_msg_init (&notice);
     notice.type = type;
-    snprintf (notice.referral_id, sizeof notice.referral_id, "%s", referral->id);
-    snprintf (notice.ref_msg_id, sizeof notice.ref_msg_id, "%s", referral->msg_id);
-    snprintf (notice.case_id, sizeof notice.case_id, "%s", referral->case_id);
+    kim_str_copy (notice.referral_id, sizeof notice.referral_id, referral->id);
+    kim_str_copy (notice.ref_msg_id, sizeof notice.ref_msg_id, referral->msg_id);
+    kim_str_copy (notice.case_id, sizeof notice.case_id, referral->case_id);
     notice.deadline = referral->deadline;
     return kim_ctx_emit (ctx, &notice, to, NULL);
 }

@@ -117,6 +117,7 @@ struct _kim_server_t {
     kim_buf_t hdr_buf;              //  canonical header scratch
     kim_cmd_t reply;                //  reply scratch
     kim_cmd_t receipt;              //  RECEIPT, prepared once
+    uint8_t empty_hash [KIM_HASH_SIZE];     //  of an empty payload: broker-made messages
     uint64_t started_ms;
     uint64_t last_dedup_expire_ms;
     uint64_t last_stats_ms;
@@ -206,9 +207,9 @@ s_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
     }
     reply->code = code;
     if (msg_id)
-        snprintf (reply->msg_id, sizeof reply->msg_id, "%s", msg_id);
+        kim_str_copy (reply->msg_id, sizeof reply->msg_id, msg_id);
     if (path)
-        snprintf (reply->path, sizeof reply->path, "%s", path);
+        kim_str_copy (reply->path, sizeof reply->path, path);
     if (format) {
         va_list args;
         va_start (args, format);
@@ -216,7 +217,7 @@ s_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
         va_end (args);
     }
     else
-        snprintf (reply->text, sizeof reply->text, "%s", kim_strerror (code));
+        kim_str_copy (reply->text, sizeof reply->text, kim_strerror (code));
     self->rejected++;
     s_send_cmd (self, rid, rid_size, reply);
 }
@@ -313,7 +314,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
         s_reject (self, rid, rid_size, KIM_E_BUSY, NULL, NULL, "out of memory");
         return;
     }
-    snprintf (session->key, sizeof session->key, "%s", key);
+    kim_str_copy (session->key, sizeof session->key, key);
     memcpy (session->rid, rid, rid_size);
     session->rid_size = rid_size;
     session->org = state;
@@ -324,7 +325,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
         session->window = 0;
     session->last_seen_ms = session->refilled_ms = s_mono ();
     session->tokens = (double) self->config->rate_burst;
-    snprintf (session->agent, sizeof session->agent, "%s", cmd->agent);
+    kim_str_copy (session->agent, sizeof session->agent, cmd->agent);
     zhashx_insert (self->sessions, key, session);
 
     if (session->window > 0) {
@@ -337,8 +338,8 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     kim_cmd_t *reply = &self->reply;
     kim_cmd_init (reply, KIM_CMD_WELCOME);
     reply->version = KIM_PROTOCOL_VERSION;
-    snprintf (reply->org, sizeof reply->org, "%s", state->org->id);
-    snprintf (reply->broker, sizeof reply->broker, "%s", self->config->name);
+    kim_str_copy (reply->org, sizeof reply->org, state->org->id);
+    kim_str_copy (reply->broker, sizeof reply->broker, self->config->name);
     reply->heartbeat_ms = self->config->heartbeat_ms;
     reply->max_payload = self->config->max_payload;
     reply->window = session->window;
@@ -514,14 +515,14 @@ kim_ctx_org (kim_ctx_t *ctx, const char *id)
 }
 
 static int
-s_mailbox_add (kim_server_t *self, const char *org, uint64_t seq, bool copy)
+s_mailbox_add (kim_server_t *self, const char *org, uint64_t seq, bool copy, const char *note)
 {
     org_state_t *state = (org_state_t *) zhashx_lookup (self->orgs, org);
     if (!state)
         return -KIM_E_UNKNOWN_RECIPIENT;
     int rc = copy
         ? kim_store_mailbox_put_copy (self->store, org, seq)
-        : kim_store_mailbox_put (self->store, org, seq);
+        : kim_store_mailbox_put_note (self->store, org, seq, note);
     if (rc == 0)
         s_touch (self, state);
     return rc;
@@ -530,13 +531,13 @@ s_mailbox_add (kim_server_t *self, const char *org, uint64_t seq, bool copy)
 int
 kim_ctx_deliver_also (kim_ctx_t *ctx, const char *org, uint64_t seq)
 {
-    return s_mailbox_add (ctx->server, org, seq, true);
+    return s_mailbox_add (ctx->server, org, seq, true, NULL);
 }
 
 int
 kim_ctx_deliver_payload (kim_ctx_t *ctx, const char *org, uint64_t seq)
 {
-    return s_mailbox_add (ctx->server, org, seq, false);
+    return s_mailbox_add (ctx->server, org, seq, false, NULL);
 }
 
 int
@@ -554,16 +555,16 @@ kim_ctx_emit (kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient, uint64_t *s
         //  Broker-made ids name the seq they get: unique, and easy to trace.
         snprintf (msg->msg_id, sizeof msg->msg_id, "broker-%" PRIu64,
                   kim_store_head (self->store) + 1);
-    snprintf (msg->sender, sizeof msg->sender, "%s", self->config->name);
+    kim_str_copy (msg->sender, sizeof msg->sender, self->config->name);
     if (recipient)
-        snprintf (msg->recipient, sizeof msg->recipient, "%s", recipient);
+        kim_str_copy (msg->recipient, sizeof msg->recipient, recipient);
     if (!msg->schema)
         msg->schema = KIM_SCHEMA_VERSION;
     if (!msg->created_at)
         msg->created_at = ctx->now;
     msg->payload_len = 0;
     msg->has_payload_hash = true;
-    crypto_generichash (msg->payload_hash, KIM_HASH_SIZE, NULL, 0, NULL, 0);
+    memcpy (msg->payload_hash, self->empty_hash, KIM_HASH_SIZE);
     kim_buf_reset (&self->hdr_buf);
     uint64_t appended;
     int rc = kim_msg_encode (msg, &self->hdr_buf);
@@ -571,7 +572,7 @@ kim_ctx_emit (kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient, uint64_t *s
         rc = kim_store_append (self->store, KIM_RECORD_MESSAGE, ctx->now,
                                self->hdr_buf.data, self->hdr_buf.size, &appended);
     if (rc == 0 && recipient)
-        rc = s_mailbox_add (self, recipient, appended, false);
+        rc = s_mailbox_add (self, recipient, appended, false, NULL);
     if (rc == 0 && seq)
         *seq = appended;
     return rc;
@@ -584,8 +585,8 @@ static void
 s_item_refuse (item_t *item, int code, const char *path, const char *text)
 {
     item->code = code < 0? -code: code;
-    snprintf (item->path, sizeof item->path, "%s", path? path: "");
-    snprintf (item->text, sizeof item->text, "%s", text? text: kim_strerror (code));
+    kim_str_copy (item->path, sizeof item->path, path? path: "");
+    kim_str_copy (item->text, sizeof item->text, text? text: kim_strerror (code));
 }
 
 //  Runs one SEND through the pipeline. Refusals land in item->code; the
@@ -639,7 +640,7 @@ s_apply_send (kim_server_t *self, item_t *item)
                        "the header's payload length or hash does not describe frame 1");
         return 0;
     }
-    snprintf (msg->sender, sizeof msg->sender, "%s", sender->id);
+    kim_str_copy (msg->sender, sizeof msg->sender, sender->id);
     if (!msg->created_at)
         msg->created_at = self->ctx.now;
     msg->payload_len = (uint32_t) payload_size;
@@ -672,14 +673,14 @@ s_apply_send (kim_server_t *self, item_t *item)
                                self->hdr_buf.data, self->hdr_buf.size, &seq);
     if (rc == 0 && payload_size)
         rc = kim_store_payload_put (self->store, seq, payload, payload_size);
-    if (rc == 0 && recipient)
-        rc = s_mailbox_add (self, recipient->org->id, seq, false);
     if (rc == 0)
         rc = kim_store_dedup_put (self->store, sender->id, msg->msg_id, seq, self->ctx.now);
     route.seq = seq;
     for (size_t i = 0; rc == 0 && i < self->hook_count; i++)
         if (self->hooks [i].applied)
             rc = self->hooks [i].applied (self->hooks [i].state, &self->ctx, &route);
+    if (rc == 0 && recipient)
+        rc = s_mailbox_add (self, recipient->org->id, seq, false, route.note);
     if (rc == 0)
         item->seq = seq;
     return rc;
@@ -693,7 +694,8 @@ s_apply_ack (kim_server_t *self, item_t *item)
     org_state_t *state = item->org;
     for (size_t i = 0; i < item->cmd.ack_count; i++) {
         uint64_t seq = item->cmd.acks [i];
-        int rc = kim_store_mailbox_del (self->store, state->org->id, seq);
+        char note [KIM_MAILBOX_NOTE_MAX + 1];
+        int rc = kim_store_mailbox_take (self->store, state->org->id, seq, note);
         if (rc == -KIM_E_NOT_FOUND) {
             if (!item->code) {
                 char path [KIM_PATH_MAX + 1], text [KIM_TEXT_MAX + 1];
@@ -707,7 +709,8 @@ s_apply_ack (kim_server_t *self, item_t *item)
             return rc;
         for (size_t h = 0; h < self->hook_count; h++)
             if (self->hooks [h].acked
-            &&  (rc = self->hooks [h].acked (self->hooks [h].state, &self->ctx, state->org, seq)))
+            &&  (rc = self->hooks [h].acked (self->hooks [h].state, &self->ctx, state->org, seq,
+                                            note)))
                 return rc;
     }
     return 0;
@@ -1069,7 +1072,7 @@ s_reload_command (kim_server_t *self, const uint8_t *rid, size_t rid_size, const
     kim_cmd_t *reply = &self->reply;
     kim_cmd_init (reply, KIM_CMD_RELOADED);
     reply->count = self->config->org_count;
-    snprintf (reply->text, sizeof reply->text, "%s", summary);
+    kim_str_copy (reply->text, sizeof reply->text, summary);
     s_send_cmd (self, rid, rid_size, reply);
 }
 
@@ -1175,7 +1178,7 @@ s_read_one (kim_server_t *self)
     const char *meta_user_id = zmq_msg_gets (&frame, "User-Id");
     char user_id_copy [KIM_ORG_MAX + 1] = "";
     if (meta_user_id)
-        snprintf (user_id_copy, sizeof user_id_copy, "%s", meta_user_id);
+        kim_str_copy (user_id_copy, sizeof user_id_copy, meta_user_id);
     const char *user_id = meta_user_id? user_id_copy: NULL;
 
     kim_cmd_t *cmd = &item->cmd;
@@ -1412,6 +1415,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     kim_buf_init (&self->hdr_buf);
     self->ctx.server = self;
     kim_cmd_init (&self->receipt, KIM_CMD_RECEIPT);
+    crypto_generichash (self->empty_hash, KIM_HASH_SIZE, NULL, 0, NULL, 0);
     self->signal_fd = -1;
     self->clock_file = getenv ("KIM_CLOCK_FILE");
     s_clock_update (self);

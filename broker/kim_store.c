@@ -774,12 +774,15 @@ kim_store_payload_del (kim_store_t *self, uint64_t seq)
     return kim_store_payload_put (self, seq, NULL, 0);
 }
 
-int
-s_mailbox_put (kim_store_t *self, const char *org, uint64_t seq, uint8_t flags)
+static int
+s_mailbox_put (kim_store_t *self, const char *org, uint64_t seq, uint8_t flags, const char *note)
 {
     int rc = s_writable (self, "mailbox_put");
     if (rc)
         return rc;
+    size_t note_size = note? strlen (note): 0;
+    if (note_size > KIM_MAILBOX_NOTE_MAX)
+        return -KIM_E_ARGS;
     uint8_t key_bytes [S_KEY_BUF];
     size_t key_size = s_mailbox_key (self, org, seq, key_bytes);
     if (key_size == 0)
@@ -787,9 +790,14 @@ s_mailbox_put (kim_store_t *self, const char *org, uint64_t seq, uint8_t flags)
     s_mailbox_t *mailbox;
     if ((rc = s_mailbox_prepare (self, org, &mailbox)))
         return rc;
+    //  [flags [note]]: full entries without a note (the common case once
+    //  acked) store no value at all.
+    uint8_t value_bytes [1 + KIM_MAILBOX_NOTE_MAX];
+    value_bytes [0] = flags;
+    if (note_size)
+        memcpy (value_bytes + 1, note, note_size);
     MDB_val key = { key_size, key_bytes };
-    //  Full entries (the common case) store no value at all.
-    MDB_val value = { flags? 1: 0, flags? &flags: NULL };
+    MDB_val value = { note_size? 1 + note_size: flags? 1: 0, value_bytes };
     rc = mdb_put (self->txn, self->dbi [KIM_DB_MAILBOX], &key, &value, MDB_NOOVERWRITE);
     if (rc == MDB_KEYEXIST)
         return 0;               //  there already: the count stays right
@@ -802,18 +810,26 @@ s_mailbox_put (kim_store_t *self, const char *org, uint64_t seq, uint8_t flags)
 int
 kim_store_mailbox_put (kim_store_t *self, const char *org, uint64_t seq)
 {
-    return s_mailbox_put (self, org, seq, 0);
+    return s_mailbox_put (self, org, seq, 0, NULL);
 }
 
 int
 kim_store_mailbox_put_copy (kim_store_t *self, const char *org, uint64_t seq)
 {
-    return s_mailbox_put (self, org, seq, KIM_MAILBOX_COPY);
+    return s_mailbox_put (self, org, seq, KIM_MAILBOX_COPY, NULL);
 }
 
 int
-kim_store_mailbox_del (kim_store_t *self, const char *org, uint64_t seq)
+kim_store_mailbox_put_note (kim_store_t *self, const char *org, uint64_t seq, const char *note)
 {
+    return s_mailbox_put (self, org, seq, 0, note);
+}
+
+int
+kim_store_mailbox_take (kim_store_t *self, const char *org, uint64_t seq, char *note)
+{
+    if (note)
+        note [0] = 0;
     int rc = s_writable (self, "mailbox_del");
     if (rc)
         return rc;
@@ -824,14 +840,34 @@ kim_store_mailbox_del (kim_store_t *self, const char *org, uint64_t seq)
     s_mailbox_t *mailbox;
     if ((rc = s_mailbox_prepare (self, org, &mailbox)))
         return rc;
-    MDB_val key = { key_size, key_bytes };
-    rc = mdb_del (self->txn, self->dbi [KIM_DB_MAILBOX], &key, NULL);
+    MDB_cursor *cursor;
+    rc = mdb_cursor_open (self->txn, self->dbi [KIM_DB_MAILBOX], &cursor);
+    if (rc)
+        return s_write_error (self, rc, "opening a mailbox cursor");
+    MDB_val key = { key_size, key_bytes }, value;
+    rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_KEY);
+    if (rc == 0) {
+        //  The value points into the page that the delete may change.
+        size_t note_size = value.mv_size > 1? value.mv_size - 1: 0;
+        if (note && note_size <= KIM_MAILBOX_NOTE_MAX) {
+            memcpy (note, (const uint8_t *) value.mv_data + 1, note_size);
+            note [note_size] = 0;
+        }
+        rc = mdb_cursor_del (cursor, 0);
+    }
+    mdb_cursor_close (cursor);
     if (rc == MDB_NOTFOUND)
         return -KIM_E_NOT_FOUND;
     if (rc)
         return s_write_error (self, rc, "deleting from a mailbox");
     s_mailbox_change (self, mailbox, -1);
     return 0;
+}
+
+int
+kim_store_mailbox_del (kim_store_t *self, const char *org, uint64_t seq)
+{
+    return kim_store_mailbox_take (self, org, seq, NULL);
 }
 
 int

@@ -54,7 +54,7 @@ typedef struct _kim_store_t kim_store_t;
 #define KIM_STORE_DBS(X)                                                    \
     X(LOG,       "log")       /* seq (u64 BE) -> record                   */ \
     X(PAYLOAD,   "payload")   /* seq (u64 BE) -> payload bytes            */ \
-    X(MAILBOX,   "mailbox")   /* org NUL seq (u64 BE) -> empty            */ \
+    X(MAILBOX,   "mailbox")   /* org NUL seq (u64 BE) -> [flags [note]]   */ \
     X(DEDUP,     "dedup")     /* sender NUL msg_id -> seq u64 BE, time u64 BE */ \
     X(DEDUP_AGE, "dedup_age") /* time (u64 BE) seq (u64 BE) -> dedup key  */ \
     X(META,      "meta")      /* name -> value (head, format version)     */ \
@@ -137,10 +137,24 @@ int
 int
     kim_store_mailbox_put_copy (kim_store_t *self, const char *org, uint64_t seq);
 
+//  Puts record `seq` into `org`'s mailbox with a note of at most
+//  KIM_MAILBOX_NOTE_MAX bytes that comes back when the entry is taken: a
+//  module's memo (the referral id) that spares it reading the record again
+//  when the recipient acks. "" is no note.
+#define KIM_MAILBOX_NOTE_MAX KIM_ID_MAX
+int
+    kim_store_mailbox_put_note (kim_store_t *self, const char *org, uint64_t seq,
+                                const char *note);
+
 //  Removes record `seq` from `org`'s mailbox (the recipient acked it).
 //  Returns 0, or -KIM_E_NOT_FOUND if it was not there.
 int
     kim_store_mailbox_del (kim_store_t *self, const char *org, uint64_t seq);
+
+//  As kim_store_mailbox_del, and copies the entry's note (or "") into
+//  `note`, which holds KIM_MAILBOX_NOTE_MAX + 1 bytes.
+int
+    kim_store_mailbox_take (kim_store_t *self, const char *org, uint64_t seq, char *note);
 
 //  Looks up (sender, msg_id) in the de-duplication index, including records
 //  of the open batch. Returns 1 and sets *seq if found, 0 if not, or -KIM_E_*.

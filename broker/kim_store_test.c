@@ -410,6 +410,31 @@ kim_store_test (bool verbose)
     assert (kim_store_mailbox_count (store, "jc.a") == 2);
     assert (kim_store_mailbox_count (store, "jc.y") == 0);
 
+    //  Notes come back when the entry is taken; a copy keeps its flag
+    char note [KIM_MAILBOX_NOTE_MAX + 1];
+    char long_note [KIM_MAILBOX_NOTE_MAX + 2];
+    memset (long_note, 'x', sizeof long_note - 1);
+    long_note [sizeof long_note - 1] = 0;
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_mailbox_put_note (store, "jc.n", 10, "ref-10") == 0);
+    assert (kim_store_mailbox_put_note (store, "jc.n", 11, "") == 0);
+    assert (kim_store_mailbox_put_copy (store, "jc.n", 12) == 0);
+    assert (kim_store_mailbox_put_note (store, "jc.n", 12, "late") == 0);  //  there: unchanged
+    assert (kim_store_mailbox_put_note (store, "jc.n", 13, long_note) == -KIM_E_ARGS);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_read_begin (store) == 0);
+    uint8_t flags [8];
+    assert (kim_store_mailbox_scan (store, "jc.n", 0, seqs, flags, 8) == 3);
+    assert (flags [0] == 0 && flags [1] == 0 && flags [2] == KIM_MAILBOX_COPY);
+    kim_store_read_end (store);
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_mailbox_take (store, "jc.n", 10, note) == 0 && streq (note, "ref-10"));
+    assert (kim_store_mailbox_take (store, "jc.n", 10, note) == -KIM_E_NOT_FOUND);
+    assert (kim_store_mailbox_take (store, "jc.n", 11, note) == 0 && streq (note, ""));
+    assert (kim_store_mailbox_take (store, "jc.n", 12, note) == 0 && streq (note, ""));
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_mailbox_count (store, "jc.n") == 0);
+
     //  A second writer is refused while this one is open
     kim_store_t *second = kim_store_new (&config, &err);
     assert (second == NULL);

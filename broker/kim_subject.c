@@ -117,16 +117,16 @@ s_collect (kim_consent_mod_t *self, kim_ctx_t *ctx, const char *subject, const c
         entry->seq = record.seq;
         entry->time = record.time_ms;
         entry->type = msg->type;
-        snprintf (entry->sender, sizeof entry->sender, "%s", msg->sender);
+        kim_str_copy (entry->sender, sizeof entry->sender, msg->sender);
         snprintf (entry->recipient, sizeof entry->recipient, "%s",
                   msg->type == KIM_TYPE_FORWARD? msg->org: msg->recipient);
-        snprintf (entry->case_id, sizeof entry->case_id, "%s", msg->case_id);
-        snprintf (entry->purpose, sizeof entry->purpose, "%s", msg->purpose);
+        kim_str_copy (entry->case_id, sizeof entry->case_id, msg->case_id);
+        kim_str_copy (entry->purpose, sizeof entry->purpose, msg->purpose);
         entry->categories = msg->categories;
         entry->basis = msg->basis;
-        snprintf (entry->consent_id, sizeof entry->consent_id, "%s", msg->consent_id);
-        snprintf (entry->citation, sizeof entry->citation, "%s", msg->citation);
-        snprintf (entry->rule, sizeof entry->rule, "%s", msg->rule);
+        kim_str_copy (entry->consent_id, sizeof entry->consent_id, msg->consent_id);
+        kim_str_copy (entry->citation, sizeof entry->citation, msg->citation);
+        kim_str_copy (entry->rule, sizeof entry->rule, msg->rule);
         const uint8_t *payload = NULL;
         size_t payload_size = 0;
         if ((rc = kim_store_payload_get (store, seqs [i], &payload, &payload_size)))
@@ -203,8 +203,8 @@ s_emit_payload (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_msg_t *msg, const c
 {
     kim_store_t *store = kim_ctx_store (ctx);
     snprintf (msg->msg_id, sizeof msg->msg_id, "broker-%" PRIu64, kim_store_head (store) + 1);
-    snprintf (msg->sender, sizeof msg->sender, "%s", kim_ctx_config (ctx)->name);
-    snprintf (msg->recipient, sizeof msg->recipient, "%s", recipient);
+    kim_str_copy (msg->sender, sizeof msg->sender, kim_ctx_config (ctx)->name);
+    kim_str_copy (msg->recipient, sizeof msg->recipient, recipient);
     msg->created_at = kim_ctx_now (ctx);
     msg->payload_len = (uint32_t) size;
     msg->has_payload_hash = true;
@@ -262,8 +262,8 @@ s_report (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, s_entry
     kim_msg_t report;
     kim_msg_init (&report);
     report.type = KIM_TYPE_ACCESS_REPORT;
-    snprintf (report.subject, sizeof report.subject, "%s", msg->subject);
-    snprintf (report.case_id, sizeof report.case_id, "%s", msg->case_id);
+    kim_str_copy (report.subject, sizeof report.subject, msg->subject);
+    kim_str_copy (report.case_id, sizeof report.case_id, msg->case_id);
     rc = s_emit_payload (self, ctx, &report, msg->sender, json->data, json->size);
     if (rc == 0)
         zsys_info ("consent: access report on subject %s for %s: %d transfers", msg->subject,
@@ -298,8 +298,8 @@ s_erase (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, uint64_t
             kim_msg_t notice;
             kim_msg_init (&notice);
             notice.type = KIM_TYPE_ERASURE;
-            snprintf (notice.subject, sizeof notice.subject, "%s", msg->subject);
-            snprintf (notice.case_id, sizeof notice.case_id, "%s", entry->case_id);
+            kim_str_copy (notice.subject, sizeof notice.subject, msg->subject);
+            kim_str_copy (notice.case_id, sizeof notice.case_id, entry->case_id);
             rc = kim_ctx_emit (ctx, &notice, entry->recipient, NULL);
             if (told_count < sizeof told / sizeof told [0])
                 snprintf (told [told_count++], KIM_ORG_MAX + 1, "%s", entry->recipient);

@@ -89,7 +89,7 @@ main (int argc, char *argv [])
         return 2;
     }
     if (data)
-        snprintf (config->data, sizeof config->data, "%s", data);
+        kim_str_copy (config->data, sizeof config->data, data);
     if (bind) {
         //  Reuse the config parser's validation for the flag's list.
         char text [2048];

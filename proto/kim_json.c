@@ -304,7 +304,7 @@ s_tx (s_tx_t *self, json_t *value, int depth, const char *key)
                 //  the size as it does on the wire.
                 if (len % 2) {
                     self->err->code = KIM_E_BAD_VALUE;
-                    snprintf (self->err->path, sizeof self->err->path, "%s", key);
+                    kim_str_copy (self->err->path, sizeof self->err->path, key);
                     return -1;
                 }
                 msgpack_pack_bin (pk, len / 2);
@@ -312,7 +312,7 @@ s_tx (s_tx_t *self, json_t *value, int depth, const char *key)
                     int hi = s_unhex (s [i]), lo = s_unhex (s [i + 1]);
                     if (hi < 0 || lo < 0) {
                         self->err->code = KIM_E_BAD_VALUE;
-                        snprintf (self->err->path, sizeof self->err->path, "%s", key);
+                        kim_str_copy (self->err->path, sizeof self->err->path, key);
                         return -1;
                     }
                     char byte = (char) (hi << 4 | lo);

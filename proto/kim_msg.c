@@ -173,6 +173,20 @@ static const char *s_priority_names [] = { "normal", "low", "high" };
 static const char *s_basis_names [] = { NULL, "consent", "statute" };
 
 bool
+kim_str_copy (char *dest, size_t size, const char *src)
+{
+    if (size == 0)
+        return false;
+    size_t length = src? strnlen (src, size): 0;
+    bool fits = length < size;
+    if (!fits)
+        length = size - 1;
+    memcpy (dest, src? src: "", length);
+    dest [length] = 0;
+    return fits;
+}
+
+bool
 kim_utf8_valid (const uint8_t *data, size_t size)
 {
     if (!data)
@@ -2053,5 +2067,5 @@ kim_cmd_init (kim_cmd_t *self, kim_cmd_id_t id)
     memset (self, 0, acks);
     memset ((char *) self + after, 0, sizeof *self - after);
     self->id = id;
-    kim_msg_init (&self->msg);
+    self->msg.schema = KIM_SCHEMA_VERSION;     //  kim_msg_init, without clearing it twice
 }

@@ -150,7 +150,7 @@ s_read_line (s_ctx_t *ctx, int number, const char *start, size_t size, s_entry_t
         while (length && value [length - 1] == ' ')
             value [--length] = 0;
     }
-    snprintf (entry->value, sizeof entry->value, "%s", value);
+    kim_str_copy (entry->value, sizeof entry->value, value);
     return 1;
 }
 
@@ -430,7 +430,7 @@ s_compile (kim_policy_t *self, s_ctx_t *ctx, const char *text)
             }
             rule = &self->rules [self->rule_count++];
             memset (rule, 0, sizeof *rule);
-            snprintf (rule->id, sizeof rule->id, "%s", entry.name);
+            kim_str_copy (rule->id, sizeof rule->id, entry.name);
             rule->line = number;
             rule->from_public = -1;
             rule->if_subject = -1;
@@ -730,8 +730,8 @@ kim_policy_decide (const kim_policy_t *self, const kim_policy_facts_t *facts,
             continue;
         }
         s_say (explain, "rule %s (line %d): applies [%s]", rule->id, rule->line, rule->law);
-        snprintf (decision->rule, sizeof decision->rule, "%s", rule->id);
-        snprintf (decision->law, sizeof decision->law, "%s", rule->law);
+        kim_str_copy (decision->rule, sizeof decision->rule, rule->id);
+        kim_str_copy (decision->law, sizeof decision->law, rule->law);
         if (rule->decision == S_DENY)
             return s_verdict (decision, rule, KIM_E_POLICY_DENY, explain, "%s",
                               rule->why [0]? rule->why: "this transfer is not allowed");

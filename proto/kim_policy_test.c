@@ -20,14 +20,14 @@ s_lookup (void *arg, const char *id, kim_consent_t *consent)
     if (strncmp (id, "c-", 2) || strcmp (id, "c-unknown") == 0)
         return -KIM_E_NOT_FOUND;
     memset (consent, 0, sizeof *consent);
-    snprintf (consent->id, sizeof consent->id, "%s", id);
+    kim_str_copy (consent->id, sizeof consent->id, id);
     snprintf (consent->subject, sizeof consent->subject, "p-1");
     consent->recipient_count = sizeof orgs / sizeof orgs [0];
     for (size_t i = 0; i < consent->recipient_count; i++)
-        snprintf (consent->recipients [i], sizeof consent->recipients [i], "%s", orgs [i]);
+        kim_str_copy (consent->recipients [i], sizeof consent->recipients [i], orgs [i]);
     consent->purpose_count = sizeof purposes / sizeof purposes [0];
     for (size_t i = 0; i < consent->purpose_count; i++)
-        snprintf (consent->purposes [i], sizeof consent->purposes [i], "%s", purposes [i]);
+        kim_str_copy (consent->purposes [i], sizeof consent->purposes [i], purposes [i]);
     consent->categories = KIM_CAT_RESIDENCE_STATUS | KIM_CAT_ART9;
     consent->explicit_art9 = strcmp (id, "c-noart9") != 0;
     if (strcmp (id, "c-s65") == 0)
@@ -132,18 +132,18 @@ s_run_case (const kim_policy_t *policy, const s_case_t *c, bool verbose)
     kim_msg_init (&msg);
     msg.type = c->type;
     snprintf (msg.sender, sizeof msg.sender, "%s.x", c->from);
-    snprintf (msg.purpose, sizeof msg.purpose, "%s", c->purpose);
+    kim_str_copy (msg.purpose, sizeof msg.purpose, c->purpose);
     msg.categories = c->categories;
     if (c->subject)
         snprintf (msg.subject, sizeof msg.subject, "p-1");
     if (c->basis [0] == 's') {
         msg.basis = KIM_BASIS_STATUTE;
-        snprintf (msg.citation, sizeof msg.citation, "%s", c->basis + 2);
+        kim_str_copy (msg.citation, sizeof msg.citation, c->basis + 2);
     }
     else
     if (c->basis [0] == 'c') {
         msg.basis = KIM_BASIS_CONSENT;
-        snprintf (msg.consent_id, sizeof msg.consent_id, "%s", c->basis + 2);
+        kim_str_copy (msg.consent_id, sizeof msg.consent_id, c->basis + 2);
     }
     char recipient [KIM_ORG_MAX + 1];
     snprintf (recipient, sizeof recipient, "%s.x", c->to);

@@ -383,6 +383,12 @@ bool
 bool
     kim_utf8_valid (const uint8_t *data, size_t size);
 
+//  Copies the string `src` (NULL: "") into `dest` of `size` bytes, cut to
+//  fit and always terminated; true when it fitted. snprintf's "%s" without
+//  its format parser, for the paths every message takes.
+bool
+    kim_str_copy (char *dest, size_t size, const char *src);
+
 //  Header <-> JSON, for the kim tool and logs: one JSON object, keys as on
 //  the wire, binary fields in lowercase hex. kim_msg_to_json appends to
 //  `out` (not NUL-terminated). kim_msg_from_json applies the same limits
