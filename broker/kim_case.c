@@ -17,8 +17,37 @@
 
 #include "kim_lifecycle_int.h"
 
-#define S_CASE_FIXED    offsetof (kim_case_t, participants)
-#define S_CASE_SIZE(n)  (S_CASE_FIXED + (size_t) (n) * (KIM_ORG_MAX + 1))
+#define S_LEGACY_FIXED      offsetof (kim_case_t, participants)
+#define S_LEGACY_SIZE(n)    (S_LEGACY_FIXED + (size_t) (n) * (KIM_ORG_MAX + 1))
+int
+kim_lc_case_decode (const uint8_t *value, size_t value_size, kim_case_t *kcase)
+{
+    memset (kcase, 0, sizeof *kcase);
+    if (value_size >= S_LEGACY_FIXED && value_size <= sizeof *kcase
+    &&  value [0] == S_LEGACY_VERSION) {
+        memcpy (kcase, value, value_size);          //  LMDB does not align values
+        return kcase->participant_count > S_PARTICIPANTS_MAX
+            || value_size != S_LEGACY_SIZE (kcase->participant_count)? -KIM_E_IO: 0;
+    }
+    kim_lc_reader_t reader = { value, value + value_size, false };
+    if (kim_lc_get_u8 (&reader) != S_CASE_VERSION)
+        return -KIM_E_IO;
+    kcase->version = S_CASE_VERSION;
+    kcase->closed = kim_lc_get_u8 (&reader);
+    kcase->offer_seq = kim_lc_get_u64 (&reader);
+    kcase->created_seq = kim_lc_get_u64 (&reader);
+    kcase->closed_at = kim_lc_get_u64 (&reader);
+    kim_lc_get_text (&reader, kcase->id, sizeof kcase->id);
+    kim_lc_get_text (&reader, kcase->lead, sizeof kcase->lead);
+    kim_lc_get_text (&reader, kcase->offer_msg_id, sizeof kcase->offer_msg_id);
+    kim_lc_get_text (&reader, kcase->offer_to, sizeof kcase->offer_to);
+    kcase->participant_count = kim_lc_get_u8 (&reader);
+    if (kcase->participant_count > S_PARTICIPANTS_MAX)
+        return -KIM_E_IO;
+    for (uint32_t i = 0; i < kcase->participant_count; i++)
+        kim_lc_get_text (&reader, kcase->participants [i], sizeof kcase->participants [i]);
+    return reader.bad || reader.at != reader.end? -KIM_E_IO: 0;
+}
 
 int
 kim_lc_case_get (kim_store_t *store, const char *id, kim_case_t *kcase)
@@ -34,11 +63,7 @@ kim_lc_case_get (kim_store_t *store, const char *id, kim_case_t *kcase)
         return -KIM_E_NOT_FOUND;
     if (rc)
         return kim_store_error (store, rc, "lifecycle: reading a case");
-    memset (kcase, 0, sizeof *kcase);
-    if (value.mv_size >= S_CASE_FIXED && value.mv_size <= sizeof *kcase)
-        memcpy (kcase, value.mv_data, value.mv_size);
-    if (kcase->version != S_CASE_VERSION || kcase->participant_count > S_PARTICIPANTS_MAX
-    ||  value.mv_size != S_CASE_SIZE (kcase->participant_count)) {
+    if (kim_lc_case_decode ((const uint8_t *) value.mv_data, value.mv_size, kcase)) {
         zsys_error ("lifecycle: case %s is stored in a form this broker does not know "
                     "(%zu bytes)", id, value.mv_size);
         return -KIM_E_IO;
@@ -46,11 +71,32 @@ kim_lc_case_get (kim_store_t *store, const char *id, kim_case_t *kcase)
     return 0;
 }
 
+size_t
+kim_lc_case_encode (const kim_case_t *kcase, uint8_t value [KIM_LC_CASE_MAX])
+{
+    uint8_t *at = value;
+    *at++ = S_CASE_VERSION;
+    *at++ = (uint8_t) (kcase->closed != 0);
+    at = kim_lc_put_u64 (at, kcase->offer_seq);
+    at = kim_lc_put_u64 (at, kcase->created_seq);
+    at = kim_lc_put_u64 (at, kcase->closed_at);
+    at = kim_lc_put_text (at, kcase->id);
+    at = kim_lc_put_text (at, kcase->lead);
+    at = kim_lc_put_text (at, kcase->offer_msg_id);
+    at = kim_lc_put_text (at, kcase->offer_to);
+    *at++ = (uint8_t) kcase->participant_count;
+    for (uint32_t i = 0; i < kcase->participant_count; i++)
+        at = kim_lc_put_text (at, kcase->participants [i]);
+    return (size_t) (at - value);
+}
+
 static int
 s_case_put (kim_store_t *store, const kim_case_t *kcase)
 {
-    return kim_lc_put (store, KIM_DB_CASE, kcase->id, strlen (kcase->id), kcase,
-                       S_CASE_SIZE (kcase->participant_count), "lifecycle: storing a case");
+    uint8_t value [KIM_LC_CASE_MAX];
+    size_t size = kim_lc_case_encode (kcase, value);
+    return kim_lc_put (store, KIM_DB_CASE, kcase->id, strlen (kcase->id), value, size,
+                       "lifecycle: storing a case");
 }
 
 static bool
@@ -507,9 +553,8 @@ s_query_read (void *varg, kim_ctx_t *ctx)
     MDB_val key, value;
     for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
-        if (value.mv_size != sizeof referral)
+        if (kim_lc_referral_decode (value.mv_data, value.mv_size, &referral))
             continue;
-        memcpy (&referral, value.mv_data, sizeof referral);
         if (!s_query_match (arg, &referral))
             continue;
         char line [1024];

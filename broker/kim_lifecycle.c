@@ -21,33 +21,6 @@
 //  Store helpers: everything goes through the open batch's transaction.
 
 int
-kim_lc_get (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
-            void *value, size_t value_size)
-{
-    MDB_txn *txn = kim_store_txn (store);
-    if (!txn)
-        return -KIM_E_ARGS;
-    MDB_val k = { key_size, (void *) key }, v;
-    int rc = mdb_get (txn, kim_store_dbi (store, db), &k, &v);
-    if (rc == MDB_NOTFOUND)
-        return -KIM_E_NOT_FOUND;
-    if (rc)
-        return kim_store_error (store, rc, "lifecycle: reading its state");
-    //  LMDB does not align values: copy before looking inside.
-    uint32_t version = 0;
-    if (v.mv_size >= sizeof version)
-        memcpy (&version, v.mv_data, sizeof version);
-    if (v.mv_size != value_size || version == 0) {
-        zsys_error ("lifecycle: a stored value of %zu bytes where %zu were expected (key %.*s): "
-                    "the store was written by another version", v.mv_size, value_size,
-                    (int) key_size, (const char *) key);
-        return -KIM_E_IO;
-    }
-    memcpy (value, v.mv_data, value_size);
-    return 0;
-}
-
-int
 kim_lc_put (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
             const void *value, size_t value_size, const char *what)
 {
@@ -71,16 +44,80 @@ kim_lc_timer_put (kim_store_t *store, uint64_t due, const char *id, uint8_t kind
 }
 
 int
+kim_lc_referral_decode (const void *value, size_t value_size, kim_referral_t *referral)
+{
+    memset (referral, 0, sizeof *referral);
+    const uint8_t *bytes = (const uint8_t *) value;
+    if (value_size == sizeof *referral && bytes [0] == S_LEGACY_VERSION) {
+        memcpy (referral, value, sizeof *referral);     //  LMDB does not align values
+        return 0;
+    }
+    kim_lc_reader_t reader = { bytes, bytes + value_size, false };
+    if (kim_lc_get_u8 (&reader) != S_REFERRAL_VERSION)
+        return -KIM_E_IO;
+    referral->version = S_REFERRAL_VERSION;
+    referral->state = kim_lc_get_u8 (&reader);
+    referral->deadline = kim_lc_get_u64 (&reader);
+    referral->created_seq = kim_lc_get_u64 (&reader);
+    referral->last_seq = kim_lc_get_u64 (&reader);
+    kim_lc_get_text (&reader, referral->id, sizeof referral->id);
+    kim_lc_get_text (&reader, referral->msg_id, sizeof referral->msg_id);
+    kim_lc_get_text (&reader, referral->sender, sizeof referral->sender);
+    kim_lc_get_text (&reader, referral->recipient, sizeof referral->recipient);
+    kim_lc_get_text (&reader, referral->case_id, sizeof referral->case_id);
+    kim_lc_get_text (&reader, referral->consent_id, sizeof referral->consent_id);
+    kim_lc_get_text (&reader, referral->parent, sizeof referral->parent);
+    kim_lc_get_text (&reader, referral->purpose, sizeof referral->purpose);
+    return reader.bad || reader.at != reader.end? -KIM_E_IO: 0;
+}
+
+int
 kim_lc_referral_get (kim_store_t *store, const char *id, kim_referral_t *referral)
 {
-    return kim_lc_get (store, KIM_DB_REFERRAL, id, strlen (id), referral, sizeof *referral);
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn)
+        return -KIM_E_ARGS;
+    MDB_val key = { strlen (id), (void *) id }, value;
+    int rc = mdb_get (txn, kim_store_dbi (store, KIM_DB_REFERRAL), &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return -KIM_E_NOT_FOUND;
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: reading a referral");
+    if (kim_lc_referral_decode (value.mv_data, value.mv_size, referral)) {
+        zsys_error ("lifecycle: referral %s is stored in a form this broker does not know "
+                    "(%zu bytes)", id, value.mv_size);
+        return -KIM_E_IO;
+    }
+    return 0;
+}
+
+size_t
+kim_lc_referral_encode (const kim_referral_t *referral, uint8_t value [KIM_LC_REFERRAL_MAX])
+{
+    uint8_t *at = value;
+    *at++ = S_REFERRAL_VERSION;
+    *at++ = (uint8_t) referral->state;
+    at = kim_lc_put_u64 (at, referral->deadline);
+    at = kim_lc_put_u64 (at, referral->created_seq);
+    at = kim_lc_put_u64 (at, referral->last_seq);
+    at = kim_lc_put_text (at, referral->id);
+    at = kim_lc_put_text (at, referral->msg_id);
+    at = kim_lc_put_text (at, referral->sender);
+    at = kim_lc_put_text (at, referral->recipient);
+    at = kim_lc_put_text (at, referral->case_id);
+    at = kim_lc_put_text (at, referral->consent_id);
+    at = kim_lc_put_text (at, referral->parent);
+    at = kim_lc_put_text (at, referral->purpose);
+    return (size_t) (at - value);
 }
 
 int
 kim_lc_referral_put (kim_store_t *store, const kim_referral_t *referral)
 {
-    return kim_lc_put (store, KIM_DB_REFERRAL, referral->id, strlen (referral->id), referral,
-                       sizeof *referral, "lifecycle: storing a referral");
+    uint8_t value [KIM_LC_REFERRAL_MAX];
+    size_t size = kim_lc_referral_encode (referral, value);
+    return kim_lc_put (store, KIM_DB_REFERRAL, referral->id, strlen (referral->id), value, size,
+                       "lifecycle: storing a referral");
 }
 
 const char *
@@ -625,10 +662,9 @@ kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id)
     MDB_val key, value;
     for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0;
          rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
-        if (value.mv_size != sizeof (kim_referral_t))
+        kim_referral_t referral;
+        if (kim_lc_referral_decode (value.mv_data, value.mv_size, &referral))
             continue;
-        kim_referral_t referral;        //  copied: LMDB does not align values
-        memcpy (&referral, value.mv_data, sizeof referral);
         if (kim_lc_state_open (referral.state) && streq (referral.consent_id, consent_id))
             zlistx_add_end (ids, strdup (referral.id));
     }
@@ -811,6 +847,54 @@ kim_lifecycle_test (bool verbose)
     assert (streq (kim_lc_state_name (KIM_REFERRAL_NOT_COMPETENT), "NOT_COMPETENT"));
     assert (kim_lc_state_open (KIM_REFERRAL_OVERDUE));
     assert (!kim_lc_state_open (KIM_REFERRAL_EXPIRED));
+
+    //  Stored forms: the compact one round-trips, the in-memory one of
+    //  version 1 is still read, anything cut or overlong is refused.
+    kim_referral_t referral, back;
+    memset (&referral, 0, sizeof referral);
+    referral.version = S_REFERRAL_VERSION;
+    referral.state = KIM_REFERRAL_DELIVERED;
+    kim_str_copy (referral.id, sizeof referral.id, "r-1");
+    kim_str_copy (referral.msg_id, sizeof referral.msg_id, "m-1");
+    kim_str_copy (referral.sender, sizeof referral.sender, "kim.rheine");
+    kim_str_copy (referral.recipient, sizeof referral.recipient, "jc.rheine");
+    kim_str_copy (referral.case_id, sizeof referral.case_id, "c-1");
+    kim_str_copy (referral.purpose, sizeof referral.purpose, "employment");
+    referral.deadline = 1234567890123ull;
+    referral.created_seq = 7;
+    referral.last_seq = 9;
+    uint8_t value [KIM_LC_REFERRAL_MAX + sizeof (kim_referral_t)];
+    size_t size = kim_lc_referral_encode (&referral, value);
+    assert (size < 100);
+    assert (kim_lc_referral_decode (value, size, &back) == 0);
+    assert (memcmp (&back, &referral, sizeof back) == 0);
+    for (size_t cut = 0; cut < size; cut++)
+        assert (kim_lc_referral_decode (value, cut, &back) == -KIM_E_IO);
+    value [size] = 0;
+    assert (kim_lc_referral_decode (value, size + 1, &back) == -KIM_E_IO);
+    value [26] = KIM_ID_MAX + 1;            //  the id's length: more than an id holds
+    assert (kim_lc_referral_decode (value, size, &back) == -KIM_E_IO);
+    referral.version = S_LEGACY_VERSION;
+    memcpy (value, &referral, sizeof referral);
+    assert (kim_lc_referral_decode (value, sizeof referral, &back) == 0);
+    assert (streq (back.case_id, "c-1") && back.last_seq == 9);
+
+    kim_case_t kcase, kback;
+    memset (&kcase, 0, sizeof kcase);
+    kcase.version = S_CASE_VERSION;
+    kim_str_copy (kcase.id, sizeof kcase.id, "c-1");
+    kim_str_copy (kcase.lead, sizeof kcase.lead, "kim.rheine");
+    kcase.created_seq = 3;
+    for (uint32_t i = 0; i < S_PARTICIPANTS_MAX; i++)
+        snprintf (kcase.participants [kcase.participant_count++], KIM_ORG_MAX + 1,
+                  "jc.place%u", i);
+    uint8_t case_value [KIM_LC_CASE_MAX];
+    size = kim_lc_case_encode (&kcase, case_value);
+    assert (kim_lc_case_decode (case_value, size, &kback) == 0);
+    assert (memcmp (&kback, &kcase, sizeof kback) == 0);
+    assert (kim_lc_case_decode (case_value, size - 1, &kback) == -KIM_E_IO);
+    case_value [0] = 9;
+    assert (kim_lc_case_decode (case_value, size, &kback) == -KIM_E_IO);
 
     s_test_config ("lifecycle\n    deadline_days = 7\n", NULL);
     s_test_config ("lifecycle\n    purpose\n        employment\n            deadline_days = 3\n", NULL);

@@ -2,17 +2,22 @@
     (kim_lifecycle.c: referrals, deadlines, the hook; kim_case.c: cases,
     handovers, subscriptions, retention). Private to the module.
 
-    Stored values are fixed-size structs with a version number first: the
-    store belongs to one broker on one machine, and a changed layout gets a
-    new version that the reader refuses loudly rather than misreads.
+    Referrals and cases are stored compactly (version 2): [u8 version],
+    the numbers as u64 big-endian, then each string as [u8 length][bytes].
+    Every message writes one of each, so their size is what each message
+    costs the disk. Version 1 stored the structs as they lie in memory; it
+    is still read. Subscriptions are fixed-size structs. A layout this
+    broker does not know is refused loudly rather than misread.
 */
 #ifndef KIM_LIFECYCLE_INT_H_INCLUDED
 #define KIM_LIFECYCLE_INT_H_INCLUDED
 
+#include "kim/kim_log.h"
 #include "kim_lifecycle.h"
 
-#define S_REFERRAL_VERSION  1
-#define S_CASE_VERSION      1
+#define S_REFERRAL_VERSION  2
+#define S_CASE_VERSION      2
+#define S_LEGACY_VERSION    1       //  referrals and cases as in-memory structs
 #define S_SUB_VERSION       1
 #define S_PARTICIPANTS_MAX  32
 
@@ -93,9 +98,6 @@ typedef struct {
 
 //  Store access through the open batch (kim_lifecycle.c).
 int
-    kim_lc_get (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
-                void *value, size_t value_size);
-int
     kim_lc_put (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
                 const void *value, size_t value_size, const char *what);
 int
@@ -111,6 +113,82 @@ bool
 //  Appends a KIM_RECORD_STATE record: a msgpack map built from `json`.
 int
     kim_lc_record (kim_ctx_t *ctx, const char *json);
+//  The compact form's pieces. A reader goes bad (and stays bad) on
+//  anything that does not fit where it is read into.
+typedef struct {
+    const uint8_t *at;
+    const uint8_t *end;
+    bool bad;
+} kim_lc_reader_t;
+
+static inline uint8_t *
+kim_lc_put_u64 (uint8_t *at, uint64_t value)
+{
+    kim_log_put_be64 (at, value);
+    return at + 8;
+}
+
+//  Strings here are ids, org ids and codes: at most 64 bytes.
+static inline uint8_t *
+kim_lc_put_text (uint8_t *at, const char *text)
+{
+    size_t size = strnlen (text, 255);
+    *at++ = (uint8_t) size;
+    memcpy (at, text, size);
+    return at + size;
+}
+
+static inline uint64_t
+kim_lc_get_u64 (kim_lc_reader_t *reader)
+{
+    if (reader->bad || reader->end - reader->at < 8) {
+        reader->bad = true;
+        return 0;
+    }
+    uint64_t value = kim_log_get_be64 (reader->at);
+    reader->at += 8;
+    return value;
+}
+
+static inline uint8_t
+kim_lc_get_u8 (kim_lc_reader_t *reader)
+{
+    if (reader->bad || reader->at >= reader->end) {
+        reader->bad = true;
+        return 0;
+    }
+    return *reader->at++;
+}
+
+static inline void
+kim_lc_get_text (kim_lc_reader_t *reader, char *text, size_t text_size)
+{
+    size_t size = kim_lc_get_u8 (reader);
+    if (reader->bad || size >= text_size || (size_t) (reader->end - reader->at) < size
+    ||  memchr (reader->at, 0, size)) {
+        reader->bad = true;
+        text [0] = 0;
+        return;
+    }
+    memcpy (text, reader->at, size);
+    text [size] = 0;
+    reader->at += size;
+}
+
+//  Stored forms of referrals and cases. _encode writes the compact form
+//  and returns its size; _decode reads either form: 0, or -KIM_E_IO when
+//  the value has a form this broker does not know.
+#define KIM_LC_REFERRAL_MAX (2 + 3 * 8 + 8 * (1 + KIM_ID_MAX))
+#define KIM_LC_CASE_MAX     (3 + 3 * 8 + (4 + S_PARTICIPANTS_MAX) * (1 + KIM_ID_MAX))
+size_t
+    kim_lc_referral_encode (const kim_referral_t *referral, uint8_t value [KIM_LC_REFERRAL_MAX]);
+int
+    kim_lc_referral_decode (const void *value, size_t value_size, kim_referral_t *referral);
+size_t
+    kim_lc_case_encode (const kim_case_t *kcase, uint8_t value [KIM_LC_CASE_MAX]);
+int
+    kim_lc_case_decode (const uint8_t *value, size_t value_size, kim_case_t *kcase);
+
 //  Moves a referral to `to`, writes it and records the change (cause: seq).
 int
     kim_lc_referral_move (kim_ctx_t *ctx, kim_referral_t *referral, uint32_t to, uint64_t seq);
