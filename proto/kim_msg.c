@@ -1792,6 +1792,15 @@ static int
 s_pack_write (void *data, const char *buf, size_t len)
 {
     s_pack_t *self = data;
+    //  The packer writes a token at a time, mostly a few bytes: copy those
+    //  in place rather than through kim_buf_append and a memcpy call.
+    kim_buf_t *out = self->out;
+    if (len <= 8 && out->capacity - out->size >= len) {
+        for (size_t i = 0; i < len; i++)
+            out->data [out->size + i] = (uint8_t) buf [i];
+        out->size += len;
+        return 0;
+    }
     if (kim_buf_append (self->out, buf, len)) {
         self->failed = true;
         return -1;
