@@ -8,7 +8,8 @@
         -> RECEIPTs -> deliveries that the batch made possible.
 
     A RECEIPT therefore always follows a synced commit. If the store fails,
-    the server stops serving: it can no longer promise anything.
+    the server stops serving: it can no longer promise anything. The write
+    batch itself, and what hooks may do inside it, is kim_batch.c.
 
     Delivery: each organisation has at most one receiving session (the most
     recent HELLO with a window wins). The organisation's state keeps a cursor
@@ -22,115 +23,20 @@
 #include <sodium.h>
 #include <sys/signalfd.h>
 
-#include "kim_hook.h"
 #include "kim_keys.h"
 #include "kim_modules.h"
-#include "kim_server.h"
-#include "kim_store.h"
+#include "kim_server_int.h"
 #include "kim_zap.h"
 
-#define KIM_RID_MAX         256     //  ROUTER routing ids are 5 bytes unless a peer sets one
 #define KIM_HOUSEKEEP_MS    200     //  timer for expiry and redelivery checks
-#define KIM_DEDUP_EXPIRE_MS 10000   //  how often old msg_ids are forgotten
 #define KIM_STATS_MS        60000   //  how often traffic figures are logged
 #define KIM_SCAN_CHUNK      64      //  mailbox entries read per scan
-#define KIM_HOOKS_MAX       8
-
-typedef struct _org_state_t org_state_t;
-typedef struct _session_t session_t;
-
-typedef struct {
-    uint64_t seq;
-    uint64_t sent_ms;
-    bool copy;                      //  header only (KIM_MAILBOX_COPY)
-} flight_t;
-
-struct _org_state_t {
-    const kim_org_t *org;
-    session_t *receiver;            //  the session deliveries go to, or NULL
-    uint64_t cursor;                //  highest seq handed to the receiver
-    flight_t *flights;              //  in flight, ascending seq; window_max slots
-    size_t flight_count;
-    bool dirty;                     //  listed in the server's dirty list
-    org_state_t *next_dirty;
-    bool touched;                   //  the open batch added to its mailbox
-    org_state_t *next_touched;
-    bool removed;                   //  dropped from the registry by a reload
-};
-
-struct _session_t {
-    char key [2 * KIM_RID_MAX + 1]; //  hex of the routing id: the hash key
-    uint8_t rid [KIM_RID_MAX];
-    size_t rid_size;
-    org_state_t *org;
-    uint32_t window;
-    uint64_t last_seen_ms;
-    char agent [KIM_AGENT_MAX + 1];
-    double tokens;                  //  rate limit: commands it may still send now
-    uint64_t refilled_ms;
-};
-
-//  A SEND or ACK waiting for the batch's commit.
-typedef struct {
-    kim_cmd_t cmd;
-    uint8_t rid [KIM_RID_MAX];
-    size_t rid_size;
-    org_state_t *org;               //  the sending organisation
-    zmq_msg_t payload;
-    bool has_payload;
-    //  Outcome of the last apply (reset when a batch is replayed).
-    int code;
-    char path [KIM_PATH_MAX + 1];
-    char text [KIM_TEXT_MAX + 1];
-    uint64_t seq;
-    bool dup;
-} item_t;
-
-struct _kim_ctx_t {
-    kim_server_t *server;
-    uint64_t now;
-};
-
-struct _kim_server_t {
-    kim_config_t *config;
-    kim_store_t *store;
-    zcert_t *cert;
-    zsock_t *router;
-    zsock_t *zap;
-    zloop_t *loop;
-    zhashx_t *sessions;             //  routing id hex -> session_t (owned)
-    zhashx_t *orgs;                 //  org id -> org_state_t (owned)
-    item_t *items;                  //  batch_max slots
-    size_t item_count;
-    org_state_t *dirty;             //  orgs whose mailbox or window changed
-    org_state_t *touched;           //  orgs the open batch wrote mail for
-    kim_hook_t hooks [KIM_HOOKS_MAX];
-    size_t hook_count;
-    kim_ctx_t ctx;
-    int (*module_fn) (void *arg, kim_ctx_t *ctx);   //  the batch kim_ctx_batch runs
-    void *module_arg;
-    zlistx_t *retired;              //  configs replaced by reloads; modules may hold them
-    int signal_fd;                  //  SIGHUP arrives here: reload the registry
-    const char *clock_file;         //  KIM_CLOCK_FILE: tests move time forward
-    int64_t clock_offset_ms;
-    kim_buf_t buf;                  //  encoder scratch
-    kim_buf_t hdr_buf;              //  canonical header scratch
-    kim_cmd_t reply;                //  reply scratch
-    kim_cmd_t receipt;              //  RECEIPT, prepared once
-    uint8_t empty_hash [KIM_HASH_SIZE];     //  of an empty payload: broker-made messages
-    uint64_t started_ms;
-    uint64_t last_dedup_expire_ms;
-    uint64_t last_stats_ms;
-    bool failed;
-    //  Figures since start.
-    uint64_t receipted, duplicates, rejected, delivered, redelivered, acked, batches;
-};
 
 //  The broker's clock. Tests of deadlines set KIM_CLOCK_FILE to a file that
 //  holds an offset in ms; it is re-read every housekeeping turn, so a test
 //  moves time forward without sleeping.
-static uint64_t
-s_now (kim_server_t *self)
+uint64_t
+kim_server_now (kim_server_t *self)
 {
     return (uint64_t) ((int64_t) zclock_time () + self->clock_offset_ms);
 }
@@ -178,8 +84,8 @@ s_send_frames (kim_server_t *self, const uint8_t *rid, size_t rid_size,
         zmq_send (router, payload, payload_size, ZMQ_DONTWAIT);
 }
 
-static void
-s_send_cmd (kim_server_t *self, const uint8_t *rid, size_t rid_size, const kim_cmd_t *cmd)
+void
+kim_server_send_cmd (kim_server_t *self, const uint8_t *rid, size_t rid_size, const kim_cmd_t *cmd)
 {
     kim_buf_reset (&self->buf);
     int rc = kim_cmd_encode (cmd, &self->buf);
@@ -190,8 +96,8 @@ s_send_cmd (kim_server_t *self, const uint8_t *rid, size_t rid_size, const kim_c
     s_send_frames (self, rid, rid_size, NULL, 0, false);
 }
 
-static void
-s_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
+void
+kim_server_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
           const char *msg_id, const char *path, const char *format, ...)
 {
     kim_cmd_t *reply = &self->reply;
@@ -219,7 +125,7 @@ s_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
     else
         kim_str_copy (reply->text, sizeof reply->text, kim_strerror (code));
     self->rejected++;
-    s_send_cmd (self, rid, rid_size, reply);
+    kim_server_send_cmd (self, rid, rid_size, reply);
 }
 
 //  --------------------------------------------------------------------------
@@ -236,8 +142,8 @@ s_org_state_destroy (void **item)
     }
 }
 
-static void
-s_mark_dirty (kim_server_t *self, org_state_t *state)
+void
+kim_server_mark_dirty (kim_server_t *self, org_state_t *state)
 {
     if (!state->dirty) {
         state->dirty = true;
@@ -295,12 +201,12 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
 {
     org_state_t *state = user_id? (org_state_t *) zhashx_lookup (self->orgs, user_id): NULL;
     if (!state || state->org->revoked || state->removed) {
-        s_reject (self, rid, rid_size, KIM_E_UNKNOWN_ORG, NULL, NULL,
+        kim_server_reject (self, rid, rid_size, KIM_E_UNKNOWN_ORG, NULL, NULL,
                   "the connection's key belongs to no registered organisation");
         return;
     }
     if (!s_has_version (cmd, KIM_PROTOCOL_VERSION)) {
-        s_reject (self, rid, rid_size, KIM_E_VERSION, NULL, "versions",
+        kim_server_reject (self, rid, rid_size, KIM_E_VERSION, NULL, "versions",
                   "this broker speaks protocol version %d only", KIM_PROTOCOL_VERSION);
         return;
     }
@@ -311,7 +217,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
 
     session = (session_t *) calloc (1, sizeof (session_t));
     if (!session) {
-        s_reject (self, rid, rid_size, KIM_E_BUSY, NULL, NULL, "out of memory");
+        kim_server_reject (self, rid, rid_size, KIM_E_BUSY, NULL, NULL, "out of memory");
         return;
     }
     kim_str_copy (session->key, sizeof session->key, key);
@@ -333,7 +239,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
             zsys_info ("server: %s: a new session takes over deliveries", state->org->id);
         s_release_receiver (self, state);
         state->receiver = session;
-        s_mark_dirty (self, state);
+        kim_server_mark_dirty (self, state);
     }
     kim_cmd_t *reply = &self->reply;
     kim_cmd_init (reply, KIM_CMD_WELCOME);
@@ -343,7 +249,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     reply->heartbeat_ms = self->config->heartbeat_ms;
     reply->max_payload = self->config->max_payload;
     reply->window = session->window;
-    s_send_cmd (self, rid, rid_size, reply);
+    kim_server_send_cmd (self, rid, rid_size, reply);
     zsys_info ("server: %s connected (%s, window %u)", state->org->id,
                session->agent [0]? session->agent: "no agent name", session->window);
 }
@@ -360,7 +266,7 @@ s_status (kim_server_t *self, session_t *session)
     reply->status.sessions = zhashx_size (self->sessions);
     reply->status.uptime_ms = s_mono () - self->started_ms;
     reply->status.store_bytes = kim_store_bytes (self->store);
-    s_send_cmd (self, session->rid, session->rid_size, reply);
+    kim_server_send_cmd (self, session->rid, session->rid_size, reply);
 }
 
 //  --------------------------------------------------------------------------
@@ -452,8 +358,8 @@ s_flight_find (const org_state_t *state, uint64_t seq)
     return low < state->flight_count && state->flights [low].seq == seq? (ssize_t) low: -1;
 }
 
-static void
-s_flight_remove (org_state_t *state, uint64_t seq)
+void
+kim_server_flight_remove (org_state_t *state, uint64_t seq)
 {
     ssize_t index = s_flight_find (state, seq);
     if (index >= 0) {
@@ -461,453 +367,6 @@ s_flight_remove (org_state_t *state, uint64_t seq)
                  (state->flight_count - (size_t) index - 1) * sizeof (flight_t));
         state->flight_count--;
     }
-}
-
-//  --------------------------------------------------------------------------
-//  What hooks may do inside a write batch
-
-//  Mail written in the open batch becomes deliverable only after the commit.
-static void
-s_touch (kim_server_t *self, org_state_t *state)
-{
-    if (!state->touched) {
-        state->touched = true;
-        state->next_touched = self->touched;
-        self->touched = state;
-    }
-}
-
-static void
-s_touched_settle (kim_server_t *self, bool committed)
-{
-    while (self->touched) {
-        org_state_t *state = self->touched;
-        self->touched = state->next_touched;
-        state->touched = false;
-        if (committed)
-            s_mark_dirty (self, state);
-    }
-}
-
-kim_store_t *
-kim_ctx_store (kim_ctx_t *ctx)
-{
-    return ctx->server->store;
-}
-
-const kim_config_t *
-kim_ctx_config (kim_ctx_t *ctx)
-{
-    return ctx->server->config;
-}
-
-uint64_t
-kim_ctx_now (kim_ctx_t *ctx)
-{
-    return ctx->now;
-}
-
-const kim_org_t *
-kim_ctx_org (kim_ctx_t *ctx, const char *id)
-{
-    org_state_t *state = (org_state_t *) zhashx_lookup (ctx->server->orgs, id);
-    return state? state->org: NULL;
-}
-
-static int
-s_mailbox_add (kim_server_t *self, const char *org, uint64_t seq, bool copy, const char *note)
-{
-    org_state_t *state = (org_state_t *) zhashx_lookup (self->orgs, org);
-    if (!state)
-        return -KIM_E_UNKNOWN_RECIPIENT;
-    int rc = copy
-        ? kim_store_mailbox_put_copy (self->store, org, seq)
-        : kim_store_mailbox_put_note (self->store, org, seq, note);
-    if (rc == 0)
-        s_touch (self, state);
-    return rc;
-}
-
-int
-kim_ctx_deliver_also (kim_ctx_t *ctx, const char *org, uint64_t seq)
-{
-    return s_mailbox_add (ctx->server, org, seq, true, NULL);
-}
-
-int
-kim_ctx_deliver_payload (kim_ctx_t *ctx, const char *org, uint64_t seq)
-{
-    return s_mailbox_add (ctx->server, org, seq, false, NULL);
-}
-
-int
-kim_ctx_record (kim_ctx_t *ctx, uint8_t kind, const uint8_t *body, size_t size, uint64_t *seq)
-{
-    uint64_t ignored;
-    return kim_store_append (ctx->server->store, kind, ctx->now, body, size, seq? seq: &ignored);
-}
-
-int
-kim_ctx_emit (kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient, uint64_t *seq)
-{
-    kim_server_t *self = ctx->server;
-    if (!msg->msg_id [0])
-        //  Broker-made ids name the seq they get: unique, and easy to trace.
-        snprintf (msg->msg_id, sizeof msg->msg_id, "broker-%" PRIu64,
-                  kim_store_head (self->store) + 1);
-    kim_str_copy (msg->sender, sizeof msg->sender, self->config->name);
-    if (recipient)
-        kim_str_copy (msg->recipient, sizeof msg->recipient, recipient);
-    if (!msg->schema)
-        msg->schema = KIM_SCHEMA_VERSION;
-    if (!msg->created_at)
-        msg->created_at = ctx->now;
-    msg->payload_len = 0;
-    msg->has_payload_hash = true;
-    memcpy (msg->payload_hash, self->empty_hash, KIM_HASH_SIZE);
-    kim_buf_reset (&self->hdr_buf);
-    uint64_t appended;
-    int rc = kim_msg_encode (msg, &self->hdr_buf);
-    if (rc == 0)
-        rc = kim_store_append (self->store, KIM_RECORD_MESSAGE, ctx->now,
-                               self->hdr_buf.data, self->hdr_buf.size, &appended);
-    if (rc == 0 && recipient)
-        rc = s_mailbox_add (self, recipient, appended, false, NULL);
-    if (rc == 0 && seq)
-        *seq = appended;
-    return rc;
-}
-
-//  --------------------------------------------------------------------------
-//  The write batch
-
-static void
-s_item_refuse (item_t *item, int code, const char *path, const char *text)
-{
-    item->code = code < 0? -code: code;
-    kim_str_copy (item->path, sizeof item->path, path? path: "");
-    kim_str_copy (item->text, sizeof item->text, text? text: kim_strerror (code));
-}
-
-//  Runs one SEND through the pipeline. Refusals land in item->code; the
-//  return value is for failures that doom the whole batch (store errors).
-static int
-s_apply_send (kim_server_t *self, item_t *item)
-{
-    kim_msg_t *msg = &item->cmd.msg;
-    const kim_org_t *sender = item->org->org;
-
-    //  Identity comes from the key: a header may only repeat it.
-    if (msg->sender [0] && strcmp (msg->sender, sender->id) != 0) {
-        s_item_refuse (item, KIM_E_SENDER_MISMATCH, "hdr.sender",
-                       "the header names another sender than the connection's key");
-        return 0;
-    }
-    uint64_t seq;
-    int rc = kim_store_dedup_get (self->store, sender->id, msg->msg_id, &seq);
-    if (rc < 0)
-        return rc;
-    if (rc == 1) {
-        item->seq = seq;
-        item->dup = true;
-        return 0;
-    }
-    org_state_t *recipient = NULL;
-    if (msg->recipient [0]) {
-        recipient = (org_state_t *) zhashx_lookup (self->orgs, msg->recipient);
-        if (!recipient || recipient->org->revoked || recipient->removed
-        ||  recipient->org->role != KIM_ROLE_AGENCY) {
-            s_item_refuse (item, KIM_E_UNKNOWN_RECIPIENT, "hdr.recipient", NULL);
-            return 0;
-        }
-        if (kim_store_mailbox_count (self->store, recipient->org->id) >= self->config->mailbox_quota) {
-            s_item_refuse (item, KIM_E_QUOTA, "hdr.recipient", NULL);
-            return 0;
-        }
-    }
-    const uint8_t *payload = NULL;
-    size_t payload_size = 0;
-    if (item->has_payload) {
-        payload = (const uint8_t *) zmq_msg_data (&item->payload);
-        payload_size = zmq_msg_size (&item->payload);
-    }
-    //  A sender may state the payload's length and hash; they must be true.
-    uint8_t hash [KIM_HASH_SIZE];
-    crypto_generichash (hash, KIM_HASH_SIZE, payload, payload_size, NULL, 0);
-    bool bad_len = msg->payload_len && msg->payload_len != payload_size;
-    if (bad_len || (msg->has_payload_hash && sodium_memcmp (msg->payload_hash, hash, KIM_HASH_SIZE))) {
-        s_item_refuse (item, KIM_E_BAD_VALUE, bad_len? "hdr.payload_len": "hdr.payload_hash",
-                       "the header's payload length or hash does not describe frame 1");
-        return 0;
-    }
-    kim_str_copy (msg->sender, sizeof msg->sender, sender->id);
-    if (!msg->created_at)
-        msg->created_at = self->ctx.now;
-    msg->payload_len = (uint32_t) payload_size;
-    msg->has_payload_hash = true;
-    memcpy (msg->payload_hash, hash, KIM_HASH_SIZE);
-
-    kim_route_t route = {
-        .sender = sender,
-        .recipient = recipient? recipient->org: NULL,
-        .msg = msg,
-        .payload_size = payload_size,
-    };
-    for (size_t i = 0; i < self->hook_count; i++) {
-        kim_hook_t *hook = &self->hooks [i];
-        if (!hook->check)
-            continue;
-        kim_verdict_t verdict = { 0, "", "", "" };
-        rc = hook->check (hook->state, &self->ctx, &route, &verdict);
-        if (rc && verdict.code) {
-            s_item_refuse (item, verdict.code, verdict.path, verdict.text [0]? verdict.text: NULL);
-            return 0;
-        }
-        if (rc)
-            return rc;
-    }
-    kim_buf_reset (&self->hdr_buf);
-    rc = kim_msg_encode (msg, &self->hdr_buf);
-    if (rc == 0)
-        rc = kim_store_append (self->store, KIM_RECORD_MESSAGE, self->ctx.now,
-                               self->hdr_buf.data, self->hdr_buf.size, &seq);
-    if (rc == 0 && payload_size)
-        rc = kim_store_payload_put (self->store, seq, payload, payload_size);
-    if (rc == 0)
-        rc = kim_store_dedup_put (self->store, sender->id, msg->msg_id, seq, self->ctx.now);
-    route.seq = seq;
-    for (size_t i = 0; rc == 0 && i < self->hook_count; i++)
-        if (self->hooks [i].applied)
-            rc = self->hooks [i].applied (self->hooks [i].state, &self->ctx, &route);
-    if (rc == 0 && recipient)
-        rc = s_mailbox_add (self, recipient->org->id, seq, false, route.note);
-    if (rc == 0)
-        item->seq = seq;
-    return rc;
-}
-
-//  Removes acked deliveries from the mailbox. In-memory flights change only
-//  after the commit, so that a replayed batch sees the same state.
-static int
-s_apply_ack (kim_server_t *self, item_t *item)
-{
-    org_state_t *state = item->org;
-    for (size_t i = 0; i < item->cmd.ack_count; i++) {
-        uint64_t seq = item->cmd.acks [i];
-        char note [KIM_MAILBOX_NOTE_MAX + 1];
-        int rc = kim_store_mailbox_take (self->store, state->org->id, seq, note);
-        if (rc == -KIM_E_NOT_FOUND) {
-            if (!item->code) {
-                char path [KIM_PATH_MAX + 1], text [KIM_TEXT_MAX + 1];
-                snprintf (path, sizeof path, "seqs[%zu]", i);
-                snprintf (text, sizeof text, "seq %" PRIu64 " is not in your mailbox", seq);
-                s_item_refuse (item, KIM_E_BAD_ACK, path, text);
-            }
-            continue;
-        }
-        if (rc)
-            return rc;
-        for (size_t h = 0; h < self->hook_count; h++)
-            if (self->hooks [h].acked
-            &&  (rc = self->hooks [h].acked (self->hooks [h].state, &self->ctx, state->org, seq,
-                                            note)))
-                return rc;
-    }
-    return 0;
-}
-
-static void
-s_hooks_settle (kim_server_t *self, bool committed)
-{
-    for (size_t i = 0; i < self->hook_count; i++) {
-        kim_hook_t *hook = &self->hooks [i];
-        if (committed && hook->committed)
-            hook->committed (hook->state);
-        else
-        if (!committed && hook->aborted)
-            hook->aborted (hook->state);
-    }
-    s_touched_settle (self, committed);
-}
-
-//  Commits the open batch. Returns 0, 1 when the map grew and the batch must
-//  be replayed, or -KIM_E_*.
-static int
-s_commit (kim_server_t *self)
-{
-    bool retry = false;
-    int rc = kim_store_commit (self->store, &retry);
-    s_hooks_settle (self, rc == 0);
-    if (rc == -KIM_E_STORE_FULL && retry)
-        return 1;
-    if (rc && kim_store_failed (self->store))
-        self->failed = true;
-    return rc;
-}
-
-static void
-s_abort (kim_server_t *self)
-{
-    kim_store_abort (self->store);
-    s_hooks_settle (self, false);
-}
-
-static int
-s_apply_batch (kim_server_t *self)
-{
-    int rc = kim_store_begin (self->store);
-    if (rc)
-        return rc;
-    for (size_t i = 0; i < self->item_count && rc == 0; i++) {
-        item_t *item = &self->items [i];
-        item->code = 0;
-        item->path [0] = item->text [0] = 0;
-        item->seq = 0;
-        item->dup = false;
-        rc = item->cmd.id == KIM_CMD_SEND
-            ? s_apply_send (self, item)
-            : s_apply_ack (self, item);
-    }
-    //  A full map poisons the whole transaction; commit grows the map.
-    if (rc && rc != -KIM_E_STORE_FULL) {
-        s_abort (self);
-        return rc;
-    }
-    if (self->ctx.now - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS) {
-        kim_store_dedup_expire (self->store, self->ctx.now, 1000);
-        self->last_dedup_expire_ms = self->ctx.now;
-    }
-    return s_commit (self);
-}
-
-static void
-s_finish_batch (kim_server_t *self, int rc)
-{
-    for (size_t i = 0; i < self->item_count; i++) {
-        item_t *item = &self->items [i];
-        if (rc)
-            s_item_refuse (item, rc, NULL, NULL);
-        if (item->cmd.id == KIM_CMD_SEND) {
-            if (item->code == 0) {
-                //  One receipt per message: reuse a prepared command rather
-                //  than clearing a whole kim_cmd_t each time.
-                kim_cmd_t *receipt = &self->receipt;
-                memcpy (receipt->msg_id, item->cmd.msg.msg_id, sizeof receipt->msg_id);
-                receipt->seq = item->seq;
-                receipt->dup = item->dup;
-                s_send_cmd (self, item->rid, item->rid_size, receipt);
-                if (item->dup)
-                    self->duplicates++;
-                else
-                    self->receipted++;
-            }
-            else
-                s_reject (self, item->rid, item->rid_size, item->code, item->cmd.msg.msg_id,
-                          item->path [0]? item->path: NULL, "%s", item->text);
-        }
-        else {
-            if (rc == 0) {
-                org_state_t *state = item->org;
-                for (size_t a = 0; a < item->cmd.ack_count; a++)
-                    s_flight_remove (state, item->cmd.acks [a]);
-                self->acked += item->cmd.ack_count;
-                s_mark_dirty (self, state);
-            }
-            if (item->code)
-                s_reject (self, item->rid, item->rid_size, item->code, NULL,
-                          item->path [0]? item->path: NULL, "%s", item->text);
-        }
-        if (item->has_payload) {
-            zmq_msg_close (&item->payload);
-            item->has_payload = false;
-        }
-    }
-    self->item_count = 0;
-}
-
-//  Runs `apply` in a write batch, replaying it while the map grows. Each
-//  replay follows a growth that at most doubles towards map_max, so this
-//  ends; the bound is a guard, not a policy.
-static int
-s_batch_run (kim_server_t *self, int (*apply) (kim_server_t *self))
-{
-    self->ctx.now = s_now (self);
-    int rc;
-    for (int attempt = 0; (rc = apply (self)) == 1 && attempt < 64; attempt++)
-        zsys_notice ("server: store map grew to %" PRIu64 " bytes; replaying the batch",
-                     kim_store_bytes (self->store));
-    if (rc == 1)
-        rc = -KIM_E_STORE_FULL;
-    if (rc == -KIM_E_STORE_FULL)
-        zsys_error ("server: store is full at store/map_max_mb; refusing the batch");
-    else
-    if (rc)
-        zsys_error ("server: write batch failed: %s", kim_strerror (rc));
-    return rc;
-}
-
-static void
-s_commit_batch (kim_server_t *self)
-{
-    if (self->item_count == 0)
-        return;
-    int rc = s_batch_run (self, s_apply_batch);
-    self->batches++;
-    s_finish_batch (self, rc);
-}
-
-//  Timers of the hooks (deadlines, retention) run in a batch of their own.
-static int
-s_apply_ticks (kim_server_t *self)
-{
-    int rc = kim_store_begin (self->store);
-    if (rc)
-        return rc;
-    //  Old msg_ids are forgotten even when no traffic comes to do it.
-    if (self->ctx.now - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS) {
-        rc = kim_store_dedup_expire (self->store, self->ctx.now, 10000);
-        self->last_dedup_expire_ms = self->ctx.now;
-    }
-    for (size_t i = 0; rc == 0 && i < self->hook_count; i++)
-        if (self->hooks [i].tick)
-            rc = self->hooks [i].tick (self->hooks [i].state, &self->ctx);
-    if (rc && rc != -KIM_E_STORE_FULL) {
-        s_abort (self);
-        return rc;
-    }
-    return s_commit (self);
-}
-
-void
-kim_ctx_send (kim_ctx_t *ctx, const uint8_t *rid, size_t rid_size, const kim_cmd_t *cmd)
-{
-    s_send_cmd (ctx->server, rid, rid_size, cmd);
-}
-
-static int
-s_apply_module_batch (kim_server_t *self)
-{
-    int rc = kim_store_begin (self->store);
-    if (rc)
-        return rc;
-    rc = self->module_fn (self->module_arg, &self->ctx);
-    if (rc && rc != -KIM_E_STORE_FULL) {
-        s_abort (self);
-        return rc;
-    }
-    return s_commit (self);
-}
-
-int
-kim_ctx_batch (kim_ctx_t *ctx, int (*fn) (void *arg, kim_ctx_t *ctx), void *arg)
-{
-    kim_server_t *self = ctx->server;
-    self->module_fn = fn;
-    self->module_arg = arg;
-    int rc = s_batch_run (self, s_apply_module_batch);
-    self->module_fn = NULL;
-    self->module_arg = NULL;
-    return rc;
 }
 
 //  --------------------------------------------------------------------------
@@ -947,7 +406,7 @@ s_stale (kim_server_t *self, const kim_msg_t *msg)
 {
     if (!msg->created_at)
         return false;
-    uint64_t now = s_now (self);
+    uint64_t now = kim_server_now (self);
     return msg->created_at + self->config->dedup_window_ms < now
         || msg->created_at > now + self->config->clock_skew_ms;
 }
@@ -964,7 +423,7 @@ s_drop_sessions (kim_server_t *self, org_state_t *state, const char *why)
     size_t count = zlistx_size (doomed);
     for (session_t *session = (session_t *) zlistx_first (doomed); session;
          session = (session_t *) zlistx_next (doomed)) {
-        s_reject (self, session->rid, session->rid_size, KIM_E_REVOKED, NULL, NULL,
+        kim_server_reject (self, session->rid, session->rid_size, KIM_E_REVOKED, NULL, NULL,
                   "%s: %s", state->org->id, why);
         s_session_destroy (self, session, why);
     }
@@ -1066,14 +525,14 @@ s_reload_command (kim_server_t *self, const uint8_t *rid, size_t rid_size, const
     zsys_notice ("reload asked by %s", by);
     if (s_reload (self, summary, sizeof summary)) {
         zsys_error ("reload refused, the registry is unchanged: %s", summary);
-        s_reject (self, rid, rid_size, KIM_E_RELOAD_FAILED, NULL, NULL, "%s", summary);
+        kim_server_reject (self, rid, rid_size, KIM_E_RELOAD_FAILED, NULL, NULL, "%s", summary);
         return;
     }
     kim_cmd_t *reply = &self->reply;
     kim_cmd_init (reply, KIM_CMD_RELOADED);
     reply->count = self->config->org_count;
     kim_str_copy (reply->text, sizeof reply->text, summary);
-    s_send_cmd (self, rid, rid_size, reply);
+    kim_server_send_cmd (self, rid, rid_size, reply);
 }
 
 static int
@@ -1100,7 +559,7 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
     KIM_CMDS (KIM_X_DIR)
 #undef KIM_X_DIR
     if (direction == KIM_CMD_TO_BROKER) {
-        self->ctx.now = s_now (self);
+        self->ctx.now = kim_server_now (self);
         for (size_t i = 0; i < self->hook_count; i++) {
             kim_hook_t *hook = &self->hooks [i];
             if (!hook->command)
@@ -1110,7 +569,7 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
             if (rc == -KIM_E_UNKNOWN_CMD)
                 continue;
             if (rc)
-                s_reject (self, session->rid, session->rid_size, verdict.code? verdict.code: rc,
+                kim_server_reject (self, session->rid, session->rid_size, verdict.code? verdict.code: rc,
                           NULL, verdict.path [0]? verdict.path: NULL, "%s",
                           verdict.text [0]? verdict.text: kim_strerror (rc));
             //  What the command wrote may be deliverable now.
@@ -1118,7 +577,7 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
             return;
         }
     }
-    s_reject (self, session->rid, session->rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+    kim_server_reject (self, session->rid, session->rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
               direction == KIM_CMD_TO_BROKER
               ? "%s is not served by this broker version"
               : "%s is sent by the broker, not to it", kim_cmd_name (cmd->id));
@@ -1192,11 +651,11 @@ s_read_one (kim_server_t *self)
     session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
     const char *msg_id = rc == 0 && cmd->id == KIM_CMD_SEND? cmd->msg.msg_id: NULL;
     if (rc)
-        s_reject (self, rid, rid_size, rc, NULL, error.path [0]? error.path: NULL,
+        kim_server_reject (self, rid, rid_size, rc, NULL, error.path [0]? error.path: NULL,
                   "%s%s%s", kim_strerror (rc), error.path [0]? " at ": "", error.path);
     else
     if (frames > (cmd->id == KIM_CMD_SEND? 2: 1))
-        s_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, msg_id, NULL,
+        kim_server_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, msg_id, NULL,
                   "%s takes %s frame%s, got %d", kim_cmd_name (cmd->id),
                   cmd->id == KIM_CMD_SEND? "one or two": "one",
                   cmd->id == KIM_CMD_SEND? "s": "", frames);
@@ -1205,39 +664,39 @@ s_read_one (kim_server_t *self)
         s_hello (self, rid, rid_size, key, user_id, cmd);
     else
     if (!session)
-        s_reject (self, rid, rid_size, KIM_E_NO_SESSION, msg_id, NULL,
+        kim_server_reject (self, rid, rid_size, KIM_E_NO_SESSION, msg_id, NULL,
                   "send HELLO first (the broker may have restarted)");
     else
     if (!user_id || strcmp (user_id, session->org->org->id) != 0)
         //  Cannot happen with libzmq's per-connection routing ids; refuse
         //  loudly if it ever does rather than act for the wrong org.
-        s_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, msg_id, NULL,
+        kim_server_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, msg_id, NULL,
                   "connection identity changed");
     else
     if (!s_rate_ok (self, session))
-        s_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, msg_id, NULL,
+        kim_server_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, msg_id, NULL,
                   "more than %" PRIu64 " commands/s from this session; slow down",
                   self->config->rate_limit);
     else {
         switch (cmd->id) {
             case KIM_CMD_SEND:
                 if (session->org->org->role != KIM_ROLE_AGENCY)
-                    s_reject (self, rid, rid_size, KIM_E_FORBIDDEN, msg_id, NULL,
+                    kim_server_reject (self, rid, rid_size, KIM_E_FORBIDDEN, msg_id, NULL,
                               "role %s may not send messages",
                               kim_role_name (session->org->org->role));
                 else
                 if (has_payload && zmq_msg_size (&item->payload) > self->config->max_payload)
-                    s_reject (self, rid, rid_size, KIM_E_TOO_LARGE, msg_id, "payload",
+                    kim_server_reject (self, rid, rid_size, KIM_E_TOO_LARGE, msg_id, "payload",
                               "payload of %zu bytes exceeds max_payload %u",
                               zmq_msg_size (&item->payload), self->config->max_payload);
                 else
                 if (s_stale (self, &cmd->msg))
-                    s_reject (self, rid, rid_size, KIM_E_STALE, msg_id, "hdr.created_at",
+                    kim_server_reject (self, rid, rid_size, KIM_E_STALE, msg_id, "hdr.created_at",
                               "created_at is outside the accepted window (de-duplication "
                               "window in the past, clock skew in the future)");
                 else
                 if (cmd->msg.type == KIM_TYPE_OUTCOME && has_payload && zmq_msg_size (&item->payload))
-                    s_reject (self, rid, rid_size, KIM_E_BAD_VALUE, msg_id, "payload",
+                    kim_server_reject (self, rid, rid_size, KIM_E_BAD_VALUE, msg_id, "payload",
                               "an OUTCOME carries an outcome code only, never a payload");
                 else
                     queued = true;
@@ -1248,7 +707,7 @@ s_read_one (kim_server_t *self)
             case KIM_CMD_PING: {
                 kim_cmd_t *reply = &self->reply;
                 kim_cmd_init (reply, KIM_CMD_PONG);
-                s_send_cmd (self, rid, rid_size, reply);
+                kim_server_send_cmd (self, rid, rid_size, reply);
                 break;
             }
             case KIM_CMD_STATUS:
@@ -1259,7 +718,7 @@ s_read_one (kim_server_t *self)
                 break;
             case KIM_CMD_RELOAD:
                 if (session->org->org->role != KIM_ROLE_OPERATOR)
-                    s_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                    kim_server_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
                               "only an operator may reload the registry");
                 else
                     s_reload_command (self, rid, rid_size, session->org->org->id);
@@ -1290,7 +749,7 @@ s_router_ready (zloop_t *loop, zsock_t *reader, void *arg)
     while (self->item_count < self->config->batch_max && read < 4 * self->config->batch_max
     &&     s_read_one (self))
         read++;
-    s_commit_batch (self);
+    kim_batch_commit (self);
     s_deliver_dirty (self);
     return self->failed? -1: 0;
 }
@@ -1323,10 +782,10 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
          session = (session_t *) zlistx_next (expired)) {
         zsys_info ("server: %s silent for %" PRIu64 " ms; session expired",
                    session->org->org->id, now - session->last_seen_ms);
-        s_reject (self, session->rid, session->rid_size, KIM_E_SESSION_EXPIRED, NULL, NULL, NULL);
+        kim_server_reject (self, session->rid, session->rid_size, KIM_E_SESSION_EXPIRED, NULL, NULL, NULL);
         org_state_t *state = session->org;
         s_session_destroy (self, session, "expired");
-        s_mark_dirty (self, state);
+        kim_server_mark_dirty (self, state);
     }
     zlistx_destroy (&expired);
 
@@ -1347,10 +806,10 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
         }
         kim_store_read_end (self->store);
     }
-    bool ticking = s_now (self) - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS;
+    bool ticking = kim_server_now (self) - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS;
     for (size_t i = 0; i < self->hook_count; i++)
         ticking |= self->hooks [i].tick != NULL;
-    if (ticking && s_batch_run (self, s_apply_ticks) && self->failed)
+    if (ticking && kim_batch_run (self, kim_batch_apply_ticks) && self->failed)
         return -1;
     s_deliver_dirty (self);
     if (now - self->last_stats_ms >= KIM_STATS_MS) {
@@ -1420,7 +879,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     self->clock_file = getenv ("KIM_CLOCK_FILE");
     s_clock_update (self);
     self->started_ms = self->last_stats_ms = s_mono ();
-    self->last_dedup_expire_ms = s_now (self);
+    self->last_dedup_expire_ms = kim_server_now (self);
 
     if (sodium_init () < 0) {
         snprintf (error, error_size, "libsodium failed to initialise");

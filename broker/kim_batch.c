@@ -1,0 +1,462 @@
+/*  kim_batch.c — the broker's write batch: the one pipeline every SEND and
+    ACK goes through, and what modules' hooks may do inside it.
+
+    A batch is one LMDB write transaction: each SEND is checked (identity,
+    de-duplication, recipient, every hook's check), appended to the log,
+    its payload stored apart, and put into the recipient's mailbox; each ACK
+    takes entries out of a mailbox. The transaction is committed and synced
+    once, and only then do RECEIPTs and REJECTs go out (kim_batch_commit),
+    so a receipt always names a message that is on disk. A full map grows
+    and the whole batch is replayed, hooks included; that is why hooks keep
+    no in-memory effects until `committed`.
+*/
+#include <sodium.h>
+
+#include "kim_server_int.h"
+
+//  --------------------------------------------------------------------------
+//  What hooks may do inside a write batch
+
+//  Mail written in the open batch becomes deliverable only after the commit.
+static void
+s_touch (kim_server_t *self, org_state_t *state)
+{
+    if (!state->touched) {
+        state->touched = true;
+        state->next_touched = self->touched;
+        self->touched = state;
+    }
+}
+
+static void
+s_touched_settle (kim_server_t *self, bool committed)
+{
+    while (self->touched) {
+        org_state_t *state = self->touched;
+        self->touched = state->next_touched;
+        state->touched = false;
+        if (committed)
+            kim_server_mark_dirty (self, state);
+    }
+}
+
+kim_store_t *
+kim_ctx_store (kim_ctx_t *ctx)
+{
+    return ctx->server->store;
+}
+
+const kim_config_t *
+kim_ctx_config (kim_ctx_t *ctx)
+{
+    return ctx->server->config;
+}
+
+uint64_t
+kim_ctx_now (kim_ctx_t *ctx)
+{
+    return ctx->now;
+}
+
+const kim_org_t *
+kim_ctx_org (kim_ctx_t *ctx, const char *id)
+{
+    org_state_t *state = (org_state_t *) zhashx_lookup (ctx->server->orgs, id);
+    return state? state->org: NULL;
+}
+
+static int
+s_mailbox_add (kim_server_t *self, const char *org, uint64_t seq, bool copy, const char *note)
+{
+    org_state_t *state = (org_state_t *) zhashx_lookup (self->orgs, org);
+    if (!state)
+        return -KIM_E_UNKNOWN_RECIPIENT;
+    int rc = copy
+        ? kim_store_mailbox_put_copy (self->store, org, seq)
+        : kim_store_mailbox_put_note (self->store, org, seq, note);
+    if (rc == 0)
+        s_touch (self, state);
+    return rc;
+}
+
+int
+kim_ctx_deliver_also (kim_ctx_t *ctx, const char *org, uint64_t seq)
+{
+    return s_mailbox_add (ctx->server, org, seq, true, NULL);
+}
+
+int
+kim_ctx_deliver_payload (kim_ctx_t *ctx, const char *org, uint64_t seq)
+{
+    return s_mailbox_add (ctx->server, org, seq, false, NULL);
+}
+
+int
+kim_ctx_record (kim_ctx_t *ctx, uint8_t kind, const uint8_t *body, size_t size, uint64_t *seq)
+{
+    uint64_t ignored;
+    return kim_store_append (ctx->server->store, kind, ctx->now, body, size, seq? seq: &ignored);
+}
+
+int
+kim_ctx_emit (kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient, uint64_t *seq)
+{
+    kim_server_t *self = ctx->server;
+    if (!msg->msg_id [0])
+        //  Broker-made ids name the seq they get: unique, and easy to trace.
+        snprintf (msg->msg_id, sizeof msg->msg_id, "broker-%" PRIu64,
+                  kim_store_head (self->store) + 1);
+    kim_str_copy (msg->sender, sizeof msg->sender, self->config->name);
+    if (recipient)
+        kim_str_copy (msg->recipient, sizeof msg->recipient, recipient);
+    if (!msg->schema)
+        msg->schema = KIM_SCHEMA_VERSION;
+    if (!msg->created_at)
+        msg->created_at = ctx->now;
+    msg->payload_len = 0;
+    msg->has_payload_hash = true;
+    memcpy (msg->payload_hash, self->empty_hash, KIM_HASH_SIZE);
+    kim_buf_reset (&self->hdr_buf);
+    uint64_t appended;
+    int rc = kim_msg_encode (msg, &self->hdr_buf);
+    if (rc == 0)
+        rc = kim_store_append (self->store, KIM_RECORD_MESSAGE, ctx->now,
+                               self->hdr_buf.data, self->hdr_buf.size, &appended);
+    if (rc == 0 && recipient)
+        rc = s_mailbox_add (self, recipient, appended, false, NULL);
+    if (rc == 0 && seq)
+        *seq = appended;
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  The write batch
+
+static void
+s_item_refuse (item_t *item, int code, const char *path, const char *text)
+{
+    item->code = code < 0? -code: code;
+    kim_str_copy (item->path, sizeof item->path, path? path: "");
+    kim_str_copy (item->text, sizeof item->text, text? text: kim_strerror (code));
+}
+
+//  Runs one SEND through the pipeline. Refusals land in item->code; the
+//  return value is for failures that doom the whole batch (store errors).
+static int
+s_apply_send (kim_server_t *self, item_t *item)
+{
+    kim_msg_t *msg = &item->cmd.msg;
+    const kim_org_t *sender = item->org->org;
+
+    //  Identity comes from the key: a header may only repeat it.
+    if (msg->sender [0] && strcmp (msg->sender, sender->id) != 0) {
+        s_item_refuse (item, KIM_E_SENDER_MISMATCH, "hdr.sender",
+                       "the header names another sender than the connection's key");
+        return 0;
+    }
+    uint64_t seq;
+    int rc = kim_store_dedup_get (self->store, sender->id, msg->msg_id, &seq);
+    if (rc < 0)
+        return rc;
+    if (rc == 1) {
+        item->seq = seq;
+        item->dup = true;
+        return 0;
+    }
+    org_state_t *recipient = NULL;
+    if (msg->recipient [0]) {
+        recipient = (org_state_t *) zhashx_lookup (self->orgs, msg->recipient);
+        if (!recipient || recipient->org->revoked || recipient->removed
+        ||  recipient->org->role != KIM_ROLE_AGENCY) {
+            s_item_refuse (item, KIM_E_UNKNOWN_RECIPIENT, "hdr.recipient", NULL);
+            return 0;
+        }
+        if (kim_store_mailbox_count (self->store, recipient->org->id) >= self->config->mailbox_quota) {
+            s_item_refuse (item, KIM_E_QUOTA, "hdr.recipient", NULL);
+            return 0;
+        }
+    }
+    const uint8_t *payload = NULL;
+    size_t payload_size = 0;
+    if (item->has_payload) {
+        payload = (const uint8_t *) zmq_msg_data (&item->payload);
+        payload_size = zmq_msg_size (&item->payload);
+    }
+    //  A sender may state the payload's length and hash; they must be true.
+    uint8_t hash [KIM_HASH_SIZE];
+    crypto_generichash (hash, KIM_HASH_SIZE, payload, payload_size, NULL, 0);
+    bool bad_len = msg->payload_len && msg->payload_len != payload_size;
+    if (bad_len || (msg->has_payload_hash && sodium_memcmp (msg->payload_hash, hash, KIM_HASH_SIZE))) {
+        s_item_refuse (item, KIM_E_BAD_VALUE, bad_len? "hdr.payload_len": "hdr.payload_hash",
+                       "the header's payload length or hash does not describe frame 1");
+        return 0;
+    }
+    kim_str_copy (msg->sender, sizeof msg->sender, sender->id);
+    if (!msg->created_at)
+        msg->created_at = self->ctx.now;
+    msg->payload_len = (uint32_t) payload_size;
+    msg->has_payload_hash = true;
+    memcpy (msg->payload_hash, hash, KIM_HASH_SIZE);
+
+    kim_route_t route = {
+        .sender = sender,
+        .recipient = recipient? recipient->org: NULL,
+        .msg = msg,
+        .payload_size = payload_size,
+    };
+    for (size_t i = 0; i < self->hook_count; i++) {
+        kim_hook_t *hook = &self->hooks [i];
+        if (!hook->check)
+            continue;
+        kim_verdict_t verdict = { 0, "", "", "" };
+        rc = hook->check (hook->state, &self->ctx, &route, &verdict);
+        if (rc && verdict.code) {
+            s_item_refuse (item, verdict.code, verdict.path, verdict.text [0]? verdict.text: NULL);
+            return 0;
+        }
+        if (rc)
+            return rc;
+    }
+    kim_buf_reset (&self->hdr_buf);
+    rc = kim_msg_encode (msg, &self->hdr_buf);
+    if (rc == 0)
+        rc = kim_store_append (self->store, KIM_RECORD_MESSAGE, self->ctx.now,
+                               self->hdr_buf.data, self->hdr_buf.size, &seq);
+    if (rc == 0 && payload_size)
+        rc = kim_store_payload_put (self->store, seq, payload, payload_size);
+    if (rc == 0)
+        rc = kim_store_dedup_put (self->store, sender->id, msg->msg_id, seq, self->ctx.now);
+    route.seq = seq;
+    for (size_t i = 0; rc == 0 && i < self->hook_count; i++)
+        if (self->hooks [i].applied)
+            rc = self->hooks [i].applied (self->hooks [i].state, &self->ctx, &route);
+    if (rc == 0 && recipient)
+        rc = s_mailbox_add (self, recipient->org->id, seq, false, route.note);
+    if (rc == 0)
+        item->seq = seq;
+    return rc;
+}
+
+//  Removes acked deliveries from the mailbox. In-memory flights change only
+//  after the commit, so that a replayed batch sees the same state.
+static int
+s_apply_ack (kim_server_t *self, item_t *item)
+{
+    org_state_t *state = item->org;
+    for (size_t i = 0; i < item->cmd.ack_count; i++) {
+        uint64_t seq = item->cmd.acks [i];
+        char note [KIM_MAILBOX_NOTE_MAX + 1];
+        int rc = kim_store_mailbox_take (self->store, state->org->id, seq, note);
+        if (rc == -KIM_E_NOT_FOUND) {
+            if (!item->code) {
+                char path [KIM_PATH_MAX + 1], text [KIM_TEXT_MAX + 1];
+                snprintf (path, sizeof path, "seqs[%zu]", i);
+                snprintf (text, sizeof text, "seq %" PRIu64 " is not in your mailbox", seq);
+                s_item_refuse (item, KIM_E_BAD_ACK, path, text);
+            }
+            continue;
+        }
+        if (rc)
+            return rc;
+        for (size_t h = 0; h < self->hook_count; h++)
+            if (self->hooks [h].acked
+            &&  (rc = self->hooks [h].acked (self->hooks [h].state, &self->ctx, state->org, seq,
+                                            note)))
+                return rc;
+    }
+    return 0;
+}
+
+static void
+s_hooks_settle (kim_server_t *self, bool committed)
+{
+    for (size_t i = 0; i < self->hook_count; i++) {
+        kim_hook_t *hook = &self->hooks [i];
+        if (committed && hook->committed)
+            hook->committed (hook->state);
+        else
+        if (!committed && hook->aborted)
+            hook->aborted (hook->state);
+    }
+    s_touched_settle (self, committed);
+}
+
+//  Commits the open batch. Returns 0, 1 when the map grew and the batch must
+//  be replayed, or -KIM_E_*.
+static int
+s_commit (kim_server_t *self)
+{
+    bool retry = false;
+    int rc = kim_store_commit (self->store, &retry);
+    s_hooks_settle (self, rc == 0);
+    if (rc == -KIM_E_STORE_FULL && retry)
+        return 1;
+    if (rc && kim_store_failed (self->store))
+        self->failed = true;
+    return rc;
+}
+
+static void
+s_abort (kim_server_t *self)
+{
+    kim_store_abort (self->store);
+    s_hooks_settle (self, false);
+}
+
+static int
+s_apply_batch (kim_server_t *self)
+{
+    int rc = kim_store_begin (self->store);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < self->item_count && rc == 0; i++) {
+        item_t *item = &self->items [i];
+        item->code = 0;
+        item->path [0] = item->text [0] = 0;
+        item->seq = 0;
+        item->dup = false;
+        rc = item->cmd.id == KIM_CMD_SEND
+            ? s_apply_send (self, item)
+            : s_apply_ack (self, item);
+    }
+    //  A full map poisons the whole transaction; commit grows the map.
+    if (rc && rc != -KIM_E_STORE_FULL) {
+        s_abort (self);
+        return rc;
+    }
+    if (self->ctx.now - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS) {
+        kim_store_dedup_expire (self->store, self->ctx.now, 1000);
+        self->last_dedup_expire_ms = self->ctx.now;
+    }
+    return s_commit (self);
+}
+
+static void
+s_finish_batch (kim_server_t *self, int rc)
+{
+    for (size_t i = 0; i < self->item_count; i++) {
+        item_t *item = &self->items [i];
+        if (rc)
+            s_item_refuse (item, rc, NULL, NULL);
+        if (item->cmd.id == KIM_CMD_SEND) {
+            if (item->code == 0) {
+                //  One receipt per message: reuse a prepared command rather
+                //  than clearing a whole kim_cmd_t each time.
+                kim_cmd_t *receipt = &self->receipt;
+                memcpy (receipt->msg_id, item->cmd.msg.msg_id, sizeof receipt->msg_id);
+                receipt->seq = item->seq;
+                receipt->dup = item->dup;
+                kim_server_send_cmd (self, item->rid, item->rid_size, receipt);
+                if (item->dup)
+                    self->duplicates++;
+                else
+                    self->receipted++;
+            }
+            else
+                kim_server_reject (self, item->rid, item->rid_size, item->code, item->cmd.msg.msg_id,
+                          item->path [0]? item->path: NULL, "%s", item->text);
+        }
+        else {
+            if (rc == 0) {
+                org_state_t *state = item->org;
+                for (size_t a = 0; a < item->cmd.ack_count; a++)
+                    kim_server_flight_remove (state, item->cmd.acks [a]);
+                self->acked += item->cmd.ack_count;
+                kim_server_mark_dirty (self, state);
+            }
+            if (item->code)
+                kim_server_reject (self, item->rid, item->rid_size, item->code, NULL,
+                          item->path [0]? item->path: NULL, "%s", item->text);
+        }
+        if (item->has_payload) {
+            zmq_msg_close (&item->payload);
+            item->has_payload = false;
+        }
+    }
+    self->item_count = 0;
+}
+
+//  Runs `apply` in a write batch, replaying it while the map grows. Each
+//  replay follows a growth that at most doubles towards map_max, so this
+//  ends; the bound is a guard, not a policy.
+int
+kim_batch_run (kim_server_t *self, int (*apply) (kim_server_t *self))
+{
+    self->ctx.now = kim_server_now (self);
+    int rc;
+    for (int attempt = 0; (rc = apply (self)) == 1 && attempt < 64; attempt++)
+        zsys_notice ("server: store map grew to %" PRIu64 " bytes; replaying the batch",
+                     kim_store_bytes (self->store));
+    if (rc == 1)
+        rc = -KIM_E_STORE_FULL;
+    if (rc == -KIM_E_STORE_FULL)
+        zsys_error ("server: store is full at store/map_max_mb; refusing the batch");
+    else
+    if (rc)
+        zsys_error ("server: write batch failed: %s", kim_strerror (rc));
+    return rc;
+}
+
+void
+kim_batch_commit (kim_server_t *self)
+{
+    if (self->item_count == 0)
+        return;
+    int rc = kim_batch_run (self, s_apply_batch);
+    self->batches++;
+    s_finish_batch (self, rc);
+}
+
+//  Timers of the hooks (deadlines, retention) run in a batch of their own.
+int
+kim_batch_apply_ticks (kim_server_t *self)
+{
+    int rc = kim_store_begin (self->store);
+    if (rc)
+        return rc;
+    //  Old msg_ids are forgotten even when no traffic comes to do it.
+    if (self->ctx.now - self->last_dedup_expire_ms >= KIM_DEDUP_EXPIRE_MS) {
+        rc = kim_store_dedup_expire (self->store, self->ctx.now, 10000);
+        self->last_dedup_expire_ms = self->ctx.now;
+    }
+    for (size_t i = 0; rc == 0 && i < self->hook_count; i++)
+        if (self->hooks [i].tick)
+            rc = self->hooks [i].tick (self->hooks [i].state, &self->ctx);
+    if (rc && rc != -KIM_E_STORE_FULL) {
+        s_abort (self);
+        return rc;
+    }
+    return s_commit (self);
+}
+
+void
+kim_ctx_send (kim_ctx_t *ctx, const uint8_t *rid, size_t rid_size, const kim_cmd_t *cmd)
+{
+    kim_server_send_cmd (ctx->server, rid, rid_size, cmd);
+}
+
+static int
+s_apply_module_batch (kim_server_t *self)
+{
+    int rc = kim_store_begin (self->store);
+    if (rc)
+        return rc;
+    rc = self->module_fn (self->module_arg, &self->ctx);
+    if (rc && rc != -KIM_E_STORE_FULL) {
+        s_abort (self);
+        return rc;
+    }
+    return s_commit (self);
+}
+
+int
+kim_ctx_batch (kim_ctx_t *ctx, int (*fn) (void *arg, kim_ctx_t *ctx), void *arg)
+{
+    kim_server_t *self = ctx->server;
+    self->module_fn = fn;
+    self->module_arg = arg;
+    int rc = kim_batch_run (self, s_apply_module_batch);
+    self->module_fn = NULL;
+    self->module_arg = NULL;
+    return rc;
+}

@@ -1,0 +1,143 @@
+/*  kim_server_int.h — what the reactor (kim_server.c) and its write batch
+    (kim_batch.c) share: the server's state and a few of each other's
+    functions. Private to the broker's core; modules see kim_hook.h only.
+*/
+#ifndef KIM_SERVER_INT_H_INCLUDED
+#define KIM_SERVER_INT_H_INCLUDED
+
+#include <czmq.h>
+
+#include "kim_hook.h"
+#include "kim_server.h"
+#include "kim_store.h"
+
+#define KIM_RID_MAX         256     //  ROUTER routing ids are 5 bytes unless a peer sets one
+#define KIM_DEDUP_EXPIRE_MS 10000   //  how often old msg_ids are forgotten
+#define KIM_HOOKS_MAX       8
+
+typedef struct _org_state_t org_state_t;
+typedef struct _session_t session_t;
+
+typedef struct {
+    uint64_t seq;
+    uint64_t sent_ms;
+    bool copy;                      //  header only (KIM_MAILBOX_COPY)
+} flight_t;
+
+struct _org_state_t {
+    const kim_org_t *org;
+    session_t *receiver;            //  the session deliveries go to, or NULL
+    uint64_t cursor;                //  highest seq handed to the receiver
+    flight_t *flights;              //  in flight, ascending seq; window_max slots
+    size_t flight_count;
+    bool dirty;                     //  listed in the server's dirty list
+    org_state_t *next_dirty;
+    bool touched;                   //  the open batch added to its mailbox
+    org_state_t *next_touched;
+    bool removed;                   //  dropped from the registry by a reload
+};
+
+struct _session_t {
+    char key [2 * KIM_RID_MAX + 1]; //  hex of the routing id: the hash key
+    uint8_t rid [KIM_RID_MAX];
+    size_t rid_size;
+    org_state_t *org;
+    uint32_t window;
+    uint64_t last_seen_ms;
+    char agent [KIM_AGENT_MAX + 1];
+    double tokens;                  //  rate limit: commands it may still send now
+    uint64_t refilled_ms;
+};
+
+//  A SEND or ACK waiting for the batch's commit.
+typedef struct {
+    kim_cmd_t cmd;
+    uint8_t rid [KIM_RID_MAX];
+    size_t rid_size;
+    org_state_t *org;               //  the sending organisation
+    zmq_msg_t payload;
+    bool has_payload;
+    //  Outcome of the last apply (reset when a batch is replayed).
+    int code;
+    char path [KIM_PATH_MAX + 1];
+    char text [KIM_TEXT_MAX + 1];
+    uint64_t seq;
+    bool dup;
+} item_t;
+
+struct _kim_ctx_t {
+    kim_server_t *server;
+    uint64_t now;
+};
+
+struct _kim_server_t {
+    kim_config_t *config;
+    kim_store_t *store;
+    zcert_t *cert;
+    zsock_t *router;
+    zsock_t *zap;
+    zloop_t *loop;
+    zhashx_t *sessions;             //  routing id hex -> session_t (owned)
+    zhashx_t *orgs;                 //  org id -> org_state_t (owned)
+    item_t *items;                  //  batch_max slots
+    size_t item_count;
+    org_state_t *dirty;             //  orgs whose mailbox or window changed
+    org_state_t *touched;           //  orgs the open batch wrote mail for
+    kim_hook_t hooks [KIM_HOOKS_MAX];
+    size_t hook_count;
+    kim_ctx_t ctx;
+    int (*module_fn) (void *arg, kim_ctx_t *ctx);   //  the batch kim_ctx_batch runs
+    void *module_arg;
+    zlistx_t *retired;              //  configs replaced by reloads; modules may hold them
+    int signal_fd;                  //  SIGHUP arrives here: reload the registry
+    const char *clock_file;         //  KIM_CLOCK_FILE: tests move time forward
+    int64_t clock_offset_ms;
+    kim_buf_t buf;                  //  encoder scratch
+    kim_buf_t hdr_buf;              //  canonical header scratch
+    kim_cmd_t reply;                //  reply scratch
+    kim_cmd_t receipt;              //  RECEIPT, prepared once
+    uint8_t empty_hash [KIM_HASH_SIZE];     //  of an empty payload: broker-made messages
+    uint64_t started_ms;
+    uint64_t last_dedup_expire_ms;
+    uint64_t last_stats_ms;
+    bool failed;
+    //  Figures since start.
+    uint64_t receipted, duplicates, rejected, delivered, redelivered, acked, batches;
+};
+
+//  --- kim_server.c ----------------------------------------------------------
+
+//  The broker's clock (ms since the epoch; tests may move it).
+uint64_t
+    kim_server_now (kim_server_t *self);
+//  Encodes `cmd` and sends it to the peer; a failure drops it.
+void
+    kim_server_send_cmd (kim_server_t *self, const uint8_t *rid, size_t rid_size,
+                         const kim_cmd_t *cmd);
+//  Sends a REJECT with `code` (local 9xx codes travel as INTERNAL).
+void
+    kim_server_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
+                       const char *msg_id, const char *path, const char *format, ...)
+    CHECK_PRINTF (7);
+//  The organisation's mailbox or window changed: deliver after this turn.
+void
+    kim_server_mark_dirty (kim_server_t *self, org_state_t *state);
+//  Forgets the delivery of `seq` in flight to the organisation.
+void
+    kim_server_flight_remove (org_state_t *state, uint64_t seq);
+
+//  --- kim_batch.c -----------------------------------------------------------
+
+//  Runs `apply` in a write batch, replayed while the map grows. Returns 0
+//  or -KIM_E_*.
+int
+    kim_batch_run (kim_server_t *self, int (*apply) (kim_server_t *self));
+//  Commits the SENDs and ACKs read this turn as one batch, then answers them.
+void
+    kim_batch_commit (kim_server_t *self);
+//  The hooks' timers (deadlines, retention) and msg_id expiry: an apply for
+//  kim_batch_run.
+int
+    kim_batch_apply_ticks (kim_server_t *self);
+
+#endif
