@@ -33,7 +33,7 @@
 #define KIM_DEFAULT_TIMEOUT_MS  5000
 
 //  --------------------------------------------------------------------------
-//  Library extensions (implemented in kim_client.c). They do what the public
+//  Library extensions (implemented in kim_client*.c). They do what the public
 //  calls do and also say, in `why`, exactly what went wrong (which file,
 //  which mode, which endpoint), so the tool can print one precise line
 //  instead of a generic error. The public calls log the same text via zsys.

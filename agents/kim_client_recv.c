@@ -1,0 +1,211 @@
+/*  kim_client_recv.c — the receive side of the client library: the event
+    queue, what kim_client_recv hands out, and acks.
+
+    Deliveries are at-least-once: after a reconnect the broker redelivers
+    what we had not acked, and the library hands it out again (the same
+    seq). Applications that must not process a message twice remember the
+    seqs they have handled, as `kim inbox` does.
+
+    The session's reader (kim_client.c) fills the queue; this file empties
+    it. Events that arrive while the caller waits for something else (room
+    in the send window, a flush, a STATUS_REPLY, a synchronous receipt) are
+    queued for kim_client_recv. Queue nodes are recycled, and a delivery's
+    payload is moved out of the socket, not copied, so a busy client does
+    not allocate per event. Acks are collected and sent as one ACK.
+*/
+#include <inttypes.h>
+#include <string.h>
+
+#include <czmq.h>
+
+#include "kim_client_int.h"
+
+#define S_FREE_NODES_MAX        4096    //  recycled event nodes kept after a burst
+
+
+//  --------------------------------------------------------------------------
+//  Event queue
+
+kim_client_node_t *
+kim_client_i_node_new (kim_client_t *self)
+{
+    kim_client_node_t *node = self->free_nodes;
+    if (node) {
+        self->free_nodes = node->next;
+        self->free_count--;
+    }
+    else {
+        node = (kim_client_node_t *) calloc (1, sizeof (kim_client_node_t));
+        if (!node) {
+            //  An event we cannot queue would be lost silently; stop instead.
+            self->fatal = KIM_E_NOMEM;
+            self->state = KIM_CLIENT_FAILED;
+            kim_client_i_set_error (self, "out of memory queueing an event");
+            return NULL;
+        }
+        zmq_msg_init (&node->payload);
+    }
+    node->next = NULL;
+    node->msg_id [0] = 0;
+    node->seq = 0;
+    node->dup = false;
+    node->code = 0;
+    node->text [0] = 0;
+    node->path [0] = 0;
+    return node;
+}
+
+void
+kim_client_i_node_free (kim_client_node_t *node)
+{
+    zmq_msg_close (&node->payload);
+    free (node->msg);
+    free (node);
+}
+
+static void
+s_node_recycle (kim_client_t *self, kim_client_node_t *node)
+{
+    //  Release the payload now; a big one should not wait in the free list
+    zmq_msg_close (&node->payload);
+    zmq_msg_init (&node->payload);
+    if (self->free_count < S_FREE_NODES_MAX) {
+        node->next = self->free_nodes;
+        self->free_nodes = node;
+        self->free_count++;
+    }
+    else
+        kim_client_i_node_free (node);
+}
+
+void
+kim_client_i_queue_push (kim_client_t *self, kim_client_node_t *node)
+{
+    node->next = NULL;
+    if (self->queue_tail)
+        self->queue_tail->next = node;
+    else
+        self->queue_head = node;
+    self->queue_tail = node;
+}
+
+//  The payload of the last event handed out lives until the next call.
+void
+kim_client_i_release_lent (kim_client_t *self)
+{
+    if (self->lent) {
+        s_node_recycle (self, self->lent);
+        self->lent = NULL;
+    }
+}
+
+void
+kim_client_i_send_acks (kim_client_t *self)
+{
+    if (self->state != KIM_CLIENT_ACTIVE || self->ack_count == 0)
+        return;
+    //  Only the ACK fields matter for an ACK; skip clearing the big struct
+    self->tx.id = KIM_CMD_ACK;
+    self->tx.ack_count = self->ack_count;
+    memcpy (self->tx.acks, self->acks, self->ack_count * sizeof self->acks [0]);
+    int rc = kim_client_i_send_tx (self);
+    if (rc == 0)
+        self->ack_count = 0;
+    else
+    if (rc == -KIM_E_CLOSED)
+        kim_client_i_session_lost (self, KIM_E_CLOSED, "%s", self->error);
+    //  An encode failure would repeat forever; drop the batch but say so
+    else {
+        zsys_warning ("kim_client: dropped %zu acks: %s", self->ack_count, self->error);
+        self->ack_count = 0;
+    }
+}
+
+static bool
+s_has_event (kim_client_t *self)
+{
+    return self->queue_head != NULL;
+}
+
+
+//  --------------------------------------------------------------------------
+//  Public API
+
+int
+kim_client_recv (kim_client_t *self, kim_event_t *event, int timeout_ms)
+{
+    if (!self || !event)
+        return -KIM_E_ARGS;
+    kim_client_i_release_lent (self);
+    //  Acks wait while events are queued (one ACK for a batch) but not so
+    //  long that the broker's delivery window runs dry.
+    uint32_t threshold = self->session_window / 2? self->session_window / 2: 1;
+    if (self->ack_count >= threshold)
+        kim_client_i_send_acks (self);
+    int rc = kim_client_i_wait_for (self, timeout_ms, s_has_event);
+    if (rc) {
+        if (rc == -KIM_E_TIMEOUT)
+            kim_client_i_set_error (self, "no event within %d ms", timeout_ms);
+        return rc;
+    }
+    kim_client_node_t *node = self->queue_head;
+    self->queue_head = node->next;
+    if (!self->queue_head)
+        self->queue_tail = NULL;
+    self->lent = node;
+
+    event->type = node->type;
+    memcpy (event->msg_id, node->msg_id, sizeof event->msg_id);
+    event->seq = node->seq;
+    event->dup = node->dup;
+    event->code = node->code;
+    memcpy (event->text, node->text, sizeof event->text);
+    memcpy (event->path, node->path, sizeof event->path);
+    event->sealed_error = false;
+    if (node->type == KIM_EVENT_DELIVER) {
+        event->msg = *node->msg;
+        event->payload = (const uint8_t *) zmq_msg_data (&node->payload);
+        event->payload_size = zmq_msg_size (&node->payload);
+        //  Payloads from organisations are sealed to us; the broker's own
+        //  messages (reports made from metadata) are not.
+        if (!self->seal.plaintext && event->payload_size > 0
+        &&  !streq (event->msg.sender, self->broker)) {
+            if (kim_seal_open (&self->seal, event->payload, event->payload_size) == 0) {
+                event->payload = self->seal.opened.data;
+                event->payload_size = self->seal.opened.size;
+            }
+            else {
+                event->sealed_error = true;
+                zsys_warning ("kim_client: the payload of seq %" PRIu64 " (%s from %s, %zu "
+                              "bytes) does not open with our key: delivered as received, "
+                              "flagged sealed_error", event->seq, event->msg.msg_id,
+                              event->msg.sender, event->payload_size);
+            }
+        }
+    }
+    else {
+        kim_msg_init (&event->msg);
+        event->payload = NULL;
+        event->payload_size = 0;
+    }
+    return 0;
+}
+
+int
+kim_client_ack (kim_client_t *self, uint64_t seq)
+{
+    if (!self || seq == 0)
+        return -KIM_E_ARGS;
+    if (self->fatal)
+        return -self->fatal;
+    self->acks [self->ack_count++] = seq;
+    if (self->ack_count == KIM_ACKS_MAX) {
+        kim_client_i_send_acks (self);
+        //  Not connected: keep the newest, the broker redelivers the rest
+        if (self->ack_count == KIM_ACKS_MAX) {
+            memmove (self->acks, self->acks + 1, (KIM_ACKS_MAX - 1) * sizeof self->acks [0]);
+            self->ack_count--;
+        }
+    }
+    return 0;
+}
