@@ -14,6 +14,10 @@
     KIM_BENCH_STALL_S seconds is declared stuck, reported with its counters
     and the broker's log folder, and fails.
 
+    One run is not a fair figure on a noisy machine: --repeat N runs every
+    workload (and the ceilings) N times in interleaved rounds and reports
+    the median of each figure, with the range of the headline ones.
+
     Clocks: CLOCK_MONOTONIC nanoseconds. Producer and consumer run in this
     process, so the send stamp in the payload and the consumer's receive
     time come from the same clock.
@@ -45,6 +49,7 @@
 #define KIM_BENCH_MAGIC         0x6b696d62656e6368ull  //  "kimbench"
 #define KIM_BENCH_RSS_POINTS    5       //  0, 25, 50, 75, 100 % of the fill
 #define KIM_BENCH_SINK          "jc.sink"
+#define KIM_BENCH_REPEAT_MAX    20      //  --repeat N: runs of each workload
 
 //  --------------------------------------------------------------------------
 //  Options and results
@@ -66,6 +71,7 @@ typedef struct {
     uint32_t w2_seconds;        //  W2 duration
     uint32_t fill;              //  RSS: undelivered messages in total
     uint32_t fill_payload;      //  RSS payload bytes
+    uint32_t repeat;            //  runs of each workload (and of the ceilings)
     char broker_extra [1024];   //  lines for the broker section (--set broker/...)
     char store_extra [512];     //  lines for the store section (--set store/...)
 } options_t;
@@ -107,6 +113,21 @@ typedef struct {
     double lmdb_rate, lmdb_commit_us;       //  batch 256
     double lmdb1_rate, lmdb1_commit_us;     //  batch 1
 } ceilings_t;
+
+//  Several runs of one workload (--repeat): the median of each figure over
+//  the runs that passed, and the smallest and largest.
+typedef struct {
+    uint32_t runs;              //  runs that passed: the figures are over these
+    uint32_t failed;            //  runs that failed
+    result_t median, min, max;
+} summary_t;
+
+//  Several rounds of the ceilings: each tool's figures over the rounds in
+//  which it ran.
+typedef struct {
+    uint32_t zmq_runs, curve_runs, lmdb_runs, lmdb1_runs;
+    ceilings_t median, min, max;
+} ceiling_summary_t;
 
 //  --------------------------------------------------------------------------
 //  Small helpers
@@ -1189,20 +1210,208 @@ s_ceilings (const options_t *opt, ceilings_t *ceil)
 }
 
 //  --------------------------------------------------------------------------
-//  Reporting
+//  Several runs (--repeat): medians and ranges
+
+static int
+s_cmp_double (const void *a, const void *b)
+{
+    double x = *(const double *) a, y = *(const double *) b;
+    return x < y? -1: x > y;
+}
+
+//  The median (the mean of the middle two when n is even), the smallest and
+//  the largest of n > 0 values; sorts them in place.
+static void
+s_stats (double values [], size_t n, double *median, double *min, double *max)
+{
+    qsort (values, n, sizeof values [0], s_cmp_double);
+    *min = values [0];
+    *max = values [n - 1];
+    *median = n % 2? values [n / 2]: (values [n / 2 - 1] + values [n / 2]) / 2;
+}
+
+//  One figure over the n runs in `runs`: a rate or a time as it is, a count
+//  (kB, messages) rounded to the nearest whole.
+#define S_SUMMARISE_FIGURE(field) do { \
+    for (size_t i_ = 0; i_ < n; i_++) \
+        values [i_] = runs [i_]->field; \
+    s_stats (values, n, &self->median.field, &self->min.field, &self->max.field); \
+} while (0)
+
+#define S_SUMMARISE_COUNT(field) do { \
+    double median_, min_, max_; \
+    for (size_t i_ = 0; i_ < n; i_++) \
+        values [i_] = (double) runs [i_]->field; \
+    s_stats (values, n, &median_, &min_, &max_); \
+    self->median.field = (uint64_t) (median_ + 0.5); \
+    self->min.field = (uint64_t) min_; \
+    self->max.field = (uint64_t) max_; \
+} while (0)
+
+//  Summarises the runs of one workload (results [0 .. count - 1], those that
+//  ran): every figure over the runs that passed. A failed run's figures are
+//  no figures; its reason goes into the summary's detail.
+static void
+s_summarise (const result_t results [], size_t count, summary_t *self)
+{
+    memset (self, 0, sizeof *self);
+    const result_t *runs [KIM_BENCH_REPEAT_MAX];
+    double values [KIM_BENCH_REPEAT_MAX];
+    const result_t *failure = NULL;
+    size_t failed_run = 0, n = 0;
+    for (size_t k = 0; k < count && k < KIM_BENCH_REPEAT_MAX; k++) {
+        if (!results [k].ran)
+            continue;
+        if (results [k].ok)
+            runs [n++] = &results [k];
+        else {
+            self->failed++;
+            if (!failure) {
+                failure = &results [k];
+                failed_run = k + 1;
+            }
+        }
+    }
+    if (n == 0 && !failure)
+        return;                 //  the workload did not run
+    self->runs = (uint32_t) n;
+    //  Names, counts and which figures exist come from a run.
+    self->median = n? *runs [0]: *failure;
+    self->min = self->median;
+    self->max = self->median;
+    if (n) {
+        S_SUMMARISE_FIGURE (seconds);
+        S_SUMMARISE_FIGURE (receipted_per_s);
+        S_SUMMARISE_FIGURE (acked_per_s);
+        S_SUMMARISE_FIGURE (p50_us);
+        S_SUMMARISE_FIGURE (p99_us);
+        S_SUMMARISE_FIGURE (max_us);
+        S_SUMMARISE_FIGURE (r_p50_us);
+        S_SUMMARISE_FIGURE (r_p99_us);
+        S_SUMMARISE_FIGURE (r_max_us);
+        S_SUMMARISE_FIGURE (cpu_broker_s);
+        S_SUMMARISE_FIGURE (cpu_clients_s);
+        S_SUMMARISE_FIGURE (drain_per_s);
+        S_SUMMARISE_COUNT (rss_kb);
+        S_SUMMARISE_COUNT (hwm_kb);
+        S_SUMMARISE_COUNT (redeliveries);
+        S_SUMMARISE_COUNT (reconnects);
+        S_SUMMARISE_COUNT (rss_after_drain);
+        S_SUMMARISE_COUNT (anon_after_drain);
+        S_SUMMARISE_COUNT (drained);
+        for (int i = 0; i < KIM_BENCH_RSS_POINTS; i++) {
+            S_SUMMARISE_COUNT (rss_at [i]);
+            S_SUMMARISE_COUNT (anon_at [i]);
+        }
+    }
+    self->median.ok = self->failed == 0;
+    if (failure)
+        snprintf (self->median.detail, sizeof self->median.detail, "run %zu of %zu: %.960s",
+                  failed_run, count, failure->detail);
+}
+
+//  One ceiling figure over the rounds in which that tool ran.
+#define S_SUMMARISE_CEILING(ran, field) do { \
+    size_t n_ = 0; \
+    for (size_t k_ = 0; k_ < count && k_ < KIM_BENCH_REPEAT_MAX; k_++) \
+        if (rounds [k_].ran) \
+            values [n_++] = rounds [k_].field; \
+    if (n_) \
+        s_stats (values, n_, &self->median.field, &self->min.field, &self->max.field); \
+} while (0)
 
 static void
-s_print_json (const options_t *opt, const result_t *r, const ceilings_t *ceil)
+s_summarise_ceilings (const ceilings_t rounds [], size_t count, ceiling_summary_t *self)
 {
-    printf ("{\"workload\":\"%s\",\"ok\":%s,\"transport\":\"%s\",\"producers\":%u,"
+    memset (self, 0, sizeof *self);
+    double values [KIM_BENCH_REPEAT_MAX];
+    for (size_t k = 0; k < count && k < KIM_BENCH_REPEAT_MAX; k++) {
+        self->zmq_runs += rounds [k].zmq_ran;
+        self->curve_runs += rounds [k].curve_ran;
+        self->lmdb_runs += rounds [k].lmdb_ran;
+        self->lmdb1_runs += rounds [k].lmdb1_ran;
+    }
+    self->median.zmq_ran = self->zmq_runs > 0;
+    self->median.curve_ran = self->curve_runs > 0;
+    self->median.lmdb_ran = self->lmdb_runs > 0;
+    self->median.lmdb1_ran = self->lmdb1_runs > 0;
+    S_SUMMARISE_CEILING (zmq_ran, zmq_ack_rate);
+    S_SUMMARISE_CEILING (zmq_ran, zmq_confirm_rate);
+    S_SUMMARISE_CEILING (zmq_ran, zmq_p50_us);
+    S_SUMMARISE_CEILING (zmq_ran, zmq_p99_us);
+    S_SUMMARISE_CEILING (curve_ran, curve_ack_rate);
+    S_SUMMARISE_CEILING (curve_ran, curve_confirm_rate);
+    S_SUMMARISE_CEILING (curve_ran, curve_p50_us);
+    S_SUMMARISE_CEILING (curve_ran, curve_p99_us);
+    S_SUMMARISE_CEILING (lmdb_ran, lmdb_rate);
+    S_SUMMARISE_CEILING (lmdb_ran, lmdb_commit_us);
+    S_SUMMARISE_CEILING (lmdb1_ran, lmdb1_rate);
+    S_SUMMARISE_CEILING (lmdb1_ran, lmdb1_commit_us);
+}
+
+//  --------------------------------------------------------------------------
+//  Reporting
+
+//  Labels a JSON line after its "workload": one run of several (run > 0),
+//  or the summary of `runs` runs (runs > 0); nothing for a single run.
+static void
+s_print_tag (uint32_t run, uint32_t runs)
+{
+    if (runs)
+        printf (",\"summary\":true,\"runs\":%u", runs);
+    else
+    if (run)
+        printf (",\"run\":%u", run);
+}
+
+//  The smallest and largest of a summarised headline figure.
+static void
+s_print_range (const char *key, double min, double max, int decimals)
+{
+    printf (",\"%s_min\":%.*f,\"%s_max\":%.*f", key, decimals, min, key, decimals, max);
+}
+
+//  One workload's JSON line: one run (`run` > 0 when there are several), or
+//  with `summary`, the medians of several runs (r is summary->median) and
+//  the range of the headline figures. `ceil` is the round's ceilings, or
+//  their medians for a summary.
+static void
+s_print_json (const options_t *opt, const result_t *r, const ceilings_t *ceil, uint32_t run,
+              const summary_t *summary)
+{
+    if (summary && summary->runs == 0) {
+        //  Every run failed: no figures to summarise.
+        printf ("{\"workload\":\"%s\",\"summary\":true,\"runs\":0,\"failed_runs\":%u,"
+                "\"ok\":false,\"error\":\"%s\"}\n", r->name, summary->failed, r->detail);
+        fflush (stdout);
+        return;
+    }
+    bool latency_first = s_streq (r->name, "W2");   //  W2's headline is its latency
+    printf ("{\"workload\":\"%s\"", r->name);
+    s_print_tag (run, summary? summary->runs: 0);
+    if (summary && summary->failed)
+        printf (",\"failed_runs\":%u", summary->failed);
+    printf (",\"ok\":%s,\"transport\":\"%s\",\"producers\":%u,"
             "\"messages\":%llu,\"payload\":%u,\"seconds\":%.3f,\"receipted_per_s\":%.0f",
-            r->name, r->ok? "true": "false", opt->tcp? "tcp": "ipc", r->producers,
+            r->ok? "true": "false", opt->tcp? "tcp": "ipc", r->producers,
             (unsigned long long) r->messages, r->payload, r->seconds, r->receipted_per_s);
-    if (r->acked_per_s > 0)
+    if (summary && !latency_first)
+        s_print_range ("receipted_per_s", summary->min.receipted_per_s,
+                       summary->max.receipted_per_s, 0);
+    if (r->acked_per_s > 0) {
         printf (",\"acked_per_s\":%.0f", r->acked_per_s);
-    if (r->has_latency)
-        printf (",\"p50_us\":%.1f,\"p99_us\":%.1f,\"max_us\":%.1f",
-                r->p50_us, r->p99_us, r->max_us);
+        if (summary && !latency_first)
+            s_print_range ("acked_per_s", summary->min.acked_per_s, summary->max.acked_per_s, 0);
+    }
+    if (r->has_latency) {
+        printf (",\"p50_us\":%.1f", r->p50_us);
+        if (summary && latency_first)
+            s_print_range ("p50_us", summary->min.p50_us, summary->max.p50_us, 1);
+        printf (",\"p99_us\":%.1f", r->p99_us);
+        if (summary && latency_first)
+            s_print_range ("p99_us", summary->min.p99_us, summary->max.p99_us, 1);
+        printf (",\"max_us\":%.1f", r->max_us);
+    }
     if (r->has_receipt_latency)
         printf (",\"receipt_p50_us\":%.1f,\"receipt_p99_us\":%.1f,\"receipt_max_us\":%.1f",
                 r->r_p50_us, r->r_p99_us, r->r_max_us);
@@ -1227,11 +1436,16 @@ s_print_json (const options_t *opt, const result_t *r, const ceilings_t *ceil)
         for (int i = 0; i < KIM_BENCH_RSS_POINTS; i++)
             printf ("%s%llu", i? ",": "", (unsigned long long) r->anon_at [i]);
         printf ("]");
-        if (r->drained)
-            printf (",\"drained\":%llu,\"drain_per_s\":%.0f,\"rss_after_drain_kb\":%llu,"
-                    "\"rss_anon_after_drain_kb\":%llu", (unsigned long long) r->drained,
-                    r->drain_per_s, (unsigned long long) r->rss_after_drain,
+        if (r->drained) {
+            printf (",\"drained\":%llu,\"drain_per_s\":%.0f", (unsigned long long) r->drained,
+                    r->drain_per_s);
+            if (summary)
+                s_print_range ("drain_per_s", summary->min.drain_per_s,
+                               summary->max.drain_per_s, 0);
+            printf (",\"rss_after_drain_kb\":%llu,\"rss_anon_after_drain_kb\":%llu",
+                    (unsigned long long) r->rss_after_drain,
                     (unsigned long long) r->anon_after_drain);
+        }
     }
     if (!r->ok)
         printf (",\"error\":\"%s\"", r->detail);
@@ -1239,23 +1453,46 @@ s_print_json (const options_t *opt, const result_t *r, const ceilings_t *ceil)
     fflush (stdout);
 }
 
+//  The ceilings' JSON lines: one round (`run` > 0 when there are several),
+//  or with `summary`, their medians (ceil is summary->median) and ranges.
 static void
-s_print_ceilings_json (const ceilings_t *ceil)
+s_print_ceilings_json (const ceilings_t *ceil, uint32_t run, const ceiling_summary_t *summary)
 {
-    if (ceil->zmq_ran)
-        printf ("{\"workload\":\"ceiling_zmq\",\"ack_rate\":%.0f,\"confirm_rate\":%.0f,"
-                "\"p50_us\":%.1f,\"p99_us\":%.1f}\n", ceil->zmq_ack_rate,
+    if (ceil->zmq_ran) {
+        printf ("{\"workload\":\"ceiling_zmq\"");
+        s_print_tag (run, summary? summary->zmq_runs: 0);
+        printf (",\"ack_rate\":%.0f", ceil->zmq_ack_rate);
+        if (summary)
+            s_print_range ("ack_rate", summary->min.zmq_ack_rate, summary->max.zmq_ack_rate, 0);
+        printf (",\"confirm_rate\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
                 ceil->zmq_confirm_rate, ceil->zmq_p50_us, ceil->zmq_p99_us);
-    if (ceil->curve_ran)
-        printf ("{\"workload\":\"ceiling_zmq_curve\",\"ack_rate\":%.0f,\"confirm_rate\":%.0f,"
-                "\"p50_us\":%.1f,\"p99_us\":%.1f}\n", ceil->curve_ack_rate,
+    }
+    if (ceil->curve_ran) {
+        printf ("{\"workload\":\"ceiling_zmq_curve\"");
+        s_print_tag (run, summary? summary->curve_runs: 0);
+        printf (",\"ack_rate\":%.0f", ceil->curve_ack_rate);
+        if (summary)
+            s_print_range ("ack_rate", summary->min.curve_ack_rate,
+                           summary->max.curve_ack_rate, 0);
+        printf (",\"confirm_rate\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
                 ceil->curve_confirm_rate, ceil->curve_p50_us, ceil->curve_p99_us);
-    if (ceil->lmdb_ran)
-        printf ("{\"workload\":\"ceiling_lmdb\",\"batch\":256,\"records_per_s\":%.0f,"
-                "\"commit_us\":%.1f}\n", ceil->lmdb_rate, ceil->lmdb_commit_us);
-    if (ceil->lmdb1_ran)
-        printf ("{\"workload\":\"ceiling_lmdb\",\"batch\":1,\"records_per_s\":%.0f,"
-                "\"commit_us\":%.1f}\n", ceil->lmdb1_rate, ceil->lmdb1_commit_us);
+    }
+    if (ceil->lmdb_ran) {
+        printf ("{\"workload\":\"ceiling_lmdb\"");
+        s_print_tag (run, summary? summary->lmdb_runs: 0);
+        printf (",\"batch\":256,\"records_per_s\":%.0f", ceil->lmdb_rate);
+        if (summary)
+            s_print_range ("records_per_s", summary->min.lmdb_rate, summary->max.lmdb_rate, 0);
+        printf (",\"commit_us\":%.1f}\n", ceil->lmdb_commit_us);
+    }
+    if (ceil->lmdb1_ran) {
+        printf ("{\"workload\":\"ceiling_lmdb\"");
+        s_print_tag (run, summary? summary->lmdb1_runs: 0);
+        printf (",\"batch\":1,\"records_per_s\":%.0f", ceil->lmdb1_rate);
+        if (summary)
+            s_print_range ("records_per_s", summary->min.lmdb1_rate, summary->max.lmdb1_rate, 0);
+        printf (",\"commit_us\":%.1f}\n", ceil->lmdb1_commit_us);
+    }
     fflush (stdout);
 }
 
@@ -1273,18 +1510,55 @@ s_load_average (void)
     return load;
 }
 
-static void
-s_print_table (const options_t *opt, const result_t results [], size_t count,
-               const ceilings_t *ceil, double load_before)
+//  A median's range in the table, "<before>min–max<after>"; "" for a single run.
+static const char *
+s_range_text (char *text, size_t size, const ceiling_summary_t *summary, const char *before,
+              double min, double max, const char *after)
 {
-    printf ("\nkim-bench (%s, %s, %s; %ld CPUs, 1-min load average %.2f before, %.2f after)\n",
+    text [0] = 0;
+    if (summary)
+        snprintf (text, size, "%s%.0f–%.0f%s", before, min, max, after);
+    return text;
+}
+
+//  The spread of a workload's headline figures over the runs that passed.
+static void
+s_print_range_line (const summary_t *summary)
+{
+    const result_t *r = &summary->median, *min = &summary->min, *max = &summary->max;
+    printf ("      range of %u run%s:", summary->runs, summary->runs == 1? "": "s");
+    if (s_streq (r->name, "W2"))
+        printf (" p50 %.0f–%.0f µs, p99 %.0f–%.0f µs", min->p50_us, max->p50_us,
+                min->p99_us, max->p99_us);
+    else {
+        printf (" receipted/s %.0f–%.0f", min->receipted_per_s, max->receipted_per_s);
+        if (r->acked_per_s > 0)
+            printf (", acked/s %.0f–%.0f", min->acked_per_s, max->acked_per_s);
+        if (r->drained)
+            printf (", drained/s %.0f–%.0f", min->drain_per_s, max->drain_per_s);
+    }
+    printf ("\n");
+}
+
+//  The table at the end: one run per workload (results), or with several
+//  runs the medians and ranges (summaries and ceil_summary, else NULL).
+static void
+s_print_table (const options_t *opt, const result_t results [], const summary_t summaries [],
+               size_t count, const ceilings_t *ceil, const ceiling_summary_t *ceil_summary,
+               double load_before)
+{
+    char runs [64] = "";
+    if (summaries)
+        snprintf (runs, sizeof runs, "; median of %u runs, range min–max", opt->repeat);
+    printf ("\nkim-bench (%s, %s, %s%s; %ld CPUs, 1-min load average %.2f before, %.2f after)\n",
             opt->tcp? "tcp loopback": "ipc", opt->sealed? "sealed payloads": "plaintext payloads",
-            opt->smoke? "smoke counts": "full counts",
+            opt->smoke? "smoke counts": "full counts", runs,
             sysconf (_SC_NPROCESSORS_ONLN), load_before, s_load_average ());
     printf ("%-5s %-4s %9s %8s %12s %12s %9s %9s %9s %10s\n", "", "ok", "messages", "seconds",
             "receipted/s", "acked/s", "p50 µs", "p99 µs", "max µs", "RSS kB");
     for (size_t i = 0; i < count; i++) {
-        const result_t *r = &results [i];
+        const summary_t *summary = summaries? &summaries [i]: NULL;
+        const result_t *r = summary? &summary->median: &results [i];
         if (!r->ran)
             continue;
         char p50 [16] = "-", p99 [16] = "-", max [16] = "-", acked [16] = "-";
@@ -1298,6 +1572,8 @@ s_print_table (const options_t *opt, const result_t results [], size_t count,
         printf ("%-5s %-4s %9llu %8.2f %12.0f %12s %9s %9s %9s %10llu\n", r->name,
                 r->ok? "yes": "NO", (unsigned long long) r->messages, r->seconds,
                 r->receipted_per_s, acked, p50, p99, max, (unsigned long long) r->rss_kb);
+        if (summary && summary->runs)
+            s_print_range_line (summary);
         printf ("      CPU used: broker %.2f s, clients %.2f s\n", r->cpu_broker_s,
                 r->cpu_clients_s);
         if (r->has_receipt_latency)
@@ -1320,6 +1596,13 @@ s_print_table (const options_t *opt, const result_t results [], size_t count,
         }
         if (!r->ok)
             printf ("      FAILED: %s\n", r->detail);
+        if (summary && summary->failed) {
+            if (summary->runs)
+                printf ("      (the figures are over the %u run%s that passed)\n",
+                        summary->runs, summary->runs == 1? "": "s");
+            else
+                printf ("      (the figures are the failed run's)\n");
+        }
         if (s_streq (r->name, "W1") && ceil->zmq_ran && r->acked_per_s > 0)
             printf ("      W1 / ZeroMQ ceiling: %.1f %% (acked %.0f / %.0f)\n",
                     100.0 * r->acked_per_s / ceil->zmq_ack_rate, r->acked_per_s,
@@ -1329,20 +1612,32 @@ s_print_table (const options_t *opt, const result_t results [], size_t count,
                     100.0 * r->acked_per_s / ceil->curve_ack_rate, r->acked_per_s,
                     ceil->curve_ack_rate);
     }
+    //  With several rounds, ceil is ceil_summary->median.
+    const ceilings_t *min = ceil_summary? &ceil_summary->min: ceil;
+    const ceilings_t *max = ceil_summary? &ceil_summary->max: ceil;
+    char range [64];
     if (ceil->zmq_ran)
-        printf ("ceiling ZeroMQ forward (W1 shape): %.0f acked/s, %.0f confirmed/s, "
-                "p50 %.0f µs, p99 %.0f µs\n", ceil->zmq_ack_rate, ceil->zmq_confirm_rate,
-                ceil->zmq_p50_us, ceil->zmq_p99_us);
+        printf ("ceiling ZeroMQ forward (W1 shape): %.0f acked/s%s, %.0f confirmed/s, "
+                "p50 %.0f µs, p99 %.0f µs\n", ceil->zmq_ack_rate,
+                s_range_text (range, sizeof range, ceil_summary, " (range ",
+                              min->zmq_ack_rate, max->zmq_ack_rate, ")"),
+                ceil->zmq_confirm_rate, ceil->zmq_p50_us, ceil->zmq_p99_us);
     if (ceil->curve_ran)
-        printf ("ceiling ZeroMQ+CURVE forward (W1 shape): %.0f acked/s, %.0f confirmed/s, "
-                "p50 %.0f µs, p99 %.0f µs\n", ceil->curve_ack_rate, ceil->curve_confirm_rate,
-                ceil->curve_p50_us, ceil->curve_p99_us);
+        printf ("ceiling ZeroMQ+CURVE forward (W1 shape): %.0f acked/s%s, %.0f confirmed/s, "
+                "p50 %.0f µs, p99 %.0f µs\n", ceil->curve_ack_rate,
+                s_range_text (range, sizeof range, ceil_summary, " (range ",
+                              min->curve_ack_rate, max->curve_ack_rate, ")"),
+                ceil->curve_confirm_rate, ceil->curve_p50_us, ceil->curve_p99_us);
     if (ceil->lmdb_ran)
-        printf ("ceiling LMDB append, sync per 256: %.0f records/s (%.0f µs per commit)\n",
-                ceil->lmdb_rate, ceil->lmdb_commit_us);
+        printf ("ceiling LMDB append, sync per 256: %.0f records/s (%.0f µs per commit)%s\n",
+                ceil->lmdb_rate, ceil->lmdb_commit_us,
+                s_range_text (range, sizeof range, ceil_summary, "; range ",
+                              min->lmdb_rate, max->lmdb_rate, " records/s"));
     if (ceil->lmdb1_ran)
-        printf ("ceiling LMDB append, sync per record: %.0f records/s (%.0f µs per commit)\n",
-                ceil->lmdb1_rate, ceil->lmdb1_commit_us);
+        printf ("ceiling LMDB append, sync per record: %.0f records/s (%.0f µs per commit)%s\n",
+                ceil->lmdb1_rate, ceil->lmdb1_commit_us,
+                s_range_text (range, sizeof range, ceil_summary, "; range ",
+                              min->lmdb1_rate, max->lmdb1_rate, " records/s"));
     fflush (stdout);
 }
 
@@ -1354,13 +1649,15 @@ s_usage (void)
     fprintf (stderr,
         "usage: kim-bench [--workload W1|W2|W3|RSS|all] [--smoke] [--json] [--ipc] [--sealed]\n"
         "                 [--no-ceilings] [--no-drain] [--messages N] [--producers N]\n"
-        "                 [--fill N] [--set broker/KEY=VALUE | store/KEY=VALUE ...]\n"
+        "                 [--fill N] [--repeat N] [--set broker/KEY=VALUE | store/KEY=VALUE ...]\n"
         "  W1  durable directed delivery: 4 producers x 25,000 x 1 KiB, window 256, 1 consumer\n"
         "  W2  latency: 1 producer at 1,000 msgs/s for 5 s, durable, 1 consumer\n"
         "  W3  W1 with store/sync = 0 (tests only)\n"
         "  RSS 1,000,000 undelivered 64-byte messages in one mailbox; broker RSS sampled\n"
         "  --sealed  seal payloads end to end as agencies do (default: plaintext, like the\n"
         "            peers the brief compares with)\n"
+        "  --repeat N  run each workload (and the ceilings) N times, at most 20, in rounds\n"
+        "            (ceilings, W1, W2, W3, RSS; again...), then print their medians\n"
         "  KIM_BROKER names the broker binary; KIM_CEILING_ZMQ/_CURVE/_LMDB the ceiling\n"
         "  tools (default: beside kim-bench).\n");
 }
@@ -1410,7 +1707,7 @@ main (int argc, char *argv [])
         .producers = 4, .messages = 25000, .payload = 1024,
         .send_window = 256, .recv_window = 1024,
         .w2_rate = 1000, .w2_seconds = 5,
-        .fill = 1000000, .fill_payload = 64
+        .fill = 1000000, .fill_payload = 64, .repeat = 1
     };
     bool messages_set = false, fill_set = false, producers_set = false;
     for (int i = 1; i < argc; i++) {
@@ -1458,6 +1755,10 @@ main (int argc, char *argv [])
             i++;
         }
         else
+        if (s_streq (arg, "--repeat") && s_parse_u32 (next, &opt.repeat)
+        &&  opt.repeat <= KIM_BENCH_REPEAT_MAX)
+            i++;
+        else
         if (s_streq (arg, "--set") && next && s_add_setting (&opt, next))
             i++;
         else {
@@ -1487,42 +1788,91 @@ main (int argc, char *argv [])
     }
     signal (SIGPIPE, SIG_IGN);
 
+    //  A failed run sets KIM_TEST_KEEP to keep its broker's folder; the
+    //  runs after it clean up after themselves unless the caller asked.
+    bool keep_asked = getenv ("KIM_TEST_KEEP") != NULL;
     double load_before = s_load_average ();
-    ceilings_t ceil = { 0 };
-    if (opt.ceilings && (all || s_streq (opt.workload, "W1") || s_streq (opt.workload, "W3"))) {
-        if (!opt.json)
-            printf ("running the ceilings (ZeroMQ forward, ZeroMQ+CURVE forward, "
-                    "LMDB append)...\n");
-        fflush (stdout);
-        s_ceilings (&opt, &ceil);
-        s_print_ceilings_json (&ceil);
-    }
-    result_t results [4];
-    memset (results, 0, sizeof results);
     static const char *names [] = { "W1", "W2", "W3", "RSS" };
-    for (int w = 0; w < 4; w++) {
-        if (!all && !s_streq (opt.workload, names [w]))
-            continue;
-        if (!opt.json)
-            printf ("running %s...\n", names [w]);
-        fflush (stdout);
-        if (w == 0)
-            s_workload_flow (&opt, "W1", true, &results [w]);
-        else
-        if (w == 1)
-            s_workload_latency (&opt, &results [w]);
-        else
-        if (w == 2)
-            s_workload_flow (&opt, "W3", false, &results [w]);
-        else
-            s_workload_rss (&opt, &results [w]);
-        s_print_json (&opt, &results [w], &ceil);
-    }
-    if (!opt.json)
-        s_print_table (&opt, results, 4, &ceil, load_before);
-    bool ok = true;
+    bool selected [4];
     for (int w = 0; w < 4; w++)
-        if (results [w].ran && !results [w].ok)
+        selected [w] = all || s_streq (opt.workload, names [w]);
+    bool with_ceilings = opt.ceilings && (selected [0] || selected [2]);
+
+    //  Rounds: each runs the ceilings, then each selected workload once, so
+    //  that a slow spell of the machine falls on every workload alike, and a
+    //  round is what a single run has always been. results [w * rounds + k]
+    //  is round k's run of workload w.
+    uint32_t rounds = opt.repeat;
+    ceilings_t *ceil = (ceilings_t *) calloc (rounds, sizeof (ceilings_t));
+    result_t *results = (result_t *) calloc ((size_t) 4 * rounds, sizeof (result_t));
+    KIM_CHECK (ceil && results);
+    bool failed [4] = { false };
+    for (uint32_t k = 0; k < rounds; k++) {
+        uint32_t run = rounds > 1? k + 1: 0;
+        char of [32] = "";
+        if (run)
+            snprintf (of, sizeof of, " (run %u of %u)", run, rounds);
+        if (with_ceilings) {
+            if (!opt.json)
+                printf ("running the ceilings (ZeroMQ forward, ZeroMQ+CURVE forward, "
+                        "LMDB append)%s...\n", of);
+            fflush (stdout);
+            s_ceilings (&opt, &ceil [k]);
+            s_print_ceilings_json (&ceil [k], run, NULL);
+        }
+        for (int w = 0; w < 4; w++) {
+            //  A workload that failed once has failed: its figures would not
+            //  count, and its folder is kept; the other workloads go on.
+            if (!selected [w] || failed [w])
+                continue;
+            if (!opt.json)
+                printf ("running %s%s...\n", names [w], of);
+            fflush (stdout);
+            result_t *result = &results [w * rounds + k];
+            if (w == 0)
+                s_workload_flow (&opt, "W1", true, result);
+            else
+            if (w == 1)
+                s_workload_latency (&opt, result);
+            else
+            if (w == 2)
+                s_workload_flow (&opt, "W3", false, result);
+            else
+                s_workload_rss (&opt, result);
+            s_print_json (&opt, result, &ceil [k], run, NULL);
+            if (!result->ok) {
+                failed [w] = true;
+                if (k + 1 < rounds)
+                    fprintf (stderr, "%s: run %u failed; its remaining runs are skipped\n",
+                             names [w], k + 1);
+            }
+            if (!keep_asked)
+                unsetenv ("KIM_TEST_KEEP");
+        }
+    }
+    if (rounds > 1) {
+        ceiling_summary_t ceil_summary;
+        s_summarise_ceilings (ceil, rounds, &ceil_summary);
+        s_print_ceilings_json (&ceil_summary.median, 0, &ceil_summary);
+        summary_t summaries [4];
+        for (int w = 0; w < 4; w++) {
+            s_summarise (&results [w * rounds], rounds, &summaries [w]);
+            if (summaries [w].median.ran)
+                s_print_json (&opt, &summaries [w].median, &ceil_summary.median, 0,
+                              &summaries [w]);
+        }
+        if (!opt.json)
+            s_print_table (&opt, NULL, summaries, 4, &ceil_summary.median, &ceil_summary,
+                           load_before);
+    }
+    else
+    if (!opt.json)
+        s_print_table (&opt, results, NULL, 4, &ceil [0], NULL, load_before);
+    bool ok = true;
+    for (size_t i = 0; i < (size_t) 4 * rounds; i++)
+        if (results [i].ran && !results [i].ok)
             ok = false;
+    free (results);
+    free (ceil);
     return ok? 0: 1;
 }
