@@ -5,7 +5,8 @@
     A *command* (kim_cmd_t) is one ZeroMQ message on the wire: frame 0 is a
     MessagePack map naming the command; SEND and DELIVER carry the payload
     as frame 1. proto/PROTOCOL.md is the normative description; this header
-    and proto/kim_msg.c implement it.
+    and proto/kim_msg*.c implement it (kim_msg.c holds the field tables and
+    rules, kim_msg_decode.c and kim_msg_encode.c the two directions).
 
     All structures are plain values with fixed-size fields: decoding never
     allocates, so the broker decodes on its hot path without touching the

@@ -1,0 +1,352 @@
+/*  kim_msg_encode.c — canonical encoding of commands and message headers,
+    and the growable buffers that encoders write into.
+
+    Encoding uses msgpack-c's packer, which writes the smallest encoding of
+    every integer; with the fixed field order of the tables (kim_msg_int.h)
+    and absent fields omitted, equal values encode to equal bytes. Values are
+    checked first with the checks decoding uses (kim_msg.c), so what encodes,
+    decodes.
+
+    The buffers live here because the packer's write callback fills them in
+    place and so depends on their layout.
+*/
+#include <stdlib.h>
+#include <string.h>
+
+#include <msgpack.h>
+
+#include "kim_msg_int.h"
+
+//  --------------------------------------------------------------------------
+//  Buffers
+
+void
+kim_buf_init (kim_buf_t *self)
+{
+    self->data = NULL;
+    self->size = 0;
+    self->capacity = 0;
+}
+
+void
+kim_buf_reset (kim_buf_t *self)
+{
+    self->size = 0;
+}
+
+void
+kim_buf_free (kim_buf_t *self)
+{
+    free (self->data);
+    kim_buf_init (self);
+}
+
+int
+kim_buf_reserve (kim_buf_t *self, size_t extra)
+{
+    if (extra <= self->capacity - self->size)
+        return 0;
+    if (extra > SIZE_MAX / 2 - self->size)
+        return -KIM_E_NOMEM;
+    size_t capacity = self->capacity? self->capacity: 256;
+    while (capacity - self->size < extra)
+        capacity *= 2;
+    uint8_t *data = realloc (self->data, capacity);
+    if (!data)
+        return -KIM_E_NOMEM;
+    self->data = data;
+    self->capacity = capacity;
+    return 0;
+}
+
+int
+kim_buf_append (kim_buf_t *self, const void *data, size_t size)
+{
+    if (size == 0)
+        return 0;               //  memcpy from NULL is undefined even for 0 bytes
+    int rc = kim_buf_reserve (self, size);
+    if (rc)
+        return rc;
+    memcpy (self->data + self->size, data, size);
+    self->size += size;
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Encoding
+
+typedef struct {
+    msgpack_packer pk;
+    kim_buf_t *out;
+    bool failed;
+} s_pack_t;
+
+static int
+s_pack_write (void *data, const char *buf, size_t len)
+{
+    s_pack_t *self = data;
+    //  The packer writes a token at a time, mostly a few bytes: copy those
+    //  in place rather than through kim_buf_append and a memcpy call.
+    kim_buf_t *out = self->out;
+    if (len <= 8 && out->capacity - out->size >= len) {
+        for (size_t i = 0; i < len; i++)
+            out->data [out->size + i] = (uint8_t) buf [i];
+        out->size += len;
+        return 0;
+    }
+    if (kim_buf_append (self->out, buf, len)) {
+        self->failed = true;
+        return -1;
+    }
+    return 0;
+}
+
+static void
+s_pack_init (s_pack_t *self, kim_buf_t *out)
+{
+    self->out = out;
+    self->failed = false;
+    msgpack_packer_init (&self->pk, self, s_pack_write);
+}
+
+static void
+s_pack_str (s_pack_t *self, const char *s, size_t len)
+{
+    msgpack_pack_str (&self->pk, len);
+    msgpack_pack_str_body (&self->pk, s, len);
+}
+
+static void
+s_pack_cstr (s_pack_t *self, const char *s)
+{
+    s_pack_str (self, s, strlen (s));
+}
+
+static void s_pack_msg (s_pack_t *self, const kim_msg_t *msg);
+
+static void
+s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
+{
+    const uint8_t *v = (const uint8_t *) base + f->offset;
+    msgpack_packer *pk = &self->pk;
+    s_pack_str (self, f->key, f->key_len);
+    switch (f->kind) {
+        case S_K_CMD:
+            s_pack_cstr (self, kim_cmd_name (*(const kim_cmd_id_t *) v));
+            break;
+        case S_K_ID: case S_K_ORG: case S_K_CODE: case S_K_TEXT: case S_K_KEY:
+            s_pack_str (self, (const char *) v, strnlen ((const char *) v, f->size));
+            break;
+        case S_K_DIR: {
+            const kim_cmd_t *cmd = base;
+            if (!cmd->dir && cmd->dir_raw && cmd->dir_raw_size) {
+                //  Re-encoding a decoded reply: the array was checked then.
+                if (kim_buf_append (self->out, cmd->dir_raw, cmd->dir_raw_size))
+                    self->failed = true;
+                break;
+            }
+            msgpack_pack_array (pk, cmd->dir_count);
+            for (size_t i = 0; i < cmd->dir_count; i++) {
+                const kim_dir_entry_t *entry = &cmd->dir [i];
+                bool sign = entry->sign_key [0] != 0;
+                msgpack_pack_map (pk, S_COUNT (kim_msgi_dir_fields) - (sign? 0: 1));
+                for (size_t j = 0; j < S_COUNT (kim_msgi_dir_fields); j++)
+                    if (j < S_COUNT (kim_msgi_dir_fields) - 1 || sign)
+                        s_pack_field (self, &kim_msgi_dir_fields [j], entry);
+            }
+            break;
+        }
+        case S_K_U32: case S_K_SCHEMA:
+            msgpack_pack_uint32 (pk, *(const uint32_t *) v);
+            break;
+        case S_K_U64:
+            msgpack_pack_uint64 (pk, *(const uint64_t *) v);
+            break;
+        case S_K_ERRCODE:
+            msgpack_pack_uint32 (pk, (uint32_t) *(const int *) v);
+            break;
+        case S_K_REASON:
+            s_pack_cstr (self, kim_errname (*(const int *) v));
+            break;
+        case S_K_BOOL:
+            if (*(const bool *) v)
+                msgpack_pack_true (pk);
+            else
+                msgpack_pack_false (pk);
+            break;
+        case S_K_BIN:
+            msgpack_pack_bin (pk, f->size);
+            msgpack_pack_bin_body (pk, v, f->size);
+            break;
+        case S_K_BODY: {
+            const kim_cmd_t *cmd = base;
+            msgpack_pack_bin (pk, cmd->body_size);
+            if (cmd->body_size)
+                msgpack_pack_bin_body (pk, cmd->body, cmd->body_size);
+            break;
+        }
+        case S_K_TYPE:
+            s_pack_cstr (self, kim_type_name (*(const kim_type_t *) v));
+            break;
+        case S_K_PRIORITY:
+            s_pack_cstr (self, kim_msgi_priority_names [*(const kim_priority_t *) v]);
+            break;
+        case S_K_BASIS: {
+            const kim_msg_t *msg = base;
+            msgpack_pack_map (pk, 1 + (msg->consent_id [0] != 0) + (msg->citation [0] != 0));
+            for (size_t i = 0; i < S_COUNT (kim_msgi_basis_fields); i++)
+                if (i == S_B_KIND || kim_msgi_present (&kim_msgi_basis_fields [i], msg)) {
+                    if (i == S_B_KIND) {
+                        s_pack_str (self, "kind", 4);
+                        s_pack_cstr (self, kim_msgi_basis_names [msg->basis]);
+                    }
+                    else
+                        s_pack_field (self, &kim_msgi_basis_fields [i], msg);
+                }
+            break;
+        }
+        case S_K_CATEGORIES: {
+            uint32_t bits = *(const uint32_t *) v;
+            msgpack_pack_array (pk, (size_t) __builtin_popcount (bits));
+            for (uint32_t bit = 1; bit && bit <= bits; bit <<= 1)
+                if (bits & bit)
+                    s_pack_cstr (self, kim_category_name (bit));
+            break;
+        }
+        case S_K_ID_LIST: case S_K_ORG_LIST: case S_K_CODE_LIST: {
+            size_t count = *(const size_t *) ((const uint8_t *) base + f->aux);
+            size_t esize = f->size / f->max;
+            msgpack_pack_array (pk, count);
+            for (size_t i = 0; i < count; i++) {
+                const char *s = (const char *) v + i * esize;
+                s_pack_str (self, s, strnlen (s, esize));
+            }
+            break;
+        }
+        case S_K_U32_LIST: case S_K_U64_LIST: {
+            size_t count = *(const size_t *) ((const uint8_t *) base + f->aux);
+            msgpack_pack_array (pk, count);
+            for (size_t i = 0; i < count; i++)
+                msgpack_pack_uint64 (pk, f->kind == S_K_U32_LIST? ((const uint32_t *) v) [i]
+                                                                : ((const uint64_t *) v) [i]);
+            break;
+        }
+        case S_K_TYPE_LIST: {
+            size_t count = *(const size_t *) ((const uint8_t *) base + f->aux);
+            msgpack_pack_array (pk, count);
+            for (size_t i = 0; i < count; i++)
+                s_pack_cstr (self, kim_type_name (((const kim_type_t *) v) [i]));
+            break;
+        }
+        case S_K_HDR:
+            s_pack_msg (self, (const kim_msg_t *) v);
+            break;
+        case S_K_STATUS:
+            msgpack_pack_map (pk, S_COUNT (kim_msgi_status_fields));
+            for (size_t i = 0; i < S_COUNT (kim_msgi_status_fields); i++)
+                s_pack_field (self, &kim_msgi_status_fields [i], v);
+            break;
+        default:
+            self->failed = true;
+            break;
+    }
+}
+
+static void
+s_pack_msg (s_pack_t *self, const kim_msg_t *msg)
+{
+    uint64_t mask = kim_msgi_msg_presence (msg);
+    msgpack_pack_map (&self->pk, (size_t) __builtin_popcountll (mask));
+    for (size_t i = 0; i < S_COUNT (kim_msgi_hdr_fields); i++)
+        if (mask & (1ull << i))
+            s_pack_field (self, &kim_msgi_hdr_fields [i], msg);
+}
+
+static int
+s_pack_finish (s_pack_t *pack, size_t start)
+{
+    if (pack->failed) {
+        pack->out->size = start;
+        return -KIM_E_NOMEM;
+    }
+    if (pack->out->size - start > KIM_FRAME_MAX) {
+        pack->out->size = start;
+        return -KIM_E_TOO_LARGE;
+    }
+    return 0;
+}
+
+int
+kim_msg_encode (const kim_msg_t *self, kim_buf_t *out)
+{
+    if (!self || !out)
+        return -KIM_E_ARGS;
+    kim_decode_error_t err;
+    if (kim_msgi_msg_check_fields (self, "", &err))
+        return -err.code;
+    size_t start = out->size;
+    s_pack_t pack;
+    s_pack_init (&pack, out);
+    s_pack_msg (&pack, self);
+    return s_pack_finish (&pack, start);
+}
+
+//  The fields a command writes: the required ones, and the optional ones
+//  that are present.
+static uint64_t
+s_cmd_mask (const kim_cmd_t *self, const s_cmd_rule_t *rule)
+{
+    uint64_t mask = rule->required;
+    for (size_t i = 0; i < S_COUNT (kim_msgi_cmd_fields); i++)
+        if ((rule->optional & (1ull << i)) && kim_msgi_present (&kim_msgi_cmd_fields [i], self))
+            mask |= 1ull << i;
+    return mask;
+}
+
+int
+kim_cmd_encode (const kim_cmd_t *self, kim_buf_t *out)
+{
+    if (!self || !out)
+        return -KIM_E_ARGS;
+    const s_cmd_rule_t *rule = kim_msgi_cmd_rule (self->id);
+    if (!rule)
+        return -KIM_E_UNKNOWN_CMD;
+    uint64_t mask = s_cmd_mask (self, rule);
+    kim_decode_error_t err;
+    for (size_t i = 1; i < S_COUNT (kim_msgi_cmd_fields); i++)
+        if ((mask & (1ull << i)) && kim_msgi_check_field (&kim_msgi_cmd_fields [i], self, "", &err))
+            return -err.code;
+    if (kim_msgi_cmd_check_rules (self, &err))
+        return -err.code;
+
+    size_t start = out->size;
+    s_pack_t pack;
+    s_pack_init (&pack, out);
+    msgpack_pack_map (&pack.pk, (size_t) __builtin_popcountll (mask));
+    for (size_t i = 0; i < S_COUNT (kim_msgi_cmd_fields); i++)
+        if (mask & (1ull << i))
+            s_pack_field (&pack, &kim_msgi_cmd_fields [i], self);
+    return s_pack_finish (&pack, start);
+}
+
+int
+kim_cmd_encode_deliver (uint64_t seq, const uint8_t *hdr, size_t hdr_size, kim_buf_t *out)
+{
+    //  The header comes from our own log, canonical already; only its
+    //  outer shape is checked here.
+    if (!hdr || !out || hdr_size == 0 || hdr_size > KIM_FRAME_MAX
+    ||  !((hdr [0] >= 0x80 && hdr [0] <= 0x8f) || hdr [0] == 0xde || hdr [0] == 0xdf))
+        return -KIM_E_ARGS;
+    size_t start = out->size;
+    s_pack_t pack;
+    s_pack_init (&pack, out);
+    msgpack_pack_map (&pack.pk, 3);
+    s_pack_str (&pack, "cmd", 3);
+    s_pack_str (&pack, "DELIVER", 7);
+    s_pack_str (&pack, "seq", 3);
+    msgpack_pack_uint64 (&pack.pk, seq);
+    s_pack_str (&pack, "hdr", 3);
+    if (kim_buf_append (out, hdr, hdr_size))
+        pack.failed = true;
+    return s_pack_finish (&pack, start);
+}
