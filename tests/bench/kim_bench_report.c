@@ -1,0 +1,304 @@
+/*  kim_bench_report.c — what kim-bench prints: a JSON line per run of a
+    workload or of the ceilings (and per summary with --repeat), and the
+    table at the end.
+
+    The JSON lines are the record for tools (tests/bench/README.md names
+    their keys); the table is for people, and gives the machine's load
+    average before and after, since other work on the machine skews every
+    figure. With several runs both show the medians, with the range of the
+    headline figures.
+*/
+#include <stdio.h>
+#include <unistd.h>
+
+#include "kim_bench.h"
+
+//  Labels a JSON line after its "workload": one run of several (run > 0),
+//  or the summary of `runs` runs (runs > 0); nothing for a single run.
+static void
+s_print_tag (uint32_t run, uint32_t runs)
+{
+    if (runs)
+        printf (",\"summary\":true,\"runs\":%u", runs);
+    else
+    if (run)
+        printf (",\"run\":%u", run);
+}
+
+//  The smallest and largest of a summarised headline figure.
+static void
+s_print_range (const char *key, double min, double max, int decimals)
+{
+    printf (",\"%s_min\":%.*f,\"%s_max\":%.*f", key, decimals, min, key, decimals, max);
+}
+
+//  One workload's JSON line: one run (`run` > 0 when there are several), or
+//  with `summary`, the medians of several runs (r is summary->median) and
+//  the range of the headline figures. `ceil` is the round's ceilings, or
+//  their medians for a summary.
+void
+kim_bench_print_json (const options_t *opt, const result_t *r, const ceilings_t *ceil,
+                      uint32_t run, const summary_t *summary)
+{
+    if (summary && summary->runs == 0) {
+        //  Every run failed: no figures to summarise.
+        printf ("{\"workload\":\"%s\",\"summary\":true,\"runs\":0,\"failed_runs\":%u,"
+                "\"ok\":false,\"error\":\"%s\"}\n", r->name, summary->failed, r->detail);
+        fflush (stdout);
+        return;
+    }
+    bool latency_first = kim_bench_streq (r->name, "W2");   //  W2's headline is its latency
+    printf ("{\"workload\":\"%s\"", r->name);
+    s_print_tag (run, summary? summary->runs: 0);
+    if (summary && summary->failed)
+        printf (",\"failed_runs\":%u", summary->failed);
+    printf (",\"ok\":%s,\"transport\":\"%s\",\"producers\":%u,"
+            "\"messages\":%llu,\"payload\":%u,\"seconds\":%.3f,\"receipted_per_s\":%.0f",
+            r->ok? "true": "false", opt->tcp? "tcp": "ipc", r->producers,
+            (unsigned long long) r->messages, r->payload, r->seconds, r->receipted_per_s);
+    if (summary && !latency_first)
+        s_print_range ("receipted_per_s", summary->min.receipted_per_s,
+                       summary->max.receipted_per_s, 0);
+    if (r->acked_per_s > 0) {
+        printf (",\"acked_per_s\":%.0f", r->acked_per_s);
+        if (summary && !latency_first)
+            s_print_range ("acked_per_s", summary->min.acked_per_s, summary->max.acked_per_s, 0);
+    }
+    if (r->has_latency) {
+        printf (",\"p50_us\":%.1f", r->p50_us);
+        if (summary && latency_first)
+            s_print_range ("p50_us", summary->min.p50_us, summary->max.p50_us, 1);
+        printf (",\"p99_us\":%.1f", r->p99_us);
+        if (summary && latency_first)
+            s_print_range ("p99_us", summary->min.p99_us, summary->max.p99_us, 1);
+        printf (",\"max_us\":%.1f", r->max_us);
+    }
+    if (r->has_receipt_latency)
+        printf (",\"receipt_p50_us\":%.1f,\"receipt_p99_us\":%.1f,\"receipt_max_us\":%.1f",
+                r->r_p50_us, r->r_p99_us, r->r_max_us);
+    printf (",\"broker_rss_kb\":%llu,\"broker_hwm_kb\":%llu,\"reconnects\":%llu,"
+            "\"cpu_broker_s\":%.2f,\"cpu_clients_s\":%.2f",
+            (unsigned long long) r->rss_kb, (unsigned long long) r->hwm_kb,
+            (unsigned long long) r->reconnects, r->cpu_broker_s, r->cpu_clients_s);
+    if (kim_bench_streq (r->name, "W1") && ceil->zmq_ran && r->acked_per_s > 0)
+        printf (",\"zmq_ack_rate\":%.0f,\"zmq_ratio\":%.3f", ceil->zmq_ack_rate,
+                r->acked_per_s / ceil->zmq_ack_rate);
+    if (kim_bench_streq (r->name, "W1") && ceil->curve_ran && r->acked_per_s > 0)
+        printf (",\"zmq_curve_ack_rate\":%.0f,\"zmq_curve_ratio\":%.3f", ceil->curve_ack_rate,
+                r->acked_per_s / ceil->curve_ack_rate);
+    if (kim_bench_streq (r->name, "RSS")) {
+        printf (",\"fill_marks\":[");
+        for (int i = 0; i < KIM_BENCH_RSS_POINTS; i++)
+            printf ("%s%llu", i? ",": "", (unsigned long long) r->marks [i]);
+        printf ("],\"rss_kb\":[");
+        for (int i = 0; i < KIM_BENCH_RSS_POINTS; i++)
+            printf ("%s%llu", i? ",": "", (unsigned long long) r->rss_at [i]);
+        printf ("],\"rss_anon_kb\":[");
+        for (int i = 0; i < KIM_BENCH_RSS_POINTS; i++)
+            printf ("%s%llu", i? ",": "", (unsigned long long) r->anon_at [i]);
+        printf ("]");
+        if (r->drained) {
+            printf (",\"drained\":%llu,\"drain_per_s\":%.0f", (unsigned long long) r->drained,
+                    r->drain_per_s);
+            if (summary)
+                s_print_range ("drain_per_s", summary->min.drain_per_s,
+                               summary->max.drain_per_s, 0);
+            printf (",\"rss_after_drain_kb\":%llu,\"rss_anon_after_drain_kb\":%llu",
+                    (unsigned long long) r->rss_after_drain,
+                    (unsigned long long) r->anon_after_drain);
+        }
+    }
+    if (!r->ok)
+        printf (",\"error\":\"%s\"", r->detail);
+    printf ("}\n");
+    fflush (stdout);
+}
+
+//  The ceilings' JSON lines: one round (`run` > 0 when there are several),
+//  or with `summary`, their medians (ceil is summary->median) and ranges.
+void
+kim_bench_print_ceilings_json (const ceilings_t *ceil, uint32_t run,
+                               const ceiling_summary_t *summary)
+{
+    if (ceil->zmq_ran) {
+        printf ("{\"workload\":\"ceiling_zmq\"");
+        s_print_tag (run, summary? summary->zmq_runs: 0);
+        printf (",\"ack_rate\":%.0f", ceil->zmq_ack_rate);
+        if (summary)
+            s_print_range ("ack_rate", summary->min.zmq_ack_rate, summary->max.zmq_ack_rate, 0);
+        printf (",\"confirm_rate\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
+                ceil->zmq_confirm_rate, ceil->zmq_p50_us, ceil->zmq_p99_us);
+    }
+    if (ceil->curve_ran) {
+        printf ("{\"workload\":\"ceiling_zmq_curve\"");
+        s_print_tag (run, summary? summary->curve_runs: 0);
+        printf (",\"ack_rate\":%.0f", ceil->curve_ack_rate);
+        if (summary)
+            s_print_range ("ack_rate", summary->min.curve_ack_rate,
+                           summary->max.curve_ack_rate, 0);
+        printf (",\"confirm_rate\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
+                ceil->curve_confirm_rate, ceil->curve_p50_us, ceil->curve_p99_us);
+    }
+    if (ceil->lmdb_ran) {
+        printf ("{\"workload\":\"ceiling_lmdb\"");
+        s_print_tag (run, summary? summary->lmdb_runs: 0);
+        printf (",\"batch\":256,\"records_per_s\":%.0f", ceil->lmdb_rate);
+        if (summary)
+            s_print_range ("records_per_s", summary->min.lmdb_rate, summary->max.lmdb_rate, 0);
+        printf (",\"commit_us\":%.1f}\n", ceil->lmdb_commit_us);
+    }
+    if (ceil->lmdb1_ran) {
+        printf ("{\"workload\":\"ceiling_lmdb\"");
+        s_print_tag (run, summary? summary->lmdb1_runs: 0);
+        printf (",\"batch\":1,\"records_per_s\":%.0f", ceil->lmdb1_rate);
+        if (summary)
+            s_print_range ("records_per_s", summary->min.lmdb1_rate, summary->max.lmdb1_rate, 0);
+        printf (",\"commit_us\":%.1f}\n", ceil->lmdb1_commit_us);
+    }
+    fflush (stdout);
+}
+
+//  The 1-minute load average: other work on the machine skews every figure.
+double
+kim_bench_load_average (void)
+{
+    double load = -1;
+    FILE *file = fopen ("/proc/loadavg", "r");
+    if (file) {
+        if (fscanf (file, "%lf", &load) != 1)
+            load = -1;
+        fclose (file);
+    }
+    return load;
+}
+
+//  A median's range in the table, "<before>min–max<after>"; "" for a single run.
+static const char *
+s_range_text (char *text, size_t size, const ceiling_summary_t *summary, const char *before,
+              double min, double max, const char *after)
+{
+    text [0] = 0;
+    if (summary)
+        snprintf (text, size, "%s%.0f–%.0f%s", before, min, max, after);
+    return text;
+}
+
+//  The spread of a workload's headline figures over the runs that passed.
+static void
+s_print_range_line (const summary_t *summary)
+{
+    const result_t *r = &summary->median, *min = &summary->min, *max = &summary->max;
+    printf ("      range of %u run%s:", summary->runs, summary->runs == 1? "": "s");
+    if (kim_bench_streq (r->name, "W2"))
+        printf (" p50 %.0f–%.0f µs, p99 %.0f–%.0f µs", min->p50_us, max->p50_us,
+                min->p99_us, max->p99_us);
+    else {
+        printf (" receipted/s %.0f–%.0f", min->receipted_per_s, max->receipted_per_s);
+        if (r->acked_per_s > 0)
+            printf (", acked/s %.0f–%.0f", min->acked_per_s, max->acked_per_s);
+        if (r->drained)
+            printf (", drained/s %.0f–%.0f", min->drain_per_s, max->drain_per_s);
+    }
+    printf ("\n");
+}
+
+//  The table at the end: one run per workload (results), or with several
+//  runs the medians and ranges (summaries and ceil_summary, else NULL).
+void
+kim_bench_print_table (const options_t *opt, const result_t results [],
+                       const summary_t summaries [], size_t count, const ceilings_t *ceil,
+                       const ceiling_summary_t *ceil_summary, double load_before)
+{
+    char runs [64] = "";
+    if (summaries)
+        snprintf (runs, sizeof runs, "; median of %u runs, range min–max", opt->repeat);
+    printf ("\nkim-bench (%s, %s, %s%s; %ld CPUs, 1-min load average %.2f before, %.2f after)\n",
+            opt->tcp? "tcp loopback": "ipc", opt->sealed? "sealed payloads": "plaintext payloads",
+            opt->smoke? "smoke counts": "full counts", runs,
+            sysconf (_SC_NPROCESSORS_ONLN), load_before, kim_bench_load_average ());
+    printf ("%-5s %-4s %9s %8s %12s %12s %9s %9s %9s %10s\n", "", "ok", "messages", "seconds",
+            "receipted/s", "acked/s", "p50 µs", "p99 µs", "max µs", "RSS kB");
+    for (size_t i = 0; i < count; i++) {
+        const summary_t *summary = summaries? &summaries [i]: NULL;
+        const result_t *r = summary? &summary->median: &results [i];
+        if (!r->ran)
+            continue;
+        char p50 [16] = "-", p99 [16] = "-", max [16] = "-", acked [16] = "-";
+        if (r->has_latency) {
+            snprintf (p50, sizeof p50, "%.0f", r->p50_us);
+            snprintf (p99, sizeof p99, "%.0f", r->p99_us);
+            snprintf (max, sizeof max, "%.0f", r->max_us);
+        }
+        if (r->acked_per_s > 0)
+            snprintf (acked, sizeof acked, "%.0f", r->acked_per_s);
+        printf ("%-5s %-4s %9llu %8.2f %12.0f %12s %9s %9s %9s %10llu\n", r->name,
+                r->ok? "yes": "NO", (unsigned long long) r->messages, r->seconds,
+                r->receipted_per_s, acked, p50, p99, max, (unsigned long long) r->rss_kb);
+        if (summary && summary->runs)
+            s_print_range_line (summary);
+        printf ("      CPU used: broker %.2f s, clients %.2f s\n", r->cpu_broker_s,
+                r->cpu_clients_s);
+        if (r->has_receipt_latency)
+            printf ("      receipt latency (send -> RECEIPT): p50 %.0f µs, p99 %.0f µs, "
+                    "max %.0f µs\n", r->r_p50_us, r->r_p99_us, r->r_max_us);
+        if (kim_bench_streq (r->name, "RSS")) {
+            printf ("      broker RSS kB while filling:");
+            for (int k = 0; k < KIM_BENCH_RSS_POINTS; k++)
+                printf (" %llu@%llu", (unsigned long long) r->rss_at [k],
+                        (unsigned long long) r->marks [k]);
+            printf ("\n      of which anonymous:        ");
+            for (int k = 0; k < KIM_BENCH_RSS_POINTS; k++)
+                printf (" %llu", (unsigned long long) r->anon_at [k]);
+            printf ("\n");
+            if (r->drained)
+                printf ("      drained %llu at %.0f msgs/s; RSS after %llu kB "
+                        "(anonymous %llu kB)\n", (unsigned long long) r->drained,
+                        r->drain_per_s, (unsigned long long) r->rss_after_drain,
+                        (unsigned long long) r->anon_after_drain);
+        }
+        if (!r->ok)
+            printf ("      FAILED: %s\n", r->detail);
+        if (summary && summary->failed) {
+            if (summary->runs)
+                printf ("      (the figures are over the %u run%s that passed)\n",
+                        summary->runs, summary->runs == 1? "": "s");
+            else
+                printf ("      (the figures are the failed run's)\n");
+        }
+        if (kim_bench_streq (r->name, "W1") && ceil->zmq_ran && r->acked_per_s > 0)
+            printf ("      W1 / ZeroMQ ceiling: %.1f %% (acked %.0f / %.0f)\n",
+                    100.0 * r->acked_per_s / ceil->zmq_ack_rate, r->acked_per_s,
+                    ceil->zmq_ack_rate);
+        if (kim_bench_streq (r->name, "W1") && ceil->curve_ran && r->acked_per_s > 0)
+            printf ("      W1 / ZeroMQ+CURVE ceiling: %.1f %% (acked %.0f / %.0f)\n",
+                    100.0 * r->acked_per_s / ceil->curve_ack_rate, r->acked_per_s,
+                    ceil->curve_ack_rate);
+    }
+    //  With several rounds, ceil is ceil_summary->median.
+    const ceilings_t *min = ceil_summary? &ceil_summary->min: ceil;
+    const ceilings_t *max = ceil_summary? &ceil_summary->max: ceil;
+    char range [64];
+    if (ceil->zmq_ran)
+        printf ("ceiling ZeroMQ forward (W1 shape): %.0f acked/s%s, %.0f confirmed/s, "
+                "p50 %.0f µs, p99 %.0f µs\n", ceil->zmq_ack_rate,
+                s_range_text (range, sizeof range, ceil_summary, " (range ",
+                              min->zmq_ack_rate, max->zmq_ack_rate, ")"),
+                ceil->zmq_confirm_rate, ceil->zmq_p50_us, ceil->zmq_p99_us);
+    if (ceil->curve_ran)
+        printf ("ceiling ZeroMQ+CURVE forward (W1 shape): %.0f acked/s%s, %.0f confirmed/s, "
+                "p50 %.0f µs, p99 %.0f µs\n", ceil->curve_ack_rate,
+                s_range_text (range, sizeof range, ceil_summary, " (range ",
+                              min->curve_ack_rate, max->curve_ack_rate, ")"),
+                ceil->curve_confirm_rate, ceil->curve_p50_us, ceil->curve_p99_us);
+    if (ceil->lmdb_ran)
+        printf ("ceiling LMDB append, sync per 256: %.0f records/s (%.0f µs per commit)%s\n",
+                ceil->lmdb_rate, ceil->lmdb_commit_us,
+                s_range_text (range, sizeof range, ceil_summary, "; range ",
+                              min->lmdb_rate, max->lmdb_rate, " records/s"));
+    if (ceil->lmdb1_ran)
+        printf ("ceiling LMDB append, sync per record: %.0f records/s (%.0f µs per commit)%s\n",
+                ceil->lmdb1_rate, ceil->lmdb1_commit_us,
+                s_range_text (range, sizeof range, ceil_summary, "; range ",
+                              min->lmdb1_rate, max->lmdb1_rate, " records/s"));
+    fflush (stdout);
+}

@@ -1,0 +1,242 @@
+/*  kim_bench_workload.c — the workloads of BRIEF.md §6: W1, W2, W3, RSS.
+
+    Each starts a fresh broker through the test harness (with the --set
+    lines in its config), gives a run (kim_bench_run.c) its shape, and
+    takes the broker's own figures beside the run's: the CPU the broker and
+    this process (the clients) used meanwhile, the broker's VmRSS and
+    VmHWM, and for RSS its VmRSS and RssAnon at fixed points of the fill.
+    A run that failed keeps its broker's folder.
+*/
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "kim_bench.h"
+
+//  --------------------------------------------------------------------------
+//  The broker process, from /proc
+
+//  A field of /proc/<pid>/status in kB ("VmRSS", "VmHWM", "RssAnon"), or 0.
+static uint64_t
+s_proc_kb (pid_t pid, const char *field)
+{
+    char path [64], line [256];
+    snprintf (path, sizeof path, "/proc/%d/status", (int) pid);
+    FILE *file = fopen (path, "r");
+    if (!file)
+        return 0;
+    size_t len = strlen (field);
+    uint64_t value = 0;
+    while (fgets (line, sizeof line, file))
+        if (strncmp (line, field, len) == 0 && line [len] == ':') {
+            value = strtoull (line + len + 1, NULL, 10);
+            break;
+        }
+    fclose (file);
+    return value;
+}
+
+//  CPU seconds (user + system, all threads) a process has used so far.
+static double
+s_proc_cpu (pid_t pid)
+{
+    char path [64], line [1024];
+    snprintf (path, sizeof path, "/proc/%d/stat", (int) pid);
+    FILE *file = fopen (path, "r");
+    if (!file)
+        return 0;
+    double seconds = 0;
+    if (fgets (line, sizeof line, file)) {
+        //  Fields after the command name (which may hold spaces): state is
+        //  field 3, utime and stime are fields 14 and 15.
+        char *at = strrchr (line, ')');
+        unsigned long long utime = 0, stime = 0;
+        if (at && sscanf (at + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+                          &utime, &stime) == 2)
+            seconds = (double) (utime + stime) / (double) sysconf (_SC_CLK_TCK);
+    }
+    fclose (file);
+    return seconds;
+}
+
+//  --------------------------------------------------------------------------
+//  Brokers
+
+static kim_testbroker_t *
+s_broker_start (const options_t *opt, bool sync, const char *name)
+{
+    static const char *orgs [] = {
+        KIM_BENCH_SINK, "kim.p1", "kim.p2", "kim.p3", "kim.p4", "kim.p5", "kim.p6",
+        "kim.p7", "kim.p8", "kim.p9", "kim.p10", "kim.p11", "kim.p12", "kim.p13",
+        "kim.p14", "kim.p15", "kim.p16", NULL
+    };
+    //  The harness writes `extra` right after the broker section's keys and
+    //  before "orgs", so a store section can follow the broker lines.
+    char extra [2048];
+    snprintf (extra, sizeof extra, "%s%s%s%s", opt->broker_extra,
+              (!sync || opt->store_extra [0])? "store\n": "",
+              sync? "": "    sync = 0\n", opt->store_extra);
+    kim_testbroker_t *broker = kim_testbroker_new (orgs, extra);
+    if (!broker) {
+        fprintf (stderr, "%s: cannot make a test broker folder\n", name);
+        return NULL;
+    }
+    //  The brokers kim is compared with carry payloads as they are; sealing
+    //  is client-side work (about 120 µs per 1 KiB message here) measured
+    //  on its own with --sealed.
+    kim_testbroker_plaintext (broker, !opt->sealed);
+    if (kim_testbroker_start (broker)) {
+        fprintf (stderr, "%s: the broker did not start\n", name);
+        setenv ("KIM_TEST_KEEP", "1", 1);
+        fprintf (stderr, "%s: broker folder kept: %s\n", name, kim_testbroker_dir (broker));
+        kim_testbroker_destroy (&broker);
+        return NULL;
+    }
+    return broker;
+}
+
+static void
+s_broker_figures (kim_testbroker_t *broker, result_t *result)
+{
+    pid_t pid = kim_testbroker_pid (broker);
+    result->rss_kb = s_proc_kb (pid, "VmRSS");
+    result->hwm_kb = s_proc_kb (pid, "VmHWM");
+}
+
+//  --------------------------------------------------------------------------
+//  Workloads
+
+//  W1 and W3: N producers flat out to one consumer.
+void
+kim_bench_workload_flow (const options_t *opt, const char *name, bool sync, result_t *result)
+{
+    snprintf (result->name, sizeof result->name, "%s", name);
+    result->ran = true;
+    kim_testbroker_t *broker = s_broker_start (opt, sync, name);
+    if (!broker) {
+        snprintf (result->detail, sizeof result->detail, "broker did not start");
+        return;
+    }
+    run_t *run = kim_bench_run_new (opt, name, broker, opt->producers, opt->messages, opt->payload);
+    run->with_consumer = true;
+    double broker_cpu = s_proc_cpu (kim_testbroker_pid (broker));
+    double clients_cpu = s_proc_cpu (getpid ());
+    int rc = kim_bench_run_go (run, NULL, NULL);
+    result->cpu_broker_s = s_proc_cpu (kim_testbroker_pid (broker)) - broker_cpu;
+    result->cpu_clients_s = s_proc_cpu (getpid ()) - clients_cpu;
+    s_broker_figures (broker, result);
+    kim_bench_run_figures (run, result);
+    if (rc)
+        snprintf (result->detail, sizeof result->detail, "stuck (see stderr)");
+    else
+        result->ok = kim_bench_run_check (run, true, result->detail, sizeof result->detail);
+    if (!result->ok)
+        kim_bench_keep_folder (run);
+    kim_bench_run_destroy (&run);
+    kim_testbroker_destroy (&broker);
+}
+
+//  W2: one producer, paced; end-to-end latency at the consumer.
+void
+kim_bench_workload_latency (const options_t *opt, result_t *result)
+{
+    snprintf (result->name, sizeof result->name, "W2");
+    result->ran = true;
+    kim_testbroker_t *broker = s_broker_start (opt, true, "W2");
+    if (!broker) {
+        snprintf (result->detail, sizeof result->detail, "broker did not start");
+        return;
+    }
+    run_t *run = kim_bench_run_new (opt, "W2", broker, 1, opt->w2_rate * opt->w2_seconds,
+                                    opt->payload);
+    run->with_consumer = true;
+    run->rate = opt->w2_rate;
+    double broker_cpu = s_proc_cpu (kim_testbroker_pid (broker));
+    double clients_cpu = s_proc_cpu (getpid ());
+    int rc = kim_bench_run_go (run, NULL, NULL);
+    result->cpu_broker_s = s_proc_cpu (kim_testbroker_pid (broker)) - broker_cpu;
+    result->cpu_clients_s = s_proc_cpu (getpid ()) - clients_cpu;
+    s_broker_figures (broker, result);
+    kim_bench_run_figures (run, result);
+    if (rc)
+        snprintf (result->detail, sizeof result->detail, "stuck (see stderr)");
+    else
+        result->ok = kim_bench_run_check (run, true, result->detail, sizeof result->detail);
+    if (!result->ok)
+        kim_bench_keep_folder (run);
+    kim_bench_run_destroy (&run);
+    kim_testbroker_destroy (&broker);
+}
+
+typedef struct {
+    result_t *result;
+    pid_t pid;
+    int next;                   //  next RSS point to take
+} rss_watch_t;
+
+static void
+s_rss_tick (run_t *run, void *arg)
+{
+    rss_watch_t *watch = (rss_watch_t *) arg;
+    uint64_t done = atomic_load (&run->receipted);
+    while (watch->next < KIM_BENCH_RSS_POINTS
+    &&     done >= watch->result->marks [watch->next]) {
+        watch->result->rss_at [watch->next] = s_proc_kb (watch->pid, "VmRSS");
+        watch->result->anon_at [watch->next] = s_proc_kb (watch->pid, "RssAnon");
+        watch->next++;
+    }
+}
+
+//  RSS: fill one mailbox while its recipient is offline; sample the broker.
+void
+kim_bench_workload_rss (const options_t *opt, result_t *result)
+{
+    snprintf (result->name, sizeof result->name, "RSS");
+    result->ran = true;
+    kim_testbroker_t *broker = s_broker_start (opt, true, "RSS");
+    if (!broker) {
+        snprintf (result->detail, sizeof result->detail, "broker did not start");
+        return;
+    }
+    uint32_t per = opt->fill / opt->producers;
+    run_t *run = kim_bench_run_new (opt, "RSS", broker, opt->producers, per, opt->fill_payload);
+    for (int i = 0; i < KIM_BENCH_RSS_POINTS; i++)
+        result->marks [i] = run->total * (uint64_t) i / (KIM_BENCH_RSS_POINTS - 1);
+    rss_watch_t watch = { result, kim_testbroker_pid (broker), 0 };
+    s_rss_tick (run, &watch);           //  the 0 point, before anyone connects
+    double broker_cpu = s_proc_cpu (watch.pid);
+    double clients_cpu = s_proc_cpu (getpid ());
+    int rc = kim_bench_run_go (run, s_rss_tick, &watch);
+    s_rss_tick (run, &watch);
+    result->cpu_broker_s = s_proc_cpu (watch.pid) - broker_cpu;
+    result->cpu_clients_s = s_proc_cpu (getpid ()) - clients_cpu;
+    kim_bench_run_figures (run, result);
+    if (rc)
+        snprintf (result->detail, sizeof result->detail, "stuck while filling");
+    else
+        result->ok = kim_bench_run_check (run, false, result->detail, sizeof result->detail);
+
+    if (result->ok && opt->drain) {
+        run->with_consumer = true;      //  counts deliveries from here on
+        uint64_t start = kim_bench_now_ns ();
+        rc = kim_bench_run_drain (run);
+        uint64_t end = run->consumer.last_ack_ns;
+        result->drained = run->consumer.distinct;
+        if (end > start)
+            result->drain_per_s = run->consumer.distinct / ((end - start) / 1e9);
+        result->rss_after_drain = s_proc_kb (watch.pid, "VmRSS");
+        result->anon_after_drain = s_proc_kb (watch.pid, "RssAnon");
+        if (rc)
+            snprintf (result->detail, sizeof result->detail, "stuck while draining");
+        result->ok = rc == 0 && kim_bench_run_check (run, true, result->detail,
+                                                     sizeof result->detail);
+        result->has_latency = false;    //  latency of a backlog says nothing
+    }
+    s_broker_figures (broker, result);
+    if (!result->ok)
+        kim_bench_keep_folder (run);
+    kim_bench_run_destroy (&run);
+    kim_testbroker_destroy (&broker);
+}
