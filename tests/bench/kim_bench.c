@@ -207,6 +207,7 @@ main (int argc, char *argv [])
                 printf ("running the ceilings (ZeroMQ forward, ZeroMQ+CURVE forward, "
                         "LMDB append)%s...\n", of);
             fflush (stdout);
+            kim_bench_settle (&opt);
             kim_bench_ceilings (&opt, &ceil [k]);
             kim_bench_print_ceilings_json (&ceil [k], run, NULL);
         }
@@ -219,6 +220,7 @@ main (int argc, char *argv [])
                 printf ("running %s%s...\n", names [w], of);
             fflush (stdout);
             result_t *result = &results [w * rounds + k];
+            kim_bench_settle (&opt);
             if (w == 0)
                 kim_bench_workload_flow (&opt, "W1", true, result);
             else

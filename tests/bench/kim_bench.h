@@ -269,6 +269,11 @@ void
 //  RSS: fill one mailbox while its recipient is offline; sample the broker.
 void
     kim_bench_workload_rss (const options_t *opt, result_t *result);
+//  Waits (at most 20 s) until the disks are quiet: the previous workload's
+//  folder is deleted as it ends, and its write-back and discards must not
+//  fall on the next one's syncs. Smoke runs only flush.
+void
+    kim_bench_settle (const options_t *opt);
 
 //  --------------------------------------------------------------------------
 //  kim_bench_ceiling.c: the ceiling tools

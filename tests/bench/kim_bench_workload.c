@@ -240,3 +240,42 @@ kim_bench_workload_rss (const options_t *opt, result_t *result)
     kim_bench_run_destroy (&run);
     kim_testbroker_destroy (&broker);
 }
+
+//  --------------------------------------------------------------------------
+//  Between workloads
+
+//  Milliseconds all block devices have spent doing I/O (/proc/diskstats,
+//  field 13 of each line), or -1 when that cannot be read.
+static int64_t
+s_io_ms (void)
+{
+    FILE *file = fopen ("/proc/diskstats", "r");
+    if (!file)
+        return -1;
+    char line [512];
+    int64_t total = 0;
+    while (fgets (line, sizeof line, file)) {
+        unsigned long long io_ms;
+        if (sscanf (line, "%*u %*u %*s %*u %*u %*u %*u %*u %*u %*u %*u %*u %llu", &io_ms) == 1)
+            total += (int64_t) io_ms;
+    }
+    fclose (file);
+    return total;
+}
+
+void
+kim_bench_settle (const options_t *opt)
+{
+    sync ();
+    if (opt->smoke)
+        return;
+    //  Quiet: under 5 % of the time busy over half a second.
+    int64_t before = s_io_ms ();
+    for (int waited = 0; before >= 0 && waited < 20000; waited += 500) {
+        kim_bench_sleep_ms (500);
+        int64_t now = s_io_ms ();
+        if (now - before < 25)
+            break;
+        before = now;
+    }
+}
