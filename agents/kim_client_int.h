@@ -98,9 +98,9 @@ struct _kim_client_t {
 
     //  Unreceipted sends
     zhashx_t *pending;                  //  msg_id -> kim_client_entry_t
-    kim_client_entry_t *head;                    //  oldest
+    kim_client_entry_t *head;           //  oldest
     kim_client_entry_t *tail;
-    kim_client_entry_t *unsent;                  //  first entry not sent in this session
+    kim_client_entry_t *unsent;         //  first entry not sent in this session
     size_t pending_count;
 
     //  kim_client_send waits for one entry's answer

@@ -1,5 +1,5 @@
-/*  kim_audit_bench.c — replay and verify speed over a large log (BRIEF §6,
-    issue 6): records per second for an auditor's offline replay (JSON
+/*  kim_audit_bench.c — replay and verify speed over a large log (BRIEF §6):
+    records per second for an auditor's offline replay (JSON
     lines to /dev/null), offline verify, and online replay through a real
     broker with QUERY flow control.
 

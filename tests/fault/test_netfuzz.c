@@ -1,4 +1,4 @@
-/*  test_netfuzz.c — hostile input under load (issue 7, part 5).
+/*  test_netfuzz.c — hostile input under load.
 
     For a bounded time (KIM_NETFUZZ_SECONDS, default 20) a fuzzer thread
     drives several raw CURVE DEALER sockets with registered keys (and one

@@ -1,4 +1,4 @@
-/*  test_audit.c — the log proves itself (issue 6).
+/*  test_audit.c — the log proves itself.
 
     A real broker writes a real log: referrals, the life cycle's records and
     signed checkpoints (every 10 records or second). Then:

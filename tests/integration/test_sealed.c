@@ -1,4 +1,4 @@
-/*  test_sealed.c — issue 7: the key directory, sealed payloads (the broker
+/*  test_sealed.c — the key directory, sealed payloads (the broker
     stores ciphertext only) and sender signatures (required, verified,
     refused, kept in the log), over a real broker and its real LMDB file;
     a sign_key registered by RELOAD takes effect at once; `kim send` and
