@@ -746,9 +746,12 @@ s_router_ready (zloop_t *loop, zsock_t *reader, void *arg)
     kim_server_t *self = (kim_server_t *) arg;
     //  Read what is waiting, up to a batch, then commit it as one.
     size_t read = 0;
+    bool more = true;
     while (self->item_count < self->config->batch_max && read < 4 * self->config->batch_max
-    &&     s_read_one (self))
+    &&     (more = s_read_one (self)))
         read++;
+    if (!more)
+        self->drained_ms = s_mono ();
     kim_batch_commit (self);
     s_deliver_dirty (self);
     return self->failed? -1: 0;
@@ -773,16 +776,23 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
     uint64_t now = s_mono ();
     uint64_t silence = 3ull * self->config->heartbeat_ms;
 
+    //  A session is silent by what the broker has read: as of the last time
+    //  it emptied its socket. A loop held up by a slow sync has not read the
+    //  heartbeats that arrived meanwhile, and must not expire their senders.
+    if (!(zsock_events (self->router) & ZMQ_POLLIN))
+        self->drained_ms = now;
     zlistx_t *expired = zlistx_new ();
     for (session_t *session = (session_t *) zhashx_first (self->sessions); session;
          session = (session_t *) zhashx_next (self->sessions))
-        if (now - session->last_seen_ms > silence)
+        if (self->drained_ms > session->last_seen_ms
+        &&  self->drained_ms - session->last_seen_ms > silence)
             zlistx_add_end (expired, session);
     for (session_t *session = (session_t *) zlistx_first (expired); session;
          session = (session_t *) zlistx_next (expired)) {
         zsys_info ("server: %s silent for %" PRIu64 " ms; session expired",
                    session->org->org->id, now - session->last_seen_ms);
-        kim_server_reject (self, session->rid, session->rid_size, KIM_E_SESSION_EXPIRED, NULL, NULL, NULL);
+        kim_server_reject (self, session->rid, session->rid_size, KIM_E_SESSION_EXPIRED,
+                           NULL, NULL, NULL);
         org_state_t *state = session->org;
         s_session_destroy (self, session, "expired");
         kim_server_mark_dirty (self, state);
@@ -878,7 +888,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     self->signal_fd = -1;
     self->clock_file = getenv ("KIM_CLOCK_FILE");
     s_clock_update (self);
-    self->started_ms = self->last_stats_ms = s_mono ();
+    self->started_ms = self->last_stats_ms = self->drained_ms = s_mono ();
     self->last_dedup_expire_ms = kim_server_now (self);
 
     if (sodium_init () < 0) {

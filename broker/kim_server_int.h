@@ -100,6 +100,7 @@ struct _kim_server_t {
     uint64_t started_ms;
     uint64_t last_dedup_expire_ms;
     uint64_t last_stats_ms;
+    uint64_t drained_ms;            //  when the ROUTER socket was last read empty
     bool failed;
     //  Figures since start.
     uint64_t receipted, duplicates, rejected, delivered, redelivered, acked, batches;
