@@ -49,26 +49,18 @@ kim_lc_case_decode (const uint8_t *value, size_t value_size, kim_case_t *kcase)
     return reader.bad || reader.at != reader.end? -KIM_E_IO: 0;
 }
 
+static int
+s_case_decode (const uint8_t *value, size_t size, void *into)
+{
+    return kim_lc_case_decode (value, size, (kim_case_t *) into);
+}
+
 int
 kim_lc_case_get (kim_store_t *store, const char *id, kim_case_t *kcase)
 {
     if (!id [0])
         return -KIM_E_NOT_FOUND;
-    MDB_txn *txn = kim_store_txn (store);
-    if (!txn)
-        return -KIM_E_ARGS;
-    MDB_val key = { strlen (id), (void *) id }, value;
-    int rc = mdb_get (txn, kim_store_dbi (store, KIM_DB_CASE), &key, &value);
-    if (rc == MDB_NOTFOUND)
-        return -KIM_E_NOT_FOUND;
-    if (rc)
-        return kim_store_error (store, rc, "lifecycle: reading a case");
-    if (kim_lc_case_decode ((const uint8_t *) value.mv_data, value.mv_size, kcase)) {
-        zsys_error ("lifecycle: case %s is stored in a form this broker does not know "
-                    "(%zu bytes)", id, value.mv_size);
-        return -KIM_E_IO;
-    }
-    return 0;
+    return kim_lc_fetch (store, KIM_DB_CASE, id, "case", s_case_decode, kcase);
 }
 
 size_t

@@ -44,15 +44,14 @@ kim_lc_timer_put (kim_store_t *store, uint64_t due, const char *id, uint8_t kind
 }
 
 int
-kim_lc_referral_decode (const void *value, size_t value_size, kim_referral_t *referral)
+kim_lc_referral_decode (const uint8_t *value, size_t value_size, kim_referral_t *referral)
 {
     memset (referral, 0, sizeof *referral);
-    const uint8_t *bytes = (const uint8_t *) value;
-    if (value_size == sizeof *referral && bytes [0] == S_LEGACY_VERSION) {
+    if (value_size == sizeof *referral && value [0] == S_LEGACY_VERSION) {
         memcpy (referral, value, sizeof *referral);     //  LMDB does not align values
         return 0;
     }
-    kim_lc_reader_t reader = { bytes, bytes + value_size, false };
+    kim_lc_reader_t reader = { value, value + value_size, false };
     if (kim_lc_get_u8 (&reader) != S_REFERRAL_VERSION)
         return -KIM_E_IO;
     referral->version = S_REFERRAL_VERSION;
@@ -72,23 +71,36 @@ kim_lc_referral_decode (const void *value, size_t value_size, kim_referral_t *re
 }
 
 int
-kim_lc_referral_get (kim_store_t *store, const char *id, kim_referral_t *referral)
+kim_lc_fetch (kim_store_t *store, kim_db_t db, const char *id, const char *what,
+              int (*decode) (const uint8_t *value, size_t size, void *into), void *into)
 {
     MDB_txn *txn = kim_store_txn (store);
     if (!txn)
         return -KIM_E_ARGS;
     MDB_val key = { strlen (id), (void *) id }, value;
-    int rc = mdb_get (txn, kim_store_dbi (store, KIM_DB_REFERRAL), &key, &value);
+    int rc = mdb_get (txn, kim_store_dbi (store, db), &key, &value);
     if (rc == MDB_NOTFOUND)
         return -KIM_E_NOT_FOUND;
     if (rc)
-        return kim_store_error (store, rc, "lifecycle: reading a referral");
-    if (kim_lc_referral_decode (value.mv_data, value.mv_size, referral)) {
-        zsys_error ("lifecycle: referral %s is stored in a form this broker does not know "
-                    "(%zu bytes)", id, value.mv_size);
+        return kim_store_error (store, rc, "lifecycle: reading its state");
+    if (decode ((const uint8_t *) value.mv_data, value.mv_size, into)) {
+        zsys_error ("lifecycle: %s %s is stored in a form this broker does not know "
+                    "(%zu bytes)", what, id, value.mv_size);
         return -KIM_E_IO;
     }
     return 0;
+}
+
+static int
+s_referral_decode (const uint8_t *value, size_t size, void *into)
+{
+    return kim_lc_referral_decode (value, size, (kim_referral_t *) into);
+}
+
+int
+kim_lc_referral_get (kim_store_t *store, const char *id, kim_referral_t *referral)
+{
+    return kim_lc_fetch (store, KIM_DB_REFERRAL, id, "referral", s_referral_decode, referral);
 }
 
 size_t

@@ -102,6 +102,12 @@ int
                 const void *value, size_t value_size, const char *what);
 int
     kim_lc_timer_put (kim_store_t *store, uint64_t due, const char *id, uint8_t kind);
+//  Reads the value under `id` in `db` and decodes it `into` a struct: 0,
+//  -KIM_E_NOT_FOUND, or -KIM_E_IO (logged, naming `what`) for a value of
+//  a form this broker does not know.
+int
+    kim_lc_fetch (kim_store_t *store, kim_db_t db, const char *id, const char *what,
+                  int (*decode) (const uint8_t *value, size_t size, void *into), void *into);
 int
     kim_lc_referral_get (kim_store_t *store, const char *id, kim_referral_t *referral);
 int
@@ -183,7 +189,7 @@ kim_lc_get_text (kim_lc_reader_t *reader, char *text, size_t text_size)
 size_t
     kim_lc_referral_encode (const kim_referral_t *referral, uint8_t value [KIM_LC_REFERRAL_MAX]);
 int
-    kim_lc_referral_decode (const void *value, size_t value_size, kim_referral_t *referral);
+    kim_lc_referral_decode (const uint8_t *value, size_t value_size, kim_referral_t *referral);
 size_t
     kim_lc_case_encode (const kim_case_t *kcase, uint8_t value [KIM_LC_CASE_MAX]);
 int
