@@ -69,6 +69,7 @@ struct _kim_store_t {
 
     //  The open write batch, if any
     MDB_txn *txn;
+    MDB_cursor *mailbox_cursor;     //  opened on the batch's first ack; LMDB closes it
     bool batch_full;            //  MDB_MAP_FULL or MDB_TXN_FULL seen
     bool batch_growable;        //  false once MDB_TXN_FULL was seen
     uint64_t batch_head;
@@ -678,6 +679,7 @@ kim_store_begin (kim_store_t *self)
         self->txn = NULL;
         return s_read_error (self, rc, "starting a write batch");
     }
+    self->mailbox_cursor = NULL;
     self->batch_full = false;
     self->batch_growable = true;
     self->batch_head = self->head;
@@ -840,10 +842,14 @@ kim_store_mailbox_take (kim_store_t *self, const char *org, uint64_t seq, char *
     s_mailbox_t *mailbox;
     if ((rc = s_mailbox_prepare (self, org, &mailbox)))
         return rc;
-    MDB_cursor *cursor;
-    rc = mdb_cursor_open (self->txn, self->dbi [KIM_DB_MAILBOX], &cursor);
-    if (rc)
+    //  One cursor serves every ack of the batch: a write transaction's
+    //  cursors end with it.
+    if (!self->mailbox_cursor
+    &&  (rc = mdb_cursor_open (self->txn, self->dbi [KIM_DB_MAILBOX], &self->mailbox_cursor))) {
+        self->mailbox_cursor = NULL;
         return s_write_error (self, rc, "opening a mailbox cursor");
+    }
+    MDB_cursor *cursor = self->mailbox_cursor;
     MDB_val key = { key_size, key_bytes }, value;
     rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_KEY);
     if (rc == 0) {
@@ -855,7 +861,6 @@ kim_store_mailbox_take (kim_store_t *self, const char *org, uint64_t seq, char *
         }
         rc = mdb_cursor_del (cursor, 0);
     }
-    mdb_cursor_close (cursor);
     if (rc == MDB_NOTFOUND)
         return -KIM_E_NOT_FOUND;
     if (rc)
