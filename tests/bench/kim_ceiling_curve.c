@@ -510,7 +510,8 @@ main (int argc, char *argv [])
     options_t opt = {
         .producers = 4, .messages = 25000, .window = 256, .payload = 1024, .limit_s = 60
     };
-    for (int i = 1; i < argc; i++) {
+    //  Every option takes a value: they come in pairs.
+    for (int i = 1; i < argc; i += 2) {
         const char *arg = argv [i];
         const char *next = i + 1 < argc? argv [i + 1]: NULL;
         bool ok = false;
@@ -536,7 +537,6 @@ main (int argc, char *argv [])
             s_usage (stderr);
             return 2;
         }
-        i++;
     }
     if (!zmq_has ("curve")) {
         fprintf (stderr, "kim-ceiling-curve: this libzmq was built without CURVE\n");
