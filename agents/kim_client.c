@@ -285,6 +285,38 @@ s_on_welcome (kim_client_t *self, const kim_cmd_t *welcome)
     kim_client_i_send_acks (self);
 }
 
+//  True when the waiting request is answered by a RECEIPT or REJECT naming
+//  `msg_id`: SUBSCRIBE and UNSUBSCRIBE are, with msg_id = sub_id (PROTOCOL.md
+//  8.10). A receipt of one of our sends never is: sends are matched first.
+static bool
+s_request_named (kim_client_t *self, const char *msg_id)
+{
+    return self->status_waiting && !self->status_done && self->request
+        && (self->request->id == KIM_CMD_SUBSCRIBE || self->request->id == KIM_CMD_UNSUBSCRIBE)
+        && streq (self->request->sub_id, msg_id);
+}
+
+//  Hands the command just read to the waiting request as its reply.
+static void
+s_answer_request (kim_client_t *self)
+{
+    *self->reply = self->rx;
+    self->reply->body = NULL;
+    self->reply->body_size = 0;
+    //  Directory entries were copied into self->seal.entries
+    //  (s_read_one); the frame they came in is gone.
+    self->reply->dir_raw = NULL;
+    self->reply->dir_raw_size = 0;
+    kim_buf_reset (&self->reply_body);
+    if (self->rx.body && self->rx.body_size
+    &&  kim_buf_append (&self->reply_body, self->rx.body, self->rx.body_size) == 0) {
+        self->reply->body = self->reply_body.data;
+        self->reply->body_size = self->reply_body.size;
+    }
+    self->status_done = true;
+    self->status_code = 0;
+}
+
 static void
 s_on_reject (kim_client_t *self, const kim_cmd_t *reject)
 {
@@ -312,6 +344,12 @@ s_on_reject (kim_client_t *self, const kim_cmd_t *reject)
             (kim_client_entry_t *) zhashx_lookup (self->pending, reject->msg_id);
         if (entry)
             kim_client_i_resolve (self, entry, reject);
+        else
+        if (s_request_named (self, reject->msg_id)) {
+            self->status_done = true;
+            self->status_code = code > 0? code: KIM_E_INTERNAL;
+            kim_client_i_set_error (self, "%s (%d) %s", kim_errname (code), code, text);
+        }
         //  else: an answer to a message already answered; nothing waits for it
         return;
     }
@@ -410,6 +448,9 @@ s_read_one (kim_client_t *self)
                 (kim_client_entry_t *) zhashx_lookup (self->pending, self->rx.msg_id);
             if (entry)
                 kim_client_i_resolve (self, entry, &self->rx);
+            else
+            if (s_request_named (self, self->rx.msg_id))
+                s_answer_request (self);
             break;
         }
         case KIM_CMD_REJECT:
@@ -421,23 +462,8 @@ s_read_one (kim_client_t *self)
             //  Any other command answers the request that waits, if any.
             //  (Commands with a payload of pointers into the frame, RECORD,
             //  are streamed by their own tools, not through this call.)
-            if (self->status_waiting && !self->status_done && self->rx.id != KIM_CMD_RECORD) {
-                *self->reply = self->rx;
-                self->reply->body = NULL;
-                self->reply->body_size = 0;
-                //  Directory entries were copied into self->seal.entries
-                //  (s_read_one); the frame they came in is gone.
-                self->reply->dir_raw = NULL;
-                self->reply->dir_raw_size = 0;
-                kim_buf_reset (&self->reply_body);
-                if (self->rx.body && self->rx.body_size
-                &&  kim_buf_append (&self->reply_body, self->rx.body, self->rx.body_size) == 0) {
-                    self->reply->body = self->reply_body.data;
-                    self->reply->body_size = self->reply_body.size;
-                }
-                self->status_done = true;
-                self->status_code = 0;
-            }
+            if (self->status_waiting && !self->status_done && self->rx.id != KIM_CMD_RECORD)
+                s_answer_request (self);
             else
             if (self->verbose)
                 zsys_debug ("kim_client: ignored %s from the broker",

@@ -4,7 +4,8 @@
     One request waits at a time. It is kept, so that a reconnect sends it
     again in the new session (kim_client.c, on WELCOME), and the session's
     reader takes the broker's next answer that belongs to no SEND (a reply
-    command, or a REJECT without a msg_id) as its reply. Kept apart from the
+    command, a REJECT without a msg_id, or, for SUBSCRIBE and UNSUBSCRIBE,
+    the RECEIPT or REJECT naming its sub_id) as its reply. Kept apart from the
     send side because a request is not a message: it has no msg_id, no
     place in the send window and no receipt.
 */

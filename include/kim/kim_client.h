@@ -142,7 +142,8 @@ int
 
 //  Sends a command the library has no call of its own for (RELOAD, ...) and
 //  waits for the broker's answer: the next command that is not a delivery,
-//  a receipt of a queued send or a PONG. After a reconnect the request is
+//  a receipt of a queued send or a PONG (SUBSCRIBE and UNSUBSCRIBE: the
+//  RECEIPT or REJECT whose msg_id is the sub_id). After a reconnect the request is
 //  sent again. Returns 0 with *reply filled, the negated code of a REJECT
 //  (kim_client_error has its text), or -KIM_E_TIMEOUT. For single-answer
 //  commands; QUERY streams RECORDs and has its own reader in `kim audit`.

@@ -63,6 +63,22 @@ s_test_session (kim_testbroker_t *broker)
     kim_status_t status;
     KIM_CHECK (kim_client_status (a, &status, 5000) == 0);
     KIM_CHECK (status.sessions >= 1);
+
+    S_LOG ("session: SUBSCRIBE and UNSUBSCRIBE as requests, answered by their sub_id");
+    kim_cmd_t *request = (kim_cmd_t *) calloc (1, sizeof (kim_cmd_t));
+    kim_cmd_t *reply = (kim_cmd_t *) calloc (1, sizeof (kim_cmd_t));
+    KIM_CHECK (request && reply);
+    kim_cmd_init (request, KIM_CMD_SUBSCRIBE);
+    kim_str_copy (request->sub_id, sizeof request->sub_id, "s-client");
+    kim_str_copy (request->case_id, sizeof request->case_id, "c-client");
+    KIM_CHECK (kim_client_request (a, request, reply, 5000) == 0);
+    KIM_CHECK (reply->id == KIM_CMD_RECEIPT && streq (reply->msg_id, "s-client"));
+    kim_cmd_init (request, KIM_CMD_UNSUBSCRIBE);
+    kim_str_copy (request->sub_id, sizeof request->sub_id, "s-client");
+    KIM_CHECK (kim_client_request (a, request, reply, 5000) == 0);
+    KIM_CHECK (reply->id == KIM_CMD_RECEIPT && streq (reply->msg_id, "s-client"));
+    free (request);
+    free (reply);
     kim_client_destroy (&a);
     KIM_CHECK (a == NULL);
     kim_client_destroy (&a);            //  idempotent
