@@ -2,7 +2,7 @@
     subcommand shares (help, option cursor, connection settings, messages).
 
     Subcommands live in a table so that new ones (referral, audit, policy,
-    subject, admin) are one line here plus their own kim_cmd_*.c file. Every
+    subject, admin, subscribe, directory) are one line here plus their own kim_cmd_*.c file. Every
     subcommand reads and writes JSON lines, so the tool composes with jq and
     shell pipelines, and agency integrations can start as scripts.
 */
@@ -34,6 +34,12 @@ static const kim_cli_command_t s_commands [] = {
       kim_cmd_policy_usage, false },
     { "subject", kim_cmd_subject, "a data subject's rights: access report, erasure of payloads",
       kim_cmd_subject_usage, true },
+    { "subscribe", kim_cmd_subscribe, "get a case's events (or all our cases') in our inbox",
+      kim_cmd_subscribe_usage, true },
+    { "unsubscribe", kim_cmd_unsubscribe, "end one of our subscriptions",
+      kim_cmd_unsubscribe_usage, true },
+    { "directory", kim_cmd_directory, "list the broker's key directory, or one organisation",
+      kim_cmd_directory_usage, true },
 };
 #define S_COMMAND_COUNT (sizeof s_commands / sizeof s_commands [0])
 
@@ -66,9 +72,9 @@ s_usage (FILE *out)
         "\n"
         "Commands:\n");
     for (size_t i = 0; i < S_COMMAND_COUNT; i++)
-        fprintf (out, "  %-8s %s\n", s_commands [i].name, s_commands [i].summary);
+        fprintf (out, "  %-11s %s\n", s_commands [i].name, s_commands [i].summary);
     fprintf (out,
-        "  help     print the help of a command: kim help COMMAND\n"
+        "  help        print the help of a command: kim help COMMAND\n"
         "\n"
         "Options:\n"
         "  -h, --help      this help (kim COMMAND --help for a command's)\n"
@@ -300,8 +306,11 @@ kim_cli_args_common (const char *cmd, kim_cli_conn_t *conn, kim_cli_args_t *args
 }
 
 int
-kim_cli_conn_only (const char *cmd, kim_cli_conn_t *conn, int argc, char *argv [])
+kim_cli_conn_only (const char *cmd, kim_cli_conn_t *conn, int argc, char *argv [],
+                   const char **operand)
 {
+    if (operand)
+        *operand = NULL;
     kim_cli_args_t args;
     kim_cli_args_init (&args, argc, argv);
     while (kim_cli_args_next (&args)) {
@@ -309,7 +318,11 @@ kim_cli_conn_only (const char *cmd, kim_cli_conn_t *conn, int argc, char *argv [
         int taken = kim_cli_args_common (cmd, conn, &args, &exit_code);
         if (taken < 0)
             return exit_code;
-        if (taken == 0)
+        if (taken)
+            continue;
+        if (operand && args.positional && !*operand)
+            *operand = args.arg;
+        else
             return kim_cli_args_unknown (&args);
     }
     return args.failed? KIM_EXIT_USAGE: -1;

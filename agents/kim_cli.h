@@ -79,6 +79,12 @@ int kim_cmd_policy (int argc, char *argv []);
 extern const char kim_cmd_policy_usage [];
 int kim_cmd_subject (int argc, char *argv []);
 extern const char kim_cmd_subject_usage [];
+int kim_cmd_subscribe (int argc, char *argv []);
+extern const char kim_cmd_subscribe_usage [];
+int kim_cmd_unsubscribe (int argc, char *argv []);
+extern const char kim_cmd_unsubscribe_usage [];
+int kim_cmd_directory (int argc, char *argv []);
+extern const char kim_cmd_directory_usage [];
 extern const char kim_cmd_send_usage [];
 extern const char kim_cmd_inbox_usage [];
 extern const char kim_cmd_status_usage [];
@@ -165,10 +171,12 @@ int
 int
     kim_cli_args_common (const char *cmd, kim_cli_conn_t *conn, kim_cli_args_t *args,
                          int *exit_code);
-//  Parses the arguments of a command that takes connection options only.
-//  Returns -1 to go on, or the exit code the command ends with.
+//  Parses the arguments of a command that takes connection options only,
+//  and, when `operand` is not NULL, at most one positional argument (set to
+//  it, or NULL). Returns -1 to go on, or the exit code the command ends with.
 int
-    kim_cli_conn_only (const char *cmd, kim_cli_conn_t *conn, int argc, char *argv []);
+    kim_cli_conn_only (const char *cmd, kim_cli_conn_t *conn, int argc, char *argv [],
+                       const char **operand);
 //  Loads the keys and opens a session; on failure prints why and returns NULL.
 kim_client_t *
     kim_cli_connect (const char *cmd, const kim_cli_conn_t *self, uint32_t window);

@@ -29,7 +29,7 @@ kim_cmd_admin (int argc, char *argv [])
         return kim_cli_usage_error (cmd, "expected a subcommand: reload");
     kim_cli_conn_t conn;
     kim_cli_conn_init (&conn);
-    int parsed = kim_cli_conn_only (cmd, &conn, argc - 1, argv + 1);
+    int parsed = kim_cli_conn_only (cmd, &conn, argc - 1, argv + 1, NULL);
     if (parsed >= 0)
         return parsed;
     if (strcmp (argv [1], "reload")) {

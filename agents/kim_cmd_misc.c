@@ -65,7 +65,7 @@ kim_cmd_status (int argc, char *argv [])
     const char *cmd = "status";
     kim_cli_conn_t conn;
     kim_cli_conn_init (&conn);
-    int parsed = kim_cli_conn_only (cmd, &conn, argc, argv);
+    int parsed = kim_cli_conn_only (cmd, &conn, argc, argv, NULL);
     if (parsed >= 0)
         return parsed;
 
