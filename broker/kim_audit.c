@@ -540,10 +540,12 @@ s_setting (zconfig_t *section, const char *name, uint64_t min, uint64_t max, uin
     return 0;
 }
 
-int
-kim_audit_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size)
+//  The audit section: the checkpoint schedule, every key known.
+static int
+s_configure (const kim_config_t *config, uint64_t *records, uint64_t *seconds, char *error,
+             size_t error_size)
 {
-    zconfig_t *tree = (zconfig_t *) kim_config_tree (env->config);
+    zconfig_t *tree = (zconfig_t *) kim_config_tree (config);
     zconfig_t *section = tree? zconfig_locate (tree, "audit"): NULL;
     for (zconfig_t *key = section? zconfig_child (section): NULL; key; key = zconfig_next (key))
         if (!streq (zconfig_name (key), "checkpoint_records")
@@ -552,10 +554,26 @@ kim_audit_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_
                       "checkpoint_seconds)", zconfig_name (key));
             return -KIM_E_CONFIG;
         }
-    uint64_t records = KIM_AUDIT_RECORDS_DEFAULT, seconds = KIM_AUDIT_SECONDS_DEFAULT;
-    int rc = s_setting (section, "checkpoint_records", 1, 100000000, &records, error, error_size);
+    *records = KIM_AUDIT_RECORDS_DEFAULT;
+    *seconds = KIM_AUDIT_SECONDS_DEFAULT;
+    int rc = s_setting (section, "checkpoint_records", 1, 100000000, records, error, error_size);
     if (rc == 0)
-        rc = s_setting (section, "checkpoint_seconds", 1, 86400, &seconds, error, error_size);
+        rc = s_setting (section, "checkpoint_seconds", 1, 86400, seconds, error, error_size);
+    return rc;
+}
+
+int
+kim_audit_check_config (const kim_config_t *config, char *error, size_t error_size)
+{
+    uint64_t records, seconds;
+    return s_configure (config, &records, &seconds, error, error_size);
+}
+
+int
+kim_audit_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size)
+{
+    uint64_t records, seconds;
+    int rc = s_configure (env->config, &records, &seconds, error, error_size);
     if (rc)
         return rc;
 

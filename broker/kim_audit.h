@@ -28,6 +28,9 @@ extern "C" {
 //  The module constructor (kim_module_new_fn).
 int
     kim_audit_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size);
+//  Validates the audit section alone (kim-broker --check).
+int
+    kim_audit_check_config (const kim_config_t *config, char *error, size_t error_size);
 
 //  Loads the broker's Ed25519 signing key from `keys_dir`, making the pair
 //  on first start. Returns 0 or -KIM_E_KEY with `error` naming the file.

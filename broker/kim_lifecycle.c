@@ -789,6 +789,14 @@ s_destroy (void **state_p)
 }
 
 int
+kim_lifecycle_check_config (const kim_config_t *config, char *error, size_t error_size)
+{
+    kim_lifecycle_t scratch;
+    memset (&scratch, 0, sizeof scratch);
+    return s_configure (&scratch, (zconfig_t *) kim_config_tree (config), error, error_size);
+}
+
+int
 kim_lifecycle_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size)
 {
     kim_lifecycle_t *self = (kim_lifecycle_t *) calloc (1, sizeof (kim_lifecycle_t));

@@ -25,6 +25,9 @@ extern "C" {
 //  `retention` config sections.
 int
     kim_lifecycle_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size);
+//  Validates the lifecycle and retention sections alone (kim-broker --check).
+int
+    kim_lifecycle_check_config (const kim_config_t *config, char *error, size_t error_size);
 
 //  Copies the lead organisation of `case_id` into `lead`. Returns 0,
 //  -KIM_E_UNKNOWN_CASE, -KIM_E_ARGS outside a write batch, or -KIM_E_*.

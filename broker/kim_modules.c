@@ -18,6 +18,25 @@ static kim_module_new_fn *s_modules [] = {
     NULL
 };
 
+//  What --check validates of each module without opening it; the policy
+//  file is opened by --check itself (kim_consent_policy_open).
+static int (*s_checks []) (const kim_config_t *config, char *error, size_t error_size) = {
+    kim_lifecycle_check_config,
+    kim_audit_check_config,
+    NULL
+};
+
+int
+kim_modules_check (const kim_config_t *config, char *error, size_t error_size)
+{
+    for (size_t i = 0; s_checks [i]; i++) {
+        int rc = s_checks [i] (config, error, error_size);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
 int
 kim_modules_new (const kim_module_env_t *env, kim_hook_t *hooks, size_t max,
                  char *error, size_t error_size)

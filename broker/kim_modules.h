@@ -34,6 +34,11 @@ int
     kim_modules_new (const kim_module_env_t *env, kim_hook_t *hooks, size_t max,
                      char *error, size_t error_size);
 
+//  Validates every module's sections of the configuration without opening
+//  anything (kim-broker --check): 0, or -KIM_E_* with `error` naming the key.
+int
+    kim_modules_check (const kim_config_t *config, char *error, size_t error_size);
+
 //  Destroys hooks made by kim_modules_new.
 void
     kim_modules_destroy (kim_hook_t *hooks, size_t count);

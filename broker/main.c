@@ -6,6 +6,7 @@
 
 #include "kim_config.h"
 #include "kim_consent.h"
+#include "kim_modules.h"
 #include "kim_server.h"
 
 static void
@@ -25,7 +26,8 @@ s_usage (FILE *out)
         "                       (every key is documented in deploy/kim.cfg)\n"
         "  -d, --data DIR       data folder (overrides broker/data)\n"
         "  -b, --bind LIST      comma-separated tcp:// and ipc:// endpoints (overrides broker/bind)\n"
-        "      --check          validate the configuration, print a summary and exit\n"
+        "      --check          validate the configuration (every section and the policy),\n"
+        "                       print a summary and exit\n"
         "  -v, --verbose        debug logging\n"
         "  -h, --help           this help\n"
         "      --version        print the version\n"
@@ -110,8 +112,9 @@ main (int argc, char *argv [])
         char policy_path [PATH_MAX];
         kim_policy_t *policy = kim_consent_policy_open (config, policy_path, sizeof policy_path,
                                                         error, sizeof error);
-        if (!policy) {
+        if (!policy || kim_modules_check (config, error, sizeof error)) {
             fprintf (stderr, "kim-broker: %s\n", error);
+            kim_policy_destroy (&policy);
             kim_config_destroy (&config);
             return 2;
         }

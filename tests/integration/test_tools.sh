@@ -2,8 +2,9 @@
 # test_tools.sh KIM POLICY BROKER — the kim tool as a user runs it. Offline:
 # policy lint and check against the shipped policy (each answer must name the
 # rule and the law), keygen's files and their modes, help and usage errors
-# with their exit codes. Online, against a real kim-broker this script starts
-# on an ipc:// endpoint in its own folder: subscribe, unsubscribe, directory.
+# with their exit codes; kim-broker --check on a good and on bad files.
+# Online, against a real kim-broker this script starts on an ipc:// endpoint
+# in its own folder: subscribe, unsubscribe, directory.
 set -u
 kim=$1
 policy=$2
@@ -88,6 +89,16 @@ pubkey() { sed -n 's/^ *public-key = "\(.*\)"$/\1/p' "$1"; }
         fi
     done
 } >"$work/kim.cfg"
+
+# kim-broker --check: the file as written passes; a bad key in any module's
+# section is named, before anything is opened
+expect 0 'configuration OK: broker kim.test' -- "$broker_bin" --check --config "$work/kim.cfg"
+{ cat "$work/kim.cfg"; printf 'lifecycle\n    deadline_days = 0\n'; } >"$work/bad-lc.cfg"
+expect 2 'lifecycle/deadline_days' -- "$broker_bin" --check --config "$work/bad-lc.cfg"
+{ cat "$work/kim.cfg"; printf 'audit\n    checkpoint_recods = 10\n'; } >"$work/bad-audit.cfg"
+expect 2 'audit/checkpoint_recods: unknown key' -- \
+    "$broker_bin" --check --config "$work/bad-audit.cfg"
+
 "$broker_bin" --config "$work/kim.cfg" >"$work/broker.log" 2>&1 &
 broker_pid=$!
 export KIM_ENDPOINT="ipc://$work/kim.sock" KIM_BROKER_KEY="$data/keys/broker.cert"
