@@ -1,14 +1,14 @@
 /*  kim_json.c — message headers as JSON, for the kim tool and for logs, and
     a JSON to MessagePack transcoder for tests and tools.
 
-    Neither direction knows a field: kim_msg_to_json walks the header's
-    canonical MessagePack encoding, and kim_msg_from_json transcodes the JSON
+    Neither direction knows a field: kim_msg_to_json writes the header's
+    canonical MessagePack encoding through the walker that log replay uses
+    too (kim_mp_json.c), and kim_msg_from_json transcodes the JSON
     (parsed by jansson) to MessagePack and hands it to kim_msg_decode. So JSON
     input meets exactly the limits, rules and error paths of the wire, and a
     new header field needs no change here. The one JSON-specific rule: the
     binary fields (payload_hash, sig) are lowercase hex strings.
 */
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,170 +17,10 @@
 #include <msgpack.h>
 
 #include "kim/kim_msg.h"
+#include "kim_mp_json.h"
 
 //  --------------------------------------------------------------------------
 //  MessagePack (our own canonical header) -> JSON
-
-typedef struct {
-    const uint8_t *p;
-    const uint8_t *end;
-    char *out;                  //  write position; room reserved in advance
-} s_writer_t;
-
-static const char s_hex [] = "0123456789abcdef";
-
-static uint64_t
-s_be (const uint8_t *p, int n)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < n; i++)
-        v = (v << 8) | p [i];
-    return v;
-}
-
-//  Reads a length or value of n bytes. Returns false when the input ends.
-static bool
-s_take (s_writer_t *w, int n, uint64_t *value)
-{
-    if (w->end - w->p < n)
-        return false;
-    *value = s_be (w->p, n);
-    w->p += n;
-    return true;
-}
-
-static void
-s_put (s_writer_t *w, const char *s, size_t len)
-{
-    memcpy (w->out, s, len);
-    w->out += len;
-}
-
-static void
-s_put_string (s_writer_t *w, const uint8_t *s, size_t len)
-{
-    *w->out++ = '"';
-    for (size_t i = 0; i < len; i++) {
-        uint8_t c = s [i];
-        if (c == '"' || c == '\\') {
-            *w->out++ = '\\';
-            *w->out++ = (char) c;
-        }
-        else
-        if (c < 0x20) {
-            *w->out++ = '\\';
-            switch (c) {
-                case '\b': *w->out++ = 'b'; break;
-                case '\f': *w->out++ = 'f'; break;
-                case '\n': *w->out++ = 'n'; break;
-                case '\r': *w->out++ = 'r'; break;
-                case '\t': *w->out++ = 't'; break;
-                default:
-                    s_put (w, "u00", 3);
-                    *w->out++ = s_hex [c >> 4];
-                    *w->out++ = s_hex [c & 15];
-            }
-        }
-        else
-            *w->out++ = (char) c;       //  the codec checked UTF-8 already
-    }
-    *w->out++ = '"';
-}
-
-//  Writes one object. Only what kim_msg_encode produces is expected: maps,
-//  arrays, str, bin, uint, bool. Returns 0 or -1.
-static int
-s_to_json (s_writer_t *w, int depth)
-{
-    if (w->p >= w->end || depth > KIM_DEPTH_MAX + 1)
-        return -1;
-    uint8_t b = *w->p++;
-    uint64_t n;
-    bool map = false;
-    if (b <= 0x7f) {
-        n = b;
-        goto number;
-    }
-    if ((b >= 0x80 && b <= 0x8f) || b == 0xde || b == 0xdf) {
-        map = true;
-        if (b <= 0x8f)
-            n = b & 0x0f;
-        else
-        if (!s_take (w, b == 0xde? 2: 4, &n))
-            return -1;
-        goto container;
-    }
-    if ((b >= 0x90 && b <= 0x9f) || b == 0xdc || b == 0xdd) {
-        if (b <= 0x9f)
-            n = b & 0x0f;
-        else
-        if (!s_take (w, b == 0xdc? 2: 4, &n))
-            return -1;
-        goto container;
-    }
-    if ((b >= 0xa0 && b <= 0xbf) || (b >= 0xd9 && b <= 0xdb)) {
-        if (b <= 0xbf)
-            n = b & 0x1f;
-        else
-        if (!s_take (w, 1 << (b - 0xd9), &n))
-            return -1;
-        if ((uint64_t) (w->end - w->p) < n)
-            return -1;
-        s_put_string (w, w->p, (size_t) n);
-        w->p += n;
-        return 0;
-    }
-    if (b >= 0xc4 && b <= 0xc6) {
-        if (!s_take (w, 1 << (b - 0xc4), &n) || (uint64_t) (w->end - w->p) < n)
-            return -1;
-        *w->out++ = '"';
-        for (uint64_t i = 0; i < n; i++) {
-            *w->out++ = s_hex [w->p [i] >> 4];
-            *w->out++ = s_hex [w->p [i] & 15];
-        }
-        *w->out++ = '"';
-        w->p += n;
-        return 0;
-    }
-    if (b >= 0xcc && b <= 0xcf) {
-        if (!s_take (w, 1 << (b - 0xcc), &n))
-            return -1;
-        goto number;
-    }
-    if (b == 0xc2) {
-        s_put (w, "false", 5);
-        return 0;
-    }
-    if (b == 0xc3) {
-        s_put (w, "true", 4);
-        return 0;
-    }
-    return -1;
-
-number: {
-        char tmp [24];
-        int len = snprintf (tmp, sizeof tmp, "%" PRIu64, n);
-        s_put (w, tmp, (size_t) len);
-        return 0;
-    }
-container:
-    *w->out++ = map? '{': '[';
-    for (uint64_t i = 0; i < n; i++) {
-        if (i)
-            *w->out++ = ',';
-        if (map) {
-            if (w->p >= w->end || !((*w->p >= 0xa0 && *w->p <= 0xbf) || *w->p == 0xd9))
-                return -1;      //  keys are strings
-            if (s_to_json (w, depth + 1))
-                return -1;
-            *w->out++ = ':';
-        }
-        if (s_to_json (w, depth + 1))
-            return -1;
-    }
-    *w->out++ = map? '}': ']';
-    return 0;
-}
 
 int
 kim_msg_to_json (const kim_msg_t *self, kim_buf_t *out)
@@ -192,18 +32,19 @@ kim_msg_to_json (const kim_msg_t *self, kim_buf_t *out)
     if (rc)
         return rc;
     size_t mp_size = out->size - start;
-    //  JSON needs at most 6 bytes per MessagePack byte (a control character
-    //  as \u00XX; hex doubles, numbers and keywords stay below), plus the
-    //  outer braces: reserving once lets the writer run without checks.
-    rc = kim_buf_reserve (out, 6 * mp_size + 16);
+    //  Reserving once for the worst case lets the writer run without checks.
+    rc = kim_buf_reserve (out, KIM_MP_JSON_ROOM (mp_size));
     if (rc) {
         out->size = start;
         return rc;
     }
-    s_writer_t w = {
-        out->data + start, out->data + start + mp_size, (char *) out->data + out->size
+    //  The header is depth 2 to the decoder, whose limit the writer keeps.
+    kim_mp_json_t w = {
+        .p = out->data + start, .end = out->data + start + mp_size,
+        .out = (char *) out->data + out->size, .start = out->data + start,
+        .depth_max = KIM_DEPTH_MAX + 1, .short_escapes = true
     };
-    if (s_to_json (&w, 2) || w.p != w.end) {
+    if (kim_mp_json_value (&w, 2) || w.p != w.end) {
         out->size = start;
         return -KIM_E_INTERNAL;
     }

@@ -3,10 +3,10 @@
     filters.
 
     A replay of a year of log must take seconds, so this path allocates
-    nothing per record: one pass over the MessagePack body writes JSON
-    straight into a buffer that was grown once for the worst case (six
-    output bytes per input byte). It knows no field: every record kind whose
-    body is MessagePack comes out readable; anything else as hex.
+    nothing per record: one pass over the MessagePack body (kim_mp_json.c)
+    writes JSON straight into a buffer that was grown once for the worst
+    case. It knows no field: every record kind whose body is MessagePack
+    comes out readable; anything else as hex.
 */
 #include <inttypes.h>
 #include <sodium.h>
@@ -15,249 +15,22 @@
 #include <string.h>
 
 #include "kim/kim_log.h"
-
-static const char s_digits [] = "0123456789abcdef";
-
-typedef struct {
-    const uint8_t *p;
-    const uint8_t *end;
-    char *out;
-    const uint8_t *start;       //  the body's first byte
-} s_json_t;
-
-static bool
-s_take (s_json_t *w, int n, uint64_t *value)
-{
-    if (w->end - w->p < n)
-        return false;
-    uint64_t v = 0;
-    for (int i = 0; i < n; i++)
-        v = (v << 8) | w->p [i];
-    w->p += n;
-    *value = v;
-    return true;
-}
-
-static void
-s_unsigned (s_json_t *w, uint64_t n)
-{
-    char tmp [24];
-    int len = 0;
-    do {
-        tmp [len++] = (char) ('0' + n % 10);
-        n /= 10;
-    } while (n);
-    while (len)
-        *w->out++ = tmp [--len];
-}
-
-static void
-s_signed (s_json_t *w, int64_t n)
-{
-    if (n < 0) {
-        *w->out++ = '-';
-        s_unsigned (w, (uint64_t) 0 - (uint64_t) n);
-    }
-    else
-        s_unsigned (w, (uint64_t) n);
-}
-
-//  True when one of the 8 bytes in `v` needs escaping in JSON: a control
-//  character (< 0x20), '"' or '\\' (the classic SWAR zero-byte tests).
-static inline bool
-s_needs_escape (uint64_t v)
-{
-    const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
-    uint64_t quote = v ^ (ones * '"'), slash = v ^ (ones * '\\');
-    uint64_t control = (v - ones * 0x20) & ~v;
-    uint64_t found = control | ((quote - ones) & ~quote) | ((slash - ones) & ~slash);
-    return (found & highs) != 0;
-}
-
-//  Strings in log bodies are ids, codes and org names that need no
-//  escaping: they go out eight bytes at a time; the rest byte by byte.
-static void
-s_string (s_json_t *w, const uint8_t *s, size_t len)
-{
-    char *out = w->out;         //  a local: stores through it cannot alias *w
-    *out++ = '"';
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t v;
-        memcpy (&v, s + i, 8);
-        if (s_needs_escape (v))
-            break;
-        memcpy (out, &v, 8);
-        out += 8;
-    }
-#if defined (__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    //  The tail (< 8 bytes): one load of the 8 bytes that end the string,
-    //  when they lie inside the body; the bytes before it are shifted out
-    //  and replaced by a harmless letter. A byte loop here costs a third of
-    //  a replay.
-    size_t tail = len - i;
-    if (tail && tail < 8 && s + len - 8 >= w->start) {
-        uint64_t v;
-        memcpy (&v, s + len - 8, 8);
-        v = (v >> (8 * (8 - tail))) | (0x6161616161616161ull << (8 * tail));
-        if (!s_needs_escape (v)) {
-            memcpy (out, &v, 8);        //  room: see kim_log_body_to_json
-            out += tail;
-            i = len;
-        }
-    }
-#endif
-    for (; i < len; i++) {
-        uint8_t c = s [i];
-        if (c >= 0x20 && c != '"' && c != '\\')
-            *out++ = (char) c;
-        else
-        if (c == '"' || c == '\\') {
-            *out++ = '\\';
-            *out++ = (char) c;
-        }
-        else {
-            memcpy (out, "\\u00", 4);
-            out [4] = s_digits [c >> 4];
-            out [5] = s_digits [c & 15];
-            out += 6;
-        }
-    }
-    *out++ = '"';
-    w->out = out;
-}
-
-static void
-s_hex (s_json_t *w, const uint8_t *data, size_t size)
-{
-    *w->out++ = '"';
-    char *out = w->out;
-    for (size_t i = 0; i < size; i++) {
-        out [2 * i] = s_digits [data [i] >> 4];
-        out [2 * i + 1] = s_digits [data [i] & 15];
-    }
-    w->out += 2 * size;
-    *w->out++ = '"';
-}
-
-//  One MessagePack value. Returns 0, or -1 on malformed input.
-static int
-s_value (s_json_t *w, int depth)
-{
-    if (w->p >= w->end || depth > 16)
-        return -1;
-    uint8_t b = *w->p++;
-    uint64_t n;
-    if (b <= 0x7f) {
-        s_unsigned (w, b);
-        return 0;
-    }
-    if (b >= 0xe0) {
-        s_signed (w, (int8_t) b);
-        return 0;
-    }
-    bool map = false;
-    if ((b >= 0x80 && b <= 0x8f) || b == 0xde || b == 0xdf) {
-        map = true;
-        if (b <= 0x8f)
-            n = b & 0x0f;
-        else
-        if (!s_take (w, b == 0xde? 2: 4, &n))
-            return -1;
-    }
-    else
-    if ((b >= 0x90 && b <= 0x9f) || b == 0xdc || b == 0xdd) {
-        if (b <= 0x9f)
-            n = b & 0x0f;
-        else
-        if (!s_take (w, b == 0xdc? 2: 4, &n))
-            return -1;
-    }
-    else
-    if ((b >= 0xa0 && b <= 0xbf) || (b >= 0xd9 && b <= 0xdb)) {
-        if (b <= 0xbf)
-            n = b & 0x1f;
-        else
-        if (!s_take (w, 1 << (b - 0xd9), &n))
-            return -1;
-        if ((uint64_t) (w->end - w->p) < n)
-            return -1;
-        s_string (w, w->p, (size_t) n);
-        w->p += n;
-        return 0;
-    }
-    else
-    if (b >= 0xc4 && b <= 0xc6) {
-        if (!s_take (w, 1 << (b - 0xc4), &n) || (uint64_t) (w->end - w->p) < n)
-            return -1;
-        s_hex (w, w->p, (size_t) n);
-        w->p += n;
-        return 0;
-    }
-    else
-    if (b >= 0xcc && b <= 0xcf) {
-        if (!s_take (w, 1 << (b - 0xcc), &n))
-            return -1;
-        s_unsigned (w, n);
-        return 0;
-    }
-    else
-    if (b >= 0xd0 && b <= 0xd3) {
-        int size = 1 << (b - 0xd0);
-        if (!s_take (w, size, &n))
-            return -1;
-        int64_t v = size == 8? (int64_t) n
-                  : (int64_t) (n ^ (1ull << (8 * size - 1))) - (int64_t) (1ull << (8 * size - 1));
-        s_signed (w, v);
-        return 0;
-    }
-    else
-    if (b == 0xc0 || b == 0xc2 || b == 0xc3) {
-        const char *word = b == 0xc0? "null": b == 0xc2? "false": "true";
-        size_t len = strlen (word);
-        memcpy (w->out, word, len);
-        w->out += len;
-        return 0;
-    }
-    else
-        return -1;              //  floats and extensions: not in kim bodies
-
-    //  A map or array: each entry takes at least one input byte
-    if (n > (uint64_t) (w->end - w->p))
-        return -1;
-    *w->out++ = map? '{': '[';
-    for (uint64_t i = 0; i < n; i++) {
-        if (i)
-            *w->out++ = ',';
-        if (map) {
-            if (w->p >= w->end || !((*w->p >= 0xa0 && *w->p <= 0xbf) || *w->p == 0xd9))
-                return -1;      //  keys are strings
-            if (s_value (w, depth + 1))
-                return -1;
-            *w->out++ = ':';
-        }
-        if (s_value (w, depth + 1))
-            return -1;
-    }
-    *w->out++ = map? '}': ']';
-    return 0;
-}
+#include "kim_mp_json.h"
 
 int
 kim_log_body_to_json (const uint8_t *body, size_t size, kim_buf_t *out)
 {
-    //  Worst case: \u00XX for a one-byte string char, "null," for one byte;
-    //  plus 8 for s_string's tail, which stores a whole word
-    if (kim_buf_reserve (out, 6 * size + 24))
+    if (kim_buf_reserve (out, KIM_MP_JSON_ROOM (size)))
         return -KIM_E_NOMEM;
-    s_json_t w = { body, body + size, (char *) out->data + out->size, body };
-    if (size && s_value (&w, 0) == 0 && w.p == w.end) {
+    kim_mp_json_t w = { .p = body, .end = body + size, .out = (char *) out->data + out->size,
+                        .start = body, .depth_max = 16 };
+    if (size && kim_mp_json_value (&w, 0) == 0 && w.p == w.end) {
         out->size = (size_t) ((uint8_t *) w.out - out->data);
         return 0;
     }
     //  Not (only) MessagePack: the bytes as hex
     w.out = (char *) out->data + out->size;
-    s_hex (&w, body, size);
+    kim_mp_json_hex (&w, body, size);
     out->size = (size_t) ((uint8_t *) w.out - out->data);
     return 0;
 }
@@ -381,13 +154,13 @@ kim_log_record_to_json (const kim_log_record_t *record, bool hashes, kim_buf_t *
     size_t need = 160 + 2 * KIM_HASH_SIZE + 8 * record->body_size;
     if (kim_buf_reserve (out, need))
         return -KIM_E_NOMEM;
-    s_json_t w = { NULL, NULL, (char *) out->data + out->size, NULL };
+    kim_mp_json_t w = { .out = (char *) out->data + out->size };
     memcpy (w.out, "{\"seq\":", 7);
     w.out += 7;
-    s_unsigned (&w, record->seq);
+    kim_mp_json_unsigned (&w, record->seq);
     memcpy (w.out, ",\"time\":", 8);
     w.out += 8;
-    s_unsigned (&w, record->time_ms);
+    kim_mp_json_unsigned (&w, record->time_ms);
     memcpy (w.out, ",\"kind\":", 8);
     w.out += 8;
     const char *kind = kim_log_kind_name (record->kind);
@@ -398,14 +171,14 @@ kim_log_record_to_json (const kim_log_record_t *record, bool hashes, kim_buf_t *
         *w.out++ = '"';
     }
     else
-        s_unsigned (&w, record->kind);
+        kim_mp_json_unsigned (&w, record->kind);
     if (hashes) {
         memcpy (w.out, ",\"hash\":", 8);
         w.out += 8;
-        s_hex (&w, record->hash, KIM_HASH_SIZE);
+        kim_mp_json_hex (&w, record->hash, KIM_HASH_SIZE);
         memcpy (w.out, ",\"raw\":", 7);
         w.out += 7;
-        s_hex (&w, record->body, record->body_size);
+        kim_mp_json_hex (&w, record->body, record->body_size);
     }
     memcpy (w.out, ",\"body\":", 8);
     w.out += 8;
