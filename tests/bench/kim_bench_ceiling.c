@@ -10,16 +10,13 @@
     that is missing or fails is reported on stderr and left out: a ceiling
     never fails kim-bench.
 */
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -37,22 +34,6 @@ s_json_number (const char *line, const char *key, double *value)
     char *end;
     *value = strtod (at + strlen (pattern), &end);
     return end != at + strlen (pattern);
-}
-
-static int
-s_free_port (void)
-{
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = 0 };
-    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    socklen_t len = sizeof addr;
-    int port = -1;
-    if (fd >= 0 && bind (fd, (struct sockaddr *) &addr, sizeof addr) == 0
-    &&  getsockname (fd, (struct sockaddr *) &addr, &len) == 0)
-        port = ntohs (addr.sin_port);
-    if (fd >= 0)
-        close (fd);
-    return port;
 }
 
 static bool
@@ -156,8 +137,8 @@ kim_bench_ceilings (const options_t *opt, ceilings_t *ceil)
     char path [PATH_MAX], line [4096];
     if (s_tool_path ("kim-ceiling-zmq", path, sizeof path)) {
         char front [16], back [16], producers [16], messages [16], window [16], payload [16];
-        snprintf (front, sizeof front, "%d", s_free_port ());
-        snprintf (back, sizeof back, "%d", s_free_port ());
+        snprintf (front, sizeof front, "%d", kim_testbroker_free_port ());
+        snprintf (back, sizeof back, "%d", kim_testbroker_free_port ());
         snprintf (producers, sizeof producers, "%u", opt->producers);
         snprintf (messages, sizeof messages, "%u", opt->messages);
         snprintf (window, sizeof window, "%u", opt->send_window);

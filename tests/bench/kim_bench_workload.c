@@ -108,9 +108,12 @@ s_broker_figures (kim_testbroker_t *broker, result_t *result)
 //  --------------------------------------------------------------------------
 //  Workloads
 
-//  W1 and W3: N producers flat out to one consumer.
-void
-kim_bench_workload_flow (const options_t *opt, const char *name, bool sync, result_t *result)
+//  Producers to one consumer on a fresh broker: a run of `messages` per
+//  producer, paced at `rate` msgs/s (0: flat out), with the CPU both sides
+//  used and the broker's memory.
+static void
+s_flow (const options_t *opt, const char *name, bool sync, uint32_t producers,
+        uint32_t messages, uint32_t rate, result_t *result)
 {
     snprintf (result->name, sizeof result->name, "%s", name);
     result->ran = true;
@@ -119,8 +122,9 @@ kim_bench_workload_flow (const options_t *opt, const char *name, bool sync, resu
         snprintf (result->detail, sizeof result->detail, "broker did not start");
         return;
     }
-    run_t *run = kim_bench_run_new (opt, name, broker, opt->producers, opt->messages, opt->payload);
+    run_t *run = kim_bench_run_new (opt, name, broker, producers, messages, opt->payload);
     run->with_consumer = true;
+    run->rate = rate;
     double broker_cpu = s_proc_cpu (kim_testbroker_pid (broker));
     double clients_cpu = s_proc_cpu (getpid ());
     int rc = kim_bench_run_go (run, NULL, NULL);
@@ -138,36 +142,18 @@ kim_bench_workload_flow (const options_t *opt, const char *name, bool sync, resu
     kim_testbroker_destroy (&broker);
 }
 
+//  W1 and W3: N producers flat out to one consumer.
+void
+kim_bench_workload_flow (const options_t *opt, const char *name, bool sync, result_t *result)
+{
+    s_flow (opt, name, sync, opt->producers, opt->messages, 0, result);
+}
+
 //  W2: one producer, paced; end-to-end latency at the consumer.
 void
 kim_bench_workload_latency (const options_t *opt, result_t *result)
 {
-    snprintf (result->name, sizeof result->name, "W2");
-    result->ran = true;
-    kim_testbroker_t *broker = s_broker_start (opt, true, "W2");
-    if (!broker) {
-        snprintf (result->detail, sizeof result->detail, "broker did not start");
-        return;
-    }
-    run_t *run = kim_bench_run_new (opt, "W2", broker, 1, opt->w2_rate * opt->w2_seconds,
-                                    opt->payload);
-    run->with_consumer = true;
-    run->rate = opt->w2_rate;
-    double broker_cpu = s_proc_cpu (kim_testbroker_pid (broker));
-    double clients_cpu = s_proc_cpu (getpid ());
-    int rc = kim_bench_run_go (run, NULL, NULL);
-    result->cpu_broker_s = s_proc_cpu (kim_testbroker_pid (broker)) - broker_cpu;
-    result->cpu_clients_s = s_proc_cpu (getpid ()) - clients_cpu;
-    s_broker_figures (broker, result);
-    kim_bench_run_figures (run, result);
-    if (rc)
-        snprintf (result->detail, sizeof result->detail, "stuck (see stderr)");
-    else
-        result->ok = kim_bench_run_check (run, true, result->detail, sizeof result->detail);
-    if (!result->ok)
-        kim_bench_keep_folder (run);
-    kim_bench_run_destroy (&run);
-    kim_testbroker_destroy (&broker);
+    s_flow (opt, "W2", true, 1, opt->w2_rate * opt->w2_seconds, opt->w2_rate, result);
 }
 
 typedef struct {

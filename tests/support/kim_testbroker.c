@@ -34,8 +34,8 @@ struct _kim_testbroker_t {
     bool plaintext;                     //  clients do not seal (kim_testbroker_plaintext)
 };
 
-static int
-s_free_port (void)
+int
+kim_testbroker_free_port (void)
 {
     //  Bind to port 0 and let the kernel choose; the broker binds it a moment
     //  later. Ports come from the ephemeral range, so collisions are rare.
@@ -81,7 +81,7 @@ kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *p
     }
     snprintf (self->config_path, sizeof self->config_path, "%s/kim.cfg", self->dir);
     snprintf (self->ipc, sizeof self->ipc, "ipc://%s/kim.sock", self->dir);
-    snprintf (self->tcp, sizeof self->tcp, "tcp://127.0.0.1:%d", s_free_port ());
+    snprintf (self->tcp, sizeof self->tcp, "tcp://127.0.0.1:%d", kim_testbroker_free_port ());
 
     FILE *file = fopen (self->config_path, "w");
     if (!file) {

@@ -49,6 +49,10 @@ int
 pid_t
     kim_testbroker_pid (kim_testbroker_t *self);
 
+//  A tcp port on 127.0.0.1 that is free now (the kernel's choice), or -1.
+int
+    kim_testbroker_free_port (void);
+
 //  A client of organisation `org`, connected (HELLO done) with the given
 //  receive window; NULL on failure. Use tcp when `tcp` is true, else ipc.
 kim_client_t *
