@@ -82,13 +82,43 @@ kim_lc_case_encode (const kim_case_t *kcase, uint8_t value [KIM_LC_CASE_MAX])
     return (size_t) (at - value);
 }
 
+int
+kim_lc_case_read (kim_lifecycle_t *self, kim_store_t *store, const char *id, kim_case_t *kcase)
+{
+    if (!(self->known && streq (self->known_id, id))) {
+        self->known_rc = kim_lc_case_get (store, id, &self->known_case);
+        if (self->known_rc && self->known_rc != -KIM_E_NOT_FOUND)
+            return self->known_rc;          //  a store error: nothing to remember
+        kim_str_copy (self->known_id, sizeof self->known_id, id);
+        self->known = true;
+    }
+    if (self->known_rc == 0)
+        *kcase = self->known_case;
+    return self->known_rc;
+}
+
+void
+kim_lc_case_forget (kim_lifecycle_t *self)
+{
+    self->known = false;
+}
+
 static int
-s_case_put (kim_store_t *store, const kim_case_t *kcase)
+s_case_put (kim_lifecycle_t *self, kim_store_t *store, const kim_case_t *kcase)
 {
     uint8_t value [KIM_LC_CASE_MAX];
     size_t size = kim_lc_case_encode (kcase, value);
-    return kim_lc_put (store, KIM_DB_CASE, kcase->id, strlen (kcase->id), value, size,
-                       "lifecycle: storing a case");
+    int rc = kim_lc_put (store, KIM_DB_CASE, kcase->id, strlen (kcase->id), value, size,
+                         "lifecycle: storing a case");
+    if (rc == 0) {
+        kim_str_copy (self->known_id, sizeof self->known_id, kcase->id);
+        self->known_case = *kcase;
+        self->known_rc = 0;
+        self->known = true;
+    }
+    else
+        kim_lc_case_forget (self);
+    return rc;
 }
 
 static bool
@@ -134,7 +164,7 @@ kim_lc_case_check (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     const char *who = route->sender->id;
     kim_store_t *store = kim_ctx_store (ctx);
     kim_case_t kcase;
-    int rc = kim_lc_case_get (store, msg->case_id, &kcase);
+    int rc = kim_lc_case_read (self, store, msg->case_id, &kcase);
     if (rc == -KIM_E_NOT_FOUND)
         return s_refuse (verdict, KIM_E_UNKNOWN_CASE, "hdr.case_id",
                          "no case %s is known to this broker", msg->case_id);
@@ -295,7 +325,7 @@ kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
         return 0;
     kim_store_t *store = kim_ctx_store (ctx);
     kim_case_t kcase;
-    int rc = kim_lc_case_get (store, case_id, &kcase);
+    int rc = kim_lc_case_read (self, store, case_id, &kcase);
     if (rc == -KIM_E_NOT_FOUND) {
         //  The first REFERRAL (or consent) of a case opens it; its sender leads.
         if (type != KIM_TYPE_REFERRAL && type != KIM_TYPE_CONSENT_GRANT)
@@ -349,7 +379,7 @@ kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
         zsys_info ("lifecycle: case %s closed by %s", kcase.id, msg->sender);
     }
     if (rc == 0)
-        rc = s_case_put (store, &kcase);
+        rc = s_case_put (self, store, &kcase);
     //  The seq index lets retention find the case's payloads.
     if (rc == 0 && route->payload_size) {
         uint8_t key [KIM_ID_MAX + 1 + 8];

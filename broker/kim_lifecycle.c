@@ -323,7 +323,7 @@ s_check_referral (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
         return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.recipient",
                          "%s cannot refer to itself", route->sender->id);
     kim_case_t kcase;
-    rc = kim_lc_case_get (store, msg->case_id, &kcase);
+    rc = kim_lc_case_read (self, store, msg->case_id, &kcase);
     if (rc == -KIM_E_NOT_FOUND)
         return 0;
     if (rc)
@@ -788,6 +788,13 @@ s_destroy (void **state_p)
     *state_p = NULL;
 }
 
+//  The batch ended: what it read may change before the next one.
+static void
+s_settled (void *state)
+{
+    kim_lc_case_forget ((kim_lifecycle_t *) state);
+}
+
 int
 kim_lifecycle_check_config (const kim_config_t *config, char *error, size_t error_size)
 {
@@ -818,6 +825,8 @@ kim_lifecycle_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, s
     hook->applied = s_applied;
     hook->acked = s_acked;
     hook->tick = s_tick;
+    hook->committed = s_settled;
+    hook->aborted = s_settled;
     hook->destroy = s_destroy;
     hook->state = self;
     return 0;

@@ -94,6 +94,12 @@ typedef struct {
     size_t purpose_count;                   //  per-purpose deadline overrides
     char purposes [16][KIM_CODE_MAX + 1];
     uint64_t purpose_deadline_ms [16];
+    //  The case last read or written in the open batch (kim_lc_case_read):
+    //  `check` and `applied` of one message read the same case.
+    bool known;                             //  known_case/known_rc hold a read
+    int known_rc;                           //  0, or -KIM_E_NOT_FOUND
+    char known_id [KIM_ID_MAX + 1];
+    kim_case_t known_case;
 } kim_lifecycle_t;
 
 //  Store access through the open batch (kim_lifecycle.c).
@@ -202,6 +208,13 @@ int
 //  Cases, subscriptions, retention (kim_case.c).
 int
     kim_lc_case_get (kim_store_t *store, const char *id, kim_case_t *kcase);
+//  kim_lc_case_get through the batch's memo of the last case read or
+//  written; the memo ends with the batch (kim_lc_case_forget).
+int
+    kim_lc_case_read (kim_lifecycle_t *self, kim_store_t *store, const char *id,
+                      kim_case_t *kcase);
+void
+    kim_lc_case_forget (kim_lifecycle_t *self);
 int
     kim_lc_case_check (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
                        kim_verdict_t *verdict);
