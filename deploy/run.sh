@@ -15,7 +15,7 @@ build=${KIM_BUILD:-$KIM_ROOT/build/release}
 kim_say "building in $build"
 kim_build "$build" -DKIM_TESTS=OFF
 bin_broker="$build/broker/kim-broker"
-kim="$build/agents/kim"
+kim="$build/agents/cli/kim"
 
 data=${KIM_DATA:-$KIM_ROOT/kim-data}
 port=${KIM_PORT:-7470}

@@ -12,7 +12,7 @@
 #include <signal.h>
 #include <sys/stat.h>
 
-#include "kim_cli.h"            //  agents/: the _explain variants of new and load_cert
+#include "kim_cli.h"            //  agents/cli/: the _explain variants of new and load_cert
 #include "kim_testbroker.h"
 
 static bool verbose = false;

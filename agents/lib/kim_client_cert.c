@@ -19,7 +19,7 @@
 #include <czmq.h>
 #include <sodium.h>
 
-#include "kim_cli.h"
+#include "kim_client_explain.h"
 #include "kim_client_int.h"
 
 #define S_CERT_MAX              65536   //  a certificate file larger than this is not one

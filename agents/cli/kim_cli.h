@@ -1,5 +1,4 @@
-/*  kim_cli.h — what the parts of the `kim` command-line tool share, plus the
-    two library calls the tool needs beyond the public kim_client.h.
+/*  kim_cli.h — what the parts of the `kim` command-line tool share.
 
     The tool is one binary with subcommands. kim.c owns the command table,
     the help texts' common parts and the option cursor; each kim_cmd_*.c
@@ -18,6 +17,7 @@
 #include <stdio.h>
 
 #include "kim/kim_client.h"
+#include "kim_client_explain.h"
 
 #ifndef KIM_VERSION
 #   define KIM_VERSION "0.1.0"
@@ -31,22 +31,6 @@
 #define KIM_DEFAULT_BROKER_KEY  "./kim-data/keys/broker.cert"
 #define KIM_DEFAULT_KEY_DIR     "./kim-data/keys"
 #define KIM_DEFAULT_TIMEOUT_MS  5000
-
-//  --------------------------------------------------------------------------
-//  Library extensions (implemented in kim_client*.c). They do what the public
-//  calls do and also say, in `why`, exactly what went wrong (which file,
-//  which mode, which endpoint), so the tool can print one precise line
-//  instead of a generic error. The public calls log the same text via zsys.
-
-int
-    kim_client_load_cert_explain (const char *path, char public_key [41], char secret_key [41],
-                                  char *why, size_t why_size);
-int
-    kim_client_load_public_key_explain (const char *path, char public_key [41],
-                                        char *why, size_t why_size);
-kim_client_t *
-    kim_client_new_explain (const kim_client_config_t *config, int *err,
-                            char *why, size_t why_size);
 
 //  --------------------------------------------------------------------------
 //  Subcommands

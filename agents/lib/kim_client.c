@@ -27,7 +27,7 @@
 #include <czmq.h>
 #include <sodium.h>
 
-#include "kim_cli.h"
+#include "kim_client_explain.h"
 #include "kim_client_int.h"
 
 #define S_DEFAULT_SEND_WINDOW   256
