@@ -10,7 +10,8 @@
     reads no others (the broker's debug log counts the referrals a query
     read); a query with a case reads only that case's; a referral sent now
     is found the same way; revoking the consent suspends exactly the old
-    referrals made under it, found through the index.
+    referrals made under it, found through the index; a handover moves a
+    referral from the old lead's list to the new one's.
 */
 #include "kim_lctest.h"
 #include "kim_lifecycle_int.h"
@@ -198,6 +199,22 @@ main (void)
         at += 9;
     }
     KIM_CHECK (suspended == 2);
+
+    //  A handover moves the old lead's entry of the referrals it hands over.
+    kim_client_t *small_jc = kim_testbroker_client (broker, SMALL_JC, 64, false);
+    KIM_CHECK (small_jc);
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_OFFER, SMALL_JC, "CS-3", "offer-cs-3", NULL);
+    msg.referral_count = 1;
+    snprintf (msg.referrals [0], sizeof msg.referrals [0], "S-4");
+    LC_SEND (small, &msg, 0, "");
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, SMALL, "CS-3", "accept-cs-3", "offer-cs-3");
+    LC_SEND (small_jc, &msg, 0, "");
+    KIM_CHECK (s_query (broker, small, SMALL, "", 3, reply) == 3);
+    KIM_CHECK (!memmem (reply->body, reply->body_size, "\"referral_id\":\"S-4\"", 19));
+    KIM_CHECK (s_query (broker, small_jc, SMALL_JC, "", 3, reply) == 3);
+    const char *moved = "\"referral_id\":\"S-4\",\"state\":\"SENT\",\"sender\":\"" SMALL_JC "\"";
+    KIM_CHECK (memmem (reply->body, reply->body_size, moved, strlen (moved)));
+    kim_client_destroy (&small_jc);
 
     free (reply);
     kim_client_destroy (&small);
