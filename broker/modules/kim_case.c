@@ -130,6 +130,13 @@ s_participant (const kim_case_t *kcase, const char *org)
     return false;
 }
 
+bool
+kim_lc_case_party (const kim_case_t *kcase, const char *org)
+{
+    return s_participant (kcase, org) || streq (kcase->lead, org)
+        || (kcase->offer_to [0] && streq (kcase->offer_to, org));
+}
+
 static void
 s_participant_add (kim_case_t *kcase, const char *org)
 {
@@ -165,9 +172,11 @@ kim_lc_case_check (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     kim_store_t *store = kim_ctx_store (ctx);
     kim_case_t kcase;
     int rc = kim_lc_case_read (self, store, msg->case_id, &kcase);
-    if (rc == -KIM_E_NOT_FOUND)
+    //  A case one takes no part in gets the answer an unknown id gets.
+    if (rc == -KIM_E_NOT_FOUND || (rc == 0 && !kim_lc_case_party (&kcase, who)))
         return s_refuse (verdict, KIM_E_UNKNOWN_CASE, "hdr.case_id",
-                         "no case %s is known to this broker", msg->case_id);
+                         "no case %s that %s takes part in is known to this broker",
+                         msg->case_id, who);
     if (rc)
         return rc;
     if (kcase.closed)

@@ -480,6 +480,14 @@ s_bad_state (kim_verdict_t *verdict, const kim_referral_t *referral, kim_type_t 
 //  --------------------------------------------------------------------------
 //  check
 
+//  Refusals about a referral name its state and parties to its parties
+//  only: anyone else gets what an id it may not use gets.
+static bool
+s_party (const kim_referral_t *referral, const char *org)
+{
+    return streq (org, referral->sender) || streq (org, referral->recipient);
+}
+
 static uint64_t
 s_deadline (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_msg_t *msg)
 {
@@ -499,10 +507,15 @@ s_check_referral (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     kim_store_t *store = kim_ctx_store (ctx);
     kim_referral_t referral;
     int rc = kim_lc_referral_get (store, msg->referral_id, &referral);
-    if (rc == 0)
+    if (rc == 0 && s_party (&referral, route->sender->id))
         return s_refuse (verdict, KIM_E_REFERRAL_EXISTS, "hdr.referral_id",
                          "referral %s exists already (%s, from %s to %s)", referral.id,
                          kim_lc_state_name (referral.state), referral.sender, referral.recipient);
+    //  Referral ids are the broker's, not the sender's: another's id is
+    //  taken, and that is all an outsider learns (also of an unreadable one).
+    if (rc == 0 || rc == -KIM_E_IO)
+        return s_refuse (verdict, KIM_E_REFERRAL_EXISTS, "hdr.referral_id",
+                         "referral id %s is taken; choose another", msg->referral_id);
     if (rc != -KIM_E_NOT_FOUND)
         return rc;
     if (streq (msg->recipient, route->sender->id))
@@ -514,15 +527,15 @@ s_check_referral (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
         return 0;
     if (rc)
         return rc;
+    //  An outsider learns that the case id is taken, nothing of the case.
+    if (!kim_lc_case_party (&kcase, route->sender->id))
+        return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.case_id",
+                         "%s takes no part in case %s; only its participants refer within it",
+                         route->sender->id, kcase.id);
     if (kcase.closed)
         return s_refuse (verdict, KIM_E_BAD_STATE, "hdr.case_id",
                          "case %s was closed by %s; open a new case", kcase.id, kcase.lead);
-    for (uint32_t i = 0; i < kcase.participant_count; i++)
-        if (streq (kcase.participants [i], route->sender->id))
-            return 0;
-    return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.case_id",
-                     "%s takes no part in case %s; only its participants refer within it",
-                     route->sender->id, kcase.id);
+    return 0;
 }
 
 static int
@@ -534,17 +547,14 @@ s_check_answer (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     kim_store_t *store = kim_ctx_store (ctx);
     kim_referral_t referral;
     int rc = kim_lc_referral_get (store, msg->referral_id, &referral);
-    if (rc == -KIM_E_NOT_FOUND)
+    //  Another's referral gets the answer an unknown id gets, word for word.
+    if (rc == -KIM_E_NOT_FOUND || (rc == 0 && !s_party (&referral, who)))
         return s_refuse (verdict, KIM_E_UNKNOWN_REFERRAL, "hdr.referral_id",
-                         "no referral %s is known to this broker", msg->referral_id);
+                         "no referral %s with %s as its sender or recipient is known to this "
+                         "broker", msg->referral_id, who);
     if (rc)
         return rc;
     bool is_sender = streq (who, referral.sender);
-    bool is_recipient = streq (who, referral.recipient);
-    if (!is_sender && !is_recipient)
-        return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.referral_id",
-                         "%s takes no part in referral %s (from %s to %s)", who, referral.id,
-                         referral.sender, referral.recipient);
     const char *other = is_sender? referral.recipient: referral.sender;
     if (!streq (msg->recipient, other))
         return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.recipient",

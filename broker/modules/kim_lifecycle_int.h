@@ -252,6 +252,10 @@ int
 //  Cases, subscriptions, retention (kim_case.c).
 int
     kim_lc_case_get (kim_store_t *store, const char *id, kim_case_t *kcase);
+//  Does `org` take part in the case (a participant, its lead, or offered
+//  it)? Only those hear anything about a case in a refusal.
+bool
+    kim_lc_case_party (const kim_case_t *kcase, const char *org);
 //  kim_lc_case_get through the batch's memo of the last case read or
 //  written; the memo ends with the batch (kim_lc_case_forget).
 int

@@ -101,7 +101,7 @@ main (void)
     snprintf (msg.referrals [0], sizeof msg.referrals [0], "RX");
     LC_SEND (kim, &msg, KIM_E_UNKNOWN_REFERRAL, "referral RX is not part of case C-1");
     s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, KIM, "C-1", "coe-early", "m-offer-1");
-    LC_SEND (coe, &msg, KIM_E_BAD_STATE, "no open handover offer");
+    LC_SEND (coe, &msg, KIM_E_UNKNOWN_CASE, "no case C-1 that " COE " takes part in");
 
     //  The offer, listing the open referrals.
     s_lc_msg (&msg, KIM_TYPE_HANDOVER_OFFER, COE, "C-1", "m-offer-1", NULL);
@@ -112,7 +112,10 @@ main (void)
     LC_WAIT (coe, KIM_TYPE_HANDOVER_OFFER, "C-1", &event);
     KIM_CHECK (event.msg.referral_count == 2);
     s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, KIM, "C-1", "aba-accept", "m-offer-1");
-    LC_SEND (aba, &msg, KIM_E_BAD_STATE, "no open handover offer m-offer-1 to " ABA,
+    LC_SEND (aba, &msg, KIM_E_UNKNOWN_CASE, "no case C-1 that " ABA " takes part in");
+    //  A participant hears which offer is open; the outsider above did not.
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, KIM, "C-1", "jc-accept-offer", "m-offer-1");
+    LC_SEND (jc, &msg, KIM_E_BAD_STATE, "no open handover offer m-offer-1 to " JC,
              "the open offer is m-offer-1");
     s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, JC, "C-1", "coe-wrong-to", "m-offer-1");
     LC_SEND (coe, &msg, KIM_E_NOT_PARTY, "goes to the lead, " KIM);
@@ -142,7 +145,7 @@ main (void)
     LC_SEND (jc, &msg, 0, "");
     LC_WAIT (coe, KIM_TYPE_ACCEPT, "RC1", &event);
     s_lc_msg (&msg, KIM_TYPE_WITHDRAW, JA, "RC2", "m-rc2-w", NULL);
-    LC_SEND (kim, &msg, KIM_E_NOT_PARTY, KIM " takes no part in referral RC2");
+    LC_SEND (kim, &msg, KIM_E_UNKNOWN_REFERRAL, "no referral RC2 with " KIM " as its sender");
 
     //  A declined offer leaves the lead where it is (the probe offered C-1
     //  to Borken last).

@@ -68,7 +68,7 @@ main (void)
     //  ... an outsider, an answer to the wrong party, a move not yet allowed,
     //  the recipient withdrawing, an unknown referral, a reused referral id.
     s_lc_msg (&msg, KIM_TYPE_ACCEPT, KIM, "R1", "m-bad-2", NULL);
-    LC_SEND (aba, &msg, KIM_E_NOT_PARTY, ABA " takes no part in referral R1");
+    LC_SEND (aba, &msg, KIM_E_UNKNOWN_REFERRAL, "no referral R1 with " ABA " as its sender");
     s_lc_msg (&msg, KIM_TYPE_ACCEPT, ABA, "R1", "m-bad-3", NULL);
     LC_SEND (jc, &msg, KIM_E_NOT_PARTY, "go to its other party, " KIM);
     s_lc_msg (&msg, KIM_TYPE_STATUS, KIM, "R1", "m-bad-4", "in_progress");
@@ -163,7 +163,7 @@ main (void)
     s_lc_msg (&msg, KIM_TYPE_ACCEPT, KIM, "R4", "mbe-5", NULL);
     LC_SEND (mbe, &msg, KIM_E_BAD_STATE, "referral R4 is FORWARDED");
     s_lc_msg (&msg, KIM_TYPE_ACCEPT, MBE, "mbe-fwd-4", "ikt-1", NULL);
-    LC_SEND (kim, &msg, KIM_E_NOT_PARTY, KIM " takes no part in referral mbe-fwd-4");
+    LC_SEND (kim, &msg, KIM_E_UNKNOWN_REFERRAL, "no referral mbe-fwd-4 with " KIM " as its");
     LC_SEND (ikt, &msg, 0, "");
     LC_WAIT (mbe, KIM_TYPE_ACCEPT, "mbe-fwd-4", &event);
 

@@ -263,7 +263,7 @@ main (int argc, char *argv [])
     s_grant (&msg, "C-1", JC, now + 3600 * 1000);
     ITEST_RC (s_send (kim, &msg, NULL, NULL), 0);
     s_grant (&msg, "C-9", JC, now + 3600 * 1000);
-    EXPECT_REFUSED (s_send (jc, &msg, NULL, NULL), KIM_E_NOT_LEAD, "lead organisation (" KIM ")");
+    EXPECT_REFUSED (s_send (jc, &msg, NULL, NULL), KIM_E_NOT_LEAD, JC " is not the lead organisation");
     s_grant (&msg, "C-1", JC, now + 3600 * 1000);
     snprintf (msg.msg_id, sizeof msg.msg_id, "grant-again");
     EXPECT_REFUSED (s_send (kim, &msg, NULL, NULL), KIM_E_BAD_VALUE, "registered already");
