@@ -499,12 +499,29 @@ s_deadline (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_msg_t *msg)
     return kim_ctx_now (ctx) + self->deadline_ms;
 }
 
+//  A deadline that has passed would make the referral OVERDUE at once:
+//  refused, with the clock skew the broker allows for created_at.
+static int
+s_check_deadline (kim_ctx_t *ctx, const kim_msg_t *msg, kim_verdict_t *verdict)
+{
+    uint64_t now = kim_ctx_now (ctx);
+    uint64_t skew = kim_ctx_config (ctx)->clock_skew_ms;
+    if (!msg->deadline || msg->deadline + skew >= now)
+        return 0;
+    return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.deadline",
+                     "deadline %" PRIu64 " has passed (the broker's clock reads %" PRIu64
+                     ", allowing %" PRIu64 " s of clock skew)", msg->deadline, now, skew / 1000);
+}
+
 static int
 s_check_referral (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
                   kim_verdict_t *verdict)
 {
     const kim_msg_t *msg = route->msg;
     kim_store_t *store = kim_ctx_store (ctx);
+    int deadline_rc = s_check_deadline (ctx, msg, verdict);
+    if (deadline_rc)
+        return deadline_rc;
     kim_referral_t referral;
     int rc = kim_lc_referral_get (store, msg->referral_id, &referral);
     if (rc == 0 && s_party (&referral, route->sender->id))
@@ -567,6 +584,8 @@ s_check_answer (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     ||  !(move->by & (is_sender? S_BY_SENDER: S_BY_RECIPIENT)))
         return s_bad_state (verdict, &referral, msg->type);
     if (msg->type == KIM_TYPE_FORWARD) {
+        if ((rc = s_check_deadline (ctx, msg, verdict)))
+            return rc;
         const kim_org_t *org = kim_ctx_org (ctx, msg->org);
         if (!org || org->revoked || org->role != KIM_ROLE_AGENCY)
             return s_refuse (verdict, KIM_E_UNKNOWN_RECIPIENT, "hdr.org",
