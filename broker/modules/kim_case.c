@@ -273,8 +273,11 @@ s_hand_over (kim_ctx_t *ctx, kim_case_t *kcase, const char *to, uint64_t seq)
     kcase->offer_msg_id [0] = kcase->offer_to [0] = 0;
     kcase->offer_seq = 0;
     char json [512];
-    snprintf (json, sizeof json, "{\"case_id\":\"%s\",\"lead_from\":\"%s\",\"lead_to\":\"%s\","
-              "\"seq\":%" PRIu64 "}", kcase->id, from, to, seq);
+    //  Like every state record it has `from` and `to`, the case's state,
+    //  which a handover leaves OPEN; the lead's change is `lead_from/_to`.
+    snprintf (json, sizeof json, "{\"case_id\":\"%s\",\"from\":\"OPEN\",\"to\":\"OPEN\","
+              "\"lead_from\":\"%s\",\"lead_to\":\"%s\",\"seq\":%" PRIu64 "}",
+              kcase->id, from, to, seq);
     if (rc == 0)
         rc = kim_lc_record (ctx, json);
     if (rc == 0)

@@ -12,6 +12,7 @@
     and a purge record says which.
 */
 #include "kim_lctest.h"
+#include "kim/kim_log.h"
 #include "kim_store.h"
 
 #define KIM     "kim.rheine"
@@ -207,6 +208,27 @@ main (void)
                 }
             }
             KIM_CHECK (purge_records == 1);
+            //  A handover's state record: the case stays OPEN, the lead moves
+            //  (PROTOCOL.md section 9.4).
+            int handovers = 0;
+            for (uint64_t seq = 1; seq <= kim_store_head (store); seq++) {
+                kim_record_t record;
+                char from [32], to [32], lead_from [64], lead_to [64];
+                KIM_CHECK (kim_store_read (store, seq, &record) == 0);
+                if (record.kind != KIM_RECORD_STATE
+                ||  !kim_log_body_str (record.body, record.body_size, "lead_to", lead_to,
+                                       sizeof lead_to))
+                    continue;
+                KIM_CHECK (kim_log_body_str (record.body, record.body_size, "from", from,
+                                             sizeof from) && streq (from, "OPEN"));
+                KIM_CHECK (kim_log_body_str (record.body, record.body_size, "to", to,
+                                             sizeof to) && streq (to, "OPEN"));
+                KIM_CHECK (kim_log_body_str (record.body, record.body_size, "lead_from",
+                                             lead_from, sizeof lead_from));
+                if (streq (lead_from, KIM) && streq (lead_to, COE))
+                    handovers++;
+            }
+            KIM_CHECK (handovers == 1);
         }
         kim_store_read_end (store);
         kim_store_destroy (&store);
