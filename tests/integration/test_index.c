@@ -135,6 +135,12 @@ main (void)
     s_populate (path, population);
     printf ("test_index: %d referrals written in %" PRId64 " ms\n", population,
             zclock_mono () - started);
+    //  Readers (audit tools) open such a store as it is.
+    kim_store_config_t reader_config = { .path = path, .read_only = true };
+    int err = 0;
+    kim_store_t *reader = kim_store_new (&reader_config, &err);
+    KIM_CHECK (reader);
+    kim_store_destroy (&reader);
 
     //  The first start builds the index, once.
     started = zclock_mono ();
