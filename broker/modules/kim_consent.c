@@ -361,6 +361,26 @@ s_data_recipient (const kim_route_t *route)
          : route->recipient? route->recipient->id: "";
 }
 
+//  The consent lookup for a transfer: a consent is a legal basis for those
+//  who know it (s_knows_consent). To anyone else it is not registered, so
+//  a sender naming another's consent id learns nothing of its scope or
+//  state, and cannot lean on it.
+typedef struct {
+    kim_ctx_t *ctx;
+    const char *sender;
+} s_lookup_t;
+
+static int
+s_consent_get_for (void *arg, const char *id, kim_consent_t *consent)
+{
+    s_lookup_t *lookup = (s_lookup_t *) arg;
+    int rc = s_consent_get (lookup->ctx, id, consent);
+    int knows = rc == 0? s_knows_consent (lookup->ctx, consent, lookup->sender): 0;
+    if (rc || knows < 0)
+        return rc? rc: knows;
+    return knows? 0: -KIM_E_NOT_FOUND;
+}
+
 static int
 s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
                   kim_verdict_t *verdict)
@@ -381,7 +401,9 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
         .now = kim_ctx_now (ctx),
     };
     kim_policy_decision_t decision;
-    int rc = kim_policy_decide (self->policy, &facts, s_consent_get, ctx, &decision, NULL);
+    s_lookup_t lookup = { ctx, route->sender->id };
+    int rc = kim_policy_decide (self->policy, &facts, s_consent_get_for, &lookup, &decision,
+                                NULL);
     if (rc)
         return rc;
     if (decision.code == 0) {
