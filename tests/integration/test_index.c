@@ -52,7 +52,9 @@ s_put_referral (kim_store_t *store, const char *id, const char *sender, const ch
 static void
 s_populate (const char *path, int population)
 {
-    kim_store_config_t config = { .path = path };
+    //  Room for the population in one batch (about 200 bytes a referral).
+    kim_store_config_t config = { .path = path,
+                                  .map_size = ((size_t) 64 << 20) + (size_t) population * 512 };
     int err = 0;
     kim_store_t *store = kim_store_new (&config, &err);
     KIM_CHECK (store);
