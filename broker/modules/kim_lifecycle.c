@@ -271,20 +271,22 @@ s_index_build_batch (kim_store_t *store, size_t *count, size_t *bad)
         return kim_store_error (store, rc, "lifecycle: opening the referrals");
     //  Writing to the index does not disturb a cursor on the referrals.
     MDB_val key;
-    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0;
+    int put_rc = 0;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0 && put_rc == 0;
          rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
         kim_referral_t referral;
         if (kim_lc_referral_decode (value.mv_data, value.mv_size, &referral)) {
             (*bad)++;
             continue;
         }
-        if ((rc = kim_lc_index_put (store, &referral)) != 0)
-            break;
+        put_rc = kim_lc_index_put (store, &referral);
         (*count)++;
     }
     mdb_cursor_close (cursor);
+    if (put_rc)
+        return put_rc;
     if (rc && rc != MDB_NOTFOUND)
-        return rc < 0? rc: kim_store_error (store, rc, "lifecycle: reading the referrals");
+        return kim_store_error (store, rc, "lifecycle: reading the referrals");
     uint8_t version = S_INDEX_VERSION;
     return kim_lc_put (store, KIM_DB_META, S_INDEX_META, strlen (S_INDEX_META), &version, 1,
                        "lifecycle: marking the referral index complete");
@@ -313,7 +315,8 @@ kim_lc_index_build (kim_store_t *store)
             return 0;
         }
         if (!retry)
-            return rc;          //  the map grew: the whole batch again
+            return rc;
+        //  The map grew: the whole batch again.
     }
     return -KIM_E_STORE_FULL;
 }
