@@ -130,13 +130,6 @@ s_participant (const kim_case_t *kcase, const char *org)
     return false;
 }
 
-bool
-kim_lc_case_party (const kim_case_t *kcase, const char *org)
-{
-    return s_participant (kcase, org) || streq (kcase->lead, org)
-        || (kcase->offer_to [0] && streq (kcase->offer_to, org));
-}
-
 static void
 s_participant_add (kim_case_t *kcase, const char *org)
 {

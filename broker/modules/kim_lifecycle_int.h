@@ -253,9 +253,17 @@ int
 int
     kim_lc_case_get (kim_store_t *store, const char *id, kim_case_t *kcase);
 //  Does `org` take part in the case (a participant, its lead, or offered
-//  it)? Only those hear anything about a case in a refusal.
-bool
-    kim_lc_case_party (const kim_case_t *kcase, const char *org);
+//  it)? Only those hear anything about a case in a refusal. Inline, so
+//  that kim_lifecycle.c needs no more of kim_case.c for it.
+static inline bool
+kim_lc_case_party (const kim_case_t *kcase, const char *org)
+{
+    for (uint32_t i = 0; i < kcase->participant_count && i < S_PARTICIPANTS_MAX; i++)
+        if (strcmp (kcase->participants [i], org) == 0)
+            return true;
+    return strcmp (kcase->lead, org) == 0
+        || (kcase->offer_to [0] && strcmp (kcase->offer_to, org) == 0);
+}
 //  kim_lc_case_get through the batch's memo of the last case read or
 //  written; the memo ends with the batch (kim_lc_case_forget).
 int
