@@ -475,6 +475,13 @@ s_open_dbs (kim_store_t *self)
     for (int db = 0; db < KIM_DB_COUNT; db++) {
         rc = mdb_dbi_open (txn, s_db_names [db], self->read_only? 0: MDB_CREATE,
                            &self->dbi [db]);
+        //  Index trees that a newer broker adds (and builds at its first
+        //  start) may be missing from an older store that a reader opens:
+        //  readers (audit tools) do not use them.
+        if (rc == MDB_NOTFOUND && self->read_only && db == KIM_DB_REFERRAL_BY) {
+            self->dbi [db] = 0;
+            continue;
+        }
         if (rc) {
             mdb_txn_abort (txn);
             if (rc == MDB_NOTFOUND) {

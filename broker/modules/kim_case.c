@@ -165,9 +165,11 @@ kim_lc_case_check (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     kim_store_t *store = kim_ctx_store (ctx);
     kim_case_t kcase;
     int rc = kim_lc_case_read (self, store, msg->case_id, &kcase);
-    if (rc == -KIM_E_NOT_FOUND)
+    //  A case one takes no part in gets the answer an unknown id gets.
+    if (rc == -KIM_E_NOT_FOUND || (rc == 0 && !kim_lc_case_party (&kcase, who)))
         return s_refuse (verdict, KIM_E_UNKNOWN_CASE, "hdr.case_id",
-                         "no case %s is known to this broker", msg->case_id);
+                         "no case %s that %s takes part in is known to this broker",
+                         msg->case_id, who);
     if (rc)
         return rc;
     if (kcase.closed)
@@ -249,6 +251,8 @@ s_hand_over (kim_ctx_t *ctx, kim_case_t *kcase, const char *to, uint64_t seq)
         kim_str_copy (referral.sender, sizeof referral.sender, to);
         referral.last_seq = seq;
         rc = kim_lc_referral_put (store, &referral);
+        if (rc == 0)
+            rc = kim_lc_index_move (store, &referral, from, to);
         char json [512];
         snprintf (json, sizeof json, "{\"referral_id\":\"%s\",\"case_id\":\"%s\",\"from\":\"%s\","
                   "\"to\":\"%s\",\"sender_from\":\"%s\",\"sender_to\":\"%s\",\"seq\":%" PRIu64 "}",
@@ -262,8 +266,11 @@ s_hand_over (kim_ctx_t *ctx, kim_case_t *kcase, const char *to, uint64_t seq)
     kcase->offer_msg_id [0] = kcase->offer_to [0] = 0;
     kcase->offer_seq = 0;
     char json [512];
-    snprintf (json, sizeof json, "{\"case_id\":\"%s\",\"lead_from\":\"%s\",\"lead_to\":\"%s\","
-              "\"seq\":%" PRIu64 "}", kcase->id, from, to, seq);
+    //  Like every state record it has `from` and `to`, the case's state,
+    //  which a handover leaves OPEN; the lead's change is `lead_from/_to`.
+    snprintf (json, sizeof json, "{\"case_id\":\"%s\",\"from\":\"OPEN\",\"to\":\"OPEN\","
+              "\"lead_from\":\"%s\",\"lead_to\":\"%s\",\"seq\":%" PRIu64 "}",
+              kcase->id, from, to, seq);
     if (rc == 0)
         rc = kim_lc_record (ctx, json);
     if (rc == 0)
@@ -510,8 +517,10 @@ s_sub_write (void *arg, kim_ctx_t *ctx)
 typedef struct {
     const kim_peer_t *peer;
     const kim_cmd_t *cmd;
+    kim_store_t *store;
     kim_buf_t body;                 //  JSON lines, one per referral
     uint64_t count;
+    uint64_t visited;               //  referrals read to answer (debug log)
     bool more;
 } s_query_arg_t;
 
@@ -544,55 +553,49 @@ s_query_line (const kim_referral_t *referral, char *line, size_t size)
         referral->consent_id, referral->created_seq, referral->last_seq);
 }
 
+//  One referral the index lists for the asker: read, filter, answer.
+static int
+s_query_one (void *varg, const char *referral_id)
+{
+    s_query_arg_t *arg = (s_query_arg_t *) varg;
+    kim_referral_t referral;
+    arg->visited++;
+    int rc = kim_lc_referral_get (arg->store, referral_id, &referral);
+    if (rc == -KIM_E_NOT_FOUND || rc == -KIM_E_IO)
+        return 0;               //  (logged) an entry without its referral reads as none
+    if (rc)
+        return rc;
+    if (!s_query_match (arg, &referral))
+        return 0;
+    char line [1024];
+    int size = s_query_line (&referral, line, sizeof line);
+    if (arg->body.size + (size_t) size > S_INFO_MAX) {
+        arg->more = true;
+        return 1;
+    }
+    if (kim_buf_append (&arg->body, line, (size_t) size))
+        return -KIM_E_NOMEM;
+    arg->count++;
+    return 0;
+}
+
 static int
 s_query_read (void *varg, kim_ctx_t *ctx)
 {
     s_query_arg_t *arg = (s_query_arg_t *) varg;
-    kim_store_t *store = kim_ctx_store (ctx);
+    arg->store = kim_ctx_store (ctx);
     kim_buf_reset (&arg->body);
-    arg->count = 0;
+    arg->count = arg->visited = 0;
     arg->more = false;
-    kim_referral_t referral;
-    if (arg->cmd->referral_id [0]) {
-        //  One referral: a point read.
-        int rc = kim_lc_referral_get (store, arg->cmd->referral_id, &referral);
-        if (rc == -KIM_E_NOT_FOUND)
-            return 0;
-        if (rc)
-            return rc;
-        if (s_query_match (arg, &referral)) {
-            char line [1024];
-            int size = s_query_line (&referral, line, sizeof line);
-            arg->count = 1;
-            return kim_buf_append (&arg->body, line, (size_t) size);
-        }
-        return 0;
-    }
-    MDB_cursor *cursor;
-    int rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL), &cursor);
-    if (rc)
-        return kim_store_error (store, rc, "lifecycle: listing referrals");
-    MDB_val key, value;
-    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
-        if (kim_lc_referral_decode (value.mv_data, value.mv_size, &referral))
-            continue;
-        if (!s_query_match (arg, &referral))
-            continue;
-        char line [1024];
-        int size = s_query_line (&referral, line, sizeof line);
-        if (arg->body.size + (size_t) size > S_INFO_MAX) {
-            arg->more = true;
-            break;
-        }
-        if (kim_buf_append (&arg->body, line, (size_t) size)) {
-            mdb_cursor_close (cursor);
-            return -KIM_E_NOMEM;
-        }
-        arg->count++;
-    }
-    mdb_cursor_close (cursor);
-    return rc && rc != MDB_NOTFOUND? kim_store_error (store, rc, "lifecycle: listing referrals"): 0;
+    if (arg->cmd->referral_id [0])
+        return s_query_one (arg, arg->cmd->referral_id);     //  a point read
+    //  The asker's own referrals only (of one case, if it names one): the
+    //  cost follows its referrals, never the store's.
+    uint8_t prefix [S_INDEX_KEY_MAX];
+    size_t prefix_size = kim_lc_index_party_key (prefix, arg->peer->org->id,
+                                                 arg->cmd->case_id [0]? arg->cmd->case_id: NULL,
+                                                 NULL);
+    return kim_lc_index_scan (arg->store, prefix, prefix_size, s_query_one, arg);
 }
 
 static int
@@ -604,9 +607,12 @@ s_referral_query (kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t *cmd,
                          kim_role_name (peer->org->role));
     //  A batch of its own gives a consistent view through the store's
     //  transaction; it writes nothing.
-    s_query_arg_t arg = { peer, cmd, { 0 }, 0, false };
+    s_query_arg_t arg = { peer, cmd, NULL, { 0 }, 0, 0, false };
     kim_buf_init (&arg.body);
     int rc = kim_ctx_batch (ctx, s_query_read, &arg);
+    if (kim_ctx_config (ctx)->verbose)
+        zsys_debug ("lifecycle: REFERRAL_QUERY of %s read %" PRIu64 " referrals, answered %"
+                    PRIu64, peer->org->id, arg.visited, arg.count);
     if (rc == 0 && arg.more)
         rc = kim_buf_append (&arg.body, "{\"more\":true}\n", 14);
     if (rc) {

@@ -144,11 +144,30 @@ s_check_lead (kim_ctx_t *ctx, const char *case_id, const char *sender, const cha
         return rc;
     if (streq (lead, sender))
         return 0;
+    //  Not naming the lead: the asker may take no part in the case.
     verdict->code = KIM_E_NOT_LEAD;
     snprintf (verdict->path, sizeof verdict->path, "hdr.case_id");
-    snprintf (verdict->text, sizeof verdict->text, "only the case's lead organisation (%s) "
-              "grants and revokes consents in case %s", lead, case_id);
+    snprintf (verdict->text, sizeof verdict->text, "%s is not the lead organisation of case %s; "
+              "only the lead grants and revokes its consents", sender, case_id);
     return -KIM_E_NOT_LEAD;
+}
+
+//  Who may hear about a registered consent in a refusal: the organisation
+//  that granted it, those it names, and the lead of its case. Everyone else
+//  gets what an unknown consent id gets. 1, 0 or -KIM_E_*.
+static int
+s_knows_consent (kim_ctx_t *ctx, const kim_consent_t *consent, const char *org)
+{
+    if (streq (consent->granted_by, org))
+        return 1;
+    for (size_t i = 0; i < consent->recipient_count && i < KIM_LIST_MAX; i++)
+        if (streq (consent->recipients [i], org))
+            return 1;
+    char lead [KIM_ORG_MAX + 1] = "";
+    int rc = consent->case_id [0]? kim_lifecycle_case_lead (ctx, consent->case_id, lead): 0;
+    if (rc == -KIM_E_UNKNOWN_CASE || rc == -KIM_E_NOT_FOUND)
+        rc = 0;
+    return rc? rc: streq (lead, org);
 }
 
 static int
@@ -210,16 +229,22 @@ s_revoke_check (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
     const kim_msg_t *msg = route->msg;
     kim_consent_t consent;
     int rc = s_consent_get (ctx, msg->grant_id, &consent);
-    if (rc == -KIM_E_NOT_FOUND)
+    int knows = rc == 0? s_knows_consent (ctx, &consent, msg->sender): 0;
+    if (knows < 0)
+        return knows;
+    if (rc == -KIM_E_NOT_FOUND || (rc == 0 && !knows))
         return s_refuse (verdict, KIM_E_CONSENT_UNKNOWN, "hdr.consent",
                          "consent %s is not registered", msg->grant_id);
     if (rc)
+        return rc;
+    //  Only the lead, who may revoke, hears whether it was revoked already.
+    if ((rc = s_check_lead (ctx, consent.case_id, msg->sender, consent.granted_by, verdict)))
         return rc;
     if (consent.revoked_at)
         return s_refuse (verdict, KIM_E_CONSENT_REVOKED, "hdr.consent",
                          "consent %s was revoked already (at %" PRIu64 ")", msg->grant_id,
                          consent.revoked_at);
-    return s_check_lead (ctx, consent.case_id, msg->sender, consent.granted_by, verdict);
+    return 0;
 }
 
 //  Revocation: blocks new transfers at once (the registry says revoked),
@@ -336,6 +361,26 @@ s_data_recipient (const kim_route_t *route)
          : route->recipient? route->recipient->id: "";
 }
 
+//  The consent lookup for a transfer: a consent is a legal basis for those
+//  who know it (s_knows_consent). To anyone else it is not registered, so
+//  a sender naming another's consent id learns nothing of its scope or
+//  state, and cannot lean on it.
+typedef struct {
+    kim_ctx_t *ctx;
+    const char *sender;
+} s_lookup_t;
+
+static int
+s_consent_get_for (void *arg, const char *id, kim_consent_t *consent)
+{
+    s_lookup_t *lookup = (s_lookup_t *) arg;
+    int rc = s_consent_get (lookup->ctx, id, consent);
+    int knows = rc == 0? s_knows_consent (lookup->ctx, consent, lookup->sender): 0;
+    if (rc || knows < 0)
+        return rc? rc: knows;
+    return knows? 0: -KIM_E_NOT_FOUND;
+}
+
 static int
 s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
                   kim_verdict_t *verdict)
@@ -356,7 +401,9 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
         .now = kim_ctx_now (ctx),
     };
     kim_policy_decision_t decision;
-    int rc = kim_policy_decide (self->policy, &facts, s_consent_get, ctx, &decision, NULL);
+    s_lookup_t lookup = { ctx, route->sender->id };
+    int rc = kim_policy_decide (self->policy, &facts, s_consent_get_for, &lookup, &decision,
+                                NULL);
     if (rc)
         return rc;
     if (decision.code == 0) {

@@ -132,6 +132,195 @@ kim_lc_referral_put (kim_store_t *store, const kim_referral_t *referral)
                        "lifecycle: storing a referral");
 }
 
+//  --------------------------------------------------------------------------
+//  The referral index (see kim_lifecycle_int.h)
+
+//  The store's META key that says the index is complete.
+#define S_INDEX_META        "index/referral_by"
+#define S_INDEX_VERSION     1
+
+static uint8_t *
+s_index_text (uint8_t *at, const char *text, bool nul)
+{
+    size_t size = strnlen (text, KIM_ID_MAX);
+    memcpy (at, text, size);
+    at += size;
+    if (nul)
+        *at++ = 0;
+    return at;
+}
+
+size_t
+kim_lc_index_party_key (uint8_t key [S_INDEX_KEY_MAX], const char *party, const char *case_id,
+                        const char *referral_id)
+{
+    uint8_t *at = key;
+    *at++ = S_INDEX_PARTY;
+    at = s_index_text (at, party, true);
+    if (case_id) {
+        at = s_index_text (at, case_id, true);
+        if (referral_id)
+            at = s_index_text (at, referral_id, false);
+    }
+    return (size_t) (at - key);
+}
+
+size_t
+kim_lc_index_consent_key (uint8_t key [S_INDEX_KEY_MAX], const char *consent_id,
+                          const char *referral_id)
+{
+    uint8_t *at = key;
+    *at++ = S_INDEX_CONSENT;
+    at = s_index_text (at, consent_id, true);
+    if (referral_id)
+        at = s_index_text (at, referral_id, false);
+    return (size_t) (at - key);
+}
+
+int
+kim_lc_index_put (kim_store_t *store, const kim_referral_t *referral)
+{
+    uint8_t key [S_INDEX_KEY_MAX];
+    size_t size = kim_lc_index_party_key (key, referral->sender, referral->case_id, referral->id);
+    int rc = kim_lc_put (store, KIM_DB_REFERRAL_BY, key, size, "", 0,
+                         "lifecycle: indexing a referral");
+    if (rc == 0 && !streq (referral->recipient, referral->sender)) {
+        size = kim_lc_index_party_key (key, referral->recipient, referral->case_id, referral->id);
+        rc = kim_lc_put (store, KIM_DB_REFERRAL_BY, key, size, "", 0,
+                         "lifecycle: indexing a referral");
+    }
+    if (rc == 0 && referral->consent_id [0]) {
+        size = kim_lc_index_consent_key (key, referral->consent_id, referral->id);
+        rc = kim_lc_put (store, KIM_DB_REFERRAL_BY, key, size, "", 0,
+                         "lifecycle: indexing a referral");
+    }
+    return rc;
+}
+
+int
+kim_lc_index_move (kim_store_t *store, const kim_referral_t *referral, const char *from,
+                   const char *to)
+{
+    uint8_t key [S_INDEX_KEY_MAX];
+    //  The old sender keeps its entry while it is the recipient too.
+    if (!streq (from, referral->recipient)) {
+        MDB_val k = { kim_lc_index_party_key (key, from, referral->case_id, referral->id), key };
+        int rc = mdb_del (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL_BY), &k,
+                          NULL);
+        if (rc && rc != MDB_NOTFOUND)
+            return kim_store_error (store, rc, "lifecycle: moving a referral's index entry");
+    }
+    size_t size = kim_lc_index_party_key (key, to, referral->case_id, referral->id);
+    return kim_lc_put (store, KIM_DB_REFERRAL_BY, key, size, "", 0,
+                       "lifecycle: moving a referral's index entry");
+}
+
+int
+kim_lc_index_scan (kim_store_t *store, const uint8_t *prefix, size_t prefix_size,
+                   int (*fn) (void *arg, const char *referral_id), void *arg)
+{
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn)
+        return -KIM_E_ARGS;
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_REFERRAL_BY), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: reading the referral index");
+    MDB_val key = { prefix_size, (void *) prefix }, value;
+    int result = 0;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE); rc == 0 && result == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        if (key.mv_size < prefix_size || memcmp (key.mv_data, prefix, prefix_size) != 0)
+            break;
+        //  The referral id follows the last NUL (ids and org ids hold none).
+        const uint8_t *bytes = (const uint8_t *) key.mv_data;
+        size_t start = key.mv_size;
+        while (start > prefix_size && bytes [start - 1] != 0)
+            start--;
+        size_t size = key.mv_size - start;
+        if (size == 0 || size > KIM_ID_MAX)
+            continue;           //  not an entry of this form: never ours
+        char id [KIM_ID_MAX + 1];
+        memcpy (id, bytes + start, size);
+        id [size] = 0;
+        result = fn (arg, id);
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND && result == 0)
+        return kim_store_error (store, rc, "lifecycle: reading the referral index");
+    return result == 1? 0: result;
+}
+
+//  One pass of the build, inside a batch: indexes every referral and marks
+//  the index complete. Sets *count to the referrals indexed, *bad to those
+//  that do not decode (they stay unindexed, as they stay unread).
+static int
+s_index_build_batch (kim_store_t *store, size_t *count, size_t *bad)
+{
+    MDB_txn *txn = kim_store_txn (store);
+    MDB_val meta_key = { strlen (S_INDEX_META), (void *) S_INDEX_META }, value;
+    int rc = mdb_get (txn, kim_store_dbi (store, KIM_DB_META), &meta_key, &value);
+    if (rc == 0)
+        return 1;               //  complete already
+    if (rc != MDB_NOTFOUND)
+        return kim_store_error (store, rc, "lifecycle: reading the index's version");
+    *count = *bad = 0;
+    MDB_cursor *cursor;
+    rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_REFERRAL), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: opening the referrals");
+    //  Writing to the index does not disturb a cursor on the referrals.
+    MDB_val key;
+    int put_rc = 0;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0 && put_rc == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        kim_referral_t referral;
+        if (kim_lc_referral_decode (value.mv_data, value.mv_size, &referral)) {
+            (*bad)++;
+            continue;
+        }
+        put_rc = kim_lc_index_put (store, &referral);
+        (*count)++;
+    }
+    mdb_cursor_close (cursor);
+    if (put_rc)
+        return put_rc;
+    if (rc && rc != MDB_NOTFOUND)
+        return kim_store_error (store, rc, "lifecycle: reading the referrals");
+    uint8_t version = S_INDEX_VERSION;
+    return kim_lc_put (store, KIM_DB_META, S_INDEX_META, strlen (S_INDEX_META), &version, 1,
+                       "lifecycle: marking the referral index complete");
+}
+
+int
+kim_lc_index_build (kim_store_t *store)
+{
+    for (int attempt = 0; attempt < 64; attempt++) {
+        int rc = kim_store_begin (store);
+        if (rc)
+            return rc;
+        size_t count = 0, bad = 0;
+        rc = s_index_build_batch (store, &count, &bad);
+        if (rc) {
+            kim_store_abort (store);
+            return rc == 1? 0: rc;
+        }
+        bool retry = false;
+        rc = kim_store_commit (store, &retry);
+        if (rc == 0) {
+            if (count || bad)
+                zsys_info ("lifecycle: indexed %zu referrals by party, case and consent "
+                           "(a store from before the index; done once)%s", count,
+                           bad? "; some referrals do not decode and stay unindexed": "");
+            return 0;
+        }
+        if (!retry)
+            return rc;
+        //  The map grew: the whole batch again.
+    }
+    return -KIM_E_STORE_FULL;
+}
+
 const char *
 kim_lc_state_name (uint32_t state)
 {
@@ -294,6 +483,14 @@ s_bad_state (kim_verdict_t *verdict, const kim_referral_t *referral, kim_type_t 
 //  --------------------------------------------------------------------------
 //  check
 
+//  Refusals about a referral name its state and parties to its parties
+//  only: anyone else gets what an id it may not use gets.
+static bool
+s_party (const kim_referral_t *referral, const char *org)
+{
+    return streq (org, referral->sender) || streq (org, referral->recipient);
+}
+
 static uint64_t
 s_deadline (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_msg_t *msg)
 {
@@ -305,18 +502,40 @@ s_deadline (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_msg_t *msg)
     return kim_ctx_now (ctx) + self->deadline_ms;
 }
 
+//  A deadline that has passed would make the referral OVERDUE at once:
+//  refused, with the clock skew the broker allows for created_at.
+static int
+s_check_deadline (kim_ctx_t *ctx, const kim_msg_t *msg, kim_verdict_t *verdict)
+{
+    uint64_t now = kim_ctx_now (ctx);
+    uint64_t skew = kim_ctx_config (ctx)->clock_skew_ms;
+    if (!msg->deadline || msg->deadline + skew >= now)
+        return 0;
+    return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.deadline",
+                     "deadline %" PRIu64 " has passed (the broker's clock reads %" PRIu64
+                     ", allowing %" PRIu64 " s of clock skew)", msg->deadline, now, skew / 1000);
+}
+
 static int
 s_check_referral (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
                   kim_verdict_t *verdict)
 {
     const kim_msg_t *msg = route->msg;
     kim_store_t *store = kim_ctx_store (ctx);
+    int deadline_rc = s_check_deadline (ctx, msg, verdict);
+    if (deadline_rc)
+        return deadline_rc;
     kim_referral_t referral;
     int rc = kim_lc_referral_get (store, msg->referral_id, &referral);
-    if (rc == 0)
+    if (rc == 0 && s_party (&referral, route->sender->id))
         return s_refuse (verdict, KIM_E_REFERRAL_EXISTS, "hdr.referral_id",
                          "referral %s exists already (%s, from %s to %s)", referral.id,
                          kim_lc_state_name (referral.state), referral.sender, referral.recipient);
+    //  Referral ids are the broker's, not the sender's: another's id is
+    //  taken, and that is all an outsider learns (also of an unreadable one).
+    if (rc == 0 || rc == -KIM_E_IO)
+        return s_refuse (verdict, KIM_E_REFERRAL_EXISTS, "hdr.referral_id",
+                         "referral id %s is taken; choose another", msg->referral_id);
     if (rc != -KIM_E_NOT_FOUND)
         return rc;
     if (streq (msg->recipient, route->sender->id))
@@ -328,15 +547,15 @@ s_check_referral (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
         return 0;
     if (rc)
         return rc;
+    //  An outsider learns that the case id is taken, nothing of the case.
+    if (!kim_lc_case_party (&kcase, route->sender->id))
+        return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.case_id",
+                         "%s takes no part in case %s; only its participants refer within it",
+                         route->sender->id, kcase.id);
     if (kcase.closed)
         return s_refuse (verdict, KIM_E_BAD_STATE, "hdr.case_id",
                          "case %s was closed by %s; open a new case", kcase.id, kcase.lead);
-    for (uint32_t i = 0; i < kcase.participant_count; i++)
-        if (streq (kcase.participants [i], route->sender->id))
-            return 0;
-    return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.case_id",
-                     "%s takes no part in case %s; only its participants refer within it",
-                     route->sender->id, kcase.id);
+    return 0;
 }
 
 static int
@@ -348,17 +567,14 @@ s_check_answer (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     kim_store_t *store = kim_ctx_store (ctx);
     kim_referral_t referral;
     int rc = kim_lc_referral_get (store, msg->referral_id, &referral);
-    if (rc == -KIM_E_NOT_FOUND)
+    //  Another's referral gets the answer an unknown id gets, word for word.
+    if (rc == -KIM_E_NOT_FOUND || (rc == 0 && !s_party (&referral, who)))
         return s_refuse (verdict, KIM_E_UNKNOWN_REFERRAL, "hdr.referral_id",
-                         "no referral %s is known to this broker", msg->referral_id);
+                         "no referral %s with %s as its sender or recipient is known to this "
+                         "broker", msg->referral_id, who);
     if (rc)
         return rc;
     bool is_sender = streq (who, referral.sender);
-    bool is_recipient = streq (who, referral.recipient);
-    if (!is_sender && !is_recipient)
-        return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.referral_id",
-                         "%s takes no part in referral %s (from %s to %s)", who, referral.id,
-                         referral.sender, referral.recipient);
     const char *other = is_sender? referral.recipient: referral.sender;
     if (!streq (msg->recipient, other))
         return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.recipient",
@@ -371,6 +587,8 @@ s_check_answer (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     ||  !(move->by & (is_sender? S_BY_SENDER: S_BY_RECIPIENT)))
         return s_bad_state (verdict, &referral, msg->type);
     if (msg->type == KIM_TYPE_FORWARD) {
+        if ((rc = s_check_deadline (ctx, msg, verdict)))
+            return rc;
         const kim_org_t *org = kim_ctx_org (ctx, msg->org);
         if (!org || org->revoked || org->role != KIM_ROLE_AGENCY)
             return s_refuse (verdict, KIM_E_UNKNOWN_RECIPIENT, "hdr.org",
@@ -434,6 +652,8 @@ s_open (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, const char 
                                S_TIMER_DEADLINE);
     if (rc == 0)
         rc = kim_lc_referral_put (kim_ctx_store (ctx), &referral);
+    if (rc == 0)
+        rc = kim_lc_index_put (kim_ctx_store (ctx), &referral);
     return rc;
 }
 
@@ -653,6 +873,12 @@ s_tick (void *state, kim_ctx_t *ctx)
 //  --------------------------------------------------------------------------
 //  For the consent module
 
+static int
+s_collect_id (void *arg, const char *referral_id)
+{
+    return zlistx_add_end ((zlistx_t *) arg, strdup (referral_id))? 0: -KIM_E_NOMEM;
+}
+
 int
 kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id)
 {
@@ -660,37 +886,29 @@ kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id)
     MDB_txn *txn = kim_store_txn (store);
     if (!txn || !consent_id || !consent_id [0])
         return -KIM_E_ARGS;
-    //  Collect first: the cursor must not see our own writes.
+    //  Collect first: moving writes to the store. The index lists the
+    //  referrals ever opened under the consent; the open ones stop.
     zlistx_t *ids = zlistx_new ();
     if (!ids)
         return -KIM_E_NOMEM;
     zlistx_set_destructor (ids, (zlistx_destructor_fn *) zstr_free);
-    MDB_cursor *cursor;
-    int rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_REFERRAL), &cursor);
-    if (rc) {
-        zlistx_destroy (&ids);
-        return kim_store_error (store, rc, "lifecycle: scanning referrals");
-    }
-    MDB_val key, value;
-    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0;
-         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
-        kim_referral_t referral;
-        if (kim_lc_referral_decode (value.mv_data, value.mv_size, &referral))
-            continue;
-        if (kim_lc_state_open (referral.state) && streq (referral.consent_id, consent_id))
-            zlistx_add_end (ids, strdup (referral.id));
-    }
-    mdb_cursor_close (cursor);
-    rc = rc == MDB_NOTFOUND? 0: kim_store_error (store, rc, "lifecycle: scanning referrals");
+    uint8_t prefix [S_INDEX_KEY_MAX];
+    size_t prefix_size = kim_lc_index_consent_key (prefix, consent_id, NULL);
+    int rc = kim_lc_index_scan (store, prefix, prefix_size, s_collect_id, ids);
     //  The parties hear of the revocation from the consent module, which
     //  tells every earlier recipient once; here the referrals only stop.
     int suspended = 0;
     for (char *id = (char *) zlistx_first (ids); rc == 0 && id; id = (char *) zlistx_next (ids)) {
         kim_referral_t referral;
         rc = kim_lc_referral_get (store, id, &referral);
-        if (rc == 0)
-            rc = kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_SUSPENDED,
-                                       kim_store_head (store));
+        if (rc == -KIM_E_NOT_FOUND || rc == -KIM_E_IO) {
+            rc = 0;             //  gone, or in a form this broker cannot read (logged)
+            continue;
+        }
+        if (rc || !kim_lc_state_open (referral.state) || !streq (referral.consent_id, consent_id))
+            continue;
+        rc = kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_SUSPENDED,
+                                   kim_store_head (store));
         if (rc == 0) {
             suspended++;
             zsys_info ("lifecycle: referral %s SUSPENDED: consent %s was revoked", id, consent_id);
@@ -813,6 +1031,13 @@ kim_lifecycle_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, s
     }
     int rc = s_configure (self, (zconfig_t *) kim_config_tree (env->config), error, error_size);
     if (rc) {
+        free (self);
+        return rc;
+    }
+    rc = kim_lc_index_build (env->store);
+    if (rc) {
+        snprintf (error, error_size, "lifecycle: cannot build the referral index: %s",
+                  kim_strerror (rc));
         free (self);
         return rc;
     }

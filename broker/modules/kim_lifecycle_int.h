@@ -201,6 +201,50 @@ size_t
 int
     kim_lc_case_decode (const uint8_t *value, size_t value_size, kim_case_t *kcase);
 
+//  The referral index (KIM_DB_REFERRAL_BY), so that every lookup an
+//  organisation can trigger costs what its own referrals cost, not what
+//  the whole store holds. Keys (values are empty):
+//    'P' party NUL case_id NUL referral_id    for the sender and the recipient
+//    'C' consent_id NUL referral_id           for a referral under a consent
+//  A party's referrals (REFERRAL_QUERY), a party's referrals of one case
+//  (REFERRAL_QUERY with case_id) and a consent's referrals (revocation) are
+//  each one prefix range. A case's referrals are only ever looked up for an
+//  organisation that takes part in them, so the party key serves "by case"
+//  too, and a new referral costs two puts (three under a consent). Entries
+//  are written with the referral when it opens, in the same transaction; a
+//  handover moves the sender's. Stores from before the index get it built
+//  once at start (kim_lc_index_build).
+#define S_INDEX_PARTY       'P'
+#define S_INDEX_CONSENT     'C'
+#define S_INDEX_KEY_MAX     (1 + 3 * (KIM_ID_MAX + 1))
+//  The key of `party`'s entry of a referral, or with referral_id NULL the
+//  prefix of its referrals in `case_id`, or with case_id NULL too the
+//  prefix of all its referrals. Returns the size.
+size_t
+    kim_lc_index_party_key (uint8_t key [S_INDEX_KEY_MAX], const char *party,
+                            const char *case_id, const char *referral_id);
+//  As kim_lc_index_party_key, for a consent's referrals.
+size_t
+    kim_lc_index_consent_key (uint8_t key [S_INDEX_KEY_MAX], const char *consent_id,
+                              const char *referral_id);
+//  Writes the entries of a new referral.
+int
+    kim_lc_index_put (kim_store_t *store, const kim_referral_t *referral);
+//  Moves `referral`'s party entry from `from` to `to` (a handover).
+int
+    kim_lc_index_move (kim_store_t *store, const kim_referral_t *referral, const char *from,
+                       const char *to);
+//  Calls `fn` with each referral id under `prefix` (a key from above), in
+//  key order, until `fn` returns non-zero (its result is returned; 1 stops
+//  without error). `fn` must not write to the index.
+int
+    kim_lc_index_scan (kim_store_t *store, const uint8_t *prefix, size_t prefix_size,
+                       int (*fn) (void *arg, const char *referral_id), void *arg);
+//  Builds the index of a store written before it existed: once, logged,
+//  in one batch, when the broker starts. Returns 0 or -KIM_E_*.
+int
+    kim_lc_index_build (kim_store_t *store);
+
 //  Moves a referral to `to`, writes it and records the change (cause: seq).
 int
     kim_lc_referral_move (kim_ctx_t *ctx, kim_referral_t *referral, uint32_t to, uint64_t seq);
@@ -208,6 +252,18 @@ int
 //  Cases, subscriptions, retention (kim_case.c).
 int
     kim_lc_case_get (kim_store_t *store, const char *id, kim_case_t *kcase);
+//  Does `org` take part in the case (a participant, its lead, or offered
+//  it)? Only those hear anything about a case in a refusal. Inline, so
+//  that kim_lifecycle.c needs no more of kim_case.c for it.
+static inline bool
+kim_lc_case_party (const kim_case_t *kcase, const char *org)
+{
+    for (uint32_t i = 0; i < kcase->participant_count && i < S_PARTICIPANTS_MAX; i++)
+        if (strcmp (kcase->participants [i], org) == 0)
+            return true;
+    return strcmp (kcase->lead, org) == 0
+        || (kcase->offer_to [0] && strcmp (kcase->offer_to, org) == 0);
+}
 //  kim_lc_case_get through the batch's memo of the last case read or
 //  written; the memo ends with the batch (kim_lc_case_forget).
 int

@@ -12,6 +12,7 @@
     and a purge record says which.
 */
 #include "kim_lctest.h"
+#include "kim/kim_log.h"
 #include "kim_store.h"
 
 #define KIM     "kim.rheine"
@@ -101,7 +102,7 @@ main (void)
     snprintf (msg.referrals [0], sizeof msg.referrals [0], "RX");
     LC_SEND (kim, &msg, KIM_E_UNKNOWN_REFERRAL, "referral RX is not part of case C-1");
     s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, KIM, "C-1", "coe-early", "m-offer-1");
-    LC_SEND (coe, &msg, KIM_E_BAD_STATE, "no open handover offer");
+    LC_SEND (coe, &msg, KIM_E_UNKNOWN_CASE, "no case C-1 that " COE " takes part in");
 
     //  The offer, listing the open referrals.
     s_lc_msg (&msg, KIM_TYPE_HANDOVER_OFFER, COE, "C-1", "m-offer-1", NULL);
@@ -112,7 +113,10 @@ main (void)
     LC_WAIT (coe, KIM_TYPE_HANDOVER_OFFER, "C-1", &event);
     KIM_CHECK (event.msg.referral_count == 2);
     s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, KIM, "C-1", "aba-accept", "m-offer-1");
-    LC_SEND (aba, &msg, KIM_E_BAD_STATE, "no open handover offer m-offer-1 to " ABA,
+    LC_SEND (aba, &msg, KIM_E_UNKNOWN_CASE, "no case C-1 that " ABA " takes part in");
+    //  A participant hears which offer is open; the outsider above did not.
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, KIM, "C-1", "jc-accept-offer", "m-offer-1");
+    LC_SEND (jc, &msg, KIM_E_BAD_STATE, "no open handover offer m-offer-1 to " JC,
              "the open offer is m-offer-1");
     s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, JC, "C-1", "coe-wrong-to", "m-offer-1");
     LC_SEND (coe, &msg, KIM_E_NOT_PARTY, "goes to the lead, " KIM);
@@ -142,7 +146,7 @@ main (void)
     LC_SEND (jc, &msg, 0, "");
     LC_WAIT (coe, KIM_TYPE_ACCEPT, "RC1", &event);
     s_lc_msg (&msg, KIM_TYPE_WITHDRAW, JA, "RC2", "m-rc2-w", NULL);
-    LC_SEND (kim, &msg, KIM_E_NOT_PARTY, KIM " takes no part in referral RC2");
+    LC_SEND (kim, &msg, KIM_E_UNKNOWN_REFERRAL, "no referral RC2 with " KIM " as its sender");
 
     //  A declined offer leaves the lead where it is (the probe offered C-1
     //  to Borken last).
@@ -204,6 +208,27 @@ main (void)
                 }
             }
             KIM_CHECK (purge_records == 1);
+            //  A handover's state record: the case stays OPEN, the lead moves
+            //  (PROTOCOL.md section 9.4).
+            int handovers = 0;
+            for (uint64_t seq = 1; seq <= kim_store_head (store); seq++) {
+                kim_record_t record;
+                char from [32], to [32], lead_from [64], lead_to [64];
+                KIM_CHECK (kim_store_read (store, seq, &record) == 0);
+                if (record.kind != KIM_RECORD_STATE
+                ||  !kim_log_body_str (record.body, record.body_size, "lead_to", lead_to,
+                                       sizeof lead_to))
+                    continue;
+                KIM_CHECK (kim_log_body_str (record.body, record.body_size, "from", from,
+                                             sizeof from) && streq (from, "OPEN"));
+                KIM_CHECK (kim_log_body_str (record.body, record.body_size, "to", to,
+                                             sizeof to) && streq (to, "OPEN"));
+                KIM_CHECK (kim_log_body_str (record.body, record.body_size, "lead_from",
+                                             lead_from, sizeof lead_from));
+                if (streq (lead_from, KIM) && streq (lead_to, COE))
+                    handovers++;
+            }
+            KIM_CHECK (handovers == 1);
         }
         kim_store_read_end (store);
         kim_store_destroy (&store);

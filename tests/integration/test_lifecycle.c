@@ -6,7 +6,8 @@
     with a new linked referral that reaches the new organisation; WITHDRAWN by
     the sender; INFO_REQUEST/INFO_RESPONSE both ways. Refusals: an answer by
     the sender, by an outsider, to the wrong party, in the wrong state, for an
-    unknown referral, a REFERRAL with a known id. Each REJECT names the state
+    unknown referral, a REFERRAL with a known id, a deadline that has passed
+    (beyond the clock skew). Each REJECT names the state
     and the allowed moves. At the end the stopped broker's log holds a state
     record for each change.
 */
@@ -68,7 +69,7 @@ main (void)
     //  ... an outsider, an answer to the wrong party, a move not yet allowed,
     //  the recipient withdrawing, an unknown referral, a reused referral id.
     s_lc_msg (&msg, KIM_TYPE_ACCEPT, KIM, "R1", "m-bad-2", NULL);
-    LC_SEND (aba, &msg, KIM_E_NOT_PARTY, ABA " takes no part in referral R1");
+    LC_SEND (aba, &msg, KIM_E_UNKNOWN_REFERRAL, "no referral R1 with " ABA " as its sender");
     s_lc_msg (&msg, KIM_TYPE_ACCEPT, ABA, "R1", "m-bad-3", NULL);
     LC_SEND (jc, &msg, KIM_E_NOT_PARTY, "go to its other party, " KIM);
     s_lc_msg (&msg, KIM_TYPE_STATUS, KIM, "R1", "m-bad-4", "in_progress");
@@ -86,6 +87,15 @@ main (void)
     //  An outsider cannot refer into a case it takes no part in.
     s_lc_msg (&msg, KIM_TYPE_REFERRAL, JC, "R-intruder", "m-intruder", "C-1");
     LC_SEND (aba, &msg, KIM_E_NOT_PARTY, "takes no part in case C-1");
+    //  A deadline that has passed is refused; within the clock skew
+    //  (broker/clock_skew_s, 300 s by default) it is not.
+    s_lc_msg (&msg, KIM_TYPE_REFERRAL, JA, "R-past", "m-past", "C-1");
+    msg.deadline = (uint64_t) zclock_time () - 600 * 1000;
+    LC_SEND (kim, &msg, KIM_E_BAD_VALUE, "deadline ", "has passed", "300 s of clock skew");
+    s_lc_msg (&msg, KIM_TYPE_REFERRAL, JA, "R-skew", "m-skew", "C-1");
+    msg.deadline = (uint64_t) zclock_time () - 60 * 1000;
+    LC_SEND (kim, &msg, 0, "");
+    LC_WAIT (ja, KIM_TYPE_REFERRAL, "R-skew", &event);
 
     //  The job centre receives and acks: R1 is DELIVERED, and KIM is told.
     LC_WAIT (jc, KIM_TYPE_REFERRAL, "R1", &event);
@@ -153,6 +163,9 @@ main (void)
     LC_SEND (mbe, &msg, KIM_E_UNKNOWN_RECIPIENT, "jc.nowhere");
     s_lc_msg (&msg, KIM_TYPE_FORWARD, KIM, "R4", "R1", IKT);
     LC_SEND (mbe, &msg, KIM_E_REFERRAL_EXISTS, "a referral R1 exists already");
+    s_lc_msg (&msg, KIM_TYPE_FORWARD, KIM, "R4", "mbe-fwd-past", IKT);
+    msg.deadline = (uint64_t) zclock_time () - 600 * 1000;
+    LC_SEND (mbe, &msg, KIM_E_BAD_VALUE, "has passed");
     s_lc_msg (&msg, KIM_TYPE_FORWARD, KIM, "R4", "mbe-fwd-4", IKT);
     LC_SEND (mbe, &msg, 0, "");
     LC_WAIT (kim, KIM_TYPE_FORWARD, "R4", &event);
@@ -163,7 +176,7 @@ main (void)
     s_lc_msg (&msg, KIM_TYPE_ACCEPT, KIM, "R4", "mbe-5", NULL);
     LC_SEND (mbe, &msg, KIM_E_BAD_STATE, "referral R4 is FORWARDED");
     s_lc_msg (&msg, KIM_TYPE_ACCEPT, MBE, "mbe-fwd-4", "ikt-1", NULL);
-    LC_SEND (kim, &msg, KIM_E_NOT_PARTY, KIM " takes no part in referral mbe-fwd-4");
+    LC_SEND (kim, &msg, KIM_E_UNKNOWN_REFERRAL, "no referral mbe-fwd-4 with " KIM " as its");
     LC_SEND (ikt, &msg, 0, "");
     LC_WAIT (mbe, KIM_TYPE_ACCEPT, "mbe-fwd-4", &event);
 

@@ -17,6 +17,7 @@
 #define ABA     "aba.rheine"
 #define SCH     "sch.rheine"
 #define KI      "ki.steinfurt"
+#define COE     "kim.coesfeld"
 
 static char s_error [KIM_TEXT_MAX * 2];
 
@@ -230,7 +231,7 @@ s_verify_chain (const char *dir, uint64_t purged_seq, int *decisions, int *purge
 int
 main (int argc, char *argv [])
 {
-    const char *orgs [] = { KIM, JC, ABA, SCH, KI, NULL };
+    const char *orgs [] = { KIM, JC, ABA, SCH, KI, COE, NULL };
     s_test_malformed (orgs);
 
     static kim_testbroker_t *broker;
@@ -244,7 +245,8 @@ main (int argc, char *argv [])
     kim_client_t *kim = kim_testbroker_client (broker, KIM, 64, false);
     kim_client_t *jc = kim_testbroker_client (broker, JC, 64, false);
     kim_client_t *sch = kim_testbroker_client (broker, SCH, 0, false);
-    KIM_CHECK (kim && jc && sch);
+    kim_client_t *coe = kim_testbroker_client (broker, COE, 0, false);
+    KIM_CHECK (kim && jc && sch && coe);
     kim_msg_t msg;
     kim_event_t event;
     uint64_t now = (uint64_t) zclock_time ();
@@ -263,10 +265,19 @@ main (int argc, char *argv [])
     s_grant (&msg, "C-1", JC, now + 3600 * 1000);
     ITEST_RC (s_send (kim, &msg, NULL, NULL), 0);
     s_grant (&msg, "C-9", JC, now + 3600 * 1000);
-    EXPECT_REFUSED (s_send (jc, &msg, NULL, NULL), KIM_E_NOT_LEAD, "lead organisation (" KIM ")");
+    EXPECT_REFUSED (s_send (jc, &msg, NULL, NULL), KIM_E_NOT_LEAD, JC " is not the lead organisation");
     s_grant (&msg, "C-1", JC, now + 3600 * 1000);
     snprintf (msg.msg_id, sizeof msg.msg_id, "grant-again");
     EXPECT_REFUSED (s_send (kim, &msg, NULL, NULL), KIM_E_BAD_VALUE, "registered already");
+
+    //  Another KIM naming C-1 learns nothing of it and cannot lean on it:
+    //  the answer a consent nobody registered gets.
+    s_referral (&msg, JC, "r-other", "employment", "C-1", KIM_CAT_RESIDENCE_STATUS);
+    snprintf (msg.case_id, sizeof msg.case_id, "case-B");
+    EXPECT_REFUSED (s_send (coe, &msg, "x", NULL), KIM_E_CONSENT_UNKNOWN, "consent C-1 is not registered");
+    s_referral (&msg, JC, "r-other", "housing", "C-1", KIM_CAT_ART9);
+    snprintf (msg.case_id, sizeof msg.case_id, "case-B");
+    EXPECT_REFUSED (s_send (coe, &msg, "x", NULL), KIM_E_CONSENT_UNKNOWN, "consent C-1 is not registered");
 
     //  Scope: purpose, categories (art9 needs explicit consent), recipient.
     s_referral (&msg, JC, "r-1", "housing", "C-1", 0);
@@ -358,6 +369,7 @@ main (int argc, char *argv [])
     kim_client_destroy (&kim);
     kim_client_destroy (&jc);
     kim_client_destroy (&sch);
+    kim_client_destroy (&coe);
     KIM_CHECK (kim_testbroker_stop (broker, SIGTERM) == 0);
     int decisions, purges;
     s_verify_chain (kim_testbroker_dir (broker), r1_seq, &decisions, &purges);
