@@ -31,6 +31,8 @@
 #define KIM_HOUSEKEEP_MS    200     //  timer for expiry and redelivery checks
 #define KIM_STATS_MS        60000   //  how often traffic figures are logged
 #define KIM_SCAN_CHUNK      64      //  mailbox entries read per scan
+#define KIM_TURN_MS         50      //  a turn reads this long at most, then commits
+#define KIM_RCVHWM          1000    //  commands waiting unread per connection
 
 //  The broker's clock. Tests of deadlines set KIM_CLOCK_FILE to a file that
 //  holds an offset in ms; it is re-read every housekeeping turn, so a test
@@ -922,9 +924,14 @@ s_router_ready (zloop_t *loop, zsock_t *reader, void *arg)
 {
     kim_server_t *self = (kim_server_t *) arg;
     //  Read what is waiting, up to a batch, then commit it as one.
+    //  A turn is bounded in time too: what was read is committed and
+    //  answered within about KIM_TURN_MS, however much a flood leaves
+    //  waiting, so that every agent's command waits one short turn at most.
     size_t read = 0;
     bool more = true;
+    uint64_t started = s_mono ();
     while (self->item_count < self->config->batch_max && read < 4 * self->config->batch_max
+    &&     (read % 64 || s_mono () - started < KIM_TURN_MS)
     &&     (more = s_read_one (self)))
         read++;
     if (!more)
@@ -1026,9 +1033,13 @@ s_bind (kim_server_t *self, char *error, size_t error_size)
     //  protocol's ceiling, above any limit the broker may be configured to.
     int64_t max_size = (int64_t) KIM_PAYLOAD_MAX + KIM_FRAME_MAX;
     int hwm = 0;                        //  windows bound what we queue
+    //  What a connection may have waiting unread: beyond it libzmq stops
+    //  reading that connection (TCP pushes back on the sender), so a client
+    //  sending faster than the broker serves queues at home, not here.
+    int rcvhwm = KIM_RCVHWM;
     zmq_setsockopt (router, ZMQ_MAXMSGSIZE, &max_size, sizeof max_size);
     zmq_setsockopt (router, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt (router, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt (router, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
     int heartbeat = (int) self->config->heartbeat_ms;
     int heartbeat_timeout = 3 * heartbeat;
     zmq_setsockopt (router, ZMQ_HEARTBEAT_IVL, &heartbeat, sizeof heartbeat);
