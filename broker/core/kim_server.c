@@ -32,6 +32,7 @@
 #define KIM_STATS_MS        60000   //  how often traffic figures are logged
 #define KIM_SCAN_CHUNK      64      //  mailbox entries read per scan
 #define KIM_TURN_MS         50      //  a turn reads this long at most, then commits
+#define KIM_US_PER_UNIT     50.0    //  loop time a rate-limit unit pays for (module commands)
 #define KIM_RCVHWM          1000    //  commands waiting unread per connection
 
 //  The broker's clock. Tests of deadlines set KIM_CLOCK_FILE to a file that
@@ -902,8 +903,18 @@ s_read_one (kim_server_t *self)
                 else
                     s_reload_command (self, rid, rid_size, session->org->org->id);
                 break;
-            default:
+            default: {
+                //  A module's command is charged what it really took too:
+                //  a lookup whose cost grows with the store must not pass
+                //  for a cheap one (section 7.3). The debt may take the
+                //  bucket below zero; the organisation then waits.
+                int64_t started = zclock_usecs ();
                 s_module_command (self, session, cmd);
+                double took = (double) (zclock_usecs () - started) / KIM_US_PER_UNIT;
+                double paid = s_cost (0, cmd);
+                if (took > paid)
+                    session->org->tokens -= took - paid;
+            }
         }
     }
     if (queued) {
