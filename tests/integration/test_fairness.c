@@ -9,11 +9,18 @@
     receipted and delivered (none lost, payload intact), and its round trip
     (send to delivery) must stay below KIM_FAIRNESS_BOUND_MS.
 
+    Before the floods the store is filled with KIM_FAIRNESS_REFERRALS
+    referrals (default 100,000; the flooder is party to none of them), so
+    that lookups whose cost grows with the store (REFERRAL_QUERY) are
+    flooded at a realistic size. The population is sent under a generous
+    budget, then an operator's RELOAD sets the tight one for the floods.
+
     The bound is generous on purpose: it has to hold on the sanitizer build
     of a loaded 2-core machine, where a round trip without any flood already
-    takes tens of ms. Without the shared, cost-weighted budget a flood of
-    REFERRAL_QUERY or a HELLO storm held the canary up for seconds. Each
-    round lasts KIM_FAIRNESS_SECONDS (default 2); the whole test about 30 s.
+    takes tens of ms; under these floods it measured 60-300 ms. Before the
+    broker bounded its turns and each connection's backlog, a SEND flood
+    alone held the canary up for more than 2 s. Each
+    round lasts KIM_FAIRNESS_SECONDS (default 2); the whole test about 25 s.
 */
 #include <msgpack.h>
 
@@ -23,13 +30,15 @@
 #define SENDER      "kim.rheine"
 #define RECIPIENT   "jc.rheine"
 #define SINK        "ja.rheine"         //  the flooder's SENDs go here (never read)
+#define POPULATOR   "kim.populate"      //  fills the store before the floods
 #define AUDITOR     "dsb.steinfurt"
+#define OPERATOR    "ops.steinfurt"
 
 #define KIM_FAIRNESS_BOUND_MS   2000
 #define FLOOD_SOCKETS           4       //  connections of the flooding organisation
 
 static const char *s_orgs [] = {
-    FLOODER, SENDER, RECIPIENT, SINK, AUDITOR ":auditor", NULL
+    FLOODER, SENDER, RECIPIENT, SINK, POPULATOR, AUDITOR ":auditor", OPERATOR ":operator", NULL
 };
 
 typedef enum {
@@ -231,12 +240,63 @@ main (void)
     KIM_CHECK (sodium_init () >= 0);
     const char *env = getenv ("KIM_FAIRNESS_SECONDS");
     int seconds = env && atoi (env) > 0? atoi (env): 2;
-    //  A budget the flooder exhausts at once: 1,000 units/s per
-    //  organisation, bursts of 1,000.
+    env = getenv ("KIM_FAIRNESS_REFERRALS");
+    long population = env? atol (env): 100000;
     kim_testbroker_t *broker = s_itest_broker (s_orgs,
-        "    rate_limit = 1000\n    rate_burst = 1000\n");
+        "    rate_limit = 1000000\n    rate_burst = 1000000\n");
     kim_testbroker_plaintext (broker, true);
     KIM_CHECK (kim_testbroker_start (broker) == 0);
+
+    //  The population, pipelined through the send window.
+    int64_t started = s_itest_now ();
+    kim_client_t *populator = kim_testbroker_client (broker, POPULATOR, 0, false);
+    KIM_CHECK (populator);
+    for (long i = 0; i < population; i++) {
+        kim_msg_t msg;
+        char id [KIM_ID_MAX + 1];
+        snprintf (id, sizeof id, "pop-%ld", i);
+        s_itest_msg (&msg, SINK, id, id);
+        ITEST_RC (kim_client_send_async (populator, &msg, NULL, 0), 0);
+        if (i % 1000 == 999)
+            ITEST_RC (kim_client_flush (populator, 60000), 0);
+    }
+    ITEST_RC (kim_client_flush (populator, 60000), 0);
+    kim_event_t event;
+    for (long i = 0; i < population; i++) {
+        ITEST_RC (kim_client_recv (populator, &event, 10000), 0);
+        KIM_CHECK (event.type == KIM_EVENT_RECEIPT);
+    }
+    kim_client_destroy (&populator);
+    printf ("%ld referrals stored in %" PRId64 " ms\n", population, s_itest_now () - started);
+
+    //  A budget the flooder exhausts at once: 1,000 units/s per
+    //  organisation, bursts of 1,000, from now on.
+    char path [512];
+    snprintf (path, sizeof path, "%s/kim.cfg", kim_testbroker_dir (broker));
+    FILE *file = fopen (path, "r");
+    KIM_CHECK (file);
+    static char text [65536];
+    size_t size = fread (text, 1, sizeof text - 1, file);
+    fclose (file);
+    text [size] = 0;
+    const char *fast = "rate_limit = 1000000\n    rate_burst = 1000000\n";
+    const char *slow = "rate_limit = 1000   \n    rate_burst = 1000   \n";
+    KIM_CHECK (strlen (fast) == strlen (slow));
+    char *at = strstr (text, fast);
+    KIM_CHECK (at);
+    memcpy (at, slow, strlen (slow));
+    file = fopen (path, "w");
+    KIM_CHECK (file && fputs (text, file) >= 0);
+    fclose (file);
+    kim_client_t *ops = kim_testbroker_client (broker, OPERATOR, 0, false);
+    KIM_CHECK (ops);
+    kim_cmd_t *request = (kim_cmd_t *) calloc (2, sizeof (kim_cmd_t));
+    KIM_CHECK (request);
+    kim_cmd_init (request, KIM_CMD_RELOAD);
+    ITEST_RC (kim_client_request (ops, request, request + 1, 10000), 0);
+    KIM_CHECK (request [1].id == KIM_CMD_RELOADED);
+    free (request);
+    kim_client_destroy (&ops);
     kim_client_t *sender = kim_testbroker_client (broker, SENDER, 0, false);
     kim_client_t *recipient = kim_testbroker_client (broker, RECIPIENT, 16, false);
     KIM_CHECK (sender && recipient);
