@@ -624,6 +624,63 @@ s_test_zap_log (kim_testbroker_t *broker)
     printf ("refused handshakes are summarised in the log: OK\n");
 }
 
+//  Section 7.3: one bucket per organisation, shared by all its connections,
+//  charged for every frame; other organisations keep theirs.
+static void
+s_test_shared_budget (void)
+{
+    //  30 units, refilled at 2 a second: the test's own pace adds little.
+    kim_testbroker_t *broker = s_itest_broker (s_orgs,
+        "    rate_limit = 2\n    rate_burst = 30\n");
+    KIM_CHECK (kim_testbroker_start (broker) == 0);
+    //  The start-up probe spent some of the first organisation's budget.
+    zsock_t *a = s_raw_new (broker, OTHER, NULL, NULL);
+    zsock_t *b = s_raw_new (broker, OTHER, NULL, NULL);
+    zsock_t *c = s_raw_new (broker, OTHER, NULL, NULL);
+    s_raw_hello (a, OTHER, 0);      //  5 units each
+    s_raw_hello (b, OTHER, 0);
+    //  20 units left for the organisation: 40 PINGs over two sessions get
+    //  about 20 PONGs in all, not 20 each.
+    kim_cmd_t *cmd = s_cmd_new (KIM_CMD_PING);
+    for (int i = 0; i < 20; i++) {
+        s_raw_send_cmd (a, cmd, NULL, 0, 0);
+        s_raw_send_cmd (b, cmd, NULL, 0, 0);
+    }
+    int pongs = 0, limited = 0;
+    zsock_t *socks [] = { a, b };
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 20; i++) {
+            kim_cmd_t *reply = s_reply (socks [k], 10000);
+            if (reply->id == KIM_CMD_PONG)
+                pongs++;
+            else
+            if (reply->id == KIM_CMD_REJECT && reply->code == KIM_E_RATE_LIMITED)
+                limited++;
+            else {
+                s_raw_print ("PING answered with", reply);
+                exit (1);
+            }
+            free (reply);
+        }
+    printf ("40 PINGs over two sessions of one organisation: %d PONG, %d RATE_LIMITED\n",
+            pongs, limited);
+    KIM_CHECK (pongs >= 15 && pongs <= 25 && pongs + limited == 40);
+    //  A frame before HELLO, on a third connection, is charged too.
+    s_raw_send_bytes (c, "\xc1", 1);
+    EXPECT_REJECT (c, KIM_E_RATE_LIMITED, NULL, NULL, "command units");
+    //  Another organisation is served as usual.
+    zsock_t *other = s_raw_new (broker, RECIPIENT, NULL, NULL);
+    s_raw_hello (other, RECIPIENT, 0);
+    s_raw_ping (other);
+    free (cmd);
+    zsock_destroy (&a);
+    zsock_destroy (&b);
+    zsock_destroy (&c);
+    zsock_destroy (&other);
+    s_itest_broker_destroy (&broker);
+    printf ("one budget per organisation, every frame charged: OK\n");
+}
+
 int
 main (void)
 {
@@ -644,6 +701,7 @@ main (void)
     int exit_status = kim_testbroker_stop (broker, SIGTERM);
     KIM_CHECK (WIFEXITED (exit_status) && WEXITSTATUS (exit_status) == 0);
     s_itest_broker_destroy (&broker);
+    s_test_shared_budget ();
     printf ("test_conformance: OK\n");
     return 0;
 }
