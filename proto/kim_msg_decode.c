@@ -204,6 +204,10 @@ s_scan (s_dec_t *d, int depth)
 static int
 s_scan_value (s_dec_t *d, s_obj_t *o, int depth)
 {
+    //  One rule for every string in the frame, wherever it is: command
+    //  names, types, codes, keys and x- values alike (rule 4).
+    if (o->tag == S_T_STR && !kim_utf8_valid (o->ptr, o->len))
+        return s_scan_fail (d, KIM_E_BAD_UTF8, depth - 1);
     if (o->tag != S_T_MAP && o->tag != S_T_ARRAY)
         return 0;
     if (depth > KIM_DEPTH_MAX)
@@ -222,6 +226,8 @@ s_scan_value (s_dec_t *d, s_obj_t *o, int depth)
             if (k.tag == S_T_STR) {
                 comp->key = k.ptr;
                 comp->key_len = k.len;
+                if (!kim_utf8_valid (k.ptr, k.len))
+                    return s_scan_fail (d, KIM_E_BAD_UTF8, depth);
             }
             else {
                 comp->key = (const uint8_t *) "?";
@@ -620,6 +626,76 @@ s_begin (kim_decode_error_t **err_p, kim_decode_error_t *dummy)
         *err_p = dummy;
     (*err_p)->code = 0;
     (*err_p)->path [0] = 0;
+}
+
+static bool
+s_str_is (const s_obj_t *o, const char *text)
+{
+    return o->tag == S_T_STR && o->len == strlen (text) && memcmp (o->ptr, text, o->len) == 0;
+}
+
+//  A command that failed to decode may still name itself: a client matches
+//  the REJECT to its request by that id (a SEND's hdr.msg_id, a query's
+//  query_id, a subscription's sub_id). This walks the top-level map (and
+//  hdr) with the bounds-checked cursor and copies the id if it is a valid
+//  id; anything unreadable simply ends the search.
+bool
+kim_cmd_ref (const uint8_t *data, size_t size, char ref [KIM_ID_MAX + 1])
+{
+    ref [0] = 0;
+    if (!data || size > KIM_FRAME_MAX)
+        return false;
+    s_cur_t c = { data, data + size };
+    s_obj_t m, k, v;
+    s_obj_t cmd = { 0 }, query_id = { 0 }, sub_id = { 0 }, msg_id = { 0 };
+    if (s_next (&c, &m) || m.tag != S_T_MAP)
+        return false;
+    for (uint64_t i = 0; i < m.u; i++) {
+        if (s_next (&c, &k))
+            break;
+        const uint8_t *value = c.p;
+        if (s_next (&c, &v))
+            break;
+        if (s_str_is (&k, "hdr") && v.tag == S_T_MAP) {
+            s_cur_t h = c;
+            for (uint64_t j = 0; j < v.u; j++) {
+                s_obj_t hk, hv;
+                if (s_next (&h, &hk))
+                    break;
+                const uint8_t *hvalue = h.p;
+                if (s_next (&h, &hv))
+                    break;
+                if (s_str_is (&hk, "msg_id") && hv.tag == S_T_STR)
+                    msg_id = hv;
+                h.p = hvalue;
+                if (s_skip (&h, 2))
+                    break;
+            }
+        }
+        else
+        if (s_str_is (&k, "cmd"))
+            cmd = v;
+        else
+        if (s_str_is (&k, "query_id"))
+            query_id = v;
+        else
+        if (s_str_is (&k, "sub_id"))
+            sub_id = v;
+        c.p = value;
+        if (s_skip (&c, 1))
+            break;
+    }
+    const s_obj_t *id = s_str_is (&cmd, "SEND")? &msg_id
+                      : s_str_is (&cmd, "QUERY") || s_str_is (&cmd, "REFERRAL_QUERY")? &query_id
+                      : s_str_is (&cmd, "SUBSCRIBE") || s_str_is (&cmd, "UNSUBSCRIBE")? &sub_id
+                      : NULL;
+    if (id && id->tag == S_T_STR && id->len <= KIM_ID_MAX
+    &&  kim_msgi_id_ok ((const char *) id->ptr, id->len)) {
+        memcpy (ref, id->ptr, id->len);
+        ref [id->len] = 0;
+        return true;
+    }
+    return false;
 }
 
 int

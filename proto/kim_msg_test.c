@@ -558,8 +558,25 @@ s_test_negative (bool verbose)
     s_test_expect (verbose, KIM_E_BAD_TYPE, "hdr", "{'cmd':'SEND','hdr':[]}");
     s_test_expect (verbose, KIM_E_BAD_VALUE, "hdr.payload_len",
                    "{'cmd':'SEND','hdr':{'payload_len':16777217}}");
-    s_test_patched (verbose, KIM_E_BAD_TYPE, "hdr.payload_hash", "@@", "\xc4\x01", S_REFERRAL,
+    s_test_patched (verbose, KIM_E_BAD_TYPE, "hdr.payload_hash", "@@", "ab", S_REFERRAL,
                     ",'payload_hash':'@@'");
+    //  One rule for strings: any str in the frame that is not valid UTF-8
+    //  is BAD_UTF8, whatever the field would have been checked for next.
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "hdr.payload_hash", "@@", "\xc4\x01", S_REFERRAL,
+                    ",'payload_hash':'@@'");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "cmd", "@@", "\xc3\x28", "{'cmd':'PI@@'}");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "hdr.type", "@@", "\xed\xa0",
+                    "{'cmd':'SEND','hdr':{'type':'REFERR@@'}}");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "hdr.priority", "@@", "\xff\xfe", S_REFERRAL,
+                    ",'priority':'n@@'");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "hdr.x-note", "@@", "\xc0\xaf", S_REFERRAL,
+                    ",'x-note':'@@'");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "hdr.x-note[1]", "@@", "\xed\xbf", S_REFERRAL,
+                    ",'x-note':['ok','@@']");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "hdr.x-?(", "@@", "\xc3\x28", S_REFERRAL,
+                    ",'x-@@':1");
+    s_test_patched (verbose, KIM_E_BAD_UTF8, "hdr.?(", "@@", "\xc3\x28", S_REFERRAL,
+                    ",'@@':1");
     s_test_patched (verbose, KIM_E_BAD_VALUE, "hdr.sig", "\xa2@@", "\xc4\x01@", S_REFERRAL,
                     ",'sig':'@@'");
     s_test_expect (verbose, KIM_E_BAD_TYPE, "hdr.sig", S_REFERRAL, ",'sig':'ab'");

@@ -166,9 +166,22 @@ s_apply_send (kim_server_t *self, item_t *item)
     org_state_t *recipient = NULL;
     if (msg->recipient [0]) {
         recipient = (org_state_t *) zhashx_lookup (self->orgs, msg->recipient);
-        if (!recipient || recipient->org->revoked || recipient->removed
-        ||  recipient->org->role != KIM_ROLE_AGENCY) {
+        //  Say which: an auditor or operator is registered, but only
+        //  agencies have mailboxes.
+        if (!recipient || recipient->removed) {
             s_item_refuse (item, KIM_E_UNKNOWN_RECIPIENT, "hdr.recipient", NULL);
+            return 0;
+        }
+        if (recipient->org->revoked || recipient->org->role != KIM_ROLE_AGENCY) {
+            char text [KIM_TEXT_MAX + 1];
+            if (recipient->org->revoked)
+                snprintf (text, sizeof text, "%s is registered, but its key is revoked: it "
+                          "receives nothing", msg->recipient);
+            else
+                snprintf (text, sizeof text, "%s is registered as %s, not as an agency: only "
+                          "agencies receive messages", msg->recipient,
+                          kim_role_name (recipient->org->role));
+            s_item_refuse (item, KIM_E_UNKNOWN_RECIPIENT, "hdr.recipient", text);
             return 0;
         }
         if (kim_store_mailbox_count (self->store, recipient->org->id) >= self->config->mailbox_quota) {

@@ -23,6 +23,9 @@
     X(rate_limit,      "broker/rate_limit",     1,    10000000,       50000,  1)       \
     X(rate_burst,      "broker/rate_burst",     1,    10000000,       20000,  1)       \
     X(clock_skew_ms,   "broker/clock_skew_s",   1,    86400,          300,    1000)    \
+    X(org_sessions,    "broker/sessions_per_org", 1,    4096,           32,     1)       \
+    X(org_subscriptions, "broker/subscriptions_per_org", 1, 1000000,        256,    1)       \
+    X(org_queries,     "broker/queries_per_org", 1,    64,             4,      1)       \
     X(map_size,        "store/map_size_mb",     1,    1048576,        64,     1048576) \
     X(map_max,         "store/map_max_mb",      1,    16777216,       65536,  1048576)
 
@@ -446,6 +449,15 @@ kim_config_org_by_key (const kim_config_t *self, const char *public_key)
 {
     for (size_t i = 0; i < self->org_count; i++)
         if (!self->orgs [i].revoked && streq (self->orgs [i].public_key, public_key))
+            return &self->orgs [i];
+    return NULL;
+}
+
+const kim_org_t *
+kim_config_org_by_revoked_key (const kim_config_t *self, const char *public_key)
+{
+    for (size_t i = 0; i < self->org_count; i++)
+        if (self->orgs [i].revoked && streq (self->orgs [i].public_key, public_key))
             return &self->orgs [i];
     return NULL;
 }

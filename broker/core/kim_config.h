@@ -55,9 +55,12 @@ typedef struct {
     uint32_t batch_max;                                 //  broker/batch_max
     uint64_t mailbox_quota;                             //  broker/mailbox_quota
     uint64_t dedup_window_ms;                           //  broker/dedup_window_s (seconds in the file)
-    uint64_t rate_limit;                                //  broker/rate_limit: commands/s per session
+    uint64_t rate_limit;                                //  broker/rate_limit: command units/s per organisation
     uint64_t rate_burst;                                //  broker/rate_burst
     uint64_t clock_skew_ms;                             //  broker/clock_skew_s (seconds in the file)
+    uint64_t org_sessions;                              //  broker/sessions_per_org
+    uint64_t org_subscriptions;                         //  broker/subscriptions_per_org
+    uint64_t org_queries;                               //  broker/queries_per_org: open QUERYs
     uint64_t map_size;                                  //  store/map_size_mb
     uint64_t map_max;                                   //  store/map_max_mb
     bool sync;                                          //  store/sync (0: benchmarks only)
@@ -90,6 +93,9 @@ const kim_org_t *
     kim_config_org (const kim_config_t *self, const char *id);
 const kim_org_t *
     kim_config_org_by_key (const kim_config_t *self, const char *public_key);
+//  The revoked organisation registered with this key, or NULL.
+const kim_org_t *
+    kim_config_org_by_revoked_key (const kim_config_t *self, const char *public_key);
 
 const char *
     kim_role_name (kim_role_t role);

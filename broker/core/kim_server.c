@@ -31,6 +31,9 @@
 #define KIM_HOUSEKEEP_MS    200     //  timer for expiry and redelivery checks
 #define KIM_STATS_MS        60000   //  how often traffic figures are logged
 #define KIM_SCAN_CHUNK      64      //  mailbox entries read per scan
+#define KIM_TURN_MS         50      //  a turn reads this long at most, then commits
+#define KIM_US_PER_UNIT     50.0    //  loop time a rate-limit unit pays for (module commands)
+#define KIM_RCVHWM          1000    //  commands waiting unread per connection
 
 //  The broker's clock. Tests of deadlines set KIM_CLOCK_FILE to a file that
 //  holds an offset in ms; it is re-read every housekeeping turn, so a test
@@ -171,6 +174,8 @@ s_session_destroy (kim_server_t *self, session_t *session, const char *why)
                        state->org->id, state->flight_count, why);
         s_release_receiver (self, state);
     }
+    if (state->session_count)
+        state->session_count--;
     if (self->config->verbose)
         zsys_debug ("server: session %s of %s ended: %s", session->key, state->org->id, why);
     for (size_t i = 0; i < self->hook_count; i++)
@@ -184,6 +189,25 @@ s_session_free (void **item)
 {
     free (*item);
     *item = NULL;
+}
+
+//  Ends the organisation's oldest session with REJECT REPLACED.
+static void
+s_end_oldest_session (kim_server_t *self, org_state_t *state)
+{
+    session_t *oldest = NULL;
+    for (session_t *session = (session_t *) zhashx_first (self->sessions); session;
+         session = (session_t *) zhashx_next (self->sessions))
+        if (session->org == state && (!oldest || session->started_ms < oldest->started_ms))
+            oldest = session;
+    if (!oldest)
+        return;
+    zsys_info ("server: %s has %zu sessions, its limit (sessions_per_org): the oldest ends",
+               state->org->id, state->session_count);
+    kim_server_reject (self, oldest->rid, oldest->rid_size, KIM_E_REPLACED, NULL, NULL,
+                       "%s opened more than %" PRIu64 " sessions; this, the oldest, ends",
+                       state->org->id, self->config->org_sessions);
+    s_session_destroy (self, oldest, "replaced");
 }
 
 static bool
@@ -200,20 +224,24 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
          const char *user_id, const kim_cmd_t *cmd)
 {
     org_state_t *state = user_id? (org_state_t *) zhashx_lookup (self->orgs, user_id): NULL;
-    if (!state || state->org->revoked || state->removed) {
+    if (!state || state->removed) {
         kim_server_reject (self, rid, rid_size, KIM_E_UNKNOWN_ORG, NULL, NULL,
                   "the connection's key belongs to no registered organisation");
         return;
     }
+    //  A second HELLO on a connection ends its session, whatever follows:
+    //  without a common version the connection is left with none.
+    session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
+    if (session)
+        s_session_destroy (self, session, "new HELLO");
     if (!s_has_version (cmd, KIM_PROTOCOL_VERSION)) {
         kim_server_reject (self, rid, rid_size, KIM_E_VERSION, NULL, "versions",
                   "this broker speaks protocol version %d only", KIM_PROTOCOL_VERSION);
         return;
     }
-    //  A second HELLO on a connection restarts its session.
-    session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
-    if (session)
-        s_session_destroy (self, session, "new HELLO");
+    //  At its limit an organisation's oldest session makes room (section 7.2).
+    if (state->session_count >= self->config->org_sessions)
+        s_end_oldest_session (self, state);
 
     session = (session_t *) calloc (1, sizeof (session_t));
     if (!session) {
@@ -229,10 +257,10 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     //  never see payloads.
     if (state->org->role != KIM_ROLE_AGENCY)
         session->window = 0;
-    session->last_seen_ms = session->refilled_ms = s_mono ();
-    session->tokens = (double) self->config->rate_burst;
+    session->last_seen_ms = session->started_ms = s_mono ();
     kim_str_copy (session->agent, sizeof session->agent, cmd->agent);
     zhashx_insert (self->sessions, key, session);
+    state->session_count++;
 
     if (session->window > 0) {
         if (state->receiver)
@@ -263,7 +291,7 @@ s_status (kim_server_t *self, session_t *session)
     reply->status.log_head = kim_store_head (self->store);
     reply->status.mailbox = kim_store_mailbox_count (self->store, state->org->id);
     reply->status.in_flight = state->flight_count;
-    reply->status.sessions = zhashx_size (self->sessions);
+    reply->status.sessions = state->session_count;
     reply->status.uptime_ms = s_mono () - self->started_ms;
     reply->status.store_bytes = kim_store_bytes (self->store);
     kim_server_send_cmd (self, session->rid, session->rid_size, reply);
@@ -379,23 +407,61 @@ s_recv_part (void *router, zmq_msg_t *msg)
     return zmq_msg_recv (msg, router, 0) != -1;
 }
 
-//  Token bucket per session: a flooding agent gets RATE_LIMITED answers
-//  while the others keep their share of the loop.
+//  What a command costs against the rate limit, in units of a PING: a
+//  command that writes and syncs on its own (outside the SEND batch), logs
+//  a line or reads more than one record costs more, so that a flood of dear
+//  commands is cut off as early as a flood of cheap ones. A frame that does
+//  not decode costs 1 (its REJECT is cheap). PROTOCOL.md section 7.3 lists
+//  these.
+static double
+s_cost (int rc, const kim_cmd_t *cmd)
+{
+    if (rc)
+        return 1;
+    switch (cmd->id) {
+        case KIM_CMD_HELLO:             return 5;      //  a session, a log line
+        case KIM_CMD_QUERY:                            //  an audit record, synced,
+            return 20 + cmd->window / 32;              //  and the records it grants
+        case KIM_CMD_REFERRAL_QUERY:    return 20;     //  reads referral records
+        case KIM_CMD_SUBSCRIBE:         return 20;     //  a synced write
+        case KIM_CMD_UNSUBSCRIBE:       return 20;
+        case KIM_CMD_RELOAD:            return 100;    //  reads the config file
+        case KIM_CMD_DIRECTORY:         return 5;      //  the whole registry
+        case KIM_CMD_STATUS:            return 2;
+        default:                        return 1;      //  SEND, ACK, PING, BYE, ...
+    }
+}
+
+//  Token bucket per organisation, shared by all its connections: a flooding
+//  organisation gets RATE_LIMITED answers while the others keep their share
+//  of the loop, however many sessions it opens.
 static bool
-s_rate_ok (kim_server_t *self, session_t *session)
+s_rate_ok (kim_server_t *self, org_state_t *state, double cost)
 {
     uint64_t now = s_mono ();
-    session->last_seen_ms = now;
-    if (now > session->refilled_ms) {
-        session->tokens += (double) (now - session->refilled_ms) * (double) self->config->rate_limit / 1000.0;
-        if (session->tokens > (double) self->config->rate_burst)
-            session->tokens = (double) self->config->rate_burst;
-        session->refilled_ms = now;
+    double burst = (double) self->config->rate_burst;
+    if (now > state->refilled_ms) {
+        state->tokens += (double) (now - state->refilled_ms) * (double) self->config->rate_limit / 1000.0;
+        if (state->tokens > burst)
+            state->tokens = burst;
+        state->refilled_ms = now;
     }
-    if (session->tokens < 1.0)
+    //  A burst smaller than a command's cost must not lock it out for good.
+    if (cost > burst)
+        cost = burst;
+    if (state->tokens < cost)
         return false;
-    session->tokens -= 1.0;
+    state->tokens -= cost;
     return true;
+}
+
+//  A new organisation state starts with a full bucket.
+static void
+s_org_state_init (kim_server_t *self, org_state_t *state, const kim_org_t *org)
+{
+    state->org = org;
+    state->tokens = (double) self->config->rate_burst;
+    state->refilled_ms = s_mono ();
 }
 
 //  A message older than the de-duplication window could be replayed
@@ -477,7 +543,7 @@ s_reload (kim_server_t *self, char *summary, size_t summary_size)
                 snprintf (summary, summary_size, "out of memory");
                 return -1;
             }
-            state->org = org;
+            s_org_state_init (self, state, org);
             zhashx_insert (self->orgs, org->id, state);
             added++;
             continue;
@@ -549,11 +615,74 @@ s_signal_ready (zloop_t *loop, zmq_pollitem_t *item, void *arg)
     return 0;
 }
 
+//  The id a client matches a command's REJECT by (section 7.1), or NULL.
+static const char *
+s_cmd_ref (const kim_cmd_t *cmd)
+{
+    switch (cmd->id) {
+        case KIM_CMD_SEND:              return cmd->msg.msg_id;
+        case KIM_CMD_QUERY:
+        case KIM_CMD_REFERRAL_QUERY:    return cmd->query_id [0]? cmd->query_id: NULL;
+        case KIM_CMD_SUBSCRIBE:
+        case KIM_CMD_UNSUBSCRIBE:       return cmd->sub_id [0]? cmd->sub_id: NULL;
+        default:                        return NULL;
+    }
+}
+
+//  Whether the organisation may store the subscription `sub_id`: one it
+//  has already is replaced, a new one must fit under subscriptions_per_org.
+//  Reads the organisation's own subscriptions only (org NUL name keys), at
+//  most the limit's worth. Fails open on a store error: the write that
+//  follows reports it.
+static bool
+s_subscription_fits (kim_server_t *self, const char *org, const char *sub_id)
+{
+    if (kim_store_begin (self->store))
+        return true;
+    MDB_txn *txn = kim_store_txn (self->store);
+    MDB_dbi dbi = kim_store_dbi (self->store, KIM_DB_SUB);
+    size_t org_size = strlen (org) + 1, id_size = strlen (sub_id);
+    char name [KIM_ORG_MAX + 1 + KIM_ID_MAX];
+    bool fits = org_size + id_size > sizeof name;       //  the decoder bounds both
+    if (!fits) {
+        memcpy (name, org, org_size);
+        memcpy (name + org_size, sub_id, id_size);
+        MDB_val key = { org_size + id_size, name }, value;
+        fits = mdb_get (txn, dbi, &key, &value) == 0;
+    }
+    MDB_cursor *cursor = NULL;
+    if (!fits && mdb_cursor_open (txn, dbi, &cursor) == 0) {
+        uint64_t count = 0;
+        MDB_val key = { org_size, (void *) org }, value;
+        int rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
+        while (rc == 0 && key.mv_size >= org_size && memcmp (key.mv_data, org, org_size) == 0
+        &&     count < self->config->org_subscriptions) {
+            count++;
+            rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT);
+        }
+        fits = count < self->config->org_subscriptions;
+        mdb_cursor_close (cursor);
+    }
+    else
+    if (!fits)
+        fits = true;                //  fail open: the write that follows reports it
+    kim_store_abort (self->store);
+    return fits;
+}
+
 //  Commands the core does not serve go to the modules, in order.
 static void
 s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
 {
     kim_peer_t peer = { session->org->org, session->rid, session->rid_size };
+    const char *ref = s_cmd_ref (cmd);
+    if (cmd->id == KIM_CMD_SUBSCRIBE && session->org->org->role == KIM_ROLE_AGENCY
+    &&  !s_subscription_fits (self, session->org->org->id, cmd->sub_id)) {
+        kim_server_reject (self, session->rid, session->rid_size, KIM_E_ORG_LIMIT, ref, NULL,
+                  "%s holds %" PRIu64 " subscriptions, its limit; unsubscribe one first",
+                  session->org->org->id, self->config->org_subscriptions);
+        return;
+    }
     unsigned direction = 0;
 #define KIM_X_DIR(name, wire, num, dir) if (cmd->id == KIM_CMD_##name) direction = dir;
     KIM_CMDS (KIM_X_DIR)
@@ -570,17 +699,47 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
                 continue;
             if (rc)
                 kim_server_reject (self, session->rid, session->rid_size, verdict.code? verdict.code: rc,
-                          NULL, verdict.path [0]? verdict.path: NULL, "%s",
+                          ref, verdict.path [0]? verdict.path: NULL, "%s",
                           verdict.text [0]? verdict.text: kim_strerror (rc));
             //  What the command wrote may be deliverable now.
             s_deliver_dirty (self);
             return;
         }
     }
-    kim_server_reject (self, session->rid, session->rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+    kim_server_reject (self, session->rid, session->rid_size, KIM_E_UNKNOWN_CMD, ref, "cmd",
               direction == KIM_CMD_TO_BROKER
               ? "%s is not served by this broker version"
               : "%s is sent by the broker, not to it", kim_cmd_name (cmd->id));
+}
+
+//  An ACK may name only deliveries of this session (section 8.7): a seq in
+//  flight on another session of the organisation is refused with BAD_ACK
+//  and dropped from the list, the rest still count. Returns whether any
+//  entry is left to commit.
+static bool
+s_ack_filter (kim_server_t *self, session_t *session, kim_cmd_t *cmd)
+{
+    org_state_t *state = session->org;
+    if (state->receiver == session || !state->receiver)
+        return cmd->ack_count > 0;
+    size_t kept = 0;
+    bool refused = false;
+    for (size_t i = 0; i < cmd->ack_count; i++) {
+        if (s_flight_find (state, cmd->acks [i]) < 0) {
+            cmd->acks [kept++] = cmd->acks [i];
+            continue;
+        }
+        if (!refused) {
+            char path [KIM_PATH_MAX + 1];
+            snprintf (path, sizeof path, "seqs[%zu]", i);
+            kim_server_reject (self, session->rid, session->rid_size, KIM_E_BAD_ACK, NULL, path,
+                      "seq %" PRIu64 " is in flight on another session of %s; that session "
+                      "acknowledges it", cmd->acks [i], state->org->id);
+            refused = true;
+        }
+    }
+    cmd->ack_count = kept;
+    return kept > 0;
 }
 
 //  Reads one [rid][frame 0][payload] message and handles or queues it.
@@ -645,14 +804,35 @@ s_read_one (kim_server_t *self)
     int rc = zmq_msg_size (&frame) > KIM_FRAME_MAX
         ? -KIM_E_TOO_LARGE
         : kim_cmd_decode (cmd, (const uint8_t *) zmq_msg_data (&frame), zmq_msg_size (&frame), &error);
+    //  A command that does not decode may still name itself (section 7.1).
+    char ref [KIM_ID_MAX + 1] = "";
+    if (rc && rc != -KIM_E_TOO_LARGE)
+        kim_cmd_ref ((const uint8_t *) zmq_msg_data (&frame), zmq_msg_size (&frame), ref);
     zmq_msg_close (&frame);
     bool queued = false;
 
     session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
-    const char *msg_id = rc == 0 && cmd->id == KIM_CMD_SEND? cmd->msg.msg_id: NULL;
+    const char *msg_id = rc == 0? s_cmd_ref (cmd): ref [0]? ref: NULL;
+    //  Every frame from a connection counts against its organisation's
+    //  budget, decoded or not, in a session or not: CURVE named the
+    //  organisation before the first frame.
+    org_state_t *payer = session? session->org
+                       : user_id? (org_state_t *) zhashx_lookup (self->orgs, user_id): NULL;
+    if (session)
+        session->last_seen_ms = s_mono ();
+    if (payer && !s_rate_ok (self, payer, s_cost (rc, cmd)))
+        kim_server_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, msg_id, NULL,
+                  "%s sends more than %" PRIu64 " command units/s over all its connections; "
+                  "slow down", payer->org->id, self->config->rate_limit);
+    else
     if (rc)
-        kim_server_reject (self, rid, rid_size, rc, NULL, error.path [0]? error.path: NULL,
+        kim_server_reject (self, rid, rid_size, rc, msg_id, error.path [0]? error.path: NULL,
                   "%s%s%s", kim_strerror (rc), error.path [0]? " at ": "", error.path);
+    else
+    if (payer && payer->org->revoked)
+        //  ZAP admits revoked keys only so that they hear this.
+        kim_server_reject (self, rid, rid_size, KIM_E_REVOKED, msg_id, NULL,
+                  "the key of %s is revoked", payer->org->id);
     else
     if (frames > (cmd->id == KIM_CMD_SEND? 2: 1))
         kim_server_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, msg_id, NULL,
@@ -672,11 +852,6 @@ s_read_one (kim_server_t *self)
         //  loudly if it ever does rather than act for the wrong org.
         kim_server_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, msg_id, NULL,
                   "connection identity changed");
-    else
-    if (!s_rate_ok (self, session))
-        kim_server_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, msg_id, NULL,
-                  "more than %" PRIu64 " commands/s from this session; slow down",
-                  self->config->rate_limit);
     else {
         switch (cmd->id) {
             case KIM_CMD_SEND:
@@ -702,7 +877,12 @@ s_read_one (kim_server_t *self)
                     queued = true;
                 break;
             case KIM_CMD_ACK:
-                queued = true;
+                if (session->org->org->role != KIM_ROLE_AGENCY)
+                    kim_server_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                              "role %s receives no deliveries and acknowledges none",
+                              kim_role_name (session->org->org->role));
+                else
+                    queued = s_ack_filter (self, session, cmd);
                 break;
             case KIM_CMD_PING: {
                 kim_cmd_t *reply = &self->reply;
@@ -723,8 +903,18 @@ s_read_one (kim_server_t *self)
                 else
                     s_reload_command (self, rid, rid_size, session->org->org->id);
                 break;
-            default:
+            default: {
+                //  A module's command is charged what it really took too:
+                //  a lookup whose cost grows with the store must not pass
+                //  for a cheap one (section 7.3). The debt may take the
+                //  bucket below zero; the organisation then waits.
+                int64_t started = zclock_usecs ();
                 s_module_command (self, session, cmd);
+                double took = (double) (zclock_usecs () - started) / KIM_US_PER_UNIT;
+                double paid = s_cost (0, cmd);
+                if (took > paid)
+                    session->org->tokens -= took - paid;
+            }
         }
     }
     if (queued) {
@@ -745,9 +935,14 @@ s_router_ready (zloop_t *loop, zsock_t *reader, void *arg)
 {
     kim_server_t *self = (kim_server_t *) arg;
     //  Read what is waiting, up to a batch, then commit it as one.
+    //  A turn is bounded in time too: what was read is committed and
+    //  answered within about KIM_TURN_MS, however much a flood leaves
+    //  waiting, so that every agent's command waits one short turn at most.
     size_t read = 0;
     bool more = true;
+    uint64_t started = s_mono ();
     while (self->item_count < self->config->batch_max && read < 4 * self->config->batch_max
+    &&     (read % 64 || s_mono () - started < KIM_TURN_MS)
     &&     (more = s_read_one (self)))
         read++;
     if (!more)
@@ -761,7 +956,7 @@ static int
 s_zap_ready (zloop_t *loop, zsock_t *reader, void *arg)
 {
     kim_server_t *self = (kim_server_t *) arg;
-    kim_zap_handle (self->zap, self->config);
+    kim_zap_handle (self->zap, self->config, &self->zap_log, s_mono ());
     return 0;
 }
 
@@ -822,6 +1017,7 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
     if (ticking && kim_batch_run (self, kim_batch_apply_ticks) && self->failed)
         return -1;
     s_deliver_dirty (self);
+    kim_zap_log_flush (&self->zap_log, now);
     if (now - self->last_stats_ms >= KIM_STATS_MS) {
         if (self->receipted || self->delivered)
             zsys_info ("server: %" PRIu64 " receipted, %" PRIu64 " duplicates, %" PRIu64
@@ -842,11 +1038,19 @@ static int
 s_bind (kim_server_t *self, char *error, size_t error_size)
 {
     void *router = zsock_resolve (self->router);
-    int64_t max_size = (int64_t) self->config->max_payload + KIM_FRAME_MAX;
+    //  libzmq drops a connection whose frame exceeds ZMQ_MAXMSGSIZE without
+    //  a word. The broker enforces the frame and payload limits itself and
+    //  answers TOO_LARGE (section 5); the socket's cap sits at the
+    //  protocol's ceiling, above any limit the broker may be configured to.
+    int64_t max_size = (int64_t) KIM_PAYLOAD_MAX + KIM_FRAME_MAX;
     int hwm = 0;                        //  windows bound what we queue
+    //  What a connection may have waiting unread: beyond it libzmq stops
+    //  reading that connection (TCP pushes back on the sender), so a client
+    //  sending faster than the broker serves queues at home, not here.
+    int rcvhwm = KIM_RCVHWM;
     zmq_setsockopt (router, ZMQ_MAXMSGSIZE, &max_size, sizeof max_size);
     zmq_setsockopt (router, ZMQ_SNDHWM, &hwm, sizeof hwm);
-    zmq_setsockopt (router, ZMQ_RCVHWM, &hwm, sizeof hwm);
+    zmq_setsockopt (router, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
     int heartbeat = (int) self->config->heartbeat_ms;
     int heartbeat_timeout = 3 * heartbeat;
     zmq_setsockopt (router, ZMQ_HEARTBEAT_IVL, &heartbeat, sizeof heartbeat);
@@ -944,7 +1148,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
             kim_server_destroy (&self);
             return NULL;
         }
-        state->org = &config->orgs [i];
+        s_org_state_init (self, state, &config->orgs [i]);
         zhashx_insert (self->orgs, state->org->id, state);
         //  Mail that waited while the broker was down goes out on HELLO.
     }

@@ -10,6 +10,7 @@
 #include "kim_hook.h"
 #include "kim_server.h"
 #include "kim_store.h"
+#include "kim_zap.h"
 
 #define KIM_RID_MAX         256     //  ROUTER routing ids are 5 bytes unless a peer sets one
 #define KIM_DEDUP_EXPIRE_MS 10000   //  how often old msg_ids are forgotten
@@ -35,6 +36,11 @@ struct _org_state_t {
     bool touched;                   //  the open batch added to its mailbox
     org_state_t *next_touched;
     bool removed;                   //  dropped from the registry by a reload
+    size_t session_count;           //  its sessions now (STATUS, sessions_per_org)
+    //  Rate limit: one token bucket for all of the organisation's
+    //  connections, so that more sessions buy no more of the broker.
+    double tokens;                  //  command units it may still spend now
+    uint64_t refilled_ms;
 };
 
 struct _session_t {
@@ -45,8 +51,7 @@ struct _session_t {
     uint32_t window;
     uint64_t last_seen_ms;
     char agent [KIM_AGENT_MAX + 1];
-    double tokens;                  //  rate limit: commands it may still send now
-    uint64_t refilled_ms;
+    uint64_t started_ms;            //  its HELLO: the oldest goes first at the limit
 };
 
 //  A SEND or ACK waiting for the batch's commit.
@@ -83,6 +88,7 @@ struct _kim_server_t {
     size_t item_count;
     org_state_t *dirty;             //  orgs whose mailbox or window changed
     org_state_t *touched;           //  orgs the open batch wrote mail for
+    kim_zap_log_t zap_log;          //  refused connections not yet logged
     kim_hook_t hooks [KIM_HOOKS_MAX];
     size_t hook_count;
     kim_ctx_t ctx;

@@ -26,8 +26,36 @@ s_reply (zsock_t *zap, const char *request_id, const char *status, const char *t
     zmsg_send (&reply, zap);
 }
 
+void
+kim_zap_log_flush (kim_zap_log_t *log, uint64_t now_ms)
+{
+    if (log->pending && now_ms - log->logged_ms >= KIM_ZAP_LOG_MS) {
+        zsys_warning ("zap: refused %" PRIu64 " more connections in the last %" PRIu64
+                      " s (latest from %s: %s)", log->pending,
+                      (now_ms - log->logged_ms) / 1000, log->last_address, log->last_why);
+        log->pending = 0;
+        log->logged_ms = now_ms;
+    }
+}
+
+//  One line at most per KIM_ZAP_LOG_MS; the rest are counted.
+static void
+s_refused (kim_zap_log_t *log, uint64_t now_ms, const char *address, const char *why)
+{
+    snprintf (log->last_address, sizeof log->last_address, "%s", address? address: "?");
+    snprintf (log->last_why, sizeof log->last_why, "%s", why);
+    if (log->logged_ms && now_ms - log->logged_ms < KIM_ZAP_LOG_MS) {
+        log->pending++;
+        return;
+    }
+    kim_zap_log_flush (log, now_ms);
+    zsys_warning ("zap: refused connection from %s: %s (further refusals are summarised "
+                  "once a minute)", log->last_address, why);
+    log->logged_ms = now_ms? now_ms: 1;
+}
+
 int
-kim_zap_handle (zsock_t *zap, const kim_config_t *config)
+kim_zap_handle (zsock_t *zap, const kim_config_t *config, kim_zap_log_t *log, uint64_t now_ms)
 {
     zmsg_t *request = zmsg_recv (zap);
     if (!request)
@@ -49,22 +77,25 @@ kim_zap_handle (zsock_t *zap, const kim_config_t *config)
     }
     else
     if (!streq (mechanism, "CURVE") || !credentials || zframe_size (credentials) != 32) {
-        zsys_warning ("zap: refused %s connection from %s: only CURVE is accepted",
-                      mechanism, address? address: "?");
+        s_refused (log, now_ms, address, "only CURVE is accepted");
         s_reply (zap, request_id, "400", "CURVE required", "");
     }
     else {
         char key [41];
         zmq_z85_encode (key, zframe_data (credentials), 32);
         const kim_org_t *org = kim_config_org_by_key (config, key);
+        //  A revoked key is admitted so that its client hears why it is
+        //  refused (REJECT REVOKED to every command) instead of timing out.
+        if (!org)
+            org = kim_config_org_by_revoked_key (config, key);
         if (org) {
             s_reply (zap, request_id, "200", "OK", org->id);
             if (config->verbose)
-                zsys_debug ("zap: %s admitted as %s", address, org->id);
+                zsys_debug ("zap: %s admitted as %s%s", address, org->id,
+                            org->revoked? " (revoked)": "");
         }
         else {
-            zsys_warning ("zap: refused connection from %s: key %s is not registered or revoked",
-                          address? address: "?", key);
+            s_refused (log, now_ms, address, "key not registered");
             s_reply (zap, request_id, "400", "key not registered", "");
         }
     }

@@ -64,6 +64,7 @@ typedef struct {
     kim_log_checkpoint_t pending_checkpoint;
     //  Open queries
     s_query_t *queries [KIM_AUDIT_QUERIES_MAX];
+    uint64_t queries_per_org;       //  broker/queries_per_org, as at start
     //  Scratch for AUDIT_READ and RECORDs
     kim_buf_t buf;
     kim_cmd_t out;
@@ -400,6 +401,18 @@ s_command (void *state, kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t 
         s_pump (self, ctx, index);
         return 0;
     }
+    //  One auditor must not hold every slot: each organisation has its share.
+    uint64_t own = 0;
+    for (index = 0; index < KIM_AUDIT_QUERIES_MAX; index++)
+        if (self->queries [index] && streq (self->queries [index]->reader, peer->org->id))
+            own++;
+    if (own >= self->queries_per_org) {
+        char text [KIM_TEXT_MAX + 1];
+        snprintf (text, sizeof text, "%s has %" PRIu64 " open queries, its limit "
+                  "(queries_per_org); finish one first", peer->org->id, own);
+        s_reject (ctx, peer, cmd->query_id, KIM_E_ORG_LIMIT, NULL, text);
+        return 0;
+    }
     for (index = 0; index < KIM_AUDIT_QUERIES_MAX && self->queries [index]; index++)
         ;
     if (index == KIM_AUDIT_QUERIES_MAX) {
@@ -583,6 +596,7 @@ kim_audit_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_
         return -KIM_E_NOMEM;
     }
     self->checkpoint_records = records;
+    self->queries_per_org = env->config->org_queries;
     self->checkpoint_ms = seconds * 1000;
     kim_buf_init (&self->buf);
     rc = kim_audit_signing_key (env->keys_dir, self->secret_key, error, error_size);

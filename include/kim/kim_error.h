@@ -55,6 +55,7 @@ extern "C" {
     X(STORE_FAILED,     302, "store failed and refuses writes until restarted")        \
     X(INTERNAL,         303, "internal broker error")                                  \
     X(BUSY,             304, "broker is shutting down or overloaded")                  \
+    X(ORG_LIMIT,        305, "the organisation has reached one of its limits")         \
     /* 4xx: referral life cycle and cases */                                           \
     X(BAD_STATE,        400, "not allowed in the referral's current state")            \
     X(NOT_PARTY,        401, "sender takes no part in this referral or case")          \

@@ -296,6 +296,15 @@ typedef struct {
     char path [KIM_PATH_MAX + 1];               //  e.g. "hdr.categories[2]"
 } kim_decode_error_t;
 
+//  The id a command names itself by, read from a frame that may not decode:
+//  a SEND's hdr.msg_id, a QUERY's or REFERRAL_QUERY's query_id, a
+//  SUBSCRIBE's or UNSUBSCRIBE's sub_id, so that a REJECT of an invalid
+//  command can still carry it (section 7.1). Bounds-checked like the
+//  decoder. Returns true and copies the id into `ref` (KIM_ID_MAX + 1 bytes)
+//  if the frame has one in a valid id format; false and "" otherwise.
+bool
+    kim_cmd_ref (const uint8_t *data, size_t size, char ref [KIM_ID_MAX + 1]);
+
 //  A growable byte buffer for encoders; reuse it to avoid allocations.
 typedef struct {
     uint8_t *data;

@@ -42,6 +42,11 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
     kim_cmd_t *back = cmd + 1, *tmp = cmd + 2;
     kim_decode_error_t err;
     int rc = kim_cmd_decode (cmd, data, size, &err);
+    //  The id the broker's REJECT carries: bounded, and always a valid id.
+    char ref [KIM_ID_MAX + 1];
+    if (kim_cmd_ref (data, size, ref) != (ref [0] != 0)
+    ||  (ref [0] && !kim_id_valid (ref)))
+        abort ();
     if (rc) {
         //  Failures carry a wire code and a terminated path.
         if (rc != -err.code || err.code < 100 || err.code >= 900
