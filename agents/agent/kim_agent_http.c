@@ -18,6 +18,7 @@
 #include <arpa/inet.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <signal.h>
 
 #include <czmq.h>
 #include <microhttpd.h>
@@ -36,6 +37,11 @@ struct _kim_agent_http_t {
     uint16_t port;
     char *tls_cert;
     char *tls_key;
+    //  Fault injection for the tests (KIM_AGENT_CRASH_AFTER_ACCEPTS=N):
+    //  kill ourselves after the N-th message is committed to the outbox,
+    //  before the local system gets its answer.
+    long crash_after;
+    atomic_long accepts;
 };
 
 //  One request in progress.
@@ -254,6 +260,8 @@ s_accept (s_call_t *call, json_t *root)
                     kim_strerror (rc));
         return s_store_error (call->connection, rc);
     }
+    if (rc == 0 && self->crash_after && atomic_fetch_add (&self->accepts, 1) + 1 == self->crash_after)
+        raise (SIGKILL);
     if (rc == 0) {
         kim_agent_wake (self->shared);
         if (self->config->verbose)
@@ -732,6 +740,8 @@ kim_agent_http_new (const kim_agent_config_t *config, kim_agent_store_t *store,
     self->config = config;
     self->store = store;
     self->shared = shared;
+    const char *crash = getenv ("KIM_AGENT_CRASH_AFTER_ACCEPTS");
+    self->crash_after = crash? atol (crash): 0;
     struct sockaddr_in v4 = { .sin_family = AF_INET, .sin_port = htons (config->port) };
     struct sockaddr_in6 v6 = { .sin6_family = AF_INET6, .sin6_port = htons (config->port) };
     bool ipv6 = inet_pton (AF_INET, config->bind, &v4.sin_addr) != 1;

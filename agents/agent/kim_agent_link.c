@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
+#include <signal.h>
 #include <unistd.h>
 
 #include <czmq.h>
@@ -49,6 +50,11 @@ typedef struct {
     int backoff_ms;
     int64_t next_scan;
     bool must_stop;
+    //  Fault injection for the tests (KIM_AGENT_CRASH_AFTER_DELIVERIES=N):
+    //  kill ourselves after the N-th commit that holds deliveries, before
+    //  acking them: the worst moment for a crash on the receiving side.
+    long crash_after;
+    long delivery_commits;
 } s_link_t;
 
 void
@@ -264,6 +270,8 @@ s_handle_batch (s_link_t *self, kim_event_t *event)
         zhashx_purge (self->inflight);
         return commit_rc;
     }
+    if (ack_count && self->crash_after && ++self->delivery_commits == self->crash_after)
+        raise (SIGKILL);
     for (size_t i = 0; i < ack_count; i++)
         kim_client_ack (self->client, acks [i]);
     return rc == -KIM_E_TIMEOUT || rc == 0? 0: rc;
@@ -281,6 +289,8 @@ kim_agent_link_run (const kim_agent_config_t *config, kim_agent_store_t *store,
     self.inflight = zhashx_new ();
     self.held = zhashx_new ();
     self.backoff_ms = S_BACKOFF_MIN_MS;
+    const char *crash = getenv ("KIM_AGENT_CRASH_AFTER_DELIVERIES");
+    self.crash_after = crash? atol (crash): 0;
     if (!self.inflight || !self.held) {
         zhashx_destroy (&self.inflight);
         zhashx_destroy (&self.held);
