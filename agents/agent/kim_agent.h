@@ -60,6 +60,12 @@ typedef struct {
     char tls_cert [PATH_MAX];           //  http/tls_cert (PEM)
     char tls_key [PATH_MAX];            //  http/tls_key (PEM, mode 0600)
     size_t map_size;                    //  store/map_size_mb, in bytes
+    char webhook_url [1024];            //  webhook/url ("" : no webhook)
+    char webhook_secret_path [PATH_MAX];//  webhook/secret_file
+    uint32_t webhook_attempts;          //  webhook/max_attempts
+    uint64_t webhook_backoff_ms;        //  webhook/backoff_ms
+    uint64_t webhook_backoff_max_ms;    //  webhook/backoff_max_ms
+    int webhook_timeout_ms;             //  webhook/timeout_ms
 
     //  Loaded from the files named above.
     char public_key [41];
@@ -68,6 +74,8 @@ typedef struct {
     char sign_secret [41];
     kim_agent_token_t tokens [KIM_AGENT_TOKENS_MAX];
     size_t token_count;
+    uint8_t webhook_secret [256];       //  the HMAC key
+    size_t webhook_secret_size;
 } kim_agent_config_t;
 
 //  Reads and validates the ZPL file and the key, token and TLS files it
@@ -156,6 +164,27 @@ json_t *
 json_t *
     kim_agent_store_referral (kim_agent_store_t *self, const char *referral_id);
 
+//  Webhook queue. With push on, every fresh delivery is queued for the
+//  webhook in the commit that writes it into the inbox.
+void
+    kim_agent_store_set_push (kim_agent_store_t *self, bool push);
+//  Seqs due for a push attempt (next_at <= now), as a JSON array.
+json_t *
+    kim_agent_store_push_due (kim_agent_store_t *self, uint64_t now, size_t max);
+//  Records an attempt: error NULL for success (the entry goes), else the
+//  next attempt waits backoff_ms doubled per attempt (at most
+//  backoff_max_ms), and after max_attempts the delivery becomes a dead
+//  letter (*dead set).
+int
+    kim_agent_store_push_result (kim_agent_store_t *self, uint64_t seq, const char *error,
+                                 uint32_t max_attempts, uint64_t backoff_ms,
+                                 uint64_t backoff_max_ms, bool *dead);
+//  Dead letters, and putting one back into the queue (*letter: its record).
+json_t *
+    kim_agent_store_dead_list (kim_agent_store_t *self);
+int
+    kim_agent_store_dead_retry (kim_agent_store_t *self, uint64_t seq, json_t **letter);
+
 //  Counts for the status route.
 void
     kim_agent_store_counts (kim_agent_store_t *self, size_t *queued, size_t *inbox,
@@ -196,6 +225,22 @@ void
 int
     kim_agent_link_run (const kim_agent_config_t *config, kim_agent_store_t *store,
                         kim_agent_shared_t *shared, int wake_read_fd);
+
+//  --------------------------------------------------------------------------
+//  The webhook (kim_agent_webhook.c): a thread of its own that POSTs each
+//  queued delivery to webhook/url, signed, and retries with backoff.
+
+typedef struct _kim_agent_webhook_t kim_agent_webhook_t;
+
+kim_agent_webhook_t *
+    kim_agent_webhook_new (const kim_agent_config_t *config, kim_agent_store_t *store);
+void
+    kim_agent_webhook_destroy (kim_agent_webhook_t **self_p);
+//  The signature header value for id, timestamp and body: "v1,<base64>".
+void
+    kim_agent_webhook_sign (const uint8_t *key, size_t key_size, const char *id,
+                            const char *timestamp, const char *body, size_t body_size,
+                            char out [64]);
 
 //  --------------------------------------------------------------------------
 //  The HTTP API (kim_agent_http.c)

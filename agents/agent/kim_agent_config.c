@@ -44,6 +44,8 @@ static const char *s_known [] = {
     "http/bind", "http/port", "http/port_file", "http/tokens", "http/max_body", "http/tls_cert",
     "http/tls_key",
     "store/map_size_mb",
+    "webhook/url", "webhook/secret_file", "webhook/max_attempts", "webhook/backoff_ms",
+    "webhook/backoff_max_ms", "webhook/timeout_ms",
     NULL
 };
 
@@ -70,8 +72,8 @@ s_check_known (zconfig_t *root, char *error, size_t error_size)
             &&  s_known [i][strlen (name)] == '/')
                 section_known = true;
         if (!section_known)
-            return s_error (error, error_size, "%s: unknown section (agent, broker, http, store)",
-                            name);
+            return s_error (error, error_size, "%s: unknown section (agent, broker, http, "
+                            "store, webhook)", name);
     }
     return 0;
 }
@@ -307,6 +309,29 @@ kim_agent_config_load (kim_agent_config_t *self, const char *path, char *error, 
     if (rc == 0)
         rc = s_number (root, "store/map_size_mb", 1, 1048576, 256, &number, error, error_size);
     self->map_size = (size_t) number * 1024 * 1024;
+    if (rc == 0)
+        rc = s_string (root, "webhook/url", self->webhook_url, sizeof self->webhook_url, "",
+                       error, error_size);
+    if (rc == 0 && self->webhook_url [0] && strncmp (self->webhook_url, "http://", 7) != 0
+    &&  strncmp (self->webhook_url, "https://", 8) != 0)
+        rc = s_error (error, error_size, "webhook/url: '%s' is not an http:// or https:// URL",
+                      self->webhook_url);
+    if (rc == 0)
+        rc = s_string (root, "webhook/secret_file", self->webhook_secret_path,
+                       sizeof self->webhook_secret_path, "", error, error_size);
+    if (rc == 0)
+        rc = s_number (root, "webhook/max_attempts", 1, 1000, 10, &number, error, error_size);
+    self->webhook_attempts = (uint32_t) number;
+    if (rc == 0)
+        rc = s_number (root, "webhook/backoff_ms", 100, 3600000, 1000, &number, error, error_size);
+    self->webhook_backoff_ms = number;
+    if (rc == 0)
+        rc = s_number (root, "webhook/backoff_max_ms", 100, 86400000, 300000, &number,
+                       error, error_size);
+    self->webhook_backoff_max_ms = number;
+    if (rc == 0)
+        rc = s_number (root, "webhook/timeout_ms", 100, 600000, 10000, &number, error, error_size);
+    self->webhook_timeout_ms = (int) number;
 
     //  The broker's key: inline or in a certificate file, not both.
     char key_text [64] = "";
@@ -363,6 +388,30 @@ kim_agent_config_load (kim_agent_config_t *self, const char *path, char *error, 
         sodium_memzero (key, strlen (key));
         free (key);
     }
+    if (self->webhook_url [0]) {
+        if (!self->webhook_secret_path [0])
+            return s_error (error, error_size, "webhook/secret_file: required with webhook/url "
+                            "(the HMAC-SHA256 key the receiver checks signatures with)");
+        char *secret = s_read_private ("webhook/secret_file", self->webhook_secret_path, 4096,
+                                       error, error_size);
+        if (!secret)
+            return -KIM_E_CONFIG;
+        size_t length = strlen (secret);
+        while (length && (secret [length - 1] == '\n' || secret [length - 1] == '\r'
+                      ||  secret [length - 1] == ' '))
+            length--;
+        if (length < 16 || length > sizeof self->webhook_secret)
+            rc = s_error (error, error_size, "webhook/secret_file: the secret has 16 to %zu "
+                          "bytes (e.g. openssl rand -hex 32)", sizeof self->webhook_secret);
+        else {
+            memcpy (self->webhook_secret, secret, length);
+            self->webhook_secret_size = length;
+        }
+        sodium_memzero (secret, strlen (secret));
+        free (secret);
+        if (rc)
+            return rc;
+    }
     return s_load_tokens (self, error, error_size);
 }
 
@@ -372,4 +421,5 @@ kim_agent_config_clear (kim_agent_config_t *self)
     sodium_memzero (self->secret_key, sizeof self->secret_key);
     sodium_memzero (self->sign_secret, sizeof self->sign_secret);
     sodium_memzero (self->tokens, sizeof self->tokens);
+    sodium_memzero (self->webhook_secret, sizeof self->webhook_secret);
 }

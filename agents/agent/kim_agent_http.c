@@ -534,6 +534,30 @@ s_post_answer (s_call_t *call)
     return result;
 }
 
+static enum MHD_Result
+s_get_dead (s_call_t *call)
+{
+    return s_reply (call->connection, MHD_HTTP_OK,
+                    json_pack ("{s:o}", "items", kim_agent_store_dead_list (call->self->store)));
+}
+
+static enum MHD_Result
+s_post_retry (s_call_t *call)
+{
+    uint64_t seq;
+    if (!s_param_seq (call, &seq))
+        return s_error (call->connection, MHD_HTTP_BAD_REQUEST, KIM_E_BAD_VALUE,
+                        "seq must be a positive decimal number", "seq");
+    json_t *letter = NULL;
+    int rc = kim_agent_store_dead_retry (call->self->store, seq, &letter);
+    if (rc == -KIM_E_NOT_FOUND)
+        return s_error (call->connection, MHD_HTTP_NOT_FOUND, KIM_E_NOT_FOUND,
+                        "no dead letter with this seq", "seq");
+    if (rc)
+        return s_store_error (call->connection, rc);
+    return s_reply (call->connection, MHD_HTTP_OK, letter);
+}
+
 static const s_route_t s_routes [] = {
     { "GET",  "/v1/status",                          s_get_status,      false },
     { "POST", "/v1/messages",                        s_post_message,    true },
@@ -544,6 +568,8 @@ static const s_route_t s_routes [] = {
     { "GET",  "/v1/referrals",                       s_get_referrals,   false },
     { "GET",  "/v1/referrals/{referral_id}",         s_get_referral,    false },
     { "POST", "/v1/referrals/{referral_id}/answer",  s_post_answer,     true },
+    { "GET",  "/v1/webhook/dead",                    s_get_dead,        false },
+    { "POST", "/v1/webhook/dead/{seq}/retry",        s_post_retry,      false },
 };
 #define S_ROUTES (sizeof s_routes / sizeof s_routes [0])
 

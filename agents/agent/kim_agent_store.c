@@ -15,6 +15,9 @@
       inbox_payload   seq; the payload, opened
       referrals       referral_id; the view's record (JSON)
       meta            "queue_next"; the next accept counter
+      push            seq; a delivery the webhook has still to push (JSON:
+                      attempts, next_at, last_error), written with the delivery
+      dead            seq; a delivery the webhook gave up on (JSON)
 
     Records are JSON because every reader hands them out as JSON anyway;
     keys starting with '_' are the agent's own and are removed on the way out.
@@ -29,15 +32,17 @@
 #include "kim_agent.h"
 
 enum { S_OUTBOX, S_OUTBOX_PAYLOAD, S_QUEUE, S_INBOX, S_INBOX_PAYLOAD, S_REFERRALS, S_META,
-       S_DBS };
+       S_PUSH, S_DEAD, S_DBS };
 static const char *s_db_names [S_DBS] = {
-    "outbox", "outbox_payload", "queue", "inbox", "inbox_payload", "referrals", "meta"
+    "outbox", "outbox_payload", "queue", "inbox", "inbox_payload", "referrals", "meta",
+    "push", "dead"
 };
 
 struct _kim_agent_store_t {
     MDB_env *env;
     MDB_dbi dbi [S_DBS];
     char org [KIM_ORG_MAX + 1];
+    bool push;                          //  new deliveries go to the webhook too
 };
 
 struct _kim_agent_txn_t {
@@ -501,6 +506,12 @@ kim_agent_store_deliver (kim_agent_txn_t *txn, const kim_event_t *event, bool *f
     }
     if (rc == 0)
         rc = s_view_apply (self, txn->txn, msg, false);
+    if (rc == 0 && self->push) {
+        json_t *push = json_pack ("{s:i, s:I, s:s}", "attempts", 0, "next_at", (json_int_t) 0,
+                                  "last_error", "");
+        rc = push? s_put_json (self, txn->txn, S_PUSH, &key, push): -KIM_E_NOMEM;
+        json_decref (push);
+    }
     if (rc)
         txn->failed = rc;
     else
@@ -716,4 +727,153 @@ kim_agent_store_counts (kim_agent_store_t *self, size_t *queued, size_t *inbox,
         mdb_cursor_close (cursor);
     }
     mdb_txn_abort (txn);
+}
+
+//  --------------------------------------------------------------------------
+//  Webhook queue and dead letters
+
+void
+kim_agent_store_set_push (kim_agent_store_t *self, bool push)
+{
+    self->push = push;
+}
+
+json_t *
+kim_agent_store_push_due (kim_agent_store_t *self, uint64_t now, size_t max)
+{
+    json_t *due = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!due || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return due;
+    if (mdb_cursor_open (txn, self->dbi [S_PUSH], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (json_array_size (due) < max && mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+            if (record && (uint64_t) json_integer_value (json_object_get (record, "next_at")) <= now)
+                json_array_append_new (due, json_integer ((json_int_t) s_u64_key (&key)));
+            json_decref (record);
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return due;
+}
+
+int
+kim_agent_store_push_result (kim_agent_store_t *self, uint64_t seq, const char *error,
+                             uint32_t max_attempts, uint64_t backoff_ms, uint64_t backoff_max_ms,
+                             bool *dead)
+{
+    *dead = false;
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
+        return -KIM_E_IO;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, seq);
+    MDB_val key = { 8, seq_key };
+    json_t *record = s_get_json (self, txn, S_PUSH, &key);
+    int rc = record? 0: -KIM_E_NOT_FOUND;
+    if (rc == 0 && !error) {
+        int mrc = mdb_del (txn, self->dbi [S_PUSH], &key, NULL);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    else
+    if (rc == 0) {
+        uint32_t attempts = (uint32_t) json_integer_value (json_object_get (record, "attempts")) + 1;
+        if (attempts >= max_attempts) {
+            json_t *inbox = s_get_json (self, txn, S_INBOX, &key);
+            json_t *letter = json_pack ("{s:I, s:s, s:s, s:i, s:s, s:I}", "seq", (json_int_t) seq,
+                                        "msg_id", inbox? json_string_value (json_object_get (inbox, "msg_id")): "",
+                                        "type", inbox? json_string_value (json_object_get (inbox, "type")): "",
+                                        "attempts", (int) attempts, "last_error", error,
+                                        "dead_at", (json_int_t) s_now ());
+            json_decref (inbox);
+            rc = letter? s_put_json (self, txn, S_DEAD, &key, letter): -KIM_E_NOMEM;
+            json_decref (letter);
+            if (rc == 0) {
+                int mrc = mdb_del (txn, self->dbi [S_PUSH], &key, NULL);
+                rc = mrc? s_mdb_code (mrc): 0;
+            }
+            *dead = true;
+        }
+        else {
+            uint64_t wait = backoff_ms;
+            for (uint32_t i = 1; i < attempts && wait < backoff_max_ms; i++)
+                wait *= 2;
+            if (wait > backoff_max_ms)
+                wait = backoff_max_ms;
+            json_object_set_new (record, "attempts", json_integer (attempts));
+            json_object_set_new (record, "next_at", json_integer ((json_int_t) (s_now () + wait)));
+            json_object_set_new (record, "last_error", json_string (error));
+            rc = s_put_json (self, txn, S_PUSH, &key, record);
+        }
+    }
+    json_decref (record);
+    if (rc == 0) {
+        int mrc = mdb_txn_commit (txn);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    else
+        mdb_txn_abort (txn);
+    return rc;
+}
+
+json_t *
+kim_agent_store_dead_list (kim_agent_store_t *self)
+{
+    json_t *items = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return items;
+    if (mdb_cursor_open (txn, self->dbi [S_DEAD], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (json_array_size (items) < 10000 && mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+            if (record)
+                json_array_append_new (items, record);
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return items;
+}
+
+int
+kim_agent_store_dead_retry (kim_agent_store_t *self, uint64_t seq, json_t **out)
+{
+    *out = NULL;
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
+        return -KIM_E_IO;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, seq);
+    MDB_val key = { 8, seq_key };
+    json_t *letter = s_get_json (self, txn, S_DEAD, &key);
+    int rc = letter? 0: -KIM_E_NOT_FOUND;
+    json_t *push = rc == 0? json_pack ("{s:i, s:I, s:s}", "attempts", 0,
+                                       "next_at", (json_int_t) 0, "last_error", ""): NULL;
+    if (rc == 0)
+        rc = push? s_put_json (self, txn, S_PUSH, &key, push): -KIM_E_NOMEM;
+    if (rc == 0) {
+        int mrc = mdb_del (txn, self->dbi [S_DEAD], &key, NULL);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    json_decref (push);
+    if (rc == 0) {
+        int mrc = mdb_txn_commit (txn);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    else
+        mdb_txn_abort (txn);
+    if (rc == 0)
+        *out = letter;
+    else
+        json_decref (letter);
+    return rc;
 }

@@ -10,6 +10,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <curl/curl.h>
 #include <czmq.h>
 
 #include "kim_agent.h"
@@ -123,9 +124,22 @@ main (int argc, char *argv [])
         kim_agent_config_clear (&config);
         return 1;
     }
+    curl_global_init (CURL_GLOBAL_DEFAULT);
+    kim_agent_webhook_t *webhook = NULL;
+    if (config.webhook_url [0]) {
+        kim_agent_store_set_push (store, true);
+        webhook = kim_agent_webhook_new (&config, store);
+        if (!webhook) {
+            fprintf (stderr, "kim-agent: cannot start the webhook thread\n");
+            kim_agent_store_destroy (&store);
+            kim_agent_config_clear (&config);
+            return 1;
+        }
+    }
     int pipe_fds [2];
     if (pipe2 (pipe_fds, O_NONBLOCK | O_CLOEXEC) != 0) {
         fprintf (stderr, "kim-agent: cannot make a pipe\n");
+        kim_agent_webhook_destroy (&webhook);
         kim_agent_store_destroy (&store);
         return 1;
     }
@@ -139,6 +153,7 @@ main (int argc, char *argv [])
         fprintf (stderr, "kim-agent: %s\n", error);
         close (pipe_fds [0]);
         close (pipe_fds [1]);
+        kim_agent_webhook_destroy (&webhook);
         kim_agent_store_destroy (&store);
         kim_agent_config_clear (&config);
         return 1;
@@ -147,16 +162,19 @@ main (int argc, char *argv [])
     if (config.port_file [0] && s_write_port_file (config.port_file, port) != 0)
         zsys_warning ("kim-agent %s: cannot write http/port_file %s", config.org,
                       config.port_file);
-    zsys_info ("kim-agent %s: HTTP API on %s port %u%s; broker %s", config.org, config.bind,
-               (unsigned) port, config.tls_cert [0]? " (TLS)": "", config.endpoint);
+    zsys_info ("kim-agent %s: HTTP API on %s port %u%s; broker %s%s", config.org, config.bind,
+               (unsigned) port, config.tls_cert [0]? " (TLS)": "", config.endpoint,
+               webhook? "; webhook on": "");
 
     int rc = kim_agent_link_run (&config, store, &shared, pipe_fds [0]);
 
     kim_agent_http_destroy (&http);
+    kim_agent_webhook_destroy (&webhook);
     close (pipe_fds [0]);
     close (pipe_fds [1]);
     kim_agent_store_destroy (&store);
     kim_agent_config_clear (&config);
+    curl_global_cleanup ();
     zsys_info ("kim-agent %s: stopped", config.org);
     return rc;
 }

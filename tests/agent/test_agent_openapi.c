@@ -11,6 +11,7 @@
 */
 #include <czmq.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include "kim_agenttest.h"
 
@@ -267,7 +268,19 @@ main (void)
     KIM_CHECK (kim_testbroker_start (broker) == 0);
     kim_agenttest_t a, b;
     KIM_CHECK (kim_agenttest_init (&a, broker, "kim.a", NULL) == 0);
-    KIM_CHECK (kim_agenttest_init (&b, broker, "jc.b", NULL) == 0);
+    //  B pushes to a webhook nobody listens on, and gives up at once:
+    //  its deliveries become dead letters
+    char secret [200], extra [512];
+    snprintf (secret, sizeof secret, "%s/webhook-b.secret", kim_testbroker_dir (broker));
+    FILE *file = fopen (secret, "w");
+    KIM_CHECK (file);
+    fputs ("0123456789abcdef0123456789abcdef\n", file);
+    fclose (file);
+    KIM_CHECK (chmod (secret, 0600) == 0);
+    snprintf (extra, sizeof extra, "webhook\n    url = \"http://127.0.0.1:%d/hook\"\n"
+              "    secret_file = \"%s\"\n    max_attempts = 1\n    timeout_ms = 1000\n",
+              kim_testbroker_free_port (), secret);
+    KIM_CHECK (kim_agenttest_init (&b, broker, "jc.b", extra) == 0);
     KIM_CHECK (kim_agenttest_start (&a, true) == 0);
     KIM_CHECK (kim_agenttest_start (&b, true) == 0);
 
@@ -355,6 +368,27 @@ main (void)
     json_decref (s_poll (&a, "/v1/referrals/r-o1", r, "state", "ACCEPTED"));
     json_decref (s_call (&a, "GET", "/v1/referrals?state=ACCEPTED", "/v1/referrals", NULL, T,
                          200));
+
+    //  webhook dead letters
+    const char *d = "/v1/webhook/dead", *dr = "/v1/webhook/dead/{seq}/retry";
+    json_decref (s_call (&a, "GET", d, d, NULL, T, 200));
+    json_decref (s_call (&b, "GET", d, d, NULL, NULL, 401));
+    bool dead = false;
+    for (int attempt = 0; attempt < 600 && !dead; attempt++) {
+        json_t *letters = s_call (&b, "GET", d, d, NULL, T, 200);
+        dead = json_array_size (json_object_get (letters, "items")) > 0
+            && json_integer_value (json_object_get (json_array_get (
+                   json_object_get (letters, "items"), 0), "seq")) == seq;
+        json_decref (letters);
+        if (!dead)
+            zclock_sleep (50);
+    }
+    KIM_CHECK (dead);
+    snprintf (path, sizeof path, "/v1/webhook/dead/%lld/retry", (long long) seq);
+    json_decref (s_call (&b, "POST", path, dr, NULL, T, 200));
+    json_decref (s_call (&b, "POST", path, dr, NULL, NULL, 401));
+    json_decref (s_call (&b, "POST", "/v1/webhook/dead/x/retry", dr, NULL, T, 400));
+    json_decref (s_call (&a, "POST", "/v1/webhook/dead/999999/retry", dr, NULL, T, 404));
 
     s_check_coverage ();
     free (big);
