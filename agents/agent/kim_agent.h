@@ -66,6 +66,9 @@ typedef struct {
     uint64_t webhook_backoff_ms;        //  webhook/backoff_ms
     uint64_t webhook_backoff_max_ms;    //  webhook/backoff_max_ms
     int webhook_timeout_ms;             //  webhook/timeout_ms
+    char folder_outbox [PATH_MAX];      //  folder/outbox: files to send ("" : none)
+    char folder_inbox [PATH_MAX];       //  folder/inbox: deliveries as files ("" : none)
+    int folder_poll_ms;                 //  folder/poll_ms
 
     //  Loaded from the files named above.
     char public_key [41];
@@ -185,6 +188,19 @@ json_t *
 int
     kim_agent_store_dead_retry (kim_agent_store_t *self, uint64_t seq, json_t **letter);
 
+//  Inbox folder queue: with drop on, every fresh delivery is queued for the
+//  folder bridge in the commit that writes it into the inbox.
+void
+    kim_agent_store_set_drop (kim_agent_store_t *self, bool drop);
+json_t *
+    kim_agent_store_drop_due (kim_agent_store_t *self, size_t max);
+int
+    kim_agent_store_drop_done (kim_agent_store_t *self, uint64_t seq);
+//  A delivery's opened payload (malloc'ed; NULL when empty).
+int
+    kim_agent_store_inbox_payload (kim_agent_store_t *self, uint64_t seq, uint8_t **data,
+                                   size_t *size);
+
 //  Counts for the status route.
 void
     kim_agent_store_counts (kim_agent_store_t *self, size_t *queued, size_t *inbox,
@@ -241,6 +257,27 @@ void
     kim_agent_webhook_sign (const uint8_t *key, size_t key_size, const char *id,
                             const char *timestamp, const char *body, size_t body_size,
                             char out [64]);
+
+//  --------------------------------------------------------------------------
+//  The folder bridge (kim_agent_folder.c): a thread that sends the files
+//  dropped into folder/outbox and writes deliveries into folder/inbox.
+
+typedef struct _kim_agent_folder_t kim_agent_folder_t;
+
+kim_agent_folder_t *
+    kim_agent_folder_new (const kim_agent_config_t *config, kim_agent_store_t *store,
+                          kim_agent_shared_t *shared, char *error, size_t error_size);
+void
+    kim_agent_folder_destroy (kim_agent_folder_t **self_p);
+
+//  Checks, completes and commits a message to the outbox, as POST
+//  /v1/messages does (kim_agent_http.c). Returns 0 (new), 1 (a repeat),
+//  or -code with `why` and `path`; *record is the outbox record.
+int
+    kim_agent_accept_message (const kim_agent_config_t *config, kim_agent_store_t *store,
+                              kim_msg_t *msg, const uint8_t *payload, size_t size,
+                              json_t **record, char *why, size_t why_size,
+                              char *path, size_t path_size);
 
 //  --------------------------------------------------------------------------
 //  The HTTP API (kim_agent_http.c)

@@ -46,6 +46,7 @@ static const char *s_known [] = {
     "store/map_size_mb",
     "webhook/url", "webhook/secret_file", "webhook/max_attempts", "webhook/backoff_ms",
     "webhook/backoff_max_ms", "webhook/timeout_ms",
+    "folder/outbox", "folder/inbox", "folder/poll_ms",
     NULL
 };
 
@@ -73,7 +74,7 @@ s_check_known (zconfig_t *root, char *error, size_t error_size)
                 section_known = true;
         if (!section_known)
             return s_error (error, error_size, "%s: unknown section (agent, broker, http, "
-                            "store, webhook)", name);
+                            "store, webhook, folder)", name);
     }
     return 0;
 }
@@ -332,6 +333,15 @@ kim_agent_config_load (kim_agent_config_t *self, const char *path, char *error, 
     if (rc == 0)
         rc = s_number (root, "webhook/timeout_ms", 100, 600000, 10000, &number, error, error_size);
     self->webhook_timeout_ms = (int) number;
+    if (rc == 0)
+        rc = s_string (root, "folder/outbox", self->folder_outbox, sizeof self->folder_outbox,
+                       "", error, error_size);
+    if (rc == 0)
+        rc = s_string (root, "folder/inbox", self->folder_inbox, sizeof self->folder_inbox, "",
+                       error, error_size);
+    if (rc == 0)
+        rc = s_number (root, "folder/poll_ms", 50, 60000, 500, &number, error, error_size);
+    self->folder_poll_ms = (int) number;
 
     //  The broker's key: inline or in a certificate file, not both.
     char key_text [64] = "";
@@ -388,6 +398,20 @@ kim_agent_config_load (kim_agent_config_t *self, const char *path, char *error, 
         sodium_memzero (key, strlen (key));
         free (key);
     }
+    const char *folders [2] = { self->folder_outbox, self->folder_inbox };
+    const char *folder_keys [2] = { "folder/outbox", "folder/inbox" };
+    for (int i = 0; i < 2; i++) {
+        struct stat st;
+        if (folders [i][0] && (stat (folders [i], &st) != 0 || !S_ISDIR (st.st_mode)))
+            return s_error (error, error_size, "%s: %s is not a folder", folder_keys [i],
+                            folders [i]);
+        if (folders [i][0] && access (folders [i], R_OK | W_OK | X_OK) != 0)
+            return s_error (error, error_size, "%s: cannot read and write %s", folder_keys [i],
+                            folders [i]);
+    }
+    if (self->folder_outbox [0] && self->folder_inbox [0]
+    &&  streq (self->folder_outbox, self->folder_inbox))
+        return s_error (error, error_size, "folder/inbox: must differ from folder/outbox");
     if (self->webhook_url [0]) {
         if (!self->webhook_secret_path [0])
             return s_error (error, error_size, "webhook/secret_file: required with webhook/url "

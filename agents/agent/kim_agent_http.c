@@ -204,6 +204,59 @@ kim_agent_json_message (json_t *root, kim_msg_t *msg, uint8_t **payload, size_t 
     return rc;
 }
 
+int
+kim_agent_accept_message (const kim_agent_config_t *config, kim_agent_store_t *store,
+                          kim_msg_t *msg, const uint8_t *payload, size_t size, json_t **record,
+                          char *why, size_t why_size, char *path, size_t path_size)
+{
+    *record = NULL;
+    path [0] = 0;
+    if (msg->type == KIM_TYPE_NONE || !(kim_type_flags (msg->type) & KIM_MSG_FROM_AGENCY)) {
+        snprintf (why, why_size, "type must be a message type an agency sends (REFERRAL, "
+                  "ACCEPT, ...)");
+        snprintf (path, path_size, "type");
+        return -KIM_E_UNKNOWN_TYPE;
+    }
+    if (msg->sender [0] && !streq (msg->sender, config->org)) {
+        snprintf (why, why_size, "sender must be this agent's organisation (or absent)");
+        snprintf (path, path_size, "sender");
+        return -KIM_E_SENDER_MISMATCH;
+    }
+    if (msg->type == KIM_TYPE_OUTCOME && size > 0) {
+        snprintf (why, why_size, "an OUTCOME carries no payload (never counselling content)");
+        snprintf (path, path_size, "payload");
+        return -KIM_E_BAD_VALUE;
+    }
+    if (!msg->msg_id [0]) {
+        uint8_t random [16];
+        randombytes_buf (random, sizeof random);
+        sodium_bin2hex (msg->msg_id, sizeof msg->msg_id, random, sizeof random);
+    }
+    kim_decode_error_t derr = { 0, "" };
+    int rc = kim_msg_validate (msg, &derr);
+    if (rc) {
+        snprintf (why, why_size, "%s%s%s", kim_strerror (rc), derr.path [0]? " at ": "",
+                  derr.path);
+        snprintf (path, path_size, "%s", derr.path);
+        return rc;
+    }
+    rc = kim_agent_store_accept (store, msg, payload, size, record);
+    if (rc == -KIM_E_BAD_VALUE) {
+        snprintf (why, why_size, "msg_id %s was used for a different message", msg->msg_id);
+        snprintf (path, path_size, "msg_id");
+        return -KIM_E_REFERRAL_EXISTS;  //  mapped back to BAD_VALUE by the callers
+    }
+    if (rc < 0) {
+        zsys_error ("kim-agent %s: cannot store %s: %s", config->org, msg->msg_id,
+                    kim_strerror (rc));
+        snprintf (why, why_size, "%s", kim_strerror (rc));
+        return rc;
+    }
+    if (rc == 0 && config->verbose)
+        zsys_debug ("kim-agent %s: accepted %s", config->org, msg->msg_id);
+    return rc;
+}
+
 //  Checks a parsed message as the outbox needs it, accepts it, answers.
 static enum MHD_Result
 s_accept (s_call_t *call, json_t *root)
@@ -219,54 +272,20 @@ s_accept (s_call_t *call, json_t *root)
         return s_error (call->connection, rc == -KIM_E_TOO_LARGE? MHD_HTTP_CONTENT_TOO_LARGE
                                                                 : MHD_HTTP_BAD_REQUEST,
                         rc, why, path);
-    if (msg.type == KIM_TYPE_NONE || !(kim_type_flags (msg.type) & KIM_MSG_FROM_AGENCY)) {
-        free (payload);
-        return s_error (call->connection, MHD_HTTP_BAD_REQUEST, KIM_E_UNKNOWN_TYPE,
-                        "type must be a message type an agency sends (REFERRAL, ACCEPT, ...)",
-                        "type");
-    }
-    if (msg.sender [0] && !streq (msg.sender, self->config->org)) {
-        free (payload);
-        return s_error (call->connection, MHD_HTTP_BAD_REQUEST, KIM_E_SENDER_MISMATCH,
-                        "sender must be this agent's organisation (or absent)", "sender");
-    }
-    if (msg.type == KIM_TYPE_OUTCOME && size > 0) {
-        free (payload);
-        return s_error (call->connection, MHD_HTTP_BAD_REQUEST, KIM_E_BAD_VALUE,
-                        "an OUTCOME carries no payload (never counselling content)", "payload");
-    }
-    if (!msg.msg_id [0]) {
-        uint8_t random [16];
-        randombytes_buf (random, sizeof random);
-        sodium_bin2hex (msg.msg_id, sizeof msg.msg_id, random, sizeof random);
-    }
-    kim_decode_error_t derr = { 0, "" };
-    rc = kim_msg_validate (&msg, &derr);
-    if (rc) {
-        free (payload);
-        snprintf (why, sizeof why, "%s%s%s", kim_strerror (rc), derr.path [0]? " at ": "",
-                  derr.path);
-        return s_error (call->connection, MHD_HTTP_BAD_REQUEST, rc, why, derr.path);
-    }
     json_t *record = NULL;
-    rc = kim_agent_store_accept (self->store, &msg, payload, size, &record);
+    rc = kim_agent_accept_message (self->config, self->store, &msg, payload, size, &record,
+                                   why, sizeof why, path, sizeof path);
     free (payload);
-    if (rc == -KIM_E_BAD_VALUE) {
-        snprintf (why, sizeof why, "msg_id %s was used for a different message", msg.msg_id);
-        return s_error (call->connection, MHD_HTTP_CONFLICT, rc, why, "msg_id");
-    }
-    if (rc < 0) {
-        zsys_error ("kim-agent %s: cannot store %s: %s", self->config->org, msg.msg_id,
-                    kim_strerror (rc));
+    if (rc == -KIM_E_REFERRAL_EXISTS)
+        return s_error (call->connection, MHD_HTTP_CONFLICT, KIM_E_BAD_VALUE, why, path);
+    if (rc == -KIM_E_STORE_FULL || rc == -KIM_E_IO || rc == -KIM_E_NOMEM)
         return s_store_error (call->connection, rc);
-    }
+    if (rc < 0)
+        return s_error (call->connection, MHD_HTTP_BAD_REQUEST, rc, why, path);
     if (rc == 0 && self->crash_after && atomic_fetch_add (&self->accepts, 1) + 1 == self->crash_after)
         raise (SIGKILL);
-    if (rc == 0) {
+    if (rc == 0)
         kim_agent_wake (self->shared);
-        if (self->config->verbose)
-            zsys_debug ("kim-agent %s: accepted %s", self->config->org, msg.msg_id);
-    }
     return s_reply (call->connection, rc == 0? MHD_HTTP_ACCEPTED: MHD_HTTP_OK, record);
 }
 

@@ -18,6 +18,7 @@
       push            seq; a delivery the webhook has still to push (JSON:
                       attempts, next_at, last_error), written with the delivery
       dead            seq; a delivery the webhook gave up on (JSON)
+      drop            seq; a delivery still to be written into the inbox folder
 
     Records are JSON because every reader hands them out as JSON anyway;
     keys starting with '_' are the agent's own and are removed on the way out.
@@ -32,10 +33,10 @@
 #include "kim_agent.h"
 
 enum { S_OUTBOX, S_OUTBOX_PAYLOAD, S_QUEUE, S_INBOX, S_INBOX_PAYLOAD, S_REFERRALS, S_META,
-       S_PUSH, S_DEAD, S_DBS };
+       S_PUSH, S_DEAD, S_DROP, S_DBS };
 static const char *s_db_names [S_DBS] = {
     "outbox", "outbox_payload", "queue", "inbox", "inbox_payload", "referrals", "meta",
-    "push", "dead"
+    "push", "dead", "drop"
 };
 
 struct _kim_agent_store_t {
@@ -43,6 +44,7 @@ struct _kim_agent_store_t {
     MDB_dbi dbi [S_DBS];
     char org [KIM_ORG_MAX + 1];
     bool push;                          //  new deliveries go to the webhook too
+    bool drop;                          //  ... and to the inbox folder
 };
 
 struct _kim_agent_txn_t {
@@ -512,6 +514,11 @@ kim_agent_store_deliver (kim_agent_txn_t *txn, const kim_event_t *event, bool *f
         rc = push? s_put_json (self, txn->txn, S_PUSH, &key, push): -KIM_E_NOMEM;
         json_decref (push);
     }
+    if (rc == 0 && self->drop) {
+        MDB_val empty = { 0, (void *) "" };
+        int mrc = mdb_put (txn->txn, self->dbi [S_DROP], &key, &empty, 0);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
     if (rc)
         txn->failed = rc;
     else
@@ -875,5 +882,79 @@ kim_agent_store_dead_retry (kim_agent_store_t *self, uint64_t seq, json_t **out)
         *out = letter;
     else
         json_decref (letter);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  Inbox folder queue
+
+void
+kim_agent_store_set_drop (kim_agent_store_t *self, bool drop)
+{
+    self->drop = drop;
+}
+
+json_t *
+kim_agent_store_drop_due (kim_agent_store_t *self, size_t max)
+{
+    json_t *due = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!due || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return due;
+    if (mdb_cursor_open (txn, self->dbi [S_DROP], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (json_array_size (due) < max && mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            json_array_append_new (due, json_integer ((json_int_t) s_u64_key (&key)));
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return due;
+}
+
+int
+kim_agent_store_drop_done (kim_agent_store_t *self, uint64_t seq)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
+        return -KIM_E_IO;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, seq);
+    MDB_val key = { 8, seq_key };
+    int rc = mdb_del (txn, self->dbi [S_DROP], &key, NULL);
+    if (rc == 0 || rc == MDB_NOTFOUND) {
+        rc = mdb_txn_commit (txn);
+        return rc? s_mdb_code (rc): 0;
+    }
+    mdb_txn_abort (txn);
+    return s_mdb_code (rc);
+}
+
+int
+kim_agent_store_inbox_payload (kim_agent_store_t *self, uint64_t seq, uint8_t **data,
+                               size_t *size)
+{
+    *data = NULL;
+    *size = 0;
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return -KIM_E_IO;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, seq);
+    MDB_val key = { 8, seq_key }, value;
+    int rc = 0;
+    if (mdb_get (txn, self->dbi [S_INBOX_PAYLOAD], &key, &value) == 0 && value.mv_size) {
+        *data = (uint8_t *) malloc (value.mv_size);
+        if (*data) {
+            memcpy (*data, value.mv_data, value.mv_size);
+            *size = value.mv_size;
+        }
+        else
+            rc = -KIM_E_NOMEM;
+    }
+    mdb_txn_abort (txn);
     return rc;
 }

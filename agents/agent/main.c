@@ -148,9 +148,17 @@ main (int argc, char *argv [])
     atomic_init (&shared.reconnects, 0);
     shared.wake_fd = pipe_fds [1];
 
-    kim_agent_http_t *http = kim_agent_http_new (&config, store, &shared, error, sizeof error);
+    kim_agent_folder_t *folder = NULL;
+    if (config.folder_outbox [0] || config.folder_inbox [0]) {
+        kim_agent_store_set_drop (store, config.folder_inbox [0] != 0);
+        folder = kim_agent_folder_new (&config, store, &shared, error, sizeof error);
+    }
+    kim_agent_http_t *http = folder || !(config.folder_outbox [0] || config.folder_inbox [0])
+                           ? kim_agent_http_new (&config, store, &shared, error, sizeof error)
+                           : NULL;
     if (!http) {
         fprintf (stderr, "kim-agent: %s\n", error);
+        kim_agent_folder_destroy (&folder);
         close (pipe_fds [0]);
         close (pipe_fds [1]);
         kim_agent_webhook_destroy (&webhook);
@@ -165,10 +173,15 @@ main (int argc, char *argv [])
     zsys_info ("kim-agent %s: HTTP API on %s port %u%s; broker %s%s", config.org, config.bind,
                (unsigned) port, config.tls_cert [0]? " (TLS)": "", config.endpoint,
                webhook? "; webhook on": "");
+    if (folder)
+        zsys_info ("kim-agent %s: folder bridge: outbox %s, inbox %s", config.org,
+                   config.folder_outbox [0]? config.folder_outbox: "(none)",
+                   config.folder_inbox [0]? config.folder_inbox: "(none)");
 
     int rc = kim_agent_link_run (&config, store, &shared, pipe_fds [0]);
 
     kim_agent_http_destroy (&http);
+    kim_agent_folder_destroy (&folder);
     kim_agent_webhook_destroy (&webhook);
     close (pipe_fds [0]);
     close (pipe_fds [1]);
