@@ -25,6 +25,7 @@ typedef struct {
     pid_t pid;
     int port;
     const char *env;            //  "NAME=VALUE" for the next start only, or NULL
+    bool no_wait;               //  start returns at once (an API the harness cannot speak)
 } kim_agenttest_t;
 
 //  Writes the folder, key, tokens and config for `org` of the test broker.
