@@ -150,6 +150,11 @@ int
 void
     kim_agent_store_abort (kim_agent_txn_t **txn_p);
 
+//  Records the outcome of a delivery's sender-signature check: "valid",
+//  "invalid" or "unknown_key" (written "none" or "unchecked" at delivery).
+int
+    kim_agent_store_inbox_signature (kim_agent_store_t *self, uint64_t seq, const char *value);
+
 //  Inbox reads. `handled`: -1 all, 0 unhandled, 1 handled.
 json_t *
     kim_agent_store_inbox_list (kim_agent_store_t *self, uint64_t after, size_t limit,

@@ -10,7 +10,11 @@
     - DELIVER goes into the inbox, payload opened by the library, and is
       acked only after the commit that holds it returned (synced). A crash
       before the ack means a redelivery with the same seq, which the inbox
-      recognises; so each delivery reaches the inbox once.
+      recognises; so each delivery reaches the inbox once. A delivery that
+      carries its sender's signature (PROTOCOL.md 13.4) is checked after
+      the ack against the sign_key the broker's directory lists, and its
+      inbox record says "valid", "invalid" or "unknown_key" (the library
+      does not check signatures of deliveries, so the agent does).
 
     Events are handled in batches of whatever is queued, one commit each:
     group commit, so a burst costs one sync, not one per message.
@@ -28,6 +32,7 @@
 #include <unistd.h>
 
 #include <czmq.h>
+#include <sodium.h>
 
 #include "kim_agent.h"
 
@@ -46,6 +51,7 @@ typedef struct {
     kim_client_t *client;
     zhashx_t *inflight;                 //  msg_id: handed to the current client
     zhashx_t *held;                     //  msg_id -> retry time (ms, as a pointer-sized int)
+    zhashx_t *sign_keys;                //  org -> its Ed25519 key, Z85 ("" : none)
     int64_t next_connect;
     int backoff_ms;
     int64_t next_scan;
@@ -136,6 +142,7 @@ s_connect (s_link_t *self)
         return;
     }
     self->backoff_ms = S_BACKOFF_MIN_MS;
+    zhashx_purge (self->sign_keys);     //  keys may have rotated meanwhile
     atomic_store (&self->shared->connected, true);
     atomic_fetch_add (&self->shared->reconnects, 1);
     zsys_info ("kim-agent %s: session open with %s", config->org, config->endpoint);
@@ -205,6 +212,45 @@ s_send_queued (s_link_t *self)
     json_decref (ids);
 }
 
+//  Checks a delivered header's signature: "valid", "invalid", "unknown_key",
+//  or NULL when the sender's key cannot be looked up now.
+static const char *
+s_check_signature (s_link_t *self, const kim_msg_t *msg)
+{
+    const char *key = (const char *) zhashx_lookup (self->sign_keys, msg->sender);
+    if (!key) {
+        const kim_dir_entry_t *entries = NULL;
+        size_t count = 0;
+        if (kim_client_directory (self->client, msg->sender, &entries, &count,
+                                  self->config->timeout_ms) != 0)
+            return NULL;
+        zhashx_update (self->sign_keys, msg->sender,
+                       strdup (count == 1? entries [0].sign_key: ""));
+        key = (const char *) zhashx_lookup (self->sign_keys, msg->sender);
+    }
+    uint8_t public_key [32];
+    if (!key || strlen (key) != 40 || !zmq_z85_decode (public_key, key))
+        return "unknown_key";
+    //  The sender signed the header as the log keeps it, without sig and
+    //  without the broker's rule, followed by the payload's hash
+    kim_msg_t copy = *msg;
+    copy.has_sig = false;
+    copy.rule [0] = 0;
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    uint8_t signed_bytes [2 * KIM_HASH_SIZE];
+    bool valid = kim_msg_encode (&copy, &buf) == 0;
+    if (valid) {
+        crypto_generichash (signed_bytes, KIM_HASH_SIZE, buf.data, buf.size, NULL, 0);
+        memcpy (signed_bytes + KIM_HASH_SIZE, msg->payload_hash, KIM_HASH_SIZE);
+        valid = msg->has_payload_hash
+             && crypto_sign_verify_detached (msg->sig, signed_bytes, sizeof signed_bytes,
+                                             public_key) == 0;
+    }
+    kim_buf_free (&buf);
+    return valid? "valid": "invalid";
+}
+
 //  Handles `first` and whatever else is queued, in one commit; then acks.
 static int
 s_handle_batch (s_link_t *self, kim_event_t *event)
@@ -212,6 +258,9 @@ s_handle_batch (s_link_t *self, kim_event_t *event)
     const char *org = self->config->org;
     uint64_t acks [S_BATCH_MAX];
     size_t ack_count = 0;
+    kim_msg_t *signed_msgs [S_BATCH_MAX];
+    uint64_t signed_seqs [S_BATCH_MAX];
+    size_t signed_count = 0;
     kim_agent_txn_t *txn = kim_agent_store_begin (self->store);
     if (!txn) {
         zsys_error ("kim-agent %s: cannot begin a store transaction", org);
@@ -249,6 +298,11 @@ s_handle_batch (s_link_t *self, kim_event_t *event)
             bool fresh = false;
             if (kim_agent_store_deliver (txn, event, &fresh) == 0) {
                 acks [ack_count++] = event->seq;
+                if (fresh && event->msg.has_sig
+                &&  (signed_msgs [signed_count] = (kim_msg_t *) malloc (sizeof (kim_msg_t)))) {
+                    *signed_msgs [signed_count] = event->msg;
+                    signed_seqs [signed_count++] = event->seq;
+                }
                 if (self->config->verbose)
                     zsys_debug ("kim-agent %s: seq %" PRIu64 " (%s from %s) %s", org,
                                 event->seq, event->msg.msg_id, event->msg.sender,
@@ -268,12 +322,25 @@ s_handle_batch (s_link_t *self, kim_event_t *event)
         //  outbox messages are sent again (and de-duplicated)
         zsys_error ("kim-agent %s: store commit failed: %s", org, kim_strerror (commit_rc));
         zhashx_purge (self->inflight);
+        for (size_t i = 0; i < signed_count; i++)
+            free (signed_msgs [i]);
         return commit_rc;
     }
     if (ack_count && self->crash_after && ++self->delivery_commits == self->crash_after)
         raise (SIGKILL);
     for (size_t i = 0; i < ack_count; i++)
         kim_client_ack (self->client, acks [i]);
+    for (size_t i = 0; i < signed_count; i++) {
+        const char *result = rc == 0 || rc == -KIM_E_TIMEOUT
+                           ? s_check_signature (self, signed_msgs [i]): NULL;
+        if (result && kim_agent_store_inbox_signature (self->store, signed_seqs [i], result) != 0)
+            zsys_error ("kim-agent %s: cannot record the signature check of %s", org,
+                        signed_msgs [i]->msg_id);
+        if (result && !streq (result, "valid"))
+            zsys_warning ("kim-agent %s: signature of %s from %s: %s", org,
+                          signed_msgs [i]->msg_id, signed_msgs [i]->sender, result);
+        free (signed_msgs [i]);
+    }
     return rc == -KIM_E_TIMEOUT || rc == 0? 0: rc;
 }
 
@@ -288,12 +355,16 @@ kim_agent_link_run (const kim_agent_config_t *config, kim_agent_store_t *store,
     self.wake_fd = wake_read_fd;
     self.inflight = zhashx_new ();
     self.held = zhashx_new ();
+    self.sign_keys = zhashx_new ();
+    if (self.sign_keys)
+        zhashx_set_destructor (self.sign_keys, (zhashx_destructor_fn *) zstr_free);
     self.backoff_ms = S_BACKOFF_MIN_MS;
     const char *crash = getenv ("KIM_AGENT_CRASH_AFTER_DELIVERIES");
     self.crash_after = crash? atol (crash): 0;
-    if (!self.inflight || !self.held) {
+    if (!self.inflight || !self.held || !self.sign_keys) {
         zhashx_destroy (&self.inflight);
         zhashx_destroy (&self.held);
+        zhashx_destroy (&self.sign_keys);
         return 1;
     }
     while (!zsys_interrupted && !self.must_stop) {
@@ -332,5 +403,6 @@ kim_agent_link_run (const kim_agent_config_t *config, kim_agent_store_t *store,
     atomic_store (&shared->connected, false);
     zhashx_destroy (&self.inflight);
     zhashx_destroy (&self.held);
+    zhashx_destroy (&self.sign_keys);
     return self.must_stop? 1: 0;
 }

@@ -489,7 +489,7 @@ kim_agent_store_deliver (kim_agent_txn_t *txn, const kim_event_t *event, bool *f
     if (mdb_get (txn->txn, self->dbi [S_INBOX], &key, &value) == 0)
         return 0;                       //  a redelivery of what we have
     const kim_msg_t *msg = &event->msg;
-    json_t *record = json_pack ("{s:I, s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:b, s:I, s:b, s:o}",
+    json_t *record = json_pack ("{s:I, s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:b, s:I, s:b, s:s, s:o}",
                                 "seq", (json_int_t) event->seq, "msg_id", msg->msg_id,
                                 "type", kim_type_name (msg->type)? kim_type_name (msg->type): "",
                                 "sender", msg->sender, "recipient", msg->recipient,
@@ -497,6 +497,7 @@ kim_agent_store_deliver (kim_agent_txn_t *txn, const kim_event_t *event, bool *f
                                 "received_at", (json_int_t) s_now (), "handled", 0,
                                 "payload_size", (json_int_t) event->payload_size,
                                 "sealed_error", event->sealed_error,
+                                "signature", msg->has_sig? "unchecked": "none",
                                 "header", s_header_json (msg));
     int rc = record? s_put_json (self, txn->txn, S_INBOX, &key, record): -KIM_E_NOMEM;
     json_decref (record);
@@ -956,5 +957,30 @@ kim_agent_store_inbox_payload (kim_agent_store_t *self, uint64_t seq, uint8_t **
             rc = -KIM_E_NOMEM;
     }
     mdb_txn_abort (txn);
+    return rc;
+}
+
+int
+kim_agent_store_inbox_signature (kim_agent_store_t *self, uint64_t seq, const char *value)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
+        return -KIM_E_IO;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, seq);
+    MDB_val key = { 8, seq_key };
+    json_t *record = s_get_json (self, txn, S_INBOX, &key);
+    int rc = record? 0: -KIM_E_NOT_FOUND;
+    if (rc == 0) {
+        json_object_set_new (record, "signature", json_string (value));
+        rc = s_put_json (self, txn, S_INBOX, &key, record);
+    }
+    json_decref (record);
+    if (rc == 0) {
+        int mrc = mdb_txn_commit (txn);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    else
+        mdb_txn_abort (txn);
     return rc;
 }

@@ -46,15 +46,28 @@ kim_agenttest_init (kim_agenttest_t *self, kim_testbroker_t *broker, const char 
         return -1;
     }
     zcert_destroy (&cert);
+    //  An org made as "id:role+sign" signs what it sends
+    char sign_line [256] = "";
+    const char *sign_secret = kim_testbroker_sign_secret (broker, org);
+    if (sign_secret) {
+        char sign_path [200], sign_text [256];
+        snprintf (sign_path, sizeof sign_path, "%s/org.sign_secret", self->dir);
+        snprintf (sign_text, sizeof sign_text, "sign\n    public-key = \"%s\"\n"
+                  "    secret-key = \"%s\"\n", kim_testbroker_sign_public (broker, org),
+                  sign_secret);
+        if (s_write (sign_path, sign_text, 0600))
+            return -1;
+        snprintf (sign_line, sizeof sign_line, "    sign_key = \"%s\"\n", sign_path);
+    }
     snprintf (tokens_path, sizeof tokens_path, "%s/tokens", self->dir);
     if (s_write (tokens_path, "# test tokens\ncase_system " KIM_AGENTTEST_TOKEN "\n", 0600))
         return -1;
     snprintf (text, sizeof text,
-              "agent\n    org = %s\n    data = \"%s/store\"\n    cert = \"%s\"\n"
+              "agent\n    org = %s\n    data = \"%s/store\"\n    cert = \"%s\"\n%s"
               "broker\n    endpoint = \"%s\"\n    key = \"%s\"\n    timeout_ms = 2000\n"
               "http\n    bind = 127.0.0.1\n    port = 0\n    port_file = \"%s\"\n"
               "    tokens = \"%s\"\n    max_body = 65536\n%s",
-              org, self->dir, cert_path, client.endpoint, client.broker_key, self->port_file,
+              org, self->dir, cert_path, sign_line, client.endpoint, client.broker_key, self->port_file,
               tokens_path, extra? extra: "");
     return s_write (self->config, text, 0600);
 }

@@ -48,7 +48,8 @@ s_wait_inbox (kim_agenttest_t *agent, size_t count)
 int
 main (void)
 {
-    const char *orgs [] = { "kim.a", "jc.b", NULL };
+    //  A signs what it sends; B does not
+    const char *orgs [] = { "kim.a:agency+sign", "jc.b", NULL };
     kim_testbroker_t *broker = kim_testbroker_new (orgs, NULL);
     KIM_CHECK (broker);
     KIM_CHECK (kim_testbroker_start (broker) == 0);
@@ -109,6 +110,11 @@ main (void)
     KIM_CHECK (streq (json_string_value (json_object_get (json, "payload")), "Bitte um Termin"));
     KIM_CHECK (json_is_false (json_object_get (json, "sealed_error")));
     json_decref (json);
+    //  A's signature is checked against the directory's key (after the
+    //  ack, so the record may say "unchecked" for a moment)
+    json = s_wait_for (&b, path, "signature", "valid");
+    KIM_CHECK (json);
+    json_decref (json);
     snprintf (path, sizeof path, "/v1/inbox/%lld/handled", (long long) seq);
     KIM_CHECK (kim_agenttest_call (&b, "POST", path, NULL, &json) == 200);
     KIM_CHECK (json_is_true (json_object_get (json, "handled")));
@@ -152,6 +158,18 @@ main (void)
     json = s_wait_for (&a, "/v1/referrals/r-1", "state", "ACCEPTED");
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json, "role")), "sender"));
+    json_decref (json);
+    //  B's ACCEPT in A's inbox: B does not sign
+    KIM_CHECK (kim_agenttest_call (&a, "GET", "/v1/inbox", NULL, &json) == 200);
+    bool found = false;
+    size_t index;
+    json_t *entry;
+    json_array_foreach (json_object_get (json, "items"), index, entry)
+        if (streq (json_string_value (json_object_get (entry, "msg_id")), "m-acc-1")) {
+            found = true;
+            KIM_CHECK (streq (json_string_value (json_object_get (entry, "signature")), "none"));
+        }
+    KIM_CHECK (found);
     json_decref (json);
     json = s_wait_for (&b, "/v1/referrals/r-1", "state", "ACCEPTED");
     KIM_CHECK (json);
