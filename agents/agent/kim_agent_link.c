@@ -56,6 +56,7 @@ typedef struct {
     int backoff_ms;
     int64_t next_scan;
     bool must_stop;
+    bool warned;                        //  "no session" said once since the last session
     //  Fault injection for the tests (KIM_AGENT_CRASH_AFTER_DELIVERIES=N):
     //  kill ourselves after the N-th commit that holds deliveries, before
     //  acking them: the worst moment for a crash on the receiving side.
@@ -129,9 +130,17 @@ s_connect (s_link_t *self)
             self->backoff_ms = self->backoff_ms * 2 > S_BACKOFF_MAX_MS? S_BACKOFF_MAX_MS
                                                                        : self->backoff_ms * 2;
         self->next_connect = zclock_mono () + self->backoff_ms;
+        //  Said once at warning level, so that a wrong key or endpoint shows
+        //  in the log without flooding it while the broker is away
+        if (!self->warned)
+            zsys_warning ("kim-agent %s: no session with %s yet (%s); the outbox keeps "
+                          "filling and the agent keeps trying", config->org, config->endpoint,
+                          kim_strerror (err));
+        else
         if (config->verbose)
             zsys_debug ("kim-agent %s: no session yet (%s); next try in %d ms", config->org,
                         kim_strerror (err), self->backoff_ms);
+        self->warned = true;
         return;
     }
     if (!streq (kim_client_org (self->client), config->org)) {
@@ -142,6 +151,7 @@ s_connect (s_link_t *self)
         return;
     }
     self->backoff_ms = S_BACKOFF_MIN_MS;
+    self->warned = false;
     zhashx_purge (self->sign_keys);     //  keys may have rotated meanwhile
     atomic_store (&self->shared->connected, true);
     atomic_fetch_add (&self->shared->reconnects, 1);
