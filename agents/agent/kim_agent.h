@@ -110,12 +110,15 @@ void
     kim_agent_store_destroy (kim_agent_store_t **self_p);
 
 //  Commits a message from the local system to the outbox (synced). msg_id
-//  must be set. Returns 0 (new; *record is its record), 1 (the same message
-//  was accepted before; *record is its current record), -KIM_E_BAD_VALUE
-//  (the msg_id was used for a different message), or another -KIM_E_*.
+//  must be set. `folder_name` is the NAME of a message from the outbox
+//  folder (its broker answer is then queued for the folder), or NULL.
+//  Returns 0 (new; *record is its record), 1 (the same message was
+//  accepted before; *record is its current record), -KIM_E_BAD_VALUE (the
+//  msg_id was used for a different message), or another -KIM_E_*.
 int
     kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg,
-                            const uint8_t *payload, size_t size, json_t **record);
+                            const uint8_t *payload, size_t size, const char *folder_name,
+                            json_t **record);
 
 //  The outbox record of a msg_id (owned by the caller), or NULL.
 json_t *
@@ -201,6 +204,12 @@ json_t *
     kim_agent_store_drop_due (kim_agent_store_t *self, size_t max);
 int
     kim_agent_store_drop_done (kim_agent_store_t *self, uint64_t seq);
+//  Broker answers (receipt or refusal) of messages from the outbox folder,
+//  still to be written as files: a JSON array of [msg_id, NAME] pairs.
+json_t *
+    kim_agent_store_answers_due (kim_agent_store_t *self, size_t max);
+int
+    kim_agent_store_answers_done (kim_agent_store_t *self, const char *msg_id);
 //  A delivery's opened payload (malloc'ed; NULL when empty).
 int
     kim_agent_store_inbox_payload (kim_agent_store_t *self, uint64_t seq, uint8_t **data,
@@ -281,8 +290,8 @@ void
 int
     kim_agent_accept_message (const kim_agent_config_t *config, kim_agent_store_t *store,
                               kim_msg_t *msg, const uint8_t *payload, size_t size,
-                              json_t **record, char *why, size_t why_size,
-                              char *path, size_t path_size);
+                              const char *folder_name, json_t **record, char *why,
+                              size_t why_size, char *path, size_t path_size);
 
 //  --------------------------------------------------------------------------
 //  The HTTP API (kim_agent_http.c)

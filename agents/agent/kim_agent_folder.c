@@ -10,7 +10,9 @@
     same file again sends nothing twice. An accepted message is committed to
     the outbox like an HTTP post and its files move to accepted/; a refused
     one moves to refused/ with NAME.error.json beside it (kim's reason code,
-    text and field). The agent reads no path from a file: names must be ids,
+    text and field). When the broker answers an accepted message, its outbox
+    record (receipted with seq, or refused with kim's reason) is written as
+    answers/NAME.json, so a system that speaks files only learns both. The agent reads no path from a file: names must be ids,
     and symbolic links, other non-regular files and oversized files are
     refused without being opened.
 
@@ -43,7 +45,7 @@ struct _kim_agent_folder_t {
     const kim_agent_config_t *config;
     kim_agent_store_t *store;
     kim_agent_shared_t *shared;
-    int outbox_fd, accepted_fd, refused_fd, inbox_fd;
+    int outbox_fd, accepted_fd, refused_fd, answers_fd, inbox_fd;
     pthread_t thread;
     bool started;
     atomic_bool stop;
@@ -152,6 +154,37 @@ s_refuse (kim_agent_folder_t *self, const char *name, const char *base, int code
                   kim_errname (code));
 }
 
+//  answers/NAME.json: the outbox record once the broker answered.
+static void
+s_write_answer (kim_agent_folder_t *self, const char *base, json_t *record)
+{
+    char *text = json_dumps (record, JSON_COMPACT);
+    char name [NAME_MAX + 16];
+    snprintf (name, sizeof name, "%s.json", base);
+    if (!text || s_write_atomic (self->answers_fd, name, text, strlen (text)) != 0)
+        zsys_warning ("kim-agent %s: cannot write answers/%s", self->config->org, name);
+    free (text);
+}
+
+static void
+s_write_answers (kim_agent_folder_t *self)
+{
+    json_t *due = kim_agent_store_answers_due (self->store, S_ROUND_MAX);
+    size_t index;
+    json_t *pair;
+    json_array_foreach (due, index, pair) {
+        const char *msg_id = json_string_value (json_array_get (pair, 0));
+        const char *base = json_string_value (json_array_get (pair, 1));
+        json_t *record = msg_id? kim_agent_store_outbox_get (self->store, msg_id): NULL;
+        if (record && base && kim_id_valid (base))
+            s_write_answer (self, base, record);
+        json_decref (record);
+        if (msg_id && kim_agent_store_answers_done (self->store, msg_id) != 0)
+            break;
+    }
+    json_decref (due);
+}
+
 //  One NAME.json of the outbox folder.
 static void
 s_send_file (kim_agent_folder_t *self, const char *name)
@@ -220,9 +253,13 @@ s_send_file (kim_agent_folder_t *self, const char *name)
         rc = kim_agent_accept_message (self->config, self->store, &msg,
                                        has_payload_file? payload: inline_payload,
                                        has_payload_file? payload_size: inline_size,
-                                       &record, why, sizeof why, path, sizeof path);
+                                       base, &record, why, sizeof why, path, sizeof path);
     free (payload);
     free (inline_payload);
+    //  A file dropped again after the broker answered: its answer again
+    const char *status = json_string_value (json_object_get (record, "status"));
+    if (rc == 1 && status && !streq (status, "queued"))
+        s_write_answer (self, base, record);
     json_decref (record);
     if (rc == -KIM_E_STORE_FULL || rc == -KIM_E_IO || rc == -KIM_E_NOMEM)
         return;                     //  ours to fix: the file stays and is tried again
@@ -315,8 +352,10 @@ s_run (void *arg)
 {
     kim_agent_folder_t *self = (kim_agent_folder_t *) arg;
     while (!atomic_load (&self->stop)) {
-        if (self->outbox_fd >= 0)
+        if (self->outbox_fd >= 0) {
             s_scan_outbox (self);
+            s_write_answers (self);
+        }
         if (self->inbox_fd >= 0)
             s_drop_deliveries (self);
         for (int waited = 0; waited < self->config->folder_poll_ms && !atomic_load (&self->stop);
@@ -368,17 +407,20 @@ kim_agent_folder_new (const kim_agent_config_t *config, kim_agent_store_t *store
     self->config = config;
     self->store = store;
     self->shared = shared;
-    self->outbox_fd = self->accepted_fd = self->refused_fd = self->inbox_fd = -1;
+    self->outbox_fd = self->accepted_fd = self->refused_fd = self->answers_fd = -1;
+    self->inbox_fd = -1;
     atomic_init (&self->stop, false);
     if (config->folder_outbox [0]) {
         self->outbox_fd = s_open_dir (AT_FDCWD, config->folder_outbox, false);
         if (self->outbox_fd >= 0) {
             self->accepted_fd = s_open_dir (self->outbox_fd, "accepted", true);
             self->refused_fd = s_open_dir (self->outbox_fd, "refused", true);
+            self->answers_fd = s_open_dir (self->outbox_fd, "answers", true);
         }
-        if (self->outbox_fd < 0 || self->accepted_fd < 0 || self->refused_fd < 0) {
-            snprintf (error, error_size, "folder/outbox: cannot open %s or make accepted/ and "
-                      "refused/ in it: %s", config->folder_outbox, strerror (errno));
+        if (self->outbox_fd < 0 || self->accepted_fd < 0 || self->refused_fd < 0
+        ||  self->answers_fd < 0) {
+            snprintf (error, error_size, "folder/outbox: cannot open %s or make accepted/, "
+                      "refused/ and answers/ in it: %s", config->folder_outbox, strerror (errno));
             kim_agent_folder_destroy (&self);
             return NULL;
         }
@@ -410,8 +452,9 @@ kim_agent_folder_destroy (kim_agent_folder_t **self_p)
         atomic_store (&self->stop, true);
         if (self->started)
             pthread_join (self->thread, NULL);
-        int fds [4] = { self->outbox_fd, self->accepted_fd, self->refused_fd, self->inbox_fd };
-        for (int i = 0; i < 4; i++)
+        int fds [5] = { self->outbox_fd, self->accepted_fd, self->refused_fd, self->answers_fd,
+                        self->inbox_fd };
+        for (int i = 0; i < 5; i++)
             if (fds [i] >= 0)
                 close (fds [i]);
         free (self);

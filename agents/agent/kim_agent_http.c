@@ -206,8 +206,9 @@ kim_agent_json_message (json_t *root, kim_msg_t *msg, uint8_t **payload, size_t 
 
 int
 kim_agent_accept_message (const kim_agent_config_t *config, kim_agent_store_t *store,
-                          kim_msg_t *msg, const uint8_t *payload, size_t size, json_t **record,
-                          char *why, size_t why_size, char *path, size_t path_size)
+                          kim_msg_t *msg, const uint8_t *payload, size_t size,
+                          const char *folder_name, json_t **record, char *why, size_t why_size,
+                          char *path, size_t path_size)
 {
     *record = NULL;
     path [0] = 0;
@@ -240,7 +241,7 @@ kim_agent_accept_message (const kim_agent_config_t *config, kim_agent_store_t *s
         snprintf (path, path_size, "%s", derr.path);
         return rc;
     }
-    rc = kim_agent_store_accept (store, msg, payload, size, record);
+    rc = kim_agent_store_accept (store, msg, payload, size, folder_name, record);
     if (rc == -KIM_E_BAD_VALUE) {
         snprintf (why, why_size, "msg_id %s was used for a different message", msg->msg_id);
         snprintf (path, path_size, "msg_id");
@@ -273,8 +274,8 @@ s_accept (s_call_t *call, json_t *root)
                                                                 : MHD_HTTP_BAD_REQUEST,
                         rc, why, path);
     json_t *record = NULL;
-    rc = kim_agent_accept_message (self->config, self->store, &msg, payload, size, &record,
-                                   why, sizeof why, path, sizeof path);
+    rc = kim_agent_accept_message (self->config, self->store, &msg, payload, size, NULL,
+                                   &record, why, sizeof why, path, sizeof path);
     free (payload);
     if (rc == -KIM_E_REFERRAL_EXISTS)
         return s_error (call->connection, MHD_HTTP_CONFLICT, KIM_E_BAD_VALUE, why, path);

@@ -19,6 +19,8 @@
                       attempts, next_at, last_error), written with the delivery
       dead            seq; a delivery the webhook gave up on (JSON)
       drop            seq; a delivery still to be written into the inbox folder
+      answers         msg_id; NAME: a broker answer to a message from the
+                      outbox folder, still to be written as answers/NAME.json
 
     Records are JSON because every reader hands them out as JSON anyway;
     keys starting with '_' are the agent's own and are removed on the way out.
@@ -33,10 +35,10 @@
 #include "kim_agent.h"
 
 enum { S_OUTBOX, S_OUTBOX_PAYLOAD, S_QUEUE, S_INBOX, S_INBOX_PAYLOAD, S_REFERRALS, S_META,
-       S_PUSH, S_DEAD, S_DROP, S_DBS };
+       S_PUSH, S_DEAD, S_DROP, S_ANSWERS, S_DBS };
 static const char *s_db_names [S_DBS] = {
     "outbox", "outbox_payload", "queue", "inbox", "inbox_payload", "referrals", "meta",
-    "push", "dead", "drop"
+    "push", "dead", "drop", "answers"
 };
 
 struct _kim_agent_store_t {
@@ -248,7 +250,7 @@ s_digest (const kim_msg_t *msg, const uint8_t *payload, size_t size, char hex [6
 
 int
 kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uint8_t *payload,
-                        size_t size, json_t **record)
+                        size_t size, const char *folder_name, json_t **record)
 {
     *record = NULL;
     char digest [65];
@@ -290,6 +292,8 @@ kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uin
                              "header", s_header_json (&stamped),
                              "_digest", digest, "_queue", (json_int_t) counter);
     int rc = out? 0: -KIM_E_NOMEM;
+    if (rc == 0 && folder_name)
+        json_object_set_new (out, "_folder", json_string (folder_name));
     if (rc == 0)
         rc = s_put_json (self, txn, S_OUTBOX, &key, out);
     MDB_val value = { size, (void *) payload };
@@ -429,6 +433,12 @@ s_answer (kim_agent_txn_t *txn, const char *msg_id, json_t *fields, const kim_ms
     rc = rc == MDB_NOTFOUND? 0: rc? s_mdb_code (rc): 0;
     if (rc == 0)
         rc = s_put_json (self, txn->txn, S_OUTBOX, &key, record);
+    const char *folder_name = json_string_value (json_object_get (record, "_folder"));
+    if (rc == 0 && folder_name) {
+        MDB_val name = { strlen (folder_name), (void *) folder_name };
+        int mrc = mdb_put (txn->txn, self->dbi [S_ANSWERS], &key, &name, 0);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
     (void) sent;
     json_decref (record);
     return rc;
@@ -983,4 +993,47 @@ kim_agent_store_inbox_signature (kim_agent_store_t *self, uint64_t seq, const ch
     else
         mdb_txn_abort (txn);
     return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  Answers for the outbox folder
+
+json_t *
+kim_agent_store_answers_due (kim_agent_store_t *self, size_t max)
+{
+    json_t *due = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!due || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return due;
+    if (mdb_cursor_open (txn, self->dbi [S_ANSWERS], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (json_array_size (due) < max && mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            json_array_append_new (due, json_pack ("[s#, s#]", (const char *) key.mv_data,
+                                                   (int) key.mv_size,
+                                                   (const char *) value.mv_data,
+                                                   (int) value.mv_size));
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return due;
+}
+
+int
+kim_agent_store_answers_done (kim_agent_store_t *self, const char *msg_id)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
+        return -KIM_E_IO;
+    MDB_val key = { strlen (msg_id), (void *) msg_id };
+    int rc = mdb_del (txn, self->dbi [S_ANSWERS], &key, NULL);
+    if (rc == 0 || rc == MDB_NOTFOUND) {
+        rc = mdb_txn_commit (txn);
+        return rc? s_mdb_code (rc): 0;
+    }
+    mdb_txn_abort (txn);
+    return s_mdb_code (rc);
 }

@@ -143,6 +143,10 @@ main (void)
     snprintf (text, sizeof text, referral, "", "r-f-2", "");
     s_write (out_dir, "m-f-2.json", text);
 
+    //  One the broker will refuse: an answer to a referral it does not know
+    s_write (out_dir, "ghost.json", "{\"type\":\"ACCEPT\",\"recipient\":\"jc.b\","
+             "\"referral_id\":\"r-ghost\"}");
+
     KIM_CHECK (s_wait_exists (accepted, "one.json"));
     KIM_CHECK (s_wait_exists (accepted, "m-f-2.json"));
     KIM_CHECK (s_exists (accepted, "m-f-2.payload"));
@@ -171,6 +175,28 @@ main (void)
     KIM_CHECK (s_exists (out_dir, "m-half.json.part"));  //  left alone
     KIM_CHECK (s_exists (out_dir, ".m-hidden.json"));
     KIM_CHECK (s_exists (out_dir, "folder.json"));
+
+    //  The broker's answers come back as files
+    char answers [220];
+    snprintf (answers, sizeof answers, "%s/answers", out_dir);
+    const char *answered [][3] = {
+        { "one.json", "m-f-1", "receipted" }, { "m-f-2.json", "m-f-2", "receipted" },
+        { "ghost.json", "ghost", "refused" }
+    };
+    for (size_t i = 0; i < 3; i++) {
+        KIM_CHECK (s_wait_exists (answers, answered [i][0]));
+        json_t *answer = s_load (answers, answered [i][0]);
+        KIM_CHECK (answer);
+        KIM_CHECK (streq (json_string_value (json_object_get (answer, "msg_id")), answered [i][1]));
+        KIM_CHECK (streq (json_string_value (json_object_get (answer, "status")), answered [i][2]));
+        if (streq (answered [i][2], "receipted"))
+            KIM_CHECK (json_integer_value (json_object_get (answer, "seq")) > 0);
+        else
+            KIM_CHECK (streq (json_string_value (json_object_get (answer, "error")),
+                              "UNKNOWN_REFERRAL"));
+        KIM_CHECK (!json_object_get (answer, "_folder"));
+        json_decref (answer);
+    }
 
     //  B's inbox folder: both messages, with their payloads
     zhashx_t *ids = zhashx_new ();
