@@ -170,6 +170,63 @@ main (void)
     KIM_CHECK (status >= 400 && status < 500);
     s_still_serving (&a);
 
+    //  Mutations of a valid message: each answer is a 2xx or a 4xx with a
+    //  JSON error, never a crash (the agent runs under ASan in the tests)
+    const char *valid =
+        "{\"type\":\"REFERRAL\",\"msg_id\":\"m-x\",\"recipient\":\"jc.b\","
+        "\"referral_id\":\"r-x\",\"case_id\":\"c-x\",\"subject\":\"p-x\","
+        "\"purpose\":\"job_placement\",\"legal_basis\":{\"kind\":\"statute\","
+        "\"citation\":\"SGB X §69(1)1\"},\"categories\":[\"art9\"],\"deadline\":5,"
+        "\"payload_base64\":\"aGVsbG8=\"}";
+    const char alphabet [] = "{}[]\":,0123456789-.eE tfnaluxr\\\x01\xff\xc3";
+    uint32_t random_state = 12345;
+    zhashx_t *errors = zhashx_new ();
+    for (int round = 0; round < 300; round++) {
+        char mutated [1024];
+        snprintf (mutated, sizeof mutated, "%s", valid);
+        size_t length = strlen (mutated);
+        int edits = 1 + round % 4;
+        for (int e = 0; e < edits && length > 1; e++) {
+            random_state = random_state * 1103515245 + 12345;
+            size_t at = (random_state >> 8) % length;
+            random_state = random_state * 1103515245 + 12345;
+            int kind = (int) ((random_state >> 8) % 3);
+            char c = alphabet [(random_state >> 16) % (sizeof alphabet - 1)];
+            if (kind == 0)
+                mutated [at] = c;                                   //  replace
+            else
+            if (kind == 1) {                                        //  delete
+                memmove (mutated + at, mutated + at + 1, length - at);
+                length--;
+            }
+            else
+            if (length + 1 < sizeof mutated) {                      //  insert
+                memmove (mutated + at + 1, mutated + at, length - at + 1);
+                mutated [at] = c;
+                length++;
+            }
+        }
+        //  A mutation that stays valid but reuses msg_id m-x is a 409
+        json_t *answer = NULL;
+        status = kim_agenttest_call (&a, "POST", "/v1/messages", mutated, &answer);
+        if (!((status >= 200 && status < 300) || status == 400 || status == 409
+           || status == 413)) {
+            fprintf (stderr, "mutation %d: status %d for %s\n", round, status, mutated);
+            KIM_CHECK (false);
+        }
+        if (status >= 400) {
+            KIM_CHECK (json_is_string (json_object_get (answer, "error")));
+            zhashx_update (errors, json_string_value (json_object_get (answer, "error")),
+                           (void *) 1);
+        }
+        json_decref (answer);
+    }
+    //  The mutations got past the JSON parser too: the header checks refused
+    //  some for reasons of their own
+    KIM_CHECK (zhashx_size (errors) >= 4);
+    zhashx_destroy (&errors);
+    s_still_serving (&a);
+
     //  Bytes that are not HTTP
     const char garbage [] = "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http at all\r\n\r\n";
     status = kim_agenttest_raw (a.port, garbage, sizeof garbage - 1, NULL);
