@@ -1,0 +1,320 @@
+/*  kim_agent.h — what the parts of kim-agent share.
+
+    kim-agent is the daemon an office runs beside its own systems. It has
+    three parts, one thread of control each:
+
+    - the link (kim_agent_link.c) runs on the main thread and alone owns
+      the kim_client: it sends what waits in the outbox, records receipts
+      and refusals, and writes deliveries into the inbox before it acks them;
+    - the HTTP API (kim_agent_http.c) runs on libmicrohttpd's threads: it
+      writes accepted messages into the outbox (a synced LMDB commit), wakes
+      the link through a pipe, and answers reads from LMDB read transactions;
+    - the store (kim_agent_store.c, with the referral view in
+      kim_agent_view.c) is the LMDB environment both use. LMDB serialises
+      writers itself, and MDB_NOTLS lets any thread run a read transaction.
+
+    So no two threads ever touch the client's socket, and the only thing the
+    threads share besides the store is the small status block below.
+*/
+#ifndef KIM_AGENT_H_INCLUDED
+#define KIM_AGENT_H_INCLUDED
+
+#include <limits.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "kim/kim_client.h"
+
+#define KIM_AGENT_VERSION       "0.1.0"
+#define KIM_AGENT_BODY_DEFAULT  (4u * 1024 * 1024)
+#define KIM_AGENT_BODY_MAX      (64u * 1024 * 1024)
+#define KIM_AGENT_TOKENS_MAX    64
+
+//  --------------------------------------------------------------------------
+//  Configuration (kim_agent_config.c)
+
+typedef struct {
+    char name [KIM_CODE_MAX + 1];       //  the client system's name, for logs
+    uint8_t hash [32];                  //  BLAKE2b of its token
+} kim_agent_token_t;
+
+typedef struct {
+    char org [KIM_ORG_MAX + 1];         //  agent/org
+    char data [PATH_MAX];               //  agent/data: the store's folder
+    char cert [PATH_MAX];               //  agent/cert: the organisation's secret cert
+    char sign_key [PATH_MAX];           //  agent/sign_key: optional Ed25519 key file
+    bool verbose;                       //  agent/verbose
+    char endpoint [256];                //  broker/endpoint
+    char broker_key [41];               //  broker/key or the key in broker/key_file
+    int timeout_ms;                     //  broker/timeout_ms
+    bool plaintext;                     //  broker/plaintext (tests only)
+    char bind [64];                     //  http/bind: an IP address
+    uint16_t port;                      //  http/port (0: the kernel's choice)
+    char port_file [PATH_MAX];          //  http/port_file: where the bound port is written
+    char tokens_path [PATH_MAX];        //  http/tokens
+    size_t max_body;                    //  http/max_body
+    char tls_cert [PATH_MAX];           //  http/tls_cert (PEM)
+    char tls_key [PATH_MAX];            //  http/tls_key (PEM, mode 0600)
+    size_t map_size;                    //  store/map_size_mb, in bytes
+    char webhook_url [1024];            //  webhook/url ("" : no webhook)
+    char webhook_secret_path [PATH_MAX];//  webhook/secret_file
+    uint32_t webhook_attempts;          //  webhook/max_attempts
+    uint64_t webhook_backoff_ms;        //  webhook/backoff_ms
+    uint64_t webhook_backoff_max_ms;    //  webhook/backoff_max_ms
+    int webhook_timeout_ms;             //  webhook/timeout_ms
+    char folder_outbox [PATH_MAX];      //  folder/outbox: files to send ("" : none)
+    char folder_inbox [PATH_MAX];       //  folder/inbox: deliveries as files ("" : none)
+    int folder_poll_ms;                 //  folder/poll_ms
+
+    //  Loaded from the files named above.
+    char public_key [41];
+    char secret_key [41];
+    char sign_public [41];
+    char sign_secret [41];
+    kim_agent_token_t tokens [KIM_AGENT_TOKENS_MAX];
+    size_t token_count;
+    uint8_t webhook_secret [256];       //  the HMAC key
+    size_t webhook_secret_size;
+} kim_agent_config_t;
+
+//  Reads and validates the ZPL file and the key, token and TLS files it
+//  names. Returns 0, or -KIM_E_CONFIG with `error` naming the key path.
+int
+    kim_agent_config_load (kim_agent_config_t *self, const char *path,
+                           char *error, size_t error_size);
+
+//  True when `bind` is a loopback address.
+bool
+    kim_agent_config_local (const kim_agent_config_t *self);
+
+//  Wipes the secrets.
+void
+    kim_agent_config_clear (kim_agent_config_t *self);
+
+//  --------------------------------------------------------------------------
+//  Store (kim_agent_store.c): the outbox, the inbox and the referral view.
+//  Records are JSON objects; keys starting with '_' are internal and never
+//  leave the agent.
+
+typedef struct _kim_agent_store_t kim_agent_store_t;
+typedef struct _kim_agent_txn_t kim_agent_txn_t;
+
+kim_agent_store_t *
+    kim_agent_store_new (const char *dir, size_t map_size, const char *org,
+                         char *error, size_t error_size);
+void
+    kim_agent_store_destroy (kim_agent_store_t **self_p);
+
+//  Commits a message from the local system to the outbox (synced). msg_id
+//  must be set. `folder_name` is the NAME of a message from the outbox
+//  folder (its broker answer is then queued for the folder), or NULL.
+//  Returns 0 (new; *record is its record), 1 (the same message was
+//  accepted before; *record is its current record), -KIM_E_BAD_VALUE (the
+//  msg_id was used for a different message), or another -KIM_E_*.
+int
+    kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg,
+                            const uint8_t *payload, size_t size, const char *folder_name,
+                            json_t **record);
+
+//  The outbox record of a msg_id (owned by the caller), or NULL.
+json_t *
+    kim_agent_store_outbox_get (kim_agent_store_t *self, const char *msg_id);
+
+//  Up to `max` msg_ids still waiting for the broker, oldest first, as a
+//  JSON array of strings (owned by the caller).
+json_t *
+    kim_agent_store_outbox_queued (kim_agent_store_t *self, size_t max);
+
+//  Loads a queued message for sending. *payload is malloc'ed (NULL when
+//  empty). Returns 0 or -KIM_E_*.
+int
+    kim_agent_store_outbox_load (kim_agent_store_t *self, const char *msg_id, kim_msg_t *msg,
+                                 uint8_t **payload, size_t *size);
+
+//  A write transaction for the link's answers and deliveries, committed
+//  (synced) as one.
+kim_agent_txn_t *
+    kim_agent_store_begin (kim_agent_store_t *self);
+int
+    kim_agent_store_receipt (kim_agent_txn_t *txn, const char *msg_id, uint64_t seq, bool dup);
+int
+    kim_agent_store_refused (kim_agent_txn_t *txn, const char *msg_id, int code,
+                             const char *text, const char *path);
+//  Writes a delivery into the inbox unless its seq is there already
+//  (*fresh says which). The payload must be the opened one.
+int
+    kim_agent_store_deliver (kim_agent_txn_t *txn, const kim_event_t *event, bool *fresh);
+int
+    kim_agent_store_commit (kim_agent_txn_t **txn_p);
+void
+    kim_agent_store_abort (kim_agent_txn_t **txn_p);
+
+//  Records the outcome of a delivery's sender-signature check: "valid",
+//  "invalid" or "unknown_key" (written "none" or "unchecked" at delivery).
+int
+    kim_agent_store_inbox_signature (kim_agent_store_t *self, uint64_t seq, const char *value);
+
+//  Inbox reads. `handled`: -1 all, 0 unhandled, 1 handled.
+json_t *
+    kim_agent_store_inbox_list (kim_agent_store_t *self, uint64_t after, size_t limit,
+                                int handled);
+//  One delivery with its payload, or NULL.
+json_t *
+    kim_agent_store_inbox_get (kim_agent_store_t *self, uint64_t seq);
+//  Marks a delivery handled. Returns 0 with *record set, or -KIM_E_NOT_FOUND.
+int
+    kim_agent_store_inbox_handled (kim_agent_store_t *self, uint64_t seq, json_t **record);
+
+//  Referral view reads. `state`: NULL for all; `overdue`: -1 all, 0, 1.
+json_t *
+    kim_agent_store_referrals (kim_agent_store_t *self, const char *state, int overdue);
+json_t *
+    kim_agent_store_referral (kim_agent_store_t *self, const char *referral_id);
+
+//  Webhook queue. With push on, every fresh delivery is queued for the
+//  webhook in the commit that writes it into the inbox.
+void
+    kim_agent_store_set_push (kim_agent_store_t *self, bool push);
+//  Seqs due for a push attempt (next_at <= now), as a JSON array.
+json_t *
+    kim_agent_store_push_due (kim_agent_store_t *self, uint64_t now, size_t max);
+//  Records an attempt: error NULL for success (the entry goes), else the
+//  next attempt waits backoff_ms doubled per attempt (at most
+//  backoff_max_ms), and after max_attempts the delivery becomes a dead
+//  letter (*dead set).
+int
+    kim_agent_store_push_result (kim_agent_store_t *self, uint64_t seq, const char *error,
+                                 uint32_t max_attempts, uint64_t backoff_ms,
+                                 uint64_t backoff_max_ms, bool *dead);
+//  Dead letters, and putting one back into the queue (*letter: its record).
+json_t *
+    kim_agent_store_dead_list (kim_agent_store_t *self);
+int
+    kim_agent_store_dead_retry (kim_agent_store_t *self, uint64_t seq, json_t **letter);
+
+//  Inbox folder queue: with drop on, every fresh delivery is queued for the
+//  folder bridge in the commit that writes it into the inbox.
+void
+    kim_agent_store_set_drop (kim_agent_store_t *self, bool drop);
+json_t *
+    kim_agent_store_drop_due (kim_agent_store_t *self, size_t max);
+int
+    kim_agent_store_drop_done (kim_agent_store_t *self, uint64_t seq);
+//  Broker answers (receipt or refusal) of messages from the outbox folder,
+//  still to be written as files: a JSON array of [msg_id, NAME] pairs.
+json_t *
+    kim_agent_store_answers_due (kim_agent_store_t *self, size_t max);
+int
+    kim_agent_store_answers_done (kim_agent_store_t *self, const char *msg_id);
+//  A delivery's opened payload (malloc'ed; NULL when empty).
+int
+    kim_agent_store_inbox_payload (kim_agent_store_t *self, uint64_t seq, uint8_t **data,
+                                   size_t *size);
+
+//  Counts for the status route.
+void
+    kim_agent_store_counts (kim_agent_store_t *self, size_t *queued, size_t *inbox,
+                            size_t *unhandled);
+
+//  --------------------------------------------------------------------------
+//  Referral view (kim_agent_view.c): how a message moves a referral, seen
+//  from our organisation. `record` is the referral's current record (NULL if
+//  unknown); returns the new record (a new reference) or NULL when the
+//  message does not concern the view. A FORWARD also opens a new referral:
+//  *opened is then set (a new reference) with its id in its "referral_id".
+
+json_t *
+    kim_agent_view_apply (const char *self_org, const kim_msg_t *msg, bool outgoing,
+                          json_t *record, uint64_t now_ms, json_t **opened);
+
+//  Adds the computed "overdue" to a referral record for output.
+void
+    kim_agent_view_finish (json_t *record, uint64_t now_ms);
+
+//  --------------------------------------------------------------------------
+//  What the threads share.
+
+typedef struct {
+    atomic_bool connected;              //  the link has a session with the broker
+    atomic_uint_fast64_t reconnects;
+    int wake_fd;                        //  write end: the HTTP side wakes the link
+} kim_agent_shared_t;
+
+//  Nudges the link (never blocks; a full pipe already means "wake up").
+void
+    kim_agent_wake (kim_agent_shared_t *shared);
+
+//  --------------------------------------------------------------------------
+//  The link (kim_agent_link.c): runs until zsys_interrupted. Returns 0, or
+//  1 when it must stop (the broker knows our key as another organisation).
+
+int
+    kim_agent_link_run (const kim_agent_config_t *config, kim_agent_store_t *store,
+                        kim_agent_shared_t *shared, int wake_read_fd);
+
+//  --------------------------------------------------------------------------
+//  The webhook (kim_agent_webhook.c): a thread of its own that POSTs each
+//  queued delivery to webhook/url, signed, and retries with backoff.
+
+typedef struct _kim_agent_webhook_t kim_agent_webhook_t;
+
+kim_agent_webhook_t *
+    kim_agent_webhook_new (const kim_agent_config_t *config, kim_agent_store_t *store);
+void
+    kim_agent_webhook_destroy (kim_agent_webhook_t **self_p);
+//  The signature header value for id, timestamp and body: "v1,<base64>".
+void
+    kim_agent_webhook_sign (const uint8_t *key, size_t key_size, const char *id,
+                            const char *timestamp, const char *body, size_t body_size,
+                            char out [64]);
+
+//  --------------------------------------------------------------------------
+//  The folder bridge (kim_agent_folder.c): a thread that sends the files
+//  dropped into folder/outbox and writes deliveries into folder/inbox.
+
+typedef struct _kim_agent_folder_t kim_agent_folder_t;
+
+kim_agent_folder_t *
+    kim_agent_folder_new (const kim_agent_config_t *config, kim_agent_store_t *store,
+                          kim_agent_shared_t *shared, char *error, size_t error_size);
+void
+    kim_agent_folder_destroy (kim_agent_folder_t **self_p);
+
+//  Checks, completes and commits a message to the outbox, as POST
+//  /v1/messages does (kim_agent_http.c). Returns 0 (new), 1 (a repeat),
+//  or -code with `why` and `path`; *record is the outbox record.
+int
+    kim_agent_accept_message (const kim_agent_config_t *config, kim_agent_store_t *store,
+                              kim_msg_t *msg, const uint8_t *payload, size_t size,
+                              const char *folder_name, json_t **record, char *why,
+                              size_t why_size, char *path, size_t path_size);
+
+//  --------------------------------------------------------------------------
+//  The HTTP API (kim_agent_http.c)
+
+typedef struct _kim_agent_http_t kim_agent_http_t;
+
+kim_agent_http_t *
+    kim_agent_http_new (const kim_agent_config_t *config, kim_agent_store_t *store,
+                        kim_agent_shared_t *shared, char *error, size_t error_size);
+void
+    kim_agent_http_destroy (kim_agent_http_t **self_p);
+//  The bound port.
+uint16_t
+    kim_agent_http_port (kim_agent_http_t *self);
+//  Prints the route table ("METHOD /path/{param}" lines).
+void
+    kim_agent_http_routes (FILE *out);
+
+//  Parses a message the way `kim send --json` reads a line: header keys as
+//  on the wire plus "payload" (UTF-8 text) or "payload_base64". Returns 0
+//  or -code with `why` and `path`. *payload is malloc'ed or NULL.
+int
+    kim_agent_json_message (json_t *root, kim_msg_t *msg, uint8_t **payload, size_t *size,
+                            char *why, size_t why_size, char *path, size_t path_size);
+
+#endif

@@ -1,0 +1,1039 @@
+/*  kim_agent_store.c — the agent's durable store: outbox, inbox, referral view.
+
+    One LMDB environment in agent/data, opened with MDB_NOTLS so that the
+    HTTP threads can run read transactions of their own, and with syncing
+    left on: every commit is on disk before it returns, which is what lets
+    the agent answer the local system "accepted" and lets it ack a delivery
+    to the broker.
+
+    Databases (keys; values):
+      outbox          msg_id; the record (JSON)
+      outbox_payload  msg_id; the payload as the local system gave it
+      queue           accept counter (8 bytes, big-endian); msg_id: what
+                      still waits for the broker, oldest first
+      inbox           seq (8 bytes, big-endian); the record (JSON)
+      inbox_payload   seq; the payload, opened
+      referrals       referral_id; the view's record (JSON)
+      meta            "queue_next"; the next accept counter
+      push            seq; a delivery the webhook has still to push (JSON:
+                      attempts, next_at, last_error), written with the delivery
+      dead            seq; a delivery the webhook gave up on (JSON)
+      drop            seq; a delivery still to be written into the inbox folder
+      answers         msg_id; NAME: a broker answer to a message from the
+                      outbox folder, still to be written as answers/NAME.json
+
+    Records are JSON because every reader hands them out as JSON anyway;
+    keys starting with '_' are the agent's own and are removed on the way out.
+*/
+#include <errno.h>
+#include <sys/stat.h>
+
+#include <czmq.h>
+#include <lmdb.h>
+#include <sodium.h>
+
+#include "kim_agent.h"
+
+enum { S_OUTBOX, S_OUTBOX_PAYLOAD, S_QUEUE, S_INBOX, S_INBOX_PAYLOAD, S_REFERRALS, S_META,
+       S_PUSH, S_DEAD, S_DROP, S_ANSWERS, S_DBS };
+static const char *s_db_names [S_DBS] = {
+    "outbox", "outbox_payload", "queue", "inbox", "inbox_payload", "referrals", "meta",
+    "push", "dead", "drop", "answers"
+};
+
+struct _kim_agent_store_t {
+    MDB_env *env;
+    MDB_dbi dbi [S_DBS];
+    char org [KIM_ORG_MAX + 1];
+    bool push;                          //  new deliveries go to the webhook too
+    bool drop;                          //  ... and to the inbox folder
+};
+
+struct _kim_agent_txn_t {
+    kim_agent_store_t *store;
+    MDB_txn *txn;
+    int failed;                         //  -KIM_E_* of the first failed write
+};
+
+static uint64_t
+s_now (void)
+{
+    return (uint64_t) zclock_time ();
+}
+
+static void
+s_key_u64 (uint8_t key [8], uint64_t value)
+{
+    for (int i = 7; i >= 0; i--) {
+        key [i] = (uint8_t) value;
+        value >>= 8;
+    }
+}
+
+static uint64_t
+s_u64_key (const MDB_val *key)
+{
+    uint64_t value = 0;
+    if (key->mv_size == 8)
+        for (int i = 0; i < 8; i++)
+            value = (value << 8) | ((const uint8_t *) key->mv_data) [i];
+    return value;
+}
+
+static int
+s_mdb_code (int rc)
+{
+    return rc == MDB_MAP_FULL? -KIM_E_STORE_FULL: rc == MDB_NOTFOUND? -KIM_E_NOT_FOUND
+                                                                      : -KIM_E_IO;
+}
+
+kim_agent_store_t *
+kim_agent_store_new (const char *dir, size_t map_size, const char *org,
+                     char *error, size_t error_size)
+{
+    if (mkdir (dir, 0700) != 0 && errno != EEXIST) {
+        snprintf (error, error_size, "agent/data: cannot make %s: %s", dir, strerror (errno));
+        return NULL;
+    }
+    kim_agent_store_t *self = (kim_agent_store_t *) calloc (1, sizeof *self);
+    if (!self) {
+        snprintf (error, error_size, "out of memory");
+        return NULL;
+    }
+    kim_str_copy (self->org, sizeof self->org, org);
+    MDB_txn *txn = NULL;
+    int rc = mdb_env_create (&self->env);
+    if (rc == 0)
+        rc = mdb_env_set_maxdbs (self->env, S_DBS);
+    if (rc == 0)
+        rc = mdb_env_set_mapsize (self->env, map_size);
+    if (rc == 0)
+        rc = mdb_env_open (self->env, dir, MDB_NOTLS, 0600);
+    if (rc == 0)
+        rc = mdb_txn_begin (self->env, NULL, 0, &txn);
+    for (int i = 0; rc == 0 && i < S_DBS; i++)
+        rc = mdb_dbi_open (txn, s_db_names [i], MDB_CREATE, &self->dbi [i]);
+    if (rc == 0) {
+        rc = mdb_txn_commit (txn);
+        txn = NULL;
+    }
+    if (rc) {
+        snprintf (error, error_size, "agent/data: cannot open the store in %s: %s", dir,
+                  mdb_strerror (rc));
+        if (txn)
+            mdb_txn_abort (txn);
+        kim_agent_store_destroy (&self);
+    }
+    return self;
+}
+
+void
+kim_agent_store_destroy (kim_agent_store_t **self_p)
+{
+    if (self_p && *self_p) {
+        if ((*self_p)->env)
+            mdb_env_close ((*self_p)->env);
+        free (*self_p);
+        *self_p = NULL;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  JSON records
+
+static json_t *
+s_get_json (kim_agent_store_t *self, MDB_txn *txn, int db, MDB_val *key)
+{
+    MDB_val value;
+    if (mdb_get (txn, self->dbi [db], key, &value) != 0)
+        return NULL;
+    return json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+}
+
+static int
+s_put_json (kim_agent_store_t *self, MDB_txn *txn, int db, MDB_val *key, json_t *record)
+{
+    char *text = json_dumps (record, JSON_COMPACT);
+    if (!text)
+        return -KIM_E_NOMEM;
+    MDB_val value = { strlen (text), text };
+    int rc = mdb_put (txn, self->dbi [db], key, &value, 0);
+    free (text);
+    return rc? s_mdb_code (rc): 0;
+}
+
+//  A copy of a record without its internal keys.
+static json_t *
+s_public (json_t *record)
+{
+    if (!record)
+        return NULL;
+    json_t *copy = json_object ();
+    const char *key;
+    json_t *value;
+    json_object_foreach (record, key, value)
+        if (key [0] != '_')
+            json_object_set (copy, key, value);
+    json_decref (record);
+    return copy;
+}
+
+static json_t *
+s_header_json (const kim_msg_t *msg)
+{
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    json_t *header = NULL;
+    if (kim_msg_to_json (msg, &buf) == 0)
+        header = json_loadb ((const char *) buf.data, buf.size, 0, NULL);
+    kim_buf_free (&buf);
+    return header? header: json_object ();
+}
+
+//  --------------------------------------------------------------------------
+//  Referral view
+
+static int
+s_view_apply (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool outgoing)
+{
+    const char *id = msg->referral_id;
+    json_t *record = NULL;
+    if (id [0]) {
+        MDB_val key = { strlen (id), (void *) id };
+        record = s_get_json (self, txn, S_REFERRALS, &key);
+    }
+    json_t *opened = NULL;
+    json_t *updated = kim_agent_view_apply (self->org, msg, outgoing, record, s_now (), &opened);
+    json_decref (record);
+    int rc = 0;
+    if (updated) {
+        MDB_val key = { strlen (id), (void *) id };
+        rc = s_put_json (self, txn, S_REFERRALS, &key, updated);
+        json_decref (updated);
+    }
+    if (opened && rc == 0) {
+        const char *new_id = json_string_value (json_object_get (opened, "referral_id"));
+        if (new_id) {
+            MDB_val key = { strlen (new_id), (void *) new_id };
+            json_t *existing = s_get_json (self, txn, S_REFERRALS, &key);
+            if (!existing)
+                rc = s_put_json (self, txn, S_REFERRALS, &key, opened);
+            json_decref (existing);
+        }
+    }
+    json_decref (opened);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  Outbox
+
+//  What makes two requests "the same message": the header as the local
+//  system gave it (before we stamp created_at) and the payload.
+static void
+s_digest (const kim_msg_t *msg, const uint8_t *payload, size_t size, char hex [65])
+{
+    kim_msg_t copy = *msg;
+    copy.created_at = 0;
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    kim_msg_encode (&copy, &buf);
+    crypto_generichash_state state;
+    crypto_generichash_init (&state, NULL, 0, 32);
+    crypto_generichash_update (&state, buf.data, buf.size);
+    crypto_generichash_update (&state, payload, size);
+    uint8_t hash [32];
+    crypto_generichash_final (&state, hash, sizeof hash);
+    sodium_bin2hex (hex, 65, hash, sizeof hash);
+    kim_buf_free (&buf);
+}
+
+int
+kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uint8_t *payload,
+                        size_t size, const char *folder_name, json_t **record)
+{
+    *record = NULL;
+    char digest [65];
+    s_digest (msg, payload, size, digest);
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
+        return -KIM_E_IO;
+    MDB_val key = { strlen (msg->msg_id), (void *) msg->msg_id };
+    json_t *existing = s_get_json (self, txn, S_OUTBOX, &key);
+    if (existing) {
+        mdb_txn_abort (txn);
+        bool same = streq (json_string_value (json_object_get (existing, "_digest"))
+                           ? json_string_value (json_object_get (existing, "_digest")): "",
+                           digest);
+        if (!same) {
+            json_decref (existing);
+            return -KIM_E_BAD_VALUE;
+        }
+        *record = s_public (existing);
+        return 1;
+    }
+    //  Stamp created_at now, so that every resend carries the same header
+    kim_msg_t stamped = *msg;
+    stamped.created_at = s_now ();
+    uint64_t counter = 1;
+    MDB_val meta_key = { 10, (void *) "queue_next" }, meta_value;
+    if (mdb_get (txn, self->dbi [S_META], &meta_key, &meta_value) == 0)
+        counter = s_u64_key (&meta_value);
+    uint8_t counter_bytes [8], next_bytes [8];
+    s_key_u64 (counter_bytes, counter);
+    s_key_u64 (next_bytes, counter + 1);
+
+    json_t *out = json_pack ("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:o, s:s, s:I}",
+                             "msg_id", stamped.msg_id, "status", "queued",
+                             "type", kim_type_name (stamped.type), "recipient", stamped.recipient,
+                             "referral_id", stamped.referral_id,
+                             "accepted_at", (json_int_t) stamped.created_at,
+                             "payload_size", (json_int_t) size,
+                             "header", s_header_json (&stamped),
+                             "_digest", digest, "_queue", (json_int_t) counter);
+    int rc = out? 0: -KIM_E_NOMEM;
+    if (rc == 0 && folder_name)
+        json_object_set_new (out, "_folder", json_string (folder_name));
+    if (rc == 0)
+        rc = s_put_json (self, txn, S_OUTBOX, &key, out);
+    MDB_val value = { size, (void *) payload };
+    if (rc == 0 && mdb_put (txn, self->dbi [S_OUTBOX_PAYLOAD], &key, &value, 0) != 0)
+        rc = -KIM_E_IO;
+    MDB_val queue_key = { 8, counter_bytes };
+    MDB_val queue_value = { strlen (msg->msg_id), (void *) msg->msg_id };
+    if (rc == 0 && mdb_put (txn, self->dbi [S_QUEUE], &queue_key, &queue_value, 0) != 0)
+        rc = -KIM_E_IO;
+    MDB_val next_value = { 8, next_bytes };
+    if (rc == 0 && mdb_put (txn, self->dbi [S_META], &meta_key, &next_value, 0) != 0)
+        rc = -KIM_E_IO;
+    if (rc == 0) {
+        int mrc = mdb_txn_commit (txn);
+        if (mrc)
+            rc = s_mdb_code (mrc);
+    }
+    else
+        mdb_txn_abort (txn);
+    if (rc) {
+        json_decref (out);
+        return rc;
+    }
+    *record = s_public (out);
+    return 0;
+}
+
+json_t *
+kim_agent_store_outbox_get (kim_agent_store_t *self, const char *msg_id)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return NULL;
+    MDB_val key = { strlen (msg_id), (void *) msg_id };
+    json_t *record = s_get_json (self, txn, S_OUTBOX, &key);
+    mdb_txn_abort (txn);
+    return s_public (record);
+}
+
+json_t *
+kim_agent_store_outbox_queued (kim_agent_store_t *self, size_t max)
+{
+    json_t *list = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!list || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return list;
+    if (mdb_cursor_open (txn, self->dbi [S_QUEUE], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (json_array_size (list) < max && mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            json_array_append_new (list, json_stringn ((const char *) value.mv_data,
+                                                       value.mv_size));
+            op = MDB_NEXT;
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return list;
+}
+
+int
+kim_agent_store_outbox_load (kim_agent_store_t *self, const char *msg_id, kim_msg_t *msg,
+                             uint8_t **payload, size_t *size)
+{
+    *payload = NULL;
+    *size = 0;
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return -KIM_E_IO;
+    MDB_val key = { strlen (msg_id), (void *) msg_id }, value;
+    json_t *record = s_get_json (self, txn, S_OUTBOX, &key);
+    int rc = record? 0: -KIM_E_NOT_FOUND;
+    if (rc == 0) {
+        char *header = json_dumps (json_object_get (record, "header"), JSON_COMPACT);
+        kim_decode_error_t derr = { 0, "" };
+        kim_msg_init (msg);
+        rc = header? kim_msg_from_json (msg, header, strlen (header), &derr): -KIM_E_NOMEM;
+        free (header);
+    }
+    if (rc == 0 && mdb_get (txn, self->dbi [S_OUTBOX_PAYLOAD], &key, &value) == 0
+    &&  value.mv_size > 0) {
+        *payload = (uint8_t *) malloc (value.mv_size);
+        if (*payload) {
+            memcpy (*payload, value.mv_data, value.mv_size);
+            *size = value.mv_size;
+        }
+        else
+            rc = -KIM_E_NOMEM;
+    }
+    json_decref (record);
+    mdb_txn_abort (txn);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  The link's write transactions
+
+kim_agent_txn_t *
+kim_agent_store_begin (kim_agent_store_t *self)
+{
+    kim_agent_txn_t *txn = (kim_agent_txn_t *) calloc (1, sizeof *txn);
+    if (!txn)
+        return NULL;
+    txn->store = self;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn->txn) != 0) {
+        free (txn);
+        return NULL;
+    }
+    return txn;
+}
+
+//  Ends an outbox record's wait: updates it and drops it from the queue.
+static int
+s_answer (kim_agent_txn_t *txn, const char *msg_id, json_t *fields, const kim_msg_t **sent)
+{
+    kim_agent_store_t *self = txn->store;
+    MDB_val key = { strlen (msg_id), (void *) msg_id };
+    json_t *record = s_get_json (self, txn->txn, S_OUTBOX, &key);
+    if (!record) {
+        json_decref (fields);
+        return -KIM_E_NOT_FOUND;
+    }
+    if (!streq (json_string_value (json_object_get (record, "status"))
+                ? json_string_value (json_object_get (record, "status")): "", "queued")) {
+        json_decref (fields);
+        json_decref (record);
+        return 1;                       //  answered already
+    }
+    json_object_update (record, fields);
+    json_decref (fields);
+    json_object_set_new (record, "answered_at", json_integer ((json_int_t) s_now ()));
+    uint8_t queue_key [8];
+    s_key_u64 (queue_key, (uint64_t) json_integer_value (json_object_get (record, "_queue")));
+    MDB_val qkey = { 8, queue_key };
+    int rc = mdb_del (txn->txn, self->dbi [S_QUEUE], &qkey, NULL);
+    rc = rc == MDB_NOTFOUND? 0: rc? s_mdb_code (rc): 0;
+    if (rc == 0)
+        rc = s_put_json (self, txn->txn, S_OUTBOX, &key, record);
+    const char *folder_name = json_string_value (json_object_get (record, "_folder"));
+    if (rc == 0 && folder_name) {
+        MDB_val name = { strlen (folder_name), (void *) folder_name };
+        int mrc = mdb_put (txn->txn, self->dbi [S_ANSWERS], &key, &name, 0);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    (void) sent;
+    json_decref (record);
+    return rc;
+}
+
+int
+kim_agent_store_receipt (kim_agent_txn_t *txn, const char *msg_id, uint64_t seq, bool dup)
+{
+    if (txn->failed)
+        return txn->failed;
+    int rc = s_answer (txn, msg_id, json_pack ("{s:s, s:I, s:b}", "status", "receipted",
+                                               "seq", (json_int_t) seq, "dup", dup), NULL);
+    if (rc == 0) {
+        //  The referral view moves with what the broker took
+        MDB_val key = { strlen (msg_id), (void *) msg_id };
+        json_t *record = s_get_json (txn->store, txn->txn, S_OUTBOX, &key);
+        char *header = record? json_dumps (json_object_get (record, "header"), JSON_COMPACT)
+                             : NULL;
+        kim_msg_t msg;
+        kim_decode_error_t derr = { 0, "" };
+        kim_msg_init (&msg);
+        if (header && kim_msg_from_json (&msg, header, strlen (header), &derr) == 0)
+            rc = s_view_apply (txn->store, txn->txn, &msg, true);
+        free (header);
+        json_decref (record);
+    }
+    if (rc < 0 && rc != -KIM_E_NOT_FOUND)
+        txn->failed = rc;
+    return rc < 0? rc: 0;
+}
+
+int
+kim_agent_store_refused (kim_agent_txn_t *txn, const char *msg_id, int code, const char *text,
+                         const char *path)
+{
+    if (txn->failed)
+        return txn->failed;
+    code = code < 0? -code: code;
+    int rc = s_answer (txn, msg_id, json_pack ("{s:s, s:s, s:i, s:s, s:s}", "status", "refused",
+                                               "error", kim_errname (code), "code", code,
+                                               "text", text && *text? text: kim_strerror (code),
+                                               "path", path? path: ""), NULL);
+    if (rc < 0 && rc != -KIM_E_NOT_FOUND)
+        txn->failed = rc;
+    return rc < 0? rc: 0;
+}
+
+int
+kim_agent_store_deliver (kim_agent_txn_t *txn, const kim_event_t *event, bool *fresh)
+{
+    *fresh = false;
+    if (txn->failed)
+        return txn->failed;
+    kim_agent_store_t *self = txn->store;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, event->seq);
+    MDB_val key = { 8, seq_key }, value;
+    if (mdb_get (txn->txn, self->dbi [S_INBOX], &key, &value) == 0)
+        return 0;                       //  a redelivery of what we have
+    const kim_msg_t *msg = &event->msg;
+    json_t *record = json_pack ("{s:I, s:s, s:s, s:s, s:s, s:s, s:s, s:I, s:b, s:I, s:b, s:s, s:o}",
+                                "seq", (json_int_t) event->seq, "msg_id", msg->msg_id,
+                                "type", kim_type_name (msg->type)? kim_type_name (msg->type): "",
+                                "sender", msg->sender, "recipient", msg->recipient,
+                                "referral_id", msg->referral_id, "case_id", msg->case_id,
+                                "received_at", (json_int_t) s_now (), "handled", 0,
+                                "payload_size", (json_int_t) event->payload_size,
+                                "sealed_error", event->sealed_error,
+                                "signature", msg->has_sig? "unchecked": "none",
+                                "header", s_header_json (msg));
+    int rc = record? s_put_json (self, txn->txn, S_INBOX, &key, record): -KIM_E_NOMEM;
+    json_decref (record);
+    value.mv_size = event->payload_size;
+    value.mv_data = (void *) event->payload;
+    if (rc == 0 && event->payload_size > 0) {
+        int mrc = mdb_put (txn->txn, self->dbi [S_INBOX_PAYLOAD], &key, &value, 0);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    if (rc == 0)
+        rc = s_view_apply (self, txn->txn, msg, false);
+    if (rc == 0 && self->push) {
+        json_t *push = json_pack ("{s:i, s:I, s:s}", "attempts", 0, "next_at", (json_int_t) 0,
+                                  "last_error", "");
+        rc = push? s_put_json (self, txn->txn, S_PUSH, &key, push): -KIM_E_NOMEM;
+        json_decref (push);
+    }
+    if (rc == 0 && self->drop) {
+        MDB_val empty = { 0, (void *) "" };
+        int mrc = mdb_put (txn->txn, self->dbi [S_DROP], &key, &empty, 0);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    if (rc)
+        txn->failed = rc;
+    else
+        *fresh = true;
+    return rc;
+}
+
+int
+kim_agent_store_commit (kim_agent_txn_t **txn_p)
+{
+    kim_agent_txn_t *txn = *txn_p;
+    *txn_p = NULL;
+    if (!txn)
+        return -KIM_E_ARGS;
+    int rc = txn->failed;
+    if (rc)
+        mdb_txn_abort (txn->txn);
+    else {
+        int mrc = mdb_txn_commit (txn->txn);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    free (txn);
+    return rc;
+}
+
+void
+kim_agent_store_abort (kim_agent_txn_t **txn_p)
+{
+    if (txn_p && *txn_p) {
+        mdb_txn_abort ((*txn_p)->txn);
+        free (*txn_p);
+        *txn_p = NULL;
+    }
+}
+
+//  --------------------------------------------------------------------------
+//  Inbox reads
+
+json_t *
+kim_agent_store_inbox_list (kim_agent_store_t *self, uint64_t after, size_t limit, int handled)
+{
+    json_t *items = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return items;
+    if (mdb_cursor_open (txn, self->dbi [S_INBOX], &cursor) == 0) {
+        uint8_t start [8];
+        s_key_u64 (start, after + 1);
+        MDB_val key = { 8, start }, value;
+        int rc = after == UINT64_MAX? MDB_NOTFOUND
+                                    : mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
+        while (rc == 0 && json_array_size (items) < limit) {
+            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+            if (record) {
+                json_object_del (record, "header");
+                bool is_handled = json_is_true (json_object_get (record, "handled"));
+                if (handled < 0 || (handled == 1) == is_handled)
+                    json_array_append_new (items, s_public (record));
+                else
+                    json_decref (record);
+            }
+            rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT);
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return items;
+}
+
+json_t *
+kim_agent_store_inbox_get (kim_agent_store_t *self, uint64_t seq)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return NULL;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, seq);
+    MDB_val key = { 8, seq_key }, value;
+    json_t *record = s_get_json (self, txn, S_INBOX, &key);
+    if (record) {
+        const uint8_t *data = (const uint8_t *) "";
+        size_t size = 0;
+        if (mdb_get (txn, self->dbi [S_INBOX_PAYLOAD], &key, &value) == 0) {
+            data = (const uint8_t *) value.mv_data;
+            size = value.mv_size;
+        }
+        size_t b64_size = sodium_base64_encoded_len (size, sodium_base64_VARIANT_ORIGINAL);
+        char *b64 = (char *) malloc (b64_size);
+        if (b64) {
+            sodium_bin2base64 (b64, b64_size, data, size, sodium_base64_VARIANT_ORIGINAL);
+            json_object_set_new (record, "payload_base64", json_string (b64));
+            free (b64);
+        }
+        //  Text payloads also as text, for systems that send text
+        if (kim_utf8_valid (data, size))
+            json_object_set_new (record, "payload", json_stringn ((const char *) data, size));
+    }
+    mdb_txn_abort (txn);
+    return s_public (record);
+}
+
+int
+kim_agent_store_inbox_handled (kim_agent_store_t *self, uint64_t seq, json_t **out)
+{
+    *out = NULL;
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
+        return -KIM_E_IO;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, seq);
+    MDB_val key = { 8, seq_key };
+    json_t *record = s_get_json (self, txn, S_INBOX, &key);
+    if (!record) {
+        mdb_txn_abort (txn);
+        return -KIM_E_NOT_FOUND;
+    }
+    int rc = 0;
+    if (!json_is_true (json_object_get (record, "handled"))) {
+        json_object_set_new (record, "handled", json_true ());
+        json_object_set_new (record, "handled_at", json_integer ((json_int_t) s_now ()));
+        rc = s_put_json (self, txn, S_INBOX, &key, record);
+        if (rc == 0) {
+            int mrc = mdb_txn_commit (txn);
+            rc = mrc? s_mdb_code (mrc): 0;
+        }
+        else
+            mdb_txn_abort (txn);
+    }
+    else
+        mdb_txn_abort (txn);
+    if (rc) {
+        json_decref (record);
+        return rc;
+    }
+    json_object_del (record, "header");
+    *out = s_public (record);
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Referral view reads
+
+json_t *
+kim_agent_store_referrals (kim_agent_store_t *self, const char *state, int overdue)
+{
+    json_t *items = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return items;
+    uint64_t now = s_now ();
+    if (mdb_cursor_open (txn, self->dbi [S_REFERRALS], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+            if (!record)
+                continue;
+            kim_agent_view_finish (record, now);
+            const char *record_state = json_string_value (json_object_get (record, "state"));
+            bool is_overdue = json_is_true (json_object_get (record, "overdue"));
+            if ((state && (!record_state || !streq (state, record_state)))
+            ||  (overdue >= 0 && (overdue == 1) != is_overdue))
+                json_decref (record);
+            else
+                json_array_append_new (items, s_public (record));
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return items;
+}
+
+json_t *
+kim_agent_store_referral (kim_agent_store_t *self, const char *referral_id)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return NULL;
+    MDB_val key = { strlen (referral_id), (void *) referral_id };
+    json_t *record = s_get_json (self, txn, S_REFERRALS, &key);
+    mdb_txn_abort (txn);
+    if (record)
+        kim_agent_view_finish (record, s_now ());
+    return s_public (record);
+}
+
+void
+kim_agent_store_counts (kim_agent_store_t *self, size_t *queued, size_t *inbox,
+                        size_t *unhandled)
+{
+    *queued = *inbox = *unhandled = 0;
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return;
+    MDB_stat stat;
+    if (mdb_stat (txn, self->dbi [S_QUEUE], &stat) == 0)
+        *queued = stat.ms_entries;
+    if (mdb_stat (txn, self->dbi [S_INBOX], &stat) == 0)
+        *inbox = stat.ms_entries;
+    MDB_cursor *cursor;
+    if (mdb_cursor_open (txn, self->dbi [S_INBOX], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            //  Cheap test: records are compact JSON written by us
+            if (memmem (value.mv_data, value.mv_size, "\"handled\":false", 15))
+                (*unhandled)++;
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+}
+
+//  --------------------------------------------------------------------------
+//  Webhook queue and dead letters
+
+void
+kim_agent_store_set_push (kim_agent_store_t *self, bool push)
+{
+    self->push = push;
+}
+
+json_t *
+kim_agent_store_push_due (kim_agent_store_t *self, uint64_t now, size_t max)
+{
+    json_t *due = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!due || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return due;
+    if (mdb_cursor_open (txn, self->dbi [S_PUSH], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (json_array_size (due) < max && mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+            if (record && (uint64_t) json_integer_value (json_object_get (record, "next_at")) <= now)
+                json_array_append_new (due, json_integer ((json_int_t) s_u64_key (&key)));
+            json_decref (record);
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return due;
+}
+
+int
+kim_agent_store_push_result (kim_agent_store_t *self, uint64_t seq, const char *error,
+                             uint32_t max_attempts, uint64_t backoff_ms, uint64_t backoff_max_ms,
+                             bool *dead)
+{
+    *dead = false;
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
+        return -KIM_E_IO;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, seq);
+    MDB_val key = { 8, seq_key };
+    json_t *record = s_get_json (self, txn, S_PUSH, &key);
+    int rc = record? 0: -KIM_E_NOT_FOUND;
+    if (rc == 0 && !error) {
+        int mrc = mdb_del (txn, self->dbi [S_PUSH], &key, NULL);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    else
+    if (rc == 0) {
+        uint32_t attempts = (uint32_t) json_integer_value (json_object_get (record, "attempts")) + 1;
+        if (attempts >= max_attempts) {
+            json_t *inbox = s_get_json (self, txn, S_INBOX, &key);
+            json_t *letter = json_pack ("{s:I, s:s, s:s, s:i, s:s, s:I}", "seq", (json_int_t) seq,
+                                        "msg_id", inbox? json_string_value (json_object_get (inbox, "msg_id")): "",
+                                        "type", inbox? json_string_value (json_object_get (inbox, "type")): "",
+                                        "attempts", (int) attempts, "last_error", error,
+                                        "dead_at", (json_int_t) s_now ());
+            json_decref (inbox);
+            rc = letter? s_put_json (self, txn, S_DEAD, &key, letter): -KIM_E_NOMEM;
+            json_decref (letter);
+            if (rc == 0) {
+                int mrc = mdb_del (txn, self->dbi [S_PUSH], &key, NULL);
+                rc = mrc? s_mdb_code (mrc): 0;
+            }
+            *dead = true;
+        }
+        else {
+            uint64_t wait = backoff_ms;
+            for (uint32_t i = 1; i < attempts && wait < backoff_max_ms; i++)
+                wait *= 2;
+            if (wait > backoff_max_ms)
+                wait = backoff_max_ms;
+            json_object_set_new (record, "attempts", json_integer (attempts));
+            json_object_set_new (record, "next_at", json_integer ((json_int_t) (s_now () + wait)));
+            json_object_set_new (record, "last_error", json_string (error));
+            rc = s_put_json (self, txn, S_PUSH, &key, record);
+        }
+    }
+    json_decref (record);
+    if (rc == 0) {
+        int mrc = mdb_txn_commit (txn);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    else
+        mdb_txn_abort (txn);
+    return rc;
+}
+
+json_t *
+kim_agent_store_dead_list (kim_agent_store_t *self)
+{
+    json_t *items = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return items;
+    if (mdb_cursor_open (txn, self->dbi [S_DEAD], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (json_array_size (items) < 10000 && mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+            if (record)
+                json_array_append_new (items, record);
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return items;
+}
+
+int
+kim_agent_store_dead_retry (kim_agent_store_t *self, uint64_t seq, json_t **out)
+{
+    *out = NULL;
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
+        return -KIM_E_IO;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, seq);
+    MDB_val key = { 8, seq_key };
+    json_t *letter = s_get_json (self, txn, S_DEAD, &key);
+    int rc = letter? 0: -KIM_E_NOT_FOUND;
+    json_t *push = rc == 0? json_pack ("{s:i, s:I, s:s}", "attempts", 0,
+                                       "next_at", (json_int_t) 0, "last_error", ""): NULL;
+    if (rc == 0)
+        rc = push? s_put_json (self, txn, S_PUSH, &key, push): -KIM_E_NOMEM;
+    if (rc == 0) {
+        int mrc = mdb_del (txn, self->dbi [S_DEAD], &key, NULL);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    json_decref (push);
+    if (rc == 0) {
+        int mrc = mdb_txn_commit (txn);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    else
+        mdb_txn_abort (txn);
+    if (rc == 0)
+        *out = letter;
+    else
+        json_decref (letter);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  Inbox folder queue
+
+void
+kim_agent_store_set_drop (kim_agent_store_t *self, bool drop)
+{
+    self->drop = drop;
+}
+
+json_t *
+kim_agent_store_drop_due (kim_agent_store_t *self, size_t max)
+{
+    json_t *due = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!due || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return due;
+    if (mdb_cursor_open (txn, self->dbi [S_DROP], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (json_array_size (due) < max && mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            json_array_append_new (due, json_integer ((json_int_t) s_u64_key (&key)));
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return due;
+}
+
+int
+kim_agent_store_drop_done (kim_agent_store_t *self, uint64_t seq)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
+        return -KIM_E_IO;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, seq);
+    MDB_val key = { 8, seq_key };
+    int rc = mdb_del (txn, self->dbi [S_DROP], &key, NULL);
+    if (rc == 0 || rc == MDB_NOTFOUND) {
+        rc = mdb_txn_commit (txn);
+        return rc? s_mdb_code (rc): 0;
+    }
+    mdb_txn_abort (txn);
+    return s_mdb_code (rc);
+}
+
+int
+kim_agent_store_inbox_payload (kim_agent_store_t *self, uint64_t seq, uint8_t **data,
+                               size_t *size)
+{
+    *data = NULL;
+    *size = 0;
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return -KIM_E_IO;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, seq);
+    MDB_val key = { 8, seq_key }, value;
+    int rc = 0;
+    if (mdb_get (txn, self->dbi [S_INBOX_PAYLOAD], &key, &value) == 0 && value.mv_size) {
+        *data = (uint8_t *) malloc (value.mv_size);
+        if (*data) {
+            memcpy (*data, value.mv_data, value.mv_size);
+            *size = value.mv_size;
+        }
+        else
+            rc = -KIM_E_NOMEM;
+    }
+    mdb_txn_abort (txn);
+    return rc;
+}
+
+int
+kim_agent_store_inbox_signature (kim_agent_store_t *self, uint64_t seq, const char *value)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
+        return -KIM_E_IO;
+    uint8_t seq_key [8];
+    s_key_u64 (seq_key, seq);
+    MDB_val key = { 8, seq_key };
+    json_t *record = s_get_json (self, txn, S_INBOX, &key);
+    int rc = record? 0: -KIM_E_NOT_FOUND;
+    if (rc == 0) {
+        json_object_set_new (record, "signature", json_string (value));
+        rc = s_put_json (self, txn, S_INBOX, &key, record);
+    }
+    json_decref (record);
+    if (rc == 0) {
+        int mrc = mdb_txn_commit (txn);
+        rc = mrc? s_mdb_code (mrc): 0;
+    }
+    else
+        mdb_txn_abort (txn);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  Answers for the outbox folder
+
+json_t *
+kim_agent_store_answers_due (kim_agent_store_t *self, size_t max)
+{
+    json_t *due = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!due || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return due;
+    if (mdb_cursor_open (txn, self->dbi [S_ANSWERS], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (json_array_size (due) < max && mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            json_array_append_new (due, json_pack ("[s#, s#]", (const char *) key.mv_data,
+                                                   (int) key.mv_size,
+                                                   (const char *) value.mv_data,
+                                                   (int) value.mv_size));
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return due;
+}
+
+int
+kim_agent_store_answers_done (kim_agent_store_t *self, const char *msg_id)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
+        return -KIM_E_IO;
+    MDB_val key = { strlen (msg_id), (void *) msg_id };
+    int rc = mdb_del (txn, self->dbi [S_ANSWERS], &key, NULL);
+    if (rc == 0 || rc == MDB_NOTFOUND) {
+        rc = mdb_txn_commit (txn);
+        return rc? s_mdb_code (rc): 0;
+    }
+    mdb_txn_abort (txn);
+    return s_mdb_code (rc);
+}

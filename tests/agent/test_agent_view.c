@@ -1,0 +1,176 @@
+/*  test_agent_view.c — the referral view's moves, one message at a time.
+
+    kim_agent_view.c decides how each sent or received message moves the
+    office's copy of a referral (PROTOCOL.md 9.4). The integration tests
+    walk the common path; this walks every type, both sides, forwards,
+    reminders and expiry, and the overdue flag.
+*/
+#include <czmq.h>
+
+#include "kim_agent.h"
+
+#define CHECK(cond) \
+    do { if (!(cond)) { fprintf (stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, \
+         #cond); exit (1); } } while (0)
+
+static kim_msg_t
+s_msg (kim_type_t type, const char *msg_id, const char *sender, const char *recipient,
+       const char *referral_id)
+{
+    kim_msg_t msg;
+    kim_msg_init (&msg);
+    msg.type = type;
+    kim_str_copy (msg.msg_id, sizeof msg.msg_id, msg_id);
+    kim_str_copy (msg.sender, sizeof msg.sender, sender);
+    kim_str_copy (msg.recipient, sizeof msg.recipient, recipient);
+    kim_str_copy (msg.referral_id, sizeof msg.referral_id, referral_id);
+    return msg;
+}
+
+//  Applies a message to *record (replacing it when the view moves).
+static bool
+s_apply (const char *self_org, const kim_msg_t *msg, bool outgoing, json_t **record,
+         json_t **opened)
+{
+    json_t *dummy = NULL;
+    json_t *updated = kim_agent_view_apply (self_org, msg, outgoing, *record, 1000,
+                                            opened? opened: &dummy);
+    json_decref (dummy);
+    if (!updated)
+        return false;
+    json_decref (*record);
+    *record = updated;
+    return true;
+}
+
+static const char *
+s_state (json_t *record)
+{
+    return json_string_value (json_object_get (record, "state"));
+}
+
+int
+main (void)
+{
+    //  We refer: SENT, DELIVERED, OVERDUE, then answered late, worked, done
+    json_t *record = NULL;
+    kim_msg_t msg = s_msg (KIM_TYPE_REFERRAL, "m1", "", "jc.b", "r1");
+    msg.deadline = 500;
+    CHECK (s_apply ("kim.a", &msg, true, &record, NULL));
+    CHECK (streq (s_state (record), "SENT"));
+    CHECK (streq (json_string_value (json_object_get (record, "role")), "sender"));
+    CHECK (streq (json_string_value (json_object_get (record, "counterpart")), "jc.b"));
+    kim_agent_view_finish (record, 400);
+    CHECK (json_is_false (json_object_get (record, "overdue")));
+    kim_agent_view_finish (record, 600);
+    CHECK (json_is_true (json_object_get (record, "overdue")));
+    //  A second REFERRAL with the same id does not reopen it
+    CHECK (!s_apply ("kim.a", &msg, true, &record, NULL));
+    msg = s_msg (KIM_TYPE_DELIVERED, "b1", "kim.test", "kim.a", "r1");
+    CHECK (s_apply ("kim.a", &msg, false, &record, NULL));
+    CHECK (streq (s_state (record), "DELIVERED"));
+    msg = s_msg (KIM_TYPE_REMINDER, "b2", "kim.test", "kim.a", "r1");
+    msg.deadline = 500;
+    CHECK (s_apply ("kim.a", &msg, false, &record, NULL));
+    CHECK (streq (s_state (record), "OVERDUE"));
+    kim_agent_view_finish (record, 0);
+    CHECK (json_is_true (json_object_get (record, "overdue")));
+    msg = s_msg (KIM_TYPE_STATUS, "s0", "jc.b", "kim.a", "r1");
+    CHECK (!s_apply ("kim.a", &msg, false, &record, NULL));     //  not before an accept
+    msg = s_msg (KIM_TYPE_ACCEPT, "a1", "jc.b", "kim.a", "r1");
+    CHECK (s_apply ("kim.a", &msg, false, &record, NULL));
+    CHECK (streq (s_state (record), "ACCEPTED"));
+    CHECK (streq (json_string_value (json_object_get (record, "last_msg_id")), "a1"));
+    kim_agent_view_finish (record, 600);
+    CHECK (json_is_false (json_object_get (record, "overdue")));
+    msg = s_msg (KIM_TYPE_INFO_REQUEST, "i1", "kim.a", "jc.b", "r1");
+    CHECK (s_apply ("kim.a", &msg, true, &record, NULL));
+    CHECK (streq (s_state (record), "ACCEPTED"));
+    msg = s_msg (KIM_TYPE_STATUS, "s1", "jc.b", "kim.a", "r1");
+    kim_str_copy (msg.code, sizeof msg.code, "appointment_set");
+    CHECK (s_apply ("kim.a", &msg, false, &record, NULL));
+    CHECK (streq (s_state (record), "IN_PROGRESS"));
+    CHECK (streq (json_string_value (json_object_get (record, "code")), "appointment_set"));
+    msg = s_msg (KIM_TYPE_OUTCOME, "o1", "jc.b", "kim.a", "r1");
+    CHECK (s_apply ("kim.a", &msg, false, &record, NULL));
+    CHECK (streq (s_state (record), "COMPLETED"));
+    //  Closed: nothing moves it any more
+    msg = s_msg (KIM_TYPE_DECLINE, "d1", "jc.b", "kim.a", "r1");
+    CHECK (!s_apply ("kim.a", &msg, false, &record, NULL));
+    msg = s_msg (KIM_TYPE_WITHDRAW, "w1", "kim.a", "jc.b", "r1");
+    CHECK (!s_apply ("kim.a", &msg, true, &record, NULL));
+    json_decref (record);
+    record = NULL;
+
+    //  We are referred to; we decline; another is withdrawn; one expires
+    msg = s_msg (KIM_TYPE_REFERRAL, "m2", "kim.a", "jc.b", "r2");
+    CHECK (s_apply ("jc.b", &msg, false, &record, NULL));
+    CHECK (streq (s_state (record), "DELIVERED"));
+    CHECK (streq (json_string_value (json_object_get (record, "role")), "recipient"));
+    CHECK (streq (json_string_value (json_object_get (record, "counterpart")), "kim.a"));
+    json_t *copy = json_deep_copy (record);
+    msg = s_msg (KIM_TYPE_DECLINE, "d2", "jc.b", "kim.a", "r2");
+    kim_str_copy (msg.code, sizeof msg.code, "capacity");
+    CHECK (s_apply ("jc.b", &msg, true, &record, NULL));
+    CHECK (streq (s_state (record), "DECLINED"));
+    msg = s_msg (KIM_TYPE_WITHDRAW, "w2", "kim.a", "jc.b", "r2");
+    CHECK (s_apply ("jc.b", &msg, false, &copy, NULL));
+    CHECK (streq (s_state (copy), "WITHDRAWN"));
+    json_decref (copy);
+    json_decref (record);
+    record = NULL;
+    msg = s_msg (KIM_TYPE_REFERRAL, "m3", "", "jc.b", "r3");
+    CHECK (s_apply ("kim.a", &msg, true, &record, NULL));
+    msg = s_msg (KIM_TYPE_EXPIRED, "e3", "kim.test", "kim.a", "r3");
+    msg.deadline = 700;
+    CHECK (s_apply ("kim.a", &msg, false, &record, NULL));
+    CHECK (streq (s_state (record), "EXPIRED"));
+    CHECK (json_integer_value (json_object_get (record, "deadline")) == 700);
+    kim_agent_view_finish (record, 10000);
+    CHECK (json_is_false (json_object_get (record, "overdue")));
+    json_decref (record);
+    record = NULL;
+
+    //  Forwards: we forward (old FORWARDED, a new one of ours opens); the
+    //  new recipient opens it; the original sender sees FORWARDED
+    msg = s_msg (KIM_TYPE_REFERRAL, "m4", "kim.a", "jc.b", "r4");
+    CHECK (s_apply ("jc.b", &msg, false, &record, NULL));
+    json_t *at_sender = NULL;
+    kim_msg_t sent = s_msg (KIM_TYPE_REFERRAL, "m4", "", "jc.b", "r4");
+    CHECK (s_apply ("kim.a", &sent, true, &at_sender, NULL));
+    kim_msg_t forward = s_msg (KIM_TYPE_FORWARD, "f4", "jc.b", "kim.a", "r4");
+    kim_str_copy (forward.org, sizeof forward.org, "ja.c");
+    json_t *opened = NULL;
+    CHECK (s_apply ("jc.b", &forward, true, &record, &opened));
+    CHECK (streq (s_state (record), "FORWARDED"));
+    CHECK (opened);
+    CHECK (streq (json_string_value (json_object_get (opened, "referral_id")), "f4"));
+    CHECK (streq (json_string_value (json_object_get (opened, "role")), "sender"));
+    CHECK (streq (json_string_value (json_object_get (opened, "counterpart")), "ja.c"));
+    CHECK (streq (json_string_value (json_object_get (opened, "forwarded_from")), "r4"));
+    json_decref (opened);
+    opened = NULL;
+    json_t *nothing = NULL;
+    CHECK (!s_apply ("ja.c", &forward, false, &nothing, &opened));
+    CHECK (opened);
+    CHECK (streq (json_string_value (json_object_get (opened, "role")), "recipient"));
+    CHECK (streq (json_string_value (json_object_get (opened, "counterpart")), "jc.b"));
+    CHECK (streq (s_state (opened), "DELIVERED"));
+    json_decref (opened);
+    opened = NULL;
+    CHECK (s_apply ("kim.a", &forward, false, &at_sender, &opened));
+    CHECK (streq (s_state (at_sender), "FORWARDED"));
+    CHECK (!opened);
+    json_decref (at_sender);
+    json_decref (record);
+
+    //  Messages of no referral leave the view alone
+    record = NULL;
+    msg = s_msg (KIM_TYPE_CONSENT_GRANT, "g1", "", "", "");
+    CHECK (!s_apply ("kim.a", &msg, true, &record, NULL));
+    msg = s_msg (KIM_TYPE_ACCEPT, "a9", "jc.b", "kim.a", "r-unknown");
+    CHECK (!s_apply ("kim.a", &msg, false, &record, NULL));
+
+    printf ("agent.view: OK\n");
+    return 0;
+}
