@@ -130,10 +130,23 @@ kim_log_key_id (const uint8_t public_key [32], char key_id [KIM_LOG_KEY_ID_SIZE 
 void
 kim_log_checkpoint_message (const kim_log_checkpoint_t *self, uint8_t out [KIM_LOG_SIGNED_SIZE])
 {
-    memcpy (out, "kim-checkpoint-1", 16);
+    memcpy (out, KIM_LOG_CHECKPOINT_DOMAIN, 16);
     kim_log_put_be64 (out + 16, self->seq);
     memcpy (out + 24, self->head, KIM_HASH_SIZE);
-    kim_log_put_be64 (out + 56 - 8, self->time_ms);
+    kim_log_put_be64 (out + 24 + KIM_HASH_SIZE, self->time_ms);
+}
+
+//  What brokers signed before the layout was fixed: the time overwrote the
+//  last 8 bytes of the head, so only head [0..24) is covered. Kept so that
+//  older logs still verify; never signed any more.
+void
+kim_log_checkpoint_message_legacy (const kim_log_checkpoint_t *self,
+                                   uint8_t out [KIM_LOG_SIGNED_SIZE_LEGACY])
+{
+    memcpy (out, KIM_LOG_CHECKPOINT_DOMAIN_LEGACY, 16);
+    kim_log_put_be64 (out + 16, self->seq);
+    memcpy (out + 24, self->head, KIM_LOG_SIGNED_SIZE_LEGACY - 24 - 8);
+    kim_log_put_be64 (out + KIM_LOG_SIGNED_SIZE_LEGACY - 8, self->time_ms);
 }
 
 void
@@ -199,12 +212,24 @@ kim_log_checkpoint_decode (kim_log_checkpoint_t *self, const uint8_t *body, size
     return 0;
 }
 
-bool
-kim_log_checkpoint_verify (const kim_log_checkpoint_t *self, const uint8_t public_key [32])
+int
+kim_log_checkpoint_layout (const kim_log_checkpoint_t *self, const uint8_t public_key [32])
 {
     uint8_t message [KIM_LOG_SIGNED_SIZE];
     kim_log_checkpoint_message (self, message);
-    return crypto_sign_verify_detached (self->sig, message, sizeof message, public_key) == 0;
+    if (crypto_sign_verify_detached (self->sig, message, sizeof message, public_key) == 0)
+        return KIM_LOG_CHECKPOINT_V2;
+    uint8_t legacy [KIM_LOG_SIGNED_SIZE_LEGACY];
+    kim_log_checkpoint_message_legacy (self, legacy);
+    if (crypto_sign_verify_detached (self->sig, legacy, sizeof legacy, public_key) == 0)
+        return KIM_LOG_CHECKPOINT_V1;
+    return 0;
+}
+
+bool
+kim_log_checkpoint_verify (const kim_log_checkpoint_t *self, const uint8_t public_key [32])
+{
+    return kim_log_checkpoint_layout (self, public_key) != 0;
 }
 
 //  Reads the first line of a small text file into `line` (without newline).
@@ -526,9 +551,20 @@ kim_log_verify_step (kim_log_verify_t *self, const kim_log_record_t *record)
                 return s_fail (self, record->seq, "checkpoint %" PRIu64 " is signed by key %s, "
                                "not by the broker's key %s", record->seq, checkpoint.key_id,
                                key_id);
-            if (!kim_log_checkpoint_verify (&checkpoint, self->public_key))
+            int layout = kim_log_checkpoint_layout (&checkpoint, self->public_key);
+            if (layout == 0)
                 return s_fail (self, record->seq, "checkpoint %" PRIu64 " has a bad signature",
                                record->seq);
+            //  A broker that signs the current layout never goes back to the
+            //  legacy one: a legacy checkpoint after a current one is forged
+            //  or spliced in.
+            if (layout == KIM_LOG_CHECKPOINT_V1 && self->current_seen)
+                return s_fail (self, record->seq, "checkpoint %" PRIu64 " is signed in the legacy "
+                               "layout after checkpoints in the current one", record->seq);
+            if (layout == KIM_LOG_CHECKPOINT_V2)
+                self->current_seen = true;
+            else
+                self->legacy++;
             self->sealed = checkpoint.seq;
         }
         self->checkpoints++;
@@ -545,7 +581,9 @@ kim_log_verify_end (kim_log_verify_t *self, const kim_log_checkpoint_t *outside,
 {
     if (self->failed || !outside)
         return self->failed? -KIM_E_VERIFY_FAILED: 0;
-    if (self->have_key && !kim_log_checkpoint_verify (outside, self->public_key))
+    int layout = self->have_key? kim_log_checkpoint_layout (outside, self->public_key): 0;
+    if (self->have_key
+    &&  (layout == 0 || (layout == KIM_LOG_CHECKPOINT_V1 && self->current_seen)))
         return s_fail (self, outside->seq, "the checkpoint held outside the log (seq %" PRIu64
                        ") has a bad signature", outside->seq);
     if (outside->seq > self->last)

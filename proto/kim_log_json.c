@@ -297,6 +297,72 @@ kim_log_test (bool verbose)
     for (int i = 1; i < 4; i++)
         S_CHECK (kim_log_verify_step (&verify, &records [i]) == 0);
 
+    //  The signed bytes are exactly the spec's: domain, seq, all 32 bytes of
+    //  the head, time. A change in the head's last byte breaks the signature.
+    uint8_t message [KIM_LOG_SIGNED_SIZE];
+    kim_log_checkpoint_message (&checkpoint, message);
+    S_CHECK (memcmp (message, "kim-checkpoint-2", 16) == 0);
+    S_CHECK (kim_log_get_be64 (message + 16) == 3);
+    S_CHECK (memcmp (message + 24, checkpoint.head, KIM_HASH_SIZE) == 0);
+    S_CHECK (kim_log_get_be64 (message + 56) == 2000);
+    S_CHECK (crypto_sign_verify_detached (checkpoint.sig, message, sizeof message, pk) == 0);
+    S_CHECK (kim_log_checkpoint_layout (&checkpoint, pk) == KIM_LOG_CHECKPOINT_V2);
+    decoded = checkpoint;
+    decoded.head [KIM_HASH_SIZE - 1] ^= 1;
+    S_CHECK (kim_log_checkpoint_layout (&decoded, pk) == 0);
+
+    //  A legacy checkpoint, signed as brokers did before "kim-checkpoint-2":
+    //  it verifies, but does not cover the head's last 8 bytes.
+    kim_log_checkpoint_t legacy = checkpoint;
+    uint8_t legacy_message [KIM_LOG_SIGNED_SIZE_LEGACY];
+    kim_log_checkpoint_message_legacy (&legacy, legacy_message);
+    S_CHECK (memcmp (legacy_message, "kim-checkpoint-1", 16) == 0);
+    S_CHECK (memcmp (legacy_message + 24, legacy.head, 24) == 0);
+    S_CHECK (kim_log_get_be64 (legacy_message + 48) == 2000);
+    crypto_sign_detached (legacy.sig, NULL, legacy_message, sizeof legacy_message, sk);
+    S_CHECK (kim_log_checkpoint_layout (&legacy, pk) == KIM_LOG_CHECKPOINT_V1);
+    S_CHECK (kim_log_checkpoint_verify (&legacy, pk));
+    S_CHECK (!kim_log_checkpoint_verify (&legacy, other_pk));
+    legacy.time_ms++;
+    S_CHECK (!kim_log_checkpoint_verify (&legacy, pk));
+    legacy.time_ms--;
+    //  ...in a chain: the legacy checkpoint record verifies as a whole log
+    uint8_t legacy_body [KIM_LOG_CHECKPOINT_SIZE];
+    kim_log_checkpoint_encode (&legacy, legacy_body);
+    kim_log_record_t legacy_record = records [3];
+    legacy_record.body = legacy_body;
+    kim_log_record_hash (records [2].hash, KIM_LOG_CHECKPOINT, 4, 2000, legacy_body,
+                         KIM_LOG_CHECKPOINT_SIZE, legacy_record.hash);
+    kim_log_verify_init (&verify, pk, 1, NULL);
+    for (int i = 0; i < 3; i++)
+        S_CHECK (kim_log_verify_step (&verify, &records [i]) == 0);
+    S_CHECK (kim_log_verify_step (&verify, &legacy_record) == 0);
+    S_CHECK (verify.sealed == 3 && verify.legacy == 1 && !verify.current_seen);
+    S_CHECK (kim_log_verify_end (&verify, &legacy, records [2].hash) == 0);
+    //  ...but not once the broker signs the current layout: a legacy
+    //  checkpoint after a current one is refused, in the log and outside it
+    kim_log_verify_init (&verify, pk, 1, NULL);
+    for (int i = 0; i < 4; i++)
+        S_CHECK (kim_log_verify_step (&verify, &records [i]) == 0);
+    S_CHECK (verify.current_seen && verify.legacy == 0);
+    S_CHECK (kim_log_verify_end (&verify, &legacy, NULL) == -KIM_E_VERIFY_FAILED);
+    kim_log_record_t late [1];
+    uint8_t late_body [KIM_LOG_CHECKPOINT_SIZE];
+    legacy.seq = 4;
+    memcpy (legacy.head, records [3].hash, KIM_HASH_SIZE);
+    kim_log_checkpoint_message_legacy (&legacy, legacy_message);
+    crypto_sign_detached (legacy.sig, NULL, legacy_message, sizeof legacy_message, sk);
+    kim_log_checkpoint_encode (&legacy, late_body);
+    late [0] = (kim_log_record_t) { .seq = 5, .time_ms = 2000, .kind = KIM_LOG_CHECKPOINT,
+                                    .body = late_body, .body_size = KIM_LOG_CHECKPOINT_SIZE };
+    kim_log_record_hash (records [3].hash, KIM_LOG_CHECKPOINT, 5, 2000, late_body,
+                         KIM_LOG_CHECKPOINT_SIZE, late [0].hash);
+    kim_log_verify_init (&verify, pk, 1, NULL);
+    for (int i = 0; i < 4; i++)
+        S_CHECK (kim_log_verify_step (&verify, &records [i]) == 0);
+    S_CHECK (kim_log_verify_step (&verify, &late [0]) == -KIM_E_VERIFY_FAILED);
+    S_CHECK (verify.bad_seq == 5 && strstr (verify.why, "legacy"));
+
     //  JSON
     kim_buf_t buf;
     kim_buf_init (&buf);
