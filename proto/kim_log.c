@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "kim/kim_log.h"
 
@@ -295,6 +296,34 @@ struct _kim_log_t {
     char path [4096];
 };
 
+//  A store copied short (a truncated backup, a full disk) has pages its meta
+//  page points to beyond the end of the file: LMDB would read them through
+//  its map and die of SIGBUS. Refuse such a file with a clear error first.
+//  (LMDB trusts the pages it has; a file scrambled inside is caught by the
+//  chain only as far as LMDB can walk it.)
+static int
+s_check_size (kim_log_t *self, char *why, size_t why_size)
+{
+    MDB_envinfo info;
+    MDB_stat stat_;
+    char file [4200];
+    snprintf (file, sizeof file, "%s/data.mdb", self->path);
+    struct stat st;
+    if (mdb_env_info (self->env, &info) || mdb_env_stat (self->env, &stat_)
+    ||  stat (file, &st) != 0) {
+        snprintf (why, why_size, "%s: cannot read the store's size", self->path);
+        return -KIM_E_IO;
+    }
+    uint64_t needed = ((uint64_t) info.me_last_pgno + 1) * stat_.ms_psize;
+    if ((uint64_t) st.st_size < needed) {
+        snprintf (why, why_size, "%s: the store is truncated: data.mdb has %" PRIu64
+                  " bytes, its last page ends at byte %" PRIu64, self->path,
+                  (uint64_t) st.st_size, needed);
+        return -KIM_E_IO;
+    }
+    return 0;
+}
+
 kim_log_t *
 kim_log_open (const char *data_dir, char *why, size_t why_size)
 {
@@ -328,6 +357,10 @@ kim_log_open (const char *data_dir, char *why, size_t why_size)
     if (rc) {
         snprintf (why, why_size, "%s: %s: %s%s", self->path, what, mdb_strerror (rc),
                   rc == MDB_NOTFOUND? " (not a kim store)": "");
+        kim_log_close (&self);
+        return NULL;
+    }
+    if (s_check_size (self, why, why_size)) {
         kim_log_close (&self);
         return NULL;
     }
