@@ -15,7 +15,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "kim/kim_log.h"
 
@@ -324,6 +327,230 @@ s_check_size (kim_log_t *self, char *why, size_t why_size)
     return 0;
 }
 
+//  --------------------------------------------------------------------------
+//  A structural check of the store's pages
+//
+//  LMDB trusts the pages of its file: a data.mdb scrambled inside (a node
+//  that claims duplicates, an offset past its page, a child page that is no
+//  page of the tree) makes it read or write wild addresses, and the tool
+//  dies. Before anything reads the log, this walks the pages of the main
+//  table and of the log table in the snapshot and checks every page header,
+//  node offset, node size, child page number and overflow run against the
+//  file, each page at most once. It reads the on-disk format of LMDB 0.9
+//  (data format version 1, 64-bit): page header {u64 pgno, u16 pad, u16
+//  flags, u16 lower, u16 upper} then u16 node offsets; node {u16 lo, u16 hi,
+//  u16 flags, u16 ksize, key, data}; a table record (MDB_db) is 48 bytes
+//  with its root page at offset 40; the meta page holds the main table's
+//  record at offset 88 and its txnid at 144. Costs one pass over the log's
+//  pages, which verify and replay read anyway.
+
+#define S_PAGEHDR       16
+#define S_P_BRANCH      0x01
+#define S_P_LEAF        0x02
+#define S_P_OVERFLOW    0x04
+#define S_F_BIGDATA     0x01
+#define S_F_SUBDATA     0x02
+#define S_DB_SIZE       48
+#define S_DEPTH_MAX     32
+
+typedef struct {
+    const uint8_t *map;
+    size_t psize;
+    uint64_t last_pgno;
+    uint8_t *seen;              //  one bit per page
+    bool main;                  //  walking the main table (values are MDB_db)
+    uint64_t pgno;              //  the first bad page
+    const char *what;
+} s_walk_t;
+
+static uint16_t
+s_u16 (const uint8_t *p)
+{
+    uint16_t v;
+    memcpy (&v, p, sizeof v);
+    return v;
+}
+
+static uint64_t
+s_u64 (const uint8_t *p)
+{
+    uint64_t v;
+    memcpy (&v, p, sizeof v);
+    return v;
+}
+
+static bool
+s_bad (s_walk_t *w, uint64_t pgno, const char *what)
+{
+    w->pgno = pgno;
+    w->what = what;
+    return false;
+}
+
+//  Claims page run [pgno, pgno + pages) for this walk.
+static bool
+s_claim (s_walk_t *w, uint64_t pgno, uint64_t pages)
+{
+    if (pgno < 2 || pages == 0 || pgno > w->last_pgno || pages > w->last_pgno - pgno + 1)
+        return s_bad (w, pgno, "a page number outside the file");
+    for (uint64_t p = pgno; p < pgno + pages; p++) {
+        if (w->seen [p / 8] & (1u << (p % 8)))
+            return s_bad (w, pgno, "a page reached twice");
+        w->seen [p / 8] |= (uint8_t) (1u << (p % 8));
+    }
+    return true;
+}
+
+static bool
+s_walk_page (s_walk_t *w, uint64_t pgno, int depth)
+{
+    if (depth > S_DEPTH_MAX)
+        return s_bad (w, pgno, "a tree deeper than any store");
+    if (!s_claim (w, pgno, 1))
+        return false;
+    const uint8_t *page = w->map + pgno * w->psize;
+    uint16_t flags = s_u16 (page + 10) & 0x7f;
+    uint16_t lower = s_u16 (page + 12), upper = s_u16 (page + 14);
+    if (s_u64 (page) != pgno)
+        return s_bad (w, pgno, "a page header with another page's number");
+    if (flags != S_P_BRANCH && flags != S_P_LEAF)
+        return s_bad (w, pgno, "a page that is neither branch nor leaf");
+    if (lower < S_PAGEHDR || lower % 2 || lower > upper || upper > w->psize)
+        return s_bad (w, pgno, "a page with bad bounds");
+    size_t count = (size_t) (lower - S_PAGEHDR) / 2;
+    if (flags == S_P_BRANCH && count == 0)
+        return s_bad (w, pgno, "an empty branch page");
+    for (size_t i = 0; i < count; i++) {
+        size_t at = s_u16 (page + S_PAGEHDR + 2 * i);
+        if (at < upper || at % 2 || at + 8 > w->psize)
+            return s_bad (w, pgno, "a node offset outside its page");
+        const uint8_t *node = page + at;
+        uint16_t lo = s_u16 (node), hi = s_u16 (node + 2);
+        uint16_t node_flags = s_u16 (node + 4), ksize = s_u16 (node + 6);
+        if (at + 8 + ksize > w->psize)
+            return s_bad (w, pgno, "a key past the end of its page");
+        if (flags == S_P_BRANCH) {
+            uint64_t child = lo | (uint64_t) hi << 16 | (uint64_t) node_flags << 32;
+            if (!s_walk_page (w, child, depth + 1))
+                return false;
+            continue;
+        }
+        size_t dsize = lo | (size_t) hi << 16;
+        if (w->main) {
+            //  Named tables: a key and an MDB_db record, inline
+            if (node_flags != S_F_SUBDATA || dsize != S_DB_SIZE
+            ||  at + 8 + ksize + dsize > w->psize)
+                return s_bad (w, pgno, "a table record of the wrong shape");
+            continue;
+        }
+        if (ksize != 8)
+            return s_bad (w, pgno, "a log key that is not 8 bytes");
+        if (node_flags == 0) {
+            if (at + 8 + ksize + dsize > w->psize)
+                return s_bad (w, pgno, "a record past the end of its page");
+        }
+        else
+        if (node_flags == S_F_BIGDATA) {
+            if (at + 8 + ksize + 8 > w->psize)
+                return s_bad (w, pgno, "an overflow pointer past the end of its page");
+            uint64_t first = s_u64 (node + 8 + ksize);
+            if (first < 2 || first > w->last_pgno)
+                return s_bad (w, pgno, "an overflow page outside the file");
+            const uint8_t *over = w->map + first * w->psize;
+            uint32_t pages;
+            memcpy (&pages, over + 12, sizeof pages);
+            if (s_u64 (over) != first || (s_u16 (over + 10) & 0x7f) != S_P_OVERFLOW
+            ||  (uint64_t) pages * w->psize < dsize + S_PAGEHDR)
+                return s_bad (w, first, "a bad overflow page");
+            if (!s_claim (w, first, pages))
+                return false;
+        }
+        else
+            return s_bad (w, pgno, "a log record with table or duplicate flags");
+    }
+    return true;
+}
+
+//  Walks one table from its root (P_INVALID, all ones: an empty table).
+static bool
+s_walk_table (s_walk_t *w, uint64_t root, bool main)
+{
+    w->main = main;
+    if (root == UINT64_MAX)
+        return true;
+    return s_walk_page (w, root, 0);
+}
+
+static int
+s_check_pages (kim_log_t *self, char *why, size_t why_size)
+{
+    MDB_envinfo info;
+    MDB_stat stat_;
+    MDB_txn *txn = NULL;
+    if (mdb_env_info (self->env, &info) || mdb_env_stat (self->env, &stat_)
+    ||  stat_.ms_psize < 512 || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn)) {
+        snprintf (why, why_size, "%s: cannot read the store", self->path);
+        return -KIM_E_IO;
+    }
+    //  LMDB does not say where its map is: map the file once more, read
+    //  only. The snapshot's pages stay put while `txn` lives.
+    char file [4200];
+    snprintf (file, sizeof file, "%s/data.mdb", self->path);
+    int fd = open (file, O_RDONLY);
+    struct stat st;
+    void *map = MAP_FAILED;
+    if (fd >= 0 && fstat (fd, &st) == 0 && st.st_size > 0)
+        map = mmap (NULL, (size_t) st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (fd >= 0)
+        close (fd);
+    if (map == MAP_FAILED) {
+        mdb_txn_abort (txn);
+        snprintf (why, why_size, "%s: cannot map the store: %s", self->path, strerror (errno));
+        return -KIM_E_IO;
+    }
+    uint64_t file_pages = (uint64_t) st.st_size / stat_.ms_psize;
+    s_walk_t walk = { (const uint8_t *) map, stat_.ms_psize, info.me_last_pgno,
+                      NULL, false, 0, NULL };
+    if (file_pages == 0 || walk.last_pgno > file_pages - 1)
+        walk.last_pgno = file_pages? file_pages - 1: 0;
+    walk.seen = (uint8_t *) calloc (walk.last_pgno / 8 + 1, 1);
+    bool ok = walk.seen != NULL && file_pages >= 2;
+    //  The main table's root, from the meta page of this snapshot; a meta
+    //  page the broker rewrote meanwhile is of no concern (it is live).
+    uint64_t txnid = (uint64_t) mdb_txn_id (txn);
+    for (int meta = 0; ok && meta < 2; meta++) {
+        const uint8_t *page = walk.map + (size_t) meta * walk.psize;
+        if (s_u64 (page + 144) == txnid) {
+            uint64_t root = s_u64 (page + 88 + 40);
+            if (s_u64 (page + 144) == txnid)
+                ok = s_walk_table (&walk, root, true);
+        }
+    }
+    //  The log table's root, from its record in the main table
+    //  (none: the open says "not a kim store" next)
+    MDB_dbi main_dbi;
+    MDB_val key = { 3, (void *) "log" }, value;
+    int rc = ok? mdb_dbi_open (txn, NULL, 0, &main_dbi): 0;
+    if (ok && rc == 0)
+        rc = mdb_get (txn, main_dbi, &key, &value);
+    if (ok && rc == 0 && value.mv_size == S_DB_SIZE)
+        ok = s_walk_table (&walk, s_u64 ((const uint8_t *) value.mv_data + 40), false);
+    else
+    if (ok && rc != MDB_NOTFOUND)
+        ok = s_bad (&walk, 0, "no readable record of the log table");
+    mdb_txn_abort (txn);
+    munmap (map, (size_t) st.st_size);
+    free (walk.seen);
+    if (ok)
+        return 0;
+    if (!walk.what)
+        snprintf (why, why_size, "%s: out of memory", self->path);
+    else
+        snprintf (why, why_size, "%s: the store is damaged: %s (page %" PRIu64 ")",
+                  self->path, walk.what, walk.pgno);
+    return -KIM_E_IO;
+}
+
 kim_log_t *
 kim_log_open (const char *data_dir, char *why, size_t why_size)
 {
@@ -341,6 +568,12 @@ kim_log_open (const char *data_dir, char *why, size_t why_size)
     }
     if (rc == 0)
         rc = mdb_env_open (self->env, self->path, MDB_RDONLY | MDB_NOTLS, 0600);
+    //  Before LMDB reads a table: a damaged file must not crash it
+    if (rc == 0
+    &&  (s_check_size (self, why, why_size) || s_check_pages (self, why, why_size))) {
+        kim_log_close (&self);
+        return NULL;
+    }
     MDB_txn *txn = NULL;
     if (rc == 0) {
         what = "starting a read transaction";
@@ -357,10 +590,6 @@ kim_log_open (const char *data_dir, char *why, size_t why_size)
     if (rc) {
         snprintf (why, why_size, "%s: %s: %s%s", self->path, what, mdb_strerror (rc),
                   rc == MDB_NOTFOUND? " (not a kim store)": "");
-        kim_log_close (&self);
-        return NULL;
-    }
-    if (s_check_size (self, why, why_size)) {
         kim_log_close (&self);
         return NULL;
     }
