@@ -207,6 +207,13 @@ kim_log_checkpoint_decode (kim_log_checkpoint_t *self, const uint8_t *body, size
     ||  memcmp (body + S_CP_KEYID, frame + S_CP_KEYID, 8) != 0
     ||  memcmp (body + S_CP_SIG, frame + S_CP_SIG, 6) != 0)
         return -KIM_E_MALFORMED;
+    //  key_id is lowercase hex: anything else (a NUL byte, say) would print
+    //  as another key than the one compared
+    for (size_t i = 0; i < KIM_LOG_KEY_ID_SIZE; i++) {
+        uint8_t c = body [S_CP_KEYID + 8 + i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return -KIM_E_MALFORMED;
+    }
     self->seq = kim_log_get_be64 (body + S_CP_SEQ + 5);
     memcpy (self->head, body + S_CP_HEAD + 7, KIM_HASH_SIZE);
     self->time_ms = kim_log_get_be64 (body + S_CP_TIME + 6);
