@@ -488,6 +488,47 @@ s_walk_table (s_walk_t *w, uint64_t root, bool main)
     return s_walk_page (w, root, 0);
 }
 
+//  LMDB takes the page size and the end of the store from the meta pages
+//  and maps the file by them: a meta page claiming a page size or a last
+//  page past the end of the file crashes mdb_env_open itself. Checks both
+//  meta pages, as LMDB will read them, before LMDB opens the file.
+static int
+s_check_meta (kim_log_t *self, char *why, size_t why_size)
+{
+    char file [4200];
+    snprintf (file, sizeof file, "%s/data.mdb", self->path);
+    FILE *handle = fopen (file, "rb");
+    if (!handle)
+        return 0;               //  no file: mdb_env_open names the problem
+    struct stat st;
+    uint8_t meta [2][160];
+    bool ok = fstat (fileno (handle), &st) == 0
+           && fread (meta [0], 1, sizeof meta [0], handle) == sizeof meta [0];
+    uint32_t psize = 0;
+    if (ok)
+        memcpy (&psize, meta [0] + 40, sizeof psize);
+    //  LMDB reads the second meta page at the first one's page size
+    ok = ok && psize >= 512 && psize <= 65536 && (psize & (psize - 1)) == 0
+       && (uint64_t) st.st_size >= 2 * (uint64_t) psize
+       && fseek (handle, (long) psize, SEEK_SET) == 0
+       && fread (meta [1], 1, sizeof meta [1], handle) == sizeof meta [1];
+    fclose (handle);
+    for (int i = 0; ok && i < 2; i++) {
+        uint32_t magic, version, page_size;
+        memcpy (&magic, meta [i] + 16, sizeof magic);
+        memcpy (&version, meta [i] + 20, sizeof version);
+        memcpy (&page_size, meta [i] + 40, sizeof page_size);
+        uint64_t last = s_u64 (meta [i] + 136);
+        ok = magic == 0xBEEFC0DE && version == 1 && page_size == psize
+          && last < (uint64_t) st.st_size / psize;
+    }
+    if (ok || st.st_size == 0)
+        return 0;               //  an empty file: mdb_env_open names it
+    snprintf (why, why_size, "%s: the store is damaged or truncated: its meta pages do not "
+              "describe data.mdb (%" PRIu64 " bytes)", self->path, (uint64_t) st.st_size);
+    return -KIM_E_IO;
+}
+
 static int
 s_check_pages (kim_log_t *self, char *why, size_t why_size)
 {
@@ -515,31 +556,51 @@ s_check_pages (kim_log_t *self, char *why, size_t why_size)
         snprintf (why, why_size, "%s: cannot map the store: %s", self->path, strerror (errno));
         return -KIM_E_IO;
     }
+    //  A read transaction uses the meta page its txnid's parity names (as
+    //  LMDB picks it), whatever the other one says.
     uint64_t file_pages = (uint64_t) st.st_size / stat_.ms_psize;
-    s_walk_t walk = { (const uint8_t *) map, stat_.ms_psize, info.me_last_pgno,
-                      NULL, false, 0, NULL };
-    if (file_pages == 0 || walk.last_pgno > file_pages - 1)
-        walk.last_pgno = file_pages? file_pages - 1: 0;
-    walk.seen = (uint8_t *) calloc (walk.last_pgno / 8 + 1, 1);
-    bool ok = walk.seen != NULL && file_pages >= 2;
-    //  The main table's root, from the meta page of this snapshot; a meta
-    //  page the broker rewrote meanwhile is of no concern (it is live).
     uint64_t txnid = (uint64_t) mdb_txn_id (txn);
-    for (int meta = 0; ok && meta < 2; meta++) {
-        const uint8_t *page = walk.map + (size_t) meta * walk.psize;
-        if (s_u64 (page + 144) == txnid) {
-            uint64_t root = s_u64 (page + 88 + 40);
-            if (s_u64 (page + 144) == txnid)
-                ok = s_walk_table (&walk, root, true);
-        }
+    const uint8_t *meta = (const uint8_t *) map + (txnid & 1) * stat_.ms_psize;
+    bool ok = file_pages >= 2;
+    bool live = false;
+    if (ok && s_u64 (meta + 144) != txnid) {
+        //  A newer txnid: a broker wrote since our snapshot began, which
+        //  is no damage. Anything else is.
+        live = s_u64 (meta + 144) > txnid;
+        ok = live;
     }
+    s_walk_t walk = { (const uint8_t *) map, stat_.ms_psize, ok? s_u64 (meta + 136): 0,
+                      NULL, false, txnid & 1, "a meta page that is not the snapshot's" };
+    if (ok && !live) {
+        if (walk.last_pgno > file_pages - 1)
+            walk.last_pgno = file_pages - 1;
+        walk.seen = (uint8_t *) calloc (walk.last_pgno / 8 + 1, 1);
+        ok = walk.seen != NULL;
+        if (!ok)
+            walk.what = NULL;
+    }
+    //  The main table, from the meta page
+    if (ok && !live)
+        ok = s_u16 (meta + 88 + 4) == 0
+           ? s_walk_table (&walk, s_u64 (meta + 88 + 40), true)
+           : s_bad (&walk, txnid & 1, "a main table with flags");
     //  The log table's root, from its record in the main table
     //  (none: the open says "not a kim store" next)
     MDB_dbi main_dbi;
     MDB_val key = { 3, (void *) "log" }, value;
+    if (live) {
+        mdb_txn_abort (txn);
+        munmap (map, (size_t) st.st_size);
+        return 0;
+    }
     int rc = ok? mdb_dbi_open (txn, NULL, 0, &main_dbi): 0;
     if (ok && rc == 0)
         rc = mdb_get (txn, main_dbi, &key, &value);
+    //  The log table is a plain one (no duplicates, byte-order keys)
+    if (ok && rc == 0 && value.mv_size == S_DB_SIZE
+    &&  s_u16 ((const uint8_t *) value.mv_data + 4) != 0)
+        ok = s_bad (&walk, 0, "a log table with flags");
+    else
     if (ok && rc == 0 && value.mv_size == S_DB_SIZE)
         ok = s_walk_table (&walk, s_u64 ((const uint8_t *) value.mv_data + 40), false);
     else
@@ -572,6 +633,10 @@ kim_log_open (const char *data_dir, char *why, size_t why_size)
     if (rc == 0) {
         what = "opening the store";
         rc = mdb_env_set_maxdbs (self->env, S_MAXDBS);
+    }
+    if (rc == 0 && s_check_meta (self, why, why_size)) {
+        kim_log_close (&self);
+        return NULL;
     }
     if (rc == 0)
         rc = mdb_env_open (self->env, self->path, MDB_RDONLY | MDB_NOTLS, 0600);

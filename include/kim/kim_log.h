@@ -191,7 +191,9 @@ int
 
 typedef struct _kim_log_t kim_log_t;
 
-//  Opens <data_dir>/store read-only. Returns NULL with `why` filled in.
+//  Opens <data_dir>/store read-only. Returns NULL with `why` filled in, also
+//  for a file that is truncated or whose pages are damaged: those are
+//  checked (one pass over the log's pages) before LMDB reads them.
 kim_log_t *
     kim_log_open (const char *data_dir, char *why, size_t why_size);
 void
