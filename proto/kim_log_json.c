@@ -311,6 +311,40 @@ kim_log_test (bool verbose)
     decoded.head [KIM_HASH_SIZE - 1] ^= 1;
     S_CHECK (kim_log_checkpoint_layout (&decoded, pk) == 0);
 
+    //  The test vector of PROTOCOL.md §8.11, byte for byte
+    {
+        static const char *body_hex =
+            "85a3736571cf0000000000000412a468656164c42096efa0f4cd431b44c1affe"
+            "ba0d81d25be3abd57566e53ff3e190d78a2b1937e9a474696d65cf0000019000"
+            "c79c7ba66b65795f6964b034643464626539313735343462303739a3736967c4"
+            "401bad34f11b1bf2f02d858f986beb3f31804dcdb801b1bdb2e33c8b76e212b7"
+            "30e2f0d89c0ea90ed17bb4fde7f0ccfd981a38d622ba796431d7a1445daeb68f"
+            "09";
+        static const char *legacy_sig_hex =
+            "b603216d8a7be1dec07e2f3322b4f09daf6de28f218d7a71e924c09d60566f21"
+            "59470c7a78e4202bd843f3a30c91d62b6684121b8489dca448af30a34b89fd08";
+        uint8_t seed [32], vector_pk [32], vector_sk [64];
+        for (int i = 0; i < 32; i++)
+            seed [i] = (uint8_t) (i + 1);
+        crypto_sign_seed_keypair (vector_pk, vector_sk, seed);
+        kim_log_checkpoint_t vector = { .seq = 1042, .time_ms = 1718000000123ULL };
+        S_CHECK (sodium_hex2bin (vector.head, KIM_HASH_SIZE, "96efa0f4cd431b44c1affeba0d81d25b"
+                                 "e3abd57566e53ff3e190d78a2b1937e9", 64, NULL, NULL, NULL) == 0);
+        kim_log_checkpoint_sign (&vector, vector_sk);
+        uint8_t body [KIM_LOG_CHECKPOINT_SIZE], expected_body [KIM_LOG_CHECKPOINT_SIZE];
+        size_t size = 0;
+        S_CHECK (sodium_hex2bin (expected_body, sizeof expected_body, body_hex,
+                                 strlen (body_hex), NULL, &size, NULL) == 0
+              && size == sizeof expected_body);
+        kim_log_checkpoint_encode (&vector, body);
+        S_CHECK (memcmp (body, expected_body, sizeof body) == 0);
+        uint8_t legacy_sig [KIM_SIG_SIZE];
+        S_CHECK (sodium_hex2bin (legacy_sig, sizeof legacy_sig, legacy_sig_hex,
+                                 strlen (legacy_sig_hex), NULL, NULL, NULL) == 0);
+        memcpy (vector.sig, legacy_sig, KIM_SIG_SIZE);
+        S_CHECK (kim_log_checkpoint_layout (&vector, vector_pk) == KIM_LOG_CHECKPOINT_V1);
+    }
+
     //  A legacy checkpoint, signed as brokers did before "kim-checkpoint-2":
     //  it verifies, but does not cover the head's last 8 bytes.
     kim_log_checkpoint_t legacy = checkpoint;

@@ -315,3 +315,46 @@ def test_damaged_store_gives_clear_error(real_log, tmp_path, damage):
     if damage not in ("scramble", "node-flags"):    # py-lmdb trusts the pages as LMDB does
         rc, out = _python_verify(data)
         assert rc in (1, 2), out
+
+
+def _spec_vector():
+    """The checkpoint test vector of PROTOCOL.md §8.11, as {label: text}."""
+    import re
+    with open(os.path.join(os.path.dirname(__file__), "..", "..", "proto", "PROTOCOL.md"),
+              encoding="utf-8") as f:
+        text = f.read()
+    start = text.index("Example (a test vector")
+    block = text[text.index("```text", start) + 7:text.index("```", text.index("```text",
+                                                                               start) + 7)]
+    values, label = {}, None
+    for line in block.splitlines():
+        if not line.strip():
+            continue
+        match = re.match(r"\s*(\S.*?)\s{2,}(\S+)$", line)
+        if match and not re.fullmatch(r"[0-9a-f]+", match.group(1)):
+            label = match.group(1)
+            values[label] = match.group(2)
+        else:
+            values[label] += line.strip()
+    return values
+
+
+def test_spec_vector():
+    """The spec's example checkpoint, computed from its own description."""
+    v = _spec_vector()
+    key = nacl.signing.SigningKey(bytes.fromhex(v["key seed"]))
+    public = bytes(key.verify_key)
+    assert public.hex() == v["public key"] and kim_verify.key_id(public) == v["key_id"]
+    seq, head, time_ms = int(v["seq"]), bytes.fromhex(v["head"]), int(v["time"])
+    signed = kim_verify.signed_message(seq, head, time_ms)
+    assert signed.hex() == v["signed"] and len(signed) == 64
+    assert key.sign(signed).signature.hex() == v["sig"]         # Ed25519 is deterministic
+    body = bytes.fromhex(v["body"])
+    assert kim_verify.parse_checkpoint(body) == (seq, head, time_ms, v["key_id"],
+                                                  bytes.fromhex(v["sig"]))
+    legacy = kim_verify.signed_message_legacy(seq, head, time_ms)
+    assert legacy.hex() == v["legacy signed"] and len(legacy) == 56
+    assert kim_verify.checkpoint_layout(key.verify_key, seq, head, time_ms,
+                                        bytes.fromhex(v["legacy sig"])) == 1
+    assert kim_verify.checkpoint_layout(key.verify_key, seq, head, time_ms,
+                                        bytes.fromhex(v["sig"])) == 2
