@@ -20,6 +20,10 @@
 int
 kim_log_body_to_json (const uint8_t *body, size_t size, kim_buf_t *out)
 {
+    //  A record with an empty body has none: NULL + 0 is undefined in C
+    static const uint8_t s_none [1];
+    if (!body)
+        body = s_none;
     if (kim_buf_reserve (out, KIM_MP_JSON_ROOM (size)))
         return -KIM_E_NOMEM;
     kim_mp_json_t w = { .p = body, .end = body + size, .out = (char *) out->data + out->size,
