@@ -1,5 +1,6 @@
 /*  kim_log.c — the log's record format, signed checkpoints, a read-only
-    reader of a broker's store and a streaming chain verifier.
+    reader of a broker's store (which checks the store file's structure
+    before LMDB trusts it) and a streaming chain verifier.
 
     It exists so that there is one definition of the log format that the
     broker's store writes with and that auditors' tools read with, and so
