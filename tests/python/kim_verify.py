@@ -174,8 +174,110 @@ def load_public_key(path):
     return bytes.fromhex(text)
 
 
+def check_store_file(path):
+    """Checks data.mdb's structure before py-lmdb reads it (LMDB trusts its
+    pages, PROTOCOL.md §8.11): both meta pages, then every page of the main
+    and `log` tables of each meta page, each page once per tree. LMDB 0.9's
+    on-disk format, 64-bit. Raises ValueError naming the damage."""
+    with open(path, "rb") as f:
+        data = f.read()
+    u16 = lambda at: struct.unpack_from("<H", data, at)[0]
+    u32 = lambda at: struct.unpack_from("<I", data, at)[0]
+    u64 = lambda at: struct.unpack_from("<Q", data, at)[0]
+    if len(data) < 160:
+        raise ValueError("data.mdb is too short to be a store")
+    psize = u32(40)
+    if psize < 512 or psize > 65536 or psize & (psize - 1) or len(data) < 2 * psize:
+        raise ValueError("data.mdb has no valid meta pages")
+    pages = len(data) // psize
+    metas = []
+    for m in (0, 1):
+        at = m * psize
+        if u32(at + 16) != 0xBEEFC0DE or u32(at + 20) != 1 or u32(at + 40) != psize \
+                or u64(at + 136) >= pages:
+            raise ValueError("meta page %d does not describe data.mdb" % m)
+        metas.append(at)
+    for meta in metas:          # LMDB may read either; each is checked on its own
+        _check_tree(data, psize, meta, u16, u32, u64)
+
+
+def _check_tree(data, psize, meta, u16, u32, u64):
+    """Walks the main and `log` tables of one meta page."""
+    last = u64(meta + 136)
+    seen = set()
+
+    def bad(pgno, what):
+        raise ValueError("the store is damaged: %s (page %d)" % (what, pgno))
+
+    def claim(pgno, count=1):
+        if pgno < 2 or count < 1 or pgno + count - 1 > last:
+            bad(pgno, "a page number outside the file")
+        for p in range(pgno, pgno + count):
+            if p in seen:
+                bad(pgno, "a page reached twice")
+            seen.add(p)
+
+    def walk(pgno, depth, main, found):
+        if depth > 32:
+            bad(pgno, "a tree deeper than any store")
+        claim(pgno)
+        at = pgno * psize
+        flags, lower, upper = u16(at + 10) & 0x7f, u16(at + 12), u16(at + 14)
+        if u64(at) != pgno or flags not in (1, 2):
+            bad(pgno, "a bad page header")
+        if lower < 16 or lower % 2 or lower > upper or upper > psize:
+            bad(pgno, "a page with bad bounds")
+        for i in range((lower - 16) // 2):
+            off = u16(at + 16 + 2 * i)
+            if off < upper or off % 2 or off + 8 > psize:
+                bad(pgno, "a node offset outside its page")
+            node = at + off
+            lo, hi, nflags, ksize = struct.unpack_from("<HHHH", data, node)
+            if off + 8 + ksize > psize:
+                bad(pgno, "a key past the end of its page")
+            if flags == 1:
+                walk(lo | hi << 16 | nflags << 32, depth + 1, main, found)
+                continue
+            dsize = lo | hi << 16
+            if main:
+                if nflags != 2 or dsize != 48 or off + 8 + ksize + dsize > psize:
+                    bad(pgno, "a table record of the wrong shape")
+                if data[node + 8:node + 8 + ksize] == b"log":
+                    found.append(node + 8 + ksize)
+            elif ksize != 8:
+                bad(pgno, "a log key that is not 8 bytes")
+            elif nflags == 0:
+                if off + 8 + ksize + dsize > psize:
+                    bad(pgno, "a record past the end of its page")
+            elif nflags == 1:
+                if off + 16 + ksize > psize:
+                    bad(pgno, "an overflow pointer past the end of its page")
+                first = u64(node + 8 + ksize)
+                if first < 2 or first > last:
+                    bad(pgno, "an overflow page outside the file")
+                over = first * psize
+                if u64(over) != first or u16(over + 10) & 0x7f != 4 \
+                        or u32(over + 12) * psize < dsize + 16:
+                    bad(first, "a bad overflow page")
+                claim(first, u32(over + 12))
+            else:
+                bad(pgno, "a log record with table or duplicate flags")
+
+    found = []
+    if u16(meta + 92) != 0:
+        bad(0, "a main table with flags")
+    if u64(meta + 128) != 0xFFFFFFFFFFFFFFFF:
+        walk(u64(meta + 128), 0, True, found)
+    for record in found:
+        if u16(record + 4) != 0:
+            bad(0, "a log table with flags")
+        if u64(record + 40) != 0xFFFFFFFFFFFFFFFF:
+            walk(u64(record + 40), 0, False, [])
+
+
 def read_records(data_dir):
     """Yields (seq, value) of the log table in key order."""
+    check_store_file(os.path.join(data_dir, "store", "data.mdb"))
     env = lmdb.open(os.path.join(data_dir, "store"), readonly=True, lock=False,
                     max_dbs=32, subdir=True, create=False)
     try:
