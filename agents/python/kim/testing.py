@@ -11,7 +11,6 @@ import subprocess
 import tempfile
 import time
 
-import zmq
 
 from .certs import write_cert, write_sign_key
 
