@@ -1,20 +1,7 @@
-"""Paths for the verifier's tests: the built binaries come from the
-environment (CTest passes them), else from build/test."""
+"""Makes the kim package (agents/python) and the verifier importable."""
 import os
 import sys
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-sys.path.insert(0, os.path.join(ROOT, "agents", "python"))
-sys.path.insert(0, os.path.dirname(__file__))
-
-
-def built(env, relative):
-    path = os.environ.get(env) or os.path.join(ROOT, "build", "test", relative)
-    if not os.access(path, os.X_OK):
-        raise RuntimeError("%s: no such program (set %s)" % (path, env))
-    return path
-
-
-KIM_BROKER = built("KIM_BROKER_BIN", "broker/kim-broker")
-KIM_TOOL = built("KIM_BIN", "agents/cli/kim")
-POLICY = os.environ.get("KIM_POLICY_FILE") or os.path.join(ROOT, "deploy", "policy.cfg")
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "agents", "python"))
+sys.path.insert(0, HERE)

@@ -15,7 +15,7 @@ import pytest
 
 import kim
 import kim_verify
-from conftest import KIM_BROKER, KIM_TOOL, POLICY
+from kim_test_paths import KIM_BROKER, KIM_TOOL, POLICY
 from kim.testing import TestBroker
 
 #   Offsets in the 161-byte checkpoint body (PROTOCOL.md §8.11).
