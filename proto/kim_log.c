@@ -1,5 +1,6 @@
 /*  kim_log.c — the log's record format, signed checkpoints, a read-only
-    reader of a broker's store and a streaming chain verifier.
+    reader of a broker's store (which checks the store file's structure
+    before LMDB trusts it) and a streaming chain verifier.
 
     It exists so that there is one definition of the log format that the
     broker's store writes with and that auditors' tools read with, and so
@@ -15,6 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "kim/kim_log.h"
 
@@ -130,10 +135,23 @@ kim_log_key_id (const uint8_t public_key [32], char key_id [KIM_LOG_KEY_ID_SIZE 
 void
 kim_log_checkpoint_message (const kim_log_checkpoint_t *self, uint8_t out [KIM_LOG_SIGNED_SIZE])
 {
-    memcpy (out, "kim-checkpoint-1", 16);
+    memcpy (out, KIM_LOG_CHECKPOINT_DOMAIN, 16);
     kim_log_put_be64 (out + 16, self->seq);
     memcpy (out + 24, self->head, KIM_HASH_SIZE);
-    kim_log_put_be64 (out + 56 - 8, self->time_ms);
+    kim_log_put_be64 (out + 24 + KIM_HASH_SIZE, self->time_ms);
+}
+
+//  What brokers signed before the layout was fixed: the time overwrote the
+//  last 8 bytes of the head, so only head [0..24) is covered. Kept so that
+//  older logs still verify; never signed any more.
+void
+kim_log_checkpoint_message_legacy (const kim_log_checkpoint_t *self,
+                                   uint8_t out [KIM_LOG_SIGNED_SIZE_LEGACY])
+{
+    memcpy (out, KIM_LOG_CHECKPOINT_DOMAIN_LEGACY, 16);
+    kim_log_put_be64 (out + 16, self->seq);
+    memcpy (out + 24, self->head, KIM_LOG_SIGNED_SIZE_LEGACY - 24 - 8);
+    kim_log_put_be64 (out + KIM_LOG_SIGNED_SIZE_LEGACY - 8, self->time_ms);
 }
 
 void
@@ -190,6 +208,13 @@ kim_log_checkpoint_decode (kim_log_checkpoint_t *self, const uint8_t *body, size
     ||  memcmp (body + S_CP_KEYID, frame + S_CP_KEYID, 8) != 0
     ||  memcmp (body + S_CP_SIG, frame + S_CP_SIG, 6) != 0)
         return -KIM_E_MALFORMED;
+    //  key_id is lowercase hex: anything else (a NUL byte, say) would print
+    //  as another key than the one compared
+    for (size_t i = 0; i < KIM_LOG_KEY_ID_SIZE; i++) {
+        uint8_t c = body [S_CP_KEYID + 8 + i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return -KIM_E_MALFORMED;
+    }
     self->seq = kim_log_get_be64 (body + S_CP_SEQ + 5);
     memcpy (self->head, body + S_CP_HEAD + 7, KIM_HASH_SIZE);
     self->time_ms = kim_log_get_be64 (body + S_CP_TIME + 6);
@@ -199,12 +224,24 @@ kim_log_checkpoint_decode (kim_log_checkpoint_t *self, const uint8_t *body, size
     return 0;
 }
 
-bool
-kim_log_checkpoint_verify (const kim_log_checkpoint_t *self, const uint8_t public_key [32])
+int
+kim_log_checkpoint_layout (const kim_log_checkpoint_t *self, const uint8_t public_key [32])
 {
     uint8_t message [KIM_LOG_SIGNED_SIZE];
     kim_log_checkpoint_message (self, message);
-    return crypto_sign_verify_detached (self->sig, message, sizeof message, public_key) == 0;
+    if (crypto_sign_verify_detached (self->sig, message, sizeof message, public_key) == 0)
+        return KIM_LOG_CHECKPOINT_V2;
+    uint8_t legacy [KIM_LOG_SIGNED_SIZE_LEGACY];
+    kim_log_checkpoint_message_legacy (self, legacy);
+    if (crypto_sign_verify_detached (self->sig, legacy, sizeof legacy, public_key) == 0)
+        return KIM_LOG_CHECKPOINT_V1;
+    return 0;
+}
+
+bool
+kim_log_checkpoint_verify (const kim_log_checkpoint_t *self, const uint8_t public_key [32])
+{
+    return kim_log_checkpoint_layout (self, public_key) != 0;
 }
 
 //  Reads the first line of a small text file into `line` (without newline).
@@ -270,6 +307,319 @@ struct _kim_log_t {
     char path [4096];
 };
 
+//  A store copied short (a truncated backup, a full disk) has pages its meta
+//  page points to beyond the end of the file: LMDB would read them through
+//  its map and die of SIGBUS. Refuse such a file with a clear error first.
+//  (LMDB trusts the pages it has; a file scrambled inside is caught by the
+//  chain only as far as LMDB can walk it.)
+static int
+s_check_size (kim_log_t *self, char *why, size_t why_size)
+{
+    MDB_envinfo info;
+    MDB_stat stat_;
+    char file [4200];
+    snprintf (file, sizeof file, "%s/data.mdb", self->path);
+    struct stat st;
+    if (mdb_env_info (self->env, &info) || mdb_env_stat (self->env, &stat_)
+    ||  stat (file, &st) != 0) {
+        snprintf (why, why_size, "%s: cannot read the store's size", self->path);
+        return -KIM_E_IO;
+    }
+    uint64_t needed = ((uint64_t) info.me_last_pgno + 1) * stat_.ms_psize;
+    if ((uint64_t) st.st_size < needed) {
+        snprintf (why, why_size, "%s: the store is truncated: data.mdb has %" PRIu64
+                  " bytes, its last page ends at byte %" PRIu64, self->path,
+                  (uint64_t) st.st_size, needed);
+        return -KIM_E_IO;
+    }
+    return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  A structural check of the store's pages
+//
+//  LMDB trusts the pages of its file: a data.mdb scrambled inside (a node
+//  that claims duplicates, an offset past its page, a child page that is no
+//  page of the tree) makes it read or write wild addresses, and the tool
+//  dies. Before anything reads the log, this walks the pages of the main
+//  table and of the log table in the snapshot and checks every page header,
+//  node offset, node size, child page number and overflow run against the
+//  file, each page at most once. It reads the on-disk format of LMDB 0.9
+//  (data format version 1, 64-bit): page header {u64 pgno, u16 pad, u16
+//  flags, u16 lower, u16 upper} then u16 node offsets; node {u16 lo, u16 hi,
+//  u16 flags, u16 ksize, key, data}; a table record (MDB_db) is 48 bytes
+//  with its root page at offset 40; the meta page holds the main table's
+//  record at offset 88 and its txnid at 144. Costs one pass over the log's
+//  pages, which verify and replay read anyway.
+
+#define S_PAGEHDR       16
+#define S_P_BRANCH      0x01
+#define S_P_LEAF        0x02
+#define S_P_OVERFLOW    0x04
+#define S_F_BIGDATA     0x01
+#define S_F_SUBDATA     0x02
+#define S_DB_SIZE       48
+#define S_DEPTH_MAX     32
+
+typedef struct {
+    const uint8_t *map;
+    size_t psize;
+    uint64_t last_pgno;
+    uint8_t *seen;              //  one bit per page
+    bool main;                  //  walking the main table (values are MDB_db)
+    uint64_t pgno;              //  the first bad page
+    const char *what;
+} s_walk_t;
+
+static uint16_t
+s_u16 (const uint8_t *p)
+{
+    uint16_t v;
+    memcpy (&v, p, sizeof v);
+    return v;
+}
+
+static uint64_t
+s_u64 (const uint8_t *p)
+{
+    uint64_t v;
+    memcpy (&v, p, sizeof v);
+    return v;
+}
+
+static bool
+s_bad (s_walk_t *w, uint64_t pgno, const char *what)
+{
+    w->pgno = pgno;
+    w->what = what;
+    return false;
+}
+
+//  Claims page run [pgno, pgno + pages) for this walk.
+static bool
+s_claim (s_walk_t *w, uint64_t pgno, uint64_t pages)
+{
+    if (pgno < 2 || pages == 0 || pgno > w->last_pgno || pages > w->last_pgno - pgno + 1)
+        return s_bad (w, pgno, "a page number outside the file");
+    for (uint64_t p = pgno; p < pgno + pages; p++) {
+        if (w->seen [p / 8] & (1u << (p % 8)))
+            return s_bad (w, pgno, "a page reached twice");
+        w->seen [p / 8] |= (uint8_t) (1u << (p % 8));
+    }
+    return true;
+}
+
+static bool
+s_walk_page (s_walk_t *w, uint64_t pgno, int depth)
+{
+    if (depth > S_DEPTH_MAX)
+        return s_bad (w, pgno, "a tree deeper than any store");
+    if (!s_claim (w, pgno, 1))
+        return false;
+    const uint8_t *page = w->map + pgno * w->psize;
+    uint16_t flags = s_u16 (page + 10) & 0x7f;
+    uint16_t lower = s_u16 (page + 12), upper = s_u16 (page + 14);
+    if (s_u64 (page) != pgno)
+        return s_bad (w, pgno, "a page header with another page's number");
+    if (flags != S_P_BRANCH && flags != S_P_LEAF)
+        return s_bad (w, pgno, "a page that is neither branch nor leaf");
+    if (lower < S_PAGEHDR || lower % 2 || lower > upper || upper > w->psize)
+        return s_bad (w, pgno, "a page with bad bounds");
+    size_t count = (size_t) (lower - S_PAGEHDR) / 2;
+    if (flags == S_P_BRANCH && count == 0)
+        return s_bad (w, pgno, "an empty branch page");
+    for (size_t i = 0; i < count; i++) {
+        size_t at = s_u16 (page + S_PAGEHDR + 2 * i);
+        if (at < upper || at % 2 || at + 8 > w->psize)
+            return s_bad (w, pgno, "a node offset outside its page");
+        const uint8_t *node = page + at;
+        uint16_t lo = s_u16 (node), hi = s_u16 (node + 2);
+        uint16_t node_flags = s_u16 (node + 4), ksize = s_u16 (node + 6);
+        if (at + 8 + ksize > w->psize)
+            return s_bad (w, pgno, "a key past the end of its page");
+        if (flags == S_P_BRANCH) {
+            uint64_t child = lo | (uint64_t) hi << 16 | (uint64_t) node_flags << 32;
+            if (!s_walk_page (w, child, depth + 1))
+                return false;
+            continue;
+        }
+        size_t dsize = lo | (size_t) hi << 16;
+        if (w->main) {
+            //  Named tables: a key and an MDB_db record, inline
+            if (node_flags != S_F_SUBDATA || dsize != S_DB_SIZE
+            ||  at + 8 + ksize + dsize > w->psize)
+                return s_bad (w, pgno, "a table record of the wrong shape");
+            continue;
+        }
+        if (ksize != 8)
+            return s_bad (w, pgno, "a log key that is not 8 bytes");
+        if (node_flags == 0) {
+            if (at + 8 + ksize + dsize > w->psize)
+                return s_bad (w, pgno, "a record past the end of its page");
+        }
+        else
+        if (node_flags == S_F_BIGDATA) {
+            if (at + 8 + ksize + 8 > w->psize)
+                return s_bad (w, pgno, "an overflow pointer past the end of its page");
+            uint64_t first = s_u64 (node + 8 + ksize);
+            if (first < 2 || first > w->last_pgno)
+                return s_bad (w, pgno, "an overflow page outside the file");
+            const uint8_t *over = w->map + first * w->psize;
+            uint32_t pages;
+            memcpy (&pages, over + 12, sizeof pages);
+            if (s_u64 (over) != first || (s_u16 (over + 10) & 0x7f) != S_P_OVERFLOW
+            ||  (uint64_t) pages * w->psize < dsize + S_PAGEHDR)
+                return s_bad (w, first, "a bad overflow page");
+            if (!s_claim (w, first, pages))
+                return false;
+        }
+        else
+            return s_bad (w, pgno, "a log record with table or duplicate flags");
+    }
+    return true;
+}
+
+//  Walks one table from its root (P_INVALID, all ones: an empty table).
+static bool
+s_walk_table (s_walk_t *w, uint64_t root, bool main)
+{
+    w->main = main;
+    if (root == UINT64_MAX)
+        return true;
+    return s_walk_page (w, root, 0);
+}
+
+//  LMDB takes the page size and the end of the store from the meta pages
+//  and maps the file by them: a meta page claiming a page size or a last
+//  page past the end of the file crashes mdb_env_open itself. Checks both
+//  meta pages, as LMDB will read them, before LMDB opens the file.
+static int
+s_check_meta (kim_log_t *self, char *why, size_t why_size)
+{
+    char file [4200];
+    snprintf (file, sizeof file, "%s/data.mdb", self->path);
+    FILE *handle = fopen (file, "rb");
+    if (!handle)
+        return 0;               //  no file: mdb_env_open names the problem
+    struct stat st;
+    uint8_t meta [2][160];
+    bool ok = fstat (fileno (handle), &st) == 0
+           && fread (meta [0], 1, sizeof meta [0], handle) == sizeof meta [0];
+    uint32_t psize = 0;
+    if (ok)
+        memcpy (&psize, meta [0] + 40, sizeof psize);
+    //  LMDB reads the second meta page at the first one's page size
+    ok = ok && psize >= 512 && psize <= 65536 && (psize & (psize - 1)) == 0
+       && (uint64_t) st.st_size >= 2 * (uint64_t) psize
+       && fseek (handle, (long) psize, SEEK_SET) == 0
+       && fread (meta [1], 1, sizeof meta [1], handle) == sizeof meta [1];
+    fclose (handle);
+    for (int i = 0; ok && i < 2; i++) {
+        uint32_t magic, version, page_size;
+        memcpy (&magic, meta [i] + 16, sizeof magic);
+        memcpy (&version, meta [i] + 20, sizeof version);
+        memcpy (&page_size, meta [i] + 40, sizeof page_size);
+        uint64_t last = s_u64 (meta [i] + 136);
+        ok = magic == 0xBEEFC0DE && version == 1 && page_size == psize
+          && last < (uint64_t) st.st_size / psize;
+    }
+    if (ok || st.st_size == 0)
+        return 0;               //  an empty file: mdb_env_open names it
+    snprintf (why, why_size, "%s: the store is damaged or truncated: its meta pages do not "
+              "describe data.mdb (%" PRIu64 " bytes)", self->path, (uint64_t) st.st_size);
+    return -KIM_E_IO;
+}
+
+static int
+s_check_pages (kim_log_t *self, char *why, size_t why_size)
+{
+    MDB_envinfo info;
+    MDB_stat stat_;
+    MDB_txn *txn = NULL;
+    if (mdb_env_info (self->env, &info) || mdb_env_stat (self->env, &stat_)
+    ||  stat_.ms_psize < 512 || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn)) {
+        snprintf (why, why_size, "%s: cannot read the store", self->path);
+        return -KIM_E_IO;
+    }
+    //  LMDB does not say where its map is: map the file once more, read
+    //  only. The snapshot's pages stay put while `txn` lives.
+    char file [4200];
+    snprintf (file, sizeof file, "%s/data.mdb", self->path);
+    int fd = open (file, O_RDONLY);
+    struct stat st;
+    void *map = MAP_FAILED;
+    if (fd >= 0 && fstat (fd, &st) == 0 && st.st_size > 0)
+        map = mmap (NULL, (size_t) st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (fd >= 0)
+        close (fd);
+    if (map == MAP_FAILED) {
+        mdb_txn_abort (txn);
+        snprintf (why, why_size, "%s: cannot map the store: %s", self->path, strerror (errno));
+        return -KIM_E_IO;
+    }
+    //  A read transaction uses the meta page its txnid's parity names (as
+    //  LMDB picks it), whatever the other one says.
+    uint64_t file_pages = (uint64_t) st.st_size / stat_.ms_psize;
+    uint64_t txnid = (uint64_t) mdb_txn_id (txn);
+    const uint8_t *meta = (const uint8_t *) map + (txnid & 1) * stat_.ms_psize;
+    bool ok = file_pages >= 2;
+    bool live = false;
+    if (ok && s_u64 (meta + 144) != txnid) {
+        //  A newer txnid: a broker wrote since our snapshot began, which
+        //  is no damage. Anything else is.
+        live = s_u64 (meta + 144) > txnid;
+        ok = live;
+    }
+    s_walk_t walk = { (const uint8_t *) map, stat_.ms_psize, ok? s_u64 (meta + 136): 0,
+                      NULL, false, txnid & 1, "a meta page that is not the snapshot's" };
+    if (ok && !live) {
+        if (walk.last_pgno > file_pages - 1)
+            walk.last_pgno = file_pages - 1;
+        walk.seen = (uint8_t *) calloc (walk.last_pgno / 8 + 1, 1);
+        ok = walk.seen != NULL;
+        if (!ok)
+            walk.what = NULL;
+    }
+    //  The main table, from the meta page
+    if (ok && !live)
+        ok = s_u16 (meta + 88 + 4) == 0
+           ? s_walk_table (&walk, s_u64 (meta + 88 + 40), true)
+           : s_bad (&walk, txnid & 1, "a main table with flags");
+    //  The log table's root, from its record in the main table
+    //  (none: the open says "not a kim store" next)
+    MDB_dbi main_dbi;
+    MDB_val key = { 3, (void *) "log" }, value;
+    if (live) {
+        mdb_txn_abort (txn);
+        munmap (map, (size_t) st.st_size);
+        return 0;
+    }
+    int rc = ok? mdb_dbi_open (txn, NULL, 0, &main_dbi): 0;
+    if (ok && rc == 0)
+        rc = mdb_get (txn, main_dbi, &key, &value);
+    //  The log table is a plain one (no duplicates, byte-order keys)
+    if (ok && rc == 0 && value.mv_size == S_DB_SIZE
+    &&  s_u16 ((const uint8_t *) value.mv_data + 4) != 0)
+        ok = s_bad (&walk, 0, "a log table with flags");
+    else
+    if (ok && rc == 0 && value.mv_size == S_DB_SIZE)
+        ok = s_walk_table (&walk, s_u64 ((const uint8_t *) value.mv_data + 40), false);
+    else
+    if (ok && rc != MDB_NOTFOUND)
+        ok = s_bad (&walk, 0, "no readable record of the log table");
+    mdb_txn_abort (txn);
+    munmap (map, (size_t) st.st_size);
+    free (walk.seen);
+    if (ok)
+        return 0;
+    if (!walk.what)
+        snprintf (why, why_size, "%s: out of memory", self->path);
+    else
+        snprintf (why, why_size, "%s: the store is damaged: %s (page %" PRIu64 ")",
+                  self->path, walk.what, walk.pgno);
+    return -KIM_E_IO;
+}
+
 kim_log_t *
 kim_log_open (const char *data_dir, char *why, size_t why_size)
 {
@@ -285,8 +635,18 @@ kim_log_open (const char *data_dir, char *why, size_t why_size)
         what = "opening the store";
         rc = mdb_env_set_maxdbs (self->env, S_MAXDBS);
     }
+    if (rc == 0 && s_check_meta (self, why, why_size)) {
+        kim_log_close (&self);
+        return NULL;
+    }
     if (rc == 0)
         rc = mdb_env_open (self->env, self->path, MDB_RDONLY | MDB_NOTLS, 0600);
+    //  Before LMDB reads a table: a damaged file must not crash it
+    if (rc == 0
+    &&  (s_check_size (self, why, why_size) || s_check_pages (self, why, why_size))) {
+        kim_log_close (&self);
+        return NULL;
+    }
     MDB_txn *txn = NULL;
     if (rc == 0) {
         what = "starting a read transaction";
@@ -526,9 +886,20 @@ kim_log_verify_step (kim_log_verify_t *self, const kim_log_record_t *record)
                 return s_fail (self, record->seq, "checkpoint %" PRIu64 " is signed by key %s, "
                                "not by the broker's key %s", record->seq, checkpoint.key_id,
                                key_id);
-            if (!kim_log_checkpoint_verify (&checkpoint, self->public_key))
+            int layout = kim_log_checkpoint_layout (&checkpoint, self->public_key);
+            if (layout == 0)
                 return s_fail (self, record->seq, "checkpoint %" PRIu64 " has a bad signature",
                                record->seq);
+            //  A broker that signs the current layout never goes back to the
+            //  legacy one: a legacy checkpoint after a current one is forged
+            //  or spliced in.
+            if (layout == KIM_LOG_CHECKPOINT_V1 && self->current_seen)
+                return s_fail (self, record->seq, "checkpoint %" PRIu64 " is signed in the legacy "
+                               "layout after checkpoints in the current one", record->seq);
+            if (layout == KIM_LOG_CHECKPOINT_V2)
+                self->current_seen = true;
+            else
+                self->legacy++;
             self->sealed = checkpoint.seq;
         }
         self->checkpoints++;
@@ -545,7 +916,9 @@ kim_log_verify_end (kim_log_verify_t *self, const kim_log_checkpoint_t *outside,
 {
     if (self->failed || !outside)
         return self->failed? -KIM_E_VERIFY_FAILED: 0;
-    if (self->have_key && !kim_log_checkpoint_verify (outside, self->public_key))
+    int layout = self->have_key? kim_log_checkpoint_layout (outside, self->public_key): 0;
+    if (self->have_key
+    &&  (layout == 0 || (layout == KIM_LOG_CHECKPOINT_V1 && self->current_seen)))
         return s_fail (self, outside->seq, "the checkpoint held outside the log (seq %" PRIu64
                        ") has a bad signature", outside->seq);
     if (outside->seq > self->last)

@@ -20,6 +20,10 @@
 int
 kim_log_body_to_json (const uint8_t *body, size_t size, kim_buf_t *out)
 {
+    //  A record with an empty body has none: NULL + 0 is undefined in C
+    static const uint8_t s_none [1];
+    if (!body)
+        body = s_none;
     if (kim_buf_reserve (out, KIM_MP_JSON_ROOM (size)))
         return -KIM_E_NOMEM;
     kim_mp_json_t w = { .p = body, .end = body + size, .out = (char *) out->data + out->size,
@@ -296,6 +300,106 @@ kim_log_test (bool verbose)
     kim_log_verify_init (&verify, pk, 2, NULL);
     for (int i = 1; i < 4; i++)
         S_CHECK (kim_log_verify_step (&verify, &records [i]) == 0);
+
+    //  The signed bytes are exactly the spec's: domain, seq, all 32 bytes of
+    //  the head, time. A change in the head's last byte breaks the signature.
+    uint8_t message [KIM_LOG_SIGNED_SIZE];
+    kim_log_checkpoint_message (&checkpoint, message);
+    S_CHECK (memcmp (message, "kim-checkpoint-2", 16) == 0);
+    S_CHECK (kim_log_get_be64 (message + 16) == 3);
+    S_CHECK (memcmp (message + 24, checkpoint.head, KIM_HASH_SIZE) == 0);
+    S_CHECK (kim_log_get_be64 (message + 56) == 2000);
+    S_CHECK (crypto_sign_verify_detached (checkpoint.sig, message, sizeof message, pk) == 0);
+    S_CHECK (kim_log_checkpoint_layout (&checkpoint, pk) == KIM_LOG_CHECKPOINT_V2);
+    decoded = checkpoint;
+    decoded.head [KIM_HASH_SIZE - 1] ^= 1;
+    S_CHECK (kim_log_checkpoint_layout (&decoded, pk) == 0);
+
+    //  The test vector of PROTOCOL.md §8.11, byte for byte
+    {
+        static const char *body_hex =
+            "85a3736571cf0000000000000412a468656164c42096efa0f4cd431b44c1affe"
+            "ba0d81d25be3abd57566e53ff3e190d78a2b1937e9a474696d65cf0000019000"
+            "c79c7ba66b65795f6964b034643464626539313735343462303739a3736967c4"
+            "401bad34f11b1bf2f02d858f986beb3f31804dcdb801b1bdb2e33c8b76e212b7"
+            "30e2f0d89c0ea90ed17bb4fde7f0ccfd981a38d622ba796431d7a1445daeb68f"
+            "09";
+        static const char *legacy_sig_hex =
+            "b603216d8a7be1dec07e2f3322b4f09daf6de28f218d7a71e924c09d60566f21"
+            "59470c7a78e4202bd843f3a30c91d62b6684121b8489dca448af30a34b89fd08";
+        uint8_t seed [32], vector_pk [32], vector_sk [64];
+        for (int i = 0; i < 32; i++)
+            seed [i] = (uint8_t) (i + 1);
+        crypto_sign_seed_keypair (vector_pk, vector_sk, seed);
+        kim_log_checkpoint_t vector = { .seq = 1042, .time_ms = 1718000000123ULL };
+        S_CHECK (sodium_hex2bin (vector.head, KIM_HASH_SIZE, "96efa0f4cd431b44c1affeba0d81d25b"
+                                 "e3abd57566e53ff3e190d78a2b1937e9", 64, NULL, NULL, NULL) == 0);
+        kim_log_checkpoint_sign (&vector, vector_sk);
+        uint8_t body [KIM_LOG_CHECKPOINT_SIZE], expected_body [KIM_LOG_CHECKPOINT_SIZE];
+        size_t size = 0;
+        S_CHECK (sodium_hex2bin (expected_body, sizeof expected_body, body_hex,
+                                 strlen (body_hex), NULL, &size, NULL) == 0
+              && size == sizeof expected_body);
+        kim_log_checkpoint_encode (&vector, body);
+        S_CHECK (memcmp (body, expected_body, sizeof body) == 0);
+        uint8_t legacy_sig [KIM_SIG_SIZE];
+        S_CHECK (sodium_hex2bin (legacy_sig, sizeof legacy_sig, legacy_sig_hex,
+                                 strlen (legacy_sig_hex), NULL, NULL, NULL) == 0);
+        memcpy (vector.sig, legacy_sig, KIM_SIG_SIZE);
+        S_CHECK (kim_log_checkpoint_layout (&vector, vector_pk) == KIM_LOG_CHECKPOINT_V1);
+    }
+
+    //  A legacy checkpoint, signed as brokers did before "kim-checkpoint-2":
+    //  it verifies, but does not cover the head's last 8 bytes.
+    kim_log_checkpoint_t legacy = checkpoint;
+    uint8_t legacy_message [KIM_LOG_SIGNED_SIZE_LEGACY];
+    kim_log_checkpoint_message_legacy (&legacy, legacy_message);
+    S_CHECK (memcmp (legacy_message, "kim-checkpoint-1", 16) == 0);
+    S_CHECK (memcmp (legacy_message + 24, legacy.head, 24) == 0);
+    S_CHECK (kim_log_get_be64 (legacy_message + 48) == 2000);
+    crypto_sign_detached (legacy.sig, NULL, legacy_message, sizeof legacy_message, sk);
+    S_CHECK (kim_log_checkpoint_layout (&legacy, pk) == KIM_LOG_CHECKPOINT_V1);
+    S_CHECK (kim_log_checkpoint_verify (&legacy, pk));
+    S_CHECK (!kim_log_checkpoint_verify (&legacy, other_pk));
+    legacy.time_ms++;
+    S_CHECK (!kim_log_checkpoint_verify (&legacy, pk));
+    legacy.time_ms--;
+    //  ...in a chain: the legacy checkpoint record verifies as a whole log
+    uint8_t legacy_body [KIM_LOG_CHECKPOINT_SIZE];
+    kim_log_checkpoint_encode (&legacy, legacy_body);
+    kim_log_record_t legacy_record = records [3];
+    legacy_record.body = legacy_body;
+    kim_log_record_hash (records [2].hash, KIM_LOG_CHECKPOINT, 4, 2000, legacy_body,
+                         KIM_LOG_CHECKPOINT_SIZE, legacy_record.hash);
+    kim_log_verify_init (&verify, pk, 1, NULL);
+    for (int i = 0; i < 3; i++)
+        S_CHECK (kim_log_verify_step (&verify, &records [i]) == 0);
+    S_CHECK (kim_log_verify_step (&verify, &legacy_record) == 0);
+    S_CHECK (verify.sealed == 3 && verify.legacy == 1 && !verify.current_seen);
+    S_CHECK (kim_log_verify_end (&verify, &legacy, records [2].hash) == 0);
+    //  ...but not once the broker signs the current layout: a legacy
+    //  checkpoint after a current one is refused, in the log and outside it
+    kim_log_verify_init (&verify, pk, 1, NULL);
+    for (int i = 0; i < 4; i++)
+        S_CHECK (kim_log_verify_step (&verify, &records [i]) == 0);
+    S_CHECK (verify.current_seen && verify.legacy == 0);
+    S_CHECK (kim_log_verify_end (&verify, &legacy, NULL) == -KIM_E_VERIFY_FAILED);
+    kim_log_record_t late [1];
+    uint8_t late_body [KIM_LOG_CHECKPOINT_SIZE];
+    legacy.seq = 4;
+    memcpy (legacy.head, records [3].hash, KIM_HASH_SIZE);
+    kim_log_checkpoint_message_legacy (&legacy, legacy_message);
+    crypto_sign_detached (legacy.sig, NULL, legacy_message, sizeof legacy_message, sk);
+    kim_log_checkpoint_encode (&legacy, late_body);
+    late [0] = (kim_log_record_t) { .seq = 5, .time_ms = 2000, .kind = KIM_LOG_CHECKPOINT,
+                                    .body = late_body, .body_size = KIM_LOG_CHECKPOINT_SIZE };
+    kim_log_record_hash (records [3].hash, KIM_LOG_CHECKPOINT, 5, 2000, late_body,
+                         KIM_LOG_CHECKPOINT_SIZE, late [0].hash);
+    kim_log_verify_init (&verify, pk, 1, NULL);
+    for (int i = 0; i < 4; i++)
+        S_CHECK (kim_log_verify_step (&verify, &records [i]) == 0);
+    S_CHECK (kim_log_verify_step (&verify, &late [0]) == -KIM_E_VERIFY_FAILED);
+    S_CHECK (verify.bad_seq == 5 && strstr (verify.why, "legacy"));
 
     //  JSON
     kim_buf_t buf;

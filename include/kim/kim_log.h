@@ -9,12 +9,14 @@
 
     Record value (key: seq as u64 big-endian):
         [u8 format = 1][u8 kind][u64 time_ms BE][32-byte hash][body...]
-    hash = BLAKE2b-256 (prev_hash || format || kind || seq BE || time_ms BE
-    || body); the first record's prev_hash is 32 zero bytes. Bodies are
-    MessagePack maps (a message record's body is the canonical header).
+    hash = BLAKE2b-256 (prev_hash || u8 format || u8 kind || u64 seq BE
+    || u64 time_ms BE || body), unkeyed, 32-byte digest; the first record's
+    prev_hash is 32 zero bytes. Bodies are MessagePack maps (a message
+    record's body is the canonical header).
 
     A checkpoint record (kind 2) seals the chain: the broker signs, with its
-    own Ed25519 key, the sequence number and hash of the record before it.
+    own Ed25519 key, the sequence number and hash of the record before it
+    and the time (kim_log_checkpoint_message).
     Anyone holding the log and the broker's public signing key can check
     that nothing up to the last checkpoint was altered, removed or
     reordered. The broker also keeps its latest checkpoint in a file beside
@@ -131,10 +133,22 @@ typedef struct {
 void
     kim_log_key_id (const uint8_t public_key [32], char key_id [KIM_LOG_KEY_ID_SIZE + 1]);
 
-//  The bytes signed: "kim-checkpoint-1" || seq BE || head || time BE (56 bytes).
-#define KIM_LOG_SIGNED_SIZE 56
+//  The bytes signed (PROTOCOL.md §8.11), 64 bytes:
+//      "kim-checkpoint-2" (16 ASCII bytes) || seq (u64 BE) || head (32 bytes)
+//      || time_ms (u64 BE)
+#define KIM_LOG_CHECKPOINT_DOMAIN   "kim-checkpoint-2"
+#define KIM_LOG_SIGNED_SIZE         64
 void
     kim_log_checkpoint_message (const kim_log_checkpoint_t *self, uint8_t out [KIM_LOG_SIGNED_SIZE]);
+
+//  The legacy bytes that brokers signed before "kim-checkpoint-2", 56 bytes:
+//      "kim-checkpoint-1" || seq (u64 BE) || head [0..24) || time_ms (u64 BE)
+//  (the time overwrote the last 8 bytes of the head). Verified, never signed.
+#define KIM_LOG_CHECKPOINT_DOMAIN_LEGACY    "kim-checkpoint-1"
+#define KIM_LOG_SIGNED_SIZE_LEGACY          56
+void
+    kim_log_checkpoint_message_legacy (const kim_log_checkpoint_t *self,
+                                       uint8_t out [KIM_LOG_SIGNED_SIZE_LEGACY]);
 
 //  Fills key_id and sig with `secret_key` (libsodium Ed25519, 64 bytes).
 void
@@ -151,7 +165,15 @@ void
 int
     kim_log_checkpoint_decode (kim_log_checkpoint_t *self, const uint8_t *body, size_t size);
 
-//  True when the signature verifies with `public_key` (32 bytes).
+//  Which signed layout the signature verifies with `public_key` (32 bytes):
+//  KIM_LOG_CHECKPOINT_V2 (current), KIM_LOG_CHECKPOINT_V1 (legacy), or 0
+//  when it verifies with neither.
+#define KIM_LOG_CHECKPOINT_V1   1
+#define KIM_LOG_CHECKPOINT_V2   2
+int
+    kim_log_checkpoint_layout (const kim_log_checkpoint_t *self, const uint8_t public_key [32]);
+
+//  True when the signature verifies with `public_key` in either layout.
 bool
     kim_log_checkpoint_verify (const kim_log_checkpoint_t *self, const uint8_t public_key [32]);
 
@@ -169,7 +191,9 @@ int
 
 typedef struct _kim_log_t kim_log_t;
 
-//  Opens <data_dir>/store read-only. Returns NULL with `why` filled in.
+//  Opens <data_dir>/store read-only. Returns NULL with `why` filled in, also
+//  for a file that is truncated or whose pages are damaged: those are
+//  checked (one pass over the log's pages) before LMDB reads them.
 kim_log_t *
     kim_log_open (const char *data_dir, char *why, size_t why_size);
 void
@@ -207,6 +231,8 @@ typedef struct {
     uint64_t records;
     uint64_t checkpoints;
     uint64_t sealed;                    //  last seq covered by a good checkpoint
+    uint64_t legacy;                    //  good checkpoints in the legacy layout
+    bool current_seen;                  //  a checkpoint in the current layout was seen
     bool failed;
     uint64_t bad_seq;                   //  first bad sequence number
     char why [200];                     //  what is wrong with it
@@ -222,7 +248,8 @@ void
 
 //  Checks one record: its seq follows the last, its stored hash is the
 //  chain hash, and a checkpoint decodes, covers the record before it and
-//  carries a good signature. Returns 0, or -KIM_E_VERIFY_FAILED with
+//  carries a good signature (legacy layout only before the first
+//  checkpoint in the current one). Returns 0, or -KIM_E_VERIFY_FAILED with
 //  bad_seq and why set (the verifier then stays failed).
 int
     kim_log_verify_step (kim_log_verify_t *self, const kim_log_record_t *record);
