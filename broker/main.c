@@ -10,6 +10,7 @@
 #include "kim_consent.h"
 #include "kim_modules.h"
 #include "kim_server.h"
+#include "kim_service.h"
 
 static void
 s_usage (FILE *out)
@@ -159,7 +160,10 @@ main (int argc, char *argv [])
         zsys_error ("cannot start: %s", error);
         return 1;
     }
+    if (kim_service_attach (server))
+        zsys_warning ("cannot arm the service notifications");
     rc = kim_server_run (server);
+    kim_service_stopping (rc == 0? "stopping": "store failed");
     kim_server_destroy (&server);
     return rc == 0? 0: 1;
 }
