@@ -8,6 +8,7 @@
 #include "kim_backup.h"
 #include "kim_config.h"
 #include "kim_consent.h"
+#include "kim_metrics.h"
 #include "kim_modules.h"
 #include "kim_server.h"
 #include "kim_service.h"
@@ -135,7 +136,8 @@ main (int argc, char *argv [])
         char policy_path [PATH_MAX];
         kim_policy_t *policy = kim_consent_policy_open (config, policy_path, sizeof policy_path,
                                                         error, sizeof error);
-        if (!policy || kim_modules_check (config, error, sizeof error)) {
+        if (!policy || kim_modules_check (config, error, sizeof error)
+        ||  kim_metrics_check (config, error, sizeof error)) {
             fprintf (stderr, "kim-broker: %s\n", error);
             kim_policy_destroy (&policy);
             kim_config_destroy (&config);
@@ -160,10 +162,17 @@ main (int argc, char *argv [])
         zsys_error ("cannot start: %s", error);
         return 1;
     }
+    kim_metrics_t *metrics = NULL;
+    if (kim_metrics_new (server, &metrics, error, sizeof error)) {
+        zsys_error ("cannot start: %s", error);
+        kim_server_destroy (&server);
+        return 1;
+    }
     if (kim_service_attach (server))
         zsys_warning ("cannot arm the service notifications");
     rc = kim_server_run (server);
     kim_service_stopping (rc == 0? "stopping": "store failed");
+    kim_metrics_destroy (&metrics);
     kim_server_destroy (&server);
     return rc == 0? 0: 1;
 }

@@ -7,7 +7,7 @@ KIM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # ships in libclang-rt-*-dev, a dependency of the clang package).
 KIM_PACKAGES="build-essential cmake pkg-config libzmq3-dev libczmq-dev libmsgpack-dev
 liblmdb-dev libsodium-dev libjansson-dev libsystemd-dev scdoc
-dpkg-dev groff-base"
+dpkg-dev groff-base libmicrohttpd-dev"
 
 kim_say() { printf '[kim] %s\n' "$*" >&2; }
 
