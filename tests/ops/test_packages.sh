@@ -5,6 +5,11 @@
 # and the installed programs run from there: kim-broker --check on the
 # shipped /etc/kim, a first start that makes the keys (none at install), the
 # installed kim talking to it, and a program built against kim-dev's kim.pc.
+#
+# KIM_PACKAGE_ROOT=1 adds the full install (test_packages_root.sh): a Debian
+# root made with debootstrap (minutes, needs the Debian mirror), the
+# packages installed with apt inside it (postinst: user kim, /var/lib/kim),
+# and the broker run there as user kim.
 set -u
 build=$1 cpack=$2 sanitize=$3
 work=$(mktemp -d)
@@ -120,4 +125,9 @@ cc $flags -o "$work/client" "$work/client.c" \
 [ "$("$work/client")" = "recipient mailbox is full" ] || fail "kim-dev program: $("$work/client")"
 ok
 
+# the full install: a debootstrap'd Debian, apt, the maintainer scripts
+if [ "${KIM_PACKAGE_ROOT:-0}" = 1 ]; then
+    bash "$(dirname "${BASH_SOURCE[0]}")/test_packages_root.sh" "$work/pkg" || exit 1
+    ok
+fi
 printf 'test_packages: %d checks passed\n' "$checks"
