@@ -18,8 +18,11 @@ root=$work/root
 broker_pid=
 cleanup() {
     [ -z "$broker_pid" ] || kill "$broker_pid" 2>/dev/null
-    mountpoint -q "$root/proc" && umount "$root/proc"
-    [ -n "${KEEP:-}" ] || rm -rf "$work"
+    if mountpoint -q "$root/proc" && ! umount "$root/proc"; then
+        echo "left $work: its /proc is still mounted" >&2
+        return
+    fi
+    [ -n "${KEEP:-}" ] || rm -rf --one-file-system "$work"
 }
 trap cleanup EXIT
 in_root() { chroot "$root" "$@"; }
