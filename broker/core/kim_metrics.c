@@ -37,6 +37,7 @@
 #define M_REFERRAL_DEFAULT      60
 #define M_STATES                16      //  referral states are 1..12
 #define M_CONNECTIONS           16      //  scrapers are few; a flood gets refused
+#define M_CHECKPOINT_SCAN       100000  //  most log records read back for the last checkpoint
 
 static const double s_commit_bounds [KIM_HISTOGRAM_BUCKETS] = {
     0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.024,
@@ -62,6 +63,11 @@ struct _kim_metrics_t {
     uint64_t referrals [M_STATES];
     uint64_t referral_scan_ms;          //  when last scanned (monotonic), 0: never
     bool referrals_known;
+    //  The last signed checkpoint in the log, found by reading the kind of
+    //  each record appended since the last render
+    uint64_t scanned_to;
+    uint64_t checkpoint_seq;            //  0: none seen
+    uint64_t checkpoint_ms;
     //  The text being rendered (loop thread only)
     char *text;
     size_t size;
@@ -286,6 +292,36 @@ s_scan_referrals (kim_metrics_t *self)
         zsys_warning ("metrics: scanning referrals: %s", mdb_strerror (rc));
 }
 
+//  Follows the log's checkpoints: reads the kind of every record appended
+//  since the last call, or, after a long gap (the first call), walks back
+//  from the head at most M_CHECKPOINT_SCAN records. Call inside a read
+//  snapshot.
+static void
+s_scan_checkpoints (kim_metrics_t *self)
+{
+    kim_store_t *store = self->server->store;
+    uint64_t head = kim_store_head (store);
+    kim_record_t record;
+    if (head - self->scanned_to > M_CHECKPOINT_SCAN) {
+        uint64_t stop = head > M_CHECKPOINT_SCAN? head - M_CHECKPOINT_SCAN: 0;
+        for (uint64_t seq = head; seq > stop; seq--)
+            if (kim_store_read (store, seq, &record) == 0
+            &&  record.kind == KIM_RECORD_CHECKPOINT) {
+                self->checkpoint_seq = seq;
+                self->checkpoint_ms = record.time_ms;
+                break;
+            }
+    }
+    else
+        for (uint64_t seq = self->scanned_to + 1; seq <= head; seq++)
+            if (kim_store_read (store, seq, &record) == 0
+            &&  record.kind == KIM_RECORD_CHECKPOINT) {
+                self->checkpoint_seq = seq;
+                self->checkpoint_ms = record.time_ms;
+            }
+    self->scanned_to = head;
+}
+
 static void
 s_label (kim_metrics_t *self, const char *value)
 {
@@ -400,7 +436,16 @@ kim_metrics_render (kim_metrics_t *self, const char **text)
         s_label (self, org);
         s_put (self, "\"} %" PRIu64 "\n", age);
     }
+    s_scan_checkpoints (self);
     kim_store_read_end (store);
+    s_scalar (self, "kim_audit_checkpoint_lag_records", "gauge",
+              "Log records appended since the last signed checkpoint.",
+              kim_store_head (store) - self->checkpoint_seq);
+    if (self->checkpoint_seq) {
+        s_scalar (self, "kim_audit_checkpoint_age_seconds", "gauge",
+                  "Age of the last signed checkpoint in the log.",
+                  now > self->checkpoint_ms? (now - self->checkpoint_ms) / 1000: 0);
+    }
 
     if (self->referrals_known) {
         s_family (self, "kim_referrals", "gauge", "Referrals by state (brief, section 4).");

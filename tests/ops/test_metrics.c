@@ -168,6 +168,7 @@ main (int argc, char *argv [])
     char extra [512];
     snprintf (extra, sizeof extra,
               "    mailbox_quota = 5\n"
+              "audit\n    checkpoint_records = 2\n"
               "metrics\n    enabled = 1\n    port = %d\n    interval_ms = 100\n"
               "    referral_interval_s = 1\n", s_port);
     const char *orgs [] = { "jc.a", "soz.b", "dsb.c:auditor", NULL };
@@ -183,6 +184,8 @@ main (int argc, char *argv [])
         { "kim_mailbox_messages{org=\"dsb.c\"}", -1, -1 },      //  auditors have no mailbox
         { "kim_referrals{state=\"SENT\"}", 0, 0 },
         { "kim_store_map_max_bytes", 64.0 * 1024 * 1024 * 1024, 64.0 * 1024 * 1024 * 1024 },
+        { "kim_audit_checkpoint_lag_records", 0, 0 },
+        { "kim_audit_checkpoint_age_seconds", -1, -1 },         //  no checkpoint yet
     };
     free (s_scrape_until (start, sizeof start / sizeof start [0]));
 
@@ -220,6 +223,9 @@ main (int argc, char *argv [])
         { "kim_batch_commands_count", 1, 7 },
         { "kim_store_used_bytes", 4096, 1e12 },
         { "kim_log_head", 5, 1e9 },
+        //  a checkpoint every 2 records (checked every 200 ms)
+        { "kim_audit_checkpoint_age_seconds", 0, 600 },
+        { "kim_audit_checkpoint_lag_records", 0, 6 },
     };
     char *scrape = s_scrape_until (sent, sizeof sent / sizeof sent [0]);
     KIM_CHECK (strstr (scrape, "HTTP/1.0 200") || strstr (scrape, "HTTP/1.1 200"));
