@@ -32,6 +32,8 @@ file(WRITE ${PROJECT_BINARY_DIR}/etc/kim.cfg
 install(FILES ${PROJECT_BINARY_DIR}/etc/kim.cfg ${PROJECT_SOURCE_DIR}/deploy/policy.cfg
         DESTINATION /etc/kim PERMISSIONS OWNER_READ OWNER_WRITE GROUP_READ COMPONENT broker)
 install(FILES ${PROJECT_SOURCE_DIR}/deploy/systemd/kim-broker.service
+        ${PROJECT_SOURCE_DIR}/deploy/systemd/kim-backup.service
+        ${PROJECT_SOURCE_DIR}/deploy/systemd/kim-backup.timer
         DESTINATION lib/systemd/system COMPONENT broker)
 install(FILES ${PROJECT_SOURCE_DIR}/docs/operations.md
         DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/doc/kim-broker COMPONENT broker)

@@ -35,7 +35,8 @@ has() {         # has PACKAGE PATH...
     done
 }
 has kim-broker /usr/bin/kim-broker /etc/kim/kim.cfg /etc/kim/policy.cfg \
-    /usr/lib/systemd/system/kim-broker.service /usr/share/doc/kim-broker/operations.md
+    /usr/lib/systemd/system/kim-broker.service /usr/lib/systemd/system/kim-backup.service \
+    /usr/lib/systemd/system/kim-backup.timer /usr/share/doc/kim-broker/operations.md
 has kim /usr/bin/kim
 contents kim-dev | grep -q '/kim\.pc$' && contents kim-dev | grep -q '/libkimclient\.a$' \
     && contents kim-dev | grep -q '/libkimproto\.a$' || fail "kim-dev lacks kim.pc or a library"

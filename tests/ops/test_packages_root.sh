@@ -46,6 +46,8 @@ in_root getent passwd kim | grep -q '^kim:x:[0-9]*:[0-9]*:kim broker[^:]*:/var/l
     || fail "/var/lib/kim: $(in_root stat -c '%a %U %G' /var/lib/kim)"
 [ "$(in_root stat -c '%a %U %G' /etc/kim/kim.cfg)" = "640 root kim" ] \
     || fail "/etc/kim/kim.cfg: $(in_root stat -c '%a %U %G' /etc/kim/kim.cfg)"
+[ "$(in_root stat -c '%a %U %G' /var/backups/kim)" = "700 kim kim" ] \
+    || fail "/var/backups/kim: $(in_root stat -c '%a %U %G' /var/backups/kim)"
 [ -e "$root/var/lib/kim/keys" ] && fail "keys made at install"
 in_root man -w kim-broker >/dev/null 2>&1 || [ -f "$root/usr/share/man/man8/kim-broker.8.gz" ] \
     || [ -f "$root/usr/share/man/man8/kim-broker.8" ] || fail "no kim-broker(8) installed"
@@ -65,8 +67,8 @@ done
 [ "$(in_root stat -c '%a %U' /var/lib/kim/keys/broker.cert_secret)" = "600 kim" ] \
     || fail "broker key: $(in_root stat -c '%a %U' /var/lib/kim/keys/broker.cert_secret)"
 chroot --userspec=kim:kim "$root" /usr/bin/kim-broker --config /etc/kim/kim.cfg \
-    --backup /tmp/kim-backup >"$work/backup" 2>&1 || fail "backup as kim: $(cat "$work/backup")"
-in_root /usr/bin/kim audit verify --data /tmp/kim-backup >"$work/verify" 2>&1 \
+    --backup /var/backups/kim/nightly >"$work/backup" 2>&1 || fail "backup as kim: $(cat "$work/backup")"
+in_root /usr/bin/kim audit verify --data /var/backups/kim/nightly >"$work/verify" 2>&1 \
     || fail "verify the backup: $(cat "$work/verify")"
 kill "$broker_pid"; wait "$broker_pid" || fail "the broker exited $? on SIGTERM"
 broker_pid=
