@@ -221,15 +221,21 @@ s_remove_tree (const char *path, int depth)
 }
 
 int
-kim_backup_run (const char *data, const char *target, kim_backup_result_t *result,
+kim_backup_run (const char *data, const char *target_arg, kim_backup_result_t *result,
                 char *error, size_t error_size)
 {
     kim_backup_result_t dummy;
     if (!result)
         result = &dummy;
     memset (result, 0, sizeof *result);
-    if (!data || !*data || !target || !*target)
+    if (!data || !*data || !target_arg || !*target_arg)
         return s_fail (error, error_size, "backup: a data folder and a target are needed");
+    //  "DIR/" names DIR: the partial folder and the parent come from the name
+    char target [PATH_MAX];
+    if (snprintf (target, sizeof target, "%s", target_arg) >= (int) sizeof target)
+        return s_fail (error, error_size, "backup: path too long");
+    for (size_t length = strlen (target); length > 1 && target [length - 1] == '/'; length--)
+        target [length - 1] = 0;
     struct stat st;
     if (lstat (target, &st) == 0)
         return s_fail (error, error_size, "backup: %s exists; give a new folder", target);

@@ -66,6 +66,10 @@ out=$("$broker_bin" --data "$work/empty" --backup "$work/b2" 2>&1) && fail "back
 grep -q 'cannot open the store' <<<"$out" && [ ! -e "$work/b2" ] || fail "not a store: $out"; ok
 out=$("$broker_bin" --data "$work/live" --backup "$work/live/keys/b3" 2>&1) && fail "backup inside: $out"
 grep -q 'inside the data folder' <<<"$out" || fail "inside: $out"; ok
+# a second backup, named with a trailing slash, of the same live broker
+"$broker_bin" --config "$work/live.cfg" --backup "$work/second/" >"$work/second.out" 2>&1 \
+    && [ -f "$work/second/store/data.mdb" ] || fail "backup to DIR/: $(cat "$work/second.out")"
+ok
 
 ops_stop
 # restore: the backup copied into a new folder, a broker started on it
