@@ -1,13 +1,17 @@
 /*  main.c — kim-broker: flags, configuration, signals; the server does the rest. */
 #include <czmq.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
 
+#include "kim_backup.h"
 #include "kim_config.h"
 #include "kim_consent.h"
+#include "kim_metrics.h"
 #include "kim_modules.h"
 #include "kim_server.h"
+#include "kim_service.h"
 
 static void
 s_usage (FILE *out)
@@ -28,14 +32,19 @@ s_usage (FILE *out)
         "  -b, --bind LIST      comma-separated tcp:// and ipc:// endpoints (overrides broker/bind)\n"
         "      --check          validate the configuration (every section and the policy),\n"
         "                       print a summary and exit\n"
+        "      --backup DIR     copy the data folder (a compacted snapshot of the store, and\n"
+        "                       the keys) to the new folder DIR while the broker serves, and\n"
+        "                       exit; restore by copying DIR back as the data folder of a\n"
+        "                       stopped broker (see docs/operations.md)\n"
         "  -v, --verbose        debug logging\n"
         "  -h, --help           this help\n"
         "      --version        print the version\n"
         "\n"
         "Stops cleanly on SIGINT or SIGTERM. SIGHUP (or `kim admin reload` by an operator)\n"
         "re-reads the registry: keys added, rotated or revoked take effect at once.\n"
-        "Example:\n"
-        "  kim-broker --config deploy/kim.cfg\n");
+        "Examples:\n"
+        "  kim-broker --config deploy/kim.cfg\n"
+        "  kim-broker --config /etc/kim/kim.cfg --backup /srv/backup/kim-$(date +%%F)\n");
 }
 
 int
@@ -46,12 +55,13 @@ main (int argc, char *argv [])
         { "data", required_argument, NULL, 'd' },
         { "bind", required_argument, NULL, 'b' },
         { "check", no_argument, NULL, 'k' },
+        { "backup", required_argument, NULL, 'B' },
         { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 }
     };
-    const char *config_path = NULL, *data = NULL, *bind = NULL;
+    const char *config_path = NULL, *data = NULL, *bind = NULL, *backup = NULL;
     bool check = false, verbose = false;
     int opt;
     while ((opt = getopt_long (argc, argv, "c:d:b:vh", options, NULL)) != -1) {
@@ -60,6 +70,7 @@ main (int argc, char *argv [])
             case 'd': data = optarg; break;
             case 'b': bind = optarg; break;
             case 'k': check = true; break;
+            case 'B': backup = optarg; break;
             case 'v': verbose = true; break;
             case 'h': s_usage (stdout); return 0;
             case 'V': printf ("kim-broker 0.1.0 (protocol %d)\n", KIM_PROTOCOL_VERSION); return 0;
@@ -108,11 +119,25 @@ main (int argc, char *argv [])
     }
     if (verbose)
         config->verbose = true;
+    if (backup) {
+        kim_backup_result_t result;
+        rc = kim_backup_run (config->data, backup, &result, error, sizeof error);
+        if (rc == 0)
+            printf ("backup of %s in %s: log up to seq %" PRIu64 " (live head %" PRIu64
+                    " when it began), store %" PRIu64 " bytes (live %" PRIu64 "), "
+                    "%zu other files\n", config->data, backup, result.head, result.head_before,
+                    result.store_bytes, result.live_bytes, result.files);
+        else
+            fprintf (stderr, "kim-broker: %s\n", error);
+        kim_config_destroy (&config);
+        return rc == 0? 0: 1;
+    }
     if (check) {
         char policy_path [PATH_MAX];
         kim_policy_t *policy = kim_consent_policy_open (config, policy_path, sizeof policy_path,
                                                         error, sizeof error);
-        if (!policy || kim_modules_check (config, error, sizeof error)) {
+        if (!policy || kim_modules_check (config, error, sizeof error)
+        ||  kim_metrics_check (config, error, sizeof error)) {
             fprintf (stderr, "kim-broker: %s\n", error);
             kim_policy_destroy (&policy);
             kim_config_destroy (&config);
@@ -137,7 +162,17 @@ main (int argc, char *argv [])
         zsys_error ("cannot start: %s", error);
         return 1;
     }
+    kim_metrics_t *metrics = NULL;
+    if (kim_metrics_new (server, &metrics, error, sizeof error)) {
+        zsys_error ("cannot start: %s", error);
+        kim_server_destroy (&server);
+        return 1;
+    }
+    if (kim_service_attach (server))
+        zsys_warning ("cannot arm the service notifications");
     rc = kim_server_run (server);
+    kim_service_stopping (rc == 0? "stopping": "store failed");
+    kim_metrics_destroy (&metrics);
     kim_server_destroy (&server);
     return rc == 0? 0: 1;
 }

@@ -5,10 +5,14 @@
 #
 #   KIM_FUZZ_SECONDS   seconds per fuzz target (default 60; 0 skips fuzzing)
 #   KIM_TEST_REGEX     run only the CTest tests matching this regex
+#   KIM_PACKAGE_ROOT   1: the package test also installs into a debootstrap'd
+#                      Debian 12 (root, the Debian mirror, about 90 s more)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-kim_install clang
+# systemd-analyze, dpkg-shlibdeps and groff for the operations tests (tests/ops);
+# KIM_PACKAGE_ROOT=1 also installs the packages into a debootstrap'd Debian.
+kim_install clang systemd dpkg-dev groff-base $([ "${KIM_PACKAGE_ROOT:-0}" = 1 ] && echo debootstrap)
 build="$KIM_ROOT/build/test"
 kim_say "building with ASan and UBSan in $build"
 kim_build "$build" -DKIM_SANITIZE=ON -DKIM_WERROR=ON

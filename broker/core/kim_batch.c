@@ -300,7 +300,9 @@ static int
 s_commit (kim_server_t *self)
 {
     bool retry = false;
+    int64_t started = zclock_usecs ();
     int rc = kim_store_commit (self->store, &retry);
+    kim_metrics_observe_commit (&self->commit_seconds, zclock_usecs () - started);
     s_hooks_settle (self, rc == 0);
     if (rc == -KIM_E_STORE_FULL && retry)
         return 1;
@@ -415,6 +417,7 @@ kim_batch_commit (kim_server_t *self)
 {
     if (self->item_count == 0)
         return;
+    kim_metrics_observe_batch (&self->batch_commands, self->item_count);
     int rc = kim_batch_run (self, s_apply_batch);
     self->batches++;
     s_finish_batch (self, rc);

@@ -294,7 +294,7 @@ s_apply (kim_config_t *self, zconfig_t *root, char *error, size_t error_size)
     for (zconfig_t *section = zconfig_child (root); section; section = zconfig_next (section)) {
         const char *sname = zconfig_name (section);
         if (streq (sname, "orgs") || streq (sname, "policy") || streq (sname, "lifecycle")
-        ||  streq (sname, "audit") || streq (sname, "retention"))
+        ||  streq (sname, "audit") || streq (sname, "retention") || streq (sname, "metrics"))
             continue;
         if (!streq (sname, "broker") && !streq (sname, "store")) {
             s_set_error (error, error_size,

@@ -128,6 +128,7 @@ kim_server_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int 
     else
         kim_str_copy (reply->text, sizeof reply->text, kim_strerror (code));
     self->rejected++;
+    kim_metrics_count_refusal (self->refused, code);
     kim_server_send_cmd (self, rid, rid_size, reply);
 }
 

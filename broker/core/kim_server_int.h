@@ -8,6 +8,7 @@
 #include <czmq.h>
 
 #include "kim_hook.h"
+#include "kim_metrics.h"
 #include "kim_server.h"
 #include "kim_store.h"
 #include "kim_zap.h"
@@ -110,6 +111,9 @@ struct _kim_server_t {
     bool failed;
     //  Figures since start.
     uint64_t receipted, duplicates, rejected, delivered, redelivered, acked, batches;
+    uint64_t refused [KIM_METRICS_CODES];   //  REJECTs by wire code (kim_metrics.c)
+    kim_histogram_t commit_seconds;         //  commit and sync of each batch
+    kim_histogram_t batch_commands;         //  commands per batch
 };
 
 //  --- kim_server.c ----------------------------------------------------------

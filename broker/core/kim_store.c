@@ -464,6 +464,58 @@ s_lock (kim_store_t *self)
     return 0;
 }
 
+//  The store's format version, meta "version" (u32 BE), apart from the
+//  record format byte: it changes whenever the layout of the named DBs
+//  does. Version 1 stores (written before the key existed) carry "format"
+//  only; a writer migrates an older store step by step inside the opening
+//  transaction, so a migration is all or nothing. A store newer than this
+//  broker is refused: its layout may mean something this code does not know.
+//    1 -> 2: the layout is unchanged; the store now names its version.
+#define S_VERSION 2
+
+static int
+s_store_version (kim_store_t *self, MDB_txn *txn)
+{
+    MDB_dbi meta = self->dbi [KIM_DB_META];
+    MDB_val key = { 7, (void *) "version" }, format_key = { 6, (void *) "format" };
+    MDB_val value;
+    uint32_t version = S_VERSION;       //  a new, empty store is made current
+    int rc = mdb_get (txn, meta, &key, &value);
+    if (rc == 0 && value.mv_size == 4) {
+        const uint8_t *bytes = (const uint8_t *) value.mv_data;
+        version = (uint32_t) bytes [0] << 24 | (uint32_t) bytes [1] << 16
+                | (uint32_t) bytes [2] << 8 | bytes [3];
+    }
+    else
+    if (rc == 0) {
+        zsys_error ("kim_store: %s: malformed store version", self->path);
+        return -KIM_E_CONFIG;
+    }
+    else
+    if (rc == MDB_NOTFOUND)
+        version = mdb_get (txn, meta, &format_key, &value) == MDB_NOTFOUND? S_VERSION: 1;
+    else
+        return s_read_error (self, rc, "reading the store version");
+    if (version > S_VERSION || version == 0) {
+        zsys_error ("kim_store: %s: store format version %u is newer than this kim-broker "
+                    "understands (%u): it was written by a newer release. Run that release, "
+                    "or restore a backup made before the upgrade", self->path, version,
+                    S_VERSION);
+        return -KIM_E_CONFIG;
+    }
+    if (self->read_only || (version == S_VERSION && rc == 0))
+        return 0;               //  readers read versions 1..S_VERSION as they are
+    if (version < S_VERSION)
+        zsys_notice ("kim_store: %s: migrating the store from format version %u to %u",
+                     self->path, version, S_VERSION);
+    //  Migration steps go here, each from its version to the next.
+    uint8_t bytes [4] = { 0, 0, 0, S_VERSION };
+    value.mv_size = sizeof bytes;
+    value.mv_data = bytes;
+    rc = mdb_put (txn, meta, &key, &value, 0);
+    return rc? s_read_error (self, rc, "recording the store version"): 0;
+}
+
 //  Opens (writer: creates) the named DBs and checks the store's format.
 static int
 s_open_dbs (kim_store_t *self)
@@ -491,6 +543,10 @@ s_open_dbs (kim_store_t *self)
             }
             return s_read_error (self, rc, "opening a database");
         }
+    }
+    if ((rc = s_store_version (self, txn))) {
+        mdb_txn_abort (txn);
+        return rc;
     }
     uint8_t format [4];
     format [0] = 0; format [1] = 0; format [2] = 0; format [3] = S_FORMAT;

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# test_packages_root.sh PKGDIR — the packages installed as an operator
+# installs them: a fresh Debian 12 root made with debootstrap (minbase; some
+# minutes and the Debian mirror, KIM_DEBIAN_MIRROR), the .deb files of
+# PKGDIR installed with apt inside it (dependencies from the mirror,
+# maintainer scripts run: user kim, /var/lib/kim), then the broker run there
+# as user kim, as its unit runs it: first start makes the keys, --backup
+# works as kim, a purge leaves the data. Needs root (chroot, mount).
+# Run by test_packages.sh when KIM_PACKAGE_ROOT=1.
+set -u
+pkgdir=$1
+mirror=${KIM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+[ "$(id -u)" -eq 0 ] || { echo "not root: the installed-root variant is skipped"; exit 0; }
+command -v debootstrap >/dev/null || fail "debootstrap missing (apt-get install debootstrap)"
+work=$(mktemp -d /var/tmp/kim-root-XXXXXX)
+root=$work/root
+broker_pid=
+cleanup() {
+    [ -z "$broker_pid" ] || kill "$broker_pid" 2>/dev/null
+    if mountpoint -q "$root/proc" && ! umount "$root/proc"; then
+        echo "left $work: its /proc is still mounted" >&2
+        return
+    fi
+    [ -n "${KEEP:-}" ] || rm -rf --one-file-system "$work"
+}
+trap cleanup EXIT
+in_root() { chroot "$root" "$@"; }
+
+echo "debootstrap bookworm into $root (this takes minutes)"
+debootstrap --variant=minbase bookworm "$root" "$mirror" >"$work/debootstrap.log" 2>&1 \
+    || fail "debootstrap: $(tail -5 "$work/debootstrap.log")"
+mount -t proc proc "$root/proc" || fail "cannot mount /proc in the root"
+mkdir -p "$root/tmp/debs" && cp "$pkgdir"/*.deb "$root/tmp/debs/"
+in_root apt-get update -qq >"$work/apt.log" 2>&1 || fail "apt-get update: $(tail -5 "$work/apt.log")"
+debs=()
+for deb in "$root"/tmp/debs/*.deb; do debs+=("/tmp/debs/$(basename "$deb")"); done
+[ ${#debs[@]} -eq 3 ] || fail "expected 3 packages in $pkgdir"
+DEBIAN_FRONTEND=noninteractive in_root apt-get install -y -qq "${debs[@]}" >>"$work/apt.log" 2>&1 \
+    || fail "apt-get install: $(tail -20 "$work/apt.log")"
+
+# what postinst made, and what it did not
+in_root getent passwd kim | grep -q '^kim:x:[0-9]*:[0-9]*:kim broker[^:]*:/var/lib/kim:' \
+    || fail "no system user kim: $(in_root getent passwd kim)"
+[ "$(in_root stat -c '%a %U %G' /var/lib/kim)" = "700 kim kim" ] \
+    || fail "/var/lib/kim: $(in_root stat -c '%a %U %G' /var/lib/kim)"
+[ "$(in_root stat -c '%a %U %G' /etc/kim/kim.cfg)" = "640 root kim" ] \
+    || fail "/etc/kim/kim.cfg: $(in_root stat -c '%a %U %G' /etc/kim/kim.cfg)"
+[ "$(in_root stat -c '%a %U %G' /var/backups/kim)" = "700 kim kim" ] \
+    || fail "/var/backups/kim: $(in_root stat -c '%a %U %G' /var/backups/kim)"
+[ -e "$root/var/lib/kim/keys" ] && fail "keys made at install"
+in_root man -w kim-broker >/dev/null 2>&1 || [ -f "$root/usr/share/man/man8/kim-broker.8.gz" ] \
+    || [ -f "$root/usr/share/man/man8/kim-broker.8" ] || fail "no kim-broker(8) installed"
+
+# the broker as its unit runs it: user kim, /etc/kim/kim.cfg, ExecStartPre's check
+chroot --userspec=kim:kim "$root" /usr/bin/kim-broker --check --config /etc/kim/kim.cfg \
+    >"$work/check" 2>&1 || fail "kim-broker --check as kim: $(cat "$work/check")"
+chroot --userspec=kim:kim "$root" /usr/bin/kim-broker --config /etc/kim/kim.cfg \
+    --bind ipc:///var/lib/kim/kim.sock >"$work/broker.log" 2>&1 &
+broker_pid=$!
+deadline=$((SECONDS + 60))
+until grep -q 'serving on' "$work/broker.log"; do
+    kill -0 "$broker_pid" 2>/dev/null || fail "the broker exited: $(cat "$work/broker.log")"
+    [ "$SECONDS" -lt "$deadline" ] || fail "the broker did not serve: $(cat "$work/broker.log")"
+    sleep 0.2
+done
+[ "$(in_root stat -c '%a %U' /var/lib/kim/keys/broker.cert_secret)" = "600 kim" ] \
+    || fail "broker key: $(in_root stat -c '%a %U' /var/lib/kim/keys/broker.cert_secret)"
+chroot --userspec=kim:kim "$root" /usr/bin/kim-broker --config /etc/kim/kim.cfg \
+    --backup /var/backups/kim/nightly >"$work/backup" 2>&1 || fail "backup as kim: $(cat "$work/backup")"
+in_root /usr/bin/kim audit verify --data /var/backups/kim/nightly >"$work/verify" 2>&1 \
+    || fail "verify the backup: $(cat "$work/verify")"
+kill "$broker_pid"; wait "$broker_pid" || fail "the broker exited $? on SIGTERM"
+broker_pid=
+
+# a purge leaves the data and the user
+DEBIAN_FRONTEND=noninteractive in_root apt-get purge -y -qq kim-broker >>"$work/apt.log" 2>&1 \
+    || fail "apt-get purge: $(tail -5 "$work/apt.log")"
+[ -f "$root/var/lib/kim/keys/broker.cert_secret" ] || fail "purge removed the data"
+[ ! -e "$root/etc/kim/kim.cfg" ] || fail "purge left /etc/kim/kim.cfg"
+echo "test_packages_root: installed in a debootstrap'd bookworm, ran as kim, purged"
