@@ -418,6 +418,19 @@ kim_log_test (bool verbose)
     kim_buf_reset (&buf);
     S_CHECK (kim_log_body_to_json ((const uint8_t *) "\xc1", 1, &buf) == 0);
     S_CHECK (buf.size == 4 && memcmp (buf.data, "\"c1\"", 4) == 0);
+    //  Strings from a log file that are not UTF-8 still give valid JSON:
+    //  each bad byte becomes U+FFFD, good sequences (also after the fast
+    //  eight-byte path and in its tail) are kept.
+    kim_buf_reset (&buf);
+    const uint8_t mixed [] = { 0xb7, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 0xff, 'x',
+                               0xc3, 0xa4, 0xe2, 0x82, 'y', 0xf0, 0x9f, 0x98, 0x80,
+                               0xed, 0xa0, 0x80, 0xc3 };
+    S_CHECK (kim_log_body_to_json (mixed, sizeof mixed, &buf) == 0);
+    const char *mixed_json = "\"abcdefgh\\ufffdx\xc3\xa4\\ufffd\\ufffdy\xf0\x9f\x98\x80"
+                             "\\ufffd\\ufffd\\ufffd\\ufffd\"";
+    if (verbose)
+        printf ("%.*s\n", (int) buf.size, (char *) buf.data);
+    S_CHECK (buf.size == strlen (mixed_json) && memcmp (buf.data, mixed_json, buf.size) == 0);
     kim_buf_free (&buf);
     char value [16];
     S_CHECK (kim_log_body_str (bodies [0], 16, "case_id", value, sizeof value));

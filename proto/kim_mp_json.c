@@ -10,6 +10,7 @@
 */
 #include <string.h>
 
+#include "kim/kim_msg.h"
 #include "kim_mp_json.h"
 
 static const char s_digits [] = "0123456789abcdef";
@@ -57,7 +58,8 @@ s_signed (kim_mp_json_t *w, int64_t n)
 }
 
 //  True when one of the 8 bytes in `v` needs escaping in JSON: a control
-//  character (< 0x20), '"' or '\\' (the classic SWAR zero-byte tests).
+//  character (< 0x20), '"' or '\\' (the classic SWAR zero-byte tests), or
+//  a byte above 0x7f, whose UTF-8 sequence the byte loop checks.
 static inline bool
 s_needs_escape (uint64_t v)
 {
@@ -65,7 +67,19 @@ s_needs_escape (uint64_t v)
     uint64_t quote = v ^ (ones * '"'), slash = v ^ (ones * '\\');
     uint64_t control = (v - ones * 0x20) & ~v;
     uint64_t found = control | ((quote - ones) & ~quote) | ((slash - ones) & ~slash);
-    return (found & highs) != 0;
+    return ((found | v) & highs) != 0;
+}
+
+//  The length of the valid UTF-8 sequence at s (of at most `left` bytes)
+//  whose lead byte is above 0x7f, or 0 if there is none. Log files come
+//  from elsewhere: JSON output must stay valid whatever their strings hold.
+static size_t
+s_utf8_sequence (const uint8_t *s, size_t left)
+{
+    size_t need = s [0] >= 0xc2 && s [0] <= 0xdf? 2
+                : s [0] >= 0xe0 && s [0] <= 0xef? 3
+                : s [0] >= 0xf0 && s [0] <= 0xf4? 4: 0;
+    return need && need <= left && kim_utf8_valid (s, need)? need: 0;
 }
 
 //  Strings that need no escaping go out eight bytes at a time; the rest
@@ -103,6 +117,21 @@ s_string (kim_mp_json_t *w, const uint8_t *s, size_t len)
 #endif
     for (; i < len; i++) {
         uint8_t c = s [i];
+        if (c >= 0x80) {
+            //  A valid sequence is copied; each byte of an invalid one
+            //  becomes U+FFFD (six characters, within KIM_MP_JSON_ROOM).
+            size_t n = s_utf8_sequence (s + i, len - i);
+            if (n) {
+                memcpy (out, s + i, n);
+                out += n;
+                i += n - 1;
+            }
+            else {
+                memcpy (out, "\\ufffd", 6);
+                out += 6;
+            }
+        }
+        else
         if (c >= 0x20 && c != '"' && c != '\\')
             *out++ = (char) c;
         else
