@@ -8,6 +8,7 @@
 #include "kim_backup.h"
 #include "kim_config.h"
 #include "kim_consent.h"
+#include "kim_logfmt.h"
 #include "kim_metrics.h"
 #include "kim_modules.h"
 #include "kim_server.h"
@@ -47,8 +48,8 @@ s_usage (FILE *out)
         "  kim-broker --config /etc/kim/kim.cfg --backup /srv/backup/kim-$(date +%%F)\n");
 }
 
-int
-main (int argc, char *argv [])
+static int
+s_main (int argc, char *argv [], FILE *log_stream)
 {
     static const struct option options [] = {
         { "config", required_argument, NULL, 'c' },
@@ -90,7 +91,7 @@ main (int argc, char *argv [])
     pthread_sigmask (SIG_BLOCK, &signals, NULL);
     zsys_init ();
     zsys_set_logident ("kim-broker");
-    zsys_set_logstream (stderr);
+    zsys_set_logstream (log_stream? log_stream: stderr);
 
     char error [512] = "";
     int rc = 0;
@@ -175,4 +176,17 @@ main (int argc, char *argv [])
     kim_metrics_destroy (&metrics);
     kim_server_destroy (&server);
     return rc == 0? 0: 1;
+}
+
+int
+main (int argc, char *argv [])
+{
+    //  Log lines become logfmt events on stderr (journald under systemd).
+    //  zsys logs until it shuts down, so the stream closes after that.
+    FILE *log_stream = kim_logfmt_stream ("kim-broker");
+    int rc = s_main (argc, argv, log_stream);
+    zsys_shutdown ();
+    if (log_stream)
+        fclose (log_stream);
+    return rc;
 }

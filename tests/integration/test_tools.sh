@@ -189,4 +189,15 @@ expect 1 'subscription refused: FORBIDDEN \(205\) role auditor' -- \
     "$kim" subscribe --cert "$keys/dsb.steinfurt.cert_secret"
 expect 0 '"org":"jc.rheine"' -- "$kim" status --cert "$keys/jc.rheine.cert_secret"
 
+# The broker's log: one logfmt event per line, and nothing of what the
+# agencies sent beyond ids (the payload is sealed; its words never appear).
+while IFS= read -r entry; do
+    grep -qE '^ts=[0-9-]+T[0-9:.]+Z level=(error|warning|notice|info|debug) prog=kim-broker (module=[a-z0-9_]+ )?msg=".*"$' \
+        <<<"$entry" || fail "broker log line not logfmt: $entry"
+    checks=$((checks + 1))
+done <"$work/broker.log"
+grep -q 'level=notice prog=kim-broker msg="kim-broker kim.test serving on ' "$work/broker.log" \
+    || fail "broker log lacks its start event: $(head -5 "$work/broker.log")"
+grep -qiE 'placement|need' "$work/broker.log" && fail "payload words in the broker log"
+
 printf 'test_tools: %d checks passed\n' "$checks"

@@ -96,7 +96,7 @@ main (void)
     for (int attempt = 0; attempt < 400 && !s_log_has (broker, "reload of "); attempt++)
         zclock_sleep (25);
     KIM_CHECK (s_log_has (broker, "reload of "));
-    KIM_CHECK (s_log_has (broker, "service: watchdog ping every 100 ms"));
+    KIM_CHECK (s_log_has (broker, "module=service msg=\"watchdog ping every 100 ms"));
     //  SIGTERM: a clean exit, and STOPPING=1 (still in our socket's queue)
     int status = kim_testbroker_stop (broker, SIGTERM);
     KIM_CHECK (WIFEXITED (status) && WEXITSTATUS (status) == 0);
