@@ -175,6 +175,28 @@ json_t *
 json_t *
     kim_agent_store_referral (kim_agent_store_t *self, const char *referral_id);
 
+//  Case view reads: the cases (without timelines; "events" counts them),
+//  optionally only those in `state` (OPEN, CLOSED), and one case with its
+//  timeline. NULL when unknown.
+json_t *
+    kim_agent_store_cases (kim_agent_store_t *self, const char *state);
+json_t *
+    kim_agent_store_case (kim_agent_store_t *self, const char *case_id);
+
+//  The consents this office granted or revoked, with their state (pending,
+//  active, refused, expired, revoking, revoked), optionally only those in
+//  `state`; and one of them (NULL when unknown).
+json_t *
+    kim_agent_store_consents (kim_agent_store_t *self, const char *state);
+json_t *
+    kim_agent_store_consent (kim_agent_store_t *self, const char *consent);
+
+//  An access report this office asked for (by the request's msg_id): its
+//  status (queued, receipted, refused, answered) and, once answered, the
+//  broker's report. NULL when there is no such request.
+json_t *
+    kim_agent_store_report (kim_agent_store_t *self, const char *msg_id);
+
 //  Webhook queue. With push on, every fresh delivery is queued for the
 //  webhook in the commit that writes it into the inbox.
 void
@@ -230,6 +252,23 @@ void
 json_t *
     kim_agent_view_apply (const char *self_org, const kim_msg_t *msg, bool outgoing,
                           json_t *record, uint64_t now_ms, json_t **opened);
+
+//  A referral record after a CONSENT_REVOKE (sent by us and receipted, or
+//  delivered by the broker): SUSPENDED when it is open and relied on the
+//  revoked consent; NULL when it does not move.
+json_t *
+    kim_agent_view_revoked (json_t *record, const kim_msg_t *msg, uint64_t now_ms);
+
+//  The case view: how a message moves the record of case `case_id` (the
+//  message's own, or its referral's), seen from our organisation. `record`
+//  is the current record or NULL; returns the new record (a new
+//  reference), with the message appended to its timeline (at most
+//  KIM_AGENT_TIMELINE_MAX entries, the oldest dropped), or NULL when
+//  case_id is empty.
+#define KIM_AGENT_TIMELINE_MAX 500
+json_t *
+    kim_agent_view_case (const char *self_org, const kim_msg_t *msg, bool outgoing,
+                         const char *case_id, json_t *record, uint64_t seq, uint64_t now_ms);
 
 //  Adds the computed "overdue" to a referral record for output.
 void
