@@ -6,7 +6,7 @@ KIM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # Packages the build and the tests need. clang brings libFuzzer (its runtime
 # ships in libclang-rt-*-dev, a dependency of the clang package).
 KIM_PACKAGES="build-essential cmake pkg-config libzmq3-dev libczmq-dev libmsgpack-dev
-liblmdb-dev libsodium-dev libjansson-dev libmicrohttpd-dev libcurl4-gnutls-dev"
+liblmdb-dev libsodium-dev libjansson-dev libmicrohttpd-dev libcurl4-gnutls-dev curl"
 
 kim_say() { printf '[kim] %s\n' "$*" >&2; }
 
