@@ -33,6 +33,8 @@
 #define KIM_AGENT_BODY_DEFAULT  (4u * 1024 * 1024)
 #define KIM_AGENT_BODY_MAX      (64u * 1024 * 1024)
 #define KIM_AGENT_TOKENS_MAX    64
+//  The agent's subscription to the handovers and closings of its cases
+#define KIM_AGENT_SUB_ID        "kim-agent-cases"
 
 //  --------------------------------------------------------------------------
 //  Configuration (kim_agent_config.c)
@@ -258,6 +260,16 @@ json_t *
 //  revoked consent; NULL when it does not move.
 json_t *
     kim_agent_view_revoked (json_t *record, const kim_msg_t *msg, uint64_t now_ms);
+
+//  A referral record after a handover of its case from old_lead to new_lead
+//  (msg: the HANDOVER_ACCEPT) listed it: when we are its recipient and the
+//  old lead referred us, the new lead becomes our counterpart (answers go
+//  there; "handed_over_from" keeps the old); when we were the old lead and
+//  referred, "handed_over_to" names the new sender. Only open referrals move
+//  (not SUSPENDED ones), as at the broker. NULL when nothing moves.
+json_t *
+    kim_agent_view_handover (const char *self_org, json_t *record, const char *old_lead,
+                             const char *new_lead, const kim_msg_t *msg, uint64_t now_ms);
 
 //  The case view: how a message moves the record of case `case_id` (the
 //  message's own, or its referral's), seen from our organisation. `record`

@@ -229,6 +229,42 @@ s_view_revoke (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg)
     return rc;
 }
 
+//  A HANDOVER_ACCEPT of the offer the case record holds moves the referrals
+//  the offer listed, in our view as at the broker. We hear of it as its
+//  sender (the new lead), its recipient (the old lead), or through the
+//  agent's subscription to the handovers of our cases (a party to a
+//  referral the handover moves).
+static int
+s_view_handover (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool outgoing,
+                 json_t *kcase)
+{
+    json_t *offer = json_object_get (kcase, "offer");
+    const char *offer_id = json_string_value (json_object_get (offer, "msg_id"));
+    const char *old_lead = json_string_value (json_object_get (offer, "from"));
+    const char *state = json_string_value (json_object_get (offer, "state"));
+    const char *new_lead = outgoing? self->org: msg->sender;
+    if (!offer_id || !old_lead || !state || !streq (offer_id, msg->ref_msg_id)
+    ||  !streq (state, "ACCEPTED"))
+        return 0;
+    int rc = 0;
+    size_t index;
+    json_t *item;
+    json_array_foreach (json_object_get (offer, "referrals"), index, item) {
+        const char *id = json_string_value (item);
+        if (!id || rc)
+            continue;
+        MDB_val key = { strlen (id), (void *) id };
+        json_t *record = s_get_json (self, txn, S_REFERRALS, &key);
+        json_t *moved = record? kim_agent_view_handover (self->org, record, old_lead, new_lead,
+                                                         msg, s_now ()): NULL;
+        if (moved)
+            rc = s_put_json (self, txn, S_REFERRALS, &key, moved);
+        json_decref (moved);
+        json_decref (record);
+    }
+    return rc;
+}
+
 static int
 s_view_apply (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool outgoing,
               uint64_t seq)
@@ -282,6 +318,8 @@ s_view_apply (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool 
                                              s_now ());
         if (moved)
             rc = s_put_json (self, txn, S_CASES, &key, moved);
+        if (rc == 0 && moved && msg->type == KIM_TYPE_HANDOVER_ACCEPT)
+            rc = s_view_handover (self, txn, msg, outgoing, moved);
         json_decref (moved);
         json_decref (current);
     }

@@ -189,6 +189,46 @@ kim_agent_view_revoked (json_t *record, const kim_msg_t *msg, uint64_t now)
     return result;
 }
 
+//  The states a handover moves (PROTOCOL.md 9.4: the open ones; not
+//  SUSPENDED)
+static const char *const s_movable [] = {
+    "SENT", "DELIVERED", "ACCEPTED", "IN_PROGRESS", "OVERDUE", NULL
+};
+
+json_t *
+kim_agent_view_handover (const char *self_org, json_t *record, const char *old_lead,
+                         const char *new_lead, const kim_msg_t *msg, uint64_t now)
+{
+    const char *role = json_string_value (json_object_get (record, "role"));
+    const char *counterpart = json_string_value (json_object_get (record, "counterpart"));
+    if (!role || !counterpart || !s_in (s_state (record), s_movable) || streq (old_lead, new_lead))
+        return NULL;
+    json_t *result = NULL;
+    if (streq (role, "recipient") && streq (counterpart, old_lead)
+    &&  !streq (new_lead, self_org)) {
+        //  We were referred by the old lead: our answers go to the new one
+        result = json_deep_copy (record);
+        if (result) {
+            json_object_set_new (result, "counterpart", json_string (new_lead));
+            json_object_set_new (result, "handed_over_from", json_string (old_lead));
+        }
+    }
+    else
+    if (streq (role, "sender") && streq (old_lead, self_org)) {
+        //  We referred, and handed the case over: the new lead is the
+        //  referral's sender from now on
+        result = json_deep_copy (record);
+        if (result)
+            json_object_set_new (result, "handed_over_to", json_string (new_lead));
+    }
+    if (result) {
+        json_object_set_new (result, "updated_at", json_integer ((json_int_t) now));
+        json_object_set_new (result, "last_type", json_string (kim_type_name (msg->type)));
+        json_object_set_new (result, "last_msg_id", json_string (msg->msg_id));
+    }
+    return result;
+}
+
 //  --------------------------------------------------------------------------
 //  Case view
 

@@ -9,7 +9,10 @@
     is told, and a second report says the payload is erased. A grant the
     broker refuses shows as refused with the reason. Then the case view: a
     handover to another KIM office (kim.c, a plain client) moves the lead in
-    kim.a's view, and the new lead's CASE_CLOSED closes it.
+    kim.a's view, and the referral it lists moves in both agents' views:
+    the job centre hears of the handover through the agent's subscription,
+    and its next answer goes to the new lead. The new lead's CASE_CLOSED
+    closes the case.
 */
 #include <czmq.h>
 
@@ -232,7 +235,25 @@ main (void)
     KIM_CHECK (s_timeline_has (json, "CONSENT_REVOKE", "in"));
     json_decref (json);
 
-    //  8. A handover to kim.c moves the lead; kim.c closes the case
+    //  8. A handover to kim.c moves the lead and the open referral r-4 it
+    //  lists; the job centre's agent hears of it through its subscription,
+    //  so its answers go to the new lead; kim.c closes the case
+    s_post (&a, "/v1/consents",
+            "{\"msg_id\":\"m-g3\",\"consent\":\"g-3\",\"case_id\":\"c-1\",\"subject\":\"p-1\","
+            "\"recipients\":[\"jc.b\"],\"purposes\":[\"employment\"],"
+            "\"valid_until\":4102444800000}", 202);
+    s_post (&a, "/v1/messages",
+            "{\"type\":\"REFERRAL\",\"msg_id\":\"m-r4\",\"recipient\":\"jc.b\","
+            "\"referral_id\":\"r-4\",\"case_id\":\"c-1\",\"subject\":\"p-1\","
+            "\"purpose\":\"employment\",\"legal_basis\":{\"kind\":\"consent\","
+            "\"consent_id\":\"g-3\"}}", 202);
+    json = s_wait_for (&b, "/v1/referrals/r-4", "state", "DELIVERED");
+    KIM_CHECK (json);
+    json_decref (json);
+    s_post (&b, "/v1/referrals/r-4/answer", "{\"answer\":\"accept\",\"msg_id\":\"jc-a4\"}", 202);
+    json = s_wait_for (&a, "/v1/referrals/r-4", "state", "ACCEPTED");
+    KIM_CHECK (json);
+    json_decref (json);
     s_post (&a, "/v1/consents",
             "{\"msg_id\":\"m-g2\",\"consent\":\"g-2\",\"case_id\":\"c-1\",\"subject\":\"p-fam\","
             "\"recipients\":[\"kim.c\"],\"purposes\":[\"case_handover\"],"
@@ -240,7 +261,8 @@ main (void)
     s_post (&a, "/v1/messages",
             "{\"type\":\"HANDOVER_OFFER\",\"msg_id\":\"m-h1\",\"recipient\":\"kim.c\","
             "\"case_id\":\"c-1\",\"subject\":\"p-fam\",\"purpose\":\"case_handover\","
-            "\"legal_basis\":{\"kind\":\"consent\",\"consent_id\":\"g-2\"}}", 202);
+            "\"legal_basis\":{\"kind\":\"consent\",\"consent_id\":\"g-2\"},"
+            "\"referrals\":[\"r-1\",\"r-4\"]}", 202);
     json = s_wait_for (&a, "/v1/outbox/m-h1", "status", "receipted");
     KIM_CHECK (json);
     json_decref (json);
@@ -265,6 +287,34 @@ main (void)
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json_object_get (json, "offer"),
                                                           "state")), "ACCEPTED"));
+    json_decref (json);
+    //  The old lead's view: r-4 is kim.c's to send now; r-1 (SUSPENDED)
+    //  did not move, at the broker or here
+    json = s_wait_for (&a, "/v1/referrals/r-4", "handed_over_to", "kim.c");
+    KIM_CHECK (json);
+    json_decref (json);
+    KIM_CHECK (kim_agenttest_call (&a, "GET", "/v1/referrals/r-1", NULL, &json) == 200);
+    KIM_CHECK (!json_object_get (json, "handed_over_to"));
+    json_decref (json);
+    //  The job centre's view follows the handover it was no party to
+    json = s_wait_for (&b, "/v1/referrals/r-4", "counterpart", "kim.c");
+    KIM_CHECK (json);
+    KIM_CHECK (streq (json_string_value (json_object_get (json, "handed_over_from")), "kim.a"));
+    json_decref (json);
+    KIM_CHECK (kim_agenttest_call (&b, "GET", "/v1/referrals/r-1", NULL, &json) == 200);
+    KIM_CHECK (streq (json_string_value (json_object_get (json, "counterpart")), "kim.a"));
+    json_decref (json);
+    KIM_CHECK (kim_agenttest_call (&b, "GET", "/v1/cases/c-1", NULL, &json) == 200);
+    KIM_CHECK (streq (json_string_value (json_object_get (json, "lead")), "kim.c"));
+    KIM_CHECK (s_timeline_has (json, "HANDOVER_OFFER", "in"));
+    KIM_CHECK (s_timeline_has (json, "HANDOVER_ACCEPT", "in"));
+    json_decref (json);
+    //  ... so its answer goes to kim.c, and the broker takes it
+    s_post (&b, "/v1/referrals/r-4/answer",
+            "{\"answer\":\"status\",\"code\":\"in_progress\",\"msg_id\":\"jc-s4\"}", 202);
+    json = s_wait_for (&b, "/v1/outbox/jc-s4", "status", "receipted");
+    KIM_CHECK (json);
+    KIM_CHECK (streq (json_string_value (json_object_get (json, "recipient")), "kim.c"));
     json_decref (json);
     kim_msg_init (&msg);
     msg.type = KIM_TYPE_CASE_CLOSED;

@@ -243,6 +243,37 @@ main (void)
     CHECK (json_integer_value (json_object_get (json_array_get (timeline, 0), "seq")) > 5);
     json_decref (acase);
 
+    //  A handover moves the open referrals of the old lead: on the
+    //  recipient's side the counterpart, on the old lead's side the sender
+    record = NULL;
+    msg = s_msg (KIM_TYPE_REFERRAL, "m7", "kim.a", "jc.b", "r7");
+    CHECK (s_apply ("jc.b", &msg, false, &record, NULL));
+    kim_msg_t took = s_msg (KIM_TYPE_HANDOVER_ACCEPT, "x7", "kim.c", "kim.a", "");
+    CHECK (!kim_agent_view_handover ("jc.b", record, "kim.x", "kim.c", &took, 3000));
+    json_t *moved = kim_agent_view_handover ("jc.b", record, "kim.a", "kim.c", &took, 3000);
+    CHECK (moved);
+    CHECK (streq (json_string_value (json_object_get (moved, "counterpart")), "kim.c"));
+    CHECK (streq (json_string_value (json_object_get (moved, "handed_over_from")), "kim.a"));
+    CHECK (streq (s_state (moved), "DELIVERED"));
+    json_decref (moved);
+    json_t *ours = NULL;
+    msg = s_msg (KIM_TYPE_REFERRAL, "m7", "", "jc.b", "r7");
+    CHECK (s_apply ("kim.a", &msg, true, &ours, NULL));
+    moved = kim_agent_view_handover ("kim.a", ours, "kim.a", "kim.c", &took, 3000);
+    CHECK (moved);
+    CHECK (streq (json_string_value (json_object_get (moved, "handed_over_to")), "kim.c"));
+    CHECK (streq (json_string_value (json_object_get (moved, "counterpart")), "jc.b"));
+    json_decref (moved);
+    //  Closed and suspended referrals stay where they are
+    msg = s_msg (KIM_TYPE_DECLINE, "d7", "jc.b", "kim.a", "r7");
+    kim_str_copy (msg.code, sizeof msg.code, "capacity");
+    CHECK (s_apply ("jc.b", &msg, true, &record, NULL));
+    CHECK (!kim_agent_view_handover ("jc.b", record, "kim.a", "kim.c", &took, 3000));
+    json_object_set_new (ours, "state", json_string ("SUSPENDED"));
+    CHECK (!kim_agent_view_handover ("kim.a", ours, "kim.a", "kim.c", &took, 3000));
+    json_decref (ours);
+    json_decref (record);
+
     printf ("agent.view: OK\n");
     return 0;
 }
