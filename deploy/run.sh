@@ -324,11 +324,20 @@ send kim.coesfeld CASE_CLOSED "" --case "$case_id"
 inbox kim.coesfeld
 send kim.coesfeld HANDOVER_ACCEPT kim.rheine --case "$case_id" --ref-msg "H-$run" \
     --recipient-ref COE-2026-311
-note "Kreis Coesfeld leads the case now; the open referrals moved with it:"
+note "Kreis Coesfeld leads the case now; the open referrals moved with it. A status report"
+note "addressed to Rheine is refused:"
 jc kim.rheine "STATUS in_progress" POST /v1/messages \
     "{\"type\":\"STATUS\",\"msg_id\":\"JC-$run-2\",\"recipient\":\"kim.rheine\",\"referral_id\":\"$(R father)\",\"code\":\"in_progress\"}"
-jc kim.coesfeld "STATUS in_progress" POST /v1/messages \
-    "{\"type\":\"STATUS\",\"msg_id\":\"JC-$run-3\",\"recipient\":\"kim.coesfeld\",\"referral_id\":\"$(R father)\",\"code\":\"in_progress\"}"
+note "The job centre's agent follows the handovers of its cases (it subscribes to them), so its"
+note "view names the new lead and the answer route addresses it:"
+for _ in $(seq 50); do
+    api GET "/v1/referrals/$(R father)" | grep -q '"counterpart":"kim.coesfeld"' && break
+    sleep 0.1
+done
+printf '      in the job centre'"'"'s agent, referral %s goes to %s%s%s\n' "$(R father)" "$bold" \
+    "$(api GET "/v1/referrals/$(R father)" | field counterpart)" "$off"
+jc kim.coesfeld "STATUS in_progress" POST "/v1/referrals/$(R father)/answer" \
+    "{\"answer\":\"status\",\"code\":\"in_progress\",\"msg_id\":\"JC-$run-3\"}"
 state kim.coesfeld "$(R father)"
 
 step "8. The youth office hands over under § 86c SGB VIII"
@@ -348,7 +357,8 @@ state kim.coesfeld "$(R father)"
 send kim.coesfeld REFERRAL aba.rheine --referral "$(R residence2)" --case "$case_id" \
     --subject p-father --purpose residence --consent "G-$run-father"
 note "The job centre received data under that consent, so its agent is told, and its view of"
-note "the referral follows (curl \$AGENT/v1/referrals/$(R father)):"
+note "the referral follows (curl \$AGENT/v1/referrals/$(R father)). Its inbox also holds the"
+note "handover it followed:"
 jc_inbox
 for _ in $(seq 50); do
     api GET "/v1/referrals/$(R father)" | grep -q '"state":"SUSPENDED"' && break
