@@ -7,7 +7,7 @@ KIM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # ships in libclang-rt-*-dev, a dependency of the clang package).
 KIM_PACKAGES="build-essential cmake pkg-config libzmq3-dev libczmq-dev libmsgpack-dev
 liblmdb-dev libsodium-dev libjansson-dev libsystemd-dev libmicrohttpd-dev scdoc
-libcurl4-gnutls-dev python3-zmq python3-msgpack python3-nacl python3-pytest python3-lmdb"
+libcurl4-gnutls-dev curl python3-zmq python3-msgpack python3-nacl python3-pytest python3-lmdb"
 
 kim_say() { printf '[kim] %s\n' "$*" >&2; }
 

@@ -2,7 +2,9 @@
 # deploy/run.sh — install what is missing, build, start the broker with a demo
 # registry of the brief's organisations and the shipped policy, play a
 # family's story (brief §7) through real agents over real sockets, and leave
-# the broker running in the background.
+# the broker running in the background. The job centre's office takes part
+# through its own kim-agent (its HTTP API, driven with curl), which keeps
+# running beside the broker.
 #
 #   KIM_DATA    data folder (default ./kim-data in the checkout)
 #   KIM_PORT    tcp port (default 7470)
@@ -15,6 +17,7 @@ build=${KIM_BUILD:-$KIM_ROOT/build/release}
 kim_say "building in $build"
 kim_build "$build" -DKIM_TESTS=OFF
 bin_broker="$build/broker/kim-broker"
+bin_agent="$build/agents/agent/kim-agent"
 kim="$build/agents/cli/kim"
 
 data=${KIM_DATA:-$KIM_ROOT/kim-data}
@@ -57,8 +60,15 @@ config="$demo/kim.cfg"
 mv "$config.new" "$config"
 "$bin_broker" --check --config "$config" >/dev/null
 
-# One broker per data folder: stop one this script started before.
+# One broker and one job-centre agent per data folder: stop the ones this
+# script started before (the agent first: it says BYE to the broker).
 pidfile="$data/broker.pid"
+agent_pidfile="$data/agent-jc.rheine.pid"
+if [ -f "$agent_pidfile" ] && kill -0 "$(cat "$agent_pidfile")" 2>/dev/null; then
+    kim_say "stopping the job centre's kim-agent started earlier (pid $(cat "$agent_pidfile"))"
+    kill "$(cat "$agent_pidfile")"
+    for _ in $(seq 50); do kill -0 "$(cat "$agent_pidfile")" 2>/dev/null || break; sleep 0.1; done
+fi
 if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
     kim_say "stopping the broker started earlier (pid $(cat "$pidfile"))"
     kill "$(cat "$pidfile")"
@@ -76,6 +86,53 @@ for _ in $(seq 100); do
     sleep 0.1
 done
 kim_say "broker running (pid $(cat "$pidfile")), log in $data/broker.log"
+
+# The job centre (jc.rheine) connects through its own kim-agent: the agent
+# holds the office's key and serves a local HTTP API on 127.0.0.1, on a port
+# the kernel chooses (written to http.port). Its config, token file and
+# store live in the demo folder. Every jc.rheine step of the story below
+# goes through this agent (a `kim inbox` with the job centre's key would take
+# deliveries meant for the agent).
+agent_dir="$demo/agent-jc.rheine"
+mkdir -p "$agent_dir"
+chmod 700 "$agent_dir"
+if [ ! -s "$agent_dir/tokens" ]; then
+    (umask 077; printf 'case_system %s\n' "$(od -An -N32 -tx1 /dev/urandom | tr -d ' \n')" \
+        >"$agent_dir/tokens")
+fi
+token=$(awk '$1 == "case_system" { print $2 }' "$agent_dir/tokens")
+cat >"$agent_dir/agent.cfg" <<CFG
+#   kim-agent for the job centre in the demo (written by deploy/run.sh).
+#   Every key is documented in deploy/agent.cfg.
+agent
+    org = jc.rheine
+    data = "$agent_dir/store"
+    cert = "$demo/keys/jc.rheine.cert_secret"
+broker
+    endpoint = "tcp://127.0.0.1:$port"
+    key_file = "$data/keys/broker.cert"
+http
+    bind = 127.0.0.1
+    port = 0
+    port_file = "$agent_dir/http.port"
+    tokens = "$agent_dir/tokens"
+CFG
+"$bin_agent" --check --config "$agent_dir/agent.cfg" >/dev/null
+rm -f "$agent_dir/http.port"
+nohup "$bin_agent" --config "$agent_dir/agent.cfg" >>"$agent_dir/agent.log" 2>&1 &
+echo $! >"$agent_pidfile"
+agent_url=
+for _ in $(seq 100); do
+    if [ -z "$agent_url" ] && [ -s "$agent_dir/http.port" ]; then
+        agent_url="http://127.0.0.1:$(cat "$agent_dir/http.port")"
+    fi
+    [ -n "$agent_url" ] && curl -sf -H "Authorization: Bearer $token" "$agent_url/v1/status" \
+        2>/dev/null | grep -q '"connected":true' && break
+    kill -0 "$(cat "$agent_pidfile")" 2>/dev/null || { tail -20 "$agent_dir/agent.log"; exit 1; }
+    sleep 0.1
+done
+[ -n "$agent_url" ] || { kim_say "the job centre's kim-agent did not start"; exit 1; }
+kim_say "job centre's kim-agent running (pid $(cat "$agent_pidfile")) on $agent_url, log in $agent_dir/agent.log"
 
 # --- how the story is told ----------------------------------------------------
 bold=$'\033[1m'; dim=$'\033[2m'; red=$'\033[31m'; green=$'\033[32m'; off=$'\033[0m'
@@ -123,6 +180,53 @@ sendj() {
     answer "$out"
 }
 
+# api METHOD PATH [BODY]: one call to the job centre's kim-agent.
+api() {
+    curl -s -X "$1" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+        "$agent_url$2" ${3:+-d "$3"}
+}
+
+# jc TO WHAT METHOD PATH BODY: the job centre's system posts a message to
+# its agent (shown as the curl call it makes); then the broker's answer,
+# from the agent's outbox record.
+jc() {
+    local to=$1 what=$2 method=$3 path=$4 body=$5
+    printf '   %-19s -> %-19s %s\n' "jc.rheine (agent)" "$to" "$what" | cut -c1-150
+    note "   curl -X $method \$AGENT$path -d '$body'" | cut -c1-160
+    local out msg_id
+    out=$(api "$method" "$path" "$body")
+    msg_id=$(field msg_id <<<"$out")
+    [ -n "$msg_id" ] || { answer "$out"; return; }
+    for _ in $(seq 100); do
+        out=$(api GET "/v1/outbox/$msg_id")
+        grep -q '"status":"queued"' <<<"$out" || break
+        sleep 0.1
+    done
+    answer "$out"
+}
+
+# jc_inbox: the job centre's system reads what its agent received and marks
+# each delivery handled. Waits up to 10 s for at least one.
+jc_inbox() {
+    local out line
+    note "jc.rheine's system reads its agent's inbox (curl \$AGENT/v1/inbox?handled=false):"
+    for _ in $(seq 100); do
+        out=$(api GET '/v1/inbox?handled=false')
+        grep -q '"seq"' <<<"$out" && break
+        sleep 0.1
+    done
+    while IFS= read -r line; do
+        grep -q '"seq"' <<<"$line" || continue
+        local about seq
+        seq=$(sed -n 's/.*"seq":\([0-9]*\).*/\1/p' <<<"$line")
+        about="referral $(field referral_id <<<"$line")"
+        [ "$about" != "referral " ] || about="case $(field case_id <<<"$line")"
+        printf '      seq %-4s %-15s from %-19s %s\n' "$seq" "$(field type <<<"$line")" \
+            "$(field sender <<<"$line")" "$about"
+        api POST "/v1/inbox/$seq/handled" >/dev/null
+    done < <(sed 's/},{/}\n{/g' <<<"$out")
+}
+
 # state ORG REFERRAL: where the referral stands, as the broker tells its party.
 state() {
     local out
@@ -157,18 +261,25 @@ sendj kim.rheine "{\"type\":\"CONSENT_GRANT\",\"msg_id\":\"G-$run-s\",\"case_id\
 sendj kim.rheine "{\"type\":\"CONSENT_GRANT\",\"msg_id\":\"G-$run-h\",\"case_id\":\"$case_id\",\"consent\":\"G-$run-family\",\"subject\":\"p-family\",\"recipients\":[\"kim.coesfeld\"],\"purposes\":[\"case_handover\"],\"valid_until\":$in_a_year}"
 
 step "2. The father is referred to the job centre, which accepts"
+note "The job centre's case software talks to its own kim-agent, AGENT=$agent_url."
 send kim.rheine REFERRAL jc.rheine --referral "$(R father)" --case "$case_id" \
     --subject p-father --purpose employment --consent "G-$run-father" \
     --msg-id "M-$run-father" --payload - <<<'{"need":"job search support"}'
-state kim.rheine "$(R father)"
-inbox jc.rheine
-note "The job centre acknowledged the delivery; the case manager hears of it (DELIVERED)."
+jc_inbox
+note "The job centre's agent stored the delivery (payload opened) before acknowledging it; the"
+note "case manager hears of it (DELIVERED)."
+for _ in $(seq 50); do
+    [ "$(as kim.rheine referral show "$(R father)" 2>/dev/null | field state)" = SENT ] || break
+    sleep 0.1
+done
 state kim.rheine "$(R father)"
 
 step "3. A move the life cycle refuses: the case manager tries to ACCEPT its own referral"
 send kim.rheine ACCEPT jc.rheine --referral "$(R father)"
-note "Only the recipient answers. The job centre accepts:"
-send jc.rheine ACCEPT kim.rheine --referral "$(R father)" --recipient-ref JC-2026-0815
+note "Only the recipient answers. The job centre's system accepts through its agent, which"
+note "addresses the ACCEPT to the referral's sender and sends it:"
+jc kim.rheine ACCEPT POST "/v1/referrals/$(R father)/answer" \
+    "{\"answer\":\"accept\",\"msg_id\":\"JC-$run-1\",\"recipient_case_ref\":\"JC-2026-0815\"}"
 state kim.rheine "$(R father)"
 
 step "4. The mother is referred to migration counselling, which declines for capacity"
@@ -213,9 +324,20 @@ send kim.coesfeld CASE_CLOSED "" --case "$case_id"
 inbox kim.coesfeld
 send kim.coesfeld HANDOVER_ACCEPT kim.rheine --case "$case_id" --ref-msg "H-$run" \
     --recipient-ref COE-2026-311
-note "Kreis Coesfeld leads the case now; the open referrals moved with it:"
-send jc.rheine STATUS kim.rheine --referral "$(R father)" --code in_progress
-send jc.rheine STATUS kim.coesfeld --referral "$(R father)" --code in_progress
+note "Kreis Coesfeld leads the case now; the open referrals moved with it. A status report"
+note "addressed to Rheine is refused:"
+jc kim.rheine "STATUS in_progress" POST /v1/messages \
+    "{\"type\":\"STATUS\",\"msg_id\":\"JC-$run-2\",\"recipient\":\"kim.rheine\",\"referral_id\":\"$(R father)\",\"code\":\"in_progress\"}"
+note "The job centre's agent follows the handovers of its cases (it subscribes to them), so its"
+note "view names the new lead and the answer route addresses it:"
+for _ in $(seq 50); do
+    api GET "/v1/referrals/$(R father)" | grep -q '"counterpart":"kim.coesfeld"' && break
+    sleep 0.1
+done
+printf '      in the job centre'"'"'s agent, referral %s goes to %s%s%s\n' "$(R father)" "$bold" \
+    "$(api GET "/v1/referrals/$(R father)" | field counterpart)" "$off"
+jc kim.coesfeld "STATUS in_progress" POST "/v1/referrals/$(R father)/answer" \
+    "{\"answer\":\"status\",\"code\":\"in_progress\",\"msg_id\":\"JC-$run-3\"}"
 state kim.coesfeld "$(R father)"
 
 step "8. The youth office hands over under § 86c SGB VIII"
@@ -234,8 +356,16 @@ sendj kim.coesfeld "{\"type\":\"CONSENT_REVOKE\",\"msg_id\":\"V-$run\",\"case_id
 state kim.coesfeld "$(R father)"
 send kim.coesfeld REFERRAL aba.rheine --referral "$(R residence2)" --case "$case_id" \
     --subject p-father --purpose residence --consent "G-$run-father"
-note "The job centre received data under that consent, so it is told:"
-inbox jc.rheine
+note "The job centre received data under that consent, so its agent is told, and its view of"
+note "the referral follows (curl \$AGENT/v1/referrals/$(R father)). Its inbox also holds the"
+note "handover it followed:"
+jc_inbox
+for _ in $(seq 50); do
+    api GET "/v1/referrals/$(R father)" | grep -q '"state":"SUSPENDED"' && break
+    sleep 0.1
+done
+printf '      in the job centre'"'"'s agent, referral %s is %s%s%s\n' "$(R father)" "$bold" \
+    "$(api GET "/v1/referrals/$(R father)" | field state)" "$off"
 
 step "10. The data-protection officer audits the case"
 note "An auditor's key reads the log through the broker; each read is itself logged."
@@ -255,6 +385,15 @@ done
 cat <<MSG
 
 The broker keeps running (pid $(cat "$pidfile"); stop it with: kill \$(cat $pidfile)).
+The job centre's kim-agent keeps running beside it on $agent_url
+(pid $(cat "$agent_pidfile"); stop it with: kill \$(cat $agent_pidfile)). Ask it as the
+job centre's system does (docs/agent.md, agents/agent/openapi.json):
+
+    AGENT=$agent_url TOKEN=\$(awk '{print \$2}' $agent_dir/tokens)
+    curl -H "Authorization: Bearer \$TOKEN" \$AGENT/v1/referrals
+    curl -H "Authorization: Bearer \$TOKEN" \$AGENT/v1/cases/$case_id
+    curl -H "Authorization: Bearer \$TOKEN" "\$AGENT/v1/inbox?handled=false"
+
 Look around with the kim tool:
 
     export KIM_ENDPOINT=$KIM_ENDPOINT KIM_BROKER_KEY=$KIM_BROKER_KEY

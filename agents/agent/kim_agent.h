@@ -33,6 +33,8 @@
 #define KIM_AGENT_BODY_DEFAULT  (4u * 1024 * 1024)
 #define KIM_AGENT_BODY_MAX      (64u * 1024 * 1024)
 #define KIM_AGENT_TOKENS_MAX    64
+//  The agent's subscription to the handovers and closings of its cases
+#define KIM_AGENT_SUB_ID        "kim-agent-cases"
 
 //  --------------------------------------------------------------------------
 //  Configuration (kim_agent_config.c)
@@ -175,6 +177,28 @@ json_t *
 json_t *
     kim_agent_store_referral (kim_agent_store_t *self, const char *referral_id);
 
+//  Case view reads: the cases (without timelines; "events" counts them),
+//  optionally only those in `state` (OPEN, CLOSED), and one case with its
+//  timeline. NULL when unknown.
+json_t *
+    kim_agent_store_cases (kim_agent_store_t *self, const char *state);
+json_t *
+    kim_agent_store_case (kim_agent_store_t *self, const char *case_id);
+
+//  The consents this office granted or revoked, with their state (pending,
+//  active, refused, expired, revoking, revoked), optionally only those in
+//  `state`; and one of them (NULL when unknown).
+json_t *
+    kim_agent_store_consents (kim_agent_store_t *self, const char *state);
+json_t *
+    kim_agent_store_consent (kim_agent_store_t *self, const char *consent);
+
+//  An access report this office asked for (by the request's msg_id): its
+//  status (queued, receipted, refused, answered) and, once answered, the
+//  broker's report. NULL when there is no such request.
+json_t *
+    kim_agent_store_report (kim_agent_store_t *self, const char *msg_id);
+
 //  Webhook queue. With push on, every fresh delivery is queued for the
 //  webhook in the commit that writes it into the inbox.
 void
@@ -230,6 +254,33 @@ void
 json_t *
     kim_agent_view_apply (const char *self_org, const kim_msg_t *msg, bool outgoing,
                           json_t *record, uint64_t now_ms, json_t **opened);
+
+//  A referral record after a CONSENT_REVOKE (sent by us and receipted, or
+//  delivered by the broker): SUSPENDED when it is open and relied on the
+//  revoked consent; NULL when it does not move.
+json_t *
+    kim_agent_view_revoked (json_t *record, const kim_msg_t *msg, uint64_t now_ms);
+
+//  A referral record after a handover of its case from old_lead to new_lead
+//  (msg: the HANDOVER_ACCEPT) listed it: when we are its recipient and the
+//  old lead referred us, the new lead becomes our counterpart (answers go
+//  there; "handed_over_from" keeps the old); when we were the old lead and
+//  referred, "handed_over_to" names the new sender. Only open referrals move
+//  (not SUSPENDED ones), as at the broker. NULL when nothing moves.
+json_t *
+    kim_agent_view_handover (const char *self_org, json_t *record, const char *old_lead,
+                             const char *new_lead, const kim_msg_t *msg, uint64_t now_ms);
+
+//  The case view: how a message moves the record of case `case_id` (the
+//  message's own, or its referral's), seen from our organisation. `record`
+//  is the current record or NULL; returns the new record (a new
+//  reference), with the message appended to its timeline (at most
+//  KIM_AGENT_TIMELINE_MAX entries, the oldest dropped), or NULL when
+//  case_id is empty.
+#define KIM_AGENT_TIMELINE_MAX 500
+json_t *
+    kim_agent_view_case (const char *self_org, const kim_msg_t *msg, bool outgoing,
+                         const char *case_id, json_t *record, uint64_t seq, uint64_t now_ms);
 
 //  Adds the computed "overdue" to a referral record for output.
 void

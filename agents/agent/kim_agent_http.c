@@ -61,11 +61,13 @@ typedef struct {
 
 typedef enum MHD_Result (*s_handler_t) (s_call_t *call);
 
+typedef enum { S_NO_BODY, S_BODY, S_BODY_OPTIONAL } s_body_t;
+
 typedef struct {
     const char *method;
     const char *path;                   //  with one {name} at most
     s_handler_t handler;
-    bool has_body;
+    s_body_t body;                      //  S_BODY_OPTIONAL: none means {}
 } s_route_t;
 
 
@@ -578,18 +580,154 @@ s_post_retry (s_call_t *call)
     return s_reply (call->connection, MHD_HTTP_OK, letter);
 }
 
+//  --------------------------------------------------------------------------
+//  Cases, consents and the data subject's rights
+
+static enum MHD_Result
+s_get_cases (s_call_t *call)
+{
+    const char *state = MHD_lookup_connection_value (call->connection, MHD_GET_ARGUMENT_KIND,
+                                                     "state");
+    if (state && !streq (state, "OPEN") && !streq (state, "CLOSED"))
+        return s_error (call->connection, MHD_HTTP_BAD_REQUEST, KIM_E_BAD_VALUE,
+                        "state must be OPEN or CLOSED", "state");
+    return s_reply (call->connection, MHD_HTTP_OK,
+                    json_pack ("{s:o}", "items", kim_agent_store_cases (call->self->store, state)));
+}
+
+static enum MHD_Result
+s_get_case (s_call_t *call)
+{
+    json_t *record = kim_agent_store_case (call->self->store, call->param);
+    if (!record)
+        return s_error (call->connection, MHD_HTTP_NOT_FOUND, KIM_E_UNKNOWN_CASE,
+                        "no case with this id in the agent's view", "case_id");
+    return s_reply (call->connection, MHD_HTTP_OK, record);
+}
+
+static const char *const s_consent_states [] = {
+    "pending", "active", "refused", "expired", "revoking", "revoked", NULL
+};
+
+static enum MHD_Result
+s_get_consents (s_call_t *call)
+{
+    const char *state = MHD_lookup_connection_value (call->connection, MHD_GET_ARGUMENT_KIND,
+                                                     "state");
+    bool known = !state;
+    for (size_t i = 0; state && s_consent_states [i]; i++)
+        known |= streq (s_consent_states [i], state);
+    if (!known)
+        return s_error (call->connection, MHD_HTTP_BAD_REQUEST, KIM_E_BAD_VALUE,
+                        "state must be pending, active, refused, expired, revoking or revoked",
+                        "state");
+    return s_reply (call->connection, MHD_HTTP_OK,
+                    json_pack ("{s:o}", "items",
+                               kim_agent_store_consents (call->self->store, state)));
+}
+
+static enum MHD_Result
+s_get_consent (s_call_t *call)
+{
+    json_t *record = kim_agent_store_consent (call->self->store, call->param);
+    if (!record)
+        return s_error (call->connection, MHD_HTTP_NOT_FOUND, KIM_E_CONSENT_UNKNOWN,
+                        "this office recorded no consent with this id", "consent");
+    return s_reply (call->connection, MHD_HTTP_OK, record);
+}
+
+//  Makes a message of `type` from the body (only `keys` allowed) and the
+//  path's id as `param_key`, and accepts it like POST /v1/messages.
+static enum MHD_Result
+s_post_typed (s_call_t *call, kim_type_t type, const char *param_key,
+              const char *const *keys)
+{
+    const char *key;
+    json_t *value;
+    json_object_foreach (call->body, key, value) {
+        bool known = false;
+        for (size_t i = 0; keys [i]; i++)
+            known |= streq (keys [i], key);
+        if (!known) {
+            char why [KIM_TEXT_MAX + 1];
+            snprintf (why, sizeof why, "this route takes no field '%.64s'", key);
+            return s_error (call->connection, MHD_HTTP_BAD_REQUEST, KIM_E_UNKNOWN_FIELD, why,
+                            key);
+        }
+    }
+    json_t *message = json_deep_copy (call->body);
+    if (!message || json_object_set_new (message, "type", json_string (kim_type_name (type)))
+    ||  (param_key && json_object_set_new (message, param_key, json_string (call->param)))) {
+        json_decref (message);
+        return s_store_error (call->connection, -KIM_E_NOMEM);
+    }
+    enum MHD_Result result = s_accept (call, message);
+    json_decref (message);
+    return result;
+}
+
+static enum MHD_Result
+s_post_consent (s_call_t *call)
+{
+    static const char *const keys [] = {
+        "msg_id", "consent", "case_id", "subject", "recipients", "purposes", "valid_until",
+        "categories", "explicit", NULL
+    };
+    return s_post_typed (call, KIM_TYPE_CONSENT_GRANT, NULL, keys);
+}
+
+static enum MHD_Result
+s_post_revoke (s_call_t *call)
+{
+    static const char *const keys [] = { "msg_id", "case_id", NULL };
+    return s_post_typed (call, KIM_TYPE_CONSENT_REVOKE, "consent", keys);
+}
+
+static enum MHD_Result
+s_post_report (s_call_t *call)
+{
+    static const char *const keys [] = { "msg_id", "case_id", NULL };
+    return s_post_typed (call, KIM_TYPE_ACCESS_REPORT, "subject", keys);
+}
+
+static enum MHD_Result
+s_post_erasure (s_call_t *call)
+{
+    static const char *const keys [] = { "msg_id", "case_id", NULL };
+    return s_post_typed (call, KIM_TYPE_ERASURE, "subject", keys);
+}
+
+static enum MHD_Result
+s_get_report (s_call_t *call)
+{
+    json_t *record = kim_agent_store_report (call->self->store, call->param);
+    if (!record)
+        return s_error (call->connection, MHD_HTTP_NOT_FOUND, KIM_E_NOT_FOUND,
+                        "no access report was asked for with this msg_id", "msg_id");
+    return s_reply (call->connection, MHD_HTTP_OK, record);
+}
+
 static const s_route_t s_routes [] = {
-    { "GET",  "/v1/status",                          s_get_status,      false },
-    { "POST", "/v1/messages",                        s_post_message,    true },
-    { "GET",  "/v1/outbox/{msg_id}",                 s_get_outbox,      false },
-    { "GET",  "/v1/inbox",                           s_get_inbox,       false },
-    { "GET",  "/v1/inbox/{seq}",                     s_get_inbox_item,  false },
-    { "POST", "/v1/inbox/{seq}/handled",             s_post_handled,    false },
-    { "GET",  "/v1/referrals",                       s_get_referrals,   false },
-    { "GET",  "/v1/referrals/{referral_id}",         s_get_referral,    false },
-    { "POST", "/v1/referrals/{referral_id}/answer",  s_post_answer,     true },
-    { "GET",  "/v1/webhook/dead",                    s_get_dead,        false },
-    { "POST", "/v1/webhook/dead/{seq}/retry",        s_post_retry,      false },
+    { "GET",  "/v1/status",                          s_get_status,      S_NO_BODY },
+    { "POST", "/v1/messages",                        s_post_message,    S_BODY },
+    { "GET",  "/v1/outbox/{msg_id}",                 s_get_outbox,      S_NO_BODY },
+    { "GET",  "/v1/inbox",                           s_get_inbox,       S_NO_BODY },
+    { "GET",  "/v1/inbox/{seq}",                     s_get_inbox_item,  S_NO_BODY },
+    { "POST", "/v1/inbox/{seq}/handled",             s_post_handled,    S_NO_BODY },
+    { "GET",  "/v1/referrals",                       s_get_referrals,   S_NO_BODY },
+    { "GET",  "/v1/referrals/{referral_id}",         s_get_referral,    S_NO_BODY },
+    { "POST", "/v1/referrals/{referral_id}/answer",  s_post_answer,     S_BODY },
+    { "GET",  "/v1/cases",                           s_get_cases,       S_NO_BODY },
+    { "GET",  "/v1/cases/{case_id}",                 s_get_case,        S_NO_BODY },
+    { "GET",  "/v1/consents",                        s_get_consents,    S_NO_BODY },
+    { "POST", "/v1/consents",                        s_post_consent,    S_BODY },
+    { "GET",  "/v1/consents/{consent}",              s_get_consent,     S_NO_BODY },
+    { "POST", "/v1/consents/{consent}/revoke",       s_post_revoke,     S_BODY_OPTIONAL },
+    { "POST", "/v1/subjects/{subject}/report",       s_post_report,     S_BODY_OPTIONAL },
+    { "GET",  "/v1/reports/{msg_id}",                s_get_report,      S_NO_BODY },
+    { "POST", "/v1/subjects/{subject}/erasure",      s_post_erasure,    S_BODY_OPTIONAL },
+    { "GET",  "/v1/webhook/dead",                    s_get_dead,        S_NO_BODY },
+    { "POST", "/v1/webhook/dead/{seq}/retry",        s_post_retry,      S_NO_BODY },
 };
 #define S_ROUTES (sizeof s_routes / sizeof s_routes [0])
 
@@ -665,7 +803,13 @@ s_dispatch (kim_agent_http_t *self, struct MHD_Connection *connection, const cha
         return s_error (connection, MHD_HTTP_BAD_REQUEST, KIM_E_BAD_ID,
                         "the id in the path must be 1..64 of A-Z a-z 0-9 . _ : -", "");
     s_call_t call = { self, connection, param, NULL };
-    if (route->has_body) {
+    if (route->body == S_BODY_OPTIONAL && (!request->body || request->size == 0)) {
+        call.body = json_object ();
+        if (!call.body)
+            return s_store_error (connection, -KIM_E_NOMEM);
+    }
+    else
+    if (route->body != S_NO_BODY) {
         json_error_t jerr;
         if (!request->body || request->size == 0)
             return s_error (connection, MHD_HTTP_BAD_REQUEST, KIM_E_MALFORMED,

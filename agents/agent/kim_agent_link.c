@@ -14,7 +14,9 @@
       carries its sender's signature (PROTOCOL.md 13.4) is checked after
       the ack against the sign_key the broker's directory lists, and its
       inbox record says "valid", "invalid" or "unknown_key" (the library
-      does not check signatures of deliveries, so the agent does).
+      does not check signatures of deliveries, so the agent does);
+    - each session renews the subscription to the handovers and closings
+      of the office's cases, which keep the views right after a handover.
 
     Events are handled in batches of whatever is queued, one commit each:
     group commit, so a burst costs one sync, not one per message.
@@ -109,6 +111,40 @@ s_disconnect (s_link_t *self, const char *why)
     self->next_connect = zclock_mono () + self->backoff_ms;
 }
 
+//  Subscribes (durably, once per organisation: the same sub_id each time
+//  keeps the broker's cursor) to the handovers and closings of the cases
+//  the office takes part in, so that the views follow a handover the office
+//  is no party to (PROTOCOL.md 8.10): a referral we received moves to the
+//  new lead, and our answers must go there. The events arrive as
+//  deliveries, into the inbox like mail.
+static void
+s_subscribe (s_link_t *self)
+{
+    kim_cmd_t *request = (kim_cmd_t *) calloc (1, sizeof (kim_cmd_t));
+    kim_cmd_t *reply = (kim_cmd_t *) calloc (1, sizeof (kim_cmd_t));
+    int rc = request && reply? 0: -KIM_E_NOMEM;
+    if (rc == 0) {
+        kim_cmd_init (request, KIM_CMD_SUBSCRIBE);
+        kim_str_copy (request->sub_id, sizeof request->sub_id, KIM_AGENT_SUB_ID);
+        const kim_type_t types [] = { KIM_TYPE_HANDOVER_OFFER, KIM_TYPE_HANDOVER_ACCEPT,
+                                      KIM_TYPE_HANDOVER_DECLINE, KIM_TYPE_CASE_CLOSED };
+        for (size_t i = 0; i < sizeof types / sizeof types [0]; i++)
+            request->types [request->type_count++] = types [i];
+        rc = kim_client_request (self->client, request, reply, self->config->timeout_ms);
+        if (rc == 0 && reply->id != KIM_CMD_RECEIPT)
+            rc = -KIM_E_UNKNOWN_CMD;
+    }
+    if (rc)
+        zsys_warning ("kim-agent %s: cannot subscribe to the handovers of our cases (%s): the "
+                      "views will not follow handovers we are no party to", self->config->org,
+                      self->client? kim_client_error (self->client): kim_strerror (rc));
+    else
+    if (self->config->verbose)
+        zsys_debug ("kim-agent %s: subscribed to the handovers of our cases", self->config->org);
+    free (request);
+    free (reply);
+}
+
 static void
 s_connect (s_link_t *self)
 {
@@ -156,6 +192,7 @@ s_connect (s_link_t *self)
     atomic_store (&self->shared->connected, true);
     atomic_fetch_add (&self->shared->reconnects, 1);
     zsys_info ("kim-agent %s: session open with %s", config->org, config->endpoint);
+    s_subscribe (self);
     self->next_scan = 0;
 }
 

@@ -21,6 +21,13 @@
       drop            seq; a delivery still to be written into the inbox folder
       answers         msg_id; NAME: a broker answer to a message from the
                       outbox folder, still to be written as answers/NAME.json
+      cases           case_id; the case view's record (JSON, with its timeline)
+      consents        consent id; what this office recorded (JSON: the
+                      grant's and the revocation's msg_ids and scope); the
+                      state is read from their outbox records
+      reports         msg_id of an ACCESS_REPORT we asked for; JSON:
+                      subject, case_id, order, and once the broker's report
+                      arrived, the seq of that delivery
 
     Records are JSON because every reader hands them out as JSON anyway;
     keys starting with '_' are the agent's own and are removed on the way out.
@@ -35,10 +42,10 @@
 #include "kim_agent.h"
 
 enum { S_OUTBOX, S_OUTBOX_PAYLOAD, S_QUEUE, S_INBOX, S_INBOX_PAYLOAD, S_REFERRALS, S_META,
-       S_PUSH, S_DEAD, S_DROP, S_ANSWERS, S_DBS };
+       S_PUSH, S_DEAD, S_DROP, S_ANSWERS, S_CASES, S_CONSENTS, S_REPORTS, S_DBS };
 static const char *s_db_names [S_DBS] = {
     "outbox", "outbox_payload", "queue", "inbox", "inbox_payload", "referrals", "meta",
-    "push", "dead", "drop", "answers"
+    "push", "dead", "drop", "answers", "cases", "consents", "reports"
 };
 
 struct _kim_agent_store_t {
@@ -193,8 +200,74 @@ s_header_json (const kim_msg_t *msg)
 //  --------------------------------------------------------------------------
 //  Referral view
 
+//  Suspends the open referrals of the view that relied on a revoked consent.
 static int
-s_view_apply (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool outgoing)
+s_view_revoke (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg)
+{
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, self->dbi [S_REFERRALS], &cursor);
+    if (rc)
+        return s_mdb_code (rc);
+    MDB_val key, value;
+    int op = MDB_FIRST;
+    while (rc == 0 && mdb_cursor_get (cursor, &key, &value, op) == 0) {
+        op = MDB_NEXT;
+        json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+        json_t *updated = record? kim_agent_view_revoked (record, msg, s_now ()): NULL;
+        if (updated) {
+            char *text = json_dumps (updated, JSON_COMPACT);
+            MDB_val data = { text? strlen (text): 0, text };
+            //  Overwriting the current item keeps the cursor where it is
+            int mrc = text? mdb_cursor_put (cursor, &key, &data, MDB_CURRENT): ENOMEM;
+            rc = mrc == ENOMEM? -KIM_E_NOMEM: mrc? s_mdb_code (mrc): 0;
+            free (text);
+        }
+        json_decref (updated);
+        json_decref (record);
+    }
+    mdb_cursor_close (cursor);
+    return rc;
+}
+
+//  A HANDOVER_ACCEPT of the offer the case record holds moves the referrals
+//  the offer listed, in our view as at the broker. We hear of it as its
+//  sender (the new lead), its recipient (the old lead), or through the
+//  agent's subscription to the handovers of our cases (a party to a
+//  referral the handover moves).
+static int
+s_view_handover (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool outgoing,
+                 json_t *kcase)
+{
+    json_t *offer = json_object_get (kcase, "offer");
+    const char *offer_id = json_string_value (json_object_get (offer, "msg_id"));
+    const char *old_lead = json_string_value (json_object_get (offer, "from"));
+    const char *state = json_string_value (json_object_get (offer, "state"));
+    const char *new_lead = outgoing? self->org: msg->sender;
+    if (!offer_id || !old_lead || !state || !streq (offer_id, msg->ref_msg_id)
+    ||  !streq (state, "ACCEPTED"))
+        return 0;
+    int rc = 0;
+    size_t index;
+    json_t *item;
+    json_array_foreach (json_object_get (offer, "referrals"), index, item) {
+        const char *id = json_string_value (item);
+        if (!id || rc)
+            continue;
+        MDB_val key = { strlen (id), (void *) id };
+        json_t *record = s_get_json (self, txn, S_REFERRALS, &key);
+        json_t *moved = record? kim_agent_view_handover (self->org, record, old_lead, new_lead,
+                                                         msg, s_now ()): NULL;
+        if (moved)
+            rc = s_put_json (self, txn, S_REFERRALS, &key, moved);
+        json_decref (moved);
+        json_decref (record);
+    }
+    return rc;
+}
+
+static int
+s_view_apply (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool outgoing,
+              uint64_t seq)
 {
     const char *id = msg->referral_id;
     json_t *record = NULL;
@@ -204,7 +277,21 @@ s_view_apply (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool 
     }
     json_t *opened = NULL;
     json_t *updated = kim_agent_view_apply (self->org, msg, outgoing, record, s_now (), &opened);
+    //  The case a message belongs to: its own case_id, else its referral's
+    char case_id [KIM_ID_MAX + 1];
+    const char *referral_case = json_string_value (json_object_get (updated? updated: record,
+                                                                    "case_id"));
+    kim_str_copy (case_id, sizeof case_id, msg->case_id [0]? msg->case_id
+                                           : referral_case? referral_case: "");
     json_decref (record);
+    if (!case_id [0] && msg->type == KIM_TYPE_CONSENT_REVOKE && msg->grant_id [0]) {
+        //  A revocation names its consent; the consent knows its case
+        MDB_val key = { strlen (msg->grant_id), (void *) msg->grant_id };
+        json_t *consent = s_get_json (self, txn, S_CONSENTS, &key);
+        const char *consent_case = json_string_value (json_object_get (consent, "case_id"));
+        kim_str_copy (case_id, sizeof case_id, consent_case? consent_case: "");
+        json_decref (consent);
+    }
     int rc = 0;
     if (updated) {
         MDB_val key = { strlen (id), (void *) id };
@@ -222,6 +309,130 @@ s_view_apply (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool 
         }
     }
     json_decref (opened);
+    if (rc == 0 && msg->type == KIM_TYPE_CONSENT_REVOKE && msg->grant_id [0])
+        rc = s_view_revoke (self, txn, msg);
+    if (rc == 0 && case_id [0]) {
+        MDB_val key = { strlen (case_id), case_id };
+        json_t *current = s_get_json (self, txn, S_CASES, &key);
+        json_t *moved = kim_agent_view_case (self->org, msg, outgoing, case_id, current, seq,
+                                             s_now ());
+        if (moved)
+            rc = s_put_json (self, txn, S_CASES, &key, moved);
+        if (rc == 0 && moved && msg->type == KIM_TYPE_HANDOVER_ACCEPT)
+            rc = s_view_handover (self, txn, msg, outgoing, moved);
+        json_decref (moved);
+        json_decref (current);
+    }
+    return rc;
+}
+
+//  What the outbox accept records beside the message: a consent granted or
+//  revoked, an access report asked for. In the accept's transaction.
+static int
+s_accept_extra (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, uint64_t order)
+{
+    int rc = 0;
+    if (msg->type == KIM_TYPE_CONSENT_GRANT || msg->type == KIM_TYPE_CONSENT_REVOKE) {
+        MDB_val key = { strlen (msg->grant_id), (void *) msg->grant_id };
+        json_t *record = s_get_json (self, txn, S_CONSENTS, &key);
+        if (!record)
+            record = json_pack ("{s:s, s:I}", "consent", msg->grant_id,
+                                "recorded_at", (json_int_t) s_now ());
+        if (!record)
+            return -KIM_E_NOMEM;
+        //  A later grant or revocation replaces the earlier one's msg_id
+        //  only when that one was refused: the broker takes a consent id once
+        const char *field = msg->type == KIM_TYPE_CONSENT_GRANT? "grant_msg_id": "revoke_msg_id";
+        const char *earlier = json_string_value (json_object_get (record, field));
+        bool replace = !earlier;
+        if (earlier) {
+            MDB_val okey = { strlen (earlier), (void *) earlier };
+            json_t *outbox = s_get_json (self, txn, S_OUTBOX, &okey);
+            const char *status = json_string_value (json_object_get (outbox, "status"));
+            replace = !outbox || (status && streq (status, "refused"));
+            json_decref (outbox);
+        }
+        if (replace) {
+            json_object_set_new (record, field, json_string (msg->msg_id));
+            if (msg->case_id [0])
+                json_object_set_new (record, "case_id", json_string (msg->case_id));
+            if (msg->type == KIM_TYPE_CONSENT_GRANT) {
+                json_t *header = s_header_json (msg);
+                const char *keys [] = { "subject", "recipients", "purposes", "categories",
+                                        "explicit", "valid_until", NULL };
+                for (size_t i = 0; keys [i]; i++) {
+                    json_t *value = json_object_get (header, keys [i]);
+                    if (value)
+                        json_object_set (record, keys [i], value);
+                }
+                json_decref (header);
+            }
+            rc = s_put_json (self, txn, S_CONSENTS, &key, record);
+        }
+        json_decref (record);
+    }
+    else
+    if (msg->type == KIM_TYPE_ACCESS_REPORT) {
+        MDB_val key = { strlen (msg->msg_id), (void *) msg->msg_id };
+        json_t *record = json_pack ("{s:s, s:s, s:s, s:I, s:I}", "msg_id", msg->msg_id,
+                                    "subject", msg->subject, "case_id", msg->case_id,
+                                    "requested_at", (json_int_t) s_now (),
+                                    "_order", (json_int_t) order);
+        rc = record? s_put_json (self, txn, S_REPORTS, &key, record): -KIM_E_NOMEM;
+        json_decref (record);
+    }
+    return rc;
+}
+
+//  A broker-made ACCESS_REPORT answers the oldest request of ours for the
+//  same subject and case that has no answer yet and was not refused (the
+//  broker answers requests in the order it logs them; the report names
+//  no request).
+static int
+s_report_arrived (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, uint64_t seq)
+{
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, self->dbi [S_REPORTS], &cursor);
+    if (rc)
+        return s_mdb_code (rc);
+    json_t *best = NULL;
+    int64_t best_order = INT64_MAX;
+    MDB_val key, value;
+    int op = MDB_FIRST;
+    while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
+        op = MDB_NEXT;
+        json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+        const char *subject = json_string_value (json_object_get (record, "subject"));
+        const char *case_id = json_string_value (json_object_get (record, "case_id"));
+        const char *msg_id = json_string_value (json_object_get (record, "msg_id"));
+        int64_t order = (int64_t) json_integer_value (json_object_get (record, "_order"));
+        bool candidate = subject && case_id && msg_id && streq (subject, msg->subject)
+                      && streq (case_id, msg->case_id)
+                      && !json_object_get (record, "report_seq") && order < best_order;
+        if (candidate) {
+            MDB_val okey = { strlen (msg_id), (void *) msg_id };
+            json_t *outbox = s_get_json (self, txn, S_OUTBOX, &okey);
+            const char *status = json_string_value (json_object_get (outbox, "status"));
+            candidate = !status || !streq (status, "refused");
+            json_decref (outbox);
+        }
+        if (candidate) {
+            json_decref (best);
+            best = record;
+            best_order = order;
+        }
+        else
+            json_decref (record);
+    }
+    mdb_cursor_close (cursor);
+    if (best) {
+        const char *msg_id = json_string_value (json_object_get (best, "msg_id"));
+        MDB_val bkey = { strlen (msg_id), (void *) msg_id };
+        json_object_set_new (best, "report_seq", json_integer ((json_int_t) seq));
+        json_object_set_new (best, "answered_at", json_integer ((json_int_t) s_now ()));
+        rc = s_put_json (self, txn, S_REPORTS, &bkey, best);
+        json_decref (best);
+    }
     return rc;
 }
 
@@ -296,6 +507,8 @@ kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uin
         json_object_set_new (out, "_folder", json_string (folder_name));
     if (rc == 0)
         rc = s_put_json (self, txn, S_OUTBOX, &key, out);
+    if (rc == 0)
+        rc = s_accept_extra (self, txn, &stamped, counter);
     MDB_val value = { size, (void *) payload };
     if (rc == 0 && mdb_put (txn, self->dbi [S_OUTBOX_PAYLOAD], &key, &value, 0) != 0)
         rc = -KIM_E_IO;
@@ -461,7 +674,7 @@ kim_agent_store_receipt (kim_agent_txn_t *txn, const char *msg_id, uint64_t seq,
         kim_decode_error_t derr = { 0, "" };
         kim_msg_init (&msg);
         if (header && kim_msg_from_json (&msg, header, strlen (header), &derr) == 0)
-            rc = s_view_apply (txn->store, txn->txn, &msg, true);
+            rc = s_view_apply (txn->store, txn->txn, &msg, true, seq);
         free (header);
         json_decref (record);
     }
@@ -518,7 +731,9 @@ kim_agent_store_deliver (kim_agent_txn_t *txn, const kim_event_t *event, bool *f
         rc = mrc? s_mdb_code (mrc): 0;
     }
     if (rc == 0)
-        rc = s_view_apply (self, txn->txn, msg, false);
+        rc = s_view_apply (self, txn->txn, msg, false, event->seq);
+    if (rc == 0 && msg->type == KIM_TYPE_ACCESS_REPORT)
+        rc = s_report_arrived (self, txn->txn, msg, event->seq);
     if (rc == 0 && self->push) {
         json_t *push = json_pack ("{s:i, s:I, s:s}", "attempts", 0, "next_at", (json_int_t) 0,
                                   "last_error", "");
@@ -716,6 +931,192 @@ kim_agent_store_referral (kim_agent_store_t *self, const char *referral_id)
     mdb_txn_abort (txn);
     if (record)
         kim_agent_view_finish (record, s_now ());
+    return s_public (record);
+}
+
+//  --------------------------------------------------------------------------
+//  Case view, consents and access reports: reads
+
+json_t *
+kim_agent_store_cases (kim_agent_store_t *self, const char *state)
+{
+    json_t *items = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return items;
+    if (mdb_cursor_open (txn, self->dbi [S_CASES], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+            if (!record)
+                continue;
+            const char *record_state = json_string_value (json_object_get (record, "state"));
+            if (state && (!record_state || !streq (state, record_state))) {
+                json_decref (record);
+                continue;
+            }
+            json_object_set_new (record, "events",
+                                 json_integer ((json_int_t) json_array_size (
+                                     json_object_get (record, "timeline"))));
+            json_object_del (record, "timeline");
+            json_array_append_new (items, s_public (record));
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return items;
+}
+
+json_t *
+kim_agent_store_case (kim_agent_store_t *self, const char *case_id)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return NULL;
+    MDB_val key = { strlen (case_id), (void *) case_id };
+    json_t *record = s_get_json (self, txn, S_CASES, &key);
+    mdb_txn_abort (txn);
+    if (record)
+        json_object_set_new (record, "events",
+                             json_integer ((json_int_t) json_array_size (
+                                 json_object_get (record, "timeline"))));
+    return s_public (record);
+}
+
+//  The status of an outbox record, or NULL when there is none.
+static const char *
+s_outbox_status (kim_agent_store_t *self, MDB_txn *txn, json_t *record, const char *field,
+                 json_t **outbox)
+{
+    *outbox = NULL;
+    const char *msg_id = json_string_value (json_object_get (record, field));
+    if (!msg_id)
+        return NULL;
+    MDB_val key = { strlen (msg_id), (void *) msg_id };
+    *outbox = s_get_json (self, txn, S_OUTBOX, &key);
+    return json_string_value (json_object_get (*outbox, "status"));
+}
+
+//  A consent record with its state, read from the outbox records of its
+//  grant and revocation: pending, active, refused, expired, revoking,
+//  revoked. A refusal's reason is in "error", "code", "text".
+static json_t *
+s_consent_finish (kim_agent_store_t *self, MDB_txn *txn, json_t *record)
+{
+    json_t *grant, *revoke;
+    const char *granted = s_outbox_status (self, txn, record, "grant_msg_id", &grant);
+    const char *revoked = s_outbox_status (self, txn, record, "revoke_msg_id", &revoke);
+    const char *state = "active";       //  a consent another office granted
+    json_t *refusal = NULL;
+    if (granted && streq (granted, "queued"))
+        state = "pending";
+    else
+    if (granted && streq (granted, "refused")) {
+        state = "refused";
+        refusal = grant;
+    }
+    if (!streq (state, "refused") && revoked) {
+        if (streq (revoked, "receipted"))
+            state = "revoked";
+        else
+        if (streq (revoked, "queued"))
+            state = "revoking";
+        else
+            refusal = revoke;           //  the revocation was refused: still in force
+    }
+    uint64_t valid_until = (uint64_t) json_integer_value (json_object_get (record, "valid_until"));
+    if (streq (state, "active") && valid_until && s_now () > valid_until)
+        state = "expired";
+    json_object_set_new (record, "state", json_string (state));
+    if (refusal) {
+        const char *keys [] = { "error", "code", "text", NULL };
+        for (size_t i = 0; keys [i]; i++)
+            if (json_object_get (refusal, keys [i]))
+                json_object_set (record, keys [i], json_object_get (refusal, keys [i]));
+    }
+    json_decref (grant);
+    json_decref (revoke);
+    return s_public (record);
+}
+
+json_t *
+kim_agent_store_consents (kim_agent_store_t *self, const char *state)
+{
+    json_t *items = json_array ();
+    MDB_txn *txn;
+    MDB_cursor *cursor;
+    if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return items;
+    if (mdb_cursor_open (txn, self->dbi [S_CONSENTS], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+            if (!record)
+                continue;
+            record = s_consent_finish (self, txn, record);
+            const char *record_state = json_string_value (json_object_get (record, "state"));
+            if (state && (!record_state || !streq (state, record_state)))
+                json_decref (record);
+            else
+                json_array_append_new (items, record);
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    return items;
+}
+
+json_t *
+kim_agent_store_consent (kim_agent_store_t *self, const char *consent)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return NULL;
+    MDB_val key = { strlen (consent), (void *) consent };
+    json_t *record = s_get_json (self, txn, S_CONSENTS, &key);
+    if (record)
+        record = s_consent_finish (self, txn, record);
+    mdb_txn_abort (txn);
+    return record;
+}
+
+json_t *
+kim_agent_store_report (kim_agent_store_t *self, const char *msg_id)
+{
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return NULL;
+    MDB_val key = { strlen (msg_id), (void *) msg_id };
+    json_t *record = s_get_json (self, txn, S_REPORTS, &key);
+    if (record) {
+        json_t *outbox;
+        const char *status = s_outbox_status (self, txn, record, "msg_id", &outbox);
+        json_int_t report_seq = json_integer_value (json_object_get (record, "report_seq"));
+        json_object_set_new (record, "status", json_string (report_seq? "answered"
+                                                            : status? status: "queued"));
+        const char *keys [] = { "seq", "error", "code", "text", NULL };
+        for (size_t i = 0; keys [i]; i++)
+            if (json_object_get (outbox, keys [i]))
+                json_object_set (record, keys [i], json_object_get (outbox, keys [i]));
+        json_decref (outbox);
+        //  The report itself: the payload of the broker's delivery (JSON)
+        uint8_t seq_key [8];
+        s_key_u64 (seq_key, (uint64_t) report_seq);
+        MDB_val pkey = { 8, seq_key }, value;
+        if (report_seq && mdb_get (txn, self->dbi [S_INBOX_PAYLOAD], &pkey, &value) == 0) {
+            json_t *report = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+            if (json_is_object (report))
+                json_object_set_new (record, "report", report);
+            else
+                json_decref (report);
+        }
+    }
+    mdb_txn_abort (txn);
     return s_public (record);
 }
 

@@ -390,6 +390,86 @@ main (void)
     json_decref (s_call (&b, "POST", "/v1/webhook/dead/x/retry", dr, NULL, T, 400));
     json_decref (s_call (&a, "POST", "/v1/webhook/dead/999999/retry", dr, NULL, T, 404));
 
+    //  cases: A's view has the case of its referral
+    const char *cs = "/v1/cases", *c1 = "/v1/cases/{case_id}";
+    json_t *cases = s_call (&a, "GET", cs, cs, NULL, T, 200);
+    KIM_CHECK (json_array_size (json_object_get (cases, "items")) == 1);
+    json_decref (cases);
+    json_decref (s_call (&a, "GET", "/v1/cases?state=OPEN", cs, NULL, T, 200));
+    json_decref (s_call (&a, "GET", "/v1/cases?state=X", cs, NULL, T, 400));
+    json_decref (s_call (&a, "GET", cs, cs, NULL, NULL, 401));
+    json_t *one = s_call (&a, "GET", "/v1/cases/c-o1", c1, NULL, T, 200);
+    KIM_CHECK (json_array_size (json_object_get (one, "timeline")) >= 2);
+    json_decref (one);
+    json_decref (s_call (&a, "GET", "/v1/cases/a%20b", c1, NULL, T, 400));
+    json_decref (s_call (&a, "GET", "/v1/cases/c-none", c1, NULL, T, 404));
+    json_decref (s_call (&a, "GET", "/v1/cases/c-o1", c1, NULL, NULL, 401));
+
+    //  consents
+    const char *g = "/v1/consents", *g1 = "/v1/consents/{consent}",
+               *gr = "/v1/consents/{consent}/revoke";
+    const char *grant =
+        "{\"msg_id\":\"m-o-g1\",\"consent\":\"g-o1\",\"case_id\":\"c-o2\",\"subject\":\"p-o2\","
+        "\"recipients\":[\"jc.b\"],\"purposes\":[\"job_placement\"],\"valid_until\":4102444800000}";
+    json_decref (s_call (&a, "POST", g, g, grant, T, 202));
+    json_decref (s_call (&a, "POST", g, g, grant, T, 200));
+    json_decref (s_call (&a, "POST", g, g, "{\"consent\":\"g-o9\"}", T, 400));
+    json_decref (s_call (&a, "POST", g, g, "{\"referral_id\":\"r-o1\"}", T, 400));
+    json_decref (s_call (&a, "POST", g, g, "{\"msg_id\":\"m-o1\",\"consent\":\"g-o9\","
+                         "\"case_id\":\"c-o2\",\"subject\":\"p-o2\",\"recipients\":[\"jc.b\"],"
+                         "\"purposes\":[\"x\"],\"valid_until\":4102444800000}", T, 409));
+    json_decref (s_call (&a, "POST", g, g, big, T, 413));
+    json_decref (s_call (&a, "POST", g, g, grant, NULL, 401));
+    json_decref (s_poll (&a, "/v1/consents/g-o1", g1, "state", "active"));
+    json_decref (s_call (&a, "GET", "/v1/consents/a%20b", g1, NULL, T, 400));
+    json_decref (s_call (&a, "GET", "/v1/consents/g-none", g1, NULL, T, 404));
+    json_decref (s_call (&a, "GET", "/v1/consents/g-o1", g1, NULL, NULL, 401));
+    json_decref (s_call (&a, "GET", g, g, NULL, T, 200));
+    json_decref (s_call (&a, "GET", "/v1/consents?state=active", g, NULL, T, 200));
+    json_decref (s_call (&a, "GET", "/v1/consents?state=gone", g, NULL, T, 400));
+    json_decref (s_call (&a, "GET", g, g, NULL, NULL, 401));
+    const char *revoke = "{\"msg_id\":\"m-o-v1\"}";
+    json_decref (s_call (&a, "POST", "/v1/consents/g-o1/revoke", gr, revoke, T, 202));
+    json_decref (s_call (&a, "POST", "/v1/consents/g-o1/revoke", gr, revoke, T, 200));
+    json_decref (s_call (&a, "POST", "/v1/consents/g-o1/revoke", gr, "{\"note\":\"x\"}", T, 400));
+    json_decref (s_call (&a, "POST", "/v1/consents/g-o1/revoke", gr, "{\"msg_id\":\"m-o-g1\"}",
+                         T, 409));
+    json_decref (s_call (&a, "POST", "/v1/consents/g-o1/revoke", gr, big, T, 413));
+    json_decref (s_call (&a, "POST", "/v1/consents/g-o1/revoke", gr, revoke, NULL, 401));
+    json_decref (s_poll (&a, "/v1/consents/g-o1", g1, "state", "revoked"));
+
+    //  access report and erasure
+    const char *sr = "/v1/subjects/{subject}/report", *rp = "/v1/reports/{msg_id}",
+               *se = "/v1/subjects/{subject}/erasure";
+    const char *ask = "{\"msg_id\":\"m-o-rep\"}";
+    json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/report", sr, ask, T, 202));
+    json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/report", sr, ask, T, 200));
+    json_t *second = s_call (&a, "POST", "/v1/subjects/p-o1/report", sr, NULL, T, 202);
+    KIM_CHECK (json_string_value (json_object_get (second, "msg_id")));
+    json_decref (second);
+    json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/report", sr, "{\"x\":1}", T, 400));
+    json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/report", sr, "{\"msg_id\":\"m-o1\"}",
+                         T, 409));
+    json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/report", sr, big, T, 413));
+    json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/report", sr, ask, NULL, 401));
+    json_t *report = s_poll (&a, "/v1/reports/m-o-rep", rp, "status", "answered");
+    KIM_CHECK (json_array_size (json_object_get (json_object_get (report, "report"),
+                                                 "transfers")) == 1);
+    json_decref (report);
+    json_decref (s_call (&a, "GET", "/v1/reports/a%20b", rp, NULL, T, 400));
+    json_decref (s_call (&a, "GET", "/v1/reports/m-none", rp, NULL, T, 404));
+    json_decref (s_call (&a, "GET", "/v1/reports/m-o-rep", rp, NULL, NULL, 401));
+    const char *erase = "{\"msg_id\":\"m-o-er\",\"case_id\":\"c-o1\"}";
+    json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/erasure", se, erase, T, 202));
+    json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/erasure", se, erase, T, 200));
+    json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/erasure", se, "{\"case_id\":\"a b\"}",
+                         T, 400));
+    json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/erasure", se, "{\"msg_id\":\"m-o-rep\"}",
+                         T, 409));
+    json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/erasure", se, big, T, 413));
+    json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/erasure", se, erase, NULL, 401));
+    json_decref (s_poll (&a, "/v1/outbox/m-o-er", o, "status", "receipted"));
+
     s_check_coverage ();
     free (big);
     kim_agenttest_cleanup (&a);

@@ -171,6 +171,109 @@ main (void)
     msg = s_msg (KIM_TYPE_ACCEPT, "a9", "jc.b", "kim.a", "r-unknown");
     CHECK (!s_apply ("kim.a", &msg, false, &record, NULL));
 
+    //  A revoked consent suspends the open referrals that relied on it
+    record = NULL;
+    msg = s_msg (KIM_TYPE_REFERRAL, "m5", "", "jc.b", "r5");
+    msg.basis = KIM_BASIS_CONSENT;
+    kim_str_copy (msg.consent_id, sizeof msg.consent_id, "g5");
+    CHECK (s_apply ("kim.a", &msg, true, &record, NULL));
+    CHECK (streq (json_string_value (json_object_get (record, "consent_id")), "g5"));
+    kim_msg_t revoke = s_msg (KIM_TYPE_CONSENT_REVOKE, "v5", "", "", "");
+    kim_str_copy (revoke.grant_id, sizeof revoke.grant_id, "g-other");
+    CHECK (!kim_agent_view_revoked (record, &revoke, 2000));
+    kim_str_copy (revoke.grant_id, sizeof revoke.grant_id, "g5");
+    json_t *suspended = kim_agent_view_revoked (record, &revoke, 2000);
+    CHECK (suspended && streq (s_state (suspended), "SUSPENDED"));
+    CHECK (!kim_agent_view_revoked (suspended, &revoke, 2000));     //  once
+    json_decref (suspended);
+    msg = s_msg (KIM_TYPE_WITHDRAW, "w5", "", "jc.b", "r5");
+    CHECK (s_apply ("kim.a", &msg, true, &record, NULL));
+    CHECK (!kim_agent_view_revoked (record, &revoke, 2000));        //  closed
+    json_decref (record);
+
+    //  The case view: lead, offer, closing, timeline
+    msg = s_msg (KIM_TYPE_CONSENT_GRANT, "g6", "", "", "");
+    CHECK (!kim_agent_view_case ("kim.a", &msg, true, "", NULL, 1, 1000));
+    json_t *acase = kim_agent_view_case ("kim.a", &msg, true, "c6", NULL, 1, 1000);
+    CHECK (streq (json_string_value (json_object_get (acase, "lead")), "kim.a"));
+    CHECK (streq (json_string_value (json_object_get (acase, "state")), "OPEN"));
+    msg = s_msg (KIM_TYPE_REFERRAL, "m6", "", "jc.b", "r6");
+    json_t *next = kim_agent_view_case ("kim.a", &msg, true, "c6", acase, 2, 1000);
+    json_decref (acase);
+    acase = next;
+    CHECK (json_array_size (json_object_get (acase, "referrals")) == 1);
+    msg = s_msg (KIM_TYPE_HANDOVER_OFFER, "h6", "", "kim.c", "");
+    kim_str_copy (msg.referrals [0], sizeof msg.referrals [0], "r6");
+    msg.referral_count = 1;
+    next = kim_agent_view_case ("kim.a", &msg, true, "c6", acase, 3, 1000);
+    json_decref (acase);
+    acase = next;
+    json_t *offer = json_object_get (acase, "offer");
+    CHECK (streq (json_string_value (json_object_get (offer, "state")), "OPEN"));
+    CHECK (streq (json_string_value (json_object_get (offer, "to")), "kim.c"));
+    msg = s_msg (KIM_TYPE_HANDOVER_ACCEPT, "x6", "kim.c", "kim.a", "");
+    kim_str_copy (msg.ref_msg_id, sizeof msg.ref_msg_id, "h6");
+    next = kim_agent_view_case ("kim.a", &msg, false, "c6", acase, 4, 1000);
+    json_decref (acase);
+    acase = next;
+    CHECK (streq (json_string_value (json_object_get (acase, "lead")), "kim.c"));
+    CHECK (streq (json_string_value (json_object_get (json_object_get (acase, "offer"),
+                                                      "state")), "ACCEPTED"));
+    msg = s_msg (KIM_TYPE_CASE_CLOSED, "z6", "kim.c", "", "");
+    next = kim_agent_view_case ("kim.a", &msg, false, "c6", acase, 5, 1000);
+    json_decref (acase);
+    acase = next;
+    CHECK (streq (json_string_value (json_object_get (acase, "state")), "CLOSED"));
+    json_t *timeline = json_object_get (acase, "timeline");
+    CHECK (json_array_size (timeline) == 5);
+    json_t *last = json_array_get (timeline, 4);
+    CHECK (streq (json_string_value (json_object_get (last, "direction")), "in"));
+    CHECK (streq (json_string_value (json_object_get (last, "from")), "kim.c"));
+    CHECK (streq (json_string_value (json_object_get (last, "to")), "kim.a"));
+    CHECK (json_integer_value (json_object_get (last, "seq")) == 5);
+    //  The timeline is bounded, the oldest entries go
+    for (int i = 0; i < KIM_AGENT_TIMELINE_MAX + 10; i++) {
+        msg = s_msg (KIM_TYPE_STATUS, "s6", "jc.b", "kim.a", "r6");
+        next = kim_agent_view_case ("kim.a", &msg, false, "c6", acase, 6 + (uint64_t) i, 1000);
+        json_decref (acase);
+        acase = next;
+    }
+    timeline = json_object_get (acase, "timeline");
+    CHECK (json_array_size (timeline) == KIM_AGENT_TIMELINE_MAX);
+    CHECK (json_integer_value (json_object_get (json_array_get (timeline, 0), "seq")) > 5);
+    json_decref (acase);
+
+    //  A handover moves the open referrals of the old lead: on the
+    //  recipient's side the counterpart, on the old lead's side the sender
+    record = NULL;
+    msg = s_msg (KIM_TYPE_REFERRAL, "m7", "kim.a", "jc.b", "r7");
+    CHECK (s_apply ("jc.b", &msg, false, &record, NULL));
+    kim_msg_t took = s_msg (KIM_TYPE_HANDOVER_ACCEPT, "x7", "kim.c", "kim.a", "");
+    CHECK (!kim_agent_view_handover ("jc.b", record, "kim.x", "kim.c", &took, 3000));
+    json_t *moved = kim_agent_view_handover ("jc.b", record, "kim.a", "kim.c", &took, 3000);
+    CHECK (moved);
+    CHECK (streq (json_string_value (json_object_get (moved, "counterpart")), "kim.c"));
+    CHECK (streq (json_string_value (json_object_get (moved, "handed_over_from")), "kim.a"));
+    CHECK (streq (s_state (moved), "DELIVERED"));
+    json_decref (moved);
+    json_t *ours = NULL;
+    msg = s_msg (KIM_TYPE_REFERRAL, "m7", "", "jc.b", "r7");
+    CHECK (s_apply ("kim.a", &msg, true, &ours, NULL));
+    moved = kim_agent_view_handover ("kim.a", ours, "kim.a", "kim.c", &took, 3000);
+    CHECK (moved);
+    CHECK (streq (json_string_value (json_object_get (moved, "handed_over_to")), "kim.c"));
+    CHECK (streq (json_string_value (json_object_get (moved, "counterpart")), "jc.b"));
+    json_decref (moved);
+    //  Closed and suspended referrals stay where they are
+    msg = s_msg (KIM_TYPE_DECLINE, "d7", "jc.b", "kim.a", "r7");
+    kim_str_copy (msg.code, sizeof msg.code, "capacity");
+    CHECK (s_apply ("jc.b", &msg, true, &record, NULL));
+    CHECK (!kim_agent_view_handover ("jc.b", record, "kim.a", "kim.c", &took, 3000));
+    json_object_set_new (ours, "state", json_string ("SUSPENDED"));
+    CHECK (!kim_agent_view_handover ("kim.a", ours, "kim.a", "kim.c", &took, 3000));
+    json_decref (ours);
+    json_decref (record);
+
     printf ("agent.view: OK\n");
     return 0;
 }
