@@ -33,6 +33,7 @@
 #define KIM_SCAN_CHUNK      64      //  mailbox entries read per scan
 #define KIM_TURN_MS         50      //  a turn reads this long at most, then commits
 #define KIM_US_PER_UNIT     50.0    //  loop time a rate-limit unit pays for (module commands)
+#define KIM_TIME_CHARGE_MAX 4.0     //  ... up to this many times the command's own cost
 #define KIM_RCVHWM          1000    //  commands waiting unread per connection
 
 //  The broker's clock. Tests of deadlines set KIM_CLOCK_FILE to a file that
@@ -906,13 +907,17 @@ s_read_one (kim_server_t *self)
                 break;
             default: {
                 //  A module's command is charged what it really took too:
-                //  a lookup whose cost grows with the store must not pass
-                //  for a cheap one (section 7.3). The debt may take the
-                //  bucket below zero; the organisation then waits.
+                //  a dear lookup must not pass for a cheap one (section
+                //  7.3). The debt may take the bucket below zero; the
+                //  organisation then waits. The cap keeps a cheap command
+                //  that met a busy machine (another process, a slow sync)
+                //  from eating a whole burst.
                 int64_t started = zclock_usecs ();
                 s_module_command (self, session, cmd);
                 double took = (double) (zclock_usecs () - started) / KIM_US_PER_UNIT;
                 double paid = s_cost (0, cmd);
+                if (took > KIM_TIME_CHARGE_MAX * paid)
+                    took = KIM_TIME_CHARGE_MAX * paid;
                 if (took > paid)
                     session->org->tokens -= took - paid;
             }
