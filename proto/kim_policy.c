@@ -663,6 +663,38 @@ s_check_consent (const s_rule_t *rule, const kim_policy_facts_t *facts,
     s_say (explain, "consent %s: subject %s, granted by %s, %zu recipient(s), %zu purpose(s)",
            id, consent.subject, consent.granted_by [0]? consent.granted_by: "?",
            consent.recipient_count, consent.purpose_count);
+    //  The binding comes before state and scope: a consent cited outside it
+    //  is no basis whatever its state, and its state is not the sender's
+    //  business then. The texts name what the consent is bound to only
+    //  where the sender holds that already (its own case and lead).
+    if (strcmp (consent.subject, msg->subject) != 0)
+        return s_verdict (decision, rule, KIM_E_CONSENT_BOUND, explain,
+                          "consent %s was not given for subject '%s': a consent is bound to "
+                          "the person who gave it", id, msg->subject);
+    const char *case_id = facts->case_id? facts->case_id: msg->case_id;
+    if (strcmp (consent.case_id, case_id) != 0)
+        return s_verdict (decision, rule, KIM_E_CONSENT_BOUND, explain,
+                          "consent %s does not belong to case '%s': a consent is bound to the "
+                          "case it was recorded in", id, case_id);
+    if (facts->case_lead) {
+        bool named = strcmp (consent.granted_by, msg->sender) == 0;
+        for (size_t i = 0; i < consent.recipient_count && !named; i++)
+            named = strcmp (consent.recipients [i], msg->sender) == 0;
+        if (strcmp (facts->case_lead, msg->sender) != 0)
+            return s_verdict (decision, rule, KIM_E_CONSENT_BOUND, explain,
+                              "consent %s may be cited only by the lead of case %s (%s), not "
+                              "by %s", id, case_id, facts->case_lead, msg->sender);
+        if (!named)
+            return s_verdict (decision, rule, KIM_E_CONSENT_BOUND, explain,
+                              "case %s was handed over to %s, which consent %s (recorded by "
+                              "%s) does not name: the new lead needs a consent of its own",
+                              case_id, msg->sender, id, consent.granted_by);
+        s_say (explain, "consent %s: bound to subject, case %s and its lead %s: holds", id,
+               case_id, facts->case_lead);
+    }
+    else
+        s_say (explain, "consent %s: bound to subject and case: holds; the case's lead is "
+               "not known here and is checked by the broker", id);
     if (consent.revoked_at)
         return s_verdict (decision, rule, KIM_E_CONSENT_REVOKED, explain,
                           "consent %s was revoked", id);

@@ -65,7 +65,9 @@ typedef struct {
 static const s_case_t s_cases [] = {
     //  P11: no subject pseudonym to the coordination
     { "kim", 1, "ki",  R, "coordination", 0, "c:c-ok", true, DENY, "P11" },
-    { "kim", 1, "ki",  H, "coordination", 0, "c:c-ok", false, OK, "P8" },
+    { "kim", 1, "ki",  H, "coordination", 0, "s:SGB X §69(1)1", false, NOB, "P8" },
+    //  A consent is bound to its subject: a transfer naming none cannot cite it
+    { "kim", 1, "ki",  H, "coordination", 0, "c:c-ok", false, KIM_E_CONSENT_BOUND, "P8" },
     //  P5: school -> immigration office denied; school -> KIM with consent
     { "sch", 1, "aba", R, "residence", 0, "c:c-ok", true, DENY, "P5" },
     { "sch", 1, "kim", R, "youth", 0, "c:c-ok", true, OK, "P9" },
@@ -147,7 +149,7 @@ s_run_case (const kim_policy_t *policy, const s_case_t *c, bool verbose)
     }
     char recipient [KIM_ORG_MAX + 1];
     snprintf (recipient, sizeof recipient, "%s.x", c->to);
-    kim_policy_facts_t facts = { &msg, c->from, c->pub, recipient, c->to, 2000 };
+    kim_policy_facts_t facts = { &msg, c->from, c->pub, recipient, c->to, 2000, NULL, NULL };
     kim_policy_decision_t decision;
     kim_buf_t explain;
     kim_buf_init (&explain);
@@ -201,7 +203,7 @@ kim_policy_test (bool verbose)
     kim_msg_t msg;
     kim_msg_init (&msg);
     msg.type = KIM_TYPE_ACCEPT;
-    kim_policy_facts_t facts = { &msg, "jc", true, "kim.x", "kim", 1 };
+    kim_policy_facts_t facts = { &msg, "jc", true, "kim.x", "kim", 1, NULL, NULL };
     kim_policy_decision_t decision;
     assert (kim_policy_decide (policy, &facts, s_lookup, NULL, &decision, NULL) == 0);
     assert (!decision.checked && decision.code == 0);

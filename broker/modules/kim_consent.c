@@ -361,10 +361,12 @@ s_data_recipient (const kim_route_t *route)
          : route->recipient? route->recipient->id: "";
 }
 
-//  The consent lookup for a transfer: a consent is a legal basis for those
-//  who know it (s_knows_consent). To anyone else it is not registered, so
-//  a sender naming another's consent id learns nothing of its scope or
-//  state, and cannot lean on it.
+//  The consent lookup for a transfer. To a sender that does not know the
+//  consent (s_knows_consent) it is not registered, so naming another's
+//  consent id teaches nothing of its scope or state. To those who know it
+//  the engine then checks its binding (subject, case, the case's lead:
+//  facts.case_id and case_lead), so knowing a consent is not yet leave to
+//  cite it.
 typedef struct {
     kim_ctx_t *ctx;
     const char *sender;
@@ -392,6 +394,17 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
         return s_refuse (verdict, KIM_E_UNKNOWN_RECIPIENT,
                          msg->type == KIM_TYPE_FORWARD? "hdr.org": "hdr.recipient",
                          "%s is not a registered organisation", recipient_id);
+    //  The binding of a consent the transfer may cite: the case the data
+    //  move in (a FORWARD's is its referral's) and who leads it now.
+    char case_id [KIM_ID_MAX + 1], lead [KIM_ORG_MAX + 1] = "";
+    kim_str_copy (case_id, sizeof case_id, msg->case_id);
+    int rc = 0;
+    if (msg->type == KIM_TYPE_FORWARD)
+        rc = kim_lifecycle_referral_case (ctx, msg->referral_id, case_id);
+    if (rc == 0 || rc == -KIM_E_UNKNOWN_REFERRAL)
+        rc = case_id [0]? kim_lifecycle_case_lead (ctx, case_id, lead): 0;
+    if (rc && rc != -KIM_E_UNKNOWN_CASE && rc != -KIM_E_UNKNOWN_REFERRAL)
+        return rc;
     kim_policy_facts_t facts = {
         .msg = msg,
         .sender_type = route->sender->type,
@@ -399,10 +412,12 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
         .recipient = recipient->id,
         .recipient_type = recipient->type,
         .now = kim_ctx_now (ctx),
+        .case_id = case_id,
+        .case_lead = lead,
     };
     kim_policy_decision_t decision;
     s_lookup_t lookup = { ctx, route->sender->id };
-    int rc = kim_policy_decide (self->policy, &facts, s_consent_get_for, &lookup, &decision,
+    rc = kim_policy_decide (self->policy, &facts, s_consent_get_for, &lookup, &decision,
                                 NULL);
     if (rc)
         return rc;

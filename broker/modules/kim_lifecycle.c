@@ -880,6 +880,22 @@ s_collect_id (void *arg, const char *referral_id)
 }
 
 int
+kim_lifecycle_referral_case (kim_ctx_t *ctx, const char *referral_id,
+                             char case_id [KIM_ID_MAX + 1])
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    if (!kim_store_txn (store) || !referral_id)
+        return -KIM_E_ARGS;
+    kim_referral_t referral;
+    int rc = referral_id [0]? kim_lc_referral_get (store, referral_id, &referral): -KIM_E_NOT_FOUND;
+    if (rc == -KIM_E_NOT_FOUND)
+        return -KIM_E_UNKNOWN_REFERRAL;
+    if (rc == 0)
+        snprintf (case_id, KIM_ID_MAX + 1, "%s", referral.case_id);
+    return rc;
+}
+
+int
 kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id)
 {
     kim_store_t *store = kim_ctx_store (ctx);

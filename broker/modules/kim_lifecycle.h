@@ -34,6 +34,12 @@ int
 int
     kim_lifecycle_case_lead (kim_ctx_t *ctx, const char *case_id, char lead [KIM_ORG_MAX + 1]);
 
+//  Copies the case of referral `referral_id` into `case_id`. Returns 0,
+//  -KIM_E_UNKNOWN_REFERRAL, -KIM_E_ARGS outside a write batch, or -KIM_E_*.
+int
+    kim_lifecycle_referral_case (kim_ctx_t *ctx, const char *referral_id,
+                                 char case_id [KIM_ID_MAX + 1]);
+
 //  Consent `consent_id` was revoked: every open referral that relies on it
 //  (legal_basis consent_id of its REFERRAL or FORWARD) becomes SUSPENDED,
 //  with a state record in the log. The parties are told by the consent

@@ -62,10 +62,16 @@ typedef struct {
     const char *recipient;
     const char *recipient_type;
     uint64_t now;                       //  ms since the epoch (consent expiry)
+    //  A consent's binding (PROTOCOL.md 9.3): the case the transfer happens
+    //  in (NULL: the header's case_id; a FORWARD's is its referral's) and
+    //  that case's lead now ("" when the case is unknown). NULL case_lead:
+    //  not known (an offline check), the lead binding is not checked.
+    const char *case_id;
+    const char *case_lead;
 } kim_policy_facts_t;
 
 typedef struct {
-    int code;                           //  0 allowed, else KIM_E_POLICY_DENY..CONSENT_EXPIRED
+    int code;                           //  0 allowed, else KIM_E_POLICY_DENY..CONSENT_BOUND
     bool checked;                       //  false: the type is no transfer; code is 0
     bool unchecked;                     //  allowed by a `basis = unchecked` (test) rule
     char rule [KIM_RULE_MAX + 1];       //  the rule that decided, "default" for default deny

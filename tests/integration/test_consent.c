@@ -1,0 +1,148 @@
+/*  test_consent.c — a consent is bound, over a real broker running the
+    shipped deploy/policy.cfg: to its subject, to its case and to the case's
+    lead (the organisation that recorded it, or the lead after a handover
+    the consent covers). Every other use is refused with CONSENT_BOUND and
+    a text that names the binding that failed, the rule and the law; an
+    organisation that does not know the consent learns nothing of it.
+*/
+#include <czmq.h>
+
+#include "kim_itest.h"
+#include "kim_lctest.h"
+
+#define KIM     "kim.rheine"
+#define JC      "jc.rheine"
+#define ABA     "aba.rheine"
+#define COE     "kim.coesfeld"
+#define MBE     "mbe.rheine"
+
+#define HOUR    (3600 * 1000ull)
+
+//  A CONSENT_GRANT for subject p-1 in `case_id`, to the recipients listed
+//  (NULL-terminated), for employment and residence, residence data.
+static void
+s_grant (kim_msg_t *msg, const char *id, const char *case_id, uint64_t valid_until, ...)
+{
+    kim_msg_init (msg);
+    msg->type = KIM_TYPE_CONSENT_GRANT;
+    msg->created_at = (uint64_t) zclock_time ();
+    snprintf (msg->msg_id, sizeof msg->msg_id, "grant-%s", id);
+    snprintf (msg->case_id, sizeof msg->case_id, "%s", case_id);
+    snprintf (msg->grant_id, sizeof msg->grant_id, "%s", id);
+    snprintf (msg->subject, sizeof msg->subject, "p-1");
+    va_list args;
+    va_start (args, valid_until);
+    for (const char *to = va_arg (args, const char *); to; to = va_arg (args, const char *))
+        snprintf (msg->recipients [msg->recipient_count++], KIM_ORG_MAX + 1, "%s", to);
+    va_end (args);
+    msg->purpose_count = 2;
+    snprintf (msg->purposes [0], sizeof msg->purposes [0], "employment");
+    snprintf (msg->purposes [1], sizeof msg->purposes [1], "residence");
+    msg->categories = KIM_CAT_RESIDENCE_STATUS;
+    msg->valid_until = valid_until;
+}
+
+//  A REFERRAL about `subject` in `case_id` citing consent `consent`.
+static void
+s_referral (kim_msg_t *msg, const char *to, const char *id, const char *case_id,
+            const char *subject, const char *purpose, const char *consent)
+{
+    s_lc_msg (msg, KIM_TYPE_REFERRAL, to, id, id, case_id);
+    snprintf (msg->subject, sizeof msg->subject, "%s", subject);
+    snprintf (msg->purpose, sizeof msg->purpose, "%s", purpose);
+    msg->categories = KIM_CAT_RESIDENCE_STATUS;
+    msg->basis = KIM_BASIS_CONSENT;
+    msg->citation [0] = 0;
+    snprintf (msg->consent_id, sizeof msg->consent_id, "%s", consent);
+}
+
+int
+main (void)
+{
+    const char *orgs [] = { KIM, JC, ABA, COE, MBE ":agency+private", NULL };
+    kim_testbroker_t *broker = s_itest_broker_policy (orgs, NULL, KIM_POLICY_PATH);
+    KIM_CHECK (kim_testbroker_start (broker) == 0);
+    kim_client_t *kim = kim_testbroker_client (broker, KIM, 16, false);
+    kim_client_t *jc = kim_testbroker_client (broker, JC, 16, false);
+    kim_client_t *coe = kim_testbroker_client (broker, COE, 16, false);
+    kim_client_t *mbe = kim_testbroker_client (broker, MBE, 0, false);
+    KIM_CHECK (kim && jc && coe && mbe);
+    kim_msg_t msg;
+    kim_event_t event;
+    uint64_t until = (uint64_t) zclock_time () + 24 * HOUR;
+
+    //  KIM Rheine leads case-A and records C-1 (naming Coesfeld, which may
+    //  take the case over) and C-2 (not naming it).
+    s_grant (&msg, "C-1", "case-A", until, JC, ABA, COE, NULL);
+    LC_SEND (kim, &msg, 0, "");
+    s_grant (&msg, "C-2", "case-A", until, JC, NULL);
+    LC_SEND (kim, &msg, 0, "");
+    //  Consent ids are unique across the broker, whoever asks.
+    s_grant (&msg, "C-1", "case-C", until, JC, NULL);
+    snprintf (msg.msg_id, sizeof msg.msg_id, "grant-C-1-by-coe");
+    LC_SEND (coe, &msg, KIM_E_BAD_VALUE, "registered already");
+
+    //  Within its binding: allowed.
+    s_referral (&msg, JC, "r-1", "case-A", "p-1", "employment", "C-1");
+    LC_SEND (kim, &msg, 0, "");
+    LC_WAIT (jc, KIM_TYPE_REFERRAL, "r-1", &event);
+    KIM_CHECK (streq (event.msg.rule, "P8"));
+
+    //  Another subject, another case: refused, naming the binding and rule.
+    s_referral (&msg, JC, "r-2", "case-A", "p-2", "employment", "C-1");
+    LC_SEND (kim, &msg, KIM_E_CONSENT_BOUND, "rule P8", "consent C-1 was not given for subject 'p-2'",
+             "§ 67b SGB X");
+    s_referral (&msg, JC, "r-3", "case-B", "p-1", "employment", "C-1");
+    LC_SEND (kim, &msg, KIM_E_CONSENT_BOUND, "rule P8", "consent C-1 does not belong to case 'case-B'");
+
+    //  A named recipient knows C-1 but may not cite it: only the lead does.
+    s_referral (&msg, KIM, "r-4", "case-A", "p-1", "employment", "C-1");
+    LC_SEND (jc, &msg, KIM_E_CONSENT_BOUND, "rule P9",
+             "consent C-1 may be cited only by the lead of case case-A (" KIM "), not by " JC);
+
+    //  A private carrier's residence data to the immigration office (P6)
+    //  under C-1: it does not know C-1, and learns nothing of it.
+    s_referral (&msg, ABA, "r-5", "case-M", "p-1", "residence", "C-1");
+    LC_SEND (mbe, &msg, KIM_E_CONSENT_UNKNOWN, "rule P6", "consent C-1 is not registered");
+
+    //  Another KIM office, named by C-1 but neither its recorder nor the
+    //  lead of case-A, in a case of its own.
+    s_referral (&msg, JC, "r-6", "case-X", "p-1", "employment", "C-1");
+    LC_SEND (coe, &msg, KIM_E_CONSENT_BOUND, "rule P8", "consent C-1 does not belong to case 'case-X'");
+
+    //  The case moves to Coesfeld under C-1, which names it (P10).
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_OFFER, COE, "case-A", "offer-1", NULL);
+    snprintf (msg.subject, sizeof msg.subject, "p-1");
+    snprintf (msg.purpose, sizeof msg.purpose, "employment");
+    msg.basis = KIM_BASIS_CONSENT;
+    msg.citation [0] = 0;
+    snprintf (msg.consent_id, sizeof msg.consent_id, "C-1");
+    LC_SEND (kim, &msg, 0, "");
+    LC_WAIT (coe, KIM_TYPE_HANDOVER_OFFER, "case-A", &event);
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, KIM, "case-A", "accept-1", "offer-1");
+    LC_SEND (coe, &msg, 0, "");
+
+    //  The recorder is no longer the lead: it may not cite C-1 any more.
+    s_referral (&msg, JC, "r-7", "case-A", "p-1", "employment", "C-1");
+    LC_SEND (kim, &msg, KIM_E_CONSENT_BOUND,
+             "consent C-1 may be cited only by the lead of case case-A (" COE "), not by " KIM);
+    //  The new lead may cite C-1, which covers the handover...
+    s_referral (&msg, JC, "r-8", "case-A", "p-1", "employment", "C-1");
+    LC_SEND (coe, &msg, 0, "");
+    LC_WAIT (jc, KIM_TYPE_REFERRAL, "r-8", &event);
+    //  ... but not C-2, which does not name it.
+    s_referral (&msg, JC, "r-9", "case-A", "p-1", "employment", "C-2");
+    LC_SEND (coe, &msg, KIM_E_CONSENT_BOUND, "case case-A was handed over to " COE,
+             "consent C-2 (recorded by " KIM ") does not name");
+
+    //  The broker still answers after every refusal.
+    kim_status_t status;
+    ITEST_RC (kim_client_status (kim, &status, 5000), 0);
+    kim_client_destroy (&kim);
+    kim_client_destroy (&jc);
+    kim_client_destroy (&coe);
+    kim_client_destroy (&mbe);
+    s_itest_broker_destroy (&broker);
+    printf ("test_consent: OK\n");
+    return 0;
+}
