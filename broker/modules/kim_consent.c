@@ -59,6 +59,15 @@ kim_consent_json_str (kim_buf_t *buf, const char *text)
     return rc? rc: kim_buf_append (buf, "\"", 1);
 }
 
+static bool
+s_in_list (char (*list) [KIM_ORG_MAX + 1], size_t count, const char *org)
+{
+    for (size_t i = 0; i < count; i++)
+        if (streq (list [i], org))
+            return true;
+    return false;
+}
+
 //  --------------------------------------------------------------------------
 //  The consent registry
 
@@ -123,6 +132,29 @@ s_recipient_put (kim_ctx_t *ctx, const char *id, const char *org, uint64_t seq)
     int rc = mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &key, &value,
                       MDB_NOOVERWRITE);
     return rc && rc != MDB_KEYEXIST? kim_store_error (store, rc, "consent: noting a recipient"): 0;
+}
+
+//  The expiry index: consents ordered by valid_until, so that the tick
+//  finds those that ran out without reading the registry.
+static size_t
+s_expiry_key (const kim_consent_t *consent, uint8_t *key)
+{
+    key [0] = KIM_CONSENT_KEY_EXPIRY;
+    for (int i = 0; i < 8; i++)
+        key [1 + i] = (uint8_t) (consent->valid_until >> (56 - 8 * i));
+    size_t size = strlen (consent->id);
+    memcpy (key + 9, consent->id, size);
+    return 9 + size;
+}
+
+static int
+s_expiry_put (kim_ctx_t *ctx, const kim_consent_t *consent)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    uint8_t bytes [9 + KIM_ID_MAX];
+    MDB_val key = { s_expiry_key (consent, bytes), bytes }, value = { 0, bytes };
+    int rc = mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &key, &value, 0);
+    return rc? kim_store_error (store, rc, "consent: indexing an expiry"): 0;
 }
 
 //  Who may grant and revoke: the lead organisation of the case. A consent
@@ -220,13 +252,22 @@ s_grant_applied (kim_ctx_t *ctx, kim_route_t *route)
     zsys_info ("consent: %s granted by %s for case %s (%zu recipients, %zu purposes, until %"
                PRIu64 ")", consent.id, consent.granted_by, consent.case_id,
                consent.recipient_count, consent.purpose_count, consent.valid_until);
-    return s_consent_put (ctx, &consent);
+    int rc = s_consent_put (ctx, &consent);
+    return rc? rc: s_expiry_put (ctx, &consent);
 }
 
 static int
 s_revoke_check (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
 {
     const kim_msg_t *msg = route->msg;
+    const char *broker_set = msg->code [0]? "code": msg->referral_id [0]? "referral_id"
+                           : msg->ref_msg_id [0]? "ref_msg_id": NULL;
+    if (broker_set) {
+        char path [KIM_PATH_MAX + 1];
+        snprintf (path, sizeof path, "hdr.%s", broker_set);
+        return s_refuse (verdict, KIM_E_BAD_VALUE, path, "%s is set by the broker on the "
+                         "notices it makes", broker_set);
+    }
     kim_consent_t consent;
     int rc = s_consent_get (ctx, msg->grant_id, &consent);
     int knows = rc == 0? s_knows_consent (ctx, &consent, msg->sender): 0;
@@ -247,34 +288,24 @@ s_revoke_check (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
     return 0;
 }
 
-//  Revocation: blocks new transfers at once (the registry says revoked),
-//  suspends open referrals relying on it (life cycle), and tells every
-//  organisation that received data under it.
+//  Tells every organisation that received data under `consent` (but
+//  `skip`) that it ended, with `code` "revoked" or "expired": a
+//  broker-made CONSENT_REVOKE. Then, for an expiry, the case's lead, so
+//  that it knows to renew. Returns how many were told, or -KIM_E_*.
 static int
-s_revoke_applied (kim_ctx_t *ctx, kim_route_t *route)
+s_tell_recipients (kim_ctx_t *ctx, const kim_consent_t *consent, const char *skip,
+                   const char *code)
 {
-    const kim_msg_t *msg = route->msg;
-    kim_consent_t consent;
-    int rc = s_consent_get (ctx, msg->grant_id, &consent);
-    if (rc)
-        return rc;
-    consent.revoked_at = kim_ctx_now (ctx);
-    if ((rc = s_consent_put (ctx, &consent)))
-        return rc;
-    int suspended = kim_lifecycle_suspend_consent (ctx, consent.id);
-    if (suspended < 0)
-        return suspended;
-
     //  Collect the recipients first: emitting writes to the store.
     kim_store_t *store = kim_ctx_store (ctx);
     char orgs [64][KIM_ORG_MAX + 1];
     size_t count = 0;
     uint8_t prefix [KIM_ID_MAX + 2];
-    size_t prefix_size = strlen (consent.id) + 2;
+    size_t prefix_size = strlen (consent->id) + 2;
     prefix [0] = KIM_CONSENT_KEY_RECIPIENT;
-    memcpy (prefix + 1, consent.id, prefix_size - 1);
+    memcpy (prefix + 1, consent->id, prefix_size - 1);
     MDB_cursor *cursor;
-    rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &cursor);
+    int rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &cursor);
     if (rc)
         return kim_store_error (store, rc, "consent: listing recipients");
     MDB_val key = { prefix_size, prefix }, value;
@@ -292,20 +323,133 @@ s_revoke_applied (kim_ctx_t *ctx, kim_route_t *route)
         return kim_store_error (store, rc, "consent: listing recipients");
     if (count == sizeof orgs / sizeof orgs [0])
         zsys_warning ("consent: %s: more than %zu recipients; only the first are told",
-                      consent.id, count);
+                      consent->id, count);
+    //  An expiry has no sender: the lead hears of it like a recipient.
+    char lead [KIM_ORG_MAX + 1] = "";
+    if (streq (code, "expired")) {
+        rc = kim_lifecycle_case_lead (ctx, consent->case_id, lead);
+        if (rc && rc != -KIM_E_UNKNOWN_CASE)
+            return rc;
+    }
     rc = 0;
-    for (size_t i = 0; rc == 0 && i < count; i++) {
-        if (streq (orgs [i], msg->sender) || !kim_ctx_org (ctx, orgs [i]))
+    int told = 0;
+    for (size_t i = 0; rc == 0 && i <= count; i++) {
+        const char *org = i < count? orgs [i]: lead;
+        if (!org [0] || streq (org, skip) || !kim_ctx_org (ctx, org)
+        ||  (i == count && s_in_list (orgs, count, lead)))
             continue;
         kim_msg_t notice;
         kim_msg_init (&notice);
         notice.type = KIM_TYPE_CONSENT_REVOKE;
-        kim_str_copy (notice.grant_id, sizeof notice.grant_id, consent.id);
-        kim_str_copy (notice.case_id, sizeof notice.case_id, consent.case_id);
-        rc = kim_ctx_emit (ctx, &notice, orgs [i], NULL);
+        kim_str_copy (notice.grant_id, sizeof notice.grant_id, consent->id);
+        kim_str_copy (notice.case_id, sizeof notice.case_id, consent->case_id);
+        kim_str_copy (notice.code, sizeof notice.code, code);
+        rc = kim_ctx_emit (ctx, &notice, org, NULL);
+        told++;
     }
-    zsys_info ("consent: %s revoked by %s: %d referrals suspended, %zu earlier recipients told",
-               consent.id, msg->sender, suspended, count);
+    return rc? rc: told;
+}
+
+//  Revocation: blocks new transfers at once (the registry says revoked),
+//  suspends open referrals relying on it and withholds what they had not
+//  delivered yet (life cycle), and tells every organisation that received
+//  data under it.
+static int
+s_revoke_applied (kim_ctx_t *ctx, kim_route_t *route)
+{
+    const kim_msg_t *msg = route->msg;
+    kim_consent_t consent;
+    int rc = s_consent_get (ctx, msg->grant_id, &consent);
+    if (rc)
+        return rc;
+    consent.revoked_at = kim_ctx_now (ctx);
+    if ((rc = s_consent_put (ctx, &consent)))
+        return rc;
+    size_t withheld = 0;
+    int suspended = kim_lifecycle_suspend_consent (ctx, consent.id, false, &withheld);
+    if (suspended < 0)
+        return suspended;
+    int told = s_tell_recipients (ctx, &consent, msg->sender, "revoked");
+    if (told < 0)
+        return told;
+    zsys_info ("consent: %s revoked by %s: %d referrals suspended, %zu messages withheld, "
+               "%d earlier recipients told", consent.id, msg->sender, suspended, withheld, told);
+    return 0;
+}
+
+//  Expiry: a consent past its valid_until ends as a revoked one does, but
+//  its referrals become LAPSED (renew the consent) rather than SUSPENDED
+//  (the person said no). The registry is unchanged: CONSENT_EXPIRED is
+//  judged against valid_until at every check.
+static int
+s_lapse (kim_ctx_t *ctx, const kim_consent_t *consent)
+{
+    size_t withheld = 0;
+    int suspended = kim_lifecycle_suspend_consent (ctx, consent->id, true, &withheld);
+    if (suspended < 0)
+        return suspended;
+    int told = s_tell_recipients (ctx, consent, "", "expired");
+    if (told < 0)
+        return told;
+    zsys_info ("consent: %s expired: %d referrals lapsed, %zu messages withheld, %d told",
+               consent->id, suspended, withheld, told);
+    return 0;
+}
+
+#define S_LAPSE_BATCH 16        //  consents lapsed per tick, so a tick stays short
+
+//  Finds consents whose valid_until has passed on the broker's clock (the
+//  expiry index is ordered by time: only due entries are read).
+static int
+s_tick (void *state, kim_ctx_t *ctx)
+{
+    (void) state;
+    kim_store_t *store = kim_ctx_store (ctx);
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn)
+        return 0;
+    uint64_t now = kim_ctx_now (ctx);
+    uint8_t due [S_LAPSE_BATCH][9 + KIM_ID_MAX];
+    size_t due_size [S_LAPSE_BATCH], count = 0;
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_CONSENT), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "consent: reading the expiry index");
+    uint8_t first = KIM_CONSENT_KEY_EXPIRY;
+    MDB_val key = { 1, &first }, value;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
+         rc == 0 && count < S_LAPSE_BATCH;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        const uint8_t *bytes = (const uint8_t *) key.mv_data;
+        if (key.mv_size < 10 || key.mv_size > 9 + KIM_ID_MAX || bytes [0] != KIM_CONSENT_KEY_EXPIRY)
+            break;
+        uint64_t until = 0;
+        for (int i = 0; i < 8; i++)
+            until = (until << 8) | bytes [1 + i];
+        if (until > now)
+            break;
+        memcpy (due [count], bytes, key.mv_size);
+        due_size [count++] = key.mv_size;
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND && count < S_LAPSE_BATCH)
+        return kim_store_error (store, rc, "consent: reading the expiry index");
+    rc = 0;
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        MDB_val k = { due_size [i], due [i] };
+        rc = mdb_del (txn, kim_store_dbi (store, KIM_DB_CONSENT), &k, NULL);
+        if (rc && rc != MDB_NOTFOUND)
+            return kim_store_error (store, rc, "consent: removing an expiry");
+        char id [KIM_ID_MAX + 1];
+        snprintf (id, sizeof id, "%.*s", (int) (due_size [i] - 9), (const char *) due [i] + 9);
+        kim_consent_t consent;
+        rc = s_consent_get (ctx, id, &consent);
+        if (rc == -KIM_E_NOT_FOUND)
+            rc = 0;
+        else
+        if (rc == 0 && !consent.revoked_at)
+            rc = s_lapse (ctx, &consent);
+    }
     return rc;
 }
 
@@ -600,6 +744,7 @@ kim_consent_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, siz
         .name = "consent",
         .check = s_check,
         .applied = s_applied,
+        .tick = s_tick,
         .destroy = s_destroy,
         .state = self,
     };

@@ -10,6 +10,7 @@
 #define KIM_CONSENT_KEY_CONSENT   'C'
 #define KIM_CONSENT_KEY_RECIPIENT 'R'
 #define KIM_CONSENT_KEY_SUBJECT   'S'
+#define KIM_CONSENT_KEY_EXPIRY    'E'
 
 typedef struct {
     kim_policy_t *policy;

@@ -4,6 +4,11 @@
     the consent covers). Every other use is refused with CONSENT_BOUND and
     a text that names the binding that failed, the rule and the law; an
     organisation that does not know the consent learns nothing of it.
+
+    Revocation and expiry (the broker's test clock moves) withhold what was
+    receipted but not yet delivered under the consent: the recipient never
+    gets it, the sender is told, and the referral is SUSPENDED (revoked) or
+    LAPSED (expired: renew the consent).
 */
 #include <czmq.h>
 
@@ -56,11 +61,63 @@ s_referral (kim_msg_t *msg, const char *to, const char *id, const char *case_id,
     snprintf (msg->consent_id, sizeof msg->consent_id, "%s", consent);
 }
 
+static void
+s_set_clock (const char *path, long long offset_ms)
+{
+    char temp [PATH_MAX];
+    snprintf (temp, sizeof temp, "%s.new", path);
+    FILE *file = fopen (temp, "w");
+    KIM_CHECK (file);
+    fprintf (file, "%lld\n", offset_ms);
+    fclose (file);
+    KIM_CHECK (rename (temp, path) == 0);
+}
+
+//  Receives (and acks) deliveries until a CONSENT_REVOKE notice about
+//  `consent` with `code` (and, if given, `referral`) arrives. A REFERRAL
+//  named in `never` fails the test: it was to be withheld.
+static void
+s_await_notice (kim_client_t *client, const char *consent, const char *code,
+                const char *referral, const char *never [], kim_event_t *event)
+{
+    int64_t deadline = s_itest_now () + 15000;
+    while (s_itest_now () < deadline) {
+        int rc = kim_client_recv (client, event, 200);
+        if (rc == -KIM_E_TIMEOUT)
+            continue;
+        ITEST_RC (rc, 0);
+        if (event->type != KIM_EVENT_DELIVER)
+            continue;
+        for (size_t i = 0; never && never [i]; i++)
+            if (event->msg.type == KIM_TYPE_REFERRAL && streq (event->msg.referral_id, never [i])) {
+                fprintf (stderr, "test_consent: %s got withheld referral %s\n",
+                         kim_client_org (client), never [i]);
+                exit (1);
+            }
+        ITEST_RC (kim_client_ack (client, event->seq), 0);
+        if (event->msg.type == KIM_TYPE_CONSENT_REVOKE && streq (event->msg.grant_id, consent)
+        &&  streq (event->msg.code, code)
+        &&  (!referral || streq (event->msg.referral_id, referral))) {
+            printf ("  %s told: consent %s %s%s%s\n", kim_client_org (client), consent, code,
+                    referral? ", referral ": "", referral? referral: "");
+            kim_client_flush (client, 5000);
+            return;
+        }
+    }
+    fprintf (stderr, "test_consent: %s got no CONSENT_REVOKE %s for %s within 15 s\n",
+             kim_client_org (client), code, consent);
+    exit (1);
+}
+
 int
 main (void)
 {
     const char *orgs [] = { KIM, JC, ABA, COE, MBE ":agency+private", NULL };
     kim_testbroker_t *broker = s_itest_broker_policy (orgs, NULL, KIM_POLICY_PATH);
+    char clock_path [PATH_MAX];
+    snprintf (clock_path, sizeof clock_path, "%s/clock", kim_testbroker_dir (broker));
+    s_set_clock (clock_path, 0);
+    setenv ("KIM_CLOCK_FILE", clock_path, 1);
     KIM_CHECK (kim_testbroker_start (broker) == 0);
     kim_client_t *kim = kim_testbroker_client (broker, KIM, 16, false);
     kim_client_t *jc = kim_testbroker_client (broker, JC, 16, false);
@@ -134,6 +191,59 @@ main (void)
     s_referral (&msg, JC, "r-9", "case-A", "p-1", "employment", "C-2");
     LC_SEND (coe, &msg, KIM_E_CONSENT_BOUND, "case case-A was handed over to " COE,
              "consent C-2 (recorded by " KIM ") does not name");
+
+    //  Withholding. Case-W, led by KIM Rheine: C-3 will be revoked, C-4
+    //  runs out in a minute. The job centre stops receiving, so what
+    //  follows waits in its mailbox, receipted but not delivered.
+    kim_client_destroy (&jc);
+    uint64_t now = (uint64_t) zclock_time ();
+    s_grant (&msg, "C-3", "case-W", until, JC, NULL);
+    LC_SEND (kim, &msg, 0, "");
+    s_grant (&msg, "C-4", "case-W", now + 60 * 1000, JC, NULL);
+    LC_SEND (kim, &msg, 0, "");
+    s_referral (&msg, JC, "r-w1", "case-W", "p-1", "employment", "C-3");
+    LC_SEND (kim, &msg, 0, "");
+    s_referral (&msg, JC, "r-w2", "case-W", "p-1", "employment", "C-4");
+    LC_SEND (kim, &msg, 0, "");
+    const char *withheld [] = { "r-w1", "r-w2", NULL };
+
+    //  Revocation: r-w1 is withheld and its sender told.
+    kim_msg_init (&msg);
+    msg.type = KIM_TYPE_CONSENT_REVOKE;
+    msg.created_at = (uint64_t) zclock_time ();
+    snprintf (msg.msg_id, sizeof msg.msg_id, "revoke-C-3");
+    snprintf (msg.grant_id, sizeof msg.grant_id, "C-3");
+    snprintf (msg.code, sizeof msg.code, "withheld");
+    LC_SEND (kim, &msg, KIM_E_BAD_VALUE, "code is set by the broker");
+    msg.code [0] = 0;
+    LC_SEND (kim, &msg, 0, "");
+    s_await_notice (kim, "C-3", "withheld", "r-w1", NULL, &event);
+    KIM_CHECK (streq (event.msg.ref_msg_id, "r-w1") && streq (event.msg.case_id, "case-W"));
+
+    //  Expiry: the broker's clock moves two minutes; C-4 lapses on its own.
+    //  The lead is told to renew it, and r-w2 is withheld as well.
+    s_set_clock (clock_path, 120 * 1000);
+    s_await_notice (kim, "C-4", "withheld", "r-w2", NULL, &event);
+    s_await_notice (kim, "C-4", "expired", NULL, NULL, &event);
+    KIM_CHECK (streq (event.msg.case_id, "case-W"));
+    s_referral (&msg, JC, "r-w3", "case-W", "p-1", "employment", "C-4");
+    LC_SEND (kim, &msg, KIM_E_CONSENT_EXPIRED, "consent C-4 expired");
+
+    //  The job centre comes back: it hears that C-3 was revoked and C-4
+    //  ran out, and never gets r-w1 or r-w2 (they came before the notices
+    //  in its mailbox, so they would have been delivered first).
+    jc = kim_testbroker_client (broker, JC, 16, false);
+    KIM_CHECK (jc);
+    s_await_notice (jc, "C-3", "revoked", NULL, withheld, &event);
+    s_await_notice (jc, "C-4", "expired", NULL, withheld, &event);
+    //  Both referrals stopped: SUSPENDED (revoked) and LAPSED (expired).
+    s_lc_msg (&msg, KIM_TYPE_ACCEPT, KIM, "r-w1", "accept-w1", NULL);
+    LC_SEND (jc, &msg, KIM_E_BAD_STATE, "SUSPENDED");
+    s_lc_msg (&msg, KIM_TYPE_ACCEPT, KIM, "r-w2", "accept-w2", NULL);
+    LC_SEND (jc, &msg, KIM_E_BAD_STATE, "LAPSED");
+    //  The sender may still withdraw a lapsed referral.
+    s_lc_msg (&msg, KIM_TYPE_WITHDRAW, JC, "r-w2", "withdraw-w2", NULL);
+    LC_SEND (kim, &msg, 0, "");
 
     //  The broker still answers after every refusal.
     kim_status_t status;
