@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kim/kim_citation.h"
 #include "kim/kim_policy.h"
 
 #define S_LIST_MAX      24      //  entries in a rule's list
@@ -41,7 +42,8 @@ typedef struct {
     int decision;
     int basis;                              //  S_STATUTE | S_CONSENT
     size_t citation_count;
-    char citations [S_LIST_MAX][KIM_CITATION_MAX + 1];
+    char citations [S_LIST_MAX][KIM_CITATION_MAX + 1];     //  as written
+    kim_citation_t provisions [S_LIST_MAX];                 //  as read
     uint32_t categories;                    //  permitted
 } s_rule_t;
 
@@ -255,6 +257,9 @@ s_add_citation (s_ctx_t *ctx, const s_entry_t *entry, const char *item, void *ar
     s_rule_t *rule = (s_rule_t *) arg;
     if (rule->citation_count == S_LIST_MAX)
         return s_fail (ctx, entry->line, "citations: more than %d entries", S_LIST_MAX);
+    char error [128];
+    if (kim_citation_parse (item, &rule->provisions [rule->citation_count], error, sizeof error))
+        return s_fail (ctx, entry->line, "citations: '%s' cannot be read: %s", item, error);
     snprintf (rule->citations [rule->citation_count++], KIM_CITATION_MAX + 1, "%s", item);
     return 0;
 }
@@ -730,6 +735,45 @@ s_check_consent (const s_rule_t *rule, const kim_policy_facts_t *facts,
                       "categories until %llu", id, (unsigned long long) consent.valid_until);
 }
 
+//  A statute citation is read as the provision it names and accepted when
+//  one of the rule's citations names that provision or one containing it.
+static int
+s_check_citation (const s_rule_t *rule, const kim_msg_t *msg, kim_policy_decision_t *decision,
+                  kim_buf_t *explain)
+{
+    kim_citation_t cited;
+    char error [128], text [KIM_CITATION_TEXT_MAX + KIM_CITATION_LAW_MAX];
+    if (kim_citation_parse (msg->citation, &cited, error, sizeof error))
+        return s_verdict (decision, rule, KIM_E_NO_BASIS, explain,
+                          "citation '%s' cannot be read: %s", msg->citation, error);
+    s_say (explain, "citation '%s' reads as %s", msg->citation,
+           kim_citation_format (&cited, text, sizeof text));
+    bool broader = false;
+    for (size_t c = 0; c < rule->citation_count; c++) {
+        int covers = kim_citation_covers (&rule->provisions [c], &cited);
+        if (covers == 1) {
+            snprintf (decision->basis, sizeof decision->basis, "statute: %s", msg->citation);
+            return s_verdict (decision, rule, 0, explain, "citation '%s' is accepted (%s)",
+                              msg->citation, rule->citations [c]);
+        }
+        broader |= covers < 0;
+    }
+    //  Name what would pass: for a broader citation the provisions inside
+    //  it the rule accepts, else every citation the rule lists.
+    char accepted [KIM_TEXT_MAX + 1] = "";
+    size_t used = 0;
+    for (size_t c = 0; c < rule->citation_count && used < sizeof accepted; c++)
+        if (!broader || kim_citation_covers (&rule->provisions [c], &cited) < 0)
+            used += (size_t) snprintf (accepted + used, sizeof accepted - used, "%s'%s'",
+                                       used? ", ": "", rule->citations [c]);
+    if (broader)
+        return s_verdict (decision, rule, KIM_E_NO_BASIS, explain,
+                          "citation '%s' is broader than the rule allows; it accepts only %s",
+                          msg->citation, accepted);
+    return s_verdict (decision, rule, KIM_E_NO_BASIS, explain,
+                      "citation '%s' is not accepted (accepted: %s)", msg->citation, accepted);
+}
+
 int
 kim_policy_decide (const kim_policy_t *self, const kim_policy_facts_t *facts,
                    kim_policy_consent_fn *lookup, void *arg,
@@ -784,19 +828,7 @@ kim_policy_decide (const kim_policy_t *self, const kim_policy_facts_t *facts,
                 return s_verdict (decision, rule, KIM_E_NO_BASIS, explain,
                                   "needs a registered consent; a statute ('%s') is no basis here",
                                   msg->citation);
-            for (size_t c = 0; c < rule->citation_count; c++)
-                if (strcmp (rule->citations [c], msg->citation) == 0) {
-                    snprintf (decision->basis, sizeof decision->basis, "statute: %s", msg->citation);
-                    return s_verdict (decision, rule, 0, explain, "citation '%s' is accepted",
-                                      msg->citation);
-                }
-            char accepted [KIM_TEXT_MAX + 1] = "";
-            size_t used = 0;
-            for (size_t c = 0; c < rule->citation_count && used < sizeof accepted; c++)
-                used += (size_t) snprintf (accepted + used, sizeof accepted - used, "%s'%s'",
-                                           c? ", ": "", rule->citations [c]);
-            return s_verdict (decision, rule, KIM_E_NO_BASIS, explain,
-                              "citation '%s' is not accepted (accepted: %s)", msg->citation, accepted);
+            return s_check_citation (rule, msg, decision, explain);
         }
         if (msg->basis == KIM_BASIS_CONSENT) {
             if (!(rule->basis & S_CONSENT))

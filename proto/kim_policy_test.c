@@ -91,6 +91,12 @@ static const s_case_t s_cases [] = {
     { "jc",  1, "aba", R, "public_health", A9, "s:SGB X §71(2)1", true, OK, "P4" },
     { "soz", 1, "aba", R, "benefit", RS, "s:SGB X §71(2)2", true, OK, "P4" },
     { "soz", 1, "aba", R, "benefit", RS, "s:SGB X §69(1)1", true, NOB, "P4" },
+    //  Citations are read, not compared as text; broader ones are refused
+    { "soz", 1, "aba", R, "benefit", RS, "s:§ 71 Abs. 2 Satz 1 Nr. 3 SGB X", true, OK, "P4" },
+    { "soz", 1, "aba", R, "benefit", RS, "s:sgb x § 71 abs. 2 nr. 2", true, OK, "P4" },
+    { "soz", 1, "aba", R, "benefit", RS, "s:§ 87 Absatz 1 Satz 2 AufenthG", true, OK, "P4" },
+    { "soz", 1, "aba", R, "benefit", RS, "s:SGB X §71(2)", true, NOB, "P4" },
+    { "soz", 1, "aba", R, "benefit", RS, "s:§ 71 Abs. 2 und 3 SGB X", true, NOB, "P4" },
     //  P3: youth office handover
     { "ja",  1, "ja",  H, "youth", 0, "s:SGB VIII §86c(2)", true, OK, "P3" },
     { "ja",  1, "ja",  H, "youth", S203, "s:SGB VIII §86c(2)", true, DENY, "P3" },
@@ -172,6 +178,7 @@ s_expect_error (const char *text, const char *expected)
     kim_policy_t *policy = kim_policy_parse (text, "t.cfg", error, sizeof error);
     if (policy || !strstr (error, expected))
         printf ("  lint: expected '%s', got '%s'\n", expected, error);
+    fflush (stdout);
     assert (!policy && strstr (error, expected));
 }
 
@@ -198,6 +205,25 @@ kim_policy_test (bool verbose)
     //  denied example above.
     //  (Deny-only rules P5, P7, P11, P12x, P4a are paired with the allowed
     //  transfer next to them in the table.)
+
+    //  A broader citation is refused naming the provisions that would pass.
+    {
+        kim_msg_t broad;
+        kim_msg_init (&broad);
+        broad.type = KIM_TYPE_REFERRAL;
+        snprintf (broad.purpose, sizeof broad.purpose, "benefit");
+        broad.basis = KIM_BASIS_STATUTE;
+        snprintf (broad.citation, sizeof broad.citation, "SGB X § 71 Abs. 2");
+        kim_policy_facts_t broad_facts = { &broad, "soz", true, "aba.x", "aba", 1, NULL, NULL };
+        kim_policy_decision_t verdict;
+        assert (kim_policy_decide (policy, &broad_facts, s_lookup, NULL, &verdict, NULL) == 0);
+        if (verbose)
+            printf ("  %s\n", verdict.text);
+        assert (verdict.code == KIM_E_NO_BASIS && strstr (verdict.text, "broader than the rule")
+             && strstr (verdict.text, "'SGB X §71(2)1', 'SGB X §71(2)2', 'SGB X §71(2)3', "
+                                      "'SGB X §71(2)4'")
+             && !strstr (verdict.text, "AufenthG §87(1)'"));
+    }
 
     //  Types that are no transfer are not checked.
     kim_msg_t msg;
@@ -228,6 +254,10 @@ kim_policy_test (bool verbose)
     s_expect_error ("rules\n", "policy/checks");
     s_expect_error ("policy\n    checks = \"REFERRAL\nrules\n", "t.cfg:2: checks: unterminated");
     s_expect_error ("polcy\n", "t.cfg:1: polcy: unknown section");
+    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+                    "        from = *\n        to = *\n        decision = allow\n"
+                    "        basis = statute\n        citations = \"SGB X §71(2)1, SGB X\"\n",
+                    "t.cfg:10: citations: 'SGB X' cannot be read: expected '§' or 'Art.'");
     //  A test policy's unchecked basis: allows without looking, and says so.
     s_expect_error ("policy\n    checks = REFERRAL\nrules\n    T\n        law = x\n"
                     "        from = *\n        to = *\n        decision = allow\n"
