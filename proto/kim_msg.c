@@ -111,7 +111,7 @@ static const char *s_consent_codes [] = { "revoked", "expired", "withheld", NULL
                          H (CODE) | H (SENDER_REF) | H (RECIPIENT_REF) | H (NOTE), NULL) \
     X (CASE_CLOSED,      H (CASE_ID), H (RECIPIENT) | H (SENDER_REF) | H (NOTE), NULL) \
     X (CONSENT_GRANT,    H (CASE_ID) | H (CONSENT) | H (SUBJECT) | H (RECIPIENTS) | H (PURPOSES) \
-                         | H (VALID_UNTIL), H (CATEGORIES) | H (EXPLICIT), NULL) \
+                         | H (VALID_UNTIL), H (CATEGORIES) | H (EXPLICIT) | H (GIVER), NULL) \
     X (CONSENT_REVOKE,   H (CONSENT), H (RECIPIENT) | H (CASE_ID) | H (REFERRAL_ID) \
                          | H (REF_MSG_ID) | H (CODE), s_consent_codes) \
     X (ERASURE,          H (SUBJECT), H (RECIPIENT) | H (CASE_ID), NULL) \

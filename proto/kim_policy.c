@@ -45,6 +45,8 @@ typedef struct {
     char citations [S_LIST_MAX][KIM_CITATION_MAX + 1];     //  as written
     kim_citation_t provisions [S_LIST_MAX];                 //  as read
     uint32_t categories;                    //  permitted
+    size_t giver_count;                     //  consent: who must have given it; 0 any
+    char givers [S_LIST_MAX][KIM_CODE_MAX + 1];
 } s_rule_t;
 
 struct _kim_policy_t {
@@ -265,6 +267,19 @@ s_add_citation (s_ctx_t *ctx, const s_entry_t *entry, const char *item, void *ar
 }
 
 static int
+s_add_giver (s_ctx_t *ctx, const s_entry_t *entry, const char *item, void *arg)
+{
+    s_rule_t *rule = (s_rule_t *) arg;
+    if (strcmp (item, "subject") && strcmp (item, "guardian") && strcmp (item, "entruster"))
+        return s_fail (ctx, entry->line, "givers: '%s' is not a giver (%s)", item,
+                       KIM_CONSENT_GIVERS);
+    if (rule->giver_count == S_LIST_MAX)
+        return s_fail (ctx, entry->line, "givers: more than %d entries", S_LIST_MAX);
+    snprintf (rule->givers [rule->giver_count++], KIM_CODE_MAX + 1, "%s", item);
+    return 0;
+}
+
+static int
 s_bool (s_ctx_t *ctx, const s_entry_t *entry, int *out)
 {
     if (strcmp (entry->value, "0") && strcmp (entry->value, "1"))
@@ -320,6 +335,8 @@ s_rule_key (s_ctx_t *ctx, s_rule_t *rule, const s_entry_t *entry)
         return s_split (ctx, entry, s_add_basis, &rule->basis);
     if (strcmp (key, "citations") == 0)
         return s_split (ctx, entry, s_add_citation, rule);
+    if (strcmp (key, "givers") == 0)
+        return s_split (ctx, entry, s_add_giver, rule);
     if (strcmp (key, "decision") == 0) {
         if (strcmp (entry->value, "deny") == 0)
             rule->decision = S_DENY;
@@ -333,7 +350,7 @@ s_rule_key (s_ctx_t *ctx, s_rule_t *rule, const s_entry_t *entry)
     }
     return s_fail (ctx, entry->line, "rules/%s/%s: unknown key (law, why, from, to, from_public, "
                    "types, purposes, unless_purposes, if_categories, if_subject, decision, basis, "
-                   "citations, categories)", rule->id, key);
+                   "citations, categories, givers)", rule->id, key);
 }
 
 //  A rule is complete and consistent: required keys, and keys that only
@@ -358,6 +375,8 @@ s_rule_finish (s_ctx_t *ctx, s_rule_t *rule, bool seen_from, bool seen_to)
                        "citations accepted", rule->id);
     if (!(rule->basis & S_STATUTE) && rule->citation_count)
         return s_fail (ctx, rule->line, "rules/%s/citations: only with basis statute", rule->id);
+    if (!(rule->basis & S_CONSENT) && rule->giver_count)
+        return s_fail (ctx, rule->line, "rules/%s/givers: only with basis consent", rule->id);
     return 0;
 }
 
@@ -665,9 +684,10 @@ s_check_consent (const s_rule_t *rule, const kim_policy_facts_t *facts,
                           "consent %s is not registered", id);
     if (rc)
         return rc;
-    s_say (explain, "consent %s: subject %s, granted by %s, %zu recipient(s), %zu purpose(s)",
-           id, consent.subject, consent.granted_by [0]? consent.granted_by: "?",
-           consent.recipient_count, consent.purpose_count);
+    s_say (explain, "consent %s: subject %s, given by %s, recorded by %s, %zu recipient(s), "
+           "%zu purpose(s)", id, consent.subject, consent.giver [0]? consent.giver: "(not recorded)",
+           consent.granted_by [0]? consent.granted_by: "?", consent.recipient_count,
+           consent.purpose_count);
     //  The binding comes before state and scope: a consent cited outside it
     //  is no basis whatever its state, and its state is not the sender's
     //  business then. The texts name what the consent is bound to only
@@ -706,7 +726,17 @@ s_check_consent (const s_rule_t *rule, const kim_policy_facts_t *facts,
     if (consent.valid_until <= facts->now)
         return s_verdict (decision, rule, KIM_E_CONSENT_EXPIRED, explain,
                           "consent %s expired", id);
-    bool covered = false;
+    bool covered = rule->giver_count == 0;
+    for (size_t i = 0; i < rule->giver_count && !covered; i++)
+        covered = strcmp (rule->givers [i], consent.giver) == 0;
+    if (!covered) {
+        char givers [96];
+        s_join (rule->givers, rule->giver_count, givers, sizeof givers);
+        return s_verdict (decision, rule, KIM_E_CONSENT_SCOPE, explain,
+                          "consent %s was given by %s; the rule needs the consent of: %s", id,
+                          consent.giver [0]? consent.giver: "(not recorded)", givers);
+    }
+    covered = false;
     for (size_t i = 0; i < consent.recipient_count && !covered; i++)
         covered = strcmp (consent.recipients [i], facts->recipient) == 0;
     if (!covered)

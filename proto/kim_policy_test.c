@@ -36,6 +36,10 @@ s_lookup (void *arg, const char *id, kim_consent_t *consent)
         consent->categories |= KIM_CAT_STGB203;
     consent->valid_until = strcmp (id, "c-expired") == 0? 1000: 4000000000000ull;
     consent->revoked_at = strcmp (id, "c-revoked") == 0? 500: 0;
+    snprintf (consent->giver, sizeof consent->giver, "%s",
+              strcmp (id, "c-s65-guardian") == 0? "guardian": "entruster");
+    if (strcmp (id, "c-s65-guardian") == 0)
+        consent->categories |= KIM_CAT_SGB8_S65;
     return 0;
 }
 
@@ -78,6 +82,8 @@ static const s_case_t s_cases [] = {
     { "ja",  1, "jc",  R, "employment", S65, "s:SGB X §69(1)1", true, NOB, "P2" },
     { "ja",  1, "jc",  R, "employment", S65, "c:c-s65", true, OK, "P2" },
     { "ja",  1, "jc",  R, "employment", S65, "c:c-ok", true, KIM_E_CONSENT_SCOPE, "P2" },
+    //  P2 needs the consent of whoever entrusted the data (givers = entruster)
+    { "ja",  1, "jc",  R, "employment", S65, "c:c-s65-guardian", true, KIM_E_CONSENT_SCOPE, "P2" },
     { "ja",  1, "ja",  R, "youth", S65, "s:SGB VIII §65(1)4", true, OK, "P2" },
     //  P12: volunteers get contact data with consent, nothing else
     { "kim", 1, "ehr", R, "contact", 0, "c:c-ok", true, OK, "P12" },
@@ -254,6 +260,14 @@ kim_policy_test (bool verbose)
     s_expect_error ("rules\n", "policy/checks");
     s_expect_error ("policy\n    checks = \"REFERRAL\nrules\n", "t.cfg:2: checks: unterminated");
     s_expect_error ("polcy\n", "t.cfg:1: polcy: unknown section");
+    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+                    "        from = *\n        to = *\n        decision = allow\n"
+                    "        basis = consent\n        givers = parent\n",
+                    "t.cfg:10: givers: 'parent' is not a giver");
+    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+                    "        from = *\n        to = *\n        decision = allow\n"
+                    "        basis = statute\n        citations = \"SGB X §69(1)1\"\n"
+                    "        givers = guardian\n", "givers: only with basis consent");
     s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
                     "        from = *\n        to = *\n        decision = allow\n"
                     "        basis = statute\n        citations = \"SGB X §71(2)1, SGB X\"\n",

@@ -95,12 +95,16 @@ s_consent_get (void *arg, const char *id, kim_consent_t *consent)
         return -KIM_E_NOT_FOUND;
     if (rc)
         return kim_store_error (store, rc, "consent: reading a consent");
-    if (value.mv_size != sizeof (kim_consent_t)) {
+    //  A record written before consents kept their giver ends where the
+    //  giver begins; it reads as "not recorded".
+    if (value.mv_size != sizeof (kim_consent_t)
+    &&  value.mv_size != offsetof (kim_consent_t, giver)) {
         zsys_error ("consent: record of consent %s has %zu bytes, expected %zu: "
                     "store from another build?", id, value.mv_size, sizeof (kim_consent_t));
         return -KIM_E_INTERNAL;
     }
-    memcpy (consent, value.mv_data, sizeof *consent);
+    memset (consent, 0, sizeof *consent);
+    memcpy (consent, value.mv_data, value.mv_size);
     return 0;
 }
 
@@ -225,6 +229,10 @@ s_grant_check (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
                          "already; a changed scope is a new consent with a new id", msg->grant_id);
     if (rc != -KIM_E_NOT_FOUND)
         return rc;
+    if (msg->giver [0] && !streq (msg->giver, "subject") && !streq (msg->giver, "guardian")
+    &&  !streq (msg->giver, "entruster"))
+        return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.giver", "giver '%s' is none of %s",
+                         msg->giver, KIM_CONSENT_GIVERS);
     if (msg->valid_until <= kim_ctx_now (ctx))
         return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.valid_until",
                          "valid_until lies in the past: consent %s would never be valid",
@@ -249,6 +257,7 @@ s_grant_applied (kim_ctx_t *ctx, kim_route_t *route)
     consent.categories = msg->categories;
     consent.explicit_art9 = msg->explicit_art9;
     consent.valid_until = msg->valid_until;
+    kim_str_copy (consent.giver, sizeof consent.giver, msg->giver);
     zsys_info ("consent: %s granted by %s for case %s (%zu recipients, %zu purposes, until %"
                PRIu64 ")", consent.id, consent.granted_by, consent.case_id,
                consent.recipient_count, consent.purpose_count, consent.valid_until);

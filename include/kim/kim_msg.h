@@ -153,6 +153,8 @@ typedef struct {
     char purposes [KIM_LIST_MAX][KIM_CODE_MAX + 1];
     bool explicit_art9;                         //  "explicit": consent covers art9 data
     uint64_t valid_until;                       //  "valid_until": consent expiry
+    char giver [KIM_CODE_MAX + 1];              //  "giver": who consented: subject,
+                                                //  guardian or entruster (CONSENT_GRANT)
     char rule [KIM_ID_MAX + 1];                 //  "rule": set by the broker: the policy
                                                 //  rule that allowed a checked transfer
 

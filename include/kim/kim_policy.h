@@ -47,7 +47,13 @@ typedef struct {
     bool explicit_art9;                 //  explicit consent for art9 data
     uint64_t valid_until;               //  ms since the epoch
     uint64_t revoked_at;                //  0: not revoked
+    //  Added later: a registry record written before ends at revoked_at
+    //  and reads with an empty giver.
+    char giver [KIM_CODE_MAX + 1];      //  who consented: subject, guardian, entruster; "" unrecorded
 } kim_consent_t;
+
+//  The givers a CONSENT_GRANT may name, and the policy's `givers` key.
+#define KIM_CONSENT_GIVERS "subject, guardian, entruster"
 
 //  Returns 0 and fills `consent`, -KIM_E_NOT_FOUND when no such consent is
 //  registered, or another -KIM_E_* (a store failure: the decision fails).

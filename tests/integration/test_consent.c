@@ -3,7 +3,9 @@
     lead (the organisation that recorded it, or the lead after a handover
     the consent covers). Every other use is refused with CONSENT_BOUND and
     a text that names the binding that failed, the rule and the law; an
-    organisation that does not know the consent learns nothing of it.
+    organisation that does not know the consent learns nothing of it. A
+    consent records who gave it; rule P2 requires the one who entrusted
+    § 65 SGB VIII data.
 
     Revocation and expiry (the broker's test clock moves) withhold what was
     receipted but not yet delivered under the consent: the recipient never
@@ -20,6 +22,7 @@
 #define ABA     "aba.rheine"
 #define COE     "kim.coesfeld"
 #define MBE     "mbe.rheine"
+#define JA      "ja.rheine"
 
 #define HOUR    (3600 * 1000ull)
 
@@ -112,7 +115,7 @@ s_await_notice (kim_client_t *client, const char *consent, const char *code,
 int
 main (void)
 {
-    const char *orgs [] = { KIM, JC, ABA, COE, MBE ":agency+private", NULL };
+    const char *orgs [] = { KIM, JC, ABA, COE, MBE ":agency+private", JA, NULL };
     kim_testbroker_t *broker = s_itest_broker_policy (orgs, NULL, KIM_POLICY_PATH);
     char clock_path [PATH_MAX];
     snprintf (clock_path, sizeof clock_path, "%s/clock", kim_testbroker_dir (broker));
@@ -123,7 +126,8 @@ main (void)
     kim_client_t *jc = kim_testbroker_client (broker, JC, 16, false);
     kim_client_t *coe = kim_testbroker_client (broker, COE, 16, false);
     kim_client_t *mbe = kim_testbroker_client (broker, MBE, 0, false);
-    KIM_CHECK (kim && jc && coe && mbe);
+    kim_client_t *ja = kim_testbroker_client (broker, JA, 0, false);
+    KIM_CHECK (kim && jc && coe && mbe && ja);
     kim_msg_t msg;
     kim_event_t event;
     uint64_t until = (uint64_t) zclock_time () + 24 * HOUR;
@@ -192,6 +196,27 @@ main (void)
     LC_SEND (coe, &msg, KIM_E_CONSENT_BOUND, "case case-A was handed over to " COE,
              "consent C-2 (recorded by " KIM ") does not name");
 
+    //  Who consented. Data entrusted to the youth office (§ 65 SGB VIII)
+    //  pass under a consent only when it records the one who entrusted
+    //  them as its giver (rule P2, givers = entruster).
+    s_grant (&msg, "C-Y1", "case-Y", until, JC, NULL);
+    snprintf (msg.giver, sizeof msg.giver, "parent");
+    LC_SEND (ja, &msg, KIM_E_BAD_VALUE, "giver 'parent' is none of subject, guardian, entruster");
+    snprintf (msg.giver, sizeof msg.giver, "guardian");
+    msg.categories |= KIM_CAT_SGB8_S65;
+    LC_SEND (ja, &msg, 0, "");
+    s_grant (&msg, "C-Y2", "case-Y", until, JC, NULL);
+    snprintf (msg.giver, sizeof msg.giver, "entruster");
+    msg.categories |= KIM_CAT_SGB8_S65;
+    LC_SEND (ja, &msg, 0, "");
+    s_referral (&msg, JC, "r-y1", "case-Y", "p-1", "employment", "C-Y1");
+    msg.categories = KIM_CAT_SGB8_S65;
+    LC_SEND (ja, &msg, KIM_E_CONSENT_SCOPE, "rule P2", "consent C-Y1 was given by guardian",
+             "needs the consent of: entruster", "§ 65 Abs. 1 SGB VIII");
+    s_referral (&msg, JC, "r-y2", "case-Y", "p-1", "employment", "C-Y2");
+    msg.categories = KIM_CAT_SGB8_S65;
+    LC_SEND (ja, &msg, 0, "");
+
     //  Withholding. Case-W, led by KIM Rheine: C-3 will be revoked, C-4
     //  runs out in a minute. The job centre stops receiving, so what
     //  follows waits in its mailbox, receipted but not delivered.
@@ -252,6 +277,7 @@ main (void)
     kim_client_destroy (&jc);
     kim_client_destroy (&coe);
     kim_client_destroy (&mbe);
+    kim_client_destroy (&ja);
     s_itest_broker_destroy (&broker);
     printf ("test_consent: OK\n");
     return 0;
