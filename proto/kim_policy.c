@@ -228,13 +228,13 @@ s_add_type (s_ctx_t *ctx, const s_entry_t *entry, const char *item, void *arg)
 static int
 s_add_category (s_ctx_t *ctx, const s_entry_t *entry, const char *item, void *arg)
 {
-    for (uint32_t bit = 1; bit && bit <= KIM_CAT_RESIDENCE_STATUS; bit <<= 1)
+    for (uint32_t bit = 1; bit && bit <= KIM_CAT_LAST; bit <<= 1)
         if (kim_category_name (bit) && strcmp (kim_category_name (bit), item) == 0) {
             *(uint32_t *) arg |= bit;
             return 0;
         }
     return s_fail (ctx, entry->line, "%s: '%s' is not a data category "
-                   "(art9, sgb8_s65, stgb203, residence_status)", entry->name, item);
+                   "(art9, sgb8_s65, stgb203, residence_status, contact)", entry->name, item);
 }
 
 static int
@@ -603,7 +603,7 @@ s_categories (uint32_t bits, char *out, size_t size)
 {
     size_t used = 0;
     out [0] = 0;
-    for (uint32_t bit = 1; bit && bit <= KIM_CAT_RESIDENCE_STATUS && used < size; bit <<= 1)
+    for (uint32_t bit = 1; bit && bit <= KIM_CAT_LAST && used < size; bit <<= 1)
         if ((bits & bit) && kim_category_name (bit))
             used += (size_t) snprintf (out + used, size - used, "%s%s", used? ", ": "",
                                        kim_category_name (bit));

@@ -28,7 +28,7 @@ s_lookup (void *arg, const char *id, kim_consent_t *consent)
     consent->purpose_count = sizeof purposes / sizeof purposes [0];
     for (size_t i = 0; i < consent->purpose_count; i++)
         kim_str_copy (consent->purposes [i], sizeof consent->purposes [i], purposes [i]);
-    consent->categories = KIM_CAT_RESIDENCE_STATUS | KIM_CAT_ART9;
+    consent->categories = KIM_CAT_RESIDENCE_STATUS | KIM_CAT_ART9 | KIM_CAT_CONTACT;
     consent->explicit_art9 = strcmp (id, "c-noart9") != 0;
     if (strcmp (id, "c-s65") == 0)
         consent->categories |= KIM_CAT_SGB8_S65;
@@ -38,6 +38,8 @@ s_lookup (void *arg, const char *id, kim_consent_t *consent)
     consent->revoked_at = strcmp (id, "c-revoked") == 0? 500: 0;
     snprintf (consent->giver, sizeof consent->giver, "%s",
               strcmp (id, "c-s65-guardian") == 0? "guardian": "entruster");
+    if (strcmp (id, "c-nocontact") == 0)
+        consent->categories &= ~(uint32_t) KIM_CAT_CONTACT;
     if (strcmp (id, "c-s65-guardian") == 0)
         consent->categories |= KIM_CAT_SGB8_S65;
     return 0;
@@ -62,6 +64,7 @@ typedef struct {
 #define A9  KIM_CAT_ART9
 #define S65 KIM_CAT_SGB8_S65
 #define S203 KIM_CAT_STGB203
+#define CT  KIM_CAT_CONTACT
 #define OK  0
 #define DENY KIM_E_POLICY_DENY
 #define NOB KIM_E_NO_BASIS
@@ -85,16 +88,25 @@ static const s_case_t s_cases [] = {
     //  P2 needs the consent of whoever entrusted the data (givers = entruster)
     { "ja",  1, "jc",  R, "employment", S65, "c:c-s65-guardian", true, KIM_E_CONSENT_SCOPE, "P2" },
     { "ja",  1, "ja",  R, "youth", S65, "s:SGB VIII §65(1)4", true, OK, "P2" },
-    //  P12: volunteers get contact data with consent, nothing else
-    { "kim", 1, "ehr", R, "contact", 0, "c:c-ok", true, OK, "P12" },
+    //  P12: volunteers get contact data (category contact) with consent, nothing else
+    { "kim", 1, "ehr", R, "contact", CT, "c:c-ok", true, OK, "P12" },
+    { "kim", 1, "ehr", R, "contact", 0, "c:c-ok", true, DENY, "P12x" },
     { "kim", 1, "ehr", R, "employment", 0, "c:c-ok", true, DENY, "P12x" },
-    { "kim", 1, "ehr", R, "contact", RS, "c:c-ok", true, DENY, "P12" },
+    { "kim", 1, "ehr", R, "contact", CT | RS, "c:c-ok", true, DENY, "P12" },
+    { "kim", 1, "ehr", R, "contact", CT, "c:c-nocontact", true, KIM_E_CONSENT_SCOPE, "P12" },
+    //  contact data may go wherever data may go
+    { "kim", 1, "jc",  R, "employment", CT | RS, "c:c-ok", true, OK, "P8" },
     //  P6: private carriers -> aba only with consent
     { "mbe", 0, "aba", R, "residence", RS, "c:c-ok", true, OK, "P6" },
     { "mbe", 0, "aba", R, "residence", RS, "s:AufenthG §87(1)", true, NOB, "P6" },
-    //  P4a / P4: social-code bodies -> aba under § 71 SGB X
+    //  P4h / P4a / P4: social-code bodies -> aba under § 71 SGB X; health
+    //  data only in the two cases of § 71 Abs. 2 Satz 2, citing them
     { "jc",  1, "aba", R, "benefit", A9, "s:SGB X §71(2)2", true, DENY, "P4a" },
-    { "jc",  1, "aba", R, "public_health", A9, "s:SGB X §71(2)1", true, OK, "P4" },
+    { "jc",  1, "aba", R, "public_health", A9, "s:§ 71 Abs. 2 Satz 2 Nr. 1 SGB X", true, OK, "P4h" },
+    { "jc",  1, "aba", R, "drug_rehabilitation", A9, "s:SGB X § 71 (2) S. 2 Nr. 2", true, OK, "P4h" },
+    { "jc",  1, "aba", R, "public_health", A9, "s:SGB X §71(2)1", true, NOB, "P4h" },
+    { "jc",  1, "aba", R, "public_health", A9 | S203, "s:§ 71 Abs. 2 Satz 2 Nr. 1 SGB X", true, OK, "P4h" },
+    { "jc",  1, "aba", R, "drug_rehabilitation", A9 | S203, "s:§ 71 Abs. 2 Satz 2 Nr. 2 SGB X", true, DENY, "P7" },
     { "soz", 1, "aba", R, "benefit", RS, "s:SGB X §71(2)2", true, OK, "P4" },
     { "soz", 1, "aba", R, "benefit", RS, "s:SGB X §69(1)1", true, NOB, "P4" },
     //  Citations are read, not compared as text; broader ones are refused
@@ -174,6 +186,7 @@ s_run_case (const kim_policy_t *policy, const s_case_t *c, bool verbose)
                 c->purpose, kim_errname (decision.code), decision.rule, decision.text,
                 pass? 0: (int) explain.size, (const char *) explain.data);
     kim_buf_free (&explain);
+    fflush (stdout);
     assert (pass);
 }
 

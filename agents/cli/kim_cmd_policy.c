@@ -20,7 +20,9 @@ const char kim_cmd_policy_usage [] =
     "check: decides one transfer against the policy offline and explains each\n"
     "step: which rules did not apply and why, which rule decided, the law it\n"
     "rests on, and what is missing. Exit 0 when allowed, 1 when denied.\n"
-
+    "check works OFFLINE: it does not ask a broker. A consent comes from\n"
+    "--consent-file or --assume-consent, so check cannot know whether it was\n"
+    "revoked since, nor who leads its case now; the broker checks both.\n"
     "The header comes as one JSON object on stdin (--json, as `kim send --json`\n"
     "takes it; give \"sender\") or from the options below.\n"
     "\n"
@@ -30,7 +32,8 @@ const char kim_cmd_policy_usage [] =
     "  --to ORG            recipient (for FORWARD: --org)\n"
     "  --org ORG           FORWARD: the organisation the referral is passed on to\n"
     "  --purpose CODE      purpose code\n"
-    "  --categories LIST   comma-separated: art9, sgb8_s65, stgb203, residence_status\n"
+    "  --categories LIST   comma-separated: art9, sgb8_s65, stgb203,\n"
+    "                      residence_status, contact\n"
     "  --statute TEXT      legal basis: a statute citation, e.g. \"SGB X §69(1)1\"\n"
     "  --consent ID        legal basis: a registered consent\n"
     "  --subject ID        subject pseudonym (default p-check)\n"
@@ -126,10 +129,10 @@ s_categories (const char *list, uint32_t *bits)
     kim_str_copy (copy, sizeof copy, list);
     for (char *item = strtok (copy, ", "); item; item = strtok (NULL, ", ")) {
         uint32_t bit = 1;
-        for (; bit <= KIM_CAT_RESIDENCE_STATUS; bit <<= 1)
+        for (; bit <= KIM_CAT_LAST; bit <<= 1)
             if (kim_category_name (bit) && streq (kim_category_name (bit), item))
                 break;
-        if (bit > KIM_CAT_RESIDENCE_STATUS)
+        if (bit > KIM_CAT_LAST)
             return -1;
         *bits |= bit;
     }
@@ -314,7 +317,10 @@ s_check (const char *cmd, int argc, char *argv [])
     int rc = kim_policy_decide (policy, &facts, s_lookup, &registry, &decision, &explain);
     if (rc == 0) {
         fwrite (explain.data, 1, explain.size, stdout);
-
+        if (decision.checked && msg->basis == KIM_BASIS_CONSENT)
+            printf ("offline: the consent as given here (%s); whether it was revoked since, "
+                    "and who leads its case now, only the broker knows\n",
+                    registry.have? "--consent-file": registry.assume? "--assume-consent": "none");
         json_t *out = json_pack ("{s:s, s:s, s:s, s:s, s:s, s:s}",
                                  "decision", decision.code? "deny": "allow",
                                  "code", decision.code? kim_errname (decision.code): "OK",

@@ -43,7 +43,7 @@ const char kim_cmd_send_usage [] =
     "  --consent ID        legal basis: the registered consent ID\n"
     "  --statute CITATION  legal basis: a statute, e.g. 'SGB X §69(1)1'\n"
     "  --category NAME     data category, repeatable: art9, sgb8_s65, stgb203,\n"
-    "                      residence_status\n"
+    "                      residence_status, contact\n"
     "  --deadline TIME     ISO-8601 UTC (2026-12-01T12:00:00Z) or ms since the epoch\n"
     "  --msg-id ID         our id for the message (default: 32 random hex digits)\n"
     "  --ref-msg ID        ref_msg_id: the message this one answers\n"
@@ -501,7 +501,7 @@ kim_cmd_send (int argc, char *argv [])
             uint32_t bit = s_category_bit (value);
             if (!bit)
                 return kim_cli_usage_error (cmd, "--category: unknown category '%s' "
-                                            "(art9, sgb8_s65, stgb203, residence_status)", value);
+                                            "(art9, sgb8_s65, stgb203, residence_status, contact)", value);
             msg.categories |= bit;
         }
         else

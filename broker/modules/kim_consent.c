@@ -486,7 +486,7 @@ s_decision_record (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg
                                    msg->msg_id, kim_type_name (msg->type), msg->sender, recipient,
                                    msg->referral_id, msg->case_id, msg->subject, msg->purpose);
     bool first = true;
-    for (uint32_t bit = 1; rc == 0 && bit <= KIM_CAT_RESIDENCE_STATUS; bit <<= 1)
+    for (uint32_t bit = 1; rc == 0 && bit <= KIM_CAT_LAST; bit <<= 1)
         if (msg->categories & bit) {
             rc = kim_consent_json (json, "%s\"%s\"", first? "": ",", kim_category_name (bit));
             first = false;

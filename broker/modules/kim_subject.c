@@ -240,7 +240,7 @@ s_report (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, s_entry
                                kim_type_name (entry->type), entry->sender, entry->recipient,
                                entry->case_id, entry->purpose);
         bool first = true;
-        for (uint32_t bit = 1; rc == 0 && bit <= KIM_CAT_RESIDENCE_STATUS; bit <<= 1)
+        for (uint32_t bit = 1; rc == 0 && bit <= KIM_CAT_LAST; bit <<= 1)
             if (entry->categories & bit) {
                 rc = kim_consent_json (json, "%s\"%s\"", first? "": ",", kim_category_name (bit));
                 first = false;

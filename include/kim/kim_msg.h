@@ -96,13 +96,17 @@ typedef enum {
     X(ART9,             "art9",             0x01)   \
     X(SGB8_S65,         "sgb8_s65",         0x02)   \
     X(STGB203,          "stgb203",          0x04)   \
-    X(RESIDENCE_STATUS, "residence_status", 0x08)
+    X(RESIDENCE_STATUS, "residence_status", 0x08)   \
+    X(CONTACT,          "contact",          0x10)
 
 enum {
 #define KIM_X_ENUM(name, wire, bit) KIM_CAT_##name = bit,
     KIM_CATEGORIES(KIM_X_ENUM)
 #undef KIM_X_ENUM
 };
+//  The highest category bit: loops over the categories stop here.
+#define KIM_CAT_LAST KIM_CAT_CONTACT
+
 
 typedef enum {
     KIM_BASIS_NONE = 0,             //  no legal basis given

@@ -5,7 +5,7 @@
     a text that names the binding that failed, the rule and the law; an
     organisation that does not know the consent learns nothing of it. A
     consent records who gave it; rule P2 requires the one who entrusted
-    § 65 SGB VIII data.
+    § 65 SGB VIII data. Volunteers get data of category contact only (P12).
 
     Revocation and expiry (the broker's test clock moves) withhold what was
     receipted but not yet delivered under the consent: the recipient never
@@ -23,6 +23,7 @@
 #define COE     "kim.coesfeld"
 #define MBE     "mbe.rheine"
 #define JA      "ja.rheine"
+#define EHR     "ehr.rheine"
 
 #define HOUR    (3600 * 1000ull)
 
@@ -115,7 +116,7 @@ s_await_notice (kim_client_t *client, const char *consent, const char *code,
 int
 main (void)
 {
-    const char *orgs [] = { KIM, JC, ABA, COE, MBE ":agency+private", JA, NULL };
+    const char *orgs [] = { KIM, JC, ABA, COE, MBE ":agency+private", JA, EHR ":agency+private", NULL };
     kim_testbroker_t *broker = s_itest_broker_policy (orgs, NULL, KIM_POLICY_PATH);
     char clock_path [PATH_MAX];
     snprintf (clock_path, sizeof clock_path, "%s/clock", kim_testbroker_dir (broker));
@@ -216,6 +217,20 @@ main (void)
     s_referral (&msg, JC, "r-y2", "case-Y", "p-1", "employment", "C-Y2");
     msg.categories = KIM_CAT_SGB8_S65;
     LC_SEND (ja, &msg, 0, "");
+
+    //  Volunteers get contact data, flagged as such, and nothing else (P12).
+    s_grant (&msg, "C-V", "case-V", until, EHR, NULL);
+    msg.categories = KIM_CAT_CONTACT;
+    LC_SEND (kim, &msg, 0, "");
+    s_referral (&msg, EHR, "r-v1", "case-V", "p-1", "employment", "C-V");
+    msg.categories = KIM_CAT_CONTACT;
+    LC_SEND (kim, &msg, 0, "");
+    s_referral (&msg, EHR, "r-v2", "case-V", "p-1", "employment", "C-V");
+    msg.categories = KIM_CAT_CONTACT | KIM_CAT_RESIDENCE_STATUS;
+    LC_SEND (kim, &msg, KIM_E_POLICY_DENY, "rule P12", "does not permit data of category residence_status");
+    s_referral (&msg, EHR, "r-v3", "case-V", "p-1", "employment", "C-V");
+    msg.categories = 0;
+    LC_SEND (kim, &msg, KIM_E_POLICY_DENY, "rule P12x", "contact data only");
 
     //  Withholding. Case-W, led by KIM Rheine: C-3 will be revoked, C-4
     //  runs out in a minute. The job centre stops receiving, so what

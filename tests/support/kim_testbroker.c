@@ -60,7 +60,7 @@ static const char s_test_policy [] =
     "policy\n    checks = \"REFERRAL, FORWARD, HANDOVER_OFFER\"\n"
     "rules\n    test_allow_all\n        law = \"none: test-only policy\"\n"
     "        from = *\n        to = *\n        decision = allow\n        basis = unchecked\n"
-    "        categories = \"art9, sgb8_s65, stgb203, residence_status\"\n";
+    "        categories = \"art9, sgb8_s65, stgb203, residence_status, contact\"\n";
 
 kim_testbroker_t *
 kim_testbroker_new (const char *orgs [], const char *extra)
