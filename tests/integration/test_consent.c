@@ -10,7 +10,9 @@
     Revocation and expiry (the broker's test clock moves) withhold what was
     receipted but not yet delivered under the consent: the recipient never
     gets it, the sender is told, and the referral is SUSPENDED (revoked) or
-    LAPSED (expired: renew the consent).
+    LAPSED (expired: renew the consent). The kim tool revokes with
+    `kim send --type CONSENT_REVOKE --consent ID`; `kim policy check` says
+    that it checks offline only.
 */
 #include <czmq.h>
 
@@ -113,8 +115,24 @@ s_await_notice (kim_client_t *client, const char *consent, const char *code,
     exit (1);
 }
 
+//  Runs the kim tool with `args`; returns its exit status, output in `out`.
+static int
+s_run_kim (const char *kim, const char *args, char *out, size_t out_size)
+{
+    char command [4096];
+    snprintf (command, sizeof command, "'%s' %s 2>&1", kim, args);
+    FILE *pipe = popen (command, "r");
+    KIM_CHECK (pipe);
+    size_t used = 0, got;
+    while (used < out_size - 1 && (got = fread (out + used, 1, out_size - 1 - used, pipe)) > 0)
+        used += got;
+    out [used] = 0;
+    int status = pclose (pipe);
+    return WIFEXITED (status)? WEXITSTATUS (status): -1;
+}
+
 int
-main (void)
+main (int argc, char *argv [])
 {
     const char *orgs [] = { KIM, JC, ABA, COE, MBE ":agency+private", JA, EHR ":agency+private", NULL };
     kim_testbroker_t *broker = s_itest_broker_policy (orgs, NULL, KIM_POLICY_PATH);
@@ -284,6 +302,40 @@ main (void)
     //  The sender may still withdraw a lapsed referral.
     s_lc_msg (&msg, KIM_TYPE_WITHDRAW, JC, "r-w2", "withdraw-w2", NULL);
     LC_SEND (kim, &msg, 0, "");
+
+    //  The kim tool: `kim send --type CONSENT_REVOKE --consent ID` revokes,
+    //  and `kim policy check` says that it checks offline only.
+    if (argc > 1) {
+        s_grant (&msg, "C-T", "case-W", until, JC, NULL);
+        LC_SEND (kim, &msg, 0, "");
+        kim_client_config_t config = kim_testbroker_client_config (broker, KIM, 0, false);
+        uint8_t public_bin [32], secret_bin [32];
+        KIM_CHECK (zmq_z85_decode (public_bin, config.public_key)
+                && zmq_z85_decode (secret_bin, config.secret_key));
+        zcert_t *cert = zcert_new_from (public_bin, secret_bin);
+        char cert_path [PATH_MAX], args [3 * PATH_MAX], out [8192];
+        snprintf (cert_path, sizeof cert_path, "%s/kim.cert", kim_testbroker_dir (broker));
+        KIM_CHECK (cert && zcert_save (cert, cert_path) == 0);
+        zcert_destroy (&cert);
+        snprintf (args, sizeof args, "send --cert '%s_secret' --broker-key '%s/data/keys/broker.cert' "
+                  "--endpoint '%s' --type CONSENT_REVOKE --consent C-T --msg-id revoke-C-T",
+                  cert_path, kim_testbroker_dir (broker), kim_testbroker_endpoint (broker, false));
+        int code = s_run_kim (argv [1], args, out, sizeof out);
+        printf ("  kim send --type CONSENT_REVOKE --consent C-T: %s", out);
+        KIM_CHECK (code == 0 && strstr (out, "\"msg_id\":\"revoke-C-T\",\"seq\":"));
+        s_referral (&msg, JC, "r-t1", "case-W", "p-1", "employment", "C-T");
+        LC_SEND (kim, &msg, KIM_E_CONSENT_REVOKED, "consent C-T was revoked");
+        snprintf (args, sizeof args, "policy check --policy '%s' --from " KIM " --to " JC
+                  " --purpose employment --consent C-T --assume-consent",
+                  KIM_POLICY_PATH);
+        code = s_run_kim (argv [1], args, out, sizeof out);
+        KIM_CHECK (code == 0 && strstr (out, "offline: the consent as given here (--assume-consent)")
+                && strstr (out, "only the broker knows"));
+        snprintf (args, sizeof args, "policy check --help");
+        KIM_CHECK (s_run_kim (argv [1], args, out, sizeof out) == 0
+                && strstr (out, "check works OFFLINE"));
+        printf ("  kim policy check says it checks offline only\n");
+    }
 
     //  The broker still answers after every refusal.
     kim_status_t status;
