@@ -406,6 +406,69 @@ s_lapse (kim_ctx_t *ctx, const kim_consent_t *consent)
 }
 
 #define S_LAPSE_BATCH 16        //  consents lapsed per tick, so a tick stays short
+#define S_META_EXPIRY "Mexpiry_index"
+
+//  A store from before the expiry index has consents without an 'E'
+//  entry: they would be refused when expired but never lapse. Once per
+//  store, index every unrevoked consent (those already past their time
+//  lapse at the next tick), then mark the store as indexed.
+static int
+s_expiry_migrate (kim_ctx_t *ctx)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    MDB_txn *txn = kim_store_txn (store);
+    MDB_dbi dbi = kim_store_dbi (store, KIM_DB_CONSENT);
+    MDB_val meta = { strlen (S_META_EXPIRY), (void *) S_META_EXPIRY }, value;
+    int rc = mdb_get (txn, dbi, &meta, &value);
+    if (rc == 0)
+        return 0;
+    if (rc != MDB_NOTFOUND)
+        return kim_store_error (store, rc, "consent: reading the expiry index mark");
+    zlistx_t *ids = zlistx_new ();
+    if (!ids)
+        return -KIM_E_NOMEM;
+    zlistx_set_destructor (ids, (zlistx_destructor_fn *) zstr_free);
+    MDB_cursor *cursor;
+    rc = mdb_cursor_open (txn, dbi, &cursor);
+    if (rc) {
+        zlistx_destroy (&ids);
+        return kim_store_error (store, rc, "consent: listing consents");
+    }
+    uint8_t first = KIM_CONSENT_KEY_CONSENT;
+    MDB_val key = { 1, &first };
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        const char *bytes = (const char *) key.mv_data;
+        if (bytes [0] != KIM_CONSENT_KEY_CONSENT)
+            break;
+        if (key.mv_size > 1 && key.mv_size <= KIM_ID_MAX + 1
+        &&  !zlistx_add_end (ids, zsys_sprintf ("%.*s", (int) key.mv_size - 1, bytes + 1)))
+            break;
+    }
+    mdb_cursor_close (cursor);
+    rc = rc && rc != MDB_NOTFOUND? kim_store_error (store, rc, "consent: listing consents"): 0;
+    size_t indexed = 0;
+    for (char *id = (char *) zlistx_first (ids); rc == 0 && id; id = (char *) zlistx_next (ids)) {
+        kim_consent_t consent;
+        rc = s_consent_get (ctx, id, &consent);
+        if (rc == 0 && !consent.revoked_at) {
+            rc = s_expiry_put (ctx, &consent);
+            indexed++;
+        }
+        else
+        if (rc == -KIM_E_INTERNAL)
+            rc = 0;             //  a record of another build: logged, left alone
+    }
+    zlistx_destroy (&ids);
+    if (rc == 0) {
+        MDB_val empty = { 0, (void *) S_META_EXPIRY };
+        rc = mdb_put (txn, dbi, &meta, &empty, 0);
+        rc = rc? kim_store_error (store, rc, "consent: marking the expiry index"): 0;
+    }
+    if (rc == 0 && indexed)
+        zsys_info ("consent: indexed %zu registered consents by expiry", indexed);
+    return rc;
+}
 
 //  Finds consents whose valid_until has passed on the broker's clock (the
 //  expiry index is ordered by time: only due entries are read).
@@ -417,11 +480,14 @@ s_tick (void *state, kim_ctx_t *ctx)
     MDB_txn *txn = kim_store_txn (store);
     if (!txn)
         return 0;
+    int rc = s_expiry_migrate (ctx);
+    if (rc)
+        return rc;
     uint64_t now = kim_ctx_now (ctx);
     uint8_t due [S_LAPSE_BATCH][9 + KIM_ID_MAX];
     size_t due_size [S_LAPSE_BATCH], count = 0;
     MDB_cursor *cursor;
-    int rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_CONSENT), &cursor);
+    rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_CONSENT), &cursor);
     if (rc)
         return kim_store_error (store, rc, "consent: reading the expiry index");
     uint8_t first = KIM_CONSENT_KEY_EXPIRY;

@@ -11,6 +11,7 @@
 #define KIM_CONSENT_KEY_RECIPIENT 'R'
 #define KIM_CONSENT_KEY_SUBJECT   'S'
 #define KIM_CONSENT_KEY_EXPIRY    'E'
+#define KIM_CONSENT_KEY_META      'M'
 
 typedef struct {
     kim_policy_t *policy;
