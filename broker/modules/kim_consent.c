@@ -581,7 +581,7 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
     kim_str_copy (case_id, sizeof case_id, msg->case_id);
     int rc = 0;
     if (msg->type == KIM_TYPE_FORWARD)
-        rc = kim_lifecycle_referral_case (ctx, msg->referral_id, case_id);
+        rc = kim_lifecycle_referral_case (ctx, msg->referral_id, case_id, NULL);
     if (rc == 0 || rc == -KIM_E_UNKNOWN_REFERRAL)
         rc = case_id [0]? kim_lifecycle_case_lead (ctx, case_id, lead): 0;
     if (rc && rc != -KIM_E_UNKNOWN_CASE && rc != -KIM_E_UNKNOWN_REFERRAL)
@@ -675,6 +675,35 @@ s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
     return rc;
 }
 
+//  An answer inside a referral that carries a payload (an INFO_RESPONSE,
+//  a STATUS with a report...) is data about the referral's subject too:
+//  it goes into the subject index, so that access reports list it and its
+//  sender's erasure purges it. The subject is the opening message's.
+static int
+s_index_answer (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route)
+{
+    const kim_msg_t *msg = route->msg;
+    char case_id [KIM_ID_MAX + 1];
+    uint64_t opened = 0;
+    int rc = kim_lifecycle_referral_case (ctx, msg->referral_id, case_id, &opened);
+    if (rc == -KIM_E_UNKNOWN_REFERRAL || (rc == 0 && !opened))
+        return 0;
+    kim_record_t record;
+    rc = rc? rc: kim_store_read (kim_ctx_store (ctx), opened, &record);
+    if (rc == -KIM_E_NOT_FOUND)
+        return 0;
+    if (rc)
+        return rc;
+    kim_decode_error_t error;
+    if (record.kind != KIM_RECORD_MESSAGE
+    ||  kim_msg_decode (self->scratch, record.body, record.body_size, &error)
+    ||  !self->scratch->subject [0])
+        return 0;
+    char subject [KIM_SUBJECT_MAX + 1];
+    kim_str_copy (subject, sizeof subject, self->scratch->subject);
+    return kim_subject_index (ctx, subject, route->seq);
+}
+
 static int
 s_applied_type (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route)
 {
@@ -698,7 +727,9 @@ s_applied_type (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route)
         case KIM_TYPE_ERASURE:
             return kim_subject_applied (self, ctx, route);
         default:
-            return 0;
+            return route->payload_size && msg->referral_id [0]
+                && (kim_type_flags (msg->type) & KIM_MSG_FROM_AGENCY)
+                 ? s_index_answer (self, ctx, route): 0;
     }
 }
 

@@ -882,7 +882,7 @@ s_collect_id (void *arg, const char *referral_id)
 
 int
 kim_lifecycle_referral_case (kim_ctx_t *ctx, const char *referral_id,
-                             char case_id [KIM_ID_MAX + 1])
+                             char case_id [KIM_ID_MAX + 1], uint64_t *opened_seq)
 {
     kim_store_t *store = kim_ctx_store (ctx);
     if (!kim_store_txn (store) || !referral_id)
@@ -893,6 +893,8 @@ kim_lifecycle_referral_case (kim_ctx_t *ctx, const char *referral_id,
         return -KIM_E_UNKNOWN_REFERRAL;
     if (rc == 0)
         snprintf (case_id, KIM_ID_MAX + 1, "%s", referral.case_id);
+    if (rc == 0 && opened_seq)
+        *opened_seq = referral.created_seq;
     return rc;
 }
 

@@ -34,11 +34,13 @@ int
 int
     kim_lifecycle_case_lead (kim_ctx_t *ctx, const char *case_id, char lead [KIM_ORG_MAX + 1]);
 
-//  Copies the case of referral `referral_id` into `case_id`. Returns 0,
-//  -KIM_E_UNKNOWN_REFERRAL, -KIM_E_ARGS outside a write batch, or -KIM_E_*.
+//  Copies the case of referral `referral_id` into `case_id` and, when
+//  `opened_seq` is not NULL, sets it to the log seq of the REFERRAL or
+//  FORWARD that opened it. Returns 0, -KIM_E_UNKNOWN_REFERRAL, -KIM_E_ARGS
+//  outside a write batch, or -KIM_E_*.
 int
     kim_lifecycle_referral_case (kim_ctx_t *ctx, const char *referral_id,
-                                 char case_id [KIM_ID_MAX + 1]);
+                                 char case_id [KIM_ID_MAX + 1], uint64_t *opened_seq);
 
 //  Consent `consent_id` was revoked (or, `expired`, ran out): every open
 //  referral that relies on it (legal_basis consent_id of its REFERRAL or

@@ -3,8 +3,9 @@
     lead (the organisation that recorded it, or the lead after a handover
     the consent covers). Every other use is refused with CONSENT_BOUND and
     a text that names the binding that failed, the rule and the law; an
-    organisation that does not know the consent learns nothing of it. A
-    consent records who gave it; rule P2 requires the one who entrusted
+    organisation that does not know the consent learns nothing of it.
+    An answer with a payload is in its sender's access report and erasure.
+    A consent records who gave it; rule P2 requires the one who entrusted
     § 65 SGB VIII data. Volunteers get data of category contact only (P12).
 
     Revocation and expiry (the broker's test clock moves) withhold what was
@@ -167,6 +168,36 @@ main (int argc, char *argv [])
     LC_SEND (kim, &msg, 0, "");
     LC_WAIT (jc, KIM_TYPE_REFERRAL, "r-1", &event);
     KIM_CHECK (streq (event.msg.rule, "P8"));
+
+    //  An answer with a payload is data about the referral's subject too:
+    //  the job centre's INFO_RESPONSE is in its access report and its
+    //  erasure purges it (and tells KIM Rheine).
+    kim_msg_t subject_msg;
+    kim_msg_init (&subject_msg);
+    subject_msg.type = KIM_TYPE_ACCESS_REPORT;
+    snprintf (subject_msg.msg_id, sizeof subject_msg.msg_id, "report-jc-0");
+    snprintf (subject_msg.subject, sizeof subject_msg.subject, "p-1");
+    LC_SEND (jc, &subject_msg, KIM_E_NOT_PARTY, "sent no data about subject p-1");
+    s_lc_msg (&msg, KIM_TYPE_INFO_RESPONSE, KIM, "r-1", "info-r-1", NULL);
+    uint64_t info_seq = 0;
+    bool dup = false;
+    ITEST_RC (kim_client_send (jc, &msg, "answer about p-1", 16, &info_seq, &dup, 10000), 0);
+    snprintf (subject_msg.msg_id, sizeof subject_msg.msg_id, "report-jc-1");
+    LC_SEND (jc, &subject_msg, 0, "");
+    LC_WAIT (jc, KIM_TYPE_ACCESS_REPORT, NULL, &event);
+    KIM_CHECK (memmem (event.payload, event.payload_size, "\"type\":\"INFO_RESPONSE\"", 22)
+            && memmem (event.payload, event.payload_size, "\"payload\":\"kept\"", 16));
+    subject_msg.type = KIM_TYPE_ERASURE;
+    snprintf (subject_msg.msg_id, sizeof subject_msg.msg_id, "erase-jc-1");
+    LC_SEND (jc, &subject_msg, 0, "");
+    LC_WAIT (kim, KIM_TYPE_ERASURE, NULL, &event);
+    subject_msg.type = KIM_TYPE_ACCESS_REPORT;
+    snprintf (subject_msg.msg_id, sizeof subject_msg.msg_id, "report-jc-2");
+    LC_SEND (jc, &subject_msg, 0, "");
+    LC_WAIT (jc, KIM_TYPE_ACCESS_REPORT, NULL, &event);
+    KIM_CHECK (memmem (event.payload, event.payload_size, "\"payload\":\"erased\"", 18)
+            && !memmem (event.payload, event.payload_size, "\"payload\":\"kept\"", 16));
+    printf ("  an answer's payload is reported and erased (seq %" PRIu64 ")\n", info_seq);
 
     //  Another subject, another case: refused, naming the binding and rule.
     s_referral (&msg, JC, "r-2", "case-A", "p-2", "employment", "C-1");
