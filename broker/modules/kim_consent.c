@@ -9,8 +9,15 @@
     record) and REJECTs naming the rule, the law and what is missing; an
     allowed transfer carries the deciding rule in its header's `rule` field,
     so the MESSAGE record and the delivery say why it passed. The hot path
-    costs a hash lookup, a few comparisons per rule tried, and two small
-    index writes; no allocation.
+    costs a hash lookup, the case's lead (one read; a FORWARD also reads
+    its referral), a few comparisons per rule tried, and two small index
+    writes; no allocation.
+
+    A consent is bound to its subject, its case and the case's lead (the
+    engine checks it, this module supplies the case and its lead); when it
+    is revoked or runs out (the tick finds it through an expiry index),
+    the life cycle suspends or lapses its referrals and withholds what was
+    not yet delivered under it.
 */
 #include <czmq.h>
 
