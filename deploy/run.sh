@@ -255,7 +255,7 @@ R() { printf 'R-%s-%s' "$run" "$1"; }
 
 step "1. A family arrives in Rheine. The KIM case manager records the consents"
 note "Each consent names the person (a pseudonym), who may receive what, and for what."
-sendj kim.rheine "{\"type\":\"CONSENT_GRANT\",\"msg_id\":\"G-$run-f\",\"case_id\":\"$case_id\",\"consent\":\"G-$run-father\",\"subject\":\"p-father\",\"recipients\":[\"jc.rheine\",\"aba.rheine\"],\"purposes\":[\"employment\",\"residence\"],\"valid_until\":$in_a_year}"
+sendj kim.rheine "{\"type\":\"CONSENT_GRANT\",\"msg_id\":\"G-$run-f\",\"case_id\":\"$case_id\",\"consent\":\"G-$run-father\",\"subject\":\"p-father\",\"recipients\":[\"jc.rheine\",\"aba.rheine\",\"kim.coesfeld\"],\"purposes\":[\"employment\",\"residence\"],\"valid_until\":$in_a_year}"
 sendj kim.rheine "{\"type\":\"CONSENT_GRANT\",\"msg_id\":\"G-$run-m\",\"case_id\":\"$case_id\",\"consent\":\"G-$run-mother\",\"subject\":\"p-mother\",\"recipients\":[\"mbe.rheine.caritas\",\"ikt.rheine.vhs\"],\"purposes\":[\"counselling\",\"language_course\"],\"valid_until\":$in_a_year}"
 sendj kim.rheine "{\"type\":\"CONSENT_GRANT\",\"msg_id\":\"G-$run-s\",\"case_id\":\"$case_id\",\"consent\":\"G-$run-son\",\"subject\":\"p-son\",\"recipients\":[\"ja.rheine\"],\"purposes\":[\"youth_welfare\"],\"valid_until\":$in_a_year}"
 sendj kim.rheine "{\"type\":\"CONSENT_GRANT\",\"msg_id\":\"G-$run-h\",\"case_id\":\"$case_id\",\"consent\":\"G-$run-family\",\"subject\":\"p-family\",\"recipients\":[\"kim.coesfeld\"],\"purposes\":[\"case_handover\"],\"valid_until\":$in_a_year}"

@@ -85,6 +85,7 @@ static const s_cmd_rule_t s_cmd_rules [] = {
 
 static const char *s_decline_codes [] = { "capacity", "not_eligible", "person_declined", "other", NULL };
 static const char *s_status_codes [] = { "in_progress", "appointment_set", "no_show", NULL };
+static const char *s_consent_codes [] = { "revoked", "expired", "withheld", NULL };
 
 //  X(TYPE, required, optional, allowed codes or NULL)
 #define S_TYPE_RULES(X) \
@@ -110,8 +111,9 @@ static const char *s_status_codes [] = { "in_progress", "appointment_set", "no_s
                          H (CODE) | H (SENDER_REF) | H (RECIPIENT_REF) | H (NOTE), NULL) \
     X (CASE_CLOSED,      H (CASE_ID), H (RECIPIENT) | H (SENDER_REF) | H (NOTE), NULL) \
     X (CONSENT_GRANT,    H (CASE_ID) | H (CONSENT) | H (SUBJECT) | H (RECIPIENTS) | H (PURPOSES) \
-                         | H (VALID_UNTIL), H (CATEGORIES) | H (EXPLICIT), NULL) \
-    X (CONSENT_REVOKE,   H (CONSENT), H (RECIPIENT) | H (CASE_ID), NULL) \
+                         | H (VALID_UNTIL), H (CATEGORIES) | H (EXPLICIT) | H (GIVER), NULL) \
+    X (CONSENT_REVOKE,   H (CONSENT), H (RECIPIENT) | H (CASE_ID) | H (REFERRAL_ID) \
+                         | H (REF_MSG_ID) | H (CODE), s_consent_codes) \
     X (ERASURE,          H (SUBJECT), H (RECIPIENT) | H (CASE_ID), NULL) \
     X (ACCESS_REPORT,    H (SUBJECT), H (RECIPIENT) | H (CASE_ID), NULL) \
     X (DELIVERED,        H (RECIPIENT) | H (REF_MSG_ID), H (REFERRAL_ID) | H (CASE_ID), NULL) \
@@ -522,7 +524,8 @@ s_msg_rules (const kim_msg_t *msg, const char *prefix, kim_decode_error_t *err)
                               kim_msgi_hdr_fields [kim_msgi_lowest_bit (extra)].key, -1);
     if (msg->schema != KIM_SCHEMA_VERSION)
         return kim_msgi_fail (err, KIM_E_BAD_VALUE, prefix, "schema", -1);
-    if (rule->codes) {
+    //  An optional code, when absent, needs no value from the list.
+    if (rule->codes && (msg->code [0] || (rule->required & H (CODE)))) {
         size_t i = 0;
         while (rule->codes [i] && strcmp (rule->codes [i], msg->code) != 0)
             i++;

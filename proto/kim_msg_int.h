@@ -121,6 +121,7 @@ typedef struct {
     X (PURPOSES,      "purposes",           S_K_CODE_LIST,  purposes,      purpose_count,    KIM_LIST_MAX, 0, 0) \
     X (EXPLICIT,      "explicit",           S_K_BOOL,       explicit_art9, explicit_art9,    0, 0, 0) \
     X (VALID_UNTIL,   "valid_until",        S_K_U64,        valid_until,   valid_until,      0, 0, S_TIME_MAX) \
+    X (GIVER,         "giver",              S_K_CODE,       giver,         giver,            0, 0, 0) \
     X (RULE,          "rule",               S_K_ID,         rule,          rule,             0, 0, 0) \
     X (PAYLOAD_LEN,   "payload_len",        S_K_U32,        payload_len,   payload_len,      0, 0, KIM_PAYLOAD_MAX) \
     X (PAYLOAD_HASH,  "payload_hash",       S_K_BIN,        payload_hash,  has_payload_hash, 0, 0, 0) \

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kim/kim_citation.h"
 #include "kim/kim_policy.h"
 
 #define S_LIST_MAX      24      //  entries in a rule's list
@@ -41,8 +42,11 @@ typedef struct {
     int decision;
     int basis;                              //  S_STATUTE | S_CONSENT
     size_t citation_count;
-    char citations [S_LIST_MAX][KIM_CITATION_MAX + 1];
+    char citations [S_LIST_MAX][KIM_CITATION_MAX + 1];     //  as written
+    kim_citation_t provisions [S_LIST_MAX];                 //  as read
     uint32_t categories;                    //  permitted
+    size_t giver_count;                     //  consent: who must have given it; 0 any
+    char givers [S_LIST_MAX][KIM_CODE_MAX + 1];
 } s_rule_t;
 
 struct _kim_policy_t {
@@ -224,13 +228,13 @@ s_add_type (s_ctx_t *ctx, const s_entry_t *entry, const char *item, void *arg)
 static int
 s_add_category (s_ctx_t *ctx, const s_entry_t *entry, const char *item, void *arg)
 {
-    for (uint32_t bit = 1; bit && bit <= KIM_CAT_RESIDENCE_STATUS; bit <<= 1)
+    for (uint32_t bit = 1; bit && bit <= KIM_CAT_LAST; bit <<= 1)
         if (kim_category_name (bit) && strcmp (kim_category_name (bit), item) == 0) {
             *(uint32_t *) arg |= bit;
             return 0;
         }
     return s_fail (ctx, entry->line, "%s: '%s' is not a data category "
-                   "(art9, sgb8_s65, stgb203, residence_status)", entry->name, item);
+                   "(art9, sgb8_s65, stgb203, residence_status, contact)", entry->name, item);
 }
 
 static int
@@ -255,7 +259,23 @@ s_add_citation (s_ctx_t *ctx, const s_entry_t *entry, const char *item, void *ar
     s_rule_t *rule = (s_rule_t *) arg;
     if (rule->citation_count == S_LIST_MAX)
         return s_fail (ctx, entry->line, "citations: more than %d entries", S_LIST_MAX);
+    char error [128];
+    if (kim_citation_parse (item, &rule->provisions [rule->citation_count], error, sizeof error))
+        return s_fail (ctx, entry->line, "citations: '%s' cannot be read: %s", item, error);
     snprintf (rule->citations [rule->citation_count++], KIM_CITATION_MAX + 1, "%s", item);
+    return 0;
+}
+
+static int
+s_add_giver (s_ctx_t *ctx, const s_entry_t *entry, const char *item, void *arg)
+{
+    s_rule_t *rule = (s_rule_t *) arg;
+    if (strcmp (item, "subject") && strcmp (item, "guardian") && strcmp (item, "entruster"))
+        return s_fail (ctx, entry->line, "givers: '%s' is not a giver (%s)", item,
+                       KIM_CONSENT_GIVERS);
+    if (rule->giver_count == S_LIST_MAX)
+        return s_fail (ctx, entry->line, "givers: more than %d entries", S_LIST_MAX);
+    snprintf (rule->givers [rule->giver_count++], KIM_CODE_MAX + 1, "%s", item);
     return 0;
 }
 
@@ -315,6 +335,8 @@ s_rule_key (s_ctx_t *ctx, s_rule_t *rule, const s_entry_t *entry)
         return s_split (ctx, entry, s_add_basis, &rule->basis);
     if (strcmp (key, "citations") == 0)
         return s_split (ctx, entry, s_add_citation, rule);
+    if (strcmp (key, "givers") == 0)
+        return s_split (ctx, entry, s_add_giver, rule);
     if (strcmp (key, "decision") == 0) {
         if (strcmp (entry->value, "deny") == 0)
             rule->decision = S_DENY;
@@ -328,7 +350,7 @@ s_rule_key (s_ctx_t *ctx, s_rule_t *rule, const s_entry_t *entry)
     }
     return s_fail (ctx, entry->line, "rules/%s/%s: unknown key (law, why, from, to, from_public, "
                    "types, purposes, unless_purposes, if_categories, if_subject, decision, basis, "
-                   "citations, categories)", rule->id, key);
+                   "citations, categories, givers)", rule->id, key);
 }
 
 //  A rule is complete and consistent: required keys, and keys that only
@@ -353,6 +375,8 @@ s_rule_finish (s_ctx_t *ctx, s_rule_t *rule, bool seen_from, bool seen_to)
                        "citations accepted", rule->id);
     if (!(rule->basis & S_STATUTE) && rule->citation_count)
         return s_fail (ctx, rule->line, "rules/%s/citations: only with basis statute", rule->id);
+    if (!(rule->basis & S_CONSENT) && rule->giver_count)
+        return s_fail (ctx, rule->line, "rules/%s/givers: only with basis consent", rule->id);
     return 0;
 }
 
@@ -579,7 +603,7 @@ s_categories (uint32_t bits, char *out, size_t size)
 {
     size_t used = 0;
     out [0] = 0;
-    for (uint32_t bit = 1; bit && bit <= KIM_CAT_RESIDENCE_STATUS && used < size; bit <<= 1)
+    for (uint32_t bit = 1; bit && bit <= KIM_CAT_LAST && used < size; bit <<= 1)
         if ((bits & bit) && kim_category_name (bit))
             used += (size_t) snprintf (out + used, size - used, "%s%s", used? ", ": "",
                                        kim_category_name (bit));
@@ -660,16 +684,59 @@ s_check_consent (const s_rule_t *rule, const kim_policy_facts_t *facts,
                           "consent %s is not registered", id);
     if (rc)
         return rc;
-    s_say (explain, "consent %s: subject %s, granted by %s, %zu recipient(s), %zu purpose(s)",
-           id, consent.subject, consent.granted_by [0]? consent.granted_by: "?",
-           consent.recipient_count, consent.purpose_count);
+    s_say (explain, "consent %s: subject %s, given by %s, recorded by %s, %zu recipient(s), "
+           "%zu purpose(s)", id, consent.subject, consent.giver [0]? consent.giver: "(not recorded)",
+           consent.granted_by [0]? consent.granted_by: "?", consent.recipient_count,
+           consent.purpose_count);
+    //  The binding comes before state and scope: a consent cited outside it
+    //  is no basis whatever its state, and its state is not the sender's
+    //  business then. The texts name what the consent is bound to only
+    //  where the sender holds that already (its own case and lead).
+    if (strcmp (consent.subject, msg->subject) != 0)
+        return s_verdict (decision, rule, KIM_E_CONSENT_BOUND, explain,
+                          "consent %s was not given for subject '%s': a consent is bound to "
+                          "the person who gave it", id, msg->subject);
+    const char *case_id = facts->case_id? facts->case_id: msg->case_id;
+    if (strcmp (consent.case_id, case_id) != 0)
+        return s_verdict (decision, rule, KIM_E_CONSENT_BOUND, explain,
+                          "consent %s does not belong to case '%s': a consent is bound to the "
+                          "case it was recorded in", id, case_id);
+    if (facts->case_lead) {
+        bool named = strcmp (consent.granted_by, msg->sender) == 0;
+        for (size_t i = 0; i < consent.recipient_count && !named; i++)
+            named = strcmp (consent.recipients [i], msg->sender) == 0;
+        if (strcmp (facts->case_lead, msg->sender) != 0)
+            return s_verdict (decision, rule, KIM_E_CONSENT_BOUND, explain,
+                              "consent %s may be cited only by the lead of case %s (%s), not "
+                              "by %s", id, case_id, facts->case_lead, msg->sender);
+        if (!named)
+            return s_verdict (decision, rule, KIM_E_CONSENT_BOUND, explain,
+                              "case %s was handed over to %s, which consent %s (recorded by "
+                              "%s) does not name: the new lead needs a consent of its own",
+                              case_id, msg->sender, id, consent.granted_by);
+        s_say (explain, "consent %s: bound to subject, case %s and its lead %s: holds", id,
+               case_id, facts->case_lead);
+    }
+    else
+        s_say (explain, "consent %s: bound to subject and case: holds; the case's lead is "
+               "not known here and is checked by the broker", id);
     if (consent.revoked_at)
         return s_verdict (decision, rule, KIM_E_CONSENT_REVOKED, explain,
                           "consent %s was revoked", id);
     if (consent.valid_until <= facts->now)
         return s_verdict (decision, rule, KIM_E_CONSENT_EXPIRED, explain,
                           "consent %s expired", id);
-    bool covered = false;
+    bool covered = rule->giver_count == 0;
+    for (size_t i = 0; i < rule->giver_count && !covered; i++)
+        covered = strcmp (rule->givers [i], consent.giver) == 0;
+    if (!covered) {
+        char givers [96];
+        s_join (rule->givers, rule->giver_count, givers, sizeof givers);
+        return s_verdict (decision, rule, KIM_E_CONSENT_SCOPE, explain,
+                          "consent %s was given by %s; the rule needs the consent of: %s", id,
+                          consent.giver [0]? consent.giver: "(not recorded)", givers);
+    }
+    covered = false;
     for (size_t i = 0; i < consent.recipient_count && !covered; i++)
         covered = strcmp (consent.recipients [i], facts->recipient) == 0;
     if (!covered)
@@ -696,6 +763,45 @@ s_check_consent (const s_rule_t *rule, const kim_policy_facts_t *facts,
     snprintf (decision->basis, sizeof decision->basis, "consent: %s", id);
     return s_verdict (decision, rule, 0, explain, "consent %s covers recipient, purpose and "
                       "categories until %llu", id, (unsigned long long) consent.valid_until);
+}
+
+//  A statute citation is read as the provision it names and accepted when
+//  one of the rule's citations names that provision or one containing it.
+static int
+s_check_citation (const s_rule_t *rule, const kim_msg_t *msg, kim_policy_decision_t *decision,
+                  kim_buf_t *explain)
+{
+    kim_citation_t cited;
+    char error [128], text [KIM_CITATION_TEXT_MAX + KIM_CITATION_LAW_MAX];
+    if (kim_citation_parse (msg->citation, &cited, error, sizeof error))
+        return s_verdict (decision, rule, KIM_E_NO_BASIS, explain,
+                          "citation '%s' cannot be read: %s", msg->citation, error);
+    s_say (explain, "citation '%s' reads as %s", msg->citation,
+           kim_citation_format (&cited, text, sizeof text));
+    bool broader = false;
+    for (size_t c = 0; c < rule->citation_count; c++) {
+        int covers = kim_citation_covers (&rule->provisions [c], &cited);
+        if (covers == 1) {
+            snprintf (decision->basis, sizeof decision->basis, "statute: %s", msg->citation);
+            return s_verdict (decision, rule, 0, explain, "citation '%s' is accepted (%s)",
+                              msg->citation, rule->citations [c]);
+        }
+        broader |= covers < 0;
+    }
+    //  Name what would pass: for a broader citation the provisions inside
+    //  it the rule accepts, else every citation the rule lists.
+    char accepted [KIM_TEXT_MAX + 1] = "";
+    size_t used = 0;
+    for (size_t c = 0; c < rule->citation_count && used < sizeof accepted; c++)
+        if (!broader || kim_citation_covers (&rule->provisions [c], &cited) < 0)
+            used += (size_t) snprintf (accepted + used, sizeof accepted - used, "%s'%s'",
+                                       used? ", ": "", rule->citations [c]);
+    if (broader)
+        return s_verdict (decision, rule, KIM_E_NO_BASIS, explain,
+                          "citation '%s' is broader than the rule allows; it accepts only %s",
+                          msg->citation, accepted);
+    return s_verdict (decision, rule, KIM_E_NO_BASIS, explain,
+                      "citation '%s' is not accepted (accepted: %s)", msg->citation, accepted);
 }
 
 int
@@ -752,19 +858,7 @@ kim_policy_decide (const kim_policy_t *self, const kim_policy_facts_t *facts,
                 return s_verdict (decision, rule, KIM_E_NO_BASIS, explain,
                                   "needs a registered consent; a statute ('%s') is no basis here",
                                   msg->citation);
-            for (size_t c = 0; c < rule->citation_count; c++)
-                if (strcmp (rule->citations [c], msg->citation) == 0) {
-                    snprintf (decision->basis, sizeof decision->basis, "statute: %s", msg->citation);
-                    return s_verdict (decision, rule, 0, explain, "citation '%s' is accepted",
-                                      msg->citation);
-                }
-            char accepted [KIM_TEXT_MAX + 1] = "";
-            size_t used = 0;
-            for (size_t c = 0; c < rule->citation_count && used < sizeof accepted; c++)
-                used += (size_t) snprintf (accepted + used, sizeof accepted - used, "%s'%s'",
-                                           c? ", ": "", rule->citations [c]);
-            return s_verdict (decision, rule, KIM_E_NO_BASIS, explain,
-                              "citation '%s' is not accepted (accepted: %s)", msg->citation, accepted);
+            return s_check_citation (rule, msg, decision, explain);
         }
         if (msg->basis == KIM_BASIS_CONSENT) {
             if (!(rule->basis & S_CONSENT))

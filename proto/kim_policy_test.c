@@ -28,7 +28,7 @@ s_lookup (void *arg, const char *id, kim_consent_t *consent)
     consent->purpose_count = sizeof purposes / sizeof purposes [0];
     for (size_t i = 0; i < consent->purpose_count; i++)
         kim_str_copy (consent->purposes [i], sizeof consent->purposes [i], purposes [i]);
-    consent->categories = KIM_CAT_RESIDENCE_STATUS | KIM_CAT_ART9;
+    consent->categories = KIM_CAT_RESIDENCE_STATUS | KIM_CAT_ART9 | KIM_CAT_CONTACT;
     consent->explicit_art9 = strcmp (id, "c-noart9") != 0;
     if (strcmp (id, "c-s65") == 0)
         consent->categories |= KIM_CAT_SGB8_S65;
@@ -36,6 +36,12 @@ s_lookup (void *arg, const char *id, kim_consent_t *consent)
         consent->categories |= KIM_CAT_STGB203;
     consent->valid_until = strcmp (id, "c-expired") == 0? 1000: 4000000000000ull;
     consent->revoked_at = strcmp (id, "c-revoked") == 0? 500: 0;
+    snprintf (consent->giver, sizeof consent->giver, "%s",
+              strcmp (id, "c-s65-guardian") == 0? "guardian": "entruster");
+    if (strcmp (id, "c-nocontact") == 0)
+        consent->categories &= ~(uint32_t) KIM_CAT_CONTACT;
+    if (strcmp (id, "c-s65-guardian") == 0)
+        consent->categories |= KIM_CAT_SGB8_S65;
     return 0;
 }
 
@@ -58,6 +64,7 @@ typedef struct {
 #define A9  KIM_CAT_ART9
 #define S65 KIM_CAT_SGB8_S65
 #define S203 KIM_CAT_STGB203
+#define CT  KIM_CAT_CONTACT
 #define OK  0
 #define DENY KIM_E_POLICY_DENY
 #define NOB KIM_E_NO_BASIS
@@ -65,7 +72,9 @@ typedef struct {
 static const s_case_t s_cases [] = {
     //  P11: no subject pseudonym to the coordination
     { "kim", 1, "ki",  R, "coordination", 0, "c:c-ok", true, DENY, "P11" },
-    { "kim", 1, "ki",  H, "coordination", 0, "c:c-ok", false, OK, "P8" },
+    { "kim", 1, "ki",  H, "coordination", 0, "s:SGB X §69(1)1", false, NOB, "P8" },
+    //  A consent is bound to its subject: a transfer naming none cannot cite it
+    { "kim", 1, "ki",  H, "coordination", 0, "c:c-ok", false, KIM_E_CONSENT_BOUND, "P8" },
     //  P5: school -> immigration office denied; school -> KIM with consent
     { "sch", 1, "aba", R, "residence", 0, "c:c-ok", true, DENY, "P5" },
     { "sch", 1, "kim", R, "youth", 0, "c:c-ok", true, OK, "P9" },
@@ -76,19 +85,36 @@ static const s_case_t s_cases [] = {
     { "ja",  1, "jc",  R, "employment", S65, "s:SGB X §69(1)1", true, NOB, "P2" },
     { "ja",  1, "jc",  R, "employment", S65, "c:c-s65", true, OK, "P2" },
     { "ja",  1, "jc",  R, "employment", S65, "c:c-ok", true, KIM_E_CONSENT_SCOPE, "P2" },
+    //  P2 needs the consent of whoever entrusted the data (givers = entruster)
+    { "ja",  1, "jc",  R, "employment", S65, "c:c-s65-guardian", true, KIM_E_CONSENT_SCOPE, "P2" },
     { "ja",  1, "ja",  R, "youth", S65, "s:SGB VIII §65(1)4", true, OK, "P2" },
-    //  P12: volunteers get contact data with consent, nothing else
-    { "kim", 1, "ehr", R, "contact", 0, "c:c-ok", true, OK, "P12" },
+    //  P12: volunteers get contact data (category contact) with consent, nothing else
+    { "kim", 1, "ehr", R, "contact", CT, "c:c-ok", true, OK, "P12" },
+    { "kim", 1, "ehr", R, "contact", 0, "c:c-ok", true, DENY, "P12x" },
     { "kim", 1, "ehr", R, "employment", 0, "c:c-ok", true, DENY, "P12x" },
-    { "kim", 1, "ehr", R, "contact", RS, "c:c-ok", true, DENY, "P12" },
+    { "kim", 1, "ehr", R, "contact", CT | RS, "c:c-ok", true, DENY, "P12" },
+    { "kim", 1, "ehr", R, "contact", CT, "c:c-nocontact", true, KIM_E_CONSENT_SCOPE, "P12" },
+    //  contact data may go wherever data may go
+    { "kim", 1, "jc",  R, "employment", CT | RS, "c:c-ok", true, OK, "P8" },
     //  P6: private carriers -> aba only with consent
     { "mbe", 0, "aba", R, "residence", RS, "c:c-ok", true, OK, "P6" },
     { "mbe", 0, "aba", R, "residence", RS, "s:AufenthG §87(1)", true, NOB, "P6" },
-    //  P4a / P4: social-code bodies -> aba under § 71 SGB X
+    //  P4h / P4a / P4: social-code bodies -> aba under § 71 SGB X; health
+    //  data only in the two cases of § 71 Abs. 2 Satz 2, citing them
     { "jc",  1, "aba", R, "benefit", A9, "s:SGB X §71(2)2", true, DENY, "P4a" },
-    { "jc",  1, "aba", R, "public_health", A9, "s:SGB X §71(2)1", true, OK, "P4" },
+    { "jc",  1, "aba", R, "public_health", A9, "s:§ 71 Abs. 2 Satz 2 Nr. 1 SGB X", true, OK, "P4h" },
+    { "jc",  1, "aba", R, "drug_rehabilitation", A9, "s:SGB X § 71 (2) S. 2 Nr. 2", true, OK, "P4h" },
+    { "jc",  1, "aba", R, "public_health", A9, "s:SGB X §71(2)1", true, NOB, "P4h" },
+    { "jc",  1, "aba", R, "public_health", A9 | S203, "s:§ 71 Abs. 2 Satz 2 Nr. 1 SGB X", true, OK, "P4h" },
+    { "jc",  1, "aba", R, "drug_rehabilitation", A9 | S203, "s:§ 71 Abs. 2 Satz 2 Nr. 2 SGB X", true, DENY, "P7" },
     { "soz", 1, "aba", R, "benefit", RS, "s:SGB X §71(2)2", true, OK, "P4" },
     { "soz", 1, "aba", R, "benefit", RS, "s:SGB X §69(1)1", true, NOB, "P4" },
+    //  Citations are read, not compared as text; broader ones are refused
+    { "soz", 1, "aba", R, "benefit", RS, "s:§ 71 Abs. 2 Satz 1 Nr. 3 SGB X", true, OK, "P4" },
+    { "soz", 1, "aba", R, "benefit", RS, "s:sgb x § 71 abs. 2 nr. 2", true, OK, "P4" },
+    { "soz", 1, "aba", R, "benefit", RS, "s:§ 87 Absatz 1 Satz 2 AufenthG", true, OK, "P4" },
+    { "soz", 1, "aba", R, "benefit", RS, "s:SGB X §71(2)", true, NOB, "P4" },
+    { "soz", 1, "aba", R, "benefit", RS, "s:§ 71 Abs. 2 und 3 SGB X", true, NOB, "P4" },
     //  P3: youth office handover
     { "ja",  1, "ja",  H, "youth", 0, "s:SGB VIII §86c(2)", true, OK, "P3" },
     { "ja",  1, "ja",  H, "youth", S203, "s:SGB VIII §86c(2)", true, DENY, "P3" },
@@ -147,7 +173,7 @@ s_run_case (const kim_policy_t *policy, const s_case_t *c, bool verbose)
     }
     char recipient [KIM_ORG_MAX + 1];
     snprintf (recipient, sizeof recipient, "%s.x", c->to);
-    kim_policy_facts_t facts = { &msg, c->from, c->pub, recipient, c->to, 2000 };
+    kim_policy_facts_t facts = { &msg, c->from, c->pub, recipient, c->to, 2000, NULL, NULL };
     kim_policy_decision_t decision;
     kim_buf_t explain;
     kim_buf_init (&explain);
@@ -160,6 +186,7 @@ s_run_case (const kim_policy_t *policy, const s_case_t *c, bool verbose)
                 c->purpose, kim_errname (decision.code), decision.rule, decision.text,
                 pass? 0: (int) explain.size, (const char *) explain.data);
     kim_buf_free (&explain);
+    fflush (stdout);
     assert (pass);
 }
 
@@ -170,6 +197,7 @@ s_expect_error (const char *text, const char *expected)
     kim_policy_t *policy = kim_policy_parse (text, "t.cfg", error, sizeof error);
     if (policy || !strstr (error, expected))
         printf ("  lint: expected '%s', got '%s'\n", expected, error);
+    fflush (stdout);
     assert (!policy && strstr (error, expected));
 }
 
@@ -197,11 +225,30 @@ kim_policy_test (bool verbose)
     //  (Deny-only rules P5, P7, P11, P12x, P4a are paired with the allowed
     //  transfer next to them in the table.)
 
+    //  A broader citation is refused naming the provisions that would pass.
+    {
+        kim_msg_t broad;
+        kim_msg_init (&broad);
+        broad.type = KIM_TYPE_REFERRAL;
+        snprintf (broad.purpose, sizeof broad.purpose, "benefit");
+        broad.basis = KIM_BASIS_STATUTE;
+        snprintf (broad.citation, sizeof broad.citation, "SGB X § 71 Abs. 2");
+        kim_policy_facts_t broad_facts = { &broad, "soz", true, "aba.x", "aba", 1, NULL, NULL };
+        kim_policy_decision_t verdict;
+        assert (kim_policy_decide (policy, &broad_facts, s_lookup, NULL, &verdict, NULL) == 0);
+        if (verbose)
+            printf ("  %s\n", verdict.text);
+        assert (verdict.code == KIM_E_NO_BASIS && strstr (verdict.text, "broader than the rule")
+             && strstr (verdict.text, "'SGB X §71(2)1', 'SGB X §71(2)2', 'SGB X §71(2)3', "
+                                      "'SGB X §71(2)4'")
+             && !strstr (verdict.text, "AufenthG §87(1)'"));
+    }
+
     //  Types that are no transfer are not checked.
     kim_msg_t msg;
     kim_msg_init (&msg);
     msg.type = KIM_TYPE_ACCEPT;
-    kim_policy_facts_t facts = { &msg, "jc", true, "kim.x", "kim", 1 };
+    kim_policy_facts_t facts = { &msg, "jc", true, "kim.x", "kim", 1, NULL, NULL };
     kim_policy_decision_t decision;
     assert (kim_policy_decide (policy, &facts, s_lookup, NULL, &decision, NULL) == 0);
     assert (!decision.checked && decision.code == 0);
@@ -226,6 +273,18 @@ kim_policy_test (bool verbose)
     s_expect_error ("rules\n", "policy/checks");
     s_expect_error ("policy\n    checks = \"REFERRAL\nrules\n", "t.cfg:2: checks: unterminated");
     s_expect_error ("polcy\n", "t.cfg:1: polcy: unknown section");
+    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+                    "        from = *\n        to = *\n        decision = allow\n"
+                    "        basis = consent\n        givers = parent\n",
+                    "t.cfg:10: givers: 'parent' is not a giver");
+    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+                    "        from = *\n        to = *\n        decision = allow\n"
+                    "        basis = statute\n        citations = \"SGB X §69(1)1\"\n"
+                    "        givers = guardian\n", "givers: only with basis consent");
+    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+                    "        from = *\n        to = *\n        decision = allow\n"
+                    "        basis = statute\n        citations = \"SGB X §71(2)1, SGB X\"\n",
+                    "t.cfg:10: citations: 'SGB X' cannot be read: expected '§' or 'Art.'");
     //  A test policy's unchecked basis: allows without looking, and says so.
     s_expect_error ("policy\n    checks = REFERRAL\nrules\n    T\n        law = x\n"
                     "        from = *\n        to = *\n        decision = allow\n"

@@ -20,6 +20,9 @@ const char kim_cmd_policy_usage [] =
     "check: decides one transfer against the policy offline and explains each\n"
     "step: which rules did not apply and why, which rule decided, the law it\n"
     "rests on, and what is missing. Exit 0 when allowed, 1 when denied.\n"
+    "check works OFFLINE: it does not ask a broker. A consent comes from\n"
+    "--consent-file or --assume-consent, so check cannot know whether it was\n"
+    "revoked since, nor who leads its case now; the broker checks both.\n"
     "The header comes as one JSON object on stdin (--json, as `kim send --json`\n"
     "takes it; give \"sender\") or from the options below.\n"
     "\n"
@@ -29,7 +32,8 @@ const char kim_cmd_policy_usage [] =
     "  --to ORG            recipient (for FORWARD: --org)\n"
     "  --org ORG           FORWARD: the organisation the referral is passed on to\n"
     "  --purpose CODE      purpose code\n"
-    "  --categories LIST   comma-separated: art9, sgb8_s65, stgb203, residence_status\n"
+    "  --categories LIST   comma-separated: art9, sgb8_s65, stgb203,\n"
+    "                      residence_status, contact\n"
     "  --statute TEXT      legal basis: a statute citation, e.g. \"SGB X §69(1)1\"\n"
     "  --consent ID        legal basis: a registered consent\n"
     "  --subject ID        subject pseudonym (default p-check)\n"
@@ -38,6 +42,8 @@ const char kim_cmd_policy_usage [] =
     "  --private           the sender is a private carrier (default: a public body)\n"
     "  --consent-file FILE the consent as registered: a CONSENT_GRANT header (JSON)\n"
     "  --assume-consent    assume the consent exists and covers the transfer\n"
+    "  --giver ROLE        who gave the assumed consent: subject, guardian or\n"
+    "                      entruster (default: entruster, as § 65 SGB VIII asks)\n"
     "\n"
     "Examples:\n"
     "  kim policy lint deploy/policy.cfg\n"
@@ -50,6 +56,7 @@ typedef struct {
     bool assume;                //  --assume-consent
     const kim_msg_t *msg;
     const char *recipient;
+    const char *giver;          //  --giver, for an assumed consent
 } s_registry_t;
 
 static int
@@ -66,6 +73,9 @@ s_lookup (void *arg, const char *id, kim_consent_t *consent)
     memset (consent, 0, sizeof *consent);
     kim_str_copy (consent->id, sizeof consent->id, id);
     kim_str_copy (consent->subject, sizeof consent->subject, registry->msg->subject);
+    kim_str_copy (consent->case_id, sizeof consent->case_id, registry->msg->case_id);
+    kim_str_copy (consent->giver, sizeof consent->giver,
+                  registry->giver? registry->giver: "entruster");
     snprintf (consent->granted_by, sizeof consent->granted_by, "(assumed)");
     consent->recipient_count = 1;
     kim_str_copy (consent->recipients [0], sizeof consent->recipients [0], registry->recipient);
@@ -119,10 +129,10 @@ s_categories (const char *list, uint32_t *bits)
     kim_str_copy (copy, sizeof copy, list);
     for (char *item = strtok (copy, ", "); item; item = strtok (NULL, ", ")) {
         uint32_t bit = 1;
-        for (; bit <= KIM_CAT_RESIDENCE_STATUS; bit <<= 1)
+        for (; bit <= KIM_CAT_LAST; bit <<= 1)
             if (kim_category_name (bit) && streq (kim_category_name (bit), item))
                 break;
-        if (bit > KIM_CAT_RESIDENCE_STATUS)
+        if (bit > KIM_CAT_LAST)
             return -1;
         *bits |= bit;
     }
@@ -165,6 +175,12 @@ s_check (const char *cmd, int argc, char *argv [])
         else
         if (kim_cli_args_is (&args, "--assume-consent"))
             registry.assume = true;
+        else
+        if (kim_cli_args_is (&args, "--giver")) {
+            value = registry.giver = kim_cli_args_value (&args);
+            ok = value && (streq (value, "subject") || streq (value, "guardian")
+                        || streq (value, "entruster"));
+        }
         else
         if (kim_cli_args_is (&args, "--from-type"))
             from_type = kim_cli_args_value (&args);
@@ -267,6 +283,7 @@ s_check (const char *cmd, int argc, char *argv [])
         consent->categories = grant->categories;
         consent->explicit_art9 = grant->explicit_art9;
         consent->valid_until = grant->valid_until;
+        kim_str_copy (consent->giver, sizeof consent->giver, grant->giver);
         registry.have = true;
     }
     const char *recipient = msg->type == KIM_TYPE_FORWARD? msg->org: msg->recipient;
@@ -300,6 +317,10 @@ s_check (const char *cmd, int argc, char *argv [])
     int rc = kim_policy_decide (policy, &facts, s_lookup, &registry, &decision, &explain);
     if (rc == 0) {
         fwrite (explain.data, 1, explain.size, stdout);
+        if (decision.checked && msg->basis == KIM_BASIS_CONSENT)
+            printf ("offline: the consent as given here (%s); whether it was revoked since, "
+                    "and who leads its case now, only the broker knows\n",
+                    registry.have? "--consent-file": registry.assume? "--assume-consent": "none");
         json_t *out = json_pack ("{s:s, s:s, s:s, s:s, s:s, s:s}",
                                  "decision", decision.code? "deny": "allow",
                                  "code", decision.code? kim_errname (decision.code): "OK",

@@ -23,7 +23,7 @@ const char kim_cmd_referral_usage [] =
     "   \"deadline\":1767225600000,\"forwarded_from\":\"\",\"consent_id\":\"g-1\",\n"
     "   \"created_seq\":12,\"last_seq\":40}\n"
     "States: SENT, DELIVERED, ACCEPTED, IN_PROGRESS, COMPLETED, DECLINED, NOT_COMPETENT,\n"
-    "FORWARDED, OVERDUE, EXPIRED, WITHDRAWN, SUSPENDED. A last line {\"more\":true} says the\n"
+    "FORWARDED, OVERDUE, EXPIRED, WITHDRAWN, SUSPENDED, LAPSED. A last line {\"more\":true} says the\n"
     "answer was cut at the frame limit: narrow it with --case or --org.\n"
     "\n"
     "Options:\n"

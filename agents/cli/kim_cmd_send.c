@@ -40,10 +40,11 @@ const char kim_cmd_send_usage [] =
     "  --case ID           case_id\n"
     "  --subject PSEUDONYM subject pseudonym (never a name)\n"
     "  --purpose CODE      purpose code, e.g. job_placement\n"
-    "  --consent ID        legal basis: the registered consent ID\n"
+    "  --consent ID        legal basis: the registered consent ID; with --type\n"
+    "                      CONSENT_REVOKE: the consent to revoke\n"
     "  --statute CITATION  legal basis: a statute, e.g. 'SGB X §69(1)1'\n"
     "  --category NAME     data category, repeatable: art9, sgb8_s65, stgb203,\n"
-    "                      residence_status\n"
+    "                      residence_status, contact\n"
     "  --deadline TIME     ISO-8601 UTC (2026-12-01T12:00:00Z) or ms since the epoch\n"
     "  --msg-id ID         our id for the message (default: 32 random hex digits)\n"
     "  --ref-msg ID        ref_msg_id: the message this one answers\n"
@@ -501,7 +502,7 @@ kim_cmd_send (int argc, char *argv [])
             uint32_t bit = s_category_bit (value);
             if (!bit)
                 return kim_cli_usage_error (cmd, "--category: unknown category '%s' "
-                                            "(art9, sgb8_s65, stgb203, residence_status)", value);
+                                            "(art9, sgb8_s65, stgb203, residence_status, contact)", value);
             msg.categories |= bit;
         }
         else
@@ -536,6 +537,15 @@ kim_cmd_send (int argc, char *argv [])
                                     "and --payload go with one message without --json");
     if (!json_mode && msg.type == KIM_TYPE_NONE)
         return kim_cli_usage_error (cmd, "--type is required (or use --json)");
+    //  A revocation names its consent in the header's `consent`, not as a
+    //  legal basis: --consent says which one.
+    if (msg.type == KIM_TYPE_CONSENT_REVOKE) {
+        if (msg.basis != KIM_BASIS_CONSENT)
+            return kim_cli_usage_error (cmd, "--type CONSENT_REVOKE needs --consent ID");
+        memcpy (msg.grant_id, msg.consent_id, sizeof msg.grant_id);
+        msg.consent_id [0] = 0;
+        msg.basis = KIM_BASIS_NONE;
+    }
 
     uint8_t *payload = NULL;
     size_t payload_size = 0;

@@ -18,7 +18,8 @@ const char kim_cmd_subject_usage [] =
     "\n"
     "report: asks the broker which organisations received which categories of\n"
     "the subject's data, when, on which legal basis and under which policy rule\n"
-    "(metadata from the log only) and prints the report as one JSON object. It\n"
+    "(metadata from the log only) and prints the report, one JSON object per page\n"
+    "of 1,000 transfers, the last with \"last\":true and the total. It\n"
     "covers our own transfers about SUBJECT and, when we lead the case --case\n"
     "names, every transfer in that case.\n"
     "\n"
@@ -121,10 +122,13 @@ kim_cmd_subject (int argc, char *argv [])
                 break;
             if (event.type == KIM_EVENT_DELIVER && event.msg.type == KIM_TYPE_ACCESS_REPORT
             &&  streq (event.msg.subject, subject) && event.seq > seq) {
+                //  The report comes in pages, one JSON object a line; the
+                //  last says "last":true.
                 fwrite (event.payload, 1, event.payload_size, stdout);
-                found = true;
+                found = memmem (event.payload, event.payload_size, "\"last\":true", 11) != NULL;
                 kim_client_ack (client, event.seq);
-                kim_client_flush (client, conn.timeout_ms);
+                if (found)
+                    kim_client_flush (client, conn.timeout_ms);
             }
         }
         if (!found)

@@ -69,6 +69,7 @@ typedef struct {
     kim_buf_t buf;
     kim_cmd_t out;
     s_query_t *logging;             //  the query kim_ctx_batch logs
+    int refused;                    //  ... and the code it was refused with, or 0
 } s_audit_t;
 
 
@@ -352,7 +353,11 @@ s_log_read (void *arg, kim_ctx_t *ctx)
         len += snprintf (json + len, sizeof json - (size_t) len, ",\"org\":\"%s\"", f->org);
     if (f->type [0])
         len += snprintf (json + len, sizeof json - (size_t) len, ",\"type\":\"%s\"", f->type);
-    len += snprintf (json + len, sizeof json - (size_t) len, ",\"window\":%u}", query->credit);
+    len += snprintf (json + len, sizeof json - (size_t) len, ",\"window\":%u", query->credit);
+    if (self->refused)
+        len += snprintf (json + len, sizeof json - (size_t) len, ",\"refused\":\"%s\"",
+                         kim_errname (self->refused));
+    len += snprintf (json + len, sizeof json - (size_t) len, "}");
     kim_buf_reset (&self->buf);
     int rc = kim_json_to_msgpack (json, (size_t) len, &self->buf);
     if (rc)
@@ -362,6 +367,20 @@ s_log_read (void *arg, kim_ctx_t *ctx)
     if (rc == 0)
         query->end_seq = seq;
     return rc;
+}
+
+//  A QUERY's filters as the query keeps them (and its AUDIT_READ shows them).
+static void
+s_filter_set (kim_log_filter_t *f, const kim_cmd_t *cmd)
+{
+    f->from_seq = cmd->from_seq;
+    f->to_seq = cmd->to_seq;
+    f->from_time = cmd->from_time;
+    f->to_time = cmd->to_time;
+    kim_str_copy (f->case_id, sizeof f->case_id, cmd->case_id);
+    kim_str_copy (f->org, sizeof f->org, cmd->org);
+    if (cmd->type != KIM_TYPE_NONE)
+        kim_str_copy (f->type, sizeof f->type, kim_type_name (cmd->type));
 }
 
 static bool
@@ -383,6 +402,26 @@ s_command (void *state, kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t 
         char text [KIM_TEXT_MAX + 1];
         snprintf (text, sizeof text, "role %s may not read the log; QUERY is for auditors",
                   kim_role_name (peer->org->role));
+        //  A refused read is an attempt the auditor must see (§ 79 (4) SGB
+        //  X asks who tried to read, not only who read): logged like a
+        //  read, with the code it got. The session's rate limit bounds them.
+        s_query_t refused;
+        memset (&refused, 0, sizeof refused);
+        kim_str_copy (refused.query_id, sizeof refused.query_id, cmd->query_id);
+        kim_str_copy (refused.reader, sizeof refused.reader, peer->org->id);
+        s_filter_set (&refused.filter, cmd);
+        refused.credit = cmd->window;
+        self->logging = &refused;
+        self->refused = KIM_E_FORBIDDEN;
+        int rc = kim_ctx_batch (ctx, s_log_read, self);
+        self->logging = NULL;
+        self->refused = 0;
+        if (rc)
+            zsys_error ("audit: cannot log the refused query %s of %s: %s", refused.query_id,
+                        refused.reader, kim_strerror (rc));
+        else
+            zsys_info ("audit: %s may not read the log (query %s refused, logged)",
+                       refused.reader, refused.query_id);
         s_reject (ctx, peer, cmd->query_id, KIM_E_FORBIDDEN, NULL, text);
         return 0;
     }
@@ -431,14 +470,7 @@ s_command (void *state, kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t 
     query->rid_size = peer->rid_size;
     kim_str_copy (query->reader, sizeof query->reader, peer->org->id);
     kim_log_filter_t *f = &query->filter;
-    f->from_seq = cmd->from_seq;
-    f->to_seq = cmd->to_seq;
-    f->from_time = cmd->from_time;
-    f->to_time = cmd->to_time;
-    kim_str_copy (f->case_id, sizeof f->case_id, cmd->case_id);
-    kim_str_copy (f->org, sizeof f->org, cmd->org);
-    if (cmd->type != KIM_TYPE_NONE)
-        kim_str_copy (f->type, sizeof f->type, kim_type_name (cmd->type));
+    s_filter_set (f, cmd);
     query->credit = cmd->window;
     query->next_seq = cmd->from_seq? cmd->from_seq: 1;
     query->last_active_ms = kim_ctx_now (ctx);

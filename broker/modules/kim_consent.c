@@ -9,8 +9,15 @@
     record) and REJECTs naming the rule, the law and what is missing; an
     allowed transfer carries the deciding rule in its header's `rule` field,
     so the MESSAGE record and the delivery say why it passed. The hot path
-    costs a hash lookup, a few comparisons per rule tried, and two small
-    index writes; no allocation.
+    costs a hash lookup, the case's lead (one read; a FORWARD also reads
+    its referral), a few comparisons per rule tried, and two small index
+    writes; no allocation.
+
+    A consent is bound to its subject, its case and the case's lead (the
+    engine checks it, this module supplies the case and its lead); when it
+    is revoked or runs out (the tick finds it through an expiry index),
+    the life cycle suspends or lapses its referrals and withholds what was
+    not yet delivered under it.
 */
 #include <czmq.h>
 
@@ -21,42 +28,13 @@
 #define S_TEST_POLICY \
     "policy\n    checks = \"REFERRAL, FORWARD, HANDOVER_OFFER\"\nrules\n"
 
-//  --------------------------------------------------------------------------
-//  JSON helpers (decision records and reports; the broker has no JSON library)
-
-int
-kim_consent_json (kim_buf_t *buf, const char *format, ...)
+static bool
+s_in_list (char (*list) [KIM_ORG_MAX + 1], size_t count, const char *org)
 {
-    char text [1024];
-    va_list args;
-    va_start (args, format);
-    int size = vsnprintf (text, sizeof text, format, args);
-    va_end (args);
-    if (size < 0 || (size_t) size >= sizeof text)
-        return -KIM_E_INTERNAL;
-    return kim_buf_append (buf, text, (size_t) size);
-}
-
-int
-kim_consent_json_str (kim_buf_t *buf, const char *text)
-{
-    int rc = kim_buf_append (buf, "\"", 1);
-    for (const char *c = text; rc == 0 && *c; c++) {
-        unsigned char byte = (unsigned char) *c;
-        if (byte == '"' || byte == '\\') {
-            char escaped [2] = { '\\', (char) byte };
-            rc = kim_buf_append (buf, escaped, 2);
-        }
-        else
-        if (byte < 0x20) {
-            char escaped [8];
-            snprintf (escaped, sizeof escaped, "\\u%04x", byte);
-            rc = kim_buf_append (buf, escaped, 6);
-        }
-        else
-            rc = kim_buf_append (buf, c, 1);
-    }
-    return rc? rc: kim_buf_append (buf, "\"", 1);
+    for (size_t i = 0; i < count; i++)
+        if (streq (list [i], org))
+            return true;
+    return false;
 }
 
 //  --------------------------------------------------------------------------
@@ -86,12 +64,16 @@ s_consent_get (void *arg, const char *id, kim_consent_t *consent)
         return -KIM_E_NOT_FOUND;
     if (rc)
         return kim_store_error (store, rc, "consent: reading a consent");
-    if (value.mv_size != sizeof (kim_consent_t)) {
+    //  A record written before consents kept their giver ends where the
+    //  giver begins; it reads as "not recorded".
+    if (value.mv_size != sizeof (kim_consent_t)
+    &&  value.mv_size != offsetof (kim_consent_t, giver)) {
         zsys_error ("consent: record of consent %s has %zu bytes, expected %zu: "
                     "store from another build?", id, value.mv_size, sizeof (kim_consent_t));
         return -KIM_E_INTERNAL;
     }
-    memcpy (consent, value.mv_data, sizeof *consent);
+    memset (consent, 0, sizeof *consent);
+    memcpy (consent, value.mv_data, value.mv_size);
     return 0;
 }
 
@@ -123,6 +105,29 @@ s_recipient_put (kim_ctx_t *ctx, const char *id, const char *org, uint64_t seq)
     int rc = mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &key, &value,
                       MDB_NOOVERWRITE);
     return rc && rc != MDB_KEYEXIST? kim_store_error (store, rc, "consent: noting a recipient"): 0;
+}
+
+//  The expiry index: consents ordered by valid_until, so that the tick
+//  finds those that ran out without reading the registry.
+static size_t
+s_expiry_key (const kim_consent_t *consent, uint8_t *key)
+{
+    key [0] = KIM_CONSENT_KEY_EXPIRY;
+    for (int i = 0; i < 8; i++)
+        key [1 + i] = (uint8_t) (consent->valid_until >> (56 - 8 * i));
+    size_t size = strlen (consent->id);
+    memcpy (key + 9, consent->id, size);
+    return 9 + size;
+}
+
+static int
+s_expiry_put (kim_ctx_t *ctx, const kim_consent_t *consent)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    uint8_t bytes [9 + KIM_ID_MAX];
+    MDB_val key = { s_expiry_key (consent, bytes), bytes }, value = { 0, bytes };
+    int rc = mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &key, &value, 0);
+    return rc? kim_store_error (store, rc, "consent: indexing an expiry"): 0;
 }
 
 //  Who may grant and revoke: the lead organisation of the case. A consent
@@ -193,6 +198,10 @@ s_grant_check (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
                          "already; a changed scope is a new consent with a new id", msg->grant_id);
     if (rc != -KIM_E_NOT_FOUND)
         return rc;
+    if (msg->giver [0] && !streq (msg->giver, "subject") && !streq (msg->giver, "guardian")
+    &&  !streq (msg->giver, "entruster"))
+        return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.giver", "giver '%s' is none of %s",
+                         msg->giver, KIM_CONSENT_GIVERS);
     if (msg->valid_until <= kim_ctx_now (ctx))
         return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.valid_until",
                          "valid_until lies in the past: consent %s would never be valid",
@@ -217,16 +226,26 @@ s_grant_applied (kim_ctx_t *ctx, kim_route_t *route)
     consent.categories = msg->categories;
     consent.explicit_art9 = msg->explicit_art9;
     consent.valid_until = msg->valid_until;
+    kim_str_copy (consent.giver, sizeof consent.giver, msg->giver);
     zsys_info ("consent: %s granted by %s for case %s (%zu recipients, %zu purposes, until %"
                PRIu64 ")", consent.id, consent.granted_by, consent.case_id,
                consent.recipient_count, consent.purpose_count, consent.valid_until);
-    return s_consent_put (ctx, &consent);
+    int rc = s_consent_put (ctx, &consent);
+    return rc? rc: s_expiry_put (ctx, &consent);
 }
 
 static int
 s_revoke_check (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
 {
     const kim_msg_t *msg = route->msg;
+    const char *broker_set = msg->code [0]? "code": msg->referral_id [0]? "referral_id"
+                           : msg->ref_msg_id [0]? "ref_msg_id": NULL;
+    if (broker_set) {
+        char path [KIM_PATH_MAX + 1];
+        snprintf (path, sizeof path, "hdr.%s", broker_set);
+        return s_refuse (verdict, KIM_E_BAD_VALUE, path, "%s is set by the broker on the "
+                         "notices it makes", broker_set);
+    }
     kim_consent_t consent;
     int rc = s_consent_get (ctx, msg->grant_id, &consent);
     int knows = rc == 0? s_knows_consent (ctx, &consent, msg->sender): 0;
@@ -247,34 +266,24 @@ s_revoke_check (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
     return 0;
 }
 
-//  Revocation: blocks new transfers at once (the registry says revoked),
-//  suspends open referrals relying on it (life cycle), and tells every
-//  organisation that received data under it.
+//  Tells every organisation that received data under `consent` (but
+//  `skip`) that it ended, with `code` "revoked" or "expired": a
+//  broker-made CONSENT_REVOKE. Then, for an expiry, the case's lead, so
+//  that it knows to renew. Returns how many were told, or -KIM_E_*.
 static int
-s_revoke_applied (kim_ctx_t *ctx, kim_route_t *route)
+s_tell_recipients (kim_ctx_t *ctx, const kim_consent_t *consent, const char *skip,
+                   const char *code)
 {
-    const kim_msg_t *msg = route->msg;
-    kim_consent_t consent;
-    int rc = s_consent_get (ctx, msg->grant_id, &consent);
-    if (rc)
-        return rc;
-    consent.revoked_at = kim_ctx_now (ctx);
-    if ((rc = s_consent_put (ctx, &consent)))
-        return rc;
-    int suspended = kim_lifecycle_suspend_consent (ctx, consent.id);
-    if (suspended < 0)
-        return suspended;
-
     //  Collect the recipients first: emitting writes to the store.
     kim_store_t *store = kim_ctx_store (ctx);
     char orgs [64][KIM_ORG_MAX + 1];
     size_t count = 0;
     uint8_t prefix [KIM_ID_MAX + 2];
-    size_t prefix_size = strlen (consent.id) + 2;
+    size_t prefix_size = strlen (consent->id) + 2;
     prefix [0] = KIM_CONSENT_KEY_RECIPIENT;
-    memcpy (prefix + 1, consent.id, prefix_size - 1);
+    memcpy (prefix + 1, consent->id, prefix_size - 1);
     MDB_cursor *cursor;
-    rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &cursor);
+    int rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &cursor);
     if (rc)
         return kim_store_error (store, rc, "consent: listing recipients");
     MDB_val key = { prefix_size, prefix }, value;
@@ -292,20 +301,199 @@ s_revoke_applied (kim_ctx_t *ctx, kim_route_t *route)
         return kim_store_error (store, rc, "consent: listing recipients");
     if (count == sizeof orgs / sizeof orgs [0])
         zsys_warning ("consent: %s: more than %zu recipients; only the first are told",
-                      consent.id, count);
+                      consent->id, count);
+    //  An expiry has no sender: the lead hears of it like a recipient.
+    char lead [KIM_ORG_MAX + 1] = "";
+    if (streq (code, "expired")) {
+        rc = kim_lifecycle_case_lead (ctx, consent->case_id, lead);
+        if (rc && rc != -KIM_E_UNKNOWN_CASE)
+            return rc;
+    }
     rc = 0;
-    for (size_t i = 0; rc == 0 && i < count; i++) {
-        if (streq (orgs [i], msg->sender) || !kim_ctx_org (ctx, orgs [i]))
+    int told = 0;
+    for (size_t i = 0; rc == 0 && i <= count; i++) {
+        const char *org = i < count? orgs [i]: lead;
+        if (!org [0] || streq (org, skip) || !kim_ctx_org (ctx, org)
+        ||  (i == count && s_in_list (orgs, count, lead)))
             continue;
         kim_msg_t notice;
         kim_msg_init (&notice);
         notice.type = KIM_TYPE_CONSENT_REVOKE;
-        kim_str_copy (notice.grant_id, sizeof notice.grant_id, consent.id);
-        kim_str_copy (notice.case_id, sizeof notice.case_id, consent.case_id);
-        rc = kim_ctx_emit (ctx, &notice, orgs [i], NULL);
+        kim_str_copy (notice.grant_id, sizeof notice.grant_id, consent->id);
+        kim_str_copy (notice.case_id, sizeof notice.case_id, consent->case_id);
+        kim_str_copy (notice.code, sizeof notice.code, code);
+        rc = kim_ctx_emit (ctx, &notice, org, NULL);
+        told++;
     }
-    zsys_info ("consent: %s revoked by %s: %d referrals suspended, %zu earlier recipients told",
-               consent.id, msg->sender, suspended, count);
+    return rc? rc: told;
+}
+
+//  Revocation: blocks new transfers at once (the registry says revoked),
+//  suspends open referrals relying on it and withholds what they had not
+//  delivered yet (life cycle), and tells every organisation that received
+//  data under it.
+static int
+s_revoke_applied (kim_ctx_t *ctx, kim_route_t *route)
+{
+    const kim_msg_t *msg = route->msg;
+    kim_consent_t consent;
+    int rc = s_consent_get (ctx, msg->grant_id, &consent);
+    if (rc)
+        return rc;
+    consent.revoked_at = kim_ctx_now (ctx);
+    if ((rc = s_consent_put (ctx, &consent)))
+        return rc;
+    size_t withheld = 0;
+    int suspended = kim_lifecycle_suspend_consent (ctx, consent.id, false, &withheld);
+    if (suspended < 0)
+        return suspended;
+    int told = s_tell_recipients (ctx, &consent, msg->sender, "revoked");
+    if (told < 0)
+        return told;
+    zsys_info ("consent: %s revoked by %s: %d referrals suspended, %zu messages withheld, "
+               "%d earlier recipients told", consent.id, msg->sender, suspended, withheld, told);
+    return 0;
+}
+
+//  Expiry: a consent past its valid_until ends as a revoked one does, but
+//  its referrals become LAPSED (renew the consent) rather than SUSPENDED
+//  (the person said no). The registry is unchanged: CONSENT_EXPIRED is
+//  judged against valid_until at every check.
+static int
+s_lapse (kim_ctx_t *ctx, const kim_consent_t *consent)
+{
+    size_t withheld = 0;
+    int suspended = kim_lifecycle_suspend_consent (ctx, consent->id, true, &withheld);
+    if (suspended < 0)
+        return suspended;
+    int told = s_tell_recipients (ctx, consent, "", "expired");
+    if (told < 0)
+        return told;
+    zsys_info ("consent: %s expired: %d referrals lapsed, %zu messages withheld, %d told",
+               consent->id, suspended, withheld, told);
+    return 0;
+}
+
+#define S_LAPSE_BATCH 16        //  consents lapsed per tick, so a tick stays short
+#define S_META_EXPIRY "Mexpiry_index"
+
+//  A store from before the expiry index has consents without an 'E'
+//  entry: they would be refused when expired but never lapse. Once per
+//  store, index every unrevoked consent (those already past their time
+//  lapse at the next tick), then mark the store as indexed.
+static int
+s_expiry_migrate (kim_ctx_t *ctx)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    MDB_txn *txn = kim_store_txn (store);
+    MDB_dbi dbi = kim_store_dbi (store, KIM_DB_CONSENT);
+    MDB_val meta = { strlen (S_META_EXPIRY), (void *) S_META_EXPIRY }, value;
+    int rc = mdb_get (txn, dbi, &meta, &value);
+    if (rc == 0)
+        return 0;
+    if (rc != MDB_NOTFOUND)
+        return kim_store_error (store, rc, "consent: reading the expiry index mark");
+    zlistx_t *ids = zlistx_new ();
+    if (!ids)
+        return -KIM_E_NOMEM;
+    zlistx_set_destructor (ids, (zlistx_destructor_fn *) zstr_free);
+    MDB_cursor *cursor;
+    rc = mdb_cursor_open (txn, dbi, &cursor);
+    if (rc) {
+        zlistx_destroy (&ids);
+        return kim_store_error (store, rc, "consent: listing consents");
+    }
+    uint8_t first = KIM_CONSENT_KEY_CONSENT;
+    MDB_val key = { 1, &first };
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE); rc == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        const char *bytes = (const char *) key.mv_data;
+        if (bytes [0] != KIM_CONSENT_KEY_CONSENT)
+            break;
+        if (key.mv_size > 1 && key.mv_size <= KIM_ID_MAX + 1
+        &&  !zlistx_add_end (ids, zsys_sprintf ("%.*s", (int) key.mv_size - 1, bytes + 1)))
+            break;
+    }
+    mdb_cursor_close (cursor);
+    rc = rc && rc != MDB_NOTFOUND? kim_store_error (store, rc, "consent: listing consents"): 0;
+    size_t indexed = 0;
+    for (char *id = (char *) zlistx_first (ids); rc == 0 && id; id = (char *) zlistx_next (ids)) {
+        kim_consent_t consent;
+        rc = s_consent_get (ctx, id, &consent);
+        if (rc == 0 && !consent.revoked_at) {
+            rc = s_expiry_put (ctx, &consent);
+            indexed++;
+        }
+        else
+        if (rc == -KIM_E_INTERNAL)
+            rc = 0;             //  a record of another build: logged, left alone
+    }
+    zlistx_destroy (&ids);
+    if (rc == 0) {
+        MDB_val empty = { 0, (void *) S_META_EXPIRY };
+        rc = mdb_put (txn, dbi, &meta, &empty, 0);
+        rc = rc? kim_store_error (store, rc, "consent: marking the expiry index"): 0;
+    }
+    if (rc == 0 && indexed)
+        zsys_info ("consent: indexed %zu registered consents by expiry", indexed);
+    return rc;
+}
+
+//  Finds consents whose valid_until has passed on the broker's clock (the
+//  expiry index is ordered by time: only due entries are read).
+static int
+s_tick (void *state, kim_ctx_t *ctx)
+{
+    (void) state;
+    kim_store_t *store = kim_ctx_store (ctx);
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn)
+        return 0;
+    int rc = s_expiry_migrate (ctx);
+    if (rc)
+        return rc;
+    uint64_t now = kim_ctx_now (ctx);
+    uint8_t due [S_LAPSE_BATCH][9 + KIM_ID_MAX];
+    size_t due_size [S_LAPSE_BATCH], count = 0;
+    MDB_cursor *cursor;
+    rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_CONSENT), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "consent: reading the expiry index");
+    uint8_t first = KIM_CONSENT_KEY_EXPIRY;
+    MDB_val key = { 1, &first }, value;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
+         rc == 0 && count < S_LAPSE_BATCH;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        const uint8_t *bytes = (const uint8_t *) key.mv_data;
+        if (key.mv_size < 10 || key.mv_size > 9 + KIM_ID_MAX || bytes [0] != KIM_CONSENT_KEY_EXPIRY)
+            break;
+        uint64_t until = 0;
+        for (int i = 0; i < 8; i++)
+            until = (until << 8) | bytes [1 + i];
+        if (until > now)
+            break;
+        memcpy (due [count], bytes, key.mv_size);
+        due_size [count++] = key.mv_size;
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND && count < S_LAPSE_BATCH)
+        return kim_store_error (store, rc, "consent: reading the expiry index");
+    rc = 0;
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        MDB_val k = { due_size [i], due [i] };
+        rc = mdb_del (txn, kim_store_dbi (store, KIM_DB_CONSENT), &k, NULL);
+        if (rc && rc != MDB_NOTFOUND)
+            return kim_store_error (store, rc, "consent: removing an expiry");
+        char id [KIM_ID_MAX + 1];
+        snprintf (id, sizeof id, "%.*s", (int) (due_size [i] - 9), (const char *) due [i] + 9);
+        kim_consent_t consent;
+        rc = s_consent_get (ctx, id, &consent);
+        if (rc == -KIM_E_NOT_FOUND)
+            rc = 0;
+        else
+        if (rc == 0 && !consent.revoked_at)
+            rc = s_lapse (ctx, &consent);
+    }
     return rc;
 }
 
@@ -333,7 +521,7 @@ s_decision_record (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg
                                    msg->msg_id, kim_type_name (msg->type), msg->sender, recipient,
                                    msg->referral_id, msg->case_id, msg->subject, msg->purpose);
     bool first = true;
-    for (uint32_t bit = 1; rc == 0 && bit <= KIM_CAT_RESIDENCE_STATUS; bit <<= 1)
+    for (uint32_t bit = 1; rc == 0 && bit <= KIM_CAT_LAST; bit <<= 1)
         if (msg->categories & bit) {
             rc = kim_consent_json (json, "%s\"%s\"", first? "": ",", kim_category_name (bit));
             first = false;
@@ -361,10 +549,12 @@ s_data_recipient (const kim_route_t *route)
          : route->recipient? route->recipient->id: "";
 }
 
-//  The consent lookup for a transfer: a consent is a legal basis for those
-//  who know it (s_knows_consent). To anyone else it is not registered, so
-//  a sender naming another's consent id learns nothing of its scope or
-//  state, and cannot lean on it.
+//  The consent lookup for a transfer. To a sender that does not know the
+//  consent (s_knows_consent) it is not registered, so naming another's
+//  consent id teaches nothing of its scope or state. To those who know it
+//  the engine then checks its binding (subject, case, the case's lead:
+//  facts.case_id and case_lead), so knowing a consent is not yet leave to
+//  cite it.
 typedef struct {
     kim_ctx_t *ctx;
     const char *sender;
@@ -392,6 +582,17 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
         return s_refuse (verdict, KIM_E_UNKNOWN_RECIPIENT,
                          msg->type == KIM_TYPE_FORWARD? "hdr.org": "hdr.recipient",
                          "%s is not a registered organisation", recipient_id);
+    //  The binding of a consent the transfer may cite: the case the data
+    //  move in (a FORWARD's is its referral's) and who leads it now.
+    char case_id [KIM_ID_MAX + 1], lead [KIM_ORG_MAX + 1] = "";
+    kim_str_copy (case_id, sizeof case_id, msg->case_id);
+    int rc = 0;
+    if (msg->type == KIM_TYPE_FORWARD)
+        rc = kim_lifecycle_referral_case (ctx, msg->referral_id, case_id, NULL);
+    if (rc == 0 || rc == -KIM_E_UNKNOWN_REFERRAL)
+        rc = case_id [0]? kim_lifecycle_case_lead (ctx, case_id, lead): 0;
+    if (rc && rc != -KIM_E_UNKNOWN_CASE && rc != -KIM_E_UNKNOWN_REFERRAL)
+        return rc;
     kim_policy_facts_t facts = {
         .msg = msg,
         .sender_type = route->sender->type,
@@ -399,10 +600,12 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
         .recipient = recipient->id,
         .recipient_type = recipient->type,
         .now = kim_ctx_now (ctx),
+        .case_id = case_id,
+        .case_lead = lead,
     };
     kim_policy_decision_t decision;
     s_lookup_t lookup = { ctx, route->sender->id };
-    int rc = kim_policy_decide (self->policy, &facts, s_consent_get_for, &lookup, &decision,
+    rc = kim_policy_decide (self->policy, &facts, s_consent_get_for, &lookup, &decision,
                                 NULL);
     if (rc)
         return rc;
@@ -479,6 +682,35 @@ s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
     return rc;
 }
 
+//  An answer inside a referral that carries a payload (an INFO_RESPONSE,
+//  a STATUS with a report...) is data about the referral's subject too:
+//  it goes into the subject index, so that access reports list it and its
+//  sender's erasure purges it. The subject is the opening message's.
+static int
+s_index_answer (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route)
+{
+    const kim_msg_t *msg = route->msg;
+    char case_id [KIM_ID_MAX + 1];
+    uint64_t opened = 0;
+    int rc = kim_lifecycle_referral_case (ctx, msg->referral_id, case_id, &opened);
+    if (rc == -KIM_E_UNKNOWN_REFERRAL || (rc == 0 && !opened))
+        return 0;
+    kim_record_t record;
+    rc = rc? rc: kim_store_read (kim_ctx_store (ctx), opened, &record);
+    if (rc == -KIM_E_NOT_FOUND)
+        return 0;
+    if (rc)
+        return rc;
+    kim_decode_error_t error;
+    if (record.kind != KIM_RECORD_MESSAGE
+    ||  kim_msg_decode (self->scratch, record.body, record.body_size, &error)
+    ||  !self->scratch->subject [0])
+        return 0;
+    char subject [KIM_SUBJECT_MAX + 1];
+    kim_str_copy (subject, sizeof subject, self->scratch->subject);
+    return kim_subject_index (ctx, subject, route->seq);
+}
+
 static int
 s_applied_type (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route)
 {
@@ -502,7 +734,9 @@ s_applied_type (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route)
         case KIM_TYPE_ERASURE:
             return kim_subject_applied (self, ctx, route);
         default:
-            return 0;
+            return route->payload_size && msg->referral_id [0]
+                && (kim_type_flags (msg->type) & KIM_MSG_FROM_AGENCY)
+                 ? s_index_answer (self, ctx, route): 0;
     }
 }
 
@@ -585,6 +819,7 @@ kim_consent_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, siz
         .name = "consent",
         .check = s_check,
         .applied = s_applied,
+        .tick = s_tick,
         .destroy = s_destroy,
         .state = self,
     };

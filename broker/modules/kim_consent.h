@@ -7,6 +7,9 @@
         'C' consent_id               -> kim_consent_t (the registered consent)
         'R' consent_id NUL org       -> seq (u64 BE): org received data under it
         'S' subject NUL seq (u64 BE) -> empty: a checked transfer about subject
+        'E' valid_until (u64 BE) consent_id -> empty: a consent still to lapse
+        'M' "expiry_index"           -> empty: the 'E' entries were built for
+                                        the consents registered before them
 
     Why here and not in the life cycle: the life cycle asks "may this move
     happen in this referral?", this module asks "may this data pass to that

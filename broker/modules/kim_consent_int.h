@@ -1,5 +1,7 @@
 /*  kim_consent_int.h — shared between kim_consent.c (policy check, consent
-    registry) and kim_subject.c (access reports and erasure). Private. */
+    registry), kim_subject.c (access reports and erasure) and
+    kim_consent_json.c (the JSON writer both use). Private. Calls go one
+    way: kim_consent.c -> kim_subject.c -> kim_consent_json.c. */
 #ifndef KIM_CONSENT_INT_H_INCLUDED
 #define KIM_CONSENT_INT_H_INCLUDED
 
@@ -10,6 +12,8 @@
 #define KIM_CONSENT_KEY_CONSENT   'C'
 #define KIM_CONSENT_KEY_RECIPIENT 'R'
 #define KIM_CONSENT_KEY_SUBJECT   'S'
+#define KIM_CONSENT_KEY_EXPIRY    'E'
+#define KIM_CONSENT_KEY_META      'M'
 
 typedef struct {
     kim_policy_t *policy;
@@ -20,7 +24,8 @@ typedef struct {
     bool allowed;                   //  `check` allowed the message now being applied
 } kim_consent_mod_t;
 
-//  Appends formatted text / a JSON string literal (quoted, escaped).
+//  Appends formatted text / a JSON string literal (quoted, escaped)
+//  (kim_consent_json.c).
 int
     kim_consent_json (kim_buf_t *buf, const char *format, ...);
 int

@@ -423,7 +423,8 @@ static const s_move_t s_moves [] = {
     { KIM_TYPE_FORWARD,       S_BY_RECIPIENT, S_OPEN, KIM_REFERRAL_FORWARDED },
     { KIM_TYPE_STATUS,        S_BY_RECIPIENT, S_TAKEN_UP, KIM_REFERRAL_IN_PROGRESS },
     { KIM_TYPE_OUTCOME,       S_BY_RECIPIENT, S_TAKEN_UP, KIM_REFERRAL_COMPLETED },
-    { KIM_TYPE_WITHDRAW,      S_BY_SENDER, S_OPEN | S_BIT (SUSPENDED), KIM_REFERRAL_WITHDRAWN },
+    { KIM_TYPE_WITHDRAW,      S_BY_SENDER, S_OPEN | S_BIT (SUSPENDED) | S_BIT (LAPSED),
+                              KIM_REFERRAL_WITHDRAWN },
     { KIM_TYPE_INFO_REQUEST,  S_BY_RECIPIENT | S_BY_SENDER, S_OPEN, 0 },
     { KIM_TYPE_INFO_RESPONSE, S_BY_RECIPIENT | S_BY_SENDER, S_OPEN, 0 },
 };
@@ -880,10 +881,64 @@ s_collect_id (void *arg, const char *referral_id)
 }
 
 int
-kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id)
+kim_lifecycle_referral_case (kim_ctx_t *ctx, const char *referral_id,
+                             char case_id [KIM_ID_MAX + 1], uint64_t *opened_seq)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    if (!kim_store_txn (store) || !referral_id)
+        return -KIM_E_ARGS;
+    kim_referral_t referral;
+    int rc = referral_id [0]? kim_lc_referral_get (store, referral_id, &referral): -KIM_E_NOT_FOUND;
+    if (rc == -KIM_E_NOT_FOUND)
+        return -KIM_E_UNKNOWN_REFERRAL;
+    if (rc == 0)
+        snprintf (case_id, KIM_ID_MAX + 1, "%s", referral.case_id);
+    if (rc == 0 && opened_seq)
+        *opened_seq = referral.created_seq;
+    return rc;
+}
+
+//  A referral's opening message (REFERRAL or FORWARD) that its recipient
+//  has not acknowledged is still in the recipient's mailbox: take it out
+//  and purge its payload, so that neither a delivery nor a redelivery
+//  carries the data, and tell its sender. 1 withheld, 0 not there, -code.
+static int
+s_withhold (kim_ctx_t *ctx, const kim_referral_t *referral, bool expired)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    char note [KIM_MAILBOX_NOTE_MAX + 1];
+    int rc = kim_store_mailbox_take (store, referral->recipient, referral->created_seq, note);
+    if (rc == -KIM_E_NOT_FOUND)
+        return 0;
+    if (rc == 0)
+        rc = kim_store_payload_del (store, referral->created_seq);
+    if (rc)
+        return rc;
+    kim_msg_t notice;
+    kim_msg_init (&notice);
+    notice.type = KIM_TYPE_CONSENT_REVOKE;
+    kim_str_copy (notice.grant_id, sizeof notice.grant_id, referral->consent_id);
+    kim_str_copy (notice.case_id, sizeof notice.case_id, referral->case_id);
+    kim_str_copy (notice.referral_id, sizeof notice.referral_id, referral->id);
+    kim_str_copy (notice.ref_msg_id, sizeof notice.ref_msg_id, referral->msg_id);
+    kim_str_copy (notice.code, sizeof notice.code, "withheld");
+    if (kim_ctx_org (ctx, referral->sender))
+        rc = kim_ctx_emit (ctx, &notice, referral->sender, NULL);
+    if (rc == 0)
+        zsys_info ("lifecycle: referral %s (seq %" PRIu64 ") withheld from %s: consent %s %s "
+                   "before delivery", referral->id, referral->created_seq, referral->recipient,
+                   referral->consent_id, expired? "expired": "was revoked");
+    return rc == 0? 1: rc;
+}
+
+int
+kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id, bool expired,
+                               size_t *withheld)
 {
     kim_store_t *store = kim_ctx_store (ctx);
     MDB_txn *txn = kim_store_txn (store);
+    if (withheld)
+        *withheld = 0;
     if (!txn || !consent_id || !consent_id [0])
         return -KIM_E_ARGS;
     //  Collect first: moving writes to the store. The index lists the
@@ -896,7 +951,9 @@ kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id)
     size_t prefix_size = kim_lc_index_consent_key (prefix, consent_id, NULL);
     int rc = kim_lc_index_scan (store, prefix, prefix_size, s_collect_id, ids);
     //  The parties hear of the revocation from the consent module, which
-    //  tells every earlier recipient once; here the referrals only stop.
+    //  tells every earlier recipient once; here the referrals stop, and
+    //  what was not delivered yet is withheld.
+    uint32_t to = expired? KIM_REFERRAL_LAPSED: KIM_REFERRAL_SUSPENDED;
     int suspended = 0;
     for (char *id = (char *) zlistx_first (ids); rc == 0 && id; id = (char *) zlistx_next (ids)) {
         kim_referral_t referral;
@@ -907,11 +964,15 @@ kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id)
         }
         if (rc || !kim_lc_state_open (referral.state) || !streq (referral.consent_id, consent_id))
             continue;
-        rc = kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_SUSPENDED,
-                                   kim_store_head (store));
+        rc = kim_lc_referral_move (ctx, &referral, to, kim_store_head (store));
         if (rc == 0) {
             suspended++;
-            zsys_info ("lifecycle: referral %s SUSPENDED: consent %s was revoked", id, consent_id);
+            zsys_info ("lifecycle: referral %s %s: consent %s %s", id, kim_lc_state_name (to),
+                       consent_id, expired? "expired": "was revoked");
+            rc = s_withhold (ctx, &referral, expired);
+            if (rc > 0 && withheld)
+                (*withheld)++;
+            rc = rc > 0? 0: rc;
         }
     }
     zlistx_destroy (&ids);

@@ -34,13 +34,25 @@ int
 int
     kim_lifecycle_case_lead (kim_ctx_t *ctx, const char *case_id, char lead [KIM_ORG_MAX + 1]);
 
-//  Consent `consent_id` was revoked: every open referral that relies on it
-//  (legal_basis consent_id of its REFERRAL or FORWARD) becomes SUSPENDED,
-//  with a state record in the log. The parties are told by the consent
-//  module, which sends each earlier recipient one CONSENT_REVOKE notice.
-//  Returns how many referrals were suspended, or -KIM_E_*.
+//  Copies the case of referral `referral_id` into `case_id` and, when
+//  `opened_seq` is not NULL, sets it to the log seq of the REFERRAL or
+//  FORWARD that opened it. Returns 0, -KIM_E_UNKNOWN_REFERRAL, -KIM_E_ARGS
+//  outside a write batch, or -KIM_E_*.
 int
-    kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id);
+    kim_lifecycle_referral_case (kim_ctx_t *ctx, const char *referral_id,
+                                 char case_id [KIM_ID_MAX + 1], uint64_t *opened_seq);
+
+//  Consent `consent_id` was revoked (or, `expired`, ran out): every open
+//  referral that relies on it (legal_basis consent_id of its REFERRAL or
+//  FORWARD) becomes SUSPENDED (LAPSED), with a state record in the log.
+//  An opening message its recipient has not acknowledged yet is withheld:
+//  taken from the mailbox, its payload purged, and its sender told by a
+//  broker-made CONSENT_REVOKE with code "withheld" (counted in *withheld).
+//  Earlier recipients are told by the consent module. Returns how many
+//  referrals were suspended, or -KIM_E_*.
+int
+    kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id, bool expired,
+                                   size_t *withheld);
 
 void
     kim_lifecycle_test (bool verbose);

@@ -34,7 +34,8 @@
     X(OVERDUE,        9)        \
     X(EXPIRED,       10)        \
     X(WITHDRAWN,     11)        \
-    X(SUSPENDED,     12)
+    X(SUSPENDED,     12)        \
+    X(LAPSED,        13)
 
 typedef enum {
     KIM_REFERRAL_NONE = 0,

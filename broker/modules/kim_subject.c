@@ -24,7 +24,10 @@
 #include "kim_consent_int.h"
 #include "kim_lifecycle.h"
 
-#define S_ENTRIES_MAX 4096      //  transfers one report or erasure covers
+#define S_CHUNK         1024    //  index entries read per cursor pass
+#define S_PAGE          1000    //  transfers per ACCESS_REPORT page (about 300 KB)
+#define S_PURGE_PART    4096    //  seqs per PURGE record (fits an auditor's RECORD frame)
+#define S_TOLD_MAX      128     //  distinct recipients an erasure tells
 
 //  One transfer as the report shows it, copied out of the log record.
 typedef struct {
@@ -43,6 +46,9 @@ typedef struct {
     bool payload;
 } s_entry_t;
 
+//  Called for each transfer the asker may see: 0 to go on, 1 to stop, -code.
+typedef int (s_each_fn) (void *arg, const s_entry_t *entry);
+
 int
 kim_subject_index (kim_ctx_t *ctx, const char *subject, uint64_t seq)
 {
@@ -58,82 +64,110 @@ kim_subject_index (kim_ctx_t *ctx, const char *subject, uint64_t seq)
     return rc? kim_store_error (store, rc, "consent: indexing a subject"): 0;
 }
 
-//  Collects the transfers about `subject` that `asker` may see: its own
-//  (in `case_id` when given), and unless `own`, every transfer of
-//  `lead_case` (when the asker leads that case). Returns how many, or -KIM_E_*.
-static int
-s_collect (kim_consent_mod_t *self, kim_ctx_t *ctx, const char *subject, const char *asker,
-           const char *case_id, const char *lead_case, bool own, s_entry_t *entries)
+//  Walks the transfers about `subject` that `asker` may see, in log
+//  order: its own (in `case_id` when given), and unless `own`, every
+//  transfer of `lead_case` (when the asker leads that case). No cap: the
+//  subject index is read in chunks of S_CHUNK keys, each pass reopening
+//  its cursor after the last key, so that `fn` may write to the store.
+//  Cost per transfer: one index key, one log record read and decoded,
+//  one payload lookup. Returns how many `fn` saw, or -KIM_E_*.
+static int64_t
+s_each (kim_consent_mod_t *self, kim_ctx_t *ctx, const char *subject, const char *asker,
+        const char *case_id, const char *lead_case, bool own, s_each_fn *fn, void *arg)
 {
     kim_store_t *store = kim_ctx_store (ctx);
-    uint8_t prefix [1 + KIM_SUBJECT_MAX + 1];
+    uint8_t prefix [1 + KIM_SUBJECT_MAX + 1 + 8];
     size_t prefix_size = strlen (subject) + 2;
     prefix [0] = KIM_CONSENT_KEY_SUBJECT;
     memcpy (prefix + 1, subject, prefix_size - 1);
-    uint64_t seqs [S_ENTRIES_MAX];
-    size_t seq_count = 0;
-    MDB_cursor *cursor;
-    int rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &cursor);
-    if (rc)
-        return kim_store_error (store, rc, "consent: reading the subject index");
-    MDB_val key = { prefix_size, prefix }, value;
-    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
-         rc == 0 && seq_count < S_ENTRIES_MAX;
-         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
-        if (key.mv_size != prefix_size + 8 || memcmp (key.mv_data, prefix, prefix_size) != 0)
-            break;
-        const uint8_t *bytes = (const uint8_t *) key.mv_data + prefix_size;
-        uint64_t seq = 0;
+    uint64_t *seqs = (uint64_t *) malloc (S_CHUNK * sizeof (uint64_t));
+    if (!seqs)
+        return -KIM_E_NOMEM;
+    int64_t seen = 0;
+    uint64_t from = 0;              //  the next pass starts at this seq
+    int rc = 0;
+    bool more = true;
+    while (rc == 0 && more) {
+        size_t seq_count = 0;
+        uint8_t start [sizeof prefix];
+        memcpy (start, prefix, prefix_size);
         for (int i = 0; i < 8; i++)
-            seq = (seq << 8) | bytes [i];
-        seqs [seq_count++] = seq;
-    }
-    mdb_cursor_close (cursor);
-    if (rc && rc != MDB_NOTFOUND && seq_count < S_ENTRIES_MAX)
-        return kim_store_error (store, rc, "consent: reading the subject index");
-    if (seq_count == S_ENTRIES_MAX)
-        zsys_warning ("consent: subject %s: more than %d transfers; the answer covers the first",
-                      subject, S_ENTRIES_MAX);
-    int count = 0;
-    for (size_t i = 0; i < seq_count; i++) {
-        kim_record_t record;
-        rc = kim_store_read (store, seqs [i], &record);
-        if (rc == -KIM_E_NOT_FOUND || (rc == 0 && record.kind != KIM_RECORD_MESSAGE))
-            continue;
-        if (rc)
-            return rc;
-        kim_msg_t *msg = self->scratch;
-        kim_decode_error_t error;
-        if (kim_msg_decode (msg, record.body, record.body_size, &error)) {
-            zsys_error ("consent: log record %" PRIu64 " of subject %s does not decode: %s at %s",
-                        seqs [i], subject, kim_strerror (error.code), error.path);
-            continue;
+            start [prefix_size + i] = (uint8_t) (from >> (56 - 8 * i));
+        MDB_cursor *cursor;
+        rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &cursor);
+        if (rc) {
+            rc = kim_store_error (store, rc, "consent: reading the subject index");
+            break;
         }
-        bool mine = streq (msg->sender, asker) && (!case_id [0] || streq (msg->case_id, case_id));
-        bool led = !own && lead_case [0] && streq (msg->case_id, lead_case);
-        if (!mine && !led)
-            continue;
-        s_entry_t *entry = &entries [count++];
-        entry->seq = record.seq;
-        entry->time = record.time_ms;
-        entry->type = msg->type;
-        kim_str_copy (entry->sender, sizeof entry->sender, msg->sender);
-        snprintf (entry->recipient, sizeof entry->recipient, "%s",
-                  msg->type == KIM_TYPE_FORWARD? msg->org: msg->recipient);
-        kim_str_copy (entry->case_id, sizeof entry->case_id, msg->case_id);
-        kim_str_copy (entry->purpose, sizeof entry->purpose, msg->purpose);
-        entry->categories = msg->categories;
-        entry->basis = msg->basis;
-        kim_str_copy (entry->consent_id, sizeof entry->consent_id, msg->consent_id);
-        kim_str_copy (entry->citation, sizeof entry->citation, msg->citation);
-        kim_str_copy (entry->rule, sizeof entry->rule, msg->rule);
-        const uint8_t *payload = NULL;
-        size_t payload_size = 0;
-        if ((rc = kim_store_payload_get (store, seqs [i], &payload, &payload_size)))
-            return rc;
-        entry->payload = payload_size > 0;
+        MDB_val key = { prefix_size + 8, start }, value;
+        for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
+             rc == 0 && seq_count < S_CHUNK;
+             rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+            if (key.mv_size != prefix_size + 8 || memcmp (key.mv_data, prefix, prefix_size) != 0)
+                break;
+            const uint8_t *bytes = (const uint8_t *) key.mv_data + prefix_size;
+            uint64_t seq = 0;
+            for (int i = 0; i < 8; i++)
+                seq = (seq << 8) | bytes [i];
+            seqs [seq_count++] = seq;
+        }
+        mdb_cursor_close (cursor);
+        more = seq_count == S_CHUNK;
+        if (rc && rc != MDB_NOTFOUND && !more) {
+            rc = kim_store_error (store, rc, "consent: reading the subject index");
+            break;
+        }
+        rc = 0;
+        if (seq_count)
+            from = seqs [seq_count - 1] + 1;
+        for (size_t i = 0; rc == 0 && i < seq_count; i++) {
+            kim_record_t record;
+            rc = kim_store_read (store, seqs [i], &record);
+            if (rc == -KIM_E_NOT_FOUND || (rc == 0 && record.kind != KIM_RECORD_MESSAGE)) {
+                rc = 0;
+                continue;
+            }
+            if (rc)
+                break;
+            kim_msg_t *msg = self->scratch;
+            kim_decode_error_t error;
+            if (kim_msg_decode (msg, record.body, record.body_size, &error)) {
+                zsys_error ("consent: log record %" PRIu64 " of subject %s does not decode: %s "
+                            "at %s", seqs [i], subject, kim_strerror (error.code), error.path);
+                continue;
+            }
+            bool mine = streq (msg->sender, asker) && (!case_id [0] || streq (msg->case_id, case_id));
+            bool led = !own && lead_case [0] && streq (msg->case_id, lead_case);
+            if (!mine && !led)
+                continue;
+            s_entry_t entry;
+            entry.seq = record.seq;
+            entry.time = record.time_ms;
+            entry.type = msg->type;
+            kim_str_copy (entry.sender, sizeof entry.sender, msg->sender);
+            snprintf (entry.recipient, sizeof entry.recipient, "%s",
+                      msg->type == KIM_TYPE_FORWARD? msg->org: msg->recipient);
+            kim_str_copy (entry.case_id, sizeof entry.case_id, msg->case_id);
+            kim_str_copy (entry.purpose, sizeof entry.purpose, msg->purpose);
+            entry.categories = msg->categories;
+            entry.basis = msg->basis;
+            kim_str_copy (entry.consent_id, sizeof entry.consent_id, msg->consent_id);
+            kim_str_copy (entry.citation, sizeof entry.citation, msg->citation);
+            kim_str_copy (entry.rule, sizeof entry.rule, msg->rule);
+            const uint8_t *payload = NULL;
+            size_t payload_size = 0;
+            if ((rc = kim_store_payload_get (store, seqs [i], &payload, &payload_size)))
+                break;
+            entry.payload = payload_size > 0;
+            seen++;
+            rc = fn (arg, &entry);
+            if (rc == 1)
+                more = false;
+        }
+        rc = rc == 1? 0: rc;
     }
-    return count;
+    free (seqs);
+    return rc? rc: seen;
 }
 
 //  The case the asker leads, when it names one; "" otherwise.
@@ -154,10 +188,12 @@ s_lead_case (kim_ctx_t *ctx, const kim_msg_t *msg, char lead_case [KIM_ID_MAX + 
     return 0;
 }
 
-static s_entry_t *
-s_entries_new (void)
+static int
+s_found (void *arg, const s_entry_t *entry)
 {
-    return (s_entry_t *) calloc (S_ENTRIES_MAX, sizeof (s_entry_t));
+    (void) arg;
+    (void) entry;
+    return 1;                       //  one transfer of the asker's is enough
 }
 
 int
@@ -169,14 +205,11 @@ kim_subject_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
     int rc = s_lead_case (ctx, msg, lead_case);
     if (rc || lead_case [0])
         return rc;
-    s_entry_t *entries = s_entries_new ();
-    if (!entries)
-        return -KIM_E_NOMEM;
-    rc = s_collect (self, ctx, msg->subject, msg->sender, msg->case_id, "", true, entries);
-    free (entries);
-    if (rc < 0)
-        return rc;
-    if (rc > 0)
+    int64_t found = s_each (self, ctx, msg->subject, msg->sender, msg->case_id, "", true,
+                            s_found, NULL);
+    if (found < 0)
+        return (int) found;
+    if (found > 0)
         return 0;
     verdict->code = KIM_E_NOT_PARTY;
     snprintf (verdict->path, sizeof verdict->path, "hdr.subject");
@@ -222,120 +255,208 @@ s_emit_payload (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_msg_t *msg, const c
     return rc;
 }
 
+//  An access report is sent in pages of S_PAGE transfers, each a
+//  broker-made ACCESS_REPORT; the last says "last": true and the total.
+typedef struct {
+    kim_consent_mod_t *self;
+    kim_ctx_t *ctx;
+    const kim_msg_t *msg;
+    int64_t total;
+    uint32_t page;                  //  pages sent
+    uint32_t in_page;               //  transfers in the page being written
+} s_report_t;
+
 static int
-s_report (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, s_entry_t *entries,
-          int count)
+s_page_open (s_report_t *report)
 {
-    kim_buf_t *json = &self->json;
+    kim_buf_t *json = &report->self->json;
     kim_buf_reset (json);
-    int rc = kim_consent_json (json, "{\"subject\":\"%s\",\"requested_by\":\"%s\",\"case_id\":\"%s\","
-                               "\"generated_at\":%" PRIu64 ",\"truncated\":%s,\"transfers\":[",
-                               msg->subject, msg->sender, msg->case_id, kim_ctx_now (ctx),
-                               count == S_ENTRIES_MAX? "true": "false");
-    for (int i = 0; rc == 0 && i < count; i++) {
-        const s_entry_t *entry = &entries [i];
-        rc = kim_consent_json (json, "%s{\"seq\":%" PRIu64 ",\"time\":%" PRIu64 ",\"type\":\"%s\","
-                               "\"from\":\"%s\",\"to\":\"%s\",\"case_id\":\"%s\",\"purpose\":\"%s\","
-                               "\"categories\":[", i? ",": "", entry->seq, entry->time,
-                               kim_type_name (entry->type), entry->sender, entry->recipient,
-                               entry->case_id, entry->purpose);
-        bool first = true;
-        for (uint32_t bit = 1; rc == 0 && bit <= KIM_CAT_RESIDENCE_STATUS; bit <<= 1)
-            if (entry->categories & bit) {
-                rc = kim_consent_json (json, "%s\"%s\"", first? "": ",", kim_category_name (bit));
-                first = false;
-            }
-        rc = rc? rc: kim_consent_json (json, "],\"basis\":\"%s\",", s_basis_name (entry->basis));
-        if (rc == 0 && entry->basis == KIM_BASIS_CONSENT)
-            rc = kim_consent_json (json, "\"consent_id\":\"%s\",", entry->consent_id);
-        if (rc == 0 && entry->basis == KIM_BASIS_STATUTE) {
-            rc = kim_consent_json (json, "\"citation\":");
-            rc = rc? rc: kim_consent_json_str (json, entry->citation);
-            rc = rc? rc: kim_consent_json (json, ",");
-        }
-        rc = rc? rc: kim_consent_json (json, "\"rule\":\"%s\",\"payload\":\"%s\"}", entry->rule,
-                                       entry->payload? "kept": "erased");
-    }
-    rc = rc? rc: kim_consent_json (json, "]}\n");
+    report->in_page = 0;
+    return kim_consent_json (json, "{\"subject\":\"%s\",\"requested_by\":\"%s\",\"case_id\":"
+                             "\"%s\",\"generated_at\":%" PRIu64 ",\"page\":%u,\"transfers\":[",
+                             report->msg->subject, report->msg->sender, report->msg->case_id,
+                             kim_ctx_now (report->ctx), report->page + 1);
+}
+
+static int
+s_page_send (s_report_t *report, bool last)
+{
+    kim_buf_t *json = &report->self->json;
+    int rc = last? kim_consent_json (json, "],\"last\":true,\"total\":%" PRId64 "}\n",
+                                     report->total)
+                 : kim_consent_json (json, "],\"last\":false}\n");
     if (rc)
         return rc;
-    kim_msg_t report;
-    kim_msg_init (&report);
-    report.type = KIM_TYPE_ACCESS_REPORT;
-    kim_str_copy (report.subject, sizeof report.subject, msg->subject);
-    kim_str_copy (report.case_id, sizeof report.case_id, msg->case_id);
-    rc = s_emit_payload (self, ctx, &report, msg->sender, json->data, json->size);
-    if (rc == 0)
-        zsys_info ("consent: access report on subject %s for %s: %d transfers", msg->subject,
-                   msg->sender, count);
+    kim_msg_t page;
+    kim_msg_init (&page);
+    page.type = KIM_TYPE_ACCESS_REPORT;
+    kim_str_copy (page.subject, sizeof page.subject, report->msg->subject);
+    kim_str_copy (page.case_id, sizeof page.case_id, report->msg->case_id);
+    rc = s_emit_payload (report->self, report->ctx, &page, report->msg->sender, json->data,
+                         json->size);
+    report->page++;
     return rc;
 }
 
 static int
-s_erase (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, uint64_t request_seq,
-         s_entry_t *entries, int count)
+s_report_entry (void *arg, const s_entry_t *entry)
 {
-    kim_store_t *store = kim_ctx_store (ctx);
-    kim_buf_t *json = &self->json;
-    kim_buf_reset (json);
-    int rc = kim_consent_json (json, "{\"reason\":\"erasure\",\"subject\":\"%s\",\"requested_by\":"
-                               "\"%s\",\"msg_id\":\"%s\",\"request_seq\":%" PRIu64 ",\"case_id\":"
-                               "\"%s\",\"seqs\":[", msg->subject, msg->sender, msg->msg_id,
-                               request_seq, msg->case_id);
-    char told [KIM_LIST_MAX * 4][KIM_ORG_MAX + 1];
-    size_t told_count = 0, purged = 0;
-    for (int i = 0; rc == 0 && i < count; i++) {
-        const s_entry_t *entry = &entries [i];
-        if (entry->payload) {
-            rc = kim_store_payload_del (store, entry->seq);
-            rc = rc? rc: kim_consent_json (json, "%s%" PRIu64, purged? ",": "", entry->seq);
-            purged++;
+    s_report_t *report = (s_report_t *) arg;
+    kim_buf_t *json = &report->self->json;
+    int rc = 0;
+    if (report->in_page == S_PAGE)
+        rc = s_page_send (report, false);
+    if (rc == 0 && report->in_page == S_PAGE)
+        rc = s_page_open (report);
+    rc = rc? rc: kim_consent_json (json, "%s{\"seq\":%" PRIu64 ",\"time\":%" PRIu64 ",\"type\":"
+                                   "\"%s\",\"from\":\"%s\",\"to\":\"%s\",\"case_id\":\"%s\","
+                                   "\"purpose\":\"%s\",\"categories\":[",
+                                   report->in_page? ",": "", entry->seq, entry->time,
+                                   kim_type_name (entry->type), entry->sender, entry->recipient,
+                                   entry->case_id, entry->purpose);
+    bool first = true;
+    for (uint32_t bit = 1; rc == 0 && bit <= KIM_CAT_LAST; bit <<= 1)
+        if (entry->categories & bit) {
+            rc = kim_consent_json (json, "%s\"%s\"", first? "": ",", kim_category_name (bit));
+            first = false;
         }
-        bool done = streq (entry->recipient, msg->sender);
-        for (size_t t = 0; t < told_count && !done; t++)
-            done = streq (told [t], entry->recipient);
-        if (rc == 0 && !done && kim_ctx_org (ctx, entry->recipient)) {
-            kim_msg_t notice;
-            kim_msg_init (&notice);
-            notice.type = KIM_TYPE_ERASURE;
-            kim_str_copy (notice.subject, sizeof notice.subject, msg->subject);
-            kim_str_copy (notice.case_id, sizeof notice.case_id, entry->case_id);
-            rc = kim_ctx_emit (ctx, &notice, entry->recipient, NULL);
-            if (told_count < sizeof told / sizeof told [0])
-                snprintf (told [told_count++], KIM_ORG_MAX + 1, "%s", entry->recipient);
-        }
+    rc = rc? rc: kim_consent_json (json, "],\"basis\":\"%s\",", s_basis_name (entry->basis));
+    if (rc == 0 && entry->basis == KIM_BASIS_CONSENT)
+        rc = kim_consent_json (json, "\"consent_id\":\"%s\",", entry->consent_id);
+    if (rc == 0 && entry->basis == KIM_BASIS_STATUTE) {
+        rc = kim_consent_json (json, "\"citation\":");
+        rc = rc? rc: kim_consent_json_str (json, entry->citation);
+        rc = rc? rc: kim_consent_json (json, ",");
     }
-    rc = rc? rc: kim_consent_json (json, "],\"told\":[");
-    for (size_t t = 0; rc == 0 && t < told_count; t++)
-        rc = kim_consent_json (json, "%s\"%s\"", t? ",": "", told [t]);
-    rc = rc? rc: kim_consent_json (json, "]}");
+    rc = rc? rc: kim_consent_json (json, "\"rule\":\"%s\",\"payload\":\"%s\"}", entry->rule,
+                                   entry->payload? "kept": "erased");
+    report->in_page++;
+    report->total++;
+    return rc;
+}
+
+static int
+s_report (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, const char *lead_case)
+{
+    s_report_t report = { self, ctx, msg, 0, 0, 0 };
+    int rc = s_page_open (&report);
+    int64_t seen = rc? rc: s_each (self, ctx, msg->subject, msg->sender, msg->case_id, lead_case,
+                                   false, s_report_entry, &report);
+    rc = seen < 0? (int) seen: s_page_send (&report, true);
+    if (rc == 0)
+        zsys_info ("consent: access report on subject %s for %s: %" PRId64 " transfers in %u "
+                   "pages", msg->subject, msg->sender, report.total, report.page);
+    return rc;
+}
+
+//  An erasure purges as it walks; the PURGE record is written in parts of
+//  S_PURGE_PART seqs ("part": 1, 2, ...; the last says "last": true).
+typedef struct {
+    kim_consent_mod_t *self;
+    kim_ctx_t *ctx;
+    const kim_msg_t *msg;
+    uint64_t request_seq;
+    uint32_t part;
+    size_t in_part;                 //  seqs in the part being written
+    size_t purged;
+    size_t told_count;
+    char told [S_TOLD_MAX][KIM_ORG_MAX + 1];
+} s_erase_t;
+
+static int
+s_part_open (s_erase_t *erase)
+{
+    kim_buf_t *json = &erase->self->json;
+    kim_buf_reset (json);
+    erase->in_part = 0;
+    return kim_consent_json (json, "{\"reason\":\"erasure\",\"subject\":\"%s\",\"requested_by\":"
+                             "\"%s\",\"msg_id\":\"%s\",\"request_seq\":%" PRIu64 ",\"case_id\":"
+                             "\"%s\",\"part\":%u,\"seqs\":[", erase->msg->subject,
+                             erase->msg->sender, erase->msg->msg_id, erase->request_seq,
+                             erase->msg->case_id, erase->part + 1);
+}
+
+static int
+s_part_write (s_erase_t *erase, bool last)
+{
+    kim_consent_mod_t *self = erase->self;
+    kim_buf_t *json = &self->json;
+    int rc = kim_consent_json (json, "],\"told\":[");
+    for (size_t t = 0; rc == 0 && last && t < erase->told_count; t++)
+        rc = kim_consent_json (json, "%s\"%s\"", t? ",": "", erase->told [t]);
+    rc = rc? rc: kim_consent_json (json, "],\"last\":%s}", last? "true": "false");
     kim_buf_reset (&self->pack);
     rc = rc? rc: kim_json_to_msgpack ((const char *) json->data, json->size, &self->pack);
-    rc = rc? rc: kim_ctx_record (ctx, KIM_RECORD_PURGE, self->pack.data, self->pack.size, NULL);
+    rc = rc? rc: kim_ctx_record (erase->ctx, KIM_RECORD_PURGE, self->pack.data, self->pack.size,
+                                 NULL);
+    erase->part++;
+    return rc;
+}
+
+static int
+s_erase_entry (void *arg, const s_entry_t *entry)
+{
+    s_erase_t *erase = (s_erase_t *) arg;
+    int rc = 0;
+    if (entry->payload) {
+        if (erase->in_part == S_PURGE_PART) {
+            rc = s_part_write (erase, false);
+            rc = rc? rc: s_part_open (erase);
+        }
+        rc = rc? rc: kim_store_payload_del (kim_ctx_store (erase->ctx), entry->seq);
+        rc = rc? rc: kim_consent_json (&erase->self->json, "%s%" PRIu64, erase->in_part? ",": "",
+                                       entry->seq);
+        erase->in_part++;
+        erase->purged++;
+    }
+    bool done = streq (entry->recipient, erase->msg->sender);
+    for (size_t t = 0; t < erase->told_count && !done; t++)
+        done = streq (erase->told [t], entry->recipient);
+    if (rc == 0 && !done && kim_ctx_org (erase->ctx, entry->recipient)) {
+        if (erase->told_count == S_TOLD_MAX) {
+            zsys_warning ("consent: erasure of subject %s: more than %d recipients; only the "
+                          "first are told", erase->msg->subject, S_TOLD_MAX);
+            return 0;
+        }
+        kim_msg_t notice;
+        kim_msg_init (&notice);
+        notice.type = KIM_TYPE_ERASURE;
+        kim_str_copy (notice.subject, sizeof notice.subject, erase->msg->subject);
+        kim_str_copy (notice.case_id, sizeof notice.case_id, entry->case_id);
+        rc = kim_ctx_emit (erase->ctx, &notice, entry->recipient, NULL);
+        snprintf (erase->told [erase->told_count++], KIM_ORG_MAX + 1, "%s", entry->recipient);
+    }
+    return rc;
+}
+
+static int
+s_erase (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, uint64_t request_seq)
+{
+    s_erase_t *erase = (s_erase_t *) calloc (1, sizeof (s_erase_t));
+    if (!erase)
+        return -KIM_E_NOMEM;
+    *erase = (s_erase_t) { .self = self, .ctx = ctx, .msg = msg, .request_seq = request_seq };
+    int rc = s_part_open (erase);
+    int64_t seen = rc? rc: s_each (self, ctx, msg->subject, msg->sender, msg->case_id, "", true,
+                                   s_erase_entry, erase);
+    rc = seen < 0? (int) seen: s_part_write (erase, true);
     if (rc == 0)
-        zsys_info ("consent: erasure of subject %s for %s: %zu payloads purged, %zu recipients told",
-                   msg->subject, msg->sender, purged, told_count);
+        zsys_info ("consent: erasure of subject %s for %s: %zu payloads purged, %zu recipients "
+                   "told", msg->subject, msg->sender, erase->purged, erase->told_count);
+    free (erase);
     return rc;
 }
 
 int
 kim_subject_applied (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route)
 {
+    //  `msg` points at the batch's item, not into the store, so emitting
+    //  below cannot move it.
     const kim_msg_t *msg = route->msg;
     char lead_case [KIM_ID_MAX + 1];
     int rc = s_lead_case (ctx, msg, lead_case);
     if (rc)
         return rc;
-    s_entry_t *entries = s_entries_new ();
-    if (!entries)
-        return -KIM_E_NOMEM;
-    bool erase = msg->type == KIM_TYPE_ERASURE;
-    //  The request's own copy is kept: `msg` points at the batch's item,
-    //  not into the store, so emitting below cannot move it.
-    rc = s_collect (self, ctx, msg->subject, msg->sender, msg->case_id, lead_case, erase, entries);
-    if (rc >= 0)
-        rc = erase? s_erase (self, ctx, msg, route->seq, entries, rc)
-                  : s_report (self, ctx, msg, entries, rc);
-    free (entries);
-    return rc;
+    return msg->type == KIM_TYPE_ERASURE? s_erase (self, ctx, msg, route->seq)
+                                        : s_report (self, ctx, msg, lead_case);
 }

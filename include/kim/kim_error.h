@@ -70,6 +70,7 @@ extern "C" {
     X(CONSENT_REVOKED,  503, "consent was revoked")                                    \
     X(CONSENT_SCOPE,    504, "consent does not cover this transfer")                   \
     X(CONSENT_EXPIRED,  505, "consent has expired")                                    \
+    X(CONSENT_BOUND,    506, "consent is bound to another subject, case or organisation") \
     /* 6xx: audit */                                                                   \
     X(VERIFY_FAILED,    600, "log verification failed")                                \
     /* 9xx: local failures, never on the wire */                                       \

@@ -96,13 +96,17 @@ typedef enum {
     X(ART9,             "art9",             0x01)   \
     X(SGB8_S65,         "sgb8_s65",         0x02)   \
     X(STGB203,          "stgb203",          0x04)   \
-    X(RESIDENCE_STATUS, "residence_status", 0x08)
+    X(RESIDENCE_STATUS, "residence_status", 0x08)   \
+    X(CONTACT,          "contact",          0x10)
 
 enum {
 #define KIM_X_ENUM(name, wire, bit) KIM_CAT_##name = bit,
     KIM_CATEGORIES(KIM_X_ENUM)
 #undef KIM_X_ENUM
 };
+//  The highest category bit: loops over the categories stop here.
+#define KIM_CAT_LAST KIM_CAT_CONTACT
+
 
 typedef enum {
     KIM_BASIS_NONE = 0,             //  no legal basis given
@@ -153,6 +157,8 @@ typedef struct {
     char purposes [KIM_LIST_MAX][KIM_CODE_MAX + 1];
     bool explicit_art9;                         //  "explicit": consent covers art9 data
     uint64_t valid_until;                       //  "valid_until": consent expiry
+    char giver [KIM_CODE_MAX + 1];              //  "giver": who consented: subject,
+                                                //  guardian or entruster (CONSENT_GRANT)
     char rule [KIM_ID_MAX + 1];                 //  "rule": set by the broker: the policy
                                                 //  rule that allowed a checked transfer
 

@@ -47,7 +47,13 @@ typedef struct {
     bool explicit_art9;                 //  explicit consent for art9 data
     uint64_t valid_until;               //  ms since the epoch
     uint64_t revoked_at;                //  0: not revoked
+    //  Added later: a registry record written before ends at revoked_at
+    //  and reads with an empty giver.
+    char giver [KIM_CODE_MAX + 1];      //  who consented: subject, guardian, entruster; "" unrecorded
 } kim_consent_t;
+
+//  The givers a CONSENT_GRANT may name, and the policy's `givers` key.
+#define KIM_CONSENT_GIVERS "subject, guardian, entruster"
 
 //  Returns 0 and fills `consent`, -KIM_E_NOT_FOUND when no such consent is
 //  registered, or another -KIM_E_* (a store failure: the decision fails).
@@ -62,10 +68,16 @@ typedef struct {
     const char *recipient;
     const char *recipient_type;
     uint64_t now;                       //  ms since the epoch (consent expiry)
+    //  A consent's binding (PROTOCOL.md 9.3): the case the transfer happens
+    //  in (NULL: the header's case_id; a FORWARD's is its referral's) and
+    //  that case's lead now ("" when the case is unknown). NULL case_lead:
+    //  not known (an offline check), the lead binding is not checked.
+    const char *case_id;
+    const char *case_lead;
 } kim_policy_facts_t;
 
 typedef struct {
-    int code;                           //  0 allowed, else KIM_E_POLICY_DENY..CONSENT_EXPIRED
+    int code;                           //  0 allowed, else KIM_E_POLICY_DENY..CONSENT_BOUND
     bool checked;                       //  false: the type is no transfer; code is 0
     bool unchecked;                     //  allowed by a `basis = unchecked` (test) rule
     char rule [KIM_RULE_MAX + 1];       //  the rule that decided, "default" for default deny

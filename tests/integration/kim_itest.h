@@ -30,16 +30,18 @@ s_itest_cleanup (void)
             kim_testbroker_destroy (&s_itest_brokers [i]);
 }
 
-//  Makes a test broker that is killed and removed at exit whatever happens.
+//  Makes a test broker that is killed and removed at exit whatever happens;
+//  with the policy file `policy` (KIM_TESTBROKER_TEST_POLICY: the permissive
+//  test policy s_itest_broker uses).
 static inline kim_testbroker_t *
-s_itest_broker (const char *orgs [], const char *extra)
+s_itest_broker_policy (const char *orgs [], const char *extra, const char *policy)
 {
     static bool registered = false;
     if (!registered) {
         atexit (s_itest_cleanup);
         registered = true;
     }
-    kim_testbroker_t *broker = kim_testbroker_new (orgs, extra);
+    kim_testbroker_t *broker = kim_testbroker_new_policy (orgs, extra, policy);
     KIM_CHECK (broker);
     for (int i = 0; i < ITEST_BROKERS_MAX; i++)
         if (!s_itest_brokers [i]) {
@@ -48,6 +50,12 @@ s_itest_broker (const char *orgs [], const char *extra)
         }
     KIM_CHECK (!"too many test brokers");
     return NULL;
+}
+
+static inline kim_testbroker_t *
+s_itest_broker (const char *orgs [], const char *extra)
+{
+    return s_itest_broker_policy (orgs, extra, KIM_TESTBROKER_TEST_POLICY);
 }
 
 static inline void

@@ -9,7 +9,8 @@
       the records chain-verify, and the query's own AUDIT_READ record
       (who, which filter) is on the log before the first RECORD went out;
       `kim audit replay` does the same through the broker;
-    - an agency's QUERY is refused (FORBIDDEN) and the broker still answers;
+    - an agency's QUERY is refused (FORBIDDEN), the attempt is logged, and the
+      broker still answers;
     - tampering with a copy of the stopped broker's LMDB file (flip a byte,
       delete a record, swap two, cut off the tail, forge a checkpoint with
       another key) is found at the right sequence number, by the module and
@@ -429,6 +430,16 @@ main (int argc, char *argv [])
         memcpy (record.hash, cmd->hash, KIM_HASH_SIZE);
         ITEST_RC (kim_log_verify_step (&online, &record), 0);
         received++;
+        char refused [KIM_CODE_MAX + 1];
+        if (record.kind == KIM_LOG_AUDIT_READ
+        &&  kim_log_body_str (record.body, record.body_size, "refused", refused, sizeof refused)) {
+            //  The agency's refused attempt is on the record too
+            char reader [KIM_ORG_MAX + 1];
+            KIM_CHECK (streq (refused, "FORBIDDEN")
+                    && kim_log_body_str (record.body, record.body_size, "reader", reader,
+                                         sizeof reader) && streq (reader, RECIPIENT));
+        }
+        else
         if (record.kind == KIM_LOG_AUDIT_READ) {
             char reader [KIM_ORG_MAX + 1], query_id [KIM_ID_MAX + 1];
             KIM_CHECK (kim_log_body_str (record.body, record.body_size, "reader", reader,
@@ -481,6 +492,8 @@ main (int argc, char *argv [])
     ITEST_RC (s_run_kim (args, out, sizeof out), 0);
     KIM_CHECK (strstr (out, "\"reader\":\"" AUDITOR "\",\"query_id\":\"q-1\",\"window\":4"));
     KIM_CHECK (strstr (out, "\"query_id\":\"q-2\",\"case_id\":\"case-ref-audit-3\""));
+    KIM_CHECK (strstr (out, "\"reader\":\"" RECIPIENT "\",\"query_id\":\"q-agency\",\"window\":10,"
+                            "\"refused\":\"FORBIDDEN\""));
 
     //  `kim audit replay` online, as the auditor, with a small window
     kim_client_config_t config = kim_testbroker_client_config (broker, AUDITOR, 0, false);

@@ -60,7 +60,7 @@ static const char s_test_policy [] =
     "policy\n    checks = \"REFERRAL, FORWARD, HANDOVER_OFFER\"\n"
     "rules\n    test_allow_all\n        law = \"none: test-only policy\"\n"
     "        from = *\n        to = *\n        decision = allow\n        basis = unchecked\n"
-    "        categories = \"art9, sgb8_s65, stgb203, residence_status\"\n";
+    "        categories = \"art9, sgb8_s65, stgb203, residence_status, contact\"\n";
 
 kim_testbroker_t *
 kim_testbroker_new (const char *orgs [], const char *extra)
@@ -114,7 +114,11 @@ kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *p
         snprintf (org->id, sizeof org->id, "%.*s",
                   (int) (colon? (size_t) (colon - orgs [i]): strlen (orgs [i])), orgs [i]);
         snprintf (org->role, sizeof org->role, "%s", colon? colon + 1: "agency");
+        //  "id:role+private": a private carrier (public_body = 0).
         char *plus = strchr (org->role, '+');
+        bool private_carrier = plus && streq (plus, "+private");
+        if (private_carrier)
+            *plus = 0;
         if (plus && streq (plus, "+sign")) {
             *plus = 0;
             uint8_t seed [crypto_sign_SEEDBYTES], pk [crypto_sign_PUBLICKEYBYTES],
@@ -132,6 +136,8 @@ kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *p
                  "        public_key = \"%s\"\n", org->id, org->id, org->role, org->public_key);
         if (org->sign_public [0])
             fprintf (file, "        sign_key = \"%s\"\n", org->sign_public);
+        if (private_carrier)
+            fprintf (file, "        public_body = 0\n");
     }
     fclose (file);
     return self;

@@ -72,6 +72,7 @@ void
 //  An org given as "id:role+sign" (e.g. "jc.a:agency+sign") gets an Ed25519
 //  signing key: its sign_key is registered, and its clients sign. This
 //  returns the Z85 seed (client side) and public key, or NULL without one.
+//  "id:role+private" registers a private carrier (public_body = 0).
 const char *
     kim_testbroker_sign_secret (kim_testbroker_t *self, const char *org);
 const char *

@@ -9,6 +9,7 @@
 #include "kim_audit.h"
 #include "kim_lifecycle.h"
 #include "kim/kim_policy.h"
+#include "kim/kim_citation.h"
 #include "kim_consent.h"
 #include "kim_directory.h"
 
@@ -26,6 +27,7 @@ static const selftest_t s_tests [] = {
     { "config", kim_config_test },
     { "lifecycle", kim_lifecycle_test },
     { "policy", kim_policy_test },
+    { "citation", kim_citation_test },
     { "consent", kim_consent_test },
 };
 
