@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# deploy/package.sh — build the Debian packages (kim-broker, kim, kim-dev)
+# deploy/package.sh — build the Debian packages (kim-broker, kim, kim-dev, kim-agent)
 # from a release build in build/pkg, with CPack's DEB generator. The .deb
 # files land in build/pkg/; install them with
 #   apt-get install ./build/pkg/kim-broker_*.deb ./build/pkg/kim_*.deb

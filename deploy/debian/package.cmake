@@ -4,9 +4,9 @@
 #                 the user `kim` and /var/lib/kim (postinst), man pages
 #     kim         the command-line tool and its man page
 #     kim-dev     headers, the static client and protocol libraries, kim.pc
-#   The agent, once it exists, becomes a fourth component: install its files
-#   with COMPONENT agent and add "agent" to CPACK_COMPONENTS_ALL; the
-#   package is then kim-agent (CPACK_DEBIAN_AGENT_* below).
+#     kim-agent   the agent, its unit template kim-agent@.service, the user
+#                 `kim-agent` and /var/lib/kim-agent (postinst), the sample
+#                 configuration, the guide and the OpenAPI file
 #   The unit and the configuration go to absolute paths (/etc/kim and the
 #   unit folder under the prefix), as a Debian package wants them: build
 #   packages with CMAKE_INSTALL_PREFIX=/usr.
@@ -37,6 +37,11 @@ install(FILES ${PROJECT_SOURCE_DIR}/deploy/systemd/kim-broker.service
         DESTINATION lib/systemd/system COMPONENT broker)
 install(FILES ${PROJECT_SOURCE_DIR}/docs/operations.md
         DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/doc/kim-broker COMPONENT broker)
+install(FILES ${PROJECT_SOURCE_DIR}/deploy/systemd/kim-agent@.service
+        DESTINATION lib/systemd/system COMPONENT agent)
+install(FILES ${PROJECT_SOURCE_DIR}/deploy/agent.cfg ${PROJECT_SOURCE_DIR}/docs/agent.md
+        ${PROJECT_SOURCE_DIR}/agents/agent/openapi.json
+        DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/doc/kim-agent COMPONENT agent)
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/deploy/monitoring/
         DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/doc/kim-broker/monitoring COMPONENT broker
         OPTIONAL)
@@ -44,7 +49,7 @@ install(DIRECTORY ${PROJECT_SOURCE_DIR}/deploy/monitoring/
 #   Man pages from docs/man/*.scd with scdoc (Debian: scdoc); without it
 #   the build goes on and the packages carry no man pages.
 find_program(KIM_SCDOC scdoc)
-set(KIM_MAN_PAGES kim-broker.8 kim.cfg.5 kim-policy.5 kim.1)
+set(KIM_MAN_PAGES kim-broker.8 kim.cfg.5 kim-policy.5 kim.1 kim-agent.8)
 if(KIM_SCDOC)
     set(kim_man_outputs)
     foreach(page ${KIM_MAN_PAGES})
@@ -58,6 +63,8 @@ if(KIM_SCDOC)
         set(component broker)
         if(page STREQUAL "kim.1")
             set(component tools)
+        elseif(page STREQUAL "kim-agent.8")
+            set(component agent)
         endif()
         install(FILES ${PROJECT_BINARY_DIR}/man/${page}
                 DESTINATION ${CMAKE_INSTALL_MANDIR}/man${section} COMPONENT ${component})
@@ -74,7 +81,7 @@ set(CPACK_PACKAGE_CONTACT "kim maintainers <kim@localhost>")
 set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "message broker for inter-agency referrals (KIM NRW)")
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_DEB_COMPONENT_INSTALL ON)
-set(CPACK_COMPONENTS_ALL broker tools dev)
+set(CPACK_COMPONENTS_ALL broker tools dev agent)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_DEBIAN_PACKAGE_SECTION net)
@@ -109,7 +116,14 @@ set(CPACK_COMPONENT_DEV_DESCRIPTION
     "kim client library and protocol codec: headers, static libraries, kim.pc\n"
     "For agency systems that talk to a kim broker from C.")
 
-#   The agent (not built yet):
 set(CPACK_DEBIAN_AGENT_PACKAGE_NAME kim-agent)
+set(CPACK_DEBIAN_AGENT_PACKAGE_DEPENDS "adduser")
+set(CPACK_COMPONENT_AGENT_DESCRIPTION
+    "kim agent: connects an office's own systems to a kim broker\n"
+    "Keeps the office's key, a durable outbox and inbox and views of its\n"
+    "referrals and cases, and serves them over a local HTTP/JSON API, webhooks\n"
+    "and a folder bridge. One instance per office: kim-agent@ORG.service.")
+set(CPACK_DEBIAN_AGENT_PACKAGE_CONTROL_EXTRA ${PROJECT_SOURCE_DIR}/deploy/debian/agent/postinst)
+set(CPACK_DEBIAN_AGENT_PACKAGE_CONTROL_STRICT_PERMISSION ON)
 
 include(CPack)

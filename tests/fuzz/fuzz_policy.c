@@ -70,7 +70,8 @@ LLVMFuzzerTestOneInput (const uint8_t *data, size_t size)
             msg.basis = KIM_BASIS_CONSENT;
             snprintf (msg.consent_id, sizeof msg.consent_id, "c-ok");
         }
-        kim_policy_facts_t facts = { &msg, senders [i], i % 2, "jc.x", "jc", 2000 };
+        kim_policy_facts_t facts = { .msg = &msg, .sender_type = senders [i], .sender_public = i % 2,
+                                     .recipient = "jc.x", .recipient_type = "jc", .now = 2000 };
         kim_policy_decision_t decision;
         kim_buf_t explain;
         kim_buf_init (&explain);

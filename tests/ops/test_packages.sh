@@ -25,7 +25,7 @@ command -v dpkg-deb >/dev/null && command -v dpkg-shlibdeps >/dev/null \
 (cd "$build" && "$cpack" -G DEB -B "$work/pkg" >"$work/cpack.log" 2>&1) \
     || fail "cpack: $(tail -20 "$work/cpack.log")"
 debs=("$work"/pkg/*.deb)
-[ ${#debs[@]} -eq 3 ] || fail "expected 3 packages: ${debs[*]}"
+[ ${#debs[@]} -eq 4 ] || fail "expected 4 packages: ${debs[*]}"
 contents() { dpkg-deb --contents "$work"/pkg/"$1"_*.deb | awk '{print $6}'; }
 has() {         # has PACKAGE PATH...
     local pkg=$1 path; shift
@@ -38,6 +38,9 @@ has kim-broker /usr/bin/kim-broker /etc/kim/kim.cfg /etc/kim/policy.cfg \
     /usr/lib/systemd/system/kim-broker.service /usr/lib/systemd/system/kim-backup.service \
     /usr/lib/systemd/system/kim-backup.timer /usr/share/doc/kim-broker/operations.md
 has kim /usr/bin/kim
+has kim-agent /usr/bin/kim-agent /usr/lib/systemd/system/kim-agent@.service \
+    /usr/share/doc/kim-agent/agent.cfg /usr/share/doc/kim-agent/agent.md \
+    /usr/share/doc/kim-agent/openapi.json
 contents kim-dev | grep -q '/kim\.pc$' && contents kim-dev | grep -q '/libkimclient\.a$' \
     && contents kim-dev | grep -q '/libkimproto\.a$' || fail "kim-dev lacks kim.pc or a library"
 has kim-dev /usr/include/kim/kim_client.h /usr/include/kim/kim_msg.h
@@ -45,6 +48,7 @@ if [ -f "$build/man/kim-broker.8" ]; then
     has kim-broker /usr/share/man/man8/kim-broker.8 /usr/share/man/man5/kim.cfg.5 \
         /usr/share/man/man5/kim-policy.5
     has kim /usr/share/man/man1/kim.1
+    has kim-agent /usr/share/man/man8/kim-agent.8
 fi
 contents kim-broker | grep -q '/var/lib/kim' && fail "kim-broker ships /var/lib/kim (postinst makes it)"
 contents kim-broker | grep -q 'keys' && fail "kim-broker ships keys"
@@ -58,6 +62,11 @@ grep -qx /etc/kim/kim.cfg "$work/conffiles" && grep -qx /etc/kim/policy.cfg "$wo
 dpkg-deb --ctrl-tarfile "$work"/pkg/kim-broker_*.deb | tar -xO ./postinst >"$work/postinst"
 grep -q 'adduser --system' "$work/postinst" || fail "postinst makes no system user"
 sh -n "$work/postinst" || fail "postinst does not parse"
+dpkg-deb --ctrl-tarfile "$work"/pkg/kim-agent_*.deb | tar -xO ./postinst >"$work/agent.postinst"
+grep -q 'adduser --system' "$work/agent.postinst" && grep -q 'disabled-login.* kim-agent' "$work/agent.postinst" \
+    || fail "agent postinst makes no user"
+sh -n "$work/agent.postinst" || fail "agent postinst does not parse"
+contents kim-agent | grep -q '/var/lib/kim-agent' && fail "kim-agent ships /var/lib/kim-agent"
 ok
 
 # a fresh root: an empty dpkg database, the three packages unpacked into it
@@ -66,7 +75,7 @@ mkdir -p "$root/var/lib/dpkg/info" "$root/var/lib/dpkg/updates" "$root/var/lib/d
 touch "$root/var/lib/dpkg/status" "$root/var/lib/dpkg/available"
 dpkg --root="$root" --force-depends --force-not-root --force-bad-path --unpack "${debs[@]}" \
     >"$work/dpkg.log" 2>&1 || fail "dpkg --unpack: $(cat "$work/dpkg.log")"
-for pkg in kim-broker kim kim-dev; do
+for pkg in kim-broker kim kim-dev kim-agent; do
     dpkg --root="$root" -s "$pkg" 2>/dev/null | grep -q '^Status: install ok unpacked' \
         || fail "$pkg is not unpacked in the root"
 done
@@ -106,6 +115,39 @@ until [ -f "$KIM_BROKER_KEY" ] && "$root/usr/bin/kim" status --cert "$keys/jc.rh
 done
 grep -q '"org":"jc.rheine"' "$work/status" || fail "status: $(cat "$work/status")"
 [ "$(stat -c %a "$work/data/keys/broker.cert_secret")" = 600 ] || fail "broker secret key mode"
+# the installed agent speaks for jc.rheine to the installed broker
+agent_dir=$work/agent
+mkdir -p "$agent_dir"
+printf 'erp %s\n' "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$agent_dir/tokens"
+chmod 600 "$agent_dir/tokens"
+cat >"$agent_dir/agent.cfg" <<CFG
+agent
+    org = jc.rheine
+    data = $agent_dir/data
+    cert = $keys/jc.rheine.cert_secret
+broker
+    endpoint = "ipc://$work/kim.sock"
+    key_file = $work/data/keys/broker.cert
+http
+    port = 0
+    port_file = $agent_dir/port
+    tokens = $agent_dir/tokens
+CFG
+out=$("$root/usr/bin/kim-agent" --check --config "$agent_dir/agent.cfg" 2>&1) \
+    || fail "installed kim-agent --check: $out"
+"$root/usr/bin/kim-agent" --config "$agent_dir/agent.cfg" >"$work/agent.log" 2>&1 &
+agent_pid=$!
+token=$(awk '{print $2}' "$agent_dir/tokens")
+deadline=$((SECONDS + 60))
+until [ -s "$agent_dir/port" ] && curl -sf -H "Authorization: Bearer $token" \
+        "http://127.0.0.1:$(cat "$agent_dir/port")/v1/status" >"$work/agent.status" 2>/dev/null \
+        && grep -q '"org":"jc.rheine"' "$work/agent.status"; do
+    kill -0 "$agent_pid" 2>/dev/null || fail "installed agent exited: $(cat "$work/agent.log")"
+    [ "$SECONDS" -lt "$deadline" ] || fail "installed agent did not answer: $(cat "$work/agent.log")"
+    sleep 0.1
+done
+kill "$agent_pid"; wait "$agent_pid" || fail "installed agent exited $? on SIGTERM"
+ok
 kill "$broker_pid"; wait "$broker_pid" || fail "installed broker exited $? on SIGTERM"
 broker_pid=
 ok

@@ -9,8 +9,13 @@
 # Run by test_packages.sh when KIM_PACKAGE_ROOT=1.
 set -u
 pkgdir=$1
-mirror=${KIM_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+# The mirror this machine's apt already uses (deb822 or one-line sources),
+# unless KIM_DEBIAN_MIRROR names another.
+mirror=${KIM_DEBIAN_MIRROR:-$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/*.sources \
+    2>/dev/null | head -1)}
+[ -n "$mirror" ] || mirror=$(awk '$1 == "deb" {print $2; exit}' /etc/apt/sources.list 2>/dev/null)
+[ -n "$mirror" ] || fail "no Debian mirror in the apt sources: set KIM_DEBIAN_MIRROR"
 [ "$(id -u)" -eq 0 ] || { echo "not root: the installed-root variant is skipped"; exit 0; }
 command -v debootstrap >/dev/null || fail "debootstrap missing (apt-get install debootstrap)"
 work=$(mktemp -d /var/tmp/kim-root-XXXXXX)
