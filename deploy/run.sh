@@ -371,7 +371,7 @@ step "10. The data-protection officer audits the case"
 note "An auditor's key reads the log through the broker; each read is itself logged."
 as dsb.steinfurt audit verify --sign-key "$data/keys/broker.sign.pub" 2>&1 | sed 's/^/   /'
 as dsb.steinfurt audit case "$case_id" --sign-key "$data/keys/broker.sign.pub" 2>&1 \
-    | head -14 | cut -c1-140 | sed 's/^/   /'
+    | sed -n 1,14p | cut -c1-140 | sed 's/^/   /'
 note "(the whole timeline: kim audit case $case_id --cert .../dsb.steinfurt.cert_secret)"
 note "The access report for the father: who received which of his data, when, on what basis:"
 as kim.coesfeld subject report p-father --case "$case_id" 2>&1 | cut -c1-400 | sed 's/^/   /'
