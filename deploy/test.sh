@@ -9,6 +9,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 kim_install clang
+kim_web_test_setup
 build="$KIM_ROOT/build/test"
 kim_say "building with ASan and UBSan in $build"
 kim_build "$build" -DKIM_SANITIZE=ON -DKIM_WERROR=ON
