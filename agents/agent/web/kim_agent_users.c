@@ -238,6 +238,9 @@ s_tracked (kim_agent_users_t *self, const char *key, uint64_t now)
     s_tracked_t *entry = free_slot? free_slot: oldest;
     memset (entry, 0, sizeof *entry);
     kim_str_copy (entry->key, sizeof entry->key, key);
+    //  Not stale before its window ends, so that the caller's next lookup
+    //  cannot take this slot while the caller still holds it
+    entry->first = now;
     return entry;
 }
 
