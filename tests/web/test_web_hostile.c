@@ -336,6 +336,30 @@ main (void)
     free (answer);
     KIM_CHECK (kim_agenttest_call (&b, "GET", "/v1/outbox/w-4", NULL, NULL) == 200);
 
+    //  A new referral the broker refuses (its deadline has passed): the
+    //  page says so with the broker's reason
+    snprintf (form, sizeof form, "csrf=%s&msg_id=w-5&recipient=kim.a&referral_id=R-y&case_id=C-y"
+              "&subject=p-y&purpose=counselling&deadline=2020-01-01&basis=statute"
+              "&citation=SGB+X&note=&payload=x", csrf);
+    KIM_CHECK (s_request (port, "POST", "/ui/new", session, NULL, form, &answer) == 303);
+    KIM_CHECK (strstr (answer, "Location: /ui/sent?sent=w-5"));
+    free (answer);
+    bool refused = false;
+    for (int attempt = 0; attempt < 600 && !refused; attempt++) {
+        KIM_CHECK (s_request (port, "GET", "/ui/sent?sent=w-5", session, NULL, NULL, &answer) == 200);
+        refused = strstr (answer, "Nicht gesendet: BAD_VALUE") != NULL;
+        free (answer);
+        if (!refused)
+            zclock_sleep (50);
+    }
+    KIM_CHECK (refused);
+    //  A date that is no date is refused by the page
+    snprintf (form, sizeof form, "csrf=%s&msg_id=w-6&recipient=kim.a&referral_id=R-z&case_id=C-z"
+              "&subject=p-z&purpose=counselling&deadline=tomorrow&basis=consent&consent_id=G-1", csrf);
+    KIM_CHECK (s_request (port, "POST", "/ui/new", session, NULL, form, &answer) == 400);
+    free (answer);
+    KIM_CHECK (kim_agenttest_call (&b, "GET", "/v1/outbox/w-6", NULL, NULL) == 404);
+
     //  Logout ends the session for good
     snprintf (form, sizeof form, "csrf=%s", csrf);
     KIM_CHECK (s_request (port, "POST", "/ui/logout", session, NULL, form, &answer) == 200);

@@ -571,6 +571,9 @@ s_table (s_req_t *req, json_t **rows, size_t count, const char *caption, bool re
     kim_agent_html_raw (html, "</tbody>\n</table>\n");
 }
 
+static void
+s_notice_sent (s_req_t *req, const char *msg_id);
+
 static enum MHD_Result
 s_list (s_req_t *req, bool received)
 {
@@ -599,13 +602,8 @@ s_list (s_req_t *req, bool received)
     qsort (closed, closed_count, sizeof (json_t *), s_compare_closed);
     s_begin (req, received? T (INBOX): T (SENT_LIST), received? "/ui/inbox": "/ui/sent");
     const char *sent = MHD_lookup_connection_value (req->connection, MHD_GET_ARGUMENT_KIND, "sent");
-    if (sent && kim_id_valid (sent)) {
-        kim_agent_html_raw (&req->html, "<div class=\"notice\" role=\"status\"><p>");
-        kim_agent_html_text (&req->html, T (QUEUED_NOTICE));
-        kim_agent_html_raw (&req->html, " (msg_id ");
-        kim_agent_html_text (&req->html, sent);
-        kim_agent_html_raw (&req->html, ")</p></div>\n");
-    }
+    if (sent && kim_id_valid (sent))
+        s_notice_sent (req, sent);
     s_table (req, open, open_count, T (OPEN_LIST), received);
     s_table (req, closed, closed_count, T (CLOSED_LIST), received);
     s_end (req);

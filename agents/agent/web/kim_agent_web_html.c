@@ -190,7 +190,7 @@ const char kim_agent_web_css [] =
     "input[type=text],input[type=password],input[type=date],select,textarea{width:100%;"
     "max-width:32rem;font:inherit;padding:.4rem .5rem;border:1px solid #5a5a5a;border-radius:.25rem;"
     "background:#fff;color:#1a1a1a}\n"
-    "textarea{min-height:8rem}\n"
+    "textarea{min-height:8rem;display:block}\n"
     ".hint{color:#4a4a4a;font-size:.92rem;margin:.2rem 0}\n"
     "button{font:inherit;margin-top:.8rem;padding:.45rem 1.1rem;border-radius:.3rem;"
     "border:1px solid #0b3a63;background:#0b3a63;color:#fff;cursor:pointer}\n"
