@@ -174,6 +174,30 @@ async function main() {
         check(await page.getAttribute('html', 'lang') === 'de', 'the page is German by default');
         await snap('login');
 
+        // Keyboard only, in focus order: the skip link first, then the
+        // language link, the name, the password; Enter signs in
+        const focused = () => page.evaluate(() => {
+            const e = document.activeElement;
+            return e ? (e.id || e.getAttribute('class') || e.textContent.trim()) : '';
+        });
+        await page.keyboard.press('Tab');
+        check(await focused() === 'skip', 'Tab reaches the skip link first');
+        await page.keyboard.press('Enter');
+        check(await focused() === 'main', 'the skip link moves the focus to the content');
+        await page.goto(`${web}/ui/login`);
+        const order = [];
+        for (let i = 0; i < 4; i++) {
+            await page.keyboard.press('Tab');
+            order.push(await focused());
+        }
+        check(order.join(',') === 'skip,English,user,password',
+              `the focus order is skip link, language, name, password (${order.join(',')})`);
+        await page.keyboard.type('a wrong password');
+        await page.keyboard.press('Shift+Tab');
+        await page.keyboard.type('nobody');
+        const [byKeyboard] = await Promise.all([page.waitForNavigation(), page.keyboard.press('Enter')]);
+        check(byKeyboard.status() === 401, 'Enter in the form submits it (a name that does not exist: refused)');
+
         // A wrong password is refused
         const wrong = await login(staff[0], 'not the password');
         check(wrong.status() === 401, 'a wrong password is refused (401)');
