@@ -1118,3 +1118,68 @@ kim_agent_store_timeline (kim_agent_store_t *self, const char *referral_id)
         }
     return items;
 }
+
+//  --------------------------------------------------------------------------
+//  Consents the office knows of, for the staff page's legal-basis picker
+
+//  Adds the consent ids that `db` records as revoked to `revoked`.
+static void
+s_revoked (kim_agent_store_t *self, MDB_txn *txn, int db, json_t *revoked)
+{
+    MDB_cursor *cursor;
+    if (mdb_cursor_open (txn, self->dbi [db], &cursor) != 0)
+        return;
+    MDB_val key, value;
+    int op = MDB_FIRST;
+    while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
+        op = MDB_NEXT;
+        if (!memmem (value.mv_data, value.mv_size, "\"CONSENT_REVOKE\"", 16))
+            continue;
+        json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+        const char *type = json_string_value (json_object_get (record, "type"));
+        const char *status = json_string_value (json_object_get (record, "status"));
+        const char *id = json_string_value (json_object_get (json_object_get (record, "header"),
+                                                             "consent"));
+        if (type && streq (type, "CONSENT_REVOKE") && id && !(status && streq (status, "refused")))
+            json_object_set_new (revoked, id, json_true ());
+        json_decref (record);
+    }
+    mdb_cursor_close (cursor);
+}
+
+json_t *
+kim_agent_store_consents (kim_agent_store_t *self)
+{
+    json_t *grants = json_array ();
+    json_t *revoked = json_object ();
+    MDB_txn *txn;
+    if (!grants || !revoked || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0) {
+        json_decref (revoked);
+        return grants;
+    }
+    s_revoked (self, txn, S_OUTBOX, revoked);
+    s_revoked (self, txn, S_INBOX, revoked);
+    MDB_cursor *cursor;
+    if (mdb_cursor_open (txn, self->dbi [S_OUTBOX], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            if (!memmem (value.mv_data, value.mv_size, "\"CONSENT_GRANT\"", 15))
+                continue;
+            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+            const char *type = json_string_value (json_object_get (record, "type"));
+            const char *status = json_string_value (json_object_get (record, "status"));
+            json_t *header = json_object_get (record, "header");
+            const char *id = json_string_value (json_object_get (header, "consent"));
+            if (type && streq (type, "CONSENT_GRANT") && id && !json_object_get (revoked, id)
+            &&  !(status && streq (status, "refused")))
+                json_array_append (grants, header);
+            json_decref (record);
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    json_decref (revoked);
+    return grants;
+}

@@ -285,14 +285,36 @@ async function main() {
         await page.goto(`${web}/ui/sent?lang=de`);
         await snap('sent');
 
-        // A new referral from the page, to kim.a
+        // A new referral from the page, to kim.a. mbe.b granted three
+        // consents over its API: the picker offers only the one that covers
+        // kim.a and the purpose and is not revoked
+        const apiB = `http://127.0.0.1:${info.web_b}`;
+        const grant = (id, purposes) => api(apiB, 'POST', '/v1/messages', {
+            type: 'CONSENT_GRANT', msg_id: `g-${id}`, case_id: 'C-9', consent: id, subject: 'p-9',
+            recipients: [info.org_a], purposes, valid_until: Date.now() + 86400000 });
+        must((await grant('G-9', ['counselling'])).status === 202, 'mbe.b grants consent G-9');
+        must((await grant('G-8', ['housing'])).status === 202, 'mbe.b grants consent G-8 (another purpose)');
+        must((await grant('G-7', ['counselling'])).status === 202, 'mbe.b grants consent G-7');
+        must((await api(apiB, 'POST', '/v1/messages', { type: 'CONSENT_REVOKE', msg_id: 'r-G-7',
+                                                        consent: 'G-7', case_id: 'C-9' })).status === 202,
+             'mbe.b revokes consent G-7');
+        for (const id of ['g-G-9', 'g-G-8', 'g-G-7', 'r-G-7'])
+            await until(async () => {
+                const { json } = await api(apiB, 'GET', `/v1/outbox/${id}`);
+                return json && json.status !== 'queued';
+            }, `the broker answers ${id}`);
         await page.goto(`${web}/ui/new`);
         await snap('new-referral');
         await page.getByLabel(/Empfangende Stelle/).fill(info.org_a);
+        await page.getByLabel(/^Zweck/).fill('counselling');
+        await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Weiter' }).click()]);
+        const offered = await page.locator('input[name=basis]').evaluateAll(inputs => inputs.map(i => i.value));
+        check(offered.join(',') === 'consent:G-9,statute',
+              `the picker offers the covering consent and a statute only (${offered.join(',')})`);
+        await snap('new-referral-basis');
         await page.getByLabel('Fall', { exact: true }).fill('C-9');
         await page.getByLabel('Pseudonym der Person').fill('p-9');
-        await page.getByLabel(/^Zweck/).fill('counselling');
-        await page.getByLabel('Kennung der Einwilligung').fill('G-9');
+        await page.getByLabel(/Einwilligung G-9/).check();
         await page.getByLabel(/Inhalt für/).fill('Rückfrage <b>fett</b>');
         await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Senden' }).click()]);
         check(/\/ui\/sent\?sent=web-/.test(page.url()), 'the new referral is sent');

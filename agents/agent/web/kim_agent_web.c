@@ -942,6 +942,10 @@ static bool
 s_legal_basis (s_req_t *req, json_t *message)
 {
     const char *kind = s_field (req, "basis");
+    if (strncmp (kind, "consent:", 8) == 0 && kind [8])
+        json_object_set_new (message, "legal_basis",
+                             json_pack ("{s:s, s:s}", "kind", "consent", "consent_id", kind + 8));
+    else
     if (streq (kind, "consent") && *s_field (req, "consent_id"))
         json_object_set_new (message, "legal_basis",
                              json_pack ("{s:s, s:s}", "kind", "consent",
@@ -1045,30 +1049,113 @@ s_post_answer (s_req_t *req, const char *id)
     return s_redirect (req, location);
 }
 
+static bool
+s_contains (json_t *array, const char *value)
+{
+    for (size_t i = 0; i < json_array_size (array); i++) {
+        const char *item = json_string_value (json_array_get (array, i));
+        if (item && streq (item, value))
+            return true;
+    }
+    return false;
+}
+
+//  The legal-basis picker of a new referral: the office's own consents
+//  that cover this recipient and purpose, or a statute's citation.
+static void
+s_basis_known (s_req_t *req, const char *recipient, const char *purpose)
+{
+    kim_agent_html_t *html = &req->html;
+    kim_agent_html_rawf (html, "<fieldset>\n<legend>%s</legend>\n<p class=\"hint\" "
+                         "id=\"basis-hint\">%s</p>\n", T (LEGAL_BASIS), T (KNOWN_HINT));
+    json_t *consents = kim_agent_store_consents (req->self->store);
+    uint64_t now = (uint64_t) zclock_time ();
+    size_t offered = 0;
+    for (size_t i = 0; i < json_array_size (consents); i++) {
+        json_t *consent = json_array_get (consents, i);
+        if (!s_contains (json_object_get (consent, "recipients"), recipient)
+        ||  !s_contains (json_object_get (consent, "purposes"), purpose)
+        ||  (uint64_t) s_int (consent, "valid_until") <= now)
+            continue;
+        kim_agent_html_rawf (html, "<div><input type=\"radio\" id=\"basis-%zu\" name=\"basis\" "
+                             "value=\"consent:", offered);
+        kim_agent_html_text (html, s_str (consent, "consent"));
+        kim_agent_html_rawf (html, "\"%s aria-describedby=\"basis-hint\"><label class=\"inline\" "
+                             "for=\"basis-%zu\">%s ", offered? "": " checked", offered, T (CONSENT));
+        kim_agent_html_text (html, s_str (consent, "consent"));
+        kim_agent_html_raw (html, " (");
+        kim_agent_html_text (html, T (CASE));
+        kim_agent_html_raw (html, " ");
+        kim_agent_html_text (html, s_str (consent, "case_id"));
+        kim_agent_html_raw (html, ", ");
+        kim_agent_html_text (html, s_str (consent, "subject"));
+        kim_agent_html_raw (html, ", ");
+        kim_agent_html_text (html, T (VALID_UNTIL));
+        kim_agent_html_raw (html, " ");
+        s_time_text (req, s_int (consent, "valid_until"));
+        kim_agent_html_raw (html, ")</label></div>\n");
+        offered++;
+    }
+    json_decref (consents);
+    if (!offered)
+        kim_agent_html_rawf (html, "<p>%s</p>\n", T (NO_CONSENT));
+    kim_agent_html_rawf (html, "<div><input type=\"radio\" id=\"basis-statute\" name=\"basis\" "
+                         "value=\"statute\"%s><label class=\"inline\" for=\"basis-statute\">%s"
+                         "</label></div>\n<label for=\"new-citation\">%s</label>\n<input "
+                         "type=\"text\" id=\"new-citation\" name=\"citation\" maxlength=\"128\">\n"
+                         "</fieldset>\n", offered? "": " checked", T (STATUTE), T (CITATION));
+}
+
+//  A new referral in two steps, without script: recipient and purpose
+//  first (a GET form), then the rest with the legal bases that can apply.
 static enum MHD_Result
 s_new_page (s_req_t *req)
 {
     kim_agent_html_t *html = &req->html;
+    const char *recipient = MHD_lookup_connection_value (req->connection, MHD_GET_ARGUMENT_KIND,
+                                                         "recipient");
+    const char *purpose = MHD_lookup_connection_value (req->connection, MHD_GET_ARGUMENT_KIND,
+                                                       "purpose");
+    bool chosen = recipient && purpose && kim_org_valid (recipient) && kim_code_valid (purpose);
     s_begin (req, T (NEW), "/ui/new");
+    if (!chosen) {
+        if (recipient || purpose)
+            kim_agent_html_rawf (html, "<div class=\"error\" role=\"alert\"><p>%s, %s</p></div>\n",
+                                 T (RECIPIENT), T (PURPOSE_CODE));
+        kim_agent_html_rawf (html, "<p>%s</p>\n<form method=\"get\" action=\"/ui/new\">\n"
+                             "<label for=\"new-recipient\">%s</label>\n<input type=\"text\" "
+                             "id=\"new-recipient\" name=\"recipient\" maxlength=\"64\" required "
+                             "spellcheck=\"false\">\n<label for=\"new-purpose\">%s</label>\n"
+                             "<input type=\"text\" id=\"new-purpose\" name=\"purpose\" "
+                             "maxlength=\"32\" required spellcheck=\"false\">\n"
+                             "<button type=\"submit\">%s</button>\n</form>\n",
+                             T (STEP1_HINT), T (RECIPIENT), T (PURPOSE_CODE), T (NEXT));
+        s_end (req);
+        return s_send_page (req, MHD_HTTP_OK);
+    }
     char token [KIM_AGENT_TOKEN_HEX + 1], referral_id [32];
     kim_agent_users_token (token);
     snprintf (referral_id, sizeof referral_id, "R-%.12s", token);
-    kim_agent_html_raw (html, "<form method=\"post\" action=\"/ui/new\">\n");
+    kim_agent_html_raw (html, "<dl class=\"facts\">\n");
+    s_fact (req, T (TO), recipient);
+    s_fact (req, T (PURPOSE), purpose);
+    kim_agent_html_rawf (html, "</dl>\n<p><a href=\"/ui/new\">%s</a></p>\n"
+                         "<form method=\"post\" action=\"/ui/new\">\n", T (CHANGE));
     s_hidden (req, "csrf", req->session.csrf);
+    s_hidden (req, "recipient", recipient);
+    s_hidden (req, "purpose", purpose);
     s_form_msg_id (req);
-    static const struct { const char *name; kim_agent_text_t label; int max; bool required; } fields [] = {
-        { "recipient", KIM_WEB_T_RECIPIENT, 64, true },
-        { "referral_id", KIM_WEB_T_REFERRAL_ID, 64, true },
-        { "case_id", KIM_WEB_T_CASE, 64, true },
-        { "subject", KIM_WEB_T_SUBJECT, 64, true },
-        { "purpose", KIM_WEB_T_PURPOSE_CODE, 32, true },
+    static const struct { const char *name; kim_agent_text_t label; } fields [] = {
+        { "referral_id", KIM_WEB_T_REFERRAL_ID },
+        { "case_id", KIM_WEB_T_CASE },
+        { "subject", KIM_WEB_T_SUBJECT },
     };
     for (size_t i = 0; i < sizeof fields / sizeof fields [0]; i++) {
         kim_agent_html_rawf (html, "<label for=\"new-%s\">%s</label>\n<input type=\"text\" "
-                             "id=\"new-%s\" name=\"%s\" maxlength=\"%d\"%s spellcheck=\"false\"",
-                             fields [i].name, kim_agent_web_text (fields [i].label, req->lang),
-                             fields [i].name, fields [i].name, fields [i].max,
-                             fields [i].required? " required": "");
+                             "id=\"new-%s\" name=\"%s\" maxlength=\"64\" required "
+                             "spellcheck=\"false\"", fields [i].name,
+                             kim_agent_web_text (fields [i].label, req->lang), fields [i].name,
+                             fields [i].name);
         if (streq (fields [i].name, "referral_id")) {
             kim_agent_html_raw (html, " value=\"");
             kim_agent_html_text (html, referral_id);
@@ -1080,7 +1167,7 @@ s_new_page (s_req_t *req)
     }
     kim_agent_html_rawf (html, "<label for=\"new-deadline\">%s</label>\n<input type=\"date\" "
                          "id=\"new-deadline\" name=\"deadline\">\n", T (DEADLINE_DATE));
-    s_basis_picker (req, "new");
+    s_basis_known (req, recipient, purpose);
     kim_agent_html_rawf (html, "<label for=\"new-note\">%s</label>\n<input type=\"text\" "
                          "id=\"new-note\" name=\"note\" maxlength=\"280\">\n"
                          "<label for=\"new-payload\">%s</label>\n<textarea id=\"new-payload\" "

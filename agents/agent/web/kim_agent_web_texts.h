@@ -92,3 +92,10 @@ KIM_WEB_TEXT (DEADLINE_DATE,  "Frist (Datum, freiwillig)", "Deadline (date, opti
 KIM_WEB_TEXT (PAYLOAD,        "Inhalt für die empfangende Stelle (wird verschlüsselt)", "Content for the recipient (sent encrypted)")
 KIM_WEB_TEXT (ID_HINT,        "1 bis 64 Zeichen: A-Z a-z 0-9 . _ : -", "1 to 64 characters: A-Z a-z 0-9 . _ : -")
 KIM_WEB_TEXT (ERROR,          "Fehler", "Error")
+KIM_WEB_TEXT (NEXT,           "Weiter", "Continue")
+KIM_WEB_TEXT (CHANGE,         "Empfänger oder Zweck ändern", "Change recipient or purpose")
+KIM_WEB_TEXT (STEP1_HINT,     "Zuerst Empfänger und Zweck: danach bietet die Seite die Rechtsgrundlagen an, die dafür in Frage kommen.", "Recipient and purpose first: the page then offers the legal bases that can apply.")
+KIM_WEB_TEXT (KNOWN_HINT,     "Angeboten werden nur die Einwilligungen, die diese Stelle über den Agenten erteilt hat, die nicht widerrufen sind und die diesen Empfänger und diesen Zweck abdecken. Welche Gesetze die Regeln des Brokers für diese Stellen zulassen, kann der Agent nicht wissen: eine gesetzliche Befugnis bitte als Fundstelle angeben; der Broker prüft sie beim Senden.",
+                              "Only the consents this office granted through the agent, not revoked, that cover this recipient and this purpose are offered. Which statutes the broker's rules allow for these offices the agent cannot know: give a statute as its citation; the broker checks it when the message is sent.")
+KIM_WEB_TEXT (NO_CONSENT,     "Keine passende Einwilligung bekannt.", "No consent known that covers this.")
+KIM_WEB_TEXT (VALID_UNTIL,    "gültig bis", "valid until")
