@@ -120,7 +120,7 @@ s_decode (char *text, size_t size)
         if (text [i] == '+')
             text [out++] = ' ';
         else
-        if (text [i] == '%' && i + 2 < size + 0 && s_hex (text [i + 1]) >= 0
+        if (text [i] == '%' && i + 2 < size && s_hex (text [i + 1]) >= 0
         &&  s_hex (text [i + 2]) >= 0) {
             text [out++] = (char) (s_hex (text [i + 1]) * 16 + s_hex (text [i + 2]));
             i += 2;
