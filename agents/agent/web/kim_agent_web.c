@@ -1401,6 +1401,11 @@ kim_agent_web_new (const kim_agent_config_t *config, kim_agent_store_t *store,
         kim_agent_web_destroy (&self);
         return NULL;
     }
+    zsys_info ("kim-agent %s: web page on under /ui/ (accounts in %s)", config->org,
+               config->web_users);
+    if (access (config->web_users, F_OK) != 0)
+        zsys_warning ("kim-agent %s: %s does not exist yet: nobody can sign in until "
+                      "kim-agent --add-user makes an account", config->org, config->web_users);
     return self;
 }
 
