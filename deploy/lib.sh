@@ -33,3 +33,21 @@ kim_build() {
     cmake --build "$dir" -j "$(nproc)" -- --no-print-directory >/dev/null \
         || cmake --build "$dir" -j 1 -- --no-print-directory
 }
+
+# kim_web_test_setup: what the browser test of kim-agent's web page
+# (tests/web, ctest web.browser) needs: Debian's chromium, node with npm, and
+# the node modules pinned in tests/web/package-lock.json (playwright-core
+# drives /usr/bin/chromium and never downloads a browser). Only test.sh
+# calls it: chromium is large and nothing else needs it.
+kim_web_test_setup() {
+    local dir="$KIM_ROOT/tests/web" node_pkgs=""
+    command -v node >/dev/null && command -v npm >/dev/null || node_pkgs="nodejs npm"
+    kim_install chromium fonts-dejavu-core $node_pkgs \
+        || { kim_say "cannot install chromium/node: web.browser will be skipped"; return 0; }
+    if [ ! -f "$dir/node_modules/.package-lock.json" ] \
+       || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        kim_say "installing the browser test's node modules (npm ci in tests/web)"
+        (cd "$dir" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund \
+            --loglevel=error >&2) || kim_say "npm ci failed: web.browser will be skipped"
+    fi
+}

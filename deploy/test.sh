@@ -13,6 +13,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 # systemd-analyze, dpkg-shlibdeps and groff for the operations tests (tests/ops);
 # KIM_PACKAGE_ROOT=1 also installs the packages into a debootstrap'd Debian.
 kim_install clang systemd dpkg-dev groff-base $([ "${KIM_PACKAGE_ROOT:-0}" = 1 ] && echo debootstrap)
+kim_web_test_setup
 build="$KIM_ROOT/build/test"
 kim_say "building with ASan and UBSan in $build"
 kim_build "$build" -DKIM_SANITIZE=ON -DKIM_WERROR=ON

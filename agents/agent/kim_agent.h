@@ -71,6 +71,11 @@ typedef struct {
     char folder_outbox [PATH_MAX];      //  folder/outbox: files to send ("" : none)
     char folder_inbox [PATH_MAX];       //  folder/inbox: deliveries as files ("" : none)
     int folder_poll_ms;                 //  folder/poll_ms
+    bool web_enabled;                   //  web/enabled: the staff web page (agents/agent/web)
+    char web_users [PATH_MAX];          //  web/users: the staff accounts file
+    char web_lang [3];                  //  web/lang: "de" or "en", the default language
+    uint32_t web_max_failures;          //  web/max_failures: failed logins before a lockout
+    uint32_t web_lockout_s;             //  web/lockout_s: how long a lockout lasts
 
     //  Loaded from the files named above.
     char public_key [41];
@@ -238,6 +243,19 @@ int
 int
     kim_agent_store_inbox_payload (kim_agent_store_t *self, uint64_t seq, uint8_t **data,
                                    size_t *size);
+
+//  The messages of one referral, received and sent, oldest first: a JSON
+//  array of {direction "in"|"out", type, msg_id, at, code, org, note,
+//  sender, and seq (in) or status, error, text (out)}. Never payloads.
+json_t *
+    kim_agent_store_timeline (kim_agent_store_t *self, const char *referral_id);
+
+//  The consents this office granted (its CONSENT_GRANT messages the broker
+//  did not refuse) and nobody revoked since (no CONSENT_REVOKE sent or
+//  received): a JSON array of their headers (consent, case_id, subject,
+//  recipients, purposes, valid_until, ...).
+json_t *
+    kim_agent_store_consents (kim_agent_store_t *self);
 
 //  Counts for the status route.
 void

@@ -47,6 +47,7 @@ static const char *s_known [] = {
     "webhook/url", "webhook/secret_file", "webhook/max_attempts", "webhook/backoff_ms",
     "webhook/backoff_max_ms", "webhook/timeout_ms",
     "folder/outbox", "folder/inbox", "folder/poll_ms",
+    "web/enabled", "web/users", "web/lang", "web/max_failures", "web/lockout_s",
     NULL
 };
 
@@ -74,7 +75,7 @@ s_check_known (zconfig_t *root, char *error, size_t error_size)
                 section_known = true;
         if (!section_known)
             return s_error (error, error_size, "%s: unknown section (agent, broker, http, "
-                            "store, webhook, folder)", name);
+                            "store, webhook, folder, web)", name);
     }
     return 0;
 }
@@ -342,6 +343,25 @@ kim_agent_config_load (kim_agent_config_t *self, const char *path, char *error, 
     if (rc == 0)
         rc = s_number (root, "folder/poll_ms", 50, 60000, 500, &number, error, error_size);
     self->folder_poll_ms = (int) number;
+    if (rc == 0)
+        rc = s_bool (root, "web/enabled", &self->web_enabled, error, error_size);
+    if (rc == 0)
+        rc = s_string (root, "web/users", self->web_users, sizeof self->web_users, "",
+                       error, error_size);
+    if (rc == 0 && self->web_enabled && !self->web_users [0])
+        rc = s_error (error, error_size, "web/users: required with web/enabled (the staff "
+                      "accounts file that kim-agent --add-user writes)");
+    if (rc == 0)
+        rc = s_string (root, "web/lang", self->web_lang, sizeof self->web_lang, "de",
+                       error, error_size);
+    if (rc == 0 && !streq (self->web_lang, "de") && !streq (self->web_lang, "en"))
+        rc = s_error (error, error_size, "web/lang: '%s' is not de or en", self->web_lang);
+    if (rc == 0)
+        rc = s_number (root, "web/max_failures", 1, 1000, 5, &number, error, error_size);
+    self->web_max_failures = (uint32_t) number;
+    if (rc == 0)
+        rc = s_number (root, "web/lockout_s", 1, 86400, 900, &number, error, error_size);
+    self->web_lockout_s = (uint32_t) number;
 
     //  The broker's key: inline or in a certificate file, not both.
     char key_text [64] = "";

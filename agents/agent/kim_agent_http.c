@@ -25,6 +25,7 @@
 #include <sodium.h>
 
 #include "kim_agent.h"
+#include "web/kim_agent_web.h"
 
 #define S_PARAM_MAX         KIM_ID_MAX
 #define S_LIST_LIMIT_MAX    1000
@@ -42,6 +43,7 @@ struct _kim_agent_http_t {
     //  before the local system gets its answer.
     long crash_after;
     atomic_long accepts;
+    kim_agent_web_t *web;               //  the staff page (web/enabled), or NULL
 };
 
 //  One request in progress.
@@ -50,6 +52,7 @@ typedef struct {
     size_t size;
     bool too_large;
     bool answered;
+    bool web;                           //  for the staff page, which has its own login
 } s_request_t;
 
 typedef struct {
@@ -848,7 +851,8 @@ s_handle (void *cls, struct MHD_Connection *connection, const char *url, const c
             return MHD_NO;
         *state = request;
         //  Refuse before reading a body: no token, or a body too large
-        if (!s_authorized (self, connection)) {
+        request->web = self->web && kim_agent_web_owns (url);
+        if (!request->web && !s_authorized (self, connection)) {
             request->answered = true;
             return s_error (connection, MHD_HTTP_UNAUTHORIZED, KIM_E_FORBIDDEN,
                             "missing or wrong bearer token (Authorization: Bearer ...)", "");
@@ -885,6 +889,9 @@ s_handle (void *cls, struct MHD_Connection *connection, const char *url, const c
     if (request->too_large)
         return s_error (connection, MHD_HTTP_CONTENT_TOO_LARGE, KIM_E_TOO_LARGE,
                         "the body is larger than http/max_body", "");
+    if (request->web)
+        return kim_agent_web_handle (self->web, connection, url, method, request->body,
+                                     request->size);
     return s_dispatch (self, connection, url, method, request);
 }
 
@@ -940,6 +947,11 @@ kim_agent_http_new (const kim_agent_config_t *config, kim_agent_store_t *store,
         kim_agent_http_destroy (&self);
         return NULL;
     }
+    if (config->web_enabled
+    &&  !(self->web = kim_agent_web_new (config, store, shared, error, error_size))) {
+        kim_agent_http_destroy (&self);
+        return NULL;
+    }
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG
                    | (ipv6? MHD_USE_IPv6: 0);
     if (config->tls_cert [0]) {
@@ -989,6 +1001,7 @@ kim_agent_http_destroy (kim_agent_http_t **self_p)
         kim_agent_http_t *self = *self_p;
         if (self->daemon)
             MHD_stop_daemon (self->daemon);
+        kim_agent_web_destroy (&self->web);
         if (self->tls_key) {
             sodium_memzero (self->tls_key, strlen (self->tls_key));
             free (self->tls_key);

@@ -1438,3 +1438,149 @@ kim_agent_store_answers_done (kim_agent_store_t *self, const char *msg_id)
     mdb_txn_abort (txn);
     return s_mdb_code (rc);
 }
+
+//  --------------------------------------------------------------------------
+//  A referral's messages, for the staff page
+
+//  True when a stored record belongs to the referral: its referral_id, or
+//  the FORWARD whose msg_id opened it.
+static bool
+s_of_referral (json_t *record, const char *referral_id)
+{
+    const char *id = json_string_value (json_object_get (record, "referral_id"));
+    const char *msg_id = json_string_value (json_object_get (record, "msg_id"));
+    const char *type = json_string_value (json_object_get (record, "type"));
+    return (id && streq (id, referral_id))
+        || (msg_id && type && streq (msg_id, referral_id) && streq (type, "FORWARD"));
+}
+
+json_t *
+kim_agent_store_timeline (kim_agent_store_t *self, const char *referral_id)
+{
+    json_t *items = json_array ();
+    MDB_txn *txn;
+    if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
+        return items;
+    size_t id_length = strlen (referral_id);
+    const int dbs [2] = { S_INBOX, S_OUTBOX };
+    for (int i = 0; i < 2; i++) {
+        MDB_cursor *cursor;
+        if (mdb_cursor_open (txn, self->dbi [dbs [i]], &cursor) != 0)
+            continue;
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            //  Cheap filter before parsing: the id must occur in the record
+            if (!memmem (value.mv_data, value.mv_size, referral_id, id_length))
+                continue;
+            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+            if (record && s_of_referral (record, referral_id)) {
+                json_t *header = json_object_get (record, "header");
+                json_t *item = json_pack ("{s:s, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?}",
+                                          "direction", dbs [i] == S_INBOX? "in": "out",
+                                          "type", json_object_get (record, "type"),
+                                          "msg_id", json_object_get (record, "msg_id"),
+                                          "code", json_object_get (header, "code"),
+                                          "org", json_object_get (header, "org"),
+                                          "note", json_object_get (header, "note"),
+                                          "sender", json_object_get (record, "sender"));
+                if (item && dbs [i] == S_INBOX) {
+                    json_object_set (item, "seq", json_object_get (record, "seq"));
+                    json_object_set (item, "at", json_object_get (record, "received_at"));
+                    json_object_set (item, "sealed_error", json_object_get (record, "sealed_error"));
+                }
+                else
+                if (item) {
+                    json_object_set (item, "at", json_object_get (record, "accepted_at"));
+                    json_object_set (item, "status", json_object_get (record, "status"));
+                    json_object_set (item, "error", json_object_get (record, "error"));
+                    json_object_set (item, "text", json_object_get (record, "text"));
+                }
+                if (item)
+                    json_array_append_new (items, item);
+            }
+            json_decref (record);
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    //  Oldest first
+    size_t count = json_array_size (items);
+    for (size_t i = 1; i < count; i++)
+        for (size_t j = i; j > 0; j--) {
+            json_int_t a = json_integer_value (json_object_get (json_array_get (items, j - 1), "at"));
+            json_int_t b = json_integer_value (json_object_get (json_array_get (items, j), "at"));
+            if (a <= b)
+                break;
+            json_t *swap = json_incref (json_array_get (items, j));
+            json_array_set (items, j, json_array_get (items, j - 1));
+            json_array_set_new (items, j - 1, swap);
+        }
+    return items;
+}
+
+//  --------------------------------------------------------------------------
+//  Consents the office knows of, for the staff page's legal-basis picker
+
+//  Adds the consent ids that `db` records as revoked to `revoked`.
+static void
+s_revoked (kim_agent_store_t *self, MDB_txn *txn, int db, json_t *revoked)
+{
+    MDB_cursor *cursor;
+    if (mdb_cursor_open (txn, self->dbi [db], &cursor) != 0)
+        return;
+    MDB_val key, value;
+    int op = MDB_FIRST;
+    while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
+        op = MDB_NEXT;
+        if (!memmem (value.mv_data, value.mv_size, "\"CONSENT_REVOKE\"", 16))
+            continue;
+        json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+        const char *type = json_string_value (json_object_get (record, "type"));
+        const char *status = json_string_value (json_object_get (record, "status"));
+        const char *id = json_string_value (json_object_get (json_object_get (record, "header"),
+                                                             "consent"));
+        if (type && streq (type, "CONSENT_REVOKE") && id && !(status && streq (status, "refused")))
+            json_object_set_new (revoked, id, json_true ());
+        json_decref (record);
+    }
+    mdb_cursor_close (cursor);
+}
+
+json_t *
+kim_agent_store_consents (kim_agent_store_t *self)
+{
+    json_t *grants = json_array ();
+    json_t *revoked = json_object ();
+    MDB_txn *txn;
+    if (!grants || !revoked || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0) {
+        json_decref (revoked);
+        return grants;
+    }
+    s_revoked (self, txn, S_OUTBOX, revoked);
+    s_revoked (self, txn, S_INBOX, revoked);
+    MDB_cursor *cursor;
+    if (mdb_cursor_open (txn, self->dbi [S_OUTBOX], &cursor) == 0) {
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            op = MDB_NEXT;
+            if (!memmem (value.mv_data, value.mv_size, "\"CONSENT_GRANT\"", 15))
+                continue;
+            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+            const char *type = json_string_value (json_object_get (record, "type"));
+            const char *status = json_string_value (json_object_get (record, "status"));
+            json_t *header = json_object_get (record, "header");
+            const char *id = json_string_value (json_object_get (header, "consent"));
+            if (type && streq (type, "CONSENT_GRANT") && id && !json_object_get (revoked, id)
+            &&  !(status && streq (status, "refused")))
+                json_array_append (grants, header);
+            json_decref (record);
+        }
+        mdb_cursor_close (cursor);
+    }
+    mdb_txn_abort (txn);
+    json_decref (revoked);
+    return grants;
+}

@@ -12,11 +12,14 @@
 
 #include <curl/curl.h>
 #include <czmq.h>
+#include <sodium.h>
 
 #include "kim_agent.h"
+#include "web/kim_agent_web.h"
 
 static const char s_usage [] =
     "Usage: kim-agent --config FILE [--check] [--verbose]\n"
+    "       kim-agent --config FILE --add-user NAME --role staff|readonly < password\n"
     "       kim-agent --routes | --help | --version\n"
     "\n"
     "Connects an office's own systems to a kim broker: keeps the office's key, a\n"
@@ -27,6 +30,9 @@ static const char s_usage [] =
     "  --check         validate the config and the files it names, then exit\n"
     "                  (0: valid, 2: not)\n"
     "  --verbose       debug logging (also agent/verbose = 1)\n"
+    "  --add-user NAME add or replace a staff account of the web page (web/users);\n"
+    "                  the password (10..256 characters) is read from stdin\n"
+    "  --role ROLE     with --add-user: staff (may answer and send) or readonly\n"
     "  --routes        print the HTTP routes the agent serves and exit\n"
     "  --version       print the version and exit\n"
     "  --help          this text\n"
@@ -58,6 +64,7 @@ int
 main (int argc, char *argv [])
 {
     const char *config_path = NULL;
+    const char *add_user = NULL, *role = NULL;
     bool check = false, verbose = false;
     for (int i = 1; i < argc; i++) {
         if (streq (argv [i], "--help") || streq (argv [i], "-h")) {
@@ -74,6 +81,12 @@ main (int argc, char *argv [])
             kim_agent_http_routes (stdout);
             return 0;
         }
+        else
+        if (streq (argv [i], "--add-user") && i + 1 < argc)
+            add_user = argv [++i];
+        else
+        if (streq (argv [i], "--role") && i + 1 < argc)
+            role = argv [++i];
         else
         if (streq (argv [i], "--check"))
             check = true;
@@ -109,6 +122,30 @@ main (int argc, char *argv [])
     }
     if (verbose)
         config.verbose = true;
+    if (add_user) {
+        //  The password from stdin: one line, never an argument (ps shows those)
+        char password [300] = "";
+        int rc = 0;
+        if (!fgets (password, sizeof password, stdin))
+            password [0] = 0;
+        password [strcspn (password, "\r\n")] = 0;
+        if (!config.web_users [0]) {
+            fprintf (stderr, "kim-agent: web/users is not set in %s\n", config_path);
+            rc = 2;
+        }
+        else
+        if (kim_agent_users_add (config.web_users, add_user, role? role: "", password,
+                                 error, sizeof error) != 0) {
+            fprintf (stderr, "kim-agent: --add-user: %s\n", error);
+            rc = 2;
+        }
+        else
+            printf ("kim-agent: account %s (%s) written to %s\n", add_user, role,
+                    config.web_users);
+        sodium_memzero (password, sizeof password);
+        kim_agent_config_clear (&config);
+        return rc;
+    }
     if (check) {
         printf ("kim-agent: %s is valid: organisation %s, broker %s, HTTP on %s port %u%s, "
                 "%zu client token(s)\n", config_path, config.org, config.endpoint, config.bind,
