@@ -250,13 +250,6 @@ int
 json_t *
     kim_agent_store_timeline (kim_agent_store_t *self, const char *referral_id);
 
-//  The consents this office granted (its CONSENT_GRANT messages the broker
-//  did not refuse) and nobody revoked since (no CONSENT_REVOKE sent or
-//  received): a JSON array of their headers (consent, case_id, subject,
-//  recipients, purposes, valid_until, ...).
-json_t *
-    kim_agent_store_consents (kim_agent_store_t *self);
-
 //  Counts for the status route.
 void
     kim_agent_store_counts (kim_agent_store_t *self, size_t *queued, size_t *inbox,

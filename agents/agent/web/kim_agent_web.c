@@ -1068,7 +1068,7 @@ s_basis_known (s_req_t *req, const char *recipient, const char *purpose)
     kim_agent_html_t *html = &req->html;
     kim_agent_html_rawf (html, "<fieldset>\n<legend>%s</legend>\n<p class=\"hint\" "
                          "id=\"basis-hint\">%s</p>\n", T (LEGAL_BASIS), T (KNOWN_HINT));
-    json_t *consents = kim_agent_store_consents (req->self->store);
+    json_t *consents = kim_agent_store_consents (req->self->store, "active");
     uint64_t now = (uint64_t) zclock_time ();
     size_t offered = 0;
     for (size_t i = 0; i < json_array_size (consents); i++) {
