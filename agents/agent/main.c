@@ -15,6 +15,7 @@
 #include <sodium.h>
 
 #include "kim_agent.h"
+#include "kim_logfmt.h"
 #include "web/kim_agent_web.h"
 
 static const char s_usage [] =
@@ -60,8 +61,8 @@ s_write_port_file (const char *path, uint16_t port)
     return rename (temp, path);
 }
 
-int
-main (int argc, char *argv [])
+static int
+s_main (int argc, char *argv [], FILE *log_stream)
 {
     const char *config_path = NULL;
     const char *add_user = NULL, *role = NULL;
@@ -111,7 +112,7 @@ main (int argc, char *argv [])
     signal (SIGPIPE, SIG_IGN);
     zsys_init ();
     zsys_set_logident ("kim-agent");
-    zsys_set_logstream (stderr);
+    zsys_set_logstream (log_stream? log_stream: stderr);
 
     static kim_agent_config_t config;
     char error [512];
@@ -226,5 +227,18 @@ main (int argc, char *argv [])
     kim_agent_config_clear (&config);
     curl_global_cleanup ();
     zsys_info ("kim-agent %s: stopped", config.org);
+    return rc;
+}
+
+int
+main (int argc, char *argv [])
+{
+    //  Log lines become logfmt events on stderr (journald under systemd).
+    //  zsys logs until it shuts down, so the stream closes after that.
+    FILE *log_stream = kim_logfmt_stream ("kim-agent");
+    int rc = s_main (argc, argv, log_stream);
+    zsys_shutdown ();
+    if (log_stream)
+        fclose (log_stream);
     return rc;
 }

@@ -238,6 +238,24 @@ main (void)
     status = kim_agenttest_stop (&a, SIGINT);
     KIM_CHECK (WIFEXITED (status) && WEXITSTATUS (status) == 0);
 
+    //  Both agents' logs: one logfmt event per line, naming the program,
+    //  and never the payload's words.
+    const char *logs [] = { a.log, b.log };
+    for (size_t i = 0; i < 2; i++) {
+        FILE *file = fopen (logs [i], "r");
+        KIM_CHECK (file);
+        char line [8192];
+        size_t lines = 0;
+        while (fgets (line, sizeof line, file)) {
+            lines++;
+            KIM_CHECK (strncmp (line, "ts=", 3) == 0 && strstr (line, " prog=kim-agent ")
+                       && strstr (line, " msg=\"") && strstr (line, "level="));
+            KIM_CHECK (!strstr (line, "Bitte um Termin") && !strstr (line, "Termin"));
+        }
+        fclose (file);
+        KIM_CHECK (lines > 0);
+    }
+
     kim_agenttest_cleanup (&a);
     kim_agenttest_cleanup (&b);
     kim_testbroker_destroy (&broker);

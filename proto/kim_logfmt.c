@@ -1,23 +1,25 @@
-/*  kim_logfmt.c — the broker's log lines as structured events.
+/*  kim_logfmt.c — the daemons' log lines as structured events.
 
     czmq's zsys writes "L: yy-mm-dd hh:mm:ss text" to a stream: a local
     time with a two-digit year and a level letter that journald and log
-    shippers cannot read. Rather than change the hundred places that log,
-    the broker gives zsys a stream of its own (fopencookie) that turns each
-    line into one logfmt event on stderr:
+    shippers cannot read. Rather than change the hundreds of places that
+    log, kim-broker and kim-agent give zsys a stream of their own
+    (fopencookie) that turns each line into one logfmt event on stderr:
 
         ts=2026-12-06T03:57:10.123Z level=info prog=kim-broker module=server msg="..."
 
     `module` is the message's leading "word: " where it has one (the
-    broker's messages name their module that way). Under systemd
+    daemons' messages name their module that way). Under systemd
     (JOURNAL_STREAM names our stderr) each line also starts with the
     syslog priority "<N>", which journald turns into the entry's level.
 
     What is logged is decided where it is logged: log texts carry ids,
     codes and counts, never payloads, names or other personal data.
 */
-#include <czmq.h>
+#include <stdbool.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
