@@ -8,6 +8,10 @@
     input meets exactly the limits, rules and error paths of the wire, and a
     new header field needs no change here. The one JSON-specific rule: the
     binary fields (payload_hash, sig) are lowercase hex strings.
+
+    kim_json_message reads what an agency system hands kim's tools (`kim
+    send --json`, kim-agent's API, web page and folder bridge): a header
+    object with the payload beside it, as text or base64.
 */
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,8 +19,10 @@
 
 #include <jansson.h>
 #include <msgpack.h>
+#include <sodium.h>
 
 #include "kim/kim_msg.h"
+#include "kim_json.h"
 #include "kim_mp_json.h"
 
 //  --------------------------------------------------------------------------
@@ -270,6 +276,94 @@ kim_msg_from_json (kim_msg_t *self, const char *json, size_t size, kim_decode_er
     if (rc == 0)
         rc = kim_msg_decode (self, buf.data, buf.size, err);
     kim_buf_free (&buf);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  A message header with its payload, as agency systems write it
+
+int
+kim_json_message (json_t *root, kim_msg_t *msg, uint8_t **payload, size_t *payload_size,
+                  char *why, size_t why_size, char *path, size_t path_size)
+{
+    *payload = NULL;
+    *payload_size = 0;
+    path [0] = 0;
+    kim_msg_init (msg);
+    if (!json_is_object (root)) {
+        snprintf (why, why_size, "a message must be one JSON object: its header");
+        return -KIM_E_MALFORMED;
+    }
+    json_t *header = json_deep_copy (root);
+    if (!header) {
+        snprintf (why, why_size, "out of memory");
+        return -KIM_E_NOMEM;
+    }
+    json_t *text_payload = json_object_get (header, "payload");
+    json_t *base64_payload = json_object_get (header, "payload_base64");
+    int rc = 0;
+    if (text_payload && base64_payload) {
+        snprintf (why, why_size, "give \"payload\" or \"payload_base64\", not both");
+        snprintf (path, path_size, "payload");
+        rc = -KIM_E_BAD_VALUE;
+    }
+    else
+    if (text_payload || base64_payload) {
+        json_t *value = text_payload? text_payload: base64_payload;
+        snprintf (path, path_size, "%s", text_payload? "payload": "payload_base64");
+        if (!json_is_string (value)) {
+            snprintf (why, why_size, "%s must be a string", path);
+            rc = -KIM_E_BAD_TYPE;
+        }
+        else {
+            const char *chars = json_string_value (value);
+            size_t length = json_string_length (value);
+            size_t capacity = text_payload? length: length / 4 * 3 + 3;
+            *payload = (uint8_t *) malloc (capacity? capacity: 1);
+            if (!*payload) {
+                snprintf (why, why_size, "out of memory");
+                rc = -KIM_E_NOMEM;
+            }
+            else
+            if (text_payload) {
+                memcpy (*payload, chars, length);
+                *payload_size = length;
+            }
+            else
+            if (sodium_base642bin (*payload, capacity, chars, length, " \r\n", payload_size,
+                                   NULL, sodium_base64_VARIANT_ORIGINAL) != 0
+            &&  sodium_base642bin (*payload, capacity, chars, length, " \r\n", payload_size,
+                                   NULL, sodium_base64_VARIANT_ORIGINAL_NO_PADDING) != 0) {
+                snprintf (why, why_size, "payload_base64 is not valid base64");
+                rc = -KIM_E_BAD_VALUE;
+            }
+            if (rc == 0 && *payload_size > KIM_PAYLOAD_MAX) {
+                snprintf (why, why_size, "the payload is larger than %u bytes", KIM_PAYLOAD_MAX);
+                rc = -KIM_E_TOO_LARGE;
+            }
+            if (rc == 0)
+                path [0] = 0;
+        }
+        json_object_del (header, "payload");
+        json_object_del (header, "payload_base64");
+    }
+    if (rc == 0) {
+        char *text = json_dumps (header, JSON_COMPACT);
+        kim_decode_error_t derr = { 0, "" };
+        rc = text? kim_msg_from_json (msg, text, strlen (text), &derr): -KIM_E_NOMEM;
+        free (text);
+        if (rc) {
+            snprintf (why, why_size, "%s%s%s", kim_strerror (rc), derr.path [0]? " at ": "",
+                      derr.path);
+            snprintf (path, path_size, "%s", derr.path);
+        }
+    }
+    json_decref (header);
+    if (rc) {
+        free (*payload);
+        *payload = NULL;
+        *payload_size = 0;
+    }
     return rc;
 }
 

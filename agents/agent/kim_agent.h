@@ -28,6 +28,7 @@
 #include <jansson.h>
 
 #include "kim/kim_client.h"
+#include "kim_json.h"
 
 #define KIM_AGENT_VERSION       "0.1.0"
 #define KIM_AGENT_BODY_DEFAULT  (4u * 1024 * 1024)
@@ -371,12 +372,5 @@ uint16_t
 //  Prints the route table ("METHOD /path/{param}" lines).
 void
     kim_agent_http_routes (FILE *out);
-
-//  Parses a message the way `kim send --json` reads a line: header keys as
-//  on the wire plus "payload" (UTF-8 text) or "payload_base64". Returns 0
-//  or -code with `why` and `path`. *payload is malloc'ed or NULL.
-int
-    kim_agent_json_message (json_t *root, kim_msg_t *msg, uint8_t **payload, size_t *size,
-                            char *why, size_t why_size, char *path, size_t path_size);
 
 #endif

@@ -236,7 +236,7 @@ s_send_file (kim_agent_folder_t *self, const char *name)
         rc = -KIM_E_MALFORMED;
     }
     else
-        rc = kim_agent_json_message (root, &msg, &inline_payload, &inline_size, why, sizeof why,
+        rc = kim_json_message (root, &msg, &inline_payload, &inline_size, why, sizeof why,
                                      path, sizeof path);
     if (rc == 0 && has_payload_file && (json_object_get (root, "payload")
                                     ||  json_object_get (root, "payload_base64"))) {

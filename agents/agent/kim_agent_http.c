@@ -121,94 +121,6 @@ s_store_error (struct MHD_Connection *connection, int rc)
 }
 
 
-//  --------------------------------------------------------------------------
-//  Messages from JSON: the fields of `kim send --json`
-
-int
-kim_agent_json_message (json_t *root, kim_msg_t *msg, uint8_t **payload, size_t *payload_size,
-                        char *why, size_t why_size, char *path, size_t path_size)
-{
-    *payload = NULL;
-    *payload_size = 0;
-    path [0] = 0;
-    kim_msg_init (msg);
-    if (!json_is_object (root)) {
-        snprintf (why, why_size, "the body must be one JSON object: a message header");
-        return -KIM_E_MALFORMED;
-    }
-    json_t *header = json_deep_copy (root);
-    if (!header) {
-        snprintf (why, why_size, "out of memory");
-        return -KIM_E_NOMEM;
-    }
-    json_t *text_payload = json_object_get (header, "payload");
-    json_t *base64_payload = json_object_get (header, "payload_base64");
-    int rc = 0;
-    if (text_payload && base64_payload) {
-        snprintf (why, why_size, "give \"payload\" or \"payload_base64\", not both");
-        snprintf (path, path_size, "payload");
-        rc = -KIM_E_BAD_VALUE;
-    }
-    else
-    if (text_payload || base64_payload) {
-        json_t *value = text_payload? text_payload: base64_payload;
-        snprintf (path, path_size, "%s", text_payload? "payload": "payload_base64");
-        if (!json_is_string (value)) {
-            snprintf (why, why_size, "%s must be a string", path);
-            rc = -KIM_E_BAD_TYPE;
-        }
-        else {
-            const char *chars = json_string_value (value);
-            size_t length = json_string_length (value);
-            size_t capacity = text_payload? length: length / 4 * 3 + 3;
-            *payload = (uint8_t *) malloc (capacity? capacity: 1);
-            if (!*payload) {
-                snprintf (why, why_size, "out of memory");
-                rc = -KIM_E_NOMEM;
-            }
-            else
-            if (text_payload) {
-                memcpy (*payload, chars, length);
-                *payload_size = length;
-            }
-            else
-            if (sodium_base642bin (*payload, capacity, chars, length, " \r\n", payload_size,
-                                   NULL, sodium_base64_VARIANT_ORIGINAL) != 0
-            &&  sodium_base642bin (*payload, capacity, chars, length, " \r\n", payload_size,
-                                   NULL, sodium_base64_VARIANT_ORIGINAL_NO_PADDING) != 0) {
-                snprintf (why, why_size, "payload_base64 is not valid base64");
-                rc = -KIM_E_BAD_VALUE;
-            }
-            if (rc == 0 && *payload_size > KIM_PAYLOAD_MAX) {
-                snprintf (why, why_size, "the payload is larger than %u bytes", KIM_PAYLOAD_MAX);
-                rc = -KIM_E_TOO_LARGE;
-            }
-            if (rc == 0)
-                path [0] = 0;
-        }
-        json_object_del (header, "payload");
-        json_object_del (header, "payload_base64");
-    }
-    if (rc == 0) {
-        char *text = json_dumps (header, JSON_COMPACT);
-        kim_decode_error_t derr = { 0, "" };
-        rc = text? kim_msg_from_json (msg, text, strlen (text), &derr): -KIM_E_NOMEM;
-        free (text);
-        if (rc) {
-            snprintf (why, why_size, "%s%s%s", kim_strerror (rc), derr.path [0]? " at ": "",
-                      derr.path);
-            snprintf (path, path_size, "%s", derr.path);
-        }
-    }
-    json_decref (header);
-    if (rc) {
-        free (*payload);
-        *payload = NULL;
-        *payload_size = 0;
-    }
-    return rc;
-}
-
 int
 kim_agent_accept_message (const kim_agent_config_t *config, kim_agent_store_t *store,
                           kim_msg_t *msg, const uint8_t *payload, size_t size,
@@ -272,7 +184,7 @@ s_accept (s_call_t *call, json_t *root)
     uint8_t *payload = NULL;
     size_t size = 0;
     char why [KIM_TEXT_MAX + 1], path [KIM_PATH_MAX + 1];
-    int rc = kim_agent_json_message (root, &msg, &payload, &size, why, sizeof why,
+    int rc = kim_json_message (root, &msg, &payload, &size, why, sizeof why,
                                      path, sizeof path);
     if (rc)
         return s_error (call->connection, rc == -KIM_E_TOO_LARGE? MHD_HTTP_CONTENT_TOO_LARGE

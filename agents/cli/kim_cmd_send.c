@@ -20,6 +20,7 @@
 #include <sodium.h>
 
 #include "kim_cli.h"
+#include "kim_json.h"
 
 const char kim_cmd_send_usage [] =
     "Usage: kim send [connection options] [header options] [--payload FILE|-]\n"
@@ -310,73 +311,8 @@ s_parse_line (const char *text, size_t size, kim_msg_t *msg, uint8_t **payload,
         snprintf (why, why_size, "not JSON (column %d): %s", jerr.column, jerr.text);
         return -KIM_E_MALFORMED;
     }
-    int rc = 0;
-    json_t *text_payload = json_object_get (root, "payload");
-    json_t *base64_payload = json_object_get (root, "payload_base64");
-    if (!json_is_object (root)) {
-        snprintf (why, why_size, "a line must be one JSON object: a message header");
-        rc = -KIM_E_MALFORMED;
-    }
-    else
-    if (text_payload && base64_payload) {
-        snprintf (why, why_size, "give \"payload\" or \"payload_base64\", not both");
-        snprintf (path, path_size, "payload");
-        rc = -KIM_E_BAD_VALUE;
-    }
-    else
-    if (text_payload || base64_payload) {
-        json_t *value = text_payload? text_payload: base64_payload;
-        snprintf (path, path_size, "%s", text_payload? "payload": "payload_base64");
-        if (!json_is_string (value)) {
-            snprintf (why, why_size, "%s must be a string", path);
-            rc = -KIM_E_BAD_TYPE;
-        }
-        else {
-            const char *chars = json_string_value (value);
-            size_t length = json_string_length (value);
-            size_t capacity = text_payload? length: length / 4 * 3 + 3;
-            *payload = (uint8_t *) malloc (capacity? capacity: 1);
-            if (!*payload) {
-                snprintf (why, why_size, "out of memory");
-                rc = -KIM_E_NOMEM;
-            }
-            else
-            if (text_payload) {
-                memcpy (*payload, chars, length);
-                *payload_size = length;
-            }
-            else
-            if (sodium_base642bin (*payload, capacity, chars, length, " \r\n", payload_size,
-                                   NULL, sodium_base64_VARIANT_ORIGINAL) != 0
-            &&  sodium_base642bin (*payload, capacity, chars, length, " \r\n", payload_size,
-                                   NULL, sodium_base64_VARIANT_ORIGINAL_NO_PADDING) != 0) {
-                snprintf (why, why_size, "payload_base64 is not valid base64");
-                rc = -KIM_E_BAD_VALUE;
-            }
-            if (rc == 0)
-                path [0] = 0;
-        }
-        json_object_del (root, "payload");
-        json_object_del (root, "payload_base64");
-    }
-    if (rc == 0) {
-        char *header = json_dumps (root, JSON_COMPACT);
-        kim_decode_error_t derr = { 0, "" };
-        kim_msg_init (msg);
-        rc = header? kim_msg_from_json (msg, header, strlen (header), &derr): -KIM_E_NOMEM;
-        free (header);
-        if (rc) {
-            snprintf (why, why_size, "%s%s%s", kim_strerror (rc), derr.path [0]? " at ": "",
-                      derr.path);
-            snprintf (path, path_size, "%s", derr.path);
-        }
-    }
+    int rc = kim_json_message (root, msg, payload, payload_size, why, why_size, path, path_size);
     json_decref (root);
-    if (rc) {
-        free (*payload);
-        *payload = NULL;
-        *payload_size = 0;
-    }
     return rc;
 }
 

@@ -979,7 +979,7 @@ s_send (s_req_t *req, json_t *message, const char *action, const char *referral_
     uint8_t *payload = NULL;
     size_t size = 0;
     char path [KIM_PATH_MAX + 1];
-    int rc = kim_agent_json_message (message, &msg, &payload, &size, why, why_size, path,
+    int rc = kim_json_message (message, &msg, &payload, &size, why, why_size, path,
                                      sizeof path);
     json_t *record = NULL;
     if (rc == 0)
