@@ -31,6 +31,8 @@
 
     Records are JSON because every reader hands them out as JSON anyway;
     keys starting with '_' are the agent's own and are removed on the way out.
+    The views' reads are in kim_agent_store_views.c, the work queues in
+    kim_agent_store_queues.c (kim_agent_store_int.h).
 */
 #include <errno.h>
 #include <sys/stat.h>
@@ -39,37 +41,22 @@
 #include <lmdb.h>
 #include <sodium.h>
 
-#include "kim_agent.h"
+#include "kim_agent_store_int.h"
 
-enum { S_OUTBOX, S_OUTBOX_PAYLOAD, S_QUEUE, S_INBOX, S_INBOX_PAYLOAD, S_REFERRALS, S_META,
-       S_PUSH, S_DEAD, S_DROP, S_ANSWERS, S_CASES, S_CONSENTS, S_REPORTS, S_DBS };
 static const char *s_db_names [S_DBS] = {
     "outbox", "outbox_payload", "queue", "inbox", "inbox_payload", "referrals", "meta",
     "push", "dead", "drop", "answers", "cases", "consents", "reports"
 };
 
-struct _kim_agent_store_t {
-    MDB_env *env;
-    MDB_dbi dbi [S_DBS];
-    char org [KIM_ORG_MAX + 1];
-    bool push;                          //  new deliveries go to the webhook too
-    bool drop;                          //  ... and to the inbox folder
-};
 
-struct _kim_agent_txn_t {
-    kim_agent_store_t *store;
-    MDB_txn *txn;
-    int failed;                         //  -KIM_E_* of the first failed write
-};
-
-static uint64_t
-s_now (void)
+uint64_t
+kim_agent_store_i_now (void)
 {
     return (uint64_t) zclock_time ();
 }
 
-static void
-s_key_u64 (uint8_t key [8], uint64_t value)
+void
+kim_agent_store_i_key_u64 (uint8_t key [8], uint64_t value)
 {
     for (int i = 7; i >= 0; i--) {
         key [i] = (uint8_t) value;
@@ -77,8 +64,8 @@ s_key_u64 (uint8_t key [8], uint64_t value)
     }
 }
 
-static uint64_t
-s_u64_key (const MDB_val *key)
+uint64_t
+kim_agent_store_i_u64_key (const MDB_val *key)
 {
     uint64_t value = 0;
     if (key->mv_size == 8)
@@ -87,8 +74,8 @@ s_u64_key (const MDB_val *key)
     return value;
 }
 
-static int
-s_mdb_code (int rc)
+int
+kim_agent_store_i_mdb_code (int rc)
 {
     return rc == MDB_MAP_FULL? -KIM_E_STORE_FULL: rc == MDB_NOTFOUND? -KIM_E_NOT_FOUND
                                                                       : -KIM_E_IO;
@@ -148,8 +135,8 @@ kim_agent_store_destroy (kim_agent_store_t **self_p)
 //  --------------------------------------------------------------------------
 //  JSON records
 
-static json_t *
-s_get_json (kim_agent_store_t *self, MDB_txn *txn, int db, MDB_val *key)
+json_t *
+kim_agent_store_i_get_json (kim_agent_store_t *self, MDB_txn *txn, int db, MDB_val *key)
 {
     MDB_val value;
     if (mdb_get (txn, self->dbi [db], key, &value) != 0)
@@ -157,8 +144,9 @@ s_get_json (kim_agent_store_t *self, MDB_txn *txn, int db, MDB_val *key)
     return json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
 }
 
-static int
-s_put_json (kim_agent_store_t *self, MDB_txn *txn, int db, MDB_val *key, json_t *record)
+int
+kim_agent_store_i_put_json (kim_agent_store_t *self, MDB_txn *txn, int db, MDB_val *key,
+                            json_t *record)
 {
     char *text = json_dumps (record, JSON_COMPACT);
     if (!text)
@@ -166,12 +154,12 @@ s_put_json (kim_agent_store_t *self, MDB_txn *txn, int db, MDB_val *key, json_t 
     MDB_val value = { strlen (text), text };
     int rc = mdb_put (txn, self->dbi [db], key, &value, 0);
     free (text);
-    return rc? s_mdb_code (rc): 0;
+    return rc? kim_agent_store_i_mdb_code (rc): 0;
 }
 
 //  A copy of a record without its internal keys.
-static json_t *
-s_public (json_t *record)
+json_t *
+kim_agent_store_i_public (json_t *record)
 {
     if (!record)
         return NULL;
@@ -185,8 +173,8 @@ s_public (json_t *record)
     return copy;
 }
 
-static json_t *
-s_header_json (const kim_msg_t *msg)
+json_t *
+kim_agent_store_i_header_json (const kim_msg_t *msg)
 {
     kim_buf_t buf;
     kim_buf_init (&buf);
@@ -207,19 +195,19 @@ s_view_revoke (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg)
     MDB_cursor *cursor;
     int rc = mdb_cursor_open (txn, self->dbi [S_REFERRALS], &cursor);
     if (rc)
-        return s_mdb_code (rc);
+        return kim_agent_store_i_mdb_code (rc);
     MDB_val key, value;
     int op = MDB_FIRST;
     while (rc == 0 && mdb_cursor_get (cursor, &key, &value, op) == 0) {
         op = MDB_NEXT;
         json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
-        json_t *updated = record? kim_agent_view_revoked (record, msg, s_now ()): NULL;
+        json_t *updated = record? kim_agent_view_revoked (record, msg, kim_agent_store_i_now ()): NULL;
         if (updated) {
             char *text = json_dumps (updated, JSON_COMPACT);
             MDB_val data = { text? strlen (text): 0, text };
             //  Overwriting the current item keeps the cursor where it is
             int mrc = text? mdb_cursor_put (cursor, &key, &data, MDB_CURRENT): ENOMEM;
-            rc = mrc == ENOMEM? -KIM_E_NOMEM: mrc? s_mdb_code (mrc): 0;
+            rc = mrc == ENOMEM? -KIM_E_NOMEM: mrc? kim_agent_store_i_mdb_code (mrc): 0;
             free (text);
         }
         json_decref (updated);
@@ -254,11 +242,11 @@ s_view_handover (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bo
         if (!id || rc)
             continue;
         MDB_val key = { strlen (id), (void *) id };
-        json_t *record = s_get_json (self, txn, S_REFERRALS, &key);
+        json_t *record = kim_agent_store_i_get_json (self, txn, S_REFERRALS, &key);
         json_t *moved = record? kim_agent_view_handover (self->org, record, old_lead, new_lead,
-                                                         msg, s_now ()): NULL;
+                                                         msg, kim_agent_store_i_now ()): NULL;
         if (moved)
-            rc = s_put_json (self, txn, S_REFERRALS, &key, moved);
+            rc = kim_agent_store_i_put_json (self, txn, S_REFERRALS, &key, moved);
         json_decref (moved);
         json_decref (record);
     }
@@ -273,10 +261,10 @@ s_view_apply (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool 
     json_t *record = NULL;
     if (id [0]) {
         MDB_val key = { strlen (id), (void *) id };
-        record = s_get_json (self, txn, S_REFERRALS, &key);
+        record = kim_agent_store_i_get_json (self, txn, S_REFERRALS, &key);
     }
     json_t *opened = NULL;
-    json_t *updated = kim_agent_view_apply (self->org, msg, outgoing, record, s_now (), &opened);
+    json_t *updated = kim_agent_view_apply (self->org, msg, outgoing, record, kim_agent_store_i_now (), &opened);
     //  The case a message belongs to: its own case_id, else its referral's
     char case_id [KIM_ID_MAX + 1];
     const char *referral_case = json_string_value (json_object_get (updated? updated: record,
@@ -287,7 +275,7 @@ s_view_apply (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool 
     if (!case_id [0] && msg->type == KIM_TYPE_CONSENT_REVOKE && msg->grant_id [0]) {
         //  A revocation names its consent; the consent knows its case
         MDB_val key = { strlen (msg->grant_id), (void *) msg->grant_id };
-        json_t *consent = s_get_json (self, txn, S_CONSENTS, &key);
+        json_t *consent = kim_agent_store_i_get_json (self, txn, S_CONSENTS, &key);
         const char *consent_case = json_string_value (json_object_get (consent, "case_id"));
         kim_str_copy (case_id, sizeof case_id, consent_case? consent_case: "");
         json_decref (consent);
@@ -295,16 +283,16 @@ s_view_apply (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool 
     int rc = 0;
     if (updated) {
         MDB_val key = { strlen (id), (void *) id };
-        rc = s_put_json (self, txn, S_REFERRALS, &key, updated);
+        rc = kim_agent_store_i_put_json (self, txn, S_REFERRALS, &key, updated);
         json_decref (updated);
     }
     if (opened && rc == 0) {
         const char *new_id = json_string_value (json_object_get (opened, "referral_id"));
         if (new_id) {
             MDB_val key = { strlen (new_id), (void *) new_id };
-            json_t *existing = s_get_json (self, txn, S_REFERRALS, &key);
+            json_t *existing = kim_agent_store_i_get_json (self, txn, S_REFERRALS, &key);
             if (!existing)
-                rc = s_put_json (self, txn, S_REFERRALS, &key, opened);
+                rc = kim_agent_store_i_put_json (self, txn, S_REFERRALS, &key, opened);
             json_decref (existing);
         }
     }
@@ -313,11 +301,11 @@ s_view_apply (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, bool 
         rc = s_view_revoke (self, txn, msg);
     if (rc == 0 && case_id [0]) {
         MDB_val key = { strlen (case_id), case_id };
-        json_t *current = s_get_json (self, txn, S_CASES, &key);
+        json_t *current = kim_agent_store_i_get_json (self, txn, S_CASES, &key);
         json_t *moved = kim_agent_view_case (self->org, msg, outgoing, case_id, current, seq,
-                                             s_now ());
+                                             kim_agent_store_i_now ());
         if (moved)
-            rc = s_put_json (self, txn, S_CASES, &key, moved);
+            rc = kim_agent_store_i_put_json (self, txn, S_CASES, &key, moved);
         if (rc == 0 && moved && msg->type == KIM_TYPE_HANDOVER_ACCEPT)
             rc = s_view_handover (self, txn, msg, outgoing, moved);
         json_decref (moved);
@@ -334,10 +322,10 @@ s_accept_extra (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, uin
     int rc = 0;
     if (msg->type == KIM_TYPE_CONSENT_GRANT || msg->type == KIM_TYPE_CONSENT_REVOKE) {
         MDB_val key = { strlen (msg->grant_id), (void *) msg->grant_id };
-        json_t *record = s_get_json (self, txn, S_CONSENTS, &key);
+        json_t *record = kim_agent_store_i_get_json (self, txn, S_CONSENTS, &key);
         if (!record)
             record = json_pack ("{s:s, s:I}", "consent", msg->grant_id,
-                                "recorded_at", (json_int_t) s_now ());
+                                "recorded_at", (json_int_t) kim_agent_store_i_now ());
         if (!record)
             return -KIM_E_NOMEM;
         //  A later grant or revocation replaces the earlier one's msg_id
@@ -347,7 +335,7 @@ s_accept_extra (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, uin
         bool replace = !earlier;
         if (earlier) {
             MDB_val okey = { strlen (earlier), (void *) earlier };
-            json_t *outbox = s_get_json (self, txn, S_OUTBOX, &okey);
+            json_t *outbox = kim_agent_store_i_get_json (self, txn, S_OUTBOX, &okey);
             const char *status = json_string_value (json_object_get (outbox, "status"));
             replace = !outbox || (status && streq (status, "refused"));
             json_decref (outbox);
@@ -357,7 +345,7 @@ s_accept_extra (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, uin
             if (msg->case_id [0])
                 json_object_set_new (record, "case_id", json_string (msg->case_id));
             if (msg->type == KIM_TYPE_CONSENT_GRANT) {
-                json_t *header = s_header_json (msg);
+                json_t *header = kim_agent_store_i_header_json (msg);
                 const char *keys [] = { "subject", "recipients", "purposes", "categories",
                                         "explicit", "valid_until", NULL };
                 for (size_t i = 0; keys [i]; i++) {
@@ -367,7 +355,7 @@ s_accept_extra (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, uin
                 }
                 json_decref (header);
             }
-            rc = s_put_json (self, txn, S_CONSENTS, &key, record);
+            rc = kim_agent_store_i_put_json (self, txn, S_CONSENTS, &key, record);
         }
         json_decref (record);
     }
@@ -376,9 +364,9 @@ s_accept_extra (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, uin
         MDB_val key = { strlen (msg->msg_id), (void *) msg->msg_id };
         json_t *record = json_pack ("{s:s, s:s, s:s, s:I, s:I}", "msg_id", msg->msg_id,
                                     "subject", msg->subject, "case_id", msg->case_id,
-                                    "requested_at", (json_int_t) s_now (),
+                                    "requested_at", (json_int_t) kim_agent_store_i_now (),
                                     "_order", (json_int_t) order);
-        rc = record? s_put_json (self, txn, S_REPORTS, &key, record): -KIM_E_NOMEM;
+        rc = record? kim_agent_store_i_put_json (self, txn, S_REPORTS, &key, record): -KIM_E_NOMEM;
         json_decref (record);
     }
     return rc;
@@ -394,7 +382,7 @@ s_report_arrived (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, u
     MDB_cursor *cursor;
     int rc = mdb_cursor_open (txn, self->dbi [S_REPORTS], &cursor);
     if (rc)
-        return s_mdb_code (rc);
+        return kim_agent_store_i_mdb_code (rc);
     json_t *best = NULL;
     int64_t best_order = INT64_MAX;
     MDB_val key, value;
@@ -411,7 +399,7 @@ s_report_arrived (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, u
                       && !json_object_get (record, "report_seq") && order < best_order;
         if (candidate) {
             MDB_val okey = { strlen (msg_id), (void *) msg_id };
-            json_t *outbox = s_get_json (self, txn, S_OUTBOX, &okey);
+            json_t *outbox = kim_agent_store_i_get_json (self, txn, S_OUTBOX, &okey);
             const char *status = json_string_value (json_object_get (outbox, "status"));
             candidate = !status || !streq (status, "refused");
             json_decref (outbox);
@@ -429,8 +417,8 @@ s_report_arrived (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, u
         const char *msg_id = json_string_value (json_object_get (best, "msg_id"));
         MDB_val bkey = { strlen (msg_id), (void *) msg_id };
         json_object_set_new (best, "report_seq", json_integer ((json_int_t) seq));
-        json_object_set_new (best, "answered_at", json_integer ((json_int_t) s_now ()));
-        rc = s_put_json (self, txn, S_REPORTS, &bkey, best);
+        json_object_set_new (best, "answered_at", json_integer ((json_int_t) kim_agent_store_i_now ()));
+        rc = kim_agent_store_i_put_json (self, txn, S_REPORTS, &bkey, best);
         json_decref (best);
     }
     return rc;
@@ -470,7 +458,7 @@ kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uin
     if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
         return -KIM_E_IO;
     MDB_val key = { strlen (msg->msg_id), (void *) msg->msg_id };
-    json_t *existing = s_get_json (self, txn, S_OUTBOX, &key);
+    json_t *existing = kim_agent_store_i_get_json (self, txn, S_OUTBOX, &key);
     if (existing) {
         mdb_txn_abort (txn);
         bool same = streq (json_string_value (json_object_get (existing, "_digest"))
@@ -480,19 +468,19 @@ kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uin
             json_decref (existing);
             return -KIM_E_BAD_VALUE;
         }
-        *record = s_public (existing);
+        *record = kim_agent_store_i_public (existing);
         return 1;
     }
     //  Stamp created_at now, so that every resend carries the same header
     kim_msg_t stamped = *msg;
-    stamped.created_at = s_now ();
+    stamped.created_at = kim_agent_store_i_now ();
     uint64_t counter = 1;
     MDB_val meta_key = { 10, (void *) "queue_next" }, meta_value;
     if (mdb_get (txn, self->dbi [S_META], &meta_key, &meta_value) == 0)
-        counter = s_u64_key (&meta_value);
+        counter = kim_agent_store_i_u64_key (&meta_value);
     uint8_t counter_bytes [8], next_bytes [8];
-    s_key_u64 (counter_bytes, counter);
-    s_key_u64 (next_bytes, counter + 1);
+    kim_agent_store_i_key_u64 (counter_bytes, counter);
+    kim_agent_store_i_key_u64 (next_bytes, counter + 1);
 
     json_t *out = json_pack ("{s:s, s:s, s:s, s:s, s:s, s:I, s:I, s:o, s:s, s:I}",
                              "msg_id", stamped.msg_id, "status", "queued",
@@ -500,13 +488,13 @@ kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uin
                              "referral_id", stamped.referral_id,
                              "accepted_at", (json_int_t) stamped.created_at,
                              "payload_size", (json_int_t) size,
-                             "header", s_header_json (&stamped),
+                             "header", kim_agent_store_i_header_json (&stamped),
                              "_digest", digest, "_queue", (json_int_t) counter);
     int rc = out? 0: -KIM_E_NOMEM;
     if (rc == 0 && folder_name)
         json_object_set_new (out, "_folder", json_string (folder_name));
     if (rc == 0)
-        rc = s_put_json (self, txn, S_OUTBOX, &key, out);
+        rc = kim_agent_store_i_put_json (self, txn, S_OUTBOX, &key, out);
     if (rc == 0)
         rc = s_accept_extra (self, txn, &stamped, counter);
     MDB_val value = { size, (void *) payload };
@@ -522,7 +510,7 @@ kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uin
     if (rc == 0) {
         int mrc = mdb_txn_commit (txn);
         if (mrc)
-            rc = s_mdb_code (mrc);
+            rc = kim_agent_store_i_mdb_code (mrc);
     }
     else
         mdb_txn_abort (txn);
@@ -530,7 +518,7 @@ kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uin
         json_decref (out);
         return rc;
     }
-    *record = s_public (out);
+    *record = kim_agent_store_i_public (out);
     return 0;
 }
 
@@ -541,9 +529,9 @@ kim_agent_store_outbox_get (kim_agent_store_t *self, const char *msg_id)
     if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
         return NULL;
     MDB_val key = { strlen (msg_id), (void *) msg_id };
-    json_t *record = s_get_json (self, txn, S_OUTBOX, &key);
+    json_t *record = kim_agent_store_i_get_json (self, txn, S_OUTBOX, &key);
     mdb_txn_abort (txn);
-    return s_public (record);
+    return kim_agent_store_i_public (record);
 }
 
 json_t *
@@ -578,7 +566,7 @@ kim_agent_store_outbox_load (kim_agent_store_t *self, const char *msg_id, kim_ms
     if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
         return -KIM_E_IO;
     MDB_val key = { strlen (msg_id), (void *) msg_id }, value;
-    json_t *record = s_get_json (self, txn, S_OUTBOX, &key);
+    json_t *record = kim_agent_store_i_get_json (self, txn, S_OUTBOX, &key);
     int rc = record? 0: -KIM_E_NOT_FOUND;
     if (rc == 0) {
         char *header = json_dumps (json_object_get (record, "header"), JSON_COMPACT);
@@ -625,7 +613,7 @@ s_answer (kim_agent_txn_t *txn, const char *msg_id, json_t *fields, const kim_ms
 {
     kim_agent_store_t *self = txn->store;
     MDB_val key = { strlen (msg_id), (void *) msg_id };
-    json_t *record = s_get_json (self, txn->txn, S_OUTBOX, &key);
+    json_t *record = kim_agent_store_i_get_json (self, txn->txn, S_OUTBOX, &key);
     if (!record) {
         json_decref (fields);
         return -KIM_E_NOT_FOUND;
@@ -638,19 +626,19 @@ s_answer (kim_agent_txn_t *txn, const char *msg_id, json_t *fields, const kim_ms
     }
     json_object_update (record, fields);
     json_decref (fields);
-    json_object_set_new (record, "answered_at", json_integer ((json_int_t) s_now ()));
+    json_object_set_new (record, "answered_at", json_integer ((json_int_t) kim_agent_store_i_now ()));
     uint8_t queue_key [8];
-    s_key_u64 (queue_key, (uint64_t) json_integer_value (json_object_get (record, "_queue")));
+    kim_agent_store_i_key_u64 (queue_key, (uint64_t) json_integer_value (json_object_get (record, "_queue")));
     MDB_val qkey = { 8, queue_key };
     int rc = mdb_del (txn->txn, self->dbi [S_QUEUE], &qkey, NULL);
-    rc = rc == MDB_NOTFOUND? 0: rc? s_mdb_code (rc): 0;
+    rc = rc == MDB_NOTFOUND? 0: rc? kim_agent_store_i_mdb_code (rc): 0;
     if (rc == 0)
-        rc = s_put_json (self, txn->txn, S_OUTBOX, &key, record);
+        rc = kim_agent_store_i_put_json (self, txn->txn, S_OUTBOX, &key, record);
     const char *folder_name = json_string_value (json_object_get (record, "_folder"));
     if (rc == 0 && folder_name) {
         MDB_val name = { strlen (folder_name), (void *) folder_name };
         int mrc = mdb_put (txn->txn, self->dbi [S_ANSWERS], &key, &name, 0);
-        rc = mrc? s_mdb_code (mrc): 0;
+        rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
     }
     (void) sent;
     json_decref (record);
@@ -667,7 +655,7 @@ kim_agent_store_receipt (kim_agent_txn_t *txn, const char *msg_id, uint64_t seq,
     if (rc == 0) {
         //  The referral view moves with what the broker took
         MDB_val key = { strlen (msg_id), (void *) msg_id };
-        json_t *record = s_get_json (txn->store, txn->txn, S_OUTBOX, &key);
+        json_t *record = kim_agent_store_i_get_json (txn->store, txn->txn, S_OUTBOX, &key);
         char *header = record? json_dumps (json_object_get (record, "header"), JSON_COMPACT)
                              : NULL;
         kim_msg_t msg;
@@ -707,7 +695,7 @@ kim_agent_store_deliver (kim_agent_txn_t *txn, const kim_event_t *event, bool *f
         return txn->failed;
     kim_agent_store_t *self = txn->store;
     uint8_t seq_key [8];
-    s_key_u64 (seq_key, event->seq);
+    kim_agent_store_i_key_u64 (seq_key, event->seq);
     MDB_val key = { 8, seq_key }, value;
     if (mdb_get (txn->txn, self->dbi [S_INBOX], &key, &value) == 0)
         return 0;                       //  a redelivery of what we have
@@ -717,18 +705,18 @@ kim_agent_store_deliver (kim_agent_txn_t *txn, const kim_event_t *event, bool *f
                                 "type", kim_type_name (msg->type)? kim_type_name (msg->type): "",
                                 "sender", msg->sender, "recipient", msg->recipient,
                                 "referral_id", msg->referral_id, "case_id", msg->case_id,
-                                "received_at", (json_int_t) s_now (), "handled", 0,
+                                "received_at", (json_int_t) kim_agent_store_i_now (), "handled", 0,
                                 "payload_size", (json_int_t) event->payload_size,
                                 "sealed_error", event->sealed_error,
                                 "signature", msg->has_sig? "unchecked": "none",
-                                "header", s_header_json (msg));
-    int rc = record? s_put_json (self, txn->txn, S_INBOX, &key, record): -KIM_E_NOMEM;
+                                "header", kim_agent_store_i_header_json (msg));
+    int rc = record? kim_agent_store_i_put_json (self, txn->txn, S_INBOX, &key, record): -KIM_E_NOMEM;
     json_decref (record);
     value.mv_size = event->payload_size;
     value.mv_data = (void *) event->payload;
     if (rc == 0 && event->payload_size > 0) {
         int mrc = mdb_put (txn->txn, self->dbi [S_INBOX_PAYLOAD], &key, &value, 0);
-        rc = mrc? s_mdb_code (mrc): 0;
+        rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
     }
     if (rc == 0)
         rc = s_view_apply (self, txn->txn, msg, false, event->seq);
@@ -737,13 +725,13 @@ kim_agent_store_deliver (kim_agent_txn_t *txn, const kim_event_t *event, bool *f
     if (rc == 0 && self->push) {
         json_t *push = json_pack ("{s:i, s:I, s:s}", "attempts", 0, "next_at", (json_int_t) 0,
                                   "last_error", "");
-        rc = push? s_put_json (self, txn->txn, S_PUSH, &key, push): -KIM_E_NOMEM;
+        rc = push? kim_agent_store_i_put_json (self, txn->txn, S_PUSH, &key, push): -KIM_E_NOMEM;
         json_decref (push);
     }
     if (rc == 0 && self->drop) {
         MDB_val empty = { 0, (void *) "" };
         int mrc = mdb_put (txn->txn, self->dbi [S_DROP], &key, &empty, 0);
-        rc = mrc? s_mdb_code (mrc): 0;
+        rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
     }
     if (rc)
         txn->failed = rc;
@@ -764,7 +752,7 @@ kim_agent_store_commit (kim_agent_txn_t **txn_p)
         mdb_txn_abort (txn->txn);
     else {
         int mrc = mdb_txn_commit (txn->txn);
-        rc = mrc? s_mdb_code (mrc): 0;
+        rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
     }
     free (txn);
     return rc;
@@ -793,7 +781,7 @@ kim_agent_store_inbox_list (kim_agent_store_t *self, uint64_t after, size_t limi
         return items;
     if (mdb_cursor_open (txn, self->dbi [S_INBOX], &cursor) == 0) {
         uint8_t start [8];
-        s_key_u64 (start, after + 1);
+        kim_agent_store_i_key_u64 (start, after + 1);
         MDB_val key = { 8, start }, value;
         int rc = after == UINT64_MAX? MDB_NOTFOUND
                                     : mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
@@ -803,7 +791,7 @@ kim_agent_store_inbox_list (kim_agent_store_t *self, uint64_t after, size_t limi
                 json_object_del (record, "header");
                 bool is_handled = json_is_true (json_object_get (record, "handled"));
                 if (handled < 0 || (handled == 1) == is_handled)
-                    json_array_append_new (items, s_public (record));
+                    json_array_append_new (items, kim_agent_store_i_public (record));
                 else
                     json_decref (record);
             }
@@ -822,9 +810,9 @@ kim_agent_store_inbox_get (kim_agent_store_t *self, uint64_t seq)
     if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
         return NULL;
     uint8_t seq_key [8];
-    s_key_u64 (seq_key, seq);
+    kim_agent_store_i_key_u64 (seq_key, seq);
     MDB_val key = { 8, seq_key }, value;
-    json_t *record = s_get_json (self, txn, S_INBOX, &key);
+    json_t *record = kim_agent_store_i_get_json (self, txn, S_INBOX, &key);
     if (record) {
         const uint8_t *data = (const uint8_t *) "";
         size_t size = 0;
@@ -844,7 +832,7 @@ kim_agent_store_inbox_get (kim_agent_store_t *self, uint64_t seq)
             json_object_set_new (record, "payload", json_stringn ((const char *) data, size));
     }
     mdb_txn_abort (txn);
-    return s_public (record);
+    return kim_agent_store_i_public (record);
 }
 
 int
@@ -855,9 +843,9 @@ kim_agent_store_inbox_handled (kim_agent_store_t *self, uint64_t seq, json_t **o
     if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
         return -KIM_E_IO;
     uint8_t seq_key [8];
-    s_key_u64 (seq_key, seq);
+    kim_agent_store_i_key_u64 (seq_key, seq);
     MDB_val key = { 8, seq_key };
-    json_t *record = s_get_json (self, txn, S_INBOX, &key);
+    json_t *record = kim_agent_store_i_get_json (self, txn, S_INBOX, &key);
     if (!record) {
         mdb_txn_abort (txn);
         return -KIM_E_NOT_FOUND;
@@ -865,11 +853,11 @@ kim_agent_store_inbox_handled (kim_agent_store_t *self, uint64_t seq, json_t **o
     int rc = 0;
     if (!json_is_true (json_object_get (record, "handled"))) {
         json_object_set_new (record, "handled", json_true ());
-        json_object_set_new (record, "handled_at", json_integer ((json_int_t) s_now ()));
-        rc = s_put_json (self, txn, S_INBOX, &key, record);
+        json_object_set_new (record, "handled_at", json_integer ((json_int_t) kim_agent_store_i_now ()));
+        rc = kim_agent_store_i_put_json (self, txn, S_INBOX, &key, record);
         if (rc == 0) {
             int mrc = mdb_txn_commit (txn);
-            rc = mrc? s_mdb_code (mrc): 0;
+            rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
         }
         else
             mdb_txn_abort (txn);
@@ -881,641 +869,6 @@ kim_agent_store_inbox_handled (kim_agent_store_t *self, uint64_t seq, json_t **o
         return rc;
     }
     json_object_del (record, "header");
-    *out = s_public (record);
+    *out = kim_agent_store_i_public (record);
     return 0;
-}
-
-//  --------------------------------------------------------------------------
-//  Referral view reads
-
-json_t *
-kim_agent_store_referrals (kim_agent_store_t *self, const char *state, int overdue)
-{
-    json_t *items = json_array ();
-    MDB_txn *txn;
-    MDB_cursor *cursor;
-    if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return items;
-    uint64_t now = s_now ();
-    if (mdb_cursor_open (txn, self->dbi [S_REFERRALS], &cursor) == 0) {
-        MDB_val key, value;
-        int op = MDB_FIRST;
-        while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
-            op = MDB_NEXT;
-            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
-            if (!record)
-                continue;
-            kim_agent_view_finish (record, now);
-            const char *record_state = json_string_value (json_object_get (record, "state"));
-            bool is_overdue = json_is_true (json_object_get (record, "overdue"));
-            if ((state && (!record_state || !streq (state, record_state)))
-            ||  (overdue >= 0 && (overdue == 1) != is_overdue))
-                json_decref (record);
-            else
-                json_array_append_new (items, s_public (record));
-        }
-        mdb_cursor_close (cursor);
-    }
-    mdb_txn_abort (txn);
-    return items;
-}
-
-json_t *
-kim_agent_store_referral (kim_agent_store_t *self, const char *referral_id)
-{
-    MDB_txn *txn;
-    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return NULL;
-    MDB_val key = { strlen (referral_id), (void *) referral_id };
-    json_t *record = s_get_json (self, txn, S_REFERRALS, &key);
-    mdb_txn_abort (txn);
-    if (record)
-        kim_agent_view_finish (record, s_now ());
-    return s_public (record);
-}
-
-//  --------------------------------------------------------------------------
-//  Case view, consents and access reports: reads
-
-json_t *
-kim_agent_store_cases (kim_agent_store_t *self, const char *state)
-{
-    json_t *items = json_array ();
-    MDB_txn *txn;
-    MDB_cursor *cursor;
-    if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return items;
-    if (mdb_cursor_open (txn, self->dbi [S_CASES], &cursor) == 0) {
-        MDB_val key, value;
-        int op = MDB_FIRST;
-        while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
-            op = MDB_NEXT;
-            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
-            if (!record)
-                continue;
-            const char *record_state = json_string_value (json_object_get (record, "state"));
-            if (state && (!record_state || !streq (state, record_state))) {
-                json_decref (record);
-                continue;
-            }
-            json_object_set_new (record, "events",
-                                 json_integer ((json_int_t) json_array_size (
-                                     json_object_get (record, "timeline"))));
-            json_object_del (record, "timeline");
-            json_array_append_new (items, s_public (record));
-        }
-        mdb_cursor_close (cursor);
-    }
-    mdb_txn_abort (txn);
-    return items;
-}
-
-json_t *
-kim_agent_store_case (kim_agent_store_t *self, const char *case_id)
-{
-    MDB_txn *txn;
-    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return NULL;
-    MDB_val key = { strlen (case_id), (void *) case_id };
-    json_t *record = s_get_json (self, txn, S_CASES, &key);
-    mdb_txn_abort (txn);
-    if (record)
-        json_object_set_new (record, "events",
-                             json_integer ((json_int_t) json_array_size (
-                                 json_object_get (record, "timeline"))));
-    return s_public (record);
-}
-
-//  The status of an outbox record, or NULL when there is none.
-static const char *
-s_outbox_status (kim_agent_store_t *self, MDB_txn *txn, json_t *record, const char *field,
-                 json_t **outbox)
-{
-    *outbox = NULL;
-    const char *msg_id = json_string_value (json_object_get (record, field));
-    if (!msg_id)
-        return NULL;
-    MDB_val key = { strlen (msg_id), (void *) msg_id };
-    *outbox = s_get_json (self, txn, S_OUTBOX, &key);
-    return json_string_value (json_object_get (*outbox, "status"));
-}
-
-//  A consent record with its state, read from the outbox records of its
-//  grant and revocation: pending, active, refused, expired, revoking,
-//  revoked. A refusal's reason is in "error", "code", "text".
-static json_t *
-s_consent_finish (kim_agent_store_t *self, MDB_txn *txn, json_t *record)
-{
-    json_t *grant, *revoke;
-    const char *granted = s_outbox_status (self, txn, record, "grant_msg_id", &grant);
-    const char *revoked = s_outbox_status (self, txn, record, "revoke_msg_id", &revoke);
-    const char *state = "active";       //  a consent another office granted
-    json_t *refusal = NULL;
-    if (granted && streq (granted, "queued"))
-        state = "pending";
-    else
-    if (granted && streq (granted, "refused")) {
-        state = "refused";
-        refusal = grant;
-    }
-    if (!streq (state, "refused") && revoked) {
-        if (streq (revoked, "receipted"))
-            state = "revoked";
-        else
-        if (streq (revoked, "queued"))
-            state = "revoking";
-        else
-            refusal = revoke;           //  the revocation was refused: still in force
-    }
-    uint64_t valid_until = (uint64_t) json_integer_value (json_object_get (record, "valid_until"));
-    if (streq (state, "active") && valid_until && s_now () > valid_until)
-        state = "expired";
-    json_object_set_new (record, "state", json_string (state));
-    if (refusal) {
-        const char *keys [] = { "error", "code", "text", NULL };
-        for (size_t i = 0; keys [i]; i++)
-            if (json_object_get (refusal, keys [i]))
-                json_object_set (record, keys [i], json_object_get (refusal, keys [i]));
-    }
-    json_decref (grant);
-    json_decref (revoke);
-    return s_public (record);
-}
-
-json_t *
-kim_agent_store_consents (kim_agent_store_t *self, const char *state)
-{
-    json_t *items = json_array ();
-    MDB_txn *txn;
-    MDB_cursor *cursor;
-    if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return items;
-    if (mdb_cursor_open (txn, self->dbi [S_CONSENTS], &cursor) == 0) {
-        MDB_val key, value;
-        int op = MDB_FIRST;
-        while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
-            op = MDB_NEXT;
-            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
-            if (!record)
-                continue;
-            record = s_consent_finish (self, txn, record);
-            const char *record_state = json_string_value (json_object_get (record, "state"));
-            if (state && (!record_state || !streq (state, record_state)))
-                json_decref (record);
-            else
-                json_array_append_new (items, record);
-        }
-        mdb_cursor_close (cursor);
-    }
-    mdb_txn_abort (txn);
-    return items;
-}
-
-json_t *
-kim_agent_store_consent (kim_agent_store_t *self, const char *consent)
-{
-    MDB_txn *txn;
-    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return NULL;
-    MDB_val key = { strlen (consent), (void *) consent };
-    json_t *record = s_get_json (self, txn, S_CONSENTS, &key);
-    if (record)
-        record = s_consent_finish (self, txn, record);
-    mdb_txn_abort (txn);
-    return record;
-}
-
-json_t *
-kim_agent_store_report (kim_agent_store_t *self, const char *msg_id)
-{
-    MDB_txn *txn;
-    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return NULL;
-    MDB_val key = { strlen (msg_id), (void *) msg_id };
-    json_t *record = s_get_json (self, txn, S_REPORTS, &key);
-    if (record) {
-        json_t *outbox;
-        const char *status = s_outbox_status (self, txn, record, "msg_id", &outbox);
-        json_int_t report_seq = json_integer_value (json_object_get (record, "report_seq"));
-        json_object_set_new (record, "status", json_string (report_seq? "answered"
-                                                            : status? status: "queued"));
-        const char *keys [] = { "seq", "error", "code", "text", NULL };
-        for (size_t i = 0; keys [i]; i++)
-            if (json_object_get (outbox, keys [i]))
-                json_object_set (record, keys [i], json_object_get (outbox, keys [i]));
-        json_decref (outbox);
-        //  The report itself: the payload of the broker's delivery (JSON)
-        uint8_t seq_key [8];
-        s_key_u64 (seq_key, (uint64_t) report_seq);
-        MDB_val pkey = { 8, seq_key }, value;
-        if (report_seq && mdb_get (txn, self->dbi [S_INBOX_PAYLOAD], &pkey, &value) == 0) {
-            json_t *report = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
-            if (json_is_object (report))
-                json_object_set_new (record, "report", report);
-            else
-                json_decref (report);
-        }
-    }
-    mdb_txn_abort (txn);
-    return s_public (record);
-}
-
-void
-kim_agent_store_counts (kim_agent_store_t *self, size_t *queued, size_t *inbox,
-                        size_t *unhandled)
-{
-    *queued = *inbox = *unhandled = 0;
-    MDB_txn *txn;
-    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return;
-    MDB_stat stat;
-    if (mdb_stat (txn, self->dbi [S_QUEUE], &stat) == 0)
-        *queued = stat.ms_entries;
-    if (mdb_stat (txn, self->dbi [S_INBOX], &stat) == 0)
-        *inbox = stat.ms_entries;
-    MDB_cursor *cursor;
-    if (mdb_cursor_open (txn, self->dbi [S_INBOX], &cursor) == 0) {
-        MDB_val key, value;
-        int op = MDB_FIRST;
-        while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
-            op = MDB_NEXT;
-            //  Cheap test: records are compact JSON written by us
-            if (memmem (value.mv_data, value.mv_size, "\"handled\":false", 15))
-                (*unhandled)++;
-        }
-        mdb_cursor_close (cursor);
-    }
-    mdb_txn_abort (txn);
-}
-
-//  --------------------------------------------------------------------------
-//  Webhook queue and dead letters
-
-void
-kim_agent_store_set_push (kim_agent_store_t *self, bool push)
-{
-    self->push = push;
-}
-
-json_t *
-kim_agent_store_push_due (kim_agent_store_t *self, uint64_t now, size_t max)
-{
-    json_t *due = json_array ();
-    MDB_txn *txn;
-    MDB_cursor *cursor;
-    if (!due || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return due;
-    if (mdb_cursor_open (txn, self->dbi [S_PUSH], &cursor) == 0) {
-        MDB_val key, value;
-        int op = MDB_FIRST;
-        while (json_array_size (due) < max && mdb_cursor_get (cursor, &key, &value, op) == 0) {
-            op = MDB_NEXT;
-            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
-            if (record && (uint64_t) json_integer_value (json_object_get (record, "next_at")) <= now)
-                json_array_append_new (due, json_integer ((json_int_t) s_u64_key (&key)));
-            json_decref (record);
-        }
-        mdb_cursor_close (cursor);
-    }
-    mdb_txn_abort (txn);
-    return due;
-}
-
-int
-kim_agent_store_push_result (kim_agent_store_t *self, uint64_t seq, const char *error,
-                             uint32_t max_attempts, uint64_t backoff_ms, uint64_t backoff_max_ms,
-                             bool *dead)
-{
-    *dead = false;
-    MDB_txn *txn;
-    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
-        return -KIM_E_IO;
-    uint8_t seq_key [8];
-    s_key_u64 (seq_key, seq);
-    MDB_val key = { 8, seq_key };
-    json_t *record = s_get_json (self, txn, S_PUSH, &key);
-    int rc = record? 0: -KIM_E_NOT_FOUND;
-    if (rc == 0 && !error) {
-        int mrc = mdb_del (txn, self->dbi [S_PUSH], &key, NULL);
-        rc = mrc? s_mdb_code (mrc): 0;
-    }
-    else
-    if (rc == 0) {
-        uint32_t attempts = (uint32_t) json_integer_value (json_object_get (record, "attempts")) + 1;
-        if (attempts >= max_attempts) {
-            json_t *inbox = s_get_json (self, txn, S_INBOX, &key);
-            json_t *letter = json_pack ("{s:I, s:s, s:s, s:i, s:s, s:I}", "seq", (json_int_t) seq,
-                                        "msg_id", inbox? json_string_value (json_object_get (inbox, "msg_id")): "",
-                                        "type", inbox? json_string_value (json_object_get (inbox, "type")): "",
-                                        "attempts", (int) attempts, "last_error", error,
-                                        "dead_at", (json_int_t) s_now ());
-            json_decref (inbox);
-            rc = letter? s_put_json (self, txn, S_DEAD, &key, letter): -KIM_E_NOMEM;
-            json_decref (letter);
-            if (rc == 0) {
-                int mrc = mdb_del (txn, self->dbi [S_PUSH], &key, NULL);
-                rc = mrc? s_mdb_code (mrc): 0;
-            }
-            *dead = true;
-        }
-        else {
-            uint64_t wait = backoff_ms;
-            for (uint32_t i = 1; i < attempts && wait < backoff_max_ms; i++)
-                wait *= 2;
-            if (wait > backoff_max_ms)
-                wait = backoff_max_ms;
-            json_object_set_new (record, "attempts", json_integer (attempts));
-            json_object_set_new (record, "next_at", json_integer ((json_int_t) (s_now () + wait)));
-            json_object_set_new (record, "last_error", json_string (error));
-            rc = s_put_json (self, txn, S_PUSH, &key, record);
-        }
-    }
-    json_decref (record);
-    if (rc == 0) {
-        int mrc = mdb_txn_commit (txn);
-        rc = mrc? s_mdb_code (mrc): 0;
-    }
-    else
-        mdb_txn_abort (txn);
-    return rc;
-}
-
-json_t *
-kim_agent_store_dead_list (kim_agent_store_t *self)
-{
-    json_t *items = json_array ();
-    MDB_txn *txn;
-    MDB_cursor *cursor;
-    if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return items;
-    if (mdb_cursor_open (txn, self->dbi [S_DEAD], &cursor) == 0) {
-        MDB_val key, value;
-        int op = MDB_FIRST;
-        while (json_array_size (items) < 10000 && mdb_cursor_get (cursor, &key, &value, op) == 0) {
-            op = MDB_NEXT;
-            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
-            if (record)
-                json_array_append_new (items, record);
-        }
-        mdb_cursor_close (cursor);
-    }
-    mdb_txn_abort (txn);
-    return items;
-}
-
-int
-kim_agent_store_dead_retry (kim_agent_store_t *self, uint64_t seq, json_t **out)
-{
-    *out = NULL;
-    MDB_txn *txn;
-    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
-        return -KIM_E_IO;
-    uint8_t seq_key [8];
-    s_key_u64 (seq_key, seq);
-    MDB_val key = { 8, seq_key };
-    json_t *letter = s_get_json (self, txn, S_DEAD, &key);
-    int rc = letter? 0: -KIM_E_NOT_FOUND;
-    json_t *push = rc == 0? json_pack ("{s:i, s:I, s:s}", "attempts", 0,
-                                       "next_at", (json_int_t) 0, "last_error", ""): NULL;
-    if (rc == 0)
-        rc = push? s_put_json (self, txn, S_PUSH, &key, push): -KIM_E_NOMEM;
-    if (rc == 0) {
-        int mrc = mdb_del (txn, self->dbi [S_DEAD], &key, NULL);
-        rc = mrc? s_mdb_code (mrc): 0;
-    }
-    json_decref (push);
-    if (rc == 0) {
-        int mrc = mdb_txn_commit (txn);
-        rc = mrc? s_mdb_code (mrc): 0;
-    }
-    else
-        mdb_txn_abort (txn);
-    if (rc == 0)
-        *out = letter;
-    else
-        json_decref (letter);
-    return rc;
-}
-
-//  --------------------------------------------------------------------------
-//  Inbox folder queue
-
-void
-kim_agent_store_set_drop (kim_agent_store_t *self, bool drop)
-{
-    self->drop = drop;
-}
-
-json_t *
-kim_agent_store_drop_due (kim_agent_store_t *self, size_t max)
-{
-    json_t *due = json_array ();
-    MDB_txn *txn;
-    MDB_cursor *cursor;
-    if (!due || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return due;
-    if (mdb_cursor_open (txn, self->dbi [S_DROP], &cursor) == 0) {
-        MDB_val key, value;
-        int op = MDB_FIRST;
-        while (json_array_size (due) < max && mdb_cursor_get (cursor, &key, &value, op) == 0) {
-            op = MDB_NEXT;
-            json_array_append_new (due, json_integer ((json_int_t) s_u64_key (&key)));
-        }
-        mdb_cursor_close (cursor);
-    }
-    mdb_txn_abort (txn);
-    return due;
-}
-
-int
-kim_agent_store_drop_done (kim_agent_store_t *self, uint64_t seq)
-{
-    MDB_txn *txn;
-    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
-        return -KIM_E_IO;
-    uint8_t seq_key [8];
-    s_key_u64 (seq_key, seq);
-    MDB_val key = { 8, seq_key };
-    int rc = mdb_del (txn, self->dbi [S_DROP], &key, NULL);
-    if (rc == 0 || rc == MDB_NOTFOUND) {
-        rc = mdb_txn_commit (txn);
-        return rc? s_mdb_code (rc): 0;
-    }
-    mdb_txn_abort (txn);
-    return s_mdb_code (rc);
-}
-
-int
-kim_agent_store_inbox_payload (kim_agent_store_t *self, uint64_t seq, uint8_t **data,
-                               size_t *size)
-{
-    *data = NULL;
-    *size = 0;
-    MDB_txn *txn;
-    if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return -KIM_E_IO;
-    uint8_t seq_key [8];
-    s_key_u64 (seq_key, seq);
-    MDB_val key = { 8, seq_key }, value;
-    int rc = 0;
-    if (mdb_get (txn, self->dbi [S_INBOX_PAYLOAD], &key, &value) == 0 && value.mv_size) {
-        *data = (uint8_t *) malloc (value.mv_size);
-        if (*data) {
-            memcpy (*data, value.mv_data, value.mv_size);
-            *size = value.mv_size;
-        }
-        else
-            rc = -KIM_E_NOMEM;
-    }
-    mdb_txn_abort (txn);
-    return rc;
-}
-
-int
-kim_agent_store_inbox_signature (kim_agent_store_t *self, uint64_t seq, const char *value)
-{
-    MDB_txn *txn;
-    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
-        return -KIM_E_IO;
-    uint8_t seq_key [8];
-    s_key_u64 (seq_key, seq);
-    MDB_val key = { 8, seq_key };
-    json_t *record = s_get_json (self, txn, S_INBOX, &key);
-    int rc = record? 0: -KIM_E_NOT_FOUND;
-    if (rc == 0) {
-        json_object_set_new (record, "signature", json_string (value));
-        rc = s_put_json (self, txn, S_INBOX, &key, record);
-    }
-    json_decref (record);
-    if (rc == 0) {
-        int mrc = mdb_txn_commit (txn);
-        rc = mrc? s_mdb_code (mrc): 0;
-    }
-    else
-        mdb_txn_abort (txn);
-    return rc;
-}
-
-//  --------------------------------------------------------------------------
-//  Answers for the outbox folder
-
-json_t *
-kim_agent_store_answers_due (kim_agent_store_t *self, size_t max)
-{
-    json_t *due = json_array ();
-    MDB_txn *txn;
-    MDB_cursor *cursor;
-    if (!due || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return due;
-    if (mdb_cursor_open (txn, self->dbi [S_ANSWERS], &cursor) == 0) {
-        MDB_val key, value;
-        int op = MDB_FIRST;
-        while (json_array_size (due) < max && mdb_cursor_get (cursor, &key, &value, op) == 0) {
-            op = MDB_NEXT;
-            json_array_append_new (due, json_pack ("[s#, s#]", (const char *) key.mv_data,
-                                                   (int) key.mv_size,
-                                                   (const char *) value.mv_data,
-                                                   (int) value.mv_size));
-        }
-        mdb_cursor_close (cursor);
-    }
-    mdb_txn_abort (txn);
-    return due;
-}
-
-int
-kim_agent_store_answers_done (kim_agent_store_t *self, const char *msg_id)
-{
-    MDB_txn *txn;
-    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0)
-        return -KIM_E_IO;
-    MDB_val key = { strlen (msg_id), (void *) msg_id };
-    int rc = mdb_del (txn, self->dbi [S_ANSWERS], &key, NULL);
-    if (rc == 0 || rc == MDB_NOTFOUND) {
-        rc = mdb_txn_commit (txn);
-        return rc? s_mdb_code (rc): 0;
-    }
-    mdb_txn_abort (txn);
-    return s_mdb_code (rc);
-}
-
-//  --------------------------------------------------------------------------
-//  A referral's messages, for the staff page
-
-//  True when a stored record belongs to the referral: its referral_id, or
-//  the FORWARD whose msg_id opened it.
-static bool
-s_of_referral (json_t *record, const char *referral_id)
-{
-    const char *id = json_string_value (json_object_get (record, "referral_id"));
-    const char *msg_id = json_string_value (json_object_get (record, "msg_id"));
-    const char *type = json_string_value (json_object_get (record, "type"));
-    return (id && streq (id, referral_id))
-        || (msg_id && type && streq (msg_id, referral_id) && streq (type, "FORWARD"));
-}
-
-json_t *
-kim_agent_store_timeline (kim_agent_store_t *self, const char *referral_id)
-{
-    json_t *items = json_array ();
-    MDB_txn *txn;
-    if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
-        return items;
-    size_t id_length = strlen (referral_id);
-    const int dbs [2] = { S_INBOX, S_OUTBOX };
-    for (int i = 0; i < 2; i++) {
-        MDB_cursor *cursor;
-        if (mdb_cursor_open (txn, self->dbi [dbs [i]], &cursor) != 0)
-            continue;
-        MDB_val key, value;
-        int op = MDB_FIRST;
-        while (mdb_cursor_get (cursor, &key, &value, op) == 0) {
-            op = MDB_NEXT;
-            //  Cheap filter before parsing: the id must occur in the record
-            if (!memmem (value.mv_data, value.mv_size, referral_id, id_length))
-                continue;
-            json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
-            if (record && s_of_referral (record, referral_id)) {
-                json_t *header = json_object_get (record, "header");
-                json_t *item = json_pack ("{s:s, s:O?, s:O?, s:O?, s:O?, s:O?, s:O?}",
-                                          "direction", dbs [i] == S_INBOX? "in": "out",
-                                          "type", json_object_get (record, "type"),
-                                          "msg_id", json_object_get (record, "msg_id"),
-                                          "code", json_object_get (header, "code"),
-                                          "org", json_object_get (header, "org"),
-                                          "note", json_object_get (header, "note"),
-                                          "sender", json_object_get (record, "sender"));
-                if (item && dbs [i] == S_INBOX) {
-                    json_object_set (item, "seq", json_object_get (record, "seq"));
-                    json_object_set (item, "at", json_object_get (record, "received_at"));
-                    json_object_set (item, "sealed_error", json_object_get (record, "sealed_error"));
-                }
-                else
-                if (item) {
-                    json_object_set (item, "at", json_object_get (record, "accepted_at"));
-                    json_object_set (item, "status", json_object_get (record, "status"));
-                    json_object_set (item, "error", json_object_get (record, "error"));
-                    json_object_set (item, "text", json_object_get (record, "text"));
-                }
-                if (item)
-                    json_array_append_new (items, item);
-            }
-            json_decref (record);
-        }
-        mdb_cursor_close (cursor);
-    }
-    mdb_txn_abort (txn);
-    //  Oldest first
-    size_t count = json_array_size (items);
-    for (size_t i = 1; i < count; i++)
-        for (size_t j = i; j > 0; j--) {
-            json_int_t a = json_integer_value (json_object_get (json_array_get (items, j - 1), "at"));
-            json_int_t b = json_integer_value (json_object_get (json_array_get (items, j), "at"));
-            if (a <= b)
-                break;
-            json_t *swap = json_incref (json_array_get (items, j));
-            json_array_set (items, j, json_array_get (items, j - 1));
-            json_array_set_new (items, j - 1, swap);
-        }
-    return items;
 }
