@@ -47,7 +47,7 @@ static const char *s_known [] = {
     "webhook/url", "webhook/secret_file", "webhook/max_attempts", "webhook/backoff_ms",
     "webhook/backoff_max_ms", "webhook/timeout_ms",
     "folder/outbox", "folder/inbox", "folder/poll_ms",
-    "web/enabled", "web/users", "web/lang", "web/max_failures", "web/lockout_s",
+    "web/enabled", "web/users", "web/lang", "web/max_failures", "web/lockout_s", "web/policy",
     NULL
 };
 
@@ -362,6 +362,9 @@ kim_agent_config_load (kim_agent_config_t *self, const char *path, char *error, 
     if (rc == 0)
         rc = s_number (root, "web/lockout_s", 1, 86400, 900, &number, error, error_size);
     self->web_lockout_s = (uint32_t) number;
+    if (rc == 0)
+        rc = s_string (root, "web/policy", self->web_policy, sizeof self->web_policy, "",
+                       error, error_size);
 
     //  The broker's key: inline or in a certificate file, not both.
     char key_text [64] = "";
