@@ -116,8 +116,17 @@ http
     port = 0
     port_file = "$agent_dir/http.port"
     tokens = "$agent_dir/tokens"
+web
+    enabled = 1
+    users = "$agent_dir/web.users"
+    policy = "$KIM_ROOT/deploy/policy.cfg"
 CFG
 "$bin_agent" --check --config "$agent_dir/agent.cfg" >/dev/null
+# The staff page's demo login: a fixed, published password, for this demo only
+web_user=demo
+web_password=demo-jobcenter
+printf '%s\n' "$web_password" \
+    | "$bin_agent" --config "$agent_dir/agent.cfg" --add-user "$web_user" --role staff >/dev/null
 rm -f "$agent_dir/http.port"
 nohup "$bin_agent" --config "$agent_dir/agent.cfg" >>"$agent_dir/agent.log" 2>&1 &
 echo $! >"$agent_pidfile"
@@ -393,6 +402,13 @@ job centre's system does (docs/agent.md, agents/agent/openapi.json):
     curl -H "Authorization: Bearer \$TOKEN" \$AGENT/v1/referrals
     curl -H "Authorization: Bearer \$TOKEN" \$AGENT/v1/cases/$case_id
     curl -H "Authorization: Bearer \$TOKEN" "\$AGENT/v1/inbox?handled=false"
+
+The job centre's staff web page (inbox, referrals, cases, consents) is open at
+
+    $agent_url/ui/
+
+Demo login (a published demo password, for this demo only): user $web_user,
+password $web_password.
 
 Look around with the kim tool:
 

@@ -880,6 +880,37 @@ kim_policy_decide (const kim_policy_t *self, const kim_policy_facts_t *facts,
     return 0;
 }
 
+//  Read only, for pickers: an unconditional deny that matches ends the
+//  walk, as does an unconditional allow (no later rule can decide); rules
+//  with conditions (categories, subject, public sender, types) may or may
+//  not apply, so their statutes are offered and the walk goes on.
+size_t
+kim_policy_statutes (const kim_policy_t *self, const char *sender_type,
+                     const char *recipient_type, const char *purpose,
+                     kim_policy_statute_fn *each, void *arg)
+{
+    size_t count = 0;
+    for (size_t i = 0; i < self->rule_count; i++) {
+        const s_rule_t *rule = &self->rules [i];
+        if ((rule->from_count && !s_in (rule->from, rule->from_count, sender_type))
+        ||  (rule->to_count && !s_in (rule->to, rule->to_count, recipient_type)))
+            continue;
+        if (purpose && ((rule->purpose_count && !s_in (rule->purposes, rule->purpose_count, purpose))
+                    ||  (rule->unless_count && s_in (rule->unless, rule->unless_count, purpose))))
+            continue;
+        bool conditional = rule->if_categories || rule->if_subject == 1
+                        || rule->from_public >= 0 || rule->types
+                        || (!purpose && (rule->purpose_count || rule->unless_count));
+        if (rule->decision == S_ALLOW && (rule->basis & S_STATUTE))
+            for (size_t c = 0; c < rule->citation_count; c++, count++)
+                if (each)
+                    each (arg, rule->id, rule->citations [c]);
+        if (!conditional)
+            break;
+    }
+    return count;
+}
+
 bool
 kim_policy_unchecked (const kim_policy_t *self)
 {

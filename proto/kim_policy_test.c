@@ -201,6 +201,43 @@ s_expect_error (const char *text, const char *expected)
     assert (!policy && strstr (error, expected));
 }
 
+//  Collects the statutes kim_policy_statutes offers, "rule:citation;..."
+static void
+s_statute (void *arg, const char *rule, const char *citation)
+{
+    char *out = (char *) arg;
+    size_t used = strlen (out);
+    snprintf (out + used, 2048 - used, "%s:%s;", rule, citation);
+}
+
+static void
+s_test_statutes (kim_policy_t *policy)
+{
+    char seen [2048] = "";
+    //  jc to aba: P2 (conditional on sgb8_s65 data), P4h not for this
+    //  purpose, P4a a conditional deny, P4 decides: the walk stops there
+    assert (kim_policy_statutes (policy, "jc", "aba", "employment", s_statute, seen) == 10);
+    assert (strstr (seen, "P2:SGB VIII §65(1)2;"));
+    assert (strstr (seen, "P4:SGB X §71(2)3;"));
+    assert (strstr (seen, "P4:AufenthG §87(2);"));
+    assert (!strstr (seen, "P4h:"));
+    assert (!strstr (seen, "P1:"));
+    //  The same with the purpose of P4h: its health citations come first
+    seen [0] = 0;
+    assert (kim_policy_statutes (policy, "jc", "aba", "public_health", s_statute, seen) == 12);
+    assert (strstr (seen, "P4h:§ 71 Abs. 2 Satz 2 Nr. 1 SGB X;"));
+    //  Between social-code bodies: P1's citation, nothing after it
+    seen [0] = 0;
+    assert (kim_policy_statutes (policy, "jc", "ja", "employment", s_statute, seen) == 5);
+    assert (strstr (seen, "P1:SGB X §69(1)1;"));
+    //  Volunteers: an unconditional deny (P12x) ends the walk
+    seen [0] = 0;
+    assert (kim_policy_statutes (policy, "jc", "ehr", "contact", s_statute, seen) == 4);
+    assert (!strstr (seen, "P1:"));
+    //  Schools to the immigration office: denied first, nothing offered
+    assert (kim_policy_statutes (policy, "sch", "aba", "employment", NULL, NULL) == 0);
+}
+
 void
 kim_policy_test (bool verbose)
 {
@@ -213,6 +250,8 @@ kim_policy_test (bool verbose)
         printf ("  %s\n", error);
     assert (policy);
     assert (kim_policy_rule_count (policy) >= 14);
+    if (strstr (path, "deploy/policy.cfg"))     //  the statutes of the shipped rules
+        s_test_statutes (policy);
     assert (kim_policy_checks (policy, KIM_TYPE_REFERRAL));
     assert (kim_policy_checks (policy, KIM_TYPE_FORWARD));
     assert (kim_policy_checks (policy, KIM_TYPE_HANDOVER_OFFER));

@@ -77,6 +77,7 @@ typedef struct {
     char web_lang [3];                  //  web/lang: "de" or "en", the default language
     uint32_t web_max_failures;          //  web/max_failures: failed logins before a lockout
     uint32_t web_lockout_s;             //  web/lockout_s: how long a lockout lasts
+    char web_policy [PATH_MAX];         //  web/policy: a copy of the broker's policy ("": none)
 
     //  Loaded from the files named above.
     char public_key [41];

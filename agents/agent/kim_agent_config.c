@@ -17,6 +17,7 @@
 #include <microhttpd.h>
 #include <sodium.h>
 
+#include "kim/kim_policy.h"
 #include "kim_agent.h"
 
 #define S_TOKENS_FILE_MAX   65536
@@ -47,7 +48,7 @@ static const char *s_known [] = {
     "webhook/url", "webhook/secret_file", "webhook/max_attempts", "webhook/backoff_ms",
     "webhook/backoff_max_ms", "webhook/timeout_ms",
     "folder/outbox", "folder/inbox", "folder/poll_ms",
-    "web/enabled", "web/users", "web/lang", "web/max_failures", "web/lockout_s",
+    "web/enabled", "web/users", "web/lang", "web/max_failures", "web/lockout_s", "web/policy",
     NULL
 };
 
@@ -362,6 +363,17 @@ kim_agent_config_load (kim_agent_config_t *self, const char *path, char *error, 
     if (rc == 0)
         rc = s_number (root, "web/lockout_s", 1, 86400, 900, &number, error, error_size);
     self->web_lockout_s = (uint32_t) number;
+    if (rc == 0)
+        rc = s_string (root, "web/policy", self->web_policy, sizeof self->web_policy, "",
+                       error, error_size);
+    if (rc == 0 && self->web_policy [0]) {
+        //  Read now, so --check names a broken copy; the page loads it again
+        char why [KIM_POLICY_ERROR_MAX];
+        kim_policy_t *policy = kim_policy_load (self->web_policy, why, sizeof why);
+        if (!policy)
+            rc = s_error (error, error_size, "web/policy: %s", why);
+        kim_policy_destroy (&policy);
+    }
 
     //  The broker's key: inline or in a certificate file, not both.
     char key_text [64] = "";

@@ -116,6 +116,16 @@ int
 bool
     kim_policy_unchecked (const kim_policy_t *self);
 
+//  The statutes a form may offer for a transfer from `sender_type` to
+//  `recipient_type` for `purpose` (NULL: any): calls `each` with the rule
+//  id and each citation (as written) of the statute-allowing rules that
+//  can decide it, in rule order; returns how many. Offers, not a decision.
+typedef void (kim_policy_statute_fn) (void *arg, const char *rule, const char *citation);
+size_t
+    kim_policy_statutes (const kim_policy_t *self, const char *sender_type,
+                         const char *recipient_type, const char *purpose,
+                         kim_policy_statute_fn *each, void *arg);
+
 void
     kim_policy_test (bool verbose);
 

@@ -156,6 +156,43 @@ s_add_user (const char *config, const char *name, const char *role, const char *
     return WIFEXITED (status)? WEXITSTATUS (status): -1;
 }
 
+//  `kim-agent --check` of `config` with web/policy = `policy` added: its
+//  exit status, and the first line it printed in `output`.
+static int
+s_check_policy (const char *config, const char *policy, char *output, size_t size)
+{
+    FILE *file = fopen (config, "r");
+    KIM_CHECK (file);
+    char text [8192];
+    size_t length = fread (text, 1, sizeof text - 1, file);
+    fclose (file);
+    text [length] = 0;
+    char *web = strstr (text, "web\n    enabled = 1\n");
+    KIM_CHECK (web);
+    char copy [PATH_MAX], edited [9000];
+    snprintf (copy, sizeof copy, "%s.policy", config);
+    web += strlen ("web\n    enabled = 1\n");
+    snprintf (edited, sizeof edited, "%.*s    policy = \"%s\"\n%s", (int) (web - text), text,
+              policy, web);
+    file = fopen (copy, "w");
+    KIM_CHECK (file && fputs (edited, file) >= 0 && fclose (file) == 0);
+    char command [PATH_MAX * 2];
+    const char *agent = getenv ("KIM_AGENT");
+    snprintf (command, sizeof command, "'%s' --check --config '%s' 2>&1",
+              agent? agent: KIM_AGENT_PATH, copy);
+    FILE *pipe = popen (command, "r");
+    KIM_CHECK (pipe);
+    output [0] = 0;
+    if (!fgets (output, (int) size, pipe))
+        output [0] = 0;
+    char rest [256];
+    while (fgets (rest, sizeof rest, pipe))
+        ;
+    int status = pclose (pipe);
+    unlink (copy);
+    return WIFEXITED (status)? WEXITSTATUS (status): -1;
+}
+
 int
 main (void)
 {
@@ -191,6 +228,20 @@ main (void)
     free (text);
     zchunk_destroy (&chunk);
     zfile_destroy (&users);
+
+    //  web/policy: a copy of the broker's policy is read at --check (and
+    //  start); one that does not parse, or is missing, is named
+    char output [512], broken_policy [256];
+    KIM_CHECK (s_check_policy (b.config, KIM_SOURCE_DIR "/deploy/policy.cfg", output,
+                               sizeof output) == 0);
+    snprintf (broken_policy, sizeof broken_policy, "%s/broken-policy.cfg", b.dir);
+    FILE *file = fopen (broken_policy, "w");
+    KIM_CHECK (file && fputs ("policy\n    version = 1\nrules\n    R1\n        from = jc\n",
+                              file) >= 0 && fclose (file) == 0);
+    KIM_CHECK (s_check_policy (b.config, broken_policy, output, sizeof output) != 0);
+    KIM_CHECK (strstr (output, "web/policy") && strstr (output, "broken-policy.cfg"));
+    KIM_CHECK (s_check_policy (b.config, "/nonexistent/policy.cfg", output, sizeof output) != 0);
+    KIM_CHECK (strstr (output, "web/policy"));
 
     KIM_CHECK (kim_agenttest_start (&a, true) == 0);
     KIM_CHECK (kim_agenttest_start (&b, true) == 0);

@@ -309,8 +309,10 @@ async function main() {
         await page.getByLabel(/^Zweck/).fill('counselling');
         await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Weiter' }).click()]);
         const offered = await page.locator('input[name=basis]').evaluateAll(inputs => inputs.map(i => i.value));
-        check(offered.join(',') === 'consent:G-9,statute',
-              `the picker offers the covering consent and a statute only (${offered.join(',')})`);
+        const statutes = 'statute:SGB X §69(1)1,statute:SGB X §69(1)2,statute:SGB X §71(1)1';
+        check(offered.join(',') === `consent:G-9,${statutes},statute`,
+              `the picker offers the covering consent, the policy copy's statutes for mbe -> kim ` +
+              `and counselling, and a typed citation (${offered.join(',')})`);
         await snap('new-referral-basis');
         await page.getByLabel('Fall', { exact: true }).fill('C-9');
         await page.getByLabel('Pseudonym der Person').fill('p-9');
@@ -325,11 +327,103 @@ async function main() {
         const full = await api(apiA, 'GET', `/v1/inbox/${arrived.seq}`);
         check(full.json.payload === 'Rückfrage <b>fett</b>', 'its payload arrives as typed');
 
+        // A case's timeline: linked from the referral's page, it shows the
+        // referral's moves (REFERRAL in, ACCEPT out)
+        await page.goto(`${web}/ui/referral/R-1`);
+        await Promise.all([page.waitForNavigation(), page.getByRole('link', { name: 'C-R-1' }).click()]);
+        must(page.url().endsWith('/ui/case/C-R-1'), 'the referral\'s page links to its case');
+        const caseCells = async () => (await page.locator('main table').first()
+            .locator('tbody tr td:nth-child(2)').allTextContents()).join(',');
+        await until(async () => {
+            await page.reload();
+            return /REFERRAL.*ACCEPT/.test(await caseCells());
+        }, 'the case timeline shows REFERRAL then ACCEPT');
+        check(await page.getByRole('link', { name: 'R-1' }).count() >= 1,
+              'the case page links back to its referral');
+        await snap('case');
+        await page.goto(`${web}/ui/cases`);
+        check(await page.getByRole('link', { name: 'C-R-1' }).count() === 1
+              && await page.getByRole('link', { name: 'C-9' }).count() === 1,
+              'the cases list shows the referrals\' and the consents\' cases');
+        await snap('cases');
+        await page.goto(`${web}/ui/case/C-R-1?lang=en`);
+        check(await page.getByRole('heading', { level: 2, name: 'The case\'s timeline' }).count() === 1,
+              'the case page in English');
+        await snap('case-en');
+        await page.goto(`${web}/ui/cases?lang=de`);
+
+        // A consent recorded on the page becomes active, is then offered by
+        // the picker, and is revoked from its page
+        await page.goto(`${web}/ui/case/C-9`);
+        await Promise.all([page.waitForNavigation(),
+                           page.getByRole('link', { name: 'Einwilligung erfassen' }).click()]);
+        check(await page.getByLabel('Fall', { exact: true }).inputValue() === 'C-9',
+              'the consent form comes with the case filled in');
+        await snap('consent-form');
+        const consentId = await page.getByLabel('Kennung der Einwilligung').inputValue();
+        const consentMsg = await page.locator('form[action="/ui/consents"] input[name=msg_id]').inputValue();
+        await page.getByLabel('Pseudonym der Person').fill('p-9');
+        await page.getByLabel(/^Empfangende Stellen/).fill(`${info.org_a}, ikt.c`);
+        await page.getByLabel(/^Zwecke/).fill('counselling');
+        await page.getByLabel('Gültig bis (Datum)').fill(
+            new Date(Date.now() + 30 * 86400000).toISOString().slice(0, 10));
+        await page.getByLabel('die gesetzliche Vertretung').check();
+        await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Erfassen' }).click()]);
+        must(page.url().includes(`/ui/consent/${consentId}?sent=${consentMsg}`),
+             'recording the consent leads to its page');
+        await until(async () => {
+            await page.reload();
+            return (await page.locator('dd.state').textContent()) === 'gültig';
+        }, 'the recorded consent becomes active');
+        check(await page.getByRole('button', { name: 'Einwilligung widerrufen' }).count() === 1,
+              'an active consent offers its revocation');
+        await snap('consent-active');
+        // The same form sent again (a double click) is the same message
+        const csrfNow = await page.locator('header input[name=csrf]').inputValue();
+        const again = await page.request.post(`${web}/ui/consents`, { maxRedirects: 0, form: {
+            csrf: csrfNow, msg_id: consentMsg, consent: consentId, case_id: 'C-9', subject: 'p-9',
+            recipients: `${info.org_a}, ikt.c`, purposes: 'counselling', category: 'contact',
+            valid_until: new Date(Date.now() + 30 * 86400000).toISOString().slice(0, 10),
+            giver: 'guardian' } });
+        check(again.status() === 303 || again.status() === 302, `a resubmitted consent form is taken (${again.status()})`);
+        const recorded = (await api(apiB, 'GET', `/v1/consents/${consentId}`)).json;
+        check(recorded && recorded.grant_msg_id === consentMsg && recorded.state === 'active',
+              'a double submit is one CONSENT_GRANT (same msg_id, the consent still active)');
+        await page.goto(`${web}/ui/new?recipient=${info.org_a}&purpose=counselling`);
+        const offeredNow = await page.locator('input[name=basis]').evaluateAll(inputs => inputs.map(i => i.value));
+        check(offeredNow.includes(`consent:${consentId}`) && offeredNow.includes('consent:G-9'),
+              `the picker offers the consent recorded on the page (${offeredNow.join(',')})`);
+        await page.goto(`${web}/ui/new?recipient=ikt.c&purpose=counselling`);
+        const offeredIkt = await page.locator('input[name=basis]').evaluateAll(inputs => inputs.map(i => i.value));
+        check(offeredIkt.join(',') === `consent:${consentId},statute`,
+              `for another office type the policy copy names no statute (${offeredIkt.join(',')})`);
+        await page.goto(`${web}/ui/consent/${consentId}`);
+        await page.getByRole('button', { name: 'Einwilligung widerrufen' }).click();
+        check(page.url().endsWith(`/ui/consent/${consentId}`),
+              'without the confirmation the revocation is not sent');
+        await page.getByLabel(/die Person hat ihre Einwilligung widerrufen/).check();
+        await Promise.all([page.waitForNavigation(),
+                           page.getByRole('button', { name: 'Einwilligung widerrufen' }).click()]);
+        await until(async () => {
+            await page.reload();
+            return (await page.locator('dd.state').textContent()) === 'widerrufen';
+        }, 'the consent is revoked');
+        check(await page.locator('main form').count() === 0, 'a revoked consent offers no form');
+        await snap('consent-revoked');
+        await page.goto(`${web}/ui/new?recipient=${info.org_a}&purpose=counselling`);
+        const offeredAfter = await page.locator('input[name=basis]').evaluateAll(inputs => inputs.map(i => i.value));
+        check(!offeredAfter.includes(`consent:${consentId}`), 'the picker no longer offers the revoked consent');
+        await page.goto(`${web}/ui/consents`);
+        await snap('consents');
+
         // The journal names the user and the msg_ids, never payloads
         const journal = fs.readFileSync(path.join(info.dir, 'agent-mbe.b', 'store', 'web.journal'), 'utf8');
         const entries = journal.trim().split('\n').map(line => JSON.parse(line));
         check(entries.some(e => e.user === staff[0] && e.action === 'accept' && e.referral_id === 'R-1'
                                && /^web-/.test(e.msg_id)), 'the journal records the accept with user and msg_id');
+        check(entries.some(e => e.user === staff[0] && e.action === 'consent_grant' && e.msg_id === consentMsg)
+              && entries.some(e => e.user === staff[0] && e.action === 'consent_revoke'),
+              'the journal records the consent\'s grant and revocation with user and msg_id');
         check(entries.some(e => e.action === 'login_failed') && entries.some(e => e.action === 'bad_csrf'),
               'the journal records the failed login and the forged form');
         check(!/Beratung|Sprachkurs|Warteliste|fett/.test(journal), 'the journal holds no payload or note');
@@ -344,6 +438,17 @@ async function main() {
         await page.goto(`${web}/ui/referral/R-3`);
         check(await page.locator('main form').count() === 0, 'readonly sees no answer forms');
         await snap('readonly');
+        await page.goto(`${web}/ui/consent/G-9`);
+        check(await page.locator('main form').count() === 0
+              && await page.getByText(/nur zum Lesen/).count() === 1,
+              'readonly sees a consent but no revocation');
+        await page.goto(`${web}/ui/consents`);
+        check(await page.locator('main form').count() === 0, 'readonly sees no consent form');
+        await snap('readonly-consents');
+        const roCsrf = await page.locator('header input[name=csrf]').inputValue();
+        const roRevoke = await page.request.post(`${web}/ui/consent/G-9/revoke`, {
+            form: { csrf: roCsrf, confirm: '1', msg_id: 'ro-2' }, maxRedirects: 0 });
+        check(roRevoke.status() === 403, 'a readonly account\'s revocation is refused (403)');
         const csrf = await page.locator('header input[name=csrf]').inputValue();
         // (the page's own CSP forbids fetch(); post with the context's cookies)
         const post = await page.request.post(`${web}/ui/referral/R-3/answer`, {

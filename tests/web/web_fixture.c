@@ -7,6 +7,10 @@
     everything running until its stdin closes; then stops the agents and the
     broker and removes the folder (unless KIM_TEST_KEEP is set).
 
+    mbe.b's agent holds a copy of a policy (web/policy) whose rules name
+    two statutes for mbe -> kim and the purpose counselling, for the
+    legal-basis picker.
+
     With --seed N, mbe.b's store holds N more received referrals before
     its agent starts (written as deliveries, as its link would write them),
     for the test of the inbox with many referrals.
@@ -19,6 +23,39 @@
 
 #include "kim_agenttest.h"
 #include "kim_agent.h"
+
+//  The policy copy mbe.b's page reads: statutes for mbe -> kim when the
+//  purpose is counselling, one more for any purpose, none for other pairs.
+static const char s_policy [] =
+    "policy\n"
+    "    version = 1\n"
+    "    checks = \"REFERRAL, FORWARD, HANDOVER_OFFER\"\n"
+    "rules\n"
+    "    W1\n"
+    "        law = \"§ 69 Abs. 1 Nr. 1 SGB X\"\n"
+    "        from = mbe\n"
+    "        to = kim\n"
+    "        purposes = counselling\n"
+    "        if_categories = contact\n"
+    "        decision = allow\n"
+    "        basis = \"statute, consent\"\n"
+    "        citations = \"SGB X §69(1)1, SGB X §69(1)2\"\n"
+    "        categories = contact\n"
+    "    W2\n"
+    "        law = \"§ 71 Abs. 1 SGB X\"\n"
+    "        from = mbe\n"
+    "        to = kim\n"
+    "        decision = allow\n"
+    "        basis = statute\n"
+    "        citations = \"SGB X §71(1)1\"\n"
+    "        categories = contact\n"
+    "    W3\n"
+    "        law = \"consent only\"\n"
+    "        from = *\n"
+    "        to = *\n"
+    "        decision = allow\n"
+    "        basis = consent\n"
+    "        categories = contact\n";
 
 static const char *const s_accounts [][3] = {
     { "anna", "staff", "correct horse battery" },
@@ -105,10 +142,17 @@ main (int argc, char *argv [])
         fprintf (stderr, "web_fixture: cannot start the broker\n");
         return 1;
     }
-    char users [256], extra [512];
+    char users [256], policy [256], extra [1024];
     snprintf (users, sizeof users, "%s/agent-mbe.b/users", kim_testbroker_dir (broker));
+    snprintf (policy, sizeof policy, "%s/web-policy.cfg", kim_testbroker_dir (broker));
+    FILE *file = fopen (policy, "w");
+    if (!file || fputs (s_policy, file) < 0 || fclose (file) != 0) {
+        fprintf (stderr, "web_fixture: cannot write %s\n", policy);
+        kim_testbroker_destroy (&broker);
+        return 1;
+    }
     snprintf (extra, sizeof extra, "web\n    enabled = 1\n    users = \"%s\"\n"
-              "    max_failures = 3\n    lockout_s = 120\n", users);
+              "    max_failures = 3\n    lockout_s = 120\n    policy = \"%s\"\n", users, policy);
     kim_agenttest_t a, b;
     int rc = kim_agenttest_init (&a, broker, "kim.a", NULL) == 0
           && kim_agenttest_init (&b, broker, "mbe.b", extra) == 0? 0: 1;

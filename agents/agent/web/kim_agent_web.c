@@ -26,6 +26,7 @@
 #include <czmq.h>
 #include <sodium.h>
 
+#include "kim/kim_policy.h"
 #include "kim_agent_web.h"
 
 #define S_FIELDS_MAX    32
@@ -36,6 +37,7 @@ struct _kim_agent_web_t {
     kim_agent_store_t *store;
     kim_agent_shared_t *shared;
     kim_agent_users_t *users;
+    kim_policy_t *policy;               //  web/policy: offers statutes (NULL: none)
     int journal_fd;
     pthread_mutex_t journal_mutex;
     bool tls;
@@ -271,6 +273,14 @@ static const struct {
     { "EXPIRED", "abgelaufen", "expired" },
     { "WITHDRAWN", "zurückgezogen", "withdrawn" },
     { "SUSPENDED", "ausgesetzt (Einwilligung widerrufen)", "suspended (consent revoked)" },
+    { "OPEN", "offen", "open" },
+    { "CLOSED", "abgeschlossen", "closed" },
+    { "pending", "wartet auf den Broker", "waiting for the broker" },
+    { "active", "gültig", "active" },
+    { "refused", "abgewiesen", "refused" },
+    { "expired", "abgelaufen", "expired" },
+    { "revoking", "Widerruf wartet auf den Broker", "revocation waiting for the broker" },
+    { "revoked", "widerrufen", "revoked" },
 };
 
 static void
@@ -325,6 +335,8 @@ s_begin (s_req_t *req, const char *title, const char *current)
         static const struct { const char *path; kim_agent_text_t text; bool staff; } entries [] = {
             { "/ui/inbox", KIM_WEB_T_INBOX, false },
             { "/ui/sent", KIM_WEB_T_SENT_LIST, false },
+            { "/ui/cases", KIM_WEB_T_CASES, false },
+            { "/ui/consents", KIM_WEB_T_CONSENTS, false },
             { "/ui/new", KIM_WEB_T_NEW, true },
         };
         kim_agent_html_rawf (html, "<nav aria-label=\"%s\"><ul>\n", T (NAV));
@@ -573,6 +585,8 @@ s_table (s_req_t *req, json_t **rows, size_t count, const char *caption, bool re
 
 static void
 s_notice_sent (s_req_t *req, const char *msg_id);
+static void
+s_link (s_req_t *req, const char *prefix, const char *id);
 
 static enum MHD_Result
 s_list (s_req_t *req, bool received)
@@ -840,7 +854,9 @@ s_referral_page (s_req_t *req, const char *id)
     kim_agent_html_raw (html, "<dl class=\"facts\">\n");
     s_fact (req, received? T (FROM): T (TO), s_str (referral, "counterpart"));
     s_fact (req, T (PURPOSE), s_str (referral, "purpose"));
-    s_fact (req, T (CASE), s_str (referral, "case_id"));
+    kim_agent_html_rawf (html, "<dt>%s</dt><dd>", T (CASE));
+    s_link (req, "case", s_str (referral, "case_id"));
+    kim_agent_html_raw (html, "</dd>\n");
     s_fact (req, T (SUBJECT), s_str (referral, "subject"));
     kim_agent_html_rawf (html, "<dt>%s</dt><dd class=\"state\">", T (STATE));
     s_state_text (req, s_str (referral, "state"));
@@ -951,6 +967,10 @@ s_legal_basis (s_req_t *req, json_t *message)
                              json_pack ("{s:s, s:s}", "kind", "consent",
                                         "consent_id", s_field (req, "consent_id")));
     else
+    if (strncmp (kind, "statute:", 8) == 0 && kind [8])
+        json_object_set_new (message, "legal_basis",
+                             json_pack ("{s:s, s:s}", "kind", "statute", "citation", kind + 8));
+    else
     if (streq (kind, "statute") && *s_field (req, "citation"))
         json_object_set_new (message, "legal_basis",
                              json_pack ("{s:s, s:s}", "kind", "statute",
@@ -1060,14 +1080,62 @@ s_contains (json_t *array, const char *value)
     return false;
 }
 
+//  An organisation's agency type: the part of its id before the first dot.
+static void
+s_org_type (const char *org, char *type, size_t size)
+{
+    size_t length = strcspn (org, ".");
+    snprintf (type, size, "%.*s", (int) length, org);
+}
+
+#define S_OFFERS_MAX    64
+
+typedef struct {
+    s_req_t *req;
+    size_t offered;                     //  radio buttons drawn so far
+    size_t statutes;                    //  citations among them
+    const char *seen [S_OFFERS_MAX];    //  the citations drawn (the policy owns them)
+} s_offer_t;
+
+//  One statute the policy copy offers, as a radio button (once each, and
+//  a bounded number: the field below takes any other).
+static void
+s_offer_statute (void *arg, const char *rule, const char *citation)
+{
+    s_offer_t *offer = (s_offer_t *) arg;
+    s_req_t *req = offer->req;
+    kim_agent_html_t *html = &req->html;
+    if (offer->statutes >= S_OFFERS_MAX)
+        return;
+    for (size_t i = 0; i < offer->statutes; i++)
+        if (streq (offer->seen [i], citation))
+            return;
+    offer->seen [offer->statutes] = citation;
+    kim_agent_html_rawf (html, "<div><input type=\"radio\" id=\"basis-%zu\" name=\"basis\" "
+                         "value=\"statute:", offer->offered);
+    kim_agent_html_text (html, citation);
+    kim_agent_html_rawf (html, "\"%s aria-describedby=\"basis-hint\"><label class=\"inline\" "
+                         "for=\"basis-%zu\">%s: ", offer->offered? "": " checked", offer->offered,
+                         T (STATUTE));
+    kim_agent_html_text (html, citation);
+    kim_agent_html_rawf (html, " <span class=\"muted\">(%s ", T (RULE));
+    kim_agent_html_text (html, rule);
+    kim_agent_html_raw (html, ")</span></label></div>\n");
+    offer->offered++;
+    offer->statutes++;
+}
+
 //  The legal-basis picker of a new referral: the office's own consents
-//  that cover this recipient and purpose, or a statute's citation.
+//  that cover this recipient and purpose, the statutes the policy copy
+//  (web/policy) names for this pair and purpose, or a citation typed in.
 static void
 s_basis_known (s_req_t *req, const char *recipient, const char *purpose)
 {
     kim_agent_html_t *html = &req->html;
+    kim_policy_t *policy = req->self->policy;
     kim_agent_html_rawf (html, "<fieldset>\n<legend>%s</legend>\n<p class=\"hint\" "
-                         "id=\"basis-hint\">%s</p>\n", T (LEGAL_BASIS), T (KNOWN_HINT));
+                         "id=\"basis-hint\">%s</p>\n", T (LEGAL_BASIS),
+                         policy? T (POLICY_HINT): T (KNOWN_HINT));
     json_t *consents = kim_agent_store_consents (req->self->store, "active");
     uint64_t now = (uint64_t) zclock_time ();
     size_t offered = 0;
@@ -1099,11 +1167,23 @@ s_basis_known (s_req_t *req, const char *recipient, const char *purpose)
     json_decref (consents);
     if (!offered)
         kim_agent_html_rawf (html, "<p>%s</p>\n", T (NO_CONSENT));
+    if (policy) {
+        char own [KIM_CODE_MAX + 1], theirs [KIM_CODE_MAX + 1];
+        s_org_type (req->self->config->org, own, sizeof own);
+        s_org_type (recipient, theirs, sizeof theirs);
+        s_offer_t offer;
+        memset (&offer, 0, sizeof offer);
+        offer.req = req;
+        offer.offered = offered;
+        kim_policy_statutes (policy, own, theirs, purpose, s_offer_statute, &offer);
+        offered = offer.offered;
+    }
     kim_agent_html_rawf (html, "<div><input type=\"radio\" id=\"basis-statute\" name=\"basis\" "
                          "value=\"statute\"%s><label class=\"inline\" for=\"basis-statute\">%s"
                          "</label></div>\n<label for=\"new-citation\">%s</label>\n<input "
                          "type=\"text\" id=\"new-citation\" name=\"citation\" maxlength=\"128\">\n"
-                         "</fieldset>\n", offered? "": " checked", T (STATUTE), T (CITATION));
+                         "</fieldset>\n", offered? "": " checked",
+                         policy? T (OTHER_CITATION): T (STATUTE), T (CITATION));
 }
 
 //  A new referral in two steps, without script: recipient and purpose
@@ -1228,6 +1308,499 @@ s_post_new (s_req_t *req)
 
 
 //  --------------------------------------------------------------------------
+//  Cases and consents
+
+//  A link to one record's page: <a href="/ui/PREFIX/ID">ID</a>
+static void
+s_link (s_req_t *req, const char *prefix, const char *id)
+{
+    if (!id || !*id) {
+        kim_agent_html_raw (&req->html, "–");
+        return;
+    }
+    kim_agent_html_rawf (&req->html, "<a href=\"/ui/%s/", prefix);
+    kim_agent_html_text (&req->html, id);
+    kim_agent_html_raw (&req->html, "\">");
+    kim_agent_html_text (&req->html, id);
+    kim_agent_html_raw (&req->html, "</a>");
+}
+
+//  A JSON array of strings as "a, b, c".
+static void
+s_list_text (s_req_t *req, json_t *array)
+{
+    size_t count = json_array_size (array);
+    if (!count)
+        kim_agent_html_raw (&req->html, "–");
+    for (size_t i = 0; i < count; i++) {
+        if (i)
+            kim_agent_html_raw (&req->html, ", ");
+        kim_agent_html_text (&req->html, json_string_value (json_array_get (array, i)));
+    }
+}
+
+static enum MHD_Result
+s_cases_page (s_req_t *req)
+{
+    kim_agent_html_t *html = &req->html;
+    json_t *cases = kim_agent_store_cases (req->self->store, NULL);
+    s_begin (req, T (CASES), "/ui/cases");
+    if (json_array_size (cases) == 0)
+        kim_agent_html_rawf (html, "<p>%s</p>\n", T (NONE));
+    else {
+        kim_agent_html_rawf (html, "<table>\n<thead><tr><th scope=\"col\">%s</th><th scope=\"col\">"
+                             "%s</th><th scope=\"col\">%s</th><th scope=\"col\">%s</th>"
+                             "<th scope=\"col\">%s</th></tr></thead>\n<tbody>\n", T (CASE),
+                             T (STATE), T (LEAD), T (EVENTS), T (UPDATED));
+        for (size_t i = 0; i < json_array_size (cases); i++) {
+            json_t *item = json_array_get (cases, i);
+            kim_agent_html_raw (html, "<tr><td>");
+            s_link (req, "case", s_str (item, "case_id"));
+            kim_agent_html_raw (html, "</td><td>");
+            s_state_text (req, s_str (item, "state"));
+            kim_agent_html_raw (html, "</td><td>");
+            kim_agent_html_text (html, *s_str (item, "lead")? s_str (item, "lead"): "–");
+            kim_agent_html_rawf (html, "</td><td>%lld</td><td>", (long long) s_int (item, "events"));
+            s_time_text (req, s_int (item, "updated_at"));
+            kim_agent_html_raw (html, "</td></tr>\n");
+        }
+        kim_agent_html_raw (html, "</tbody>\n</table>\n");
+    }
+    json_decref (cases);
+    s_end (req);
+    return s_send_page (req, MHD_HTTP_OK);
+}
+
+//  The consents this office recorded, optionally only those of `case_id`.
+static void
+s_consent_table (s_req_t *req, const char *case_id)
+{
+    kim_agent_html_t *html = &req->html;
+    json_t *consents = kim_agent_store_consents (req->self->store, NULL);
+    size_t shown = 0;
+    for (size_t i = 0; i < json_array_size (consents); i++) {
+        json_t *item = json_array_get (consents, i);
+        if (case_id && !streq (s_str (item, "case_id"), case_id))
+            continue;
+        if (!shown++)
+            kim_agent_html_rawf (html, "<table>\n<thead><tr><th scope=\"col\">%s</th>"
+                                 "<th scope=\"col\">%s</th><th scope=\"col\">%s</th>"
+                                 "<th scope=\"col\">%s</th><th scope=\"col\">%s</th>"
+                                 "<th scope=\"col\">%s</th><th scope=\"col\">%s</th></tr></thead>\n"
+                                 "<tbody>\n", T (CONSENT_ID), T (CASE), T (SUBJECT), T (TO),
+                                 T (PURPOSE), T (VALID_UNTIL), T (STATE));
+        kim_agent_html_raw (html, "<tr><td>");
+        s_link (req, "consent", s_str (item, "consent"));
+        kim_agent_html_raw (html, "</td><td>");
+        s_link (req, "case", s_str (item, "case_id"));
+        kim_agent_html_raw (html, "</td><td>");
+        kim_agent_html_text (html, s_str (item, "subject"));
+        kim_agent_html_raw (html, "</td><td>");
+        s_list_text (req, json_object_get (item, "recipients"));
+        kim_agent_html_raw (html, "</td><td>");
+        s_list_text (req, json_object_get (item, "purposes"));
+        kim_agent_html_raw (html, "</td><td>");
+        s_time_text (req, s_int (item, "valid_until"));
+        kim_agent_html_raw (html, "</td><td class=\"state\">");
+        s_state_text (req, s_str (item, "state"));
+        kim_agent_html_raw (html, "</td></tr>\n");
+    }
+    if (shown)
+        kim_agent_html_raw (html, "</tbody>\n</table>\n");
+    else
+        kim_agent_html_rawf (html, "<p>%s</p>\n", T (NONE));
+    json_decref (consents);
+}
+
+static enum MHD_Result
+s_case_page (s_req_t *req, const char *id)
+{
+    kim_agent_html_t *html = &req->html;
+    json_t *record = kim_agent_store_case (req->self->store, id);
+    if (!record)
+        return s_message_page (req, MHD_HTTP_NOT_FOUND, T (NOT_FOUND), T (NOT_FOUND), NULL);
+    char title [KIM_ID_MAX + 64];
+    snprintf (title, sizeof title, "%s %s", T (CASE), id);
+    s_begin (req, title, NULL);
+    kim_agent_html_raw (html, "<dl class=\"facts\">\n");
+    kim_agent_html_rawf (html, "<dt>%s</dt><dd class=\"state\">", T (STATE));
+    s_state_text (req, s_str (record, "state"));
+    kim_agent_html_raw (html, "</dd>\n");
+    s_fact (req, T (LEAD), s_str (record, "lead"));
+    kim_agent_html_rawf (html, "<dt>%s</dt><dd>", T (STARTED));
+    s_time_text (req, s_int (record, "created_at"));
+    kim_agent_html_rawf (html, "</dd>\n<dt>%s</dt><dd>", T (REFERRALS));
+    json_t *referrals = json_object_get (record, "referrals");
+    if (!json_array_size (referrals))
+        kim_agent_html_raw (html, "–");
+    for (size_t i = 0; i < json_array_size (referrals); i++) {
+        if (i)
+            kim_agent_html_raw (html, ", ");
+        s_link (req, "referral", json_string_value (json_array_get (referrals, i)));
+    }
+    kim_agent_html_raw (html, "</dd>\n</dl>\n");
+
+    json_t *timeline = json_object_get (record, "timeline");
+    kim_agent_html_rawf (html, "<h2>%s</h2>\n<table>\n<thead><tr><th scope=\"col\">%s</th>"
+                         "<th scope=\"col\">%s</th><th scope=\"col\">%s</th><th scope=\"col\">%s</th>"
+                         "<th scope=\"col\">%s</th><th scope=\"col\">%s</th></tr></thead>\n<tbody>\n",
+                         T (CASE_TIMELINE), T (WHEN), T (MESSAGE), T (FROM), T (TO), T (REFERRAL),
+                         T (DETAIL));
+    for (size_t i = 0; i < json_array_size (timeline); i++) {
+        json_t *item = json_array_get (timeline, i);
+        kim_agent_html_raw (html, "<tr><td>");
+        s_time_text (req, s_int (item, "at"));
+        kim_agent_html_raw (html, "</td><td>");
+        kim_agent_html_text (html, s_str (item, "type"));
+        kim_agent_html_raw (html, "</td><td>");
+        kim_agent_html_text (html, *s_str (item, "from")? s_str (item, "from"): "–");
+        kim_agent_html_raw (html, "</td><td>");
+        kim_agent_html_text (html, *s_str (item, "to")? s_str (item, "to"): "–");
+        kim_agent_html_raw (html, "</td><td>");
+        s_link (req, "referral", s_str (item, "referral_id"));
+        kim_agent_html_raw (html, "</td><td>");
+        const char *parts [3] = { s_str (item, "code"), s_str (item, "org"), s_str (item, "consent") };
+        bool first = true;
+        for (int p = 0; p < 3; p++)
+            if (*parts [p]) {
+                if (!first)
+                    kim_agent_html_raw (html, " · ");
+                if (p == 2)
+                    s_link (req, "consent", parts [p]);
+                else
+                    kim_agent_html_text (html, parts [p]);
+                first = false;
+            }
+        kim_agent_html_raw (html, "</td></tr>\n");
+    }
+    kim_agent_html_raw (html, "</tbody>\n</table>\n");
+    kim_agent_html_rawf (html, "<h2>%s</h2>\n", T (CONSENTS));
+    s_consent_table (req, id);
+    if (req->session.role == KIM_AGENT_ROLE_STAFF) {
+        kim_agent_html_raw (html, "<p><a href=\"/ui/consents?case_id=");
+        kim_agent_html_text (html, id);
+        kim_agent_html_rawf (html, "#record\">%s</a></p>\n", T (CONSENT_NEW));
+    }
+    kim_agent_html_rawf (html, "<p><a href=\"/ui/cases\">%s</a></p>\n", T (CASES));
+    s_end (req);
+    json_decref (record);
+    return s_send_page (req, MHD_HTTP_OK);
+}
+
+static const char *const s_category_codes [] = {
+    "art9", "sgb8_s65", "stgb203", "residence_status", "contact"
+};
+static const kim_agent_text_t s_category_texts [] = {
+    KIM_WEB_T_C_ART9, KIM_WEB_T_C_SGB8_S65, KIM_WEB_T_C_STGB203, KIM_WEB_T_C_RESIDENCE,
+    KIM_WEB_T_C_CONTACT
+};
+static const char *const s_giver_codes [] = { "subject", "guardian", "entruster" };
+static const kim_agent_text_t s_giver_texts [] = {
+    KIM_WEB_T_G_SUBJECT, KIM_WEB_T_G_GUARDIAN, KIM_WEB_T_G_ENTRUSTER
+};
+
+//  The consents list with, for staff, the form that records one.
+static enum MHD_Result
+s_consents_page (s_req_t *req)
+{
+    kim_agent_html_t *html = &req->html;
+    s_begin (req, T (CONSENTS), "/ui/consents");
+    const char *sent = MHD_lookup_connection_value (req->connection, MHD_GET_ARGUMENT_KIND, "sent");
+    if (sent && kim_id_valid (sent))
+        s_notice_sent (req, sent);
+    s_consent_table (req, NULL);
+    kim_agent_html_rawf (html, "<h2 id=\"record\">%s</h2>\n", T (CONSENT_NEW));
+    if (req->session.role != KIM_AGENT_ROLE_STAFF) {
+        kim_agent_html_rawf (html, "<p>%s</p>\n", T (READONLY_CONSENT));
+        s_end (req);
+        return s_send_page (req, MHD_HTTP_OK);
+    }
+    const char *case_id = MHD_lookup_connection_value (req->connection, MHD_GET_ARGUMENT_KIND,
+                                                       "case_id");
+    if (!case_id || !kim_id_valid (case_id))
+        case_id = "";
+    char token [KIM_AGENT_TOKEN_HEX + 1], consent_id [32];
+    kim_agent_users_token (token);
+    snprintf (consent_id, sizeof consent_id, "G-%.12s", token);
+    kim_agent_html_rawf (html, "<p class=\"hint\" id=\"consent-hint\">%s</p>\n"
+                         "<form method=\"post\" action=\"/ui/consents\" "
+                         "aria-describedby=\"consent-hint\">\n", T (CONSENT_NEW_HINT));
+    s_hidden (req, "csrf", req->session.csrf);
+    s_form_msg_id (req);
+    static const struct { const char *name; kim_agent_text_t label; } fields [] = {
+        { "consent", KIM_WEB_T_CONSENT_ID },
+        { "case_id", KIM_WEB_T_CASE },
+        { "subject", KIM_WEB_T_SUBJECT },
+        { "recipients", KIM_WEB_T_RECIPIENTS },
+        { "purposes", KIM_WEB_T_PURPOSES },
+    };
+    for (size_t i = 0; i < sizeof fields / sizeof fields [0]; i++) {
+        const char *value = streq (fields [i].name, "consent")? consent_id
+                          : streq (fields [i].name, "case_id")? case_id: "";
+        kim_agent_html_rawf (html, "<label for=\"cg-%s\">%s</label>\n<input type=\"text\" "
+                             "id=\"cg-%s\" name=\"%s\" maxlength=\"%d\" required "
+                             "spellcheck=\"false\" value=\"", fields [i].name,
+                             kim_agent_web_text (fields [i].label, req->lang), fields [i].name,
+                             fields [i].name, i >= 3? 1024: 64);
+        kim_agent_html_text (html, value);
+        kim_agent_html_raw (html, "\">\n");
+    }
+    kim_agent_html_rawf (html, "<fieldset>\n<legend>%s</legend>\n", T (CATEGORIES));
+    for (size_t i = 0; i < sizeof s_category_codes / sizeof s_category_codes [0]; i++)
+        kim_agent_html_rawf (html, "<div><input type=\"checkbox\" id=\"cg-cat-%s\" "
+                             "name=\"category\" value=\"%s\"%s><label class=\"inline\" "
+                             "for=\"cg-cat-%s\">%s</label></div>\n", s_category_codes [i],
+                             s_category_codes [i], streq (s_category_codes [i], "contact")
+                             ? " checked": "", s_category_codes [i],
+                             kim_agent_web_text (s_category_texts [i], req->lang));
+    kim_agent_html_rawf (html, "<div><input type=\"checkbox\" id=\"cg-explicit\" name=\"explicit\" "
+                         "value=\"1\"><label class=\"inline\" for=\"cg-explicit\">%s</label></div>\n"
+                         "</fieldset>\n", T (EXPLICIT));
+    kim_agent_html_rawf (html, "<label for=\"cg-valid\">%s</label>\n<input type=\"date\" "
+                         "id=\"cg-valid\" name=\"valid_until\" required>\n", T (VALID_UNTIL_DATE));
+    kim_agent_html_rawf (html, "<fieldset>\n<legend>%s</legend>\n", T (GIVER));
+    for (size_t i = 0; i < sizeof s_giver_codes / sizeof s_giver_codes [0]; i++)
+        kim_agent_html_rawf (html, "<div><input type=\"radio\" id=\"cg-giver-%s\" name=\"giver\" "
+                             "value=\"%s\"%s required><label class=\"inline\" for=\"cg-giver-%s\">"
+                             "%s</label></div>\n", s_giver_codes [i], s_giver_codes [i],
+                             i? "": " checked", s_giver_codes [i],
+                             kim_agent_web_text (s_giver_texts [i], req->lang));
+    kim_agent_html_rawf (html, "</fieldset>\n<button type=\"submit\">%s</button>\n</form>\n",
+                         T (RECORD));
+    s_end (req);
+    return s_send_page (req, MHD_HTTP_OK);
+}
+
+//  "a, b,c" into a JSON array of trimmed items; NULL when an item is empty.
+static json_t *
+s_split_list (const char *text)
+{
+    json_t *array = json_array ();
+    while (array && *text) {
+        while (*text == ' ')
+            text++;
+        size_t length = strcspn (text, ",");
+        size_t trimmed = length;
+        while (trimmed && text [trimmed - 1] == ' ')
+            trimmed--;
+        if (trimmed == 0 || trimmed > KIM_ORG_MAX) {
+            json_decref (array);
+            return NULL;
+        }
+        json_array_append_new (array, json_stringn (text, trimmed));
+        text += length;
+        if (*text == ',')
+            text++;
+    }
+    if (array && json_array_size (array) == 0) {
+        json_decref (array);
+        return NULL;
+    }
+    return array;
+}
+
+//  A date "YYYY-MM-DD" as the end of that day, local time, in ms; 0 if bad.
+static json_int_t
+s_end_of_day (const char *date)
+{
+    struct tm tm;
+    memset (&tm, 0, sizeof tm);
+    char *end = strptime (date, "%Y-%m-%d", &tm);
+    if (!end || *end)
+        return 0;
+    tm.tm_hour = 23;
+    tm.tm_min = 59;
+    tm.tm_isdst = -1;
+    time_t at = mktime (&tm);
+    return at > 0? (json_int_t) at * 1000: 0;
+}
+
+static enum MHD_Result
+s_post_consent (s_req_t *req)
+{
+    json_t *message = json_pack ("{s:s}", "type", "CONSENT_GRANT");
+    json_t *categories = json_array ();
+    if (!message || !categories) {
+        json_decref (message);
+        json_decref (categories);
+        req->html.failed = true;
+        return s_send_page (req, MHD_HTTP_SERVICE_UNAVAILABLE);
+    }
+    static const char *const keys [] = { "msg_id", "consent", "case_id", "subject", "giver" };
+    for (size_t i = 0; i < sizeof keys / sizeof keys [0]; i++)
+        s_optional (req, message, keys [i], keys [i]);
+    for (size_t i = 0; i < req->field_count; i++)
+        if (streq (req->fields [i].name, "category"))
+            json_array_append_new (categories, json_string (req->fields [i].value));
+    json_object_set_new (message, "categories", categories);
+    if (streq (s_field (req, "explicit"), "1"))
+        json_object_set_new (message, "explicit", json_true ());
+    char why [KIM_TEXT_MAX + 64] = "";
+    int rc = 0;
+    json_t *recipients = s_split_list (s_field (req, "recipients"));
+    json_t *purposes = s_split_list (s_field (req, "purposes"));
+    json_int_t valid_until = s_end_of_day (s_field (req, "valid_until"));
+    if (!recipients || !purposes || !valid_until) {
+        snprintf (why, sizeof why, "%s", !recipients? T (RECIPIENTS): !purposes? T (PURPOSES)
+                                                                   : T (VALID_UNTIL_DATE));
+        rc = -KIM_E_BAD_VALUE;
+        json_decref (recipients);
+        json_decref (purposes);
+    }
+    else {
+        json_object_set_new (message, "recipients", recipients);
+        json_object_set_new (message, "purposes", purposes);
+        json_object_set_new (message, "valid_until", json_integer (valid_until));
+    }
+    if (rc == 0)
+        rc = s_send (req, message, "consent_grant", NULL, why, sizeof why);
+    char msg_id [KIM_ID_MAX + 1], consent [KIM_ID_MAX + 1];
+    kim_str_copy (msg_id, sizeof msg_id, json_string_value (json_object_get (message, "msg_id")));
+    kim_str_copy (consent, sizeof consent, json_string_value (json_object_get (message, "consent")));
+    json_decref (message);
+    if (rc)
+        return s_message_page (req, MHD_HTTP_BAD_REQUEST, T (ERROR), T (REFUSED_NOTICE), why);
+    char location [KIM_ID_MAX * 2 + 64];
+    snprintf (location, sizeof location, "/ui/consent/%s?sent=%s", consent, msg_id);
+    return s_redirect (req, location);
+}
+
+static bool
+s_revocable (const char *state)
+{
+    return streq (state, "active") || streq (state, "pending") || streq (state, "expired");
+}
+
+static enum MHD_Result
+s_consent_page (s_req_t *req, const char *id)
+{
+    kim_agent_html_t *html = &req->html;
+    json_t *record = kim_agent_store_consent (req->self->store, id);
+    if (!record)
+        return s_message_page (req, MHD_HTTP_NOT_FOUND, T (NOT_FOUND), T (NOT_FOUND), NULL);
+    char title [KIM_ID_MAX + 64];
+    snprintf (title, sizeof title, "%s %s", T (CONSENT), id);
+    s_begin (req, title, NULL);
+    const char *sent = MHD_lookup_connection_value (req->connection, MHD_GET_ARGUMENT_KIND, "sent");
+    if (sent && kim_id_valid (sent))
+        s_notice_sent (req, sent);
+    const char *state = s_str (record, "state");
+    kim_agent_html_raw (html, "<dl class=\"facts\">\n");
+    kim_agent_html_rawf (html, "<dt>%s</dt><dd class=\"state\">", T (STATE));
+    s_state_text (req, state);
+    if (*s_str (record, "error")) {
+        kim_agent_html_raw (html, ": ");
+        kim_agent_html_text (html, s_str (record, "error"));
+        kim_agent_html_raw (html, " ");
+        kim_agent_html_text (html, s_str (record, "text"));
+    }
+    kim_agent_html_rawf (html, "</dd>\n<dt>%s</dt><dd>", T (CASE));
+    s_link (req, "case", s_str (record, "case_id"));
+    kim_agent_html_raw (html, "</dd>\n");
+    s_fact (req, T (SUBJECT), s_str (record, "subject"));
+    kim_agent_html_rawf (html, "<dt>%s</dt><dd>", T (TO));
+    s_list_text (req, json_object_get (record, "recipients"));
+    kim_agent_html_rawf (html, "</dd>\n<dt>%s</dt><dd>", T (PURPOSE));
+    s_list_text (req, json_object_get (record, "purposes"));
+    kim_agent_html_rawf (html, "</dd>\n<dt>%s</dt><dd>", T (CATEGORIES));
+    s_list_text (req, json_object_get (record, "categories"));
+    kim_agent_html_rawf (html, "</dd>\n<dt>%s</dt><dd>", T (VALID_UNTIL_DATE));
+    s_time_text (req, s_int (record, "valid_until"));
+    kim_agent_html_rawf (html, "</dd>\n<dt>%s</dt><dd>", T (RECORDED));
+    s_time_text (req, s_int (record, "recorded_at"));
+    kim_agent_html_raw (html, "</dd>\n</dl>\n");
+
+    kim_agent_html_rawf (html, "<h2 id=\"revoke\">%s</h2>\n", T (REVOKE));
+    if (!s_revocable (state))
+        kim_agent_html_rawf (html, "<p>%s</p>\n", T (NO_REVOKE));
+    else
+    if (req->session.role != KIM_AGENT_ROLE_STAFF)
+        kim_agent_html_rawf (html, "<p>%s</p>\n", T (READONLY_CONSENT));
+    else {
+        kim_agent_html_raw (html, "<form method=\"post\" action=\"/ui/consent/");
+        kim_agent_html_text (html, id);
+        kim_agent_html_rawf (html, "/revoke\">\n<fieldset>\n<legend>%s</legend>\n"
+                             "<p class=\"hint\" id=\"revoke-hint\">%s</p>\n", T (REVOKE),
+                             T (REVOKE_HINT));
+        s_hidden (req, "csrf", req->session.csrf);
+        s_form_msg_id (req);
+        kim_agent_html_rawf (html, "<div><input type=\"checkbox\" id=\"revoke-confirm\" "
+                             "name=\"confirm\" value=\"1\" required aria-describedby=\"revoke-hint\">"
+                             "<label class=\"inline\" for=\"revoke-confirm\">%s</label></div>\n"
+                             "<button type=\"submit\">%s</button>\n</fieldset>\n</form>\n",
+                             T (REVOKE_CONFIRM), T (REVOKE));
+    }
+    kim_agent_html_rawf (html, "<p><a href=\"/ui/consents\">%s</a></p>\n", T (CONSENTS));
+    s_end (req);
+    json_decref (record);
+    return s_send_page (req, MHD_HTTP_OK);
+}
+
+static enum MHD_Result
+s_post_revoke (s_req_t *req, const char *id)
+{
+    json_t *record = kim_agent_store_consent (req->self->store, id);
+    if (!record)
+        return s_message_page (req, MHD_HTTP_NOT_FOUND, T (NOT_FOUND), T (NOT_FOUND), NULL);
+    bool revocable = s_revocable (s_str (record, "state"));
+    json_t *message = json_pack ("{s:s, s:s}", "type", "CONSENT_REVOKE", "consent", id);
+    if (message && *s_str (record, "case_id"))
+        json_object_set_new (message, "case_id", json_string (s_str (record, "case_id")));
+    json_decref (record);
+    if (!message) {
+        req->html.failed = true;
+        return s_send_page (req, MHD_HTTP_SERVICE_UNAVAILABLE);
+    }
+    s_optional (req, message, "msg_id", "msg_id");
+    char why [KIM_TEXT_MAX + 64] = "";
+    int rc = 0;
+    if (!streq (s_field (req, "confirm"), "1")) {
+        snprintf (why, sizeof why, "%s", T (CONFIRM_MISSING));
+        rc = -KIM_E_MISSING_FIELD;
+    }
+    else
+    if (!revocable) {
+        //  A resubmitted form of a revocation already sent is that same message
+        json_t *earlier = kim_agent_store_outbox_get (req->self->store, s_field (req, "msg_id"));
+        json_decref (earlier);
+        if (!earlier) {
+            s_journal (req->self, req->session.user, "revoke_not_allowed", NULL, NULL, NULL);
+            json_decref (message);
+            return s_message_page (req, MHD_HTTP_CONFLICT, T (ERROR), T (NO_REVOKE), NULL);
+        }
+    }
+    if (rc == 0)
+        rc = s_send (req, message, "consent_revoke", NULL, why, sizeof why);
+    char msg_id [KIM_ID_MAX + 1];
+    kim_str_copy (msg_id, sizeof msg_id, json_string_value (json_object_get (message, "msg_id")));
+    json_decref (message);
+    if (rc)
+        return s_message_page (req, MHD_HTTP_BAD_REQUEST, T (ERROR), T (REFUSED_NOTICE), why);
+    char location [KIM_ID_MAX * 2 + 64];
+    snprintf (location, sizeof location, "/ui/consent/%s?sent=%s", id, msg_id);
+    return s_redirect (req, location);
+}
+
+//  "/ui/PREFIX/ID[/rest]": copies a valid ID and returns the rest ("" or
+//  "/..."), or NULL when the url is not of this form.
+static const char *
+s_path_id (const char *url, const char *prefix, char *id)
+{
+    size_t prefix_length = strlen (prefix);
+    if (strncmp (url, prefix, prefix_length) != 0)
+        return NULL;
+    const char *start = url + prefix_length;
+    const char *slash = strchr (start, '/');
+    size_t length = slash? (size_t) (slash - start): strlen (start);
+    if (length == 0 || length > KIM_ID_MAX)
+        return NULL;
+    memcpy (id, start, length);
+    id [length] = 0;
+    return kim_id_valid (id)? start + length: NULL;
+}
+
+
+//  --------------------------------------------------------------------------
 //  Dispatch
 
 bool
@@ -1304,6 +1877,19 @@ s_route (s_req_t *req, const char *method, const char *body, size_t size)
             return s_message_page (req, MHD_HTTP_FORBIDDEN, T (ERROR), T (FORBIDDEN), NULL);
         return post? s_post_new (req): s_new_page (req);
     }
+    if (streq (url, "/ui/cases") && get)
+        return s_cases_page (req);
+    if (streq (url, "/ui/consents"))
+        return post? s_post_consent (req): s_consents_page (req);
+    char record_id [KIM_ID_MAX + 1];
+    const char *rest = s_path_id (url, "/ui/case/", record_id);
+    if (rest && !*rest && get)
+        return s_case_page (req, record_id);
+    rest = s_path_id (url, "/ui/consent/", record_id);
+    if (rest && !*rest && get)
+        return s_consent_page (req, record_id);
+    if (rest && streq (rest, "/revoke") && post)
+        return s_post_revoke (req, record_id);
     if (strncmp (url, "/ui/referral/", 13) == 0) {
         char id [KIM_ID_MAX + 1];
         const char *start = url + 13;
@@ -1401,6 +1987,15 @@ kim_agent_web_new (const kim_agent_config_t *config, kim_agent_store_t *store,
         kim_agent_web_destroy (&self);
         return NULL;
     }
+    if (config->web_policy [0]) {
+        char why [KIM_POLICY_ERROR_MAX];
+        self->policy = kim_policy_load (config->web_policy, why, sizeof why);
+        if (!self->policy) {
+            snprintf (error, error_size, "web/policy: %s", why);
+            kim_agent_web_destroy (&self);
+            return NULL;
+        }
+    }
     zsys_info ("kim-agent %s: web page on under /ui/ (accounts in %s)", config->org,
                config->web_users);
     if (access (config->web_users, F_OK) != 0)
@@ -1415,6 +2010,7 @@ kim_agent_web_destroy (kim_agent_web_t **self_p)
     if (self_p && *self_p) {
         kim_agent_web_t *self = *self_p;
         kim_agent_users_destroy (&self->users);
+        kim_policy_destroy (&self->policy);
         if (self->journal_fd >= 0)
             close (self->journal_fd);
         pthread_mutex_destroy (&self->journal_mutex);
