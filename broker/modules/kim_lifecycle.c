@@ -792,7 +792,9 @@ s_fire (kim_lifecycle_t *self, kim_ctx_t *ctx, const s_due_t *due)
 {
     kim_store_t *store = kim_ctx_store (ctx);
     if (due->kind == S_TIMER_PURGE)
-        return kim_lc_purge (self, ctx, due->id);
+        return kim_lc_purge (self, ctx, due->id, S_TIMER_PURGE);
+    if (due->kind == S_TIMER_IDLE_NOTICE || due->kind == S_TIMER_IDLE_PURGE)
+        return kim_lc_idle_fire (self, ctx, due->id, due->kind);
     kim_referral_t referral;
     int rc = kim_lc_referral_get (store, due->id, &referral);
     if (rc)
@@ -1008,10 +1010,14 @@ s_configure (kim_lifecycle_t *self, zconfig_t *tree, char *error, size_t error_s
     const uint64_t day = 24ull * 3600 * 1000;
     uint64_t deadline_days = 14, expire_days = 14, payload_days = 1095;
     uint64_t deadline_s = 0, expire_s = 0, payload_s = 0;
+    uint64_t open_case_days = 1095, notice_days = 30, open_case_s = 0, notice_s = 0;
     static const char *lifecycle_keys [] = {
         "deadline_days", "expire_days", "deadline_seconds", "expire_seconds", "purpose", NULL
     };
-    static const char *retention_keys [] = { "payload_days", "payload_seconds", NULL };
+    static const char *retention_keys [] = {
+        "payload_days", "payload_seconds", "open_case_days", "open_case_seconds",
+        "notice_days", "notice_seconds", NULL
+    };
     const char *sections [] = { "lifecycle", "retention" };
     const char **keys [] = { lifecycle_keys, retention_keys };
     for (int s = 0; tree && s < 2; s++) {
@@ -1031,8 +1037,20 @@ s_configure (kim_lifecycle_t *self, zconfig_t *tree, char *error, size_t error_s
     ||  s_config_number (tree, "lifecycle/deadline_seconds", 0, 315360000, &deadline_s, error, error_size)
     ||  s_config_number (tree, "lifecycle/expire_seconds", 0, 315360000, &expire_s, error, error_size)
     ||  s_config_number (tree, "retention/payload_days", 1, 36500, &payload_days, error, error_size)
-    ||  s_config_number (tree, "retention/payload_seconds", 0, 3153600000ull, &payload_s, error, error_size))
+    ||  s_config_number (tree, "retention/payload_seconds", 0, 3153600000ull, &payload_s, error, error_size)
+    ||  s_config_number (tree, "retention/open_case_days", 0, 36500, &open_case_days, error, error_size)
+    ||  s_config_number (tree, "retention/open_case_seconds", 0, 3153600000ull, &open_case_s, error, error_size)
+    ||  s_config_number (tree, "retention/notice_days", 0, 3650, &notice_days, error, error_size)
+    ||  s_config_number (tree, "retention/notice_seconds", 0, 315360000, &notice_s, error, error_size))
         return -KIM_E_CONFIG;
+    self->idle_ms = open_case_s? open_case_s * 1000: open_case_days * day;
+    self->notice_ms = notice_s? notice_s * 1000: notice_days * day;
+    if (self->idle_ms && self->notice_ms >= self->idle_ms) {
+        snprintf (error, error_size, "retention/notice_days: the notice (%" PRIu64 " s) must "
+                  "come before the end of retention/open_case_days (%" PRIu64 " s)",
+                  self->notice_ms / 1000, self->idle_ms / 1000);
+        return -KIM_E_CONFIG;
+    }
     self->deadline_ms = deadline_s? deadline_s * 1000: deadline_days * day;
     self->expire_ms = expire_s? expire_s * 1000: expire_days * day;
     self->payload_ms = payload_s? payload_s * 1000: payload_days * day;
@@ -1217,6 +1235,10 @@ kim_lifecycle_test (bool verbose)
     s_test_config ("lifecycle\n    deadline_days = x\n", "lifecycle/deadline_days");
     s_test_config ("lifecycle\n    dedline_days = 3\n", "lifecycle/dedline_days: unknown key");
     s_test_config ("retention\n    payload_days = -1\n", "retention/payload_days");
+    s_test_config ("retention\n    open_case_days = 0\n    notice_days = 90\n", NULL);
+    s_test_config ("retention\n    open_case_days = 60\n    notice_days = 60\n",
+                   "retention/notice_days: the notice");
+    s_test_config ("retention\n    open_case_days = 36501\n", "retention/open_case_days");
     s_test_config ("lifecycle\n    purpose\n        employment\n            deadline_days = 9999\n",
                    "lifecycle/purpose/employment/deadline_days");
 }

@@ -48,6 +48,8 @@ typedef enum {
 #define S_TIMER_DEADLINE    1       //  key id: a referral; SENT/DELIVERED -> OVERDUE
 #define S_TIMER_EXPIRY      2       //  key id: a referral; OVERDUE -> EXPIRED
 #define S_TIMER_PURGE       3       //  key id: a closed case; purge its payloads
+#define S_TIMER_IDLE_NOTICE 4       //  key id: an open case; tell the lead of the purge to come
+#define S_TIMER_IDLE_PURGE  5       //  key id: an open case, idle: purge its payloads
 
 typedef struct {
     uint32_t version;
@@ -75,6 +77,8 @@ typedef struct {
     uint64_t offer_seq;                     //  its log record: lists the referrals
     uint64_t created_seq;
     uint64_t closed_at;                     //  ms
+    uint64_t active_at;                     //  ms: last message in the case (0: before this was kept)
+    uint32_t idle_armed;                    //  1 while an inactivity timer is set
     uint32_t participant_count;
     //  Stored up to participant_count only: most cases have a handful.
     char participants [S_PARTICIPANTS_MAX][KIM_ORG_MAX + 1];
@@ -92,6 +96,8 @@ typedef struct {
     uint64_t deadline_ms;                   //  default answer period
     uint64_t expire_ms;                     //  grace period after the deadline
     uint64_t payload_ms;                    //  retention of payloads after CASE_CLOSED
+    uint64_t idle_ms;                       //  an open case this long quiet: purged (0: never)
+    uint64_t notice_ms;                     //  the lead is told this long before
     size_t purpose_count;                   //  per-purpose deadline overrides
     char purposes [16][KIM_CODE_MAX + 1];
     uint64_t purpose_deadline_ms [16];
@@ -192,7 +198,7 @@ kim_lc_get_text (kim_lc_reader_t *reader, char *text, size_t text_size)
 //  and returns its size; _decode reads either form: 0, or -KIM_E_IO when
 //  the value has a form this broker does not know.
 #define KIM_LC_REFERRAL_MAX (2 + 3 * 8 + 8 * (1 + KIM_ID_MAX))
-#define KIM_LC_CASE_MAX     (3 + 3 * 8 + (4 + S_PARTICIPANTS_MAX) * (1 + KIM_ID_MAX))
+#define KIM_LC_CASE_MAX     (3 + 4 * 8 + 1 + (4 + S_PARTICIPANTS_MAX) * (1 + KIM_ID_MAX))
 size_t
     kim_lc_referral_encode (const kim_referral_t *referral, uint8_t value [KIM_LC_REFERRAL_MAX]);
 int
@@ -280,8 +286,14 @@ int
 int
     kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
                          const char *case_id);
+//  Purges up to 256 payloads of a case and logs a PURGE record; `kind` is
+//  S_TIMER_PURGE (closed, retention) or S_TIMER_IDLE_PURGE (open, idle): a
+//  timer of that kind continues a larger case at the next tick.
 int
-    kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id);
+    kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_t kind);
+//  An inactivity timer of an open case fired (S_TIMER_IDLE_NOTICE/_PURGE).
+int
+    kim_lc_idle_fire (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_t kind);
 int
     kim_lc_command (void *state, kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t *cmd,
                     kim_verdict_t *verdict);
