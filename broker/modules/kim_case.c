@@ -533,6 +533,89 @@ s_idle_notice (kim_ctx_t *ctx, const kim_case_t *kcase, uint64_t purge_at)
     return kim_ctx_emit (ctx, &notice, kcase->lead, NULL);
 }
 
+//  One batch of kim_lc_idle_arm: the open cases without a timer get one.
+//  Ids are collected first: the cases are rewritten after the cursor ends.
+static int
+s_idle_arm_batch (kim_lifecycle_t *self, kim_store_t *store, size_t *armed)
+{
+    MDB_txn *txn = kim_store_txn (store);
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_CASE), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: opening the cases");
+    zlistx_t *ids = zlistx_new ();
+    if (!ids) {
+        mdb_cursor_close (cursor);
+        return -KIM_E_NOMEM;
+    }
+    zlistx_set_destructor (ids, (zlistx_destructor_fn *) zstr_free);
+    MDB_val key, value;
+    int add_rc = 0;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0 && add_rc == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        kim_case_t kcase;
+        if (kim_lc_case_decode (value.mv_data, value.mv_size, &kcase) == 0
+        &&  !kcase.closed && !kcase.idle_armed) {
+            char *id = strdup (kcase.id);
+            add_rc = id && zlistx_add_end (ids, id)? 0: -KIM_E_NOMEM;
+            if (add_rc)
+                free (id);
+        }
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND && add_rc == 0)
+        add_rc = kim_store_error (store, rc, "lifecycle: reading the cases");
+    rc = add_rc;
+    *armed = 0;
+    for (char *id = (char *) zlistx_first (ids); rc == 0 && id; id = (char *) zlistx_next (ids)) {
+        kim_case_t kcase;
+        rc = kim_lc_case_get (store, id, &kcase);
+        if (rc)
+            break;
+        //  When it was last active is not known (active_at 0): the timer
+        //  is due at once, and firing starts its quiet time by the broker's
+        //  clock (kim_lc_idle_fire)
+        kcase.idle_armed = 1;
+        uint64_t due = kcase.active_at? kcase.active_at + self->idle_ms - self->notice_ms: 0;
+        rc = kim_lc_timer_put (store, due, kcase.id, S_TIMER_IDLE_NOTICE);
+        if (rc == 0)
+            rc = s_case_put (self, store, &kcase);
+        (*armed)++;
+    }
+    zlistx_destroy (&ids);
+    kim_lc_case_forget (self);
+    return rc;
+}
+
+int
+kim_lc_idle_arm (kim_lifecycle_t *self, kim_store_t *store)
+{
+    if (self->idle_ms == 0)
+        return 0;
+    for (int attempt = 0; attempt < 64; attempt++) {
+        int rc = kim_store_begin (store);
+        if (rc)
+            return rc;
+        size_t armed = 0;
+        rc = s_idle_arm_batch (self, store, &armed);
+        if (rc) {
+            kim_store_abort (store);
+            return rc;
+        }
+        bool retry = false;
+        rc = kim_store_commit (store, &retry);
+        if (rc == 0) {
+            if (armed)
+                zsys_info ("lifecycle: %zu open cases had no inactivity timer; those not "
+                           "seen active since store version 3 are quiet from now on", armed);
+            return 0;
+        }
+        if (!retry)
+            return rc;
+    }
+    return -KIM_E_STORE_FULL;
+}
+
 int
 kim_lc_idle_fire (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_t kind)
 {

@@ -1120,6 +1120,13 @@ kim_lifecycle_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, s
         free (self);
         return rc;
     }
+    rc = kim_lc_idle_arm (self, env->store);
+    if (rc) {
+        snprintf (error, error_size, "lifecycle: cannot set the open cases' inactivity "
+                  "timers: %s", kim_strerror (rc));
+        free (self);
+        return rc;
+    }
     zsys_info ("lifecycle: referrals are due after %" PRIu64 " s and expire %" PRIu64
                " s later; payloads of closed cases are kept %" PRIu64 " s",
                self->deadline_ms / 1000, self->expire_ms / 1000, self->payload_ms / 1000);

@@ -291,6 +291,12 @@ int
 //  timer of that kind continues a larger case at the next tick.
 int
     kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_t kind);
+//  At start: gives every open case without an inactivity timer one (cases
+//  from before store version 3, or from while open_case_days was 0); one
+//  whose last activity is unknown is quiet from its first tick on. One scan
+//  of the cases, one batch, at every start while open_case_days is set.
+int
+    kim_lc_idle_arm (kim_lifecycle_t *self, kim_store_t *store);
 //  An inactivity timer of an open case fired (S_TIMER_IDLE_NOTICE/_PURGE).
 int
     kim_lc_idle_fire (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_t kind);

@@ -7,9 +7,12 @@
     then sees a message, which calls its purge off. At 3900 s the payloads
     of C-I and C-S are purged (PURGE records with reason "inactivity"),
     C-A's is kept, and the cases stay open (the lead still sends in C-I).
+    A case written in the stored form of before version 3 gets an
+    inactivity timer at the next start and is purged after a quiet period.
 */
 #include "kim_lctest.h"
 #include "kim/kim_log.h"
+#include "kim_lifecycle_int.h"
 #include "kim_store.h"
 
 #define KIM     "kim.rheine"
@@ -17,6 +20,7 @@
 
 static char s_clock [PATH_MAX];
 static char s_store [PATH_MAX];
+static const char *s_watch = "C-A";    //  the case s_stored looks for in PURGE records
 
 static char s_log [PATH_MAX];
 static int s_moves;                     //  clock moves the broker has logged
@@ -91,7 +95,7 @@ s_stored (uint64_t seq, int *idle_purges, bool *purged_ca)
                 continue;
             if (streq (reason, "inactivity"))
                 (*idle_purges)++;
-            if (streq (case_id, "C-A"))
+            if (streq (case_id, s_watch) && streq (reason, "inactivity"))
                 *purged_ca = true;
         }
     }
@@ -178,6 +182,63 @@ main (void)
 
     kim_client_destroy (&kim);
     kim_client_destroy (&jc);
+
+    //  A case from a store before version 3 (its stored form without the
+    //  last-activity fields) with a payload: the restarted broker gives it a
+    //  timer, its quiet time starts, and its payload goes after a while.
+    KIM_CHECK (kim_testbroker_stop (broker, SIGTERM) == 0);
+    kim_store_config_t config = { .path = s_store };
+    int err = 0;
+    kim_store_t *store = kim_store_new (&config, &err);
+    KIM_CHECK (store);
+    KIM_CHECK (kim_store_begin (store) == 0);
+    kim_case_t kcase;
+    memset (&kcase, 0, sizeof kcase);
+    kcase.version = S_CASE_VERSION;
+    snprintf (kcase.id, sizeof kcase.id, "C-OLD");
+    snprintf (kcase.lead, sizeof kcase.lead, KIM);
+    kcase.participant_count = 2;
+    snprintf (kcase.participants [0], sizeof kcase.participants [0], KIM);
+    snprintf (kcase.participants [1], sizeof kcase.participants [1], JC);
+    uint8_t value [KIM_LC_CASE_MAX];
+    size_t size = kim_lc_case_encode (&kcase, value) - 9;
+    MDB_val k = { 5, (void *) "C-OLD" }, v = { size, value };
+    KIM_CHECK (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CASE), &k, &v, 0) == 0);
+    uint64_t old_seq = 0;
+    KIM_CHECK (kim_store_append (store, KIM_RECORD_STATE, (uint64_t) zclock_time (),
+                                 (const uint8_t *) "\x80", 1, &old_seq) == 0);
+    KIM_CHECK (kim_store_payload_put (store, old_seq, (const uint8_t *) "old", 3) == 0);
+    uint8_t index_key [6 + 8];
+    memcpy (index_key, "C-OLD", 6);
+    kim_log_put_be64 (index_key + 6, old_seq);
+    k.mv_size = sizeof index_key;
+    k.mv_data = index_key;
+    v.mv_size = 0;
+    KIM_CHECK (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CASE_SEQ), &k, &v, 0)
+               == 0);
+    bool retry;
+    KIM_CHECK (kim_store_commit (store, &retry) == 0);
+    kim_store_destroy (&store);
+    s_moves = 0;                        //  a new start logs the file's offset anew
+    KIM_CHECK (kim_testbroker_start (broker) == 0);
+    KIM_CHECK (s_stored (old_seq, NULL, NULL) == 1);
+    //  Its quiet time starts at the broker's first turn; the test does not
+    //  know when that is, so the clock moves on in steps past a quiet period
+    //  until the payload is gone.
+    deadline = s_itest_now () + 30000;
+    uint64_t offset = 3900;
+    while (s_stored (old_seq, NULL, NULL)) {
+        KIM_CHECK (s_itest_now () < deadline);
+        offset += 3700;
+        s_set_clock (offset, false);
+        int64_t step = s_itest_now () + 2000;
+        while (s_itest_now () < step && s_stored (old_seq, NULL, NULL))
+            zclock_sleep (100);         //  poll interval, not synchronisation
+    }
+    s_watch = "C-OLD";
+    KIM_CHECK (s_stored (old_seq, &idle_purges, &purged_ca) == 0);
+    printf ("  the case from before version 3 was purged after a quiet period\n");
+    KIM_CHECK (purged_ca);
     s_itest_broker_destroy (&broker);
     printf ("test_idle_case: OK\n");
     return 0;
