@@ -1,6 +1,8 @@
 /*  kim_lifecycle_int.h — what the life-cycle module's files share
     (kim_lifecycle.c: referrals, deadlines, the hook; kim_case.c: cases,
-    handovers, subscriptions, retention). Private to the module.
+    handovers, subscriptions, retention; kim_lc_store.c: stored forms, the
+    referral index, timers, state records). Calls point one way:
+    kim_lifecycle.c -> kim_case.c -> kim_lc_store.c. Private to the module.
 
     Referrals and cases are stored compactly (version 2): [u8 version],
     the numbers as u64 big-endian, then each string as [u8 length][bytes].
@@ -109,7 +111,8 @@ typedef struct {
     kim_case_t known_case;
 } kim_lifecycle_t;
 
-//  Store access through the open batch (kim_lifecycle.c).
+//  Store access through the open batch (kim_lc_store.c, as everything
+//  down to the next section).
 int
     kim_lc_put (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
                 const void *value, size_t value_size, const char *what);
