@@ -1,5 +1,7 @@
 /*  kim_store.h — the broker's durable store: one LMDB environment holding the
-    append-only log, payloads, mailboxes and the de-duplication index.
+    append-only log, payloads, mailboxes and the de-duplication index, and
+    beside it the small key store (<path>/keys/, kim_keystore.h) with the key
+    each payload is encrypted under at rest.
 
     Everything the broker promises rests here. A write batch is one LMDB write
     transaction: the server appends every message it read in one turn of its
