@@ -14,6 +14,12 @@
     broker knows) and after (the copy opens as a kim store and its head is at
     least the live head seen before the copy). Keys and any other files of the
     data folder are copied with their modes; secrets stay 0600.
+
+    The payload keys (store/keys/, see kim_keystore.h) are copied the same
+    way, after the store: a payload in the copy then has its key in the
+    copy unless it was erased meanwhile, and then it reads as erased. Being
+    compacted copies, neither holds the bytes of what was erased before the
+    backup began.
 */
 #include <czmq.h>
 #include <dirent.h>
@@ -30,6 +36,7 @@
 
 #include "kim/kim_error.h"
 #include "kim_backup.h"
+#include "kim_keystore.h"
 #include "kim_store.h"
 
 #define S_STORE_DIR     "store"
@@ -261,7 +268,7 @@ kim_backup_run (const char *data, const char *target_arg, kim_backup_result_t *r
         return s_fail (error, error_size, "backup: %s is inside the data folder %s",
                        target, data);
 
-    char live [PATH_MAX], partial [PATH_MAX], copy [PATH_MAX], path [PATH_MAX + 16];
+    char live [PATH_MAX], partial [PATH_MAX], copy [PATH_MAX], path [PATH_MAX + 32];
     if (snprintf (live, sizeof live, "%s/" S_STORE_DIR, data) >= (int) sizeof live
     ||  snprintf (partial, sizeof partial, "%s.partial-%d", target, (int) getpid ())
             >= (int) sizeof partial
@@ -278,6 +285,18 @@ kim_backup_run (const char *data, const char *target_arg, kim_backup_result_t *r
         rc = s_fail (error, error_size, "backup: %s: %s", copy, strerror (errno));
     if (rc == 0)
         rc = s_copy_store (live, copy, error, error_size);
+    char live_keys [PATH_MAX + 16], copy_keys [PATH_MAX + 16];
+    snprintf (live_keys, sizeof live_keys, "%s/" KIM_KEYSTORE_DIR, live);
+    snprintf (copy_keys, sizeof copy_keys, "%s/" KIM_KEYSTORE_DIR, copy);
+    if (rc == 0 && lstat (live_keys, &st) == 0) {
+        if (mkdir (copy_keys, 0700))
+            rc = s_fail (error, error_size, "backup: %s: %s", copy_keys, strerror (errno));
+        else {
+            int guard = kim_keystore_guard (live_keys, false);
+            rc = s_copy_store (live_keys, copy_keys, error, error_size);
+            kim_keystore_unguard (guard);
+        }
+    }
     //  A reader's lock file is rebuilt by whoever opens the copy next
     snprintf (path, sizeof path, "%s/lock.mdb", copy);
     if (rc == 0)
@@ -286,6 +305,8 @@ kim_backup_run (const char *data, const char *target_arg, kim_backup_result_t *r
     &&  result->head < result->head_before)
         rc = s_fail (error, error_size, "backup: the copy ends at %" PRIu64 ", before the "
                      "live head %" PRIu64, result->head, result->head_before);
+    unlink (path);
+    snprintf (path, sizeof path, "%s/lock.mdb", copy_keys);
     unlink (path);
     snprintf (path, sizeof path, "%s/data.mdb", copy);
     result->store_bytes = s_file_size (path);

@@ -19,6 +19,21 @@
     <path>/broker.lock for as long as the store is open. LMDB itself allows
     only one write transaction at a time, but two brokers appending in turn
     would each keep their own idea of the head and interleave two chains.
+
+    Payloads at rest: each is encrypted (XChaCha20-Poly1305, the seq as
+    associated data) under a key of its own kept in kim_keystore, so that
+    deleting the key and compacting the small key store erases the payload
+    for good, although LMDB's freed pages in data.mdb keep the encrypted
+    bytes (crypto-shredding). A stored value is
+        [u8 version = 1][24-byte nonce][ciphertext and 16-byte tag]
+    Stores written before this hold their payloads as they came; META's
+    "keys_from" (u64 BE) names the first seq stored encrypted, and payloads
+    below it are read as they are. Why a key per payload, not per case or
+    subject: a payload leaves by erasure (by subject), by retention (by
+    case, closed or idle) or by a later put of the same seq; a key per
+    payload makes each of them a shredding with no knowledge of cases or
+    subjects here, at the price of one key (about 100 bytes in the key
+    store) per payload.
 */
 #include <czmq.h>
 #include <errno.h>
@@ -35,6 +50,7 @@
 
 #include "kim/kim_error.h"
 #include "kim/kim_log.h"
+#include "kim_keystore.h"
 #include "kim_store.h"
 
 #define S_FORMAT            KIM_LOG_FORMAT          //  record format byte and store format
@@ -44,6 +60,10 @@
 #define S_MAP_DEFAULT       ((size_t) 64 << 20)
 #define S_MAP_MAX_DEFAULT   ((size_t) 64 << 30)
 #define S_WINDOW_DEFAULT    ((uint64_t) 7 * 24 * 3600 * 1000)
+#define S_SEALED_VERSION    1           //  payload at rest: version byte
+#define S_SEALED_NONCE      crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+#define S_SEALED_TAG        crypto_aead_xchacha20poly1305_ietf_ABYTES
+#define S_SEALED_OVERHEAD   (1 + S_SEALED_NONCE + S_SEALED_TAG)
 
 //  One organisation's mailbox size. `delta` is the open batch's change, kept
 //  apart so that an abort can forget it.
@@ -66,6 +86,13 @@ struct _kim_store_t {
     size_t page_size;           //  OS page: map sizes are multiples of it
     size_t key_max;             //  LMDB's maximum key size
     uint64_t dedup_window_ms;
+
+    //  Payload keys (NULL: a reader on a store from before at-rest
+    //  encryption) and the first seq whose payload is encrypted
+    kim_keystore_t *keys;
+    uint64_t keys_from;
+    uint8_t *scratch;           //  the last payload read, decrypted
+    size_t scratch_max;
 
     //  The open write batch, if any
     MDB_txn *txn;
@@ -471,7 +498,11 @@ s_lock (kim_store_t *self)
 //  transaction, so a migration is all or nothing. A store newer than this
 //  broker is refused: its layout may mean something this code does not know.
 //    1 -> 2: the layout is unchanged; the store now names its version.
-#define S_VERSION 2
+//    2 -> 3: payloads are encrypted at rest from META "keys_from" on (the
+//            key store is made, and keys_from recorded, right after the
+//            opening transaction); an older broker would hand them out
+//            still encrypted, so it must refuse the store.
+#define S_VERSION 3
 
 static int
 s_store_version (kim_store_t *self, MDB_txn *txn)
@@ -577,6 +608,71 @@ s_open_dbs (kim_store_t *self)
     if (rc)
         return s_read_error (self, rc, "committing the opening transaction");
     return 0;
+}
+
+//  Opens the payload keys and learns from META which seqs are encrypted at
+//  rest. A writer on a store from before at-rest encryption records that
+//  its payloads from the next seq on are; a reader on such a store has no
+//  key store and reads every payload as stored.
+static int
+s_keys_open (kim_store_t *self, bool nosync)
+{
+    char path [PATH_MAX];
+    if (snprintf (path, sizeof path, "%s/" KIM_KEYSTORE_DIR, self->path) >= (int) sizeof path)
+        return -KIM_E_CONFIG;
+    MDB_txn *txn;
+    int rc = mdb_txn_begin (self->env, NULL, self->read_only? MDB_RDONLY: 0, &txn);
+    if (rc)
+        return s_read_error (self, rc, "starting to read keys_from");
+    MDB_val key = { 9, (void *) "keys_from" };
+    MDB_val value;
+    uint8_t from_bytes [8];
+    rc = mdb_get (txn, self->dbi [KIM_DB_META], &key, &value);
+    if (rc == 0 && value.mv_size == 8)
+        self->keys_from = kim_log_get_be64 ((const uint8_t *) value.mv_data);
+    else
+    if (rc == 0) {
+        mdb_txn_abort (txn);
+        zsys_error ("kim_store: %s: keys_from is malformed", self->path);
+        return -KIM_E_IO;
+    }
+    else
+    if (rc == MDB_NOTFOUND && self->read_only)
+        self->keys_from = UINT64_MAX;
+    else
+    if (rc == MDB_NOTFOUND) {
+        self->keys_from = self->head + 1;
+        kim_log_put_be64 (from_bytes, self->keys_from);
+        value.mv_size = sizeof (from_bytes);
+        value.mv_data = from_bytes;
+        rc = mdb_put (txn, self->dbi [KIM_DB_META], &key, &value, 0);
+        if (rc == 0) {
+            rc = mdb_txn_commit (txn);
+            txn = NULL;
+        }
+    }
+    if (txn)
+        mdb_txn_abort (txn);
+    if (rc && rc != MDB_NOTFOUND)
+        return s_read_error (self, rc, "recording keys_from");
+    //  The key store's map: a key takes about 100 bytes, so a quarter of
+    //  the main map's limit holds keys for more payloads than that map can
+    //  (and 4 GiB is some 40 million payloads).
+    size_t map_size = self->map_max / 4;
+    if (map_size > ((size_t) 4 << 30))
+        map_size = (size_t) 4 << 30;
+    if (map_size < ((size_t) 1 << 20))
+        map_size = (size_t) 1 << 20;
+    map_size -= map_size % self->page_size;
+    int err = 0;
+    self->keys = kim_keystore_new (path, self->read_only, nosync, map_size, &err);
+    if (!self->keys && self->read_only && err == -KIM_E_NOT_FOUND) {
+        if (self->keys_from != UINT64_MAX)
+            zsys_warning ("kim_store: %s: no key store; payloads from seq %" PRIu64
+                          " on cannot be read", self->path, self->keys_from);
+        return 0;
+    }
+    return self->keys? 0: err;
 }
 
 kim_store_t *
@@ -690,6 +786,8 @@ kim_store_new (const kim_store_config_t *config, int *err)
     if (*err == 0)
         *err = s_mailbox_count_all (self, self->rtxn);
     s_snapshot_end (self);
+    if (*err == 0)
+        *err = s_keys_open (self, config->nosync);
     if (*err)
         goto fail;
     return self;
@@ -709,6 +807,8 @@ kim_store_destroy (kim_store_t **self_p)
         kim_store_abort (self);
     if (self->rtxn)
         mdb_txn_abort (self->rtxn);
+    kim_keystore_destroy (&self->keys);
+    free (self->scratch);
     if (self->env)
         mdb_env_close (self->env);
     if (self->lock_fd != -1)
@@ -796,6 +896,17 @@ kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
     return 0;
 }
 
+//  A key store failure fails the store closed: a payload must never be on
+//  disk without the key that opens it, nor a key outlive an erasure.
+static int
+s_keys_error (kim_store_t *self, int rc)
+{
+    zsys_error ("kim_store: %s: payload keys: %s; store fails closed", self->path,
+                kim_strerror (rc));
+    self->failed = true;
+    return -KIM_E_STORE_FAILED;
+}
+
 //  Puts in key order when it can: MDB_APPEND fills pages instead of
 //  splitting them in half. Falls back to a plain put when the key is not
 //  the largest (a clock step back, a late payload).
@@ -821,14 +932,47 @@ kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, siz
     kim_log_put_be64 (key_bytes, seq);
     MDB_val key = { sizeof (key_bytes), key_bytes };
     if (size == 0) {
-        //  Nothing stored for an empty payload; drop an older one, if any
+        //  Nothing stored for an empty payload; drop an older one, if any,
+        //  and its key: that is what erases it (see kim_keystore.h)
         rc = mdb_del (self->txn, self->dbi [KIM_DB_PAYLOAD], &key, NULL);
         if (rc == MDB_NOTFOUND)
             rc = 0;
-        return rc? s_write_error (self, rc, "removing a payload"): 0;
+        if (rc)
+            return s_write_error (self, rc, "removing a payload");
+        if (self->keys && seq >= self->keys_from
+        &&  (rc = kim_keystore_del (self->keys, seq)) < 0)
+            return s_keys_error (self, rc);
+        return 0;
     }
-    MDB_val value = { size, (void *) data };
-    rc = s_put_appending (self, KIM_DB_PAYLOAD, &key, &value);
+    if (size > UINT32_MAX - S_SEALED_OVERHEAD)
+        return -KIM_E_ARGS;
+    if (!self->keys || seq < self->keys_from)
+        return s_keys_error (self, -KIM_E_INTERNAL);
+    uint8_t secret [KIM_KEYSTORE_KEY];
+    crypto_aead_xchacha20poly1305_ietf_keygen (secret);
+    rc = kim_keystore_put (self->keys, seq, secret);
+    if (rc) {
+        sodium_memzero (secret, sizeof secret);
+        return s_keys_error (self, rc);
+    }
+    //  MDB_RESERVE: encrypted in place, no copy through a buffer
+    MDB_val value = { size + S_SEALED_OVERHEAD, NULL };
+    MDB_val copy = value;
+    rc = mdb_put (self->txn, self->dbi [KIM_DB_PAYLOAD], &key, &copy,
+                  MDB_APPEND | MDB_RESERVE);
+    if (rc == MDB_KEYEXIST) {
+        copy = value;
+        rc = mdb_put (self->txn, self->dbi [KIM_DB_PAYLOAD], &key, &copy, MDB_RESERVE);
+    }
+    if (rc == 0) {
+        uint8_t *sealed = (uint8_t *) copy.mv_data;
+        sealed [0] = S_SEALED_VERSION;
+        randombytes_buf (sealed + 1, S_SEALED_NONCE);
+        crypto_aead_xchacha20poly1305_ietf_encrypt (
+            sealed + 1 + S_SEALED_NONCE, NULL, data, size, key_bytes, sizeof (key_bytes),
+            NULL, sealed + 1, secret);
+    }
+    sodium_memzero (secret, sizeof secret);
     return rc? s_write_error (self, rc, "storing a payload"): 0;
 }
 
@@ -1109,6 +1253,8 @@ kim_store_commit (kim_store_t *self, bool *retry)
     if (self->failed || self->batch_full) {
         mdb_txn_abort (self->txn);
         self->txn = NULL;
+        if (self->keys)
+            kim_keystore_abort (self->keys);
         s_mailbox_settle (self, false);
         if (self->failed)
             return -KIM_E_STORE_FAILED;
@@ -1116,12 +1262,26 @@ kim_store_commit (kim_store_t *self, bool *retry)
     }
     //  The snapshot ends with the batch (see the header's lifetime rules)
     s_snapshot_end (self);
-    int rc = mdb_txn_commit (self->txn);
+    //  Keys first: a payload on disk always has its key. Should the main
+    //  commit then fail, the new keys open nothing and the deleted ones
+    //  belonged to payloads that the replayed batch deletes again.
+    int rc = self->keys? kim_keystore_commit (self->keys): 0;
+    if (rc) {
+        mdb_txn_abort (self->txn);
+        self->txn = NULL;
+        s_mailbox_settle (self, false);
+        return s_keys_error (self, rc);
+    }
+    rc = mdb_txn_commit (self->txn);
     self->txn = NULL;           //  freed by LMDB, whatever the outcome
     if (rc == 0) {
         self->head = self->batch_head;
         memcpy (self->head_hash, self->batch_hash, KIM_HASH_SIZE);
         s_mailbox_settle (self, true);
+        //  An erasure or purge is final once the deleted keys are in no
+        //  file; a failed compaction is tried again after the next batch.
+        if (self->keys && kim_keystore_dirty (self->keys))
+            kim_keystore_compact (self->keys);
         return 0;
     }
     s_mailbox_settle (self, false);
@@ -1143,6 +1303,8 @@ kim_store_abort (kim_store_t *self)
         return;
     mdb_txn_abort (self->txn);
     self->txn = NULL;
+    if (self->keys)
+        kim_keystore_abort (self->keys);
     s_mailbox_settle (self, false);
 }
 
@@ -1238,11 +1400,74 @@ kim_store_payload_get (kim_store_t *self, uint64_t seq, const uint8_t **data, si
         return 0;
     if (rc)
         return s_read_error (self, rc, "reading a payload");
-    if (value.mv_size) {
+    if (value.mv_size == 0)
+        return 0;
+    if (seq < self->keys_from) {
+        //  Stored before at-rest encryption: as it came
         *data = (const uint8_t *) value.mv_data;
         *size = value.mv_size;
+        return 0;
     }
+    const uint8_t *sealed = (const uint8_t *) value.mv_data;
+    if (value.mv_size < S_SEALED_OVERHEAD || sealed [0] != S_SEALED_VERSION) {
+        zsys_error ("kim_store: %s: payload of %" PRIu64 " is malformed", self->path, seq);
+        return -KIM_E_IO;
+    }
+    uint8_t secret [KIM_KEYSTORE_KEY];
+    rc = self->keys? kim_keystore_get (self->keys, seq, secret): 0;
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        return 0;               //  its key is erased: so is the payload
+    size_t plain_size = value.mv_size - S_SEALED_OVERHEAD;
+    if (plain_size > self->scratch_max) {
+        uint8_t *scratch = (uint8_t *) realloc (self->scratch, plain_size);
+        if (!scratch) {
+            sodium_memzero (secret, sizeof secret);
+            return -KIM_E_NOMEM;
+        }
+        self->scratch = scratch;
+        self->scratch_max = plain_size;
+    }
+    rc = crypto_aead_xchacha20poly1305_ietf_decrypt (
+        self->scratch, NULL, NULL, sealed + 1 + S_SEALED_NONCE,
+        value.mv_size - 1 - S_SEALED_NONCE, key_bytes, sizeof (key_bytes),
+        sealed + 1, secret);
+    sodium_memzero (secret, sizeof secret);
+    if (rc) {
+        zsys_error ("kim_store: %s: payload of %" PRIu64 " does not decrypt", self->path, seq);
+        return -KIM_E_IO;
+    }
+    *data = self->scratch;
+    *size = plain_size;
     return 0;
+}
+
+int
+kim_store_payload_exists (kim_store_t *self, uint64_t seq)
+{
+    MDB_txn *txn;
+    int rc = s_reader (self, &txn);
+    if (rc)
+        return rc;
+    uint8_t key_bytes [8];
+    kim_log_put_be64 (key_bytes, seq);
+    MDB_val key = { sizeof (key_bytes), key_bytes };
+    MDB_val value;
+    rc = mdb_get (txn, self->dbi [KIM_DB_PAYLOAD], &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return s_read_error (self, rc, "reading a payload");
+    return value.mv_size > 0;
+}
+
+int
+kim_store_payload_key (kim_store_t *self, uint64_t seq, uint8_t key [32])
+{
+    if (!self->keys || seq < self->keys_from)
+        return 0;
+    return kim_keystore_get (self->keys, seq, key);
 }
 
 int

@@ -1,5 +1,7 @@
 /*  kim_store.h — the broker's durable store: one LMDB environment holding the
-    append-only log, payloads, mailboxes and the de-duplication index.
+    append-only log, payloads, mailboxes and the de-duplication index, and
+    beside it the small key store (<path>/keys/, kim_keystore.h) with the key
+    each payload is encrypted under at rest.
 
     Everything the broker promises rests here. A write batch is one LMDB write
     transaction: the server appends every message it read in one turn of its
@@ -117,12 +119,17 @@ int
                       const uint8_t *body, size_t body_size, uint64_t *seq);
 
 //  Stores the payload of record `seq` apart from the log, so that it can be
-//  purged later while the log stays whole.
+//  purged later while the log stays whole. It is stored encrypted under a
+//  key of its own kept in the store's key store (<path>/keys/, see
+//  kim_keystore.h); commit writes that store first.
 int
     kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, size_t size);
 
 //  Purges the payload of record `seq` (retention, erasure); the log record
 //  and its payload hash stay, so the chain still verifies. No payload: 0.
+//  Its key is deleted too, and the commit of a batch that deleted keys
+//  compacts the key store, so that the freed pages of data.mdb, which
+//  still hold the encrypted bytes, hold nothing anyone can open.
 int
     kim_store_payload_del (kim_store_t *self, uint64_t seq);
 
@@ -227,10 +234,27 @@ void
 int
     kim_store_read (kim_store_t *self, uint64_t seq, kim_record_t *record);
 
-//  Reads the payload of record `seq` (borrowed; *data NULL, size 0 if purged
-//  or empty). Returns 0 or -KIM_E_*.
+//  Reads the payload of record `seq`: the bytes kim_store_payload_put was
+//  given, decrypted from their at-rest form (*data NULL, size 0 if purged,
+//  erased or empty). *data is borrowed from a buffer of the store's that
+//  the next kim_store_payload_get overwrites (and, for payloads of stores
+//  from before at-rest encryption, from LMDB's map, under the lifetime
+//  rules above): use or copy it before reading another payload. Returns 0
+//  or -KIM_E_* (-KIM_E_IO for a stored payload that does not decrypt).
 int
     kim_store_payload_get (kim_store_t *self, uint64_t seq, const uint8_t **data, size_t *size);
+
+//  Whether record `seq` has a stored payload, without decrypting it.
+//  Returns 1, 0, or -KIM_E_*.
+int
+    kim_store_payload_exists (kim_store_t *self, uint64_t seq);
+
+//  Copies the at-rest key of payload `seq` into `key` (32 bytes), for
+//  tests and audits that check an erasure left nothing behind. Returns 1,
+//  0 if there is none (erased, never stored, or a payload stored before
+//  at-rest encryption), or -KIM_E_*.
+int
+    kim_store_payload_key (kim_store_t *self, uint64_t seq, uint8_t key [32]);
 
 //  Fills `seqs` with up to `max` sequence numbers from `org`'s mailbox that
 //  are greater than `after`, ascending, and `flags` (if not NULL) with each

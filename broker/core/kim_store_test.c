@@ -27,14 +27,91 @@
 static void
 s_test_remove (const char *dir)
 {
-    const char *names [] = { "data.mdb", "lock.mdb", KIM_STORE_LOCK_NAME };
+    const char *names [] = { "data.mdb", "lock.mdb", KIM_STORE_LOCK_NAME,
+                             "keys/data.mdb", "keys/lock.mdb", "keys/guard.lock",
+                             "keys/compact.tmp", "keys" };
     for (size_t i = 0; i < sizeof (names) / sizeof (names [0]); i++) {
         char *file = zsys_sprintf ("%s/%s", dir, names [i]);
         assert (file);
-        unlink (file);
+        if (unlink (file) == -1)
+            rmdir (file);
         zstr_free (&file);
     }
     rmdir (dir);
+}
+
+static uint64_t
+    s_test_append (kim_store_t *store, uint8_t kind, uint64_t time_ms, const char *body);
+
+//  Payloads at rest: encrypted under a key of their own, which a purge
+//  deletes; payloads from before (below META keys_from) read as stored.
+static void
+s_test_at_rest (const char *path)
+{
+    kim_store_config_t config = { .path = path };
+    int err = 0;
+    kim_store_t *store = kim_store_new (&config, &err);
+    assert (store);
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 1, "old") == 1);
+    //  As a store before at-rest encryption held it, and says so
+    uint8_t key_bytes [8], from [8];
+    kim_log_put_be64 (key_bytes, 1);
+    kim_log_put_be64 (from, 2);
+    MDB_val key = { 8, key_bytes }, value = { 3, (void *) "old" };
+    assert (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_PAYLOAD), &key, &value,
+                     0) == 0);
+    MDB_val meta = { 9, (void *) "keys_from" }, meta_value = { 8, from };
+    assert (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_META), &meta,
+                     &meta_value, 0) == 0);
+    bool retry;
+    assert (kim_store_commit (store, &retry) == 0);
+    kim_store_destroy (&store);
+
+    store = kim_store_new (&config, &err);
+    assert (store);
+    const uint8_t *data;
+    size_t size;
+    uint8_t secret [32];
+    assert (kim_store_payload_get (store, 1, &data, &size) == 0);
+    assert (size == 3 && memcmp (data, "old", 3) == 0);
+    assert (kim_store_payload_key (store, 1, secret) == 0);
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 2, "new") == 2);
+    assert (kim_store_payload_put (store, 2, (const uint8_t *) "sealed new", 10) == 0);
+    //  At rest: version byte, nonce, ciphertext and tag; not the bytes given
+    kim_log_put_be64 (key_bytes, 2);
+    assert (mdb_get (kim_store_txn (store), kim_store_dbi (store, KIM_DB_PAYLOAD), &key,
+                     &value) == 0);
+    assert (value.mv_size == 10 + 41 && ((const uint8_t *) value.mv_data) [0] == 1);
+    assert (!memmem (value.mv_data, value.mv_size, "sealed new", 10));
+    assert (kim_store_commit (store, &retry) == 0);
+    assert (kim_store_payload_get (store, 2, &data, &size) == 0);
+    assert (size == 10 && memcmp (data, "sealed new", 10) == 0);
+    assert (kim_store_payload_exists (store, 2) == 1);
+    assert (kim_store_payload_key (store, 2, secret) == 1);
+    kim_store_read_end (store);
+
+    //  A purge deletes the key; the compacted key store no longer holds it
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_payload_del (store, 2) == 0);
+    assert (kim_store_payload_del (store, 1) == 0);
+    assert (kim_store_commit (store, &retry) == 0);
+    assert (kim_store_payload_key (store, 2, secret) == 0);
+    assert (kim_store_payload_get (store, 2, &data, &size) == 0 && size == 0);
+    assert (kim_store_payload_get (store, 1, &data, &size) == 0 && size == 0);
+    assert (kim_store_payload_exists (store, 2) == 0);
+    kim_store_read_end (store);
+    char *keys = zsys_sprintf ("%s/keys/data.mdb", path);
+    assert (keys);
+    FILE *file = fopen (keys, "rb");
+    assert (file);
+    uint8_t bytes [65536];
+    size_t got = fread (bytes, 1, sizeof bytes, file);
+    fclose (file);
+    assert (got > 0 && !memmem (bytes, got, secret, sizeof secret));
+    zstr_free (&keys);
+    kim_store_destroy (&store);
 }
 
 //  Appends a record and checks it reads back; returns its seq
@@ -590,6 +667,11 @@ kim_store_test (bool verbose)
     assert (kim_store_new (&small, &err) == NULL && err == -KIM_E_CONFIG);
 
     s_test_map_growth (path2, verbose);
+    char *path5 = zsys_sprintf ("%s/at-rest", dir);
+    assert (path5);
+    s_test_at_rest (path5);
+    s_test_remove (path5);
+    zstr_free (&path5);
 
     s_test_remove (path);
     s_test_remove (path2);

@@ -46,6 +46,12 @@ kim_lc_case_decode (const uint8_t *value, size_t value_size, kim_case_t *kcase)
         return -KIM_E_IO;
     for (uint32_t i = 0; i < kcase->participant_count; i++)
         kim_lc_get_text (&reader, kcase->participants [i], sizeof kcase->participants [i]);
+    //  Since store version 3: when the case last saw a message, and
+    //  whether its inactivity timer is set. Absent in older cases.
+    if (!reader.bad && reader.at != reader.end) {
+        kcase->active_at = kim_lc_get_u64 (&reader);
+        kcase->idle_armed = kim_lc_get_u8 (&reader);
+    }
     return reader.bad || reader.at != reader.end? -KIM_E_IO: 0;
 }
 
@@ -79,6 +85,8 @@ kim_lc_case_encode (const kim_case_t *kcase, uint8_t value [KIM_LC_CASE_MAX])
     *at++ = (uint8_t) kcase->participant_count;
     for (uint32_t i = 0; i < kcase->participant_count; i++)
         at = kim_lc_put_text (at, kcase->participants [i]);
+    at = kim_lc_put_u64 (at, kcase->active_at);
+    *at++ = (uint8_t) (kcase->idle_armed != 0);
     return (size_t) (at - value);
 }
 
@@ -385,6 +393,17 @@ kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
                 rc = kim_ctx_deliver_also (ctx, kcase.participants [i], route->seq);
         zsys_info ("lifecycle: case %s closed by %s", kcase.id, msg->sender);
     }
+    //  Inactivity: every message of an open case restarts its quiet time;
+    //  the one timer (set here when none is) finds out at its due time
+    //  whether the case stayed quiet, so a busy case costs no timer writes.
+    if (rc == 0 && !kcase.closed) {
+        kcase.active_at = kim_ctx_now (ctx);
+        if (self->idle_ms && !kcase.idle_armed) {
+            rc = kim_lc_timer_put (store, kcase.active_at + self->idle_ms - self->notice_ms,
+                                   kcase.id, S_TIMER_IDLE_NOTICE);
+            kcase.idle_armed = 1;
+        }
+    }
     if (rc == 0)
         rc = s_case_put (self, store, &kcase);
     //  The seq index lets retention find the case's payloads.
@@ -413,8 +432,9 @@ kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
 //  Retention: payloads of a closed case are purged after retention/payload_days.
 
 int
-kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id)
+kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_t kind)
 {
+    bool idle = kind == S_TIMER_IDLE_PURGE;
     kim_store_t *store = kim_ctx_store (ctx);
     MDB_txn *txn = kim_store_txn (store);
     MDB_dbi dbi = kim_store_dbi (store, KIM_DB_CASE_SEQ);
@@ -443,9 +463,10 @@ kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id)
     rc = 0;
     char json [256 * 22 + 256];
     size_t used = (size_t) snprintf (json, sizeof json,
-                                     "{\"case_id\":\"%s\",\"reason\":\"retention\","
+                                     "{\"case_id\":\"%s\",\"reason\":\"%s\","
                                      "\"retention_s\":%" PRIu64 ",\"seqs\":[",
-                                     case_id, self->payload_ms / 1000);
+                                     case_id, idle? "inactivity": "retention",
+                                     (idle? self->idle_ms: self->payload_ms) / 1000);
     for (size_t i = 0; rc == 0 && i < count; i++) {
         rc = kim_store_payload_del (store, seqs [i]);
         uint8_t index_key [KIM_ID_MAX + 1 + 8];
@@ -466,12 +487,172 @@ kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id)
         if (rc == 0)
             rc = kim_ctx_record (ctx, KIM_RECORD_PURGE, buf.data, buf.size, NULL);
         kim_buf_free (&buf);
-        zsys_info ("lifecycle: purged %zu payloads of closed case %s (retention)", count, case_id);
+        zsys_info ("lifecycle: purged %zu payloads of %s case %s (%s)", count,
+                   idle? "idle": "closed", case_id, idle? "inactivity": "retention");
     }
     //  A very large case continues in the next tick.
     if (rc == 0 && count == sizeof seqs / sizeof seqs [0])
-        rc = kim_lc_timer_put (store, kim_ctx_now (ctx), case_id, S_TIMER_PURGE);
+        rc = kim_lc_timer_put (store, kim_ctx_now (ctx), case_id, kind);
     return rc;
+}
+
+//  The notice to the lead: a broker-made REMINDER of an existing shape, so
+//  that every agent reads it, about one of the lead's referrals in the case,
+//  with the case and, as `deadline`, when the payloads go (in the future,
+//  where a deadline REMINDER's lies in the past).
+static int
+s_first_referral (void *arg, const char *referral_id)
+{
+    kim_str_copy ((char *) arg, KIM_ID_MAX + 1, referral_id);
+    return 1;
+}
+
+static int
+s_idle_notice (kim_ctx_t *ctx, const kim_case_t *kcase, uint64_t purge_at)
+{
+    uint8_t prefix [S_INDEX_KEY_MAX];
+    size_t prefix_size = kim_lc_index_party_key (prefix, kcase->lead, kcase->id, NULL);
+    char referral_id [KIM_ID_MAX + 1] = "";
+    int rc = kim_lc_index_scan (kim_ctx_store (ctx), prefix, prefix_size, s_first_referral,
+                                referral_id);
+    if (rc < 0)
+        return rc;
+    if (!referral_id [0]) {
+        zsys_warning ("lifecycle: case %s is idle; its lead %s has no referral in it to "
+                      "carry the notice", kcase->id, kcase->lead);
+        return 0;
+    }
+    kim_msg_t notice;
+    kim_msg_init (&notice);
+    notice.type = KIM_TYPE_REMINDER;
+    kim_str_copy (notice.referral_id, sizeof notice.referral_id, referral_id);
+    kim_str_copy (notice.case_id, sizeof notice.case_id, kcase->id);
+    notice.deadline = purge_at;
+    zsys_info ("lifecycle: case %s is idle; its payloads go unless it sees a message; "
+               "telling %s", kcase->id, kcase->lead);
+    return kim_ctx_emit (ctx, &notice, kcase->lead, NULL);
+}
+
+//  One batch of kim_lc_idle_arm: the open cases without a timer get one.
+//  Ids are collected first: the cases are rewritten after the cursor ends.
+static int
+s_idle_arm_batch (kim_lifecycle_t *self, kim_store_t *store, size_t *armed)
+{
+    MDB_txn *txn = kim_store_txn (store);
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_CASE), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: opening the cases");
+    zlistx_t *ids = zlistx_new ();
+    if (!ids) {
+        mdb_cursor_close (cursor);
+        return -KIM_E_NOMEM;
+    }
+    zlistx_set_destructor (ids, (zlistx_destructor_fn *) zstr_free);
+    MDB_val key, value;
+    int add_rc = 0;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0 && add_rc == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        kim_case_t kcase;
+        if (kim_lc_case_decode (value.mv_data, value.mv_size, &kcase) == 0
+        &&  !kcase.closed && !kcase.idle_armed) {
+            char *id = strdup (kcase.id);
+            add_rc = id && zlistx_add_end (ids, id)? 0: -KIM_E_NOMEM;
+            if (add_rc)
+                free (id);
+        }
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND && add_rc == 0)
+        add_rc = kim_store_error (store, rc, "lifecycle: reading the cases");
+    rc = add_rc;
+    *armed = 0;
+    for (char *id = (char *) zlistx_first (ids); rc == 0 && id; id = (char *) zlistx_next (ids)) {
+        kim_case_t kcase;
+        rc = kim_lc_case_get (store, id, &kcase);
+        if (rc)
+            break;
+        //  When it was last active is not known (active_at 0): the timer
+        //  is due at once, and firing starts its quiet time by the broker's
+        //  clock (kim_lc_idle_fire)
+        kcase.idle_armed = 1;
+        uint64_t due = kcase.active_at? kcase.active_at + self->idle_ms - self->notice_ms: 0;
+        rc = kim_lc_timer_put (store, due, kcase.id, S_TIMER_IDLE_NOTICE);
+        if (rc == 0)
+            rc = s_case_put (self, store, &kcase);
+        (*armed)++;
+    }
+    zlistx_destroy (&ids);
+    kim_lc_case_forget (self);
+    return rc;
+}
+
+int
+kim_lc_idle_arm (kim_lifecycle_t *self, kim_store_t *store)
+{
+    if (self->idle_ms == 0)
+        return 0;
+    for (int attempt = 0; attempt < 64; attempt++) {
+        int rc = kim_store_begin (store);
+        if (rc)
+            return rc;
+        size_t armed = 0;
+        rc = s_idle_arm_batch (self, store, &armed);
+        if (rc) {
+            kim_store_abort (store);
+            return rc;
+        }
+        bool retry = false;
+        rc = kim_store_commit (store, &retry);
+        if (rc == 0) {
+            if (armed)
+                zsys_info ("lifecycle: %zu open cases had no inactivity timer; those not "
+                           "seen active since store version 3 are quiet from now on", armed);
+            return 0;
+        }
+        if (!retry)
+            return rc;
+    }
+    return -KIM_E_STORE_FULL;
+}
+
+int
+kim_lc_idle_fire (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_t kind)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    kim_case_t kcase;
+    int rc = kim_lc_case_read (self, store, case_id, &kcase);
+    if (rc)
+        return rc == -KIM_E_NOT_FOUND? 0: rc;
+    if (kcase.closed || self->idle_ms == 0) {
+        //  Closed: closed-case retention takes over
+        kcase.idle_armed = 0;
+        return s_case_put (self, store, &kcase);
+    }
+    uint64_t now = kim_ctx_now (ctx);
+    uint64_t purge_at = kcase.active_at + self->idle_ms;
+    uint64_t notice_at = purge_at - self->notice_ms;
+    if (kcase.active_at == 0 || now < notice_at) {
+        //  It saw a message meanwhile (or is from before active_at was
+        //  kept): wait again from the last one (or from now)
+        if (kcase.active_at == 0) {
+            kcase.active_at = now;
+            notice_at = now + self->idle_ms - self->notice_ms;
+        }
+        kcase.idle_armed = 1;
+        rc = kim_lc_timer_put (store, notice_at, kcase.id, S_TIMER_IDLE_NOTICE);
+        return rc? rc: s_case_put (self, store, &kcase);
+    }
+    if (kind == S_TIMER_IDLE_NOTICE) {
+        rc = s_idle_notice (ctx, &kcase, purge_at);
+        return rc? rc: kim_lc_timer_put (store, purge_at, kcase.id, S_TIMER_IDLE_PURGE);
+    }
+    if (now < purge_at)
+        return kim_lc_timer_put (store, purge_at, kcase.id, S_TIMER_IDLE_PURGE);
+    //  Quiet all along: the payloads go; the next message sets a new timer
+    kcase.idle_armed = 0;
+    rc = s_case_put (self, store, &kcase);
+    return rc? rc: kim_lc_purge (self, ctx, kcase.id, S_TIMER_IDLE_PURGE);
 }
 
 //  --------------------------------------------------------------------------

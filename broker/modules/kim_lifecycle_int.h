@@ -1,6 +1,8 @@
 /*  kim_lifecycle_int.h — what the life-cycle module's files share
     (kim_lifecycle.c: referrals, deadlines, the hook; kim_case.c: cases,
-    handovers, subscriptions, retention). Private to the module.
+    handovers, subscriptions, retention; kim_lc_store.c: stored forms, the
+    referral index, timers, state records). Calls point one way:
+    kim_lifecycle.c -> kim_case.c -> kim_lc_store.c. Private to the module.
 
     Referrals and cases are stored compactly (version 2): [u8 version],
     the numbers as u64 big-endian, then each string as [u8 length][bytes].
@@ -48,6 +50,8 @@ typedef enum {
 #define S_TIMER_DEADLINE    1       //  key id: a referral; SENT/DELIVERED -> OVERDUE
 #define S_TIMER_EXPIRY      2       //  key id: a referral; OVERDUE -> EXPIRED
 #define S_TIMER_PURGE       3       //  key id: a closed case; purge its payloads
+#define S_TIMER_IDLE_NOTICE 4       //  key id: an open case; tell the lead of the purge to come
+#define S_TIMER_IDLE_PURGE  5       //  key id: an open case, idle: purge its payloads
 
 typedef struct {
     uint32_t version;
@@ -75,6 +79,8 @@ typedef struct {
     uint64_t offer_seq;                     //  its log record: lists the referrals
     uint64_t created_seq;
     uint64_t closed_at;                     //  ms
+    uint64_t active_at;                     //  ms: last message in the case (0: before this was kept)
+    uint32_t idle_armed;                    //  1 while an inactivity timer is set
     uint32_t participant_count;
     //  Stored up to participant_count only: most cases have a handful.
     char participants [S_PARTICIPANTS_MAX][KIM_ORG_MAX + 1];
@@ -92,6 +98,8 @@ typedef struct {
     uint64_t deadline_ms;                   //  default answer period
     uint64_t expire_ms;                     //  grace period after the deadline
     uint64_t payload_ms;                    //  retention of payloads after CASE_CLOSED
+    uint64_t idle_ms;                       //  an open case this long quiet: purged (0: never)
+    uint64_t notice_ms;                     //  the lead is told this long before
     size_t purpose_count;                   //  per-purpose deadline overrides
     char purposes [16][KIM_CODE_MAX + 1];
     uint64_t purpose_deadline_ms [16];
@@ -103,7 +111,8 @@ typedef struct {
     kim_case_t known_case;
 } kim_lifecycle_t;
 
-//  Store access through the open batch (kim_lifecycle.c).
+//  Store access through the open batch (kim_lc_store.c, as everything
+//  down to the next section).
 int
     kim_lc_put (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
                 const void *value, size_t value_size, const char *what);
@@ -192,7 +201,7 @@ kim_lc_get_text (kim_lc_reader_t *reader, char *text, size_t text_size)
 //  and returns its size; _decode reads either form: 0, or -KIM_E_IO when
 //  the value has a form this broker does not know.
 #define KIM_LC_REFERRAL_MAX (2 + 3 * 8 + 8 * (1 + KIM_ID_MAX))
-#define KIM_LC_CASE_MAX     (3 + 3 * 8 + (4 + S_PARTICIPANTS_MAX) * (1 + KIM_ID_MAX))
+#define KIM_LC_CASE_MAX     (3 + 4 * 8 + 1 + (4 + S_PARTICIPANTS_MAX) * (1 + KIM_ID_MAX))
 size_t
     kim_lc_referral_encode (const kim_referral_t *referral, uint8_t value [KIM_LC_REFERRAL_MAX]);
 int
@@ -280,8 +289,20 @@ int
 int
     kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
                          const char *case_id);
+//  Purges up to 256 payloads of a case and logs a PURGE record; `kind` is
+//  S_TIMER_PURGE (closed, retention) or S_TIMER_IDLE_PURGE (open, idle): a
+//  timer of that kind continues a larger case at the next tick.
 int
-    kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id);
+    kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_t kind);
+//  At start: gives every open case without an inactivity timer one (cases
+//  from before store version 3, or from while open_case_days was 0); one
+//  whose last activity is unknown is quiet from its first tick on. One scan
+//  of the cases, one batch, at every start while open_case_days is set.
+int
+    kim_lc_idle_arm (kim_lifecycle_t *self, kim_store_t *store);
+//  An inactivity timer of an open case fired (S_TIMER_IDLE_NOTICE/_PURGE).
+int
+    kim_lc_idle_fire (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_t kind);
 int
     kim_lc_command (void *state, kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t *cmd,
                     kim_verdict_t *verdict);

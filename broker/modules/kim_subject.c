@@ -154,11 +154,11 @@ s_each (kim_consent_mod_t *self, kim_ctx_t *ctx, const char *subject, const char
             kim_str_copy (entry.consent_id, sizeof entry.consent_id, msg->consent_id);
             kim_str_copy (entry.citation, sizeof entry.citation, msg->citation);
             kim_str_copy (entry.rule, sizeof entry.rule, msg->rule);
-            const uint8_t *payload = NULL;
-            size_t payload_size = 0;
-            if ((rc = kim_store_payload_get (store, seqs [i], &payload, &payload_size)))
+            //  Whether it is stored is enough: no decryption per transfer
+            if ((rc = kim_store_payload_exists (store, seqs [i])) < 0)
                 break;
-            entry.payload = payload_size > 0;
+            entry.payload = rc == 1;
+            rc = 0;
             seen++;
             rc = fn (arg, &entry);
             if (rc == 1)

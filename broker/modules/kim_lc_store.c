@@ -1,0 +1,396 @@
+/*  kim_lc_store.c — what the life-cycle module keeps in the store, and the
+    pieces both of its files build on (part of the life-cycle module; see
+    kim_lifecycle_int.h).
+
+    Owns the stored form of referrals, the referral index, the timers, the
+    state records and a referral's move to a new state. kim_lifecycle.c (the
+    referral life cycle and the hook) and kim_case.c (cases, handovers,
+    subscriptions, retention) both use these, and this file uses neither,
+    so the module's calls point one way: kim_lifecycle.c -> kim_case.c ->
+    kim_lc_store.c.
+*/
+#include <czmq.h>
+
+#include "kim/kim_log.h"
+#include "kim_lifecycle_int.h"
+
+//  --------------------------------------------------------------------------
+//  Store helpers: everything goes through the open batch's transaction.
+
+int
+kim_lc_put (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
+            const void *value, size_t value_size, const char *what)
+{
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn)
+        return -KIM_E_ARGS;
+    MDB_val k = { key_size, (void *) key }, v = { value_size, (void *) value };
+    int rc = mdb_put (txn, kim_store_dbi (store, db), &k, &v, 0);
+    return rc? kim_store_error (store, rc, what): 0;
+}
+
+int
+kim_lc_timer_put (kim_store_t *store, uint64_t due, const char *id, uint8_t kind)
+{
+    uint8_t key [8 + KIM_ID_MAX];
+    for (int i = 0; i < 8; i++)
+        key [i] = (uint8_t) (due >> (56 - 8 * i));
+    size_t size = strlen (id);
+    memcpy (key + 8, id, size);
+    return kim_lc_put (store, KIM_DB_TIMER, key, 8 + size, &kind, 1, "lifecycle: storing a timer");
+}
+
+int
+kim_lc_referral_decode (const uint8_t *value, size_t value_size, kim_referral_t *referral)
+{
+    memset (referral, 0, sizeof *referral);
+    if (value_size == sizeof *referral && value [0] == S_LEGACY_VERSION) {
+        memcpy (referral, value, sizeof *referral);     //  LMDB does not align values
+        return 0;
+    }
+    kim_lc_reader_t reader = { value, value + value_size, false };
+    if (kim_lc_get_u8 (&reader) != S_REFERRAL_VERSION)
+        return -KIM_E_IO;
+    referral->version = S_REFERRAL_VERSION;
+    referral->state = kim_lc_get_u8 (&reader);
+    referral->deadline = kim_lc_get_u64 (&reader);
+    referral->created_seq = kim_lc_get_u64 (&reader);
+    referral->last_seq = kim_lc_get_u64 (&reader);
+    kim_lc_get_text (&reader, referral->id, sizeof referral->id);
+    kim_lc_get_text (&reader, referral->msg_id, sizeof referral->msg_id);
+    kim_lc_get_text (&reader, referral->sender, sizeof referral->sender);
+    kim_lc_get_text (&reader, referral->recipient, sizeof referral->recipient);
+    kim_lc_get_text (&reader, referral->case_id, sizeof referral->case_id);
+    kim_lc_get_text (&reader, referral->consent_id, sizeof referral->consent_id);
+    kim_lc_get_text (&reader, referral->parent, sizeof referral->parent);
+    kim_lc_get_text (&reader, referral->purpose, sizeof referral->purpose);
+    return reader.bad || reader.at != reader.end? -KIM_E_IO: 0;
+}
+
+int
+kim_lc_fetch (kim_store_t *store, kim_db_t db, const char *id, const char *what,
+              int (*decode) (const uint8_t *value, size_t size, void *into), void *into)
+{
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn)
+        return -KIM_E_ARGS;
+    MDB_val key = { strlen (id), (void *) id }, value;
+    int rc = mdb_get (txn, kim_store_dbi (store, db), &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return -KIM_E_NOT_FOUND;
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: reading its state");
+    if (decode ((const uint8_t *) value.mv_data, value.mv_size, into)) {
+        zsys_error ("lifecycle: %s %s is stored in a form this broker does not know "
+                    "(%zu bytes)", what, id, value.mv_size);
+        return -KIM_E_IO;
+    }
+    return 0;
+}
+
+static int
+s_referral_decode (const uint8_t *value, size_t size, void *into)
+{
+    return kim_lc_referral_decode (value, size, (kim_referral_t *) into);
+}
+
+int
+kim_lc_referral_get (kim_store_t *store, const char *id, kim_referral_t *referral)
+{
+    return kim_lc_fetch (store, KIM_DB_REFERRAL, id, "referral", s_referral_decode, referral);
+}
+
+size_t
+kim_lc_referral_encode (const kim_referral_t *referral, uint8_t value [KIM_LC_REFERRAL_MAX])
+{
+    uint8_t *at = value;
+    *at++ = S_REFERRAL_VERSION;
+    *at++ = (uint8_t) referral->state;
+    at = kim_lc_put_u64 (at, referral->deadline);
+    at = kim_lc_put_u64 (at, referral->created_seq);
+    at = kim_lc_put_u64 (at, referral->last_seq);
+    at = kim_lc_put_text (at, referral->id);
+    at = kim_lc_put_text (at, referral->msg_id);
+    at = kim_lc_put_text (at, referral->sender);
+    at = kim_lc_put_text (at, referral->recipient);
+    at = kim_lc_put_text (at, referral->case_id);
+    at = kim_lc_put_text (at, referral->consent_id);
+    at = kim_lc_put_text (at, referral->parent);
+    at = kim_lc_put_text (at, referral->purpose);
+    return (size_t) (at - value);
+}
+
+int
+kim_lc_referral_put (kim_store_t *store, const kim_referral_t *referral)
+{
+    uint8_t value [KIM_LC_REFERRAL_MAX];
+    size_t size = kim_lc_referral_encode (referral, value);
+    return kim_lc_put (store, KIM_DB_REFERRAL, referral->id, strlen (referral->id), value, size,
+                       "lifecycle: storing a referral");
+}
+
+//  --------------------------------------------------------------------------
+//  The referral index (see kim_lifecycle_int.h)
+
+//  The store's META key that says the index is complete.
+#define S_INDEX_META        "index/referral_by"
+#define S_INDEX_VERSION     1
+
+static uint8_t *
+s_index_text (uint8_t *at, const char *text, bool nul)
+{
+    size_t size = strnlen (text, KIM_ID_MAX);
+    memcpy (at, text, size);
+    at += size;
+    if (nul)
+        *at++ = 0;
+    return at;
+}
+
+size_t
+kim_lc_index_party_key (uint8_t key [S_INDEX_KEY_MAX], const char *party, const char *case_id,
+                        const char *referral_id)
+{
+    uint8_t *at = key;
+    *at++ = S_INDEX_PARTY;
+    at = s_index_text (at, party, true);
+    if (case_id) {
+        at = s_index_text (at, case_id, true);
+        if (referral_id)
+            at = s_index_text (at, referral_id, false);
+    }
+    return (size_t) (at - key);
+}
+
+size_t
+kim_lc_index_consent_key (uint8_t key [S_INDEX_KEY_MAX], const char *consent_id,
+                          const char *referral_id)
+{
+    uint8_t *at = key;
+    *at++ = S_INDEX_CONSENT;
+    at = s_index_text (at, consent_id, true);
+    if (referral_id)
+        at = s_index_text (at, referral_id, false);
+    return (size_t) (at - key);
+}
+
+int
+kim_lc_index_put (kim_store_t *store, const kim_referral_t *referral)
+{
+    uint8_t key [S_INDEX_KEY_MAX];
+    size_t size = kim_lc_index_party_key (key, referral->sender, referral->case_id, referral->id);
+    int rc = kim_lc_put (store, KIM_DB_REFERRAL_BY, key, size, "", 0,
+                         "lifecycle: indexing a referral");
+    if (rc == 0 && !streq (referral->recipient, referral->sender)) {
+        size = kim_lc_index_party_key (key, referral->recipient, referral->case_id, referral->id);
+        rc = kim_lc_put (store, KIM_DB_REFERRAL_BY, key, size, "", 0,
+                         "lifecycle: indexing a referral");
+    }
+    if (rc == 0 && referral->consent_id [0]) {
+        size = kim_lc_index_consent_key (key, referral->consent_id, referral->id);
+        rc = kim_lc_put (store, KIM_DB_REFERRAL_BY, key, size, "", 0,
+                         "lifecycle: indexing a referral");
+    }
+    return rc;
+}
+
+int
+kim_lc_index_move (kim_store_t *store, const kim_referral_t *referral, const char *from,
+                   const char *to)
+{
+    uint8_t key [S_INDEX_KEY_MAX];
+    //  The old sender keeps its entry while it is the recipient too.
+    if (!streq (from, referral->recipient)) {
+        MDB_val k = { kim_lc_index_party_key (key, from, referral->case_id, referral->id), key };
+        int rc = mdb_del (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL_BY), &k,
+                          NULL);
+        if (rc && rc != MDB_NOTFOUND)
+            return kim_store_error (store, rc, "lifecycle: moving a referral's index entry");
+    }
+    size_t size = kim_lc_index_party_key (key, to, referral->case_id, referral->id);
+    return kim_lc_put (store, KIM_DB_REFERRAL_BY, key, size, "", 0,
+                       "lifecycle: moving a referral's index entry");
+}
+
+int
+kim_lc_index_scan (kim_store_t *store, const uint8_t *prefix, size_t prefix_size,
+                   int (*fn) (void *arg, const char *referral_id), void *arg)
+{
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn)
+        return -KIM_E_ARGS;
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_REFERRAL_BY), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: reading the referral index");
+    MDB_val key = { prefix_size, (void *) prefix }, value;
+    int result = 0;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE); rc == 0 && result == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        if (key.mv_size < prefix_size || memcmp (key.mv_data, prefix, prefix_size) != 0)
+            break;
+        //  The referral id follows the last NUL (ids and org ids hold none).
+        const uint8_t *bytes = (const uint8_t *) key.mv_data;
+        size_t start = key.mv_size;
+        while (start > prefix_size && bytes [start - 1] != 0)
+            start--;
+        size_t size = key.mv_size - start;
+        if (size == 0 || size > KIM_ID_MAX)
+            continue;           //  not an entry of this form: never ours
+        char id [KIM_ID_MAX + 1];
+        memcpy (id, bytes + start, size);
+        id [size] = 0;
+        result = fn (arg, id);
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND && result == 0)
+        return kim_store_error (store, rc, "lifecycle: reading the referral index");
+    return result == 1? 0: result;
+}
+
+//  One pass of the build, inside a batch: indexes every referral and marks
+//  the index complete. Sets *count to the referrals indexed, *bad to those
+//  that do not decode (they stay unindexed, as they stay unread).
+static int
+s_index_build_batch (kim_store_t *store, size_t *count, size_t *bad)
+{
+    MDB_txn *txn = kim_store_txn (store);
+    MDB_val meta_key = { strlen (S_INDEX_META), (void *) S_INDEX_META }, value;
+    int rc = mdb_get (txn, kim_store_dbi (store, KIM_DB_META), &meta_key, &value);
+    if (rc == 0)
+        return 1;               //  complete already
+    if (rc != MDB_NOTFOUND)
+        return kim_store_error (store, rc, "lifecycle: reading the index's version");
+    *count = *bad = 0;
+    MDB_cursor *cursor;
+    rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_REFERRAL), &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: opening the referrals");
+    //  Writing to the index does not disturb a cursor on the referrals.
+    MDB_val key;
+    int put_rc = 0;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0 && put_rc == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        kim_referral_t referral;
+        if (kim_lc_referral_decode (value.mv_data, value.mv_size, &referral)) {
+            (*bad)++;
+            continue;
+        }
+        put_rc = kim_lc_index_put (store, &referral);
+        (*count)++;
+    }
+    mdb_cursor_close (cursor);
+    if (put_rc)
+        return put_rc;
+    if (rc && rc != MDB_NOTFOUND)
+        return kim_store_error (store, rc, "lifecycle: reading the referrals");
+    uint8_t version = S_INDEX_VERSION;
+    return kim_lc_put (store, KIM_DB_META, S_INDEX_META, strlen (S_INDEX_META), &version, 1,
+                       "lifecycle: marking the referral index complete");
+}
+
+int
+kim_lc_index_build (kim_store_t *store)
+{
+    for (int attempt = 0; attempt < 64; attempt++) {
+        int rc = kim_store_begin (store);
+        if (rc)
+            return rc;
+        size_t count = 0, bad = 0;
+        rc = s_index_build_batch (store, &count, &bad);
+        if (rc) {
+            kim_store_abort (store);
+            return rc == 1? 0: rc;
+        }
+        bool retry = false;
+        rc = kim_store_commit (store, &retry);
+        if (rc == 0) {
+            if (count || bad)
+                zsys_info ("lifecycle: indexed %zu referrals by party, case and consent "
+                           "(a store from before the index; done once)%s", count,
+                           bad? "; some referrals do not decode and stay unindexed": "");
+            return 0;
+        }
+        if (!retry)
+            return rc;
+        //  The map grew: the whole batch again.
+    }
+    return -KIM_E_STORE_FULL;
+}
+
+const char *
+kim_lc_state_name (uint32_t state)
+{
+#define KIM_X_NAME(name, num) if (state == num) return #name;
+    KIM_REFERRAL_STATES (KIM_X_NAME)
+#undef KIM_X_NAME
+    return "NONE";
+}
+
+bool
+kim_lc_state_open (uint32_t state)
+{
+    return state == KIM_REFERRAL_SENT || state == KIM_REFERRAL_DELIVERED
+        || state == KIM_REFERRAL_ACCEPTED || state == KIM_REFERRAL_IN_PROGRESS
+        || state == KIM_REFERRAL_OVERDUE;
+}
+
+int
+kim_lc_record (kim_ctx_t *ctx, const char *json)
+{
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    int rc = kim_json_to_msgpack (json, strlen (json), &buf);
+    if (rc == 0)
+        rc = kim_ctx_record (ctx, KIM_RECORD_STATE, buf.data, buf.size, NULL);
+    else
+        zsys_error ("lifecycle: cannot encode a state record (%s): %s", kim_strerror (rc), json);
+    kim_buf_free (&buf);
+    return rc;
+}
+
+//  Packs a MessagePack str of at most 255 bytes (ids, state names, keys).
+static uint8_t *
+s_pack_str (uint8_t *p, const char *text)
+{
+    size_t size = strnlen (text, 255);
+    if (size < 32)
+        *p++ = (uint8_t) (0xa0 | size);
+    else {
+        *p++ = 0xd9;
+        *p++ = (uint8_t) size;
+    }
+    memcpy (p, text, size);
+    return p + size;
+}
+
+int
+kim_lc_referral_move (kim_ctx_t *ctx, kim_referral_t *referral, uint32_t to, uint64_t seq)
+{
+    uint32_t from = referral->state;
+    referral->state = to;
+    if (seq > referral->last_seq)
+        referral->last_seq = seq;
+    int rc = kim_lc_referral_put (kim_ctx_store (ctx), referral);
+    if (rc)
+        return rc;
+    //  A state change happens for nearly every message (DELIVERED on each
+    //  ack), so its record is packed here directly, on the stack:
+    //  {referral_id, case_id, from, to, seq}.
+    uint8_t body [4 * (2 + KIM_ID_MAX) + 64];
+    uint8_t *p = body;
+    *p++ = 0x85;
+    p = s_pack_str (p, "referral_id");
+    p = s_pack_str (p, referral->id);
+    p = s_pack_str (p, "case_id");
+    p = s_pack_str (p, referral->case_id);
+    p = s_pack_str (p, "from");
+    p = s_pack_str (p, kim_lc_state_name (from));
+    p = s_pack_str (p, "to");
+    p = s_pack_str (p, kim_lc_state_name (to));
+    p = s_pack_str (p, "seq");
+    *p++ = 0xcf;
+    kim_log_put_be64 (p, seq);
+    p += 8;
+    return kim_ctx_record (ctx, KIM_RECORD_STATE, body, (size_t) (p - body), NULL);
+}
