@@ -508,6 +508,10 @@ async function main() {
         check(await page.getByRole('button', { name: 'Übernahme ablehnen' }).count() === 1,
               'and to decline it');
         await snap('handover-received');
+        await page.goto(`${web}/ui/cases`);
+        check(await page.locator('tr', { hasText: 'C-H-1' }).locator('.mark').textContent() === 'Offenes Übergabeangebot',
+              'the cases list marks the case with the offer waiting for mbe.b');
+        await page.goto(`${web}/ui/case/C-H-1`);
         await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Fall übernehmen' }).click()]);
         const leadAt = async () => page.locator('dt:text-is("Federführende Stelle") + dd').textContent();
         await until(async () => {

@@ -13,6 +13,8 @@
 
 static void
     s_handover_section (kim_agent_web_req_t *req, const char *id, json_t *record);
+static json_t *
+    s_open_offer (json_t *record);
 
 //  --------------------------------------------------------------------------
 //  Cases and consents
@@ -65,6 +67,13 @@ kim_agent_web_i_cases_page (kim_agent_web_req_t *req)
             kim_agent_web_i_link (req, "case", kim_agent_web_i_str (item, "case_id"));
             kim_agent_html_raw (html, "</td><td>");
             kim_agent_web_i_state_text (req, kim_agent_web_i_str (item, "state"));
+            //  An offer waiting for this office's answer is marked
+            json_t *offer = s_open_offer (item);
+            if (offer && streq (kim_agent_web_i_str (offer, "to"), req->self->config->org)) {
+                kim_agent_html_raw (html, " <span class=\"mark\">");
+                kim_agent_html_text (html, T (HANDOVER_OPEN));
+                kim_agent_html_raw (html, "</span>");
+            }
             kim_agent_html_raw (html, "</td><td>");
             kim_agent_html_text (html, *kim_agent_web_i_str (item, "lead")? kim_agent_web_i_str (item, "lead"): "–");
             kim_agent_html_rawf (html, "</td><td>%lld</td><td>", (long long) kim_agent_web_i_int (item, "events"));
