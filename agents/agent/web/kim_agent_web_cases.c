@@ -1,6 +1,7 @@
 /*  kim_agent_web_cases.c — the staff page's cases and consents: the case
-    list and a case's timeline, the consents with their state, recording a
-    consent and revoking one. Part of the web module (kim_agent_web_int.h).
+    list and a case's timeline, a case's handover (offered by its lead,
+    answered by the office it was offered to), the consents with their
+    state, recording a consent and revoking one. Part of the web module (kim_agent_web_int.h).
 */
 #include <czmq.h>
 #include <sodium.h>
