@@ -411,6 +411,62 @@ main (void)
     free (answer);
     KIM_CHECK (kim_agenttest_call (&b, "GET", "/v1/outbox/w-6", NULL, NULL) == 404);
 
+    //  A handover of C-x, whose lead (kim.a) mbe.b's agent has not seen:
+    //  the page offers it, says so, and the broker refuses it (NOT_LEAD)
+    KIM_CHECK (s_request (port, "GET", "/ui/case/C-x", session, NULL, NULL, &answer) == 200);
+    KIM_CHECK (strstr (answer, "noch nicht gesehen"));
+    KIM_CHECK (strstr (answer, "action=\"/ui/case/C-x/handover\""));
+    free (answer);
+    KIM_CHECK (s_request (port, "GET", "/ui/case/C-nope/handover?recipient=kim.a&purpose=p", session,
+                          NULL, NULL, &answer) == 404);
+    free (answer);
+    //  A recipient that is no org id, or this office itself: step one again
+    KIM_CHECK (s_request (port, "GET", "/ui/case/C-x/handover?recipient=%3Cb%3E&purpose=p", session,
+                          NULL, NULL, &answer) == 200);
+    KIM_CHECK (strstr (answer, "role=\"alert\"") && !strstr (answer, "<b>")
+            && !strstr (answer, "name=\"basis\""));
+    free (answer);
+    KIM_CHECK (s_request (port, "GET", "/ui/case/C-x/handover?recipient=mbe.b&purpose=p", session,
+                          NULL, NULL, &answer) == 200);
+    KIM_CHECK (!strstr (answer, "name=\"basis\""));
+    free (answer);
+    KIM_CHECK (s_request (port, "GET", "/ui/case/C-x/handover?recipient=kim.a&purpose=case_handover",
+                          session, NULL, NULL, &answer) == 200);
+    KIM_CHECK (strstr (answer, "name=\"basis\"") && strstr (answer, "name=\"subject\""));
+    free (answer);
+    //  No open offer to answer; no such answer; no legal basis: nothing sent
+    snprintf (form, sizeof form, "csrf=%s&answer=accept&msg_id=w-7", csrf);
+    KIM_CHECK (s_request (port, "POST", "/ui/case/C-x/handover", session, NULL, form, &answer) == 409);
+    free (answer);
+    snprintf (form, sizeof form, "csrf=%s&answer=steal&msg_id=w-8", csrf);
+    KIM_CHECK (s_request (port, "POST", "/ui/case/C-x/handover", session, NULL, form, &answer) == 409);
+    free (answer);
+    snprintf (form, sizeof form, "csrf=%s&answer=offer&msg_id=w-9&recipient=kim.a&subject=p-x"
+              "&purpose=case_handover&basis=statute&citation=", csrf);
+    KIM_CHECK (s_request (port, "POST", "/ui/case/C-x/handover", session, NULL, form, &answer) == 400);
+    free (answer);
+    KIM_CHECK (kim_agenttest_call (&b, "GET", "/v1/outbox/w-7", NULL, NULL) == 404);
+    KIM_CHECK (kim_agenttest_call (&b, "GET", "/v1/outbox/w-8", NULL, NULL) == 404);
+    KIM_CHECK (kim_agenttest_call (&b, "GET", "/v1/outbox/w-9", NULL, NULL) == 404);
+    snprintf (form, sizeof form, "csrf=%s&answer=offer&msg_id=w-10&recipient=kim.a&subject=p-x"
+              "&purpose=case_handover&ref-0=R-x&basis=statute&citation=SGB+VIII+%%C2%%A786c", csrf);
+    KIM_CHECK (s_request (port, "POST", "/ui/case/C-x/handover", session, NULL, form, &answer) == 303);
+    KIM_CHECK (strstr (answer, "Location: /ui/case/C-x?sent=w-10#handover"));
+    free (answer);
+    refused = false;
+    for (int attempt = 0; attempt < 600 && !refused; attempt++) {
+        KIM_CHECK (s_request (port, "GET", "/ui/case/C-x?sent=w-10", session, NULL, NULL, &answer) == 200);
+        refused = strstr (answer, "Nicht gesendet: NOT_LEAD") != NULL;
+        free (answer);
+        if (!refused)
+            zclock_sleep (50);
+    }
+    KIM_CHECK (refused);
+    //  A declined referral has no forward's second step
+    KIM_CHECK (s_request (port, "GET", "/ui/referral/R-x/forward?org=ikt.c&purpose=p", session, NULL,
+                          NULL, &answer) == 409);
+    free (answer);
+
     //  Logout ends the session for good
     snprintf (form, sizeof form, "csrf=%s", csrf);
     KIM_CHECK (s_request (port, "POST", "/ui/logout", session, NULL, form, &answer) == 200);

@@ -7,6 +7,9 @@
 // shows them, opens them, accepts one and declines another; kim.a's agent
 // then says ACCEPTED and DECLINED. A wrong password, a forged CSRF token, a
 // readonly account and a lockout are refused; payloads with HTML stay text.
+// A forward's second step offers the legal bases that apply; kim.a's own
+// page offers a case to mbe.b, mbe.b's page takes it over, and the lead
+// moves on both sides.
 // axe-core checks every page (WCAG 2.1 AA and best practices); each step
 // leaves a screenshot in KIM_WEB_ARTEFACTS.
 //
@@ -151,8 +154,8 @@ async function main() {
               (violations.length ? `:\n  ${violations.join('\n  ')}` : ''));
         checked.add(name);
     }
-    async function login(user, password) {
-        await page.goto(`${web}/ui/login`);
+    async function login(user, password, base = web) {
+        await page.goto(`${base}/ui/login`);
         await page.getByLabel(/Benutzername|User name/).fill(user);
         await page.getByLabel(/Passwort|Password/).fill(password);
         return Promise.all([page.waitForNavigation(),
@@ -327,6 +330,38 @@ async function main() {
         const full = await api(apiA, 'GET', `/v1/inbox/${arrived.seq}`);
         check(full.json.payload === 'Rückfrage <b>fett</b>', 'its payload arrives as typed');
 
+        // A forward in two steps: the new office and purpose first, then
+        // the picker offers what applies to them (the consent G-9 and the
+        // policy copy's statutes for mbe -> kim and counselling)
+        await page.goto(`${web}/ui/referral/R-1`);
+        await page.getByLabel(/^An Stelle/).fill(info.org_a);
+        await page.locator('#fw-purpose').fill('counselling');
+        await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Weiter' }).click()]);
+        must(/\/ui\/referral\/R-1\/forward\?/.test(page.url()), 'the forward\'s first step leads to its second');
+        const forwardOffered = await page.locator('input[name=basis]').evaluateAll(inputs => inputs.map(i => i.value));
+        check(forwardOffered.join(',') === `consent:G-9,${statutes},statute`,
+              `the forward's picker offers the covering consent and the statutes (${forwardOffered.join(',')})`);
+        await snap('forward-basis');
+        // A forward goes to a third office: for ikt.c nothing is known
+        // that applies, so the page offers only a typed citation
+        await page.getByRole('link', { name: 'Empfänger oder Zweck ändern' }).click();
+        await page.getByLabel(/^An Stelle/).fill('ikt.c');
+        await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Weiter' }).click()]);
+        const forwardIkt = await page.locator('input[name=basis]').evaluateAll(inputs => inputs.map(i => i.value));
+        check(forwardIkt.join(',') === 'statute', `for ikt.c the picker offers only a typed citation (${forwardIkt.join(',')})`);
+        await page.getByRole('textbox', { name: /^Fundstelle/ }).fill('SGB II §50a');
+        const forwardMsg = await page.locator('main input[name=msg_id]').inputValue();
+        await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Weiterleiten' }).click()]);
+        check(page.url().endsWith(`/ui/referral/R-1?sent=${forwardMsg}`), 'the forward is sent');
+        const forwardOut = await until(async () => {
+            const { json } = await api(`http://127.0.0.1:${info.web_b}`, 'GET', `/v1/outbox/${forwardMsg}`);
+            return json && json.status !== 'queued' && json;
+        }, 'the broker answers the forward');
+        check(forwardOut.status === 'receipted' && forwardOut.header.org === 'ikt.c'
+              && forwardOut.header.legal_basis.citation === 'SGB II §50a',
+              `the broker takes the forward to ikt.c with the typed citation (${forwardOut.status} ${forwardOut.text || ''})`);
+
+
         // A case's timeline: linked from the referral's page, it shows the
         // referral's moves (REFERRAL in, ACCEPT out)
         await page.goto(`${web}/ui/referral/R-1`);
@@ -427,6 +462,72 @@ async function main() {
         check(entries.some(e => e.action === 'login_failed') && entries.some(e => e.action === 'bad_csrf'),
               'the journal records the failed login and the forged form');
         check(!/Beratung|Sprachkurs|Warteliste|fett/.test(journal), 'the journal holds no payload or note');
+
+        // A case handover between two pages. kim.a refers H-1 to ikt.c
+        // (the case's lead is kim.a) and records a consent for handing the
+        // case to mbe.b; kim.a's page offers the case, mbe.b's takes it over
+        const webA = `http://127.0.0.1:${info.web_a}`;
+        must((await refer('H-1', 'Umzug', { recipient: 'ikt.c' })).status === 202, 'kim.a refers H-1 to ikt.c');
+        await until(async () => (await api(apiA, 'GET', '/v1/outbox/m-H-1')).json?.status === 'receipted',
+                    'the broker takes H-1');
+        must((await api(apiA, 'POST', '/v1/messages', {
+            type: 'CONSENT_GRANT', msg_id: 'g-G-H', case_id: 'C-H-1', consent: 'G-H', subject: 'p-H-1',
+            recipients: [info.org_b], purposes: ['case_handover'], valid_until: Date.now() + 86400000 })).status === 202,
+             'kim.a grants consent G-H for handing the case to mbe.b');
+        await until(async () => (await api(apiA, 'GET', '/v1/outbox/g-G-H')).json?.status === 'receipted',
+                    'the broker takes G-H');
+        must((await login(staff[0], staff[2], webA)).ok(), 'staff signs in at kim.a\'s page');
+        await page.goto(`${webA}/ui/case/C-H-1`);
+        await page.getByLabel(/^An Stelle/).fill(info.org_b);
+        check(await page.locator('#ho-purpose').inputValue() === 'case_handover', 'the purpose proposed is case_handover');
+        await snap('handover-step1');
+        await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Weiter' }).click()]);
+        must(/\/ui\/case\/C-H-1\/handover\?/.test(page.url()), 'the handover\'s first step leads to its second');
+        const handoverOffered = await page.locator('input[name=basis]').evaluateAll(inputs => inputs.map(i => i.value));
+        check(handoverOffered.join(',') === 'consent:G-H,statute',
+              `the handover's picker offers the consent for mbe.b and case_handover (${handoverOffered.join(',')})`);
+        check(await page.getByRole('checkbox', { name: 'H-1', exact: true }).isChecked(), 'the case\'s open referral H-1 is offered, ticked');
+        check(await page.getByLabel('Pseudonym der Person').inputValue() === 'p-H-1', 'the subject is proposed');
+        await snap('handover-offer');
+        const offerMsg = await page.locator('main input[name=msg_id]').inputValue();
+        await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Übergabe anbieten' }).click()]);
+        check(page.url().includes(`/ui/case/C-H-1?sent=${offerMsg}`), 'the offer is sent');
+        await until(async () => {
+            await page.reload();
+            return await page.getByText('Die empfangende Stelle hat noch nicht geantwortet.').count() === 1;
+        }, 'kim.a\'s page shows the open offer');
+        check(await page.getByRole('button', { name: 'Übergabe anbieten' }).count() === 0
+              && await page.locator('#ho-recipient').count() === 0, 'an open offer is not offered again');
+        await snap('handover-offered');
+
+        must((await login(staff[0], staff[2])).ok(), 'staff signs in at mbe.b\'s page again');
+        await until(async () => {
+            await page.goto(`${web}/ui/case/C-H-1`);
+            return await page.getByRole('button', { name: 'Fall übernehmen' }).count() === 1;
+        }, 'mbe.b\'s case page offers to take the case over');
+        check(await page.getByRole('button', { name: 'Übernahme ablehnen' }).count() === 1,
+              'and to decline it');
+        await snap('handover-received');
+        await page.goto(`${web}/ui/cases`);
+        check(await page.locator('tr', { hasText: 'C-H-1' }).locator('.mark').textContent() === 'Offenes Übergabeangebot',
+              'the cases list marks the case with the offer waiting for mbe.b');
+        await page.goto(`${web}/ui/case/C-H-1`);
+        await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Fall übernehmen' }).click()]);
+        const leadAt = async () => page.locator('dt:text-is("Federführende Stelle") + dd').textContent();
+        await until(async () => {
+            await page.reload();
+            return await leadAt() === info.org_b;
+        }, 'mbe.b\'s case page names mbe.b the lead');
+        check(await page.getByRole('button', { name: 'Fall übernehmen' }).count() === 0,
+              'an answered offer offers no answer');
+        await snap('handover-accepted');
+        const caseAtA = await until(async () => {
+            const { json } = await api(apiA, 'GET', '/v1/cases/C-H-1');
+            return json && json.lead === info.org_b && json;
+        }, 'kim.a\'s agent names mbe.b the lead');
+        check(caseAtA.offer && caseAtA.offer.state === 'ACCEPTED', 'kim.a\'s case view has the offer accepted');
+        const journalA = fs.readFileSync(path.join(info.dir, 'agent-kim.a', 'store', 'web.journal'), 'utf8');
+        check(journalA.includes('"handover_offer"'), 'kim.a\'s journal records the offer');
 
         // Log out; the session is gone
         await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Abmelden' }).click()]);

@@ -1,8 +1,10 @@
 /*  web_fixture.c — two offices for the browser test of the staff page.
 
     Starts a real broker and two real kim-agents: kim.a (a case manager's
-    office, driven over its HTTP API) and mbe.b (a counselling service with
-    the web page on, accounts made with `kim-agent --add-user`). Prints one
+    office, driven over its HTTP API, with the web page on too, for a case
+    handover between the two pages) and mbe.b (a counselling service with
+    the web page on). Both have the same accounts, made with `kim-agent
+    --add-user`. Prints one
     JSON line with the ports, the API token and the paths, then keeps
     everything running until its stdin closes; then stops the agents and the
     broker and removes the folder (unless KIM_TEST_KEEP is set).
@@ -142,8 +144,9 @@ main (int argc, char *argv [])
         fprintf (stderr, "web_fixture: cannot start the broker\n");
         return 1;
     }
-    char users [256], policy [256], extra [1024];
+    char users [256], users_a [256], policy [256], extra [1024], extra_a [512];
     snprintf (users, sizeof users, "%s/agent-mbe.b/users", kim_testbroker_dir (broker));
+    snprintf (users_a, sizeof users_a, "%s/agent-kim.a/users", kim_testbroker_dir (broker));
     snprintf (policy, sizeof policy, "%s/web-policy.cfg", kim_testbroker_dir (broker));
     FILE *file = fopen (policy, "w");
     if (!file || fputs (s_policy, file) < 0 || fclose (file) != 0) {
@@ -153,11 +156,14 @@ main (int argc, char *argv [])
     }
     snprintf (extra, sizeof extra, "web\n    enabled = 1\n    users = \"%s\"\n"
               "    max_failures = 3\n    lockout_s = 120\n    policy = \"%s\"\n", users, policy);
+    //  kim.a's page (same accounts, no policy copy) hands a case over
+    snprintf (extra_a, sizeof extra_a, "web\n    enabled = 1\n    users = \"%s\"\n", users_a);
     kim_agenttest_t a, b;
-    int rc = kim_agenttest_init (&a, broker, "kim.a", NULL) == 0
+    int rc = kim_agenttest_init (&a, broker, "kim.a", extra_a) == 0
           && kim_agenttest_init (&b, broker, "mbe.b", extra) == 0? 0: 1;
     for (size_t i = 0; rc == 0 && i < sizeof s_accounts / sizeof s_accounts [0]; i++)
-        rc = s_add_user (b.config, s_accounts [i][0], s_accounts [i][1], s_accounts [i][2])? 1: 0;
+        rc = s_add_user (b.config, s_accounts [i][0], s_accounts [i][1], s_accounts [i][2])
+          || s_add_user (a.config, s_accounts [i][0], s_accounts [i][1], s_accounts [i][2])? 1: 0;
     char store [256];
     snprintf (store, sizeof store, "%s/store", b.dir);
     if (rc == 0 && seed > 0)
@@ -169,8 +175,8 @@ main (int argc, char *argv [])
         kim_testbroker_destroy (&broker);
         return 1;
     }
-    json_t *info = json_pack ("{s:i, s:i, s:s, s:s, s:s, s:s, s:s, s:[[s,s,s],[s,s,s]]}",
-                              "api_a", a.port, "web_b", b.port,
+    json_t *info = json_pack ("{s:i, s:i, s:i, s:s, s:s, s:s, s:s, s:s, s:[[s,s,s],[s,s,s]]}",
+                              "api_a", a.port, "web_a", a.port, "web_b", b.port,
                               "token", KIM_AGENTTEST_TOKEN, "org_a", "kim.a", "org_b", "mbe.b",
                               "dir", kim_testbroker_dir (broker), "config_b", b.config,
                               "accounts",

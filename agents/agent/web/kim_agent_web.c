@@ -543,6 +543,9 @@ s_route (kim_agent_web_req_t *req, const char *method, const char *body, size_t 
     const char *rest = kim_agent_web_i_path_id (url, "/ui/case/", record_id);
     if (rest && !*rest && get)
         return kim_agent_web_i_case_page (req, record_id);
+    if (rest && streq (rest, "/handover"))
+        return post? kim_agent_web_i_post_handover (req, record_id)
+                   : kim_agent_web_i_handover_page (req, record_id);
     rest = kim_agent_web_i_path_id (url, "/ui/consent/", record_id);
     if (rest && !*rest && get)
         return kim_agent_web_i_consent_page (req, record_id);
@@ -561,6 +564,8 @@ s_route (kim_agent_web_req_t *req, const char *method, const char *body, size_t 
                     return kim_agent_web_i_referral_page (req, id);
                 if (slash && streq (slash, "/answer") && post)
                     return kim_agent_web_i_post_answer (req, id);
+                if (slash && streq (slash, "/forward") && get)
+                    return kim_agent_web_i_forward_page (req, id);
             }
         }
     }

@@ -1,11 +1,21 @@
 /*  kim_agent_web_cases.c — the staff page's cases and consents: the case
-    list and a case's timeline, the consents with their state, recording a
-    consent and revoking one. Part of the web module (kim_agent_web_int.h).
+    list and a case's timeline, a case's handover (offered by its lead,
+    answered by the office it was offered to), the consents with their
+    state, recording a consent and revoking one. Part of the web module (kim_agent_web_int.h).
 */
 #include <czmq.h>
 #include <sodium.h>
 
 #include "kim_agent_web_int.h"
+
+//  Referrals offered on a handover's form (PROTOCOL.md allows 32; the
+//  form's other fields share the page's limit of 32 fields)
+#define S_HANDOVER_REFERRALS_MAX    20
+
+static void
+    s_handover_section (kim_agent_web_req_t *req, const char *id, json_t *record);
+static json_t *
+    s_open_offer (json_t *record);
 
 //  --------------------------------------------------------------------------
 //  Cases and consents
@@ -58,6 +68,13 @@ kim_agent_web_i_cases_page (kim_agent_web_req_t *req)
             kim_agent_web_i_link (req, "case", kim_agent_web_i_str (item, "case_id"));
             kim_agent_html_raw (html, "</td><td>");
             kim_agent_web_i_state_text (req, kim_agent_web_i_str (item, "state"));
+            //  An offer waiting for this office's answer is marked
+            json_t *offer = s_open_offer (item);
+            if (offer && streq (kim_agent_web_i_str (offer, "to"), req->self->config->org)) {
+                kim_agent_html_raw (html, " <span class=\"mark\">");
+                kim_agent_html_text (html, T (HANDOVER_OPEN));
+                kim_agent_html_raw (html, "</span>");
+            }
             kim_agent_html_raw (html, "</td><td>");
             kim_agent_html_text (html, *kim_agent_web_i_str (item, "lead")? kim_agent_web_i_str (item, "lead"): "–");
             kim_agent_html_rawf (html, "</td><td>%lld</td><td>", (long long) kim_agent_web_i_int (item, "events"));
@@ -122,6 +139,9 @@ kim_agent_web_i_case_page (kim_agent_web_req_t *req, const char *id)
     char title [KIM_ID_MAX + 64];
     snprintf (title, sizeof title, "%s %s", T (CASE), id);
     kim_agent_web_i_begin (req, title, NULL);
+    const char *sent = MHD_lookup_connection_value (req->connection, MHD_GET_ARGUMENT_KIND, "sent");
+    if (sent && kim_id_valid (sent))
+        kim_agent_web_i_notice_sent (req, sent);
     kim_agent_html_raw (html, "<dl class=\"facts\">\n");
     kim_agent_html_rawf (html, "<dt>%s</dt><dd class=\"state\">", T (STATE));
     kim_agent_web_i_state_text (req, kim_agent_web_i_str (record, "state"));
@@ -139,6 +159,7 @@ kim_agent_web_i_case_page (kim_agent_web_req_t *req, const char *id)
         kim_agent_web_i_link (req, "referral", json_string_value (json_array_get (referrals, i)));
     }
     kim_agent_html_raw (html, "</dd>\n</dl>\n");
+    s_handover_section (req, id, record);
 
     json_t *timeline = json_object_get (record, "timeline");
     kim_agent_html_rawf (html, "<h2>%s</h2>\n<table>\n<thead><tr><th scope=\"col\">%s</th>"
@@ -185,6 +206,277 @@ kim_agent_web_i_case_page (kim_agent_web_req_t *req, const char *id)
     kim_agent_web_i_end (req);
     json_decref (record);
     return kim_agent_web_i_send_page (req, MHD_HTTP_OK);
+}
+
+//  --------------------------------------------------------------------------
+//  Handover
+
+//  The case's handover offer when it is still open, else NULL.
+static json_t *
+s_open_offer (json_t *record)
+{
+    json_t *offer = json_object_get (record, "offer");
+    return streq (kim_agent_web_i_str (offer, "state"), "OPEN")? offer: NULL;
+}
+
+//  Whether this office may offer the case: it is open, no offer of it is
+//  open, and the lead is this office or one the agent has not seen (then
+//  the broker decides).
+static bool
+s_may_offer (kim_agent_web_req_t *req, json_t *record)
+{
+    const char *lead = kim_agent_web_i_str (record, "lead");
+    return !streq (kim_agent_web_i_str (record, "state"), "CLOSED") && !s_open_offer (record)
+        && (!*lead || streq (lead, req->self->config->org));
+}
+
+//  The fields of a handover's first step: the receiving office and purpose.
+static void
+s_handover_step1 (kim_agent_web_req_t *req, const char *id, const char *purpose)
+{
+    kim_agent_html_t *html = &req->html;
+    kim_agent_html_raw (html, "<form method=\"get\" action=\"/ui/case/");
+    kim_agent_html_text (html, id);
+    kim_agent_html_rawf (html, "/handover\">\n<p class=\"hint\" id=\"ho-hint\">%s</p>\n"
+                         "<label for=\"ho-recipient\">%s</label>\n<input type=\"text\" "
+                         "id=\"ho-recipient\" name=\"recipient\" required maxlength=\"64\" "
+                         "spellcheck=\"false\" aria-describedby=\"ho-hint\">\n<label "
+                         "for=\"ho-purpose\">%s</label>\n<input type=\"text\" id=\"ho-purpose\" "
+                         "name=\"purpose\" required maxlength=\"32\" spellcheck=\"false\" value=\"",
+                         T (STEP1_HINT), T (HANDOVER_TO), T (PURPOSE_CODE));
+    kim_agent_html_text (html, purpose);
+    kim_agent_html_rawf (html, "\">\n<button type=\"submit\">%s</button>\n</form>\n", T (NEXT));
+}
+
+//  A case page's handover part: the open offer with its answers for the
+//  office it was made to, or the first step of an offer for the lead.
+static void
+s_handover_section (kim_agent_web_req_t *req, const char *id, json_t *record)
+{
+    kim_agent_html_t *html = &req->html;
+    const char *self_org = req->self->config->org;
+    bool staff = req->session.role == KIM_AGENT_ROLE_STAFF;
+    json_t *offer = json_object_get (record, "offer");
+    kim_agent_html_rawf (html, "<h2 id=\"handover\">%s</h2>\n", T (HANDOVER));
+    if (json_is_object (offer)) {
+        bool open = s_open_offer (record) != NULL;
+        kim_agent_html_rawf (html, "<dl class=\"facts offer\">\n<dt>%s</dt><dd class=\"state\">",
+                             open? T (HANDOVER_OPEN): T (HANDOVER_LAST));
+        kim_agent_web_i_state_text (req, kim_agent_web_i_str (offer, "state"));
+        kim_agent_html_raw (html, "</dd>\n");
+        kim_agent_web_i_fact (req, T (FROM), kim_agent_web_i_str (offer, "from"));
+        kim_agent_web_i_fact (req, T (TO), kim_agent_web_i_str (offer, "to"));
+        kim_agent_html_rawf (html, "<dt>%s</dt><dd>", T (REFERRALS));
+        json_t *referrals = json_object_get (offer, "referrals");
+        if (!json_array_size (referrals))
+            kim_agent_html_raw (html, "–");
+        for (size_t i = 0; i < json_array_size (referrals); i++) {
+            if (i)
+                kim_agent_html_raw (html, ", ");
+            kim_agent_html_text (html, json_string_value (json_array_get (referrals, i)));
+        }
+        kim_agent_html_raw (html, "</dd>\n</dl>\n");
+        if (open && streq (kim_agent_web_i_str (offer, "to"), self_org)) {
+            if (!staff) {
+                kim_agent_html_rawf (html, "<p>%s</p>\n", T (READONLY_HINT));
+                return;
+            }
+            static const struct { const char *answer; kim_agent_text_t legend; } answers [] = {
+                { "accept", KIM_WEB_T_HANDOVER_ACCEPT }, { "decline", KIM_WEB_T_HANDOVER_DECLINE }
+            };
+            kim_agent_html_raw (html, "<div class=\"answers\">\n");
+            for (size_t i = 0; i < 2; i++) {
+                const char *legend = kim_agent_web_text (answers [i].legend, req->lang);
+                kim_agent_html_raw (html, "<form method=\"post\" action=\"/ui/case/");
+                kim_agent_html_text (html, id);
+                kim_agent_html_rawf (html, "/handover\">\n<fieldset>\n<legend>%s</legend>\n", legend);
+                kim_agent_web_i_hidden (req, "csrf", req->session.csrf);
+                kim_agent_web_i_hidden (req, "answer", answers [i].answer);
+                kim_agent_web_i_form_msg_id (req);
+                kim_agent_html_rawf (html, "<label for=\"ho-note-%s\">%s</label>\n<input "
+                                     "type=\"text\" id=\"ho-note-%s\" name=\"note\" "
+                                     "maxlength=\"280\">\n<button type=\"submit\">%s</button>\n"
+                                     "</fieldset>\n</form>\n", answers [i].answer, T (NOTE),
+                                     answers [i].answer, legend);
+            }
+            kim_agent_html_raw (html, "</div>\n");
+            return;
+        }
+        if (open) {
+            kim_agent_html_rawf (html, "<p>%s</p>\n", T (HANDOVER_WAIT));
+            return;
+        }
+    }
+    const char *lead = kim_agent_web_i_str (record, "lead");
+    if (!s_may_offer (req, record)) {
+        if (*lead && !streq (lead, self_org))
+            kim_agent_html_rawf (html, "<p>%s</p>\n", T (NOT_LEAD));
+        else
+            kim_agent_html_rawf (html, "<p>%s</p>\n", T (NO_ANSWER));
+        return;
+    }
+    if (!staff) {
+        kim_agent_html_rawf (html, "<p>%s</p>\n", T (READONLY_HINT));
+        return;
+    }
+    if (!*lead)
+        kim_agent_html_rawf (html, "<p>%s</p>\n", T (LEAD_UNKNOWN));
+    s_handover_step1 (req, id, "case_handover");
+}
+
+//  A handover's second step: the receiving office and purpose chosen, the
+//  subject, the open referrals to hand over and the legal bases that apply.
+enum MHD_Result
+kim_agent_web_i_handover_page (kim_agent_web_req_t *req, const char *id)
+{
+    kim_agent_html_t *html = &req->html;
+    json_t *record = kim_agent_store_case (req->self->store, id);
+    if (!record)
+        return kim_agent_web_i_message_page (req, MHD_HTTP_NOT_FOUND, T (NOT_FOUND), T (NOT_FOUND), NULL);
+    if (req->session.role != KIM_AGENT_ROLE_STAFF || !s_may_offer (req, record)) {
+        json_decref (record);
+        return kim_agent_web_i_message_page (req, MHD_HTTP_CONFLICT, T (ERROR), T (NOT_ALLOWED), NULL);
+    }
+    const char *recipient = MHD_lookup_connection_value (req->connection, MHD_GET_ARGUMENT_KIND,
+                                                         "recipient");
+    const char *purpose = MHD_lookup_connection_value (req->connection, MHD_GET_ARGUMENT_KIND,
+                                                       "purpose");
+    bool chosen = recipient && purpose && kim_org_valid (recipient) && kim_code_valid (purpose)
+               && !streq (recipient, req->self->config->org);
+    char title [KIM_ID_MAX + 64];
+    snprintf (title, sizeof title, "%s: %s %s", T (HANDOVER), T (CASE), id);
+    kim_agent_web_i_begin (req, title, NULL);
+    if (!chosen) {
+        kim_agent_html_rawf (html, "<div class=\"error\" role=\"alert\"><p>%s, %s</p></div>\n",
+                             T (HANDOVER_TO), T (PURPOSE_CODE));
+        s_handover_step1 (req, id, purpose && kim_code_valid (purpose)? purpose: "case_handover");
+        kim_agent_web_i_end (req);
+        json_decref (record);
+        return kim_agent_web_i_send_page (req, MHD_HTTP_OK);
+    }
+    //  The open referrals of the case, and a subject to propose: the first
+    //  one a referral of the case names
+    json_t *referrals = json_object_get (record, "referrals");
+    json_t *open = json_array ();
+    char subject [KIM_ID_MAX + 1] = "";
+    for (size_t i = 0; open && i < json_array_size (referrals); i++) {
+        const char *referral_id = json_string_value (json_array_get (referrals, i));
+        json_t *referral = referral_id? kim_agent_store_referral (req->self->store, referral_id): NULL;
+        if (referral && !*subject)
+            kim_str_copy (subject, sizeof subject, kim_agent_web_i_str (referral, "subject"));
+        if (referral && kim_agent_web_i_is_open (kim_agent_web_i_str (referral, "state"))
+        &&  json_array_size (open) < S_HANDOVER_REFERRALS_MAX)
+            json_array_append_new (open, json_string (referral_id));
+        json_decref (referral);
+    }
+    kim_agent_html_raw (html, "<dl class=\"facts\">\n");
+    kim_agent_html_rawf (html, "<dt>%s</dt><dd>", T (CASE));
+    kim_agent_web_i_link (req, "case", id);
+    kim_agent_html_raw (html, "</dd>\n");
+    kim_agent_web_i_fact (req, T (TO), recipient);
+    kim_agent_web_i_fact (req, T (PURPOSE), purpose);
+    kim_agent_html_raw (html, "</dl>\n<p><a href=\"/ui/case/");
+    kim_agent_html_text (html, id);
+    kim_agent_html_rawf (html, "#handover\">%s</a></p>\n<form method=\"post\" action=\"/ui/case/",
+                         T (CHANGE));
+    kim_agent_html_text (html, id);
+    kim_agent_html_raw (html, "/handover\">\n");
+    kim_agent_web_i_hidden (req, "csrf", req->session.csrf);
+    kim_agent_web_i_hidden (req, "answer", "offer");
+    kim_agent_web_i_hidden (req, "recipient", recipient);
+    kim_agent_web_i_hidden (req, "purpose", purpose);
+    kim_agent_web_i_form_msg_id (req);
+    kim_agent_html_rawf (html, "<label for=\"ho-subject\">%s</label>\n<input type=\"text\" "
+                         "id=\"ho-subject\" name=\"subject\" maxlength=\"64\" required "
+                         "spellcheck=\"false\" value=\"", T (SUBJECT));
+    kim_agent_html_text (html, subject);
+    kim_agent_html_rawf (html, "\">\n<fieldset>\n<legend>%s</legend>\n", T (HANDOVER_REFS));
+    for (size_t i = 0; i < json_array_size (open); i++) {
+        kim_agent_html_rawf (html, "<div><input type=\"checkbox\" id=\"ho-ref-%zu\" "
+                             "name=\"ref-%zu\" value=\"", i, i);
+        kim_agent_html_text (html, json_string_value (json_array_get (open, i)));
+        kim_agent_html_rawf (html, "\" checked><label class=\"inline\" for=\"ho-ref-%zu\">", i);
+        kim_agent_html_text (html, json_string_value (json_array_get (open, i)));
+        kim_agent_html_raw (html, "</label></div>\n");
+    }
+    if (!json_array_size (open))
+        kim_agent_html_rawf (html, "<p>%s</p>\n", T (NONE));
+    kim_agent_html_raw (html, "</fieldset>\n");
+    kim_agent_web_i_basis_picker (req, recipient, purpose);
+    kim_agent_html_rawf (html, "<label for=\"ho-note\">%s</label>\n<input type=\"text\" "
+                         "id=\"ho-note\" name=\"note\" maxlength=\"280\">\n"
+                         "<button type=\"submit\">%s</button>\n</form>\n", T (NOTE),
+                         T (HANDOVER_OFFER));
+    json_decref (open);
+    json_decref (record);
+    kim_agent_web_i_end (req);
+    return kim_agent_web_i_send_page (req, MHD_HTTP_OK);
+}
+
+//  Sends a handover offer (answer=offer), or the answer to the open offer
+//  made to this office (accept, decline), through the outbox.
+enum MHD_Result
+kim_agent_web_i_post_handover (kim_agent_web_req_t *req, const char *id)
+{
+    json_t *record = kim_agent_store_case (req->self->store, id);
+    if (!record)
+        return kim_agent_web_i_message_page (req, MHD_HTTP_NOT_FOUND, T (NOT_FOUND), T (NOT_FOUND), NULL);
+    const char *answer = kim_agent_web_i_field (req, "answer");
+    json_t *offer = s_open_offer (record);
+    bool answering = streq (answer, "accept") || streq (answer, "decline");
+    bool allowed = answering? offer && streq (kim_agent_web_i_str (offer, "to"), req->self->config->org)
+                            : streq (answer, "offer") && s_may_offer (req, record);
+    json_t *message = NULL;
+    if (allowed && answering)
+        message = json_pack ("{s:s, s:s, s:s, s:s}",
+                             "type", streq (answer, "accept")? "HANDOVER_ACCEPT": "HANDOVER_DECLINE",
+                             "recipient", kim_agent_web_i_str (offer, "from"), "case_id", id,
+                             "ref_msg_id", kim_agent_web_i_str (offer, "msg_id"));
+    else
+    if (allowed)
+        message = json_pack ("{s:s, s:s, s:o}", "type", "HANDOVER_OFFER", "case_id", id,
+                             "referrals", json_array ());
+    json_decref (record);
+    if (!allowed) {
+        kim_agent_web_i_journal (req->self, req->session.user, "answer_not_allowed", NULL, NULL, NULL);
+        return kim_agent_web_i_message_page (req, MHD_HTTP_CONFLICT, T (ERROR), T (NOT_ALLOWED), NULL);
+    }
+    if (!message) {
+        req->html.failed = true;
+        return kim_agent_web_i_send_page (req, MHD_HTTP_SERVICE_UNAVAILABLE);
+    }
+    kim_agent_web_i_optional (req, message, "msg_id", "msg_id");
+    kim_agent_web_i_optional (req, message, "note", "note");
+    char why [KIM_TEXT_MAX + 64] = "";
+    int rc = 0;
+    if (!answering) {
+        kim_agent_web_i_optional (req, message, "recipient", "recipient");
+        kim_agent_web_i_optional (req, message, "subject", "subject");
+        kim_agent_web_i_optional (req, message, "purpose", "purpose");
+        //  The ticked referrals: fields ref-0, ref-1, ... (a name only once)
+        json_t *referrals = json_object_get (message, "referrals");
+        for (size_t i = 0; i < req->field_count; i++)
+            if (strncmp (req->fields [i].name, "ref-", 4) == 0)
+                json_array_append_new (referrals, json_string (req->fields [i].value));
+        if (json_array_size (referrals) == 0)
+            json_object_del (message, "referrals");
+        if (!kim_agent_web_i_legal_basis (req, message)) {
+            snprintf (why, sizeof why, "%s", T (LEGAL_BASIS));
+            rc = -KIM_E_MISSING_FIELD;
+        }
+    }
+    if (rc == 0)
+        rc = kim_agent_web_i_send (req, message, answering? streq (answer, "accept")? "handover_accept"
+                                                                                  : "handover_decline"
+                                                         : "handover_offer", NULL, why, sizeof why);
+    char msg_id [KIM_ID_MAX + 1];
+    kim_str_copy (msg_id, sizeof msg_id, json_string_value (json_object_get (message, "msg_id")));
+    json_decref (message);
+    if (rc)
+        return kim_agent_web_i_message_page (req, MHD_HTTP_BAD_REQUEST, T (ERROR), T (REFUSED_NOTICE), why);
+    char location [KIM_ID_MAX * 2 + 64];
+    snprintf (location, sizeof location, "/ui/case/%s?sent=%s#handover", id, msg_id);
+    return kim_agent_web_i_redirect (req, location);
 }
 
 static const char *const s_category_codes [] = {

@@ -2,7 +2,8 @@
     request being answered and the helpers every page uses. The page is one
     module in three files: kim_agent_web.c (requests, journal, page frame,
     sign-in, dispatch), kim_agent_web_referrals.c (the lists, a referral, the
-    answers and new referrals) and kim_agent_web_cases.c (cases and consents).
+    answers and new referrals, the legal-basis picker) and
+    kim_agent_web_cases.c (cases, handovers and consents).
 */
 #ifndef KIM_AGENT_WEB_INT_H_INCLUDED
 #define KIM_AGENT_WEB_INT_H_INCLUDED
@@ -80,9 +81,18 @@ void
 
 //  kim_agent_web_referrals.c
 void
+    kim_agent_web_i_basis_picker (kim_agent_web_req_t *req, const char *recipient,
+                                  const char *purpose);
+void
     kim_agent_web_i_fact (kim_agent_web_req_t *req, const char *term, const char *value);
+enum MHD_Result
+    kim_agent_web_i_forward_page (kim_agent_web_req_t *req, const char *id);
 json_int_t
     kim_agent_web_i_int (json_t *record, const char *key);
+bool
+    kim_agent_web_i_is_open (const char *state);
+bool
+    kim_agent_web_i_legal_basis (kim_agent_web_req_t *req, json_t *message);
 enum MHD_Result
     kim_agent_web_i_list (kim_agent_web_req_t *req, bool received);
 enum MHD_Result
@@ -110,6 +120,8 @@ enum MHD_Result
 enum MHD_Result
     kim_agent_web_i_cases_page (kim_agent_web_req_t *req);
 enum MHD_Result
+    kim_agent_web_i_handover_page (kim_agent_web_req_t *req, const char *id);
+enum MHD_Result
     kim_agent_web_i_consent_page (kim_agent_web_req_t *req, const char *id);
 enum MHD_Result
     kim_agent_web_i_consents_page (kim_agent_web_req_t *req);
@@ -119,6 +131,8 @@ const char *
     kim_agent_web_i_path_id (const char *url, const char *prefix, char *id);
 enum MHD_Result
     kim_agent_web_i_post_consent (kim_agent_web_req_t *req);
+enum MHD_Result
+    kim_agent_web_i_post_handover (kim_agent_web_req_t *req, const char *id);
 enum MHD_Result
     kim_agent_web_i_post_revoke (kim_agent_web_req_t *req, const char *id);
 

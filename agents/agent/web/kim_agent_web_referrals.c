@@ -24,8 +24,8 @@ kim_agent_web_i_str (json_t *record, const char *key)
     return value? value: "";
 }
 
-static bool
-s_is_open (const char *state)
+bool
+kim_agent_web_i_is_open (const char *state)
 {
     return streq (state, "SENT") || streq (state, "DELIVERED") || streq (state, "ACCEPTED")
         || streq (state, "IN_PROGRESS") || streq (state, "OVERDUE") || streq (state, "SUSPENDED");
@@ -115,7 +115,7 @@ kim_agent_web_i_list (kim_agent_web_req_t *req, bool received)
         json_t *row = json_array_get (items, i);
         if (!streq (kim_agent_web_i_str (row, "role"), received? "recipient": "sender"))
             continue;
-        if (s_is_open (kim_agent_web_i_str (row, "state")))
+        if (kim_agent_web_i_is_open (kim_agent_web_i_str (row, "state")))
             open [open_count++] = row;
         else
             closed [closed_count++] = row;
@@ -168,7 +168,7 @@ s_allowed (s_answer_t answer, const char *role, const char *state)
         case S_OUTCOME:
             return recipient && taken;
         case S_WITHDRAW:
-            return !recipient && (s_is_open (state));
+            return !recipient && (kim_agent_web_i_is_open (state));
         default:
             return false;
     }
@@ -209,27 +209,19 @@ s_select (kim_agent_web_req_t *req, const char *id, const char *name, kim_agent_
     kim_agent_html_raw (&req->html, "</select>\n");
 }
 
-//  The legal-basis picker: consent id or statute citation, with the hint
-//  that the broker, not the agent, knows what applies. `prefix` keeps the
-//  ids of two pickers on one page apart.
+//  The fields of a forward's first step: the new office and the purpose.
 static void
-s_basis_picker (kim_agent_web_req_t *req, const char *prefix)
+s_forward_step1 (kim_agent_web_req_t *req, const char *purpose)
 {
     kim_agent_html_t *html = &req->html;
-    kim_agent_html_rawf (html, "<fieldset>\n<legend>%s</legend>\n", T (LEGAL_BASIS));
-    kim_agent_html_rawf (html, "<p class=\"hint\" id=\"%s-basis-hint\">%s</p>\n", prefix,
-                         T (BASIS_HINT));
-    kim_agent_html_rawf (html, "<input type=\"radio\" id=\"%s-kind-consent\" name=\"basis\" "
-                         "value=\"consent\" checked aria-describedby=\"%s-basis-hint\">"
-                         "<label class=\"inline\" for=\"%s-kind-consent\">%s</label>\n"
-                         "<input type=\"radio\" id=\"%s-kind-statute\" name=\"basis\" "
-                         "value=\"statute\"><label class=\"inline\" for=\"%s-kind-statute\">%s</label>\n",
-                         prefix, prefix, prefix, T (CONSENT), prefix, prefix, T (STATUTE));
-    kim_agent_html_rawf (html, "<label for=\"%s-consent\">%s</label>\n<input type=\"text\" "
-                         "id=\"%s-consent\" name=\"consent_id\" maxlength=\"64\">\n"
-                         "<label for=\"%s-citation\">%s</label>\n<input type=\"text\" "
-                         "id=\"%s-citation\" name=\"citation\" maxlength=\"128\">\n</fieldset>\n",
-                         prefix, T (CONSENT_ID), prefix, prefix, T (CITATION), prefix);
+    kim_agent_html_rawf (html, "<label for=\"fw-org\">%s</label>\n<input type=\"text\" "
+                         "id=\"fw-org\" name=\"org\" required maxlength=\"64\" spellcheck=\"false\" "
+                         "aria-describedby=\"fw-hint\">\n<label for=\"fw-purpose\">%s</label>\n"
+                         "<input type=\"text\" id=\"fw-purpose\" name=\"purpose\" required "
+                         "maxlength=\"32\" spellcheck=\"false\" value=\"", T (FORWARD_TO),
+                         T (PURPOSE_CODE));
+    kim_agent_html_text (html, purpose);
+    kim_agent_html_rawf (html, "\">\n<button type=\"submit\">%s</button>\n", T (NEXT));
 }
 
 static void
@@ -288,16 +280,15 @@ s_answer_forms (kim_agent_web_req_t *req, json_t *referral)
         s_form_end (req, S_OUTCOME, T (SEND));
     }
     if (s_allowed (S_FORWARD, role, state)) {
-        s_form_begin (req, id, S_FORWARD, KIM_WEB_T_FORWARD);
-        kim_agent_html_rawf (html, "<label for=\"fw-org\">%s</label>\n<input type=\"text\" "
-                             "id=\"fw-org\" name=\"org\" required maxlength=\"64\" spellcheck=\"false\">\n"
-                             "<label for=\"fw-purpose\">%s</label>\n<input type=\"text\" "
-                             "id=\"fw-purpose\" name=\"purpose\" required maxlength=\"32\" value=\"",
-                             T (FORWARD_TO), T (PURPOSE_CODE));
-        kim_agent_html_text (html, kim_agent_web_i_str (referral, "purpose"));
-        kim_agent_html_raw (html, "\">\n");
-        s_basis_picker (req, "fw");
-        s_form_end (req, S_FORWARD, T (FORWARD));
+        //  Step one of two: the legal bases on offer depend on the new
+        //  recipient and purpose (kim_agent_web_i_forward_page)
+        kim_agent_html_raw (html, "<form method=\"get\" action=\"/ui/referral/");
+        kim_agent_html_text (html, id);
+        kim_agent_html_rawf (html, "/forward\">\n<fieldset>\n<legend>%s</legend>\n"
+                             "<p class=\"hint\" id=\"fw-hint\">%s</p>\n", T (FORWARD),
+                             T (STEP1_HINT));
+        s_forward_step1 (req, kim_agent_web_i_str (referral, "purpose"));
+        kim_agent_html_raw (html, "</fieldset>\n</form>\n");
     }
     if (s_allowed (S_WITHDRAW, role, state)) {
         s_form_begin (req, id, S_WITHDRAW, KIM_WEB_T_WITHDRAW);
@@ -462,8 +453,8 @@ kim_agent_web_i_referral_page (kim_agent_web_req_t *req, const char *id)
 //  Sending: answers and new referrals
 
 //  Adds the form's legal basis to `message`. False when it is incomplete.
-static bool
-s_legal_basis (kim_agent_web_req_t *req, json_t *message)
+bool
+kim_agent_web_i_legal_basis (kim_agent_web_req_t *req, json_t *message)
 {
     const char *kind = kim_agent_web_i_field (req, "basis");
     if (strncmp (kind, "consent:", 8) == 0 && kind [8])
@@ -560,7 +551,7 @@ kim_agent_web_i_post_answer (kim_agent_web_req_t *req, const char *id)
     bool complete = true;
     if (which == S_FORWARD) {
         kim_agent_web_i_optional (req, message, "purpose", "purpose");
-        complete = s_legal_basis (req, message);
+        complete = kim_agent_web_i_legal_basis (req, message);
     }
     char why [KIM_TEXT_MAX + 64] = "";
     int rc = complete? kim_agent_web_i_send (req, message, s_answer_names [which], id, why, sizeof why)
@@ -633,11 +624,13 @@ s_offer_statute (void *arg, const char *rule, const char *citation)
     offer->statutes++;
 }
 
-//  The legal-basis picker of a new referral: the office's own consents
-//  that cover this recipient and purpose, the statutes the policy copy
-//  (web/policy) names for this pair and purpose, or a citation typed in.
-static void
-s_basis_known (kim_agent_web_req_t *req, const char *recipient, const char *purpose)
+//  The legal-basis picker of a new referral, a forward and a handover: the
+//  office's own consents that cover this recipient and purpose, the
+//  statutes the policy copy (web/policy) names for this pair and purpose,
+//  or a citation typed in. Its choice is the field "basis" (read by
+//  kim_agent_web_i_legal_basis).
+void
+kim_agent_web_i_basis_picker (kim_agent_web_req_t *req, const char *recipient, const char *purpose)
 {
     kim_agent_html_t *html = &req->html;
     kim_policy_t *policy = req->self->policy;
@@ -755,7 +748,7 @@ kim_agent_web_i_new_page (kim_agent_web_req_t *req)
     }
     kim_agent_html_rawf (html, "<label for=\"new-deadline\">%s</label>\n<input type=\"date\" "
                          "id=\"new-deadline\" name=\"deadline\">\n", T (DEADLINE_DATE));
-    s_basis_known (req, recipient, purpose);
+    kim_agent_web_i_basis_picker (req, recipient, purpose);
     kim_agent_html_rawf (html, "<label for=\"new-note\">%s</label>\n<input type=\"text\" "
                          "id=\"new-note\" name=\"note\" maxlength=\"280\">\n"
                          "<label for=\"new-payload\">%s</label>\n<textarea id=\"new-payload\" "
@@ -797,7 +790,7 @@ kim_agent_web_i_post_new (kim_agent_web_req_t *req)
             json_object_set_new (message, "deadline", json_integer ((json_int_t) at * 1000));
         }
     }
-    if (rc == 0 && !s_legal_basis (req, message)) {
+    if (rc == 0 && !kim_agent_web_i_legal_basis (req, message)) {
         snprintf (why, sizeof why, "%s", T (LEGAL_BASIS));
         rc = -KIM_E_MISSING_FIELD;
     }
@@ -812,4 +805,64 @@ kim_agent_web_i_post_new (kim_agent_web_req_t *req)
     char location [KIM_ID_MAX + 64];
     snprintf (location, sizeof location, "/ui/sent?sent=%s", msg_id);
     return kim_agent_web_i_redirect (req, location);
+}
+
+//  A forward's second step: the new office and purpose chosen in the first
+//  (a GET form on the referral's page), the legal bases that apply to them.
+enum MHD_Result
+kim_agent_web_i_forward_page (kim_agent_web_req_t *req, const char *id)
+{
+    kim_agent_html_t *html = &req->html;
+    json_t *referral = kim_agent_store_referral (req->self->store, id);
+    if (!referral)
+        return kim_agent_web_i_message_page (req, MHD_HTTP_NOT_FOUND, T (NOT_FOUND), T (NOT_FOUND), NULL);
+    bool allowed = s_allowed (S_FORWARD, kim_agent_web_i_str (referral, "role"),
+                              kim_agent_web_i_str (referral, "state"));
+    char purpose_before [KIM_CODE_MAX + 1];
+    kim_str_copy (purpose_before, sizeof purpose_before, kim_agent_web_i_str (referral, "purpose"));
+    json_decref (referral);
+    if (!allowed || req->session.role != KIM_AGENT_ROLE_STAFF)
+        return kim_agent_web_i_message_page (req, MHD_HTTP_CONFLICT, T (ERROR), T (NOT_ALLOWED), NULL);
+    const char *org = MHD_lookup_connection_value (req->connection, MHD_GET_ARGUMENT_KIND, "org");
+    const char *purpose = MHD_lookup_connection_value (req->connection, MHD_GET_ARGUMENT_KIND,
+                                                       "purpose");
+    bool chosen = org && purpose && kim_org_valid (org) && kim_code_valid (purpose);
+    char title [KIM_ID_MAX + 64];
+    snprintf (title, sizeof title, "%s: %s %s", T (FORWARD), T (REFERRAL), id);
+    kim_agent_web_i_begin (req, title, NULL);
+    if (!chosen) {
+        kim_agent_html_rawf (html, "<div class=\"error\" role=\"alert\"><p>%s, %s</p></div>\n"
+                             "<form method=\"get\" action=\"/ui/referral/", T (FORWARD_TO),
+                             T (PURPOSE_CODE));
+        kim_agent_html_text (html, id);
+        kim_agent_html_rawf (html, "/forward\">\n<p class=\"hint\" id=\"fw-hint\">%s</p>\n",
+                             T (STEP1_HINT));
+        s_forward_step1 (req, purpose && kim_code_valid (purpose)? purpose: purpose_before);
+        kim_agent_html_raw (html, "</form>\n");
+        kim_agent_web_i_end (req);
+        return kim_agent_web_i_send_page (req, MHD_HTTP_OK);
+    }
+    kim_agent_html_raw (html, "<dl class=\"facts\">\n");
+    kim_agent_html_rawf (html, "<dt>%s</dt><dd>", T (REFERRAL));
+    kim_agent_web_i_link (req, "referral", id);
+    kim_agent_html_raw (html, "</dd>\n");
+    kim_agent_web_i_fact (req, T (TO), org);
+    kim_agent_web_i_fact (req, T (PURPOSE), purpose);
+    kim_agent_html_raw (html, "</dl>\n<p><a href=\"/ui/referral/");
+    kim_agent_html_text (html, id);
+    kim_agent_html_rawf (html, "#answer\">%s</a></p>\n<form method=\"post\" action=\"/ui/referral/",
+                         T (CHANGE));
+    kim_agent_html_text (html, id);
+    kim_agent_html_raw (html, "/answer\">\n");
+    kim_agent_web_i_hidden (req, "csrf", req->session.csrf);
+    kim_agent_web_i_hidden (req, "answer", s_answer_names [S_FORWARD]);
+    kim_agent_web_i_hidden (req, "org", org);
+    kim_agent_web_i_hidden (req, "purpose", purpose);
+    kim_agent_web_i_form_msg_id (req);
+    kim_agent_web_i_basis_picker (req, org, purpose);
+    kim_agent_html_rawf (html, "<label for=\"fw-note\">%s</label>\n<input type=\"text\" "
+                         "id=\"fw-note\" name=\"note\" maxlength=\"280\">\n"
+                         "<button type=\"submit\">%s</button>\n</form>\n", T (NOTE), T (FORWARD));
+    kim_agent_web_i_end (req);
+    return kim_agent_web_i_send_page (req, MHD_HTTP_OK);
 }
