@@ -40,7 +40,7 @@ mkdir -p "$root/tmp/debs" && cp "$pkgdir"/*.deb "$root/tmp/debs/"
 in_root apt-get update -qq >"$work/apt.log" 2>&1 || fail "apt-get update: $(tail -5 "$work/apt.log")"
 debs=()
 for deb in "$root"/tmp/debs/*.deb; do debs+=("/tmp/debs/$(basename "$deb")"); done
-[ ${#debs[@]} -eq 3 ] || fail "expected 3 packages in $pkgdir"
+[ ${#debs[@]} -eq 4 ] || fail "expected 4 packages in $pkgdir"
 DEBIAN_FRONTEND=noninteractive in_root apt-get install -y -qq "${debs[@]}" >>"$work/apt.log" 2>&1 \
     || fail "apt-get install: $(tail -20 "$work/apt.log")"
 
@@ -54,6 +54,12 @@ in_root getent passwd kim | grep -q '^kim:x:[0-9]*:[0-9]*:kim broker[^:]*:/var/l
 [ "$(in_root stat -c '%a %U %G' /var/backups/kim)" = "700 kim kim" ] \
     || fail "/var/backups/kim: $(in_root stat -c '%a %U %G' /var/backups/kim)"
 [ -e "$root/var/lib/kim/keys" ] && fail "keys made at install"
+in_root getent passwd kim-agent | grep -q '^kim-agent:x:[0-9]*:[0-9]*:kim agent[^:]*:/var/lib/kim-agent:' \
+    || fail "no system user kim-agent: $(in_root getent passwd kim-agent)"
+[ "$(in_root stat -c '%a %U %G' /var/lib/kim-agent)" = "700 kim-agent kim-agent" ] \
+    || fail "/var/lib/kim-agent: $(in_root stat -c '%a %U %G' /var/lib/kim-agent)"
+[ "$(in_root stat -c '%a %U %G' /etc/kim/agents)" = "750 root kim-agent" ] \
+    || fail "/etc/kim/agents: $(in_root stat -c '%a %U %G' /etc/kim/agents)"
 in_root man -w kim-broker >/dev/null 2>&1 || [ -f "$root/usr/share/man/man8/kim-broker.8.gz" ] \
     || [ -f "$root/usr/share/man/man8/kim-broker.8" ] || fail "no kim-broker(8) installed"
 
@@ -75,6 +81,35 @@ chroot --userspec=kim:kim "$root" /usr/bin/kim-broker --config /etc/kim/kim.cfg 
     --backup /var/backups/kim/nightly >"$work/backup" 2>&1 || fail "backup as kim: $(cat "$work/backup")"
 in_root /usr/bin/kim audit verify --data /var/backups/kim/nightly >"$work/verify" 2>&1 \
     || fail "verify the backup: $(cat "$work/verify")"
+# an office's agent as kim-agent@jc.rheine runs it: user kim-agent, its
+# config, key and tokens in /etc/kim/agents, its store in /var/lib/kim-agent
+keys=/etc/kim/agents/keys
+in_root mkdir -p "$keys"
+in_root kim keygen jc.rheine --dir "$keys" >/dev/null || fail "kim keygen in the root"
+# secrets belong to the agent's user alone (it refuses group-readable ones)
+in_root chown -R kim-agent:kim-agent "$keys" && in_root chmod 0700 "$keys" || fail "key owner"
+in_root install -d -o kim-agent -g kim-agent -m 0700 /var/lib/kim-agent/jc.rheine
+printf 'erp %s\n' "$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')" \
+    >"$root/etc/kim/agents/jc.rheine.tokens"
+cat >"$root/etc/kim/agents/jc.rheine.cfg" <<CFG
+agent
+    org = jc.rheine
+    data = /var/lib/kim-agent/jc.rheine
+    cert = $keys/jc.rheine.cert_secret
+broker
+    endpoint = "ipc:///var/lib/kim/kim.sock"
+    key = "$(sed -n 's/^ *public-key = "\(.*\)"$/\1/p' "$root/var/lib/kim/keys/broker.cert")"
+http
+    port = 0
+    tokens = /etc/kim/agents/jc.rheine.tokens
+CFG
+in_root chgrp kim-agent /etc/kim/agents/jc.rheine.cfg
+in_root chmod 0640 /etc/kim/agents/jc.rheine.cfg
+in_root chown kim-agent:kim-agent /etc/kim/agents/jc.rheine.tokens
+in_root chmod 0600 /etc/kim/agents/jc.rheine.tokens
+chroot --userspec=kim-agent:kim-agent "$root" /usr/bin/kim-agent --check \
+    --config /etc/kim/agents/jc.rheine.cfg >"$work/agent-check" 2>&1 \
+    || fail "kim-agent --check as kim-agent: $(cat "$work/agent-check")"
 kill "$broker_pid"; wait "$broker_pid" || fail "the broker exited $? on SIGTERM"
 broker_pid=
 
@@ -83,4 +118,4 @@ DEBIAN_FRONTEND=noninteractive in_root apt-get purge -y -qq kim-broker >>"$work/
     || fail "apt-get purge: $(tail -5 "$work/apt.log")"
 [ -f "$root/var/lib/kim/keys/broker.cert_secret" ] || fail "purge removed the data"
 [ ! -e "$root/etc/kim/kim.cfg" ] || fail "purge left /etc/kim/kim.cfg"
-echo "test_packages_root: installed in a debootstrap'd bookworm, ran as kim, purged"
+echo "test_packages_root: installed in a debootstrap'd bookworm, ran as kim, agent checked as kim-agent, purged"
