@@ -435,6 +435,25 @@ kim_config_tree (const kim_config_t *self)
     return self->tree;
 }
 
+int
+kim_config_number (void *tree, const char *path, uint64_t min, uint64_t max, uint64_t *value,
+                   char *error, size_t error_size)
+{
+    const char *text = tree? zconfig_get ((zconfig_t *) tree, path, NULL): NULL;
+    if (!text)
+        return 0;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long number = strtoull (text, &end, 10);
+    if (!*text || *end || errno || text [0] == '-' || number < min || number > max) {
+        snprintf (error, error_size, "%s: '%s' must be a whole number %" PRIu64 "..%" PRIu64,
+                  path, text, min, max);
+        return -KIM_E_CONFIG;
+    }
+    *value = number;
+    return 0;
+}
+
 const kim_org_t *
 kim_config_org (const kim_config_t *self, const char *id)
 {

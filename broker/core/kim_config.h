@@ -107,6 +107,14 @@ const char *
 void *
     kim_config_tree (const kim_config_t *self);
 
+//  Reads the whole number at `path` (such as "audit/checkpoint_seconds") of
+//  a kim_config_tree into *value when it is there, refusing one outside
+//  [min, max] with -KIM_E_CONFIG and an error naming the path. Absent: 0,
+//  *value kept. For the modules' sections.
+int
+    kim_config_number (void *tree, const char *path, uint64_t min, uint64_t max,
+                       uint64_t *value, char *error, size_t error_size);
+
 void
     kim_config_test (bool verbose);
 

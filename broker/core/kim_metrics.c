@@ -123,25 +123,6 @@ kim_metrics_count_refusal (uint64_t refused [KIM_METRICS_CODES], int code)
 //  Configuration
 
 static int
-s_number (zconfig_t *section, const char *name, uint64_t min, uint64_t max, uint64_t *value,
-          char *error, size_t error_size)
-{
-    const char *text = section? zconfig_get (section, name, NULL): NULL;
-    if (!text)
-        return 0;
-    char *end = NULL;
-    errno = 0;
-    unsigned long long number = strtoull (text, &end, 10);
-    if (!*text || *end || errno || *text == '-' || number < min || number > max) {
-        snprintf (error, error_size, "metrics/%s: '%s' is not a number in %" PRIu64 "..%" PRIu64,
-                  name, text, min, max);
-        return -1;
-    }
-    *value = number;
-    return 0;
-}
-
-static int
 s_settings (const kim_config_t *config, s_settings_t *settings, char *error, size_t error_size)
 {
     memset (settings, 0, sizeof *settings);
@@ -161,10 +142,10 @@ s_settings (const kim_config_t *config, s_settings_t *settings, char *error, siz
         }
     }
     uint64_t enabled = 0;
-    if (s_number (section, "enabled", 0, 1, &enabled, error, error_size)
-    ||  s_number (section, "port", 1, 65535, &settings->port, error, error_size)
-    ||  s_number (section, "interval_ms", 100, 3600000, &settings->interval_ms, error, error_size)
-    ||  s_number (section, "referral_interval_s", 1, 86400, &settings->referral_interval_s,
+    if (kim_config_number (tree, "metrics/enabled", 0, 1, &enabled, error, error_size)
+    ||  kim_config_number (tree, "metrics/port", 1, 65535, &settings->port, error, error_size)
+    ||  kim_config_number (tree, "metrics/interval_ms", 100, 3600000, &settings->interval_ms, error, error_size)
+    ||  kim_config_number (tree, "metrics/referral_interval_s", 1, 86400, &settings->referral_interval_s,
                   error, error_size))
         return -1;
     settings->enabled = enabled == 1;

@@ -565,26 +565,6 @@ s_destroy (void **state_p)
     *state_p = NULL;
 }
 
-//  Reads audit/<name> as a number in [min, max].
-static int
-s_setting (zconfig_t *section, const char *name, uint64_t min, uint64_t max, uint64_t *value,
-           char *error, size_t error_size)
-{
-    const char *text = section? zconfig_get (section, name, NULL): NULL;
-    if (!text)
-        return 0;
-    char *end = NULL;
-    errno = 0;
-    unsigned long long number = strtoull (text, &end, 10);
-    if (!*text || *end || errno || *text == '-' || number < min || number > max) {
-        snprintf (error, error_size, "audit/%s: '%s' is not a number in %" PRIu64 "..%" PRIu64,
-                  name, text, min, max);
-        return -KIM_E_CONFIG;
-    }
-    *value = number;
-    return 0;
-}
-
 //  The audit section: the checkpoint schedule, every key known.
 static int
 s_configure (const kim_config_t *config, uint64_t *records, uint64_t *seconds, char *error,
@@ -601,9 +581,9 @@ s_configure (const kim_config_t *config, uint64_t *records, uint64_t *seconds, c
         }
     *records = KIM_AUDIT_RECORDS_DEFAULT;
     *seconds = KIM_AUDIT_SECONDS_DEFAULT;
-    int rc = s_setting (section, "checkpoint_records", 1, 100000000, records, error, error_size);
+    int rc = kim_config_number (tree, "audit/checkpoint_records", 1, 100000000, records, error, error_size);
     if (rc == 0)
-        rc = s_setting (section, "checkpoint_seconds", 1, 86400, seconds, error, error_size);
+        rc = kim_config_number (tree, "audit/checkpoint_seconds", 1, 86400, seconds, error, error_size);
     return rc;
 }
 
@@ -701,7 +681,7 @@ kim_audit_test (bool verbose)
     //  Bad settings are refused before anything is opened, naming the key
     const char *bad [][2] = {
         { "audit\n    checkpoint_record = 5\n", "audit/checkpoint_record: unknown key" },
-        { "audit\n    checkpoint_seconds = 0\n", "audit/checkpoint_seconds: '0' is not a number" },
+        { "audit\n    checkpoint_seconds = 0\n", "audit/checkpoint_seconds: '0' must be a whole number 1..86400" },
         { "audit\n    checkpoint_records = 1x\n", "audit/checkpoint_records: '1x'" },
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad [0]; i++) {

@@ -604,26 +604,6 @@ kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id, bool expi
 //  --------------------------------------------------------------------------
 //  Construction
 
-//  Reads a whole number in [min, max] at `path`; absent keeps *value.
-static int
-s_config_number (zconfig_t *tree, const char *path, uint64_t min, uint64_t max,
-                 uint64_t *value, char *error, size_t error_size)
-{
-    const char *text = tree? zconfig_get (tree, path, NULL): NULL;
-    if (!text)
-        return 0;
-    char *end = NULL;
-    errno = 0;
-    unsigned long long number = strtoull (text, &end, 10);
-    if (!*text || *end || errno || text [0] == '-' || number < min || number > max) {
-        snprintf (error, error_size, "%s: '%s' must be a whole number %" PRIu64 "..%" PRIu64,
-                  path, text, min, max);
-        return -KIM_E_CONFIG;
-    }
-    *value = number;
-    return 0;
-}
-
 static int
 s_configure (kim_lifecycle_t *self, zconfig_t *tree, char *error, size_t error_size)
 {
@@ -652,16 +632,16 @@ s_configure (kim_lifecycle_t *self, zconfig_t *tree, char *error, size_t error_s
             }
         }
     }
-    if (s_config_number (tree, "lifecycle/deadline_days", 1, 3650, &deadline_days, error, error_size)
-    ||  s_config_number (tree, "lifecycle/expire_days", 1, 3650, &expire_days, error, error_size)
-    ||  s_config_number (tree, "lifecycle/deadline_seconds", 0, 315360000, &deadline_s, error, error_size)
-    ||  s_config_number (tree, "lifecycle/expire_seconds", 0, 315360000, &expire_s, error, error_size)
-    ||  s_config_number (tree, "retention/payload_days", 1, 36500, &payload_days, error, error_size)
-    ||  s_config_number (tree, "retention/payload_seconds", 0, 3153600000ull, &payload_s, error, error_size)
-    ||  s_config_number (tree, "retention/open_case_days", 0, 36500, &open_case_days, error, error_size)
-    ||  s_config_number (tree, "retention/open_case_seconds", 0, 3153600000ull, &open_case_s, error, error_size)
-    ||  s_config_number (tree, "retention/notice_days", 0, 3650, &notice_days, error, error_size)
-    ||  s_config_number (tree, "retention/notice_seconds", 0, 315360000, &notice_s, error, error_size))
+    if (kim_config_number (tree, "lifecycle/deadline_days", 1, 3650, &deadline_days, error, error_size)
+    ||  kim_config_number (tree, "lifecycle/expire_days", 1, 3650, &expire_days, error, error_size)
+    ||  kim_config_number (tree, "lifecycle/deadline_seconds", 0, 315360000, &deadline_s, error, error_size)
+    ||  kim_config_number (tree, "lifecycle/expire_seconds", 0, 315360000, &expire_s, error, error_size)
+    ||  kim_config_number (tree, "retention/payload_days", 1, 36500, &payload_days, error, error_size)
+    ||  kim_config_number (tree, "retention/payload_seconds", 0, 3153600000ull, &payload_s, error, error_size)
+    ||  kim_config_number (tree, "retention/open_case_days", 0, 36500, &open_case_days, error, error_size)
+    ||  kim_config_number (tree, "retention/open_case_seconds", 0, 3153600000ull, &open_case_s, error, error_size)
+    ||  kim_config_number (tree, "retention/notice_days", 0, 3650, &notice_days, error, error_size)
+    ||  kim_config_number (tree, "retention/notice_seconds", 0, 315360000, &notice_s, error, error_size))
         return -KIM_E_CONFIG;
     self->idle_ms = open_case_s? open_case_s * 1000: open_case_days * day;
     self->notice_ms = notice_s? notice_s * 1000: notice_days * day;
@@ -686,7 +666,7 @@ s_configure (kim_lifecycle_t *self, zconfig_t *tree, char *error, size_t error_s
         char path [128];
         snprintf (path, sizeof path, "lifecycle/purpose/%s/deadline_days", name);
         uint64_t days = 0;
-        if (s_config_number (tree, path, 1, 3650, &days, error, error_size))
+        if (kim_config_number (tree, path, 1, 3650, &days, error, error_size))
             return -KIM_E_CONFIG;
         if (!days) {
             snprintf (error, error_size, "%s: missing", path);
