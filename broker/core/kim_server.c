@@ -100,10 +100,18 @@ kim_server_send_cmd (kim_server_t *self, const uint8_t *rid, size_t rid_size, co
 }
 
 void
-kim_server_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
-          const char *msg_id, const char *path, const char *format, ...)
+kim_server_send_buf (kim_server_t *self, const uint8_t *rid, size_t rid_size, const kim_buf_t *buf)
 {
-    kim_cmd_t *reply = &self->reply;
+    void *router = zsock_resolve (self->router);
+    if (zmq_send (router, rid, rid_size, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1)
+        return;
+    zmq_send (router, buf->data, buf->size, ZMQ_DONTWAIT);
+}
+
+void
+kim_server_reject_fill (kim_server_t *self, kim_cmd_t *reply, int code, const char *msg_id,
+                        const char *path, const char *text)
+{
     kim_cmd_init (reply, KIM_CMD_REJECT);
     code = code < 0? -code: code;
     //  Local failures (9xx) never travel: the peer learns that the broker
@@ -112,23 +120,30 @@ kim_server_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int 
         zsys_error ("server: refusing a command because of a local failure: %s",
                     kim_strerror (code));
         code = KIM_E_INTERNAL;
-        format = NULL;
+        text = NULL;
     }
     reply->code = code;
     if (msg_id)
         kim_str_copy (reply->msg_id, sizeof reply->msg_id, msg_id);
     if (path)
         kim_str_copy (reply->path, sizeof reply->path, path);
+    kim_str_copy (reply->text, sizeof reply->text, text? text: kim_strerror (code));
+    self->rejected++;
+}
+
+void
+kim_server_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
+          const char *msg_id, const char *path, const char *format, ...)
+{
+    char text [KIM_TEXT_MAX + 1];
     if (format) {
         va_list args;
         va_start (args, format);
-        vsnprintf (reply->text, sizeof reply->text, format, args);
+        vsnprintf (text, sizeof text, format, args);
         va_end (args);
     }
-    else
-        kim_str_copy (reply->text, sizeof reply->text, kim_strerror (code));
-    self->rejected++;
-    kim_server_send_cmd (self, rid, rid_size, reply);
+    kim_server_reject_fill (self, &self->reply, code, msg_id, path, format? text: NULL);
+    kim_server_send_cmd (self, rid, rid_size, &self->reply);
 }
 
 //  --------------------------------------------------------------------------
@@ -234,9 +249,15 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
     if (session)
         s_session_destroy (self, session, "new HELLO");
-    if (!s_has_version (cmd, KIM_PROTOCOL_VERSION)) {
+    //  The highest version both speak (PROTOCOL.md 8.1).
+    uint32_t version = 0;
+    for (uint32_t v = KIM_PROTOCOL_VERSION; v <= KIM_PROTOCOL_MAX; v++)
+        if (s_has_version (cmd, v))
+            version = v;
+    if (!version) {
         kim_server_reject (self, rid, rid_size, KIM_E_VERSION, NULL, "versions",
-                  "this broker speaks protocol version %d only", KIM_PROTOCOL_VERSION);
+                  "this broker speaks protocol versions %d to %d", KIM_PROTOCOL_VERSION,
+                  KIM_PROTOCOL_MAX);
         return;
     }
     //  At its limit an organisation's oldest session makes room (section 7.2).
@@ -252,6 +273,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     memcpy (session->rid, rid, rid_size);
     session->rid_size = rid_size;
     session->org = state;
+    session->version = version;
     session->window = cmd->window < self->config->window_max? cmd->window: self->config->window_max;
     //  Only agencies have mailboxes: auditors read the log, operators
     //  never see payloads.
@@ -271,15 +293,15 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     }
     kim_cmd_t *reply = &self->reply;
     kim_cmd_init (reply, KIM_CMD_WELCOME);
-    reply->version = KIM_PROTOCOL_VERSION;
+    reply->version = version;
     kim_str_copy (reply->org, sizeof reply->org, state->org->id);
     kim_str_copy (reply->broker, sizeof reply->broker, self->config->name);
     reply->heartbeat_ms = self->config->heartbeat_ms;
     reply->max_payload = self->config->max_payload;
     reply->window = session->window;
     kim_server_send_cmd (self, rid, rid_size, reply);
-    zsys_info ("server: %s connected (%s, window %u)", state->org->id,
-               session->agent [0]? session->agent: "no agent name", session->window);
+    zsys_info ("server: %s connected (%s, protocol %u, window %u)", state->org->id,
+               session->agent [0]? session->agent: "no agent name", version, session->window);
 }
 
 static void
@@ -300,8 +322,26 @@ s_status (kim_server_t *self, session_t *session)
 //  --------------------------------------------------------------------------
 //  Delivery
 
+//  A version 2 session's deliveries wait in self->buf as one DELIVER_BATCH
+//  until it is full or the turn's deliveries are done.
+typedef struct {
+    size_t count;
+    size_t limit;                   //  bytes in one frame
+} s_packing_t;
+
+static void
+s_packing_flush (kim_server_t *self, session_t *session, s_packing_t *packing)
+{
+    if (packing->count == 0)
+        return;
+    if (kim_batch_end (KIM_CMD_DELIVER_BATCH, packing->count, 0, &self->buf) == 0)
+        kim_server_send_buf (self, session->rid, session->rid_size, &self->buf);
+    packing->count = 0;
+}
+
 static int
-s_send_delivery (kim_server_t *self, session_t *session, uint64_t seq, bool copy)
+s_send_delivery (kim_server_t *self, session_t *session, uint64_t seq, bool copy,
+                 s_packing_t *packing)
 {
     kim_record_t record;
     int rc = kim_store_read (self->store, seq, &record);
@@ -316,6 +356,29 @@ s_send_delivery (kim_server_t *self, session_t *session, uint64_t seq, bool copy
     size_t payload_size = 0;
     if (!copy && (rc = kim_store_payload_get (self->store, seq, &payload, &payload_size)))
         return rc;
+    if (packing) {
+        //  Room for the header, its DELIVER map and the bin's head
+        size_t need = record.body_size + payload_size + 32;
+        if (packing->count == KIM_BATCH_MAX
+        ||  (packing->count && self->buf.size + need > packing->limit))
+            s_packing_flush (self, session, packing);
+        size_t mark = self->buf.size;
+        if (packing->count == 0) {
+            kim_buf_reset (&self->buf);
+            mark = 0;
+            if ((rc = kim_batch_begin (KIM_CMD_DELIVER_BATCH, &self->buf)))
+                return rc;
+        }
+        rc = kim_cmd_encode_deliver (seq, record.body, record.body_size, &self->buf);
+        if (rc == 0)
+            rc = kim_batch_payload (payload, payload_size, &self->buf);
+        if (rc) {
+            self->buf.size = mark;
+            return rc;
+        }
+        packing->count++;
+        return 0;
+    }
     kim_buf_reset (&self->buf);
     rc = kim_cmd_encode_deliver (seq, record.body, record.body_size, &self->buf);
     if (rc)
@@ -329,6 +392,8 @@ static void
 s_deliver (kim_server_t *self, org_state_t *state, uint64_t now)
 {
     session_t *session = state->receiver;
+    s_packing_t packing = { 0, (size_t) self->config->max_payload + KIM_FRAME_MAX };
+    s_packing_t *packed = session && session->version >= 2? &packing: NULL;
     while (session && state->flight_count < session->window) {
         uint64_t seqs [KIM_SCAN_CHUNK];
         uint8_t flags [KIM_SCAN_CHUNK];
@@ -341,7 +406,7 @@ s_deliver (kim_server_t *self, org_state_t *state, uint64_t now)
         for (int i = 0; i < count; i++) {
             state->cursor = seqs [i];
             bool copy = (flags [i] & KIM_MAILBOX_COPY) != 0;
-            if (s_send_delivery (self, session, seqs [i], copy))
+            if (s_send_delivery (self, session, seqs [i], copy, packed))
                 continue;
             state->flights [state->flight_count].seq = seqs [i];
             state->flights [state->flight_count].copy = copy;
@@ -352,6 +417,8 @@ s_deliver (kim_server_t *self, org_state_t *state, uint64_t now)
         if (count < want)
             break;
     }
+    if (packed)
+        s_packing_flush (self, session, packed);
 }
 
 static void
@@ -371,9 +438,9 @@ s_deliver_dirty (kim_server_t *self)
     }
 }
 
-//  Index of `seq` among the flights, or -1.
-static ssize_t
-s_flight_find (const org_state_t *state, uint64_t seq)
+//  Index of the first flight at or above `seq`.
+static size_t
+s_flight_lower (const org_state_t *state, uint64_t seq)
 {
     size_t low = 0, high = state->flight_count;
     while (low < high) {
@@ -383,6 +450,14 @@ s_flight_find (const org_state_t *state, uint64_t seq)
         else
             high = mid;
     }
+    return low;
+}
+
+//  Index of `seq` among the flights, or -1.
+static ssize_t
+s_flight_find (const org_state_t *state, uint64_t seq)
+{
+    size_t low = s_flight_lower (state, seq);
     return low < state->flight_count && state->flights [low].seq == seq? (ssize_t) low: -1;
 }
 
@@ -742,6 +817,195 @@ s_ack_filter (kim_server_t *self, session_t *session, kim_cmd_t *cmd)
     return kept > 0;
 }
 
+//  An ACK_RANGE acknowledges the deliveries in flight on this session that
+//  lie in its ranges (section 8.19). It is queued as ACK items of at most
+//  KIM_ACKS_MAX seqs each, starting in `item`; a window holds few enough
+//  that they fit the spare item slots.
+static void
+s_ack_ranges (kim_server_t *self, session_t *session, item_t *item, const uint8_t *rid,
+              size_t rid_size)
+{
+    org_state_t *state = session->org;
+    const kim_cmd_t *ranges = &item->cmd;       //  read while acks fill: other fields
+    item_t *slot = NULL;
+    size_t used = 0;
+    bool refused = false;
+    for (size_t r = 0; r + 1 < ranges->range_count; r += 2) {
+        uint64_t from = ranges->ranges [r], to = ranges->ranges [r + 1];
+        size_t found = 0;
+        for (size_t i = state->receiver == session? s_flight_lower (state, from): state->flight_count;
+             i < state->flight_count && state->flights [i].seq <= to; i++, found++) {
+            if (!slot || slot->cmd.ack_count == KIM_ACKS_MAX) {
+                slot = &self->items [self->item_count + used++];
+                slot->cmd.id = KIM_CMD_ACK;
+                slot->cmd.ack_count = 0;
+            }
+            slot->cmd.acks [slot->cmd.ack_count++] = state->flights [i].seq;
+        }
+        if (found == 0 && !refused) {
+            char path [KIM_PATH_MAX + 1];
+            snprintf (path, sizeof path, "ranges[%zu]", r);
+            kim_server_reject (self, rid, rid_size, KIM_E_BAD_ACK, NULL, path,
+                      "no delivery in flight on this session lies in %" PRIu64 "..%" PRIu64,
+                      from, to);
+            refused = true;
+        }
+    }
+    for (size_t i = 0; i < used; i++) {
+        slot = &self->items [self->item_count + i];
+        memcpy (slot->rid, rid, rid_size);
+        slot->rid_size = rid_size;
+        slot->org = state;
+        slot->has_payload = false;
+        slot->batch_count = 0;
+        slot->settled = false;
+        slot->from_range = true;
+    }
+    self->item_count += used;
+}
+
+//  What the broker refuses in a SEND (or an entry of a SEND_BATCH) as soon
+//  as it reads it (section 8.3). Returns the code, or 0, with path and text.
+static int
+s_send_refusal (kim_server_t *self, session_t *session, const kim_cmd_t *cmd,
+                size_t payload_size, const char **path, char *text, size_t text_size)
+{
+    *path = NULL;
+    if (session->org->org->role != KIM_ROLE_AGENCY) {
+        snprintf (text, text_size, "role %s may not send messages",
+                  kim_role_name (session->org->org->role));
+        return KIM_E_FORBIDDEN;
+    }
+    if (payload_size > self->config->max_payload) {
+        *path = "payload";
+        snprintf (text, text_size, "payload of %zu bytes exceeds max_payload %u", payload_size,
+                  self->config->max_payload);
+        return KIM_E_TOO_LARGE;
+    }
+    if (s_stale (self, &cmd->msg)) {
+        *path = "hdr.created_at";
+        snprintf (text, text_size, "created_at is outside the accepted window (de-duplication "
+                  "window in the past, clock skew in the future)");
+        return KIM_E_STALE;
+    }
+    if (cmd->msg.type == KIM_TYPE_OUTCOME && payload_size) {
+        *path = "payload";
+        snprintf (text, text_size, "an OUTCOME carries an outcome code only, never a payload");
+        return KIM_E_BAD_VALUE;
+    }
+    return 0;
+}
+
+//  Reads a version 2 batch frame (section 5.1). Only SEND_BATCH comes from
+//  clients: its messages become items of the open write batch, each with
+//  its place in the batch, answered together in one RECEIPT_BATCH after the
+//  commit (kim_batch.c). The payloads stay where they lie in the frame:
+//  every item holds a reference to it, and the store copies them once.
+static void
+s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *key,
+              const char *user_id, zmq_msg_t *frame, int frames)
+{
+    const uint8_t *data = (const uint8_t *) zmq_msg_data (frame);
+    size_t size = zmq_msg_size (frame);
+    kim_cmd_t *head = &self->batch_head;
+    kim_entry_t entries [KIM_BATCH_MAX];
+    kim_decode_error_t error = { 0, "" };
+    int rc = size > (size_t) self->config->max_payload + KIM_FRAME_MAX
+        ? -KIM_E_TOO_LARGE
+        : kim_batch_split (head, data, size, entries, &error);
+    size_t count = rc == 0? head->count: 0;
+
+    session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
+    org_state_t *payer = session? session->org
+                       : user_id? (org_state_t *) zhashx_lookup (self->orgs, user_id): NULL;
+    if (session)
+        session->last_seen_ms = s_mono ();
+    //  One unit per message, as for as many SENDs (section 7.3).
+    bool paid = !payer || s_rate_ok (self, payer, count? (double) count: 1);
+    if (!paid && !count)
+        kim_server_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, NULL, NULL,
+                  "%s sends more than %" PRIu64 " command units/s over all its connections; "
+                  "slow down", payer->org->id, self->config->rate_limit);
+    else
+    if (rc)
+        kim_server_reject (self, rid, rid_size, rc, NULL, error.path [0]? error.path: NULL,
+                  "%s%s%s", kim_strerror (rc), error.path [0]? " at ": "", error.path);
+    else
+    if (payer && payer->org->revoked)
+        kim_server_reject (self, rid, rid_size, KIM_E_REVOKED, NULL, NULL,
+                  "the key of %s is revoked", payer->org->id);
+    else
+    if (frames > 1)
+        kim_server_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, NULL, NULL,
+                  "%s takes one frame, got %d", kim_cmd_name (head->id), frames);
+    else
+    if (!session)
+        kim_server_reject (self, rid, rid_size, KIM_E_NO_SESSION, NULL, NULL,
+                  "send HELLO first (the broker may have restarted)");
+    else
+    if (!user_id || strcmp (user_id, session->org->org->id) != 0)
+        kim_server_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, NULL, NULL,
+                  "connection identity changed");
+    else
+    if (head->id != KIM_CMD_SEND_BATCH)
+        kim_server_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+                  "%s is sent by the broker, not to it", kim_cmd_name (head->id));
+    else
+    if (session->version < 2)
+        kim_server_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+                  "SEND_BATCH is a command of protocol version 2; this session speaks "
+                  "version %u", session->version);
+    else
+        for (size_t i = 0; i < count; i++) {
+            item_t *item = &self->items [self->item_count++];
+            kim_cmd_t *cmd = &item->cmd;
+            memcpy (item->rid, rid, rid_size);
+            item->rid_size = rid_size;
+            item->org = session->org;
+            item->batch_index = (uint8_t) i;
+            item->batch_count = (uint8_t) count;
+            item->settled = true;
+            item->from_range = false;
+            item->has_payload = false;
+            item->seq = 0;
+            item->dup = false;
+            kim_cmd_ref (entries [i].cmd, entries [i].cmd_size, item->ref);
+            const char *path = NULL;
+            int code = 0;
+            if (!paid) {
+                code = KIM_E_RATE_LIMITED;
+                snprintf (item->text, sizeof item->text, "%s sends more than %" PRIu64
+                          " command units/s over all its connections; slow down",
+                          payer->org->id, self->config->rate_limit);
+            }
+            else
+            if ((rc = kim_batch_entry_decode (KIM_CMD_SEND_BATCH, &entries [i], cmd, &error))) {
+                code = -rc;
+                path = error.path [0]? error.path: NULL;
+                snprintf (item->text, sizeof item->text, "%s%s%s", kim_strerror (rc),
+                          path? " at ": "", path? path: "");
+            }
+            else
+                code = s_send_refusal (self, session, cmd, entries [i].payload_size, &path,
+                                       item->text, sizeof item->text);
+            if (code == 0) {
+                zmq_msg_init (&item->payload);
+                if (zmq_msg_copy (&item->payload, frame) == 0) {
+                    item->has_payload = true;
+                    item->payload_offset = (size_t) (entries [i].payload - data);
+                    item->payload_size = entries [i].payload_size;
+                    item->settled = false;
+                    continue;
+                }
+                zmq_msg_close (&item->payload);
+                code = KIM_E_BUSY;
+                snprintf (item->text, sizeof item->text, "%s", kim_strerror (code));
+            }
+            item->code = code;
+            kim_str_copy (item->path, sizeof item->path, path);
+        }
+}
+
 //  Reads one [rid][frame 0][payload] message and handles or queues it.
 //  Returns false when the socket has nothing more to read.
 static bool
@@ -799,6 +1063,14 @@ s_read_one (kim_server_t *self)
         kim_str_copy (user_id_copy, sizeof user_id_copy, meta_user_id);
     const char *user_id = meta_user_id? user_id_copy: NULL;
 
+    if (kim_cmd_is_batch (kim_cmd_peek ((const uint8_t *) zmq_msg_data (&frame),
+                                        zmq_msg_size (&frame)))) {
+        if (has_payload)
+            zmq_msg_close (&item->payload);
+        s_read_batch (self, rid, rid_size, key, user_id, &frame, frames);
+        zmq_msg_close (&frame);
+        return true;
+    }
     kim_cmd_t *cmd = &item->cmd;
     kim_decode_error_t error = { 0, "" };
     int rc = zmq_msg_size (&frame) > KIM_FRAME_MAX
@@ -854,27 +1126,30 @@ s_read_one (kim_server_t *self)
                   "connection identity changed");
     else {
         switch (cmd->id) {
-            case KIM_CMD_SEND:
-                if (session->org->org->role != KIM_ROLE_AGENCY)
-                    kim_server_reject (self, rid, rid_size, KIM_E_FORBIDDEN, msg_id, NULL,
-                              "role %s may not send messages",
-                              kim_role_name (session->org->org->role));
-                else
-                if (has_payload && zmq_msg_size (&item->payload) > self->config->max_payload)
-                    kim_server_reject (self, rid, rid_size, KIM_E_TOO_LARGE, msg_id, "payload",
-                              "payload of %zu bytes exceeds max_payload %u",
-                              zmq_msg_size (&item->payload), self->config->max_payload);
-                else
-                if (s_stale (self, &cmd->msg))
-                    kim_server_reject (self, rid, rid_size, KIM_E_STALE, msg_id, "hdr.created_at",
-                              "created_at is outside the accepted window (de-duplication "
-                              "window in the past, clock skew in the future)");
-                else
-                if (cmd->msg.type == KIM_TYPE_OUTCOME && has_payload && zmq_msg_size (&item->payload))
-                    kim_server_reject (self, rid, rid_size, KIM_E_BAD_VALUE, msg_id, "payload",
-                              "an OUTCOME carries an outcome code only, never a payload");
+            case KIM_CMD_SEND: {
+                const char *path;
+                char text [KIM_TEXT_MAX + 1];
+                int code = s_send_refusal (self, session, cmd,
+                                           has_payload? zmq_msg_size (&item->payload): 0,
+                                           &path, text, sizeof text);
+                if (code)
+                    kim_server_reject (self, rid, rid_size, code, msg_id, path, "%s", text);
                 else
                     queued = true;
+                break;
+            }
+            case KIM_CMD_ACK_RANGE:
+                if (session->version < 2)
+                    kim_server_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+                              "ACK_RANGE is a command of protocol version 2; this session "
+                              "speaks version %u", session->version);
+                else
+                if (session->org->org->role != KIM_ROLE_AGENCY)
+                    kim_server_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                              "role %s receives no deliveries and acknowledges none",
+                              kim_role_name (session->org->org->role));
+                else
+                    s_ack_ranges (self, session, item, rid, rid_size);
                 break;
             case KIM_CMD_ACK:
                 if (session->org->org->role != KIM_ROLE_AGENCY)
@@ -922,6 +1197,11 @@ s_read_one (kim_server_t *self)
         item->rid_size = rid_size;
         item->org = session->org;
         item->has_payload = has_payload;
+        item->payload_offset = 0;
+        item->payload_size = has_payload? zmq_msg_size (&item->payload): 0;
+        item->batch_count = 0;
+        item->settled = false;
+        item->from_range = false;
         self->item_count++;
     }
     else
@@ -1000,14 +1280,19 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
              state = (org_state_t *) zhashx_next (self->orgs)) {
             if (!state->receiver)
                 continue;
+            s_packing_t packing = { 0, (size_t) self->config->max_payload + KIM_FRAME_MAX };
+            s_packing_t *packed = state->receiver->version >= 2? &packing: NULL;
             for (size_t i = 0; i < state->flight_count; i++) {
                 flight_t *flight = &state->flights [i];
                 if (now - flight->sent_ms >= self->config->redeliver_ms
-                &&  s_send_delivery (self, state->receiver, flight->seq, flight->copy) == 0) {
+                &&  s_send_delivery (self, state->receiver, flight->seq, flight->copy,
+                                     packed) == 0) {
                     flight->sent_ms = now;
                     self->redelivered++;
                 }
             }
+            if (packed)
+                s_packing_flush (self, state->receiver, packed);
         }
         kim_store_read_end (self->store);
     }
@@ -1086,6 +1371,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     kim_config_t *config = self->config;
     kim_buf_init (&self->buf);
     kim_buf_init (&self->hdr_buf);
+    kim_buf_init (&self->batch_buf);
     self->ctx.server = self;
     kim_cmd_init (&self->receipt, KIM_CMD_RECEIPT);
     crypto_generichash (self->empty_hash, KIM_HASH_SIZE, NULL, 0, NULL, 0);
@@ -1130,7 +1416,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     }
     self->sessions = zhashx_new ();
     self->orgs = zhashx_new ();
-    self->items = (item_t *) calloc (config->batch_max, sizeof (item_t));
+    self->items = (item_t *) calloc (config->batch_max + KIM_ITEMS_SPARE, sizeof (item_t));
     if (!self->sessions || !self->orgs || !self->items) {
         snprintf (error, error_size, "out of memory");
         kim_server_destroy (&self);
@@ -1210,6 +1496,7 @@ kim_server_destroy (kim_server_t **self_p)
     zcert_destroy (&self->cert);
     kim_buf_free (&self->buf);
     kim_buf_free (&self->hdr_buf);
+    kim_buf_free (&self->batch_buf);
     kim_config_destroy (&self->config);
     free (self);
     *self_p = NULL;

@@ -15,6 +15,9 @@
 #define KIM_RID_MAX         256     //  ROUTER routing ids are 5 bytes unless a peer sets one
 #define KIM_DEDUP_EXPIRE_MS 10000   //  how often old msg_ids are forgotten
 #define KIM_HOOKS_MAX       8
+//  Item slots beyond batch_max: a frame read while the batch has room may
+//  bring a whole SEND_BATCH, or an ACK_RANGE spanning a window of 4096.
+#define KIM_ITEMS_SPARE     (KIM_BATCH_MAX + KIM_WINDOW_MAX / KIM_ACKS_MAX)
 
 typedef struct _org_state_t org_state_t;
 typedef struct _session_t session_t;
@@ -52,6 +55,7 @@ struct _session_t {
     uint64_t last_seen_ms;
     char agent [KIM_AGENT_MAX + 1];
     uint64_t started_ms;            //  its HELLO: the oldest goes first at the limit
+    uint32_t version;               //  of the protocol, from WELCOME
 };
 
 //  A SEND or ACK waiting for the batch's commit.
@@ -60,8 +64,17 @@ typedef struct {
     uint8_t rid [KIM_RID_MAX];
     size_t rid_size;
     org_state_t *org;               //  the sending organisation
-    zmq_msg_t payload;
+    zmq_msg_t payload;              //  frame 1 of a SEND, or a SEND_BATCH's whole frame
     bool has_payload;
+    size_t payload_offset;          //  where the payload lies in `payload`
+    size_t payload_size;
+    //  An entry of a SEND_BATCH: answered in one RECEIPT_BATCH with the
+    //  others, all of them contiguous in the batch.
+    uint8_t batch_index;
+    uint8_t batch_count;            //  0: not from a SEND_BATCH
+    bool settled;                   //  refused when read: nothing to apply
+    bool from_range;                //  an ACK_RANGE: seqs already acked pass quietly
+    char ref [KIM_ID_MAX + 1];      //  the msg_id a refusal carries
     //  Outcome of the last apply (reset when a batch is replayed).
     int code;
     char path [KIM_PATH_MAX + 1];
@@ -102,6 +115,8 @@ struct _kim_server_t {
     kim_buf_t hdr_buf;              //  canonical header scratch
     kim_cmd_t reply;                //  reply scratch
     kim_cmd_t receipt;              //  RECEIPT, prepared once
+    kim_cmd_t batch_head;           //  head of the batch frame being read
+    kim_buf_t batch_buf;            //  the RECEIPT_BATCH being written
     uint8_t empty_hash [KIM_HASH_SIZE];     //  of an empty payload: broker-made messages
     uint64_t started_ms;
     uint64_t last_dedup_expire_ms;
@@ -121,6 +136,15 @@ uint64_t
 void
     kim_server_send_cmd (kim_server_t *self, const uint8_t *rid, size_t rid_size,
                          const kim_cmd_t *cmd);
+//  Fills `reply` as a REJECT with `code` (local 9xx codes travel as
+//  INTERNAL, their text stays in the broker's log) and counts it.
+void
+    kim_server_reject_fill (kim_server_t *self, kim_cmd_t *reply, int code, const char *msg_id,
+                            const char *path, const char *text);
+//  Sends a frame already encoded in `buf`.
+void
+    kim_server_send_buf (kim_server_t *self, const uint8_t *rid, size_t rid_size,
+                         const kim_buf_t *buf);
 //  Sends a REJECT with `code` (local 9xx codes travel as INTERNAL).
 void
     kim_server_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
