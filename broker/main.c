@@ -62,7 +62,7 @@ main (int argc, char *argv [])
             case 'k': check = true; break;
             case 'v': verbose = true; break;
             case 'h': s_usage (stdout); return 0;
-            case 'V': printf ("kim-broker 0.1.0 (protocol %d)\n", KIM_PROTOCOL_VERSION); return 0;
+            case 'V': printf ("kim-broker 0.1.0 (protocol %d to %d)\n", KIM_PROTOCOL_VERSION, KIM_PROTOCOL_MAX); return 0;
             default: s_usage (stderr); return 2;
         }
     }
