@@ -787,6 +787,9 @@ kim_client_destroy (kim_client_t **self_p)
         return;
     kim_client_t *self = *self_p;
     if (self->state == KIM_CLIENT_ACTIVE) {
+        //  Sends held to travel in a batch go now, as they would have
+        //  gone at once in version 1
+        kim_client_i_send_unsent (self);
         kim_client_i_send_acks (self);
         if (self->state == KIM_CLIENT_ACTIVE)
             s_send_simple (self, KIM_CMD_BYE);
