@@ -12,6 +12,7 @@
 */
 #include <sodium.h>
 
+#include "kim_reply.h"
 #include "kim_server_int.h"
 
 //  --------------------------------------------------------------------------
@@ -372,7 +373,7 @@ s_answer_in_batch (kim_server_t *self, item_t *item)
     }
     else {
         answer = &self->reply;
-        kim_server_reject_fill (self, answer, item->code, item->ref [0]? item->ref: NULL,
+        kim_reply_reject_fill (self, answer, item->code, item->ref [0]? item->ref: NULL,
                                 item->path [0]? item->path: NULL, item->text);
     }
     size_t mark = out->size;
@@ -380,14 +381,14 @@ s_answer_in_batch (kim_server_t *self, item_t *item)
         //  Cannot happen with what the broker fills in; the place must be
         //  answered all the same.
         out->size = mark;
-        kim_server_reject_fill (self, &self->reply, KIM_E_INTERNAL, item->ref [0]? item->ref: NULL,
+        kim_reply_reject_fill (self, &self->reply, KIM_E_INTERNAL, item->ref [0]? item->ref: NULL,
                                 NULL, NULL);
         if (kim_cmd_encode (&self->reply, out))
             zsys_error ("server: cannot encode an answer in a RECEIPT_BATCH");
     }
     if (item->batch_index + 1 == item->batch_count
     &&  kim_batch_end (KIM_CMD_RECEIPT_BATCH, item->batch_count, 0, out) == 0)
-        kim_server_send_buf (self, item->rid, item->rid_size, out);
+        kim_reply_buf (self, item->rid, item->rid_size, out);
 }
 
 static void
@@ -408,14 +409,14 @@ s_finish_batch (kim_server_t *self, int rc)
                 memcpy (receipt->msg_id, item->cmd.msg.msg_id, sizeof receipt->msg_id);
                 receipt->seq = item->seq;
                 receipt->dup = item->dup;
-                kim_server_send_cmd (self, item->rid, item->rid_size, receipt);
+                kim_reply_cmd (self, item->rid, item->rid_size, receipt);
                 if (item->dup)
                     self->duplicates++;
                 else
                     self->receipted++;
             }
             else
-                kim_server_reject (self, item->rid, item->rid_size, item->code, item->cmd.msg.msg_id,
+                kim_reply_reject (self, item->rid, item->rid_size, item->code, item->cmd.msg.msg_id,
                           item->path [0]? item->path: NULL, "%s", item->text);
         }
         else {
@@ -427,7 +428,7 @@ s_finish_batch (kim_server_t *self, int rc)
                 kim_server_mark_dirty (self, state);
             }
             if (item->code)
-                kim_server_reject (self, item->rid, item->rid_size, item->code, NULL,
+                kim_reply_reject (self, item->rid, item->rid_size, item->code, NULL,
                           item->path [0]? item->path: NULL, "%s", item->text);
         }
         if (item->has_payload) {
@@ -494,7 +495,7 @@ kim_batch_apply_ticks (kim_server_t *self)
 void
 kim_ctx_send (kim_ctx_t *ctx, const uint8_t *rid, size_t rid_size, const kim_cmd_t *cmd)
 {
-    kim_server_send_cmd (ctx->server, rid, rid_size, cmd);
+    kim_reply_cmd (ctx->server, rid, rid_size, cmd);
 }
 
 static int

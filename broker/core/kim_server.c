@@ -9,7 +9,14 @@
 
     A RECEIPT therefore always follows a synced commit. If the store fails,
     the server stops serving: it can no longer promise anything. The write
-    batch itself, and what hooks may do inside it, is kim_batch.c.
+    batch itself, and what hooks may do inside it, is kim_batch.c; what
+    both send to peers is kim_reply.c. This file calls the batch, never the
+    other way round.
+
+    Protocol version 2 (PROTOCOL.md 5.1) changes the frames, not the turn:
+    a SEND_BATCH's messages join the same write batch as SENDs, answered by
+    one RECEIPT_BATCH after the synced commit, and a version 2 receiver's
+    deliveries are packed into DELIVER_BATCH frames.
 
     Delivery: each organisation has at most one receiving session (the most
     recent HELLO with a window wins). The organisation's state keeps a cursor
@@ -25,6 +32,7 @@
 
 #include "kim_keys.h"
 #include "kim_modules.h"
+#include "kim_reply.h"
 #include "kim_server_int.h"
 #include "kim_zap.h"
 
@@ -35,14 +43,9 @@
 #define KIM_US_PER_UNIT     50.0    //  loop time a rate-limit unit pays for (module commands)
 #define KIM_RCVHWM          1000    //  commands waiting unread per connection
 
-//  The broker's clock. Tests of deadlines set KIM_CLOCK_FILE to a file that
-//  holds an offset in ms; it is re-read every housekeeping turn, so a test
-//  moves time forward without sleeping.
-uint64_t
-kim_server_now (kim_server_t *self)
-{
-    return (uint64_t) ((int64_t) zclock_time () + self->clock_offset_ms);
-}
+//  The broker's clock (kim_server_now, kim_server_int.h). Tests of deadlines
+//  set KIM_CLOCK_FILE to a file that holds an offset in ms; it is re-read
+//  every housekeeping turn, so a test moves time forward without sleeping.
 
 //  Session liveness, rate limits and redelivery run on real elapsed time,
 //  which a test's clock jump must not disturb.
@@ -68,85 +71,6 @@ s_clock_update (kim_server_t *self)
 }
 
 //  --------------------------------------------------------------------------
-//  Sending
-
-//  Sends [rid][buf] or [rid][buf][payload]. Failures (a vanished peer, a full
-//  queue) drop the message: every message the broker sends is either
-//  regenerated on request (replies) or redelivered (deliveries).
-static void
-s_send_frames (kim_server_t *self, const uint8_t *rid, size_t rid_size,
-               const uint8_t *payload, size_t payload_size, bool with_payload)
-{
-    void *router = zsock_resolve (self->router);
-    if (zmq_send (router, rid, rid_size, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1)
-        return;
-    if (zmq_send (router, self->buf.data, self->buf.size,
-                  (with_payload? ZMQ_SNDMORE: 0) | ZMQ_DONTWAIT) == -1)
-        return;
-    if (with_payload)
-        zmq_send (router, payload, payload_size, ZMQ_DONTWAIT);
-}
-
-void
-kim_server_send_cmd (kim_server_t *self, const uint8_t *rid, size_t rid_size, const kim_cmd_t *cmd)
-{
-    kim_buf_reset (&self->buf);
-    int rc = kim_cmd_encode (cmd, &self->buf);
-    if (rc) {
-        zsys_error ("server: cannot encode %s: %s", kim_cmd_name (cmd->id), kim_strerror (rc));
-        return;
-    }
-    s_send_frames (self, rid, rid_size, NULL, 0, false);
-}
-
-void
-kim_server_send_buf (kim_server_t *self, const uint8_t *rid, size_t rid_size, const kim_buf_t *buf)
-{
-    void *router = zsock_resolve (self->router);
-    if (zmq_send (router, rid, rid_size, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1)
-        return;
-    zmq_send (router, buf->data, buf->size, ZMQ_DONTWAIT);
-}
-
-void
-kim_server_reject_fill (kim_server_t *self, kim_cmd_t *reply, int code, const char *msg_id,
-                        const char *path, const char *text)
-{
-    kim_cmd_init (reply, KIM_CMD_REJECT);
-    code = code < 0? -code: code;
-    //  Local failures (9xx) never travel: the peer learns that the broker
-    //  failed, and the broker's log says how.
-    if (code >= 900) {
-        zsys_error ("server: refusing a command because of a local failure: %s",
-                    kim_strerror (code));
-        code = KIM_E_INTERNAL;
-        text = NULL;
-    }
-    reply->code = code;
-    if (msg_id)
-        kim_str_copy (reply->msg_id, sizeof reply->msg_id, msg_id);
-    if (path)
-        kim_str_copy (reply->path, sizeof reply->path, path);
-    kim_str_copy (reply->text, sizeof reply->text, text? text: kim_strerror (code));
-    self->rejected++;
-}
-
-void
-kim_server_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
-          const char *msg_id, const char *path, const char *format, ...)
-{
-    char text [KIM_TEXT_MAX + 1];
-    if (format) {
-        va_list args;
-        va_start (args, format);
-        vsnprintf (text, sizeof text, format, args);
-        va_end (args);
-    }
-    kim_server_reject_fill (self, &self->reply, code, msg_id, path, format? text: NULL);
-    kim_server_send_cmd (self, rid, rid_size, &self->reply);
-}
-
-//  --------------------------------------------------------------------------
 //  Organisations and sessions
 
 static void
@@ -160,15 +84,6 @@ s_org_state_destroy (void **item)
     }
 }
 
-void
-kim_server_mark_dirty (kim_server_t *self, org_state_t *state)
-{
-    if (!state->dirty) {
-        state->dirty = true;
-        state->next_dirty = self->dirty;
-        self->dirty = state;
-    }
-}
 
 //  The receiving session is gone: what was in flight returns to the mailbox.
 static void
@@ -219,7 +134,7 @@ s_end_oldest_session (kim_server_t *self, org_state_t *state)
         return;
     zsys_info ("server: %s has %zu sessions, its limit (sessions_per_org): the oldest ends",
                state->org->id, state->session_count);
-    kim_server_reject (self, oldest->rid, oldest->rid_size, KIM_E_REPLACED, NULL, NULL,
+    kim_reply_reject (self, oldest->rid, oldest->rid_size, KIM_E_REPLACED, NULL, NULL,
                        "%s opened more than %" PRIu64 " sessions; this, the oldest, ends",
                        state->org->id, self->config->org_sessions);
     s_session_destroy (self, oldest, "replaced");
@@ -240,7 +155,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
 {
     org_state_t *state = user_id? (org_state_t *) zhashx_lookup (self->orgs, user_id): NULL;
     if (!state || state->removed) {
-        kim_server_reject (self, rid, rid_size, KIM_E_UNKNOWN_ORG, NULL, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_UNKNOWN_ORG, NULL, NULL,
                   "the connection's key belongs to no registered organisation");
         return;
     }
@@ -255,7 +170,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
         if (s_has_version (cmd, v))
             version = v;
     if (!version) {
-        kim_server_reject (self, rid, rid_size, KIM_E_VERSION, NULL, "versions",
+        kim_reply_reject (self, rid, rid_size, KIM_E_VERSION, NULL, "versions",
                   "this broker speaks protocol versions %d to %d", KIM_PROTOCOL_VERSION,
                   KIM_PROTOCOL_MAX);
         return;
@@ -266,7 +181,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
 
     session = (session_t *) calloc (1, sizeof (session_t));
     if (!session) {
-        kim_server_reject (self, rid, rid_size, KIM_E_BUSY, NULL, NULL, "out of memory");
+        kim_reply_reject (self, rid, rid_size, KIM_E_BUSY, NULL, NULL, "out of memory");
         return;
     }
     kim_str_copy (session->key, sizeof session->key, key);
@@ -299,7 +214,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     reply->heartbeat_ms = self->config->heartbeat_ms;
     reply->max_payload = self->config->max_payload;
     reply->window = session->window;
-    kim_server_send_cmd (self, rid, rid_size, reply);
+    kim_reply_cmd (self, rid, rid_size, reply);
     zsys_info ("server: %s connected (%s, protocol %u, window %u)", state->org->id,
                session->agent [0]? session->agent: "no agent name", version, session->window);
 }
@@ -316,7 +231,7 @@ s_status (kim_server_t *self, session_t *session)
     reply->status.sessions = state->session_count;
     reply->status.uptime_ms = s_mono () - self->started_ms;
     reply->status.store_bytes = kim_store_bytes (self->store);
-    kim_server_send_cmd (self, session->rid, session->rid_size, reply);
+    kim_reply_cmd (self, session->rid, session->rid_size, reply);
 }
 
 //  --------------------------------------------------------------------------
@@ -335,7 +250,7 @@ s_packing_flush (kim_server_t *self, session_t *session, s_packing_t *packing)
     if (packing->count == 0)
         return;
     if (kim_batch_end (KIM_CMD_DELIVER_BATCH, packing->count, 0, &self->buf) == 0)
-        kim_server_send_buf (self, session->rid, session->rid_size, &self->buf);
+        kim_reply_buf (self, session->rid, session->rid_size, &self->buf);
     packing->count = 0;
 }
 
@@ -383,7 +298,7 @@ s_send_delivery (kim_server_t *self, session_t *session, uint64_t seq, bool copy
     rc = kim_cmd_encode_deliver (seq, record.body, record.body_size, &self->buf);
     if (rc)
         return rc;
-    s_send_frames (self, session->rid, session->rid_size, payload, payload_size, true);
+    kim_reply_frames (self, session->rid, session->rid_size, payload, payload_size, true);
     return 0;
 }
 
@@ -438,39 +353,6 @@ s_deliver_dirty (kim_server_t *self)
     }
 }
 
-//  Index of the first flight at or above `seq`.
-static size_t
-s_flight_lower (const org_state_t *state, uint64_t seq)
-{
-    size_t low = 0, high = state->flight_count;
-    while (low < high) {
-        size_t mid = (low + high) / 2;
-        if (state->flights [mid].seq < seq)
-            low = mid + 1;
-        else
-            high = mid;
-    }
-    return low;
-}
-
-//  Index of `seq` among the flights, or -1.
-static ssize_t
-s_flight_find (const org_state_t *state, uint64_t seq)
-{
-    size_t low = s_flight_lower (state, seq);
-    return low < state->flight_count && state->flights [low].seq == seq? (ssize_t) low: -1;
-}
-
-void
-kim_server_flight_remove (org_state_t *state, uint64_t seq)
-{
-    ssize_t index = s_flight_find (state, seq);
-    if (index >= 0) {
-        memmove (&state->flights [index], &state->flights [index + 1],
-                 (state->flight_count - (size_t) index - 1) * sizeof (flight_t));
-        state->flight_count--;
-    }
-}
 
 //  --------------------------------------------------------------------------
 //  Reading commands
@@ -564,7 +446,7 @@ s_drop_sessions (kim_server_t *self, org_state_t *state, const char *why)
     size_t count = zlistx_size (doomed);
     for (session_t *session = (session_t *) zlistx_first (doomed); session;
          session = (session_t *) zlistx_next (doomed)) {
-        kim_server_reject (self, session->rid, session->rid_size, KIM_E_REVOKED, NULL, NULL,
+        kim_reply_reject (self, session->rid, session->rid_size, KIM_E_REVOKED, NULL, NULL,
                   "%s: %s", state->org->id, why);
         s_session_destroy (self, session, why);
     }
@@ -666,14 +548,14 @@ s_reload_command (kim_server_t *self, const uint8_t *rid, size_t rid_size, const
     zsys_notice ("reload asked by %s", by);
     if (s_reload (self, summary, sizeof summary)) {
         zsys_error ("reload refused, the registry is unchanged: %s", summary);
-        kim_server_reject (self, rid, rid_size, KIM_E_RELOAD_FAILED, NULL, NULL, "%s", summary);
+        kim_reply_reject (self, rid, rid_size, KIM_E_RELOAD_FAILED, NULL, NULL, "%s", summary);
         return;
     }
     kim_cmd_t *reply = &self->reply;
     kim_cmd_init (reply, KIM_CMD_RELOADED);
     reply->count = self->config->org_count;
     kim_str_copy (reply->text, sizeof reply->text, summary);
-    kim_server_send_cmd (self, rid, rid_size, reply);
+    kim_reply_cmd (self, rid, rid_size, reply);
 }
 
 static int
@@ -753,7 +635,7 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
     const char *ref = s_cmd_ref (cmd);
     if (cmd->id == KIM_CMD_SUBSCRIBE && session->org->org->role == KIM_ROLE_AGENCY
     &&  !s_subscription_fits (self, session->org->org->id, cmd->sub_id)) {
-        kim_server_reject (self, session->rid, session->rid_size, KIM_E_ORG_LIMIT, ref, NULL,
+        kim_reply_reject (self, session->rid, session->rid_size, KIM_E_ORG_LIMIT, ref, NULL,
                   "%s holds %" PRIu64 " subscriptions, its limit; unsubscribe one first",
                   session->org->org->id, self->config->org_subscriptions);
         return;
@@ -773,7 +655,7 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
             if (rc == -KIM_E_UNKNOWN_CMD)
                 continue;
             if (rc)
-                kim_server_reject (self, session->rid, session->rid_size, verdict.code? verdict.code: rc,
+                kim_reply_reject (self, session->rid, session->rid_size, verdict.code? verdict.code: rc,
                           ref, verdict.path [0]? verdict.path: NULL, "%s",
                           verdict.text [0]? verdict.text: kim_strerror (rc));
             //  What the command wrote may be deliverable now.
@@ -781,7 +663,7 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
             return;
         }
     }
-    kim_server_reject (self, session->rid, session->rid_size, KIM_E_UNKNOWN_CMD, ref, "cmd",
+    kim_reply_reject (self, session->rid, session->rid_size, KIM_E_UNKNOWN_CMD, ref, "cmd",
               direction == KIM_CMD_TO_BROKER
               ? "%s is not served by this broker version"
               : "%s is sent by the broker, not to it", kim_cmd_name (cmd->id));
@@ -800,14 +682,14 @@ s_ack_filter (kim_server_t *self, session_t *session, kim_cmd_t *cmd)
     size_t kept = 0;
     bool refused = false;
     for (size_t i = 0; i < cmd->ack_count; i++) {
-        if (s_flight_find (state, cmd->acks [i]) < 0) {
+        if (kim_server_flight_find (state, cmd->acks [i]) < 0) {
             cmd->acks [kept++] = cmd->acks [i];
             continue;
         }
         if (!refused) {
             char path [KIM_PATH_MAX + 1];
             snprintf (path, sizeof path, "seqs[%zu]", i);
-            kim_server_reject (self, session->rid, session->rid_size, KIM_E_BAD_ACK, NULL, path,
+            kim_reply_reject (self, session->rid, session->rid_size, KIM_E_BAD_ACK, NULL, path,
                       "seq %" PRIu64 " is in flight on another session of %s; that session "
                       "acknowledges it", cmd->acks [i], state->org->id);
             refused = true;
@@ -833,7 +715,7 @@ s_ack_ranges (kim_server_t *self, session_t *session, item_t *item, const uint8_
     for (size_t r = 0; r + 1 < ranges->range_count; r += 2) {
         uint64_t from = ranges->ranges [r], to = ranges->ranges [r + 1];
         size_t found = 0;
-        for (size_t i = state->receiver == session? s_flight_lower (state, from): state->flight_count;
+        for (size_t i = state->receiver == session? kim_server_flight_lower (state, from): state->flight_count;
              i < state->flight_count && state->flights [i].seq <= to; i++, found++) {
             if (!slot || slot->cmd.ack_count == KIM_ACKS_MAX) {
                 slot = &self->items [self->item_count + used++];
@@ -845,7 +727,7 @@ s_ack_ranges (kim_server_t *self, session_t *session, item_t *item, const uint8_
         if (found == 0 && !refused) {
             char path [KIM_PATH_MAX + 1];
             snprintf (path, sizeof path, "ranges[%zu]", r);
-            kim_server_reject (self, rid, rid_size, KIM_E_BAD_ACK, NULL, path,
+            kim_reply_reject (self, rid, rid_size, KIM_E_BAD_ACK, NULL, path,
                       "no delivery in flight on this session lies in %" PRIu64 "..%" PRIu64,
                       from, to);
             refused = true;
@@ -923,36 +805,36 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
     //  One unit per message, as for as many SENDs (section 7.3).
     bool paid = !payer || s_rate_ok (self, payer, count? (double) count: 1);
     if (!paid && !count)
-        kim_server_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, NULL, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, NULL, NULL,
                   "%s sends more than %" PRIu64 " command units/s over all its connections; "
                   "slow down", payer->org->id, self->config->rate_limit);
     else
     if (rc)
-        kim_server_reject (self, rid, rid_size, rc, NULL, error.path [0]? error.path: NULL,
+        kim_reply_reject (self, rid, rid_size, rc, NULL, error.path [0]? error.path: NULL,
                   "%s%s%s", kim_strerror (rc), error.path [0]? " at ": "", error.path);
     else
     if (payer && payer->org->revoked)
-        kim_server_reject (self, rid, rid_size, KIM_E_REVOKED, NULL, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_REVOKED, NULL, NULL,
                   "the key of %s is revoked", payer->org->id);
     else
     if (frames > 1)
-        kim_server_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, NULL, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, NULL, NULL,
                   "%s takes one frame, got %d", kim_cmd_name (head->id), frames);
     else
     if (!session)
-        kim_server_reject (self, rid, rid_size, KIM_E_NO_SESSION, NULL, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_NO_SESSION, NULL, NULL,
                   "send HELLO first (the broker may have restarted)");
     else
     if (!user_id || strcmp (user_id, session->org->org->id) != 0)
-        kim_server_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, NULL, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, NULL, NULL,
                   "connection identity changed");
     else
     if (head->id != KIM_CMD_SEND_BATCH)
-        kim_server_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+        kim_reply_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
                   "%s is sent by the broker, not to it", kim_cmd_name (head->id));
     else
     if (session->version < 2)
-        kim_server_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+        kim_reply_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
                   "SEND_BATCH is a command of protocol version 2; this session speaks "
                   "version %u", session->version);
     else
@@ -1093,21 +975,21 @@ s_read_one (kim_server_t *self)
     if (session)
         session->last_seen_ms = s_mono ();
     if (payer && !s_rate_ok (self, payer, s_cost (rc, cmd)))
-        kim_server_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, msg_id, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, msg_id, NULL,
                   "%s sends more than %" PRIu64 " command units/s over all its connections; "
                   "slow down", payer->org->id, self->config->rate_limit);
     else
     if (rc)
-        kim_server_reject (self, rid, rid_size, rc, msg_id, error.path [0]? error.path: NULL,
+        kim_reply_reject (self, rid, rid_size, rc, msg_id, error.path [0]? error.path: NULL,
                   "%s%s%s", kim_strerror (rc), error.path [0]? " at ": "", error.path);
     else
     if (payer && payer->org->revoked)
         //  ZAP admits revoked keys only so that they hear this.
-        kim_server_reject (self, rid, rid_size, KIM_E_REVOKED, msg_id, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_REVOKED, msg_id, NULL,
                   "the key of %s is revoked", payer->org->id);
     else
     if (frames > (cmd->id == KIM_CMD_SEND? 2: 1))
-        kim_server_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, msg_id, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, msg_id, NULL,
                   "%s takes %s frame%s, got %d", kim_cmd_name (cmd->id),
                   cmd->id == KIM_CMD_SEND? "one or two": "one",
                   cmd->id == KIM_CMD_SEND? "s": "", frames);
@@ -1116,13 +998,13 @@ s_read_one (kim_server_t *self)
         s_hello (self, rid, rid_size, key, user_id, cmd);
     else
     if (!session)
-        kim_server_reject (self, rid, rid_size, KIM_E_NO_SESSION, msg_id, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_NO_SESSION, msg_id, NULL,
                   "send HELLO first (the broker may have restarted)");
     else
     if (!user_id || strcmp (user_id, session->org->org->id) != 0)
         //  Cannot happen with libzmq's per-connection routing ids; refuse
         //  loudly if it ever does rather than act for the wrong org.
-        kim_server_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, msg_id, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, msg_id, NULL,
                   "connection identity changed");
     else {
         switch (cmd->id) {
@@ -1133,19 +1015,19 @@ s_read_one (kim_server_t *self)
                                            has_payload? zmq_msg_size (&item->payload): 0,
                                            &path, text, sizeof text);
                 if (code)
-                    kim_server_reject (self, rid, rid_size, code, msg_id, path, "%s", text);
+                    kim_reply_reject (self, rid, rid_size, code, msg_id, path, "%s", text);
                 else
                     queued = true;
                 break;
             }
             case KIM_CMD_ACK_RANGE:
                 if (session->version < 2)
-                    kim_server_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+                    kim_reply_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
                               "ACK_RANGE is a command of protocol version 2; this session "
                               "speaks version %u", session->version);
                 else
                 if (session->org->org->role != KIM_ROLE_AGENCY)
-                    kim_server_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                    kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
                               "role %s receives no deliveries and acknowledges none",
                               kim_role_name (session->org->org->role));
                 else
@@ -1153,7 +1035,7 @@ s_read_one (kim_server_t *self)
                 break;
             case KIM_CMD_ACK:
                 if (session->org->org->role != KIM_ROLE_AGENCY)
-                    kim_server_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                    kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
                               "role %s receives no deliveries and acknowledges none",
                               kim_role_name (session->org->org->role));
                 else
@@ -1162,7 +1044,7 @@ s_read_one (kim_server_t *self)
             case KIM_CMD_PING: {
                 kim_cmd_t *reply = &self->reply;
                 kim_cmd_init (reply, KIM_CMD_PONG);
-                kim_server_send_cmd (self, rid, rid_size, reply);
+                kim_reply_cmd (self, rid, rid_size, reply);
                 break;
             }
             case KIM_CMD_STATUS:
@@ -1173,7 +1055,7 @@ s_read_one (kim_server_t *self)
                 break;
             case KIM_CMD_RELOAD:
                 if (session->org->org->role != KIM_ROLE_OPERATOR)
-                    kim_server_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                    kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
                               "only an operator may reload the registry");
                 else
                     s_reload_command (self, rid, rid_size, session->org->org->id);
@@ -1266,7 +1148,7 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
          session = (session_t *) zlistx_next (expired)) {
         zsys_info ("server: %s silent for %" PRIu64 " ms; session expired",
                    session->org->org->id, now - session->last_seen_ms);
-        kim_server_reject (self, session->rid, session->rid_size, KIM_E_SESSION_EXPIRED,
+        kim_reply_reject (self, session->rid, session->rid_size, KIM_E_SESSION_EXPIRED,
                            NULL, NULL, NULL);
         org_state_t *state = session->org;
         s_session_destroy (self, session, "expired");

@@ -1,6 +1,8 @@
 /*  kim_server_int.h — what the reactor (kim_server.c) and its write batch
-    (kim_batch.c) share: the server's state and a few of each other's
-    functions. Private to the broker's core; modules see kim_hook.h only.
+    (kim_batch.c) share: the server's state and a few small helpers on it.
+    The reactor calls the batch (kim_batch.c); the batch never calls the
+    reactor: both send through kim_reply.c. Private to the broker's core;
+    modules see kim_hook.h only.
 */
 #ifndef KIM_SERVER_INT_H_INCLUDED
 #define KIM_SERVER_INT_H_INCLUDED
@@ -127,35 +129,60 @@ struct _kim_server_t {
     uint64_t receipted, duplicates, rejected, delivered, redelivered, acked, batches;
 };
 
-//  --- kim_server.c ----------------------------------------------------------
+//  --- shared helpers (inline: neither file calls the other for them) ------
 
-//  The broker's clock (ms since the epoch; tests may move it).
-uint64_t
-    kim_server_now (kim_server_t *self);
-//  Encodes `cmd` and sends it to the peer; a failure drops it.
-void
-    kim_server_send_cmd (kim_server_t *self, const uint8_t *rid, size_t rid_size,
-                         const kim_cmd_t *cmd);
-//  Fills `reply` as a REJECT with `code` (local 9xx codes travel as
-//  INTERNAL, their text stays in the broker's log) and counts it.
-void
-    kim_server_reject_fill (kim_server_t *self, kim_cmd_t *reply, int code, const char *msg_id,
-                            const char *path, const char *text);
-//  Sends a frame already encoded in `buf`.
-void
-    kim_server_send_buf (kim_server_t *self, const uint8_t *rid, size_t rid_size,
-                         const kim_buf_t *buf);
-//  Sends a REJECT with `code` (local 9xx codes travel as INTERNAL).
-void
-    kim_server_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
-                       const char *msg_id, const char *path, const char *format, ...)
-    CHECK_PRINTF (7);
+//  The broker's clock (ms since the epoch; tests may move it, kim_server.c).
+static inline uint64_t
+kim_server_now (kim_server_t *self)
+{
+    return (uint64_t) ((int64_t) zclock_time () + self->clock_offset_ms);
+}
+
 //  The organisation's mailbox or window changed: deliver after this turn.
-void
-    kim_server_mark_dirty (kim_server_t *self, org_state_t *state);
+static inline void
+kim_server_mark_dirty (kim_server_t *self, org_state_t *state)
+{
+    if (!state->dirty) {
+        state->dirty = true;
+        state->next_dirty = self->dirty;
+        self->dirty = state;
+    }
+}
+
+//  Index of the first flight at or above `seq`.
+static inline size_t
+kim_server_flight_lower (const org_state_t *state, uint64_t seq)
+{
+    size_t low = 0, high = state->flight_count;
+    while (low < high) {
+        size_t mid = (low + high) / 2;
+        if (state->flights [mid].seq < seq)
+            low = mid + 1;
+        else
+            high = mid;
+    }
+    return low;
+}
+
+//  Index of `seq` among the flights, or -1.
+static inline ssize_t
+kim_server_flight_find (const org_state_t *state, uint64_t seq)
+{
+    size_t low = kim_server_flight_lower (state, seq);
+    return low < state->flight_count && state->flights [low].seq == seq? (ssize_t) low: -1;
+}
+
 //  Forgets the delivery of `seq` in flight to the organisation.
-void
-    kim_server_flight_remove (org_state_t *state, uint64_t seq);
+static inline void
+kim_server_flight_remove (org_state_t *state, uint64_t seq)
+{
+    ssize_t index = kim_server_flight_find (state, seq);
+    if (index >= 0) {
+        memmove (&state->flights [index], &state->flights [index + 1],
+                 (state->flight_count - (size_t) index - 1) * sizeof (flight_t));
+        state->flight_count--;
+    }
+}
 
 //  --- kim_batch.c -----------------------------------------------------------
 
