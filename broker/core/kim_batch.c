@@ -361,6 +361,9 @@ s_answer_in_batch (kim_server_t *self, item_t *item)
         kim_buf_reset (out);
         kim_batch_begin (KIM_CMD_RECEIPT_BATCH, out);
     }
+    //  A message refused when read may not have decoded: its id was read
+    //  apart (item->ref)
+    const char *ref = item->settled? item->ref: item->cmd.msg.msg_id;
     kim_cmd_t *answer = &self->receipt;
     if (item->code == 0) {
         memcpy (answer->msg_id, item->cmd.msg.msg_id, sizeof answer->msg_id);
@@ -373,16 +376,16 @@ s_answer_in_batch (kim_server_t *self, item_t *item)
     }
     else {
         answer = &self->reply;
-        kim_reply_reject_fill (self, answer, item->code, item->ref [0]? item->ref: NULL,
-                                item->path [0]? item->path: NULL, item->text);
+        kim_reply_reject_fill (self, answer, item->code, ref [0]? ref: NULL,
+                               item->path [0]? item->path: NULL, item->text);
     }
     size_t mark = out->size;
     if (kim_cmd_encode (answer, out)) {
         //  Cannot happen with what the broker fills in; the place must be
         //  answered all the same.
         out->size = mark;
-        kim_reply_reject_fill (self, &self->reply, KIM_E_INTERNAL, item->ref [0]? item->ref: NULL,
-                                NULL, NULL);
+        kim_reply_reject_fill (self, &self->reply, KIM_E_INTERNAL, ref [0]? ref: NULL, NULL,
+                               NULL);
         if (kim_cmd_encode (&self->reply, out))
             zsys_error ("server: cannot encode an answer in a RECEIPT_BATCH");
     }

@@ -851,7 +851,6 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
             item->has_payload = false;
             item->seq = 0;
             item->dup = false;
-            kim_cmd_ref (entries [i].cmd, entries [i].cmd_size, item->ref);
             const char *path = NULL;
             int code = 0;
             if (!paid) {
@@ -885,6 +884,9 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
             }
             item->code = code;
             kim_str_copy (item->path, sizeof item->path, path);
+            //  The id the refusal carries, also from an entry that did not
+            //  decode (section 7.1)
+            kim_cmd_ref (entries [i].cmd, entries [i].cmd_size, item->ref);
         }
 }
 
