@@ -416,6 +416,7 @@ s_read_one (kim_client_t *self)
     if (rc) {
         zsys_warning ("kim_client: dropped an undecodable command from the broker: %s at '%s'",
                       kim_errname (derr.code), derr.path);
+        kim_client_i_ranges_unsafe (self);
         s_skip_rest (self, more);
         return 1;
     }
@@ -473,6 +474,7 @@ s_read_batch (kim_client_t *self)
     if (rc) {
         zsys_warning ("kim_client: dropped an undecodable batch from the broker: %s at '%s'",
                       kim_errname (derr.code), derr.path);
+        kim_client_i_ranges_unsafe (self);
         return;
     }
     kim_cmd_id_t batch = self->rx.id;
@@ -482,6 +484,7 @@ s_read_batch (kim_client_t *self)
         if (rc) {
             zsys_warning ("kim_client: dropped entry %zu of a %s: %s at '%s'", i,
                           kim_cmd_name (batch), kim_errname (derr.code), derr.path);
+            kim_client_i_ranges_unsafe (self);
             continue;
         }
         if (self->rx.id != KIM_CMD_DELIVER) {

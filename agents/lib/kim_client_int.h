@@ -141,6 +141,9 @@ struct _kim_client_t {
     size_t range_ack_count;
     uint64_t outstanding [KIM_WINDOW_MAX];  //  ascending
     size_t outstanding_count;
+    bool ranges_unsafe;                 //  a delivery may have escaped `outstanding`
+                                        //  (dropped, or no room): plain ACKs until the
+                                        //  next session
 
     //  Scratch, reused to keep the hot path free of allocations
     kim_buf_t buf;                      //  commands we send at once
@@ -257,6 +260,11 @@ void
 //  A delivery of this session arrived: it is outstanding until acked.
 void
     kim_client_i_outstanding_add (kim_client_t *self, uint64_t seq);
+
+//  Something from the broker was dropped that may have been a delivery:
+//  a range could cross it unseen, so this session acks with ACK only.
+void
+    kim_client_i_ranges_unsafe (kim_client_t *self);
 
 //  A new session: nothing of it is outstanding; acks of the last one go as
 //  ACK.

@@ -126,10 +126,12 @@ kim_client_i_outstanding_add (kim_client_t *self, uint64_t seq)
     size_t at = s_outstanding_lower (self, seq);
     if (at < self->outstanding_count && self->outstanding [at] == seq)
         return;                         //  delivered again: still one
-    //  Full (cannot happen within a window): the seq is not tracked, and
-    //  its ack then goes as an ACK of its own.
-    if (self->outstanding_count == KIM_WINDOW_MAX)
+    //  Full (cannot happen within a window): a range could cross this seq
+    //  unseen, so the session acks with ACK from now on.
+    if (self->outstanding_count == KIM_WINDOW_MAX) {
+        kim_client_i_ranges_unsafe (self);
         return;
+    }
     memmove (self->outstanding + at + 1, self->outstanding + at,
              (self->outstanding_count - at) * sizeof self->outstanding [0]);
     self->outstanding [at] = seq;
@@ -150,9 +152,18 @@ s_outstanding_take (kim_client_t *self, uint64_t seq)
 }
 
 void
+kim_client_i_ranges_unsafe (kim_client_t *self)
+{
+    if (self->version >= 2 && !self->ranges_unsafe)
+        zsys_warning ("kim_client: acknowledging with ACK only until the next session");
+    self->ranges_unsafe = true;
+}
+
+void
 kim_client_i_acks_new_session (kim_client_t *self)
 {
     self->outstanding_count = 0;
+    self->ranges_unsafe = false;
     //  Their deliveries were in flight on the last session: an ACK names them
     for (size_t i = 0; i < self->range_ack_count; i++) {
         if (self->ack_count == KIM_ACKS_MAX)
@@ -322,7 +333,8 @@ kim_client_ack (kim_client_t *self, uint64_t seq)
         return -KIM_E_ARGS;
     if (self->fatal)
         return -self->fatal;
-    if (self->version >= 2 && self->state == KIM_CLIENT_ACTIVE && s_outstanding_take (self, seq)) {
+    if (self->version >= 2 && self->state == KIM_CLIENT_ACTIVE && !self->ranges_unsafe
+    &&  s_outstanding_take (self, seq)) {
         self->range_acks [self->range_ack_count++] = seq;
         if (self->range_ack_count == KIM_ACKS_MAX)
             kim_client_i_send_acks (self);
