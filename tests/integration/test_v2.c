@@ -13,12 +13,16 @@
        (also of messages a version 2 sender sent); a version 2 session may
        still SEND; a frame that does not split is refused as a whole; the
        client library negotiates version 2, or 1 when told to.
+    5. The byte limit: a SEND_BATCH above max_payload + 64 KiB is refused
+       whole; large deliveries are spread over several DELIVER_BATCH frames,
+       none above the limit.
 */
 #include "kim_rawsock.h"
 
 #define SENDER      "kim.rheine"
 #define RECIPIENT   "jc.rheine"
 #define GOOD        10              //  messages stored by parts 1 and 2
+#define BIG         (600 * 1024)    //  two of them pass max_payload (1 MiB) + 64 KiB
 
 static kim_cmd_t *s_cmd;            //  scratch, 14 KB: heap
 
@@ -351,6 +355,62 @@ main (void)
     s_raw_ping (sender);
     zsock_destroy (&old_sender);
     zsock_destroy (&old);
+    zsock_destroy (&recipient);
+
+    //  5. Two big messages in one frame pass the limit: refused whole.
+    //  One by one they pass, and come back in frames within the limit.
+    uint8_t *big = (uint8_t *) malloc (BIG);
+    KIM_CHECK (big);
+    const char *big_ids [] = { "v2-big-0", "v2-big-1", "v2-big-2" };
+    kim_buf_reset (&buf);
+    KIM_CHECK (kim_batch_begin (KIM_CMD_SEND_BATCH, &buf) == 0);
+    for (int i = 0; i < 2; i++) {
+        s_itest_msg (&msg, RECIPIENT, big_ids [i], big_ids [i]);
+        s_itest_payload (big, BIG, big_ids [i]);
+        s_entry (&buf, &msg, big, BIG);
+    }
+    KIM_CHECK (kim_batch_end (KIM_CMD_SEND_BATCH, 2, 0, &buf) == 0);
+    s_send_buf (sender, &buf);
+    RAW_EXPECT_REJECT (sender, KIM_E_TOO_LARGE, NULL, NULL);
+    for (int i = 0; i < 3; i++) {
+        kim_buf_reset (&buf);
+        KIM_CHECK (kim_batch_begin (KIM_CMD_SEND_BATCH, &buf) == 0);
+        s_itest_msg (&msg, RECIPIENT, big_ids [i], big_ids [i]);
+        s_itest_payload (big, BIG, big_ids [i]);
+        s_entry (&buf, &msg, big, BIG);
+        KIM_CHECK (kim_batch_end (KIM_CMD_SEND_BATCH, 1, 0, &buf) == 0);
+        s_send_buf (sender, &buf);
+        reply = s_recv_batch (sender, KIM_CMD_RECEIPT_BATCH, entries, &count);
+        KIM_CHECK (count == 1);
+        s_expect_receipt (&entries [0], big_ids [i], false, NULL);
+        zmsg_destroy (&reply);
+    }
+    recipient = s_raw_new (broker, RECIPIENT, NULL, NULL);
+    s_hello (recipient, RECIPIENT, 2, 64, 2);
+    size_t received = 0, frames_seen = 0;
+    uint64_t last = 0;
+    while (received < 3) {
+        reply = s_recv_batch (recipient, KIM_CMD_DELIVER_BATCH, entries, &count);
+        KIM_CHECK (zframe_size (zmsg_first (reply)) <= 1024 * 1024 + KIM_FRAME_MAX);
+        frames_seen++;
+        for (size_t i = 0; i < count; i++, received++) {
+            kim_decode_error_t err;
+            KIM_CHECK (received < 3);
+            KIM_CHECK (kim_batch_entry_decode (KIM_CMD_DELIVER_BATCH, &entries [i], s_cmd,
+                                               &err) == 0);
+            KIM_CHECK (streq (s_cmd->msg.msg_id, big_ids [received]) && s_cmd->seq > last);
+            KIM_CHECK (s_itest_payload_ok (entries [i].payload, entries [i].payload_size, BIG,
+                                           big_ids [received]));
+            last = s_cmd->seq;
+        }
+        zmsg_destroy (&reply);
+    }
+    KIM_CHECK (frames_seen == 3);
+    ranges [0] = 1;
+    ranges [1] = last;
+    s_ack_range (recipient, ranges, 2);
+    s_wait_status (recipient, 0, 0);
+    free (big);
     zsock_destroy (&recipient);
     zsock_destroy (&sender);
 
