@@ -4,7 +4,9 @@
     a header the broker reads plus an opaque payload it does not need to read.
     A *command* (kim_cmd_t) is one ZeroMQ message on the wire: frame 0 is a
     MessagePack map naming the command; SEND and DELIVER carry the payload
-    as frame 1. proto/PROTOCOL.md is the normative description; this header
+    as frame 1. Protocol version 2 adds batch frames: a head command and
+    up to KIM_BATCH_MAX entries, each a command map and its payload, in one
+    frame (kim_batch_*). proto/PROTOCOL.md is the normative description; this header
     and proto/kim_msg*.c implement it (kim_msg.c holds the field tables and
     rules, kim_msg_decode.c and kim_msg_encode.c the two directions).
 
