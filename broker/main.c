@@ -74,7 +74,7 @@ s_main (int argc, char *argv [], FILE *log_stream)
             case 'B': backup = optarg; break;
             case 'v': verbose = true; break;
             case 'h': s_usage (stdout); return 0;
-            case 'V': printf ("kim-broker 0.1.0 (protocol %d)\n", KIM_PROTOCOL_VERSION); return 0;
+            case 'V': printf ("kim-broker 0.1.0 (protocol %d to %d)\n", KIM_PROTOCOL_VERSION, KIM_PROTOCOL_MAX); return 0;
             default: s_usage (stderr); return 2;
         }
     }

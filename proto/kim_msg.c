@@ -60,6 +60,10 @@ const s_field_t kim_msgi_dir_fields [] = { S_DIR_FIELDS (S_X_DIR) };
     X (RECORD,       C (QUERY_ID) | C (SEQ) | C (TIME) | C (KIND) | C (HASH) | C (BODY), 0) \
     X (QUERY_END,    C (QUERY_ID) | C (COUNT) | C (CODE), 0) \
     X (BYE,          0, 0) \
+    X (SEND_BATCH,   C (COUNT), 0) \
+    X (RECEIPT_BATCH, C (COUNT), 0) \
+    X (DELIVER_BATCH, C (COUNT), 0) \
+    X (ACK_RANGE,    C (RANGES), 0) \
     X (RELOAD,       0, 0) \
     X (RELOADED,     C (COUNT) | C (TEXT), 0) \
     X (REFERRAL_QUERY, C (QUERY_ID), C (CASE_ID) | C (ORG) | C (REFERRAL_ID)) \
@@ -571,6 +575,22 @@ kim_msgi_cmd_check_rules (const kim_cmd_t *self, kim_decode_error_t *err)
         case KIM_CMD_ACK:
             if (self->ack_count == 0)
                 return kim_msgi_fail (err, KIM_E_BAD_VALUE, "", "seqs", -1);
+            return 0;
+        case KIM_CMD_SEND_BATCH:
+        case KIM_CMD_RECEIPT_BATCH:
+        case KIM_CMD_DELIVER_BATCH:
+            if (self->count == 0 || self->count > KIM_BATCH_MAX)
+                return kim_msgi_fail (err, KIM_E_BAD_VALUE, "", "count", -1);
+            return 0;
+        case KIM_CMD_ACK_RANGE:
+            //  Pairs of from, to: each range ordered, the ranges ascending
+            //  and apart, so that every seq is named at most once.
+            if (self->range_count == 0 || self->range_count % 2)
+                return kim_msgi_fail (err, KIM_E_BAD_VALUE, "", "ranges", -1);
+            for (size_t i = 1; i < self->range_count; i++)
+                if (i % 2? self->ranges [i] < self->ranges [i - 1]
+                         : self->ranges [i] <= self->ranges [i - 1])
+                    return kim_msgi_fail (err, KIM_E_BAD_VALUE, "", "ranges", (int64_t) i);
             return 0;
         case KIM_CMD_REJECT:
             if (!s_wire_code (self->code))

@@ -794,3 +794,125 @@ s_cmd_decode (kim_cmd_t *self, const uint8_t *data, size_t size, kim_dir_entry_t
     }
     return kim_msgi_cmd_check_rules (self, err);
 }
+
+//  --------------------------------------------------------------------------
+//  Version 2's batch frames: a head map and its entries in one frame
+
+bool
+kim_cmd_is_batch (kim_cmd_id_t id)
+{
+    return id == KIM_CMD_SEND_BATCH || id == KIM_CMD_RECEIPT_BATCH || id == KIM_CMD_DELIVER_BATCH;
+}
+
+kim_cmd_id_t
+kim_cmd_peek (const uint8_t *data, size_t size)
+{
+    if (!data)
+        return KIM_CMD_NONE;
+    s_cur_t c = { data, data + size };
+    s_obj_t m, k, v;
+    if (s_next (&c, &m) || m.tag != S_T_MAP || m.u > KIM_MAP_MAX)
+        return KIM_CMD_NONE;
+    for (uint64_t i = 0; i < m.u; i++) {
+        if (s_next (&c, &k))
+            break;
+        const uint8_t *value = c.p;
+        if (s_next (&c, &v))
+            break;
+        if (s_str_is (&k, "cmd"))
+            return v.tag == S_T_STR? kim_msgi_cmd_lookup (v.ptr, v.len): KIM_CMD_NONE;
+        c.p = value;
+        if (s_skip (&c, 1))
+            break;
+    }
+    return KIM_CMD_NONE;
+}
+
+//  The extent of one map at the cursor, checked only for its bounds (the
+//  entry's own decode checks the rest). Work is bounded by the input: each
+//  object read consumes at least one byte.
+static int
+s_map_extent (s_cur_t *c, const uint8_t **start, size_t *size)
+{
+    *start = c->p;
+    s_cur_t peek = *c;
+    s_obj_t o;
+    if (s_next (&peek, &o))
+        return -KIM_E_MALFORMED;
+    if (o.tag != S_T_MAP)
+        return -KIM_E_BAD_TYPE;
+    if (s_skip (c, 1))
+        return -KIM_E_MALFORMED;
+    *size = (size_t) (c->p - *start);
+    return *size > KIM_FRAME_MAX? -KIM_E_TOO_LARGE: 0;
+}
+
+int
+kim_batch_split (kim_cmd_t *head, const uint8_t *data, size_t size,
+                 kim_entry_t entries [KIM_BATCH_MAX], kim_decode_error_t *err)
+{
+    kim_decode_error_t dummy;
+    s_begin (&err, &dummy);
+    if (!head || !entries)
+        return kim_msgi_fail (err, KIM_E_ARGS, "", NULL, -1);
+    kim_cmd_init (head, KIM_CMD_NONE);
+    if (!data || size == 0)
+        return kim_msgi_fail (err, KIM_E_MALFORMED, "", NULL, -1);
+    if (size > (size_t) KIM_PAYLOAD_MAX + KIM_FRAME_MAX)
+        return kim_msgi_fail (err, KIM_E_TOO_LARGE, "", NULL, -1);
+    s_cur_t c = { data, data + size };
+    const uint8_t *start;
+    size_t head_size;
+    int rc = s_map_extent (&c, &start, &head_size);
+    if (rc)
+        return kim_msgi_fail (err, rc == -KIM_E_TOO_LARGE? KIM_E_TOO_LARGE: KIM_E_MALFORMED,
+                              "", NULL, -1);
+    rc = kim_cmd_decode (head, data, head_size, err);
+    if (rc)
+        return rc;
+    if (!kim_cmd_is_batch (head->id))
+        return kim_msgi_fail (err, KIM_E_MALFORMED, "", NULL, -1);
+    bool payloads = head->id != KIM_CMD_RECEIPT_BATCH;
+    for (size_t i = 0; i < head->count; i++) {
+        kim_entry_t *entry = &entries [i];
+        if (c.p == c.end)
+            return kim_msgi_fail (err, KIM_E_MALFORMED, "", "entries", (int64_t) i);
+        rc = s_map_extent (&c, &entry->cmd, &entry->cmd_size);
+        if (rc)
+            return kim_msgi_fail (err, -rc, "", "entries", (int64_t) i);
+        entry->payload = NULL;
+        entry->payload_size = 0;
+        if (payloads) {
+            s_obj_t o;
+            if (s_next (&c, &o))
+                return kim_msgi_fail (err, KIM_E_MALFORMED, "", "entries", (int64_t) i);
+            if (o.tag != S_T_BIN)
+                return kim_msgi_fail (err, KIM_E_BAD_TYPE, "", "entries", (int64_t) i);
+            entry->payload = o.ptr;
+            entry->payload_size = o.len;
+        }
+    }
+    if (c.p != c.end)
+        return kim_msgi_fail (err, KIM_E_MALFORMED, "", "entries", (int64_t) head->count);
+    return 0;
+}
+
+int
+kim_batch_entry_decode (kim_cmd_id_t batch, const kim_entry_t *entry, kim_cmd_t *cmd,
+                        kim_decode_error_t *err)
+{
+    kim_decode_error_t dummy;
+    s_begin (&err, &dummy);
+    if (!entry || !cmd)
+        return kim_msgi_fail (err, KIM_E_ARGS, "", NULL, -1);
+    int rc = kim_cmd_decode (cmd, entry->cmd, entry->cmd_size, err);
+    if (rc)
+        return rc;
+    bool fits = batch == KIM_CMD_SEND_BATCH? cmd->id == KIM_CMD_SEND
+              : batch == KIM_CMD_DELIVER_BATCH? cmd->id == KIM_CMD_DELIVER
+              : batch == KIM_CMD_RECEIPT_BATCH? cmd->id == KIM_CMD_RECEIPT || cmd->id == KIM_CMD_REJECT
+              : false;
+    if (!fits)
+        return kim_msgi_fail (err, KIM_E_BAD_VALUE, "", "cmd", -1);
+    return 0;
+}

@@ -350,3 +350,76 @@ kim_cmd_encode_deliver (uint64_t seq, const uint8_t *hdr, size_t hdr_size, kim_b
         pack.failed = true;
     return s_pack_finish (&pack, start);
 }
+
+//  --------------------------------------------------------------------------
+//  Version 2's batch frames
+
+//  The head is {"cmd": <name>, "count": n}; with n at most KIM_BATCH_MAX
+//  the count is a positive fixint, one byte and the head's last, so a
+//  writer may fill it in when it knows how many entries it packed.
+static size_t
+s_batch_head_size (kim_cmd_id_t id)
+{
+    return 1 + 4 + 1 + strlen (kim_cmd_name (id)) + 6 + 1;
+}
+
+int
+kim_batch_begin (kim_cmd_id_t id, kim_buf_t *out)
+{
+    if (!out || !kim_cmd_is_batch (id))
+        return -KIM_E_ARGS;
+    size_t start = out->size;
+    s_pack_t pack;
+    s_pack_init (&pack, out);
+    msgpack_pack_map (&pack.pk, 2);
+    s_pack_cstr (&pack, "cmd");
+    s_pack_cstr (&pack, kim_cmd_name (id));
+    s_pack_cstr (&pack, "count");
+    msgpack_pack_uint64 (&pack.pk, 1);
+    return s_pack_finish (&pack, start);
+}
+
+int
+kim_batch_payload (const void *data, size_t size, kim_buf_t *out)
+{
+    if (!out || (size && !data) || size > KIM_PAYLOAD_MAX)
+        return -KIM_E_ARGS;
+    uint8_t head [5];
+    size_t head_size;
+    if (size <= 0xff) {
+        head [0] = 0xc4;
+        head [1] = (uint8_t) size;
+        head_size = 2;
+    }
+    else
+    if (size <= 0xffff) {
+        head [0] = 0xc5;
+        head [1] = (uint8_t) (size >> 8);
+        head [2] = (uint8_t) size;
+        head_size = 3;
+    }
+    else {
+        head [0] = 0xc6;
+        head [1] = (uint8_t) (size >> 24);
+        head [2] = (uint8_t) (size >> 16);
+        head [3] = (uint8_t) (size >> 8);
+        head [4] = (uint8_t) size;
+        head_size = 5;
+    }
+    if (kim_buf_reserve (out, head_size + size))
+        return -KIM_E_NOMEM;
+    kim_buf_append (out, head, head_size);
+    if (size)
+        kim_buf_append (out, data, size);
+    return 0;
+}
+
+int
+kim_batch_end (kim_cmd_id_t id, size_t count, size_t start, kim_buf_t *out)
+{
+    if (!out || !kim_cmd_is_batch (id) || count == 0 || count > KIM_BATCH_MAX
+    ||  start + s_batch_head_size (id) > out->size)
+        return -KIM_E_ARGS;
+    out->data [start + s_batch_head_size (id) - 1] = (uint8_t) count;
+    return 0;
+}

@@ -174,6 +174,7 @@ typedef struct {
     X (DUP,           "dup",                S_K_BOOL,       dup,           dup,              0, 0, 0) \
     X (PATH,          "path",               S_K_TEXT,       path,          path,             0, 0, 0) \
     X (SEQS,          "seqs",               S_K_U64_LIST,   acks,          ack_count,        KIM_ACKS_MAX, 0, UINT64_MAX) \
+    X (RANGES,        "ranges",             S_K_U64_LIST,   ranges,        range_count,      2 * KIM_RANGES_MAX, 1, UINT64_MAX) \
     X (HDR,           "hdr",                S_K_HDR,        msg,           msg,              0, 0, 0) \
     X (STATUS,        "status",             S_K_STATUS,     status,        status,           0, 0, 0) \
     X (REFERRAL_ID,   "referral_id",        S_K_ID,         referral_id,   referral_id,      0, 0, 0) \

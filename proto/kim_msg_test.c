@@ -172,6 +172,18 @@ s_test_cmd (kim_cmd_t *cmd, kim_cmd_id_t id)
             cmd->msg.has_payload_hash = true;
             memset (cmd->msg.payload_hash, 0xab, KIM_HASH_SIZE);
             break;
+        case KIM_CMD_SEND_BATCH:
+        case KIM_CMD_RECEIPT_BATCH:
+        case KIM_CMD_DELIVER_BATCH:
+            cmd->count = KIM_BATCH_MAX;
+            break;
+        case KIM_CMD_ACK_RANGE:
+            cmd->range_count = 4;
+            cmd->ranges [0] = 42;
+            cmd->ranges [1] = 42;
+            cmd->ranges [2] = 43;
+            cmd->ranges [3] = 5000000000ull;
+            break;
         case KIM_CMD_ACK:
             cmd->ack_count = 3;
             cmd->acks [0] = 42;
@@ -735,6 +747,78 @@ s_test_encode_errors (void)
     kim_buf_free (&buf);
 }
 
+//  Batch frames: split and entries, the limits, and damage anywhere in the
+//  frame never reaching past it.
+static void
+s_test_batch (bool verbose)
+{
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    kim_cmd_t *cmd = malloc (sizeof *cmd);
+    assert (cmd);
+    kim_entry_t entries [KIM_BATCH_MAX];
+    kim_decode_error_t err;
+    //  Three SENDs with payloads of 0, 300 and 70000 bytes: bin 8, 16, 32
+    static uint8_t payload [70000];
+    memset (payload, 0x5a, sizeof payload);
+    size_t sizes [3] = { 0, 300, 70000 };
+    assert (kim_batch_begin (KIM_CMD_SEND_BATCH, &buf) == 0);
+    for (int i = 0; i < 3; i++) {
+        kim_cmd_init (cmd, KIM_CMD_SEND);
+        s_test_msg (&cmd->msg, KIM_TYPE_REFERRAL);
+        snprintf (cmd->msg.msg_id, sizeof cmd->msg.msg_id, "m-%d", i);
+        assert (kim_cmd_encode (cmd, &buf) == 0);
+        assert (kim_batch_payload (payload, sizes [i], &buf) == 0);
+    }
+    assert (kim_batch_end (KIM_CMD_SEND_BATCH, 3, 0, &buf) == 0);
+    assert (kim_cmd_peek (buf.data, buf.size) == KIM_CMD_SEND_BATCH);
+    assert (kim_batch_split (cmd, buf.data, buf.size, entries, &err) == 0);
+    assert (cmd->id == KIM_CMD_SEND_BATCH && cmd->count == 3);
+    for (int i = 0; i < 3; i++) {
+        assert (entries [i].payload_size == sizes [i]);
+        assert (kim_batch_entry_decode (KIM_CMD_SEND_BATCH, &entries [i], cmd, &err) == 0);
+        assert (cmd->id == KIM_CMD_SEND && cmd->msg.msg_id [2] == '0' + i);
+        //  A SEND is no answer: the wrong entry for a RECEIPT_BATCH
+        assert (kim_batch_entry_decode (KIM_CMD_RECEIPT_BATCH, &entries [i], cmd, &err)
+                == -KIM_E_BAD_VALUE && strcmp (err.path, "cmd") == 0);
+    }
+    //  Cut anywhere, the frame never splits; with bytes after it neither
+    for (size_t cut = 0; cut < buf.size; cut += 1 + cut / 8) {
+        int rc = kim_batch_split (cmd, buf.data, cut, entries, &err);
+        assert (rc < 0 && err.code >= 100 && err.code < 900);
+    }
+    assert (kim_buf_append (&buf, "\xc0", 1) == 0);
+    assert (kim_batch_split (cmd, buf.data, buf.size, entries, &err) == -KIM_E_MALFORMED
+         && strcmp (err.path, "entries[3]") == 0);
+    //  A plain command is not a batch, and a batch needs 1..64 entries
+    kim_buf_reset (&buf);
+    s_test_cmd (cmd, KIM_CMD_PING);
+    assert (kim_cmd_encode (cmd, &buf) == 0);
+    assert (kim_cmd_peek (buf.data, buf.size) == KIM_CMD_PING && !kim_cmd_is_batch (KIM_CMD_PING));
+    assert (kim_batch_split (cmd, buf.data, buf.size, entries, &err) == -KIM_E_MALFORMED);
+    kim_buf_reset (&buf);
+    assert (kim_batch_begin (KIM_CMD_DELIVER_BATCH, &buf) == 0);
+    assert (kim_batch_end (KIM_CMD_DELIVER_BATCH, 0, 0, &buf) == -KIM_E_ARGS);
+    assert (kim_batch_end (KIM_CMD_DELIVER_BATCH, KIM_BATCH_MAX + 1, 0, &buf) == -KIM_E_ARGS);
+    kim_cmd_init (cmd, KIM_CMD_SEND_BATCH);
+    cmd->count = KIM_BATCH_MAX + 1;
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_BAD_VALUE);
+    //  Ranges: pairs, each ordered, ascending and apart
+    kim_cmd_init (cmd, KIM_CMD_ACK_RANGE);
+    uint64_t bad [][4] = { { 5, 4, 0, 0 }, { 1, 5, 5, 6 }, { 1, 5, 3, 9 } };
+    for (int i = 0; i < 3; i++) {
+        memcpy (cmd->ranges, bad [i], sizeof bad [i]);
+        cmd->range_count = bad [i][2]? 4: 2;
+        assert (kim_cmd_encode (cmd, &buf) == -KIM_E_BAD_VALUE);
+    }
+    cmd->range_count = 3;
+    assert (kim_cmd_encode (cmd, &buf) == -KIM_E_BAD_VALUE);
+    if (verbose)
+        printf ("  batch frames: OK\n");
+    free (cmd);
+    kim_buf_free (&buf);
+}
+
 //  Random damage to valid frames: whatever decodes must round-trip.
 static void
 s_test_mutations (bool verbose)
@@ -835,6 +919,7 @@ kim_msg_test (bool verbose)
 #undef KIM_X_CMD
     free (cmd);
 
+    s_test_batch (verbose);
     s_test_negative (verbose);
     s_test_encode_errors ();
     s_test_mutations (verbose);

@@ -114,7 +114,7 @@ main (int argc, char *argv [])
         return KIM_EXIT_OK;
     }
     if (streq (name, "--version") || streq (name, "version")) {
-        printf ("kim %s (protocol %d)\n", KIM_VERSION, KIM_PROTOCOL_VERSION);
+        printf ("kim %s (protocol %d to %d)\n", KIM_VERSION, KIM_PROTOCOL_VERSION, KIM_PROTOCOL_MAX);
         return KIM_EXIT_OK;
     }
     if (streq (name, "help")) {

@@ -242,8 +242,9 @@ s_connect (kim_client_t *self)
         return;
     }
     kim_cmd_init (&self->tx, KIM_CMD_HELLO);
-    self->tx.version_count = 1;
-    self->tx.versions [0] = KIM_PROTOCOL_VERSION;
+    self->tx.version_count = 0;
+    for (uint32_t v = KIM_PROTOCOL_VERSION; v <= (self->v1_only? 1: KIM_PROTOCOL_MAX); v++)
+        self->tx.versions [self->tx.version_count++] = v;
     kim_client_i_copy (self->tx.agent, sizeof self->tx.agent, self->agent);
     self->tx.window = self->window;
     //  Queued by ZeroMQ until the CURVE handshake completes
@@ -265,6 +266,8 @@ s_on_welcome (kim_client_t *self, const kim_cmd_t *welcome)
     self->heartbeat_ms = welcome->heartbeat_ms? welcome->heartbeat_ms: S_DEFAULT_HEARTBEAT_MS;
     self->max_payload = welcome->max_payload? welcome->max_payload: KIM_PAYLOAD_MAX;
     self->session_window = welcome->window;
+    self->version = welcome->version;
+    kim_client_i_acks_new_session (self);
     self->state = KIM_CLIENT_ACTIVE;
     self->session_started = now;
     self->last_heard = now;
@@ -380,6 +383,9 @@ s_skip_rest (kim_client_t *self, bool more)
     }
 }
 
+static void s_read_batch (kim_client_t *self);
+static void s_handle_rx (kim_client_t *self);
+
 //  Reads and handles one command. Returns 1 if it read one, 0 if none was
 //  waiting.
 static int
@@ -394,6 +400,12 @@ s_read_one (kim_client_t *self)
     self->last_heard = zclock_mono ();
 
     kim_decode_error_t derr;
+    if (kim_cmd_is_batch (kim_cmd_peek ((const uint8_t *) zmq_msg_data (&self->frame),
+                                        zmq_msg_size (&self->frame)))) {
+        s_skip_rest (self, more);
+        s_read_batch (self);
+        return 1;
+    }
     int rc = kim_cmd_decode (&self->rx, (const uint8_t *) zmq_msg_data (&self->frame),
                              zmq_msg_size (&self->frame), &derr);
     if (rc == 0 && self->rx.id == KIM_CMD_DIRECTORY_REPLY)
@@ -404,6 +416,7 @@ s_read_one (kim_client_t *self)
     if (rc) {
         zsys_warning ("kim_client: dropped an undecodable command from the broker: %s at '%s'",
                       kim_errname (derr.code), derr.path);
+        kim_client_i_ranges_unsafe (self);
         s_skip_rest (self, more);
         return 1;
     }
@@ -433,11 +446,75 @@ s_read_one (kim_client_t *self)
         node->type = KIM_EVENT_DELIVER;
         node->seq = self->rx.seq;
         *node->msg = self->rx.msg;
+        node->payload_offset = 0;
+        node->payload_size = zmq_msg_size (&node->payload);
+        kim_client_i_outstanding_add (self, node->seq);
         kim_client_i_queue_push (self, node);
         return 1;
     }
     s_skip_rest (self, more);
+    s_handle_rx (self);
+    return 1;
+}
 
+//  A version 2 batch frame from the broker (PROTOCOL.md 5.1): each entry is
+//  handled as the command it is. Deliveries keep a share of the frame (no
+//  copy) for their payloads.
+static void
+s_read_batch (kim_client_t *self)
+{
+    const uint8_t *data = (const uint8_t *) zmq_msg_data (&self->frame);
+    kim_entry_t entries [KIM_BATCH_MAX];
+    kim_decode_error_t derr;
+    int rc = kim_batch_split (&self->rx, data, zmq_msg_size (&self->frame), entries, &derr);
+    if (rc == 0 && self->rx.id == KIM_CMD_SEND_BATCH) {
+        zsys_warning ("kim_client: dropped a SEND_BATCH from the broker: clients send those");
+        return;
+    }
+    if (rc) {
+        zsys_warning ("kim_client: dropped an undecodable batch from the broker: %s at '%s'",
+                      kim_errname (derr.code), derr.path);
+        kim_client_i_ranges_unsafe (self);
+        return;
+    }
+    kim_cmd_id_t batch = self->rx.id;
+    size_t count = self->rx.count;
+    for (size_t i = 0; i < count && !self->fatal; i++) {
+        rc = kim_batch_entry_decode (batch, &entries [i], &self->rx, &derr);
+        if (rc) {
+            zsys_warning ("kim_client: dropped entry %zu of a %s: %s at '%s'", i,
+                          kim_cmd_name (batch), kim_errname (derr.code), derr.path);
+            kim_client_i_ranges_unsafe (self);
+            continue;
+        }
+        if (self->rx.id != KIM_CMD_DELIVER) {
+            s_handle_rx (self);
+            continue;
+        }
+        kim_client_node_t *node = kim_client_i_node_new (self);
+        if (!node)
+            return;
+        if (!node->msg)
+            node->msg = (kim_msg_t *) malloc (sizeof (kim_msg_t));
+        if (!node->msg || zmq_msg_copy (&node->payload, &self->frame)) {
+            kim_client_i_node_free (node);
+            s_fail (self, KIM_E_NOMEM, "out of memory queueing a delivery");
+            return;
+        }
+        node->type = KIM_EVENT_DELIVER;
+        node->seq = self->rx.seq;
+        *node->msg = self->rx.msg;
+        node->payload_offset = (size_t) (entries [i].payload - data);
+        node->payload_size = entries [i].payload_size;
+        kim_client_i_outstanding_add (self, node->seq);
+        kim_client_i_queue_push (self, node);
+    }
+}
+
+//  Handles self->rx, a command without a payload.
+static void
+s_handle_rx (kim_client_t *self)
+{
     switch (self->rx.id) {
         case KIM_CMD_WELCOME:
             if (self->state == KIM_CLIENT_HELLO_SENT)
@@ -470,7 +547,6 @@ s_read_one (kim_client_t *self)
                             kim_cmd_name (self->rx.id));
             break;
     }
-    return 1;
 }
 
 //  Fires what is due: reconnect, HELLO timeout, PING, silence.
@@ -550,6 +626,10 @@ kim_client_i_pump (kim_client_t *self, int timeout_ms)
     int drained = s_drain (self);
     if (drained == 0)
         kim_client_i_send_acks (self);
+    //  Sends held to travel together go now unless more may join them.
+    if (self->state == KIM_CLIENT_ACTIVE && self->unsent
+    &&  !kim_client_i_hold_unsent (self, timeout_ms != 0 && drained == 0))
+        kim_client_i_send_unsent (self);
     if (drained > 0 || timeout_ms == 0) {
         s_timers (self);
         return self->fatal? -self->fatal: 0;
@@ -666,6 +746,10 @@ kim_client_new_explain (const kim_client_config_t *config, int *err, char *why, 
     self->backoff_ms = S_BACKOFF_MIN_MS;
     const char *debug = getenv ("KIM_DEBUG");
     self->verbose = debug && *debug && !streq (debug, "0");
+    //  KIM_PROTOCOL=1 keeps the client on version 1, to test brokers and
+    //  clients of either version side by side.
+    const char *protocol = getenv ("KIM_PROTOCOL");
+    self->v1_only = protocol && streq (protocol, "1");
     kim_buf_init (&self->buf);
     kim_buf_init (&self->send_buf);
     zmq_msg_init (&self->frame);
@@ -706,6 +790,9 @@ kim_client_destroy (kim_client_t **self_p)
         return;
     kim_client_t *self = *self_p;
     if (self->state == KIM_CLIENT_ACTIVE) {
+        //  Sends held to travel in a batch go now, as they would have
+        //  gone at once in version 1
+        kim_client_i_send_unsent (self);
         kim_client_i_send_acks (self);
         if (self->state == KIM_CLIENT_ACTIVE)
             s_send_simple (self, KIM_CMD_BYE);
@@ -767,4 +854,10 @@ uint64_t
 kim_client_reconnects (kim_client_t *self)
 {
     return self? self->reconnects: 0;
+}
+
+uint32_t
+kim_client_protocol (kim_client_t *self)
+{
+    return self? self->version: 0;
 }

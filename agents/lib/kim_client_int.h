@@ -60,7 +60,11 @@ typedef struct _kim_client_node_t {
     char text [KIM_TEXT_MAX + 1];
     char path [KIM_PATH_MAX + 1];
     kim_msg_t *msg;                     //  DELIVER header; kept when the node is recycled
-    zmq_msg_t payload;                  //  DELIVER payload, moved from the socket
+    zmq_msg_t payload;                  //  DELIVER payload, moved from the socket; in a
+                                        //  version 2 session the DELIVER_BATCH frame it
+                                        //  lies in (shared, not copied)
+    size_t payload_offset;              //  where the payload lies in `payload`
+    size_t payload_size;
 } kim_client_node_t;
 
 struct _kim_client_t {
@@ -86,6 +90,8 @@ struct _kim_client_t {
     uint32_t heartbeat_ms;
     uint32_t max_payload;
     uint32_t session_window;
+    uint32_t version;                   //  of the protocol in this session (WELCOME)
+    bool v1_only;                       //  KIM_PROTOCOL=1: offer version 1 only
     bool welcomed;                      //  a session was opened once
     uint64_t reconnects;
     int backoff_ms;
@@ -126,9 +132,18 @@ struct _kim_client_t {
     kim_client_node_t *free_nodes;
     size_t free_count;
 
-    //  Acks not yet sent
+    //  Acks not yet sent: `acks` go as ACK; in a version 2 session the
+    //  acks of this session's deliveries go as ACK_RANGE, in ranges that
+    //  span no delivery still `outstanding` (received, not acked).
     uint64_t acks [KIM_ACKS_MAX];
     size_t ack_count;
+    uint64_t range_acks [KIM_ACKS_MAX];
+    size_t range_ack_count;
+    uint64_t outstanding [KIM_WINDOW_MAX];  //  ascending
+    size_t outstanding_count;
+    bool ranges_unsafe;                 //  a delivery may have escaped `outstanding`
+                                        //  (dropped, or no room): plain ACKs until the
+                                        //  next session
 
     //  Scratch, reused to keep the hot path free of allocations
     kim_buf_t buf;                      //  commands we send at once
@@ -200,9 +215,16 @@ int
 //  --------------------------------------------------------------------------
 //  kim_client_send.c: pending sends
 
-//  Sends every pending entry not yet sent in this session, in order.
+//  Sends every pending entry not yet sent in this session, in order; in a
+//  version 2 session up to KIM_BATCH_MAX of them in each SEND_BATCH frame.
 void
     kim_client_i_send_unsent (kim_client_t *self);
+
+//  In a version 2 session, whether unsent entries should wait to travel
+//  with more: while others await their answers and a batch is not full,
+//  unless the caller is about to wait (`waiting`).
+bool
+    kim_client_i_hold_unsent (kim_client_t *self, bool waiting);
 
 //  A RECEIPT or REJECT answered `entry`: frees it and hands the answer to
 //  kim_client_send, if it waits for this one, or else to the event queue.
@@ -230,9 +252,24 @@ void
 void
     kim_client_i_release_lent (kim_client_t *self);
 
-//  Sends the acks collected so far as one ACK, when the session is open.
+//  Sends the acks collected so far as one ACK (and in a version 2 session
+//  ACK_RANGEs), when the session is open.
 void
     kim_client_i_send_acks (kim_client_t *self);
+
+//  A delivery of this session arrived: it is outstanding until acked.
+void
+    kim_client_i_outstanding_add (kim_client_t *self, uint64_t seq);
+
+//  Something from the broker was dropped that may have been a delivery:
+//  a range could cross it unseen, so this session acks with ACK only.
+void
+    kim_client_i_ranges_unsafe (kim_client_t *self);
+
+//  A new session: nothing of it is outstanding; acks of the last one go as
+//  ACK.
+void
+    kim_client_i_acks_new_session (kim_client_t *self);
 
 
 //  --------------------------------------------------------------------------

@@ -11,7 +11,11 @@
     in the send window, a flush, a STATUS_REPLY, a synchronous receipt) are
     queued for kim_client_recv. Queue nodes are recycled, and a delivery's
     payload is moved out of the socket, not copied, so a busy client does
-    not allocate per event. Acks are collected and sent as one ACK.
+    not allocate per event. Acks are collected and sent as one ACK; in a
+    version 2 session the acks of the session's own deliveries go as
+    ACK_RANGE (PROTOCOL.md 8.19), whose ranges span only deliveries the
+    application has acked: the library keeps the seqs it received and that
+    are not acked yet (`outstanding`), and a range never crosses one.
 */
 #include <inttypes.h>
 #include <string.h>
@@ -99,10 +103,141 @@ kim_client_i_release_lent (kim_client_t *self)
     }
 }
 
+//  Index of the first outstanding seq at or above `seq`.
+static size_t
+s_outstanding_lower (const kim_client_t *self, uint64_t seq)
+{
+    size_t low = 0, high = self->outstanding_count;
+    while (low < high) {
+        size_t mid = (low + high) / 2;
+        if (self->outstanding [mid] < seq)
+            low = mid + 1;
+        else
+            high = mid;
+    }
+    return low;
+}
+
+void
+kim_client_i_outstanding_add (kim_client_t *self, uint64_t seq)
+{
+    if (self->version < 2)
+        return;
+    size_t at = s_outstanding_lower (self, seq);
+    if (at < self->outstanding_count && self->outstanding [at] == seq)
+        return;                         //  delivered again: still one
+    //  Full (cannot happen within a window): a range could cross this seq
+    //  unseen, so the session acks with ACK from now on.
+    if (self->outstanding_count == KIM_WINDOW_MAX) {
+        kim_client_i_ranges_unsafe (self);
+        return;
+    }
+    memmove (self->outstanding + at + 1, self->outstanding + at,
+             (self->outstanding_count - at) * sizeof self->outstanding [0]);
+    self->outstanding [at] = seq;
+    self->outstanding_count++;
+}
+
+//  Takes `seq` off the outstanding list; whether it was on it.
+static bool
+s_outstanding_take (kim_client_t *self, uint64_t seq)
+{
+    size_t at = s_outstanding_lower (self, seq);
+    if (at == self->outstanding_count || self->outstanding [at] != seq)
+        return false;
+    memmove (self->outstanding + at, self->outstanding + at + 1,
+             (self->outstanding_count - at - 1) * sizeof self->outstanding [0]);
+    self->outstanding_count--;
+    return true;
+}
+
+void
+kim_client_i_ranges_unsafe (kim_client_t *self)
+{
+    if (self->version >= 2 && !self->ranges_unsafe)
+        zsys_warning ("kim_client: acknowledging with ACK only until the next session");
+    self->ranges_unsafe = true;
+}
+
+void
+kim_client_i_acks_new_session (kim_client_t *self)
+{
+    self->outstanding_count = 0;
+    self->ranges_unsafe = false;
+    //  Their deliveries were in flight on the last session: an ACK names them
+    for (size_t i = 0; i < self->range_ack_count; i++) {
+        if (self->ack_count == KIM_ACKS_MAX)
+            break;                      //  the broker delivers these again
+        self->acks [self->ack_count++] = self->range_acks [i];
+    }
+    self->range_ack_count = 0;
+}
+
+static int
+s_compare_seq (const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *) a, y = *(const uint64_t *) b;
+    return x < y? -1: x > y;
+}
+
+//  Sends the range acks as ACK_RANGEs: sorted, each run of acked seqs that
+//  no outstanding delivery interrupts is one range.
+static int
+s_send_ranges (kim_client_t *self)
+{
+    qsort (self->range_acks, self->range_ack_count, sizeof self->range_acks [0], s_compare_seq);
+    size_t i = 0;
+    while (i < self->range_ack_count) {
+        size_t first = i;
+        self->tx.id = KIM_CMD_ACK_RANGE;
+        self->tx.range_count = 0;
+        while (i < self->range_ack_count && self->tx.range_count < 2 * KIM_RANGES_MAX) {
+            uint64_t from = self->range_acks [i], to = from;
+            //  Extend while nothing outstanding lies between
+            while (i + 1 < self->range_ack_count) {
+                uint64_t next = self->range_acks [i + 1];
+                size_t at = s_outstanding_lower (self, to + 1);
+                if (next == to || (at < self->outstanding_count && self->outstanding [at] < next))
+                    break;
+                to = next;
+                i++;
+            }
+            i++;
+            self->tx.ranges [self->tx.range_count++] = from;
+            self->tx.ranges [self->tx.range_count++] = to;
+        }
+        int rc = kim_client_i_send_tx (self);
+        if (rc == -KIM_E_CLOSED) {
+            //  What was not sent stays for the next session (as an ACK)
+            memmove (self->range_acks, self->range_acks + first,
+                     (self->range_ack_count - first) * sizeof self->range_acks [0]);
+            self->range_ack_count -= first;
+            return rc;
+        }
+        if (rc) {
+            //  An encode failure would repeat forever; drop them but say so
+            zsys_warning ("kim_client: dropped %zu range acks: %s",
+                          self->range_ack_count - first, self->error);
+            break;
+        }
+    }
+    self->range_ack_count = 0;
+    return 0;
+}
+
 void
 kim_client_i_send_acks (kim_client_t *self)
 {
-    if (self->state != KIM_CLIENT_ACTIVE || self->ack_count == 0)
+    if (self->state != KIM_CLIENT_ACTIVE)
+        return;
+    if (self->range_ack_count) {
+        int rc = s_send_ranges (self);
+        if (rc == -KIM_E_CLOSED) {
+            kim_client_i_session_lost (self, KIM_E_CLOSED, "%s", self->error);
+            return;
+        }
+    }
+    if (self->ack_count == 0)
         return;
     //  Only the ACK fields matter for an ACK; skip clearing the big struct
     self->tx.id = KIM_CMD_ACK;
@@ -140,7 +275,7 @@ kim_client_recv (kim_client_t *self, kim_event_t *event, int timeout_ms)
     //  Acks wait while events are queued (one ACK for a batch) but not so
     //  long that the broker's delivery window runs dry.
     uint32_t threshold = self->session_window / 2? self->session_window / 2: 1;
-    if (self->ack_count >= threshold)
+    if (self->ack_count + self->range_ack_count >= threshold)
         kim_client_i_send_acks (self);
     int rc = kim_client_i_wait_for (self, timeout_ms, s_has_event);
     if (rc) {
@@ -164,8 +299,8 @@ kim_client_recv (kim_client_t *self, kim_event_t *event, int timeout_ms)
     event->sealed_error = false;
     if (node->type == KIM_EVENT_DELIVER) {
         event->msg = *node->msg;
-        event->payload = (const uint8_t *) zmq_msg_data (&node->payload);
-        event->payload_size = zmq_msg_size (&node->payload);
+        event->payload = (const uint8_t *) zmq_msg_data (&node->payload) + node->payload_offset;
+        event->payload_size = node->payload_size;
         //  Payloads from organisations are sealed to us; the broker's own
         //  messages (reports made from metadata) are not.
         if (!self->seal.plaintext && event->payload_size > 0
@@ -198,6 +333,19 @@ kim_client_ack (kim_client_t *self, uint64_t seq)
         return -KIM_E_ARGS;
     if (self->fatal)
         return -self->fatal;
+    if (self->version >= 2 && self->state == KIM_CLIENT_ACTIVE && !self->ranges_unsafe
+    &&  s_outstanding_take (self, seq)) {
+        self->range_acks [self->range_ack_count++] = seq;
+        if (self->range_ack_count == KIM_ACKS_MAX)
+            kim_client_i_send_acks (self);
+        //  Not connected: keep the newest, the broker redelivers the rest
+        if (self->range_ack_count == KIM_ACKS_MAX) {
+            memmove (self->range_acks, self->range_acks + 1,
+                     (KIM_ACKS_MAX - 1) * sizeof self->range_acks [0]);
+            self->range_ack_count--;
+        }
+        return 0;
+    }
     self->acks [self->ack_count++] = seq;
     if (self->ack_count == KIM_ACKS_MAX) {
         kim_client_i_send_acks (self);

@@ -11,6 +11,13 @@
     A SEND is sealed, signed and encoded once, when queued, and resent from
     those bytes. At most send_window wait for their answer: a send that
     finds the window full pumps the session until there is room.
+
+    In a version 2 session the queued SEND maps travel as SEND_BATCH frames
+    (PROTOCOL.md 8.16), each map followed by its payload, up to 64 a frame.
+    Sends wait to be packed while earlier ones await their answers: they go
+    when the batch is full, when every earlier send is answered, or when the
+    caller is about to wait, so a lone message never waits for company and
+    a stream of them fills frames by itself.
 */
 #include <string.h>
 
@@ -19,10 +26,63 @@
 
 #include "kim_client_int.h"
 
+bool
+kim_client_i_hold_unsent (kim_client_t *self, bool waiting)
+{
+    if (self->version < 2 || waiting || !self->unsent || self->unsent == self->head)
+        return false;
+    size_t count = 0;
+    for (kim_client_entry_t *entry = self->unsent; entry && count < KIM_BATCH_MAX;
+         entry = entry->next)
+        count++;
+    return count < KIM_BATCH_MAX;
+}
+
+//  Packs unsent entries into one SEND_BATCH in self->buf, at most
+//  KIM_BATCH_MAX and max_payload + KIM_FRAME_MAX bytes; returns the first
+//  entry not packed.
+static kim_client_entry_t *
+s_pack_batch (kim_client_t *self, kim_client_entry_t *entry)
+{
+    size_t limit = (size_t) self->max_payload + KIM_FRAME_MAX;
+    size_t count = 0;
+    kim_buf_reset (&self->buf);
+    if (kim_batch_begin (KIM_CMD_SEND_BATCH, &self->buf))
+        return entry;
+    while (entry && count < KIM_BATCH_MAX) {
+        size_t need = entry->frame_size + entry->payload_size + 5;
+        if (count && self->buf.size + need > limit)
+            break;
+        size_t mark = self->buf.size;
+        if (kim_buf_append (&self->buf, entry->data, entry->frame_size)
+        ||  kim_batch_payload (entry->data + entry->frame_size, entry->payload_size, &self->buf)) {
+            self->buf.size = mark;
+            break;
+        }
+        count++;
+        entry = entry->next;
+    }
+    if (count == 0 || kim_batch_end (KIM_CMD_SEND_BATCH, count, 0, &self->buf))
+        self->buf.size = 0;
+    return entry;
+}
+
 //  Sends every pending entry not yet sent in this session, in order.
 void
 kim_client_i_send_unsent (kim_client_t *self)
 {
+    while (self->unsent && self->state == KIM_CLIENT_ACTIVE && self->version >= 2) {
+        kim_client_entry_t *next = s_pack_batch (self, self->unsent);
+        if (self->buf.size == 0) {
+            kim_client_i_session_lost (self, KIM_E_NOMEM, "out of memory packing a SEND_BATCH");
+            return;
+        }
+        if (kim_client_i_send_frames (self, self->buf.data, self->buf.size, NULL, 0, false)) {
+            kim_client_i_session_lost (self, KIM_E_CLOSED, "%s", self->error);
+            return;
+        }
+        self->unsent = next;
+    }
     while (self->unsent && self->state == KIM_CLIENT_ACTIVE) {
         kim_client_entry_t *entry = self->unsent;
         if (kim_client_i_send_frames (self, entry->data, entry->frame_size,
@@ -92,7 +152,7 @@ s_sync_done (kim_client_t *self)
 static bool
 s_flushed (kim_client_t *self)
 {
-    return self->pending_count == 0 && self->ack_count == 0;
+    return self->pending_count == 0 && self->ack_count == 0 && self->range_ack_count == 0;
 }
 
 //  Makes sure the sealing key of `org` is cached, asking the directory.
@@ -243,7 +303,7 @@ kim_client_send_async (kim_client_t *self, kim_msg_t *msg, const void *payload, 
     self->pending_count++;
     if (!self->unsent)
         self->unsent = entry;
-    if (self->state == KIM_CLIENT_ACTIVE)
+    if (self->state == KIM_CLIENT_ACTIVE && !kim_client_i_hold_unsent (self, false))
         kim_client_i_send_unsent (self);
     return 0;
 }

@@ -12,6 +12,7 @@
 */
 #include <sodium.h>
 
+#include "kim_reply.h"
 #include "kim_server_int.h"
 
 //  --------------------------------------------------------------------------
@@ -192,8 +193,8 @@ s_apply_send (kim_server_t *self, item_t *item)
     const uint8_t *payload = NULL;
     size_t payload_size = 0;
     if (item->has_payload) {
-        payload = (const uint8_t *) zmq_msg_data (&item->payload);
-        payload_size = zmq_msg_size (&item->payload);
+        payload = (const uint8_t *) zmq_msg_data (&item->payload) + item->payload_offset;
+        payload_size = item->payload_size;
     }
     //  A sender may state the payload's length and hash; they must be true.
     uint8_t hash [KIM_HASH_SIZE];
@@ -261,6 +262,10 @@ s_apply_ack (kim_server_t *self, item_t *item)
         char note [KIM_MAILBOX_NOTE_MAX + 1];
         int rc = kim_store_mailbox_take (self->store, state->org->id, seq, note);
         if (rc == -KIM_E_NOT_FOUND) {
+            //  A range names what is in flight; an ACK earlier in this
+            //  batch may have taken a seq of it already.
+            if (item->from_range)
+                continue;
             if (!item->code) {
                 char path [KIM_PATH_MAX + 1], text [KIM_TEXT_MAX + 1];
                 snprintf (path, sizeof path, "seqs[%zu]", i);
@@ -326,6 +331,8 @@ s_apply_batch (kim_server_t *self)
         return rc;
     for (size_t i = 0; i < self->item_count && rc == 0; i++) {
         item_t *item = &self->items [i];
+        if (item->settled)
+            continue;
         item->code = 0;
         item->path [0] = item->text [0] = 0;
         item->seq = 0;
@@ -346,13 +353,59 @@ s_apply_batch (kim_server_t *self)
     return s_commit (self);
 }
 
+//  Writes the answer to one message of a SEND_BATCH into the batch's
+//  RECEIPT_BATCH, and sends that after the batch's last message.
+static void
+s_answer_in_batch (kim_server_t *self, item_t *item)
+{
+    kim_buf_t *out = &self->batch_buf;
+    if (item->batch_index == 0) {
+        kim_buf_reset (out);
+        kim_batch_begin (KIM_CMD_RECEIPT_BATCH, out);
+    }
+    //  A message refused when read may not have decoded: its id was read
+    //  apart (item->ref)
+    const char *ref = item->settled? item->ref: item->cmd.msg.msg_id;
+    kim_cmd_t *answer = &self->receipt;
+    if (item->code == 0) {
+        memcpy (answer->msg_id, item->cmd.msg.msg_id, sizeof answer->msg_id);
+        answer->seq = item->seq;
+        answer->dup = item->dup;
+        if (item->dup)
+            self->duplicates++;
+        else
+            self->receipted++;
+    }
+    else {
+        answer = &self->reply;
+        kim_reply_reject_fill (self, answer, item->code, ref [0]? ref: NULL,
+                               item->path [0]? item->path: NULL, item->text);
+    }
+    size_t mark = out->size;
+    if (kim_cmd_encode (answer, out)) {
+        //  Cannot happen with what the broker fills in; the place must be
+        //  answered all the same.
+        out->size = mark;
+        kim_reply_reject_fill (self, &self->reply, KIM_E_INTERNAL, ref [0]? ref: NULL, NULL,
+                               NULL);
+        if (kim_cmd_encode (&self->reply, out))
+            zsys_error ("server: cannot encode an answer in a RECEIPT_BATCH");
+    }
+    if (item->batch_index + 1 == item->batch_count
+    &&  kim_batch_end (KIM_CMD_RECEIPT_BATCH, item->batch_count, 0, out) == 0)
+        kim_reply_buf (self, item->rid, item->rid_size, out);
+}
+
 static void
 s_finish_batch (kim_server_t *self, int rc)
 {
     for (size_t i = 0; i < self->item_count; i++) {
         item_t *item = &self->items [i];
-        if (rc)
+        if (rc && !item->settled)
             s_item_refuse (item, rc, NULL, NULL);
+        if (item->batch_count)
+            s_answer_in_batch (self, item);
+        else
         if (item->cmd.id == KIM_CMD_SEND) {
             if (item->code == 0) {
                 //  One receipt per message: reuse a prepared command rather
@@ -361,14 +414,14 @@ s_finish_batch (kim_server_t *self, int rc)
                 memcpy (receipt->msg_id, item->cmd.msg.msg_id, sizeof receipt->msg_id);
                 receipt->seq = item->seq;
                 receipt->dup = item->dup;
-                kim_server_send_cmd (self, item->rid, item->rid_size, receipt);
+                kim_reply_cmd (self, item->rid, item->rid_size, receipt);
                 if (item->dup)
                     self->duplicates++;
                 else
                     self->receipted++;
             }
             else
-                kim_server_reject (self, item->rid, item->rid_size, item->code, item->cmd.msg.msg_id,
+                kim_reply_reject (self, item->rid, item->rid_size, item->code, item->cmd.msg.msg_id,
                           item->path [0]? item->path: NULL, "%s", item->text);
         }
         else {
@@ -380,7 +433,7 @@ s_finish_batch (kim_server_t *self, int rc)
                 kim_server_mark_dirty (self, state);
             }
             if (item->code)
-                kim_server_reject (self, item->rid, item->rid_size, item->code, NULL,
+                kim_reply_reject (self, item->rid, item->rid_size, item->code, NULL,
                           item->path [0]? item->path: NULL, "%s", item->text);
         }
         if (item->has_payload) {
@@ -448,7 +501,7 @@ kim_batch_apply_ticks (kim_server_t *self)
 void
 kim_ctx_send (kim_ctx_t *ctx, const uint8_t *rid, size_t rid_size, const kim_cmd_t *cmd)
 {
-    kim_server_send_cmd (ctx->server, rid, rid_size, cmd);
+    kim_reply_cmd (ctx->server, rid, rid_size, cmd);
 }
 
 static int

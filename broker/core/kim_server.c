@@ -9,7 +9,14 @@
 
     A RECEIPT therefore always follows a synced commit. If the store fails,
     the server stops serving: it can no longer promise anything. The write
-    batch itself, and what hooks may do inside it, is kim_batch.c.
+    batch itself, and what hooks may do inside it, is kim_batch.c; what
+    both send to peers is kim_reply.c. This file calls the batch, never the
+    other way round.
+
+    Protocol version 2 (PROTOCOL.md 5.1) changes the frames, not the turn:
+    a SEND_BATCH's messages join the same write batch as SENDs, answered by
+    one RECEIPT_BATCH after the synced commit, and a version 2 receiver's
+    deliveries are packed into DELIVER_BATCH frames.
 
     Delivery: each organisation has at most one receiving session (the most
     recent HELLO with a window wins). The organisation's state keeps a cursor
@@ -25,6 +32,7 @@
 
 #include "kim_keys.h"
 #include "kim_modules.h"
+#include "kim_reply.h"
 #include "kim_server_int.h"
 #include "kim_zap.h"
 
@@ -36,14 +44,9 @@
 #define KIM_TIME_CHARGE_MAX 4.0     //  ... up to this many times the command's own cost
 #define KIM_RCVHWM          1000    //  commands waiting unread per connection
 
-//  The broker's clock. Tests of deadlines set KIM_CLOCK_FILE to a file that
-//  holds an offset in ms; it is re-read every housekeeping turn, so a test
-//  moves time forward without sleeping.
-uint64_t
-kim_server_now (kim_server_t *self)
-{
-    return (uint64_t) ((int64_t) zclock_time () + self->clock_offset_ms);
-}
+//  The broker's clock (kim_server_now, kim_server_int.h). Tests of deadlines
+//  set KIM_CLOCK_FILE to a file that holds an offset in ms; it is re-read
+//  every housekeeping turn, so a test moves time forward without sleeping.
 
 //  Session liveness, rate limits and redelivery run on real elapsed time,
 //  which a test's clock jump must not disturb.
@@ -69,71 +72,6 @@ s_clock_update (kim_server_t *self)
 }
 
 //  --------------------------------------------------------------------------
-//  Sending
-
-//  Sends [rid][buf] or [rid][buf][payload]. Failures (a vanished peer, a full
-//  queue) drop the message: every message the broker sends is either
-//  regenerated on request (replies) or redelivered (deliveries).
-static void
-s_send_frames (kim_server_t *self, const uint8_t *rid, size_t rid_size,
-               const uint8_t *payload, size_t payload_size, bool with_payload)
-{
-    void *router = zsock_resolve (self->router);
-    if (zmq_send (router, rid, rid_size, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1)
-        return;
-    if (zmq_send (router, self->buf.data, self->buf.size,
-                  (with_payload? ZMQ_SNDMORE: 0) | ZMQ_DONTWAIT) == -1)
-        return;
-    if (with_payload)
-        zmq_send (router, payload, payload_size, ZMQ_DONTWAIT);
-}
-
-void
-kim_server_send_cmd (kim_server_t *self, const uint8_t *rid, size_t rid_size, const kim_cmd_t *cmd)
-{
-    kim_buf_reset (&self->buf);
-    int rc = kim_cmd_encode (cmd, &self->buf);
-    if (rc) {
-        zsys_error ("server: cannot encode %s: %s", kim_cmd_name (cmd->id), kim_strerror (rc));
-        return;
-    }
-    s_send_frames (self, rid, rid_size, NULL, 0, false);
-}
-
-void
-kim_server_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
-          const char *msg_id, const char *path, const char *format, ...)
-{
-    kim_cmd_t *reply = &self->reply;
-    kim_cmd_init (reply, KIM_CMD_REJECT);
-    code = code < 0? -code: code;
-    //  Local failures (9xx) never travel: the peer learns that the broker
-    //  failed, and the broker's log says how.
-    if (code >= 900) {
-        zsys_error ("server: refusing a command because of a local failure: %s",
-                    kim_strerror (code));
-        code = KIM_E_INTERNAL;
-        format = NULL;
-    }
-    reply->code = code;
-    if (msg_id)
-        kim_str_copy (reply->msg_id, sizeof reply->msg_id, msg_id);
-    if (path)
-        kim_str_copy (reply->path, sizeof reply->path, path);
-    if (format) {
-        va_list args;
-        va_start (args, format);
-        vsnprintf (reply->text, sizeof reply->text, format, args);
-        va_end (args);
-    }
-    else
-        kim_str_copy (reply->text, sizeof reply->text, kim_strerror (code));
-    self->rejected++;
-    kim_metrics_count_refusal (self->refused, code);
-    kim_server_send_cmd (self, rid, rid_size, reply);
-}
-
-//  --------------------------------------------------------------------------
 //  Organisations and sessions
 
 static void
@@ -147,15 +85,6 @@ s_org_state_destroy (void **item)
     }
 }
 
-void
-kim_server_mark_dirty (kim_server_t *self, org_state_t *state)
-{
-    if (!state->dirty) {
-        state->dirty = true;
-        state->next_dirty = self->dirty;
-        self->dirty = state;
-    }
-}
 
 //  The receiving session is gone: what was in flight returns to the mailbox.
 static void
@@ -206,7 +135,7 @@ s_end_oldest_session (kim_server_t *self, org_state_t *state)
         return;
     zsys_info ("server: %s has %zu sessions, its limit (sessions_per_org): the oldest ends",
                state->org->id, state->session_count);
-    kim_server_reject (self, oldest->rid, oldest->rid_size, KIM_E_REPLACED, NULL, NULL,
+    kim_reply_reject (self, oldest->rid, oldest->rid_size, KIM_E_REPLACED, NULL, NULL,
                        "%s opened more than %" PRIu64 " sessions; this, the oldest, ends",
                        state->org->id, self->config->org_sessions);
     s_session_destroy (self, oldest, "replaced");
@@ -227,7 +156,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
 {
     org_state_t *state = user_id? (org_state_t *) zhashx_lookup (self->orgs, user_id): NULL;
     if (!state || state->removed) {
-        kim_server_reject (self, rid, rid_size, KIM_E_UNKNOWN_ORG, NULL, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_UNKNOWN_ORG, NULL, NULL,
                   "the connection's key belongs to no registered organisation");
         return;
     }
@@ -236,9 +165,15 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
     if (session)
         s_session_destroy (self, session, "new HELLO");
-    if (!s_has_version (cmd, KIM_PROTOCOL_VERSION)) {
-        kim_server_reject (self, rid, rid_size, KIM_E_VERSION, NULL, "versions",
-                  "this broker speaks protocol version %d only", KIM_PROTOCOL_VERSION);
+    //  The highest version both speak (PROTOCOL.md 8.1).
+    uint32_t version = 0;
+    for (uint32_t v = KIM_PROTOCOL_VERSION; v <= KIM_PROTOCOL_MAX; v++)
+        if (s_has_version (cmd, v))
+            version = v;
+    if (!version) {
+        kim_reply_reject (self, rid, rid_size, KIM_E_VERSION, NULL, "versions",
+                  "this broker speaks protocol versions %d to %d", KIM_PROTOCOL_VERSION,
+                  KIM_PROTOCOL_MAX);
         return;
     }
     //  At its limit an organisation's oldest session makes room (section 7.2).
@@ -247,13 +182,14 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
 
     session = (session_t *) calloc (1, sizeof (session_t));
     if (!session) {
-        kim_server_reject (self, rid, rid_size, KIM_E_BUSY, NULL, NULL, "out of memory");
+        kim_reply_reject (self, rid, rid_size, KIM_E_BUSY, NULL, NULL, "out of memory");
         return;
     }
     kim_str_copy (session->key, sizeof session->key, key);
     memcpy (session->rid, rid, rid_size);
     session->rid_size = rid_size;
     session->org = state;
+    session->version = version;
     session->window = cmd->window < self->config->window_max? cmd->window: self->config->window_max;
     //  Only agencies have mailboxes: auditors read the log, operators
     //  never see payloads.
@@ -273,15 +209,15 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     }
     kim_cmd_t *reply = &self->reply;
     kim_cmd_init (reply, KIM_CMD_WELCOME);
-    reply->version = KIM_PROTOCOL_VERSION;
+    reply->version = version;
     kim_str_copy (reply->org, sizeof reply->org, state->org->id);
     kim_str_copy (reply->broker, sizeof reply->broker, self->config->name);
     reply->heartbeat_ms = self->config->heartbeat_ms;
     reply->max_payload = self->config->max_payload;
     reply->window = session->window;
-    kim_server_send_cmd (self, rid, rid_size, reply);
-    zsys_info ("server: %s connected (%s, window %u)", state->org->id,
-               session->agent [0]? session->agent: "no agent name", session->window);
+    kim_reply_cmd (self, rid, rid_size, reply);
+    zsys_info ("server: %s connected (%s, protocol %u, window %u)", state->org->id,
+               session->agent [0]? session->agent: "no agent name", version, session->window);
 }
 
 static void
@@ -296,14 +232,32 @@ s_status (kim_server_t *self, session_t *session)
     reply->status.sessions = state->session_count;
     reply->status.uptime_ms = s_mono () - self->started_ms;
     reply->status.store_bytes = kim_store_bytes (self->store);
-    kim_server_send_cmd (self, session->rid, session->rid_size, reply);
+    kim_reply_cmd (self, session->rid, session->rid_size, reply);
 }
 
 //  --------------------------------------------------------------------------
 //  Delivery
 
+//  A version 2 session's deliveries wait in self->buf as one DELIVER_BATCH
+//  until it is full or the turn's deliveries are done.
+typedef struct {
+    size_t count;
+    size_t limit;                   //  bytes in one frame
+} s_packing_t;
+
+static void
+s_packing_flush (kim_server_t *self, session_t *session, s_packing_t *packing)
+{
+    if (packing->count == 0)
+        return;
+    if (kim_batch_end (KIM_CMD_DELIVER_BATCH, packing->count, 0, &self->buf) == 0)
+        kim_reply_buf (self, session->rid, session->rid_size, &self->buf);
+    packing->count = 0;
+}
+
 static int
-s_send_delivery (kim_server_t *self, session_t *session, uint64_t seq, bool copy)
+s_send_delivery (kim_server_t *self, session_t *session, uint64_t seq, bool copy,
+                 s_packing_t *packing)
 {
     kim_record_t record;
     int rc = kim_store_read (self->store, seq, &record);
@@ -318,11 +272,34 @@ s_send_delivery (kim_server_t *self, session_t *session, uint64_t seq, bool copy
     size_t payload_size = 0;
     if (!copy && (rc = kim_store_payload_get (self->store, seq, &payload, &payload_size)))
         return rc;
+    if (packing) {
+        //  Room for the header, its DELIVER map and the bin's head
+        size_t need = record.body_size + payload_size + 32;
+        if (packing->count == KIM_BATCH_MAX
+        ||  (packing->count && self->buf.size + need > packing->limit))
+            s_packing_flush (self, session, packing);
+        size_t mark = self->buf.size;
+        if (packing->count == 0) {
+            kim_buf_reset (&self->buf);
+            mark = 0;
+            if ((rc = kim_batch_begin (KIM_CMD_DELIVER_BATCH, &self->buf)))
+                return rc;
+        }
+        rc = kim_cmd_encode_deliver (seq, record.body, record.body_size, &self->buf);
+        if (rc == 0)
+            rc = kim_batch_payload (payload, payload_size, &self->buf);
+        if (rc) {
+            self->buf.size = mark;
+            return rc;
+        }
+        packing->count++;
+        return 0;
+    }
     kim_buf_reset (&self->buf);
     rc = kim_cmd_encode_deliver (seq, record.body, record.body_size, &self->buf);
     if (rc)
         return rc;
-    s_send_frames (self, session->rid, session->rid_size, payload, payload_size, true);
+    kim_reply_frames (self, session->rid, session->rid_size, payload, payload_size, true);
     return 0;
 }
 
@@ -331,6 +308,8 @@ static void
 s_deliver (kim_server_t *self, org_state_t *state, uint64_t now)
 {
     session_t *session = state->receiver;
+    s_packing_t packing = { 0, (size_t) self->config->max_payload + KIM_FRAME_MAX };
+    s_packing_t *packed = session && session->version >= 2? &packing: NULL;
     while (session && state->flight_count < session->window) {
         uint64_t seqs [KIM_SCAN_CHUNK];
         uint8_t flags [KIM_SCAN_CHUNK];
@@ -343,7 +322,7 @@ s_deliver (kim_server_t *self, org_state_t *state, uint64_t now)
         for (int i = 0; i < count; i++) {
             state->cursor = seqs [i];
             bool copy = (flags [i] & KIM_MAILBOX_COPY) != 0;
-            if (s_send_delivery (self, session, seqs [i], copy))
+            if (s_send_delivery (self, session, seqs [i], copy, packed))
                 continue;
             state->flights [state->flight_count].seq = seqs [i];
             state->flights [state->flight_count].copy = copy;
@@ -354,6 +333,8 @@ s_deliver (kim_server_t *self, org_state_t *state, uint64_t now)
         if (count < want)
             break;
     }
+    if (packed)
+        s_packing_flush (self, session, packed);
 }
 
 static void
@@ -373,31 +354,6 @@ s_deliver_dirty (kim_server_t *self)
     }
 }
 
-//  Index of `seq` among the flights, or -1.
-static ssize_t
-s_flight_find (const org_state_t *state, uint64_t seq)
-{
-    size_t low = 0, high = state->flight_count;
-    while (low < high) {
-        size_t mid = (low + high) / 2;
-        if (state->flights [mid].seq < seq)
-            low = mid + 1;
-        else
-            high = mid;
-    }
-    return low < state->flight_count && state->flights [low].seq == seq? (ssize_t) low: -1;
-}
-
-void
-kim_server_flight_remove (org_state_t *state, uint64_t seq)
-{
-    ssize_t index = s_flight_find (state, seq);
-    if (index >= 0) {
-        memmove (&state->flights [index], &state->flights [index + 1],
-                 (state->flight_count - (size_t) index - 1) * sizeof (flight_t));
-        state->flight_count--;
-    }
-}
 
 //  --------------------------------------------------------------------------
 //  Reading commands
@@ -491,7 +447,7 @@ s_drop_sessions (kim_server_t *self, org_state_t *state, const char *why)
     size_t count = zlistx_size (doomed);
     for (session_t *session = (session_t *) zlistx_first (doomed); session;
          session = (session_t *) zlistx_next (doomed)) {
-        kim_server_reject (self, session->rid, session->rid_size, KIM_E_REVOKED, NULL, NULL,
+        kim_reply_reject (self, session->rid, session->rid_size, KIM_E_REVOKED, NULL, NULL,
                   "%s: %s", state->org->id, why);
         s_session_destroy (self, session, why);
     }
@@ -593,14 +549,14 @@ s_reload_command (kim_server_t *self, const uint8_t *rid, size_t rid_size, const
     zsys_notice ("reload asked by %s", by);
     if (s_reload (self, summary, sizeof summary)) {
         zsys_error ("reload refused, the registry is unchanged: %s", summary);
-        kim_server_reject (self, rid, rid_size, KIM_E_RELOAD_FAILED, NULL, NULL, "%s", summary);
+        kim_reply_reject (self, rid, rid_size, KIM_E_RELOAD_FAILED, NULL, NULL, "%s", summary);
         return;
     }
     kim_cmd_t *reply = &self->reply;
     kim_cmd_init (reply, KIM_CMD_RELOADED);
     reply->count = self->config->org_count;
     kim_str_copy (reply->text, sizeof reply->text, summary);
-    kim_server_send_cmd (self, rid, rid_size, reply);
+    kim_reply_cmd (self, rid, rid_size, reply);
 }
 
 static int
@@ -680,7 +636,7 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
     const char *ref = s_cmd_ref (cmd);
     if (cmd->id == KIM_CMD_SUBSCRIBE && session->org->org->role == KIM_ROLE_AGENCY
     &&  !s_subscription_fits (self, session->org->org->id, cmd->sub_id)) {
-        kim_server_reject (self, session->rid, session->rid_size, KIM_E_ORG_LIMIT, ref, NULL,
+        kim_reply_reject (self, session->rid, session->rid_size, KIM_E_ORG_LIMIT, ref, NULL,
                   "%s holds %" PRIu64 " subscriptions, its limit; unsubscribe one first",
                   session->org->org->id, self->config->org_subscriptions);
         return;
@@ -700,7 +656,7 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
             if (rc == -KIM_E_UNKNOWN_CMD)
                 continue;
             if (rc)
-                kim_server_reject (self, session->rid, session->rid_size, verdict.code? verdict.code: rc,
+                kim_reply_reject (self, session->rid, session->rid_size, verdict.code? verdict.code: rc,
                           ref, verdict.path [0]? verdict.path: NULL, "%s",
                           verdict.text [0]? verdict.text: kim_strerror (rc));
             //  What the command wrote may be deliverable now.
@@ -708,7 +664,7 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
             return;
         }
     }
-    kim_server_reject (self, session->rid, session->rid_size, KIM_E_UNKNOWN_CMD, ref, "cmd",
+    kim_reply_reject (self, session->rid, session->rid_size, KIM_E_UNKNOWN_CMD, ref, "cmd",
               direction == KIM_CMD_TO_BROKER
               ? "%s is not served by this broker version"
               : "%s is sent by the broker, not to it", kim_cmd_name (cmd->id));
@@ -727,14 +683,14 @@ s_ack_filter (kim_server_t *self, session_t *session, kim_cmd_t *cmd)
     size_t kept = 0;
     bool refused = false;
     for (size_t i = 0; i < cmd->ack_count; i++) {
-        if (s_flight_find (state, cmd->acks [i]) < 0) {
+        if (kim_server_flight_find (state, cmd->acks [i]) < 0) {
             cmd->acks [kept++] = cmd->acks [i];
             continue;
         }
         if (!refused) {
             char path [KIM_PATH_MAX + 1];
             snprintf (path, sizeof path, "seqs[%zu]", i);
-            kim_server_reject (self, session->rid, session->rid_size, KIM_E_BAD_ACK, NULL, path,
+            kim_reply_reject (self, session->rid, session->rid_size, KIM_E_BAD_ACK, NULL, path,
                       "seq %" PRIu64 " is in flight on another session of %s; that session "
                       "acknowledges it", cmd->acks [i], state->org->id);
             refused = true;
@@ -742,6 +698,197 @@ s_ack_filter (kim_server_t *self, session_t *session, kim_cmd_t *cmd)
     }
     cmd->ack_count = kept;
     return kept > 0;
+}
+
+//  An ACK_RANGE acknowledges the deliveries in flight on this session that
+//  lie in its ranges (section 8.19). It is queued as ACK items of at most
+//  KIM_ACKS_MAX seqs each, starting in `item`; a window holds few enough
+//  that they fit the spare item slots.
+static void
+s_ack_ranges (kim_server_t *self, session_t *session, item_t *item, const uint8_t *rid,
+              size_t rid_size)
+{
+    org_state_t *state = session->org;
+    const kim_cmd_t *ranges = &item->cmd;       //  read while acks fill: other fields
+    item_t *slot = NULL;
+    size_t used = 0;
+    bool refused = false;
+    for (size_t r = 0; r + 1 < ranges->range_count; r += 2) {
+        uint64_t from = ranges->ranges [r], to = ranges->ranges [r + 1];
+        size_t found = 0;
+        for (size_t i = state->receiver == session? kim_server_flight_lower (state, from): state->flight_count;
+             i < state->flight_count && state->flights [i].seq <= to; i++, found++) {
+            if (!slot || slot->cmd.ack_count == KIM_ACKS_MAX) {
+                slot = &self->items [self->item_count + used++];
+                slot->cmd.id = KIM_CMD_ACK;
+                slot->cmd.ack_count = 0;
+            }
+            slot->cmd.acks [slot->cmd.ack_count++] = state->flights [i].seq;
+        }
+        if (found == 0 && !refused) {
+            char path [KIM_PATH_MAX + 1];
+            snprintf (path, sizeof path, "ranges[%zu]", r);
+            kim_reply_reject (self, rid, rid_size, KIM_E_BAD_ACK, NULL, path,
+                      "no delivery in flight on this session lies in %" PRIu64 "..%" PRIu64,
+                      from, to);
+            refused = true;
+        }
+    }
+    for (size_t i = 0; i < used; i++) {
+        slot = &self->items [self->item_count + i];
+        memcpy (slot->rid, rid, rid_size);
+        slot->rid_size = rid_size;
+        slot->org = state;
+        slot->has_payload = false;
+        slot->batch_count = 0;
+        slot->settled = false;
+        slot->from_range = true;
+    }
+    self->item_count += used;
+}
+
+//  What the broker refuses in a SEND (or an entry of a SEND_BATCH) as soon
+//  as it reads it (section 8.3). Returns the code, or 0, with path and text.
+static int
+s_send_refusal (kim_server_t *self, session_t *session, const kim_cmd_t *cmd,
+                size_t payload_size, const char **path, char *text, size_t text_size)
+{
+    *path = NULL;
+    if (session->org->org->role != KIM_ROLE_AGENCY) {
+        snprintf (text, text_size, "role %s may not send messages",
+                  kim_role_name (session->org->org->role));
+        return KIM_E_FORBIDDEN;
+    }
+    if (payload_size > self->config->max_payload) {
+        *path = "payload";
+        snprintf (text, text_size, "payload of %zu bytes exceeds max_payload %u", payload_size,
+                  self->config->max_payload);
+        return KIM_E_TOO_LARGE;
+    }
+    if (s_stale (self, &cmd->msg)) {
+        *path = "hdr.created_at";
+        snprintf (text, text_size, "created_at is outside the accepted window (de-duplication "
+                  "window in the past, clock skew in the future)");
+        return KIM_E_STALE;
+    }
+    if (cmd->msg.type == KIM_TYPE_OUTCOME && payload_size) {
+        *path = "payload";
+        snprintf (text, text_size, "an OUTCOME carries an outcome code only, never a payload");
+        return KIM_E_BAD_VALUE;
+    }
+    return 0;
+}
+
+//  Reads a version 2 batch frame (section 5.1). Only SEND_BATCH comes from
+//  clients: its messages become items of the open write batch, each with
+//  its place in the batch, answered together in one RECEIPT_BATCH after the
+//  commit (kim_batch.c). The payloads stay where they lie in the frame:
+//  every item holds a reference to it, and the store copies them once.
+static void
+s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *key,
+              const char *user_id, zmq_msg_t *frame, int frames)
+{
+    const uint8_t *data = (const uint8_t *) zmq_msg_data (frame);
+    size_t size = zmq_msg_size (frame);
+    kim_cmd_t *head = &self->batch_head;
+    kim_entry_t entries [KIM_BATCH_MAX];
+    kim_decode_error_t error = { 0, "" };
+    int rc = size > (size_t) self->config->max_payload + KIM_FRAME_MAX
+        ? -KIM_E_TOO_LARGE
+        : kim_batch_split (head, data, size, entries, &error);
+    size_t count = rc == 0? head->count: 0;
+
+    session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
+    org_state_t *payer = session? session->org
+                       : user_id? (org_state_t *) zhashx_lookup (self->orgs, user_id): NULL;
+    if (session)
+        session->last_seen_ms = s_mono ();
+    //  One unit per message, as for as many SENDs (section 7.3).
+    bool paid = !payer || s_rate_ok (self, payer, count? (double) count: 1);
+    if (!paid && !count)
+        kim_reply_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, NULL, NULL,
+                  "%s sends more than %" PRIu64 " command units/s over all its connections; "
+                  "slow down", payer->org->id, self->config->rate_limit);
+    else
+    if (rc)
+        kim_reply_reject (self, rid, rid_size, rc, NULL, error.path [0]? error.path: NULL,
+                  "%s%s%s", kim_strerror (rc), error.path [0]? " at ": "", error.path);
+    else
+    if (payer && payer->org->revoked)
+        kim_reply_reject (self, rid, rid_size, KIM_E_REVOKED, NULL, NULL,
+                  "the key of %s is revoked", payer->org->id);
+    else
+    if (frames > 1)
+        kim_reply_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, NULL, NULL,
+                  "%s takes one frame, got %d", kim_cmd_name (head->id), frames);
+    else
+    if (!session)
+        kim_reply_reject (self, rid, rid_size, KIM_E_NO_SESSION, NULL, NULL,
+                  "send HELLO first (the broker may have restarted)");
+    else
+    if (!user_id || strcmp (user_id, session->org->org->id) != 0)
+        kim_reply_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, NULL, NULL,
+                  "connection identity changed");
+    else
+    if (head->id != KIM_CMD_SEND_BATCH)
+        kim_reply_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+                  "%s is sent by the broker, not to it", kim_cmd_name (head->id));
+    else
+    if (session->version < 2)
+        kim_reply_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+                  "SEND_BATCH is a command of protocol version 2; this session speaks "
+                  "version %u", session->version);
+    else
+        for (size_t i = 0; i < count; i++) {
+            item_t *item = &self->items [self->item_count++];
+            kim_cmd_t *cmd = &item->cmd;
+            memcpy (item->rid, rid, rid_size);
+            item->rid_size = rid_size;
+            item->org = session->org;
+            item->batch_index = (uint8_t) i;
+            item->batch_count = (uint8_t) count;
+            item->settled = true;
+            item->from_range = false;
+            item->has_payload = false;
+            item->seq = 0;
+            item->dup = false;
+            const char *path = NULL;
+            int code = 0;
+            if (!paid) {
+                code = KIM_E_RATE_LIMITED;
+                snprintf (item->text, sizeof item->text, "%s sends more than %" PRIu64
+                          " command units/s over all its connections; slow down",
+                          payer->org->id, self->config->rate_limit);
+            }
+            else
+            if ((rc = kim_batch_entry_decode (KIM_CMD_SEND_BATCH, &entries [i], cmd, &error))) {
+                code = -rc;
+                path = error.path [0]? error.path: NULL;
+                snprintf (item->text, sizeof item->text, "%s%s%s", kim_strerror (rc),
+                          path? " at ": "", path? path: "");
+            }
+            else
+                code = s_send_refusal (self, session, cmd, entries [i].payload_size, &path,
+                                       item->text, sizeof item->text);
+            if (code == 0) {
+                zmq_msg_init (&item->payload);
+                if (zmq_msg_copy (&item->payload, frame) == 0) {
+                    item->has_payload = true;
+                    item->payload_offset = (size_t) (entries [i].payload - data);
+                    item->payload_size = entries [i].payload_size;
+                    item->settled = false;
+                    continue;
+                }
+                zmq_msg_close (&item->payload);
+                code = KIM_E_BUSY;
+                snprintf (item->text, sizeof item->text, "%s", kim_strerror (code));
+            }
+            item->code = code;
+            kim_str_copy (item->path, sizeof item->path, path);
+            //  The id the refusal carries, also from an entry that did not
+            //  decode (section 7.1)
+            kim_cmd_ref (entries [i].cmd, entries [i].cmd_size, item->ref);
+        }
 }
 
 //  Reads one [rid][frame 0][payload] message and handles or queues it.
@@ -801,6 +948,14 @@ s_read_one (kim_server_t *self)
         kim_str_copy (user_id_copy, sizeof user_id_copy, meta_user_id);
     const char *user_id = meta_user_id? user_id_copy: NULL;
 
+    if (kim_cmd_is_batch (kim_cmd_peek ((const uint8_t *) zmq_msg_data (&frame),
+                                        zmq_msg_size (&frame)))) {
+        if (has_payload)
+            zmq_msg_close (&item->payload);
+        s_read_batch (self, rid, rid_size, key, user_id, &frame, frames);
+        zmq_msg_close (&frame);
+        return true;
+    }
     kim_cmd_t *cmd = &item->cmd;
     kim_decode_error_t error = { 0, "" };
     int rc = zmq_msg_size (&frame) > KIM_FRAME_MAX
@@ -823,21 +978,21 @@ s_read_one (kim_server_t *self)
     if (session)
         session->last_seen_ms = s_mono ();
     if (payer && !s_rate_ok (self, payer, s_cost (rc, cmd)))
-        kim_server_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, msg_id, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_RATE_LIMITED, msg_id, NULL,
                   "%s sends more than %" PRIu64 " command units/s over all its connections; "
                   "slow down", payer->org->id, self->config->rate_limit);
     else
     if (rc)
-        kim_server_reject (self, rid, rid_size, rc, msg_id, error.path [0]? error.path: NULL,
+        kim_reply_reject (self, rid, rid_size, rc, msg_id, error.path [0]? error.path: NULL,
                   "%s%s%s", kim_strerror (rc), error.path [0]? " at ": "", error.path);
     else
     if (payer && payer->org->revoked)
         //  ZAP admits revoked keys only so that they hear this.
-        kim_server_reject (self, rid, rid_size, KIM_E_REVOKED, msg_id, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_REVOKED, msg_id, NULL,
                   "the key of %s is revoked", payer->org->id);
     else
     if (frames > (cmd->id == KIM_CMD_SEND? 2: 1))
-        kim_server_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, msg_id, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, msg_id, NULL,
                   "%s takes %s frame%s, got %d", kim_cmd_name (cmd->id),
                   cmd->id == KIM_CMD_SEND? "one or two": "one",
                   cmd->id == KIM_CMD_SEND? "s": "", frames);
@@ -846,41 +1001,44 @@ s_read_one (kim_server_t *self)
         s_hello (self, rid, rid_size, key, user_id, cmd);
     else
     if (!session)
-        kim_server_reject (self, rid, rid_size, KIM_E_NO_SESSION, msg_id, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_NO_SESSION, msg_id, NULL,
                   "send HELLO first (the broker may have restarted)");
     else
     if (!user_id || strcmp (user_id, session->org->org->id) != 0)
         //  Cannot happen with libzmq's per-connection routing ids; refuse
         //  loudly if it ever does rather than act for the wrong org.
-        kim_server_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, msg_id, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, msg_id, NULL,
                   "connection identity changed");
     else {
         switch (cmd->id) {
-            case KIM_CMD_SEND:
-                if (session->org->org->role != KIM_ROLE_AGENCY)
-                    kim_server_reject (self, rid, rid_size, KIM_E_FORBIDDEN, msg_id, NULL,
-                              "role %s may not send messages",
-                              kim_role_name (session->org->org->role));
-                else
-                if (has_payload && zmq_msg_size (&item->payload) > self->config->max_payload)
-                    kim_server_reject (self, rid, rid_size, KIM_E_TOO_LARGE, msg_id, "payload",
-                              "payload of %zu bytes exceeds max_payload %u",
-                              zmq_msg_size (&item->payload), self->config->max_payload);
-                else
-                if (s_stale (self, &cmd->msg))
-                    kim_server_reject (self, rid, rid_size, KIM_E_STALE, msg_id, "hdr.created_at",
-                              "created_at is outside the accepted window (de-duplication "
-                              "window in the past, clock skew in the future)");
-                else
-                if (cmd->msg.type == KIM_TYPE_OUTCOME && has_payload && zmq_msg_size (&item->payload))
-                    kim_server_reject (self, rid, rid_size, KIM_E_BAD_VALUE, msg_id, "payload",
-                              "an OUTCOME carries an outcome code only, never a payload");
+            case KIM_CMD_SEND: {
+                const char *path;
+                char text [KIM_TEXT_MAX + 1];
+                int code = s_send_refusal (self, session, cmd,
+                                           has_payload? zmq_msg_size (&item->payload): 0,
+                                           &path, text, sizeof text);
+                if (code)
+                    kim_reply_reject (self, rid, rid_size, code, msg_id, path, "%s", text);
                 else
                     queued = true;
                 break;
+            }
+            case KIM_CMD_ACK_RANGE:
+                if (session->version < 2)
+                    kim_reply_reject (self, rid, rid_size, KIM_E_UNKNOWN_CMD, NULL, "cmd",
+                              "ACK_RANGE is a command of protocol version 2; this session "
+                              "speaks version %u", session->version);
+                else
+                if (session->org->org->role != KIM_ROLE_AGENCY)
+                    kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                              "role %s receives no deliveries and acknowledges none",
+                              kim_role_name (session->org->org->role));
+                else
+                    s_ack_ranges (self, session, item, rid, rid_size);
+                break;
             case KIM_CMD_ACK:
                 if (session->org->org->role != KIM_ROLE_AGENCY)
-                    kim_server_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                    kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
                               "role %s receives no deliveries and acknowledges none",
                               kim_role_name (session->org->org->role));
                 else
@@ -889,7 +1047,7 @@ s_read_one (kim_server_t *self)
             case KIM_CMD_PING: {
                 kim_cmd_t *reply = &self->reply;
                 kim_cmd_init (reply, KIM_CMD_PONG);
-                kim_server_send_cmd (self, rid, rid_size, reply);
+                kim_reply_cmd (self, rid, rid_size, reply);
                 break;
             }
             case KIM_CMD_STATUS:
@@ -900,7 +1058,7 @@ s_read_one (kim_server_t *self)
                 break;
             case KIM_CMD_RELOAD:
                 if (session->org->org->role != KIM_ROLE_OPERATOR)
-                    kim_server_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                    kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
                               "only an operator may reload the registry");
                 else
                     s_reload_command (self, rid, rid_size, session->org->org->id);
@@ -928,6 +1086,11 @@ s_read_one (kim_server_t *self)
         item->rid_size = rid_size;
         item->org = session->org;
         item->has_payload = has_payload;
+        item->payload_offset = 0;
+        item->payload_size = has_payload? zmq_msg_size (&item->payload): 0;
+        item->batch_count = 0;
+        item->settled = false;
+        item->from_range = false;
         self->item_count++;
     }
     else
@@ -992,7 +1155,7 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
          session = (session_t *) zlistx_next (expired)) {
         zsys_info ("server: %s silent for %" PRIu64 " ms; session expired",
                    session->org->org->id, now - session->last_seen_ms);
-        kim_server_reject (self, session->rid, session->rid_size, KIM_E_SESSION_EXPIRED,
+        kim_reply_reject (self, session->rid, session->rid_size, KIM_E_SESSION_EXPIRED,
                            NULL, NULL, NULL);
         org_state_t *state = session->org;
         s_session_destroy (self, session, "expired");
@@ -1006,14 +1169,19 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
              state = (org_state_t *) zhashx_next (self->orgs)) {
             if (!state->receiver)
                 continue;
+            s_packing_t packing = { 0, (size_t) self->config->max_payload + KIM_FRAME_MAX };
+            s_packing_t *packed = state->receiver->version >= 2? &packing: NULL;
             for (size_t i = 0; i < state->flight_count; i++) {
                 flight_t *flight = &state->flights [i];
                 if (now - flight->sent_ms >= self->config->redeliver_ms
-                &&  s_send_delivery (self, state->receiver, flight->seq, flight->copy) == 0) {
+                &&  s_send_delivery (self, state->receiver, flight->seq, flight->copy,
+                                     packed) == 0) {
                     flight->sent_ms = now;
                     self->redelivered++;
                 }
             }
+            if (packed)
+                s_packing_flush (self, state->receiver, packed);
         }
         kim_store_read_end (self->store);
     }
@@ -1092,6 +1260,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     kim_config_t *config = self->config;
     kim_buf_init (&self->buf);
     kim_buf_init (&self->hdr_buf);
+    kim_buf_init (&self->batch_buf);
     self->ctx.server = self;
     kim_cmd_init (&self->receipt, KIM_CMD_RECEIPT);
     crypto_generichash (self->empty_hash, KIM_HASH_SIZE, NULL, 0, NULL, 0);
@@ -1136,7 +1305,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     }
     self->sessions = zhashx_new ();
     self->orgs = zhashx_new ();
-    self->items = (item_t *) calloc (config->batch_max, sizeof (item_t));
+    self->items = (item_t *) calloc (config->batch_max + KIM_ITEMS_SPARE, sizeof (item_t));
     if (!self->sessions || !self->orgs || !self->items) {
         snprintf (error, error_size, "out of memory");
         kim_server_destroy (&self);
@@ -1216,6 +1385,7 @@ kim_server_destroy (kim_server_t **self_p)
     zcert_destroy (&self->cert);
     kim_buf_free (&self->buf);
     kim_buf_free (&self->hdr_buf);
+    kim_buf_free (&self->batch_buf);
     kim_config_destroy (&self->config);
     free (self);
     *self_p = NULL;

@@ -1,6 +1,8 @@
 /*  kim_server_int.h — what the reactor (kim_server.c) and its write batch
-    (kim_batch.c) share: the server's state and a few of each other's
-    functions. Private to the broker's core; modules see kim_hook.h only.
+    (kim_batch.c) share: the server's state and a few small helpers on it.
+    The reactor calls the batch (kim_batch.c); the batch never calls the
+    reactor: both send through kim_reply.c. Private to the broker's core;
+    modules see kim_hook.h only.
 */
 #ifndef KIM_SERVER_INT_H_INCLUDED
 #define KIM_SERVER_INT_H_INCLUDED
@@ -16,6 +18,9 @@
 #define KIM_RID_MAX         256     //  ROUTER routing ids are 5 bytes unless a peer sets one
 #define KIM_DEDUP_EXPIRE_MS 10000   //  how often old msg_ids are forgotten
 #define KIM_HOOKS_MAX       8
+//  Item slots beyond batch_max: a frame read while the batch has room may
+//  bring a whole SEND_BATCH, or an ACK_RANGE spanning a window of 4096.
+#define KIM_ITEMS_SPARE     (KIM_BATCH_MAX + KIM_WINDOW_MAX / KIM_ACKS_MAX)
 
 typedef struct _org_state_t org_state_t;
 typedef struct _session_t session_t;
@@ -53,6 +58,7 @@ struct _session_t {
     uint64_t last_seen_ms;
     char agent [KIM_AGENT_MAX + 1];
     uint64_t started_ms;            //  its HELLO: the oldest goes first at the limit
+    uint32_t version;               //  of the protocol, from WELCOME
 };
 
 //  A SEND or ACK waiting for the batch's commit.
@@ -61,8 +67,17 @@ typedef struct {
     uint8_t rid [KIM_RID_MAX];
     size_t rid_size;
     org_state_t *org;               //  the sending organisation
-    zmq_msg_t payload;
+    zmq_msg_t payload;              //  frame 1 of a SEND, or a SEND_BATCH's whole frame
     bool has_payload;
+    size_t payload_offset;          //  where the payload lies in `payload`
+    size_t payload_size;
+    //  An entry of a SEND_BATCH: answered in one RECEIPT_BATCH with the
+    //  others, all of them contiguous in the batch.
+    uint8_t batch_index;
+    uint8_t batch_count;            //  0: not from a SEND_BATCH
+    bool settled;                   //  refused when read: nothing to apply
+    bool from_range;                //  an ACK_RANGE: seqs already acked pass quietly
+    char ref [KIM_ID_MAX + 1];      //  the msg_id a refusal carries
     //  Outcome of the last apply (reset when a batch is replayed).
     int code;
     char path [KIM_PATH_MAX + 1];
@@ -103,6 +118,8 @@ struct _kim_server_t {
     kim_buf_t hdr_buf;              //  canonical header scratch
     kim_cmd_t reply;                //  reply scratch
     kim_cmd_t receipt;              //  RECEIPT, prepared once
+    kim_cmd_t batch_head;           //  head of the batch frame being read
+    kim_buf_t batch_buf;            //  the RECEIPT_BATCH being written
     uint8_t empty_hash [KIM_HASH_SIZE];     //  of an empty payload: broker-made messages
     uint64_t started_ms;
     uint64_t last_dedup_expire_ms;
@@ -116,26 +133,60 @@ struct _kim_server_t {
     kim_histogram_t batch_commands;         //  commands per batch
 };
 
-//  --- kim_server.c ----------------------------------------------------------
+//  --- shared helpers (inline: neither file calls the other for them) ------
 
-//  The broker's clock (ms since the epoch; tests may move it).
-uint64_t
-    kim_server_now (kim_server_t *self);
-//  Encodes `cmd` and sends it to the peer; a failure drops it.
-void
-    kim_server_send_cmd (kim_server_t *self, const uint8_t *rid, size_t rid_size,
-                         const kim_cmd_t *cmd);
-//  Sends a REJECT with `code` (local 9xx codes travel as INTERNAL).
-void
-    kim_server_reject (kim_server_t *self, const uint8_t *rid, size_t rid_size, int code,
-                       const char *msg_id, const char *path, const char *format, ...)
-    CHECK_PRINTF (7);
+//  The broker's clock (ms since the epoch; tests may move it, kim_server.c).
+static inline uint64_t
+kim_server_now (kim_server_t *self)
+{
+    return (uint64_t) ((int64_t) zclock_time () + self->clock_offset_ms);
+}
+
 //  The organisation's mailbox or window changed: deliver after this turn.
-void
-    kim_server_mark_dirty (kim_server_t *self, org_state_t *state);
+static inline void
+kim_server_mark_dirty (kim_server_t *self, org_state_t *state)
+{
+    if (!state->dirty) {
+        state->dirty = true;
+        state->next_dirty = self->dirty;
+        self->dirty = state;
+    }
+}
+
+//  Index of the first flight at or above `seq`.
+static inline size_t
+kim_server_flight_lower (const org_state_t *state, uint64_t seq)
+{
+    size_t low = 0, high = state->flight_count;
+    while (low < high) {
+        size_t mid = (low + high) / 2;
+        if (state->flights [mid].seq < seq)
+            low = mid + 1;
+        else
+            high = mid;
+    }
+    return low;
+}
+
+//  Index of `seq` among the flights, or -1.
+static inline ssize_t
+kim_server_flight_find (const org_state_t *state, uint64_t seq)
+{
+    size_t low = kim_server_flight_lower (state, seq);
+    return low < state->flight_count && state->flights [low].seq == seq? (ssize_t) low: -1;
+}
+
 //  Forgets the delivery of `seq` in flight to the organisation.
-void
-    kim_server_flight_remove (org_state_t *state, uint64_t seq);
+static inline void
+kim_server_flight_remove (org_state_t *state, uint64_t seq)
+{
+    ssize_t index = kim_server_flight_find (state, seq);
+    if (index >= 0) {
+        memmove (&state->flights [index], &state->flights [index + 1],
+                 (state->flight_count - (size_t) index - 1) * sizeof (flight_t));
+        state->flight_count--;
+    }
+}
 
 //  --- kim_batch.c -----------------------------------------------------------
 

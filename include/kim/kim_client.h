@@ -176,6 +176,13 @@ const char *
 uint64_t
     kim_client_reconnects (kim_client_t *self);
 
+//  The protocol version of the open session (WELCOME), or of the last one;
+//  0 before the first. The library offers versions 1 and 2 (PROTOCOL.md
+//  5.1) and speaks what the broker chooses; KIM_PROTOCOL=1 in the
+//  environment makes it offer version 1 only.
+uint32_t
+    kim_client_protocol (kim_client_t *self);
+
 #ifdef __cplusplus
 }
 #endif

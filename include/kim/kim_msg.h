@@ -4,7 +4,9 @@
     a header the broker reads plus an opaque payload it does not need to read.
     A *command* (kim_cmd_t) is one ZeroMQ message on the wire: frame 0 is a
     MessagePack map naming the command; SEND and DELIVER carry the payload
-    as frame 1. proto/PROTOCOL.md is the normative description; this header
+    as frame 1. Protocol version 2 adds batch frames: a head command and
+    up to KIM_BATCH_MAX entries, each a command map and its payload, in one
+    frame (kim_batch_*). proto/PROTOCOL.md is the normative description; this header
     and proto/kim_msg*.c implement it (kim_msg.c holds the field tables and
     rules, kim_msg_decode.c and kim_msg_encode.c the two directions).
 
@@ -25,8 +27,10 @@
 extern "C" {
 #endif
 
-//  Protocol version(s) this build speaks.
+//  Protocol versions this build speaks: 1, which every broker serves, up to
+//  KIM_PROTOCOL_MAX. Version 2 adds the batch commands (PROTOCOL.md 5.1).
 #define KIM_PROTOCOL_VERSION    1
+#define KIM_PROTOCOL_MAX        2
 #define KIM_SCHEMA_VERSION      1
 
 //  Limits (bytes exclude the terminating NUL kept in the structs).
@@ -43,6 +47,8 @@ extern "C" {
 #define KIM_LIST_MAX        16      //  recipients, purposes, versions
 #define KIM_REFERRALS_MAX   32      //  referrals listed in a HANDOVER_OFFER
 #define KIM_ACKS_MAX        1024    //  sequence numbers in one ACK
+#define KIM_BATCH_MAX       64      //  entries in one SEND_BATCH, RECEIPT_BATCH, DELIVER_BATCH
+#define KIM_RANGES_MAX      64      //  ranges in one ACK_RANGE
 #define KIM_DEPTH_MAX       4       //  nesting depth of maps and arrays
 #define KIM_MAP_MAX         64      //  entries in any map
 #define KIM_ARRAY_MAX       1024    //  entries in any array (lists have lower limits)
@@ -192,6 +198,10 @@ typedef struct {
     X(RECORD,       "RECORD",       15, KIM_CMD_TO_CLIENT)      \
     X(QUERY_END,    "QUERY_END",    16, KIM_CMD_TO_CLIENT)      \
     X(BYE,          "BYE",          17, KIM_CMD_TO_BROKER)      \
+    X(SEND_BATCH,   "SEND_BATCH",   18, KIM_CMD_TO_BROKER)      \
+    X(RECEIPT_BATCH, "RECEIPT_BATCH", 19, KIM_CMD_TO_CLIENT)    \
+    X(DELIVER_BATCH, "DELIVER_BATCH", 20, KIM_CMD_TO_CLIENT)    \
+    X(ACK_RANGE,    "ACK_RANGE",    21, KIM_CMD_TO_BROKER)      \
     X(RELOAD,       "RELOAD",       40, KIM_CMD_TO_BROKER)      \
     X(RELOADED,     "RELOADED",     41, KIM_CMD_TO_CLIENT)      \
     X(REFERRAL_QUERY, "REFERRAL_QUERY", 50, KIM_CMD_TO_BROKER)  \
@@ -253,6 +263,9 @@ typedef struct {
     int code;                                   //  "code": kim_error_t (REJECT, QUERY_END)
     char text [KIM_TEXT_MAX + 1];               //  "text"
     char path [KIM_PATH_MAX + 1];               //  "path": offending field, if any
+    //  ACK_RANGE: pairs from, to (inclusive), so 2 values per range
+    size_t range_count;                         //  "ranges": values, not pairs
+    uint64_t ranges [2 * KIM_RANGES_MAX];
     //  ACK
     size_t ack_count;                           //  "seqs"
     uint64_t acks [KIM_ACKS_MAX];
@@ -279,7 +292,8 @@ typedef struct {
     uint8_t hash [KIM_HASH_SIZE];               //  "hash": RECORD, the record's chain hash
     const uint8_t *body;                        //  "body": RECORD body. After decoding it
     size_t body_size;                           //  points into the decoded frame (borrowed)
-    uint64_t count;                             //  "count": QUERY_END, records sent
+    uint64_t count;                             //  "count": QUERY_END, records sent;
+                                                //  batch commands: entries that follow
     //  DIRECTORY_REPLY (DIRECTORY filters with `org`; the reply's `count` is
     //  how many organisations matched, more than dir_count if cut at
     //  KIM_DIRECTORY_MAX). Encoding reads dir [0..dir_count) (borrowed).
@@ -384,6 +398,57 @@ int
 int
     kim_cmd_decode_directory (kim_cmd_t *self, const uint8_t *data, size_t size,
                               kim_dir_entry_t *entries, size_t max, kim_decode_error_t *err);
+
+//  Version 2's batch frames (PROTOCOL.md 5.1): a head, the command map of
+//  SEND_BATCH, RECEIPT_BATCH or DELIVER_BATCH with `count` (1..KIM_BATCH_MAX),
+//  followed in the same frame by `count` entries, each a command map
+//  (SEND, RECEIPT or REJECT, DELIVER) and, in SEND_BATCH and DELIVER_BATCH,
+//  the payload as a MessagePack bin right after its map. An entry points
+//  into the frame (borrowed: valid while the frame is).
+typedef struct {
+    const uint8_t *cmd;                         //  the entry's command map
+    size_t cmd_size;
+    const uint8_t *payload;                     //  the payload bytes, or NULL
+    size_t payload_size;
+} kim_entry_t;
+
+//  The command the frame's first map names, read without decoding the rest
+//  (bounded like the decoder); KIM_CMD_NONE when it names none it knows.
+kim_cmd_id_t
+    kim_cmd_peek (const uint8_t *data, size_t size);
+
+//  Whether `id` is one of the batch commands whose frame carries entries.
+bool
+    kim_cmd_is_batch (kim_cmd_id_t id);
+
+//  Splits a batch frame: decodes the head into `head` and finds its
+//  entries, checking their outer shape (each a map of at most KIM_FRAME_MAX
+//  bytes, a bin after it where the command has payloads, nothing after the
+//  last) but not their contents. Returns 0 or -code with `err` set; an
+//  entry's fault has the path "entries[i]".
+int
+    kim_batch_split (kim_cmd_t *head, const uint8_t *data, size_t size,
+                     kim_entry_t entries [KIM_BATCH_MAX], kim_decode_error_t *err);
+
+//  Decodes one entry of a batch of `batch` (the head's id) into `cmd` and
+//  checks it is of a command the batch carries (SEND in SEND_BATCH, RECEIPT
+//  or REJECT in RECEIPT_BATCH, DELIVER in DELIVER_BATCH; else BAD_VALUE at
+//  "cmd"). Paths are relative to the entry's map.
+int
+    kim_batch_entry_decode (kim_cmd_id_t batch, const kim_entry_t *entry, kim_cmd_t *cmd,
+                            kim_decode_error_t *err);
+
+//  Encoding a batch: kim_batch_begin appends the head of `id`, then the
+//  caller appends each entry (kim_cmd_encode, kim_cmd_encode_deliver, or a
+//  SEND map it encoded before) and, for payload-carrying batches, its
+//  payload with kim_batch_payload; kim_batch_end writes the entry count
+//  (1..KIM_BATCH_MAX) into the head that starts at `start`.
+int
+    kim_batch_begin (kim_cmd_id_t id, kim_buf_t *out);
+int
+    kim_batch_payload (const void *data, size_t size, kim_buf_t *out);
+int
+    kim_batch_end (kim_cmd_id_t id, size_t count, size_t start, kim_buf_t *out);
 
 //  Identifier formats. An id (msg_id, referral_id, case_id, consent id) is
 //  1..64 of [A-Za-z0-9._:-]; an org id is <type>.<place>[.<unit>] with each

@@ -17,6 +17,10 @@
       - nothing is delivered that was never sent, and content is intact;
       - first deliveries come in seq order.
 
+    The clients speak protocol version 2 (batched sends, receipts, deliveries
+    and range acks); with KIM_PROTOCOL=1 in the environment they speak
+    version 1 (CTest runs both), and the test checks they did.
+
     The PRNG seed is printed; KIM_TEST_SEED=<n> repeats a run's timings.
 */
 #include <pthread.h>
@@ -50,6 +54,7 @@ typedef struct {
     uint64_t reconnects;                //  kim_client_reconnects of finished clients
     uint64_t rejects;
     uint64_t unreceipted_after_flush;   //  what the library's flush left unreceipted
+    uint32_t protocol;                  //  the last session's version seen, 0 before one
     char first_error [512];
 } producer_t;
 
@@ -159,6 +164,8 @@ s_connect (producer_t *self)
 static void
 s_drop (producer_t *self, kim_client_t **client_p)
 {
+    if (kim_client_protocol (*client_p))
+        self->protocol = kim_client_protocol (*client_p);
     self->reconnects += kim_client_reconnects (*client_p);
     kim_client_destroy (client_p);
 }
@@ -510,6 +517,16 @@ main (void)
     int64_t drain_ms = s_itest_now () - drain_started;
     kim_status_t status = ITEST_WAIT_MAILBOX (recipient, 0, 0, 30000);
     KIM_CHECK (status.log_head >= max_seq);
+    //  The version the run was meant to exercise is the one spoken.
+    const char *protocol = getenv ("KIM_PROTOCOL");
+    uint32_t expected = protocol && streq (protocol, "1")? 1: 2;
+    if (kim_client_protocol (recipient) != expected)
+        s_fail ("the recipient spoke protocol %u, expected %u", kim_client_protocol (recipient),
+                expected);
+    for (int p = 0; p < PRODUCERS; p++)
+        if (producers [p].protocol != expected)
+            s_fail ("producer %d spoke protocol %u, expected %u", p, producers [p].protocol,
+                    expected);
     kim_client_destroy (&recipient);
 
     //  Every receipted message was delivered.
@@ -529,11 +546,11 @@ main (void)
             }
         }
 
-    printf ("test_sigkill: seed %" PRIu64 ", %d rounds, %" PRIu64 " messages sent, %" PRIu64
+    printf ("test_sigkill: protocol %u, seed %" PRIu64 ", %d rounds, %" PRIu64 " messages sent, %" PRIu64
             " receipted, %" PRIu64 " delivered (%" PRIu64 " redelivered), %" PRIu64
             " duplicates suppressed, %" PRIu64 " lost, %" PRIu64 " never receipted (%" PRIu64
             " of them delivered), %d stalled rounds; drain %" PRId64 " ms, total %" PRId64 " ms\n",
-            seed, ROUNDS, sent, receipted, distinct, repeated, dups, lost, unreceipted,
+            expected, seed, ROUNDS, sent, receipted, distinct, repeated, dups, lost, unreceipted,
             delivered_unreceipted, stalled, drain_ms, s_itest_now () - test_started);
     if (lost)
         s_fail ("%" PRIu64 " receipted messages were lost", lost);

@@ -1,7 +1,8 @@
 /*  test_vectors.c — the hex examples of proto/PROTOCOL.md are test vectors.
 
     Every fenced block ```hex must decode and re-encode to exactly the same
-    bytes; every block ```hex-invalid NAME must fail with exactly that code.
+    bytes (a version 2 batch frame: its head and every entry, each re-encoded
+    in place, the payloads copied); every block ```hex-invalid NAME must fail with exactly that code.
     Every command and every message type must appear in some valid example,
     and the spec's reason-code table must list every code that travels on
     the wire, with its name. So the spec and the codec cannot drift apart.
@@ -46,6 +47,46 @@ s_parse_hex (const char *text, uint8_t *out, size_t max)
         p += 2;
     }
     return (long) size;
+}
+
+//  Decodes a frame, a batch frame entry by entry, and re-encodes it into
+//  `out`. Returns 0 or the first failure (-code); `err` says where.
+static int
+s_round_trip (kim_cmd_t *cmd, const uint8_t *frame, size_t size, kim_buf_t *out,
+              kim_decode_error_t *err, bool *cmd_seen, bool *type_seen)
+{
+    kim_buf_reset (out);
+    if (!kim_cmd_is_batch (kim_cmd_peek (frame, size))) {
+        int rc = kim_cmd_decode (cmd, frame, size, err);
+        if (rc)
+            return rc;
+        cmd_seen [cmd->id & 0xff] = true;
+        if (cmd->id == KIM_CMD_SEND || cmd->id == KIM_CMD_DELIVER)
+            type_seen [cmd->msg.type & 0xff] = true;
+        return kim_cmd_encode (cmd, out);
+    }
+    kim_entry_t entries [KIM_BATCH_MAX];
+    int rc = kim_batch_split (cmd, frame, size, entries, err);
+    if (rc)
+        return rc;
+    kim_cmd_id_t batch = cmd->id;
+    size_t count = cmd->count;
+    cmd_seen [batch & 0xff] = true;
+    if ((rc = kim_batch_begin (batch, out)))
+        return rc;
+    for (size_t i = 0; i < count; i++) {
+        if ((rc = kim_batch_entry_decode (batch, &entries [i], cmd, err)))
+            return rc;
+        cmd_seen [cmd->id & 0xff] = true;
+        if (cmd->id == KIM_CMD_SEND || cmd->id == KIM_CMD_DELIVER)
+            type_seen [cmd->msg.type & 0xff] = true;
+        if ((rc = kim_cmd_encode (cmd, out)))
+            return rc;
+        if (entries [i].payload
+        &&  (rc = kim_batch_payload (entries [i].payload, entries [i].payload_size, out)))
+            return rc;
+    }
+    return kim_batch_end (batch, count, 0, out);
 }
 
 static char *
@@ -151,23 +192,13 @@ main (int argc, char *argv [])
                 valid++;
                 if (!prev || strncmp (prev, "Example: ", 9) != 0)
                     s_fail (start_line, "hex block without an 'Example: <name>' line before it%s%s", "", "");
-                int rc = kim_cmd_decode (cmd, frame, (size_t) size, &err);
-                if (rc) {
-                    s_fail (start_line, "example does not decode: %s at '%s'",
+                int rc = s_round_trip (cmd, frame, (size_t) size, &buf, &err, cmd_seen, type_seen);
+                if (rc)
+                    s_fail (start_line, "example does not decode and re-encode: %s at '%s'",
                             kim_errname (rc), err.path);
-                }
-                else {
-                    kim_buf_reset (&buf);
-                    rc = kim_cmd_encode (cmd, &buf);
-                    if (rc)
-                        s_fail (start_line, "example does not re-encode: %s%s", kim_errname (rc), "");
-                    else
-                    if (buf.size != (size_t) size || memcmp (buf.data, frame, buf.size) != 0)
-                        s_fail (start_line, "example is not canonical: re-encoding differs%s%s", "", "");
-                    cmd_seen [cmd->id & 0xff] = true;
-                    if (cmd->id == KIM_CMD_SEND || cmd->id == KIM_CMD_DELIVER)
-                        type_seen [cmd->msg.type & 0xff] = true;
-                }
+                else
+                if (buf.size != (size_t) size || memcmp (buf.data, frame, buf.size) != 0)
+                    s_fail (start_line, "example is not canonical: re-encoding differs%s%s", "", "");
             }
             else
             if (strncmp (info, "hex-invalid ", 12) == 0) {
@@ -177,7 +208,8 @@ main (int argc, char *argv [])
                 if (expected <= 0)
                     s_fail (start_line, "unknown error name '%s'%s", name, "");
                 else {
-                    int rc = kim_cmd_decode (cmd, frame, (size_t) size, &err);
+                    bool ignored [256];
+                    int rc = s_round_trip (cmd, frame, (size_t) size, &buf, &err, ignored, ignored);
                     if (rc != -expected)
                         s_fail (start_line, "expected %s, decoder says %s", name,
                                 rc? kim_errname (rc): "OK");
