@@ -34,6 +34,9 @@
     payload makes each of them a shredding with no knowledge of cases or
     subjects here, at the price of one key (about 100 bytes in the key
     store) per payload.
+
+    The reads served from the committed snapshot are in kim_store_read.c;
+    what the two files share is kim_store_int.h.
 */
 #include <czmq.h>
 #include <errno.h>
@@ -50,73 +53,7 @@
 
 #include "kim/kim_error.h"
 #include "kim/kim_log.h"
-#include "kim_keystore.h"
-#include "kim_store.h"
-
-#define S_FORMAT            KIM_LOG_FORMAT          //  record format byte and store format
-#define S_RECORD_FIXED      KIM_LOG_RECORD_FIXED
-#define S_KEY_BUF           512         //  LMDB's default maximum key is 511 bytes
-#define S_MAXDBS            32          //  room for modules added later
-#define S_MAP_DEFAULT       ((size_t) 64 << 20)
-#define S_MAP_MAX_DEFAULT   ((size_t) 64 << 30)
-#define S_WINDOW_DEFAULT    ((uint64_t) 7 * 24 * 3600 * 1000)
-#define S_SEALED_VERSION    1           //  payload at rest: version byte
-#define S_SEALED_NONCE      crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
-#define S_SEALED_TAG        crypto_aead_xchacha20poly1305_ietf_ABYTES
-#define S_SEALED_OVERHEAD   (1 + S_SEALED_NONCE + S_SEALED_TAG)
-
-//  One organisation's mailbox size. `delta` is the open batch's change, kept
-//  apart so that an abort can forget it.
-typedef struct {
-    uint64_t count;
-    int64_t delta;
-    bool touched;               //  listed in self->touched
-    char org [];                //  also the key in self->mailboxes
-} s_mailbox_t;
-
-struct _kim_store_t {
-    char *path;
-    MDB_env *env;
-    MDB_dbi dbi [KIM_DB_COUNT];
-    int lock_fd;                //  holds the flock; -1 when read-only
-    bool read_only;
-    bool failed;                //  fail closed: no writes until reopened
-    size_t map_size;            //  current map size
-    size_t map_max;
-    size_t page_size;           //  OS page: map sizes are multiples of it
-    size_t key_max;             //  LMDB's maximum key size
-    uint64_t dedup_window_ms;
-
-    //  Payload keys (NULL: a reader on a store from before at-rest
-    //  encryption) and the first seq whose payload is encrypted
-    kim_keystore_t *keys;
-    uint64_t keys_from;
-    uint8_t *scratch;           //  the last payload read, decrypted
-    size_t scratch_max;
-
-    //  The open write batch, if any
-    MDB_txn *txn;
-    MDB_cursor *mailbox_cursor;     //  opened on the batch's first ack; LMDB closes it
-    bool batch_full;            //  MDB_MAP_FULL or MDB_TXN_FULL seen
-    bool batch_growable;        //  false once MDB_TXN_FULL was seen
-    uint64_t batch_head;
-    uint8_t batch_hash [KIM_HASH_SIZE];
-
-    //  The reusable read snapshot; `rtxn_live` while it is not reset
-    MDB_txn *rtxn;
-    bool rtxn_live;
-
-    //  Committed head of the log
-    uint64_t head;
-    uint8_t head_hash [KIM_HASH_SIZE];
-
-    //  Mailbox sizes: org -> s_mailbox_t; `touched` lists the entries the
-    //  open batch changed, so commit and abort visit only those.
-    zhashx_t *mailboxes;
-    s_mailbox_t **touched;
-    size_t touched_size;
-    size_t touched_max;
-};
+#include "kim_store_int.h"
 
 static const char *s_db_names [KIM_DB_COUNT] = {
 #define KIM_X_NAME(name, str) str,
@@ -139,8 +76,8 @@ s_round_up (size_t size, size_t unit)
 }
 
 //  An LMDB failure while reading: logged, reported, the store stays usable.
-static int
-s_read_error (kim_store_t *self, int rc, const char *what)
+int
+kim_store_i_read_error (kim_store_t *self, int rc, const char *what)
 {
     zsys_error ("kim_store: %s: %s: %s", self->path, what, mdb_strerror (rc));
     return rc == ENOMEM? -KIM_E_NOMEM: -KIM_E_IO;
@@ -191,8 +128,8 @@ s_writable (kim_store_t *self, const char *what)
 
 //  Builds `org` NUL seq(BE) into `key`; returns the key size or 0 if the
 //  org is empty or too long for an LMDB key.
-static size_t
-s_mailbox_key (kim_store_t *self, const char *org, uint64_t seq, uint8_t *key)
+size_t
+kim_store_i_mailbox_key (kim_store_t *self, const char *org, uint64_t seq, uint8_t *key)
 {
     size_t org_size = org? strlen (org): 0;
     if (org_size == 0 || org_size + 9 > self->key_max)
@@ -225,8 +162,8 @@ s_dedup_key (kim_store_t *self, const char *sender, const char *msg_id, uint8_t 
 //  Makes the reusable read transaction current. When a writer in another
 //  process grew the map past ours, LMDB says MDB_MAP_RESIZED: adopt the new
 //  size and try once more.
-static int
-s_snapshot_start (kim_store_t *self)
+int
+kim_store_i_snapshot_start (kim_store_t *self)
 {
     if (self->rtxn_live)
         return 0;
@@ -240,16 +177,16 @@ s_snapshot_start (kim_store_t *self)
             break;
         int rc2 = mdb_env_set_mapsize (self->env, 0);
         if (rc2)
-            return s_read_error (self, rc2, "adopting the grown map");
+            return kim_store_i_read_error (self, rc2, "adopting the grown map");
     }
     if (rc)
-        return s_read_error (self, rc, "starting a read snapshot");
+        return kim_store_i_read_error (self, rc, "starting a read snapshot");
     self->rtxn_live = true;
     return 0;
 }
 
-static void
-s_snapshot_end (kim_store_t *self)
+void
+kim_store_i_snapshot_end (kim_store_t *self)
 {
     if (self->rtxn_live) {
         mdb_txn_reset (self->rtxn);
@@ -259,14 +196,14 @@ s_snapshot_end (kim_store_t *self)
 
 //  The transaction reads go through: the batch when one is open (so reads
 //  see its writes), else the read snapshot, started if need be.
-static int
-s_reader (kim_store_t *self, MDB_txn **txn_p)
+int
+kim_store_i_reader (kim_store_t *self, MDB_txn **txn_p)
 {
     if (self->txn) {
         *txn_p = self->txn;
         return 0;
     }
-    int rc = s_snapshot_start (self);
+    int rc = kim_store_i_snapshot_start (self);
     if (rc)
         return rc;
     *txn_p = self->rtxn;
@@ -274,8 +211,8 @@ s_reader (kim_store_t *self, MDB_txn **txn_p)
 }
 
 //  Parses a record value; never trusts its size.
-static int
-s_parse_record (kim_store_t *self, uint64_t seq, const MDB_val *value, kim_record_t *record)
+int
+kim_store_i_parse_record (kim_store_t *self, uint64_t seq, const MDB_val *value, kim_record_t *record)
 {
     const uint8_t *bytes = (const uint8_t *) value->mv_data;
     kim_log_record_t parsed;
@@ -294,13 +231,13 @@ s_parse_record (kim_store_t *self, uint64_t seq, const MDB_val *value, kim_recor
 }
 
 //  Finds the head (last seq and its hash) in `txn`.
-static int
-s_load_head (kim_store_t *self, MDB_txn *txn)
+int
+kim_store_i_load_head (kim_store_t *self, MDB_txn *txn)
 {
     MDB_cursor *cursor;
     int rc = mdb_cursor_open (txn, self->dbi [KIM_DB_LOG], &cursor);
     if (rc)
-        return s_read_error (self, rc, "opening a log cursor");
+        return kim_store_i_read_error (self, rc, "opening a log cursor");
     MDB_val key, value;
     rc = mdb_cursor_get (cursor, &key, &value, MDB_LAST);
     if (rc == MDB_NOTFOUND) {
@@ -311,7 +248,7 @@ s_load_head (kim_store_t *self, MDB_txn *txn)
     }
     if (rc) {
         mdb_cursor_close (cursor);
-        return s_read_error (self, rc, "reading the last log record");
+        return kim_store_i_read_error (self, rc, "reading the last log record");
     }
     if (key.mv_size != 8) {
         mdb_cursor_close (cursor);
@@ -321,7 +258,7 @@ s_load_head (kim_store_t *self, MDB_txn *txn)
     }
     uint64_t seq = kim_log_get_be64 ((const uint8_t *) key.mv_data);
     kim_record_t record;
-    rc = s_parse_record (self, seq, &value, &record);
+    rc = kim_store_i_parse_record (self, seq, &value, &record);
     mdb_cursor_close (cursor);
     if (rc)
         return rc;
@@ -341,14 +278,14 @@ s_mailbox_free (void **item_p)
     *item_p = NULL;
 }
 
-static s_mailbox_t *
-s_mailbox_lookup (kim_store_t *self, const char *org, bool create)
+kim_store_mailbox_t *
+kim_store_i_mailbox_lookup (kim_store_t *self, const char *org, bool create)
 {
-    s_mailbox_t *mailbox = (s_mailbox_t *) zhashx_lookup (self->mailboxes, org);
+    kim_store_mailbox_t *mailbox = (kim_store_mailbox_t *) zhashx_lookup (self->mailboxes, org);
     if (mailbox || !create)
         return mailbox;
     size_t org_size = strlen (org);
-    mailbox = (s_mailbox_t *) calloc (1, sizeof (s_mailbox_t) + org_size + 1);
+    mailbox = (kim_store_mailbox_t *) calloc (1, sizeof (kim_store_mailbox_t) + org_size + 1);
     if (!mailbox)
         return NULL;
     memcpy (mailbox->org, org, org_size + 1);
@@ -360,8 +297,8 @@ s_mailbox_lookup (kim_store_t *self, const char *org, bool create)
     return mailbox;
 }
 
-static uint64_t
-s_mailbox_size (const s_mailbox_t *mailbox)
+uint64_t
+kim_store_i_mailbox_size (const kim_store_mailbox_t *mailbox)
 {
     if (mailbox->delta < 0 && (uint64_t) -mailbox->delta > mailbox->count)
         return 0;
@@ -371,14 +308,14 @@ s_mailbox_size (const s_mailbox_t *mailbox)
 //  Finds or creates org's entry and makes room to list it as touched, so
 //  that the LMDB write that follows cannot be left uncounted.
 static int
-s_mailbox_prepare (kim_store_t *self, const char *org, s_mailbox_t **mailbox_p)
+s_mailbox_prepare (kim_store_t *self, const char *org, kim_store_mailbox_t **mailbox_p)
 {
-    s_mailbox_t *mailbox = s_mailbox_lookup (self, org, true);
+    kim_store_mailbox_t *mailbox = kim_store_i_mailbox_lookup (self, org, true);
     if (!mailbox)
         return -KIM_E_NOMEM;
     if (!mailbox->touched && self->touched_size == self->touched_max) {
         size_t max = self->touched_max? self->touched_max * 2: 64;
-        s_mailbox_t **touched = (s_mailbox_t **) realloc (self->touched, max * sizeof (*touched));
+        kim_store_mailbox_t **touched = (kim_store_mailbox_t **) realloc (self->touched, max * sizeof (*touched));
         if (!touched)
             return -KIM_E_NOMEM;
         self->touched = touched;
@@ -389,7 +326,7 @@ s_mailbox_prepare (kim_store_t *self, const char *org, s_mailbox_t **mailbox_p)
 }
 
 static void
-s_mailbox_change (kim_store_t *self, s_mailbox_t *mailbox, int64_t delta)
+s_mailbox_change (kim_store_t *self, kim_store_mailbox_t *mailbox, int64_t delta)
 {
     if (!mailbox->touched) {
         mailbox->touched = true;
@@ -404,9 +341,9 @@ static void
 s_mailbox_settle (kim_store_t *self, bool apply)
 {
     for (size_t i = 0; i < self->touched_size; i++) {
-        s_mailbox_t *mailbox = self->touched [i];
+        kim_store_mailbox_t *mailbox = self->touched [i];
         if (apply)
-            mailbox->count = s_mailbox_size (mailbox);
+            mailbox->count = kim_store_i_mailbox_size (mailbox);
         mailbox->delta = 0;
         mailbox->touched = false;
         if (mailbox->count == 0)
@@ -422,8 +359,8 @@ s_mailbox_count_all (kim_store_t *self, MDB_txn *txn)
     MDB_cursor *cursor;
     int rc = mdb_cursor_open (txn, self->dbi [KIM_DB_MAILBOX], &cursor);
     if (rc)
-        return s_read_error (self, rc, "opening a mailbox cursor");
-    s_mailbox_t *mailbox = NULL;
+        return kim_store_i_read_error (self, rc, "opening a mailbox cursor");
+    kim_store_mailbox_t *mailbox = NULL;
     size_t malformed = 0;
     MDB_val key, value;
     for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST);
@@ -442,7 +379,7 @@ s_mailbox_count_all (kim_store_t *self, MDB_txn *txn)
             char org [S_KEY_BUF];
             memcpy (org, bytes, org_size);
             org [org_size] = 0;
-            mailbox = s_mailbox_lookup (self, org, true);
+            mailbox = kim_store_i_mailbox_lookup (self, org, true);
             if (!mailbox) {
                 mdb_cursor_close (cursor);
                 return -KIM_E_NOMEM;
@@ -452,7 +389,7 @@ s_mailbox_count_all (kim_store_t *self, MDB_txn *txn)
     }
     mdb_cursor_close (cursor);
     if (rc != MDB_NOTFOUND)
-        return s_read_error (self, rc, "counting mailboxes");
+        return kim_store_i_read_error (self, rc, "counting mailboxes");
     if (malformed)
         zsys_warning ("kim_store: %s: %zu malformed mailbox keys ignored",
                       self->path, malformed);
@@ -526,7 +463,7 @@ s_store_version (kim_store_t *self, MDB_txn *txn)
     if (rc == MDB_NOTFOUND)
         version = mdb_get (txn, meta, &format_key, &value) == MDB_NOTFOUND? S_VERSION: 1;
     else
-        return s_read_error (self, rc, "reading the store version");
+        return kim_store_i_read_error (self, rc, "reading the store version");
     if (version > S_VERSION || version == 0) {
         zsys_error ("kim_store: %s: store format version %u is newer than this kim-broker "
                     "understands (%u): it was written by a newer release. Run that release, "
@@ -544,7 +481,7 @@ s_store_version (kim_store_t *self, MDB_txn *txn)
     value.mv_size = sizeof bytes;
     value.mv_data = bytes;
     rc = mdb_put (txn, meta, &key, &value, 0);
-    return rc? s_read_error (self, rc, "recording the store version"): 0;
+    return rc? kim_store_i_read_error (self, rc, "recording the store version"): 0;
 }
 
 //  Opens (writer: creates) the named DBs and checks the store's format.
@@ -554,7 +491,7 @@ s_open_dbs (kim_store_t *self)
     MDB_txn *txn;
     int rc = mdb_txn_begin (self->env, NULL, self->read_only? MDB_RDONLY: 0, &txn);
     if (rc)
-        return s_read_error (self, rc, "starting the opening transaction");
+        return kim_store_i_read_error (self, rc, "starting the opening transaction");
     for (int db = 0; db < KIM_DB_COUNT; db++) {
         rc = mdb_dbi_open (txn, s_db_names [db], self->read_only? 0: MDB_CREATE,
                            &self->dbi [db]);
@@ -572,7 +509,7 @@ s_open_dbs (kim_store_t *self)
                             "or one from an older version", self->path, s_db_names [db]);
                 return -KIM_E_NOT_FOUND;
             }
-            return s_read_error (self, rc, "opening a database");
+            return kim_store_i_read_error (self, rc, "opening a database");
         }
     }
     if ((rc = s_store_version (self, txn))) {
@@ -601,12 +538,12 @@ s_open_dbs (kim_store_t *self)
         rc = 0;                 //  read-only on a store that never committed
     if (rc) {
         mdb_txn_abort (txn);
-        return s_read_error (self, rc, "recording the store format");
+        return kim_store_i_read_error (self, rc, "recording the store format");
     }
     //  Commit also for the read-only txn: it keeps the DB handles
     rc = mdb_txn_commit (txn);
     if (rc)
-        return s_read_error (self, rc, "committing the opening transaction");
+        return kim_store_i_read_error (self, rc, "committing the opening transaction");
     return 0;
 }
 
@@ -623,7 +560,7 @@ s_keys_open (kim_store_t *self, bool nosync)
     MDB_txn *txn;
     int rc = mdb_txn_begin (self->env, NULL, self->read_only? MDB_RDONLY: 0, &txn);
     if (rc)
-        return s_read_error (self, rc, "starting to read keys_from");
+        return kim_store_i_read_error (self, rc, "starting to read keys_from");
     MDB_val key = { 9, (void *) "keys_from" };
     MDB_val value;
     uint8_t from_bytes [8];
@@ -654,7 +591,7 @@ s_keys_open (kim_store_t *self, bool nosync)
     if (txn)
         mdb_txn_abort (txn);
     if (rc && rc != MDB_NOTFOUND)
-        return s_read_error (self, rc, "recording keys_from");
+        return kim_store_i_read_error (self, rc, "recording keys_from");
     //  The key store's map: a key takes about 100 bytes, so a quarter of
     //  the main map's limit holds keys for more payloads than that map can
     //  (and 4 GiB is some 40 million payloads).
@@ -738,7 +675,7 @@ kim_store_new (const kim_store_config_t *config, int *err)
     int rc = mdb_env_create (&self->env);
     if (rc) {
         self->env = NULL;
-        *err = s_read_error (self, rc, "creating the environment");
+        *err = kim_store_i_read_error (self, rc, "creating the environment");
         goto fail;
     }
     //  MDB_NOTLS: the reusable read txn lives beside the write txn in one
@@ -754,7 +691,7 @@ kim_store_new (const kim_store_config_t *config, int *err)
     if (rc == 0)
         rc = mdb_env_open (self->env, self->path, flags, 0600);
     if (rc) {
-        *err = s_read_error (self, rc, "opening the environment");
+        *err = kim_store_i_read_error (self, rc, "opening the environment");
         if (rc == ENOENT)
             *err = -KIM_E_NOT_FOUND;
         goto fail;
@@ -771,7 +708,7 @@ kim_store_new (const kim_store_config_t *config, int *err)
     if (!self->read_only && self->map_size < map_size) {
         rc = mdb_env_set_mapsize (self->env, map_size);
         if (rc) {
-            *err = s_read_error (self, rc, "setting the map size");
+            *err = kim_store_i_read_error (self, rc, "setting the map size");
             goto fail;
         }
         self->map_size = map_size;
@@ -780,12 +717,12 @@ kim_store_new (const kim_store_config_t *config, int *err)
         goto fail;
 
     //  The head and the mailbox sizes come from one snapshot
-    if ((*err = s_snapshot_start (self)))
+    if ((*err = kim_store_i_snapshot_start (self)))
         goto fail;
-    *err = s_load_head (self, self->rtxn);
+    *err = kim_store_i_load_head (self, self->rtxn);
     if (*err == 0)
         *err = s_mailbox_count_all (self, self->rtxn);
-    s_snapshot_end (self);
+    kim_store_i_snapshot_end (self);
     if (*err == 0)
         *err = s_keys_open (self, config->nosync);
     if (*err)
@@ -836,11 +773,11 @@ kim_store_begin (kim_store_t *self)
     if (self->txn)
         return -KIM_E_BUSY;
     //  A live snapshot would pin old pages and make the file grow
-    s_snapshot_end (self);
+    kim_store_i_snapshot_end (self);
     int rc = mdb_txn_begin (self->env, NULL, 0, &self->txn);
     if (rc) {
         self->txn = NULL;
-        return s_read_error (self, rc, "starting a write batch");
+        return kim_store_i_read_error (self, rc, "starting a write batch");
     }
     self->mailbox_cursor = NULL;
     self->batch_full = false;
@@ -993,10 +930,10 @@ s_mailbox_put (kim_store_t *self, const char *org, uint64_t seq, uint8_t flags, 
     if (note_size > KIM_MAILBOX_NOTE_MAX)
         return -KIM_E_ARGS;
     uint8_t key_bytes [S_KEY_BUF];
-    size_t key_size = s_mailbox_key (self, org, seq, key_bytes);
+    size_t key_size = kim_store_i_mailbox_key (self, org, seq, key_bytes);
     if (key_size == 0)
         return -KIM_E_ARGS;
-    s_mailbox_t *mailbox;
+    kim_store_mailbox_t *mailbox;
     if ((rc = s_mailbox_prepare (self, org, &mailbox)))
         return rc;
     //  [flags [note]]: full entries without a note (the common case once
@@ -1043,10 +980,10 @@ kim_store_mailbox_take (kim_store_t *self, const char *org, uint64_t seq, char *
     if (rc)
         return rc;
     uint8_t key_bytes [S_KEY_BUF];
-    size_t key_size = s_mailbox_key (self, org, seq, key_bytes);
+    size_t key_size = kim_store_i_mailbox_key (self, org, seq, key_bytes);
     if (key_size == 0)
         return -KIM_E_ARGS;
-    s_mailbox_t *mailbox;
+    kim_store_mailbox_t *mailbox;
     if ((rc = s_mailbox_prepare (self, org, &mailbox)))
         return rc;
     //  One cursor serves every ack of the batch: a write transaction's
@@ -1090,7 +1027,7 @@ kim_store_dedup_get (kim_store_t *self, const char *sender, const char *msg_id, 
     if (key_size == 0)
         return -KIM_E_ARGS;
     MDB_txn *txn;
-    int rc = s_reader (self, &txn);
+    int rc = kim_store_i_reader (self, &txn);
     if (rc)
         return rc;
     MDB_val key = { key_size, key_bytes };
@@ -1099,7 +1036,7 @@ kim_store_dedup_get (kim_store_t *self, const char *sender, const char *msg_id, 
     if (rc == MDB_NOTFOUND)
         return 0;
     if (rc)
-        return s_read_error (self, rc, "looking up a msg_id");
+        return kim_store_i_read_error (self, rc, "looking up a msg_id");
     if (value.mv_size != 16) {
         zsys_error ("kim_store: %s: malformed de-duplication entry for %s/%s",
                     self->path, sender, msg_id);
@@ -1215,7 +1152,7 @@ kim_store_dedup_expire (kim_store_t *self, uint64_t now_ms, size_t limit)
 static int
 s_grow (kim_store_t *self, bool growable, bool *retry)
 {
-    s_snapshot_end (self);
+    kim_store_i_snapshot_end (self);
     if (!growable)
         return -KIM_E_STORE_FULL;
     if (self->map_size >= self->map_max) {
@@ -1261,7 +1198,7 @@ kim_store_commit (kim_store_t *self, bool *retry)
         return s_grow (self, self->batch_growable, retry);
     }
     //  The snapshot ends with the batch (see the header's lifetime rules)
-    s_snapshot_end (self);
+    kim_store_i_snapshot_end (self);
     //  Keys first: a payload on disk always has its key. Should the main
     //  commit then fail, the new keys open nothing and the deleted ones
     //  belonged to payloads that the replayed batch deletes again.
@@ -1336,207 +1273,5 @@ kim_store_error (kim_store_t *self, int mdb_rc, const char *what)
         return -KIM_E_NOT_FOUND;
     if (self->txn)
         return s_write_error (self, mdb_rc, what? what: "writing");
-    return s_read_error (self, mdb_rc, what? what: "reading");
-}
-
-
-//  --------------------------------------------------------------------------
-//  Reads
-
-int
-kim_store_read_begin (kim_store_t *self)
-{
-    if (self->txn)
-        return 0;               //  reads go through the batch
-    s_snapshot_end (self);
-    int rc = s_snapshot_start (self);
-    if (rc == 0 && self->read_only)
-        //  A writer elsewhere moves the head on: report where this snapshot
-        //  ends. A failure is logged and leaves the old head in place.
-        s_load_head (self, self->rtxn);
-    return rc;
-}
-
-void
-kim_store_read_end (kim_store_t *self)
-{
-    s_snapshot_end (self);
-}
-
-int
-kim_store_read (kim_store_t *self, uint64_t seq, kim_record_t *record)
-{
-    MDB_txn *txn;
-    int rc = s_reader (self, &txn);
-    if (rc)
-        return rc;
-    uint8_t key_bytes [8];
-    kim_log_put_be64 (key_bytes, seq);
-    MDB_val key = { sizeof (key_bytes), key_bytes };
-    MDB_val value;
-    rc = mdb_get (txn, self->dbi [KIM_DB_LOG], &key, &value);
-    if (rc == MDB_NOTFOUND)
-        return -KIM_E_NOT_FOUND;
-    if (rc)
-        return s_read_error (self, rc, "reading a record");
-    return s_parse_record (self, seq, &value, record);
-}
-
-int
-kim_store_payload_get (kim_store_t *self, uint64_t seq, const uint8_t **data, size_t *size)
-{
-    *data = NULL;
-    *size = 0;
-    MDB_txn *txn;
-    int rc = s_reader (self, &txn);
-    if (rc)
-        return rc;
-    uint8_t key_bytes [8];
-    kim_log_put_be64 (key_bytes, seq);
-    MDB_val key = { sizeof (key_bytes), key_bytes };
-    MDB_val value;
-    rc = mdb_get (txn, self->dbi [KIM_DB_PAYLOAD], &key, &value);
-    if (rc == MDB_NOTFOUND)
-        return 0;
-    if (rc)
-        return s_read_error (self, rc, "reading a payload");
-    if (value.mv_size == 0)
-        return 0;
-    if (seq < self->keys_from) {
-        //  Stored before at-rest encryption: as it came
-        *data = (const uint8_t *) value.mv_data;
-        *size = value.mv_size;
-        return 0;
-    }
-    const uint8_t *sealed = (const uint8_t *) value.mv_data;
-    if (value.mv_size < S_SEALED_OVERHEAD || sealed [0] != S_SEALED_VERSION) {
-        zsys_error ("kim_store: %s: payload of %" PRIu64 " is malformed", self->path, seq);
-        return -KIM_E_IO;
-    }
-    uint8_t secret [KIM_KEYSTORE_KEY];
-    rc = self->keys? kim_keystore_get (self->keys, seq, secret): 0;
-    if (rc < 0)
-        return rc;
-    if (rc == 0)
-        return 0;               //  its key is erased: so is the payload
-    size_t plain_size = value.mv_size - S_SEALED_OVERHEAD;
-    if (plain_size > self->scratch_max) {
-        uint8_t *scratch = (uint8_t *) realloc (self->scratch, plain_size);
-        if (!scratch) {
-            sodium_memzero (secret, sizeof secret);
-            return -KIM_E_NOMEM;
-        }
-        self->scratch = scratch;
-        self->scratch_max = plain_size;
-    }
-    rc = crypto_aead_xchacha20poly1305_ietf_decrypt (
-        self->scratch, NULL, NULL, sealed + 1 + S_SEALED_NONCE,
-        value.mv_size - 1 - S_SEALED_NONCE, key_bytes, sizeof (key_bytes),
-        sealed + 1, secret);
-    sodium_memzero (secret, sizeof secret);
-    if (rc) {
-        zsys_error ("kim_store: %s: payload of %" PRIu64 " does not decrypt", self->path, seq);
-        return -KIM_E_IO;
-    }
-    *data = self->scratch;
-    *size = plain_size;
-    return 0;
-}
-
-int
-kim_store_payload_exists (kim_store_t *self, uint64_t seq)
-{
-    MDB_txn *txn;
-    int rc = s_reader (self, &txn);
-    if (rc)
-        return rc;
-    uint8_t key_bytes [8];
-    kim_log_put_be64 (key_bytes, seq);
-    MDB_val key = { sizeof (key_bytes), key_bytes };
-    MDB_val value;
-    rc = mdb_get (txn, self->dbi [KIM_DB_PAYLOAD], &key, &value);
-    if (rc == MDB_NOTFOUND)
-        return 0;
-    if (rc)
-        return s_read_error (self, rc, "reading a payload");
-    return value.mv_size > 0;
-}
-
-int
-kim_store_payload_key (kim_store_t *self, uint64_t seq, uint8_t key [32])
-{
-    if (!self->keys || seq < self->keys_from)
-        return 0;
-    return kim_keystore_get (self->keys, seq, key);
-}
-
-int
-kim_store_mailbox_scan (kim_store_t *self, const char *org, uint64_t after,
-                        uint64_t *seqs, uint8_t *flags, int max)
-{
-    if (max < 0 || (max > 0 && !seqs))
-        return -KIM_E_ARGS;
-    uint8_t key_bytes [S_KEY_BUF];
-    size_t key_size = s_mailbox_key (self, org, after + 1, key_bytes);
-    if (key_size == 0)
-        return -KIM_E_ARGS;
-    if (max == 0 || after == UINT64_MAX)
-        return 0;
-    size_t prefix_size = key_size - 8;      //  org and its NUL
-    MDB_txn *txn;
-    int rc = s_reader (self, &txn);
-    if (rc)
-        return rc;
-    MDB_cursor *cursor;
-    rc = mdb_cursor_open (txn, self->dbi [KIM_DB_MAILBOX], &cursor);
-    if (rc)
-        return s_read_error (self, rc, "opening a mailbox cursor");
-    int count = 0;
-    MDB_val key = { key_size, key_bytes };
-    MDB_val value;
-    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
-         rc == 0 && count < max;
-         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
-        //  The NUL in the prefix keeps "jc.a" out of "jc.ab"'s entries
-        if (key.mv_size != key_size || memcmp (key.mv_data, key_bytes, prefix_size) != 0)
-            break;
-        if (flags)
-            flags [count] = value.mv_size? *(const uint8_t *) value.mv_data: 0;
-        seqs [count++] = kim_log_get_be64 ((const uint8_t *) key.mv_data + prefix_size);
-    }
-    mdb_cursor_close (cursor);
-    if (rc && rc != MDB_NOTFOUND)
-        return s_read_error (self, rc, "scanning a mailbox");
-    return count;
-}
-
-uint64_t
-kim_store_mailbox_count (kim_store_t *self, const char *org)
-{
-    if (!org)
-        return 0;
-    s_mailbox_t *mailbox = s_mailbox_lookup (self, org, false);
-    return mailbox? s_mailbox_size (mailbox): 0;
-}
-
-uint64_t
-kim_store_head (kim_store_t *self)
-{
-    return self->txn? self->batch_head: self->head;
-}
-
-const uint8_t *
-kim_store_head_hash (kim_store_t *self)
-{
-    return self->txn? self->batch_hash: self->head_hash;
-}
-
-uint64_t
-kim_store_bytes (kim_store_t *self)
-{
-    MDB_envinfo info;
-    MDB_stat stat;
-    if (mdb_env_info (self->env, &info) || mdb_env_stat (self->env, &stat))
-        return 0;
-    return ((uint64_t) info.me_last_pgno + 1) * stat.ms_psize;
+    return kim_store_i_read_error (self, mdb_rc, what? what: "reading");
 }

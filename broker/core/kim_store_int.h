@@ -1,0 +1,101 @@
+/*  kim_store_int.h — what the store's two files share: its state and the
+    read helpers. kim_store.c opens, writes and snapshots; kim_store_read.c
+    serves the reads from the committed snapshot. Not for other modules:
+    they see kim_store.h.
+*/
+#ifndef KIM_STORE_INT_H_INCLUDED
+#define KIM_STORE_INT_H_INCLUDED
+
+#include <czmq.h>
+#include <sodium.h>
+
+#include "kim/kim_log.h"
+#include "kim_keystore.h"
+#include "kim_store.h"
+
+#define S_FORMAT            KIM_LOG_FORMAT          //  record format byte and store format
+#define S_RECORD_FIXED      KIM_LOG_RECORD_FIXED
+#define S_KEY_BUF           512         //  LMDB's default maximum key is 511 bytes
+#define S_MAXDBS            32          //  room for modules added later
+#define S_MAP_DEFAULT       ((size_t) 64 << 20)
+#define S_MAP_MAX_DEFAULT   ((size_t) 64 << 30)
+#define S_WINDOW_DEFAULT    ((uint64_t) 7 * 24 * 3600 * 1000)
+#define S_SEALED_VERSION    1           //  payload at rest: version byte
+#define S_SEALED_NONCE      crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+#define S_SEALED_TAG        crypto_aead_xchacha20poly1305_ietf_ABYTES
+#define S_SEALED_OVERHEAD   (1 + S_SEALED_NONCE + S_SEALED_TAG)
+
+//  One organisation's mailbox size. `delta` is the open batch's change, kept
+//  apart so that an abort can forget it.
+typedef struct {
+    uint64_t count;
+    int64_t delta;
+    bool touched;               //  listed in self->touched
+    char org [];                //  also the key in self->mailboxes
+} kim_store_mailbox_t;
+
+struct _kim_store_t {
+    char *path;
+    MDB_env *env;
+    MDB_dbi dbi [KIM_DB_COUNT];
+    int lock_fd;                //  holds the flock; -1 when read-only
+    bool read_only;
+    bool failed;                //  fail closed: no writes until reopened
+    size_t map_size;            //  current map size
+    size_t map_max;
+    size_t page_size;           //  OS page: map sizes are multiples of it
+    size_t key_max;             //  LMDB's maximum key size
+    uint64_t dedup_window_ms;
+
+    //  Payload keys (NULL: a reader on a store from before at-rest
+    //  encryption) and the first seq whose payload is encrypted
+    kim_keystore_t *keys;
+    uint64_t keys_from;
+    uint8_t *scratch;           //  the last payload read, decrypted
+    size_t scratch_max;
+
+    //  The open write batch, if any
+    MDB_txn *txn;
+    MDB_cursor *mailbox_cursor;     //  opened on the batch's first ack; LMDB closes it
+    bool batch_full;            //  MDB_MAP_FULL or MDB_TXN_FULL seen
+    bool batch_growable;        //  false once MDB_TXN_FULL was seen
+    uint64_t batch_head;
+    uint8_t batch_hash [KIM_HASH_SIZE];
+
+    //  The reusable read snapshot; `rtxn_live` while it is not reset
+    MDB_txn *rtxn;
+    bool rtxn_live;
+
+    //  Committed head of the log
+    uint64_t head;
+    uint8_t head_hash [KIM_HASH_SIZE];
+
+    //  Mailbox sizes: org -> kim_store_mailbox_t; `touched` lists the
+    //  entries the open batch changed, so commit and abort visit only those.
+    zhashx_t *mailboxes;
+    kim_store_mailbox_t **touched;
+    size_t touched_size;
+    size_t touched_max;
+};
+
+int
+    kim_store_i_load_head (kim_store_t *self, MDB_txn *txn);
+size_t
+    kim_store_i_mailbox_key (kim_store_t *self, const char *org, uint64_t seq, uint8_t *key);
+kim_store_mailbox_t *
+    kim_store_i_mailbox_lookup (kim_store_t *self, const char *org, bool create);
+uint64_t
+    kim_store_i_mailbox_size (const kim_store_mailbox_t *mailbox);
+int
+    kim_store_i_parse_record (kim_store_t *self, uint64_t seq, const MDB_val *value,
+                              kim_record_t *record);
+int
+    kim_store_i_read_error (kim_store_t *self, int rc, const char *what);
+int
+    kim_store_i_reader (kim_store_t *self, MDB_txn **txn_p);
+void
+    kim_store_i_snapshot_end (kim_store_t *self);
+int
+    kim_store_i_snapshot_start (kim_store_t *self);
+
+#endif

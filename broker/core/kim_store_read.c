@@ -1,0 +1,214 @@
+/*  kim_store_read.c — the store's reads: records, payloads, mailboxes,
+    de-duplication entries and the sizes a STATUS reports. Inside a write
+    batch they read the batch (hooks see what the batch wrote so far);
+    outside one, the reusable snapshot of the last commit. Part of the
+    store module (kim_store_int.h).
+*/
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kim/kim_error.h"
+#include "kim_store_int.h"
+
+//  --------------------------------------------------------------------------
+//  Reads
+
+int
+kim_store_read_begin (kim_store_t *self)
+{
+    if (self->txn)
+        return 0;               //  reads go through the batch
+    kim_store_i_snapshot_end (self);
+    int rc = kim_store_i_snapshot_start (self);
+    if (rc == 0 && self->read_only)
+        //  A writer elsewhere moves the head on: report where this snapshot
+        //  ends. A failure is logged and leaves the old head in place.
+        kim_store_i_load_head (self, self->rtxn);
+    return rc;
+}
+
+void
+kim_store_read_end (kim_store_t *self)
+{
+    kim_store_i_snapshot_end (self);
+}
+
+int
+kim_store_read (kim_store_t *self, uint64_t seq, kim_record_t *record)
+{
+    MDB_txn *txn;
+    int rc = kim_store_i_reader (self, &txn);
+    if (rc)
+        return rc;
+    uint8_t key_bytes [8];
+    kim_log_put_be64 (key_bytes, seq);
+    MDB_val key = { sizeof (key_bytes), key_bytes };
+    MDB_val value;
+    rc = mdb_get (txn, self->dbi [KIM_DB_LOG], &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return -KIM_E_NOT_FOUND;
+    if (rc)
+        return kim_store_i_read_error (self, rc, "reading a record");
+    return kim_store_i_parse_record (self, seq, &value, record);
+}
+
+int
+kim_store_payload_get (kim_store_t *self, uint64_t seq, const uint8_t **data, size_t *size)
+{
+    *data = NULL;
+    *size = 0;
+    MDB_txn *txn;
+    int rc = kim_store_i_reader (self, &txn);
+    if (rc)
+        return rc;
+    uint8_t key_bytes [8];
+    kim_log_put_be64 (key_bytes, seq);
+    MDB_val key = { sizeof (key_bytes), key_bytes };
+    MDB_val value;
+    rc = mdb_get (txn, self->dbi [KIM_DB_PAYLOAD], &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return kim_store_i_read_error (self, rc, "reading a payload");
+    if (value.mv_size == 0)
+        return 0;
+    if (seq < self->keys_from) {
+        //  Stored before at-rest encryption: as it came
+        *data = (const uint8_t *) value.mv_data;
+        *size = value.mv_size;
+        return 0;
+    }
+    const uint8_t *sealed = (const uint8_t *) value.mv_data;
+    if (value.mv_size < S_SEALED_OVERHEAD || sealed [0] != S_SEALED_VERSION) {
+        zsys_error ("kim_store: %s: payload of %" PRIu64 " is malformed", self->path, seq);
+        return -KIM_E_IO;
+    }
+    uint8_t secret [KIM_KEYSTORE_KEY];
+    rc = self->keys? kim_keystore_get (self->keys, seq, secret): 0;
+    if (rc < 0)
+        return rc;
+    if (rc == 0)
+        return 0;               //  its key is erased: so is the payload
+    size_t plain_size = value.mv_size - S_SEALED_OVERHEAD;
+    if (plain_size > self->scratch_max) {
+        uint8_t *scratch = (uint8_t *) realloc (self->scratch, plain_size);
+        if (!scratch) {
+            sodium_memzero (secret, sizeof secret);
+            return -KIM_E_NOMEM;
+        }
+        self->scratch = scratch;
+        self->scratch_max = plain_size;
+    }
+    rc = crypto_aead_xchacha20poly1305_ietf_decrypt (
+        self->scratch, NULL, NULL, sealed + 1 + S_SEALED_NONCE,
+        value.mv_size - 1 - S_SEALED_NONCE, key_bytes, sizeof (key_bytes),
+        sealed + 1, secret);
+    sodium_memzero (secret, sizeof secret);
+    if (rc) {
+        zsys_error ("kim_store: %s: payload of %" PRIu64 " does not decrypt", self->path, seq);
+        return -KIM_E_IO;
+    }
+    *data = self->scratch;
+    *size = plain_size;
+    return 0;
+}
+
+int
+kim_store_payload_exists (kim_store_t *self, uint64_t seq)
+{
+    MDB_txn *txn;
+    int rc = kim_store_i_reader (self, &txn);
+    if (rc)
+        return rc;
+    uint8_t key_bytes [8];
+    kim_log_put_be64 (key_bytes, seq);
+    MDB_val key = { sizeof (key_bytes), key_bytes };
+    MDB_val value;
+    rc = mdb_get (txn, self->dbi [KIM_DB_PAYLOAD], &key, &value);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return kim_store_i_read_error (self, rc, "reading a payload");
+    return value.mv_size > 0;
+}
+
+int
+kim_store_payload_key (kim_store_t *self, uint64_t seq, uint8_t key [32])
+{
+    if (!self->keys || seq < self->keys_from)
+        return 0;
+    return kim_keystore_get (self->keys, seq, key);
+}
+
+int
+kim_store_mailbox_scan (kim_store_t *self, const char *org, uint64_t after,
+                        uint64_t *seqs, uint8_t *flags, int max)
+{
+    if (max < 0 || (max > 0 && !seqs))
+        return -KIM_E_ARGS;
+    uint8_t key_bytes [S_KEY_BUF];
+    size_t key_size = kim_store_i_mailbox_key (self, org, after + 1, key_bytes);
+    if (key_size == 0)
+        return -KIM_E_ARGS;
+    if (max == 0 || after == UINT64_MAX)
+        return 0;
+    size_t prefix_size = key_size - 8;      //  org and its NUL
+    MDB_txn *txn;
+    int rc = kim_store_i_reader (self, &txn);
+    if (rc)
+        return rc;
+    MDB_cursor *cursor;
+    rc = mdb_cursor_open (txn, self->dbi [KIM_DB_MAILBOX], &cursor);
+    if (rc)
+        return kim_store_i_read_error (self, rc, "opening a mailbox cursor");
+    int count = 0;
+    MDB_val key = { key_size, key_bytes };
+    MDB_val value;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
+         rc == 0 && count < max;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        //  The NUL in the prefix keeps "jc.a" out of "jc.ab"'s entries
+        if (key.mv_size != key_size || memcmp (key.mv_data, key_bytes, prefix_size) != 0)
+            break;
+        if (flags)
+            flags [count] = value.mv_size? *(const uint8_t *) value.mv_data: 0;
+        seqs [count++] = kim_log_get_be64 ((const uint8_t *) key.mv_data + prefix_size);
+    }
+    mdb_cursor_close (cursor);
+    if (rc && rc != MDB_NOTFOUND)
+        return kim_store_i_read_error (self, rc, "scanning a mailbox");
+    return count;
+}
+
+uint64_t
+kim_store_mailbox_count (kim_store_t *self, const char *org)
+{
+    if (!org)
+        return 0;
+    kim_store_mailbox_t *mailbox = kim_store_i_mailbox_lookup (self, org, false);
+    return mailbox? kim_store_i_mailbox_size (mailbox): 0;
+}
+
+uint64_t
+kim_store_head (kim_store_t *self)
+{
+    return self->txn? self->batch_head: self->head;
+}
+
+const uint8_t *
+kim_store_head_hash (kim_store_t *self)
+{
+    return self->txn? self->batch_hash: self->head_hash;
+}
+
+uint64_t
+kim_store_bytes (kim_store_t *self)
+{
+    MDB_envinfo info;
+    MDB_stat stat;
+    if (mdb_env_info (self->env, &info) || mdb_env_stat (self->env, &stat))
+        return 0;
+    return ((uint64_t) info.me_last_pgno + 1) * stat.ms_psize;
+}
