@@ -13,14 +13,14 @@
     sends, and kim_client_new/destroy. A lost session (REJECT NO_SESSION,
     SESSION_EXPIRED or REPLACED, or silence for 3 heartbeats) destroys the
     DEALER, builds a fresh one and says HELLO again; WELCOME then resends
-    what the last session left unanswered. The send side, the receive side,
-    requests and key files live in their own files (kim_client_int.h lists
-    them), so that this one reads as the session alone.
+    what the last session left unanswered. This file runs on the bookkeeping
+    of sends, events and acks below it and the public calls that wait run on
+    it (kim_client_int.h draws the layers), so that it reads as the session
+    alone.
 
     Set KIM_DEBUG=1 in the environment to log session losses and reconnects.
 */
 #include <inttypes.h>
-#include <limits.h>
 #include <stdarg.h>
 #include <string.h>
 
@@ -42,59 +42,6 @@
 
 //  --------------------------------------------------------------------------
 //  Small helpers
-
-void
-kim_client_i_why (char *why, size_t why_size, const char *format, ...)
-{
-    if (!why || why_size == 0)
-        return;
-    va_list args;
-    va_start (args, format);
-    vsnprintf (why, why_size, format, args);
-    va_end (args);
-}
-
-//  Formats into a scratch buffer first: callers often pass the previous
-//  error text itself as an argument.
-static void
-s_verror (kim_client_t *self, const char *format, va_list args)
-{
-    char text [sizeof self->error];
-    vsnprintf (text, sizeof text, format, args);
-    memcpy (self->error, text, sizeof text);
-}
-
-void
-kim_client_i_set_error (kim_client_t *self, const char *format, ...)
-{
-    va_list args;
-    va_start (args, format);
-    s_verror (self, format, args);
-    va_end (args);
-}
-
-void
-kim_client_i_copy (char *dest, size_t size, const char *src)
-{
-    snprintf (dest, size, "%s", src? src: "");
-}
-
-//  A CURVE key in Z85 is 40 characters from the Z85 alphabet.
-bool
-kim_client_i_z85_key_valid (const char *key)
-{
-    uint8_t binary [32];
-    return key && strlen (key) == 40 && zmq_z85_decode (binary, key) != NULL;
-}
-
-int
-kim_client_i_ms_until (int64_t deadline, int64_t now)
-{
-    if (deadline == INT64_MAX)
-        return -1;
-    int64_t left = deadline - now;
-    return left <= 0? 0: left > INT_MAX? INT_MAX: (int) left;
-}
 
 static int64_t
 s_deadline (int timeout_ms)
@@ -143,36 +90,6 @@ s_dealer_create (kim_client_t *self)
     return 0;
 }
 
-int
-kim_client_i_send_frames (kim_client_t *self, const void *frame, size_t frame_size,
-                          const void *payload, size_t payload_size, bool with_payload)
-{
-    if (!self->handle)
-        return -KIM_E_CLOSED;
-    int flags = ZMQ_DONTWAIT | (with_payload? ZMQ_SNDMORE: 0);
-    if (zmq_send (self->handle, frame, frame_size, flags) == -1
-    || (with_payload && zmq_send (self->handle, payload, payload_size, ZMQ_DONTWAIT) == -1)) {
-        kim_client_i_set_error (self, "cannot send to the broker: %s", zmq_strerror (zmq_errno ()));
-        return -KIM_E_CLOSED;
-    }
-    self->last_sent = zclock_mono ();
-    return 0;
-}
-
-//  Encodes self->tx into the scratch buffer and sends it as one frame.
-int
-kim_client_i_send_tx (kim_client_t *self)
-{
-    kim_buf_reset (&self->buf);
-    int rc = kim_cmd_encode (&self->tx, &self->buf);
-    if (rc) {
-        kim_client_i_set_error (self, "cannot encode %s: %s", kim_cmd_name (self->tx.id),
-                                kim_strerror (rc));
-        return rc;
-    }
-    return kim_client_i_send_frames (self, self->buf.data, self->buf.size, NULL, 0, false);
-}
-
 static void
 s_send_simple (kim_client_t *self, kim_cmd_id_t id)
 {
@@ -190,7 +107,7 @@ kim_client_i_session_lost (kim_client_t *self, int code, const char *format, ...
 {
     va_list args;
     va_start (args, format);
-    s_verror (self, format, args);
+    kim_client_i_verror (self, format, args);
     va_end (args);
     self->last_code = code;
 
@@ -212,6 +129,13 @@ kim_client_i_session_lost (kim_client_t *self, int code, const char *format, ...
                     self->error, (int) (self->next_attempt - now));
 }
 
+void
+kim_client_i_session_check (kim_client_t *self, int rc)
+{
+    if (rc)
+        kim_client_i_session_lost (self, -rc, "%s", self->error);
+}
+
 static void
 s_fail (kim_client_t *self, int code, const char *format, ...)
     __attribute__ ((format (printf, 3, 4)));
@@ -221,7 +145,7 @@ s_fail (kim_client_t *self, int code, const char *format, ...)
 {
     va_list args;
     va_start (args, format);
-    s_verror (self, format, args);
+    kim_client_i_verror (self, format, args);
     va_end (args);
     self->fatal = code;
     self->last_code = code;
@@ -282,10 +206,10 @@ s_on_welcome (kim_client_t *self, const kim_cmd_t *welcome)
                     self->org, self->broker, self->heartbeat_ms, self->pending_count);
 
     //  Resend what the last session left unreceipted, then what waited
-    kim_client_i_send_unsent (self);
+    kim_client_i_session_check (self, kim_client_i_send_unsent (self));
     if (self->state == KIM_CLIENT_ACTIVE && self->status_waiting)
-        kim_client_i_send_request (self);
-    kim_client_i_send_acks (self);
+        kim_client_i_session_check (self, kim_client_i_send_request (self));
+    kim_client_i_session_check (self, kim_client_i_send_acks (self));
 }
 
 //  True when the waiting request is answered by a RECEIPT or REJECT naming
@@ -625,11 +549,11 @@ kim_client_i_pump (kim_client_t *self, int timeout_ms)
         return 0;
     int drained = s_drain (self);
     if (drained == 0)
-        kim_client_i_send_acks (self);
+        kim_client_i_session_check (self, kim_client_i_send_acks (self));
     //  Sends held to travel together go now unless more may join them.
     if (self->state == KIM_CLIENT_ACTIVE && self->unsent
     &&  !kim_client_i_hold_unsent (self, timeout_ms != 0 && drained == 0))
-        kim_client_i_send_unsent (self);
+        kim_client_i_session_check (self, kim_client_i_send_unsent (self));
     if (drained > 0 || timeout_ms == 0) {
         s_timers (self);
         return self->fatal? -self->fatal: 0;
@@ -792,8 +716,8 @@ kim_client_destroy (kim_client_t **self_p)
     if (self->state == KIM_CLIENT_ACTIVE) {
         //  Sends held to travel in a batch go now, as they would have
         //  gone at once in version 1
-        kim_client_i_send_unsent (self);
-        kim_client_i_send_acks (self);
+        kim_client_i_session_check (self, kim_client_i_send_unsent (self));
+        kim_client_i_session_check (self, kim_client_i_send_acks (self));
         if (self->state == KIM_CLIENT_ACTIVE)
             s_send_simple (self, KIM_CMD_BYE);
     }

@@ -3,28 +3,45 @@
 
     Every part of the library reads and writes one kim_client_t, driven by
     the application's own calls (there is no background thread), so the
-    struct is defined here once. The files, and what each owns:
+    struct is defined here once. The files form layers; each calls only
+    the layers below it, never one above, so no two files call each other:
 
-        kim_client.c            the session: the socket, HELLO and WELCOME,
-                                heartbeat, backoff and reconnect; the pump
-                                that reads the broker and fires the timers;
-                                kim_client_new and kim_client_destroy
-        kim_client_send.c       the send side: pending sends, the send
-                                window, resends after a reconnect, receipts
-        kim_client_recv.c       the receive side: the event queue, what
-                                kim_client_recv hands out, acks
-        kim_client_request.c    one command and its answer: STATUS,
-                                DIRECTORY, kim_client_request
-        kim_client_cert.c       reading certificates and key files
+      4 the calls that wait (run the session loop and use the bookkeeping)
+        kim_client_send.c       kim_client_send, _send_async, _flush
+        kim_client_recv.c       kim_client_recv, kim_client_ack
+        kim_client_request.c    kim_client_request, _status, _directory
+                                (kim_client_send.c asks _directory for the
+                                keys it seals to; nothing calls back)
+      3 the session loop
+        kim_client.c            the socket, HELLO and WELCOME, heartbeat,
+                                backoff and reconnect; the pump that reads
+                                the broker and fires the timers; the session
+                                loss; kim_client_new and kim_client_destroy
+      2 the bookkeeping (never runs the loop, never ends a session: a send
+        the socket refuses comes back as -KIM_E_* and the caller hands it
+        to kim_client_i_session_check)
+        kim_client_pending.c    pending sends, the send window's batches,
+                                receipts; the waiting request
+        kim_client_events.c     the event queue, acks and what is still
+                                outstanding
+      1 the bottom
+        kim_client_util.c       error texts, small helpers, sending frames
         kim_client_seal.c       sealed payloads and signatures
                                 (kim_client_seal.h)
+        kim_client_cert.c       reading certificates and key files (calls
+                                kim_client_util.c only)
+
+    kim_client_pending.c calls kim_client_events.c (a receipt nobody waits
+    for becomes an event), not the other way round.
 
     A function one file defines and another calls is named kim_client_i_*
-    and declared below, under the file that defines it; helpers only one
-    file uses stay static there as s_*.
+    and declared below, under the file that defines it, bottom first;
+    helpers only one file uses stay static there as s_*.
 */
 #ifndef KIM_CLIENT_INT_H_INCLUDED
 #define KIM_CLIENT_INT_H_INCLUDED
+
+#include <stdarg.h>
 
 #include <czmq.h>
 
@@ -159,7 +176,7 @@ struct _kim_client_t {
 
 
 //  --------------------------------------------------------------------------
-//  kim_client.c: helpers, the socket, the session state machine
+//  1. kim_client_util.c: helpers, sending on the socket
 
 //  Writes the formatted text into `why`, if there is one.
 void
@@ -170,6 +187,11 @@ void
 void
     kim_client_i_set_error (kim_client_t *self, const char *format, ...)
     __attribute__ ((format (printf, 2, 3)));
+
+//  kim_client_i_set_error with a va_list.
+void
+    kim_client_i_verror (kim_client_t *self, const char *format, va_list args)
+    __attribute__ ((format (printf, 2, 0)));
 
 //  Copies `src` (NULL: "") into `dest`, truncated to `size`.
 void
@@ -194,46 +216,9 @@ int
 int
     kim_client_i_send_tx (kim_client_t *self);
 
-//  Drops the socket and schedules a reconnect after the backoff; everything
-//  pending is sent again in the next session.
-void
-    kim_client_i_session_lost (kim_client_t *self, int code, const char *format, ...)
-    __attribute__ ((format (printf, 3, 4)));
-
-//  One turn of the state machine, waiting at most timeout_ms (-1: until a
-//  timer is due). Returns 0, -fatal, or -KIM_E_CLOSED when interrupted.
-int
-    kim_client_i_pump (kim_client_t *self, int timeout_ms);
-
-//  Pumps until done(self) or timeout_ms (-1: no limit). Returns 0,
-//  -KIM_E_TIMEOUT, or the pump's error.
-int
-    kim_client_i_wait_for (kim_client_t *self, int timeout_ms,
-                           bool (*done) (kim_client_t *self));
-
 
 //  --------------------------------------------------------------------------
-//  kim_client_send.c: pending sends
-
-//  Sends every pending entry not yet sent in this session, in order; in a
-//  version 2 session up to KIM_BATCH_MAX of them in each SEND_BATCH frame.
-void
-    kim_client_i_send_unsent (kim_client_t *self);
-
-//  In a version 2 session, whether unsent entries should wait to travel
-//  with more: while others await their answers and a batch is not full,
-//  unless the caller is about to wait (`waiting`).
-bool
-    kim_client_i_hold_unsent (kim_client_t *self, bool waiting);
-
-//  A RECEIPT or REJECT answered `entry`: frees it and hands the answer to
-//  kim_client_send, if it waits for this one, or else to the event queue.
-void
-    kim_client_i_resolve (kim_client_t *self, kim_client_entry_t *entry, const kim_cmd_t *answer);
-
-
-//  --------------------------------------------------------------------------
-//  kim_client_recv.c: the event queue and acks
+//  2. kim_client_events.c: the event queue and acks
 
 //  A cleared node, recycled or new. NULL when out of memory, which ends the
 //  client (KIM_E_NOMEM): an event must not be lost silently.
@@ -253,13 +238,18 @@ void
     kim_client_i_release_lent (kim_client_t *self);
 
 //  Sends the acks collected so far as one ACK (and in a version 2 session
-//  ACK_RANGEs), when the session is open.
-void
+//  ACK_RANGEs), when the session is open. Returns 0, or -KIM_E_CLOSED when
+//  the socket refused them (they are kept for the next session).
+int
     kim_client_i_send_acks (kim_client_t *self);
 
 //  A delivery of this session arrived: it is outstanding until acked.
 void
     kim_client_i_outstanding_add (kim_client_t *self, uint64_t seq);
+
+//  Takes `seq` off the outstanding list; whether it was on it.
+bool
+    kim_client_i_outstanding_take (kim_client_t *self, uint64_t seq);
 
 //  Something from the broker was dropped that may have been a delivery:
 //  a range could cross it unseen, so this session acks with ACK only.
@@ -273,10 +263,54 @@ void
 
 
 //  --------------------------------------------------------------------------
-//  kim_client_request.c: one command and its answer
+//  2. kim_client_pending.c: pending sends and the waiting request
+
+//  Sends every pending entry not yet sent in this session, in order; in a
+//  version 2 session up to KIM_BATCH_MAX of them in each SEND_BATCH frame.
+//  Returns 0, or -KIM_E_CLOSED / -KIM_E_NOMEM (self->error says why).
+int
+    kim_client_i_send_unsent (kim_client_t *self);
+
+//  In a version 2 session, whether unsent entries should wait to travel
+//  with more: while others await their answers and a batch is not full,
+//  unless the caller is about to wait (`waiting`).
+bool
+    kim_client_i_hold_unsent (kim_client_t *self, bool waiting);
+
+//  A RECEIPT or REJECT answered `entry`: frees it and hands the answer to
+//  kim_client_send, if it waits for this one, or else to the event queue.
+void
+    kim_client_i_resolve (kim_client_t *self, kim_client_entry_t *entry, const kim_cmd_t *answer);
 
 //  Sends self->request: when it is made, and again after a reconnect.
-void
+//  Returns 0, or -KIM_E_CLOSED when the socket refused it.
+int
     kim_client_i_send_request (kim_client_t *self);
+
+
+//  --------------------------------------------------------------------------
+//  3. kim_client.c: the session loop
+
+//  Drops the socket and schedules a reconnect after the backoff; everything
+//  pending is sent again in the next session.
+void
+    kim_client_i_session_lost (kim_client_t *self, int code, const char *format, ...)
+    __attribute__ ((format (printf, 3, 4)));
+
+//  Takes what a bookkeeping send returned: -KIM_E_* (self->error says why)
+//  loses the session with that code; 0 does nothing.
+void
+    kim_client_i_session_check (kim_client_t *self, int rc);
+
+//  One turn of the state machine, waiting at most timeout_ms (-1: until a
+//  timer is due). Returns 0, -fatal, or -KIM_E_CLOSED when interrupted.
+int
+    kim_client_i_pump (kim_client_t *self, int timeout_ms);
+
+//  Pumps until done(self) or timeout_ms (-1: no limit). Returns 0,
+//  -KIM_E_TIMEOUT, or the pump's error.
+int
+    kim_client_i_wait_for (kim_client_t *self, int timeout_ms,
+                           bool (*done) (kim_client_t *self));
 
 #endif

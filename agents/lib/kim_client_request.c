@@ -1,25 +1,17 @@
 /*  kim_client_request.c — one command and its answer: kim_client_request,
     and kim_client_status and kim_client_directory built on it.
 
-    One request waits at a time. It is kept, so that a reconnect sends it
-    again in the new session (kim_client.c, on WELCOME), and the session's
-    reader takes the broker's next answer that belongs to no SEND (a reply
-    command, a REJECT without a msg_id, or, for SUBSCRIBE and UNSUBSCRIBE,
-    the RECEIPT or REJECT naming its sub_id) as its reply. Kept apart from the
-    send side because a request is not a message: it has no msg_id, no
-    place in the send window and no receipt.
+    One request waits at a time. It is kept (kim_client_pending.c), so that
+    a reconnect sends it again in the new session (kim_client.c, on
+    WELCOME), and the session's reader takes the broker's next answer that
+    belongs to no SEND (a reply command, a REJECT without a msg_id, or, for
+    SUBSCRIBE and UNSUBSCRIBE, the RECEIPT or REJECT naming its sub_id) as
+    its reply. Kept apart from the send side because a request is not a
+    message: it has no msg_id, no place in the send window and no receipt.
 */
 #include <czmq.h>
 
 #include "kim_client_int.h"
-
-void
-kim_client_i_send_request (kim_client_t *self)
-{
-    self->tx = *self->request;
-    if (kim_client_i_send_tx (self) == -KIM_E_CLOSED)
-        kim_client_i_session_lost (self, KIM_E_CLOSED, "%s", self->error);
-}
 
 static bool
 s_status_done (kim_client_t *self)
@@ -48,7 +40,7 @@ kim_client_request (kim_client_t *self, const kim_cmd_t *request, kim_cmd_t *rep
     self->status_waiting = true;
     self->status_done = false;
     if (self->state == KIM_CLIENT_ACTIVE)
-        kim_client_i_send_request (self);
+        kim_client_i_session_check (self, kim_client_i_send_request (self));
     int rc = kim_client_i_wait_for (self, timeout_ms, s_status_done);
     self->status_waiting = false;
     self->reply = NULL;

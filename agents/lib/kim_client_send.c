@@ -1,23 +1,12 @@
-/*  kim_client_send.c — the send side of the client library: pending sends,
-    the send window, resends after a reconnect, and receipts.
-
-    Every SEND stays in `pending` — hashed by msg_id so a RECEIPT finds its
-    entry in O(1), linked in send order so a resend keeps the order — until
-    the broker answers it. When a session is lost (kim_client.c) the next
-    one resends everything pending in order with the same msg_ids; the
-    broker's de-duplication answers RECEIPT dup=true for what it already
-    had, so a sender sees each message receipted once.
+/*  kim_client_send.c — kim_client_send, kim_client_send_async and
+    kim_client_flush: what the application calls to send messages.
 
     A SEND is sealed, signed and encoded once, when queued, and resent from
     those bytes. At most send_window wait for their answer: a send that
-    finds the window full pumps the session until there is room.
-
-    In a version 2 session the queued SEND maps travel as SEND_BATCH frames
-    (PROTOCOL.md 8.16), each map followed by its payload, up to 64 a frame.
-    Sends wait to be packed while earlier ones await their answers: they go
-    when the batch is full, when every earlier send is answered, or when the
-    caller is about to wait, so a lone message never waits for company and
-    a stream of them fills frames by itself.
+    finds the window full pumps the session until there is room. The
+    pending sends themselves are kept in kim_client_pending.c; these calls
+    run the session loop (kim_client.c) to wait, and end the session when
+    the socket refuses a send.
 */
 #include <string.h>
 
@@ -25,123 +14,6 @@
 #include <sodium.h>
 
 #include "kim_client_int.h"
-
-bool
-kim_client_i_hold_unsent (kim_client_t *self, bool waiting)
-{
-    if (self->version < 2 || waiting || !self->unsent || self->unsent == self->head)
-        return false;
-    size_t count = 0;
-    for (kim_client_entry_t *entry = self->unsent; entry && count < KIM_BATCH_MAX;
-         entry = entry->next)
-        count++;
-    return count < KIM_BATCH_MAX;
-}
-
-//  Packs unsent entries into one SEND_BATCH in self->buf, at most
-//  KIM_BATCH_MAX and max_payload + KIM_FRAME_MAX bytes; returns the first
-//  entry not packed.
-static kim_client_entry_t *
-s_pack_batch (kim_client_t *self, kim_client_entry_t *entry)
-{
-    size_t limit = (size_t) self->max_payload + KIM_FRAME_MAX;
-    size_t count = 0;
-    kim_buf_reset (&self->buf);
-    if (kim_batch_begin (KIM_CMD_SEND_BATCH, &self->buf))
-        return entry;
-    while (entry && count < KIM_BATCH_MAX) {
-        size_t need = entry->frame_size + entry->payload_size + 5;
-        if (count && self->buf.size + need > limit)
-            break;
-        size_t mark = self->buf.size;
-        if (kim_buf_append (&self->buf, entry->data, entry->frame_size)
-        ||  kim_batch_payload (entry->data + entry->frame_size, entry->payload_size, &self->buf)) {
-            self->buf.size = mark;
-            break;
-        }
-        count++;
-        entry = entry->next;
-    }
-    if (count == 0 || kim_batch_end (KIM_CMD_SEND_BATCH, count, 0, &self->buf))
-        self->buf.size = 0;
-    return entry;
-}
-
-//  Sends every pending entry not yet sent in this session, in order.
-void
-kim_client_i_send_unsent (kim_client_t *self)
-{
-    while (self->unsent && self->state == KIM_CLIENT_ACTIVE && self->version >= 2) {
-        kim_client_entry_t *next = s_pack_batch (self, self->unsent);
-        if (self->buf.size == 0) {
-            kim_client_i_session_lost (self, KIM_E_NOMEM, "out of memory packing a SEND_BATCH");
-            return;
-        }
-        if (kim_client_i_send_frames (self, self->buf.data, self->buf.size, NULL, 0, false)) {
-            kim_client_i_session_lost (self, KIM_E_CLOSED, "%s", self->error);
-            return;
-        }
-        self->unsent = next;
-    }
-    while (self->unsent && self->state == KIM_CLIENT_ACTIVE) {
-        kim_client_entry_t *entry = self->unsent;
-        if (kim_client_i_send_frames (self, entry->data, entry->frame_size,
-                                      entry->data + entry->frame_size, entry->payload_size,
-                                      entry->payload_size > 0)) {
-            kim_client_i_session_lost (self, KIM_E_CLOSED, "%s", self->error);
-            return;
-        }
-        self->unsent = entry->next;
-    }
-}
-
-//  A RECEIPT or REJECT answered an entry: hand the answer to whoever waits.
-void
-kim_client_i_resolve (kim_client_t *self, kim_client_entry_t *entry, const kim_cmd_t *answer)
-{
-    zhashx_delete (self->pending, entry->msg_id);
-    if (entry->prev)
-        entry->prev->next = entry->next;
-    else
-        self->head = entry->next;
-    if (entry->next)
-        entry->next->prev = entry->prev;
-    else
-        self->tail = entry->prev;
-    if (self->unsent == entry)
-        self->unsent = entry->next;
-    self->pending_count--;
-
-    bool receipt = answer->id == KIM_CMD_RECEIPT;
-    int code = receipt? 0: answer->code > 0? answer->code: KIM_E_INTERNAL;
-    if (self->sync_entry == entry) {
-        self->sync_entry = NULL;
-        self->sync_done = true;
-        self->sync_code = code;
-        self->sync_seq = answer->seq;
-        self->sync_dup = answer->dup;
-        if (!receipt)
-            kim_client_i_set_error (self, "%s (%d) %s%s%s", kim_errname (code), code,
-                                    answer->text [0]? answer->text: kim_strerror (code),
-                                    answer->path [0]? " at ": "", answer->path);
-    }
-    else {
-        kim_client_node_t *node = kim_client_i_node_new (self);
-        if (node) {
-            node->type = receipt? KIM_EVENT_RECEIPT: KIM_EVENT_REJECT;
-            memcpy (node->msg_id, entry->msg_id, sizeof node->msg_id);
-            node->seq = answer->seq;
-            node->dup = answer->dup;
-            node->code = code;
-            if (!receipt) {
-                kim_client_i_copy (node->text, sizeof node->text, answer->text);
-                kim_client_i_copy (node->path, sizeof node->path, answer->path);
-            }
-            kim_client_i_queue_push (self, node);
-        }
-    }
-    free (entry);
-}
 
 static bool
 s_sync_done (kim_client_t *self)
@@ -304,7 +176,7 @@ kim_client_send_async (kim_client_t *self, kim_msg_t *msg, const void *payload, 
     if (!self->unsent)
         self->unsent = entry;
     if (self->state == KIM_CLIENT_ACTIVE && !kim_client_i_hold_unsent (self, false))
-        kim_client_i_send_unsent (self);
+        kim_client_i_session_check (self, kim_client_i_send_unsent (self));
     return 0;
 }
 
@@ -341,7 +213,7 @@ kim_client_flush (kim_client_t *self, int timeout_ms)
     if (!self)
         return -KIM_E_ARGS;
     kim_client_i_release_lent (self);
-    kim_client_i_send_acks (self);
+    kim_client_i_session_check (self, kim_client_i_send_acks (self));
     int rc = kim_client_i_wait_for (self, timeout_ms, s_flushed);
     if (rc == -KIM_E_TIMEOUT)
         kim_client_i_set_error (self, "%zu sends still unreceipted after %d ms (%s)",
