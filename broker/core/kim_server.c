@@ -129,7 +129,7 @@ s_end_oldest_session (kim_server_t *self, org_state_t *state)
     session_t *oldest = NULL;
     for (session_t *session = (session_t *) zhashx_first (self->sessions); session;
          session = (session_t *) zhashx_next (self->sessions))
-        if (session->org == state && (!oldest || session->started_ms < oldest->started_ms))
+        if (session->org == state && (!oldest || session->opened < oldest->opened))
             oldest = session;
     if (!oldest)
         return;
@@ -195,7 +195,8 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     //  never see payloads.
     if (state->org->role != KIM_ROLE_AGENCY)
         session->window = 0;
-    session->last_seen_ms = session->started_ms = s_mono ();
+    session->last_seen_ms = s_mono ();
+    session->opened = ++self->sessions_opened;
     kim_str_copy (session->agent, sizeof session->agent, cmd->agent);
     zhashx_insert (self->sessions, key, session);
     state->session_count++;

@@ -57,7 +57,8 @@ struct _session_t {
     uint32_t window;
     uint64_t last_seen_ms;
     char agent [KIM_AGENT_MAX + 1];
-    uint64_t started_ms;            //  its HELLO: the oldest goes first at the limit
+    uint64_t opened;                //  HELLO order (server's count): the oldest goes
+                                    //  first at the limit, also within one ms
     uint32_t version;               //  of the protocol, from WELCOME
 };
 
@@ -122,6 +123,7 @@ struct _kim_server_t {
     kim_buf_t batch_buf;            //  the RECEIPT_BATCH being written
     uint8_t empty_hash [KIM_HASH_SIZE];     //  of an empty payload: broker-made messages
     uint64_t started_ms;
+    uint64_t sessions_opened;       //  HELLOs that opened a session, ever
     uint64_t last_dedup_expire_ms;
     uint64_t last_stats_ms;
     uint64_t drained_ms;            //  when the ROUTER socket was last read empty
