@@ -132,6 +132,17 @@ kim_agent_store_destroy (kim_agent_store_t **self_p)
     }
 }
 
+int
+kim_agent_store_i_end (MDB_txn *txn, int rc)
+{
+    if (rc) {
+        mdb_txn_abort (txn);
+        return rc;
+    }
+    int mrc = mdb_txn_commit (txn);
+    return mrc? kim_agent_store_i_mdb_code (mrc): 0;
+}
+
 //  --------------------------------------------------------------------------
 //  JSON records
 
@@ -507,13 +518,7 @@ kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uin
     MDB_val next_value = { 8, next_bytes };
     if (rc == 0 && mdb_put (txn, self->dbi [S_META], &meta_key, &next_value, 0) != 0)
         rc = -KIM_E_IO;
-    if (rc == 0) {
-        int mrc = mdb_txn_commit (txn);
-        if (mrc)
-            rc = kim_agent_store_i_mdb_code (mrc);
-    }
-    else
-        mdb_txn_abort (txn);
+    rc = kim_agent_store_i_end (txn, rc);
     if (rc) {
         json_decref (out);
         return rc;
@@ -855,12 +860,7 @@ kim_agent_store_inbox_handled (kim_agent_store_t *self, uint64_t seq, json_t **o
         json_object_set_new (record, "handled", json_true ());
         json_object_set_new (record, "handled_at", json_integer ((json_int_t) kim_agent_store_i_now ()));
         rc = kim_agent_store_i_put_json (self, txn, S_INBOX, &key, record);
-        if (rc == 0) {
-            int mrc = mdb_txn_commit (txn);
-            rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
-        }
-        else
-            mdb_txn_abort (txn);
+        rc = kim_agent_store_i_end (txn, rc);
     }
     else
         mdb_txn_abort (txn);

@@ -39,6 +39,11 @@ uint64_t
 int
     kim_agent_store_i_mdb_code (int rc);
 
+//  Ends a write transaction: commits it (synced) when `rc` is 0, else
+//  aborts it. Returns `rc`, or the commit's failure as a kim error.
+int
+    kim_agent_store_i_end (MDB_txn *txn, int rc);
+
 //  A JSON record of `db` (NULL when there is none or it does not parse);
 //  writes one. Both inside the caller's transaction.
 json_t *

@@ -91,13 +91,7 @@ kim_agent_store_push_result (kim_agent_store_t *self, uint64_t seq, const char *
         }
     }
     json_decref (record);
-    if (rc == 0) {
-        int mrc = mdb_txn_commit (txn);
-        rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
-    }
-    else
-        mdb_txn_abort (txn);
-    return rc;
+    return kim_agent_store_i_end (txn, rc);
 }
 
 json_t *
@@ -144,12 +138,7 @@ kim_agent_store_dead_retry (kim_agent_store_t *self, uint64_t seq, json_t **out)
         rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
     }
     json_decref (push);
-    if (rc == 0) {
-        int mrc = mdb_txn_commit (txn);
-        rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
-    }
-    else
-        mdb_txn_abort (txn);
+    rc = kim_agent_store_i_end (txn, rc);
     if (rc == 0)
         *out = letter;
     else
@@ -247,13 +236,7 @@ kim_agent_store_inbox_signature (kim_agent_store_t *self, uint64_t seq, const ch
         rc = kim_agent_store_i_put_json (self, txn, S_INBOX, &key, record);
     }
     json_decref (record);
-    if (rc == 0) {
-        int mrc = mdb_txn_commit (txn);
-        rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
-    }
-    else
-        mdb_txn_abort (txn);
-    return rc;
+    return kim_agent_store_i_end (txn, rc);
 }
 
 //  --------------------------------------------------------------------------
