@@ -458,6 +458,30 @@ s_logout (kim_agent_web_req_t *req)
 }
 
 
+//  The head of a form's second step: what the first step chose (the
+//  record, the receiving office, the purpose), a link back to change it,
+//  and the form opened with its CSRF token. The caller adds the rest and
+//  closes the form.
+void
+kim_agent_web_i_step_two (kim_agent_web_req_t *req, const char *label, const char *kind,
+                          const char *id, const char *recipient, const char *purpose,
+                          const char *anchor, const char *action)
+{
+    kim_agent_html_t *html = &req->html;
+    kim_agent_html_rawf (html, "<dl class=\"facts\">\n<dt>%s</dt><dd>", label);
+    kim_agent_web_i_link (req, kind, id);
+    kim_agent_html_raw (html, "</dd>\n");
+    kim_agent_web_i_fact (req, T (TO), recipient);
+    kim_agent_web_i_fact (req, T (PURPOSE), purpose);
+    kim_agent_html_rawf (html, "</dl>\n<p><a href=\"/ui/%s/", kind);
+    kim_agent_html_text (html, id);
+    kim_agent_html_rawf (html, "#%s\">%s</a></p>\n<form method=\"post\" action=\"/ui/%s/",
+                         anchor, T (CHANGE), kind);
+    kim_agent_html_text (html, id);
+    kim_agent_html_rawf (html, "/%s\">\n", action);
+    kim_agent_web_i_hidden (req, "csrf", req->session.csrf);
+}
+
 //  --------------------------------------------------------------------------
 //  Dispatch
 

@@ -369,19 +369,7 @@ kim_agent_web_i_handover_page (kim_agent_web_req_t *req, const char *id)
             json_array_append_new (open, json_string (referral_id));
         json_decref (referral);
     }
-    kim_agent_html_raw (html, "<dl class=\"facts\">\n");
-    kim_agent_html_rawf (html, "<dt>%s</dt><dd>", T (CASE));
-    kim_agent_web_i_link (req, "case", id);
-    kim_agent_html_raw (html, "</dd>\n");
-    kim_agent_web_i_fact (req, T (TO), recipient);
-    kim_agent_web_i_fact (req, T (PURPOSE), purpose);
-    kim_agent_html_raw (html, "</dl>\n<p><a href=\"/ui/case/");
-    kim_agent_html_text (html, id);
-    kim_agent_html_rawf (html, "#handover\">%s</a></p>\n<form method=\"post\" action=\"/ui/case/",
-                         T (CHANGE));
-    kim_agent_html_text (html, id);
-    kim_agent_html_raw (html, "/handover\">\n");
-    kim_agent_web_i_hidden (req, "csrf", req->session.csrf);
+    kim_agent_web_i_step_two (req, T (CASE), "case", id, recipient, purpose, "handover", "handover");
     kim_agent_web_i_hidden (req, "answer", "offer");
     kim_agent_web_i_hidden (req, "recipient", recipient);
     kim_agent_web_i_hidden (req, "purpose", purpose);

@@ -78,6 +78,10 @@ void
     kim_agent_web_i_state_text (kim_agent_web_req_t *req, const char *state);
 void
     kim_agent_web_i_time_text (kim_agent_web_req_t *req, json_int_t ms);
+void
+    kim_agent_web_i_step_two (kim_agent_web_req_t *req, const char *label, const char *kind,
+                              const char *id, const char *recipient, const char *purpose,
+                              const char *anchor, const char *action);
 
 //  kim_agent_web_referrals.c
 void

@@ -842,19 +842,7 @@ kim_agent_web_i_forward_page (kim_agent_web_req_t *req, const char *id)
         kim_agent_web_i_end (req);
         return kim_agent_web_i_send_page (req, MHD_HTTP_OK);
     }
-    kim_agent_html_raw (html, "<dl class=\"facts\">\n");
-    kim_agent_html_rawf (html, "<dt>%s</dt><dd>", T (REFERRAL));
-    kim_agent_web_i_link (req, "referral", id);
-    kim_agent_html_raw (html, "</dd>\n");
-    kim_agent_web_i_fact (req, T (TO), org);
-    kim_agent_web_i_fact (req, T (PURPOSE), purpose);
-    kim_agent_html_raw (html, "</dl>\n<p><a href=\"/ui/referral/");
-    kim_agent_html_text (html, id);
-    kim_agent_html_rawf (html, "#answer\">%s</a></p>\n<form method=\"post\" action=\"/ui/referral/",
-                         T (CHANGE));
-    kim_agent_html_text (html, id);
-    kim_agent_html_raw (html, "/answer\">\n");
-    kim_agent_web_i_hidden (req, "csrf", req->session.csrf);
+    kim_agent_web_i_step_two (req, T (REFERRAL), "referral", id, org, purpose, "answer", "answer");
     kim_agent_web_i_hidden (req, "answer", s_answer_names [S_FORWARD]);
     kim_agent_web_i_hidden (req, "org", org);
     kim_agent_web_i_hidden (req, "purpose", purpose);
