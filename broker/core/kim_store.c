@@ -128,20 +128,6 @@ kim_store_i_mailbox_key (kim_store_t *self, const char *org, uint64_t seq, uint8
     return org_size + 9;
 }
 
-//  Builds sender NUL msg_id into `key`; returns the key size or 0.
-static size_t
-s_dedup_key (kim_store_t *self, const char *sender, const char *msg_id, uint8_t *key)
-{
-    size_t sender_size = sender? strlen (sender): 0;
-    size_t msg_id_size = msg_id? strlen (msg_id): 0;
-    if (sender_size == 0 || msg_id_size == 0
-    ||  sender_size + 1 + msg_id_size > self->key_max)
-        return 0;
-    memcpy (key, sender, sender_size);
-    key [sender_size] = 0;
-    memcpy (key + sender_size + 1, msg_id, msg_id_size);
-    return sender_size + 1 + msg_id_size;
-}
 
 
 //  --------------------------------------------------------------------------
@@ -427,7 +413,10 @@ s_lock (kim_store_t *self)
 //            key store is made, and keys_from recorded, right after the
 //            opening transaction); an older broker would hand them out
 //            still encrypted, so it must refuse the store.
-#define S_VERSION 3
+//    3 -> 4: payload keys come from a pool (at-rest version 2, which an
+//            older broker cannot open), and msg_ids expire by walking the
+//            log: DEDUP_AGE is emptied (kim_store_dedup.c).
+#define S_VERSION 4
 
 static int
 s_store_version (kim_store_t *self, MDB_txn *txn)
@@ -464,7 +453,9 @@ s_store_version (kim_store_t *self, MDB_txn *txn)
     if (version < S_VERSION)
         zsys_notice ("kim_store: %s: migrating the store from format version %u to %u",
                      self->path, version, S_VERSION);
-    //  Migration steps go here, each from its version to the next.
+    //  Migration steps, each from its version to the next
+    if (version < 4 && (rc = kim_store_i_dedup_migrate (self, txn)))
+        return rc;
     uint8_t bytes [4] = { 0, 0, 0, S_VERSION };
     value.mv_size = sizeof bytes;
     value.mv_data = bytes;
@@ -877,133 +868,6 @@ int
 kim_store_mailbox_del (kim_store_t *self, const char *org, uint64_t seq)
 {
     return kim_store_mailbox_take (self, org, seq, NULL);
-}
-
-int
-kim_store_dedup_get (kim_store_t *self, const char *sender, const char *msg_id, uint64_t *seq)
-{
-    uint8_t key_bytes [S_KEY_BUF];
-    size_t key_size = s_dedup_key (self, sender, msg_id, key_bytes);
-    if (key_size == 0)
-        return -KIM_E_ARGS;
-    MDB_txn *txn;
-    int rc = kim_store_i_reader (self, &txn);
-    if (rc)
-        return rc;
-    MDB_val key = { key_size, key_bytes };
-    MDB_val value;
-    rc = mdb_get (txn, self->dbi [KIM_DB_DEDUP], &key, &value);
-    if (rc == MDB_NOTFOUND)
-        return 0;
-    if (rc)
-        return kim_store_i_read_error (self, rc, "looking up a msg_id");
-    if (value.mv_size != 16) {
-        zsys_error ("kim_store: %s: malformed de-duplication entry for %s/%s",
-                    self->path, sender, msg_id);
-        return -KIM_E_IO;
-    }
-    if (seq)
-        *seq = kim_log_get_be64 ((const uint8_t *) value.mv_data);
-    return 1;
-}
-
-int
-kim_store_dedup_put (kim_store_t *self, const char *sender, const char *msg_id,
-                     uint64_t seq, uint64_t time_ms)
-{
-    int rc = kim_store_i_writable (self, "dedup_put");
-    if (rc)
-        return rc;
-    uint8_t key_bytes [S_KEY_BUF];
-    size_t key_size = s_dedup_key (self, sender, msg_id, key_bytes);
-    if (key_size == 0)
-        return -KIM_E_ARGS;
-    uint8_t value_bytes [16];
-    kim_log_put_be64 (value_bytes, seq);
-    kim_log_put_be64 (value_bytes + 8, time_ms);
-    MDB_val key = { key_size, key_bytes };
-    MDB_val value = { sizeof (value_bytes), value_bytes };
-    rc = mdb_put (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value, MDB_NOOVERWRITE);
-    if (rc == MDB_KEYEXIST) {
-        //  Rare: the msg_id is re-recorded. Its old age entry must go, or
-        //  expiry would remove the new entry at the old entry's time.
-        if (value.mv_size == 16) {
-            uint8_t old_age [16];
-            kim_log_put_be64 (old_age, kim_log_get_be64 ((const uint8_t *) value.mv_data + 8));
-            kim_log_put_be64 (old_age + 8, kim_log_get_be64 ((const uint8_t *) value.mv_data));
-            MDB_val age_key = { sizeof (old_age), old_age };
-            rc = mdb_del (self->txn, self->dbi [KIM_DB_DEDUP_AGE], &age_key, NULL);
-            if (rc && rc != MDB_NOTFOUND)
-                return kim_store_i_write_error (self, rc, "replacing a msg_id");
-        }
-        value.mv_size = sizeof (value_bytes);
-        value.mv_data = value_bytes;
-        rc = mdb_put (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value, 0);
-    }
-    if (rc)
-        return kim_store_i_write_error (self, rc, "recording a msg_id");
-
-    uint8_t age_bytes [16];
-    kim_log_put_be64 (age_bytes, time_ms);
-    kim_log_put_be64 (age_bytes + 8, seq);
-    MDB_val age_key = { sizeof (age_bytes), age_bytes };
-    MDB_val age_value = { key_size, key_bytes };
-    rc = kim_store_i_put_appending (self, KIM_DB_DEDUP_AGE, &age_key, &age_value);
-    return rc? kim_store_i_write_error (self, rc, "recording a msg_id's age"): 0;
-}
-
-int
-kim_store_dedup_expire (kim_store_t *self, uint64_t now_ms, size_t limit)
-{
-    int rc = kim_store_i_writable (self, "dedup_expire");
-    if (rc)
-        return rc;
-    if (now_ms <= self->dedup_window_ms || limit == 0)
-        return 0;
-    uint64_t cutoff = now_ms - self->dedup_window_ms;
-    MDB_cursor *cursor;
-    rc = mdb_cursor_open (self->txn, self->dbi [KIM_DB_DEDUP_AGE], &cursor);
-    if (rc)
-        return kim_store_i_write_error (self, rc, "opening a msg_id age cursor");
-    size_t removed = 0;
-    while (removed < limit) {
-        MDB_val age_key, age_value;
-        //  Always the first: we delete what we visit, oldest first
-        rc = mdb_cursor_get (cursor, &age_key, &age_value, MDB_FIRST);
-        if (rc == MDB_NOTFOUND) {
-            rc = 0;
-            break;
-        }
-        if (rc)
-            break;
-        if (age_key.mv_size == 16) {
-            const uint8_t *age = (const uint8_t *) age_key.mv_data;
-            if (kim_log_get_be64 (age) >= cutoff)
-                break;
-            uint64_t age_seq = kim_log_get_be64 (age + 8);
-            if (age_value.mv_size > 0 && age_value.mv_size < S_KEY_BUF) {
-                uint8_t key_bytes [S_KEY_BUF];
-                memcpy (key_bytes, age_value.mv_data, age_value.mv_size);
-                MDB_val key = { age_value.mv_size, key_bytes };
-                MDB_val value;
-                rc = mdb_get (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value);
-                //  Remove the entry only if it is the one this age names
-                if (rc == 0 && value.mv_size == 16
-                &&  kim_log_get_be64 ((const uint8_t *) value.mv_data) == age_seq)
-                    rc = mdb_del (self->txn, self->dbi [KIM_DB_DEDUP], &key, NULL);
-                if (rc && rc != MDB_NOTFOUND)
-                    break;
-            }
-        }
-        else
-            zsys_warning ("kim_store: %s: removing a malformed msg_id age entry", self->path);
-        rc = mdb_cursor_del (cursor, 0);
-        if (rc)
-            break;
-        removed++;
-    }
-    mdb_cursor_close (cursor);
-    return rc? kim_store_i_write_error (self, rc, "expiring msg_ids"): 0;
 }
 
 //  The batch ran out of room: grow the map for the caller's replay.

@@ -58,7 +58,7 @@ typedef struct _kim_store_t kim_store_t;
     X(PAYLOAD,   "payload")   /* seq (u64 BE) -> payload bytes            */ \
     X(MAILBOX,   "mailbox")   /* org NUL seq (u64 BE) -> [flags [note]]   */ \
     X(DEDUP,     "dedup")     /* sender NUL msg_id -> seq u64 BE, time u64 BE */ \
-    X(DEDUP_AGE, "dedup_age") /* time (u64 BE) seq (u64 BE) -> dedup key  */ \
+    X(DEDUP_AGE, "dedup_age") /* empty since format 4 (kim_store_dedup.c)  */ \
     X(META,      "meta")      /* name -> value (head, format version)     */ \
     X(REFERRAL,  "referral")  /* referral_id -> referral state            */ \
     X(CASE,      "case")      /* case_id -> case state                    */ \
@@ -171,14 +171,15 @@ int
     kim_store_dedup_get (kim_store_t *self, const char *sender, const char *msg_id, uint64_t *seq);
 
 //  Records (sender, msg_id) -> seq in the de-duplication index; recording
-//  a msg_id again replaces the entry and its age.
+//  a msg_id again replaces the entry.
 int
     kim_store_dedup_put (kim_store_t *self, const char *sender, const char *msg_id,
                          uint64_t seq, uint64_t time_ms);
 
 //  Forgets msg_ids older than the window (time < now_ms - window), oldest
-//  first. Call inside a batch; removes at most `limit` entries, so a long
-//  backlog is spread over many batches. Returns 0 or -KIM_E_*.
+//  first, by walking the log. Call inside a batch; passes at most `limit`
+//  records, so a long backlog is spread over many batches. Returns 0 or
+//  -KIM_E_*.
 int
     kim_store_dedup_expire (kim_store_t *self, uint64_t now_ms, size_t limit);
 

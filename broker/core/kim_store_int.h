@@ -89,6 +89,8 @@ struct _kim_store_t {
 };
 
 int
+    kim_store_i_dedup_migrate (kim_store_t *self, MDB_txn *txn);
+int
     kim_store_i_keys_error (kim_store_t *self, int rc);
 void
     kim_store_i_keys_close (kim_store_t *self);
