@@ -427,8 +427,7 @@ s_finish_batch (kim_server_t *self, int rc)
         else {
             if (rc == 0) {
                 org_state_t *state = item->org;
-                for (size_t a = 0; a < item->cmd.ack_count; a++)
-                    kim_server_flight_remove (state, item->cmd.acks [a]);
+                kim_server_flights_remove (state, item->cmd.acks, item->cmd.ack_count);
                 self->acked += item->cmd.ack_count;
                 kim_server_mark_dirty (self, state);
             }

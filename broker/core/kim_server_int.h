@@ -178,16 +178,27 @@ kim_server_flight_find (const org_state_t *state, uint64_t seq)
     return low < state->flight_count && state->flights [low].seq == seq? (ssize_t) low: -1;
 }
 
-//  Forgets the delivery of `seq` in flight to the organisation.
+//  Forgets the deliveries of `seqs` in flight to the organisation. One
+//  pass over the flights for the whole list: acks come oldest first, and
+//  taking them out one by one would shift the window once per ack.
 static inline void
-kim_server_flight_remove (org_state_t *state, uint64_t seq)
+kim_server_flights_remove (org_state_t *state, const uint64_t *seqs, size_t count)
 {
-    ssize_t index = kim_server_flight_find (state, seq);
-    if (index >= 0) {
-        memmove (&state->flights [index], &state->flights [index + 1],
-                 (state->flight_count - (size_t) index - 1) * sizeof (flight_t));
-        state->flight_count--;
+    size_t gone = 0;
+    for (size_t i = 0; i < count; i++) {
+        ssize_t index = kim_server_flight_find (state, seqs [i]);
+        if (index >= 0 && state->flights [index].sent_ms != UINT64_MAX) {
+            state->flights [index].sent_ms = UINT64_MAX;        //  marked
+            gone++;
+        }
     }
+    if (gone == 0)
+        return;
+    size_t kept = 0;
+    for (size_t i = 0; i < state->flight_count; i++)
+        if (state->flights [i].sent_ms != UINT64_MAX)
+            state->flights [kept++] = state->flights [i];
+    state->flight_count = kept;
 }
 
 //  --- kim_batch.c -----------------------------------------------------------
