@@ -29,15 +29,83 @@ s_touch (kim_server_t *self, org_state_t *state)
     }
 }
 
+//  --------------------------------------------------------------------------
+//  Durability: answers and mail wait until their commit is on disk
+//
+//  A commit is durable once a later commit or a sync has returned
+//  (kim_store.h, Durability). So what a batch has to tell (its RECEIPTs and
+//  REJECTs, the mail it wrote) is held as of the store's commit mark, and
+//  goes out when the synced mark reaches it: after the next commit when the
+//  loop is busy (one flush per commit), or after a sync when it is not.
+
+static bool
+s_held (kim_server_t *self)
+{
+    return self->held.size || self->held_orgs;
+}
+
+static void
+s_release (kim_server_t *self)
+{
+    kim_reply_release (self);
+    while (self->held_orgs) {
+        org_state_t *state = self->held_orgs;
+        self->held_orgs = state->next_held;
+        state->held = false;
+        kim_server_mark_dirty (self, state);
+    }
+}
+
+//  Sends what earlier commits held if they are durable by now, and marks
+//  what is held next as of the last commit.
+static void
+s_hold_begin (kim_server_t *self)
+{
+    if (s_held (self) && kim_store_synced_mark (self->store) >= self->held_mark)
+        s_release (self);
+    if (!s_held (self))
+        self->held_ms = (uint64_t) zclock_mono ();
+    self->held_mark = kim_store_commit_mark (self->store);
+}
+
+void
+kim_batch_durable (kim_server_t *self, bool later)
+{
+    if (!s_held (self))
+        return;
+    if (kim_store_synced_mark (self->store) < self->held_mark) {
+        if (later)
+            return;
+        if (kim_store_sync (self->store)) {
+            self->failed = true;        //  nothing held goes out: fail closed
+            return;
+        }
+    }
+    s_release (self);
+}
+
+bool
+kim_batch_answers_held (kim_server_t *self)
+{
+    return self->held.size > 0;
+}
+
+//  Mail written in the open batch becomes deliverable once its commit is
+//  durable: the organisation waits in the held list until then.
 static void
 s_touched_settle (kim_server_t *self, bool committed)
 {
+    if (committed)
+        s_hold_begin (self);
     while (self->touched) {
         org_state_t *state = self->touched;
         self->touched = state->next_touched;
         state->touched = false;
-        if (committed)
-            kim_server_mark_dirty (self, state);
+        if (committed && !state->held) {
+            state->held = true;
+            state->next_held = self->held_orgs;
+            self->held_orgs = state;
+        }
     }
 }
 
@@ -399,6 +467,8 @@ s_answer_in_batch (kim_server_t *self, item_t *item)
 static void
 s_finish_batch (kim_server_t *self, int rc)
 {
+    s_hold_begin (self);
+    self->holding = true;
     for (size_t i = 0; i < self->item_count; i++) {
         item_t *item = &self->items [i];
         if (rc && !item->settled)
@@ -440,6 +510,7 @@ s_finish_batch (kim_server_t *self, int rc)
             item->has_payload = false;
         }
     }
+    self->holding = false;
     self->item_count = 0;
 }
 
@@ -526,5 +597,8 @@ kim_ctx_batch (kim_ctx_t *ctx, int (*fn) (void *arg, kim_ctx_t *ctx), void *arg)
     int rc = kim_batch_run (self, s_apply_module_batch);
     self->module_fn = NULL;
     self->module_arg = NULL;
-    return rc;
+    //  The module answers when this returns: what it wrote is on disk then
+    if (rc == 0)
+        kim_batch_durable (self, false);
+    return self->failed? -KIM_E_STORE_FAILED: rc;
 }

@@ -40,6 +40,7 @@
 #define KIM_STATS_MS        60000   //  how often traffic figures are logged
 #define KIM_SCAN_CHUNK      64      //  mailbox entries read per scan
 #define KIM_TURN_MS         50      //  a turn reads this long at most, then commits
+#define KIM_LAZY_SYNC_MS    10      //  notices wait this long for a commit to carry them
 #define KIM_US_PER_UNIT     50.0    //  loop time a rate-limit unit pays for (module commands)
 #define KIM_TIME_CHARGE_MAX 4.0     //  ... up to this many times the command's own cost
 #define KIM_RCVHWM          1000    //  commands waiting unread per connection
@@ -320,7 +321,13 @@ s_deliver (kim_server_t *self, org_state_t *state, uint64_t now)
                                             flags, want);
         if (count <= 0)
             break;
+        //  Mail of a commit not yet durable waits (kim_batch_durable)
+        uint64_t synced = kim_store_synced_head (self->store);
         for (int i = 0; i < count; i++) {
+            if (seqs [i] > synced) {
+                count = 0;
+                break;
+            }
             state->cursor = seqs [i];
             bool copy = (flags [i] & KIM_MAILBOX_COPY) != 0;
             if (s_send_delivery (self, session, seqs [i], copy, packed))
@@ -647,6 +654,9 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
     KIM_CMDS (KIM_X_DIR)
 #undef KIM_X_DIR
     if (direction == KIM_CMD_TO_BROKER) {
+        //  A module reads the committed state and answers at once: what it
+        //  may tell is on disk first, and earlier answers go out before.
+        kim_batch_durable (self, false);
         self->ctx.now = kim_server_now (self);
         for (size_t i = 0; i < self->hook_count; i++) {
             kim_hook_t *hook = &self->hooks [i];
@@ -1101,6 +1111,35 @@ s_read_one (kim_server_t *self)
 }
 
 static int
+s_lazy_sync (zloop_t *loop, int timer_id, void *arg)
+{
+    kim_server_t *self = (kim_server_t *) arg;
+    self->lazy_timer = 0;
+    kim_batch_durable (self, false);
+    s_deliver_dirty (self);
+    return self->failed? -1: 0;
+}
+
+//  After a turn: answers wait for a sync unless more commands are already
+//  waiting, whose commit makes this one durable with the same flush (but
+//  a turn at most). Mail alone, such as the notices an ACK makes, waits for
+//  the next commit or KIM_LAZY_SYNC_MS.
+static void
+s_durable (kim_server_t *self)
+{
+    bool waiting = (zsock_events (self->router) & ZMQ_POLLIN) != 0;
+    if (kim_batch_answers_held (self)
+    &&  (!waiting || (uint64_t) zclock_mono () - self->held_ms >= KIM_TURN_MS))
+        kim_batch_durable (self, false);
+    else
+        kim_batch_durable (self, true);
+    if (!self->lazy_timer && (self->held.size || self->held_orgs)) {
+        int id = zloop_timer (self->loop, KIM_LAZY_SYNC_MS, 1, s_lazy_sync, self);
+        self->lazy_timer = id > 0? id: 0;
+    }
+}
+
+static int
 s_router_ready (zloop_t *loop, zsock_t *reader, void *arg)
 {
     kim_server_t *self = (kim_server_t *) arg;
@@ -1118,6 +1157,7 @@ s_router_ready (zloop_t *loop, zsock_t *reader, void *arg)
     if (!more)
         self->drained_ms = s_mono ();
     kim_batch_commit (self);
+    s_durable (self);
     s_deliver_dirty (self);
     return self->failed? -1: 0;
 }
@@ -1191,6 +1231,7 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
         ticking |= self->hooks [i].tick != NULL;
     if (ticking && kim_batch_run (self, kim_batch_apply_ticks) && self->failed)
         return -1;
+    s_durable (self);
     s_deliver_dirty (self);
     kim_zap_log_flush (&self->zap_log, now);
     if (now - self->last_stats_ms >= KIM_STATS_MS) {
@@ -1262,6 +1303,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     kim_buf_init (&self->buf);
     kim_buf_init (&self->hdr_buf);
     kim_buf_init (&self->batch_buf);
+    kim_buf_init (&self->held);
     self->ctx.server = self;
     kim_cmd_init (&self->receipt, KIM_CMD_RECEIPT);
     crypto_generichash (self->empty_hash, KIM_HASH_SIZE, NULL, 0, NULL, 0);
@@ -1387,6 +1429,7 @@ kim_server_destroy (kim_server_t **self_p)
     kim_buf_free (&self->buf);
     kim_buf_free (&self->hdr_buf);
     kim_buf_free (&self->batch_buf);
+    kim_buf_free (&self->held);
     kim_config_destroy (&self->config);
     free (self);
     *self_p = NULL;
@@ -1411,6 +1454,9 @@ kim_server_run (kim_server_t *self)
     if (!config->sync)
         zsys_warning ("store/sync = 0: receipts are NOT synced to disk (benchmarks only)");
     zloop_start (self->loop);
+    //  Answers still waiting for a sync go out: the peers may be there yet
+    if (!self->failed)
+        kim_batch_durable (self, false);
     zsys_notice ("kim-broker stopping: %" PRIu64 " receipted, %" PRIu64 " delivered, %" PRIu64
                  " acked; log head %" PRIu64, self->receipted, self->delivered, self->acked,
                  kim_store_head (self->store));

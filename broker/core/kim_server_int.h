@@ -41,6 +41,8 @@ struct _org_state_t {
     org_state_t *next_dirty;
     bool touched;                   //  the open batch added to its mailbox
     org_state_t *next_touched;
+    bool held;                      //  mail committed, not yet durable
+    org_state_t *next_held;
     bool removed;                   //  dropped from the registry by a reload
     size_t session_count;           //  its sessions now (STATUS, sessions_per_org)
     //  Rate limit: one token bucket for all of the organisation's
@@ -105,6 +107,15 @@ struct _kim_server_t {
     size_t item_count;
     org_state_t *dirty;             //  orgs whose mailbox or window changed
     org_state_t *touched;           //  orgs the open batch wrote mail for
+    //  What waits for the last commits to be durable (kim_batch_durable):
+    //  answers (kim_reply.c) and organisations with new mail, as of the
+    //  store's commit mark `held_mark`, kept since `held_ms`.
+    kim_buf_t held;
+    bool holding;                   //  answers go into `held`, not out
+    org_state_t *held_orgs;
+    size_t held_mark;
+    uint64_t held_ms;
+    int lazy_timer;                 //  a sync for held mail alone, or 0
     kim_zap_log_t zap_log;          //  refused connections not yet logged
     kim_hook_t hooks [KIM_HOOKS_MAX];
     size_t hook_count;
@@ -207,6 +218,13 @@ kim_server_flights_remove (org_state_t *state, const uint64_t *seqs, size_t coun
 //  or -KIM_E_*.
 int
     kim_batch_run (kim_server_t *self, int (*apply) (kim_server_t *self));
+//  Sends what waited for durable commits, syncing first unless `later`
+//  (then only what a later commit made durable already goes out).
+void
+    kim_batch_durable (kim_server_t *self, bool later);
+//  Whether answers wait (as opposed to mail alone, which may wait longer).
+bool
+    kim_batch_answers_held (kim_server_t *self);
 //  Commits the SENDs and ACKs read this turn as one batch, then answers them.
 void
     kim_batch_commit (kim_server_t *self);

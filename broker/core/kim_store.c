@@ -596,9 +596,15 @@ kim_store_new (const kim_store_config_t *config, int *err)
     //  thread. No MDB_WRITEMAP: a stray pointer could then scribble on the
     //  log, and it measured half as fast here (msync of the whole map). No
     //  MDB_NOMEMINIT: it would write stale heap bytes into page slack.
+    //  MDB_NOMETASYNC: a commit syncs its data pages but not its meta page,
+    //  so it costs one flush, not two; the next commit's flush, or
+    //  kim_store_sync, makes it durable (see kim_store.h, Durability).
     unsigned int flags = MDB_NOTLS;
+    self->nosync = config->nosync;
     if (config->nosync)
         flags |= MDB_NOSYNC;
+    else
+        flags |= MDB_NOMETASYNC;
     if (self->read_only)
         flags |= MDB_RDONLY;
     rc = mdb_env_set_maxdbs (self->env, S_MAXDBS);
@@ -637,6 +643,11 @@ kim_store_new (const kim_store_config_t *config, int *err)
     if (*err == 0)
         *err = s_mailbox_count_all (self, self->rtxn);
     kim_store_i_snapshot_end (self);
+    //  What a reopened store holds is made durable first: the last run may
+    //  have ended (killed) before its last commit was synced
+    if (*err == 0 && !self->read_only && !config->nosync && (rc = mdb_env_sync (self->env, 1)))
+        *err = kim_store_i_read_error (self, rc, "syncing what the last run committed");
+    self->head_committed = self->head_synced = self->head;
     if (*err == 0)
         *err = kim_store_i_keys_open (self, config->nosync);
     if (*err)
@@ -658,6 +669,8 @@ kim_store_destroy (kim_store_t **self_p)
         kim_store_abort (self);
     if (self->rtxn)
         mdb_txn_abort (self->rtxn);
+    if (self->env && !self->read_only && !self->failed)
+        kim_store_sync (self);
     kim_store_i_keys_close (self);
     free (self->scratch);
     if (self->env)
@@ -900,6 +913,66 @@ s_grow (kim_store_t *self, bool growable, bool *retry)
     return -KIM_E_STORE_FULL;
 }
 
+//  A commit that wrote flushed the data file: the meta page of the commit
+//  before it, written since, is on disk now. A commit that wrote nothing
+//  flushed nothing (LMDB skips it), and its txn id is not the env's last.
+static void
+s_synced_by_commit (kim_store_t *self, size_t txn_id)
+{
+    MDB_envinfo info;
+    if (mdb_env_info (self->env, &info) || info.me_last_txnid != txn_id)
+        return;
+    self->txn_synced = self->txn_committed;
+    self->head_synced = self->head_committed;
+    self->txn_committed = txn_id;
+    self->head_committed = self->batch_head;
+    if (self->nosync) {
+        self->txn_synced = self->txn_committed;
+        self->head_synced = self->head_committed;
+    }
+}
+
+int
+kim_store_sync (kim_store_t *self)
+{
+    if (self->txn_synced == self->txn_committed)
+        return 0;
+    int rc = mdb_env_sync (self->env, 1);
+    if (rc) {
+        zsys_error ("kim_store: %s: sync failed: %s; store fails closed", self->path,
+                    mdb_strerror (rc));
+        self->failed = true;
+        return -KIM_E_STORE_FAILED;
+    }
+    self->txn_synced = self->txn_committed;
+    self->head_synced = self->head_committed;
+    return 0;
+}
+
+bool
+kim_store_synced (kim_store_t *self)
+{
+    return self->txn_synced == self->txn_committed;
+}
+
+uint64_t
+kim_store_synced_head (kim_store_t *self)
+{
+    return self->head_synced;
+}
+
+size_t
+kim_store_commit_mark (kim_store_t *self)
+{
+    return self->txn_committed;
+}
+
+size_t
+kim_store_synced_mark (kim_store_t *self)
+{
+    return self->txn_synced;
+}
+
 //  Forgets the open batch: LMDB's transactions and what the batch changed
 //  in memory.
 static void
@@ -944,9 +1017,11 @@ kim_store_commit (kim_store_t *self, bool *retry)
         s_batch_drop (self);
         return kim_store_i_keys_error (self, rc);
     }
+    size_t txn_id = mdb_txn_id (self->txn);
     rc = mdb_txn_commit (self->txn);
     self->txn = NULL;           //  freed by LMDB, whatever the outcome
     if (rc == 0) {
+        s_synced_by_commit (self, txn_id);
         self->head = self->batch_head;
         memcpy (self->head_hash, self->batch_hash, KIM_HASH_SIZE);
         kim_store_i_keys_settle (self, true);

@@ -80,6 +80,14 @@ struct _kim_store_t {
     uint64_t head;
     uint8_t head_hash [KIM_HASH_SIZE];
 
+    //  Durability (see kim_store_sync): the last commit that wrote, the
+    //  last one known on disk, and the log head each of them left.
+    bool nosync;
+    size_t txn_committed;
+    size_t txn_synced;
+    uint64_t head_committed;
+    uint64_t head_synced;
+
     //  Mailbox sizes: org -> kim_store_mailbox_t; `touched` lists the
     //  entries the open batch changed, so commit and abort visit only those.
     zhashx_t *mailboxes;
