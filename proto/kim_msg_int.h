@@ -178,7 +178,10 @@ typedef struct {
     X (HDR,           "hdr",                S_K_HDR,        msg,           msg,              0, 0, 0) \
     X (STATUS,        "status",             S_K_STATUS,     status,        status,           0, 0, 0) \
     X (REFERRAL_ID,   "referral_id",        S_K_ID,         referral_id,   referral_id,      0, 0, 0) \
-    X (ORGS,          "orgs",               S_K_DIR,        dir,           dir_count,        KIM_DIRECTORY_MAX, 0, 0)
+    X (ORGS,          "orgs",               S_K_DIR,        dir,           dir_count,        KIM_DIRECTORY_MAX, 0, 0) \
+    X (SERIAL,        "serial",             S_K_U64,        serial,        serial,           0, 0, S_TIME_MAX) \
+    X (RULE,          "rule",               S_K_ID,         rule,          rule,             0, 0, 0) \
+    X (SIG,           "sig",                S_K_BIN,        sig,           has_sig,          0, 0, 0)
 
 //  One DIRECTORY_REPLY entry; sign_key is the only optional one.
 #define S_DIR_FIELDS(X) \

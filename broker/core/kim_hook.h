@@ -29,6 +29,11 @@ extern "C" {
 
 typedef struct _kim_ctx_t kim_ctx_t;
 
+//  The mailbox of messages waiting for a peer broker is "peer:<name>":
+//  no organisation id can contain ':' (PROTOCOL.md 6, rule 6).
+#define KIM_LINK_MAILBOX_PREFIX "peer:"
+#define KIM_LINK_MAILBOX_MAX    (sizeof KIM_LINK_MAILBOX_PREFIX - 1 + KIM_ORG_MAX)
+
 //  Why a hook refused a message: becomes the REJECT's code, path and text.
 //  `rule` names the policy rule or life-cycle rule that decided.
 typedef struct {
@@ -84,6 +89,15 @@ typedef struct {
     //  A session ended (BYE, a new HELLO, expiry, revocation): forget what
     //  was kept for that routing id (open queries, ...).
     void (*session_end) (void *state, const uint8_t *rid, size_t rid_size);
+    //  Organisations that live at another district's broker (kim_link.c):
+    //  copies the remote organisation `id` into *org and its home broker's
+    //  name into `home` (KIM_ORG_MAX + 1 bytes) and returns true, or false
+    //  when `id` is not known as remote. Mail to a remote organisation goes
+    //  into the link mailbox KIM_LINK_MAILBOX_PREFIX + home.
+    bool (*remote) (void *state, const char *id, kim_org_t *org, char *home);
+    //  The index-th remote organisation (0, 1, ...), as `remote`; false past
+    //  the last. For DIRECTORY.
+    bool (*remote_at) (void *state, size_t index, kim_org_t *org, char *home);
     //  Frees `state` at shutdown.
     void (*destroy) (void **state_p);
     void *state;
@@ -102,7 +116,10 @@ const kim_org_t *
 
 //  Appends a broker-made message (its sender is set to the broker's name,
 //  msg_id made up if empty) to the log and puts it into `recipient`'s
-//  mailbox. Sets *seq when not NULL. Returns 0 or -KIM_E_*.
+//  mailbox. A recipient at another district's broker gets only DELIVERED
+//  (through the link); other notices to it are logged, not sent, since its
+//  own broker runs the same life cycle and tells it itself. Sets *seq when
+//  not NULL. Returns 0 or -KIM_E_*.
 int
     kim_ctx_emit (kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient, uint64_t *seq);
 
@@ -121,6 +138,11 @@ int
 //  is another (a FORWARD's payload goes to the organisation it names).
 int
     kim_ctx_deliver_payload (kim_ctx_t *ctx, const char *org, uint64_t seq);
+
+//  The index-th organisation homed at a peer broker (kim_link.c): copies it
+//  and its home broker's name (KIM_ORG_MAX + 1 bytes); false past the last.
+bool
+    kim_ctx_remote_at (kim_ctx_t *ctx, size_t index, kim_org_t *org, char *home);
 
 //  Sends a command to a peer (a reply, a RECORD of a query...).
 void

@@ -577,7 +577,10 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
 {
     kim_msg_t *msg = route->msg;
     const char *recipient_id = s_data_recipient (route);
-    const kim_org_t *recipient = kim_ctx_org (ctx, recipient_id);
+    //  The route's recipient may live at another district's broker
+    //  (kim_link.c): the registry here does not list it.
+    const kim_org_t *recipient = route->recipient && streq (route->recipient->id, recipient_id)
+        ? route->recipient: kim_ctx_org (ctx, recipient_id);
     if (!recipient)
         return s_refuse (verdict, KIM_E_UNKNOWN_RECIPIENT,
                          msg->type == KIM_TYPE_FORWARD? "hdr.org": "hdr.recipient",
