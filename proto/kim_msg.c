@@ -68,7 +68,7 @@ const s_field_t kim_msgi_dir_fields [] = { S_DIR_FIELDS (S_X_DIR) };
     X (RELOADED,     C (COUNT) | C (TEXT), 0) \
     X (REFERRAL_QUERY, C (QUERY_ID), C (CASE_ID) | C (ORG) | C (REFERRAL_ID)) \
     X (REFERRAL_INFO,  C (QUERY_ID) | C (COUNT) | C (BODY), 0) \
-    X (DIRECTORY,      0, C (ORG)) \
+    X (DIRECTORY,      0, C (ORG) | C (HOMES)) \
     X (DIRECTORY_REPLY, C (COUNT) | C (ORGS), 0) \
     X (PEER_DIRECTORY, C (BROKER) | C (ORGS) | C (SERIAL) | C (SIG), 0) \
     X (PEER_FORWARD,   C (SEQ) | C (HDR), 0) \

@@ -147,11 +147,17 @@ s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
             }
             msgpack_pack_array (pk, cmd->dir_count);
             for (size_t i = 0; i < cmd->dir_count; i++) {
+                //  The required fields, then the optional ones present.
                 const kim_dir_entry_t *entry = &cmd->dir [i];
-                bool sign = entry->sign_key [0] != 0;
-                msgpack_pack_map (pk, S_COUNT (kim_msgi_dir_fields) - (sign? 0: 1));
+                size_t count = 0;
                 for (size_t j = 0; j < S_COUNT (kim_msgi_dir_fields); j++)
-                    if (j < S_COUNT (kim_msgi_dir_fields) - 1 || sign)
+                    if ((S_DIR_REQUIRED & (1ull << j))
+                    ||  kim_msgi_present (&kim_msgi_dir_fields [j], entry))
+                        count++;
+                msgpack_pack_map (pk, count);
+                for (size_t j = 0; j < S_COUNT (kim_msgi_dir_fields); j++)
+                    if ((S_DIR_REQUIRED & (1ull << j))
+                    ||  kim_msgi_present (&kim_msgi_dir_fields [j], entry))
                         s_pack_field (self, &kim_msgi_dir_fields [j], entry);
             }
             break;

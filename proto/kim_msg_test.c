@@ -256,7 +256,7 @@ s_test_cmd (kim_cmd_t *cmd, kim_cmd_id_t id)
         case KIM_CMD_PEER_DIRECTORY: {
             static kim_dir_entry_t entry = {
                 "jc.coesfeld", "Jobcenter Coesfeld", "jc", true,
-                "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7", ""
+                "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7", "", ""
             };
             strcpy (cmd->broker, "broker.coesfeld");
             cmd->dir = &entry;

@@ -244,6 +244,8 @@ typedef struct {
     bool public_body;                           //  "public_body"
     char public_key [KIM_KEY_TEXT_MAX + 1];     //  "public_key": CURVE = X25519 sealing key
     char sign_key [KIM_KEY_TEXT_MAX + 1];       //  "sign_key": Ed25519, "" when none
+    char home [KIM_ORG_MAX + 1];                //  "home": the peer broker it lives at,
+                                                //  "" for the answering broker's own
 } kim_dir_entry_t;
 
 //  One wire command. Only the fields of `id` are meaningful.
@@ -313,6 +315,7 @@ typedef struct {
     //  Federation (PROTOCOL.md 16): PEER_DIRECTORY's serial and signature,
     //  PEER_REFUSED's rule. PEER_FORWARD uses seq and hdr, PEER_ACK seq and
     //  dup, PEER_REFUSED seq, code, text and path besides.
+    bool homes;                                 //  "homes": DIRECTORY: name remote orgs' brokers
     uint64_t serial;                            //  "serial": grows with each document
     bool has_sig;
     uint8_t sig [KIM_SIG_SIZE];                 //  "sig": Ed25519 over the map without it
