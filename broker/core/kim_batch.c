@@ -77,6 +77,12 @@ s_remote (kim_server_t *self, const char *id, kim_org_t *org, char *home)
 }
 
 bool
+kim_ctx_remote (kim_ctx_t *ctx, const char *id, kim_org_t *org, char *home)
+{
+    return s_remote (ctx->server, id, org, home);
+}
+
+bool
 kim_ctx_remote_at (kim_ctx_t *ctx, size_t index, kim_org_t *org, char *home)
 {
     kim_server_t *self = ctx->server;

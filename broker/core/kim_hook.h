@@ -139,6 +139,11 @@ int
 int
     kim_ctx_deliver_payload (kim_ctx_t *ctx, const char *org, uint64_t seq);
 
+//  The organisation `id` homed at a peer broker (kim_link.c): copies it and
+//  its home broker's name (KIM_ORG_MAX + 1 bytes); false when not remote.
+bool
+    kim_ctx_remote (kim_ctx_t *ctx, const char *id, kim_org_t *org, char *home);
+
 //  The index-th organisation homed at a peer broker (kim_link.c): copies it
 //  and its home broker's name (KIM_ORG_MAX + 1 bytes); false past the last.
 bool

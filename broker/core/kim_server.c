@@ -744,6 +744,7 @@ s_ack_ranges (kim_server_t *self, session_t *session, item_t *item, const uint8_
         slot->batch_count = 0;
         slot->settled = false;
         slot->from_range = true;
+        slot->forwarded = false;
     }
     self->item_count += used;
 }
@@ -918,6 +919,7 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
             item->batch_count = (uint8_t) count;
             item->settled = true;
             item->from_range = false;
+            item->forwarded = false;
             item->has_payload = false;
             item->seq = 0;
             item->dup = false;
