@@ -699,6 +699,48 @@ kim_config_test (bool verbose)
     assert (config && streq (config->orgs [0].sign_key, zcert_public_txt (cert)));
     kim_config_destroy (&config);
 
+    //  Peers: every key checked, unknown keys refused, keys not shared
+    //  with organisations; each becomes a registry entry of role peer.
+    zcert_t *peer_cert = zcert_new ();
+    assert (peer_cert);
+    const char *pk = zcert_public_txt (peer_cert);
+    snprintf (text, sizeof text, "orgs\n    jc.a\n        public_key = \"%s\"\n"
+              "peers\n    broker.coesfeld\n        endpoint = \"tcp://10.1.2.3:7470, "
+              "tcp://10.1.2.4:7470\"\n        public_key = \"%s\"\n        sign_key = \"%s\"\n",
+              zcert_public_txt (cert), pk, pk);
+    config = kim_config_parse (text, error, sizeof error, &err);
+    assert (config && config->peer_count == 1 && config->org_count == 2);
+    assert (config->peers [0].endpoint_count == 2);
+    assert (streq (config->peers [0].endpoints [1], "tcp://10.1.2.4:7470"));
+    const kim_org_t *peer_org = kim_config_org_by_key (config, pk);
+    assert (peer_org && peer_org->role == KIM_ROLE_PEER && streq (peer_org->id, "broker.coesfeld"));
+    assert (kim_config_peer (config, "broker.coesfeld") && !kim_config_peer (config, "jc.a"));
+    kim_config_destroy (&config);
+    snprintf (text, sizeof text, "peers\n    broker.c\n        endpoint = \"tcp://a:1\"\n"
+              "        public_key = \"%s\"\n        sign_key = \"%s\"\n        colour = red\n", pk, pk);
+    s_expect_error (text, "peers/broker.c/colour: unknown key");
+    snprintf (text, sizeof text, "peers\n    broker.c\n        public_key = \"%s\"\n"
+              "        sign_key = \"%s\"\n", pk, pk);
+    s_expect_error (text, "peers/broker.c/endpoint: missing");
+    snprintf (text, sizeof text, "peers\n    broker.c\n        endpoint = \"http://a\"\n"
+              "        public_key = \"%s\"\n        sign_key = \"%s\"\n", pk, pk);
+    s_expect_error (text, "peers/broker.c/endpoint:");
+    snprintf (text, sizeof text, "peers\n    broker.c\n        endpoint = \"tcp://a:1\"\n"
+              "        public_key = \"%s\"\n", pk);
+    s_expect_error (text, "peers/broker.c/sign_key");
+    snprintf (text, sizeof text, "orgs\n    jc.a\n        public_key = \"%s\"\n"
+              "peers\n    broker.c\n        endpoint = \"tcp://a:1\"\n"
+              "        public_key = \"%s\"\n        sign_key = \"%s\"\n", pk, pk, pk);
+    s_expect_error (text, "peers/broker.c/public_key: the key is registered");
+    snprintf (text, sizeof text, "orgs\n    jc.a\n        public_key = \"%s\"\n"
+              "peers\n    jc.a\n        endpoint = \"tcp://a:1\"\n"
+              "        public_key = \"%s\"\n        sign_key = \"%s\"\n",
+              zcert_public_txt (cert), pk, pk);
+    s_expect_error (text, "peers/jc.a: the name is registered as an organisation");
+    snprintf (text, sizeof text, "peers\n    Not_A_Name\n        endpoint = \"tcp://a:1\"\n");
+    s_expect_error (text, "peers/Not_A_Name: not a valid broker name");
+    zcert_destroy (&peer_cert);
+
     error [0] = 0;
     config = kim_config_load ("/nonexistent/kim.cfg", error, sizeof error, &err);
     assert (!config && err == -KIM_E_CONFIG && strstr (error, "no such file"));

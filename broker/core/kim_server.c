@@ -1493,9 +1493,9 @@ kim_server_run (kim_server_t *self)
     }
     zsys_notice ("kim-broker %s serving on %s; data in %s; %zu organisations; "
                  "log head %" PRIu64 "; broker public key %s",
-                 config->name, endpoints, config->data, config->org_count,
+                 config->name, endpoints, config->data, config->org_count - config->peer_count,
                  kim_store_head (self->store), zcert_public_txt (self->cert));
-    if (config->org_count == 0)
+    if (config->org_count == config->peer_count)
         zsys_warning ("no organisations are registered: nobody can connect. Add them under "
                       "'orgs' in a config file (see deploy/kim.cfg) and pass --config");
     if (!config->sync)
