@@ -55,6 +55,16 @@ typedef struct {
     char note [KIM_MAILBOX_NOTE_MAX + 1];
 } kim_route_t;
 
+//  How a link to a peer broker stands (kim_link.c), for metrics and logs.
+typedef struct {
+    char peer [KIM_ORG_MAX + 1];            //  the peer broker's name
+    bool up;                                //  WELCOME heard, not failed since
+    uint64_t since_ms;                      //  wall clock of the last change
+    uint64_t queued;                        //  messages in its link mailbox
+    uint64_t in_flight;                     //  of those, sent and not yet answered
+    uint64_t remote_orgs;                   //  organisations its directory homes there
+} kim_link_info_t;
+
 //  Who sent a command, and where answers go. Borrowed for the call: copy
 //  the routing id to answer later.
 typedef struct {
@@ -98,6 +108,8 @@ typedef struct {
     //  The index-th remote organisation (0, 1, ...), as `remote`; false past
     //  the last. For DIRECTORY.
     bool (*remote_at) (void *state, size_t index, kim_org_t *org, char *home);
+    //  The index-th link to a peer broker; false past the last.
+    bool (*link_at) (void *state, size_t index, kim_link_info_t *info);
     //  Frees `state` at shutdown.
     void (*destroy) (void **state_p);
     void *state;

@@ -878,6 +878,27 @@ s_remote_at (void *state, size_t index, kim_org_t *org, char *home)
     return true;
 }
 
+static bool
+s_link_at (void *state, size_t index, kim_link_info_t *info)
+{
+    s_mod_t *self = (s_mod_t *) state;
+    if (index >= self->link_count)
+        return false;
+    s_link_t *link = self->links [index];
+    memset (info, 0, sizeof *info);
+    kim_str_copy (info->peer, sizeof info->peer, link->conf.name);
+    info->up = link->state == S_UP;
+    info->since_ms = link->since_ms;
+    info->queued = kim_store_mailbox_count (self->store, link->mailbox);
+    info->in_flight = link->flight_count;
+    size_t remote = 0;
+    for (s_remote_t *entry = (s_remote_t *) zlistx_first (self->remote_order); entry;
+         entry = (s_remote_t *) zlistx_next (self->remote_order))
+        remote += streq (entry->home, link->conf.name);
+    info->remote_orgs = remote;
+    return true;
+}
+
 static void
 s_destroy (void **state_p)
 {
@@ -932,6 +953,7 @@ kim_link_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t
     hook->tick = s_tick;
     hook->remote = s_remote;
     hook->remote_at = s_remote_at;
+    hook->link_at = s_link_at;
     hook->destroy = s_destroy;
     hook->state = self;
     kim_str_copy (self->keys_dir, sizeof self->keys_dir, env->keys_dir);

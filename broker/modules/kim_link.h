@@ -30,15 +30,6 @@ int
 int
     kim_link_directory_verify (const kim_cmd_t *cmd, const char *sign_key);
 
-//  How the link to `peer` stands, for STATUS, metrics and logs: true when
-//  the module runs and knows the peer. Borrowed state of the running broker.
-typedef struct {
-    bool up;
-    uint64_t since_ms;          //  wall clock of the last change
-    uint64_t queued;            //  messages in its link mailbox
-    uint64_t remote_orgs;       //  organisations its directory homes there
-} kim_link_state_t;
-
 #ifdef __cplusplus
 }
 #endif
