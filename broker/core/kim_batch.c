@@ -116,15 +116,30 @@ s_mailbox_add (kim_server_t *self, const char *org, uint64_t seq, bool copy, con
     return rc;
 }
 
+//  Copies for an organisation of another district (a participant of a case
+//  handed across, say) are not sent: its own broker keeps its own copies
+//  of what crosses the link. Returns true when `org` is such a one.
+static bool
+s_remote_only (kim_server_t *self, const char *org)
+{
+    kim_org_t remote;
+    char home [KIM_ORG_MAX + 1];
+    return !zhashx_lookup (self->orgs, org) && s_remote (self, org, &remote, home);
+}
+
 int
 kim_ctx_deliver_also (kim_ctx_t *ctx, const char *org, uint64_t seq)
 {
+    if (s_remote_only (ctx->server, org))
+        return 0;
     return s_mailbox_add (ctx->server, org, seq, true, NULL);
 }
 
 int
 kim_ctx_deliver_payload (kim_ctx_t *ctx, const char *org, uint64_t seq)
 {
+    if (s_remote_only (ctx->server, org))
+        return 0;
     return s_mailbox_add (ctx->server, org, seq, false, NULL);
 }
 

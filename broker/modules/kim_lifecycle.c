@@ -316,7 +316,7 @@ s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
                 rc = kim_ctx_deliver_payload (ctx, msg->org, route->seq);
             //  Put before the server puts the recipient's full entry, which
             //  then finds this one and leaves it.
-            if (rc == 0 && msg->recipient [0])
+            if (rc == 0 && msg->recipient [0] && kim_ctx_org (ctx, msg->recipient))
                 rc = kim_store_mailbox_put_copy (kim_ctx_store (ctx), msg->recipient,
                                                  route->seq);
         }

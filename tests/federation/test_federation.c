@@ -1,7 +1,7 @@
 /*  test_federation.c — brokers of different districts linked broker to
     broker (PROTOCOL.md 16), as real kim-broker processes over tcp loopback.
 
-    Usage: test_federation referral|outage|refusal|rotation|roles
+    Usage: test_federation referral|outage|refusal|rotation|roles|handover
 
     referral  three districts: a REFERRAL from an office at A to one at C is
               receipted at A, delivered once at C (its sealed payload opens),
@@ -15,6 +15,8 @@
               on SIGHUP, without a restart.
     roles     a non-peer key may not use the federation commands; a peer may
               use nothing else; a peer cannot forward for another's office.
+    handover  a case led in one district is handed to another district's case
+              management: the lead moves at both ends.
 */
 #include "../integration/kim_lctest.h"
 
@@ -365,6 +367,60 @@ s_test_rotation (void)
     kim_client_destroy (&jc);
 }
 
+static void
+s_test_handover (void)
+{
+    const char *a_orgs [] = { "kim.steinfurt", "jc.steinfurt", NULL };
+    const char *c_orgs [] = { "kim.coesfeld", NULL };
+    const char *names [] = { "broker.steinfurt", "broker.coesfeld" };
+    const char **orgs [] = { a_orgs, c_orgs };
+    s_districts (2, names, orgs);
+    s_start_all (2);
+    kim_client_t *kim = kim_testbroker_client (s_brokers [0], "kim.steinfurt", 16, true);
+    kim_client_t *jc = kim_testbroker_client (s_brokers [0], "jc.steinfurt", 16, true);
+    kim_client_t *far = kim_testbroker_client (s_brokers [1], "kim.coesfeld", 16, true);
+    KIM_CHECK (kim && jc && far);
+    s_wait_directory (kim, "kim.coesfeld", true);
+    s_wait_directory (far, "kim.steinfurt", true);
+
+    //  A case in Steinfurt with a referral to its job centre.
+    kim_msg_t msg;
+    kim_event_t event;
+    s_lc_msg (&msg, KIM_TYPE_REFERRAL, "jc.steinfurt", "R-H1", "m-h1", "C-H");
+    LC_SEND (kim, &msg, 0, NULL);
+    LC_WAIT (jc, KIM_TYPE_REFERRAL, "R-H1", &event);
+
+    //  The family moves: Steinfurt hands the case to Coesfeld's case management.
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_OFFER, "kim.coesfeld", "C-H", "m-h2", NULL);
+    msg.referral_count = 1;
+    snprintf (msg.referrals [0], sizeof msg.referrals [0], "R-H1");
+    LC_SEND (kim, &msg, 0, NULL);
+    LC_WAIT (far, KIM_TYPE_HANDOVER_OFFER, "C-H", &event);
+    KIM_CHECK (streq (event.msg.sender, "kim.steinfurt"));
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, "kim.steinfurt", "C-H", "m-h3", "m-h2");
+    LC_SEND (far, &msg, 0, NULL);
+    LC_WAIT (kim, KIM_TYPE_HANDOVER_ACCEPT, "C-H", &event);
+
+    //  Coesfeld leads at both ends: Steinfurt may no longer close the case,
+    //  its open referral now has Coesfeld as sender, and Coesfeld may close it.
+    s_lc_msg (&msg, KIM_TYPE_CASE_CLOSED, NULL, "C-H", "m-h4", NULL);
+    LC_SEND (kim, &msg, KIM_E_NOT_LEAD, "kim.coesfeld");
+    kim_cmd_t *cmd = (kim_cmd_t *) calloc (2, sizeof (kim_cmd_t));
+    KIM_CHECK (cmd);
+    kim_cmd_init (&cmd [0], KIM_CMD_REFERRAL_QUERY);
+    snprintf (cmd [0].query_id, sizeof cmd [0].query_id, "rq");
+    snprintf (cmd [0].referral_id, sizeof cmd [0].referral_id, "R-H1");
+    ITEST_RC (kim_client_request (jc, &cmd [0], &cmd [1], 5000), 0);
+    KIM_CHECK (cmd [1].count == 1);
+    KIM_CHECK (memmem (cmd [1].body, cmd [1].body_size, "\"sender\":\"kim.coesfeld\"", 23));
+    free (cmd);
+    s_lc_msg (&msg, KIM_TYPE_CASE_CLOSED, NULL, "C-H", "m-h5", NULL);
+    LC_SEND (far, &msg, 0, NULL);
+    kim_client_destroy (&kim);
+    kim_client_destroy (&jc);
+    kim_client_destroy (&far);
+}
+
 //  A raw session of the peer broker `as` (its broker key) at `broker`.
 static zsock_t *
 s_peer_session (kim_testbroker_t *broker, kim_testbroker_t *as)
@@ -481,7 +537,8 @@ int
 main (int argc, char *argv [])
 {
     if (argc != 2) {
-        fprintf (stderr, "usage: test_federation referral|outage|refusal|rotation|roles\n");
+        fprintf (stderr, "usage: test_federation referral|outage|refusal|rotation|roles|"
+                 "handover\n");
         return 2;
     }
     zsys_init ();
@@ -499,6 +556,9 @@ main (int argc, char *argv [])
     else
     if (streq (argv [1], "roles"))
         s_test_roles ();
+    else
+    if (streq (argv [1], "handover"))
+        s_test_handover ();
     else {
         fprintf (stderr, "unknown test %s\n", argv [1]);
         return 2;
