@@ -36,7 +36,10 @@
 #define S_HELLO_TIMEOUT_MS  3000        //  no WELCOME by then: try again
 #define S_TIMER_MS          20          //  link timers, and forwarding of new mail
 
-typedef enum { S_DOWN, S_HELLO, S_UP } s_state_t;
+//  DOWN -> HELLO (dialled, HELLO sent) -> SYNC (WELCOME heard; the
+//  directory and a PING sent) -> UP (PONG heard: the peer took the
+//  directory, so it knows whom this broker speaks for) -> DOWN.
+typedef enum { S_DOWN, S_HELLO, S_SYNC, S_UP } s_state_t;
 
 typedef struct {
     uint64_t seq;
@@ -619,11 +622,16 @@ s_link_ready (zloop_t *loop, zsock_t *reader, void *arg)
                     break;
                 }
                 link->heartbeat_ms = cmd->heartbeat_ms;
-                link->backoff = S_BACKOFF_MIN_MS;
                 link->flight_count = 0;
                 link->sent_upto = 0;
-                s_link_state (link, S_UP, NULL);
+                //  Forward nothing before the peer has taken the directory:
+                //  it would refuse every sender it does not know yet. A
+                //  PING behind it comes back only once it did, or a REJECT
+                //  first when it did not.
+                link->state = S_SYNC;
                 s_publish (self, link);
+                kim_cmd_init (&self->cmd, KIM_CMD_PING);
+                s_link_send_cmd (self, link, &self->cmd);
                 break;
             case KIM_CMD_PEER_ACK:
                 s_flight_remove (link, cmd->seq);
@@ -647,6 +655,10 @@ s_link_ready (zloop_t *loop, zsock_t *reader, void *arg)
                 }
                 break;
             case KIM_CMD_PONG:
+                if (link->state == S_SYNC) {
+                    link->backoff = S_BACKOFF_MIN_MS;
+                    s_link_state (link, S_UP, NULL);
+                }
                 break;
             case KIM_CMD_REJECT:
                 //  The peer lost the session (it restarted) or refused a
@@ -803,9 +815,10 @@ s_timer (zloop_t *loop, int timer_id, void *arg)
         if (link->state == S_DOWN && now >= link->next_try)
             s_link_dial (self, link);
         else
-        if (link->state == S_HELLO && now - link->hello_at > S_HELLO_TIMEOUT_MS) {
+        if ((link->state == S_HELLO || link->state == S_SYNC)
+        &&  now - link->hello_at > S_HELLO_TIMEOUT_MS) {
             link->endpoint++;
-            s_link_down (self, link, "no WELCOME");
+            s_link_down (self, link, link->state == S_HELLO? "no WELCOME": "no PONG");
         }
         else
         if (link->state == S_UP) {
