@@ -365,8 +365,9 @@ static void
 s_link_state (s_link_t *link, s_state_t state, const char *why)
 {
     if ((link->state == S_UP) != (state == S_UP))
-        zsys_notice ("link: %s %s%s%s", link->conf.name, state == S_UP? "up": "down",
-                     why? ": ": "", why? why: "");
+        zsys_notice ("link: %s %s%s%s (%" PRIu64 " messages queued for it)", link->conf.name,
+                     state == S_UP? "up": "down", why? ": ": "", why? why: "",
+                     kim_store_mailbox_count (link->mod->store, link->mailbox));
     if ((link->state == S_UP) != (state == S_UP))
         link->since_ms = (uint64_t) zclock_time ();
     link->state = state;

@@ -129,7 +129,9 @@ s_expect_quiet (kim_client_t *client, int ms)
 static void
 s_test_referral (void)
 {
-    const char *a_orgs [] = { "kim.steinfurt", NULL };
+    //  Steinfurt's office signs: Coesfeld checks its signature with the key
+    //  from Steinfurt's directory.
+    const char *a_orgs [] = { "kim.steinfurt:agency+sign", NULL };
     const char *b_orgs [] = { "jc.borken", NULL };
     const char *c_orgs [] = { "jc.coesfeld", NULL };
     const char *names [] = { "broker.steinfurt", "broker.borken", "broker.coesfeld" };
@@ -155,6 +157,9 @@ s_test_referral (void)
     size_t count;
     ITEST_RC (kim_client_directory (kim, "jc.coesfeld", &entries, &count, 5000), 0);
     KIM_CHECK (count == 1 && !entries [0].home [0]);        //  not asked: not told
+    ITEST_RC (kim_client_directory (jc, "kim.steinfurt", &entries, &count, 5000), 0);
+    KIM_CHECK (count == 1 && streq (entries [0].sign_key,
+                                    kim_testbroker_sign_public (s_brokers [0], "kim.steinfurt")));
 
     //  A REFERRAL across districts: receipted at home, sealed end to end.
     kim_msg_t msg;
@@ -172,6 +177,7 @@ s_test_referral (void)
     ITEST_RC (rc, 0);
     KIM_CHECK (event.type == KIM_EVENT_DELIVER && event.msg.type == KIM_TYPE_REFERRAL);
     KIM_CHECK (streq (event.msg.msg_id, "m-x1") && streq (event.msg.sender, "kim.steinfurt"));
+    KIM_CHECK (event.msg.has_sig);                  //  the header crossed unchanged
     KIM_CHECK (!event.sealed_error && event.payload_size == 14
                && memcmp (event.payload, "Hallo Coesfeld", 14) == 0);
     ITEST_RC (kim_client_ack (jc, event.seq), 0);
