@@ -61,6 +61,7 @@ typedef struct {
     uint64_t since_ms;                  //  wall clock of the last change
     uint64_t next_try, backoff;         //  monotonic ms
     uint64_t hello_at, last_recv, last_send;
+    uint64_t warned_at;                 //  last "still down" warning (monotonic ms)
     uint32_t heartbeat_ms;              //  from the peer's WELCOME
     uint64_t flights [S_WINDOW];        //  sent, not yet answered
     size_t flight_count;
@@ -378,6 +379,13 @@ s_link_state (s_link_t *link, s_state_t state, const char *why)
 static void
 s_link_down (s_mod_t *self, s_link_t *link, const char *why)
 {
+    //  A link that does not come up says why, once a minute at most.
+    uint64_t now = s_mono ();
+    if (link->state != S_UP && why && now - link->warned_at >= 60000) {
+        zsys_warning ("link: %s is down: %s (dialling %s again)", link->conf.name, why,
+                      link->conf.endpoints [link->endpoint % link->conf.endpoint_count]);
+        link->warned_at = now;
+    }
     if (link->dealer) {
         zloop_reader_end (self->loop, link->dealer);
         zsock_destroy (&link->dealer);
@@ -1001,4 +1009,71 @@ kim_link_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t
                  "peers: public_key = \"%s\", sign_key = \"%s\"", self->link_count,
                  zhashx_size (self->remote), zcert_public_txt (self->cert), sign_text);
     return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Self-test
+
+#undef NDEBUG
+#include <assert.h>
+
+void
+kim_link_test (bool verbose)
+{
+    assert (sodium_init () >= 0);
+    uint8_t pk [crypto_sign_PUBLICKEYBYTES], sk [crypto_sign_SECRETKEYBYTES];
+    crypto_sign_keypair (pk, sk);
+    char pk_txt [41], other_txt [41];
+    assert (zmq_z85_encode (pk_txt, pk, 32));
+    uint8_t other [crypto_sign_PUBLICKEYBYTES], other_sk [crypto_sign_SECRETKEYBYTES];
+    crypto_sign_keypair (other, other_sk);
+    assert (zmq_z85_encode (other_txt, other, 32));
+
+    kim_dir_entry_t entries [2] = {
+        { "jc.coesfeld", "Jobcenter Coesfeld", "jc", true, "", "", "" },
+        { "kim.coesfeld", "KIM Coesfeld", "kim", true, "", "", "" }
+    };
+    memcpy (entries [0].public_key, pk_txt, 41);
+    memcpy (entries [1].public_key, pk_txt, 41);
+    memcpy (entries [1].sign_key, other_txt, 41);
+    kim_cmd_t *cmd = (kim_cmd_t *) malloc (2 * sizeof (kim_cmd_t));
+    assert (cmd);
+    kim_cmd_init (&cmd [0], KIM_CMD_PEER_DIRECTORY);
+    strcpy (cmd [0].broker, "broker.coesfeld");
+    cmd [0].dir = entries;
+    cmd [0].dir_count = 2;
+    cmd [0].serial = 1718000000000;
+    assert (kim_link_directory_sign (&cmd [0], sk) == 0 && cmd [0].has_sig);
+    assert (kim_link_directory_verify (&cmd [0], pk_txt) == 0);
+    assert (kim_link_directory_verify (&cmd [0], other_txt) == -KIM_E_BAD_SIGNATURE);
+    assert (kim_link_directory_verify (&cmd [0], "short") == -KIM_E_BAD_SIGNATURE);
+
+    //  What travels verifies on the other side, entries read from the frame.
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    assert (kim_cmd_encode (&cmd [0], &buf) == 0);
+    kim_decode_error_t err;
+    assert (kim_cmd_decode (&cmd [1], buf.data, buf.size, &err) == 0);
+    assert (cmd [1].dir == NULL && cmd [1].dir_raw);
+    assert (kim_link_directory_verify (&cmd [1], pk_txt) == 0);
+    if (verbose)
+        printf ("  PEER_DIRECTORY of 2 entries: %zu bytes, verifies\n", buf.size);
+
+    //  Any change breaks it: the serial, an entry's key, the broker's name.
+    cmd [0].serial++;
+    assert (kim_link_directory_verify (&cmd [0], pk_txt) == -KIM_E_BAD_SIGNATURE);
+    cmd [0].serial--;
+    entries [0].public_key [3] = entries [0].public_key [3] == 'a'? 'b': 'a';
+    assert (kim_link_directory_verify (&cmd [0], pk_txt) == -KIM_E_BAD_SIGNATURE);
+    entries [0].public_key [3] = pk_txt [3];
+    assert (kim_link_directory_verify (&cmd [0], pk_txt) == 0);
+    strcpy (cmd [0].broker, "broker.borken");
+    assert (kim_link_directory_verify (&cmd [0], pk_txt) == -KIM_E_BAD_SIGNATURE);
+    //  A flipped byte of the entries in the frame, too.
+    size_t at = (size_t) (cmd [1].dir_raw - buf.data) + 8;
+    buf.data [at] ^= 0x01;
+    if (kim_cmd_decode (&cmd [1], buf.data, buf.size, &err) == 0)
+        assert (kim_link_directory_verify (&cmd [1], pk_txt) == -KIM_E_BAD_SIGNATURE);
+    kim_buf_free (&buf);
+    free (cmd);
 }

@@ -30,6 +30,9 @@ int
 int
     kim_link_directory_verify (const kim_cmd_t *cmd, const char *sign_key);
 
+void
+    kim_link_test (bool verbose);
+
 #ifdef __cplusplus
 }
 #endif
