@@ -1036,7 +1036,8 @@ s_read_one (kim_server_t *self)
     char ref [KIM_ID_MAX + 1] = "";
     if (rc && rc != -KIM_E_TOO_LARGE)
         kim_cmd_ref ((const uint8_t *) zmq_msg_data (&frame), zmq_msg_size (&frame), ref);
-    zmq_msg_close (&frame);
+    //  The frame stays open until the command is served: a PEER_DIRECTORY's
+    //  entries are read where they lie in it (kim_cmd_t.dir_raw).
     bool queued = false;
 
     session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
@@ -1182,6 +1183,7 @@ s_read_one (kim_server_t *self)
     else
     if (has_payload)
         zmq_msg_close (&item->payload);
+    zmq_msg_close (&frame);
     return true;
 }
 
