@@ -263,8 +263,13 @@ s_apply_send (kim_server_t *self, item_t *item)
             s_item_refuse (item, KIM_E_UNKNOWN_RECIPIENT, "hdr.recipient", text);
             return 0;
         }
-        if (!to_remote
-        &&  kim_store_mailbox_count (self->store, recipient->org->id) >= self->config->mailbox_quota) {
+        //  A link mailbox has the quota of a mailbox: a peer that stays away
+        //  for long slows its senders down rather than filling the disk.
+        char owner [KIM_LINK_MAILBOX_MAX + 1];
+        if (to_remote)
+            snprintf (owner, sizeof owner, KIM_LINK_MAILBOX_PREFIX "%s", home);
+        if (kim_store_mailbox_count (self->store, to_remote? owner: recipient->org->id)
+            >= self->config->mailbox_quota) {
             s_item_refuse (item, KIM_E_QUOTA, "hdr.recipient", NULL);
             return 0;
         }
