@@ -1,7 +1,7 @@
 /*  test_federation.c — brokers of different districts linked broker to
     broker (PROTOCOL.md 16), as real kim-broker processes over tcp loopback.
 
-    Usage: test_federation referral|outage|refusal|rotation|roles|handover
+    Usage: test_federation referral|outage|refusal|rotation|roles|handover|trust
 
     referral  three districts: a REFERRAL from an office at A to one at C is
               receipted at A, delivered once at C (its sealed payload opens),
@@ -17,6 +17,8 @@
               use nothing else; a peer cannot forward for another's office.
     handover  a case led in one district is handed to another district's case
               management: the lead moves at both ends.
+    trust     a peer's wrong signing key keeps the link from forwarding, and the
+              mail waits (not refused) until the key is corrected and reloaded.
 */
 #include "../integration/kim_lctest.h"
 
@@ -151,7 +153,13 @@ s_test_referral (void)
     kim_cmd_init (&cmd [0], KIM_CMD_DIRECTORY);
     cmd [0].homes = true;
     ITEST_RC (kim_client_request (kim, &cmd [0], &cmd [1], 5000), 0);
-    KIM_CHECK (cmd [1].count == 3);
+    KIM_CHECK (cmd [1].count == 3 && cmd [1].dir_count == 3 && cmd [1].dir);
+    for (size_t i = 0; i < cmd [1].dir_count; i++) {
+        const kim_dir_entry_t *entry = &cmd [1].dir [i];
+        const char *home = streq (entry->id, "jc.coesfeld")? "broker.coesfeld"
+                         : streq (entry->id, "jc.borken")? "broker.borken": "";
+        KIM_CHECK (streq (entry->home, home));
+    }
     free (cmd);
     const kim_dir_entry_t *entries;
     size_t count;
@@ -427,6 +435,50 @@ s_test_handover (void)
     kim_client_destroy (&far);
 }
 
+static void
+s_test_trust (void)
+{
+    const char *a_orgs [] = { "kim.steinfurt", NULL };
+    const char *c_orgs [] = { "jc.coesfeld", NULL };
+    const char *names [] = { "broker.steinfurt", "broker.coesfeld" };
+    const char **orgs [] = { a_orgs, c_orgs };
+    s_districts (2, names, orgs);
+    //  Coesfeld's operator typed a wrong signing key for Steinfurt.
+    uint8_t pk [crypto_sign_PUBLICKEYBYTES], sk [crypto_sign_SECRETKEYBYTES];
+    crypto_sign_keypair (pk, sk);
+    char wrong [41], from [64], to [64];
+    zmq_z85_encode (wrong, pk, sizeof pk);
+    snprintf (from, sizeof from, "sign_key = \"%s\"", kim_testbroker_broker_sign (s_brokers [0]));
+    snprintf (to, sizeof to, "sign_key = \"%s\"", wrong);
+    const char *config = kim_testbroker_config (s_brokers [1]);
+    s_edit (config, from, to);
+    s_start_all (2);
+    kim_client_t *kim = kim_testbroker_client (s_brokers [0], "kim.steinfurt", 16, true);
+    kim_client_t *jc = kim_testbroker_client (s_brokers [1], "jc.coesfeld", 16, true);
+    KIM_CHECK (kim && jc);
+    //  Steinfurt believes Coesfeld's directory; Coesfeld refuses Steinfurt's.
+    s_wait_directory (kim, "jc.coesfeld", true);
+    kim_msg_t msg;
+    kim_test_referral (&msg, "jc.coesfeld", "R-T1");
+    snprintf (msg.msg_id, sizeof msg.msg_id, "m-t1");
+    LC_SEND (kim, &msg, 0, NULL);
+    //  The message waits at home: neither delivered nor refused.
+    s_expect_quiet (jc, 2000);
+    s_expect_quiet (kim, 100);
+    const kim_dir_entry_t *entries;
+    size_t count;
+    ITEST_RC (kim_client_directory (jc, "kim.steinfurt", &entries, &count, 5000), 0);
+    KIM_CHECK (count == 0);                 //  a directory that does not verify is not believed
+    //  The key is corrected and reloaded: the link comes up and it arrives.
+    s_edit (config, to, from);
+    KIM_CHECK (kill (kim_testbroker_pid (s_brokers [1]), SIGHUP) == 0);
+    kim_event_t event;
+    s_lc_wait (__FILE__, __LINE__, jc, KIM_TYPE_REFERRAL, "R-T1", &event, 30000);
+    KIM_CHECK (streq (event.msg.msg_id, "m-t1"));
+    kim_client_destroy (&kim);
+    kim_client_destroy (&jc);
+}
+
 //  A raw session of the peer broker `as` (its broker key) at `broker`.
 static zsock_t *
 s_peer_session (kim_testbroker_t *broker, kim_testbroker_t *as)
@@ -544,7 +596,7 @@ main (int argc, char *argv [])
 {
     if (argc != 2) {
         fprintf (stderr, "usage: test_federation referral|outage|refusal|rotation|roles|"
-                 "handover\n");
+                 "handover|trust\n");
         return 2;
     }
     zsys_init ();
@@ -565,6 +617,9 @@ main (int argc, char *argv [])
     else
     if (streq (argv [1], "handover"))
         s_test_handover ();
+    else
+    if (streq (argv [1], "trust"))
+        s_test_trust ();
     else {
         fprintf (stderr, "unknown test %s\n", argv [1]);
         return 2;
