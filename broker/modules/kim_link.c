@@ -652,6 +652,12 @@ s_link_ready (zloop_t *loop, zsock_t *reader, void *arg)
                     link->acks [link->ack_count++] = cmd->seq;
                 break;
             case KIM_CMD_PEER_REFUSED:
+                //  The peer's store cannot take it now (full, failed, busy):
+                //  not the message's fault. It stays, and goes again later.
+                if (cmd->code > KIM_E_QUOTA && cmd->code <= KIM_E_BUSY) {
+                    s_link_down (self, link, kim_errname (cmd->code));
+                    break;
+                }
                 s_flight_remove (link, cmd->seq);
                 if (link->refusal_count == S_WINDOW)
                     s_link_settle (self, link);
