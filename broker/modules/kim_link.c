@@ -27,6 +27,7 @@
 #include <sodium.h>
 
 #include "kim_audit.h"
+#include "kim_consent.h"
 #include "kim_keys.h"
 #include "kim_link.h"
 
@@ -880,6 +881,46 @@ s_tick (void *state, kim_ctx_t *ctx)
     return 0;
 }
 
+//  A consent names its recipients, some of whom may live in other
+//  districts: their brokers check the transfers made under it, so the
+//  CONSENT_GRANT (and later its CONSENT_REVOKE) of one of our offices goes
+//  to each of those brokers too, through the link mailbox, before any
+//  REFERRAL that cites it (seq order). Consents forwarded to us stay here.
+static int
+s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
+{
+    s_mod_t *self = (s_mod_t *) state;
+    const kim_msg_t *msg = route->msg;
+    if (self->link_count == 0
+    ||  (msg->type != KIM_TYPE_CONSENT_GRANT && msg->type != KIM_TYPE_CONSENT_REVOKE))
+        return 0;
+    const kim_org_t *sender = kim_ctx_org (ctx, msg->sender);
+    if (!sender || sender->role != KIM_ROLE_AGENCY)
+        return 0;
+    char recipients [KIM_LIST_MAX][KIM_ORG_MAX + 1];
+    int count;
+    if (msg->type == KIM_TYPE_CONSENT_GRANT) {
+        count = (int) (msg->recipient_count < KIM_LIST_MAX? msg->recipient_count: KIM_LIST_MAX);
+        memcpy (recipients, msg->recipients, (size_t) count * sizeof recipients [0]);
+    }
+    else
+    if ((count = kim_consent_recipients (ctx, msg->grant_id, recipients)) < 0)
+        return count == -KIM_E_NOT_FOUND? 0: count;
+    bool sent [KIM_PEERS_MAX] = { false };
+    for (int i = 0; i < count; i++) {
+        s_remote_t *remote = (s_remote_t *) zhashx_lookup (self->remote, recipients [i]);
+        for (size_t l = 0; remote && l < self->link_count; l++)
+            if (!sent [l] && streq (self->links [l]->conf.name, remote->home)) {
+                int rc = kim_store_mailbox_put_note (kim_ctx_store (ctx),
+                                                     self->links [l]->mailbox, route->seq, "");
+                if (rc)
+                    return rc;
+                sent [l] = true;
+            }
+    }
+    return 0;
+}
+
 static bool
 s_remote (void *state, const char *id, kim_org_t *org, char *home)
 {
@@ -979,6 +1020,7 @@ kim_link_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t
     hook->name = "link";
     hook->command = s_command;
     hook->tick = s_tick;
+    hook->applied = s_applied;
     hook->remote = s_remote;
     hook->remote_at = s_remote_at;
     hook->link_at = s_link_at;

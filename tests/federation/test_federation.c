@@ -1,7 +1,7 @@
 /*  test_federation.c — brokers of different districts linked broker to
     broker (PROTOCOL.md 16), as real kim-broker processes over tcp loopback.
 
-    Usage: test_federation referral|outage|refusal|rotation|roles|handover|trust
+    Usage: test_federation referral|outage|refusal|rotation|roles|handover|trust|consent
 
     referral  three districts: a REFERRAL from an office at A to one at C is
               receipted at A, delivered once at C (its sealed payload opens),
@@ -19,6 +19,9 @@
               management: the lead moves at both ends.
     trust     a peer's wrong signing key keeps the link from forwarding, and the
               mail waits (not refused) until the key is corrected and reloaded.
+    consent   a consent given in one district to an office of another goes to
+              that office's broker, which checks the referral under it; its
+              revocation follows and reaches the office.
 */
 #include "../integration/kim_lctest.h"
 
@@ -479,6 +482,92 @@ s_test_trust (void)
     kim_client_destroy (&jc);
 }
 
+//  Every transfer needs a valid consent, at this broker.
+static void
+s_consent_policy (kim_testbroker_t *broker)
+{
+    char path [PATH_MAX];
+    snprintf (path, sizeof path, "%s/test-policy.cfg", kim_testbroker_dir (broker));
+    FILE *file = fopen (path, "w");
+    KIM_CHECK (file);
+    fprintf (file, "policy\n    checks = \"REFERRAL, FORWARD, HANDOVER_OFFER\"\n"
+             "rules\n    consent_only\n        law = \"test: consent only\"\n"
+             "        from = *\n        to = *\n        decision = allow\n        basis = consent\n"
+             "        categories = \"art9, sgb8_s65, stgb203, residence_status, contact\"\n");
+    fclose (file);
+}
+
+static void
+s_test_consent (void)
+{
+    const char *a_orgs [] = { "kim.steinfurt", NULL };
+    const char *c_orgs [] = { "jc.coesfeld", NULL };
+    const char *names [] = { "broker.steinfurt", "broker.coesfeld" };
+    const char **orgs [] = { a_orgs, c_orgs };
+    s_districts (2, names, orgs);
+    s_consent_policy (s_brokers [0]);
+    s_consent_policy (s_brokers [1]);
+    s_start_all (2);
+    kim_client_t *kim = kim_testbroker_client (s_brokers [0], "kim.steinfurt", 16, true);
+    kim_client_t *jc = kim_testbroker_client (s_brokers [1], "jc.coesfeld", 16, true);
+    KIM_CHECK (kim && jc);
+    s_wait_directory (kim, "jc.coesfeld", true);
+    s_wait_directory (jc, "kim.steinfurt", true);
+
+    //  The person consents, in Steinfurt, to a transfer to Coesfeld's job centre.
+    kim_msg_t msg;
+    kim_msg_init (&msg);
+    msg.type = KIM_TYPE_CONSENT_GRANT;
+    msg.created_at = (uint64_t) zclock_time ();
+    snprintf (msg.msg_id, sizeof msg.msg_id, "m-g1");
+    snprintf (msg.case_id, sizeof msg.case_id, "case-R-G1");
+    snprintf (msg.grant_id, sizeof msg.grant_id, "g-1");
+    snprintf (msg.subject, sizeof msg.subject, "subj-R-G1");
+    msg.recipient_count = 1;
+    snprintf (msg.recipients [0], sizeof msg.recipients [0], "jc.coesfeld");
+    msg.purpose_count = 1;
+    snprintf (msg.purposes [0], sizeof msg.purposes [0], "integration");
+    msg.valid_until = (uint64_t) zclock_time () + 86400000;
+    LC_SEND (kim, &msg, 0, NULL);
+
+    //  A referral under it passes both brokers' policies: the consent went
+    //  to Coesfeld's broker ahead of it.
+    kim_test_referral (&msg, "jc.coesfeld", "R-G1");
+    snprintf (msg.msg_id, sizeof msg.msg_id, "m-g2");
+    msg.basis = KIM_BASIS_CONSENT;
+    msg.citation [0] = 0;
+    snprintf (msg.consent_id, sizeof msg.consent_id, "g-1");
+    LC_SEND (kim, &msg, 0, NULL);
+    kim_event_t event;
+    LC_WAIT (jc, KIM_TYPE_REFERRAL, "R-G1", &event);
+    KIM_CHECK (streq (event.msg.consent_id, "g-1"));
+    LC_WAIT (kim, KIM_TYPE_DELIVERED, "R-G1", &event);      //  not UNDELIVERABLE
+
+    //  The person withdraws the consent in Steinfurt: Coesfeld's broker
+    //  learns it too and tells its job centre, which received data under it.
+    kim_msg_init (&msg);
+    msg.type = KIM_TYPE_CONSENT_REVOKE;
+    msg.created_at = (uint64_t) zclock_time ();
+    snprintf (msg.msg_id, sizeof msg.msg_id, "m-g3");
+    snprintf (msg.grant_id, sizeof msg.grant_id, "g-1");
+    LC_SEND (kim, &msg, 0, NULL);
+    int64_t deadline = s_itest_now () + 15000;
+    bool told = false;
+    while (!told && s_itest_now () < deadline) {
+        int rc = kim_client_recv (jc, &event, 200);
+        if (rc == -KIM_E_TIMEOUT)
+            continue;
+        ITEST_RC (rc, 0);
+        KIM_CHECK (event.type == KIM_EVENT_DELIVER);
+        ITEST_RC (kim_client_ack (jc, event.seq), 0);
+        told = event.msg.type == KIM_TYPE_CONSENT_REVOKE && streq (event.msg.grant_id, "g-1")
+            && streq (event.msg.sender, "broker.coesfeld");
+    }
+    KIM_CHECK (told);
+    kim_client_destroy (&kim);
+    kim_client_destroy (&jc);
+}
+
 //  A raw session of the peer broker `as` (its broker key) at `broker`.
 static zsock_t *
 s_peer_session (kim_testbroker_t *broker, kim_testbroker_t *as)
@@ -596,7 +685,7 @@ main (int argc, char *argv [])
 {
     if (argc != 2) {
         fprintf (stderr, "usage: test_federation referral|outage|refusal|rotation|roles|"
-                 "handover|trust\n");
+                 "handover|trust|consent\n");
         return 2;
     }
     zsys_init ();
@@ -620,6 +709,9 @@ main (int argc, char *argv [])
     else
     if (streq (argv [1], "trust"))
         s_test_trust ();
+    else
+    if (streq (argv [1], "consent"))
+        s_test_consent ();
     else {
         fprintf (stderr, "unknown test %s\n", argv [1]);
         return 2;
