@@ -94,7 +94,10 @@ struct _s_mod_t {
     s_link_t *links [KIM_PEERS_MAX];
     size_t link_count;
     zhashx_t *remote;                   //  org id -> s_remote_t
-    zlistx_t *remote_order;             //  s_remote_t * in a stable order, for DIRECTORY
+    //  The same entries in a stable order, for DIRECTORY: an array, so that
+    //  listing thousands (54 districts' offices) stays linear.
+    s_remote_t **remote_order;
+    size_t remote_count;
     uint64_t serial;                    //  of the directory this broker publishes
     kim_buf_t buf, signed_buf;
     kim_cmd_t cmd;                      //  scratch: big, kept off the stack
@@ -172,7 +175,7 @@ static void
 s_remote_rebuild (s_mod_t *self)
 {
     zhashx_purge (self->remote);
-    zlistx_purge (self->remote_order);
+    self->remote_count = 0;
     zhashx_t *claimed = zhashx_new ();         //  id -> count of peers claiming it
     if (!claimed)
         return;
@@ -211,7 +214,7 @@ s_remote_rebuild (s_mod_t *self)
             kim_str_copy (org->sign_key, sizeof org->sign_key, entry->sign_key);
             kim_str_copy (remote->home, sizeof remote->home, link->conf.name);
             zhashx_insert (self->remote, org->id, remote);
-            zlistx_add_end (self->remote_order, remote);
+            self->remote_order [self->remote_count++] = remote;
         }
     }
     zhashx_destroy (&claimed);
@@ -937,11 +940,9 @@ static bool
 s_remote_at (void *state, size_t index, kim_org_t *org, char *home)
 {
     s_mod_t *self = (s_mod_t *) state;
-    if (index >= zlistx_size (self->remote_order))
+    if (index >= self->remote_count)
         return false;
-    s_remote_t *remote = (s_remote_t *) zlistx_first (self->remote_order);
-    for (size_t i = 0; i < index; i++)
-        remote = (s_remote_t *) zlistx_next (self->remote_order);
+    s_remote_t *remote = self->remote_order [index];
     *org = remote->org;
     memcpy (home, remote->home, KIM_ORG_MAX + 1);
     return true;
@@ -961,9 +962,8 @@ s_link_at (void *state, size_t index, kim_link_info_t *info)
     info->queued = kim_store_mailbox_count (self->store, link->mailbox);
     info->in_flight = link->flight_count;
     size_t remote = 0;
-    for (s_remote_t *entry = (s_remote_t *) zlistx_first (self->remote_order); entry;
-         entry = (s_remote_t *) zlistx_next (self->remote_order))
-        remote += streq (entry->home, link->conf.name);
+    for (size_t i = 0; i < self->remote_count; i++)
+        remote += streq (self->remote_order [i]->home, link->conf.name);
     info->remote_orgs = remote;
     return true;
 }
@@ -978,7 +978,7 @@ s_destroy (void **state_p)
     self->loop = NULL;
     for (size_t i = 0; i < self->link_count; i++)
         s_link_destroy (self, &self->links [i]);
-    zlistx_destroy (&self->remote_order);
+    free (self->remote_order);
     zhashx_destroy (&self->remote);
     zcert_destroy (&self->cert);
     sodium_memzero (self->sign_secret, sizeof self->sign_secret);
@@ -1003,7 +1003,8 @@ kim_link_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t
     if (self) {
         self->entries = (kim_dir_entry_t *) calloc (KIM_DIRECTORY_MAX, sizeof (kim_dir_entry_t));
         self->remote = zhashx_new ();
-        self->remote_order = zlistx_new ();
+        self->remote_order = (s_remote_t **) calloc (KIM_PEERS_MAX * KIM_DIRECTORY_MAX,
+                                                     sizeof (s_remote_t *));
     }
     if (!self || !self->entries || !self->remote || !self->remote_order) {
         void *state = self;
