@@ -754,6 +754,7 @@ s_ack_ranges (kim_server_t *self, session_t *session, item_t *item, const uint8_
         slot->batch_count = 0;
         slot->settled = false;
         slot->from_range = true;
+        slot->forwarded = false;
     }
     self->item_count += used;
 }
@@ -788,6 +789,74 @@ s_send_refusal (kim_server_t *self, session_t *session, const kim_cmd_t *cmd,
         return KIM_E_BAD_VALUE;
     }
     return 0;
+}
+
+static bool
+s_takes_payload (const kim_cmd_t *cmd)
+{
+    return cmd->id == KIM_CMD_SEND || cmd->id == KIM_CMD_PEER_FORWARD;
+}
+
+//  A peer broker forwards a message (PROTOCOL.md 16.4). Its key vouches
+//  for its own organisations only: the header's sender must be homed at
+//  this peer by the peer's signed directory, or be the peer itself (a
+//  DELIVERED it made). Returns whether the message goes into the batch;
+//  a refusal is answered with PEER_REFUSED so the peer stops sending it.
+static bool
+s_forward_accept (kim_server_t *self, session_t *session, item_t *item, const uint8_t *rid,
+                  size_t rid_size, size_t payload_size)
+{
+    const kim_cmd_t *cmd = &item->cmd;
+    const kim_org_t *peer = session->org->org;
+    kim_org_t *sender = &item->remote_sender;
+    char home [KIM_ORG_MAX + 1] = "";
+    int code = 0;
+    const char *path = "hdr.sender", *text = NULL;
+    if (streq (cmd->msg.sender, peer->id)) {
+        if (kim_type_flags (cmd->msg.type) & KIM_MSG_FROM_AGENCY) {
+            code = KIM_E_SENDER_MISMATCH;
+            text = "a broker sends only broker-made messages in its own name";
+        }
+        *sender = *peer;
+        //  Its notices are unsigned; the link's key vouches for them.
+        sender->sign_key [0] = 0;
+    }
+    else {
+        bool known = false;
+        for (size_t i = 0; i < self->hook_count && !known; i++)
+            if (self->hooks [i].remote)
+                known = self->hooks [i].remote (self->hooks [i].state, cmd->msg.sender, sender,
+                                                home);
+        if (!known || !streq (home, peer->id)) {
+            code = KIM_E_SENDER_MISMATCH;
+            text = known? "the sender is homed at another broker: a peer forwards its own "
+                          "organisations' messages only"
+                        : "the sender is in no directory this peer published";
+        }
+        else
+        if (!(kim_type_flags (cmd->msg.type) & KIM_MSG_FROM_AGENCY)) {
+            code = KIM_E_FORBIDDEN;
+            path = "hdr.type";
+            text = "broker-made messages come from the broker itself";
+        }
+    }
+    if (!code && payload_size > self->config->max_payload) {
+        code = KIM_E_TOO_LARGE;
+        path = "payload";
+        text = "payload exceeds max_payload";
+    }
+    if (!code)
+        return true;
+    kim_cmd_t *reply = &self->reply;
+    kim_cmd_init (reply, KIM_CMD_PEER_REFUSED);
+    reply->seq = cmd->seq;
+    reply->code = code;
+    kim_str_copy (reply->path, sizeof reply->path, path);
+    kim_str_copy (reply->text, sizeof reply->text, text);
+    zsys_warning ("link: %s forwarded %s claiming sender %s: refused (%s)", peer->id,
+                  cmd->msg.msg_id, cmd->msg.sender, text);
+    kim_reply_cmd (self, rid, rid_size, reply);
+    return false;
 }
 
 //  Reads a version 2 batch frame (section 5.1). Only SEND_BATCH comes from
@@ -860,6 +929,7 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
             item->batch_count = (uint8_t) count;
             item->settled = true;
             item->from_range = false;
+            item->forwarded = false;
             item->has_payload = false;
             item->seq = 0;
             item->dup = false;
@@ -976,7 +1046,8 @@ s_read_one (kim_server_t *self)
     char ref [KIM_ID_MAX + 1] = "";
     if (rc && rc != -KIM_E_TOO_LARGE)
         kim_cmd_ref ((const uint8_t *) zmq_msg_data (&frame), zmq_msg_size (&frame), ref);
-    zmq_msg_close (&frame);
+    //  The frame stays open until the command is served: a PEER_DIRECTORY's
+    //  entries are read where they lie in it (kim_cmd_t.dir_raw).
     bool queued = false;
 
     session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
@@ -1002,11 +1073,11 @@ s_read_one (kim_server_t *self)
         kim_reply_reject (self, rid, rid_size, KIM_E_REVOKED, msg_id, NULL,
                   "the key of %s is revoked", payer->org->id);
     else
-    if (frames > (cmd->id == KIM_CMD_SEND? 2: 1))
+    if (frames > (s_takes_payload (cmd)? 2: 1))
         kim_reply_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, msg_id, NULL,
                   "%s takes %s frame%s, got %d", kim_cmd_name (cmd->id),
-                  cmd->id == KIM_CMD_SEND? "one or two": "one",
-                  cmd->id == KIM_CMD_SEND? "s": "", frames);
+                  s_takes_payload (cmd)? "one or two": "one",
+                  s_takes_payload (cmd)? "s": "", frames);
     else
     if (cmd->id == KIM_CMD_HELLO)
         s_hello (self, rid, rid_size, key, user_id, cmd);
@@ -1020,8 +1091,22 @@ s_read_one (kim_server_t *self)
         //  loudly if it ever does rather than act for the wrong org.
         kim_reply_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, msg_id, NULL,
                   "connection identity changed");
+    else
+    if ((session->org->org->role == KIM_ROLE_PEER) != kim_cmd_is_peer (cmd->id)
+    &&  cmd->id != KIM_CMD_PING && cmd->id != KIM_CMD_BYE)
+        //  A link carries federation commands only, and only a link may
+        //  carry them (PROTOCOL.md 16.2).
+        kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, msg_id, NULL,
+                  session->org->org->role == KIM_ROLE_PEER
+                  ? "a peer broker may send HELLO, PING, BYE and the PEER_ commands only"
+                  : "%s is a command between brokers; role %s may not send it",
+                  kim_cmd_name (cmd->id), kim_role_name (session->org->org->role));
     else {
         switch (cmd->id) {
+            case KIM_CMD_PEER_FORWARD:
+                queued = s_forward_accept (self, session, item, rid, rid_size,
+                                           has_payload? zmq_msg_size (&item->payload): 0);
+                break;
             case KIM_CMD_SEND: {
                 const char *path;
                 char text [KIM_TEXT_MAX + 1];
@@ -1102,11 +1187,13 @@ s_read_one (kim_server_t *self)
         item->batch_count = 0;
         item->settled = false;
         item->from_range = false;
+        item->forwarded = cmd->id == KIM_CMD_PEER_FORWARD;
         self->item_count++;
     }
     else
     if (has_payload)
         zmq_msg_close (&item->payload);
+    zmq_msg_close (&frame);
     return true;
 }
 
@@ -1370,7 +1457,13 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
         zhashx_insert (self->orgs, state->org->id, state);
         //  Mail that waited while the broker was down goes out on HELLO.
     }
-    kim_module_env_t env = { config, self->store, path };
+    self->loop = zloop_new ();
+    if (!self->loop) {
+        snprintf (error, error_size, "out of memory");
+        kim_server_destroy (&self);
+        return NULL;
+    }
+    kim_module_env_t env = { config, self->store, path, self->loop };
     snprintf (path, sizeof path, "%s/keys", config->data);
     int hooks = kim_modules_new (&env, self->hooks, KIM_HOOKS_MAX, error, error_size);
     if (hooks < 0) {
@@ -1397,7 +1490,6 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     sigemptyset (&signals);
     sigaddset (&signals, SIGHUP);
     self->signal_fd = signalfd (-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC);
-    self->loop = zloop_new ();
     if (self->signal_fd >= 0) {
         zmq_pollitem_t item = { NULL, self->signal_fd, ZMQ_POLLIN, 0 };
         zloop_poller (self->loop, &item, s_signal_ready, self);
@@ -1446,9 +1538,9 @@ kim_server_run (kim_server_t *self)
     }
     zsys_notice ("kim-broker %s serving on %s; data in %s; %zu organisations; "
                  "log head %" PRIu64 "; broker public key %s",
-                 config->name, endpoints, config->data, config->org_count,
+                 config->name, endpoints, config->data, config->org_count - config->peer_count,
                  kim_store_head (self->store), zcert_public_txt (self->cert));
-    if (config->org_count == 0)
+    if (config->org_count == config->peer_count)
         zsys_warning ("no organisations are registered: nobody can connect. Add them under "
                       "'orgs' in a config file (see deploy/kim.cfg) and pass --config");
     if (!config->sync)

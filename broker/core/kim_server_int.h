@@ -87,6 +87,11 @@ typedef struct {
     char text [KIM_TEXT_MAX + 1];
     uint64_t seq;
     bool dup;
+    char rule [KIM_ID_MAX + 1];     //  the hook rule that refused it
+    //  A PEER_FORWARD: a peer broker hands on a message of one of its own
+    //  organisations (or its own notice), which is the sender here.
+    bool forwarded;
+    kim_org_t remote_sender;
 } item_t;
 
 struct _kim_ctx_t {

@@ -67,7 +67,8 @@ typedef struct _kim_store_t kim_store_t;
     X(SUB,       "sub")       /* org NUL name -> subscription cursor      */ \
     X(TIMER,     "timer")     /* due (u64 BE) referral_id -> kind         */ \
     X(CASE_SEQ,  "case_seq")  /* case_id NUL seq (u64 BE) -> empty: payloads of a case */ \
-    X(REFERRAL_BY, "referral_by") /* index -> empty: see kim_lifecycle_int.h */
+    X(REFERRAL_BY, "referral_by") /* index -> empty: see kim_lifecycle_int.h */ \
+    X(REMOTE_DIR, "remote_dir") /* peer name -> its signed PEER_DIRECTORY frame */
 
 typedef enum {
 #define KIM_X_ENUM(name, str) KIM_DB_##name,
