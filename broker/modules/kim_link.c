@@ -490,7 +490,9 @@ s_link_pump (s_mod_t *self, s_link_t *link)
         return;
     int count = kim_store_mailbox_scan (self->store, link->mailbox, link->sent_upto, seqs, NULL,
                                         max);
-    for (int i = 0; i < count; i++) {
+    //  Like any mail, a message leaves only once its commit is durable
+    uint64_t synced = kim_store_synced_head (self->store);
+    for (int i = 0; i < count && seqs [i] <= synced; i++) {
         kim_record_t record;
         const uint8_t *payload = NULL;
         size_t payload_size = 0;
