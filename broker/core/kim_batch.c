@@ -655,15 +655,34 @@ kim_batch_run (kim_server_t *self, int (*apply) (kim_server_t *self))
     return rc;
 }
 
-void
-kim_batch_commit (kim_server_t *self)
+//  A turn that read only ACKs commits nothing yet (unless told to): an ACK
+//  needs no sync of its own, since one lost to a crash only means the
+//  message comes again. Its commit rides with the next turn's SENDs, so a
+//  message and the ack of the one before cost one commit, not two; the
+//  server's timer bounds the wait (KIM_ACK_DEFER_MS).
+static bool
+s_defer (kim_server_t *self, bool flush)
+{
+    if (flush || self->item_count >= self->config->batch_max)
+        return false;
+    for (size_t i = 0; i < self->item_count; i++)
+        if (self->items [i].cmd.id != KIM_CMD_ACK)
+            return false;
+    return true;
+}
+
+bool
+kim_batch_commit (kim_server_t *self, bool flush)
 {
     if (self->item_count == 0)
-        return;
+        return false;
+    if (s_defer (self, flush))
+        return true;
     kim_metrics_observe_batch (&self->batch_commands, self->item_count);
     int rc = kim_batch_run (self, s_apply_batch);
     self->batches++;
     s_finish_batch (self, rc);
+    return false;
 }
 
 //  Timers of the hooks (deadlines, retention) run in a batch of their own.
