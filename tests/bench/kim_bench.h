@@ -86,6 +86,7 @@ typedef struct {
     bool has_receipt_latency;
     double r_p50_us, r_p99_us, r_max_us;    //  send -> RECEIPT dequeued
     uint64_t rss_kb, hwm_kb;                //  broker VmRSS at the end, VmHWM
+    uint64_t store_bytes;                   //  the store's files on disk at the end
     uint64_t redeliveries;
     uint64_t reconnects;
     double cpu_broker_s;        //  CPU the broker process used (all threads)
