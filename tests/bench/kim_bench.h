@@ -53,6 +53,7 @@ typedef struct {
     bool json;                  //  JSON lines only
     bool tcp;                   //  tcp loopback (default) or ipc
     bool sealed;                //  seal payloads end to end (default: plaintext, as the peers)
+    bool answer;                //  the consumer answers each REFERRAL with an ACCEPT
     bool ceilings;              //  run the ceiling tools if built
     bool drain;                 //  drain the RSS mailbox afterwards
     uint32_t producers;         //  W1/W3/RSS producers
