@@ -76,10 +76,12 @@ kim_batch_durable (kim_server_t *self, bool later)
     if (kim_store_synced_mark (self->store) < self->held_mark) {
         if (later)
             return;
+        int64_t started = zclock_usecs ();
         if (kim_store_sync (self->store)) {
             self->failed = true;        //  nothing held goes out: fail closed
             return;
         }
+        kim_metrics_observe_commit (&self->sync_seconds, zclock_usecs () - started);
     }
     s_release (self);
 }

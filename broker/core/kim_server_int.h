@@ -149,7 +149,8 @@ struct _kim_server_t {
     //  Figures since start.
     uint64_t receipted, duplicates, rejected, delivered, redelivered, acked, batches;
     uint64_t refused [KIM_METRICS_CODES];   //  REJECTs by wire code (kim_metrics.c)
-    kim_histogram_t commit_seconds;         //  commit and sync of each batch
+    kim_histogram_t commit_seconds;         //  commit (and data flush) of each batch
+    kim_histogram_t sync_seconds;           //  syncs that made commits durable
     kim_histogram_t batch_commands;         //  commands per batch
 };
 
