@@ -68,8 +68,35 @@ kim_testbroker_new (const char *orgs [], const char *extra)
     return kim_testbroker_new_policy (orgs, extra, KIM_TESTBROKER_TEST_POLICY);
 }
 
+static kim_testbroker_t *
+s_new (const char *orgs [], const char *extra, const char *policy_file,
+       const kim_testbroker_t *keys_from);
+
 kim_testbroker_t *
 kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *policy_file)
+{
+    return s_new (orgs, extra, policy_file, NULL);
+}
+
+kim_testbroker_t *
+kim_testbroker_new_sharing (const char *orgs [], const char *extra,
+                            const kim_testbroker_t *keys_from)
+{
+    return s_new (orgs, extra, KIM_TESTBROKER_TEST_POLICY, keys_from);
+}
+
+static const test_org_t *
+s_org_of (const kim_testbroker_t *self, const char *id)
+{
+    for (size_t i = 0; self && i < self->org_count; i++)
+        if (streq (self->orgs [i].id, id))
+            return &self->orgs [i];
+    return NULL;
+}
+
+static kim_testbroker_t *
+s_new (const char *orgs [], const char *extra, const char *policy_file,
+       const kim_testbroker_t *keys_from)
 {
     kim_testbroker_t *self = (kim_testbroker_t *) calloc (1, sizeof (kim_testbroker_t));
     if (!self)
@@ -119,6 +146,13 @@ kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *p
         bool private_carrier = plus && streq (plus, "+private");
         if (private_carrier)
             *plus = 0;
+        const test_org_t *same = s_org_of (keys_from, org->id);
+        if (plus && streq (plus, "+sign") && same && same->sign_public [0]) {
+            *plus = 0;
+            memcpy (org->sign_secret, same->sign_secret, sizeof org->sign_secret);
+            memcpy (org->sign_public, same->sign_public, sizeof org->sign_public);
+        }
+        else
         if (plus && streq (plus, "+sign")) {
             *plus = 0;
             uint8_t seed [crypto_sign_SEEDBYTES], pk [crypto_sign_PUBLICKEYBYTES],
@@ -128,10 +162,16 @@ kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *p
             zmq_z85_encode (org->sign_secret, seed, sizeof seed);
             zmq_z85_encode (org->sign_public, pk, sizeof pk);
         }
-        zcert_t *cert = zcert_new ();
-        memcpy (org->public_key, zcert_public_txt (cert), 41);
-        memcpy (org->secret_key, zcert_secret_txt (cert), 41);
-        zcert_destroy (&cert);
+        if (same) {
+            memcpy (org->public_key, same->public_key, sizeof org->public_key);
+            memcpy (org->secret_key, same->secret_key, sizeof org->secret_key);
+        }
+        else {
+            zcert_t *cert = zcert_new ();
+            memcpy (org->public_key, zcert_public_txt (cert), 41);
+            memcpy (org->secret_key, zcert_secret_txt (cert), 41);
+            zcert_destroy (&cert);
+        }
         fprintf (file, "    %s\n        name = \"Test %s\"\n        role = %s\n"
                  "        public_key = \"%s\"\n", org->id, org->id, org->role, org->public_key);
         if (org->sign_public [0])

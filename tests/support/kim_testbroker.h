@@ -36,6 +36,13 @@ kim_testbroker_t *
 kim_testbroker_t *
     kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *policy_file);
 
+//  Like kim_testbroker_new, but the organisations that `keys_from` also has
+//  keep its keys (CURVE and signing): the same organisation at another
+//  broker, as a copy forwarded between brokers shows it.
+kim_testbroker_t *
+    kim_testbroker_new_sharing (const char *orgs [], const char *extra,
+                                const kim_testbroker_t *keys_from);
+
 //  Starts kim-broker and waits until it serves. Returns 0 or -1.
 int
     kim_testbroker_start (kim_testbroker_t *self);
