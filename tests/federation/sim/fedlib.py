@@ -198,7 +198,7 @@ class Broker:
         while not (os.path.exists(self.broker_cert) and os.path.exists(socket_path)):
             if self.process.poll() is not None:
                 raise RuntimeError("%s: kim-broker exited with %d: %s" % (
-                    self.name, self.process.returncode, self.log_tail(5)))
+                    self.name, self.process.returncode, self.complaint()))
             if time.monotonic() > deadline:
                 raise RuntimeError("%s: kim-broker did not start: %s" % (
                     self.name, self.log_tail(5)))
@@ -238,6 +238,15 @@ class Broker:
             os.unlink(self.ipc[len("ipc://"):])
         except OSError:
             pass
+
+    def complaint(self):
+        """The last line of the broker's log that says what it refused or
+        failed at (a config error is printed without logfmt)."""
+        lines = self.log_tail(40).splitlines()
+        for line in reversed(lines):
+            if "level=error" in line or line.startswith("kim-broker:"):
+                return line.strip()
+        return lines[-1].strip() if lines else "no log"
 
     def log_tail(self, lines=20):
         try:
