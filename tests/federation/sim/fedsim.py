@@ -174,6 +174,31 @@ class Sim:
                       % refused)
         if not self.federation:
             self._start_all(peers=False)
+        else:
+            self._wait_directories()
+
+    def _wait_directories(self, timeout=120.0):
+        """Waits until every broker's directory knows an office of every other
+        district: the links are up and each peer's signed directory is in. (A
+        DIRECTORY_REPLY lists at most 128 organisations, so it asks by org.)"""
+        deadline = time.monotonic() + timeout
+        for broker in self.brokers:
+            office = self.offices[next(iter(broker.offices))]
+            waiting = ["kim.%s" % other.place for other in self.brokers if other is not broker]
+            while waiting:
+                client = office.session()
+                try:
+                    if client and any(entry.get("id") == waiting[0]
+                                      for entry in client.directory(waiting[0])):
+                        waiting.pop(0)
+                        continue
+                except (kim.KimError, zmq.ZMQError):
+                    office.close()
+                if time.monotonic() > deadline:
+                    raise SystemExit("%s does not know %s after %.0f s: the links did not "
+                                     "come up (%s)" % (broker.name, waiting[0], timeout,
+                                                       broker.complaint()))
+                time.sleep(0.1)
 
     def _start_all(self, peers, tolerate=False):
         """Starts every broker with or without peers. With `tolerate`, returns the
@@ -474,6 +499,7 @@ def main():
     parser.add_argument("--folder", help="where the districts' folders go (default: /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the folders")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)     # progress shows in a log file too
     if args.districts < 1 or args.offices < 2 or args.rate <= 0:
         parser.error("needs 1 district or more, 2 offices or more, a positive rate")
     if args.seed is None:

@@ -21,6 +21,7 @@ build/release first).
 import argparse
 import os
 import shutil
+import sys
 import tempfile
 import time
 
@@ -94,6 +95,7 @@ def main():
     parser.add_argument("--broker", help="kim-broker binary")
     parser.add_argument("--keep", action="store_true", help="keep the folder")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)     # progress shows in a log file too
     binary = fedlib.find_binary("kim-broker", args.broker)
     root = tempfile.mkdtemp(prefix="kim-linkcost-")
     offices = {"peer.d%02d" % i: "agency" for i in range(args.links)}
