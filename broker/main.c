@@ -145,15 +145,24 @@ s_main (int argc, char *argv [], FILE *log_stream)
             return 2;
         }
         printf ("configuration OK: broker %s, %zu endpoint(s), data %s, %zu organisation(s), "
-                "policy %s (%zu rules)\n", config->name, config->endpoint_count, config->data,
-                config->org_count, policy_path [0]? policy_path: "built-in default deny",
+                "%zu peer(s), policy %s (%zu rules)\n", config->name, config->endpoint_count,
+                config->data, config->org_count - config->peer_count, config->peer_count,
+                policy_path [0]? policy_path: "built-in default deny",
                 kim_policy_rule_count (policy));
         kim_policy_destroy (&policy);
         for (size_t i = 0; i < config->org_count; i++)
-            printf ("  %-28s %-9s %-8s %s%s\n", config->orgs [i].id,
-                    kim_role_name (config->orgs [i].role),
-                    config->orgs [i].public_body? "public": "private", config->orgs [i].name,
-                    config->orgs [i].revoked? " (revoked)": "");
+            if (config->orgs [i].role != KIM_ROLE_PEER)
+                printf ("  %-28s %-9s %-8s %s%s\n", config->orgs [i].id,
+                        kim_role_name (config->orgs [i].role),
+                        config->orgs [i].public_body? "public": "private", config->orgs [i].name,
+                        config->orgs [i].revoked? " (revoked)": "");
+        for (size_t i = 0; i < config->peer_count; i++) {
+            const kim_peer_config_t *peer = &config->peers [i];
+            printf ("  %-28s %-9s %s", peer->name, "peer", peer->endpoints [0]);
+            for (size_t e = 1; e < peer->endpoint_count; e++)
+                printf (", %s", peer->endpoints [e]);
+            printf ("\n");
+        }
         kim_config_destroy (&config);
         return 0;
     }

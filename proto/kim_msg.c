@@ -68,8 +68,12 @@ const s_field_t kim_msgi_dir_fields [] = { S_DIR_FIELDS (S_X_DIR) };
     X (RELOADED,     C (COUNT) | C (TEXT), 0) \
     X (REFERRAL_QUERY, C (QUERY_ID), C (CASE_ID) | C (ORG) | C (REFERRAL_ID)) \
     X (REFERRAL_INFO,  C (QUERY_ID) | C (COUNT) | C (BODY), 0) \
-    X (DIRECTORY,      0, C (ORG)) \
-    X (DIRECTORY_REPLY, C (COUNT) | C (ORGS), 0)
+    X (DIRECTORY,      0, C (ORG) | C (HOMES)) \
+    X (DIRECTORY_REPLY, C (COUNT) | C (ORGS), 0) \
+    X (PEER_DIRECTORY, C (BROKER) | C (ORGS) | C (SERIAL) | C (SIG), 0) \
+    X (PEER_FORWARD,   C (SEQ) | C (HDR), 0) \
+    X (PEER_ACK,       C (SEQ), C (DUP)) \
+    X (PEER_REFUSED,   C (CODE) | C (REASON) | C (TEXT) | C (SEQ), C (PATH) | C (RULE))
 
 static const s_cmd_rule_t s_cmd_rules [] = {
 #define S_X_RULE(NAME, req, opt) { KIM_CMD_##NAME, C (CMD) | (req), (opt) },
@@ -124,7 +128,9 @@ static const char *s_consent_codes [] = { "revoked", "expired", "withheld", NULL
     X (REMINDER,         H (RECIPIENT) | H (REFERRAL_ID) | H (DEADLINE), \
                          H (REF_MSG_ID) | H (CASE_ID), NULL) \
     X (EXPIRED,          H (RECIPIENT) | H (REFERRAL_ID) | H (DEADLINE), \
-                         H (REF_MSG_ID) | H (CASE_ID), NULL)
+                         H (REF_MSG_ID) | H (CASE_ID), NULL) \
+    X (UNDELIVERABLE,    H (RECIPIENT) | H (REF_MSG_ID) | H (CODE) | H (ORG), \
+                         H (REFERRAL_ID) | H (CASE_ID) | H (NOTE), NULL)
 
 typedef struct {
     kim_type_t type;
@@ -625,7 +631,14 @@ kim_msgi_cmd_check_rules (const kim_cmd_t *self, kim_decode_error_t *err)
                 return kim_msgi_fail (err, KIM_E_BAD_VALUE, "hdr", "recipient", -1);
             return 0;
         }
+        case KIM_CMD_PEER_REFUSED:
+            if (!s_wire_code (self->code))
+                return kim_msgi_fail (err, KIM_E_BAD_VALUE, "", "code", -1);
+            return 0;
         case KIM_CMD_DELIVER:
+        case KIM_CMD_PEER_FORWARD:
+            //  A forwarded message is a whole logged header, broker-made
+            //  types included (a DELIVERED travels back to its sender's broker).
             if (s_msg_rules (&self->msg, "hdr", err))
                 return -err->code;
             if (!self->msg.sender [0])

@@ -804,6 +804,13 @@ kim_cmd_is_batch (kim_cmd_id_t id)
     return id == KIM_CMD_SEND_BATCH || id == KIM_CMD_RECEIPT_BATCH || id == KIM_CMD_DELIVER_BATCH;
 }
 
+bool
+kim_cmd_is_peer (kim_cmd_id_t id)
+{
+    return id == KIM_CMD_PEER_DIRECTORY || id == KIM_CMD_PEER_FORWARD
+        || id == KIM_CMD_PEER_ACK || id == KIM_CMD_PEER_REFUSED;
+}
+
 kim_cmd_id_t
 kim_cmd_peek (const uint8_t *data, size_t size)
 {

@@ -147,11 +147,17 @@ s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
             }
             msgpack_pack_array (pk, cmd->dir_count);
             for (size_t i = 0; i < cmd->dir_count; i++) {
+                //  The required fields, then the optional ones present.
                 const kim_dir_entry_t *entry = &cmd->dir [i];
-                bool sign = entry->sign_key [0] != 0;
-                msgpack_pack_map (pk, S_COUNT (kim_msgi_dir_fields) - (sign? 0: 1));
+                size_t count = 0;
                 for (size_t j = 0; j < S_COUNT (kim_msgi_dir_fields); j++)
-                    if (j < S_COUNT (kim_msgi_dir_fields) - 1 || sign)
+                    if ((S_DIR_REQUIRED & (1ull << j))
+                    ||  kim_msgi_present (&kim_msgi_dir_fields [j], entry))
+                        count++;
+                msgpack_pack_map (pk, count);
+                for (size_t j = 0; j < S_COUNT (kim_msgi_dir_fields); j++)
+                    if ((S_DIR_REQUIRED & (1ull << j))
+                    ||  kim_msgi_present (&kim_msgi_dir_fields [j], entry))
                         s_pack_field (self, &kim_msgi_dir_fields [j], entry);
             }
             break;
@@ -329,8 +335,26 @@ kim_cmd_encode (const kim_cmd_t *self, kim_buf_t *out)
     return s_pack_finish (&pack, start);
 }
 
+static int
+s_encode_logged (kim_cmd_id_t id, uint64_t seq, const uint8_t *hdr, size_t hdr_size,
+                 kim_buf_t *out);
+
 int
 kim_cmd_encode_deliver (uint64_t seq, const uint8_t *hdr, size_t hdr_size, kim_buf_t *out)
+{
+    return s_encode_logged (KIM_CMD_DELIVER, seq, hdr, hdr_size, out);
+}
+
+int
+kim_cmd_encode_forward (uint64_t seq, const uint8_t *hdr, size_t hdr_size, kim_buf_t *out)
+{
+    return s_encode_logged (KIM_CMD_PEER_FORWARD, seq, hdr, hdr_size, out);
+}
+
+//  DELIVER and PEER_FORWARD: {cmd, seq, hdr} with the header as the log holds it.
+static int
+s_encode_logged (kim_cmd_id_t id, uint64_t seq, const uint8_t *hdr, size_t hdr_size,
+                 kim_buf_t *out)
 {
     //  The header comes from our own log, canonical already; only its
     //  outer shape is checked here.
@@ -342,7 +366,7 @@ kim_cmd_encode_deliver (uint64_t seq, const uint8_t *hdr, size_t hdr_size, kim_b
     s_pack_init (&pack, out);
     msgpack_pack_map (&pack.pk, 3);
     s_pack_str (&pack, "cmd", 3);
-    s_pack_str (&pack, "DELIVER", 7);
+    s_pack_cstr (&pack, kim_cmd_name (id));
     s_pack_str (&pack, "seq", 3);
     msgpack_pack_uint64 (&pack.pk, seq);
     s_pack_str (&pack, "hdr", 3);

@@ -178,7 +178,11 @@ typedef struct {
     X (HDR,           "hdr",                S_K_HDR,        msg,           msg,              0, 0, 0) \
     X (STATUS,        "status",             S_K_STATUS,     status,        status,           0, 0, 0) \
     X (REFERRAL_ID,   "referral_id",        S_K_ID,         referral_id,   referral_id,      0, 0, 0) \
-    X (ORGS,          "orgs",               S_K_DIR,        dir,           dir_count,        KIM_DIRECTORY_MAX, 0, 0)
+    X (ORGS,          "orgs",               S_K_DIR,        dir,           dir_count,        KIM_DIRECTORY_MAX, 0, 0) \
+    X (HOMES,         "homes",              S_K_BOOL,       homes,         homes,            0, 0, 0) \
+    X (SERIAL,        "serial",             S_K_U64,        serial,        serial,           0, 0, S_TIME_MAX) \
+    X (RULE,          "rule",               S_K_ID,         rule,          rule,             0, 0, 0) \
+    X (SIG,           "sig",                S_K_BIN,        sig,           has_sig,          0, 0, 0)
 
 //  One DIRECTORY_REPLY entry; sign_key is the only optional one.
 #define S_DIR_FIELDS(X) \
@@ -187,7 +191,8 @@ typedef struct {
     X (TYPE,          "type",               S_K_CODE,       type,          type,             0, 0, 0) \
     X (PUBLIC_BODY,   "public_body",        S_K_BOOL,       public_body,   public_body,      0, 0, 0) \
     X (PUBLIC_KEY,    "public_key",         S_K_KEY,        public_key,    public_key,       0, 0, 0) \
-    X (SIGN_KEY,      "sign_key",           S_K_KEY,        sign_key,      sign_key,         0, 0, 0)
+    X (SIGN_KEY,      "sign_key",           S_K_KEY,        sign_key,      sign_key,         0, 0, 0) \
+    X (HOME,          "home",               S_K_ORG,        home,          home,             0, 0, 0)
 
 #define S_COUNT(table) (sizeof table / sizeof table [0])
 
@@ -217,7 +222,7 @@ extern const s_field_t kim_msgi_basis_fields [0 S_BASIS_FIELDS (S_X_ONE)];
 extern const s_field_t kim_msgi_status_fields [0 S_STATUS_FIELDS (S_X_ONE)];
 extern const s_field_t kim_msgi_cmd_fields [0 S_CMD_FIELDS (S_X_ONE)];
 extern const s_field_t kim_msgi_dir_fields [0 S_DIR_FIELDS (S_X_ONE)];
-#define S_DIR_REQUIRED ((1ull << (S_COUNT (kim_msgi_dir_fields) - 1)) - 1)     //  all but sign_key
+#define S_DIR_REQUIRED ((1ull << 5) - 1)    //  id, name, type, public_body, public_key
 
 typedef struct {
     kim_cmd_id_t id;

@@ -122,6 +122,15 @@ s_test_msg (kim_msg_t *msg, kim_type_t type)
             strcpy (msg->referral_id, "r-1");
             msg->deadline = 1719000000000;
             break;
+        case KIM_TYPE_UNDELIVERABLE:
+            strcpy (msg->recipient, "kim.rheine");
+            strcpy (msg->ref_msg_id, "m-1");
+            strcpy (msg->referral_id, "r-1");
+            strcpy (msg->code, "policy_deny");
+            strcpy (msg->org, "broker.coesfeld");
+            strcpy (msg->rule, "no-art9-to-private");
+            strcpy (msg->note, "refused by broker.coesfeld");
+            break;
         default:
             break;
     }
@@ -244,6 +253,38 @@ s_test_cmd (kim_cmd_t *cmd, kim_cmd_id_t id)
             cmd->body = s_test_body;
             cmd->body_size = sizeof s_test_body;
             break;
+        case KIM_CMD_PEER_DIRECTORY: {
+            static kim_dir_entry_t entry = {
+                "jc.coesfeld", "Jobcenter Coesfeld", "jc", true,
+                "rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7", "", ""
+            };
+            strcpy (cmd->broker, "broker.coesfeld");
+            cmd->dir = &entry;
+            cmd->dir_count = 1;
+            cmd->serial = 1718000000000;
+            cmd->has_sig = true;
+            memset (cmd->sig, 0x5c, KIM_SIG_SIZE);
+            break;
+        }
+        case KIM_CMD_PEER_FORWARD:
+            cmd->seq = 42;
+            s_test_msg (&cmd->msg, KIM_TYPE_REFERRAL);
+            strcpy (cmd->msg.sender, "kim.rheine");
+            cmd->msg.payload_len = 300;
+            cmd->msg.has_payload_hash = true;
+            memset (cmd->msg.payload_hash, 0xab, KIM_HASH_SIZE);
+            break;
+        case KIM_CMD_PEER_ACK:
+            cmd->seq = 42;
+            cmd->dup = true;
+            break;
+        case KIM_CMD_PEER_REFUSED:
+            cmd->seq = 42;
+            cmd->code = KIM_E_POLICY_DENY;
+            strcpy (cmd->text, "no rule allows this transfer");
+            strcpy (cmd->path, "hdr.purpose");
+            strcpy (cmd->rule, "default-deny");
+            break;
         default:
             break;
     }
@@ -262,6 +303,7 @@ s_test_same (const kim_cmd_t *a, const kim_cmd_t *b)
     memcpy (&x [1], b, sizeof *b);
     x [0].body = x [1].body = NULL;
     x [0].dir_raw = x [1].dir_raw = NULL;       //  borrowed from each one's frame
+    x [0].dir = x [1].dir = NULL;               //  entries: compared by the encoding
     x [0].dir_raw_size = x [1].dir_raw_size = 0;
     for (int i = 0; i < 2; i++)                 //  entries past the count are undefined
         memset (x [i].acks + x [i].ack_count, 0,

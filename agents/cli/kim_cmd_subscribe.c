@@ -71,7 +71,9 @@ const char kim_cmd_directory_usage [] =
     "  {\"org\":\"jc.rheine\",\"name\":\"Jobcenter Rheine\",\"type\":\"jc\",\"public_body\":true,\n"
     "   \"public_key\":\"rq:rM>}U?@Lns47E1%kR.o@n%FcmmsL/@{H8]yf7\",\"sign_key\":\"Yne@$w-...\"}\n"
     "public_key is the organisation's CURVE key, to which payloads for it are sealed;\n"
-    "sign_key (only when it registered one) checks its sender signatures. A last line\n"
+    "sign_key (only when it registered one) checks its sender signatures. Organisations\n"
+    "of other districts, published by linked brokers, follow with \"home\": their broker.\n"
+    "A last line\n"
     "{\"more\":true,\"count\":N} says the answer was cut at 128 entries: ask for one ORG.\n"
     "\n"
     "Exit status: 1 when ORG is not in the directory (unknown, revoked, or not an\n"
@@ -319,6 +321,7 @@ kim_cmd_directory (int argc, char *argv [])
     kim_cmd_init (request, KIM_CMD_DIRECTORY);
     if (org)
         kim_str_copy (request->org, sizeof request->org, org);
+    request->homes = true;              //  organisations of other districts name their broker
     int exit_code = KIM_EXIT_OK;
     int rc = kim_client_request (client, request, reply, conn.timeout_ms);
     if (rc)
@@ -336,6 +339,8 @@ kim_cmd_directory (int argc, char *argv [])
                                  "public_key", entry->public_key);
         if (out && entry->sign_key [0])
             json_object_set_new (out, "sign_key", json_string (entry->sign_key));
+        if (out && entry->home [0])
+            json_object_set_new (out, "home", json_string (entry->home));
         if (!s_print (cmd, out))
             exit_code = KIM_EXIT_USAGE;
     }

@@ -29,15 +29,83 @@ s_touch (kim_server_t *self, org_state_t *state)
     }
 }
 
+//  --------------------------------------------------------------------------
+//  Durability: answers and mail wait until their commit is on disk
+//
+//  A commit is durable once a later commit or a sync has returned
+//  (kim_store.h, Durability). So what a batch has to tell (its RECEIPTs and
+//  REJECTs, the mail it wrote) is held as of the store's commit mark, and
+//  goes out when the synced mark reaches it: after the next commit when the
+//  loop is busy (one flush per commit), or after a sync when it is not.
+
+static bool
+s_held (kim_server_t *self)
+{
+    return self->held.size || self->held_orgs;
+}
+
+static void
+s_release (kim_server_t *self)
+{
+    kim_reply_release (self);
+    while (self->held_orgs) {
+        org_state_t *state = self->held_orgs;
+        self->held_orgs = state->next_held;
+        state->held = false;
+        kim_server_mark_dirty (self, state);
+    }
+}
+
+//  Sends what earlier commits held if they are durable by now, and marks
+//  what is held next as of the last commit.
+static void
+s_hold_begin (kim_server_t *self)
+{
+    if (s_held (self) && kim_store_synced_mark (self->store) >= self->held_mark)
+        s_release (self);
+    if (!s_held (self))
+        self->held_ms = (uint64_t) zclock_mono ();
+    self->held_mark = kim_store_commit_mark (self->store);
+}
+
+void
+kim_batch_durable (kim_server_t *self, bool later)
+{
+    if (!s_held (self))
+        return;
+    if (kim_store_synced_mark (self->store) < self->held_mark) {
+        if (later)
+            return;
+        if (kim_store_sync (self->store)) {
+            self->failed = true;        //  nothing held goes out: fail closed
+            return;
+        }
+    }
+    s_release (self);
+}
+
+bool
+kim_batch_answers_held (kim_server_t *self)
+{
+    return self->held.size > 0;
+}
+
+//  Mail written in the open batch becomes deliverable once its commit is
+//  durable: the organisation waits in the held list until then.
 static void
 s_touched_settle (kim_server_t *self, bool committed)
 {
+    if (committed)
+        s_hold_begin (self);
     while (self->touched) {
         org_state_t *state = self->touched;
         self->touched = state->next_touched;
         state->touched = false;
-        if (committed)
-            kim_server_mark_dirty (self, state);
+        if (committed && !state->held) {
+            state->held = true;
+            state->next_held = self->held_orgs;
+            self->held_orgs = state;
+        }
     }
 }
 
@@ -66,6 +134,42 @@ kim_ctx_org (kim_ctx_t *ctx, const char *id)
     return state? state->org: NULL;
 }
 
+//  Asks the modules whether `id` lives at another broker (kim_link.c).
+static bool
+s_remote (kim_server_t *self, const char *id, kim_org_t *org, char *home)
+{
+    for (size_t i = 0; i < self->hook_count; i++)
+        if (self->hooks [i].remote && self->hooks [i].remote (self->hooks [i].state, id, org, home))
+            return true;
+    return false;
+}
+
+bool
+kim_ctx_remote (kim_ctx_t *ctx, const char *id, kim_org_t *org, char *home)
+{
+    return s_remote (ctx->server, id, org, home);
+}
+
+bool
+kim_ctx_remote_at (kim_ctx_t *ctx, size_t index, kim_org_t *org, char *home)
+{
+    kim_server_t *self = ctx->server;
+    for (size_t i = 0; i < self->hook_count; i++)
+        if (self->hooks [i].remote_at)
+            return self->hooks [i].remote_at (self->hooks [i].state, index, org, home);
+    return false;
+}
+
+//  The link mailbox of the peer broker `home`: mail waits there until the
+//  peer has it on disk (PEER_ACK), as an organisation's mail waits for ACK.
+static int
+s_link_mailbox_add (kim_server_t *self, const char *home, uint64_t seq, const char *note)
+{
+    char owner [KIM_LINK_MAILBOX_MAX + 1];
+    snprintf (owner, sizeof owner, KIM_LINK_MAILBOX_PREFIX "%s", home);
+    return kim_store_mailbox_put_note (self->store, owner, seq, note);
+}
+
 static int
 s_mailbox_add (kim_server_t *self, const char *org, uint64_t seq, bool copy, const char *note)
 {
@@ -80,15 +184,30 @@ s_mailbox_add (kim_server_t *self, const char *org, uint64_t seq, bool copy, con
     return rc;
 }
 
+//  Copies for an organisation of another district (a participant of a case
+//  handed across, say) are not sent: its own broker keeps its own copies
+//  of what crosses the link. Returns true when `org` is such a one.
+static bool
+s_remote_only (kim_server_t *self, const char *org)
+{
+    kim_org_t remote;
+    char home [KIM_ORG_MAX + 1];
+    return !zhashx_lookup (self->orgs, org) && s_remote (self, org, &remote, home);
+}
+
 int
 kim_ctx_deliver_also (kim_ctx_t *ctx, const char *org, uint64_t seq)
 {
+    if (s_remote_only (ctx->server, org))
+        return 0;
     return s_mailbox_add (ctx->server, org, seq, true, NULL);
 }
 
 int
 kim_ctx_deliver_payload (kim_ctx_t *ctx, const char *org, uint64_t seq)
 {
+    if (s_remote_only (ctx->server, org))
+        return 0;
     return s_mailbox_add (ctx->server, org, seq, false, NULL);
 }
 
@@ -123,6 +242,16 @@ kim_ctx_emit (kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient, uint64_t *s
     if (rc == 0)
         rc = kim_store_append (self->store, KIM_RECORD_MESSAGE, ctx->now,
                                self->hdr_buf.data, self->hdr_buf.size, &appended);
+    if (rc == 0 && recipient && !zhashx_lookup (self->orgs, recipient)) {
+        kim_org_t remote;
+        char home [KIM_ORG_MAX + 1];
+        if (!s_remote (self, recipient, &remote, home))
+            rc = -KIM_E_UNKNOWN_RECIPIENT;
+        else
+        if (msg->type == KIM_TYPE_DELIVERED)
+            rc = s_link_mailbox_add (self, home, appended, NULL);
+        recipient = NULL;       //  other notices to a remote organisation: logged only
+    }
     if (rc == 0 && recipient)
         rc = s_mailbox_add (self, recipient, appended, false, NULL);
     if (rc == 0 && seq)
@@ -147,7 +276,7 @@ static int
 s_apply_send (kim_server_t *self, item_t *item)
 {
     kim_msg_t *msg = &item->cmd.msg;
-    const kim_org_t *sender = item->org->org;
+    const kim_org_t *sender = item->forwarded? &item->remote_sender: item->org->org;
 
     //  Identity comes from the key: a header may only repeat it.
     if (msg->sender [0] && strcmp (msg->sender, sender->id) != 0) {
@@ -165,15 +294,32 @@ s_apply_send (kim_server_t *self, item_t *item)
         return 0;
     }
     org_state_t *recipient = NULL;
+    //  A recipient at another district's broker: its mail goes into the
+    //  link mailbox of its home broker (federation, PROTOCOL.md 16).
+    kim_org_t remote;
+    char home [KIM_ORG_MAX + 1] = "";
+    bool to_remote = false;
     if (msg->recipient [0]) {
         recipient = (org_state_t *) zhashx_lookup (self->orgs, msg->recipient);
+        if ((!recipient || recipient->removed) && s_remote (self, msg->recipient, &remote, home)) {
+            //  A broker passes on its own organisations' mail only: no transit.
+            if (item->forwarded) {
+                s_item_refuse (item, KIM_E_UNKNOWN_RECIPIENT, "hdr.recipient",
+                               "the recipient is not registered at this broker (brokers hand "
+                               "on their own organisations' mail only)");
+                return 0;
+            }
+            to_remote = true;
+            recipient = NULL;
+        }
+        else
         //  Say which: an auditor or operator is registered, but only
         //  agencies have mailboxes.
         if (!recipient || recipient->removed) {
             s_item_refuse (item, KIM_E_UNKNOWN_RECIPIENT, "hdr.recipient", NULL);
             return 0;
         }
-        if (recipient->org->revoked || recipient->org->role != KIM_ROLE_AGENCY) {
+        if (!to_remote && (recipient->org->revoked || recipient->org->role != KIM_ROLE_AGENCY)) {
             char text [KIM_TEXT_MAX + 1];
             if (recipient->org->revoked)
                 snprintf (text, sizeof text, "%s is registered, but its key is revoked: it "
@@ -185,7 +331,13 @@ s_apply_send (kim_server_t *self, item_t *item)
             s_item_refuse (item, KIM_E_UNKNOWN_RECIPIENT, "hdr.recipient", text);
             return 0;
         }
-        if (kim_store_mailbox_count (self->store, recipient->org->id) >= self->config->mailbox_quota) {
+        //  A link mailbox has the quota of a mailbox: a peer that stays away
+        //  for long slows its senders down rather than filling the disk.
+        char owner [KIM_LINK_MAILBOX_MAX + 1];
+        if (to_remote)
+            snprintf (owner, sizeof owner, KIM_LINK_MAILBOX_PREFIX "%s", home);
+        if (kim_store_mailbox_count (self->store, to_remote? owner: recipient->org->id)
+            >= self->config->mailbox_quota) {
             s_item_refuse (item, KIM_E_QUOTA, "hdr.recipient", NULL);
             return 0;
         }
@@ -214,7 +366,7 @@ s_apply_send (kim_server_t *self, item_t *item)
 
     kim_route_t route = {
         .sender = sender,
-        .recipient = recipient? recipient->org: NULL,
+        .recipient = to_remote? &remote: recipient? recipient->org: NULL,
         .msg = msg,
         .payload_size = payload_size,
     };
@@ -226,6 +378,7 @@ s_apply_send (kim_server_t *self, item_t *item)
         rc = hook->check (hook->state, &self->ctx, &route, &verdict);
         if (rc && verdict.code) {
             s_item_refuse (item, verdict.code, verdict.path, verdict.text [0]? verdict.text: NULL);
+            kim_str_copy (item->rule, sizeof item->rule, verdict.rule);
             return 0;
         }
         if (rc)
@@ -246,6 +399,8 @@ s_apply_send (kim_server_t *self, item_t *item)
             rc = self->hooks [i].applied (self->hooks [i].state, &self->ctx, &route);
     if (rc == 0 && recipient)
         rc = s_mailbox_add (self, recipient->org->id, seq, false, route.note);
+    if (rc == 0 && to_remote)
+        rc = s_link_mailbox_add (self, home, seq, route.note);
     if (rc == 0)
         item->seq = seq;
     return rc;
@@ -337,7 +492,8 @@ s_apply_batch (kim_server_t *self)
         item->path [0] = item->text [0] = 0;
         item->seq = 0;
         item->dup = false;
-        rc = item->cmd.id == KIM_CMD_SEND
+        item->rule [0] = 0;
+        rc = item->cmd.id == KIM_CMD_SEND || item->cmd.id == KIM_CMD_PEER_FORWARD
             ? s_apply_send (self, item)
             : s_apply_ack (self, item);
     }
@@ -396,15 +552,49 @@ s_answer_in_batch (kim_server_t *self, item_t *item)
         kim_reply_buf (self, item->rid, item->rid_size, out);
 }
 
+//  Answers a peer's PEER_FORWARD after the commit: PEER_ACK names the
+//  sending broker's seq, so that it takes the message out of its link
+//  mailbox; a refusal says which rule of this broker refused it.
+static void
+s_answer_forward (kim_server_t *self, item_t *item)
+{
+    kim_cmd_t *answer = &self->reply;
+    kim_cmd_init (answer, item->code? KIM_CMD_PEER_REFUSED: KIM_CMD_PEER_ACK);
+    answer->seq = item->cmd.seq;
+    if (item->code) {
+        answer->code = item->code;
+        kim_str_copy (answer->text, sizeof answer->text, item->text);
+        kim_str_copy (answer->path, sizeof answer->path, item->path);
+        kim_str_copy (answer->rule, sizeof answer->rule, item->rule);
+        zsys_info ("link: refused %s from %s for %s: %s%s%s", item->cmd.msg.msg_id,
+                   item->cmd.msg.sender, item->org->org->id, kim_errname (-item->code),
+                   item->rule [0]? " by rule ": "", item->rule);
+        self->rejected++;
+    }
+    else {
+        answer->dup = item->dup;
+        if (item->dup)
+            self->duplicates++;
+        else
+            self->receipted++;
+    }
+    kim_reply_cmd (self, item->rid, item->rid_size, answer);
+}
+
 static void
 s_finish_batch (kim_server_t *self, int rc)
 {
+    s_hold_begin (self);
+    self->holding = true;
     for (size_t i = 0; i < self->item_count; i++) {
         item_t *item = &self->items [i];
         if (rc && !item->settled)
             s_item_refuse (item, rc, NULL, NULL);
         if (item->batch_count)
             s_answer_in_batch (self, item);
+        else
+        if (item->cmd.id == KIM_CMD_PEER_FORWARD)
+            s_answer_forward (self, item);
         else
         if (item->cmd.id == KIM_CMD_SEND) {
             if (item->code == 0) {
@@ -427,8 +617,7 @@ s_finish_batch (kim_server_t *self, int rc)
         else {
             if (rc == 0) {
                 org_state_t *state = item->org;
-                for (size_t a = 0; a < item->cmd.ack_count; a++)
-                    kim_server_flight_remove (state, item->cmd.acks [a]);
+                kim_server_flights_remove (state, item->cmd.acks, item->cmd.ack_count);
                 self->acked += item->cmd.ack_count;
                 kim_server_mark_dirty (self, state);
             }
@@ -441,6 +630,7 @@ s_finish_batch (kim_server_t *self, int rc)
             item->has_payload = false;
         }
     }
+    self->holding = false;
     self->item_count = 0;
 }
 
@@ -527,5 +717,8 @@ kim_ctx_batch (kim_ctx_t *ctx, int (*fn) (void *arg, kim_ctx_t *ctx), void *arg)
     int rc = kim_batch_run (self, s_apply_module_batch);
     self->module_fn = NULL;
     self->module_arg = NULL;
-    return rc;
+    //  The module answers when this returns: what it wrote is on disk then
+    if (rc == 0)
+        kim_batch_durable (self, false);
+    return self->failed? -KIM_E_STORE_FAILED: rc;
 }

@@ -72,6 +72,7 @@ kim_config_destroy (kim_config_t **self_p)
         zconfig_t *tree = (zconfig_t *) (*self_p)->tree;
         zconfig_destroy (&tree);
         free ((*self_p)->orgs);
+        free ((*self_p)->peers);
         free (*self_p);
         *self_p = NULL;
     }
@@ -118,9 +119,23 @@ s_copy (char *dest, size_t dest_size, const char *value)
 }
 
 static int
+s_parse_endpoint_list (const char *path, const char *value, size_t *count,
+                       char endpoints [KIM_ENDPOINTS_MAX][KIM_ENDPOINT_MAX + 1],
+                       char *error, size_t error_size);
+
+static int
 s_parse_endpoints (kim_config_t *self, const char *value, char *error, size_t error_size)
 {
-    self->endpoint_count = 0;
+    return s_parse_endpoint_list ("broker/bind", value, &self->endpoint_count, self->endpoints,
+                                  error, error_size);
+}
+
+static int
+s_parse_endpoint_list (const char *path, const char *value, size_t *count,
+                       char endpoints [KIM_ENDPOINTS_MAX][KIM_ENDPOINT_MAX + 1],
+                       char *error, size_t error_size)
+{
+    *count = 0;
     const char *start = value;
     while (*start) {
         const char *end = strchr (start, ',');
@@ -132,22 +147,22 @@ s_parse_endpoints (kim_config_t *self, const char *value, char *error, size_t er
         while (len && start [len - 1] == ' ')
             len--;
         if (len == 0 || len > KIM_ENDPOINT_MAX
-        || self->endpoint_count == KIM_ENDPOINTS_MAX
+        || *count == KIM_ENDPOINTS_MAX
         || (strncmp (start, "tcp://", 6) && strncmp (start, "ipc://", 6))) {
             s_set_error (error, error_size,
-                         "broker/bind: '%s' is not a list of up to %d tcp:// or ipc:// endpoints",
-                         value, KIM_ENDPOINTS_MAX);
+                         "%s: '%s' is not a list of up to %d tcp:// or ipc:// endpoints",
+                         path, value, KIM_ENDPOINTS_MAX);
             return -1;
         }
-        memcpy (self->endpoints [self->endpoint_count], start, len);
-        self->endpoints [self->endpoint_count][len] = 0;
-        self->endpoint_count++;
+        memcpy (endpoints [*count], start, len);
+        endpoints [*count][len] = 0;
+        (*count)++;
         if (!end)
             break;
         start = end + 1;
     }
-    if (self->endpoint_count == 0) {
-        s_set_error (error, error_size, "broker/bind: no endpoint given");
+    if (*count == 0) {
+        s_set_error (error, error_size, "%s: no endpoint given", path);
         return -1;
     }
     return 0;
@@ -176,6 +191,7 @@ kim_role_name (kim_role_t role)
         case KIM_ROLE_AGENCY: return "agency";
         case KIM_ROLE_AUDITOR: return "auditor";
         case KIM_ROLE_OPERATOR: return "operator";
+        case KIM_ROLE_PEER: return "peer";
     }
     return "unknown";
 }
@@ -266,6 +282,97 @@ s_parse_org (kim_config_t *self, zconfig_t *node, char *error, size_t error_size
     return 0;
 }
 
+//  One child of "peers": the peer broker's name, where to dial it and its
+//  two public keys. Every key is checked, and unknown keys are errors:
+//  a link is trust between districts, a typo in it must not pass.
+static int
+s_parse_peer (kim_config_t *self, zconfig_t *node, char *error, size_t error_size)
+{
+    const char *name = zconfig_name (node);
+    kim_peer_config_t *peer = &self->peers [self->peer_count];
+    memset (peer, 0, sizeof *peer);
+    if (!kim_org_valid (name) || s_copy (peer->name, sizeof peer->name, name)) {
+        s_set_error (error, error_size, "peers/%s: not a valid broker name (<type>.<place>, "
+                     "the peer's broker/name)", name);
+        return -1;
+    }
+    if (kim_config_peer (self, name)) {
+        s_set_error (error, error_size, "peers/%s: listed twice", name);
+        return -1;
+    }
+    if (streq (name, self->name)) {
+        s_set_error (error, error_size, "peers/%s: is this broker's own name", name);
+        return -1;
+    }
+    if (kim_config_org (self, name)) {
+        s_set_error (error, error_size, "peers/%s: the name is registered as an organisation",
+                     name);
+        return -1;
+    }
+    for (zconfig_t *key = zconfig_child (node); key; key = zconfig_next (key)) {
+        const char *kname = zconfig_name (key);
+        if (!streq (kname, "endpoint") && !streq (kname, "public_key")
+        &&  !streq (kname, "sign_key")) {
+            s_set_error (error, error_size, "peers/%s/%s: unknown key (expected endpoint, "
+                         "public_key, sign_key)", name, kname);
+            return -1;
+        }
+    }
+    char path [KIM_ORG_MAX + 32];
+    snprintf (path, sizeof path, "peers/%s/endpoint", name);
+    const char *endpoint = zconfig_get (node, "endpoint", "");
+    if (!*endpoint) {
+        s_set_error (error, error_size, "%s: missing (where to dial the peer)", path);
+        return -1;
+    }
+    if (s_parse_endpoint_list (path, endpoint, &peer->endpoint_count, peer->endpoints,
+                               error, error_size))
+        return -1;
+    const char *key = zconfig_get (node, "public_key", "");
+    if (!s_z85_key_valid (key)) {
+        s_set_error (error, error_size, "peers/%s/public_key: must be the peer broker's "
+                     "40-character Z85 CURVE public key (keys/broker.cert of its data)", name);
+        return -1;
+    }
+    memcpy (peer->public_key, key, 41);
+    const char *sign_key = zconfig_get (node, "sign_key", "");
+    if (!s_z85_key_valid (sign_key)) {
+        s_set_error (error, error_size, "peers/%s/sign_key: must be the peer broker's "
+                     "40-character Z85 Ed25519 public key (keys/broker.sign.pub of its data)",
+                     name);
+        return -1;
+    }
+    memcpy (peer->sign_key, sign_key, 41);
+    if (kim_config_org_by_key (self, key) || kim_config_org_by_revoked_key (self, key)) {
+        s_set_error (error, error_size, "peers/%s/public_key: the key is registered for an "
+                     "organisation or another peer", name);
+        return -1;
+    }
+    //  The peer's entry in the registry: ZAP admits its key, and its
+    //  connection has the role peer.
+    kim_org_t *org = &self->orgs [self->org_count];
+    memset (org, 0, sizeof *org);
+    memcpy (org->id, peer->name, sizeof org->id);
+    snprintf (org->name, sizeof org->name, "peer broker %s", peer->name);
+    kim_str_copy (org->type, sizeof org->type, "broker");
+    org->public_body = true;
+    org->role = KIM_ROLE_PEER;
+    memcpy (org->public_key, peer->public_key, sizeof org->public_key);
+    memcpy (org->sign_key, peer->sign_key, sizeof org->sign_key);
+    self->org_count++;
+    self->peer_count++;
+    return 0;
+}
+
+const kim_peer_config_t *
+kim_config_peer (const kim_config_t *self, const char *name)
+{
+    for (size_t i = 0; self && name && i < self->peer_count; i++)
+        if (streq (self->peers [i].name, name))
+            return &self->peers [i];
+    return NULL;
+}
+
 //  Keys that may appear in each section; anything else is a typo we report.
 static const char *s_broker_keys [] = {
     "name", "data", "bind", "verbose",
@@ -293,12 +400,13 @@ s_apply (kim_config_t *self, zconfig_t *root, char *error, size_t error_size)
     //  back to a default is the kind of surprise nobody wants at 3 a.m.
     for (zconfig_t *section = zconfig_child (root); section; section = zconfig_next (section)) {
         const char *sname = zconfig_name (section);
-        if (streq (sname, "orgs") || streq (sname, "policy") || streq (sname, "lifecycle")
+        if (streq (sname, "orgs") || streq (sname, "peers") || streq (sname, "policy")
+        ||  streq (sname, "lifecycle")
         ||  streq (sname, "audit") || streq (sname, "retention") || streq (sname, "metrics"))
             continue;
         if (!streq (sname, "broker") && !streq (sname, "store")) {
             s_set_error (error, error_size,
-                         "%s: unknown section (expected broker, store, orgs)", sname);
+                         "%s: unknown section (expected broker, store, orgs, peers)", sname);
             return -1;
         }
         for (zconfig_t *key = zconfig_child (section); key; key = zconfig_next (key))
@@ -356,17 +464,31 @@ s_apply (kim_config_t *self, zconfig_t *root, char *error, size_t error_size)
     }
 
     zconfig_t *orgs = zconfig_locate (root, "orgs");
-    size_t count = 0;
+    zconfig_t *peers = zconfig_locate (root, "peers");
+    size_t count = 0, peer_count = 0;
     for (zconfig_t *node = orgs? zconfig_child (orgs): NULL; node; node = zconfig_next (node))
         count++;
-    if (count) {
-        self->orgs = (kim_org_t *) calloc (count, sizeof (kim_org_t));
-        if (!self->orgs) {
+    for (zconfig_t *node = peers? zconfig_child (peers): NULL; node; node = zconfig_next (node))
+        peer_count++;
+    if (peer_count > KIM_PEERS_MAX) {
+        s_set_error (error, error_size, "peers: at most %d peer brokers", KIM_PEERS_MAX);
+        return -1;
+    }
+    if (count + peer_count) {
+        self->orgs = (kim_org_t *) calloc (count + peer_count, sizeof (kim_org_t));
+        self->peers = peer_count
+            ? (kim_peer_config_t *) calloc (peer_count, sizeof (kim_peer_config_t)): NULL;
+        if (!self->orgs || (peer_count && !self->peers)) {
             s_set_error (error, error_size, "out of memory");
             return -1;
         }
-        for (zconfig_t *node = zconfig_child (orgs); node; node = zconfig_next (node))
+        for (zconfig_t *node = orgs? zconfig_child (orgs): NULL; node; node = zconfig_next (node))
             if (s_parse_org (self, node, error, error_size))
+                return -1;
+        //  Peers after the organisations, so that a peer's name and key
+        //  are checked against every organisation's.
+        for (zconfig_t *node = peers? zconfig_child (peers): NULL; node; node = zconfig_next (node))
+            if (s_parse_peer (self, node, error, error_size))
                 return -1;
     }
     return 0;
@@ -576,6 +698,48 @@ kim_config_test (bool verbose)
     config = kim_config_parse (text, error, sizeof error, &err);
     assert (config && streq (config->orgs [0].sign_key, zcert_public_txt (cert)));
     kim_config_destroy (&config);
+
+    //  Peers: every key checked, unknown keys refused, keys not shared
+    //  with organisations; each becomes a registry entry of role peer.
+    zcert_t *peer_cert = zcert_new ();
+    assert (peer_cert);
+    const char *pk = zcert_public_txt (peer_cert);
+    snprintf (text, sizeof text, "orgs\n    jc.a\n        public_key = \"%s\"\n"
+              "peers\n    broker.coesfeld\n        endpoint = \"tcp://10.1.2.3:7470, "
+              "tcp://10.1.2.4:7470\"\n        public_key = \"%s\"\n        sign_key = \"%s\"\n",
+              zcert_public_txt (cert), pk, pk);
+    config = kim_config_parse (text, error, sizeof error, &err);
+    assert (config && config->peer_count == 1 && config->org_count == 2);
+    assert (config->peers [0].endpoint_count == 2);
+    assert (streq (config->peers [0].endpoints [1], "tcp://10.1.2.4:7470"));
+    const kim_org_t *peer_org = kim_config_org_by_key (config, pk);
+    assert (peer_org && peer_org->role == KIM_ROLE_PEER && streq (peer_org->id, "broker.coesfeld"));
+    assert (kim_config_peer (config, "broker.coesfeld") && !kim_config_peer (config, "jc.a"));
+    kim_config_destroy (&config);
+    snprintf (text, sizeof text, "peers\n    broker.c\n        endpoint = \"tcp://a:1\"\n"
+              "        public_key = \"%s\"\n        sign_key = \"%s\"\n        colour = red\n", pk, pk);
+    s_expect_error (text, "peers/broker.c/colour: unknown key");
+    snprintf (text, sizeof text, "peers\n    broker.c\n        public_key = \"%s\"\n"
+              "        sign_key = \"%s\"\n", pk, pk);
+    s_expect_error (text, "peers/broker.c/endpoint: missing");
+    snprintf (text, sizeof text, "peers\n    broker.c\n        endpoint = \"http://a\"\n"
+              "        public_key = \"%s\"\n        sign_key = \"%s\"\n", pk, pk);
+    s_expect_error (text, "peers/broker.c/endpoint:");
+    snprintf (text, sizeof text, "peers\n    broker.c\n        endpoint = \"tcp://a:1\"\n"
+              "        public_key = \"%s\"\n", pk);
+    s_expect_error (text, "peers/broker.c/sign_key");
+    snprintf (text, sizeof text, "orgs\n    jc.a\n        public_key = \"%s\"\n"
+              "peers\n    broker.c\n        endpoint = \"tcp://a:1\"\n"
+              "        public_key = \"%s\"\n        sign_key = \"%s\"\n", pk, pk, pk);
+    s_expect_error (text, "peers/broker.c/public_key: the key is registered");
+    snprintf (text, sizeof text, "orgs\n    jc.a\n        public_key = \"%s\"\n"
+              "peers\n    jc.a\n        endpoint = \"tcp://a:1\"\n"
+              "        public_key = \"%s\"\n        sign_key = \"%s\"\n",
+              zcert_public_txt (cert), pk, pk);
+    s_expect_error (text, "peers/jc.a: the name is registered as an organisation");
+    snprintf (text, sizeof text, "peers\n    Not_A_Name\n        endpoint = \"tcp://a:1\"\n");
+    s_expect_error (text, "peers/Not_A_Name: not a valid broker name");
+    zcert_destroy (&peer_cert);
 
     error [0] = 0;
     config = kim_config_load ("/nonexistent/kim.cfg", error, sizeof error, &err);

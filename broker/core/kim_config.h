@@ -28,8 +28,11 @@ extern "C" {
 typedef enum {
     KIM_ROLE_AGENCY = 1,        //  sends and answers referrals, reads its own mailbox
     KIM_ROLE_AUDITOR = 2,       //  reads and replays the log; changes nothing
-    KIM_ROLE_OPERATOR = 3       //  manages registry and policy; never reads payloads
+    KIM_ROLE_OPERATOR = 3,      //  manages registry and policy; never reads payloads
+    KIM_ROLE_PEER = 4           //  another district's broker: federation commands only
 } kim_role_t;
+
+#define KIM_PEERS_MAX           64      //  peers/<name>: linked brokers
 
 //  One registered organisation.
 typedef struct {
@@ -42,6 +45,17 @@ typedef struct {
     char sign_key [41];                 //  Ed25519 signing public key, Z85; "" = none
     bool revoked;                       //  key revoked: refused at ZAP, sessions closed
 } kim_org_t;
+
+//  One peer broker (section "peers"). Each peer is also in the registry
+//  (orgs) as an entry of role peer with its CURVE key, so that it connects
+//  and authenticates like any organisation.
+typedef struct {
+    char name [KIM_ORG_MAX + 1];                        //  the peer's broker/name
+    size_t endpoint_count;                              //  peers/<name>/endpoint
+    char endpoints [KIM_ENDPOINTS_MAX][KIM_ENDPOINT_MAX + 1];
+    char public_key [41];                               //  its broker CURVE key, Z85
+    char sign_key [41];                                 //  its broker Ed25519 key, Z85
+} kim_peer_config_t;
 
 typedef struct {
     char name [KIM_ORG_MAX + 1];                        //  broker/name
@@ -66,7 +80,9 @@ typedef struct {
     bool sync;                                          //  store/sync (0: benchmarks only)
     bool verbose;                                       //  broker/verbose
     size_t org_count;                                   //  orgs/<id>/...
-    kim_org_t *orgs;                                    //  owned array
+    kim_org_t *orgs;                                    //  owned array; peers last
+    size_t peer_count;                                  //  peers/<name>/...
+    kim_peer_config_t *peers;                           //  owned array
     char path [KIM_ENDPOINT_MAX + 1];                   //  the file read, "" for defaults
     void *tree;                                         //  zconfig_t of the file, or NULL
 } kim_config_t;
@@ -96,6 +112,10 @@ const kim_org_t *
 //  The revoked organisation registered with this key, or NULL.
 const kim_org_t *
     kim_config_org_by_revoked_key (const kim_config_t *self, const char *public_key);
+
+//  The peer broker called `name`, or NULL.
+const kim_peer_config_t *
+    kim_config_peer (const kim_config_t *self, const char *name);
 
 const char *
     kim_role_name (kim_role_t role);

@@ -29,6 +29,11 @@ extern "C" {
 
 typedef struct _kim_ctx_t kim_ctx_t;
 
+//  The mailbox of messages waiting for a peer broker is "peer:<name>":
+//  no organisation id can contain ':' (PROTOCOL.md 6, rule 6).
+#define KIM_LINK_MAILBOX_PREFIX "peer:"
+#define KIM_LINK_MAILBOX_MAX    (sizeof KIM_LINK_MAILBOX_PREFIX - 1 + KIM_ORG_MAX)
+
 //  Why a hook refused a message: becomes the REJECT's code, path and text.
 //  `rule` names the policy rule or life-cycle rule that decided.
 typedef struct {
@@ -49,6 +54,16 @@ typedef struct {
     //  id): `acked` gets it back without reading the record again.
     char note [KIM_MAILBOX_NOTE_MAX + 1];
 } kim_route_t;
+
+//  How a link to a peer broker stands (kim_link.c), for metrics and logs.
+typedef struct {
+    char peer [KIM_ORG_MAX + 1];            //  the peer broker's name
+    bool up;                                //  WELCOME heard, not failed since
+    uint64_t since_ms;                      //  wall clock of the last change
+    uint64_t queued;                        //  messages in its link mailbox
+    uint64_t in_flight;                     //  of those, sent and not yet answered
+    uint64_t remote_orgs;                   //  organisations its directory homes there
+} kim_link_info_t;
 
 //  Who sent a command, and where answers go. Borrowed for the call: copy
 //  the routing id to answer later.
@@ -84,6 +99,17 @@ typedef struct {
     //  A session ended (BYE, a new HELLO, expiry, revocation): forget what
     //  was kept for that routing id (open queries, ...).
     void (*session_end) (void *state, const uint8_t *rid, size_t rid_size);
+    //  Organisations that live at another district's broker (kim_link.c):
+    //  copies the remote organisation `id` into *org and its home broker's
+    //  name into `home` (KIM_ORG_MAX + 1 bytes) and returns true, or false
+    //  when `id` is not known as remote. Mail to a remote organisation goes
+    //  into the link mailbox KIM_LINK_MAILBOX_PREFIX + home.
+    bool (*remote) (void *state, const char *id, kim_org_t *org, char *home);
+    //  The index-th remote organisation (0, 1, ...), as `remote`; false past
+    //  the last. For DIRECTORY.
+    bool (*remote_at) (void *state, size_t index, kim_org_t *org, char *home);
+    //  The index-th link to a peer broker; false past the last.
+    bool (*link_at) (void *state, size_t index, kim_link_info_t *info);
     //  Frees `state` at shutdown.
     void (*destroy) (void **state_p);
     void *state;
@@ -102,7 +128,10 @@ const kim_org_t *
 
 //  Appends a broker-made message (its sender is set to the broker's name,
 //  msg_id made up if empty) to the log and puts it into `recipient`'s
-//  mailbox. Sets *seq when not NULL. Returns 0 or -KIM_E_*.
+//  mailbox. A recipient at another district's broker gets only DELIVERED
+//  (through the link); other notices to it are logged, not sent, since its
+//  own broker runs the same life cycle and tells it itself. Sets *seq when
+//  not NULL. Returns 0 or -KIM_E_*.
 int
     kim_ctx_emit (kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient, uint64_t *seq);
 
@@ -121,6 +150,16 @@ int
 //  is another (a FORWARD's payload goes to the organisation it names).
 int
     kim_ctx_deliver_payload (kim_ctx_t *ctx, const char *org, uint64_t seq);
+
+//  The organisation `id` homed at a peer broker (kim_link.c): copies it and
+//  its home broker's name (KIM_ORG_MAX + 1 bytes); false when not remote.
+bool
+    kim_ctx_remote (kim_ctx_t *ctx, const char *id, kim_org_t *org, char *home);
+
+//  The index-th organisation homed at a peer broker (kim_link.c): copies it
+//  and its home broker's name (KIM_ORG_MAX + 1 bytes); false past the last.
+bool
+    kim_ctx_remote_at (kim_ctx_t *ctx, size_t index, kim_org_t *org, char *home);
 
 //  Sends a command to a peer (a reply, a RECORD of a query...).
 void

@@ -1,7 +1,9 @@
 /*  kim_keystore.c — the payload keys, kept apart so that erasing is real.
 
-    Owns the small LMDB environment <store>/keys/ that maps a payload's seq
-    (u64 BE) to the 32-byte key its bytes are encrypted under at rest. It
+    Owns the small LMDB environment <store>/keys/ that maps a key slot (u64
+    BE: a payload's seq, or a key id from the store's pool of keys made
+    ahead, see kim_store_payload.c) to the 32-byte key its bytes are
+    encrypted under at rest. It
     exists because deleting a record from LMDB only frees its page: the
     bytes stay in the file until the page is reused. The payloads are large
     and many, so compacting the main store after every erasure would cost a
@@ -283,6 +285,40 @@ kim_keystore_get (kim_keystore_t *self, uint64_t seq, uint8_t key [KIM_KEYSTORE_
         result = s_error (self, rc, "reading a key");
     if (txn == self->rtxn)
         mdb_txn_reset (self->rtxn);
+    return result;
+}
+
+int
+kim_keystore_last (kim_keystore_t *self, uint64_t *seq)
+{
+    if (!self->env)
+        return -KIM_E_IO;
+    MDB_txn *txn = self->txn;
+    int rc = txn? 0: mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn);
+    if (rc)
+        return s_error (self, rc, "starting a read");
+    MDB_cursor *cursor;
+    rc = mdb_cursor_open (txn, self->dbi, &cursor);
+    MDB_val name, value;
+    if (rc == 0) {
+        rc = mdb_cursor_get (cursor, &name, &value, MDB_LAST);
+        mdb_cursor_close (cursor);
+    }
+    int result = 0;
+    if (rc == 0 && name.mv_size == 8) {
+        *seq = kim_log_get_be64 ((const uint8_t *) name.mv_data);
+        result = 1;
+    }
+    else
+    if (rc == 0) {
+        zsys_error ("kim_keystore: %s: a key's slot is malformed", self->path);
+        result = -KIM_E_IO;
+    }
+    else
+    if (rc != MDB_NOTFOUND)
+        result = s_error (self, rc, "reading the last key");
+    if (txn != self->txn)
+        mdb_txn_abort (txn);
     return result;
 }
 

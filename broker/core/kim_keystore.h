@@ -53,6 +53,11 @@ int
 int
     kim_keystore_get (kim_keystore_t *self, uint64_t seq, uint8_t key [KIM_KEYSTORE_KEY]);
 
+//  The highest slot that holds a key, committed (outside a batch) or in
+//  the open batch. Returns 1 and sets *seq, 0 when there is none, or -KIM_E_*.
+int
+    kim_keystore_last (kim_keystore_t *self, uint64_t *seq);
+
 //  Commits (and syncs unless nosync) the open batch; no batch: 0. On
 //  failure the batch is lost and -KIM_E_* returned.
 int

@@ -417,6 +417,25 @@ kim_metrics_render (kim_metrics_t *self, const char **text)
         s_label (self, org);
         s_put (self, "\"} %" PRIu64 "\n", age);
     }
+    //  Links to the brokers of other districts (federation)
+    s_family (self, "kim_link_up", "gauge", "1 while the link to a peer broker is up.");
+    s_family (self, "kim_link_queued", "gauge",
+              "Messages waiting in a peer broker's link mailbox (until the peer has them).");
+    s_family (self, "kim_link_remote_orgs", "gauge",
+              "Organisations the peer broker's signed directory homes there.");
+    for (size_t h = 0; h < server->hook_count; h++) {
+        kim_link_info_t info;
+        for (size_t i = 0; server->hooks [h].link_at
+                        && server->hooks [h].link_at (server->hooks [h].state, i, &info); i++) {
+            s_put (self, "kim_link_up{peer=\"");
+            s_label (self, info.peer);
+            s_put (self, "\"} %d\nkim_link_queued{peer=\"", info.up? 1: 0);
+            s_label (self, info.peer);
+            s_put (self, "\"} %" PRIu64 "\nkim_link_remote_orgs{peer=\"", info.queued);
+            s_label (self, info.peer);
+            s_put (self, "\"} %" PRIu64 "\n", info.remote_orgs);
+        }
+    }
     s_scan_checkpoints (self);
     kim_store_read_end (store);
     s_scalar (self, "kim_audit_checkpoint_lag_records", "gauge",

@@ -9,10 +9,57 @@
 
 #include "kim_reply.h"
 
+//  Keeps [rid size u32][rid][frame size u32][frame] in self->held.
+static void
+s_hold (kim_server_t *self, const uint8_t *rid, size_t rid_size, const uint8_t *data,
+        size_t size)
+{
+    uint8_t sizes [4];
+    for (int i = 0; i < 4; i++)
+        sizes [i] = (uint8_t) (rid_size >> (24 - 8 * i));
+    int rc = kim_buf_append (&self->held, sizes, 4);
+    rc = rc? rc: kim_buf_append (&self->held, rid, rid_size);
+    for (int i = 0; i < 4; i++)
+        sizes [i] = (uint8_t) (size >> (24 - 8 * i));
+    rc = rc? rc: kim_buf_append (&self->held, sizes, 4);
+    rc = rc? rc: kim_buf_append (&self->held, data, size);
+    if (rc)
+        //  Out of memory: the peer misses this answer, as with a full queue
+        zsys_error ("server: cannot keep an answer until its batch is on disk");
+}
+
+static size_t
+s_size_at (const uint8_t *at)
+{
+    return (size_t) at [0] << 24 | (size_t) at [1] << 16 | (size_t) at [2] << 8 | at [3];
+}
+
+void
+kim_reply_release (kim_server_t *self)
+{
+    void *router = zsock_resolve (self->router);
+    const uint8_t *at = self->held.data;
+    const uint8_t *end = at + self->held.size;
+    while (at + 4 <= end) {
+        size_t rid_size = s_size_at (at);
+        const uint8_t *rid = at + 4;
+        size_t size = s_size_at (rid + rid_size);
+        const uint8_t *data = rid + rid_size + 4;
+        at = data + size;
+        if (zmq_send (router, rid, rid_size, ZMQ_SNDMORE | ZMQ_DONTWAIT) != -1)
+            zmq_send (router, data, size, ZMQ_DONTWAIT);
+    }
+    kim_buf_reset (&self->held);
+}
+
 void
 kim_reply_frames (kim_server_t *self, const uint8_t *rid, size_t rid_size,
                   const uint8_t *payload, size_t payload_size, bool with_payload)
 {
+    if (self->holding && !with_payload) {
+        s_hold (self, rid, rid_size, self->buf.data, self->buf.size);
+        return;
+    }
     void *router = zsock_resolve (self->router);
     if (zmq_send (router, rid, rid_size, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1)
         return;
@@ -38,6 +85,10 @@ kim_reply_cmd (kim_server_t *self, const uint8_t *rid, size_t rid_size, const ki
 void
 kim_reply_buf (kim_server_t *self, const uint8_t *rid, size_t rid_size, const kim_buf_t *buf)
 {
+    if (self->holding) {
+        s_hold (self, rid, rid_size, buf->data, buf->size);
+        return;
+    }
     void *router = zsock_resolve (self->router);
     if (zmq_send (router, rid, rid_size, ZMQ_SNDMORE | ZMQ_DONTWAIT) == -1)
         return;

@@ -16,6 +16,11 @@
 void
     kim_reply_frames (kim_server_t *self, const uint8_t *rid, size_t rid_size,
                       const uint8_t *payload, size_t payload_size, bool with_payload);
+//  While self->holding, frames without a payload (answers) are kept in
+//  self->held instead of sent: the answers to a batch wait until its commit
+//  is durable (kim_batch_durable). kim_reply_release sends them, in order.
+void
+    kim_reply_release (kim_server_t *self);
 //  Sends a frame already encoded in `buf`.
 void
     kim_reply_buf (kim_server_t *self, const uint8_t *rid, size_t rid_size, const kim_buf_t *buf);

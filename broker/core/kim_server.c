@@ -40,6 +40,7 @@
 #define KIM_STATS_MS        60000   //  how often traffic figures are logged
 #define KIM_SCAN_CHUNK      64      //  mailbox entries read per scan
 #define KIM_TURN_MS         50      //  a turn reads this long at most, then commits
+#define KIM_LAZY_SYNC_MS    10      //  notices wait this long for a commit to carry them
 #define KIM_US_PER_UNIT     50.0    //  loop time a rate-limit unit pays for (module commands)
 #define KIM_TIME_CHARGE_MAX 4.0     //  ... up to this many times the command's own cost
 #define KIM_RCVHWM          1000    //  commands waiting unread per connection
@@ -320,7 +321,13 @@ s_deliver (kim_server_t *self, org_state_t *state, uint64_t now)
                                             flags, want);
         if (count <= 0)
             break;
+        //  Mail of a commit not yet durable waits (kim_batch_durable)
+        uint64_t synced = kim_store_synced_head (self->store);
         for (int i = 0; i < count; i++) {
+            if (seqs [i] > synced) {
+                count = 0;
+                break;
+            }
             state->cursor = seqs [i];
             bool copy = (flags [i] & KIM_MAILBOX_COPY) != 0;
             if (s_send_delivery (self, session, seqs [i], copy, packed))
@@ -647,6 +654,9 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
     KIM_CMDS (KIM_X_DIR)
 #undef KIM_X_DIR
     if (direction == KIM_CMD_TO_BROKER) {
+        //  A module reads the committed state and answers at once: what it
+        //  may tell is on disk first, and earlier answers go out before.
+        kim_batch_durable (self, false);
         self->ctx.now = kim_server_now (self);
         for (size_t i = 0; i < self->hook_count; i++) {
             kim_hook_t *hook = &self->hooks [i];
@@ -744,6 +754,7 @@ s_ack_ranges (kim_server_t *self, session_t *session, item_t *item, const uint8_
         slot->batch_count = 0;
         slot->settled = false;
         slot->from_range = true;
+        slot->forwarded = false;
     }
     self->item_count += used;
 }
@@ -778,6 +789,74 @@ s_send_refusal (kim_server_t *self, session_t *session, const kim_cmd_t *cmd,
         return KIM_E_BAD_VALUE;
     }
     return 0;
+}
+
+static bool
+s_takes_payload (const kim_cmd_t *cmd)
+{
+    return cmd->id == KIM_CMD_SEND || cmd->id == KIM_CMD_PEER_FORWARD;
+}
+
+//  A peer broker forwards a message (PROTOCOL.md 16.4). Its key vouches
+//  for its own organisations only: the header's sender must be homed at
+//  this peer by the peer's signed directory, or be the peer itself (a
+//  DELIVERED it made). Returns whether the message goes into the batch;
+//  a refusal is answered with PEER_REFUSED so the peer stops sending it.
+static bool
+s_forward_accept (kim_server_t *self, session_t *session, item_t *item, const uint8_t *rid,
+                  size_t rid_size, size_t payload_size)
+{
+    const kim_cmd_t *cmd = &item->cmd;
+    const kim_org_t *peer = session->org->org;
+    kim_org_t *sender = &item->remote_sender;
+    char home [KIM_ORG_MAX + 1] = "";
+    int code = 0;
+    const char *path = "hdr.sender", *text = NULL;
+    if (streq (cmd->msg.sender, peer->id)) {
+        if (kim_type_flags (cmd->msg.type) & KIM_MSG_FROM_AGENCY) {
+            code = KIM_E_SENDER_MISMATCH;
+            text = "a broker sends only broker-made messages in its own name";
+        }
+        *sender = *peer;
+        //  Its notices are unsigned; the link's key vouches for them.
+        sender->sign_key [0] = 0;
+    }
+    else {
+        bool known = false;
+        for (size_t i = 0; i < self->hook_count && !known; i++)
+            if (self->hooks [i].remote)
+                known = self->hooks [i].remote (self->hooks [i].state, cmd->msg.sender, sender,
+                                                home);
+        if (!known || !streq (home, peer->id)) {
+            code = KIM_E_SENDER_MISMATCH;
+            text = known? "the sender is homed at another broker: a peer forwards its own "
+                          "organisations' messages only"
+                        : "the sender is in no directory this peer published";
+        }
+        else
+        if (!(kim_type_flags (cmd->msg.type) & KIM_MSG_FROM_AGENCY)) {
+            code = KIM_E_FORBIDDEN;
+            path = "hdr.type";
+            text = "broker-made messages come from the broker itself";
+        }
+    }
+    if (!code && payload_size > self->config->max_payload) {
+        code = KIM_E_TOO_LARGE;
+        path = "payload";
+        text = "payload exceeds max_payload";
+    }
+    if (!code)
+        return true;
+    kim_cmd_t *reply = &self->reply;
+    kim_cmd_init (reply, KIM_CMD_PEER_REFUSED);
+    reply->seq = cmd->seq;
+    reply->code = code;
+    kim_str_copy (reply->path, sizeof reply->path, path);
+    kim_str_copy (reply->text, sizeof reply->text, text);
+    zsys_warning ("link: %s forwarded %s claiming sender %s: refused (%s)", peer->id,
+                  cmd->msg.msg_id, cmd->msg.sender, text);
+    kim_reply_cmd (self, rid, rid_size, reply);
+    return false;
 }
 
 //  Reads a version 2 batch frame (section 5.1). Only SEND_BATCH comes from
@@ -850,6 +929,7 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
             item->batch_count = (uint8_t) count;
             item->settled = true;
             item->from_range = false;
+            item->forwarded = false;
             item->has_payload = false;
             item->seq = 0;
             item->dup = false;
@@ -966,7 +1046,8 @@ s_read_one (kim_server_t *self)
     char ref [KIM_ID_MAX + 1] = "";
     if (rc && rc != -KIM_E_TOO_LARGE)
         kim_cmd_ref ((const uint8_t *) zmq_msg_data (&frame), zmq_msg_size (&frame), ref);
-    zmq_msg_close (&frame);
+    //  The frame stays open until the command is served: a PEER_DIRECTORY's
+    //  entries are read where they lie in it (kim_cmd_t.dir_raw).
     bool queued = false;
 
     session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
@@ -992,11 +1073,11 @@ s_read_one (kim_server_t *self)
         kim_reply_reject (self, rid, rid_size, KIM_E_REVOKED, msg_id, NULL,
                   "the key of %s is revoked", payer->org->id);
     else
-    if (frames > (cmd->id == KIM_CMD_SEND? 2: 1))
+    if (frames > (s_takes_payload (cmd)? 2: 1))
         kim_reply_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, msg_id, NULL,
                   "%s takes %s frame%s, got %d", kim_cmd_name (cmd->id),
-                  cmd->id == KIM_CMD_SEND? "one or two": "one",
-                  cmd->id == KIM_CMD_SEND? "s": "", frames);
+                  s_takes_payload (cmd)? "one or two": "one",
+                  s_takes_payload (cmd)? "s": "", frames);
     else
     if (cmd->id == KIM_CMD_HELLO)
         s_hello (self, rid, rid_size, key, user_id, cmd);
@@ -1010,8 +1091,22 @@ s_read_one (kim_server_t *self)
         //  loudly if it ever does rather than act for the wrong org.
         kim_reply_reject (self, rid, rid_size, KIM_E_SENDER_MISMATCH, msg_id, NULL,
                   "connection identity changed");
+    else
+    if ((session->org->org->role == KIM_ROLE_PEER) != kim_cmd_is_peer (cmd->id)
+    &&  cmd->id != KIM_CMD_PING && cmd->id != KIM_CMD_BYE)
+        //  A link carries federation commands only, and only a link may
+        //  carry them (PROTOCOL.md 16.2).
+        kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, msg_id, NULL,
+                  session->org->org->role == KIM_ROLE_PEER
+                  ? "a peer broker may send HELLO, PING, BYE and the PEER_ commands only"
+                  : "%s is a command between brokers; role %s may not send it",
+                  kim_cmd_name (cmd->id), kim_role_name (session->org->org->role));
     else {
         switch (cmd->id) {
+            case KIM_CMD_PEER_FORWARD:
+                queued = s_forward_accept (self, session, item, rid, rid_size,
+                                           has_payload? zmq_msg_size (&item->payload): 0);
+                break;
             case KIM_CMD_SEND: {
                 const char *path;
                 char text [KIM_TEXT_MAX + 1];
@@ -1092,12 +1187,43 @@ s_read_one (kim_server_t *self)
         item->batch_count = 0;
         item->settled = false;
         item->from_range = false;
+        item->forwarded = cmd->id == KIM_CMD_PEER_FORWARD;
         self->item_count++;
     }
     else
     if (has_payload)
         zmq_msg_close (&item->payload);
+    zmq_msg_close (&frame);
     return true;
+}
+
+static int
+s_lazy_sync (zloop_t *loop, int timer_id, void *arg)
+{
+    kim_server_t *self = (kim_server_t *) arg;
+    self->lazy_timer = 0;
+    kim_batch_durable (self, false);
+    s_deliver_dirty (self);
+    return self->failed? -1: 0;
+}
+
+//  After a turn: answers wait for a sync unless more commands are already
+//  waiting, whose commit makes this one durable with the same flush (but
+//  a turn at most). Mail alone, such as the notices an ACK makes, waits for
+//  the next commit or KIM_LAZY_SYNC_MS.
+static void
+s_durable (kim_server_t *self)
+{
+    bool waiting = (zsock_events (self->router) & ZMQ_POLLIN) != 0;
+    if (kim_batch_answers_held (self)
+    &&  (!waiting || (uint64_t) zclock_mono () - self->held_ms >= KIM_TURN_MS))
+        kim_batch_durable (self, false);
+    else
+        kim_batch_durable (self, true);
+    if (!self->lazy_timer && (self->held.size || self->held_orgs)) {
+        int id = zloop_timer (self->loop, KIM_LAZY_SYNC_MS, 1, s_lazy_sync, self);
+        self->lazy_timer = id > 0? id: 0;
+    }
 }
 
 static int
@@ -1118,6 +1244,7 @@ s_router_ready (zloop_t *loop, zsock_t *reader, void *arg)
     if (!more)
         self->drained_ms = s_mono ();
     kim_batch_commit (self);
+    s_durable (self);
     s_deliver_dirty (self);
     return self->failed? -1: 0;
 }
@@ -1191,6 +1318,7 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
         ticking |= self->hooks [i].tick != NULL;
     if (ticking && kim_batch_run (self, kim_batch_apply_ticks) && self->failed)
         return -1;
+    s_durable (self);
     s_deliver_dirty (self);
     kim_zap_log_flush (&self->zap_log, now);
     if (now - self->last_stats_ms >= KIM_STATS_MS) {
@@ -1262,6 +1390,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     kim_buf_init (&self->buf);
     kim_buf_init (&self->hdr_buf);
     kim_buf_init (&self->batch_buf);
+    kim_buf_init (&self->held);
     self->ctx.server = self;
     kim_cmd_init (&self->receipt, KIM_CMD_RECEIPT);
     crypto_generichash (self->empty_hash, KIM_HASH_SIZE, NULL, 0, NULL, 0);
@@ -1328,7 +1457,13 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
         zhashx_insert (self->orgs, state->org->id, state);
         //  Mail that waited while the broker was down goes out on HELLO.
     }
-    kim_module_env_t env = { config, self->store, path };
+    self->loop = zloop_new ();
+    if (!self->loop) {
+        snprintf (error, error_size, "out of memory");
+        kim_server_destroy (&self);
+        return NULL;
+    }
+    kim_module_env_t env = { config, self->store, path, self->loop };
     snprintf (path, sizeof path, "%s/keys", config->data);
     int hooks = kim_modules_new (&env, self->hooks, KIM_HOOKS_MAX, error, error_size);
     if (hooks < 0) {
@@ -1355,7 +1490,6 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     sigemptyset (&signals);
     sigaddset (&signals, SIGHUP);
     self->signal_fd = signalfd (-1, &signals, SFD_NONBLOCK | SFD_CLOEXEC);
-    self->loop = zloop_new ();
     if (self->signal_fd >= 0) {
         zmq_pollitem_t item = { NULL, self->signal_fd, ZMQ_POLLIN, 0 };
         zloop_poller (self->loop, &item, s_signal_ready, self);
@@ -1387,6 +1521,7 @@ kim_server_destroy (kim_server_t **self_p)
     kim_buf_free (&self->buf);
     kim_buf_free (&self->hdr_buf);
     kim_buf_free (&self->batch_buf);
+    kim_buf_free (&self->held);
     kim_config_destroy (&self->config);
     free (self);
     *self_p = NULL;
@@ -1403,14 +1538,17 @@ kim_server_run (kim_server_t *self)
     }
     zsys_notice ("kim-broker %s serving on %s; data in %s; %zu organisations; "
                  "log head %" PRIu64 "; broker public key %s",
-                 config->name, endpoints, config->data, config->org_count,
+                 config->name, endpoints, config->data, config->org_count - config->peer_count,
                  kim_store_head (self->store), zcert_public_txt (self->cert));
-    if (config->org_count == 0)
+    if (config->org_count == config->peer_count)
         zsys_warning ("no organisations are registered: nobody can connect. Add them under "
                       "'orgs' in a config file (see deploy/kim.cfg) and pass --config");
     if (!config->sync)
         zsys_warning ("store/sync = 0: receipts are NOT synced to disk (benchmarks only)");
     zloop_start (self->loop);
+    //  Answers still waiting for a sync go out: the peers may be there yet
+    if (!self->failed)
+        kim_batch_durable (self, false);
     zsys_notice ("kim-broker stopping: %" PRIu64 " receipted, %" PRIu64 " delivered, %" PRIu64
                  " acked; log head %" PRIu64, self->receipted, self->delivered, self->acked,
                  kim_store_head (self->store));

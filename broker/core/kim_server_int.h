@@ -41,6 +41,8 @@ struct _org_state_t {
     org_state_t *next_dirty;
     bool touched;                   //  the open batch added to its mailbox
     org_state_t *next_touched;
+    bool held;                      //  mail committed, not yet durable
+    org_state_t *next_held;
     bool removed;                   //  dropped from the registry by a reload
     size_t session_count;           //  its sessions now (STATUS, sessions_per_org)
     //  Rate limit: one token bucket for all of the organisation's
@@ -85,6 +87,11 @@ typedef struct {
     char text [KIM_TEXT_MAX + 1];
     uint64_t seq;
     bool dup;
+    char rule [KIM_ID_MAX + 1];     //  the hook rule that refused it
+    //  A PEER_FORWARD: a peer broker hands on a message of one of its own
+    //  organisations (or its own notice), which is the sender here.
+    bool forwarded;
+    kim_org_t remote_sender;
 } item_t;
 
 struct _kim_ctx_t {
@@ -105,6 +112,15 @@ struct _kim_server_t {
     size_t item_count;
     org_state_t *dirty;             //  orgs whose mailbox or window changed
     org_state_t *touched;           //  orgs the open batch wrote mail for
+    //  What waits for the last commits to be durable (kim_batch_durable):
+    //  answers (kim_reply.c) and organisations with new mail, as of the
+    //  store's commit mark `held_mark`, kept since `held_ms`.
+    kim_buf_t held;
+    bool holding;                   //  answers go into `held`, not out
+    org_state_t *held_orgs;
+    size_t held_mark;
+    uint64_t held_ms;
+    int lazy_timer;                 //  a sync for held mail alone, or 0
     kim_zap_log_t zap_log;          //  refused connections not yet logged
     kim_hook_t hooks [KIM_HOOKS_MAX];
     size_t hook_count;
@@ -178,16 +194,27 @@ kim_server_flight_find (const org_state_t *state, uint64_t seq)
     return low < state->flight_count && state->flights [low].seq == seq? (ssize_t) low: -1;
 }
 
-//  Forgets the delivery of `seq` in flight to the organisation.
+//  Forgets the deliveries of `seqs` in flight to the organisation. One
+//  pass over the flights for the whole list: acks come oldest first, and
+//  taking them out one by one would shift the window once per ack.
 static inline void
-kim_server_flight_remove (org_state_t *state, uint64_t seq)
+kim_server_flights_remove (org_state_t *state, const uint64_t *seqs, size_t count)
 {
-    ssize_t index = kim_server_flight_find (state, seq);
-    if (index >= 0) {
-        memmove (&state->flights [index], &state->flights [index + 1],
-                 (state->flight_count - (size_t) index - 1) * sizeof (flight_t));
-        state->flight_count--;
+    size_t gone = 0;
+    for (size_t i = 0; i < count; i++) {
+        ssize_t index = kim_server_flight_find (state, seqs [i]);
+        if (index >= 0 && state->flights [index].sent_ms != UINT64_MAX) {
+            state->flights [index].sent_ms = UINT64_MAX;        //  marked
+            gone++;
+        }
     }
+    if (gone == 0)
+        return;
+    size_t kept = 0;
+    for (size_t i = 0; i < state->flight_count; i++)
+        if (state->flights [i].sent_ms != UINT64_MAX)
+            state->flights [kept++] = state->flights [i];
+    state->flight_count = kept;
 }
 
 //  --- kim_batch.c -----------------------------------------------------------
@@ -196,6 +223,13 @@ kim_server_flight_remove (org_state_t *state, uint64_t seq)
 //  or -KIM_E_*.
 int
     kim_batch_run (kim_server_t *self, int (*apply) (kim_server_t *self));
+//  Sends what waited for durable commits, syncing first unless `later`
+//  (then only what a later commit made durable already goes out).
+void
+    kim_batch_durable (kim_server_t *self, bool later);
+//  Whether answers wait (as opposed to mail alone, which may wait longer).
+bool
+    kim_batch_answers_held (kim_server_t *self);
 //  Commits the SENDs and ACKs read this turn as one batch, then answers them.
 void
     kim_batch_commit (kim_server_t *self);

@@ -20,20 +20,8 @@
     only one write transaction at a time, but two brokers appending in turn
     would each keep their own idea of the head and interleave two chains.
 
-    Payloads at rest: each is encrypted (XChaCha20-Poly1305, the seq as
-    associated data) under a key of its own kept in kim_keystore, so that
-    deleting the key and compacting the small key store erases the payload
-    for good, although LMDB's freed pages in data.mdb keep the encrypted
-    bytes (crypto-shredding). A stored value is
-        [u8 version = 1][24-byte nonce][ciphertext and 16-byte tag]
-    Stores written before this hold their payloads as they came; META's
-    "keys_from" (u64 BE) names the first seq stored encrypted, and payloads
-    below it are read as they are. Why a key per payload, not per case or
-    subject: a payload leaves by erasure (by subject), by retention (by
-    case, closed or idle) or by a later put of the same seq; a key per
-    payload makes each of them a shredding with no knowledge of cases or
-    subjects here, at the price of one key (about 100 bytes in the key
-    store) per payload.
+    Payloads at rest are encrypted, each under a key of its own, so that
+    an erasure is final (crypto-shredding): kim_store_payload.c.
 
     The reads served from the committed snapshot are in kim_store_read.c;
     what the two files share is kim_store_int.h.
@@ -88,8 +76,8 @@ kim_store_i_read_error (kim_store_t *self, int rc, const char *what)
 //  map. Anything else (I/O error, corruption, LMDB panic) leaves the write
 //  transaction unusable and may mean the disk is failing, so the store
 //  fails closed.
-static int
-s_write_error (kim_store_t *self, int rc, const char *what)
+int
+kim_store_i_write_error (kim_store_t *self, int rc, const char *what)
 {
     if (rc == MDB_MAP_FULL) {
         if (!self->batch_full)
@@ -112,8 +100,8 @@ s_write_error (kim_store_t *self, int rc, const char *what)
 }
 
 //  Checks that a write may go into the open batch.
-static int
-s_writable (kim_store_t *self, const char *what)
+int
+kim_store_i_writable (kim_store_t *self, const char *what)
 {
     if (!self->txn) {
         zsys_error ("kim_store: %s: %s outside a write batch", self->path, what);
@@ -140,20 +128,6 @@ kim_store_i_mailbox_key (kim_store_t *self, const char *org, uint64_t seq, uint8
     return org_size + 9;
 }
 
-//  Builds sender NUL msg_id into `key`; returns the key size or 0.
-static size_t
-s_dedup_key (kim_store_t *self, const char *sender, const char *msg_id, uint8_t *key)
-{
-    size_t sender_size = sender? strlen (sender): 0;
-    size_t msg_id_size = msg_id? strlen (msg_id): 0;
-    if (sender_size == 0 || msg_id_size == 0
-    ||  sender_size + 1 + msg_id_size > self->key_max)
-        return 0;
-    memcpy (key, sender, sender_size);
-    key [sender_size] = 0;
-    memcpy (key + sender_size + 1, msg_id, msg_id_size);
-    return sender_size + 1 + msg_id_size;
-}
 
 
 //  --------------------------------------------------------------------------
@@ -439,7 +413,10 @@ s_lock (kim_store_t *self)
 //            key store is made, and keys_from recorded, right after the
 //            opening transaction); an older broker would hand them out
 //            still encrypted, so it must refuse the store.
-#define S_VERSION 3
+//    3 -> 4: payload keys come from a pool (at-rest version 2, which an
+//            older broker cannot open), and msg_ids expire by walking the
+//            log: DEDUP_AGE is emptied (kim_store_dedup.c).
+#define S_VERSION 4
 
 static int
 s_store_version (kim_store_t *self, MDB_txn *txn)
@@ -476,7 +453,9 @@ s_store_version (kim_store_t *self, MDB_txn *txn)
     if (version < S_VERSION)
         zsys_notice ("kim_store: %s: migrating the store from format version %u to %u",
                      self->path, version, S_VERSION);
-    //  Migration steps go here, each from its version to the next.
+    //  Migration steps, each from its version to the next
+    if (version < 4 && (rc = kim_store_i_dedup_migrate (self, txn)))
+        return rc;
     uint8_t bytes [4] = { 0, 0, 0, S_VERSION };
     value.mv_size = sizeof bytes;
     value.mv_data = bytes;
@@ -545,71 +524,6 @@ s_open_dbs (kim_store_t *self)
     if (rc)
         return kim_store_i_read_error (self, rc, "committing the opening transaction");
     return 0;
-}
-
-//  Opens the payload keys and learns from META which seqs are encrypted at
-//  rest. A writer on a store from before at-rest encryption records that
-//  its payloads from the next seq on are; a reader on such a store has no
-//  key store and reads every payload as stored.
-static int
-s_keys_open (kim_store_t *self, bool nosync)
-{
-    char path [PATH_MAX];
-    if (snprintf (path, sizeof path, "%s/" KIM_KEYSTORE_DIR, self->path) >= (int) sizeof path)
-        return -KIM_E_CONFIG;
-    MDB_txn *txn;
-    int rc = mdb_txn_begin (self->env, NULL, self->read_only? MDB_RDONLY: 0, &txn);
-    if (rc)
-        return kim_store_i_read_error (self, rc, "starting to read keys_from");
-    MDB_val key = { 9, (void *) "keys_from" };
-    MDB_val value;
-    uint8_t from_bytes [8];
-    rc = mdb_get (txn, self->dbi [KIM_DB_META], &key, &value);
-    if (rc == 0 && value.mv_size == 8)
-        self->keys_from = kim_log_get_be64 ((const uint8_t *) value.mv_data);
-    else
-    if (rc == 0) {
-        mdb_txn_abort (txn);
-        zsys_error ("kim_store: %s: keys_from is malformed", self->path);
-        return -KIM_E_IO;
-    }
-    else
-    if (rc == MDB_NOTFOUND && self->read_only)
-        self->keys_from = UINT64_MAX;
-    else
-    if (rc == MDB_NOTFOUND) {
-        self->keys_from = self->head + 1;
-        kim_log_put_be64 (from_bytes, self->keys_from);
-        value.mv_size = sizeof (from_bytes);
-        value.mv_data = from_bytes;
-        rc = mdb_put (txn, self->dbi [KIM_DB_META], &key, &value, 0);
-        if (rc == 0) {
-            rc = mdb_txn_commit (txn);
-            txn = NULL;
-        }
-    }
-    if (txn)
-        mdb_txn_abort (txn);
-    if (rc && rc != MDB_NOTFOUND)
-        return kim_store_i_read_error (self, rc, "recording keys_from");
-    //  The key store's map: a key takes about 100 bytes, so a quarter of
-    //  the main map's limit holds keys for more payloads than that map can
-    //  (and 4 GiB is some 40 million payloads).
-    size_t map_size = self->map_max / 4;
-    if (map_size > ((size_t) 4 << 30))
-        map_size = (size_t) 4 << 30;
-    if (map_size < ((size_t) 1 << 20))
-        map_size = (size_t) 1 << 20;
-    map_size -= map_size % self->page_size;
-    int err = 0;
-    self->keys = kim_keystore_new (path, self->read_only, nosync, map_size, &err);
-    if (!self->keys && self->read_only && err == -KIM_E_NOT_FOUND) {
-        if (self->keys_from != UINT64_MAX)
-            zsys_warning ("kim_store: %s: no key store; payloads from seq %" PRIu64
-                          " on cannot be read", self->path, self->keys_from);
-        return 0;
-    }
-    return self->keys? 0: err;
 }
 
 kim_store_t *
@@ -682,9 +596,15 @@ kim_store_new (const kim_store_config_t *config, int *err)
     //  thread. No MDB_WRITEMAP: a stray pointer could then scribble on the
     //  log, and it measured half as fast here (msync of the whole map). No
     //  MDB_NOMEMINIT: it would write stale heap bytes into page slack.
+    //  MDB_NOMETASYNC: a commit syncs its data pages but not its meta page,
+    //  so it costs one flush, not two; the next commit's flush, or
+    //  kim_store_sync, makes it durable (see kim_store.h, Durability).
     unsigned int flags = MDB_NOTLS;
+    self->nosync = config->nosync;
     if (config->nosync)
         flags |= MDB_NOSYNC;
+    else
+        flags |= MDB_NOMETASYNC;
     if (self->read_only)
         flags |= MDB_RDONLY;
     rc = mdb_env_set_maxdbs (self->env, S_MAXDBS);
@@ -723,8 +643,13 @@ kim_store_new (const kim_store_config_t *config, int *err)
     if (*err == 0)
         *err = s_mailbox_count_all (self, self->rtxn);
     kim_store_i_snapshot_end (self);
+    //  What a reopened store holds is made durable first: the last run may
+    //  have ended (killed) before its last commit was synced
+    if (*err == 0 && !self->read_only && !config->nosync && (rc = mdb_env_sync (self->env, 1)))
+        *err = kim_store_i_read_error (self, rc, "syncing what the last run committed");
+    self->head_committed = self->head_synced = self->head;
     if (*err == 0)
-        *err = s_keys_open (self, config->nosync);
+        *err = kim_store_i_keys_open (self, config->nosync);
     if (*err)
         goto fail;
     return self;
@@ -744,7 +669,9 @@ kim_store_destroy (kim_store_t **self_p)
         kim_store_abort (self);
     if (self->rtxn)
         mdb_txn_abort (self->rtxn);
-    kim_keystore_destroy (&self->keys);
+    if (self->env && !self->read_only && !self->failed)
+        kim_store_sync (self);
+    kim_store_i_keys_close (self);
     free (self->scratch);
     if (self->env)
         mdb_env_close (self->env);
@@ -800,7 +727,7 @@ int
 kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
                   const uint8_t *body, size_t body_size, uint64_t *seq)
 {
-    int rc = s_writable (self, "append");
+    int rc = kim_store_i_writable (self, "append");
     if (rc)
         return rc;
     if ((!body && body_size) || body_size > UINT32_MAX - S_RECORD_FIXED)
@@ -823,7 +750,7 @@ kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
         return -KIM_E_STORE_FAILED;
     }
     if (rc)
-        return s_write_error (self, rc, "appending a record");
+        return kim_store_i_write_error (self, rc, "appending a record");
     kim_log_record_put ((uint8_t *) value.mv_data, kind, time_ms, hash, body, body_size);
 
     self->batch_head = next;
@@ -835,8 +762,8 @@ kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
 
 //  A key store failure fails the store closed: a payload must never be on
 //  disk without the key that opens it, nor a key outlive an erasure.
-static int
-s_keys_error (kim_store_t *self, int rc)
+int
+kim_store_i_keys_error (kim_store_t *self, int rc)
 {
     zsys_error ("kim_store: %s: payload keys: %s; store fails closed", self->path,
                 kim_strerror (rc));
@@ -847,8 +774,8 @@ s_keys_error (kim_store_t *self, int rc)
 //  Puts in key order when it can: MDB_APPEND fills pages instead of
 //  splitting them in half. Falls back to a plain put when the key is not
 //  the largest (a clock step back, a late payload).
-static int
-s_put_appending (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value)
+int
+kim_store_i_put_appending (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value)
 {
     MDB_val copy = *value;
     int rc = mdb_put (self->txn, self->dbi [db], key, &copy, MDB_APPEND);
@@ -857,73 +784,10 @@ s_put_appending (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value)
     return rc;
 }
 
-int
-kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, size_t size)
-{
-    int rc = s_writable (self, "payload_put");
-    if (rc)
-        return rc;
-    if (!data && size)
-        return -KIM_E_ARGS;
-    uint8_t key_bytes [8];
-    kim_log_put_be64 (key_bytes, seq);
-    MDB_val key = { sizeof (key_bytes), key_bytes };
-    if (size == 0) {
-        //  Nothing stored for an empty payload; drop an older one, if any,
-        //  and its key: that is what erases it (see kim_keystore.h)
-        rc = mdb_del (self->txn, self->dbi [KIM_DB_PAYLOAD], &key, NULL);
-        if (rc == MDB_NOTFOUND)
-            rc = 0;
-        if (rc)
-            return s_write_error (self, rc, "removing a payload");
-        if (self->keys && seq >= self->keys_from
-        &&  (rc = kim_keystore_del (self->keys, seq)) < 0)
-            return s_keys_error (self, rc);
-        return 0;
-    }
-    if (size > UINT32_MAX - S_SEALED_OVERHEAD)
-        return -KIM_E_ARGS;
-    if (!self->keys || seq < self->keys_from)
-        return s_keys_error (self, -KIM_E_INTERNAL);
-    uint8_t secret [KIM_KEYSTORE_KEY];
-    crypto_aead_xchacha20poly1305_ietf_keygen (secret);
-    rc = kim_keystore_put (self->keys, seq, secret);
-    if (rc) {
-        sodium_memzero (secret, sizeof secret);
-        return s_keys_error (self, rc);
-    }
-    //  MDB_RESERVE: encrypted in place, no copy through a buffer
-    MDB_val value = { size + S_SEALED_OVERHEAD, NULL };
-    MDB_val copy = value;
-    rc = mdb_put (self->txn, self->dbi [KIM_DB_PAYLOAD], &key, &copy,
-                  MDB_APPEND | MDB_RESERVE);
-    if (rc == MDB_KEYEXIST) {
-        copy = value;
-        rc = mdb_put (self->txn, self->dbi [KIM_DB_PAYLOAD], &key, &copy, MDB_RESERVE);
-    }
-    if (rc == 0) {
-        uint8_t *sealed = (uint8_t *) copy.mv_data;
-        sealed [0] = S_SEALED_VERSION;
-        randombytes_buf (sealed + 1, S_SEALED_NONCE);
-        crypto_aead_xchacha20poly1305_ietf_encrypt (
-            sealed + 1 + S_SEALED_NONCE, NULL, data, size, key_bytes, sizeof (key_bytes),
-            NULL, sealed + 1, secret);
-    }
-    sodium_memzero (secret, sizeof secret);
-    return rc? s_write_error (self, rc, "storing a payload"): 0;
-}
-
-int
-kim_store_payload_del (kim_store_t *self, uint64_t seq)
-{
-    //  Storing an empty payload removes the stored one.
-    return kim_store_payload_put (self, seq, NULL, 0);
-}
-
 static int
 s_mailbox_put (kim_store_t *self, const char *org, uint64_t seq, uint8_t flags, const char *note)
 {
-    int rc = s_writable (self, "mailbox_put");
+    int rc = kim_store_i_writable (self, "mailbox_put");
     if (rc)
         return rc;
     size_t note_size = note? strlen (note): 0;
@@ -948,7 +812,7 @@ s_mailbox_put (kim_store_t *self, const char *org, uint64_t seq, uint8_t flags, 
     if (rc == MDB_KEYEXIST)
         return 0;               //  there already: the count stays right
     if (rc)
-        return s_write_error (self, rc, "putting into a mailbox");
+        return kim_store_i_write_error (self, rc, "putting into a mailbox");
     s_mailbox_change (self, mailbox, 1);
     return 0;
 }
@@ -976,7 +840,7 @@ kim_store_mailbox_take (kim_store_t *self, const char *org, uint64_t seq, char *
 {
     if (note)
         note [0] = 0;
-    int rc = s_writable (self, "mailbox_del");
+    int rc = kim_store_i_writable (self, "mailbox_del");
     if (rc)
         return rc;
     uint8_t key_bytes [S_KEY_BUF];
@@ -991,7 +855,7 @@ kim_store_mailbox_take (kim_store_t *self, const char *org, uint64_t seq, char *
     if (!self->mailbox_cursor
     &&  (rc = mdb_cursor_open (self->txn, self->dbi [KIM_DB_MAILBOX], &self->mailbox_cursor))) {
         self->mailbox_cursor = NULL;
-        return s_write_error (self, rc, "opening a mailbox cursor");
+        return kim_store_i_write_error (self, rc, "opening a mailbox cursor");
     }
     MDB_cursor *cursor = self->mailbox_cursor;
     MDB_val key = { key_size, key_bytes }, value;
@@ -1008,7 +872,7 @@ kim_store_mailbox_take (kim_store_t *self, const char *org, uint64_t seq, char *
     if (rc == MDB_NOTFOUND)
         return -KIM_E_NOT_FOUND;
     if (rc)
-        return s_write_error (self, rc, "deleting from a mailbox");
+        return kim_store_i_write_error (self, rc, "deleting from a mailbox");
     s_mailbox_change (self, mailbox, -1);
     return 0;
 }
@@ -1017,133 +881,6 @@ int
 kim_store_mailbox_del (kim_store_t *self, const char *org, uint64_t seq)
 {
     return kim_store_mailbox_take (self, org, seq, NULL);
-}
-
-int
-kim_store_dedup_get (kim_store_t *self, const char *sender, const char *msg_id, uint64_t *seq)
-{
-    uint8_t key_bytes [S_KEY_BUF];
-    size_t key_size = s_dedup_key (self, sender, msg_id, key_bytes);
-    if (key_size == 0)
-        return -KIM_E_ARGS;
-    MDB_txn *txn;
-    int rc = kim_store_i_reader (self, &txn);
-    if (rc)
-        return rc;
-    MDB_val key = { key_size, key_bytes };
-    MDB_val value;
-    rc = mdb_get (txn, self->dbi [KIM_DB_DEDUP], &key, &value);
-    if (rc == MDB_NOTFOUND)
-        return 0;
-    if (rc)
-        return kim_store_i_read_error (self, rc, "looking up a msg_id");
-    if (value.mv_size != 16) {
-        zsys_error ("kim_store: %s: malformed de-duplication entry for %s/%s",
-                    self->path, sender, msg_id);
-        return -KIM_E_IO;
-    }
-    if (seq)
-        *seq = kim_log_get_be64 ((const uint8_t *) value.mv_data);
-    return 1;
-}
-
-int
-kim_store_dedup_put (kim_store_t *self, const char *sender, const char *msg_id,
-                     uint64_t seq, uint64_t time_ms)
-{
-    int rc = s_writable (self, "dedup_put");
-    if (rc)
-        return rc;
-    uint8_t key_bytes [S_KEY_BUF];
-    size_t key_size = s_dedup_key (self, sender, msg_id, key_bytes);
-    if (key_size == 0)
-        return -KIM_E_ARGS;
-    uint8_t value_bytes [16];
-    kim_log_put_be64 (value_bytes, seq);
-    kim_log_put_be64 (value_bytes + 8, time_ms);
-    MDB_val key = { key_size, key_bytes };
-    MDB_val value = { sizeof (value_bytes), value_bytes };
-    rc = mdb_put (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value, MDB_NOOVERWRITE);
-    if (rc == MDB_KEYEXIST) {
-        //  Rare: the msg_id is re-recorded. Its old age entry must go, or
-        //  expiry would remove the new entry at the old entry's time.
-        if (value.mv_size == 16) {
-            uint8_t old_age [16];
-            kim_log_put_be64 (old_age, kim_log_get_be64 ((const uint8_t *) value.mv_data + 8));
-            kim_log_put_be64 (old_age + 8, kim_log_get_be64 ((const uint8_t *) value.mv_data));
-            MDB_val age_key = { sizeof (old_age), old_age };
-            rc = mdb_del (self->txn, self->dbi [KIM_DB_DEDUP_AGE], &age_key, NULL);
-            if (rc && rc != MDB_NOTFOUND)
-                return s_write_error (self, rc, "replacing a msg_id");
-        }
-        value.mv_size = sizeof (value_bytes);
-        value.mv_data = value_bytes;
-        rc = mdb_put (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value, 0);
-    }
-    if (rc)
-        return s_write_error (self, rc, "recording a msg_id");
-
-    uint8_t age_bytes [16];
-    kim_log_put_be64 (age_bytes, time_ms);
-    kim_log_put_be64 (age_bytes + 8, seq);
-    MDB_val age_key = { sizeof (age_bytes), age_bytes };
-    MDB_val age_value = { key_size, key_bytes };
-    rc = s_put_appending (self, KIM_DB_DEDUP_AGE, &age_key, &age_value);
-    return rc? s_write_error (self, rc, "recording a msg_id's age"): 0;
-}
-
-int
-kim_store_dedup_expire (kim_store_t *self, uint64_t now_ms, size_t limit)
-{
-    int rc = s_writable (self, "dedup_expire");
-    if (rc)
-        return rc;
-    if (now_ms <= self->dedup_window_ms || limit == 0)
-        return 0;
-    uint64_t cutoff = now_ms - self->dedup_window_ms;
-    MDB_cursor *cursor;
-    rc = mdb_cursor_open (self->txn, self->dbi [KIM_DB_DEDUP_AGE], &cursor);
-    if (rc)
-        return s_write_error (self, rc, "opening a msg_id age cursor");
-    size_t removed = 0;
-    while (removed < limit) {
-        MDB_val age_key, age_value;
-        //  Always the first: we delete what we visit, oldest first
-        rc = mdb_cursor_get (cursor, &age_key, &age_value, MDB_FIRST);
-        if (rc == MDB_NOTFOUND) {
-            rc = 0;
-            break;
-        }
-        if (rc)
-            break;
-        if (age_key.mv_size == 16) {
-            const uint8_t *age = (const uint8_t *) age_key.mv_data;
-            if (kim_log_get_be64 (age) >= cutoff)
-                break;
-            uint64_t age_seq = kim_log_get_be64 (age + 8);
-            if (age_value.mv_size > 0 && age_value.mv_size < S_KEY_BUF) {
-                uint8_t key_bytes [S_KEY_BUF];
-                memcpy (key_bytes, age_value.mv_data, age_value.mv_size);
-                MDB_val key = { age_value.mv_size, key_bytes };
-                MDB_val value;
-                rc = mdb_get (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value);
-                //  Remove the entry only if it is the one this age names
-                if (rc == 0 && value.mv_size == 16
-                &&  kim_log_get_be64 ((const uint8_t *) value.mv_data) == age_seq)
-                    rc = mdb_del (self->txn, self->dbi [KIM_DB_DEDUP], &key, NULL);
-                if (rc && rc != MDB_NOTFOUND)
-                    break;
-            }
-        }
-        else
-            zsys_warning ("kim_store: %s: removing a malformed msg_id age entry", self->path);
-        rc = mdb_cursor_del (cursor, 0);
-        if (rc)
-            break;
-        removed++;
-    }
-    mdb_cursor_close (cursor);
-    return rc? s_write_error (self, rc, "expiring msg_ids"): 0;
 }
 
 //  The batch ran out of room: grow the map for the caller's replay.
@@ -1176,6 +913,80 @@ s_grow (kim_store_t *self, bool growable, bool *retry)
     return -KIM_E_STORE_FULL;
 }
 
+//  A commit that wrote flushed the data file: the meta page of the commit
+//  before it, written since, is on disk now. A commit that wrote nothing
+//  flushed nothing (LMDB skips it), and its txn id is not the env's last.
+static void
+s_synced_by_commit (kim_store_t *self, size_t txn_id)
+{
+    MDB_envinfo info;
+    if (mdb_env_info (self->env, &info) || info.me_last_txnid != txn_id)
+        return;
+    self->txn_synced = self->txn_committed;
+    self->head_synced = self->head_committed;
+    self->txn_committed = txn_id;
+    self->head_committed = self->batch_head;
+    if (self->nosync) {
+        self->txn_synced = self->txn_committed;
+        self->head_synced = self->head_committed;
+    }
+}
+
+int
+kim_store_sync (kim_store_t *self)
+{
+    if (self->txn_synced == self->txn_committed)
+        return 0;
+    int rc = mdb_env_sync (self->env, 1);
+    if (rc) {
+        zsys_error ("kim_store: %s: sync failed: %s; store fails closed", self->path,
+                    mdb_strerror (rc));
+        self->failed = true;
+        return -KIM_E_STORE_FAILED;
+    }
+    self->txn_synced = self->txn_committed;
+    self->head_synced = self->head_committed;
+    return 0;
+}
+
+bool
+kim_store_synced (kim_store_t *self)
+{
+    return self->txn_synced == self->txn_committed;
+}
+
+uint64_t
+kim_store_synced_head (kim_store_t *self)
+{
+    return self->head_synced;
+}
+
+size_t
+kim_store_commit_mark (kim_store_t *self)
+{
+    return self->txn_committed;
+}
+
+size_t
+kim_store_synced_mark (kim_store_t *self)
+{
+    return self->txn_synced;
+}
+
+//  Forgets the open batch: LMDB's transactions and what the batch changed
+//  in memory.
+static void
+s_batch_drop (kim_store_t *self)
+{
+    if (self->txn)
+        mdb_txn_abort (self->txn);
+    self->txn = NULL;
+    if (self->keys)
+        kim_keystore_abort (self->keys);
+    kim_store_i_keys_settle (self, false);
+    s_mailbox_settle (self, false);
+}
+
 int
 kim_store_commit (kim_store_t *self, bool *retry)
 {
@@ -1187,12 +998,11 @@ kim_store_commit (kim_store_t *self, bool *retry)
         zsys_error ("kim_store: %s: commit without a write batch", self->path);
         return -KIM_E_ARGS;
     }
+    //  A failed META put marks the batch full or the store failed
+    if (!self->failed && !self->batch_full)
+        kim_store_i_keys_prepare (self);
     if (self->failed || self->batch_full) {
-        mdb_txn_abort (self->txn);
-        self->txn = NULL;
-        if (self->keys)
-            kim_keystore_abort (self->keys);
-        s_mailbox_settle (self, false);
+        s_batch_drop (self);
         if (self->failed)
             return -KIM_E_STORE_FAILED;
         return s_grow (self, self->batch_growable, retry);
@@ -1204,16 +1014,17 @@ kim_store_commit (kim_store_t *self, bool *retry)
     //  belonged to payloads that the replayed batch deletes again.
     int rc = self->keys? kim_keystore_commit (self->keys): 0;
     if (rc) {
-        mdb_txn_abort (self->txn);
-        self->txn = NULL;
-        s_mailbox_settle (self, false);
-        return s_keys_error (self, rc);
+        s_batch_drop (self);
+        return kim_store_i_keys_error (self, rc);
     }
+    size_t txn_id = mdb_txn_id (self->txn);
     rc = mdb_txn_commit (self->txn);
     self->txn = NULL;           //  freed by LMDB, whatever the outcome
     if (rc == 0) {
+        s_synced_by_commit (self, txn_id);
         self->head = self->batch_head;
         memcpy (self->head_hash, self->batch_hash, KIM_HASH_SIZE);
+        kim_store_i_keys_settle (self, true);
         s_mailbox_settle (self, true);
         //  An erasure or purge is final once the deleted keys are in no
         //  file; a failed compaction is tried again after the next batch.
@@ -1221,6 +1032,7 @@ kim_store_commit (kim_store_t *self, bool *retry)
             kim_keystore_compact (self->keys);
         return 0;
     }
+    kim_store_i_keys_settle (self, false);
     s_mailbox_settle (self, false);
     if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
         //  Saving the free list can need pages too; nothing was written
@@ -1236,13 +1048,8 @@ kim_store_commit (kim_store_t *self, bool *retry)
 void
 kim_store_abort (kim_store_t *self)
 {
-    if (!self->txn)
-        return;
-    mdb_txn_abort (self->txn);
-    self->txn = NULL;
-    if (self->keys)
-        kim_keystore_abort (self->keys);
-    s_mailbox_settle (self, false);
+    if (self->txn)
+        s_batch_drop (self);
 }
 
 bool
@@ -1272,6 +1079,6 @@ kim_store_error (kim_store_t *self, int mdb_rc, const char *what)
     if (mdb_rc == MDB_NOTFOUND)
         return -KIM_E_NOT_FOUND;
     if (self->txn)
-        return s_write_error (self, mdb_rc, what? what: "writing");
+        return kim_store_i_write_error (self, mdb_rc, what? what: "writing");
     return kim_store_i_read_error (self, mdb_rc, what? what: "reading");
 }

@@ -5,8 +5,9 @@
 
     Everything the broker promises rests here. A write batch is one LMDB write
     transaction: the server appends every message it read in one turn of its
-    loop, then commits once, and only after kim_store_commit() returned 0 (the
-    data is synced) does it send RECEIPTs. A failed commit makes the store
+    loop, then commits once, and only once that commit is durable (a later
+    commit or kim_store_sync() returned 0, see Durability below) does it
+    send RECEIPTs or deliver what it wrote. A failed commit makes the store
     refuse all further writes (fail closed): the broker must never confirm
     what may not be on disk.
 
@@ -58,7 +59,7 @@ typedef struct _kim_store_t kim_store_t;
     X(PAYLOAD,   "payload")   /* seq (u64 BE) -> payload bytes            */ \
     X(MAILBOX,   "mailbox")   /* org NUL seq (u64 BE) -> [flags [note]]   */ \
     X(DEDUP,     "dedup")     /* sender NUL msg_id -> seq u64 BE, time u64 BE */ \
-    X(DEDUP_AGE, "dedup_age") /* time (u64 BE) seq (u64 BE) -> dedup key  */ \
+    X(DEDUP_AGE, "dedup_age") /* empty since format 4 (kim_store_dedup.c)  */ \
     X(META,      "meta")      /* name -> value (head, format version)     */ \
     X(REFERRAL,  "referral")  /* referral_id -> referral state            */ \
     X(CASE,      "case")      /* case_id -> case state                    */ \
@@ -66,7 +67,8 @@ typedef struct _kim_store_t kim_store_t;
     X(SUB,       "sub")       /* org NUL name -> subscription cursor      */ \
     X(TIMER,     "timer")     /* due (u64 BE) referral_id -> kind         */ \
     X(CASE_SEQ,  "case_seq")  /* case_id NUL seq (u64 BE) -> empty: payloads of a case */ \
-    X(REFERRAL_BY, "referral_by") /* index -> empty: see kim_lifecycle_int.h */
+    X(REFERRAL_BY, "referral_by") /* index -> empty: see kim_lifecycle_int.h */ \
+    X(REMOTE_DIR, "remote_dir") /* peer name -> its signed PEER_DIRECTORY frame */
 
 typedef enum {
 #define KIM_X_ENUM(name, str) KIM_DB_##name,
@@ -171,19 +173,44 @@ int
     kim_store_dedup_get (kim_store_t *self, const char *sender, const char *msg_id, uint64_t *seq);
 
 //  Records (sender, msg_id) -> seq in the de-duplication index; recording
-//  a msg_id again replaces the entry and its age.
+//  a msg_id again replaces the entry.
 int
     kim_store_dedup_put (kim_store_t *self, const char *sender, const char *msg_id,
                          uint64_t seq, uint64_t time_ms);
 
 //  Forgets msg_ids older than the window (time < now_ms - window), oldest
-//  first. Call inside a batch; removes at most `limit` entries, so a long
-//  backlog is spread over many batches. Returns 0 or -KIM_E_*.
+//  first, by walking the log. Call inside a batch; passes at most `limit`
+//  records, so a long backlog is spread over many batches. Returns 0 or
+//  -KIM_E_*.
 int
     kim_store_dedup_expire (kim_store_t *self, uint64_t now_ms, size_t limit);
 
-//  Commits and (unless nosync) syncs the batch. Returns 0 when the data is
-//  durable. On MDB_MAP_FULL the batch is lost: the map is grown (if below
+//  Durability. A commit flushes its data pages (one flush, not LMDB's two)
+//  and writes its meta page without waiting for it; the next commit that
+//  writes flushes that meta page with its own data, and kim_store_sync
+//  flushes it now. So a commit is durable once a later commit or a sync has
+//  returned: until then its effects may be read (the snapshot shows them)
+//  but must not be told to anyone outside (a RECEIPT, a delivery). A crash
+//  of the process loses nothing committed; a power loss may lose the
+//  commits after the last sync, whole (LMDB keeps the previous meta page),
+//  which is why nothing of them has left the broker.
+//  kim_store_synced: whether every commit is durable; kim_store_synced_head:
+//  the log head as of the last durable commit.
+int
+    kim_store_sync (kim_store_t *self);
+bool
+    kim_store_synced (kim_store_t *self);
+uint64_t
+    kim_store_synced_head (kim_store_t *self);
+//  Marks to compare: what was committed by now becomes durable once the
+//  synced mark reaches the commit mark taken now.
+size_t
+    kim_store_commit_mark (kim_store_t *self);
+size_t
+    kim_store_synced_mark (kim_store_t *self);
+
+//  Commits the batch (see Durability above: durable after the next commit
+//  or sync, unless nosync). Returns 0 when the data is committed. On MDB_MAP_FULL the batch is lost: the map is grown (if below
 //  map_max) and -KIM_E_STORE_FULL returned with *retry set to true, so the
 //  caller replays the batch; at map_max, *retry is false. Any other failure
 //  fails the store closed (-KIM_E_STORE_FAILED for this and every later batch).

@@ -20,7 +20,6 @@
 #define S_MAP_DEFAULT       ((size_t) 64 << 20)
 #define S_MAP_MAX_DEFAULT   ((size_t) 64 << 30)
 #define S_WINDOW_DEFAULT    ((uint64_t) 7 * 24 * 3600 * 1000)
-#define S_SEALED_VERSION    1           //  payload at rest: version byte
 #define S_SEALED_NONCE      crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 #define S_SEALED_TAG        crypto_aead_xchacha20poly1305_ietf_ABYTES
 #define S_SEALED_OVERHEAD   (1 + S_SEALED_NONCE + S_SEALED_TAG)
@@ -52,6 +51,17 @@ struct _kim_store_t {
     kim_keystore_t *keys;
     uint64_t keys_from;
     uint8_t *scratch;           //  the last payload read, decrypted
+    //  The pool of payload keys made ahead (kim_store_payload.c): ids from
+    //  key_next on are unused, ids below key_end are in the key store; the
+    //  batch_ pair is the open batch's view. The cache holds the keys of
+    //  ids [key_cache_base, key_cache_end), in locked memory.
+    uint64_t key_next;
+    uint64_t key_end;
+    uint64_t batch_key_next;
+    uint64_t batch_key_end;
+    uint8_t *key_cache;
+    uint64_t key_cache_base;
+    uint64_t key_cache_end;
     size_t scratch_max;
 
     //  The open write batch, if any
@@ -70,6 +80,14 @@ struct _kim_store_t {
     uint64_t head;
     uint8_t head_hash [KIM_HASH_SIZE];
 
+    //  Durability (see kim_store_sync): the last commit that wrote, the
+    //  last one known on disk, and the log head each of them left.
+    bool nosync;
+    size_t txn_committed;
+    size_t txn_synced;
+    uint64_t head_committed;
+    uint64_t head_synced;
+
     //  Mailbox sizes: org -> kim_store_mailbox_t; `touched` lists the
     //  entries the open batch changed, so commit and abort visit only those.
     zhashx_t *mailboxes;
@@ -78,6 +96,18 @@ struct _kim_store_t {
     size_t touched_max;
 };
 
+int
+    kim_store_i_dedup_migrate (kim_store_t *self, MDB_txn *txn);
+int
+    kim_store_i_keys_error (kim_store_t *self, int rc);
+void
+    kim_store_i_keys_close (kim_store_t *self);
+int
+    kim_store_i_keys_open (kim_store_t *self, bool nosync);
+int
+    kim_store_i_keys_prepare (kim_store_t *self);
+void
+    kim_store_i_keys_settle (kim_store_t *self, bool committed);
 int
     kim_store_i_load_head (kim_store_t *self, MDB_txn *txn);
 size_t
@@ -90,6 +120,8 @@ int
     kim_store_i_parse_record (kim_store_t *self, uint64_t seq, const MDB_val *value,
                               kim_record_t *record);
 int
+    kim_store_i_put_appending (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value);
+int
     kim_store_i_read_error (kim_store_t *self, int rc, const char *what);
 int
     kim_store_i_reader (kim_store_t *self, MDB_txn **txn_p);
@@ -97,5 +129,9 @@ void
     kim_store_i_snapshot_end (kim_store_t *self);
 int
     kim_store_i_snapshot_start (kim_store_t *self);
+int
+    kim_store_i_writable (kim_store_t *self, const char *what);
+int
+    kim_store_i_write_error (kim_store_t *self, int rc, const char *what);
 
 #endif

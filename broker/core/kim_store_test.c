@@ -19,6 +19,7 @@
 
 #include "kim/kim_error.h"
 #include "kim/kim_log.h"
+#include "kim_keystore.h"
 #include "kim_store.h"
 
 //  --------------------------------------------------------------------------
@@ -42,6 +43,188 @@ s_test_remove (const char *dir)
 
 static uint64_t
     s_test_append (kim_store_t *store, uint8_t kind, uint64_t time_ms, const char *body);
+
+//  Appends a MESSAGE record of `sender` at `time_ms` and records its msg_id
+static uint64_t
+s_test_message (kim_store_t *store, const char *sender, const char *msg_id, uint64_t time_ms)
+{
+    kim_msg_t msg;
+    kim_msg_init (&msg);
+    msg.type = KIM_TYPE_REFERRAL;
+    snprintf (msg.msg_id, sizeof msg.msg_id, "%s", msg_id);
+    snprintf (msg.sender, sizeof msg.sender, "%s", sender);
+    snprintf (msg.recipient, sizeof msg.recipient, "ja.b");
+    snprintf (msg.referral_id, sizeof msg.referral_id, "r-%s", msg_id);
+    snprintf (msg.case_id, sizeof msg.case_id, "case");
+    snprintf (msg.subject, sizeof msg.subject, "subject");
+    snprintf (msg.purpose, sizeof msg.purpose, "test");
+    msg.basis = KIM_BASIS_STATUTE;
+    snprintf (msg.citation, sizeof msg.citation, "SGB X §69(1)1");
+    msg.created_at = time_ms;
+    msg.has_payload_hash = true;
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    assert (kim_msg_encode (&msg, &buf) == 0);
+    uint64_t seq = 0;
+    assert (kim_store_append (store, KIM_RECORD_MESSAGE, time_ms, buf.data, buf.size, &seq) == 0);
+    kim_buf_free (&buf);
+    assert (kim_store_dedup_put (store, sender, msg_id, seq, time_ms) == 0);
+    return seq;
+}
+
+//  De-duplication expires oldest first, by walking the log, at most
+//  `limit` records per call. The window is 1000 ms: at 5500, msg_ids of
+//  records older than 4500 go.
+static void
+s_test_dedup_expiry (const char *path)
+{
+    kim_store_config_t config = { .path = path, .dedup_window_ms = 1000 };
+    int err = 0;
+    kim_store_t *store = kim_store_new (&config, &err);
+    assert (store);
+    uint64_t seq;
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_message (store, "jc.a", "m1", 1000) == 1);
+    //  Recorded again later: the entry then names the later record
+    assert (s_test_message (store, "jc.b", "x", 1500) == 2);
+    assert (kim_store_append (store, KIM_RECORD_STATE, 1600, (const uint8_t *) "{}", 2, &seq) == 0);
+    assert (s_test_message (store, "jc.a", "m2", 2000) == 4);
+    assert (s_test_message (store, "jc.a", "m3", 3000) == 5);
+    assert (s_test_message (store, "jc.a", "m4", 4000) == 6);
+    assert (s_test_message (store, "jc.b", "x", 4800) == 7);
+    assert (s_test_message (store, "jc.a", "m5", 5000) == 8);
+    assert (kim_store_dedup_expire (store, 500, 100) == 0);     //  before the window
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 1);
+    assert (kim_store_dedup_expire (store, 5500, 3) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.b", "x", &seq) == 1 && seq == 7);
+    assert (kim_store_dedup_get (store, "jc.a", "m2", &seq) == 1 && seq == 4);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_dedup_expire (store, 5500, 100) == 0);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m2", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m3", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m4", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m5", &seq) == 1 && seq == 8);
+    assert (kim_store_dedup_get (store, "jc.b", "x", &seq) == 1 && seq == 7);
+    //  Where the walk stopped survives a reopen: later, the rest goes
+    kim_store_read_end (store);
+    kim_store_destroy (&store);
+    store = kim_store_new (&config, &err);
+    assert (store);
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_dedup_expire (store, 6500, 100) == 0);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (kim_store_dedup_get (store, "jc.b", "x", &seq) == 0);
+    assert (kim_store_dedup_get (store, "jc.a", "m5", &seq) == 0);
+    //  The records stay: only the msg_ids are forgotten
+    kim_record_t record;
+    assert (kim_store_read (store, 8, &record) == 0 && record.kind == KIM_RECORD_MESSAGE);
+    kim_store_read_end (store);
+    kim_store_destroy (&store);
+}
+
+//  Keys are made ahead: a payload batch commits the key store only when a
+//  chunk runs out, keys made before a restart are used after it, a batch
+//  given up takes none, and payloads stored before the pool (version 1,
+//  key by seq) still read.
+static void
+s_test_key_pool (const char *path, const char *keys_path)
+{
+    kim_store_config_t config = { .path = path };
+    int err = 0;
+    kim_store_t *store = kim_store_new (&config, &err);
+    assert (store);
+    uint64_t first = kim_store_head (store) + 1;
+    bool retry;
+    uint64_t last_id = 0;
+    for (int i = 0; i < 3; i++) {
+        assert (kim_store_begin (store) == 0);
+        uint64_t seq = s_test_append (store, KIM_RECORD_MESSAGE, 3, "pooled");
+        assert (kim_store_payload_put (store, seq, (const uint8_t *) "pool", 4) == 0);
+        uint8_t seq_bytes [8];
+        kim_log_put_be64 (seq_bytes, seq);
+        MDB_val seq_key = { 8, seq_bytes }, stored;
+        assert (mdb_get (kim_store_txn (store), kim_store_dbi (store, KIM_DB_PAYLOAD), &seq_key,
+                         &stored) == 0);
+        uint64_t id = kim_log_get_be64 ((const uint8_t *) stored.mv_data + 1);
+        assert (i == 0 || id == last_id + 1);
+        last_id = id;
+        assert (kim_store_commit (store, &retry) == 0);
+    }
+    //  Given up: the replayed batch takes the same key id again
+    assert (kim_store_begin (store) == 0);
+    uint64_t given_up = s_test_append (store, KIM_RECORD_MESSAGE, 3, "given up");
+    assert (kim_store_payload_put (store, given_up, (const uint8_t *) "lost", 4) == 0);
+    kim_store_abort (store);
+    kim_store_destroy (&store);
+
+    //  A version-1 payload: the key in the slot of its seq
+    uint64_t old_seq = first + 3;
+    uint8_t old_key [32], nonce [24], sealed [1 + 24 + 7 + 16], ad [8];
+    crypto_aead_xchacha20poly1305_ietf_keygen (old_key);
+    randombytes_buf (nonce, sizeof nonce);
+    kim_log_put_be64 (ad, old_seq);
+    sealed [0] = 1;
+    memcpy (sealed + 1, nonce, sizeof nonce);
+    crypto_aead_xchacha20poly1305_ietf_encrypt (sealed + 25, NULL, (const uint8_t *) "version",
+                                                7, ad, 8, NULL, nonce, old_key);
+    char *keys_dir = zsys_sprintf ("%s/keys", path);
+    kim_keystore_t *keystore = kim_keystore_new (keys_dir, false, false, (size_t) 1 << 24, &err);
+    assert (keystore);
+    uint64_t last = 0;
+    assert (kim_keystore_last (keystore, &last) == 1);
+    //  One chunk made for the three batches, none for the one given up
+    assert (last == (((uint64_t) 1 << 63) | 4095));
+    assert (kim_keystore_put (keystore, old_seq, old_key) == 0);
+    assert (kim_keystore_commit (keystore) == 0);
+    kim_keystore_destroy (&keystore);
+    zstr_free (&keys_dir);
+
+    store = kim_store_new (&config, &err);
+    assert (store);
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 3, "version 1") == old_seq);
+    uint8_t key_bytes [8];
+    kim_log_put_be64 (key_bytes, old_seq);
+    MDB_val key = { 8, key_bytes }, value = { sizeof sealed, sealed };
+    assert (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_PAYLOAD), &key, &value,
+                     0) == 0);
+    //  After the restart: the next id of the chunk made before, no new chunk
+    uint64_t seq = s_test_append (store, KIM_RECORD_MESSAGE, 3, "after");
+    assert (kim_store_payload_put (store, seq, (const uint8_t *) "after", 5) == 0);
+    kim_log_put_be64 (key_bytes, seq);
+    assert (mdb_get (kim_store_txn (store), kim_store_dbi (store, KIM_DB_PAYLOAD), &key,
+                     &value) == 0);
+    assert (kim_log_get_be64 ((const uint8_t *) value.mv_data + 1) == last_id + 1);
+    assert (kim_store_commit (store, &retry) == 0);
+    const uint8_t *data;
+    size_t size;
+    assert (kim_store_payload_get (store, old_seq, &data, &size) == 0);
+    assert (size == 7 && memcmp (data, "version", 7) == 0);
+    assert (kim_store_payload_get (store, seq, &data, &size) == 0);
+    assert (size == 5 && memcmp (data, "after", 5) == 0);
+    for (uint64_t s = first; s < first + 3; s++) {
+        assert (kim_store_payload_get (store, s, &data, &size) == 0);
+        assert (size == 4 && memcmp (data, "pool", 4) == 0);
+    }
+    kim_store_read_end (store);
+    //  Erasing a version-1 payload deletes the key in its seq's slot
+    uint8_t secret [32];
+    assert (kim_store_payload_key (store, old_seq, secret) == 1);
+    assert (memcmp (secret, old_key, 32) == 0);
+    kim_store_read_end (store);
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_payload_del (store, old_seq) == 0);
+    assert (kim_store_commit (store, &retry) == 0);
+    assert (kim_store_payload_key (store, old_seq, secret) == 0);
+    kim_store_read_end (store);
+    kim_store_destroy (&store);
+    zchunk_t *file = zchunk_slurp (keys_path, 0);
+    assert (file && !memmem (zchunk_data (file), zchunk_size (file), old_key, 32));
+    zchunk_destroy (&file);
+}
 
 //  Payloads at rest: encrypted under a key of their own, which a purge
 //  deletes; payloads from before (below META keys_from) read as stored.
@@ -79,11 +262,12 @@ s_test_at_rest (const char *path)
     assert (kim_store_begin (store) == 0);
     assert (s_test_append (store, KIM_RECORD_MESSAGE, 2, "new") == 2);
     assert (kim_store_payload_put (store, 2, (const uint8_t *) "sealed new", 10) == 0);
-    //  At rest: version byte, nonce, ciphertext and tag; not the bytes given
+    //  At rest: version byte, key id, nonce, ciphertext and tag; not the
+    //  bytes given
     kim_log_put_be64 (key_bytes, 2);
     assert (mdb_get (kim_store_txn (store), kim_store_dbi (store, KIM_DB_PAYLOAD), &key,
                      &value) == 0);
-    assert (value.mv_size == 10 + 41 && ((const uint8_t *) value.mv_data) [0] == 1);
+    assert (value.mv_size == 10 + 49 && ((const uint8_t *) value.mv_data) [0] == 2);
     assert (!memmem (value.mv_data, value.mv_size, "sealed new", 10));
     assert (kim_store_commit (store, &retry) == 0);
     assert (kim_store_payload_get (store, 2, &data, &size) == 0);
@@ -104,14 +288,13 @@ s_test_at_rest (const char *path)
     kim_store_read_end (store);
     char *keys = zsys_sprintf ("%s/keys/data.mdb", path);
     assert (keys);
-    FILE *file = fopen (keys, "rb");
-    assert (file);
-    uint8_t bytes [65536];
-    size_t got = fread (bytes, 1, sizeof bytes, file);
-    fclose (file);
-    assert (got > 0 && !memmem (bytes, got, secret, sizeof secret));
-    zstr_free (&keys);
+    zchunk_t *file = zchunk_slurp (keys, 0);
+    assert (file && zchunk_size (file) > 0);
+    assert (!memmem (zchunk_data (file), zchunk_size (file), secret, sizeof secret));
+    zchunk_destroy (&file);
     kim_store_destroy (&store);
+    s_test_key_pool (path, keys);
+    zstr_free (&keys);
 }
 
 //  Appends a record and checks it reads back; returns its seq
@@ -563,37 +746,15 @@ kim_store_test (bool verbose)
     close (ready [0]);
     close (go [1]);
 
-    //  De-duplication expires oldest first, at most `limit` per call. The
-    //  window is 1000 ms: at 5500, entries older than 4500 go.
-    assert (kim_store_begin (store) == 0);
-    assert (kim_store_dedup_put (store, "jc.a", "m2", 2, 2000) == 0);
-    assert (kim_store_dedup_put (store, "jc.a", "m3", 3, 3000) == 0);
-    assert (kim_store_dedup_put (store, "jc.a", "m4", 4, 4000) == 0);
-    assert (kim_store_dedup_put (store, "jc.a", "m5", 5, 5000) == 0);
-    //  Recorded again later: its old age entry (1500) must not linger
-    assert (kim_store_dedup_put (store, "jc.b", "x", 9, 1500) == 0);
-    assert (kim_store_dedup_put (store, "jc.b", "x", 10, 4800) == 0);
-    assert (kim_store_dedup_expire (store, 500, 100) == 0);     //  before the window
-    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 1);
-    assert (kim_store_dedup_expire (store, 5500, 2) == 0);
-    assert (kim_store_dedup_get (store, "jc.a", "m1", &seq) == 0);
-    assert (kim_store_dedup_get (store, "jc.a", "m2", &seq) == 0);
-    assert (kim_store_dedup_get (store, "jc.a", "m3", &seq) == 1 && seq == 3);
-    assert (kim_store_commit (store, NULL) == 0);
-    assert (kim_store_begin (store) == 0);
-    assert (kim_store_dedup_expire (store, 5500, 100) == 0);
-    assert (kim_store_commit (store, NULL) == 0);
-    assert (kim_store_dedup_get (store, "jc.a", "m3", &seq) == 0);
-    assert (kim_store_dedup_get (store, "jc.a", "m4", &seq) == 0);
-    assert (kim_store_dedup_get (store, "jc.a", "m5", &seq) == 1 && seq == 5);
-    assert (kim_store_dedup_get (store, "jc.b", "x", &seq) == 1 && seq == 10);
     kim_store_read_end (store);
-    //  Across a reopen, too
     kim_store_destroy (&store);
+    char *dedup_path = zsys_sprintf ("%s-dedup", path);
+    assert (dedup_path);
+    s_test_dedup_expiry (dedup_path);
+    s_test_remove (dedup_path);
+    zstr_free (&dedup_path);
     store = kim_store_new (&config, &err);
     assert (store);
-    assert (kim_store_dedup_get (store, "jc.b", "x", &seq) == 1 && seq == 10);
-    assert (kim_store_dedup_get (store, "jc.a", "m4", &seq) == 0);
     assert (kim_store_bytes (store) > 0);
 
     //  A malformed record (3 bytes) written with LMDB directly is reported,

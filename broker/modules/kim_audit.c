@@ -688,7 +688,7 @@ kim_audit_test (bool verbose)
         int err = 0;
         kim_config_t *config = kim_config_parse (bad [i][0], error, sizeof error, &err);
         assert (config);
-        kim_module_env_t env = { config, NULL, "/nonexistent" };
+        kim_module_env_t env = { config, NULL, "/nonexistent", NULL };
         kim_hook_t hook;
         error [0] = 0;
         assert (kim_audit_new (&env, &hook, error, sizeof error) == -KIM_E_CONFIG);

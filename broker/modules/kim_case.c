@@ -173,6 +173,12 @@ kim_lc_case_check (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     kim_store_t *store = kim_ctx_store (ctx);
     kim_case_t kcase;
     int rc = kim_lc_case_read (self, store, msg->case_id, &kcase);
+    //  An office of another district (federation) offers its case to one
+    //  of ours: its broker checked that it leads it; here the case opens
+    //  with the offer (kim_lc_case_applied).
+    bool remote = !kim_ctx_org (ctx, who);
+    if (rc == -KIM_E_NOT_FOUND && remote && msg->type == KIM_TYPE_HANDOVER_OFFER)
+        return 0;
     //  A case one takes no part in gets the answer an unknown id gets.
     if (rc == -KIM_E_NOT_FOUND || (rc == 0 && !kim_lc_case_party (&kcase, who)))
         return s_refuse (verdict, KIM_E_UNKNOWN_CASE, "hdr.case_id",
@@ -199,6 +205,9 @@ kim_lc_case_check (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
                 char path [KIM_PATH_MAX + 1];
                 snprintf (path, sizeof path, "hdr.referrals[%zu]", i);
                 rc = kim_lc_referral_get (store, msg->referrals [i], &referral);
+                //  The referrals of another district's case live at its broker.
+                if (rc == -KIM_E_NOT_FOUND && remote)
+                    continue;
                 if (rc == -KIM_E_NOT_FOUND || (rc == 0 && !streq (referral.case_id, kcase.id)))
                     return s_refuse (verdict, KIM_E_UNKNOWN_REFERRAL, path,
                                      "referral %s is not part of case %s", msg->referrals [i],
@@ -342,8 +351,10 @@ kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     kim_case_t kcase;
     int rc = kim_lc_case_read (self, store, case_id, &kcase);
     if (rc == -KIM_E_NOT_FOUND) {
-        //  The first REFERRAL (or consent) of a case opens it; its sender leads.
-        if (type != KIM_TYPE_REFERRAL && type != KIM_TYPE_CONSENT_GRANT)
+        //  The first REFERRAL (or consent) of a case opens it; its sender
+        //  leads. So does an offer of another district's lead (federation).
+        if (type != KIM_TYPE_REFERRAL && type != KIM_TYPE_CONSENT_GRANT
+        &&  !(type == KIM_TYPE_HANDOVER_OFFER && !kim_ctx_org (ctx, msg->sender)))
             return 0;
         memset (&kcase, 0, sizeof kcase);
         kcase.version = S_CASE_VERSION;

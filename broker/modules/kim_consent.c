@@ -209,6 +209,19 @@ s_grant_check (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
     return s_check_lead (ctx, msg->case_id, msg->sender, NULL, verdict);
 }
 
+int
+kim_consent_recipients (kim_ctx_t *ctx, const char *id,
+                        char recipients [KIM_LIST_MAX][KIM_ORG_MAX + 1])
+{
+    kim_consent_t consent;
+    int rc = s_consent_get (ctx, id, &consent);
+    if (rc)
+        return rc;
+    size_t count = consent.recipient_count < KIM_LIST_MAX? consent.recipient_count: KIM_LIST_MAX;
+    memcpy (recipients, consent.recipients, count * sizeof recipients [0]);
+    return (int) count;
+}
+
 static int
 s_grant_applied (kim_ctx_t *ctx, kim_route_t *route)
 {
@@ -577,7 +590,10 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
 {
     kim_msg_t *msg = route->msg;
     const char *recipient_id = s_data_recipient (route);
-    const kim_org_t *recipient = kim_ctx_org (ctx, recipient_id);
+    //  The route's recipient may live at another district's broker
+    //  (kim_link.c): the registry here does not list it.
+    const kim_org_t *recipient = route->recipient && streq (route->recipient->id, recipient_id)
+        ? route->recipient: kim_ctx_org (ctx, recipient_id);
     if (!recipient)
         return s_refuse (verdict, KIM_E_UNKNOWN_RECIPIENT,
                          msg->type == KIM_TYPE_FORWARD? "hdr.org": "hdr.recipient",

@@ -44,6 +44,14 @@ kim_policy_t *
     kim_consent_policy_open (const kim_config_t *config, char *path, size_t path_size,
                              char *error, size_t error_size);
 
+//  The recipients of the registered consent `id`, inside a write batch:
+//  copies up to KIM_LIST_MAX ids into `recipients` and returns how many,
+//  or -KIM_E_NOT_FOUND / another -KIM_E_*. For links (kim_link.c), which
+//  send a consent's revocation to the districts of its recipients.
+int
+    kim_consent_recipients (kim_ctx_t *ctx, const char *id,
+                            char recipients [KIM_LIST_MAX][KIM_ORG_MAX + 1]);
+
 void
     kim_consent_test (bool verbose);
 

@@ -142,6 +142,22 @@ s_command (void *state, kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t 
         if (count < KIM_DIRECTORY_MAX)
             s_entry_from_org (&self->entries [count++], org);
     }
+    //  Then the organisations of other districts, from their brokers'
+    //  signed directories (kim_link.c); `home` names their broker when
+    //  the client asked (clients from before federation do not know it).
+    kim_org_t remote;
+    char home [KIM_ORG_MAX + 1];
+    for (size_t i = 0; kim_ctx_remote_at (ctx, i, &remote, home); i++) {
+        if (cmd->org [0] && strcmp (cmd->org, remote.id) != 0)
+            continue;
+        matched++;
+        if (count < KIM_DIRECTORY_MAX) {
+            kim_dir_entry_t *entry = &self->entries [count++];
+            s_entry_from_org (entry, &remote);
+            if (cmd->homes)
+                kim_str_copy (entry->home, sizeof entry->home, home);
+        }
+    }
     if (matched > count)
         zsys_warning ("directory: %zu organisations registered, a DIRECTORY_REPLY lists %d; "
                       "clients look the others up by org", matched, KIM_DIRECTORY_MAX);

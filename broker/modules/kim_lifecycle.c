@@ -316,10 +316,28 @@ s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
                 rc = kim_ctx_deliver_payload (ctx, msg->org, route->seq);
             //  Put before the server puts the recipient's full entry, which
             //  then finds this one and leaves it.
-            if (rc == 0 && msg->recipient [0])
+            if (rc == 0 && msg->recipient [0] && kim_ctx_org (ctx, msg->recipient))
                 rc = kim_store_mailbox_put_copy (kim_ctx_store (ctx), msg->recipient,
                                                  route->seq);
         }
+    }
+    else
+    if (msg->type == KIM_TYPE_DELIVERED && route->sender->role == KIM_ROLE_PEER
+    &&  msg->referral_id [0]) {
+        //  A peer broker's office has the referral (its broker made the
+        //  DELIVERED on its ack): this end says DELIVERED too. Only the
+        //  broker the recipient is homed at can say so.
+        kim_referral_t referral;
+        kim_org_t remote;
+        char home [KIM_ORG_MAX + 1];
+        rc = kim_lc_referral_get (kim_ctx_store (ctx), msg->referral_id, &referral);
+        if (rc == -KIM_E_NOT_FOUND)
+            return 0;
+        if (rc == 0 && referral.state == KIM_REFERRAL_SENT
+        &&  kim_ctx_remote (ctx, referral.recipient, &remote, home)
+        &&  streq (home, route->sender->id))
+            rc = kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_DELIVERED, route->seq);
+        return rc;
     }
     if (rc == 0)
         rc = kim_lc_case_applied (self, ctx, route, case_id);

@@ -6,6 +6,7 @@
 #include "kim_lifecycle.h"
 #include "kim_consent.h"
 #include "kim_directory.h"
+#include "kim_link.h"
 
 //  Order matters: a message is first checked against the referral's life
 //  cycle (is this move allowed at all?), then against the law (may this
@@ -14,6 +15,7 @@ static kim_module_new_fn *s_modules [] = {
     kim_directory_new,          //  first: a forged signature is refused before anything else
     kim_lifecycle_new,
     kim_consent_new,            //  after the life cycle: policy, consent, subject rights
+    kim_link_new,               //  links to peer brokers: the remote directory, forwarding
     kim_audit_new,              //  last: its checkpoints seal what the others wrote
     NULL
 };

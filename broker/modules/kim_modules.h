@@ -22,6 +22,8 @@ typedef struct {
     const kim_config_t *config;     //  lives as long as the server
     kim_store_t *store;             //  open; no batch
     const char *keys_dir;           //  <data>/keys: where modules keep key files
+    struct _zloop_t *loop;          //  the server's reactor: modules with sockets
+                                    //  of their own (links) add readers and timers
 } kim_module_env_t;
 
 //  A module constructor: fills `hook` (state included) or returns -KIM_E_*

@@ -88,7 +88,8 @@ extern "C" {
     X(ACCESS_REPORT,    "ACCESS_REPORT",    41, KIM_MSG_FROM_AGENCY | KIM_MSG_FROM_BROKER) \
     X(DELIVERED,        "DELIVERED",        50, KIM_MSG_FROM_BROKER)         \
     X(REMINDER,         "REMINDER",         51, KIM_MSG_FROM_BROKER)         \
-    X(EXPIRED,          "EXPIRED",          52, KIM_MSG_FROM_BROKER)
+    X(EXPIRED,          "EXPIRED",          52, KIM_MSG_FROM_BROKER)         \
+    X(UNDELIVERABLE,    "UNDELIVERABLE",    53, KIM_MSG_FROM_BROKER)
 
 typedef enum {
     KIM_TYPE_NONE = 0,
@@ -207,7 +208,11 @@ typedef struct {
     X(REFERRAL_QUERY, "REFERRAL_QUERY", 50, KIM_CMD_TO_BROKER)  \
     X(REFERRAL_INFO,  "REFERRAL_INFO",  51, KIM_CMD_TO_CLIENT)  \
     X(DIRECTORY,      "DIRECTORY",      60, KIM_CMD_TO_BROKER)  \
-    X(DIRECTORY_REPLY, "DIRECTORY_REPLY", 61, KIM_CMD_TO_CLIENT)
+    X(DIRECTORY_REPLY, "DIRECTORY_REPLY", 61, KIM_CMD_TO_CLIENT)  \
+    X(PEER_DIRECTORY, "PEER_DIRECTORY", 70, KIM_CMD_TO_BROKER)  \
+    X(PEER_FORWARD,   "PEER_FORWARD",   71, KIM_CMD_TO_BROKER)  \
+    X(PEER_ACK,       "PEER_ACK",       72, KIM_CMD_TO_CLIENT)  \
+    X(PEER_REFUSED,   "PEER_REFUSED",   73, KIM_CMD_TO_CLIENT)
 
 typedef enum {
     KIM_CMD_NONE = 0,
@@ -239,6 +244,8 @@ typedef struct {
     bool public_body;                           //  "public_body"
     char public_key [KIM_KEY_TEXT_MAX + 1];     //  "public_key": CURVE = X25519 sealing key
     char sign_key [KIM_KEY_TEXT_MAX + 1];       //  "sign_key": Ed25519, "" when none
+    char home [KIM_ORG_MAX + 1];                //  "home": the peer broker it lives at,
+                                                //  "" for the answering broker's own
 } kim_dir_entry_t;
 
 //  One wire command. Only the fields of `id` are meaningful.
@@ -305,7 +312,21 @@ typedef struct {
     const kim_dir_entry_t *dir;
     const uint8_t *dir_raw;
     size_t dir_raw_size;
+    //  Federation (PROTOCOL.md 16): PEER_DIRECTORY's serial and signature,
+    //  PEER_REFUSED's rule. PEER_FORWARD uses seq and hdr, PEER_ACK seq and
+    //  dup, PEER_REFUSED seq, code, text and path besides.
+    bool homes;                                 //  "homes": DIRECTORY: name remote orgs' brokers
+    uint64_t serial;                            //  "serial": grows with each document
+    bool has_sig;
+    uint8_t sig [KIM_SIG_SIZE];                 //  "sig": Ed25519 over the map without it
+    char rule [KIM_ID_MAX + 1];                 //  "rule": the far broker's rule that refused
 } kim_cmd_t;
+
+//  Whether `id` is one of the commands brokers exchange over a link
+//  (PEER_*): only a connection of role peer may send them, and a peer
+//  nothing else but HELLO, PING and BYE.
+bool
+    kim_cmd_is_peer (kim_cmd_id_t id);
 
 //  Where a decode failed: the error code and the dotted path of the field.
 //  Paths are relative to the map decoded: kim_cmd_decode reports header
@@ -386,6 +407,9 @@ int
 //  (as the log stores it), without decoding and re-encoding it.
 int
     kim_cmd_encode_deliver (uint64_t seq, const uint8_t *hdr, size_t hdr_size, kim_buf_t *out);
+//  The same for a PEER_FORWARD: a logged message handed to a peer broker.
+int
+    kim_cmd_encode_forward (uint64_t seq, const uint8_t *hdr, size_t hdr_size, kim_buf_t *out);
 
 //  Strict decode of frame 0. Returns 0, or -code with `err` filled in.
 //  A SEND or DELIVER header is decoded and validated (kim_msg_validate).

@@ -7,6 +7,7 @@
     VmHWM, and for RSS its VmRSS and RssAnon at fixed points of the fill.
     A run that failed keeps its broker's folder.
 */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,6 +140,9 @@ s_flow (const options_t *opt, const char *name, bool sync, uint32_t producers,
     if (!result->ok)
         kim_bench_keep_folder (run);
     kim_bench_run_destroy (&run);
+    //  A clean stop, so that a profiler wrapped around the broker
+    //  (KIM_BROKER) writes what it measured
+    kim_testbroker_stop (broker, SIGTERM);
     kim_testbroker_destroy (&broker);
 }
 
@@ -224,6 +228,9 @@ kim_bench_workload_rss (const options_t *opt, result_t *result)
     if (!result->ok)
         kim_bench_keep_folder (run);
     kim_bench_run_destroy (&run);
+    //  A clean stop, so that a profiler wrapped around the broker
+    //  (KIM_BROKER) writes what it measured
+    kim_testbroker_stop (broker, SIGTERM);
     kim_testbroker_destroy (&broker);
 }
 

@@ -91,7 +91,7 @@ ok
 # the installed broker checks the installed configuration (policy beside it)
 out=$("$root/usr/bin/kim-broker" --check --config "$root/etc/kim/kim.cfg" 2>&1) \
     || fail "installed kim-broker --check: $out"
-grep -q "configuration OK: broker kim.local, 1 endpoint(s), data /var/lib/kim, 0 organisation(s), policy $root/etc/kim/policy.cfg" <<<"$out" \
+grep -q "configuration OK: broker kim.local, 1 endpoint(s), data /var/lib/kim, 0 organisation(s), 0 peer(s), policy $root/etc/kim/policy.cfg" <<<"$out" \
     || fail "--check: $out"
 ok
 # ... and serves with it: one organisation registered, data in a temp folder

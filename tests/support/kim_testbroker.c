@@ -28,6 +28,9 @@ struct _kim_testbroker_t {
     char ipc [KIM_TEST_DIR_MAX + 32];
     char tcp [64];
     char broker_key [41];
+    char name [KIM_ORG_MAX + 1];
+    char broker_secret [41];            //  made ahead by kim_testbroker_new_named
+    char broker_sign [41];              //  Z85 of its Ed25519 public key
     test_org_t orgs [KIM_TEST_ORGS_MAX];
     size_t org_count;
     pid_t pid;
@@ -62,27 +65,147 @@ static const char s_test_policy [] =
     "        from = *\n        to = *\n        decision = allow\n        basis = unchecked\n"
     "        categories = \"art9, sgb8_s65, stgb203, residence_status, contact\"\n";
 
+static kim_testbroker_t *
+s_new (const char *name, const char *orgs [], const char *extra, const char *policy_file,
+       const kim_testbroker_t *keys_from);
+
 kim_testbroker_t *
 kim_testbroker_new (const char *orgs [], const char *extra)
 {
-    return kim_testbroker_new_policy (orgs, extra, KIM_TESTBROKER_TEST_POLICY);
+    return s_new ("kim.test", orgs, extra, KIM_TESTBROKER_TEST_POLICY, NULL);
 }
-
-static kim_testbroker_t *
-s_new (const char *orgs [], const char *extra, const char *policy_file,
-       const kim_testbroker_t *keys_from);
 
 kim_testbroker_t *
 kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *policy_file)
 {
-    return s_new (orgs, extra, policy_file, NULL);
+    return s_new ("kim.test", orgs, extra, policy_file, NULL);
 }
 
 kim_testbroker_t *
 kim_testbroker_new_sharing (const char *orgs [], const char *extra,
                             const kim_testbroker_t *keys_from)
 {
-    return s_new (orgs, extra, KIM_TESTBROKER_TEST_POLICY, keys_from);
+    return s_new ("kim.test", orgs, extra, KIM_TESTBROKER_TEST_POLICY, keys_from);
+}
+
+//  Writes `text` to `path` with `mode`.
+static int
+s_write (const char *path, const char *text, mode_t mode)
+{
+    FILE *file = fopen (path, "w");
+    if (!file)
+        return -1;
+    int rc = fputs (text, file) < 0? -1: 0;
+    if (fclose (file))
+        rc = -1;
+    return rc == 0? chmod (path, mode): rc;
+}
+
+kim_testbroker_t *
+kim_testbroker_new_named (const char *name, const char *orgs [], const char *extra)
+{
+    kim_testbroker_t *self = s_new (name, orgs, extra, KIM_TESTBROKER_TEST_POLICY, NULL);
+    if (!self)
+        return NULL;
+    //  The keys the broker would make on first start (kim_keys.c,
+    //  kim_audit.c), made here so that its peers know them beforehand.
+    char path [PATH_MAX];
+    snprintf (path, sizeof path, "%s/data/keys", self->dir);
+    zcert_t *cert = zcert_new ();
+    uint8_t pk [crypto_sign_PUBLICKEYBYTES], sk [crypto_sign_SECRETKEYBYTES];
+    char hex [2 * crypto_sign_SECRETKEYBYTES + 2];
+    int rc = cert && zsys_dir_create ("%s", path) == 0? 0: -1;
+    if (rc == 0) {
+        memcpy (self->broker_key, zcert_public_txt (cert), 41);
+        memcpy (self->broker_secret, zcert_secret_txt (cert), 41);
+        snprintf (path, sizeof path, "%s/data/keys/broker.cert", self->dir);
+        rc = zcert_save (cert, path);
+        char secret_path [PATH_MAX + 8];
+        snprintf (secret_path, sizeof secret_path, "%s_secret", path);
+        if (rc == 0)
+            rc = chmod (secret_path, 0600);
+    }
+    zcert_destroy (&cert);
+    if (rc == 0) {
+        crypto_sign_keypair (pk, sk);
+        zmq_z85_encode (self->broker_sign, pk, sizeof pk);
+        sodium_bin2hex (hex, sizeof hex, sk, sizeof sk);
+        strcat (hex, "\n");
+        snprintf (path, sizeof path, "%s/data/keys/broker.sign_secret", self->dir);
+        rc = s_write (path, hex, 0600);
+        sodium_bin2hex (hex, sizeof hex, pk, sizeof pk);
+        strcat (hex, "\n");
+        snprintf (path, sizeof path, "%s/data/keys/broker.sign.pub", self->dir);
+        if (rc == 0)
+            rc = s_write (path, hex, 0644);
+    }
+    if (rc) {
+        kim_testbroker_destroy (&self);
+        return NULL;
+    }
+    //  kim_testbroker_start reads the public key again from the file.
+    self->broker_key [0] = 0;
+    return self;
+}
+
+int
+kim_testbroker_link (kim_testbroker_t *brokers [], size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        FILE *file = fopen (brokers [i]->config_path, "a");
+        if (!file)
+            return -1;
+        fprintf (file, "peers\n");
+        for (size_t j = 0; j < count; j++) {
+            if (j == i)
+                continue;
+            kim_testbroker_t *peer = brokers [j];
+            fprintf (file, "    %s\n        endpoint = \"%s\"\n        public_key = \"%s\"\n"
+                     "        sign_key = \"%s\"\n", peer->name, peer->tcp,
+                     kim_testbroker_broker_public (peer), peer->broker_sign);
+        }
+        fclose (file);
+    }
+    return 0;
+}
+
+const char *
+kim_testbroker_name (kim_testbroker_t *self)
+{
+    return self->name;
+}
+
+const char *
+kim_testbroker_broker_public (kim_testbroker_t *self)
+{
+    if (!self->broker_key [0]) {
+        char path [PATH_MAX];
+        snprintf (path, sizeof path, "%s/data/keys/broker.cert", self->dir);
+        zcert_t *cert = zcert_load (path);
+        if (cert) {
+            memcpy (self->broker_key, zcert_public_txt (cert), 41);
+            zcert_destroy (&cert);
+        }
+    }
+    return self->broker_key;
+}
+
+const char *
+kim_testbroker_broker_secret (kim_testbroker_t *self)
+{
+    return self->broker_secret;
+}
+
+const char *
+kim_testbroker_broker_sign (kim_testbroker_t *self)
+{
+    return self->broker_sign;
+}
+
+const char *
+kim_testbroker_config (kim_testbroker_t *self)
+{
+    return self->config_path;
 }
 
 static const test_org_t *
@@ -95,7 +218,7 @@ s_org_of (const kim_testbroker_t *self, const char *id)
 }
 
 static kim_testbroker_t *
-s_new (const char *orgs [], const char *extra, const char *policy_file,
+s_new (const char *name, const char *orgs [], const char *extra, const char *policy_file,
        const kim_testbroker_t *keys_from)
 {
     kim_testbroker_t *self = (kim_testbroker_t *) calloc (1, sizeof (kim_testbroker_t));
@@ -115,8 +238,9 @@ s_new (const char *orgs [], const char *extra, const char *policy_file,
         kim_testbroker_destroy (&self);
         return NULL;
     }
-    fprintf (file, "broker\n    name = kim.test\n    data = \"%s/data\"\n"
-             "    bind = \"%s, %s\"\n%s", self->dir, self->ipc, self->tcp, extra? extra: "");
+    snprintf (self->name, sizeof self->name, "%s", name);
+    fprintf (file, "broker\n    name = %s\n    data = \"%s/data\"\n"
+             "    bind = \"%s, %s\"\n%s", name, self->dir, self->ipc, self->tcp, extra? extra: "");
     if (policy_file == KIM_TESTBROKER_TEST_POLICY) {
         char policy_path [KIM_TEST_DIR_MAX + 32];
         snprintf (policy_path, sizeof policy_path, "%s/test-policy.cfg", self->dir);

@@ -43,6 +43,33 @@ kim_testbroker_t *
     kim_testbroker_new_sharing (const char *orgs [], const char *extra,
                                 const kim_testbroker_t *keys_from);
 
+//  Like kim_testbroker_new, for a broker called `name` (its broker/name,
+//  <type>.<place>) whose key pairs (CURVE and Ed25519) are made now, so
+//  that peers can be configured before it first starts (federation).
+kim_testbroker_t *
+    kim_testbroker_new_named (const char *name, const char *orgs [], const char *extra);
+
+//  Links `count` brokers made by kim_testbroker_new_named in a full mesh:
+//  appends to each one's config a peers section naming every other one
+//  (its name, tcp endpoint and two public keys). Call once, before start.
+int
+    kim_testbroker_link (kim_testbroker_t *brokers [], size_t count);
+
+//  The broker's name, its CURVE key pair (Z85) and its Ed25519 public key
+//  (Z85, as peers/<name>/sign_key wants it). Live as long as the broker.
+const char *
+    kim_testbroker_name (kim_testbroker_t *self);
+const char *
+    kim_testbroker_broker_public (kim_testbroker_t *self);
+const char *
+    kim_testbroker_broker_secret (kim_testbroker_t *self);
+const char *
+    kim_testbroker_broker_sign (kim_testbroker_t *self);
+
+//  Path of the broker's config file, for tests that edit it and reload.
+const char *
+    kim_testbroker_config (kim_testbroker_t *self);
+
 //  Starts kim-broker and waits until it serves. Returns 0 or -1.
 int
     kim_testbroker_start (kim_testbroker_t *self);

@@ -12,6 +12,7 @@
 #include "kim/kim_citation.h"
 #include "kim_consent.h"
 #include "kim_directory.h"
+#include "kim_link.h"
 
 typedef struct {
     const char *name;
@@ -21,6 +22,7 @@ typedef struct {
 static const selftest_t s_tests [] = {
     { "log", kim_log_test },
     { "directory", kim_directory_test },
+    { "link", kim_link_test },
     { "audit", kim_audit_test },
     { "msg", kim_msg_test },
     { "store", kim_store_test },
