@@ -13,6 +13,7 @@
     replay is meant to run at millions of records per second.
 */
 #include <errno.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -930,6 +931,10 @@ s_trace_print_match (s_audit_t *self, const s_trace_t *trace, const s_trace_matc
         snprintf (what, sizeof what, "%s %s%s%s", type, s_trace_str (body, "msg_id"),
                   *s_trace_str (body, "rule")? " rule ": "", s_trace_str (body, "rule"));
     else
+    if (match->kind == KIM_LOG_STATE && *s_trace_str (body, "lead_to"))
+        snprintf (what, sizeof what, "case %s lead %s -> %s", s_trace_str (body, "case_id"),
+                  s_trace_str (body, "lead_from"), s_trace_str (body, "lead_to"));
+    else
     if (match->kind == KIM_LOG_STATE)
         snprintf (what, sizeof what, "%s%s %s -> %s", *s_trace_str (body, "referral_id")
                   ? "referral ": "case ", *s_trace_str (body, "referral_id")
@@ -952,6 +957,15 @@ static int
 s_do_trace (s_audit_t *self, s_trace_t *trace)
 {
     self->trace = trace;
+    //  One folder given twice would show as two copies that agree
+    for (size_t i = 0; i < trace->source_count; i++)
+        for (size_t j = 0; j < i; j++) {
+            const char *a = trace->sources [i].data, *b = trace->sources [j].data;
+            char real_a [PATH_MAX], real_b [PATH_MAX];
+            if (a && b && realpath (a, real_a) && realpath (b, real_b) && streq (real_a, real_b))
+                return kim_cli_usage_error (self->cmd, "%s is given twice: one log counts once",
+                                            a);
+        }
     for (size_t i = 0; i < trace->source_count; i++) {
         int rc = s_trace_source (self, trace, i);
         if (rc)

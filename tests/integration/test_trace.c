@@ -15,7 +15,8 @@
     - name the differing fields (payload_hash, sig) when C is added (exit 1);
     - say when the msg_id is in no log (exit 1);
     - say which log does not verify when one is a tampered copy (exit 1);
-    - refuse a trace without sources, or online without --sign-key (exit 2).
+    - refuse a trace without sources, one log given twice, or a broker read
+      online without --sign-key (exit 2).
     Usage: test_trace PATH_TO_KIM
 */
 #include <jansson.h>
@@ -319,6 +320,9 @@ main (int argc, char *argv [])
     s_expect ("a tampered log", args, 1, tampered);
 
     //  Usage
+    snprintf (args, sizeof args, "audit trace " MSG_ID " --data %s --data %s/", data_b, data_b);
+    const char *twice [] = { "is given twice", NULL };
+    s_expect ("one log given twice", args, 2, twice);
     const char *none [] = { "trace needs the logs to read", NULL };
     s_expect ("no sources", "audit trace " MSG_ID, 2, none);
     const char *help [] = { "trace MSG_ID", "--sender ORG", NULL };
