@@ -9,9 +9,10 @@ WELCOME) as a linked peer broker would hold, then:
     connections sending PING every heartbeat_ms (as the protocol asks) and
     ZMTP heartbeats underneath, against the same interval without them;
   - the cost of one heartbeat: PINGs at a high rate, CPU per PING/PONG.
-Until brokers link to each other with a role of their own, the
-connections are organisations of role agency: the transport, CURVE and
-session are the same.
+The connections are organisations of role agency: this measures the
+transport (a CurveZMQ connection and a session), on both of its ends. What
+a whole link costs (two such connections, the link's own socket, queue and
+the peer's directory) fedsim.py measures, by the RSS of linked brokers.
 
     tests/federation/sim/linkcost.py [--links 53] [--idle 30] [--broker PATH]
 
