@@ -250,6 +250,11 @@ s_hand_over_notice (kim_ctx_t *ctx, const kim_referral_t *referral)
     kim_str_copy (notice.org, sizeof notice.org, referral->recipient);
     kim_str_copy (notice.purpose, sizeof notice.purpose, referral->purpose);
     notice.deadline = referral->deadline;
+    //  Under a consent: the far broker suspends it too when the consent goes.
+    if (referral->consent_id [0]) {
+        notice.basis = KIM_BASIS_CONSENT;
+        kim_str_copy (notice.consent_id, sizeof notice.consent_id, referral->consent_id);
+    }
     const char *name = kim_lc_state_name (referral->state);
     size_t n = 0;
     for (; name [n] && n < KIM_CODE_MAX; n++)

@@ -331,6 +331,8 @@ s_take_handed_over (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_route_t *ro
     kim_str_copy (referral.recipient, sizeof referral.recipient, msg->org);
     kim_str_copy (referral.case_id, sizeof referral.case_id, msg->case_id);
     kim_str_copy (referral.purpose, sizeof referral.purpose, msg->purpose);
+    if (msg->basis == KIM_BASIS_CONSENT)
+        kim_str_copy (referral.consent_id, sizeof referral.consent_id, msg->consent_id);
     referral.deadline = msg->deadline;
     referral.created_seq = referral.last_seq = route->seq;
     if (referral.state == KIM_REFERRAL_OVERDUE)
