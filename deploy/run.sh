@@ -496,8 +496,9 @@ as dsb.steinfurt audit verify --sign-key "$data/keys/broker.sign.pub" 2>&1 | sed
 as dsb.steinfurt audit case "$case_id" --sign-key "$data/keys/broker.sign.pub" 2>&1 \
     | sed -n 1,14p | cut -c1-140 | sed 's/^/   /'
 note "(the whole timeline: kim audit case $case_id --cert .../dsb.steinfurt.cert_secret)"
-note "The access report for the father: who received which of his data, when, on what basis:"
-as kim.coesfeld subject report p-father --case "$case_id" 2>&1 | cut -c1-400 | sed 's/^/   /'
+note "The access report for the father: who received which of his data, when, on what basis."
+note "Each district's broker reports what passed through it; in Steinfurt, kim.rheine asks:"
+as kim.rheine subject report p-father --case "$case_id" 2>&1 | cut -c1-400 | sed 's/^/   /'
 
 step "Where the case manager in Coesfeld stands"
 as kim.coesfeld referral list --case "$case_id" | while IFS= read -r line; do
