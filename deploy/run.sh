@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
-# deploy/run.sh — install what is missing, build, start the broker with a demo
-# registry of the brief's organisations and the shipped policy, play a
-# family's story (brief §7) through real agents over real sockets, and leave
-# the broker running in the background. The job centre's office takes part
-# through its own kim-agent (its HTTP API, driven with curl), which keeps
-# running beside the broker.
+# deploy/run.sh — install what is missing, build, start two districts' brokers
+# (Kreis Steinfurt and Kreis Coesfeld, linked as peers, PROTOCOL.md §16) with
+# demo registries of the brief's organisations and the shipped policy, play a
+# family's story (brief §7) through real agents over real sockets, with the
+# case handed over from one district to the other, and leave both brokers
+# running in the background. The job centre's office takes part through its
+# own kim-agent (its HTTP API, driven with curl), which keeps running beside
+# the brokers.
 #
-#   KIM_DATA    data folder (default ./kim-data in the checkout)
-#   KIM_PORT    tcp port (default 7470)
-#   KIM_BUILD   build folder (default ./build/release in the checkout)
+#   KIM_DATA            Steinfurt's data folder (default ./kim-data in the checkout)
+#   KIM_PORT            Steinfurt's tcp port (default 7470)
+#   KIM_DATA_COESFELD   Coesfeld's data folder (default: KIM_DATA with -coesfeld)
+#   KIM_PORT_COESFELD   Coesfeld's tcp port (default: KIM_PORT + 1)
+#   KIM_BUILD           build folder (default ./build/release in the checkout)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
@@ -22,70 +26,154 @@ kim="$build/agents/cli/kim"
 
 data=${KIM_DATA:-$KIM_ROOT/kim-data}
 port=${KIM_PORT:-7470}
+data_coe=${KIM_DATA_COESFELD:-${data%/}-coesfeld}
+port_coe=${KIM_PORT_COESFELD:-$((port + 1))}
 demo="$data/demo"
-mkdir -p "$demo/keys"
+mkdir -p "$demo/keys" "$data_coe"
 
-# The demo registry: the organisations of a family's story in Kreis Steinfurt
-# and Kreis Coesfeld. Keys are made once and kept in the data folder.
+# The demo registries: the organisations of a family's story in Kreis
+# Steinfurt (broker kim.steinfurt) and Kreis Coesfeld (broker broker.coesfeld),
+# each registered at its own district's broker. Keys are made once and kept
+# in Steinfurt's data folder.
 orgs=(
-  "kim.rheine|KIM Case Management Stadt Rheine|1|agency"
-  "jc.rheine|Jobcenter Kreis Steinfurt, Standort Rheine|1|agency"
-  "mbe.rheine.caritas|Migrationsberatung Caritas Rheine|0|agency"
-  "ikt.rheine.vhs|Integrationskurs VHS Rheine|0|agency"
-  "ja.rheine|Jugendamt Stadt Rheine|1|agency"
-  "aba.rheine|Ausländerbehörde Stadt Rheine|1|agency"
-  "kim.coesfeld|KIM Case Management Kreis Coesfeld|1|agency"
-  "ja.coesfeld|Jugendamt Kreis Coesfeld|1|agency"
-  "dsb.steinfurt|Datenschutzbeauftragte Kreis Steinfurt|1|auditor"
+  "kim.rheine|KIM Case Management Stadt Rheine|1|agency|steinfurt"
+  "jc.rheine|Jobcenter Kreis Steinfurt, Standort Rheine|1|agency|steinfurt"
+  "mbe.rheine.caritas|Migrationsberatung Caritas Rheine|0|agency|steinfurt"
+  "ikt.rheine.vhs|Integrationskurs VHS Rheine|0|agency|steinfurt"
+  "ja.rheine|Jugendamt Stadt Rheine|1|agency|steinfurt"
+  "aba.rheine|Ausländerbehörde Stadt Rheine|1|agency|steinfurt"
+  "dsb.steinfurt|Datenschutzbeauftragte Kreis Steinfurt|1|auditor|steinfurt"
+  "kim.coesfeld|KIM Case Management Kreis Coesfeld|1|agency|coesfeld"
+  "ja.coesfeld|Jugendamt Kreis Coesfeld|1|agency|coesfeld"
 )
 config="$demo/kim.cfg"
-{
-    printf 'broker\n    name = kim.steinfurt\n    data = "%s"\n' "$data"
-    printf '    bind = "tcp://127.0.0.1:%s, ipc://%s/kim.sock"\n' "$port" "$data"
-    printf 'policy\n    file = "%s"\n' "$KIM_ROOT/deploy/policy.cfg"
-    # DEMO ONLY: an overdue referral expires 6 seconds after its deadline
-    # (the default is 14 days), so the story can show EXPIRED while you watch.
-    printf 'lifecycle\n    expire_seconds = 6\n'
-    printf 'orgs\n'
-    for entry in "${orgs[@]}"; do
-        IFS='|' read -r id name public role <<<"$entry"
-        [ -f "$demo/keys/$id.cert_secret" ] || \
-            "$kim" keygen "$id" --dir "$demo/keys" >/dev/null
-        key=$(sed -n 's/^ *public-key = "\(.*\)"$/\1/p' "$demo/keys/$id.cert")
-        printf '    %s\n        name = "%s"\n        public_body = %s\n        role = %s\n' \
-            "$id" "$name" "$public" "$role"
-        printf '        public_key = "%s"\n' "$key"
-    done
-} >"$config.new"
-mv "$config.new" "$config"
-"$bin_broker" --check --config "$config" >/dev/null
+config_coe="$data_coe/kim.cfg"
 
-# One broker and one job-centre agent per data folder: stop the ones this
-# script started before (the agent first: it says BYE to the broker).
+# A broker's Ed25519 key is kept in hex (keys/broker.sign.pub); a peer's
+# sign_key is written in Z85, like every key in the config.
+hex_z85() {
+    awk -v hex="$1" 'BEGIN {
+        digits = "0123456789abcdef"
+        z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
+        for (i = 1; i + 7 <= length(hex); i += 8) {
+            value = 0
+            for (j = 0; j < 8; j++)
+                value = value * 16 + index(digits, tolower(substr(hex, i + j, 1))) - 1
+            chunk = ""
+            for (k = 0; k < 5; k++) {
+                chunk = substr(z85, value % 85 + 1, 1) chunk
+                value = int(value / 85)
+            }
+            out = out chunk
+        }
+        print out
+    }'
+}
+
+# write_config DISTRICT NAME DATA PORT PEER PEER_DATA PEER_PORT FILE: one
+# district's broker config: its offices, and the other district's broker as
+# its peer once that broker has made its keys (on its first start).
+write_config() {
+    local district=$1 name=$2 dir=$3 bind_port=$4 peer=$5 peer_dir=$6 peer_port=$7 file=$8
+    {
+        printf 'broker\n    name = %s\n    data = "%s"\n' "$name" "$dir"
+        printf '    bind = "tcp://127.0.0.1:%s, ipc://%s/kim.sock"\n' "$bind_port" "$dir"
+        printf 'policy\n    file = "%s"\n' "$KIM_ROOT/deploy/policy.cfg"
+        # DEMO ONLY: an overdue referral expires 6 seconds after its deadline
+        # (the default is 14 days), so the story can show EXPIRED while you watch.
+        printf 'lifecycle\n    expire_seconds = 6\n'
+        printf 'orgs\n'
+        for entry in "${orgs[@]}"; do
+            IFS='|' read -r id name public role home <<<"$entry"
+            [ "$home" = "$district" ] || continue
+            [ -f "$demo/keys/$id.cert_secret" ] || \
+                "$kim" keygen "$id" --dir "$demo/keys" >/dev/null
+            key=$(sed -n 's/^ *public-key = "\(.*\)"$/\1/p' "$demo/keys/$id.cert")
+            printf '    %s\n        name = "%s"\n        public_body = %s\n        role = %s\n' \
+                "$id" "$name" "$public" "$role"
+            printf '        public_key = "%s"\n' "$key"
+        done
+        if [ -s "$peer_dir/keys/broker.cert" ] && [ -s "$peer_dir/keys/broker.sign.pub" ]; then
+            printf 'peers\n    %s\n        endpoint = "tcp://127.0.0.1:%s"\n' "$peer" "$peer_port"
+            printf '        public_key = "%s"\n' \
+                "$(sed -n 's/^ *public-key = "\(.*\)"$/\1/p' "$peer_dir/keys/broker.cert")"
+            printf '        sign_key = "%s"\n' "$(hex_z85 "$(head -1 "$peer_dir/keys/broker.sign.pub")")"
+        fi
+    } >"$file.new"
+    "$bin_broker" --check --config "$file.new" >/dev/null
+    # Changed: the running broker rereads it on SIGHUP (kept otherwise)
+    if cmp -s "$file.new" "$file"; then rm -f "$file.new"; return 1; fi
+    mv "$file.new" "$file"
+}
+write_configs() {
+    local changed=1
+    write_config steinfurt kim.steinfurt "$data" "$port" broker.coesfeld "$data_coe" \
+        "$port_coe" "$config" && changed=0
+    write_config coesfeld broker.coesfeld "$data_coe" "$port_coe" kim.steinfurt "$data" \
+        "$port" "$config_coe" && changed=0
+    return $changed
+}
+write_configs || true
+
+# One broker per district and one job-centre agent per data folder: stop the
+# ones this script started before (the agent first: it says BYE to the broker).
 pidfile="$data/broker.pid"
+pidfile_coe="$data_coe/broker.pid"
 agent_pidfile="$data/agent-jc.rheine.pid"
-if [ -f "$agent_pidfile" ] && kill -0 "$(cat "$agent_pidfile")" 2>/dev/null; then
-    kim_say "stopping the job centre's kim-agent started earlier (pid $(cat "$agent_pidfile"))"
-    kill "$(cat "$agent_pidfile")"
-    for _ in $(seq 50); do kill -0 "$(cat "$agent_pidfile")" 2>/dev/null || break; sleep 0.1; done
-fi
-if [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then
-    kim_say "stopping the broker started earlier (pid $(cat "$pidfile"))"
-    kill "$(cat "$pidfile")"
-    for _ in $(seq 50); do kill -0 "$(cat "$pidfile")" 2>/dev/null || break; sleep 0.1; done
-fi
+for old in "$agent_pidfile:the job centre's kim-agent" "$pidfile:Steinfurt's broker" \
+           "$pidfile_coe:Coesfeld's broker"; do
+    file=${old%%:*}
+    if [ -f "$file" ] && kill -0 "$(cat "$file")" 2>/dev/null; then
+        kim_say "stopping ${old#*:} started earlier (pid $(cat "$file"))"
+        kill "$(cat "$file")"
+        for _ in $(seq 50); do kill -0 "$(cat "$file")" 2>/dev/null || break; sleep 0.1; done
+    fi
+done
 nohup "$bin_broker" --config "$config" >>"$data/broker.log" 2>&1 &
 echo $! >"$pidfile"
+nohup "$bin_broker" --config "$config_coe" >>"$data_coe/broker.log" 2>&1 &
+echo $! >"$pidfile_coe"
 
 export KIM_ENDPOINT="tcp://127.0.0.1:$port"
 export KIM_BROKER_KEY="$data/keys/broker.cert"
-as() { local org=$1; shift; "$kim" "$@" --cert "$demo/keys/$org.cert_secret"; }
+# as ORG kim-arguments...: kim with the organisation's key, at its district's broker.
+as() {
+    local org=$1 entry id home=steinfurt; shift
+    for entry in "${orgs[@]}"; do
+        IFS='|' read -r id _ _ _ home <<<"$entry"
+        [ "$id" = "$org" ] && break
+    done
+    if [ "$home" = coesfeld ]; then
+        KIM_ENDPOINT="tcp://127.0.0.1:$port_coe" KIM_BROKER_KEY="$data_coe/keys/broker.cert" \
+            "$kim" "$@" --cert "$demo/keys/$org.cert_secret"
+    else
+        "$kim" "$@" --cert "$demo/keys/$org.cert_secret"
+    fi
+}
 for _ in $(seq 100); do
-    [ -f "$KIM_BROKER_KEY" ] && as kim.rheine status --timeout 300 >/dev/null 2>&1 && break
+    [ -f "$KIM_BROKER_KEY" ] && as kim.rheine status --timeout 300 >/dev/null 2>&1 \
+        && [ -f "$data_coe/keys/broker.cert" ] \
+        && as kim.coesfeld status --timeout 300 >/dev/null 2>&1 && break
     kill -0 "$(cat "$pidfile")" 2>/dev/null || { tail -20 "$data/broker.log"; exit 1; }
+    kill -0 "$(cat "$pidfile_coe")" 2>/dev/null || { tail -20 "$data_coe/broker.log"; exit 1; }
     sleep 0.1
 done
-kim_say "broker running (pid $(cat "$pidfile")), log in $data/broker.log"
+# On the first start each broker made its keys: now each can name the other
+# as its peer, and rereads its config (SIGHUP) to link up.
+if write_configs; then
+    kill -HUP "$(cat "$pidfile")" "$(cat "$pidfile_coe")"
+fi
+linked=
+for _ in $(seq 150); do
+    as kim.rheine directory kim.coesfeld >/dev/null 2>&1 \
+        && as kim.coesfeld directory kim.rheine >/dev/null 2>&1 && { linked=1; break; }
+    sleep 0.1
+done
+[ -n "$linked" ] || { kim_say "the two brokers did not link up"; tail -5 "$data/broker.log" \
+    "$data_coe/broker.log"; exit 1; }
+kim_say "Steinfurt's broker running (pid $(cat "$pidfile")), log in $data/broker.log"
+kim_say "Coesfeld's broker running (pid $(cat "$pidfile_coe")) on port $port_coe, log in $data_coe/broker.log"
+kim_say "the two brokers are linked (each lists the other district's offices)"
 
 # The job centre (jc.rheine) connects through its own kim-agent: the agent
 # holds the office's key and serves a local HTTP API on 127.0.0.1, on a port
@@ -185,7 +273,7 @@ sendj() {
     printf '   %-19s -> %-19s %s %s\n' "$from" "$(field recipient <<<"$json")" \
         "$(field type <<<"$json")" "$what" | cut -c1-150
     local out
-    out=$("$kim" send --json --cert "$demo/keys/$from.cert_secret" <<<"$json" 2>&1) || true
+    out=$(as "$from" send --json <<<"$json" 2>&1) || true
     answer "$out"
 }
 
@@ -236,16 +324,23 @@ jc_inbox() {
     done < <(sed 's/},{/}\n{/g' <<<"$out")
 }
 
-# state ORG REFERRAL: where the referral stands, as the broker tells its party.
+# state ORG REFERRAL [STATE]: where the referral stands, as the broker of the
+# party's district tells it (waiting up to 10 s for STATE, which crosses a link).
 state() {
-    local out
-    out=$(as "$1" referral show "$2" 2>&1) || true
-    printf '      referral %s is %s%s%s\n' "$2" "$bold" "$(field state <<<"$out")" "$off"
+    local out where=Steinfurt
+    for _ in $(seq 100); do
+        out=$(as "$1" referral show "$2" 2>&1) || true
+        [ -z "${3:-}" ] || [ "$(field state <<<"$out")" = "$3" ] && break
+        sleep 0.1
+    done
+    case $1 in *.coesfeld) where=Coesfeld;; esac
+    printf '      referral %s is %s%s%s (at %s'"'"'s broker, asked by %s)\n' "$2" "$bold" \
+        "$(field state <<<"$out")" "$off" "$where" "$1"
 }
 
-# inbox ORG: what arrived for the organisation (acknowledged).
+# inbox ORG [IDLE_MS]: what arrived for the organisation (acknowledged).
 inbox() {
-    local org=$1 line
+    local org=$1 idle=${2:-700} line
     note "$org reads its inbox:"
     while IFS= read -r line; do
         [ -n "$line" ] || continue
@@ -254,7 +349,7 @@ inbox() {
         [ "$about" != "referral " ] || about="case $(field case_id <<<"$line")"
         printf '      seq %-4s %-15s from %-19s %s\n' "$(field seq <<<"$line")" \
             "$(field type <<<"$line")" "$(field sender <<<"$line")" "$about"
-    done < <(as "$org" inbox --idle 700 2>/dev/null)
+    done < <(as "$org" inbox --idle "$idle" 2>/dev/null)
 }
 
 run=$(date +%s)
@@ -326,15 +421,27 @@ inbox kim.rheine
 note "REMINDERs went to both sides when it turned OVERDUE; the EXPIRED alert to the case manager."
 inbox aba.rheine
 
-step "7. The family moves to Kreis Coesfeld: the case is handed over"
+step "7. The family moves to Kreis Coesfeld: the case is handed over to the other district"
+note "Kreis Coesfeld runs its own broker (port $port_coe, data in $data_coe), linked to"
+note "Steinfurt's as a peer. The offer goes broker to broker; the family consent, which names"
+note "kim.coesfeld, went to Coesfeld's broker ahead of it (step 1), which checks the offer under it."
 sendj kim.rheine "{\"type\":\"HANDOVER_OFFER\",\"msg_id\":\"H-$run\",\"recipient\":\"kim.coesfeld\",\"case_id\":\"$case_id\",\"subject\":\"p-family\",\"purpose\":\"case_handover\",\"legal_basis\":{\"kind\":\"consent\",\"consent_id\":\"G-$run-family\"},\"referrals\":[\"$(R father)\",\"$(R course)\",\"$(R son)\"]}"
 note "Only the lead may offer; Coesfeld cannot close a case it does not lead yet:"
 send kim.coesfeld CASE_CLOSED "" --case "$case_id"
-inbox kim.coesfeld
+inbox kim.coesfeld 1500
 send kim.coesfeld HANDOVER_ACCEPT kim.rheine --case "$case_id" --ref-msg "H-$run" \
     --recipient-ref COE-2026-311
-note "Kreis Coesfeld leads the case now; the open referrals moved with it. A status report"
-note "addressed to Rheine is refused:"
+for _ in $(seq 100); do
+    [ "$(as jc.rheine referral show "$(R father)" 2>/dev/null | field sender)" = kim.coesfeld ] \
+        && break
+    sleep 0.1
+done
+note "Kreis Coesfeld leads the case now, at both brokers. The open referrals moved with it:"
+note "Steinfurt's broker sent Coesfeld's the record of each (HANDED_OVER), so both ends know them:"
+inbox kim.coesfeld 1500
+state kim.coesfeld "$(R father)" ACCEPTED
+state jc.rheine "$(R father)"
+note "A status report addressed to Rheine is refused:"
 jc kim.rheine "STATUS in_progress" POST /v1/messages \
     "{\"type\":\"STATUS\",\"msg_id\":\"JC-$run-2\",\"recipient\":\"kim.rheine\",\"referral_id\":\"$(R father)\",\"code\":\"in_progress\"}"
 note "The job centre's agent follows the handovers of its cases (it subscribes to them), so its"
@@ -347,22 +454,29 @@ printf '      in the job centre'"'"'s agent, referral %s goes to %s%s%s\n' "$(R 
     "$(api GET "/v1/referrals/$(R father)" | field counterpart)" "$off"
 jc kim.coesfeld "STATUS in_progress" POST "/v1/referrals/$(R father)/answer" \
     "{\"answer\":\"status\",\"code\":\"in_progress\",\"msg_id\":\"JC-$run-3\"}"
-state kim.coesfeld "$(R father)"
+note "Logged in Steinfurt, it crosses the link and passes Coesfeld's life cycle too:"
+state jc.rheine "$(R father)"
+state kim.coesfeld "$(R father)" IN_PROGRESS
 
-step "8. The youth office hands over under § 86c SGB VIII"
+step "8. The youth office hands over under § 86c SGB VIII, across the district border"
+note "Rheine's youth office forwards to Coesfeld's: the FORWARD goes to the new lead with its"
+note "payload over the link, and Coesfeld's broker delivers it to its youth office."
 send ja.rheine FORWARD kim.coesfeld --referral "$(R son)" --org ja.coesfeld \
     --msg-id "$(R son)-86c" --purpose youth_welfare --statute "SGB X §69(1)1" \
     --note "§ 86c SGB VIII: continues until Coesfeld takes over"
-state kim.coesfeld "$(R son)"
-inbox ja.coesfeld
+state kim.coesfeld "$(R son)" FORWARDED
+inbox ja.coesfeld 1500
 send ja.coesfeld ACCEPT ja.rheine --referral "$(R son)-86c"
 send ja.coesfeld OUTCOME ja.rheine --referral "$(R son)-86c" --code completed
-state ja.rheine "$(R son)-86c"
+state ja.rheine "$(R son)-86c" COMPLETED
+state ja.coesfeld "$(R son)-86c"
 
 step "9. The father revokes his consent"
-note "Coesfeld leads the case now, so it records the revocation; it blocks new transfers at once."
+note "Coesfeld leads the case now, so it records the revocation at its broker; it blocks new"
+note "transfers at once, and goes to Steinfurt's broker too (the consent names offices there):"
 sendj kim.coesfeld "{\"type\":\"CONSENT_REVOKE\",\"msg_id\":\"V-$run\",\"case_id\":\"$case_id\",\"consent\":\"G-$run-father\"}"
 state kim.coesfeld "$(R father)"
+state jc.rheine "$(R father)" SUSPENDED
 send kim.coesfeld REFERRAL aba.rheine --referral "$(R residence2)" --case "$case_id" \
     --subject p-father --purpose residence --consent "G-$run-father"
 note "The job centre received data under that consent, so its agent is told, and its view of"
@@ -382,8 +496,9 @@ as dsb.steinfurt audit verify --sign-key "$data/keys/broker.sign.pub" 2>&1 | sed
 as dsb.steinfurt audit case "$case_id" --sign-key "$data/keys/broker.sign.pub" 2>&1 \
     | sed -n 1,14p | cut -c1-140 | sed 's/^/   /'
 note "(the whole timeline: kim audit case $case_id --cert .../dsb.steinfurt.cert_secret)"
-note "The access report for the father: who received which of his data, when, on what basis:"
-as kim.coesfeld subject report p-father --case "$case_id" 2>&1 | cut -c1-400 | sed 's/^/   /'
+note "The access report for the father: who received which of his data, when, on what basis."
+note "Each district's broker reports what passed through it; in Steinfurt, kim.rheine asks:"
+as kim.rheine subject report p-father --case "$case_id" 2>&1 | cut -c1-400 | sed 's/^/   /'
 
 step "Where the case manager in Coesfeld stands"
 as kim.coesfeld referral list --case "$case_id" | while IFS= read -r line; do
@@ -393,8 +508,10 @@ done
 
 cat <<MSG
 
-The broker keeps running (pid $(cat "$pidfile"); stop it with: kill \$(cat $pidfile)).
-The job centre's kim-agent keeps running beside it on $agent_url
+Both brokers keep running: Kreis Steinfurt's (pid $(cat "$pidfile"), port $port; stop it
+with: kill \$(cat $pidfile)) and Kreis Coesfeld's (pid $(cat "$pidfile_coe"), port $port_coe,
+data in $data_coe; stop it with: kill \$(cat $pidfile_coe)).
+The job centre's kim-agent keeps running beside them on $agent_url
 (pid $(cat "$agent_pidfile"); stop it with: kill \$(cat $agent_pidfile)). Ask it as the
 job centre's system does (docs/agent.md, agents/agent/openapi.json):
 
@@ -414,11 +531,17 @@ Look around with the kim tool:
 
     export KIM_ENDPOINT=$KIM_ENDPOINT KIM_BROKER_KEY=$KIM_BROKER_KEY
     $kim --help
-    $kim referral list --open --cert $demo/keys/kim.coesfeld.cert_secret
+    $kim referral list --open --cert $demo/keys/kim.rheine.cert_secret
     $kim referral show $(R father) --cert $demo/keys/jc.rheine.cert_secret
     $kim inbox  --cert $demo/keys/kim.rheine.cert_secret
     $kim audit verify --data $data
     $kim status --cert $demo/keys/kim.rheine.cert_secret
 
-Every demo organisation has its key in $demo/keys/; the registry is $config.
+Coesfeld's offices talk to their own broker:
+
+    KIM_ENDPOINT=tcp://127.0.0.1:$port_coe KIM_BROKER_KEY=$data_coe/keys/broker.cert \\
+        $kim referral list --case $case_id --cert $demo/keys/kim.coesfeld.cert_secret
+
+Every demo organisation has its key in $demo/keys/; the registries are $config
+(Steinfurt) and $config_coe (Coesfeld).
 MSG

@@ -130,7 +130,9 @@ static const char *s_consent_codes [] = { "revoked", "expired", "withheld", NULL
     X (EXPIRED,          H (RECIPIENT) | H (REFERRAL_ID) | H (DEADLINE), \
                          H (REF_MSG_ID) | H (CASE_ID), NULL) \
     X (UNDELIVERABLE,    H (RECIPIENT) | H (REF_MSG_ID) | H (CODE) | H (ORG), \
-                         H (REFERRAL_ID) | H (CASE_ID) | H (NOTE), NULL)
+                         H (REFERRAL_ID) | H (CASE_ID) | H (NOTE), NULL) \
+    X (HANDED_OVER,      H (RECIPIENT) | H (REFERRAL_ID) | H (CASE_ID) | H (REF_MSG_ID) | H (ORG) \
+                         | H (CODE) | H (DEADLINE), H (PURPOSE) | H (LEGAL_BASIS) | H (NOTE), NULL)
 
 typedef struct {
     kim_type_t type;

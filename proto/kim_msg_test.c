@@ -131,6 +131,15 @@ s_test_msg (kim_msg_t *msg, kim_type_t type)
             strcpy (msg->rule, "no-art9-to-private");
             strcpy (msg->note, "refused by broker.coesfeld");
             break;
+        case KIM_TYPE_HANDED_OVER:
+            strcpy (msg->recipient, "kim.coesfeld");
+            strcpy (msg->referral_id, "r-1");
+            strcpy (msg->case_id, "c-1");
+            strcpy (msg->ref_msg_id, "m-1");
+            strcpy (msg->org, "jc.rheine");
+            strcpy (msg->code, "delivered");
+            msg->deadline = 1719000000000;
+            break;
         default:
             break;
     }

@@ -349,7 +349,7 @@ s_post_handled (s_call_t *call)
 
 static const char *const s_states [] = {
     "SENT", "DELIVERED", "ACCEPTED", "IN_PROGRESS", "OVERDUE", "COMPLETED", "DECLINED",
-    "NOT_COMPETENT", "FORWARDED", "EXPIRED", "WITHDRAWN", "SUSPENDED", NULL
+    "NOT_COMPETENT", "FORWARDED", "EXPIRED", "WITHDRAWN", "SUSPENDED", "UNDELIVERABLE", NULL
 };
 
 static enum MHD_Result

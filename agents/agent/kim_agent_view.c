@@ -122,6 +122,31 @@ kim_agent_view_apply (const char *self_org, const kim_msg_t *msg, bool outgoing,
             if (record)
                 next = "EXPIRED";
             break;
+        case KIM_TYPE_UNDELIVERABLE: {
+            //  Another district's broker refused what opened our referral:
+            //  the broker closes it (PROTOCOL.md 16.7). A refused answer
+            //  leaves it; the REFERRAL was the last thing we sent on a
+            //  referral still SENT (or OVERDUE, after its REMINDER).
+            const char *last = json_string_value (json_object_get (record, "last_msg_id"));
+            const char *last_type = json_string_value (json_object_get (record, "last_type"));
+            if (record && (streq (state, "SENT") || streq (state, "OVERDUE"))
+            &&  ((last && streq (last, msg->ref_msg_id))
+            ||   (last_type && streq (last_type, "REMINDER"))))
+                next = "UNDELIVERABLE";
+            break;
+        }
+        case KIM_TYPE_HANDED_OVER: {
+            //  A case handed to us from another district: its open referral,
+            //  ours now, in the state the broker there held (PROTOCOL.md 16.6)
+            char upper [KIM_CODE_MAX + 1];
+            size_t n = 0;
+            for (; msg->code [n] && n < KIM_CODE_MAX; n++)
+                upper [n] = (char) toupper ((unsigned char) msg->code [n]);
+            upper [n] = 0;
+            if (!record && s_in (upper, s_open_states))
+                created = s_open (id, "sender", msg->org, msg, upper, now);
+            break;
+        }
         case KIM_TYPE_FORWARD:
             //  The old referral ends; the FORWARD's msg_id names a new one,
             //  from the forwarding organisation to `org`.

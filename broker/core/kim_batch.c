@@ -250,7 +250,7 @@ kim_ctx_emit (kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient, uint64_t *s
         if (!s_remote (self, recipient, &remote, home))
             rc = -KIM_E_UNKNOWN_RECIPIENT;
         else
-        if (msg->type == KIM_TYPE_DELIVERED)
+        if (msg->type == KIM_TYPE_DELIVERED || msg->type == KIM_TYPE_HANDED_OVER)
             rc = s_link_mailbox_add (self, home, appended, NULL);
         recipient = NULL;       //  other notices to a remote organisation: logged only
     }

@@ -235,6 +235,34 @@ kim_lc_case_check (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     }
 }
 
+//  The record of a referral handed to a lead of another district, as a
+//  broker-made HANDED_OVER to that lead: its state (in lower case), the
+//  other party (`org`), the deadline and the message that opened it.
+static int
+s_hand_over_notice (kim_ctx_t *ctx, const kim_referral_t *referral)
+{
+    kim_msg_t notice;
+    kim_msg_init (&notice);
+    notice.type = KIM_TYPE_HANDED_OVER;
+    kim_str_copy (notice.referral_id, sizeof notice.referral_id, referral->id);
+    kim_str_copy (notice.case_id, sizeof notice.case_id, referral->case_id);
+    kim_str_copy (notice.ref_msg_id, sizeof notice.ref_msg_id, referral->msg_id);
+    kim_str_copy (notice.org, sizeof notice.org, referral->recipient);
+    kim_str_copy (notice.purpose, sizeof notice.purpose, referral->purpose);
+    notice.deadline = referral->deadline;
+    //  Under a consent: the far broker suspends it too when the consent goes.
+    if (referral->consent_id [0]) {
+        notice.basis = KIM_BASIS_CONSENT;
+        kim_str_copy (notice.consent_id, sizeof notice.consent_id, referral->consent_id);
+    }
+    const char *name = kim_lc_state_name (referral->state);
+    size_t n = 0;
+    for (; name [n] && n < KIM_CODE_MAX; n++)
+        notice.code [n] = (char) (name [n] >= 'A' && name [n] <= 'Z'? name [n] + 32: name [n]);
+    notice.code [n] = 0;
+    return kim_ctx_emit (ctx, &notice, referral->sender, NULL);
+}
+
 //  The lead accepted a handover: the open referrals it listed move with it.
 static int
 s_hand_over (kim_ctx_t *ctx, kim_case_t *kcase, const char *to, uint64_t seq)
@@ -277,6 +305,12 @@ s_hand_over (kim_ctx_t *ctx, kim_case_t *kcase, const char *to, uint64_t seq)
                   kim_lc_state_name (referral.state), from, to, seq);
         if (rc == 0)
             rc = kim_lc_record (ctx, json);
+        //  A lead of another district: its broker learns the referral from
+        //  this one, the broker of the referral's recipient, which vouches
+        //  for its own offices only (PROTOCOL.md 16.6). The notice goes over
+        //  the link behind the HANDOVER_ACCEPT, before any later answer.
+        if (rc == 0 && !kim_ctx_org (ctx, to) && kim_ctx_org (ctx, referral.recipient))
+            rc = s_hand_over_notice (ctx, &referral);
     }
     free (offer);
     kim_str_copy (kcase->lead, sizeof kcase->lead, to);

@@ -594,6 +594,12 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
     //  (kim_link.c): the registry here does not list it.
     const kim_org_t *recipient = route->recipient && streq (route->recipient->id, recipient_id)
         ? route->recipient: kim_ctx_org (ctx, recipient_id);
+    //  A FORWARD to an office of another district (the life cycle checked
+    //  that it is within reach): its directory entry is what is known of it.
+    kim_org_t remote;
+    char home [KIM_ORG_MAX + 1];
+    if (!recipient && kim_ctx_remote (ctx, recipient_id, &remote, home))
+        recipient = &remote;
     if (!recipient)
         return s_refuse (verdict, KIM_E_UNKNOWN_RECIPIENT,
                          msg->type == KIM_TYPE_FORWARD? "hdr.org": "hdr.recipient",

@@ -112,6 +112,16 @@ s_party (const kim_referral_t *referral, const char *org)
     return streq (org, referral->sender) || streq (org, referral->recipient);
 }
 
+//  The broker an organisation of another district is homed at, or false
+//  for one registered here (or unknown).
+static bool
+s_home (kim_ctx_t *ctx, const char *org, char home [KIM_ORG_MAX + 1])
+{
+    kim_org_t remote;
+    home [0] = 0;
+    return !kim_ctx_org (ctx, org) && kim_ctx_remote (ctx, org, &remote, home);
+}
+
 static uint64_t
 s_deadline (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_msg_t *msg)
 {
@@ -211,6 +221,21 @@ s_check_answer (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
         if ((rc = s_check_deadline (ctx, msg, verdict)))
             return rc;
         const kim_org_t *org = kim_ctx_org (ctx, msg->org);
+        char home [KIM_ORG_MAX + 1], near [KIM_ORG_MAX + 1];
+        if (!org && s_home (ctx, msg->org, home)) {
+            //  An office of another district (federation): the FORWARD
+            //  crosses one link, to the district of the referral's other
+            //  party, whose broker hands it on with the payload. A third
+            //  district is out of its reach (no transit, PROTOCOL.md 16.8).
+            bool reach = (s_home (ctx, msg->recipient, near) && streq (near, home))
+                      || (s_home (ctx, who, near) && streq (near, home));
+            if (!reach)
+                return s_refuse (verdict, KIM_E_UNKNOWN_RECIPIENT, "hdr.org",
+                                 "%s is an office of %s: a FORWARD goes to an office of this "
+                                 "district or of the district of %s only", msg->org, home,
+                                 msg->recipient);
+        }
+        else
         if (!org || org->revoked || org->role != KIM_ROLE_AGENCY)
             return s_refuse (verdict, KIM_E_UNKNOWN_RECIPIENT, "hdr.org",
                              "%s is not a registered agency", msg->org);
@@ -229,6 +254,113 @@ s_check_answer (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     return 0;
 }
 
+//  The state a HANDED_OVER names in its code (the state's name in lower
+//  case), or KIM_REFERRAL_NONE.
+static uint32_t
+s_state_from_code (const char *code)
+{
+    char upper [KIM_CODE_MAX + 1];
+    size_t n = 0;
+    for (; code [n] && n < KIM_CODE_MAX; n++)
+        upper [n] = (char) (code [n] >= 'a' && code [n] <= 'z'? code [n] - 32: code [n]);
+    upper [n] = 0;
+#define KIM_X_STATE(name, num) if (streq (upper, #name)) return num;
+    KIM_REFERRAL_STATES (KIM_X_STATE)
+#undef KIM_X_STATE
+    return KIM_REFERRAL_NONE;
+}
+
+//  A peer broker hands over the record of an open referral of a case that
+//  one of our offices now leads (PROTOCOL.md 16.6). Its key vouches for
+//  its own offices only: the referral's other party must be homed there,
+//  and the case must be led here by the office the record names.
+static int
+s_check_handed_over (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
+                     kim_verdict_t *verdict)
+{
+    const kim_msg_t *msg = route->msg;
+    char home [KIM_ORG_MAX + 1];
+    if (route->sender->role != KIM_ROLE_PEER)
+        return 0;               //  made by this broker: nothing to check
+    if (!s_home (ctx, msg->org, home) || !streq (home, route->sender->id))
+        return s_refuse (verdict, KIM_E_SENDER_MISMATCH, "hdr.org",
+                         "%s is not an office of %s: a broker hands over the referrals of "
+                         "its own offices only", msg->org, route->sender->id);
+    uint32_t state = s_state_from_code (msg->code);
+    if (!kim_lc_state_open (state))
+        return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.code",
+                         "%s is not the state of an open referral", msg->code);
+    kim_case_t kcase;
+    int rc = kim_lc_case_read (self, kim_ctx_store (ctx), msg->case_id, &kcase);
+    if (rc == -KIM_E_NOT_FOUND)
+        return s_refuse (verdict, KIM_E_UNKNOWN_CASE, "hdr.case_id",
+                         "no case %s is known to this broker", msg->case_id);
+    if (rc)
+        return rc;
+    if (!streq (kcase.lead, msg->recipient))
+        return s_refuse (verdict, KIM_E_NOT_LEAD, "hdr.recipient",
+                         "%s does not lead case %s", msg->recipient, kcase.id);
+    kim_referral_t referral;
+    rc = kim_lc_referral_get (kim_ctx_store (ctx), msg->referral_id, &referral);
+    if (rc == 0 && !(streq (referral.sender, msg->recipient)
+                 &&  streq (referral.recipient, msg->org)))
+        return s_refuse (verdict, KIM_E_REFERRAL_EXISTS, "hdr.referral_id",
+                         "referral id %s is taken here by another referral", msg->referral_id);
+    return rc == -KIM_E_NOT_FOUND? 0: rc;
+}
+
+//  Opens here the referral a peer handed over (checked above), in the
+//  state its broker holds, with its deadline timer: answers of it pass
+//  this broker's life cycle from now on. A record known already (both
+//  parties were here) is left as it is.
+static int
+s_take_handed_over (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_route_t *route)
+{
+    const kim_msg_t *msg = route->msg;
+    kim_store_t *store = kim_ctx_store (ctx);
+    kim_referral_t referral;
+    int rc = kim_lc_referral_get (store, msg->referral_id, &referral);
+    if (rc != -KIM_E_NOT_FOUND)
+        return rc;
+    memset (&referral, 0, sizeof referral);
+    referral.version = S_REFERRAL_VERSION;
+    referral.state = s_state_from_code (msg->code);
+    kim_str_copy (referral.id, sizeof referral.id, msg->referral_id);
+    kim_str_copy (referral.msg_id, sizeof referral.msg_id, msg->ref_msg_id);
+    kim_str_copy (referral.sender, sizeof referral.sender, msg->recipient);
+    kim_str_copy (referral.recipient, sizeof referral.recipient, msg->org);
+    kim_str_copy (referral.case_id, sizeof referral.case_id, msg->case_id);
+    kim_str_copy (referral.purpose, sizeof referral.purpose, msg->purpose);
+    if (msg->basis == KIM_BASIS_CONSENT)
+        kim_str_copy (referral.consent_id, sizeof referral.consent_id, msg->consent_id);
+    referral.deadline = msg->deadline;
+    referral.created_seq = referral.last_seq = route->seq;
+    if (referral.state == KIM_REFERRAL_OVERDUE)
+        rc = kim_lc_timer_put (store, referral.deadline + self->expire_ms, referral.id,
+                               S_TIMER_EXPIRY);
+    else
+    if (referral.state == KIM_REFERRAL_SENT || referral.state == KIM_REFERRAL_DELIVERED)
+        rc = kim_lc_timer_put (store, referral.deadline, referral.id, S_TIMER_DEADLINE);
+    else
+        rc = 0;
+    if (rc == 0)
+        rc = kim_lc_referral_put (store, &referral);
+    if (rc == 0)
+        rc = kim_lc_index_put (store, &referral);
+    char json [512];
+    snprintf (json, sizeof json, "{\"referral_id\":\"%s\",\"case_id\":\"%s\",\"from\":\"%s\","
+              "\"to\":\"%s\",\"sender_to\":\"%s\",\"handed_over_by\":\"%s\",\"seq\":%"
+              PRIu64 "}", referral.id, referral.case_id, kim_lc_state_name (referral.state),
+              kim_lc_state_name (referral.state), referral.sender, route->sender->id, route->seq);
+    if (rc == 0)
+        rc = kim_lc_record (ctx, json);
+    if (rc == 0)
+        zsys_info ("lifecycle: %s handed over referral %s of case %s (%s) to %s",
+                   route->sender->id, referral.id, referral.case_id,
+                   kim_lc_state_name (referral.state), referral.sender);
+    return rc;
+}
+
 static int
 s_check (void *state, kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
 {
@@ -236,6 +368,8 @@ s_check (void *state, kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict
     kim_type_t type = route->msg->type;
     if (type == KIM_TYPE_REFERRAL)
         return s_check_referral (self, ctx, route, verdict);
+    if (type == KIM_TYPE_HANDED_OVER)
+        return s_check_handed_over (self, ctx, route, verdict);
     if (kim_type_flags (type) & KIM_MSG_REFERRAL_ANSWER)
         return s_check_answer (self, ctx, route, verdict);
     if (type == KIM_TYPE_HANDOVER_OFFER || type == KIM_TYPE_HANDOVER_ACCEPT
@@ -321,6 +455,9 @@ s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
                                                  route->seq);
         }
     }
+    else
+    if (msg->type == KIM_TYPE_HANDED_OVER && route->sender->role == KIM_ROLE_PEER)
+        return s_take_handed_over (self, ctx, route);
     else
     if (msg->type == KIM_TYPE_DELIVERED && route->sender->role == KIM_ROLE_PEER
     &&  msg->referral_id [0]) {
@@ -536,6 +673,29 @@ kim_lifecycle_referral_case (kim_ctx_t *ctx, const char *referral_id,
     if (rc == 0 && opened_seq)
         *opened_seq = referral.created_seq;
     return rc;
+}
+
+int
+kim_lifecycle_undeliverable (kim_ctx_t *ctx, const kim_msg_t *refused, uint64_t seq)
+{
+    kim_store_t *store = kim_ctx_store (ctx);
+    if (!kim_store_txn (store) || !refused)
+        return -KIM_E_ARGS;
+    //  A FORWARD opens the referral named by its msg_id
+    const char *id = refused->type == KIM_TYPE_REFERRAL? refused->referral_id
+                   : refused->type == KIM_TYPE_FORWARD? refused->msg_id: NULL;
+    if (!id || !id [0])
+        return 0;
+    kim_referral_t referral;
+    int rc = kim_lc_referral_get (store, id, &referral);
+    if (rc)
+        return rc == -KIM_E_NOT_FOUND? 0: rc;
+    if (!streq (referral.msg_id, refused->msg_id)
+    ||  (referral.state != KIM_REFERRAL_SENT && referral.state != KIM_REFERRAL_OVERDUE))
+        return 0;
+    zsys_info ("lifecycle: referral %s from %s to %s is UNDELIVERABLE", referral.id,
+               referral.sender, referral.recipient);
+    return kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_UNDELIVERABLE, seq);
 }
 
 //  A referral's opening message (REFERRAL or FORWARD) that its recipient

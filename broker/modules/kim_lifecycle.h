@@ -7,7 +7,7 @@
     changes in the same write transaction as the log append, so a crash
     never leaves a referral's state and the log apart.
 
-    The two calls below are for other modules (consent). Both must be called
+    The calls below are for other modules (consent, link). All must be called
     inside a write batch (from a hook's check/applied/tick or a kim_ctx_batch
     function): they read and write through the batch's transaction.
 */
@@ -53,6 +53,14 @@ int
 int
     kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id, bool expired,
                                    size_t *withheld);
+
+//  The recipient's broker in another district refused `refused` (link
+//  module, PROTOCOL.md 16.7): the referral it opened (a REFERRAL's, or the
+//  one a FORWARD opened) becomes UNDELIVERABLE, closed, if it is still
+//  unanswered here; `seq` is the UNDELIVERABLE notice's. Anything else
+//  (an answer refused) leaves the state as it is. Returns 0 or -KIM_E_*.
+int
+    kim_lifecycle_undeliverable (kim_ctx_t *ctx, const kim_msg_t *refused, uint64_t seq);
 
 void
     kim_lifecycle_test (bool verbose);

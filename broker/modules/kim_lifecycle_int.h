@@ -37,7 +37,8 @@
     X(EXPIRED,       10)        \
     X(WITHDRAWN,     11)        \
     X(SUSPENDED,     12)        \
-    X(LAPSED,        13)
+    X(LAPSED,        13)        \
+    X(UNDELIVERABLE, 14)
 
 typedef enum {
     KIM_REFERRAL_NONE = 0,

@@ -29,6 +29,7 @@
 #include "kim_audit.h"
 #include "kim_consent.h"
 #include "kim_keys.h"
+#include "kim_lifecycle.h"
 #include "kim_link.h"
 
 #define S_WINDOW            64          //  PEER_FORWARDs in flight per link
@@ -561,7 +562,12 @@ s_settle_batch (void *arg, kim_ctx_t *ctx)
         if (!kim_utf8_valid ((const uint8_t *) note, strlen (note)))
             snprintf (note, sizeof note, "refused by %s", link->conf.name);
         kim_str_copy (notice.note, sizeof notice.note, note);
-        if ((rc = kim_ctx_emit (ctx, &notice, original.sender, NULL)))
+        uint64_t notice_seq;
+        if ((rc = kim_ctx_emit (ctx, &notice, original.sender, &notice_seq)))
+            return rc;
+        //  A referral its recipient's broker never took is closed here
+        //  (UNDELIVERABLE), not left SENT.
+        if ((rc = kim_lifecycle_undeliverable (ctx, &original, notice_seq)))
             return rc;
         zsys_info ("link: %s refused %s (%s%s%s): the sender is told", link->conf.name,
                    original.msg_id, kim_errname (refusal->code), refusal->rule [0]? ", rule ": "",

@@ -89,7 +89,8 @@ extern "C" {
     X(DELIVERED,        "DELIVERED",        50, KIM_MSG_FROM_BROKER)         \
     X(REMINDER,         "REMINDER",         51, KIM_MSG_FROM_BROKER)         \
     X(EXPIRED,          "EXPIRED",          52, KIM_MSG_FROM_BROKER)         \
-    X(UNDELIVERABLE,    "UNDELIVERABLE",    53, KIM_MSG_FROM_BROKER)
+    X(UNDELIVERABLE,    "UNDELIVERABLE",    53, KIM_MSG_FROM_BROKER)         \
+    X(HANDED_OVER,      "HANDED_OVER",      54, KIM_MSG_FROM_BROKER)
 
 typedef enum {
     KIM_TYPE_NONE = 0,

@@ -131,6 +131,31 @@ main (void)
     json_decref (record);
     record = NULL;
 
+    //  Federation: a REFERRAL refused by the far broker closes; a refused
+    //  answer does not; a handed-over referral opens in its state
+    msg = s_msg (KIM_TYPE_REFERRAL, "m4", "", "jc.far", "r4");
+    CHECK (s_apply ("kim.a", &msg, true, &record, NULL));
+    msg = s_msg (KIM_TYPE_UNDELIVERABLE, "u1", "broker.a", "kim.a", "r4");
+    kim_str_copy (msg.ref_msg_id, sizeof msg.ref_msg_id, "other");
+    CHECK (!s_apply ("kim.a", &msg, false, &record, NULL));
+    kim_str_copy (msg.ref_msg_id, sizeof msg.ref_msg_id, "m4");
+    CHECK (s_apply ("kim.a", &msg, false, &record, NULL));
+    CHECK (streq (s_state (record), "UNDELIVERABLE"));
+    json_decref (record);
+    record = NULL;
+    msg = s_msg (KIM_TYPE_HANDED_OVER, "broker-9", "broker.b", "kim.a", "r5");
+    kim_str_copy (msg.org, sizeof msg.org, "jc.b");
+    kim_str_copy (msg.case_id, sizeof msg.case_id, "c5");
+    kim_str_copy (msg.code, sizeof msg.code, "in_progress");
+    msg.deadline = 900;
+    CHECK (s_apply ("kim.a", &msg, false, &record, NULL));
+    CHECK (streq (s_state (record), "IN_PROGRESS"));
+    CHECK (streq (json_string_value (json_object_get (record, "role")), "sender"));
+    CHECK (streq (json_string_value (json_object_get (record, "counterpart")), "jc.b"));
+    CHECK (!s_apply ("kim.a", &msg, false, &record, NULL));    //  known: not again
+    json_decref (record);
+    record = NULL;
+
     //  Forwards: we forward (old FORWARDED, a new one of ours opens); the
     //  new recipient opens it; the original sender sees FORWARDED
     msg = s_msg (KIM_TYPE_REFERRAL, "m4", "kim.a", "jc.b", "r4");

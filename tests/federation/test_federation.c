@@ -1,7 +1,8 @@
 /*  test_federation.c — brokers of different districts linked broker to
     broker (PROTOCOL.md 16), as real kim-broker processes over tcp loopback.
 
-    Usage: test_federation referral|outage|refusal|rotation|roles|handover|trust|consent
+    Usage: test_federation referral|outage|refusal|rotation|roles|handover|
+                           handover_referrals|forward|trust|consent
 
     referral  three districts: a REFERRAL from an office at A to one at C is
               receipted at A, delivered once at C (its sealed payload opens),
@@ -10,13 +11,20 @@
     outage    the far broker is killed with messages queued for it; after its
               restart every message arrives once, in order.
     refusal   the far broker's policy refuses what the near one allowed: the
-              sender gets UNDELIVERABLE naming the far broker and its rule.
+              sender gets UNDELIVERABLE naming the far broker and its rule,
+              and the referral is UNDELIVERABLE (closed) at the sender's broker.
     rotation  a key rotation and a revocation at one broker reach its peer
               on SIGHUP, without a restart.
     roles     a non-peer key may not use the federation commands; a peer may
               use nothing else; a peer cannot forward for another's office.
     handover  a case led in one district is handed to another district's case
               management: the lead moves at both ends.
+    handover_referrals
+              the case's open referrals move with it: the new lead's broker
+              holds them in their state, answers from the old district pass
+              both life cycles, both ends agree on every state.
+    forward   FORWARD to an office of the sender's district and to one of the
+              forwarder's own; a third district is refused with the reason.
     trust     a peer's wrong signing key keeps the link from forwarding, and the
               mail waits (not refused) until the key is corrected and reloaded.
     consent   a consent given in one district to an office of another goes to
@@ -308,6 +316,12 @@ s_test_refusal (void)
     KIM_CHECK (streq (event.msg.code, "policy_deny"));
     KIM_CHECK (streq (event.msg.rule, "coesfeld_no_aba"));
     KIM_CHECK (strstr (event.msg.note, "broker.coesfeld") && strstr (event.msg.note, "coesfeld_no_aba"));
+    //  The referral is closed at the sender's broker, not left SENT.
+    char state [32];
+    s_referral_state (kim, "R-P1", state, sizeof state);
+    KIM_CHECK (streq (state, "UNDELIVERABLE"));
+    s_lc_msg (&msg, KIM_TYPE_WITHDRAW, "aba.coesfeld", "R-P1", "m-p2", NULL);
+    LC_SEND (kim, &msg, KIM_E_BAD_STATE, "UNDELIVERABLE");
     s_expect_quiet (aba, 1000);
     kim_client_destroy (&kim);
     kim_client_destroy (&aba);
@@ -436,6 +450,159 @@ s_test_handover (void)
     kim_client_destroy (&kim);
     kim_client_destroy (&jc);
     kim_client_destroy (&far);
+}
+
+//  The open referrals of a case handed across districts move with it: the
+//  new lead's broker holds them in the state they had, answers of the
+//  offering district's offices pass both brokers' life cycles, and both
+//  ends agree on every state.
+static void
+s_test_handover_referrals (void)
+{
+    const char *a_orgs [] = { "kim.steinfurt", "jc.steinfurt", NULL };
+    const char *c_orgs [] = { "kim.coesfeld", NULL };
+    const char *names [] = { "broker.steinfurt", "broker.coesfeld" };
+    const char **orgs [] = { a_orgs, c_orgs };
+    s_districts (2, names, orgs);
+    s_start_all (2);
+    kim_client_t *kim = kim_testbroker_client (s_brokers [0], "kim.steinfurt", 16, true);
+    kim_client_t *jc = kim_testbroker_client (s_brokers [0], "jc.steinfurt", 16, true);
+    kim_client_t *far = kim_testbroker_client (s_brokers [1], "kim.coesfeld", 16, true);
+    KIM_CHECK (kim && jc && far);
+    s_wait_directory (kim, "kim.coesfeld", true);
+    s_wait_directory (far, "kim.steinfurt", true);
+
+    //  Two referrals to Steinfurt's job centre: one delivered, one accepted;
+    //  a third withdrawn (closed: it does not move).
+    kim_msg_t msg;
+    kim_event_t event;
+    s_lc_msg (&msg, KIM_TYPE_REFERRAL, "jc.steinfurt", "R-M1", "m-m1", "C-M");
+    LC_SEND (kim, &msg, 0, NULL);
+    LC_WAIT (jc, KIM_TYPE_REFERRAL, "R-M1", &event);
+    s_lc_msg (&msg, KIM_TYPE_REFERRAL, "jc.steinfurt", "R-M2", "m-m2", "C-M");
+    LC_SEND (kim, &msg, 0, NULL);
+    LC_WAIT (jc, KIM_TYPE_REFERRAL, "R-M2", &event);
+    s_lc_msg (&msg, KIM_TYPE_ACCEPT, "kim.steinfurt", "R-M2", "m-m3", NULL);
+    LC_SEND (jc, &msg, 0, NULL);
+    s_lc_msg (&msg, KIM_TYPE_REFERRAL, "jc.steinfurt", "R-M3", "m-m4", "C-M");
+    LC_SEND (kim, &msg, 0, NULL);
+    s_lc_msg (&msg, KIM_TYPE_WITHDRAW, "jc.steinfurt", "R-M3", "m-m5", NULL);
+    LC_SEND (kim, &msg, 0, NULL);
+
+    //  The family moves to Coesfeld.
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_OFFER, "kim.coesfeld", "C-M", "m-m6", NULL);
+    msg.referral_count = 3;
+    snprintf (msg.referrals [0], sizeof msg.referrals [0], "R-M1");
+    snprintf (msg.referrals [1], sizeof msg.referrals [1], "R-M2");
+    snprintf (msg.referrals [2], sizeof msg.referrals [2], "R-M3");
+    LC_SEND (kim, &msg, 0, NULL);
+    LC_WAIT (far, KIM_TYPE_HANDOVER_OFFER, "C-M", &event);
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, "kim.steinfurt", "C-M", "m-m7", "m-m6");
+    LC_SEND (far, &msg, 0, NULL);
+
+    //  Coesfeld's broker is told of each open referral, in its state.
+    LC_WAIT (far, KIM_TYPE_HANDED_OVER, "R-M1", &event);
+    KIM_CHECK (streq (event.msg.sender, "broker.steinfurt") && streq (event.msg.org, "jc.steinfurt"));
+    KIM_CHECK (streq (event.msg.code, "delivered") && streq (event.msg.ref_msg_id, "m-m1"));
+    KIM_CHECK (event.msg.deadline > 0 && streq (event.msg.case_id, "C-M"));
+    LC_WAIT (far, KIM_TYPE_HANDED_OVER, "R-M2", &event);
+    KIM_CHECK (streq (event.msg.code, "accepted"));
+    s_wait_state (jc, far, "R-M1", "DELIVERED");
+    s_wait_state (jc, far, "R-M2", "ACCEPTED");
+
+    //  The job centre answers the new lead across the link: both life
+    //  cycles pass it, both ends agree.
+    s_lc_msg (&msg, KIM_TYPE_ACCEPT, "kim.coesfeld", "R-M1", "m-m8", NULL);
+    LC_SEND (jc, &msg, 0, NULL);
+    LC_WAIT (far, KIM_TYPE_ACCEPT, "R-M1", &event);
+    KIM_CHECK (streq (event.msg.sender, "jc.steinfurt"));
+    s_wait_state (jc, far, "R-M1", "ACCEPTED");
+    s_lc_msg (&msg, KIM_TYPE_STATUS, "kim.coesfeld", "R-M2", "m-m9", "in_progress");
+    LC_SEND (jc, &msg, 0, NULL);
+    LC_WAIT (far, KIM_TYPE_STATUS, "R-M2", &event);
+    s_wait_state (jc, far, "R-M2", "IN_PROGRESS");
+
+    //  The new lead's own messages pass too; the old lead's are not its any more.
+    s_lc_msg (&msg, KIM_TYPE_WITHDRAW, "jc.steinfurt", "R-M1", "m-m10", NULL);
+    LC_SEND (far, &msg, 0, NULL);
+    LC_WAIT (jc, KIM_TYPE_WITHDRAW, "R-M1", &event);
+    s_wait_state (jc, far, "R-M1", "WITHDRAWN");
+    s_lc_msg (&msg, KIM_TYPE_WITHDRAW, "jc.steinfurt", "R-M2", "m-m11", NULL);
+    LC_SEND (kim, &msg, KIM_E_UNKNOWN_REFERRAL, "R-M2");
+    //  A bad move is refused by the new lead's broker itself.
+    s_lc_msg (&msg, KIM_TYPE_ACCEPT, "jc.steinfurt", "R-M2", "m-m12", NULL);
+    LC_SEND (far, &msg, KIM_E_BAD_STATE, "IN_PROGRESS");
+    s_expect_quiet (far, 500);
+    kim_client_destroy (&kim);
+    kim_client_destroy (&jc);
+    kim_client_destroy (&far);
+}
+
+//  FORWARD across districts: to an office of the district of the
+//  referral's sender, and to one of the forwarder's own district while the
+//  sender is far; a third district is out of reach.
+static void
+s_test_forward (void)
+{
+    const char *a_orgs [] = { "kim.steinfurt", "jc.steinfurt", NULL };
+    const char *b_orgs [] = { "jc.borken", NULL };
+    const char *c_orgs [] = { "jc.coesfeld", "mbe.coesfeld", NULL };
+    const char *names [] = { "broker.steinfurt", "broker.borken", "broker.coesfeld" };
+    const char **orgs [] = { a_orgs, b_orgs, c_orgs };
+    s_districts (3, names, orgs);
+    s_start_all (3);
+    kim_client_t *kim = kim_testbroker_client (s_brokers [0], "kim.steinfurt", 16, true);
+    kim_client_t *jc = kim_testbroker_client (s_brokers [0], "jc.steinfurt", 16, true);
+    kim_client_t *far = kim_testbroker_client (s_brokers [2], "jc.coesfeld", 16, true);
+    kim_client_t *mbe = kim_testbroker_client (s_brokers [2], "mbe.coesfeld", 16, true);
+    KIM_CHECK (kim && jc && far && mbe);
+    s_wait_directory (kim, "jc.coesfeld", true);
+    s_wait_directory (far, "jc.steinfurt", true);
+    s_wait_directory (far, "jc.borken", true);
+
+    kim_msg_t msg;
+    kim_event_t event;
+    s_lc_msg (&msg, KIM_TYPE_REFERRAL, "jc.coesfeld", "R-F1", "m-f1", "C-F");
+    LC_SEND (kim, &msg, 0, NULL);
+    LC_WAIT (far, KIM_TYPE_REFERRAL, "R-F1", &event);
+    s_wait_state (kim, far, "R-F1", "DELIVERED");
+
+    //  Out of reach: an office of a third district.
+    s_lc_msg (&msg, KIM_TYPE_FORWARD, "kim.steinfurt", "R-F1", "m-f2", "jc.borken");
+    LC_SEND (far, &msg, KIM_E_UNKNOWN_RECIPIENT, "broker.borken");
+
+    //  To the job centre of the sender's district: it crosses with the
+    //  referral's sender as recipient, and opens the new referral at both.
+    s_lc_msg (&msg, KIM_TYPE_FORWARD, "kim.steinfurt", "R-F1", "m-f3", "jc.steinfurt");
+    LC_SEND (far, &msg, 0, NULL);
+    LC_WAIT (jc, KIM_TYPE_FORWARD, "R-F1", &event);
+    KIM_CHECK (streq (event.msg.sender, "jc.coesfeld") && streq (event.msg.org, "jc.steinfurt"));
+    LC_WAIT (kim, KIM_TYPE_FORWARD, "R-F1", &event);
+    s_wait_state (kim, far, "R-F1", "FORWARDED");
+    //  The new recipient's ack makes it DELIVERED at both ends.
+    LC_WAIT (far, KIM_TYPE_DELIVERED, "m-f3", &event);
+    s_wait_state (jc, far, "m-f3", "DELIVERED");
+    s_lc_msg (&msg, KIM_TYPE_ACCEPT, "jc.coesfeld", "m-f3", "m-f4", NULL);
+    LC_SEND (jc, &msg, 0, NULL);
+    LC_WAIT (far, KIM_TYPE_ACCEPT, "m-f3", &event);
+    s_wait_state (jc, far, "m-f3", "ACCEPTED");
+
+    //  To an office of the forwarder's own district, the sender being far:
+    //  the sender's broker takes it although it does not know that office
+    //  as its own.
+    s_lc_msg (&msg, KIM_TYPE_REFERRAL, "jc.coesfeld", "R-F2", "m-f5", "C-F");
+    LC_SEND (kim, &msg, 0, NULL);
+    LC_WAIT (far, KIM_TYPE_REFERRAL, "R-F2", &event);
+    s_lc_msg (&msg, KIM_TYPE_FORWARD, "kim.steinfurt", "R-F2", "m-f6", "mbe.coesfeld");
+    LC_SEND (far, &msg, 0, NULL);
+    LC_WAIT (mbe, KIM_TYPE_FORWARD, "R-F2", &event);
+    LC_WAIT (kim, KIM_TYPE_FORWARD, "R-F2", &event);
+    s_wait_state (kim, far, "R-F2", "FORWARDED");
+    s_expect_quiet (kim, 1000);
+    kim_client_destroy (&kim);
+    kim_client_destroy (&jc);
+    kim_client_destroy (&far);
+    kim_client_destroy (&mbe);
 }
 
 static void
@@ -685,7 +852,7 @@ main (int argc, char *argv [])
 {
     if (argc != 2) {
         fprintf (stderr, "usage: test_federation referral|outage|refusal|rotation|roles|"
-                 "handover|trust|consent\n");
+                 "handover|handover_referrals|forward|trust|consent\n");
         return 2;
     }
     zsys_init ();
@@ -706,6 +873,12 @@ main (int argc, char *argv [])
     else
     if (streq (argv [1], "handover"))
         s_test_handover ();
+    else
+    if (streq (argv [1], "handover_referrals"))
+        s_test_handover_referrals ();
+    else
+    if (streq (argv [1], "forward"))
+        s_test_forward ();
     else
     if (streq (argv [1], "trust"))
         s_test_trust ();

@@ -236,6 +236,8 @@ static const struct {
     { "EXPIRED", "abgelaufen", "expired" },
     { "WITHDRAWN", "zurückgezogen", "withdrawn" },
     { "SUSPENDED", "ausgesetzt (Einwilligung widerrufen)", "suspended (consent revoked)" },
+    { "UNDELIVERABLE", "unzustellbar (anderer Kreis lehnte ab)",
+      "undeliverable (refused by another district)" },
     { "OPEN", "offen", "open" },
     { "CLOSED", "abgeschlossen", "closed" },
     { "pending", "wartet auf den Broker", "waiting for the broker" },
