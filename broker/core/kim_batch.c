@@ -71,11 +71,9 @@ s_hold_begin (kim_server_t *self)
 void
 kim_batch_durable (kim_server_t *self, bool later)
 {
-    if (!s_held (self))
-        return;
-    if (kim_store_synced_mark (self->store) < self->held_mark) {
-        if (later)
-            return;
+    //  Unless later, every commit is made durable, held or not: mail that
+    //  no organisation here waits for (a link's) goes out once it is.
+    if (!later && !kim_store_synced (self->store)) {
         int64_t started = zclock_usecs ();
         if (kim_store_sync (self->store)) {
             self->failed = true;        //  nothing held goes out: fail closed
@@ -83,7 +81,8 @@ kim_batch_durable (kim_server_t *self, bool later)
         }
         kim_metrics_observe_commit (&self->sync_seconds, zclock_usecs () - started);
     }
-    s_release (self);
+    if (s_held (self) && kim_store_synced_mark (self->store) >= self->held_mark)
+        s_release (self);
 }
 
 bool

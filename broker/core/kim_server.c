@@ -1213,8 +1213,8 @@ s_lazy_sync (zloop_t *loop, int timer_id, void *arg)
 
 //  After a turn: answers wait for a sync unless more commands are already
 //  waiting, whose commit makes this one durable with the same flush (but
-//  a turn at most). Mail alone, such as the notices an ACK makes, waits for
-//  the next commit or KIM_LAZY_SYNC_MS.
+//  a turn at most). Anything else committed (the notices an ACK makes, mail
+//  for a link) waits for the next commit or KIM_LAZY_SYNC_MS.
 static void
 s_durable (kim_server_t *self)
 {
@@ -1224,7 +1224,8 @@ s_durable (kim_server_t *self)
         kim_batch_durable (self, false);
     else
         kim_batch_durable (self, true);
-    if (!self->lazy_timer && (self->held.size || self->held_orgs)) {
+    if (!self->lazy_timer
+    &&  (self->held.size || self->held_orgs || !kim_store_synced (self->store))) {
         int id = zloop_timer (self->loop, KIM_LAZY_SYNC_MS, 1, s_lazy_sync, self);
         self->lazy_timer = id > 0? id: 0;
     }
