@@ -417,8 +417,12 @@ s_apply (kim_config_t *self, zconfig_t *root, char *error, size_t error_size)
             }
     }
     const char *value = zconfig_get (root, "broker/name", NULL);
-    if (value && (!kim_org_valid (value) && !kim_id_valid (value))) {
-        s_set_error (error, error_size, "broker/name: '%s' is not a valid name", value);
+    //  The broker signs its own messages (REMINDER, DELIVERED...) and names
+    //  itself in WELCOME with it: it has the form of an organisation's id.
+    if (value && !kim_org_valid (value)) {
+        s_set_error (error, error_size, "broker/name: '%s' is not a valid name: it has the "
+                     "form of an organisation id, <type>.<place> (lower case, digits, '-' "
+                     "and '_'), e.g. broker.coesfeld", value);
         return -1;
     }
     if (value)
@@ -698,6 +702,11 @@ kim_config_test (bool verbose)
     config = kim_config_parse (text, error, sizeof error, &err);
     assert (config && streq (config->orgs [0].sign_key, zcert_public_txt (cert)));
     kim_config_destroy (&config);
+
+    //  The broker's own name has the form of an organisation's id: it is
+    //  the sender of its messages, and peers know it by it.
+    s_expect_error ("broker\n    name = kreis-coesfeld\n",
+                    "broker/name: 'kreis-coesfeld' is not a valid name");
 
     //  Peers: every key checked, unknown keys refused, keys not shared
     //  with organisations; each becomes a registry entry of role peer.
