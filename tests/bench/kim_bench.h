@@ -54,6 +54,7 @@ typedef struct {
     bool tcp;                   //  tcp loopback (default) or ipc
     bool sealed;                //  seal payloads end to end (default: plaintext, as the peers)
     bool answer;                //  the consumer answers each REFERRAL with an ACCEPT
+    uint32_t prefill;           //  W1 and W2 run on a store that holds this many REFERRALs
     bool ceilings;              //  run the ceiling tools if built
     bool drain;                 //  drain the RSS mailbox afterwards
     uint32_t producers;         //  W1/W3/RSS producers
@@ -203,6 +204,7 @@ typedef struct {
 struct _run_t {
     const options_t *opt;
     const char *name;
+    const char *tag;            //  in every msg_id and referral id: "f" for the prefill
     kim_testbroker_t *broker;
     uint32_t producers;
     uint32_t per_producer;

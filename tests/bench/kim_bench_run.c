@@ -73,23 +73,24 @@ s_percentiles (uint64_t *lat, size_t n, double *p50, double *p99, double *max)
 
 //  Per-message header fields; the rest comes from the harness's referral.
 static void
-s_message (kim_msg_t *msg, uint32_t producer, uint32_t index)
+s_message (kim_msg_t *msg, const char *tag, uint32_t producer, uint32_t index)
 {
     char id [KIM_ID_MAX + 1];
-    snprintf (id, sizeof id, "b%u-%u", producer, index);
+    snprintf (id, sizeof id, "b%s%u-%u", tag, producer, index);
     kim_test_referral (msg, KIM_BENCH_SINK, id);
-    snprintf (msg->msg_id, sizeof msg->msg_id, "m%u-%u", producer, index);
+    snprintf (msg->msg_id, sizeof msg->msg_id, "m%s%u-%u", tag, producer, index);
     msg->created_at = s_wall_ms ();
 }
 
-//  "m<producer>-<index>" back to the index, or -1.
+//  "m<tag><producer>-<index>" back to the index, or -1.
 static long
-s_index_of (const char *msg_id, uint32_t producer, uint32_t count)
+s_index_of (const char *msg_id, const char *tag, uint32_t producer, uint32_t count)
 {
-    if (msg_id [0] != 'm')
+    size_t tag_size = strlen (tag);
+    if (msg_id [0] != 'm' || strncmp (msg_id + 1, tag, tag_size) != 0)
         return -1;
     char *end;
-    unsigned long p = strtoul (msg_id + 1, &end, 10);
+    unsigned long p = strtoul (msg_id + 1 + tag_size, &end, 10);
     if (*end != '-' || p != producer)
         return -1;
     unsigned long index = strtoul (end + 1, &end, 10);
@@ -103,7 +104,7 @@ s_producer_event (producer_t *self, const kim_event_t *event, uint64_t now)
 {
     run_t *run = self->run;
     if (event->type == KIM_EVENT_RECEIPT) {
-        long index = s_index_of (event->msg_id, self->id, run->per_producer);
+        long index = s_index_of (event->msg_id, run->tag, self->id, run->per_producer);
         if (index < 0) {
             self->failed = 1;
             snprintf (self->text, sizeof self->text, "RECEIPT for unknown msg_id '%s'",
@@ -182,7 +183,7 @@ s_producer_run (void *arg)
                     s_producer_event (self, event, kim_bench_now_ns ());
             }
         }
-        s_message (msg, self->id, index);
+        s_message (msg, run->tag, self->id, index);
         stamp_t stamp = { KIM_BENCH_MAGIC, self->id, index, kim_bench_now_ns () };
         memcpy (payload, &stamp, sizeof stamp);
         self->sent_ns [index] = stamp.sent_ns;
@@ -359,6 +360,7 @@ kim_bench_run_new (const options_t *opt, const char *name, kim_testbroker_t *bro
     KIM_CHECK (run);
     run->opt = opt;
     run->name = name;
+    run->tag = "";
     run->broker = broker;
     run->producers = producers;
     run->per_producer = per_producer;

@@ -126,6 +126,28 @@ s_broker_figures (kim_testbroker_t *broker, result_t *result)
 //  --------------------------------------------------------------------------
 //  Workloads
 
+//  --prefill N: the store first takes N REFERRALs of 64 bytes (each its own
+//  case, delivered and acked, so that only the store is larger), so that a
+//  workload shows what a store's size costs it. Returns 0 or -1.
+static int
+s_prefill (const options_t *opt, kim_testbroker_t *broker, result_t *result)
+{
+    uint32_t per = opt->prefill / opt->producers;
+    run_t *run = kim_bench_run_new (opt, "prefill", broker, opt->producers, per? per: 1, 64);
+    run->tag = "f";
+    run->with_consumer = true;
+    uint64_t started = kim_bench_now_ns ();
+    int rc = kim_bench_run_go (run, NULL, NULL);
+    bool ok = rc == 0 && kim_bench_run_check (run, true, result->detail, sizeof result->detail);
+    if (!opt->json)
+        printf ("prefill: %llu REFERRALs in %.1f s%s\n", (unsigned long long) run->total,
+                (double) (kim_bench_now_ns () - started) / 1e9, ok? "": " (FAILED)");
+    kim_bench_run_destroy (&run);
+    if (!ok)
+        snprintf (result->detail, sizeof result->detail, "the prefill failed");
+    return ok? 0: -1;
+}
+
 //  Producers to one consumer on a fresh broker: a run of `messages` per
 //  producer, paced at `rate` msgs/s (0: flat out), with the CPU both sides
 //  used and the broker's memory.
@@ -138,6 +160,10 @@ s_flow (const options_t *opt, const char *name, bool sync, uint32_t producers,
     kim_testbroker_t *broker = s_broker_start (opt, sync, name);
     if (!broker) {
         snprintf (result->detail, sizeof result->detail, "broker did not start");
+        return;
+    }
+    if (opt->prefill && s_prefill (opt, broker, result)) {
+        kim_testbroker_destroy (&broker);
         return;
     }
     run_t *run = kim_bench_run_new (opt, name, broker, producers, messages, opt->payload);
