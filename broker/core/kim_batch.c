@@ -41,13 +41,14 @@ s_touch (kim_server_t *self, org_state_t *state)
 static bool
 s_held (kim_server_t *self)
 {
-    return self->held.size || self->held_orgs;
+    return self->held.size || self->held_orgs || self->held_links;
 }
 
 static void
 s_release (kim_server_t *self)
 {
     kim_reply_release (self);
+    self->held_links = false;
     while (self->held_orgs) {
         org_state_t *state = self->held_orgs;
         self->held_orgs = state->next_held;
@@ -97,6 +98,9 @@ s_touched_settle (kim_server_t *self, bool committed)
 {
     if (committed)
         s_hold_begin (self);
+    if (committed && self->links_touched)
+        self->held_links = true;
+    self->links_touched = false;
     while (self->touched) {
         org_state_t *state = self->touched;
         self->touched = state->next_touched;
@@ -167,6 +171,9 @@ s_link_mailbox_add (kim_server_t *self, const char *home, uint64_t seq, const ch
 {
     char owner [KIM_LINK_MAILBOX_MAX + 1];
     snprintf (owner, sizeof owner, KIM_LINK_MAILBOX_PREFIX "%s", home);
+    //  No answer may wait for this commit (a DELIVERED an ACK made): it
+    //  is synced for the link's sake all the same
+    self->links_touched = true;
     return kim_store_mailbox_put_note (self->store, owner, seq, note);
 }
 

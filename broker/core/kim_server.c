@@ -1220,7 +1220,7 @@ s_durable (kim_server_t *self)
         kim_batch_durable (self, false);
     else
         kim_batch_durable (self, true);
-    if (!self->lazy_timer && (self->held.size || self->held_orgs)) {
+    if (!self->lazy_timer && (self->held.size || self->held_orgs || self->held_links)) {
         int id = zloop_timer (self->loop, KIM_LAZY_SYNC_MS, 1, s_lazy_sync, self);
         self->lazy_timer = id > 0? id: 0;
     }

@@ -118,6 +118,10 @@ struct _kim_server_t {
     kim_buf_t held;
     bool holding;                   //  answers go into `held`, not out
     org_state_t *held_orgs;
+    //  The open batch wrote into a link mailbox (kim_link.c forwards it
+    //  once durable, polling): its commit must be synced like mail's.
+    bool links_touched;
+    bool held_links;
     size_t held_mark;
     uint64_t held_ms;
     int lazy_timer;                 //  a sync for held mail alone, or 0
