@@ -33,17 +33,33 @@ s_take (kim_mp_json_t *w, int n, uint64_t *value)
     return true;
 }
 
+//  Two digits at a time: a replay writes a seq, a time and a few more
+//  numbers per record, and one division per digit showed in its profile.
+static const char s_pairs [201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
 void
 kim_mp_json_unsigned (kim_mp_json_t *w, uint64_t n)
 {
     char tmp [24];
-    int len = 0;
-    do {
-        tmp [len++] = (char) ('0' + n % 10);
-        n /= 10;
-    } while (n);
-    while (len)
-        *w->out++ = tmp [--len];
+    char *end = tmp + sizeof tmp, *at = end;
+    while (n >= 100) {
+        const char *pair = s_pairs + 2 * (n % 100);
+        n /= 100;
+        *--at = pair [1];
+        *--at = pair [0];
+    }
+    if (n >= 10) {
+        *--at = s_pairs [2 * n + 1];
+        *--at = s_pairs [2 * n];
+    }
+    else
+        *--at = (char) ('0' + n);
+    size_t len = (size_t) (end - at);
+    memcpy (w->out, at, len);
+    w->out += len;
 }
 
 static void

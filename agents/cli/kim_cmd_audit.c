@@ -13,6 +13,7 @@
     replay is meant to run at millions of records per second.
 */
 #include <errno.h>
+#include <limits.h>
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@
 
 const char kim_cmd_audit_usage [] =
     "Usage: kim audit verify|replay|export|case [ID] [options]\n"
+    "       kim audit trace MSG_ID SOURCE... [--sender ORG] [--json]\n"
     "\n"
     "Reads the broker's log offline (--data DIR: the broker's data folder, read-only,\n"
     "safe while the broker runs) or online through the broker (--cert of an organisation\n"
@@ -42,6 +44,24 @@ const char kim_cmd_audit_usage [] =
     "  export        JSON lines with each record's hash and raw body, plus the broker's\n"
     "                latest checkpoint: an archive that `verify --from-export` checks\n"
     "  case ID       the timeline of one case as a table: when, seq, who, what, state\n"
+    "  trace MSG_ID  follow one message across several brokers' logs (federation): each\n"
+    "                log is verified in full, then per broker, in the order the message\n"
+    "                reached them, the records that concern it: the message, its policy\n"
+    "                decision, its state records, answers, notices. Says when a log does\n"
+    "                not verify, when the message is in no log, and when two logged copies\n"
+    "                from the same sender differ in their header (payload hash, signature,\n"
+    "                ...; `rule` is each broker's own). Exit 1 on any such finding\n"
+    "\n"
+    "Sources of trace, one per broker, as many as needed (at most 64):\n"
+    "  --data DIR          a broker's data folder (offline; key: DIR/keys/broker.sign.pub)\n"
+    "  --endpoint URL      a live broker, read as auditor with --cert (and --broker-key)\n"
+    "  The options --broker-key, --cert, --timeout, --sign-key and --name after a source\n"
+    "  belong to it; before the first source they hold for all.\n"
+    "  --sign-key FILE     the broker's public signing key (required online)\n"
+    "  --name NAME         the broker's name as printed (default: its WELCOME online, the\n"
+    "                      folder's name offline)\n"
+    "  --sender ORG        only the message with this msg_id from this sender\n"
+    "  --json              one JSON document: sources, records, findings, ok\n"
     "\n"
     "Options:\n"
     "  --data DIR          read the log from the broker's data folder (offline)\n"
@@ -61,7 +81,10 @@ const char kim_cmd_audit_usage [] =
     "  kim audit verify --data ./kim-data\n"
     "  kim audit replay --data ./kim-data --case C-1 --since 2026-01-01\n"
     "  kim audit export --cert ./keys/dsb.nrw.cert_secret > log.jsonl\n"
-    "  kim audit verify --from-export log.jsonl --sign-key broker.sign.pub\n";
+    "  kim audit verify --from-export log.jsonl --sign-key broker.sign.pub\n"
+    "  kim audit trace m-4711 --data /srv/steinfurt/kim-data --name kreis-steinfurt \\\n"
+    "      --endpoint tcp://10.1.2.3:7470 --broker-key coesfeld.cert --sign-key \\\n"
+    "      coesfeld.sign.pub --cert dsb.nrw.cert_secret\n";
 
 typedef struct {
     const char *cmd;
@@ -80,6 +103,10 @@ typedef struct {
     kim_log_checkpoint_t outside;
     uint8_t outside_hash [KIM_HASH_SIZE];
     bool have_outside_hash;
+    //  Online: the broker's name from its WELCOME
+    char welcome_broker [KIM_ORG_MAX + 1];
+    //  `trace`: the message followed and the logs it is looked for in
+    struct _s_trace_t *trace;
 } s_audit_t;
 
 typedef int (s_record_fn) (s_audit_t *self, const kim_log_record_t *record);
@@ -255,6 +282,7 @@ s_each_online (s_audit_t *self, s_record_fn *fn)
                                                 : "unexpected answer to HELLO");
         goto done;
     }
+    kim_str_copy (self->welcome_broker, sizeof self->welcome_broker, cmd->broker);
     char query_id [KIM_ID_MAX + 1];
     snprintf (query_id, sizeof query_id, "audit-%08x", randombytes_random ());
     kim_cmd_init (cmd, KIM_CMD_QUERY);
@@ -575,6 +603,594 @@ s_do_case (s_audit_t *self)
 
 
 //  --------------------------------------------------------------------------
+//  Trace: one message across several brokers' logs
+//
+//  With federation a message is logged by every broker it passes: the
+//  sender's broker, and each far broker that a link forwarded it to, with
+//  its header unchanged. `trace` reads each log in full (a filtered read
+//  could not be verified), verifies its chain, and keeps the few records
+//  that concern the message: the message itself, its policy decision, the
+//  state records it caused, and the messages that answer it or, for a
+//  REFERRAL, belong to its referral. Copies of the message from the same
+//  sender must carry the same header in every log; `rule` alone differs,
+//  because each broker's own policy sets it.
+
+#define S_TRACE_SOURCES_MAX     64
+#define S_TRACE_MATCHES_MAX     100000  //  records kept over all logs
+#define S_TRACE_SEQS_MAX        1024    //  message seqs per log that state records name
+
+typedef struct {
+    const char *data;                   //  offline source, or NULL
+    kim_cli_conn_t conn;                //  online source
+    const char *sign_key;
+    const char *name;                   //  --name
+    char label [KIM_ORG_MAX + 8];       //  the broker's name as printed
+    //  Outcome
+    bool read_failed;                   //  the log could not be read to its end
+    bool checked_end;                   //  the checkpoint held outside the log was checked
+    kim_log_verify_t verify;
+    uint64_t matches;
+    uint64_t first_time;                //  of its first matching record
+} s_trace_source_t;
+
+typedef struct {
+    size_t source;
+    uint64_t seq;
+    uint64_t time_ms;
+    uint8_t kind;
+    const char *role;                   //  message, decision, state, answer, notice, ...
+    json_t *body;
+} s_trace_match_t;
+
+typedef struct _s_trace_t {
+    const char *msg_id;
+    const char *sender;                 //  --sender, or NULL
+    bool json;
+    s_trace_source_t sources [S_TRACE_SOURCES_MAX];
+    size_t source_count;
+    s_trace_match_t *matches;
+    size_t match_count;
+    size_t match_capacity;
+    bool truncated;
+    //  While one log is read
+    size_t current;
+    char referral_id [KIM_ID_MAX + 1];  //  of the traced REFERRAL in this log
+    uint64_t seqs [S_TRACE_SEQS_MAX];   //  matched message records in this log
+    size_t seq_count;
+} s_trace_t;
+
+static json_t *
+s_trace_body (const kim_log_record_t *record)
+{
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    json_t *body = NULL;
+    if (kim_log_body_to_json (record->body, record->body_size, &buf) == 0)
+        body = json_loadb ((const char *) buf.data, buf.size, 0, NULL);
+    kim_buf_free (&buf);
+    return body? body: json_object ();
+}
+
+static const char *
+s_trace_str (json_t *body, const char *key)
+{
+    const char *value = json_string_value (json_object_get (body, key));
+    return value? value: "";
+}
+
+static int
+s_trace_keep (s_trace_t *trace, const kim_log_record_t *record, const char *role, json_t *body)
+{
+    if (trace->match_count == S_TRACE_MATCHES_MAX) {
+        trace->truncated = true;
+        json_decref (body);
+        return 0;
+    }
+    if (trace->match_count == trace->match_capacity) {
+        size_t capacity = trace->match_capacity? 2 * trace->match_capacity: 64;
+        s_trace_match_t *bigger = (s_trace_match_t *) realloc (trace->matches,
+                                                               capacity * sizeof *bigger);
+        if (!bigger) {
+            json_decref (body);
+            return kim_cli_error ("audit", "out of memory");
+        }
+        trace->matches = bigger;
+        trace->match_capacity = capacity;
+    }
+    s_trace_match_t *match = &trace->matches [trace->match_count++];
+    match->source = trace->current;
+    match->seq = record->seq;
+    match->time_ms = record->time_ms;
+    match->kind = record->kind;
+    match->role = role;
+    match->body = body;
+    s_trace_source_t *source = &trace->sources [trace->current];
+    if (source->matches++ == 0)
+        source->first_time = record->time_ms;
+    if (record->kind == KIM_LOG_MESSAGE && trace->seq_count < S_TRACE_SEQS_MAX)
+        trace->seqs [trace->seq_count++] = record->seq;
+    return 0;
+}
+
+static int
+s_trace_record (s_audit_t *self, const kim_log_record_t *record)
+{
+    s_trace_t *trace = self->trace;
+    s_trace_source_t *source = &trace->sources [trace->current];
+    if (!source->verify.failed)
+        kim_log_verify_step (&source->verify, record);
+    if (record->kind == KIM_LOG_CHECKPOINT || record->kind == KIM_LOG_AUDIT_READ
+    ||  record->body_size == 0)
+        return 0;
+    //  Cheap string lookups first: most records concern other messages
+    char msg_id [KIM_ID_MAX + 1] = "", ref_msg_id [KIM_ID_MAX + 1] = "";
+    char referral_id [KIM_ID_MAX + 1] = "", sender [KIM_ORG_MAX + 1] = "";
+    char type [KIM_CODE_MAX + 1] = "";
+    const uint8_t *body = record->body;
+    size_t size = record->body_size;
+    kim_log_body_str (body, size, "msg_id", msg_id, sizeof msg_id);
+    kim_log_body_str (body, size, "ref_msg_id", ref_msg_id, sizeof ref_msg_id);
+    kim_log_body_str (body, size, "referral_id", referral_id, sizeof referral_id);
+    kim_log_body_str (body, size, "sender", sender, sizeof sender);
+    kim_log_body_str (body, size, "type", type, sizeof type);
+    bool own = streq (msg_id, trace->msg_id) && (!trace->sender || streq (sender, trace->sender));
+    bool names_it = streq (ref_msg_id, trace->msg_id)
+                 || (trace->referral_id [0] && streq (referral_id, trace->referral_id));
+    bool notice = kim_type_flags (kim_type_from_name (type)) == KIM_MSG_FROM_BROKER;
+    const char *role = NULL;
+    switch (record->kind) {
+        case KIM_LOG_MESSAGE:
+            if (own) {
+                role = "message";
+                if (streq (type, "REFERRAL") && referral_id [0])
+                    kim_str_copy (trace->referral_id, sizeof trace->referral_id, referral_id);
+            }
+            else
+            if (names_it)
+                role = notice? "notice": "answer";
+            break;
+        case KIM_LOG_DECISION:
+            role = own? "decision": names_it? "decision": NULL;
+            break;
+        case KIM_LOG_STATE:
+            if (trace->referral_id [0] && streq (referral_id, trace->referral_id))
+                role = "state";
+            else
+            if (trace->seq_count) {
+                //  A state record names the message that caused it by seq
+                uint64_t seq = 0;
+                json_t *json = s_trace_body (record);
+                json_t *value = json_object_get (json, "seq");
+                if (json_is_integer (value))
+                    seq = (uint64_t) json_integer_value (value);
+                for (size_t i = 0; seq && i < trace->seq_count; i++)
+                    if (trace->seqs [i] == seq)
+                        return s_trace_keep (trace, record, "state", json);
+                json_decref (json);
+            }
+            break;
+        default:
+            if (own || names_it) {
+                const char *name = kim_log_kind_name (record->kind);
+                role = name? name: "record";
+            }
+    }
+    return role? s_trace_keep (trace, record, role, s_trace_body (record)): 0;
+}
+
+//  Reads and verifies one source. Returns 0, or the exit code of an error
+//  that stops the whole trace (a usage error).
+static int
+s_trace_source (s_audit_t *self, s_trace_t *trace, size_t index)
+{
+    s_trace_source_t *source = &trace->sources [index];
+    trace->current = index;
+    trace->referral_id [0] = 0;
+    trace->seq_count = 0;
+    self->data = source->data;
+    self->conn = source->conn;
+    self->have_outside = false;
+    self->have_outside_hash = false;
+    self->welcome_broker [0] = 0;
+    memset (&self->filter, 0, sizeof self->filter);
+
+    char path [4200], why [4400];
+    if (source->sign_key)
+        kim_str_copy (path, sizeof path, source->sign_key);
+    else
+    if (source->data)
+        snprintf (path, sizeof path, "%s/" KIM_LOG_SIGN_PUBLIC, source->data);
+    else
+        return kim_cli_usage_error (self->cmd, "the broker at %s needs --sign-key FILE (its "
+                                    "public signing key) to verify its log",
+                                    source->conn.endpoint);
+    uint8_t public_key [32];
+    if (kim_log_load_public_key (path, public_key, why, sizeof why))
+        return kim_cli_error (self->cmd, "%s (pass --sign-key FILE after the source)", why);
+    kim_log_verify_init (&source->verify, public_key, 1, NULL);
+    int rc = s_each (self, s_trace_record);
+    if (rc && !source->verify.failed)
+        source->read_failed = true;
+    if (!source->verify.failed && !source->read_failed && self->have_outside) {
+        kim_log_verify_end (&source->verify, &self->outside,
+                            self->have_outside_hash? self->outside_hash: NULL);
+        source->checked_end = true;
+    }
+    //  The broker's name: --name, the WELCOME, or the data folder's
+    if (source->name)
+        kim_str_copy (source->label, sizeof source->label, source->name);
+    else
+    if (self->welcome_broker [0])
+        kim_str_copy (source->label, sizeof source->label, self->welcome_broker);
+    else {
+        //  <...>/NAME/data or <...>/NAME: the folder that names the broker
+        char folder [4200];
+        kim_str_copy (folder, sizeof folder, source->data? source->data: source->conn.endpoint);
+        size_t length = strlen (folder);
+        while (length > 1 && folder [length - 1] == '/')
+            folder [--length] = 0;
+        char *base = strrchr (folder, '/');
+        if (base && streq (base + 1, "data") && base > folder) {
+            *base = 0;
+            base = strrchr (folder, '/');
+        }
+        kim_str_copy (source->label, sizeof source->label, base? base + 1: folder);
+    }
+    //  Two sources of one name get a number each, so lines stay apart
+    for (size_t i = 0; i < index; i++)
+        if (streq (trace->sources [i].label, source->label)) {
+            size_t used = strnlen (source->label, sizeof source->label - 5);
+            snprintf (source->label + used, sizeof source->label - used, "#%zu", index + 1);
+            break;
+        }
+    return 0;
+}
+
+//  The fields of two logged copies of one message that differ; `rule` is
+//  each broker's own. Appends their names to `out` (a JSON array).
+static void
+s_trace_diff (json_t *a, json_t *b, json_t *out)
+{
+    const char *key;
+    json_t *value;
+    json_object_foreach (a, key, value)
+        if (!streq (key, "rule") && !json_equal (value, json_object_get (b, key)))
+            json_array_append_new (out, json_string (key));
+    json_object_foreach (b, key, value)
+        if (!streq (key, "rule") && !json_object_get (a, key))
+            json_array_append_new (out, json_string (key));
+}
+
+static int
+s_trace_compare_matches (const void *left, const void *right)
+{
+    const s_trace_match_t *a = (const s_trace_match_t *) left;
+    const s_trace_match_t *b = (const s_trace_match_t *) right;
+    if (a->source != b->source)
+        return a->source < b->source? -1: 1;
+    return a->seq < b->seq? -1: a->seq > b->seq;
+}
+
+static void
+s_trace_print_source (const s_trace_t *trace, size_t index, json_t *sources)
+{
+    const s_trace_source_t *source = &trace->sources [index];
+    const kim_log_verify_t *v = &source->verify;
+    const char *where = source->data? source->data: source->conn.endpoint;
+    bool verified = !v->failed && !source->read_failed;
+    if (sources) {
+        json_t *entry = json_pack ("{s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:b}",
+                                   "broker", source->label, "source", where,
+                                   "read", source->data? "offline": "online",
+                                   "verified", verified, "records", (json_int_t) v->records,
+                                   "last_seq", (json_int_t) v->last,
+                                   "checkpoints", (json_int_t) v->checkpoints,
+                                   "sealed_to", (json_int_t) v->sealed,
+                                   "end_checked", source->checked_end);
+        json_object_set_new (entry, "matches", json_integer ((json_int_t) source->matches));
+        if (v->failed) {
+            json_object_set_new (entry, "bad_seq", json_integer ((json_int_t) v->bad_seq));
+            json_object_set_new (entry, "why", json_string (v->why));
+        }
+        else
+        if (source->read_failed)
+            json_object_set_new (entry, "why", json_string ("the log could not be read to "
+                                                            "its end"));
+        json_array_append_new (sources, entry);
+        return;
+    }
+    printf ("  [%zu] %-24s %s\n", index + 1, source->label, where);
+    if (v->failed)
+        printf ("      LOG DOES NOT VERIFY: FAILED at seq %" PRIu64 ": %s\n"
+                "      its records below are not proven\n", v->bad_seq, v->why);
+    else
+    if (source->read_failed)
+        printf ("      LOG NOT VERIFIED: it could not be read to its end (see above)\n");
+    else
+    if (v->records == 0)
+        printf ("      verified: the log is empty\n");
+    else
+        printf ("      verified: records 1..%" PRIu64 ", %" PRIu64 " checkpoint%s, sealed up to "
+                "seq %" PRIu64 "%s\n", v->last, v->checkpoints, v->checkpoints == 1? "": "s",
+                v->sealed, source->checked_end? ", matches the checkpoint file": "");
+    if (source->matches == 0)
+        printf ("      the message is not in this log\n");
+}
+
+static void
+s_trace_print_match (s_audit_t *self, const s_trace_t *trace, const s_trace_match_t *match)
+{
+    char when [32], what [200], parties [2 * KIM_ORG_MAX + 8];
+    s_time_text (match->time_ms, when, sizeof when);
+    json_t *body = match->body;
+    const char *type = s_trace_str (body, "type");
+    const char *from = s_trace_str (body, "sender");
+    const char *to = s_trace_str (body, "recipient");
+    snprintf (parties, sizeof parties, "%s -> %s", *from? from: "-", *to? to: "-");
+    if (match->kind == KIM_LOG_MESSAGE)
+        snprintf (what, sizeof what, "%s %s%s%s", type, s_trace_str (body, "msg_id"),
+                  *s_trace_str (body, "rule")? " rule ": "", s_trace_str (body, "rule"));
+    else
+    if (match->kind == KIM_LOG_STATE && *s_trace_str (body, "lead_to"))
+        snprintf (what, sizeof what, "case %s lead %s -> %s", s_trace_str (body, "case_id"),
+                  s_trace_str (body, "lead_from"), s_trace_str (body, "lead_to"));
+    else
+    if (match->kind == KIM_LOG_STATE)
+        snprintf (what, sizeof what, "%s%s %s -> %s", *s_trace_str (body, "referral_id")
+                  ? "referral ": "case ", *s_trace_str (body, "referral_id")
+                  ? s_trace_str (body, "referral_id"): s_trace_str (body, "case_id"),
+                  s_trace_str (body, "from"), s_trace_str (body, "to"));
+    else
+    if (match->kind == KIM_LOG_DECISION)
+        snprintf (what, sizeof what, "%s %s rule %s: %s", s_trace_str (body, "decision"),
+                  s_trace_str (body, "code"), s_trace_str (body, "rule"),
+                  s_trace_str (body, "reason"));
+    else
+        snprintf (what, sizeof what, "%s", s_trace_str (body, "reason"));
+    const char *kind = kim_log_kind_name (match->kind);
+    s_emit (self, "%-19s %-18s %8" PRIu64 "  %-8s %-8s %-44s %s\n", when,
+            trace->sources [match->source].label, match->seq, kind? kind: "?", match->role,
+            what, match->kind == KIM_LOG_STATE? "": parties);
+}
+
+static int
+s_do_trace (s_audit_t *self, s_trace_t *trace)
+{
+    self->trace = trace;
+    //  One folder given twice would show as two copies that agree
+    for (size_t i = 0; i < trace->source_count; i++)
+        for (size_t j = 0; j < i; j++) {
+            const char *a = trace->sources [i].data, *b = trace->sources [j].data;
+            char real_a [PATH_MAX], real_b [PATH_MAX];
+            if (a && b && realpath (a, real_a) && realpath (b, real_b) && streq (real_a, real_b))
+                return kim_cli_usage_error (self->cmd, "%s is given twice: one log counts once",
+                                            a);
+        }
+    for (size_t i = 0; i < trace->source_count; i++) {
+        int rc = s_trace_source (self, trace, i);
+        if (rc)
+            return rc;
+    }
+    if (trace->match_count)
+        qsort (trace->matches, trace->match_count, sizeof trace->matches [0],
+               s_trace_compare_matches);
+    //  Brokers in the order the message reached them
+    size_t order [S_TRACE_SOURCES_MAX];
+    for (size_t i = 0; i < trace->source_count; i++)
+        order [i] = i;
+    for (size_t i = 1; i < trace->source_count; i++)
+        for (size_t j = i; j > 0; j--) {
+            const s_trace_source_t *a = &trace->sources [order [j - 1]];
+            const s_trace_source_t *b = &trace->sources [order [j]];
+            bool later = (a->matches == 0 && b->matches)
+                      || (a->matches && b->matches && a->first_time > b->first_time);
+            if (!later)
+                break;
+            size_t swap = order [j];
+            order [j] = order [j - 1];
+            order [j - 1] = swap;
+        }
+    //  Findings: logs that do not verify, copies whose headers differ
+    json_t *findings = json_array ();
+    size_t failed_logs = 0, copies = 0, differing = 0;
+    for (size_t i = 0; i < trace->source_count; i++)
+        if (trace->sources [i].verify.failed || trace->sources [i].read_failed)
+            failed_logs++;
+    for (size_t i = 0; i < trace->match_count; i++) {
+        s_trace_match_t *a = &trace->matches [i];
+        if (strcmp (a->role, "message") != 0)
+            continue;
+        copies++;
+        //  Compared with the first copy from the same sender
+        for (size_t j = 0; j < i; j++) {
+            s_trace_match_t *b = &trace->matches [j];
+            if (strcmp (b->role, "message") != 0
+            ||  !streq (s_trace_str (a->body, "sender"), s_trace_str (b->body, "sender")))
+                continue;
+            json_t *fields = json_array ();
+            s_trace_diff (b->body, a->body, fields);
+            if (json_array_size (fields)) {
+                differing++;
+                json_array_append_new (findings, json_pack (
+                    "{s:s, s:s, s:s, s:I, s:s, s:I, s:o}", "finding", "header_differs",
+                    "sender", s_trace_str (a->body, "sender"),
+                    "broker_a", trace->sources [b->source].label, "seq_a", (json_int_t) b->seq,
+                    "broker_b", trace->sources [a->source].label, "seq_b", (json_int_t) a->seq,
+                    "fields", fields));
+            }
+            else
+                json_decref (fields);
+            break;
+        }
+    }
+    for (size_t i = 0; i < trace->source_count; i++) {
+        s_trace_source_t *source = &trace->sources [i];
+        if (source->verify.failed || source->read_failed)
+            json_array_append_new (findings, json_pack (
+                "{s:s, s:s, s:I, s:s}", "finding", "log_does_not_verify", "broker",
+                source->label, "bad_seq", (json_int_t) source->verify.bad_seq,
+                "why", source->verify.failed? source->verify.why: "not read to its end"));
+    }
+    if (copies == 0)
+        json_array_append_new (findings, json_pack ("{s:s}", "finding", "not_found"));
+    bool ok = failed_logs == 0 && differing == 0 && copies > 0;
+
+    if (trace->json) {
+        json_t *root = json_pack ("{s:s, s:b}", "msg_id", trace->msg_id, "ok", ok);
+        if (trace->sender)
+            json_object_set_new (root, "sender", json_string (trace->sender));
+        json_t *sources = json_array (), *records = json_array ();
+        for (size_t k = 0; k < trace->source_count; k++)
+            s_trace_print_source (trace, order [k], sources);
+        for (size_t k = 0; k < trace->source_count; k++)
+            for (size_t i = 0; i < trace->match_count; i++) {
+                s_trace_match_t *match = &trace->matches [i];
+                if (match->source != order [k])
+                    continue;
+                const char *kind = kim_log_kind_name (match->kind);
+                json_t *entry = json_pack ("{s:s, s:I, s:I, s:s, s:s, s:O}",
+                                           "broker", trace->sources [match->source].label,
+                                           "seq", (json_int_t) match->seq,
+                                           "time", (json_int_t) match->time_ms,
+                                           "kind", kind? kind: "record", "role", match->role,
+                                           "body", match->body);
+                json_array_append_new (records, entry);
+            }
+        json_object_set_new (root, "sources", sources);
+        json_object_set_new (root, "records", records);
+        json_object_set_new (root, "findings", findings);
+        if (trace->truncated)
+            json_object_set_new (root, "truncated", json_true ());
+        char *text = json_dumps (root, JSON_COMPACT);
+        if (text && kim_buf_append (&self->out, text, strlen (text)))
+            self->out_failed = true;
+        free (text);
+        json_decref (root);
+        s_emit (self, "\n");
+    }
+    else {
+        s_emit (self, "trace of %s%s%s over %zu logs\n", trace->msg_id,
+                trace->sender? " from ": "", trace->sender? trace->sender: "",
+                trace->source_count);
+        s_flush (self);
+        for (size_t k = 0; k < trace->source_count; k++)
+            s_trace_print_source (trace, order [k], NULL);
+        fflush (stdout);
+        if (trace->match_count)
+            s_emit (self, "\n%-19s %-18s %8s  %-8s %-8s %-44s %s\n", "WHEN (UTC)", "BROKER",
+                    "SEQ", "KIND", "ROLE", "WHAT", "SENDER -> RECIPIENT");
+        for (size_t k = 0; k < trace->source_count; k++)
+            for (size_t i = 0; i < trace->match_count; i++)
+                if (trace->matches [i].source == order [k])
+                    s_trace_print_match (self, trace, &trace->matches [i]);
+        s_emit (self, "\n");
+        size_t index;
+        json_t *finding;
+        json_array_foreach (findings, index, finding) {
+            const char *name = s_trace_str (finding, "finding");
+            if (streq (name, "header_differs")) {
+                json_t *fields = json_object_get (finding, "fields");
+                char list [512] = "";
+                size_t f;
+                json_t *field;
+                json_array_foreach (fields, f, field) {
+                    size_t used = strlen (list);
+                    snprintf (list + used, sizeof list - used, "%s%s", f? ", ": "",
+                              json_string_value (field));
+                }
+                s_emit (self, "HEADER DIFFERS: %s from %s: %s seq %" PRIu64 " and %s seq %"
+                        PRIu64 " differ in %s\n", trace->msg_id, s_trace_str (finding, "sender"),
+                        s_trace_str (finding, "broker_a"),
+                        (uint64_t) json_integer_value (json_object_get (finding, "seq_a")),
+                        s_trace_str (finding, "broker_b"),
+                        (uint64_t) json_integer_value (json_object_get (finding, "seq_b")),
+                        list);
+            }
+            else
+            if (streq (name, "log_does_not_verify"))
+                s_emit (self, "LOG DOES NOT VERIFY: %s\n", s_trace_str (finding, "broker"));
+            else
+                s_emit (self, "NOT FOUND: %s is in none of the %zu logs\n", trace->msg_id,
+                        trace->source_count);
+        }
+        if (trace->truncated)
+            s_emit (self, "note: more than %d records matched; the rest are not shown\n",
+                    S_TRACE_MATCHES_MAX);
+        if (ok)
+            s_emit (self, "OK: %zu copies of %s in %zu logs, every log verifies, the headers "
+                    "agree\n", copies, trace->msg_id, trace->source_count);
+        json_decref (findings);
+    }
+    s_flush (self);
+    for (size_t i = 0; i < trace->match_count; i++)
+        json_decref (trace->matches [i].body);
+    free (trace->matches);
+    trace->matches = NULL;
+    if (fflush (stdout) || self->out_failed)
+        return kim_cli_error (self->cmd, "cannot write to stdout");
+    return ok? KIM_EXIT_OK: KIM_EXIT_REJECTED;
+}
+
+//  The options of `trace`: each --data or --endpoint opens a source, and
+//  the key options after it belong to it; given before any source they
+//  are the defaults of every source. Returns 1 when it took the option, 0
+//  when it is not one of these, or -1 after a usage error.
+static int
+s_trace_option (s_audit_t *self, s_trace_t *trace, kim_cli_args_t *args)
+{
+    bool opens = kim_cli_args_is (args, "--data") || kim_cli_args_is (args, "--endpoint");
+    if (!opens && !kim_cli_args_is (args, "--broker-key") && !kim_cli_args_is (args, "--cert")
+    &&  !kim_cli_args_is (args, "--timeout") && !kim_cli_args_is (args, "--sign-key")
+    &&  !kim_cli_args_is (args, "--name") && !kim_cli_args_is (args, "--sender")
+    &&  !kim_cli_args_is (args, "--json"))
+        return 0;
+    if (kim_cli_args_is (args, "--json")) {
+        trace->json = true;
+        return 1;
+    }
+    if (opens) {
+        if (trace->source_count == S_TRACE_SOURCES_MAX) {
+            kim_cli_usage_error (self->cmd, "at most %d logs", S_TRACE_SOURCES_MAX);
+            return -1;
+        }
+        s_trace_source_t *source = &trace->sources [trace->source_count++];
+        memset (source, 0, sizeof *source);
+        source->conn = self->conn;
+        source->sign_key = self->sign_key;
+    }
+    s_trace_source_t *source = trace->source_count
+                             ? &trace->sources [trace->source_count - 1]: NULL;
+    if (!kim_cli_args_is (args, "--data") && !kim_cli_args_is (args, "--sign-key")
+    &&  !kim_cli_args_is (args, "--name") && !kim_cli_args_is (args, "--sender"))
+        return kim_cli_conn_option (source? &source->conn: &self->conn, args) < 0? -1: 1;
+    const char *value = kim_cli_args_value (args);
+    if (!value)
+        return -1;
+    if (kim_cli_args_is (args, "--data"))
+        source->data = value;
+    else
+    if (kim_cli_args_is (args, "--sender")) {
+        if (!kim_org_valid (value)) {
+            kim_cli_usage_error (self->cmd, "--sender: '%s' is not an org id", value);
+            return -1;
+        }
+        trace->sender = value;
+    }
+    else
+    if (kim_cli_args_is (args, "--sign-key"))
+        *(source? &source->sign_key: &self->sign_key) = value;
+    else {
+        if (!source) {
+            kim_cli_usage_error (self->cmd, "--name names the broker of the --data or "
+                                 "--endpoint before it");
+            return -1;
+        }
+        source->name = value;
+    }
+    return 1;
+}
+
+//  --------------------------------------------------------------------------
 //  Options
 
 //  Milliseconds since the epoch, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC).
@@ -617,6 +1233,10 @@ kim_cmd_audit (int argc, char *argv [])
     kim_cli_args_init (&args, argc, argv);
     kim_log_filter_t *f = &self->filter;
     uint64_t number;
+    s_trace_t trace_value;
+    s_trace_t *trace = &trace_value;
+    memset (trace, 0, sizeof *trace);
+    const char *trace_id = NULL;
     while (kim_cli_args_next (&args)) {
         const char *value = NULL;
         if (kim_cli_args_help (&args)) {
@@ -630,8 +1250,18 @@ kim_cmd_audit (int argc, char *argv [])
             if (streq (self->action, "case") && !self->case_id)
                 self->case_id = args.arg;
             else
+            if (streq (self->action, "trace") && !trace_id)
+                trace_id = args.arg;
+            else
                 return kim_cli_args_unknown (&args);
             continue;
+        }
+        if (self->action && streq (self->action, "trace")) {
+            int taken = s_trace_option (self, trace, &args);
+            if (taken < 0)
+                return KIM_EXIT_USAGE;
+            if (taken)
+                continue;
         }
         int conn = kim_cli_conn_option (&self->conn, &args);
         if (conn < 0)
@@ -705,10 +1335,26 @@ kim_cmd_audit (int argc, char *argv [])
     if (args.failed)
         return KIM_EXIT_USAGE;
     if (!self->action)
-        return kim_cli_usage_error (self->cmd, "say what to do: verify, replay, export or case");
+        return kim_cli_usage_error (self->cmd, "say what to do: verify, replay, export, case or "
+                                    "trace");
     if (f->from_seq && f->to_seq && f->from_seq > f->to_seq)
         return kim_cli_usage_error (self->cmd, "--from is after --to");
     int rc;
+    if (streq (self->action, "trace")) {
+        if (!trace_id || !kim_id_valid (trace_id))
+            return kim_cli_usage_error (self->cmd, "trace needs a message id: kim audit trace "
+                                        "MSG_ID --data DIR ...");
+        if (trace->source_count == 0)
+            return kim_cli_usage_error (self->cmd, "trace needs the logs to read: --data DIR "
+                                        "or --endpoint URL, once per broker");
+        if (self->data || self->from_export || f->from_seq || f->to_seq || f->from_time
+        ||  f->to_time || f->case_id [0] || f->org [0] || f->kind)
+            return kim_cli_usage_error (self->cmd, "trace reads and verifies whole logs: give "
+                                        "only sources after `trace MSG_ID`");
+        trace->msg_id = trace_id;
+        rc = s_do_trace (self, trace);
+    }
+    else
     if (streq (self->action, "verify")) {
         if (f->case_id [0] || f->org [0] || f->type [0] || f->kind || f->from_time || f->to_time)
             return kim_cli_usage_error (self->cmd, "verify checks the whole chain: only --from "
@@ -730,7 +1376,7 @@ kim_cmd_audit (int argc, char *argv [])
     }
     else
         return kim_cli_usage_error (self->cmd, "unknown action '%s' (verify, replay, export, "
-                                    "case)", self->action);
+                                    "case, trace)", self->action);
     kim_buf_free (&self->out);
     return rc;
 }

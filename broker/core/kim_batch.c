@@ -77,10 +77,12 @@ kim_batch_durable (kim_server_t *self, bool later)
     if (kim_store_synced_mark (self->store) < self->held_mark) {
         if (later)
             return;
+        int64_t started = zclock_usecs ();
         if (kim_store_sync (self->store)) {
             self->failed = true;        //  nothing held goes out: fail closed
             return;
         }
+        kim_metrics_observe_commit (&self->sync_seconds, zclock_usecs () - started);
     }
     s_release (self);
 }
@@ -662,15 +664,34 @@ kim_batch_run (kim_server_t *self, int (*apply) (kim_server_t *self))
     return rc;
 }
 
-void
-kim_batch_commit (kim_server_t *self)
+//  A turn that read only ACKs commits nothing yet (unless told to): an ACK
+//  needs no sync of its own, since one lost to a crash only means the
+//  message comes again. Its commit rides with the next turn's SENDs, so a
+//  message and the ack of the one before cost one commit, not two; the
+//  server's timer bounds the wait (KIM_ACK_DEFER_MS).
+static bool
+s_defer (kim_server_t *self, bool flush)
+{
+    if (flush || self->item_count >= self->config->batch_max)
+        return false;
+    for (size_t i = 0; i < self->item_count; i++)
+        if (self->items [i].cmd.id != KIM_CMD_ACK)
+            return false;
+    return true;
+}
+
+bool
+kim_batch_commit (kim_server_t *self, bool flush)
 {
     if (self->item_count == 0)
-        return;
+        return false;
+    if (s_defer (self, flush))
+        return true;
     kim_metrics_observe_batch (&self->batch_commands, self->item_count);
     int rc = kim_batch_run (self, s_apply_batch);
     self->batches++;
     s_finish_batch (self, rc);
+    return false;
 }
 
 //  Timers of the hooks (deadlines, retention) run in a batch of their own.

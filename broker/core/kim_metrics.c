@@ -366,8 +366,11 @@ kim_metrics_render (kim_metrics_t *self, const char **text)
     s_scalar (self, "kim_batches_total", "counter", "Write batches committed (group commits).",
               server->batches);
     s_histogram (self, "kim_commit_seconds",
-                 "Time of one write batch's commit including its sync to disk.",
+                 "Time of one write batch's commit: its pages written and flushed.",
                  &server->commit_seconds, s_commit_bounds);
+    s_histogram (self, "kim_sync_seconds",
+                 "Time of one sync that makes the last commits durable when no commit follows.",
+                 &server->sync_seconds, s_commit_bounds);
     s_histogram (self, "kim_batch_commands", "Commands (SENDs and ACKs) per write batch.",
                  &server->batch_commands, s_batch_bounds);
     s_scalar (self, "kim_sessions", "gauge", "Agent sessions connected now.",

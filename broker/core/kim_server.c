@@ -41,6 +41,7 @@
 #define KIM_SCAN_CHUNK      64      //  mailbox entries read per scan
 #define KIM_TURN_MS         50      //  a turn reads this long at most, then commits
 #define KIM_LAZY_SYNC_MS    10      //  notices wait this long for a commit to carry them
+#define KIM_ACK_DEFER_MS    5       //  ACKs wait this long for SENDs to commit with
 #define KIM_US_PER_UNIT     50.0    //  loop time a rate-limit unit pays for (module commands)
 #define KIM_TIME_CHARGE_MAX 4.0     //  ... up to this many times the command's own cost
 #define KIM_RCVHWM          1000    //  commands waiting unread per connection
@@ -100,6 +101,9 @@ static void
 s_session_destroy (kim_server_t *self, session_t *session, const char *why)
 {
     org_state_t *state = session->org;
+    //  ACKs waiting for company are committed at the end of this turn,
+    //  before a new session could be given the same deliveries again
+    self->flush_acks = true;
     if (state->receiver == session) {
         if (state->flight_count)
             zsys_info ("server: %s: %zu deliveries in flight return to the mailbox (%s)",
@@ -1259,6 +1263,35 @@ s_durable (kim_server_t *self)
     }
 }
 
+static void
+    s_commit_turn (kim_server_t *self, bool flush);
+
+static int
+s_ack_flush (zloop_t *loop, int timer_id, void *arg)
+{
+    kim_server_t *self = (kim_server_t *) arg;
+    self->ack_timer = 0;
+    s_commit_turn (self, true);
+    return self->failed? -1: 0;
+}
+
+//  Commits what the turn read (ACKs alone may wait, see kim_batch_commit),
+//  then lets out what is durable and delivers.
+static void
+s_commit_turn (kim_server_t *self, bool flush)
+{
+    bool waits = kim_batch_commit (self, flush || self->flush_acks);
+    self->flush_acks = false;
+    if (waits && !self->ack_timer) {
+        int id = zloop_timer (self->loop, KIM_ACK_DEFER_MS, 1, s_ack_flush, self);
+        self->ack_timer = id > 0? id: 0;
+        if (!self->ack_timer)
+            kim_batch_commit (self, true);
+    }
+    s_durable (self);
+    s_deliver_dirty (self);
+}
+
 static int
 s_router_ready (zloop_t *loop, zsock_t *reader, void *arg)
 {
@@ -1276,9 +1309,7 @@ s_router_ready (zloop_t *loop, zsock_t *reader, void *arg)
         read++;
     if (!more)
         self->drained_ms = s_mono ();
-    kim_batch_commit (self);
-    s_durable (self);
-    s_deliver_dirty (self);
+    s_commit_turn (self, false);
     return self->failed? -1: 0;
 }
 
@@ -1579,7 +1610,10 @@ kim_server_run (kim_server_t *self)
     if (!config->sync)
         zsys_warning ("store/sync = 0: receipts are NOT synced to disk (benchmarks only)");
     zloop_start (self->loop);
-    //  Answers still waiting for a sync go out: the peers may be there yet
+    //  ACKs still waiting are committed, answers still waiting for a sync
+    //  go out: the peers may be there yet
+    if (!self->failed)
+        kim_batch_commit (self, true);
     if (!self->failed)
         kim_batch_durable (self, false);
     zsys_notice ("kim-broker stopping: %" PRIu64 " receipted, %" PRIu64 " delivered, %" PRIu64

@@ -125,6 +125,8 @@ struct _kim_server_t {
     size_t held_mark;
     uint64_t held_ms;
     int lazy_timer;                 //  a sync for held mail alone, or 0
+    int ack_timer;                  //  commits ACKs that wait for company, or 0
+    bool flush_acks;                //  a session ended: commit this turn's ACKs
     kim_zap_log_t zap_log;          //  refused connections not yet logged
     kim_hook_t hooks [KIM_HOOKS_MAX];
     size_t hook_count;
@@ -151,7 +153,8 @@ struct _kim_server_t {
     //  Figures since start.
     uint64_t receipted, duplicates, rejected, delivered, redelivered, acked, batches;
     uint64_t refused [KIM_METRICS_CODES];   //  REJECTs by wire code (kim_metrics.c)
-    kim_histogram_t commit_seconds;         //  commit and sync of each batch
+    kim_histogram_t commit_seconds;         //  commit (and data flush) of each batch
+    kim_histogram_t sync_seconds;           //  syncs that made commits durable
     kim_histogram_t batch_commands;         //  commands per batch
 };
 
@@ -234,9 +237,11 @@ void
 //  Whether answers wait (as opposed to mail alone, which may wait longer).
 bool
     kim_batch_answers_held (kim_server_t *self);
-//  Commits the SENDs and ACKs read this turn as one batch, then answers them.
-void
-    kim_batch_commit (kim_server_t *self);
+//  Commits the SENDs and ACKs read so far as one batch, then answers them.
+//  A batch of ACKs alone waits for the next one unless `flush`: returns
+//  true when it waits.
+bool
+    kim_batch_commit (kim_server_t *self, bool flush);
 //  The hooks' timers (deadlines, retention) and msg_id expiry: an apply for
 //  kim_batch_run.
 int

@@ -98,6 +98,11 @@ struct _kim_store_t {
 
 int
     kim_store_i_dedup_migrate (kim_store_t *self, MDB_txn *txn);
+//  Reads the value under seq (u64 BE) in `db`, in the batch or the
+//  snapshot. Returns 0, -KIM_E_NOT_FOUND or -KIM_E_IO.
+int
+    kim_store_i_get_seq (kim_store_t *self, kim_db_t db, uint64_t seq, MDB_val *value,
+                         const char *what);
 int
     kim_store_i_keys_error (kim_store_t *self, int rc);
 void

@@ -365,21 +365,13 @@ kim_store_payload_del (kim_store_t *self, uint64_t seq)
 static int
 s_stored (kim_store_t *self, uint64_t seq, MDB_val *value)
 {
-    value->mv_size = 0;
-    value->mv_data = NULL;
-    MDB_txn *txn;
-    int rc = kim_store_i_reader (self, &txn);
-    if (rc)
-        return rc;
-    uint8_t key_bytes [8];
-    kim_log_put_be64 (key_bytes, seq);
-    MDB_val key = { sizeof (key_bytes), key_bytes };
-    rc = mdb_get (txn, self->dbi [KIM_DB_PAYLOAD], &key, value);
-    if (rc == MDB_NOTFOUND) {
+    int rc = kim_store_i_get_seq (self, KIM_DB_PAYLOAD, seq, value, "reading a payload");
+    if (rc == -KIM_E_NOT_FOUND) {
         value->mv_size = 0;
+        value->mv_data = NULL;
         return 0;
     }
-    return rc? kim_store_i_read_error (self, rc, "reading a payload"): 0;
+    return rc;
 }
 
 int

@@ -36,7 +36,8 @@ kim_store_read_end (kim_store_t *self)
 }
 
 int
-kim_store_read (kim_store_t *self, uint64_t seq, kim_record_t *record)
+kim_store_i_get_seq (kim_store_t *self, kim_db_t db, uint64_t seq, MDB_val *value,
+                     const char *what)
 {
     MDB_txn *txn;
     int rc = kim_store_i_reader (self, &txn);
@@ -45,13 +46,18 @@ kim_store_read (kim_store_t *self, uint64_t seq, kim_record_t *record)
     uint8_t key_bytes [8];
     kim_log_put_be64 (key_bytes, seq);
     MDB_val key = { sizeof (key_bytes), key_bytes };
-    MDB_val value;
-    rc = mdb_get (txn, self->dbi [KIM_DB_LOG], &key, &value);
+    rc = mdb_get (txn, self->dbi [db], &key, value);
     if (rc == MDB_NOTFOUND)
         return -KIM_E_NOT_FOUND;
-    if (rc)
-        return kim_store_i_read_error (self, rc, "reading a record");
-    return kim_store_i_parse_record (self, seq, &value, record);
+    return rc? kim_store_i_read_error (self, rc, what): 0;
+}
+
+int
+kim_store_read (kim_store_t *self, uint64_t seq, kim_record_t *record)
+{
+    MDB_val value;
+    int rc = kim_store_i_get_seq (self, KIM_DB_LOG, seq, &value, "reading a record");
+    return rc? rc: kim_store_i_parse_record (self, seq, &value, record);
 }
 
 int

@@ -370,6 +370,24 @@ s_subscribed (kim_store_t *store, const char *org, const char *case_id, kim_type
     return found;
 }
 
+//  Whether a message changed the case enough to write it again. Only its
+//  time of activity moves with every message, and the quiet time it feeds
+//  is counted in days: a move of less than 1 % of that time (an hour at
+//  most) is not written, so an answer in a busy case costs no case write.
+//  The inactivity notice may then come that much early, never late.
+static bool
+s_case_changed (kim_lifecycle_t *self, const kim_case_t *before, const kim_case_t *after)
+{
+    kim_case_t moved = *before;
+    moved.active_at = after->active_at;
+    if (memcmp (&moved, after, sizeof moved) != 0)
+        return true;
+    uint64_t slack = self->idle_ms / 100;
+    if (slack > 3600 * 1000)
+        slack = 3600 * 1000;
+    return self->idle_ms && after->active_at - before->active_at >= slack;
+}
+
 int
 kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
                      const char *case_id)
@@ -404,6 +422,7 @@ kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
         return 0;           //  a consent in a known case changes nothing here
     if (rc)
         return rc;
+    kim_case_t before = kcase;
     s_participant_add (&kcase, msg->sender);
     s_participant_add (&kcase, msg->recipient);
     if (type == KIM_TYPE_FORWARD)
@@ -449,7 +468,7 @@ kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
             kcase.idle_armed = 1;
         }
     }
-    if (rc == 0)
+    if (rc == 0 && (kcase.created_seq == route->seq || s_case_changed (self, &before, &kcase)))
         rc = s_case_put (self, store, &kcase);
     //  The seq index lets retention find the case's payloads.
     if (rc == 0 && route->payload_size) {

@@ -38,6 +38,7 @@ s_usage (void)
 {
     fprintf (stderr,
         "usage: kim-bench [--workload W1|W2|W3|RSS|all] [--smoke] [--json] [--ipc] [--sealed]\n"
+        "                 [--answer]\n"
         "                 [--no-ceilings] [--no-drain] [--messages N] [--producers N]\n"
         "                 [--fill N] [--repeat N] [--set broker/KEY=VALUE | store/KEY=VALUE ...]\n"
         "  W1  durable directed delivery: 4 producers x 25,000 x 1 KiB, window 256, 1 consumer\n"
@@ -46,6 +47,8 @@ s_usage (void)
         "  RSS 1,000,000 undelivered 64-byte messages in one mailbox; broker RSS sampled\n"
         "  --sealed  seal payloads end to end as agencies do (default: plaintext, like the\n"
         "            peers the brief compares with)\n"
+        "  --answer  the consumer answers every REFERRAL with an ACCEPT (a closed loop:\n"
+        "            REFERRAL, delivery, ack, ACCEPT, its receipt; the producers' mail waits)\n"
         "  --repeat N  run each workload (and the ceilings) N times, at most 20, in rounds\n"
         "            (ceilings, W1, W2, W3, RSS; again...), then print their medians\n"
         "  KIM_BROKER names the broker binary; KIM_CEILING_ZMQ/_CURVE/_LMDB the ceiling\n"
@@ -119,6 +122,9 @@ main (int argc, char *argv [])
         else
         if (kim_bench_streq (arg, "--sealed"))
             opt.sealed = true;
+        else
+        if (kim_bench_streq (arg, "--answer"))
+            opt.answer = true;
         else
         if (kim_bench_streq (arg, "--tcp"))
             opt.tcp = true;

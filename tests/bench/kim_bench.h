@@ -53,6 +53,7 @@ typedef struct {
     bool json;                  //  JSON lines only
     bool tcp;                   //  tcp loopback (default) or ipc
     bool sealed;                //  seal payloads end to end (default: plaintext, as the peers)
+    bool answer;                //  the consumer answers each REFERRAL with an ACCEPT
     bool ceilings;              //  run the ceiling tools if built
     bool drain;                 //  drain the RSS mailbox afterwards
     uint32_t producers;         //  W1/W3/RSS producers
@@ -86,6 +87,7 @@ typedef struct {
     bool has_receipt_latency;
     double r_p50_us, r_p99_us, r_max_us;    //  send -> RECEIPT dequeued
     uint64_t rss_kb, hwm_kb;                //  broker VmRSS at the end, VmHWM
+    uint64_t store_bytes;                   //  the store's files on disk at the end
     uint64_t redeliveries;
     uint64_t reconnects;
     double cpu_broker_s;        //  CPU the broker process used (all threads)

@@ -80,6 +80,11 @@ kim_bench_print_json (const options_t *opt, const result_t *r, const ceilings_t 
             "\"cpu_broker_s\":%.2f,\"cpu_clients_s\":%.2f",
             (unsigned long long) r->rss_kb, (unsigned long long) r->hwm_kb,
             (unsigned long long) r->reconnects, r->cpu_broker_s, r->cpu_clients_s);
+    if (r->messages)
+        printf (",\"broker_cpu_us_per_msg\":%.1f,\"store_bytes\":%llu,"
+                "\"store_bytes_per_msg\":%.0f", r->cpu_broker_s * 1e6 / (double) r->messages,
+                (unsigned long long) r->store_bytes,
+                (double) r->store_bytes / (double) r->messages);
     if (kim_bench_streq (r->name, "W1") && ceil->zmq_ran && r->acked_per_s > 0)
         printf (",\"zmq_ack_rate\":%.0f,\"zmq_ratio\":%.3f", ceil->zmq_ack_rate,
                 r->acked_per_s / ceil->zmq_ack_rate);
@@ -236,8 +241,11 @@ kim_bench_print_table (const options_t *opt, const result_t results [],
                 r->receipted_per_s, acked, p50, p99, max, (unsigned long long) r->rss_kb);
         if (summary && summary->runs)
             s_print_range_line (summary);
-        printf ("      CPU used: broker %.2f s, clients %.2f s\n", r->cpu_broker_s,
-                r->cpu_clients_s);
+        printf ("      CPU used: broker %.2f s (%.1f µs a message), clients %.2f s; "
+                "store on disk %.1f MB (%.0f bytes a message)\n", r->cpu_broker_s,
+                r->messages? r->cpu_broker_s * 1e6 / (double) r->messages: 0.0,
+                r->cpu_clients_s, (double) r->store_bytes / 1e6,
+                r->messages? (double) r->store_bytes / (double) r->messages: 0.0);
         if (r->has_receipt_latency)
             printf ("      receipt latency (send -> RECEIPT): p50 %.0f µs, p99 %.0f µs, "
                     "max %.0f µs\n", r->r_p50_us, r->r_p99_us, r->r_max_us);

@@ -258,6 +258,20 @@ s_consumer_deliver (consumer_t *self, const kim_event_t *event, uint64_t now)
     atomic_fetch_add (&run->delivered, 1);
 }
 
+//  --answer: takes the referral up, as an office does (its RECEIPT comes
+//  back like any other event; a REJECT fails the run).
+static int
+s_consumer_answer (kim_client_t *client, const kim_msg_t *referral, kim_msg_t *answer)
+{
+    kim_msg_init (answer);
+    answer->type = KIM_TYPE_ACCEPT;
+    snprintf (answer->msg_id, sizeof answer->msg_id, "a-%.60s", referral->msg_id);
+    snprintf (answer->recipient, sizeof answer->recipient, "%s", referral->sender);
+    snprintf (answer->referral_id, sizeof answer->referral_id, "%s", referral->referral_id);
+    answer->created_at = s_wall_ms ();
+    return kim_client_send_async (client, answer, NULL, 0);
+}
+
 static void *
 s_consumer_run (void *arg)
 {
@@ -274,7 +288,8 @@ s_consumer_run (void *arg)
     if (!client)
         return NULL;
     kim_event_t *event = (kim_event_t *) malloc (sizeof (kim_event_t));
-    KIM_CHECK (event);
+    kim_msg_t *answer = (kim_msg_t *) malloc (sizeof (kim_msg_t));
+    KIM_CHECK (event && answer);
     while (self->distinct < run->total && !atomic_load (&run->abort)) {
         int rc = kim_client_recv (client, event, 100);
         if (rc == -KIM_E_TIMEOUT)
@@ -288,9 +303,11 @@ s_consumer_run (void *arg)
         if (event->type == KIM_EVENT_DELIVER) {
             s_consumer_deliver (self, event, kim_bench_now_ns ());
             rc = kim_client_ack (client, event->seq);
+            if (rc == 0 && run->opt->answer)
+                rc = s_consumer_answer (client, &event->msg, answer);
             if (rc) {
                 self->failed = 1;
-                snprintf (self->text, sizeof self->text, "consumer: ack failed: %s",
+                snprintf (self->text, sizeof self->text, "consumer: ack or answer failed: %s",
                           kim_strerror (rc));
                 break;
             }
@@ -329,6 +346,7 @@ s_consumer_run (void *arg)
     }
     self->reconnects = kim_client_reconnects (client);
     kim_client_destroy (&client);
+    free (answer);
     free (event);
     return NULL;
 }

@@ -96,6 +96,7 @@ kim_bench_summarise (const result_t results [], size_t count, summary_t *self)
         S_SUMMARISE_FIGURE (drain_per_s);
         S_SUMMARISE_COUNT (rss_kb);
         S_SUMMARISE_COUNT (hwm_kb);
+        S_SUMMARISE_COUNT (store_bytes);
         S_SUMMARISE_COUNT (redeliveries);
         S_SUMMARISE_COUNT (reconnects);
         S_SUMMARISE_COUNT (rss_after_drain);

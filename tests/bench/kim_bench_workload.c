@@ -7,10 +7,12 @@
     VmHWM, and for RSS its VmRSS and RssAnon at fixed points of the fill.
     A run that failed keeps its broker's folder.
 */
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
@@ -98,12 +100,27 @@ s_broker_start (const options_t *opt, bool sync, const char *name)
     return broker;
 }
 
+//  Bytes of a file on disk (its blocks: LMDB files may be sparse), or 0.
+static uint64_t
+s_file_bytes (const char *dir, const char *name)
+{
+    char path [PATH_MAX];
+    struct stat st;
+    if (snprintf (path, sizeof path, "%s/%s", dir, name) >= (int) sizeof path
+    ||  stat (path, &st))
+        return 0;
+    return (uint64_t) st.st_blocks * 512;
+}
+
 static void
 s_broker_figures (kim_testbroker_t *broker, result_t *result)
 {
     pid_t pid = kim_testbroker_pid (broker);
     result->rss_kb = s_proc_kb (pid, "VmRSS");
     result->hwm_kb = s_proc_kb (pid, "VmHWM");
+    const char *dir = kim_testbroker_dir (broker);
+    result->store_bytes = s_file_bytes (dir, "data/store/data.mdb")
+                        + s_file_bytes (dir, "data/store/keys/data.mdb");
 }
 
 //  --------------------------------------------------------------------------

@@ -66,18 +66,26 @@ static const char s_test_policy [] =
     "        categories = \"art9, sgb8_s65, stgb203, residence_status, contact\"\n";
 
 static kim_testbroker_t *
-s_new (const char *name, const char *orgs [], const char *extra, const char *policy_file);
+s_new (const char *name, const char *orgs [], const char *extra, const char *policy_file,
+       const kim_testbroker_t *keys_from);
 
 kim_testbroker_t *
 kim_testbroker_new (const char *orgs [], const char *extra)
 {
-    return s_new ("kim.test", orgs, extra, KIM_TESTBROKER_TEST_POLICY);
+    return s_new ("kim.test", orgs, extra, KIM_TESTBROKER_TEST_POLICY, NULL);
 }
 
 kim_testbroker_t *
 kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *policy_file)
 {
-    return s_new ("kim.test", orgs, extra, policy_file);
+    return s_new ("kim.test", orgs, extra, policy_file, NULL);
+}
+
+kim_testbroker_t *
+kim_testbroker_new_sharing (const char *orgs [], const char *extra,
+                            const kim_testbroker_t *keys_from)
+{
+    return s_new ("kim.test", orgs, extra, KIM_TESTBROKER_TEST_POLICY, keys_from);
 }
 
 //  Writes `text` to `path` with `mode`.
@@ -96,7 +104,7 @@ s_write (const char *path, const char *text, mode_t mode)
 kim_testbroker_t *
 kim_testbroker_new_named (const char *name, const char *orgs [], const char *extra)
 {
-    kim_testbroker_t *self = s_new (name, orgs, extra, KIM_TESTBROKER_TEST_POLICY);
+    kim_testbroker_t *self = s_new (name, orgs, extra, KIM_TESTBROKER_TEST_POLICY, NULL);
     if (!self)
         return NULL;
     //  The keys the broker would make on first start (kim_keys.c,
@@ -200,8 +208,18 @@ kim_testbroker_config (kim_testbroker_t *self)
     return self->config_path;
 }
 
+static const test_org_t *
+s_org_of (const kim_testbroker_t *self, const char *id)
+{
+    for (size_t i = 0; self && i < self->org_count; i++)
+        if (streq (self->orgs [i].id, id))
+            return &self->orgs [i];
+    return NULL;
+}
+
 static kim_testbroker_t *
-s_new (const char *name, const char *orgs [], const char *extra, const char *policy_file)
+s_new (const char *name, const char *orgs [], const char *extra, const char *policy_file,
+       const kim_testbroker_t *keys_from)
 {
     kim_testbroker_t *self = (kim_testbroker_t *) calloc (1, sizeof (kim_testbroker_t));
     if (!self)
@@ -252,6 +270,13 @@ s_new (const char *name, const char *orgs [], const char *extra, const char *pol
         bool private_carrier = plus && streq (plus, "+private");
         if (private_carrier)
             *plus = 0;
+        const test_org_t *same = s_org_of (keys_from, org->id);
+        if (plus && streq (plus, "+sign") && same && same->sign_public [0]) {
+            *plus = 0;
+            memcpy (org->sign_secret, same->sign_secret, sizeof org->sign_secret);
+            memcpy (org->sign_public, same->sign_public, sizeof org->sign_public);
+        }
+        else
         if (plus && streq (plus, "+sign")) {
             *plus = 0;
             uint8_t seed [crypto_sign_SEEDBYTES], pk [crypto_sign_PUBLICKEYBYTES],
@@ -261,10 +286,16 @@ s_new (const char *name, const char *orgs [], const char *extra, const char *pol
             zmq_z85_encode (org->sign_secret, seed, sizeof seed);
             zmq_z85_encode (org->sign_public, pk, sizeof pk);
         }
-        zcert_t *cert = zcert_new ();
-        memcpy (org->public_key, zcert_public_txt (cert), 41);
-        memcpy (org->secret_key, zcert_secret_txt (cert), 41);
-        zcert_destroy (&cert);
+        if (same) {
+            memcpy (org->public_key, same->public_key, sizeof org->public_key);
+            memcpy (org->secret_key, same->secret_key, sizeof org->secret_key);
+        }
+        else {
+            zcert_t *cert = zcert_new ();
+            memcpy (org->public_key, zcert_public_txt (cert), 41);
+            memcpy (org->secret_key, zcert_secret_txt (cert), 41);
+            zcert_destroy (&cert);
+        }
         fprintf (file, "    %s\n        name = \"Test %s\"\n        role = %s\n"
                  "        public_key = \"%s\"\n", org->id, org->id, org->role, org->public_key);
         if (org->sign_public [0])

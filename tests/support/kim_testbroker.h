@@ -36,6 +36,13 @@ kim_testbroker_t *
 kim_testbroker_t *
     kim_testbroker_new_policy (const char *orgs [], const char *extra, const char *policy_file);
 
+//  Like kim_testbroker_new, but the organisations that `keys_from` also has
+//  keep its keys (CURVE and signing): the same organisation at another
+//  broker, as a copy forwarded between brokers shows it.
+kim_testbroker_t *
+    kim_testbroker_new_sharing (const char *orgs [], const char *extra,
+                                const kim_testbroker_t *keys_from);
+
 //  Like kim_testbroker_new, for a broker called `name` (its broker/name,
 //  <type>.<place>) whose key pairs (CURVE and Ed25519) are made now, so
 //  that peers can be configured before it first starts (federation).
