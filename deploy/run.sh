@@ -338,18 +338,24 @@ state() {
         "$(field state <<<"$out")" "$off" "$where" "$1"
 }
 
-# inbox ORG [IDLE_MS]: what arrived for the organisation (acknowledged).
+# inbox ORG [IDLE_MS [TYPE]]: what arrived for the organisation (acknowledged);
+# with TYPE, reads again until one of that type came (what crosses a link
+# arrives a moment later), for up to 10 s.
 inbox() {
-    local org=$1 idle=${2:-700} line
+    local org=$1 idle=${2:-700} until=${3:-} line out
     note "$org reads its inbox:"
-    while IFS= read -r line; do
-        [ -n "$line" ] || continue
-        local about
-        about="referral $(field referral_id <<<"$line")"
-        [ "$about" != "referral " ] || about="case $(field case_id <<<"$line")"
-        printf '      seq %-4s %-15s from %-19s %s\n' "$(field seq <<<"$line")" \
-            "$(field type <<<"$line")" "$(field sender <<<"$line")" "$about"
-    done < <(as "$org" inbox --idle "$idle" 2>/dev/null)
+    for _ in $(seq 10); do
+        out=$(as "$org" inbox --idle "$idle" 2>/dev/null) || true
+        while IFS= read -r line; do
+            [ -n "$line" ] || continue
+            local about
+            about="referral $(field referral_id <<<"$line")"
+            [ "$about" != "referral " ] || about="case $(field case_id <<<"$line")"
+            printf '      seq %-4s %-15s from %-19s %s\n' "$(field seq <<<"$line")" \
+                "$(field type <<<"$line")" "$(field sender <<<"$line")" "$about"
+        done <<<"$out"
+        [ -z "$until" ] || grep -q "\"type\":\"$until\"" <<<"$out" && break
+    done
 }
 
 run=$(date +%s)
@@ -426,9 +432,9 @@ note "Kreis Coesfeld runs its own broker (port $port_coe, data in $data_coe), li
 note "Steinfurt's as a peer. The offer goes broker to broker; the family consent, which names"
 note "kim.coesfeld, went to Coesfeld's broker ahead of it (step 1), which checks the offer under it."
 sendj kim.rheine "{\"type\":\"HANDOVER_OFFER\",\"msg_id\":\"H-$run\",\"recipient\":\"kim.coesfeld\",\"case_id\":\"$case_id\",\"subject\":\"p-family\",\"purpose\":\"case_handover\",\"legal_basis\":{\"kind\":\"consent\",\"consent_id\":\"G-$run-family\"},\"referrals\":[\"$(R father)\",\"$(R course)\",\"$(R son)\"]}"
+inbox kim.coesfeld 700 HANDOVER_OFFER
 note "Only the lead may offer; Coesfeld cannot close a case it does not lead yet:"
 send kim.coesfeld CASE_CLOSED "" --case "$case_id"
-inbox kim.coesfeld 1500
 send kim.coesfeld HANDOVER_ACCEPT kim.rheine --case "$case_id" --ref-msg "H-$run" \
     --recipient-ref COE-2026-311
 for _ in $(seq 100); do
@@ -438,7 +444,7 @@ for _ in $(seq 100); do
 done
 note "Kreis Coesfeld leads the case now, at both brokers. The open referrals moved with it:"
 note "Steinfurt's broker sent Coesfeld's the record of each (HANDED_OVER), so both ends know them:"
-inbox kim.coesfeld 1500
+inbox kim.coesfeld 1000 HANDED_OVER
 state kim.coesfeld "$(R father)" ACCEPTED
 state jc.rheine "$(R father)"
 note "A status report addressed to Rheine is refused:"
@@ -465,7 +471,7 @@ send ja.rheine FORWARD kim.coesfeld --referral "$(R son)" --org ja.coesfeld \
     --msg-id "$(R son)-86c" --purpose youth_welfare --statute "SGB X §69(1)1" \
     --note "§ 86c SGB VIII: continues until Coesfeld takes over"
 state kim.coesfeld "$(R son)" FORWARDED
-inbox ja.coesfeld 1500
+inbox ja.coesfeld 700 FORWARD
 send ja.coesfeld ACCEPT ja.rheine --referral "$(R son)-86c"
 send ja.coesfeld OUTCOME ja.rheine --referral "$(R son)-86c" --code completed
 state ja.rheine "$(R son)-86c" COMPLETED

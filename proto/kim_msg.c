@@ -54,7 +54,7 @@ const s_field_t kim_msgi_dir_fields [] = { S_DIR_FIELDS (S_X_DIR) };
     X (SUBSCRIBE,    C (SUB_ID), C (CASE_ID) | C (TYPES)) \
     X (UNSUBSCRIBE,  C (SUB_ID), 0) \
     X (STATUS,       0, 0) \
-    X (STATUS_REPLY, C (STATUS), 0) \
+    X (STATUS_REPLY, C (STATUS), C (BODY)) \
     X (QUERY,        C (QUERY_ID) | C (WINDOW), C (FROM_SEQ) | C (TO_SEQ) | C (FROM_TIME) \
                      | C (TO_TIME) | C (CASE_ID) | C (ORG) | C (TYPE)) \
     X (RECORD,       C (QUERY_ID) | C (SEQ) | C (TIME) | C (KIND) | C (HASH) | C (BODY), 0) \

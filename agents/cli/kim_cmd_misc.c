@@ -27,7 +27,12 @@ const char kim_cmd_status_usage [] =
     "  {\"org\":\"jc.rheine\",\"log_head\":812,\"mailbox\":3,\"in_flight\":0,\"sessions\":4,\n"
     "   \"uptime_ms\":86400000,\"store_bytes\":1048576}\n"
     "org is the organisation the broker authenticated us as; mailbox counts messages\n"
-    "waiting for us (delivered or not, until acked).\n"
+    "waiting for us (delivered or not, until acked). With an operator's key, \"links\"\n"
+    "lists the links to the brokers of other districts (PROTOCOL.md 16):\n"
+    "  \"links\":[{\"peer\":\"broker.coesfeld\",\"up\":true,\"since_ms\":1796539540000,\n"
+    "            \"queued\":0,\"in_flight\":0,\"remote_orgs\":2}]\n"
+    "queued counts messages waiting in the link mailbox for that broker; since_ms is when\n"
+    "the link last came up or went down.\n"
     "\n"
     "Example:\n"
     "  kim status --cert ./kim-data/keys/jc.rheine.cert_secret\n";
@@ -72,11 +77,21 @@ kim_cmd_status (int argc, char *argv [])
     kim_client_t *client = kim_cli_connect (cmd, &conn, 0);
     if (!client)
         return KIM_EXIT_USAGE;
-    kim_status_t status;
-    int rc = kim_client_status (client, &status, conn.timeout_ms);
+    kim_cmd_t *request = (kim_cmd_t *) calloc (2, sizeof (kim_cmd_t));
+    if (!request) {
+        kim_client_destroy (&client);
+        kim_cli_error (cmd, "out of memory");
+        return KIM_EXIT_USAGE;
+    }
+    kim_cmd_init (&request [0], KIM_CMD_STATUS);
+    int rc = kim_client_request (client, &request [0], &request [1], conn.timeout_ms);
+    if (rc == 0 && request [1].id != KIM_CMD_STATUS_REPLY)
+        rc = -KIM_E_INTERNAL;
+    kim_status_t status = request [1].status;
     int exit_code = KIM_EXIT_OK;
     if (rc) {
-        kim_cli_error (cmd, "%s", kim_client_error (client));
+        kim_cli_error (cmd, "%s", rc == -KIM_E_INTERNAL? "the broker did not answer STATUS "
+                       "with STATUS_REPLY": kim_client_error (client));
         exit_code = KIM_EXIT_USAGE;
     }
     else {
@@ -88,6 +103,22 @@ kim_cmd_status (int argc, char *argv [])
                                  "sessions", (json_int_t) status.sessions,
                                  "uptime_ms", (json_int_t) status.uptime_ms,
                                  "store_bytes", (json_int_t) status.store_bytes);
+        //  An operator's reply lists the links, one JSON line each
+        json_t *links = request [1].body_size? json_array (): NULL;
+        const char *at = (const char *) request [1].body;
+        const char *end = at? at + request [1].body_size: NULL;
+        while (links && at && at < end) {
+            const char *eol = memchr (at, '\n', (size_t) (end - at));
+            size_t size = eol? (size_t) (eol - at): (size_t) (end - at);
+            json_t *line = json_loadb (at, size, 0, NULL);
+            if (line)
+                json_array_append_new (links, line);
+            at += size + 1;
+        }
+        if (out && links)
+            json_object_set_new (out, "links", links);
+        else
+            json_decref (links);
         if (!out || json_dumpf (out, stdout, JSON_COMPACT) || fputc ('\n', stdout) == EOF
         ||  fflush (stdout)) {
             kim_cli_error (cmd, "cannot write to stdout");
@@ -95,6 +126,7 @@ kim_cmd_status (int argc, char *argv [])
         }
         json_decref (out);
     }
+    free (request);
     kim_client_destroy (&client);
     return exit_code;
 }

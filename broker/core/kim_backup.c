@@ -112,10 +112,14 @@ s_copy_store (const char *from, const char *to, char *error, size_t error_size)
     return 0;
 }
 
+//  Returns 0, 1 when `from` is gone (a temporary file the live broker
+//  renamed meanwhile, such as audit.checkpoint.tmp), or -1 (error set).
 static int
 s_copy_file (const char *from, const char *to, mode_t mode, char *error, size_t error_size)
 {
     int in = open (from, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (in == -1 && errno == ENOENT)
+        return 1;
     if (in == -1)
         return s_fail (error, error_size, "%s: %s", from, strerror (errno));
     int out = open (to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode & 0777);
@@ -179,6 +183,8 @@ s_copy_tree (const char *from, const char *to, int depth, size_t *files,
         }
         struct stat st;
         if (lstat (src, &st)) {
+            if (errno == ENOENT)
+                continue;           //  gone since readdir: a temporary file, renamed
             rc = s_fail (error, error_size, "%s: %s", src, strerror (errno));
             break;
         }
@@ -195,6 +201,7 @@ s_copy_tree (const char *from, const char *to, int depth, size_t *files,
             rc = s_copy_file (src, dst, st.st_mode, error, error_size);
             if (rc == 0)
                 (*files)++;
+            rc = rc == 1? 0: rc;
         }
         else
             zsys_warning ("backup: %s is not a regular file or folder: left out", src);

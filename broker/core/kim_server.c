@@ -226,6 +226,30 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
                session->agent [0]? session->agent: "no agent name", version, session->window);
 }
 
+//  The links to other districts' brokers, one JSON line each, for an
+//  operator's STATUS (PROTOCOL.md 8.9): names and counts, never content.
+static void
+s_status_links (kim_server_t *self, kim_buf_t *body)
+{
+    for (size_t i = 0; i < self->hook_count; i++) {
+        if (!self->hooks [i].link_at)
+            continue;
+        kim_link_info_t info;
+        for (size_t index = 0; self->hooks [i].link_at (self->hooks [i].state, index, &info);
+             index++) {
+            char line [256];
+            int size = snprintf (line, sizeof line, "{\"peer\":\"%s\",\"up\":%s,\"since_ms\":%"
+                                 PRIu64 ",\"queued\":%" PRIu64 ",\"in_flight\":%" PRIu64
+                                 ",\"remote_orgs\":%" PRIu64 "}\n", info.peer,
+                                 info.up? "true": "false", info.since_ms, info.queued,
+                                 info.in_flight, info.remote_orgs);
+            //  KIM_PEERS_MAX lines of at most 256 bytes fit the frame
+            if (size > 0 && (size_t) size < sizeof line)
+                kim_buf_append (body, line, (size_t) size);
+        }
+    }
+}
+
 static void
 s_status (kim_server_t *self, session_t *session)
 {
@@ -238,7 +262,16 @@ s_status (kim_server_t *self, session_t *session)
     reply->status.sessions = state->session_count;
     reply->status.uptime_ms = s_mono () - self->started_ms;
     reply->status.store_bytes = kim_store_bytes (self->store);
+    kim_buf_t body;
+    kim_buf_init (&body);
+    if (state->org->role == KIM_ROLE_OPERATOR)
+        s_status_links (self, &body);
+    if (body.size) {
+        reply->body = body.data;
+        reply->body_size = body.size;
+    }
     kim_reply_cmd (self, session->rid, session->rid_size, reply);
+    kim_buf_free (&body);
 }
 
 //  --------------------------------------------------------------------------

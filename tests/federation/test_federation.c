@@ -2,7 +2,7 @@
     broker (PROTOCOL.md 16), as real kim-broker processes over tcp loopback.
 
     Usage: test_federation referral|outage|refusal|rotation|roles|handover|
-                           handover_referrals|forward|trust|consent
+                           handover_referrals|forward|status|trust|consent
 
     referral  three districts: a REFERRAL from an office at A to one at C is
               receipted at A, delivered once at C (its sealed payload opens),
@@ -25,6 +25,8 @@
               both life cycles, both ends agree on every state.
     forward   FORWARD to an office of the sender's district and to one of the
               forwarder's own; a third district is refused with the reason.
+    status    an operator's STATUS lists the links: up, down with mail queued
+              while the far broker is away, up and emptied once it is back.
     trust     a peer's wrong signing key keeps the link from forwarding, and the
               mail waits (not refused) until the key is corrected and reloaded.
     consent   a consent given in one district to an office of another goes to
@@ -605,6 +607,76 @@ s_test_forward (void)
     kim_client_destroy (&mbe);
 }
 
+//  An operator's STATUS lists the links: the peer, whether it is up, and
+//  what waits for it (`queued`). Until `up` and `queued` read as asked.
+static void
+s_wait_link (kim_client_t *ops, const char *peer, bool up, uint64_t queued)
+{
+    kim_cmd_t *cmd = (kim_cmd_t *) calloc (2, sizeof (kim_cmd_t));
+    KIM_CHECK (cmd);
+    char want [128], line [512] = "";
+    snprintf (want, sizeof want, "{\"peer\":\"%s\",\"up\":%s,", peer, up? "true": "false");
+    char count [64];
+    snprintf (count, sizeof count, "\"queued\":%" PRIu64 ",", queued);
+    int64_t deadline = s_itest_now () + 15000;
+    while (s_itest_now () < deadline) {
+        kim_cmd_init (&cmd [0], KIM_CMD_STATUS);
+        ITEST_RC (kim_client_request (ops, &cmd [0], &cmd [1], 5000), 0);
+        KIM_CHECK (cmd [1].id == KIM_CMD_STATUS_REPLY && cmd [1].body_size > 0);
+        size_t size = cmd [1].body_size < sizeof line - 1? cmd [1].body_size: sizeof line - 1;
+        memcpy (line, cmd [1].body, size);
+        line [size] = 0;
+        if (strstr (line, want) && strstr (line, count) && strstr (line, "\"remote_orgs\":1}")) {
+            free (cmd);
+            return;
+        }
+        zclock_sleep (100);
+    }
+    fprintf (stderr, "link to %s: %s; expected up %d, queued %" PRIu64 "\n", peer, line, up,
+             queued);
+    exit (1);
+}
+
+static void
+s_test_status (void)
+{
+    const char *a_orgs [] = { "kim.steinfurt", "ops.steinfurt:operator", NULL };
+    const char *c_orgs [] = { "jc.coesfeld", NULL };
+    const char *names [] = { "broker.steinfurt", "broker.coesfeld" };
+    const char **orgs [] = { a_orgs, c_orgs };
+    s_districts (2, names, orgs);
+    s_start_all (2);
+    kim_client_t *kim = kim_testbroker_client (s_brokers [0], "kim.steinfurt", 16, true);
+    kim_client_t *ops = kim_testbroker_client (s_brokers [0], "ops.steinfurt", 0, true);
+    KIM_CHECK (kim && ops);
+    s_wait_link (ops, "broker.coesfeld", true, 0);
+    //  An agency's STATUS names no links.
+    kim_cmd_t *cmd = (kim_cmd_t *) calloc (2, sizeof (kim_cmd_t));
+    KIM_CHECK (cmd);
+    kim_cmd_init (&cmd [0], KIM_CMD_STATUS);
+    ITEST_RC (kim_client_request (kim, &cmd [0], &cmd [1], 5000), 0);
+    KIM_CHECK (cmd [1].id == KIM_CMD_STATUS_REPLY && cmd [1].body_size == 0);
+    free (cmd);
+
+    //  The far broker goes away: the link goes down, and mail waits for it.
+    KIM_CHECK (kim_testbroker_stop (s_brokers [1], SIGKILL) >= 0);
+    s_wait_link (ops, "broker.coesfeld", false, 0);
+    for (int i = 0; i < 3; i++) {
+        kim_msg_t msg;
+        char id [32];
+        snprintf (id, sizeof id, "R-S%d", i);
+        kim_test_referral (&msg, "jc.coesfeld", id);
+        snprintf (msg.msg_id, sizeof msg.msg_id, "m-s%d", i);
+        LC_SEND (kim, &msg, 0, NULL);
+    }
+    s_wait_link (ops, "broker.coesfeld", false, 3);
+    //  Back: the link comes up and the link mailbox empties.
+    KIM_CHECK (kim_testbroker_start (s_brokers [1]) == 0);
+    s_wait_link (ops, "broker.coesfeld", true, 0);
+    kim_client_destroy (&kim);
+    kim_client_destroy (&ops);
+}
+
 static void
 s_test_trust (void)
 {
@@ -852,7 +924,7 @@ main (int argc, char *argv [])
 {
     if (argc != 2) {
         fprintf (stderr, "usage: test_federation referral|outage|refusal|rotation|roles|"
-                 "handover|handover_referrals|forward|trust|consent\n");
+                 "handover|handover_referrals|forward|status|trust|consent\n");
         return 2;
     }
     zsys_init ();
@@ -879,6 +951,9 @@ main (int argc, char *argv [])
     else
     if (streq (argv [1], "forward"))
         s_test_forward ();
+    else
+    if (streq (argv [1], "status"))
+        s_test_status ();
     else
     if (streq (argv [1], "trust"))
         s_test_trust ();
