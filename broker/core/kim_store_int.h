@@ -33,6 +33,15 @@ typedef struct {
     char org [];                //  also the key in self->mailboxes
 } kim_store_mailbox_t;
 
+//  A payload stored lately, as it came (kim_store_payload.c, Recent)
+typedef struct {
+    uint64_t seq;
+    bool live;
+    uint32_t size;
+    uint32_t max;               //  bytes allocated at `data`
+    uint8_t *data;
+} kim_store_recent_t;
+
 struct _kim_store_t {
     char *path;
     MDB_env *env;
@@ -63,6 +72,14 @@ struct _kim_store_t {
     uint64_t key_cache_base;
     uint64_t key_cache_end;
     size_t scratch_max;
+    //  Nonces at rest: a prefix drawn at open, then a counter, which spares
+    //  a call into the kernel's random source per payload
+    uint8_t nonce_prefix [16];
+    uint64_t nonce_next;
+    //  The payloads stored lately, by seq modulo their number; NULL until
+    //  the first payload is stored
+    kim_store_recent_t *recent;
+    size_t recent_bytes;        //  allocated in all its slots
 
     //  The open write batch, if any
     MDB_txn *txn;

@@ -21,7 +21,16 @@
         version 2: [u8 2][u64 id BE][24-byte nonce][ciphertext and 16-byte tag]
         version 1: [u8 1][24-byte nonce][ciphertext and tag], key in slot seq
     Version 1 is what stores wrote before the pool; it is still read and
-    erased. Stores from before at-rest encryption hold their payloads as
+    erased. A nonce is a prefix drawn when the store opens and a counter:
+    each key seals one payload, and the prefix keeps a key that a crash
+    handed out twice from meeting the same nonce twice.
+
+    A delivery reads its payload back a turn or two after it was stored.
+    Payloads of up to S_RECENT_MAX bytes stay in memory as they came, in
+    S_RECENT_SLOTS slots by seq and S_RECENT_BUDGET bytes in all, so that
+    such a read costs a copy instead of a lookup and a decryption (under
+    load a delivery trails its store by a few thousand seqs). An erasure or replacement drops
+    its seq there, and an aborted batch drops them all. Stores from before at-rest encryption hold their payloads as
     they came: META "keys_from" (u64 BE) names the first seq stored
     encrypted, and payloads below it are read as they are.
 
@@ -42,8 +51,84 @@
 #define S_SEALED_HEAD_MAX   (1 + 8)
 #define S_KEY_POOL          ((uint64_t) 1 << 63)
 #define S_KEY_CHUNK         4096
+#define S_RECENT_SLOTS      8192
+#define S_RECENT_MAX        4096
+#define S_RECENT_BUDGET     ((size_t) 8 << 20)
+
+_Static_assert (sizeof ((kim_store_t *) 0)->nonce_prefix + 8 == S_SEALED_NONCE,
+                "a nonce at rest is its prefix and a 64-bit counter");
 
 static const MDB_val s_key_next_name = { 8, (void *) "key_next" };
+
+//  --------------------------------------------------------------------------
+//  Recent payloads
+
+static void
+s_recent_drop (kim_store_recent_t *slot)
+{
+    if (slot->live)
+        sodium_memzero (slot->data, slot->size);
+    slot->live = false;
+}
+
+static void
+s_recent_forget (kim_store_t *self, uint64_t seq)
+{
+    if (self->recent && self->recent [seq % S_RECENT_SLOTS].seq == seq)
+        s_recent_drop (&self->recent [seq % S_RECENT_SLOTS]);
+}
+
+static void
+s_recent_clear (kim_store_t *self)
+{
+    for (size_t i = 0; self->recent && i < S_RECENT_SLOTS; i++)
+        s_recent_drop (&self->recent [i]);
+}
+
+//  Keeps a copy of a payload just stored. Memory is short here only as
+//  an optimisation is: a payload that finds none is simply not kept.
+static void
+s_recent_keep (kim_store_t *self, uint64_t seq, const uint8_t *data, size_t size)
+{
+    if (size > S_RECENT_MAX)
+        return;
+    if (!self->recent) {
+        self->recent = (kim_store_recent_t *) calloc (S_RECENT_SLOTS, sizeof *self->recent);
+        if (!self->recent)
+            return;
+    }
+    kim_store_recent_t *slot = &self->recent [seq % S_RECENT_SLOTS];
+    s_recent_drop (slot);
+    if (slot->max < size) {
+        if (self->recent_bytes - slot->max + size > S_RECENT_BUDGET)
+            return;
+        uint8_t *data_new = (uint8_t *) realloc (slot->data, size);
+        if (!data_new)
+            return;
+        self->recent_bytes += size - slot->max;
+        slot->data = data_new;
+        slot->max = (uint32_t) size;
+    }
+    memcpy (slot->data, data, size);
+    slot->seq = seq;
+    slot->size = (uint32_t) size;
+    slot->live = true;
+}
+
+//  Scratch space for a payload read back: the caller's copy, valid until
+//  the next read.
+static int
+s_scratch (kim_store_t *self, size_t size)
+{
+    if (size <= self->scratch_max)
+        return 0;
+    uint8_t *scratch = (uint8_t *) realloc (self->scratch, size);
+    if (!scratch)
+        return -KIM_E_NOMEM;
+    self->scratch = scratch;
+    self->scratch_max = size;
+    return 0;
+}
 
 //  --------------------------------------------------------------------------
 //  The key pool
@@ -132,6 +217,7 @@ kim_store_i_keys_settle (kim_store_t *self, bool committed)
         return;
     }
     self->batch_key_next = self->key_next;
+    s_recent_clear (self);
     if (self->batch_key_end != self->key_end) {
         //  The chunk made in this batch was never written
         self->batch_key_end = self->key_end;
@@ -218,6 +304,8 @@ kim_store_i_keys_open (kim_store_t *self, bool nosync)
     }
     if (!self->keys)
         return err;
+    randombytes_buf (self->nonce_prefix, sizeof self->nonce_prefix);
+    self->nonce_next = 0;
     //  Keys made ahead before a restart are used first: ids from key_next
     //  up to the last one in the key store
     uint64_t last = 0;
@@ -238,6 +326,12 @@ kim_store_i_keys_close (kim_store_t *self)
     if (self->key_cache)
         sodium_free (self->key_cache);
     self->key_cache = NULL;
+    s_recent_clear (self);
+    for (size_t i = 0; self->recent && i < S_RECENT_SLOTS; i++)
+        free (self->recent [i].data);
+    free (self->recent);
+    self->recent = NULL;
+    self->recent_bytes = 0;
     kim_keystore_destroy (&self->keys);
 }
 
@@ -273,6 +367,7 @@ s_sealed_slot (kim_store_t *self, uint64_t seq, const MDB_val *value, uint64_t *
 static int
 s_shred (kim_store_t *self, uint64_t seq, MDB_val *key)
 {
+    s_recent_forget (self, seq);
     if (!self->keys || seq < self->keys_from)
         return 0;
     MDB_val value;
@@ -343,11 +438,13 @@ kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, siz
     uint8_t *sealed = (uint8_t *) copy.mv_data;
     sealed [0] = S_SEALED_POOLED;
     kim_log_put_be64 (sealed + 1, id);
-    randombytes_buf (sealed + 9, S_SEALED_NONCE);
+    memcpy (sealed + 9, self->nonce_prefix, sizeof self->nonce_prefix);
+    kim_log_put_be64 (sealed + 9 + sizeof self->nonce_prefix, self->nonce_next++);
     crypto_aead_xchacha20poly1305_ietf_encrypt (
         sealed + 9 + S_SEALED_NONCE, NULL, data, size, key_bytes, sizeof (key_bytes),
         NULL, sealed + 9, secret);
     sodium_memzero (secret, sizeof secret);
+    s_recent_keep (self, seq, data, size);
     return 0;
 }
 
@@ -379,6 +476,15 @@ kim_store_payload_get (kim_store_t *self, uint64_t seq, const uint8_t **data, si
 {
     *data = NULL;
     *size = 0;
+    kim_store_recent_t *recent = self->recent? &self->recent [seq % S_RECENT_SLOTS]: NULL;
+    if (recent && recent->live && recent->seq == seq) {
+        if (s_scratch (self, recent->size))
+            return -KIM_E_NOMEM;
+        memcpy (self->scratch, recent->data, recent->size);
+        *data = self->scratch;
+        *size = recent->size;
+        return 0;
+    }
     MDB_val value;
     int rc = s_stored (self, seq, &value);
     if (rc || value.mv_size == 0)
@@ -401,14 +507,9 @@ kim_store_payload_get (kim_store_t *self, uint64_t seq, const uint8_t **data, si
         return 0;               //  its key is erased: so is the payload
     const uint8_t *sealed = (const uint8_t *) value.mv_data;
     size_t plain_size = value.mv_size - head - S_SEALED_NONCE - S_SEALED_TAG;
-    if (plain_size > self->scratch_max) {
-        uint8_t *scratch = (uint8_t *) realloc (self->scratch, plain_size);
-        if (!scratch) {
-            sodium_memzero (secret, sizeof secret);
-            return -KIM_E_NOMEM;
-        }
-        self->scratch = scratch;
-        self->scratch_max = plain_size;
+    if (s_scratch (self, plain_size)) {
+        sodium_memzero (secret, sizeof secret);
+        return -KIM_E_NOMEM;
     }
     uint8_t key_bytes [8];
     kim_log_put_be64 (key_bytes, seq);

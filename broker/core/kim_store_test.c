@@ -158,6 +158,17 @@ s_test_key_pool (const char *path, const char *keys_path)
     uint64_t given_up = s_test_append (store, KIM_RECORD_MESSAGE, 3, "given up");
     assert (kim_store_payload_put (store, given_up, (const uint8_t *) "lost", 4) == 0);
     kim_store_abort (store);
+    //  Nothing of a batch given up reads back, not even from the payloads
+    //  kept in memory; one committed does, until it is erased
+    const uint8_t *kept;
+    size_t kept_size;
+    assert (kim_store_payload_get (store, given_up, &kept, &kept_size) == 0 && kept_size == 0);
+    assert (kim_store_payload_get (store, given_up - 1, &kept, &kept_size) == 0);
+    assert (kept_size == 4 && memcmp (kept, "pool", 4) == 0);
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_payload_del (store, given_up - 1) == 0);
+    assert (kim_store_payload_get (store, given_up - 1, &kept, &kept_size) == 0 && kept_size == 0);
+    kim_store_abort (store);
     kim_store_destroy (&store);
 
     //  A version-1 payload: the key in the slot of its seq
