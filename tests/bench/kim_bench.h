@@ -103,9 +103,10 @@ typedef struct {
 } result_t;
 
 typedef struct {
-    bool zmq_ran, curve_ran, lmdb_ran, lmdb1_ran;
+    bool zmq_ran, curve_ran, batch_ran, lmdb_ran, lmdb1_ran;
     double zmq_ack_rate, zmq_confirm_rate, zmq_p50_us, zmq_p99_us;
     double curve_ack_rate, curve_confirm_rate, curve_p50_us, curve_p99_us;   //  ZeroMQ + CURVE
+    double batch_ack_rate;      //  ZeroMQ + CURVE, up to 64 messages a frame (version 2's packing)
     double lmdb_rate, lmdb_commit_us;       //  batch 256
     double lmdb1_rate, lmdb1_commit_us;     //  batch 1
 } ceilings_t;
@@ -121,7 +122,7 @@ typedef struct {
 //  Several rounds of the ceilings: each tool's figures over the rounds in
 //  which it ran.
 typedef struct {
-    uint32_t zmq_runs, curve_runs, lmdb_runs, lmdb1_runs;
+    uint32_t zmq_runs, curve_runs, batch_runs, lmdb_runs, lmdb1_runs;
     ceilings_t median, min, max;
 } ceiling_summary_t;
 

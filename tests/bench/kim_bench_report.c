@@ -91,6 +91,9 @@ kim_bench_print_json (const options_t *opt, const result_t *r, const ceilings_t 
     if (kim_bench_streq (r->name, "W1") && ceil->curve_ran && r->acked_per_s > 0)
         printf (",\"zmq_curve_ack_rate\":%.0f,\"zmq_curve_ratio\":%.3f", ceil->curve_ack_rate,
                 r->acked_per_s / ceil->curve_ack_rate);
+    if (kim_bench_streq (r->name, "W1") && ceil->batch_ran && r->acked_per_s > 0)
+        printf (",\"zmq_curve64_ack_rate\":%.0f,\"zmq_curve64_ratio\":%.3f",
+                ceil->batch_ack_rate, r->acked_per_s / ceil->batch_ack_rate);
     if (kim_bench_streq (r->name, "RSS")) {
         printf (",\"fill_marks\":[");
         for (int i = 0; i < KIM_BENCH_RSS_POINTS; i++)
@@ -143,6 +146,15 @@ kim_bench_print_ceilings_json (const ceilings_t *ceil, uint32_t run,
                            summary->max.curve_ack_rate, 0);
         printf (",\"confirm_rate\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
                 ceil->curve_confirm_rate, ceil->curve_p50_us, ceil->curve_p99_us);
+    }
+    if (ceil->batch_ran) {
+        printf ("{\"workload\":\"ceiling_zmq_curve64\"");
+        s_print_tag (run, summary? summary->batch_runs: 0);
+        printf (",\"ack_rate\":%.0f", ceil->batch_ack_rate);
+        if (summary)
+            s_print_range ("ack_rate", summary->min.batch_ack_rate,
+                           summary->max.batch_ack_rate, 0);
+        printf ("}\n");
     }
     if (ceil->lmdb_ran) {
         printf ("{\"workload\":\"ceiling_lmdb\"");
@@ -281,6 +293,10 @@ kim_bench_print_table (const options_t *opt, const result_t results [],
             printf ("      W1 / ZeroMQ+CURVE ceiling: %.1f %% (acked %.0f / %.0f)\n",
                     100.0 * r->acked_per_s / ceil->curve_ack_rate, r->acked_per_s,
                     ceil->curve_ack_rate);
+        if (kim_bench_streq (r->name, "W1") && ceil->batch_ran && r->acked_per_s > 0)
+            printf ("      W1 / ZeroMQ+CURVE ceiling, 64 a frame: %.1f %% (acked %.0f / %.0f)\n",
+                    100.0 * r->acked_per_s / ceil->batch_ack_rate, r->acked_per_s,
+                    ceil->batch_ack_rate);
     }
     //  With several rounds, ceil is ceil_summary->median.
     const ceilings_t *min = ceil_summary? &ceil_summary->min: ceil;
@@ -298,6 +314,11 @@ kim_bench_print_table (const options_t *opt, const result_t results [],
                 s_range_text (range, sizeof range, ceil_summary, " (range ",
                               min->curve_ack_rate, max->curve_ack_rate, ")"),
                 ceil->curve_confirm_rate, ceil->curve_p50_us, ceil->curve_p99_us);
+    if (ceil->batch_ran)
+        printf ("ceiling ZeroMQ+CURVE forward, 64 messages a frame: %.0f acked/s%s\n",
+                ceil->batch_ack_rate,
+                s_range_text (range, sizeof range, ceil_summary, " (range ",
+                              min->batch_ack_rate, max->batch_ack_rate, ")"));
     if (ceil->lmdb_ran)
         printf ("ceiling LMDB append, sync per 256: %.0f records/s (%.0f µs per commit)%s\n",
                 ceil->lmdb_rate, ceil->lmdb_commit_us,

@@ -131,11 +131,13 @@ kim_bench_summarise_ceilings (const ceilings_t rounds [], size_t count, ceiling_
     for (size_t k = 0; k < count && k < KIM_BENCH_REPEAT_MAX; k++) {
         self->zmq_runs += rounds [k].zmq_ran;
         self->curve_runs += rounds [k].curve_ran;
+        self->batch_runs += rounds [k].batch_ran;
         self->lmdb_runs += rounds [k].lmdb_ran;
         self->lmdb1_runs += rounds [k].lmdb1_ran;
     }
     self->median.zmq_ran = self->zmq_runs > 0;
     self->median.curve_ran = self->curve_runs > 0;
+    self->median.batch_ran = self->batch_runs > 0;
     self->median.lmdb_ran = self->lmdb_runs > 0;
     self->median.lmdb1_ran = self->lmdb1_runs > 0;
     S_SUMMARISE_CEILING (zmq_ran, zmq_ack_rate);
@@ -146,6 +148,7 @@ kim_bench_summarise_ceilings (const ceilings_t rounds [], size_t count, ceiling_
     S_SUMMARISE_CEILING (curve_ran, curve_confirm_rate);
     S_SUMMARISE_CEILING (curve_ran, curve_p50_us);
     S_SUMMARISE_CEILING (curve_ran, curve_p99_us);
+    S_SUMMARISE_CEILING (batch_ran, batch_ack_rate);
     S_SUMMARISE_CEILING (lmdb_ran, lmdb_rate);
     S_SUMMARISE_CEILING (lmdb_ran, lmdb_commit_us);
     S_SUMMARISE_CEILING (lmdb1_ran, lmdb1_rate);

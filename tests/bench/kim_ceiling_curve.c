@@ -33,6 +33,14 @@
     pattern). The handshake and the encryption cost the same either way,
     and a ZAP round trip happens once per connection, not per message.
 
+    --batch N packs up to N messages into one frame, as kim's protocol
+    version 2 does (PROTOCOL.md §5.1: SEND_BATCH, RECEIPT_BATCH,
+    DELIVER_BATCH, ACK_RANGE): a producer sends up to N messages its window
+    allows as one frame, the forwarder confirms the frame with one frame of
+    their indexes and forwards it whole, and the consumer acks it with one
+    16-byte frame (its first and last index). CURVE then boxes a frame, not
+    a message: that is the ceiling to hold kim's version 2 against.
+
     Prints one JSON line: ack_rate (messages / first send -> last ack),
     confirm_rate (-> the last producer's last confirm), latency percentiles
     in µs (p50_us...: send -> consumer receive; c_p50_us...: send ->
@@ -55,7 +63,8 @@
 #include <zmq.h>
 
 #define S_PRODUCERS_MAX     64
-#define S_FRAME_MAX         65536   //  largest payload (and receive buffer)
+#define S_FRAME_MAX         65536   //  largest payload
+#define S_BATCH_MAX         64      //  messages in one frame at most (KIM_BATCH_MAX)
 #define S_HANDSHAKE_MS      5000    //  HELLO -> OK, CURVE handshake included
 #define S_BATCH             1024    //  messages taken per socket per poll
 #define S_KEY_TEXT          41      //  Z85 key and its terminating null
@@ -74,6 +83,7 @@ typedef struct {
     uint32_t window;            //  unconfirmed messages per producer
     uint32_t payload;           //  bytes, stamp included
     uint32_t limit_s;           //  the whole run's time limit
+    uint32_t batch;             //  messages per frame at most
 } options_t;
 
 typedef struct _run_t run_t;
@@ -184,8 +194,10 @@ s_hello (void *socket)
 //  The forwarder: the child process. Returns its exit code.
 
 static int
-s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, uint32_t limit_s)
+s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, const options_t *opt)
 {
+    uint32_t limit_s = opt->limit_s + 10;   //  the lifeline ends it first
+    size_t frame_max = (size_t) opt->batch * opt->payload;
     void *ctx = zmq_ctx_new ();
     void *front = ctx? s_socket (ctx, ZMQ_ROUTER): NULL;
     void *back = ctx? s_socket (ctx, ZMQ_ROUTER): NULL;
@@ -212,7 +224,8 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, uint32_t
     close (report_fd);
 
     char *id = (char *) malloc (256), *consumer = (char *) malloc (256);
-    char *frame = (char *) malloc (S_FRAME_MAX);
+    char *frame = (char *) malloc (frame_max);
+    char *confirm = (char *) malloc ((size_t) opt->batch * 8);
     int consumer_size = 0;
     uint64_t forwarded = 0, acks = 0;
     uint64_t end = s_now_ns () + (uint64_t) limit_s * 1000000000ull;
@@ -221,7 +234,7 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, uint32_t
         { back, 0, ZMQ_POLLIN, 0 },
         { NULL, lifeline_fd, ZMQ_POLLIN, 0 }
     };
-    while (ready && id && consumer && frame && s_now_ns () < end) {
+    while (ready && id && consumer && frame && confirm && s_now_ns () < end) {
         if (zmq_poll (items, 3, 500) < 0 && errno != EINTR)
             break;
         if (items [2].revents)
@@ -232,7 +245,7 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, uint32_t
                 int id_size = zmq_recv (back, id, 256, ZMQ_DONTWAIT);
                 if (id_size < 0)
                     break;
-                int size = zmq_recv (back, frame, S_FRAME_MAX, 0);
+                int size = zmq_recv (back, frame, frame_max, 0);
                 if (size == 5 && memcmp (frame, "HELLO", 5) == 0) {
                     memcpy (consumer, id, (size_t) id_size);
                     consumer_size = id_size;
@@ -250,18 +263,24 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, uint32_t
                 int id_size = zmq_recv (front, id, 256, ZMQ_DONTWAIT);
                 if (id_size < 0)
                     break;
-                int size = zmq_recv (front, frame, S_FRAME_MAX, 0);
+                int size = zmq_recv (front, frame, frame_max, 0);
                 if (size == 5 && memcmp (frame, "HELLO", 5) == 0) {
                     zmq_send (front, id, (size_t) id_size, ZMQ_SNDMORE);
                     zmq_send (front, "OK", 2, 0);
                 }
                 else
-                if (size >= (int) sizeof (stamp_t) && size <= S_FRAME_MAX && consumer_size) {
+                if (size >= (int) opt->payload && (size_t) size <= frame_max
+                &&  size % opt->payload == 0 && consumer_size) {
+                    //  One confirm per frame: the index of each of its messages
+                    size_t count = (size_t) size / opt->payload;
+                    for (size_t m = 0; m < count; m++)
+                        memcpy (confirm + 8 * m,
+                                frame + m * opt->payload + offsetof (stamp_t, index), 8);
                     zmq_send (front, id, (size_t) id_size, ZMQ_SNDMORE);
-                    zmq_send (front, frame + offsetof (stamp_t, index), 8, 0);
+                    zmq_send (front, confirm, 8 * count, 0);
                     zmq_send (back, consumer, (size_t) consumer_size, ZMQ_SNDMORE);
                     zmq_send (back, frame, (size_t) size, 0);
-                    forwarded++;
+                    forwarded += count;
                 }
             }
     }
@@ -272,6 +291,7 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, uint32_t
     free (id);
     free (consumer);
     free (frame);
+    free (confirm);
     if (front)
         zmq_close (front);
     if (back)
@@ -291,10 +311,11 @@ s_producer_run (void *arg)
     run_t *run = self->run;
     const options_t *opt = run->opt;
     void *socket = s_client_socket (run, run->front);
-    char *payload = (char *) calloc (1, opt->payload);
+    char *payload = (char *) calloc (opt->batch, opt->payload);
+    uint64_t *indexes = (uint64_t *) calloc (opt->batch, sizeof (uint64_t));
     self->sent_ns = (uint64_t *) calloc (opt->messages, sizeof (uint64_t));
     self->clat = (uint64_t *) calloc (opt->messages, sizeof (uint64_t));
-    if (!socket || !payload || !self->sent_ns || !self->clat)
+    if (!socket || !payload || !indexes || !self->sent_ns || !self->clat)
         snprintf (self->error, sizeof self->error, "producer %u: no socket or memory", self->id);
     else
     if (!s_hello (socket))
@@ -303,8 +324,9 @@ s_producer_run (void *arg)
     pthread_barrier_wait (&run->barrier);
 
     stamp_t stamp = { .producer = self->id };
-    for (uint32_t i = sizeof stamp; i < opt->payload; i++)
-        payload [i] = (char) (i * 131 + self->id);
+    for (uint32_t m = 0; m < opt->batch; m++)
+        for (uint32_t i = sizeof stamp; i < opt->payload; i++)
+            payload [(size_t) m * opt->payload + i] = (char) (i * 131 + self->id);
     zmq_pollitem_t item = { socket, 0, ZMQ_POLLIN, 0 };
     uint64_t sent = 0;
     while (!self->error [0] && !atomic_load (&run->abort) && self->confirmed < opt->messages) {
@@ -314,25 +336,38 @@ s_producer_run (void *arg)
                       "confirmed", self->id, (unsigned long long) self->confirmed, opt->messages);
             break;
         }
-        uint64_t index;
-        while (zmq_recv (socket, &index, sizeof index, ZMQ_DONTWAIT) == sizeof index) {
+        int size;
+        while ((size = zmq_recv (socket, indexes, opt->batch * sizeof (uint64_t),
+                                 ZMQ_DONTWAIT)) >= (int) sizeof (uint64_t)) {
             now = s_now_ns ();
-            if (index < sent) {
-                self->clat [self->clat_count++] = now - self->sent_ns [index];
-                self->last_confirm_ns = now;
+            for (int m = 0; m < size / (int) sizeof (uint64_t); m++) {
+                uint64_t index = indexes [m];
+                if (index < sent) {
+                    self->clat [self->clat_count++] = now - self->sent_ns [index];
+                    self->last_confirm_ns = now;
+                }
+                self->confirmed++;
             }
-            self->confirmed++;
         }
         while (sent < opt->messages && sent - self->confirmed < opt->window) {
-            stamp.index = sent;
-            stamp.sent_ns = self->sent_ns [sent] = s_now_ns ();
-            memcpy (payload, &stamp, sizeof stamp);
-            if (zmq_send (socket, payload, opt->payload, 0) != (int) opt->payload) {
+            //  As many messages as the window and --batch allow, in one frame
+            uint64_t count = opt->messages - sent;
+            if (count > opt->window - (sent - self->confirmed))
+                count = opt->window - (sent - self->confirmed);
+            if (count > opt->batch)
+                count = opt->batch;
+            for (uint64_t m = 0; m < count; m++) {
+                stamp.index = sent + m;
+                stamp.sent_ns = self->sent_ns [sent + m] = s_now_ns ();
+                memcpy (payload + m * opt->payload, &stamp, sizeof stamp);
+            }
+            size_t frame_size = (size_t) count * opt->payload;
+            if (zmq_send (socket, payload, frame_size, 0) != (int) frame_size) {
                 snprintf (self->error, sizeof self->error, "producer %u: send: %s",
                           self->id, zmq_strerror (errno));
                 break;
             }
-            sent++;
+            sent += count;
         }
         if (self->confirmed < opt->messages)
             zmq_poll (&item, 1, 100);
@@ -340,6 +375,7 @@ s_producer_run (void *arg)
     if (socket)
         zmq_close (socket);
     free (payload);
+    free (indexes);
     return NULL;
 }
 
@@ -351,7 +387,8 @@ s_clients (run_t *run)
     const options_t *opt = run->opt;
     uint64_t total = (uint64_t) opt->producers * opt->messages;
     uint64_t *lat = (uint64_t *) calloc (total, sizeof (uint64_t));
-    char *frame = (char *) malloc (S_FRAME_MAX);
+    size_t frame_max = (size_t) opt->batch * opt->payload;
+    char *frame = (char *) malloc (frame_max);
     run->ctx = zmq_ctx_new ();
     void *consumer = run->ctx? s_client_socket (run, run->back): NULL;
     if (!lat || !frame || !consumer || !s_hello (consumer)) {
@@ -384,18 +421,26 @@ s_clients (run_t *run)
     uint64_t acked = 0, last_ack_ns = start_ns;
     zmq_pollitem_t item = { consumer, 0, ZMQ_POLLIN, 0 };
     while (acked < total && !atomic_load (&run->abort) && s_now_ns () < run->deadline_ns) {
-        int size = zmq_recv (consumer, frame, S_FRAME_MAX, ZMQ_DONTWAIT);
+        int size = zmq_recv (consumer, frame, frame_max, ZMQ_DONTWAIT);
         if (size < 0) {
             zmq_poll (&item, 1, 100);
             continue;
         }
-        stamp_t stamp;
-        if (size < (int) sizeof stamp)
+        if (size < (int) opt->payload || size % opt->payload)
             continue;
-        memcpy (&stamp, frame, sizeof stamp);
+        //  Each message of the frame; one ack for the frame (the first
+        //  and last index with --batch, the index alone without)
+        uint64_t range [2];
         last_ack_ns = s_now_ns ();
-        lat [acked++] = last_ack_ns - stamp.sent_ns;
-        zmq_send (consumer, &stamp.index, sizeof stamp.index, 0);
+        for (size_t m = 0; m < (size_t) size / opt->payload && acked < total; m++) {
+            stamp_t stamp;
+            memcpy (&stamp, frame + m * opt->payload, sizeof stamp);
+            lat [acked++] = last_ack_ns - stamp.sent_ns;
+            if (m == 0)
+                range [0] = stamp.index;
+            range [1] = stamp.index;
+        }
+        zmq_send (consumer, range, opt->batch > 1? sizeof range: sizeof range [0], 0);
     }
 
     uint64_t confirmed = 0, last_confirm_ns = start_ns;
@@ -428,9 +473,9 @@ s_clients (run_t *run)
     double ack_s = (double) (last_ack_ns - start_ns) / 1e9;
     double confirm_s = (double) (last_confirm_ns - start_ns) / 1e9;
     printf ("{\"tool\":\"kim-ceiling-curve\",\"curve\":true,\"producers\":%u,\"messages\":%llu,"
-            "\"payload\":%u,\"window\":%u,\"confirmed\":%llu,\"acked\":%llu,"
+            "\"payload\":%u,\"window\":%u,\"batch\":%u,\"confirmed\":%llu,\"acked\":%llu,"
             "\"t_confirm_s\":%.3f,\"t_ack_s\":%.3f,\"confirm_rate\":%.0f,\"ack_rate\":%.0f",
-            opt->producers, (unsigned long long) total, opt->payload, opt->window,
+            opt->producers, (unsigned long long) total, opt->payload, opt->window, opt->batch,
             (unsigned long long) confirmed, (unsigned long long) acked, confirm_s, ack_s,
             confirmed == total && confirm_s > 0? (double) total / confirm_s: 0,
             acked == total && ack_s > 0? (double) total / ack_s: 0);
@@ -456,7 +501,7 @@ s_usage (FILE *file)
 {
     fprintf (file,
         "usage: kim-ceiling-curve [--producers N] [--messages N] [--window N] [--payload N]\n"
-        "                         [--limit S]\n"
+        "                         [--batch N] [--limit S]\n"
         "  Raw ZeroMQ forwarding in the W1 shape with CurveZMQ on every socket: N producer\n"
         "  DEALERs -> a ROUTER forwarder (its own process) that confirms each message at\n"
         "  once and forwards it -> one consumer DEALER that acks each. Flat out, HWM 0,\n"
@@ -465,9 +510,11 @@ s_usage (FILE *file)
         "  --messages N   messages per producer (default 25000)\n"
         "  --window N     unconfirmed messages per producer (default 256)\n"
         "  --payload N    bytes per message, %zu to %d (default 1024)\n"
+        "  --batch N      messages per frame at most, 1 to %d, as kim's protocol version 2\n"
+        "                 packs them (default 1: a frame per message, confirm and ack)\n"
         "  --limit S      time limit of the whole run in seconds (default 60)\n"
         "  Exit 0 when every message was confirmed and acked, 1 otherwise, 2 on bad usage.\n",
-        S_PRODUCERS_MAX, sizeof (stamp_t), S_FRAME_MAX);
+        S_PRODUCERS_MAX, sizeof (stamp_t), S_FRAME_MAX, S_BATCH_MAX);
 }
 
 static bool
@@ -508,7 +555,8 @@ int
 main (int argc, char *argv [])
 {
     options_t opt = {
-        .producers = 4, .messages = 25000, .window = 256, .payload = 1024, .limit_s = 60
+        .producers = 4, .messages = 25000, .window = 256, .payload = 1024, .limit_s = 60,
+        .batch = 1
     };
     //  Every option takes a value: they come in pairs.
     for (int i = 1; i < argc; i += 2) {
@@ -533,6 +581,9 @@ main (int argc, char *argv [])
         else
         if (strcmp (arg, "--limit") == 0)
             ok = s_parse_u32 (next, 1, 86400, &opt.limit_s);
+        else
+        if (strcmp (arg, "--batch") == 0)
+            ok = s_parse_u32 (next, 1, S_BATCH_MAX, &opt.batch);
         if (!ok) {
             s_usage (stderr);
             return 2;
@@ -562,8 +613,7 @@ main (int argc, char *argv [])
     if (child == 0) {
         close (report [0]);
         close (lifeline [1]);
-        //  A few seconds past the clients' limit: the lifeline ends it first.
-        _exit (s_forwarder (server_secret, report [1], lifeline [0], opt.limit_s + 10));
+        _exit (s_forwarder (server_secret, report [1], lifeline [0], &opt));
     }
     close (report [1]);
     close (lifeline [0]);
