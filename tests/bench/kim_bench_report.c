@@ -122,38 +122,44 @@ kim_bench_print_json (const options_t *opt, const result_t *r, const ceilings_t 
     fflush (stdout);
 }
 
+//  Opens a ceiling's JSON line: its name, the round's tag and its rate,
+//  with the rate's range over the rounds when `summarised`.
+static void
+s_ceiling_open (const char *name, uint32_t run, uint32_t runs, bool summarised,
+                double rate, double min, double max)
+{
+    printf ("{\"workload\":\"%s\"", name);
+    s_print_tag (run, runs);
+    printf (",\"ack_rate\":%.0f", rate);
+    if (summarised)
+        s_print_range ("ack_rate", min, max, 0);
+}
+
 //  The ceilings' JSON lines: one round (`run` > 0 when there are several),
 //  or with `summary`, their medians (ceil is summary->median) and ranges.
 void
 kim_bench_print_ceilings_json (const ceilings_t *ceil, uint32_t run,
                                const ceiling_summary_t *summary)
 {
+    const ceilings_t *min = summary? &summary->min: ceil;
+    const ceilings_t *max = summary? &summary->max: ceil;
     if (ceil->zmq_ran) {
-        printf ("{\"workload\":\"ceiling_zmq\"");
-        s_print_tag (run, summary? summary->zmq_runs: 0);
-        printf (",\"ack_rate\":%.0f", ceil->zmq_ack_rate);
-        if (summary)
-            s_print_range ("ack_rate", summary->min.zmq_ack_rate, summary->max.zmq_ack_rate, 0);
+        s_ceiling_open ("ceiling_zmq", run, summary? summary->zmq_runs: 0, summary != NULL,
+                        ceil->zmq_ack_rate, min->zmq_ack_rate, max->zmq_ack_rate);
         printf (",\"confirm_rate\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
                 ceil->zmq_confirm_rate, ceil->zmq_p50_us, ceil->zmq_p99_us);
     }
     if (ceil->curve_ran) {
-        printf ("{\"workload\":\"ceiling_zmq_curve\"");
-        s_print_tag (run, summary? summary->curve_runs: 0);
-        printf (",\"ack_rate\":%.0f", ceil->curve_ack_rate);
-        if (summary)
-            s_print_range ("ack_rate", summary->min.curve_ack_rate,
-                           summary->max.curve_ack_rate, 0);
+        s_ceiling_open ("ceiling_zmq_curve", run, summary? summary->curve_runs: 0,
+                        summary != NULL, ceil->curve_ack_rate, min->curve_ack_rate,
+                        max->curve_ack_rate);
         printf (",\"confirm_rate\":%.0f,\"p50_us\":%.1f,\"p99_us\":%.1f}\n",
                 ceil->curve_confirm_rate, ceil->curve_p50_us, ceil->curve_p99_us);
     }
     if (ceil->batch_ran) {
-        printf ("{\"workload\":\"ceiling_zmq_curve64\"");
-        s_print_tag (run, summary? summary->batch_runs: 0);
-        printf (",\"ack_rate\":%.0f", ceil->batch_ack_rate);
-        if (summary)
-            s_print_range ("ack_rate", summary->min.batch_ack_rate,
-                           summary->max.batch_ack_rate, 0);
+        s_ceiling_open ("ceiling_zmq_curve64", run, summary? summary->batch_runs: 0,
+                        summary != NULL, ceil->batch_ack_rate, min->batch_ack_rate,
+                        max->batch_ack_rate);
         printf ("}\n");
     }
     if (ceil->lmdb_ran) {
