@@ -275,7 +275,7 @@ s_add_giver (s_ctx_t *ctx, const s_entry_t *entry, const char *item, void *arg)
                        KIM_CONSENT_GIVERS);
     if (rule->giver_count == S_LIST_MAX)
         return s_fail (ctx, entry->line, "givers: more than %d entries", S_LIST_MAX);
-    snprintf (rule->givers [rule->giver_count++], KIM_CODE_MAX + 1, "%s", item);
+    kim_str_copy (rule->givers [rule->giver_count++], sizeof rule->givers [0], item);
     return 0;
 }
 

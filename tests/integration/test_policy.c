@@ -314,6 +314,9 @@ main (int argc, char *argv [])
     KIM_CHECK (event.seq == r1_seq && streq (event.msg.rule, "P8"));
     KIM_CHECK (event.payload_size == strlen ("sealed for jc"));
     ITEST_RC (kim_client_ack (jc, event.seq), 0);
+    //  r-1 is delivered once the broker has applied its ack, which may wait
+    //  for company (PROTOCOL.md §8.7): the revocation below must find it so.
+    ITEST_WAIT_MAILBOX (jc, 0, 0, 10000);
 
     //  Expiry: C-2 is valid for a minute; the broker's clock moves two.
     s_grant (&msg, "C-2", JC, now + 60 * 1000);
