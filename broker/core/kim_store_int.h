@@ -33,7 +33,7 @@ typedef struct {
     char org [];                //  also the key in self->mailboxes
 } kim_store_mailbox_t;
 
-//  A payload stored lately, as it came (kim_store_payload.c, Recent)
+//  A payload stored lately, as it came (kim_store_payload.c, Recent payloads)
 typedef struct {
     uint64_t seq;
     bool live;

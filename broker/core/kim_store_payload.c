@@ -21,18 +21,19 @@
         version 2: [u8 2][u64 id BE][24-byte nonce][ciphertext and 16-byte tag]
         version 1: [u8 1][24-byte nonce][ciphertext and tag], key in slot seq
     Version 1 is what stores wrote before the pool; it is still read and
-    erased. A nonce is a prefix drawn when the store opens and a counter:
-    each key seals one payload, and the prefix keeps a key that a crash
-    handed out twice from meeting the same nonce twice.
-
-    A delivery reads its payload back a turn or two after it was stored.
-    Payloads of up to S_RECENT_MAX bytes stay in memory as they came, in
-    S_RECENT_SLOTS slots by seq and S_RECENT_BUDGET bytes in all, so that
-    such a read costs a copy instead of a lookup and a decryption (under
-    load a delivery trails its store by a few thousand seqs). An erasure or replacement drops
-    its seq there, and an aborted batch drops them all. Stores from before at-rest encryption hold their payloads as
+    erased. Stores from before at-rest encryption hold their payloads as
     they came: META "keys_from" (u64 BE) names the first seq stored
-    encrypted, and payloads below it are read as they are.
+    encrypted, and payloads below it are read as they are. A nonce is a
+    prefix drawn when the store opens and a counter: each key seals one
+    payload, and the prefix keeps a key that a crash handed out twice from
+    meeting the same nonce twice.
+
+    A delivery reads its payload back soon after it was stored (under load
+    a few thousand seqs later). Payloads of up to S_RECENT_MAX bytes stay
+    in memory as they came, in S_RECENT_SLOTS slots by seq and
+    S_RECENT_BUDGET bytes in all, so that such a read costs a copy instead
+    of a lookup and a decryption. An erasure or a replacement drops its seq
+    there, and an aborted batch drops them all.
 
     Part of the store module (kim_store_int.h).
 */
@@ -85,8 +86,8 @@ s_recent_clear (kim_store_t *self)
         s_recent_drop (&self->recent [i]);
 }
 
-//  Keeps a copy of a payload just stored. Memory is short here only as
-//  an optimisation is: a payload that finds none is simply not kept.
+//  Keeps a copy of a payload just stored. The copy only saves work: when
+//  memory or the budget runs short, the payload is simply not kept.
 static void
 s_recent_keep (kim_store_t *self, uint64_t seq, const uint8_t *data, size_t size)
 {
