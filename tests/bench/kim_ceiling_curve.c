@@ -340,6 +340,9 @@ s_producer_run (void *arg)
         while ((size = zmq_recv (socket, indexes, opt->batch * sizeof (uint64_t),
                                  ZMQ_DONTWAIT)) >= (int) sizeof (uint64_t)) {
             now = s_now_ns ();
+            //  zmq_recv reports a longer frame's size but truncates it
+            if (size > (int) (opt->batch * sizeof (uint64_t)))
+                size = (int) (opt->batch * sizeof (uint64_t));
             for (int m = 0; m < size / (int) sizeof (uint64_t); m++) {
                 uint64_t index = indexes [m];
                 if (index < sent) {
