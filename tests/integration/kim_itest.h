@@ -16,6 +16,7 @@
 #include <sodium.h>
 #include <sys/wait.h>
 
+#include "kim/kim_log.h"
 #include "kim_testbroker.h"
 
 #define ITEST_BROKERS_MAX 4
@@ -85,6 +86,50 @@ static inline int64_t
 s_itest_now (void)
 {
     return zclock_mono ();
+}
+
+//  Runs PROGRAM ARGS through the shell (ARGS already quoted as needed);
+//  returns its exit code, its stdout and stderr in `out` (cut to fit).
+static inline int
+s_itest_run (const char *program, const char *args, char *out, size_t out_size)
+{
+    char command [4096];
+    snprintf (command, sizeof command, "'%s' %s 2>&1", program, args);
+    FILE *pipe = popen (command, "r");
+    KIM_CHECK (pipe);
+    size_t used = 0, got;
+    while (used < out_size - 1 && (got = fread (out + used, 1, out_size - 1 - used, pipe)) > 0)
+        used += got;
+    out [used] = 0;
+    int status = pclose (pipe);
+    return WIFEXITED (status)? WEXITSTATUS (status): -1;
+}
+
+//  Waits until the log in data folder `data` ends in a checkpoint that the
+//  broker also saved beside the store. Returns the head.
+static inline uint64_t
+s_itest_wait_sealed (const char *data)
+{
+    int64_t deadline = s_itest_now () + 15000;
+    char path [PATH_MAX], why [512] = "";
+    snprintf (path, sizeof path, "%s/" KIM_LOG_CHECKPOINT_FILE, data);
+    while (true) {
+        kim_log_t *log = kim_log_open (data, why, sizeof why);
+        uint64_t head = 0;
+        kim_log_record_t record;
+        kim_log_checkpoint_t saved;
+        bool sealed = log && kim_log_seek (log, 1, &head) == 0 && head
+                   && kim_log_get (log, head, &record) == 0 && record.kind == KIM_LOG_CHECKPOINT
+                   && kim_log_load_checkpoint_file (path, &saved) == 0 && saved.seq == head - 1;
+        kim_log_close (&log);
+        if (sealed)
+            return head;
+        if (s_itest_now () > deadline) {
+            fprintf (stderr, "no checkpoint sealed the log within 15 s (%s)\n", why);
+            exit (1);
+        }
+        zclock_sleep (20);      //  poll interval, not synchronisation
+    }
 }
 
 static inline void

@@ -51,50 +51,6 @@ s_recv (zsock_t *sock, kim_cmd_t *cmd, uint8_t *body, int timeout_ms)
     return 0;
 }
 
-//  Runs the kim binary with `args`; returns its exit code, output in `out`.
-static int
-s_run_kim (const char *args, char *out, size_t out_size)
-{
-    char command [2048];
-    snprintf (command, sizeof command, "%s %s 2>&1", s_kim, args);
-    FILE *pipe = popen (command, "r");
-    KIM_CHECK (pipe);
-    size_t used = 0;
-    size_t got;
-    while ((got = fread (out + used, 1, out_size - 1 - used, pipe)) > 0)
-        used += got;
-    out [used] = 0;
-    int status = pclose (pipe);
-    return WIFEXITED (status)? WEXITSTATUS (status): -1;
-}
-
-//  Waits until the log ends in a checkpoint that the broker also saved
-//  beside the store. Returns the head.
-static uint64_t
-s_wait_sealed (const char *data)
-{
-    int64_t deadline = s_itest_now () + 15000;
-    char path [256], why [512];
-    snprintf (path, sizeof path, "%s/" KIM_LOG_CHECKPOINT_FILE, data);
-    while (true) {
-        kim_log_t *log = kim_log_open (data, why, sizeof why);
-        uint64_t head = 0;
-        kim_log_record_t record;
-        kim_log_checkpoint_t saved;
-        bool sealed = log && kim_log_seek (log, 1, &head) == 0 && head
-                   && kim_log_get (log, head, &record) == 0 && record.kind == KIM_LOG_CHECKPOINT
-                   && kim_log_load_checkpoint_file (path, &saved) == 0 && saved.seq == head - 1;
-        kim_log_close (&log);
-        if (sealed)
-            return head;
-        if (s_itest_now () > deadline) {
-            fprintf (stderr, "no checkpoint sealed the log within 15 s (%s)\n", why);
-            exit (1);
-        }
-        zclock_sleep (20);      //  poll interval, not synchronisation
-    }
-}
-
 //  --------------------------------------------------------------------------
 //  Tampering with a copy of the store
 
@@ -216,7 +172,7 @@ s_expect_tamper (const char *what, const char *data, uint64_t bad_seq, const cha
     }
     char args [600], out [8192], expected [64];
     snprintf (args, sizeof args, "audit verify --data %s", data);
-    int code = s_run_kim (args, out, sizeof out);
+    int code = s_itest_run (s_kim, args, out, sizeof out);
     snprintf (expected, sizeof expected, "FAILED at seq %" PRIu64 ":", bad_seq);
     if (code != 1 || !strstr (out, expected)) {
         fprintf (stderr, "%s: kim audit verify exited %d, expected 1 and '%s':\n%s\n", what,
@@ -353,14 +309,14 @@ main (int argc, char *argv [])
     for (int i = 0; i < MESSAGES; i++) {
         //  Sealed half way, so that a checkpoint stands in the middle
         if (i == MESSAGES / 2)
-            head = s_wait_sealed (data);
+            head = s_itest_wait_sealed (data);
         char referral [32], msg_id [32];
         snprintf (referral, sizeof referral, "ref-audit-%d", i);
         snprintf (msg_id, sizeof msg_id, "msg-audit-%d", i);
         ITEST_RC (s_itest_send (sender, RECIPIENT, referral, msg_id, 100, NULL, NULL), 0);
     }
-    KIM_CHECK (s_wait_sealed (data) > head);
-    head = s_wait_sealed (data);
+    KIM_CHECK (s_itest_wait_sealed (data) > head);
+    head = s_itest_wait_sealed (data);
     KIM_CHECK (head > MESSAGES);
 
     //  Offline: the module and the binary verify, while the broker runs
@@ -373,7 +329,7 @@ main (int argc, char *argv [])
     KIM_CHECK (result.last >= head && result.checkpoints >= 2 && result.sealed >= head - 1);
     char args [1024], out [1 << 16];
     snprintf (args, sizeof args, "audit verify --data %s", data);
-    int code = s_run_kim (args, out, sizeof out);
+    int code = s_itest_run (s_kim, args, out, sizeof out);
     if (code != 0 || strncmp (out, "OK: records 1..", 15) != 0) {
         fprintf (stderr, "kim audit verify exited %d:\n%s\n", code, out);
         exit (1);
@@ -489,7 +445,7 @@ main (int argc, char *argv [])
 
     //  The reads are on the log, offline too
     snprintf (args, sizeof args, "audit replay --data %s --type audit_read", data);
-    ITEST_RC (s_run_kim (args, out, sizeof out), 0);
+    ITEST_RC (s_itest_run (s_kim, args, out, sizeof out), 0);
     KIM_CHECK (strstr (out, "\"reader\":\"" AUDITOR "\",\"query_id\":\"q-1\",\"window\":4"));
     KIM_CHECK (strstr (out, "\"query_id\":\"q-2\",\"case_id\":\"case-ref-audit-3\""));
     KIM_CHECK (strstr (out, "\"reader\":\"" RECIPIENT "\",\"query_id\":\"q-agency\",\"window\":10,"
@@ -508,7 +464,7 @@ main (int argc, char *argv [])
     snprintf (args, sizeof args, "audit replay --cert %s_secret --broker-key %s/keys/broker.cert "
               "--endpoint %s --window 3 --org " SENDER " --type REFERRAL", cert_path, data,
               kim_testbroker_endpoint (broker, false));
-    code = s_run_kim (args, out, sizeof out);
+    code = s_itest_run (s_kim, args, out, sizeof out);
     size_t lines = 0;
     for (const char *line = out; (line = strstr (line, "\"type\":\"REFERRAL\"")); line++)
         lines++;
@@ -519,7 +475,7 @@ main (int argc, char *argv [])
     snprintf (args, sizeof args, "audit verify --cert %s_secret --broker-key %s/keys/broker.cert "
               "--endpoint %s --sign-key %s/" KIM_LOG_SIGN_PUBLIC, cert_path, data,
               kim_testbroker_endpoint (broker, false), data);
-    code = s_run_kim (args, out, sizeof out);
+    code = s_itest_run (s_kim, args, out, sizeof out);
     if (code != 0 || strncmp (out, "OK: records 1..", 15) != 0) {
         fprintf (stderr, "online verify exited %d:\n%s\n", code, out);
         exit (1);
@@ -530,24 +486,24 @@ main (int argc, char *argv [])
     char export_path [300];
     snprintf (export_path, sizeof export_path, "%s/export.jsonl", kim_testbroker_dir (broker));
     snprintf (args, sizeof args, "audit export --data %s > %s", data, export_path);
-    ITEST_RC (s_run_kim (args, out, sizeof out), 0);
+    ITEST_RC (s_itest_run (s_kim, args, out, sizeof out), 0);
     snprintf (args, sizeof args, "audit verify --from-export %s --sign-key %s/" KIM_LOG_SIGN_PUBLIC,
               export_path, data);
-    code = s_run_kim (args, out, sizeof out);
+    code = s_itest_run (s_kim, args, out, sizeof out);
     if (code != 0 || strncmp (out, "OK: records 1..", 15) != 0) {
         fprintf (stderr, "verify --from-export exited %d:\n%s\n", code, out);
         exit (1);
     }
     snprintf (args, sizeof args, "audit case case-ref-audit-7 --data %s", data);
-    ITEST_RC (s_run_kim (args, out, sizeof out), 0);
+    ITEST_RC (s_itest_run (s_kim, args, out, sizeof out), 0);
     printf ("%s", out);
     KIM_CHECK (strstr (out, SENDER) && strstr (out, "REFERRAL to " RECIPIENT));
 
     kim_client_destroy (&sender);
     //  Tampering, on copies of the stopped broker's store
-    head = s_wait_sealed (data);
+    head = s_itest_wait_sealed (data);
     KIM_CHECK (kim_testbroker_stop (broker, SIGTERM) == 0);
-    KIM_CHECK (s_wait_sealed (data) == head);
+    KIM_CHECK (s_itest_wait_sealed (data) == head);
     s_tamper_tests (data, head);
 
     free (cmd);

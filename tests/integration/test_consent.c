@@ -116,22 +116,6 @@ s_await_notice (kim_client_t *client, const char *consent, const char *code,
     exit (1);
 }
 
-//  Runs the kim tool with `args`; returns its exit status, output in `out`.
-static int
-s_run_kim (const char *kim, const char *args, char *out, size_t out_size)
-{
-    char command [4096];
-    snprintf (command, sizeof command, "'%s' %s 2>&1", kim, args);
-    FILE *pipe = popen (command, "r");
-    KIM_CHECK (pipe);
-    size_t used = 0, got;
-    while (used < out_size - 1 && (got = fread (out + used, 1, out_size - 1 - used, pipe)) > 0)
-        used += got;
-    out [used] = 0;
-    int status = pclose (pipe);
-    return WIFEXITED (status)? WEXITSTATUS (status): -1;
-}
-
 int
 main (int argc, char *argv [])
 {
@@ -351,7 +335,7 @@ main (int argc, char *argv [])
         snprintf (args, sizeof args, "send --cert '%s_secret' --broker-key '%s/data/keys/broker.cert' "
                   "--endpoint '%s' --type CONSENT_REVOKE --consent C-T --msg-id revoke-C-T",
                   cert_path, kim_testbroker_dir (broker), kim_testbroker_endpoint (broker, false));
-        int code = s_run_kim (argv [1], args, out, sizeof out);
+        int code = s_itest_run (argv [1], args, out, sizeof out);
         printf ("  kim send --type CONSENT_REVOKE --consent C-T: %s", out);
         KIM_CHECK (code == 0 && strstr (out, "\"msg_id\":\"revoke-C-T\",\"seq\":"));
         s_referral (&msg, JC, "r-t1", "case-W", "p-1", "employment", "C-T");
@@ -359,11 +343,11 @@ main (int argc, char *argv [])
         snprintf (args, sizeof args, "policy check --policy '%s' --from " KIM " --to " JC
                   " --purpose employment --consent C-T --assume-consent",
                   KIM_POLICY_PATH);
-        code = s_run_kim (argv [1], args, out, sizeof out);
+        code = s_itest_run (argv [1], args, out, sizeof out);
         KIM_CHECK (code == 0 && strstr (out, "offline: the consent as given here (--assume-consent)")
                 && strstr (out, "only the broker knows"));
         snprintf (args, sizeof args, "policy check --help");
-        KIM_CHECK (s_run_kim (argv [1], args, out, sizeof out) == 0
+        KIM_CHECK (s_itest_run (argv [1], args, out, sizeof out) == 0
                 && strstr (out, "check works OFFLINE"));
         printf ("  kim policy check says it checks offline only\n");
     }

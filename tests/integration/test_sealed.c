@@ -37,22 +37,6 @@ s_config_insert (kim_testbroker_t *broker, const char *needle, const char *line)
 
 static const char *s_kim = NULL;       //  the kim binary (argv [1])
 
-//  Runs `kim ARGS`; returns its exit code, stdout+stderr in `out`.
-static int
-s_run_kim (const char *args, char *out, size_t out_size)
-{
-    char command [4096];
-    snprintf (command, sizeof command, "%s %s 2>&1", s_kim, args);
-    FILE *pipe = popen (command, "r");
-    KIM_CHECK (pipe);
-    size_t used = 0, got;
-    while ((got = fread (out + used, 1, out_size - 1 - used, pipe)) > 0)
-        used += got;
-    out [used] = 0;
-    int status = pclose (pipe);
-    return WIFEXITED (status)? WEXITSTATUS (status): -1;
-}
-
 //  Writes `org`'s key pair as NAME.cert + NAME.cert_secret (0600) into the
 //  broker's folder, as `kim keygen` would; returns the secret file's path.
 static void
@@ -268,7 +252,7 @@ main (int argc, char *argv [])
     snprintf (args, sizeof args, "send %s --cert '%s' --type REFERRAL --to %s --referral cli-1 "
               "--msg-id cli-1 --case case-cli-1 --subject subj-cli --purpose integration "
               "--statute 'SGB X 69' --payload '%s'", connection, signer_cert, RECIPIENT, path);
-    int rc = s_run_kim (args, out, sizeof out);
+    int rc = s_itest_run (s_kim, args, out, sizeof out);
     if (rc != 0 || !strstr (out, "\"msg_id\":\"cli-1\""))
         fprintf (stderr, "kim send: exit %d: %s\n", rc, out);
     KIM_CHECK (rc == 0);
@@ -277,7 +261,7 @@ main (int argc, char *argv [])
     kim_client_destroy (&recipient);
     snprintf (args, sizeof args, "inbox %s --cert '%s' --count 1 --idle 5000", connection,
               recipient_cert);
-    rc = s_run_kim (args, out, sizeof out);
+    rc = s_itest_run (s_kim, args, out, sizeof out);
     if (rc != 0 || !strstr (out, "Termin am Montag"))
         fprintf (stderr, "kim inbox: exit %d: %s\n", rc, out);
     KIM_CHECK (rc == 0);

@@ -34,26 +34,11 @@
 static const char *s_kim;
 static uint64_t s_created_at;           //  one creation time for every copy
 
-static int
-s_run_kim (const char *args, char *out, size_t out_size)
-{
-    char command [4096];
-    snprintf (command, sizeof command, "%s %s 2>&1", s_kim, args);
-    FILE *pipe = popen (command, "r");
-    KIM_CHECK (pipe);
-    size_t used = 0, got;
-    while (used < out_size - 1 && (got = fread (out + used, 1, out_size - 1 - used, pipe)) > 0)
-        used += got;
-    out [used] = 0;
-    int status = pclose (pipe);
-    return WIFEXITED (status)? WEXITSTATUS (status): -1;
-}
-
 static void
 s_expect (const char *what, const char *args, int code, const char *needles [])
 {
     static char out [1 << 17];
-    int got = s_run_kim (args, out, sizeof out);
+    int got = s_itest_run (s_kim, args, out, sizeof out);
     bool ok = got == code;
     for (int i = 0; ok && needles [i]; i++)
         if (!strstr (out, needles [i])) {
@@ -108,29 +93,6 @@ s_send_referral (kim_testbroker_t *broker, const char *payload)
         ITEST_RC (s_itest_send (client, RECIPIENT, referral, msg_id, 16, NULL, NULL), 0);
     }
     kim_client_destroy (&client);
-}
-
-//  Waits until the log ends in a checkpoint the broker also saved.
-static void
-s_wait_sealed (const char *data)
-{
-    int64_t deadline = s_itest_now () + 15000;
-    char path [300], why [512];
-    snprintf (path, sizeof path, "%s/" KIM_LOG_CHECKPOINT_FILE, data);
-    while (true) {
-        kim_log_t *log = kim_log_open (data, why, sizeof why);
-        uint64_t head = 0;
-        kim_log_record_t record;
-        kim_log_checkpoint_t saved;
-        bool sealed = log && kim_log_seek (log, 1, &head) == 0 && head
-                   && kim_log_get (log, head, &record) == 0 && record.kind == KIM_LOG_CHECKPOINT
-                   && kim_log_load_checkpoint_file (path, &saved) == 0 && saved.seq == head - 1;
-        kim_log_close (&log);
-        if (sealed)
-            return;
-        KIM_CHECK (s_itest_now () < deadline);
-        zclock_sleep (20);      //  poll interval, not synchronisation
-    }
 }
 
 //  A copy of a stopped broker's data folder with one byte of the traced
@@ -223,9 +185,9 @@ main (int argc, char *argv [])
     snprintf (data_a, sizeof data_a, "%s/data", kim_testbroker_dir (a));
     snprintf (data_b, sizeof data_b, "%s/data", kim_testbroker_dir (b));
     snprintf (data_c, sizeof data_c, "%s/data", kim_testbroker_dir (c));
-    s_wait_sealed (data_a);
-    s_wait_sealed (data_b);
-    s_wait_sealed (data_c);
+    s_itest_wait_sealed (data_a);
+    s_itest_wait_sealed (data_b);
+    s_itest_wait_sealed (data_c);
 
     //  A and B: the same message, both logs verify
     char args [3000];
@@ -241,7 +203,7 @@ main (int argc, char *argv [])
     snprintf (args, sizeof args, "audit trace " MSG_ID " --json --data %s --name kreis-a "
               "--data %s --name kreis-b", data_a, data_b);
     static char out [1 << 17];
-    ITEST_RC (s_run_kim (args, out, sizeof out), 0);
+    ITEST_RC (s_itest_run (s_kim, args, out, sizeof out), 0);
     json_error_t error;
     json_t *root = json_loads (out, 0, &error);
     if (!root)
