@@ -246,15 +246,19 @@ static int
 s_check_string (int kind, const char *s, size_t len, kim_decode_error_t *err,
                 const char *prefix, const char *key, int64_t index)
 {
+    //  Ids, org ids and codes pass their character check only as ASCII
+    //  without NUL, which is valid UTF-8: for them the UTF-8 check runs
+    //  only to name a fault (bad UTF-8 is named before a bad character).
+    bool ok = kind == S_K_ID? kim_msgi_id_ok (s, len)
+            : kind == S_K_ORG? kim_msgi_org_ok (s, len)
+            : kind == S_K_CODE? kim_msgi_code_ok (s, len)
+            : kim_utf8_valid ((const uint8_t *) s, len);
+    if (ok)
+        return 0;
     if (!kim_utf8_valid ((const uint8_t *) s, len))
         return kim_msgi_fail (err, KIM_E_BAD_UTF8, prefix, key, index);
-    if (kind == S_K_ID && !kim_msgi_id_ok (s, len))
-        return kim_msgi_fail (err, KIM_E_BAD_ID, prefix, key, index);
-    if (kind == S_K_ORG && !kim_msgi_org_ok (s, len))
-        return kim_msgi_fail (err, KIM_E_BAD_ID, prefix, key, index);
-    if (kind == S_K_CODE && !kim_msgi_code_ok (s, len))
-        return kim_msgi_fail (err, KIM_E_BAD_VALUE, prefix, key, index);
-    return 0;
+    return kim_msgi_fail (err, kind == S_K_CODE? KIM_E_BAD_VALUE: KIM_E_BAD_ID, prefix, key,
+                          index);
 }
 
 int

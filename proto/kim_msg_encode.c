@@ -1,19 +1,19 @@
 /*  kim_msg_encode.c — canonical encoding of commands and message headers,
     and the growable buffers that encoders write into.
 
-    Encoding uses msgpack-c's packer, which writes the smallest encoding of
-    every integer; with the fixed field order of the tables (kim_msg_int.h)
-    and absent fields omitted, equal values encode to equal bytes. Values are
-    checked first with the checks decoding uses (kim_msg.c), so what encodes,
+    Every integer, string, binary, map and array gets the smallest
+    MessagePack form that holds it (the forms msgpack-c's packer writes);
+    with the fixed field order of the tables (kim_msg_int.h) and absent
+    fields omitted, equal values encode to equal bytes. Values are checked
+    first with the checks decoding uses (kim_msg.c), so what encodes,
     decodes.
 
-    The buffers live here because the packer's write callback fills them in
-    place and so depends on their layout.
+    The packer writes straight into the buffer: the broker encodes two
+    headers per message (the log record and the notice it answers with),
+    and a write callback per token cost more than the bytes it wrote.
 */
 #include <stdlib.h>
 #include <string.h>
-
-#include <msgpack.h>
 
 #include "kim_msg_int.h"
 
@@ -73,47 +73,136 @@ kim_buf_append (kim_buf_t *self, const void *data, size_t size)
 }
 
 //  --------------------------------------------------------------------------
-//  Encoding
+//  The packer: MessagePack tokens written into a buffer. A failed
+//  reservation marks it failed; s_pack_finish then drops what it wrote.
 
 typedef struct {
-    msgpack_packer pk;
     kim_buf_t *out;
     bool failed;
 } s_pack_t;
-
-static int
-s_pack_write (void *data, const char *buf, size_t len)
-{
-    s_pack_t *self = data;
-    //  The packer writes a token at a time, mostly a few bytes: copy those
-    //  in place rather than through kim_buf_append and a memcpy call.
-    kim_buf_t *out = self->out;
-    if (len <= 8 && out->capacity - out->size >= len) {
-        for (size_t i = 0; i < len; i++)
-            out->data [out->size + i] = (uint8_t) buf [i];
-        out->size += len;
-        return 0;
-    }
-    if (kim_buf_append (self->out, buf, len)) {
-        self->failed = true;
-        return -1;
-    }
-    return 0;
-}
 
 static void
 s_pack_init (s_pack_t *self, kim_buf_t *out)
 {
     self->out = out;
     self->failed = false;
-    msgpack_packer_init (&self->pk, self, s_pack_write);
+}
+
+//  Room for `size` more bytes, or NULL (and failed).
+static uint8_t *
+s_room (s_pack_t *self, size_t size)
+{
+    if (self->failed || kim_buf_reserve (self->out, size)) {
+        self->failed = true;
+        return NULL;
+    }
+    uint8_t *at = self->out->data + self->out->size;
+    self->out->size += size;
+    return at;
+}
+
+static void
+s_pack_bytes (s_pack_t *self, const void *data, size_t size)
+{
+    uint8_t *at = size? s_room (self, size): NULL;
+    if (at)
+        memcpy (at, data, size);
+}
+
+//  A head byte `tag` followed by `value` in `width` bytes, big-endian.
+static void
+s_pack_head (s_pack_t *self, uint8_t tag, uint64_t value, size_t width)
+{
+    uint8_t *at = s_room (self, 1 + width);
+    if (!at)
+        return;
+    *at++ = tag;
+    for (size_t i = width; i > 0; i--)
+        *at++ = (uint8_t) (value >> (8 * (i - 1)));
+}
+
+static void
+s_pack_uint (s_pack_t *self, uint64_t value)
+{
+    if (value < 0x80)
+        s_pack_head (self, (uint8_t) value, 0, 0);
+    else
+    if (value <= 0xff)
+        s_pack_head (self, 0xcc, value, 1);
+    else
+    if (value <= 0xffff)
+        s_pack_head (self, 0xcd, value, 2);
+    else
+    if (value <= 0xffffffff)
+        s_pack_head (self, 0xce, value, 4);
+    else
+        s_pack_head (self, 0xcf, value, 8);
+}
+
+//  A map's or an array's head: `fix` | n below 16, else 16 or 32 bits.
+static void
+s_pack_count (s_pack_t *self, uint8_t fix, uint8_t tag16, size_t count)
+{
+    if (count < 16)
+        s_pack_head (self, (uint8_t) (fix | count), 0, 0);
+    else
+    if (count <= 0xffff)
+        s_pack_head (self, tag16, count, 2);
+    else
+        s_pack_head (self, (uint8_t) (tag16 + 1), count, 4);
+}
+
+static void
+s_pack_map (s_pack_t *self, size_t count)
+{
+    s_pack_count (self, 0x80, 0xde, count);
+}
+
+static void
+s_pack_array (s_pack_t *self, size_t count)
+{
+    s_pack_count (self, 0x90, 0xdc, count);
+}
+
+static void
+s_pack_bool (s_pack_t *self, bool value)
+{
+    s_pack_head (self, value? 0xc3: 0xc2, 0, 0);
+}
+
+static void
+s_pack_bin (s_pack_t *self, const void *data, size_t size)
+{
+    if (size <= 0xff)
+        s_pack_head (self, 0xc4, size, 1);
+    else
+    if (size <= 0xffff)
+        s_pack_head (self, 0xc5, size, 2);
+    else
+        s_pack_head (self, 0xc6, size, 4);
+    s_pack_bytes (self, data, size);
 }
 
 static void
 s_pack_str (s_pack_t *self, const char *s, size_t len)
 {
-    msgpack_pack_str (&self->pk, len);
-    msgpack_pack_str_body (&self->pk, s, len);
+    //  Ids and codes are short: head and bytes in one reservation.
+    if (len < 32) {
+        uint8_t *at = s_room (self, 1 + len);
+        if (at) {
+            *at = (uint8_t) (0xa0 | len);
+            memcpy (at + 1, s, len);
+        }
+        return;
+    }
+    if (len <= 0xff)
+        s_pack_head (self, 0xd9, len, 1);
+    else
+    if (len <= 0xffff)
+        s_pack_head (self, 0xda, len, 2);
+    else
+        s_pack_head (self, 0xdb, len, 4);
+    s_pack_bytes (self, s, len);
 }
 
 static void
@@ -128,7 +217,6 @@ static void
 s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
 {
     const uint8_t *v = (const uint8_t *) base + f->offset;
-    msgpack_packer *pk = &self->pk;
     s_pack_str (self, f->key, f->key_len);
     switch (f->kind) {
         case S_K_CMD:
@@ -141,11 +229,10 @@ s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
             const kim_cmd_t *cmd = base;
             if (!cmd->dir && cmd->dir_raw && cmd->dir_raw_size) {
                 //  Re-encoding a decoded reply: the array was checked then.
-                if (kim_buf_append (self->out, cmd->dir_raw, cmd->dir_raw_size))
-                    self->failed = true;
+                s_pack_bytes (self, cmd->dir_raw, cmd->dir_raw_size);
                 break;
             }
-            msgpack_pack_array (pk, cmd->dir_count);
+            s_pack_array (self, cmd->dir_count);
             for (size_t i = 0; i < cmd->dir_count; i++) {
                 //  The required fields, then the optional ones present.
                 const kim_dir_entry_t *entry = &cmd->dir [i];
@@ -154,7 +241,7 @@ s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
                     if ((S_DIR_REQUIRED & (1ull << j))
                     ||  kim_msgi_present (&kim_msgi_dir_fields [j], entry))
                         count++;
-                msgpack_pack_map (pk, count);
+                s_pack_map (self, count);
                 for (size_t j = 0; j < S_COUNT (kim_msgi_dir_fields); j++)
                     if ((S_DIR_REQUIRED & (1ull << j))
                     ||  kim_msgi_present (&kim_msgi_dir_fields [j], entry))
@@ -163,32 +250,26 @@ s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
             break;
         }
         case S_K_U32: case S_K_SCHEMA:
-            msgpack_pack_uint32 (pk, *(const uint32_t *) v);
+            s_pack_uint (self, *(const uint32_t *) v);
             break;
         case S_K_U64:
-            msgpack_pack_uint64 (pk, *(const uint64_t *) v);
+            s_pack_uint (self, *(const uint64_t *) v);
             break;
         case S_K_ERRCODE:
-            msgpack_pack_uint32 (pk, (uint32_t) *(const int *) v);
+            s_pack_uint (self, (uint32_t) *(const int *) v);
             break;
         case S_K_REASON:
             s_pack_cstr (self, kim_errname (*(const int *) v));
             break;
         case S_K_BOOL:
-            if (*(const bool *) v)
-                msgpack_pack_true (pk);
-            else
-                msgpack_pack_false (pk);
+            s_pack_bool (self, *(const bool *) v);
             break;
         case S_K_BIN:
-            msgpack_pack_bin (pk, f->size);
-            msgpack_pack_bin_body (pk, v, f->size);
+            s_pack_bin (self, v, f->size);
             break;
         case S_K_BODY: {
             const kim_cmd_t *cmd = base;
-            msgpack_pack_bin (pk, cmd->body_size);
-            if (cmd->body_size)
-                msgpack_pack_bin_body (pk, cmd->body, cmd->body_size);
+            s_pack_bin (self, cmd->body, cmd->body_size);
             break;
         }
         case S_K_TYPE:
@@ -199,7 +280,7 @@ s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
             break;
         case S_K_BASIS: {
             const kim_msg_t *msg = base;
-            msgpack_pack_map (pk, 1 + (msg->consent_id [0] != 0) + (msg->citation [0] != 0));
+            s_pack_map (self, 1 + (msg->consent_id [0] != 0) + (msg->citation [0] != 0));
             for (size_t i = 0; i < S_COUNT (kim_msgi_basis_fields); i++)
                 if (i == S_B_KIND || kim_msgi_present (&kim_msgi_basis_fields [i], msg)) {
                     if (i == S_B_KIND) {
@@ -213,7 +294,7 @@ s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
         }
         case S_K_CATEGORIES: {
             uint32_t bits = *(const uint32_t *) v;
-            msgpack_pack_array (pk, (size_t) __builtin_popcount (bits));
+            s_pack_array (self, (size_t) __builtin_popcount (bits));
             for (uint32_t bit = 1; bit && bit <= bits; bit <<= 1)
                 if (bits & bit)
                     s_pack_cstr (self, kim_category_name (bit));
@@ -222,7 +303,7 @@ s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
         case S_K_ID_LIST: case S_K_ORG_LIST: case S_K_CODE_LIST: {
             size_t count = *(const size_t *) ((const uint8_t *) base + f->aux);
             size_t esize = f->size / f->max;
-            msgpack_pack_array (pk, count);
+            s_pack_array (self, count);
             for (size_t i = 0; i < count; i++) {
                 const char *s = (const char *) v + i * esize;
                 s_pack_str (self, s, strnlen (s, esize));
@@ -231,15 +312,15 @@ s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
         }
         case S_K_U32_LIST: case S_K_U64_LIST: {
             size_t count = *(const size_t *) ((const uint8_t *) base + f->aux);
-            msgpack_pack_array (pk, count);
+            s_pack_array (self, count);
             for (size_t i = 0; i < count; i++)
-                msgpack_pack_uint64 (pk, f->kind == S_K_U32_LIST? ((const uint32_t *) v) [i]
-                                                                : ((const uint64_t *) v) [i]);
+                s_pack_uint (self, f->kind == S_K_U32_LIST? ((const uint32_t *) v) [i]
+                                                          : ((const uint64_t *) v) [i]);
             break;
         }
         case S_K_TYPE_LIST: {
             size_t count = *(const size_t *) ((const uint8_t *) base + f->aux);
-            msgpack_pack_array (pk, count);
+            s_pack_array (self, count);
             for (size_t i = 0; i < count; i++)
                 s_pack_cstr (self, kim_type_name (((const kim_type_t *) v) [i]));
             break;
@@ -248,7 +329,7 @@ s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
             s_pack_msg (self, (const kim_msg_t *) v);
             break;
         case S_K_STATUS:
-            msgpack_pack_map (pk, S_COUNT (kim_msgi_status_fields));
+            s_pack_map (self, S_COUNT (kim_msgi_status_fields));
             for (size_t i = 0; i < S_COUNT (kim_msgi_status_fields); i++)
                 s_pack_field (self, &kim_msgi_status_fields [i], v);
             break;
@@ -262,7 +343,7 @@ static void
 s_pack_msg (s_pack_t *self, const kim_msg_t *msg)
 {
     uint64_t mask = kim_msgi_msg_presence (msg);
-    msgpack_pack_map (&self->pk, (size_t) __builtin_popcountll (mask));
+    s_pack_map (self, (size_t) __builtin_popcountll (mask));
     for (size_t i = 0; i < S_COUNT (kim_msgi_hdr_fields); i++)
         if (mask & (1ull << i))
             s_pack_field (self, &kim_msgi_hdr_fields [i], msg);
@@ -328,7 +409,7 @@ kim_cmd_encode (const kim_cmd_t *self, kim_buf_t *out)
     size_t start = out->size;
     s_pack_t pack;
     s_pack_init (&pack, out);
-    msgpack_pack_map (&pack.pk, (size_t) __builtin_popcountll (mask));
+    s_pack_map (&pack, (size_t) __builtin_popcountll (mask));
     for (size_t i = 0; i < S_COUNT (kim_msgi_cmd_fields); i++)
         if (mask & (1ull << i))
             s_pack_field (&pack, &kim_msgi_cmd_fields [i], self);
@@ -364,14 +445,13 @@ s_encode_logged (kim_cmd_id_t id, uint64_t seq, const uint8_t *hdr, size_t hdr_s
     size_t start = out->size;
     s_pack_t pack;
     s_pack_init (&pack, out);
-    msgpack_pack_map (&pack.pk, 3);
+    s_pack_map (&pack, 3);
     s_pack_str (&pack, "cmd", 3);
     s_pack_cstr (&pack, kim_cmd_name (id));
     s_pack_str (&pack, "seq", 3);
-    msgpack_pack_uint64 (&pack.pk, seq);
+    s_pack_uint (&pack, seq);
     s_pack_str (&pack, "hdr", 3);
-    if (kim_buf_append (out, hdr, hdr_size))
-        pack.failed = true;
+    s_pack_bytes (&pack, hdr, hdr_size);
     return s_pack_finish (&pack, start);
 }
 
@@ -395,11 +475,11 @@ kim_batch_begin (kim_cmd_id_t id, kim_buf_t *out)
     size_t start = out->size;
     s_pack_t pack;
     s_pack_init (&pack, out);
-    msgpack_pack_map (&pack.pk, 2);
+    s_pack_map (&pack, 2);
     s_pack_cstr (&pack, "cmd");
     s_pack_cstr (&pack, kim_cmd_name (id));
     s_pack_cstr (&pack, "count");
-    msgpack_pack_uint64 (&pack.pk, 1);
+    s_pack_uint (&pack, 1);
     return s_pack_finish (&pack, start);
 }
 

@@ -119,6 +119,18 @@ kim_utf8_valid (const uint8_t *data, size_t size)
         return size == 0;
     size_t i = 0;
     while (i < size) {
+        //  Headers are mostly ASCII: eight bytes at a time while no byte
+        //  has its high bit set and none is NUL.
+        while (size - i >= 8) {
+            uint64_t word;
+            memcpy (&word, data + i, 8);
+            uint64_t high = 0x8080808080808080ull;
+            if ((word & high) || ((word - 0x0101010101010101ull) & ~word & high))
+                break;
+            i += 8;
+        }
+        if (i == size)
+            break;
         uint8_t c = data [i];
         if (c < 0x80) {
             if (c == 0)
