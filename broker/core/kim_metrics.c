@@ -392,6 +392,20 @@ kim_metrics_render (kim_metrics_t *self, const char **text)
     s_put (self, "kim_store_map_used_ratio %.6f\n",
            config->map_max? (double) used / (double) config->map_max: 0);
 
+    //  Writes per tree: what each message costs the store, and where
+    kim_store_writes_t writes;
+    kim_store_writes (store, &writes);
+    s_family (self, "kim_store_writes_total", "counter",
+              "LMDB writes of committed batches, by tree and operation (tree \"keys\": "
+              "the payload key store).");
+    for (int db = 0; db <= KIM_DB_COUNT; db++) {
+        const kim_store_count_t *count = db < KIM_DB_COUNT? &writes.tree [db]: &writes.keys;
+        const char *tree = db < KIM_DB_COUNT? kim_store_db_name ((kim_db_t) db): "keys";
+        s_put (self, "kim_store_writes_total{tree=\"%s\",op=\"put\"} %" PRIu64 "\n"
+               "kim_store_writes_total{tree=\"%s\",op=\"del\"} %" PRIu64 "\n",
+               tree, count->puts, tree, count->dels);
+    }
+
     //  Mailboxes per organisation: depth, in flight, the oldest message's age
     uint64_t now = kim_server_now (server);
     s_family (self, "kim_mailbox_messages", "gauge",

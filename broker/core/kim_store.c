@@ -707,6 +707,7 @@ kim_store_begin (kim_store_t *self)
         return kim_store_i_read_error (self, rc, "starting a write batch");
     }
     self->mailbox_cursor = NULL;
+    memset (&self->batch_writes, 0, sizeof self->batch_writes);
     self->batch_full = false;
     self->batch_growable = true;
     self->batch_head = self->head;
@@ -741,7 +742,7 @@ kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
     MDB_val key = { sizeof (key_bytes), key_bytes };
     MDB_val value = { S_RECORD_FIXED + body_size, NULL };
     //  MDB_RESERVE: the record is built in place, no copy through a buffer
-    rc = mdb_put (self->txn, self->dbi [KIM_DB_LOG], &key, &value, MDB_APPEND | MDB_RESERVE);
+    rc = kim_store_put (self, KIM_DB_LOG, &key, &value, MDB_APPEND | MDB_RESERVE);
     if (rc == MDB_KEYEXIST) {
         //  The log holds a seq beyond our head: someone wrote behind our back
         zsys_error ("kim_store: %s: log already holds seq %" PRIu64 "; store fails closed",
@@ -778,9 +779,9 @@ int
 kim_store_i_put_appending (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value)
 {
     MDB_val copy = *value;
-    int rc = mdb_put (self->txn, self->dbi [db], key, &copy, MDB_APPEND);
+    int rc = kim_store_put (self, db, key, &copy, MDB_APPEND);
     if (rc == MDB_KEYEXIST)
-        rc = mdb_put (self->txn, self->dbi [db], key, value, 0);
+        rc = kim_store_put (self, db, key, value, 0);
     return rc;
 }
 
@@ -808,7 +809,7 @@ s_mailbox_put (kim_store_t *self, const char *org, uint64_t seq, uint8_t flags, 
         memcpy (value_bytes + 1, note, note_size);
     MDB_val key = { key_size, key_bytes };
     MDB_val value = { note_size? 1 + note_size: flags? 1: 0, value_bytes };
-    rc = mdb_put (self->txn, self->dbi [KIM_DB_MAILBOX], &key, &value, MDB_NOOVERWRITE);
+    rc = kim_store_put (self, KIM_DB_MAILBOX, &key, &value, MDB_NOOVERWRITE);
     if (rc == MDB_KEYEXIST)
         return 0;               //  there already: the count stays right
     if (rc)
@@ -867,7 +868,7 @@ kim_store_mailbox_take (kim_store_t *self, const char *org, uint64_t seq, char *
             memcpy (note, (const uint8_t *) value.mv_data + 1, note_size);
             note [note_size] = 0;
         }
-        rc = mdb_cursor_del (cursor, 0);
+        rc = kim_store_cursor_del (self, KIM_DB_MAILBOX, cursor, 0);
     }
     if (rc == MDB_NOTFOUND)
         return -KIM_E_NOT_FOUND;
@@ -987,6 +988,22 @@ s_batch_drop (kim_store_t *self)
     s_mailbox_settle (self, false);
 }
 
+static void
+s_count_add (kim_store_count_t *to, const kim_store_count_t *from)
+{
+    to->puts += from->puts;
+    to->dels += from->dels;
+}
+
+static void
+s_writes_add (kim_store_writes_t *to, const kim_store_writes_t *from)
+{
+    for (size_t db = 0; db < KIM_DB_COUNT; db++)
+        s_count_add (&to->tree [db], &from->tree [db]);
+    s_count_add (&to->keys, &from->keys);
+    to->commits++;
+}
+
 int
 kim_store_commit (kim_store_t *self, bool *retry)
 {
@@ -1026,6 +1043,7 @@ kim_store_commit (kim_store_t *self, bool *retry)
         memcpy (self->head_hash, self->batch_hash, KIM_HASH_SIZE);
         kim_store_i_keys_settle (self, true);
         s_mailbox_settle (self, true);
+        s_writes_add (&self->writes, &self->batch_writes);
         //  An erasure or purge is final once the deleted keys are in no
         //  file; a failed compaction is tried again after the next batch.
         if (self->keys && kim_keystore_dirty (self->keys))
@@ -1069,6 +1087,59 @@ kim_store_dbi (kim_store_t *self, kim_db_t db)
 {
     assert ((unsigned) db < KIM_DB_COUNT);
     return self->dbi [db];
+}
+
+int
+kim_store_put (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value, unsigned flags)
+{
+    assert ((unsigned) db < KIM_DB_COUNT);
+    int rc = mdb_put (self->txn, self->dbi [db], key, value, flags);
+    if (rc == 0)
+        self->batch_writes.tree [db].puts++;
+    return rc;
+}
+
+int
+kim_store_del (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value)
+{
+    assert ((unsigned) db < KIM_DB_COUNT);
+    int rc = mdb_del (self->txn, self->dbi [db], key, value);
+    if (rc == 0)
+        self->batch_writes.tree [db].dels++;
+    return rc;
+}
+
+int
+kim_store_cursor_put (kim_store_t *self, kim_db_t db, MDB_cursor *cursor, MDB_val *key,
+                      MDB_val *value, unsigned flags)
+{
+    assert ((unsigned) db < KIM_DB_COUNT);
+    int rc = mdb_cursor_put (cursor, key, value, flags);
+    if (rc == 0)
+        self->batch_writes.tree [db].puts++;
+    return rc;
+}
+
+int
+kim_store_cursor_del (kim_store_t *self, kim_db_t db, MDB_cursor *cursor, unsigned flags)
+{
+    assert ((unsigned) db < KIM_DB_COUNT);
+    int rc = mdb_cursor_del (cursor, flags);
+    if (rc == 0)
+        self->batch_writes.tree [db].dels++;
+    return rc;
+}
+
+void
+kim_store_writes (kim_store_t *self, kim_store_writes_t *writes)
+{
+    *writes = self->writes;
+}
+
+const char *
+kim_store_db_name (kim_db_t db)
+{
+    return (unsigned) db < KIM_DB_COUNT? s_db_names [db]: "?";
 }
 
 int

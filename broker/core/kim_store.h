@@ -233,6 +233,42 @@ MDB_txn *
 MDB_dbi
     kim_store_dbi (kim_store_t *self, kim_db_t db);
 
+//  Writes inside the open batch: mdb_put, mdb_del, mdb_cursor_put and
+//  mdb_cursor_del on tree `db`, with LMDB's return code (MDB_NOTFOUND and
+//  MDB_KEYEXIST mean what the caller makes of them; hand other failures to
+//  kim_store_error). Every write of the store and its modules goes through
+//  these, so that each is counted per tree (kim_store_writes).
+int
+    kim_store_put (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value,
+                   unsigned flags);
+int
+    kim_store_del (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value);
+int
+    kim_store_cursor_put (kim_store_t *self, kim_db_t db, MDB_cursor *cursor, MDB_val *key,
+                          MDB_val *value, unsigned flags);
+int
+    kim_store_cursor_del (kim_store_t *self, kim_db_t db, MDB_cursor *cursor, unsigned flags);
+
+//  The writes of the batches committed since the store opened: puts and
+//  deletes per tree, and in the key store (payload keys made and erased).
+//  A batch that was aborted or replayed counts once, as committed.
+typedef struct {
+    uint64_t puts;
+    uint64_t dels;
+} kim_store_count_t;
+
+typedef struct {
+    kim_store_count_t tree [KIM_DB_COUNT];
+    kim_store_count_t keys;
+    uint64_t commits;
+} kim_store_writes_t;
+
+void
+    kim_store_writes (kim_store_t *self, kim_store_writes_t *writes);
+//  A tree's name, as LMDB knows it ("log", "payload", ...).
+const char *
+    kim_store_db_name (kim_db_t db);
+
 //  Modules writing through kim_store_txn() hand every LMDB failure here:
 //  it is logged with `what` and the path, and treated as the store's own
 //  writes are (MDB_MAP_FULL/MDB_TXN_FULL mark the batch full, so commit

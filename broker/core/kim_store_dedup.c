@@ -84,7 +84,7 @@ kim_store_dedup_put (kim_store_t *self, const char *sender, const char *msg_id,
     kim_log_put_be64 (value_bytes + 8, time_ms);
     MDB_val key = { key_size, key_bytes };
     MDB_val value = { sizeof (value_bytes), value_bytes };
-    rc = mdb_put (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value, 0);
+    rc = kim_store_put (self, KIM_DB_DEDUP, &key, &value, 0);
     return rc? kim_store_i_write_error (self, rc, "recording a msg_id"): 0;
 }
 
@@ -117,7 +117,7 @@ s_forget (kim_store_t *self, uint64_t seq, const kim_record_t *record, kim_msg_t
     int rc = mdb_get (self->txn, self->dbi [KIM_DB_DEDUP], &key, &value);
     if (rc == 0 && value.mv_size == 16
     &&  kim_log_get_be64 ((const uint8_t *) value.mv_data) == seq)
-        rc = mdb_del (self->txn, self->dbi [KIM_DB_DEDUP], &key, NULL);
+        rc = kim_store_del (self, KIM_DB_DEDUP, &key, NULL);
     return rc == MDB_NOTFOUND? 0: rc;
 }
 
@@ -178,6 +178,6 @@ kim_store_dedup_expire (kim_store_t *self, uint64_t now_ms, size_t limit)
     kim_log_put_be64 (from_bytes, passed);
     value.mv_size = sizeof (from_bytes);
     value.mv_data = from_bytes;
-    rc = mdb_put (self->txn, self->dbi [KIM_DB_META], &name, &value, 0);
+    rc = kim_store_put (self, KIM_DB_META, &name, &value, 0);
     return rc? kim_store_i_write_error (self, rc, "recording where msg_ids expire"): 0;
 }

@@ -84,6 +84,9 @@ struct _kim_store_t {
     //  The open write batch, if any
     MDB_txn *txn;
     MDB_cursor *mailbox_cursor;     //  opened on the batch's first ack; LMDB closes it
+    //  Writes of the open batch, added to `writes` when it commits
+    kim_store_writes_t batch_writes;
+    kim_store_writes_t writes;
     bool batch_full;            //  MDB_MAP_FULL or MDB_TXN_FULL seen
     bool batch_growable;        //  false once MDB_TXN_FULL was seen
     uint64_t batch_head;

@@ -163,6 +163,7 @@ s_pool_make (kim_store_t *self, uint64_t id)
     }
     self->key_cache_base = id;
     self->key_cache_end = self->batch_key_end = id + S_KEY_CHUNK;
+    self->batch_writes.keys.puts += S_KEY_CHUNK;
     return 0;
 }
 
@@ -205,7 +206,7 @@ kim_store_i_keys_prepare (kim_store_t *self)
     kim_log_put_be64 (bytes, self->batch_key_next);
     MDB_val name = s_key_next_name;
     MDB_val value = { sizeof (bytes), bytes };
-    int rc = mdb_put (self->txn, self->dbi [KIM_DB_META], &name, &value, 0);
+    int rc = kim_store_put (self, KIM_DB_META, &name, &value, 0);
     return rc? kim_store_i_write_error (self, rc, "recording the next payload key"): 0;
 }
 
@@ -389,6 +390,8 @@ s_shred (kim_store_t *self, uint64_t seq, MDB_val *key)
                             KIM_KEYSTORE_KEY);
     }
     rc = kim_keystore_del (self->keys, slot);
+    if (rc == 1)
+        self->batch_writes.keys.dels++;     //  0: there was none
     return rc < 0? kim_store_i_keys_error (self, rc): 0;
 }
 
@@ -408,7 +411,7 @@ kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, siz
         rc = s_shred (self, seq, &key);
         if (rc)
             return rc;
-        rc = mdb_del (self->txn, self->dbi [KIM_DB_PAYLOAD], &key, NULL);
+        rc = kim_store_del (self, KIM_DB_PAYLOAD, &key, NULL);
         if (rc == MDB_NOTFOUND)
             rc = 0;
         return rc? kim_store_i_write_error (self, rc, "removing a payload"): 0;
@@ -421,13 +424,13 @@ kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, siz
     //  that is not the largest seq may replace a payload: its key goes.
     MDB_val value = { size + S_SEALED_OVERHEAD + 8, NULL };
     MDB_val copy = value;
-    rc = mdb_put (self->txn, self->dbi [KIM_DB_PAYLOAD], &key, &copy, MDB_APPEND | MDB_RESERVE);
+    rc = kim_store_put (self, KIM_DB_PAYLOAD, &key, &copy, MDB_APPEND | MDB_RESERVE);
     if (rc == MDB_KEYEXIST) {
         rc = s_shred (self, seq, &key);
         if (rc)
             return rc;
         copy = value;
-        rc = mdb_put (self->txn, self->dbi [KIM_DB_PAYLOAD], &key, &copy, MDB_RESERVE);
+        rc = kim_store_put (self, KIM_DB_PAYLOAD, &key, &copy, MDB_RESERVE);
     }
     if (rc)
         return kim_store_i_write_error (self, rc, "storing a payload");

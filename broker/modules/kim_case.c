@@ -148,7 +148,7 @@ s_participant_add (kim_case_t *kcase, const char *org)
                       "gets no case events", kcase->id, S_PARTICIPANTS_MAX, org);
         return;
     }
-    snprintf (kcase->participants [kcase->participant_count++], KIM_ORG_MAX + 1, "%s", org);
+    kim_str_copy (kcase->participants [kcase->participant_count++], KIM_ORG_MAX + 1, org);
 }
 
 static int
@@ -538,7 +538,7 @@ kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_
         for (int b = 0; b < 8; b++)
             index_key [prefix + b] = (uint8_t) (seqs [i] >> (56 - 8 * b));
         MDB_val k = { prefix + 8, index_key };
-        if (rc == 0 && (rc = mdb_del (txn, dbi, &k, NULL)) != 0)
+        if (rc == 0 && (rc = kim_store_del (store, KIM_DB_CASE_SEQ, &k, NULL)) != 0)
             rc = kim_store_error (store, rc, "lifecycle: removing a payload index entry");
         used += (size_t) snprintf (json + used, sizeof json - used, "%s%" PRIu64, i? ",": "",
                                    seqs [i]);
@@ -740,7 +740,7 @@ s_sub_write (void *arg, kim_ctx_t *ctx)
     memcpy (key + org_size, cmd->sub_id, id_size);
     if (cmd->id == KIM_CMD_UNSUBSCRIBE) {
         MDB_val k = { org_size + id_size, key };
-        int rc = mdb_del (kim_store_txn (store), kim_store_dbi (store, KIM_DB_SUB), &k, NULL);
+        int rc = kim_store_del (store, KIM_DB_SUB, &k, NULL);
         return rc && rc != MDB_NOTFOUND? kim_store_error (store, rc, "lifecycle: unsubscribing"): 0;
     }
     kim_sub_t sub;

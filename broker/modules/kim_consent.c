@@ -84,7 +84,7 @@ s_consent_put (kim_ctx_t *ctx, const kim_consent_t *consent)
     uint8_t bytes [KIM_ID_MAX + 2];
     MDB_val key = { s_consent_key (consent->id, bytes), bytes };
     MDB_val value = { sizeof *consent, (void *) consent };
-    int rc = mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &key, &value, 0);
+    int rc = kim_store_put (store, KIM_DB_CONSENT, &key, &value, 0);
     return rc? kim_store_error (store, rc, "consent: storing a consent"): 0;
 }
 
@@ -102,8 +102,7 @@ s_recipient_put (kim_ctx_t *ctx, const char *id, const char *org, uint64_t seq)
     for (int i = 0; i < 8; i++)
         seq_bytes [i] = (uint8_t) (seq >> (56 - 8 * i));
     MDB_val key = { 2 + id_size + org_size, bytes }, value = { 8, seq_bytes };
-    int rc = mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &key, &value,
-                      MDB_NOOVERWRITE);
+    int rc = kim_store_put (store, KIM_DB_CONSENT, &key, &value, MDB_NOOVERWRITE);
     return rc && rc != MDB_KEYEXIST? kim_store_error (store, rc, "consent: noting a recipient"): 0;
 }
 
@@ -126,7 +125,7 @@ s_expiry_put (kim_ctx_t *ctx, const kim_consent_t *consent)
     kim_store_t *store = kim_ctx_store (ctx);
     uint8_t bytes [9 + KIM_ID_MAX];
     MDB_val key = { s_expiry_key (consent, bytes), bytes }, value = { 0, bytes };
-    int rc = mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &key, &value, 0);
+    int rc = kim_store_put (store, KIM_DB_CONSENT, &key, &value, 0);
     return rc? kim_store_error (store, rc, "consent: indexing an expiry"): 0;
 }
 
@@ -444,7 +443,7 @@ s_expiry_migrate (kim_ctx_t *ctx)
     zlistx_destroy (&ids);
     if (rc == 0) {
         MDB_val empty = { 0, (void *) S_META_EXPIRY };
-        rc = mdb_put (txn, dbi, &meta, &empty, 0);
+        rc = kim_store_put (store, KIM_DB_CONSENT, &meta, &empty, 0);
         rc = rc? kim_store_error (store, rc, "consent: marking the expiry index"): 0;
     }
     if (rc == 0 && indexed)
@@ -494,7 +493,7 @@ s_tick (void *state, kim_ctx_t *ctx)
     rc = 0;
     for (size_t i = 0; rc == 0 && i < count; i++) {
         MDB_val k = { due_size [i], due [i] };
-        rc = mdb_del (txn, kim_store_dbi (store, KIM_DB_CONSENT), &k, NULL);
+        rc = kim_store_del (store, KIM_DB_CONSENT, &k, NULL);
         if (rc && rc != MDB_NOTFOUND)
             return kim_store_error (store, rc, "consent: removing an expiry");
         char id [KIM_ID_MAX + 1];

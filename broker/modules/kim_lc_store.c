@@ -25,7 +25,7 @@ kim_lc_put (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
     if (!txn)
         return -KIM_E_ARGS;
     MDB_val k = { key_size, (void *) key }, v = { value_size, (void *) value };
-    int rc = mdb_put (txn, kim_store_dbi (store, db), &k, &v, 0);
+    int rc = kim_store_put (store, db, &k, &v, 0);
     return rc? kim_store_error (store, rc, what): 0;
 }
 
@@ -202,8 +202,7 @@ kim_lc_index_move (kim_store_t *store, const kim_referral_t *referral, const cha
     //  The old sender keeps its entry while it is the recipient too.
     if (!streq (from, referral->recipient)) {
         MDB_val k = { kim_lc_index_party_key (key, from, referral->case_id, referral->id), key };
-        int rc = mdb_del (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL_BY), &k,
-                          NULL);
+        int rc = kim_store_del (store, KIM_DB_REFERRAL_BY, &k, NULL);
         if (rc && rc != MDB_NOTFOUND)
             return kim_store_error (store, rc, "lifecycle: moving a referral's index entry");
     }

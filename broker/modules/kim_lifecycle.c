@@ -640,7 +640,7 @@ s_tick (void *state, kim_ctx_t *ctx)
     rc = 0;
     for (size_t i = 0; rc == 0 && i < count; i++) {
         MDB_val k = { due [i].key_size, due [i].key };
-        rc = mdb_del (txn, kim_store_dbi (store, KIM_DB_TIMER), &k, NULL);
+        rc = kim_store_del (store, KIM_DB_TIMER, &k, NULL);
         rc = rc && rc != MDB_NOTFOUND? kim_store_error (store, rc, "lifecycle: removing a timer"): 0;
         if (rc == 0)
             rc = s_fire (self, ctx, &due [i]);

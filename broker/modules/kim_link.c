@@ -250,9 +250,8 @@ s_store_doc (void *arg, kim_ctx_t *ctx)
     kim_store_t *store = kim_ctx_store (ctx);
     MDB_val key = { strlen (doc->peer), (void *) doc->peer };
     MDB_val value = { doc->size, (void *) doc->data };
-    return kim_store_error (store, mdb_put (kim_store_txn (store),
-                                            kim_store_dbi (store, KIM_DB_REMOTE_DIR),
-                                            &key, &value, 0), "remote_dir put");
+    return kim_store_error (store, kim_store_put (store, KIM_DB_REMOTE_DIR, &key, &value, 0),
+                            "remote_dir put");
 }
 
 //  A peer's PEER_DIRECTORY, read on the ROUTER (the core let only peers

@@ -60,7 +60,7 @@ kim_subject_index (kim_ctx_t *ctx, const char *subject, uint64_t seq)
     for (int i = 0; i < 8; i++)
         bytes [2 + size + i] = (uint8_t) (seq >> (56 - 8 * i));
     MDB_val key = { size + 10, bytes }, value = { 0, NULL };
-    int rc = mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_CONSENT), &key, &value, 0);
+    int rc = kim_store_put (store, KIM_DB_CONSENT, &key, &value, 0);
     return rc? kim_store_error (store, rc, "consent: indexing a subject"): 0;
 }
 

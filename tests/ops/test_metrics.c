@@ -5,79 +5,22 @@
     default, and a bad metrics section refused by --check.
 */
 #include <czmq.h>
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include "kim_testbroker.h"
+#include "kim_testhttp.h"
 
 static int s_port;
 
-//  One HTTP/1.0 request to the endpoint; returns the whole answer (status
-//  line, headers, body) or NULL. The caller frees it.
 static char *
 s_http (const char *method, const char *path)
 {
-    int fd = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return NULL;
-    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons ((uint16_t) s_port) };
-    inet_pton (AF_INET, "127.0.0.1", &addr.sin_addr);
-    if (connect (fd, (struct sockaddr *) &addr, sizeof addr)) {
-        close (fd);
-        return NULL;
-    }
-    char request [256];
-    int size = snprintf (request, sizeof request, "%s %s HTTP/1.0\r\nHost: localhost\r\n\r\n",
-                         method, path);
-    if (write (fd, request, (size_t) size) != size) {
-        close (fd);
-        return NULL;
-    }
-    size_t capacity = 1 << 16, used = 0;
-    char *answer = (char *) malloc (capacity);
-    int64_t deadline = zclock_mono () + 10000;
-    while (answer && zclock_mono () < deadline) {
-        struct pollfd item = { fd, POLLIN, 0 };
-        if (poll (&item, 1, 1000) <= 0)
-            continue;
-        if (used + 1 == capacity) {
-            char *bigger = (char *) realloc (answer, capacity * 2);
-            if (!bigger) {
-                free (answer);
-                answer = NULL;
-                break;
-            }
-            answer = bigger;
-            capacity *= 2;
-        }
-        ssize_t got = read (fd, answer + used, capacity - used - 1);
-        if (got <= 0)
-            break;
-        used += (size_t) got;
-    }
-    close (fd);
-    if (answer)
-        answer [used] = 0;
-    return answer;
+    return kim_testhttp_request (s_port, method, path);
 }
 
-//  The value of the sample `series` (name with its labels, exactly as
-//  served), or -1 when the scrape has no such line.
 static double
 s_value (const char *scrape, const char *series)
 {
-    size_t length = strlen (series);
-    for (const char *line = scrape; line && *line; ) {
-        if (strncmp (line, series, length) == 0 && line [length] == ' ')
-            return atof (line + length + 1);
-        line = strchr (line, '\n');
-        if (line)
-            line++;
-    }
-    return -1;
+    return kim_testhttp_metric (scrape, series);
 }
 
 //  Scrapes until every expectation holds (the figures are rendered every
@@ -186,6 +129,8 @@ main (int argc, char *argv [])
         { "kim_store_map_max_bytes", 64.0 * 1024 * 1024 * 1024, 64.0 * 1024 * 1024 * 1024 },
         { "kim_audit_checkpoint_lag_records", 0, 0 },
         { "kim_audit_checkpoint_age_seconds", -1, -1 },         //  no checkpoint yet
+        { "kim_store_writes_total{tree=\"dedup\",op=\"put\"}", 0, 0 },
+        { "kim_store_writes_total{tree=\"payload\",op=\"put\"}", 0, 0 },
     };
     free (s_scrape_until (start, sizeof start / sizeof start [0]));
 
@@ -226,6 +171,15 @@ main (int argc, char *argv [])
         //  a checkpoint every 2 records (checked every 200 ms)
         { "kim_audit_checkpoint_age_seconds", 0, 600 },
         { "kim_audit_checkpoint_lag_records", 0, 6 },
+        //  Writes of what was stored: the resend and the refusal cost none
+        { "kim_store_writes_total{tree=\"dedup\",op=\"put\"}", 5, 5 },
+        { "kim_store_writes_total{tree=\"payload\",op=\"put\"}", 5, 5 },
+        //  (R-5 may turn OVERDUE meanwhile: its state and notices)
+        { "kim_store_writes_total{tree=\"referral\",op=\"put\"}", 5, 6 },
+        { "kim_store_writes_total{tree=\"mailbox\",op=\"put\"}", 5, 8 },
+        { "kim_store_writes_total{tree=\"log\",op=\"put\"}", 5, 1e9 },
+        { "kim_store_writes_total{tree=\"mailbox\",op=\"del\"}", 0, 0 },
+        { "kim_store_writes_total{tree=\"keys\",op=\"put\"}", 5, 1e9 },
     };
     char *scrape = s_scrape_until (sent, sizeof sent / sizeof sent [0]);
     KIM_CHECK (strstr (scrape, "HTTP/1.0 200") || strstr (scrape, "HTTP/1.1 200"));
@@ -266,6 +220,7 @@ main (int argc, char *argv [])
         { "kim_referrals{state=\"DELIVERED\"}", 3, 3 },
         { "kim_referrals_overdue", 1, 1 },
         { "kim_sessions", 2, 3 },
+        { "kim_store_writes_total{tree=\"mailbox\",op=\"del\"}", 3, 3 },
     };
     scrape = s_scrape_until (delivered, sizeof delivered / sizeof delivered [0]);
     //  soz.b's mailbox: R-5 and one more referral, plus R-5's REMINDER
