@@ -11,6 +11,10 @@
         kim_bench_workload.c    the workloads W1, W2, W3 and RSS, each on a
                                 fresh broker, and the broker's own figures
                                 (CPU, RSS)
+        kim_bench_counters.c    what the broker and the machine counted over
+                                a workload: the broker's LMDB writes per
+                                tree (its metrics endpoint), and the CPU
+                                time of the whole machine (/proc/stat)
         kim_bench_ceiling.c     the ceilings: the ceiling tools run as child
                                 processes, their JSON lines read
         kim_bench_summary.c     --repeat: the median, smallest and largest of
@@ -43,6 +47,7 @@
 #define KIM_BENCH_RSS_POINTS    5       //  0, 25, 50, 75, 100 % of the fill
 #define KIM_BENCH_SINK          "jc.sink"
 #define KIM_BENCH_REPEAT_MAX    20      //  --repeat N: runs of each workload
+#define KIM_BENCH_TREES         24      //  store trees whose writes are counted
 
 //  --------------------------------------------------------------------------
 //  Options and results
@@ -93,6 +98,19 @@ typedef struct {
     uint64_t reconnects;
     double cpu_broker_s;        //  CPU the broker process used (all threads)
     double cpu_clients_s;       //  CPU this process (the clients) used meanwhile
+    //  The whole machine meanwhile: CPU time of every process and the
+    //  kernel, over all CPUs, and the share of CPU time left idle
+    bool has_machine;
+    double machine_cpu_s;
+    double machine_idle;
+    //  The broker's LMDB writes meanwhile, per tree, in the order and with
+    //  the names its metrics give them (the key store as "keys")
+    bool has_writes;
+    uint64_t commits;
+    size_t tree_count;
+    char tree_name [KIM_BENCH_TREES][16];
+    double tree_puts [KIM_BENCH_TREES];
+    double tree_dels [KIM_BENCH_TREES];
     //  RSS workload
     uint64_t rss_at [KIM_BENCH_RSS_POINTS];
     uint64_t anon_at [KIM_BENCH_RSS_POINTS];
@@ -221,6 +239,41 @@ struct _run_t {
     producer_t producer [KIM_BENCH_PRODUCERS_MAX];
     consumer_t consumer;
 };
+
+//  --------------------------------------------------------------------------
+//  kim_bench_counters.c: what the broker and the machine counted
+
+//  The counters as a workload starts: the broker's (when its metrics
+//  endpoint is on), and the machine's CPU times.
+typedef struct {
+    int port;                   //  the broker's metrics endpoint; 0: none
+    bool scraped;               //  the broker's counters were read
+    double receipted, acked, commits;
+    size_t tree_count;
+    char tree_name [KIM_BENCH_TREES][16];
+    double tree_puts [KIM_BENCH_TREES];
+    double tree_dels [KIM_BENCH_TREES];
+    bool have_cpu;
+    unsigned long long busy, total;
+} kim_bench_counters_t;
+
+//  The config lines that turn the broker's metrics endpoint on at a free
+//  port (into `lines`, "" in a build without the endpoint); the port goes
+//  to *port (0 without).
+void
+    kim_bench_counters_config (char *lines, size_t size, int *port);
+
+//  Reads the counters before a workload.
+void
+    kim_bench_counters_begin (kim_bench_counters_t *self, int port);
+
+//  Reads them again once the broker has counted `receipted` more RECEIPTs
+//  and `acked` more acks (or after 5 s), and puts the differences into
+//  result: the machine's CPU and idle share, the broker's writes and
+//  commits. A broker that serves no write counters leaves has_writes off.
+void
+    kim_bench_counters_end (kim_bench_counters_t *self, uint64_t receipted, uint64_t acked,
+                            result_t *result);
 
 //  --------------------------------------------------------------------------
 //  kim_bench_run.c: a run

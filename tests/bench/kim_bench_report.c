@@ -32,6 +32,33 @@ s_print_range (const char *key, double min, double max, int decimals)
     printf (",\"%s_min\":%.*f,\"%s_max\":%.*f", key, decimals, min, key, decimals, max);
 }
 
+//  The broker's LMDB writes per message: in all, and by tree (the trees
+//  it wrote to).
+static double
+s_writes_total (const result_t *r, bool dels)
+{
+    double total = 0;
+    for (size_t tree = 0; tree < r->tree_count; tree++)
+        total += dels? r->tree_dels [tree]: r->tree_puts [tree];
+    return total;
+}
+
+static void
+s_print_writes (const result_t *r)
+{
+    double messages = (double) r->messages;
+    printf (",\"lmdb_commits\":%llu,\"lmdb_puts_per_msg\":%.2f,\"lmdb_dels_per_msg\":%.2f,"
+            "\"lmdb_puts_per_msg_by_tree\":{", (unsigned long long) r->commits,
+            s_writes_total (r, false) / messages, s_writes_total (r, true) / messages);
+    const char *comma = "";
+    for (size_t tree = 0; tree < r->tree_count; tree++)
+        if (r->tree_puts [tree] > 0) {
+            printf ("%s\"%s\":%.2f", comma, r->tree_name [tree], r->tree_puts [tree] / messages);
+            comma = ",";
+        }
+    printf ("}");
+}
+
 //  One workload's JSON line: one run (`run` > 0 when there are several), or
 //  with `summary`, the medians of several runs (r is summary->median) and
 //  the range of the headline figures. `ceil` is the round's ceilings, or
@@ -85,6 +112,12 @@ kim_bench_print_json (const options_t *opt, const result_t *r, const ceilings_t 
                 "\"store_bytes_per_msg\":%.0f", r->cpu_broker_s * 1e6 / (double) r->messages,
                 (unsigned long long) r->store_bytes,
                 (double) r->store_bytes / (double) r->messages);
+    if (r->has_machine && r->messages)
+        printf (",\"machine_cpu_s\":%.2f,\"machine_cpu_us_per_msg\":%.1f,"
+                "\"machine_idle_share\":%.3f", r->machine_cpu_s,
+                r->machine_cpu_s * 1e6 / (double) r->messages, r->machine_idle);
+    if (r->has_writes && r->messages)
+        s_print_writes (r);
     if (kim_bench_streq (r->name, "W1") && ceil->zmq_ran && r->acked_per_s > 0)
         printf (",\"zmq_ack_rate\":%.0f,\"zmq_ratio\":%.3f", ceil->zmq_ack_rate,
                 r->acked_per_s / ceil->zmq_ack_rate);
@@ -264,6 +297,20 @@ kim_bench_print_table (const options_t *opt, const result_t results [],
                 r->messages? r->cpu_broker_s * 1e6 / (double) r->messages: 0.0,
                 r->cpu_clients_s, (double) r->store_bytes / 1e6,
                 r->messages? (double) r->store_bytes / (double) r->messages: 0.0);
+        if (r->has_machine && r->messages)
+            printf ("      the whole machine: %.1f µs of CPU a message (all processes, all "
+                    "CPUs), %.0f %% of its CPU time idle\n",
+                    r->machine_cpu_s * 1e6 / (double) r->messages, r->machine_idle * 100);
+        if (r->has_writes && r->messages) {
+            double messages = (double) r->messages;
+            printf ("      LMDB writes a message: %.2f puts, %.2f deletes; %llu commits\n"
+                    "        puts by tree:", s_writes_total (r, false) / messages,
+                    s_writes_total (r, true) / messages, (unsigned long long) r->commits);
+            for (size_t tree = 0; tree < r->tree_count; tree++)
+                if (r->tree_puts [tree] > 0)
+                    printf (" %s %.2f", r->tree_name [tree], r->tree_puts [tree] / messages);
+            printf ("\n");
+        }
         if (r->has_receipt_latency)
             printf ("      receipt latency (send -> RECEIPT): p50 %.0f µs, p99 %.0f µs, "
                     "max %.0f µs\n", r->r_p50_us, r->r_p99_us, r->r_max_us);

@@ -106,6 +106,14 @@ kim_bench_summarise (const result_t results [], size_t count, summary_t *self)
             S_SUMMARISE_COUNT (rss_at [i]);
             S_SUMMARISE_COUNT (anon_at [i]);
         }
+        S_SUMMARISE_FIGURE (machine_cpu_s);
+        S_SUMMARISE_FIGURE (machine_idle);
+        S_SUMMARISE_COUNT (commits);
+        //  Every run's broker names the same trees in the same order
+        for (size_t tree = 0; tree < self->median.tree_count; tree++) {
+            S_SUMMARISE_FIGURE (tree_puts [tree]);
+            S_SUMMARISE_FIGURE (tree_dels [tree]);
+        }
     }
     self->median.ok = self->failed == 0;
     if (failure)

@@ -4,7 +4,9 @@
     lines in its config), gives a run (kim_bench_run.c) its shape, and
     takes the broker's own figures beside the run's: the CPU the broker and
     this process (the clients) used meanwhile, the broker's VmRSS and
-    VmHWM, and for RSS its VmRSS and RssAnon at fixed points of the fill.
+    VmHWM, and for RSS its VmRSS and RssAnon at fixed points of the fill;
+    for W1, W2 and W3 also the machine's CPU and the broker's LMDB writes
+    (kim_bench_counters.c).
     A run that failed keeps its broker's folder.
 */
 #include <limits.h>
@@ -67,8 +69,9 @@ s_proc_cpu (pid_t pid)
 //  --------------------------------------------------------------------------
 //  Brokers
 
+//  Its metrics endpoint is on (when built), at *metrics_port (0: off).
 static kim_testbroker_t *
-s_broker_start (const options_t *opt, bool sync, const char *name)
+s_broker_start (const options_t *opt, bool sync, const char *name, int *metrics_port)
 {
     static const char *orgs [] = {
         KIM_BENCH_SINK, "kim.p1", "kim.p2", "kim.p3", "kim.p4", "kim.p5", "kim.p6",
@@ -77,10 +80,12 @@ s_broker_start (const options_t *opt, bool sync, const char *name)
     };
     //  The harness writes `extra` right after the broker section's keys and
     //  before "orgs", so a store section can follow the broker lines.
+    char metrics [256];
+    kim_bench_counters_config (metrics, sizeof metrics, metrics_port);
     char extra [2048];
-    snprintf (extra, sizeof extra, "%s%s%s%s", opt->broker_extra,
+    snprintf (extra, sizeof extra, "%s%s%s%s%s", opt->broker_extra,
               (!sync || opt->store_extra [0])? "store\n": "",
-              sync? "": "    sync = 0\n", opt->store_extra);
+              sync? "": "    sync = 0\n", opt->store_extra, metrics);
     kim_testbroker_t *broker = kim_testbroker_new (orgs, extra);
     if (!broker) {
         fprintf (stderr, "%s: cannot make a test broker folder\n", name);
@@ -157,7 +162,8 @@ s_flow (const options_t *opt, const char *name, bool sync, uint32_t producers,
 {
     snprintf (result->name, sizeof result->name, "%s", name);
     result->ran = true;
-    kim_testbroker_t *broker = s_broker_start (opt, sync, name);
+    int metrics_port;
+    kim_testbroker_t *broker = s_broker_start (opt, sync, name, &metrics_port);
     if (!broker) {
         snprintf (result->detail, sizeof result->detail, "broker did not start");
         return;
@@ -169,17 +175,29 @@ s_flow (const options_t *opt, const char *name, bool sync, uint32_t producers,
     run_t *run = kim_bench_run_new (opt, name, broker, producers, messages, opt->payload);
     run->with_consumer = true;
     run->rate = rate;
+    kim_bench_counters_t counters;
+    kim_bench_counters_begin (&counters, metrics_port);
     double broker_cpu = s_proc_cpu (kim_testbroker_pid (broker));
     double clients_cpu = s_proc_cpu (getpid ());
     int rc = kim_bench_run_go (run, NULL, NULL);
     result->cpu_broker_s = s_proc_cpu (kim_testbroker_pid (broker)) - broker_cpu;
     result->cpu_clients_s = s_proc_cpu (getpid ()) - clients_cpu;
+    //  Every message receipted and acked (and with --answer its ACCEPT
+    //  receipted too) before the writes are read
+    if (rc == 0)
+        kim_bench_counters_end (&counters, run->total * (opt->answer? 2: 1), run->total, result);
     s_broker_figures (broker, result);
     kim_bench_run_figures (run, result);
     if (rc)
         snprintf (result->detail, sizeof result->detail, "stuck (see stderr)");
     else
         result->ok = kim_bench_run_check (run, true, result->detail, sizeof result->detail);
+    //  The smoke test also proves that the writes are counted and read
+    if (result->ok && opt->smoke && metrics_port && !result->has_writes) {
+        result->ok = false;
+        snprintf (result->detail, sizeof result->detail,
+                  "the broker's metrics did not show the run's LMDB writes");
+    }
     if (!result->ok)
         kim_bench_keep_folder (run);
     kim_bench_run_destroy (&run);
@@ -228,7 +246,8 @@ kim_bench_workload_rss (const options_t *opt, result_t *result)
 {
     snprintf (result->name, sizeof result->name, "RSS");
     result->ran = true;
-    kim_testbroker_t *broker = s_broker_start (opt, true, "RSS");
+    int metrics_port;
+    kim_testbroker_t *broker = s_broker_start (opt, true, "RSS", &metrics_port);
     if (!broker) {
         snprintf (result->detail, sizeof result->detail, "broker did not start");
         return;
