@@ -416,7 +416,12 @@ s_lock (kim_store_t *self)
 //    3 -> 4: payload keys come from a pool (at-rest version 2, which an
 //            older broker cannot open), and msg_ids expire by walking the
 //            log: DEDUP_AGE is emptied (kim_store_dedup.c).
-#define S_VERSION 4
+//    4 -> 5: timers are store groups (kim_store_group.c), which an older
+//            broker skips (they would never fire), and the message that
+//            opens a case is not in CASE_SEQ (an older broker's retention
+//            would keep its payload). Nothing to migrate: earlier entries
+//            are still read.
+#define S_VERSION 5
 
 static int
 s_store_version (kim_store_t *self, MDB_txn *txn)
@@ -672,6 +677,7 @@ kim_store_destroy (kim_store_t **self_p)
     if (self->env && !self->read_only && !self->failed)
         kim_store_sync (self);
     kim_store_i_keys_close (self);
+    kim_store_i_groups_free (self);
     free (self->scratch);
     if (self->env)
         mdb_env_close (self->env);
@@ -707,6 +713,7 @@ kim_store_begin (kim_store_t *self)
         return kim_store_i_read_error (self, rc, "starting a write batch");
     }
     self->mailbox_cursor = NULL;
+    kim_store_i_groups_drop (self);
     memset (&self->batch_writes, 0, sizeof self->batch_writes);
     self->batch_full = false;
     self->batch_growable = true;
@@ -982,6 +989,7 @@ s_batch_drop (kim_store_t *self)
     if (self->txn)
         mdb_txn_abort (self->txn);
     self->txn = NULL;
+    kim_store_i_groups_drop (self);
     if (self->keys)
         kim_keystore_abort (self->keys);
     kim_store_i_keys_settle (self, false);
@@ -1015,7 +1023,9 @@ kim_store_commit (kim_store_t *self, bool *retry)
         zsys_error ("kim_store: %s: commit without a write batch", self->path);
         return -KIM_E_ARGS;
     }
-    //  A failed META put marks the batch full or the store failed
+    //  A failed put marks the batch full or the store failed
+    if (!self->failed && !self->batch_full)
+        kim_store_i_groups_write (self);
     if (!self->failed && !self->batch_full)
         kim_store_i_keys_prepare (self);
     if (self->failed || self->batch_full) {

@@ -249,6 +249,25 @@ int
 int
     kim_store_cursor_del (kim_store_t *self, kim_db_t db, MDB_cursor *cursor, unsigned flags);
 
+//  Gathers `member` (1 to 255 bytes) under the key `group` (1 to
+//  KIM_STORE_GROUP_MAX bytes) of tree `db`. The members that the open
+//  batch gathers under one group are written when it commits, up to
+//  KIM_STORE_GROUP_PART to a value, under the key group | the batch's
+//  transaction id (u64 BE) | part (u16 BE); kim_store_group_next reads such
+//  a value. So entries that every message of a batch adds alike (timers
+//  due at the same moment) cost a put per batch rather than per message.
+//  The batch itself does not read them back. Returns 0 or -KIM_E_*.
+#define KIM_STORE_GROUP_MAX     16
+#define KIM_STORE_GROUP_PART    64
+int
+    kim_store_group_add (kim_store_t *self, kim_db_t db, const void *group, size_t group_size,
+                         const void *member, size_t member_size);
+//  The next member of a group value: start with *at = 0. Returns it (with
+//  its size in *size), or NULL after the last and for a value that is not
+//  a group's.
+const uint8_t *
+    kim_store_group_next (const MDB_val *value, size_t *at, size_t *size);
+
 //  The writes of the batches committed since the store opened: puts and
 //  deletes per tree, and in the key store (payload keys made and erased).
 //  A batch that was aborted or replayed counts once, as committed.

@@ -42,6 +42,8 @@ typedef struct {
     uint8_t *data;
 } kim_store_recent_t;
 
+typedef struct _kim_store_group_t kim_store_group_t;
+
 struct _kim_store_t {
     char *path;
     MDB_env *env;
@@ -84,6 +86,11 @@ struct _kim_store_t {
     //  The open write batch, if any
     MDB_txn *txn;
     MDB_cursor *mailbox_cursor;     //  opened on the batch's first ack; LMDB closes it
+    //  Groups the open batch gathered (kim_store_group.c); the slots past
+    //  group_count keep their buffers for later batches
+    kim_store_group_t *groups;
+    size_t group_count;
+    size_t group_max;
     //  Writes of the open batch, added to `writes` when it commits
     kim_store_writes_t batch_writes;
     kim_store_writes_t writes;
@@ -118,6 +125,15 @@ struct _kim_store_t {
 
 int
     kim_store_i_dedup_migrate (kim_store_t *self, MDB_txn *txn);
+//  Groups (kim_store_group.c): written into the batch before it commits
+//  (0, or the write error, which marks the batch full or the store
+//  failed), forgotten with an abandoned batch, freed with the store.
+int
+    kim_store_i_groups_write (kim_store_t *self);
+void
+    kim_store_i_groups_drop (kim_store_t *self);
+void
+    kim_store_i_groups_free (kim_store_t *self);
 //  Reads the value under seq (u64 BE) in `db`, in the batch or the
 //  snapshot. Returns 0, -KIM_E_NOT_FOUND or -KIM_E_IO.
 int

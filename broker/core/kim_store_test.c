@@ -125,6 +125,86 @@ s_test_dedup_expiry (const char *path)
     kim_store_destroy (&store);
 }
 
+//  Members gathered under a group in a batch: written at commit, one put
+//  per KIM_STORE_GROUP_PART members, each part under its own key; a batch
+//  given up writes none; a value that is not a group's reads as none.
+static size_t
+s_test_group_count (kim_store_t *store, uint8_t kind, size_t *entries)
+{
+    assert (kim_store_begin (store) == 0);
+    MDB_cursor *cursor;
+    assert (mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_TIMER),
+                             &cursor) == 0);
+    size_t members = 0;
+    *entries = 0;
+    MDB_val key, value;
+    int rc;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        assert (key.mv_size == 2 + 8 + 2);
+        if (((const uint8_t *) key.mv_data) [1] != kind)
+            continue;
+        (*entries)++;
+        size_t at = 0, size;
+        const uint8_t *member;
+        while ((member = kim_store_group_next (&value, &at, &size))) {
+            assert (size == 3 && memcmp (member, "id", 2) == 0);
+            members++;
+        }
+    }
+    assert (rc == MDB_NOTFOUND);
+    mdb_cursor_close (cursor);
+    kim_store_abort (store);
+    return members;
+}
+
+static void
+s_test_groups (const char *path)
+{
+    kim_store_config_t config = { .path = path };
+    int err = 0;
+    kim_store_t *store = kim_store_new (&config, &err);
+    assert (store);
+    kim_store_writes_t before, after;
+    kim_store_writes (store, &before);
+    //  150 members of group 'a', 3 of group 'b', in one batch
+    assert (kim_store_begin (store) == 0);
+    for (int i = 0; i < 150; i++) {
+        char id [4] = { 'i', 'd', (char) ('0' + i % 10), 0 };
+        assert (kim_store_group_add (store, KIM_DB_TIMER, "ga", 2, id, 3) == 0);
+        if (i < 3)
+            assert (kim_store_group_add (store, KIM_DB_TIMER, "gb", 2, id, 3) == 0);
+    }
+    assert (kim_store_group_add (store, KIM_DB_TIMER, "", 0, "x", 1) == -KIM_E_ARGS);
+    assert (kim_store_group_add (store, KIM_DB_TIMER, "ga", 2, "", 0) == -KIM_E_ARGS);
+    assert (kim_store_commit (store, NULL) == 0);
+    kim_store_writes (store, &after);
+    //  Three parts of 'a' (64, 64, 22) and one of 'b': four puts in all
+    assert (after.tree [KIM_DB_TIMER].puts - before.tree [KIM_DB_TIMER].puts == 4);
+    size_t entries;
+    assert (s_test_group_count (store, 'a', &entries) == 150 && entries == 3);
+    assert (s_test_group_count (store, 'b', &entries) == 3 && entries == 1);
+    //  A batch given up writes nothing; the next batch's groups are its own
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_group_add (store, KIM_DB_TIMER, "gb", 2, "id7", 3) == 0);
+    kim_store_abort (store);
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_group_add (store, KIM_DB_TIMER, "gb", 2, "id8", 3) == 0);
+    assert (kim_store_commit (store, NULL) == 0);
+    assert (s_test_group_count (store, 'b', &entries) == 4 && entries == 2);
+    //  Values of another form are no group
+    size_t at = 0, size;
+    MDB_val one = { 1, (void *) "\x01" }, empty = { 3, (void *) "\x00\x00x" };
+    MDB_val short_member = { 3, (void *) "\x00\x05x" };
+    assert (!kim_store_group_next (&one, &at, &size));
+    at = 0;
+    assert (!kim_store_group_next (&empty, &at, &size));
+    at = 0;
+    assert (!kim_store_group_next (&short_member, &at, &size));
+    kim_store_read_end (store);
+    kim_store_destroy (&store);
+}
+
 //  Keys are made ahead: a payload batch commits the key store only when a
 //  chunk runs out, keys made before a restart are used after it, a batch
 //  given up takes none, and payloads stored before the pool (version 1,
@@ -844,6 +924,11 @@ kim_store_test (bool verbose)
     s_test_at_rest (path5);
     s_test_remove (path5);
     zstr_free (&path5);
+    char *path6 = zsys_sprintf ("%s/groups", dir);
+    assert (path6);
+    s_test_groups (path6);
+    s_test_remove (path6);
+    zstr_free (&path6);
 
     s_test_remove (path);
     s_test_remove (path2);

@@ -17,6 +17,8 @@
 
 #include "kim_lifecycle_int.h"
 
+#define S_PURGE_PART    256     //  payloads a purge removes per tick
+
 #define S_LEGACY_FIXED      offsetof (kim_case_t, participants)
 #define S_LEGACY_SIZE(n)    (S_LEGACY_FIXED + (size_t) (n) * (KIM_ORG_MAX + 1))
 int
@@ -470,8 +472,10 @@ kim_lc_case_applied (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     }
     if (rc == 0 && (kcase.created_seq == route->seq || s_case_changed (self, &before, &kcase)))
         rc = s_case_put (self, store, &kcase);
-    //  The seq index lets retention find the case's payloads.
-    if (rc == 0 && route->payload_size) {
+    //  The seq index lets retention find the case's payloads. The message
+    //  that opened the case is not in it: the case names that one
+    //  (created_seq), which spares every new case a put.
+    if (rc == 0 && route->payload_size && route->seq != kcase.created_seq) {
         uint8_t key [KIM_ID_MAX + 1 + 8];
         size_t size = strlen (kcase.id) + 1;
         memcpy (key, kcase.id, size);
@@ -503,7 +507,9 @@ kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_
     MDB_txn *txn = kim_store_txn (store);
     MDB_dbi dbi = kim_store_dbi (store, KIM_DB_CASE_SEQ);
     size_t prefix = strlen (case_id) + 1;
-    uint64_t seqs [256];
+    //  The index's entries, at most S_PURGE_PART a tick, and the message
+    //  that opened the case (not indexed) while its payload is there
+    uint64_t seqs [S_PURGE_PART + 1];
     size_t count = 0;
     MDB_cursor *cursor;
     int rc = mdb_cursor_open (txn, dbi, &cursor);
@@ -511,21 +517,33 @@ kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_
         return kim_store_error (store, rc, "lifecycle: reading a case's payload index");
     MDB_val key = { prefix, (void *) case_id }, value;
     for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
-         rc == 0 && count < sizeof seqs / sizeof seqs [0];
+         rc == 0 && count < S_PURGE_PART;
          rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
         if (key.mv_size != prefix + 8 || memcmp (key.mv_data, case_id, prefix) != 0)
             break;
-        const uint8_t *bytes = (const uint8_t *) key.mv_data + prefix;
-        uint64_t seq = 0;
-        for (int i = 0; i < 8; i++)
-            seq = (seq << 8) | bytes [i];
-        seqs [count++] = seq;
+        seqs [count++] = kim_log_get_be64 ((const uint8_t *) key.mv_data + prefix);
     }
     mdb_cursor_close (cursor);
-    if (rc && rc != MDB_NOTFOUND && count < sizeof seqs / sizeof seqs [0])
+    if (rc && rc != MDB_NOTFOUND && count < S_PURGE_PART)
         return kim_store_error (store, rc, "lifecycle: reading a case's payload index");
-    rc = 0;
-    char json [256 * 22 + 256];
+    bool more = count == S_PURGE_PART;
+    size_t indexed = count;
+    kim_case_t kcase;
+    rc = kim_lc_case_read (self, store, case_id, &kcase);
+    if (rc && rc != -KIM_E_NOT_FOUND)
+        return rc;
+    //  (A store from before this indexed the opening message too.)
+    bool listed = false;
+    for (size_t i = 0; rc == 0 && i < indexed; i++)
+        listed = listed || seqs [i] == kcase.created_seq;
+    if (rc == 0 && kcase.created_seq && !listed) {
+        rc = kim_store_payload_exists (store, kcase.created_seq);
+        if (rc == 1)
+            seqs [count++] = kcase.created_seq;
+        rc = rc < 0? rc: 0;
+    }
+    rc = rc == -KIM_E_NOT_FOUND? 0: rc;
+    char json [(S_PURGE_PART + 1) * 22 + 256];
     size_t used = (size_t) snprintf (json, sizeof json,
                                      "{\"case_id\":\"%s\",\"reason\":\"%s\","
                                      "\"retention_s\":%" PRIu64 ",\"seqs\":[",
@@ -533,13 +551,15 @@ kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_
                                      (idle? self->idle_ms: self->payload_ms) / 1000);
     for (size_t i = 0; rc == 0 && i < count; i++) {
         rc = kim_store_payload_del (store, seqs [i]);
-        uint8_t index_key [KIM_ID_MAX + 1 + 8];
-        memcpy (index_key, case_id, prefix);
-        for (int b = 0; b < 8; b++)
-            index_key [prefix + b] = (uint8_t) (seqs [i] >> (56 - 8 * b));
-        MDB_val k = { prefix + 8, index_key };
-        if (rc == 0 && (rc = kim_store_del (store, KIM_DB_CASE_SEQ, &k, NULL)) != 0)
-            rc = kim_store_error (store, rc, "lifecycle: removing a payload index entry");
+        if (rc == 0 && i < indexed) {
+            uint8_t index_key [KIM_ID_MAX + 1 + 8];
+            memcpy (index_key, case_id, prefix);
+            kim_log_put_be64 (index_key + prefix, seqs [i]);
+            MDB_val k = { prefix + 8, index_key };
+            rc = kim_store_del (store, KIM_DB_CASE_SEQ, &k, NULL);
+            if (rc)
+                rc = kim_store_error (store, rc, "lifecycle: removing a payload index entry");
+        }
         used += (size_t) snprintf (json + used, sizeof json - used, "%s%" PRIu64, i? ",": "",
                                    seqs [i]);
     }
@@ -555,7 +575,7 @@ kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_
                    idle? "idle": "closed", case_id, idle? "inactivity": "retention");
     }
     //  A very large case continues in the next tick.
-    if (rc == 0 && count == sizeof seqs / sizeof seqs [0])
+    if (rc == 0 && more)
         rc = kim_lc_timer_put (store, kim_ctx_now (ctx), case_id, kind);
     return rc;
 }

@@ -32,12 +32,14 @@ kim_lc_put (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
 int
 kim_lc_timer_put (kim_store_t *store, uint64_t due, const char *id, uint8_t kind)
 {
-    uint8_t key [8 + KIM_ID_MAX];
-    for (int i = 0; i < 8; i++)
-        key [i] = (uint8_t) (due >> (56 - 8 * i));
-    size_t size = strlen (id);
-    memcpy (key + 8, id, size);
-    return kim_lc_put (store, KIM_DB_TIMER, key, 8 + size, &kind, 1, "lifecycle: storing a timer");
+    //  The timers of a batch due at the same moment share one entry
+    uint8_t group [9];
+    kim_log_put_be64 (group, due);
+    group [8] = kind;
+    int rc = kim_store_group_add (store, KIM_DB_TIMER, group, sizeof group, id, strlen (id));
+    if (rc)
+        zsys_error ("lifecycle: storing a timer: %s", kim_strerror (rc));
+    return rc;
 }
 
 int

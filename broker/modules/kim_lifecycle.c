@@ -542,6 +542,9 @@ s_acked (void *state, kim_ctx_t *ctx, const kim_org_t *org, uint64_t seq, const 
 
 #define S_TIMERS_PER_TICK 64
 
+_Static_assert (KIM_STORE_GROUP_PART <= S_TIMERS_PER_TICK,
+                "a group of timers fits into one tick");
+
 typedef struct {
     uint8_t kind;
     char id [KIM_ID_MAX + 1];
@@ -619,26 +622,51 @@ s_tick (void *state, kim_ctx_t *ctx)
     for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST);
          rc == 0 && count < S_TIMERS_PER_TICK;
          rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
-        if (key.mv_size < 8 || key.mv_size > 8 + KIM_ID_MAX || value.mv_size != 1)
+        if (key.mv_size < 9 || key.mv_size > 8 + KIM_ID_MAX)
             continue;           //  not ours to judge; never fires
         const uint8_t *bytes = (const uint8_t *) key.mv_data;
-        uint64_t when = 0;
-        for (int i = 0; i < 8; i++)
-            when = (when << 8) | bytes [i];
+        uint64_t when = kim_log_get_be64 (bytes);
         if (when > now)
             break;
-        s_due_t *entry = &due [count++];
-        entry->kind = *(const uint8_t *) value.mv_data;
-        entry->key_size = key.mv_size;
-        memcpy (entry->key, key.mv_data, key.mv_size);
-        memcpy (entry->id, bytes + 8, key.mv_size - 8);
-        entry->id [key.mv_size - 8] = 0;
+        if (value.mv_size == 1) {
+            //  One timer, as stores kept them before groups: due | id
+            s_due_t *entry = &due [count++];
+            entry->kind = *(const uint8_t *) value.mv_data;
+            entry->key_size = key.mv_size;
+            memcpy (entry->key, key.mv_data, key.mv_size);
+            memcpy (entry->id, bytes + 8, key.mv_size - 8);
+            entry->id [key.mv_size - 8] = 0;
+            continue;
+        }
+        //  A group: due | kind | batch | part, one id a member. It fires
+        //  whole, in this tick or (if it does not fit) in the next.
+        size_t members = 0, at = 0, size;
+        while (kim_store_group_next (&value, &at, &size))
+            members++;
+        if (members == 0 || key.mv_size != 9 + 10)
+            continue;
+        if (count + members > S_TIMERS_PER_TICK)
+            break;
+        at = 0;
+        const uint8_t *member;
+        while ((member = kim_store_group_next (&value, &at, &size))) {
+            s_due_t *entry = &due [count];
+            if (size > KIM_ID_MAX)
+                continue;
+            entry->kind = bytes [8];
+            entry->key_size = key.mv_size;
+            memcpy (entry->key, key.mv_data, key.mv_size);
+            memcpy (entry->id, member, size);
+            entry->id [size] = 0;
+            count++;
+        }
     }
     mdb_cursor_close (cursor);
     if (rc && rc != MDB_NOTFOUND)
         return kim_store_error (store, rc, "lifecycle: reading the timers");
     rc = 0;
     for (size_t i = 0; rc == 0 && i < count; i++) {
+        //  The members of a group share its key: the first removes it
         MDB_val k = { due [i].key_size, due [i].key };
         rc = kim_store_del (store, KIM_DB_TIMER, &k, NULL);
         rc = rc && rc != MDB_NOTFOUND? kim_store_error (store, rc, "lifecycle: removing a timer"): 0;

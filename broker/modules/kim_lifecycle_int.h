@@ -47,7 +47,7 @@ typedef enum {
 #undef KIM_X_ENUM
 } kim_referral_state_t;
 
-//  Timer kinds (KIM_DB_TIMER value).
+//  Timer kinds (kim_lc_timer_put).
 #define S_TIMER_DEADLINE    1       //  key id: a referral; SENT/DELIVERED -> OVERDUE
 #define S_TIMER_EXPIRY      2       //  key id: a referral; OVERDUE -> EXPIRED
 #define S_TIMER_PURGE       3       //  key id: a closed case; purge its payloads
@@ -117,6 +117,11 @@ typedef struct {
 int
     kim_lc_put (kim_store_t *store, kim_db_t db, const void *key, size_t key_size,
                 const void *value, size_t value_size, const char *what);
+//  A timer of `kind` for `id` (a referral or a case), due at `due` (ms).
+//  Timers are store groups (kim_store_group_add): the group is due (u64
+//  BE) | kind, each member an id, so a batch's timers due at the same
+//  moment take one entry. Stores from before hold an entry per timer: key
+//  due | id, value the kind (one byte); both are read.
 int
     kim_lc_timer_put (kim_store_t *store, uint64_t due, const char *id, uint8_t kind);
 //  Reads the value under `id` in `db` and decodes it `into` a struct: 0,
