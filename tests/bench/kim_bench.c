@@ -39,7 +39,8 @@ s_usage (void)
     fprintf (stderr,
         "usage: kim-bench [--workload W1|W2|W3|RSS|all] [--smoke] [--json] [--ipc] [--sealed]\n"
         "                 [--answer] [--prefill N]\n"
-        "                 [--no-ceilings] [--no-drain] [--messages N] [--producers N]\n"
+        "                 [--no-ceilings] [--no-drain] [--no-counters] [--messages N]\n"
+        "                 [--producers N]\n"
         "                 [--fill N] [--repeat N] [--set broker/KEY=VALUE | store/KEY=VALUE ...]\n"
         "  W1  durable directed delivery: 4 producers x 25,000 x 1 KiB, window 256, 1 consumer\n"
         "  W2  latency: 1 producer at 1,000 msgs/s for 5 s, durable, 1 consumer\n"
@@ -51,6 +52,8 @@ s_usage (void)
         "            (64 bytes, delivered and acked): what the store's size costs\n"
         "  --answer  the consumer answers every REFERRAL with an ACCEPT (a closed loop:\n"
         "            REFERRAL, delivery, ack, ACCEPT, its receipt; the producers' mail waits)\n"
+        "  --no-counters  leave the broker's metrics endpoint off (no LMDB writes a\n"
+        "            message): for profilers, since the endpoint renders in the broker\n"
         "  --repeat N  run each workload (and the ceilings) N times, at most 20, in rounds\n"
         "            (ceilings, W1, W2, W3, RSS; again...), then print their medians\n"
         "  KIM_BROKER names the broker binary; KIM_CEILING_ZMQ/_CURVE/_LMDB the ceiling\n"
@@ -98,7 +101,7 @@ int
 main (int argc, char *argv [])
 {
     options_t opt = {
-        .workload = "all", .tcp = true, .ceilings = true, .drain = true,
+        .workload = "all", .tcp = true, .ceilings = true, .drain = true, .counters = true,
         .producers = 4, .messages = 25000, .payload = 1024,
         .send_window = 256, .recv_window = 1024,
         .w2_rate = 1000, .w2_seconds = 5,
@@ -139,6 +142,9 @@ main (int argc, char *argv [])
         else
         if (kim_bench_streq (arg, "--no-drain"))
             opt.drain = false;
+        else
+        if (kim_bench_streq (arg, "--no-counters"))
+            opt.counters = false;
         else
         if (kim_bench_streq (arg, "--messages") && s_parse_u32 (next, &opt.messages)) {
             messages_set = true;

@@ -62,6 +62,7 @@ typedef struct {
     uint32_t prefill;           //  W1 and W2 run on a store that holds this many REFERRALs
     bool ceilings;              //  run the ceiling tools if built
     bool drain;                 //  drain the RSS mailbox afterwards
+    bool counters;              //  the broker's metrics endpoint on, its writes read
     uint32_t producers;         //  W1/W3/RSS producers
     uint32_t messages;          //  W1/W3 messages per producer
     uint32_t payload;           //  W1/W3/W2 payload bytes
@@ -258,10 +259,10 @@ typedef struct {
 } kim_bench_counters_t;
 
 //  The config lines that turn the broker's metrics endpoint on at a free
-//  port (into `lines`, "" in a build without the endpoint); the port goes
-//  to *port (0 without).
+//  port (into `lines`; "" when `on` is false and in a build without the
+//  endpoint); the port goes to *port (0 without).
 void
-    kim_bench_counters_config (char *lines, size_t size, int *port);
+    kim_bench_counters_config (bool on, char *lines, size_t size, int *port);
 
 //  Reads the counters before a workload.
 void

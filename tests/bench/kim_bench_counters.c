@@ -24,18 +24,22 @@
 #include "kim_testhttp.h"
 
 void
-kim_bench_counters_config (char *lines, size_t size, int *port)
+kim_bench_counters_config (bool on, char *lines, size_t size, int *port)
 {
     lines [0] = 0;
     *port = 0;
 #ifdef KIM_BENCH_METRICS
-    int free_port = kim_testbroker_free_port ();
+    int free_port = on? kim_testbroker_free_port (): 0;
     if (free_port > 0) {
+        //  Rendered once a second (in the broker's loop, so not more often:
+        //  it is work the broker would not do otherwise), and the referral
+        //  count by state, a pass over the whole tree, only at the start
         snprintf (lines, size, "metrics\n    enabled = 1\n    port = %d\n"
-                  "    interval_ms = 100\n", free_port);
+                  "    interval_ms = 1000\n    referral_interval_s = 86400\n", free_port);
         *port = free_port;
     }
 #else
+    (void) on;
     (void) size;
 #endif
 }
@@ -115,7 +119,7 @@ kim_bench_counters_end (kim_bench_counters_t *self, uint64_t receipted, uint64_t
     }
     if (!self->scraped)
         return;
-    //  The endpoint renders its figures every 100 ms: wait until they
+    //  The endpoint renders its figures every second: wait until they
     //  show the whole workload, acks included.
     kim_bench_counters_t after;
     memset (&after, 0, sizeof after);
@@ -127,7 +131,7 @@ kim_bench_counters_end (kim_bench_counters_t *self, uint64_t receipted, uint64_t
              && after.receipted - self->receipted >= (double) receipted
              && after.acked - self->acked >= (double) acked;
         if (!whole)
-            kim_bench_sleep_ms (50);
+            kim_bench_sleep_ms (100);
     }
     if (!whole || after.tree_count != self->tree_count)
         return;

@@ -81,7 +81,7 @@ s_broker_start (const options_t *opt, bool sync, const char *name, int *metrics_
     //  The harness writes `extra` right after the broker section's keys and
     //  before "orgs", so a store section can follow the broker lines.
     char metrics [256];
-    kim_bench_counters_config (metrics, sizeof metrics, metrics_port);
+    kim_bench_counters_config (opt->counters, metrics, sizeof metrics, metrics_port);
     char extra [2048];
     snprintf (extra, sizeof extra, "%s%s%s%s%s", opt->broker_extra,
               (!sync || opt->store_extra [0])? "store\n": "",
