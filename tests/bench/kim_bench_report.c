@@ -53,7 +53,7 @@ s_print_writes (const result_t *r)
     const char *comma = "";
     for (size_t tree = 0; tree < r->tree_count; tree++)
         if (r->tree_puts [tree] > 0) {
-            printf ("%s\"%s\":%.2f", comma, r->tree_name [tree], r->tree_puts [tree] / messages);
+            printf ("%s\"%s\":%.3f", comma, r->tree_name [tree], r->tree_puts [tree] / messages);
             comma = ",";
         }
     printf ("}");
@@ -307,7 +307,7 @@ kim_bench_print_table (const options_t *opt, const result_t results [],
                     "        puts by tree:", s_writes_total (r, false) / messages,
                     s_writes_total (r, true) / messages, (unsigned long long) r->commits);
             for (size_t tree = 0; tree < r->tree_count; tree++)
-                if (r->tree_puts [tree] > 0)
+                if (r->tree_puts [tree] / messages >= 0.005)
                     printf (" %s %.2f", r->tree_name [tree], r->tree_puts [tree] / messages);
             printf ("\n");
         }
