@@ -170,16 +170,24 @@ s_pack_bool (s_pack_t *self, bool value)
     s_pack_head (self, value? 0xc3: 0xc2, 0, 0);
 }
 
+//  A str's or a bin's head: `tag8` with an 8-bit length, the next tag
+//  with 16 bits, the one after with 32.
+static void
+s_pack_length (s_pack_t *self, uint8_t tag8, size_t size)
+{
+    if (size <= 0xff)
+        s_pack_head (self, tag8, size, 1);
+    else
+    if (size <= 0xffff)
+        s_pack_head (self, (uint8_t) (tag8 + 1), size, 2);
+    else
+        s_pack_head (self, (uint8_t) (tag8 + 2), size, 4);
+}
+
 static void
 s_pack_bin (s_pack_t *self, const void *data, size_t size)
 {
-    if (size <= 0xff)
-        s_pack_head (self, 0xc4, size, 1);
-    else
-    if (size <= 0xffff)
-        s_pack_head (self, 0xc5, size, 2);
-    else
-        s_pack_head (self, 0xc6, size, 4);
+    s_pack_length (self, 0xc4, size);
     s_pack_bytes (self, data, size);
 }
 
@@ -195,13 +203,7 @@ s_pack_str (s_pack_t *self, const char *s, size_t len)
         }
         return;
     }
-    if (len <= 0xff)
-        s_pack_head (self, 0xd9, len, 1);
-    else
-    if (len <= 0xffff)
-        s_pack_head (self, 0xda, len, 2);
-    else
-        s_pack_head (self, 0xdb, len, 4);
+    s_pack_length (self, 0xd9, len);
     s_pack_bytes (self, s, len);
 }
 
