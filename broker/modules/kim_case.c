@@ -530,19 +530,21 @@ kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_
     size_t indexed = count;
     kim_case_t kcase;
     rc = kim_lc_case_read (self, store, case_id, &kcase);
-    if (rc && rc != -KIM_E_NOT_FOUND)
+    if (rc == -KIM_E_NOT_FOUND)
+        kcase.created_seq = 0;
+    else
+    if (rc)
         return rc;
     //  (A store from before this indexed the opening message too.)
     bool listed = false;
-    for (size_t i = 0; rc == 0 && i < indexed; i++)
+    for (size_t i = 0; i < indexed; i++)
         listed = listed || seqs [i] == kcase.created_seq;
-    if (rc == 0 && kcase.created_seq && !listed) {
-        rc = kim_store_payload_exists (store, kcase.created_seq);
-        if (rc == 1)
-            seqs [count++] = kcase.created_seq;
-        rc = rc < 0? rc: 0;
-    }
-    rc = rc == -KIM_E_NOT_FOUND? 0: rc;
+    rc = kcase.created_seq && !listed? kim_store_payload_exists (store, kcase.created_seq): 0;
+    if (rc < 0)
+        return rc;
+    if (rc == 1)
+        seqs [count++] = kcase.created_seq;
+    rc = 0;
     char json [(S_PURGE_PART + 1) * 22 + 256];
     size_t used = (size_t) snprintf (json, sizeof json,
                                      "{\"case_id\":\"%s\",\"reason\":\"%s\","

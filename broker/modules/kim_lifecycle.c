@@ -640,25 +640,24 @@ s_tick (void *state, kim_ctx_t *ctx)
         }
         //  A group: due | kind | batch | part, one id a member. It fires
         //  whole, in this tick or (if it does not fit) in the next.
-        size_t members = 0, at = 0, size;
-        while (kim_store_group_next (&value, &at, &size))
-            members++;
-        if (members == 0 || key.mv_size != 9 + 10)
+        if (key.mv_size != 9 + 10)
             continue;
-        if (count + members > S_TIMERS_PER_TICK)
-            break;
-        at = 0;
+        size_t first = count, at = 0, size;
         const uint8_t *member;
-        while ((member = kim_store_group_next (&value, &at, &size))) {
-            s_due_t *entry = &due [count];
+        while (count < S_TIMERS_PER_TICK
+        &&     (member = kim_store_group_next (&value, &at, &size))) {
             if (size > KIM_ID_MAX)
                 continue;
+            s_due_t *entry = &due [count++];
             entry->kind = bytes [8];
             entry->key_size = key.mv_size;
             memcpy (entry->key, key.mv_data, key.mv_size);
             memcpy (entry->id, member, size);
             entry->id [size] = 0;
-            count++;
+        }
+        if (member && count == S_TIMERS_PER_TICK && kim_store_group_next (&value, &at, &size)) {
+            count = first;      //  not whole: the next tick takes it
+            break;
         }
     }
     mdb_cursor_close (cursor);

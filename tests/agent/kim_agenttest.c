@@ -1,14 +1,12 @@
 /*  kim_agenttest.c — kim-agent processes and an HTTP client for tests. */
 #include <czmq.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "kim_agenttest.h"
+#include "kim_testhttp.h"
 
 static int
 s_write (const char *path, const char *text, mode_t mode)
@@ -163,53 +161,14 @@ s_exchange (int port, const char *request, size_t size, char **body)
 {
     if (body)
         *body = NULL;
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
+    char *answer;
+    int status = kim_testhttp_exchange (port, request, size, 10000, &answer);
+    if (!answer)
         return -1;
-    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons ((uint16_t) port) };
-    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    if (connect (fd, (struct sockaddr *) &addr, sizeof addr) != 0) {
-        close (fd);
-        return -1;
-    }
-    size_t sent = 0;
-    while (sent < size) {
-        ssize_t rc = send (fd, request + sent, size - sent, MSG_NOSIGNAL);
-        if (rc <= 0)
-            break;              //  the server may answer early and close
-        sent += (size_t) rc;
-    }
-    shutdown (fd, SHUT_WR);
-    size_t capacity = 4096, used = 0;
-    char *data = (char *) malloc (capacity);
-    int64_t deadline = zclock_mono () + 10000;
-    while (data && zclock_mono () < deadline) {
-        struct pollfd item = { fd, POLLIN, 0 };
-        if (poll (&item, 1, 200) <= 0)
-            continue;
-        if (used + 1024 > capacity) {
-            capacity *= 2;
-            char *grown = (char *) realloc (data, capacity);
-            if (!grown)
-                break;
-            data = grown;
-        }
-        ssize_t rc = recv (fd, data + used, capacity - used - 1, 0);
-        if (rc <= 0)
-            break;
-        used += (size_t) rc;
-    }
-    close (fd);
-    if (!data)
-        return -1;
-    data [used] = 0;
-    int status = -1;
-    if (sscanf (data, "HTTP/1.%*d %d", &status) != 1)
-        status = -1;
-    char *start = strstr (data, "\r\n\r\n");
+    char *start = strstr (answer, "\r\n\r\n");
     if (body && start)
         *body = strdup (start + 4);
-    free (data);
+    free (answer);
     return status;
 }
 

@@ -1,4 +1,4 @@
-/*  kim_testhttp.c — plain HTTP/1.0 requests and Prometheus samples (see
+/*  kim_testhttp.c — plain HTTP requests and Prometheus samples (see
     kim_testhttp.h).
 */
 #include <czmq.h>
@@ -10,50 +10,67 @@
 
 #include "kim_testhttp.h"
 
+int
+kim_testhttp_exchange (int port, const char *request, size_t size, int wait_ms, char **answer)
+{
+    *answer = NULL;
+    int fd = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons ((uint16_t) port) };
+    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
+    if (connect (fd, (struct sockaddr *) &addr, sizeof addr) != 0) {
+        close (fd);
+        return -1;
+    }
+    size_t sent = 0;
+    while (sent < size) {
+        ssize_t rc = send (fd, request + sent, size - sent, MSG_NOSIGNAL);
+        if (rc <= 0)
+            break;              //  the server may answer early and close
+        sent += (size_t) rc;
+    }
+    shutdown (fd, SHUT_WR);
+    size_t capacity = 1 << 16, used = 0;
+    char *data = (char *) malloc (capacity);
+    int64_t deadline = zclock_mono () + wait_ms;
+    while (data && zclock_mono () < deadline) {
+        struct pollfd item = { fd, POLLIN, 0 };
+        if (poll (&item, 1, 200) <= 0)
+            continue;
+        if (used + 4096 > capacity) {
+            char *grown = (char *) realloc (data, capacity * 2);
+            if (!grown)
+                break;
+            data = grown;
+            capacity *= 2;
+        }
+        ssize_t rc = recv (fd, data + used, capacity - used - 1, 0);
+        if (rc <= 0)
+            break;
+        used += (size_t) rc;
+    }
+    close (fd);
+    if (!data)
+        return -1;
+    data [used] = 0;
+    int status = -1;
+    if (sscanf (data, "HTTP/1.%*d %d", &status) != 1)
+        status = -1;
+    *answer = data;
+    return status;
+}
+
 char *
 kim_testhttp_request (int port, const char *method, const char *path)
 {
-    int fd = socket (AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return NULL;
-    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons ((uint16_t) port) };
-    inet_pton (AF_INET, "127.0.0.1", &addr.sin_addr);
-    if (connect (fd, (struct sockaddr *) &addr, sizeof addr)) {
-        close (fd);
-        return NULL;
-    }
     char request [256];
     int size = snprintf (request, sizeof request, "%s %s HTTP/1.0\r\nHost: localhost\r\n\r\n",
                          method, path);
-    if (size < 0 || size >= (int) sizeof request || write (fd, request, (size_t) size) != size) {
-        close (fd);
+    if (size < 0 || size >= (int) sizeof request)
         return NULL;
-    }
-    size_t capacity = 1 << 16, used = 0;
-    char *answer = (char *) malloc (capacity);
-    int64_t deadline = zclock_mono () + 10000;
-    while (answer && zclock_mono () < deadline) {
-        struct pollfd item = { fd, POLLIN, 0 };
-        if (poll (&item, 1, 1000) <= 0)
-            continue;
-        if (used + 1 == capacity) {
-            char *bigger = (char *) realloc (answer, capacity * 2);
-            if (!bigger) {
-                free (answer);
-                answer = NULL;
-                break;
-            }
-            answer = bigger;
-            capacity *= 2;
-        }
-        ssize_t got = read (fd, answer + used, capacity - used - 1);
-        if (got <= 0)
-            break;
-        used += (size_t) got;
-    }
-    close (fd);
-    if (answer)
-        answer [used] = 0;
+    char *answer;
+    kim_testhttp_exchange (port, request, (size_t) size, 10000, &answer);
     return answer;
 }
 

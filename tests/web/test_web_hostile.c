@@ -9,13 +9,11 @@
     time, and `kim-agent --add-user` refuses bad input.
 */
 #include <czmq.h>
-#include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 
 #include "kim_agenttest.h"
+#include "kim_testhttp.h"
 
 #define S_PASSWORD "correct horse battery"
 
@@ -24,51 +22,7 @@
 static int
 s_raw (int port, const char *request, char **answer)
 {
-    *answer = NULL;
-    int fd = socket (AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in addr = { .sin_family = AF_INET, .sin_port = htons ((uint16_t) port) };
-    addr.sin_addr.s_addr = htonl (INADDR_LOOPBACK);
-    if (fd < 0 || connect (fd, (struct sockaddr *) &addr, sizeof addr) != 0) {
-        if (fd >= 0)
-            close (fd);
-        return -1;
-    }
-    size_t size = strlen (request), sent = 0;
-    while (sent < size) {
-        ssize_t rc = send (fd, request + sent, size - sent, MSG_NOSIGNAL);
-        if (rc <= 0)
-            break;
-        sent += (size_t) rc;
-    }
-    shutdown (fd, SHUT_WR);
-    size_t capacity = 65536, used = 0;
-    char *data = (char *) malloc (capacity);
-    int64_t deadline = zclock_mono () + 20000;
-    while (data && zclock_mono () < deadline) {
-        struct pollfd item = { fd, POLLIN, 0 };
-        if (poll (&item, 1, 200) <= 0)
-            continue;
-        if (used + 4096 > capacity) {
-            capacity *= 2;
-            char *grown = (char *) realloc (data, capacity);
-            if (!grown)
-                break;
-            data = grown;
-        }
-        ssize_t rc = recv (fd, data + used, capacity - used - 1, 0);
-        if (rc <= 0)
-            break;
-        used += (size_t) rc;
-    }
-    close (fd);
-    if (!data)
-        return -1;
-    data [used] = 0;
-    int status = -1;
-    if (sscanf (data, "HTTP/1.%*d %d", &status) != 1)
-        status = -1;
-    *answer = data;
-    return status;
+    return kim_testhttp_exchange (port, request, strlen (request), 20000, answer);
 }
 
 //  A GET or a form POST with optional cookie and extra header lines.
