@@ -342,13 +342,18 @@ s_pack_field (s_pack_t *self, const s_field_t *f, const void *base)
 }
 
 static void
-s_pack_msg (s_pack_t *self, const kim_msg_t *msg)
+s_pack_msg_fields (s_pack_t *self, const kim_msg_t *msg, uint64_t mask)
 {
-    uint64_t mask = kim_msgi_msg_presence (msg);
     s_pack_map (self, (size_t) __builtin_popcountll (mask));
     for (size_t i = 0; i < S_COUNT (kim_msgi_hdr_fields); i++)
         if (mask & (1ull << i))
             s_pack_field (self, &kim_msgi_hdr_fields [i], msg);
+}
+
+static void
+s_pack_msg (s_pack_t *self, const kim_msg_t *msg)
+{
+    s_pack_msg_fields (self, msg, kim_msgi_msg_presence (msg));
 }
 
 static int
@@ -370,13 +375,17 @@ kim_msg_encode (const kim_msg_t *self, kim_buf_t *out)
 {
     if (!self || !out)
         return -KIM_E_ARGS;
+    //  One look at which fields are present serves the check and the packing
+    //  (kim_msgi_msg_check_fields would take its own).
+    uint64_t mask = kim_msgi_msg_presence (self);
     kim_decode_error_t err;
-    if (kim_msgi_msg_check_fields (self, "", &err))
-        return -err.code;
+    for (size_t i = 0; i < S_COUNT (kim_msgi_hdr_fields); i++)
+        if ((mask & (1ull << i)) && kim_msgi_check_field (&kim_msgi_hdr_fields [i], self, "", &err))
+            return -err.code;
     size_t start = out->size;
     s_pack_t pack;
     s_pack_init (&pack, out);
-    s_pack_msg (&pack, self);
+    s_pack_msg_fields (&pack, self, mask);
     return s_pack_finish (&pack, start);
 }
 

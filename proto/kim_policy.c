@@ -649,6 +649,13 @@ static int
 s_verdict (kim_policy_decision_t *decision, const s_rule_t *rule, int code, kim_buf_t *explain,
            const char *format, ...)
 {
+    decision->code = code;
+    //  An allowance nobody asks to explain is the broker's hot path: its
+    //  text would be written for no reader (kim_policy.h, text).
+    if (code == 0 && !explain) {
+        decision->text [0] = 0;
+        return 0;
+    }
     char detail [KIM_TEXT_MAX + 1];
     va_list args;
     va_start (args, format);
@@ -661,7 +668,6 @@ s_verdict (kim_policy_decision_t *decision, const s_rule_t *rule, int code, kim_
                     : rule->basis == S_UNCHECKED? "unchecked"
                     : rule->basis == (S_STATUTE | S_CONSENT)? "statute or consent"
                     : rule->basis == S_STATUTE? "statute": "consent";
-    decision->code = code;
     //  Long details may cut the law short; the DECISION record keeps it whole.
     if (snprintf (decision->text, sizeof decision->text, "rule %s (%s -> %s, %s): %s [%s]",
                   rule->id, from, to, how, detail, rule->law) < 0)

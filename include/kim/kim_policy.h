@@ -83,7 +83,9 @@ typedef struct {
     char rule [KIM_RULE_MAX + 1];       //  the rule that decided, "default" for default deny
     char law [KIM_LAW_MAX + 1];         //  the rule's `law`
     char basis [KIM_CITATION_MAX + 16]; //  "statute: <citation>" / "consent: <id>" when allowed
-    char text [KIM_TEXT_MAX + 1];       //  one line naming rule, law and what is missing
+    //  One line naming rule, law and what is missing: for every denial, and
+    //  for an allowance when kim_policy_decide is asked to explain ("" else)
+    char text [KIM_TEXT_MAX + 1];
 } kim_policy_decision_t;
 
 //  Loads and compiles a policy file / ZPL text. Returns NULL with `error`
