@@ -34,6 +34,7 @@
 #define KIM_BENCH_H_INCLUDED
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -104,6 +105,11 @@ typedef struct {
     bool has_machine;
     double machine_cpu_s;
     double machine_idle;
+    //  The disk under the store meanwhile (every writer's): bytes written
+    //  and cache flushes
+    bool has_disk;
+    double disk_bytes;
+    double disk_flushes;
     //  The broker's LMDB writes meanwhile, per tree, in the order and with
     //  the names its metrics give them (the key store as "keys")
     bool has_writes;
@@ -256,6 +262,9 @@ typedef struct {
     double tree_dels [KIM_BENCH_TREES];
     bool have_cpu;
     unsigned long long busy, total;
+    bool have_disk;
+    char disk_path [PATH_MAX + 16];     //  its block device's stat file
+    unsigned long long sectors, flushes;
 } kim_bench_counters_t;
 
 //  The config lines that turn the broker's metrics endpoint on at a free
@@ -264,14 +273,15 @@ typedef struct {
 void
     kim_bench_counters_config (bool on, char *lines, size_t size, int *port);
 
-//  Reads the counters before a workload.
+//  Reads the counters before a workload on the broker whose folder is
+//  `store_dir`.
 void
-    kim_bench_counters_begin (kim_bench_counters_t *self, int port);
+    kim_bench_counters_begin (kim_bench_counters_t *self, int port, const char *store_dir);
 
 //  Reads them again once the broker has counted `receipted` more RECEIPTs
 //  and `acked` more acks (or after 5 s), and puts the differences into
-//  result: the machine's CPU and idle share, the broker's writes and
-//  commits. A broker that serves no write counters leaves has_writes off.
+//  result: the machine's CPU and idle share, the disk's writes and
+//  flushes, the broker's writes and commits. A broker that serves no write counters leaves has_writes off.
 void
     kim_bench_counters_end (kim_bench_counters_t *self, uint64_t receipted, uint64_t acked,
                             result_t *result);

@@ -14,10 +14,19 @@
     kernel included, against what the machine has: a workload that leaves
     no CPU idle is bound by the machine, one that leaves some is bound by
     one of its threads.
+
+    The disk under the store (its block device's counters in /sys/dev/block,
+    the whole disk when the store sits on a partition) tells what reached
+    it: bytes written and cache flushes, by every writer of that disk. What
+    the store grew by is not what the disk took: LMDB rewrites the pages it
+    touches, and every commit's flush has its fixed cost.
 */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "kim_bench.h"
@@ -62,6 +71,49 @@ s_cpu_ticks (unsigned long long *busy, unsigned long long *total)
     return 0;
 }
 
+//  The statistics file of the disk that holds `dir` into `path`: the whole
+//  disk's when `dir` is on one of its partitions. Returns 0, or -1 when
+//  the folder is on no block device (tmpfs, overlay).
+static int
+s_disk_stat_path (const char *dir, char *path, size_t size)
+{
+    struct stat st;
+    char link [64], device [PATH_MAX], probe [PATH_MAX + 16];
+    if (stat (dir, &st))
+        return -1;
+    snprintf (link, sizeof link, "/sys/dev/block/%u:%u", major (st.st_dev), minor (st.st_dev));
+    if (!realpath (link, device))
+        return -1;
+    snprintf (probe, sizeof probe, "%s/partition", device);
+    if (access (probe, F_OK) == 0) {
+        char *slash = strrchr (device, '/');
+        if (!slash)
+            return -1;
+        *slash = 0;             //  a partition's folder sits in its disk's
+    }
+    return snprintf (path, size, "%s/stat", device) < (int) size? 0: -1;
+}
+
+//  The disk's sectors written and flushes done so far (Documentation/
+//  block/stat.rst: fields 7 and 16). Returns 0 or -1.
+static int
+s_disk_counts (const char *path, unsigned long long *sectors, unsigned long long *flushes)
+{
+    FILE *file = fopen (path, "r");
+    if (!file)
+        return -1;
+    unsigned long long field [17];
+    int fields = 0;
+    while (fields < 17 && fscanf (file, "%llu", &field [fields]) == 1)
+        fields++;
+    fclose (file);
+    if (fields < 17)
+        return -1;              //  a kernel without flush counts (before 5.5)
+    *sectors = field [6];
+    *flushes = field [15];
+    return 0;
+}
+
 //  The broker's counters into self: 0, or -1 when the endpoint does not
 //  answer or serves no write counters.
 static int
@@ -98,12 +150,14 @@ s_scrape (kim_bench_counters_t *self)
 }
 
 void
-kim_bench_counters_begin (kim_bench_counters_t *self, int port)
+kim_bench_counters_begin (kim_bench_counters_t *self, int port, const char *store_dir)
 {
     memset (self, 0, sizeof *self);
     self->port = port;
     self->scraped = port > 0 && s_scrape (self) == 0;
     self->have_cpu = s_cpu_ticks (&self->busy, &self->total) == 0;
+    self->have_disk = s_disk_stat_path (store_dir, self->disk_path, sizeof self->disk_path) == 0
+                   && s_disk_counts (self->disk_path, &self->sectors, &self->flushes) == 0;
 }
 
 void
@@ -116,6 +170,12 @@ kim_bench_counters_end (kim_bench_counters_t *self, uint64_t receipted, uint64_t
         result->machine_cpu_s = (double) (busy - self->busy) / (double) sysconf (_SC_CLK_TCK);
         result->machine_idle = 1.0 - (double) (busy - self->busy)
                                    / (double) (total - self->total);
+    }
+    unsigned long long sectors, flushes;
+    if (self->have_disk && s_disk_counts (self->disk_path, &sectors, &flushes) == 0) {
+        result->has_disk = true;
+        result->disk_bytes = (double) (sectors - self->sectors) * 512;
+        result->disk_flushes = (double) (flushes - self->flushes);
     }
     if (!self->scraped)
         return;

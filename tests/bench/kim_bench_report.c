@@ -116,6 +116,9 @@ kim_bench_print_json (const options_t *opt, const result_t *r, const ceilings_t 
         printf (",\"machine_cpu_s\":%.2f,\"machine_cpu_us_per_msg\":%.1f,"
                 "\"machine_idle_share\":%.3f", r->machine_cpu_s,
                 r->machine_cpu_s * 1e6 / (double) r->messages, r->machine_idle);
+    if (r->has_disk && r->messages)
+        printf (",\"disk_bytes_written_per_msg\":%.0f,\"disk_flushes_per_msg\":%.3f",
+                r->disk_bytes / (double) r->messages, r->disk_flushes / (double) r->messages);
     if (r->has_writes && r->messages)
         s_print_writes (r);
     if (kim_bench_streq (r->name, "W1") && ceil->zmq_ran && r->acked_per_s > 0)
@@ -301,6 +304,10 @@ kim_bench_print_table (const options_t *opt, const result_t results [],
             printf ("      the whole machine: %.1f µs of CPU a message (all processes, all "
                     "CPUs), %.0f %% of its CPU time idle\n",
                     r->machine_cpu_s * 1e6 / (double) r->messages, r->machine_idle * 100);
+        if (r->has_disk && r->messages)
+            printf ("      the store's disk: %.0f bytes written a message, %.3f flushes a "
+                    "message (every writer of that disk)\n",
+                    r->disk_bytes / (double) r->messages, r->disk_flushes / (double) r->messages);
         if (r->has_writes && r->messages) {
             double messages = (double) r->messages;
             printf ("      LMDB writes a message: %.2f puts, %.2f deletes; %llu commits\n"

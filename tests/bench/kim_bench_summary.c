@@ -108,6 +108,8 @@ kim_bench_summarise (const result_t results [], size_t count, summary_t *self)
         }
         S_SUMMARISE_FIGURE (machine_cpu_s);
         S_SUMMARISE_FIGURE (machine_idle);
+        S_SUMMARISE_FIGURE (disk_bytes);
+        S_SUMMARISE_FIGURE (disk_flushes);
         S_SUMMARISE_COUNT (commits);
         //  Every run's broker names the same trees in the same order
         for (size_t tree = 0; tree < self->median.tree_count; tree++) {

@@ -176,7 +176,7 @@ s_flow (const options_t *opt, const char *name, bool sync, uint32_t producers,
     run->with_consumer = true;
     run->rate = rate;
     kim_bench_counters_t counters;
-    kim_bench_counters_begin (&counters, metrics_port);
+    kim_bench_counters_begin (&counters, metrics_port, kim_testbroker_dir (broker));
     double broker_cpu = s_proc_cpu (kim_testbroker_pid (broker));
     double clients_cpu = s_proc_cpu (getpid ());
     int rc = kim_bench_run_go (run, NULL, NULL);
