@@ -99,6 +99,8 @@ typedef struct {
     uint64_t redeliveries;
     uint64_t reconnects;
     double cpu_broker_s;        //  CPU the broker process used (all threads)
+    double cpu_broker_main_s;   //  ... its main thread (the reactor)
+    double wall_s;              //  the time those were taken over
     double cpu_clients_s;       //  CPU this process (the clients) used meanwhile
     //  The whole machine meanwhile: CPU time of every process and the
     //  kernel, over all CPUs, and the share of CPU time left idle

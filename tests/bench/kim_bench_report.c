@@ -112,6 +112,10 @@ kim_bench_print_json (const options_t *opt, const result_t *r, const ceilings_t 
                 "\"store_bytes_per_msg\":%.0f", r->cpu_broker_s * 1e6 / (double) r->messages,
                 (unsigned long long) r->store_bytes,
                 (double) r->store_bytes / (double) r->messages);
+    if (r->messages && r->wall_s > 0)
+        printf (",\"cpu_broker_main_s\":%.2f,\"broker_main_cpu_us_per_msg\":%.1f,"
+                "\"broker_main_busy_share\":%.3f", r->cpu_broker_main_s,
+                r->cpu_broker_main_s * 1e6 / (double) r->messages, r->cpu_broker_main_s / r->wall_s);
     if (r->has_machine && r->messages)
         printf (",\"machine_cpu_s\":%.2f,\"machine_cpu_us_per_msg\":%.1f,"
                 "\"machine_idle_share\":%.3f", r->machine_cpu_s,
@@ -300,6 +304,11 @@ kim_bench_print_table (const options_t *opt, const result_t results [],
                 r->messages? r->cpu_broker_s * 1e6 / (double) r->messages: 0.0,
                 r->cpu_clients_s, (double) r->store_bytes / 1e6,
                 r->messages? (double) r->store_bytes / (double) r->messages: 0.0);
+        if (r->messages && r->wall_s > 0)
+            printf ("      the broker's main thread (reads, applies, commits): %.1f µs a message, "
+                    "on a CPU %.0f %% of the run\n",
+                    r->cpu_broker_main_s * 1e6 / (double) r->messages,
+                    100 * r->cpu_broker_main_s / r->wall_s);
         if (r->has_machine && r->messages)
             printf ("      the whole machine: %.1f µs of CPU a message (all processes, all "
                     "CPUs), %.0f %% of its CPU time idle\n",

@@ -92,6 +92,8 @@ kim_bench_summarise (const result_t results [], size_t count, summary_t *self)
         S_SUMMARISE_FIGURE (r_p99_us);
         S_SUMMARISE_FIGURE (r_max_us);
         S_SUMMARISE_FIGURE (cpu_broker_s);
+        S_SUMMARISE_FIGURE (cpu_broker_main_s);
+        S_SUMMARISE_FIGURE (wall_s);
         S_SUMMARISE_FIGURE (cpu_clients_s);
         S_SUMMARISE_FIGURE (drain_per_s);
         S_SUMMARISE_COUNT (rss_kb);

@@ -45,10 +45,9 @@ s_proc_kb (pid_t pid, const char *field)
 
 //  CPU seconds (user + system, all threads) a process has used so far.
 static double
-s_proc_cpu (pid_t pid)
+s_stat_cpu (const char *path)
 {
-    char path [64], line [1024];
-    snprintf (path, sizeof path, "/proc/%d/stat", (int) pid);
+    char line [1024];
     FILE *file = fopen (path, "r");
     if (!file)
         return 0;
@@ -64,6 +63,25 @@ s_proc_cpu (pid_t pid)
     }
     fclose (file);
     return seconds;
+}
+
+//  CPU seconds a process has used, all its threads
+static double
+s_proc_cpu (pid_t pid)
+{
+    char path [64];
+    snprintf (path, sizeof path, "/proc/%d/stat", (int) pid);
+    return s_stat_cpu (path);
+}
+
+//  CPU seconds a process's main thread has used: the broker's reactor,
+//  which reads, applies and commits every command
+static double
+s_main_thread_cpu (pid_t pid)
+{
+    char path [64];
+    snprintf (path, sizeof path, "/proc/%d/task/%d/stat", (int) pid, (int) pid);
+    return s_stat_cpu (path);
 }
 
 //  --------------------------------------------------------------------------
@@ -177,10 +195,15 @@ s_flow (const options_t *opt, const char *name, bool sync, uint32_t producers,
     run->rate = rate;
     kim_bench_counters_t counters;
     kim_bench_counters_begin (&counters, metrics_port, kim_testbroker_dir (broker));
-    double broker_cpu = s_proc_cpu (kim_testbroker_pid (broker));
+    pid_t broker_pid = kim_testbroker_pid (broker);
+    double broker_cpu = s_proc_cpu (broker_pid);
+    double main_cpu = s_main_thread_cpu (broker_pid);
     double clients_cpu = s_proc_cpu (getpid ());
+    uint64_t started = kim_bench_now_ns ();
     int rc = kim_bench_run_go (run, NULL, NULL);
-    result->cpu_broker_s = s_proc_cpu (kim_testbroker_pid (broker)) - broker_cpu;
+    result->cpu_broker_s = s_proc_cpu (broker_pid) - broker_cpu;
+    result->cpu_broker_main_s = s_main_thread_cpu (broker_pid) - main_cpu;
+    result->wall_s = (double) (kim_bench_now_ns () - started) / 1e9;
     result->cpu_clients_s = s_proc_cpu (getpid ()) - clients_cpu;
     //  Every message receipted and acked (and with --answer its ACCEPT
     //  receipted too) before the writes are read
