@@ -283,7 +283,8 @@ void
 //  Reads them again once the broker has counted `receipted` more RECEIPTs
 //  and `acked` more acks (or after 5 s), and puts the differences into
 //  result: the machine's CPU and idle share, the disk's writes and
-//  flushes, the broker's writes and commits. A broker that serves no write counters leaves has_writes off.
+//  flushes, the broker's writes and commits. A broker that serves no write
+//  counters leaves has_writes off.
 void
     kim_bench_counters_end (kim_bench_counters_t *self, uint64_t receipted, uint64_t acked,
                             result_t *result);

@@ -43,7 +43,8 @@ s_proc_kb (pid_t pid, const char *field)
     return value;
 }
 
-//  CPU seconds (user + system, all threads) a process has used so far.
+//  CPU seconds (user + system) so far, from a process's stat file (all its
+//  threads) or a thread's.
 static double
 s_stat_cpu (const char *path)
 {
