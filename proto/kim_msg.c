@@ -481,9 +481,10 @@ kim_msgi_check_field (const s_field_t *f, const void *base, const char *prefix, 
             return 0;
         }
         case S_K_HDR: {
+            const kim_msg_t *msg = (const kim_msg_t *) v;
             char sub [KIM_PATH_MAX + 1];
             kim_msgi_join (sub, prefix, f->key);
-            return kim_msgi_msg_check_fields ((const kim_msg_t *) v, sub, err);
+            return kim_msgi_msg_check_fields (msg, kim_msgi_msg_presence (msg), sub, err);
         }
         case S_K_KEY: {
             size_t len = strnlen ((const char *) v, f->size);
@@ -510,13 +511,13 @@ kim_msgi_check_field (const s_field_t *f, const void *base, const char *prefix, 
 }
 
 int
-kim_msgi_msg_check_fields (const kim_msg_t *msg, const char *prefix, kim_decode_error_t *err)
+kim_msgi_msg_check_fields (const kim_msg_t *msg, uint64_t mask, const char *prefix,
+                           kim_decode_error_t *err)
 {
-    for (size_t i = 0; i < S_COUNT (kim_msgi_hdr_fields); i++) {
-        const s_field_t *f = &kim_msgi_hdr_fields [i];
-        if (kim_msgi_present (f, msg) && kim_msgi_check_field (f, msg, prefix, err))
+    for (size_t i = 0; i < S_COUNT (kim_msgi_hdr_fields); i++)
+        if ((mask & (1ull << i))
+        &&  kim_msgi_check_field (&kim_msgi_hdr_fields [i], msg, prefix, err))
             return -err->code;
-    }
     return 0;
 }
 
@@ -561,7 +562,7 @@ kim_msg_validate (const kim_msg_t *self, kim_decode_error_t *err)
     err->path [0] = 0;
     if (!self)
         return kim_msgi_fail (err, KIM_E_ARGS, "", NULL, -1);
-    if (kim_msgi_msg_check_fields (self, "", err))
+    if (kim_msgi_msg_check_fields (self, kim_msgi_msg_presence (self), "", err))
         return -err->code;
     return s_msg_rules (self, "", err);
 }

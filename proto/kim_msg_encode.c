@@ -376,12 +376,10 @@ kim_msg_encode (const kim_msg_t *self, kim_buf_t *out)
     if (!self || !out)
         return -KIM_E_ARGS;
     //  One look at which fields are present serves the check and the packing
-    //  (kim_msgi_msg_check_fields would take its own).
     uint64_t mask = kim_msgi_msg_presence (self);
     kim_decode_error_t err;
-    for (size_t i = 0; i < S_COUNT (kim_msgi_hdr_fields); i++)
-        if ((mask & (1ull << i)) && kim_msgi_check_field (&kim_msgi_hdr_fields [i], self, "", &err))
-            return -err.code;
+    if (kim_msgi_msg_check_fields (self, mask, "", &err))
+        return -err.code;
     size_t start = out->size;
     s_pack_t pack;
     s_pack_init (&pack, out);

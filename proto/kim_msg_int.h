@@ -277,9 +277,10 @@ uint64_t
 int
     kim_msgi_check_field (const s_field_t *f, const void *base, const char *prefix,
                           kim_decode_error_t *err);
-//  Every present field of a header.
+//  Every field of a header in `mask` (kim_msgi_msg_presence: the present ones).
 int
-    kim_msgi_msg_check_fields (const kim_msg_t *msg, const char *prefix, kim_decode_error_t *err);
+    kim_msgi_msg_check_fields (const kim_msg_t *msg, uint64_t mask, const char *prefix,
+                               kim_decode_error_t *err);
 //  sub = "prefix.key[index]", the prefix of a directory entry's fields.
 void
     kim_msgi_dir_prefix (char *sub, const char *prefix, const char *key, size_t index);
