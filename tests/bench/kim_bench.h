@@ -131,11 +131,18 @@ typedef struct {
 
 typedef struct {
     bool zmq_ran, curve_ran, batch_ran, lmdb_ran, lmdb1_ran;
+    bool durable_ran, w2_curve_ran, w2_durable_ran;
     double zmq_ack_rate, zmq_confirm_rate, zmq_p50_us, zmq_p99_us;
     double curve_ack_rate, curve_confirm_rate, curve_p50_us, curve_p99_us;   //  ZeroMQ + CURVE
     double batch_ack_rate;      //  ZeroMQ + CURVE, up to 64 messages a frame (version 2's packing)
     double lmdb_rate, lmdb_commit_us;       //  batch 256
     double lmdb1_rate, lmdb1_commit_us;     //  batch 1
+    //  The same forwarder storing each message as a durable broker with
+    //  kim's guarantees must (kim-ceiling-curve --durable): W1 shape, 64 a
+    //  frame; and W2's shape (one producer, paced) without and with it
+    double durable_ack_rate;
+    double w2_curve_p50_us, w2_curve_p99_us;
+    double w2_durable_p50_us, w2_durable_p99_us;
 } ceilings_t;
 
 //  Several runs of one workload (--repeat): the median of each figure over
@@ -150,6 +157,7 @@ typedef struct {
 //  which it ran.
 typedef struct {
     uint32_t zmq_runs, curve_runs, batch_runs, lmdb_runs, lmdb1_runs;
+    uint32_t durable_runs, w2_curve_runs, w2_durable_runs;
     ceilings_t median, min, max;
 } ceiling_summary_t;
 

@@ -2,7 +2,10 @@
     measured in the same run as the workloads: raw ZeroMQ forwarding in the
     W1 shape (kim-ceiling-zmq, from ../shared/bench), the same with
     CurveZMQ on every socket (kim-ceiling-curve, kim_ceiling_curve.c), and
-    raw LMDB appends (kim-ceiling-lmdb, from ../shared/bench).
+    raw LMDB appends (kim-ceiling-lmdb, from ../shared/bench). The CurveZMQ
+    forwarder runs again storing every message as a broker with kim's
+    guarantees must (--durable, kim_ceiling_store.c), in W1's shape and in
+    W2's: what those guarantees leave reachable here before kim's own work.
 
     Each tool runs as a child process, found beside kim-bench or named by
     KIM_CEILING_ZMQ, KIM_CEILING_CURVE or KIM_CEILING_LMDB, with every wait
@@ -131,8 +134,57 @@ s_run_tool (char *const argv [], int timeout_s, char *line, size_t size)
     return true;
 }
 
-void
-kim_bench_ceilings (const options_t *opt, ceilings_t *ceil)
+static void
+s_remove (const char *folder)
+{
+    char command [PATH_MAX + 16];
+    snprintf (command, sizeof command, "rm -rf '%s'", folder);
+    if (system (command) != 0)
+        fprintf (stderr, "ceiling: could not remove %s\n", folder);
+}
+
+//  Runs kim-ceiling-curve in W2's shape and takes its latencies.
+static bool
+s_run_w2 (char *const argv [], double *p50_us, double *p99_us)
+{
+    char line [4096];
+    return s_run_tool (argv, 90, line, sizeof line)
+        && s_json_number (line, "p50_us", p50_us)
+        && s_json_number (line, "p99_us", p99_us);
+}
+
+//  W2's shape, one producer paced as W2 and one consumer, through the
+//  ZeroMQ+CURVE forwarder: as it is (the first term of the W2 target), and
+//  storing each message as a durable broker with kim's guarantees must,
+//  which is what the target means by "one durable commit and nothing else".
+static void
+s_ceilings_w2 (const options_t *opt, char *path, ceilings_t *ceil)
+{
+    char messages [16], rate [16], payload [16];
+    snprintf (messages, sizeof messages, "%u", opt->w2_rate * opt->w2_seconds);
+    snprintf (rate, sizeof rate, "%u", opt->w2_rate);
+    snprintf (payload, sizeof payload, "%u", opt->payload);
+    char *argv [] = { path, "--producers", "1", "--messages", messages, "--rate", rate,
+                      "--payload", payload, "--limit", "60", NULL, NULL, NULL };
+    ceil->w2_curve_ran = s_run_w2 (argv, &ceil->w2_curve_p50_us, &ceil->w2_curve_p99_us);
+    if (!ceil->w2_curve_ran)
+        fprintf (stderr, "ceiling: ZeroMQ+CURVE run in W2's shape failed\n");
+    char folder [] = "/tmp/kim-ceiling-XXXXXX";
+    if (!mkdtemp (folder))
+        return;
+    char dir [sizeof folder + 16];
+    snprintf (dir, sizeof dir, "%s/store", folder);
+    argv [11] = "--durable";
+    argv [12] = dir;
+    ceil->w2_durable_ran = s_run_w2 (argv, &ceil->w2_durable_p50_us, &ceil->w2_durable_p99_us);
+    if (!ceil->w2_durable_ran)
+        fprintf (stderr, "ceiling: durable ZeroMQ+CURVE run in W2's shape failed\n");
+    s_remove (folder);
+}
+
+//  W1's shape: four producers flat out, one consumer.
+static void
+s_ceilings_w1 (const options_t *opt, ceilings_t *ceil)
 {
     char path [PATH_MAX], line [4096];
     if (s_tool_path ("kim-ceiling-zmq", path, sizeof path)) {
@@ -175,7 +227,7 @@ kim_bench_ceilings (const options_t *opt, ceilings_t *ceil)
         snprintf (payload, sizeof payload, "%u", opt->payload);
         char *curve_argv [] = { path, "--producers", producers, "--messages", messages,
                                 "--window", window, "--payload", payload, "--limit", "60",
-                                NULL, NULL, NULL };
+                                NULL, NULL, NULL, NULL, NULL };
         if (s_run_tool (curve_argv, 90, line, sizeof line)
         &&  s_json_number (line, "ack_rate", &ceil->curve_ack_rate)
         &&  ceil->curve_ack_rate > 0) {
@@ -197,6 +249,23 @@ kim_bench_ceilings (const options_t *opt, ceilings_t *ceil)
             ceil->batch_ran = true;
         else
             fprintf (stderr, "ceiling: ZeroMQ+CURVE run with 64 a frame failed\n");
+        //  And storing each message as a broker with kim's guarantees must
+        //  before it confirms and forwards it: the W1 that those guarantees
+        //  leave reachable on this machine, before kim's own work.
+        char folder [] = "/tmp/kim-ceiling-XXXXXX";
+        if (mkdtemp (folder)) {
+            char dir [sizeof folder + 16];
+            snprintf (dir, sizeof dir, "%s/store", folder);
+            curve_argv [13] = "--durable";
+            curve_argv [14] = dir;
+            if (s_run_tool (curve_argv, 90, line, sizeof line)
+            &&  s_json_number (line, "ack_rate", &ceil->durable_ack_rate)
+            &&  ceil->durable_ack_rate > 0)
+                ceil->durable_ran = true;
+            else
+                fprintf (stderr, "ceiling: durable ZeroMQ+CURVE run failed\n");
+            s_remove (folder);
+        }
     }
     else
         fprintf (stderr, "ceiling: kim-ceiling-curve not found beside kim-bench "
@@ -220,14 +289,24 @@ kim_bench_ceilings (const options_t *opt, ceilings_t *ceil)
                 ceil->lmdb1_ran = true;
                 s_json_number (line, "commit_us", &ceil->lmdb1_commit_us);
             }
-            char command [sizeof folder + 16];
-            snprintf (command, sizeof command, "rm -rf '%s'", folder);
-            if (system (command) != 0)
-                fprintf (stderr, "ceiling: could not remove %s\n", folder);
+            s_remove (folder);
         }
         if (!ceil->lmdb_ran)
             fprintf (stderr, "ceiling: LMDB run failed\n");
     }
     else
         fprintf (stderr, "ceiling: kim-ceiling-lmdb not built (needs ../shared/bench); skipped\n");
+}
+
+void
+kim_bench_ceilings (const options_t *opt, ceilings_t *ceil)
+{
+    //  W1 and W3 are held against W1's shape, W2 against its own.
+    bool all = kim_bench_streq (opt->workload, "all");
+    if (all || kim_bench_streq (opt->workload, "W1") || kim_bench_streq (opt->workload, "W3"))
+        s_ceilings_w1 (opt, ceil);
+    char path [PATH_MAX];
+    if ((all || kim_bench_streq (opt->workload, "W2"))
+    &&  s_tool_path ("kim-ceiling-curve", path, sizeof path))
+        s_ceilings_w2 (opt, path, ceil);
 }

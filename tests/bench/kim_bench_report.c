@@ -134,6 +134,16 @@ kim_bench_print_json (const options_t *opt, const result_t *r, const ceilings_t 
     if (kim_bench_streq (r->name, "W1") && ceil->batch_ran && r->acked_per_s > 0)
         printf (",\"zmq_curve64_ack_rate\":%.0f,\"zmq_curve64_ratio\":%.3f",
                 ceil->batch_ack_rate, r->acked_per_s / ceil->batch_ack_rate);
+    if (kim_bench_streq (r->name, "W1") && ceil->durable_ran && r->acked_per_s > 0)
+        printf (",\"durable_ack_rate\":%.0f,\"durable_ratio\":%.3f",
+                ceil->durable_ack_rate, r->acked_per_s / ceil->durable_ack_rate);
+    if (kim_bench_streq (r->name, "W2") && ceil->w2_curve_ran)
+        printf (",\"zmq_curve_w2_p50_us\":%.1f,\"zmq_curve_w2_p99_us\":%.1f",
+                ceil->w2_curve_p50_us, ceil->w2_curve_p99_us);
+    if (kim_bench_streq (r->name, "W2") && ceil->w2_durable_ran && ceil->w2_durable_p99_us > 0)
+        printf (",\"durable_w2_p50_us\":%.1f,\"durable_w2_p99_us\":%.1f,"
+                "\"durable_w2_p99_ratio\":%.3f", ceil->w2_durable_p50_us,
+                ceil->w2_durable_p99_us, r->p99_us / ceil->w2_durable_p99_us);
     if (kim_bench_streq (r->name, "RSS")) {
         printf (",\"fill_marks\":[");
         for (int i = 0; i < KIM_BENCH_RSS_POINTS; i++)
@@ -175,6 +185,20 @@ s_ceiling_open (const char *name, uint32_t run, uint32_t runs, bool summarised,
         s_print_range ("ack_rate", min, max, 0);
 }
 
+//  A ceiling in W2's shape: its latencies, with the p99's range over the
+//  rounds when summarised.
+static void
+s_ceiling_w2 (const char *name, uint32_t run, uint32_t runs, const ceiling_summary_t *summary,
+              double p50, double p99, double min, double max)
+{
+    printf ("{\"workload\":\"%s\"", name);
+    s_print_tag (run, runs);
+    printf (",\"p50_us\":%.1f,\"p99_us\":%.1f", p50, p99);
+    if (summary)
+        s_print_range ("p99_us", min, max, 1);
+    printf ("}\n");
+}
+
 //  The ceilings' JSON lines: one round (`run` > 0 when there are several),
 //  or with `summary`, their medians (ceil is summary->median) and ranges.
 void
@@ -202,6 +226,20 @@ kim_bench_print_ceilings_json (const ceilings_t *ceil, uint32_t run,
                         max->batch_ack_rate);
         printf ("}\n");
     }
+    if (ceil->durable_ran) {
+        s_ceiling_open ("ceiling_durable", run, summary? summary->durable_runs: 0,
+                        summary != NULL, ceil->durable_ack_rate, min->durable_ack_rate,
+                        max->durable_ack_rate);
+        printf ("}\n");
+    }
+    if (ceil->w2_curve_ran)
+        s_ceiling_w2 ("ceiling_zmq_curve_w2", run, summary? summary->w2_curve_runs: 0, summary,
+                      ceil->w2_curve_p50_us, ceil->w2_curve_p99_us, min->w2_curve_p99_us,
+                      max->w2_curve_p99_us);
+    if (ceil->w2_durable_ran)
+        s_ceiling_w2 ("ceiling_durable_w2", run, summary? summary->w2_durable_runs: 0, summary,
+                      ceil->w2_durable_p50_us, ceil->w2_durable_p99_us, min->w2_durable_p99_us,
+                      max->w2_durable_p99_us);
     if (ceil->lmdb_ran) {
         printf ("{\"workload\":\"ceiling_lmdb\"");
         s_print_tag (run, summary? summary->lmdb_runs: 0);
@@ -366,6 +404,15 @@ kim_bench_print_table (const options_t *opt, const result_t results [],
             printf ("      W1 / ZeroMQ+CURVE ceiling, 64 a frame: %.1f %% (acked %.0f / %.0f)\n",
                     100.0 * r->acked_per_s / ceil->batch_ack_rate, r->acked_per_s,
                     ceil->batch_ack_rate);
+        if (kim_bench_streq (r->name, "W1") && ceil->durable_ran && r->acked_per_s > 0)
+            printf ("      W1 / the same storing as a durable broker: %.1f %% (acked %.0f / %.0f)\n",
+                    100.0 * r->acked_per_s / ceil->durable_ack_rate, r->acked_per_s,
+                    ceil->durable_ack_rate);
+        if (kim_bench_streq (r->name, "W2") && ceil->w2_durable_ran && r->has_latency
+        &&  ceil->w2_durable_p99_us > 0)
+            printf ("      W2 p99 / ZeroMQ+CURVE storing as a durable broker, W2's shape: "
+                    "%.2f (%.0f / %.0f µs)\n", r->p99_us / ceil->w2_durable_p99_us, r->p99_us,
+                    ceil->w2_durable_p99_us);
     }
     //  With several rounds, ceil is ceil_summary->median.
     const ceilings_t *min = ceil_summary? &ceil_summary->min: ceil;
@@ -388,6 +435,21 @@ kim_bench_print_table (const options_t *opt, const result_t results [],
                 ceil->batch_ack_rate,
                 s_range_text (range, sizeof range, ceil_summary, " (range ",
                               min->batch_ack_rate, max->batch_ack_rate, ")"));
+    if (ceil->durable_ran)
+        printf ("ceiling ZeroMQ+CURVE, 64 a frame, storing as a durable broker: %.0f acked/s%s\n",
+                ceil->durable_ack_rate,
+                s_range_text (range, sizeof range, ceil_summary, " (range ",
+                              min->durable_ack_rate, max->durable_ack_rate, ")"));
+    const char *w2_line = "ceiling ZeroMQ+CURVE %s(W2 shape): p50 %.0f µs, p99 %.0f µs%s\n";
+    if (ceil->w2_curve_ran)
+        printf (w2_line, "forward ", ceil->w2_curve_p50_us, ceil->w2_curve_p99_us,
+                s_range_text (range, sizeof range, ceil_summary, " (p99 range ",
+                              min->w2_curve_p99_us, max->w2_curve_p99_us, ")"));
+    if (ceil->w2_durable_ran)
+        printf (w2_line, "storing as a durable broker ", ceil->w2_durable_p50_us,
+                ceil->w2_durable_p99_us,
+                s_range_text (range, sizeof range, ceil_summary, " (p99 range ",
+                              min->w2_durable_p99_us, max->w2_durable_p99_us, ")"));
     if (ceil->lmdb_ran)
         printf ("ceiling LMDB append, sync per 256: %.0f records/s (%.0f µs per commit)%s\n",
                 ceil->lmdb_rate, ceil->lmdb_commit_us,

@@ -146,12 +146,18 @@ kim_bench_summarise_ceilings (const ceilings_t rounds [], size_t count, ceiling_
         self->batch_runs += rounds [k].batch_ran;
         self->lmdb_runs += rounds [k].lmdb_ran;
         self->lmdb1_runs += rounds [k].lmdb1_ran;
+        self->durable_runs += rounds [k].durable_ran;
+        self->w2_curve_runs += rounds [k].w2_curve_ran;
+        self->w2_durable_runs += rounds [k].w2_durable_ran;
     }
     self->median.zmq_ran = self->zmq_runs > 0;
     self->median.curve_ran = self->curve_runs > 0;
     self->median.batch_ran = self->batch_runs > 0;
     self->median.lmdb_ran = self->lmdb_runs > 0;
     self->median.lmdb1_ran = self->lmdb1_runs > 0;
+    self->median.durable_ran = self->durable_runs > 0;
+    self->median.w2_curve_ran = self->w2_curve_runs > 0;
+    self->median.w2_durable_ran = self->w2_durable_runs > 0;
     S_SUMMARISE_CEILING (zmq_ran, zmq_ack_rate);
     S_SUMMARISE_CEILING (zmq_ran, zmq_confirm_rate);
     S_SUMMARISE_CEILING (zmq_ran, zmq_p50_us);
@@ -165,4 +171,9 @@ kim_bench_summarise_ceilings (const ceilings_t rounds [], size_t count, ceiling_
     S_SUMMARISE_CEILING (lmdb_ran, lmdb_commit_us);
     S_SUMMARISE_CEILING (lmdb1_ran, lmdb1_rate);
     S_SUMMARISE_CEILING (lmdb1_ran, lmdb1_commit_us);
+    S_SUMMARISE_CEILING (durable_ran, durable_ack_rate);
+    S_SUMMARISE_CEILING (w2_curve_ran, w2_curve_p50_us);
+    S_SUMMARISE_CEILING (w2_curve_ran, w2_curve_p99_us);
+    S_SUMMARISE_CEILING (w2_durable_ran, w2_durable_p50_us);
+    S_SUMMARISE_CEILING (w2_durable_ran, w2_durable_p99_us);
 }

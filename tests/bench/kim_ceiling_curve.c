@@ -41,6 +41,13 @@
     16-byte frame (its first and last index). CURVE then boxes a frame, not
     a message: that is the ceiling to hold kim's version 2 against.
 
+    --durable DIR makes the forwarder store every message as a broker with
+    kim's guarantees must (kim_ceiling_store.c) and confirm and forward it
+    only once its commit is durable, as kim lets out RECEIPTs and
+    deliveries: the ceiling those guarantees leave before any of kim's own
+    work. --rate N paces each producer at N messages a second, one a frame:
+    with one producer, W2's shape.
+
     Prints one JSON line: ack_rate (messages / first send -> last ack),
     confirm_rate (-> the last producer's last confirm), latency percentiles
     in µs (p50_us...: send -> consumer receive; c_p50_us...: send ->
@@ -57,10 +64,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <zmq.h>
+
+#include "kim_ceiling_store.h"
 
 #define S_PRODUCERS_MAX     64
 #define S_FRAME_MAX         65536   //  largest payload
@@ -68,6 +78,7 @@
 #define S_HANDSHAKE_MS      5000    //  HELLO -> OK, CURVE handshake included
 #define S_BATCH             1024    //  messages taken per socket per poll
 #define S_KEY_TEXT          41      //  Z85 key and its terminating null
+#define S_ACK_DEFER_MS      5       //  as kim's KIM_ACK_DEFER_MS
 
 //  What a producer puts at the start of every payload.
 typedef struct {
@@ -84,6 +95,8 @@ typedef struct {
     uint32_t payload;           //  bytes, stamp included
     uint32_t limit_s;           //  the whole run's time limit
     uint32_t batch;             //  messages per frame at most
+    uint32_t rate;              //  messages a second per producer (0: flat out)
+    const char *durable;        //  the forwarder's store folder, or NULL
 } options_t;
 
 typedef struct _run_t run_t;
@@ -191,6 +204,97 @@ s_hello (void *socket)
 }
 
 //  --------------------------------------------------------------------------
+//  With --durable, what a commit lets out: confirms and forwards wait until
+//  their commit is durable, as kim's RECEIPTs and deliveries do.
+
+typedef struct {
+    void *socket;
+    zmq_msg_t id;
+    zmq_msg_t body;
+    uint64_t commit;            //  the commit that has to be durable first
+} held_t;
+
+typedef struct {
+    held_t *items;
+    size_t count;
+    size_t max;
+} outbox_t;
+
+static bool
+s_hold (outbox_t *self, void *socket, const void *id, size_t id_size, const void *body,
+        size_t body_size, uint64_t commit)
+{
+    if (self->count == self->max) {
+        size_t max = self->max? 2 * self->max: 256;
+        held_t *items = (held_t *) realloc (self->items, max * sizeof *items);
+        if (!items)
+            return false;
+        self->items = items;
+        self->max = max;
+    }
+    held_t *held = &self->items [self->count];
+    if (zmq_msg_init_size (&held->id, id_size))
+        return false;
+    if (zmq_msg_init_size (&held->body, body_size)) {
+        zmq_msg_close (&held->id);
+        return false;
+    }
+    memcpy (zmq_msg_data (&held->id), id, id_size);
+    memcpy (zmq_msg_data (&held->body), body, body_size);
+    held->socket = socket;
+    held->commit = commit;
+    self->count++;
+    return true;
+}
+
+//  Sends, in order, what waits for commits up to `durable`.
+static void
+s_release (outbox_t *self, uint64_t durable)
+{
+    size_t sent = 0;
+    for (; sent < self->count && self->items [sent].commit <= durable; sent++) {
+        held_t *held = &self->items [sent];
+        if (zmq_msg_send (&held->id, held->socket, ZMQ_SNDMORE) < 0)
+            zmq_msg_close (&held->id);
+        if (zmq_msg_send (&held->body, held->socket, 0) < 0)
+            zmq_msg_close (&held->body);
+    }
+    memmove (self->items, self->items + sent, (self->count - sent) * sizeof *self->items);
+    self->count -= sent;
+}
+
+//  Ends a round of the durable forwarder: commits what it read, then lets
+//  out what is durable. A commit makes the commits before it durable (its
+//  flush takes their meta pages along); the last one is made durable by a
+//  sync unless more input waits, whose commit will do it with one flush.
+//  Acks alone wait up to S_ACK_DEFER_MS for messages to commit with, as
+//  kim's do: an ack lost to a crash only means a delivery comes again.
+static int
+s_round_end (kim_ceiling_store_t *store, outbox_t *outbox, zmq_pollitem_t *items,
+             bool messages, uint64_t *acks_since_ns)
+{
+    int rc = 0;
+    uint64_t last = kim_ceiling_store_commits (store);
+    if (messages || !*acks_since_ns
+    ||  s_now_ns () - *acks_since_ns >= S_ACK_DEFER_MS * 1000000ull) {
+        *acks_since_ns = 0;
+        rc = kim_ceiling_store_commit (store);
+        last = kim_ceiling_store_commits (store);
+        if (rc == 0 && last)
+            s_release (outbox, last - 1);
+    }
+    //  Held confirms never wait for deferred acks: with no input waiting,
+    //  a sync lets them out.
+    zmq_pollitem_t waiting [2] = { items [0], items [1] };
+    if (rc == 0 && outbox->count && zmq_poll (waiting, 2, 0) == 0) {
+        rc = kim_ceiling_store_sync (store);
+        if (rc == 0)
+            s_release (outbox, last);
+    }
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
 //  The forwarder: the child process. Returns its exit code.
 
 static int
@@ -223,10 +327,16 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, const op
     }
     close (report_fd);
 
+    kim_ceiling_store_t *store = NULL;
+    outbox_t outbox = { NULL, 0, 0 };
+    if (ready && opt->durable && !(store = kim_ceiling_store_new (opt->durable)))
+        ready = false;
     char *id = (char *) malloc (256), *consumer = (char *) malloc (256);
     char *frame = (char *) malloc (frame_max);
     char *confirm = (char *) malloc ((size_t) opt->batch * 8);
     int consumer_size = 0;
+    int store_rc = 0;
+    uint64_t acks_since_ns = 0;     //  acks waiting in the open transaction since
     uint64_t forwarded = 0, acks = 0;
     uint64_t end = s_now_ns () + (uint64_t) limit_s * 1000000000ull;
     zmq_pollitem_t items [] = {
@@ -235,7 +345,8 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, const op
         { NULL, lifeline_fd, ZMQ_POLLIN, 0 }
     };
     while (ready && id && consumer && frame && confirm && s_now_ns () < end) {
-        if (zmq_poll (items, 3, 500) < 0 && errno != EINTR)
+        bool messages = false;
+        if (zmq_poll (items, 3, acks_since_ns? S_ACK_DEFER_MS: 500) < 0 && errno != EINTR)
             break;
         if (items [2].revents)
             break;              //  the parent closed the lifeline, or died
@@ -252,8 +363,17 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, const op
                     zmq_send (back, id, (size_t) id_size, ZMQ_SNDMORE);
                     zmq_send (back, "OK", 2, 0);
                 }
-                else
+                else {
                     acks++;
+                    //  An ack frame ends with the last index it acks.
+                    uint64_t index;
+                    if (store && size >= 8 && store_rc == 0) {
+                        memcpy (&index, frame + (size >= 16? 8: 0), 8);
+                        store_rc = kim_ceiling_store_ack (store, index);
+                        if (!acks_since_ns)
+                            acks_since_ns = s_now_ns ();
+                    }
+                }
             }
         if (items [0].revents & ZMQ_POLLIN)
             //  Producer side: HELLO gets OK; a message is confirmed at once
@@ -276,18 +396,56 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, const op
                     for (size_t m = 0; m < count; m++)
                         memcpy (confirm + 8 * m,
                                 frame + m * opt->payload + offsetof (stamp_t, index), 8);
-                    zmq_send (front, id, (size_t) id_size, ZMQ_SNDMORE);
-                    zmq_send (front, confirm, 8 * count, 0);
-                    zmq_send (back, consumer, (size_t) consumer_size, ZMQ_SNDMORE);
-                    zmq_send (back, frame, (size_t) size, 0);
+                    if (store) {
+                        //  Stored first; confirmed and forwarded once durable.
+                        uint64_t commit = kim_ceiling_store_commits (store) + 1;
+                        messages = true;
+                        for (size_t m = 0; m < count && store_rc == 0; m++) {
+                            const char *at = frame + m * opt->payload;
+                            stamp_t stamp;
+                            memcpy (&stamp, at, sizeof stamp);
+                            store_rc = kim_ceiling_store_message (store, stamp.producer,
+                                           stamp.index, (const uint8_t *) at, opt->payload);
+                        }
+                        if (store_rc == 0
+                        && (!s_hold (&outbox, front, id, (size_t) id_size, confirm, 8 * count,
+                                     commit)
+                        ||  !s_hold (&outbox, back, consumer, (size_t) consumer_size, frame,
+                                     (size_t) size, commit)))
+                            store_rc = ENOMEM;
+                    }
+                    else {
+                        zmq_send (front, id, (size_t) id_size, ZMQ_SNDMORE);
+                        zmq_send (front, confirm, 8 * count, 0);
+                        zmq_send (back, consumer, (size_t) consumer_size, ZMQ_SNDMORE);
+                        zmq_send (back, frame, (size_t) size, 0);
+                    }
                     forwarded += count;
                 }
             }
+        if (store && store_rc == 0)
+            store_rc = s_round_end (store, &outbox, items, messages, &acks_since_ns);
+        if (store_rc) {
+            fprintf (stderr, "kim-ceiling-curve: forwarder's store: %s\n",
+                     kim_ceiling_store_strerror (store_rc));
+            break;
+        }
     }
     if (ready && s_now_ns () >= end)
         fprintf (stderr, "kim-ceiling-curve: forwarder stopped at its time limit "
                  "(forwarded %llu, acks %llu)\n", (unsigned long long) forwarded,
                  (unsigned long long) acks);
+    if (store)
+        fprintf (stderr, "kim-ceiling-curve: forwarder stored %llu messages in %llu commits, "
+                 "%llu puts\n", (unsigned long long) forwarded,
+                 (unsigned long long) kim_ceiling_store_commits (store),
+                 (unsigned long long) kim_ceiling_store_puts (store));
+    for (size_t i = 0; i < outbox.count; i++) {
+        zmq_msg_close (&outbox.items [i].id);
+        zmq_msg_close (&outbox.items [i].body);
+    }
+    free (outbox.items);
+    kim_ceiling_store_destroy (&store);
     free (id);
     free (consumer);
     free (frame);
@@ -298,7 +456,7 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, const op
         zmq_close (back);
     if (ctx)
         zmq_ctx_term (ctx);
-    return ready? 0: 1;
+    return ready && store_rc == 0? 0: 1;
 }
 
 //  --------------------------------------------------------------------------
@@ -328,7 +486,7 @@ s_producer_run (void *arg)
         for (uint32_t i = sizeof stamp; i < opt->payload; i++)
             payload [(size_t) m * opt->payload + i] = (char) (i * 131 + self->id);
     zmq_pollitem_t item = { socket, 0, ZMQ_POLLIN, 0 };
-    uint64_t sent = 0;
+    uint64_t sent = 0, start_ns = s_now_ns ();
     while (!self->error [0] && !atomic_load (&run->abort) && self->confirmed < opt->messages) {
         uint64_t now = s_now_ns ();
         if (now >= run->deadline_ns) {
@@ -352,13 +510,20 @@ s_producer_run (void *arg)
                 self->confirmed++;
             }
         }
-        while (sent < opt->messages && sent - self->confirmed < opt->window) {
+        //  With --rate, message n is due at start + n / rate.
+        uint64_t due_ns = opt->rate? start_ns + sent * 1000000000ull / opt->rate: 0;
+        while (sent < opt->messages && sent - self->confirmed < opt->window
+        &&     (due_ns <= (now = s_now_ns ()))) {
             //  As many messages as the window and --batch allow, in one frame
             uint64_t count = opt->messages - sent;
             if (count > opt->window - (sent - self->confirmed))
                 count = opt->window - (sent - self->confirmed);
             if (count > opt->batch)
                 count = opt->batch;
+            if (opt->rate) {
+                count = 1;
+                due_ns = start_ns + (sent + 1) * 1000000000ull / opt->rate;
+            }
             for (uint64_t m = 0; m < count; m++) {
                 stamp.index = sent + m;
                 stamp.sent_ns = self->sent_ns [sent + m] = s_now_ns ();
@@ -372,8 +537,21 @@ s_producer_run (void *arg)
             }
             sent += count;
         }
-        if (self->confirmed < opt->messages)
-            zmq_poll (&item, 1, 100);
+        if (self->confirmed < opt->messages) {
+            //  Paced: wait for a confirm or the next message's time,
+            //  sleeping out the last millisecond (zmq_poll counts in ms).
+            int wait_ms = 100;
+            now = s_now_ns ();
+            if (sent < opt->messages && due_ns > now && due_ns - now < 100000000ull) {
+                wait_ms = (int) ((due_ns - now) / 1000000ull);
+                if (wait_ms == 0) {
+                    struct timespec pause = { 0, (long) (due_ns - now) };
+                    nanosleep (&pause, NULL);
+                    continue;
+                }
+            }
+            zmq_poll (&item, 1, wait_ms);
+        }
     }
     if (socket)
         zmq_close (socket);
@@ -477,9 +655,11 @@ s_clients (run_t *run)
     double confirm_s = (double) (last_confirm_ns - start_ns) / 1e9;
     printf ("{\"tool\":\"kim-ceiling-curve\",\"curve\":true,\"producers\":%u,\"messages\":%llu,"
             "\"payload\":%u,\"window\":%u,\"batch\":%u,\"confirmed\":%llu,\"acked\":%llu,"
+            "\"rate\":%u,\"durable\":%s,"
             "\"t_confirm_s\":%.3f,\"t_ack_s\":%.3f,\"confirm_rate\":%.0f,\"ack_rate\":%.0f",
             opt->producers, (unsigned long long) total, opt->payload, opt->window, opt->batch,
-            (unsigned long long) confirmed, (unsigned long long) acked, confirm_s, ack_s,
+            (unsigned long long) confirmed, (unsigned long long) acked,
+            opt->rate, opt->durable? "true": "false", confirm_s, ack_s,
             confirmed == total && confirm_s > 0? (double) total / confirm_s: 0,
             acked == total && ack_s > 0? (double) total / ack_s: 0);
     s_print_percentiles ("", lat, (size_t) acked);
@@ -504,7 +684,7 @@ s_usage (FILE *file)
 {
     fprintf (file,
         "usage: kim-ceiling-curve [--producers N] [--messages N] [--window N] [--payload N]\n"
-        "                         [--batch N] [--limit S]\n"
+        "                         [--batch N] [--rate N] [--durable DIR] [--limit S]\n"
         "  Raw ZeroMQ forwarding in the W1 shape with CurveZMQ on every socket: N producer\n"
         "  DEALERs -> a ROUTER forwarder (its own process) that confirms each message at\n"
         "  once and forwards it -> one consumer DEALER that acks each. Flat out, HWM 0,\n"
@@ -515,6 +695,12 @@ s_usage (FILE *file)
         "  --payload N    bytes per message, %zu to %d (default 1024)\n"
         "  --batch N      messages per frame at most, 1 to %d, as kim's protocol version 2\n"
         "                 packs them (default 1: a frame per message, confirm and ack)\n"
+        "  --rate N       messages a second per producer, one a frame (default 0: flat\n"
+        "                 out); W2 is --producers 1 --messages 5000 --rate 1000\n"
+        "  --durable DIR  the forwarder stores each message as a broker with kim's\n"
+        "                 guarantees must (payload hashed and sealed, a hash-chained log\n"
+        "                 record, its message id) in an LMDB store in DIR (made if missing)\n"
+        "                 and confirms and forwards it only once its commit is synced\n"
         "  --limit S      time limit of the whole run in seconds (default 60)\n"
         "  Exit 0 when every message was confirmed and acked, 1 otherwise, 2 on bad usage.\n",
         S_PRODUCERS_MAX, sizeof (stamp_t), S_FRAME_MAX, S_BATCH_MAX);
@@ -587,6 +773,17 @@ main (int argc, char *argv [])
         else
         if (strcmp (arg, "--batch") == 0)
             ok = s_parse_u32 (next, 1, S_BATCH_MAX, &opt.batch);
+        else
+        if (strcmp (arg, "--rate") == 0)
+            ok = s_parse_u32 (next, 0, 1000000, &opt.rate);
+        else
+        if (strcmp (arg, "--durable") == 0 && next && *next) {
+            opt.durable = next;
+            ok = mkdir (next, 0700) == 0 || errno == EEXIST;
+            if (!ok)
+                fprintf (stderr, "kim-ceiling-curve: cannot make %s: %s\n", next,
+                         strerror (errno));
+        }
         if (!ok) {
             s_usage (stderr);
             return 2;

@@ -1,0 +1,269 @@
+/*  kim_ceiling_store.c — the least a durable broker with kim's guarantees
+    writes for a message: the store behind kim-ceiling-curve --durable.
+
+    The ZeroMQ+CURVE ceiling forwards and does nothing else. kim's targets
+    ask for more than forwarding: a RECEIPT only after a synced commit, the
+    payload encrypted at rest under a key of its own, a log whose records
+    chain by hash and name their payload's hash, and a retried message id
+    answered with the seq it already has. This store does exactly that for
+    each message and nothing more, so that a forwarder using it shows what
+    those guarantees cost on this machine before any of kim's own work:
+
+      - the payload's BLAKE2b-256 hash;
+      - the payload sealed with XChaCha20-Poly1305 under a fresh random key,
+        the seq as associated data, and put under its seq ("payload");
+      - a log record (seq, time, kind, the payload hash, a stand-in of
+        S_HEADER bytes for the header) and its chain hash over the previous
+        record's hash, put under its seq ("log");
+      - the message id (producer, index) put with its seq ("dedup");
+      - per ack, the consumer's cursor ("cursor"): one in-order consumer
+        needs no mailbox entry per message.
+
+    Left out, so that this stays below what any such broker spends: the
+    key store (kim keeps each payload key, made ahead 4,096 to a synced
+    commit), the policy, the referral's life cycle, the closed loop's
+    DELIVERED notice and the mailboxes of many organisations.
+
+    The environment is opened as kim's store is (MDB_NOMETASYNC, MDB_NOTLS),
+    so a commit costs one flush and the caller decides when to sync.
+*/
+#include <errno.h>
+#include <lmdb.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kim_ceiling_store.h"
+
+#define S_MAP_SIZE      ((size_t) 8 << 30)
+#define S_HEADER        160     //  bytes standing in for a message's header
+#define S_HASH          32
+#define S_NONCE         crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
+#define S_TAG           crypto_aead_xchacha20poly1305_ietf_ABYTES
+#define S_RECORD        (8 + 8 + 1 + S_HASH + S_HEADER + S_HASH)
+
+struct _kim_ceiling_store_t {
+    MDB_env *env;
+    MDB_txn *txn;               //  the open transaction, or NULL
+    MDB_dbi log, payload, dedup, cursor;
+    uint64_t seq;               //  the last seq stored
+    uint8_t chain [S_HASH];     //  the last record's chain hash
+    uint8_t nonce [S_NONCE];    //  a random prefix and a counter
+    uint64_t nonce_next;
+    uint8_t *sealed;            //  room for one sealed payload
+    size_t sealed_max;
+    uint64_t commits;
+    uint64_t puts;
+};
+
+static void
+s_be64 (uint8_t *at, uint64_t value)
+{
+    for (int i = 7; i >= 0; i--, value >>= 8)
+        at [i] = (uint8_t) value;
+}
+
+static uint64_t
+s_now_ms (void)
+{
+    struct timespec ts;
+    clock_gettime (CLOCK_REALTIME, &ts);
+    return (uint64_t) ts.tv_sec * 1000 + (uint64_t) ts.tv_nsec / 1000000;
+}
+
+//  A folder used before goes on after its last record, chain included.
+static int
+s_last_seq (kim_ceiling_store_t *self, MDB_txn *txn)
+{
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (txn, self->log, &cursor);
+    if (rc)
+        return rc;
+    MDB_val key, value;
+    rc = mdb_cursor_get (cursor, &key, &value, MDB_LAST);
+    if (rc == 0 && key.mv_size == 8 && value.mv_size == S_RECORD) {
+        for (size_t i = 0; i < 8; i++)
+            self->seq = self->seq << 8 | ((const uint8_t *) key.mv_data) [i];
+        memcpy (self->chain, (const uint8_t *) value.mv_data + S_RECORD - S_HASH, S_HASH);
+    }
+    mdb_cursor_close (cursor);
+    return rc == MDB_NOTFOUND? 0: rc;
+}
+
+kim_ceiling_store_t *
+kim_ceiling_store_new (const char *dir)
+{
+    if (sodium_init () < 0)
+        return NULL;
+    kim_ceiling_store_t *self = (kim_ceiling_store_t *) calloc (1, sizeof *self);
+    if (!self)
+        return NULL;
+    randombytes_buf (self->nonce, sizeof self->nonce);
+    MDB_txn *txn = NULL;
+    int rc = mdb_env_create (&self->env);
+    if (rc == 0)
+        rc = mdb_env_set_maxdbs (self->env, 4);
+    if (rc == 0)
+        rc = mdb_env_set_mapsize (self->env, S_MAP_SIZE);
+    if (rc == 0)
+        rc = mdb_env_open (self->env, dir, MDB_NOMETASYNC | MDB_NOTLS, 0600);
+    if (rc == 0)
+        rc = mdb_txn_begin (self->env, NULL, 0, &txn);
+    if (rc == 0)
+        rc = mdb_dbi_open (txn, "log", MDB_CREATE, &self->log);
+    if (rc == 0)
+        rc = mdb_dbi_open (txn, "payload", MDB_CREATE, &self->payload);
+    if (rc == 0)
+        rc = mdb_dbi_open (txn, "dedup", MDB_CREATE, &self->dedup);
+    if (rc == 0)
+        rc = mdb_dbi_open (txn, "cursor", MDB_CREATE, &self->cursor);
+    if (rc == 0)
+        rc = s_last_seq (self, txn);
+    if (rc == 0) {
+        rc = mdb_txn_commit (txn);
+        txn = NULL;
+    }
+    if (txn)
+        mdb_txn_abort (txn);
+    if (rc) {
+        fprintf (stderr, "kim-ceiling-curve: store in %s: %s\n", dir, mdb_strerror (rc));
+        kim_ceiling_store_destroy (&self);
+    }
+    return self;
+}
+
+void
+kim_ceiling_store_destroy (kim_ceiling_store_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    kim_ceiling_store_t *self = *self_p;
+    if (self->txn)
+        mdb_txn_abort (self->txn);
+    if (self->env)
+        mdb_env_close (self->env);
+    free (self->sealed);
+    free (self);
+    *self_p = NULL;
+}
+
+static int
+s_begin (kim_ceiling_store_t *self)
+{
+    return self->txn? 0: mdb_txn_begin (self->env, NULL, 0, &self->txn);
+}
+
+static int
+s_put (kim_ceiling_store_t *self, MDB_dbi dbi, const void *key, size_t key_size,
+       const void *value, size_t value_size, unsigned flags)
+{
+    MDB_val k = { key_size, (void *) key }, v = { value_size, (void *) value };
+    self->puts++;
+    return mdb_put (self->txn, dbi, &k, &v, flags);
+}
+
+int
+kim_ceiling_store_message (kim_ceiling_store_t *self, uint32_t producer, uint64_t index,
+                           const uint8_t *payload, size_t size)
+{
+    int rc = s_begin (self);
+    if (rc)
+        return rc;
+    uint64_t seq = self->seq + 1;
+    uint8_t seq_key [8];
+    s_be64 (seq_key, seq);
+
+    uint8_t record [S_RECORD];
+    uint8_t *at = record;
+    memcpy (at, seq_key, 8);
+    s_be64 (at + 8, s_now_ms ());
+    at [16] = 1;                                    //  kind: a message
+    at += 17;
+    crypto_generichash (at, S_HASH, payload, size, NULL, 0);
+    at += S_HASH;
+    memset (at, 'h', S_HEADER);
+    memcpy (at, &producer, sizeof producer);
+    memcpy (at + sizeof producer, &index, sizeof index);
+    at += S_HEADER;
+    crypto_generichash_state chain;
+    crypto_generichash_init (&chain, NULL, 0, S_HASH);
+    crypto_generichash_update (&chain, self->chain, S_HASH);
+    crypto_generichash_update (&chain, record, (size_t) (at - record));
+    crypto_generichash_final (&chain, at, S_HASH);
+
+    size_t sealed_size = S_NONCE + size + S_TAG;
+    if (sealed_size > self->sealed_max) {
+        uint8_t *sealed = (uint8_t *) realloc (self->sealed, sealed_size);
+        if (!sealed)
+            return ENOMEM;
+        self->sealed = sealed;
+        self->sealed_max = sealed_size;
+    }
+    uint8_t key [crypto_aead_xchacha20poly1305_ietf_KEYBYTES];
+    randombytes_buf (key, sizeof key);
+    s_be64 (self->nonce + S_NONCE - 8, ++self->nonce_next);
+    memcpy (self->sealed, self->nonce, S_NONCE);
+    crypto_aead_xchacha20poly1305_ietf_encrypt (self->sealed + S_NONCE, NULL, payload, size,
+                                                seq_key, 8, NULL, self->nonce, key);
+    sodium_memzero (key, sizeof key);
+
+    uint8_t id [4 + 8];
+    memcpy (id, &producer, 4);
+    s_be64 (id + 4, index);
+    rc = s_put (self, self->log, seq_key, 8, record, sizeof record, MDB_APPEND);
+    if (rc == 0)
+        rc = s_put (self, self->payload, seq_key, 8, self->sealed, sealed_size, MDB_APPEND);
+    if (rc == 0)
+        rc = s_put (self, self->dedup, id, sizeof id, seq_key, 8, 0);
+    if (rc == 0) {
+        self->seq = seq;
+        memcpy (self->chain, at, S_HASH);
+    }
+    return rc;
+}
+
+int
+kim_ceiling_store_ack (kim_ceiling_store_t *self, uint64_t index)
+{
+    int rc = s_begin (self);
+    uint8_t value [8];
+    s_be64 (value, index);
+    return rc? rc: s_put (self, self->cursor, "consumer", 8, value, sizeof value, 0);
+}
+
+int
+kim_ceiling_store_commit (kim_ceiling_store_t *self)
+{
+    if (!self->txn)
+        return 0;
+    int rc = mdb_txn_commit (self->txn);
+    self->txn = NULL;
+    self->commits++;
+    return rc;
+}
+
+int
+kim_ceiling_store_sync (kim_ceiling_store_t *self)
+{
+    return mdb_env_sync (self->env, 1);
+}
+
+const char *
+kim_ceiling_store_strerror (int rc)
+{
+    return mdb_strerror (rc);  //  errno values too
+}
+
+uint64_t
+kim_ceiling_store_commits (kim_ceiling_store_t *self)
+{
+    return self->commits;
+}
+
+uint64_t
+kim_ceiling_store_puts (kim_ceiling_store_t *self)
+{
+    return self->puts;
+}

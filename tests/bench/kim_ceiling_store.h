@@ -1,0 +1,56 @@
+/*  kim_ceiling_store.h — the least a durable broker with kim's guarantees
+    writes for a message, for kim-ceiling-curve --durable (kim_ceiling_store.c
+    says what that is and what it leaves out).
+
+    One thread owns a store. Writes go into the open transaction, which the
+    first write begins; kim_ceiling_store_commit ends it.
+*/
+#ifndef KIM_CEILING_STORE_H_INCLUDED
+#define KIM_CEILING_STORE_H_INCLUDED
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct _kim_ceiling_store_t kim_ceiling_store_t;
+
+//  Opens (creating) an LMDB environment in the folder dir, which must
+//  exist. Returns NULL and prints the cause on stderr on failure.
+kim_ceiling_store_t *
+    kim_ceiling_store_new (const char *dir);
+
+void
+    kim_ceiling_store_destroy (kim_ceiling_store_t **self_p);
+
+//  Stores one message as a broker must before it may confirm it: its
+//  payload hashed, sealed and put apart, a hash-chained log record naming
+//  the hash, and the sender's message id. Returns 0 or an LMDB error.
+int
+    kim_ceiling_store_message (kim_ceiling_store_t *self, uint32_t producer, uint64_t index,
+                               const uint8_t *payload, size_t size);
+
+//  Records how far the consumer has acked. Returns 0 or an LMDB error.
+int
+    kim_ceiling_store_ack (kim_ceiling_store_t *self, uint64_t index);
+
+//  Commits the open transaction, if any: its data pages are flushed, its
+//  meta page written without a flush (MDB_NOMETASYNC), so the commit is
+//  durable once a later commit or kim_ceiling_store_sync has returned.
+//  Returns 0 or an LMDB error.
+int
+    kim_ceiling_store_commit (kim_ceiling_store_t *self);
+
+//  Flushes what the last commit left unflushed. Returns 0 or an LMDB error.
+int
+    kim_ceiling_store_sync (kim_ceiling_store_t *self);
+
+//  What an error these functions returned means (LMDB's or errno's).
+const char *
+    kim_ceiling_store_strerror (int rc);
+
+//  Commits so far, and puts so far (the three trees and the ack cursor).
+uint64_t
+    kim_ceiling_store_commits (kim_ceiling_store_t *self);
+uint64_t
+    kim_ceiling_store_puts (kim_ceiling_store_t *self);
+
+#endif
