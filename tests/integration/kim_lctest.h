@@ -127,6 +127,53 @@ s_lc_wait (const char *file, int line, kim_client_t *client, kim_type_t type, co
     exit (1);
 }
 
+//  Receives (and acks) deliveries until one of each types [i] for ids [i]
+//  has arrived, in any order, into events [i]: for notices of timers due
+//  within moments of each other, whose order nobody promises. Fails after
+//  timeout_ms.
+#define LC_WAIT_EACH(client, count, types, ids, events) \
+    s_lc_wait_each (__FILE__, __LINE__, (client), (count), (types), (ids), (events), 15000)
+
+static inline void
+s_lc_wait_each (const char *file, int line, kim_client_t *client, size_t count,
+                const kim_type_t *types, const char *const *ids, kim_event_t *events,
+                int timeout_ms)
+{
+    bool seen [8] = { false };
+    KIM_CHECK (count <= sizeof seen / sizeof seen [0]);
+    size_t left = count;
+    int64_t deadline = s_itest_now () + timeout_ms;
+    kim_event_t event;
+    while (left && s_itest_now () < deadline) {
+        int rc = kim_client_recv (client, &event, 200);
+        if (rc == -KIM_E_TIMEOUT)
+            continue;
+        if (rc || event.type != KIM_EVENT_DELIVER) {
+            fprintf (stderr, "%s:%d: %s waiting for %zu deliveries:\n", file, line,
+                     kim_client_org (client), left);
+            if (rc == 0)
+                s_itest_print_event (kim_client_org (client), &event);
+            exit (1);
+        }
+        kim_client_ack (client, event.seq);
+        for (size_t i = 0; i < count; i++)
+            if (!seen [i] && event.msg.type == types [i]
+            &&  (streq (event.msg.referral_id, ids [i]) || streq (event.msg.case_id, ids [i]))) {
+                seen [i] = true;
+                events [i] = event;
+                left--;
+                break;
+            }
+    }
+    for (size_t i = 0; i < count; i++)
+        if (!seen [i]) {
+            fprintf (stderr, "%s:%d: %s got no %s for %s within %d ms\n", file, line,
+                     kim_client_org (client), kim_type_name (types [i]), ids [i], timeout_ms);
+            exit (1);
+        }
+    kim_client_flush (client, 5000);                //  the acks go out now
+}
+
 //  SUBSCRIBE (types: a NULL-terminated list, or NULL) or UNSUBSCRIBE over a
 //  raw session of `org`; expects the RECEIPT naming sub_id.
 static inline void
