@@ -97,6 +97,7 @@ typedef struct {
     uint32_t batch;             //  messages per frame at most
     uint32_t rate;              //  messages a second per producer (0: flat out)
     const char *durable;        //  the forwarder's store folder, or NULL
+    uint32_t trees;             //  more trees the durable forwarder writes a message
 } options_t;
 
 typedef struct _run_t run_t;
@@ -329,7 +330,7 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, const op
 
     kim_ceiling_store_t *store = NULL;
     outbox_t outbox = { NULL, 0, 0 };
-    if (ready && opt->durable && !(store = kim_ceiling_store_new (opt->durable)))
+    if (ready && opt->durable && !(store = kim_ceiling_store_new (opt->durable, (int) opt->trees)))
         ready = false;
     char *id = (char *) malloc (256), *consumer = (char *) malloc (256);
     char *frame = (char *) malloc (frame_max);
@@ -655,11 +656,11 @@ s_clients (run_t *run)
     double confirm_s = (double) (last_confirm_ns - start_ns) / 1e9;
     printf ("{\"tool\":\"kim-ceiling-curve\",\"curve\":true,\"producers\":%u,\"messages\":%llu,"
             "\"payload\":%u,\"window\":%u,\"batch\":%u,\"confirmed\":%llu,\"acked\":%llu,"
-            "\"rate\":%u,\"durable\":%s,"
+            "\"rate\":%u,\"durable\":%s,\"trees\":%u,"
             "\"t_confirm_s\":%.3f,\"t_ack_s\":%.3f,\"confirm_rate\":%.0f,\"ack_rate\":%.0f",
             opt->producers, (unsigned long long) total, opt->payload, opt->window, opt->batch,
             (unsigned long long) confirmed, (unsigned long long) acked,
-            opt->rate, opt->durable? "true": "false", confirm_s, ack_s,
+            opt->rate, opt->durable? "true": "false", opt->trees, confirm_s, ack_s,
             confirmed == total && confirm_s > 0? (double) total / confirm_s: 0,
             acked == total && ack_s > 0? (double) total / ack_s: 0);
     s_print_percentiles ("", lat, (size_t) acked);
@@ -684,7 +685,7 @@ s_usage (FILE *file)
 {
     fprintf (file,
         "usage: kim-ceiling-curve [--producers N] [--messages N] [--window N] [--payload N]\n"
-        "                         [--batch N] [--rate N] [--durable DIR] [--limit S]\n"
+        "                         [--batch N] [--rate N] [--durable DIR [--trees N]] [--limit S]\n"
         "  Raw ZeroMQ forwarding in the W1 shape with CurveZMQ on every socket: N producer\n"
         "  DEALERs -> a ROUTER forwarder (its own process) that confirms each message at\n"
         "  once and forwards it -> one consumer DEALER that acks each. Flat out, HWM 0,\n"
@@ -701,9 +702,12 @@ s_usage (FILE *file)
         "                 guarantees must (payload hashed and sealed, a hash-chained log\n"
         "                 record, its message id) in an LMDB store in DIR (made if missing)\n"
         "                 and confirms and forwards it only once its commit is synced\n"
+        "  --trees N      with --durable: also one 64-byte entry a message in each of N\n"
+        "                 more trees, 0 to %d, as a broker's indexes (default 0)\n"
         "  --limit S      time limit of the whole run in seconds (default 60)\n"
         "  Exit 0 when every message was confirmed and acked, 1 otherwise, 2 on bad usage.\n",
-        S_PRODUCERS_MAX, sizeof (stamp_t), S_FRAME_MAX, S_BATCH_MAX);
+        S_PRODUCERS_MAX, sizeof (stamp_t), S_FRAME_MAX, S_BATCH_MAX,
+        KIM_CEILING_STORE_TREES_MAX);
 }
 
 static bool
@@ -776,6 +780,9 @@ main (int argc, char *argv [])
         else
         if (strcmp (arg, "--rate") == 0)
             ok = s_parse_u32 (next, 0, 1000000, &opt.rate);
+        else
+        if (strcmp (arg, "--trees") == 0)
+            ok = s_parse_u32 (next, 0, KIM_CEILING_STORE_TREES_MAX, &opt.trees);
         else
         if (strcmp (arg, "--durable") == 0 && next && *next) {
             opt.durable = next;

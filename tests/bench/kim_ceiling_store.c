@@ -19,6 +19,10 @@
       - per ack, the consumer's cursor ("cursor"): one in-order consumer
         needs no mailbox entry per message.
 
+    With extra trees, each message also puts one 64-byte entry under a
+    short text key into each of them: as many trees as kim's indexes
+    touch show what those pages cost, apart from kim's own work.
+
     Left out, so that this stays below what any such broker spends: the
     key store (kim keeps each payload key, made ahead 4,096 to a synced
     commit), the policy, the referral's life cycle, the closed loop's
@@ -48,6 +52,8 @@ struct _kim_ceiling_store_t {
     MDB_env *env;
     MDB_txn *txn;               //  the open transaction, or NULL
     MDB_dbi log, payload, dedup, cursor;
+    MDB_dbi extra [KIM_CEILING_STORE_TREES_MAX];
+    int extra_trees;
     uint64_t seq;               //  the last seq stored
     uint8_t chain [S_HASH];     //  the last record's chain hash
     uint8_t nonce [S_NONCE];    //  a random prefix and a counter
@@ -93,18 +99,19 @@ s_last_seq (kim_ceiling_store_t *self, MDB_txn *txn)
 }
 
 kim_ceiling_store_t *
-kim_ceiling_store_new (const char *dir)
+kim_ceiling_store_new (const char *dir, int extra_trees)
 {
-    if (sodium_init () < 0)
+    if (sodium_init () < 0 || extra_trees < 0 || extra_trees > KIM_CEILING_STORE_TREES_MAX)
         return NULL;
     kim_ceiling_store_t *self = (kim_ceiling_store_t *) calloc (1, sizeof *self);
     if (!self)
         return NULL;
     randombytes_buf (self->nonce, sizeof self->nonce);
+    self->extra_trees = extra_trees;
     MDB_txn *txn = NULL;
     int rc = mdb_env_create (&self->env);
     if (rc == 0)
-        rc = mdb_env_set_maxdbs (self->env, 4);
+        rc = mdb_env_set_maxdbs (self->env, 4 + KIM_CEILING_STORE_TREES_MAX);
     if (rc == 0)
         rc = mdb_env_set_mapsize (self->env, S_MAP_SIZE);
     if (rc == 0)
@@ -119,6 +126,11 @@ kim_ceiling_store_new (const char *dir)
         rc = mdb_dbi_open (txn, "dedup", MDB_CREATE, &self->dedup);
     if (rc == 0)
         rc = mdb_dbi_open (txn, "cursor", MDB_CREATE, &self->cursor);
+    for (int i = 0; rc == 0 && i < extra_trees; i++) {
+        char name [16];
+        snprintf (name, sizeof name, "extra%d", i);
+        rc = mdb_dbi_open (txn, name, MDB_CREATE, &self->extra [i]);
+    }
     if (rc == 0)
         rc = s_last_seq (self, txn);
     if (rc == 0) {
@@ -217,6 +229,16 @@ kim_ceiling_store_message (kim_ceiling_store_t *self, uint32_t producer, uint64_
         rc = s_put (self, self->payload, seq_key, 8, self->sealed, sealed_size, MDB_APPEND);
     if (rc == 0)
         rc = s_put (self, self->dedup, id, sizeof id, seq_key, 8, 0);
+    //  An index entry as a broker keeps them: a short text key naming the
+    //  message, a small value.
+    for (int i = 0; rc == 0 && i < self->extra_trees; i++) {
+        char entry_key [48];
+        uint8_t value [64];
+        int key_size = snprintf (entry_key, sizeof entry_key, "x%d-%u-%012llu", i, producer,
+                                 (unsigned long long) index);
+        memset (value, 'v', sizeof value);
+        rc = s_put (self, self->extra [i], entry_key, (size_t) key_size, value, sizeof value, 0);
+    }
     if (rc == 0) {
         self->seq = seq;
         memcpy (self->chain, at, S_HASH);

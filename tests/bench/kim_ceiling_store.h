@@ -13,10 +13,15 @@
 
 typedef struct _kim_ceiling_store_t kim_ceiling_store_t;
 
+#define KIM_CEILING_STORE_TREES_MAX 16
+
 //  Opens (creating) an LMDB environment in the folder dir, which must
-//  exist. Returns NULL and prints the cause on stderr on failure.
+//  exist. With extra_trees (at most KIM_CEILING_STORE_TREES_MAX) every
+//  message also puts one small entry into each of that many more trees:
+//  what a broker's indexes cost. Returns NULL and prints the cause on
+//  stderr on failure.
 kim_ceiling_store_t *
-    kim_ceiling_store_new (const char *dir);
+    kim_ceiling_store_new (const char *dir, int extra_trees);
 
 void
     kim_ceiling_store_destroy (kim_ceiling_store_t **self_p);
