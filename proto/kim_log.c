@@ -425,9 +425,12 @@ s_walk_page (s_walk_t *w, uint64_t pgno, int depth)
         return s_bad (w, pgno, "a page that is neither branch nor leaf");
     if (lower < S_PAGEHDR || lower % 2 || lower > upper || upper > w->psize)
         return s_bad (w, pgno, "a page with bad bounds");
+    //  LMDB never keeps an empty page in a tree (an emptied table's root
+    //  is P_INVALID), and its cursor takes the last node of a page it
+    //  lands on: in an empty one that is an offset read from nowhere.
     size_t count = (size_t) (lower - S_PAGEHDR) / 2;
-    if (flags == S_P_BRANCH && count == 0)
-        return s_bad (w, pgno, "an empty branch page");
+    if (count == 0)
+        return s_bad (w, pgno, flags == S_P_BRANCH? "an empty branch page": "an empty leaf page");
     for (size_t i = 0; i < count; i++) {
         size_t at = s_u16 (page + S_PAGEHDR + 2 * i);
         if (at < upper || at % 2 || at + 8 > w->psize)
