@@ -172,10 +172,8 @@ s_ceilings_w2 (const options_t *opt, char *path, ceilings_t *ceil)
     char folder [] = "/tmp/kim-ceiling-XXXXXX";
     if (!mkdtemp (folder))
         return;
-    char dir [sizeof folder + 16];
-    snprintf (dir, sizeof dir, "%s/store", folder);
     argv [11] = "--durable";
-    argv [12] = dir;
+    argv [12] = folder;
     ceil->w2_durable_ran = s_run_w2 (argv, &ceil->w2_durable_p50_us, &ceil->w2_durable_p99_us);
     if (!ceil->w2_durable_ran)
         fprintf (stderr, "ceiling: durable ZeroMQ+CURVE run in W2's shape failed\n");
@@ -254,10 +252,8 @@ s_ceilings_w1 (const options_t *opt, ceilings_t *ceil)
         //  leave reachable on this machine, before kim's own work.
         char folder [] = "/tmp/kim-ceiling-XXXXXX";
         if (mkdtemp (folder)) {
-            char dir [sizeof folder + 16];
-            snprintf (dir, sizeof dir, "%s/store", folder);
             curve_argv [13] = "--durable";
-            curve_argv [14] = dir;
+            curve_argv [14] = folder;
             if (s_run_tool (curve_argv, 90, line, sizeof line)
             &&  s_json_number (line, "ack_rate", &ceil->durable_ack_rate)
             &&  ceil->durable_ack_rate > 0)

@@ -94,43 +94,10 @@ s_lc_send (const char *file, int line, kim_client_t *client, kim_msg_t *msg, int
     return seq;
 }
 
-//  Receives (and acks) deliveries until one of `type` for `id` (referral or
-//  case; NULL for any) arrives. Fails after timeout_ms.
-#define LC_WAIT(client, type, id, event) \
-    s_lc_wait (__FILE__, __LINE__, (client), (type), (id), (event), 15000)
-
-static inline void
-s_lc_wait (const char *file, int line, kim_client_t *client, kim_type_t type, const char *id,
-           kim_event_t *event, int timeout_ms)
-{
-    int64_t deadline = s_itest_now () + timeout_ms;
-    while (s_itest_now () < deadline) {
-        int rc = kim_client_recv (client, event, 200);
-        if (rc == -KIM_E_TIMEOUT)
-            continue;
-        if (rc || event->type != KIM_EVENT_DELIVER) {
-            fprintf (stderr, "%s:%d: %s waiting for %s:\n", file, line, kim_client_org (client),
-                     kim_type_name (type));
-            if (rc == 0)
-                s_itest_print_event (kim_client_org (client), event);
-            exit (1);
-        }
-        kim_client_ack (client, event->seq);
-        if (event->msg.type == type
-        &&  (!id || streq (event->msg.referral_id, id) || streq (event->msg.case_id, id))) {
-            kim_client_flush (client, 5000);        //  the ack goes out now
-            return;
-        }
-    }
-    fprintf (stderr, "%s:%d: %s got no %s for %s within %d ms\n", file, line,
-             kim_client_org (client), kim_type_name (type), id? id: "anything", timeout_ms);
-    exit (1);
-}
-
 //  Receives (and acks) deliveries until one of each types [i] for ids [i]
-//  has arrived, in any order, into events [i]: for notices of timers due
-//  within moments of each other, whose order nobody promises. Fails after
-//  timeout_ms.
+//  (referral or case; NULL for any) has arrived, in any order, into
+//  events [i]. More than one: notices of timers due within moments of each
+//  other, whose order nobody promises. Fails after timeout_ms.
 #define LC_WAIT_EACH(client, count, types, ids, events) \
     s_lc_wait_each (__FILE__, __LINE__, (client), (count), (types), (ids), (events), 15000)
 
@@ -140,7 +107,7 @@ s_lc_wait_each (const char *file, int line, kim_client_t *client, size_t count,
                 int timeout_ms)
 {
     bool seen [8] = { false };
-    KIM_CHECK (count <= sizeof seen / sizeof seen [0]);
+    KIM_CHECK (count > 0 && count <= sizeof seen / sizeof seen [0]);
     size_t left = count;
     int64_t deadline = s_itest_now () + timeout_ms;
     kim_event_t event;
@@ -149,8 +116,8 @@ s_lc_wait_each (const char *file, int line, kim_client_t *client, size_t count,
         if (rc == -KIM_E_TIMEOUT)
             continue;
         if (rc || event.type != KIM_EVENT_DELIVER) {
-            fprintf (stderr, "%s:%d: %s waiting for %zu deliveries:\n", file, line,
-                     kim_client_org (client), left);
+            fprintf (stderr, "%s:%d: %s waiting for %s:\n", file, line,
+                     kim_client_org (client), kim_type_name (types [0]));
             if (rc == 0)
                 s_itest_print_event (kim_client_org (client), &event);
             exit (1);
@@ -158,7 +125,8 @@ s_lc_wait_each (const char *file, int line, kim_client_t *client, size_t count,
         kim_client_ack (client, event.seq);
         for (size_t i = 0; i < count; i++)
             if (!seen [i] && event.msg.type == types [i]
-            &&  (streq (event.msg.referral_id, ids [i]) || streq (event.msg.case_id, ids [i]))) {
+            &&  (!ids [i] || streq (event.msg.referral_id, ids [i])
+                          || streq (event.msg.case_id, ids [i]))) {
                 seen [i] = true;
                 events [i] = event;
                 left--;
@@ -168,10 +136,22 @@ s_lc_wait_each (const char *file, int line, kim_client_t *client, size_t count,
     for (size_t i = 0; i < count; i++)
         if (!seen [i]) {
             fprintf (stderr, "%s:%d: %s got no %s for %s within %d ms\n", file, line,
-                     kim_client_org (client), kim_type_name (types [i]), ids [i], timeout_ms);
+                     kim_client_org (client), kim_type_name (types [i]),
+                     ids [i]? ids [i]: "anything", timeout_ms);
             exit (1);
         }
     kim_client_flush (client, 5000);                //  the acks go out now
+}
+
+//  The same for one delivery of `type` for `id`.
+#define LC_WAIT(client, type, id, event) \
+    s_lc_wait (__FILE__, __LINE__, (client), (type), (id), (event), 15000)
+
+static inline void
+s_lc_wait (const char *file, int line, kim_client_t *client, kim_type_t type, const char *id,
+           kim_event_t *event, int timeout_ms)
+{
+    s_lc_wait_each (file, line, client, 1, &type, &id, event, timeout_ms);
 }
 
 //  SUBSCRIBE (types: a NULL-terminated list, or NULL) or UNSUBSCRIBE over a
