@@ -293,8 +293,11 @@ s_read_str (s_dec_t *d, s_obj_t *o, const char *prefix, const char *key, int64_t
     return 0;
 }
 
-//  Reads a str into a char buffer. Type, length and UTF-8 are checked here;
-//  the format is checked on the copy (kim_msgi_check_field), as for encoding.
+//  Reads a str into a char buffer. Type and length are checked here; the
+//  format is checked on the copy (kim_msgi_check_field), as for encoding.
+//  UTF-8 needs no second look: the structure pass (s_scan_frame), which
+//  every decode runs first, refused any string that is not UTF-8 or holds
+//  a NUL, which would silently cut the C string short.
 static int
 s_read_str_into (s_dec_t *d, char *buf, size_t size, const char *prefix, const char *key, int64_t index)
 {
@@ -303,9 +306,6 @@ s_read_str_into (s_dec_t *d, char *buf, size_t size, const char *prefix, const c
         return -d->err->code;
     if (o.len > size - 1)
         return kim_msgi_fail (d->err, KIM_E_TOO_LONG, prefix, key, index);
-    //  Before copying: a NUL would silently cut the C string short.
-    if (!kim_utf8_valid (o.ptr, o.len))
-        return kim_msgi_fail (d->err, KIM_E_BAD_UTF8, prefix, key, index);
     if (o.len)
         memcpy (buf, o.ptr, o.len);
     buf [o.len] = 0;

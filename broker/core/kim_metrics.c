@@ -63,9 +63,8 @@ struct _kim_metrics_t {
     uint64_t referrals [M_STATES];
     uint64_t referral_scan_ms;          //  when last scanned (monotonic), 0: never
     bool referrals_known;
-    //  The last signed checkpoint in the log, found by reading the kind of
-    //  each record appended since the last render
-    uint64_t scanned_to;
+    //  The last signed checkpoint in the log (s_scan_checkpoints)
+    bool scanned;
     uint64_t checkpoint_seq;            //  0: none seen
     uint64_t checkpoint_ms;
     //  The text being rendered (loop thread only)
@@ -273,18 +272,18 @@ s_scan_referrals (kim_metrics_t *self)
         zsys_warning ("metrics: scanning referrals: %s", mdb_strerror (rc));
 }
 
-//  Follows the log's checkpoints: reads the kind of every record appended
-//  since the last call, or, after a long gap (the first call), walks back
-//  from the head at most M_CHECKPOINT_SCAN records. Call inside a read
-//  snapshot.
+//  Finds the log's last checkpoint. The store knows those it appended
+//  since it was opened; one written before that is found once, at the
+//  first call, by walking back from the head at most M_CHECKPOINT_SCAN
+//  records. Call inside a read snapshot.
 static void
 s_scan_checkpoints (kim_metrics_t *self)
 {
     kim_store_t *store = self->server->store;
-    uint64_t head = kim_store_head (store);
-    kim_record_t record;
-    if (head - self->scanned_to > M_CHECKPOINT_SCAN) {
+    if (!self->scanned) {
+        uint64_t head = kim_store_head (store);
         uint64_t stop = head > M_CHECKPOINT_SCAN? head - M_CHECKPOINT_SCAN: 0;
+        kim_record_t record;
         for (uint64_t seq = head; seq > stop; seq--)
             if (kim_store_read (store, seq, &record) == 0
             &&  record.kind == KIM_RECORD_CHECKPOINT) {
@@ -292,15 +291,14 @@ s_scan_checkpoints (kim_metrics_t *self)
                 self->checkpoint_ms = record.time_ms;
                 break;
             }
+        self->scanned = true;
     }
-    else
-        for (uint64_t seq = self->scanned_to + 1; seq <= head; seq++)
-            if (kim_store_read (store, seq, &record) == 0
-            &&  record.kind == KIM_RECORD_CHECKPOINT) {
-                self->checkpoint_seq = seq;
-                self->checkpoint_ms = record.time_ms;
-            }
-    self->scanned_to = head;
+    uint64_t time_ms;
+    uint64_t seq = kim_store_checkpoint_last (store, &time_ms);
+    if (seq > self->checkpoint_seq) {
+        self->checkpoint_seq = seq;
+        self->checkpoint_ms = time_ms;
+    }
 }
 
 static void

@@ -719,6 +719,8 @@ kim_store_begin (kim_store_t *self)
     self->batch_growable = true;
     self->batch_head = self->head;
     memcpy (self->batch_hash, self->head_hash, KIM_HASH_SIZE);
+    self->batch_checkpoint_seq = self->checkpoint_seq;
+    self->batch_checkpoint_ms = self->checkpoint_ms;
     return 0;
 }
 
@@ -763,6 +765,10 @@ kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
 
     self->batch_head = next;
     memcpy (self->batch_hash, hash, KIM_HASH_SIZE);
+    if (kind == KIM_RECORD_CHECKPOINT) {
+        self->batch_checkpoint_seq = next;
+        self->batch_checkpoint_ms = time_ms;
+    }
     if (seq)
         *seq = next;
     return 0;
@@ -1051,6 +1057,8 @@ kim_store_commit (kim_store_t *self, bool *retry)
         s_synced_by_commit (self, txn_id);
         self->head = self->batch_head;
         memcpy (self->head_hash, self->batch_hash, KIM_HASH_SIZE);
+        self->checkpoint_seq = self->batch_checkpoint_seq;
+        self->checkpoint_ms = self->batch_checkpoint_ms;
         kim_store_i_keys_settle (self, true);
         s_mailbox_settle (self, true);
         s_writes_add (&self->writes, &self->batch_writes);

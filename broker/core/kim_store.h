@@ -358,6 +358,12 @@ uint64_t
 const uint8_t *
     kim_store_head_hash (kim_store_t *self);
 
+//  The last CHECKPOINT record that this store appended and committed since
+//  it was opened: its seq (0: none yet) and, if `time_ms`, its time. Older
+//  checkpoints are found by reading the log back.
+uint64_t
+    kim_store_checkpoint_last (kim_store_t *self, uint64_t *time_ms);
+
 //  Bytes of the map in use.
 uint64_t
     kim_store_bytes (kim_store_t *self);

@@ -98,14 +98,19 @@ struct _kim_store_t {
     bool batch_growable;        //  false once MDB_TXN_FULL was seen
     uint64_t batch_head;
     uint8_t batch_hash [KIM_HASH_SIZE];
+    uint64_t batch_checkpoint_seq;
+    uint64_t batch_checkpoint_ms;
 
     //  The reusable read snapshot; `rtxn_live` while it is not reset
     MDB_txn *rtxn;
     bool rtxn_live;
 
-    //  Committed head of the log
+    //  Committed head of the log, and the last checkpoint record this
+    //  store appended since it was opened (0: none)
     uint64_t head;
     uint8_t head_hash [KIM_HASH_SIZE];
+    uint64_t checkpoint_seq;
+    uint64_t checkpoint_ms;
 
     //  Durability (see kim_store_sync): the last commit that wrote, the
     //  last one known on disk, and the log head each of them left.

@@ -122,6 +122,14 @@ kim_store_head_hash (kim_store_t *self)
 }
 
 uint64_t
+kim_store_checkpoint_last (kim_store_t *self, uint64_t *time_ms)
+{
+    if (time_ms)
+        *time_ms = self->checkpoint_ms;
+    return self->checkpoint_seq;
+}
+
+uint64_t
 kim_store_bytes (kim_store_t *self)
 {
     MDB_envinfo info;

@@ -239,6 +239,21 @@ main (int argc, char *argv [])
     free (answer);
     kim_client_destroy (&recipient);
     kim_client_destroy (&sender);
+
+    //  After a restart the last checkpoint, which the run before wrote, is
+    //  found by reading the log back
+    s_expect_t before [] = { { "kim_audit_checkpoint_age_seconds", 0, 600 } };
+    scrape = s_scrape_until (before, 1);
+    double checkpoint = s_value (scrape, "kim_log_head")
+                      - s_value (scrape, "kim_audit_checkpoint_lag_records");
+    free (scrape);
+    KIM_CHECK (checkpoint >= 1);
+    kim_testbroker_stop (broker, SIGTERM);
+    KIM_CHECK (kim_testbroker_start (broker) == 0);
+    scrape = s_scrape_until (before, 1);
+    KIM_CHECK (s_value (scrape, "kim_log_head")
+               - s_value (scrape, "kim_audit_checkpoint_lag_records") >= checkpoint);
+    free (scrape);
     kim_testbroker_destroy (&broker);
 
     //  Off by default: no endpoint, no notice
