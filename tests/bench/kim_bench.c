@@ -38,7 +38,7 @@ s_usage (void)
 {
     fprintf (stderr,
         "usage: kim-bench [--workload W1|W2|W3|RSS|all] [--smoke] [--json] [--ipc] [--sealed]\n"
-        "                 [--answer] [--prefill N]\n"
+        "                 [--answer] [--random-ids] [--prefill N]\n"
         "                 [--no-ceilings] [--no-drain] [--no-counters] [--messages N]\n"
         "                 [--producers N]\n"
         "                 [--fill N] [--repeat N] [--set broker/KEY=VALUE | store/KEY=VALUE ...]\n"
@@ -50,6 +50,9 @@ s_usage (void)
         "            peers the brief compares with)\n"
         "  --prefill N  W1, W2 and W3 run on a store that first took N REFERRALs\n"
         "            (64 bytes, delivered and acked): what the store's size costs\n"
+        "  --random-ids  message, referral and case ids begin with 16 hex digits of a\n"
+        "            hash, so that they land anywhere in the broker's trees as UUIDs do\n"
+        "            (default: ids that follow each other, producer by producer)\n"
         "  --answer  the consumer answers every REFERRAL with an ACCEPT (a closed loop:\n"
         "            REFERRAL, delivery, ack, ACCEPT, its receipt; the producers' mail waits)\n"
         "  --no-counters  leave the broker's metrics endpoint off (no LMDB writes a\n"
@@ -127,6 +130,9 @@ main (int argc, char *argv [])
         else
         if (kim_bench_streq (arg, "--sealed"))
             opt.sealed = true;
+        else
+        if (kim_bench_streq (arg, "--random-ids"))
+            opt.random_ids = true;
         else
         if (kim_bench_streq (arg, "--answer"))
             opt.answer = true;

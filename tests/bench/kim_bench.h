@@ -60,6 +60,7 @@ typedef struct {
     bool tcp;                   //  tcp loopback (default) or ipc
     bool sealed;                //  seal payloads end to end (default: plaintext, as the peers)
     bool answer;                //  the consumer answers each REFERRAL with an ACCEPT
+    bool random_ids;            //  ids land anywhere in the broker's trees, as UUIDs do
     uint32_t prefill;           //  W1 and W2 run on a store that holds this many REFERRALs
     bool ceilings;              //  run the ceiling tools if built
     bool drain;                 //  drain the RSS mailbox afterwards

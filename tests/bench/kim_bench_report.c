@@ -313,8 +313,9 @@ kim_bench_print_table (const options_t *opt, const result_t results [],
     char runs [64] = "";
     if (summaries)
         snprintf (runs, sizeof runs, "; median of %u runs, range min–max", opt->repeat);
-    printf ("\nkim-bench (%s, %s, %s%s; %ld CPUs, 1-min load average %.2f before, %.2f after)\n",
+    printf ("\nkim-bench (%s, %s%s, %s%s; %ld CPUs, 1-min load average %.2f before, %.2f after)\n",
             opt->tcp? "tcp loopback": "ipc", opt->sealed? "sealed payloads": "plaintext payloads",
+            opt->random_ids? ", random ids": "",
             opt->smoke? "smoke counts": "full counts", runs,
             sysconf (_SC_NPROCESSORS_ONLN), load_before, kim_bench_load_average ());
     printf ("%-5s %-4s %9s %8s %12s %12s %9s %9s %9s %10s\n", "", "ok", "messages", "seconds",

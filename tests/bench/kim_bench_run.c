@@ -17,6 +17,7 @@
     the mailbox afterwards.
 */
 #include <signal.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -71,21 +72,48 @@ s_percentiles (uint64_t *lat, size_t n, double *p50, double *p99, double *max)
 //  --------------------------------------------------------------------------
 //  Producers and the consumer
 
+//  With --random-ids every id begins with S_SPREAD hex digits of a hash of
+//  the message's name: ids that agencies make (UUIDs) land anywhere in the
+//  trees the broker keys by them, where ids that follow each other only
+//  ever append.
+#define S_SPREAD 16
+
+static void
+s_spread (char spread [S_SPREAD + 1], bool random_ids, const char *tag, uint32_t producer,
+          uint32_t index)
+{
+    spread [0] = 0;
+    if (!random_ids)
+        return;
+    char name [64];
+    int size = snprintf (name, sizeof name, "%s%u-%u", tag, producer, index);
+    uint8_t hash [S_SPREAD / 2];
+    crypto_generichash (hash, sizeof hash, (const uint8_t *) name, (size_t) size, NULL, 0);
+    sodium_bin2hex (spread, S_SPREAD + 1, hash, sizeof hash);
+}
+
 //  Per-message header fields; the rest comes from the harness's referral.
 static void
-s_message (kim_msg_t *msg, const char *tag, uint32_t producer, uint32_t index)
+s_message (kim_msg_t *msg, bool random_ids, const char *tag, uint32_t producer, uint32_t index)
 {
-    char id [KIM_ID_MAX + 1];
-    snprintf (id, sizeof id, "b%s%u-%u", tag, producer, index);
+    char id [KIM_ID_MAX + 1], spread [S_SPREAD + 1];
+    s_spread (spread, random_ids, tag, producer, index);
+    snprintf (id, sizeof id, "%sb%s%u-%u", spread, tag, producer, index);
     kim_test_referral (msg, KIM_BENCH_SINK, id);
-    snprintf (msg->msg_id, sizeof msg->msg_id, "m%s%u-%u", tag, producer, index);
+    snprintf (msg->msg_id, sizeof msg->msg_id, "%sm%s%u-%u", spread, tag, producer, index);
     msg->created_at = s_wall_ms ();
 }
 
-//  "m<tag><producer>-<index>" back to the index, or -1.
+//  "[spread]m<tag><producer>-<index>" back to the index, or -1.
 static long
-s_index_of (const char *msg_id, const char *tag, uint32_t producer, uint32_t count)
+s_index_of (const char *msg_id, bool random_ids, const char *tag, uint32_t producer,
+            uint32_t count)
 {
+    if (random_ids) {
+        if (strlen (msg_id) < S_SPREAD)
+            return -1;
+        msg_id += S_SPREAD;
+    }
     size_t tag_size = strlen (tag);
     if (msg_id [0] != 'm' || strncmp (msg_id + 1, tag, tag_size) != 0)
         return -1;
@@ -104,7 +132,8 @@ s_producer_event (producer_t *self, const kim_event_t *event, uint64_t now)
 {
     run_t *run = self->run;
     if (event->type == KIM_EVENT_RECEIPT) {
-        long index = s_index_of (event->msg_id, run->tag, self->id, run->per_producer);
+        long index = s_index_of (event->msg_id, run->opt->random_ids, run->tag, self->id,
+                                 run->per_producer);
         if (index < 0) {
             self->failed = 1;
             snprintf (self->text, sizeof self->text, "RECEIPT for unknown msg_id '%s'",
@@ -183,7 +212,7 @@ s_producer_run (void *arg)
                     s_producer_event (self, event, kim_bench_now_ns ());
             }
         }
-        s_message (msg, run->tag, self->id, index);
+        s_message (msg, run->opt->random_ids, run->tag, self->id, index);
         stamp_t stamp = { KIM_BENCH_MAGIC, self->id, index, kim_bench_now_ns () };
         memcpy (payload, &stamp, sizeof stamp);
         self->sent_ns [index] = stamp.sent_ns;

@@ -46,7 +46,9 @@
     only once its commit is durable, as kim lets out RECEIPTs and
     deliveries: the ceiling those guarantees leave before any of kim's own
     work. --rate N paces each producer at N messages a second, one a frame:
-    with one producer, W2's shape.
+    with one producer, W2's shape. --prefill N first fills that store with N
+    messages of 64 bytes, as kim-bench --prefill fills kim's: what the
+    store's size costs those guarantees alone.
 
     Prints one JSON line: ack_rate (messages / first send -> last ack),
     confirm_rate (-> the last producer's last confirm), latency percentiles
@@ -79,6 +81,7 @@
 #define S_BATCH             1024    //  messages taken per socket per poll
 #define S_KEY_TEXT          41      //  Z85 key and its terminating null
 #define S_ACK_DEFER_MS      5       //  as kim's KIM_ACK_DEFER_MS
+#define S_PREFILL_PAYLOAD   64      //  bytes a prefilled message, as kim-bench --prefill
 
 //  What a producer puts at the start of every payload.
 typedef struct {
@@ -98,6 +101,8 @@ typedef struct {
     uint32_t rate;              //  messages a second per producer (0: flat out)
     const char *durable;        //  the forwarder's store folder, or NULL
     uint32_t trees;             //  more trees the durable forwarder writes a message
+    uint32_t prefill;           //  messages stored before the run
+    bool random_keys;           //  the extra trees' keys fall anywhere
 } options_t;
 
 typedef struct _run_t run_t;
@@ -330,7 +335,7 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, const op
 
     kim_ceiling_store_t *store = NULL;
     outbox_t outbox = { NULL, 0, 0 };
-    if (ready && opt->durable && !(store = kim_ceiling_store_new (opt->durable, (int) opt->trees)))
+    if (ready && opt->durable && !(store = kim_ceiling_store_new (opt->durable, (int) opt->trees, opt->random_keys)))
         ready = false;
     char *id = (char *) malloc (256), *consumer = (char *) malloc (256);
     char *frame = (char *) malloc (frame_max);
@@ -656,11 +661,12 @@ s_clients (run_t *run)
     double confirm_s = (double) (last_confirm_ns - start_ns) / 1e9;
     printf ("{\"tool\":\"kim-ceiling-curve\",\"curve\":true,\"producers\":%u,\"messages\":%llu,"
             "\"payload\":%u,\"window\":%u,\"batch\":%u,\"confirmed\":%llu,\"acked\":%llu,"
-            "\"rate\":%u,\"durable\":%s,\"trees\":%u,"
+            "\"rate\":%u,\"durable\":%s,\"trees\":%u,\"keys\":\"%s\","
             "\"t_confirm_s\":%.3f,\"t_ack_s\":%.3f,\"confirm_rate\":%.0f,\"ack_rate\":%.0f",
             opt->producers, (unsigned long long) total, opt->payload, opt->window, opt->batch,
             (unsigned long long) confirmed, (unsigned long long) acked,
-            opt->rate, opt->durable? "true": "false", opt->trees, confirm_s, ack_s,
+            opt->rate, opt->durable? "true": "false", opt->trees,
+            opt->random_keys? "random": "ordered", confirm_s, ack_s,
             confirmed == total && confirm_s > 0? (double) total / confirm_s: 0,
             acked == total && ack_s > 0? (double) total / ack_s: 0);
     s_print_percentiles ("", lat, (size_t) acked);
@@ -685,7 +691,8 @@ s_usage (FILE *file)
 {
     fprintf (file,
         "usage: kim-ceiling-curve [--producers N] [--messages N] [--window N] [--payload N]\n"
-        "                         [--batch N] [--rate N] [--durable DIR [--trees N]] [--limit S]\n"
+        "                         [--batch N] [--rate N] [--limit S]\n"
+        "                         [--durable DIR [--trees N] [--keys ordered|random] [--prefill N]]\n"
         "  Raw ZeroMQ forwarding in the W1 shape with CurveZMQ on every socket: N producer\n"
         "  DEALERs -> a ROUTER forwarder (its own process) that confirms each message at\n"
         "  once and forwards it -> one consumer DEALER that acks each. Flat out, HWM 0,\n"
@@ -704,6 +711,12 @@ s_usage (FILE *file)
         "                 and confirms and forwards it only once its commit is synced\n"
         "  --trees N      with --durable: also one 64-byte entry a message in each of N\n"
         "                 more trees, 0 to %d, as a broker's indexes (default 0)\n"
+        "  --keys K       with --durable: message ids and the keys of those entries\n"
+        "                 follow the messages (ordered, the default) or fall anywhere in\n"
+        "                 their trees (random), as ids that agencies make (UUIDs) do\n"
+        "  --prefill N    with --durable: first store N messages of 64 bytes in DIR, in\n"
+        "                 large synced transactions, as a store that has served for long\n"
+        "                 (not timed; the time it took goes to stderr)\n"
         "  --limit S      time limit of the whole run in seconds (default 60)\n"
         "  Exit 0 when every message was confirmed and acked, 1 otherwise, 2 on bad usage.\n",
         S_PRODUCERS_MAX, sizeof (stamp_t), S_FRAME_MAX, S_BATCH_MAX,
@@ -742,6 +755,25 @@ s_read_endpoints (int fd, run_t *run, int timeout_ms)
     }
     line [used] = 0;
     return sscanf (line, "%63s %63s", run->front, run->back) == 2;
+}
+
+//  Fills the store before the run, as kim-bench --prefill fills kim's.
+static int
+s_prefill (const options_t *opt)
+{
+    kim_ceiling_store_t *store = kim_ceiling_store_new (opt->durable, (int) opt->trees, opt->random_keys);
+    if (!store)
+        return -1;
+    uint64_t start = s_now_ns ();
+    int rc = kim_ceiling_store_fill (store, opt->prefill, S_PREFILL_PAYLOAD);
+    if (rc)
+        fprintf (stderr, "kim-ceiling-curve: prefilling %s: %s\n", opt->durable,
+                 kim_ceiling_store_strerror (rc));
+    else
+        fprintf (stderr, "kim-ceiling-curve: prefilled %u messages in %.1f s\n", opt->prefill,
+                 (double) (s_now_ns () - start) / 1e9);
+    kim_ceiling_store_destroy (&store);
+    return rc? -1: 0;
 }
 
 int
@@ -784,6 +816,14 @@ main (int argc, char *argv [])
         if (strcmp (arg, "--trees") == 0)
             ok = s_parse_u32 (next, 0, KIM_CEILING_STORE_TREES_MAX, &opt.trees);
         else
+        if (strcmp (arg, "--keys") == 0 && next) {
+            ok = strcmp (next, "ordered") == 0 || strcmp (next, "random") == 0;
+            opt.random_keys = strcmp (next, "random") == 0;
+        }
+        else
+        if (strcmp (arg, "--prefill") == 0)
+            ok = s_parse_u32 (next, 0, 1000000000, &opt.prefill);
+        else
         if (strcmp (arg, "--durable") == 0 && next && *next) {
             opt.durable = next;
             ok = mkdir (next, 0700) == 0 || errno == EEXIST;
@@ -800,6 +840,13 @@ main (int argc, char *argv [])
         fprintf (stderr, "kim-ceiling-curve: this libzmq was built without CURVE\n");
         return 1;
     }
+    if (opt.prefill && !opt.durable) {
+        fprintf (stderr, "kim-ceiling-curve: --prefill needs --durable\n");
+        s_usage (stderr);
+        return 2;
+    }
+    if (opt.prefill && s_prefill (&opt))
+        return 1;
     signal (SIGPIPE, SIG_IGN);
 
     //  The server keypair, made before the fork: the child keeps the

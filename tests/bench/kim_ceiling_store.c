@@ -21,7 +21,10 @@
 
     With extra trees, each message also puts one 64-byte entry under a
     short text key into each of them: as many trees as kim's indexes
-    touch show what those pages cost, apart from kim's own work.
+    touch show what those pages cost, apart from kim's own work. The keys
+    name the message in order, or (random_keys) begin with a hash of it,
+    so that they land anywhere in a tree, as message ids and an index by
+    case, referral or subject id do when agencies make their ids as UUIDs.
 
     Left out, so that this stays below what any such broker spends: the
     key store (kim keeps each payload key, made ahead 4,096 to a synced
@@ -41,7 +44,9 @@
 
 #include "kim_ceiling_store.h"
 
-#define S_MAP_SIZE      ((size_t) 8 << 30)
+#define S_MAP_SIZE      ((size_t) 32 << 30)
+#define S_FILL_PRODUCER UINT32_MAX   //  kim_ceiling_store_fill's messages
+#define S_FILL_TXN      20000        //  messages a fill transaction
 #define S_HEADER        160     //  bytes standing in for a message's header
 #define S_HASH          32
 #define S_NONCE         crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
@@ -54,10 +59,12 @@ struct _kim_ceiling_store_t {
     MDB_dbi log, payload, dedup, cursor;
     MDB_dbi extra [KIM_CEILING_STORE_TREES_MAX];
     int extra_trees;
+    bool random_keys;
     uint64_t seq;               //  the last seq stored
     uint8_t chain [S_HASH];     //  the last record's chain hash
     uint8_t nonce [S_NONCE];    //  a random prefix and a counter
     uint64_t nonce_next;
+    uint32_t run;               //  drawn at open: the keys of one run are its own
     uint8_t *sealed;            //  room for one sealed payload
     size_t sealed_max;
     uint64_t commits;
@@ -99,7 +106,7 @@ s_last_seq (kim_ceiling_store_t *self, MDB_txn *txn)
 }
 
 kim_ceiling_store_t *
-kim_ceiling_store_new (const char *dir, int extra_trees)
+kim_ceiling_store_new (const char *dir, int extra_trees, bool random_keys)
 {
     if (sodium_init () < 0 || extra_trees < 0 || extra_trees > KIM_CEILING_STORE_TREES_MAX)
         return NULL;
@@ -107,7 +114,9 @@ kim_ceiling_store_new (const char *dir, int extra_trees)
     if (!self)
         return NULL;
     randombytes_buf (self->nonce, sizeof self->nonce);
+    self->run = randombytes_random ();
     self->extra_trees = extra_trees;
+    self->random_keys = random_keys;
     MDB_txn *txn = NULL;
     int rc = mdb_env_create (&self->env);
     if (rc == 0)
@@ -221,9 +230,18 @@ kim_ceiling_store_message (kim_ceiling_store_t *self, uint32_t producer, uint64_
                                                 seq_key, 8, NULL, self->nonce, key);
     sodium_memzero (key, sizeof key);
 
-    uint8_t id [4 + 8];
-    memcpy (id, &producer, 4);
-    s_be64 (id + 4, index);
+    //  A message id as a sender makes them, unique in the store: runs on a
+    //  folder used before add entries rather than overwrite those of the
+    //  run before (which would cost no page splits). With random keys it
+    //  begins with a hash of itself, as a UUID would fall.
+    uint8_t id [8 + 4 + 4 + 8];
+    memcpy (id + 8, &self->run, 4);
+    memcpy (id + 12, &producer, 4);
+    s_be64 (id + 16, index);
+    if (self->random_keys)
+        crypto_generichash (id, 8, id + 8, sizeof id - 8, NULL, 0);
+    else
+        memset (id, 0, 8);
     rc = s_put (self, self->log, seq_key, 8, record, sizeof record, MDB_APPEND);
     if (rc == 0)
         rc = s_put (self, self->payload, seq_key, 8, self->sealed, sealed_size, MDB_APPEND);
@@ -234,8 +252,19 @@ kim_ceiling_store_message (kim_ceiling_store_t *self, uint32_t producer, uint64_
     for (int i = 0; rc == 0 && i < self->extra_trees; i++) {
         char entry_key [48];
         uint8_t value [64];
-        int key_size = snprintf (entry_key, sizeof entry_key, "x%d-%u-%012llu", i, producer,
-                                 (unsigned long long) index);
+        int key_size;
+        if (self->random_keys) {
+            uint8_t name [4 + sizeof id], hash [12];
+            memcpy (name, &i, 4);
+            memcpy (name + 4, id, sizeof id);
+            crypto_generichash (hash, sizeof hash, name, sizeof name, NULL, 0);
+            char hex [2 * sizeof hash + 1];
+            sodium_bin2hex (hex, sizeof hex, hash, sizeof hash);
+            key_size = snprintf (entry_key, sizeof entry_key, "x%d-%s", i, hex);
+        }
+        else
+            key_size = snprintf (entry_key, sizeof entry_key, "x%d-%08x-%u-%012llu", i,
+                                 (unsigned) self->run, producer, (unsigned long long) index);
         memset (value, 'v', sizeof value);
         rc = s_put (self, self->extra [i], entry_key, (size_t) key_size, value, sizeof value, 0);
     }
@@ -243,6 +272,28 @@ kim_ceiling_store_message (kim_ceiling_store_t *self, uint32_t producer, uint64_
         self->seq = seq;
         memcpy (self->chain, at, S_HASH);
     }
+    return rc;
+}
+
+int
+kim_ceiling_store_fill (kim_ceiling_store_t *self, uint64_t count, size_t size)
+{
+    uint8_t *payload = (uint8_t *) malloc (size? size: 1);
+    if (!payload)
+        return ENOMEM;
+    randombytes_buf (payload, size);
+    int rc = 0;
+    for (uint64_t i = 0; rc == 0 && i < count; i++) {
+        //  The seq names each message once, whatever the folder held
+        rc = kim_ceiling_store_message (self, S_FILL_PRODUCER, self->seq + 1, payload, size);
+        if (rc == 0 && (i + 1) % S_FILL_TXN == 0)
+            rc = kim_ceiling_store_commit (self);
+    }
+    free (payload);
+    if (rc == 0)
+        rc = kim_ceiling_store_commit (self);
+    if (rc == 0)
+        rc = kim_ceiling_store_sync (self);
     return rc;
 }
 

@@ -8,6 +8,7 @@
 #ifndef KIM_CEILING_STORE_H_INCLUDED
 #define KIM_CEILING_STORE_H_INCLUDED
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -18,10 +19,12 @@ typedef struct _kim_ceiling_store_t kim_ceiling_store_t;
 //  Opens (creating) an LMDB environment in the folder dir, which must
 //  exist. With extra_trees (at most KIM_CEILING_STORE_TREES_MAX) every
 //  message also puts one small entry into each of that many more trees:
-//  what a broker's indexes cost. Returns NULL and prints the cause on
+//  what a broker's indexes cost. Their keys and the message ids follow
+//  the messages, or with random_keys fall anywhere in their trees, as
+//  ids that agencies make (UUIDs) do. Returns NULL and prints the cause on
 //  stderr on failure.
 kim_ceiling_store_t *
-    kim_ceiling_store_new (const char *dir, int extra_trees);
+    kim_ceiling_store_new (const char *dir, int extra_trees, bool random_keys);
 
 void
     kim_ceiling_store_destroy (kim_ceiling_store_t **self_p);
@@ -32,6 +35,14 @@ void
 int
     kim_ceiling_store_message (kim_ceiling_store_t *self, uint32_t producer, uint64_t index,
                                const uint8_t *payload, size_t size);
+
+//  Fills the store with `count` messages of `size` bytes each, stored as
+//  kim_ceiling_store_message stores them, from a producer that no run
+//  uses, committed in large transactions and synced at the end: a store
+//  that already holds what a broker's holds after months. Returns 0 or an
+//  LMDB error.
+int
+    kim_ceiling_store_fill (kim_ceiling_store_t *self, uint64_t count, size_t size);
 
 //  Records how far the consumer has acked. Returns 0 or an LMDB error.
 int
