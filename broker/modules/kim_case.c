@@ -113,6 +113,41 @@ kim_lc_case_forget (kim_lifecycle_t *self)
     self->known = false;
 }
 
+int
+kim_lc_index_case_seq (kim_lifecycle_t *self, kim_store_t *store, const char *case_id,
+                       uint64_t opens, uint64_t *case_seq)
+{
+    *case_seq = 0;
+    if (!case_id [0])
+        return 0;
+    kim_case_t kcase;
+    int rc = kim_lc_case_read (self, store, case_id, &kcase);
+    if (rc == 0)
+        *case_seq = kcase.created_seq;
+    if (rc == -KIM_E_NOT_FOUND)
+        *case_seq = opens;
+    return rc == -KIM_E_NOT_FOUND? 0: rc;
+}
+
+int
+kim_lc_index_case_scan (kim_store_t *store, const char *party, const char *case_id,
+                        const kim_case_t *kcase,
+                        int (*fn) (void *arg, const char *referral_id), void *arg)
+{
+    uint8_t prefix [S_INDEX_KEY_MAX];
+    uint64_t none = 0;
+    int rc = 0;
+    if (kcase && kcase->created_seq) {
+        size_t size = kim_lc_index_party_key (prefix, party, &kcase->created_seq, NULL);
+        rc = kim_lc_index_scan (store, prefix, size, case_id, fn, arg);
+    }
+    if (rc == 0) {
+        size_t size = kim_lc_index_party_key (prefix, party, &none, NULL);
+        rc = kim_lc_index_scan (store, prefix, size, case_id, fn, arg);
+    }
+    return rc;
+}
+
 static int
 s_case_put (kim_lifecycle_t *self, kim_store_t *store, const kim_case_t *kcase)
 {
@@ -299,7 +334,7 @@ s_hand_over (kim_ctx_t *ctx, kim_case_t *kcase, const char *to, uint64_t seq)
         referral.last_seq = seq;
         rc = kim_lc_referral_put (store, &referral);
         if (rc == 0)
-            rc = kim_lc_index_move (store, &referral, from, to);
+            rc = kim_lc_index_move (store, &referral, kcase->created_seq, from, to);
         char json [512];
         snprintf (json, sizeof json, "{\"referral_id\":\"%s\",\"case_id\":\"%s\",\"from\":\"%s\","
                   "\"to\":\"%s\",\"sender_from\":\"%s\",\"sender_to\":\"%s\",\"seq\":%" PRIu64 "}",
@@ -596,11 +631,9 @@ s_first_referral (void *arg, const char *referral_id)
 static int
 s_idle_notice (kim_ctx_t *ctx, const kim_case_t *kcase, uint64_t purge_at)
 {
-    uint8_t prefix [S_INDEX_KEY_MAX];
-    size_t prefix_size = kim_lc_index_party_key (prefix, kcase->lead, kcase->id, NULL);
     char referral_id [KIM_ID_MAX + 1] = "";
-    int rc = kim_lc_index_scan (kim_ctx_store (ctx), prefix, prefix_size, s_first_referral,
-                                referral_id);
+    int rc = kim_lc_index_case_scan (kim_ctx_store (ctx), kcase->lead, kcase->id, kcase,
+                                     s_first_referral, referral_id);
     if (rc < 0)
         return rc;
     if (!referral_id [0]) {
@@ -858,11 +891,18 @@ s_query_read (void *varg, kim_ctx_t *ctx)
         return s_query_one (arg, arg->cmd->referral_id);     //  a point read
     //  The asker's own referrals only (of one case, if it names one): the
     //  cost follows its referrals, never the store's.
+    const char *party = arg->peer->org->id;
+    if (arg->cmd->case_id [0]) {
+        kim_case_t kcase;
+        int rc = kim_lc_case_get (arg->store, arg->cmd->case_id, &kcase);
+        if (rc && rc != -KIM_E_NOT_FOUND && rc != -KIM_E_IO)
+            return rc;
+        return kim_lc_index_case_scan (arg->store, party, arg->cmd->case_id,
+                                       rc == 0? &kcase: NULL, s_query_one, arg);
+    }
     uint8_t prefix [S_INDEX_KEY_MAX];
-    size_t prefix_size = kim_lc_index_party_key (prefix, arg->peer->org->id,
-                                                 arg->cmd->case_id [0]? arg->cmd->case_id: NULL,
-                                                 NULL);
-    return kim_lc_index_scan (arg->store, prefix, prefix_size, s_query_one, arg);
+    size_t prefix_size = kim_lc_index_party_key (prefix, party, NULL, NULL);
+    return kim_lc_index_scan (arg->store, prefix, prefix_size, NULL, s_query_one, arg);
 }
 
 static int

@@ -132,11 +132,8 @@ kim_lc_referral_put (kim_store_t *store, const kim_referral_t *referral)
 }
 
 //  --------------------------------------------------------------------------
-//  The referral index (see kim_lifecycle_int.h)
-
-//  The store's META key that says the index is complete.
-#define S_INDEX_META        "index/referral_by"
-#define S_INDEX_VERSION     1
+//  The referral index (see kim_lifecycle_int.h; built for older stores in
+//  kim_lc_reindex.c)
 
 static uint8_t *
 s_index_text (uint8_t *at, const char *text, bool nul)
@@ -150,16 +147,18 @@ s_index_text (uint8_t *at, const char *text, bool nul)
 }
 
 size_t
-kim_lc_index_party_key (uint8_t key [S_INDEX_KEY_MAX], const char *party, const char *case_id,
-                        const char *referral_id)
+kim_lc_index_party_key (uint8_t key [S_INDEX_KEY_MAX], const char *party,
+                        const uint64_t *case_seq, const kim_referral_t *referral)
 {
     uint8_t *at = key;
     *at++ = S_INDEX_PARTY;
     at = s_index_text (at, party, true);
-    if (case_id) {
-        at = s_index_text (at, case_id, true);
-        if (referral_id)
-            at = s_index_text (at, referral_id, false);
+    if (case_seq) {
+        at = kim_lc_put_u64 (at, *case_seq);
+        if (referral) {
+            at = kim_lc_put_u64 (at, referral->created_seq);
+            at = s_index_text (at, referral->id, false);
+        }
     }
     return (size_t) (at - key);
 }
@@ -176,20 +175,28 @@ kim_lc_index_consent_key (uint8_t key [S_INDEX_KEY_MAX], const char *consent_id,
     return (size_t) (at - key);
 }
 
-int
-kim_lc_index_put (kim_store_t *store, const kim_referral_t *referral)
+//  A party entry: its key, and its case id as its value.
+static int
+s_index_party_put (kim_store_t *store, const kim_referral_t *referral, uint64_t case_seq,
+                   const char *party, const char *what)
 {
     uint8_t key [S_INDEX_KEY_MAX];
-    size_t size = kim_lc_index_party_key (key, referral->sender, referral->case_id, referral->id);
-    int rc = kim_lc_put (store, KIM_DB_REFERRAL_BY, key, size, "", 0,
-                         "lifecycle: indexing a referral");
-    if (rc == 0 && !streq (referral->recipient, referral->sender)) {
-        size = kim_lc_index_party_key (key, referral->recipient, referral->case_id, referral->id);
-        rc = kim_lc_put (store, KIM_DB_REFERRAL_BY, key, size, "", 0,
-                         "lifecycle: indexing a referral");
-    }
+    size_t key_size = kim_lc_index_party_key (key, party, &case_seq, referral);
+    return kim_lc_put (store, KIM_DB_REFERRAL_BY, key, key_size, referral->case_id,
+                       strnlen (referral->case_id, KIM_ID_MAX), what);
+}
+
+int
+kim_lc_index_put (kim_store_t *store, const kim_referral_t *referral, uint64_t case_seq)
+{
+    int rc = s_index_party_put (store, referral, case_seq, referral->sender,
+                                "lifecycle: indexing a referral");
+    if (rc == 0 && !streq (referral->recipient, referral->sender))
+        rc = s_index_party_put (store, referral, case_seq, referral->recipient,
+                                "lifecycle: indexing a referral");
     if (rc == 0 && referral->consent_id [0]) {
-        size = kim_lc_index_consent_key (key, referral->consent_id, referral->id);
+        uint8_t key [S_INDEX_KEY_MAX];
+        size_t size = kim_lc_index_consent_key (key, referral->consent_id, referral->id);
         rc = kim_lc_put (store, KIM_DB_REFERRAL_BY, key, size, "", 0,
                          "lifecycle: indexing a referral");
     }
@@ -197,25 +204,57 @@ kim_lc_index_put (kim_store_t *store, const kim_referral_t *referral)
 }
 
 int
-kim_lc_index_move (kim_store_t *store, const kim_referral_t *referral, const char *from,
-                   const char *to)
+kim_lc_index_move (kim_store_t *store, const kim_referral_t *referral, uint64_t case_seq,
+                   const char *from, const char *to)
 {
-    uint8_t key [S_INDEX_KEY_MAX];
     //  The old sender keeps its entry while it is the recipient too.
     if (!streq (from, referral->recipient)) {
-        MDB_val k = { kim_lc_index_party_key (key, from, referral->case_id, referral->id), key };
+        uint8_t key [S_INDEX_KEY_MAX];
+        MDB_val k = { kim_lc_index_party_key (key, from, &case_seq, referral), key };
         int rc = kim_store_del (store, KIM_DB_REFERRAL_BY, &k, NULL);
         if (rc && rc != MDB_NOTFOUND)
             return kim_store_error (store, rc, "lifecycle: moving a referral's index entry");
     }
-    size_t size = kim_lc_index_party_key (key, to, referral->case_id, referral->id);
-    return kim_lc_put (store, KIM_DB_REFERRAL_BY, key, size, "", 0,
-                       "lifecycle: moving a referral's index entry");
+    return s_index_party_put (store, referral, case_seq, to,
+                              "lifecycle: moving a referral's index entry");
+}
+
+//  The referral id (and for a party entry its case id) of an index entry.
+//  False for an entry of neither form, which is never ours.
+static bool
+s_index_entry (const MDB_val *key, const MDB_val *value, char case_id [KIM_ID_MAX + 1],
+               char id [KIM_ID_MAX + 1])
+{
+    const uint8_t *bytes = (const uint8_t *) key->mv_data;
+    size_t start;
+    case_id [0] = 0;
+    if (key->mv_size && bytes [0] == S_INDEX_PARTY) {
+        //  'P' party NUL case_seq referral_seq referral_id -> case_id
+        const uint8_t *nul = (const uint8_t *) memchr (bytes, 0, key->mv_size);
+        if (!nul || value->mv_size > KIM_ID_MAX)
+            return false;
+        start = (size_t) (nul - bytes) + 1 + 16;
+        memcpy (case_id, value->mv_data, value->mv_size);
+        case_id [value->mv_size] = 0;
+    }
+    else {
+        //  'C' consent_id NUL referral_id: the id follows the key's NUL
+        const uint8_t *nul = (const uint8_t *) memchr (bytes, 0, key->mv_size);
+        if (!nul)
+            return false;
+        start = (size_t) (nul - bytes) + 1;
+    }
+    if (key->mv_size <= start || key->mv_size - start > KIM_ID_MAX)
+        return false;
+    memcpy (id, bytes + start, key->mv_size - start);
+    id [key->mv_size - start] = 0;
+    return true;
 }
 
 int
 kim_lc_index_scan (kim_store_t *store, const uint8_t *prefix, size_t prefix_size,
-                   int (*fn) (void *arg, const char *referral_id), void *arg)
+                   const char *case_id, int (*fn) (void *arg, const char *referral_id),
+                   void *arg)
 {
     MDB_txn *txn = kim_store_txn (store);
     if (!txn)
@@ -230,93 +269,16 @@ kim_lc_index_scan (kim_store_t *store, const uint8_t *prefix, size_t prefix_size
          rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
         if (key.mv_size < prefix_size || memcmp (key.mv_data, prefix, prefix_size) != 0)
             break;
-        //  The referral id follows the last NUL (ids and org ids hold none).
-        const uint8_t *bytes = (const uint8_t *) key.mv_data;
-        size_t start = key.mv_size;
-        while (start > prefix_size && bytes [start - 1] != 0)
-            start--;
-        size_t size = key.mv_size - start;
-        if (size == 0 || size > KIM_ID_MAX)
-            continue;           //  not an entry of this form: never ours
-        char id [KIM_ID_MAX + 1];
-        memcpy (id, bytes + start, size);
-        id [size] = 0;
+        char entry_case [KIM_ID_MAX + 1], id [KIM_ID_MAX + 1];
+        if (!s_index_entry (&key, &value, entry_case, id)
+        ||  (case_id && !streq (entry_case, case_id)))
+            continue;
         result = fn (arg, id);
     }
     mdb_cursor_close (cursor);
     if (rc && rc != MDB_NOTFOUND && result == 0)
         return kim_store_error (store, rc, "lifecycle: reading the referral index");
     return result == 1? 0: result;
-}
-
-//  One pass of the build, inside a batch: indexes every referral and marks
-//  the index complete. Sets *count to the referrals indexed, *bad to those
-//  that do not decode (they stay unindexed, as they stay unread).
-static int
-s_index_build_batch (kim_store_t *store, size_t *count, size_t *bad)
-{
-    MDB_txn *txn = kim_store_txn (store);
-    MDB_val meta_key = { strlen (S_INDEX_META), (void *) S_INDEX_META }, value;
-    int rc = mdb_get (txn, kim_store_dbi (store, KIM_DB_META), &meta_key, &value);
-    if (rc == 0)
-        return 1;               //  complete already
-    if (rc != MDB_NOTFOUND)
-        return kim_store_error (store, rc, "lifecycle: reading the index's version");
-    *count = *bad = 0;
-    MDB_cursor *cursor;
-    rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_REFERRAL), &cursor);
-    if (rc)
-        return kim_store_error (store, rc, "lifecycle: opening the referrals");
-    //  Writing to the index does not disturb a cursor on the referrals.
-    MDB_val key;
-    int put_rc = 0;
-    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0 && put_rc == 0;
-         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
-        kim_referral_t referral;
-        if (kim_lc_referral_decode (value.mv_data, value.mv_size, &referral)) {
-            (*bad)++;
-            continue;
-        }
-        put_rc = kim_lc_index_put (store, &referral);
-        (*count)++;
-    }
-    mdb_cursor_close (cursor);
-    if (put_rc)
-        return put_rc;
-    if (rc && rc != MDB_NOTFOUND)
-        return kim_store_error (store, rc, "lifecycle: reading the referrals");
-    uint8_t version = S_INDEX_VERSION;
-    return kim_lc_put (store, KIM_DB_META, S_INDEX_META, strlen (S_INDEX_META), &version, 1,
-                       "lifecycle: marking the referral index complete");
-}
-
-int
-kim_lc_index_build (kim_store_t *store)
-{
-    for (int attempt = 0; attempt < 64; attempt++) {
-        int rc = kim_store_begin (store);
-        if (rc)
-            return rc;
-        size_t count = 0, bad = 0;
-        rc = s_index_build_batch (store, &count, &bad);
-        if (rc) {
-            kim_store_abort (store);
-            return rc == 1? 0: rc;
-        }
-        bool retry = false;
-        rc = kim_store_commit (store, &retry);
-        if (rc == 0) {
-            if (count || bad)
-                zsys_info ("lifecycle: indexed %zu referrals by party, case and consent "
-                           "(a store from before the index; done once)%s", count,
-                           bad? "; some referrals do not decode and stay unindexed": "");
-            return 0;
-        }
-        if (!retry)
-            return rc;
-        //  The map grew: the whole batch again.
-    }
-    return -KIM_E_STORE_FULL;
 }
 
 const char *

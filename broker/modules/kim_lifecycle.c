@@ -343,10 +343,13 @@ s_take_handed_over (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_route_t *ro
         rc = kim_lc_timer_put (store, referral.deadline, referral.id, S_TIMER_DEADLINE);
     else
         rc = 0;
+    uint64_t case_seq = 0;
+    if (rc == 0)
+        rc = kim_lc_index_case_seq (self, store, referral.case_id, 0, &case_seq);
     if (rc == 0)
         rc = kim_lc_referral_put (store, &referral);
     if (rc == 0)
-        rc = kim_lc_index_put (store, &referral);
+        rc = kim_lc_index_put (store, &referral, case_seq);
     char json [512];
     snprintf (json, sizeof json, "{\"referral_id\":\"%s\",\"case_id\":\"%s\",\"from\":\"%s\","
               "\"to\":\"%s\",\"sender_to\":\"%s\",\"handed_over_by\":\"%s\",\"seq\":%"
@@ -405,10 +408,14 @@ s_open (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, const char 
     //  No state record for SENT: the REFERRAL (or FORWARD) record opens it.
     int rc = kim_lc_timer_put (kim_ctx_store (ctx), referral.deadline, referral.id,
                                S_TIMER_DEADLINE);
+    uint64_t case_seq = 0;
+    if (rc == 0)
+        rc = kim_lc_index_case_seq (self, kim_ctx_store (ctx), case_id, parent [0]? 0: seq,
+                                    &case_seq);
     if (rc == 0)
         rc = kim_lc_referral_put (kim_ctx_store (ctx), &referral);
     if (rc == 0)
-        rc = kim_lc_index_put (kim_ctx_store (ctx), &referral);
+        rc = kim_lc_index_put (kim_ctx_store (ctx), &referral, case_seq);
     return rc;
 }
 
@@ -776,7 +783,7 @@ kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id, bool expi
     zlistx_set_destructor (ids, (zlistx_destructor_fn *) zstr_free);
     uint8_t prefix [S_INDEX_KEY_MAX];
     size_t prefix_size = kim_lc_index_consent_key (prefix, consent_id, NULL);
-    int rc = kim_lc_index_scan (store, prefix, prefix_size, s_collect_id, ids);
+    int rc = kim_lc_index_scan (store, prefix, prefix_size, NULL, s_collect_id, ids);
     //  The parties hear of the revocation from the consent module, which
     //  tells every earlier recipient once; here the referrals stop, and
     //  what was not delivered yet is withheld.

@@ -219,43 +219,70 @@ int
 
 //  The referral index (KIM_DB_REFERRAL_BY), so that every lookup an
 //  organisation can trigger costs what its own referrals cost, not what
-//  the whole store holds. Keys (values are empty):
-//    'P' party NUL case_id NUL referral_id    for the sender and the recipient
-//    'C' consent_id NUL referral_id           for a referral under a consent
-//  A party's referrals (REFERRAL_QUERY), a party's referrals of one case
-//  (REFERRAL_QUERY with case_id) and a consent's referrals (revocation) are
-//  each one prefix range. A case's referrals are only ever looked up for an
-//  organisation that takes part in them, so the party key serves "by case"
-//  too, and a new referral costs two puts (three under a consent). Entries
-//  are written with the referral when it opens, in the same transaction; a
-//  handover moves the sender's. Stores from before the index get it built
-//  once at start (kim_lc_index_build).
+//  the whole store holds. Entries:
+//    'P' party NUL case_seq referral_seq referral_id -> case_id
+//        for the sender and the recipient; the seqs (u64 BE) are the
+//        created_seq of the referral's case and of the referral
+//    'C' consent_id NUL referral_id -> empty, for a referral under a consent
+//  A party's referrals (REFERRAL_QUERY) and a consent's referrals
+//  (revocation) are each one prefix range, a party's referrals of one case
+//  (REFERRAL_QUERY with case_id) the range of the case's created_seq. A
+//  case's referrals are only ever looked up for an organisation that takes
+//  part in them, so the party key serves "by case" too, and a new referral
+//  costs two puts (three under a consent).
+//  Keys by seq, not by id: ids are the agencies' own (often UUIDs), and an
+//  entry under an id lands on a page of its own anywhere in the tree, which
+//  the commit rewrites whole; the referral of a new case goes at the end of
+//  each party's range, beside the one before. A referral whose case has no
+//  record (stores from before case records) is under case_seq 0, where a
+//  query by case looks too. Entries are written with the referral when it
+//  opens, in the same transaction; a handover moves the sender's. Stores
+//  from before the index, or with its first form (ids in the keys), get it
+//  built once at start (kim_lc_index_build, kim_lc_reindex.c).
 #define S_INDEX_PARTY       'P'
 #define S_INDEX_CONSENT     'C'
 #define S_INDEX_KEY_MAX     (1 + 3 * (KIM_ID_MAX + 1))
-//  The key of `party`'s entry of a referral, or with referral_id NULL the
-//  prefix of its referrals in `case_id`, or with case_id NULL too the
-//  prefix of all its referrals. Returns the size.
+//  The key of `party`'s entry of `referral` in the case of case_seq; with
+//  referral NULL the prefix of its referrals in that case, with case_seq
+//  NULL too the prefix of all its referrals. Returns the size.
 size_t
     kim_lc_index_party_key (uint8_t key [S_INDEX_KEY_MAX], const char *party,
-                            const char *case_id, const char *referral_id);
+                            const uint64_t *case_seq, const kim_referral_t *referral);
 //  As kim_lc_index_party_key, for a consent's referrals.
 size_t
     kim_lc_index_consent_key (uint8_t key [S_INDEX_KEY_MAX], const char *consent_id,
                               const char *referral_id);
-//  Writes the entries of a new referral.
+//  The case_seq of a referral's entries: its case's created_seq; for a
+//  case without a record, `opens` (the seq of a REFERRAL that opens the
+//  case in this batch, kim_lc_case_applied) or 0 (no case, or one known
+//  only from a store written before cases had records). Reads through the
+//  batch's case memo. Returns 0 or -KIM_E_*.
 int
-    kim_lc_index_put (kim_store_t *store, const kim_referral_t *referral);
+    kim_lc_index_case_seq (kim_lifecycle_t *self, kim_store_t *store, const char *case_id,
+                           uint64_t opens, uint64_t *case_seq);
+//  Calls `fn` with each of `party`'s referrals in case `case_id`, whose
+//  record is `kcase` (NULL: none), as kim_lc_index_scan does: those under
+//  its created_seq, then those under 0.
+int
+    kim_lc_index_case_scan (kim_store_t *store, const char *party, const char *case_id,
+                            const kim_case_t *kcase,
+                            int (*fn) (void *arg, const char *referral_id), void *arg);
+//  Writes the entries of a new referral in its case of case_seq.
+int
+    kim_lc_index_put (kim_store_t *store, const kim_referral_t *referral, uint64_t case_seq);
 //  Moves `referral`'s party entry from `from` to `to` (a handover).
 int
-    kim_lc_index_move (kim_store_t *store, const kim_referral_t *referral, const char *from,
-                       const char *to);
+    kim_lc_index_move (kim_store_t *store, const kim_referral_t *referral, uint64_t case_seq,
+                       const char *from, const char *to);
 //  Calls `fn` with each referral id under `prefix` (a key from above), in
 //  key order, until `fn` returns non-zero (its result is returned; 1 stops
-//  without error). `fn` must not write to the index.
+//  without error). With `case_id`, party entries of other cases are
+//  skipped: a party's range read for a case whose record is gone. `fn`
+//  must not write to the index.
 int
     kim_lc_index_scan (kim_store_t *store, const uint8_t *prefix, size_t prefix_size,
-                       int (*fn) (void *arg, const char *referral_id), void *arg);
+                       const char *case_id, int (*fn) (void *arg, const char *referral_id),
+                       void *arg);
 //  Builds the index of a store written before it existed: once, logged,
 //  in one batch, when the broker starts. Returns 0 or -KIM_E_*.
 int

@@ -11,7 +11,8 @@
     read); a query with a case reads only that case's; a referral sent now
     is found the same way; revoking the consent suspends exactly the old
     referrals made under it, found through the index; a handover moves a
-    referral from the old lead's list to the new one's.
+    referral from the old lead's list to the new one's. Last, a store with
+    the index's first form (ids in its keys) gets it built again, once.
 */
 #include "kim_lctest.h"
 #include "kim_lifecycle_int.h"
@@ -72,6 +73,31 @@ s_populate (const char *path, int population)
     s_put_referral (store, "S-3", SMALL_JC, SMALL, "CS-2", "", 3);
     //  A store from before the index has no such tree.
     KIM_CHECK (mdb_drop (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL_BY), 1) == 0);
+    bool retry = false;
+    KIM_CHECK (kim_store_commit (store, &retry) == 0);
+    kim_store_destroy (&store);
+}
+
+//  Gives the store's index its first form back: an entry keyed by ids
+//  and the marker of that form.
+static void
+s_first_form (const char *path)
+{
+    kim_store_config_t config = { .path = path };
+    int err = 0;
+    kim_store_t *store = kim_store_new (&config, &err);
+    KIM_CHECK (store);
+    KIM_CHECK (kim_store_begin (store) == 0);
+    const char entry [] = "P" SMALL "\0CS-1\0S-1";
+    MDB_val key = { sizeof entry - 1, (void *) entry }, value = { 0, (void *) "" };
+    KIM_CHECK (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL_BY), &key,
+                        &value, 0) == 0);
+    uint8_t version = 1;
+    MDB_val marker = { strlen ("index/referral_by"), (void *) "index/referral_by" };
+    value.mv_size = 1;
+    value.mv_data = &version;
+    KIM_CHECK (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_META), &marker,
+                        &value, 0) == 0);
     bool retry = false;
     KIM_CHECK (kim_store_commit (store, &retry) == 0);
     kim_store_destroy (&store);
@@ -224,9 +250,24 @@ main (void)
     KIM_CHECK (memmem (reply->body, reply->body_size, moved, strlen (moved)));
     kim_client_destroy (&small_jc);
 
-    free (reply);
     kim_client_destroy (&small);
     kim_client_destroy (&big);
+
+    //  A store whose index has its first form (ids in the party keys, as
+    //  brokers before this one wrote it) gets it built again, once: the
+    //  entry of that form goes, the small organisation's list reads its
+    //  three referrals and nothing else.
+    KIM_CHECK (kim_testbroker_stop (broker, SIGTERM) == 0);
+    s_first_form (path);
+    KIM_CHECK (kim_testbroker_start (broker) == 0);
+    KIM_CHECK (s_log_count (broker, "the index had an older form") == 1);
+    small = kim_testbroker_client (broker, SMALL, 64, false);
+    KIM_CHECK (small);
+    KIM_CHECK (s_query (broker, small, SMALL, "", 3, reply) == 3);
+    KIM_CHECK (s_query (broker, small, SMALL, "CS-1", 2, reply) == 2);
+    kim_client_destroy (&small);
+
+    free (reply);
     int status = kim_testbroker_stop (broker, SIGTERM);
     KIM_CHECK (WIFEXITED (status) && WEXITSTATUS (status) == 0);
     s_itest_broker_destroy (&broker);
