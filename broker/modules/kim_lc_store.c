@@ -207,14 +207,21 @@ int
 kim_lc_index_move (kim_store_t *store, const kim_referral_t *referral, uint64_t case_seq,
                    const char *from, const char *to)
 {
-    //  The old sender keeps its entry while it is the recipient too.
-    if (!streq (from, referral->recipient)) {
+    //  The old sender keeps its entry while it is the recipient too. An
+    //  entry made while the case had no record is under case seq 0.
+    uint64_t none = 0;
+    for (int pass = 0; pass < 2 && !streq (from, referral->recipient); pass++) {
         uint8_t key [S_INDEX_KEY_MAX];
-        MDB_val k = { kim_lc_index_party_key (key, from, &case_seq, referral), key };
+        MDB_val k = { kim_lc_index_party_key (key, from, pass? &none: &case_seq, referral), key };
         int rc = kim_store_del (store, KIM_DB_REFERRAL_BY, &k, NULL);
-        if (rc && rc != MDB_NOTFOUND)
+        if (rc == 0)
+            break;
+        if (rc != MDB_NOTFOUND)
             return kim_store_error (store, rc, "lifecycle: moving a referral's index entry");
     }
+    //  A new sender that is the recipient has its entry already.
+    if (streq (to, referral->recipient))
+        return 0;
     return s_index_party_put (store, referral, case_seq, to,
                               "lifecycle: moving a referral's index entry");
 }

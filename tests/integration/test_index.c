@@ -11,7 +11,8 @@
     read); a query with a case reads only that case's; a referral sent now
     is found the same way; revoking the consent suspends exactly the old
     referrals made under it, found through the index; a handover moves a
-    referral from the old lead's list to the new one's. Last, a store with
+    referral from the old lead's list to the new one's, also one indexed
+    while its case had no record. Last, a store with
     the index's first form (ids in its keys) gets it built again, once.
 */
 #include "kim_lctest.h"
@@ -71,6 +72,7 @@ s_populate (const char *path, int population)
     s_put_referral (store, "S-1", SMALL, SMALL_JC, "CS-1", "G-small", 1);
     s_put_referral (store, "S-2", SMALL, SMALL_JA, "CS-1", "G-small", 2);
     s_put_referral (store, "S-3", SMALL_JC, SMALL, "CS-2", "", 3);
+    s_put_referral (store, "S-5", SMALL, SMALL_JC, "CS-4", "", 4);
     //  A store from before the index has no such tree.
     KIM_CHECK (mdb_drop (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL_BY), 1) == 0);
     bool retry = false;
@@ -176,7 +178,7 @@ main (void)
     printf ("test_index: broker started (index built) in %" PRId64 " ms\n",
             zclock_mono () - started);
     char built [64];
-    snprintf (built, sizeof built, "indexed %d referrals", population + 3);
+    snprintf (built, sizeof built, "indexed %d referrals", population + 4);
     KIM_CHECK (s_log_count (broker, built) == 1);
     KIM_CHECK (kim_testbroker_stop (broker, SIGTERM) == 0);
     KIM_CHECK (kim_testbroker_start (broker) == 0);
@@ -188,8 +190,8 @@ main (void)
     kim_cmd_t *reply = (kim_cmd_t *) calloc (1, sizeof (kim_cmd_t));
     KIM_CHECK (reply);
 
-    //  The small organisation's list reads its three referrals, not the store.
-    KIM_CHECK (s_query (broker, small, SMALL, "", 3, reply) == 3);
+    //  The small organisation's list reads its four referrals, not the store.
+    KIM_CHECK (s_query (broker, small, SMALL, "", 4, reply) == 4);
     KIM_CHECK (memmem (reply->body, reply->body_size, "\"referral_id\":\"S-3\"", 19));
     KIM_CHECK (!memmem (reply->body, reply->body_size, "B-", 2));
     KIM_CHECK (s_query (broker, small, SMALL, "CS-1", 2, reply) == 2);
@@ -201,7 +203,7 @@ main (void)
     kim_msg_t msg;
     s_lc_msg (&msg, KIM_TYPE_REFERRAL, SMALL_JA, "S-4", "m-s-4", "CS-3");
     LC_SEND (small, &msg, 0, "");
-    KIM_CHECK (s_query (broker, small, SMALL, "", 4, reply) == 4);
+    KIM_CHECK (s_query (broker, small, SMALL, "", 5, reply) == 5);
     KIM_CHECK (memmem (reply->body, reply->body_size, "\"referral_id\":\"S-4\"", 19));
 
     //  Revoking G-small suspends the two old referrals under it, found
@@ -243,11 +245,28 @@ main (void)
     LC_SEND (small, &msg, 0, "");
     s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, SMALL, "CS-3", "accept-cs-3", "offer-cs-3");
     LC_SEND (small_jc, &msg, 0, "");
-    KIM_CHECK (s_query (broker, small, SMALL, "", 3, reply) == 3);
+    KIM_CHECK (s_query (broker, small, SMALL, "", 4, reply) == 4);
     KIM_CHECK (!memmem (reply->body, reply->body_size, "\"referral_id\":\"S-4\"", 19));
-    KIM_CHECK (s_query (broker, small_jc, SMALL_JC, "", 3, reply) == 3);
+    KIM_CHECK (s_query (broker, small_jc, SMALL_JC, "", 4, reply) == 4);
     const char *moved = "\"referral_id\":\"S-4\",\"state\":\"SENT\",\"sender\":\"" SMALL_JC "\"";
     KIM_CHECK (memmem (reply->body, reply->body_size, moved, strlen (moved)));
+
+    //  So does a handover of a referral indexed while its case had no
+    //  record (S-5, from the old store): CS-4 gets its record from a new
+    //  referral, then S-5 goes to its recipient. The old lead reads it no
+    //  more; the new one finds it in the case once.
+    s_lc_msg (&msg, KIM_TYPE_REFERRAL, SMALL_JA, "S-6", "m-s-6", "CS-4");
+    LC_SEND (small, &msg, 0, "");
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_OFFER, SMALL_JC, "CS-4", "offer-cs-4", NULL);
+    msg.referral_count = 1;
+    snprintf (msg.referrals [0], sizeof msg.referrals [0], "S-5");
+    LC_SEND (small, &msg, 0, "");
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, SMALL, "CS-4", "accept-cs-4", "offer-cs-4");
+    LC_SEND (small_jc, &msg, 0, "");
+    KIM_CHECK (s_query (broker, small, SMALL, "", 4, reply) == 4);
+    KIM_CHECK (!memmem (reply->body, reply->body_size, "\"referral_id\":\"S-5\"", 19));
+    KIM_CHECK (s_query (broker, small_jc, SMALL_JC, "CS-4", 1, reply) == 1);
+    KIM_CHECK (memmem (reply->body, reply->body_size, "\"referral_id\":\"S-5\"", 19));
     kim_client_destroy (&small_jc);
 
     kim_client_destroy (&small);
@@ -256,14 +275,14 @@ main (void)
     //  A store whose index has its first form (ids in the party keys, as
     //  brokers before this one wrote it) gets it built again, once: the
     //  entry of that form goes, the small organisation's list reads its
-    //  three referrals and nothing else.
+    //  four referrals and nothing else.
     KIM_CHECK (kim_testbroker_stop (broker, SIGTERM) == 0);
     s_first_form (path);
     KIM_CHECK (kim_testbroker_start (broker) == 0);
     KIM_CHECK (s_log_count (broker, "the index had an older form") == 1);
     small = kim_testbroker_client (broker, SMALL, 64, false);
     KIM_CHECK (small);
-    KIM_CHECK (s_query (broker, small, SMALL, "", 3, reply) == 3);
+    KIM_CHECK (s_query (broker, small, SMALL, "", 4, reply) == 4);
     KIM_CHECK (s_query (broker, small, SMALL, "CS-1", 2, reply) == 2);
     kim_client_destroy (&small);
 
