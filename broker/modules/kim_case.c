@@ -129,21 +129,38 @@ kim_lc_index_case_seq (kim_lifecycle_t *self, kim_store_t *store, const char *ca
     return rc == -KIM_E_NOT_FOUND? 0: rc;
 }
 
+//  A scan over two ranges: `fn` stopping the first (1) stops both.
+typedef struct {
+    int (*fn) (void *arg, const char *referral_id);
+    void *arg;
+    bool stopped;
+} s_case_scan_t;
+
+static int
+s_case_scan_one (void *varg, const char *referral_id)
+{
+    s_case_scan_t *scan = (s_case_scan_t *) varg;
+    int rc = scan->fn (scan->arg, referral_id);
+    scan->stopped = rc == 1;
+    return rc;
+}
+
 int
 kim_lc_index_case_scan (kim_store_t *store, const char *party, const char *case_id,
                         const kim_case_t *kcase,
                         int (*fn) (void *arg, const char *referral_id), void *arg)
 {
+    s_case_scan_t scan = { fn, arg, false };
     uint8_t prefix [S_INDEX_KEY_MAX];
     uint64_t none = 0;
     int rc = 0;
     if (kcase && kcase->created_seq) {
         size_t size = kim_lc_index_party_key (prefix, party, &kcase->created_seq, NULL);
-        rc = kim_lc_index_scan (store, prefix, size, case_id, fn, arg);
+        rc = kim_lc_index_scan (store, prefix, size, case_id, s_case_scan_one, &scan);
     }
-    if (rc == 0) {
+    if (rc == 0 && !scan.stopped) {
         size_t size = kim_lc_index_party_key (prefix, party, &none, NULL);
-        rc = kim_lc_index_scan (store, prefix, size, case_id, fn, arg);
+        rc = kim_lc_index_scan (store, prefix, size, case_id, s_case_scan_one, &scan);
     }
     return rc;
 }

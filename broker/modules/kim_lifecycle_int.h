@@ -262,7 +262,7 @@ int
                            uint64_t opens, uint64_t *case_seq);
 //  Calls `fn` with each of `party`'s referrals in case `case_id`, whose
 //  record is `kcase` (NULL: none), as kim_lc_index_scan does: those under
-//  its created_seq, then those under 0.
+//  its created_seq, then those under 0 (`fn` returning 1 stops both).
 int
     kim_lc_index_case_scan (kim_store_t *store, const char *party, const char *case_id,
                             const kim_case_t *kcase,
