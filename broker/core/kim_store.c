@@ -421,7 +421,11 @@ s_lock (kim_store_t *self)
 //            opens a case is not in CASE_SEQ (an older broker's retention
 //            would keep its payload). Nothing to migrate: earlier entries
 //            are still read.
-#define S_VERSION 5
+//    5 -> 6: the referral index (REFERRAL_BY) is keyed by seqs, not ids
+//            (kim_lifecycle_int.h), which an older broker would misread.
+//            Nothing to migrate here: the life cycle builds the index anew
+//            at its first start (kim_lc_reindex.c).
+#define S_VERSION 6
 
 static int
 s_store_version (kim_store_t *self, MDB_txn *txn)
