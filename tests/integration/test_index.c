@@ -105,6 +105,24 @@ s_first_form (const char *path)
     kim_store_destroy (&store);
 }
 
+//  SMALL hands case `case_id` with `referral_id` over to SMALL_JC, which
+//  accepts.
+static void
+s_hand_over (kim_client_t *small, kim_client_t *small_jc, const char *case_id,
+             const char *referral_id)
+{
+    char offer [32], accept [32];
+    snprintf (offer, sizeof offer, "offer-%s", case_id);
+    snprintf (accept, sizeof accept, "accept-%s", case_id);
+    kim_msg_t msg;
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_OFFER, SMALL_JC, case_id, offer, NULL);
+    msg.referral_count = 1;
+    snprintf (msg.referrals [0], sizeof msg.referrals [0], "%s", referral_id);
+    LC_SEND (small, &msg, 0, "");
+    s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, SMALL, case_id, accept, offer);
+    LC_SEND (small_jc, &msg, 0, "");
+}
+
 //  How often `text` occurs in the broker's log.
 static int
 s_log_count (kim_testbroker_t *broker, const char *text)
@@ -239,12 +257,7 @@ main (void)
     //  A handover moves the old lead's entry of the referrals it hands over.
     kim_client_t *small_jc = kim_testbroker_client (broker, SMALL_JC, 64, false);
     KIM_CHECK (small_jc);
-    s_lc_msg (&msg, KIM_TYPE_HANDOVER_OFFER, SMALL_JC, "CS-3", "offer-cs-3", NULL);
-    msg.referral_count = 1;
-    snprintf (msg.referrals [0], sizeof msg.referrals [0], "S-4");
-    LC_SEND (small, &msg, 0, "");
-    s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, SMALL, "CS-3", "accept-cs-3", "offer-cs-3");
-    LC_SEND (small_jc, &msg, 0, "");
+    s_hand_over (small, small_jc, "CS-3", "S-4");
     KIM_CHECK (s_query (broker, small, SMALL, "", 4, reply) == 4);
     KIM_CHECK (!memmem (reply->body, reply->body_size, "\"referral_id\":\"S-4\"", 19));
     KIM_CHECK (s_query (broker, small_jc, SMALL_JC, "", 4, reply) == 4);
@@ -257,12 +270,7 @@ main (void)
     //  more; the new one finds it in the case once.
     s_lc_msg (&msg, KIM_TYPE_REFERRAL, SMALL_JA, "S-6", "m-s-6", "CS-4");
     LC_SEND (small, &msg, 0, "");
-    s_lc_msg (&msg, KIM_TYPE_HANDOVER_OFFER, SMALL_JC, "CS-4", "offer-cs-4", NULL);
-    msg.referral_count = 1;
-    snprintf (msg.referrals [0], sizeof msg.referrals [0], "S-5");
-    LC_SEND (small, &msg, 0, "");
-    s_lc_msg (&msg, KIM_TYPE_HANDOVER_ACCEPT, SMALL, "CS-4", "accept-cs-4", "offer-cs-4");
-    LC_SEND (small_jc, &msg, 0, "");
+    s_hand_over (small, small_jc, "CS-4", "S-5");
     KIM_CHECK (s_query (broker, small, SMALL, "", 4, reply) == 4);
     KIM_CHECK (!memmem (reply->body, reply->body_size, "\"referral_id\":\"S-5\"", 19));
     KIM_CHECK (s_query (broker, small_jc, SMALL_JC, "CS-4", 1, reply) == 1);
