@@ -239,7 +239,16 @@ s_histogram (kim_metrics_t *self, const char *name, const char *help,
            histogram->count);
 }
 
-//  Counts referrals by state: one pass over the referral tree in a write
+static int
+s_count_referral (void *arg, const kim_referral_t *referral)
+{
+    uint64_t *counts = (uint64_t *) arg;
+    if (referral->state < M_STATES)
+        counts [referral->state]++;
+    return 0;
+}
+
+//  Counts referrals by state: one pass over the referrals in a write
 //  transaction that is then aborted (it writes nothing).
 static void
 s_scan_referrals (kim_metrics_t *self)
@@ -248,28 +257,15 @@ s_scan_referrals (kim_metrics_t *self)
     if (kim_store_begin (store))
         return;                 //  a failed store: keep the last figures
     uint64_t counts [M_STATES] = { 0 };
-    MDB_cursor *cursor;
-    int rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL),
-                              &cursor);
-    if (rc == 0) {
-        MDB_val key, value;
-        for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0;
-             rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
-            kim_referral_t referral;
-            if (kim_lc_referral_decode ((const uint8_t *) value.mv_data, value.mv_size,
-                                        &referral) == 0
-            &&  referral.state < M_STATES)
-                counts [referral.state]++;
-        }
-        mdb_cursor_close (cursor);
-    }
+    size_t bad = 0;
+    int rc = kim_lc_referral_scan (store, s_count_referral, counts, &bad);
     kim_store_abort (store);
-    if (rc == MDB_NOTFOUND) {
+    if (rc == 0) {
         memcpy (self->referrals, counts, sizeof counts);
         self->referrals_known = true;
     }
     else
-        zsys_warning ("metrics: scanning referrals: %s", mdb_strerror (rc));
+        zsys_warning ("metrics: scanning referrals: %s", kim_strerror (rc));
 }
 
 //  Finds the log's last checkpoint. The store knows those it appended

@@ -425,7 +425,12 @@ s_lock (kim_store_t *self)
 //            (kim_lifecycle_int.h), which an older broker would misread.
 //            Nothing to migrate here: the life cycle builds the index anew
 //            at its first start (kim_lc_reindex.c).
-#define S_VERSION 6
+//    6 -> 7: REFERRAL maps a referral's id to the seq that opened it and
+//            keeps its state under that seq (kim_lifecycle_int.h), which
+//            an older broker would misread. Nothing to migrate here: the
+//            life cycle moves the states at its first start
+//            (kim_lc_reindex.c).
+#define S_VERSION 7
 
 static int
 s_store_version (kim_store_t *self, MDB_txn *txn)

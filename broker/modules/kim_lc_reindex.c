@@ -1,14 +1,19 @@
-/*  kim_lc_reindex.c — builds the referral index of a store written before
-    it existed, or before its present form (part of the life-cycle module;
-    see kim_lifecycle_int.h).
+/*  kim_lc_reindex.c — brings the life cycle's trees of a store written by
+    an older broker to their present form, once, at start (part of the
+    life-cycle module; see kim_lifecycle_int.h).
 
-    META "index/referral_by" holds the form the index has: absent in a
-    store from before the index, 1 for its first form (ids in the party
-    keys), S_INDEX_VERSION for the present one (seqs). At start, a store
-    without the present form gets its index emptied and built again from
-    the referrals, in one batch, once; the broker logs it. A referral's
-    party entries need its case's created_seq, so this reads cases too:
-    kim_lifecycle.c -> kim_lc_reindex.c -> kim_case.c -> kim_lc_store.c.
+    Two steps, each one batch, logged, in this order:
+    - The referrals' states. META "referral/state" is 1 once each
+      referral's state lies under its created_seq (REFERRAL_STATE) and
+      REFERRAL maps its id to that seq. A store without it had each
+      referral under its id: the states move.
+    - The referral index. META "index/referral_by" holds the form the
+      index has: absent in a store from before the index, 1 for its first
+      form (ids in the party keys), S_INDEX_VERSION for the present one
+      (seqs). A store without the present form gets its index emptied and
+      built again from the referrals. A referral's party entries need its
+      case's created_seq, so this reads cases too: kim_lifecycle.c ->
+      kim_lc_reindex.c -> kim_case.c -> kim_lc_store.c.
 */
 #include <czmq.h>
 
@@ -16,56 +21,75 @@
 
 #define S_INDEX_META        "index/referral_by"
 #define S_INDEX_VERSION     2
+#define S_STATE_META        "referral/state"
+#define S_STATE_VERSION     1
 
-//  One pass of the build, inside a batch: indexes every referral and marks
-//  the index complete. Sets *count to the referrals indexed, *bad to those
-//  that do not decode (they stay unindexed, as they stay unread). Returns
-//  1 when the index has its present form already.
+//  A step's batch: 1 when the store has the present form already, else 0
+//  or -KIM_E_*. Sets *count to the referrals it wrote, *bad to those that
+//  do not decode (they stay as they were, as they stay unread), *was to
+//  the form it found.
+typedef int (s_step_fn) (kim_store_t *store, size_t *count, size_t *bad, uint8_t *was);
+
+//  Reads a step's marker: 1 (and *was) when it names `version`, 0 when
+//  the step is to run, or -KIM_E_*.
 static int
-s_build_batch (kim_store_t *store, size_t *count, size_t *bad, uint8_t *was)
+s_marker (kim_store_t *store, const char *name, uint8_t version, uint8_t *was)
 {
-    MDB_txn *txn = kim_store_txn (store);
-    MDB_val meta_key = { strlen (S_INDEX_META), (void *) S_INDEX_META }, value;
-    int rc = mdb_get (txn, kim_store_dbi (store, KIM_DB_META), &meta_key, &value);
+    MDB_val key = { strlen (name), (void *) name }, value;
+    int rc = mdb_get (kim_store_txn (store), kim_store_dbi (store, KIM_DB_META), &key, &value);
     *was = 0;
-    if (rc == 0 && value.mv_size == 1) {
+    if (rc == 0 && value.mv_size == 1)
         *was = *(const uint8_t *) value.mv_data;
-        if (*was == S_INDEX_VERSION)
-            return 1;
-    }
     if (rc && rc != MDB_NOTFOUND)
-        return kim_store_error (store, rc, "lifecycle: reading the index's version");
-    //  Entries of an older form go: the build writes every referral's anew.
-    rc = mdb_drop (txn, kim_store_dbi (store, KIM_DB_REFERRAL_BY), 0);
+        return kim_store_error (store, rc, "lifecycle: reading a tree's form");
+    return *was == version? 1: 0;
+}
+
+//  Moves every referral kept under its id to its created_seq.
+static int
+s_split_batch (kim_store_t *store, size_t *count, size_t *bad, uint8_t *was)
+{
+    int rc = s_marker (store, S_STATE_META, S_STATE_VERSION, was);
     if (rc)
-        return kim_store_error (store, rc, "lifecycle: emptying the referral index");
-    *count = *bad = 0;
+        return rc;
     MDB_cursor *cursor;
-    rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_REFERRAL), &cursor);
+    rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL),
+                          &cursor);
     if (rc)
         return kim_store_error (store, rc, "lifecycle: opening the referrals");
-    //  Writing to the index (and reading cases) does not disturb a cursor
-    //  on the referrals.
-    MDB_val key;
+    MDB_val key, value;
     int put_rc = 0;
     for (rc = mdb_cursor_get (cursor, &key, &value, MDB_FIRST); rc == 0 && put_rc == 0;
          rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        if (key.mv_size > 0 && *(const uint8_t *) key.mv_data == S_REFERRAL_STATE_TAG)
+            break;              //  the states sort after every id
         kim_referral_t referral;
-        if (kim_lc_referral_decode (value.mv_data, value.mv_size, &referral)) {
+        uint8_t id [KIM_ID_MAX + 1];
+        if (value.mv_size == 8)
+            continue;           //  moved already
+        if (key.mv_size > sizeof id
+        ||  kim_lc_referral_decode (value.mv_data, value.mv_size, &referral)) {
             (*bad)++;
             continue;
         }
-        //  A referral whose case has no record (a store from before case
-        //  records) goes under case_seq 0, where a query by case looks too.
-        uint64_t case_seq = 0;
-        kim_case_t kcase;
-        put_rc = referral.case_id [0]? kim_lc_case_get (store, referral.case_id, &kcase): 0;
-        if (put_rc == 0 && referral.case_id [0])
-            case_seq = kcase.created_seq;
-        if (put_rc == -KIM_E_NOT_FOUND || put_rc == -KIM_E_IO)
-            put_rc = 0;         //  no case, or one this broker cannot read (logged)
-        if (put_rc == 0)
-            put_rc = kim_lc_index_put (store, &referral, case_seq);
+        //  The id is copied, and the cursor set on it again after the
+        //  state's put: both go into this tree, and LMDB's replacement of
+        //  a value by one of another size moves the page's nodes.
+        memcpy (id, key.mv_data, key.mv_size);
+        MDB_val copy = { key.mv_size, id };
+        put_rc = kim_lc_referral_state_put (store, &referral, true);
+        if (put_rc == 0) {
+            int mdb_rc = mdb_cursor_get (cursor, &copy, &value, MDB_SET);
+            if (mdb_rc == 0) {
+                uint8_t seq [8];
+                kim_log_put_be64 (seq, referral.created_seq);
+                MDB_val pointer = { sizeof seq, seq };
+                mdb_rc = kim_store_cursor_put (store, KIM_DB_REFERRAL, cursor, &copy, &pointer,
+                                               MDB_CURRENT);
+            }
+            if (mdb_rc)
+                put_rc = kim_store_error (store, mdb_rc, "lifecycle: moving a referral");
+        }
         (*count)++;
     }
     mdb_cursor_close (cursor);
@@ -73,38 +97,103 @@ s_build_batch (kim_store_t *store, size_t *count, size_t *bad, uint8_t *was)
         return put_rc;
     if (rc && rc != MDB_NOTFOUND)
         return kim_store_error (store, rc, "lifecycle: reading the referrals");
+    uint8_t version = S_STATE_VERSION;
+    return kim_lc_put (store, KIM_DB_META, S_STATE_META, strlen (S_STATE_META), &version, 1,
+                       "lifecycle: marking the referrals moved");
+}
+
+typedef struct {
+    kim_store_t *store;
+    size_t count;
+} s_index_t;
+
+static int
+s_index_one (void *arg, const kim_referral_t *referral)
+{
+    s_index_t *self = (s_index_t *) arg;
+    //  A referral whose case has no record (a store from before case
+    //  records) goes under case_seq 0, where a query by case looks too.
+    uint64_t case_seq = 0;
+    kim_case_t kcase;
+    int rc = referral->case_id [0]? kim_lc_case_get (self->store, referral->case_id, &kcase): 0;
+    if (rc == 0 && referral->case_id [0])
+        case_seq = kcase.created_seq;
+    if (rc == -KIM_E_NOT_FOUND || rc == -KIM_E_IO)
+        rc = 0;                 //  no case, or one this broker cannot read (logged)
+    if (rc == 0)
+        rc = kim_lc_index_put (self->store, referral, case_seq);
+    self->count++;
+    return rc;
+}
+
+//  Indexes every referral anew and marks the index complete.
+static int
+s_index_batch (kim_store_t *store, size_t *count, size_t *bad, uint8_t *was)
+{
+    int rc = s_marker (store, S_INDEX_META, S_INDEX_VERSION, was);
+    if (rc)
+        return rc;
+    //  Entries of an older form go: the build writes every referral's anew.
+    rc = mdb_drop (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL_BY), 0);
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: emptying the referral index");
+    //  Writing to the index (and reading cases) does not disturb the scan.
+    s_index_t index = { store, 0 };
+    rc = kim_lc_referral_scan (store, s_index_one, &index, bad);
+    *count = index.count;
+    if (rc)
+        return rc;
     uint8_t version = S_INDEX_VERSION;
     return kim_lc_put (store, KIM_DB_META, S_INDEX_META, strlen (S_INDEX_META), &version, 1,
                        "lifecycle: marking the referral index complete");
 }
 
-int
-kim_lc_index_build (kim_store_t *store)
+//  Runs a step's batch until it commits: a full map grows, and the whole
+//  batch goes again.
+static int
+s_run (kim_store_t *store, s_step_fn *step, size_t *count, size_t *bad, uint8_t *was)
 {
     for (int attempt = 0; attempt < 64; attempt++) {
         int rc = kim_store_begin (store);
         if (rc)
             return rc;
-        size_t count = 0, bad = 0;
-        uint8_t was = 0;
-        rc = s_build_batch (store, &count, &bad, &was);
+        *count = *bad = 0;
+        rc = step (store, count, bad, was);
         if (rc) {
             kim_store_abort (store);
-            return rc == 1? 0: rc;
+            return rc;
         }
         bool retry = false;
         rc = kim_store_commit (store, &retry);
-        if (rc == 0) {
-            if (count || bad)
-                zsys_info ("lifecycle: indexed %zu referrals by party, case and consent "
-                           "(%s; done once)%s", count,
-                           was? "the index had an older form": "a store from before the index",
-                           bad? "; some referrals do not decode and stay unindexed": "");
-            return 0;
-        }
-        if (!retry)
+        if (rc == 0 || !retry)
             return rc;
-        //  The map grew: the whole batch again.
     }
     return -KIM_E_STORE_FULL;
+}
+
+int
+kim_lc_referral_split (kim_store_t *store)
+{
+    size_t count = 0, bad = 0;
+    uint8_t was = 0;
+    int rc = s_run (store, s_split_batch, &count, &bad, &was);
+    if (rc == 0 && (count || bad))
+        zsys_info ("lifecycle: moved %zu referrals' states under the seqs that opened them "
+                   "(a store from before; done once)%s", count,
+                   bad? "; some referrals do not decode and stay as they were": "");
+    return rc == 1? 0: rc;
+}
+
+int
+kim_lc_index_build (kim_store_t *store)
+{
+    size_t count = 0, bad = 0;
+    uint8_t was = 0;
+    int rc = s_run (store, s_index_batch, &count, &bad, &was);
+    if (rc == 0 && (count || bad))
+        zsys_info ("lifecycle: indexed %zu referrals by party, case and consent "
+                   "(%s; done once)%s", count,
+                   was? "the index had an older form": "a store from before the index",
+                   bad? "; some referrals do not decode and stay unindexed": "");
+    return rc == 1? 0: rc;
 }

@@ -10,6 +10,7 @@
     kim_lc_store.c.
 */
 #include <czmq.h>
+#include <inttypes.h>
 
 #include "kim/kim_log.h"
 #include "kim_lifecycle_int.h"
@@ -69,14 +70,17 @@ kim_lc_referral_decode (const uint8_t *value, size_t value_size, kim_referral_t 
     return reader.bad || reader.at != reader.end? -KIM_E_IO: 0;
 }
 
-int
-kim_lc_fetch (kim_store_t *store, kim_db_t db, const char *id, const char *what,
-              int (*decode) (const uint8_t *value, size_t size, void *into), void *into)
+//  Reads the value under `key` in `db` through `decode`; `name` names it
+//  in the error a value this broker cannot decode makes.
+static int
+s_fetch (kim_store_t *store, kim_db_t db, const void *key_data, size_t key_size,
+         const char *what, const char *name,
+         int (*decode) (const uint8_t *value, size_t size, void *into), void *into)
 {
     MDB_txn *txn = kim_store_txn (store);
     if (!txn)
         return -KIM_E_ARGS;
-    MDB_val key = { strlen (id), (void *) id }, value;
+    MDB_val key = { key_size, (void *) key_data }, value;
     int rc = mdb_get (txn, kim_store_dbi (store, db), &key, &value);
     if (rc == MDB_NOTFOUND)
         return -KIM_E_NOT_FOUND;
@@ -84,9 +88,35 @@ kim_lc_fetch (kim_store_t *store, kim_db_t db, const char *id, const char *what,
         return kim_store_error (store, rc, "lifecycle: reading its state");
     if (decode ((const uint8_t *) value.mv_data, value.mv_size, into)) {
         zsys_error ("lifecycle: %s %s is stored in a form this broker does not know "
-                    "(%zu bytes)", what, id, value.mv_size);
+                    "(%zu bytes)", what, name, value.mv_size);
         return -KIM_E_IO;
     }
+    return 0;
+}
+
+int
+kim_lc_fetch (kim_store_t *store, kim_db_t db, const char *id, const char *what,
+              int (*decode) (const uint8_t *value, size_t size, void *into), void *into)
+{
+    return s_fetch (store, db, id, strlen (id), what, id, decode, into);
+}
+
+//  A referral is kept under two keys (kim_lifecycle_int.h): its id names
+//  the seq that opened it, and its state lies under that seq.
+static size_t
+s_state_key (uint8_t key [S_REFERRAL_STATE_KEY], uint64_t seq)
+{
+    key [0] = S_REFERRAL_STATE_TAG;
+    kim_log_put_be64 (key + 1, seq);
+    return S_REFERRAL_STATE_KEY;
+}
+
+static int
+s_referral_seq_decode (const uint8_t *value, size_t size, void *into)
+{
+    if (size != 8)
+        return -KIM_E_IO;
+    *(uint64_t *) into = kim_log_get_be64 (value);
     return 0;
 }
 
@@ -97,9 +127,31 @@ s_referral_decode (const uint8_t *value, size_t size, void *into)
 }
 
 int
+kim_lc_referral_get_at (kim_store_t *store, uint64_t seq, const char *id,
+                        kim_referral_t *referral)
+{
+    uint8_t key [S_REFERRAL_STATE_KEY];
+    int rc = s_fetch (store, KIM_DB_REFERRAL, key, s_state_key (key, seq), "referral", id,
+                      s_referral_decode, referral);
+    return rc == 0 && !streq (referral->id, id)? -KIM_E_NOT_FOUND: rc;
+}
+
+int
 kim_lc_referral_get (kim_store_t *store, const char *id, kim_referral_t *referral)
 {
-    return kim_lc_fetch (store, KIM_DB_REFERRAL, id, "referral", s_referral_decode, referral);
+    uint64_t seq = 0;
+    int rc = kim_lc_fetch (store, KIM_DB_REFERRAL, id, "referral", s_referral_seq_decode, &seq);
+    if (rc)
+        return rc;
+    rc = kim_lc_referral_get_at (store, seq, id, referral);
+    //  An id whose state is missing, or names another referral, is a
+    //  damaged store: refused loudly, never read as another's.
+    if (rc == -KIM_E_NOT_FOUND) {
+        zsys_error ("lifecycle: referral %s names seq %" PRIu64 ", where its state is not",
+                    id, seq);
+        return -KIM_E_IO;
+    }
+    return rc;
 }
 
 size_t
@@ -123,12 +175,63 @@ kim_lc_referral_encode (const kim_referral_t *referral, uint8_t value [KIM_LC_RE
 }
 
 int
-kim_lc_referral_put (kim_store_t *store, const kim_referral_t *referral)
+kim_lc_referral_state_put (kim_store_t *store, const kim_referral_t *referral, bool fresh)
 {
     uint8_t value [KIM_LC_REFERRAL_MAX];
     size_t size = kim_lc_referral_encode (referral, value);
-    return kim_lc_put (store, KIM_DB_REFERRAL, referral->id, strlen (referral->id), value, size,
-                       "lifecycle: storing a referral");
+    uint8_t key [S_REFERRAL_STATE_KEY];
+    MDB_val k = { s_state_key (key, referral->created_seq), key }, v = { size, value };
+    int rc = kim_store_put (store, KIM_DB_REFERRAL, &k, &v, fresh? MDB_NOOVERWRITE: 0);
+    if (rc == MDB_KEYEXIST) {
+        zsys_error ("lifecycle: referral %s opens at seq %" PRIu64 ", which another "
+                    "referral opened", referral->id, referral->created_seq);
+        return -KIM_E_IO;
+    }
+    return rc? kim_store_error (store, rc, "lifecycle: storing a referral"): 0;
+}
+
+int
+kim_lc_referral_open (kim_store_t *store, const kim_referral_t *referral)
+{
+    int rc = kim_lc_referral_state_put (store, referral, true);
+    if (rc)
+        return rc;
+    uint8_t seq [8];
+    kim_log_put_be64 (seq, referral->created_seq);
+    return kim_lc_put (store, KIM_DB_REFERRAL, referral->id, strlen (referral->id), seq,
+                       sizeof seq, "lifecycle: storing a referral");
+}
+
+int
+kim_lc_referral_put (kim_store_t *store, const kim_referral_t *referral)
+{
+    return kim_lc_referral_state_put (store, referral, false);
+}
+
+int
+kim_lc_referral_scan (kim_store_t *store, int (*fn) (void *arg, const kim_referral_t *referral),
+                      void *arg, size_t *bad)
+{
+    MDB_cursor *cursor;
+    int rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL),
+                              &cursor);
+    if (rc)
+        return kim_store_error (store, rc, "lifecycle: opening the referrals");
+    uint8_t first = S_REFERRAL_STATE_TAG;
+    MDB_val key = { 1, &first }, value;
+    int fn_rc = 0;
+    for (rc = mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE); rc == 0 && fn_rc == 0;
+         rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT)) {
+        kim_referral_t referral;
+        if (kim_lc_referral_decode (value.mv_data, value.mv_size, &referral))
+            (*bad)++;
+        else
+            fn_rc = fn (arg, &referral);
+    }
+    mdb_cursor_close (cursor);
+    if (fn_rc)
+        return fn_rc == 1? 0: fn_rc;
+    return rc == MDB_NOTFOUND? 0: kim_store_error (store, rc, "lifecycle: reading the referrals");
 }
 
 //  --------------------------------------------------------------------------

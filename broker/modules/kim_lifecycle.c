@@ -347,7 +347,7 @@ s_take_handed_over (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_route_t *ro
     if (rc == 0)
         rc = kim_lc_index_case_seq (self, store, referral.case_id, 0, &case_seq);
     if (rc == 0)
-        rc = kim_lc_referral_put (store, &referral);
+        rc = kim_lc_referral_open (store, &referral);
     if (rc == 0)
         rc = kim_lc_index_put (store, &referral, case_seq);
     char json [512];
@@ -413,7 +413,7 @@ s_open (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, const char 
         rc = kim_lc_index_case_seq (self, kim_ctx_store (ctx), case_id, parent [0]? 0: seq,
                                     &case_seq);
     if (rc == 0)
-        rc = kim_lc_referral_put (kim_ctx_store (ctx), &referral);
+        rc = kim_lc_referral_open (kim_ctx_store (ctx), &referral);
     if (rc == 0)
         rc = kim_lc_index_put (kim_ctx_store (ctx), &referral, case_seq);
     return rc;
@@ -528,8 +528,11 @@ s_acked (void *state, kim_ctx_t *ctx, const kim_org_t *org, uint64_t seq, const 
     int rc = s_acked_referral (store, org, seq, note, id);
     if (rc <= 0)
         return rc;
+    //  The mail is most often the REFERRAL (or FORWARD) that opened it
     kim_referral_t referral;
-    rc = kim_lc_referral_get (store, id, &referral);
+    rc = kim_lc_referral_get_at (store, seq, id, &referral);
+    if (rc == -KIM_E_NOT_FOUND)
+        rc = kim_lc_referral_get (store, id, &referral);
     if (rc || referral.state != KIM_REFERRAL_SENT || !streq (referral.recipient, org->id))
         return rc == -KIM_E_NOT_FOUND? 0: rc;
     kim_msg_t notice;
@@ -925,10 +928,15 @@ kim_lifecycle_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, s
         free (self);
         return rc;
     }
-    rc = kim_lc_index_build (env->store);
-    if (rc) {
+    rc = kim_lc_referral_split (env->store);
+    if (rc)
+        snprintf (error, error_size, "lifecycle: cannot move the referrals' states: %s",
+                  kim_strerror (rc));
+    else
+    if ((rc = kim_lc_index_build (env->store)))
         snprintf (error, error_size, "lifecycle: cannot build the referral index: %s",
                   kim_strerror (rc));
+    if (rc) {
         free (self);
         return rc;
     }

@@ -130,10 +130,47 @@ int
 int
     kim_lc_fetch (kim_store_t *store, kim_db_t db, const char *id, const char *what,
                   int (*decode) (const uint8_t *value, size_t size, void *into), void *into);
+//  A referral is kept under two keys in REFERRAL:
+//    referral_id                 -> created_seq (u64 BE), written once
+//    0xFF created_seq (u64 BE)   -> the referral (compact form)
+//  Why: ids are the agencies' own (often UUIDs), so an entry under an id
+//  lands on a page of its own anywhere in the tree, which a commit writes
+//  whole. The ack that makes a referral DELIVERED follows its opening by
+//  moments and rewrites its state: under the seq, beside the states of the
+//  referrals opened with it, at the tree's growing end. Ids are UTF-8,
+//  which never holds a byte 0xFF, so the states sort after every id, and
+//  one tree keeps both: a new referral's commit touches no more trees than
+//  before. Stores from before (the referral under its id) get their
+//  states moved once at start (kim_lc_referral_split, kim_lc_reindex.c).
+#define S_REFERRAL_STATE_TAG    0xFF
+#define S_REFERRAL_STATE_KEY    9
+//  Reads a referral by id: 0, -KIM_E_NOT_FOUND, or -KIM_E_IO (logged).
 int
     kim_lc_referral_get (kim_store_t *store, const char *id, kim_referral_t *referral);
+//  Reads referral `id` if it opened at `seq`: 0, -KIM_E_NOT_FOUND (none
+//  opened there, or another), or -KIM_E_IO (logged). Spares the lookup of
+//  the id where the seq is known (the ack of the mail that opened it).
+int
+    kim_lc_referral_get_at (kim_store_t *store, uint64_t seq, const char *id,
+                            kim_referral_t *referral);
+//  Writes a new referral: its id's entry and its state. A created_seq
+//  that holds another referral's state is refused (-KIM_E_IO, logged).
+int
+    kim_lc_referral_open (kim_store_t *store, const kim_referral_t *referral);
+//  Writes the state of a referral that kim_lc_referral_open wrote.
 int
     kim_lc_referral_put (kim_store_t *store, const kim_referral_t *referral);
+//  Writes a referral's state alone; `fresh` refuses a created_seq that
+//  holds one already (as kim_lc_referral_open does).
+int
+    kim_lc_referral_state_put (kim_store_t *store, const kim_referral_t *referral, bool fresh);
+//  Calls `fn` with each referral, in the order they opened, until it
+//  returns non-zero (1 stops without error). Adds the states that do not
+//  decode to *bad. `fn` must not write to REFERRAL. Returns 0 or -KIM_E_*.
+int
+    kim_lc_referral_scan (kim_store_t *store,
+                          int (*fn) (void *arg, const kim_referral_t *referral), void *arg,
+                          size_t *bad);
 const char *
     kim_lc_state_name (uint32_t state);
 bool
@@ -283,6 +320,11 @@ int
     kim_lc_index_scan (kim_store_t *store, const uint8_t *prefix, size_t prefix_size,
                        const char *case_id, int (*fn) (void *arg, const char *referral_id),
                        void *arg);
+//  Moves the referrals of a store from before REFERRAL_STATE (each under
+//  its id) to their present form: once, logged, in one batch, when the
+//  broker starts, before kim_lc_index_build. Returns 0 or -KIM_E_*.
+int
+    kim_lc_referral_split (kim_store_t *store);
 //  Builds the index of a store written before it existed: once, logged,
 //  in one batch, when the broker starts. Returns 0 or -KIM_E_*.
 int

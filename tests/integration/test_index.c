@@ -4,8 +4,10 @@
     The test writes a store as a broker from before the referral index left
     it: 100,000 referrals between two busy organisations (KIM_INDEX_POPULATION
     sets another number), a few of a small one, two of them under a consent,
-    and no index tree. The broker builds the index once at its first start
-    (and says so once, also after a restart). Then, over a real socket:
+    each referral whole under its id, and no index tree. The broker moves
+    the referrals' states under their seqs and builds the index once at its
+    first start (and says so once, also after a restart). Then, over a real
+    socket, which reads every referral through its new form:
     REFERRAL_QUERY of the small organisation answers its few referrals and
     reads no others (the broker's debug log counts the referrals a query
     read); a query with a case reads only that case's; a referral sent now
@@ -25,7 +27,8 @@
 #define SMALL_JC    "jc.klein"
 #define SMALL_JA    "ja.klein"
 
-//  A referral as the life cycle stores it, written straight into the store.
+//  A referral as the life cycle stored it before states by seq (the whole
+//  referral under its id), written straight into the store.
 static void
 s_put_referral (kim_store_t *store, const char *id, const char *sender, const char *recipient,
                 const char *case_id, const char *consent_id, uint64_t seq)
@@ -50,7 +53,8 @@ s_put_referral (kim_store_t *store, const char *id, const char *sender, const ch
                         0) == 0);
 }
 
-//  Writes the old-shaped store: referrals, no index tree, no marker.
+//  Writes the old-shaped store: referrals whole under their ids, no index
+//  tree, no markers.
 static void
 s_populate (const char *path, int population)
 {
@@ -61,18 +65,21 @@ s_populate (const char *path, int population)
     kim_store_t *store = kim_store_new (&config, &err);
     KIM_CHECK (store);
     KIM_CHECK (kim_store_begin (store) == 0);
+    //  Each referral opened at a seq of its own, far above the seqs the
+    //  test's messages take (the store's log stays empty).
+    uint64_t seq = (uint64_t) 1 << 40;
     char id [32], case_id [32];
     for (int i = 0; i < population; i++) {
         snprintf (id, sizeof id, "B-%07d", i);
         snprintf (case_id, sizeof case_id, "CB-%d", i / 10);
         s_put_referral (store, id, i % 2? BIG_JC: BIG_KIM, i % 2? BIG_KIM: BIG_JC, case_id, "",
-                        (uint64_t) i + 1);
+                        ++seq);
     }
     //  The small organisation's: two under consent G-small, one not.
-    s_put_referral (store, "S-1", SMALL, SMALL_JC, "CS-1", "G-small", 1);
-    s_put_referral (store, "S-2", SMALL, SMALL_JA, "CS-1", "G-small", 2);
-    s_put_referral (store, "S-3", SMALL_JC, SMALL, "CS-2", "", 3);
-    s_put_referral (store, "S-5", SMALL, SMALL_JC, "CS-4", "", 4);
+    s_put_referral (store, "S-1", SMALL, SMALL_JC, "CS-1", "G-small", ++seq);
+    s_put_referral (store, "S-2", SMALL, SMALL_JA, "CS-1", "G-small", ++seq);
+    s_put_referral (store, "S-3", SMALL_JC, SMALL, "CS-2", "", ++seq);
+    s_put_referral (store, "S-5", SMALL, SMALL_JC, "CS-4", "", ++seq);
     //  A store from before the index has no such tree.
     KIM_CHECK (mdb_drop (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL_BY), 1) == 0);
     bool retry = false;
@@ -100,6 +107,23 @@ s_first_form (const char *path)
     value.mv_data = &version;
     KIM_CHECK (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_META), &marker,
                         &value, 0) == 0);
+    bool retry = false;
+    KIM_CHECK (kim_store_commit (store, &retry) == 0);
+    kim_store_destroy (&store);
+}
+
+//  Writes a store of the old shape whose two referrals name one seq, as no
+//  broker wrote them.
+static void
+s_one_seq_twice (const char *path)
+{
+    kim_store_config_t config = { .path = path };
+    int err = 0;
+    kim_store_t *store = kim_store_new (&config, &err);
+    KIM_CHECK (store);
+    KIM_CHECK (kim_store_begin (store) == 0);
+    s_put_referral (store, "T-1", SMALL, SMALL_JC, "CT-1", "", 42);
+    s_put_referral (store, "T-2", SMALL, SMALL_JC, "CT-1", "", 42);
     bool retry = false;
     KIM_CHECK (kim_store_commit (store, &retry) == 0);
     kim_store_destroy (&store);
@@ -190,17 +214,21 @@ main (void)
     KIM_CHECK (reader);
     kim_store_destroy (&reader);
 
-    //  The first start builds the index, once.
+    //  The first start moves the referrals' states under their seqs and
+    //  builds the index, once.
     started = zclock_mono ();
     KIM_CHECK (kim_testbroker_start (broker) == 0);
-    printf ("test_index: broker started (index built) in %" PRId64 " ms\n",
+    printf ("test_index: broker started (states moved, index built) in %" PRId64 " ms\n",
             zclock_mono () - started);
     char built [64];
+    snprintf (built, sizeof built, "moved %d referrals' states", population + 4);
+    KIM_CHECK (s_log_count (broker, built) == 1);
     snprintf (built, sizeof built, "indexed %d referrals", population + 4);
     KIM_CHECK (s_log_count (broker, built) == 1);
     KIM_CHECK (kim_testbroker_stop (broker, SIGTERM) == 0);
     KIM_CHECK (kim_testbroker_start (broker) == 0);
     KIM_CHECK (s_log_count (broker, "indexed") == 1);
+    KIM_CHECK (s_log_count (broker, "moved") == 1);
 
     kim_client_t *small = kim_testbroker_client (broker, SMALL, 64, false);
     kim_client_t *big = kim_testbroker_client (broker, BIG_KIM, 64, false);
@@ -297,6 +325,26 @@ main (void)
     free (reply);
     int status = kim_testbroker_stop (broker, SIGTERM);
     KIM_CHECK (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+
+    //  A store whose referrals cannot all move (two name one seq) is
+    //  refused at start, with the referral named, and not half moved.
+    char command [PATH_MAX + 16];
+    snprintf (command, sizeof command, "rm -rf '%s'", path);
+    KIM_CHECK (system (command) == 0);
+    s_one_seq_twice (path);
+    KIM_CHECK (kim_testbroker_start (broker) != 0);
+    KIM_CHECK (s_log_count (broker, "referral T-2 opens at seq 42, which another referral "
+                                    "opened") == 1);
+    KIM_CHECK (s_log_count (broker, "cannot move the referrals' states") == 1);
+    kim_store_config_t again = { .path = path };
+    kim_store_t *store = kim_store_new (&again, &err);
+    KIM_CHECK (store);
+    KIM_CHECK (kim_store_begin (store) == 0);
+    MDB_val key = { 3, (void *) "T-1" }, value;
+    KIM_CHECK (mdb_get (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL), &key,
+                        &value) == 0 && value.mv_size > 8);
+    kim_store_abort (store);
+    kim_store_destroy (&store);
     s_itest_broker_destroy (&broker);
     printf ("test_index: OK\n");
     return 0;

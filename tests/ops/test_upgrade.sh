@@ -17,11 +17,13 @@ store=$work/data/store
 ops_config "$work/data" "$keys" >"$work/kim.cfg"
 
 ops_start "$work/kim.cfg" "$work/data" "$work/first.log"
-grep -q "migrating the store from format version 1 to 6" "$work/first.log" \
+grep -q "migrating the store from format version 1 to 7" "$work/first.log" \
     || fail "no migration notice: $(cat "$work/first.log")"
+grep -q "moved 5 referrals' states under the seqs that opened them" "$work/first.log" \
+    || fail "referral states not moved: $(cat "$work/first.log")"
 grep -q "indexed 5 referrals by party, case and consent" "$work/first.log" \
     || fail "no referral index built: $(cat "$work/first.log")"
-[ "$("$ops_meta" "$store")" = 6 ] || fail "version after migration: $("$ops_meta" "$store")"
+[ "$("$ops_meta" "$store")" = 7 ] || fail "version after migration: $("$ops_meta" "$store")"
 ok
 # what the old broker wrote: R-3..R-5 still wait for soz.rheine, the ACCEPT
 # of R-1 for jc.rheine, and all five referrals are in the log
@@ -44,19 +46,19 @@ ops_stop
 ok
 # a second start finds a current store: nothing to migrate
 ops_start "$work/kim.cfg" "$work/data" "$work/second.log"
-grep -q "migrating\|indexed" "$work/second.log" && fail "migrated twice: $(cat "$work/second.log")"
+grep -q "migrating\|indexed\|moved" "$work/second.log" && fail "migrated twice: $(cat "$work/second.log")"
 ops_stop
 "$kim" audit verify --data "$work/data" >"$work/verify" 2>&1 || fail "verify: $(cat "$work/verify")"
 ok
 
 # a store from a newer release is refused, and left as it was
-"$ops_meta" "$store" 7 || fail "cannot set the version"
+"$ops_meta" "$store" 8 || fail "cannot set the version"
 timeout 60 "$broker_bin" --config "$work/kim.cfg" >"$work/newer.log" 2>&1
 rc=$?
 [ "$rc" -eq 1 ] || fail "broker on a newer store exited $rc: $(cat "$work/newer.log")"
-grep -q "store format version 7 is newer than this kim-broker understands (6)" "$work/newer.log" \
+grep -q "store format version 8 is newer than this kim-broker understands (7)" "$work/newer.log" \
     || fail "no clear message: $(cat "$work/newer.log")"
-[ "$("$ops_meta" "$store")" = 7 ] || fail "the newer store was changed"
+[ "$("$ops_meta" "$store")" = 8 ] || fail "the newer store was changed"
 out=$("$broker_bin" --config "$work/kim.cfg" --backup "$work/backup" 2>&1) && fail "backup of a newer store: $out"
 grep -q "cannot open the store" <<<"$out" || fail "backup refusal: $out"
 ok
