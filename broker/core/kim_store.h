@@ -61,7 +61,7 @@ typedef struct _kim_store_t kim_store_t;
     X(DEDUP,     "dedup")     /* sender NUL msg_id -> seq u64 BE, time u64 BE */ \
     X(DEDUP_AGE, "dedup_age") /* empty since format 4 (kim_store_dedup.c)  */ \
     X(META,      "meta")      /* name -> value (head, format version)     */ \
-    X(REFERRAL,  "referral")  /* referral_id -> created_seq; and 0xFF created_seq -> state */ \
+    X(REFERRAL,  "referral")  /* referral_id -> seq; 0xFF seq -> state    */ \
     X(CASE,      "case")      /* case_id -> case state                    */ \
     X(CONSENT,   "consent")   /* consent id -> consent                    */ \
     X(SUB,       "sub")       /* org NUL name -> subscription cursor      */ \

@@ -4,9 +4,9 @@
 
     Two steps, each one batch, logged, in this order:
     - The referrals' states. META "referral/state" is 1 once each
-      referral's state lies under its created_seq (REFERRAL_STATE) and
-      REFERRAL maps its id to that seq. A store without it had each
-      referral under its id: the states move.
+      referral's state lies under 0xFF created_seq and its id maps to
+      that seq (both in REFERRAL, kim_lifecycle_int.h). A store without it
+      had each referral whole under its id: the states move.
     - The referral index. META "index/referral_by" holds the form the
       index has: absent in a store from before the index, 1 for its first
       form (ids in the party keys), S_INDEX_VERSION for the present one
