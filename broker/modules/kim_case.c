@@ -131,24 +131,23 @@ kim_lc_index_case_seq (kim_lifecycle_t *self, kim_store_t *store, const char *ca
 
 //  A scan over two ranges: `fn` stopping the first (1) stops both.
 typedef struct {
-    int (*fn) (void *arg, const char *referral_id);
+    kim_lc_scan_fn *fn;
     void *arg;
     bool stopped;
 } s_case_scan_t;
 
 static int
-s_case_scan_one (void *varg, const char *referral_id)
+s_case_scan_one (void *varg, const char *referral_id, uint64_t seq)
 {
     s_case_scan_t *scan = (s_case_scan_t *) varg;
-    int rc = scan->fn (scan->arg, referral_id);
+    int rc = scan->fn (scan->arg, referral_id, seq);
     scan->stopped = rc == 1;
     return rc;
 }
 
 int
 kim_lc_index_case_scan (kim_store_t *store, const char *party, const char *case_id,
-                        const kim_case_t *kcase,
-                        int (*fn) (void *arg, const char *referral_id), void *arg)
+                        const kim_case_t *kcase, kim_lc_scan_fn *fn, void *arg)
 {
     s_case_scan_t scan = { fn, arg, false };
     uint8_t prefix [S_INDEX_KEY_MAX];
@@ -639,8 +638,9 @@ kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_
 //  with the case and, as `deadline`, when the payloads go (in the future,
 //  where a deadline REMINDER's lies in the past).
 static int
-s_first_referral (void *arg, const char *referral_id)
+s_first_referral (void *arg, const char *referral_id, uint64_t seq)
 {
+    (void) seq;
     kim_str_copy ((char *) arg, KIM_ID_MAX + 1, referral_id);
     return 1;
 }
@@ -872,12 +872,12 @@ s_query_line (const kim_referral_t *referral, char *line, size_t size)
 
 //  One referral the index lists for the asker: read, filter, answer.
 static int
-s_query_one (void *varg, const char *referral_id)
+s_query_one (void *varg, const char *referral_id, uint64_t seq)
 {
     s_query_arg_t *arg = (s_query_arg_t *) varg;
     kim_referral_t referral;
     arg->visited++;
-    int rc = kim_lc_referral_get (arg->store, referral_id, &referral);
+    int rc = kim_lc_referral_find (arg->store, referral_id, seq, &referral);
     if (rc == -KIM_E_NOT_FOUND || rc == -KIM_E_IO)
         return 0;               //  (logged) an entry without its referral reads as none
     if (rc)
@@ -905,7 +905,7 @@ s_query_read (void *varg, kim_ctx_t *ctx)
     arg->count = arg->visited = 0;
     arg->more = false;
     if (arg->cmd->referral_id [0])
-        return s_query_one (arg, arg->cmd->referral_id);     //  a point read
+        return s_query_one (arg, arg->cmd->referral_id, 0);  //  a point read
     //  The asker's own referrals only (of one case, if it names one): the
     //  cost follows its referrals, never the store's.
     const char *party = arg->peer->org->id;

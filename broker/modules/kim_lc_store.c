@@ -126,9 +126,10 @@ s_referral_decode (const uint8_t *value, size_t size, void *into)
     return kim_lc_referral_decode (value, size, (kim_referral_t *) into);
 }
 
-int
-kim_lc_referral_get_at (kim_store_t *store, uint64_t seq, const char *id,
-                        kim_referral_t *referral)
+//  Referral `id` if it opened at `seq`: 0, -KIM_E_NOT_FOUND (none opened
+//  there, or another), or -KIM_E_IO (logged).
+static int
+s_referral_get_at (kim_store_t *store, uint64_t seq, const char *id, kim_referral_t *referral)
 {
     uint8_t key [S_REFERRAL_STATE_KEY];
     int rc = s_fetch (store, KIM_DB_REFERRAL, key, s_state_key (key, seq), "referral", id,
@@ -143,7 +144,7 @@ kim_lc_referral_get (kim_store_t *store, const char *id, kim_referral_t *referra
     int rc = kim_lc_fetch (store, KIM_DB_REFERRAL, id, "referral", s_referral_seq_decode, &seq);
     if (rc)
         return rc;
-    rc = kim_lc_referral_get_at (store, seq, id, referral);
+    rc = s_referral_get_at (store, seq, id, referral);
     //  An id whose state is missing, or names another referral, is a
     //  damaged store: refused loudly, never read as another's.
     if (rc == -KIM_E_NOT_FOUND) {
@@ -152,6 +153,14 @@ kim_lc_referral_get (kim_store_t *store, const char *id, kim_referral_t *referra
         return -KIM_E_IO;
     }
     return rc;
+}
+
+int
+kim_lc_referral_find (kim_store_t *store, const char *id, uint64_t seq,
+                      kim_referral_t *referral)
+{
+    int rc = seq? s_referral_get_at (store, seq, id, referral): -KIM_E_NOT_FOUND;
+    return rc == -KIM_E_NOT_FOUND? kim_lc_referral_get (store, id, referral): rc;
 }
 
 size_t
@@ -333,17 +342,21 @@ kim_lc_index_move (kim_store_t *store, const kim_referral_t *referral, uint64_t 
 //  False for an entry of neither form, which is never ours.
 static bool
 s_index_entry (const MDB_val *key, const MDB_val *value, char case_id [KIM_ID_MAX + 1],
-               char id [KIM_ID_MAX + 1])
+               char id [KIM_ID_MAX + 1], uint64_t *seq)
 {
     const uint8_t *bytes = (const uint8_t *) key->mv_data;
     size_t start;
     case_id [0] = 0;
+    *seq = 0;
     if (key->mv_size && bytes [0] == S_INDEX_PARTY) {
         //  'P' party NUL case_seq referral_seq referral_id -> case_id
         const uint8_t *nul = (const uint8_t *) memchr (bytes, 0, key->mv_size);
         if (!nul || value->mv_size > KIM_ID_MAX)
             return false;
         start = (size_t) (nul - bytes) + 1 + 16;
+        if (key->mv_size <= start)
+            return false;
+        *seq = kim_log_get_be64 (bytes + start - 8);
         memcpy (case_id, value->mv_data, value->mv_size);
         case_id [value->mv_size] = 0;
     }
@@ -363,8 +376,7 @@ s_index_entry (const MDB_val *key, const MDB_val *value, char case_id [KIM_ID_MA
 
 int
 kim_lc_index_scan (kim_store_t *store, const uint8_t *prefix, size_t prefix_size,
-                   const char *case_id, int (*fn) (void *arg, const char *referral_id),
-                   void *arg)
+                   const char *case_id, kim_lc_scan_fn *fn, void *arg)
 {
     MDB_txn *txn = kim_store_txn (store);
     if (!txn)
@@ -380,10 +392,11 @@ kim_lc_index_scan (kim_store_t *store, const uint8_t *prefix, size_t prefix_size
         if (key.mv_size < prefix_size || memcmp (key.mv_data, prefix, prefix_size) != 0)
             break;
         char entry_case [KIM_ID_MAX + 1], id [KIM_ID_MAX + 1];
-        if (!s_index_entry (&key, &value, entry_case, id)
+        uint64_t seq;
+        if (!s_index_entry (&key, &value, entry_case, id, &seq)
         ||  (case_id && !streq (entry_case, case_id)))
             continue;
-        result = fn (arg, id);
+        result = fn (arg, id, seq);
     }
     mdb_cursor_close (cursor);
     if (rc && rc != MDB_NOTFOUND && result == 0)

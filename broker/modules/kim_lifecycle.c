@@ -530,9 +530,7 @@ s_acked (void *state, kim_ctx_t *ctx, const kim_org_t *org, uint64_t seq, const 
         return rc;
     //  The mail is most often the REFERRAL (or FORWARD) that opened it
     kim_referral_t referral;
-    rc = kim_lc_referral_get_at (store, seq, id, &referral);
-    if (rc == -KIM_E_NOT_FOUND)
-        rc = kim_lc_referral_get (store, id, &referral);
+    rc = kim_lc_referral_find (store, id, seq, &referral);
     if (rc || referral.state != KIM_REFERRAL_SENT || !streq (referral.recipient, org->id))
         return rc == -KIM_E_NOT_FOUND? 0: rc;
     kim_msg_t notice;
@@ -689,8 +687,9 @@ s_tick (void *state, kim_ctx_t *ctx)
 //  For the consent module
 
 static int
-s_collect_id (void *arg, const char *referral_id)
+s_collect_id (void *arg, const char *referral_id, uint64_t seq)
 {
+    (void) seq;                 //  consent entries hold none
     return zlistx_add_end ((zlistx_t *) arg, strdup (referral_id))? 0: -KIM_E_NOMEM;
 }
 

@@ -147,12 +147,13 @@ int
 //  Reads a referral by id: 0, -KIM_E_NOT_FOUND, or -KIM_E_IO (logged).
 int
     kim_lc_referral_get (kim_store_t *store, const char *id, kim_referral_t *referral);
-//  Reads referral `id` if it opened at `seq`: 0, -KIM_E_NOT_FOUND (none
-//  opened there, or another), or -KIM_E_IO (logged). Spares the lookup of
-//  the id where the seq is known (the ack of the mail that opened it).
+//  Reads referral `id` at `seq` when that is where it opened, else by id
+//  (`seq` 0: unknown): what kim_lc_referral_get returns. Spares the
+//  lookup of the id where the seq is known (the ack of the mail that
+//  opened it, an index entry).
 int
-    kim_lc_referral_get_at (kim_store_t *store, uint64_t seq, const char *id,
-                            kim_referral_t *referral);
+    kim_lc_referral_find (kim_store_t *store, const char *id, uint64_t seq,
+                          kim_referral_t *referral);
 //  Writes a new referral: its id's entry and its state. A created_seq
 //  that holds another referral's state is refused (-KIM_E_IO, logged).
 int
@@ -297,13 +298,16 @@ size_t
 int
     kim_lc_index_case_seq (kim_lifecycle_t *self, kim_store_t *store, const char *case_id,
                            uint64_t opens, uint64_t *case_seq);
+//  What a scan of the index calls for each referral it lists: its id, and
+//  the seq that opened it where the entry holds it (party entries; 0 for
+//  consent entries), for kim_lc_referral_find.
+typedef int (kim_lc_scan_fn) (void *arg, const char *referral_id, uint64_t seq);
 //  Calls `fn` with each of `party`'s referrals in case `case_id`, whose
 //  record is `kcase` (NULL: none), as kim_lc_index_scan does: those under
 //  its created_seq, then those under 0 (`fn` returning 1 stops both).
 int
     kim_lc_index_case_scan (kim_store_t *store, const char *party, const char *case_id,
-                            const kim_case_t *kcase,
-                            int (*fn) (void *arg, const char *referral_id), void *arg);
+                            const kim_case_t *kcase, kim_lc_scan_fn *fn, void *arg);
 //  Writes the entries of a new referral in its case of case_seq.
 int
     kim_lc_index_put (kim_store_t *store, const kim_referral_t *referral, uint64_t case_seq);
@@ -318,10 +322,9 @@ int
 //  must not write to the index.
 int
     kim_lc_index_scan (kim_store_t *store, const uint8_t *prefix, size_t prefix_size,
-                       const char *case_id, int (*fn) (void *arg, const char *referral_id),
-                       void *arg);
-//  Moves the referrals of a store from before REFERRAL_STATE (each under
-//  its id) to their present form: once, logged, in one batch, when the
+                       const char *case_id, kim_lc_scan_fn *fn, void *arg);
+//  Moves the referrals of a store from before states by seq (each whole
+//  under its id) to their present form: once, logged, in one batch, when the
 //  broker starts, before kim_lc_index_build. Returns 0 or -KIM_E_*.
 int
     kim_lc_referral_split (kim_store_t *store);
