@@ -221,9 +221,11 @@ int
 kim_lc_referral_scan (kim_store_t *store, int (*fn) (void *arg, const kim_referral_t *referral),
                       void *arg, size_t *bad)
 {
+    MDB_txn *txn = kim_store_txn (store);
+    if (!txn)
+        return -KIM_E_ARGS;
     MDB_cursor *cursor;
-    int rc = mdb_cursor_open (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL),
-                              &cursor);
+    int rc = mdb_cursor_open (txn, kim_store_dbi (store, KIM_DB_REFERRAL), &cursor);
     if (rc)
         return kim_store_error (store, rc, "lifecycle: opening the referrals");
     uint8_t first = S_REFERRAL_STATE_TAG;
