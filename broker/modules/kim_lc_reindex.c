@@ -148,52 +148,58 @@ s_index_batch (kim_store_t *store, size_t *count, size_t *bad, uint8_t *was)
                        "lifecycle: marking the referral index complete");
 }
 
-//  Runs a step's batch until it commits: a full map grows, and the whole
-//  batch goes again.
+//  Runs a step's batch until it commits (a full map grows, and the whole
+//  batch goes again), then has `report` log what it did, if anything.
 static int
-s_run (kim_store_t *store, s_step_fn *step, size_t *count, size_t *bad, uint8_t *was)
+s_run (kim_store_t *store, s_step_fn *step,
+       void (*report) (size_t count, size_t bad, uint8_t was))
 {
     for (int attempt = 0; attempt < 64; attempt++) {
         int rc = kim_store_begin (store);
         if (rc)
             return rc;
-        *count = *bad = 0;
-        rc = step (store, count, bad, was);
+        size_t count = 0, bad = 0;
+        uint8_t was = 0;
+        rc = step (store, &count, &bad, &was);
         if (rc) {
             kim_store_abort (store);
-            return rc;
+            return rc == 1? 0: rc;
         }
         bool retry = false;
         rc = kim_store_commit (store, &retry);
+        if (rc == 0 && (count || bad))
+            report (count, bad, was);
         if (rc == 0 || !retry)
             return rc;
     }
     return -KIM_E_STORE_FULL;
 }
 
+static void
+s_split_report (size_t count, size_t bad, uint8_t was)
+{
+    (void) was;
+    zsys_info ("lifecycle: moved %zu referrals' states under the seqs that opened them "
+               "(a store from before; done once)%s", count,
+               bad? "; some referrals do not decode and stay as they were": "");
+}
+
 int
 kim_lc_referral_split (kim_store_t *store)
 {
-    size_t count = 0, bad = 0;
-    uint8_t was = 0;
-    int rc = s_run (store, s_split_batch, &count, &bad, &was);
-    if (rc == 0 && (count || bad))
-        zsys_info ("lifecycle: moved %zu referrals' states under the seqs that opened them "
-                   "(a store from before; done once)%s", count,
-                   bad? "; some referrals do not decode and stay as they were": "");
-    return rc == 1? 0: rc;
+    return s_run (store, s_split_batch, s_split_report);
+}
+
+static void
+s_index_report (size_t count, size_t bad, uint8_t was)
+{
+    zsys_info ("lifecycle: indexed %zu referrals by party, case and consent (%s; done once)%s",
+               count, was? "the index had an older form": "a store from before the index",
+               bad? "; some referrals do not decode and stay unindexed": "");
 }
 
 int
 kim_lc_index_build (kim_store_t *store)
 {
-    size_t count = 0, bad = 0;
-    uint8_t was = 0;
-    int rc = s_run (store, s_index_batch, &count, &bad, &was);
-    if (rc == 0 && (count || bad))
-        zsys_info ("lifecycle: indexed %zu referrals by party, case and consent "
-                   "(%s; done once)%s", count,
-                   was? "the index had an older form": "a store from before the index",
-                   bad? "; some referrals do not decode and stay unindexed": "");
-    return rc == 1? 0: rc;
+    return s_run (store, s_index_batch, s_index_report);
 }

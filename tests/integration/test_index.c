@@ -53,18 +53,34 @@ s_put_referral (kim_store_t *store, const char *id, const char *sender, const ch
                         0) == 0);
 }
 
+//  Opens the store at `path` (map_size 0: the store's default) with a batch.
+static kim_store_t *
+s_batch_open (const char *path, size_t map_size)
+{
+    kim_store_config_t config = { .path = path, .map_size = map_size };
+    int err = 0;
+    kim_store_t *store = kim_store_new (&config, &err);
+    KIM_CHECK (store);
+    KIM_CHECK (kim_store_begin (store) == 0);
+    return store;
+}
+
+//  Commits the batch and closes the store.
+static void
+s_batch_close (kim_store_t **store_p)
+{
+    bool retry = false;
+    KIM_CHECK (kim_store_commit (*store_p, &retry) == 0);
+    kim_store_destroy (store_p);
+}
+
 //  Writes the old-shaped store: referrals whole under their ids, no index
 //  tree, no markers.
 static void
 s_populate (const char *path, int population)
 {
     //  Room for the population in one batch (about 200 bytes a referral).
-    kim_store_config_t config = { .path = path,
-                                  .map_size = ((size_t) 64 << 20) + (size_t) population * 512 };
-    int err = 0;
-    kim_store_t *store = kim_store_new (&config, &err);
-    KIM_CHECK (store);
-    KIM_CHECK (kim_store_begin (store) == 0);
+    kim_store_t *store = s_batch_open (path, ((size_t) 64 << 20) + (size_t) population * 512);
     //  Each referral opened at a seq of its own, far above the seqs the
     //  test's messages take (the store's log stays empty).
     uint64_t seq = (uint64_t) 1 << 40;
@@ -82,9 +98,7 @@ s_populate (const char *path, int population)
     s_put_referral (store, "S-5", SMALL, SMALL_JC, "CS-4", "", ++seq);
     //  A store from before the index has no such tree.
     KIM_CHECK (mdb_drop (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL_BY), 1) == 0);
-    bool retry = false;
-    KIM_CHECK (kim_store_commit (store, &retry) == 0);
-    kim_store_destroy (&store);
+    s_batch_close (&store);
 }
 
 //  Gives the store's index its first form back: an entry keyed by ids
@@ -92,11 +106,7 @@ s_populate (const char *path, int population)
 static void
 s_first_form (const char *path)
 {
-    kim_store_config_t config = { .path = path };
-    int err = 0;
-    kim_store_t *store = kim_store_new (&config, &err);
-    KIM_CHECK (store);
-    KIM_CHECK (kim_store_begin (store) == 0);
+    kim_store_t *store = s_batch_open (path, 0);
     const char entry [] = "P" SMALL "\0CS-1\0S-1";
     MDB_val key = { sizeof entry - 1, (void *) entry }, value = { 0, (void *) "" };
     KIM_CHECK (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL_BY), &key,
@@ -107,9 +117,7 @@ s_first_form (const char *path)
     value.mv_data = &version;
     KIM_CHECK (mdb_put (kim_store_txn (store), kim_store_dbi (store, KIM_DB_META), &marker,
                         &value, 0) == 0);
-    bool retry = false;
-    KIM_CHECK (kim_store_commit (store, &retry) == 0);
-    kim_store_destroy (&store);
+    s_batch_close (&store);
 }
 
 //  Writes a store of the old shape whose two referrals name one seq, as no
@@ -117,16 +125,10 @@ s_first_form (const char *path)
 static void
 s_one_seq_twice (const char *path)
 {
-    kim_store_config_t config = { .path = path };
-    int err = 0;
-    kim_store_t *store = kim_store_new (&config, &err);
-    KIM_CHECK (store);
-    KIM_CHECK (kim_store_begin (store) == 0);
+    kim_store_t *store = s_batch_open (path, 0);
     s_put_referral (store, "T-1", SMALL, SMALL_JC, "CT-1", "", 42);
     s_put_referral (store, "T-2", SMALL, SMALL_JC, "CT-1", "", 42);
-    bool retry = false;
-    KIM_CHECK (kim_store_commit (store, &retry) == 0);
-    kim_store_destroy (&store);
+    s_batch_close (&store);
 }
 
 //  SMALL hands case `case_id` with `referral_id` over to SMALL_JC, which
@@ -336,10 +338,7 @@ main (void)
     KIM_CHECK (s_log_count (broker, "referral T-2 opens at seq 42, which another referral "
                                     "opened") == 1);
     KIM_CHECK (s_log_count (broker, "cannot move the referrals' states") == 1);
-    kim_store_config_t again = { .path = path };
-    kim_store_t *store = kim_store_new (&again, &err);
-    KIM_CHECK (store);
-    KIM_CHECK (kim_store_begin (store) == 0);
+    kim_store_t *store = s_batch_open (path, 0);
     MDB_val key = { 3, (void *) "T-1" }, value;
     KIM_CHECK (mdb_get (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL), &key,
                         &value) == 0 && value.mv_size > 8);
