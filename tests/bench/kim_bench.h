@@ -399,5 +399,9 @@ void
 //  The 1-minute load average, or -1.
 double
     kim_bench_load_average (void);
+//  The order of the blocks the host takes back when this guest frees them
+//  (a virtio balloon with free page reporting), or -1 for none.
+int
+    kim_bench_page_reporting (void);
 
 #endif

@@ -8,7 +8,10 @@
     figure. With several runs both show the medians, with the range of the
     headline figures.
 */
+#include <dirent.h>
+#include <limits.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "kim_bench.h"
@@ -120,6 +123,9 @@ kim_bench_print_json (const options_t *opt, const result_t *r, const ceilings_t 
         printf (",\"machine_cpu_s\":%.2f,\"machine_cpu_us_per_msg\":%.1f,"
                 "\"machine_idle_share\":%.3f", r->machine_cpu_s,
                 r->machine_cpu_s * 1e6 / (double) r->messages, r->machine_idle);
+    int order = kim_bench_page_reporting ();
+    if (order >= 0)
+        printf (",\"host_page_reporting_order\":%d", order);
     if (r->has_disk && r->messages)
         printf (",\"disk_bytes_written_per_msg\":%.0f,\"disk_flushes_per_msg\":%.3f",
                 r->disk_bytes / (double) r->messages, r->disk_flushes / (double) r->messages);
@@ -273,6 +279,44 @@ kim_bench_load_average (void)
     return load;
 }
 
+//  Whether the host takes back the memory this guest frees: a virtio
+//  balloon that negotiated free page reporting (feature bit 5). The guest's
+//  page allocator then hands out memory the host must fault in again, some
+//  9 µs a page on the VM tests/bench/README.md describes ("Ten million
+//  records: memory the host takes back"), which a store that grows pays.
+//  Returns the order of the blocks it reports, or -1 for none.
+int
+kim_bench_page_reporting (void)
+{
+    const char *driver = "/sys/bus/virtio/drivers/virtio_balloon";
+    bool reporting = false;
+    DIR *dir = opendir (driver);
+    for (struct dirent *entry; dir && !reporting && (entry = readdir (dir));) {
+        if (strncmp (entry->d_name, "virtio", 6) != 0)
+            continue;
+        char path [PATH_MAX], features [160];
+        snprintf (path, sizeof path, "%s/%s/features", driver, entry->d_name);
+        FILE *file = fopen (path, "r");
+        if (file) {
+            //  One character a feature bit, bit 0 first
+            reporting = fgets (features, sizeof features, file) && strlen (features) > 5
+                     && features [5] == '1';
+            fclose (file);
+        }
+    }
+    if (dir)
+        closedir (dir);
+    int order = -1;
+    FILE *file = reporting? fopen ("/sys/module/page_reporting/parameters/page_reporting_order",
+                                   "r"): NULL;
+    if (file) {
+        if (fscanf (file, "%d", &order) != 1)
+            order = -1;
+        fclose (file);
+    }
+    return order;
+}
+
 //  A median's range in the table, "<before>min–max<after>"; "" for a single run.
 static const char *
 s_range_text (char *text, size_t size, const ceiling_summary_t *summary, const char *before,
@@ -313,11 +357,17 @@ kim_bench_print_table (const options_t *opt, const result_t results [],
     char runs [64] = "";
     if (summaries)
         snprintf (runs, sizeof runs, "; median of %u runs, range min–max", opt->repeat);
-    printf ("\nkim-bench (%s, %s%s, %s%s; %ld CPUs, 1-min load average %.2f before, %.2f after)\n",
+    char reporting [96] = "";
+    int order = kim_bench_page_reporting ();
+    if (order >= 0)
+        snprintf (reporting, sizeof reporting,
+                  "; the host takes back freed memory (free page reporting, order %d)", order);
+    printf ("\nkim-bench (%s, %s%s, %s%s; %ld CPUs, 1-min load average %.2f before, "
+            "%.2f after%s)\n",
             opt->tcp? "tcp loopback": "ipc", opt->sealed? "sealed payloads": "plaintext payloads",
             opt->random_ids? ", random ids": "",
             opt->smoke? "smoke counts": "full counts", runs,
-            sysconf (_SC_NPROCESSORS_ONLN), load_before, kim_bench_load_average ());
+            sysconf (_SC_NPROCESSORS_ONLN), load_before, kim_bench_load_average (), reporting);
     printf ("%-5s %-4s %9s %8s %12s %12s %9s %9s %9s %10s\n", "", "ok", "messages", "seconds",
             "receipted/s", "acked/s", "p50 µs", "p99 µs", "max µs", "RSS kB");
     for (size_t i = 0; i < count; i++) {
