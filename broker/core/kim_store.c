@@ -724,6 +724,7 @@ kim_store_begin (kim_store_t *self)
     self->mailbox_cursor = NULL;
     kim_store_i_groups_drop (self);
     memset (&self->batch_writes, 0, sizeof self->batch_writes);
+    self->batch_serial++;
     self->batch_full = false;
     self->batch_growable = true;
     self->batch_head = self->head;
@@ -1152,6 +1153,16 @@ kim_store_cursor_del (kim_store_t *self, kim_db_t db, MDB_cursor *cursor, unsign
 {
     assert ((unsigned) db < KIM_DB_COUNT);
     int rc = mdb_cursor_del (cursor, flags);
+    if (rc == 0)
+        self->batch_writes.tree [db].dels++;
+    return rc;
+}
+
+int
+kim_store_empty (kim_store_t *self, kim_db_t db)
+{
+    assert ((unsigned) db < KIM_DB_COUNT);
+    int rc = mdb_drop (self->txn, self->dbi [db], 0);
     if (rc == 0)
         self->batch_writes.tree [db].dels++;
     return rc;

@@ -233,8 +233,8 @@ MDB_txn *
 MDB_dbi
     kim_store_dbi (kim_store_t *self, kim_db_t db);
 
-//  Writes inside the open batch: mdb_put, mdb_del, mdb_cursor_put and
-//  mdb_cursor_del on tree `db`, with LMDB's return code (MDB_NOTFOUND and
+//  Writes inside the open batch: mdb_put, mdb_del, mdb_cursor_put,
+//  mdb_cursor_del and mdb_drop on tree `db`, with LMDB's return code (MDB_NOTFOUND and
 //  MDB_KEYEXIST mean what the caller makes of them; hand other failures to
 //  kim_store_error). Every write of the store and its modules goes through
 //  these, so that each is counted per tree (kim_store_writes).
@@ -248,6 +248,17 @@ int
                           MDB_val *value, unsigned flags);
 int
     kim_store_cursor_del (kim_store_t *self, kim_db_t db, MDB_cursor *cursor, unsigned flags);
+//  Deletes every entry of tree `db` (mdb_drop, the tree kept); counted as
+//  one delete.
+int
+    kim_store_empty (kim_store_t *self, kim_db_t db);
+
+//  mdb_get on tree `db` inside the open batch (EINVAL outside one), with
+//  LMDB's return code. A value read again before its tree was written is
+//  served from a copy: `value` then points into the store and holds until
+//  the next call into it.
+int
+    kim_store_get (kim_store_t *self, kim_db_t db, const MDB_val *key, MDB_val *value);
 
 //  Gathers `member` (1 to 255 bytes) under the key `group` (1 to
 //  KIM_STORE_GROUP_MAX bytes) of tree `db`. The members that the open

@@ -44,6 +44,22 @@ typedef struct {
 
 typedef struct _kim_store_group_t kim_store_group_t;
 
+//  A value read in the open batch (kim_store_read.c, kim_store_get), kept
+//  while its tree has seen no write since
+#define S_MEMO_SLOTS        4
+#define S_MEMO_KEY          (KIM_ID_MAX + 16)
+#define S_MEMO_VALUE        1024
+typedef struct {
+    uint64_t batch;             //  self->batch_serial when read; 0: empty
+    uint64_t writes;            //  the tree's writes in that batch by then
+    kim_db_t db;
+    bool found;
+    size_t key_size;
+    size_t value_size;
+    uint8_t key [S_MEMO_KEY];
+    uint8_t value [S_MEMO_VALUE];
+} kim_store_memo_t;
+
 struct _kim_store_t {
     char *path;
     MDB_env *env;
@@ -94,6 +110,9 @@ struct _kim_store_t {
     //  Writes of the open batch, added to `writes` when it commits
     kim_store_writes_t batch_writes;
     kim_store_writes_t writes;
+    uint64_t batch_serial;      //  counts the batches begun, from 1
+    kim_store_memo_t memo [S_MEMO_SLOTS];
+    size_t memo_next;           //  the slot the next miss takes
     bool batch_full;            //  MDB_MAP_FULL or MDB_TXN_FULL seen
     bool batch_growable;        //  false once MDB_TXN_FULL was seen
     uint64_t batch_head;

@@ -52,6 +52,55 @@ kim_store_i_get_seq (kim_store_t *self, kim_db_t db, uint64_t seq, MDB_val *valu
     return rc? kim_store_i_read_error (self, rc, what): 0;
 }
 
+//  A batch often reads one value twice with nothing written to its tree in
+//  between: the policy and the life cycle each read a new referral's case,
+//  an answer's check and its application each read its referral. The
+//  second read then costs a copy instead of a search down the tree, whose
+//  pages LMDB looks up in the batch's dirty list, level by level. A slot
+//  holds until its tree is written (kim_store_put and its kin count every
+//  write) or the batch ends.
+static uint64_t
+s_tree_writes (kim_store_t *self, kim_db_t db)
+{
+    return self->batch_writes.tree [db].puts + self->batch_writes.tree [db].dels;
+}
+
+int
+kim_store_get (kim_store_t *self, kim_db_t db, const MDB_val *key, MDB_val *value)
+{
+    if (!self->txn || (unsigned) db >= KIM_DB_COUNT)
+        return EINVAL;
+    uint64_t writes = s_tree_writes (self, db);
+    for (size_t i = 0; i < S_MEMO_SLOTS; i++) {
+        kim_store_memo_t *slot = &self->memo [i];
+        if (slot->batch == self->batch_serial && slot->db == db && slot->writes == writes
+        &&  slot->key_size == key->mv_size
+        &&  memcmp (slot->key, key->mv_data, key->mv_size) == 0) {
+            value->mv_size = slot->value_size;
+            value->mv_data = slot->value;
+            return slot->found? 0: MDB_NOTFOUND;
+        }
+    }
+    int rc = mdb_get (self->txn, self->dbi [db], (MDB_val *) key, value);
+    if ((rc && rc != MDB_NOTFOUND) || key->mv_size > S_MEMO_KEY
+    ||  (rc == 0 && value->mv_size > S_MEMO_VALUE))
+        return rc;
+    kim_store_memo_t *slot = &self->memo [self->memo_next];
+    self->memo_next = (self->memo_next + 1) % S_MEMO_SLOTS;
+    slot->batch = self->batch_serial;
+    slot->writes = writes;
+    slot->db = db;
+    slot->found = rc == 0;
+    slot->key_size = key->mv_size;
+    memcpy (slot->key, key->mv_data, key->mv_size);
+    slot->value_size = rc == 0? value->mv_size: 0;
+    if (rc == 0) {
+        memcpy (slot->value, value->mv_data, value->mv_size);
+        value->mv_data = slot->value;
+    }
+    return rc;
+}
+
 int
 kim_store_read (kim_store_t *self, uint64_t seq, kim_record_t *record)
 {

@@ -134,7 +134,7 @@ s_index_batch (kim_store_t *store, size_t *count, size_t *bad, uint8_t *was)
     if (rc)
         return rc;
     //  Entries of an older form go: the build writes every referral's anew.
-    rc = mdb_drop (kim_store_txn (store), kim_store_dbi (store, KIM_DB_REFERRAL_BY), 0);
+    rc = kim_store_empty (store, KIM_DB_REFERRAL_BY);
     if (rc)
         return kim_store_error (store, rc, "lifecycle: emptying the referral index");
     //  Writing to the index (and reading cases) does not disturb the scan.

@@ -77,11 +77,10 @@ s_fetch (kim_store_t *store, kim_db_t db, const void *key_data, size_t key_size,
          const char *what, const char *name,
          int (*decode) (const uint8_t *value, size_t size, void *into), void *into)
 {
-    MDB_txn *txn = kim_store_txn (store);
-    if (!txn)
+    if (!kim_store_txn (store))
         return -KIM_E_ARGS;
     MDB_val key = { key_size, (void *) key_data }, value;
-    int rc = mdb_get (txn, kim_store_dbi (store, db), &key, &value);
+    int rc = kim_store_get (store, db, &key, &value);
     if (rc == MDB_NOTFOUND)
         return -KIM_E_NOT_FOUND;
     if (rc)
