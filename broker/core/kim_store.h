@@ -234,10 +234,11 @@ MDB_dbi
     kim_store_dbi (kim_store_t *self, kim_db_t db);
 
 //  Writes inside the open batch: mdb_put, mdb_del, mdb_cursor_put,
-//  mdb_cursor_del and mdb_drop on tree `db`, with LMDB's return code (MDB_NOTFOUND and
-//  MDB_KEYEXIST mean what the caller makes of them; hand other failures to
-//  kim_store_error). Every write of the store and its modules goes through
-//  these, so that each is counted per tree (kim_store_writes).
+//  mdb_cursor_del and mdb_drop on tree `db`, with LMDB's return code
+//  (MDB_NOTFOUND and MDB_KEYEXIST mean what the caller makes of them; hand
+//  other failures to kim_store_error). Every write of the store and its
+//  modules goes through these, so that each is counted per tree
+//  (kim_store_writes, and kim_store_get's copies).
 int
     kim_store_put (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value,
                    unsigned flags);

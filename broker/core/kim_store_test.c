@@ -125,9 +125,6 @@ s_test_dedup_expiry (const char *path)
     kim_store_destroy (&store);
 }
 
-//  The last checkpoint the store appended: known once its batch commits,
-//  the later of two, forgotten with an aborted batch, unknown after a
-//  reopen (the metrics endpoint reads the log back for it once).
 //  Asserts what kim_store_get reads under `key` in `db`: `text`, or
 //  nothing for NULL.
 static void
@@ -212,6 +209,9 @@ s_test_get_memo (const char *path)
     kim_store_destroy (&store);
 }
 
+//  The last checkpoint the store appended: known once its batch commits,
+//  the later of two, forgotten with an aborted batch, unknown after a
+//  reopen (the metrics endpoint reads the log back for it once).
 static void
 s_test_checkpoint_last (const char *path)
 {
