@@ -127,6 +127,17 @@ s_test_dedup_expiry (const char *path)
 
 //  Asserts what kim_store_get reads under `key` in `db`: `text`, or
 //  nothing for NULL.
+//  Opens the store at `path` as configured by default.
+static kim_store_t *
+s_test_open (const char *path)
+{
+    kim_store_config_t config = { .path = path };
+    int err = 0;
+    kim_store_t *store = kim_store_new (&config, &err);
+    assert (store);
+    return store;
+}
+
 static void
 s_test_get_is (kim_store_t *store, kim_db_t db, const char *key, const char *text)
 {
@@ -152,10 +163,7 @@ s_test_put_text (kim_store_t *store, kim_db_t db, const char *key, const char *t
 static void
 s_test_get_memo (const char *path)
 {
-    kim_store_config_t config = { .path = path };
-    int err = 0;
-    kim_store_t *store = kim_store_new (&config, &err);
-    assert (store);
+    kim_store_t *store = s_test_open (path);
     MDB_val key = { 4, (void *) "case" }, value;
     assert (kim_store_get (store, KIM_DB_CASE, &key, &value) == EINVAL);    //  no batch
     assert (kim_store_begin (store) == 0);
@@ -215,10 +223,7 @@ s_test_get_memo (const char *path)
 static void
 s_test_checkpoint_last (const char *path)
 {
-    kim_store_config_t config = { .path = path };
-    int err = 0;
-    kim_store_t *store = kim_store_new (&config, &err);
-    assert (store);
+    kim_store_t *store = s_test_open (path);
     uint64_t time_ms = 0;
     assert (kim_store_checkpoint_last (store, &time_ms) == 0);
     assert (kim_store_begin (store) == 0);
@@ -234,8 +239,7 @@ s_test_checkpoint_last (const char *path)
     kim_store_abort (store);
     assert (kim_store_checkpoint_last (store, &time_ms) == 3 && time_ms == 300);
     kim_store_destroy (&store);
-    store = kim_store_new (&config, &err);
-    assert (store);
+    store = s_test_open (path);
     assert (kim_store_checkpoint_last (store, NULL) == 0);
     kim_store_destroy (&store);
 }
@@ -276,10 +280,7 @@ s_test_group_count (kim_store_t *store, uint8_t kind, size_t *entries)
 static void
 s_test_groups (const char *path)
 {
-    kim_store_config_t config = { .path = path };
-    int err = 0;
-    kim_store_t *store = kim_store_new (&config, &err);
-    assert (store);
+    kim_store_t *store = s_test_open (path);
     kim_store_writes_t before, after;
     kim_store_writes (store, &before);
     //  150 members of group 'a', 3 of group 'b', in one batch
@@ -327,10 +328,7 @@ s_test_groups (const char *path)
 static void
 s_test_key_pool (const char *path, const char *keys_path)
 {
-    kim_store_config_t config = { .path = path };
-    int err = 0;
-    kim_store_t *store = kim_store_new (&config, &err);
-    assert (store);
+    kim_store_t *store = s_test_open (path);
     uint64_t first = kim_store_head (store) + 1;
     bool retry;
     uint64_t last_id = 0;
@@ -377,6 +375,7 @@ s_test_key_pool (const char *path, const char *keys_path)
     crypto_aead_xchacha20poly1305_ietf_encrypt (sealed + 25, NULL, (const uint8_t *) "version",
                                                 7, ad, 8, NULL, nonce, old_key);
     char *keys_dir = zsys_sprintf ("%s/keys", path);
+    int err = 0;
     kim_keystore_t *keystore = kim_keystore_new (keys_dir, false, false, (size_t) 1 << 24, &err);
     assert (keystore);
     uint64_t last = 0;
@@ -388,8 +387,7 @@ s_test_key_pool (const char *path, const char *keys_path)
     kim_keystore_destroy (&keystore);
     zstr_free (&keys_dir);
 
-    store = kim_store_new (&config, &err);
-    assert (store);
+    store = s_test_open (path);
     assert (kim_store_begin (store) == 0);
     assert (s_test_append (store, KIM_RECORD_MESSAGE, 3, "version 1") == old_seq);
     uint8_t key_bytes [8];
@@ -437,10 +435,7 @@ s_test_key_pool (const char *path, const char *keys_path)
 static void
 s_test_at_rest (const char *path)
 {
-    kim_store_config_t config = { .path = path };
-    int err = 0;
-    kim_store_t *store = kim_store_new (&config, &err);
-    assert (store);
+    kim_store_t *store = s_test_open (path);
     assert (kim_store_begin (store) == 0);
     assert (s_test_append (store, KIM_RECORD_MESSAGE, 1, "old") == 1);
     //  As a store before at-rest encryption held it, and says so
@@ -457,8 +452,7 @@ s_test_at_rest (const char *path)
     assert (kim_store_commit (store, &retry) == 0);
     kim_store_destroy (&store);
 
-    store = kim_store_new (&config, &err);
-    assert (store);
+    store = s_test_open (path);
     const uint8_t *data;
     size_t size;
     uint8_t secret [32];

@@ -139,9 +139,10 @@ int
 //  moments and rewrites its state: under the seq, beside the states of the
 //  referrals opened with it, at the tree's growing end. Ids are letters,
 //  digits and . _ : - (kim_msgi_id_ok), never a byte 0xFF, so the states
-//  sort after every id, and one tree keeps both: a new referral's commit touches no more trees than
-//  before. Stores from before (the referral under its id) get their
-//  states moved once at start (kim_lc_referral_split, kim_lc_reindex.c).
+//  sort after every id, and one tree keeps both: a new referral's commit
+//  touches no more trees than before. Stores from before (the referral
+//  under its id) get their states moved once at start
+//  (kim_lc_referral_split, kim_lc_reindex.c).
 #define S_REFERRAL_STATE_TAG    0xFF
 #define S_REFERRAL_STATE_KEY    9
 //  Reads a referral by id: 0, -KIM_E_NOT_FOUND, or -KIM_E_IO (logged).
