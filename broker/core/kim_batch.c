@@ -281,6 +281,27 @@ kim_ctx_emit (kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient, uint64_t *s
 //  --------------------------------------------------------------------------
 //  The write batch
 
+//  Payloads from this size on are hashed by the helper thread: below it,
+//  handing one over costs about what hashing it does.
+#define S_HASH_BESIDE   256
+
+static void
+s_hash_job (void *arg)
+{
+    item_t *item = (item_t *) arg;
+    crypto_generichash (item->hash, KIM_HASH_SIZE, item->hash_data, item->payload_size, NULL, 0);
+}
+
+void
+kim_batch_hash_post (kim_server_t *self, item_t *item)
+{
+    item->hash_ticket = 0;
+    if (self->work && item->has_payload && item->payload_size >= S_HASH_BESIDE) {
+        item->hash_data = (const uint8_t *) zmq_msg_data (&item->payload) + item->payload_offset;
+        item->hash_ticket = kim_work_post (self->work, s_hash_job, item);
+    }
+}
+
 static void
 s_item_refuse (item_t *item, int code, const char *path, const char *text)
 {
@@ -369,7 +390,12 @@ s_apply_send (kim_server_t *self, item_t *item)
     }
     //  A sender may state the payload's length and hash; they must be true.
     uint8_t hash [KIM_HASH_SIZE];
-    crypto_generichash (hash, KIM_HASH_SIZE, payload, payload_size, NULL, 0);
+    if (item->hash_ticket) {
+        kim_work_wait (self->work, item->hash_ticket);
+        memcpy (hash, item->hash, KIM_HASH_SIZE);
+    }
+    else
+        crypto_generichash (hash, KIM_HASH_SIZE, payload, payload_size, NULL, 0);
     bool bad_len = msg->payload_len && msg->payload_len != payload_size;
     if (bad_len || (msg->has_payload_hash && sodium_memcmp (msg->payload_hash, hash, KIM_HASH_SIZE))) {
         s_item_refuse (item, KIM_E_BAD_VALUE, bad_len? "hdr.payload_len": "hdr.payload_hash",
@@ -603,6 +629,8 @@ s_answer_forward (kim_server_t *self, item_t *item)
 static void
 s_finish_batch (kim_server_t *self, int rc)
 {
+    //  No hash job may still read a payload about to be let go
+    kim_work_drain (self->work);
     s_hold_begin (self);
     self->holding = true;
     for (size_t i = 0; i < self->item_count; i++) {
@@ -648,6 +676,7 @@ s_finish_batch (kim_server_t *self, int rc)
             zmq_msg_close (&item->payload);
             item->has_payload = false;
         }
+        item->hash_ticket = 0;
     }
     self->holding = false;
     self->item_count = 0;

@@ -666,6 +666,7 @@ s_ack_ranges (kim_server_t *self, session_t *session, item_t *item, const uint8_
         slot->settled = false;
         slot->from_range = true;
         slot->forwarded = false;
+        slot->hash_ticket = 0;
     }
     self->item_count += used;
 }
@@ -842,6 +843,7 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
             item->from_range = false;
             item->forwarded = false;
             item->has_payload = false;
+            item->hash_ticket = 0;
             item->seq = 0;
             item->dup = false;
             const char *path = NULL;
@@ -869,6 +871,7 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
                     item->payload_offset = (size_t) (entries [i].payload - data);
                     item->payload_size = entries [i].payload_size;
                     item->settled = false;
+                    kim_batch_hash_post (self, item);
                     continue;
                 }
                 zmq_msg_close (&item->payload);
@@ -1099,6 +1102,7 @@ s_read_one (kim_server_t *self)
         item->settled = false;
         item->from_range = false;
         item->forwarded = cmd->id == KIM_CMD_PEER_FORWARD;
+        kim_batch_hash_post (self, item);
         self->item_count++;
     }
     else
@@ -1351,6 +1355,11 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
         kim_server_destroy (&self);
         return NULL;
     }
+    //  A helper thread hashes and seals payloads beside this one (when it
+    //  cannot start, they are made here, as they were)
+    self->work = kim_work_new (2 * (config->batch_max + KIM_ITEMS_SPARE));
+    if (self->work && kim_store_set_work (self->store, self->work))
+        kim_work_destroy (&self->work);
     self->sessions = zhashx_new ();
     self->orgs = zhashx_new ();
     self->items = (item_t *) calloc (config->batch_max + KIM_ITEMS_SPARE, sizeof (item_t));
@@ -1433,8 +1442,10 @@ kim_server_destroy (kim_server_t **self_p)
     zlistx_destroy (&self->retired);
     if (self->signal_fd >= 0)
         close (self->signal_fd);
+    kim_work_drain (self->work);
     free (self->items);
     kim_store_destroy (&self->store);
+    kim_work_destroy (&self->work);
     zcert_destroy (&self->cert);
     kim_buf_free (&self->buf);
     kim_buf_free (&self->hdr_buf);

@@ -13,6 +13,7 @@
 #include "kim_metrics.h"
 #include "kim_server.h"
 #include "kim_store.h"
+#include "kim_work.h"
 #include "kim_zap.h"
 
 #define KIM_RID_MAX         256     //  ROUTER routing ids are 5 bytes unless a peer sets one
@@ -92,6 +93,11 @@ typedef struct {
     //  organisations (or its own notice), which is the sender here.
     bool forwarded;
     kim_org_t remote_sender;
+    //  The payload's hash, made by the helper thread from when the item
+    //  was read (kim_batch_hash_post); hash_ticket 0: not asked for
+    uint64_t hash_ticket;
+    const uint8_t *hash_data;
+    uint8_t hash [KIM_HASH_SIZE];
 } item_t;
 
 struct _kim_ctx_t {
@@ -102,6 +108,7 @@ struct _kim_ctx_t {
 struct _kim_server_t {
     kim_config_t *config;
     kim_store_t *store;
+    kim_work_t *work;               //  hashes and seals payloads beside this thread, or NULL
     zcert_t *cert;
     zsock_t *router;
     zsock_t *zap;
@@ -238,6 +245,11 @@ bool
 //  true when it waits.
 bool
     kim_batch_commit (kim_server_t *self, bool flush);
+//  Asks the helper thread for the hash of a queued item's payload, which
+//  the item's apply then waits for (large payloads only; the others are
+//  hashed when applied). Sets item->hash_ticket either way.
+void
+    kim_batch_hash_post (kim_server_t *self, item_t *item);
 //  The hooks' timers (deadlines, retention) and msg_id expiry: an apply for
 //  kim_batch_run.
 int

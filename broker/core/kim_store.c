@@ -687,6 +687,7 @@ kim_store_destroy (kim_store_t **self_p)
         kim_store_sync (self);
     kim_store_i_keys_close (self);
     kim_store_i_groups_free (self);
+    kim_store_i_seals_free (self);
     free (self->scratch);
     if (self->env)
         mdb_env_close (self->env);
@@ -1005,6 +1006,7 @@ s_batch_drop (kim_store_t *self)
     if (self->txn)
         mdb_txn_abort (self->txn);
     self->txn = NULL;
+    kim_store_i_seals_drop (self);
     kim_store_i_groups_drop (self);
     if (self->keys)
         kim_keystore_abort (self->keys);
@@ -1040,6 +1042,8 @@ kim_store_commit (kim_store_t *self, bool *retry)
         return -KIM_E_ARGS;
     }
     //  A failed put marks the batch full or the store failed
+    if (!self->failed && !self->batch_full)
+        kim_store_i_seals_write (self);
     if (!self->failed && !self->batch_full)
         kim_store_i_groups_write (self);
     if (!self->failed && !self->batch_full)

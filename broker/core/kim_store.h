@@ -32,6 +32,7 @@
 #include <stdint.h>
 
 #include "kim/kim_msg.h"
+#include "kim_work.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -119,6 +120,13 @@ int
 int
     kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
                       const uint8_t *body, size_t body_size, uint64_t *seq);
+
+//  Seals payloads on `work`'s helper thread from the next batch on (NULL:
+//  on the caller's thread). The store waits for every job it posted before
+//  its batch ends, so `work` must outlive the batches that used it. Not
+//  while a batch is open: -KIM_E_BUSY.
+int
+    kim_store_set_work (kim_store_t *self, kim_work_t *work);
 
 //  Stores the payload of record `seq` apart from the log, so that it can be
 //  purged later while the log stays whole. It is stored encrypted under a

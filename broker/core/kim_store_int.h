@@ -12,6 +12,7 @@
 #include "kim/kim_log.h"
 #include "kim_keystore.h"
 #include "kim_store.h"
+#include "kim_work.h"
 
 #define S_FORMAT            KIM_LOG_FORMAT          //  record format byte and store format
 #define S_RECORD_FIXED      KIM_LOG_RECORD_FIXED
@@ -43,6 +44,7 @@ typedef struct {
 } kim_store_recent_t;
 
 typedef struct _kim_store_group_t kim_store_group_t;
+typedef struct _kim_store_seals_t kim_store_seals_t;
 
 //  A value read in the open batch (kim_store_read.c, kim_store_get), kept
 //  while its tree has seen no write since
@@ -98,6 +100,10 @@ struct _kim_store_t {
     //  the first payload is stored
     kim_store_recent_t *recent;
     size_t recent_bytes;        //  allocated in all its slots
+    //  The helper that seals payloads (NULL: they are sealed inline), and
+    //  the open batch's payloads it seals (kim_store_seal.c)
+    kim_work_t *work;
+    kim_store_seals_t *seals;
 
     //  The open write batch, if any
     MDB_txn *txn;
@@ -158,6 +164,32 @@ void
     kim_store_i_groups_drop (kim_store_t *self);
 void
     kim_store_i_groups_free (kim_store_t *self);
+//  Payloads sealed by the helper (kim_store_seal.c). kim_store_i_seal
+//  seals `size` bytes at `plain` (which may be where the ciphertext goes)
+//  into `value`: [head][nonce, written by the caller][ciphertext and tag].
+//  _seal_defers: whether payload `seq` of a sealed value this large goes
+//  to the helper; then _seal_reserve gives the room for the value (whose
+//  head, nonce and plaintext the caller writes) and for its key (NULL: out
+//  of memory or a write failed), and _seal_post hands it over. Waiting
+//  payloads go into the tree with _seals_write (0 or the write error, as
+//  groups), which every other touch of the payload tree in a batch calls
+//  first; _seals_drop forgets them with an abandoned batch.
+void
+    kim_store_i_seal (uint8_t *value, size_t head, const uint8_t *plain, size_t size,
+                      uint64_t seq, const uint8_t secret [KIM_KEYSTORE_KEY]);
+bool
+    kim_store_i_seal_defers (kim_store_t *self, uint64_t seq, size_t value_size);
+uint8_t *
+    kim_store_i_seal_reserve (kim_store_t *self, uint64_t seq, size_t head, size_t value_size,
+                              uint8_t **secret);
+void
+    kim_store_i_seal_post (kim_store_t *self);
+int
+    kim_store_i_seals_write (kim_store_t *self);
+void
+    kim_store_i_seals_drop (kim_store_t *self);
+void
+    kim_store_i_seals_free (kim_store_t *self);
 //  Reads the value under seq (u64 BE) in `db`, in the batch or the
 //  snapshot. Returns 0, -KIM_E_NOT_FOUND or -KIM_E_IO.
 int

@@ -50,6 +50,7 @@
 #define S_SEALED_SEQ        1           //  version 1: key in slot seq
 #define S_SEALED_POOLED     2           //  version 2: key id from the pool
 #define S_SEALED_HEAD_MAX   (1 + 8)
+#define S_POOLED_HEAD       (1 + 8)     //  version 2: [u8 2][u64 key id BE]
 #define S_KEY_POOL          ((uint64_t) 1 << 63)
 #define S_KEY_CHUNK         4096
 #define S_RECENT_SLOTS      8192
@@ -395,6 +396,22 @@ s_shred (kim_store_t *self, uint64_t seq, MDB_val *key)
     return rc < 0? kim_store_i_keys_error (self, rc): 0;
 }
 
+//  Writes a sealed value's head: the pool key's id and the nonce; copies
+//  the key to `secret`.
+static int
+s_seal_head (kim_store_t *self, uint8_t *sealed, uint8_t secret [KIM_KEYSTORE_KEY])
+{
+    uint64_t id;
+    int rc = s_pool_take (self, &id, secret);
+    if (rc)
+        return kim_store_i_keys_error (self, rc);
+    sealed [0] = S_SEALED_POOLED;
+    kim_log_put_be64 (sealed + 1, id);
+    memcpy (sealed + S_POOLED_HEAD, self->nonce_prefix, sizeof self->nonce_prefix);
+    kim_log_put_be64 (sealed + S_POOLED_HEAD + sizeof self->nonce_prefix, self->nonce_next++);
+    return 0;
+}
+
 int
 kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, size_t size)
 {
@@ -403,6 +420,32 @@ kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, siz
         return rc;
     if (!data && size)
         return -KIM_E_ARGS;
+    if (size > UINT32_MAX - S_SEALED_OVERHEAD - 8)
+        return -KIM_E_ARGS;
+    size_t value_size = size + S_SEALED_OVERHEAD + 8;       //  a pooled key's id: 8 bytes
+    //  The newest record's payload is sealed by the helper, when there is
+    //  one, and put into the tree later (kim_store_seal.c)
+    if (size && kim_store_i_seal_defers (self, seq, value_size)) {
+        if (!self->keys || seq < self->keys_from)
+            return kim_store_i_keys_error (self, -KIM_E_INTERNAL);
+        uint8_t *secret;
+        uint8_t *sealed = kim_store_i_seal_reserve (self, seq, S_POOLED_HEAD, value_size,
+                                                   &secret);
+        if (sealed) {
+            rc = s_seal_head (self, sealed, secret);
+            if (rc)
+                return rc;
+            memcpy (sealed + S_POOLED_HEAD + S_SEALED_NONCE, data, size);
+            kim_store_i_seal_post (self);
+            s_recent_keep (self, seq, data, size);
+            return 0;
+        }
+        if (self->failed || self->batch_full)
+            return self->failed? -KIM_E_STORE_FAILED: -KIM_E_STORE_FULL;
+    }
+    rc = kim_store_i_seals_write (self);
+    if (rc)
+        return rc;
     uint8_t key_bytes [8];
     kim_log_put_be64 (key_bytes, seq);
     MDB_val key = { sizeof (key_bytes), key_bytes };
@@ -416,13 +459,11 @@ kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, siz
             rc = 0;
         return rc? kim_store_i_write_error (self, rc, "removing a payload"): 0;
     }
-    if (size > UINT32_MAX - S_SEALED_OVERHEAD - 8)
-        return -KIM_E_ARGS;
     if (!self->keys || seq < self->keys_from)
         return kim_store_i_keys_error (self, -KIM_E_INTERNAL);
     //  MDB_RESERVE: encrypted in place, no copy through a buffer. A put
     //  that is not the largest seq may replace a payload: its key goes.
-    MDB_val value = { size + S_SEALED_OVERHEAD + 8, NULL };
+    MDB_val value = { value_size, NULL };
     MDB_val copy = value;
     rc = kim_store_put (self, KIM_DB_PAYLOAD, &key, &copy, MDB_APPEND | MDB_RESERVE);
     if (rc == MDB_KEYEXIST) {
@@ -435,18 +476,11 @@ kim_store_payload_put (kim_store_t *self, uint64_t seq, const uint8_t *data, siz
     if (rc)
         return kim_store_i_write_error (self, rc, "storing a payload");
     uint8_t secret [KIM_KEYSTORE_KEY];
-    uint64_t id;
-    rc = s_pool_take (self, &id, secret);
-    if (rc)
-        return kim_store_i_keys_error (self, rc);
     uint8_t *sealed = (uint8_t *) copy.mv_data;
-    sealed [0] = S_SEALED_POOLED;
-    kim_log_put_be64 (sealed + 1, id);
-    memcpy (sealed + 9, self->nonce_prefix, sizeof self->nonce_prefix);
-    kim_log_put_be64 (sealed + 9 + sizeof self->nonce_prefix, self->nonce_next++);
-    crypto_aead_xchacha20poly1305_ietf_encrypt (
-        sealed + 9 + S_SEALED_NONCE, NULL, data, size, key_bytes, sizeof (key_bytes),
-        NULL, sealed + 9, secret);
+    rc = s_seal_head (self, sealed, secret);
+    if (rc)
+        return rc;
+    kim_store_i_seal (sealed, S_POOLED_HEAD, data, size, seq, secret);
     sodium_memzero (secret, sizeof secret);
     s_recent_keep (self, seq, data, size);
     return 0;
@@ -466,7 +500,11 @@ kim_store_payload_del (kim_store_t *self, uint64_t seq)
 static int
 s_stored (kim_store_t *self, uint64_t seq, MDB_val *value)
 {
-    int rc = kim_store_i_get_seq (self, KIM_DB_PAYLOAD, seq, value, "reading a payload");
+    //  In a batch, the payloads the helper seals go into the tree first
+    int rc = self->txn? kim_store_i_seals_write (self): 0;
+    if (rc)
+        return rc;
+    rc = kim_store_i_get_seq (self, KIM_DB_PAYLOAD, seq, value, "reading a payload");
     if (rc == -KIM_E_NOT_FOUND) {
         value->mv_size = 0;
         value->mv_data = NULL;

@@ -497,6 +497,117 @@ s_test_at_rest (const char *path)
     zstr_free (&keys);
 }
 
+//  The bytes of payload `i` in s_test_seal_beside: sizes up to 5,401
+//  bytes, above what the recent copies keep (4,096), so that reads of the
+//  larger ones go to the tree.
+static size_t
+s_test_seal_payload (size_t i, uint8_t *data)
+{
+    size_t size = 1 + (i % 7) * 900;
+    for (size_t j = 0; j < size; j++)
+        data [j] = (uint8_t) (i * 31 + j);
+    return size;
+}
+
+static bool
+s_test_payload_is (kim_store_t *store, uint64_t seq, const uint8_t *data, size_t size)
+{
+    const uint8_t *read;
+    size_t read_size;
+    return kim_store_payload_get (store, seq, &read, &read_size) == 0 && read_size == size
+        && memcmp (read, data, size) == 0;
+}
+
+static bool
+s_test_in_tree (kim_store_t *store, uint64_t seq)
+{
+    uint8_t key_bytes [8];
+    kim_log_put_be64 (key_bytes, seq);
+    MDB_val key = { 8, key_bytes }, value;
+    return mdb_get (kim_store_txn (store), kim_store_dbi (store, KIM_DB_PAYLOAD), &key,
+                    &value) == 0;
+}
+
+//  With a helper thread, the newest record's payload is sealed beside the
+//  caller and put into the tree when the batch commits, or before the
+//  batch touches the payload tree otherwise (a read, an erasure, a put for
+//  an older record); an abandoned batch forgets it. What was stored reads
+//  back the same, also through a store opened without a helper.
+static void
+s_test_seal_beside (const char *path)
+{
+    kim_work_t *work = kim_work_new (8);    //  few slots: posting waits too
+    assert (work);
+    kim_store_t *store = s_test_open (path);
+    assert (kim_store_set_work (store, work) == 0);
+    uint8_t data [6000];
+    size_t size;
+    bool retry;
+    //  More than a batch holds waiting (1,024): the first ones go into the
+    //  tree while the batch goes on
+    enum { COUNT = 1100 };
+    uint64_t first = kim_store_head (store) + 1;
+    assert (kim_store_begin (store) == 0);
+    assert (kim_store_set_work (store, NULL) == -KIM_E_BUSY);
+    for (size_t i = 0; i < COUNT; i++) {
+        uint64_t seq = s_test_append (store, KIM_RECORD_MESSAGE, 5, "beside");
+        assert (seq == first + i);
+        size = s_test_seal_payload (i, data);
+        assert (kim_store_payload_put (store, seq, data, size) == 0);
+    }
+    assert (s_test_in_tree (store, first));
+    assert (!s_test_in_tree (store, first + COUNT - 1));
+    //  A read the recent copies do not serve puts what waits first
+    size_t large = COUNT - 1;
+    while (s_test_seal_payload (large, data) <= 4096)
+        large--;
+    size = s_test_seal_payload (large, data);
+    assert (s_test_payload_is (store, first + large, data, size));
+    assert (s_test_in_tree (store, first + COUNT - 1));
+    //  Erased while waiting: gone, key and all
+    uint64_t erased = s_test_append (store, KIM_RECORD_MESSAGE, 5, "erased");
+    assert (kim_store_payload_put (store, erased, (const uint8_t *) "erase me", 8) == 0);
+    assert (!s_test_in_tree (store, erased));
+    assert (kim_store_payload_del (store, erased) == 0);
+    assert (kim_store_payload_exists (store, erased) == 0);
+    //  An older record's payload replaced while a newer one waits
+    uint64_t newest = s_test_append (store, KIM_RECORD_MESSAGE, 5, "newest");
+    assert (kim_store_payload_put (store, newest, (const uint8_t *) "newest", 6) == 0);
+    assert (kim_store_payload_put (store, first, (const uint8_t *) "replaced", 8) == 0);
+    assert (s_test_in_tree (store, newest));
+    //  One still waits when the batch commits
+    uint64_t last = s_test_append (store, KIM_RECORD_MESSAGE, 5, "last");
+    assert (kim_store_payload_put (store, last, (const uint8_t *) "last", 4) == 0);
+    assert (!s_test_in_tree (store, last));
+    assert (kim_store_commit (store, &retry) == 0);
+
+    //  An abandoned batch forgets what waited
+    assert (kim_store_begin (store) == 0);
+    uint64_t given_up = s_test_append (store, KIM_RECORD_MESSAGE, 5, "given up");
+    assert (given_up == last + 1);
+    assert (kim_store_payload_put (store, given_up, (const uint8_t *) "lost", 4) == 0);
+    kim_store_abort (store);
+    //  ...also when the next batch writes the same seq without a payload
+    assert (kim_store_begin (store) == 0);
+    assert (s_test_append (store, KIM_RECORD_MESSAGE, 5, "no payload") == given_up);
+    assert (kim_store_commit (store, &retry) == 0);
+    kim_store_destroy (&store);
+    kim_work_destroy (&work);
+
+    store = s_test_open (path);
+    assert (s_test_payload_is (store, first, (const uint8_t *) "replaced", 8));
+    for (size_t i = 1; i < COUNT; i++) {
+        size = s_test_seal_payload (i, data);
+        assert (s_test_payload_is (store, first + i, data, size));
+    }
+    assert (kim_store_payload_exists (store, erased) == 0);
+    assert (s_test_payload_is (store, newest, (const uint8_t *) "newest", 6));
+    assert (s_test_payload_is (store, last, (const uint8_t *) "last", 4));
+    assert (kim_store_payload_exists (store, given_up) == 0);
+    kim_store_read_end (store);
+    kim_store_destroy (&store);
+}
+
 //  Appends a record and checks it reads back; returns its seq
 static uint64_t
 s_test_append (kim_store_t *store, uint8_t kind, uint64_t time_ms, const char *body)
@@ -1048,6 +1159,11 @@ kim_store_test (bool verbose)
     s_test_get_memo (path8);
     s_test_remove (path8);
     zstr_free (&path8);
+    char *path9 = zsys_sprintf ("%s/seal", dir);
+    assert (path9);
+    s_test_seal_beside (path9);
+    s_test_remove (path9);
+    zstr_free (&path9);
 
     s_test_remove (path);
     s_test_remove (path2);

@@ -13,6 +13,7 @@
 #include "kim_consent.h"
 #include "kim_directory.h"
 #include "kim_link.h"
+#include "kim_work.h"
 
 typedef struct {
     const char *name;
@@ -26,6 +27,7 @@ static const selftest_t s_tests [] = {
     { "audit", kim_audit_test },
     { "msg", kim_msg_test },
     { "store", kim_store_test },
+    { "work", kim_work_test },
     { "config", kim_config_test },
     { "lifecycle", kim_lifecycle_test },
     { "policy", kim_policy_test },
