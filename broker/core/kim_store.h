@@ -11,8 +11,9 @@
     refuse all further writes (fail closed): the broker must never confirm
     what may not be on disk.
 
-    Thread and lifetime rules: a store belongs to one thread. At most one
-    write batch is open at a time. Pointers into records (kim_record_t.body)
+    Thread and lifetime rules: a store belongs to one thread (a helper set
+    with kim_store_set_work only seals payloads, and the store waits for it
+    before a batch ends). At most one write batch is open at a time. Pointers into records (kim_record_t.body)
     point into LMDB's map and stay valid only until the next call that starts
     or ends a transaction on this store (kim_store_read_begin/_end, _begin,
     _commit, _abort); copy what must outlive that. Inside a batch, reads go
