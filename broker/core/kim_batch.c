@@ -286,20 +286,89 @@ kim_ctx_emit (kim_ctx_t *ctx, kim_msg_t *msg, const char *recipient, uint64_t *s
 #define S_HASH_BESIDE   256
 
 static void
-s_hash_job (void *arg)
+s_prep_job (void *arg)
 {
     item_t *item = (item_t *) arg;
-    crypto_generichash (item->hash, KIM_HASH_SIZE, item->hash_data, item->payload_size, NULL, 0);
+    if (item->decode_due)
+        item->decode_rc = kim_batch_entry_decode (KIM_CMD_SEND_BATCH, &item->entry, &item->cmd,
+                                                  &item->decode_error);
+    if (item->hash_due)
+        crypto_generichash (item->hash, KIM_HASH_SIZE, item->hash_data, item->payload_size,
+                            NULL, 0);
 }
 
 void
-kim_batch_hash_post (kim_server_t *self, item_t *item)
+kim_batch_prep_post (kim_server_t *self, item_t *item)
 {
-    item->hash_ticket = 0;
-    if (self->work && item->has_payload && item->payload_size >= S_HASH_BESIDE) {
+    item->prep_ticket = 0;
+    item->hash_due = self->work && item->has_payload && item->payload_size >= S_HASH_BESIDE;
+    if (item->hash_due)
         item->hash_data = (const uint8_t *) zmq_msg_data (&item->payload) + item->payload_offset;
-        item->hash_ticket = kim_work_post (self->work, s_hash_job, item);
+    if (item->decode_due || item->hash_due)
+        item->prep_ticket = kim_work_post (self->work, s_prep_job, item);
+}
+
+//  A message older than the de-duplication window could be replayed
+//  without the broker recognising it, so it is refused as stale; so is one
+//  from a clock too far ahead.
+static bool
+s_stale (kim_server_t *self, const kim_msg_t *msg)
+{
+    if (!msg->created_at)
+        return false;
+    uint64_t now = kim_server_now (self);
+    return msg->created_at + self->config->dedup_window_ms < now
+        || msg->created_at > now + self->config->clock_skew_ms;
+}
+
+int
+kim_batch_send_check (kim_server_t *self, const kim_cmd_t *cmd, size_t payload_size,
+                      const char **path, char *text, size_t text_size)
+{
+    *path = NULL;
+    if (s_stale (self, &cmd->msg)) {
+        *path = "hdr.created_at";
+        snprintf (text, text_size, "created_at is outside the accepted window (de-duplication "
+                  "window in the past, clock skew in the future)");
+        return KIM_E_STALE;
     }
+    if (cmd->msg.type == KIM_TYPE_OUTCOME && payload_size) {
+        *path = "payload";
+        snprintf (text, text_size, "an OUTCOME carries an outcome code only, never a payload");
+        return KIM_E_BAD_VALUE;
+    }
+    return 0;
+}
+
+//  Settles what the helper found in a SEND_BATCH entry, once: the refusal
+//  of an entry that did not decode, or that its command alone refuses, as
+//  if it had been refused when read (section 8.3).
+static void
+s_prep_settle (kim_server_t *self, item_t *item)
+{
+    if (!item->decode_due)
+        return;
+    kim_work_wait (self->work, item->prep_ticket);
+    item->decode_due = false;
+    const char *path = NULL;
+    int code;
+    if (item->decode_rc) {
+        code = -item->decode_rc;
+        path = item->decode_error.path [0]? item->decode_error.path: NULL;
+        snprintf (item->text, sizeof item->text, "%s%s%s", kim_strerror (item->decode_rc),
+                  path? " at ": "", path? path: "");
+    }
+    else
+        code = kim_batch_send_check (self, &item->cmd, item->entry.payload_size, &path,
+                                     item->text, sizeof item->text);
+    if (code == 0)
+        return;
+    item->code = code;
+    kim_str_copy (item->path, sizeof item->path, path);
+    //  The id the refusal carries, also from an entry that did not decode
+    //  (section 7.1)
+    kim_cmd_ref (item->entry.cmd, item->entry.cmd_size, item->ref);
+    item->settled = true;
 }
 
 static void
@@ -390,8 +459,8 @@ s_apply_send (kim_server_t *self, item_t *item)
     }
     //  A sender may state the payload's length and hash; they must be true.
     uint8_t hash [KIM_HASH_SIZE];
-    if (item->hash_ticket) {
-        kim_work_wait (self->work, item->hash_ticket);
+    if (item->hash_due) {
+        kim_work_wait (self->work, item->prep_ticket);
         memcpy (hash, item->hash, KIM_HASH_SIZE);
     }
     else
@@ -531,6 +600,7 @@ s_apply_batch (kim_server_t *self)
         return rc;
     for (size_t i = 0; i < self->item_count && rc == 0; i++) {
         item_t *item = &self->items [i];
+        s_prep_settle (self, item);
         if (item->settled)
             continue;
         item->code = 0;
@@ -629,12 +699,13 @@ s_answer_forward (kim_server_t *self, item_t *item)
 static void
 s_finish_batch (kim_server_t *self, int rc)
 {
-    //  No hash job may still read a payload about to be let go
+    //  No job may still read a payload about to be let go
     kim_work_drain (self->work);
     s_hold_begin (self);
     self->holding = true;
     for (size_t i = 0; i < self->item_count; i++) {
         item_t *item = &self->items [i];
+        s_prep_settle (self, item);         //  a batch that failed did not reach it
         if (rc && !item->settled)
             s_item_refuse (item, rc, NULL, NULL);
         if (item->batch_count)
@@ -676,7 +747,8 @@ s_finish_batch (kim_server_t *self, int rc)
             zmq_msg_close (&item->payload);
             item->has_payload = false;
         }
-        item->hash_ticket = 0;
+        item->prep_ticket = 0;
+        item->hash_due = false;
     }
     self->holding = false;
     self->item_count = 0;
@@ -713,8 +785,10 @@ s_defer (kim_server_t *self, bool flush)
 {
     if (flush || self->item_count >= self->config->batch_max)
         return false;
+    //  An entry the helper decodes is a SEND: its cmd is not read before
+    //  the helper is done with it
     for (size_t i = 0; i < self->item_count; i++)
-        if (self->items [i].cmd.id != KIM_CMD_ACK)
+        if (self->items [i].decode_due || self->items [i].cmd.id != KIM_CMD_ACK)
             return false;
     return true;
 }

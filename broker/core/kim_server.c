@@ -341,19 +341,6 @@ s_org_state_init (kim_server_t *self, org_state_t *state, const kim_org_t *org)
     state->refilled_ms = s_mono ();
 }
 
-//  A message older than the de-duplication window could be replayed
-//  without the broker recognising it, so it is refused as stale; so is one
-//  from a clock too far ahead.
-static bool
-s_stale (kim_server_t *self, const kim_msg_t *msg)
-{
-    if (!msg->created_at)
-        return false;
-    uint64_t now = kim_server_now (self);
-    return msg->created_at + self->config->dedup_window_ms < now
-        || msg->created_at > now + self->config->clock_skew_ms;
-}
-
 //  Ends every session of an organisation whose key is no longer valid.
 static size_t
 s_drop_sessions (kim_server_t *self, org_state_t *state, const char *why)
@@ -666,16 +653,18 @@ s_ack_ranges (kim_server_t *self, session_t *session, item_t *item, const uint8_
         slot->settled = false;
         slot->from_range = true;
         slot->forwarded = false;
-        slot->hash_ticket = 0;
+        slot->prep_ticket = 0;
+        slot->decode_due = false;
     }
     self->item_count += used;
 }
 
 //  What the broker refuses in a SEND (or an entry of a SEND_BATCH) as soon
-//  as it reads it (section 8.3). Returns the code, or 0, with path and text.
+//  as it reads it, before decoding it (section 8.3). Returns the code, or
+//  0, with path and text.
 static int
-s_send_refusal (kim_server_t *self, session_t *session, const kim_cmd_t *cmd,
-                size_t payload_size, const char **path, char *text, size_t text_size)
+s_send_refusal (kim_server_t *self, session_t *session, size_t payload_size,
+                const char **path, char *text, size_t text_size)
 {
     *path = NULL;
     if (session->org->org->role != KIM_ROLE_AGENCY) {
@@ -688,17 +677,6 @@ s_send_refusal (kim_server_t *self, session_t *session, const kim_cmd_t *cmd,
         snprintf (text, text_size, "payload of %zu bytes exceeds max_payload %u", payload_size,
                   self->config->max_payload);
         return KIM_E_TOO_LARGE;
-    }
-    if (s_stale (self, &cmd->msg)) {
-        *path = "hdr.created_at";
-        snprintf (text, text_size, "created_at is outside the accepted window (de-duplication "
-                  "window in the past, clock skew in the future)");
-        return KIM_E_STALE;
-    }
-    if (cmd->msg.type == KIM_TYPE_OUTCOME && payload_size) {
-        *path = "payload";
-        snprintf (text, text_size, "an OUTCOME carries an outcome code only, never a payload");
-        return KIM_E_BAD_VALUE;
     }
     return 0;
 }
@@ -833,7 +811,6 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
     else
         for (size_t i = 0; i < count; i++) {
             item_t *item = &self->items [self->item_count++];
-            kim_cmd_t *cmd = &item->cmd;
             memcpy (item->rid, rid, rid_size);
             item->rid_size = rid_size;
             item->org = session->org;
@@ -843,7 +820,8 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
             item->from_range = false;
             item->forwarded = false;
             item->has_payload = false;
-            item->hash_ticket = 0;
+            item->prep_ticket = 0;
+            item->decode_due = false;
             item->seq = 0;
             item->dup = false;
             const char *path = NULL;
@@ -855,23 +833,21 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
                           payer->org->id, self->config->rate_limit);
             }
             else
-            if ((rc = kim_batch_entry_decode (KIM_CMD_SEND_BATCH, &entries [i], cmd, &error))) {
-                code = -rc;
-                path = error.path [0]? error.path: NULL;
-                snprintf (item->text, sizeof item->text, "%s%s%s", kim_strerror (rc),
-                          path? " at ": "", path? path: "");
-            }
-            else
-                code = s_send_refusal (self, session, cmd, entries [i].payload_size, &path,
+                code = s_send_refusal (self, session, entries [i].payload_size, &path,
                                        item->text, sizeof item->text);
             if (code == 0) {
+                //  Decoded by the helper thread while the turn is read on;
+                //  what the decoding finds is settled before the entry is
+                //  applied (kim_batch.c)
                 zmq_msg_init (&item->payload);
                 if (zmq_msg_copy (&item->payload, frame) == 0) {
                     item->has_payload = true;
                     item->payload_offset = (size_t) (entries [i].payload - data);
                     item->payload_size = entries [i].payload_size;
                     item->settled = false;
-                    kim_batch_hash_post (self, item);
+                    item->entry = entries [i];
+                    item->decode_due = true;
+                    kim_batch_prep_post (self, item);
                     continue;
                 }
                 zmq_msg_close (&item->payload);
@@ -1024,9 +1000,12 @@ s_read_one (kim_server_t *self)
             case KIM_CMD_SEND: {
                 const char *path;
                 char text [KIM_TEXT_MAX + 1];
-                int code = s_send_refusal (self, session, cmd,
-                                           has_payload? zmq_msg_size (&item->payload): 0,
-                                           &path, text, sizeof text);
+                size_t payload_size = has_payload? zmq_msg_size (&item->payload): 0;
+                int code = s_send_refusal (self, session, payload_size, &path, text,
+                                           sizeof text);
+                if (!code)
+                    code = kim_batch_send_check (self, cmd, payload_size, &path, text,
+                                                 sizeof text);
                 if (code)
                     kim_reply_reject (self, rid, rid_size, code, msg_id, path, "%s", text);
                 else
@@ -1102,7 +1081,8 @@ s_read_one (kim_server_t *self)
         item->settled = false;
         item->from_range = false;
         item->forwarded = cmd->id == KIM_CMD_PEER_FORWARD;
-        kim_batch_hash_post (self, item);
+        item->decode_due = false;
+        kim_batch_prep_post (self, item);
         self->item_count++;
     }
     else

@@ -93,11 +93,17 @@ typedef struct {
     //  organisations (or its own notice), which is the sender here.
     bool forwarded;
     kim_org_t remote_sender;
-    //  The payload's hash, made by the helper thread from when the item
-    //  was read (kim_batch_hash_post); hash_ticket 0: not asked for
-    uint64_t hash_ticket;
+    //  Work the helper thread does for the item from when it is read
+    //  (kim_batch_prep_post): the payload's hash, and for an entry of a
+    //  SEND_BATCH its decoding. prep_ticket 0: none asked for.
+    uint64_t prep_ticket;
+    bool hash_due;                  //  the helper makes `hash` from `hash_data`
     const uint8_t *hash_data;
     uint8_t hash [KIM_HASH_SIZE];
+    bool decode_due;                //  `entry` is decoded into `cmd` by the helper
+    kim_entry_t entry;
+    int decode_rc;
+    kim_decode_error_t decode_error;
 } item_t;
 
 struct _kim_ctx_t {
@@ -245,11 +251,18 @@ bool
 //  true when it waits.
 bool
     kim_batch_commit (kim_server_t *self, bool flush);
-//  Asks the helper thread for the hash of a queued item's payload, which
-//  the item's apply then waits for (large payloads only; the others are
-//  hashed when applied). Sets item->hash_ticket either way.
+//  Asks the helper thread for what a queued item needs before it is
+//  applied and can be made apart from the batch: the hash of a large
+//  payload and, with item->decode_due, the decoding of item->entry into
+//  item->cmd. Sets item->prep_ticket (0: nothing asked for).
 void
-    kim_batch_hash_post (kim_server_t *self, item_t *item);
+    kim_batch_prep_post (kim_server_t *self, item_t *item);
+//  What the broker refuses in a decoded SEND (or SEND_BATCH entry) that it
+//  can tell from the command alone: a created_at outside the window, an
+//  OUTCOME with a payload. Returns the code, or 0, with path and text.
+int
+    kim_batch_send_check (kim_server_t *self, const kim_cmd_t *cmd, size_t payload_size,
+                          const char **path, char *text, size_t text_size);
 //  The hooks' timers (deadlines, retention) and msg_id expiry: an apply for
 //  kim_batch_run.
 int

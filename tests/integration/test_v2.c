@@ -195,16 +195,21 @@ main (void)
     KIM_CHECK (kim_batch_payload (NULL, 0, &buf) == 0);
     s_payload_entry (&buf, "v2-ref-3", "v2-ok-3", 0);
     s_payload_entry (&buf, "v2-ref-0", "v2-ok-0", 100);      //  a duplicate of entry 0
-    KIM_CHECK (kim_batch_end (KIM_CMD_SEND_BATCH, 5, 0, &buf) == 0);
+    //  Decodes, but made before the de-duplication window: stale
+    s_itest_msg (&msg, RECIPIENT, "v2-ref-5", "v2-stale-5");
+    msg.created_at = 1000;
+    s_entry (&buf, &msg, "x", 1);
+    KIM_CHECK (kim_batch_end (KIM_CMD_SEND_BATCH, 6, 0, &buf) == 0);
     s_send_buf (sender, &buf);
     zmsg_t *reply = s_recv_batch (sender, KIM_CMD_RECEIPT_BATCH, entries, &count);
-    KIM_CHECK (count == 5);
+    KIM_CHECK (count == 6);
     uint64_t dup_seq;
     s_expect_receipt (&entries [0], "v2-ok-0", false, &seqs [0]);
     s_expect_reject (&entries [1], KIM_E_UNKNOWN_RECIPIENT, "v2-unknown-1", "hdr.recipient");
     s_expect_reject (&entries [2], KIM_E_BAD_VALUE, "v2-bad-2", "hdr.priority");
     s_expect_receipt (&entries [3], "v2-ok-3", false, &seqs [1]);
     s_expect_receipt (&entries [4], "v2-ok-0", true, &dup_seq);
+    s_expect_reject (&entries [5], KIM_E_STALE, "v2-stale-5", "hdr.created_at");
     KIM_CHECK (dup_seq == seqs [0] && seqs [1] > seqs [0]);
     zmsg_destroy (&reply);
 
