@@ -114,7 +114,7 @@ struct _kim_ctx_t {
 struct _kim_server_t {
     kim_config_t *config;
     kim_store_t *store;
-    kim_work_t *work;               //  hashes and seals payloads beside this thread, or NULL
+    kim_work_t *work;               //  decodes, hashes, seals beside this thread, or NULL
     zcert_t *cert;
     zsock_t *router;
     zsock_t *zap;

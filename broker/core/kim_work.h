@@ -1,17 +1,18 @@
 /*  kim_work.h — one helper thread that runs small, independent jobs for the
-    broker's main thread: hashing a payload as it is read, sealing it as it
-    is stored. Every other step of a message has to happen on the main
-    thread, in order, because it reads or writes the one LMDB write batch;
-    these do not, and on a machine with a core to spare they then cost the
-    main thread only the handing over.
+    broker's main thread: decoding the messages of a SEND_BATCH and hashing
+    their payloads as they are read, sealing a payload as it is stored.
+    Every other step of a message has to happen on the main thread, in
+    order, because it reads or writes the one LMDB write batch; these do
+    not, and on a machine with a core to spare they then cost the main
+    thread only the handing over.
 
     Jobs are posted by one thread, the owner (the broker's main thread),
-    and run in the order they were posted, by the helper or, when the owner
-    waits for a job the helper has not started, by the owner itself: a
-    wait never sleeps on a job nobody runs, and with the helper busy or not
-    scheduled a job costs what it would have cost inline. A job must touch
-    only what its argument names and what the owner leaves alone until it
-    has waited for that job.
+    and start in the order they were posted, on the helper or, when the
+    owner waits for a job the helper has not started, on the owner itself:
+    a wait never sleeps on a job nobody runs, and with the helper busy or
+    not scheduled a job costs what it would have cost inline. A job must
+    touch only what its argument names and what the owner leaves alone
+    until it has waited for that job.
 
     NULL is a valid kim_work_t everywhere: its jobs run at once, inline.
 */
