@@ -322,10 +322,21 @@ s_stale (kim_server_t *self, const kim_msg_t *msg)
 }
 
 int
-kim_batch_send_check (kim_server_t *self, const kim_cmd_t *cmd, size_t payload_size,
-                      const char **path, char *text, size_t text_size)
+kim_batch_send_check (kim_server_t *self, const org_state_t *sender, const kim_cmd_t *cmd,
+                      size_t payload_size, const char **path, char *text, size_t text_size)
 {
     *path = NULL;
+    if (sender->org->role != KIM_ROLE_AGENCY) {
+        snprintf (text, text_size, "role %s may not send messages",
+                  kim_role_name (sender->org->role));
+        return KIM_E_FORBIDDEN;
+    }
+    if (payload_size > self->config->max_payload) {
+        *path = "payload";
+        snprintf (text, text_size, "payload of %zu bytes exceeds max_payload %u", payload_size,
+                  self->config->max_payload);
+        return KIM_E_TOO_LARGE;
+    }
     if (s_stale (self, &cmd->msg)) {
         *path = "hdr.created_at";
         snprintf (text, text_size, "created_at is outside the accepted window (de-duplication "
@@ -341,7 +352,7 @@ kim_batch_send_check (kim_server_t *self, const kim_cmd_t *cmd, size_t payload_s
 }
 
 //  Settles what the helper found in a SEND_BATCH entry, once: the refusal
-//  of an entry that did not decode, or that its command alone refuses, as
+//  of an entry that did not decode or that the checks of a SEND refuse, as
 //  if it had been refused when read (section 8.3).
 static void
 s_prep_settle (kim_server_t *self, item_t *item)
@@ -359,8 +370,8 @@ s_prep_settle (kim_server_t *self, item_t *item)
                   path? " at ": "", path? path: "");
     }
     else
-        code = kim_batch_send_check (self, &item->cmd, item->entry.payload_size, &path,
-                                     item->text, sizeof item->text);
+        code = kim_batch_send_check (self, item->org, &item->cmd, item->entry.payload_size,
+                                     &path, item->text, sizeof item->text);
     if (code == 0)
         return;
     item->code = code;

@@ -659,28 +659,6 @@ s_ack_ranges (kim_server_t *self, session_t *session, item_t *item, const uint8_
     self->item_count += used;
 }
 
-//  What the broker refuses in a SEND (or an entry of a SEND_BATCH) as soon
-//  as it reads it, before decoding it (section 8.3). Returns the code, or
-//  0, with path and text.
-static int
-s_send_refusal (kim_server_t *self, session_t *session, size_t payload_size,
-                const char **path, char *text, size_t text_size)
-{
-    *path = NULL;
-    if (session->org->org->role != KIM_ROLE_AGENCY) {
-        snprintf (text, text_size, "role %s may not send messages",
-                  kim_role_name (session->org->org->role));
-        return KIM_E_FORBIDDEN;
-    }
-    if (payload_size > self->config->max_payload) {
-        *path = "payload";
-        snprintf (text, text_size, "payload of %zu bytes exceeds max_payload %u", payload_size,
-                  self->config->max_payload);
-        return KIM_E_TOO_LARGE;
-    }
-    return 0;
-}
-
 static bool
 s_takes_payload (const kim_cmd_t *cmd)
 {
@@ -824,7 +802,6 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
             item->decode_due = false;
             item->seq = 0;
             item->dup = false;
-            const char *path = NULL;
             int code = 0;
             if (!paid) {
                 code = KIM_E_RATE_LIMITED;
@@ -832,13 +809,10 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
                           " command units/s over all its connections; slow down",
                           payer->org->id, self->config->rate_limit);
             }
-            else
-                code = s_send_refusal (self, session, entries [i].payload_size, &path,
-                                       item->text, sizeof item->text);
             if (code == 0) {
-                //  Decoded by the helper thread while the turn is read on;
-                //  what the decoding finds is settled before the entry is
-                //  applied (kim_batch.c)
+                //  Decoded by the helper thread while the turn is read on,
+                //  then checked as it would have been here (section 8.3)
+                //  before the entry is applied (kim_batch.c)
                 zmq_msg_init (&item->payload);
                 if (zmq_msg_copy (&item->payload, frame) == 0) {
                     item->has_payload = true;
@@ -855,7 +829,7 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
                 snprintf (item->text, sizeof item->text, "%s", kim_strerror (code));
             }
             item->code = code;
-            kim_str_copy (item->path, sizeof item->path, path);
+            item->path [0] = 0;
             //  The id the refusal carries, also from an entry that did not
             //  decode (section 7.1)
             kim_cmd_ref (entries [i].cmd, entries [i].cmd_size, item->ref);
@@ -1000,12 +974,9 @@ s_read_one (kim_server_t *self)
             case KIM_CMD_SEND: {
                 const char *path;
                 char text [KIM_TEXT_MAX + 1];
-                size_t payload_size = has_payload? zmq_msg_size (&item->payload): 0;
-                int code = s_send_refusal (self, session, payload_size, &path, text,
-                                           sizeof text);
-                if (!code)
-                    code = kim_batch_send_check (self, cmd, payload_size, &path, text,
-                                                 sizeof text);
+                int code = kim_batch_send_check (self, session->org, cmd,
+                                                 has_payload? zmq_msg_size (&item->payload): 0,
+                                                 &path, text, sizeof text);
                 if (code)
                     kim_reply_reject (self, rid, rid_size, code, msg_id, path, "%s", text);
                 else

@@ -257,12 +257,14 @@ bool
 //  item->cmd. Sets item->prep_ticket (0: nothing asked for).
 void
     kim_batch_prep_post (kim_server_t *self, item_t *item);
-//  What the broker refuses in a decoded SEND (or SEND_BATCH entry) that it
-//  can tell from the command alone: a created_at outside the window, an
+//  What the broker refuses in a decoded SEND (or SEND_BATCH entry) from
+//  `sender` before it stores anything (section 8.3): a role that may not
+//  send, a payload above max_payload, a created_at outside the window, an
 //  OUTCOME with a payload. Returns the code, or 0, with path and text.
 int
-    kim_batch_send_check (kim_server_t *self, const kim_cmd_t *cmd, size_t payload_size,
-                          const char **path, char *text, size_t text_size);
+    kim_batch_send_check (kim_server_t *self, const org_state_t *sender, const kim_cmd_t *cmd,
+                          size_t payload_size, const char **path, char *text,
+                          size_t text_size);
 //  The hooks' timers (deadlines, retention) and msg_id expiry: an apply for
 //  kim_batch_run.
 int
