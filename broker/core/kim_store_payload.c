@@ -49,7 +49,6 @@
 
 #define S_SEALED_SEQ        1           //  version 1: key in slot seq
 #define S_SEALED_POOLED     2           //  version 2: key id from the pool
-#define S_SEALED_HEAD_MAX   (1 + 8)
 #define S_POOLED_HEAD       (1 + 8)     //  version 2: [u8 2][u64 key id BE]
 #define S_KEY_POOL          ((uint64_t) 1 << 63)
 #define S_KEY_CHUNK         4096

@@ -837,6 +837,17 @@ s_test_map_growth (const char *path, bool verbose)
     free (payload);
 }
 
+//  Runs `test` on a store of its own, `name` in `dir`, and removes it.
+static void
+s_test_in (const char *dir, const char *name, void (*test) (const char *path))
+{
+    char *path = zsys_sprintf ("%s/%s", dir, name);
+    assert (path);
+    test (path);
+    s_test_remove (path);
+    zstr_free (&path);
+}
+
 void
 kim_store_test (bool verbose)
 {
@@ -1139,31 +1150,11 @@ kim_store_test (bool verbose)
     assert (kim_store_new (&small, &err) == NULL && err == -KIM_E_CONFIG);
 
     s_test_map_growth (path2, verbose);
-    char *path5 = zsys_sprintf ("%s/at-rest", dir);
-    assert (path5);
-    s_test_at_rest (path5);
-    s_test_remove (path5);
-    zstr_free (&path5);
-    char *path6 = zsys_sprintf ("%s/groups", dir);
-    assert (path6);
-    s_test_groups (path6);
-    s_test_remove (path6);
-    zstr_free (&path6);
-    char *path7 = zsys_sprintf ("%s/checkpoint", dir);
-    assert (path7);
-    s_test_checkpoint_last (path7);
-    s_test_remove (path7);
-    zstr_free (&path7);
-    char *path8 = zsys_sprintf ("%s/memo", dir);
-    assert (path8);
-    s_test_get_memo (path8);
-    s_test_remove (path8);
-    zstr_free (&path8);
-    char *path9 = zsys_sprintf ("%s/seal", dir);
-    assert (path9);
-    s_test_seal_beside (path9);
-    s_test_remove (path9);
-    zstr_free (&path9);
+    s_test_in (dir, "at-rest", s_test_at_rest);
+    s_test_in (dir, "groups", s_test_groups);
+    s_test_in (dir, "checkpoint", s_test_checkpoint_last);
+    s_test_in (dir, "memo", s_test_get_memo);
+    s_test_in (dir, "seal", s_test_seal_beside);
 
     s_test_remove (path);
     s_test_remove (path2);
