@@ -688,6 +688,7 @@ kim_store_destroy (kim_store_t **self_p)
     kim_store_i_keys_close (self);
     kim_store_i_groups_free (self);
     kim_store_i_seals_free (self);
+    kim_store_i_chain_free (self);
     free (self->scratch);
     if (self->env)
         mdb_env_close (self->env);
@@ -754,13 +755,33 @@ kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
     if ((!body && body_size) || body_size > UINT32_MAX - S_RECORD_FIXED)
         return -KIM_E_ARGS;
     uint64_t next = self->batch_head + 1;
+    size_t value_size = S_RECORD_FIXED + body_size;
+    uint8_t *deferred = kim_store_i_chain_defers (self, value_size)
+                      ? kim_store_i_chain_reserve (self, next, value_size): NULL;
+    if (deferred) {
+        kim_log_record_put (deferred, kind, time_ms, self->batch_hash, body, body_size);
+        kim_store_i_chain_post (self);
+        self->batch_head = next;
+        if (kind == KIM_RECORD_CHECKPOINT) {
+            self->batch_checkpoint_seq = next;
+            self->batch_checkpoint_ms = time_ms;
+        }
+        if (seq)
+            *seq = next;
+        return 0;
+    }
+    if ((rc = kim_store_i_writable (self, "append")))
+        return rc;
+    //  Records waiting for the helper go first, and give the chain's end
+    if ((rc = kim_store_i_chain_write (self)))
+        return rc;
     uint8_t hash [KIM_HASH_SIZE];
     kim_store_record_hash (self->batch_hash, kind, next, time_ms, body, body_size, hash);
 
     uint8_t key_bytes [8];
     kim_log_put_be64 (key_bytes, next);
     MDB_val key = { sizeof (key_bytes), key_bytes };
-    MDB_val value = { S_RECORD_FIXED + body_size, NULL };
+    MDB_val value = { value_size, NULL };
     //  MDB_RESERVE: the record is built in place, no copy through a buffer
     rc = kim_store_put (self, KIM_DB_LOG, &key, &value, MDB_APPEND | MDB_RESERVE);
     if (rc == MDB_KEYEXIST) {
@@ -1006,6 +1027,7 @@ s_batch_drop (kim_store_t *self)
     if (self->txn)
         mdb_txn_abort (self->txn);
     self->txn = NULL;
+    kim_store_i_chain_drop (self);
     kim_store_i_seals_drop (self);
     kim_store_i_groups_drop (self);
     if (self->keys)
@@ -1042,6 +1064,8 @@ kim_store_commit (kim_store_t *self, bool *retry)
         return -KIM_E_ARGS;
     }
     //  A failed put marks the batch full or the store failed
+    if (!self->failed && !self->batch_full)
+        kim_store_i_chain_write (self);
     if (!self->failed && !self->batch_full)
         kim_store_i_seals_write (self);
     if (!self->failed && !self->batch_full)

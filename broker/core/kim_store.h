@@ -12,8 +12,9 @@
     what may not be on disk.
 
     Thread and lifetime rules: a store belongs to one thread (a helper set
-    with kim_store_set_work only seals payloads, and the store waits for it
-    before a batch ends). At most one write batch is open at a time. Pointers into records (kim_record_t.body)
+    with kim_store_set_work only seals payloads and hashes the log's
+    records, and the store waits for it before a batch ends). At most one
+    write batch is open at a time. Pointers into records (kim_record_t.body)
     point into LMDB's map and stay valid only until the next call that starts
     or ends a transaction on this store (kim_store_read_begin/_end, _begin,
     _commit, _abort); copy what must outlive that. Inside a batch, reads go
@@ -122,8 +123,8 @@ int
     kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
                       const uint8_t *body, size_t body_size, uint64_t *seq);
 
-//  Seals payloads on `work`'s helper thread from the next batch on (NULL:
-//  on the caller's thread). The store waits for every job it posted before
+//  Seals payloads and hashes the log's records on `work`'s helper thread
+//  from the next batch on (NULL: on the caller's thread). The store waits for every job it posted before
 //  its batch ends, so `work` must outlive the batches that used it. Not
 //  while a batch is open: -KIM_E_BUSY.
 int

@@ -141,6 +141,8 @@ kim_store_dedup_expire (kim_store_t *self, uint64_t now_ms, size_t limit)
         return kim_store_i_write_error (self, rc, "reading where msg_ids expire");
     kim_msg_t *msg = NULL;
     MDB_cursor *cursor;
+    if ((rc = kim_store_i_chain_write (self)))
+        return rc;
     rc = mdb_cursor_open (self->txn, self->dbi [KIM_DB_LOG], &cursor);
     if (rc)
         return kim_store_i_write_error (self, rc, "opening the log to expire msg_ids");

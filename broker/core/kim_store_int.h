@@ -45,6 +45,7 @@ typedef struct {
 
 typedef struct _kim_store_group_t kim_store_group_t;
 typedef struct _kim_store_seals_t kim_store_seals_t;
+typedef struct _kim_store_chain_t kim_store_chain_t;
 
 //  A value read in the open batch (kim_store_read.c, kim_store_get), kept
 //  while its tree has seen no write since
@@ -104,6 +105,9 @@ struct _kim_store_t {
     //  the open batch's payloads it seals (kim_store_seal.c)
     kim_work_t *work;
     kim_store_seals_t *seals;
+    //  The open batch's records whose hashes the helper computes
+    //  (kim_store_chain.c); batch_hash is the chain's end only without them
+    kim_store_chain_t *chain;
 
     //  The open write batch, if any
     MDB_txn *txn;
@@ -190,6 +194,28 @@ void
     kim_store_i_seals_drop (kim_store_t *self);
 void
     kim_store_i_seals_free (kim_store_t *self);
+//  Records hashed by the helper (kim_store_chain.c). _chain_defers: whether
+//  a record this large goes to the helper; then _chain_reserve gives its
+//  room (NULL: out of memory or a write failed), where the caller builds
+//  the record with any hash, and _chain_post hands it over. _chain_hash
+//  completes the chain into batch_hash; _chain_write puts the waiting
+//  records into the log tree (0 or the write error, as groups), which every
+//  read of the log tree in a batch calls first; _chain_drop forgets them
+//  with an abandoned batch.
+bool
+    kim_store_i_chain_defers (kim_store_t *self, size_t value_size);
+uint8_t *
+    kim_store_i_chain_reserve (kim_store_t *self, uint64_t seq, size_t value_size);
+void
+    kim_store_i_chain_post (kim_store_t *self);
+void
+    kim_store_i_chain_hash (kim_store_t *self);
+int
+    kim_store_i_chain_write (kim_store_t *self);
+void
+    kim_store_i_chain_drop (kim_store_t *self);
+void
+    kim_store_i_chain_free (kim_store_t *self);
 //  Reads the value under seq (u64 BE) in `db`, in the batch or the
 //  snapshot. Returns 0, -KIM_E_NOT_FOUND or -KIM_E_IO.
 int

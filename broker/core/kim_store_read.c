@@ -41,6 +41,8 @@ kim_store_i_get_seq (kim_store_t *self, kim_db_t db, uint64_t seq, MDB_val *valu
 {
     MDB_txn *txn;
     int rc = kim_store_i_reader (self, &txn);
+    if (rc == 0 && db == KIM_DB_LOG && self->txn && seq > self->head)
+        rc = kim_store_i_chain_write (self);
     if (rc)
         return rc;
     uint8_t key_bytes [8];
@@ -167,6 +169,8 @@ kim_store_head (kim_store_t *self)
 const uint8_t *
 kim_store_head_hash (kim_store_t *self)
 {
+    if (self->txn)
+        kim_store_i_chain_hash (self);
     return self->txn? self->batch_hash: self->head_hash;
 }
 

@@ -638,6 +638,109 @@ s_test_chain (kim_store_t *store, uint64_t from, uint64_t to, const uint8_t *pre
     }
 }
 
+static bool
+s_test_in_log (kim_store_t *store, uint64_t seq)
+{
+    uint8_t key_bytes [8];
+    kim_log_put_be64 (key_bytes, seq);
+    MDB_val key = { 8, key_bytes }, value;
+    return mdb_get (kim_store_txn (store), kim_store_dbi (store, KIM_DB_LOG), &key,
+                    &value) == 0;
+}
+
+//  Appends record `i` of s_test_chain_beside (bodies of 0 to 1,999 bytes)
+//  and carries the hash the chain must reach in `chain`
+static uint64_t
+s_test_chain_append (kim_store_t *store, size_t i, uint8_t *body, uint8_t chain [KIM_HASH_SIZE])
+{
+    size_t size = (i * 37) % 2000;
+    for (size_t j = 0; j < size; j++)
+        body [j] = (uint8_t) (i + j * 7);
+    uint64_t seq = 0;
+    assert (kim_store_append (store, KIM_RECORD_STATE, 1000 + i, body, size, &seq) == 0);
+    kim_store_record_hash (chain, KIM_RECORD_STATE, seq, 1000 + i, body, size, chain);
+    return seq;
+}
+
+//  With a helper thread, the records of a batch are hashed beside the
+//  caller and put into the log when the batch commits, or before the batch
+//  reads the log; the batch's head hash completes the chain without
+//  putting them, and an abandoned batch forgets them. The chain verifies
+//  through a store opened without a helper.
+static void
+s_test_chain_beside (const char *path)
+{
+    kim_work_t *work = kim_work_new (8);
+    assert (work);
+    kim_store_t *store = s_test_open (path);
+    assert (kim_store_set_work (store, work) == 0);
+    size_t huge_size = (size_t) 1100 << 10;     //  beyond what the helper takes
+    uint8_t *body = (uint8_t *) malloc (huge_size);
+    assert (body);
+    uint8_t chain [KIM_HASH_SIZE], start [KIM_HASH_SIZE];
+    memcpy (start, kim_store_head_hash (store), KIM_HASH_SIZE);
+    memcpy (chain, start, KIM_HASH_SIZE);
+    bool retry;
+    //  More records than a batch holds waiting (4,096): the first ones go
+    //  into the log while the batch goes on
+    enum { COUNT = 4500 };
+    uint64_t first = kim_store_head (store) + 1;
+    assert (kim_store_begin (store) == 0);
+    for (size_t i = 0; i < COUNT; i++)
+        assert (s_test_chain_append (store, i, body, chain) == first + i);
+    uint64_t last = first + COUNT - 1;
+    assert (s_test_in_log (store, first));
+    assert (!s_test_in_log (store, last));
+    //  The head hash is the chain's end, and the records still wait
+    assert (memcmp (kim_store_head_hash (store), chain, KIM_HASH_SIZE) == 0);
+    assert (!s_test_in_log (store, last));
+    //  ...and the chain goes on from there
+    uint64_t more = s_test_chain_append (store, COUNT, body, chain);
+    //  A read of the log puts what waits first
+    kim_record_t record;
+    assert (kim_store_read (store, more, &record) == 0);
+    assert (memcmp (record.hash, chain, KIM_HASH_SIZE) == 0);
+    assert (s_test_in_log (store, last));
+    //  A record too large for the helper, after some that wait
+    uint64_t before = s_test_chain_append (store, COUNT + 1, body, chain);
+    assert (!s_test_in_log (store, before));
+    memset (body, 'h', huge_size);
+    uint64_t huge = 0;
+    assert (kim_store_append (store, KIM_RECORD_STATE, 7, body, huge_size, &huge) == 0);
+    kim_store_record_hash (chain, KIM_RECORD_STATE, huge, 7, body, huge_size, chain);
+    assert (s_test_in_log (store, before) && s_test_in_log (store, huge));
+    //  Some still wait when the batch commits
+    for (size_t i = 0; i < 10; i++)
+        last = s_test_chain_append (store, COUNT + 2 + i, body, chain);
+    assert (!s_test_in_log (store, last));
+    assert (kim_store_commit (store, &retry) == 0);
+    assert (memcmp (kim_store_head_hash (store), chain, KIM_HASH_SIZE) == 0);
+
+    //  An abandoned batch forgets what waited, also when the next batch
+    //  writes the same seqs
+    assert (kim_store_begin (store) == 0);
+    uint8_t lost [KIM_HASH_SIZE];
+    memcpy (lost, chain, KIM_HASH_SIZE);
+    for (size_t i = 0; i < 6; i++)
+        assert (s_test_chain_append (store, 9000 + i, body, lost) == last + 1 + i);
+    kim_store_abort (store);
+    assert (kim_store_begin (store) == 0);
+    for (size_t i = 0; i < 3; i++)
+        assert (s_test_chain_append (store, 7000 + i, body, chain) == last + 1 + i);
+    last += 3;
+    assert (kim_store_commit (store, &retry) == 0);
+    kim_store_destroy (&store);
+    kim_work_destroy (&work);
+
+    store = s_test_open (path);
+    assert (kim_store_head (store) == last);
+    assert (memcmp (kim_store_head_hash (store), chain, KIM_HASH_SIZE) == 0);
+    s_test_chain (store, first, last, start);
+    kim_store_read_end (store);
+    kim_store_destroy (&store);
+    free (body);
+}
+
 static void
 s_test_pipe_write (int fd, char c)
 {
@@ -1155,6 +1258,7 @@ kim_store_test (bool verbose)
     s_test_in (dir, "checkpoint", s_test_checkpoint_last);
     s_test_in (dir, "memo", s_test_get_memo);
     s_test_in (dir, "seal", s_test_seal_beside);
+    s_test_in (dir, "chain", s_test_chain_beside);
 
     s_test_remove (path);
     s_test_remove (path2);

@@ -1,6 +1,7 @@
 /*  kim_work.h — one helper thread that runs small, independent jobs for the
     broker's main thread: decoding the messages of a SEND_BATCH and hashing
-    their payloads as they are read, sealing a payload as it is stored.
+    their payloads as they are read, sealing a payload as it is stored,
+    hashing the log's records into their chain as they are appended.
     Every other step of a message has to happen on the main thread, in
     order, because it reads or writes the one LMDB write batch; these do
     not, and on a machine with a core to spare they then cost the main
