@@ -806,6 +806,20 @@ kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
     return 0;
 }
 
+int
+kim_store_i_put_seq (kim_store_t *self, kim_db_t db, uint64_t seq, const uint8_t *data,
+                     size_t size)
+{
+    uint8_t key_bytes [8];
+    kim_log_put_be64 (key_bytes, seq);
+    MDB_val key = { sizeof key_bytes, key_bytes };
+    MDB_val value = { size, NULL };
+    int rc = kim_store_put (self, db, &key, &value, MDB_APPEND | MDB_RESERVE);
+    if (rc == 0)
+        memcpy (value.mv_data, data, size);
+    return rc;
+}
+
 //  A key store failure fails the store closed: a payload must never be on
 //  disk without the key that opens it, nor a key outlive an erasure.
 int

@@ -162,11 +162,7 @@ kim_store_i_chain_write (kim_store_t *self)
     int rc = 0;
     for (size_t i = 0; i < chain->count && rc == 0; i++) {
         s_link_t *link = &chain->entries [i];
-        uint8_t key_bytes [8];
-        kim_log_put_be64 (key_bytes, link->seq);
-        MDB_val key = { sizeof key_bytes, key_bytes };
-        MDB_val value = { link->value_size, NULL };
-        rc = kim_store_put (self, KIM_DB_LOG, &key, &value, MDB_APPEND | MDB_RESERVE);
+        rc = kim_store_i_put_seq (self, KIM_DB_LOG, link->seq, link->value, link->value_size);
         if (rc == MDB_KEYEXIST) {
             //  The log holds a seq beyond our head: someone wrote behind our back
             zsys_error ("kim_store: %s: log already holds seq %" PRIu64 "; store fails closed",
@@ -177,8 +173,6 @@ kim_store_i_chain_write (kim_store_t *self)
         else
         if (rc)
             rc = kim_store_i_write_error (self, rc, "appending a record");
-        else
-            memcpy (value.mv_data, link->value, link->value_size);
     }
     s_chain_reset (chain);
     return rc;

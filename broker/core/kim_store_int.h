@@ -216,6 +216,12 @@ void
     kim_store_i_chain_drop (kim_store_t *self);
 void
     kim_store_i_chain_free (kim_store_t *self);
+//  Puts a copy of `size` bytes under seq (u64 BE) at the end of `db`: the
+//  values that waited for the helper. Returns LMDB's code (MDB_KEYEXIST
+//  when seq is not past the tree's last key).
+int
+    kim_store_i_put_seq (kim_store_t *self, kim_db_t db, uint64_t seq, const uint8_t *data,
+                         size_t size);
 //  Reads the value under seq (u64 BE) in `db`, in the batch or the
 //  snapshot. Returns 0, -KIM_E_NOT_FOUND or -KIM_E_IO.
 int

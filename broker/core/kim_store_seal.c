@@ -124,15 +124,10 @@ kim_store_i_seals_write (kim_store_t *self)
     int rc = 0;
     for (size_t i = 0; i < seals->count && rc == 0; i++) {
         s_seal_t *seal = &seals->entries [i];
-        uint8_t key_bytes [8];
-        kim_log_put_be64 (key_bytes, seal->seq);
-        MDB_val key = { sizeof key_bytes, key_bytes };
-        MDB_val value = { seal->value_size, NULL };
-        rc = kim_store_put (self, KIM_DB_PAYLOAD, &key, &value, MDB_APPEND | MDB_RESERVE);
+        rc = kim_store_i_put_seq (self, KIM_DB_PAYLOAD, seal->seq, seal->value,
+                                  seal->value_size);
         if (rc)
             rc = kim_store_i_write_error (self, rc, "storing a payload");
-        else
-            memcpy (value.mv_data, seal->value, seal->value_size);
     }
     seals->count = 0;
     seals->used = 0;

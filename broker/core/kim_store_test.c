@@ -518,14 +518,20 @@ s_test_payload_is (kim_store_t *store, uint64_t seq, const uint8_t *data, size_t
         && memcmp (read, data, size) == 0;
 }
 
+//  Whether `db` holds seq in the open batch's transaction itself
 static bool
-s_test_in_tree (kim_store_t *store, uint64_t seq)
+s_test_in_db (kim_store_t *store, kim_db_t db, uint64_t seq)
 {
     uint8_t key_bytes [8];
     kim_log_put_be64 (key_bytes, seq);
     MDB_val key = { 8, key_bytes }, value;
-    return mdb_get (kim_store_txn (store), kim_store_dbi (store, KIM_DB_PAYLOAD), &key,
-                    &value) == 0;
+    return mdb_get (kim_store_txn (store), kim_store_dbi (store, db), &key, &value) == 0;
+}
+
+static bool
+s_test_in_tree (kim_store_t *store, uint64_t seq)
+{
+    return s_test_in_db (store, KIM_DB_PAYLOAD, seq);
 }
 
 //  With a helper thread, the newest record's payload is sealed beside the
@@ -641,11 +647,7 @@ s_test_chain (kim_store_t *store, uint64_t from, uint64_t to, const uint8_t *pre
 static bool
 s_test_in_log (kim_store_t *store, uint64_t seq)
 {
-    uint8_t key_bytes [8];
-    kim_log_put_be64 (key_bytes, seq);
-    MDB_val key = { 8, key_bytes }, value;
-    return mdb_get (kim_store_txn (store), kim_store_dbi (store, KIM_DB_LOG), &key,
-                    &value) == 0;
+    return s_test_in_db (store, KIM_DB_LOG, seq);
 }
 
 //  Appends record `i` of s_test_chain_beside (bodies of 0 to 1,999 bytes)
