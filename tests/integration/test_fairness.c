@@ -23,6 +23,7 @@
     round lasts KIM_FAIRNESS_SECONDS (default 2); the whole test about 25 s.
 */
 #include <msgpack.h>
+#include <stdatomic.h>
 
 #include "kim_rawsock.h"
 
@@ -54,7 +55,7 @@ static const char *s_kind_names [K_COUNT] = {
 typedef struct {
     kim_testbroker_t *broker;
     kind_t kind;
-    volatile bool stop;             //  set by the main thread when its round ends
+    atomic_bool stop;               //  set by the main thread when its round ends
     //  Figures, read after join
     uint64_t sent, answers, limited;
 } flood_t;
@@ -195,7 +196,7 @@ s_flooder (void *arg)
     kim_buf_t buf;
     kim_buf_init (&buf);
     uint64_t n = 0;
-    while (!flood->stop) {
+    while (!atomic_load (&flood->stop)) {
         for (int i = 0; i < FLOOD_SOCKETS; i++) {
             s_flood_frame (flood, cmd, n, &buf);
             //  As fast as the socket takes them; a full queue is drained.
@@ -322,7 +323,7 @@ main (void)
             int64_t rtt = s_canary (sender, recipient, kind, count++);
             max = rtt > max? rtt: max;
         }
-        flood.stop = true;
+        atomic_store (&flood.stop, true);
         KIM_CHECK (pthread_join (thread, NULL) == 0);
         printf ("flood of %-22s %8" PRIu64 " sent, %8" PRIu64 " answered, %8" PRIu64
                 " rate-limited; canary: %d referrals, round trip max %" PRId64 " ms\n",
