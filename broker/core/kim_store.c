@@ -745,6 +745,37 @@ kim_store_record_hash (const uint8_t prev [KIM_HASH_SIZE], uint8_t kind, uint64_
     kim_log_record_hash (prev, kind, seq, time_ms, body, body_size, out);
 }
 
+//  Hashes record `seq` onto the chain and puts it into the log at once,
+//  after the records that wait for the helper (whose hashes it follows).
+static int
+s_append_now (kim_store_t *self, uint64_t seq, uint8_t kind, uint64_t time_ms,
+              const uint8_t *body, size_t body_size)
+{
+    int rc = kim_store_i_chain_write (self);
+    if (rc)
+        return rc;
+    uint8_t hash [KIM_HASH_SIZE];
+    kim_store_record_hash (self->batch_hash, kind, seq, time_ms, body, body_size, hash);
+    uint8_t key_bytes [8];
+    kim_log_put_be64 (key_bytes, seq);
+    MDB_val key = { sizeof (key_bytes), key_bytes };
+    MDB_val value = { S_RECORD_FIXED + body_size, NULL };
+    //  MDB_RESERVE: the record is built in place, no copy through a buffer
+    rc = kim_store_put (self, KIM_DB_LOG, &key, &value, MDB_APPEND | MDB_RESERVE);
+    if (rc == MDB_KEYEXIST) {
+        //  The log holds a seq beyond our head: someone wrote behind our back
+        zsys_error ("kim_store: %s: log already holds seq %" PRIu64 "; store fails closed",
+                    self->path, seq);
+        self->failed = true;
+        return -KIM_E_STORE_FAILED;
+    }
+    if (rc)
+        return kim_store_i_write_error (self, rc, "appending a record");
+    kim_log_record_put ((uint8_t *) value.mv_data, kind, time_ms, hash, body, body_size);
+    memcpy (self->batch_hash, hash, KIM_HASH_SIZE);
+    return 0;
+}
+
 int
 kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
                   const uint8_t *body, size_t body_size, uint64_t *seq)
@@ -756,47 +787,21 @@ kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
         return -KIM_E_ARGS;
     uint64_t next = self->batch_head + 1;
     size_t value_size = S_RECORD_FIXED + body_size;
-    uint8_t *deferred = kim_store_i_chain_defers (self, value_size)
-                      ? kim_store_i_chain_reserve (self, next, value_size): NULL;
+    //  With a helper, the record waits in the batch for its hash
+    //  (kim_store_chain.c); the chain's end is then known once it is done
+    uint8_t *deferred = NULL;
+    if (kim_store_i_chain_defers (self, value_size))
+        deferred = kim_store_i_chain_reserve (self, next, kind, time_ms, value_size);
     if (deferred) {
         kim_log_record_put (deferred, kind, time_ms, self->batch_hash, body, body_size);
         kim_store_i_chain_post (self);
-        self->batch_head = next;
-        if (kind == KIM_RECORD_CHECKPOINT) {
-            self->batch_checkpoint_seq = next;
-            self->batch_checkpoint_ms = time_ms;
-        }
-        if (seq)
-            *seq = next;
-        return 0;
     }
-    if ((rc = kim_store_i_writable (self, "append")))
+    else
+    if ((rc = kim_store_i_writable (self, "append"))
+    ||  (rc = s_append_now (self, next, kind, time_ms, body, body_size)))
         return rc;
-    //  Records waiting for the helper go first, and give the chain's end
-    if ((rc = kim_store_i_chain_write (self)))
-        return rc;
-    uint8_t hash [KIM_HASH_SIZE];
-    kim_store_record_hash (self->batch_hash, kind, next, time_ms, body, body_size, hash);
-
-    uint8_t key_bytes [8];
-    kim_log_put_be64 (key_bytes, next);
-    MDB_val key = { sizeof (key_bytes), key_bytes };
-    MDB_val value = { value_size, NULL };
-    //  MDB_RESERVE: the record is built in place, no copy through a buffer
-    rc = kim_store_put (self, KIM_DB_LOG, &key, &value, MDB_APPEND | MDB_RESERVE);
-    if (rc == MDB_KEYEXIST) {
-        //  The log holds a seq beyond our head: someone wrote behind our back
-        zsys_error ("kim_store: %s: log already holds seq %" PRIu64 "; store fails closed",
-                    self->path, next);
-        self->failed = true;
-        return -KIM_E_STORE_FAILED;
-    }
-    if (rc)
-        return kim_store_i_write_error (self, rc, "appending a record");
-    kim_log_record_put ((uint8_t *) value.mv_data, kind, time_ms, hash, body, body_size);
 
     self->batch_head = next;
-    memcpy (self->batch_hash, hash, KIM_HASH_SIZE);
     if (kind == KIM_RECORD_CHECKPOINT) {
         self->batch_checkpoint_seq = next;
         self->batch_checkpoint_ms = time_ms;

@@ -37,6 +37,8 @@
 
 typedef struct {
     uint64_t seq;
+    uint64_t time_ms;
+    uint8_t kind;
     uint8_t *value;             //  in the buffer: the record, its hash still open
     size_t value_size;
 } s_link_t;
@@ -63,11 +65,10 @@ s_chain_job (void *arg)
     size_t ready = atomic_load_explicit (&chain->ready, memory_order_acquire);
     for (; chain->hashed < ready; chain->hashed++) {
         s_link_t *link = &chain->entries [chain->hashed];
-        kim_log_record_t record;
-        kim_log_record_parse (link->seq, link->value, link->value_size, &record);
         uint8_t *hash = link->value + KIM_LOG_RECORD_FIXED - KIM_HASH_SIZE;
-        kim_log_record_hash (chain->prev, record.kind, link->seq, record.time_ms,
-                             record.body, record.body_size, hash);
+        kim_log_record_hash (chain->prev, link->kind, link->seq, link->time_ms,
+                             link->value + KIM_LOG_RECORD_FIXED,
+                             link->value_size - KIM_LOG_RECORD_FIXED, hash);
         memcpy (chain->prev, hash, KIM_HASH_SIZE);
     }
     pthread_mutex_unlock (&chain->lock);
@@ -80,15 +81,15 @@ kim_store_i_chain_defers (kim_store_t *self, size_t value_size)
 }
 
 uint8_t *
-kim_store_i_chain_reserve (kim_store_t *self, uint64_t seq, size_t value_size)
+kim_store_i_chain_reserve (kim_store_t *self, uint64_t seq, uint8_t kind, uint64_t time_ms,
+                           size_t value_size)
 {
     if (!self->chain) {
         kim_store_chain_t *chain = (kim_store_chain_t *) calloc (1, sizeof *chain);
         if (chain)
             chain->buffer = (uint8_t *) malloc (S_CHAIN_BYTES);
         if (!chain || !chain->buffer) {
-            if (chain)
-                free (chain);
+            free (chain);
             return NULL;
         }
         pthread_mutex_init (&chain->lock, NULL);
@@ -105,6 +106,8 @@ kim_store_i_chain_reserve (kim_store_t *self, uint64_t seq, size_t value_size)
     }
     s_link_t *link = &chain->entries [chain->count];
     link->seq = seq;
+    link->time_ms = time_ms;
+    link->kind = kind;
     link->value = chain->buffer + chain->used;
     link->value_size = value_size;
     return link->value;
