@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # deploy/test.sh — install what is missing, build with sanitizers, run the
-# whole test suite (unit, integration, fault, fuzz corpus), run the broker's
-# threads under ThreadSanitizer, then fuzz each libFuzzer target for a
-# bounded time when clang's libFuzzer is available.
+# whole test suite (unit, integration, fault, fuzz corpus), run it once more
+# under ThreadSanitizer, then fuzz each libFuzzer target for a bounded time
+# when clang's libFuzzer is available.
 #
 #   KIM_FUZZ_SECONDS   seconds per fuzz target (default 60; 0 skips fuzzing)
-#   KIM_TSAN           0 skips the ThreadSanitizer run of the broker's threads
+#   KIM_TSAN           0 skips the ThreadSanitizer pass
 #   KIM_TEST_REGEX     run only the CTest tests matching this regex
 #   KIM_PACKAGE_ROOT   1: the package test also installs into a debootstrap'd
 #                      Debian 12 (root, the Debian mirror, about 90 s more)

@@ -124,9 +124,9 @@ int
                       const uint8_t *body, size_t body_size, uint64_t *seq);
 
 //  Seals payloads and hashes the log's records on `work`'s helper thread
-//  from the next batch on (NULL: on the caller's thread). The store waits for every job it posted before
-//  its batch ends, so `work` must outlive the batches that used it. Not
-//  while a batch is open: -KIM_E_BUSY.
+//  from the next batch on (NULL: on the caller's thread). The store waits
+//  for every job it posted before its batch ends, so `work` must outlive
+//  the batches that used it. Not while a batch is open: -KIM_E_BUSY.
 int
     kim_store_set_work (kim_store_t *self, kim_work_t *work);
 
