@@ -1306,8 +1306,8 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
         kim_server_destroy (&self);
         return NULL;
     }
-    //  A helper thread decodes, hashes and seals beside this one (when it
-    //  cannot start, all of that is done here)
+    //  A helper thread decodes, hashes, seals and chains beside this one
+    //  (when it cannot start, all of that is done here)
     self->work = kim_work_new (2 * (config->batch_max + KIM_ITEMS_SPARE));
     if (self->work && kim_store_set_work (self->store, self->work))
         kim_work_destroy (&self->work);

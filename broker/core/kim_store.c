@@ -790,15 +790,15 @@ kim_store_append (kim_store_t *self, uint8_t kind, uint64_t time_ms,
     //  With a helper, the record waits in the batch for its hash
     //  (kim_store_chain.c); the chain's end is then known once it is done
     uint8_t *deferred = NULL;
-    if (kim_store_i_chain_defers (self, value_size))
-        deferred = kim_store_i_chain_reserve (self, next, kind, time_ms, value_size);
+    if (kim_store_i_chain_defers (self, value_size)
+    &&  (rc = kim_store_i_chain_reserve (self, next, kind, time_ms, value_size, &deferred)))
+        return rc;
     if (deferred) {
         kim_log_record_put (deferred, kind, time_ms, self->batch_hash, body, body_size);
         kim_store_i_chain_post (self);
     }
     else
-    if ((rc = kim_store_i_writable (self, "append"))
-    ||  (rc = s_append_now (self, next, kind, time_ms, body, body_size)))
+    if ((rc = s_append_now (self, next, kind, time_ms, body, body_size)))
         return rc;
 
     self->batch_head = next;

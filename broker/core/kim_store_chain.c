@@ -80,25 +80,28 @@ kim_store_i_chain_defers (kim_store_t *self, size_t value_size)
     return self->work && self->txn && value_size <= S_CHAIN_BYTES / 4;
 }
 
-uint8_t *
+int
 kim_store_i_chain_reserve (kim_store_t *self, uint64_t seq, uint8_t kind, uint64_t time_ms,
-                           size_t value_size)
+                           size_t value_size, uint8_t **value)
 {
+    *value = NULL;
     if (!self->chain) {
         kim_store_chain_t *chain = (kim_store_chain_t *) calloc (1, sizeof *chain);
         if (chain)
             chain->buffer = (uint8_t *) malloc (S_CHAIN_BYTES);
         if (!chain || !chain->buffer) {
             free (chain);
-            return NULL;
+            return 0;
         }
         pthread_mutex_init (&chain->lock, NULL);
         self->chain = chain;
     }
     kim_store_chain_t *chain = self->chain;
-    if ((chain->count == S_CHAIN_MAX || S_CHAIN_BYTES - chain->used < value_size)
-    &&  kim_store_i_chain_write (self))
-        return NULL;
+    if (chain->count == S_CHAIN_MAX || S_CHAIN_BYTES - chain->used < value_size) {
+        int rc = kim_store_i_chain_write (self);
+        if (rc)
+            return rc;
+    }
     if (chain->count == 0) {
         pthread_mutex_lock (&chain->lock);
         memcpy (chain->prev, self->batch_hash, KIM_HASH_SIZE);
@@ -110,7 +113,8 @@ kim_store_i_chain_reserve (kim_store_t *self, uint64_t seq, uint8_t kind, uint64
     link->kind = kind;
     link->value = chain->buffer + chain->used;
     link->value_size = value_size;
-    return link->value;
+    *value = link->value;
+    return 0;
 }
 
 void

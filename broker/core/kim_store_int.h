@@ -196,18 +196,19 @@ void
     kim_store_i_seals_free (kim_store_t *self);
 //  Records hashed by the helper (kim_store_chain.c). _chain_defers: whether
 //  a record this large goes to the helper; then _chain_reserve gives its
-//  room (NULL: out of memory or a write failed), where the caller builds
-//  the record of that kind and time with any hash, and _chain_post hands
-//  it over. _chain_hash
+//  room in *value (NULL when out of memory: the caller appends at once),
+//  where the caller builds the record of that kind and time with any hash,
+//  and _chain_post hands it over; it returns 0, or the error of putting
+//  what waited when the buffer was full. _chain_hash
 //  completes the chain into batch_hash; _chain_write puts the waiting
 //  records into the log tree (0 or the write error, as groups), which every
 //  read of the log tree in a batch calls first; _chain_drop forgets them
 //  with an abandoned batch.
 bool
     kim_store_i_chain_defers (kim_store_t *self, size_t value_size);
-uint8_t *
+int
     kim_store_i_chain_reserve (kim_store_t *self, uint64_t seq, uint8_t kind, uint64_t time_ms,
-                               size_t value_size);
+                               size_t value_size, uint8_t **value);
 void
     kim_store_i_chain_post (kim_store_t *self);
 void
