@@ -46,22 +46,10 @@ typedef struct {
     uint64_t replies;
 } fuzz_t;
 
-static uint64_t
-s_rand (uint64_t *state)
-{
-    //  xorshift64*: small, seedable, good enough to pick mutations.
-    uint64_t x = *state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    return x * 0x2545F4914F6CDD1Dull;
-}
-
 static size_t
 s_below (uint64_t *state, size_t n)
 {
-    return n? (size_t) (s_rand (state) % n): 0;
+    return n? (size_t) (s_itest_rand (state) % n): 0;
 }
 
 static void
@@ -113,7 +101,7 @@ s_mutate (uint64_t *rng, uint8_t *data, size_t size, size_t capacity)
                 if (size < capacity) {
                     size_t at = s_below (rng, size + 1);
                     memmove (data + at + 1, data + at, size - at);
-                    data [at] = (uint8_t) s_rand (rng);
+                    data [at] = (uint8_t) s_itest_rand (rng);
                     size++;
                 }
                 break;
@@ -157,8 +145,9 @@ s_valid_cmd (uint64_t *rng, kim_cmd_t *cmd, kim_buf_t *out, const char *to)
             kim_cmd_init (cmd, KIM_CMD_SEND);
             kim_test_referral (&cmd->msg, to, "nf-ref");
             snprintf (cmd->msg.referral_id, sizeof cmd->msg.referral_id, "nf-%016" PRIx64,
-                      s_rand (rng));
-            snprintf (cmd->msg.msg_id, sizeof cmd->msg.msg_id, "nf-%016" PRIx64, s_rand (rng));
+                      s_itest_rand (rng));
+            snprintf (cmd->msg.msg_id, sizeof cmd->msg.msg_id, "nf-%016" PRIx64,
+                      s_itest_rand (rng));
             cmd->msg.created_at = (uint64_t) zclock_time ();
             break;
         }
@@ -242,7 +231,7 @@ s_fuzzer (void *arg)
             case 0: {                           //  random bytes
                 size_t size = s_below (&rng, 400);
                 for (size_t i = 0; i < size; i++)
-                    work [i] = (uint8_t) s_rand (&rng);
+                    work [i] = (uint8_t) s_itest_rand (&rng);
                 s_send1 (sock, work, size);
                 break;
             }
@@ -296,7 +285,8 @@ s_fuzzer (void *arg)
                 kim_cmd_init (cmd, KIM_CMD_ACK);
                 cmd->ack_count = 1 + s_below (&rng, KIM_ACKS_MAX);
                 for (size_t i = 0; i < cmd->ack_count; i++)
-                    cmd->acks [i] = 1 + s_rand (&rng) % (s_below (&rng, 2)? 1000: UINT64_MAX - 1);
+                    cmd->acks [i] = 1 + s_itest_rand (&rng)
+                                      % (s_below (&rng, 2)? 1000: UINT64_MAX - 1);
                 kim_buf_reset (&buf);
                 if (kim_cmd_encode (cmd, &buf) == 0)
                     s_send1 (sock, buf.data, buf.size);

@@ -88,6 +88,19 @@ s_itest_now (void)
     return zclock_mono ();
 }
 
+//  xorshift64*: small and seedable, so that a printed seed repeats a run's
+//  random choices (timings, mutations, pages a power cut takes back).
+static inline uint64_t
+s_itest_rand (uint64_t *state)
+{
+    uint64_t x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1Dull;
+}
+
 //  Runs PROGRAM ARGS through the shell (ARGS already quoted as needed);
 //  returns its exit code, its stdout and stderr in `out` (cut to fit).
 static inline int
