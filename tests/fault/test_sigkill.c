@@ -9,30 +9,42 @@
     start fresh clients instead and resend what was not receipted themselves,
     which exercises de-duplication across restarts from a new session.
 
-    At the end the broker is started once more, producers flush, and the
-    recipient drains its mailbox. Then:
+    The recipient takes and acks its deliveries throughout, through a
+    client that reconnects after each kill. At the end the broker is started once more,
+    producers flush, and the recipient drains the rest. Then:
       - every receipted msg_id is delivered, with its receipted seq;
       - no msg_id is receipted or delivered under two different seqs (the
         resends were de-duplicated), and no seq belongs to two msg_ids;
       - nothing is delivered that was never sent, and content is intact;
-      - first deliveries come in seq order.
+      - first deliveries come in seq order (so no seq is delivered for two
+        msg_ids: a broker that delivered what it had not made durable would
+        hand out that seq again after a power cut).
 
     The clients speak protocol version 2 (batched sends, receipts, deliveries
     and range acks); with KIM_PROTOCOL=1 in the environment they speak
     version 1 (CTest runs both), and the test checks they did.
 
+    With KIM_POWERCUT=<path of libkim_powercut_shim.so> each kill is a power
+    cut: the broker runs with that library preloaded, and after the kill the
+    writes to its LMDB files that no sync had made durable are taken back
+    (tests/fault/powercut/kim_powercut.h): all of them in even rounds, a
+    random choice of pages in odd ones. A RECEIPT must survive that too.
+
     The PRNG seed is printed; KIM_TEST_SEED=<n> repeats a run's timings.
+    KIM_FAULT_ROUNDS=<n> kills n times instead of 25 (a long run).
 */
 #include <pthread.h>
 #include <stdatomic.h>
 
 #include "kim_itest.h"
+#include "kim_powercut.h"
 
 #define RECIPIENT       "jc.rheine"
 #define PRODUCERS       3
-#define ROUNDS          25
-#define MSGS_MAX        100000          //  per producer
+#define ROUNDS          25              //  KIM_FAULT_ROUNDS=<n>: n (a long run)
+#define MSGS_MAX        400000          //  per producer: room for a long run
 #define RATE            8000            //  messages per second per producer, at most
+#define RATE_POWERCUT   1000            //  the same with power cuts: the recipient keeps up
 #define IN_FLIGHT       256             //  unreceipted sends per producer
 #define PAYLOAD         1024
 #define RECREATE_EVERY  3               //  every n-th start, fresh clients resend explicitly
@@ -60,6 +72,7 @@ typedef struct {
 
 static atomic_int s_epoch;              //  incremented after every broker start
 static atomic_bool s_stop;              //  the last broker runs: flush and finish
+static int s_rate = RATE;               //  set before the threads start
 
 static void
 s_fail (const char *format, ...)
@@ -71,18 +84,6 @@ s_fail (const char *format, ...)
     fprintf (stderr, "\n");
     va_end (args);
     exit (1);
-}
-
-static uint64_t
-s_rand (uint64_t *state)
-{
-    //  xorshift64*: enough for timings, and repeatable from the seed.
-    uint64_t x = *state;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *state = x;
-    return x * 0x2545F4914F6CDD1Dull;
 }
 
 static void
@@ -291,7 +292,7 @@ s_producer (void *arg)
     kim_client_t *client = NULL;
     int seen_epoch = atomic_load (&s_epoch);
     int64_t refilled = s_itest_now ();
-    double tokens = 0;                  //  rate limit: a bucket of RATE/s, IN_FLIGHT deep
+    double tokens = 0;                  //  rate limit: a bucket of s_rate/s, IN_FLIGHT deep
 
     while (!atomic_load (&s_stop)) {
         int epoch = atomic_load (&s_epoch);
@@ -309,7 +310,7 @@ s_producer (void *arg)
         if (!s_poll (self, &client, 0))
             continue;
         int64_t now = s_itest_now ();
-        tokens += (double) (now - refilled) * RATE / 1000;
+        tokens += (double) (now - refilled) * s_rate / 1000;
         refilled = now;
         if (tokens > IN_FLIGHT)
             tokens = IN_FLIGHT;
@@ -328,6 +329,93 @@ s_producer (void *arg)
             s_poll (self, &client, 5);
     }
     s_finish (self, client);
+    return NULL;
+}
+
+//  What the recipient was delivered, taken by one thread at a time: its
+//  live session while the broker is being killed, then the final drain.
+//  Only durable messages may be delivered: one that a crash or power cut
+//  took back would come again under a seq of its own, or its seq again
+//  with another message, and the checks here see either.
+typedef struct {
+    const producer_t *producers;        //  their orgs only (set before the threads)
+    kim_testbroker_t *broker;
+    uint64_t *delivered [PRODUCERS];    //  first seq delivered per message number
+    uint64_t distinct;
+    uint64_t repeated;                  //  redeliveries of the same seq: at-least-once
+    uint64_t last_seq;                  //  of the last first delivery
+    uint64_t live;                      //  deliveries taken during the kills
+    uint64_t clients;                   //  live clients made (one, unless one broke)
+} taker_t;
+
+static void
+s_take (taker_t *self, const kim_event_t *event)
+{
+    if (event->type != KIM_EVENT_DELIVER) {
+        s_itest_print_event ("recipient", event);
+        s_fail ("recipient got something other than a DELIVER");
+    }
+    int p;
+    uint32_t n;
+    //  Whether n was sent is checked at the end: producers are still counting.
+    if (!s_parse_msg_id (event->msg.msg_id, &p, &n) || p < 0 || p >= PRODUCERS || n >= MSGS_MAX)
+        s_fail ("delivered seq %" PRIu64 " msg_id '%s' was never sent", event->seq,
+                event->msg.msg_id);
+    if (!streq (event->msg.sender, self->producers [p].org))
+        s_fail ("%s delivered with sender %s", event->msg.msg_id, event->msg.sender);
+    if (!s_itest_payload_ok (event->payload, event->payload_size, PAYLOAD, event->msg.msg_id))
+        s_fail ("%s delivered with a wrong payload (%zu bytes)", event->msg.msg_id,
+                event->payload_size);
+    if (self->delivered [p][n] == 0) {
+        if (event->seq <= self->last_seq)
+            s_fail ("first deliveries out of seq order: %" PRIu64 " (%s) after %" PRIu64
+                    " (reordered, or a seq delivered again for another message)", event->seq,
+                    event->msg.msg_id, self->last_seq);
+        self->last_seq = event->seq;
+        self->delivered [p][n] = event->seq;
+        self->distinct++;
+    }
+    else
+    if (self->delivered [p][n] == event->seq)
+        self->repeated++;
+    else
+        s_fail ("%s delivered as seq %" PRIu64 " and as seq %" PRIu64
+                ": a duplicate was not suppressed, or a delivered message was lost",
+                event->msg.msg_id, self->delivered [p][n], event->seq);
+}
+
+//  The recipient's live client: takes and acks deliveries while the
+//  broker is killed and started (the library reconnects), and is made
+//  anew should it break.
+static void *
+s_recipient (void *arg)
+{
+    taker_t *self = (taker_t *) arg;
+    kim_client_t *client = NULL;
+    while (!atomic_load (&s_stop)) {
+        if (!client) {
+            kim_client_config_t config =
+                kim_testbroker_client_config (self->broker, RECIPIENT, 256, false);
+            config.timeout_ms = 1000;
+            int err = 0;
+            client = kim_client_new (&config, &err);   //  waits up to 1 s while it is down
+            if (client)
+                self->clients++;
+            else
+                zclock_sleep (10);      //  a broker that is down may refuse at once
+            continue;
+        }
+        kim_event_t event;
+        int rc = kim_client_recv (client, &event, 50);
+        if (rc == 0) {
+            s_take (self, &event);
+            self->live++;
+            rc = kim_client_ack (client, event.seq);
+        }
+        if (rc && rc != -KIM_E_TIMEOUT)
+            kim_client_destroy (&client);
+    }
+    kim_client_destroy (&client);
     return NULL;
 }
 
@@ -376,6 +464,20 @@ main (void)
     kim_testbroker_t *broker = s_itest_broker (orgs, "    heartbeat_ms = 1000\n");
     for (int i = 0; i < PRODUCERS; i++)
         producers [i].broker = broker;
+    //  A power cut takes back what was not synced in the store's folder.
+    const char *powercut = getenv ("KIM_POWERCUT");
+    char data_dir [PATH_MAX];
+    snprintf (data_dir, sizeof data_dir, "%s/data", kim_testbroker_dir (broker));
+    kim_powercut_stats_t cut_total = { 0 };
+    if (powercut && powercut [0]) {
+        KIM_CHECK (access (powercut, R_OK) == 0);
+        kim_testbroker_preload (broker, powercut);
+        KIM_CHECK (setenv ("KIM_POWERCUT_DIR", data_dir, 1) == 0);
+        //  Slower, so that the recipient takes messages moments after their
+        //  commit, where a delivery of what is not yet durable would show.
+        s_rate = RATE_POWERCUT;
+        printf ("test_sigkill: every kill is a power cut (%s)\n", powercut);
+    }
 
     int64_t test_started = s_itest_now ();
     KIM_CHECK (kim_testbroker_start (broker) == 0);
@@ -383,9 +485,20 @@ main (void)
     pthread_t threads [PRODUCERS];
     for (int i = 0; i < PRODUCERS; i++)
         KIM_CHECK (pthread_create (&threads [i], NULL, s_producer, &producers [i]) == 0);
+    taker_t taker = { .producers = producers, .broker = broker };
+    for (int i = 0; i < PRODUCERS; i++) {
+        taker.delivered [i] = (uint64_t *) calloc (MSGS_MAX, sizeof (uint64_t));
+        KIM_CHECK (taker.delivered [i]);
+    }
+    pthread_t recipient_thread;
+    KIM_CHECK (pthread_create (&recipient_thread, NULL, s_recipient, &taker) == 0);
 
     int stalled = 0;
-    for (int round = 0; round < ROUNDS; round++) {
+    const char *rounds_text = getenv ("KIM_FAULT_ROUNDS");
+    int rounds = rounds_text? atoi (rounds_text): ROUNDS;
+    if (rounds < 1)
+        rounds = ROUNDS;
+    for (int round = 0; round < rounds; round++) {
         if (round > 0) {
             if (kim_testbroker_start (broker))
                 s_fail ("round %d: the broker does not start on the folder it was killed on "
@@ -400,7 +513,7 @@ main (void)
         if (s_total_receipted (producers) == before)
             stalled++;
         int64_t resumed_ms = s_itest_now () - started;
-        int delay = 50 + (int) (s_rand (&rng) % 451);
+        int delay = 50 + (int) (s_itest_rand (&rng) % 451);
         zclock_sleep (delay);           //  the fault's timing, not synchronisation
         uint64_t at_kill = s_total_receipted (producers);
         int status = kim_testbroker_stop (broker, SIGKILL);
@@ -410,8 +523,25 @@ main (void)
         printf ("round %2d: traffic after %4" PRId64 " ms, killed %3d ms later; "
                 "%" PRIu64 " receipted this round, %" PRIu64 " in all\n",
                 round, resumed_ms, delay, at_kill - before, at_kill);
+        if (powercut && powercut [0]) {
+            kim_powercut_stats_t cut;
+            bool worst = round % 2 == 0;
+            if (kim_powercut_apply (data_dir, worst, &rng, &cut))
+                s_fail ("round %d: the power cut could not be applied", round);
+            printf ("          power cut (%s): %" PRIu64 " unsynced writes in %" PRIu64
+                    " files, %" PRIu64 " of %" PRIu64 " pages set back\n",
+                    worst? "every unsynced page": "pages at random", cut.writes, cut.files,
+                    cut.pages_back, cut.pages);
+            cut_total.files += cut.files;
+            cut_total.writes += cut.writes;
+            cut_total.pages_back += cut.pages_back;
+        }
         fflush (stdout);
     }
+    //  A cut that never found anything to take back tested nothing.
+    if (powercut && powercut [0] && (cut_total.files == 0 || cut_total.pages_back == 0))
+        s_fail ("the power cuts took nothing back (%" PRIu64 " undo files): "
+                "was the library loaded?", cut_total.files);
 
     //  The last start: it stays up; producers flush and finish.
     if (kim_testbroker_start (broker))
@@ -462,56 +592,19 @@ main (void)
     free (all);
 
     //  Drain the recipient's mailbox.
+    pthread_join (recipient_thread, NULL);
     kim_client_t *recipient = kim_testbroker_client (broker, RECIPIENT, 256, false);
     KIM_CHECK (recipient);
-    uint64_t *delivered [PRODUCERS];
-    for (int i = 0; i < PRODUCERS; i++) {
-        delivered [i] = (uint64_t *) calloc (MSGS_MAX, sizeof (uint64_t));
-        KIM_CHECK (delivered [i]);
-    }
-    uint64_t distinct = 0, repeated = 0, last_seq = 0;
     int64_t drain_started = s_itest_now ();
     kim_event_t event;
     while (true) {
-        int rc = kim_client_recv (recipient, &event, distinct >= receipted? 1000: 15000);
+        int rc = kim_client_recv (recipient, &event, taker.distinct >= receipted? 1000: 15000);
         if (rc == -KIM_E_TIMEOUT)
             break;
         if (rc)
             s_fail ("recipient: kim_client_recv returned %s: %s", kim_errname (rc),
                     kim_client_error (recipient));
-        if (event.type != KIM_EVENT_DELIVER) {
-            s_itest_print_event ("recipient", &event);
-            s_fail ("recipient got something other than a DELIVER");
-        }
-        int p;
-        uint32_t n;
-        if (!s_parse_msg_id (event.msg.msg_id, &p, &n) || p < 0 || p >= PRODUCERS
-        ||  n >= producers [p].next)
-            s_fail ("delivered seq %" PRIu64 " msg_id '%s' was never sent", event.seq,
-                    event.msg.msg_id);
-        if (!streq (event.msg.sender, producers [p].org))
-            s_fail ("%s delivered with sender %s", event.msg.msg_id, event.msg.sender);
-        if (!s_itest_payload_ok (event.payload, event.payload_size, PAYLOAD, event.msg.msg_id))
-            s_fail ("%s delivered with a wrong payload (%zu bytes)", event.msg.msg_id,
-                    event.payload_size);
-        if (producers [p].seqs [n] && producers [p].seqs [n] != event.seq)
-            s_fail ("%s was receipted as seq %" PRIu64 " but delivered as seq %" PRIu64,
-                    event.msg.msg_id, producers [p].seqs [n], event.seq);
-        if (delivered [p][n] == 0) {
-            if (event.seq <= last_seq)
-                s_fail ("first deliveries out of seq order: %" PRIu64 " after %" PRIu64,
-                        event.seq, last_seq);
-            last_seq = event.seq;
-            delivered [p][n] = event.seq;
-            distinct++;
-        }
-        else
-        if (delivered [p][n] == event.seq)
-            repeated++;             //  a redelivery of the same seq: at-least-once
-        else
-            s_fail ("%s delivered as seq %" PRIu64 " and as seq %" PRIu64
-                    ": a duplicate was not suppressed", event.msg.msg_id, delivered [p][n],
-                    event.seq);
+        s_take (&taker, &event);
         ITEST_RC (kim_client_ack (recipient, event.seq), 0);
     }
     int64_t drain_ms = s_itest_now () - drain_started;
@@ -533,7 +626,10 @@ main (void)
     uint64_t lost = 0, unreceipted = 0, delivered_unreceipted = 0;
     for (int p = 0; p < PRODUCERS; p++)
         for (uint32_t n = 0; n < producers [p].next; n++) {
-            if (producers [p].seqs [n] && delivered [p][n] != producers [p].seqs [n]) {
+            if (taker.delivered [p][n] && n >= producers [p].next)
+                s_fail ("delivered seq %" PRIu64 " msg_id 'p%d-%u' was never sent",
+                        taker.delivered [p][n], p, n);
+            if (producers [p].seqs [n] && taker.delivered [p][n] != producers [p].seqs [n]) {
                 if (lost < 10)
                     fprintf (stderr, "LOST: p%d-%u receipted as seq %" PRIu64 ", never delivered\n",
                              p, n, producers [p].seqs [n]);
@@ -541,7 +637,7 @@ main (void)
             }
             if (!producers [p].seqs [n]) {
                 unreceipted++;
-                if (delivered [p][n])
+                if (taker.delivered [p][n])
                     delivered_unreceipted++;
             }
         }
@@ -549,9 +645,12 @@ main (void)
     printf ("test_sigkill: protocol %u, seed %" PRIu64 ", %d rounds, %" PRIu64 " messages sent, %" PRIu64
             " receipted, %" PRIu64 " delivered (%" PRIu64 " redelivered), %" PRIu64
             " duplicates suppressed, %" PRIu64 " lost, %" PRIu64 " never receipted (%" PRIu64
-            " of them delivered), %d stalled rounds; drain %" PRId64 " ms, total %" PRId64 " ms\n",
-            expected, seed, ROUNDS, sent, receipted, distinct, repeated, dups, lost, unreceipted,
-            delivered_unreceipted, stalled, drain_ms, s_itest_now () - test_started);
+            " of them delivered), %d stalled rounds; %" PRIu64 " delivered live by %" PRIu64
+            " clients; drain %" PRId64 " ms, total %" PRId64 " ms\n",
+            expected, seed, rounds, sent, receipted, taker.distinct, taker.repeated, dups, lost,
+            unreceipted,
+            delivered_unreceipted, stalled, taker.live, taker.clients, drain_ms,
+            s_itest_now () - test_started);
     if (lost)
         s_fail ("%" PRIu64 " receipted messages were lost", lost);
     if (unreceipted)
@@ -562,7 +661,7 @@ main (void)
 
     for (int i = 0; i < PRODUCERS; i++) {
         free (producers [i].seqs);
-        free (delivered [i]);
+        free (taker.delivered [i]);
     }
     s_itest_broker_destroy (&broker);
     printf ("test_sigkill: OK\n");

@@ -35,6 +35,7 @@ struct _kim_testbroker_t {
     size_t org_count;
     pid_t pid;
     bool plaintext;                     //  clients do not seal (kim_testbroker_plaintext)
+    char preload [KIM_TEST_DIR_MAX];    //  LD_PRELOAD of the broker (kim_testbroker_preload)
 };
 
 int
@@ -331,6 +332,16 @@ kim_testbroker_start (kim_testbroker_t *self)
         FILE *log = fopen (log_path, "a");
         if (log)
             dup2 (fileno (log), STDERR_FILENO);
+        if (self->preload [0]) {
+            setenv ("LD_PRELOAD", self->preload, 1);
+            //  A sanitizer runtime wants to be the first library loaded; the
+            //  preloaded one is built without it and only passes calls on.
+            const char *asan = getenv ("ASAN_OPTIONS");
+            char options [1024];
+            snprintf (options, sizeof options, "%s%sverify_asan_link_order=0",
+                      asan? asan: "", asan && asan [0]? ":": "");
+            setenv ("ASAN_OPTIONS", options, 1);
+        }
         execl (s_broker_binary (), "kim-broker", "--config", self->config_path, (char *) NULL);
         _exit (127);
     }
@@ -410,6 +421,12 @@ kim_testbroker_client_config (kim_testbroker_t *self, const char *org, uint32_t 
         }
     config.plaintext = self->plaintext;
     return config;
+}
+
+void
+kim_testbroker_preload (kim_testbroker_t *self, const char *library)
+{
+    snprintf (self->preload, sizeof self->preload, "%s", library? library: "");
 }
 
 void

@@ -103,6 +103,11 @@ kim_client_config_t
 void
     kim_testbroker_plaintext (kim_testbroker_t *self, bool plaintext);
 
+//  Starts the broker from now on with `library` in LD_PRELOAD (NULL: none),
+//  as fault tests do to watch its writes (tests/fault/powercut).
+void
+    kim_testbroker_preload (kim_testbroker_t *self, const char *library);
+
 //  An org given as "id:role+sign" (e.g. "jc.a:agency+sign") gets an Ed25519
 //  signing key: its sign_key is registered, and its clients sign. This
 //  returns the Z85 seed (client side) and public key, or NULL without one.
