@@ -125,6 +125,7 @@ class Broker:
         self.process = None
         self.peers = []                 # other Broker objects, once keys exist
         self.starts = 0
+        self.powercut = None            # (preload library, kim-powercut): see cut_power
         os.makedirs(self.data, exist_ok=True)
         os.makedirs(self.keys, exist_ok=True)
         with open(self.policy, "w", encoding="utf-8") as f:
@@ -182,9 +183,16 @@ class Broker:
     def start(self):
         """Starts kim-broker; does not wait (see wait_ready)."""
         log = open(self.log_path, "ab")
+        env = None
+        if self.powercut:
+            #   The library records the writes no flush has covered yet; it is
+            #   built without sanitizers, whose runtime wants to come first.
+            env = dict(os.environ, LD_PRELOAD=self.powercut[0], KIM_POWERCUT_DIR=self.data)
+            asan = env.get("ASAN_OPTIONS", "")
+            env["ASAN_OPTIONS"] = asan + (":" if asan else "") + "verify_asan_link_order=0"
         self.process = subprocess.Popen([self.binary, "--config", self.config],
                                         stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+                                        start_new_session=True, env=env)
         log.close()
         self.starts += 1
         if self not in _STARTED:
@@ -216,6 +224,35 @@ class Broker:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait()
         self._unlink_socket()
+
+    def wait_unflushed(self, timeout):
+        """With the power-cut library loaded: waits until the store holds writes
+        no flush has covered yet (its undo file is not empty), so that a kill
+        lands where a cut can take something back. True if it came to that.
+        Polls: the window lasts a commit, some milliseconds."""
+        undo = os.path.join(self.data, "store", "data.mdb.undo")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if os.path.getsize(undo) > 0:
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.0002)
+        return False
+
+    def cut_power(self, worst, seed):
+        """After kill(): takes back the writes to the store that no flush covered
+        (tests/fault/powercut), every one when `worst`, else pages at random.
+        Returns (pages set back, kim-powercut's line); raises if the cut fails."""
+        out = subprocess.run([self.powercut[1], "--seed", str(seed)]
+                             + (["--worst"] if worst else []) + [self.data],
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise RuntimeError("%s: kim-powercut failed: %s" % (self.name, out.stderr.strip()))
+        #   "... B of P pages set back"
+        words = out.stdout.split()
+        return int(words[words.index("pages") - 3]), out.stdout.strip()
 
     def stop(self, timeout=30.0):
         """SIGTERM and wait; SIGKILL after `timeout`. Returns the exit code."""

@@ -7,7 +7,9 @@ section that lists every other broker (name, endpoint, CURVE public key,
 signing key), starts them all on loopback, and then, for the time given:
   - offices send referrals and case handovers, most to another district;
     recipients ack what they get and answer (ACCEPT, HANDOVER_ACCEPT);
-  - a killer thread SIGKILLs a random broker now and then and restarts it;
+  - a killer thread SIGKILLs a random broker now and then and restarts it
+    (with --power-cut, each kill is a power cut: what the broker wrote to
+    its store and no flush covered is taken back, tests/fault/powercut);
     senders resend what was not receipted, with the same msg_id.
 At the end every broker runs until the mailboxes are drained, and the run
 checks that every receipted message reached its recipient exactly once
@@ -134,6 +136,7 @@ class Sim:
         self.phantoms = 0
         self.undeliverable = collections.Counter()  # (sender, msg_id) refused far away
         self.kills = 0
+        self.pages_back = 0             # pages the power cuts set back
         self.rss = collections.defaultdict(list)    # broker name -> KiB samples
         self.errors = []
         self.counter = 0
@@ -153,6 +156,8 @@ class Sim:
                                    extra=extra)
             broker.busy = threading.Lock()
             broker.place = place
+            if self.args.power_cut:
+                broker.powercut = (os.environ["KIM_POWERCUT"], os.environ["KIM_POWERCUT_BIN"])
             self.brokers.append(broker)
             for org in offices:
                 self.offices[org] = Office(org, broker)
@@ -333,8 +338,19 @@ class Sim:
         while not self.stop_killing.wait(self.rng.uniform(0.5, 1.5) * self.args.kill_every):
             broker = self.rng.choice(self.brokers)
             with broker.busy:
+                if self.args.power_cut:
+                    broker.wait_unflushed(1.0)
                 broker.kill()
                 self.kills += 1
+                if self.args.power_cut:
+                    try:
+                        pages, line = broker.cut_power(self.kills % 2 == 1,
+                                                       self.rng.randrange(1, 1 << 62))
+                        self.pages_back += pages
+                        print("%s: %s" % (broker.name, line))
+                    except RuntimeError as e:
+                        self.errors.append(str(e))
+                        return
                 time.sleep(self.rng.uniform(0.2, 2.0))      # down for a while
                 broker.start()
                 try:
@@ -451,7 +467,13 @@ class Sim:
             "%s %d" % item for item in sorted(self.rejected.items())) or "none"))
         print("refused far away      %d (UNDELIVERABLE notices to the sender)"
               % len(self.undeliverable))
-        print("kills                 %d (SIGKILL, restarted)" % self.kills)
+        if self.args.power_cut:
+            print("kills                 %d (SIGKILL, each a power cut: %d pages set back "
+                  "in all; restarted)" % (self.kills, self.pages_back))
+            if self.kills and not self.pages_back:
+                self.errors.append("the power cuts took nothing back: was the library loaded?")
+        else:
+            print("kills                 %d (SIGKILL, restarted)" % self.kills)
         print("deliveries            %d, %d distinct, %d duplicates removed"
               % (deliveries, distinct, deliveries - distinct))
         print("lost                  %d receipted messages never arrived" % len(missing))
@@ -489,6 +511,10 @@ def main():
                         help="new messages per second over all districts (default 20)")
     parser.add_argument("--kill-every", type=float, default=5.0,
                         help="seconds between broker kills on average (0: none; default 5)")
+    parser.add_argument("--power-cut", action="store_true",
+                        help="every kill is a power cut: the writes no flush covered are taken "
+                             "back (needs KIM_POWERCUT, the preload library, and "
+                             "KIM_POWERCUT_BIN, kim-powercut; tests/fault/powercut)")
     parser.add_argument("--drain", type=float, default=30.0,
                         help="seconds without progress before the end check gives up")
     parser.add_argument("--federation", choices=("auto", "on", "off"), default="auto",
@@ -502,6 +528,9 @@ def main():
     sys.stdout.reconfigure(line_buffering=True)     # progress shows in a log file too
     if args.districts < 1 or args.offices < 2 or args.rate <= 0:
         parser.error("needs 1 district or more, 2 offices or more, a positive rate")
+    if args.power_cut and not (os.environ.get("KIM_POWERCUT")
+                               and os.environ.get("KIM_POWERCUT_BIN")):
+        parser.error("--power-cut needs KIM_POWERCUT and KIM_POWERCUT_BIN")
     if args.seed is None:
         args.seed = random.randrange(1 << 30)
     print("seed %d" % args.seed)
