@@ -2,8 +2,12 @@
 # test_backup.sh KIM BROKER POLICY — a hot backup under load, restored into a
 # new folder: a broker started on it has every message receipted before the
 # backup began, still knows their msg_ids (a resend is a dup with the first
-# seq), and `kim audit verify` is green. Also the refusals: an existing
-# target, a folder that is no kim store, a target inside the data folder.
+# seq), and `kim audit verify` is green. The hot backup is then cut from the
+# power (tests/fault/powercut: KIM_POWERCUT, the library that records its
+# unflushed writes, and KIM_POWERCUT_BIN, kim-powercut, which takes them back)
+# before it is restored: a backup that reported success must be on disk.
+# Also the refusals: an existing target, a folder that is no kim store, a
+# target inside the data folder.
 set -u
 kim=$1 broker_bin=$2 policy=$3
 work=$(mktemp -d)
@@ -42,8 +46,16 @@ wait_receipts() {       # wait_receipts N: until the load has more than N receip
 }
 wait_receipts 20
 during=$(receipts)
+[ -r "${KIM_POWERCUT:-}" ] && [ -x "${KIM_POWERCUT_BIN:-}" ] \
+    || fail "KIM_POWERCUT and KIM_POWERCUT_BIN must name the power-cut library and tool"
+LD_PRELOAD=$KIM_POWERCUT KIM_POWERCUT_DIR=$work \
+ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}verify_asan_link_order=0" \
 "$broker_bin" --config "$work/live.cfg" --backup "$work/backup" >"$work/backup.out" 2>&1 \
     || fail "backup exited $?: $(cat "$work/backup.out")"
+# the power fails the moment the backup said it was done: what it did not
+# flush is lost (its two stores were watched: the log and the payload keys)
+cut=$("$KIM_POWERCUT_BIN" --worst "$work") || fail "power cut: $cut"
+grep -q " in 2 files," <<<"$cut" || fail "the power cut found no watched store: $cut"
 wait_receipts "$during"             # the broker served on across the backup
 touch "$work/stop"                  # the load ends its input; kim send waits for the answers
 wait "$load_pid" || fail "the load's kim send exited $?: $(grep -m1 error "$work/load")"
@@ -113,5 +125,5 @@ got=$(referral 51 b-51 | as jc.rheine send --json)
 grep -q '"dup":false' <<<"$got" || fail "new message after restore: $got"
 ok
 ops_stop
-printf 'test_backup: %d checks passed (%s load receipts before the backup, %s in all)\n' \
-    "$checks" "$during" "$(receipts)"
+printf 'test_backup: %d checks passed (%s load receipts before the backup, %s in all; %s)\n' \
+    "$checks" "$during" "$(receipts)" "$cut"

@@ -8,7 +8,8 @@
     each write to one it appends the bytes about to be overwritten to an undo
     file beside it (`data.mdb.undo`); a successful fsync or fdatasync of the
     file empties that undo file, and a write through a descriptor opened with
-    O_DSYNC or O_SYNC is marked durable as it returns. After the broker is
+    O_DSYNC or O_SYNC is marked durable as it returns. A file is tracked from
+    the first open for writing in the process. After the broker is
     killed, kim_powercut_apply (kim_powercut.h) uses the undo files to put
     the data files into a state the disk could have been left in.
 
@@ -163,6 +164,13 @@ s_track (int fd, const char *path, int flags)
     while (index < s_file_count
        && (s_files [index].dev != info.st_dev || s_files [index].ino != info.st_ino))
         index++;
+    if (index == s_file_count && (flags & O_ACCMODE) == O_RDONLY) {
+        //  Only a writer starts the tracking (a reader of another broker's
+        //  store gets no undo file beside it); a reader of a tracked file
+        //  is tracked too, as its fsync flushes the file all the same.
+        pthread_mutex_unlock (&s_lock);
+        return;
+    }
     if (index == s_file_count) {
         if (s_file_count == S_FILES_MAX)
             s_die ("too many files to track");
