@@ -86,6 +86,8 @@ kim_agenttest_start (kim_agenttest_t *self, bool connected)
             dup2 (fileno (log), STDERR_FILENO);
         if (env)
             putenv ((char *) env);
+        if (self->preload)
+            kim_testbroker_preload_env (self->preload);
         const char *path = getenv ("KIM_AGENT");
         execl (path? path: KIM_AGENT_PATH, "kim-agent", "--config", self->config, "--verbose",
                (char *) NULL);

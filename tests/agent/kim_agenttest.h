@@ -25,6 +25,7 @@ typedef struct {
     pid_t pid;
     int port;
     const char *env;            //  "NAME=VALUE" for the next start only, or NULL
+    const char *preload;        //  LD_PRELOAD for every start (tests/fault/powercut), or NULL
     bool no_wait;               //  start returns at once (an API the harness cannot speak)
 } kim_agenttest_t;
 

@@ -14,12 +14,21 @@
        from the broker, recognises them, and its inbox holds each delivery
        exactly once (by seq and by msg_id). Then once more with the test's
        own SIGKILL while deliveries arrive.
+
+    With KIM_POWERCUT=<path of libkim_powercut_shim.so> each kill of an agent
+    is a power cut (tests/fault/powercut): the agents run with that library
+    preloaded, and after each kill the writes to the agent's store that no
+    flush covered are taken back, all of them or pages at random in turn.
+    An agent answers its system and acks the broker only after its commit is
+    on disk, so the same must hold.
 */
 #include <czmq.h>
 #include <signal.h>
 #include <sys/wait.h>
 
 #include "kim_agenttest.h"
+#include "kim_itest.h"
+#include "kim_powercut.h"
 
 #define S_POSTS     60
 #define S_DELIVERS  150
@@ -47,6 +56,29 @@ s_referral (char *buffer, size_t size, const char *prefix, int i)
               "\"purpose\":\"job_placement\",\"legal_basis\":{\"kind\":\"statute\","
               "\"citation\":\"SGB X §69(1)1\"},\"payload\":\"payload %d\"}",
               prefix, i, prefix, i, prefix, i, i);
+}
+
+//  With KIM_POWERCUT: the power cuts so far.
+static const char *s_powercut;
+static uint64_t s_rng = 1;
+static uint64_t s_cuts;
+static kim_powercut_stats_t s_cut_total;
+
+//  After an agent was killed: cuts the power under its folder, if asked to.
+static void
+s_after_kill (kim_agenttest_t *agent)
+{
+    if (!s_powercut)
+        return;
+    kim_powercut_stats_t cut;
+    bool worst = s_cuts++ % 2 == 0;
+    KIM_CHECK (kim_powercut_apply (agent->dir, worst, &s_rng, &cut) == 0);
+    printf ("agent.kill: %s: power cut (%s): %" PRIu64 " unsynced writes in %" PRIu64
+            " files, %" PRIu64 " of %" PRIu64 " pages set back\n", agent->org,
+            worst? "every unsynced page": "pages at random", cut.writes, cut.files,
+            cut.pages_back, cut.pages);
+    s_cut_total.files += cut.files;
+    s_cut_total.pages_back += cut.pages_back;
 }
 
 //  The local system: posts each message until it gets a 2xx, and notes it.
@@ -157,6 +189,20 @@ main (void)
     kim_agenttest_t a, b;
     KIM_CHECK (kim_agenttest_init (&a, broker, "kim.a", NULL) == 0);
     KIM_CHECK (kim_agenttest_init (&b, broker, "jc.b", NULL) == 0);
+    s_powercut = getenv ("KIM_POWERCUT");
+    if (s_powercut && s_powercut [0]) {
+        //  The agents' folders lie in the broker's, whose own store is not
+        //  watched: the broker runs without the library.
+        KIM_CHECK (access (s_powercut, R_OK) == 0);
+        KIM_CHECK (setenv ("KIM_POWERCUT_DIR", kim_testbroker_dir (broker), 1) == 0);
+        a.preload = b.preload = s_powercut;
+        const char *seed = getenv ("KIM_TEST_SEED");
+        s_rng = (seed? strtoull (seed, NULL, 10): (uint64_t) time (NULL)) | 1;
+        printf ("agent.kill: every kill of an agent is a power cut (seed %" PRIu64
+                ", KIM_TEST_SEED repeats it)\n", s_rng);
+    }
+    else
+        s_powercut = NULL;
     a.env = "KIM_AGENT_CRASH_AFTER_ACCEPTS=10";
     KIM_CHECK (kim_agenttest_start (&a, true) == 0);
     KIM_CHECK (kim_agenttest_start (&b, true) == 0);
@@ -170,12 +216,14 @@ main (void)
         s_poster (a.port_file, done_path);
     int status = kim_agenttest_wait (&a);
     KIM_CHECK (WIFSIGNALED (status) && WTERMSIG (status) == SIGKILL);
+    s_after_kill (&a);
     KIM_CHECK (s_count_lines (done_path) == 9);
     KIM_CHECK (kim_agenttest_start (&a, false) == 0);
     for (int attempt = 0; attempt < 1200 && s_count_lines (done_path) < 30; attempt++)
         zclock_sleep (5);
     KIM_CHECK (s_count_lines (done_path) >= 30);
     kim_agenttest_stop (&a, SIGKILL);
+    s_after_kill (&a);
     KIM_CHECK (kim_agenttest_start (&a, false) == 0);
     KIM_CHECK (waitpid (poster, &status, 0) == poster);
     KIM_CHECK (WIFEXITED (status) && WEXITSTATUS (status) == 0);
@@ -199,12 +247,14 @@ main (void)
     if (kim_agenttest_start (&b, false) == 0) {
         status = kim_agenttest_wait (&b);
         KIM_CHECK (WIFSIGNALED (status) && WTERMSIG (status) == SIGKILL);
+        s_after_kill (&b);
     }
     KIM_CHECK (kim_agenttest_start (&b, false) == 0);
     inbox = s_inbox (&b, S_POSTS + 1);
     KIM_CHECK (inbox);
     json_decref (inbox);
     kim_agenttest_stop (&b, SIGKILL);
+    s_after_kill (&b);
     KIM_CHECK (kim_agenttest_start (&b, true) == 0);
     //  A last message: deliveries come in seq order, so once it is in,
     //  every earlier one (and any redelivery of one) has been handled
@@ -233,9 +283,15 @@ main (void)
     snprintf (command, sizeof command, "grep -q 'was there already' '%s'", b.log);
     KIM_CHECK (system (command) == 0);
 
+    //  A cut that found no store to watch tested nothing
+    if (s_powercut && s_cut_total.files == 0) {
+        fprintf (stderr, "agent.kill: the power cuts found no watched store\n");
+        KIM_CHECK (false);
+    }
     kim_agenttest_cleanup (&a);
     kim_agenttest_cleanup (&b);
     kim_testbroker_destroy (&broker);
-    printf ("agent.kill: OK\n");
+    printf ("agent.kill: OK (%" PRIu64 " power cuts, %" PRIu64 " pages set back)\n", s_cuts,
+            s_cut_total.pages_back);
     return 0;
 }

@@ -332,16 +332,8 @@ kim_testbroker_start (kim_testbroker_t *self)
         FILE *log = fopen (log_path, "a");
         if (log)
             dup2 (fileno (log), STDERR_FILENO);
-        if (self->preload [0]) {
-            setenv ("LD_PRELOAD", self->preload, 1);
-            //  A sanitizer runtime wants to be the first library loaded; the
-            //  preloaded one is built without it and only passes calls on.
-            const char *asan = getenv ("ASAN_OPTIONS");
-            char options [1024];
-            snprintf (options, sizeof options, "%s%sverify_asan_link_order=0",
-                      asan? asan: "", asan && asan [0]? ":": "");
-            setenv ("ASAN_OPTIONS", options, 1);
-        }
+        if (self->preload [0])
+            kim_testbroker_preload_env (self->preload);
         execl (s_broker_binary (), "kim-broker", "--config", self->config_path, (char *) NULL);
         _exit (127);
     }
@@ -421,6 +413,19 @@ kim_testbroker_client_config (kim_testbroker_t *self, const char *org, uint32_t 
         }
     config.plaintext = self->plaintext;
     return config;
+}
+
+void
+kim_testbroker_preload_env (const char *library)
+{
+    setenv ("LD_PRELOAD", library, 1);
+    //  AddressSanitizer wants its runtime to be the first library loaded;
+    //  the preloaded one is built without it and only passes calls on.
+    const char *asan = getenv ("ASAN_OPTIONS");
+    char options [1024];
+    snprintf (options, sizeof options, "%s%sverify_asan_link_order=0",
+              asan? asan: "", asan && asan [0]? ":": "");
+    setenv ("ASAN_OPTIONS", options, 1);
 }
 
 void

@@ -108,6 +108,12 @@ void
 void
     kim_testbroker_preload (kim_testbroker_t *self, const char *library);
 
+//  In a child about to exec: puts `library` into LD_PRELOAD (and tells
+//  AddressSanitizer not to insist on coming first). For other programs the
+//  tests start, such as kim-agent.
+void
+    kim_testbroker_preload_env (const char *library);
+
 //  An org given as "id:role+sign" (e.g. "jc.a:agency+sign") gets an Ed25519
 //  signing key: its sign_key is registered, and its clients sign. This
 //  returns the Z85 seed (client side) and public key, or NULL without one.
