@@ -13,12 +13,19 @@
     one hit fails the test. For contrast, p-keep's key is found in the key
     store (the scan can see keys) and its payload still reads from the live
     store and from the backup.
+
+    With KIM_POWERCUT=<path of libkim_powercut_shim.so> the broker is not
+    stopped but cut from the power once the erased keys have left its key
+    store (tests/fault/powercut): every write no flush covered is taken back,
+    and so is the key store's compaction if its rename was not made durable.
+    The erasure must hold all the same.
 */
 #include <dirent.h>
 #include <sys/stat.h>
 
 #include "kim_lctest.h"
 #include "kim_backup.h"
+#include "kim_powercut.h"
 #include "kim_store.h"
 
 #define KIM     "kim.rheine"
@@ -101,6 +108,22 @@ s_check_payload (const char *path, const s_transfer_t *transfer)
     kim_store_destroy (&store);
 }
 
+//  Whether the file at `path` holds none of the first `count` transfers' keys.
+static bool
+s_keys_gone (const char *path, size_t count)
+{
+    FILE *file = fopen (path, "rb");
+    if (!file)
+        return false;
+    static uint8_t bytes [4 << 20];
+    size_t got = fread (bytes, 1, sizeof bytes, file);
+    fclose (file);
+    for (size_t i = 0; i < count; i++)
+        if (memmem (bytes, got, s_transfers [i].key, 32))
+            return false;
+    return true;
+}
+
 //  Counts the files in which `needle` occurs, under `path`; lists them.
 static int
 s_scan (const char *path, const uint8_t *needle, size_t size, const char *what, int *files)
@@ -159,6 +182,13 @@ main (void)
     FILE *file = fopen (clock_path, "w");
     KIM_CHECK (file && fprintf (file, "0\n") > 0 && fclose (file) == 0);
     KIM_CHECK (setenv ("KIM_CLOCK_FILE", clock_path, 1) == 0);
+    const char *powercut = getenv ("KIM_POWERCUT");
+    if (powercut && powercut [0]) {
+        kim_testbroker_preload (broker, powercut);
+        KIM_CHECK (setenv ("KIM_POWERCUT_DIR", data, 1) == 0);
+    }
+    else
+        powercut = NULL;
     KIM_CHECK (kim_testbroker_start (broker) == 0);
     kim_client_t *kim = kim_testbroker_client (broker, KIM, 64, false);
     kim_client_t *jc = kim_testbroker_client (broker, JC, 64, false);
@@ -204,7 +234,28 @@ main (void)
 
     kim_client_destroy (&kim);
     kim_client_destroy (&jc);
-    KIM_CHECK (kim_testbroker_stop (broker, SIGTERM) == 0);
+    if (powercut) {
+        //  Once the key store was compacted without the erased keys, the
+        //  power fails
+        char keys_file [PATH_MAX + 32];
+        snprintf (keys_file, sizeof keys_file, "%s/keys/data.mdb", store_path);
+        int64_t deadline = s_itest_now () + 20000;
+        while (!s_keys_gone (keys_file, ERASED)) {
+            KIM_CHECK (s_itest_now () < deadline);
+            zclock_sleep (50);          //  poll interval, not synchronisation
+        }
+        int status = kim_testbroker_stop (broker, SIGKILL);
+        KIM_CHECK (WIFSIGNALED (status) && WTERMSIG (status) == SIGKILL);
+        uint64_t rng = 1;
+        kim_powercut_stats_t cut;
+        KIM_CHECK (kim_powercut_apply (data, true, &rng, &cut) == 0);
+        printf ("  power cut: %" PRIu64 " unsynced writes in %" PRIu64 " files, %" PRIu64
+                " pages and %" PRIu64 " renames taken back\n", cut.writes, cut.files,
+                cut.pages_back, cut.renames_back);
+        KIM_CHECK (cut.files >= 2);     //  the library watched the store and the key store
+    }
+    else
+        KIM_CHECK (kim_testbroker_stop (broker, SIGTERM) == 0);
 
     //  A backup after the erasure, as `kim-broker --backup` makes it
     char error [512] = "";

@@ -199,16 +199,46 @@ s_apply_file (const char *undo_path, bool worst, uint64_t *rng, kim_powercut_sta
     return rc;
 }
 
-//  Walks `dir` and the folders below it for undo files.
+//  Takes back a rename that no sync of its folder made durable: the file
+//  it replaced comes back, with that file's undo file.
 static int
-s_walk (const char *dir, int depth, bool worst, uint64_t *rng, kim_powercut_stats_t *stats)
+s_rename_back (const char *kept, kim_powercut_stats_t *stats)
+{
+    char name [PATH_MAX], undo [PATH_MAX + 8], kept_undo [PATH_MAX + 8];
+    size_t length = strlen (kept) - strlen (KIM_POWERCUT_RENAMED);
+    if (length >= sizeof name)
+        return s_fail (kept, "path too long");
+    memcpy (name, kept, length);
+    name [length] = 0;
+    snprintf (undo, sizeof undo, "%s" KIM_POWERCUT_SUFFIX, name);
+    snprintf (kept_undo, sizeof kept_undo, "%s" KIM_POWERCUT_SUFFIX, kept);
+    unlink (undo);              //  of the file that goes
+    if (rename (kept, name))
+        return s_fail (kept, "renaming back");
+    if (rename (kept_undo, undo) && errno != ENOENT)
+        return s_fail (kept_undo, "renaming back");
+    stats->renames_back++;
+    return 0;
+}
+
+static bool
+s_ends_with (const char *text, const char *tail)
+{
+    size_t length = strlen (text), tail_length = strlen (tail);
+    return length > tail_length && strcmp (text + length - tail_length, tail) == 0;
+}
+
+//  Walks `dir` and the folders below it: the renames to take back first
+//  (`renames`), else the undo files to apply.
+static int
+s_walk (const char *dir, int depth, bool renames, bool worst, uint64_t *rng,
+        kim_powercut_stats_t *stats)
 {
     DIR *handle = opendir (dir);
     if (!handle)
         return s_fail (dir, "opening the folder");
     int rc = 0;
     struct dirent *entry;
-    size_t suffix = strlen (KIM_POWERCUT_SUFFIX);
     while (rc == 0 && (entry = readdir (handle))) {
         if (entry->d_name [0] == '.')
             continue;
@@ -218,12 +248,13 @@ s_walk (const char *dir, int depth, bool worst, uint64_t *rng, kim_powercut_stat
         struct stat info;
         if (lstat (path, &info))
             continue;
-        size_t length = strlen (entry->d_name);
         if (S_ISDIR (info.st_mode) && depth < 4)
-            rc = s_walk (path, depth + 1, worst, rng, stats);
+            rc = s_walk (path, depth + 1, renames, worst, rng, stats);
         else
-        if (S_ISREG (info.st_mode) && length > suffix
-        &&  strcmp (entry->d_name + length - suffix, KIM_POWERCUT_SUFFIX) == 0)
+        if (S_ISREG (info.st_mode) && renames && s_ends_with (entry->d_name, KIM_POWERCUT_RENAMED))
+            rc = s_rename_back (path, stats);
+        else
+        if (S_ISREG (info.st_mode) && !renames && s_ends_with (entry->d_name, KIM_POWERCUT_SUFFIX))
             rc = s_apply_file (path, worst, rng, stats);
     }
     closedir (handle);
@@ -234,5 +265,6 @@ int
 kim_powercut_apply (const char *dir, bool worst, uint64_t *rng, kim_powercut_stats_t *stats)
 {
     memset (stats, 0, sizeof *stats);
-    return s_walk (dir, 0, worst, rng, stats);
+    int rc = s_walk (dir, 0, true, worst, rng, stats);
+    return rc? rc: s_walk (dir, 0, false, worst, rng, stats);
 }

@@ -7,9 +7,11 @@
     on the disk; each 4 KiB page written since holds one of the versions it
     went through, from the last durable one to the newest, independently of
     the other pages. A write through an O_DSYNC descriptor is durable when it
-    returns. Directory entries and file sizes are not modelled (the files
-    LMDB writes keep their names; a page taken back past the file's old end
-    reads as zeros).
+    returns. A rename over a watched file is durable once its folder was
+    synced; before, a cut brings the replaced file back (as it was then, with
+    its own unflushed writes taken back). Other directory entries and file
+    sizes are not modelled (a page taken back past the file's old end reads
+    as zeros).
 */
 #ifndef KIM_POWERCUT_H_INCLUDED
 #define KIM_POWERCUT_H_INCLUDED
@@ -18,6 +20,7 @@
 #include <stdint.h>
 
 #define KIM_POWERCUT_SUFFIX     ".undo"
+#define KIM_POWERCUT_RENAMED    ".renamed"      //  a file a rename not yet durable replaced
 #define KIM_POWERCUT_MAGIC      0x6b696d75u     //  "kimu"
 #define KIM_POWERCUT_DURABLE    1u              //  the write was durable on return
 #define KIM_POWERCUT_PAGE       4096
@@ -39,6 +42,7 @@ typedef struct {
     uint64_t writes;            //  writes recorded since the files' last syncs
     uint64_t pages;             //  pages those writes touched
     uint64_t pages_back;        //  pages set back to an older version
+    uint64_t renames_back;      //  renames over a watched file taken back
 } kim_powercut_stats_t;
 
 //  Cuts the power under `dir` (the folder the shim watched): every page

@@ -65,7 +65,8 @@ main (int argc, char *argv [])
     if (kim_powercut_apply (dir, worst, &seed, &stats))
         return 1;
     printf ("power cut (%s) in %s: %" PRIu64 " unsynced writes in %" PRIu64 " files, %" PRIu64
-            " of %" PRIu64 " pages set back\n", worst? "every unsynced page": "pages at random",
-            dir, stats.writes, stats.files, stats.pages_back, stats.pages);
+            " of %" PRIu64 " pages set back, %" PRIu64 " renames taken back\n",
+            worst? "every unsynced page": "pages at random", dir, stats.writes, stats.files,
+            stats.pages_back, stats.pages, stats.renames_back);
     return 0;
 }

@@ -9,12 +9,14 @@
     file beside it (`data.mdb.undo`); a successful fsync or fdatasync of the
     file empties that undo file, and a write through a descriptor opened with
     O_DSYNC or O_SYNC is marked durable as it returns. A file is tracked from
-    the first open for writing in the process. After the broker is
+    the first open for writing in the process. A rename over a watched file
+    keeps the file it replaces (`data.mdb.renamed`) until an fsync of the
+    folder makes the rename durable. After the broker is
     killed, kim_powercut_apply (kim_powercut.h) uses the undo files to put
     the data files into a state the disk could have been left in.
 
     It intercepts the calls LMDB makes (open, close, write, writev, pwrite,
-    fsync, fdatasync; `nm -D liblmdb.so`) and passes everything else through
+    fsync, fdatasync; `nm -D liblmdb.so`) and rename, and passes everything else through
     untouched. It is built without sanitizers, which want to be loaded first.
 */
 #include <dlfcn.h>
@@ -34,7 +36,7 @@
 
 #include "kim_powercut.h"
 
-#define S_FILES_MAX     8
+#define S_FILES_MAX     64              //  a compaction of the key store makes one more
 #define S_FDS_MAX       1024
 
 typedef struct {
@@ -64,6 +66,7 @@ static ssize_t (*s_pwrite) (int, const void *, size_t, off_t);
 static ssize_t (*s_pread) (int, void *, size_t, off_t);
 static int (*s_fsync) (int);
 static int (*s_fdatasync) (int);
+static int (*s_rename) (const char *, const char *);
 
 static void
 s_init (void)
@@ -76,6 +79,7 @@ s_init (void)
     s_pread = (ssize_t (*) (int, void *, size_t, off_t)) dlsym (RTLD_NEXT, "pread");
     s_fsync = (int (*) (int)) dlsym (RTLD_NEXT, "fsync");
     s_fdatasync = (int (*) (int)) dlsym (RTLD_NEXT, "fdatasync");
+    s_rename = (int (*) (const char *, const char *)) dlsym (RTLD_NEXT, "rename");
     const char *dir = getenv ("KIM_POWERCUT_DIR");
     if (dir && !realpath (dir, s_dir))
         s_dir [0] = 0;
@@ -142,6 +146,14 @@ s_remember (s_file_t *file, off_t offset, size_t size, uint32_t flags)
     free (old);
 }
 
+//  Whether `real` (a resolved path) lies below the watched folder.
+static bool
+s_below (const char *real)
+{
+    size_t dir_size = strlen (s_dir);
+    return s_dir [0] && strncmp (real, s_dir, dir_size) == 0 && real [dir_size] == '/';
+}
+
 //  Starts tracking `fd` if it is a data.mdb below the watched folder.
 static void
 s_track (int fd, const char *path, int flags)
@@ -152,9 +164,7 @@ s_track (int fd, const char *path, int flags)
     const char *name = strrchr (path, '/');
     name = name? name + 1: path;
     char real [PATH_MAX];
-    size_t dir_size = strlen (s_dir);
-    if (strcmp (name, "data.mdb") || !realpath (path, real)
-    ||  strncmp (real, s_dir, dir_size) || real [dir_size] != '/')
+    if (strcmp (name, "data.mdb") || !realpath (path, real) || !s_below (real))
         return;
     struct stat info;
     if (fstat (fd, &info))
@@ -266,14 +276,71 @@ writev (int fd, const struct iovec *iov, int count)
     return done;
 }
 
+//  A folder's fsync makes the renames into it durable: the old files kept
+//  for a cut (KIM_POWERCUT_RENAMED) are no longer what a cut brings back.
+static void
+s_sync_folder (int fd)
+{
+    struct stat info;
+    char link [64], folder [PATH_MAX];
+    snprintf (link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t size = fstat (fd, &info) == 0 && S_ISDIR (info.st_mode)
+                 ? readlink (link, folder, sizeof folder - 1): -1;
+    if (size <= 0)
+        return;
+    folder [size] = 0;
+    if (!s_below (folder) && strcmp (folder, s_dir))
+        return;
+    char kept [PATH_MAX + 32], undo [PATH_MAX + 48];
+    snprintf (kept, sizeof kept, "%s/data.mdb" KIM_POWERCUT_RENAMED, folder);
+    snprintf (undo, sizeof undo, "%s" KIM_POWERCUT_SUFFIX, kept);
+    unlink (kept);
+    unlink (undo);
+}
+
+//  A rename over a watched file is durable only once its folder is synced:
+//  until then a cut brings the file it replaced back. That file is kept
+//  under a second name (a hard link), with its undo file, unless one is
+//  kept already (the last durable one, of an earlier rename not synced).
+int
+rename (const char *from, const char *to)
+{
+    pthread_once (&s_once, s_init);
+    const char *name = strrchr (to, '/');
+    name = name? name + 1: to;
+    char real [PATH_MAX];
+    if (strcmp (name, "data.mdb") || !realpath (to, real) || !s_below (real))
+        return s_rename (from, to);
+    pthread_mutex_lock (&s_lock);
+    char kept [PATH_MAX + 32], undo [PATH_MAX + 16], kept_undo [PATH_MAX + 48];
+    snprintf (kept, sizeof kept, "%s" KIM_POWERCUT_RENAMED, real);
+    snprintf (undo, sizeof undo, "%s" KIM_POWERCUT_SUFFIX, real);
+    snprintf (kept_undo, sizeof kept_undo, "%s" KIM_POWERCUT_SUFFIX, kept);
+    if (access (kept, F_OK) == 0)
+        unlink (undo);          //  a file no sync made durable the name of: gone
+    else
+    if (link (real, kept) == 0 && s_rename (undo, kept_undo) && errno != ENOENT)
+        s_die ("keeping the replaced file's undo file");
+    int rc = s_rename (from, to);
+    pthread_mutex_unlock (&s_lock);
+    return rc;
+}
+
 //  A sync that returned makes everything written to the file durable.
 static int
 s_sync (int fd, int (*sync_fn) (int))
 {
     bool durable;
     s_file_t *file = s_tracked (fd, &durable);
-    if (!file)
-        return sync_fn (fd);
+    if (!file) {
+        int rc = sync_fn (fd);
+        if (rc == 0 && s_dir [0]) {
+            pthread_mutex_lock (&s_lock);
+            s_sync_folder (fd);
+            pthread_mutex_unlock (&s_lock);
+        }
+        return rc;
+    }
     pthread_mutex_lock (&s_lock);
     int rc = sync_fn (fd);
     if (rc == 0 && ftruncate (file->undo_fd, 0))
