@@ -52,6 +52,7 @@ typedef struct {
 } s_query_t;
 
 typedef struct {
+    kim_store_t *store;
     uint64_t checkpoint_records;
     uint64_t checkpoint_ms;
     uint8_t secret_key [64];
@@ -542,7 +543,13 @@ s_committed (void *state)
     self->pending = false;
     self->last_seq = self->pending_seq;
     self->last_time_ms = self->pending_checkpoint.time_ms;
-    s_save_checkpoint (self);
+    //  The file must not claim records a power cut may still take back (it
+    //  would read as a log cut short): the commit that holds the checkpoint,
+    //  and records of the same batch it covers, is made durable first. One
+    //  flush more a checkpoint (kim_store.h, Durability). A failed sync
+    //  fails the store closed; the file then keeps the checkpoint before.
+    if (kim_store_sync (self->store) == 0)
+        s_save_checkpoint (self);
 }
 
 static void
@@ -607,6 +614,7 @@ kim_audit_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_
         snprintf (error, error_size, "audit: out of memory");
         return -KIM_E_NOMEM;
     }
+    self->store = env->store;
     self->checkpoint_records = records;
     self->queries_per_org = env->config->org_queries;
     self->checkpoint_ms = seconds * 1000;

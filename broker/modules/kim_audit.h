@@ -8,7 +8,9 @@
     Keys: <data>/keys/broker.sign_secret (Ed25519, hex, mode 0600; refused
     if others can read it) and broker.sign.pub (hex), made on first start.
     The latest checkpoint is also kept in <data>/audit.checkpoint, so that a
-    log whose tail was cut off no longer matches it (kim_log.h).
+    log whose tail was cut off no longer matches it (kim_log.h); it is
+    written once the records it covers are durable, so a power cut never
+    makes a whole log look cut short (tests/fault/test_checkpoint_cut.c).
 */
 #ifndef KIM_AUDIT_H_INCLUDED
 #define KIM_AUDIT_H_INCLUDED

@@ -11,7 +11,9 @@
     O_DSYNC or O_SYNC is marked durable as it returns. A file is tracked from
     the first open for writing in the process. A rename over a watched file
     keeps the file it replaces (`data.mdb.renamed`) until an fsync of the
-    folder makes the rename durable. After the broker is
+    folder makes the rename durable. With $KIM_POWERCUT_KILL_AFTER_RENAME
+    set to a file name, the process kills itself right after a rename to
+    that name: a cut at a moment a test chooses. After the broker is
     killed, kim_powercut_apply (kim_powercut.h) uses the undo files to put
     the data files into a state the disk could have been left in.
 
@@ -24,6 +26,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -302,6 +305,18 @@ s_sync_folder (int fd)
 //  until then a cut brings the file it replaced back. That file is kept
 //  under a second name (a hard link), with its undo file, unless one is
 //  kept already (the last durable one, of an earlier rename not synced).
+//  $KIM_POWERCUT_KILL_AFTER_RENAME names a file: the process dies by
+//  SIGKILL right after a rename to that name, a cut at a chosen moment.
+static int
+s_rename_then (const char *from, const char *to, const char *name)
+{
+    int rc = s_rename (from, to);
+    const char *kill_after = getenv ("KIM_POWERCUT_KILL_AFTER_RENAME");
+    if (rc == 0 && kill_after && strcmp (kill_after, name) == 0)
+        kill (getpid (), SIGKILL);
+    return rc;
+}
+
 int
 rename (const char *from, const char *to)
 {
@@ -310,7 +325,7 @@ rename (const char *from, const char *to)
     name = name? name + 1: to;
     char real [PATH_MAX];
     if (strcmp (name, "data.mdb") || !realpath (to, real) || !s_below (real))
-        return s_rename (from, to);
+        return s_rename_then (from, to, name);
     pthread_mutex_lock (&s_lock);
     char kept [PATH_MAX + 32], undo [PATH_MAX + 16], kept_undo [PATH_MAX + 48];
     snprintf (kept, sizeof kept, "%s" KIM_POWERCUT_RENAMED, real);
@@ -321,7 +336,7 @@ rename (const char *from, const char *to)
     else
     if (link (real, kept) == 0 && s_rename (undo, kept_undo) && errno != ENOENT)
         s_die ("keeping the replaced file's undo file");
-    int rc = s_rename (from, to);
+    int rc = s_rename_then (from, to, name);
     pthread_mutex_unlock (&s_lock);
     return rc;
 }
