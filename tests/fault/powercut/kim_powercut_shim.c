@@ -18,8 +18,9 @@
     the data files into a state the disk could have been left in.
 
     It intercepts the calls LMDB makes (open, close, write, writev, pwrite,
-    fsync, fdatasync; `nm -D liblmdb.so`) and rename, and passes everything else through
-    untouched. It is built without sanitizers, which want to be loaded first.
+    fsync, fdatasync; `nm -D liblmdb.so`) and rename, and passes everything
+    else through untouched. It is built without sanitizers, which want to be
+    loaded first.
 */
 #include <dlfcn.h>
 #include <errno.h>
