@@ -59,15 +59,11 @@ s_cut_and_verify (kim_testbroker_t *broker, const char *data_dir, uint64_t *rng,
     KIM_CHECK (WIFSIGNALED (status) && WTERMSIG (status) == SIGKILL);
     kim_powercut_stats_t cut;
     KIM_CHECK (kim_powercut_apply (data_dir, true, rng, &cut) == 0);
-    char path [PATH_MAX + 32], why [256];
-    uint8_t public_key [32];
-    snprintf (path, sizeof path, "%s/" KIM_LOG_SIGN_PUBLIC, data_dir);
-    KIM_CHECK (kim_log_load_public_key (path, public_key, why, sizeof why) == 0);
-    kim_log_verify_t result;
-    int rc = kim_log_verify_store (data_dir, public_key, &result);
+    char why [512];
+    int rc = s_itest_verify_log (data_dir, why, sizeof why);
     printf ("%s: killed after saving a checkpoint; power cut: %" PRIu64 " of %" PRIu64
             " pages set back; the log %s%s\n", what, cut.pages_back, cut.pages,
-            rc? "does not verify: ": "verifies", rc? result.why: "");
+            rc? "does not verify: ": "verifies", rc? why: "");
     if (rc) {
         fprintf (stderr, "test_checkpoint_cut: FAILED: the checkpoint file claims records "
                  "the power cut took back\n");

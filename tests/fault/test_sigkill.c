@@ -426,16 +426,9 @@ s_recipient (void *arg)
 static void
 s_verify_log (const char *data_dir, int round)
 {
-    char path [PATH_MAX + 32], why [256];
-    uint8_t public_key [32];
-    snprintf (path, sizeof path, "%s/" KIM_LOG_SIGN_PUBLIC, data_dir);
-    if (kim_log_load_public_key (path, public_key, why, sizeof why))
-        s_fail ("round %d: %s", round, why);
-    kim_log_verify_t result;
-    if (kim_log_verify_store (data_dir, public_key, &result))
-        s_fail ("round %d: the log does not verify after the power cut: %s "
-                "(record %" PRIu64 ", %" PRIu64 " records read)", round, result.why,
-                result.bad_seq, result.records);
+    char why [512];
+    if (s_itest_verify_log (data_dir, why, sizeof why))
+        s_fail ("round %d: the log does not verify after the power cut: %s", round, why);
 }
 
 static uint64_t

@@ -88,6 +88,25 @@ s_itest_now (void)
     return zclock_mono ();
 }
 
+//  Verifies the log of the data folder `data_dir` with the broker's public
+//  signing key kept there: chain, checkpoints, the checkpoint file. Returns
+//  0, or -1 with `why` saying what is wrong.
+static inline int
+s_itest_verify_log (const char *data_dir, char *why, size_t why_size)
+{
+    char path [PATH_MAX + 32];
+    uint8_t public_key [32];
+    snprintf (path, sizeof path, "%s/" KIM_LOG_SIGN_PUBLIC, data_dir);
+    if (kim_log_load_public_key (path, public_key, why, why_size))
+        return -1;
+    kim_log_verify_t result;
+    if (kim_log_verify_store (data_dir, public_key, &result) == 0)
+        return 0;
+    snprintf (why, why_size, "%s (record %" PRIu64 ", %" PRIu64 " records read)", result.why,
+              result.bad_seq, result.records);
+    return -1;
+}
+
 //  xorshift64*: small and seedable, so that a printed seed repeats a run's
 //  random choices (timings, mutations, pages a power cut takes back).
 static inline uint64_t
