@@ -92,7 +92,11 @@ typedef struct {
                   const char *note);
     //  Called about every 200 ms inside a write transaction: timers, retention.
     int (*tick) (void *state, kim_ctx_t *ctx);
-    //  The batch is durable: in-memory caches may follow now.
+    //  The batch is committed: in-memory caches may follow now. It is not
+    //  yet durable (kim_store.h, Durability: the next flush makes it so); a
+    //  hook that tells anything outside the store about it (a file, a
+    //  message) syncs first (kim_store_sync), as the audit module does
+    //  before it saves the latest checkpoint.
     void (*committed) (void *state);
     //  The batch was abandoned: forget what `check`/`applied` cached.
     void (*aborted) (void *state);
