@@ -38,7 +38,7 @@ def _next_of(client, type_, timeout=15):
 
 def test_hello(connect):
     c = connect("soz.rheine", window=16)
-    assert c.welcome["cmd"] == "WELCOME" and c.welcome["version"] == 1
+    assert c.welcome["cmd"] == "WELCOME" and c.welcome["version"] == 2 == c.version
     assert c.welcome["org"] == "soz.rheine" and c.welcome["broker"] == "kim.test"
     assert c.welcome["window"] == 16 and c.welcome["max_payload"] >= 1
     assert c.status()["sessions"] >= 1
