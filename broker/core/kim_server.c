@@ -97,6 +97,21 @@ s_release_receiver (kim_server_t *self, org_state_t *state)
     state->cursor = 0;
 }
 
+//  The organisation's newest session other than `gone` that takes
+//  deliveries (window > 0), or NULL. A scan of all sessions, as for the
+//  oldest: it runs when a receiving session ends, not per message.
+static session_t *
+s_newest_receiver (kim_server_t *self, org_state_t *state, session_t *gone)
+{
+    session_t *newest = NULL;
+    for (session_t *session = (session_t *) zhashx_first (self->sessions); session;
+         session = (session_t *) zhashx_next (self->sessions))
+        if (session->org == state && session != gone && session->window > 0
+        &&  (!newest || session->opened > newest->opened))
+            newest = session;
+    return newest;
+}
+
 static void
 s_session_destroy (kim_server_t *self, session_t *session, const char *why)
 {
@@ -109,6 +124,14 @@ s_session_destroy (kim_server_t *self, session_t *session, const char *why)
             zsys_info ("server: %s: %zu deliveries in flight return to the mailbox (%s)",
                        state->org->id, state->flight_count, why);
         s_release_receiver (self, state);
+        //  Another agent of the organisation that is still connected takes
+        //  over, as the newest session does on its HELLO: left without a
+        //  receiver, the mailbox would wait for the next HELLO.
+        session_t *next = state->session_count > 1? s_newest_receiver (self, state, session): NULL;
+        if (next) {
+            state->receiver = next;
+            kim_server_mark_dirty (self, state);
+        }
     }
     if (state->session_count)
         state->session_count--;

@@ -5,6 +5,10 @@
        receive window bounds what is in flight.
     2. With a small redeliver_ms, an unacked delivery is sent again on the
        same session, with the same seq and content.
+    3. Two agents of one organisation: when the session that receives ends,
+       the other one, still connected, gets what was in flight and what
+       comes after, without a new HELLO; a session with a window of 0 never
+       does.
 */
 #include "kim_itest.h"
 
@@ -136,12 +140,69 @@ s_on_same_session (void)
     s_itest_broker_destroy (&broker);
 }
 
+static void
+s_to_remaining_session (void)
+{
+    const char *orgs [] = { SENDER, RECIPIENT, NULL };
+    kim_testbroker_t *broker = s_itest_broker (orgs, NULL);
+    KIM_CHECK (kim_testbroker_start (broker) == 0);
+    //  Oldest to newest: an agent, a second agent (which receives, being
+    //  the newest with a window), a sender-only session of the same office.
+    kim_client_t *first = kim_testbroker_client (broker, RECIPIENT, 16, false);
+    kim_client_t *second = kim_testbroker_client (broker, RECIPIENT, 16, false);
+    kim_client_t *sending = kim_testbroker_client (broker, RECIPIENT, 0, false);
+    KIM_CHECK (first && second && sending);
+    uint64_t seqs [COUNT];
+    s_send_messages (broker, seqs, COUNT / 2, "remaining");
+    s_expect_seqs (second, seqs, COUNT / 2, "remaining", 0);
+    kim_event_t event;
+    KIM_CHECK (ITEST_DELIVER (first, &event, 300) == -KIM_E_TIMEOUT);
+    kim_client_destroy (&second);
+
+    //  The first agent gets the unacked ones again, then new mail.
+    s_expect_seqs (first, seqs, COUNT / 2, "remaining", 0);
+    for (size_t i = 0; i < COUNT / 2; i++)
+        ITEST_RC (kim_client_ack (first, seqs [i]), 0);
+    kim_client_t *sender = kim_testbroker_client (broker, SENDER, 0, false);
+    KIM_CHECK (sender);
+    for (size_t i = COUNT / 2; i < COUNT; i++) {
+        char msg_id [KIM_ID_MAX + 1];
+        snprintf (msg_id, sizeof msg_id, "remaining-%zu", i);
+        bool dup = true;
+        ITEST_RC (s_itest_send (sender, RECIPIENT, "remaining", msg_id, 100 + i, &seqs [i],
+                                &dup), 0);
+    }
+    s_expect_seqs (first, seqs + COUNT / 2, COUNT - COUNT / 2, "remaining", COUNT / 2);
+    for (size_t i = COUNT / 2; i < COUNT; i++)
+        ITEST_RC (kim_client_ack (first, seqs [i]), 0);
+    ITEST_WAIT_MAILBOX (first, 0, 0, 10000);
+
+    //  With the first agent gone too, the sender-only session takes
+    //  nothing: the mail waits for an agent's HELLO.
+    kim_client_destroy (&first);
+    uint64_t late;
+    char late_id [KIM_ID_MAX + 1];
+    snprintf (late_id, sizeof late_id, "remaining-%d", COUNT);
+    bool dup = true;
+    ITEST_RC (s_itest_send (sender, RECIPIENT, "remaining", late_id, 100 + COUNT, &late, &dup), 0);
+    KIM_CHECK (ITEST_DELIVER (sending, &event, 300) == -KIM_E_TIMEOUT);
+    kim_client_t *third = kim_testbroker_client (broker, RECIPIENT, 16, false);
+    KIM_CHECK (third);
+    s_expect_seqs (third, &late, 1, "remaining", COUNT);
+    kim_client_destroy (&third);
+    kim_client_destroy (&sending);
+    kim_client_destroy (&sender);
+    s_itest_broker_destroy (&broker);
+    printf ("test_redelivery: the remaining agent takes over deliveries: OK\n");
+}
+
 int
 main (void)
 {
     KIM_CHECK (sodium_init () >= 0);
     s_after_disconnect ();
     s_on_same_session ();
+    s_to_remaining_session ();
     printf ("test_redelivery: OK\n");
     return 0;
 }
