@@ -537,6 +537,17 @@ static int
 s_apply_ack (kim_server_t *self, item_t *item)
 {
     org_state_t *state = item->org;
+    //  The ACK's one REJECT names its first refused entry: one missing
+    //  here, or the one refused when read. Entries before that one stood
+    //  where they stand now, so index i is the client's index.
+    size_t first_refused = item->refused_at? item->refused_at - 1: SIZE_MAX;
+    if (item->refused_at) {
+        char path [KIM_PATH_MAX + 1], text [KIM_TEXT_MAX + 1];
+        snprintf (path, sizeof path, "seqs[%zu]", first_refused);
+        snprintf (text, sizeof text, "seq %" PRIu64 " is in flight on another session of %s; "
+                  "that session acknowledges it", item->refused_seq, state->org->id);
+        s_item_refuse (item, KIM_E_BAD_ACK, path, text);
+    }
     for (size_t i = 0; i < item->cmd.ack_count; i++) {
         uint64_t seq = item->cmd.acks [i];
         char note [KIM_MAILBOX_NOTE_MAX + 1];
@@ -546,11 +557,12 @@ s_apply_ack (kim_server_t *self, item_t *item)
             //  batch may have taken a seq of it already.
             if (item->from_range)
                 continue;
-            if (!item->code) {
+            if (i < first_refused) {
                 char path [KIM_PATH_MAX + 1], text [KIM_TEXT_MAX + 1];
                 snprintf (path, sizeof path, "seqs[%zu]", i);
                 snprintf (text, sizeof text, "seq %" PRIu64 " is not in your mailbox", seq);
                 s_item_refuse (item, KIM_E_BAD_ACK, path, text);
+                first_refused = i;
             }
             continue;
         }

@@ -232,6 +232,10 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     if (session->window > 0) {
         if (state->receiver)
             zsys_info ("server: %s: a new session takes over deliveries", state->org->id);
+        //  ACKs of the old receiver's deliveries read but waiting for
+        //  company are committed in this turn, before the new session is
+        //  given what they acknowledge (as when a session ends)
+        self->flush_acks = true;
         s_release_receiver (self, state);
         state->receiver = session;
         kim_server_mark_dirty (self, state);
@@ -604,31 +608,36 @@ s_module_command (kim_server_t *self, session_t *session, const kim_cmd_t *cmd)
 
 //  An ACK may name only deliveries of this session (section 8.7): a seq in
 //  flight on another session of the organisation is refused with BAD_ACK
-//  and dropped from the list, the rest still count. Returns whether any
-//  entry is left to commit.
+//  and dropped from the list, the rest still count. The first such entry
+//  is kept on the item, whose one REJECT comes after the commit (the apply
+//  may refuse an earlier entry, section 7.1); with none left, at once.
+//  Returns whether any entry is left to commit.
 static bool
-s_ack_filter (kim_server_t *self, session_t *session, kim_cmd_t *cmd)
+s_ack_filter (kim_server_t *self, session_t *session, item_t *item)
 {
     org_state_t *state = session->org;
+    kim_cmd_t *cmd = &item->cmd;
+    item->refused_at = 0;
     if (state->receiver == session || !state->receiver)
         return cmd->ack_count > 0;
     size_t kept = 0;
-    bool refused = false;
     for (size_t i = 0; i < cmd->ack_count; i++) {
-        if (kim_server_flight_find (state, cmd->acks [i]) < 0) {
+        if (kim_server_flight_find (state, cmd->acks [i]) < 0)
             cmd->acks [kept++] = cmd->acks [i];
-            continue;
-        }
-        if (!refused) {
-            char path [KIM_PATH_MAX + 1];
-            snprintf (path, sizeof path, "seqs[%zu]", i);
-            kim_reply_reject (self, session->rid, session->rid_size, KIM_E_BAD_ACK, NULL, path,
-                      "seq %" PRIu64 " is in flight on another session of %s; that session "
-                      "acknowledges it", cmd->acks [i], state->org->id);
-            refused = true;
+        else
+        if (!item->refused_at) {
+            item->refused_at = (uint32_t) i + 1;
+            item->refused_seq = cmd->acks [i];
         }
     }
     cmd->ack_count = kept;
+    if (kept == 0 && item->refused_at) {
+        char path [KIM_PATH_MAX + 1];
+        snprintf (path, sizeof path, "seqs[%u]", item->refused_at - 1);
+        kim_reply_reject (self, session->rid, session->rid_size, KIM_E_BAD_ACK, NULL, path,
+                  "seq %" PRIu64 " is in flight on another session of %s; that session "
+                  "acknowledges it", item->refused_seq, state->org->id);
+    }
     return kept > 0;
 }
 
@@ -675,6 +684,7 @@ s_ack_ranges (kim_server_t *self, session_t *session, item_t *item, const uint8_
         slot->batch_count = 0;
         slot->settled = false;
         slot->from_range = true;
+        slot->refused_at = 0;
         slot->forwarded = false;
         slot->prep_ticket = 0;
         slot->decode_due = false;
@@ -1025,7 +1035,7 @@ s_read_one (kim_server_t *self)
                               "role %s receives no deliveries and acknowledges none",
                               kim_role_name (session->org->org->role));
                 else
-                    queued = s_ack_filter (self, session, cmd);
+                    queued = s_ack_filter (self, session, item);
                 break;
             case KIM_CMD_PING: {
                 kim_cmd_t *reply = &self->reply;

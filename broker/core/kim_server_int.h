@@ -81,6 +81,11 @@ typedef struct {
     uint8_t batch_count;            //  0: not from a SEND_BATCH
     bool settled;                   //  refused when read: nothing to apply
     bool from_range;                //  an ACK_RANGE: seqs already acked pass quietly
+    //  An ACK: 1 + the index of its first entry refused when read (in
+    //  flight on another session; taken out of cmd.acks), 0 for none. Its
+    //  one REJECT names that entry or an earlier one the apply refuses.
+    uint32_t refused_at;
+    uint64_t refused_seq;
     char ref [KIM_ID_MAX + 1];      //  the msg_id a refusal carries
     //  Outcome of the last apply (reset when a batch is replayed).
     int code;
