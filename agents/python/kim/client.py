@@ -362,16 +362,7 @@ class Client:
 
     def connect(self):
         """Connects and says HELLO; returns the WELCOME. Raises Rejected or KimError."""
-        self._ctx = zmq.Context()
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.curve_publickey = self.public.encode()
-        sock.curve_secretkey = self.secret.encode()
-        sock.curve_serverkey = self.broker_public.encode()
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
-        sock.connect(self.endpoint)
-        self._sock = sock
+        self._open_socket()
         self._send_cmd({"cmd": "HELLO", "versions": self.versions, "agent": self.agent,
                         "window": self.window})
         welcome = self._wait(lambda c: c["cmd"] == "WELCOME", None)
@@ -386,6 +377,20 @@ class Client:
         self._outstanding = []
         self._ranges_unsafe = False
         return welcome
+
+    def _open_socket(self):
+        """The CURVE DEALER to the broker, connected (the handshake runs in the
+        background); no HELLO yet."""
+        self._ctx = zmq.Context()
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.curve_publickey = self.public.encode()
+        sock.curve_secretkey = self.secret.encode()
+        sock.curve_serverkey = self.broker_public.encode()
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 5000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 15000)
+        sock.connect(self.endpoint)
+        self._sock = sock
 
     def close(self):
         """Says BYE and closes; deliveries not acknowledged return to the mailbox."""

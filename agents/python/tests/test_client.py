@@ -12,15 +12,7 @@ from nacl.encoding import RawEncoder
 
 import kim
 
-STATUTE = {"kind": "statute", "citation": "SGB X §69(1)1"}
-
-
-def _referral(referral_id, case_id, recipient="soz.rheine", **extra):
-    hdr = {"type": "REFERRAL", "recipient": recipient, "referral_id": referral_id,
-           "case_id": case_id, "subject": "p-7f3a", "purpose": "benefits",
-           "legal_basis": STATUTE}
-    hdr.update(extra)
-    return hdr
+from kim_headers import referral as _referral
 
 
 def _next_of(client, type_, timeout=15):

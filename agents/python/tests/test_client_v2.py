@@ -20,15 +20,7 @@ import zmq
 import kim
 from kim.certs import load_cert, write_cert
 
-STATUTE = {"kind": "statute", "citation": "SGB X §69(1)1"}
-
-
-def _referral(referral_id, case_id, recipient="soz.rheine", **extra):
-    hdr = {"type": "REFERRAL", "recipient": recipient, "referral_id": referral_id,
-           "case_id": case_id, "subject": "p-7f3a", "purpose": "benefits",
-           "legal_basis": STATUTE}
-    hdr.update(extra)
-    return hdr
+from kim_headers import referral as _referral
 
 
 def _spy(client):

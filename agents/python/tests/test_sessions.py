@@ -203,14 +203,7 @@ def dial(client):
     """Connects `client`'s socket as Client.connect does, without HELLO, and
     waits until the CURVE handshake is done (a PING answered NO_SESSION):
     its HELLO then reaches the broker at once. Returns an Agent."""
-    client._ctx = zmq.Context()
-    sock = client._ctx.socket(zmq.DEALER)
-    sock.curve_publickey = client.public.encode()
-    sock.curve_secretkey = client.secret.encode()
-    sock.curve_serverkey = client.broker_public.encode()
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(client.endpoint)
-    client._sock = sock
+    client._open_socket()
     agent = Agent(client)
     agent.send({"cmd": "PING"})
     assert pump([agent], WAIT, lambda: agent.rejects), "no answer before HELLO"
