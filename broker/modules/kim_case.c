@@ -246,8 +246,10 @@ kim_lc_case_check (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
         case KIM_TYPE_HANDOVER_OFFER:
         case KIM_TYPE_CASE_CLOSED:
             if (!streq (who, kcase.lead))
+                //  Not naming the lead (PROTOCOL.md 9.4)
                 return s_refuse (verdict, KIM_E_NOT_LEAD, "hdr.case_id",
-                                 "%s is not the lead of case %s; %s is", who, kcase.id, kcase.lead);
+                                 "%s is not the lead of case %s; only its lead offers or "
+                                 "closes it", who, kcase.id);
             if (msg->type == KIM_TYPE_CASE_CLOSED)
                 return 0;
             if (streq (msg->recipient, who))

@@ -437,7 +437,7 @@ s_test_handover (void)
     //  Coesfeld leads at both ends: Steinfurt may no longer close the case,
     //  its open referral now has Coesfeld as sender, and Coesfeld may close it.
     s_lc_msg (&msg, KIM_TYPE_CASE_CLOSED, NULL, "C-H", "m-h4", NULL);
-    LC_SEND (kim, &msg, KIM_E_NOT_LEAD, "kim.coesfeld");
+    LC_SEND (kim, &msg, KIM_E_NOT_LEAD, "is not the lead of case C-H");
     kim_cmd_t *cmd = (kim_cmd_t *) calloc (2, sizeof (kim_cmd_t));
     KIM_CHECK (cmd);
     kim_cmd_init (&cmd [0], KIM_CMD_REFERRAL_QUERY);

@@ -607,8 +607,6 @@ def test_a_closed_case_takes_no_referral_and_only_its_lead_closes_it(connect):
     assert r.code == BAD_STATE
 
 
-@pytest.mark.xfail(strict=True, reason="§9.4 says NOT_LEAD does not name the lead; the "
-                   "broker's text is '<org> is not the lead of case <id>; <lead> is'")
 def test_not_lead_does_not_name_the_lead(connect):
     story, rid, case_id = open_in(connect, "SENT", "NOTLEAD")
     r = refused(story.soz, {"type": "CASE_CLOSED", "msg_id": uid("m"), "case_id": case_id})
