@@ -17,16 +17,21 @@ from .certs import write_cert, write_sign_key
 
 class TestBroker:
     """orgs: {"jc.rheine": "agency", "dsb.steinfurt": "auditor", ...}; `signing`
-    lists organisations that register an Ed25519 sign_key."""
+    lists organisations that register an Ed25519 sign_key. `sections` adds
+    config keys by section: {"broker": {"sessions_per_org": 2},
+    "lifecycle": {"deadline_seconds": 1}}; `audit` is sections["audit"]."""
 
     __test__ = False        # not a pytest test class
 
-    def __init__(self, broker_bin, policy, orgs, signing=(), audit=None, folder=None):
+    def __init__(self, broker_bin, policy, orgs, signing=(), audit=None, folder=None,
+                 sections=None):
         self.broker_bin = broker_bin
         self.policy = os.path.abspath(policy)
         self.orgs = dict(orgs)
         self.signing = set(signing)
-        self.audit = audit or {}
+        self.sections = {name: dict(keys) for name, keys in (sections or {}).items()}
+        if audit:
+            self.sections.setdefault("audit", {}).update(audit)
         self.folder = folder or tempfile.mkdtemp(prefix="kim-py-")
         self._own_folder = folder is None
         self.data = os.path.join(self.folder, "data")
@@ -48,11 +53,13 @@ class TestBroker:
 
     def _write_config(self):
         lines = ["broker", "    name = kim.test", "    data = \"%s\"" % self.data,
-                 "    bind = \"%s\"" % self.endpoint,
-                 "policy", "    file = \"%s\"" % self.policy]
-        if self.audit:
-            lines.append("audit")
-            lines += ["    %s = %s" % item for item in self.audit.items()]
+                 "    bind = \"%s\"" % self.endpoint]
+        lines += ["    %s = %s" % item for item in self.sections.get("broker", {}).items()]
+        lines += ["policy", "    file = \"%s\"" % self.policy]
+        for name, keys in self.sections.items():
+            if name != "broker":
+                lines.append(name)
+                lines += ["    %s = %s" % item for item in keys.items()]
         lines.append("orgs")
         for org, role in self.orgs.items():
             public = write_cert(os.path.join(self.keys, org), org)
@@ -108,6 +115,15 @@ class TestBroker:
         self.stop()
         if self._own_folder:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+    def finish(self):
+        """Stops and cleans up; raises RuntimeError with the log's tail when the
+        broker did not exit 0 (a test's broker must end cleanly)."""
+        rc = self.stop()
+        log = self.log_tail()
+        self.cleanup()
+        if rc != 0:
+            raise RuntimeError("kim-broker exited with %s: %s" % (rc, log))
 
     def __enter__(self):
         return self.start()

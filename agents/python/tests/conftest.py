@@ -24,31 +24,54 @@ ORGS = {"jc.rheine": "agency", "soz.rheine": "agency", "aa.rheine": "agency",
         "dsb.steinfurt": "auditor"}
 
 
+def new_broker(orgs=None, **sections):
+    """A TestBroker like the shared one (its organisations unless `orgs`),
+    with config keys by section: new_broker(broker={"sessions_per_org": 2})."""
+    return TestBroker(_program("KIM_BROKER_BIN", "broker/kim-broker"),
+                      os.environ.get("KIM_POLICY_FILE") or os.path.join(ROOT, "deploy",
+                                                                        "policy.cfg"),
+                      ORGS if orgs is None else orgs, signing=["jc.rheine"], sections=sections)
+
+
 @pytest.fixture(scope="session")
 def broker():
-    b = TestBroker(_program("KIM_BROKER_BIN", "broker/kim-broker"),
-                   os.environ.get("KIM_POLICY_FILE") or os.path.join(ROOT, "deploy",
-                                                                     "policy.cfg"),
-                   ORGS, signing=["jc.rheine"])
-    b.start()
+    b = new_broker().start()
     yield b
-    rc = b.stop()
-    log = b.log_tail()
-    b.cleanup()
-    assert rc == 0, "kim-broker exited with %s: %s" % (rc, log)
+    b.finish()
 
 
 @pytest.fixture
-def connect(broker):
-    """connect(org, **options) -> a connected kim.Client, closed after the test."""
+def brokers():
+    """brokers(orgs=None, **sections) -> a started broker of the test's own,
+    finished (it must exit 0) after the test."""
+    started = []
+
+    def start(orgs=None, **sections):
+        started.append(new_broker(orgs, **sections).start())
+        return started[-1]
+    yield start
+    for b in started:
+        b.finish()
+
+
+@pytest.fixture
+def connect_to():
+    """connect_to(broker, org, **options) -> a kim.Client of `org` connected to
+    that broker, closed after the test."""
     import kim
     clients = []
 
-    def make(org, **options):
-        c = kim.Client(broker.endpoint, broker.broker_cert, broker.cert_secret(org), **options)
+    def make(b, org, **options):
+        c = kim.Client(b.endpoint, b.broker_cert, b.cert_secret(org), **options)
         c.connect()
         clients.append(c)
         return c
     yield make
     for c in clients:
         c.close()
+
+
+@pytest.fixture
+def connect(broker, connect_to):
+    """connect(org, **options) -> a connected kim.Client, closed after the test."""
+    return lambda org, **options: connect_to(broker, org, **options)

@@ -24,9 +24,10 @@ import time
 import pytest
 
 import kim
-from kim.testing import TestBroker
+import kim_headers
+from conftest import new_broker
+from kim_headers import STATUTE as ST
 
-ST = {"kind": "statute", "citation": "SGB X §69(1)1"}
 WAIT = 5.0              # s an answer, a delivery or a state change may take at most
 QUIET = 0.4             # s without a frame that count as "nothing more came"
 
@@ -80,11 +81,8 @@ def fields(move, rid, to):
 
 
 def referral(rid, case_id, recipient=SOZ, **extra):
-    hdr = {"type": "REFERRAL", "msg_id": uid("m"), "recipient": recipient,
-           "referral_id": rid, "case_id": case_id, "subject": "p-1c5e",
-           "purpose": "benefits", "legal_basis": ST}
-    hdr.update(extra)
-    return hdr
+    extra.setdefault("msg_id", uid("m"))
+    return kim_headers.referral(rid, case_id, recipient, **extra)
 
 
 def refused(client, hdr, payload=b""):
@@ -616,52 +614,22 @@ def test_not_lead_does_not_name_the_lead(connect):
 
 #   --- deadlines (§9.4 Deadlines, §9.2 REMINDER, EXPIRED) ---------------------
 
-class TimedBroker(TestBroker):
-    """A TestBroker with a `lifecycle` section of short periods."""
-
-    __test__ = False
-
-    def __init__(self, broker_bin, policy, orgs, lifecycle):
-        self.lifecycle = dict(lifecycle)
-        super().__init__(broker_bin, policy, orgs)
-
-    def _write_config(self):
-        super()._write_config()
-        with open(self.config, "a", encoding="utf-8") as f:
-            f.write("lifecycle\n")
-            f.writelines("    %s = %s\n" % item for item in self.lifecycle.items())
-
-
 DEADLINE_S, EXPIRE_S = 1, 2
 
 
 @pytest.fixture(scope="module")
-def timed(broker):
+def timed():
     """A broker of its own: answer period DEADLINE_S s, grace EXPIRE_S s."""
-    b = TimedBroker(broker.broker_bin, broker.policy,
-                    {JC: "agency", SOZ: "agency", AA: "agency"},
-                    {"deadline_seconds": DEADLINE_S, "expire_seconds": EXPIRE_S})
-    b.start()
+    b = new_broker({JC: "agency", SOZ: "agency", AA: "agency"},
+                   lifecycle={"deadline_seconds": DEADLINE_S,
+                              "expire_seconds": EXPIRE_S}).start()
     yield b
-    rc = b.stop()
-    log = b.log_tail()
-    b.cleanup()
-    assert rc == 0, "kim-broker exited with %s: %s" % (rc, log)
+    b.finish()
 
 
 @pytest.fixture
-def timed_connect(timed):
-    clients = []
-
-    def make(org, **options):
-        options.setdefault("timeout", WAIT)
-        c = kim.Client(timed.endpoint, timed.broker_cert, timed.cert_secret(org), **options)
-        c.connect()
-        clients.append(c)
-        return c
-    yield make
-    for c in clients:
-        c.close()
+def timed_connect(timed, connect_to):
+    return lambda org, **options: connect_to(timed, org, **dict({"timeout": WAIT}, **options))
 
 
 def test_deadlines_overdue_reminder_to_both_then_expired_to_the_sender(timed_connect):

@@ -15,13 +15,13 @@ import time
 import msgpack
 import nacl.hash
 import pytest
-import zmq
 from nacl.encoding import RawEncoder
 
 import kim
-from kim.testing import TestBroker
+from kim_frames import pump
+from conftest import new_broker
+from kim_headers import referral
 
-STATUTE = {"kind": "statute", "citation": "SGB X §69(1)1"}
 QUIET = 0.3             # s without a frame that count as "nothing came"
 WAIT = 5.0              # s an answer may take at most
 
@@ -30,54 +30,17 @@ MISSING_FIELD = 102
 NO_SESSION, FORBIDDEN, RATE_LIMITED = 200, 205, 207
 ORG_LIMIT = 305
 STATUS_KEYS = {"log_head", "mailbox", "in_flight", "sessions", "uptime_ms", "store_bytes"}
-ORGS = {"jc.rheine": "agency", "soz.rheine": "agency", "aa.rheine": "agency",
-        "dsb.steinfurt": "auditor"}
 
 
 #   --- brokers ---------------------------------------------------------------
 
-def _start_broker(template, orgs=ORGS, settings=None):
-    """A TestBroker like the shared one, with these `broker` settings."""
-    b = TestBroker(template.broker_bin, template.policy, orgs, signing=["jc.rheine"])
-    if settings:
-        with open(b.config, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        at = next(i for i, line in enumerate(lines) if line.startswith("    bind = ")) + 1
-        lines[at:at] = ["    %s = %s" % item for item in settings.items()]
-        with open(b.config, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-    b.start()
-    b.started_ms = int(time.time() * 1000)
-    return b
-
-
-def _stop_broker(b):
-    rc = b.stop()
-    log = b.log_tail()
-    b.cleanup()
-    assert rc == 0, "kim-broker exited with %s: %s" % (rc, log)
-
-
 @pytest.fixture(scope="module")
-def own(broker):
+def own():
     """This module's broker, default settings."""
-    b = _start_broker(broker)
+    b = new_broker().start()
+    b.started_ms = int(time.time() * 1000)
     yield b
-    _stop_broker(b)
-
-
-@pytest.fixture
-def brokers(broker):
-    """brokers(**settings) -> a broker of the test's own, stopped after it."""
-    started = []
-
-    def start(**settings):
-        b = _start_broker(broker, settings=settings)
-        started.append(b)
-        return b
-    yield start
-    for b in started:
-        _stop_broker(b)
+    b.finish()
 
 
 @pytest.fixture
@@ -223,36 +186,6 @@ class Session:
                     self.send({"cmd": "QUERY", "query_id": query_id, "window": window})
                     credit = window
                 break
-
-
-def pump(sessions, seconds, until=None):
-    """Reads the sessions' sockets for up to `seconds` or until `until()` holds
-    (returns whether it did)."""
-    poller = zmq.Poller()
-    by_sock = {}
-    for s in sessions:
-        poller.register(s.sock, zmq.POLLIN)
-        by_sock[s.sock] = s
-    deadline = time.monotonic() + max(seconds, 0)
-    while True:
-        if until is not None and until():
-            return True
-        now = time.monotonic()
-        if now >= deadline:
-            return False
-        for sock, _ in poller.poll(int(min(deadline - now, 0.05) * 1000) + 1):
-            s = by_sock[sock]
-            cmd, payload = s.client._recv_cmd(0)
-            if cmd is not None:
-                s.take(cmd, payload)
-
-
-def referral(referral_id, case_id, recipient, **extra):
-    hdr = {"type": "REFERRAL", "recipient": recipient, "referral_id": referral_id,
-           "case_id": case_id, "subject": "p-5e55", "purpose": "benefits",
-           "legal_basis": STATUTE}
-    hdr.update(extra)
-    return hdr
 
 
 def sent(client, hdr, payload=b""):
@@ -572,7 +505,7 @@ def test_subscribe_without_a_valid_sub_id(own, open_session):
 
 
 def test_subscriptions_per_org(brokers, open_session):
-    b = brokers(subscriptions_per_org=2)
+    b = brokers(broker={"subscriptions_per_org": 2})
     soz = open_session(b, "soz.rheine")
     assert soz.subscribe("s-L1")["cmd"] == "RECEIPT"
     assert soz.subscribe("s-L2", case_id="C-L")["cmd"] == "RECEIPT"
@@ -747,7 +680,7 @@ def test_query_refusals_carry_the_query_id_and_path(own, open_session, fields, c
 
 
 def test_queries_per_org_and_a_query_ends_with_its_session(brokers, open_session):
-    b = brokers(queries_per_org=2)
+    b = brokers(broker={"queries_per_org": 2})
     case_traffic(b, open_session, "QL")
     one = open_session(b, "dsb.steinfurt")
     two = open_session(b, "dsb.steinfurt")
@@ -831,19 +764,15 @@ def test_directory_refusals(own, open_session, fields, code, path):
     s.alive()
 
 
-def test_directory_cut_at_128_entries(broker, open_session):
+def test_directory_cut_at_128_entries(brokers, open_session):
     orgs = {"jc.o%03d" % i: "agency" for i in range(130)}
-    b = _start_broker(broker, orgs=orgs)
-    try:
-        s = open_session(b, "jc.o129")
-        reply = s.ask({"cmd": "DIRECTORY"}, "DIRECTORY_REPLY")
-        assert reply["count"] == 130 and len(reply["orgs"]) == 128
-        assert [e["id"] for e in reply["orgs"]] == sorted(orgs)[:128]
-        reply = s.ask({"cmd": "DIRECTORY", "org": "jc.o129"}, "DIRECTORY_REPLY")
-        assert reply["count"] == 1 and reply["orgs"][0]["id"] == "jc.o129"
-        s.client.close()
-    finally:
-        _stop_broker(b)
+    b = brokers(orgs)
+    s = open_session(b, "jc.o129")
+    reply = s.ask({"cmd": "DIRECTORY"}, "DIRECTORY_REPLY")
+    assert reply["count"] == 130 and len(reply["orgs"]) == 128
+    assert [e["id"] for e in reply["orgs"]] == sorted(orgs)[:128]
+    reply = s.ask({"cmd": "DIRECTORY", "org": "jc.o129"}, "DIRECTORY_REPLY")
+    assert reply["count"] == 1 and reply["orgs"][0]["id"] == "jc.o129"
 
 
 #   --- §7.3 rate costs ---------------------------------------------------------
@@ -864,7 +793,7 @@ def _burst(s, cmd, count, name, id_key=None):
 
 def test_status_costs_2_from_a_bucket_shared_by_the_organisations_sessions(brokers,
                                                                            open_session):
-    b = brokers(rate_limit=1, rate_burst=50)
+    b = brokers(broker={"rate_limit": 1, "rate_burst": 50})
     first = open_session(b, "jc.rheine")                    # HELLO: 5
     second = open_session(b, "jc.rheine")                   # HELLO: 5, 40 left
     answered, rejects = _burst(first, {"cmd": "STATUS"}, 25, "STATUS_REPLY")
@@ -878,7 +807,7 @@ def test_status_costs_2_from_a_bucket_shared_by_the_organisations_sessions(broke
 
 
 def test_directory_subscribe_and_query_costs(brokers, open_session):
-    b = brokers(rate_limit=1, rate_burst=50)
+    b = brokers(broker={"rate_limit": 1, "rate_burst": 50})
     aa = open_session(b, "aa.rheine")                       # 45 left
     answered, rejects = _burst(aa, {"cmd": "DIRECTORY"}, 12, "DIRECTORY_REPLY")
     assert 2 <= len(answered) <= 9, len(answered)           # 5 each, up to 4 x 5 in all

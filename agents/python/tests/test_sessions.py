@@ -17,12 +17,11 @@ their own. Every wait is bounded."""
 import time
 
 import pytest
-import zmq
 
 import kim
-from kim.testing import TestBroker
+from kim_frames import pump
+from kim_headers import referral as _referral
 
-STATUTE = {"kind": "statute", "citation": "SGB X §69(1)1"}
 QUIET = 0.3             # s without a frame that count as "nothing came"
 WAIT = 5.0              # s a delivery or an answer may take at most
 
@@ -121,31 +120,6 @@ class Agent:
         return sorted(set(self.seqs))
 
 
-def pump(agents, seconds, until=None):
-    """Reads the agents' sockets for up to `seconds` or until `until()` holds
-    (returns whether it did); PINGs for agents with a keepalive."""
-    poller = zmq.Poller()
-    by_sock = {}
-    for agent in agents:
-        poller.register(agent.sock, zmq.POLLIN)
-        by_sock[agent.sock] = agent
-    deadline = time.monotonic() + seconds
-    while True:
-        if until is not None and until():
-            return True
-        now = time.monotonic()
-        if now >= deadline:
-            return False
-        for agent in agents:
-            if agent.keepalive and now - agent.last_sent >= agent.keepalive:
-                agent.send({"cmd": "PING"})
-        for sock, _ in poller.poll(int(min(deadline - now, 0.05) * 1000) + 1):
-            agent = by_sock[sock]
-            cmd, payload = agent.client._recv_cmd(0)
-            if cmd is not None:
-                agent.take(cmd, payload)
-
-
 def has_all(agent, seqs):
     return lambda: set(seqs) <= set(agent.seqs)
 
@@ -165,12 +139,6 @@ def new_rejects(agent, mark):
 
 
 #   --- mail and mailboxes --------------------------------------------------
-
-def _referral(referral_id, case_id, recipient):
-    return {"type": "REFERRAL", "recipient": recipient, "referral_id": referral_id,
-            "case_id": case_id, "subject": "p-5e55", "purpose": "benefits",
-            "legal_basis": STATUTE}
-
 
 def mail(jc, tag, count=1, recipient="soz.rheine", case_id=None):
     """Sends `count` referrals from jc; returns their seqs."""
@@ -243,52 +211,14 @@ def soz(broker, connect):
 
 #   --- a broker of its own -------------------------------------------------
 
-class ConfiguredBroker(TestBroker):
-    """A TestBroker with more keys in its `broker` section."""
-
-    __test__ = False
-
-    def __init__(self, broker_bin, policy, orgs, settings):
-        self.settings = dict(settings)
-        super().__init__(broker_bin, policy, orgs)
-
-    def _write_config(self):
-        super()._write_config()
-        with open(self.config, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-        at = next(i for i, line in enumerate(lines) if line.startswith("    bind = ")) + 1
-        lines[at:at] = ["    %s = %s" % item for item in self.settings.items()]
-        with open(self.config, "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
-
-
 @pytest.fixture
-def special(broker):
+def special(brokers, connect_to):
     """special(**settings) -> connect(org, **options) for a broker of its own
     with these `broker` settings and the agencies jc.rheine and soz.rheine."""
-    brokers, clients = [], []
-
     def start(**settings):
-        b = ConfiguredBroker(broker.broker_bin, broker.policy,
-                             {"jc.rheine": "agency", "soz.rheine": "agency"}, settings)
-        b.start()
-        brokers.append(b)
-
-        def connect(org, **options):
-            options.setdefault("timeout", WAIT)
-            c = kim.Client(b.endpoint, b.broker_cert, b.cert_secret(org), **options)
-            c.connect()
-            clients.append(c)
-            return c
-        return connect
-    yield start
-    for c in clients:
-        c.close()
-    for b in brokers:
-        rc = b.stop()
-        log = b.log_tail()
-        b.cleanup()
-        assert rc == 0, "kim-broker exited with %s: %s" % (rc, log)
+        b = brokers({"jc.rheine": "agency", "soz.rheine": "agency"}, broker=settings)
+        return lambda org, **options: connect_to(b, org, **dict({"timeout": WAIT}, **options))
+    return start
 
 
 #   --- which session receives (§7.2) ---------------------------------------
