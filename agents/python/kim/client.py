@@ -47,9 +47,9 @@ HEADER_ORDER = ("type", "schema", "msg_id", "created_at", "sender", "recipient",
                 "ref_msg_id", "case_id", "sender_case_ref", "recipient_case_ref", "subject",
                 "purpose", "legal_basis", "categories", "deadline", "priority", "code", "org",
                 "note", "referrals", "consent", "recipients", "purposes", "explicit",
-                "valid_until", "rule", "payload_len", "payload_hash", "sig")
+                "valid_until", "giver", "rule", "payload_len", "payload_hash", "sig")
 LEGAL_BASIS_ORDER = ("kind", "consent_id", "citation")
-CATEGORY_ORDER = ("art9", "sgb8_s65", "stgb203", "residence_status")
+CATEGORY_ORDER = ("art9", "sgb8_s65", "stgb203", "residence_status", "contact")
 
 
 class KimError(Exception):

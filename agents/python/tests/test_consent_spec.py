@@ -30,7 +30,6 @@ import pytest
 
 import kim
 import kim_headers
-from kim.client import HEADER_ORDER
 
 WAIT = 5.0              # s an answer, a delivery or a state change may take at most
 QUIET = 0.5             # s without a frame that count as "nothing more came"
@@ -93,20 +92,6 @@ def refused(client, hdr, payload=b""):
         client.send(hdr, payload)
     assert info.value.msg_id == hdr["msg_id"]
     return info.value
-
-
-def send_raw(client, hdr):
-    """SEND of a header the client library cannot encode (it knows no `giver`):
-    the fields in the canonical order of §9, `giver` after `valid_until`.
-    Returns the RECEIPT or raises kim.Rejected. Only for unsigned senders."""
-    order = list(HEADER_ORDER)
-    order.insert(order.index("valid_until") + 1, "giver")
-    hdr = dict(hdr, schema=1)
-    body = {k: hdr[k] for k in order if k in hdr}
-    assert set(body) == set(hdr), set(hdr) - set(body)
-    client._send_cmd({"cmd": "SEND", "hdr": body})
-    return client._wait(lambda c: c["cmd"] == "RECEIPT" and c.get("msg_id") == hdr["msg_id"],
-                        hdr["msg_id"])
 
 
 def state_of(client, rid):
@@ -237,8 +222,8 @@ def test_a_consent_from_the_wrong_giver_does_not_cover_a_rule_that_names_givers(
     subject = uid("p")
     for giver, passes in (("guardian", False), ("entruster", True)):
         case_id, consent = uid("C-GIVER"), uid("G-" + giver[:5])
-        send_raw(soz, grant(case_id, consent, subject, recipients=[JC],
-                            categories=["sgb8_s65"], giver=giver))
+        soz.send(grant(case_id, consent, subject, recipients=[JC], categories=["sgb8_s65"],
+                       giver=giver))
         hdr = under(uid("R-GIVER"), case_id, consent, subject, recipient=JC,
                     categories=["sgb8_s65"])
         if passes:
@@ -258,7 +243,7 @@ def test_a_grant_with_a_bad_giver_is_bad_value(connect):
     soz = connect(SOZ)
     hdr = grant(uid("C-BADG"), uid("G-BADG"), uid("p"), recipients=[JC], giver="mother")
     with pytest.raises(kim.Rejected) as info:
-        send_raw(soz, hdr)
+        soz.send(hdr)
     assert (info.value.code, info.value.path) == (BAD_VALUE, "hdr.giver")
     # nothing was registered: the id is still free
     soz.send(grant(hdr["case_id"], hdr["consent"], hdr["subject"], recipients=[JC]))
