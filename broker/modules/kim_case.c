@@ -781,12 +781,14 @@ kim_lc_idle_fire (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, ui
         rc = kim_lc_timer_put (store, notice_at, kcase.id, S_TIMER_IDLE_NOTICE);
         return rc? rc: s_case_put (self, store, &kcase);
     }
-    if (kind == S_TIMER_IDLE_NOTICE) {
+    //  The notice is due: this quiet time's, or (the purge timer finding
+    //  a message since the last notice) a new quiet time's, whose notice
+    //  time has passed already (PROTOCOL.md 9.4: a later message starts
+    //  the quiet time again, notice and all)
+    if (kind == S_TIMER_IDLE_NOTICE || now < purge_at) {
         rc = s_idle_notice (ctx, &kcase, purge_at);
         return rc? rc: kim_lc_timer_put (store, purge_at, kcase.id, S_TIMER_IDLE_PURGE);
     }
-    if (now < purge_at)
-        return kim_lc_timer_put (store, purge_at, kcase.id, S_TIMER_IDLE_PURGE);
     //  Quiet all along: the payloads go; the next message sets a new timer
     kcase.idle_armed = 0;
     rc = s_case_put (self, store, &kcase);
