@@ -18,8 +18,6 @@ jc.rheine opens the cases and leads them, soz.rheine and aa.rheine receive
 referrals and offers; all three are social-code bodies, so the shipped
 policy allows every transfer here under `SGB X §69(1)1`. Federation (§16)
 is out of scope. Every wait is bounded."""
-import itertools
-import os
 import time
 
 import msgpack
@@ -27,24 +25,13 @@ import pytest
 
 import kim
 import kim_headers
+from kim_inbox import Inbox, QUIET, WAIT, uid
 from kim_headers import STATUTE as ST
-from test_lifecycle_spec import Inbox
 
-WAIT = 5.0              # s an answer, a delivery or a timer may take at most (beyond its due time)
-QUIET = 0.5             # s without a frame that count as "nothing more came"
 
 BAD_VALUE = 110
 BAD_STATE, NOT_PARTY, UNKNOWN_REFERRAL, UNKNOWN_CASE, NOT_LEAD = 400, 401, 402, 403, 405
 JC, SOZ, AA, DSB = "jc.rheine", "soz.rheine", "aa.rheine", "dsb.steinfurt"
-
-_ids = itertools.count(1)
-
-
-def uid(tag):
-    """An id no other test (nor an earlier run on a kept store) uses."""
-    return "CS-%s-%x-%x-%d" % (tag, os.getpid(), int(time.time() * 1000) & 0xffffff,
-                               next(_ids))
-
 
 def referral(rid, case_id, recipient=SOZ, **extra):
     extra.setdefault("msg_id", uid("m"))

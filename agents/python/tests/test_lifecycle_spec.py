@@ -17,19 +17,16 @@ the referrals, soz.rheine receives them, aa.rheine is the third party (the
 FORWARD target, else an outsider); all three are social-code bodies, so the
 shipped policy allows the transfers under rule P1 (`SGB X §69(1)1`).
 Every wait is bounded."""
-import itertools
-import os
 import time
 
 import pytest
 
 import kim
 import kim_headers
+from kim_inbox import Inbox, WAIT, state_of, uid, wait_state
 from conftest import new_broker
 from kim_headers import STATUTE as ST
 
-WAIT = 5.0              # s an answer, a delivery or a state change may take at most
-QUIET = 0.4             # s without a frame that count as "nothing more came"
 
 BAD_VALUE, MISSING_FIELD, UNKNOWN_RECIPIENT, FORBIDDEN = 110, 102, 203, 205
 BAD_STATE, NOT_PARTY, UNKNOWN_REFERRAL, UNKNOWN_CASE = 400, 401, 402, 403
@@ -52,15 +49,6 @@ TABLE = {
     "INFO_REQUEST": ("either", OPEN, None),
     "INFO_RESPONSE": ("either", OPEN, None),
 }
-
-_ids = itertools.count(1)
-
-
-def uid(tag):
-    """An id no other test (nor an earlier run on a kept store) uses."""
-    return "LC-%s-%x-%x-%d" % (tag, os.getpid(), int(time.time() * 1000) & 0xffffff,
-                               next(_ids))
-
 
 def fields(move, rid, to):
     """The header of `move` on referral `rid`, addressed to `to`, with what
@@ -101,57 +89,6 @@ def raw_query(client, **filters):
     client._send_cmd(cmd)
     return client._wait(lambda c: c["cmd"] == "REFERRAL_INFO"
                         and c.get("query_id") == query_id, query_id)
-
-
-def state_of(client, rid):
-    rows = client.referral_query(referral_id=rid)
-    assert len(rows) <= 1, rows
-    return rows[0]["state"] if rows else None
-
-
-def wait_state(client, rid, state, timeout=WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        now = state_of(client, rid)
-        if now == state or time.monotonic() > deadline:
-            return now
-        time.sleep(0.05)                # a poll: the timer or the commit is due
-
-
-class Inbox:
-    """What one session receives, kept; acknowledged at once unless ack=False."""
-
-    def __init__(self, client, ack=True):
-        self.client = client
-        self.ack = ack
-        self.got = []
-
-    def _read(self, seconds):
-        d = self.client.recv(seconds)
-        if d is not None:
-            self.got.append(d)
-            if self.ack:
-                self.client.ack(d.seq)
-        return d
-
-    def where(self, **match):
-        return [d for d in self.got if all(d.hdr.get(k) == v for k, v in match.items())]
-
-    def wait(self, count=1, timeout=WAIT, **match):
-        """Reads until `count` deliveries match (header fields equal); returns them."""
-        deadline = time.monotonic() + timeout
-        while len(self.where(**match)) < count:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self._read(min(left, 0.2))
-        return self.where(**match)
-
-    def settle(self, seconds=QUIET):
-        """Reads until nothing comes for `seconds`."""
-        deadline = time.monotonic() + WAIT
-        while self._read(seconds) is not None and time.monotonic() < deadline:
-            pass
 
 
 class Story:
