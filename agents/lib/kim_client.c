@@ -124,6 +124,7 @@ kim_client_i_session_lost (kim_client_t *self, int code, const char *format, ...
     s_dealer_destroy (self, 0);
     self->state = KIM_CLIENT_DISCONNECTED;
     self->unsent = self->head;      //  everything pending goes again
+    kim_client_i_batches_new_session (self);
     if (self->verbose)
         zsys_debug ("kim_client: session lost (%s); reconnecting in %d ms",
                     self->error, (int) (self->next_attempt - now));
@@ -286,6 +287,10 @@ s_on_reject (kim_client_t *self, const kim_cmd_t *reject)
         kim_client_i_set_error (self, "%s (%d) %s", kim_errname (code), code, text);
         return;
     }
+    //  A fault of the frame itself (1xx) without msg_id, while SEND_BATCH
+    //  frames wait: one of them was refused as a whole (5.1)
+    if (code >= 100 && code < 200 && !self->rx_entry && kim_client_i_batch_refused (self, reject))
+        return;
     kim_client_node_t *node = kim_client_i_node_new (self);
     if (node) {
         node->type = KIM_EVENT_REJECT;
@@ -412,7 +417,9 @@ s_read_batch (kim_client_t *self)
             continue;
         }
         if (self->rx.id != KIM_CMD_DELIVER) {
+            self->rx_entry = true;
             s_handle_rx (self);
+            self->rx_entry = false;
             continue;
         }
         kim_client_node_t *node = kim_client_i_node_new (self);
@@ -433,6 +440,9 @@ s_read_batch (kim_client_t *self)
         kim_client_i_outstanding_add (self, node->seq);
         kim_client_i_queue_push (self, node);
     }
+    //  A frame answered now may leave only frames refused as a whole
+    if (batch == KIM_CMD_RECEIPT_BATCH)
+        kim_client_i_batch_settle (self);
 }
 
 //  Handles self->rx, a command without a payload.
@@ -730,6 +740,7 @@ kim_client_destroy (kim_client_t **self_p)
         entry = next;
     }
     zhashx_destroy (&self->pending);
+    free (self->refusals);
     if (self->lent)
         kim_client_i_node_free (self->lent);
     kim_client_node_t *node = self->queue_head;

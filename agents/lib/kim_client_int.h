@@ -61,10 +61,20 @@ typedef struct _kim_client_entry_t {
     struct _kim_client_entry_t *prev;
     struct _kim_client_entry_t *next;
     char msg_id [KIM_ID_MAX + 1];       //  the hash key (not duplicated)
+    uint64_t batch;                     //  the SEND_BATCH frame it went in this session
+                                        //  (numbered from 1), 0 when it went as a SEND
     size_t frame_size;
     size_t payload_size;
     uint8_t data [];                    //  frame, then payload
 } kim_client_entry_t;
+
+//  A REJECT without msg_id that refused one of our SEND_BATCH frames as a
+//  whole (PROTOCOL.md 5.1), kept until it is known which frame it answers.
+typedef struct {
+    int code;
+    char text [KIM_TEXT_MAX + 1];
+    char path [KIM_PATH_MAX + 1];
+} kim_client_refusal_t;
 
 //  One queued event for kim_client_recv.
 typedef struct _kim_client_node_t {
@@ -125,6 +135,10 @@ struct _kim_client_t {
     kim_client_entry_t *tail;
     kim_client_entry_t *unsent;         //  first entry not sent in this session
     size_t pending_count;
+    uint64_t batches_sent;              //  SEND_BATCH frames, numbering entry->batch
+    kim_client_refusal_t *refusals;     //  whole-frame REJECTs of this session not yet
+    size_t refusal_count;               //  matched to their frames (5.1)
+    size_t refusal_max;
 
     //  kim_client_send waits for one entry's answer
     kim_client_entry_t *sync_entry;
@@ -168,6 +182,7 @@ struct _kim_client_t {
     zmq_msg_t frame;
     kim_cmd_t tx;
     kim_cmd_t rx;
+    bool rx_entry;                      //  rx is an entry of a batch frame, not a frame
     char error [KIM_TEXT_MAX + 256];
 
     //  Sealed payloads and signatures (kim_client_seal.c)
@@ -281,6 +296,24 @@ bool
 //  kim_client_send, if it waits for this one, or else to the event queue.
 void
     kim_client_i_resolve (kim_client_t *self, kim_client_entry_t *entry, const kim_cmd_t *answer);
+
+//  A REJECT without msg_id came while SEND_BATCH frames of this session
+//  await their answers: it refuses one of them as a whole (PROTOCOL.md
+//  5.1). Once as many such REJECTs have come as frames are unanswered, the
+//  n-th answers the n-th of those frames: each of its entries is answered
+//  with that REJECT (kim_client_i_resolve). Returns false, keeping nothing,
+//  when no SEND_BATCH frame awaits an answer: the REJECT is not a frame's.
+bool
+    kim_client_i_batch_refused (kim_client_t *self, const kim_cmd_t *reject);
+
+//  Answers the frames held REJECTs refuse once the other frames sent
+//  before them are answered; call after a RECEIPT_BATCH.
+void
+    kim_client_i_batch_settle (kim_client_t *self);
+
+//  A new session: frames and their refusals of the last one are forgotten.
+void
+    kim_client_i_batches_new_session (kim_client_t *self);
 
 //  Sends self->request: when it is made, and again after a reconnect.
 //  Returns 0, or -KIM_E_CLOSED when the socket refused it.

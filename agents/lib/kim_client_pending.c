@@ -64,6 +64,7 @@ s_pack_batch (kim_client_t *self, kim_client_entry_t *entry)
             self->buf.size = mark;
             break;
         }
+        entry->batch = self->batches_sent + 1;
         count++;
         entry = entry->next;
     }
@@ -84,10 +85,12 @@ kim_client_i_send_unsent (kim_client_t *self)
         }
         if (kim_client_i_send_frames (self, self->buf.data, self->buf.size, NULL, 0, false))
             return -KIM_E_CLOSED;
+        self->batches_sent++;
         self->unsent = next;
     }
     while (self->unsent && self->state == KIM_CLIENT_ACTIVE) {
         kim_client_entry_t *entry = self->unsent;
+        entry->batch = 0;
         if (kim_client_i_send_frames (self, entry->data, entry->frame_size,
                                       entry->data + entry->frame_size, entry->payload_size,
                                       entry->payload_size > 0))
@@ -97,9 +100,11 @@ kim_client_i_send_unsent (kim_client_t *self)
     return 0;
 }
 
-//  A RECEIPT or REJECT answered an entry: hand the answer to whoever waits.
-void
-kim_client_i_resolve (kim_client_t *self, kim_client_entry_t *entry, const kim_cmd_t *answer)
+//  An answer answered an entry: hand it to whoever waits. `code` is 0 for
+//  a RECEIPT, else the REJECT's.
+static void
+s_answer (kim_client_t *self, kim_client_entry_t *entry, int code, uint64_t seq, bool dup,
+          const char *text, const char *path)
 {
     zhashx_delete (self->pending, entry->msg_id);
     if (entry->prev)
@@ -114,35 +119,115 @@ kim_client_i_resolve (kim_client_t *self, kim_client_entry_t *entry, const kim_c
         self->unsent = entry->next;
     self->pending_count--;
 
-    bool receipt = answer->id == KIM_CMD_RECEIPT;
-    int code = receipt? 0: answer->code > 0? answer->code: KIM_E_INTERNAL;
     if (self->sync_entry == entry) {
         self->sync_entry = NULL;
         self->sync_done = true;
         self->sync_code = code;
-        self->sync_seq = answer->seq;
-        self->sync_dup = answer->dup;
-        if (!receipt)
+        self->sync_seq = seq;
+        self->sync_dup = dup;
+        if (code)
             kim_client_i_set_error (self, "%s (%d) %s%s%s", kim_errname (code), code,
-                                    answer->text [0]? answer->text: kim_strerror (code),
-                                    answer->path [0]? " at ": "", answer->path);
+                                    text [0]? text: kim_strerror (code),
+                                    path [0]? " at ": "", path);
     }
     else {
         kim_client_node_t *node = kim_client_i_node_new (self);
         if (node) {
-            node->type = receipt? KIM_EVENT_RECEIPT: KIM_EVENT_REJECT;
+            node->type = code? KIM_EVENT_REJECT: KIM_EVENT_RECEIPT;
             memcpy (node->msg_id, entry->msg_id, sizeof node->msg_id);
-            node->seq = answer->seq;
-            node->dup = answer->dup;
+            node->seq = seq;
+            node->dup = dup;
             node->code = code;
-            if (!receipt) {
-                kim_client_i_copy (node->text, sizeof node->text, answer->text);
-                kim_client_i_copy (node->path, sizeof node->path, answer->path);
-            }
+            kim_client_i_copy (node->text, sizeof node->text, text);
+            kim_client_i_copy (node->path, sizeof node->path, path);
             kim_client_i_queue_push (self, node);
         }
     }
     free (entry);
+}
+
+void
+kim_client_i_resolve (kim_client_t *self, kim_client_entry_t *entry, const kim_cmd_t *answer)
+{
+    if (answer->id == KIM_CMD_RECEIPT)
+        s_answer (self, entry, 0, answer->seq, answer->dup, "", "");
+    else
+        s_answer (self, entry, answer->code > 0? answer->code: KIM_E_INTERNAL, 0, false,
+                  answer->text, answer->path);
+}
+
+
+//  --------------------------------------------------------------------------
+//  Frames refused as a whole
+
+//  How many SEND_BATCH frames sent in this session have entries still
+//  waiting: a frame's RECEIPT_BATCH answers all of its entries at once, so
+//  a frame is unanswered while any of its entries is pending.
+static size_t
+s_unanswered_batches (kim_client_t *self)
+{
+    size_t count = 0;
+    uint64_t last = 0;
+    for (kim_client_entry_t *entry = self->head; entry && entry != self->unsent;
+         entry = entry->next)
+        if (entry->batch && entry->batch != last) {
+            last = entry->batch;
+            count++;
+        }
+    return count;
+}
+
+bool
+kim_client_i_batch_refused (kim_client_t *self, const kim_cmd_t *reject)
+{
+    size_t unanswered = s_unanswered_batches (self);
+    if (unanswered <= self->refusal_count)
+        return false;
+    if (self->refusal_count == self->refusal_max) {
+        size_t max = self->refusal_max? 2 * self->refusal_max: 4;
+        kim_client_refusal_t *refusals = (kim_client_refusal_t *)
+            realloc (self->refusals, max * sizeof *refusals);
+        if (!refusals)
+            return false;               //  then it is an event, as a stray REJECT
+        self->refusals = refusals;
+        self->refusal_max = max;
+    }
+    kim_client_refusal_t *refusal = &self->refusals [self->refusal_count++];
+    refusal->code = reject->code > 0? reject->code: KIM_E_INTERNAL;
+    kim_client_i_copy (refusal->text, sizeof refusal->text, reject->text);
+    kim_client_i_copy (refusal->path, sizeof refusal->path, reject->path);
+    kim_client_i_batch_settle (self);
+    return true;
+}
+
+void
+kim_client_i_batch_settle (kim_client_t *self)
+{
+    if (self->refusal_count == 0 || s_unanswered_batches (self) != self->refusal_count)
+        return;
+    //  Every frame still unanswered is a refused one, in the order sent
+    kim_client_entry_t *stop = self->unsent;
+    kim_client_entry_t *entry = self->head;
+    size_t index = 0;
+    uint64_t last = 0;
+    while (entry && entry != stop) {
+        kim_client_entry_t *next = entry->next;
+        if (entry->batch) {
+            if (last && entry->batch != last)
+                index++;
+            last = entry->batch;
+            const kim_client_refusal_t *refusal = &self->refusals [index];
+            s_answer (self, entry, refusal->code, 0, false, refusal->text, refusal->path);
+        }
+        entry = next;
+    }
+    self->refusal_count = 0;
+}
+
+void
+kim_client_i_batches_new_session (kim_client_t *self)
+{
+    self->refusal_count = 0;
 }
 
 
