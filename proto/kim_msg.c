@@ -642,8 +642,15 @@ kim_msgi_cmd_check_rules (const kim_cmd_t *self, kim_decode_error_t *err)
             if (!s_wire_code (self->code))
                 return kim_msgi_fail (err, KIM_E_BAD_VALUE, "", "code", -1);
             return 0;
+        case KIM_CMD_PEER_DIRECTORY:
+            if (self->serial == 0)
+                return kim_msgi_fail (err, KIM_E_BAD_VALUE, "", "serial", -1);
+            return 0;
         case KIM_CMD_DELIVER:
         case KIM_CMD_PEER_FORWARD:
+            //  PEER_FORWARD's seq is a log's, and logs start at 1 (16.4)
+            if (self->id == KIM_CMD_PEER_FORWARD && self->seq == 0)
+                return kim_msgi_fail (err, KIM_E_BAD_VALUE, "", "seq", -1);
             //  A forwarded message is a whole logged header, broker-made
             //  types included (a DELIVERED travels back to its sender's broker).
             if (s_msg_rules (&self->msg, "hdr", err))

@@ -701,7 +701,7 @@ s_takes_payload (const kim_cmd_t *cmd)
 //  A peer broker forwards a message (PROTOCOL.md 16.4). Its key vouches
 //  for its own organisations only: the header's sender must be homed at
 //  this peer by the peer's signed directory, or be the peer itself (a
-//  DELIVERED it made). Returns whether the message goes into the batch;
+//  DELIVERED or HANDED_OVER it made). Returns whether the message goes into the batch;
 //  a refusal is answered with PEER_REFUSED so the peer stops sending it.
 static bool
 s_forward_accept (kim_server_t *self, session_t *session, item_t *item, const uint8_t *rid,
@@ -717,6 +717,13 @@ s_forward_accept (kim_server_t *self, session_t *session, item_t *item, const ui
         if (kim_type_flags (cmd->msg.type) & KIM_MSG_FROM_AGENCY) {
             code = KIM_E_SENDER_MISMATCH;
             text = "a broker sends only broker-made messages in its own name";
+        }
+        else
+        //  Its other notices (REMINDER, EXPIRED...) are for its own offices
+        if (cmd->msg.type != KIM_TYPE_DELIVERED && cmd->msg.type != KIM_TYPE_HANDED_OVER) {
+            code = KIM_E_FORBIDDEN;
+            path = "hdr.type";
+            text = "a broker passes on only DELIVERED and HANDED_OVER of its own";
         }
         *sender = *peer;
         //  Its notices are unsigned; the link's key vouches for them.

@@ -364,6 +364,33 @@ s_take_handed_over (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_route_t *ro
     return rc;
 }
 
+//  A peer broker's DELIVERED: its word that one of its offices has a
+//  referral. It vouches for its own offices only, so the referral must be
+//  one known here whose recipient is homed at that peer.
+static int
+s_check_delivered (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
+{
+    const kim_msg_t *msg = route->msg;
+    if (route->sender->role != KIM_ROLE_PEER)
+        return 0;               //  made by this broker: nothing to check
+    if (!msg->referral_id [0])
+        return s_refuse (verdict, KIM_E_MISSING_FIELD, "hdr.referral_id",
+                         "a DELIVERED from another broker names the referral delivered");
+    kim_referral_t referral;
+    int rc = kim_lc_referral_get (kim_ctx_store (ctx), msg->referral_id, &referral);
+    if (rc == -KIM_E_NOT_FOUND)
+        return s_refuse (verdict, KIM_E_UNKNOWN_REFERRAL, "hdr.referral_id",
+                         "no referral %s is known to this broker", msg->referral_id);
+    if (rc)
+        return rc;
+    char home [KIM_ORG_MAX + 1];
+    if (!s_home (ctx, referral.recipient, home) || !streq (home, route->sender->id))
+        return s_refuse (verdict, KIM_E_NOT_PARTY, "hdr.referral_id",
+                         "referral %s is not for an office of %s: a broker reports the "
+                         "deliveries of its own offices only", referral.id, route->sender->id);
+    return 0;
+}
+
 static int
 s_check (void *state, kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
 {
@@ -373,6 +400,8 @@ s_check (void *state, kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict
         return s_check_referral (self, ctx, route, verdict);
     if (type == KIM_TYPE_HANDED_OVER)
         return s_check_handed_over (self, ctx, route, verdict);
+    if (type == KIM_TYPE_DELIVERED)
+        return s_check_delivered (ctx, route, verdict);
     if (kim_type_flags (type) & KIM_MSG_REFERRAL_ANSWER)
         return s_check_answer (self, ctx, route, verdict);
     if (type == KIM_TYPE_HANDOVER_OFFER || type == KIM_TYPE_HANDOVER_ACCEPT
@@ -469,17 +498,11 @@ s_applied (void *state, kim_ctx_t *ctx, kim_route_t *route)
     if (msg->type == KIM_TYPE_DELIVERED && route->sender->role == KIM_ROLE_PEER
     &&  msg->referral_id [0]) {
         //  A peer broker's office has the referral (its broker made the
-        //  DELIVERED on its ack): this end says DELIVERED too. Only the
-        //  broker the recipient is homed at can say so.
+        //  DELIVERED on its ack, and s_check_delivered found the office
+        //  homed there): this end says DELIVERED too.
         kim_referral_t referral;
-        kim_org_t remote;
-        char home [KIM_ORG_MAX + 1];
         rc = kim_lc_referral_get (kim_ctx_store (ctx), msg->referral_id, &referral);
-        if (rc == -KIM_E_NOT_FOUND)
-            return 0;
-        if (rc == 0 && referral.state == KIM_REFERRAL_SENT
-        &&  kim_ctx_remote (ctx, referral.recipient, &remote, home)
-        &&  streq (home, route->sender->id))
+        if (rc == 0 && referral.state == KIM_REFERRAL_SENT)
             rc = kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_DELIVERED, route->seq);
         return rc;
     }

@@ -383,10 +383,12 @@ s_link_state (s_link_t *link, s_state_t state, const char *why)
 static void
 s_link_down (s_mod_t *self, s_link_t *link, const char *why)
 {
+    //  Whatever failed, the peer's next endpoint is tried next (16.1)
+    link->endpoint++;
     //  A link that does not come up says why, once a minute at most.
     uint64_t now = s_mono ();
     if (link->state != S_UP && why && now - link->warned_at >= 60000) {
-        zsys_warning ("link: %s is down: %s (dialling %s again)", link->conf.name, why,
+        zsys_warning ("link: %s is down: %s (dialling %s next)", link->conf.name, why,
                       link->conf.endpoints [link->endpoint % link->conf.endpoint_count]);
         link->warned_at = now;
     }
@@ -455,7 +457,6 @@ s_link_dial (s_mod_t *self, s_link_t *link)
     zsock_set_heartbeat_timeout (link->dealer, 15000);
     if (zsock_connect (link->dealer, "%s", endpoint) != 0) {
         zsock_destroy (&link->dealer);
-        link->endpoint++;
         s_link_down (self, link, "cannot dial the endpoint");
         return;
     }
@@ -842,10 +843,8 @@ s_timer (zloop_t *loop, int timer_id, void *arg)
             s_link_dial (self, link);
         else
         if ((link->state == S_HELLO || link->state == S_SYNC)
-        &&  now - link->hello_at > S_HELLO_TIMEOUT_MS) {
-            link->endpoint++;
+        &&  now - link->hello_at > S_HELLO_TIMEOUT_MS)
             s_link_down (self, link, link->state == S_HELLO? "no WELCOME": "no PONG");
-        }
         else
         if (link->state == S_UP) {
             uint64_t beat = link->heartbeat_ms? link->heartbeat_ms: 5000;

@@ -801,12 +801,15 @@ class Client:
         self._send_cmd({"cmd": "STATUS"})
         return self._wait(lambda c: c["cmd"] == "STATUS_REPLY", None, timeout)["status"]
 
-    def directory(self, org=None, timeout=None):
+    def directory(self, org=None, timeout=None, homes=False):
         """The directory's entries (§8.15): dicts with id, name, type, public_body,
-        public_key and maybe sign_key."""
+        public_key and maybe sign_key; with `homes`, an organisation of another
+        district also has `home`, the broker it is homed at (§16.3)."""
         cmd = {"cmd": "DIRECTORY"}
         if org:
             cmd["org"] = org
+        if homes:
+            cmd["homes"] = True
         self._send_cmd(cmd)
         return self._wait(lambda c: c["cmd"] == "DIRECTORY_REPLY", None, timeout)["orgs"]
 

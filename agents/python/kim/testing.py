@@ -15,11 +15,25 @@ import time
 from .certs import write_cert, write_sign_key
 
 
+def _items(keys, depth):
+    """ZPL lines of a section's keys; a dict value is a subsection of its own
+    ({"peers": {"broker.far": {"endpoint": '"tcp://..."'}}})."""
+    lines = []
+    for key, value in keys.items():
+        if isinstance(value, dict):
+            lines.append("    " * depth + key)
+            lines += _items(value, depth + 1)
+        else:
+            lines.append("    " * depth + "%s = %s" % (key, value))
+    return lines
+
+
 class TestBroker:
     """orgs: {"jc.rheine": "agency", "dsb.steinfurt": "auditor", ...}; `signing`
     lists organisations that register an Ed25519 sign_key. `sections` adds
     config keys by section: {"broker": {"sessions_per_org": 2},
-    "lifecycle": {"deadline_seconds": 1}}; `audit` is sections["audit"]."""
+    "lifecycle": {"deadline_seconds": 1}}, a dict value a subsection (a peer
+    under "peers"); `audit` is sections["audit"]."""
 
     __test__ = False        # not a pytest test class
 
@@ -54,12 +68,12 @@ class TestBroker:
     def _write_config(self):
         lines = ["broker", "    name = kim.test", "    data = \"%s\"" % self.data,
                  "    bind = \"%s\"" % self.endpoint]
-        lines += ["    %s = %s" % item for item in self.sections.get("broker", {}).items()]
+        lines += _items(self.sections.get("broker", {}), 1)
         lines += ["policy", "    file = \"%s\"" % self.policy]
         for name, keys in self.sections.items():
             if name != "broker":
                 lines.append(name)
-                lines += ["    %s = %s" % item for item in keys.items()]
+                lines += _items(keys, 1)
         lines.append("orgs")
         for org, role in self.orgs.items():
             public = write_cert(os.path.join(self.keys, org), org)
