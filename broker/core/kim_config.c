@@ -205,6 +205,30 @@ s_z85_key_valid (const char *key)
     return zmq_z85_decode (raw, key) != NULL;
 }
 
+//  Unknown keys in an entry of `section` are errors (kim.cfg(5)): a typo
+//  must not pass as a default. `known` ends with NULL.
+static int
+s_known_keys (zconfig_t *node, const char *section, const char *const known [],
+              char *error, size_t error_size)
+{
+    for (zconfig_t *key = zconfig_child (node); key; key = zconfig_next (key)) {
+        const char *name = zconfig_name (key);
+        size_t i = 0;
+        while (known [i] && !streq (known [i], name))
+            i++;
+        if (!known [i]) {
+            char expected [256] = "";
+            for (i = 0; known [i]; i++)
+                snprintf (expected + strlen (expected), sizeof expected - strlen (expected),
+                          "%s%s", i? ", ": "", known [i]);
+            s_set_error (error, error_size, "%s/%s/%s: unknown key (expected %s)", section,
+                         zconfig_name (node), name, expected);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int
 s_parse_org (kim_config_t *self, zconfig_t *node, char *error, size_t error_size)
 {
@@ -221,6 +245,11 @@ s_parse_org (kim_config_t *self, zconfig_t *node, char *error, size_t error_size
         s_set_error (error, error_size, "orgs/%s: registered twice", id);
         return -1;
     }
+    static const char *const known [] = {
+        "name", "type", "public_body", "role", "public_key", "revoked", "sign_key", NULL
+    };
+    if (s_known_keys (node, "orgs", known, error, error_size))
+        return -1;
     //  The agency type defaults to the id's first part, which is how ids are made.
     const char *dot = strchr (id, '.');
     char type [KIM_CODE_MAX + 1];
@@ -309,15 +338,9 @@ s_parse_peer (kim_config_t *self, zconfig_t *node, char *error, size_t error_siz
                      name);
         return -1;
     }
-    for (zconfig_t *key = zconfig_child (node); key; key = zconfig_next (key)) {
-        const char *kname = zconfig_name (key);
-        if (!streq (kname, "endpoint") && !streq (kname, "public_key")
-        &&  !streq (kname, "sign_key")) {
-            s_set_error (error, error_size, "peers/%s/%s: unknown key (expected endpoint, "
-                         "public_key, sign_key)", name, kname);
-            return -1;
-        }
-    }
+    static const char *const known [] = { "endpoint", "public_key", "sign_key", NULL };
+    if (s_known_keys (node, "peers", known, error, error_size))
+        return -1;
     char path [KIM_ORG_MAX + 32];
     snprintf (path, sizeof path, "peers/%s/endpoint", name);
     const char *endpoint = zconfig_get (node, "endpoint", "");

@@ -178,12 +178,15 @@ s_has_version (const kim_cmd_t *cmd, uint32_t version)
     return false;
 }
 
+//  `curve_key` is the key the connection was admitted with (kim_zap.c): a
+//  reload since may have given its organisation another, and then the
+//  connection speaks for nobody (PROTOCOL.md 8.13).
 static void
 s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *key,
-         const char *user_id, const kim_cmd_t *cmd)
+         const char *user_id, const char *curve_key, const kim_cmd_t *cmd)
 {
     org_state_t *state = user_id? (org_state_t *) zhashx_lookup (self->orgs, user_id): NULL;
-    if (!state || state->removed) {
+    if (!state || state->removed || !curve_key || !streq (curve_key, state->org->public_key)) {
         kim_reply_reject (self, rid, rid_size, KIM_E_UNKNOWN_ORG, NULL, NULL,
                   "the connection's key belongs to no registered organisation");
         return;
@@ -403,8 +406,18 @@ s_reload (kim_server_t *self, char *summary, size_t summary_size)
     }
     int rc = 0;
     kim_config_t *fresh = kim_config_load (old->path, summary, summary_size, &rc);
-    if (!fresh)
+    if (!fresh) {
+        //  The operator who sent RELOAD may not know which file the broker
+        //  reads: the answer names it with the key path (8.13)
+        if (strncmp (summary, old->path, strlen (old->path)) != 0) {
+            char why [KIM_TEXT_MAX + 1];
+            kim_str_copy (why, sizeof why, summary);
+            int used = snprintf (summary, summary_size, "%s: ", old->path);
+            if (used > 0 && (size_t) used < summary_size)
+                kim_str_copy (summary + used, summary_size - (size_t) used, why);
+        }
         return -1;
+    }
     //  These sized arrays and bound sockets at start.
     if (fresh->window_max != old->window_max || fresh->batch_max != old->batch_max
     ||  strcmp (fresh->data, old->data) || fresh->endpoint_count != old->endpoint_count
@@ -984,7 +997,7 @@ s_read_one (kim_server_t *self)
                   s_takes_payload (cmd)? "s": "", frames);
     else
     if (cmd->id == KIM_CMD_HELLO)
-        s_hello (self, rid, rid_size, key, user_id, cmd);
+        s_hello (self, rid, rid_size, key, user_id, zmq_msg_gets (&frame, KIM_ZAP_KEY), cmd);
     else
     if (!session)
         kim_reply_reject (self, rid, rid_size, KIM_E_NO_SESSION, msg_id, NULL,
@@ -1258,7 +1271,9 @@ s_bind (kim_server_t *self, char *error, size_t error_size)
     //  a word. The broker enforces the frame and payload limits itself and
     //  answers TOO_LARGE (section 5); the socket's cap sits at the
     //  protocol's ceiling, above any limit the broker may be configured to.
-    int64_t max_size = (int64_t) KIM_PAYLOAD_MAX + KIM_FRAME_MAX;
+    //  libzmq compares the cap with the frame as it travels, in its CurveZMQ
+    //  MESSAGE box: 33 bytes more (command name 8, nonce 8, MAC 16, flags 1).
+    int64_t max_size = (int64_t) KIM_PAYLOAD_MAX + KIM_FRAME_MAX + 33;
     int hwm = 0;                        //  windows bound what we queue
     //  What a connection may have waiting unread: beyond it libzmq stops
     //  reading that connection (TCP pushes back on the sender), so a client

@@ -12,9 +12,12 @@ kim_zap_new (void)
     return zap;
 }
 
+//  `key`, when given, goes into the reply's metadata as KIM_ZAP_KEY: the
+//  connection's frames carry it (zmq_msg_gets), so that a HELLO on a
+//  connection whose key was rotated out since it was admitted is refused.
 static void
 s_reply (zsock_t *zap, const char *request_id, const char *status, const char *text,
-         const char *user_id)
+         const char *user_id, const char *key)
 {
     zmsg_t *reply = zmsg_new ();
     zmsg_addstr (reply, "1.0");
@@ -22,7 +25,23 @@ s_reply (zsock_t *zap, const char *request_id, const char *status, const char *t
     zmsg_addstr (reply, status);
     zmsg_addstr (reply, text);
     zmsg_addstr (reply, user_id);
-    zmsg_addmem (reply, NULL, 0);
+    //  ZMTP metadata: name length (1 byte), name, value length (4 bytes,
+    //  network order), value
+    uint8_t metadata [1 + sizeof KIM_ZAP_KEY - 1 + 4 + 40];
+    size_t size = 0;
+    if (key && strlen (key) == 40) {
+        size_t name = sizeof KIM_ZAP_KEY - 1;
+        metadata [size++] = (uint8_t) name;
+        memcpy (metadata + size, KIM_ZAP_KEY, name);
+        size += name;
+        metadata [size++] = 0;
+        metadata [size++] = 0;
+        metadata [size++] = 0;
+        metadata [size++] = 40;
+        memcpy (metadata + size, key, 40);
+        size += 40;
+    }
+    zmsg_addmem (reply, size? metadata: NULL, size);
     zmsg_send (&reply, zap);
 }
 
@@ -73,12 +92,12 @@ kim_zap_handle (zsock_t *zap, const kim_config_t *config, kim_zap_log_t *log, ui
     if (!version || !streq (version, "1.0") || !request_id || !mechanism) {
         rc = -1;
         if (request_id)
-            s_reply (zap, request_id, "500", "malformed ZAP request", "");
+            s_reply (zap, request_id, "500", "malformed ZAP request", "", NULL);
     }
     else
     if (!streq (mechanism, "CURVE") || !credentials || zframe_size (credentials) != 32) {
         s_refused (log, now_ms, address, "only CURVE is accepted");
-        s_reply (zap, request_id, "400", "CURVE required", "");
+        s_reply (zap, request_id, "400", "CURVE required", "", NULL);
     }
     else {
         char key [41];
@@ -89,14 +108,14 @@ kim_zap_handle (zsock_t *zap, const kim_config_t *config, kim_zap_log_t *log, ui
         if (!org)
             org = kim_config_org_by_revoked_key (config, key);
         if (org) {
-            s_reply (zap, request_id, "200", "OK", org->id);
+            s_reply (zap, request_id, "200", "OK", org->id, key);
             if (config->verbose)
                 zsys_debug ("zap: %s admitted as %s%s", address, org->id,
                             org->revoked? " (revoked)": "");
         }
         else {
             s_refused (log, now_ms, address, "key not registered");
-            s_reply (zap, request_id, "400", "key not registered", "");
+            s_reply (zap, request_id, "400", "key not registered", "", NULL);
         }
     }
     zstr_free (&version);

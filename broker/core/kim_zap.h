@@ -25,6 +25,11 @@ extern "C" {
 //  summarised in one line when it ends.
 #define KIM_ZAP_LOG_MS  60000
 
+//  The metadata property in which the handler also attaches the
+//  connection's CURVE public key (Z85) to its messages: the key the
+//  connection was admitted with, which a later reload may have rotated out.
+#define KIM_ZAP_KEY     "X-Kim-Key"
+
 //  The refusals not yet logged. Owned by the server, zeroed at start.
 typedef struct {
     uint64_t logged_ms;             //  when the last line was written (0: never)

@@ -579,15 +579,22 @@ def test_consents_cross_to_the_districts_of_their_recipients(district, connect_t
         inbound.ack(f["seq"])
 
 
-def test_delivered_from_far_broker_reaches_sender(district, far, connect_to):
-    """§16.6: the far broker's DELIVERED (its name as sender) is accepted from its
-    link, delivered to the sender, and makes the referral DELIVERED here."""
+def _delivered_far(district, connect_to):
+    """jc.rheine's REFERRAL to soz.far, forwarded over the link and acknowledged
+    by the far side: (jc's client, its Inbox, the REFERRAL's header, the far
+    side's outbound connection)."""
     b, inbound, out = district()
     jc = connect_to(b, JC)
     inbox = Inbox(jc)
     hdr, _ = refer(jc, SOZ_FAR)
-    fwd = inbound.forward()
-    inbound.ack(fwd["seq"])
+    inbound.ack(inbound.forward()["seq"])
+    return jc, inbox, hdr, out
+
+
+def test_delivered_from_far_broker_reaches_sender(district, far, connect_to):
+    """§16.6: the far broker's DELIVERED (its name as sender) is accepted from its
+    link, delivered to the sender, and makes the referral DELIVERED here."""
+    jc, inbox, hdr, out = _delivered_far(district, connect_to)
     assert state_of(jc, hdr["referral_id"]) == "SENT"
     notice = far.header(FAR, type="DELIVERED", msg_id=uid("b"), recipient=JC,
                         referral_id=hdr["referral_id"], ref_msg_id=hdr["msg_id"],
@@ -708,12 +715,7 @@ def test_peer_broker_notices_other_than_delivered_are_refused(district, far, con
     """§16.4/§16.5: in its own name a peer forwards only DELIVERED and HANDED_OVER;
     REMINDER, EXPIRED and the like stay in their broker's log, so anything else
     is refused at once and stored nowhere."""
-    b, inbound, out = district()
-    jc = connect_to(b, JC)
-    inbox = Inbox(jc)
-    hdr, _ = refer(jc, SOZ_FAR)
-    fwd = inbound.forward()
-    inbound.ack(fwd["seq"])
+    jc, inbox, hdr, out = _delivered_far(district, connect_to)
     now = int(time.time() * 1000)
     notices = [
         dict(type="REMINDER", referral_id=hdr["referral_id"], deadline=now),
