@@ -748,6 +748,12 @@ s_check_consent (const s_rule_t *rule, const kim_policy_facts_t *facts,
     if (!covered)
         return s_verdict (decision, rule, KIM_E_CONSENT_SCOPE, explain,
                           "consent %s does not cover recipient %s", id, facts->recipient);
+    //  A consent is given for purposes: a transfer that names none is in
+    //  none of them
+    if (!msg->purpose [0])
+        return s_verdict (decision, rule, KIM_E_CONSENT_SCOPE, explain,
+                          "consent %s covers named purposes only: give the transfer's purpose",
+                          id);
     covered = false;
     for (size_t i = 0; i < consent.purpose_count && !covered; i++)
         covered = strcmp (consent.purposes [i], msg->purpose) == 0;

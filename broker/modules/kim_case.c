@@ -595,8 +595,15 @@ kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_
     rc = kcase.created_seq && !listed? kim_store_payload_exists (store, kcase.created_seq): 0;
     if (rc < 0)
         return rc;
-    if (rc == 1)
-        seqs [count++] = kcase.created_seq;
+    //  The opening message is the case's first: it leads, so that the
+    //  record lists the seqs in the log's order
+    size_t first_indexed = 0;
+    if (rc == 1) {
+        memmove (seqs + 1, seqs, count * sizeof seqs [0]);
+        seqs [0] = kcase.created_seq;
+        first_indexed = 1;
+        count++;
+    }
     rc = 0;
     char json [(S_PURGE_PART + 1) * 22 + 256];
     size_t used = (size_t) snprintf (json, sizeof json,
@@ -606,7 +613,7 @@ kim_lc_purge (kim_lifecycle_t *self, kim_ctx_t *ctx, const char *case_id, uint8_
                                      (idle? self->idle_ms: self->payload_ms) / 1000);
     for (size_t i = 0; rc == 0 && i < count; i++) {
         rc = kim_store_payload_del (store, seqs [i]);
-        if (rc == 0 && i < indexed) {
+        if (rc == 0 && i >= first_indexed) {
             uint8_t index_key [KIM_ID_MAX + 1 + 8];
             memcpy (index_key, case_id, prefix);
             kim_log_put_be64 (index_key + prefix, seqs [i]);

@@ -356,7 +356,8 @@ s_revoke_applied (kim_ctx_t *ctx, kim_route_t *route)
     if ((rc = s_consent_put (ctx, &consent)))
         return rc;
     size_t withheld = 0;
-    int suspended = kim_lifecycle_suspend_consent (ctx, consent.id, false, &withheld);
+    int suspended = kim_lifecycle_suspend_consent (ctx, consent.id, false, route->seq,
+                                                   &withheld);
     if (suspended < 0)
         return suspended;
     int told = s_tell_recipients (ctx, &consent, msg->sender, "revoked");
@@ -374,13 +375,17 @@ s_revoke_applied (kim_ctx_t *ctx, kim_route_t *route)
 static int
 s_lapse (kim_ctx_t *ctx, const kim_consent_t *consent)
 {
-    size_t withheld = 0;
-    int suspended = kim_lifecycle_suspend_consent (ctx, consent->id, true, &withheld);
-    if (suspended < 0)
-        return suspended;
+    //  No message ends it: the notices that it expired are logged first,
+    //  and the referrals' state records name the last of them as the cause.
     int told = s_tell_recipients (ctx, consent, "", "expired");
     if (told < 0)
         return told;
+    size_t withheld = 0;
+    int suspended = kim_lifecycle_suspend_consent (ctx, consent->id, true,
+                                                   kim_store_head (kim_ctx_store (ctx)),
+                                                   &withheld);
+    if (suspended < 0)
+        return suspended;
     zsys_info ("consent: %s expired: %d referrals lapsed, %zu messages withheld, %d told",
                consent->id, suspended, withheld, told);
     return 0;

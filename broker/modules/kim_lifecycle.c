@@ -757,6 +757,24 @@ kim_lifecycle_undeliverable (kim_ctx_t *ctx, const kim_msg_t *refused, uint64_t 
     return kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_UNDELIVERABLE, seq);
 }
 
+//  The purge record of a withheld message's payload (kind 5, as every
+//  purge has one): auditors see why it is gone.
+static int
+s_withheld_record (kim_ctx_t *ctx, const kim_referral_t *referral)
+{
+    char json [3 * KIM_ID_MAX + 128];
+    snprintf (json, sizeof json, "{\"case_id\":\"%s\",\"reason\":\"withheld\","
+              "\"consent\":\"%s\",\"seqs\":[%" PRIu64 "]}", referral->case_id,
+              referral->consent_id, referral->created_seq);
+    kim_buf_t buf;
+    kim_buf_init (&buf);
+    int rc = kim_json_to_msgpack (json, strlen (json), &buf);
+    if (rc == 0)
+        rc = kim_ctx_record (ctx, KIM_RECORD_PURGE, buf.data, buf.size, NULL);
+    kim_buf_free (&buf);
+    return rc;
+}
+
 //  A referral's opening message (REFERRAL or FORWARD) that its recipient
 //  has not acknowledged is still in the recipient's mailbox: take it out
 //  and purge its payload, so that neither a delivery nor a redelivery
@@ -771,6 +789,8 @@ s_withhold (kim_ctx_t *ctx, const kim_referral_t *referral, bool expired)
         return 0;
     if (rc == 0)
         rc = kim_store_payload_del (store, referral->created_seq);
+    if (rc == 0)
+        rc = s_withheld_record (ctx, referral);
     if (rc)
         return rc;
     kim_msg_t notice;
@@ -792,7 +812,7 @@ s_withhold (kim_ctx_t *ctx, const kim_referral_t *referral, bool expired)
 
 int
 kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id, bool expired,
-                               size_t *withheld)
+                               uint64_t cause, size_t *withheld)
 {
     kim_store_t *store = kim_ctx_store (ctx);
     MDB_txn *txn = kim_store_txn (store);
@@ -823,7 +843,7 @@ kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id, bool expi
         }
         if (rc || !kim_lc_state_open (referral.state) || !streq (referral.consent_id, consent_id))
             continue;
-        rc = kim_lc_referral_move (ctx, &referral, to, kim_store_head (store));
+        rc = kim_lc_referral_move (ctx, &referral, to, cause);
         if (rc == 0) {
             suspended++;
             zsys_info ("lifecycle: referral %s %s: consent %s %s", id, kim_lc_state_name (to),

@@ -44,7 +44,8 @@ int
 
 //  Consent `consent_id` was revoked (or, `expired`, ran out): every open
 //  referral that relies on it (legal_basis consent_id of its REFERRAL or
-//  FORWARD) becomes SUSPENDED (LAPSED), with a state record in the log.
+//  FORWARD) becomes SUSPENDED (LAPSED), with a state record in the log
+//  naming `cause` (the seq of the record that ended the consent).
 //  An opening message its recipient has not acknowledged yet is withheld:
 //  taken from the mailbox, its payload purged, and its sender told by a
 //  broker-made CONSENT_REVOKE with code "withheld" (counted in *withheld).
@@ -52,7 +53,7 @@ int
 //  referrals were suspended, or -KIM_E_*.
 int
     kim_lifecycle_suspend_consent (kim_ctx_t *ctx, const char *consent_id, bool expired,
-                                   size_t *withheld);
+                                   uint64_t cause, size_t *withheld);
 
 //  The recipient's broker in another district refused `refused` (link
 //  module, PROTOCOL.md 16.7): the referral it opened (a REFERRAL's, or the

@@ -296,8 +296,10 @@ main (int argc, char *argv [])
     //  Expiry: the broker's clock moves two minutes; C-4 lapses on its own.
     //  The lead is told to renew it, and r-w2 is withheld as well.
     s_set_clock (clock_path, 120 * 1000);
-    s_await_notice (kim, "C-4", "withheld", "r-w2", NULL, &event);
+    //  The notices that it expired come first: they are the cause the
+    //  lapsed referrals' state records name
     s_await_notice (kim, "C-4", "expired", NULL, NULL, &event);
+    s_await_notice (kim, "C-4", "withheld", "r-w2", NULL, &event);
     KIM_CHECK (streq (event.msg.case_id, "case-W"));
     s_referral (&msg, JC, "r-w3", "case-W", "p-1", "employment", "C-4");
     LC_SEND (kim, &msg, KIM_E_CONSENT_EXPIRED, "consent C-4 expired");
