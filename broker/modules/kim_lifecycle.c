@@ -290,6 +290,11 @@ s_check_handed_over (kim_lifecycle_t *self, kim_ctx_t *ctx, kim_route_t *route,
     if (!kim_lc_state_open (state))
         return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.code",
                          "%s is not the state of an open referral", msg->code);
+    //  It carries the referral's consent, if any (9.1): a statute basis is
+    //  the opening transfer's, checked by the broker that took it.
+    if (msg->basis != KIM_BASIS_NONE && msg->basis != KIM_BASIS_CONSENT)
+        return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.legal_basis.kind",
+                         "a handed-over referral's legal basis is its consent, if any");
     kim_case_t kcase;
     int rc = kim_lc_case_read (self, kim_ctx_store (ctx), msg->case_id, &kcase);
     if (rc == -KIM_E_NOT_FOUND)
