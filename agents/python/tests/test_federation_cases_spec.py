@@ -704,17 +704,25 @@ def test_handed_over_under_consent_is_suspended_by_its_revocation(district, far,
 
 #   --- FORWARD across districts (§16.6, §16.8, §9.4) -------------------------------
 
-def test_forward_to_an_office_of_the_senders_district(district, far, connect_to):
-    """§16.6: a local office forwards a far referral to another office of the far
-    district: one PEER_FORWARD with the payload sealed to `org`; both referrals
-    change here; the far DELIVERED and the answers of `org` come back."""
+def _far_referral_at_soz(district, far, connect_to):
+    """jc.far's REFERRAL to soz.rheine, taken and delivered: (the link the broker
+    dials, the far side's own connection, soz's client, its Inbox, the REFERRAL's
+    header)."""
     b, inbound, out = district()
     soz = connect_to(b, SOZ)
     inbox = Inbox(soz)
     original = far_referral(far, JC_FAR, SOZ)
-    rid = original["referral_id"]
     acked(out, original)
-    assert inbox.wait(referral_id=rid, type="REFERRAL")
+    assert inbox.wait(referral_id=original["referral_id"], type="REFERRAL")
+    return inbound, out, soz, inbox, original
+
+
+def test_forward_to_an_office_of_the_senders_district(district, far, connect_to):
+    """§16.6: a local office forwards a far referral to another office of the far
+    district: one PEER_FORWARD with the payload sealed to `org`; both referrals
+    change here; the far DELIVERED and the answers of `org` come back."""
+    inbound, out, soz, inbox, original = _far_referral_at_soz(district, far, connect_to)
+    rid = original["referral_id"]
     [delivered] = forwards(inbound, 1)
     assert delivered["hdr"]["type"] == "DELIVERED"
     fwd_id = uid("m")
@@ -772,13 +780,8 @@ def test_refused_forward_closes_the_new_referral(district, far, connect_to):
     """§16.7/§16.8: when the far broker refuses a FORWARD, the referral it opened
     becomes UNDELIVERABLE and the forwarding office gets the UNDELIVERABLE;
     the forwarded referral stays FORWARDED (a refused answer is not undone)."""
-    b, inbound, out = district()
-    soz = connect_to(b, SOZ)
-    inbox = Inbox(soz)
-    original = far_referral(far, JC_FAR, SOZ)
+    inbound, out, soz, inbox, original = _far_referral_at_soz(district, far, connect_to)
     rid = original["referral_id"]
-    acked(out, original)
-    assert inbox.wait(referral_id=rid, type="REFERRAL")
     forwards(inbound, 1)
     fwd_id = uid("m")
     soz.send({"type": "FORWARD", "msg_id": fwd_id, "recipient": JC_FAR, "referral_id": rid,
