@@ -349,7 +349,8 @@ s_post_handled (s_call_t *call)
 
 static const char *const s_states [] = {
     "SENT", "DELIVERED", "ACCEPTED", "IN_PROGRESS", "OVERDUE", "COMPLETED", "DECLINED",
-    "NOT_COMPETENT", "FORWARDED", "EXPIRED", "WITHDRAWN", "SUSPENDED", "UNDELIVERABLE", NULL
+    "NOT_COMPETENT", "FORWARDED", "EXPIRED", "WITHDRAWN", "SUSPENDED", "LAPSED", "UNDELIVERABLE",
+    NULL
 };
 
 static enum MHD_Result
@@ -366,7 +367,8 @@ s_get_referrals (s_call_t *call)
             return s_error (call->connection, MHD_HTTP_BAD_REQUEST, KIM_E_BAD_VALUE,
                             "state must be a referral state (SENT, DELIVERED, ACCEPTED, "
                             "IN_PROGRESS, OVERDUE, COMPLETED, DECLINED, NOT_COMPETENT, "
-                            "FORWARDED, EXPIRED, WITHDRAWN, SUSPENDED)", "state");
+                            "FORWARDED, EXPIRED, WITHDRAWN, SUSPENDED, LAPSED, "
+                            "UNDELIVERABLE)", "state");
     }
     int overdue = s_query_bool (call, "overdue");
     if (overdue == -2)

@@ -458,6 +458,15 @@ s_digest (const kim_msg_t *msg, const uint8_t *payload, size_t size, char hex [6
     kim_buf_free (&buf);
 }
 
+//  One put of an accepted message: a store whose map is full says so
+//  (STORE_FULL, a 503 the office's system may retry), whichever put met it.
+static int
+s_put (MDB_txn *txn, MDB_dbi dbi, MDB_val *key, MDB_val *value)
+{
+    int rc = mdb_put (txn, dbi, key, value, 0);
+    return rc? kim_agent_store_i_mdb_code (rc): 0;
+}
+
 int
 kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uint8_t *payload,
                         size_t size, const char *folder_name, json_t **record)
@@ -509,15 +518,15 @@ kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uin
     if (rc == 0)
         rc = s_accept_extra (self, txn, &stamped, counter);
     MDB_val value = { size, (void *) payload };
-    if (rc == 0 && mdb_put (txn, self->dbi [S_OUTBOX_PAYLOAD], &key, &value, 0) != 0)
-        rc = -KIM_E_IO;
+    if (rc == 0)
+        rc = s_put (txn, self->dbi [S_OUTBOX_PAYLOAD], &key, &value);
     MDB_val queue_key = { 8, counter_bytes };
     MDB_val queue_value = { strlen (msg->msg_id), (void *) msg->msg_id };
-    if (rc == 0 && mdb_put (txn, self->dbi [S_QUEUE], &queue_key, &queue_value, 0) != 0)
-        rc = -KIM_E_IO;
+    if (rc == 0)
+        rc = s_put (txn, self->dbi [S_QUEUE], &queue_key, &queue_value);
     MDB_val next_value = { 8, next_bytes };
-    if (rc == 0 && mdb_put (txn, self->dbi [S_META], &meta_key, &next_value, 0) != 0)
-        rc = -KIM_E_IO;
+    if (rc == 0)
+        rc = s_put (txn, self->dbi [S_META], &meta_key, &next_value);
     rc = kim_agent_store_i_end (txn, rc);
     if (rc) {
         json_decref (out);

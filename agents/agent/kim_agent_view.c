@@ -66,7 +66,7 @@ s_in (const char *state, const char *const *states)
 }
 
 static const char *const s_open_states [] = {
-    "SENT", "DELIVERED", "ACCEPTED", "IN_PROGRESS", "OVERDUE", "SUSPENDED", NULL
+    "SENT", "DELIVERED", "ACCEPTED", "IN_PROGRESS", "OVERDUE", "SUSPENDED", "LAPSED", NULL
 };
 static const char *const s_unanswered [] = { "SENT", "DELIVERED", "OVERDUE", NULL };
 
@@ -202,11 +202,14 @@ kim_agent_view_revoked (json_t *record, const kim_msg_t *msg, uint64_t now)
 {
     const char *consent = json_string_value (json_object_get (record, "consent_id"));
     if (!consent || !streq (consent, msg->grant_id) || !s_in (s_state (record), s_open_states)
-    ||  streq (s_state (record), "SUSPENDED"))
+    ||  streq (s_state (record), "SUSPENDED") || streq (s_state (record), "LAPSED"))
         return NULL;
+    //  The broker's notice says why (PROTOCOL.md 9.3): a consent that ran
+    //  out lapses (renew it), one the person took back suspends
+    const char *state = streq (msg->code, "expired")? "LAPSED": "SUSPENDED";
     json_t *result = json_deep_copy (record);
     if (result) {
-        json_object_set_new (result, "state", json_string ("SUSPENDED"));
+        json_object_set_new (result, "state", json_string (state));
         json_object_set_new (result, "updated_at", json_integer ((json_int_t) now));
         json_object_set_new (result, "last_type", json_string (kim_type_name (msg->type)));
         json_object_set_new (result, "last_msg_id", json_string (msg->msg_id));

@@ -271,6 +271,11 @@ s_revoke_check (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
     //  Only the lead, who may revoke, hears whether it was revoked already.
     if ((rc = s_check_lead (ctx, consent.case_id, msg->sender, consent.granted_by, verdict)))
         return rc;
+    //  The log would otherwise file the revocation under another case
+    if (msg->case_id [0] && !streq (msg->case_id, consent.case_id))
+        return s_refuse (verdict, KIM_E_CONSENT_BOUND, "hdr.case_id",
+                         "consent %s belongs to case %s, not %s", msg->grant_id,
+                         consent.case_id, msg->case_id);
     if (consent.revoked_at)
         return s_refuse (verdict, KIM_E_CONSENT_REVOKED, "hdr.consent",
                          "consent %s was revoked already (at %" PRIu64 ")", msg->grant_id,

@@ -236,6 +236,7 @@ static const struct {
     { "EXPIRED", "abgelaufen", "expired" },
     { "WITHDRAWN", "zurückgezogen", "withdrawn" },
     { "SUSPENDED", "ausgesetzt (Einwilligung widerrufen)", "suspended (consent revoked)" },
+    { "LAPSED", "ruht (Einwilligung abgelaufen)", "lapsed (consent expired)" },
     { "UNDELIVERABLE", "unzustellbar (anderer Kreis lehnte ab)",
       "undeliverable (refused by another district)" },
     { "OPEN", "offen", "open" },

@@ -28,7 +28,8 @@ bool
 kim_agent_web_i_is_open (const char *state)
 {
     return streq (state, "SENT") || streq (state, "DELIVERED") || streq (state, "ACCEPTED")
-        || streq (state, "IN_PROGRESS") || streq (state, "OVERDUE") || streq (state, "SUSPENDED");
+        || streq (state, "IN_PROGRESS") || streq (state, "OVERDUE") || streq (state, "SUSPENDED")
+        || streq (state, "LAPSED");
 }
 
 //  Open first: overdue, then by deadline (none last), then oldest.

@@ -28,7 +28,38 @@ def _items(keys, depth):
     return lines
 
 
-class TestBroker:
+class ChildProcess:
+    """A program the tests run, with its output in `log_path`: `process` (a
+    Popen while it runs) and `_log` (the open log file) are the subclass's."""
+
+    process = None
+    _log = None
+    log_path = None
+
+    def log_tail(self, lines=20):
+        try:
+            with open(self.log_path, "r", encoding="utf-8", errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout=60.0):
+        """SIGTERM and wait; returns the exit code (None when not running)."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        rc, self.process = self.process.returncode, None
+        return rc
+
+
+class TestBroker(ChildProcess):
     """orgs: {"jc.rheine": "agency", "dsb.steinfurt": "auditor", ...}; `signing`
     lists organisations that register an Ed25519 sign_key. `sections` adds
     config keys by section: {"broker": {"sessions_per_org": 2},
@@ -102,28 +133,6 @@ class TestBroker:
                 raise RuntimeError("kim-broker did not start: %s" % self.log_tail())
             time.sleep(0.05)
         return self
-
-    def log_tail(self, lines=20):
-        try:
-            with open(self.log_path, "r", encoding="utf-8", errors="replace") as f:
-                return "".join(f.readlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout=60.0):
-        """SIGTERM and wait; returns the exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        rc, self.process = self.process.returncode, None
-        return rc
 
     def cleanup(self):
         self.stop()

@@ -313,6 +313,17 @@ def test_an_agencys_revoke_carries_no_broker_fields(connect):
     jc.send(revoke(consent))                                     # the consent was still live
 
 
+def test_a_revoke_naming_another_case_is_consent_bound(connect):
+    """§9.3: a CONSENT_REVOKE names the consent's case if it names one
+    (CONSENT_BOUND at hdr.case_id), so that the log files it under that case."""
+    jc = connect(JC)
+    case_id, consent, _ = granted(jc, "REVC")
+    other, _, _ = granted(jc, "REVC2")                  # a case jc leads as well
+    r = refused(jc, revoke(consent, case_id=other))
+    assert (r.code, r.reason, r.path) == (CONSENT_BOUND, "CONSENT_BOUND", "hdr.case_id"), r.text
+    jc.send(revoke(consent, case_id=case_id))            # the consent was still live
+
+
 def test_revocation_suspends_open_referrals_tells_the_recipients_and_refuses_new_transfers(
         connect):
     jc, soz, aa, rid, case_id, consent, subject = delivered_under_consent(connect, "REV")
