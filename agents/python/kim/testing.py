@@ -28,6 +28,18 @@ def _items(keys, depth):
     return lines
 
 
+def terminate(process, timeout):
+    """SIGTERM to a running Popen, SIGKILL after `timeout` s; its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 class ChildProcess:
     """A program the tests run, with its output in `log_path`: `process` (a
     Popen while it runs) and `_log` (the open log file) are the subclass's."""
@@ -47,15 +59,8 @@ class ChildProcess:
         """SIGTERM and wait; returns the exit code (None when not running)."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        rc, self.process = terminate(self.process, timeout), None
         self._log.close()
-        rc, self.process = self.process.returncode, None
         return rc
 
 

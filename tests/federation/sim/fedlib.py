@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.join(ROOT, "agents", "python"))
 import zmq.utils.z85                    # noqa: E402
 
 from kim.certs import load_cert, write_cert     # noqa: E402
+from kim.testing import terminate               # noqa: E402
 
 #   Every transfer passes, its legal basis unchecked: the harnesses test
 #   transport, not the law. The broker warns when it loads this policy.
@@ -258,15 +259,9 @@ class Broker:
         """SIGTERM and wait; SIGKILL after `timeout`. Returns the exit code."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        rc = terminate(self.process, timeout)
         self._unlink_socket()
-        return self.process.returncode
+        return rc
 
     def _unlink_socket(self):
         #   A killed broker leaves its ipc file; wait_ready must not take it for
