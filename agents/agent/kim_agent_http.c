@@ -77,8 +77,10 @@ typedef struct {
 //  --------------------------------------------------------------------------
 //  Replies
 
+//  `allow`: the methods the path serves, for a 405 (RFC 9110 requires them)
 static enum MHD_Result
-s_reply (struct MHD_Connection *connection, unsigned status, json_t *body)
+s_reply_allow (struct MHD_Connection *connection, unsigned status, json_t *body,
+               const char *allow)
 {
     char *text = body? json_dumps (body, JSON_COMPACT): NULL;
     json_decref (body);
@@ -97,20 +99,32 @@ s_reply (struct MHD_Connection *connection, unsigned status, json_t *body)
     MHD_add_response_header (response, "Cache-Control", "no-store");
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header (response, "WWW-Authenticate", "Bearer realm=\"kim-agent\"");
+    if (allow)
+        MHD_add_response_header (response, "Allow", allow);
     enum MHD_Result result = MHD_queue_response (connection, status, response);
     MHD_destroy_response (response);
     return result;
 }
 
 static enum MHD_Result
+s_reply (struct MHD_Connection *connection, unsigned status, json_t *body)
+{
+    return s_reply_allow (connection, status, body, NULL);
+}
+
+static json_t *
+s_error_body (int code, const char *text, const char *path)
+{
+    code = code < 0? -code: code;
+    return json_pack ("{s:s, s:i, s:s, s:s}", "error", kim_errname (code), "code", code,
+                      "text", text && *text? text: kim_strerror (code), "path", path? path: "");
+}
+
+static enum MHD_Result
 s_error (struct MHD_Connection *connection, unsigned status, int code, const char *text,
          const char *path)
 {
-    code = code < 0? -code: code;
-    return s_reply (connection, status,
-                    json_pack ("{s:s, s:i, s:s, s:s}", "error", kim_errname (code), "code", code,
-                               "text", text && *text? text: kim_strerror (code),
-                               "path", path? path: ""));
+    return s_reply (connection, status, s_error_body (code, text, path));
 }
 
 static enum MHD_Result
@@ -704,18 +718,21 @@ s_dispatch (kim_agent_http_t *self, struct MHD_Connection *connection, const cha
 {
     char param [S_PARAM_MAX + 2];
     const s_route_t *route = NULL;
-    bool path_known = false;
+    char allow [64] = "";               //  the methods the path serves
     for (size_t i = 0; i < S_ROUTES && !route; i++)
         if (s_match (s_routes [i].path, url, param, sizeof param)) {
-            path_known = true;
             if (streq (s_routes [i].method, method))
                 route = &s_routes [i];
+            else
+            if (strlen (allow) + strlen (s_routes [i].method) + 3 < sizeof allow)
+                strcat (strcat (allow, *allow? ", ": ""), s_routes [i].method);
         }
+    if (!route && *allow)
+        return s_reply_allow (connection, MHD_HTTP_METHOD_NOT_ALLOWED,
+                              s_error_body (KIM_E_ARGS, "this method is not served on this "
+                                            "path", ""), allow);
     if (!route)
-        return path_known
-            ? s_error (connection, MHD_HTTP_METHOD_NOT_ALLOWED, KIM_E_ARGS,
-                       "this method is not served on this path", "")
-            : s_error (connection, MHD_HTTP_NOT_FOUND, KIM_E_NOT_FOUND, "no such route", "");
+        return s_error (connection, MHD_HTTP_NOT_FOUND, KIM_E_NOT_FOUND, "no such route", "");
     if (strchr (route->path, '{') && !kim_id_valid (param))
         return s_error (connection, MHD_HTTP_BAD_REQUEST, KIM_E_BAD_ID,
                         "the id in the path must be 1..64 of A-Z a-z 0-9 . _ : -", "");

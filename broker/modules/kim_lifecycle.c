@@ -567,9 +567,14 @@ s_acked (void *state, kim_ctx_t *ctx, const kim_org_t *org, uint64_t seq, const 
     kim_str_copy (notice.referral_id, sizeof notice.referral_id, referral.id);
     kim_str_copy (notice.ref_msg_id, sizeof notice.ref_msg_id, referral.msg_id);
     kim_str_copy (notice.case_id, sizeof notice.case_id, referral.case_id);
-    rc = kim_ctx_emit (ctx, &notice, referral.sender, NULL);
-    if (rc == 0)
+    //  The ack of `seq` causes the move; the notice is the referral's
+    //  latest message (REFERRAL_INFO's last_seq)
+    uint64_t notice_seq = 0;
+    rc = kim_ctx_emit (ctx, &notice, referral.sender, &notice_seq);
+    if (rc == 0) {
+        referral.last_seq = notice_seq;
         rc = kim_lc_referral_move (ctx, &referral, KIM_REFERRAL_DELIVERED, seq);
+    }
     return rc;
 }
 

@@ -311,35 +311,45 @@ s_directory_command (s_mod_t *self, kim_ctx_t *ctx, const kim_peer_t *peer,
     return 0;
 }
 
-//  Reads the directories kept in the store, each checked again with the
-//  sign_key configured now.
+//  Reads the directory kept in the store for `link`, checked again with the
+//  sign_key configured now, inside a read of the store the caller opened.
 static void
-s_load_directories (s_mod_t *self)
+s_load_directory (s_mod_t *self, s_link_t *link)
 {
-    if (kim_store_begin (self->store))
-        return;
     MDB_txn *txn = kim_store_txn (self->store);
     MDB_dbi dbi = kim_store_dbi (self->store, KIM_DB_REMOTE_DIR);
-    for (size_t i = 0; i < self->link_count; i++) {
-        s_link_t *link = self->links [i];
-        MDB_val key = { strlen (link->conf.name), link->conf.name }, value;
-        if (mdb_get (txn, dbi, &key, &value) != 0 || value.mv_size > KIM_FRAME_MAX)
-            continue;
-        kim_decode_error_t err;
-        if (kim_cmd_decode_directory (&self->cmd, value.mv_data, value.mv_size, self->entries,
-                                      KIM_DIRECTORY_MAX, &err) == 0
-        &&  self->cmd.id == KIM_CMD_PEER_DIRECTORY && streq (self->cmd.broker, link->conf.name)
-        &&  kim_link_directory_verify (&self->cmd, link->conf.sign_key) == 0) {
-            memcpy (link->entries, self->entries, self->cmd.dir_count * sizeof (kim_dir_entry_t));
-            link->entry_count = self->cmd.dir_count;
-            link->serial = self->cmd.serial;
-        }
-        else
-            zsys_warning ("link: the stored directory of %s does not verify: waiting for a "
-                          "new one", link->conf.name);
+    MDB_val key = { strlen (link->conf.name), link->conf.name }, value;
+    if (mdb_get (txn, dbi, &key, &value) != 0 || value.mv_size > KIM_FRAME_MAX)
+        return;
+    kim_decode_error_t err;
+    if (kim_cmd_decode_directory (&self->cmd, value.mv_data, value.mv_size, self->entries,
+                                  KIM_DIRECTORY_MAX, &err) == 0
+    &&  self->cmd.id == KIM_CMD_PEER_DIRECTORY && streq (self->cmd.broker, link->conf.name)
+    &&  kim_link_directory_verify (&self->cmd, link->conf.sign_key) == 0) {
+        memcpy (link->entries, self->entries, self->cmd.dir_count * sizeof (kim_dir_entry_t));
+        link->entry_count = self->cmd.dir_count;
+        link->serial = self->cmd.serial;
     }
-    kim_store_abort (self->store);
-    s_remote_rebuild (self);
+    else
+        zsys_warning ("link: the stored directory of %s does not verify: waiting for a "
+                      "new one", link->conf.name);
+}
+
+//  Reads the stored directories of the links in `links`: at start, and for
+//  the peers a reload configures again, so that a peer's last document is
+//  in force, and its serial the one to pass, whenever its link is made.
+//  Reads inside the open write batch if there is one (a reload seen in a
+//  turn), else in a batch of its own that it abandons.
+static void
+s_load_directories (s_mod_t *self, s_link_t **links, size_t count)
+{
+    bool own = kim_store_txn (self->store) == NULL;
+    if (count == 0 || (own && kim_store_begin (self->store)))
+        return;
+    for (size_t i = 0; i < count; i++)
+        s_load_directory (self, links [i]);
+    if (own)
+        kim_store_abort (self->store);
 }
 
 //  --------------------------------------------------------------------------
@@ -790,8 +800,10 @@ s_reconfigure (s_mod_t *self, const kim_config_t *config)
             }
         }
         else
-        if (self->link_count < KIM_PEERS_MAX && (link = s_link_new (self, conf)))
+        if (self->link_count < KIM_PEERS_MAX && (link = s_link_new (self, conf))) {
             self->links [self->link_count++] = link;
+            s_load_directories (self, &link, 1);
+        }
     }
     for (size_t i = 0; i < self->link_count; ) {
         s_link_t *link = self->links [i];
@@ -1054,7 +1066,8 @@ kim_link_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t
         }
         self->links [self->link_count++] = link;
     }
-    s_load_directories (self);
+    s_load_directories (self, self->links, self->link_count);
+    s_remote_rebuild (self);
     s_next_serial (self);
     uint8_t sign_public [32];
     char sign_text [41];

@@ -1066,9 +1066,13 @@ def test_unknown_route_404_and_wrong_method_405_with_error_object(net):
     a = net.agent
     is_error(a.call("GET", "/v1/nothing"), 404)
     is_error(a.call("GET", "/v2/status"), 404)
-    for method, path in (("DELETE", "/v1/status"), ("PUT", "/v1/messages"),
-                         ("GET", "/v1/messages"), ("POST", "/v1/inbox")):
-        is_error(a.call(method, path, b"" if method != "GET" else None), 405)
+    # RFC 9110 15.5.6: a 405 names the methods the path serves in Allow
+    for method, path, allow in (("DELETE", "/v1/status", "GET"), ("PUT", "/v1/messages", "POST"),
+                                ("GET", "/v1/messages", "POST"), ("POST", "/v1/inbox", "GET"),
+                                ("DELETE", "/v1/consents", "GET, POST")):
+        r = a.call(method, path, b"" if method != "GET" else None)
+        is_error(r, 405)
+        assert r.headers.get("allow") == allow, (method, path, r.headers)
     for body in (b"not json", b"[1,2]", b"\"text\"", b"{\"type\": \"REFERRAL\""):
         is_error(a.call("POST", "/v1/messages", body,
                         headers={"Content-Type": "application/json"}), 400)
@@ -1324,8 +1328,10 @@ def test_webhook_pushes_signed_retries_dead_letters_and_retry(net):
         backoff = 150
         ja.sections["webhook"] = {
             "url": "http://127.0.0.1:%d/kim/deliveries" % rx.port,
+            # as `openssl rand -hex 32 > webhook.secret` writes it: the line end
+            # is not part of the secret (docs/agent.md "Webhooks")
             "secret_file": write_secret(os.path.join(ja.folder, "webhook.secret"),
-                                        secret.decode()),
+                                        secret.decode() + "\n"),
             "max_attempts": 3, "backoff_ms": backoff, "backoff_max_ms": 10 * backoff,
             "timeout_ms": 500}
         ja.write_config()

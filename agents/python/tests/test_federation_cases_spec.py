@@ -44,6 +44,7 @@ BAD_VALUE, UNKNOWN_RECIPIENT, SENDER_MISMATCH, FORBIDDEN, REVOKED = 110, 203, 20
 BAD_STATE, NOT_PARTY, UNKNOWN_REFERRAL, UNKNOWN_CASE = 400, 401, 402, 403
 REFERRAL_EXISTS, NOT_LEAD = 404, 405
 POLICY_DENY, CONSENT_UNKNOWN, CONSENT_BOUND = 500, 502, 506
+STALE = 212
 
 
 def now_ms():
@@ -1032,8 +1033,11 @@ def test_reload_dials_a_new_peer(brokers, far, connect_to):
 def test_reload_drops_a_removed_peer_and_keeps_its_mail(district, far, connect_to):
     """kim.cfg(5)/§8.13: a reload that removes a peer drops its link (no line in
     STATUS, no redial) and its session; its queued mail stays and is
-    forwarded, same seq, once the peer is configured again."""
+    forwarded, same seq, once the peer is configured again. §16.3: while removed
+    its organisations are unknown; configured again, its last document is in
+    force at once and the next must pass its serial."""
     b, inbound, out = district(orgs=dict(ORGS, **{OPERATOR: "operator"}))
+    published = far.serial
     op, jc = connect_to(b, OPERATOR), connect_to(b, JC)
     hdr = refer(jc, SOZ_FAR, uid("c"))
     first = inbound.forward()
@@ -1063,3 +1067,11 @@ def test_reload_drops_a_removed_peer_and_keeps_its_mail(district, far, connect_t
     assert again is not None
     assert (again["seq"], again["hdr"]) == (first["seq"], first["hdr"])
     inbound.ack(again["seq"])
+    #   The far side has published nothing since: its stored document routes
+    later = refer(jc, SOZ_FAR, uid("c"))
+    assert inbound.forward()["hdr"]["msg_id"] == later["msg_id"]
+    #   ...and a replay of an older document over a new session is STALE
+    out = far.dial(b)
+    assert out.hello()["cmd"] == "WELCOME"
+    (stale,) = out.publish(far.directory(serial=published - 1))
+    assert (stale["code"], stale["path"]) == (STALE, "serial"), stale

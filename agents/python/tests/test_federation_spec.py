@@ -607,6 +607,24 @@ def test_delivered_from_far_broker_reaches_sender(district, far, connect_to):
     assert wait_state(jc, hdr["referral_id"], "DELIVERED") == "DELIVERED"
 
 
+def test_far_delivered_after_a_withdrawal_is_delivered_and_moves_no_state(
+        district, far, connect_to):
+    """§16.6: the far broker's DELIVERED makes the referral DELIVERED here only if
+    it is SENT; one the sender withdrew while the notice travelled stays WITHDRAWN,
+    and the sender still hears that its office had it."""
+    jc, inbox, hdr, out = _delivered_far(district, connect_to)
+    jc.send({"type": "WITHDRAW", "msg_id": uid("m"), "recipient": SOZ_FAR,
+             "referral_id": hdr["referral_id"]})
+    assert state_of(jc, hdr["referral_id"]) == "WITHDRAWN"
+    notice = far.header(FAR, type="DELIVERED", msg_id=uid("b"), recipient=JC,
+                        referral_id=hdr["referral_id"], ref_msg_id=hdr["msg_id"],
+                        case_id=hdr["case_id"])
+    seq, answer = out.forward(notice)
+    assert answer == {"cmd": "PEER_ACK", "seq": seq}
+    assert len(inbox.wait(type="DELIVERED", referral_id=hdr["referral_id"])) == 1
+    assert state_of(jc, hdr["referral_id"]) == "WITHDRAWN"
+
+
 def test_far_delivered_for_a_referral_not_of_its_offices_is_refused(district, far,
                                                                      connect_to):
     """§16.6: a peer's DELIVERED is taken only for a referral known here whose

@@ -441,6 +441,16 @@ KEYS = {"referral_id", "state", "sender", "recipient", "case_id", "purpose", "de
         "forwarded_from", "consent_id", "created_seq", "last_seq"}
 
 
+def test_referral_info_last_seq_is_the_delivered_notice_an_ack_made(connect):
+    """§8.14: last_seq is the referral's latest message; the ack makes the DELIVERED
+    notice to the sender (§9.4), a message about the referral, logged after it."""
+    story, rid, _ = open_in(connect, "DELIVERED", "LS")
+    (notice,) = story.inbox[JC].wait(type="DELIVERED", referral_id=rid)
+    (row,) = story.jc.referral_query(referral_id=rid)
+    assert row["created_seq"] < notice.seq
+    assert row["last_seq"] == notice.seq, (row, notice.seq)
+
+
 def test_referral_query_shows_each_party_its_referral_and_nobody_else(connect):
     story, rid, case_id = open_in(connect, "DELIVERED", "RQ")
     accept = fields("ACCEPT", rid, JC)
