@@ -49,6 +49,10 @@ typedef struct {
     char givers [S_LIST_MAX][KIM_CODE_MAX + 1];
 } s_rule_t;
 
+//  The transfers of personal data: the types the policy checks
+#define S_TRANSFERS ((1ull << KIM_TYPE_REFERRAL) | (1ull << KIM_TYPE_FORWARD) \
+                   | (1ull << KIM_TYPE_HANDOVER_OFFER))
+
 struct _kim_policy_t {
     uint64_t checks;                        //  bit per checked type number
     size_t rule_count;
@@ -57,7 +61,8 @@ struct _kim_policy_t {
 
 //  --------------------------------------------------------------------------
 //  A ZPL reader that remembers lines. ZPL: "name" opens a section, "name =
-//  value" sets a key, 4 spaces per level, '#' starts a comment line.
+//  value" sets a key, 4 spaces per level, '#' starts a comment (a line's, or
+//  the rest of one).
 
 typedef struct {
     int line;
@@ -115,6 +120,12 @@ s_read_line (s_ctx_t *ctx, int number, const char *start, size_t size, s_entry_t
         return s_fail (ctx, number, "nested too deep (sections policy and rules, then rule keys)");
     char *name = line + indent;
     char *equals = strchr (name, '=');
+    //  ZPL: a comment may follow a name on its own line ("P1    # note")
+    char *comment = strchr (name, '#');
+    if (comment && (!equals || comment < equals)) {
+        *comment = 0;
+        equals = NULL;
+    }
     char *end = equals? equals: name + strlen (name);
     while (end > name && end [-1] == ' ')
         end--;
@@ -385,7 +396,7 @@ s_compile (kim_policy_t *self, s_ctx_t *ctx, const char *text)
 {
     enum { NONE, POLICY, RULES } section = NONE;
     s_rule_t *rule = NULL;
-    bool seen_from = false, seen_to = false, seen_checks = false, seen_rules = false;
+    bool seen_from = false, seen_to = false, seen_rules = false;
     size_t capacity = 0;
     int number = 0;
     const char *cursor = text;
@@ -426,10 +437,17 @@ s_compile (kim_policy_t *self, s_ctx_t *ctx, const char *text)
             }
             else
             if (strcmp (entry.name, "checks") == 0) {
-                self->checks = 0;
-                if (s_split (ctx, &entry, s_add_type, &self->checks))
+                //  Lawful by default (kim-policy(5)): every transfer of
+                //  personal data is checked and nothing else (answers
+                //  inherit the referral's basis, PROTOCOL.md 9.3). The key
+                //  stays readable for files that name the three.
+                uint64_t checks = 0;
+                if (s_split (ctx, &entry, s_add_type, &checks))
                     return -1;
-                seen_checks = true;
+                if (checks != S_TRANSFERS)
+                    return s_fail (ctx, number, "policy/checks: every transfer of personal data "
+                                   "is checked, and only those: REFERRAL, FORWARD, "
+                                   "HANDOVER_OFFER (the key may be left out)");
             }
             else
                 return s_fail (ctx, number, "policy/%s: unknown key (version, checks)", entry.name);
@@ -472,8 +490,6 @@ s_compile (kim_policy_t *self, s_ctx_t *ctx, const char *text)
     }
     if (rule && s_rule_finish (ctx, rule, seen_from, seen_to))
         return -1;
-    if (!seen_checks)
-        return s_fail (ctx, 0, "policy/checks: required key is missing (the message types checked)");
     if (!seen_rules)
         return s_fail (ctx, 0, "rules: section is missing (with no rules every transfer is denied; "
                        "write an empty section to mean that)");
@@ -489,6 +505,7 @@ kim_policy_parse (const char *text, const char *name, char *error, size_t error_
         s_fail (&ctx, 0, "out of memory");
         return NULL;
     }
+    self->checks = S_TRANSFERS;
     if (s_compile (self, &ctx, text))
         kim_policy_destroy (&self);
     return self;

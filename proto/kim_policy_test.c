@@ -295,40 +295,51 @@ kim_policy_test (bool verbose)
     kim_policy_destroy (&policy);
 
     //  The linter names file, line and key.
-    s_expect_error ("policy\n    checks = REFERRAL\nrules\n   P1\n", "t.cfg:4: indentation");
-    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+    s_expect_error ("policy\n    version = 1\nrules\n   P1\n", "t.cfg:4: indentation");
+    s_expect_error ("policy\n    version = 1\nrules\n    P1\n        law = x\n"
                     "        from = *\n        to = *\n        decison = deny\n",
                     "t.cfg:8: rules/P1/decison: unknown key");
-    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        from = *\n"
+    s_expect_error ("policy\n    version = 1\nrules\n    P1\n        from = *\n"
                     "        to = *\n        decision = deny\n", "t.cfg:4: rules/P1/law: required");
-    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+    s_expect_error ("policy\n    version = 1\nrules\n    P1\n        law = x\n"
                     "        from = *\n        to = *\n        decision = allow\n"
                     "        basis = statute\n", "rules/P1/citations");
     s_expect_error ("policy\n    checks = REFERAL\nrules\n", "t.cfg:2: checks: 'REFERAL'");
-    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+    s_expect_error ("policy\n    version = 1\nrules\n    P1\n        law = x\n"
                     "        from = *\n        to = jc\n        decision = deny\n"
                     "        if_categories = art10\n", "t.cfg:9: if_categories: 'art10'");
-    s_expect_error ("policy\n    checks = REFERRAL\n", "rules: section is missing");
-    s_expect_error ("rules\n", "policy/checks");
+    s_expect_error ("policy\n    version = 1\n", "rules: section is missing");
+    s_expect_error ("policy\n    checks = REFERRAL\nrules\n",
+                    "t.cfg:2: policy/checks: every transfer of personal data is checked");
+    s_expect_error ("policy\n    checks = \"REFERRAL, FORWARD, HANDOVER_OFFER, ACCEPT\"\nrules\n",
+                    "t.cfg:2: policy/checks: every transfer");
+    //  A comment may follow a name; '#' inside a quoted value is text
+    policy = kim_policy_parse ("policy   # the header\n"
+                               "    checks = \"HANDOVER_OFFER, REFERRAL, FORWARD\"  # all three\n"
+                               "rules    # in order\n    T    # a test rule\n        law = \"a # b\"\n"
+                               "        from = *\n        to = *\n        decision = deny\n",
+                               "t.cfg", error, sizeof error);
+    assert (policy && kim_policy_rule_count (policy) == 1);
+    kim_policy_destroy (&policy);
     s_expect_error ("policy\n    checks = \"REFERRAL\nrules\n", "t.cfg:2: checks: unterminated");
     s_expect_error ("polcy\n", "t.cfg:1: polcy: unknown section");
-    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+    s_expect_error ("policy\n    version = 1\nrules\n    P1\n        law = x\n"
                     "        from = *\n        to = *\n        decision = allow\n"
                     "        basis = consent\n        givers = parent\n",
                     "t.cfg:10: givers: 'parent' is not a giver");
-    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+    s_expect_error ("policy\n    version = 1\nrules\n    P1\n        law = x\n"
                     "        from = *\n        to = *\n        decision = allow\n"
                     "        basis = statute\n        citations = \"SGB X §69(1)1\"\n"
                     "        givers = guardian\n", "givers: only with basis consent");
-    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+    s_expect_error ("policy\n    version = 1\nrules\n    P1\n        law = x\n"
                     "        from = *\n        to = *\n        decision = allow\n"
                     "        basis = statute\n        citations = \"SGB X §71(2)1, SGB X\"\n",
                     "t.cfg:10: citations: 'SGB X' cannot be read: expected '§' or 'Art.'");
     //  A test policy's unchecked basis: allows without looking, and says so.
-    s_expect_error ("policy\n    checks = REFERRAL\nrules\n    T\n        law = x\n"
+    s_expect_error ("policy\n    version = 1\nrules\n    T\n        law = x\n"
                     "        from = *\n        to = *\n        decision = allow\n"
                     "        basis = \"unchecked, consent\"\n", "unchecked stands alone");
-    policy = kim_policy_parse ("policy\n    checks = REFERRAL\nrules\n    T\n        law = x\n"
+    policy = kim_policy_parse ("policy\n    version = 1\nrules\n    T\n        law = x\n"
                                "        from = *\n        to = *\n        decision = allow\n"
                                "        basis = unchecked\n", "t.cfg", error, sizeof error);
     assert (policy && kim_policy_unchecked (policy));
@@ -339,7 +350,7 @@ kim_policy_test (bool verbose)
     kim_policy_destroy (&policy);
 
     //  The smallest policy: allow nothing but what is not checked.
-    policy = kim_policy_parse ("policy\n    checks = REFERRAL\nrules\n", "t.cfg", error, sizeof error);
+    policy = kim_policy_parse ("rules\n", "t.cfg", error, sizeof error);
     assert (policy && kim_policy_rule_count (policy) == 0);
     msg.type = KIM_TYPE_REFERRAL;
     assert (kim_policy_decide (policy, &facts, s_lookup, NULL, &decision, NULL) == 0);

@@ -327,6 +327,7 @@ kim_batch_send_check (kim_server_t *self, const org_state_t *sender, const kim_c
 {
     *path = NULL;
     if (sender->org->role != KIM_ROLE_AGENCY) {
+        *path = "cmd";
         snprintf (text, text_size, "role %s may not send messages",
                   kim_role_name (sender->org->role));
         return KIM_E_FORBIDDEN;

@@ -406,6 +406,12 @@ s_reload (kim_server_t *self, char *summary, size_t summary_size)
     }
     int rc = 0;
     kim_config_t *fresh = kim_config_load (old->path, summary, summary_size, &rc);
+    //  The modules' sections are not applied by a reload, but a file the
+    //  broker would not start with is refused now rather than at the next
+    //  start (unknown keys are errors, kim.cfg(5))
+    if (fresh && (kim_modules_check (fresh, summary, summary_size)
+              ||  kim_metrics_check (fresh, summary, summary_size)))
+        kim_config_destroy (&fresh);
     if (!fresh) {
         //  The operator who sent RELOAD may not know which file the broker
         //  reads: the answer names it with the key path (8.13)
@@ -1013,7 +1019,7 @@ s_read_one (kim_server_t *self)
     &&  cmd->id != KIM_CMD_PING && cmd->id != KIM_CMD_BYE)
         //  A link carries federation commands only, and only a link may
         //  carry them (PROTOCOL.md 16.2).
-        kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, msg_id, NULL,
+        kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, msg_id, "cmd",
                   session->org->org->role == KIM_ROLE_PEER
                   ? "a peer broker may send HELLO, PING, BYE and the PEER_ commands only"
                   : "%s is a command between brokers; role %s may not send it",
@@ -1043,7 +1049,7 @@ s_read_one (kim_server_t *self)
                               "speaks version %u", session->version);
                 else
                 if (session->org->org->role != KIM_ROLE_AGENCY)
-                    kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                    kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, "cmd",
                               "role %s receives no deliveries and acknowledges none",
                               kim_role_name (session->org->org->role));
                 else
@@ -1051,7 +1057,7 @@ s_read_one (kim_server_t *self)
                 break;
             case KIM_CMD_ACK:
                 if (session->org->org->role != KIM_ROLE_AGENCY)
-                    kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                    kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, "cmd",
                               "role %s receives no deliveries and acknowledges none",
                               kim_role_name (session->org->org->role));
                 else
@@ -1071,7 +1077,7 @@ s_read_one (kim_server_t *self)
                 break;
             case KIM_CMD_RELOAD:
                 if (session->org->org->role != KIM_ROLE_OPERATOR)
-                    kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, NULL,
+                    kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, "cmd",
                               "only an operator may reload the registry");
                 else
                     s_reload_command (self, rid, rid_size, session->org->org->id);

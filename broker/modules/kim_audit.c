@@ -423,7 +423,7 @@ s_command (void *state, kim_ctx_t *ctx, const kim_peer_t *peer, const kim_cmd_t 
         else
             zsys_info ("audit: %s may not read the log (query %s refused, logged)",
                        refused.reader, refused.query_id);
-        s_reject (ctx, peer, cmd->query_id, KIM_E_FORBIDDEN, NULL, text);
+        s_reject (ctx, peer, cmd->query_id, KIM_E_FORBIDDEN, "cmd", text);
         return 0;
     }
     size_t index;

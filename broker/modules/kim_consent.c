@@ -786,17 +786,27 @@ s_destroy (void **state_p)
     }
 }
 
-kim_policy_t *
-kim_consent_policy_open (const kim_config_t *config, char *path, size_t path_size,
-                         char *error, size_t error_size)
+int
+kim_consent_check_config (const kim_config_t *config, char *error, size_t error_size)
 {
     zconfig_t *tree = (zconfig_t *) kim_config_tree (config);
     zconfig_t *section = tree? zconfig_locate (tree, "policy"): NULL;
     for (zconfig_t *key = section? zconfig_child (section): NULL; key; key = zconfig_next (key))
         if (!streq (zconfig_name (key), "file")) {
             snprintf (error, error_size, "policy/%s: unknown key (expected file)", zconfig_name (key));
-            return NULL;
+            return -KIM_E_ARGS;
         }
+    return 0;
+}
+
+kim_policy_t *
+kim_consent_policy_open (const kim_config_t *config, char *path, size_t path_size,
+                         char *error, size_t error_size)
+{
+    if (kim_consent_check_config (config, error, error_size))
+        return NULL;
+    zconfig_t *tree = (zconfig_t *) kim_config_tree (config);
+    zconfig_t *section = tree? zconfig_locate (tree, "policy"): NULL;
     const char *file = section? zconfig_get (section, "file", ""): "";
     //  A relative path is relative to the config file's folder, so a
     //  config and its policy travel together.

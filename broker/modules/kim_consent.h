@@ -35,6 +35,12 @@ extern "C" {
 int
     kim_consent_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size);
 
+//  Checks the config's policy section (its keys) without opening the
+//  policy file: for --check and RELOAD. Returns 0 or -KIM_E_ARGS with
+//  `error` naming the key.
+int
+    kim_consent_check_config (const kim_config_t *config, char *error, size_t error_size);
+
 //  Opens the policy the config names (policy/file, relative to the config
 //  file's folder; the built-in default deny without one), as the module
 //  does at start: `kim-broker --check` uses it to validate a policy file

@@ -20,10 +20,12 @@ static kim_module_new_fn *s_modules [] = {
     NULL
 };
 
-//  What --check validates of each module without opening it; the policy
-//  file is opened by --check itself (kim_consent_policy_open).
+//  What --check and RELOAD validate of each module's section without
+//  opening the module; the policy file is opened by --check itself
+//  (kim_consent_policy_open), and a RELOAD does not read it again.
 static int (*s_checks []) (const kim_config_t *config, char *error, size_t error_size) = {
     kim_lifecycle_check_config,
+    kim_consent_check_config,
     kim_audit_check_config,
     NULL
 };

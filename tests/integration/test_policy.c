@@ -154,7 +154,7 @@ s_test_malformed (const char *orgs [])
     char path [] = "/tmp/kim-policy-bad-XXXXXX";
     int fd = mkstemp (path);
     KIM_CHECK (fd >= 0);
-    const char *text = "policy\n    checks = REFERRAL\nrules\n    P1\n        law = x\n"
+    const char *text = "policy\n    version = 1\nrules\n    P1\n        law = x\n"
                        "        from = *\n        to = jc\n        decision = alow\n";
     KIM_CHECK (write (fd, text, strlen (text)) == (ssize_t) strlen (text));
     close (fd);

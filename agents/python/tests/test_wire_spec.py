@@ -291,7 +291,7 @@ REFUSED = [
     ("cmd an integer", mapping(("cmd", 7)), "BAD_TYPE", "cmd"),
     ("cmd a bin", mapping(("cmd", b"PING")), "BAD_TYPE", "cmd"),
     ("cmd in lower case", mapping(("cmd", "ping")), "UNKNOWN_CMD", "cmd"),
-    ("a key that is an integer", mapping(("cmd", "PING"), (1, 2)), "BAD_TYPE", ANY),
+    ("a key that is an integer", mapping(("cmd", "PING"), (1, 2)), "BAD_TYPE", ""),
     ("X- is not x-", ping(("X-a", 1)), "UNKNOWN_FIELD", "X-a"),
     ("an x- key twice", ping(("x-a", 1), ("x-a", 1)), "DUPLICATE_FIELD", "x-a"),
     # rule 3: limits
@@ -347,8 +347,8 @@ HELLO_REFUSED = [
     ("versions a uint", mapping(("cmd", "HELLO"), ("versions", 1), ("agent", "a"),
                                 ("window", 0)), "BAD_TYPE", "versions"),
     ("version 0", hello(versions=(0,)), "BAD_VALUE", "versions[0]"),
-    ("versions descending", hello(versions=(2, 1)), "BAD_VALUE", ANY),
-    ("versions twice", hello(versions=(1, 1)), "BAD_VALUE", ANY),
+    ("versions descending", hello(versions=(2, 1)), "BAD_VALUE", "versions[1]"),
+    ("versions twice", hello(versions=(1, 1)), "BAD_VALUE", "versions[1]"),
     ("17 versions", hello(versions=range(1, 18)), "TOO_MANY", "versions"),
     ("agent 65 bytes of umlauts", hello(agent="\u00e4" * 32 + "a"), "TOO_LONG", "agent"),
     ("agent a bin", hello(agent=b"kim"), "BAD_TYPE", "agent"),
@@ -460,14 +460,14 @@ def test_a_payload_above_max_payload_is_too_large(wire):
 def test_wrong_number_of_frames_is_bad_frames(wire, frames, msg_id):
     """§5: only SEND and DELIVER have frame 1, others BAD_FRAMES (a SEND's with msg_id, §8.3)."""
     w = wire("soz.rheine")
-    rejected(w.ask(*frames), "BAD_FRAMES", ANY, msg_id)
+    rejected(w.ask(*frames), "BAD_FRAMES", "", msg_id)
     w.alive()                                   # also after the BYE: it was refused
 
 
 def test_hello_with_a_payload_is_bad_frames(wire):
     """§5: HELLO has exactly one frame."""
     w = wire("soz.rheine", hello=False)
-    rejected(w.ask(hello(), b"x"), "BAD_FRAMES", ANY)
+    rejected(w.ask(hello(), b"x"), "BAD_FRAMES", "")
     w.no_session()
     w.hello()
 
@@ -516,7 +516,7 @@ def _send_entry(tag):
                   + _send_entry("B3") + enc(b"")], "MALFORMED", "entries[1]",
                  id="more entries than count"),
     pytest.param([enc({"cmd": "SEND_BATCH", "count": 1}) + _send_entry("B4") + enc(b""),
-                   b"x"], "BAD_FRAMES", ANY, id="two ZeroMQ frames"),
+                   b"x"], "BAD_FRAMES", "", id="two ZeroMQ frames"),
 ])
 def test_a_batch_frame_that_does_not_split_is_refused_whole(wire, frames, name, path):
     """§5.1: one REJECT with the fault's code, path entries[i], without msg_id; nothing stored."""
@@ -620,8 +620,7 @@ def test_version_negotiation(wire, versions, chosen):
     w = wire("jc.rheine", hello=False)
     answer = w.ask(hello(versions))
     if chosen is None:
-        rejected(answer, "VERSION", ANY)
-        assert answer.get("path", "versions") == "versions"
+        rejected(answer, "VERSION", "versions")
         w.no_session()
     else:
         assert answer["cmd"] == "WELCOME" and answer["version"] == chosen, answer
@@ -813,7 +812,7 @@ def test_undecodable_frames_count_and_a_limited_send_carries_its_msg_id(brokers,
         if i < served:
             rejected(a, "BAD_VALUE", "hdr.priority", "m-ws-rl-%d" % i)
         else:
-            rejected(a, "RATE_LIMITED", ANY, "m-ws-rl-%d" % i)
+            rejected(a, "RATE_LIMITED", "", "m-ws-rl-%d" % i)
     rejected(w.ask(b"\xc1"), "RATE_LIMITED")
     rejected(w.ask(ping()), "RATE_LIMITED")
 
@@ -869,12 +868,12 @@ def test_an_operator_reloads_and_may_do_nothing_an_agency_does(brokers, wire):
     assert isinstance(reloaded["text"], str) and len(reloaded["text"].encode()) <= 256
     assert reloaded.frames[0] == canonical(reloaded)
     send = {"cmd": "SEND", "hdr": referral("R-WS-OP", "C-WS-OP", msg_id="m-ws-op")}
-    rejected(w.ask(send), "FORBIDDEN", ANY, "m-ws-op")
-    rejected(w.ask({"cmd": "ACK", "seqs": [1]}), "FORBIDDEN", ANY)
-    rejected(w.ask({"cmd": "SUBSCRIBE", "sub_id": "s-ws-op"}), "FORBIDDEN", ANY, "s-ws-op")
-    rejected(w.ask({"cmd": "QUERY", "query_id": "q-ws-op", "window": 1}), "FORBIDDEN", ANY,
+    rejected(w.ask(send), "FORBIDDEN", "cmd", "m-ws-op")
+    rejected(w.ask({"cmd": "ACK", "seqs": [1]}), "FORBIDDEN", "cmd")
+    rejected(w.ask({"cmd": "SUBSCRIBE", "sub_id": "s-ws-op"}), "FORBIDDEN", "cmd", "s-ws-op")
+    rejected(w.ask({"cmd": "QUERY", "query_id": "q-ws-op", "window": 1}), "FORBIDDEN", "cmd",
              "q-ws-op")
-    rejected(w.ask({"cmd": "REFERRAL_QUERY", "query_id": "q-ws-rq"}), "FORBIDDEN", ANY,
+    rejected(w.ask({"cmd": "REFERRAL_QUERY", "query_id": "q-ws-rq"}), "FORBIDDEN", "cmd",
              "q-ws-rq")
     assert w.ask({"cmd": "STATUS"})["cmd"] == "STATUS_REPLY"
     assert w.ask({"cmd": "DIRECTORY"})["cmd"] == "DIRECTORY_REPLY"
@@ -886,7 +885,7 @@ def test_reload_by_an_agency_or_an_auditor_is_forbidden(brokers, wire):
     b = brokers(OPS_ORGS)
     for org in ("jc.rheine", "dsb.steinfurt"):
         w = wire(org, b)
-        rejected(w.ask({"cmd": "RELOAD"}), "FORBIDDEN", ANY)
+        rejected(w.ask({"cmd": "RELOAD"}), "FORBIDDEN", "cmd")
         w.alive()
 
 
@@ -924,12 +923,12 @@ def test_reload_revokes_a_key_its_connections_are_told_revoked(brokers, wire):
     rejected(soz.next(), "REVOKED")
     fresh = wire("soz.rheine", b, hello=False)
     rejected(fresh.ask(ping()), "REVOKED")
-    rejected(fresh.ask(hello()), "REVOKED", ANY)
+    rejected(fresh.ask(hello()), "REVOKED", "")
     # The connection whose session ended: §8.13 says later commands get NO_SESSION and a
     # HELLO UNKNOWN_ORG, §4 that every command of a revoked key's connection is answered
     # REVOKED. The two disagree here; this pins what the broker does (§4).
     rejected(soz.ask(ping()), "REVOKED")
-    rejected(soz.ask(hello()), "REVOKED", ANY)
+    rejected(soz.ask(hello()), "REVOKED", "")
     jc.alive()
     ops.alive()
 
@@ -943,7 +942,7 @@ def test_reload_removing_an_org_ends_its_session_then_unknown_org(brokers, wire)
     assert reloaded["cmd"] == "RELOADED" and reloaded["count"] == len(OPS_ORGS) - 1, reloaded
     rejected(soz.next(), "REVOKED")
     soz.no_session()
-    rejected(soz.ask(hello()), "UNKNOWN_ORG", ANY)
+    rejected(soz.ask(hello()), "UNKNOWN_ORG", "")
     soz.no_session()
 
 
@@ -961,7 +960,7 @@ def test_reload_changing_a_role_ends_the_session_and_a_hello_opens_one_in_the_ne
     soz.no_session()
     assert soz.hello(window=8)["window"] == 0          # an auditor receives no mail
     rejected(soz.ask(mapping(("cmd", "REFERRAL_QUERY"), ("query_id", "q-1"))),
-             "FORBIDDEN", ANY, msg_id="q-1")
+             "FORBIDDEN", "cmd", msg_id="q-1")
 
 
 def test_reload_rotating_a_key_leaves_the_old_keys_connection_unknown_org(brokers, wire):
@@ -975,7 +974,7 @@ def test_reload_rotating_a_key_leaves_the_old_keys_connection_unknown_org(broker
     assert reloaded["cmd"] == "RELOADED", reloaded
     rejected(soz.next(), "REVOKED")
     soz.no_session()
-    rejected(soz.ask(hello()), "UNKNOWN_ORG", ANY)
+    rejected(soz.ask(hello()), "UNKNOWN_ORG", "")
 
 
 def _failed_reload(b, ops, text):
@@ -994,7 +993,7 @@ def test_reload_of_an_invalid_file_changes_nothing(brokers, wire):
     b = brokers(OPS_ORGS)
     ops, soz = wire("ops.steinfurt", b), wire("soz.rheine", b)
     bad = _registry_edit(b, "soz.rheine", add="revoked = 1", replace={"role": "role = wizard"})
-    failed = rejected(_failed_reload(b, ops, bad), "RELOAD_FAILED", ANY)
+    failed = rejected(_failed_reload(b, ops, bad), "RELOAD_FAILED", "")
     assert "orgs/soz.rheine/role" in failed["text"], failed
     assert soz.quiet(0.1) == []                 # not revoked: the registry stayed
     soz.alive()
@@ -1007,7 +1006,7 @@ def test_reload_failed_names_the_file(brokers, wire):
     b = brokers(OPS_ORGS)
     ops = wire("ops.steinfurt", b)
     bad = _registry_edit(b, "soz.rheine", replace={"role": "role = wizard"})
-    failed = rejected(_failed_reload(b, ops, bad), "RELOAD_FAILED", ANY)
+    failed = rejected(_failed_reload(b, ops, bad), "RELOAD_FAILED", "")
     assert "orgs/soz.rheine/role" in failed["text"], failed
     assert b.config in failed["text"] or "kim.cfg" in failed["text"], failed
 
@@ -1017,7 +1016,7 @@ def test_reload_of_a_file_with_an_unknown_key_fails(brokers, wire):
     b = brokers(OPS_ORGS)
     ops = wire("ops.steinfurt", b)
     reply = _failed_reload(b, ops, _registry_edit(b, "soz.rheine", add="colour = blue"))
-    rejected(reply, "RELOAD_FAILED", ANY)
+    rejected(reply, "RELOAD_FAILED", "")
 
 
 #   --- §13.5 robustness ------------------------------------------------------------------------
