@@ -652,7 +652,9 @@ s_transfer_check (kim_consent_mod_t *self, kim_ctx_t *ctx, kim_route_t *route,
         return rc;
     zsys_info ("consent: %s %s from %s to %s refused: %s", kim_type_name (msg->type),
                msg->msg_id, msg->sender, recipient->id, decision.text);
-    const char *path = decision.code == KIM_E_POLICY_DENY? "hdr.recipient"
+    //  The party refused: a FORWARD's is the organisation it names
+    const char *party = msg->type == KIM_TYPE_FORWARD? "hdr.org": "hdr.recipient";
+    const char *path = decision.code == KIM_E_POLICY_DENY? party
                      : decision.code == KIM_E_NO_BASIS? "hdr.legal_basis"
                      : "hdr.legal_basis.consent_id";
     kim_str_copy (verdict->rule, sizeof verdict->rule, decision.rule);

@@ -350,7 +350,8 @@ def test_shipped_P11_selects_a_forward_carrying_a_subject(ship):
     fwd = {"type": "FORWARD", "recipient": "jc.rheine", "referral_id": got["referral_id"],
            "org": "ki.steinfurt", "purpose": "benefits", "subject": got["subject"],
            "legal_basis": statute(SGBX69)}
-    refused(ship.send("soz.rheine", fwd), "POLICY_DENY", "P11", ship.rules, path=False)
+    r = refused(ship.send("soz.rheine", fwd), "POLICY_DENY", "P11", ship.rules, path=False)
+    assert r.path == "hdr.org", r
 
 
 def test_shipped_P3_handover_offer_ja_to_ja(ship):
@@ -751,7 +752,8 @@ def test_a_forward_is_checked_against_org_not_recipient(net):
     rid = net.referred("jc.rheine", "soz.rheine")["referral_id"]
     fwd = {"type": "FORWARD", "recipient": "jc.rheine", "referral_id": rid, "org": "aa.rheine",
            "purpose": "benefits", "legal_basis": statute(SGBX69)}
-    refused(net.send("soz.rheine", fwd), "POLICY_DENY", "default", net.rules, path=False)
+    r = refused(net.send("soz.rheine", fwd), "POLICY_DENY", "default", net.rules, path=False)
+    assert r.path == "hdr.org", r                   # §9.3: the refused party, `org`
     assert net.client("jc.rheine").referral_query(referral_id=fwd["msg_id"]) == []
     fwd = dict(fwd, msg_id=uid("m"), org="alb.rheine")
     allowed(net.send("soz.rheine", fwd), "R_fwd_out")
