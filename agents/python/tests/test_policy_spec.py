@@ -1054,12 +1054,13 @@ def _names_file_line_key(out, key, line):
 @pytest.mark.parametrize("rules,key,line_re", [pytest.param(*m[1:], id=m[0]) for m in MALFORMED])
 def test_malformed_policy_stops_the_broker(tmp_path, rules, key, line_re):
     """kim-policy(5) DESCRIPTION: "The broker reads it at start (a malformed
-    file stops it with the file, line and key)"."""
+    file stops it with the file, line and key)"; kim-broker(8) EXIT STATUS: 2 on
+    a configuration error."""
     path, line = _malformed_file(str(tmp_path), rules, line_re)
     b = PolicyBroker(path, {"jc.rheine": "agency"}, folder=str(tmp_path))
     rc, out = b.start_fails()
     assert rc is not None, "the broker started with a malformed policy: %s" % out
-    assert rc != 0, out
+    assert rc == 2, out
     _names_file_line_key(out, key, line)
 
 
