@@ -644,6 +644,22 @@ kim_log_open (const char *data_dir, char *why, size_t why_size)
     }
     if (rc == 0)
         rc = mdb_env_open (self->env, self->path, MDB_RDONLY | MDB_NOTLS, 0600);
+    if (rc == EACCES || rc == EROFS) {
+        //  No right to LMDB's lock file (a copy on read-only media, a folder
+        //  an auditor may only read): read without it. Safe while no broker
+        //  writes the store, which is the case for a copy; a running
+        //  broker's folder needs write access to store/lock.mdb.
+        mdb_env_close (self->env);
+        self->env = NULL;
+        rc = mdb_env_create (&self->env);
+        if (rc == 0)
+            rc = mdb_env_set_maxdbs (self->env, S_MAXDBS);
+        if (rc == 0)
+            rc = mdb_env_open (self->env, self->path, MDB_RDONLY | MDB_NOTLS | MDB_NOLOCK, 0600);
+        if (rc == 0)
+            fprintf (stderr, "note: %s: no write access to its lock file, read without it "
+                     "(right for a copy; a running broker's store needs it)\n", self->path);
+    }
     //  Before LMDB reads a table: a damaged file must not crash it
     if (rc == 0
     &&  (s_check_size (self, why, why_size) || s_check_pages (self, why, why_size))) {

@@ -118,7 +118,10 @@ main (int argc, char *argv [])
         return KIM_EXIT_OK;
     }
     if (streq (name, "help")) {
-        if (argc < 3) {
+        //  "kim help", "kim help help" and "kim help --help" all ask for
+        //  what help does: the overview names it
+        if (argc < 3 || streq (argv [2], "help") || streq (argv [2], "--help")
+        ||  streq (argv [2], "-h")) {
             s_usage (stdout);
             return KIM_EXIT_OK;
         }

@@ -103,6 +103,8 @@ typedef struct {
     kim_log_checkpoint_t outside;
     uint8_t outside_hash [KIM_HASH_SIZE];
     bool have_outside_hash;
+    //  An export: the first record whose `body` is not what its `raw` says
+    uint64_t body_differs;
     //  Online: the broker's name from its WELCOME
     char welcome_broker [KIM_ORG_MAX + 1];
     //  `trace`: the message followed and the logs it is looked for in
@@ -367,6 +369,27 @@ s_json_hex (json_t *object, const char *key, uint8_t *out, size_t size, size_t *
     return written || length == size;
 }
 
+//  Whether an export line's `body` is what its `raw` bytes decode to: the
+//  hash covers `raw` only, so a `body` edited alone would pass unseen by a
+//  reader who trusts it. A line without `body` has nothing to mislead.
+static bool
+s_body_matches (json_t *object, const kim_log_record_t *record)
+{
+    json_t *shown = json_object_get (object, "body");
+    if (!shown)
+        return true;
+    kim_buf_t text;
+    kim_buf_init (&text);
+    json_t *decoded = NULL;
+    if (kim_log_body_to_json (record->body, record->body_size, &text) == 0
+    &&  kim_buf_append (&text, "", 1) == 0)
+        decoded = json_loads ((const char *) text.data, JSON_DECODE_ANY, NULL);
+    bool same = decoded && json_equal (decoded, shown);
+    json_decref (decoded);
+    kim_buf_free (&text);
+    return same;
+}
+
 static int
 s_each_export (s_audit_t *self, s_record_fn *fn)
 {
@@ -410,6 +433,8 @@ s_each_export (s_audit_t *self, s_record_fn *fn)
                                 "(needs seq, time, kind, hash, raw)", self->from_export, number);
             break;
         }
+        if (!self->body_differs && !s_body_matches (object, &record))
+            self->body_differs = record.seq;
         json_decref (object);
         if (self->have_outside_hash == false && self->have_outside
         &&  record.seq == self->outside.seq) {
@@ -466,6 +491,13 @@ s_do_verify (s_audit_t *self)
     if (!s_verify.failed && self->have_outside)
         kim_log_verify_end (&s_verify, &self->outside,
                             self->have_outside_hash? self->outside_hash: NULL);
+    if (self->body_differs && (!s_verify.failed || self->body_differs < s_verify.bad_seq)) {
+        s_verify.failed = true;
+        s_verify.bad_seq = self->body_differs;
+        snprintf (s_verify.why, sizeof s_verify.why, "the record's body in the export is not "
+                  "what its raw bytes (which the hash covers) say: it was altered");
+        s_verify.records = s_verify.last = 0;
+    }
     if (s_verify.failed) {
         printf ("FAILED at seq %" PRIu64 ": %s\n", s_verify.bad_seq, s_verify.why);
         if (s_verify.records)

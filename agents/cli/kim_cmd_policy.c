@@ -342,6 +342,11 @@ int
 kim_cmd_policy (int argc, char *argv [])
 {
     const char *cmd = "policy";
+    if (argc == 3 && streq (argv [1], "lint")
+    &&  (streq (argv [2], "--help") || streq (argv [2], "-h"))) {
+        kim_cli_help (stdout, cmd);
+        return KIM_EXIT_OK;
+    }
     if (argc >= 2 && streq (argv [1], "lint"))
         return s_lint (cmd, argc, argv);
     if (argc >= 2 && streq (argv [1], "check"))

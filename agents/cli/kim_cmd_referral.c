@@ -136,7 +136,8 @@ kim_cmd_referral (int argc, char *argv [])
         //  JSON lines; copy out of the reply's frame to cut them.
         char *body = (char *) malloc (reply->body_size + 1);
         if (body) {
-            memcpy (body, reply->body, reply->body_size);
+            if (reply->body_size)
+                memcpy (body, reply->body, reply->body_size);
             body [reply->body_size] = 0;
             for (char *line = strtok (body, "\n"); line; line = strtok (NULL, "\n")) {
                 if ((only_open && !s_open (line))

@@ -29,6 +29,8 @@ const char kim_cmd_send_usage [] =
     "Sends messages and prints one JSON line per message when the broker answers:\n"
     "  {\"msg_id\":\"...\",\"seq\":12,\"dup\":false}            durably in the log\n"
     "  {\"msg_id\":\"...\",\"error\":\"QUOTA\",\"code\":300,\"text\":\"...\",\"path\":\"...\"}\n"
+    "With --json each answer also names its input line (\"line\"): answers come in the\n"
+    "order the broker gives them, which need not be the input's.\n"
     "Exit status: 0 all receipted, 1 some refused, 2 usage or connection error.\n"
     "\n"
     "Header options (one message):\n"
@@ -143,16 +145,23 @@ s_drain (s_send_t *self)
 {
     kim_event_t event;
     while (kim_client_recv (self->client, &event, 0) == 0) {
+        //  With --json the answer names the input line it answers, since
+        //  answers come in the broker's order, not the input's
+        size_t line = self->json_mode
+                    ? (size_t) (uintptr_t) zhashx_lookup (self->waiting, event.msg_id): 0;
         if (event.type == KIM_EVENT_RECEIPT) {
             zhashx_delete (self->waiting, event.msg_id);
-            s_print (json_pack ("{s:s, s:I, s:b}", "msg_id", event.msg_id,
-                                "seq", (json_int_t) event.seq, "dup", event.dup));
+            json_t *out = json_pack ("{s:s, s:I, s:b}", "msg_id", event.msg_id,
+                                     "seq", (json_int_t) event.seq, "dup", event.dup);
+            if (out && line)
+                json_object_set_new (out, "line", json_integer ((json_int_t) line));
+            s_print (out);
             self->receipted++;
         }
         else
         if (event.type == KIM_EVENT_REJECT && event.msg_id [0]) {
             zhashx_delete (self->waiting, event.msg_id);
-            s_print_error (self, 0, event.msg_id, event.code, event.text, event.path);
+            s_print_error (self, line, event.msg_id, event.code, event.text, event.path);
         }
         else
         if (event.type == KIM_EVENT_REJECT)
@@ -163,11 +172,13 @@ s_drain (s_send_t *self)
 }
 
 //  Codes that refuse one message; anything else means the client is stuck.
+//  UNKNOWN_RECIPIENT: no key to seal the payload to (the library asks the
+//  directory before the message leaves).
 static bool
 s_message_error (int rc)
 {
     int code = -rc;
-    return (code >= 100 && code < 200) || code == KIM_E_ARGS;
+    return (code >= 100 && code < 200) || code == KIM_E_ARGS || code == KIM_E_UNKNOWN_RECIPIENT;
 }
 
 static int
@@ -188,7 +199,9 @@ s_send_one (s_send_t *self, size_t line, kim_msg_t *msg, const uint8_t *payload,
             snprintf (text, sizeof text, "%s%s%s", kim_strerror (rc),
                       derr.path [0]? " at ": "", derr.path);
         s_print_error (self, line, msg->msg_id, rc,
-                       invalid? text: kim_client_error (self->client), invalid? derr.path: "");
+                       invalid? text: kim_client_error (self->client),
+                       invalid? derr.path
+                       : rc == -KIM_E_UNKNOWN_RECIPIENT? "hdr.recipient": "");
         fflush (stdout);
         return 0;
     }

@@ -481,7 +481,8 @@ s_link_dial (s_mod_t *self, s_link_t *link)
     s_link_send_cmd (self, link, hello);
     link->state = S_HELLO;
     link->hello_at = link->last_recv = s_mono ();
-    zsys_debug ("link: dialling %s at %s", link->conf.name, endpoint);
+    if (self->config->verbose)
+        zsys_debug ("link: dialling %s at %s", link->conf.name, endpoint);
 }
 
 //  Sends what waits in the link mailbox beyond what is in flight, oldest
