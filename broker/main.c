@@ -99,11 +99,21 @@ s_main (int argc, char *argv [], FILE *log_stream)
         ? kim_config_load (config_path, error, sizeof error, &rc)
         : kim_config_new ();
     if (!config) {
-        fprintf (stderr, "kim-broker: %s\n", error [0]? error: kim_strerror (rc));
+        //  Named by its file (the key path alone does not say which file the
+        //  service read); a start's refusal is a log event like any other
+        const char *why = error [0]? error: kim_strerror (rc);
+        bool named = !config_path || strncmp (why, config_path, strlen (config_path)) == 0;
+        const char *file = named? "": config_path, *colon = named? "": ": ";
+        if (check)
+            fprintf (stderr, "kim-broker: %s%s%s\n", file, colon, why);
+        else
+            zsys_error ("cannot start: %s%s%s", file, colon, why);
         return 2;
     }
-    if (data)
+    if (data) {
         kim_str_copy (config->data, sizeof config->data, data);
+        config->overridden |= KIM_CONFIG_DATA;
+    }
     if (bind) {
         //  Reuse the config parser's validation for the flag's list.
         char text [2048];
@@ -116,10 +126,13 @@ s_main (int argc, char *argv [], FILE *log_stream)
         }
         config->endpoint_count = parsed->endpoint_count;
         memcpy (config->endpoints, parsed->endpoints, sizeof config->endpoints);
+        config->overridden |= KIM_CONFIG_BIND;
         kim_config_destroy (&parsed);
     }
-    if (verbose)
+    if (verbose) {
         config->verbose = true;
+        config->overridden |= KIM_CONFIG_VERBOSE;
+    }
     if (backup) {
         kim_backup_result_t result;
         rc = kim_backup_run (config->data, backup, &result, error, sizeof error);

@@ -85,7 +85,14 @@ typedef struct {
     kim_peer_config_t *peers;                           //  owned array
     char path [KIM_ENDPOINT_MAX + 1];                   //  the file read, "" for defaults
     void *tree;                                         //  zconfig_t of the file, or NULL
+    unsigned overridden;                                //  KIM_CONFIG_*: set by a flag, not the file
 } kim_config_t;
+
+//  Settings a command-line flag gave (kim-broker --data, --bind, --verbose):
+//  a reload of the file keeps them.
+#define KIM_CONFIG_DATA     1u
+#define KIM_CONFIG_BIND     2u
+#define KIM_CONFIG_VERBOSE  4u
 
 //  Embedded defaults (no file). Returns NULL on out-of-memory only.
 kim_config_t *

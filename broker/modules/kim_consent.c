@@ -791,24 +791,24 @@ s_destroy (void **state_p)
 int
 kim_consent_check_config (const kim_config_t *config, char *error, size_t error_size)
 {
-    zconfig_t *tree = (zconfig_t *) kim_config_tree (config);
-    zconfig_t *section = tree? zconfig_locate (tree, "policy"): NULL;
-    for (zconfig_t *key = section? zconfig_child (section): NULL; key; key = zconfig_next (key))
-        if (!streq (zconfig_name (key), "file")) {
-            snprintf (error, error_size, "policy/%s: unknown key (expected file)", zconfig_name (key));
-            return -KIM_E_ARGS;
-        }
-    return 0;
+    char path [PATH_MAX];
+    kim_policy_t *policy = kim_consent_policy_open (config, path, sizeof path, error, error_size);
+    int rc = policy? 0: -KIM_E_CONFIG;
+    kim_policy_destroy (&policy);
+    return rc;
 }
 
 kim_policy_t *
 kim_consent_policy_open (const kim_config_t *config, char *path, size_t path_size,
                          char *error, size_t error_size)
 {
-    if (kim_consent_check_config (config, error, error_size))
-        return NULL;
     zconfig_t *tree = (zconfig_t *) kim_config_tree (config);
     zconfig_t *section = tree? zconfig_locate (tree, "policy"): NULL;
+    for (zconfig_t *key = section? zconfig_child (section): NULL; key; key = zconfig_next (key))
+        if (!streq (zconfig_name (key), "file")) {
+            snprintf (error, error_size, "policy/%s: unknown key (expected file)", zconfig_name (key));
+            return NULL;
+        }
     const char *file = section? zconfig_get (section, "file", ""): "";
     //  A relative path is relative to the config file's folder, so a
     //  config and its policy travel together.

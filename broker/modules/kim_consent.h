@@ -35,9 +35,10 @@ extern "C" {
 int
     kim_consent_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size);
 
-//  Checks the config's policy section (its keys) without opening the
-//  policy file: for --check and RELOAD. Returns 0 or -KIM_E_ARGS with
-//  `error` naming the key.
+//  Checks the config's policy section and the policy file it names as a
+//  start would, keeping nothing: for --check and RELOAD (which does not
+//  apply a policy, but refuses a file the broker would not start with).
+//  Returns 0 or -KIM_E_CONFIG with `error` naming file, line and key.
 int
     kim_consent_check_config (const kim_config_t *config, char *error, size_t error_size);
 

@@ -930,6 +930,12 @@ s_configure (kim_lifecycle_t *self, zconfig_t *tree, char *error, size_t error_s
                       "than 16 purposes", name);
             return -KIM_E_CONFIG;
         }
+        for (zconfig_t *key = zconfig_child (purpose); key; key = zconfig_next (key))
+            if (!streq (zconfig_name (key), "deadline_days")) {
+                snprintf (error, error_size, "lifecycle/purpose/%s/%s: unknown key (expected "
+                          "deadline_days)", name, zconfig_name (key));
+                return -KIM_E_CONFIG;
+            }
         char path [128];
         snprintf (path, sizeof path, "lifecycle/purpose/%s/deadline_days", name);
         uint64_t days = 0;
@@ -1120,4 +1126,6 @@ kim_lifecycle_test (bool verbose)
     s_test_config ("retention\n    open_case_days = 36501\n", "retention/open_case_days");
     s_test_config ("lifecycle\n    purpose\n        employment\n            deadline_days = 9999\n",
                    "lifecycle/purpose/employment/deadline_days");
+    s_test_config ("lifecycle\n    purpose\n        employment\n            deadline_days = 3\n"
+                   "            expire_days = 3\n", "lifecycle/purpose/employment/expire_days: unknown key");
 }

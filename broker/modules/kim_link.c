@@ -1015,6 +1015,20 @@ s_remote_free (void **item)
     *item = NULL;
 }
 
+//  The line an operator copies into a peer's config (README, "Connecting
+//  two districts"): this broker's CURVE public key and its signing key.
+static void
+s_log_keys (s_mod_t *self, zcert_t *cert, const uint8_t sign_secret [64])
+{
+    uint8_t sign_public [32];
+    char sign_text [41];
+    crypto_sign_ed25519_sk_to_pk (sign_public, sign_secret);
+    zmq_z85_encode (sign_text, sign_public, 32);
+    zsys_notice ("link: %zu peers, %zu remote organisations known; this broker's keys for its "
+                 "peers: public_key = \"%s\", sign_key = \"%s\"", self->link_count,
+                 self->remote? zhashx_size (self->remote): 0, zcert_public_txt (cert), sign_text);
+}
+
 int
 kim_link_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t error_size)
 {
@@ -1047,8 +1061,20 @@ kim_link_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t
     hook->destroy = s_destroy;
     hook->state = self;
     kim_str_copy (self->keys_dir, sizeof self->keys_dir, env->keys_dir);
-    if (env->config->peer_count == 0)
-        return 0;               //  no peers: a broker of one district
+    if (env->config->peer_count == 0) {
+        //  A broker of one district. Its operator needs its two keys to
+        //  configure its first peer at the other end: in the log at start.
+        uint8_t secret [64];
+        zcert_t *cert = NULL;
+        if (kim_audit_signing_key (self->keys_dir, secret, error, error_size) == 0
+        &&  (cert = kim_keys_broker_cert (self->keys_dir, env->config->name, error,
+                                          error_size)) != NULL)
+            s_log_keys (self, cert, secret);
+        sodium_memzero (secret, sizeof secret);
+        zcert_destroy (&cert);
+        error [0] = 0;
+        return 0;
+    }
     int rc = s_start (self, error, error_size);
     if (rc) {
         void *state = self;
@@ -1070,13 +1096,7 @@ kim_link_new (const kim_module_env_t *env, kim_hook_t *hook, char *error, size_t
     s_load_directories (self, self->links, self->link_count);
     s_remote_rebuild (self);
     s_next_serial (self);
-    uint8_t sign_public [32];
-    char sign_text [41];
-    crypto_sign_ed25519_sk_to_pk (sign_public, self->sign_secret);
-    zmq_z85_encode (sign_text, sign_public, 32);
-    zsys_notice ("link: %zu peers, %zu remote organisations known; this broker's keys for its "
-                 "peers: public_key = \"%s\", sign_key = \"%s\"", self->link_count,
-                 zhashx_size (self->remote), zcert_public_txt (self->cert), sign_text);
+    s_log_keys (self, self->cert, self->sign_secret);
     return 0;
 }
 

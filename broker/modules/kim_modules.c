@@ -20,9 +20,8 @@ static kim_module_new_fn *s_modules [] = {
     NULL
 };
 
-//  What --check and RELOAD validate of each module's section without
-//  opening the module; the policy file is opened by --check itself
-//  (kim_consent_policy_open), and a RELOAD does not read it again.
+//  What --check and RELOAD validate of each module's section (and the
+//  policy file) without opening the module.
 static int (*s_checks []) (const kim_config_t *config, char *error, size_t error_size) = {
     kim_lifecycle_check_config,
     kim_consent_check_config,

@@ -118,7 +118,7 @@ ok
 # de-duplication intact: a resend of an old msg_id is a dup with its first seq
 seq7=$(sed -n 's/^{"msg_id":"b-7","seq":\([0-9]*\),.*/\1/p' "$work/before")
 got=$(referral 7 b-7 | as jc.rheine send --json)
-[ "$got" = "{\"msg_id\":\"b-7\",\"seq\":$seq7,\"dup\":true}" ] || fail "resend of b-7: $got"
+[ "$got" = "{\"msg_id\":\"b-7\",\"seq\":$seq7,\"dup\":true,\"line\":1}" ] || fail "resend of b-7: $got"
 ok
 # and the restored broker takes new messages after its head
 got=$(referral 51 b-51 | as jc.rheine send --json)

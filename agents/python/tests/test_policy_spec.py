@@ -1139,16 +1139,21 @@ def test_a_changed_policy_takes_effect_at_restart_not_at_reload_or_sighup(tmp_pa
 
 
 def test_reload_with_a_broken_policy_file_changes_nothing_and_a_restart_is_refused(tmp_path):
-    """kim-policy(5): a reload re-reads the registry only (so a broken policy
-    file neither fails it nor changes a decision); "a malformed file stops" the
-    broker at its next start, naming file, line and key."""
+    """kim-policy(5): a reload applies the registry only, but checks the policy
+    file as a start would and refuses (RELOAD_FAILED, naming file, line and key)
+    when the broker would not start with it; no decision changes; "a malformed
+    file stops" the broker at its next start, naming file, line and key."""
     path = write(str(tmp_path / "broken-policy.cfg"), policy_text(ONE_RULE))
     b = PolicyBroker(path, RELOAD_ORGS, folder=str(tmp_path / "b")).start()
     n = Net(b, dict(ONE_RULE))
     try:
         text = policy_text([("R_only", _good(decision="maybe"))])
         write(path, text)
-        assert _reload(n.client(OPS))["cmd"] == "RELOADED"
+        with pytest.raises(kim.Rejected) as info:
+            _reload(n.client(OPS))
+        r = info.value
+        assert (r.code, r.reason) == (RELOAD_FAILED, "RELOAD_FAILED"), r
+        _names_file_line_key(r.text, "decision", line_of(text, "decision = maybe"))
         allowed(n.refer("jc.rheine", "soz.rheine", SGBX69), "R_only")
         n.close()
         assert b.stop() == 0
