@@ -30,6 +30,7 @@
     X(map_max,         "store/map_max_mb",      1,    16777216,       65536,  1048576)
 
 #define KIM_ERR_BUF 256
+#define S_CONFIG_MAX (4 << 20)      //  a registry of thousands of organisations fits
 
 static void
 s_set_error (char *error, size_t error_size, const char *format, ...)
@@ -429,7 +430,8 @@ s_apply (kim_config_t *self, zconfig_t *root, char *error, size_t error_size)
             continue;
         if (!streq (sname, "broker") && !streq (sname, "store")) {
             s_set_error (error, error_size,
-                         "%s: unknown section (expected broker, store, orgs, peers)", sname);
+                         "%s: unknown section (expected broker, store, orgs, peers, policy, "
+                         "lifecycle, retention, audit, metrics)", sname);
             return -1;
         }
         for (zconfig_t *key = zconfig_child (section); key; key = zconfig_next (key))
@@ -544,10 +546,30 @@ kim_config_load (const char *path, char *error, size_t error_size, int *err)
         *err = -KIM_E_CONFIG;
         return NULL;
     }
-    zconfig_t *root = zconfig_load (path);
+    //  Read here rather than by zconfig_load, which leaks its zfile_t when
+    //  the text does not parse (czmq 4.2); a config is small.
+    char *text = NULL;
+    FILE *file = fopen (path, "rb");
+    if (file) {
+        text = (char *) calloc (1, S_CONFIG_MAX + 1);
+        size_t size = text? fread (text, 1, S_CONFIG_MAX + 1, file): 0;
+        if (text && (ferror (file) || size > S_CONFIG_MAX)) {
+            free (text);
+            text = NULL;
+        }
+        fclose (file);
+    }
+    if (!text) {
+        s_set_error (error, error_size, "%s: cannot read it (or larger than %d bytes)", path,
+                     S_CONFIG_MAX);
+        *err = -KIM_E_CONFIG;
+        return NULL;
+    }
+    zconfig_t *root = zconfig_str_load (text);
+    free (text);
     if (!root) {
         s_set_error (error, error_size, "%s: not a valid ZPL file (indent with 4 spaces, "
-                     "'name = value' per line)", path);
+                     "'name = value' per line; the line is in the log just before)", path);
         *err = -KIM_E_CONFIG;
         return NULL;
     }
