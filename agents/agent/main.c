@@ -124,12 +124,21 @@ s_main (int argc, char *argv [], FILE *log_stream)
     if (verbose)
         config.verbose = true;
     if (add_user) {
-        //  The password from stdin: one line, never an argument (ps shows those)
-        char password [300] = "";
+        //  The password from stdin: one line, never an argument (ps shows
+        //  those). Room for 256 characters of 4 UTF-8 bytes each and more,
+        //  so that a longer line is refused rather than cut.
+        char password [4 * KIM_AGENT_PASSWORD_MAX + 8] = "";
         int rc = 0;
         if (!fgets (password, sizeof password, stdin))
             password [0] = 0;
+        bool whole = strchr (password, '\n') || feof (stdin);
         password [strcspn (password, "\r\n")] = 0;
+        if (!whole) {
+            fprintf (stderr, "kim-agent: --add-user: the password must have %d to %d "
+                     "characters\n", KIM_AGENT_PASSWORD_MIN, KIM_AGENT_PASSWORD_MAX);
+            rc = 2;
+        }
+        else
         if (!config.web_users [0]) {
             fprintf (stderr, "kim-agent: web/users is not set in %s\n", config_path);
             rc = 2;

@@ -379,6 +379,15 @@ kim_agent_users_logout (kim_agent_users_t *self, const char *sid)
     pthread_mutex_unlock (&self->mutex);
 }
 
+size_t
+kim_agent_users_password_length (const char *password)
+{
+    size_t length = 0;
+    for (const unsigned char *p = (const unsigned char *) password; *p; p++)
+        length += (*p & 0xc0) != 0x80;     //  continuation bytes are no character
+    return length;
+}
+
 int
 kim_agent_users_add (const char *path, const char *user, const char *role, const char *password,
                      char *error, size_t error_size)
@@ -392,8 +401,10 @@ kim_agent_users_add (const char *path, const char *user, const char *role, const
         snprintf (error, error_size, "--role must be staff or readonly");
         return -1;
     }
-    if (strlen (password) < 10 || strlen (password) > 256) {
-        snprintf (error, error_size, "the password must have 10 to 256 characters");
+    size_t length = kim_agent_users_password_length (password);
+    if (length < KIM_AGENT_PASSWORD_MIN || length > KIM_AGENT_PASSWORD_MAX) {
+        snprintf (error, error_size, "the password must have %d to %d characters (it has %zu)",
+                  KIM_AGENT_PASSWORD_MIN, KIM_AGENT_PASSWORD_MAX, length);
         return -1;
     }
     char hash [crypto_pwhash_STRBYTES];

@@ -127,7 +127,9 @@ s_parse_form (kim_agent_web_req_t *req, const char *body, size_t size)
                 free (part);
                 return false;
             }
-            for (size_t i = 0; i < req->field_count; i++)
+            //  A name twice is refused (which one would count?), but for a
+            //  group of check boxes, whose values are a list
+            for (size_t i = 0; i < req->field_count && !streq (part, "category"); i++)
                 if (streq (req->fields [i].name, part)) {
                     free (part);
                     return false;
@@ -425,14 +427,15 @@ s_login (kim_agent_web_req_t *req)
     const char *token = kim_agent_web_i_field (req, "csrf");
     if (!expected || strlen (expected) != KIM_AGENT_TOKEN_HEX || strlen (token) != KIM_AGENT_TOKEN_HEX
     ||  sodium_memcmp (expected, token, KIM_AGENT_TOKEN_HEX) != 0) {
-        kim_agent_web_i_journal (self, "-", "login_bad_form", NULL, NULL, req->address);
+        kim_agent_web_i_journal (self, "-", "bad_csrf", NULL, NULL, req->address);
         return s_login_page (req, MHD_HTTP_FORBIDDEN, T (BAD_FORM));
     }
     const char *user = kim_agent_web_i_field (req, "user");
     const char *password = kim_agent_web_i_field (req, "password");
     char sid [KIM_AGENT_TOKEN_HEX + 1];
     kim_agent_session_t session;
-    int rc = kim_agent_users_name_valid (user) && strlen (password) <= 256
+    int rc = kim_agent_users_name_valid (user)
+          && kim_agent_users_password_length (password) <= KIM_AGENT_PASSWORD_MAX
            ? kim_agent_users_login (self->users, user, password, req->address, sid, &session)
            : -KIM_E_FORBIDDEN;
     const char *journal_user = kim_agent_users_name_valid (user)? user: "(invalid name)";
@@ -501,10 +504,11 @@ s_same_origin (kim_agent_web_req_t *req)
     const char *origin = MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Origin");
     if (!origin)
         return true;
+    //  The origin is scheme, host and port: the page's own scheme only
     const char *host = MHD_lookup_connection_value (req->connection, MHD_HEADER_KIND, "Host");
-    const char *rest = strncmp (origin, "https://", 8) == 0? origin + 8
-                     : strncmp (origin, "http://", 7) == 0? origin + 7: NULL;
-    return host && rest && streq (rest, host);
+    const char *scheme = req->self->tls? "https://": "http://";
+    size_t length = strlen (scheme);
+    return host && strncmp (origin, scheme, length) == 0 && streq (origin + length, host);
 }
 
 static bool
@@ -536,7 +540,8 @@ s_route (kim_agent_web_req_t *req, const char *method, const char *body, size_t 
         ||  !s_same_origin (req) || !s_parse_form (req, body, size)) {
             kim_agent_web_i_journal (self, req->signed_in? req->session.user: "-", "bad_form", NULL, NULL,
                        req->address);
-            return kim_agent_web_i_message_page (req, MHD_HTTP_FORBIDDEN, T (ERROR), T (BAD_FORM), NULL);
+            return kim_agent_web_i_message_page (req, MHD_HTTP_FORBIDDEN, T (ERROR),
+                                                 T (MALFORMED_FORM), NULL);
         }
     }
     if (streq (url, "/ui/login"))

@@ -45,6 +45,13 @@ typedef struct _kim_agent_users_t kim_agent_users_t;
 //  Accounts from `path` (re-read when the file changes); a missing file
 //  means no accounts yet. Lockout after `max_failures` failed logins for a
 //  user or an address, for `lockout_s` seconds.
+//  A password's length in characters (UTF-8 code points), as the docs and
+//  the login field's maxlength count it: 10 to KIM_AGENT_PASSWORD_MAX.
+#define KIM_AGENT_PASSWORD_MIN  10
+#define KIM_AGENT_PASSWORD_MAX  256
+size_t
+    kim_agent_users_password_length (const char *password);
+
 kim_agent_users_t *
     kim_agent_users_new (const char *path, uint32_t max_failures, uint32_t lockout_s);
 void

@@ -442,7 +442,7 @@ kim_agent_web_i_referral_page (kim_agent_web_req_t *req, const char *id)
     kim_agent_html_raw (html, "</tbody>\n</table>\n");
     s_answer_forms (req, referral);
     kim_agent_html_rawf (html, "<p><a href=\"%s\">%s</a></p>\n", received? "/ui/inbox": "/ui/sent",
-                         T (BACK));
+                         received? T (BACK): T (BACK_SENT));
     kim_agent_web_i_end (req);
     json_decref (timeline);
     json_decref (referral);

@@ -12,6 +12,8 @@ KIM_WEB_TEXT (LOCKED,         "Zu viele Fehlversuche. Die Anmeldung ist vorüber
                               "Too many failed attempts. Sign-in is locked for a while; please try again later.")
 KIM_WEB_TEXT (BAD_FORM,       "Das Formular ist ungültig oder abgelaufen (Sicherheitsmerkmal fehlt). Bitte die Seite neu laden.",
                               "The form is invalid or expired (security token missing). Please reload the page.")
+KIM_WEB_TEXT (MALFORMED_FORM, "Das Formular kam unlesbar oder von einer fremden Seite an und wurde nicht angenommen.",
+                              "The form arrived unreadable or from another site and was not taken.")
 KIM_WEB_TEXT (SIGNED_OUT,     "Sie sind abgemeldet.", "You are signed out.")
 KIM_WEB_TEXT (INBOX,          "Posteingang", "Inbox")
 KIM_WEB_TEXT (SENT_LIST,      "Gesendet", "Sent")
@@ -78,6 +80,7 @@ KIM_WEB_TEXT (NOT_ALLOWED,    "Diese Antwort ist im aktuellen Stand nicht mögli
 KIM_WEB_TEXT (FORBIDDEN,      "Dafür fehlt Ihrem Zugang die Berechtigung.", "Your account may not do this.")
 KIM_WEB_TEXT (NOT_FOUND,      "Nicht gefunden.", "Not found.")
 KIM_WEB_TEXT (BACK,           "Zurück zum Posteingang", "Back to the inbox")
+KIM_WEB_TEXT (BACK_SENT,      "Zurück zu den gesendeten Überweisungen", "Back to the sent referrals")
 KIM_WEB_TEXT (LEGAL_BASIS,    "Rechtsgrundlage", "Legal basis")
 KIM_WEB_TEXT (CONSENT,        "Einwilligung", "Consent")
 KIM_WEB_TEXT (CONSENT_ID,     "Kennung der Einwilligung", "Consent id")
