@@ -148,20 +148,24 @@ s_main (int argc, char *argv [], FILE *log_stream)
     }
     //  A configuration error (the policy file and the modules' sections
     //  included) is one for --check and at start alike: exit status 2.
-    char policy_path [PATH_MAX];
-    kim_policy_t *policy = kim_consent_policy_open (config, policy_path, sizeof policy_path,
-                                                    error, sizeof error);
-    if (!policy || kim_modules_check (config, error, sizeof error)
+    if (kim_modules_check (config, error, sizeof error)
     ||  kim_metrics_check (config, error, sizeof error)) {
         if (check)
             fprintf (stderr, "kim-broker: %s\n", error);
         else
             zsys_error ("cannot start: %s", error);
-        kim_policy_destroy (&policy);
         kim_config_destroy (&config);
         return 2;
     }
     if (check) {
+        char policy_path [PATH_MAX];
+        kim_policy_t *policy = kim_consent_policy_open (config, policy_path, sizeof policy_path,
+                                                        error, sizeof error);
+        if (!policy) {
+            fprintf (stderr, "kim-broker: %s\n", error);
+            kim_config_destroy (&config);
+            return 2;
+        }
         printf ("configuration OK: broker %s, %zu endpoint(s), data %s, %zu organisation(s), "
                 "%zu peer(s), policy %s (%zu rules)\n", config->name, config->endpoint_count,
                 config->data, config->org_count - config->peer_count, config->peer_count,
@@ -184,7 +188,6 @@ s_main (int argc, char *argv [], FILE *log_stream)
         kim_config_destroy (&config);
         return 0;
     }
-    kim_policy_destroy (&policy);
     kim_server_t *server = kim_server_new (&config, error, sizeof error);
     kim_config_destroy (&config);
     if (!server) {

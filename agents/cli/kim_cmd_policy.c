@@ -155,6 +155,7 @@ s_check (const char *cmd, int argc, char *argv [])
     int exit_code = KIM_EXIT_USAGE;
     kim_cli_args_t args;
     kim_cli_args_init (&args, argc - 1, argv + 1);
+    args.cmd = cmd;                     //  messages name the command, not the subcommand
     while (kim_cli_args_next (&args)) {
         const char *value = NULL;
         bool ok = true;

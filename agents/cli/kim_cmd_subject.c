@@ -51,6 +51,7 @@ kim_cmd_subject (int argc, char *argv [])
     kim_cli_conn_init (&conn);
     kim_cli_args_t args;
     kim_cli_args_init (&args, argc - 1, argv + 1);
+    args.cmd = cmd;                     //  messages name the command, not the subcommand
     while (kim_cli_args_next (&args)) {
         int exit_code;
         int taken = kim_cli_args_common (cmd, &conn, &args, &exit_code);
