@@ -920,6 +920,12 @@ kim_log_verify_step (kim_log_verify_t *self, const kim_log_record_t *record)
             else
                 self->legacy++;
             self->sealed = checkpoint.seq;
+            //  The checkpoint record seals itself too when its signature
+            //  covers all of it: seq and body always, its time when it is
+            //  the checkpoint's (as the broker writes it). So a quiet log
+            //  that ends with a checkpoint is sealed to its last record.
+            if (record->time_ms == checkpoint.time_ms)
+                self->sealed = record->seq;
         }
         self->checkpoints++;
     }

@@ -271,7 +271,18 @@ kim_log_test (bool verbose)
     kim_log_verify_init (&verify, pk, 1, NULL);
     for (int i = 0; i < 4; i++)
         S_CHECK (kim_log_verify_step (&verify, &records [i]) == 0);
-    S_CHECK (verify.last == 4 && verify.sealed == 3 && verify.checkpoints == 1);
+    //  The checkpoint record seals itself: its time is the checkpoint's
+    S_CHECK (verify.last == 4 && verify.sealed == 4 && verify.checkpoints == 1);
+    //  ...not when its record time differs (the signature does not cover it)
+    kim_log_record_t moved = records [3];
+    moved.time_ms = 2001;
+    kim_log_record_hash (records [2].hash, moved.kind, 4, 2001, bodies [3],
+                         KIM_LOG_CHECKPOINT_SIZE, moved.hash);
+    kim_log_verify_init (&verify, pk, 1, NULL);
+    for (int i = 0; i < 3; i++)
+        S_CHECK (kim_log_verify_step (&verify, &records [i]) == 0);
+    S_CHECK (kim_log_verify_step (&verify, &moved) == 0);
+    S_CHECK (verify.last == 4 && verify.sealed == 3);
 
     //  A flipped body byte
     kim_log_verify_init (&verify, pk, 1, NULL);
@@ -375,7 +386,7 @@ kim_log_test (bool verbose)
     for (int i = 0; i < 3; i++)
         S_CHECK (kim_log_verify_step (&verify, &records [i]) == 0);
     S_CHECK (kim_log_verify_step (&verify, &legacy_record) == 0);
-    S_CHECK (verify.sealed == 3 && verify.legacy == 1 && !verify.current_seen);
+    S_CHECK (verify.sealed == 4 && verify.legacy == 1 && !verify.current_seen);
     S_CHECK (kim_log_verify_end (&verify, &legacy, records [2].hash) == 0);
     //  ...but not once the broker signs the current layout: a legacy
     //  checkpoint after a current one is refused, in the log and outside it

@@ -37,6 +37,8 @@ const char kim_cmd_policy_usage [] =
     "  --statute TEXT      legal basis: a statute citation, e.g. \"SGB X §69(1)1\"\n"
     "  --consent ID        legal basis: a registered consent\n"
     "  --subject ID        subject pseudonym (default p-check)\n"
+    "  --case ID           the case the transfer belongs to (a consent is bound to its\n"
+    "                      case: --consent-file's must be this one)\n"
     "Check options:\n"
     "  --from-type T, --to-type T   agency types, when not the ids' first part\n"
     "  --private           the sender is a private carrier (default: a public body)\n"
@@ -212,6 +214,9 @@ s_check (const char *cmd, int argc, char *argv [])
         else
         if (kim_cli_args_is (&args, "--subject"))
             ok = s_set (msg->subject, sizeof msg->subject, value = kim_cli_args_value (&args));
+        else
+        if (kim_cli_args_is (&args, "--case"))
+            ok = s_set (msg->case_id, sizeof msg->case_id, value = kim_cli_args_value (&args));
         else
         if (kim_cli_args_is (&args, "--categories")) {
             value = kim_cli_args_value (&args);

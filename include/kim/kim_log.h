@@ -231,6 +231,7 @@ typedef struct {
     uint64_t records;
     uint64_t checkpoints;
     uint64_t sealed;                    //  last seq covered by a good checkpoint
+                                        //  (the checkpoint record itself included)
     uint64_t legacy;                    //  good checkpoints in the legacy layout
     bool current_seen;                  //  a checkpoint in the current layout was seen
     bool failed;

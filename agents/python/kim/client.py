@@ -323,8 +323,14 @@ class Client:
     sign_secret  the organisation's NAME.sign_secret; None: look beside
                  cert_secret, False: do not sign
     window       deliveries accepted in flight (HELLO window; 0: send only)
+    agent        the HELLO's agent string
+    timeout      seconds a call waits for the broker when it is given no timeout
     versions     protocol versions offered in HELLO; (1,) insists on version 1.
                  The session speaks what WELCOME chose (`version`).
+
+    A bad key file raises KimError. While a call waits, a quiet session says
+    PING every half heartbeat_ms (WELCOME), so that the broker keeps it (§12):
+    a client that only waits for deliveries stays connected however long.
     """
 
     def __init__(self, endpoint, broker_cert, cert_secret, sign_secret=None, window=64,
@@ -337,14 +343,17 @@ class Client:
         if not self.versions or not set(self.versions) <= set(VERSIONS):
             raise KimError("versions %r: this client speaks %s" % (
                 tuple(versions), ", ".join(map(str, VERSIONS))))
-        self.broker_public, _ = load_cert(broker_cert)
-        self.public, self.secret = load_cert(cert_secret, secret=True)
-        self._box_key = nacl.public.PrivateKey(zmq.utils.z85.decode(self.secret))
-        if sign_secret is None and cert_secret.endswith(".cert_secret"):
-            beside = cert_secret[:-len(".cert_secret")] + ".sign_secret"
-            sign_secret = beside if os.path.exists(beside) else False
-        self._signing_key = (nacl.signing.SigningKey(load_sign_key(sign_secret))
-                             if sign_secret else None)
+        try:
+            self.broker_public, _ = load_cert(broker_cert)
+            self.public, self.secret = load_cert(cert_secret, secret=True)
+            self._box_key = nacl.public.PrivateKey(zmq.utils.z85.decode(self.secret))
+            if sign_secret is None and cert_secret.endswith(".cert_secret"):
+                beside = cert_secret[:-len(".cert_secret")] + ".sign_secret"
+                sign_secret = beside if os.path.exists(beside) else False
+            self._signing_key = (nacl.signing.SigningKey(load_sign_key(sign_secret))
+                                 if sign_secret else None)
+        except ValueError as e:         # a key file that is not one: a bad key
+            raise KimError(str(e)) from e
         self._ctx = None
         self._sock = None
         self._deliveries = collections.deque()
@@ -353,6 +362,8 @@ class Client:
         self._ranges_unsafe = False     # a frame was dropped: ACK only (§8.19)
         self._seal_keys = {}            # org -> X25519 public key, per session (§14)
         self._counter = 0
+        self._last_sent = 0.0           # monotonic time of the last frame sent (§12)
+        self._beats = 0                 # PINGs sent on our own, their PONGs not yet read
         self.welcome = None
         self.version = None             # the session's protocol version, from WELCOME
         self.org = None
@@ -370,6 +381,7 @@ class Client:
             raise KimError("WELCOME chose version %r; HELLO offered %s" % (
                 welcome.get("version"), self.versions))
         self.welcome = welcome
+        self._beats = 0
         self.version = welcome["version"]
         self.org = welcome["org"]
         self._seal_keys.clear()
@@ -395,8 +407,8 @@ class Client:
     def close(self):
         """Says BYE and closes; deliveries not acknowledged return to the mailbox."""
         if self._sock is not None:
-            try:
-                self._send_cmd({"cmd": "BYE"})
+            try:                        # never waits: the broker may be gone or never
+                self._sock.send(_pack({"cmd": "BYE"}), zmq.NOBLOCK)    # have taken us
             except zmq.ZMQError:
                 pass
             self._sock.close(linger=500)
@@ -426,6 +438,16 @@ class Client:
 
     def _send_frames(self, frame, payload=None):
         self._sock.send_multipart([frame] if payload is None else [frame, payload])
+        self._last_sent = time.monotonic()
+
+    def _beat_in(self):
+        """Seconds until this session must say something (a PING) so that the
+        broker does not end it: §12 asks for a command at least every
+        heartbeat_ms; sent at half that. None before WELCOME."""
+        heartbeat = (self.welcome or {}).get("heartbeat_ms")
+        if not heartbeat:
+            return None
+        return max(self._last_sent + heartbeat / 2000.0 - time.monotonic(), 0.0)
 
     def _max_payload(self):
         return self.welcome.get("max_payload", 1 << 20) if self.welcome else PAYLOAD_CEILING
@@ -433,9 +455,28 @@ class Client:
     def _recv_cmd(self, timeout):
         """The next command from the broker, or (None, None) after `timeout` s.
         A batch frame comes back as its head, its entries (map, payload) under
-        "entries"."""
-        if not self._sock.poll(int(max(timeout, 0) * 1000)):
-            return None, None
+        "entries". A quiet session says PING on its own (§12); those PONGs are
+        taken here."""
+        deadline = time.monotonic() + max(timeout, 0)
+        while True:
+            cmd, payload = self._recv_frame(deadline)
+            if cmd is None or cmd["cmd"] != "PONG" or not self._beats:
+                return cmd, payload
+            self._beats -= 1
+
+    def _recv_frame(self, deadline):
+        while True:
+            wait = deadline - time.monotonic()
+            beat = self._beat_in()
+            if beat is not None and beat < wait:
+                wait = beat
+            if self._sock.poll(int(max(wait, 0) * 1000)):
+                break
+            if self._beat_in() == 0:
+                self._send_cmd({"cmd": "PING"})
+                self._beats += 1
+            elif time.monotonic() >= deadline:
+                return None, None
         frames = self._sock.recv_multipart()
         try:
             cmd, entries = _decode_frame(frames[0], self._max_payload())
