@@ -583,6 +583,34 @@ kim_config_load (const char *path, char *error, size_t error_size, int *err)
     return self;
 }
 
+bool
+kim_config_keep_running (kim_config_t *fresh, const kim_config_t *old)
+{
+    //  These sized arrays and bound sockets at start; the name is the
+    //  broker's identity to its peers and the sender of its own messages.
+    bool data_moved = !(old->overridden & KIM_CONFIG_DATA) && strcmp (fresh->data, old->data);
+    bool bind_moved = !(old->overridden & KIM_CONFIG_BIND)
+        && (fresh->endpoint_count != old->endpoint_count
+        ||  memcmp (fresh->endpoints, old->endpoints, sizeof fresh->endpoints));
+    bool changed = fresh->window_max != old->window_max || fresh->batch_max != old->batch_max
+                || data_moved || bind_moved
+                || fresh->max_payload != old->max_payload || fresh->map_max != old->map_max
+                || strcmp (fresh->name, old->name);
+    memcpy (fresh->name, old->name, sizeof fresh->name);
+    fresh->overridden = old->overridden;
+    if (old->overridden & KIM_CONFIG_VERBOSE)
+        fresh->verbose = true;
+    fresh->window_max = old->window_max;
+    fresh->batch_max = old->batch_max;
+    fresh->max_payload = old->max_payload;
+    fresh->map_size = old->map_size;
+    fresh->map_max = old->map_max;
+    memcpy (fresh->data, old->data, sizeof fresh->data);
+    fresh->endpoint_count = old->endpoint_count;
+    memcpy (fresh->endpoints, old->endpoints, sizeof fresh->endpoints);
+    return changed;
+}
+
 kim_config_t *
 kim_config_parse (const char *text, char *error, size_t error_size, int *err)
 {

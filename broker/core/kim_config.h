@@ -94,6 +94,13 @@ typedef struct {
 #define KIM_CONFIG_BIND     2u
 #define KIM_CONFIG_VERBOSE  4u
 
+//  A reload's config takes the settings that only a restart changes from
+//  the running one (name, data, bind, window_max, batch_max, max_payload,
+//  the store's sizes, and what flags gave; kim.cfg(5) lists what a reload
+//  applies). True when the file had changed one of them.
+bool
+    kim_config_keep_running (kim_config_t *fresh, const kim_config_t *old);
+
 //  Embedded defaults (no file). Returns NULL on out-of-memory only.
 kim_config_t *
     kim_config_new (void);

@@ -424,30 +424,9 @@ s_reload (kim_server_t *self, char *summary, size_t summary_size)
         }
         return -1;
     }
-    //  These sized arrays and bound sockets at start; the name is the
-    //  broker's identity to its peers and the sender of its own messages.
-    bool data_moved = !(old->overridden & KIM_CONFIG_DATA) && strcmp (fresh->data, old->data);
-    bool bind_moved = !(old->overridden & KIM_CONFIG_BIND)
-        && (fresh->endpoint_count != old->endpoint_count
-        ||  memcmp (fresh->endpoints, old->endpoints, sizeof fresh->endpoints));
-    if (fresh->window_max != old->window_max || fresh->batch_max != old->batch_max
-    ||  data_moved || bind_moved
-    ||  fresh->max_payload != old->max_payload || fresh->map_max != old->map_max
-    ||  strcmp (fresh->name, old->name))
+    if (kim_config_keep_running (fresh, old))
         zsys_warning ("reload: changes to name, data, bind, window_max, batch_max, max_payload "
                       "or the store need a restart; they keep their running values");
-    memcpy (fresh->name, old->name, sizeof fresh->name);
-    fresh->overridden = old->overridden;
-    if (old->overridden & KIM_CONFIG_VERBOSE)
-        fresh->verbose = true;
-    fresh->window_max = old->window_max;
-    fresh->batch_max = old->batch_max;
-    fresh->max_payload = old->max_payload;
-    fresh->map_size = old->map_size;
-    fresh->map_max = old->map_max;
-    memcpy (fresh->data, old->data, sizeof fresh->data);
-    fresh->endpoint_count = old->endpoint_count;
-    memcpy (fresh->endpoints, old->endpoints, sizeof fresh->endpoints);
 
     size_t added = 0, rotated = 0, revoked = 0, removed = 0, dropped = 0;
     for (size_t i = 0; i < fresh->org_count; i++) {

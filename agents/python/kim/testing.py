@@ -28,10 +28,10 @@ def _items(keys, depth):
     return lines
 
 
-def terminate(process, timeout):
-    """SIGTERM to a running Popen, SIGKILL after `timeout` s; its exit code."""
+def terminate(process, timeout, sig=signal.SIGTERM):
+    """`sig` (SIGTERM) to a running Popen, SIGKILL after `timeout` s; its exit code."""
     if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(sig)
         try:
             process.wait(timeout)
         except subprocess.TimeoutExpired:

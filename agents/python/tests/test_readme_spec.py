@@ -58,6 +58,8 @@ AGENT = _program("KIM_AGENT_BIN", "build/test/agents/agent/kim-agent")
 POLICY = os.path.join(ROOT, "deploy", "policy.cfg")
 PYDIR = os.path.join(ROOT, "agents", "python")
 EXAMPLES = os.path.join(PYDIR, "examples")
+sys.path.insert(0, PYDIR)
+from kim.testing import terminate  # noqa: E402
 SANITIZER = re.compile(r"Sanitizer|runtime error:")
 STATUTE = "SGB X §69(1)1"
 
@@ -245,13 +247,7 @@ class Broker:
     def stop(self, sig=signal.SIGTERM):
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 20, sig)
         self.log.close()
         return self.proc.returncode
 
@@ -385,13 +381,7 @@ class Agent:
     def stop(self):
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, 20)
         self.log.close()
         return self.proc.returncode
 
