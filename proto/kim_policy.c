@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kim/kim_citation.h"
 #include "kim/kim_policy.h"
@@ -693,6 +694,25 @@ s_verdict (kim_policy_decision_t *decision, const s_rule_t *rule, int code, kim_
     return 0;
 }
 
+
+//  A consent's end for people reading a decision: a UTC date, not the
+//  milliseconds of the header. A time beyond what a header can carry
+//  (2^53 - 1 ms) is an end that was never set: `kim policy check
+//  --assume-consent` assumes such a consent.
+static void
+s_until (uint64_t valid_until_ms, char *out, size_t size)
+{
+    if (valid_until_ms > (1ull << 53) - 1) {
+        snprintf (out, size, "with no end");
+        return;
+    }
+    time_t seconds = (time_t) (valid_until_ms / 1000);
+    struct tm utc;
+    if (!gmtime_r (&seconds, &utc)
+    ||  strftime (out, size, "until %Y-%m-%d %H:%M:%S UTC", &utc) == 0)
+        snprintf (out, size, "until %llu ms", (unsigned long long) valid_until_ms);
+}
+
 static int
 s_check_consent (const s_rule_t *rule, const kim_policy_facts_t *facts,
                  kim_policy_consent_fn *lookup, void *arg,
@@ -790,8 +810,10 @@ s_check_consent (const s_rule_t *rule, const kim_policy_facts_t *facts,
                           "Art. 9 Abs. 2 lit. a DSGVO)": "");
     }
     snprintf (decision->basis, sizeof decision->basis, "consent: %s", id);
+    char until [48];
+    s_until (consent.valid_until, until, sizeof until);
     return s_verdict (decision, rule, 0, explain, "consent %s covers recipient, purpose and "
-                      "categories until %llu", id, (unsigned long long) consent.valid_until);
+                      "categories %s", id, until);
 }
 
 //  A statute citation is read as the provision it names and accepted when

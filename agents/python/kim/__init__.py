@@ -25,8 +25,8 @@ sends one SEND after another, a few ahead of their answers.
 Needs Debian's python3-zmq, python3-msgpack and python3-nacl.
 """
 from .certs import load_cert, load_sign_key, write_cert
-from .client import Client, Delivery, Rejected, KimError, canonical_header, sign_header
+from .client import Client, Delivery, Directory, Rejected, KimError, canonical_header, sign_header
 
-__all__ = ["Client", "Delivery", "Rejected", "KimError", "canonical_header", "sign_header",
+__all__ = ["Client", "Delivery", "Directory", "Rejected", "KimError", "canonical_header", "sign_header",
            "load_cert", "load_sign_key", "write_cert"]
 __version__ = "0.2.0"

@@ -56,6 +56,15 @@ class KimError(Exception):
     """A local failure: no answer in time, a bad key, a broken frame."""
 
 
+class Directory(list):
+    """DIRECTORY_REPLY's entries, a list; `matched` is the reply's `count`, the
+    organisations that matched (more than the list holds when the reply was cut)."""
+
+    def __init__(self, entries, matched):
+        super().__init__(entries)
+        self.matched = matched
+
+
 class Rejected(KimError):
     """The broker answered REJECT (§8.5)."""
 
@@ -95,8 +104,11 @@ def _absent(value):
 
 
 def canonical_header(hdr):
-    """The header as a dict in canonical order (§6 rule 8, §9), absent fields left out."""
-    unknown = set(hdr) - set(HEADER_ORDER)
+    """The header as a dict in canonical order (§6 rule 8, §9), absent fields left out.
+    Keys starting with `x-` are left out too: receivers ignore them and the broker
+    neither stores nor forwards them (§6 rule 2), so they are no part of what is
+    hashed and signed."""
+    unknown = set(k for k in hdr if not k.startswith("x-")) - set(HEADER_ORDER)
     if unknown:
         raise KimError("unknown header fields: %s" % ", ".join(sorted(unknown)))
     out = {}
@@ -845,14 +857,19 @@ class Client:
     def directory(self, org=None, timeout=None, homes=False):
         """The directory's entries (§8.15): dicts with id, name, type, public_body,
         public_key and maybe sign_key; with `homes`, an organisation of another
-        district also has `home`, the broker it is homed at (§16.3)."""
+        district also has `home`, the broker it is homed at (§16.3).
+
+        The list's `matched` is how many organisations matched (the reply's
+        `count`). A reply holds at most 128 entries, so a `matched` larger than
+        the list means it was cut: ask again with `org` for one that is missing."""
         cmd = {"cmd": "DIRECTORY"}
         if org:
             cmd["org"] = org
         if homes:
             cmd["homes"] = True
         self._send_cmd(cmd)
-        return self._wait(lambda c: c["cmd"] == "DIRECTORY_REPLY", None, timeout)["orgs"]
+        reply = self._wait(lambda c: c["cmd"] == "DIRECTORY_REPLY", None, timeout)
+        return Directory(reply["orgs"], reply.get("count", len(reply["orgs"])))
 
     def referral_query(self, referral_id=None, case_id=None, org=None, timeout=None):
         """Referrals this organisation takes part in (§8.14), as dicts."""

@@ -416,6 +416,8 @@ def test_policy_check_with_a_consent_file(tmp_path):
     assert verdict["decision"] == "allow" and verdict["rule"] == "P8", allow
     assert "offline" in allow.out.lower(), allow
     assert re.search(r"rule P1\b.*does not apply", allow.out), allow     # rules it tried
+    # the consent's end as a date a person reads (valid_until 1893456000000 ms)
+    assert "categories until 2030-01-01 00:00:00 UTC" in verdict["text"], allow
     header["purpose"] = "housing"
     deny = kim("policy", "check", "--policy", POLICY, "--json", "--consent-file", grant,
                stdin=json.dumps(header) + "\n")

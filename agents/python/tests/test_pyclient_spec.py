@@ -359,6 +359,32 @@ def test_canonical_header_leaves_absent_fields_out():
     assert out["msg_id"] == "m-1"
 
 
+def test_canonical_header_leaves_x_keys_out():
+    # §6 rule 2: keys starting with "x-" are ignored by receivers, "not stored and not
+    # forwarded", so they are no part of the header the broker hashes and a signature covers
+    hdr = referral()
+    hdr["x-trace"] = "t-1"
+    out = kim.canonical_header(hdr)
+    assert "x-trace" not in out and out == kim.canonical_header(referral(hdr["referral_id"],
+                                                                        hdr["case_id"]))
+    # any other key the table of §9 does not name is still refused
+    with pytest.raises(kim.KimError):
+        kim.canonical_header(dict(referral(), trace="t-1"))
+
+
+def test_send_with_an_x_key_is_signed_and_delivered_without_it(lab):
+    b = lab.broker()
+    jc = lab.client(b, JC)
+    raw = lab.raw(b, SOZ)
+    hdr = referral()
+    hdr["x-trace"] = "t-1"
+    r = jc.send(hdr, b"payload")
+    cmd, _ = raw.deliver()
+    assert cmd["seq"] == r["seq"] and "x-trace" not in cmd["hdr"]
+    assert verifies(cmd["hdr"], jc.directory(JC)[0]["sign_key"])
+    raw.send({"cmd": "ACK", "seqs": [cmd["seq"]]})
+
+
 def test_canonical_header_matches_the_brokers_order(lab):
     # §6 rule 8: "the broker stores and forwards headers canonically"; the client's
     # canonical order (canonical_header, §6 rule 8, §9) is the same
@@ -1036,6 +1062,19 @@ def test_directory_entries(lab):
     # for the answering broker's own"
     assert [e for e in c.directory(homes=True) if "home" in e] == []
     assert [e["id"] for e in c.directory(org=AA, homes=True)] == [AA]
+
+
+def test_directory_count_says_when_the_reply_was_cut(lab):
+    orgs = {"jc.o%03d" % i: "agency" for i in range(130)}
+    b = lab.broker(orgs=orgs)
+    c = lab.client(b, "jc.o129")
+    # client.Client.directory: "The list's `matched` is how many organisations matched
+    # (the reply's `count`). A reply holds at most 128 entries" (§8.15)
+    entries = c.directory()
+    assert isinstance(entries, list) and len(entries) == 128 and entries.matched == 130
+    one = c.directory("jc.o129")
+    assert [e["id"] for e in one] == ["jc.o129"] and one.matched == 1
+    assert c.directory("jc.nobody").matched == 0
 
 
 def test_seal_key_is_the_directorys_public_key(lab):
