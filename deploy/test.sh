@@ -53,7 +53,7 @@ if [ "${KIM_TSAN:-1}" != 0 ]; then
     # ASan above: they drive no thread path the other tests do not.
     tsan_args=(--test-dir "$tsan" --output-on-failure -j "$(nproc)" --timeout 300
                -L "unit|integration|fault"
-               -E "python\.(policy|cli|config|federation_guide|web|readme|pyclient)_spec")
+               -E "python\.(policy|cli|config_[a-z]+|federation_guide|web_[a-z]+|readme_[a-z]+|pyclient|agent_man|operations)_spec")
     [ -n "${KIM_TEST_REGEX:-}" ] && tsan_args+=(-R "$KIM_TEST_REGEX")
     tsan_run ctest "${tsan_args[@]}"
     grep -E "tests passed" "$reports/out" >&2

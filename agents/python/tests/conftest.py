@@ -6,6 +6,10 @@ import sys
 
 import pytest
 
+#   The shared helpers of the document checks assert too: rewritten, their
+#   failures show the values as the tests' own do.
+pytest.register_assert_rewrite("kim_configenv", "kim_readme", "kim_webenv", "kim_policyfiles")
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 sys.path.insert(0, os.path.join(ROOT, "agents", "python"))
