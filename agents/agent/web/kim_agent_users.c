@@ -69,8 +69,15 @@ struct _kim_agent_users_t {
     s_tracked_t *tracked;
     uint32_t max_failures;
     uint64_t lockout_ms;
+    kim_agent_clock_fn *clock;          //  ms; the wall clock unless a test moves it
     char dummy_hash [crypto_pwhash_STRBYTES];
 };
+
+static uint64_t
+s_wall_clock (void)
+{
+    return (uint64_t) zclock_time ();
+}
 
 bool
 kim_agent_users_name_valid (const char *name)
@@ -184,6 +191,7 @@ kim_agent_users_new (const char *path, uint32_t max_failures, uint32_t lockout_s
     kim_str_copy (self->path, sizeof self->path, path);
     self->max_failures = max_failures? max_failures: 5;
     self->lockout_ms = (uint64_t) (lockout_s? lockout_s: 900) * 1000;
+    self->clock = s_wall_clock;
     pthread_mutex_init (&self->mutex, NULL);
     //  A hash to verify against when the name is unknown (same cost)
     char dummy [KIM_AGENT_TOKEN_HEX + 1];
@@ -197,6 +205,12 @@ kim_agent_users_new (const char *path, uint32_t max_failures, uint32_t lockout_s
     }
     s_reload (self);
     return self;
+}
+
+void
+kim_agent_users_set_clock (kim_agent_users_t *self, kim_agent_clock_fn *clock)
+{
+    self->clock = clock? clock: s_wall_clock;
 }
 
 void
@@ -271,7 +285,7 @@ kim_agent_users_login (kim_agent_users_t *self, const char *user, const char *pa
     char user_key [80], address_key [80];
     snprintf (user_key, sizeof user_key, "u:%.32s", user);
     snprintf (address_key, sizeof address_key, "a:%.64s", address);
-    uint64_t now = (uint64_t) zclock_time ();
+    uint64_t now = self->clock ();
 
     pthread_mutex_lock (&self->mutex);
     s_reload (self);
@@ -355,7 +369,7 @@ bool
 kim_agent_users_session (kim_agent_users_t *self, const char *sid, kim_agent_session_t *session)
 {
     memset (session, 0, sizeof *session);
-    uint64_t now = (uint64_t) zclock_time ();
+    uint64_t now = self->clock ();
     pthread_mutex_lock (&self->mutex);
     s_session_t *entry = s_find (self, sid);
     bool live = entry && entry->seen + S_IDLE_MS >= now && entry->created + S_LIFETIME_MS >= now;

@@ -57,6 +57,13 @@ kim_agent_users_t *
 void
     kim_agent_users_destroy (kim_agent_users_t **self_p);
 
+//  The clock that sessions and lockouts are measured by, in ms (NULL: the
+//  wall clock, the default). Tests move it to check the 30 minutes and the
+//  12 hours without waiting for them. Set it before the first login.
+typedef uint64_t (kim_agent_clock_fn) (void);
+void
+    kim_agent_users_set_clock (kim_agent_users_t *self, kim_agent_clock_fn *clock);
+
 //  Checks a login. Returns 0 with a new session (*session filled, `sid`
 //  the cookie value), -KIM_E_FORBIDDEN for a wrong name or password, or
 //  -KIM_E_RATE_LIMITED while the user or the address is locked out.
