@@ -16,6 +16,7 @@
 
 #include "kim/kim_citation.h"
 #include "kim/kim_policy.h"
+#include "kim_file.h"
 
 #define S_LIST_MAX      24      //  entries in a rule's list
 #define S_TYPES_MAX     24      //  agency types in from/to
@@ -515,36 +516,16 @@ kim_policy_parse (const char *text, const char *name, char *error, size_t error_
 kim_policy_t *
 kim_policy_load (const char *path, char *error, size_t error_size)
 {
-    FILE *file = fopen (path, "rb");
-    if (!file) {
-        snprintf (error, error_size, "%s: cannot open: %s", path, strerror (errno));
-        return NULL;
-    }
-    char *text = NULL;
-    size_t size = 0, capacity = 0;
-    for (;;) {
-        if (size + 4096 + 1 > capacity) {
-            capacity = capacity? 2 * capacity: 16384;
-            char *grown = capacity <= (1u << 22)? (char *) realloc (text, capacity): NULL;
-            if (!grown) {
-                free (text);
-                fclose (file);
-                snprintf (error, error_size, "%s: too large for a policy file (4 MiB)", path);
-                return NULL;
-            }
-            text = grown;
-        }
-        size_t got = fread (text + size, 1, 4096, file);
-        size += got;
-        if (got < 4096)
-            break;
-    }
-    bool failed = ferror (file);
-    fclose (file);
-    text [size] = 0;
-    if (failed || strlen (text) != size) {
-        free (text);
-        snprintf (error, error_size, "%s: cannot read (or it holds NUL bytes)", path);
+    int why;
+    char *text = kim_file_text (path, 1u << 22, NULL, &why);
+    if (!text) {
+        if (why == EFBIG)
+            snprintf (error, error_size, "%s: too large for a policy file (4 MiB)", path);
+        else
+        if (why == EILSEQ || why == EIO)
+            snprintf (error, error_size, "%s: cannot read (or it holds NUL bytes)", path);
+        else
+            snprintf (error, error_size, "%s: cannot open: %s", path, strerror (why));
         return NULL;
     }
     kim_policy_t *self = kim_policy_parse (text, path, error, error_size);
@@ -693,7 +674,6 @@ s_verdict (kim_policy_decision_t *decision, const s_rule_t *rule, int code, kim_
     s_say (explain, "%s: %s", code? "DENIED": "ALLOWED", decision->text);
     return 0;
 }
-
 
 //  A consent's end for people reading a decision: a UTC date, not the
 //  milliseconds of the header. A time beyond what a header can carry

@@ -19,7 +19,9 @@
 
 #include "kim/kim_policy.h"
 #include "kim_agent.h"
+#include "kim_file.h"
 
+#define S_CONFIG_MAX        (1 << 20)
 #define S_TOKENS_FILE_MAX   65536
 #define S_TOKEN_MIN         32
 #define S_TOKEN_MAX         256
@@ -234,6 +236,41 @@ s_readable (const char *key, const char *path, char *error, size_t error_size)
     return 0;
 }
 
+static enum MHD_Result
+s_answer_none (void *cls, struct MHD_Connection *connection, const char *url,
+               const char *method, const char *version, const char *upload_data,
+               size_t *upload_data_size, void **request)
+{
+    (void) cls, (void) connection, (void) url, (void) method, (void) version;
+    (void) upload_data, (void) upload_data_size, (void) request;
+    return MHD_NO;
+}
+
+//  The certificate and key as the HTTP daemon will load them: a daemon that
+//  listens nowhere takes the pair or refuses it as the running one would,
+//  so that --check finds a file that is not PEM, or a key of another
+//  certificate, before a start does.
+static int
+s_tls_pair (const kim_agent_config_t *self, const char *key, char *error, size_t error_size)
+{
+    int why;
+    char *cert = kim_file_text (self->tls_cert, S_TOKENS_FILE_MAX, NULL, &why);
+    if (!cert)
+        return s_error (error, error_size, "http/tls_cert: cannot read %s: %s", self->tls_cert,
+                        why == EFBIG? "larger than 64 KiB": strerror (why));
+    struct MHD_Daemon *probe = MHD_start_daemon (MHD_USE_TLS | MHD_USE_NO_LISTEN_SOCKET, 0,
+                                                 NULL, NULL, s_answer_none, NULL,
+                                                 MHD_OPTION_HTTPS_MEM_CERT, cert,
+                                                 MHD_OPTION_HTTPS_MEM_KEY, key,
+                                                 MHD_OPTION_END);
+    free (cert);
+    if (!probe)
+        return s_error (error, error_size, "http/tls_cert, http/tls_key: %s and %s are not a "
+                        "PEM certificate and its private key", self->tls_cert, self->tls_key);
+    MHD_stop_daemon (probe);
+    return 0;
+}
+
 bool
 kim_agent_config_local (const kim_agent_config_t *self)
 {
@@ -251,11 +288,16 @@ kim_agent_config_load (kim_agent_config_t *self, const char *path, char *error, 
 {
     memset (self, 0, sizeof *self);
     snprintf (error, error_size, "%s", "");
-    if (!zsys_file_exists (path))
-        return s_error (error, error_size, "cannot read %s", path);
-    zconfig_t *root = zconfig_load (path);
+    int read_error;
+    char *text = kim_file_text (path, S_CONFIG_MAX, NULL, &read_error);
+    if (!text)
+        return s_error (error, error_size, "cannot read %s: %s", path,
+                        read_error == EFBIG? "larger than 1 MiB": strerror (read_error));
+    zconfig_t *root = zconfig_str_load (text);
+    free (text);
     if (!root)
-        return s_error (error, error_size, "%s is not valid ZPL", path);
+        return s_error (error, error_size, "%s is not valid ZPL (indent with 4 spaces, "
+                        "'name = value' per line)", path);
     uint64_t number = 0;
     int rc = s_check_known (root, error, error_size);
     if (rc == 0)
@@ -427,8 +469,27 @@ kim_agent_config_load (kim_agent_config_t *self, const char *path, char *error, 
                                     error, error_size);
         if (!key)
             return -KIM_E_CONFIG;
+        rc = s_tls_pair (self, key, error, error_size);
         sodium_memzero (key, strlen (key));
         free (key);
+        if (rc)
+            return rc;
+    }
+    struct stat data_st;
+    if (stat (self->data, &data_st) == 0 && !S_ISDIR (data_st.st_mode))
+        return s_error (error, error_size, "agent/data: %s is not a folder (the agent keeps "
+                        "its store there)", self->data);
+    //  The accounts' hashes are secrets as the tokens are: the same rule
+    //  (the file may be missing: no accounts yet).
+    struct stat users_st;
+    if (self->web_enabled && stat (self->web_users, &users_st) == 0) {
+        if (!S_ISREG (users_st.st_mode))
+            return s_error (error, error_size, "web/users: %s is not a regular file",
+                            self->web_users);
+        if (users_st.st_mode & (S_IRWXG | S_IRWXO))
+            return s_error (error, error_size, "web/users: %s holds secrets but group or others "
+                            "may access it (mode %04o): run chmod 600 %s", self->web_users,
+                            (unsigned) (users_st.st_mode & 07777), self->web_users);
     }
     const char *folders [2] = { self->folder_outbox, self->folder_inbox };
     const char *folder_keys [2] = { "folder/outbox", "folder/inbox" };

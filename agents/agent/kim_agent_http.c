@@ -185,7 +185,8 @@ kim_agent_accept_message (const kim_agent_config_t *config, kim_agent_store_t *s
         return rc;
     }
     if (rc == 0 && config->verbose)
-        zsys_debug ("kim-agent %s: accepted %s", config->org, msg->msg_id);
+        zsys_debug ("kim-agent %s: accepted %s (to %s)", config->org, msg->msg_id,
+                    msg->recipient);
     return rc;
 }
 

@@ -242,7 +242,8 @@ s_send_queued (s_link_t *self)
         if (rc == 0) {
             zhashx_insert (self->inflight, msg_id, (void *) 1);
             if (self->config->verbose)
-                zsys_debug ("kim-agent %s: sent %s", self->config->org, msg_id);
+                zsys_debug ("kim-agent %s: sent %s (to %s)", self->config->org, msg_id,
+                            msg.recipient);
         }
         else
         if (s_final (rc))

@@ -38,7 +38,8 @@ static const char s_usage [] =
     "  --version       print the version and exit\n"
     "  --help          this text\n"
     "\n"
-    "Stops cleanly on SIGTERM or SIGINT.\n"
+    "Stops cleanly on SIGTERM or SIGINT; ignores SIGHUP (the configuration is read at\n"
+    "start: restart the agent to apply a change).\n"
     "\n"
     "Example:\n"
     "  kim-agent --config /etc/kim/agent.cfg\n"
@@ -109,7 +110,14 @@ s_main (int argc, char *argv [], FILE *log_stream)
         fprintf (stderr, "kim-agent: --config FILE is required (see --help)\n");
         return 2;
     }
+    if (role && !add_user) {
+        fprintf (stderr, "kim-agent: --role goes with --add-user NAME (see --help)\n");
+        return 2;
+    }
     signal (SIGPIPE, SIG_IGN);
+    //  The configuration is read at start only; a stray SIGHUP (a reload
+    //  meant for another service, a closed terminal) must not end the agent.
+    signal (SIGHUP, SIG_IGN);
     zsys_init ();
     zsys_set_logident ("kim-agent");
     zsys_set_logstream (log_stream? log_stream: stderr);

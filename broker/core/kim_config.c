@@ -10,6 +10,7 @@
 #include <stdarg.h>
 
 #include "kim_config.h"
+#include "kim_file.h"
 
 //  X(field, path, min, max, default, scale): the file holds value/scale units.
 #define KIM_SETTINGS(X)                                                                 \
@@ -546,22 +547,11 @@ kim_config_load (const char *path, char *error, size_t error_size, int *err)
         *err = -KIM_E_CONFIG;
         return NULL;
     }
-    //  Read here rather than by zconfig_load, which leaks its zfile_t when
-    //  the text does not parse (czmq 4.2); a config is small.
-    char *text = NULL;
-    FILE *file = fopen (path, "rb");
-    if (file) {
-        text = (char *) calloc (1, S_CONFIG_MAX + 1);
-        size_t size = text? fread (text, 1, S_CONFIG_MAX + 1, file): 0;
-        if (text && (ferror (file) || size > S_CONFIG_MAX)) {
-            free (text);
-            text = NULL;
-        }
-        fclose (file);
-    }
+    int why;
+    char *text = kim_file_text (path, S_CONFIG_MAX, NULL, &why);
     if (!text) {
-        s_set_error (error, error_size, "%s: cannot read it (or larger than %d bytes)", path,
-                     S_CONFIG_MAX);
+        s_set_error (error, error_size, "%s: cannot read it: %s", path,
+                     why == EFBIG? "larger than 4 MiB": strerror (why));
         *err = -KIM_E_CONFIG;
         return NULL;
     }
