@@ -851,16 +851,36 @@ kim_log_verify_init (kim_log_verify_t *self, const uint8_t *public_key, uint64_t
                      const uint8_t *prev)
 {
     memset (self, 0, sizeof *self);
-    if (public_key) {
-        self->have_key = true;
-        memcpy (self->public_key, public_key, 32);
-    }
+    if (public_key)
+        kim_log_verify_add_key (self, public_key);
     if (from_seq < 1)
         from_seq = 1;
     self->first = from_seq;
     self->last = from_seq - 1;
     self->anchored = prev || from_seq == 1;
     memcpy (self->prev, prev? prev: s_zero_hash, KIM_HASH_SIZE);
+}
+
+int
+kim_log_verify_add_key (kim_log_verify_t *self, const uint8_t public_key [32])
+{
+    if (self->key_count == KIM_LOG_VERIFY_KEYS)
+        return -KIM_E_ARGS;
+    memcpy (self->keys [self->key_count++], public_key, 32);
+    return 0;
+}
+
+//  The trusted key whose id a checkpoint names, or NULL.
+static const uint8_t *
+s_trusted_key (const kim_log_verify_t *self, const char *key_id)
+{
+    for (size_t i = 0; i < self->key_count; i++) {
+        char id [KIM_LOG_KEY_ID_SIZE + 1];
+        kim_log_key_id (self->keys [i], id);
+        if (strcmp (id, key_id) == 0)
+            return self->keys [i];
+    }
+    return NULL;
 }
 
 int
@@ -898,14 +918,20 @@ kim_log_verify_step (kim_log_verify_t *self, const kim_log_record_t *record)
             return s_fail (self, record->seq, "checkpoint %" PRIu64 " covers seq %" PRIu64
                            " with a head hash the log does not have", record->seq,
                            checkpoint.seq);
-        if (self->have_key) {
-            char key_id [KIM_LOG_KEY_ID_SIZE + 1];
-            kim_log_key_id (self->public_key, key_id);
-            if (strcmp (key_id, checkpoint.key_id) != 0)
+        if (self->key_count) {
+            const uint8_t *key = s_trusted_key (self, checkpoint.key_id);
+            if (!key && self->key_count == 1) {
+                char key_id [KIM_LOG_KEY_ID_SIZE + 1];
+                kim_log_key_id (self->keys [0], key_id);
                 return s_fail (self, record->seq, "checkpoint %" PRIu64 " is signed by key %s, "
                                "not by the broker's key %s", record->seq, checkpoint.key_id,
                                key_id);
-            int layout = kim_log_checkpoint_layout (&checkpoint, self->public_key);
+            }
+            if (!key)
+                return s_fail (self, record->seq, "checkpoint %" PRIu64 " is signed by key %s, "
+                               "none of the %zu keys given", record->seq, checkpoint.key_id,
+                               self->key_count);
+            int layout = kim_log_checkpoint_layout (&checkpoint, key);
             if (layout == 0)
                 return s_fail (self, record->seq, "checkpoint %" PRIu64 " has a bad signature",
                                record->seq);
@@ -941,8 +967,9 @@ kim_log_verify_end (kim_log_verify_t *self, const kim_log_checkpoint_t *outside,
 {
     if (self->failed || !outside)
         return self->failed? -KIM_E_VERIFY_FAILED: 0;
-    int layout = self->have_key? kim_log_checkpoint_layout (outside, self->public_key): 0;
-    if (self->have_key
+    const uint8_t *key = s_trusted_key (self, outside->key_id);
+    int layout = key? kim_log_checkpoint_layout (outside, key): 0;
+    if (self->key_count
     &&  (layout == 0 || (layout == KIM_LOG_CHECKPOINT_V1 && self->current_seen)))
         return s_fail (self, outside->seq, "the checkpoint held outside the log (seq %" PRIu64
                        ") has a bad signature", outside->seq);
@@ -953,7 +980,7 @@ kim_log_verify_end (kim_log_verify_t *self, const kim_log_checkpoint_t *outside,
     if (hash_at_seq && memcmp (hash_at_seq, outside->head, KIM_HASH_SIZE) != 0)
         return s_fail (self, outside->seq, "record %" PRIu64 " differs from the signed "
                        "checkpoint held outside the log", outside->seq);
-    if (self->have_key && outside->seq > self->sealed)
+    if (self->key_count && outside->seq > self->sealed)
         self->sealed = outside->seq;
     return 0;
 }

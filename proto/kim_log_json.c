@@ -302,6 +302,42 @@ kim_log_test (bool verbose)
         S_CHECK (kim_log_verify_step (&verify, &records [i]) == 0);
     S_CHECK (kim_log_verify_step (&verify, &records [3]) == -KIM_E_VERIFY_FAILED);
     S_CHECK (verify.bad_seq == 4);
+    //  A replaced signing key: a later checkpoint, signed by the new key,
+    //  after the one of the old key. Both keys given, each checkpoint
+    //  verifies with the key its key_id names; either alone fails at the
+    //  other's checkpoint, and an outside checkpoint of either key holds.
+    kim_log_checkpoint_t later = { .seq = 4, .time_ms = 3000 };
+    memcpy (later.head, records [3].hash, KIM_HASH_SIZE);
+    kim_log_checkpoint_sign (&later, other_sk);
+    uint8_t later_body [KIM_LOG_CHECKPOINT_SIZE];
+    kim_log_checkpoint_encode (&later, later_body);
+    kim_log_record_t fifth = { .seq = 5, .time_ms = 3000, .kind = KIM_LOG_CHECKPOINT,
+                               .body = later_body, .body_size = KIM_LOG_CHECKPOINT_SIZE };
+    kim_log_record_hash (records [3].hash, fifth.kind, 5, 3000, later_body,
+                         KIM_LOG_CHECKPOINT_SIZE, fifth.hash);
+    for (int keys = 0; keys < 3; keys++) {
+        kim_log_verify_init (&verify, keys == 1? other_pk: pk, 1, NULL);
+        if (keys == 2)
+            S_CHECK (kim_log_verify_add_key (&verify, other_pk) == 0);
+        int rc = 0;
+        for (int i = 0; i < 4 && rc == 0; i++)
+            rc = kim_log_verify_step (&verify, &records [i]);
+        if (rc == 0)
+            rc = kim_log_verify_step (&verify, &fifth);
+        if (keys == 2) {
+            S_CHECK (rc == 0 && verify.checkpoints == 2 && verify.sealed == 5);
+            S_CHECK (kim_log_verify_end (&verify, &later, records [3].hash) == 0);
+            S_CHECK (kim_log_verify_end (&verify, &checkpoint, records [2].hash) == 0);
+        }
+        else {
+            S_CHECK (rc == -KIM_E_VERIFY_FAILED && verify.bad_seq == (keys == 0? 5u: 4u));
+            S_CHECK (strstr (verify.why, "not by the broker's key"));
+        }
+    }
+    kim_log_verify_init (&verify, pk, 1, NULL);
+    for (int i = 1; i < KIM_LOG_VERIFY_KEYS; i++)
+        S_CHECK (kim_log_verify_add_key (&verify, other_pk) == 0);
+    S_CHECK (kim_log_verify_add_key (&verify, other_pk) == -KIM_E_ARGS);
     //  A cut-off tail, against a checkpoint held outside
     kim_log_verify_init (&verify, pk, 1, NULL);
     S_CHECK (kim_log_verify_step (&verify, &records [0]) == 0);

@@ -66,7 +66,8 @@ const char kim_cmd_audit_usage [] =
     "Options:\n"
     "  --data DIR          read the log from the broker's data folder (offline)\n"
     "  --sign-key FILE     the broker's public signing key (default DIR/keys/broker.sign.pub\n"
-    "                      offline, " KIM_DEFAULT_KEY_DIR "/broker.sign.pub online)\n"
+    "                      offline, " KIM_DEFAULT_KEY_DIR "/broker.sign.pub online); verify\n"
+    "                      takes it up to 8 times: every key the broker signed with\n"
     "  --from-export FILE  verify: check an export instead of a store ('-': stdin)\n"
     "  --from SEQ --to SEQ sequence range, inclusive\n"
     "  --since T --until T time range, inclusive: ms since the epoch, YYYY-MM-DD or\n"
@@ -91,7 +92,9 @@ typedef struct {
     const char *action;
     const char *case_id;
     const char *data;
-    const char *sign_key;
+    const char *sign_key;               //  the first --sign-key
+    const char *sign_keys [KIM_LOG_VERIFY_KEYS];
+    size_t sign_key_count;
     const char *from_export;
     kim_cli_conn_t conn;
     kim_log_filter_t filter;
@@ -485,6 +488,14 @@ s_do_verify (s_audit_t *self)
     if (kim_log_load_public_key (path, public_key, why, sizeof why))
         return kim_cli_error (self->cmd, "%s (pass --sign-key FILE)", why);
     kim_log_verify_init (&s_verify, public_key, self->filter.from_seq, NULL);
+    //  Every key the broker signed with, when its signing key was replaced
+    //  (operations.md, Keys): each checkpoint names the one that signed it.
+    for (size_t i = 1; i < self->sign_key_count; i++) {
+        uint8_t another [32];
+        if (kim_log_load_public_key (self->sign_keys [i], another, why, sizeof why))
+            return kim_cli_error (self->cmd, "%s (pass --sign-key FILE)", why);
+        kim_log_verify_add_key (&s_verify, another);
+    }
     int rc = s_each (self, s_verify_record);
     if (rc && !s_verify.failed)
         return rc;
@@ -505,16 +516,22 @@ s_do_verify (s_audit_t *self)
                     s_verify.last - s_verify.records + 1, s_verify.last);
         return KIM_EXIT_REJECTED;
     }
-    char key_id [KIM_LOG_KEY_ID_SIZE + 1];
-    kim_log_key_id (public_key, key_id);
+    //  The trusted keys' ids, as the checkpoints name them
+    char key_ids [KIM_LOG_VERIFY_KEYS * (KIM_LOG_KEY_ID_SIZE + 2)] = "";
+    for (size_t i = 0; i < s_verify.key_count; i++) {
+        char key_id [KIM_LOG_KEY_ID_SIZE + 1];
+        kim_log_key_id (s_verify.keys [i], key_id);
+        size_t used = strlen (key_ids);
+        snprintf (key_ids + used, sizeof key_ids - used, "%s%s", i? ", ": "", key_id);
+    }
     if (s_verify.records == 0) {
         printf ("OK: no records in the range\n");
         return KIM_EXIT_OK;
     }
     uint64_t first = s_verify.last - s_verify.records + 1;
     printf ("OK: records %" PRIu64 "..%" PRIu64 " verified (%" PRIu64 " records, %" PRIu64
-            " checkpoints signed by key %s)", first, s_verify.last, s_verify.records,
-            s_verify.checkpoints, key_id);
+            " checkpoints signed by key%s %s)", first, s_verify.last, s_verify.records,
+            s_verify.checkpoints, s_verify.key_count > 1? "s": "", key_ids);
     if (s_verify.sealed >= s_verify.last)
         printf ("; sealed up to the last record\n");
     else
@@ -1313,8 +1330,13 @@ kim_cmd_audit (int argc, char *argv [])
         if (kim_cli_args_is (&args, "--data"))
             self->data = value;
         else
-        if (kim_cli_args_is (&args, "--sign-key"))
-            self->sign_key = value;
+        if (kim_cli_args_is (&args, "--sign-key")) {
+            if (self->sign_key_count == KIM_LOG_VERIFY_KEYS)
+                return kim_cli_usage_error (self->cmd, "--sign-key: at most %d keys",
+                                            KIM_LOG_VERIFY_KEYS);
+            self->sign_keys [self->sign_key_count++] = value;
+            self->sign_key = self->sign_keys [0];
+        }
         else
         if (kim_cli_args_is (&args, "--from-export"))
             self->from_export = value;

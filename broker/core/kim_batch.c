@@ -787,12 +787,13 @@ kim_batch_run (kim_server_t *self, int (*apply) (kim_server_t *self))
     self->ctx.now = kim_server_now (self);
     int rc;
     for (int attempt = 0; (rc = apply (self)) == 1 && attempt < 64; attempt++)
-        zsys_notice ("server: store map grew to %" PRIu64 " bytes; replaying the batch",
-                     kim_store_bytes (self->store));
+        zsys_notice ("server: store map grew; replaying the batch (%" PRIu64 " bytes of the "
+                     "store in use)", kim_store_bytes (self->store));
     if (rc == 1)
         rc = -KIM_E_STORE_FULL;
     if (rc == -KIM_E_STORE_FULL)
-        zsys_error ("server: store is full at store/map_max_mb; refusing the batch");
+        zsys_error ("server: store is full at store/map_max_mb; refusing the batch "
+                    "(STORE_FULL)");
     else
     if (rc)
         zsys_error ("server: write batch failed: %s", kim_strerror (rc));

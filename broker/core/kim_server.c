@@ -10,8 +10,9 @@
     A RECEIPT therefore always follows a synced commit. If the store fails,
     the server stops serving: it can no longer promise anything. The write
     batch itself, and what hooks may do inside it, is kim_batch.c; what
-    both send to peers is kim_reply.c. This file calls the batch, never the
-    other way round.
+    both send to peers is kim_reply.c; how sessions end, kim_session.c; the
+    registry re-read on SIGHUP or RELOAD, kim_server_reload.c. This file
+    calls them, never the other way round.
 
     Protocol version 2 (PROTOCOL.md 5.1) changes the frames, not the turn:
     a SEND_BATCH's messages join the same write batch as SENDs, answered by
@@ -35,6 +36,7 @@
 #include "kim_deliver.h"
 #include "kim_reply.h"
 #include "kim_server_int.h"
+#include "kim_session.h"
 #include "kim_zap.h"
 
 #define KIM_HOUSEKEEP_MS    200     //  timer for expiry and redelivery checks
@@ -74,100 +76,7 @@ s_clock_update (kim_server_t *self)
 }
 
 //  --------------------------------------------------------------------------
-//  Organisations and sessions
-
-static void
-s_org_state_destroy (void **item)
-{
-    org_state_t *state = (org_state_t *) *item;
-    if (state) {
-        free (state->flights);
-        free (state);
-        *item = NULL;
-    }
-}
-
-
-//  The receiving session is gone: what was in flight returns to the mailbox.
-static void
-s_release_receiver (kim_server_t *self, org_state_t *state)
-{
-    state->receiver = NULL;
-    state->flight_count = 0;
-    state->cursor = 0;
-}
-
-//  The organisation's newest session other than `gone` that takes
-//  deliveries (window > 0), or NULL. A scan of all sessions, as for the
-//  oldest: it runs when a receiving session ends, not per message.
-static session_t *
-s_newest_receiver (kim_server_t *self, org_state_t *state, session_t *gone)
-{
-    session_t *newest = NULL;
-    for (session_t *session = (session_t *) zhashx_first (self->sessions); session;
-         session = (session_t *) zhashx_next (self->sessions))
-        if (session->org == state && session != gone && session->window > 0
-        &&  (!newest || session->opened > newest->opened))
-            newest = session;
-    return newest;
-}
-
-static void
-s_session_destroy (kim_server_t *self, session_t *session, const char *why)
-{
-    org_state_t *state = session->org;
-    //  ACKs waiting for company are committed at the end of this turn,
-    //  before a new session could be given the same deliveries again
-    self->flush_acks = true;
-    if (state->receiver == session) {
-        if (state->flight_count)
-            zsys_info ("server: %s: %zu deliveries in flight return to the mailbox (%s)",
-                       state->org->id, state->flight_count, why);
-        s_release_receiver (self, state);
-        //  Another agent of the organisation that is still connected takes
-        //  over, as the newest session does on its HELLO: left without a
-        //  receiver, the mailbox would wait for the next HELLO.
-        session_t *next = state->session_count > 1? s_newest_receiver (self, state, session): NULL;
-        if (next) {
-            state->receiver = next;
-            kim_server_mark_dirty (self, state);
-        }
-    }
-    if (state->session_count)
-        state->session_count--;
-    if (self->config->verbose)
-        zsys_debug ("server: session %s of %s ended: %s", session->key, state->org->id, why);
-    for (size_t i = 0; i < self->hook_count; i++)
-        if (self->hooks [i].session_end)
-            self->hooks [i].session_end (self->hooks [i].state, session->rid, session->rid_size);
-    zhashx_delete (self->sessions, session->key);
-}
-
-static void
-s_session_free (void **item)
-{
-    free (*item);
-    *item = NULL;
-}
-
-//  Ends the organisation's oldest session with REJECT REPLACED.
-static void
-s_end_oldest_session (kim_server_t *self, org_state_t *state)
-{
-    session_t *oldest = NULL;
-    for (session_t *session = (session_t *) zhashx_first (self->sessions); session;
-         session = (session_t *) zhashx_next (self->sessions))
-        if (session->org == state && (!oldest || session->opened < oldest->opened))
-            oldest = session;
-    if (!oldest)
-        return;
-    zsys_info ("server: %s has %zu sessions, its limit (sessions_per_org): the oldest ends",
-               state->org->id, state->session_count);
-    kim_reply_reject (self, oldest->rid, oldest->rid_size, KIM_E_REPLACED, NULL, NULL,
-                       "%s opened more than %" PRIu64 " sessions; this, the oldest, ends",
-                       state->org->id, self->config->org_sessions);
-    s_session_destroy (self, oldest, "replaced");
-}
+//  Sessions
 
 static bool
 s_has_version (const kim_cmd_t *cmd, uint32_t version)
@@ -195,7 +104,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     //  without a common version the connection is left with none.
     session_t *session = (session_t *) zhashx_lookup (self->sessions, key);
     if (session)
-        s_session_destroy (self, session, "new HELLO");
+        kim_session_end (self, session, "new HELLO");
     //  The highest version both speak (PROTOCOL.md 8.1).
     uint32_t version = 0;
     for (uint32_t v = KIM_PROTOCOL_VERSION; v <= KIM_PROTOCOL_MAX; v++)
@@ -209,7 +118,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
     }
     //  At its limit an organisation's oldest session makes room (section 7.2).
     if (state->session_count >= self->config->org_sessions)
-        s_end_oldest_session (self, state);
+        kim_session_end_oldest (self, state);
 
     session = (session_t *) calloc (1, sizeof (session_t));
     if (!session) {
@@ -239,7 +148,7 @@ s_hello (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *ke
         //  company are committed in this turn, before the new session is
         //  given what they acknowledge (as when a session ends)
         self->flush_acks = true;
-        s_release_receiver (self, state);
+        kim_session_release_receiver (state);
         state->receiver = session;
         kim_server_mark_dirty (self, state);
     }
@@ -362,142 +271,18 @@ s_rate_ok (kim_server_t *self, org_state_t *state, double cost)
     return true;
 }
 
-//  A new organisation state starts with a full bucket.
+//  A revoked key that keeps connecting is refused each time; the log says
+//  so once a minute per organisation, so that an operator looking for
+//  REVOKED finds which agency still tries, without a line per attempt.
 static void
-s_org_state_init (kim_server_t *self, org_state_t *state, const kim_org_t *org)
+s_log_revoked (kim_server_t *self, org_state_t *state)
 {
-    state->org = org;
-    state->tokens = (double) self->config->rate_burst;
-    state->refilled_ms = s_mono ();
-}
-
-//  Ends every session of an organisation whose key is no longer valid.
-static size_t
-s_drop_sessions (kim_server_t *self, org_state_t *state, const char *why)
-{
-    zlistx_t *doomed = zlistx_new ();
-    for (session_t *session = (session_t *) zhashx_first (self->sessions); session;
-         session = (session_t *) zhashx_next (self->sessions))
-        if (session->org == state)
-            zlistx_add_end (doomed, session);
-    size_t count = zlistx_size (doomed);
-    for (session_t *session = (session_t *) zlistx_first (doomed); session;
-         session = (session_t *) zlistx_next (doomed)) {
-        kim_reply_reject (self, session->rid, session->rid_size, KIM_E_REVOKED, NULL, NULL,
-                  "%s: %s", state->org->id, why);
-        s_session_destroy (self, session, why);
-    }
-    zlistx_destroy (&doomed);
-    return count;
-}
-
-//  Re-reads the registry from the config file: keys added, rotated and
-//  revoked take effect at once; a revoked or rotated key's sessions end
-//  now. Settings that shape memory or sockets need a restart and keep
-//  their running values. Returns 0 and a summary, or -1 with the error.
-static int
-s_reload (kim_server_t *self, char *summary, size_t summary_size)
-{
-    kim_config_t *old = self->config;
-    if (!old->path [0]) {
-        snprintf (summary, summary_size, "the broker runs on its embedded defaults: "
-                  "no config file to reload");
-        return -1;
-    }
-    int rc = 0;
-    kim_config_t *fresh = kim_config_load (old->path, summary, summary_size, &rc);
-    //  The modules' sections are not applied by a reload, but a file the
-    //  broker would not start with is refused now rather than at the next
-    //  start (unknown keys are errors, kim.cfg(5))
-    if (fresh && (kim_modules_check (fresh, summary, summary_size)
-              ||  kim_metrics_check (fresh, summary, summary_size)))
-        kim_config_destroy (&fresh);
-    if (!fresh) {
-        //  The operator who sent RELOAD may not know which file the broker
-        //  reads: the answer names it with the key path (8.13)
-        if (strncmp (summary, old->path, strlen (old->path)) != 0) {
-            char why [KIM_TEXT_MAX + 1];
-            kim_str_copy (why, sizeof why, summary);
-            int used = snprintf (summary, summary_size, "%s: ", old->path);
-            if (used > 0 && (size_t) used < summary_size)
-                kim_str_copy (summary + used, summary_size - (size_t) used, why);
-        }
-        return -1;
-    }
-    if (kim_config_keep_running (fresh, old))
-        zsys_warning ("reload: changes to name, data, bind, window_max, batch_max, max_payload "
-                      "or the store need a restart; they keep their running values");
-
-    size_t added = 0, rotated = 0, revoked = 0, removed = 0, dropped = 0;
-    for (size_t i = 0; i < fresh->org_count; i++) {
-        const kim_org_t *org = &fresh->orgs [i];
-        org_state_t *state = (org_state_t *) zhashx_lookup (self->orgs, org->id);
-        if (!state) {
-            state = (org_state_t *) calloc (1, sizeof (org_state_t));
-            if (state)
-                state->flights = (flight_t *) calloc (fresh->window_max, sizeof (flight_t));
-            if (!state || !state->flights) {
-                free (state);
-                kim_config_destroy (&fresh);
-                snprintf (summary, summary_size, "out of memory");
-                return -1;
-            }
-            s_org_state_init (self, state, org);
-            zhashx_insert (self->orgs, org->id, state);
-            added++;
-            continue;
-        }
-        bool key_changed = strcmp (state->org->public_key, org->public_key) != 0;
-        bool now_revoked = org->revoked && !state->org->revoked;
-        bool role_changed = state->org->role != org->role;
-        state->org = org;
-        state->removed = false;
-        if (now_revoked)
-            revoked++;
-        else
-        if (key_changed)
-            rotated++;
-        if (now_revoked || key_changed || role_changed)
-            dropped += s_drop_sessions (self, state, now_revoked? "key revoked":
-                                        key_changed? "key rotated": "role changed");
-    }
-    for (org_state_t *state = (org_state_t *) zhashx_first (self->orgs); state;
-         state = (org_state_t *) zhashx_next (self->orgs))
-        if (!state->removed && !kim_config_org (fresh, state->org->id)) {
-            state->removed = true;
-            removed++;
-        }
-    //  Sessions of removed orgs end after the iteration above (dropping
-    //  edits the session table, not the org table).
-    for (org_state_t *state = (org_state_t *) zhashx_first (self->orgs); state;
-         state = (org_state_t *) zhashx_next (self->orgs))
-        if (state->removed)
-            dropped += s_drop_sessions (self, state, "removed from the registry");
-    //  Modules and org states may still point into the old config.
-    zlistx_add_end (self->retired, old);
-    self->config = fresh;
-    snprintf (summary, summary_size, "%zu organisations: %zu added, %zu keys rotated, "
-              "%zu revoked, %zu removed; %zu sessions ended",
-              fresh->org_count, added, rotated, revoked, removed, dropped);
-    zsys_notice ("reload of %s: %s", fresh->path, summary);
-    return 0;
-}
-
-static void
-s_reload_command (kim_server_t *self, const uint8_t *rid, size_t rid_size, const char *by)
-{
-    char summary [KIM_TEXT_MAX + 1];
-    zsys_notice ("reload asked by %s", by);
-    if (s_reload (self, summary, sizeof summary)) {
-        zsys_error ("reload refused, the registry is unchanged: %s", summary);
-        kim_reply_reject (self, rid, rid_size, KIM_E_RELOAD_FAILED, NULL, NULL, "%s", summary);
+    uint64_t now = s_mono ();
+    if (state->revoked_logged_ms && now - state->revoked_logged_ms < 60000)
         return;
-    }
-    kim_cmd_t *reply = &self->reply;
-    kim_cmd_init (reply, KIM_CMD_RELOADED);
-    reply->count = self->config->org_count;
-    kim_str_copy (reply->text, sizeof reply->text, summary);
-    kim_reply_cmd (self, rid, rid_size, reply);
+    state->revoked_logged_ms = now;
+    zsys_warning ("server: %s connects with its revoked key: refused (REVOKED)",
+                  state->org->id);
 }
 
 static int
@@ -509,7 +294,7 @@ s_signal_ready (zloop_t *loop, zmq_pollitem_t *item, void *arg)
         return 0;
     char summary [KIM_TEXT_MAX + 1];
     zsys_notice ("SIGHUP: reloading the registry");
-    if (s_reload (self, summary, sizeof summary))
+    if (kim_server_reload (self, summary, sizeof summary))
         zsys_error ("reload refused, the registry is unchanged: %s", summary);
     return 0;
 }
@@ -810,9 +595,11 @@ s_read_batch (kim_server_t *self, const uint8_t *rid, size_t rid_size, const cha
         kim_reply_reject (self, rid, rid_size, rc, NULL, error.path [0]? error.path: NULL,
                   "%s%s%s", kim_strerror (rc), error.path [0]? " at ": "", error.path);
     else
-    if (payer && payer->org->revoked)
+    if (payer && payer->org->revoked) {
+        s_log_revoked (self, payer);
         kim_reply_reject (self, rid, rid_size, KIM_E_REVOKED, NULL, NULL,
                   "the key of %s is revoked", payer->org->id);
+    }
     else
     if (frames > 1)
         kim_reply_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, NULL, NULL,
@@ -980,10 +767,12 @@ s_read_one (kim_server_t *self)
         kim_reply_reject (self, rid, rid_size, rc, msg_id, error.path [0]? error.path: NULL,
                   "%s%s%s", kim_strerror (rc), error.path [0]? " at ": "", error.path);
     else
-    if (payer && payer->org->revoked)
+    if (payer && payer->org->revoked) {
         //  ZAP admits revoked keys only so that they hear this.
+        s_log_revoked (self, payer);
         kim_reply_reject (self, rid, rid_size, KIM_E_REVOKED, msg_id, NULL,
                   "the key of %s is revoked", payer->org->id);
+    }
     else
     if (frames > (s_takes_payload (cmd)? 2: 1))
         kim_reply_reject (self, rid, rid_size, KIM_E_BAD_FRAMES, msg_id, NULL,
@@ -1062,14 +851,14 @@ s_read_one (kim_server_t *self)
                 s_status (self, session);
                 break;
             case KIM_CMD_BYE:
-                s_session_destroy (self, session, "BYE");
+                kim_session_end (self, session, "BYE");
                 break;
             case KIM_CMD_RELOAD:
                 if (session->org->org->role != KIM_ROLE_OPERATOR)
                     kim_reply_reject (self, rid, rid_size, KIM_E_FORBIDDEN, NULL, "cmd",
                               "only an operator may reload the registry");
                 else
-                    s_reload_command (self, rid, rid_size, session->org->org->id);
+                    kim_server_reload_command (self, rid, rid_size, session->org->org->id);
                 break;
             default: {
                 //  A module's command is charged what it really took too:
@@ -1228,7 +1017,7 @@ s_housekeep (zloop_t *loop, int timer_id, void *arg)
         kim_reply_reject (self, session->rid, session->rid_size, KIM_E_SESSION_EXPIRED,
                            NULL, NULL, NULL);
         org_state_t *state = session->org;
-        s_session_destroy (self, session, "expired");
+        kim_session_end (self, session, "expired");
         kim_server_mark_dirty (self, state);
     }
     zlistx_destroy (&expired);
@@ -1352,7 +1141,9 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
     int rc = 0;
     self->store = kim_store_new (&store_config, &rc);
     if (!self->store) {
-        snprintf (error, error_size, "%s: cannot open the store: %s", path, kim_strerror (rc));
+        snprintf (error, error_size, "%s: cannot open the store: %s", path,
+                  rc == -KIM_E_BUSY? "another broker uses this data folder (it holds "
+                                     "store/" KIM_STORE_LOCK_NAME ")": kim_strerror (rc));
         kim_server_destroy (&self);
         return NULL;
     }
@@ -1369,8 +1160,8 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
         kim_server_destroy (&self);
         return NULL;
     }
-    zhashx_set_destructor (self->sessions, s_session_free);
-    zhashx_set_destructor (self->orgs, s_org_state_destroy);
+    zhashx_set_destructor (self->sessions, kim_session_free);
+    zhashx_set_destructor (self->orgs, kim_session_org_free);
     for (size_t i = 0; i < config->org_count; i++) {
         org_state_t *state = (org_state_t *) calloc (1, sizeof (org_state_t));
         if (state)
@@ -1381,7 +1172,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
             kim_server_destroy (&self);
             return NULL;
         }
-        s_org_state_init (self, state, &config->orgs [i]);
+        kim_server_org_state_init (self, state, &config->orgs [i]);
         zhashx_insert (self->orgs, state->org->id, state);
         //  Mail that waited while the broker was down goes out on HELLO.
     }

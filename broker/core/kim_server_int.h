@@ -46,6 +46,7 @@ struct _org_state_t {
     org_state_t *next_held;
     bool removed;                   //  dropped from the registry by a reload
     size_t session_count;           //  its sessions now (STATUS, sessions_per_org)
+    uint64_t revoked_logged_ms;     //  last log line of a refusal of its revoked key
     //  Rate limit: one token bucket for all of the organisation's
     //  connections, so that more sessions buy no more of the broker.
     double tokens;                  //  command units it may still spend now
@@ -192,6 +193,15 @@ kim_server_mark_dirty (kim_server_t *self, org_state_t *state)
     }
 }
 
+//  A new organisation state starts with a full bucket.
+static inline void
+kim_server_org_state_init (kim_server_t *self, org_state_t *state, const kim_org_t *org)
+{
+    state->org = org;
+    state->tokens = (double) self->config->rate_burst;
+    state->refilled_ms = (uint64_t) zclock_mono ();
+}
+
 //  Index of the first flight at or above `seq`.
 static inline size_t
 kim_server_flight_lower (const org_state_t *state, uint64_t seq)
@@ -237,6 +247,18 @@ kim_server_flights_remove (org_state_t *state, const uint64_t *seqs, size_t coun
             state->flights [kept++] = state->flights [i];
     state->flight_count = kept;
 }
+
+//  --- kim_server_reload.c ---------------------------------------------------
+
+//  Re-reads the registry from the config file. Returns 0 and a summary, or
+//  -1 with the error; a file that fails changes nothing.
+int
+    kim_server_reload (kim_server_t *self, char *summary, size_t summary_size);
+//  RELOAD from an operator's session: RELOADED with the summary, or REJECT
+//  RELOAD_FAILED naming the file and the key.
+void
+    kim_server_reload_command (kim_server_t *self, const uint8_t *rid, size_t rid_size,
+                               const char *by);
 
 //  --- kim_batch.c -----------------------------------------------------------
 

@@ -129,9 +129,14 @@ kim_audit_signing_key (const char *keys_dir, uint8_t secret_key [64], char *erro
             return -KIM_E_KEY;
         }
         FILE *file = fopen (secret_path, "r");
-        bool ok = file && fgets (line, sizeof line, file);
-        if (file)
-            fclose (file);
+        if (!file) {
+            snprintf (error, error_size, "%s: cannot read the broker's signing key: %s (the "
+                      "data folder belongs to the user the broker runs as)", secret_path,
+                      strerror (errno));
+            return -KIM_E_KEY;
+        }
+        bool ok = fgets (line, sizeof line, file) != NULL;
+        fclose (file);
         line [ok? strcspn (line, "\r\n"): 0] = 0;
         size_t bin_size = 0;
         ok = ok && strlen (line) == 128

@@ -221,9 +221,10 @@ void
 //  --- verifying -------------------------------------------------------------
 
 //  A streaming verifier: feed it records in the order read. Plain value.
+#define KIM_LOG_VERIFY_KEYS     8       //  signing keys one verification trusts
 typedef struct {
-    bool have_key;
-    uint8_t public_key [32];
+    size_t key_count;                   //  trusted signing keys; 0: signatures unchecked
+    uint8_t keys [KIM_LOG_VERIFY_KEYS][32];
     bool anchored;                      //  the first record's prev hash is trusted
     uint64_t first;                     //  first seq fed
     uint64_t last;                      //  last seq fed and verified
@@ -246,6 +247,13 @@ typedef struct {
 void
     kim_log_verify_init (kim_log_verify_t *self, const uint8_t *public_key,
                          uint64_t from_seq, const uint8_t *prev);
+
+//  Trusts one more public signing key. A broker whose signing key was
+//  replaced leaves checkpoints signed by each of its keys; every checkpoint
+//  must verify with the trusted key its key_id names. Returns 0, or
+//  -KIM_E_ARGS when KIM_LOG_VERIFY_KEYS are trusted already.
+int
+    kim_log_verify_add_key (kim_log_verify_t *self, const uint8_t public_key [32]);
 
 //  Checks one record: its seq follows the last, its stored hash is the
 //  chain hash, and a checkpoint decodes, covers the record before it and
