@@ -54,15 +54,41 @@ static const char *s_known [] = {
     NULL
 };
 
+//  A ZeroMQ endpoint the agent can connect to: tcp://HOST:PORT or
+//  ipc://PATH. ZeroMQ itself refuses others only when it connects, and the
+//  agent would retry for ever.
+static bool
+s_endpoint_valid (const char *endpoint)
+{
+    if (strncmp (endpoint, "ipc://", 6) == 0)
+        return endpoint [6] != 0;
+    if (strncmp (endpoint, "tcp://", 6) != 0)
+        return false;
+    const char *colon = strrchr (endpoint + 6, ':');
+    if (!colon || colon == endpoint + 6 || !colon [1] || strlen (colon + 1) > 5
+    ||  strspn (colon + 1, "0123456789") != strlen (colon + 1))
+        return false;
+    long port = strtol (colon + 1, NULL, 10);
+    return port >= 1 && port <= 65535;
+}
+
 static int
 s_check_known (zconfig_t *root, char *error, size_t error_size)
 {
     for (zconfig_t *section = zconfig_child (root); section; section = zconfig_next (section)) {
         const char *name = zconfig_name (section);
         bool section_known = false;
+        //  ZPL reads the first of two equal names and ignores the other: a
+        //  section or key given twice would fall back silently
+        for (zconfig_t *other = zconfig_next (section); other; other = zconfig_next (other))
+            if (streq (zconfig_name (other), name))
+                return s_error (error, error_size, "%s: the section appears twice", name);
         for (zconfig_t *key = zconfig_child (section); key; key = zconfig_next (key)) {
             char path [256];
             snprintf (path, sizeof path, "%s/%s", name, zconfig_name (key));
+            for (zconfig_t *other = zconfig_next (key); other; other = zconfig_next (other))
+                if (streq (zconfig_name (other), zconfig_name (key)))
+                    return s_error (error, error_size, "%s: the key appears twice", path);
             bool known = false;
             for (size_t i = 0; s_known [i]; i++)
                 if (streq (s_known [i], path))
@@ -215,10 +241,20 @@ s_load_tokens (kim_agent_config_t *self, char *error, size_t error_size)
             rc = s_error (error, error_size, "http/tokens: more than %d tokens",
                           KIM_AGENT_TOKENS_MAX);
         else {
-            kim_agent_token_t *entry = &self->tokens [self->token_count++];
+            kim_agent_token_t *entry = &self->tokens [self->token_count];
             kim_str_copy (entry->name, sizeof entry->name, line);
             crypto_generichash (entry->hash, sizeof entry->hash, (const uint8_t *) token,
                                 strlen (token), NULL, 0);
+            //  A token names the client system that used it (logs, outbox
+            //  records): one token, one name
+            for (size_t i = 0; i < self->token_count && rc == 0; i++)
+                if (streq (self->tokens [i].name, entry->name)
+                ||  sodium_memcmp (self->tokens [i].hash, entry->hash, sizeof entry->hash) == 0)
+                    rc = s_error (error, error_size, "http/tokens: %s line %zu: the name or "
+                                  "the token of an earlier line again", self->tokens_path,
+                                  line_number);
+            if (rc == 0)
+                self->token_count++;
         }
     }
     if (rc == 0 && self->token_count == 0)
@@ -321,6 +357,9 @@ kim_agent_config_load (kim_agent_config_t *self, const char *path, char *error, 
     if (rc == 0)
         rc = s_string (root, "broker/endpoint", self->endpoint, sizeof self->endpoint,
                        "tcp://127.0.0.1:7470", error, error_size);
+    if (rc == 0 && !s_endpoint_valid (self->endpoint))
+        rc = s_error (error, error_size, "broker/endpoint: '%s' is not tcp://HOST:PORT (port "
+                      "1 to 65535) or ipc://PATH", self->endpoint);
     if (rc == 0)
         rc = s_number (root, "broker/timeout_ms", 100, 600000, 5000, &number, error, error_size);
     self->timeout_ms = (int) number;

@@ -57,7 +57,8 @@ const char kim_cmd_audit_usage [] =
     "  --endpoint URL      a live broker, read as auditor with --cert (and --broker-key)\n"
     "  The options --broker-key, --cert, --timeout, --sign-key and --name after a source\n"
     "  belong to it; before the first source they hold for all.\n"
-    "  --sign-key FILE     the broker's public signing key (required online)\n"
+    "  --sign-key FILE     the broker's public signing key (required online); again for\n"
+    "                      each key of a broker whose signing key was replaced\n"
     "  --name NAME         the broker's name as printed (default: its WELCOME online, the\n"
     "                      folder's name offline)\n"
     "  --sender ORG        only the message with this msg_id from this sender\n"
@@ -671,7 +672,10 @@ s_do_case (s_audit_t *self)
 typedef struct {
     const char *data;                   //  offline source, or NULL
     kim_cli_conn_t conn;                //  online source
-    const char *sign_key;
+    const char *sign_key;               //  the first --sign-key
+    const char *sign_keys [KIM_LOG_VERIFY_KEYS];
+    size_t sign_key_count;
+    bool own_keys;                      //  a --sign-key after it: not those before
     const char *name;                   //  --name
     char label [KIM_ORG_MAX + 8];       //  the broker's name as printed
     //  Outcome
@@ -857,6 +861,12 @@ s_trace_source (s_audit_t *self, s_trace_t *trace, size_t index)
     if (kim_log_load_public_key (path, public_key, why, sizeof why))
         return kim_cli_error (self->cmd, "%s (pass --sign-key FILE after the source)", why);
     kim_log_verify_init (&source->verify, public_key, 1, NULL);
+    for (size_t i = 1; i < source->sign_key_count; i++) {
+        uint8_t another [32];
+        if (kim_log_load_public_key (source->sign_keys [i], another, why, sizeof why))
+            return kim_cli_error (self->cmd, "%s (pass --sign-key FILE after the source)", why);
+        kim_log_verify_add_key (&source->verify, another);
+    }
     int rc = s_each (self, s_trace_record);
     if (rc && !source->verify.failed)
         source->read_failed = true;
@@ -1206,6 +1216,8 @@ s_trace_option (s_audit_t *self, s_trace_t *trace, kim_cli_args_t *args)
         memset (source, 0, sizeof *source);
         source->conn = self->conn;
         source->sign_key = self->sign_key;
+        memcpy (source->sign_keys, self->sign_keys, sizeof source->sign_keys);
+        source->sign_key_count = self->sign_key_count;
     }
     s_trace_source_t *source = trace->source_count
                              ? &trace->sources [trace->source_count - 1]: NULL;
@@ -1226,8 +1238,23 @@ s_trace_option (s_audit_t *self, s_trace_t *trace, kim_cli_args_t *args)
         trace->sender = value;
     }
     else
-    if (kim_cli_args_is (args, "--sign-key"))
-        *(source? &source->sign_key: &self->sign_key) = value;
+    if (kim_cli_args_is (args, "--sign-key")) {
+        //  The first --sign-key after a source replaces the keys it took
+        //  from before the first source; more add to them.
+        const char **keys = source? source->sign_keys: self->sign_keys;
+        size_t *count = source? &source->sign_key_count: &self->sign_key_count;
+        if (source && !source->own_keys) {
+            source->own_keys = true;
+            *count = 0;
+        }
+        if (*count == KIM_LOG_VERIFY_KEYS) {
+            kim_cli_usage_error (self->cmd, "--sign-key: at most %d keys a log",
+                                 KIM_LOG_VERIFY_KEYS);
+            return -1;
+        }
+        keys [(*count)++] = value;
+        *(source? &source->sign_key: &self->sign_key) = keys [0];
+    }
     else {
         if (!source) {
             kim_cli_usage_error (self->cmd, "--name names the broker of the --data or "

@@ -500,6 +500,21 @@ def test_usage_errors_exit_2(args, agent):
         agent.path("agent.users")).read()
 
 
+@pytest.mark.parametrize("twice", ["section", "key"])
+def test_a_section_or_key_given_twice_is_a_configuration_error(twice, agent):
+    """kim-agent(8) CONFIGURATION: "a section or key given twice is a configuration error
+    (exit 2)" (ZPL would read the first and ignore the other)."""
+    agent.offline().write()
+    with open(agent.config, encoding="utf-8") as f:
+        text = f.read()
+    assert "\nfolder" not in text and not text.startswith("folder")
+    text += ("folder\n    poll_ms = 500\nfolder\n    poll_ms = 600\n" if twice == "section"
+             else "folder\n    poll_ms = 500\n    poll_ms = 600\n")
+    agent.write(text)
+    rc, out = agent.check()
+    assert rc == 2 and "twice" in out, out
+
+
 def test_check_of_a_valid_config_exits_0_without_a_broker(agent):
     """kim-agent(8) OPTIONS --check: validate, then exit: 0 valid (no broker involved);
     SYNOPSIS allows --verbose beside it; deploy/agent.cfg header writes
@@ -598,6 +613,14 @@ CHECK_CASES = {
     "token-256": (0, [("http", "tokens", F("a %s\n" % ("t" * 256)))]),
     "token-257": (2, [("http", "tokens", F("a %s\n" % ("t" * 257)))]),
     "token-two": (0, [("http", "tokens", F("a %s\nb %s\n" % ("t" * 40, "u" * 40)))]),
+    # tokens: "each name and each token once"
+    "token-name-twice": (2, [("http", "tokens", F("a %s\na %s\n" % ("t" * 40, "u" * 40)))]),
+    "token-twice": (2, [("http", "tokens", F("a %s\nb %s\n" % ("t" * 40, "t" * 40)))]),
+    # broker/endpoint: "tcp://HOST:PORT or ipc://PATH"
+    "endpoint-nonsense": (2, [("broker", "endpoint", "nonsense")]),
+    "endpoint-port-99999": (2, [("broker", "endpoint", "tcp://127.0.0.1:99999")]),
+    "endpoint-no-port": (2, [("broker", "endpoint", "tcp://127.0.0.1")]),
+    "endpoint-ipc": (0, [("broker", "endpoint", "ipc:///run/kim/broker.sock")]),
     "token-mode-640": (2, [("http", "tokens", F("a %s\n" % ("t" * 40), 0o640))]),
     "token-empty": (2, [("http", "tokens", F(""))]),
     "tokens-missing": (2, [("http", "tokens", NONE)]),

@@ -435,6 +435,13 @@ def test_an_intact_store_verifies_after_the_signing_key_replacement(ops):
     assert "checkpoints signed by keys " in both.stdout, both
     alone = run([CLI_BIN, "audit", "verify", "--data", b.data])
     assert alone.returncode == 1 and "not by the broker's key" in alone.stdout, alone
+    # kim(1) audit trace: --sign-key again for each key of such a broker
+    replay = run([CLI_BIN, "audit", "replay", "--data", b.data, "--type", "REFERRAL"])
+    msg_id = json.loads(replay.stdout.splitlines()[0])["body"]["msg_id"]
+    traced = run([CLI_BIN, "audit", "trace", msg_id, "--data", b.data, "--sign-key", new_pub,
+                  "--sign-key", old_pub])
+    assert traced.returncode == 0, traced
+    assert run([CLI_BIN, "audit", "trace", msg_id, "--data", b.data]).returncode == 1
 
 
 # ---------------------------------------------------------------- §3 Registry
