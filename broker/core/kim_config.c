@@ -524,6 +524,34 @@ s_apply (kim_config_t *self, zconfig_t *root, char *error, size_t error_size)
     return 0;
 }
 
+//  ZPL reads the first of two equal names and ignores the other, so a
+//  section or key given twice would pass with one of its values silently
+//  (kim.cfg(5): nothing falls back silently). A hash a level keeps this
+//  linear for a registry of thousands of organisations.
+static int
+s_given_twice (zconfig_t *node, const char *path, char *error, size_t error_size)
+{
+    zhashx_t *names = zhashx_new ();
+    if (!names) {
+        s_set_error (error, error_size, "out of memory");
+        return -1;
+    }
+    int rc = 0;
+    for (zconfig_t *child = zconfig_child (node); child && rc == 0;
+         child = zconfig_next (child)) {
+        char here [512];
+        snprintf (here, sizeof here, "%s%s%s", path, *path? "/": "", zconfig_name (child));
+        if (zhashx_insert (names, zconfig_name (child), child) != 0) {
+            s_set_error (error, error_size, "%s: given twice", here);
+            rc = -1;
+        }
+        else
+            rc = s_given_twice (child, here, error, error_size);
+    }
+    zhashx_destroy (&names);
+    return rc;
+}
+
 static kim_config_t *
 s_from_zconfig (zconfig_t *root, char *error, size_t error_size, int *err)
 {
@@ -532,7 +560,7 @@ s_from_zconfig (zconfig_t *root, char *error, size_t error_size, int *err)
         *err = -KIM_E_NOMEM;
         return NULL;
     }
-    if (s_apply (self, root, error, error_size)) {
+    if (s_given_twice (root, "", error, error_size) || s_apply (self, root, error, error_size)) {
         kim_config_destroy (&self);
         *err = -KIM_E_CONFIG;
     }

@@ -147,6 +147,11 @@ BAD_REGISTRY = [
      "ops §8: an unknown key inside an orgs entry is an error (sign_kye)"),
     ("id-upper", "orgs/JC.rheine", lambda t: t.replace("    jc.rheine\n", "    JC.rheine\n"),
      "kim.cfg(5) orgs: named by its id type.place[.unit] (broker name: lower case)"),
+    ("key-twice", "orgs/jc.rheine/role: given twice",
+     lambda t: org_add_line(t, JC, "role = auditor"),
+     "kim.cfg(5): a section or key given twice is an error (ZPL would read the first)"),
+    ("section-twice", "broker: given twice", lambda t: t + "broker\n    rate_limit = 10\n",
+     "kim.cfg(5): a section or key given twice is an error"),
 ]
 
 
