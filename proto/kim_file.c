@@ -19,8 +19,8 @@ kim_file_text (const char *path, size_t max_size, size_t *size, int *why)
     size_t used = 0, capacity = 0;
     for (;;) {
         if (used + 4096 + 1 > capacity) {
-            //  Grown in steps, so that a large limit costs nothing for a
-            //  small file; one step past the limit tells it was passed.
+            //  Grown in steps, so that a large limit costs a small file
+            //  nothing; reading stops once the limit is passed.
             capacity = capacity? 2 * capacity: 16384;
             char *grown = (char *) realloc (text, capacity);
             if (!grown) {

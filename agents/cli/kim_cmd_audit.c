@@ -466,6 +466,26 @@ s_each (s_audit_t *self, s_record_fn *fn)
 //  --------------------------------------------------------------------------
 //  Actions
 
+//  The keys after the first --sign-key: a broker whose signing key was
+//  replaced (operations.md, Keys) signed its checkpoints with each, and
+//  each checkpoint names the one that signed it. Returns 0, or -1 after
+//  saying which file is no key.
+static int
+s_trust_more_keys (s_audit_t *self, kim_log_verify_t *verify, const char *const *keys,
+                   size_t count, const char *where)
+{
+    for (size_t i = 1; i < count; i++) {
+        uint8_t another [32];
+        char why [4400];
+        if (kim_log_load_public_key (keys [i], another, why, sizeof why)) {
+            kim_cli_error (self->cmd, "%s (pass --sign-key FILE%s)", why, where);
+            return -1;
+        }
+        kim_log_verify_add_key (verify, another);
+    }
+    return 0;
+}
+
 static kim_log_verify_t s_verify;
 
 static int
@@ -489,14 +509,8 @@ s_do_verify (s_audit_t *self)
     if (kim_log_load_public_key (path, public_key, why, sizeof why))
         return kim_cli_error (self->cmd, "%s (pass --sign-key FILE)", why);
     kim_log_verify_init (&s_verify, public_key, self->filter.from_seq, NULL);
-    //  Every key the broker signed with, when its signing key was replaced
-    //  (operations.md, Keys): each checkpoint names the one that signed it.
-    for (size_t i = 1; i < self->sign_key_count; i++) {
-        uint8_t another [32];
-        if (kim_log_load_public_key (self->sign_keys [i], another, why, sizeof why))
-            return kim_cli_error (self->cmd, "%s (pass --sign-key FILE)", why);
-        kim_log_verify_add_key (&s_verify, another);
-    }
+    if (s_trust_more_keys (self, &s_verify, self->sign_keys, self->sign_key_count, ""))
+        return KIM_EXIT_USAGE;
     int rc = s_each (self, s_verify_record);
     if (rc && !s_verify.failed)
         return rc;
@@ -861,12 +875,9 @@ s_trace_source (s_audit_t *self, s_trace_t *trace, size_t index)
     if (kim_log_load_public_key (path, public_key, why, sizeof why))
         return kim_cli_error (self->cmd, "%s (pass --sign-key FILE after the source)", why);
     kim_log_verify_init (&source->verify, public_key, 1, NULL);
-    for (size_t i = 1; i < source->sign_key_count; i++) {
-        uint8_t another [32];
-        if (kim_log_load_public_key (source->sign_keys [i], another, why, sizeof why))
-            return kim_cli_error (self->cmd, "%s (pass --sign-key FILE after the source)", why);
-        kim_log_verify_add_key (&source->verify, another);
-    }
+    if (s_trust_more_keys (self, &source->verify, source->sign_keys, source->sign_key_count,
+                           " after the source"))
+        return KIM_EXIT_USAGE;
     int rc = s_each (self, s_trace_record);
     if (rc && !source->verify.failed)
         source->read_failed = true;
