@@ -205,6 +205,26 @@ s_grant_check (kim_ctx_t *ctx, kim_route_t *route, kim_verdict_t *verdict)
         return s_refuse (verdict, KIM_E_BAD_VALUE, "hdr.valid_until",
                          "valid_until lies in the past: consent %s would never be valid",
                          msg->grant_id);
+    //  An office's consent names organisations this broker knows: registered
+    //  here, or homed at a linked broker by its directory. The grant goes to
+    //  the brokers of its recipients of other districts as it is logged
+    //  (PROTOCOL.md 16.5); for one not known yet it would never go, and the
+    //  transfers under it would be refused there. A consent a peer forwards
+    //  may name offices of a third district: it is not checked here.
+    if (kim_ctx_org (ctx, msg->sender))
+        for (size_t i = 0; i < msg->recipient_count; i++) {
+            kim_org_t remote;
+            char home [KIM_ORG_MAX + 1];
+            if (kim_ctx_org (ctx, msg->recipients [i])
+            ||  kim_ctx_remote (ctx, msg->recipients [i], &remote, home))
+                continue;
+            char path [48];
+            snprintf (path, sizeof path, "hdr.recipients[%zu]", i);
+            return s_refuse (verdict, KIM_E_UNKNOWN_RECIPIENT, path, "%s is registered neither "
+                             "here nor, by their directories, at a linked broker (an office of "
+                             "another district is known once its broker's directory arrived)",
+                             msg->recipients [i]);
+        }
     return s_check_lead (ctx, msg->case_id, msg->sender, NULL, verdict);
 }
 

@@ -122,15 +122,20 @@ s_home (kim_ctx_t *ctx, const char *org, char home [KIM_ORG_MAX + 1])
     return !kim_ctx_org (ctx, org) && kim_ctx_remote (ctx, org, &remote, home);
 }
 
+//  The default answer period runs from the message's created_at (the
+//  sending broker checked it against its clock), not from its arrival here:
+//  a referral that waited in a link mailbox while the link was down has the
+//  same deadline at both ends.
 static uint64_t
 s_deadline (kim_lifecycle_t *self, kim_ctx_t *ctx, const kim_msg_t *msg)
 {
     if (msg->deadline)
         return msg->deadline;
+    uint64_t from = msg->created_at? msg->created_at: kim_ctx_now (ctx);
     for (size_t i = 0; i < self->purpose_count; i++)
         if (streq (self->purposes [i], msg->purpose))
-            return kim_ctx_now (ctx) + self->purpose_deadline_ms [i];
-    return kim_ctx_now (ctx) + self->deadline_ms;
+            return from + self->purpose_deadline_ms [i];
+    return from + self->deadline_ms;
 }
 
 //  A deadline that has passed would make the referral OVERDUE at once:

@@ -436,7 +436,11 @@ def test_forward_from_peer_reaches_local_agency_unchanged(district, far, connect
     inbox.wait(referral_id=old["referral_id"])
     inbox.settle()
     assert len(inbox.where(referral_id=hdr["referral_id"])) == 1
-    assert len(inbox.where(referral_id=old["referral_id"])) == 1
+    assert len(inbox.where(referral_id=old["referral_id"], type="REFERRAL")) == 1
+    #   §9.4: its default answer period ran from its created_at, as at the far
+    #   broker: a month later it arrives past its deadline, and the recipient is
+    #   reminded at once
+    assert inbox.wait(referral_id=old["referral_id"], type="REMINDER"), inbox.got
 
 
 def test_forward_from_peer_refusals(district, far, connect_to):
