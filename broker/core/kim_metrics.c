@@ -311,6 +311,18 @@ s_label (kim_metrics_t *self, const char *value)
             s_put (self, "%c", *at);
 }
 
+//  The refusals deploy/monitoring/kim-alerts.yml watches: served from 0,
+//  so that the first one after a start is an increase too.
+static bool
+s_alerted (int code)
+{
+    static const int alerted [] = { KIM_E_STORE_FULL, KIM_E_STORE_FAILED };
+    for (size_t i = 0; i < sizeof alerted / sizeof alerted [0]; i++)
+        if (code == alerted [i])
+            return true;
+    return false;
+}
+
 int
 kim_metrics_render (kim_metrics_t *self, const char **text)
 {
@@ -347,10 +359,8 @@ kim_metrics_render (kim_metrics_t *self, const char **text)
               server->duplicates);
     s_family (self, "kim_refusals_total", "counter",
               "REJECTs sent, by reason (wire code and name, see PROTOCOL.md).");
-    //  The refusals the alert rules watch are served from 0, so that the
-    //  first one after a start is an increase too.
     for (int code = 1; code < KIM_METRICS_CODES; code++)
-        if (server->refused [code] || code == KIM_E_STORE_FULL || code == KIM_E_STORE_FAILED)
+        if (server->refused [code] || s_alerted (code))
             s_put (self, "kim_refusals_total{reason=\"%s\",code=\"%d\"} %" PRIu64 "\n",
                    kim_errname (code), code, server->refused [code]);
     s_scalar (self, "kim_deliveries_total", "counter", "Deliveries sent to agents.",

@@ -117,6 +117,15 @@ def wait_for(what, timeout=10.0, step=0.1):
         time.sleep(step)
 
 
+def read_log(path):
+    """A program's log so far ("" before it wrote one)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def public_key(cert_path):
     with open(cert_path) as f:
         return re.search(r'public-key = "(.*)"', f.read()).group(1)
@@ -225,11 +234,7 @@ class Broker:
         return self
 
     def log_text(self):
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def stop(self, sig=signal.SIGTERM):
         if self.proc is None:
@@ -334,11 +339,7 @@ class Agent:
                         timeout=15)
 
     def log_text(self):
-        try:
-            with open(self.log_path, encoding="utf-8", errors="replace") as f:
-                return f.read()
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def api(self, method, path, body=None, token=True):
         headers = {"Content-Type": "application/json"}

@@ -23,6 +23,8 @@ import urllib.request
 
 import pytest
 
+from kim_readme import public_key
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
 BROKER = os.environ.get("KIM_BROKER_BIN") or os.path.join(ROOT, "build/test/broker/kim-broker")
@@ -48,11 +50,6 @@ def poll(what, deadline=DEADLINE, step=0.2):
         if value or time.monotonic() > end:
             return value
         time.sleep(step)
-
-
-def z85_key(cert_path):
-    with open(cert_path) as f:
-        return re.search(r'public-key = "([^"]{40})"', f.read()).group(1)
 
 
 class District:
@@ -91,7 +88,7 @@ class District:
         for org, role in self.orgs.items():
             lines += ["    " + org, '        name = "%s office"' % org,
                       "        role = " + role,
-                      '        public_key = "%s"' % z85_key(os.path.join(self.keys, org + ".cert")),
+                      '        public_key = "%s"' % public_key(os.path.join(self.keys, org + ".cert")),
                       "        revoked = %d" % (org in self.revoked)]
         with open(self.config, "w") as f:
             f.write("\n".join(lines) + "\n" + self.peers)
@@ -245,7 +242,7 @@ def test_step1_each_broker_logs_its_two_keys_in_the_peer_config_form(districts):
     in Z85, public_key the one of keys/broker.cert."""
     for d in districts:
         public, sign = d.keys_logged
-        assert public == z85_key(d.broker_cert)
+        assert public == public_key(d.broker_cert)
         assert sign != public and len(sign) == 40
 
 
@@ -290,7 +287,7 @@ def test_directory_lists_the_other_districts_offices_with_home(districts):
         return next((e for e in out if e.get("org") == org), None) if rc == 0 else None
     far = poll(lambda: entry(st, "kim.rheine", "jc.coesfeld"))
     assert far and far.get("home") == "broker.coesfeld", far
-    assert far["public_key"] == z85_key(os.path.join(co.keys, "jc.coesfeld.cert"))
+    assert far["public_key"] == public_key(os.path.join(co.keys, "jc.coesfeld.cert"))
     back = poll(lambda: entry(co, "jc.coesfeld", "kim.rheine"))
     assert back and back.get("home") == "broker.steinfurt", back
     own = entry(st, "kim.rheine", "kim.rheine")
@@ -469,7 +466,7 @@ def test_check_refuses_a_peer_key_registered_for_an_organisation(districts, tmp_
     st, co = districts
     with open(st.config) as f:
         text = f.read()
-    mine = z85_key(os.path.join(st.keys, "kim.rheine.cert"))
+    mine = public_key(os.path.join(st.keys, "kim.rheine.cert"))
     bad = re.sub(r'(peers\n.*?public_key = )"[^"]*"', r'\1"%s"' % mine.replace("\\", "\\\\"),
                  text, flags=re.S)
     assert bad != text
@@ -494,7 +491,7 @@ def test_concepts_registry_ids_and_roles(tmp_path):
         subprocess.run([KIM, "keygen", org, "--dir", str(tmp_path)], check=True,
                        capture_output=True, timeout=30)
         lines += ["    " + org, "        role = " + role,
-                  '        public_key = "%s"' % z85_key(str(tmp_path / (org + ".cert")))]
+                  '        public_key = "%s"' % public_key(str(tmp_path / (org + ".cert")))]
     cfg = tmp_path / "kim.cfg"
     cfg.write_text("\n".join(lines) + "\n")
     r = subprocess.run([BROKER, "--check", "--config", str(cfg)], cwd=str(tmp_path),
