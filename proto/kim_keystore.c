@@ -1,8 +1,8 @@
 /*  kim_keystore.c — the payload keys, kept apart so that erasing is real.
 
     Owns the small LMDB environment <store>/keys/ that maps a key slot (u64
-    BE: a payload's seq, or a key id from the store's pool of keys made
-    ahead, see kim_store_payload.c) to the 32-byte key its bytes are
+    BE: a payload's seq, or a key id from the owner's pool of keys made
+    ahead, see kim_store_payload.c and kim_agent_store_payload.c) to the 32-byte key its bytes are
     encrypted under at rest. It
     exists because deleting a record from LMDB only frees its page: the
     bytes stay in the file until the page is reused. The payloads are large
@@ -163,7 +163,7 @@ kim_keystore_new (const char *path, bool read_only, bool nosync, size_t map_size
         kim_keystore_destroy (&self);
         return NULL;
     }
-    //  The keys open every payload: the folder is the broker's alone
+    //  The keys open every payload: the folder is the owner's alone
     if (!read_only && mkdir (path, 0700) == -1 && errno != EEXIST) {
         zsys_error ("kim_keystore: cannot create %s: %s", path, strerror (errno));
         *err = -KIM_E_IO;

@@ -1,14 +1,15 @@
 /*  kim_keystore.h — the keys that open payloads at rest (crypto-shredding).
 
-    Every payload the store keeps is encrypted at rest under a key of its
-    own; the keys live here, in a small LMDB environment of their own
-    (<store>/keys/). Erasing a payload deletes its key, and after a batch
+    Every payload the broker's store (kim_store) and kim-agent's store keep
+    is encrypted at rest under a key of its own; the keys live here, in a
+    small LMDB environment of their own (<store>/keys/). Erasing a payload deletes its key, and after a batch
     that deleted keys the store compacts this environment into a fresh file
     (copy, fsync, rename, fsync the folder), so that the deleted keys' bytes
     are no longer in any file. What stays of the payload in the main store's
     freed pages is then noise that nothing can open.
 
-    Thread and lifetime rules: one thread, as kim_store. Writes go into a
+    Thread and lifetime rules: one thread at a time (the agent, whose
+    threads share one, holds a lock around every call). Writes go into a
     batch that starts with the first put or delete and ends with commit or
     abort; the owning store commits it before its own batch, so that no
     payload is ever on disk without its key.
