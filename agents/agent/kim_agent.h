@@ -178,6 +178,31 @@ json_t *
 int
     kim_agent_store_inbox_handled (kim_agent_store_t *self, uint64_t seq, json_t **record);
 
+//  Erasing the office's copies (kim_agent_store_payload.c). Payloads are
+//  sealed at rest under keys of their own (<data>/keys/); erasing one
+//  deletes its key and compacts the key store before the sealed bytes go,
+//  so that nothing in agent/data can open it again. Records stay, with
+//  their headers: they are the office's account of what came and went.
+//
+//  The payload of delivery `seq`; *record is the delivery as in the inbox
+//  list, with "erased_at". -KIM_E_NOT_FOUND when there is no such delivery.
+int
+    kim_agent_store_inbox_erase (kim_agent_store_t *self, uint64_t seq, json_t **record);
+
+//  Every payload about `subject` (a record's header names it, or for an
+//  answer inside a referral, the referral's): deliveries, and messages the
+//  broker answered. *result: {"subject", "inbox": [seq], "outbox": [msg_id],
+//  "waiting": [msg_id]}; "waiting" are outbox messages the broker has not
+//  answered yet, whose payloads must stay until it has.
+int
+    kim_agent_store_subject_erase (kim_agent_store_t *self, const char *subject,
+                                   json_t **result);
+
+//  The payloads of outbox messages the broker has answered (receipted or
+//  refused) are never sent again: erases them. *count: how many.
+int
+    kim_agent_store_outbox_shed (kim_agent_store_t *self, size_t *count);
+
 //  Referral view reads. `state`: NULL for all; `overdue`: -1 all, 0, 1.
 json_t *
     kim_agent_store_referrals (kim_agent_store_t *self, const char *state, int overdue);

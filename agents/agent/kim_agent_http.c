@@ -362,6 +362,41 @@ s_post_handled (s_call_t *call)
     return s_reply (call->connection, MHD_HTTP_OK, record);
 }
 
+static enum MHD_Result
+s_delete_payload (s_call_t *call)
+{
+    uint64_t seq;
+    if (!s_param_seq (call, &seq))
+        return s_error (call->connection, MHD_HTTP_BAD_REQUEST, KIM_E_BAD_VALUE,
+                        "seq must be a positive decimal number", "seq");
+    json_t *record = NULL;
+    int rc = kim_agent_store_inbox_erase (call->self->store, seq, &record);
+    if (rc == -KIM_E_NOT_FOUND)
+        return s_error (call->connection, MHD_HTTP_NOT_FOUND, KIM_E_NOT_FOUND,
+                        "no delivery with this seq in the inbox", "seq");
+    if (rc)
+        return s_store_error (call->connection, rc);
+    zsys_info ("kim-agent %s: the payload of delivery %" PRIu64 " erased on request",
+               call->self->config->org, seq);
+    return s_reply (call->connection, MHD_HTTP_OK, record);
+}
+
+static enum MHD_Result
+s_delete_payloads (s_call_t *call)
+{
+    json_t *result = NULL;
+    int rc = kim_agent_store_subject_erase (call->self->store, call->param, &result);
+    if (rc)
+        return s_store_error (call->connection, rc);
+    //  The subject is personal data: the log names only the counts
+    zsys_info ("kim-agent %s: payloads about a subject erased on request: %zu deliveries, %zu "
+               "sent messages, %zu still waiting for the broker", call->self->config->org,
+               json_array_size (json_object_get (result, "inbox")),
+               json_array_size (json_object_get (result, "outbox")),
+               json_array_size (json_object_get (result, "waiting")));
+    return s_reply (call->connection, MHD_HTTP_OK, result);
+}
+
 static const char *const s_states [] = {
     "SENT", "DELIVERED", "ACCEPTED", "IN_PROGRESS", "OVERDUE", "COMPLETED", "DECLINED",
     "NOT_COMPETENT", "FORWARDED", "EXPIRED", "WITHDRAWN", "SUSPENDED", "LAPSED", "UNDELIVERABLE",
@@ -646,6 +681,7 @@ static const s_route_t s_routes [] = {
     { "GET",  "/v1/inbox",                           s_get_inbox,       S_NO_BODY },
     { "GET",  "/v1/inbox/{seq}",                     s_get_inbox_item,  S_NO_BODY },
     { "POST", "/v1/inbox/{seq}/handled",             s_post_handled,    S_NO_BODY },
+    { "DELETE", "/v1/inbox/{seq}/payload",           s_delete_payload,  S_NO_BODY },
     { "GET",  "/v1/referrals",                       s_get_referrals,   S_NO_BODY },
     { "GET",  "/v1/referrals/{referral_id}",         s_get_referral,    S_NO_BODY },
     { "POST", "/v1/referrals/{referral_id}/answer",  s_post_answer,     S_BODY },
@@ -658,6 +694,7 @@ static const s_route_t s_routes [] = {
     { "POST", "/v1/subjects/{subject}/report",       s_post_report,     S_BODY_OPTIONAL },
     { "GET",  "/v1/reports/{msg_id}",                s_get_report,      S_NO_BODY },
     { "POST", "/v1/subjects/{subject}/erasure",      s_post_erasure,    S_BODY_OPTIONAL },
+    { "DELETE", "/v1/subjects/{subject}/payloads",   s_delete_payloads, S_NO_BODY },
     { "GET",  "/v1/webhook/dead",                    s_get_dead,        S_NO_BODY },
     { "POST", "/v1/webhook/dead/{seq}/retry",        s_post_retry,      S_NO_BODY },
 };

@@ -44,6 +44,7 @@
 #define S_RESCAN_MS         1000    //  the outbox is looked at least this often
 #define S_BACKOFF_MIN_MS    200
 #define S_BACKOFF_MAX_MS    5000
+#define S_SHED_MS           5000    //  answered outbox payloads are erased this often
 
 typedef struct {
     const kim_agent_config_t *config;
@@ -57,6 +58,7 @@ typedef struct {
     int64_t next_connect;
     int backoff_ms;
     int64_t next_scan;
+    int64_t next_shed;
     bool must_stop;
     bool warned;                        //  "no session" said once since the last session
     //  Fault injection for the tests (KIM_AGENT_CRASH_AFTER_DELIVERIES=N):
@@ -208,6 +210,23 @@ s_refuse_locally (s_link_t *self, const char *msg_id, int code, const char *text
                     msg_id, kim_strerror (rc));
     zsys_warning ("kim-agent %s: %s refused before sending: %s (%s)", self->config->org,
                   msg_id, kim_errname (code), text);
+}
+
+//  What the office sent is kept, sealed, only until the broker answered
+//  it: those payloads are never sent again, so they are erased.
+static void
+s_shed (s_link_t *self)
+{
+    self->next_shed = zclock_mono () + S_SHED_MS;
+    size_t count = 0;
+    int rc = kim_agent_store_outbox_shed (self->store, &count);
+    if (rc)
+        zsys_error ("kim-agent %s: cannot erase the payloads of answered messages: %s",
+                    self->config->org, kim_strerror (rc));
+    else
+    if (count && self->config->verbose)
+        zsys_info ("kim-agent %s: erased the payloads of %zu answered messages",
+                   self->config->org, count);
 }
 
 //  Hands queued outbox messages to the client, up to S_INFLIGHT_MAX.
@@ -416,6 +435,8 @@ kim_agent_link_run (const kim_agent_config_t *config, kim_agent_store_t *store,
         return 1;
     }
     while (!zsys_interrupted && !self.must_stop) {
+        if (zclock_mono () >= self.next_shed)
+            s_shed (&self);
         if (!self.client) {
             if (zclock_mono () >= self.next_connect)
                 s_connect (&self);

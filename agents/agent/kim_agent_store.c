@@ -8,13 +8,15 @@
 
     Databases (keys; values):
       outbox          msg_id; the record (JSON)
-      outbox_payload  msg_id; the payload as the local system gave it
+      outbox_payload  msg_id; the payload as the local system gave it, sealed,
+                      until the broker answered it
       queue           accept counter (8 bytes, big-endian); msg_id: what
                       still waits for the broker, oldest first
       inbox           seq (8 bytes, big-endian); the record (JSON)
-      inbox_payload   seq; the payload, opened
+      inbox_payload   seq; the payload, opened and sealed again at rest
       referrals       referral_id; the view's record (JSON)
-      meta            "queue_next"; the next accept counter
+      meta            "queue_next"; the next accept counter; "key_next",
+                      "key_made", "payloads_sealed" (kim_agent_store_payload.c)
       push            seq; a delivery the webhook has still to push (JSON:
                       attempts, next_at, last_error), written with the delivery
       dead            seq; a delivery the webhook gave up on (JSON)
@@ -117,6 +119,15 @@ kim_agent_store_new (const char *dir, size_t map_size, const char *org,
         if (txn)
             mdb_txn_abort (txn);
         kim_agent_store_destroy (&self);
+        return NULL;
+    }
+    if (kim_agent_store_i_keys_open (self, dir, error, error_size) != 0)
+        kim_agent_store_destroy (&self);
+    else
+    if ((rc = kim_agent_store_i_payloads_seal (self)) != 0) {
+        snprintf (error, error_size, "agent/data: cannot seal the payloads stored in %s: %s",
+                  dir, kim_strerror (-rc));
+        kim_agent_store_destroy (&self);
     }
     return self;
 }
@@ -125,6 +136,7 @@ void
 kim_agent_store_destroy (kim_agent_store_t **self_p)
 {
     if (self_p && *self_p) {
+        kim_agent_store_i_keys_close (*self_p);
         if ((*self_p)->env)
             mdb_env_close ((*self_p)->env);
         free (*self_p);
@@ -517,9 +529,8 @@ kim_agent_store_accept (kim_agent_store_t *self, const kim_msg_t *msg, const uin
         rc = kim_agent_store_i_put_json (self, txn, S_OUTBOX, &key, out);
     if (rc == 0)
         rc = s_accept_extra (self, txn, &stamped, counter);
-    MDB_val value = { size, (void *) payload };
     if (rc == 0)
-        rc = s_put (txn, self->dbi [S_OUTBOX_PAYLOAD], &key, &value);
+        rc = kim_agent_store_i_payload_put (self, txn, S_OUTBOX_PAYLOAD, &key, payload, size);
     MDB_val queue_key = { 8, counter_bytes };
     MDB_val queue_value = { strlen (msg->msg_id), (void *) msg->msg_id };
     if (rc == 0)
@@ -579,7 +590,7 @@ kim_agent_store_outbox_load (kim_agent_store_t *self, const char *msg_id, kim_ms
     MDB_txn *txn;
     if (mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
         return -KIM_E_IO;
-    MDB_val key = { strlen (msg_id), (void *) msg_id }, value;
+    MDB_val key = { strlen (msg_id), (void *) msg_id };
     json_t *record = kim_agent_store_i_get_json (self, txn, S_OUTBOX, &key);
     int rc = record? 0: -KIM_E_NOT_FOUND;
     if (rc == 0) {
@@ -589,15 +600,10 @@ kim_agent_store_outbox_load (kim_agent_store_t *self, const char *msg_id, kim_ms
         rc = header? kim_msg_from_json (msg, header, strlen (header), &derr): -KIM_E_NOMEM;
         free (header);
     }
-    if (rc == 0 && mdb_get (txn, self->dbi [S_OUTBOX_PAYLOAD], &key, &value) == 0
-    &&  value.mv_size > 0) {
-        *payload = (uint8_t *) malloc (value.mv_size);
-        if (*payload) {
-            memcpy (*payload, value.mv_data, value.mv_size);
-            *size = value.mv_size;
-        }
-        else
-            rc = -KIM_E_NOMEM;
+    if (rc == 0) {
+        int found = kim_agent_store_i_payload_get (self, txn, S_OUTBOX_PAYLOAD, &key, payload,
+                                                   size);
+        rc = found < 0? found: 0;
     }
     json_decref (record);
     mdb_txn_abort (txn);
@@ -726,12 +732,9 @@ kim_agent_store_deliver (kim_agent_txn_t *txn, const kim_event_t *event, bool *f
                                 "header", kim_agent_store_i_header_json (msg));
     int rc = record? kim_agent_store_i_put_json (self, txn->txn, S_INBOX, &key, record): -KIM_E_NOMEM;
     json_decref (record);
-    value.mv_size = event->payload_size;
-    value.mv_data = (void *) event->payload;
-    if (rc == 0 && event->payload_size > 0) {
-        int mrc = mdb_put (txn->txn, self->dbi [S_INBOX_PAYLOAD], &key, &value, 0);
-        rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
-    }
+    if (rc == 0)
+        rc = kim_agent_store_i_payload_put (self, txn->txn, S_INBOX_PAYLOAD, &key,
+                                            event->payload, event->payload_size);
     if (rc == 0)
         rc = s_view_apply (self, txn->txn, msg, false, event->seq);
     if (rc == 0 && msg->type == KIM_TYPE_ACCESS_REPORT)
@@ -825,26 +828,30 @@ kim_agent_store_inbox_get (kim_agent_store_t *self, uint64_t seq)
         return NULL;
     uint8_t seq_key [8];
     kim_agent_store_i_key_u64 (seq_key, seq);
-    MDB_val key = { 8, seq_key }, value;
+    MDB_val key = { 8, seq_key };
     json_t *record = kim_agent_store_i_get_json (self, txn, S_INBOX, &key);
+    uint8_t *data = NULL;
+    size_t size = 0;
+    if (record && kim_agent_store_i_payload_get (self, txn, S_INBOX_PAYLOAD, &key, &data,
+                                                 &size) < 0) {
+        json_decref (record);
+        record = NULL;
+    }
     if (record) {
-        const uint8_t *data = (const uint8_t *) "";
-        size_t size = 0;
-        if (mdb_get (txn, self->dbi [S_INBOX_PAYLOAD], &key, &value) == 0) {
-            data = (const uint8_t *) value.mv_data;
-            size = value.mv_size;
-        }
         size_t b64_size = sodium_base64_encoded_len (size, sodium_base64_VARIANT_ORIGINAL);
         char *b64 = (char *) malloc (b64_size);
         if (b64) {
-            sodium_bin2base64 (b64, b64_size, data, size, sodium_base64_VARIANT_ORIGINAL);
+            sodium_bin2base64 (b64, b64_size, data? data: (const uint8_t *) "", size,
+                               sodium_base64_VARIANT_ORIGINAL);
             json_object_set_new (record, "payload_base64", json_string (b64));
             free (b64);
         }
         //  Text payloads also as text, for systems that send text
-        if (kim_utf8_valid (data, size))
-            json_object_set_new (record, "payload", json_stringn ((const char *) data, size));
+        if (kim_utf8_valid (data? data: (const uint8_t *) "", size))
+            json_object_set_new (record, "payload", json_stringn (data? (const char *) data: "",
+                                                                  size));
     }
+    free (data);
     mdb_txn_abort (txn);
     return kim_agent_store_i_public (record);
 }

@@ -205,19 +205,10 @@ kim_agent_store_inbox_payload (kim_agent_store_t *self, uint64_t seq, uint8_t **
         return -KIM_E_IO;
     uint8_t seq_key [8];
     kim_agent_store_i_key_u64 (seq_key, seq);
-    MDB_val key = { 8, seq_key }, value;
-    int rc = 0;
-    if (mdb_get (txn, self->dbi [S_INBOX_PAYLOAD], &key, &value) == 0 && value.mv_size) {
-        *data = (uint8_t *) malloc (value.mv_size);
-        if (*data) {
-            memcpy (*data, value.mv_data, value.mv_size);
-            *size = value.mv_size;
-        }
-        else
-            rc = -KIM_E_NOMEM;
-    }
+    MDB_val key = { 8, seq_key };
+    int rc = kim_agent_store_i_payload_get (self, txn, S_INBOX_PAYLOAD, &key, data, size);
     mdb_txn_abort (txn);
-    return rc;
+    return rc < 0? rc: 0;
 }
 
 int

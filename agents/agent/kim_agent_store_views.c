@@ -239,14 +239,18 @@ kim_agent_store_report (kim_agent_store_t *self, const char *msg_id)
         //  The report itself: the payload of the broker's delivery (JSON)
         uint8_t seq_key [8];
         kim_agent_store_i_key_u64 (seq_key, (uint64_t) report_seq);
-        MDB_val pkey = { 8, seq_key }, value;
-        if (report_seq && mdb_get (txn, self->dbi [S_INBOX_PAYLOAD], &pkey, &value) == 0) {
-            json_t *report = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
+        MDB_val pkey = { 8, seq_key };
+        uint8_t *data = NULL;
+        size_t size = 0;
+        if (report_seq
+        &&  kim_agent_store_i_payload_get (self, txn, S_INBOX_PAYLOAD, &pkey, &data, &size) == 1) {
+            json_t *report = json_loadb ((const char *) data, size, 0, NULL);
             if (json_is_object (report))
                 json_object_set_new (record, "report", report);
             else
                 json_decref (report);
         }
+        free (data);
     }
     mdb_txn_abort (txn);
     return kim_agent_store_i_public (record);

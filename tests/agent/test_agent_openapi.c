@@ -470,6 +470,27 @@ main (void)
     json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/erasure", se, erase, NULL, 401));
     json_decref (s_poll (&a, "/v1/outbox/m-o-er", o, "status", "receipted"));
 
+    //  the office's own copies: one delivery's payload, a subject's payloads
+    const char *ip = "/v1/inbox/{seq}/payload", *sp = "/v1/subjects/{subject}/payloads";
+    snprintf (path, sizeof path, "/v1/inbox/%lld/payload", (long long) seq);
+    json_t *erased = s_call (&b, "DELETE", path, ip, NULL, T, 200);
+    KIM_CHECK (json_integer_value (json_object_get (erased, "erased_at")) > 0);
+    json_decref (erased);
+    snprintf (path, sizeof path, "/v1/inbox/%lld", (long long) seq);
+    erased = s_call (&b, "GET", path, i1, NULL, T, 200);
+    KIM_CHECK (streq (json_string_value (json_object_get (erased, "payload_base64")), ""));
+    json_decref (erased);
+    snprintf (path, sizeof path, "/v1/inbox/%lld/payload", (long long) seq);
+    json_decref (s_call (&b, "DELETE", path, ip, NULL, T, 200));
+    json_decref (s_call (&b, "DELETE", "/v1/inbox/x/payload", ip, NULL, T, 400));
+    json_decref (s_call (&b, "DELETE", "/v1/inbox/999999/payload", ip, NULL, T, 404));
+    json_decref (s_call (&b, "DELETE", path, ip, NULL, NULL, 401));
+    erased = s_call (&b, "DELETE", "/v1/subjects/p-o1/payloads", sp, NULL, T, 200);
+    KIM_CHECK (json_array_size (json_object_get (erased, "inbox")) >= 1);
+    json_decref (erased);
+    json_decref (s_call (&b, "DELETE", "/v1/subjects/a%20b/payloads", sp, NULL, T, 400));
+    json_decref (s_call (&b, "DELETE", "/v1/subjects/p-o1/payloads", sp, NULL, NULL, 401));
+
     s_check_coverage ();
     free (big);
     kim_agenttest_cleanup (&a);

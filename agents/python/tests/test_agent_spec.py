@@ -176,9 +176,9 @@ def test_routes_are_the_guides_route_table():
     norm = lambda route: re.sub(r"\{[^}]*\}", "{}", route.strip())  # noqa: E731
     served = {norm(line) for line in p.stdout.decode().splitlines() if line.strip()}
     with open(os.path.join(ROOT, "docs", "agent.md"), encoding="utf-8") as f:
-        table = {norm(m) for m in re.findall(r"^\| `((?:GET|POST) /v1/[^`]*)` \|", f.read(),
+        table = {norm(m) for m in re.findall(r"^\| `((?:GET|POST|DELETE) /v1/[^`]*)` \|", f.read(),
                                              re.M)}
-    assert len(table) == 20
+    assert len(table) == 22
     assert served == table
 
 
@@ -330,7 +330,7 @@ def _sample_routes():
         concrete = re.sub(r"\{seq\}", "1", path)
         concrete = re.sub(r"\{[^}]*\}", "x-1", concrete)
         for method in ops:
-            if method in ("get", "post"):
+            if method in ("get", "post", "delete"):
                 yield method.upper(), concrete
 
 
@@ -339,7 +339,7 @@ def test_every_route_needs_a_valid_bearer_token(net):
     Errors table: 401 for no token or a wrong one (FORBIDDEN), on every route."""
     a = net.agent
     routes = list(_sample_routes())
-    assert len(routes) == 20
+    assert len(routes) == 22
     for method, path in routes:
         body = {} if method == "POST" else None
         for token, extra in ((False, None), ("x" * 64, None), (False, {
