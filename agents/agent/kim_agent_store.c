@@ -121,7 +121,7 @@ kim_agent_store_new (const char *dir, size_t map_size, const char *org,
         kim_agent_store_destroy (&self);
         return NULL;
     }
-    if (kim_agent_store_i_keys_open (self, dir, error, error_size) != 0)
+    if (kim_agent_store_i_keys_open (self, dir, map_size, error, error_size) != 0)
         kim_agent_store_destroy (&self);
     else
     if ((rc = kim_agent_store_i_payloads_seal (self)) != 0) {

@@ -69,8 +69,8 @@ json_t *
 //  Payloads sealed at rest (kim_agent_store_payload.c). Opens and closes
 //  the key store in <dir>/keys/.
 int
-    kim_agent_store_i_keys_open (kim_agent_store_t *self, const char *dir, char *error,
-                                 size_t error_size);
+    kim_agent_store_i_keys_open (kim_agent_store_t *self, const char *dir, size_t map_size,
+                                 char *error, size_t error_size);
 void
     kim_agent_store_i_keys_close (kim_agent_store_t *self);
 

@@ -41,12 +41,11 @@
 #define S_TAG           crypto_aead_xchacha20poly1305_ietf_ABYTES
 #define S_SEALED(size)  (S_HEAD + S_NONCE + (size) + S_TAG)
 #define S_KEYS_AHEAD    1024
-#define S_KEYS_MAP      ((size_t) 256 << 20)
 #define S_AAD_MAX       (1 + 511)   //  LMDB's largest key
 
 int
-kim_agent_store_i_keys_open (kim_agent_store_t *self, const char *dir, char *error,
-                             size_t error_size)
+kim_agent_store_i_keys_open (kim_agent_store_t *self, const char *dir, size_t map_size,
+                             char *error, size_t error_size)
 {
     char path [PATH_MAX];
     if (snprintf (path, sizeof path, "%s/" KIM_KEYSTORE_DIR, dir) >= (int) sizeof path) {
@@ -59,7 +58,9 @@ kim_agent_store_i_keys_open (kim_agent_store_t *self, const char *dir, char *err
     }
     self->keys_lock_made = true;
     int rc = 0;
-    self->keys = kim_keystore_new (path, false, false, S_KEYS_MAP, &rc);
+    //  The store's map size: a ceiling, not a reservation (the file grows
+    //  with the keys), and never the one that fills first
+    self->keys = kim_keystore_new (path, false, false, map_size, &rc);
     if (!self->keys) {
         snprintf (error, error_size, "agent/data: cannot open the payload keys in %s: %s", path,
                   kim_strerror (rc < 0? -rc: KIM_E_IO));

@@ -215,3 +215,20 @@ kim_agenttest_call (kim_agenttest_t *self, const char *method, const char *path,
     free (body);
     return status;
 }
+
+json_t *
+kim_agenttest_wait_for (kim_agenttest_t *agent, const char *path, const char *key, const char *want)
+{
+    for (int attempt = 0; attempt < 600; attempt++) {
+        json_t *json = NULL;
+        if (kim_agenttest_call (agent, "GET", path, NULL, &json) == 200) {
+            const char *value = json_string_value (json_object_get (json, key));
+            if (value && streq (value, want))
+                return json;
+        }
+        json_decref (json);
+        zclock_sleep (50);
+    }
+    fprintf (stderr, "timed out waiting for %s of %s to be %s\n", key, path, want);
+    return NULL;
+}

@@ -69,4 +69,10 @@ int
     kim_agenttest_call (kim_agenttest_t *self, const char *method, const char *path,
                         const char *content, json_t **json);
 
+//  Polls GET `path` until its `key` is the string `want`, for up to 30 s.
+//  Returns the JSON (the caller decrefs it), or NULL on time-out.
+json_t *
+    kim_agenttest_wait_for (kim_agenttest_t *self, const char *path, const char *key,
+                            const char *want);
+
 #endif

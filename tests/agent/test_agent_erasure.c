@@ -49,23 +49,6 @@ s_post (kim_agenttest_t *agent, int index, const char *subject, const char *payl
     KIM_CHECK (kim_agenttest_call (agent, "POST", "/v1/messages", body, NULL) == 202);
 }
 
-static json_t *
-s_wait_for (kim_agenttest_t *agent, const char *path, const char *key, const char *want)
-{
-    for (int attempt = 0; attempt < 600; attempt++) {
-        json_t *json = NULL;
-        if (kim_agenttest_call (agent, "GET", path, NULL, &json) == 200) {
-            const char *value = json_string_value (json_object_get (json, key));
-            if (value && streq (value, want))
-                return json;
-        }
-        json_decref (json);
-        zclock_sleep (50);
-    }
-    fprintf (stderr, "timed out waiting for %s of %s to be %s\n", key, path, want);
-    return NULL;
-}
-
 //  The deliveries' seqs, oldest first, once B has `count` of them.
 static size_t
 s_wait_inbox (kim_agenttest_t *agent, size_t count, json_int_t *seqs)
@@ -214,7 +197,7 @@ main (void)
     for (int i = 0; i < S_SENT; i++) {
         char path [64];
         snprintf (path, sizeof path, "/v1/outbox/m-e%d", i);
-        json_decref (s_wait_for (&a, path, "status", "receipted"));
+        json_decref (kim_agenttest_wait_for (&a, path, "status", "receipted"));
     }
     json_int_t seqs [S_SENT + 1];
     KIM_CHECK (s_wait_inbox (&b, S_SENT, seqs) == S_SENT);
@@ -345,7 +328,7 @@ main (void)
                       "m-e4"));
     json_decref (json);
     KIM_CHECK (kim_testbroker_start (broker) == 0);
-    json_decref (s_wait_for (&a, "/v1/outbox/m-e4", "status", "receipted"));
+    json_decref (kim_agenttest_wait_for (&a, "/v1/outbox/m-e4", "status", "receipted"));
     KIM_CHECK (s_wait_inbox (&b, S_SENT + 1, seqs) == S_SENT + 1);
     snprintf (path, sizeof path, "/v1/inbox/%lld", (long long) seqs [S_SENT]);
     KIM_CHECK (kim_agenttest_call (&b, "GET", path, NULL, &json) == 200);

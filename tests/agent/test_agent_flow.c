@@ -13,24 +13,6 @@
 
 #include "kim_agenttest.h"
 
-//  Polls `path` on `agent` until `key` equals `want` (a string) or 30 s pass.
-static json_t *
-s_wait_for (kim_agenttest_t *agent, const char *path, const char *key, const char *want)
-{
-    for (int attempt = 0; attempt < 600; attempt++) {
-        json_t *json = NULL;
-        if (kim_agenttest_call (agent, "GET", path, NULL, &json) == 200) {
-            const char *value = json_string_value (json_object_get (json, key));
-            if (value && streq (value, want))
-                return json;
-        }
-        json_decref (json);
-        zclock_sleep (50);
-    }
-    fprintf (stderr, "timed out waiting for %s of %s to be %s\n", key, path, want);
-    return NULL;
-}
-
 static json_t *
 s_wait_inbox (kim_agenttest_t *agent, size_t count)
 {
@@ -88,7 +70,7 @@ main (void)
     json_decref (json);
 
     //  The outbox record gets the broker's receipt
-    json = s_wait_for (&a, "/v1/outbox/m-ref-1", "status", "receipted");
+    json = kim_agenttest_wait_for (&a, "/v1/outbox/m-ref-1", "status", "receipted");
     KIM_CHECK (json);
     KIM_CHECK (json_integer_value (json_object_get (json, "seq")) > 0);
     json_decref (json);
@@ -112,7 +94,7 @@ main (void)
     json_decref (json);
     //  A's signature is checked against the directory's key (after the
     //  ack, so the record may say "unchecked" for a moment)
-    json = s_wait_for (&b, path, "signature", "valid");
+    json = kim_agenttest_wait_for (&b, path, "signature", "valid");
     KIM_CHECK (json);
     json_decref (json);
     snprintf (path, sizeof path, "/v1/inbox/%lld/handled", (long long) seq);
@@ -155,7 +137,7 @@ main (void)
     KIM_CHECK (streq (json_string_value (json_object_get (json, "type")), "ACCEPT"));
     KIM_CHECK (streq (json_string_value (json_object_get (json, "recipient")), "kim.a"));
     json_decref (json);
-    json = s_wait_for (&a, "/v1/referrals/r-1", "state", "ACCEPTED");
+    json = kim_agenttest_wait_for (&a, "/v1/referrals/r-1", "state", "ACCEPTED");
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json, "role")), "sender"));
     json_decref (json);
@@ -171,7 +153,7 @@ main (void)
         }
     KIM_CHECK (found);
     json_decref (json);
-    json = s_wait_for (&b, "/v1/referrals/r-1", "state", "ACCEPTED");
+    json = kim_agenttest_wait_for (&b, "/v1/referrals/r-1", "state", "ACCEPTED");
     KIM_CHECK (json);
     json_decref (json);
 
@@ -180,20 +162,20 @@ main (void)
     KIM_CHECK (kim_agenttest_call (&b, "POST", "/v1/referrals/r-1/answer",
                                    "{\"answer\":\"status\",\"code\":\"appointment_set\"}",
                                    NULL) == 202);
-    json = s_wait_for (&a, "/v1/referrals/r-1", "state", "IN_PROGRESS");
+    json = kim_agenttest_wait_for (&a, "/v1/referrals/r-1", "state", "IN_PROGRESS");
     KIM_CHECK (json);
     json_decref (json);
     KIM_CHECK (kim_agenttest_call (&b, "POST", "/v1/referrals/r-1/answer",
                                    "{\"answer\":\"decline\",\"reason\":\"capacity\","
                                    "\"msg_id\":\"m-late-decline\"}", NULL) == 202);
-    json = s_wait_for (&b, "/v1/outbox/m-late-decline", "status", "refused");
+    json = kim_agenttest_wait_for (&b, "/v1/outbox/m-late-decline", "status", "refused");
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json, "error")), "BAD_STATE"));
     KIM_CHECK (json_integer_value (json_object_get (json, "code")) == 400);
     json_decref (json);
     KIM_CHECK (kim_agenttest_call (&b, "POST", "/v1/referrals/r-1/answer",
                                    "{\"answer\":\"outcome\",\"code\":\"completed\"}", NULL) == 202);
-    json = s_wait_for (&a, "/v1/referrals/r-1", "state", "COMPLETED");
+    json = kim_agenttest_wait_for (&a, "/v1/referrals/r-1", "state", "COMPLETED");
     KIM_CHECK (json);
     json_decref (json);
 
@@ -219,7 +201,7 @@ main (void)
               "\"purpose\":\"x\",\"legal_basis\":{\"kind\":\"statute\",\"citation\":\"y\"},"
               "\"deadline\":%lld}", (long long) zclock_time () - 60000);
     KIM_CHECK (kim_agenttest_call (&a, "POST", "/v1/messages", late, NULL) == 202);
-    json = s_wait_for (&a, "/v1/outbox/m-ref-2", "status", "receipted");
+    json = kim_agenttest_wait_for (&a, "/v1/outbox/m-ref-2", "status", "receipted");
     KIM_CHECK (json);
     json_decref (json);
     KIM_CHECK (kim_agenttest_call (&a, "GET", "/v1/referrals?overdue=true", NULL, &json) == 200);

@@ -18,23 +18,6 @@
 
 #include "kim_agenttest.h"
 
-static json_t *
-s_wait_for (kim_agenttest_t *agent, const char *path, const char *key, const char *want)
-{
-    for (int attempt = 0; attempt < 600; attempt++) {
-        json_t *json = NULL;
-        if (kim_agenttest_call (agent, "GET", path, NULL, &json) == 200) {
-            const char *value = json_string_value (json_object_get (json, key));
-            if (value && streq (value, want))
-                return json;
-        }
-        json_decref (json);
-        zclock_sleep (50);
-    }
-    fprintf (stderr, "timed out waiting for %s of %s to be %s\n", key, path, want);
-    return NULL;
-}
-
 //  Waits for a delivery of `type` in the agent's inbox; returns its seq.
 static json_int_t
 s_wait_delivery (kim_agenttest_t *agent, const char *type)
@@ -103,7 +86,7 @@ main (void)
             "{\"msg_id\":\"m-g1\",\"consent\":\"g-1\",\"case_id\":\"c-1\",\"subject\":\"p-1\","
             "\"recipients\":[\"jc.b\"],\"purposes\":[\"employment\"],"
             "\"valid_until\":4102444800000}", 202);
-    json_t *json = s_wait_for (&a, "/v1/consents/g-1", "state", "active");
+    json_t *json = kim_agenttest_wait_for (&a, "/v1/consents/g-1", "state", "active");
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json, "grant_msg_id")), "m-g1"));
     KIM_CHECK (streq (json_string_value (json_array_get (json_object_get (json, "recipients"),
@@ -121,21 +104,21 @@ main (void)
             "\"referral_id\":\"r-2\",\"case_id\":\"c-1\",\"subject\":\"p-1\","
             "\"purpose\":\"housing\",\"legal_basis\":{\"kind\":\"consent\","
             "\"consent_id\":\"g-1\"}}", 202);
-    json = s_wait_for (&a, "/v1/outbox/m-r2", "status", "refused");
+    json = kim_agenttest_wait_for (&a, "/v1/outbox/m-r2", "status", "refused");
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json, "error")), "CONSENT_SCOPE"));
     json_decref (json);
-    json = s_wait_for (&b, "/v1/referrals/r-1", "state", "DELIVERED");
+    json = kim_agenttest_wait_for (&b, "/v1/referrals/r-1", "state", "DELIVERED");
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json, "consent_id")), "g-1"));
     json_decref (json);
-    json = s_wait_for (&a, "/v1/referrals/r-1", "state", "DELIVERED");
+    json = kim_agenttest_wait_for (&a, "/v1/referrals/r-1", "state", "DELIVERED");
     KIM_CHECK (json);
     json_decref (json);
 
     //  3. The access report lists the transfer
     s_post (&a, "/v1/subjects/p-1/report", "{\"msg_id\":\"m-rep1\"}", 202);
-    json = s_wait_for (&a, "/v1/reports/m-rep1", "status", "answered");
+    json = kim_agenttest_wait_for (&a, "/v1/reports/m-rep1", "status", "answered");
     KIM_CHECK (json);
     json_t *report = json_object_get (json, "report");
     KIM_CHECK (streq (json_string_value (json_object_get (report, "subject")), "p-1"));
@@ -153,15 +136,15 @@ main (void)
     //  4. The revocation suspends the referral on both sides and blocks
     //  new transfers; the job centre is told
     s_post (&a, "/v1/consents/g-1/revoke", "{\"msg_id\":\"m-v1\"}", 202);
-    json = s_wait_for (&a, "/v1/consents/g-1", "state", "revoked");
+    json = kim_agenttest_wait_for (&a, "/v1/consents/g-1", "state", "revoked");
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json, "revoke_msg_id")), "m-v1"));
     json_decref (json);
-    json = s_wait_for (&a, "/v1/referrals/r-1", "state", "SUSPENDED");
+    json = kim_agenttest_wait_for (&a, "/v1/referrals/r-1", "state", "SUSPENDED");
     KIM_CHECK (json);
     json_decref (json);
     KIM_CHECK (s_wait_delivery (&b, "CONSENT_REVOKE") > 0);
-    json = s_wait_for (&b, "/v1/referrals/r-1", "state", "SUSPENDED");
+    json = kim_agenttest_wait_for (&b, "/v1/referrals/r-1", "state", "SUSPENDED");
     KIM_CHECK (json);
     json_decref (json);
     s_post (&a, "/v1/messages",
@@ -169,14 +152,14 @@ main (void)
             "\"referral_id\":\"r-3\",\"case_id\":\"c-1\",\"subject\":\"p-1\","
             "\"purpose\":\"employment\",\"legal_basis\":{\"kind\":\"consent\","
             "\"consent_id\":\"g-1\"}}", 202);
-    json = s_wait_for (&a, "/v1/outbox/m-r3", "status", "refused");
+    json = kim_agenttest_wait_for (&a, "/v1/outbox/m-r3", "status", "refused");
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json, "error")), "CONSENT_REVOKED"));
     json_decref (json);
     //  The job centre cannot revoke what it does not lead: refused, and the
     //  office's consent list says so (the job centre recorded it)
     s_post (&b, "/v1/consents/g-1/revoke", "{\"msg_id\":\"jc-v1\"}", 202);
-    json = s_wait_for (&b, "/v1/outbox/jc-v1", "status", "refused");
+    json = kim_agenttest_wait_for (&b, "/v1/outbox/jc-v1", "status", "refused");
     KIM_CHECK (json);
     json_decref (json);
     KIM_CHECK (kim_agenttest_call (&b, "GET", "/v1/consents/g-1", NULL, &json) == 200);
@@ -189,7 +172,7 @@ main (void)
             "{\"msg_id\":\"jc-g1\",\"consent\":\"g-jc\",\"case_id\":\"c-1\",\"subject\":\"p-1\","
             "\"recipients\":[\"kim.a\"],\"purposes\":[\"employment\"],"
             "\"valid_until\":4102444800000}", 202);
-    json = s_wait_for (&b, "/v1/consents/g-jc", "state", "refused");
+    json = kim_agenttest_wait_for (&b, "/v1/consents/g-jc", "state", "refused");
     KIM_CHECK (json);
     KIM_CHECK (json_integer_value (json_object_get (json, "code")) > 0);
     json_decref (json);
@@ -199,20 +182,20 @@ main (void)
 
     //  6. Erasure: receipted, the job centre told, the report says erased
     s_post (&a, "/v1/subjects/p-1/erasure", "{\"msg_id\":\"m-er1\",\"case_id\":\"c-1\"}", 202);
-    json = s_wait_for (&a, "/v1/outbox/m-er1", "status", "receipted");
+    json = kim_agenttest_wait_for (&a, "/v1/outbox/m-er1", "status", "receipted");
     KIM_CHECK (json);
     KIM_CHECK (json_integer_value (json_object_get (json, "seq")) > 0);
     json_decref (json);
     KIM_CHECK (s_wait_delivery (&b, "ERASURE") > 0);
     s_post (&a, "/v1/subjects/p-1/report", "{\"msg_id\":\"m-rep2\",\"case_id\":\"c-1\"}", 202);
-    json = s_wait_for (&a, "/v1/reports/m-rep2", "status", "answered");
+    json = kim_agenttest_wait_for (&a, "/v1/reports/m-rep2", "status", "answered");
     KIM_CHECK (json);
     transfer = json_array_get (json_object_get (json_object_get (json, "report"), "transfers"), 0);
     KIM_CHECK (streq (json_string_value (json_object_get (transfer, "payload")), "erased"));
     json_decref (json);
     //  A report nobody may ask for: the job centre sent nothing about p-9
     s_post (&b, "/v1/subjects/p-9/report", "{\"msg_id\":\"jc-rep\"}", 202);
-    json = s_wait_for (&b, "/v1/reports/jc-rep", "status", "refused");
+    json = kim_agenttest_wait_for (&b, "/v1/reports/jc-rep", "status", "refused");
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json, "error")), "NOT_PARTY"));
     json_decref (json);
@@ -247,11 +230,11 @@ main (void)
             "\"referral_id\":\"r-4\",\"case_id\":\"c-1\",\"subject\":\"p-1\","
             "\"purpose\":\"employment\",\"legal_basis\":{\"kind\":\"consent\","
             "\"consent_id\":\"g-3\"}}", 202);
-    json = s_wait_for (&b, "/v1/referrals/r-4", "state", "DELIVERED");
+    json = kim_agenttest_wait_for (&b, "/v1/referrals/r-4", "state", "DELIVERED");
     KIM_CHECK (json);
     json_decref (json);
     s_post (&b, "/v1/referrals/r-4/answer", "{\"answer\":\"accept\",\"msg_id\":\"jc-a4\"}", 202);
-    json = s_wait_for (&a, "/v1/referrals/r-4", "state", "ACCEPTED");
+    json = kim_agenttest_wait_for (&a, "/v1/referrals/r-4", "state", "ACCEPTED");
     KIM_CHECK (json);
     json_decref (json);
     s_post (&a, "/v1/consents",
@@ -263,7 +246,7 @@ main (void)
             "\"case_id\":\"c-1\",\"subject\":\"p-fam\",\"purpose\":\"case_handover\","
             "\"legal_basis\":{\"kind\":\"consent\",\"consent_id\":\"g-2\"},"
             "\"referrals\":[\"r-1\",\"r-4\"]}", 202);
-    json = s_wait_for (&a, "/v1/outbox/m-h1", "status", "receipted");
+    json = kim_agenttest_wait_for (&a, "/v1/outbox/m-h1", "status", "receipted");
     KIM_CHECK (json);
     json_decref (json);
     KIM_CHECK (kim_agenttest_call (&a, "GET", "/v1/cases/c-1", NULL, &json) == 200);
@@ -283,21 +266,21 @@ main (void)
     uint64_t seq;
     bool dup;
     KIM_CHECK (kim_client_send (c, &msg, NULL, 0, &seq, &dup, 10000) == 0);
-    json = s_wait_for (&a, "/v1/cases/c-1", "lead", "kim.c");
+    json = kim_agenttest_wait_for (&a, "/v1/cases/c-1", "lead", "kim.c");
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json_object_get (json, "offer"),
                                                           "state")), "ACCEPTED"));
     json_decref (json);
     //  The old lead's view: r-4 is kim.c's to send now; r-1 (SUSPENDED)
     //  did not move, at the broker or here
-    json = s_wait_for (&a, "/v1/referrals/r-4", "handed_over_to", "kim.c");
+    json = kim_agenttest_wait_for (&a, "/v1/referrals/r-4", "handed_over_to", "kim.c");
     KIM_CHECK (json);
     json_decref (json);
     KIM_CHECK (kim_agenttest_call (&a, "GET", "/v1/referrals/r-1", NULL, &json) == 200);
     KIM_CHECK (!json_object_get (json, "handed_over_to"));
     json_decref (json);
     //  The job centre's view follows the handover it was no party to
-    json = s_wait_for (&b, "/v1/referrals/r-4", "counterpart", "kim.c");
+    json = kim_agenttest_wait_for (&b, "/v1/referrals/r-4", "counterpart", "kim.c");
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json, "handed_over_from")), "kim.a"));
     json_decref (json);
@@ -312,7 +295,7 @@ main (void)
     //  ... so its answer goes to kim.c, and the broker takes it
     s_post (&b, "/v1/referrals/r-4/answer",
             "{\"answer\":\"status\",\"code\":\"in_progress\",\"msg_id\":\"jc-s4\"}", 202);
-    json = s_wait_for (&b, "/v1/outbox/jc-s4", "status", "receipted");
+    json = kim_agenttest_wait_for (&b, "/v1/outbox/jc-s4", "status", "receipted");
     KIM_CHECK (json);
     KIM_CHECK (streq (json_string_value (json_object_get (json, "recipient")), "kim.c"));
     json_decref (json);
@@ -322,7 +305,7 @@ main (void)
     kim_str_copy (msg.case_id, sizeof msg.case_id, "c-1");
     KIM_CHECK (kim_client_send (c, &msg, NULL, 0, &seq, &dup, 10000) == 0);
     kim_client_destroy (&c);
-    json = s_wait_for (&a, "/v1/cases/c-1", "state", "CLOSED");
+    json = kim_agenttest_wait_for (&a, "/v1/cases/c-1", "state", "CLOSED");
     KIM_CHECK (json);
     json_decref (json);
     KIM_CHECK (kim_agenttest_call (&a, "GET", "/v1/cases?state=CLOSED", NULL, &json) == 200);
