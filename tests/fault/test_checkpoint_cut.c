@@ -12,10 +12,11 @@
     (kim_log_verify_store), and starts the broker again.
 
     Two ways a checkpoint is made: under traffic (three rounds, one every 5
-    records), and in a tick that wrote records of its own: the clock moves
-    past the deadlines of three referrals and past the checkpoint interval,
-    so that one batch holds the OVERDUE records and the checkpoint that
-    covers them.
+    records), and in a tick that wrote records of its own: three referrals
+    are logged and sealed by a broker that is not killed, then, with the
+    broker started again on that log, the clock moves past their deadlines
+    and past the checkpoint interval, so that one batch holds the OVERDUE
+    records and the checkpoint that covers them.
 
     Needs KIM_POWERCUT (the library's path); CTest sets it.
 */
@@ -37,16 +38,42 @@ s_dead (pid_t pid)
 }
 
 static int
-s_send (kim_client_t *client, const char *prefix, int n, int timeout_ms)
+s_send_seq (kim_client_t *client, const char *prefix, int n, int timeout_ms, uint64_t *seq)
 {
     char msg_id [32], referral [32];
     snprintf (msg_id, sizeof msg_id, "%s-%d", prefix, n);
     snprintf (referral, sizeof referral, "R-%s-%d", prefix, n);
     kim_msg_t msg;
     s_itest_msg (&msg, RECIPIENT, referral, msg_id);
-    uint64_t seq = 0;
     bool dup = false;
-    return kim_client_send (client, &msg, (const uint8_t *) "x", 1, &seq, &dup, timeout_ms);
+    return kim_client_send (client, &msg, (const uint8_t *) "x", 1, seq, &dup, timeout_ms);
+}
+
+static int
+s_send (kim_client_t *client, const char *prefix, int n, int timeout_ms)
+{
+    uint64_t seq = 0;
+    return s_send_seq (client, prefix, n, timeout_ms, &seq);
+}
+
+//  The seq the checkpoint file covers (0 while there is none).
+static uint64_t
+s_checkpoint_seq (const char *data_dir)
+{
+    char path [PATH_MAX + 32], hex [2 * KIM_LOG_CHECKPOINT_SIZE + 8];
+    snprintf (path, sizeof path, "%s/" KIM_LOG_CHECKPOINT_FILE, data_dir);
+    FILE *file = fopen (path, "r");
+    size_t size = file? fread (hex, 1, sizeof hex - 1, file): 0;
+    if (file)
+        fclose (file);
+    hex [size] = 0;
+    uint8_t body [KIM_LOG_CHECKPOINT_SIZE];
+    size_t body_size = 0;
+    kim_log_checkpoint_t checkpoint;
+    if (sodium_hex2bin (body, sizeof body, hex, size, "\n", &body_size, NULL) != 0
+    ||  kim_log_checkpoint_decode (&checkpoint, body, body_size) != 0)
+        return 0;
+    return checkpoint.seq;
 }
 
 //  After the broker killed itself: cuts the power, then the log must verify
@@ -128,7 +155,7 @@ s_tick (const char *powercut, uint64_t *rng)
 {
     const char *orgs [] = { RECIPIENT, SENDER, NULL };
     kim_testbroker_t *broker = s_itest_broker (orgs,
-        "audit\n    checkpoint_records = 100000\n    checkpoint_seconds = 3600\n");
+        "audit\n    checkpoint_records = 1\n    checkpoint_seconds = 3600\n");
     const char *dir = kim_testbroker_dir (broker);
     char data_dir [PATH_MAX], clock_path [PATH_MAX];
     snprintf (data_dir, sizeof data_dir, "%s/data", dir);
@@ -138,13 +165,27 @@ s_tick (const char *powercut, uint64_t *rng)
     KIM_CHECK (setenv ("KIM_CLOCK_FILE", clock_path, 1) == 0);
     kim_testbroker_preload (broker, powercut);
     KIM_CHECK (setenv ("KIM_POWERCUT_DIR", data_dir, 1) == 0);
-    KIM_CHECK (setenv ("KIM_POWERCUT_KILL_AFTER_RENAME", KIM_LOG_CHECKPOINT_FILE, 1) == 0);
+    //  The referrals go to a broker the library does not kill: its ticks
+    //  seal each (checkpoint_records = 1), and it is stopped once the log
+    //  ends in a checkpoint, so that the next start has nothing to seal
+    //  until the clock moves
+    KIM_CHECK (unsetenv ("KIM_POWERCUT_KILL_AFTER_RENAME") == 0);
     KIM_CHECK (kim_testbroker_start (broker) == 0);
     kim_client_t *client = kim_testbroker_client (broker, SENDER, 0, false);
     KIM_CHECK (client);
+    uint64_t last = 0;
     for (int i = 0; i < 3; i++)
-        ITEST_RC (s_send (client, "due", i, 5000), 0);
+        ITEST_RC (s_send_seq (client, "due", i, 5000, &last), 0);
     kim_client_destroy (&client);
+    int64_t deadline = s_itest_now () + 20000;
+    while (s_checkpoint_seq (data_dir) < last) {
+        KIM_CHECK (s_itest_now () < deadline);
+        zclock_sleep (20);              //  poll interval, not synchronisation
+    }
+    int status = kim_testbroker_stop (broker, SIGTERM);
+    KIM_CHECK (WIFEXITED (status) && WEXITSTATUS (status) == 0);
+    KIM_CHECK (setenv ("KIM_POWERCUT_KILL_AFTER_RENAME", KIM_LOG_CHECKPOINT_FILE, 1) == 0);
+    KIM_CHECK (kim_testbroker_start (broker) == 0);
     //  15 days on: past the deadlines (14 days) and the checkpoint interval
     file = fopen (clock_path, "w");
     KIM_CHECK (file && fprintf (file, "%llu\n", 15ULL * 86400 * 1000) > 0 && fclose (file) == 0);
