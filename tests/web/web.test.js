@@ -266,6 +266,33 @@ async function main() {
         check(declined.code === 'capacity', 'the decline carries its reason (capacity)');
         await snap('declined');
 
+        // Erase the agent's copy of R-2's content: the page says when and
+        // shows no content, the API serves none, the journal names it
+        await page.goto(`${web}/ui/referral/R-2`);
+        check(await page.locator('pre.payload').textContent() === 'Sprachkurs gesucht',
+              'R-2 shows its content before the erasure');
+        await page.locator('#erase-confirm').evaluate(box => { box.required = false; });
+        const [unconfirmed] = await Promise.all([page.waitForNavigation(),
+            page.getByRole('button', { name: 'Inhalt löschen' }).click()]);
+        check(unconfirmed.status() === 400, 'an erasure without the ticked box is refused (400)');
+        await page.goto(`${web}/ui/referral/R-2`);
+        check(await page.locator('pre.payload').textContent() === 'Sprachkurs gesucht',
+              'and the content is still there');
+        await page.getByLabel('Ja, die Kopie endgültig löschen').check();
+        await Promise.all([page.waitForNavigation(),
+                           page.getByRole('button', { name: 'Inhalt löschen' }).click()]);
+        check(/\/ui\/referral\/R-2$/.test(page.url()) && await page.locator('pre.payload').count() === 0
+              && /Der Inhalt wurde im Agenten gelöscht am/.test(await page.locator('main').textContent()),
+              'after "Inhalt löschen" the page says the content was erased, and shows none');
+        check(await page.getByRole('button', { name: 'Inhalt löschen' }).count() === 0,
+              'erased content offers no second erasure');
+        const erasedItem = (await api(`http://127.0.0.1:${info.web_b}`, 'GET', '/v1/inbox')).json.items
+            .find(item => item.referral_id === 'R-2' && item.type === 'REFERRAL');
+        check(erasedItem && erasedItem.erased_at > 0
+              && (await api(`http://127.0.0.1:${info.web_b}`, 'GET', `/v1/inbox/${erasedItem.seq}`)).json.payload === '',
+              'the agent\'s API serves R-2 without its payload, with erased_at');
+        await snap('erased');
+
         // A forged CSRF token is refused, and nothing is sent
         await page.goto(`${web}/ui/referral/R-3`);
         await page.locator('form:has(input[name=answer][value=accept]) input[name=csrf]')
@@ -459,6 +486,8 @@ async function main() {
         check(entries.some(e => e.user === staff[0] && e.action === 'consent_grant' && e.msg_id === consentMsg)
               && entries.some(e => e.user === staff[0] && e.action === 'consent_revoke'),
               'the journal records the consent\'s grant and revocation with user and msg_id');
+        check(entries.some(e => e.user === staff[0] && e.action === 'erase' && e.referral_id === 'R-2'),
+              'the journal records the erasure with user and referral');
         check(entries.some(e => e.action === 'login_failed') && entries.some(e => e.action === 'bad_csrf'),
               'the journal records the failed login and the forged form');
         check(!/Beratung|Sprachkurs|Warteliste|fett/.test(journal), 'the journal holds no payload or note');

@@ -596,6 +596,8 @@ s_route (kim_agent_web_req_t *req, const char *method, const char *body, size_t 
                     return kim_agent_web_i_referral_page (req, id);
                 if (slash && streq (slash, "/answer") && post)
                     return kim_agent_web_i_post_answer (req, id);
+                if (slash && streq (slash, "/erase") && post)
+                    return kim_agent_web_i_post_erase (req, id);
                 if (slash && streq (slash, "/forward") && get)
                     return kim_agent_web_i_forward_page (req, id);
             }

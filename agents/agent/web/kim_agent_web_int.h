@@ -109,6 +109,8 @@ void
 enum MHD_Result
     kim_agent_web_i_post_answer (kim_agent_web_req_t *req, const char *id);
 enum MHD_Result
+    kim_agent_web_i_post_erase (kim_agent_web_req_t *req, const char *id);
+enum MHD_Result
     kim_agent_web_i_post_new (kim_agent_web_req_t *req);
 enum MHD_Result
     kim_agent_web_i_referral_page (kim_agent_web_req_t *req, const char *id);

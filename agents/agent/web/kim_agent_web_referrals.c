@@ -334,6 +334,38 @@ kim_agent_web_i_fact (kim_agent_web_req_t *req, const char *term, const char *va
     kim_agent_html_raw (&req->html, "</dd>\n");
 }
 
+//  The delivery that opened referral `id` for us (the REFERRAL, or the
+//  FORWARD that brought it), from its timeline; NULL when there is none.
+static json_t *
+s_opening (json_t *timeline, const char *id)
+{
+    for (size_t i = 0; i < json_array_size (timeline); i++) {
+        json_t *item = json_array_get (timeline, i);
+        const char *type = kim_agent_web_i_str (item, "type");
+        if (streq (kim_agent_web_i_str (item, "direction"), "in")
+        &&  (streq (type, "REFERRAL")
+             || (streq (type, "FORWARD") && streq (kim_agent_web_i_str (item, "msg_id"), id))))
+            return item;
+    }
+    return NULL;
+}
+
+//  Staff may erase the agent's copy of the content (docs/agent.md,
+//  "Erasing the office's copies"); the record and the timeline stay.
+static void
+s_erase_form (kim_agent_web_req_t *req, const char *id)
+{
+    kim_agent_html_raw (&req->html, "<form method=\"post\" action=\"/ui/referral/");
+    kim_agent_html_text (&req->html, id);
+    kim_agent_html_rawf (&req->html, "/erase\">\n<p>%s</p>\n", T (ERASE_HINT));
+    kim_agent_web_i_hidden (req, "csrf", req->session.csrf);
+    //  It cannot be undone: the box must be ticked, here and at the server
+    kim_agent_html_rawf (&req->html, "<p><input type=\"checkbox\" id=\"erase-confirm\" "
+                         "name=\"confirm\" value=\"yes\" required> <label for=\"erase-confirm\">"
+                         "%s</label></p>\n<button type=\"submit\">%s</button>\n</form>\n",
+                         T (ERASE_CONFIRM), T (ERASE_CONTENT));
+}
+
 enum MHD_Result
 kim_agent_web_i_referral_page (kim_agent_web_req_t *req, const char *id)
 {
@@ -374,14 +406,7 @@ kim_agent_web_i_referral_page (kim_agent_web_req_t *req, const char *id)
     //  The content: the opening delivery's payload, opened by the agent
     if (received) {
         kim_agent_html_rawf (html, "<h2>%s</h2>\n", T (CONTENT));
-        json_t *opening = NULL;
-        for (size_t i = 0; i < json_array_size (timeline) && !opening; i++) {
-            json_t *item = json_array_get (timeline, i);
-            const char *type = kim_agent_web_i_str (item, "type");
-            if (streq (kim_agent_web_i_str (item, "direction"), "in")
-            &&  (streq (type, "REFERRAL") || (streq (type, "FORWARD") && streq (kim_agent_web_i_str (item, "msg_id"), id))))
-                opening = item;
-        }
+        json_t *opening = s_opening (timeline, id);
         json_t *delivery = opening
             ? kim_agent_store_inbox_get (self->store, (uint64_t) kim_agent_web_i_int (opening, "seq")): NULL;
         const char *payload = json_string_value (json_object_get (delivery, "payload"));
@@ -392,6 +417,14 @@ kim_agent_web_i_referral_page (kim_agent_web_req_t *req, const char *id)
             kim_agent_html_raw (html, "<pre class=\"payload\">");
             kim_agent_html_text (html, payload);
             kim_agent_html_raw (html, "</pre>\n");
+            if (req->session.role == KIM_AGENT_ROLE_STAFF)
+                s_erase_form (req, id);
+        }
+        else
+        if (kim_agent_web_i_int (delivery, "erased_at")) {
+            kim_agent_html_rawf (html, "<p>%s ", T (CONTENT_ERASED));
+            kim_agent_web_i_time_text (req, kim_agent_web_i_int (delivery, "erased_at"));
+            kim_agent_html_raw (html, ".</p>\n");
         }
         else
             kim_agent_html_rawf (html, "<p>%s</p>\n", T (NO_CONTENT));
@@ -566,6 +599,37 @@ kim_agent_web_i_post_answer (kim_agent_web_req_t *req, const char *id)
         return kim_agent_web_i_message_page (req, MHD_HTTP_BAD_REQUEST, T (ERROR), T (REFUSED_NOTICE), why);
     char location [KIM_ID_MAX * 2 + 64];
     snprintf (location, sizeof location, "/ui/referral/%s?sent=%s", id, msg_id);
+    return kim_agent_web_i_redirect (req, location);
+}
+
+enum MHD_Result
+kim_agent_web_i_post_erase (kim_agent_web_req_t *req, const char *id)
+{
+    kim_agent_web_t *self = req->self;
+    if (!streq (kim_agent_web_i_field (req, "confirm"), "yes"))
+        return kim_agent_web_i_message_page (req, MHD_HTTP_BAD_REQUEST, T (ERROR),
+                                             T (ERASE_UNCONFIRMED), NULL);
+    json_t *referral = kim_agent_store_referral (self->store, id);
+    json_t *timeline = referral? kim_agent_store_timeline (self->store, id): NULL;
+    json_t *opening = referral && streq (kim_agent_web_i_str (referral, "role"), "recipient")
+                    ? s_opening (timeline, id): NULL;
+    uint64_t seq = (uint64_t) kim_agent_web_i_int (opening, "seq");
+    char msg_id [KIM_ID_MAX + 1];
+    kim_str_copy (msg_id, sizeof msg_id, kim_agent_web_i_str (opening, "msg_id"));
+    json_decref (timeline);
+    json_decref (referral);
+    if (!seq)
+        return kim_agent_web_i_message_page (req, MHD_HTTP_NOT_FOUND, T (NOT_FOUND), T (NOT_FOUND), NULL);
+    json_t *record = NULL;
+    int rc = kim_agent_store_inbox_erase (self->store, seq, &record);
+    json_decref (record);
+    if (rc) {
+        req->html.failed = true;
+        return kim_agent_web_i_send_page (req, MHD_HTTP_SERVICE_UNAVAILABLE);
+    }
+    kim_agent_web_i_journal (self, req->session.user, "erase", id, msg_id, NULL);
+    char location [KIM_ID_MAX + 32];
+    snprintf (location, sizeof location, "/ui/referral/%s", id);
     return kim_agent_web_i_redirect (req, location);
 }
 

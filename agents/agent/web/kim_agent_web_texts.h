@@ -40,6 +40,13 @@ KIM_WEB_TEXT (SUBJECT,        "Pseudonym der Person", "Person's pseudonym")
 KIM_WEB_TEXT (RECEIVED,       "Eingegangen", "Received")
 KIM_WEB_TEXT (CONTENT,        "Inhalt", "Content")
 KIM_WEB_TEXT (NO_CONTENT,     "Diese Überweisung hat keinen lesbaren Inhalt.", "This referral has no readable content.")
+KIM_WEB_TEXT (ERASE_HINT,     "Die Kopie dieses Inhalts im Agenten löschen, wenn die Stelle sie nicht mehr braucht (Art. 17 DSGVO, § 84 SGB X). Die Überweisung und ihr Verlauf bleiben.",
+                              "Erase the agent's copy of this content once the office no longer needs it (Art. 17 GDPR, § 84 SGB X). The referral and its timeline stay.")
+KIM_WEB_TEXT (ERASE_CONFIRM,  "Ja, die Kopie endgültig löschen", "Yes, erase the copy for good")
+KIM_WEB_TEXT (ERASE_CONTENT,  "Inhalt löschen", "Erase content")
+KIM_WEB_TEXT (ERASE_UNCONFIRMED, "Nichts gelöscht: das Kästchen zur Bestätigung war nicht angekreuzt.",
+                              "Nothing erased: the box that confirms it was not ticked.")
+KIM_WEB_TEXT (CONTENT_ERASED, "Der Inhalt wurde im Agenten gelöscht am", "The content was erased from the agent on")
 KIM_WEB_TEXT (SEALED_ERROR,   "Der Inhalt ließ sich nicht mit dem Schlüssel der Stelle öffnen.", "The content could not be opened with the office's key.")
 KIM_WEB_TEXT (TIMELINE,       "Verlauf", "Timeline")
 KIM_WEB_TEXT (WHEN,           "Zeit", "Time")
