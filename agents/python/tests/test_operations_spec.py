@@ -905,6 +905,7 @@ def test_a_revoked_agency_shows_in_the_journal(ops):
     soz = b.client("soz.rheine")
     b.edit(lambda t: set_in_org(t, "soz.rheine", "revoked = 1"))
     b.hup()
+    b.wait_log(r"the key of soz\.rheine is revoked")      # SIGHUP is handled in the loop
     with pytest.raises(kim.Rejected):
         soz.ping()
     for _ in range(2):
