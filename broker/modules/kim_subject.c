@@ -10,7 +10,10 @@
     the subject (Art. 17 DSGVO, § 84 SGB X), tells every organisation that
     received one (Art. 19 DSGVO) with a broker-made ERASURE, and appends a
     KIM_RECORD_PURGE record. Log records keep their payload hashes, so the
-    hash chain still verifies.
+    hash chain still verifies. When transfers went to offices of another
+    district, the request itself goes into the link mailbox of each of
+    their brokers, once (PROTOCOL.md 16.5): that broker purges its copies
+    and tells its offices. A request a peer forwarded is not passed on.
 
     Who may ask: an organisation that sent data about the subject (it is
     the controller of those transfers), or the lead organisation of the
@@ -361,7 +364,33 @@ typedef struct {
     size_t purged;
     size_t told_count;
     char told [S_TOLD_MAX][KIM_ORG_MAX + 1];
+    bool local;                     //  the asker is ours: far copies are asked for
+    size_t peer_count;
+    char peers [KIM_PEERS_MAX][KIM_ORG_MAX + 1];
 } s_erase_t;
+
+//  A transfer to an office of another district: the request goes to its
+//  broker's link mailbox, once per broker. Returns 0 or -KIM_E_*.
+static int
+s_erase_far (s_erase_t *erase, const char *recipient)
+{
+    kim_org_t remote;
+    char home [KIM_ORG_MAX + 1];
+    if (!erase->local || !kim_ctx_remote (erase->ctx, recipient, &remote, home))
+        return 0;
+    for (size_t p = 0; p < erase->peer_count; p++)
+        if (streq (erase->peers [p], home))
+            return 0;
+    if (erase->peer_count == KIM_PEERS_MAX)
+        return 0;
+    char mailbox [KIM_LINK_MAILBOX_MAX + 1];
+    snprintf (mailbox, sizeof mailbox, KIM_LINK_MAILBOX_PREFIX "%s", home);
+    int rc = kim_store_mailbox_put_note (kim_ctx_store (erase->ctx), mailbox, erase->request_seq,
+                                         "");
+    if (rc == 0)
+        snprintf (erase->peers [erase->peer_count++], KIM_ORG_MAX + 1, "%s", home);
+    return rc;
+}
 
 static int
 s_part_open (s_erase_t *erase)
@@ -412,7 +441,9 @@ s_erase_entry (void *arg, const s_entry_t *entry)
     bool done = streq (entry->recipient, erase->msg->sender);
     for (size_t t = 0; t < erase->told_count && !done; t++)
         done = streq (erase->told [t], entry->recipient);
-    if (rc == 0 && !done && kim_ctx_org (erase->ctx, entry->recipient)) {
+    if (rc == 0 && !done && !kim_ctx_org (erase->ctx, entry->recipient))
+        return s_erase_far (erase, entry->recipient);
+    if (rc == 0 && !done) {
         if (erase->told_count == S_TOLD_MAX) {
             zsys_warning ("consent: erasure of subject %s: more than %d recipients; only the "
                           "first are told", erase->msg->subject, S_TOLD_MAX);
@@ -435,14 +466,16 @@ s_erase (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, uint64_t
     s_erase_t *erase = (s_erase_t *) calloc (1, sizeof (s_erase_t));
     if (!erase)
         return -KIM_E_NOMEM;
-    *erase = (s_erase_t) { .self = self, .ctx = ctx, .msg = msg, .request_seq = request_seq };
+    *erase = (s_erase_t) { .self = self, .ctx = ctx, .msg = msg, .request_seq = request_seq,
+                           .local = kim_ctx_org (ctx, msg->sender) != NULL };
     int rc = s_part_open (erase);
     int64_t seen = rc? rc: s_each (self, ctx, msg->subject, msg->sender, msg->case_id, "", true,
                                    s_erase_entry, erase);
     rc = seen < 0? (int) seen: s_part_write (erase, true);
     if (rc == 0)
         zsys_info ("consent: erasure of subject %s for %s: %zu payloads purged, %zu recipients "
-                   "told", msg->subject, msg->sender, erase->purged, erase->told_count);
+                   "told, %zu linked brokers asked", msg->subject, msg->sender, erase->purged,
+                   erase->told_count, erase->peer_count);
     free (erase);
     return rc;
 }

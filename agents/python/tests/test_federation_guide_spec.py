@@ -908,6 +908,30 @@ def test_consent_and_its_revocation_cross_with_the_data(nrw):
     assert s.state("kim.steinfurt", rid) == "SUSPENDED"
 
 
+def test_an_erasure_asked_at_home_reaches_the_far_district(nrw, tmp_path):
+    """README, federation.md §3: an erasure asked in one district goes with the data to
+    the district that received it (PROTOCOL.md 16.5): the far broker purges its copy
+    of the payload and tells its office with a broker-made ERASURE."""
+    s, c = nrw
+    rid, case, subject = uid("r"), uid("c"), uid("p")
+    payload = tmp_path / "erase.txt"
+    payload.write_text("Herr K. braucht eine Wohnung")
+    rc, receipt = s.send("jc.steinfurt", "--type", "REFERRAL", "--to", "soz.coesfeld",
+                         "--referral", rid, "--case", case, "--subject", subject,
+                         "--purpose", PURPOSE, "--statute", STATUTE, "--payload", payload)
+    assert rc == 0, receipt
+    office = Inbox(c, "soz.coesfeld")
+    assert office.one(referral_id=rid).get("payload") == "Herr K. braucht eine Wohnung"
+    r = s.kim("jc.steinfurt", "subject", "erase", subject)
+    assert r.returncode == 0, r.stdout + r.stderr
+    told = office.one(type="ERASURE", subject=subject)["hdr"]
+    assert told["sender"] == COESFELD
+    for d, told_here in ((s, 0), (c, 1)):
+        line = "erasure of subject %s for jc.steinfurt: 1 payloads purged, %d recipients told" % (
+            subject, told_here)
+        assert poll(lambda: line in d.log()), (d.name, d.log()[-2000:])
+
+
 #   --- federation.md §5, README, operations §3: rotation and revocation -------------
 
 def test_rotated_signing_key_of_an_office_is_checked_by_the_far_broker(nrw):

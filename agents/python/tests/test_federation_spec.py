@@ -733,6 +733,57 @@ def test_reminder_for_far_org_is_not_forwarded(district, connect_to):
     assert inbound.quiet("PEER_FORWARD") == []
 
 
+def test_an_erasure_crosses_to_the_districts_that_received_the_data(district, far,
+                                                                    connect_to):
+    """§9.3/§16.5: an office's ERASURE goes, once, into the link mailbox of each
+    broker whose offices received its transfers about the subject; one whose
+    transfers stayed local stays local. An ERASURE a peer forwards for its office
+    purges this broker's copies of that office's transfers and tells their local
+    recipients, and is not passed on."""
+    b, inbound, out = district()
+    jc = connect_to(b, JC)
+    subject = uid("p")
+    for recipient in (SOZ_FAR, SOZ_FAR):
+        refer(jc, recipient, subject=subject)
+        inbound.ack(inbound.forward()["seq"])
+    refer(jc, SOZ, subject=subject)
+    erasure = {"type": "ERASURE", "msg_id": uid("m"), "subject": subject}
+    jc.send(erasure)
+    fwd = inbound.forward()
+    assert fwd is not None, "the erasure did not cross to the far district"
+    assert (fwd["hdr"]["type"], fwd["hdr"]["subject"], fwd["hdr"]["sender"],
+            fwd["hdr"]["msg_id"]) == ("ERASURE", subject, JC, erasure["msg_id"])
+    inbound.ack(fwd["seq"])
+    assert inbound.quiet("PEER_FORWARD") == []                   # once per broker
+    other = uid("p")
+    refer(jc, SOZ, subject=other)
+    jc.send({"type": "ERASURE", "msg_id": uid("m"), "subject": other})
+    assert inbound.quiet("PEER_FORWARD") == []                   # local only
+
+    #   The other way: the far broker forwards its office's erasure
+    soz = connect_to(b, SOZ)
+    inbox = Inbox(soz)
+    far_subject = uid("p")
+    sealed = seal_to(local_key(b, SOZ), b"case notes")
+    hdr = far_referral(far, JC_FAR, SOZ, sealed, subject=far_subject)
+    _, answer = out.forward(hdr, sealed)
+    assert answer["cmd"] == "PEER_ACK", answer
+    inbox.wait(referral_id=hdr["referral_id"])
+    asked = far.header(far.orgs[JC_FAR], type="ERASURE", msg_id=uid("m"), subject=far_subject)
+    _, answer = out.forward(asked)
+    assert answer["cmd"] == "PEER_ACK", answer
+    assert inbox.wait(type="ERASURE", subject=far_subject), inbox.got
+    back = inbound.quiet("PEER_FORWARD")                        # the DELIVERED goes back,
+    assert [f["hdr"]["type"] for f in back] == ["DELIVERED"]     # the erasure no further
+    #   and this broker purged its copy of the far office's payload
+    line = "erasure of subject %s for %s: 1 payloads purged, 1 recipients told" % (
+        far_subject, JC_FAR)
+    deadline = time.monotonic() + WAIT
+    while line not in b.log_tail(200) and time.monotonic() < deadline:
+        time.sleep(0.05)                # a poll: the log line follows the commit
+    assert line in b.log_tail(200), b.log_tail(40)
+
+
 def test_peer_broker_notices_other_than_delivered_are_refused(district, far, connect_to):
     """§16.4/§16.5: in its own name a peer forwards only DELIVERED and HANDED_OVER;
     REMINDER, EXPIRED and the like stay in their broker's log, so anything else
