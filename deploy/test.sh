@@ -4,7 +4,7 @@
 # under ThreadSanitizer, then fuzz each libFuzzer target for a bounded time
 # when clang's libFuzzer is available.
 #
-#   KIM_FUZZ_SECONDS   seconds per fuzz target (default 30; 0 skips fuzzing)
+#   KIM_FUZZ_SECONDS   seconds per fuzz target (default 20; 0 skips fuzzing)
 #   KIM_TSAN           0 skips the ThreadSanitizer pass
 #   KIM_TEST_REGEX     run only the CTest tests matching this regex
 #   KIM_PACKAGE_ROOT   1: the package test also installs into a debootstrap'd
@@ -68,7 +68,7 @@ if [ "${KIM_TSAN:-1}" != 0 ]; then
     rm -rf "$reports"
 fi
 
-seconds=${KIM_FUZZ_SECONDS:-30}
+seconds=${KIM_FUZZ_SECONDS:-20}
 if [ "$seconds" -gt 0 ] && command -v clang >/dev/null; then
     fuzz="$KIM_ROOT/build/fuzz"
     kim_say "building libFuzzer targets in $fuzz"
