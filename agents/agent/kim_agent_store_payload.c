@@ -273,74 +273,6 @@ kim_agent_store_i_payload_erase (kim_agent_store_t *self, MDB_txn *txn, int db,
     return rc;
 }
 
-int
-kim_agent_store_i_payloads_seal (kim_agent_store_t *self)
-{
-    //  Stores from before sealing at rest hold their payloads as given:
-    //  they are sealed once, in one transaction, at the first start.
-    MDB_txn *txn;
-    int rc = mdb_txn_begin (self->env, NULL, 0, &txn);
-    if (rc)
-        return kim_agent_store_i_mdb_code (rc);
-    if (s_meta_u64 (self, txn, "payloads_sealed", 0)) {
-        mdb_txn_abort (txn);
-        return 0;
-    }
-    size_t sealed = 0;
-    const int dbs [] = { S_INBOX_PAYLOAD, S_OUTBOX_PAYLOAD };
-    for (size_t d = 0; rc == 0 && d < sizeof dbs / sizeof dbs [0]; d++) {
-        zlist_t *names = zlist_new ();
-        MDB_cursor *cursor = NULL;
-        rc = names? mdb_cursor_open (txn, self->dbi [dbs [d]], &cursor): -KIM_E_NOMEM;
-        rc = rc > 0? kim_agent_store_i_mdb_code (rc): rc;
-        if (rc)
-            cursor = NULL;
-        MDB_val key, value;
-        int op = MDB_FIRST;
-        while (rc == 0 && mdb_cursor_get (cursor, &key, &value, op) == 0) {
-            zchunk_t *name = zchunk_new (key.mv_data, key.mv_size);
-            rc = name && zlist_append (names, name) == 0? 0: -KIM_E_NOMEM;
-            op = MDB_NEXT;
-        }
-        if (cursor)
-            mdb_cursor_close (cursor);
-        for (zchunk_t *name = names? (zchunk_t *) zlist_first (names): NULL; rc == 0 && name;
-             name = (zchunk_t *) zlist_next (names)) {
-            key = (MDB_val) { zchunk_size (name), zchunk_data (name) };
-            rc = mdb_get (txn, self->dbi [dbs [d]], &key, &value);
-            rc = rc? kim_agent_store_i_mdb_code (rc): 0;
-            zchunk_t *plain = rc? NULL: zchunk_new (value.mv_data, value.mv_size);
-            rc = rc? rc: plain? 0: -KIM_E_NOMEM;
-            if (rc == 0 && zchunk_size (plain) == 0) {
-                int mrc = mdb_del (txn, self->dbi [dbs [d]], &key, NULL);
-                rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
-            }
-            else
-            if (rc == 0)
-                rc = kim_agent_store_i_payload_put (self, txn, dbs [d], &key, zchunk_data (plain),
-                                                    zchunk_size (plain));
-            sealed += rc == 0;
-            zchunk_destroy (&plain);
-        }
-        while (names && zlist_size (names)) {
-            zchunk_t *name = (zchunk_t *) zlist_pop (names);
-            zchunk_destroy (&name);
-        }
-        zlist_destroy (&names);
-    }
-    if (rc == 0)
-        rc = s_meta_put_u64 (self, txn, "payloads_sealed", 1);
-    rc = kim_agent_store_i_end (txn, rc);
-    if (rc == 0 && sealed)
-        zsys_notice ("agent store: sealed %zu payloads stored before sealing at rest; their "
-                     "plain bytes may stay in freed pages of data.mdb until LMDB reuses them",
-                     sealed);
-    return rc;
-}
-
-//  --------------------------------------------------------------------------
-//  Erasing the office's copies
-
 //  Record keys copied out of a cursor's pages, to act on after the scan.
 typedef struct {
     zlist_t *chunks;
@@ -391,6 +323,71 @@ s_keys_free (s_keys_t *self)
     free (self->vals);
     free (self->keys);
 }
+
+int
+kim_agent_store_i_payloads_seal (kim_agent_store_t *self)
+{
+    //  Stores from before sealing at rest hold their payloads as given:
+    //  they are sealed once, in one transaction, at the first start.
+    MDB_txn *txn;
+    int rc = mdb_txn_begin (self->env, NULL, 0, &txn);
+    if (rc)
+        return kim_agent_store_i_mdb_code (rc);
+    if (s_meta_u64 (self, txn, "payloads_sealed", 0)) {
+        mdb_txn_abort (txn);
+        return 0;
+    }
+    size_t sealed = 0;
+    const int dbs [] = { S_INBOX_PAYLOAD, S_OUTBOX_PAYLOAD };
+    for (size_t d = 0; rc == 0 && d < sizeof dbs / sizeof dbs [0]; d++) {
+        s_keys_t names = { 0 };
+        MDB_cursor *cursor = NULL;
+        rc = mdb_cursor_open (txn, self->dbi [dbs [d]], &cursor);
+        rc = rc? kim_agent_store_i_mdb_code (rc): 0;
+        MDB_val key, value;
+        int op = MDB_FIRST;
+        while (rc == 0 && mdb_cursor_get (cursor, &key, &value, op) == 0) {
+            rc = s_keys_add (&names, &key);
+            op = MDB_NEXT;
+        }
+        if (cursor)
+            mdb_cursor_close (cursor);
+        if (rc == 0)
+            rc = s_keys_array (&names);
+        for (size_t i = 0; rc == 0 && i < names.count; i++) {
+            //  Copied out: the put below writes over the value's pages
+            zchunk_t *plain = NULL;
+            rc = mdb_get (txn, self->dbi [dbs [d]], names.keys [i], &value);
+            rc = rc? kim_agent_store_i_mdb_code (rc): 0;
+            if (rc == 0 && value.mv_size == 0) {
+                int mrc = mdb_del (txn, self->dbi [dbs [d]], names.keys [i], NULL);
+                rc = mrc? kim_agent_store_i_mdb_code (mrc): 0;
+            }
+            else
+            if (rc == 0) {
+                plain = zchunk_new (value.mv_data, value.mv_size);
+                rc = plain? kim_agent_store_i_payload_put (self, txn, dbs [d], names.keys [i],
+                                                           zchunk_data (plain),
+                                                           zchunk_size (plain))
+                          : -KIM_E_NOMEM;
+            }
+            sealed += rc == 0;
+            zchunk_destroy (&plain);
+        }
+        s_keys_free (&names);
+    }
+    if (rc == 0)
+        rc = s_meta_put_u64 (self, txn, "payloads_sealed", 1);
+    rc = kim_agent_store_i_end (txn, rc);
+    if (rc == 0 && sealed)
+        zsys_notice ("agent store: sealed %zu payloads stored before sealing at rest; their "
+                     "plain bytes may stay in freed pages of data.mdb until LMDB reuses them",
+                     sealed);
+    return rc;
+}
+
+//  --------------------------------------------------------------------------
+//  Erasing the office's copies
 
 int
 kim_agent_store_inbox_erase (kim_agent_store_t *self, uint64_t seq, json_t **out)

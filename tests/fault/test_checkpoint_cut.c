@@ -60,20 +60,10 @@ s_send (kim_client_t *client, const char *prefix, int n, int timeout_ms)
 static uint64_t
 s_checkpoint_seq (const char *data_dir)
 {
-    char path [PATH_MAX + 32], hex [2 * KIM_LOG_CHECKPOINT_SIZE + 8];
+    char path [PATH_MAX + 32];
     snprintf (path, sizeof path, "%s/" KIM_LOG_CHECKPOINT_FILE, data_dir);
-    FILE *file = fopen (path, "r");
-    size_t size = file? fread (hex, 1, sizeof hex - 1, file): 0;
-    if (file)
-        fclose (file);
-    hex [size] = 0;
-    uint8_t body [KIM_LOG_CHECKPOINT_SIZE];
-    size_t body_size = 0;
     kim_log_checkpoint_t checkpoint;
-    if (sodium_hex2bin (body, sizeof body, hex, size, "\n", &body_size, NULL) != 0
-    ||  kim_log_checkpoint_decode (&checkpoint, body, body_size) != 0)
-        return 0;
-    return checkpoint.seq;
+    return kim_log_load_checkpoint_file (path, &checkpoint) == 0? checkpoint.seq: 0;
 }
 
 //  After the broker killed itself: cuts the power, then the log must verify
