@@ -167,10 +167,11 @@ void
 int
     kim_agent_store_inbox_signature (kim_agent_store_t *self, uint64_t seq, const char *value);
 
-//  Inbox reads. `handled`: -1 all, 0 unhandled, 1 handled.
+//  Inbox reads. `handled`: -1 all, 0 unhandled, 1 handled; `type`: only
+//  deliveries of this type (a type name, "ERASURE"), or NULL for all.
 json_t *
     kim_agent_store_inbox_list (kim_agent_store_t *self, uint64_t after, size_t limit,
-                                int handled);
+                                int handled, const char *type);
 //  One delivery with its payload, or NULL.
 json_t *
     kim_agent_store_inbox_get (kim_agent_store_t *self, uint64_t seq);

@@ -307,7 +307,12 @@ s_get_inbox (s_call_t *call)
     if (handled == -2)
         return s_error (call->connection, MHD_HTTP_BAD_REQUEST, KIM_E_BAD_VALUE,
                         "handled must be true or false", "handled");
-    json_t *items = kim_agent_store_inbox_list (call->self->store, after, (size_t) limit, handled);
+    const char *type = MHD_lookup_connection_value (call->connection, MHD_GET_ARGUMENT_KIND, "type");
+    if (type && kim_type_from_name (type) == KIM_TYPE_NONE)
+        return s_error (call->connection, MHD_HTTP_BAD_REQUEST, KIM_E_BAD_VALUE,
+                        "type must be a message type's name, e.g. ERASURE", "type");
+    json_t *items = kim_agent_store_inbox_list (call->self->store, after, (size_t) limit, handled,
+                                                type);
     json_int_t last = (json_int_t) after;
     size_t count = json_array_size (items);
     if (count)

@@ -788,8 +788,19 @@ kim_agent_store_abort (kim_agent_txn_t **txn_p)
 //  --------------------------------------------------------------------------
 //  Inbox reads
 
+//  The person a delivery is about, from its header, as a field of its own:
+//  a list of notices about people (ERASURE) then needs no second read.
+static void
+s_subject_field (json_t *record)
+{
+    json_t *subject = json_object_get (json_object_get (record, "header"), "subject");
+    json_object_set_new (record, "subject",
+                         json_string (json_is_string (subject)? json_string_value (subject): ""));
+}
+
 json_t *
-kim_agent_store_inbox_list (kim_agent_store_t *self, uint64_t after, size_t limit, int handled)
+kim_agent_store_inbox_list (kim_agent_store_t *self, uint64_t after, size_t limit, int handled,
+                            const char *type)
 {
     json_t *items = json_array ();
     MDB_txn *txn;
@@ -805,9 +816,12 @@ kim_agent_store_inbox_list (kim_agent_store_t *self, uint64_t after, size_t limi
         while (rc == 0 && json_array_size (items) < limit) {
             json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
             if (record) {
+                s_subject_field (record);
                 json_object_del (record, "header");
                 bool is_handled = json_is_true (json_object_get (record, "handled"));
-                if (handled < 0 || (handled == 1) == is_handled)
+                const char *its_type = json_string_value (json_object_get (record, "type"));
+                bool of_type = !type || (its_type && streq (its_type, type));
+                if (of_type && (handled < 0 || (handled == 1) == is_handled))
                     json_array_append_new (items, kim_agent_store_i_public (record));
                 else
                     json_decref (record);
@@ -838,6 +852,7 @@ kim_agent_store_inbox_get (kim_agent_store_t *self, uint64_t seq)
         record = NULL;
     }
     if (record) {
+        s_subject_field (record);
         size_t b64_size = sodium_base64_encoded_len (size, sodium_base64_VARIANT_ORIGINAL);
         char *b64 = (char *) malloc (b64_size);
         if (b64) {

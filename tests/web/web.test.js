@@ -293,6 +293,68 @@ async function main() {
               'the agent\'s API serves R-2 without its payload, with erased_at');
         await snap('erased');
 
+        // Erasure notices: kim.a erases what it sent about p-R-4 and p-R-5;
+        // the broker tells mbe.b, whose page lists both. Staff erase the
+        // copies about p-R-4 and keep those about p-R-5
+        const apiB = `http://127.0.0.1:${info.web_b}`;
+        for (const [id, text] of [['R-4', 'Schuldnerberatung'], ['R-5', 'Kita-Platz']]) {
+            must((await refer(id, text)).status === 202, `kim.a posts referral ${id}`);
+            await until(async () => (await api(apiB, 'GET', '/v1/inbox')).json.items
+                        .some(item => item.referral_id === id && item.type === 'REFERRAL'),
+                        `mbe.b's agent has ${id}`);
+            must((await api(apiA, 'POST', `/v1/subjects/p-${id}/erasure`, { msg_id: `e-${id}` })).status === 202,
+                 `kim.a asks the broker to erase what it sent about p-${id}`);
+        }
+        const notices = await until(async () => {
+            const items = (await api(apiB, 'GET', '/v1/inbox?type=ERASURE')).json.items;
+            return items.length === 2 && items;
+        }, 'both erasure notices reach mbe.b');
+        check(notices.every(n => n.type === 'ERASURE' && !n.handled)
+              && notices.map(n => n.subject).sort().join(',') === 'p-R-4,p-R-5',
+              'GET /v1/inbox?type=ERASURE lists only the notices, with the person each is about');
+        check((await api(apiB, 'GET', '/v1/inbox?type=NOTHING')).status === 400,
+              'an unknown type in the inbox query is refused (400)');
+        await page.goto(`${web}/ui/erasures`);
+        const openRows = page.locator('table:has(caption:text-is("Noch zu erledigen (2)")) tbody tr');
+        check(await openRows.count() === 2, 'the page lists both notices as still to deal with');
+        await snap('erasures');
+        const row4 = page.locator('tr', { hasText: 'p-R-4' });
+        await row4.getByRole('checkbox').check();
+        await Promise.all([page.waitForNavigation(), row4.getByRole('button', { name: 'Kopien löschen' }).click()]);
+        check(/erased=1$/.test(page.url()) && await page.getByRole('status').count() === 1,
+              'after "Kopien löschen" the page says the copies were erased');
+        await Promise.all([page.waitForNavigation(),
+                           page.locator('tr', { hasText: 'p-R-5' }).getByRole('button', { name: 'Kopien behalten' }).click()]);
+        check(await page.locator('table:has(caption:text-is("Erledigt (2)")) tbody tr').count() === 2
+              && await page.locator('table:has(caption:text-is("Noch zu erledigen (0)"))').count() === 1,
+              'both notices are dealt with, the one kept without ticking a box');
+        await snap('erasures-done');
+        await page.goto(`${web}/ui/referral/R-4`);
+        check(await page.locator('pre.payload').count() === 0
+              && /Der Inhalt wurde im Agenten gelöscht am/.test(await page.locator('main').textContent()),
+              'R-4\'s content is gone from the agent');
+        await page.goto(`${web}/ui/referral/R-5`);
+        check(await page.locator('pre.payload').textContent() === 'Kita-Platz', 'R-5\'s content was kept');
+        check((await api(apiB, 'GET', '/v1/inbox?type=ERASURE&handled=false')).json.items.length === 0,
+              'the API sees both notices handled');
+
+        // A person's request for erasure from the page: mbe.b sent nothing
+        // about p-R-2, so the broker refuses it, and the page says why; the
+        // agent's own copies about the person go at once when asked for
+        await page.goto(`${web}/ui/erasures`);
+        await page.getByLabel('Pseudonym der Person').fill('p-R-2');
+        await page.getByLabel('Auch alle Inhalte zu dieser Person hier im Agenten löschen').check();
+        await page.getByLabel(/^Ja, die Löschung verlangen/).check();
+        await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Löschung verlangen' }).click()]);
+        const erasureMsg = new URL(page.url()).searchParams.get('sent');
+        check(/^web-/.test(erasureMsg) && new URL(page.url()).searchParams.get('erased') === '1',
+              'the request is sent, and the agent\'s copies erased');
+        await until(async () => {
+            await page.reload();
+            return /NOT_PARTY/.test(await page.getByRole('alert').textContent().catch(() => ''));
+        }, 'the page shows the broker\'s refusal (NOT_PARTY)');
+        await snap('erasure-refused');
+
         // A forged CSRF token is refused, and nothing is sent
         await page.goto(`${web}/ui/referral/R-3`);
         await page.locator('form:has(input[name=answer][value=accept]) input[name=csrf]')
@@ -318,7 +380,6 @@ async function main() {
         // A new referral from the page, to kim.a. mbe.b granted three
         // consents over its API: the picker offers only the one that covers
         // kim.a and the purpose and is not revoked
-        const apiB = `http://127.0.0.1:${info.web_b}`;
         const grant = (id, purposes) => api(apiB, 'POST', '/v1/messages', {
             type: 'CONSENT_GRANT', msg_id: `g-${id}`, case_id: 'C-9', consent: id, subject: 'p-9',
             recipients: [info.org_a], purposes, valid_until: Date.now() + 86400000 });
@@ -491,6 +552,12 @@ async function main() {
         check(entries.some(e => e.action === 'login_failed') && entries.some(e => e.action === 'bad_csrf'),
               'the journal records the failed login and the forged form');
         check(!/Beratung|Sprachkurs|Warteliste|fett/.test(journal), 'the journal holds no payload or note');
+        check(entries.some(e => e.action === 'erasure_request' && e.msg_id === erasureMsg)
+              && entries.some(e => e.action === 'erase_subject' && e.msg_id === erasureMsg)
+              && entries.some(e => e.action === 'erasure_notice_erase' && e.msg_id)
+              && entries.some(e => e.action === 'erasure_notice_keep' && e.msg_id),
+              'the journal records the erasures with user and msg_id');
+        check(!/p-R-[245]/.test(journal), 'the journal names no person');
 
         // A case handover between two pages. kim.a refers H-1 to ikt.c
         // (the case's lead is kim.a) and records a consent for handing the
@@ -575,6 +642,10 @@ async function main() {
         await page.goto(`${web}/ui/consents`);
         check(await page.locator('main form').count() === 0, 'readonly sees no consent form');
         await snap('readonly-consents');
+        await page.goto(`${web}/ui/erasures`);
+        check(await page.locator('main form').count() === 0 && await page.getByText(/nur zum Lesen/).count() === 1
+              && await page.locator('tr', { hasText: 'p-R-4' }).count() === 1,
+              'readonly sees the erasure notices but no form');
         const roCsrf = await page.locator('header input[name=csrf]').inputValue();
         const roRevoke = await page.request.post(`${web}/ui/consent/G-9/revoke`, {
             form: { csrf: roCsrf, confirm: '1', msg_id: 'ro-2' }, maxRedirects: 0 });

@@ -305,6 +305,7 @@ kim_agent_web_i_begin (kim_agent_web_req_t *req, const char *title, const char *
             { "/ui/sent", KIM_WEB_T_SENT_LIST, false },
             { "/ui/cases", KIM_WEB_T_CASES, false },
             { "/ui/consents", KIM_WEB_T_CONSENTS, false },
+            { "/ui/erasures", KIM_WEB_T_ERASURES, false },
             { "/ui/new", KIM_WEB_T_NEW, true },
         };
         kim_agent_html_rawf (html, "<nav aria-label=\"%s\"><ul>\n", T (NAV));
@@ -571,6 +572,17 @@ s_route (kim_agent_web_req_t *req, const char *method, const char *body, size_t 
         return kim_agent_web_i_cases_page (req);
     if (streq (url, "/ui/consents"))
         return post? kim_agent_web_i_post_consent (req): kim_agent_web_i_consents_page (req);
+    if (streq (url, "/ui/erasures"))
+        return post? kim_agent_web_i_post_erasure (req): kim_agent_web_i_erasures_page (req);
+    if (strncmp (url, "/ui/erasures/", 13) == 0 && post) {
+        uint64_t seq = 0;
+        const char *digits = url + 13;
+        size_t length = strlen (digits);
+        if (length > 0 && length <= 19 && strspn (digits, "0123456789") == length)
+            seq = strtoull (digits, NULL, 10);
+        if (seq)
+            return kim_agent_web_i_post_notice (req, seq);
+    }
     char record_id [KIM_ID_MAX + 1];
     const char *rest = kim_agent_web_i_path_id (url, "/ui/case/", record_id);
     if (rest && !*rest && get)

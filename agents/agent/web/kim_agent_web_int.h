@@ -2,8 +2,9 @@
     request being answered and the helpers every page uses. The page is one
     module in three files: kim_agent_web.c (requests, journal, page frame,
     sign-in, dispatch), kim_agent_web_referrals.c (the lists, a referral, the
-    answers and new referrals, the legal-basis picker) and
-    kim_agent_web_cases.c (cases, handovers and consents).
+    answers and new referrals, the legal-basis picker),
+    kim_agent_web_cases.c (cases, handovers and consents) and
+    kim_agent_web_erasures.c (erasure notices and requests).
 */
 #ifndef KIM_AGENT_WEB_INT_H_INCLUDED
 #define KIM_AGENT_WEB_INT_H_INCLUDED
@@ -141,5 +142,13 @@ enum MHD_Result
     kim_agent_web_i_post_handover (kim_agent_web_req_t *req, const char *id);
 enum MHD_Result
     kim_agent_web_i_post_revoke (kim_agent_web_req_t *req, const char *id);
+
+//  kim_agent_web_erasures.c
+enum MHD_Result
+    kim_agent_web_i_erasures_page (kim_agent_web_req_t *req);
+enum MHD_Result
+    kim_agent_web_i_post_erasure (kim_agent_web_req_t *req);
+enum MHD_Result
+    kim_agent_web_i_post_notice (kim_agent_web_req_t *req, uint64_t seq);
 
 #endif

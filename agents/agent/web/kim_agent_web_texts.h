@@ -161,3 +161,25 @@ KIM_WEB_TEXT (HANDOVER_WAIT,  "Die empfangende Stelle hat noch nicht geantwortet
 KIM_WEB_TEXT (LEAD_UNKNOWN,   "Der Agent hat die federführende Stelle dieses Falls noch nicht gesehen. Nur sie kann den Fall übergeben; der Broker weist das Angebot einer anderen Stelle ab.",
                               "The agent has not seen this case's lead office yet. Only the lead may hand the case over; the broker refuses an offer from another office.")
 KIM_WEB_TEXT (NOT_LEAD,       "Nur die federführende Stelle kann den Fall übergeben.", "Only the lead office may hand the case over.")
+KIM_WEB_TEXT (ERASURES,       "Löschungen", "Erasures")
+KIM_WEB_TEXT (ERASURE_NOTICES, "Mitteilungen über Löschungen", "Erasure notices")
+KIM_WEB_TEXT (ERASURE_NOTICES_HINT, "Eine Stelle hat gelöscht, was sie Ihrer Stelle über diese Person gesendet hatte, und der Broker teilt es mit (Art. 19 DSGVO). Löschen Sie die Kopien im Agenten, oder behalten Sie sie, wenn Ihre Stelle sie nach eigenem Recht weiter braucht.",
+                              "An office erased what it had sent your office about this person, and the broker tells you so (Art. 19 GDPR). Erase the copies in the agent, or keep them if your office still needs them under a law of its own.")
+KIM_WEB_TEXT (NOTICES_OPEN,   "Noch zu erledigen", "Still to deal with")
+KIM_WEB_TEXT (NOTICES_DONE,   "Erledigt", "Dealt with")
+KIM_WEB_TEXT (DEALT_WITH,     "Erledigt am", "Dealt with on")
+KIM_WEB_TEXT (ACTION,         "Aktion", "Action")
+KIM_WEB_TEXT (ALL_CASES,      "alle Fälle", "all cases")
+KIM_WEB_TEXT (OPEN_NOTICE,    "offen", "open")
+KIM_WEB_TEXT (ERASE_COPIES_CONFIRM, "Ja, alle Inhalte zu dieser Person im Agenten endgültig löschen (auch aus anderen Fällen)",
+                              "Yes, erase every content about this person in the agent for good (from other cases too)")
+KIM_WEB_TEXT (ERASE_COPIES,   "Kopien löschen", "Erase the copies")
+KIM_WEB_TEXT (KEEP_COPIES,    "Kopien behalten", "Keep the copies")
+KIM_WEB_TEXT (ERASED_DONE,    "Die Inhalte zu dieser Person wurden im Agenten gelöscht.", "The contents about this person were erased in the agent.")
+KIM_WEB_TEXT (ERASURE_REQUEST, "Löschung verlangen", "Request an erasure")
+KIM_WEB_TEXT (ERASURE_REQUEST_HINT, "Die Person verlangt die Löschung ihrer Daten (Art. 17 DSGVO, § 84 SGB X): der Broker löscht die Inhalte, die Ihre Stelle über sie gesendet hat (nur in diesem Fall, wenn Sie einen nennen), und teilt es den Stellen mit, die sie erhalten haben. Der Verlauf bleibt.",
+                              "The person asks for their data to be erased (Art. 17 GDPR, § 84 SGB X): the broker erases the contents your office sent about them (in this case only, if you name one) and tells the offices that received them. The timeline stays.")
+KIM_WEB_TEXT (CASE_ONLY,      "Fall (leer: alle Fälle)", "Case (empty: all cases)")
+KIM_WEB_TEXT (ERASE_ALSO_LOCAL, "Auch alle Inhalte zu dieser Person hier im Agenten löschen", "Also erase every content about this person here in the agent")
+KIM_WEB_TEXT (ERASURE_REQUEST_CONFIRM, "Ja, die Löschung verlangen; sie lässt sich nicht rückgängig machen", "Yes, request the erasure; it cannot be undone")
+KIM_WEB_TEXT (READONLY_ERASURE, "Ihr Zugang ist nur zum Lesen; Löschungen verlangen und Kopien löschen können Mitarbeitende mit Schreibrecht.", "Your account may only look; staff accounts may request erasures and erase copies.")

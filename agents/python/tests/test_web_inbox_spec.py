@@ -42,9 +42,11 @@ net, web = kim_webenv.net, kim_webenv.web
 def test_german_by_default_english_with_lang_en_and_remembered(net, web):
     """docs/agent.md "Web inbox": "German by default, English with ?lang=en
     (remembered)"; the page names "Posteingang / Inbox", "Gesendet / Sent",
-    "Neue Überweisung / New referral", "Fälle / Cases", "Einwilligungen / Consents"."""
-    german = ("Posteingang", "Gesendet", "Neue Überweisung", "Fälle", "Einwilligungen")
-    english = ("Inbox", "Sent", "New referral", "Cases", "Consents")
+    "Neue Überweisung / New referral", "Fälle / Cases", "Einwilligungen / Consents",
+    "Löschungen / Erasures"."""
+    german = ("Posteingang", "Gesendet", "Neue Überweisung", "Fälle", "Einwilligungen",
+              "Löschungen")
+    english = ("Inbox", "Sent", "New referral", "Cases", "Consents", "Erasures")
     page = web.get("/ui/inbox")
     assert page.lang == "de" and all(w in page.text for w in german), page
     page = web.get("/ui/inbox?lang=en")

@@ -1,0 +1,164 @@
+"""kim-agent's erasures page and the inbox's notices, checked from outside
+against docs/agent.md alone: "Erasing the office's copies" (the broker's
+ERASURE notices, `GET /v1/inbox?type=ERASURE`, every item's `subject`) and
+"Web inbox", **Löschungen / Erasures** (deal with a notice by erasing or
+keeping the copies; request an erasure for a person; the journal).
+
+Processes: one broker, one agent with the page (kim_webenv.py); aa.rheine
+sends referrals to the office and asks the broker for erasures over its own
+kim.Client. Every wait is a bounded poll."""
+import urllib.parse
+
+import kim_headers
+import kim_webenv
+from kim_inbox import uid
+from kim_webenv import AA, SLOW, journal, journaled, outbox_final, poll, refer
+
+net, web, readonly = kim_webenv.net, kim_webenv.web, kim_webenv.readonly
+
+
+def _notices(net, **query):
+    query = dict({"type": "ERASURE"}, **query)
+    r = net.agent.call("GET", "/v1/inbox?" + urllib.parse.urlencode(query))
+    assert r.status == 200, r
+    return r.json["items"]
+
+
+def _referred_then_erased(net, payload=b"Schuldnerberatung"):
+    """aa refers a person to the office, then asks the broker to erase what
+    it sent about them; returns (the referral's delivery, the notice)."""
+    subject = uid("p-er")
+    hdr = refer(net, payload, subject=subject)
+    delivery = poll(lambda: [i for i in net.agent.call("GET", "/v1/inbox?limit=1000").json["items"]
+                             if i["referral_id"] == hdr["referral_id"] and i["type"] == "REFERRAL"])
+    assert delivery, hdr
+    net.aa.client.send({"type": "ERASURE", "msg_id": uid("M"), "subject": subject})
+    notice = poll(lambda: [n for n in _notices(net) if n["subject"] == subject], SLOW)
+    assert notice, subject
+    return delivery[0], notice[0]
+
+
+def _notice_form(page, seq):
+    forms = [f for f in page.forms if f.method == "post" and f.action == "/ui/erasures/%d" % seq]
+    assert len(forms) == 1, page.main
+    return forms[0]
+
+
+def _payload(net, seq):
+    return net.agent.call("GET", "/v1/inbox/%d" % seq).json
+
+
+def test_inbox_items_name_their_subject_and_filter_by_type(net):
+    """"GET /v1/inbox?type=ERASURE&handled=false lists those still to deal
+    with, each with the `subject` it is about (every inbox item carries its
+    header's `subject`)"."""
+    delivery, notice = _referred_then_erased(net)
+    assert delivery["subject"] == notice["subject"] and "p-er" in delivery["subject"]
+    assert notice["type"] == "ERASURE" and notice["handled"] is False, notice
+    assert all(n["type"] == "ERASURE" for n in _notices(net))
+    assert all(n["type"] == "REFERRAL" for n in _notices(net, type="REFERRAL"))
+    assert notice["seq"] in [n["seq"] for n in _notices(net, handled="false")]
+    r = net.agent.call("GET", "/v1/inbox?type=erasure")
+    assert r.status == 400 and r.json["path"] == "type", r
+
+
+def test_a_notice_dealt_with_by_erasing_the_copies(net, web):
+    """**Kopien löschen / Erase the copies** (with a box to tick first) erases
+    every payload about the person in the agent, as DELETE
+    /v1/subjects/{subject}/payloads does; the notice is then handled, journal
+    `erasure_notice_erase` with the notice's msg_id, never the person."""
+    delivery, notice = _referred_then_erased(net)
+    assert _payload(net, delivery["seq"])["payload"] == "Schuldnerberatung"
+    page = web.get("/ui/erasures")
+    assert notice["subject"] in page.main
+    form = _notice_form(page, notice["seq"])
+    # without the ticked box: refused, nothing erased, the notice still open
+    r = web.post(form.action, form.data(drop=("confirm",), do="erase"))
+    assert r.status == 400, r
+    assert _payload(net, delivery["seq"])["payload"] == "Schuldnerberatung"
+    assert notice["seq"] in [n["seq"] for n in _notices(net, handled="false")]
+    r = web.post(form.action, form.data(do="erase", confirm="yes"))
+    assert r.status in (302, 303) and r.header("location") == "/ui/erasures?erased=1", r
+    erased = _payload(net, delivery["seq"])
+    assert erased["payload"] == "" and erased["erased_at"] > 0, erased
+    assert notice["seq"] not in [n["seq"] for n in _notices(net, handled="false")]
+    assert journaled(net.agent, user="anna", action="erasure_notice_erase",
+                     msg_id=notice["msg_id"])
+    assert notice["subject"] not in str(journal(net.agent))
+    # dealt with: listed as such, without a form
+    page = web.get("/ui/erasures")
+    assert not [f for f in page.forms if f.action == "/ui/erasures/%d" % notice["seq"]]
+
+
+def test_a_notice_dealt_with_by_keeping_the_copies(net, web):
+    """**Kopien behalten / Keep the copies** for an office that still needs
+    them: no box to tick, the payload stays, the notice is handled (journal
+    `erasure_notice_keep`)."""
+    delivery, notice = _referred_then_erased(net, b"Kita-Platz")
+    form = _notice_form(web.get("/ui/erasures"), notice["seq"])
+    r = web.post(form.action, form.data(drop=("confirm",), do="keep"))
+    assert r.status in (302, 303) and r.header("location") == "/ui/erasures", r
+    assert _payload(net, delivery["seq"])["payload"] == "Kita-Platz"
+    assert notice["seq"] not in [n["seq"] for n in _notices(net, handled="false")]
+    assert journaled(net.agent, user="anna", action="erasure_notice_keep", msg_id=notice["msg_id"])
+
+
+def test_only_staff_deal_with_notices_and_only_with_notices(net, web, readonly):
+    """`readonly` accounts see the notices without the forms (docs/agent.md
+    "Web inbox": readonly "sees the same pages and sends nothing"); a form
+    for a delivery that is no ERASURE notice, or an action that is neither
+    erase nor keep, changes nothing."""
+    delivery, notice = _referred_then_erased(net)
+    page = readonly.get("/ui/erasures")
+    assert notice["subject"] in page.main
+    assert not [f for f in page.forms if f.action.startswith("/ui/erasures")]
+    form = _notice_form(web.get("/ui/erasures"), notice["seq"])
+    csrf = readonly.csrf_form(readonly.get("/ui/erasures")).fields["csrf"]
+    r = readonly.post(form.action, [("csrf", csrf), ("do", "keep")])
+    assert r.status == 403, r
+    r = web.post("/ui/erasures/%d" % delivery["seq"], form.data(do="erase", confirm="yes"))
+    assert r.status == 404, r
+    r = web.post(form.action, form.data(do="shred", confirm="yes"))
+    assert r.status == 400, r
+    assert _payload(net, delivery["seq"])["payload"] == "Schuldnerberatung"
+    assert notice["seq"] in [n["seq"] for n in _notices(net, handled="false")]
+
+
+def test_a_persons_request_for_erasure_sent_from_the_page(net, web):
+    """**Löschung verlangen / Request an erasure**: pseudonym, optionally a
+    case, a ticked confirmation; it sends an ERASURE (journal
+    `erasure_request`): the broker erases the office's transfers about the
+    person and tells their recipients. With the box for the agent's own
+    copies ticked, those go at once (journal `erase_subject`, same msg_id)."""
+    subject = uid("p-req")
+    # the office sent aa data about the person, and received some about them
+    body = {"type": "REFERRAL", "msg_id": uid("M"), "recipient": AA, "referral_id": uid("S"),
+            "case_id": uid("C"), "subject": subject, "purpose": "benefits",
+            "legal_basis": kim_headers.STATUTE, "payload": "Antrag"}
+    assert net.agent.call("POST", "/v1/messages", body).status == 202
+    assert outbox_final(net.agent, body["msg_id"])["status"] == "receipted"
+    hdr = refer(net, b"Bescheid", subject=subject)
+    (form,) = [f for f in web.get("/ui/erasures").forms
+               if f.method == "post" and f.action == "/ui/erasures"]
+    # without the ticked confirmation nothing is sent
+    r = web.post(form.action, form.data(drop=("confirm",), subject=subject))
+    assert r.status == 400 and outbox_final_or_none(net, form.fields["msg_id"]) is None, r
+    r = web.post(form.action, form.data(subject=subject, confirm="yes", also_local="yes"))
+    msg_id = form.fields["msg_id"]
+    assert r.status in (302, 303), r
+    assert r.header("location") == "/ui/erasures?sent=%s&erased=1" % msg_id, r
+    sent = outbox_final(net.agent, msg_id)
+    assert sent["status"] == "receipted" and sent["type"] == "ERASURE", sent
+    told = net.aa.wait(type="ERASURE", subject=subject, timeout=SLOW)
+    assert told and told[0].hdr["sender"] != net.agent.org, told
+    item = [i for i in net.agent.call("GET", "/v1/inbox?limit=1000").json["items"]
+            if i["referral_id"] == hdr["referral_id"] and i["type"] == "REFERRAL"][0]
+    assert item["erased_at"] > 0 and _payload(net, item["seq"])["payload"] == ""
+    assert journaled(net.agent, user="anna", action="erasure_request", msg_id=msg_id)
+    assert journaled(net.agent, user="anna", action="erase_subject", msg_id=msg_id)
+    assert subject not in str(journal(net.agent))
+
+
+def outbox_final_or_none(net, msg_id):
+    r = net.agent.call("GET", "/v1/outbox/" + msg_id)
+    return r.json if r.status == 200 else None
