@@ -231,6 +231,10 @@ json_t *
 //  broker's report. NULL when there is no such request.
 json_t *
     kim_agent_store_report (kim_agent_store_t *self, const char *msg_id);
+//  Every access report this office asked for, with its status, in the order
+//  of their msg_ids, without the reports themselves.
+json_t *
+    kim_agent_store_reports (kim_agent_store_t *self);
 
 //  Webhook queue. With push on, every fresh delivery is queued for the
 //  webhook in the commit that writes it into the inbox.

@@ -217,6 +217,37 @@ kim_agent_store_consent (kim_agent_store_t *self, const char *consent)
     return record;
 }
 
+//  A report request with its status (queued, receipted, refused, answered)
+//  and the broker's answer to the request (seq, error, code, text).
+static json_t *
+s_report_finish (kim_agent_store_t *self, MDB_txn *txn, json_t *record)
+{
+    json_t *outbox;
+    const char *status = s_outbox_status (self, txn, record, "msg_id", &outbox);
+    bool answered = json_integer_value (json_object_get (record, "report_seq")) != 0;
+    json_object_set_new (record, "status", json_string (answered? "answered"
+                                                        : status? status: "queued"));
+    const char *keys [] = { "seq", "error", "code", "text", NULL };
+    for (size_t i = 0; keys [i]; i++)
+        if (json_object_get (outbox, keys [i]))
+            json_object_set (record, keys [i], json_object_get (outbox, keys [i]));
+    json_decref (outbox);
+    return record;
+}
+
+static json_t *
+s_keep_report (kim_agent_store_t *self, MDB_txn *txn, json_t *record, const void *arg)
+{
+    (void) arg;
+    return s_report_finish (self, txn, record);
+}
+
+json_t *
+kim_agent_store_reports (kim_agent_store_t *self)
+{
+    return s_list (self, S_REPORTS, s_keep_report, NULL);
+}
+
 json_t *
 kim_agent_store_report (kim_agent_store_t *self, const char *msg_id)
 {
@@ -225,33 +256,24 @@ kim_agent_store_report (kim_agent_store_t *self, const char *msg_id)
         return NULL;
     MDB_val key = { strlen (msg_id), (void *) msg_id };
     json_t *record = kim_agent_store_i_get_json (self, txn, S_REPORTS, &key);
-    if (record) {
-        json_t *outbox;
-        const char *status = s_outbox_status (self, txn, record, "msg_id", &outbox);
-        json_int_t report_seq = json_integer_value (json_object_get (record, "report_seq"));
-        json_object_set_new (record, "status", json_string (report_seq? "answered"
-                                                            : status? status: "queued"));
-        const char *keys [] = { "seq", "error", "code", "text", NULL };
-        for (size_t i = 0; keys [i]; i++)
-            if (json_object_get (outbox, keys [i]))
-                json_object_set (record, keys [i], json_object_get (outbox, keys [i]));
-        json_decref (outbox);
-        //  The report itself: the payload of the broker's delivery (JSON)
-        uint8_t seq_key [8];
-        kim_agent_store_i_key_u64 (seq_key, (uint64_t) report_seq);
-        MDB_val pkey = { 8, seq_key };
-        uint8_t *data = NULL;
-        size_t size = 0;
-        if (report_seq
-        &&  kim_agent_store_i_payload_get (self, txn, S_INBOX_PAYLOAD, &pkey, &data, &size) == 1) {
-            json_t *report = json_loadb ((const char *) data, size, 0, NULL);
-            if (json_is_object (report))
-                json_object_set_new (record, "report", report);
-            else
-                json_decref (report);
-        }
-        free (data);
+    json_int_t report_seq = json_integer_value (json_object_get (record, "report_seq"));
+    if (record)
+        record = s_report_finish (self, txn, record);
+    //  The report itself: the payload of the broker's delivery (JSON)
+    uint8_t seq_key [8];
+    kim_agent_store_i_key_u64 (seq_key, (uint64_t) report_seq);
+    MDB_val pkey = { 8, seq_key };
+    uint8_t *data = NULL;
+    size_t size = 0;
+    if (record && report_seq
+    &&  kim_agent_store_i_payload_get (self, txn, S_INBOX_PAYLOAD, &pkey, &data, &size) == 1) {
+        json_t *report = json_loadb ((const char *) data, size, 0, NULL);
+        if (json_is_object (report))
+            json_object_set_new (record, "report", report);
+        else
+            json_decref (report);
     }
+    free (data);
     mdb_txn_abort (txn);
     return kim_agent_store_i_public (record);
 }

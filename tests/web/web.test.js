@@ -418,6 +418,28 @@ async function main() {
         const full = await api(apiA, 'GET', `/v1/inbox/${arrived.seq}`);
         check(full.json.payload === 'Rückfrage <b>fett</b>', 'its payload arrives as typed');
 
+        // The person p-9 asks what mbe.b passed on about them: staff request
+        // the broker's access report and read the referral just sent in it
+        await page.goto(`${web}/ui/reports`);
+        await page.getByLabel('Pseudonym der Person').fill('p-9');
+        await Promise.all([page.waitForNavigation(), page.getByRole('button', { name: 'Auskunft anfordern' }).click()]);
+        const reportMsg = new URL(page.url()).searchParams.get('sent');
+        check(/^web-/.test(reportMsg) && await page.getByRole('status').count() === 1,
+              'the request for an access report is sent');
+        await until(async () => {
+            await page.reload();
+            return await page.getByRole('link', { name: 'Anzeigen p-9' }).count() === 1;
+        }, 'the report arrives and the list links to it');
+        await snap('reports');
+        await Promise.all([page.waitForNavigation(), page.getByRole('link', { name: 'Anzeigen p-9' }).click()]);
+        const reported = page.locator('tr', { hasText: info.org_a });
+        check(page.url().endsWith(`/ui/report/${reportMsg}`) && await reported.count() === 1
+              && /REFERRAL/.test(await reported.textContent()) && /counselling/.test(await reported.textContent())
+              && /consent G-9/.test(await reported.textContent()),
+              'the report lists the referral to kim.a with its purpose and its consent');
+        check(!/Rückfrage/.test(await page.locator('main').textContent()), 'the report holds no content');
+        await snap('report');
+
         // A forward in two steps: the new office and purpose first, then
         // the picker offers what applies to them (the consent G-9 and the
         // policy copy's statutes for mbe -> kim and counselling)
@@ -558,6 +580,9 @@ async function main() {
               && entries.some(e => e.action === 'erasure_notice_keep' && e.msg_id),
               'the journal records the erasures with user and msg_id');
         check(!/p-R-[245]/.test(journal), 'the journal names no person');
+        check(entries.some(e => e.action === 'access_report' && e.msg_id === reportMsg)
+              && entries.some(e => e.action === 'open_report' && e.msg_id === reportMsg),
+              'the journal records the report\'s request and its opening');
 
         // A case handover between two pages. kim.a refers H-1 to ikt.c
         // (the case's lead is kim.a) and records a consent for handing the

@@ -249,6 +249,9 @@ static const struct {
     { "expired", "abgelaufen", "expired" },
     { "revoking", "Widerruf wartet auf den Broker", "revocation waiting for the broker" },
     { "revoked", "widerrufen", "revoked" },
+    { "queued", "wartet auf den Broker", "waiting for the broker" },
+    { "receipted", "vom Broker angenommen, wird erstellt", "taken by the broker, being made" },
+    { "answered", "liegt vor", "ready" },
 };
 
 void
@@ -305,6 +308,7 @@ kim_agent_web_i_begin (kim_agent_web_req_t *req, const char *title, const char *
             { "/ui/sent", KIM_WEB_T_SENT_LIST, false },
             { "/ui/cases", KIM_WEB_T_CASES, false },
             { "/ui/consents", KIM_WEB_T_CONSENTS, false },
+            { "/ui/reports", KIM_WEB_T_REPORTS, false },
             { "/ui/erasures", KIM_WEB_T_ERASURES, false },
             { "/ui/new", KIM_WEB_T_NEW, true },
         };
@@ -572,6 +576,13 @@ s_route (kim_agent_web_req_t *req, const char *method, const char *body, size_t 
         return kim_agent_web_i_cases_page (req);
     if (streq (url, "/ui/consents"))
         return post? kim_agent_web_i_post_consent (req): kim_agent_web_i_consents_page (req);
+    char record_id [KIM_ID_MAX + 1];
+    const char *rest;
+    if (streq (url, "/ui/reports"))
+        return post? kim_agent_web_i_post_report (req): kim_agent_web_i_reports_page (req);
+    rest = kim_agent_web_i_path_id (url, "/ui/report/", record_id);
+    if (rest && !*rest && get)
+        return kim_agent_web_i_report_page (req, record_id);
     if (streq (url, "/ui/erasures"))
         return post? kim_agent_web_i_post_erasure (req): kim_agent_web_i_erasures_page (req);
     if (strncmp (url, "/ui/erasures/", 13) == 0 && post) {
@@ -583,8 +594,7 @@ s_route (kim_agent_web_req_t *req, const char *method, const char *body, size_t 
         if (seq)
             return kim_agent_web_i_post_notice (req, seq);
     }
-    char record_id [KIM_ID_MAX + 1];
-    const char *rest = kim_agent_web_i_path_id (url, "/ui/case/", record_id);
+    rest = kim_agent_web_i_path_id (url, "/ui/case/", record_id);
     if (rest && !*rest && get)
         return kim_agent_web_i_case_page (req, record_id);
     if (rest && streq (rest, "/handover"))

@@ -152,6 +152,8 @@ const char kim_agent_web_css [] =
     "body{margin:0}\n"
     ".skip{position:absolute;left:-10000px;top:0}\n"
     ".skip:focus{left:1rem;top:1rem;background:#fff;padding:.5rem;z-index:10}\n"
+    ".visually-hidden{position:absolute;width:1px;height:1px;overflow:hidden;"
+    "clip:rect(0 0 0 0);white-space:nowrap}\n"
     "header{background:#0b3a63;color:#fff;padding:.75rem 1.5rem;display:flex;flex-wrap:wrap;"
     "gap:1rem;align-items:center;justify-content:space-between}\n"
     "header a,header button.link{color:#fff}\n"

@@ -3,8 +3,9 @@
     module in three files: kim_agent_web.c (requests, journal, page frame,
     sign-in, dispatch), kim_agent_web_referrals.c (the lists, a referral, the
     answers and new referrals, the legal-basis picker),
-    kim_agent_web_cases.c (cases, handovers and consents) and
-    kim_agent_web_erasures.c (erasure notices and requests).
+    kim_agent_web_cases.c (cases, handovers and consents),
+    kim_agent_web_reports.c (access reports) and kim_agent_web_erasures.c
+    (erasure notices and requests).
 */
 #ifndef KIM_AGENT_WEB_INT_H_INCLUDED
 #define KIM_AGENT_WEB_INT_H_INCLUDED
@@ -142,6 +143,14 @@ enum MHD_Result
     kim_agent_web_i_post_handover (kim_agent_web_req_t *req, const char *id);
 enum MHD_Result
     kim_agent_web_i_post_revoke (kim_agent_web_req_t *req, const char *id);
+
+//  kim_agent_web_reports.c
+enum MHD_Result
+    kim_agent_web_i_post_report (kim_agent_web_req_t *req);
+enum MHD_Result
+    kim_agent_web_i_report_page (kim_agent_web_req_t *req, const char *msg_id);
+enum MHD_Result
+    kim_agent_web_i_reports_page (kim_agent_web_req_t *req);
 
 //  kim_agent_web_erasures.c
 enum MHD_Result

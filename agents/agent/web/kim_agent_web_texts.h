@@ -183,3 +183,18 @@ KIM_WEB_TEXT (CASE_ONLY,      "Fall (leer: alle Fälle)", "Case (empty: all case
 KIM_WEB_TEXT (ERASE_ALSO_LOCAL, "Auch alle Inhalte zu dieser Person hier im Agenten löschen", "Also erase every content about this person here in the agent")
 KIM_WEB_TEXT (ERASURE_REQUEST_CONFIRM, "Ja, die Löschung verlangen; sie lässt sich nicht rückgängig machen", "Yes, request the erasure; it cannot be undone")
 KIM_WEB_TEXT (READONLY_ERASURE, "Ihr Zugang ist nur zum Lesen; Löschungen verlangen und Kopien löschen können Mitarbeitende mit Schreibrecht.", "Your account may only look; staff accounts may request erasures and erase copies.")
+KIM_WEB_TEXT (REPORTS,        "Auskünfte", "Access reports")
+KIM_WEB_TEXT (REPORTS_HINT,   "Die Person fragt, welche Daten Ihre Stelle über sie an andere Stellen übermittelt hat (Art. 15 DSGVO, § 83 SGB X). Der Broker antwortet aus seinem Protokoll mit jeder Übermittlung Ihrer Stelle über sie (und als federführende Stelle eines genannten Falls mit jeder im Fall): wann, an wen, wozu, auf welcher Rechtsgrundlage. Inhalte stehen nicht darin.",
+                              "The person asks which of their data your office passed to other offices (Art. 15 GDPR, § 83 SGB X). The broker answers from its log with every transfer of your office about them (and, as the lead of a case you name, every transfer in the case): when, to whom, what for, on which legal basis. Contents are not in it.")
+KIM_WEB_TEXT (REPORT_REQUEST, "Auskunft anfordern", "Request an access report")
+KIM_WEB_TEXT (REPORT,         "Auskunft", "Access report")
+KIM_WEB_TEXT (REQUESTED,      "Angefordert", "Requested")
+KIM_WEB_TEXT (SHOW,           "Anzeigen", "Show")
+KIM_WEB_TEXT (MADE_AT,        "Erstellt vom Broker", "Made by the broker")
+KIM_WEB_TEXT (TRANSFERS,      "Übermittlungen", "Transfers")
+KIM_WEB_TEXT (KEPT,           "beim Broker gespeichert", "kept by the broker")
+KIM_WEB_TEXT (ERASED,         "gelöscht", "erased")
+KIM_WEB_TEXT (REPORT_MORE,    "Dies ist die erste Seite der Auskunft; ihre weiteren Seiten liegen im Posteingang des Agenten (GET /v1/inbox?type=ACCESS_REPORT).",
+                              "This is the report's first page; its further pages are in the agent's inbox (GET /v1/inbox?type=ACCESS_REPORT).")
+KIM_WEB_TEXT (READONLY_REPORT, "Ihr Zugang ist nur zum Lesen; Auskünfte anfordern können Mitarbeitende mit Schreibrecht.", "Your account may only look; staff accounts may request access reports.")
+KIM_WEB_TEXT (DATA_CATEGORIES, "Datenkategorien", "Data categories")

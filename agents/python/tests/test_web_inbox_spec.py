@@ -43,10 +43,11 @@ def test_german_by_default_english_with_lang_en_and_remembered(net, web):
     """docs/agent.md "Web inbox": "German by default, English with ?lang=en
     (remembered)"; the page names "Posteingang / Inbox", "Gesendet / Sent",
     "Neue Überweisung / New referral", "Fälle / Cases", "Einwilligungen / Consents",
-    "Löschungen / Erasures"."""
+    "Auskünfte / Access reports", "Löschungen / Erasures"."""
     german = ("Posteingang", "Gesendet", "Neue Überweisung", "Fälle", "Einwilligungen",
-              "Löschungen")
-    english = ("Inbox", "Sent", "New referral", "Cases", "Consents", "Erasures")
+              "Auskünfte", "Löschungen")
+    english = ("Inbox", "Sent", "New referral", "Cases", "Consents", "Access reports",
+               "Erasures")
     page = web.get("/ui/inbox")
     assert page.lang == "de" and all(w in page.text for w in german), page
     page = web.get("/ui/inbox?lang=en")

@@ -56,8 +56,8 @@ def test_start_address_leads_to_a_german_login_page(net):
     assert page.header("content-type").startswith("text/html")
 
 
-PAGES = ["/ui/login", "/ui/inbox", "/ui/sent", "/ui/cases", "/ui/consents", "/ui/erasures",
-         "/ui/new",
+PAGES = ["/ui/login", "/ui/inbox", "/ui/sent", "/ui/cases", "/ui/consents", "/ui/reports",
+         "/ui/erasures", "/ui/new",
          "/ui/new?recipient=%s&purpose=benefits" % AA]
 
 
@@ -262,7 +262,7 @@ def _post_forms(n, web, cases=False):
     paths = ["/ui/inbox", "/ui/referral/" + rid,
              "/ui/referral/%s/forward?org=%s&purpose=benefits" % (rid, JC),
              "/ui/new?recipient=%s&purpose=benefits" % AA, "/ui/consents",
-             "/ui/consent/" + n.consents["fits"], "/ui/erasures"]
+             "/ui/consent/" + n.consents["fits"], "/ui/reports", "/ui/erasures"]
     if cases:
         led = uid("C-L")
         _sent_by_office(n, led)

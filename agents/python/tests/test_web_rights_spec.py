@@ -1,8 +1,10 @@
-"""kim-agent's erasures page and the inbox's notices, checked from outside
-against docs/agent.md alone: "Erasing the office's copies" (the broker's
-ERASURE notices, `GET /v1/inbox?type=ERASURE`, every item's `subject`) and
-"Web inbox", **Löschungen / Erasures** (deal with a notice by erasing or
-keeping the copies; request an erasure for a person; the journal).
+"""kim-agent's pages for a person's rights and the inbox's notices, checked
+from outside against docs/agent.md alone: "Erasing the office's copies"
+(the broker's ERASURE notices, `GET /v1/inbox?type=ERASURE`, every item's
+`subject`) and "Web inbox", **Auskünfte / Access reports** (request the
+broker's report, read it) and **Löschungen / Erasures** (deal with a notice
+by erasing or keeping the copies; request an erasure for a person; the
+journal).
 
 Processes: one broker, one agent with the page (kim_webenv.py); aa.rheine
 sends referrals to the office and asks the broker for erasures over its own
@@ -162,3 +164,83 @@ def test_a_persons_request_for_erasure_sent_from_the_page(net, web):
 def outbox_final_or_none(net, msg_id):
     r = net.agent.call("GET", "/v1/outbox/" + msg_id)
     return r.json if r.status == 200 else None
+
+
+#   --- access reports -------------------------------------------------------------
+
+def _sent_about(net, subject):
+    """A REFERRAL from the office to aa about `subject`, receipted."""
+    body = {"type": "REFERRAL", "msg_id": uid("M"), "recipient": AA, "referral_id": uid("S"),
+            "case_id": uid("C"), "subject": subject, "purpose": "benefits",
+            "legal_basis": kim_headers.STATUTE, "payload": "Antrag"}
+    assert net.agent.call("POST", "/v1/messages", body).status == 202
+    assert outbox_final(net.agent, body["msg_id"])["status"] == "receipted"
+    return body
+
+
+def _report_form(web):
+    (form,) = [f for f in web.get("/ui/reports").forms
+               if f.method == "post" and f.action == "/ui/reports"]
+    return form
+
+
+def test_an_access_report_requested_and_read_on_the_page(net, web):
+    """**Auskünfte / Access reports**: staff request the broker's report for a
+    person (ACCESS_REPORT, as POST /v1/subjects/{subject}/report does;
+    journal `access_report`); the list shows each request's state and links
+    a report that arrived; its page lists every transfer, one a row (when,
+    message, from, to, case, purpose, categories, legal basis, whether the
+    broker still keeps the content), no content; opening it is journaled
+    (`open_report`)."""
+    subject = uid("p-rep")
+    sent = _sent_about(net, subject)
+    form = _report_form(web)
+    r = web.post(form.action, form.data(subject=subject))
+    msg_id = form.fields["msg_id"]
+    assert r.status in (302, 303) and r.header("location") == "/ui/reports?sent=" + msg_id, r
+    record = net.agent.wait("/v1/reports/" + msg_id, lambda j: j["status"] == "answered", SLOW)
+    assert record.status == 200 and record.json["status"] == "answered", record
+    listed = web.get("/ui/reports").main
+    assert 'href="/ui/report/%s"' % msg_id in listed and subject in listed
+    page = web.get("/ui/report/" + msg_id)
+    assert page.status == 200, page
+    rows = [row for row in page.main.split("<tr>") if sent["recipient"] in row]
+    assert len(rows) == 1, page.main
+    for shown in ("REFERRAL", net.agent.org, sent["case_id"], "benefits", "statute",
+                  sent["legal_basis"]["citation"]):
+        assert shown in rows[0], (shown, rows[0])
+    assert "Antrag" not in page.main
+    assert journaled(net.agent, user="anna", action="access_report", msg_id=msg_id)
+    assert journaled(net.agent, user="anna", action="open_report", msg_id=msg_id)
+    assert subject not in str(journal(net.agent))
+
+
+def test_a_refused_report_says_why_and_links_nothing(net, web):
+    """The list shows a refusal with the broker's code and text
+    (PROTOCOL.md 9.3: an office that sent nothing about the person gets
+    NOT_PARTY)."""
+    subject = uid("p-none")
+    form = _report_form(web)
+    assert web.post(form.action, form.data(subject=subject)).status in (302, 303)
+    msg_id = form.fields["msg_id"]
+    assert outbox_final(net.agent, msg_id)["status"] == "refused"
+    listed = web.get("/ui/reports").main
+    (row,) = [row for row in listed.split("<tr>") if subject in row]
+    assert "NOT_PARTY" in row and "/ui/report/" not in row, row
+    assert web.get("/ui/report/" + msg_id).status == 404
+
+
+def test_readonly_reads_reports_but_requests_none(net, web, readonly):
+    """`readonly` sees the same pages and sends nothing."""
+    subject = uid("p-ro")
+    _sent_about(net, subject)
+    form = _report_form(web)
+    assert web.post(form.action, form.data(subject=subject)).status in (302, 303)
+    msg_id = form.fields["msg_id"]
+    net.agent.wait("/v1/reports/" + msg_id, lambda j: j["status"] == "answered", SLOW)
+    page = readonly.get("/ui/reports")
+    assert not [f for f in page.forms if f.action == "/ui/reports"] and msg_id in page.main
+    assert readonly.get("/ui/report/" + msg_id).status == 200
+    csrf = readonly.csrf_form(page).fields["csrf"]
+    r = readonly.post("/ui/reports", [("csrf", csrf), ("subject", subject), ("msg_id", uid("M"))])
+    assert r.status == 403, r
