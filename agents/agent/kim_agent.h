@@ -189,6 +189,11 @@ int
 //  list, with "erased_at". -KIM_E_NOT_FOUND when there is no such delivery.
 int
     kim_agent_store_inbox_erase (kim_agent_store_t *self, uint64_t seq, json_t **record);
+//  The payloads of the deliveries under `seqs` (those of a broker's ERASURE
+//  notice): *result lists the seqs found ("inbox") and not ("missing").
+int
+    kim_agent_store_inbox_erase_seqs (kim_agent_store_t *self, const uint64_t *seqs,
+                                      size_t count, json_t **result);
 
 //  Every payload about `subject` (a record's header names it, or for an
 //  answer inside a referral, the referral's): deliveries, and messages the

@@ -421,6 +421,64 @@ kim_agent_store_inbox_erase (kim_agent_store_t *self, uint64_t seq, json_t **out
     return 0;
 }
 
+//  Stamps the deliveries under `keys` with when their payload went (once).
+static int
+s_mark_erased (kim_agent_store_t *self, MDB_txn *txn, MDB_val **keys, size_t count)
+{
+    json_int_t now = (json_int_t) kim_agent_store_i_now ();
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        json_t *record = kim_agent_store_i_get_json (self, txn, S_INBOX, keys [i]);
+        if (record && !json_object_get (record, "erased_at")) {
+            json_object_set_new (record, "erased_at", json_integer (now));
+            rc = kim_agent_store_i_put_json (self, txn, S_INBOX, keys [i], record);
+        }
+        json_decref (record);
+    }
+    return rc;
+}
+
+int
+kim_agent_store_inbox_erase_seqs (kim_agent_store_t *self, const uint64_t *seqs, size_t count,
+                                  json_t **out)
+{
+    *out = NULL;
+    json_t *result = json_pack ("{s:[], s:[]}", "inbox", "missing");
+    if (!result)
+        return -KIM_E_NOMEM;
+    MDB_txn *txn;
+    if (mdb_txn_begin (self->env, NULL, 0, &txn) != 0) {
+        json_decref (result);
+        return -KIM_E_IO;
+    }
+    s_keys_t found = { 0 };
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < count; i++) {
+        uint8_t seq_key [8];
+        kim_agent_store_i_key_u64 (seq_key, seqs [i]);
+        MDB_val key = { 8, seq_key }, value;
+        bool here = mdb_get (txn, self->dbi [S_INBOX], &key, &value) == 0;
+        json_array_append_new (json_object_get (result, here? "inbox": "missing"),
+                               json_integer ((json_int_t) seqs [i]));
+        if (here)
+            rc = s_keys_add (&found, &key);
+    }
+    if (rc == 0)
+        rc = s_keys_array (&found);
+    if (rc == 0)
+        rc = kim_agent_store_i_payload_erase (self, txn, S_INBOX_PAYLOAD, found.keys, found.count);
+    if (rc == 0)
+        rc = s_mark_erased (self, txn, found.keys, found.count);
+    rc = kim_agent_store_i_end (txn, rc);
+    s_keys_free (&found);
+    if (rc) {
+        json_decref (result);
+        return rc;
+    }
+    *out = result;
+    return 0;
+}
+
 //  The subject a record (inbox or outbox) is about: its header's, or for
 //  an answer inside a referral, the referral's.
 static bool
@@ -504,15 +562,8 @@ kim_agent_store_subject_erase (kim_agent_store_t *self, const char *subject, jso
         rc = kim_agent_store_i_payload_erase (self, txn, S_OUTBOX_PAYLOAD, outbox.keys,
                                               outbox.count);
     //  The deliveries say when their payload went; outbox records need not
-    json_int_t now = (json_int_t) kim_agent_store_i_now ();
-    for (size_t i = 0; rc == 0 && i < inbox.count; i++) {
-        json_t *record = kim_agent_store_i_get_json (self, txn, S_INBOX, inbox.keys [i]);
-        if (record && !json_object_get (record, "erased_at")) {
-            json_object_set_new (record, "erased_at", json_integer (now));
-            rc = kim_agent_store_i_put_json (self, txn, S_INBOX, inbox.keys [i], record);
-        }
-        json_decref (record);
-    }
+    if (rc == 0)
+        rc = s_mark_erased (self, txn, inbox.keys, inbox.count);
     rc = kim_agent_store_i_end (txn, rc);
     s_keys_free (&inbox);
     s_keys_free (&outbox);

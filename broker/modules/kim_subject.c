@@ -354,6 +354,16 @@ s_report (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, const c
 
 //  An erasure purges as it walks; the PURGE record is written in parts of
 //  S_PURGE_PART seqs ("part": 1, 2, ...; the last says "last": true).
+//  Each organisation told gets its notice after the walk, naming the
+//  transfers to it that the erasure covers, in parts of as many seqs.
+typedef struct {
+    char org [KIM_ORG_MAX + 1];
+    char case_id [KIM_ID_MAX + 1];  //  the case of the first transfer to it
+    uint64_t *seqs;
+    size_t count;
+    size_t size;
+} s_told_t;
+
 typedef struct {
     kim_consent_mod_t *self;
     kim_ctx_t *ctx;
@@ -363,7 +373,8 @@ typedef struct {
     size_t in_part;                 //  seqs in the part being written
     size_t purged;
     size_t told_count;
-    char told [S_TOLD_MAX][KIM_ORG_MAX + 1];
+    s_told_t told [S_TOLD_MAX];
+    bool told_full;                 //  S_TOLD_MAX reached (warned once)
     bool local;                     //  the asker is ours: far copies are asked for
     size_t peer_count;
     char peers [KIM_PEERS_MAX][KIM_ORG_MAX + 1];
@@ -412,7 +423,7 @@ s_part_write (s_erase_t *erase, bool last)
     kim_buf_t *json = &self->json;
     int rc = kim_consent_json (json, "],\"told\":[");
     for (size_t t = 0; rc == 0 && last && t < erase->told_count; t++)
-        rc = kim_consent_json (json, "%s\"%s\"", t? ",": "", erase->told [t]);
+        rc = kim_consent_json (json, "%s\"%s\"", t? ",": "", erase->told [t].org);
     rc = rc? rc: kim_consent_json (json, "],\"last\":%s}", last? "true": "false");
     kim_buf_reset (&self->pack);
     rc = rc? rc: kim_json_to_msgpack ((const char *) json->data, json->size, &self->pack);
@@ -420,6 +431,27 @@ s_part_write (s_erase_t *erase, bool last)
                                  NULL);
     erase->part++;
     return rc;
+}
+
+//  The organisation told about transfer `entry`, found or added; NULL when
+//  S_TOLD_MAX are told already (logged once).
+static s_told_t *
+s_told (s_erase_t *erase, const s_entry_t *entry)
+{
+    for (size_t t = 0; t < erase->told_count; t++)
+        if (streq (erase->told [t].org, entry->recipient))
+            return &erase->told [t];
+    if (erase->told_count == S_TOLD_MAX) {
+        if (!erase->told_full)
+            zsys_warning ("consent: erasure of subject %s: more than %d recipients; only the "
+                          "first are told", erase->msg->subject, S_TOLD_MAX);
+        erase->told_full = true;
+        return NULL;
+    }
+    s_told_t *told = &erase->told [erase->told_count++];
+    kim_str_copy (told->org, sizeof told->org, entry->recipient);
+    kim_str_copy (told->case_id, sizeof told->case_id, entry->case_id);
+    return told;
 }
 
 static int
@@ -438,24 +470,51 @@ s_erase_entry (void *arg, const s_entry_t *entry)
         erase->in_part++;
         erase->purged++;
     }
-    bool done = streq (entry->recipient, erase->msg->sender);
-    for (size_t t = 0; t < erase->told_count && !done; t++)
-        done = streq (erase->told [t], entry->recipient);
-    if (rc == 0 && !done && !kim_ctx_org (erase->ctx, entry->recipient))
+    if (rc || streq (entry->recipient, erase->msg->sender))
+        return rc;
+    if (!kim_ctx_org (erase->ctx, entry->recipient))
         return s_erase_far (erase, entry->recipient);
-    if (rc == 0 && !done) {
-        if (erase->told_count == S_TOLD_MAX) {
-            zsys_warning ("consent: erasure of subject %s: more than %d recipients; only the "
-                          "first are told", erase->msg->subject, S_TOLD_MAX);
-            return 0;
-        }
+    //  Every transfer to it that the erasure covers, whether its payload
+    //  went now or before: the recipient's copy of each is what it decides on
+    s_told_t *told = s_told (erase, entry);
+    if (!told)
+        return 0;
+    if (told->count == told->size) {
+        size_t size = told->size? told->size * 2: 16;
+        uint64_t *seqs = (uint64_t *) realloc (told->seqs, size * sizeof (uint64_t));
+        if (!seqs)
+            return -KIM_E_NOMEM;
+        told->seqs = seqs;
+        told->size = size;
+    }
+    told->seqs [told->count++] = entry->seq;
+    return 0;
+}
+
+//  The broker-made ERASUREs to one organisation: its payload names the
+//  request and the seqs of the transfers to it (PROTOCOL.md 9.3).
+static int
+s_notify (s_erase_t *erase, const s_told_t *told, kim_buf_t *json)
+{
+    int rc = 0;
+    uint32_t parts = (uint32_t) ((told->count + S_PURGE_PART - 1) / S_PURGE_PART);
+    for (uint32_t part = 0; rc == 0 && part < parts; part++) {
+        kim_buf_reset (json);
+        rc = kim_consent_json (json, "{\"subject\":\"%s\",\"requested_by\":\"%s\","
+                               "\"request_seq\":%" PRIu64 ",\"case_id\":\"%s\",\"part\":%u,"
+                               "\"seqs\":[", erase->msg->subject, erase->msg->sender,
+                               erase->request_seq, erase->msg->case_id, part + 1);
+        size_t end = (size_t) (part + 1) * S_PURGE_PART;
+        for (size_t i = (size_t) part * S_PURGE_PART; rc == 0 && i < told->count && i < end; i++)
+            rc = kim_consent_json (json, "%s%" PRIu64, i % S_PURGE_PART? ",": "", told->seqs [i]);
+        rc = rc? rc: kim_consent_json (json, "],\"last\":%s}\n", part + 1 == parts? "true": "false");
         kim_msg_t notice;
         kim_msg_init (&notice);
         notice.type = KIM_TYPE_ERASURE;
         kim_str_copy (notice.subject, sizeof notice.subject, erase->msg->subject);
-        kim_str_copy (notice.case_id, sizeof notice.case_id, entry->case_id);
-        rc = kim_ctx_emit (erase->ctx, &notice, entry->recipient, NULL);
-        snprintf (erase->told [erase->told_count++], KIM_ORG_MAX + 1, "%s", entry->recipient);
+        kim_str_copy (notice.case_id, sizeof notice.case_id, told->case_id);
+        rc = rc? rc: s_emit_payload (erase->self, erase->ctx, &notice, told->org, json->data,
+                                     json->size);
     }
     return rc;
 }
@@ -471,11 +530,21 @@ s_erase (kim_consent_mod_t *self, kim_ctx_t *ctx, const kim_msg_t *msg, uint64_t
     int rc = s_part_open (erase);
     int64_t seen = rc? rc: s_each (self, ctx, msg->subject, msg->sender, msg->case_id, "", true,
                                    s_erase_entry, erase);
-    rc = seen < 0? (int) seen: s_part_write (erase, true);
+    rc = seen < 0? (int) seen: 0;
+    //  The notices have a buffer of their own: the PURGE part is open in
+    //  self->json
+    kim_buf_t json;
+    kim_buf_init (&json);
+    for (size_t t = 0; rc == 0 && t < erase->told_count; t++)
+        rc = s_notify (erase, &erase->told [t], &json);
+    kim_buf_free (&json);
+    rc = rc? rc: s_part_write (erase, true);
     if (rc == 0)
         zsys_info ("consent: erasure of subject %s for %s: %zu payloads purged, %zu recipients "
                    "told, %zu linked brokers asked", msg->subject, msg->sender, erase->purged,
                    erase->told_count, erase->peer_count);
+    for (size_t t = 0; t < erase->told_count; t++)
+        free (erase->told [t].seqs);
     free (erase);
     return rc;
 }

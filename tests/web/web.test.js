@@ -319,6 +319,8 @@ async function main() {
         check(await openRows.count() === 2, 'the page lists both notices as still to deal with');
         await snap('erasures');
         const row4 = page.locator('tr', { hasText: 'p-R-4' });
+        check(await row4.getByRole('link', { name: 'R-4', exact: true }).count() === 1,
+              'the notice\'s row links the referral it concerns');
         await row4.getByRole('checkbox').check();
         await Promise.all([page.waitForNavigation(), row4.getByRole('button', { name: 'Kopien löschen' }).click()]);
         check(/erased=1$/.test(page.url()) && await page.getByRole('status').count() === 1,

@@ -4,6 +4,11 @@
     the agent, or keep them on a basis of its own); and a person's request
     for erasure, sent to the broker for this office's own transfers.
 
+    A notice names the transfers it covers by the seqs this office received
+    them with (PROTOCOL.md 9.3), and erasing erases exactly those; a notice
+    without them (from a broker before that) erases every copy about the
+    person.
+
     Nothing here writes the person's pseudonym into the journal or the
     system log: entries name the notice's or the request's msg_id, which the
     agent's store ties to the person.
@@ -13,6 +18,47 @@
 #include "kim_agent_web_int.h"
 
 #define S_NOTICES_MAX   200             //  notices listed, each list
+#define S_SEQS_MAX      4096            //  seqs a notice names (its part)
+#define S_LINKS_MAX     10              //  referrals a notice's row links
+
+//  The seqs the notice in the inbox at `seq` names, into `seqs` (room for
+//  S_SEQS_MAX). Returns how many; 0 for a notice that names none.
+static size_t
+s_notice_seqs (kim_agent_store_t *store, uint64_t seq, uint64_t *seqs)
+{
+    json_t *notice = kim_agent_store_inbox_get (store, seq);
+    json_t *named = json_loads (kim_agent_web_i_str (notice, "payload"), 0, NULL);
+    json_t *list = json_object_get (named, "seqs");
+    size_t count = 0;
+    for (size_t i = 0; i < json_array_size (list) && count < S_SEQS_MAX; i++) {
+        json_int_t value = json_integer_value (json_array_get (list, i));
+        if (value > 0)
+            seqs [count++] = (uint64_t) value;
+    }
+    json_decref (named);
+    json_decref (notice);
+    return count;
+}
+
+//  The referrals of the named deliveries this agent has, as links.
+static void
+s_named_links (kim_agent_web_req_t *req, const uint64_t *seqs, size_t count)
+{
+    kim_agent_html_t *html = &req->html;
+    size_t shown = 0;
+    for (size_t i = 0; i < count && shown < S_LINKS_MAX; i++) {
+        json_t *delivery = kim_agent_store_inbox_get (req->self->store, seqs [i]);
+        const char *referral_id = kim_agent_web_i_str (delivery, "referral_id");
+        if (*referral_id) {
+            kim_agent_html_raw (html, shown? ", ": "<p>");
+            kim_agent_web_i_link (req, "referral", referral_id);
+            shown++;
+        }
+        json_decref (delivery);
+    }
+    if (shown)
+        kim_agent_html_raw (html, "</p>\n");
+}
 
 static void
 s_notice_row (kim_agent_web_req_t *req, json_t *notice, bool handled)
@@ -39,19 +85,28 @@ s_notice_row (kim_agent_web_req_t *req, json_t *notice, bool handled)
         kim_agent_html_raw (html, "</td></tr>\n");
         return;
     }
+    json_int_t seq = kim_agent_web_i_int (notice, "seq");
+    uint64_t *seqs = (uint64_t *) malloc (S_SEQS_MAX * sizeof (uint64_t));
+    size_t named = seqs? s_notice_seqs (req->self->store, (uint64_t) seq, seqs): 0;
+    if (named)
+        s_named_links (req, seqs, named);
+    free (seqs);
     //  Erasing needs the box ticked (here and at the server); keeping the
     //  copies does not, so its button skips the form's check
-    json_int_t seq = kim_agent_web_i_int (notice, "seq");
     kim_agent_html_rawf (html, "<form method=\"post\" action=\"/ui/erasures/%" JSON_INTEGER_FORMAT
                          "\">\n", seq);
     kim_agent_web_i_hidden (req, "csrf", req->session.csrf);
     kim_agent_html_rawf (html, "<div><input type=\"checkbox\" id=\"en-%" JSON_INTEGER_FORMAT "\" "
                          "name=\"confirm\" value=\"yes\" required><label class=\"inline\" "
-                         "for=\"en-%" JSON_INTEGER_FORMAT "\">%s</label></div>\n"
+                         "for=\"en-%" JSON_INTEGER_FORMAT "\">", seq, seq);
+    if (named)
+        kim_agent_html_rawf (html, "%s (%zu)", T (ERASE_NAMED_CONFIRM), named);
+    else
+        kim_agent_html_text (html, T (ERASE_COPIES_CONFIRM));
+    kim_agent_html_rawf (html, "</label></div>\n"
                          "<button type=\"submit\" name=\"do\" value=\"erase\">%s</button>\n"
                          "<button type=\"submit\" name=\"do\" value=\"keep\" formnovalidate>%s"
-                         "</button>\n</form></td></tr>\n", seq, seq, T (ERASE_COPIES_CONFIRM),
-                         T (ERASE_COPIES), T (KEEP_COPIES));
+                         "</button>\n</form></td></tr>\n", T (ERASE_COPIES), T (KEEP_COPIES));
 }
 
 static void
@@ -212,7 +267,17 @@ kim_agent_web_i_post_notice (kim_agent_web_req_t *req, uint64_t seq)
     json_decref (notice);
     //  Erased first, then marked: a failure between leaves the notice open
     //  to be dealt with again, and erasing twice is harmless
-    int rc = erase? s_erase_local (req, subject): 0;
+    int rc = 0;
+    if (erase) {
+        uint64_t *seqs = (uint64_t *) malloc (S_SEQS_MAX * sizeof (uint64_t));
+        size_t named = seqs? s_notice_seqs (self->store, seq, seqs): 0;
+        json_t *result = NULL;
+        rc = !seqs? -KIM_E_NOMEM
+           : named? kim_agent_store_inbox_erase_seqs (self->store, seqs, named, &result)
+                  : s_erase_local (req, subject);
+        json_decref (result);
+        free (seqs);
+    }
     json_t *record = NULL;
     if (rc == 0)
         rc = kim_agent_store_inbox_handled (self->store, seq, &record);

@@ -198,3 +198,5 @@ KIM_WEB_TEXT (REPORT_MORE,    "Dies ist die erste Seite der Auskunft; ihre weite
                               "This is the report's first page; its further pages are in the agent's inbox (GET /v1/inbox?type=ACCESS_REPORT).")
 KIM_WEB_TEXT (READONLY_REPORT, "Ihr Zugang ist nur zum Lesen; Auskünfte anfordern können Mitarbeitende mit Schreibrecht.", "Your account may only look; staff accounts may request access reports.")
 KIM_WEB_TEXT (DATA_CATEGORIES, "Datenkategorien", "Data categories")
+KIM_WEB_TEXT (ERASE_NAMED_CONFIRM, "Ja, die Inhalte der Übermittlungen, die die Mitteilung nennt, im Agenten endgültig löschen",
+                              "Yes, erase the contents of the transfers the notice names in the agent for good")

@@ -532,7 +532,15 @@ def test_erasure_purges_the_askers_payloads_and_tells_their_recipients(connect):
     jc.client.send({"type": "ERASURE", "msg_id": uid("m"), "subject": subject,
                     "case_id": case_id})
     (told,) = soz.wait(type="ERASURE", subject=subject)
-    assert (told.hdr["recipient"], told.hdr["case_id"], told.payload) == (SOZ, case_id, b"")
+    assert (told.hdr["recipient"], told.hdr["case_id"]) == (SOZ, case_id)
+    # its payload names the request and the transfers to soz it covers,
+    # under the seqs soz received them with
+    assert told.hdr["payload_len"] == len(told.payload)
+    notice = json.loads(told.payload)
+    (referral,) = soz.where(referral_id=rid)
+    assert notice == {"subject": subject, "requested_by": JC, "request_seq": notice["request_seq"],
+                      "case_id": case_id, "part": 1, "seqs": [referral.seq], "last": True}
+    assert referral.seq < notice["request_seq"] < told.seq
     aa.settle()
     assert not aa.where(type="ERASURE", subject=subject)
     jc.client.send({"type": "ACCESS_REPORT", "msg_id": uid("m"), "subject": subject})

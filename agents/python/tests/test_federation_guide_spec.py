@@ -921,11 +921,18 @@ def test_an_erasure_asked_at_home_reaches_the_far_district(nrw, tmp_path):
                          "--purpose", PURPOSE, "--statute", STATUTE, "--payload", payload)
     assert rc == 0, receipt
     office = Inbox(c, "soz.coesfeld")
-    assert office.one(referral_id=rid).get("payload") == "Herr K. braucht eine Wohnung"
+    delivered = office.one(referral_id=rid)
+    assert delivered.get("payload") == "Herr K. braucht eine Wohnung"
     r = s.kim("jc.steinfurt", "subject", "erase", subject)
     assert r.returncode == 0, r.stdout + r.stderr
-    told = office.one(type="ERASURE", subject=subject)["hdr"]
+    notice = office.one(type="ERASURE", subject=subject)
+    told = notice["hdr"]
     assert told["sender"] == COESFELD
+    # PROTOCOL.md 9.3: the notice names the transfers it covers by the seqs the
+    # office received them with, here the far broker's
+    named = json.loads(notice["payload"])
+    assert (named["requested_by"], named["seqs"], named["last"]) == (
+        "jc.steinfurt", [delivered["seq"]], True), named
     for d, told_here in ((s, 0), (c, 1)):
         line = "erasure of subject %s for jc.steinfurt: 1 payloads purged, %d recipients told" % (
             subject, told_here)

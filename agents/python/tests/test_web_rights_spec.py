@@ -9,6 +9,7 @@ journal).
 Processes: one broker, one agent with the page (kim_webenv.py); aa.rheine
 sends referrals to the office and asks the broker for erasures over its own
 kim.Client. Every wait is a bounded poll."""
+import json
 import urllib.parse
 
 import kim_headers
@@ -64,15 +65,32 @@ def test_inbox_items_name_their_subject_and_filter_by_type(net):
     assert r.status == 400 and r.json["path"] == "type", r
 
 
+def test_a_notice_names_the_deliveries_it_covers(net):
+    """"A notice's payload names the erased transfers by the seqs this agent
+    received them with (PROTOCOL.md 9.3)"."""
+    delivery, notice = _referred_then_erased(net)
+    named = json.loads(_payload(net, notice["seq"])["payload"])
+    assert (named["subject"], named["requested_by"], named["seqs"], named["part"],
+            named["last"]) == (delivery["subject"], AA, [delivery["seq"]], 1, True), named
+
+
 def test_a_notice_dealt_with_by_erasing_the_copies(net, web):
     """**Kopien löschen / Erase the copies** (with a box to tick first) erases
-    every payload about the person in the agent, as DELETE
-    /v1/subjects/{subject}/payloads does; the notice is then handled, journal
-    `erasure_notice_erase` with the notice's msg_id, never the person."""
+    the payloads of exactly the deliveries the notice names, nothing else
+    about the person; the row links the referrals it concerns; the notice is
+    then handled, journal `erasure_notice_erase` with the notice's msg_id,
+    never the person."""
     delivery, notice = _referred_then_erased(net)
     assert _payload(net, delivery["seq"])["payload"] == "Schuldnerberatung"
+    # aa refers the person again after its erasure: not named, so it stays
+    later = refer(net, b"Neuer Antrag", subject=notice["subject"])
+    later_seq = [i for i in net.agent.call("GET", "/v1/inbox?limit=1000").json["items"]
+                 if i["referral_id"] == later["referral_id"]][0]["seq"]
     page = web.get("/ui/erasures")
     assert notice["subject"] in page.main
+    (row,) = [r for r in page.main.split("<tr>") if "/ui/erasures/%d" % notice["seq"] in r]
+    assert 'href="/ui/referral/%s"' % delivery["referral_id"] in row, row
+    assert 'href="/ui/referral/%s"' % later["referral_id"] not in row, row
     form = _notice_form(page, notice["seq"])
     # without the ticked box: refused, nothing erased, the notice still open
     r = web.post(form.action, form.data(drop=("confirm",), do="erase"))
@@ -83,6 +101,7 @@ def test_a_notice_dealt_with_by_erasing_the_copies(net, web):
     assert r.status in (302, 303) and r.header("location") == "/ui/erasures?erased=1", r
     erased = _payload(net, delivery["seq"])
     assert erased["payload"] == "" and erased["erased_at"] > 0, erased
+    assert _payload(net, later_seq)["payload"] == "Neuer Antrag"
     assert notice["seq"] not in [n["seq"] for n in _notices(net, handled="false")]
     assert journaled(net.agent, user="anna", action="erasure_notice_erase",
                      msg_id=notice["msg_id"])
