@@ -395,13 +395,21 @@ s_accept_extra (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, uin
     return rc;
 }
 
-//  A broker-made ACCESS_REPORT answers the oldest request of ours for the
-//  same subject and case that has no answer yet and was not refused (the
-//  broker answers requests in the order it logs them; the report names
-//  no request).
+//  A broker-made ACCESS_REPORT's first page answers the oldest request of
+//  ours for the same subject and case that has no answer yet and was not
+//  refused (the broker answers requests in the order it logs them; the
+//  report names no request). A later page belongs to the request whose
+//  report has the pages before it and no last page yet. The pages' seqs are
+//  kept in "_pages" (the first also in report_seq), "_last" once the last
+//  page is in.
 static int
-s_report_arrived (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, uint64_t seq)
+s_report_arrived (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, uint64_t seq,
+                  const uint8_t *payload, size_t size)
 {
+    json_t *page_json = json_loadb ((const char *) payload, size, 0, NULL);
+    json_int_t page = json_integer_value (json_object_get (page_json, "page"));
+    bool last = !json_is_false (json_object_get (page_json, "last"));
+    json_decref (page_json);
     MDB_cursor *cursor;
     int rc = mdb_cursor_open (txn, self->dbi [S_REPORTS], &cursor);
     if (rc)
@@ -417,10 +425,17 @@ s_report_arrived (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, u
         const char *case_id = json_string_value (json_object_get (record, "case_id"));
         const char *msg_id = json_string_value (json_object_get (record, "msg_id"));
         int64_t order = (int64_t) json_integer_value (json_object_get (record, "_order"));
+        json_t *pages = json_object_get (record, "_pages");
         bool candidate = subject && case_id && msg_id && streq (subject, msg->subject)
-                      && streq (case_id, msg->case_id)
-                      && !json_object_get (record, "report_seq") && order < best_order;
-        if (candidate) {
+                      && streq (case_id, msg->case_id) && order < best_order;
+        if (candidate && page > 1)
+            candidate = json_object_get (record, "report_seq")
+                     && !json_is_true (json_object_get (record, "_last"))
+                     && (json_int_t) json_array_size (pages) == page - 1;
+        else
+        if (candidate)
+            candidate = !json_object_get (record, "report_seq");
+        if (candidate && page <= 1) {
             MDB_val okey = { strlen (msg_id), (void *) msg_id };
             json_t *outbox = kim_agent_store_i_get_json (self, txn, S_OUTBOX, &okey);
             const char *status = json_string_value (json_object_get (outbox, "status"));
@@ -439,8 +454,14 @@ s_report_arrived (kim_agent_store_t *self, MDB_txn *txn, const kim_msg_t *msg, u
     if (best) {
         const char *msg_id = json_string_value (json_object_get (best, "msg_id"));
         MDB_val bkey = { strlen (msg_id), (void *) msg_id };
-        json_object_set_new (best, "report_seq", json_integer ((json_int_t) seq));
-        json_object_set_new (best, "answered_at", json_integer ((json_int_t) kim_agent_store_i_now ()));
+        if (page <= 1) {
+            json_object_set_new (best, "report_seq", json_integer ((json_int_t) seq));
+            json_object_set_new (best, "answered_at",
+                                 json_integer ((json_int_t) kim_agent_store_i_now ()));
+            json_object_set_new (best, "_pages", json_array ());
+        }
+        json_array_append_new (json_object_get (best, "_pages"), json_integer ((json_int_t) seq));
+        json_object_set_new (best, "_last", json_boolean (last));
         rc = kim_agent_store_i_put_json (self, txn, S_REPORTS, &bkey, best);
         json_decref (best);
     }
@@ -738,7 +759,8 @@ kim_agent_store_deliver (kim_agent_txn_t *txn, const kim_event_t *event, bool *f
     if (rc == 0)
         rc = s_view_apply (self, txn->txn, msg, false, event->seq);
     if (rc == 0 && msg->type == KIM_TYPE_ACCESS_REPORT)
-        rc = s_report_arrived (self, txn->txn, msg, event->seq);
+        rc = s_report_arrived (self, txn->txn, msg, event->seq, event->payload,
+                               event->payload_size);
     if (rc == 0 && self->push) {
         json_t *push = json_pack ("{s:i, s:I, s:s}", "attempts", 0, "next_at", (json_int_t) 0,
                                   "last_error", "");

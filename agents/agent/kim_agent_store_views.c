@@ -256,24 +256,41 @@ kim_agent_store_report (kim_agent_store_t *self, const char *msg_id)
         return NULL;
     MDB_val key = { strlen (msg_id), (void *) msg_id };
     json_t *record = kim_agent_store_i_get_json (self, txn, S_REPORTS, &key);
-    json_int_t report_seq = json_integer_value (json_object_get (record, "report_seq"));
     if (record)
         record = s_report_finish (self, txn, record);
-    //  The report itself: the payload of the broker's delivery (JSON)
-    uint8_t seq_key [8];
-    kim_agent_store_i_key_u64 (seq_key, (uint64_t) report_seq);
-    MDB_val pkey = { 8, seq_key };
-    uint8_t *data = NULL;
-    size_t size = 0;
-    if (record && report_seq
-    &&  kim_agent_store_i_payload_get (self, txn, S_INBOX_PAYLOAD, &pkey, &data, &size) == 1) {
-        json_t *report = json_loadb ((const char *) data, size, 0, NULL);
-        if (json_is_object (report))
-            json_object_set_new (record, "report", report);
+    //  The report itself: the payloads of the broker's deliveries (JSON),
+    //  its pages as one (a request from before pages were kept has one)
+    json_t *pages = json_object_get (record, "_pages");
+    json_t *first = json_object_get (record, "report_seq");
+    json_t *report = NULL;
+    for (size_t i = 0; record && i < (pages? json_array_size (pages): first? 1: 0); i++) {
+        uint8_t seq_key [8];
+        kim_agent_store_i_key_u64 (seq_key, (uint64_t) json_integer_value (
+                                   pages? json_array_get (pages, i): first));
+        MDB_val pkey = { 8, seq_key };
+        uint8_t *data = NULL;
+        size_t size = 0;
+        json_t *page = NULL;
+        if (kim_agent_store_i_payload_get (self, txn, S_INBOX_PAYLOAD, &pkey, &data, &size) == 1)
+            page = json_loadb ((const char *) data, size, 0, NULL);
+        free (data);
+        if (!json_is_object (page))
+            json_decref (page);
         else
-            json_decref (report);
+        if (!report)
+            report = page;
+        else {
+            //  The later page's fields (last, total) over the first's,
+            //  its transfers after the ones before
+            json_t *transfers = json_incref (json_object_get (report, "transfers"));
+            json_array_extend (transfers, json_object_get (page, "transfers"));
+            json_object_update (report, page);
+            json_object_set_new (report, "transfers", transfers);
+            json_decref (page);
+        }
     }
-    free (data);
+    if (report)
+        json_object_set_new (record, "report", report);
     mdb_txn_abort (txn);
     return kim_agent_store_i_public (record);
 }

@@ -194,8 +194,8 @@ KIM_WEB_TEXT (MADE_AT,        "Erstellt vom Broker", "Made by the broker")
 KIM_WEB_TEXT (TRANSFERS,      "Übermittlungen", "Transfers")
 KIM_WEB_TEXT (KEPT,           "beim Broker gespeichert", "kept by the broker")
 KIM_WEB_TEXT (ERASED,         "gelöscht", "erased")
-KIM_WEB_TEXT (REPORT_MORE,    "Dies ist die erste Seite der Auskunft; ihre weiteren Seiten liegen im Posteingang des Agenten (GET /v1/inbox?type=ACCESS_REPORT).",
-                              "This is the report's first page; its further pages are in the agent's inbox (GET /v1/inbox?type=ACCESS_REPORT).")
+KIM_WEB_TEXT (REPORT_MORE,    "Die Auskunft ist noch nicht vollständig: weitere Seiten des Brokers stehen aus.",
+                              "The report is not complete yet: further pages from the broker are still to come.")
 KIM_WEB_TEXT (READONLY_REPORT, "Ihr Zugang ist nur zum Lesen; Auskünfte anfordern können Mitarbeitende mit Schreibrecht.", "Your account may only look; staff accounts may request access reports.")
 KIM_WEB_TEXT (DATA_CATEGORIES, "Datenkategorien", "Data categories")
 KIM_WEB_TEXT (ERASE_NAMED_CONFIRM, "Ja, die Inhalte der Übermittlungen, die die Mitteilung nennt, im Agenten endgültig löschen",

@@ -263,3 +263,30 @@ def test_readonly_reads_reports_but_requests_none(net, web, readonly):
     csrf = readonly.csrf_form(page).fields["csrf"]
     r = readonly.post("/ui/reports", [("csrf", csrf), ("subject", subject), ("msg_id", uid("M"))])
     assert r.status == 403, r
+
+
+def test_a_report_of_several_pages_is_read_whole(net, web):
+    """"A report of more than 1,000 transfers comes in pages" (PROTOCOL.md 9.3:
+    pages of at most 1,000, the last with `"last":true` and the `total`); the
+    agent puts them together: GET /v1/reports/{msg_id} and the report's page
+    show every transfer."""
+    subject = uid("p-many")
+    ids = []
+    for _ in range(1001):
+        body = {"type": "REFERRAL", "msg_id": uid("M"), "recipient": AA,
+                "referral_id": uid("S"), "case_id": uid("C"), "subject": subject,
+                "purpose": "benefits", "legal_basis": kim_headers.STATUTE}
+        assert net.agent.call("POST", "/v1/messages", body).status == 202
+        ids.append(body["msg_id"])
+    assert outbox_final(net.agent, ids[-1])["status"] == "receipted"
+    form = _report_form(web)
+    assert web.post(form.action, form.data(subject=subject)).status in (302, 303)
+    msg_id = form.fields["msg_id"]
+    r = net.agent.wait("/v1/reports/" + msg_id,
+                       lambda j: j["status"] == "answered" and j["report"]["last"], SLOW)
+    report = r.json["report"]
+    assert (report["last"], report["total"], len(report["transfers"])) == (True, 1001, 1001), (
+        {k: v for k, v in report.items() if k != "transfers"})
+    assert len({t["seq"] for t in report["transfers"]}) == 1001
+    page = web.get("/ui/report/" + msg_id)
+    assert "(1001)" in page.main and "ACCESS_REPORT" not in page.main
