@@ -6,12 +6,17 @@
     broken encodings, NULs, duplicate or too many fields; hostile paths and
     methods; garbage cookies. Also: the page does not open the bearer API,
     markup in a header field comes out escaped, the lockout ends after its
-    time, and `kim-agent --add-user` refuses bad input.
+    time, and `kim-agent --add-user` refuses bad input. And a broker's
+    ERASURE notice from before notices named their transfers (written into
+    the store as the link would have): dealing with it erases every copy
+    about the person, and forms for it that the page did not make change
+    nothing.
 */
 #include <czmq.h>
 #include <signal.h>
 #include <sys/wait.h>
 
+#include "kim_agent.h"
 #include "kim_agenttest.h"
 #include "kim_testhttp.h"
 
@@ -147,6 +152,74 @@ s_check_policy (const char *config, const char *policy, char *output, size_t siz
     return WIFEXITED (status)? WEXITSTATUS (status): -1;
 }
 
+//  Seqs far above any the test broker hands out: two referrals from kim.a,
+//  one about p-old and one about p-keep, and the broker's ERASURE about
+//  p-old without a payload, as brokers sent it before PROTOCOL.md 9.3
+//  named the transfers.
+#define S_OLD_REFERRAL  1000000001ULL
+#define S_KEPT_REFERRAL 1000000002ULL
+#define S_OLD_NOTICE    1000000003ULL
+
+static void
+s_seed_old_notice (const char *dir)
+{
+    char error [256];
+    kim_agent_store_t *store = kim_agent_store_new (dir, 64u * 1024 * 1024, "mbe.b", error,
+                                                    sizeof error);
+    KIM_CHECK (store);
+    kim_agent_txn_t *txn = kim_agent_store_begin (store);
+    KIM_CHECK (txn);
+    const struct { uint64_t seq; kim_type_t type; const char *subject; const char *payload; }
+    items [] = {
+        { S_OLD_REFERRAL, KIM_TYPE_REFERRAL, "p-old", "alt und zu loeschen" },
+        { S_KEPT_REFERRAL, KIM_TYPE_REFERRAL, "p-keep", "bleibt" },
+        { S_OLD_NOTICE, KIM_TYPE_ERASURE, "p-old", "" },
+    };
+    for (size_t i = 0; i < sizeof items / sizeof items [0]; i++) {
+        kim_event_t event;
+        memset (&event, 0, sizeof event);
+        event.type = KIM_EVENT_DELIVER;
+        event.seq = items [i].seq;
+        kim_msg_t *msg = &event.msg;
+        kim_msg_init (msg);
+        msg->type = items [i].type;
+        bool referral = items [i].type == KIM_TYPE_REFERRAL;
+        snprintf (msg->msg_id, sizeof msg->msg_id, "old-%zu", i);
+        msg->created_at = (uint64_t) zclock_time ();
+        snprintf (msg->sender, sizeof msg->sender, "%s", referral? "kim.a": "kim.broker");
+        snprintf (msg->recipient, sizeof msg->recipient, "mbe.b");
+        snprintf (msg->subject, sizeof msg->subject, "%s", items [i].subject);
+        if (referral) {
+            snprintf (msg->referral_id, sizeof msg->referral_id, "R-old-%zu", i);
+            snprintf (msg->case_id, sizeof msg->case_id, "C-old-%zu", i);
+            snprintf (msg->purpose, sizeof msg->purpose, "counselling");
+            msg->basis = KIM_BASIS_STATUTE;
+            snprintf (msg->citation, sizeof msg->citation, "SGB X §69(1)1");
+        }
+        event.payload = (const uint8_t *) items [i].payload;
+        event.payload_size = strlen (items [i].payload);
+        bool fresh;
+        KIM_CHECK (kim_agent_store_deliver (txn, &event, &fresh) == 0 && fresh);
+    }
+    KIM_CHECK (kim_agent_store_commit (&txn) == 0);
+    kim_agent_store_destroy (&store);
+}
+
+//  The payload the agent's API serves for delivery `seq`.
+static char *
+s_payload (int port, uint64_t seq)
+{
+    char path [64], *body = NULL;
+    snprintf (path, sizeof path, "/v1/inbox/%" PRIu64, seq);
+    KIM_CHECK (kim_agenttest_http (port, "GET", path, KIM_AGENTTEST_TOKEN, NULL, &body) == 200);
+    json_t *delivery = json_loads (body, 0, NULL);
+    free (body);
+    const char *payload = json_string_value (json_object_get (delivery, "payload"));
+    char *copy = strdup (payload? payload: "(none)");
+    json_decref (delivery);
+    return copy;
+}
+
 int
 main (void)
 {
@@ -197,6 +270,9 @@ main (void)
     KIM_CHECK (s_check_policy (b.config, "/nonexistent/policy.cfg", output, sizeof output) != 0);
     KIM_CHECK (strstr (output, "web/policy"));
 
+    char store_dir [256];
+    snprintf (store_dir, sizeof store_dir, "%s/store", b.dir);
+    s_seed_old_notice (store_dir);
     KIM_CHECK (kim_agenttest_start (&a, true) == 0);
     KIM_CHECK (kim_agenttest_start (&b, true) == 0);
     int port = b.port;
@@ -273,6 +349,44 @@ main (void)
     free (answer);
     KIM_CHECK (s_request (port, "GET", "/ui/inbox", "kim_session=zzz", NULL, NULL, &answer) == 303);
     free (answer);
+
+    //  An ERASURE notice that names no transfers: forms the page did not
+    //  make change nothing; dealing with it erases every copy about p-old
+    KIM_CHECK (s_request (port, "GET", "/ui/erasures", session, NULL, NULL, &answer) == 200);
+    KIM_CHECK (strstr (answer, "action=\"/ui/erasures/1000000003\""));
+    KIM_CHECK (strstr (answer, "auch aus anderen F"));   //  the label says: every copy
+    free (answer);
+    const char *notice_forms [][2] = {
+        { "/ui/erasures/1000000003", "do=erase" },                  //  the box not ticked
+        { "/ui/erasures/1000000003", "do=shred&confirm=yes" },      //  neither erase nor keep
+        { "/ui/erasures/1000000001", "do=erase&confirm=yes" },      //  a referral, no notice
+        { "/ui/erasures/1000000999", "do=keep" },                   //  no such delivery
+        { "/ui/erasures/99999999999999999999", "do=keep" },         //  no seq
+        { "/ui/erasures/0", "do=keep" },
+        { "/ui/erasures/-3", "do=keep" },
+        { "/ui/erasures/1e9", "do=keep" },
+    };
+    const int notice_status [] = { 400, 400, 404, 404, 404, 404, 404, 404 };
+    for (size_t i = 0; i < sizeof notice_forms / sizeof notice_forms [0]; i++) {
+        snprintf (form, sizeof form, "csrf=%s&%s", csrf, notice_forms [i][1]);
+        KIM_CHECK (s_request (port, "POST", notice_forms [i][0], session, NULL, form, &answer)
+                   == notice_status [i]);
+        free (answer);
+    }
+    char *payload = s_payload (port, S_OLD_REFERRAL);
+    KIM_CHECK (streq (payload, "alt und zu loeschen"));
+    free (payload);
+    snprintf (form, sizeof form, "csrf=%s&do=erase&confirm=yes", csrf);
+    KIM_CHECK (s_request (port, "POST", "/ui/erasures/1000000003", session, NULL, form,
+                          &answer) == 303);
+    KIM_CHECK (strstr (answer, "Location: /ui/erasures?erased=1\r\n"));
+    free (answer);
+    payload = s_payload (port, S_OLD_REFERRAL);
+    KIM_CHECK (streq (payload, ""));
+    free (payload);
+    payload = s_payload (port, S_KEPT_REFERRAL);
+    KIM_CHECK (streq (payload, "bleibt"));
+    free (payload);
 
     //  Hostile paths and methods
     const char *paths [] = {
