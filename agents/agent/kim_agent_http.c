@@ -670,6 +670,13 @@ s_post_erasure (s_call_t *call)
 }
 
 static enum MHD_Result
+s_get_reports (s_call_t *call)
+{
+    return s_reply (call->connection, MHD_HTTP_OK,
+                    json_pack ("{s:o}", "items", kim_agent_store_reports (call->self->store)));
+}
+
+static enum MHD_Result
 s_get_report (s_call_t *call)
 {
     json_t *record = kim_agent_store_report (call->self->store, call->param);
@@ -697,6 +704,7 @@ static const s_route_t s_routes [] = {
     { "GET",  "/v1/consents/{consent}",              s_get_consent,     S_NO_BODY },
     { "POST", "/v1/consents/{consent}/revoke",       s_post_revoke,     S_BODY_OPTIONAL },
     { "POST", "/v1/subjects/{subject}/report",       s_post_report,     S_BODY_OPTIONAL },
+    { "GET",  "/v1/reports",                         s_get_reports,     S_NO_BODY },
     { "GET",  "/v1/reports/{msg_id}",                s_get_report,      S_NO_BODY },
     { "POST", "/v1/subjects/{subject}/erasure",      s_post_erasure,    S_BODY_OPTIONAL },
     { "DELETE", "/v1/subjects/{subject}/payloads",   s_delete_payloads, S_NO_BODY },

@@ -459,6 +459,17 @@ main (void)
     json_decref (s_call (&a, "GET", "/v1/reports/a%20b", rp, NULL, T, 400));
     json_decref (s_call (&a, "GET", "/v1/reports/m-none", rp, NULL, T, 404));
     json_decref (s_call (&a, "GET", "/v1/reports/m-o-rep", rp, NULL, NULL, 401));
+    json_t *reports = s_call (&a, "GET", "/v1/reports", "/v1/reports", NULL, T, 200);
+    json_t *items = json_object_get (reports, "items"), *asked = NULL;
+    for (size_t i = 0; i < json_array_size (items); i++)
+        if (streq (json_string_value (json_object_get (json_array_get (items, i), "msg_id")),
+                   "m-o-rep"))
+            asked = json_array_get (items, i);
+    KIM_CHECK (json_array_size (items) == 2 && asked
+               && streq (json_string_value (json_object_get (asked, "status")), "answered")
+               && !json_object_get (asked, "report"));
+    json_decref (reports);
+    json_decref (s_call (&a, "GET", "/v1/reports", "/v1/reports", NULL, NULL, 401));
     const char *erase = "{\"msg_id\":\"m-o-er\",\"case_id\":\"c-o1\"}";
     json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/erasure", se, erase, T, 202));
     json_decref (s_call (&a, "POST", "/v1/subjects/p-o1/erasure", se, erase, T, 200));

@@ -178,7 +178,7 @@ def test_routes_are_the_guides_route_table():
     with open(os.path.join(ROOT, "docs", "agent.md"), encoding="utf-8") as f:
         table = {norm(m) for m in re.findall(r"^\| `((?:GET|POST|DELETE) /v1/[^`]*)` \|", f.read(),
                                              re.M)}
-    assert len(table) == 22
+    assert len(table) == 23
     assert served == table
 
 
@@ -339,7 +339,7 @@ def test_every_route_needs_a_valid_bearer_token(net):
     Errors table: 401 for no token or a wrong one (FORBIDDEN), on every route."""
     a = net.agent
     routes = list(_sample_routes())
-    assert len(routes) == 22
+    assert len(routes) == 23
     for method, path in routes:
         body = {} if method == "POST" else None
         for token, extra in ((False, None), ("x" * 64, None), (False, {

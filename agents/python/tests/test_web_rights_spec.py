@@ -221,6 +221,10 @@ def test_an_access_report_requested_and_read_on_the_page(net, web):
     assert record.status == 200 and record.json["status"] == "answered", record
     listed = web.get("/ui/reports").main
     assert 'href="/ui/report/%s"' % msg_id in listed and subject in listed
+    # the same list for systems: GET /v1/reports, without the reports
+    (item,) = [i for i in net.agent.call("GET", "/v1/reports").json["items"]
+               if i["msg_id"] == msg_id]
+    assert (item["subject"], item["status"]) == (subject, "answered") and "report" not in item
     page = web.get("/ui/report/" + msg_id)
     assert page.status == 200, page
     rows = [row for row in page.main.split("<tr>") if sent["recipient"] in row]
