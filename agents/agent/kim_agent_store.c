@@ -829,6 +829,12 @@ kim_agent_store_inbox_list (kim_agent_store_t *self, uint64_t after, size_t limi
     MDB_cursor *cursor;
     if (!items || mdb_txn_begin (self->env, NULL, MDB_RDONLY, &txn) != 0)
         return items;
+    //  Records are compact JSON, so a record of `type` holds these bytes:
+    //  most records of another type are passed over without parsing them
+    char needle [KIM_CODE_MAX + 16] = "";
+    if (type)
+        snprintf (needle, sizeof needle, "\"type\":\"%s\"", type);
+    size_t needle_size = strlen (needle);
     if (mdb_cursor_open (txn, self->dbi [S_INBOX], &cursor) == 0) {
         uint8_t start [8];
         kim_agent_store_i_key_u64 (start, after + 1);
@@ -836,6 +842,10 @@ kim_agent_store_inbox_list (kim_agent_store_t *self, uint64_t after, size_t limi
         int rc = after == UINT64_MAX? MDB_NOTFOUND
                                     : mdb_cursor_get (cursor, &key, &value, MDB_SET_RANGE);
         while (rc == 0 && json_array_size (items) < limit) {
+            if (needle_size && !memmem (value.mv_data, value.mv_size, needle, needle_size)) {
+                rc = mdb_cursor_get (cursor, &key, &value, MDB_NEXT);
+                continue;
+            }
             json_t *record = json_loadb ((const char *) value.mv_data, value.mv_size, 0, NULL);
             if (record) {
                 s_subject_field (record);
