@@ -17,7 +17,7 @@
 
 #include "kim_agent_web_int.h"
 
-#define S_NOTICES_MAX   200             //  notices listed, each list
+#define S_NOTICES_MAX   200             //  notices shown, each list
 #define S_SEQS_MAX      4096            //  seqs a notice names (its part)
 #define S_LINKS_MAX     10              //  referrals a notice's row links
 
@@ -75,6 +75,12 @@ s_notice_row (kim_agent_web_req_t *req, json_t *notice, bool handled)
     else
         kim_agent_html_text (html, T (ALL_CASES));
     kim_agent_html_raw (html, "</td><td>");
+    json_int_t seq = kim_agent_web_i_int (notice, "seq");
+    uint64_t *seqs = (uint64_t *) malloc (S_SEQS_MAX * sizeof (uint64_t));
+    size_t named = seqs? s_notice_seqs (req->self->store, (uint64_t) seq, seqs): 0;
+    if (named)
+        s_named_links (req, seqs, named);
+    free (seqs);
     if (handled) {
         kim_agent_web_i_time_text (req, kim_agent_web_i_int (notice, "handled_at"));
         kim_agent_html_raw (html, "</td></tr>\n");
@@ -85,12 +91,6 @@ s_notice_row (kim_agent_web_req_t *req, json_t *notice, bool handled)
         kim_agent_html_raw (html, "</td></tr>\n");
         return;
     }
-    json_int_t seq = kim_agent_web_i_int (notice, "seq");
-    uint64_t *seqs = (uint64_t *) malloc (S_SEQS_MAX * sizeof (uint64_t));
-    size_t named = seqs? s_notice_seqs (req->self->store, (uint64_t) seq, seqs): 0;
-    if (named)
-        s_named_links (req, seqs, named);
-    free (seqs);
     //  Erasing needs the box ticked (here and at the server); keeping the
     //  copies does not, so its button skips the form's check
     kim_agent_html_rawf (html, "<form method=\"post\" action=\"/ui/erasures/%" JSON_INTEGER_FORMAT
@@ -113,7 +113,10 @@ static void
 s_notice_table (kim_agent_web_req_t *req, bool handled)
 {
     kim_agent_html_t *html = &req->html;
-    json_t *notices = kim_agent_store_inbox_list (req->self->store, 0, S_NOTICES_MAX, handled,
+    //  Those still open from the oldest (the page shows the first of them
+    //  latest first); those dealt with all, to show the latest
+    json_t *notices = kim_agent_store_inbox_list (req->self->store, 0,
+                                                  handled? SIZE_MAX: S_NOTICES_MAX, handled,
                                                   "ERASURE");
     size_t count = json_array_size (notices);
     kim_agent_html_raw (html, "<table>\n<caption>");
@@ -123,7 +126,7 @@ s_notice_table (kim_agent_web_req_t *req, bool handled)
                          "</th></tr></thead>\n<tbody>\n", count, T (RECEIVED), T (SUBJECT),
                          T (CASE), handled? T (DEALT_WITH): T (ACTION));
     //  The latest first: the store lists them oldest first
-    for (size_t i = count; i > 0; i--)
+    for (size_t i = count; i > 0 && count - i < S_NOTICES_MAX; i--)
         s_notice_row (req, json_array_get (notices, i - 1), handled);
     if (count == 0)
         kim_agent_html_rawf (html, "<tr><td colspan=\"4\">%s</td></tr>\n", T (NONE));
