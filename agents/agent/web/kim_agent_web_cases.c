@@ -35,6 +35,16 @@ kim_agent_web_i_link (kim_agent_web_req_t *req, const char *prefix, const char *
     kim_agent_html_raw (&req->html, "</a>");
 }
 
+//  The case a request or a notice is limited to, or "all cases" for none.
+void
+kim_agent_web_i_case_cell (kim_agent_web_req_t *req, const char *case_id)
+{
+    if (*case_id)
+        kim_agent_web_i_link (req, "case", case_id);
+    else
+        kim_agent_html_text (&req->html, T (ALL_CASES));
+}
+
 //  A JSON array of strings as "a, b, c".
 static void
 s_list_text (kim_agent_web_req_t *req, json_t *array)

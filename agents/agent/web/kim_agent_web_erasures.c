@@ -21,12 +21,11 @@
 #define S_SEQS_MAX      4096            //  seqs a notice names (its part)
 #define S_LINKS_MAX     10              //  referrals a notice's row links
 
-//  The seqs the notice in the inbox at `seq` names, into `seqs` (room for
-//  S_SEQS_MAX). Returns how many; 0 for a notice that names none.
+//  The seqs a notice (a delivery read with its payload) names, into `seqs`
+//  (room for S_SEQS_MAX). Returns how many; 0 for a notice that names none.
 static size_t
-s_notice_seqs (kim_agent_store_t *store, uint64_t seq, uint64_t *seqs)
+s_notice_seqs (json_t *notice, uint64_t *seqs)
 {
-    json_t *notice = kim_agent_store_inbox_get (store, seq);
     json_t *named = json_loads (kim_agent_web_i_str (notice, "payload"), 0, NULL);
     json_t *list = json_object_get (named, "seqs");
     size_t count = 0;
@@ -36,7 +35,6 @@ s_notice_seqs (kim_agent_store_t *store, uint64_t seq, uint64_t *seqs)
             seqs [count++] = (uint64_t) value;
     }
     json_decref (named);
-    json_decref (notice);
     return count;
 }
 
@@ -69,15 +67,14 @@ s_notice_row (kim_agent_web_req_t *req, json_t *notice, bool handled)
     kim_agent_html_raw (html, "</td><td>");
     kim_agent_html_text (html, kim_agent_web_i_str (notice, "subject"));
     kim_agent_html_raw (html, "</td><td>");
-    const char *case_id = kim_agent_web_i_str (notice, "case_id");
-    if (*case_id)
-        kim_agent_web_i_link (req, "case", case_id);
-    else
-        kim_agent_html_text (html, T (ALL_CASES));
+    kim_agent_web_i_case_cell (req, kim_agent_web_i_str (notice, "case_id"));
     kim_agent_html_raw (html, "</td><td>");
     json_int_t seq = kim_agent_web_i_int (notice, "seq");
+    //  The list leaves payloads out: the notice's own is read here
+    json_t *full = kim_agent_store_inbox_get (req->self->store, (uint64_t) seq);
     uint64_t *seqs = (uint64_t *) malloc (S_SEQS_MAX * sizeof (uint64_t));
-    size_t named = seqs? s_notice_seqs (req->self->store, (uint64_t) seq, seqs): 0;
+    size_t named = seqs? s_notice_seqs (full, seqs): 0;
+    json_decref (full);
     if (named)
         s_named_links (req, seqs, named);
     free (seqs);
@@ -264,23 +261,22 @@ kim_agent_web_i_post_notice (kim_agent_web_req_t *req, uint64_t seq)
         return kim_agent_web_i_message_page (req, MHD_HTTP_NOT_FOUND, T (NOT_FOUND), T (NOT_FOUND),
                                              NULL);
     }
-    char subject [KIM_ID_MAX + 1], msg_id [KIM_ID_MAX + 1];
-    kim_str_copy (subject, sizeof subject, kim_agent_web_i_str (header, "subject"));
+    char msg_id [KIM_ID_MAX + 1];
     kim_str_copy (msg_id, sizeof msg_id, kim_agent_web_i_str (notice, "msg_id"));
-    json_decref (notice);
     //  Erased first, then marked: a failure between leaves the notice open
     //  to be dealt with again, and erasing twice is harmless
     int rc = 0;
     if (erase) {
         uint64_t *seqs = (uint64_t *) malloc (S_SEQS_MAX * sizeof (uint64_t));
-        size_t named = seqs? s_notice_seqs (self->store, seq, seqs): 0;
+        size_t named = seqs? s_notice_seqs (notice, seqs): 0;
         json_t *result = NULL;
         rc = !seqs? -KIM_E_NOMEM
            : named? kim_agent_store_inbox_erase_seqs (self->store, seqs, named, &result)
-                  : s_erase_local (req, subject);
+                  : s_erase_local (req, kim_agent_web_i_str (header, "subject"));
         json_decref (result);
         free (seqs);
     }
+    json_decref (notice);
     json_t *record = NULL;
     if (rc == 0)
         rc = kim_agent_store_inbox_handled (self->store, seq, &record);

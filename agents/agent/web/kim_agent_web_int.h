@@ -123,6 +123,8 @@ const char *
     kim_agent_web_i_str (json_t *record, const char *key);
 
 //  kim_agent_web_cases.c
+void
+    kim_agent_web_i_case_cell (kim_agent_web_req_t *req, const char *case_id);
 enum MHD_Result
     kim_agent_web_i_case_page (kim_agent_web_req_t *req, const char *id);
 enum MHD_Result

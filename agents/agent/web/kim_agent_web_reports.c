@@ -32,15 +32,6 @@ s_status (kim_agent_web_req_t *req, json_t *record)
 }
 
 static void
-s_case_cell (kim_agent_web_req_t *req, const char *case_id)
-{
-    if (*case_id)
-        kim_agent_web_i_link (req, "case", case_id);
-    else
-        kim_agent_html_text (&req->html, T (ALL_CASES));
-}
-
-static void
 s_request_form (kim_agent_web_req_t *req)
 {
     kim_agent_html_t *html = &req->html;
@@ -93,7 +84,7 @@ kim_agent_web_i_reports_page (kim_agent_web_req_t *req)
         kim_agent_html_raw (html, "</td><td>");
         kim_agent_html_text (html, kim_agent_web_i_str (row, "subject"));
         kim_agent_html_raw (html, "</td><td>");
-        s_case_cell (req, kim_agent_web_i_str (row, "case_id"));
+        kim_agent_web_i_case_cell (req, kim_agent_web_i_str (row, "case_id"));
         kim_agent_html_raw (html, "</td><td class=\"state\">");
         s_status (req, row);
         kim_agent_html_raw (html, "</td><td>");
@@ -185,7 +176,7 @@ kim_agent_web_i_report_page (kim_agent_web_req_t *req, const char *msg_id)
     kim_agent_html_raw (html, "<dl class=\"facts\">\n");
     kim_agent_web_i_fact (req, T (SUBJECT), kim_agent_web_i_str (report, "subject"));
     kim_agent_html_rawf (html, "<dt>%s</dt><dd>", T (CASE));
-    s_case_cell (req, kim_agent_web_i_str (report, "case_id"));
+    kim_agent_web_i_case_cell (req, kim_agent_web_i_str (report, "case_id"));
     kim_agent_html_rawf (html, "</dd>\n<dt>%s</dt><dd>", T (REQUESTED));
     kim_agent_web_i_time_text (req, kim_agent_web_i_int (record, "requested_at"));
     kim_agent_html_rawf (html, "</dd>\n<dt>%s</dt><dd>", T (MADE_AT));
