@@ -97,31 +97,38 @@ s_broker_start (const options_t *opt, bool sync, const char *name, int *metrics_
         "kim.p7", "kim.p8", "kim.p9", "kim.p10", "kim.p11", "kim.p12", "kim.p13",
         "kim.p14", "kim.p15", "kim.p16", NULL
     };
-    //  The harness writes `extra` right after the broker section's keys and
-    //  before "orgs", so a store section can follow the broker lines.
-    char metrics [256];
-    kim_bench_counters_config (opt->counters, metrics, sizeof metrics, metrics_port);
-    char extra [2048];
-    snprintf (extra, sizeof extra, "%s%s%s%s%s", opt->broker_extra,
-              (!sync || opt->store_extra [0])? "store\n": "",
-              sync? "": "    sync = 0\n", opt->store_extra, metrics);
-    kim_testbroker_t *broker = kim_testbroker_new (orgs, extra);
-    if (!broker) {
-        fprintf (stderr, "%s: cannot make a test broker folder\n", name);
-        return NULL;
-    }
-    //  The brokers kim is compared with carry payloads as they are; sealing
-    //  is client-side work (about 120 µs per 1 KiB message here) measured
-    //  on its own with --sealed.
-    kim_testbroker_plaintext (broker, !opt->sealed);
-    if (kim_testbroker_start (broker)) {
-        fprintf (stderr, "%s: the broker did not start\n", name);
-        setenv ("KIM_TEST_KEEP", "1", 1);
-        fprintf (stderr, "%s: broker folder kept: %s\n", name, kim_testbroker_dir (broker));
+    //  Its ports are ones the kernel had free a moment before; under a
+    //  busy test suite another process may take one first (the broker
+    //  then says "cannot listen"), so a start that fails is tried again
+    //  twice, on new ports, before the workload fails.
+    for (int attempt = 1; attempt <= 3; attempt++) {
+        //  The harness writes `extra` right after the broker section's keys
+        //  and before "orgs", so a store section can follow the broker lines.
+        char metrics [256];
+        kim_bench_counters_config (opt->counters, metrics, sizeof metrics, metrics_port);
+        char extra [2048];
+        snprintf (extra, sizeof extra, "%s%s%s%s%s", opt->broker_extra,
+                  (!sync || opt->store_extra [0])? "store\n": "",
+                  sync? "": "    sync = 0\n", opt->store_extra, metrics);
+        kim_testbroker_t *broker = kim_testbroker_new (orgs, extra);
+        if (!broker) {
+            fprintf (stderr, "%s: cannot make a test broker folder\n", name);
+            return NULL;
+        }
+        //  The brokers kim is compared with carry payloads as they are;
+        //  sealing is client-side work (about 120 µs per 1 KiB message here)
+        //  measured on its own with --sealed.
+        kim_testbroker_plaintext (broker, !opt->sealed);
+        if (kim_testbroker_start (broker) == 0)
+            return broker;
+        fprintf (stderr, "%s: the broker did not start (attempt %d of 3)\n", name, attempt);
+        if (attempt == 3) {
+            setenv ("KIM_TEST_KEEP", "1", 1);
+            fprintf (stderr, "%s: broker folder kept: %s\n", name, kim_testbroker_dir (broker));
+        }
         kim_testbroker_destroy (&broker);
-        return NULL;
     }
-    return broker;
+    return NULL;
 }
 
 //  Bytes of a file on disk (its blocks: LMDB files may be sparse), or 0.
