@@ -132,7 +132,7 @@ typedef struct {
 
 typedef struct {
     bool zmq_ran, curve_ran, batch_ran, lmdb_ran, lmdb1_ran;
-    bool durable_ran, w2_curve_ran, w2_durable_ran;
+    bool durable_ran, w2_curve_ran, w2_durable_ran, w2_journal_ran;
     double zmq_ack_rate, zmq_confirm_rate, zmq_p50_us, zmq_p99_us;
     double curve_ack_rate, curve_confirm_rate, curve_p50_us, curve_p99_us;   //  ZeroMQ + CURVE
     double batch_ack_rate;      //  ZeroMQ + CURVE, up to 64 messages a frame (version 2's packing)
@@ -144,6 +144,7 @@ typedef struct {
     double durable_ack_rate;
     double w2_curve_p50_us, w2_curve_p99_us;
     double w2_durable_p50_us, w2_durable_p99_us;
+    double w2_journal_p50_us, w2_journal_p99_us;     //  durable, a journal in front
 } ceilings_t;
 
 //  Several runs of one workload (--repeat): the median of each figure over
@@ -158,7 +159,7 @@ typedef struct {
 //  which it ran.
 typedef struct {
     uint32_t zmq_runs, curve_runs, batch_runs, lmdb_runs, lmdb1_runs;
-    uint32_t durable_runs, w2_curve_runs, w2_durable_runs;
+    uint32_t durable_runs, w2_curve_runs, w2_durable_runs, w2_journal_runs;
     ceilings_t median, min, max;
 } ceiling_summary_t;
 

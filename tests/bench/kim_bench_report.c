@@ -150,6 +150,9 @@ kim_bench_print_json (const options_t *opt, const result_t *r, const ceilings_t 
         printf (",\"durable_w2_p50_us\":%.1f,\"durable_w2_p99_us\":%.1f,"
                 "\"durable_w2_p99_ratio\":%.3f", ceil->w2_durable_p50_us,
                 ceil->w2_durable_p99_us, r->p99_us / ceil->w2_durable_p99_us);
+    if (kim_bench_streq (r->name, "W2") && ceil->w2_journal_ran)
+        printf (",\"journal_w2_p50_us\":%.1f,\"journal_w2_p99_us\":%.1f",
+                ceil->w2_journal_p50_us, ceil->w2_journal_p99_us);
     if (kim_bench_streq (r->name, "RSS")) {
         printf (",\"fill_marks\":[");
         for (int i = 0; i < KIM_BENCH_RSS_POINTS; i++)
@@ -246,6 +249,10 @@ kim_bench_print_ceilings_json (const ceilings_t *ceil, uint32_t run,
         s_ceiling_w2 ("ceiling_durable_w2", run, summary? summary->w2_durable_runs: 0, summary,
                       ceil->w2_durable_p50_us, ceil->w2_durable_p99_us, min->w2_durable_p99_us,
                       max->w2_durable_p99_us);
+    if (ceil->w2_journal_ran)
+        s_ceiling_w2 ("ceiling_journal_w2", run, summary? summary->w2_journal_runs: 0, summary,
+                      ceil->w2_journal_p50_us, ceil->w2_journal_p99_us, min->w2_journal_p99_us,
+                      max->w2_journal_p99_us);
     if (ceil->lmdb_ran) {
         printf ("{\"workload\":\"ceiling_lmdb\"");
         s_print_tag (run, summary? summary->lmdb_runs: 0);
@@ -501,6 +508,11 @@ kim_bench_print_table (const options_t *opt, const result_t results [],
                 ceil->w2_durable_p99_us,
                 s_range_text (range, sizeof range, ceil_summary, " (p99 range ",
                               min->w2_durable_p99_us, max->w2_durable_p99_us, ")"));
+    if (ceil->w2_journal_ran)
+        printf (w2_line, "storing through a journal in front of LMDB ", ceil->w2_journal_p50_us,
+                ceil->w2_journal_p99_us,
+                s_range_text (range, sizeof range, ceil_summary, " (p99 range ",
+                              min->w2_journal_p99_us, max->w2_journal_p99_us, ")"));
     if (ceil->lmdb_ran)
         printf ("ceiling LMDB append, sync per 256: %.0f records/s (%.0f µs per commit)%s\n",
                 ceil->lmdb_rate, ceil->lmdb_commit_us,

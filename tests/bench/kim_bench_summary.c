@@ -149,6 +149,7 @@ kim_bench_summarise_ceilings (const ceilings_t rounds [], size_t count, ceiling_
         self->durable_runs += rounds [k].durable_ran;
         self->w2_curve_runs += rounds [k].w2_curve_ran;
         self->w2_durable_runs += rounds [k].w2_durable_ran;
+        self->w2_journal_runs += rounds [k].w2_journal_ran;
     }
     self->median.zmq_ran = self->zmq_runs > 0;
     self->median.curve_ran = self->curve_runs > 0;
@@ -158,6 +159,7 @@ kim_bench_summarise_ceilings (const ceilings_t rounds [], size_t count, ceiling_
     self->median.durable_ran = self->durable_runs > 0;
     self->median.w2_curve_ran = self->w2_curve_runs > 0;
     self->median.w2_durable_ran = self->w2_durable_runs > 0;
+    self->median.w2_journal_ran = self->w2_journal_runs > 0;
     S_SUMMARISE_CEILING (zmq_ran, zmq_ack_rate);
     S_SUMMARISE_CEILING (zmq_ran, zmq_confirm_rate);
     S_SUMMARISE_CEILING (zmq_ran, zmq_p50_us);
@@ -176,4 +178,6 @@ kim_bench_summarise_ceilings (const ceilings_t rounds [], size_t count, ceiling_
     S_SUMMARISE_CEILING (w2_curve_ran, w2_curve_p99_us);
     S_SUMMARISE_CEILING (w2_durable_ran, w2_durable_p50_us);
     S_SUMMARISE_CEILING (w2_durable_ran, w2_durable_p99_us);
+    S_SUMMARISE_CEILING (w2_journal_ran, w2_journal_p50_us);
+    S_SUMMARISE_CEILING (w2_journal_ran, w2_journal_p99_us);
 }

@@ -103,6 +103,7 @@ typedef struct {
     uint32_t trees;             //  more trees the durable forwarder writes a message
     uint32_t prefill;           //  messages stored before the run
     bool random_keys;           //  the extra trees' keys fall anywhere
+    bool journal;               //  the durable forwarder commits to a journal in front
 } options_t;
 
 typedef struct _run_t run_t;
@@ -287,7 +288,7 @@ s_round_end (kim_ceiling_store_t *store, outbox_t *outbox, zmq_pollitem_t *items
         rc = kim_ceiling_store_commit (store);
         last = kim_ceiling_store_commits (store);
         if (rc == 0 && last)
-            s_release (outbox, last - 1);
+            s_release (outbox, kim_ceiling_store_durable_at_commit (store)? last: last - 1);
     }
     //  Held confirms never wait for deferred acks: with no input waiting,
     //  a sync lets them out.
@@ -335,7 +336,7 @@ s_forwarder (const char *server_secret, int report_fd, int lifeline_fd, const op
 
     kim_ceiling_store_t *store = NULL;
     outbox_t outbox = { NULL, 0, 0 };
-    if (ready && opt->durable && !(store = kim_ceiling_store_new (opt->durable, (int) opt->trees, opt->random_keys)))
+    if (ready && opt->durable && !(store = kim_ceiling_store_new (opt->durable, (int) opt->trees, opt->random_keys, opt->journal)))
         ready = false;
     char *id = (char *) malloc (256), *consumer = (char *) malloc (256);
     char *frame = (char *) malloc (frame_max);
@@ -661,11 +662,11 @@ s_clients (run_t *run)
     double confirm_s = (double) (last_confirm_ns - start_ns) / 1e9;
     printf ("{\"tool\":\"kim-ceiling-curve\",\"curve\":true,\"producers\":%u,\"messages\":%llu,"
             "\"payload\":%u,\"window\":%u,\"batch\":%u,\"confirmed\":%llu,\"acked\":%llu,"
-            "\"rate\":%u,\"durable\":%s,\"trees\":%u,\"keys\":\"%s\","
+            "\"rate\":%u,\"durable\":%s,\"commit\":\"%s\",\"trees\":%u,\"keys\":\"%s\","
             "\"t_confirm_s\":%.3f,\"t_ack_s\":%.3f,\"confirm_rate\":%.0f,\"ack_rate\":%.0f",
             opt->producers, (unsigned long long) total, opt->payload, opt->window, opt->batch,
             (unsigned long long) confirmed, (unsigned long long) acked,
-            opt->rate, opt->durable? "true": "false", opt->trees,
+            opt->rate, opt->durable? "true": "false", opt->journal? "journal": "lmdb", opt->trees,
             opt->random_keys? "random": "ordered", confirm_s, ack_s,
             confirmed == total && confirm_s > 0? (double) total / confirm_s: 0,
             acked == total && ack_s > 0? (double) total / ack_s: 0);
@@ -692,7 +693,8 @@ s_usage (FILE *file)
     fprintf (file,
         "usage: kim-ceiling-curve [--producers N] [--messages N] [--window N] [--payload N]\n"
         "                         [--batch N] [--rate N] [--limit S]\n"
-        "                         [--durable DIR [--trees N] [--keys ordered|random] [--prefill N]]\n"
+        "                         [--durable DIR [--trees N] [--keys ordered|random]\n"
+        "                                        [--commit lmdb|journal] [--prefill N]]\n"
         "  Raw ZeroMQ forwarding in the W1 shape with CurveZMQ on every socket: N producer\n"
         "  DEALERs -> a ROUTER forwarder (its own process) that confirms each message at\n"
         "  once and forwards it -> one consumer DEALER that acks each. Flat out, HWM 0,\n"
@@ -714,6 +716,10 @@ s_usage (FILE *file)
         "  --keys K       with --durable: message ids and the keys of those entries\n"
         "                 follow the messages (ordered, the default) or fall anywhere in\n"
         "                 their trees (random), as ids that agencies make (UUIDs) do\n"
+        "  --commit K     with --durable: a commit is LMDB's (lmdb, the default: data\n"
+        "                 flushed, the meta page with the next flush or a sync) or one\n"
+        "                 entry appended to a journal in front of LMDB and flushed\n"
+        "                 (journal; LMDB then commits once a second)\n"
         "  --prefill N    with --durable: first store N messages of 64 bytes in DIR, in\n"
         "                 large synced transactions, as a store that has served for long\n"
         "                 (not timed; the time it took goes to stderr)\n"
@@ -761,7 +767,7 @@ s_read_endpoints (int fd, run_t *run, int timeout_ms)
 static int
 s_prefill (const options_t *opt)
 {
-    kim_ceiling_store_t *store = kim_ceiling_store_new (opt->durable, (int) opt->trees, opt->random_keys);
+    kim_ceiling_store_t *store = kim_ceiling_store_new (opt->durable, (int) opt->trees, opt->random_keys, opt->journal);
     if (!store)
         return -1;
     uint64_t start = s_now_ns ();
@@ -819,6 +825,11 @@ main (int argc, char *argv [])
         if (strcmp (arg, "--keys") == 0 && next) {
             ok = strcmp (next, "ordered") == 0 || strcmp (next, "random") == 0;
             opt.random_keys = strcmp (next, "random") == 0;
+        }
+        else
+        if (strcmp (arg, "--commit") == 0 && next) {
+            ok = strcmp (next, "lmdb") == 0 || strcmp (next, "journal") == 0;
+            opt.journal = strcmp (next, "journal") == 0;
         }
         else
         if (strcmp (arg, "--prefill") == 0)

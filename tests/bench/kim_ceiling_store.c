@@ -33,14 +33,28 @@
 
     The environment is opened as kim's store is (MDB_NOMETASYNC, MDB_NOTLS),
     so a commit costs one flush and the caller decides when to sync.
+
+    With a journal in front (journal), a commit does not commit LMDB's
+    transaction: it appends every put of the transaction (tree, key, value)
+    to a preallocated file (<dir>/journal) as one entry with a BLAKE2b
+    checksum and flushes that file, one flush of a few sequential pages.
+    LMDB's transaction stays open across commits and is committed and
+    synced as a checkpoint once S_JOURNAL_CHECKPOINT_MS have passed or the
+    journal is full; the journal then starts again under a new generation.
+    A broker built so would replay the entries of the current generation
+    after LMDB's last checkpoint when it starts; this store only measures
+    what such a commit costs, it has no replay.
 */
 #include <errno.h>
+#include <fcntl.h>
 #include <lmdb.h>
 #include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "kim_ceiling_store.h"
 
@@ -52,6 +66,9 @@
 #define S_NONCE         crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
 #define S_TAG           crypto_aead_xchacha20poly1305_ietf_ABYTES
 #define S_RECORD        (8 + 8 + 1 + S_HASH + S_HEADER + S_HASH)
+#define S_JOURNAL_SIZE  ((size_t) 64 << 20)     //  the journal file, written ahead
+#define S_JOURNAL_CHECKPOINT_MS 1000
+#define S_JOURNAL_HEAD  (8 + 8 + 16)            //  generation, length, checksum
 
 struct _kim_ceiling_store_t {
     MDB_env *env;
@@ -69,6 +86,12 @@ struct _kim_ceiling_store_t {
     size_t sealed_max;
     uint64_t commits;
     uint64_t puts;
+    int journal_fd;             //  -1: no journal, commits are LMDB's
+    uint64_t journal_generation;
+    size_t journal_at;          //  where the next entry goes
+    uint8_t *entry;             //  the open transaction's puts, as journalled
+    size_t entry_size, entry_max;
+    uint64_t checkpoint_ms;     //  the last checkpoint
 };
 
 static void
@@ -105,8 +128,32 @@ s_last_seq (kim_ceiling_store_t *self, MDB_txn *txn)
     return rc == MDB_NOTFOUND? 0: rc;
 }
 
+//  Opens <dir>/journal and writes it whole ahead, so that a flush of an
+//  entry never has to change the file's size or its extents as well.
+static int
+s_journal_open (kim_ceiling_store_t *self, const char *dir)
+{
+    char path [4096];
+    snprintf (path, sizeof path, "%s/journal", dir);
+    self->journal_fd = open (path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (self->journal_fd < 0)
+        return errno;
+    uint8_t *zeros = (uint8_t *) calloc (1, (size_t) 1 << 20);
+    if (!zeros)
+        return ENOMEM;
+    int rc = 0;
+    for (size_t at = 0; rc == 0 && at < S_JOURNAL_SIZE; at += (size_t) 1 << 20)
+        if (pwrite (self->journal_fd, zeros, (size_t) 1 << 20, (off_t) at) != (ssize_t) 1 << 20)
+            rc = errno? errno: EIO;
+    free (zeros);
+    if (rc == 0 && fsync (self->journal_fd))
+        rc = errno;
+    self->checkpoint_ms = s_now_ms ();
+    return rc;
+}
+
 kim_ceiling_store_t *
-kim_ceiling_store_new (const char *dir, int extra_trees, bool random_keys)
+kim_ceiling_store_new (const char *dir, int extra_trees, bool random_keys, bool journal)
 {
     if (sodium_init () < 0 || extra_trees < 0 || extra_trees > KIM_CEILING_STORE_TREES_MAX)
         return NULL;
@@ -115,6 +162,7 @@ kim_ceiling_store_new (const char *dir, int extra_trees, bool random_keys)
         return NULL;
     randombytes_buf (self->nonce, sizeof self->nonce);
     self->run = randombytes_random ();
+    self->journal_fd = -1;
     self->extra_trees = extra_trees;
     self->random_keys = random_keys;
     MDB_txn *txn = NULL;
@@ -146,6 +194,8 @@ kim_ceiling_store_new (const char *dir, int extra_trees, bool random_keys)
         rc = mdb_txn_commit (txn);
         txn = NULL;
     }
+    if (rc == 0 && journal)
+        rc = s_journal_open (self, dir);
     if (txn)
         mdb_txn_abort (txn);
     if (rc) {
@@ -165,6 +215,9 @@ kim_ceiling_store_destroy (kim_ceiling_store_t **self_p)
         mdb_txn_abort (self->txn);
     if (self->env)
         mdb_env_close (self->env);
+    if (self->journal_fd >= 0)
+        close (self->journal_fd);
+    free (self->entry);
     free (self->sealed);
     free (self);
     *self_p = NULL;
@@ -182,6 +235,25 @@ s_put (kim_ceiling_store_t *self, MDB_dbi dbi, const void *key, size_t key_size,
 {
     MDB_val k = { key_size, (void *) key }, v = { value_size, (void *) value };
     self->puts++;
+    if (self->journal_fd >= 0) {
+        size_t need = self->entry_size + 1 + 4 + 4 + key_size + value_size;
+        if (need > self->entry_max) {
+            size_t max = need * 2 < 4096? 4096: need * 2;
+            uint8_t *entry = (uint8_t *) realloc (self->entry, max);
+            if (!entry)
+                return ENOMEM;
+            self->entry = entry;
+            self->entry_max = max;
+        }
+        uint8_t *at = self->entry + self->entry_size;
+        uint32_t sizes [2] = { (uint32_t) key_size, (uint32_t) value_size };
+        *at++ = (uint8_t) dbi;
+        memcpy (at, sizes, sizeof sizes);
+        at += sizeof sizes;
+        memcpy (at, key, key_size);
+        memcpy (at + key_size, value, value_size);
+        self->entry_size = need;
+    }
     return mdb_put (self->txn, dbi, &k, &v, flags);
 }
 
@@ -306,9 +378,60 @@ kim_ceiling_store_ack (kim_ceiling_store_t *self, uint64_t index)
     return rc? rc: s_put (self, self->cursor, "consumer", 8, value, sizeof value, 0);
 }
 
+//  Commits and syncs LMDB's transaction: what the journal held is in the
+//  store now, and the journal starts again.
+static int
+s_checkpoint (kim_ceiling_store_t *self)
+{
+    int rc = self->txn? mdb_txn_commit (self->txn): 0;
+    self->txn = NULL;
+    if (rc == 0)
+        rc = mdb_env_sync (self->env, 1);
+    self->journal_generation++;
+    self->journal_at = 0;
+    self->checkpoint_ms = s_now_ms ();
+    return rc;
+}
+
+//  Appends the open transaction's puts as one entry and flushes it.
+static int
+s_journal_commit (kim_ceiling_store_t *self)
+{
+    if (self->entry_size == 0)
+        return 0;
+    size_t size = S_JOURNAL_HEAD + self->entry_size;
+    if (size > S_JOURNAL_SIZE)
+        return EFBIG;
+    if (self->journal_at + size > S_JOURNAL_SIZE) {
+        int rc = s_checkpoint (self);
+        if (rc)
+            return rc;
+    }
+    uint8_t head [S_JOURNAL_HEAD];
+    uint64_t length = self->entry_size;
+    memcpy (head, &self->journal_generation, 8);
+    memcpy (head + 8, &length, 8);
+    crypto_generichash (head + 16, 16, self->entry, self->entry_size, head, 16);
+    struct iovec parts [2] = {
+        { head, sizeof head }, { self->entry, self->entry_size }
+    };
+    if (pwritev (self->journal_fd, parts, 2, (off_t) self->journal_at) != (ssize_t) size)
+        return errno? errno: EIO;
+    if (fdatasync (self->journal_fd))
+        return errno;
+    self->journal_at += size;
+    self->entry_size = 0;
+    self->commits++;
+    if (s_now_ms () - self->checkpoint_ms >= S_JOURNAL_CHECKPOINT_MS)
+        return s_checkpoint (self);
+    return 0;
+}
+
 int
 kim_ceiling_store_commit (kim_ceiling_store_t *self)
 {
+    if (self->journal_fd >= 0)
+        return s_journal_commit (self);
     if (!self->txn)
         return 0;
     int rc = mdb_txn_commit (self->txn);
@@ -317,10 +440,16 @@ kim_ceiling_store_commit (kim_ceiling_store_t *self)
     return rc;
 }
 
+bool
+kim_ceiling_store_durable_at_commit (kim_ceiling_store_t *self)
+{
+    return self->journal_fd >= 0;
+}
+
 int
 kim_ceiling_store_sync (kim_ceiling_store_t *self)
 {
-    return mdb_env_sync (self->env, 1);
+    return self->journal_fd >= 0? 0: mdb_env_sync (self->env, 1);
 }
 
 const char *

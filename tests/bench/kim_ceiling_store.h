@@ -21,10 +21,11 @@ typedef struct _kim_ceiling_store_t kim_ceiling_store_t;
 //  message also puts one small entry into each of that many more trees:
 //  what a broker's indexes cost. Their keys and the message ids follow
 //  the messages, or with random_keys fall anywhere in their trees, as
-//  ids that agencies make (UUIDs) do. Returns NULL and prints the cause on
-//  stderr on failure.
+//  ids that agencies make (UUIDs) do. With journal, commits go to a journal
+//  in front of LMDB (kim_ceiling_store.c). Returns NULL and prints the cause
+//  on stderr on failure.
 kim_ceiling_store_t *
-    kim_ceiling_store_new (const char *dir, int extra_trees, bool random_keys);
+    kim_ceiling_store_new (const char *dir, int extra_trees, bool random_keys, bool journal);
 
 void
     kim_ceiling_store_destroy (kim_ceiling_store_t **self_p);
@@ -54,6 +55,10 @@ int
 //  Returns 0 or an LMDB error.
 int
     kim_ceiling_store_commit (kim_ceiling_store_t *self);
+
+//  True when a commit is durable as it returns (a journal in front).
+bool
+    kim_ceiling_store_durable_at_commit (kim_ceiling_store_t *self);
 
 //  Flushes what the last commit left unflushed. Returns 0 or an LMDB error.
 int
