@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "kim_journal.h"
 #include "kim/kim_log.h"
 
 #define S_MAXDBS    32          //  as the store opens its environment
@@ -638,7 +639,9 @@ kim_log_open (const char *data_dir, char *why, size_t why_size)
         what = "opening the store";
         rc = mdb_env_set_maxdbs (self->env, S_MAXDBS);
     }
-    if (rc == 0 && s_check_meta (self, why, why_size)) {
+    //  A journal still to replay (kim_journal.h): the file may be torn
+    if (rc == 0 && (kim_journal_unrecovered (self->path, "broker.lock", why, why_size)
+                ||  s_check_meta (self, why, why_size))) {
         kim_log_close (&self);
         return NULL;
     }

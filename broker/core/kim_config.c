@@ -404,7 +404,7 @@ static const char *s_broker_keys [] = {
 #define KIM_X_KEY(field, path, min, max, def, scale) path,
     KIM_SETTINGS (KIM_X_KEY)
 #undef KIM_X_KEY
-    "store/sync", NULL
+    "store/sync", "store/journal", NULL
 };
 
 static bool
@@ -485,6 +485,11 @@ s_apply (kim_config_t *self, zconfig_t *root, char *error, size_t error_size)
     value = zconfig_get (root, "store/sync", NULL);
     if (value && s_parse_bool (value, &self->sync)) {
         s_set_error (error, error_size, "store/sync: must be 0 or 1");
+        return -1;
+    }
+    value = zconfig_get (root, "store/journal", NULL);
+    if (value && s_parse_bool (value, &self->journal)) {
+        s_set_error (error, error_size, "store/journal: must be 0 or 1");
         return -1;
     }
     value = zconfig_get (root, "broker/verbose", NULL);
@@ -613,6 +618,7 @@ kim_config_keep_running (kim_config_t *fresh, const kim_config_t *old)
     bool changed = fresh->window_max != old->window_max || fresh->batch_max != old->batch_max
                 || data_moved || bind_moved
                 || fresh->max_payload != old->max_payload || fresh->map_max != old->map_max
+                || fresh->sync != old->sync || fresh->journal != old->journal
                 || strcmp (fresh->name, old->name);
     memcpy (fresh->name, old->name, sizeof fresh->name);
     fresh->overridden = old->overridden;
@@ -623,6 +629,8 @@ kim_config_keep_running (kim_config_t *fresh, const kim_config_t *old)
     fresh->max_payload = old->max_payload;
     fresh->map_size = old->map_size;
     fresh->map_max = old->map_max;
+    fresh->sync = old->sync;
+    fresh->journal = old->journal;
     memcpy (fresh->data, old->data, sizeof fresh->data);
     fresh->endpoint_count = old->endpoint_count;
     memcpy (fresh->endpoints, old->endpoints, sizeof fresh->endpoints);
@@ -724,6 +732,7 @@ kim_config_test (bool verbose)
     assert (config->dedup_window_ms == 604800ull * 1000);
     assert (config->map_size == 64ull << 20);
     assert (config->sync);
+    assert (!config->journal);
     kim_config_destroy (&config);
     assert (config == NULL);
     kim_config_destroy (&config);
@@ -738,6 +747,7 @@ kim_config_test (bool verbose)
               "store\n"
               "    map_size_mb = 8\n"
               "    sync = 0\n"
+              "    journal = 1\n"
               "orgs\n"
               "    jc.rheine\n"
               "        name = \"Jobcenter Rheine\"\n"
@@ -758,6 +768,7 @@ kim_config_test (bool verbose)
     assert (config->heartbeat_ms == 1000);
     assert (config->map_size == 8ull << 20);
     assert (!config->sync);
+    assert (config->journal);
     assert (config->org_count == 2);
     const kim_org_t *org = kim_config_org (config, "jc.rheine");
     assert (org && streq (org->type, "jc") && org->public_body && org->role == KIM_ROLE_AGENCY);
@@ -775,6 +786,7 @@ kim_config_test (bool verbose)
     s_expect_error ("broker\n    hartbeat_ms = 5\n", "broker/hartbeat_ms: unknown key");
     s_expect_error ("brokr\n    name = x\n", "brokr: unknown section");
     s_expect_error ("store\n    sync = maybe\n", "store/sync");
+    s_expect_error ("store\n    journal = 2\n", "store/journal");
     s_expect_error ("store\n    map_size_mb = 100\n    map_max_mb = 10\n", "store/map_size_mb");
     s_expect_error ("orgs\n    JC.Rheine\n        public_key = x\n", "orgs/JC.Rheine");
     s_expect_error ("orgs\n    jc.rheine\n        public_key = short\n", "orgs/jc.rheine/public_key");

@@ -78,6 +78,7 @@ typedef struct {
     uint64_t map_size;                                  //  store/map_size_mb
     uint64_t map_max;                                   //  store/map_max_mb
     bool sync;                                          //  store/sync (0: benchmarks only)
+    bool journal;                                       //  store/journal: a journal in front of LMDB
     bool verbose;                                       //  broker/verbose
     size_t org_count;                                   //  orgs/<id>/...
     kim_org_t *orgs;                                    //  owned array; peers last

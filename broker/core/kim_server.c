@@ -1136,6 +1136,7 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
         .map_size = config->map_size,
         .map_max = config->map_max,
         .nosync = !config->sync,
+        .journal = config->journal,
         .dedup_window_ms = config->dedup_window_ms,
     };
     int rc = 0;

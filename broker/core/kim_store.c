@@ -21,7 +21,9 @@
     would each keep their own idea of the head and interleave two chains.
 
     Payloads at rest are encrypted, each under a key of its own, so that
-    an erasure is final (crypto-shredding): kim_store_payload.c.
+    an erasure is final (crypto-shredding): kim_store_payload.c. With
+    store/journal, a journal in front of LMDB makes commits durable with
+    one flush: kim_store_journal.c.
 
     The reads served from the committed snapshot are in kim_store_read.c;
     what the two files share is kim_store_int.h.
@@ -597,9 +599,21 @@ kim_store_new (const kim_store_config_t *config, int *err)
         *err = -KIM_E_NOT_FOUND;
         goto fail;
     }
+    //  With the journal, MDB_NOSYNC: the journal's flush makes a commit
+    //  durable (kim_store_journal.c), LMDB's file is flushed at checkpoints.
+    bool journal = config->journal && !config->nosync;
+    if (!self->read_only && (*err = kim_store_i_journal_hold (self, journal)))
+        goto fail;
     if (!self->read_only && (*err = s_lock (self)))
         goto fail;
 
+    char why [512];
+    if (self->read_only && kim_journal_unrecovered (self->path, KIM_STORE_LOCK_NAME, why,
+                                                    sizeof why)) {
+        zsys_error ("kim_store: %s", why);
+        *err = -KIM_E_CONFIG;
+        goto fail;
+    }
     int rc = mdb_env_create (&self->env);
     if (rc) {
         self->env = NULL;
@@ -615,7 +629,10 @@ kim_store_new (const kim_store_config_t *config, int *err)
     //  kim_store_sync, makes it durable (see kim_store.h, Durability).
     unsigned int flags = MDB_NOTLS;
     self->nosync = config->nosync;
-    if (config->nosync)
+    if (!self->read_only && (*err = kim_store_i_journal_recover (self)))
+        goto fail;
+    journal = journal && self->journal;
+    if (config->nosync || journal)
         flags |= MDB_NOSYNC;
     else
         flags |= MDB_NOMETASYNC;
@@ -649,6 +666,8 @@ kim_store_new (const kim_store_config_t *config, int *err)
     }
     if ((*err = s_open_dbs (self)))
         goto fail;
+    if (!self->read_only && (*err = kim_store_i_journal_open (self)))
+        goto fail;
 
     //  The head and the mailbox sizes come from one snapshot
     if ((*err = kim_store_i_snapshot_start (self)))
@@ -664,6 +683,8 @@ kim_store_new (const kim_store_config_t *config, int *err)
     self->head_committed = self->head_synced = self->head;
     if (*err == 0)
         *err = kim_store_i_keys_open (self, config->nosync);
+    if (*err == 0 && !self->read_only)
+        *err = kim_store_i_journal_ready (self, journal);
     if (*err)
         goto fail;
     return self;
@@ -685,6 +706,7 @@ kim_store_destroy (kim_store_t **self_p)
         mdb_txn_abort (self->rtxn);
     if (self->env && !self->read_only && !self->failed)
         kim_store_sync (self);
+    kim_store_i_journal_close (self);
     kim_store_i_keys_close (self);
     kim_store_i_groups_free (self);
     kim_store_i_seals_free (self);
@@ -718,7 +740,10 @@ kim_store_begin (kim_store_t *self)
         return -KIM_E_BUSY;
     //  A live snapshot would pin old pages and make the file grow
     kim_store_i_snapshot_end (self);
-    int rc = mdb_txn_begin (self->env, NULL, 0, &self->txn);
+    int rc = self->journal? kim_store_i_journal_begin (self): 0;
+    if (rc)
+        return rc;
+    rc = mdb_txn_begin (self->env, NULL, 0, &self->txn);
     if (rc) {
         self->txn = NULL;
         return kim_store_i_read_error (self, rc, "starting a write batch");
@@ -951,8 +976,8 @@ kim_store_mailbox_del (kim_store_t *self, const char *org, uint64_t seq)
 //  The batch ran out of room: grow the map for the caller's replay.
 //  mdb_env_set_mapsize needs no transaction of ours open, so the read
 //  snapshot ends first (the write txn is gone already).
-static int
-s_grow (kim_store_t *self, bool growable, bool *retry)
+int
+kim_store_i_grow (kim_store_t *self, bool growable, bool *retry)
 {
     kim_store_i_snapshot_end (self);
     if (!growable)
@@ -963,6 +988,9 @@ s_grow (kim_store_t *self, bool growable, bool *retry)
         return -KIM_E_STORE_FULL;
     }
     size_t size = self->map_size > self->map_max / 2? self->map_max: self->map_size * 2;
+    //  No transaction may be open: the journal's pin goes, a checkpoint first
+    if (self->journal && kim_store_i_journal_unpin (self))
+        return -KIM_E_STORE_FAILED;
     int rc = mdb_env_set_mapsize (self->env, size);
     if (rc) {
         //  LMDB may have unmapped the old map already: nothing is safe now
@@ -974,6 +1002,8 @@ s_grow (kim_store_t *self, bool growable, bool *retry)
     zsys_info ("kim_store: %s: map grown from %zu to %zu bytes",
                self->path, self->map_size, size);
     self->map_size = size;
+    if (self->journal && kim_store_i_journal_repin (self))
+        return -KIM_E_STORE_FAILED;
     *retry = true;
     return -KIM_E_STORE_FULL;
 }
@@ -1000,6 +1030,10 @@ s_synced_by_commit (kim_store_t *self, size_t txn_id)
 int
 kim_store_sync (kim_store_t *self)
 {
+    //  With the journal every commit is durable already; a sync then
+    //  flushes LMDB's file too, for readers that do not read the journal
+    if (self->journal)
+        return kim_store_i_journal_sync (self);
     if (self->txn_synced == self->txn_committed)
         return 0;
     int rc = mdb_env_sync (self->env, 1);
@@ -1046,6 +1080,8 @@ s_batch_drop (kim_store_t *self)
     if (self->txn)
         mdb_txn_abort (self->txn);
     self->txn = NULL;
+    if (self->journal)
+        kim_store_i_journal_forget (self);
     kim_store_i_chain_drop (self);
     kim_store_i_seals_drop (self);
     kim_store_i_groups_drop (self);
@@ -1095,7 +1131,7 @@ kim_store_commit (kim_store_t *self, bool *retry)
         s_batch_drop (self);
         if (self->failed)
             return -KIM_E_STORE_FAILED;
-        return s_grow (self, self->batch_growable, retry);
+        return kim_store_i_grow (self, self->batch_growable, retry);
     }
     //  The snapshot ends with the batch (see the header's lifetime rules)
     kim_store_i_snapshot_end (self);
@@ -1108,10 +1144,30 @@ kim_store_commit (kim_store_t *self, bool *retry)
         return kim_store_i_keys_error (self, rc);
     }
     size_t txn_id = mdb_txn_id (self->txn);
+    //  With the journal, the batch's entry is made while the batch can
+    //  still be read (MDB_RESERVE values are filled in by now)
+    if (self->journal && (rc = kim_store_i_journal_seal (self))) {
+        s_batch_drop (self);
+        return rc;
+    }
     rc = mdb_txn_commit (self->txn);
     self->txn = NULL;           //  freed by LMDB, whatever the outcome
+    if (rc == 0 && self->journal) {
+        //  Written and flushed (or a checkpoint): durable as it returns
+        bool wrote = kim_journal_pending (self->journal) > 0 || self->journal_direct;
+        if ((rc = kim_store_i_journal_write (self))) {
+            kim_store_i_keys_settle (self, false);
+            s_mailbox_settle (self, false);
+            return rc;
+        }
+        if (wrote) {
+            self->txn_committed = self->txn_synced = txn_id;
+            self->head_committed = self->head_synced = self->batch_head;
+        }
+    }
     if (rc == 0) {
-        s_synced_by_commit (self, txn_id);
+        if (!self->journal)
+            s_synced_by_commit (self, txn_id);
         self->head = self->batch_head;
         memcpy (self->head_hash, self->batch_hash, KIM_HASH_SIZE);
         self->checkpoint_seq = self->batch_checkpoint_seq;
@@ -1125,12 +1181,14 @@ kim_store_commit (kim_store_t *self, bool *retry)
             kim_keystore_compact (self->keys);
         return 0;
     }
+    if (self->journal)
+        kim_store_i_journal_forget (self);
     kim_store_i_keys_settle (self, false);
     s_mailbox_settle (self, false);
     if (rc == MDB_MAP_FULL || rc == MDB_TXN_FULL) {
         //  Saving the free list can need pages too; nothing was written
         zsys_warning ("kim_store: %s: commit: %s", self->path, mdb_strerror (rc));
-        return s_grow (self, rc == MDB_MAP_FULL, retry);
+        return kim_store_i_grow (self, rc == MDB_MAP_FULL, retry);
     }
     zsys_error ("kim_store: %s: commit failed: %s; store fails closed",
                 self->path, mdb_strerror (rc));
@@ -1171,6 +1229,8 @@ kim_store_put (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value, uns
     int rc = mdb_put (self->txn, self->dbi [db], key, value, flags);
     if (rc == 0)
         self->batch_writes.tree [db].puts++;
+    if (rc == 0 && self->journal)
+        rc = kim_store_i_journal_add (self, KIM_JOURNAL_PUT, db, key, value, flags);
     return rc;
 }
 
@@ -1181,6 +1241,8 @@ kim_store_del (kim_store_t *self, kim_db_t db, MDB_val *key, MDB_val *value)
     int rc = mdb_del (self->txn, self->dbi [db], key, value);
     if (rc == 0)
         self->batch_writes.tree [db].dels++;
+    if (rc == 0 && self->journal)
+        rc = kim_store_i_journal_add (self, KIM_JOURNAL_DEL, db, key, NULL, 0);
     return rc;
 }
 
@@ -1192,6 +1254,13 @@ kim_store_cursor_put (kim_store_t *self, kim_db_t db, MDB_cursor *cursor, MDB_va
     int rc = mdb_cursor_put (cursor, key, value, flags);
     if (rc == 0)
         self->batch_writes.tree [db].puts++;
+    if (rc == 0 && self->journal) {
+        //  The key as stored (MDB_CURRENT may have named none)
+        MDB_val at, ignored;
+        rc = mdb_cursor_get (cursor, &at, &ignored, MDB_GET_CURRENT);
+        if (rc == 0)
+            rc = kim_store_i_journal_add (self, KIM_JOURNAL_PUT, db, &at, value, flags);
+    }
     return rc;
 }
 
@@ -1199,9 +1268,24 @@ int
 kim_store_cursor_del (kim_store_t *self, kim_db_t db, MDB_cursor *cursor, unsigned flags)
 {
     assert ((unsigned) db < KIM_DB_COUNT);
-    int rc = mdb_cursor_del (cursor, flags);
+    MDB_val at = { 0, NULL }, ignored;
+    uint8_t key [S_KEY_BUF];
+    int rc = 0;
+    if (self->journal) {
+        //  The key goes with the entry: copied before LMDB drops it
+        rc = mdb_cursor_get (cursor, &at, &ignored, MDB_GET_CURRENT);
+        if (rc == 0 && at.mv_size > sizeof key)
+            rc = MDB_BAD_VALSIZE;
+        if (rc)
+            return rc;
+        memcpy (key, at.mv_data, at.mv_size);
+        at.mv_data = key;
+    }
+    rc = mdb_cursor_del (cursor, flags);
     if (rc == 0)
         self->batch_writes.tree [db].dels++;
+    if (rc == 0 && self->journal)
+        rc = kim_store_i_journal_add (self, KIM_JOURNAL_DEL, db, &at, NULL, 0);
     return rc;
 }
 
@@ -1212,6 +1296,8 @@ kim_store_empty (kim_store_t *self, kim_db_t db)
     int rc = mdb_drop (self->txn, self->dbi [db], 0);
     if (rc == 0)
         self->batch_writes.tree [db].dels++;
+    if (rc == 0 && self->journal)
+        rc = kim_store_i_journal_add (self, KIM_JOURNAL_EMPTY, db, NULL, NULL, 0);
     return rc;
 }
 

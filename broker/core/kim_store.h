@@ -85,6 +85,7 @@ typedef struct {
     size_t map_size;            //  initial map size in bytes (0: 64 MiB)
     size_t map_max;             //  the map grows up to this (0: 64 GiB)
     bool nosync;                //  do not sync on commit: benchmarks (W3) only
+    bool journal;               //  a journal in front of LMDB (kim_journal.h)
     bool read_only;             //  open for readers (audit tools); no writes
     uint64_t dedup_window_ms;   //  keep msg_ids this long (0: 7 days)
 } kim_store_config_t;
@@ -204,6 +205,9 @@ int
 //  of the process loses nothing committed; a power loss may lose the
 //  commits after the last sync, whole (LMDB keeps the previous meta page),
 //  which is why nothing of them has left the broker.
+//  With the journal (config.journal, kim_store_journal.c) a commit is
+//  durable as it returns (its entry flushed), and kim_store_sync flushes
+//  LMDB's file as well (a checkpoint), for readers that read only that file.
 //  kim_store_synced: whether every commit is durable; kim_store_synced_head:
 //  the log head as of the last durable commit.
 int
@@ -398,6 +402,9 @@ void
 
 void
     kim_store_test (bool verbose);
+//  The store with its journal (kim_store_journal_test.c)
+void
+    kim_store_journal_test (bool verbose);
 
 #ifdef __cplusplus
 }

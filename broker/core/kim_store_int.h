@@ -10,6 +10,7 @@
 #include <sodium.h>
 
 #include "kim/kim_log.h"
+#include "kim_journal.h"
 #include "kim_keystore.h"
 #include "kim_store.h"
 #include "kim_work.h"
@@ -130,6 +131,18 @@ struct _kim_store_t {
     uint64_t batch_checkpoint_seq;
     uint64_t batch_checkpoint_ms;
 
+    //  The journal in front of LMDB (kim_store_journal.c), NULL without
+    //  one; `pin` reads the latest checkpoint, so that its pages stay
+    kim_journal_t *journal;
+    MDB_txn *pin;
+    uint64_t journal_generation;    //  of the entries written now
+    bool journal_wrote;         //  an entry was written since the last checkpoint
+    bool journal_direct;        //  the open batch is too large for an entry
+    bool replay_due;            //  opening: the last run did not close cleanly
+    bool journal_ready;         //  opened: a clean checkpoint when it closes
+    int64_t checkpoint_mono;    //  zclock_mono () of the last checkpoint
+    uint64_t checkpoints;       //  made since the store was opened
+
     //  The reusable read snapshot; `rtxn_live` while it is not reset
     MDB_txn *rtxn;
     bool rtxn_live;
@@ -159,6 +172,51 @@ struct _kim_store_t {
 
 int
     kim_store_i_dedup_migrate (kim_store_t *self, MDB_txn *txn);
+//  Grows the map after MDB_MAP_FULL (growable) or MDB_TXN_FULL, with no
+//  transaction of the store open; sets *retry when the caller may try
+//  again. Returns -KIM_E_STORE_FULL or -KIM_E_STORE_FAILED.
+int
+    kim_store_i_grow (kim_store_t *self, bool growable, bool *retry);
+//  The journal (kim_store_journal.c). _hold, before the store's lock:
+//  opens the journal when `journal` is set or a journal file was left, and
+//  holds it until _ready (readers wait for that); _recover, before LMDB
+//  opens its file: unless the last run closed cleanly puts the last
+//  checkpoint's meta pages back; _open, once the trees are open: replays the entries after
+//  it; _ready, when the store is open: checkpoints what opening wrote (a
+//  file left while `journal` is off is then removed); _close: a clean
+//  checkpoint. _begin: a checkpoint when one is
+//  due. _add: a write, after LMDB made it (0 or ENOMEM). _seal, before
+//  LMDB's commit, and _write after it: the batch's entry (a batch too
+//  large for it is made durable by a checkpoint); _forget: the abandoned
+//  batch's. _sync: a checkpoint if an entry was written since the last. _unpin and _repin: around a growth of the map (LMDB needs no
+//  transaction open), with a checkpoint first. All return 0 or -KIM_E_*.
+int
+    kim_store_i_journal_hold (kim_store_t *self, bool journal);
+int
+    kim_store_i_journal_recover (kim_store_t *self);
+int
+    kim_store_i_journal_open (kim_store_t *self);
+int
+    kim_store_i_journal_ready (kim_store_t *self, bool journal);
+void
+    kim_store_i_journal_close (kim_store_t *self);
+int
+    kim_store_i_journal_begin (kim_store_t *self);
+int
+    kim_store_i_journal_add (kim_store_t *self, uint8_t op, kim_db_t db, const MDB_val *key,
+                             const MDB_val *value, unsigned flags);
+int
+    kim_store_i_journal_seal (kim_store_t *self);
+int
+    kim_store_i_journal_write (kim_store_t *self);
+void
+    kim_store_i_journal_forget (kim_store_t *self);
+int
+    kim_store_i_journal_sync (kim_store_t *self);
+int
+    kim_store_i_journal_unpin (kim_store_t *self);
+int
+    kim_store_i_journal_repin (kim_store_t *self);
 //  Groups (kim_store_group.c): written into the batch before it commits
 //  (0, or the write error, which marks the batch full or the store
 //  failed), forgotten with an abandoned batch, freed with the store.

@@ -5,6 +5,7 @@
 #include "kim/kim_msg.h"
 #include "kim_config.h"
 #include "kim_store.h"
+#include "kim_journal.h"
 #include "kim/kim_log.h"
 #include "kim_audit.h"
 #include "kim_lifecycle.h"
@@ -27,6 +28,8 @@ static const selftest_t s_tests [] = {
     { "audit", kim_audit_test },
     { "msg", kim_msg_test },
     { "store", kim_store_test },
+    { "journal", kim_journal_test },
+    { "store_journal", kim_store_journal_test },
     { "work", kim_work_test },
     { "config", kim_config_test },
     { "lifecycle", kim_lifecycle_test },

@@ -4,7 +4,8 @@
     A SIGKILL leaves the kernel's page cache in place, so it cannot show what
     a power cut shows: writes that were never flushed are gone, page by page,
     in any combination. This library, loaded into kim-broker with LD_PRELOAD,
-    watches the LMDB data files (`data.mdb`) below $KIM_POWERCUT_DIR. Before
+    watches the LMDB data files (`data.mdb`) and the store's journal
+    (`journal`, broker/core/kim_journal.h) below $KIM_POWERCUT_DIR. Before
     each write to one it appends the bytes about to be overwritten to an undo
     file beside it (`data.mdb.undo`); a successful fsync or fdatasync of the
     file empties that undo file, and a write through a descriptor opened with
@@ -158,7 +159,8 @@ s_below (const char *real)
     return s_dir [0] && strncmp (real, s_dir, dir_size) == 0 && real [dir_size] == '/';
 }
 
-//  Starts tracking `fd` if it is a data.mdb below the watched folder.
+//  Starts tracking `fd` if it is a data.mdb or a journal below the watched
+//  folder.
 static void
 s_track (int fd, const char *path, int flags)
 {
@@ -168,7 +170,8 @@ s_track (int fd, const char *path, int flags)
     const char *name = strrchr (path, '/');
     name = name? name + 1: path;
     char real [PATH_MAX];
-    if (strcmp (name, "data.mdb") || !realpath (path, real) || !s_below (real))
+    if ((strcmp (name, "data.mdb") && strcmp (name, "journal")) || !realpath (path, real)
+    ||  !s_below (real))
         return;
     struct stat info;
     if (fstat (fd, &info))
