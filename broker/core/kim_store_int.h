@@ -141,7 +141,6 @@ struct _kim_store_t {
     bool replay_due;            //  opening: the last run did not close cleanly
     bool journal_ready;         //  opened: a clean checkpoint when it closes
     int64_t checkpoint_mono;    //  zclock_mono () of the last checkpoint
-    uint64_t checkpoints;       //  made since the store was opened
 
     //  The reusable read snapshot; `rtxn_live` while it is not reset
     MDB_txn *rtxn;

@@ -96,7 +96,6 @@ s_checkpoint (kim_store_t *self, bool clean)
     self->journal_generation++;
     self->journal_wrote = false;
     self->checkpoint_mono = zclock_mono ();
-    self->checkpoints++;
     if (clean)
         return 0;
     //  The pin moves on to what was just flushed; the old one held until now

@@ -475,12 +475,12 @@ main (void)
     //  from a killed broker and notices the restart only at its next PING.
     //  KIM_STORE_JOURNAL=0 or 1: the store's journal (store/journal) off or on
     const char *journal = getenv ("KIM_STORE_JOURNAL");
-    char extra [128];
-    snprintf (extra, sizeof extra, "    heartbeat_ms = 1000\n%s%s%s",
-              journal && *journal? "store\n    journal = ": "", journal && *journal? journal: "",
-              journal && *journal? "\n": "");
-    if (journal && *journal)
+    char extra [128] = "    heartbeat_ms = 1000\n";
+    if (journal && *journal) {
+        size_t used = strlen (extra);
+        snprintf (extra + used, sizeof extra - used, "store\n    journal = %s\n", journal);
         printf ("test_sigkill: store/journal = %s\n", journal);
+    }
     //  With the journal, LMDB's file is whole only once a broker has
     //  replayed the journal (kim_store_journal.c): after a cut, a broker
     //  starts and stops on the folder before the log is read
