@@ -20,21 +20,23 @@
 //  --------------------------------------------------------------------------
 //  Sources: the store, the broker, an export
 
+//  Passes the records from `from` to the end of a new snapshot (or to the
+//  filter's last seq) to `fn`, until it returns non-zero (*stop). Sets
+//  *last to the last seq read and *ended when the snapshot's end was
+//  reached. Returns 0 or -KIM_E_*.
 static int
-s_each_offline (kim_audit_t *self, kim_audit_record_fn *fn)
+s_read_from (kim_audit_t *self, kim_log_t *log, uint64_t from, kim_audit_record_fn *fn,
+             uint64_t *last, bool *ended, int *stop)
 {
-    char why [512];
-    kim_log_t *log = kim_log_open (self->data, why, sizeof why);
-    if (!log)
-        return kim_cli_error (self->cmd, "%s", why);
-    uint64_t head = 0;
-    int rc = kim_log_seek (log, self->filter.from_seq? self->filter.from_seq: 1, &head);
+    int rc = kim_log_seek (log, from, NULL);
     kim_log_record_t record;
-    int stop = 0;
-    while (rc == 0 && stop == 0) {
+    *ended = false;
+    while (rc == 0 && *stop == 0) {
         int more = kim_log_next (log, &record);
-        if (more == 0)
+        if (more == 0) {
+            *ended = true;
             break;
+        }
         if (more < 0) {
             //  A malformed record is something to report, not to skip
             record.kind = 0;
@@ -44,21 +46,45 @@ s_each_offline (kim_audit_t *self, kim_audit_record_fn *fn)
         }
         if (self->filter.to_seq && record.seq > self->filter.to_seq)
             break;
+        if (record.seq > *last)
+            *last = record.seq;
         if (more < 0 || kim_log_filter_match (&self->filter, &record))
-            stop = fn (self, &record);
+            *stop = fn (self, &record);
     }
-    if (rc)
-        kim_cli_error (self->cmd, "%s: cannot read the log: %s", self->data, kim_strerror (rc));
+    return rc;
+}
+
+static int
+s_each_offline (kim_audit_t *self, kim_audit_record_fn *fn)
+{
+    char why [512];
+    kim_log_t *log = kim_log_open (self->data, why, sizeof why);
+    if (!log)
+        return kim_cli_error (self->cmd, "%s", why);
+    uint64_t from = self->filter.from_seq? self->filter.from_seq: 1, last = 0;
+    bool ended = false;
+    int stop = 0;
+    int rc = s_read_from (self, log, from, fn, &last, &ended, &stop);
     //  The broker's latest checkpoint, kept outside the log
     char path [4200];
     snprintf (path, sizeof path, "%s/" KIM_LOG_CHECKPOINT_FILE, self->data);
     self->have_outside = rc == 0 && stop == 0
                       && kim_log_load_checkpoint_file (path, &self->outside) == 0;
+    //  A running broker saves the file once the records it covers are
+    //  committed: records beyond this snapshot came since, and a new
+    //  snapshot, taken after the file was read, holds them
+    if (self->have_outside && ended && self->outside.seq > last)
+        rc = s_read_from (self, log, last + 1 > from? last + 1: from, fn, &last, &ended,
+                          &stop);
+    self->have_outside = self->have_outside && rc == 0 && stop == 0;
+    kim_log_record_t record;
     if (self->have_outside && kim_log_get (log, self->outside.seq, &record) == 0) {
         memcpy (self->outside_hash, record.hash, KIM_HASH_SIZE);
         self->have_outside_hash = true;
     }
     kim_log_close (&log);
+    if (rc)
+        kim_cli_error (self->cmd, "%s: cannot read the log: %s", self->data, kim_strerror (rc));
     return rc? KIM_EXIT_USAGE: stop > 0? stop: 0;
 }
 

@@ -9,6 +9,9 @@
       the records chain-verify, and the query's own AUDIT_READ record
       (who, which filter) is on the log before the first RECORD went out;
       `kim audit replay` does the same through the broker;
+    - both verify the folder of a broker that is writing (a sender in a
+      thread, a checkpoint every 10 records): a checkpoint saved after the
+      reader's snapshot is read on to, never taken for a cut-off tail;
     - an agency's QUERY is refused (FORBIDDEN), the attempt is logged, and the
       broker still answers;
     - tampering with a copy of the stopped broker's LMDB file (flip a byte,
@@ -18,6 +21,7 @@
     Usage: test_audit PATH_TO_KIM
 */
 #include <lmdb.h>
+#include <pthread.h>
 
 #include "kim/kim_log.h"
 #include "kim_itest.h"
@@ -49,6 +53,70 @@ s_recv (zsock_t *sock, kim_cmd_t *cmd, uint8_t *body, int timeout_ms)
     }
     zmsg_destroy (&msg);
     return 0;
+}
+
+//  --------------------------------------------------------------------------
+//  Verifying the folder of a broker that writes
+
+typedef struct {
+    kim_testbroker_t *broker;
+    volatile int stop;
+    int sent;
+} s_traffic_t;
+
+static void *
+s_traffic (void *arg)
+{
+    s_traffic_t *traffic = (s_traffic_t *) arg;
+    kim_client_t *client = kim_testbroker_client (traffic->broker, SENDER, 0, false);
+    KIM_CHECK (client);
+    while (!__atomic_load_n (&traffic->stop, __ATOMIC_ACQUIRE)) {
+        char referral [32], msg_id [32];
+        snprintf (referral, sizeof referral, "ref-live-%d", traffic->sent);
+        snprintf (msg_id, sizeof msg_id, "msg-live-%d", traffic->sent);
+        ITEST_RC (s_itest_send (client, RECIPIENT, referral, msg_id, 100, NULL, NULL), 0);
+        traffic->sent++;
+    }
+    kim_client_destroy (&client);
+    return NULL;
+}
+
+//  The broker saves audit.checkpoint once the records it covers are
+//  committed, so a reader whose snapshot ended before that commit finds a
+//  checkpoint past its last record. Both readers must read on to it.
+static void
+s_verify_live (kim_testbroker_t *broker, const char *data, const uint8_t *public_key)
+{
+    s_traffic_t traffic = { broker, 0, 0 };
+    pthread_t thread;
+    KIM_CHECK (pthread_create (&thread, NULL, s_traffic, &traffic) == 0);
+    uint64_t read_on = 0;
+    int64_t until = s_itest_now () + 3000;
+    int round = 0;
+    for (; round < 20 || s_itest_now () < until; round++) {
+        kim_log_verify_t result;
+        int rc = kim_log_verify_store (data, public_key, &result);
+        if (rc) {
+            fprintf (stderr, "verifying a live folder, round %d: %s\n", round, result.why);
+            exit (1);
+        }
+        if (round % 6 == 0) {
+            char args [1024], out [1 << 16];
+            snprintf (args, sizeof args, "audit verify --data %s", data);
+            int code = s_itest_run (s_kim, args, out, sizeof out);
+            if (code != 0 || strncmp (out, "OK: records 1..", 15) != 0) {
+                fprintf (stderr, "kim audit verify of a live folder exited %d:\n%s\n", code,
+                         out);
+                exit (1);
+            }
+        }
+        read_on = result.last;
+    }
+    __atomic_store_n (&traffic.stop, 1, __ATOMIC_RELEASE);
+    KIM_CHECK (pthread_join (thread, NULL) == 0);
+    KIM_CHECK (traffic.sent > 0 && read_on > 0);
+    printf ("live: %d verifications while %d messages came in, the last to seq %" PRIu64 "\n",
+            round, traffic.sent, read_on);
 }
 
 //  --------------------------------------------------------------------------
@@ -500,6 +568,7 @@ main (int argc, char *argv [])
     KIM_CHECK (strstr (out, SENDER) && strstr (out, "REFERRAL to " RECIPIENT));
 
     kim_client_destroy (&sender);
+    s_verify_live (broker, data, public_key);
     //  Tampering, on copies of the stopped broker's store
     head = s_itest_wait_sealed (data);
     KIM_CHECK (kim_testbroker_stop (broker, SIGTERM) == 0);
