@@ -12,6 +12,7 @@
 #include "kim_metrics.h"
 #include "kim_modules.h"
 #include "kim_server.h"
+#include "kim_recover.h"
 #include "kim_service.h"
 
 static void
@@ -37,6 +38,9 @@ s_usage (FILE *out)
         "                       the keys) to the new folder DIR while the broker serves, and\n"
         "                       exit; restore by copying DIR back as the data folder of a\n"
         "                       stopped broker (see docs/operations.md)\n"
+        "      --recover        make the store of a stopped broker whole (replay its journal\n"
+        "                       after a crash or power loss, store/journal) and exit, so\n"
+        "                       that kim audit and --backup can read it\n"
         "  -v, --verbose        debug logging\n"
         "  -h, --help           this help\n"
         "      --version        print the version\n"
@@ -45,7 +49,8 @@ s_usage (FILE *out)
         "re-reads the registry: keys added, rotated or revoked take effect at once.\n"
         "Examples:\n"
         "  kim-broker --config deploy/kim.cfg\n"
-        "  kim-broker --config /etc/kim/kim.cfg --backup /srv/backup/kim-$(date +%%F)\n");
+        "  kim-broker --config /etc/kim/kim.cfg --backup /srv/backup/kim-$(date +%%F)\n"
+        "  kim-broker --config /etc/kim/kim.cfg --recover\n");
 }
 
 static int
@@ -57,13 +62,14 @@ s_main (int argc, char *argv [], FILE *log_stream)
         { "bind", required_argument, NULL, 'b' },
         { "check", no_argument, NULL, 'k' },
         { "backup", required_argument, NULL, 'B' },
+        { "recover", no_argument, NULL, 'R' },
         { "verbose", no_argument, NULL, 'v' },
         { "help", no_argument, NULL, 'h' },
         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 }
     };
     const char *config_path = NULL, *data = NULL, *bind = NULL, *backup = NULL;
-    bool check = false, verbose = false;
+    bool check = false, verbose = false, recover = false;
     int opt;
     while ((opt = getopt_long (argc, argv, "c:d:b:vh", options, NULL)) != -1) {
         switch (opt) {
@@ -72,6 +78,7 @@ s_main (int argc, char *argv [], FILE *log_stream)
             case 'b': bind = optarg; break;
             case 'k': check = true; break;
             case 'B': backup = optarg; break;
+            case 'R': recover = true; break;
             case 'v': verbose = true; break;
             case 'h': s_usage (stdout); return 0;
             case 'V': printf ("kim-broker 0.1.0 (protocol %d to %d)\n", KIM_PROTOCOL_VERSION, KIM_PROTOCOL_MAX); return 0;
@@ -141,6 +148,19 @@ s_main (int argc, char *argv [], FILE *log_stream)
                     " when it began), store %" PRIu64 " bytes (live %" PRIu64 "), "
                     "%zu other files\n", config->data, backup, result.head, result.head_before,
                     result.store_bytes, result.live_bytes, result.files);
+        else
+            fprintf (stderr, "kim-broker: %s\n", error);
+        kim_config_destroy (&config);
+        return rc == 0? 0: 1;
+    }
+    if (recover) {
+        kim_recover_result_t result;
+        rc = kim_recover_run (config, &result, error, sizeof error);
+        if (rc == 0)
+            printf ("store of %s: %s; closed cleanly, log up to seq %" PRIu64 "\n",
+                    config->data, result.replayed? "journal replayed"
+                                                 : "whole already, nothing to replay",
+                    result.head);
         else
             fprintf (stderr, "kim-broker: %s\n", error);
         kim_config_destroy (&config);

@@ -516,8 +516,8 @@ kim_journal_unrecovered (const char *store_dir, const char *lock_name, char *why
     if (!unclean || held)
         return false;
     snprintf (why, why_size, "%s: the broker did not close this store and has not replayed "
-              "its journal since: start kim-broker on this folder once (it replays the "
-              "journal and stops as usual), then read it", store_dir);
+              "its journal since: run kim-broker --recover with the broker's configuration "
+              "(or start the broker), then read it", store_dir);
     return true;
 }
 

@@ -33,6 +33,7 @@
 
 #include "kim_keys.h"
 #include "kim_modules.h"
+#include "kim_recover.h"
 #include "kim_deliver.h"
 #include "kim_reply.h"
 #include "kim_server_int.h"
@@ -1130,15 +1131,8 @@ kim_server_new (kim_config_t **config_p, char *error, size_t error_size)
         kim_server_destroy (&self);
         return NULL;
     }
-    snprintf (path, sizeof path, "%s/store", config->data);
-    kim_store_config_t store_config = {
-        .path = path,
-        .map_size = config->map_size,
-        .map_max = config->map_max,
-        .nosync = !config->sync,
-        .journal = config->journal,
-        .dedup_window_ms = config->dedup_window_ms,
-    };
+    kim_store_config_t store_config;
+    kim_recover_store_options (config, path, sizeof path, &store_config);
     int rc = 0;
     self->store = kim_store_new (&store_config, &rc);
     if (!self->store) {

@@ -315,28 +315,45 @@ s_broker_binary (void)
     return path? path: KIM_BROKER_PATH;
 }
 
+//  Forks kim-broker on this broker's config, with `option` (NULL: none)
+//  after it and its log (and, with `option`, its output) in broker.log, a
+//  file in its folder for post-mortems. Returns the child's pid or -1.
+static pid_t
+s_fork_broker (kim_testbroker_t *self, const char *option)
+{
+    pid_t pid = self->pid? -1: fork ();
+    if (pid != 0)
+        return pid;
+    //  A test that dies without cleaning up must not leave its broker behind.
+    prctl (PR_SET_PDEATHSIG, SIGKILL);
+    char log_path [PATH_MAX + 16];
+    snprintf (log_path, sizeof log_path, "%s/broker.log", self->dir);
+    FILE *log = fopen (log_path, "a");
+    if (log && option)
+        dup2 (fileno (log), STDOUT_FILENO);
+    if (log)
+        dup2 (fileno (log), STDERR_FILENO);
+    if (self->preload [0] && !option)
+        kim_testbroker_preload_env (self->preload);
+    execl (s_broker_binary (), "kim-broker", "--config", self->config_path, option,
+           (char *) NULL);
+    _exit (127);
+}
+
+int
+kim_testbroker_run (kim_testbroker_t *self, const char *option)
+{
+    pid_t pid = s_fork_broker (self, option);
+    int status = 0;
+    return pid > 0 && waitpid (pid, &status, 0) == pid? status: -1;
+}
+
 int
 kim_testbroker_start (kim_testbroker_t *self)
 {
-    if (self->pid)
-        return -1;
-    pid_t pid = fork ();
+    pid_t pid = s_fork_broker (self, NULL);
     if (pid < 0)
         return -1;
-    if (pid == 0) {
-        //  A test that dies without cleaning up must not leave its broker behind.
-        prctl (PR_SET_PDEATHSIG, SIGKILL);
-        //  The broker's log goes to a file in its folder, for post-mortems.
-        char log_path [PATH_MAX + 16];
-        snprintf (log_path, sizeof log_path, "%s/broker.log", self->dir);
-        FILE *log = fopen (log_path, "a");
-        if (log)
-            dup2 (fileno (log), STDERR_FILENO);
-        if (self->preload [0])
-            kim_testbroker_preload_env (self->preload);
-        execl (s_broker_binary (), "kim-broker", "--config", self->config_path, (char *) NULL);
-        _exit (127);
-    }
     self->pid = pid;
     //  Ready when the key exists and a HELLO gets a WELCOME.
     char key_path [PATH_MAX + 32];

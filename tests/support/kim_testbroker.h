@@ -79,6 +79,12 @@ int
 int
     kim_testbroker_stop (kim_testbroker_t *self, int signal);
 
+//  Runs kim-broker once more on this broker's config with `option` (such
+//  as "--recover") while it is stopped, to its end; its output goes to
+//  broker.log. Returns its wait status, or -1.
+int
+    kim_testbroker_run (kim_testbroker_t *self, const char *option);
+
 //  Pid of the running broker, or 0.
 pid_t
     kim_testbroker_pid (kim_testbroker_t *self);

@@ -916,7 +916,7 @@ def test_offline_audit_is_read_only(backup):
 
 # --- kim-broker (kim-broker(8)) -------------------------------------------------
 
-BROKER_OPTIONS = ["--config", "--data", "--bind", "--check", "--backup", "--verbose",
+BROKER_OPTIONS = ["--config", "--data", "--bind", "--check", "--backup", "--recover", "--verbose",
                   "--help", "--version", "-c", "-d", "-b", "-v", "-h"]
 
 
@@ -1168,6 +1168,23 @@ def test_backup_refuses_an_existing_target(world, backup, tmp_path):
     assert run.rc == 1 and run.err.strip(), run
     run = kim_broker("--data", world.data, "--backup", tmp_path / "by-data", timeout=120)
     assert run.rc == 0 and os.path.isdir(tmp_path / "by-data" / "keys"), run
+
+
+def test_recover(world, backup, tmp_path):
+    # kim-broker(8) --recover: opens the store of a stopped broker as the broker does,
+    # closes it cleanly, prints whether there was anything to replay and the log's last
+    # sequence number, exit 0; "It fails when a broker serves on the folder"; SYNOPSIS
+    # --recover [--config FILE | --data DATA]; EXIT STATUS 1 when a recovery failed.
+    data = str(tmp_path / "stopped")
+    shutil.copytree(backup["dir"], data)
+    run = kim_broker("--data", data, "--recover", timeout=120)
+    assert run.rc == 0 and "nothing to replay" in run.out, run
+    assert int(re.findall(r"seq (\d+)", run.out)[-1]) == backup["head"], run
+    run = kim_broker("--config", world.config, "--recover", timeout=120)
+    assert run.rc == 1 and "a broker serves on this folder" in run.err, run
+    run = kim_broker("--data", str(tmp_path / "none"), "--recover", timeout=120)
+    assert run.rc == 1 and "no store here" in run.err, run
+    assert not os.path.exists(str(tmp_path / "none"))
 
 
 def test_restore_names_the_log_head_and_keeps_dedup(world, story, backup, tmp_path):
