@@ -275,8 +275,40 @@ def _check_tree(data, psize, meta, u16, u32, u64):
             walk(u64(record + 40), 0, False, [])
 
 
+JOURNAL_SLOT = 4096 + 2 * 65536        # the second checkpoint slot's offset
+
+
+def journal_unclean(store_dir):
+    """True when store/journal's latest checkpoint is not clean: data.mdb may then be torn
+    until a broker replays the journal (PROTOCOL.md, the log; proto/kim_journal.h)."""
+    try:
+        with open(os.path.join(store_dir, "journal"), "rb") as f:
+            raw = f.read(2 * JOURNAL_SLOT)
+    except FileNotFoundError:
+        return False
+    latest = None
+    for at in (0, JOURNAL_SLOT):
+        slot = raw[at:at + JOURNAL_SLOT]
+        if len(slot) < 56 or slot[:8] != b"KIMJHDR1":
+            continue
+        generation, flags, page = struct.unpack("<QII", slot[8:24])
+        size = 56 + 2 * page
+        if not 512 <= page <= 65536 or len(slot) < size:
+            continue
+        zeroed = slot[:40] + bytes(16) + slot[56:size]
+        check = nacl.hash.generichash(zeroed, digest_size=16, encoder=RawEncoder)
+        if check != slot[40:56]:
+            continue
+        if latest is None or generation > latest[0]:
+            latest = (generation, flags)
+    return latest is not None and not latest[1] & 1
+
+
 def read_records(data_dir):
     """Yields (seq, value) of the log table in key order."""
+    if journal_unclean(os.path.join(data_dir, "store")):
+        raise ValueError("the store's journal was not replayed after the broker stopped: "
+                         "run kim-broker --recover on the folder first")
     check_store_file(os.path.join(data_dir, "store", "data.mdb"))
     env = lmdb.open(os.path.join(data_dir, "store"), readonly=True, lock=False,
                     max_dbs=32, subdir=True, create=False)

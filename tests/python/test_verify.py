@@ -10,6 +10,8 @@ import subprocess
 import time
 
 import lmdb
+import nacl.encoding
+import nacl.hash
 import nacl.signing
 import pytest
 
@@ -175,6 +177,35 @@ def test_cut_tail_fails(real_log, tmp_path):
     assert "cut off" in e.value.why or "differs" in e.value.why
     rc, out = _kim_audit("verify", "--data", data)
     assert rc == 1, out
+
+
+def _journal(store, clean):
+    """Writes store/journal with one checkpoint slot (generation 7), as kim_journal.h lays
+    it out: whole, and marked clean or not."""
+    page = 4096
+    head = b"KIMJHDR1" + struct.pack("<QIIQQ", 7, 1 if clean else 0, page, 1, 2)
+    body = head + bytes(16) + bytes(2 * page)
+    check = nacl.hash.generichash(body, digest_size=16, encoder=nacl.encoding.RawEncoder)
+    with open(os.path.join(store, "journal"), "wb") as f:
+        f.write(head + check + bytes(2 * page))
+        f.write(bytes(2 * kim_verify.JOURNAL_SLOT - len(body)))
+
+
+def test_unreplayed_journal_is_refused(real_log, tmp_path):
+    # PROTOCOL.md: a store whose journal's latest checkpoint is not clean (and that no
+    # broker holds) is refused rather than read; a clean one is read as it is
+    data = _copy(real_log, tmp_path)
+    store = os.path.join(data, "store")
+    _journal(store, clean=False)
+    with pytest.raises(ValueError) as e:
+        kim_verify.verify(data, _public_key(data))
+    assert "--recover" in str(e.value)
+    rc, out = _kim_audit("verify", "--data", data)
+    assert rc != 0 and "--recover" in out, out
+    _journal(store, clean=True)
+    assert kim_verify.verify(data, _public_key(data)).last > 0
+    rc, out = _kim_audit("verify", "--data", data)
+    assert rc == 0 and out.startswith("OK: records 1.."), out
 
 
 def test_wrong_key_fails(real_log):
