@@ -340,6 +340,22 @@ s_fork_broker (kim_testbroker_t *self, const char *option)
     _exit (127);
 }
 
+//  Whether the file at `path` holds `text` after its first `from` bytes.
+static bool
+s_log_says (const char *path, off_t from, const char *text)
+{
+    FILE *file = fopen (path, "r");
+    if (!file)
+        return false;
+    bool found = false;
+    char line [4096];
+    if (fseeko (file, from, SEEK_SET) == 0)
+        while (!found && fgets (line, sizeof line, file))
+            found = strstr (line, text) != NULL;
+    fclose (file);
+    return found;
+}
+
 int
 kim_testbroker_run (kim_testbroker_t *self, const char *option)
 {
@@ -351,11 +367,15 @@ kim_testbroker_run (kim_testbroker_t *self, const char *option)
 int
 kim_testbroker_start (kim_testbroker_t *self)
 {
+    char log_path [PATH_MAX + 16];
+    snprintf (log_path, sizeof log_path, "%s/broker.log", self->dir);
+    off_t log_from = zsys_file_exists (log_path)? zsys_file_size (log_path): 0;
     pid_t pid = s_fork_broker (self, NULL);
     if (pid < 0)
         return -1;
     self->pid = pid;
-    //  Ready when the key exists and a HELLO gets a WELCOME.
+    //  Ready when the key exists and a HELLO gets a WELCOME; a broker with
+    //  no organisation to say HELLO as, when it has logged that it serves.
     char key_path [PATH_MAX + 32];
     snprintf (key_path, sizeof key_path, "%s/data/keys/broker.cert", self->dir);
     for (int attempt = 0; attempt < 200; attempt++) {
@@ -385,7 +405,7 @@ kim_testbroker_start (kim_testbroker_t *self)
             }
         }
         else
-        if (self->broker_key [0])
+        if (self->broker_key [0] && s_log_says (log_path, log_from, " serving on "))
             return 0;
         zclock_sleep (25);
     }
