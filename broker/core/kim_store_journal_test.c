@@ -182,6 +182,18 @@ s_fresh (const char *dir)
     assert (mkdir (dir, 0700) == 0);
 }
 
+//  The store holds batches 1..head and takes the next one in its chain;
+//  then it is closed and its folder emptied for the next case.
+static void
+s_check_goes_on (kim_store_t **store_p, uint64_t head, const char *dir)
+{
+    s_check (*store_p, head, 1, 100);
+    assert (s_batch (*store_p, (unsigned) head + 1, 100) == head + 1);
+    s_check (*store_p, head + 1, 1, 100);
+    kim_store_destroy (store_p);
+    s_fresh (dir);
+}
+
 void
 kim_store_journal_test (bool verbose)
 {
@@ -227,11 +239,7 @@ kim_store_journal_test (bool verbose)
     assert (!log && strstr (why, "kim-broker --recover"));
     store = s_open (path, true, 0, 0);
     assert (!kim_journal_unrecovered (path, KIM_STORE_LOCK_NAME, why, sizeof why));
-    s_check (store, 40, 1, 100);
-    assert (s_batch (store, 41, 100) == 41);
-    s_check (store, 41, 1, 100);
-    kim_store_destroy (&store);
-    s_fresh (dir);
+    s_check_goes_on (&store, 40, dir);
 
     //  A torn last entry (its last byte not written) is left out whole,
     //  and the batch after takes its seq, in the chain
@@ -246,11 +254,7 @@ kim_store_journal_test (bool verbose)
     assert (pwrite (fd, &byte, 1, end - 1) == 1);
     close (fd);
     store = s_open (path, true, 0, 0);
-    s_check (store, 4, 1, 100);
-    assert (s_batch (store, 5, 100) == 5);
-    s_check (store, 5, 1, 100);
-    kim_store_destroy (&store);
-    s_fresh (dir);
+    s_check_goes_on (&store, 4, dir);
 
     //  A journal left by a killed writer, opened without the journal:
     //  replayed, flushed, and the file removed
